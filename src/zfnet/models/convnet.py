@@ -1,0 +1,195 @@
+"""The five-conv / three-fc network of the paper, built from a small config.
+
+ZFNet (paper Fig. 3), AlexNet as the paper replicated it, Table 3's variants and the
+small versions used on this machine are all one class, `ConvNet`, with a different
+`NetConfig`. Modules are named the way the paper names layers so that code that
+visualises a layer looks it up by name, never by position::
+
+    features:   conv1 relu1 pool1 norm1  conv2 relu2 pool2 norm2  conv3 relu3
+                conv4 relu4  conv5 relu5 pool5
+    classifier: fc6 relu6 drop6  fc7 relu7 drop7  fc8
+
+The ReLUs are not in-place, so that hooks on them (the deconvnet, Captum) see clean tensors.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from zfnet.models.geometry import LayerGeometry, sequential_geometry
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """One convolutional layer and what follows it in the same block."""
+
+    name: str  # conv1 … conv5
+    channels: int  # output feature maps
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+    pool: bool = False  # max-pool 3/2 after the ReLU
+    norm: bool = False  # contrast normalisation (LRN across maps) after the pool
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Everything that defines one architecture. Variants are a `replace(...)` away."""
+
+    convs: tuple[ConvSpec, ...]
+    fc: tuple[int, ...] = (4096, 4096)  # widths of fc6, fc7 (empty: fc8 straight on pool5)
+    num_classes: int = 1000
+    in_channels: int = 3
+    input_size: int = 224  # square crop the fc6 input size is computed for
+    dropout: float = 0.5  # on every hidden fc layer, as the paper does on fc6 and fc7
+    pool_kernel: int = 3
+    pool_stride: int = 2
+    pool_ceil_mode: bool = True  # pool1/pool2 round up: reproduces the paper's 55 and 13
+    # LRN as in AlexNet: b = a / (k + alpha/n * sum a^2)^beta; PyTorch divides alpha by n.
+    lrn_size: int = 5
+    lrn_alpha: float = 5e-4  # = AlexNet's 1e-4 per squared element times n=5
+    lrn_beta: float = 0.75
+    lrn_k: float = 2.0
+    init: str = "kaiming"  # "kaiming" (default, trains) or "paper" (N(0, 0.01), bias 0)
+    fc_names: tuple[str, ...] = field(default=("fc6", "fc7"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (saved next to results and inside checkpoints)."""
+        d = asdict(self)
+        d["convs"] = [asdict(c) for c in self.convs]
+        return d
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> NetConfig:
+        """Inverse of `to_dict`."""
+        d = dict(d)
+        d["convs"] = tuple(ConvSpec(**c) for c in d["convs"])
+        d["fc"] = tuple(d["fc"])
+        d["fc_names"] = tuple(d["fc_names"])
+        return NetConfig(**d)
+
+
+INITS = ("kaiming", "paper")
+
+
+class ConvNet(nn.Module):
+    """ZFNet / AlexNet-style network: `features` (convs) then `classifier` (fcs).
+
+    Input (N, in_channels, H, W) with H = W = `config.input_size`; output (N, num_classes) logits.
+    """
+
+    def __init__(self, config: NetConfig) -> None:
+        super().__init__()
+        if config.init not in INITS:
+            raise ValueError(f"init={config.init!r} is not known; valid: {', '.join(INITS)}")
+        self.config = config
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        cin = config.in_channels
+        for spec in config.convs:
+            i = spec.name.removeprefix("conv")
+            layers[spec.name] = nn.Conv2d(
+                cin, spec.channels, spec.kernel, spec.stride, spec.padding
+            )
+            layers[f"relu{i}"] = nn.ReLU(inplace=False)
+            if spec.pool:
+                layers[f"pool{i}"] = nn.MaxPool2d(
+                    config.pool_kernel, config.pool_stride, ceil_mode=config.pool_ceil_mode
+                )
+            if spec.norm:
+                layers[f"norm{i}"] = nn.LocalResponseNorm(
+                    config.lrn_size, config.lrn_alpha, config.lrn_beta, config.lrn_k
+                )
+            cin = spec.channels
+        self.features = nn.Sequential(layers)
+        self.geometry: dict[str, LayerGeometry] = sequential_geometry(
+            self.features, config.input_size, prefix="features."
+        )
+        last = self.geometry[f"features.{next(reversed(layers))}"]
+        if last.size < 1:
+            raise ValueError(
+                f"input_size={config.input_size} is too small for this network: "
+                f"the last feature map would be {last.size}x{last.size}"
+            )
+        head: OrderedDict[str, nn.Module] = OrderedDict()
+        width = cin * last.size * last.size
+        for name, out in zip(config.fc_names, config.fc, strict=True):
+            i = name.removeprefix("fc")
+            head[name] = nn.Linear(width, out)
+            head[f"relu{i}"] = nn.ReLU(inplace=False)
+            head[f"drop{i}"] = nn.Dropout(config.dropout)
+            width = out
+        head["fc8"] = nn.Linear(width, config.num_classes)
+        self.classifier = nn.Sequential(head)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise weights as `config.init` says; biases 0.
+
+        "paper": N(0, 0.01) everywhere (Sec. 3, "weights initialised to 1e-2").
+        "kaiming": He-normal (fan-in, ReLU gain) for every hidden layer and N(0, 0.01) for fc8,
+        which keeps the signal's scale through the depth so that training starts.
+        """
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                if self.config.init == "paper" or m is self.classifier.fc8:
+                    nn.init.normal_(m.weight, 0.0, 0.01)
+                else:
+                    nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)  # (N, C5, 6, 6) for zfnet at 224
+        x = torch.flatten(x, 1)  # (N, C5*6*6)
+        return self.classifier(x)  # (N, num_classes)
+
+
+def apply_overrides(config: NetConfig, **overrides: Any) -> NetConfig:
+    """Return `config` changed by user-facing overrides (Table 3's variants and more).
+
+    Besides any `NetConfig` field (num_classes, in_channels, input_size, dropout, init, …):
+    - `conv_widths=(c3, c4, c5)`: feature maps of conv3–conv5 (Table 3: 512/1024/512).
+    - `fc_width=W`: width of fc6 and fc7 (Table 3: 2048, 8192).
+    - `remove=("conv3", "conv4", "fc6", "fc7")`: drop any of these layers (Table 3's ablations).
+      Removing a conv keeps the next layer's input width consistent.
+    """
+    overrides = dict(overrides)
+    convs = list(config.convs)
+    fc = list(config.fc)
+    fc_names = list(config.fc_names)
+    widths = overrides.pop("conv_widths", None)
+    if widths is not None:
+        widths = tuple(int(w) for w in widths)
+        if len(widths) != 3:
+            raise ValueError(f"conv_widths needs 3 values (conv3, conv4, conv5), got {widths}")
+        by_name = {c.name: i for i, c in enumerate(convs)}
+        for name, w in zip(("conv3", "conv4", "conv5"), widths, strict=True):
+            convs[by_name[name]] = replace(convs[by_name[name]], channels=w)
+    fc_width = overrides.pop("fc_width", None)
+    if fc_width is not None:
+        fc = [int(fc_width)] * len(fc)
+    remove = overrides.pop("remove", None) or ()
+    if isinstance(remove, str):
+        remove = tuple(r for r in remove.split(",") if r)
+    removable = ("conv3", "conv4", "fc6", "fc7")
+    for name in remove:
+        if name not in removable:
+            raise ValueError(f"cannot remove layer {name!r}; removable: {', '.join(removable)}")
+        if name.startswith("conv"):
+            convs = [c for c in convs if c.name != name]
+        else:
+            i = fc_names.index(name)
+            del fc[i], fc_names[i]
+    unknown = set(overrides) - set(NetConfig.__dataclass_fields__)
+    if unknown:
+        valid = sorted(set(NetConfig.__dataclass_fields__) - {"convs", "fc", "fc_names"})
+        valid += ["conv_widths", "fc_width", "remove"]
+        raise ValueError(
+            f"unknown model option(s) {sorted(unknown)}; valid: {', '.join(sorted(valid))}"
+        )
+    return replace(config, convs=tuple(convs), fc=tuple(fc), fc_names=tuple(fc_names), **overrides)
+
