@@ -1,0 +1,5 @@
+"""The report: sections written by analyses, laid out as one offline HTML page."""
+
+from zfnet.report.sections import Figure, Section, Table, read_sections, write_section
+
+__all__ = ["Figure", "Section", "Table", "read_sections", "write_section"]

@@ -1,0 +1,86 @@
+"""What analyses hand to the report: sections of figures, tables and numbers, saved as JSON.
+
+An analysis computes its results, saves its figures as PNG files inside the run directory and
+calls `write_section(run_dir, Section(...))`. The report (`zfnet.report.build_report`) reads every
+section back and lays them out; it never runs a model, and no analysis writes HTML.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Figure:
+    """A PNG inside the run directory (path relative to it) and what it shows."""
+
+    path: str
+    caption: str = ""
+
+
+@dataclass
+class Table:
+    """A small table: column names, rows of cells (numbers or text), a caption."""
+
+    columns: list[str]
+    rows: list[list[Any]]
+    caption: str = ""
+
+
+@dataclass
+class Section:
+    """One captioned section of the report.
+
+    `key` names it (file `sections/<key>.json`, a later write replaces it); `order` sorts the
+    sections on the page; `caption` says what it shows, how to read it and which figure of the
+    paper it reproduces; `metrics` are headline numbers shown beside it.
+    """
+
+    key: str
+    title: str
+    caption: str
+    figures: list[Figure] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    order: int = 100
+
+
+def write_section(run_dir: str | Path, section: Section) -> Path:
+    """Save `section` as `run_dir/sections/<key>.json` (atomically) and return the path."""
+    run_dir = Path(run_dir)
+    for fig in section.figures:
+        if not (run_dir / fig.path).is_file():
+            raise FileNotFoundError(
+                f"section {section.key!r}: figure {fig.path} is not in {run_dir}"
+            )
+    out = run_dir / "sections" / f"{section.key}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(asdict(section), indent=1, default=_jsonable))
+    os.replace(tmp, out)
+    return out
+
+
+def read_sections(run_dir: str | Path) -> list[Section]:
+    """Every section saved in `run_dir`, sorted by (order, key)."""
+    sections = []
+    for p in sorted((Path(run_dir) / "sections").glob("*.json")):
+        d = json.loads(p.read_text())
+        d["figures"] = [Figure(**f) for f in d.get("figures", [])]
+        d["tables"] = [Table(**t) for t in d.get("tables", [])]
+        sections.append(Section(**d))
+    return sorted(sections, key=lambda s: (s.order, s.key))
+
+
+def _jsonable(v: Any) -> Any:
+    if hasattr(v, "item"):  # numpy / torch scalars
+        return v.item()
+    if hasattr(v, "tolist"):
+        return v.tolist()
+    if isinstance(v, Path):
+        return str(v)
+    raise TypeError(f"cannot save {type(v).__name__} in a report section")
