@@ -1,5 +1,6 @@
 """The report: sections written by analyses, laid out as one offline HTML page."""
 
+from zfnet.report.html import build_report
 from zfnet.report.sections import Figure, Section, Table, read_sections, write_section
 
-__all__ = ["Figure", "Section", "Table", "read_sections", "write_section"]
+__all__ = ["build_report", "Figure", "Section", "Table", "read_sections", "write_section"]

@@ -1,0 +1,110 @@
+"""Filter diagnostics (paper Fig. 6): filter images and the numbers behind "one filter dominates",
+"dead filters" and "a mix of extreme high and low frequencies".
+
+Measured per conv layer:
+- dominance: max / median filter RMS. Without renormalisation one layer-1 filter can take over
+  (Fig. 6a); with RMS renormalisation to 0.1 the ratio stays small.
+- dead share: filters whose norm is near zero (RMS < 1% of the layer's median RMS) or, when the
+  per-map maximum activation over a validation set is given, maps that are never active (max ≤ 0).
+- high-frequency share: share of the filters' spectral energy above half the Nyquist frequency
+  (radial frequency > 0.25 cycles/pixel of the kernel's 2-D DFT, zero-padded to 32x32, DC excluded
+  from neither sum). AlexNet's 11x11/4 layer 1 has more of it than ZFNet's 7x7/2 (Fig. 6b vs 6c).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_PAD = 32  # DFT size: fine enough frequency sampling for 3x3 … 11x11 kernels
+
+
+def filter_rms(weight: torch.Tensor) -> torch.Tensor:
+    """RMS of every filter of a conv weight (O, I, k, k) -> (O,), as renormalisation measures it."""
+    return weight.detach().float().flatten(1).pow(2).mean(1).sqrt()
+
+
+def high_frequency_share(weight: torch.Tensor, cutoff: float = 0.25) -> float:
+    """Share of spectral energy of all filters at radial frequency > `cutoff` cycles/pixel."""
+    w = weight.detach().float().cpu()  # (O, I, k, k)
+    spec = torch.fft.fft2(w, s=(_PAD, _PAD)).abs().pow(2).sum(dim=(0, 1))  # (P, P)
+    f = torch.fft.fftfreq(_PAD)
+    radius = (f[:, None] ** 2 + f[None, :] ** 2).sqrt()
+    total = spec.sum().item()
+    return float(spec[radius > cutoff].sum().item() / total) if total > 0 else 0.0
+
+
+def filter_stats(
+    weight: torch.Tensor, max_activation: torch.Tensor | None = None
+) -> dict[str, float]:
+    """Diagnostics of one conv layer's filters (O, I, k, k); see the module docstring.
+
+    `max_activation` (O,), optional: each map's largest activation over a validation set (e.g.
+    from `zfnet.analyses.topk`), which adds the share of never-active maps.
+    """
+    rms = filter_rms(weight)
+    median = rms.median().item()
+    near_zero = rms < 0.01 * median if median > 0 else torch.ones_like(rms, dtype=torch.bool)
+    stats = {
+        "filters": int(rms.numel()),
+        "rms_max": rms.max().item(),
+        "rms_median": median,
+        "dominance": rms.max().item() / median if median > 0 else math.inf,
+        "near_zero_share": near_zero.float().mean().item(),
+        "high_freq_share": high_frequency_share(weight),
+    }
+    if max_activation is not None:
+        never = max_activation.detach().cpu() <= 0
+        stats["never_active_share"] = never.float().mean().item()
+        stats["dead_share"] = (never | near_zero.cpu()).float().mean().item()
+    else:
+        stats["dead_share"] = stats["near_zero_share"]
+    return stats
+
+
+def filter_mosaic(weight: torch.Tensor, max_filters: int = 96, max_inputs: int = 16) -> np.ndarray:
+    """Tile filters into one image (H, W, 3) float in [0, 1], each filter scaled on its own.
+
+    3-input-channel filters (layer 1 on RGB) are shown in colour, one tile each. Other layers show
+    a row per filter (first `max_filters`) of its kernels for the first `max_inputs` input maps,
+    in grey. Each tile (or row) is contrast-stretched to [0, 1] around 0.5 = zero weight.
+    """
+    w = weight.detach().float().cpu()[:max_filters]  # (O, I, k, k)
+    o, i, k, _ = w.shape
+    gap = 1
+    if i == 3 or i == 1:
+        cols = math.ceil(math.sqrt(o))
+        rows = math.ceil(o / cols)
+        out = np.ones((rows * (k + gap) + gap, cols * (k + gap) + gap, 3), dtype=np.float32)
+        for n in range(o):
+            t = w[n]
+            t = 0.5 + 0.5 * t / t.abs().max().clamp_min(1e-12)  # (I, k, k) in [0, 1]
+            t = t.expand(3, k, k) if i == 1 else t
+            r, c = divmod(n, cols)
+            y, x = gap + r * (k + gap), gap + c * (k + gap)
+            out[y : y + k, x : x + k] = t.permute(1, 2, 0).numpy()
+        return out
+    i = min(i, max_inputs)
+    w = w[:, :i]
+    out = np.ones((o * (k + gap) + gap, i * (k + gap) + gap, 3), dtype=np.float32)
+    for n in range(o):
+        t = 0.5 + 0.5 * w[n] / w[n].abs().max().clamp_min(1e-12)  # (I, k, k)
+        for j in range(i):
+            y, x = gap + n * (k + gap), gap + j * (k + gap)
+            out[y : y + k, x : x + k] = t[j].numpy()[..., None]
+    return out
+
+
+def save_filter_mosaic(weight: torch.Tensor, path: str | Path, scale: int = 6) -> Path:
+    """Save `filter_mosaic(weight)` as a PNG, each weight shown as `scale`×`scale` pixels."""
+    from PIL import Image
+
+    img = (filter_mosaic(weight) * 255).round().astype(np.uint8)
+    img = img.repeat(scale, 0).repeat(scale, 1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path)
+    return path

@@ -1,0 +1,50 @@
+"""Filter diagnostics (Fig. 6) on hand-made filters."""
+
+import math
+
+import pytest
+import torch
+
+from zfnet.analyses.filters import (
+    filter_mosaic,
+    filter_rms,
+    filter_stats,
+    high_frequency_share,
+    save_filter_mosaic,
+)
+
+
+def test_rms_and_dominance() -> None:
+    w = torch.zeros(4, 3, 5, 5)
+    w[0] = 0.1
+    w[1] = 0.2
+    w[2] = 0.1
+    w[3] = 1.0
+    assert torch.allclose(filter_rms(w), torch.tensor([0.1, 0.2, 0.1, 1.0]))
+    s = filter_stats(w)
+    assert math.isclose(s["dominance"], 1.0 / 0.1, rel_tol=1e-5)
+    assert s["near_zero_share"] == 0 and s["dead_share"] == 0
+
+
+def test_dead_filters_by_norm_and_activation() -> None:
+    w = torch.randn(10, 3, 7, 7)
+    w[:2] = 0
+    s = filter_stats(w, max_activation=torch.tensor([1.0] * 7 + [0.0, -1.0, 2.0]))
+    assert s["near_zero_share"] == pytest.approx(0.2)
+    assert s["never_active_share"] == pytest.approx(0.2)
+    assert s["dead_share"] == pytest.approx(0.4)
+
+
+def test_high_frequency_share_orders_smooth_and_checkerboard() -> None:
+    smooth = torch.ones(1, 1, 7, 7)
+    checker = (torch.arange(7)[:, None] + torch.arange(7)[None, :]) % 2 * 2.0 - 1
+    assert high_frequency_share(smooth) < 0.1
+    assert high_frequency_share(checker.view(1, 1, 7, 7)) > 0.9
+
+
+def test_mosaic_shapes(tmp_path) -> None:
+    rgb = filter_mosaic(torch.randn(96, 3, 7, 7))
+    assert rgb.shape == (10 * 8 + 1, 10 * 8 + 1, 3) and 0 <= rgb.min() and rgb.max() <= 1
+    grey = filter_mosaic(torch.randn(8, 40, 5, 5), max_inputs=16)
+    assert grey.shape == (8 * 6 + 1, 16 * 6 + 1, 3)
+    assert save_filter_mosaic(torch.randn(4, 1, 5, 5), tmp_path / "f.png").is_file()
