@@ -1,0 +1,47 @@
+"""Read the outputs of named layers during a forward pass, leaving no hook behind."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from zfnet.models.layers import resolve_layer
+
+
+@contextmanager
+def capture(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Within the block, each forward pass of `model` stores the output of every layer in
+    `layers` (names as `zfnet.models.resolve_layer` takes them) in the yielded dict.
+
+    The hooks are removed when the block ends, also on an exception. Outputs are stored as they
+    are (not detached), so gradients can flow through them when the caller wants that.
+    """
+    store: dict[str, torch.Tensor] = {}
+    handles = []
+    # an in-place op after a layer (torchvision's ReLU(inplace=True)) would overwrite its output
+    copy = any(getattr(m, "inplace", False) for m in model.modules())
+    try:
+        for name in layers:
+            _, module = resolve_layer(model, name)
+
+            def hook(_m: nn.Module, _inp: object, out: torch.Tensor, name: str = name) -> None:
+                store[name] = out.clone() if copy else out
+
+            handles.append(module.register_forward_hook(hook))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.inference_mode()
+def get_activations(
+    model: nn.Module, x: torch.Tensor, layers: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """Outputs of `layers` for input `x` (N, C, H, W), each (N, …), computed without gradients."""
+    with capture(model, layers) as store:
+        model(x)
+    return dict(store)

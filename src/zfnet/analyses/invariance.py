@@ -1,0 +1,111 @@
+"""Invariance (paper Fig. 5): how features and the prediction change as an image is translated
+vertically, scaled and rotated.
+
+For each image and each transformation value the transformed image goes through the model and we
+record, at a low layer (the paper's layer 1) and a high one (layer 7):
+- the Euclidean distance between the feature vectors of the original and the transformed image,
+  divided by the norm of the original's feature vector (a relative distance, so that layers of
+  very different scale share one axis; 0 = unchanged, 1 = as large as the feature vector itself);
+- the probability of the true class (or, when no label is given, of the class predicted on the
+  untransformed image).
+The paper's finding: small transformations move layer 1 a lot and layer 7 much less; the output
+is fairly stable to translation and scaling, less to rotation (except for symmetric objects).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from zfnet.activations import capture
+
+KINDS = ("translate", "scale", "rotate")
+
+# Default sweeps, as fractions of the image side (translation), zoom factors and degrees.
+DEFAULT_VALUES: dict[str, tuple[float, ...]] = {
+    "translate": tuple(v / 100 for v in range(-30, 31, 5)),
+    "scale": (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6),
+    "rotate": tuple(float(a) for a in range(0, 361, 30)),
+}
+
+
+def transform_images(images: torch.Tensor, kind: str, value: float) -> torch.Tensor:
+    """Apply one transformation to float images (N, C, H, W) in pixel units (0..255).
+
+    translate: vertical shift by `value` × H pixels (positive = down); scale: zoom about the
+    centre by `value`; rotate: `value` degrees anticlockwise. Uncovered pixels get each image's
+    mean colour, so that no artificial black border appears.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown transformation {kind!r}; valid: {', '.join(KINDS)}")
+    n, c, h, w = images.shape
+    out = torch.empty_like(images)
+    for i in range(n):  # per image: each has its own fill colour
+        fill = images[i].mean(dim=(1, 2)).tolist()
+        if kind == "translate":
+            args = dict(angle=0.0, translate=[0, round(value * h)], scale=1.0, shear=[0.0])
+        elif kind == "scale":
+            args = dict(angle=0.0, translate=[0, 0], scale=float(value), shear=[0.0])
+        else:
+            args = dict(angle=float(value), translate=[0, 0], scale=1.0, shear=[0.0])
+        out[i] = TF.affine(
+            images[i], **args, interpolation=TF.InterpolationMode.BILINEAR, fill=fill
+        )
+    return out
+
+
+@dataclass
+class InvarianceResult:
+    """Curves of one sweep: values (V,), per layer distances (N, V), probabilities (N, V)."""
+
+    kind: str
+    values: list[float]
+    layers: list[str]
+    distance: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> (N, V)
+    prob: torch.Tensor | None = None  # (N, V) probability of the true (or first-predicted) class
+    labels: list[int] = field(default_factory=list)
+
+
+@torch.inference_mode()
+def invariance(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    kind: str,
+    values: Sequence[float] | None = None,
+    layers: Sequence[str] = ("norm1", "relu7"),
+    labels: Sequence[int] | None = None,
+) -> InvarianceResult:
+    """Fig. 5 for `images` (N, C, H, W) float in 0..255 at the model's input size.
+
+    `normalize` turns pixel images into model inputs (e.g. subtracting the mean image).
+    `layers`: the low and high layer whose feature vectors are compared (default: layer 1 after
+    pooling and contrast normalisation, and layer 7 after its ReLU — the paper's "layer 1" and
+    "layer 7"). `labels`: true classes (N,); without them the class predicted on the original
+    image is followed. Returns distances relative to the original's feature norm (see module doc).
+    """
+    values = list(DEFAULT_VALUES[kind] if values is None else values)
+    was_training = model.training
+    model.eval()
+    try:
+        with capture(model, layers) as store:
+            logits = model(normalize(images))
+            ref = {k: v.flatten(1).clone() for k, v in store.items()}  # (N, D) per layer
+            target = (
+                torch.as_tensor(list(labels)) if labels is not None else logits.argmax(1)
+            )
+            dist = {k: torch.zeros(len(images), len(values)) for k in layers}
+            prob = torch.zeros(len(images), len(values))
+            for j, v in enumerate(values):
+                logits = model(normalize(transform_images(images, kind, v)))
+                p = logits.float().softmax(1)
+                prob[:, j] = p.gather(1, target[:, None])[:, 0]
+                for k in layers:
+                    f = store[k].flatten(1)
+                    dist[k][:, j] = (f - ref[k]).norm(dim=1) / ref[k].norm(dim=1).clamp_min(1e-12)
+    finally:
+        model.train(was_training)
+    return InvarianceResult(kind, values, list(layers), dist, prob, target.tolist())

@@ -1,0 +1,36 @@
+"""Invariance sweeps (Fig. 5)."""
+
+import pytest
+import torch
+
+import zfnet
+from zfnet.analyses.invariance import invariance, transform_images
+
+
+def test_transforms_move_pixels_as_said() -> None:
+    img = torch.zeros(1, 1, 40, 40)
+    img[0, 0, 10, 20] = 255.0
+    down = transform_images(img, "translate", 0.25)
+    assert down[0, 0].argmax().item() == 20 * 40 + 20  # 10 px lower
+    rot = transform_images(img, "rotate", 180)
+    y, x = divmod(rot[0, 0].argmax().item(), 40)
+    assert abs(y - 29) <= 1 and abs(x - 19) <= 1
+    assert torch.allclose(transform_images(img, "scale", 1.0), img, atol=1e-3)
+    with pytest.raises(ValueError, match="valid: translate, scale, rotate"):
+        transform_images(img, "shear", 1)
+
+
+def test_invariance_identity_is_zero_and_hooks_removed() -> None:
+    torch.manual_seed(0)
+    model = zfnet.create_model("zfnet_small", input_size=32)
+    imgs = torch.rand(3, 3, 32, 32) * 255
+    res = invariance(model, imgs, lambda x: x - 128, "rotate", values=[0, 90], labels=[1, 2, 3])
+    assert res.distance["norm1"].shape == (3, 2) and res.prob.shape == (3, 2)
+    assert torch.allclose(res.distance["norm1"][:, 0], torch.zeros(3), atol=1e-6)
+    assert torch.allclose(res.distance["relu7"][:, 0], torch.zeros(3), atol=1e-6)
+    assert (res.distance["norm1"][:, 1] > 0.01).all()
+    p0 = model.eval()(imgs - 128).softmax(1)[torch.arange(3), torch.tensor([1, 2, 3])]
+    assert torch.allclose(res.prob[:, 0], p0, atol=1e-6)
+    assert res.labels == [1, 2, 3]
+    for m in model.modules():
+        assert not m._forward_hooks
