@@ -1,0 +1,47 @@
+"""Correspondence Δ (Fig. 8, Table 1) on hand-made cases."""
+
+import pytest
+import torch
+
+import zfnet
+from zfnet.analyses.correspondence import (
+    correspondence,
+    occlude_boxes,
+    part_box,
+    sign_consistency,
+)
+
+
+def test_sign_consistency_by_hand() -> None:
+    eps = torch.tensor([[1.0, -2.0, 0.0, 3.0], [1.0, 2.0, 0.0, 3.0], [1.0, -2.0, 0.0, 3.0]])
+    # pairs (0,1): 1/4, (0,2): 0, (1,2): 1/4 — each counted twice (ordered pairs)
+    mean, std = sign_consistency(eps)
+    assert mean == pytest.approx((0.25 + 0 + 0.25) / 3)
+    assert std > 0
+    with pytest.raises(ValueError, match="at least 2"):
+        sign_consistency(eps[:1])
+
+
+def test_part_box_and_occlusion() -> None:
+    m = torch.zeros(10, 10, dtype=torch.bool)
+    m[2:4, 5:9] = True
+    assert part_box(m) == (2, 5, 4, 9)
+    x = occlude_boxes(torch.ones(1, 3, 10, 10), [(2, 5, 4, 9)], fill=0.0)
+    assert x.sum() == 300 - 3 * 8
+    with pytest.raises(ValueError, match="empty"):
+        part_box(torch.zeros(3, 3, dtype=torch.bool))
+
+
+def test_correspondence_table_shape_and_determinism() -> None:
+    torch.manual_seed(0)
+    model = zfnet.create_model("zfnet_small", input_size=32)
+    imgs = torch.randn(4, 3, 32, 32) * 50
+    eyes = torch.zeros(4, 32, 32, dtype=torch.bool)
+    eyes[:, 8:14, 8:14] = True
+    rows = correspondence(model, imgs, {"eye": eyes}, random_draws=3)
+    assert [r.part for r in rows] == ["eye", "random"]
+    assert set(rows[0].delta) == {"pool5", "relu7"}
+    assert all(0 <= v <= 1 for r in rows for v in r.delta.values())
+    again = correspondence(model, imgs, {"eye": eyes}, random_draws=3)
+    assert again[1].delta == rows[1].delta  # seeded random draws
+    assert not any(m._forward_hooks for m in model.modules())
