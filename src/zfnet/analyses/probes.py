@@ -1,0 +1,121 @@
+"""Per-layer linear probes (paper Table 7) and transfer with fixed features (Tables 4–5).
+
+Table 7 trains a linear classifier (softmax or linear SVM) on the features of one layer of the
+ImageNet-trained net, for Caltech-101/256, and finds that features grow more discriminative with
+depth. Here the same is done on the data at hand: features of each chosen layer for N training
+images per class, a linear classifier per layer, test accuracy per layer.
+
+Features: a conv layer's maps are average-pooled to a 2×2 grid (4·C numbers: keeps the coarse
+layout, and makes layers of very different sizes comparable in dimension); fc layers are taken
+as they are. Each feature is standardised on the training images before the classifier.
+
+Transfer (Tables 4–5): keeping layers 1–7 fixed and training a new softmax on top is exactly a
+softmax probe on layer 7's features, so `transfer` is `linear_probes` at relu7 on the new dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
+
+from zfnet.activations import capture
+
+CLASSIFIERS = ("softmax", "svm")
+
+
+@torch.inference_mode()
+def extract_features(
+    model: torch.nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    layers: Sequence[str],
+    grid: int = 2,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Features of `layers` for every image of `batches` ((x, y) pairs, e.g. a DataLoader).
+
+    Returns ({layer: (N, D) float32}, labels (N,)). Conv maps are average-pooled to grid×grid.
+    """
+    was_training = model.training
+    model.eval()
+    feats: dict[str, list[np.ndarray]] = {k: [] for k in layers}
+    labels: list[np.ndarray] = []
+    try:
+        with capture(model, layers) as store:
+            for x, y in batches:
+                model(x)
+                for k in layers:
+                    f = store[k]
+                    if f.dim() == 4:  # (N, C, H, W) -> (N, C*grid*grid)
+                        f = F.adaptive_avg_pool2d(f, grid)
+                    feats[k].append(f.flatten(1).float().cpu().numpy())
+                labels.append(torch.as_tensor(y).cpu().numpy())
+    finally:
+        model.train(was_training)
+    return {k: np.concatenate(v) for k, v in feats.items()}, np.concatenate(labels)
+
+
+def fit_linear(
+    kind: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+    c: float = 1.0, seed: int = 0,
+) -> float:
+    """Train one linear classifier ("softmax" or "svm") and return its test accuracy."""
+    if kind == "softmax":
+        clf = LogisticRegression(C=c, max_iter=2000, random_state=seed)
+    elif kind == "svm":
+        clf = LinearSVC(C=c * 0.01, max_iter=5000, random_state=seed)
+    else:
+        raise ValueError(f"unknown classifier {kind!r}; valid: {', '.join(CLASSIFIERS)}")
+    pipe = make_pipeline(StandardScaler(), clf)
+    pipe.fit(x_train, y_train)
+    return float((pipe.predict(x_test) == y_test).mean())
+
+
+@dataclass
+class ProbeRow:
+    """Test accuracy of each classifier on one layer's features."""
+
+    layer: str
+    dim: int
+    accuracy: dict[str, float]  # classifier -> test accuracy
+
+
+def linear_probes(
+    model: torch.nn.Module,
+    train_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    test_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    layers: Sequence[str] = ("pool1", "pool2", "relu3", "relu4", "pool5", "relu6", "relu7"),
+    classifiers: Sequence[str] = CLASSIFIERS,
+    seed: int = 0,
+) -> list[ProbeRow]:
+    """Table 7: a linear classifier per layer, trained on `train_batches`' features, tested on
+    `test_batches`'. Choose N images per class by what `train_batches` holds (e.g. a dataset spec
+    with `per_class=N`)."""
+    for kind in classifiers:
+        if kind not in CLASSIFIERS:
+            raise ValueError(f"unknown classifier {kind!r}; valid: {', '.join(CLASSIFIERS)}")
+    ftr, ytr = extract_features(model, train_batches, layers)
+    fte, yte = extract_features(model, test_batches, layers)
+    return [
+        ProbeRow(k, ftr[k].shape[1],
+                 {c: fit_linear(c, ftr[k], ytr, fte[k], yte, seed=seed) for c in classifiers})
+        for k in layers
+    ]
+
+
+def transfer(
+    model: torch.nn.Module,
+    train_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    test_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    layer: str = "relu7",
+    seed: int = 0,
+) -> float:
+    """Tables 4–5: layers 1–7 fixed, a new softmax trained on the new data; test accuracy."""
+    return linear_probes(model, train_batches, test_batches, (layer,), ("softmax",), seed)[0] \
+        .accuracy["softmax"]

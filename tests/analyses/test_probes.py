@@ -1,0 +1,46 @@
+"""Linear probes (Table 7) and transfer on a case where the answer is known."""
+
+import numpy as np
+import pytest
+import torch
+
+import zfnet
+from zfnet.analyses.probes import extract_features, fit_linear, linear_probes, transfer
+
+
+def _batches(x: torch.Tensor, y: torch.Tensor, bs: int = 16) -> list:
+    return [(x[i : i + bs], y[i : i + bs]) for i in range(0, len(x), bs)]
+
+
+def _separable(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    x = torch.randn(n, 3, 32, 32, generator=g) * 20
+    x[y == 1, 0] += 60  # class 1: much redder — any layer should see it
+    return x, y
+
+
+def test_probes_find_a_separable_signal() -> None:
+    torch.manual_seed(0)
+    model = zfnet.create_model("zfnet_small", input_size=32, num_classes=2)
+    tr, te = _separable(40, 0), _separable(40, 1)
+    rows = linear_probes(model, _batches(*tr), _batches(*te), layers=("pool1", "relu7"))
+    assert [r.layer for r in rows] == ["pool1", "relu7"]
+    assert rows[0].dim == 48 * 4 and rows[1].dim == 512
+    for r in rows:
+        assert set(r.accuracy) == {"softmax", "svm"}
+        assert r.accuracy["softmax"] >= 0.9, r
+    acc = transfer(model, _batches(*tr), _batches(*te), layer="pool1")
+    assert acc >= 0.9
+
+
+def test_extract_features_order_and_labels() -> None:
+    model = zfnet.create_model("zfnet_small", input_size=32)
+    x, y = _separable(10, 2)
+    f, labels = extract_features(model, _batches(x, y, 3), ["relu6"])
+    assert f["relu6"].shape == (10, 512) and np.array_equal(labels, y.numpy())
+
+
+def test_unknown_classifier() -> None:
+    with pytest.raises(ValueError, match="valid: softmax, svm"):
+        fit_linear("knn", np.zeros((2, 1)), np.array([0, 1]), np.zeros((2, 1)), np.array([0, 1]))
