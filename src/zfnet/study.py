@@ -1,0 +1,111 @@
+"""`zfnet study` (paper Table 3): train a list of model variants on one dataset with one budget
+and report train / val top-1 (and top-5) error side by side.
+
+The variants are Table 3's, expressed relative to the base model so that they apply to the
+small models too: fc6/fc7 at half and double width (the paper's 2048 and 8192 vs 4096), conv3–5
+widened by the paper's factors (384/384/256 -> 512/1024/512, i.e. ×4/3, ×8/3, ×2), and the
+removals (conv3+conv4, fc7, fc6+fc7, all four).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from zfnet.data import collate, load_dataset
+from zfnet.models import create_model
+from zfnet.train import TrainConfig, evaluate, load_model, train
+
+# Paper Table 3 (train top-1 / val top-1 / val top-5 error, %), for the side-by-side table.
+PAPER_TABLE3 = {
+    "alexnet_zf": {
+        "baseline": (35.1, 40.5, 18.1), "no_conv34": (41.8, 45.4, 22.1),
+        "no_fc7": (27.4, 40.0, 18.4), "no_fc67": (27.4, 44.8, 22.4),
+        "no_conv34_fc67": (71.1, 71.3, 50.1), "fc_half": (40.3, 41.7, 18.8),
+        "fc_double": (26.8, 40.0, 18.1),
+    },
+    "zfnet": {
+        "baseline": (33.1, 38.4, 16.5), "fc_half": (38.2, 40.2, 17.6),
+        "fc_double": (22.0, 38.8, 17.0), "wide345": (18.8, 37.5, 16.0),
+        "wide345_fc_double": (10.0, 38.3, 16.9),
+    },
+}
+
+_PAPER_MODEL = {"zfnet": "zfnet", "zfnet_small": "zfnet", "zfnet_seedtable": "zfnet",
+                "alexnet_zf": "alexnet_zf", "alexnet_small": "alexnet_zf"}
+
+VARIANTS = ("baseline", "fc_half", "fc_double", "wide345", "wide345_fc_double", "no_conv34",
+            "no_fc7", "no_fc67", "no_conv34_fc67")
+
+
+def variant_overrides(model: str, variant: str) -> dict[str, Any]:
+    """The `create_model` overrides that make Table 3's `variant` of base `model`."""
+    cfg = create_model(model).config
+    convs = {c.name: c.channels for c in cfg.convs}
+    fc = cfg.fc[0] if cfg.fc else 0
+    wide = (round(convs["conv3"] * 4 / 3), round(convs["conv4"] * 8 / 3), convs["conv5"] * 2)
+    table: dict[str, dict[str, Any]] = {
+        "baseline": {},
+        "fc_half": {"fc_width": fc // 2},
+        "fc_double": {"fc_width": fc * 2},
+        "wide345": {"conv_widths": wide},
+        "wide345_fc_double": {"conv_widths": wide, "fc_width": fc * 2},
+        "no_conv34": {"remove": ("conv3", "conv4")},
+        "no_fc7": {"remove": ("fc7",)},
+        "no_fc67": {"remove": ("fc6", "fc7")},
+        "no_conv34_fc67": {"remove": ("conv3", "conv4", "fc6", "fc7")},
+    }
+    if variant not in table:
+        raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    return table[variant]
+
+
+def study(
+    data: str,
+    models: Sequence[str],
+    variants: Sequence[str],
+    out: str | Path,
+    epochs: int,
+    train_eval_images: int = 2000,
+    **train_options: Any,
+) -> list[dict[str, Any]]:
+    """Train every (model, variant) pair on `data` for `epochs` into `out/<model>-<variant>` and
+    return one row each: model, variant, parameters, train/val top-1 error, val top-5 error,
+    wall time. Train error is measured in eval mode on centre crops of the first
+    `train_eval_images` training images (as the paper's train error: without dropout).
+    `train_options` go to `TrainConfig` (batch_size, lr, schedule, …)."""
+    for v in variants:
+        variant_overrides(models[0], v)  # fail early on an unknown variant
+    bundle = load_dataset(data)
+    train_eval = bundle.train.with_mode("centre")
+    if train_eval_images and len(train_eval) > train_eval_images:
+        from torch.utils.data import Subset
+
+        train_eval = Subset(train_eval, range(train_eval_images))
+    rows = []
+    for model in models:
+        for v in variants:
+            run = Path(out) / f"{model}-{v}"
+            cfg = TrainConfig(data=data, model=model, out=str(run), epochs=epochs,
+                              model_opts=variant_overrides(model, v), **train_options)
+            t0 = time.perf_counter()
+            summary = train(replace(cfg), bundle=bundle)
+            net, _ = load_model(run)
+            tr = evaluate(net, DataLoader(train_eval, batch_size=256, collate_fn=collate),
+                          bundle.num_classes)
+            final = summary["final"]
+            rows.append({
+                "model": model, "variant": v,
+                "parameters": sum(p.numel() for p in net.parameters()),
+                "train_top1_error": tr["top1_error"],
+                "val_top1_error": final["val_top1_error"],
+                "val_top5_error": final.get("val_top5_error"),
+                "wall_time_s": time.perf_counter() - t0,
+                "paper": PAPER_TABLE3.get(_PAPER_MODEL.get(model, ""), {}).get(v),
+            })
+    return rows
