@@ -45,3 +45,13 @@ def test_correspondence_table_shape_and_determinism() -> None:
     again = correspondence(model, imgs, {"eye": eyes}, random_draws=3)
     assert again[1].delta == rows[1].delta  # seeded random draws
     assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_correspondence_section(tmp_path) -> None:
+    from zfnet.analyses.correspondence import CorrespondenceRow, correspondence_section
+    from zfnet.report import read_sections
+
+    rows = [CorrespondenceRow("eye", {"pool5": 0.05, "relu7": 0.06}, {"pool5": 0.01, "relu7": 0})]
+    correspondence_section(tmp_path, rows, 5, "faces")
+    (s,) = read_sections(tmp_path)
+    assert s.tables[0].rows[0][0] == "eye" and len(s.tables[1].rows) == 4

@@ -34,3 +34,16 @@ def test_invariance_identity_is_zero_and_hooks_removed() -> None:
     assert res.labels == [1, 2, 3]
     for m in model.modules():
         assert not m._forward_hooks
+
+
+def test_invariance_section_writes_figures(tmp_path) -> None:
+    from zfnet.analyses.invariance import invariance_section
+    from zfnet.report import read_sections
+
+    model = zfnet.create_model("zfnet_small", input_size=32)
+    imgs = torch.rand(2, 3, 32, 32) * 255
+    res = [invariance(model, imgs, lambda x: x - 128, k, values=v)
+           for k, v in (("translate", [0, 0.1]), ("scale", [1, 1.2]), ("rotate", [0, 45]))]
+    invariance_section(tmp_path, res, ["a", "b"])
+    (s,) = read_sections(tmp_path)
+    assert len(s.figures) == 3 and len(s.tables[0].rows) == 3

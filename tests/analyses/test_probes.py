@@ -44,3 +44,13 @@ def test_extract_features_order_and_labels() -> None:
 def test_unknown_classifier() -> None:
     with pytest.raises(ValueError, match="valid: softmax, svm"):
         fit_linear("knn", np.zeros((2, 1)), np.array([0, 1]), np.zeros((2, 1)), np.array([0, 1]))
+
+
+def test_probes_section(tmp_path) -> None:
+    from zfnet.analyses.probes import ProbeRow, probes_section
+    from zfnet.report import read_sections
+
+    probes_section(tmp_path, [ProbeRow("pool1", 192, {"softmax": 0.5, "svm": 0.4})], 10, "x",
+                   transfer_rows=[[10, "50%", "20%"]])
+    (s,) = read_sections(tmp_path)
+    assert s.tables[0].rows == [["pool1", 192, "50.0%", "40.0%"]] and len(s.tables) == 2

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torchvision.transforms.v2.functional as TF
@@ -109,3 +110,56 @@ def invariance(
     finally:
         model.train(was_training)
     return InvarianceResult(kind, values, list(layers), dist, prob, target.tolist())
+
+
+def invariance_section(
+    run_dir: str | Path,
+    results: Sequence[InvarianceResult],
+    image_names: Sequence[str],
+    key: str = "invariance",
+    title: str = "Invariance (Fig. 5)",
+    order: int = 60,
+):
+    """Write one figure per transformation (distance at the two layers, class probability, one
+    curve per image) and the report section; returns the Section."""
+    from zfnet.report import Figure, Section, Table, write_section
+    from zfnet.report.plots import plot_curves
+
+    run_dir = Path(run_dir)
+    xlabels = {"translate": "vertical shift (fraction of height)", "scale": "scale factor",
+               "rotate": "rotation (degrees)"}
+    figures, rows = [], []
+    for r in results:
+        low, high = r.layers[0], r.layers[-1]
+        panels = {
+            f"{low}: relative distance": {
+                n: r.distance[low][i].tolist() for i, n in enumerate(image_names)},
+            f"{high}: relative distance": {
+                n: r.distance[high][i].tolist() for i, n in enumerate(image_names)},
+            "p(class)": {n: r.prob[i].tolist() for i, n in enumerate(image_names)},
+        }
+        path = plot_curves(r.values, panels, run_dir / "figures" / f"{key}_{r.kind}.png",
+                           xlabel=xlabels[r.kind])
+        figures.append(Figure(str(path.relative_to(run_dir)), f"{r.kind}"))
+        rows.append([r.kind, f"{r.distance[low].mean().item():.3f}",
+                     f"{r.distance[high].mean().item():.3f}",
+                     f"{r.prob.min(1).values.mean().item():.3f}"])
+    section = Section(
+        key=key, title=title, order=order,
+        caption=(
+            "Each image is shifted vertically, scaled and rotated; for every amount we compare "
+            "its feature vectors with those of the untransformed image at a low layer (the "
+            "paper's layer 1) and a high one (layer 7). Distances are Euclidean, divided by the "
+            "norm of the untransformed image's feature vector so that both layers share a scale "
+            "(0 = unchanged, 1 = a change as large as the features). The last panel is the "
+            "probability of the true class (or, without a label, of the class first "
+            "predicted). The paper (Fig. 5): small transformations change layer 1 a lot and "
+            "layer 7 much less; the output is robust to translation and scaling, less to "
+            "rotation."
+        ),
+        figures=figures,
+        tables=[Table(["transformation", f"mean distance {results[0].layers[0]}",
+                       f"mean distance {results[0].layers[-1]}", "mean min p(class)"], rows)],
+    )
+    write_section(run_dir, section)
+    return section
