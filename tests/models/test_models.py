@@ -154,3 +154,12 @@ def test_feature_size_matches_torch() -> None:
                 pool = torch.nn.MaxPool2d(k, s, p, ceil_mode=ceil)
                 got = pool(torch.zeros(1, 1, size, size)).shape[-1]
                 assert feature_size(size, k, s, p, ceil) == got, (size, k, s, p, ceil)
+
+
+def test_geometry_stops_at_non_square_layers() -> None:
+    seq = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 4, (1, 3)),
+                              torch.nn.ReLU())
+    from zfnet.models.geometry import sequential_geometry
+
+    geo = sequential_geometry(seq, 32)
+    assert list(geo) == ["0"] and geo["0"].size == 30

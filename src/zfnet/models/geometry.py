@@ -52,11 +52,10 @@ def feature_size(size: int, kernel: int, stride: int, padding: int, ceil: bool =
     return out
 
 
-def _pair(v: int | tuple[int, ...]) -> int:
+def _pair(v: int | tuple[int, ...]) -> int | None:
+    """The side of a square kernel/stride/padding; None when it is not square."""
     if isinstance(v, tuple):
-        if len(set(v)) != 1:
-            raise ValueError(f"only square kernels, strides and paddings are supported, got {v}")
-        return int(v[0])
+        return int(v[0]) if len(set(v)) == 1 else None
     return int(v)
 
 
@@ -72,10 +71,12 @@ def sequential_geometry(
     out: dict[str, LayerGeometry] = {}
     for name, m in seq.named_children():
         if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            if isinstance(m.padding, str):
+                break  # "same"/"valid": not handled; geometry unknown from here on
             k, s, p = _pair(m.kernel_size), _pair(m.stride), _pair(m.padding)
             d = _pair(getattr(m, "dilation", 1))
-            if d != 1:
-                break
+            if None in (k, s, p) or d != 1:
+                break  # non-square or dilated: geometry unknown from here on
             ceil = bool(getattr(m, "ceil_mode", False))
             geo = LayerGeometry(
                 size=feature_size(geo.size, k, s, p, ceil),

@@ -1,0 +1,522 @@
+"""Occlusion sensitivity (paper Sec. 4.2, Fig. 7): does the model look at the object?
+
+A square of `fill` slides over the image (size and stride in pixels). At every occluder position
+the model runs on the occluded image and we record four maps over the positions:
+
+- (b) the total activation of one feature map of `layer` — the map that is strongest on the
+  unoccluded image (for zfnet's models the paper's layer 5, `conv5`): sum over the map of
+  max(a, 0), i.e. of the rectified map (a no-op for ReLU and pooling outputs);
+- (c) that map's deconvnet projection on the unoccluded image (`zfnet.deconvnet.project`: its
+  strongest activation, taken down to pixels), to show which structure drives it;
+- (d) the probability of the correct class;
+- (e) the most probable label.
+
+Occluder positions follow Captum's `Occlusion`: tops (and lefts) 0, stride, 2 stride, … as long as
+the previous square does not reach the border, the last square clipped at the border, so that
+every pixel is covered when stride <= size. Map entry (i, j) is the square with top-left corner
+(tops[i], lefts[j]). The default fill 0 is the grey of the dataset: inputs are pixel values minus
+the training set's mean image (the paper's convention), so 0 puts the mean image in the square.
+
+Positions run in batches (`batch_size` at a time), so peak memory is bounded by the batch, not by
+the number of positions. On chain models (zfnet's, torchvision's alexnet and vgg) the default is
+incremental inference (`zfnet.incremental`): each layer is recomputed only where the occluder can
+have changed it — the same numbers as the full recomputation, several times faster.
+
+`pointing_game` measures localisation on the built-in `synthetic` dataset, whose images come with
+object masks; `occlusion_report` does the whole job for the report.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from zfnet.activations import capture
+from zfnet.incremental import UnsupportedModelError, as_chain, occlusion_logits
+from zfnet.models import layer_info, resolve_layer
+
+METHODS = ("auto", "incremental", "full")
+
+
+@dataclass
+class OcclusionResult:
+    """The four maps of paper Fig. 7 for one image, over occluder positions (R rows, Q columns)."""
+
+    layer: str  # the layer of map (b), e.g. "conv5"
+    feature_map: int  # the map of `layer` strongest on the unoccluded image
+    target: int  # the class of map (d)
+    size: int  # occluder side in pixels
+    stride: int  # pixels between occluder positions
+    tops: list[int]  # (R,) top row of the occluder for each map row
+    lefts: list[int]  # (Q,) left column of the occluder for each map column
+    image_size: tuple[int, int]  # (H, W)
+    activation: torch.Tensor  # (R, Q) (b) total rectified activation of `feature_map`
+    probability: torch.Tensor  # (R, Q) (d) p(target)
+    label: torch.Tensor  # (R, Q) int64 (e) most probable class
+    label_probability: torch.Tensor  # (R, Q) its probability
+    base_activation: float  # (b) on the unoccluded image
+    base_probability: float  # (d) on the unoccluded image
+    base_label: int  # (e) on the unoccluded image
+    method: str  # "incremental" or "full"
+    projection: torch.Tensor | None = None  # (C, H, W) (c), in input units
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def box(self, i: int, j: int) -> tuple[int, int, int, int]:
+        """Occluder of map entry (i, j) as (top, left, bottom, right), bottom/right exclusive."""
+        h, w = self.image_size
+        t, left = self.tops[i], self.lefts[j]
+        return t, left, min(t + self.size, h), min(left + self.size, w)
+
+    def most_sensitive(self) -> tuple[int, int]:
+        """Map entry (i, j) where p(target) is lowest: the occluder that hurts the most."""
+        flat = int(torch.argmin(self.probability))
+        return divmod(flat, self.probability.shape[1])
+
+    def to_pixels(self, values: torch.Tensor) -> torch.Tensor:
+        """A map over positions (R, Q) as pixels (H, W): each pixel the mean over the occluders
+        covering it (Captum's `Occlusion` form); NaN where none does (stride > size)."""
+        return pixel_map(values, self.tops, self.lefts, self.size, self.image_size)
+
+
+def occluder_grid(height: int, width: int, size: int, stride: int) -> tuple[list[int], list[int]]:
+    """Tops and lefts of the occluder positions (Captum's `Occlusion` grid: the last square is
+    clipped at the border)."""
+    _check_geometry(height, width, size, stride)
+    tops = [i * stride for i in range(math.ceil((height - size) / stride) + 1)]
+    lefts = [j * stride for j in range(math.ceil((width - size) / stride) + 1)]
+    return tops, lefts
+
+
+def occluder_boxes(tops: list[int], lefts: list[int], size: int, height: int,
+                   width: int) -> torch.Tensor:
+    """(R*Q, 4) boxes (top, left, bottom, right), row-major over (tops, lefts)."""
+    t = torch.tensor(tops)[:, None].expand(len(tops), len(lefts)).reshape(-1)
+    lft = torch.tensor(lefts)[None, :].expand(len(tops), len(lefts)).reshape(-1)
+    return torch.stack([t, lft, (t + size).clamp(max=height), (lft + size).clamp(max=width)], 1)
+
+
+def pixel_map(values: torch.Tensor, tops: list[int], lefts: list[int], size: int,
+              image_size: tuple[int, int]) -> torch.Tensor:
+    """Spread a map over occluder positions (R, Q) to pixels (H, W): the mean over the squares
+    covering each pixel, NaN where none does."""
+    h, w = image_size
+    ys, xs = torch.arange(h), torch.arange(w)
+    rows = ((ys >= torch.tensor(tops)[:, None]) & (ys < torch.tensor(tops)[:, None] + size))
+    cols = ((xs >= torch.tensor(lefts)[:, None]) & (xs < torch.tensor(lefts)[:, None] + size))
+    rows, cols = rows.to(torch.float64), cols.to(torch.float64)  # (R, H), (Q, W)
+    total = rows.T @ values.to(torch.float64) @ cols  # (H, W)
+    count = rows.sum(0)[:, None] * cols.sum(0)[None, :]
+    out = total / count
+    return out.masked_fill(count == 0, float("nan")).to(values.dtype)
+
+
+def _check_geometry(height: int, width: int, size: int, stride: int) -> None:
+    if not isinstance(size, int) or not 1 <= size <= min(height, width):
+        raise ValueError(
+            f"occluder size={size} does not fit the {height}x{width} image; "
+            f"valid: 1..{min(height, width)} pixels"
+        )
+    if not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"occluder stride={stride} must be an integer >= 1 (pixels)")
+
+
+def default_layer(model: nn.Module) -> str:
+    """The last convolution of `model`: `conv5` on zfnet's models (the paper's layer 5)."""
+    convs = [name for name, info in layer_info(model).items() if info.kind == "conv"]
+    if not convs:
+        raise ValueError(f"{type(model).__name__} has no convolution; pass layer=...")
+    return convs[-1]
+
+
+def default_size(height: int, width: int) -> int:
+    """Default occluder side: 1/7 of the shorter side (32 px at 224, 9 at 64)."""
+    return max(1, min(height, width) // 7)
+
+
+def _full_logits(
+    model: nn.Module, image: torch.Tensor, boxes: torch.Tensor, fill: torch.Tensor,
+    batch_size: int, watch: tuple[str, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N, K) and watched totals (N,) by running the model on every occluded image."""
+    _, h, w = image.shape
+    ys = torch.arange(h, device=image.device)[None, :, None]
+    xs = torch.arange(w, device=image.device)[None, None, :]
+    logits, watched = [], []
+    with capture(model, [watch[0]]) as store:
+        for start in range(0, len(boxes), batch_size):
+            t, lft, b, r = boxes[start:start + batch_size].to(image.device).unbind(1)
+            inside = ((ys >= t[:, None, None]) & (ys < b[:, None, None])
+                      & (xs >= lft[:, None, None]) & (xs < r[:, None, None]))  # (B, H, W)
+            x = torch.where(inside[:, None], fill, image)  # (B, C, H, W)
+            logits.append(model(x))
+            act = store[watch[0]][:, watch[1]].clamp(min=0)
+            watched.append(act.reshape(len(x), -1).sum(1))
+    return torch.cat(logits), torch.cat(watched)
+
+
+def occlusion(
+    model: nn.Module,
+    image: torch.Tensor,
+    target: int | None = None,
+    layer: str | None = None,
+    size: int | None = None,
+    stride: int | None = None,
+    fill: float | torch.Tensor = 0.0,
+    batch_size: int = 64,
+    *,
+    method: str = "auto",
+    tau: float = 1.0,
+    project: bool = True,
+) -> OcclusionResult:
+    """Occlusion sensitivity of `model` on `image` (paper Fig. 7).
+
+    image: one model input (C, H, W) in the model's pixel convention. target: the class of map
+    (d) (default: the class predicted on the unoccluded image). layer: the layer of maps (b) and
+    (c), a name as `zfnet.models.resolve_layer` takes it (default: the last convolution, `conv5`
+    on zfnet's models). size, stride: occluder side and step in pixels (default 1/7 of the image
+    side and a quarter of that: 32 and 8 at 224 px). fill: the occluder's value, a number or a
+    tensor broadcastable to (C, H, W) (default 0: the dataset's mean image, see the module doc).
+    batch_size: occluder positions per batch; bounds peak memory. method: "incremental"
+    (`zfnet.incremental`; chain models only), "full" (run the whole model per position) or
+    "auto" (incremental where supported). tau < 1: incremental inference's approximate mode.
+    project: compute map (c) with the deconvnet (one extra forward/backward pass).
+    """
+    if image.ndim != 3:
+        raise ValueError(f"image must be one (C, H, W) tensor, got shape {tuple(image.shape)}")
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not known; valid: {', '.join(METHODS)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    _, h, w = image.shape
+    size = default_size(h, w) if size is None else size
+    stride = max(1, size // 4) if stride is None else stride
+    tops, lefts = occluder_grid(h, w, size, stride)
+    layer = default_layer(model) if layer is None else layer
+    resolve_layer(model, layer)  # an unknown layer fails here, listing the valid names
+    try:
+        fill_t = torch.as_tensor(fill, dtype=image.dtype, device=image.device).expand_as(image)
+    except RuntimeError as err:
+        raise ValueError(f"fill of shape {tuple(torch.as_tensor(fill).shape)} does not "
+                         f"broadcast to the image's {tuple(image.shape)}") from err
+    requested = method
+    if method == "auto":
+        try:
+            as_chain(model)
+            method = "incremental"
+        except UnsupportedModelError:
+            method = "full"
+    if tau != 1.0 and method == "full":
+        raise ValueError(f"tau={tau} is incremental inference's approximate mode, which this "
+                         "model or method='full' cannot use; pass tau=1")
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            with capture(model, [layer]) as store:
+                base_logits = model(image[None])[0]  # (K,)
+            base_act = store[layer][0].clamp(min=0)
+            totals = base_act.reshape(base_act.shape[0], -1).sum(1)  # (C_layer,)
+            channel = int(torch.argmax(totals))
+            k = base_logits.shape[0]
+            if target is None:
+                target = int(torch.argmax(base_logits))
+            if not 0 <= target < k:
+                raise ValueError(f"target={target} is not a class of this model; valid: 0..{k - 1}")
+            boxes = occluder_boxes(tops, lefts, size, h, w)
+            watch = (layer, channel)
+            if method == "incremental":
+                try:
+                    logits, watched = occlusion_logits(model, image, boxes, fill_t,
+                                                       batch_size=batch_size, tau=tau, watch=watch)
+                except UnsupportedModelError:
+                    if requested != "auto" or tau != 1.0:
+                        raise
+                    method = "full"  # forward differs from the chain: fall back, still exact
+            if method == "full":
+                logits, watched = _full_logits(model, image, boxes, fill_t, batch_size, watch)
+        projection = _deconv_projection(model, image, layer, channel) if project else None
+    finally:
+        model.train(was_training)
+
+    grid = (len(tops), len(lefts))
+    probs = torch.softmax(logits.float(), dim=1)  # (N, K)
+    best_p, best = probs.max(1)
+    base_probs = torch.softmax(base_logits.float(), dim=0)
+    return OcclusionResult(
+        layer=layer, feature_map=channel, target=target, size=size, stride=stride,
+        tops=tops, lefts=lefts, image_size=(h, w),
+        activation=watched.view(grid).cpu(),
+        probability=probs[:, target].view(grid).cpu(),
+        label=best.view(grid).cpu(),
+        label_probability=best_p.view(grid).cpu(),
+        base_activation=float(totals[channel]),
+        base_probability=float(base_probs[target]),
+        base_label=int(torch.argmax(base_probs)),
+        method=method,
+        projection=None if projection is None else projection.cpu(),
+        meta={"fill": "tensor" if isinstance(fill, torch.Tensor) else float(fill), "tau": tau},
+    )
+
+
+def _deconv_projection(model: nn.Module, image: torch.Tensor, layer: str,
+                       channel: int) -> torch.Tensor:
+    """Map (c): the strongest activation of map `channel` of `layer` on the unoccluded image,
+    projected to pixels by the project's one deconvnet engine (paper Sec. 2.1)."""
+    from zfnet.deconvnet import project  # the engine is only needed for this map
+
+    return project(model, image[None], layer, channels=channel)[0]  # (C, H, W)
+
+
+# --- localisation on the built-in dataset -------------------------------------------------
+
+
+def _val_centre(bundle: Any) -> Any:
+    """The bundle's val split with centre crops (one (C, S, S) input per item)."""
+    val = bundle.val
+    return val.with_mode("centre") if getattr(val, "mode", "centre") != "centre" else val
+
+
+def pointing_game(
+    model: nn.Module,
+    bundle: Any,
+    n_images: int = 100,
+    *,
+    size: int | None = None,
+    stride: int | None = None,
+    fill: float | torch.Tensor = 0.0,
+    layer: str | None = None,
+    batch_size: int = 64,
+    method: str = "auto",
+) -> dict[str, Any]:
+    """Pointing game with occlusion (paper Sec. 4.2's question, measured): for the first
+    `n_images` val images of `bundle` (a `zfnet.data.DataBundle` whose val split has object
+    masks: the built-in `synthetic` dataset), is the most sensitive occluder position — the
+    minimum of the p(true class) map — on the object? A position is "on the object" when the
+    centre pixel of its square lies in the object mask.
+
+    Returns {"n_images", "hits", "hit_rate", "chance", "per_image": [...]}, where `chance` is
+    the mean share of occluder centres that lie on the object: the hit rate of a random pick.
+    """
+    val = _val_centre(bundle)
+    if not hasattr(val, "sample"):
+        raise ValueError(
+            f"dataset {bundle.spec!r} has no object masks; the pointing game needs the built-in "
+            "'synthetic' dataset"
+        )
+    if n_images < 1:
+        raise ValueError(f"n_images={n_images} must be >= 1")
+    n = min(n_images, len(val))
+    per_image = []
+    for i in range(n):
+        x, y = val[i]  # (C, S, S), int
+        mask = torch.from_numpy(val.sample(i).mask)  # (S, S) bool
+        r = occlusion(model, x, target=y, layer=layer, size=size, stride=stride, fill=fill,
+                      batch_size=batch_size, method=method, project=False)
+        ci, cj = r.most_sensitive()
+        cy, cx = _centre(r.box(ci, cj))
+        centres = [_centre(r.box(a, b)) for a in range(len(r.tops)) for b in range(len(r.lefts))]
+        chance = float(np.mean([bool(mask[p]) for p in centres]))
+        per_image.append({
+            "index": i, "label": y, "predicted": r.base_label,
+            "p_class": r.base_probability, "min_p_class": float(r.probability.min()),
+            "point": (cy, cx), "hit": bool(mask[cy, cx]), "chance": chance,
+        })
+    hits = sum(p["hit"] for p in per_image)
+    return {
+        "n_images": n, "hits": hits, "hit_rate": hits / n,
+        "chance": float(np.mean([p["chance"] for p in per_image])), "per_image": per_image,
+    }
+
+
+def _centre(box: tuple[int, int, int, int]) -> tuple[int, int]:
+    t, left, b, r = box
+    return (t + b - 1) // 2, (left + r - 1) // 2
+
+
+# --- figures and the report section ---------------------------------------------------------
+
+
+def _display(img: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(C, H, W) or (H, W, C) image as float (H, W, 3) or (H, W) in 0..1, min-max stretched
+    unless it is uint8."""
+    a = torch.as_tensor(np.asarray(img)).detach().cpu()
+    if a.ndim == 3 and a.shape[0] in (1, 3):
+        a = a.permute(1, 2, 0)
+    a = a.squeeze(-1) if a.ndim == 3 and a.shape[-1] == 1 else a
+    if a.dtype == torch.uint8:
+        return a.numpy() / 255.0
+    a = a.double()
+    return ((a - a.min()) / (a.max() - a.min() + 1e-12)).numpy()
+
+
+def _projection_display(p: torch.Tensor) -> np.ndarray:
+    """A projection (C, H, W) with 0 as mid-grey, scaled by its largest magnitude."""
+    p = p.detach().cpu().double()
+    p = (p / (2 * p.abs().max() + 1e-12) + 0.5).clamp(0, 1).permute(1, 2, 0)
+    return (p.squeeze(-1) if p.shape[-1] == 1 else p).numpy()
+
+
+def plot_occlusion(
+    panels: list[tuple[torch.Tensor | np.ndarray, OcclusionResult]],
+    class_names: list[str] | None,
+    path: str | Path,
+) -> Path:
+    """Paper Fig. 7 as a PNG: one row per (displayable image, result) in `panels`, columns
+    (a) the image with the most sensitive occluder drawn, (b) activation map, (c) its deconv
+    projection, (d) p(correct class), (e) most probable label. Returns the path."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure  # no pyplot: no backend, no global state
+    from matplotlib.patches import Patch, Rectangle
+
+    def name(c: int) -> str:
+        return class_names[c] if class_names and 0 <= c < len(class_names) else str(c)
+
+    fig = Figure(figsize=(16, 3.3 * len(panels)))
+    axes = fig.subplots(len(panels), 5, squeeze=False)
+    for row, (img, r) in zip(axes, panels, strict=True):
+        h, w = r.image_size
+        half = r.stride / 2
+        extent = (r.lefts[0] + r.size / 2 - half, r.lefts[-1] + r.size / 2 + half,
+                  r.tops[-1] + r.size / 2 + half, r.tops[0] + r.size / 2 - half)
+        ci, cj = r.most_sensitive()
+        t, left, b, rr = r.box(ci, cj)
+        cy, cx = _centre((t, left, b, rr))
+        shown = _display(img)
+        row[0].imshow(shown, cmap="gray" if shown.ndim == 2 else None)
+        row[0].add_patch(Rectangle((left - 0.5, t - 0.5), rr - left, b - t, fill=False,
+                                   ec="red", lw=1.5, ls="--"))
+        row[0].set_title(f"(a) true: {name(r.target)} (p={r.base_probability:.2f})\n"
+                         f"predicted: {name(r.base_label)}", fontsize=9)
+        im = row[1].imshow(r.activation.numpy(), cmap="jet", extent=extent)
+        row[1].set_title(f"(b) total activation, {r.layer} map {r.feature_map}", fontsize=9)
+        fig.colorbar(im, ax=row[1], fraction=0.046)
+        if r.projection is not None:
+            proj = _projection_display(r.projection)
+            row[2].imshow(proj, cmap="gray" if proj.ndim == 2 else None)
+            row[2].set_title(f"(c) deconv projection, {r.layer} map {r.feature_map}",
+                             fontsize=9)
+        else:
+            row[2].text(0.5, 0.5, "(c) not computed", ha="center", va="center")
+        im = row[3].imshow(r.probability.numpy(), cmap="jet", extent=extent, vmin=0)
+        row[3].plot([cx], [cy], marker="x", color="white", ms=9, mew=2)
+        row[3].set_title(f"(d) p({name(r.target)}), min {float(r.probability.min()):.3g}",
+                         fontsize=9)
+        fig.colorbar(im, ax=row[3], fraction=0.046)
+        labels, counts = torch.unique(r.label, return_counts=True)
+        order = labels[torch.argsort(counts, descending=True)].tolist()[:10]
+        codes = torch.full_like(r.label, len(order))  # beyond the 10 commonest: "other"
+        for k, c in enumerate(order):
+            codes[r.label == c] = k
+        colours = [f"C{k}" for k in range(len(order))] + ["lightgrey"]
+        row[4].imshow(codes.numpy(), cmap=ListedColormap(colours), extent=extent,
+                      vmin=-0.5, vmax=len(order) + 0.5, interpolation="nearest")
+        handles = [Patch(color=f"C{k}", label=name(c) + (" (true)" if c == r.target else ""))
+                   for k, c in enumerate(order)]
+        row[4].legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        row[4].set_title("(e) most probable label", fontsize=9)
+        for ax in row:
+            ax.set_xlim(-0.5, w - 0.5)
+            ax.set_ylim(h - 0.5, -0.5)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+CAPTION = (
+    "Occlusion sensitivity (paper Fig. 7). A square of the dataset's mean colour (fill 0 after "
+    "mean subtraction) of {size} px slides over each image in steps of {stride} px; each map "
+    "has one value per occluder position, drawn at the square's centre. (a) The image; the "
+    "dashed red square is the occluder that lowers the probability of the true class most. "
+    "(b) Total activation of the {layer} feature map that is strongest on the unoccluded image "
+    "(sum of its rectified map): blue where covering the image switches that feature off. "
+    "(c) That map's strongest activation projected to pixels with the deconvnet: the structure "
+    "it responds to. (d) Probability of the true class: blue where covering the image hurts "
+    "the classification — if the model relies on the object, the blue region lies on the object, "
+    "not on the background. (e) The most probable label at each position: where covering the "
+    "object makes the model switch to another class. {pointing}"
+)
+
+
+def occlusion_report(
+    model: nn.Module,
+    bundle: Any,
+    run_dir: str | Path,
+    *,
+    n_images: int = 4,
+    n_pointing: int = 100,
+    size: int | None = None,
+    stride: int | None = None,
+    fill: float = 0.0,
+    layer: str | None = None,
+    batch_size: int = 64,
+    method: str = "auto",
+) -> dict[str, Any]:
+    """The whole occlusion job for the report (paper Fig. 7): maps for `n_images` val images of
+    `bundle` (one per class while classes last), the figure `occlusion/fig7_occlusion.png` and,
+    when the dataset has object masks (`synthetic`), the pointing game over `n_pointing` images;
+    writes the report section `occlusion` into `run_dir`. Returns the numbers (also in the
+    section's metrics)."""
+    from zfnet.report import Figure, Section, Table, write_section
+
+    run_dir = Path(run_dir)
+    val = _val_centre(bundle)
+    if n_images < 1:
+        raise ValueError(f"n_images={n_images} must be >= 1")
+    picks: list[int] = []
+    seen: set[int] = set()
+    for i in range(len(val)):  # one image per class first, then the next ones
+        if val.targets[i] not in seen:
+            picks.append(i)
+            seen.add(val.targets[i])
+        if len(picks) == n_images:
+            break
+    picks += [i for i in range(len(val)) if i not in picks][: n_images - len(picks)]
+    panels, rows = [], []
+    for i in picks:
+        x, y = val[i]
+        r = occlusion(model, x, target=y, layer=layer, size=size, stride=stride, fill=fill,
+                      batch_size=batch_size, method=method)
+        panels.append((bundle.raw_val(i), r))
+        rows.append([i, bundle.class_names[y], bundle.class_names[r.base_label],
+                     round(r.base_probability, 3), round(float(r.probability.min()), 3),
+                     f"{r.layer}:{r.feature_map}"])
+    fig_path = plot_occlusion(panels, bundle.class_names,
+                              run_dir / "occlusion" / "fig7_occlusion.png")
+    first = panels[0][1]
+    metrics: dict[str, Any] = {"occluder_px": first.size, "stride_px": first.stride,
+                               "layer": first.layer, "method": first.method}
+    pointing_text = ""
+    tables = [Table(["val image", "true class", "predicted", "p(true)", "min p(true) occluded",
+                     "strongest map"], rows, "The images of the figure.")]
+    if hasattr(val, "sample") and n_pointing > 0:
+        pg = pointing_game(model, bundle, n_pointing, size=size, stride=stride, fill=fill,
+                           layer=layer, batch_size=batch_size, method=method)
+        metrics.update(pointing_hit_rate=round(pg["hit_rate"], 3),
+                       pointing_chance=round(pg["chance"], 3), pointing_images=pg["n_images"])
+        pointing_text = (
+            f"Pointing game on {pg['n_images']} val images of '{bundle.spec}': the most "
+            f"sensitive occluder position lies on the object mask in {pg['hit_rate']:.0%} of "
+            f"the images; a random position would in {pg['chance']:.0%} (the object's share of "
+            "occluder centres)."
+        )
+    caption = CAPTION.format(size=first.size, stride=first.stride, layer=first.layer,
+                             pointing=pointing_text)
+    write_section(run_dir, Section(
+        key="occlusion", title="Occlusion sensitivity (Fig. 7)", caption=caption,
+        figures=[Figure(str(fig_path.relative_to(run_dir)), "Rows: val images. Columns: "
+                        "(a) image, (b) layer activation, (c) deconv projection, "
+                        "(d) p(true class), (e) most probable label.")],
+        tables=tables, metrics=metrics, order=70,
+    ))
+    return metrics

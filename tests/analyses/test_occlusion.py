@@ -1,0 +1,231 @@
+"""Occlusion sensitivity (paper Fig. 7): agreement with Captum's `Occlusion`, incremental ==
+full recomputation, chunking, map (c) from the deconvnet, the pointing game and the report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from zfnet import create_model
+from zfnet.activations import get_activations
+from zfnet.analyses.occlusion import (
+    occluder_grid,
+    occlusion,
+    occlusion_report,
+    pixel_map,
+    pointing_game,
+)
+from zfnet.incremental import UnsupportedModelError
+from zfnet.models import UnknownLayerError
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # small convolutions on a shared 2-core machine run far faster on one thread
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    return create_model("zfnet_small", input_size=48).eval()
+
+
+@pytest.fixture(scope="module")
+def image() -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.randn(3, 48, 48) * 60
+
+
+@pytest.mark.parametrize("size,stride", [(12, 6), (10, 4), (16, 16)])
+def test_probability_map_agrees_with_captum(model, image, size, stride) -> None:
+    """Captum's attribution at a pixel is the mean, over the windows covering it, of
+    p(orig) - p(occluded); our map spread to pixels the same way must give the same numbers.
+    (10, 4) has a clipped last window; (16, 16) compares window by window."""
+    captum = pytest.importorskip("captum.attr")
+    target = 3
+    r = occlusion(model, image, target=target, size=size, stride=stride, project=False)
+    occ = captum.Occlusion(lambda x: torch.softmax(model(x), dim=1))
+    attr = occ.attribute(image[None], sliding_window_shapes=(3, size, size),
+                         strides=(3, stride, stride), target=target, baselines=0.0,
+                         perturbations_per_eval=16)[0]  # (C, H, W), the same in every channel
+    ours = r.to_pixels(r.base_probability - r.probability)  # (H, W)
+    assert torch.allclose(attr[0], ours, atol=1e-6, rtol=1e-4)
+    if stride == size:  # no averaging: each window's own value
+        for i, t in enumerate(r.tops):
+            for j, left in enumerate(r.lefts):
+                assert attr[0, t, left] == pytest.approx(
+                    r.base_probability - float(r.probability[i, j]), abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["zfnet_small", "alexnet_small"])
+def test_incremental_equals_full(name, image) -> None:
+    torch.manual_seed(0)
+    net = create_model(name, input_size=48).eval()
+    inc = occlusion(net, image, size=11, stride=5, method="incremental", project=False)
+    full = occlusion(net, image, size=11, stride=5, method="full", project=False)
+    assert (inc.method, full.method) == ("incremental", "full")
+    assert inc.feature_map == full.feature_map and inc.target == full.target
+    assert torch.allclose(inc.probability, full.probability, atol=1e-6, rtol=1e-4)
+    assert torch.allclose(inc.activation, full.activation, rtol=1e-5)
+    close = torch.isclose(inc.label_probability, full.label_probability, atol=1e-6)
+    assert ((inc.label == full.label) | close).all()  # a tie could flip; none here
+    assert (inc.label == full.label).float().mean() == 1.0
+
+
+@pytest.mark.parametrize("method", ["incremental", "full"])
+def test_batch_size_does_not_change_results(model, image, method) -> None:
+    ref = occlusion(model, image, size=8, stride=4, batch_size=1000, method=method,
+                    project=False)
+    for batch_size in (1, 9):
+        r = occlusion(model, image, size=8, stride=4, batch_size=batch_size, method=method,
+                      project=False)
+        assert torch.allclose(r.probability, ref.probability, atol=1e-6, rtol=1e-4)
+        assert torch.allclose(r.activation, ref.activation, rtol=1e-5)
+
+
+def test_strongest_map_and_its_projection(model, image) -> None:
+    from zfnet.deconvnet import project
+
+    r = occlusion(model, image, layer="conv5", size=24, stride=24)
+    act = get_activations(model, image[None], ["conv5"])["conv5"][0].clamp(min=0)
+    totals = act.flatten(1).sum(1)
+    assert r.feature_map == int(totals.argmax())
+    assert r.base_activation == pytest.approx(float(totals.max()), rel=1e-5)
+    expected = project(model, image[None], "conv5", channels=r.feature_map)[0]
+    assert r.projection is not None and torch.allclose(r.projection, expected)
+    # an occluder over the whole image gives the activation of the fill image
+    whole = occlusion(model, image, layer="conv5", size=48, stride=1, project=False)
+    blank = get_activations(model, torch.zeros(1, 3, 48, 48), ["conv5"])["conv5"][0]
+    assert float(whole.activation[0, 0]) == pytest.approx(
+        float(blank[r.feature_map].clamp(min=0).sum()), rel=1e-5, abs=1e-4)
+
+
+def test_torchvision_alexnet_module_path_layer() -> None:
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    net = torchvision.models.alexnet(num_classes=5).eval()
+    x = torch.randn(3, 72, 72) * 60
+    inc = occlusion(net, x, size=36, stride=36, project=False)
+    assert inc.layer == "features.10" and inc.method == "incremental"  # the last conv
+    full = occlusion(net, x, size=36, stride=36, method="full", project=False)
+    assert torch.allclose(inc.probability, full.probability, atol=1e-6, rtol=1e-4)
+    assert torch.allclose(inc.activation, full.activation, rtol=1e-5)
+
+
+def test_non_chain_model_falls_back_to_full(model, image) -> None:
+    wrapped = nn.Sequential(model)  # no features/classifier children
+    r = occlusion(wrapped, image, layer="0.features.conv5", size=24, stride=12, project=False)
+    assert r.method == "full"
+    ref = occlusion(model, image, size=24, stride=12, project=False)
+    assert torch.allclose(r.probability, ref.probability, atol=1e-6, rtol=1e-4)
+    with pytest.raises(UnsupportedModelError, match="children"):
+        occlusion(wrapped, image, layer="0.features.conv5", size=24, method="incremental",
+                  project=False)
+
+
+def test_grid_and_pixel_map() -> None:
+    # Captum's grid: 0, 4, 8 and a last window at 12 clipped to 12..15 of 15 rows
+    assert occluder_grid(15, 10, 6, 4) == ([0, 4, 8, 12], [0, 4])
+    values = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    px = pixel_map(values, [0, 1], [0, 1], 2, (3, 3))
+    assert px[0, 0] == 1 and px[0, 2] == 2 and px[2, 0] == 3 and px[2, 2] == 4
+    assert px[1, 1] == pytest.approx(2.5) and px[0, 1] == pytest.approx(1.5)
+    gaps = pixel_map(values, [0, 3], [0, 3], 2, (5, 5))  # stride 3 > size 2
+    assert torch.isnan(gaps[2, 2]) and gaps[4, 4] == 4
+
+
+def test_most_sensitive_and_box(model, image) -> None:
+    r = occlusion(model, image, size=10, stride=4, project=False)
+    i, j = r.most_sensitive()
+    assert r.probability[i, j] == r.probability.min()
+    assert r.box(len(r.tops) - 1, 0) == (r.tops[-1], 0, 48, 10)
+
+
+def test_argument_errors_name_the_fault(model, image) -> None:
+    with pytest.raises(ValueError, match=r"size=49 .*48x48.*1\.\.48"):
+        occlusion(model, image, size=49)
+    with pytest.raises(ValueError, match="stride=0"):
+        occlusion(model, image, size=8, stride=0)
+    with pytest.raises(UnknownLayerError, match="conv9.*valid: conv1"):
+        occlusion(model, image, layer="conv9")
+    with pytest.raises(ValueError, match="method='fast'.*incremental"):
+        occlusion(model, image, method="fast")
+    with pytest.raises(ValueError, match=r"target=10 .*0\.\.9"):
+        occlusion(model, image, target=10, size=24, project=False)
+    with pytest.raises(ValueError, match="fill of shape"):
+        occlusion(model, image, fill=torch.zeros(2), size=24, project=False)
+    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+        occlusion(model, image[None])
+
+
+def test_model_left_as_it_was(model, image) -> None:
+    model.train()
+    try:
+        occlusion(model, image, size=24, stride=24)
+        assert all(m.training for m in model.modules())
+        assert not any(m._forward_hooks for m in model.modules())
+    finally:
+        model.eval()
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    from zfnet.data import load_dataset
+
+    return load_dataset("synthetic?n_train=10&n_val=4")
+
+
+class MaskOracle(nn.Module):
+    """Class `label`'s logit falls with the number of object pixels hidden by a zero fill:
+    the most sensitive occluder is the one covering most of the object."""
+
+    def __init__(self, mask: torch.Tensor, label: int, num_classes: int) -> None:
+        super().__init__()
+        self.mask, self.label, self.num_classes = mask, label, num_classes
+        self.conv = nn.Conv2d(3, 1, 1)  # a layer to watch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.conv(x)
+        hidden = ((x == 0).all(1) & self.mask).flatten(1).sum(1).float()  # (N,)
+        logits = torch.zeros(len(x), self.num_classes)
+        logits[:, self.label] = -0.2 * hidden
+        return logits
+
+
+def test_pointing_game_reads_the_mask_in_image_coordinates(synthetic) -> None:
+    sample = synthetic.val.sample(0)
+    oracle = MaskOracle(torch.from_numpy(sample.mask), sample.label, synthetic.num_classes)
+    pg = pointing_game(oracle, synthetic, 1, size=8, stride=4)
+    assert pg["n_images"] == 1 and pg["hits"] == 1 and pg["hit_rate"] == 1.0
+    assert 0 < pg["chance"] < 1
+    cy, cx = pg["per_image"][0]["point"]
+    assert sample.mask[cy, cx]
+
+
+def test_occlusion_report_writes_figure_and_section(synthetic, tmp_path) -> None:
+    torch.manual_seed(0)
+    net = create_model("zfnet_small", num_classes=synthetic.num_classes).eval()
+    metrics = occlusion_report(net, synthetic, tmp_path, n_images=2, n_pointing=2, size=16,
+                               stride=16)
+    assert 0 <= metrics["pointing_hit_rate"] <= 1 and metrics["pointing_images"] == 2
+    section = json.loads((tmp_path / "sections" / "occlusion.json").read_text())
+    assert "Fig. 7" in section["caption"] and "Pointing game" in section["caption"]
+    png = tmp_path / section["figures"][0]["path"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(section["tables"][0]["rows"]) == 2
+
+
+def test_approximate_mode_needs_incremental(model, image) -> None:
+    approx = occlusion(model, image, size=12, stride=6, tau=0.5, project=False)
+    exact = occlusion(model, image, size=12, stride=6, project=False)
+    assert approx.method == "incremental" and approx.meta["tau"] == 0.5
+    assert not torch.equal(approx.probability, exact.probability)
+    with pytest.raises(ValueError, match="tau=0.5"):
+        occlusion(model, image, size=12, tau=0.5, method="full", project=False)
