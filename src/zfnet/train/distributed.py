@@ -1,0 +1,135 @@
+"""Many processes / machines with torchrun: process group, resumable sampler, reductions.
+
+Launch (one line per machine; gloo on CPU, nccl on GPU is chosen automatically)::
+
+    torchrun --nnodes 2 --nproc-per-node 8 --node-rank 0 --master-addr HOST0 --master-port 29500 \
+        -m zfnet.cli train --data imagefolder:/data/imagenet --model zfnet --out runs/zf
+    (the same on HOST1 with --node-rank 1)
+
+Without torchrun's environment variables everything here is a no-op single process.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits: rank among world_size, and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    """"auto" -> this process's GPU if CUDA is available, else the CPU; anything else as given."""
+    if device == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} asked for, but CUDA is not available; use cpu or auto")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank)
+    return dev
+
+
+def setup(device: str = "auto") -> DistInfo:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR…),
+    or describe a single process. nccl when this process uses a GPU, gloo otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if world > 1 and not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return DistInfo(rank, world, local_rank, dev)
+
+
+def teardown(info: DistInfo) -> None:
+    """Leave the process group joined by `setup`."""
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
+    """Sum a few numbers over all processes (float64, so counts stay exact)."""
+    if not info.enabled:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=info.device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_reduce_max(flags: list[bool], info: DistInfo) -> list[bool]:
+    """Each flag true on every process if it is true on any, so that all processes stop (or
+    fail) at the same step instead of waiting for each other forever."""
+    if not info.enabled:
+        return list(flags)
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [v > 0 for v in t.tolist()]
+
+
+def gather_tensors(t: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
+    """Every process's copy of a same-shaped tensor (e.g. RNG states), on the CPU."""
+    if not info.enabled:
+        return [t.cpu()]
+    local = t.to(info.device)
+    out = [torch.empty_like(local) for _ in range(info.world_size)]
+    dist.all_gather(out, local)
+    return [o.cpu() for o in out]
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+class ResumableSampler(DistributedSampler):
+    """`DistributedSampler` that can start part-way into an epoch.
+
+    The order of an epoch depends only on (seed, epoch), as in `DistributedSampler`; with
+    `skip = k` the first k indices of this rank's share are left out, so that a run resumed
+    after k samples sees exactly the batches the uninterrupted run would have seen. Works
+    without a process group (pass num_replicas=1, rank=0).
+    """
+
+    def __init__(self, dataset: Any, num_replicas: int, rank: int, shuffle: bool = True,
+                 seed: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
+                         seed=seed, drop_last=False)
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        return iter(indices[self.skip:])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.skip
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "skip": self.skip, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.skip = int(state["epoch"]), int(state["skip"])
+        self.seed = int(state["seed"])

@@ -1,0 +1,67 @@
+"""`evaluate_checkpoint`: top-1 / top-5 error, per-class accuracy and confusion matrix of a
+trained model on a dataset's validation split, centre crop or the paper's 10 crops (Table 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from zfnet.data import collate
+from zfnet.train.checkpoint import load_model
+from zfnet.train.distributed import DistInfo, resolve_device
+from zfnet.train.metrics import per_class_accuracy
+from zfnet.train.recipe import evaluate
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    spec: str | None = None,
+    ten_crop: bool = False,
+    *,
+    batch_size: int = 128,
+    device: str = "auto",
+    workers: int = 0,
+    bundle: Any = None,
+) -> dict[str, Any]:
+    """Evaluate the checkpoint at `path` (run dir, checkpoint dir or weights file) on the
+    validation split of dataset `spec` (None: the dataset the model was trained on).
+
+    With `ten_crop`, each image is scored by the average softmax over its 4 corner and centre
+    crops and their mirror images (paper Sec. 3). `bundle` may be given instead of loading `spec`.
+    Returns a JSON-ready dict: checkpoint, model, epoch, data, ten_crop, n, loss, top1_error,
+    top5_error, class_names, per_class_accuracy ({name: accuracy}), confusion_matrix (rows: true
+    class, columns: predicted).
+    """
+    dev = resolve_device(device)
+    model, meta = load_model(path, device=dev)
+    spec = spec or meta["data"]
+    if bundle is None:
+        from zfnet.data import load_dataset
+
+        bundle = load_dataset(spec, ten_crop=ten_crop)
+    n_out = meta.get("num_classes") or bundle.num_classes
+    if bundle.num_classes != n_out:
+        raise ValueError(
+            f"dataset {spec!r} has {bundle.num_classes} classes but the model in "
+            f"{meta['checkpoint']} has {n_out} outputs (it was trained on {meta.get('data')!r})"
+        )
+    if bundle.input_size != meta.get("input_size", bundle.input_size):
+        raise ValueError(
+            f"dataset {spec!r} gives {bundle.input_size} px crops but the model in "
+            f"{meta['checkpoint']} expects {meta['input_size']} px"
+        )
+    loader = DataLoader(bundle.val, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=collate, pin_memory=dev.type == "cuda")
+    r = evaluate(model, loader, bundle.num_classes, DistInfo(0, 1, 0, dev))
+    cm: torch.Tensor = r["confusion"]
+    names = list(bundle.class_names)
+    return {
+        "checkpoint": meta["checkpoint"], "model": meta["model"], "epoch": meta.get("epoch"),
+        "data": spec, "ten_crop": ten_crop, "n": r["n"], "loss": r["loss"],
+        "top1_error": r["top1_error"], "top5_error": r["top5_error"], "class_names": names,
+        "per_class_accuracy": dict(zip(names, per_class_accuracy(cm), strict=True)),
+        "confusion_matrix": cm.tolist(),
+    }

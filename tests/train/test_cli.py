@@ -1,0 +1,53 @@
+"""`zfnet train` / `zfnet eval` command lines, and evaluate_checkpoint's report."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from tests.train.tiny import tiny_bundle
+from zfnet.cli import main
+from zfnet.train import evaluate_checkpoint, parse_model_opt
+
+
+@pytest.mark.parametrize("cmd", ["train", "eval"])
+def test_help(cmd) -> None:
+    r = CliRunner().invoke(main, [cmd, "--help"])
+    assert r.exit_code == 0, r.output
+    assert {"train": "--resume", "eval": "--ten-crop"}[cmd] in r.output
+
+
+def test_parse_model_opt() -> None:
+    assert parse_model_opt("fc_width=2048") == ("fc_width", 2048)
+    assert parse_model_opt("remove=conv3,conv4") == ("remove", ["conv3", "conv4"])
+    assert parse_model_opt("conv_widths=512,1024,512") == ("conv_widths", [512, 1024, 512])
+    assert parse_model_opt("init=paper") == ("init", "paper")
+    assert parse_model_opt("dropout=0.25") == ("dropout", 0.25)
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_model_opt("fc_width")
+
+
+def test_train_errors_are_clear(tmp_path) -> None:
+    r = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "r")])
+    assert r.exit_code == 1 and "data and model required" in r.output
+    r = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "r"), "--data", "x",
+                                  "--model", "zfnet_small", "--model-opt", "nope"])
+    assert r.exit_code == 1 and "KEY=VALUE" in r.output
+
+
+def test_evaluate_checkpoint_report(reference) -> None:
+    out = reference[0]
+    centre = evaluate_checkpoint(out, None, bundle=tiny_bundle(), device="cpu")
+    ten = evaluate_checkpoint(out, "tiny", True, bundle=tiny_bundle(ten_crop=True), device="cpu")
+    for r in (centre, ten):
+        json.dumps(r)  # JSON-ready
+        assert r["n"] == 16 and r["model"] == "zfnet_small" and r["epoch"] == 3
+        cm = r["confusion_matrix"]
+        assert len(cm) == 4 and sum(map(sum, cm)) == 16
+        assert r["top1_error"] == pytest.approx(1 - sum(cm[i][i] for i in range(4)) / 16)
+        assert set(r["per_class_accuracy"]) == {"c0", "c1", "c2", "c3"}
+    assert ten["ten_crop"] and not centre["ten_crop"]
+    with pytest.raises(ValueError, match="has 10 classes but the model"):
+        from dataclasses import replace
+
+        evaluate_checkpoint(out, "tiny", bundle=replace(tiny_bundle(), num_classes=10))

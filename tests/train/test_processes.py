@@ -1,0 +1,81 @@
+"""Real processes: SIGTERM saves and exits 143; torchrun with two CPU processes (gloo) trains,
+and gives the weights of one process with the same global batch."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.train.tiny import tiny_bundle, tiny_config
+from zfnet.train import find_last, list_checkpoints, load_model, train
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    return env
+
+
+def test_sigterm_saves_and_exits_143(tmp_path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.train.run_tiny", str(out), '{"epochs": 500}'],
+        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list_checkpoints(out):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no checkpoint within 60 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, stderr
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM"
+    last = find_last(out)
+    assert summary["checkpoint"] == str(last)
+    _, meta = load_model(out)
+    # resume finishes the epoch that was interrupted (or the next one) and stops cleanly
+    done = meta["epoch"] + 1
+    summary = train(tiny_config(out, epochs=done, resume=True), bundle=tiny_bundle())
+    assert summary["status"] == "completed" and load_model(out)[1]["epoch"] == done
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_match_one(tmp_path) -> None:
+    """Two gloo processes with 4 samples each per step == one process with batch 8 (dropout
+    off, so that the only difference is where the gradient is summed)."""
+    opts = {"epochs": 2, "model_opts": {"conv_widths": [16, 16, 16], "fc_width": 32,
+                                        "dropout": 0.0}}
+    ddp_out = tmp_path / "ddp"
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "tests.train.run_tiny", str(ddp_out), json.dumps(opts)],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    summaries = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert len(summaries) == 2 and {s["world_size"] for s in summaries} == {2}
+    one_out = tmp_path / "one"
+    train(tiny_config(one_out, **opts), bundle=tiny_bundle())
+    m2, meta2 = load_model(ddp_out)
+    m1, meta1 = load_model(one_out)
+    assert meta2["world_size"] == 2 and meta2["epoch"] == 2
+    for k, v in m1.state_dict().items():
+        torch.testing.assert_close(m2.state_dict()[k], v, rtol=1e-4, atol=1e-5)
+    for a, b in zip(meta1["history"], meta2["history"], strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_top1_error"] == pytest.approx(b["val_top1_error"], abs=1e-9)

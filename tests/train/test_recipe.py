@@ -1,0 +1,152 @@
+"""The recipe: resume equals the uninterrupted run (epoch boundary and mid-epoch after SIGTERM),
+NaN stop keeps the last good checkpoint, resume refuses another configuration."""
+
+import os
+import signal
+
+import pytest
+import torch
+
+from tests.train.tiny import tiny_bundle, tiny_config
+from zfnet.train import NonFiniteLossError, find_last, list_checkpoints, load_model, train
+from zfnet.train import recipe as recipe_mod
+from zfnet.train.logs import read_metrics_csv
+
+LOSS_KEYS = ("train_loss", "train_top1_error", "val_loss", "val_top1_error", "global_step")
+
+
+def _assert_same_run(a, b) -> None:
+    ha, hb = load_model(a)[1]["history"], load_model(b)[1]["history"]
+    assert len(ha) == len(hb)
+    for ra, rb in zip(ha, hb, strict=True):
+        for k in LOSS_KEYS:
+            assert ra[k] == pytest.approx(rb[k], abs=1e-6), k
+    wa, wb = load_model(a)[0].state_dict(), load_model(b)[0].state_dict()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-6)
+
+
+def test_resume_at_epoch_boundary_is_exact(reference, tmp_path) -> None:
+    ref, _ = reference
+    out = tmp_path / "run"
+    train(tiny_config(out, epochs=1), bundle=tiny_bundle())
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tiny_config(out, epochs=3), bundle=tiny_bundle())
+    summary = train(tiny_config(out, epochs=3, resume=True), bundle=tiny_bundle())
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 3
+    _assert_same_run(ref, out)
+    rows = read_metrics_csv(out / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+
+
+def test_sigterm_mid_epoch_then_resume_is_exact(reference, tmp_path, monkeypatch) -> None:
+    """SIGTERM arrives during step 6 (epoch 2, 2nd of 4 steps): the step finishes, a mid-epoch
+    checkpoint is written, and resuming from it reproduces the uninterrupted run."""
+    ref, _ = reference
+    out = tmp_path / "run"
+    real = recipe_mod.renormalize_filters
+    calls = {"n": 0}
+
+    def renorm_then_signal(model, radius):
+        real(model, radius)
+        calls["n"] += 1
+        if calls["n"] == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(recipe_mod, "renormalize_filters", renorm_then_signal)
+    summary = train(tiny_config(out, epochs=3), bundle=tiny_bundle())
+    monkeypatch.setattr(recipe_mod, "renormalize_filters", real)
+    assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM"
+    assert find_last(out).name == "epoch_0001_step_000002"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+    summary = train(tiny_config(out, epochs=3, resume=True), bundle=tiny_bundle())
+    assert summary["status"] == "completed"
+    _assert_same_run(ref, out)
+    assert [e for e, _ in list_checkpoints(out)] == [1, 2, 3]  # the mid-epoch one is pruned
+
+
+def test_nan_loss_stops_and_keeps_last_good(tmp_path, monkeypatch) -> None:
+    out = tmp_path / "run"
+    real = recipe_mod.renormalize_filters
+    calls = {"n": 0}
+
+    def renorm_then_poison(model, radius):
+        real(model, radius)
+        calls["n"] += 1
+        if calls["n"] == 5:  # after the first step of epoch 2
+            with torch.no_grad():
+                model.classifier.fc8.weight.fill_(float("nan"))
+
+    monkeypatch.setattr(recipe_mod, "renormalize_filters", renorm_then_poison)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 2.*epoch_0001"):
+        train(tiny_config(out, epochs=3), bundle=tiny_bundle())
+    model, meta = load_model(out)
+    assert meta["epoch"] == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert [e for e, _ in list_checkpoints(out)] == [1]
+
+
+def test_resume_with_other_model_or_config_errors(reference, tmp_path) -> None:
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference[0], out)
+    with pytest.raises(ValueError, match="model 'zfnet_small', not 'alexnet_small'"):
+        train(tiny_config(out, model="alexnet_small", epochs=4, resume=True),
+              bundle=tiny_bundle())
+    with pytest.raises(ValueError, match=r"lr: 0\.001 in the run, 0\.1 now"):
+        train(tiny_config(out, lr=0.1, epochs=4, resume=True), bundle=tiny_bundle())
+
+
+def test_resolve_config_from_saved_run(reference) -> None:
+    cfg = recipe_mod.resolve_config(out=str(reference[0]), resume=True, epochs=5)
+    assert cfg.model == "zfnet_small" and cfg.epochs == 5 and cfg.lr == 1e-3
+    with pytest.raises(ValueError, match="data and model required"):
+        recipe_mod.resolve_config(out="/nonexistent/run")
+
+
+def test_schedules_step_as_documented(tmp_path) -> None:
+    out = tmp_path / "run"
+    train(tiny_config(out, epochs=2, schedule="cosine", warmup_epochs=1), bundle=tiny_bundle())
+    rows = load_model(out)[1]["history"]
+    assert rows[0]["lr"] == pytest.approx(1e-3)  # end of warm-up (lr logged after epoch 1)
+    assert rows[1]["lr"] < 1e-3 * 0.2  # cosine near its end
+
+
+def test_worker_processes_give_the_same_run(reference, tmp_path) -> None:
+    """Augmentation is seeded per (seed, epoch, sample): a worker process changes nothing."""
+    out = tmp_path / "run"
+    train(tiny_config(out, epochs=1, workers=1), bundle=tiny_bundle())
+    a = load_model(reference[0] / "checkpoints" / "epoch_0001")[1]["history"][0]
+    b = load_model(out)[1]["history"][0]
+    for k in LOSS_KEYS:
+        assert a[k] == pytest.approx(b[k], abs=1e-6), k
+
+
+class _Broken(torch.utils.data.Dataset):
+    """Every 4th training sample is an unreadable file (the data layer yields None)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        return None if i % 4 == 0 else self.inner[i]
+
+
+def test_skipped_samples_are_counted(tmp_path) -> None:
+    bundle = tiny_bundle()
+    bundle.train = _Broken(bundle.train)
+    train(tiny_config(tmp_path / "run", epochs=1), bundle=bundle)
+    row = read_metrics_csv(tmp_path / "run" / "metrics.csv")[0]
+    assert row["skipped"] == 8  # 32 samples, 8 of them broken
+
+
+def test_bf16_autocast_on_cpu_trains(tmp_path) -> None:
+    summary = train(tiny_config(tmp_path / "run", epochs=1, amp="bf16"), bundle=tiny_bundle())
+    assert summary["amp"] == "bfloat16"
+    assert torch.isfinite(torch.tensor(summary["final"]["train_loss"]))
+    with pytest.raises(ValueError, match="fp16.*CUDA"):
+        train(tiny_config(tmp_path / "run2", epochs=1, amp="fp16"), bundle=tiny_bundle())
