@@ -1,0 +1,267 @@
+"""Top-k mining: the strongest activations of every feature map over a dataset (paper Fig. 2).
+
+The data go through the model's convolutional chain once, up to the deepest chosen layer. For
+every image and map only the image's strongest position counts (so the k entries of one map
+come from k different images, as the nine patches of each map in the paper's Fig. 2), and a
+running merge per batch keeps the k best: memory is layers x maps x k, never the dataset.
+
+Order is deterministic: by value descending, ties by dataset index ascending, and within an
+image the first maximum in row-major order. The same order makes shards mined by several
+processes (`torchrun`) merge into the answer of one process (`merge_topk`,
+`mine_topk_distributed`): the same images and positions, values equal up to the float
+rounding by which a convolution's result depends on its batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
+
+from zfnet.deconvnet import eval_mode, feature_chain
+from zfnet.models import resolve_layer
+
+_NO_IMAGE = torch.iinfo(torch.int64).max  # sorts after every real index
+
+
+@dataclass
+class TopK:
+    """The k strongest activations of every map of one layer, best first.
+
+    Entry [c, j]: the j-th strongest image for map c is dataset item `index[c, j]`, with its
+    strongest activation `values[c, j]` at (`row[c, j]`, `col[c, j]`) of the layer's map.
+    Slots not filled (fewer than k images seen) hold value -inf and index -1.
+    """
+
+    layer: str
+    values: Tensor  # (C, k) float32
+    index: Tensor  # (C, k) int64
+    row: Tensor  # (C, k) int64
+    col: Tensor  # (C, k) int64
+
+    @property
+    def k(self) -> int:
+        return self.values.shape[1]
+
+    @staticmethod
+    def empty(layer: str, channels: int, k: int) -> TopK:
+        """k empty slots for each of `channels` maps."""
+        return TopK(
+            layer,
+            torch.full((channels, k), float("-inf")),
+            torch.full((channels, k), -1, dtype=torch.long),
+            torch.zeros(channels, k, dtype=torch.long),
+            torch.zeros(channels, k, dtype=torch.long),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain tensors and strings, for `torch.save` or `all_gather_object`."""
+        return {"layer": self.layer, "values": self.values, "index": self.index,
+                "row": self.row, "col": self.col}
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> TopK:
+        return TopK(d["layer"], d["values"], d["index"], d["row"], d["col"])
+
+
+def _keep_best(values: Tensor, index: Tensor, row: Tensor, col: Tensor, k: int):
+    """The k best of (C, m) candidates per row: value descending, then index ascending.
+
+    An image that appears twice (DistributedSampler pads shards by repeating items) is kept
+    once, at its best entry; its other entries become empty slots.
+    """
+    key = torch.where(index < 0, _NO_IMAGE, index)
+    order = torch.argsort(key, dim=1, stable=True)
+    values = values.masked_fill(values.isnan(), float("-inf"))  # NaN ranks last
+    by_value = torch.argsort(values.gather(1, order), dim=1, descending=True, stable=True)
+    order = order.gather(1, by_value)
+    values, index, row, col = (t.gather(1, order) for t in (values, index, row, col))
+    # Repeats: in index order (stable, so best first within an image), all but the first.
+    by_index = torch.argsort(index, dim=1, stable=True)
+    sorted_index = index.gather(1, by_index)
+    repeat = torch.zeros_like(sorted_index, dtype=torch.bool)
+    repeat[:, 1:] = (sorted_index[:, 1:] == sorted_index[:, :-1]) & (sorted_index[:, 1:] >= 0)
+    repeat = torch.zeros_like(repeat).scatter_(1, by_index, repeat)
+    if bool(repeat.any()):
+        values = values.masked_fill(repeat, float("-inf"))
+        index = index.masked_fill(repeat, -1)
+        last = torch.argsort(repeat.to(torch.uint8), dim=1, stable=True)  # repeats to the end
+        values, index, row, col = (t.gather(1, last) for t in (values, index, row, col))
+    return tuple(t[:, :k] for t in (values, index, row, col))
+
+
+def merge_topk(*parts: TopK) -> TopK:
+    """One `TopK` from several over disjoint parts of the data (e.g. one per process).
+
+    The same answer as mining all of the data in one pass, whatever the split.
+    """
+    if not parts:
+        raise ValueError("merge_topk needs at least one TopK")
+    first = parts[0]
+    for p in parts[1:]:
+        if p.layer != first.layer or p.values.shape != first.values.shape:
+            raise ValueError(
+                f"cannot merge top-k of {p.layer} {tuple(p.values.shape)} into "
+                f"{first.layer} {tuple(first.values.shape)}: same layer and (maps, k) needed"
+            )
+    cat = [torch.cat([getattr(p, f).cpu() for p in parts], 1)
+           for f in ("values", "index", "row", "col")]
+    return TopK(first.layer, *_keep_best(*cat, first.k))
+
+
+class _Indexed(Dataset):
+    """Items of `dataset` at `indices`, each tagged with its dataset index."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[int, Any]:
+        j = int(self.indices[i])
+        return j, self.dataset[j]
+
+
+def _collate(batch: list[tuple[int, Any]]) -> tuple[Tensor, Tensor]:
+    """(indices (B,), images (B, C, H, W)); items that are None (broken files) are dropped."""
+    keep = [(j, item[0] if isinstance(item, (tuple, list)) else item)
+            for j, item in batch if item is not None]
+    if not keep:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0)
+    return torch.tensor([j for j, _ in keep]), torch.stack([x for _, x in keep])
+
+
+def _loader(data: Dataset | DataLoader, indices: Iterable[int] | None, batch_size: int,
+            num_workers: int, pin: bool) -> DataLoader:
+    if isinstance(data, DataLoader):
+        sampler = data.sampler
+        if indices is None:
+            if not isinstance(sampler, (SequentialSampler, DistributedSampler)):
+                raise ValueError(
+                    f"cannot tell which dataset item each batch holds with a "
+                    f"{type(sampler).__name__}; pass a Dataset, or a DataLoader with a "
+                    "SequentialSampler or DistributedSampler"
+                )
+            indices = list(iter(sampler))  # both are deterministic: same order as the loader
+        batch_size = data.batch_size or batch_size
+        num_workers = data.num_workers
+        data = data.dataset
+    idx = list(range(len(data))) if indices is None else [int(i) for i in indices]
+    return DataLoader(_Indexed(data, idx), batch_size=batch_size, shuffle=False,
+                      num_workers=num_workers, collate_fn=_collate, pin_memory=pin)
+
+
+def mine_topk(
+    model: nn.Module,
+    data: Dataset | DataLoader,
+    layers: Sequence[str],
+    k: int = 9,
+    *,
+    indices: Iterable[int] | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> dict[str, TopK]:
+    """Stream `data` through `model` once; for every map of each of `layers`, the k strongest
+    activations over the data (paper Fig. 2). Returns {layer: TopK}.
+
+    data: a Dataset of (x, y) or x items, x (C, H, W) a model input; or a DataLoader (its
+    dataset, batch size, workers and sampler order are used). indices: mine only these
+    dataset items (a shard). Layers are named as in `zfnet.models.resolve_layer` and must lie
+    in the model's convolutional chain (`model.features`).
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if not layers:
+        raise ValueError("layers is empty; name at least one, e.g. conv1")
+    paths = {resolve_layer(model, name)[0]: name for name in layers}
+    chain = max((feature_chain(model, name) for name in layers), key=len)
+    names_in_chain = {p for p, _ in chain}
+    for path, name in paths.items():
+        if path not in names_in_chain:  # a Sequential block names its last leaf
+            paths[feature_chain(model, name)[-1][0]] = paths.pop(path)
+    p0 = next(model.parameters(), None)
+    dev = torch.device(device) if device is not None else (p0.device if p0 is not None
+                                                           else torch.device("cpu"))
+    dtype = p0.dtype if p0 is not None else torch.float32
+    loader = _loader(data, indices, batch_size, num_workers, dev.type == "cuda")
+    best: dict[str, TopK] = {}
+    it = loader
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(loader, desc="top-k mining", unit="batch")
+    with eval_mode(model), torch.inference_mode():
+        for idx, x in it:
+            if x.ndim != 4:
+                raise ValueError(f"items must be images (C, H, W); got a batch of {tuple(x.shape)}"
+                                 " (ten-crop data? mine the centre crops)")
+            if not idx.numel():
+                continue
+            x = x.to(dev, dtype, non_blocking=True)
+            for path, m in chain:
+                x = m(x)
+                if path in paths:
+                    _update(best, paths[path], x, idx, k)
+    if not best:
+        raise ValueError("the data held no images to mine")
+    return {name: best[name] for name in layers}
+
+
+def _update(best: dict[str, TopK], name: str, act: Tensor, idx: Tensor, k: int) -> None:
+    b, c, h, w = act.shape
+    value, where = act.reshape(b, c, h * w).max(2)  # (B, C): each image's strongest unit
+    value, where = value.float().T.cpu(), where.T.cpu()  # (C, B)
+    cur = best.get(name) or TopK.empty(name, c, k)
+    cat = (
+        torch.cat([cur.values, value], 1),
+        torch.cat([cur.index, idx[None].expand(c, b)], 1),
+        torch.cat([cur.row, where // w], 1),
+        torch.cat([cur.col, where % w], 1),
+    )
+    best[name] = TopK(name, *_keep_best(*cat, k))
+
+
+def shard_range(n: int, rank: int, world: int) -> range:
+    """The contiguous part of range(n) that process `rank` of `world` mines."""
+    lo, hi = n * rank // world, n * (rank + 1) // world
+    return range(lo, hi)
+
+
+def mine_topk_distributed(
+    model: nn.Module, dataset: Dataset, layers: Sequence[str], k: int = 9, **kwargs: Any
+) -> dict[str, TopK]:
+    """`mine_topk` under torchrun: each process mines its contiguous shard of `dataset`, the
+    shards are gathered and merged; every process returns the answer of one process.
+
+    Needs an initialised process group (any backend). Keyword arguments go to `mine_topk`.
+    """
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError("mine_topk_distributed needs torch.distributed.init_process_group()")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mine = mine_topk(model, dataset, layers, k,
+                     indices=shard_range(len(dataset), rank, world), **kwargs)
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, {n: t.to_dict() for n, t in mine.items()})
+    return {n: merge_topk(*(TopK.from_dict(g[n]) for g in gathered)) for n in layers}
+
+
+def save_topk(result: dict[str, TopK], path: str | Path) -> Path:
+    """Save {layer: TopK} with `torch.save` (plain tensors and strings)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({n: t.to_dict() for n, t in result.items()}, path)
+    return path
+
+
+def load_topk(path: str | Path) -> dict[str, TopK]:
+    """Inverse of `save_topk`."""
+    return {n: TopK.from_dict(d) for n, d in torch.load(path, weights_only=True).items()}

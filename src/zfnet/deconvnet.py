@@ -1,0 +1,484 @@
+"""The deconvnet (paper Sec. 2.1, Fig. 1): project one activation down to pixels.
+
+Run the images forward once, recording at every max-pool where each maximum came from (the
+"switches"). In the chosen layer keep one activation, set the rest of that layer to zero, and go
+back down layer by layer:
+
+- **unpool**: each value goes to its recorded switch (values of overlapping pooling windows that
+  share a switch add up, as in the transpose of the pooling);
+- **rectify**: ReLU on the reconstructed signal, *not* masked by the forward activation;
+- **filter**: transposed (flipped) convolution with the layer's own filters.
+
+The same walk gives guided backpropagation (Springenberg et al. 2015: rectify *and* mask by the
+forward activation) and the plain gradient (Simonyan et al. 2014: mask only), picked by `rule` —
+one engine, one flag, as in Captum. The projection is seeded with the activation's own value, as
+in the paper (Captum seeds with 1: divide by `RFProjection.activation` to compare).
+
+Contrast normalisation (`nn.LocalResponseNorm`) on the way down is not described by the paper.
+Default `lrn="gradient"`: the signal goes through the LRN's transposed Jacobian at the recorded
+forward input — the same "transpose of the linearised layer" that the filtering step is for the
+convolutions, and exactly what Captum and any autograd implementation do, so results compare
+across tools. With the paper's parameters (k=2, small alpha) this is close to a per-pixel
+rescaling by k^-beta. `lrn="identity"` passes the signal straight through (the "deconvnet as a
+probe" view: normalisation only rescales, it selects nothing).
+
+Speed. Going down from one activation, only its receptive field can be reached, so every step
+works on a window of the feature map that grows from 1x1 to the receptive field (139x139 pixels
+for zfnet's conv5) instead of the whole map, and many projections — several maps of one image,
+many images — go down together as one batch after a single forward pass. This is where the
+20x over one Captum call per feature map comes from (`bench/bench_topk.py`).
+
+Which models. Layers are named as everywhere in the project (`zfnet.models.resolve_layer`):
+`conv1`…`conv5` and the modules around them (`relu1`, `pool1`, `norm1`, …, `pool5`) for zfnet's
+models, module paths such as `features.10` for torchvision's alexnet and vgg. The layer must lie
+in the model's convolutional chain — `model.features` (or the model itself) as an
+`nn.Sequential` of Conv2d, ReLU, MaxPool2d, LocalResponseNorm, BatchNorm2d, Dropout and Identity
+modules; that chain's input is the model's input. The model is walked in eval mode without hooks
+and is left exactly as it was (in-place ReLUs are evaluated out of place; training flags are
+restored, also after an exception).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zfnet.models import resolve_layer
+
+RULES = ("deconvnet", "guided", "gradient")
+LRN_MODES = ("gradient", "identity")
+
+_ELEMENTWISE = (nn.Dropout, nn.Dropout2d, nn.Identity)
+_SUPPORTED = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.LocalResponseNorm, nn.BatchNorm2d, *_ELEMENTWISE)
+
+
+@dataclass
+class RFProjection:
+    """Projections cropped to each activation's receptive field (one row per seed).
+
+    `values[s]` covers input rows `top[s] : top[s] + rf` and columns `left[s] : left[s] + rf`;
+    the part outside the image (`top` < 0 near the border) is zero.
+    """
+
+    values: Tensor  # (S, C_in, rf, rf) projection, in the units of the model input
+    top: Tensor  # (S,) int64, input row of values[s, :, 0, 0] (can be negative)
+    left: Tensor  # (S,) int64
+    activation: Tensor  # (S,) the seed: the activation's value in `layer`
+    row: Tensor  # (S,) int64 position of the activation in `layer`'s map
+    col: Tensor  # (S,) int64
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    return (int(v[0]), int(v[1])) if isinstance(v, Sequence) else (int(v), int(v))
+
+
+def feature_chain(model: nn.Module, layer: str) -> list[tuple[str, nn.Module]]:
+    """The modules from the model's input up to and including `layer`, as (path, module).
+
+    The chain is `model.features` (or `model` itself) as an `nn.Sequential`, nested Sequentials
+    flattened. Errors name the layer and list the valid ones.
+    """
+    path, target = resolve_layer(model, layer)
+    if isinstance(getattr(model, "features", None), nn.Sequential):
+        root, prefix = model.features, "features."
+    elif isinstance(model, nn.Sequential):
+        root, prefix = model, ""
+    else:
+        raise ValueError(
+            f"{type(model).__name__} has no `features` nn.Sequential: the deconvnet walks a "
+            "sequential chain of conv/relu/pool/norm modules"
+        )
+    leaves: list[tuple[str, nn.Module]] = []
+
+    def flatten(seq: nn.Sequential, pre: str) -> None:
+        for name, m in seq.named_children():
+            if isinstance(m, nn.Sequential):
+                flatten(m, f"{pre}{name}.")
+            else:
+                leaves.append((f"{pre}{name}", m))
+
+    flatten(root, prefix)
+    paths = [p for p, _ in leaves]
+    if isinstance(target, nn.Sequential):  # a block: its output is its last leaf's output
+        inside = [p for p in paths if p.startswith(path + ".")]
+        path = inside[-1] if inside else path
+    if path not in paths:
+        where = prefix.rstrip(".") or "model"
+        raise ValueError(
+            f"layer {layer!r} ({path}) is not in the convolutional chain {where} that the "
+            f"deconvnet projects; valid: {', '.join(_user_names(model, paths))}"
+        )
+    chain = leaves[: paths.index(path) + 1]
+    for p, m in chain:
+        if not isinstance(m, _SUPPORTED):
+            raise ValueError(
+                f"module {p} ({type(m).__name__}) is on the way down from {layer!r} but the "
+                f"deconvnet only knows {', '.join(c.__name__ for c in _SUPPORTED)}"
+            )
+        if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
+            raise ValueError(f"conv {p} uses padding_mode={m.padding_mode!r}; only 'zeros' works")
+        if isinstance(m, nn.BatchNorm2d) and m.running_var is None:
+            raise ValueError(f"batch norm {p} keeps no running statistics; cannot project")
+    return chain
+
+
+def _user_names(model: nn.Module, paths: list[str]) -> list[str]:
+    from zfnet.models import layer_info
+
+    by_path = {i.module: i.name for i in layer_info(model).values()}
+    return [by_path.get(p, p) for p in paths]
+
+
+@dataclass
+class _Trace:
+    """What one forward pass leaves for the way down (never attached to the model)."""
+
+    outputs: dict[int, Tensor]  # step -> (N, C, h, w) activations of a chosen layer
+    sizes: list[tuple[int, int]]  # spatial size of each chain step's input
+    channels_in: int  # channels of the model input
+    saved: dict[int, Tensor]  # step -> pool switches / relu output / LRN input
+
+
+def _forward(chain: list[tuple[str, nn.Module]], x: Tensor, rule: str, lrn: str,
+             keep: set[int]) -> _Trace:
+    sizes: list[tuple[int, int]] = []
+    saved: dict[int, Tensor] = {}
+    outputs: dict[int, Tensor] = {}
+    channels_in = x.shape[1]
+    with torch.no_grad():
+        for i, (_, m) in enumerate(chain):
+            sizes.append((x.shape[-2], x.shape[-1]))
+            if isinstance(m, nn.MaxPool2d):
+                x, saved[i] = F.max_pool2d(
+                    x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode,
+                    return_indices=True,
+                )  # switches: flat index into the input plane
+            elif isinstance(m, nn.ReLU):
+                x = torch.relu(x)  # out of place, whatever the module's `inplace` says
+                if rule != "deconvnet":
+                    saved[i] = x  # its sign gates guided backprop and the gradient
+            else:
+                if isinstance(m, nn.LocalResponseNorm) and lrn == "gradient":
+                    saved[i] = x
+                x = m(x)
+            if i in keep:
+                outputs[i] = x
+    return _Trace(outputs=outputs, sizes=sizes, channels_in=channels_in, saved=saved)
+
+
+def _window(x: Tensor, img: Tensor, top: Tensor, left: Tensor, h: int, w: int) -> Tensor:
+    """`x[img[s], :, top[s]:top[s]+h, left[s]:left[s]+w]` for every s: (S, C, h, w).
+
+    Rows and columns outside the map are clamped to its edge (callers zero or ignore them).
+    """
+    dev = x.device
+    rows = (top[:, None] + torch.arange(h, device=dev)).clamp(0, x.shape[-2] - 1)  # (S, h)
+    cols = (left[:, None] + torch.arange(w, device=dev)).clamp(0, x.shape[-1] - 1)  # (S, w)
+    chans = torch.arange(x.shape[1], device=dev)[None, :, None, None]
+    return x[img[:, None, None, None], chans, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def _keep_inside(g: Tensor, top: Tensor, left: Tensor, size: tuple[int, int]) -> Tensor:
+    """Zero the parts of windows that fall outside the feature map (its padding)."""
+    h, w = g.shape[-2:]
+    rows = top[:, None] + torch.arange(h, device=g.device)  # (S, h)
+    cols = left[:, None] + torch.arange(w, device=g.device)  # (S, w)
+    ok_r = (rows >= 0) & (rows < size[0])
+    ok_c = (cols >= 0) & (cols < size[1])
+    if bool(ok_r.all()) and bool(ok_c.all()):
+        return g
+    return g * (ok_r[:, :, None] & ok_c[:, None, :])[:, None].to(g.dtype)
+
+
+def _down(
+    chain: list[tuple[str, nn.Module]], trace: _Trace, img: Tensor, g: Tensor,
+    top: Tensor, left: Tensor, rule: str, lrn: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Walk the windows `g` (S, C, h, w) at the chain's output down to the input."""
+    for i in reversed(range(len(chain))):
+        _, m = chain[i]
+        size = trace.sizes[i]
+        if isinstance(m, nn.Conv2d):
+            (s0, s1), (p0, p1) = _pair(m.stride), _pair(m.padding)
+            # Transposed filters; with padding 0 the result is exactly the window the inputs
+            # of these outputs span, (h-1)*s + d*(k-1) + 1 on a side.
+            if g.shape[-2] * g.shape[-1] >= 64:  # oneDNN is 2-3x faster so on large windows
+                g = g.contiguous(memory_format=torch.channels_last)
+            g = F.conv_transpose2d(g, m.weight, stride=m.stride, dilation=m.dilation,
+                                   groups=m.groups)  # (S, C_in, h', w')
+            top, left = top * s0 - p0, left * s1 - p1
+            g = _keep_inside(g, top, left, size)
+        elif isinstance(m, nn.MaxPool2d):
+            (k0, k1), (s0, s1) = _pair(m.kernel_size), _pair(m.stride)
+            (p0, p1), (d0, d1) = _pair(m.padding), _pair(m.dilation)
+            n, c, h, w = g.shape
+            hi, wi = (h - 1) * s0 + d0 * (k0 - 1) + 1, (w - 1) * s1 + d1 * (k1 - 1) + 1
+            ti, li = top * s0 - p0, left * s1 - p1
+            switch = _window(trace.saved[i], img, top, left, h, w)  # (S, C, h, w)
+            # Flat switch index in the input plane -> flat index in the window:
+            # (iy - ti) * wi + (ix - li) with ix = idx - iy * W.
+            iy = switch.div(size[1], rounding_mode="floor")
+            local = switch.add_(iy.mul_(wi - size[1])).sub_((ti * wi + li)[:, None, None, None])
+            # Unpool: scatter-add, so that two windows sharing a switch both count (the
+            # transpose of max-pooling, and what autograd does). Positions outside the map
+            # carry zeros: clamping their (meaningless) switches just keeps them in bounds.
+            out = g.new_zeros(n, c, hi * wi)
+            out.scatter_add_(2, local.flatten(2).clamp_(0, hi * wi - 1), g.flatten(2))
+            g, top, left = out.view(n, c, hi, wi), ti, li
+        elif isinstance(m, nn.ReLU):
+            if rule == "deconvnet":
+                g = g.clamp(min=0)
+            else:
+                on = _window(trace.saved[i], img, top, left, *g.shape[-2:]) > 0
+                g = (g.clamp(min=0) if rule == "guided" else g) * on
+        elif isinstance(m, nn.LocalResponseNorm):
+            if lrn == "gradient":
+                # LRN mixes channels at one pixel only, so its Jacobian on a window is exact.
+                x = _window(trace.saved[i], img, top, left, *g.shape[-2:])
+                g = _lrn_vjp(x, g, m)
+        elif isinstance(m, nn.BatchNorm2d):
+            scale = torch.rsqrt(m.running_var + m.eps)
+            if m.weight is not None:
+                scale = scale * m.weight
+            g = g * scale.detach()[None, :, None, None]
+        # Dropout / Identity: the identity in eval mode.
+    return g, top, left
+
+
+def _channel_sum(t: Tensor, before: int, after: int) -> Tensor:
+    """Sum over channels j - before … j + after (zeros beyond the ends), for every j."""
+    c = t.shape[1]
+    padded = F.pad(t, (0, 0, 0, 0, before, after))
+    out = padded[:, 0:c].clone()
+    for o in range(1, before + after + 1):
+        out += padded[:, o: o + c]
+    return out
+
+
+def _lrn_vjp(x: Tensor, g: Tensor, m: nn.LocalResponseNorm) -> Tensor:
+    """g through the transposed Jacobian of `F.local_response_norm` at input x.
+
+    y_i = x_i d_i^-b with d_i = k + a/n sum_{j in W(i)} x_j^2, W(i) = i - n//2 … i + (n-1)//2:
+    (J^T g)_j = g_j d_j^-b - 2ab/n x_j sum_{i: j in W(i)} g_i x_i d_i^(-b-1). Written out
+    rather than autograd through PyTorch's avg_pool3d formulation, which is several times
+    slower on the small windows used here.
+    """
+    n, a, b = m.size, m.alpha, m.beta
+    d = _channel_sum(x * x, n // 2, (n - 1) // 2).mul_(a / n).add_(m.k)  # (S, C, h, w)
+    d_b = d.pow(-b)
+    u = g * x * d_b / d
+    return g * d_b - (2 * a * b / n) * x * _channel_sum(u, (n - 1) // 2, n // 2)
+
+
+def _check_rule(rule: str, lrn: str) -> None:
+    if rule not in RULES:
+        raise ValueError(f"rule={rule!r} is not known; valid: {', '.join(RULES)}")
+    if lrn not in LRN_MODES:
+        raise ValueError(f"lrn={lrn!r} is not known; valid: {', '.join(LRN_MODES)}")
+
+
+class eval_mode:  # noqa: N801  (used like a function: `with eval_mode(model):`)
+    """Eval mode for the duration of a `with`; every module's own flag restored after,
+    also after an exception (a model with mixed train/eval submodules comes back mixed)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.modes: dict[nn.Module, bool] = {}
+
+    def __enter__(self) -> nn.Module:
+        self.modes = {m: m.training for m in self.model.modules()}
+        self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc: object) -> None:
+        for m, mode in self.modes.items():
+            m.training = mode
+        self.modes = {}
+
+
+def _model_tensor(model: nn.Module, x: Tensor) -> Tensor:
+    p = next(model.parameters(), None)
+    return x.to(p.device, p.dtype) if p is not None else x
+
+
+@dataclass
+class Seeds:
+    """S activations of one layer to project: seed s is map `channels[s]` of image
+    `image_index[s]` at `positions[s]` = (row, col), or at the map's strongest unit if None."""
+
+    image_index: Tensor | Sequence[int]  # (S,)
+    channels: Tensor | Sequence[int]  # (S,)
+    positions: Tensor | None = None  # (S, 2)
+
+
+def project_layers(
+    model: nn.Module,
+    images: Tensor,
+    seeds: dict[str, Seeds],
+    rule: str = "deconvnet",
+    *,
+    lrn: str = "gradient",
+    batch_size: int = 64,
+) -> dict[str, RFProjection]:
+    """Project seeds of several layers of the same images with one forward pass (Fig. 2).
+
+    images (N, C, H, W) go forward once, up to the deepest layer named in `seeds`; each
+    layer's seeds then go down `batch_size` at a time, cropped to their receptive fields.
+    Returns {layer: RFProjection} with values (S, C, rf, rf).
+    """
+    _check_rule(rule, lrn)
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    chains = {name: feature_chain(model, name) for name in seeds}
+    chain = max(chains.values(), key=len)
+    for name, c in chains.items():
+        if chain[: len(c)] != c:
+            raise ValueError(f"layer {name!r} is not on the chain to {chain[-1][0]}")
+    # no_grad: the weights require grad, and an autograd graph kept alive by the results
+    # would hold every intermediate window of the way down.
+    with eval_mode(model), torch.no_grad():
+        trace = _forward(chain, _model_tensor(model, images), rule, lrn,
+                         {len(c) - 1 for c in chains.values()})
+        return {name: _project_seeds(chains[name], trace, name, seeds[name], images.shape[0],
+                                     rule, lrn, batch_size)
+                for name in seeds}
+
+
+def _project_seeds(chain: list[tuple[str, nn.Module]], trace: _Trace, layer: str, seeds: Seeds,
+                   n_images: int, rule: str, lrn: str, batch_size: int) -> RFProjection:
+    act = trace.outputs[len(chain) - 1]  # (N, C, h, w)
+    n, c, h, w = act.shape
+    dev = act.device
+    img = torch.as_tensor(seeds.image_index, dtype=torch.long).reshape(-1).to(dev)
+    ch = torch.as_tensor(seeds.channels, dtype=torch.long).reshape(-1).to(dev)
+    if img.shape != ch.shape:
+        raise ValueError(f"image_index has {img.numel()} entries but channels has {ch.numel()}")
+    if img.numel() and (img.min() < 0 or img.max() >= n_images):
+        raise ValueError(f"image_index must lie in [0, {n_images}), got {img.tolist()}")
+    if ch.numel() and (ch.min() < 0 or ch.max() >= c):
+        raise ValueError(f"channels must lie in [0, {c}) for layer {layer!r}, got {ch.tolist()}")
+    if seeds.positions is None:
+        flat = act[img, ch].flatten(1).argmax(1)  # first maximum on ties
+        row, col = flat // w, flat % w
+    else:
+        pos = torch.as_tensor(seeds.positions, dtype=torch.long).to(dev).reshape(-1, 2)
+        if pos.shape[0] != img.numel():
+            raise ValueError(f"positions must be ({img.numel()}, 2), got {tuple(pos.shape)}")
+        row, col = pos[:, 0], pos[:, 1]
+        if bool(((row < 0) | (row >= h) | (col < 0) | (col >= w)).any()):
+            raise ValueError(f"positions must lie in the {h}x{w} map of {layer!r}")
+    value = act[img, ch, row, col]
+    parts, tops, lefts = [], [], []
+    for lo in range(0, img.numel(), batch_size):
+        sl = slice(lo, lo + batch_size)
+        s = img[sl].numel()
+        g = act.new_zeros(s, c, 1, 1)  # the chosen activation alone, everything else zero
+        g[torch.arange(s, device=dev), ch[sl], 0, 0] = value[sl]
+        g, top, left = _down(chain, trace, img[sl], g, row[sl], col[sl], rule, lrn)
+        parts.append(g.contiguous())
+        tops.append(top)
+        lefts.append(left)
+    if not parts:  # no seeds: keep the shapes a caller expects
+        rf = _rf_side(chain)
+        empty = act.new_zeros(0, trace.channels_in, rf, rf)
+        return RFProjection(empty, row, col, value, row, col)
+    return RFProjection(torch.cat(parts), torch.cat(tops), torch.cat(lefts), value, row, col)
+
+
+def project_rf(
+    model: nn.Module,
+    images: Tensor,
+    layer: str,
+    image_index: Tensor | Sequence[int],
+    channels: Tensor | Sequence[int],
+    positions: Tensor | None = None,
+    rule: str = "deconvnet",
+    *,
+    lrn: str = "gradient",
+    batch_size: int = 64,
+) -> RFProjection:
+    """Project S activations of `layer`, each cropped to its receptive field (paper Fig. 1, 2).
+
+    Seed s is the activation of map `channels[s]` of image `images[image_index[s]]` at
+    `positions[s]` = (row, col), or at that map's strongest activation when `positions` is
+    None. `images` (N, C, H, W) go forward once; the S seeds go down `batch_size` at a time.
+    Returns an `RFProjection` whose values are (S, C, rf, rf).
+    """
+    seeds = Seeds(image_index, channels, positions)
+    return project_layers(model, images, {layer: seeds}, rule, lrn=lrn,
+                          batch_size=batch_size)[layer]
+
+
+def _rf_side(chain: list[tuple[str, nn.Module]]) -> int:
+    side = 1
+    for _, m in reversed(chain):
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
+            k, s, d = _pair(m.kernel_size)[0], _pair(m.stride)[0], _pair(m.dilation)[0]
+            side = (side - 1) * s + d * (k - 1) + 1
+    return side
+
+
+def paste(rf: RFProjection, size: tuple[int, int]) -> Tensor:
+    """The projections of `rf` placed in zero images of `size` (H, W): (S, C, H, W)."""
+    s, c, h, w = rf.values.shape
+    out = rf.values.new_zeros(s, c, *size)
+    for i, (t, lf) in enumerate(zip(rf.top.tolist(), rf.left.tolist(), strict=True)):
+        t0, l0 = max(t, 0), max(lf, 0)
+        t1, l1 = min(t + h, size[0]), min(lf + w, size[1])
+        if t1 > t0 and l1 > l0:
+            out[i, :, t0:t1, l0:l1] = rf.values[i, :, t0 - t: t1 - t, l0 - lf: l1 - lf]
+    return out
+
+
+def project(
+    model: nn.Module,
+    images: Tensor,
+    layer: str,
+    channels: int | Tensor | Sequence[int],
+    positions: Tensor | None = None,
+    rule: str = "deconvnet",
+    *,
+    lrn: str = "gradient",
+    batch_size: int = 64,
+) -> Tensor:
+    """Project one activation per image and map of `layer` down to pixels (paper Sec. 2.1).
+
+    images: (N, C, H, W) model inputs. channels: an int (the same map for every image) or N
+    ints -> result (N, C, H, W); an (N, K) tensor (K maps per image) -> (N, K, C, H, W).
+    positions: None (each map's strongest activation) or (N, 2) / (N, K, 2) (row, col) in the
+    layer's map. rule: "deconvnet" (the paper), "guided" or "gradient". lrn: how contrast
+    normalisation is undone ("gradient", default, or "identity"; see the module docstring).
+    One forward pass for all N images, however many maps; the result is in input units,
+    seeded with the activation's value.
+    """
+    n = images.shape[0]
+    if isinstance(channels, int):
+        ch = torch.full((n, 1), channels, dtype=torch.long)
+        squeeze = True
+    else:
+        ch = torch.as_tensor(channels, dtype=torch.long)
+        squeeze = ch.ndim == 1
+        if ch.ndim == 1:
+            ch = ch[:, None]
+        if ch.ndim != 2 or ch.shape[0] != n:
+            raise ValueError(
+                f"channels must be an int, ({n},) or ({n}, K) for {n} images, got {tuple(ch.shape)}"
+            )
+    k = ch.shape[1]
+    pos = None
+    if positions is not None:
+        pos = torch.as_tensor(positions, dtype=torch.long)
+        if pos.shape not in ((n, k, 2), (n, 2)) or (pos.shape == (n, 2) and not squeeze):
+            want = f"({n}, 2)" if squeeze else f"({n}, {k}, 2)"
+            raise ValueError(f"positions must be {want}, got {tuple(pos.shape)}")
+        pos = pos.reshape(n * k, 2)
+    img = torch.arange(n)[:, None].expand(n, k).reshape(-1)
+    rf = project_rf(model, images, layer, img, ch.reshape(-1), pos, rule, lrn=lrn,
+                    batch_size=batch_size)
+    out = paste(rf, (images.shape[-2], images.shape[-1]))  # (N*K, C, H, W)
+    out = out.view(n, k, *out.shape[1:])
+    return out[:, 0] if squeeze else out

@@ -1,0 +1,138 @@
+"""The top-k gallery (paper Fig. 2): receptive fields against the gradient's support, the grid
+PNGs and the report section, projections matching the engine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from torch.utils.data import TensorDataset
+
+import zfnet
+from zfnet.analyses.gallery import default_layers, render_layer, run_topk_gallery, select_maps
+from zfnet.analyses.topk import TopK
+from zfnet.deconvnet import feature_chain, project_rf
+from zfnet.models import layer_info
+from zfnet.report import read_sections
+
+
+def _support_box(model: torch.nn.Module, x: torch.Tensor, layer: str, r: int,
+                 q: int) -> tuple[int, int, int, int]:
+    """Bounding box of where d act[:, :, r, q] / d input != 0, over all maps and images (all
+    maps: each has its own max-pool switches, so together they reach every pixel they can)."""
+    x = x.clone().requires_grad_()
+    h = x
+    for _, m in feature_chain(model, layer):
+        h = m(h)
+    (g,) = torch.autograd.grad(h[:, :, r, q].sum(), x)
+    nz = (g != 0).any(0).any(0)  # (H, W)
+    rows, cols = nz.any(1).nonzero()[:, 0], nz.any(0).nonzero()[:, 0]
+    return int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
+
+
+@pytest.mark.parametrize("name,size,layers", [
+    ("zfnet_small", 128, ["conv1", "pool1", "conv2", "norm2", "conv4", "pool5"]),
+    ("alexnet_small", 128, ["conv1", "conv2", "conv3"]),
+    ("tv:alexnet", 160, ["features.2", "features.5", "features.8"]),
+])
+def test_receptive_field_is_the_support_of_the_gradient(name: str, size: int,
+                                                       layers: list[str]) -> None:
+    """For interior units the gradient reaches exactly the box's edges; near the border it
+    stays inside the box clipped to the image."""
+    torch.manual_seed(0)
+    if name.startswith("tv:"):
+        model = torchvision.models.alexnet(weights=None).eval()
+    else:
+        model = zfnet.create_model(name, input_size=size).eval()
+    # Positive biases keep most ReLUs open, so that the union over a few images reaches
+    # every pixel the unit depends on (the max-pool switches vary from image to image).
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.bias.fill_(1.0)
+    x = torch.randn(8, 3, size, size) * 60
+    infos = layer_info(model, size)
+    for layer in layers:
+        geo = infos[layer].geometry
+        mid = geo.size // 2
+        box = geo.box(mid, mid, size)
+        assert box == geo.box(mid, mid), f"{layer}: the middle unit should be interior"
+        assert _support_box(model, x, layer, mid, mid) == box, layer
+        t, lf, b, r = geo.box(0, geo.size - 1, size)  # a corner unit: clipped box
+        st, sl, sb, sr = _support_box(model, x, layer, 0, geo.size - 1)
+        assert t <= st and lf <= sl and sb <= b and sr <= r, layer
+
+
+def _data(n: int = 10) -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.randn(n, 3, 64, 64, generator=g) * 60, torch.zeros(n).long())
+
+
+def test_gallery_end_to_end(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = zfnet.create_model("zfnet_small")
+    data = _data()
+    raw = (torch.rand(len(data), 3, 64, 64) * 255).to(torch.uint8)
+    run = tmp_path / "run"
+    res = run_topk_gallery(model, data, ["conv1", "conv3"], k=4, out_dir=run / "gallery",
+                           run_dir=run, maps={"conv3": [5, 1, 7]},
+                           display_image=lambda i: raw[i])
+    assert res.maps["conv1"] == list(range(48))  # every map of the first layer
+    assert res.maps["conv3"] == [5, 1, 7]
+    geo = layer_info(model)["conv3"].geometry
+    assert res.projections["conv3"].shape == (3, 4, 3, geo.rf, geo.rf)
+    for name in ("conv1", "conv3"):
+        png = res.figures[name]
+        assert png.is_file() and Image.open(png).size[0] > 100
+    (section,) = [s for s in read_sections(run) if s.key == "topk_gallery"]
+    assert [f.path for f in section.figures] == ["gallery/topk_conv1.png",
+                                                 "gallery/topk_conv3.png"]
+    assert "negative" in section.caption.lower() or "dark" in section.caption
+    assert "guided" in section.caption
+    assert (run / "gallery" / "topk.pt").is_file()
+    # A projection in the gallery is the engine's projection of that mined activation.
+    t = res.topk["conv3"]
+    c, j = 1, 2
+    i, r, q = int(t.index[c, j]), int(t.row[c, j]), int(t.col[c, j])
+    want = project_rf(model, data.tensors[0][i:i + 1], "conv3", [0], [c],
+                      torch.tensor([[r, q]]))
+    torch.testing.assert_close(res.projections["conv3"][1, j], want.values[0])
+    torch.testing.assert_close(want.activation[0], t.values[c, j])
+
+
+def test_gallery_errors(tmp_path) -> None:
+    model = zfnet.create_model("zfnet_small")
+    data = _data(4)
+    with pytest.raises(ValueError, match="must lie inside run_dir"):
+        run_topk_gallery(model, data, ["conv1"], out_dir=tmp_path / "a", run_dir=tmp_path / "b")
+    with pytest.raises(ValueError, match="do not exist in conv2"):
+        run_topk_gallery(model, data, ["conv2"], out_dir=tmp_path, maps={"conv2": [999]})
+    with pytest.raises(ValueError, match="display_image"):
+        run_topk_gallery(model, data, ["conv1"], k=2, out_dir=tmp_path,
+                         display_image=lambda i: torch.zeros(3, 64, 64))
+
+
+def test_select_maps_rules() -> None:
+    t = TopK.empty("conv2", 6, 2)
+    t.values[:, 0] = torch.tensor([1.0, 5.0, 3.0, 5.0, float("nan"), 0.0])
+    assert select_maps(t, 3, "strongest") == [1, 2, 3]  # ties by map number, NaN last
+    assert select_maps(t, 3, "spaced") == [0, 2, 5]
+    assert select_maps(t, 10) == list(range(6))
+    with pytest.raises(ValueError, match="strongest, spaced"):
+        select_maps(t, 2, "random")
+
+
+def test_render_layer_grid(tmp_path) -> None:
+    proj = torch.randn(5, 9, 3, 7, 7)
+    patches = torch.randint(0, 255, (5, 9, 3, 7, 7), dtype=torch.uint8)
+    png = render_layer(proj, patches, tmp_path / "g.png", columns=5)
+    w, h = Image.open(png).size
+    side = 7 * 6  # enlarged to at least 40 px
+    assert h == 3 * (side + 1) + 1 + 8 and w == 5 * (2 * (3 * (side + 1) + 1) + 4 + 8)
+
+
+def test_default_layers() -> None:
+    assert default_layers(zfnet.create_model("zfnet_small")) == [f"conv{i}" for i in range(1, 6)]
+    vgg = torchvision.models.vgg11(weights=None)
+    assert default_layers(vgg)[:2] == ["features.0", "features.3"]

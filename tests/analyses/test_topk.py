@@ -1,0 +1,146 @@
+"""Top-k mining (paper Fig. 2): exact against brute force, shards merge into one answer (also
+across two processes), deterministic ties, DataLoader inputs."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+import zfnet
+from zfnet.analyses.topk import (
+    TopK,
+    load_topk,
+    merge_topk,
+    mine_topk,
+    mine_topk_distributed,
+    save_topk,
+)
+
+LAYERS = ["conv1", "relu3", "pool5"]
+
+
+def _data(n: int = 23, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(n, 3, 32, 32, generator=g) * 60, torch.zeros(n).long())
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return zfnet.create_model("zfnet_small", input_size=32)
+
+
+def _same(a: TopK, b: TopK) -> None:
+    """Same images and positions; values equal up to float rounding (a convolution's last
+    bits depend on the batch size it runs at)."""
+    for f in ("index", "row", "col"):
+        assert torch.equal(getattr(a, f), getattr(b, f)), f
+    torch.testing.assert_close(a.values, b.values, rtol=1e-5, atol=1e-4)
+
+
+def test_matches_brute_force() -> None:
+    model, data = _model(), _data()
+    got = mine_topk(model, data, LAYERS, k=4, batch_size=5)
+    x = data.tensors[0]
+    model.eval()
+    with torch.no_grad():
+        acts, h = {}, x
+        for name, m in model.features.named_children():
+            h = m(h)
+            acts[name] = h
+    for name in LAYERS:
+        a = acts[name]  # (N, C, h, w)
+        n, c, hh, w = a.shape
+        per_image, where = a.reshape(n, c, -1).max(2)  # (N, C)
+        for ch in range(c):
+            order = sorted(range(n), key=lambda i, ch=ch: (-float(per_image[i, ch]), i))[:4]
+            assert got[name].index[ch].tolist() == order, (name, ch)
+            torch.testing.assert_close(got[name].values[ch], per_image[order, ch])
+            assert got[name].row[ch].tolist() == (where[order, ch] // w).tolist()
+            assert got[name].col[ch].tolist() == (where[order, ch] % w).tolist()
+
+
+def test_memory_is_layers_maps_k_and_fewer_images_than_k() -> None:
+    got = mine_topk(_model(), _data(3), ["conv2"], k=5)
+    t = got["conv2"]
+    assert t.values.shape == t.index.shape == (128, 5)
+    assert (t.index[:, 3:] == -1).all() and torch.isinf(t.values[:, 3:]).all()
+
+
+def test_ties_break_by_image_index() -> None:
+    """Identical images give identical activations: the lower index must come first, whatever
+    the batching and whatever the order of the merge."""
+    x = torch.randn(1, 3, 32, 32).expand(6, -1, -1, -1).clone() * 60
+    data = TensorDataset(x, torch.zeros(6).long())
+    model = _model()
+    one = mine_topk(model, data, ["conv3"], k=3, batch_size=4)["conv3"]
+    assert (one.index == torch.tensor([0, 1, 2])).all()
+    a = mine_topk(model, data, ["conv3"], k=3, indices=[5, 3, 1])["conv3"]
+    b = mine_topk(model, data, ["conv3"], k=3, indices=[4, 2, 0])["conv3"]
+    _same(merge_topk(a, b), one)
+    _same(merge_topk(b, a), one)
+
+
+def test_shards_merge_to_one_pass_and_dataloaders() -> None:
+    model, data = _model(), _data()
+    whole = mine_topk(model, data, LAYERS, k=9, batch_size=8)
+    parts = [mine_topk(model, data, LAYERS, k=9, indices=range(lo, min(lo + 7, 23)),
+                       batch_size=3) for lo in range(0, 23, 7)]
+    for name in LAYERS:
+        _same(merge_topk(*(p[name] for p in parts)), whole[name])
+    # DistributedSampler shards (interleaved, padded to equal size by repeating items) merge
+    # to the same answer: a repeated image counts once.
+    shards = [
+        mine_topk(model, DataLoader(data, batch_size=4, sampler=DistributedSampler(
+            data, num_replicas=2, rank=r, shuffle=True, seed=3)), LAYERS, k=9)
+        for r in range(2)
+    ]
+    for name in LAYERS:
+        _same(merge_topk(*(s[name] for s in shards)), whole[name])
+    with pytest.raises(ValueError, match="SequentialSampler or DistributedSampler"):
+        mine_topk(model, DataLoader(data, shuffle=True), LAYERS)
+
+
+def test_save_load_and_errors(tmp_path) -> None:
+    model, data = _model(), _data(4)
+    got = mine_topk(model, data, ["conv1"], k=2)
+    _same(load_topk(save_topk(got, tmp_path / "t.pt"))["conv1"], got["conv1"])
+    with pytest.raises(ValueError, match="k must be"):
+        mine_topk(model, data, ["conv1"], k=0)
+    with pytest.raises(KeyError, match="valid: conv1"):
+        mine_topk(model, data, ["conv7"])
+    with pytest.raises(ValueError, match="cannot merge"):
+        merge_topk(got["conv1"], TopK.empty("conv2", 5, 2))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, out: dict) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        got = mine_topk_distributed(_model(), _data(), LAYERS, k=9, batch_size=4)
+        out[rank] = {n: t.to_dict() for n, t in got.items()}
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_merge_to_the_one_process_answer() -> None:
+    whole = mine_topk(_model(), _data(), LAYERS, k=9)
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+        results = dict(out)
+    for rank in range(2):
+        for name in LAYERS:
+            _same(TopK.from_dict(results[rank][name]), whole[name])

@@ -1,0 +1,379 @@
+"""The deconvnet engine (paper Sec. 2.1, Fig. 1): hand-computed cases, Captum as an independent
+oracle on every supported model, an explicit full-map unpool/ReLU/conv_transpose2d reference,
+and a model left exactly as it was."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+import zfnet
+from zfnet.deconvnet import RULES, feature_chain, project, project_rf
+from zfnet.models import UnknownLayerError, layer_info, resolve_layer
+
+captum_attr = pytest.importorskip("captum.attr")
+
+# --------------------------------------------------------------------------- hand-computed
+
+
+def _tiny() -> nn.Sequential:
+    """conv1 (3 maps: top-left tap, bottom-right tap, minus top-right tap) relu1 pool1 conv2."""
+    conv1 = nn.Conv2d(1, 3, 2, bias=False)
+    conv2 = nn.Conv2d(3, 1, 1, bias=False)
+    with torch.no_grad():
+        conv1.weight.zero_()
+        conv1.weight[0, 0, 0, 0] = 1.0
+        conv1.weight[1, 0, 1, 1] = 1.0
+        conv1.weight[2, 0, 0, 1] = -1.0
+        conv2.weight.copy_(torch.tensor([1.0, -0.5, 2.0]).view(1, 3, 1, 1))
+    layers = {"conv1": conv1, "relu1": nn.ReLU(inplace=True), "pool1": nn.MaxPool2d(2, 1),
+              "conv2": conv2}
+    return nn.Sequential(*layers.values())  # features.0 … features.3
+
+
+class _Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = _tiny()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+def test_hand_computed_three_rules() -> None:
+    """conv1 maps: ch0 = x[0:2,0:2] (max 5 at (1,1)), ch1 = x[1:3,1:3] (max 5 at (0,0)),
+    ch2 = -x[0:2,1:3] (all negative: after the ReLU its switch is (0,0), an inactive unit).
+    conv2 = ch0 - 0.5 ch1 + 2 ch2 = 5 - 2.5 + 0 = 2.5, the seed.
+    Unpooled signal: ch0 2.5 at (1,1), ch1 -1.25 at (0,0), ch2 5 at (0,0).
+    deconvnet keeps 2.5 and 5 (rectified, not masked): x(1,1) += 2.5, x(0,1) -= 5.
+    guided also masks by the forward: only 2.5 at x(1,1).
+    gradient masks without rectifying: 2.5 - 1.25 at x(1,1)."""
+    model = _Tiny()
+    x = torch.tensor([[3.0, 1, 2], [0, 5, 4], [1, 2, 1]]).view(1, 1, 3, 3)
+    want = {
+        "deconvnet": [[0.0, -5, 0], [0, 2.5, 0], [0, 0, 0]],
+        "guided": [[0.0, 0, 0], [0, 2.5, 0], [0, 0, 0]],
+        "gradient": [[0.0, 0, 0], [0, 1.25, 0], [0, 0, 0]],
+    }
+    for rule, w in want.items():
+        got = project(model, x, "features.3", 0, rule=rule)
+        torch.testing.assert_close(got, torch.tensor(w).view(1, 1, 3, 3), rtol=0, atol=1e-6)
+    # The gradient rule is the gradient, seeded with the activation's value.
+    xg = x.clone().requires_grad_()
+    (g,) = torch.autograd.grad(model(xg).sum(), xg)
+    torch.testing.assert_close(project(model, x, "features.3", 0, rule="gradient"), 2.5 * g)
+
+
+def test_unpooling_adds_values_that_share_a_switch() -> None:
+    """Two overlapping pooling windows both pick x[1] = 9; conv [1, 2] over them gives 27.
+    Going down, 27 and 54 both land on x[1]: 81 (max_unpool2d would overwrite: 54)."""
+    conv = nn.Conv2d(1, 1, (1, 2), bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, 2.0]).view(1, 1, 1, 2))
+    model = nn.Sequential(nn.MaxPool2d((1, 2), 1), conv)
+    x = torch.tensor([0.0, 9, 0]).view(1, 1, 1, 3)
+    got = project(model, x, "1", 0)
+    torch.testing.assert_close(got, torch.tensor([0.0, 81, 0]).view(1, 1, 1, 3))
+
+
+# --------------------------------------------------------------------------- Captum oracle
+
+_CAPTUM = {
+    "deconvnet": "NeuronDeconvolution",
+    "guided": "NeuronGuidedBackprop",
+    "gradient": "NeuronGradient",
+}
+
+
+def _captum_copy(model: nn.Module) -> nn.Module:
+    """A copy for Captum, without in-place ReLUs (its hooks need them out of place)."""
+    ref = copy.deepcopy(model).eval()
+    for m in ref.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    return ref
+
+
+def _captum(ref: nn.Module, x: torch.Tensor, layer: str, ch: torch.Tensor, rule: str,
+            pos: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Captum's projection of map ch[i] of image i (strongest unit, or `pos`), seeded with 1,
+    and the activation."""
+    module = ref.get_submodule(resolve_layer(ref, layer)[0])
+    n = x.shape[0]
+
+    def select(out: torch.Tensor) -> torch.Tensor:
+        maps = out[torch.arange(n), ch]  # (N, h, w)
+        if pos is None:
+            return maps.flatten(1).max(1).values
+        return maps[torch.arange(n), pos[:, 0], pos[:, 1]]
+
+    seen: dict[str, torch.Tensor] = {}
+    handle = module.register_forward_hook(lambda m, i, o: seen.__setitem__("a", o.detach()))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            attr = getattr(captum_attr, _CAPTUM[rule])(ref, module).attribute(
+                x.clone(), neuron_selector=select
+            )
+    finally:
+        handle.remove()
+    return attr.detach(), select(seen["a"])
+
+
+def _tv(name: str) -> nn.Module:
+    """A torchvision model, random weights; its 100M-parameter classifier swapped for a small
+    head, which keeps Captum's copy and forward fast (the deconvnet never goes there)."""
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None)
+    width = next(m for m in model.classifier if isinstance(m, nn.Linear)).in_features
+    model.classifier = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(width, 10))
+    return model
+
+
+CASES = [  # model, input size, images, layers
+    ("zfnet_small", 64, 3, ["conv1", "relu2", "norm2", "conv3", "conv5", "pool5"]),
+    ("alexnet_small", 64, 3, ["pool1", "conv2", "conv4", "relu5"]),
+    pytest.param("zfnet", 224, 1, ["conv5"], marks=pytest.mark.slow),
+    ("tv:alexnet", 96, 2, ["features.3", "features.7", "features.12"]),
+    ("tv:vgg11", 32, 2, ["features.4", "features.13", "features.18"]),
+    pytest.param("tv:vgg16", 32, 1, ["features.15", "features.29"], marks=pytest.mark.slow),
+]
+
+
+def _build(name: str) -> nn.Module:
+    if name.startswith("tv:"):
+        return _tv(name[3:])
+    torch.manual_seed(0)
+    return zfnet.create_model(name)
+
+
+@pytest.mark.parametrize("name,size,n,layers", CASES,
+                         ids=[c.values[0] if hasattr(c, "marks") else c[0] for c in CASES])
+def test_agrees_with_captum(name: str, size: int, n: int, layers: list[str]) -> None:
+    """Within 1e-5 of the largest value, up to Captum's seed of 1, on positive activations
+    (a negative seed is not a rescaling of a seed of 1: the deconvnet rectifies)."""
+    model = _build(name)
+    ref = _captum_copy(model)
+    torch.manual_seed(1)
+    x = torch.randn(n, 3, size, size) * 60
+    for li, layer in enumerate(layers):
+        channels = layer_info(model, size)[layer].channels
+        ch = (torch.arange(n) * 7 + 3 * li + 1) % channels
+        for rule in RULES:
+            ours = project(model, x, layer, ch, rule=rule)
+            theirs, act = _captum(ref, x, layer, ch, rule)
+            for i in range(n):
+                if act[i] <= 0:
+                    continue
+                want = theirs[i] * act[i]
+                err = (ours[i] - want).abs().max() / want.abs().max().clamp_min(1e-30)
+                assert err < 1e-5, f"{name} {layer} map {int(ch[i])} {rule}: rel. error {err:.2e}"
+
+
+def test_captum_at_given_positions_and_k_maps_per_image() -> None:
+    model = _build("zfnet_small")
+    torch.manual_seed(2)
+    x = torch.randn(2, 3, 64, 64) * 60
+    pos = torch.tensor([[[3, 4], [0, 7]], [[7, 7], [5, 1]]])  # (N, K, 2) in conv4's 8x8
+    ch = torch.tensor([[1, 2], [3, 4]])
+    ours = project(model, x, "relu4", ch, pos, rule="guided")  # (N, K, C, H, W)
+    assert ours.shape == (2, 2, 3, 64, 64)
+    for k in range(2):
+        theirs, act = _captum(_captum_copy(model), x, "relu4", ch[:, k], "guided", pos[:, k])
+        torch.testing.assert_close(ours[:, k], theirs * act[:, None, None, None],
+                                   rtol=1e-5, atol=1e-5 * ours.abs().max().item())
+
+
+def test_k_maps_cost_one_forward_pass() -> None:
+    model = _build("zfnet_small")
+    calls = []
+    handle = model.features.conv1.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        x = torch.randn(3, 3, 64, 64) * 60
+        ch = torch.arange(15).view(3, 5)
+        many = project(model, x, "conv3", ch)
+        assert len(calls) == 1
+    finally:
+        handle.remove()
+    assert many.shape == (3, 5, 3, 64, 64)
+    for k in range(5):
+        torch.testing.assert_close(many[:, k], project(model, x, "conv3", ch[:, k]))
+
+
+# --------------------------------------------------------------------------- explicit reference
+
+
+def _reference(model: nn.Module, x: torch.Tensor, layer: str, c: int, lrn: str) -> torch.Tensor:
+    """The paper's deconvnet on whole maps, layer by layer, for zfnet's ConvNet: record the
+    switches going up; going down, unpool with them (scatter-add: overlapping 3/2 windows
+    can share a switch), ReLU, conv_transpose2d with the layer's filters."""
+    mods = list(model.features.named_children())
+    stop = [name for name, _ in mods].index(layer)
+    inputs, switches = [], {}
+    with torch.no_grad():
+        h = x
+        for i, (_, m) in enumerate(mods[: stop + 1]):
+            inputs.append(h)
+            if isinstance(m, nn.MaxPool2d):
+                h, switches[i] = F.max_pool2d(h, m.kernel_size, m.stride, m.padding,
+                                              ceil_mode=m.ceil_mode, return_indices=True)
+            else:
+                h = m(h)
+    n = x.shape[0]
+    value, where = h[:, c].flatten(1).max(1)
+    g = torch.zeros_like(h)
+    g[:, c].view(n, -1)[torch.arange(n), where] = value
+    for i in reversed(range(stop + 1)):
+        m, size = mods[i][1], inputs[i].shape[-2:]
+        if isinstance(m, nn.Conv2d):
+            full = (g.shape[-1] - 1) * m.stride[0] - 2 * m.padding[0] + m.kernel_size[0]
+            g = F.conv_transpose2d(g, m.weight, stride=m.stride, padding=m.padding,
+                                   output_padding=size[-1] - full)
+        elif isinstance(m, nn.MaxPool2d):
+            out = g.new_zeros(*g.shape[:2], size[0] * size[1])
+            out.scatter_add_(2, switches[i].flatten(2), g.flatten(2))
+            g = out.view(*g.shape[:2], *size)
+        elif isinstance(m, nn.ReLU):
+            g = g.clamp(min=0)
+        elif isinstance(m, nn.LocalResponseNorm) and lrn == "gradient":
+            xi = inputs[i].clone().requires_grad_()
+            with torch.enable_grad():
+                y = F.local_response_norm(xi, m.size, m.alpha, m.beta, m.k)
+                (g,) = torch.autograd.grad(y, xi, g)
+    return g
+
+
+@pytest.mark.parametrize("lrn", ["gradient", "identity"])
+def test_agrees_with_explicit_reference_on_zfnet(lrn: str) -> None:
+    cases = [("zfnet_small", 64, 3, ["conv2", "norm1", "conv4", "pool5"])]
+    if lrn == "gradient":  # the paper's full-size net once: 224 px, pool1/pool2 in ceil mode
+        cases.append(("zfnet", 224, 1, ["pool5"]))
+    for name, size, n, layers in cases:
+        model = _build(name).eval()
+        torch.manual_seed(3)
+        x = torch.randn(n, 3, size, size) * 60
+        for layer in layers:
+            for c in (0, 5, 17):
+                ours = project(model, x, layer, c, lrn=lrn)
+                want = _reference(model, x, layer, c, lrn)
+                err = (ours - want).abs().max() / want.abs().max().clamp_min(1e-30)
+                assert err < 1e-5, f"{name} {layer} map {c} lrn={lrn}: {err:.2e}"
+
+
+def test_lrn_identity_differs_from_gradient() -> None:
+    """The two contrast-normalisation choices really are different (and both finite)."""
+    model = _build("zfnet_small")
+    x = torch.randn(2, 3, 64, 64) * 60
+    a = project(model, x, "conv3", 4, lrn="gradient")
+    b = project(model, x, "conv3", 4, lrn="identity")
+    assert torch.isfinite(a).all() and torch.isfinite(b).all()
+    assert not torch.allclose(a, b)
+
+
+def test_crop_is_the_receptive_field_box() -> None:
+    """`project_rf` windows sit where LayerGeometry.box says, and pasted back equal `project`."""
+    model = _build("zfnet_small")
+    x = torch.randn(2, 3, 64, 64) * 60
+    geo = layer_info(model)["conv4"].geometry
+    rf = project_rf(model, x, "conv4", [0, 1, 1], [2, 2, 9])
+    assert rf.values.shape == (3, 3, geo.rf, geo.rf)
+    for s in range(3):
+        top, left, _, _ = geo.box(int(rf.row[s]), int(rf.col[s]))
+        assert (int(rf.top[s]), int(rf.left[s])) == (top, left)
+    full = project(model, x, "conv4", torch.tensor([[2], [9]]))
+    assert full.shape == (2, 1, 3, 64, 64)
+
+
+# --------------------------------------------------------------------------- leaves no trace
+
+
+def _snapshot(model: nn.Module) -> dict:
+    state = {}
+    for name, m in model.named_modules():
+        state[name] = (
+            m.training, getattr(m, "inplace", None), sorted(vars(m)),
+            {k: len(v) for k, v in vars(m).items()
+             if k.endswith("hooks") and hasattr(v, "__len__")},
+        )
+    for name, p in model.named_parameters():
+        state["p:" + name] = (p.requires_grad, p.grad is None, p.detach().clone())
+    for name, b in model.named_buffers():
+        state["b:" + name] = b.clone()
+    return state
+
+
+def _same(a: dict, b: dict) -> bool:
+    if a.keys() != b.keys():
+        return False
+    for k in a:
+        x, y = a[k], b[k]
+        if isinstance(x, torch.Tensor):
+            if not torch.equal(x, y):
+                return False
+        elif isinstance(x, tuple) and isinstance(x[-1], torch.Tensor):
+            if x[:-1] != y[:-1] or not torch.equal(x[-1], y[-1]):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("name", ["zfnet_small", "tv:alexnet"])
+def test_model_left_unchanged_also_after_an_error(name: str) -> None:
+    model = _build(name)
+    model.train()  # the engine switches to eval; it must come back in train mode
+    if name == "zfnet_small":
+        model.features.conv2.eval()  # and a mixed mode must come back mixed
+    layer = "conv3" if name == "zfnet_small" else "features.8"
+    before = _snapshot(model)
+    x = torch.randn(2, 3, 64, 64) * 60
+    for rule in RULES:
+        project(model, x, layer, torch.tensor([[1, 2], [3, 4]]), rule=rule)
+        assert _same(before, _snapshot(model)), rule
+    with pytest.raises(RuntimeError):  # fails inside the forward pass: 4 channels in
+        project(model, torch.randn(2, 4, 64, 64), layer, 0)
+    assert _same(before, _snapshot(model))
+    with pytest.raises(ValueError, match="channels must lie in"):  # fails after the forward
+        project(model, x, layer, 10_000)
+    assert _same(before, _snapshot(model))
+
+
+def test_errors_name_what_is_wrong() -> None:
+    model = _build("zfnet_small")
+    x = torch.randn(1, 3, 64, 64)
+    with pytest.raises(UnknownLayerError, match="valid: conv1, relu1"):
+        project(model, x, "conv9", 0)
+    with pytest.raises(ValueError, match="not in the convolutional chain"):
+        project(model, x, "fc6", 0)
+    with pytest.raises(ValueError, match="valid: deconvnet, guided, gradient"):
+        project(model, x, "conv1", 0, rule="lrp")
+    with pytest.raises(ValueError, match="lrn="):
+        project(model, x, "conv1", 0, lrn="skip")
+    with pytest.raises(ValueError, match=r"positions must be \(1, 2\)"):
+        project(model, x, "conv1", 0, torch.zeros(1, 3, 2))
+    with pytest.raises(ValueError, match="positions must lie in"):
+        project(model, x, "conv1", 0, torch.tensor([[99, 0]]))
+    tv = _tv("vgg11")
+    with pytest.raises(UnknownLayerError, match="features.0"):
+        project(tv, x, "conv1", 0)
+
+
+def test_feature_chain_stops_at_the_layer() -> None:
+    model = _build("zfnet_small")
+    chain = feature_chain(model, "pool2")
+    assert [p for p, _ in chain][-3:] == ["features.conv2", "features.relu2", "features.pool2"]
+
+
+def test_float64_and_batch_chunks() -> None:
+    model = _build("zfnet_small").double()
+    x = torch.randn(3, 3, 64, 64, dtype=torch.float64) * 60
+    one = project(model, x, "conv5", torch.arange(6).view(3, 2), batch_size=1)
+    many = project(model, x, "conv5", torch.arange(6).view(3, 2), batch_size=64)
+    assert one.dtype == torch.float64
+    torch.testing.assert_close(one, many)
