@@ -24,7 +24,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from zfnet.analyses.gallery import _to_display, project_topk, select_maps
+from zfnet.analyses.gallery import project_topk, select_maps, to_display, to_rgb
 from zfnet.analyses.topk import mine_topk
 
 
@@ -60,11 +60,12 @@ def feature_evolution(
     mined = [mine_topk(m, dataset, layers, k=1, indices=indices) for _, m in checkpoints]
     maps = {layer: select_maps(mined[-1][layer], n_maps) for layer in layers}
     res = EvolutionResult([e for e, _ in checkpoints], maps)
+    per_ckpt = [  # one pass per checkpoint for all layers: {layer: (M, 1, C, rf, rf)}
+        project_topk(model, dataset, {k: tk[k] for k in layers}, maps, rule)
+        for (_, model), tk in zip(checkpoints, mined, strict=True)
+    ]
     for layer in layers:
-        per_epoch = [
-            project_topk(model, dataset, tk[layer], maps[layer], rule)[:, 0]  # (M, C, rf, rf)
-            for (_, model), tk in zip(checkpoints, mined, strict=True)
-        ]
+        per_epoch = [p[layer][:, 0] for p in per_ckpt]  # each (M, C, rf, rf)
         proj = torch.stack(per_epoch, 1)  # (M, E, C, rf, rf)
         res.projections[layer] = proj
         flat = proj.flatten(2)  # (M, E, D)
@@ -88,7 +89,7 @@ def render_evolution(projections: Tensor, path: str | Path, min_side: int = 40) 
     canvas = np.full((m * (side + pad) + pad, e * (side + pad) + pad, 3), 255, np.uint8)
     for a in range(m):
         for j in range(e):
-            img = _to_display(projections[a, j]).repeat(zoom, 0).repeat(zoom, 1)
+            img = to_rgb(to_display(projections[a, j])).repeat(zoom, 0).repeat(zoom, 1)
             y, x = pad + a * (side + pad), pad + j * (side + pad)
             canvas[y: y + side, x: x + side] = img
     path = Path(path)

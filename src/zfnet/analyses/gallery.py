@@ -151,14 +151,14 @@ def project_topk(
     return out
 
 
-def _to_display(p: Tensor) -> Tensor:
+def to_display(p: Tensor) -> Tensor:
     """(..., C, h, w) projections -> uint8, each projection scaled by its own max |value|
     (over pixels and channels) and shown as 0.5 + 0.5 * p: grey is zero."""
     scale = p.abs().amax(dim=(-3, -2, -1), keepdim=True).clamp_min(1e-12)
     return ((0.5 + 0.5 * p / scale).clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def _rgb(u8: Tensor) -> np.ndarray:
+def to_rgb(u8: Tensor) -> np.ndarray:
     """(C, h, w) uint8 with C in {1, 3} -> (h, w, 3) numpy."""
     if u8.shape[0] == 1:
         u8 = u8.expand(3, *u8.shape[1:])
@@ -208,13 +208,13 @@ def render_layer(
     rows = math.ceil(m / cols)
     sep = 8
     canvas = np.full((rows * (block_h + sep), cols * (block_w + sep), 3), 255, np.uint8)
-    shown = _to_display(projections)  # (M, k, C, s, s) uint8
+    shown = to_display(projections)  # (M, k, C, s, s) uint8
     for a in range(m):
         by, bx = (a // cols) * (block_h + sep), (a % cols) * (block_w + sep)
         canvas[by: by + block_h, bx: bx + block_w] = 0
         for j in range(k):
             y = by + pad + (j // g) * (side + pad)
-            for half_i, img in enumerate((_rgb(shown[a, j]), _rgb(patches[a, j]))):
+            for half_i, img in enumerate((to_rgb(shown[a, j]), to_rgb(patches[a, j]))):
                 x = bx + half_i * (half + gap) + pad + (j % g) * (side + pad)
                 canvas[y: y + side, x: x + side] = img.repeat(zoom, 0).repeat(zoom, 1)
     path = Path(path)
