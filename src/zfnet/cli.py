@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from zfnet import __version__
@@ -159,6 +161,237 @@ def eval_cmd(checkpoint: str, data: str | None, ten_crop: bool, json_out: str | 
     if json_out:
         Path(json_out).write_text(json.dumps(r, indent=1) + "\n")
         click.echo(f"wrote {json_out}")
+
+
+@main.command("demo")
+@click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False),
+              help="Run directory (re-running resumes or reuses it).")
+@click.option("--epochs", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--data", default="synthetic", show_default=True, help="Dataset spec.")
+@click.option("--model", default="zfnet_small", show_default=True, help="Registered model.")
+@click.option("--no-analyses", is_flag=True, help="Only train, evaluate and report.")
+def demo_cmd(out: str, epochs: int, batch_size: int, data: str, model: str,
+             no_analyses: bool) -> None:
+    """Train ZFNet-small on the built-in data, evaluate it, run the paper's analyses and write
+    an offline report page (index.html)."""
+    from zfnet.demo import run_demo
+
+    r = run_demo(out, epochs, batch_size, data, model, analyses=not no_analyses, log=click.echo)
+    if "report" in r:
+        click.echo(f"val top-1 error {r['val_top1_error']:.2%}; total {r['wall_time_s']:.0f} s")
+        click.echo(f"report: {Path(r['report']).resolve()}")
+
+
+# --- looking inside a trained model: each command writes figures + a report section into --out,
+# then rebuilds --out/index.html ---
+
+_CKPT = click.option("--checkpoint", required=True, type=click.Path(exists=True),
+                     help="Run directory (its last checkpoint), checkpoint directory or weights.")
+_DATA = click.option("--data", default=None,
+                     help="Dataset spec (default: the one the model was trained on).")
+_OUT = click.option("--out", required=True, type=click.Path(file_okay=False),
+                    help="Directory for the figures, sections and index.html.")
+
+
+def _load(checkpoint: str, data: str | None):
+    """(model, bundle) for an analysis command; user errors become clean CLI errors."""
+    from zfnet.data import load_dataset
+    from zfnet.train import load_model
+
+    try:
+        model, meta = load_model(checkpoint)
+        return model, load_dataset(data or meta["data"])
+    except (ValueError, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from e
+
+
+def _finish(out: str) -> None:
+    from zfnet.report import build_report
+
+    click.echo(f"report: {build_report(out).resolve()}")
+
+
+def _run(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from e
+
+
+@main.group("visualize")
+def visualize() -> None:
+    """Deconvnet visualisations (paper Sec. 2.1)."""
+
+
+@visualize.command("topk", short_help="Fig. 2: top-k activations projected beside image patches")
+@_CKPT
+@_DATA
+@_OUT
+@click.option("--layers", default=None, help="Comma-separated layers (default conv1..conv5).")
+@click.option("--k", default=9, show_default=True, type=click.IntRange(1))
+@click.option("--maps-per-layer", default=16, show_default=True, type=click.IntRange(1),
+              help="Maps shown per layer above conv1 (conv1: every map).")
+@click.option("--map-rule", type=click.Choice(["strongest", "spaced"]), default="strongest",
+              show_default=True)
+@click.option("--rule", type=click.Choice(["deconvnet", "guided", "gradient"]),
+              default="deconvnet", show_default=True)
+@click.option("--images", default=None, type=click.IntRange(1),
+              help="Mine only the first N val images (default: all).")
+def topk_cmd(checkpoint: str, data: str | None, out: str, layers: str | None, k: int,
+             maps_per_layer: int, map_rule: str, rule: str, images: int | None) -> None:
+    """Fig. 2: the k strongest activations of feature maps over a dataset, projected to pixels
+    beside their image patches."""
+    from zfnet import pipeline
+
+    model, bundle = _load(checkpoint, data)
+    names = layers.split(",") if layers else None
+    _run(pipeline.gallery, model, bundle, out, k=k, n_images=images or len(bundle.val),
+         n_maps=maps_per_layer, layers=names, rule=rule, map_rule=map_rule)
+    _finish(out)
+
+
+@main.group("analyze")
+def analyze() -> None:
+    """The paper's analyses (Figs. 4-8, Tables 1, 3-7) and a sanity check."""
+
+
+@analyze.command("evolution", short_help="Fig. 4: top activations projected at each kept epoch")
+@click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Training run directory with kept checkpoints.")
+@_DATA
+@click.option("--out", default=None, help="Report directory (default: the run directory).")
+@click.option("--images", default=1000, show_default=True, type=click.IntRange(1))
+@click.option("--maps", default=6, show_default=True, type=click.IntRange(1))
+def evolution_cmd(run_dir: str, data: str | None, out: str | None, images: int,
+                  maps: int) -> None:
+    """Fig. 4: strongest activations projected at every kept epoch, side by side."""
+    from zfnet import pipeline
+    from zfnet.train import find_last
+
+    _, bundle = _load(str(find_last(run_dir)), data)
+    _run(pipeline.evolution, run_dir, bundle, out, n_images=images, n_maps=maps)
+    _finish(out or run_dir)
+
+
+@analyze.command("filters", short_help="Fig. 6: filters and their diagnostics, models side by side")
+@click.option("--checkpoint", "checkpoints", multiple=True, required=True,
+              type=click.Path(exists=True), help="Repeat to compare models side by side.")
+@_DATA
+@_OUT
+def filters_cmd(checkpoints: tuple[str, ...], data: str | None, out: str) -> None:
+    """Fig. 6: conv1/conv2 filters and their diagnostics (dominance, dead, high frequency)."""
+    from zfnet import pipeline
+
+    models, bundle = {}, None
+    for c in checkpoints:
+        model, b = _load(c, data)
+        bundle = bundle or b
+        models[Path(c).name] = model
+    _run(pipeline.filters, models, bundle, out)
+    _finish(out)
+
+
+@analyze.command("invariance", short_help="Fig. 5: features under translation, scaling, rotation")
+@_CKPT
+@_DATA
+@_OUT
+def invariance_cmd(checkpoint: str, data: str | None, out: str) -> None:
+    """Fig. 5: translation, scaling, rotation of 5 photos and 5 dataset images."""
+    from zfnet import pipeline
+
+    model, bundle = _load(checkpoint, data)
+    r = _run(pipeline.invariance, model, bundle, out)
+    for key, kinds in r.items():
+        for kind, d in kinds.items():
+            click.echo(f"{key} {kind}: " + ", ".join(f"{k} {v:.3f}" for k, v in d.items()))
+    _finish(out)
+
+
+@analyze.command("occlusion", short_help="Fig. 7: occlusion sensitivity maps and pointing game")
+@_CKPT
+@_DATA
+@_OUT
+@click.option("--images", default=4, show_default=True, type=click.IntRange(1))
+@click.option("--pointing", default=100, show_default=True, type=click.IntRange(0),
+              help="Images for the pointing game (datasets with object masks).")
+@click.option("--size", default=None, type=click.IntRange(1), help="Occluder side (px).")
+@click.option("--stride", default=None, type=click.IntRange(1), help="Occluder stride (px).")
+@click.option("--layer", default=None, help="Layer of maps (b)/(c) (default: the last conv).")
+@click.option("--method", type=click.Choice(["auto", "incremental", "full"]), default="auto",
+              show_default=True)
+def occlusion_cmd(checkpoint: str, data: str | None, out: str, images: int, pointing: int,
+                  size: int | None, stride: int | None, layer: str | None, method: str) -> None:
+    """Fig. 7: a grey square slid over the image; activation, projection, p(class), label."""
+    from zfnet.analyses.occlusion import occlusion_report
+
+    model, bundle = _load(checkpoint, data)
+    r = _run(occlusion_report, model, bundle, out, n_images=images, n_pointing=pointing,
+             size=size, stride=stride, layer=layer, method=method)
+    click.echo(", ".join(f"{k} {v}" for k, v in r.items()))
+    _finish(out)
+
+
+@analyze.command("correspondence", short_help="Fig. 8 / Table 1: part correspondence across images")
+@_CKPT
+@_DATA
+@_OUT
+@click.option("--class", "class_name", default="face", show_default=True)
+@click.option("--parts", default="eye_left,eye_right,mouth", show_default=True)
+@click.option("--images", default=5, show_default=True, type=click.IntRange(2))
+@click.option("--draws", default=20, show_default=True, type=click.IntRange(1),
+              help="Random-region draws for the control.")
+def correspondence_cmd(checkpoint: str, data: str | None, out: str, class_name: str,
+                       parts: str, images: int, draws: int) -> None:
+    """Fig. 8 / Table 1: sign consistency of feature changes when the same part is masked."""
+    from zfnet import pipeline
+
+    model, bundle = _load(checkpoint, data)
+    rows = _run(pipeline.correspondence, model, bundle, out, class_name, images,
+                tuple(parts.split(",")), draws)
+    for r in rows:
+        click.echo(f"{r.part:<10} " + "  ".join(f"{k} {v:.4f}" for k, v in r.delta.items()))
+    _finish(out)
+
+
+@analyze.command("probes", short_help="Table 7: linear classifier on each layer's features")
+@_CKPT
+@_DATA
+@_OUT
+@click.option("--per-class", default=20, show_default=True, type=click.IntRange(1))
+def probes_cmd(checkpoint: str, data: str | None, out: str, per_class: int) -> None:
+    """Table 7: a linear classifier on each layer's features, N training images per class."""
+    from zfnet import pipeline
+    from zfnet.train import load_model
+
+    model, meta = load_model(checkpoint)
+    rows = _run(pipeline.probes, model, data or meta["data"], out, per_class)
+    for r in rows:
+        click.echo(f"{r.layer:<6} " + "  ".join(f"{k} {v:.1%}" for k, v in r.accuracy.items()))
+    _finish(out)
+
+
+@analyze.command("randomization", short_help="Sanity check: cascading model randomisation")
+@_CKPT
+@_DATA
+@_OUT
+@click.option("--images", default=4, show_default=True, type=click.IntRange(1))
+@click.option("--layer", default="conv5", show_default=True)
+def randomization_cmd(checkpoint: str, data: str | None, out: str, images: int,
+                      layer: str) -> None:
+    """Sanity check (Adebayo et al. 2018): do the maps change when the model is randomised?"""
+    from zfnet import pipeline
+
+    model, bundle = _load(checkpoint, data)
+    _run(pipeline.randomization, model, bundle, out, images, layer)
+    _finish(out)
+
+
+@main.command("report")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+def report_cmd(run_dir: str) -> None:
+    """Rebuild RUN_DIR/index.html from the sections saved there."""
+    _finish(run_dir)
 
 
 if __name__ == "__main__":

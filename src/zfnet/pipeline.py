@@ -1,0 +1,178 @@
+"""Each analysis of the paper as one call on a trained model and a dataset, writing its figures
+and report section into a run directory. `zfnet analyze <name>` and `zfnet demo` call these;
+the analyses themselves live in `zfnet.analyses`, one module per idea."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from zfnet.data import DataBundle, collate, load_dataset
+from zfnet.data.photos import load_photos
+
+CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+
+
+def _present(model: nn.Module, names: tuple[str, ...]) -> list[str]:
+    from zfnet.models import layer_info
+
+    infos = layer_info(model)
+    return [n for n in names if n in infos]
+
+
+def _centre(bundle: DataBundle, split: str = "val") -> Any:
+    ds = getattr(bundle, split)
+    return ds.with_mode("centre") if ds.mode != "centre" else ds
+
+
+def _normalizer(bundle: DataBundle):
+    """Pixels (N, C, S, S) in 0..255 -> model inputs: minus the centre crop of the mean image."""
+    from zfnet.data.transforms import centre_crop
+
+    mean = centre_crop(bundle.mean, bundle.input_size)  # (C, S, S)
+    return lambda x: x - mean
+
+
+def gallery(model: nn.Module, bundle: DataBundle, run_dir: str | Path, *, k: int = 9,
+            n_images: int = 1000, n_maps: int = 16, layers: list[str] | None = None,
+            rule: str = "deconvnet", map_rule: str = "strongest") -> Any:
+    """Fig. 2: the top-k gallery over the first `n_images` val images (centre crops)."""
+    from zfnet.analyses.gallery import run_topk_gallery
+
+    val = _centre(bundle)
+    n = min(n_images, len(val))
+    return run_topk_gallery(
+        model, Subset(val, range(n)), layers or _present(model, CONV_LAYERS), k,
+        Path(run_dir) / "gallery", n_maps=n_maps, map_rule=map_rule, rule=rule,
+        display_image=bundle.raw_val,
+        run_dir=run_dir,
+    )
+
+
+def filters(models: dict[str, nn.Module], bundle: DataBundle, run_dir: str | Path,
+            n_images: int = 1000) -> Any:
+    """Fig. 6: filter mosaics and diagnostics (dead maps measured over `n_images` val images)."""
+    from zfnet.analyses.filters import filters_section
+    from zfnet.analyses.topk import mine_topk
+
+    val = _centre(bundle)
+    idx = range(min(n_images, len(val)))
+    acts = {}
+    for label, m in models.items():
+        tk = mine_topk(m, val, ["relu1", "relu2"], k=1, indices=idx)
+        acts[label] = {"conv1": tk["relu1"].values[:, 0], "conv2": tk["relu2"].values[:, 0]}
+    return filters_section(run_dir, models, acts)
+
+
+def evolution(run_dir: str | Path, bundle: DataBundle, out_dir: str | Path | None = None,
+              n_images: int = 1000, n_maps: int = 6) -> Any:
+    """Fig. 4 from the checkpoints kept in `run_dir` (training images, centre crops)."""
+    from zfnet.analyses.evolution import evolution_section, feature_evolution
+    from zfnet.train import list_checkpoints, load_model
+
+    ckpts = [(e, load_model(p)[0]) for e, p in list_checkpoints(run_dir)]
+    if not ckpts:
+        raise FileNotFoundError(f"no checkpoints in {run_dir}: train with --keep-epochs first")
+    layers = _present(ckpts[-1][1], CONV_LAYERS)
+    res = feature_evolution(ckpts, _centre(bundle, "train"), layers, n_maps, n_images)
+    return evolution_section(out_dir or run_dir, res), res
+
+
+def invariance(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
+               n_dataset_images: int = 5) -> dict[str, Any]:
+    """Fig. 5 on 5 real photos (class followed: the first prediction) and on dataset images
+    (true class followed). Returns the mean distances per transformation and layer."""
+    from zfnet.analyses.invariance import KINDS, invariance, invariance_section
+
+    norm = _normalizer(bundle)
+    low, high = _present(model, ("norm1", "pool1", "relu1"))[0], _present(
+        model, ("relu7", "relu6", "fc8"))[0]
+    photos, names = load_photos(bundle.input_size, channels=bundle.in_channels)
+    val = _centre(bundle)
+    picks = []
+    for i in range(len(val)):  # one image per class
+        if val.targets[i] not in {val.targets[j] for j in picks}:
+            picks.append(i)
+        if len(picks) == n_dataset_images:
+            break
+    data_imgs = torch.stack([bundle.raw_val(i) for i in picks]).float()
+    labels = [val.targets[i] for i in picks]
+    out: dict[str, Any] = {}
+    for key, imgs, lab, tnames, title in (
+        ("invariance_photos", photos.float(), None, names, "Invariance on real photos (Fig. 5)"),
+        ("invariance_dataset", data_imgs, labels, [bundle.class_names[t] for t in labels],
+         "Invariance on dataset images (Fig. 5)"),
+    ):
+        res = [invariance(model, imgs, norm, kind, layers=(low, high), labels=lab)
+               for kind in KINDS]
+        invariance_section(run_dir, res, tnames, key=key, title=title,
+                           order=60 if key.endswith("photos") else 61)
+        out[key] = {r.kind: {low: r.distance[low].mean().item(),
+                             high: r.distance[high].mean().item()} for r in res}
+    return out
+
+
+def correspondence(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
+                   class_name: str = "face", n_images: int = 5, parts: tuple[str, ...] = (
+                       "eye_left", "eye_right", "mouth"), random_draws: int = 20) -> Any:
+    """Fig. 8 / Table 1 on `n_images` val images of `class_name` with their part masks
+    (built-in `synthetic` dataset)."""
+    from zfnet.analyses.correspondence import correspondence as corr
+    from zfnet.analyses.correspondence import correspondence_section
+
+    val = _centre(bundle)
+    if not hasattr(val, "sample"):
+        raise ValueError(f"dataset {bundle.spec!r} has no part masks; correspondence needs the "
+                         "built-in 'synthetic' dataset (or masks given in Python)")
+    if class_name not in bundle.class_names:
+        raise ValueError(f"class {class_name!r} is not in {bundle.spec!r}; valid: "
+                         f"{', '.join(bundle.class_names)}")
+    label = bundle.class_names.index(class_name)
+    idx = [i for i in range(len(val)) if val.targets[i] == label][:n_images]
+    samples = [val.sample(i) for i in idx]
+    x = torch.stack([val[i][0] for i in idx])  # (N, C, S, S) model inputs
+    masks = {p: torch.from_numpy(np.stack([s.parts[p] for s in samples]))
+             for p in parts}
+    layers = tuple(_present(model, ("pool5",)) + _present(model, ("relu7", "relu6", "fc8"))[:1])
+    rows = corr(model, x, masks, layers=layers, random_draws=random_draws)
+    correspondence_section(run_dir, rows, len(idx), f"the class '{class_name}'")
+    return rows
+
+
+def probes(model: nn.Module, data: str, run_dir: str | Path, per_class: int = 20,
+           n_test: int = 1000, transfer_from_scratch: dict[int, float] | None = None) -> Any:
+    """Table 7: linear probes per layer, trained on `per_class` training images per class of
+    `data` (centre crops), tested on the first `n_test` val images."""
+    from zfnet.analyses.probes import linear_probes, probes_section
+
+    sep = "&" if "?" in data else "?"
+    few = load_dataset(f"{data}{sep}per_class={per_class}")
+    test = _centre(few)
+    test = Subset(test, range(min(n_test, len(test))))
+    layers = _present(model, ("pool1", "pool2", "relu3", "relu4", "pool5", "relu6", "relu7"))
+    rows = linear_probes(
+        model, DataLoader(_centre(few, "train"), batch_size=128, collate_fn=collate),
+        DataLoader(test, batch_size=128, collate_fn=collate), layers)
+    probes_section(run_dir, rows, per_class, data)
+    return rows
+
+
+def randomization(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
+                  n_images: int = 4, layer: str = "conv5") -> Any:
+    """Sanity check (Adebayo et al.): cascading randomisation of the layers below `layer`; seed
+    units: each image's strongest map in `layer`."""
+    from zfnet.activations import get_activations
+    from zfnet.analyses.sanity import cascading_randomization, randomization_section
+
+    val = _centre(bundle)
+    x = torch.stack([val[i][0] for i in range(n_images)])
+    act = get_activations(model.eval(), x, [layer])[layer]  # (N, C, H, W)
+    channels = act.flatten(2).amax(2).argmax(1)  # (N,)
+    res = cascading_randomization(model, x, layer, channels)
+    randomization_section(run_dir, res)
+    return res
