@@ -1,0 +1,88 @@
+"""Datasets named by a spec string, in the paper's input convention (Sec. 3).
+
+    data = load_dataset("synthetic")                       # or "fashion-mnist", "imagefolder:DIR"
+    loader = DataLoader(data.train, batch_size=128, shuffle=True, collate_fn=collate)
+
+Spec strings: `NAME[:PATH][?key=value&...]`. Every model input is 0..255 minus the matching
+crop of the training set's per-pixel mean image (no /255): roughly zero-centred, std ~60.
+Training items are random crops with horizontal flips; val items the centre crop or, with
+`ten_crop=True`, (10, C, S, S): the 4 corners and the centre, each also flipped.
+
+Datasets (`DATASETS`):
+- `synthetic` — built in, no files: 10 shape classes at 64 px with object and part masks
+  (`data.val.sample(i)`, see `zfnet.data.synthetic`).
+- `fashion-mnist[:DIR]` — the four IDX .gz files (default /usr/share/datasets/fashion-mnist).
+- `imagefolder:DIR` — DIR/train/<class>/*, DIR/val/<class>/*, the paper's 256/224 pipeline.
+
+Broken image files are skipped with a `BrokenImageWarning` naming the file (the item is
+None and `collate` drops it), or raise `BadImageError` naming it with `strict=True`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from zfnet.data.bundle import DataBundle
+from zfnet.data.fashion_mnist import load_fashion_mnist
+from zfnet.data.imagefolder import load_imagefolder
+from zfnet.data.images import BadImageError, BrokenImageWarning, load_rgb
+from zfnet.data.spec import DatasetSpec, parse_spec
+from zfnet.data.synthetic import SyntheticDataset, SyntheticSample, load_synthetic
+from zfnet.data.transforms import CropDataset, collate, ten_crop
+
+DATASETS: dict[str, str] = {
+    "synthetic": "built-in shapes with part masks; options n_train, n_val, seed, size, "
+    "classes, per_class",
+    "fashion-mnist": "fashion-mnist[:DIR]; options n_train, n_val, classes, per_class",
+    "imagefolder": "imagefolder:DIR (DIR/train/<class>/*, DIR/val/<class>/*); options size, "
+    "n_train, n_val, classes, per_class",
+}
+
+
+def list_datasets() -> list[str]:
+    """Names accepted as the NAME part of a spec."""
+    return list(DATASETS)
+
+
+def load_dataset(
+    spec: str,
+    *,
+    ten_crop: bool = False,
+    strict: bool = False,
+    cache_dir: str | Path | None = None,
+) -> DataBundle:
+    """Load the dataset named by `spec` (`NAME[:PATH][?key=value&...]`) as a `DataBundle`.
+
+    `ten_crop`: val items are the paper's 10 crops (10, C, S, S) instead of the centre crop.
+    `strict`: a broken image file raises `BadImageError` instead of being skipped.
+    `cache_dir`: where imagefolder's mean image is cached when its DIR is read-only.
+    Unknown names and options raise ValueError listing the valid ones.
+    """
+    parsed: DatasetSpec = parse_spec(spec)
+    loaders: dict[str, Callable[..., DataBundle]] = {
+        "synthetic": load_synthetic,
+        "fashion-mnist": load_fashion_mnist,
+        "imagefolder": lambda s, **kw: load_imagefolder(s, cache_dir=cache_dir, **kw),
+    }
+    if parsed.name not in loaders:
+        valid = "; ".join(f"{k}: {v}" for k, v in DATASETS.items())
+        raise ValueError(f"unknown dataset {parsed.name!r} in spec {spec!r}; valid: {valid}")
+    return loaders[parsed.name](parsed, ten_crop=ten_crop, strict=strict, raw_spec=spec)
+
+
+__all__ = [
+    "DATASETS",
+    "BadImageError",
+    "BrokenImageWarning",
+    "CropDataset",
+    "DataBundle",
+    "SyntheticDataset",
+    "SyntheticSample",
+    "collate",
+    "list_datasets",
+    "load_dataset",
+    "load_rgb",
+    "parse_spec",
+    "ten_crop",
+]

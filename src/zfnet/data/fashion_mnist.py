@@ -1,0 +1,130 @@
+"""Fashion-MNIST from its four IDX `.gz` files, in the paper's crop convention.
+
+The 28x28 images are zero-padded by 2 on each side to `full_size` 32 (as 224 is cropped
+from 256): training takes random 28 crops with horizontal flips, evaluation the centre 28
+crop (= the original image) or the 10 crops. `val` is the 10k test set.
+Spec: `fashion-mnist[:DIR][?n_train=N&n_val=N&classes=0,2,5&per_class=N]`.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zfnet.data.bundle import DataBundle
+from zfnet.data.spec import DatasetSpec, check_options, class_list_option, int_option
+from zfnet.data.subset import select
+from zfnet.data.transforms import TensorImages
+
+DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
+CLASS_NAMES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "val_images": "t10k-images-idx3-ubyte.gz",
+    "val_labels": "t10k-labels-idx1-ubyte.gz",
+}
+INPUT_SIZE = 28
+PAD = 2  # 28 -> 32, the ratio of the paper's 224 -> 256
+FULL_SIZE = INPUT_SIZE + 2 * PAD
+_IDX_MAGIC = {1: 2049, 3: 2051}  # IDX magic numbers: unsigned bytes, 1-d labels / 3-d images
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Parse a gzipped IDX file of unsigned bytes: labels (N,) or images (N, H, W) uint8."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    if len(data) < 8:
+        raise ValueError(f"{path} is too short to be an IDX file")
+    magic = int.from_bytes(data[0:4], "big")
+    ndim = data[3]
+    if _IDX_MAGIC.get(ndim) != magic:
+        raise ValueError(
+            f"{path}: IDX magic {magic} is not an unsigned-byte label (2049) or image (2051) file"
+        )
+    dims = [int.from_bytes(data[4 + 4 * k : 8 + 4 * k], "big") for k in range(ndim)]
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(dims))
+    if len(data) - offset != expected:
+        raise ValueError(
+            f"{path}: header says {dims} ({expected} bytes) but has {len(data) - offset}"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def find_files(root: Path) -> dict[str, Path]:
+    """The four IDX files in `root`; a clear error when the directory or a file is missing."""
+    hint = (
+        "install the Debian package with `sudo apt-get install dataset-fashion-mnist` "
+        f"(puts them in {DEFAULT_DIR}) or pass the directory as fashion-mnist:DIR"
+    )
+    if not root.is_dir():
+        raise FileNotFoundError(f"Fashion-MNIST directory {root} does not exist; {hint}")
+    paths = {key: root / name for key, name in FILES.items()}
+    missing = [p.name for p in paths.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"Fashion-MNIST directory {root} lacks {', '.join(missing)} "
+            f"(expected the four files {', '.join(FILES.values())}); {hint}"
+        )
+    return paths
+
+
+def load_fashion_mnist(spec: DatasetSpec, *, ten_crop: bool = False, strict: bool = False,
+                       raw_spec: str = "") -> DataBundle:
+    """Build the Fashion-MNIST `DataBundle` (1 channel, 28 px crops of 32 px padded images)."""
+    opts = check_options(
+        spec,
+        {
+            "n_train": int_option,
+            "n_val": int_option,
+            "per_class": lambda v, k: int_option(v, k, minimum=1),
+            "classes": lambda v, k: class_list_option(v, CLASS_NAMES, k),
+        },
+    )
+    paths = find_files(Path(spec.path) if spec.path else DEFAULT_DIR)
+    classes = opts.get("classes")
+    names = [CLASS_NAMES[c] for c in classes] if classes is not None else list(CLASS_NAMES)
+
+    def split(images_key: str, labels_key: str, first: int | None, per_class: int | None):
+        images = read_idx(paths[images_key])  # (N, 28, 28)
+        labels = read_idx(paths[labels_key])  # (N,)
+        if len(images) != len(labels):
+            raise ValueError(f"{paths[images_key]} and {paths[labels_key]} differ in length")
+        idx, targets = select(labels.tolist(), classes=classes, per_class=per_class, first=first)
+        x = torch.from_numpy(images[idx]).unsqueeze(1)  # (n, 1, 28, 28)
+        x = torch.nn.functional.pad(x, (PAD, PAD, PAD, PAD))  # (n, 1, 32, 32), zeros
+        return x.contiguous(), targets
+
+    train_x, train_y = split("train_images", "train_labels", opts.get("n_train"),
+                             opts.get("per_class"))
+    val_x, val_y = split("val_images", "val_labels", opts.get("n_val"), None)
+    if len(train_x) == 0 or len(val_x) == 0:
+        raise ValueError(f"dataset spec {raw_spec!r} selects no training or no test images")
+    mean = train_x.to(torch.float64).mean(0).to(torch.float32)  # (1, 32, 32)
+    common = dict(mean=mean, input_size=INPUT_SIZE, classes=names, strict=strict)
+    return DataBundle(
+        spec=raw_spec,
+        train=TensorImages(train_x, train_y, mode="train", **common),
+        val=TensorImages(val_x, val_y, mode="ten_crop" if ten_crop else "centre", **common),
+        num_classes=len(names),
+        class_names=names,
+        in_channels=1,
+        input_size=INPUT_SIZE,
+        full_size=FULL_SIZE,
+        mean=mean,
+    )

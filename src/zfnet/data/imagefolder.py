@@ -1,0 +1,288 @@
+"""ImageNet-layout folders with the paper's preprocessing (Sec. 3).
+
+Layout: `DIR/train/<class>/*.jpg` and `DIR/val/<class>/*.jpg` (sub-folders inside a class
+folder are searched too; files without an image extension are ignored). Class names are the
+train folder names, sorted; label k is the k-th name.
+
+Each image: shorter side -> 256, centre 256x256 crop (`full_size`), minus the per-pixel mean
+image of the training set; training takes random 224 crops with horizontal flips,
+evaluation the centre 224 crop or the 10 crops. Spec options: `size=S` (crop side; the
+full size keeps the paper's ratio, round(S * 256 / 224)), `classes=a,b` (names or indices,
+relabelled 0..k-1), `per_class=N` (first N training images of each class),
+`n_train=N` / `n_val=N` (first N images, taken round-robin over the classes).
+
+The mean image is computed once and cached as `.npy` in `DIR/.zfnet-cache/`, or, where DIR
+is read-only, in `cache_dir` or `$XDG_CACHE_HOME/zfnet` (default `~/.cache/zfnet`). The cache
+is keyed by the training file list (relative paths and sizes) and the full size, so a
+changed dataset gets a new mean.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from zfnet.data.bundle import DataBundle
+from zfnet.data.images import (
+    IMAGE_EXTENSIONS,
+    BadImageError,
+    load_rgb,
+    resize_center_crop,
+    warn_skipped,
+)
+from zfnet.data.spec import DatasetSpec, check_options, class_list_option, int_option
+from zfnet.data.subset import select
+from zfnet.data.transforms import CropDataset
+
+LAYOUT = "DIR/train/<class>/<image> and DIR/val/<class>/<image> (ImageNet layout)"
+PAPER_INPUT, PAPER_FULL = 224, 256
+CACHE_VERSION = "zfnet-mean-v1"  # bump when the preprocessing changes
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Image files under `folder` (recursive), sorted, hidden files and other extensions skipped."""
+    files = [
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and p.is_file()
+    ]
+    return sorted(files)
+
+
+def scan_split(
+    root: Path, split: str, classes: list[str] | None = None
+) -> tuple[list[str], list[tuple[Path, int]]]:
+    """Class names and (path, label) samples of `root/split`; errors name the path at fault.
+
+    With `classes` (the train classes) given, a class folder not among them is an error.
+    """
+    folder = root / split
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a directory; expected {LAYOUT}")
+    names = sorted(
+        d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
+    )
+    if not names:
+        raise ValueError(f"{folder} has no class folders; expected {LAYOUT}")
+    if classes is not None:
+        extra = [n for n in names if n not in classes]
+        if extra:
+            raise ValueError(
+                f"{folder} has class folder(s) {', '.join(extra)} that {root / 'train'} lacks; "
+                f"train classes are: {', '.join(classes)}"
+            )
+    label_of = {n: i for i, n in enumerate(classes if classes is not None else names)}
+    samples: list[tuple[Path, int]] = []
+    empty: list[str] = []
+    for name in names:
+        files = _image_files(folder / name)
+        if not files:
+            empty.append(str(folder / name))
+        samples.extend((p, label_of[name]) for p in files)
+    if empty:
+        raise ValueError(
+            f"empty class folder(s) with no image files ({', '.join(IMAGE_EXTENSIONS)}): "
+            f"{', '.join(empty)}; expected {LAYOUT}"
+        )
+    return names, samples
+
+
+class FolderImages(CropDataset):
+    """Image files decoded on demand, preprocessed to uint8 (3, F, F), cropped per `mode`."""
+
+    def __init__(self, paths: Sequence[Path], targets: Sequence[int], **kwargs: Any) -> None:
+        super().__init__(targets, **kwargs)
+        self.paths = list(paths)
+
+    def full_image(self, i: int) -> torch.Tensor:
+        img = load_rgb(self.paths[i], min_side=self.full_size)  # (3, H, W)
+        return resize_center_crop(img, self.full_size)  # (3, F, F)
+
+
+class _FullImages(Dataset):
+    """Preprocessed full-size images for the mean; None for a skipped broken file."""
+
+    def __init__(self, paths: Sequence[Path], full_size: int, strict: bool) -> None:
+        self.paths, self.full_size, self.strict = list(paths), full_size, strict
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor | None:
+        try:
+            img = load_rgb(self.paths[i], min_side=self.full_size)
+        except BadImageError as err:
+            if self.strict:
+                raise
+            warn_skipped(err)
+            return None
+        return resize_center_crop(img, self.full_size)  # (3, F, F) uint8
+
+
+def _sum_batch(batch: list[torch.Tensor | None]) -> tuple[torch.Tensor | None, int]:
+    kept = [b for b in batch if b is not None]
+    if not kept:
+        return None, 0
+    return torch.stack(kept).to(torch.float64).sum(0), len(kept)  # (3, F, F)
+
+
+def compute_mean(
+    paths: Sequence[Path], full_size: int, *, strict: bool = False, num_workers: int | None = None
+) -> torch.Tensor:
+    """Per-pixel mean image (paper Sec. 3) of preprocessed images: float32 (3, F, F).
+
+    Broken files are skipped with a warning (or raise with `strict`). Workers decode in
+    parallel when there are many files.
+    """
+    if num_workers is None:
+        num_workers = min(8, os.cpu_count() or 1) if len(paths) >= 2000 else 0
+    loader = DataLoader(
+        _FullImages(paths, full_size, strict),
+        batch_size=64,
+        num_workers=num_workers,
+        collate_fn=_sum_batch,
+    )
+    total = torch.zeros(3, full_size, full_size, dtype=torch.float64)
+    count = 0
+    for batch_sum, n in loader:
+        if batch_sum is not None:
+            total += batch_sum
+            count += n
+    if count == 0:
+        raise ValueError(
+            f"no training image could be decoded (all {len(paths)} skipped as broken)"
+        )
+    return (total / count).to(torch.float32)
+
+
+def mean_cache_key(root: Path, paths: Sequence[Path], full_size: int) -> str:
+    """Hash of the training file list (relative paths and sizes) and the preprocessing."""
+    h = hashlib.sha256(f"{CACHE_VERSION}|{full_size}".encode())
+    for p in paths:
+        h.update(f"|{p.relative_to(root).as_posix()}|{p.stat().st_size}".encode())
+    return h.hexdigest()[:20]
+
+
+def _cache_dirs(root: Path, cache_dir: str | Path | None) -> list[tuple[Path, bool]]:
+    """Candidate cache folders, best first; the flag says whether the key must include root."""
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    dirs = [(root / ".zfnet-cache", False)]
+    if cache_dir is not None:
+        dirs.append((Path(cache_dir), True))
+    dirs.append((Path(xdg) / "zfnet", True))
+    return dirs
+
+
+def _cache_name(key: str, root: Path, full_size: int, outside: bool) -> str:
+    if outside:  # a cache shared by several datasets: tell them apart by their location
+        key = hashlib.sha256(f"{key}|{root.resolve()}".encode()).hexdigest()[:20]
+    return f"mean-{full_size}-{key}.npy"
+
+
+def load_or_compute_mean(
+    root: Path,
+    paths: Sequence[Path],
+    full_size: int,
+    *,
+    strict: bool = False,
+    cache_dir: str | Path | None = None,
+) -> torch.Tensor:
+    """The training set's mean image, from the cache if present, else computed and cached."""
+    key = mean_cache_key(root, paths, full_size)
+    candidates = [(d / _cache_name(key, root, full_size, out)) for d, out in
+                  _cache_dirs(root, cache_dir)]
+    for path in candidates:
+        if path.is_file():
+            try:
+                arr = np.load(path, allow_pickle=False)
+            except (OSError, ValueError):
+                continue  # a damaged cache file is recomputed
+            if arr.shape == (3, full_size, full_size):
+                return torch.from_numpy(arr.astype(np.float32))
+    mean = compute_mean(paths, full_size, strict=strict)
+    for path in candidates:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Atomic: a reader never sees half a file, a crash leaves no corrupt cache.
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    np.save(f, mean.numpy())
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            return mean
+        except OSError:
+            continue  # read-only: try the next place
+    warnings.warn(
+        f"could not cache the mean image in any of {', '.join(str(c.parent) for c in candidates)}",
+        stacklevel=2,
+    )
+    return mean
+
+
+def load_imagefolder(
+    spec: DatasetSpec,
+    *,
+    ten_crop: bool = False,
+    strict: bool = False,
+    cache_dir: str | Path | None = None,
+    raw_spec: str = "",
+) -> DataBundle:
+    """Build the `DataBundle` for `imagefolder:DIR` (paper Sec. 3 preprocessing)."""
+    if spec.path is None:
+        raise ValueError(f"imagefolder needs a directory: imagefolder:DIR with {LAYOUT}")
+    root = Path(spec.path).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist; expected {LAYOUT}")
+    all_names, train_samples = scan_split(root, "train")
+    opts = check_options(
+        spec,
+        {
+            "size": lambda v, k: int_option(v, k, minimum=8),
+            "n_train": int_option,
+            "n_val": int_option,
+            "per_class": lambda v, k: int_option(v, k, minimum=1),
+            "classes": lambda v, k: class_list_option(v, all_names, k),
+        },
+    )
+    _, val_samples = scan_split(root, "val", all_names)
+    input_size = opts.get("size", PAPER_INPUT)
+    full_size = round(input_size * PAPER_FULL / PAPER_INPUT)
+    classes = opts.get("classes")
+    names = [all_names[c] for c in classes] if classes is not None else all_names
+
+    def pick(samples: list[tuple[Path, int]], first: int | None, per_class: int | None):
+        idx, targets = select([y for _, y in samples], classes=classes, per_class=per_class,
+                              first=first, round_robin=True)
+        return [samples[i][0] for i in idx], targets
+
+    train_paths, train_y = pick(train_samples, opts.get("n_train"), opts.get("per_class"))
+    val_paths, val_y = pick(val_samples, opts.get("n_val"), None)
+    if not train_paths or not val_paths:
+        raise ValueError(f"dataset spec {raw_spec!r} selects no training or no val images")
+    mean = load_or_compute_mean(root, train_paths, full_size, strict=strict, cache_dir=cache_dir)
+    common = dict(mean=mean, input_size=input_size, classes=names, strict=strict)
+    return DataBundle(
+        spec=raw_spec,
+        train=FolderImages(train_paths, train_y, mode="train", **common),
+        val=FolderImages(val_paths, val_y, mode="ten_crop" if ten_crop else "centre", **common),
+        num_classes=len(names),
+        class_names=names,
+        in_channels=3,
+        input_size=input_size,
+        full_size=full_size,
+        mean=mean,
+    )

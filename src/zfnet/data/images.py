@@ -1,0 +1,119 @@
+"""Robust image decoding: any valid image becomes RGB uint8, any broken one a clear error.
+
+Valid but unusual files (CMYK, grayscale, 16-bit, palette, RGBA, EXIF-rotated) are converted
+to RGB and used. Broken ones (truncated, zero-byte, not an image, a decompression bomb) raise
+`BadImageError` naming the file; datasets turn that into a skip with a `BrokenImageWarning`
+(the default) or let it through (`strict=True`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.transforms.v2 import functional as TF
+
+# Extensions an image folder is scanned for (torchvision's ImageFolder list). Other files
+# (README, .DS_Store, labels.txt) are ignored, not treated as broken images.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+# Transparent pixels are composited onto white, the way an image viewer shows them; their
+# stored RGB values are often arbitrary (black, or left-over colours).
+ALPHA_BACKGROUND = (255, 255, 255)
+
+
+class BadImageError(ValueError):
+    """A file that cannot be used as an image. `path` names it, `reason` says why."""
+
+    def __init__(self, path: str | Path, reason: str = "") -> None:
+        self.path = Path(path)
+        self.reason = reason
+        # One-argument form: DataLoader workers re-raise an exception as type(e)(message).
+        super().__init__(f"broken image {self.path}: {reason}" if reason else str(path))
+
+
+class BrokenImageWarning(UserWarning):
+    """Emitted once per broken file that a dataset skips (`strict=False`)."""
+
+
+def warn_skipped(err: BadImageError) -> None:
+    """Warn that the file in `err` is skipped; the message names the file and the reason."""
+    warnings.warn(
+        f"skipping broken image {err.path}: {err.reason} (strict=True would stop here)",
+        BrokenImageWarning,
+        stacklevel=3,
+    )
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB, scaling high-bit-depth data instead of clipping it."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(img).astype(np.float64)  # (H, W)
+        if img.mode.startswith("I;16") or (img.mode == "I" and a.max(initial=0) > 255):
+            a = a / 257.0  # 16-bit -> 8-bit (65535 / 255 = 257)
+        elif img.mode == "F" and a.max(initial=0) <= 1.0:
+            a = a * 255.0  # float images in 0..1
+        gray = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        img.mode == "P" and "transparency" in img.info
+    )
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if img.mode == "1":
+        img = img.convert("L")
+    return img.convert("RGB")
+
+
+def load_rgb(path: str | Path, *, min_side: int | None = None) -> torch.Tensor:
+    """Decode an image file to RGB: uint8 (3, H, W).
+
+    `min_side`: a hint that the image will be downscaled to this shorter side, which lets
+    large JPEGs decode at a reduced scale (never below `min_side`). Raises `BadImageError`
+    naming the file when it is truncated, empty, not an image or a decompression bomb
+    (larger than `PIL.Image.MAX_IMAGE_PIXELS`).
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            # PIL only warns between MAX_IMAGE_PIXELS and twice that; both are bombs here.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if min_side is not None:
+                    img.draft(None, (min_side, min_side))
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                rgb = _to_rgb(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadImageError(path, f"decompression bomb ({e})") from e
+    except UnidentifiedImageError as e:
+        reason = "empty file (0 bytes)" if _is_empty(path) else "not a recognised image format"
+        raise BadImageError(path, reason) from e
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        # PIL reports truncation and corrupt data as OSError/SyntaxError/ValueError.
+        raise BadImageError(path, f"cannot decode ({type(e).__name__}: {e})") from e
+    arr = np.asarray(rgb, dtype=np.uint8)  # (H, W, 3)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()  # (3, H, W)
+
+
+def _is_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
+
+
+def resize_center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
+    """Paper Sec. 3 preprocessing: shorter side -> `size`, then the centre `size` x `size`.
+
+    uint8 (C, H, W) in, uint8 (C, size, size) out; downscaling is antialiased.
+    """
+    img = TF.resize(img, [size], antialias=True)  # shorter side -> size
+    return TF.center_crop(img, [size, size])  # (C, size, size)

@@ -1,0 +1,104 @@
+"""Dataset spec strings: `NAME[:PATH][?key=value&key=value]`.
+
+Examples: `synthetic`, `synthetic?n_train=4000&seed=1`, `fashion-mnist`,
+`fashion-mnist:/usr/share/datasets/fashion-mnist?classes=0,2,5&per_class=30`,
+`imagefolder:/data/imagenet`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A parsed spec string: the dataset name, its path (or None) and raw string options."""
+
+    name: str
+    path: str | None = None
+    options: dict[str, str] = field(default_factory=dict)
+
+
+def parse_spec(spec: str) -> DatasetSpec:
+    """Split `NAME[:PATH][?key=value&...]` into its parts (values stay strings).
+
+    Raises ValueError naming the spec when it is empty, an option has no `=`, or an option
+    is given twice.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"empty dataset spec {spec!r}; expected NAME[:PATH][?key=value&...]")
+    head, _, query = spec.strip().partition("?")
+    name, colon, path = head.partition(":")
+    name = name.strip().lower()
+    if not name:
+        raise ValueError(f"dataset spec {spec!r} has no name; expected NAME[:PATH][?key=value&...]")
+    if colon and not path:
+        raise ValueError(f"dataset spec {spec!r} has ':' but no path after it")
+    options: dict[str, str] = {}
+    for part in filter(None, query.split("&")):
+        key, eq, value = part.partition("=")
+        key = unquote(key).strip()
+        if not eq or not key:
+            raise ValueError(
+                f"option {part!r} in dataset spec {spec!r} is not key=value "
+                "(e.g. synthetic?n_train=4000&seed=1)"
+            )
+        if key in options:
+            raise ValueError(f"option {key!r} is given twice in dataset spec {spec!r}")
+        options[key] = unquote(value).strip()
+    return DatasetSpec(name, path or None, options)
+
+
+def int_option(value: str, key: str, *, minimum: int = 0) -> int:
+    """Parse an integer option, with an error naming the option."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"option {key}={value!r} must be an integer") from None
+    if n < minimum:
+        raise ValueError(f"option {key}={n} must be >= {minimum}")
+    return n
+
+
+def class_list_option(value: str, class_names: list[str], key: str = "classes") -> list[int]:
+    """Parse `classes=0,2,5` (indices) or `classes=face,house` (names) into sorted-unique indices.
+
+    The order given is kept: new label k is the k-th class listed.
+    """
+    out: list[int] = []
+    for token in filter(None, (t.strip() for t in value.split(","))):
+        if token.lstrip("-").isdigit():
+            idx = int(token)
+            if not 0 <= idx < len(class_names):
+                raise ValueError(
+                    f"option {key}: class index {idx} out of range 0..{len(class_names) - 1}"
+                )
+        elif token in class_names:
+            idx = class_names.index(token)
+        else:
+            raise ValueError(
+                f"option {key}: unknown class {token!r}; valid: indices 0..{len(class_names) - 1}"
+                f" or names {', '.join(class_names)}"
+            )
+        if idx in out:
+            raise ValueError(f"option {key}: class {token!r} is listed twice")
+        out.append(idx)
+    if not out:
+        raise ValueError(f"option {key}={value!r} names no class")
+    return out
+
+
+def check_options(
+    spec: DatasetSpec, parsers: Mapping[str, Callable[[str, str], Any]]
+) -> dict[str, Any]:
+    """Parse `spec.options` with one parser per known key; unknown keys list the valid ones."""
+    unknown = sorted(set(spec.options) - set(parsers))
+    if unknown:
+        valid = ", ".join(sorted(parsers)) or "(none)"
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)} for dataset {spec.name!r}; valid: {valid}"
+        )
+    return {key: parsers[key](value, key) for key, value in spec.options.items()}

@@ -1,0 +1,171 @@
+"""The paper's input pipeline (Sec. 3) on full-size images, and the dataset base class.
+
+Every dataset stores (or decodes) images at `full_size` (256 for ImageNet) as uint8 and
+hands the model crops of side `input_size` (224), in the paper's pixel convention:
+values 0..255 (no /255) minus the per-pixel mean image of the training set, where the crop
+of the mean that matches the crop of the image is subtracted.
+
+- train: a random `input_size` crop, horizontally flipped with probability 1/2;
+- centre: the centre crop (evaluation, and `DataBundle.raw_val` for display);
+- ten_crop: the 4 corner crops and the centre crop, then the same five of the horizontally
+  flipped image, in torchvision's `ten_crop` order (top-left, top-right, bottom-left,
+  bottom-right, centre, then the flipped image's five); the paper averages their softmax.
+
+Random crops and flips draw from torch's global RNG, which a DataLoader seeds per worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import Dataset
+
+from zfnet.data.images import BadImageError, warn_skipped
+
+Mode = Literal["train", "centre", "ten_crop"]
+MODES: tuple[str, ...] = ("train", "centre", "ten_crop")
+
+
+def centre_offset(full_size: int, size: int) -> int:
+    """Top/left offset of the centre `size` crop in a `full_size` image (as torchvision rounds)."""
+    return int(round((full_size - size) / 2.0))
+
+
+def crop(img: torch.Tensor, top: int, left: int, size: int) -> torch.Tensor:
+    """The `size` x `size` window at (top, left) of (..., H, W)."""
+    return img[..., top : top + size, left : left + size]
+
+
+def centre_crop(img: torch.Tensor, size: int) -> torch.Tensor:
+    """Centre `size` x `size` crop of a square (..., F, F) image."""
+    top = centre_offset(img.shape[-2], size)
+    left = centre_offset(img.shape[-1], size)
+    return crop(img, top, left, size)
+
+
+def ten_crop(img: torch.Tensor, size: int) -> torch.Tensor:
+    """Paper Sec. 3 test-time crops: (..., H, W) -> (10, ..., size, size).
+
+    Corners and centre, then the corners and centre of the horizontally flipped image
+    (same order as `torchvision.transforms.v2.functional.ten_crop`).
+    """
+    h, w = img.shape[-2:]
+    if size > min(h, w):
+        raise ValueError(f"crop size {size} is larger than the image ({h}x{w})")
+    corners = [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size)]
+    centre = (centre_offset(h, size), centre_offset(w, size))
+    five = [crop(img, t, s, size) for t, s in (*corners, centre)]
+    flipped = img.flip(-1)
+    five_flipped = [crop(flipped, t, s, size) for t, s in (*corners, centre)]
+    return torch.stack(five + five_flipped)  # (10, ..., size, size)
+
+
+def random_crop_flip(
+    img: torch.Tensor, size: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Paper Sec. 3 training augmentation: random `size` crop of (C, H, W), flipped with p=1/2."""
+    h, w = img.shape[-2:]
+    top = int(torch.randint(0, h - size + 1, (1,), generator=generator))
+    left = int(torch.randint(0, w - size + 1, (1,), generator=generator))
+    out = crop(img, top, left, size)
+    if bool(torch.rand((), generator=generator) < 0.5):
+        out = out.flip(-1)
+    return out
+
+
+class CropDataset(Dataset):
+    """Base class: images at `full_size` in, the paper's crops out.
+
+    Subclasses implement `full_image(i)` (uint8 (C, F, F), raising `BadImageError` for a
+    broken file). Items are `(x, y)`: x float32 (C, S, S), or (10, C, S, S) in "ten_crop"
+    mode; `None` when the file is broken and `strict` is off (`collate` drops it).
+    """
+
+    def __init__(
+        self,
+        targets: Sequence[int],
+        mean: torch.Tensor,
+        input_size: int,
+        mode: Mode,
+        *,
+        classes: Sequence[str],
+        strict: bool = False,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} is not known; valid: {', '.join(MODES)}")
+        if mean.shape[-1] < input_size:
+            raise ValueError(f"input_size {input_size} > full_size {mean.shape[-1]}")
+        self.targets = [int(t) for t in targets]
+        self.mean = mean.to(torch.float32)  # (C, F, F)
+        self.input_size = input_size
+        self.mode: Mode = mode
+        self.classes = list(classes)
+        self.strict = strict
+
+    @property
+    def full_size(self) -> int:
+        return int(self.mean.shape[-1])
+
+    def full_image(self, i: int) -> torch.Tensor:
+        """uint8 (C, F, F) image i before cropping; raises `BadImageError` if broken."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
+        try:
+            img = self.full_image(i)  # (C, F, F) uint8
+        except BadImageError as err:
+            if self.strict:
+                raise
+            warn_skipped(err)
+            return None
+        x = img.to(torch.float32) - self.mean  # (C, F, F), paper's convention: 0..255 - mean
+        if self.mode == "train":
+            x = random_crop_flip(x, self.input_size)  # (C, S, S)
+        elif self.mode == "centre":
+            x = centre_crop(x, self.input_size)  # (C, S, S)
+        else:
+            x = ten_crop(x, self.input_size)  # (10, C, S, S)
+        return x.contiguous(), self.targets[i]
+
+    def raw(self, i: int) -> torch.Tensor:
+        """Displayable uint8 (C, S, S) centre crop of item i (raises `BadImageError` if broken)."""
+        return centre_crop(self.full_image(i), self.input_size).contiguous()
+
+    def with_mode(self, mode: Mode) -> CropDataset:
+        """A shallow copy of this dataset that crops in `mode` (the images are shared)."""
+        other = object.__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} is not known; valid: {', '.join(MODES)}")
+        other.mode = mode
+        return other
+
+
+class TensorImages(CropDataset):
+    """In-memory uint8 images (N, C, F, F) with labels; the paper's crops on top."""
+
+    def __init__(self, images: torch.Tensor, targets: list[int], **kwargs: Any) -> None:
+        super().__init__(targets, **kwargs)
+        self.images = images  # (N, C, F, F) uint8
+
+    def full_image(self, i: int) -> torch.Tensor:
+        return self.images[i]  # (C, F, F)
+
+
+def collate(batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """DataLoader `collate_fn`: drops `None` items (skipped broken files), stacks the rest.
+
+    Returns x (N, C, S, S) or (N, 10, C, S, S) float32 and y (N,) int64, N <= len(batch).
+    A batch whose every item was broken gives x of shape (0,) and y of shape (0,);
+    `len(batch) - N` is the number of files skipped in this batch.
+    """
+    kept = [item for item in batch if item is not None]
+    if not kept:
+        return torch.empty(0), torch.empty(0, dtype=torch.long)
+    xs, ys = zip(*kept, strict=True)
+    return torch.stack(xs), torch.as_tensor(ys, dtype=torch.long)

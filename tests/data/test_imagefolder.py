@@ -1,0 +1,226 @@
+"""imagefolder: layout errors, mean image and its cache, unusual and broken files."""
+
+from __future__ import annotations
+
+import struct
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import zfnet.data.imagefolder as imagefolder
+from zfnet.data import BadImageError, BrokenImageWarning, collate, load_dataset, load_rgb
+from zfnet.data.transforms import centre_crop
+
+SIZE = 16  # crop side used in these tests: full size round(16 * 256 / 224) = 18
+
+
+def _save(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def _folder(root: Path) -> dict[str, np.ndarray]:
+    """2 classes x 2 train images (18x18, already at full size) + 1 val image each."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 2), ("val", 1)):
+        for cls in ("cat", "ant"):
+            for k in range(n):
+                a = rng.integers(0, 256, (18, 18, 3), dtype=np.uint8)
+                rel = f"{split}/{cls}/{k}.png"
+                _save(root / rel, a)
+                arrays[rel] = a
+    return arrays
+
+
+def test_classes_mean_and_crops(tmp_path):
+    arrays = _folder(tmp_path)
+    data = load_dataset(f"imagefolder:{tmp_path}?size={SIZE}")
+    assert data.class_names == ["ant", "cat"]  # sorted folder names
+    assert (data.input_size, data.full_size, data.in_channels) == (16, 18, 3)
+    assert len(data.train) == 4 and len(data.val) == 2
+    train = [v for k, v in arrays.items() if k.startswith("train")]
+    expected = np.mean(np.stack(train).astype(np.float64), axis=0).transpose(2, 0, 1)
+    assert data.mean.shape == (3, 18, 18)
+    assert torch.allclose(data.mean, torch.from_numpy(expected).float(), atol=1e-4)
+    # val item 0 is val/ant/0.png: its centre crop minus the matching crop of the mean.
+    img = torch.from_numpy(arrays["val/ant/0.png"]).permute(2, 0, 1)
+    x, y = data.val[0]
+    assert y == 0
+    assert torch.allclose(x, centre_crop(img.float(), 16) - centre_crop(data.mean, 16), atol=1e-4)
+    assert torch.equal(data.raw_val(0), centre_crop(img, 16))
+
+
+def test_mean_is_cached_and_keyed_by_file_list(tmp_path, monkeypatch):
+    _folder(tmp_path)
+    first = load_dataset(f"imagefolder:{tmp_path}?size={SIZE}").mean
+    assert list((tmp_path / ".zfnet-cache").glob("mean-18-*.npy"))
+
+    def fail(*args, **kwargs):
+        raise AssertionError("mean recomputed although cached")
+
+    monkeypatch.setattr(imagefolder, "compute_mean", fail)
+    assert torch.equal(load_dataset(f"imagefolder:{tmp_path}?size={SIZE}").mean, first)
+    # A changed file list gets a new mean.
+    _save(tmp_path / "train/ant/new.png", np.zeros((18, 18, 3), np.uint8))
+    with pytest.raises(AssertionError, match="recomputed"):
+        load_dataset(f"imagefolder:{tmp_path}?size={SIZE}")
+
+
+def test_read_only_data_caches_in_cache_dir(tmp_path, monkeypatch):
+    data_dir, cache = tmp_path / "data", tmp_path / "run"
+    _folder(data_dir)
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if self.name == ".zfnet-cache":
+            raise PermissionError(f"read-only: {self}")
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    load_dataset(f"imagefolder:{data_dir}?size={SIZE}", cache_dir=cache)
+    assert list(cache.glob("mean-18-*.npy"))
+    assert not (data_dir / ".zfnet-cache").exists()
+
+
+def test_layout_errors_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'nope'}.*train/<class>"):
+        load_dataset(f"imagefolder:{tmp_path / 'nope'}")
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'train'}.*ImageNet layout"):
+        load_dataset(f"imagefolder:{tmp_path}")
+    _save(tmp_path / "train/a/0.png", np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "train/b").mkdir()
+    (tmp_path / "train/b/notes.txt").write_text("no images here")
+    with pytest.raises(ValueError, match=f"empty class folder.*{tmp_path / 'train' / 'b'}"):
+        load_dataset(f"imagefolder:{tmp_path}")
+    _save(tmp_path / "train/b/0.png", np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'val'}"):
+        load_dataset(f"imagefolder:{tmp_path}")
+    _save(tmp_path / "val/zebra/0.png", np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match="zebra.*train classes are: a, b"):
+        load_dataset(f"imagefolder:{tmp_path}")
+
+
+def test_classes_and_per_class_options(tmp_path):
+    _folder(tmp_path)
+    data = load_dataset(f"imagefolder:{tmp_path}?size={SIZE}&classes=cat&per_class=1")
+    assert data.class_names == ["cat"] and data.num_classes == 1
+    assert len(data.train) == 1 and data.train.targets == [0]
+    assert len(data.val) == 1
+
+
+# --- unusual but valid images -> RGB ---
+
+
+def _unusual(tmp_path: Path) -> dict[str, Path]:
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    files = {}
+    files["cmyk"] = tmp_path / "cmyk.jpg"
+    Image.fromarray(rgb).convert("CMYK").save(files["cmyk"])
+    files["gray"] = tmp_path / "gray.png"
+    Image.fromarray(rgb[..., 0]).save(files["gray"])
+    files["gray16"] = tmp_path / "gray16.png"
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(files["gray16"])
+    files["palette"] = tmp_path / "palette.png"
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(files["palette"])
+    files["rgba"] = tmp_path / "rgba.png"
+    rgba = np.dstack([rgb, np.full((20, 30), 255, np.uint8)])
+    rgba[0, 0, 3] = 0  # one transparent pixel
+    Image.fromarray(rgba, "RGBA").save(files["rgba"])
+    return files, rgb
+
+
+def test_unusual_modes_load_as_rgb(tmp_path):
+    files, rgb = _unusual(tmp_path)
+    for kind, path in files.items():
+        img = load_rgb(path)
+        assert img.dtype == torch.uint8 and img.shape == (3, 20, 30), kind
+    gray = load_rgb(files["gray"])
+    assert torch.equal(gray[0], gray[1]) and torch.equal(gray[0], torch.from_numpy(rgb[..., 0]))
+    # 16-bit is scaled to 8 bits, not clipped at 255.
+    assert torch.equal(load_rgb(files["gray16"])[0], torch.from_numpy(rgb[..., 0]))
+    rgba = load_rgb(files["rgba"])
+    assert rgba[:, 0, 0].tolist() == [255, 255, 255]  # transparent -> white background
+    assert torch.equal(rgba[:, 1:, :], torch.from_numpy(rgb).permute(2, 0, 1)[:, 1:, :])
+    cmyk = load_rgb(files["cmyk"]).float()
+    assert (cmyk - torch.from_numpy(rgb).permute(2, 0, 1).float()).abs().mean() < 40
+
+
+# --- broken files: skipped with a warning naming each, or strict raises naming it ---
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG that declares a huge size (a decompression bomb) without the pixels."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    data = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
+    data += struct.pack(">I", zlib.crc32(chunk))
+    path.write_bytes(data)
+
+
+def _broken(folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    good = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    full = folder / "full.jpg"
+    Image.fromarray(good).save(full, quality=95)
+    files["truncated"] = folder / "truncated.jpg"
+    files["truncated"].write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    full.unlink()
+    files["empty"] = folder / "empty.jpg"
+    files["empty"].write_bytes(b"")
+    files["text"] = folder / "text.jpg"
+    files["text"].write_text("this is not an image\n")
+    files["bomb"] = folder / "bomb.png"
+    _png_header_only(files["bomb"], 60000, 60000)  # 3.6e9 pixels > MAX_IMAGE_PIXELS
+    return files
+
+
+@pytest.mark.parametrize("kind", ["truncated", "empty", "text", "bomb"])
+def test_broken_file_raises_naming_it(tmp_path, kind):
+    path = _broken(tmp_path)[kind]
+    with pytest.raises(BadImageError, match=str(path.name)) as e:
+        load_rgb(path)
+    assert e.value.path == path
+
+
+def test_bomb_under_the_hard_limit_is_caught(tmp_path, monkeypatch):
+    # Between MAX_IMAGE_PIXELS and twice it PIL only warns; that is a bomb too.
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(BadImageError, match="decompression bomb"):
+        load_rgb(path)
+
+
+def test_broken_files_skipped_with_warning_or_strict(tmp_path):
+    _folder(tmp_path)
+    bad = _broken(tmp_path / "train" / "ant") | {
+        k + "_val": p for k, p in _broken(tmp_path / "val" / "cat").items()
+    }
+    spec = f"imagefolder:{tmp_path}?size={SIZE}"
+    # strict: the mean image computation stops at the first broken training file.
+    with pytest.raises(BadImageError, match=str(tmp_path / "train" / "ant")):
+        load_dataset(spec, strict=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = load_dataset(spec)  # the mean skips the 4 broken training files
+        items = [data.train[i] for i in range(len(data.train))]
+        val_items = [data.val[i] for i in range(len(data.val))]
+    messages = " ".join(str(w.message) for w in caught if w.category is BrokenImageWarning)
+    for path in bad.values():
+        assert str(path) in messages
+    assert sum(x is None for x in items) == 4 and len(items) == 8
+    assert sum(x is None for x in val_items) == 4
+    x, y = collate(items)
+    assert x.shape == (4, 3, SIZE, SIZE) and len(y) == 4
+    strict = load_dataset(spec, strict=True)  # mean now cached: strict stops at the item
+    with pytest.raises(BadImageError, match=str(tmp_path / "val" / "cat")):
+        for i in range(len(strict.val)):
+            strict.val[i]
