@@ -4,6 +4,7 @@ evaluate it, run the paper's analyses that fit a few minutes of CPU, and write t
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ def run_demo(
     out: str | Path = "runs/demo",
     epochs: int = 8,
     batch_size: int = 64,
+    lr: float = 0.02,
     data: str = DEMO_DATA,
     model: str = DEMO_MODEL,
     analyses: bool = True,
@@ -30,8 +32,10 @@ def run_demo(
 ) -> dict[str, Any]:
     """Train `model` on `data` for `epochs` into `out`, evaluate, analyse, write `index.html`.
 
-    The recipe is the paper's (SGD momentum 0.9, dropout 0.5, filter renormalisation) with a
-    cosine schedule over the short run instead of annealing by hand. Re-running with the same
+    The recipe is the paper's (SGD momentum 0.9, dropout 0.5, filter renormalisation, layer-1
+    preconditioning) with a cosine schedule over the short run instead of annealing by hand,
+    and lr 0.02 at batch 64 (the paper's 0.01 at 32 per step, scaled linearly; both reach
+    ~96% here in 8 epochs). Re-running with the same
     `out` resumes (or reuses) the finished run. Returns a summary with the report's path.
     """
     out = Path(out)
@@ -40,8 +44,9 @@ def run_demo(
     log(f"data: {data}: {len(bundle.train)} training / {len(bundle.val)} val images, "
         f"{bundle.num_classes} classes, {bundle.input_size} px")
     cfg = TrainConfig(
-        data=data, model=model, out=str(out), epochs=epochs, batch_size=batch_size,
-        schedule="cosine", keep_epochs=tuple(e for e in (1, 2, 3, 5, 8, 13, 20) if e <= epochs),
+        data=data, model=model, out=str(out), epochs=epochs, batch_size=batch_size, lr=lr,
+        schedule="cosine", progress=sys.stderr.isatty(),
+        keep_epochs=tuple(e for e in (1, 2, 3, 5, 8, 13, 20) if e <= epochs),
         resume=(out / "config.json").is_file(),
     )
     summary = train(cfg, bundle=bundle)

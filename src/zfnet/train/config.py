@@ -17,7 +17,7 @@ PAPER_KEEP_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)
 # Fields that define what a run computes: `--resume` refuses to continue with other values.
 IDENTITY_FIELDS = (
     "data", "model", "model_opts", "batch_size", "seed", "lr", "momentum", "weight_decay",
-    "nesterov", "schedule", "renorm", "renorm_radius",
+    "nesterov", "schedule", "renorm", "renorm_radius", "precondition",
 )
 
 
@@ -45,6 +45,9 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     renorm: bool = True  # rescale every conv filter with RMS > renorm_radius after each step
     renorm_radius: float = 0.1
+    # layer-1 preconditioning: train conv1 as if the 0..255 inputs were divided by the model's
+    # input_std (lr / std^2, radius / std); see zfnet.train.recipe.param_groups. Off = literal
+    precondition: bool = True
     seed: int = 0
     device: str = "auto"  # "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1"
     # "auto": bf16 on CUDA (fp16 without bf16) and on CPUs with native bf16, else off;

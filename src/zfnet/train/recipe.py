@@ -140,6 +140,7 @@ class EpochState:
     amp_dtype: torch.dtype | None = None
     scaler: torch.amp.GradScaler | None = None
     renorm_radius: float | None = 0.1
+    first_radius: float | None = None  # radius of the first conv layer (preconditioning)
     step_scheduler: Any = None  # stepped after every optimizer step (cosine, onecycle)
     channels_last: bool = False
     stop: dict[str, int | None] = field(default_factory=lambda: {"signal": None})
@@ -203,7 +204,7 @@ def train_one_epoch(
             else:
                 optimizer.step()
             if st.renorm_radius is not None:
-                renormalize_filters(model, st.renorm_radius)
+                renormalize_filters(model, st.renorm_radius, st.first_radius)
             if st.step_scheduler is not None:
                 st.step_scheduler.step()
             n = y.shape[0]
@@ -274,6 +275,34 @@ def evaluate(
 
 # --- building blocks of `train` ---
 
+def param_groups(
+    model: nn.Module, config: TrainConfig
+) -> tuple[list[dict[str, Any]], float | None]:
+    """SGD parameter groups, and the renormalisation radius of the first conv layer.
+
+    Layer-1 preconditioning (`config.precondition`, default on): the paper feeds pixels in
+    0..255 (std s ~ 60), so the first conv layer's gradients are s times larger, and its
+    weights s times smaller, than a unit-scale layer's; with one learning rate the first steps
+    replace its filters outright and the net dies (measured: stuck at chance on `synthetic`).
+    Training the first layer as if the input were divided by s — its lr times 1/s², its weight
+    decay times s², its renormalisation radius times 1/s — is exactly SGD on the network with
+    unit-scale inputs, while the model keeps taking the paper's 0..255 pixels. s is the model's
+    `config.input_std`; with `precondition=False` every layer gets the same lr and radius, as in
+    the paper.
+    """
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    std = float(getattr(getattr(model, "config", None), "input_std", 1.0))
+    if not config.precondition or first is None or std == 1.0:
+        return [{"params": list(model.parameters())}], None
+    special = {id(first.weight)}
+    rest = [p for p in model.parameters() if id(p) not in special]
+    return [
+        {"params": rest},
+        {"params": [first.weight], "lr": config.lr / std**2,
+         "weight_decay": config.weight_decay * std**2},
+    ], config.renorm_radius / std
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
 ) -> tuple[Any, str]:
@@ -299,7 +328,7 @@ def build_scheduler(
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "step"
     if config.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, total_steps=total
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total
         ), "step"
     return None, "none"
 
@@ -435,8 +464,9 @@ def _train(config: TrainConfig, bundle: Any, info: ddp.DistInfo, t_start: float)
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None
         )
+    groups, first_radius = param_groups(bare, config)
     optimizer = torch.optim.SGD(
-        bare.parameters(), lr=config.lr, momentum=config.momentum,
+        groups, lr=config.lr, momentum=config.momentum,
         weight_decay=config.weight_decay, nesterov=config.nesterov,
     )
     scaler = (torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None)
@@ -517,6 +547,7 @@ def _train(config: TrainConfig, bundle: Any, info: ddp.DistInfo, t_start: float)
     st = EpochState(epoch=start_epoch, epochs=config.epochs, global_step=global_step,
                     amp_dtype=amp_dtype, scaler=scaler,
                     renorm_radius=config.renorm_radius if config.renorm else None,
+                    first_radius=first_radius,
                     step_scheduler=scheduler if sched_when == "step" else None,
                     channels_last=config.channels_last, stop=stop,
                     progress=config.progress, tb=tb)

@@ -1,0 +1,62 @@
+"""End to end: the demo's pipeline on a tiny synthetic set writes a report with every section,
+and the analysis commands run on its run directory."""
+
+import json
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from zfnet.cli import main
+from zfnet.demo import run_demo
+
+TINY = "synthetic?n_train=200&n_val=60&size=32"
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    result = run_demo(out, epochs=2, batch_size=32, data=TINY, log=lambda s: None)
+    return out, result
+
+
+def test_demo_writes_every_section(demo_run) -> None:
+    out, result = demo_run
+    page = (out / "index.html").read_text()
+    for key in ("training", "evaluation", "topk_gallery", "filters", "evolution", "occlusion",
+                "invariance_photos", "invariance_dataset", "correspondence", "probes",
+                "randomization"):
+        assert f'id="{key}"' in page, key
+    assert not re.search(r'src="(http|//)', page)
+    assert 0 <= result["val_top1_error"] <= 1
+    assert 0 <= result["pointing_hit_rate"] <= 1
+    assert json.loads((out / "eval.json").read_text())["n"] == 60
+
+
+def test_demo_rerun_reuses_the_run(demo_run) -> None:
+    out, first = demo_run
+    again = run_demo(out, epochs=2, batch_size=32, data=TINY, analyses=False, log=lambda s: None)
+    assert again["val_top1_error"] == first["val_top1_error"]
+
+
+@pytest.mark.parametrize("args", [
+    ["visualize", "topk", "--layers", "conv1,conv3", "--k", "4", "--images", "30"],
+    ["analyze", "correspondence", "--images", "3", "--draws", "2"],
+    ["analyze", "filters"],
+])
+def test_analysis_commands(demo_run, tmp_path, args) -> None:
+    out, _ = demo_run
+    res = CliRunner().invoke(main, [*args, "--checkpoint", str(out), "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "index.html").is_file()
+
+
+def test_analysis_errors_are_clean(demo_run, tmp_path) -> None:
+    out, _ = demo_run
+    res = CliRunner().invoke(main, ["visualize", "topk", "--checkpoint", str(out), "--out",
+                                    str(tmp_path), "--layers", "conv9"])
+    assert res.exit_code == 1 and "conv9" in res.output and "valid" in res.output
+    assert "Traceback" not in res.output
+    res = CliRunner().invoke(main, ["analyze", "correspondence", "--checkpoint", str(out),
+                                    "--out", str(tmp_path), "--class", "dragon"])
+    assert res.exit_code == 1 and "dragon" in res.output and "face" in res.output
