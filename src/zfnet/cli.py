@@ -74,6 +74,9 @@ def _list_of_ints(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option("--renorm/--no-renorm", default=None,
               help="Rescale conv filters with RMS > radius after each step (default on, Sec. 3).")
 @click.option("--renorm-radius", type=float, help="Filter RMS radius (default 0.1).")
+@click.option("--precondition/--no-precondition", default=None,
+              help="Train conv1 as if the 0..255 inputs were divided by their std (default on; "
+                   "off = the literal recipe, see README).")
 @click.option("--seed", type=int, help="Seed of init, data order and augmentation (default 0).")
 @click.option("--device", help="auto (default: cuda if available), cpu, cuda, cuda:N.")
 @click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]),
