@@ -19,12 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from zfnet.models.convnet import filter_rms
+
 _PAD = 32  # DFT size: fine enough frequency sampling for 3x3 … 11x11 kernels
-
-
-def filter_rms(weight: torch.Tensor) -> torch.Tensor:
-    """RMS of every filter of a conv weight (O, I, k, k) -> (O,), as renormalisation measures it."""
-    return weight.detach().float().flatten(1).pow(2).mean(1).sqrt()
 
 
 def high_frequency_share(weight: torch.Tensor, cutoff: float = 0.25) -> float:

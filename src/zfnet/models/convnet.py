@@ -204,3 +204,9 @@ def apply_overrides(config: NetConfig, **overrides: Any) -> NetConfig:
         )
     return replace(config, convs=tuple(convs), fc=tuple(fc), fc_names=tuple(fc_names), **overrides)
 
+
+
+def filter_rms(weight: torch.Tensor) -> torch.Tensor:
+    """RMS of each filter of a conv weight (out, in, kh, kw) -> (out,), as the paper's filter
+    renormalisation (Sec. 3) and the filter diagnostics (Fig. 6) measure it."""
+    return weight.detach().float().flatten(1).pow(2).mean(1).sqrt()

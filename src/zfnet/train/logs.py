@@ -29,13 +29,6 @@ def write_metrics_csv(path: str | Path, history: list[dict[str, Any]]) -> None:
     write_text_atomic(Path(path), buf.getvalue())
 
 
-def read_metrics_csv(path: str | Path) -> list[dict[str, float]]:
-    """Rows of a metrics.csv as dicts of floats (empty cells dropped)."""
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)}
-                for row in csv.DictReader(f)]
-
-
 def _fmt(v: Any) -> Any:
     if isinstance(v, float):
         return f"{v:.6g}"

@@ -10,10 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def filter_rms(weight: torch.Tensor) -> torch.Tensor:
-    """RMS of each filter of a conv weight (out, in, kh, kw) -> (out,)."""
-    return weight.detach().flatten(1).pow(2).mean(1).sqrt()
+from zfnet.models.convnet import filter_rms
 
 
 @torch.no_grad()
