@@ -60,3 +60,15 @@ def test_analysis_errors_are_clean(demo_run, tmp_path) -> None:
     res = CliRunner().invoke(main, ["analyze", "correspondence", "--checkpoint", str(out),
                                     "--out", str(tmp_path), "--class", "dragon"])
     assert res.exit_code == 1 and "dragon" in res.output and "face" in res.output
+
+
+def test_study_command(tmp_path) -> None:
+    res = CliRunner().invoke(main, [
+        "study", "--data", "synthetic?n_train=64&n_val=32&size=32", "--variants",
+        "baseline,no_fc7", "--epochs", "1", "--batch-size", "32", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "study.json").read_text())
+    assert [r["variant"] for r in rows] == ["baseline", "no_fc7"]
+    assert rows[1]["parameters"] < rows[0]["parameters"]
+    assert rows[0]["paper"] == [33.1, 38.4, 16.5]
+    assert 'id="study"' in (tmp_path / "index.html").read_text()

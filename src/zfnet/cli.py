@@ -392,6 +392,35 @@ def randomization_cmd(checkpoint: str, data: str | None, out: str, images: int,
     _finish(out)
 
 
+@main.command("study", short_help="Table 3: train model variants with one budget, compare")
+@click.option("--data", required=True, help="Dataset spec.")
+@click.option("--models", default="zfnet_small", show_default=True,
+              help="Comma-separated base models.")
+@click.option("--variants", default="baseline,fc_half,fc_double,wide345,no_conv34,no_fc7,no_fc67",
+              show_default=True, help="Comma-separated Table 3 variants.")
+@click.option("--epochs", required=True, type=click.IntRange(1))
+@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(1))
+@click.option("--lr", default=0.01, show_default=True, type=float)
+@click.option("--schedule", default="cosine", show_default=True)
+@_OUT
+def study_cmd(data: str, models: str, variants: str, epochs: int, batch_size: int, lr: float,
+              schedule: str, out: str) -> None:
+    """Table 3: train each (model, variant) on DATA for the same epochs and report train/val
+    top-1 and val top-5 error side by side, with the paper's numbers where it has them."""
+    import json
+
+    from zfnet.study import study, study_section
+
+    rows = _run(study, data, models.split(","), variants.split(","), out, epochs,
+                batch_size=batch_size, lr=lr, schedule=schedule, progress=False)
+    (Path(out) / "study.json").write_text(json.dumps(rows, indent=1))
+    study_section(out, rows, data, epochs)
+    for r in rows:
+        click.echo(f"{r['model']:<14} {r['variant']:<18} train {r['train_top1_error']:.1%}  "
+                   f"val {r['val_top1_error']:.1%}  top-5 {r['val_top5_error']:.1%}")
+    _finish(out)
+
+
 @main.command("report")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 def report_cmd(run_dir: str) -> None:

@@ -109,3 +109,29 @@ def study(
                 "paper": PAPER_TABLE3.get(_PAPER_MODEL.get(model, ""), {}).get(v),
             })
     return rows
+
+
+def study_section(run_dir: str | Path, rows: list[dict[str, Any]], data: str, epochs: int,
+                  order: int = 85):
+    """Write the Table 3 section: this run's errors beside the paper's."""
+    from zfnet.report import Section, Table, write_section
+
+    def pct(v: float | None) -> str:
+        return "" if v is None else f"{100 * v:.1f}"
+
+    table = [[r["model"], r["variant"], f"{r['parameters']:,}", pct(r["train_top1_error"]),
+              pct(r["val_top1_error"]), pct(r["val_top5_error"]),
+              " / ".join(f"{v:.1f}" for v in r["paper"]) if r["paper"] else ""] for r in rows]
+    section = Section(
+        key="study", title="Architecture variants (Table 3)", order=order,
+        caption=(
+            f"Each variant trained on {data} for {epochs} epochs with the same recipe. Errors in "
+            "%, train error measured without dropout on centre crops. The paper (ImageNet, "
+            "70 epochs): removing conv3-4 or fc6-7 costs little alone, both together a lot; "
+            "wider middle conv layers help, wider fc layers overfit."
+        ),
+        tables=[Table(["model", "variant", "parameters", "train top-1", "val top-1",
+                       "val top-5", "paper train/val top-1/val top-5"], table)],
+    )
+    write_section(run_dir, section)
+    return section
