@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from tests.train.tiny import tiny_bundle, tiny_config
+from zfnet.report.plots import read_metrics_csv
 from zfnet.train import NonFiniteLossError, find_last, list_checkpoints, load_model, train
 from zfnet.train import recipe as recipe_mod
-from zfnet.train.logs import read_metrics_csv
 
 LOSS_KEYS = ("train_loss", "train_top1_error", "val_loss", "val_top1_error", "global_step")
 
@@ -35,8 +35,7 @@ def test_resume_at_epoch_boundary_is_exact(reference, tmp_path) -> None:
     summary = train(tiny_config(out, epochs=3, resume=True), bundle=tiny_bundle())
     assert summary["status"] == "completed" and summary["epochs_completed"] == 3
     _assert_same_run(ref, out)
-    rows = read_metrics_csv(out / "metrics.csv")
-    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert read_metrics_csv(out / "metrics.csv")["epoch"] == [1, 2, 3]
 
 
 def test_sigterm_mid_epoch_then_resume_is_exact(reference, tmp_path, monkeypatch) -> None:
@@ -47,8 +46,8 @@ def test_sigterm_mid_epoch_then_resume_is_exact(reference, tmp_path, monkeypatch
     real = recipe_mod.renormalize_filters
     calls = {"n": 0}
 
-    def renorm_then_signal(model, radius):
-        real(model, radius)
+    def renorm_then_signal(model, radius, *rest):
+        real(model, radius, *rest)
         calls["n"] += 1
         if calls["n"] == 6:
             os.kill(os.getpid(), signal.SIGTERM)
@@ -70,8 +69,8 @@ def test_nan_loss_stops_and_keeps_last_good(tmp_path, monkeypatch) -> None:
     real = recipe_mod.renormalize_filters
     calls = {"n": 0}
 
-    def renorm_then_poison(model, radius):
-        real(model, radius)
+    def renorm_then_poison(model, radius, *rest):
+        real(model, radius, *rest)
         calls["n"] += 1
         if calls["n"] == 5:  # after the first step of epoch 2
             with torch.no_grad():
@@ -140,8 +139,8 @@ def test_skipped_samples_are_counted(tmp_path) -> None:
     bundle = tiny_bundle()
     bundle.train = _Broken(bundle.train)
     train(tiny_config(tmp_path / "run", epochs=1), bundle=bundle)
-    row = read_metrics_csv(tmp_path / "run" / "metrics.csv")[0]
-    assert row["skipped"] == 8  # 32 samples, 8 of them broken
+    cols = read_metrics_csv(tmp_path / "run" / "metrics.csv")
+    assert cols["skipped"][0] == 8  # 32 samples, 8 of them broken
 
 
 def test_bf16_autocast_on_cpu_trains(tmp_path) -> None:

@@ -290,7 +290,7 @@ def render(
     # The object stays inside the centre crop: every shape fits in a disc of EXTENT radii.
     radius = rng.uniform(*RADIUS) * size
     off = centre_offset(full, size)
-    reach = EXTENT * radius + 1
+    reach = min(EXTENT * radius + 1, size / 2)  # small sizes: the +1 margin may not fit
     cy, cx = rng.uniform(off + reach, off + size - reach, 2)
     angle = rng.uniform(-MAX_TILT, MAX_TILT) if class_name in UPRIGHT else rng.uniform(0, 2 * np.pi)
     mirror = -1.0 if class_name in MIRRORED and rng.random() < 0.5 else 1.0
