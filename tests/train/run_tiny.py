@@ -5,6 +5,7 @@ Prints the summary as JSON; exits like `zfnet train` (143 after SIGTERM).
 """
 
 import json
+import os
 import signal
 import sys
 
@@ -19,5 +20,10 @@ if __name__ == "__main__":
     n_train = int(sys.argv[3]) if len(sys.argv) > 3 else 32
     summary = train(tiny_config(out, **overrides), bundle=tiny_bundle(n_train=n_train))
     print(json.dumps(summary), flush=True)
+    # several processes share stdout (torchrun): their lines may interleave, so each also writes
+    # its own file
+    rank = os.environ.get("RANK", "0")
+    with open(f"{out}.summary{rank}.json", "w") as f:
+        json.dump(summary, f)
     if summary["status"] == "interrupted":
         sys.exit(EXIT_INTERRUPTED[signal.Signals[summary["signal"]]])
