@@ -181,8 +181,8 @@ def demo_cmd(out: str, epochs: int, batch_size: int, lr: float, data: str, model
     an offline report page (index.html)."""
     from zfnet.demo import run_demo
 
-    r = run_demo(out, epochs, batch_size, lr, data, model, analyses=not no_analyses,
-                 log=click.echo)
+    r = _run(run_demo, out, epochs, batch_size, lr, data, model, analyses=not no_analyses,
+             log=click.echo)
     if "report" in r:
         click.echo(f"val top-1 error {r['val_top1_error']:.2%}; total {r['wall_time_s']:.0f} s")
         click.echo(f"report: {Path(r['report']).resolve()}")
