@@ -20,14 +20,7 @@ from zfnet.incremental import (
     occlusion_logits,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # small convolutions on a shared 2-core machine run far faster on one thread
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def grid_boxes(h: int, w: int, size: int, stride: int) -> torch.Tensor:

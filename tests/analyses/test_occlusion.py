@@ -21,14 +21,7 @@ from zfnet.analyses.occlusion import (
 from zfnet.incremental import UnsupportedModelError
 from zfnet.models import UnknownLayerError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # small convolutions on a shared 2-core machine run far faster on one thread
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
