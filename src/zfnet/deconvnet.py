@@ -26,7 +26,7 @@ Speed. Going down from one activation, only its receptive field can be reached, 
 works on a window of the feature map that grows from 1x1 to the receptive field (139x139 pixels
 for zfnet's conv5) instead of the whole map, and many projections — several maps of one image,
 many images — go down together as one batch after a single forward pass. This is where the
-speed-up over one Captum call per feature map comes from (`bench/bench_topk.py`; 13x measured
+speed-up over one Captum call per feature map comes from (`bench/bench_topk.py`; 10-13x measured
 so far against the issue's 20x target, see the README).
 
 Which models. Layers are named as everywhere in the project (`zfnet.models.resolve_layer`):
