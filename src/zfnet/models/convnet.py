@@ -167,6 +167,8 @@ def apply_overrides(config: NetConfig, **overrides: Any) -> NetConfig:
     - `fc_width=W`: width of fc6 and fc7 (Table 3: 2048, 8192).
     - `remove=("conv3", "conv4", "fc6", "fc7")`: drop any of these layers (Table 3's ablations).
       Removing a conv keeps the next layer's input width consistent.
+    - `strides=(s1, …, s5)`: the stride of each conv layer, in order (before any removal); e.g.
+      `strides=1,1,1,1,1` keeps `zfnet_small`'s conv2 at full resolution on 28 px inputs.
     """
     overrides = dict(overrides)
     convs = list(config.convs)
@@ -180,6 +182,15 @@ def apply_overrides(config: NetConfig, **overrides: Any) -> NetConfig:
         by_name = {c.name: i for i, c in enumerate(convs)}
         for name, w in zip(("conv3", "conv4", "conv5"), widths, strict=True):
             convs[by_name[name]] = replace(convs[by_name[name]], channels=w)
+    strides = overrides.pop("strides", None)
+    if strides is not None:
+        if isinstance(strides, str):
+            strides = strides.split(",")
+        strides = tuple(int(v) for v in strides)
+        if len(strides) != len(convs) or min(strides) < 1:
+            raise ValueError(f"strides needs {len(convs)} positive values "
+                             f"({', '.join(c.name for c in convs)}), got {strides}")
+        convs = [replace(c, stride=v) for c, v in zip(convs, strides, strict=True)]
     fc_width = overrides.pop("fc_width", None)
     if fc_width is not None:
         fc = [int(fc_width)] * len(fc)
@@ -198,7 +209,7 @@ def apply_overrides(config: NetConfig, **overrides: Any) -> NetConfig:
     unknown = set(overrides) - set(NetConfig.__dataclass_fields__)
     if unknown:
         valid = sorted(set(NetConfig.__dataclass_fields__) - {"convs", "fc", "fc_names"})
-        valid += ["conv_widths", "fc_width", "remove"]
+        valid += ["conv_widths", "fc_width", "remove", "strides"]
         raise ValueError(
             f"unknown model option(s) {sorted(unknown)}; valid: {', '.join(sorted(valid))}"
         )
