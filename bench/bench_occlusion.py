@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -41,18 +40,8 @@ import zfnet
 from zfnet.analyses.occlusion import occluder_boxes, occluder_grid, pixel_map
 from zfnet.incremental import incremental_flops, occlusion_logits
 
-
-def hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    load = " ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    return (f"CPU {cpu} ({os.cpu_count()} logical cores, torch threads "
-            f"{torch.get_num_threads()}, load average {load}), torch {torch.__version__}, "
-            f"python {platform.python_version()}")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import hardware  # noqa: E402  (bench/common.py)
 
 
 def timed(fn, repeats: int) -> tuple[list[float], object]:

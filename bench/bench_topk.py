@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -43,20 +42,10 @@ from zfnet.analyses.topk import TopK, mine_topk
 from zfnet.deconvnet import feature_chain
 from zfnet.models import resolve_layer
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import hardware  # noqa: E402  (bench/common.py)
+
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
-
-
-def hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
-    return (f"CPU {cpu} ({os.cpu_count()} logical cores, torch threads "
-            f"{torch.get_num_threads()}), GPU {gpu}, torch {torch.__version__}, "
-            f"python {platform.python_version()}")
 
 
 def timed(fn, repeats: int, sync: bool) -> tuple[list[float], object]:

@@ -139,6 +139,7 @@ def _tv(name: str) -> nn.Module:
 CASES = [  # model, input size, images, layers
     ("zfnet_small", 64, 3, ["conv1", "relu2", "norm2", "conv3", "conv5", "pool5"]),
     ("alexnet_small", 64, 3, ["pool1", "conv2", "conv4", "relu5"]),
+    ("zfnet_small:batchnorm", 64, 2, ["bn2", "relu3", "pool5"]),
     pytest.param("zfnet", 224, 1, ["conv5"], marks=pytest.mark.slow),
     ("tv:alexnet", 96, 2, ["features.3", "features.7", "features.12"]),
     ("tv:vgg11", 32, 2, ["features.4", "features.13", "features.18"]),
@@ -150,6 +151,15 @@ def _build(name: str) -> nn.Module:
     if name.startswith("tv:"):
         return _tv(name[3:])
     torch.manual_seed(0)
+    if name.endswith(":batchnorm"):  # BatchNorm with non-trivial statistics and affine terms
+        model = zfnet.create_model(name.split(":")[0], batchnorm=True)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+                nn.init.uniform_(m.weight, 0.5, 1.5)
+                nn.init.uniform_(m.bias, -0.5, 0.5)
+        return model
     return zfnet.create_model(name)
 
 

@@ -16,7 +16,8 @@ TINY = "synthetic?n_train=200&n_val=60&size=32"
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
-    result = run_demo(out, epochs=2, batch_size=32, data=TINY, log=lambda s: None)
+    result = run_demo(out, epochs=2, batch_size=32, data=TINY, log=lambda s: None,
+                      transfer="fashion-mnist?n_val=40", transfer_shots=(2,), transfer_steps=3)
     return out, result
 
 
@@ -25,7 +26,7 @@ def test_demo_writes_every_section(demo_run) -> None:
     page = (out / "index.html").read_text()
     for key in ("training", "evaluation", "topk_gallery", "filters", "evolution", "occlusion",
                 "invariance_photos", "invariance_dataset", "correspondence", "probes",
-                "randomization"):
+                "randomization", "transfer"):
         assert f'id="{key}"' in page, key
     assert not re.search(r'src="(http|//)', page)
     assert 0 <= result["val_top1_error"] <= 1

@@ -376,6 +376,37 @@ def probes_cmd(checkpoint: str, data: str | None, out: str, per_class: int) -> N
     _finish(out)
 
 
+@analyze.command("transfer", short_help="Tables 4-5: fixed features vs training from scratch")
+@_CKPT
+@click.option("--data", "data", required=True, metavar="SPEC",
+              help="Target dataset spec (another dataset, or other classes: `classes=...`); "
+                   "grey/RGB and size are adapted to the model's input.")
+@_OUT
+@click.option("--shots", default="1,5,20", show_default=True, metavar="N,N,...",
+              help="Training images per class of the target.")
+@click.option("--test", "n_test", default=1000, show_default=True, type=click.IntRange(1),
+              help="Target val images scored.")
+@click.option("--scratch-steps", default=300, show_default=True, type=click.IntRange(1),
+              help="SGD steps of each from-scratch run.")
+def transfer_cmd(checkpoint: str, data: str, out: str, shots: str, n_test: int,
+                 scratch_steps: int) -> None:
+    """Tables 4-5: keep layers 1-7, train a new softmax on N images per class of the target,
+    against the same model trained from scratch on those images."""
+    from zfnet import pipeline
+    from zfnet.train import load_model
+
+    try:
+        counts = tuple(int(v) for v in shots.split(",") if v.strip())
+    except ValueError as e:
+        raise click.BadParameter(f"{shots!r} is not a list of integers, e.g. 1,5,20",
+                                 param_hint="--shots") from e
+    model, meta = _run(load_model, checkpoint)
+    rows = _run(pipeline.transfer, model, meta, data, out, counts, n_test, scratch_steps)
+    for r in rows:
+        click.echo(f"{r.per_class:>4}/class  fixed {r.fixed:.1%}  scratch {r.scratch:.1%}")
+    _finish(out)
+
+
 @analyze.command("randomization", short_help="Sanity check: cascading model randomisation")
 @_CKPT
 @_DATA

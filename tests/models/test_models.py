@@ -96,6 +96,23 @@ def test_table3_variants() -> None:
     assert m.classifier.fc8.in_features == 512
 
 
+def test_strides_and_batchnorm_options() -> None:
+    m = zfnet.create_model("zfnet_small", input_size=28, in_channels=1, strides="1,1,1,1,1")
+    sizes = [m.geometry[f"features.{n}"].size for n in ("conv1", "pool1", "conv2", "pool2",
+                                                         "conv5", "pool5")]
+    assert sizes == [28, 14, 14, 7, 7, 3]
+    assert m(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="strides needs 5 positive values"):
+        zfnet.create_model("zfnet_small", strides=(1, 1))
+    m = zfnet.create_model("zfnet_small", batchnorm=True)
+    names = list(dict(m.features.named_children()))
+    assert names[:4] == ["conv1", "bn1", "relu1", "pool1"] and "norm1" not in names
+    assert layer_info(m)["bn3"].kind == "norm"
+    m.train()
+    m(_small_input(m)).sum().backward()
+    assert all(p.grad is not None for p in m.parameters())
+
+
 def test_small_models_accept_28_to_96_px() -> None:
     for name in ("zfnet_small", "alexnet_small"):
         for size in (28, 64, 96):

@@ -55,6 +55,9 @@ class NetConfig:
     lrn_alpha: float = 5e-4  # = AlexNet's 1e-4 per squared element times n=5
     lrn_beta: float = 0.75
     lrn_k: float = 2.0
+    # Not in the paper: BatchNorm after every conv (before its ReLU, named bn1 … bn5) in place
+    # of contrast normalisation — the modern choice for training fast on small data.
+    batchnorm: bool = False
     init: str = "kaiming"  # "kaiming" (default, trains) or "paper" (N(0, 0.01), bias 0)
     input_std: float = 60.0  # std of the paper's 0..255-minus-mean pixels; "kaiming" divides
     # conv1 by it so that every layer starts at unit scale
@@ -97,12 +100,14 @@ class ConvNet(nn.Module):
             layers[spec.name] = nn.Conv2d(
                 cin, spec.channels, spec.kernel, spec.stride, spec.padding
             )
+            if config.batchnorm:
+                layers[f"bn{i}"] = nn.BatchNorm2d(spec.channels)
             layers[f"relu{i}"] = nn.ReLU(inplace=False)
             if spec.pool:
                 layers[f"pool{i}"] = nn.MaxPool2d(
                     config.pool_kernel, config.pool_stride, ceil_mode=config.pool_ceil_mode
                 )
-            if spec.norm:
+            if spec.norm and not config.batchnorm:
                 layers[f"norm{i}"] = nn.LocalResponseNorm(
                     config.lrn_size, config.lrn_alpha, config.lrn_beta, config.lrn_k
                 )

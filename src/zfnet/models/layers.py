@@ -36,7 +36,8 @@ class LayerInfo:
 def _kind(m: nn.Module) -> str:
     for cls, kind in (
         (nn.Conv2d, "conv"), (nn.ReLU, "relu"), (nn.MaxPool2d, "pool"),
-        (nn.LocalResponseNorm, "norm"), (nn.Linear, "fc"), (nn.Dropout, "dropout"),
+        (nn.LocalResponseNorm, "norm"), (nn.BatchNorm2d, "norm"), (nn.Linear, "fc"),
+        (nn.Dropout, "dropout"),
     ):
         if isinstance(m, cls):
             return kind

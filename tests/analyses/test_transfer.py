@@ -1,0 +1,63 @@
+"""Transfer (Tables 4-5): input adaptation, repetition, and the study end to end on tiny data."""
+
+import pytest
+import torch
+
+import zfnet
+from zfnet.analyses.transfer import (
+    AdaptedImages,
+    Repeated,
+    adapt_bundle,
+    adapt_images,
+    transfer_section,
+    transfer_study,
+)
+from zfnet.data import load_dataset
+from zfnet.report import read_sections
+
+TINY = "synthetic?n_train=40&n_val=20&size=32&classes=face,house"
+
+
+def test_grey_to_rgb_replicates_and_resizes() -> None:
+    x = torch.arange(16.0).reshape(1, 4, 4)
+    y = adapt_images(x, 3, 4)
+    assert y.shape == (3, 4, 4) and torch.equal(y[0], x[0]) and torch.equal(y[2], x[0])
+    z = adapt_images(torch.full((2, 1, 28, 28), 7.0), 3, 64)  # batched, constant stays constant
+    assert z.shape == (2, 3, 64, 64) and torch.allclose(z, torch.full_like(z, 7.0))
+    assert adapt_images(torch.ones(3, 8, 8) * torch.tensor([1.0, 2, 3])[:, None, None], 1,
+                        8).unique().tolist() == [2.0]
+    with pytest.raises(ValueError, match="grey <-> RGB"):
+        adapt_images(torch.ones(2, 4, 4), 3, 4)
+
+
+def test_adapted_bundle_and_repeated_items() -> None:
+    b = load_dataset(TINY)
+    a = adapt_bundle(b, 1, 24)
+    x, y = a.train[3]
+    assert x.shape == (1, 24, 24) and y == b.train[3][1]
+    assert a.in_channels == 1 and a.input_size == 24 and a.mean.shape[0] == 1
+    assert adapt_bundle(b, 3, 32) is b
+    r = Repeated(AdaptedImages(b.val, 3, 16), 3)
+    assert len(r) == 3 * len(b.val) and torch.equal(r[len(b.val) + 1][0], r[1][0])
+
+
+def test_transfer_study_end_to_end(tmp_path, one_thread) -> None:
+    torch.manual_seed(0)
+    model = zfnet.create_model("zfnet_small", num_classes=4, input_size=32, in_channels=1)
+    rows = transfer_study(model, TINY, (1, 3), tmp_path, model_name="zfnet_small",
+                          model_opts={}, n_test=10, scratch_steps=4, batch_size=4)
+    assert [r.per_class for r in rows] == [1, 3]
+    assert [r.n_train for r in rows] == [2, 6] and all(r.n_test == 10 for r in rows)
+    for r in rows:
+        assert 0 <= r.fixed <= 1 and 0 <= r.scratch <= 1
+    # the scratch runs took the model's input shape (grey 32 px) from the adapted target
+    cfg = (tmp_path / "transfer" / "scratch_3_per_class" / "config.json").read_text()
+    assert '"model": "zfnet_small"' in cfg
+    again = transfer_study(model, TINY, (1,), tmp_path, model_name="zfnet_small", n_test=10,
+                           scratch_steps=2, batch_size=4)  # re-run replaces its own output
+    assert len(again) == 1
+    transfer_section(tmp_path, rows, "zfnet_small on x", TINY)
+    (section,) = [s for s in read_sections(tmp_path) if s.key == "transfer"]
+    assert section.tables[0].rows[1][:3] == [3, 6, 10]
+    with pytest.raises(ValueError, match="valid"):
+        transfer_study(model, TINY, (1,), tmp_path, model_name="zfnet_small", layer="fc99")
