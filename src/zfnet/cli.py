@@ -388,8 +388,10 @@ def probes_cmd(checkpoint: str, data: str | None, out: str, per_class: int) -> N
               help="Target val images scored.")
 @click.option("--scratch-steps", default=300, show_default=True, type=click.IntRange(1),
               help="SGD steps of each from-scratch run.")
+@click.option("--layer", default="relu7", show_default=True,
+              help="Layers up to this one are kept (relu7: layers 1-7, as the paper).")
 def transfer_cmd(checkpoint: str, data: str, out: str, shots: str, n_test: int,
-                 scratch_steps: int) -> None:
+                 scratch_steps: int, layer: str) -> None:
     """Tables 4-5: keep layers 1-7, train a new softmax on N images per class of the target,
     against the same model trained from scratch on those images."""
     from zfnet import pipeline
@@ -401,7 +403,7 @@ def transfer_cmd(checkpoint: str, data: str, out: str, shots: str, n_test: int,
         raise click.BadParameter(f"{shots!r} is not a list of integers, e.g. 1,5,20",
                                  param_hint="--shots") from e
     model, meta = _run(load_model, checkpoint)
-    rows = _run(pipeline.transfer, model, meta, data, out, counts, n_test, scratch_steps)
+    rows = _run(pipeline.transfer, model, meta, data, out, counts, n_test, scratch_steps, layer)
     for r in rows:
         click.echo(f"{r.per_class:>4}/class  fixed {r.fixed:.1%}  scratch {r.scratch:.1%}")
     _finish(out)

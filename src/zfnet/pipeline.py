@@ -164,15 +164,16 @@ def probes(model: nn.Module, data: str, run_dir: str | Path, per_class: int = 20
 
 def transfer(model: nn.Module, meta: dict[str, Any], target: str, run_dir: str | Path,
              shots: tuple[int, ...] = (1, 5, 20), n_test: int = 1000,
-             scratch_steps: int = 300) -> Any:
-    """Tables 4–5: layers 1–7 of the model in checkpoint `meta` fixed + a new softmax on N
-    images per class of `target`, against the same architecture trained from scratch."""
+             scratch_steps: int = 300, layer: str = "relu7") -> Any:
+    """Tables 4–5: layers 1–7 (up to `layer`) of the model in checkpoint `meta` fixed + a new
+    softmax on N images per class of `target`, against the same architecture from scratch."""
     from zfnet.analyses.transfer import transfer_section, transfer_study
 
     rows = transfer_study(model, target, shots, run_dir, model_name=meta["model"],
                           model_opts=meta.get("model_opts") or {}, n_test=n_test,
-                          scratch_steps=scratch_steps)
-    transfer_section(run_dir, rows, f"{meta['model']} trained on {meta['data']}", target)
+                          scratch_steps=scratch_steps, layer=layer)
+    transfer_section(run_dir, rows, f"{meta['model']} trained on {meta['data']}", target,
+                     layer)
     return rows
 
 
