@@ -44,6 +44,8 @@ def test_demo_rerun_reuses_the_run(demo_run) -> None:
     ["visualize", "topk", "--layers", "conv1,conv3", "--k", "4", "--images", "30"],
     ["analyze", "correspondence", "--images", "3", "--draws", "2"],
     ["analyze", "filters"],
+    ["analyze", "transfer", "--data", "fashion-mnist?n_val=20&classes=0,1", "--shots", "2",
+     "--scratch-steps", "2", "--test", "10", "--layer", "pool5"],
 ])
 def test_analysis_commands(demo_run, tmp_path, args) -> None:
     out, _ = demo_run
@@ -61,6 +63,12 @@ def test_analysis_errors_are_clean(demo_run, tmp_path) -> None:
     res = CliRunner().invoke(main, ["analyze", "correspondence", "--checkpoint", str(out),
                                     "--out", str(tmp_path), "--class", "dragon"])
     assert res.exit_code == 1 and "dragon" in res.output and "face" in res.output
+    res = CliRunner().invoke(main, ["analyze", "transfer", "--checkpoint", str(out), "--out",
+                                    str(tmp_path), "--data", "synthetic", "--shots", "1,x"])
+    assert res.exit_code == 2 and "--shots" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(main, ["analyze", "transfer", "--checkpoint", str(out), "--out",
+                                    str(tmp_path), "--data", "fashion-mnist:/nowhere"])
+    assert res.exit_code == 1 and "/nowhere" in res.output and "Traceback" not in res.output
 
 
 def test_study_command(tmp_path) -> None:
