@@ -62,7 +62,7 @@ def run_demo(
         log(f"training interrupted at epoch {summary['epochs_completed']}; run the same "
             "command again to resume")
         return summary
-    net, _ = load_model(out)
+    net, meta = load_model(out)
     training_section(out)
     ev = evaluate_checkpoint(out, bundle=bundle)
     (out / "eval.json").write_text(json.dumps(ev, indent=1))
@@ -82,7 +82,7 @@ def run_demo(
         ]
         if transfer:
             steps.append(("transfer (Tables 4-5)", lambda: _transfer(
-                net, out, transfer, transfer_shots, transfer_steps, log)))
+                net, meta, out, transfer, transfer_shots, transfer_steps, log)))
         for name, step in steps:
             t = time.perf_counter()
             value = step()
@@ -95,17 +95,13 @@ def run_demo(
     return result
 
 
-def _transfer(net: Any, out: Path, target: str, shots: tuple[int, ...], scratch_steps: int,
-              log: Callable[[str], None]) -> Any:
-    meta = json.loads((out / "config.json").read_text())
-    try:
-        load_dataset(target)
+def _transfer(net: Any, meta: dict[str, Any], out: Path, target: str, shots: tuple[int, ...],
+              scratch_steps: int, log: Callable[[str], None]) -> Any:
+    try:  # the target is loaded before any training: a missing dataset costs nothing
+        return pipeline.transfer(net, meta, target, out, shots, scratch_steps=scratch_steps)
     except FileNotFoundError as e:
         log(f"  transfer skipped: {e}")
         return None
-    return pipeline.transfer(net, {"model": meta["model"], "model_opts": meta["model_opts"],
-                                   "data": meta["data"]}, target, out, shots,
-                             scratch_steps=scratch_steps)
 
 
 def _occlusion(net: Any, bundle: Any, out: Path) -> dict[str, Any]:

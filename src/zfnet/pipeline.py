@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Subset
 
 from zfnet.data import DataBundle, collate, load_dataset
 from zfnet.data.photos import load_photos
+from zfnet.data.spec import with_options
 
 CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
@@ -150,8 +151,7 @@ def probes(model: nn.Module, data: str, run_dir: str | Path, per_class: int = 20
     `data` (centre crops), tested on the first `n_test` val images."""
     from zfnet.analyses.probes import linear_probes, probes_section
 
-    sep = "&" if "?" in data else "?"
-    few = load_dataset(f"{data}{sep}per_class={per_class}")
+    few = load_dataset(with_options(data, per_class=per_class))
     test = _centre(few)
     test = Subset(test, range(min(n_test, len(test))))
     layers = _present(model, ("pool1", "pool2", "relu3", "relu4", "pool5", "relu6", "relu7"))

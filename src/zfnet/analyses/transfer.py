@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from zfnet.data import DataBundle, collate, load_dataset
+from zfnet.data.spec import with_options
 
 
 class AdaptedImages(Dataset):
@@ -56,6 +57,10 @@ class AdaptedImages(Dataset):
             return None
         x, y = item
         return adapt_images(x, self.channels, self.size), y
+
+    def with_mode(self, mode: str) -> AdaptedImages:
+        """The same adaptation of `dataset.with_mode(mode)` (e.g. "centre" crops)."""
+        return AdaptedImages(self.dataset.with_mode(mode), self.channels, self.size)  # type: ignore[attr-defined]
 
 
 def adapt_images(x: torch.Tensor, channels: int, size: int) -> torch.Tensor:
@@ -112,11 +117,6 @@ class TransferRow:
     scratch_seconds: float
 
 
-def _with(spec: str, **opts: Any) -> str:
-    sep = "&" if "?" in spec else "?"
-    return spec + sep + "&".join(f"{k}={v}" for k, v in opts.items())
-
-
 def transfer_study(
     model: torch.nn.Module,
     target: str,
@@ -154,31 +154,25 @@ def transfer_study(
     for n in shots:
         if n < 1:
             raise ValueError(f"shots must be >= 1 image per class, got {n}")
-        raw = load_dataset(_with(target, per_class=n))
-        fit = (raw.in_channels, raw.input_size) == (channels, size)
-
-        def adapt(ds: Dataset, fit: bool = fit) -> Dataset:
-            return ds if fit else AdaptedImages(ds, channels, size)
-
-        test = adapt(Subset(raw.val, range(min(n_test, len(raw.val)))))
+        few = adapt_bundle(load_dataset(with_options(target, per_class=n)), channels, size)
+        test = Subset(few.val, range(min(n_test, len(few.val))))
         kw: dict[str, Any] = dict(batch_size=128, collate_fn=collate)
-        ftr, ytr = extract_features(model, DataLoader(adapt(raw.train.with_mode("centre")), **kw),
+        ftr, ytr = extract_features(model, DataLoader(few.train.with_mode("centre"), **kw),
                                     [layer])
         fte, yte = extract_features(model, DataLoader(test, **kw), [layer])
         fixed = fit_linear("softmax", ftr[layer], ytr, fte[layer], yte, seed=seed)
 
-        n_train = len(raw.train)
+        n_train = len(few.train)
         bs = min(batch_size, n_train)
         # Epochs of at least ~10 steps: a tiny set is repeated rather than evaluated every step.
         times = max(1, math.ceil(10 * bs / n_train))
         epochs = max(1, round(scratch_steps / ((n_train * times) // bs)))
-        scratch_bundle = replace(adapt_bundle(raw, channels, size),
-                                 train=Repeated(adapt(raw.train), times), val=test)
+        scratch_bundle = replace(few, train=Repeated(few.train, times), val=test)
         out = Path(run_dir) / "transfer" / f"scratch_{n}_per_class"
         if out.exists():  # this analysis's own output of an earlier call: redone
             shutil.rmtree(out)
         summary = train(TrainConfig(
-            data=raw.spec, model=model_name, out=str(out), model_opts=dict(model_opts or {}),
+            data=few.spec, model=model_name, out=str(out), model_opts=dict(model_opts or {}),
             epochs=epochs, batch_size=bs, lr=lr, schedule="cosine", seed=seed,
             keep_epochs=(), progress=False, tensorboard=False,
         ), bundle=scratch_bundle)

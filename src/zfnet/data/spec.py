@@ -52,6 +52,13 @@ def parse_spec(spec: str) -> DatasetSpec:
     return DatasetSpec(name, path or None, options)
 
 
+def with_options(spec: str, **options: Any) -> str:
+    """`spec` with `key=value` options appended: `with_options("synthetic", per_class=5)` ->
+    "synthetic?per_class=5"; `"synthetic?size=32"` -> "synthetic?size=32&per_class=5"."""
+    sep = "&" if "?" in spec else "?"
+    return spec + sep + "&".join(f"{k}={v}" for k, v in options.items())
+
+
 def int_option(value: str, key: str, *, minimum: int = 0) -> int:
     """Parse an integer option, with an error naming the option."""
     try:
