@@ -64,6 +64,8 @@ def _list_of_ints(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option("--momentum", type=float, help="SGD momentum (default 0.9).")
 @click.option("--weight-decay", type=float, help="L2 weight decay (default 0; AlexNet used 5e-4).")
 @click.option("--nesterov/--no-nesterov", default=None, help="Nesterov momentum (default off).")
+@click.option("--label-smoothing", type=float,
+              help="Cross-entropy label smoothing, 0 <= e < 1 (default 0, the paper's).")
 @click.option("--schedule", type=click.Choice(["plateau", "step", "cosine", "onecycle",
                                                 "constant"]),
               help="lr schedule (default plateau: x lr-factor when val error stops improving).")

@@ -42,7 +42,7 @@ restored, also after an exception).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -139,9 +139,16 @@ class _Trace:
     """What one forward pass leaves for the way down (never attached to the model)."""
 
     outputs: dict[int, Tensor]  # step -> (N, C, h, w) activations of a chosen layer
-    sizes: list[tuple[int, int]]  # spatial size of each chain step's input
+    sizes: list[tuple[int, int]]  # spatial size of each chain step's input, then the output's
     channels_in: int  # channels of the model input
-    saved: dict[int, Tensor]  # step -> pool switches / relu output / LRN input
+    saved: dict[int, Tensor]  # step -> pool switches / relu output / LRN input, (N, C, h, w)
+    # Filled for the way down (`_prepare`): per step, how far windows at its output reach
+    # beyond the map, and the saved tensors zero-padded by that much, channels last.
+    margins: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
+    padded: dict[int, Tensor] = field(default_factory=dict)  # (N, H + mt + mb, W + ml + mr, C)
+    offsets: dict[tuple[int, int], Tensor] = field(default_factory=dict)  # (step, wi) -> unpool
+    buffers: dict[tuple[int, ...], Tensor] = field(default_factory=dict)  # see `_zeros`
+    phase_weights: dict[int, Tensor] = field(default_factory=dict)  # see `_phase_weight`
 
 
 def _forward(chain: list[tuple[str, nn.Module]], x: Tensor, rule: str, lrn: str,
@@ -161,30 +168,160 @@ def _forward(chain: list[tuple[str, nn.Module]], x: Tensor, rule: str, lrn: str,
             elif isinstance(m, nn.ReLU):
                 x = torch.relu(x)  # out of place, whatever the module's `inplace` says
                 if rule != "deconvnet":
-                    saved[i] = x  # its sign gates guided backprop and the gradient
+                    saved[i] = x > 0  # gates guided backprop and the gradient
             else:
                 if isinstance(m, nn.LocalResponseNorm) and lrn == "gradient":
                     saved[i] = x
                 x = m(x)
             if i in keep:
                 outputs[i] = x
+        sizes.append((x.shape[-2], x.shape[-1]))
     return _Trace(outputs=outputs, sizes=sizes, channels_in=channels_in, saved=saved)
 
 
-def _window(x: Tensor, img: Tensor, top: Tensor, left: Tensor, h: int, w: int) -> Tensor:
-    """`x[img[s], :, top[s]:top[s]+h, left[s]:left[s]+w]` for every s: (S, C, h, w).
+def _step_back(m: nn.Module, top: Tensor, left: Tensor, h: int, w: int
+               ) -> tuple[Tensor, Tensor, int, int]:
+    """The window of a conv / pool's input that its output window (top, left, h, w) reads."""
+    if not isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
+        return top, left, h, w
+    (k0, k1), (s0, s1) = _pair(m.kernel_size), _pair(m.stride)
+    (p0, p1), (d0, d1) = _pair(m.padding), _pair(m.dilation)
+    return (top * s0 - p0, left * s1 - p1,
+            (h - 1) * s0 + d0 * (k0 - 1) + 1, (w - 1) * s1 + d1 * (k1 - 1) + 1)
 
-    Rows and columns outside the map are clamped to its edge (callers zero or ignore them).
-    """
-    dev = x.device
-    rows = (top[:, None] + torch.arange(h, device=dev)).clamp(0, x.shape[-2] - 1)  # (S, h)
-    cols = (left[:, None] + torch.arange(w, device=dev)).clamp(0, x.shape[-1] - 1)  # (S, w)
-    chans = torch.arange(x.shape[1], device=dev)[None, :, None, None]
-    return x[img[:, None, None, None], chans, rows[:, None, :, None], cols[:, None, None, :]]
+
+def _prepare(chain: list[tuple[str, nn.Module]], trace: _Trace) -> None:
+    """Record how far windows of seeds anywhere in the chain's output reach past each step's
+    output map (the seeds at the first and the last row / column reach farthest)."""
+    h, w = trace.sizes[len(chain)]
+    top, left, wh, ww = torch.tensor([0, h - 1]), torch.tensor([0, w - 1]), 1, 1
+    for i in reversed(range(len(chain))):
+        oh, ow = trace.sizes[i + 1]
+        old = trace.margins.get(i, (0, 0, 0, 0))
+        new = (max(0, -int(top.min())), max(0, int(top.max()) + wh - oh),
+               max(0, -int(left.min())), max(0, int(left.max()) + ww - ow))
+        trace.margins[i] = tuple(max(a, b) for a, b in zip(old, new, strict=True))
+        top, left, wh, ww = _step_back(chain[i][1], top, left, wh, ww)
+
+
+def _padded(chain: list[tuple[str, nn.Module]], trace: _Trace, i: int) -> Tensor:
+    """What the way down reads at step i, over the whole map, zero-padded by the step's
+    margins, channels last: (N, H', W', ...). Computed once per forward pass.
+
+    - max-pool: the switch as its offset (dy, dx) in the pooling window, packed as
+      dy * 2**16 + dx (int32), (N, H', W', C); zero in the padding (the window's corner);
+    - ReLU: the forward activation > 0, (N, H', W', C);
+    - LRN: its input x and the two factors of its transposed Jacobian (`_lrn_vjp`),
+      (N, H', W', 3, C)."""
+    if i not in trace.padded:
+        mt, mb, ml, mr = trace.margins[i]
+        t = trace.saved[i]
+        m = chain[i][1]
+        if isinstance(m, nn.MaxPool2d):
+            (s0, s1), (p0, p1) = _pair(m.stride), _pair(m.padding)
+            wi = trace.sizes[i][1]
+            n, c, h, w = t.shape
+            iy = t.div(wi, rounding_mode="floor")
+            dx = t - iy * wi - (torch.arange(w, device=t.device) * s1 - p1)
+            dy = iy - (torch.arange(h, device=t.device) * s0 - p0)[:, None]
+            t = (dy * 65536 + dx).to(torch.int32).permute(0, 2, 3, 1)
+        elif isinstance(m, nn.LocalResponseNorm):
+            t = torch.stack([t, *_lrn_factors(t, m)], -1).permute(0, 2, 3, 4, 1)
+        else:
+            t = t.permute(0, 2, 3, 1)
+        pad = (0, 0) * (t.ndim - 3) + (ml, mr, mt, mb)
+        trace.padded[i] = F.pad(t, pad).contiguous()
+    return trace.padded[i]
+
+
+def _gather(p: Tensor, margins: tuple[int, int, int, int], img: Tensor, top: Tensor,
+            left: Tensor, h: int, w: int) -> Tensor:
+    """Windows `p[img[s], top[s]:top[s]+h, left[s]:left[s]+w]` of a padded channels-last map
+    (N, H', W', ...) whose row 0 is map row -margins[0]: (S, h, w, ...)."""
+    v = p.unfold(1, h, 1).unfold(2, w, 1)  # (N, H'-h+1, W'-w+1, ..., h, w), a view
+    v = v.movedim(-2, 3).movedim(-1, 4)  # (N, ., ., h, w, ...)
+    return v[img, top + margins[0], left + margins[2]]
+
+
+def _window(chain: list[tuple[str, nn.Module]], trace: _Trace, i: int, img: Tensor, top: Tensor,
+            left: Tensor, h: int, w: int) -> Tensor:
+    """Step i's windows (`_padded`) moved to (S, C, h, w) or (S, 3, C, h, w), channels last."""
+    win = _gather(_padded(chain, trace, i), trace.margins[i], img, top, left, h, w)
+    return win.movedim(1, -1).movedim(1, -1)
+
+
+def _unpool_index(chain: list[tuple[str, nn.Module]], trace: _Trace, i: int, img: Tensor,
+                  top: Tensor, left: Tensor, h: int, w: int, wi: int) -> Tensor:
+    """For every value of the pooled windows, the flat position of its switch in the input
+    window (side wi): (S, h*w, C) int64, laid out like a channels-last (S, C, h, w)."""
+    key = (i, wi)
+    if key not in trace.offsets:  # dy * wi + dx over the whole (padded) map, once per width
+        code = _padded(chain, trace, i)
+        trace.offsets[key] = (code >> 16).long() * wi + (code & 0xFFFF).long()
+    idx = _gather(trace.offsets[key], trace.margins[i], img, top, left, h, w)  # (S, h, w, C)
+    s0, s1 = _pair(chain[i][1].stride)
+    dev = idx.device
+    base = (torch.arange(h, device=dev) * (s0 * wi))[:, None] + torch.arange(w, device=dev) * s1
+    return idx.add_(base[None, :, :, None]).reshape(idx.shape[0], h * w, -1)
+
+
+def _zeros(chain: list[tuple[str, nn.Module]], trace: _Trace, i: int, shape: tuple[int, ...],
+           like: Tensor) -> Tensor:
+    """Zeros of `shape` for step i's result. Re-used across batches (zeroing memory already
+    mapped is several times faster than a fresh large allocation) where a convolution further
+    down makes a new tensor, so that no result handed back can share it."""
+    if not any(isinstance(m, nn.Conv2d) for _, m in chain[:i]):
+        return like.new_zeros(shape)
+    key = (i, *shape)
+    buf = trace.buffers.get(key)
+    if buf is None or buf.dtype != like.dtype:
+        buf = trace.buffers[key] = like.new_zeros(shape)
+        return buf
+    return buf.zero_()
+
+
+def _by_phases(m: nn.Conv2d) -> bool:
+    """Whether to run the transposed conv as s0*s1 ordinary convolutions (`_phase_weight`):
+    3-4x faster than oneDNN's transposed conv when it has few output channels (a first layer,
+    to RGB) and a stride (measured for zfnet's conv1 and alexnet's), slower otherwise."""
+    return (m.in_channels <= 16 and m.groups == 1 and _pair(m.dilation) == (1, 1)
+            and _pair(m.stride) != (1, 1))
+
+
+def _phase_weight(trace: _Trace, i: int, m: nn.Conv2d) -> Tensor:
+    """conv i's filters rearranged for `_conv_transpose_phases`: (s0*s1*C_in, C_out, a0, a1).
+
+    Output row s0*y + r of the transposed conv (stride s0, kernel k0) sums the taps
+    r, r + s0, … (a0 = ceil(k0 / s0) of them) over input rows y, y - 1, …: an ordinary
+    convolution of the input per phase r, with those taps flipped."""
+    if i not in trace.phase_weights:
+        wt = m.weight.detach()  # (C_out, C_in, k0, k1), C_out = channels of the signal g
+        (k0, k1), (s0, s1) = wt.shape[-2:], _pair(m.stride)
+        a0, a1 = -(-k0 // s0), -(-k1 // s1)
+        out = wt.new_zeros(s0, s1, wt.shape[1], wt.shape[0], a0, a1)
+        for r in range(s0):
+            for q in range(s1):
+                sub = wt[:, :, r::s0, q::s1]  # taps (r + s0 t, q + s1 u)
+                t, u = sub.shape[-2:]
+                out[r, q, :, :, a0 - t:, a1 - u:] = sub.flip(-2, -1).transpose(0, 1)
+        trace.phase_weights[i] = out.reshape(-1, wt.shape[0], a0, a1).contiguous(
+            memory_format=torch.channels_last)
+    return trace.phase_weights[i]
+
+
+def _conv_transpose_phases(g: Tensor, weight: Tensor, m: nn.Conv2d, hi: int, wi: int) -> Tensor:
+    """`F.conv_transpose2d(g, m.weight, stride=m.stride)` (padding 0) as one convolution with
+    a filter per output phase (`_phase_weight`), then the phases interleaved: (S, C_in, hi, wi)."""
+    s0, s1 = _pair(m.stride)
+    a0, a1 = weight.shape[-2:]
+    y = F.conv2d(g, weight, padding=(a0 - 1, a1 - 1))  # (S, s0*s1*C_in, h + a0 - 1, w + a1 - 1)
+    n, _, m0, m1 = y.shape
+    y = y.view(n, s0, s1, m.in_channels, m0, m1).permute(0, 3, 4, 1, 5, 2)
+    return y.reshape(n, m.in_channels, m0 * s0, m1 * s1)[..., :hi, :wi]
 
 
 def _keep_inside(g: Tensor, top: Tensor, left: Tensor, size: tuple[int, int]) -> Tensor:
-    """Zero the parts of windows that fall outside the feature map (its padding)."""
+    """Zero the parts of windows that fall outside the feature map (its padding), in place."""
     h, w = g.shape[-2:]
     rows = top[:, None] + torch.arange(h, device=g.device)  # (S, h)
     cols = left[:, None] + torch.arange(w, device=g.device)  # (S, w)
@@ -192,55 +329,57 @@ def _keep_inside(g: Tensor, top: Tensor, left: Tensor, size: tuple[int, int]) ->
     ok_c = (cols >= 0) & (cols < size[1])
     if bool(ok_r.all()) and bool(ok_c.all()):
         return g
-    return g * (ok_r[:, :, None] & ok_c[:, None, :])[:, None].to(g.dtype)
+    return g.mul_((ok_r[:, :, None] & ok_c[:, None, :])[:, None].to(g.dtype))
 
 
 def _down(
     chain: list[tuple[str, nn.Module]], trace: _Trace, img: Tensor, g: Tensor,
     top: Tensor, left: Tensor, rule: str, lrn: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Walk the windows `g` (S, C, h, w) at the chain's output down to the input."""
+    """Walk the windows `g` (S, C, h, w) at the chain's output down to the input.
+
+    Windows are kept channels last (the layout oneDNN's transposed convolution is fastest in
+    and the unpooling scatters in) except the smallest ones."""
     for i in reversed(range(len(chain))):
         _, m = chain[i]
         size = trace.sizes[i]
+        h, w = g.shape[-2:]
         if isinstance(m, nn.Conv2d):
-            (s0, s1), (p0, p1) = _pair(m.stride), _pair(m.padding)
             # Transposed filters; with padding 0 the result is exactly the window the inputs
             # of these outputs span, (h-1)*s + d*(k-1) + 1 on a side.
-            if g.shape[-2] * g.shape[-1] >= 64:  # oneDNN is 2-3x faster so on large windows
+            if h * w >= 64:  # oneDNN is 2-3x faster so on large windows, slower on tiny ones
                 g = g.contiguous(memory_format=torch.channels_last)
-            g = F.conv_transpose2d(g, m.weight, stride=m.stride, dilation=m.dilation,
-                                   groups=m.groups)  # (S, C_in, h', w')
-            top, left = top * s0 - p0, left * s1 - p1
+            else:
+                g = g.contiguous()
+            top, left, hi, wi = _step_back(m, top, left, h, w)
+            if _by_phases(m):
+                g = _conv_transpose_phases(g, _phase_weight(trace, i, m), m, hi, wi)
+            else:
+                g = F.conv_transpose2d(g, m.weight, stride=m.stride, dilation=m.dilation,
+                                       groups=m.groups)  # (S, C_in, h', w')
             g = _keep_inside(g, top, left, size)
         elif isinstance(m, nn.MaxPool2d):
-            (k0, k1), (s0, s1) = _pair(m.kernel_size), _pair(m.stride)
-            (p0, p1), (d0, d1) = _pair(m.padding), _pair(m.dilation)
-            n, c, h, w = g.shape
-            hi, wi = (h - 1) * s0 + d0 * (k0 - 1) + 1, (w - 1) * s1 + d1 * (k1 - 1) + 1
-            ti, li = top * s0 - p0, left * s1 - p1
-            switch = _window(trace.saved[i], img, top, left, h, w)  # (S, C, h, w)
-            # Flat switch index in the input plane -> flat index in the window:
-            # (iy - ti) * wi + (ix - li) with ix = idx - iy * W.
-            iy = switch.div(size[1], rounding_mode="floor")
-            local = switch.add_(iy.mul_(wi - size[1])).sub_((ti * wi + li)[:, None, None, None])
+            ti, li, hi, wi = _step_back(m, top, left, h, w)
+            idx = _unpool_index(chain, trace, i, img, top, left, h, w, wi)  # (S, h*w, C)
             # Unpool: scatter-add, so that two windows sharing a switch both count (the
-            # transpose of max-pooling, and what autograd does). Positions outside the map
-            # carry zeros: clamping their (meaningless) switches just keeps them in bounds.
-            out = g.new_zeros(n, c, hi * wi)
-            out.scatter_add_(2, local.flatten(2).clamp_(0, hi * wi - 1), g.flatten(2))
-            g, top, left = out.view(n, c, hi, wi), ti, li
+            # transpose of max-pooling, and what autograd does). Window positions outside the
+            # map carry zeros and padding's switch (0, 0), which is inside the window.
+            n, c = g.shape[:2]
+            src = g.permute(0, 2, 3, 1).reshape(n, h * w, c)  # a view when channels last
+            out = _zeros(chain, trace, i, (n, hi * wi, c), g)
+            out.scatter_add_(1, idx, src)
+            g, top, left = out.view(n, hi, wi, c).permute(0, 3, 1, 2), ti, li
         elif isinstance(m, nn.ReLU):
             if rule == "deconvnet":
-                g = g.clamp(min=0)
+                g = g.clamp_(min=0)
             else:
-                on = _window(trace.saved[i], img, top, left, *g.shape[-2:]) > 0
+                on = _window(chain, trace, i, img, top, left, h, w)
                 g = (g.clamp(min=0) if rule == "guided" else g) * on
         elif isinstance(m, nn.LocalResponseNorm):
             if lrn == "gradient":
                 # LRN mixes channels at one pixel only, so its Jacobian on a window is exact.
-                x = _window(trace.saved[i], img, top, left, *g.shape[-2:])
-                g = _lrn_vjp(x, g, m)
+                x, d_b, q = _window(chain, trace, i, img, top, left, h, w).unbind(1)
+                g = _lrn_vjp(x, g, m.size, d_b, q)
         elif isinstance(m, nn.BatchNorm2d):
             scale = torch.rsqrt(m.running_var + m.eps)
             if m.weight is not None:
@@ -260,19 +399,23 @@ def _channel_sum(t: Tensor, before: int, after: int) -> Tensor:
     return out
 
 
-def _lrn_vjp(x: Tensor, g: Tensor, m: nn.LocalResponseNorm) -> Tensor:
+def _lrn_factors(x: Tensor, m: nn.LocalResponseNorm) -> tuple[Tensor, Tensor]:
+    """The factors of `F.local_response_norm`'s transposed Jacobian at input x: d^-b and
+    (2ab/n) x d^(-b-1), with d_i = k + a/n sum_{j in W(i)} x_j^2, W(i) = i - n//2 … i + (n-1)//2."""
+    n, a, b = m.size, m.alpha, m.beta
+    d = _channel_sum(x * x, n // 2, (n - 1) // 2).mul_(a / n).add_(m.k)
+    d_b = d.pow(-b)
+    return d_b, x * d_b / d * (2 * a * b / n)
+
+
+def _lrn_vjp(x: Tensor, g: Tensor, size: int, d_b: Tensor, q: Tensor) -> Tensor:
     """g through the transposed Jacobian of `F.local_response_norm` at input x.
 
-    y_i = x_i d_i^-b with d_i = k + a/n sum_{j in W(i)} x_j^2, W(i) = i - n//2 … i + (n-1)//2:
-    (J^T g)_j = g_j d_j^-b - 2ab/n x_j sum_{i: j in W(i)} g_i x_i d_i^(-b-1). Written out
-    rather than autograd through PyTorch's avg_pool3d formulation, which is several times
-    slower on the small windows used here.
+    y_i = x_i d_i^-b: (J^T g)_j = g_j d_j^-b - 2ab/n x_j sum_{i: j in W(i)} g_i x_i d_i^(-b-1).
+    Written out rather than autograd through PyTorch's avg_pool3d formulation, which is
+    several times slower on the small windows used here. d_b, q: `_lrn_factors(x, m)`.
     """
-    n, a, b = m.size, m.alpha, m.beta
-    d = _channel_sum(x * x, n // 2, (n - 1) // 2).mul_(a / n).add_(m.k)  # (S, C, h, w)
-    d_b = d.pow(-b)
-    u = g * x * d_b / d
-    return g * d_b - (2 * a * b / n) * x * _channel_sum(u, (n - 1) // 2, n // 2)
+    return g * d_b - x * _channel_sum(g * q, (size - 1) // 2, size // 2)
 
 
 def _check_rule(rule: str, lrn: str) -> None:
@@ -323,7 +466,7 @@ def project_layers(
     rule: str = "deconvnet",
     *,
     lrn: str = "gradient",
-    batch_size: int = 64,
+    batch_size: int = 32,
 ) -> dict[str, RFProjection]:
     """Project seeds of several layers of the same images with one forward pass (Fig. 2).
 
@@ -344,6 +487,8 @@ def project_layers(
     with eval_mode(model), torch.no_grad():
         trace = _forward(chain, _model_tensor(model, images), rule, lrn,
                          {len(c) - 1 for c in chains.values()})
+        for c in chains.values():
+            _prepare(c, trace)
         return {name: _project_seeds(chains[name], trace, name, seeds[name], images.shape[0],
                                      rule, lrn, batch_size)
                 for name in seeds}
@@ -400,7 +545,7 @@ def project_rf(
     rule: str = "deconvnet",
     *,
     lrn: str = "gradient",
-    batch_size: int = 64,
+    batch_size: int = 32,
 ) -> RFProjection:
     """Project S activations of `layer`, each cropped to its receptive field (paper Fig. 1, 2).
 
@@ -444,7 +589,7 @@ def project(
     rule: str = "deconvnet",
     *,
     lrn: str = "gradient",
-    batch_size: int = 64,
+    batch_size: int = 32,
 ) -> Tensor:
     """Project one activation per image and map of `layer` down to pixels (paper Sec. 2.1).
 

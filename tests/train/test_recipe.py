@@ -149,3 +149,36 @@ def test_bf16_autocast_on_cpu_trains(tmp_path) -> None:
     assert torch.isfinite(torch.tensor(summary["final"]["train_loss"]))
     with pytest.raises(ValueError, match="fp16.*CUDA"):
         train(tiny_config(tmp_path / "run2", epochs=1, amp="fp16"), bundle=tiny_bundle())
+
+
+def test_label_smoothing_reaches_the_loss_is_checked_on_resume_and_old_runs_resume(
+        reference, tmp_path, monkeypatch) -> None:
+    import json
+    import shutil
+
+    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\)"):
+        tiny_config(tmp_path / "bad", label_smoothing=1.0)
+    seen: list[float] = []
+    cross_entropy = torch.nn.functional.cross_entropy
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("label_smoothing", 0.0))
+        return cross_entropy(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", spy)
+    train(tiny_config(tmp_path / "ls", epochs=1, label_smoothing=0.25), bundle=tiny_bundle())
+    monkeypatch.undo()
+    assert seen and set(seen) == {0.25}  # every training step
+
+    out = tmp_path / "run"
+    shutil.copytree(reference[0], out)
+    with pytest.raises(ValueError, match=r"label_smoothing: 0\.0 in the run, 0\.1 now"):
+        train(tiny_config(out, label_smoothing=0.1, epochs=4, resume=True),
+              bundle=tiny_bundle())
+    # a run saved before the option existed resumes: the missing field had its default
+    for state in out.glob("checkpoints/*/state.json"):
+        meta = json.loads(state.read_text())
+        del meta["train_config"]["label_smoothing"]
+        state.write_text(json.dumps(meta))
+    train(tiny_config(out, epochs=4, resume=True), bundle=tiny_bundle())
+    assert len(load_model(out)[1]["history"]) == 4

@@ -17,7 +17,7 @@ PAPER_KEEP_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)
 # Fields that define what a run computes: `--resume` refuses to continue with other values.
 IDENTITY_FIELDS = (
     "data", "model", "model_opts", "batch_size", "seed", "lr", "momentum", "weight_decay",
-    "nesterov", "schedule", "renorm", "renorm_radius", "precondition",
+    "nesterov", "schedule", "renorm", "renorm_radius", "precondition", "label_smoothing",
 )
 
 
@@ -35,6 +35,8 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0  # the paper states none; AlexNet used 5e-4
     nesterov: bool = False
+    # cross-entropy against (1 - e) one-hot + e uniform (Szegedy et al. 2016); 0 = the paper's
+    label_smoothing: float = 0.0
     # "plateau": lr x lr_factor when val top-1 error stops improving for `patience` epochs (the
     # paper's hand annealing); "step": x lr_factor every `step_epochs`; "cosine": to 0 over the
     # run after `warmup_epochs` of linear warm-up; "onecycle": torch's OneCycleLR; "constant".
@@ -75,6 +77,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.renorm_radius <= 0:
             raise ValueError(f"renorm_radius must be > 0, got {self.renorm_radius}")
         if self.workers < 0:

@@ -142,6 +142,7 @@ class EpochState:
     amp_dtype: torch.dtype | None = None
     scaler: torch.amp.GradScaler | None = None
     renorm_radius: float | None = 0.1
+    label_smoothing: float = 0.0
     first_radius: float | None = None  # radius of the first conv layer (preconditioning)
     step_scheduler: Any = None  # stepped after every optimizer step (cosine, onecycle)
     channels_last: bool = False
@@ -182,7 +183,7 @@ def train_one_epoch(
                         else nullcontext())
             with autocast:
                 logits = model(x)  # (N, num_classes)
-                loss = F.cross_entropy(logits.float(), y)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=st.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             if st.scaler is not None:
                 st.scaler.scale(loss).backward()
@@ -386,6 +387,8 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, where: Path) ->
     if config.schedule in ("cosine", "onecycle"):
         fields.append("epochs")  # the schedule's length depends on it
     now = config.to_dict()
+    # A field the run's config predates had its default then.
+    saved = {**TrainConfig(data="", model="", out="").to_dict(), **saved}
     diffs = [f"{k}: {saved.get(k)!r} in the run, {now[k]!r} now" for k in fields
              if json.dumps(saved.get(k), sort_keys=True) != json.dumps(now[k], sort_keys=True)]
     if diffs:
@@ -549,7 +552,7 @@ def _train(config: TrainConfig, bundle: Any, info: ddp.DistInfo, t_start: float)
     st = EpochState(epoch=start_epoch, epochs=config.epochs, global_step=global_step,
                     amp_dtype=amp_dtype, scaler=scaler,
                     renorm_radius=config.renorm_radius if config.renorm else None,
-                    first_radius=first_radius,
+                    first_radius=first_radius, label_smoothing=config.label_smoothing,
                     step_scheduler=scheduler if sched_when == "step" else None,
                     channels_last=config.channels_last, stop=stop,
                     progress=config.progress, tb=tb)
