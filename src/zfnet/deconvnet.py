@@ -208,8 +208,8 @@ def _padded(chain: list[tuple[str, nn.Module]], trace: _Trace, i: int) -> Tensor
     """What the way down reads at step i, over the whole map, zero-padded by the step's
     margins, channels last: (N, H', W', ...). Computed once per forward pass.
 
-    - max-pool: the switch as its offset (dy, dx) in the pooling window, packed as
-      dy * 2**16 + dx (int32), (N, H', W', C); zero in the padding (the window's corner);
+    - max-pool: the switch as its offset (dy, dx) in the pooling window, (N, H', W', 2, C)
+      int64; zero in the padding (the window's corner);
     - ReLU: the forward activation > 0, (N, H', W', C);
     - LRN: its input x and the two factors of its transposed Jacobian (`_lrn_vjp`),
       (N, H', W', 3, C)."""
@@ -224,7 +224,7 @@ def _padded(chain: list[tuple[str, nn.Module]], trace: _Trace, i: int) -> Tensor
             iy = t.div(wi, rounding_mode="floor")
             dx = t - iy * wi - (torch.arange(w, device=t.device) * s1 - p1)
             dy = iy - (torch.arange(h, device=t.device) * s0 - p0)[:, None]
-            t = (dy * 65536 + dx).to(torch.int32).permute(0, 2, 3, 1)
+            t = torch.stack([dy, dx], -1).permute(0, 2, 3, 4, 1)
         elif isinstance(m, nn.LocalResponseNorm):
             t = torch.stack([t, *_lrn_factors(t, m)], -1).permute(0, 2, 3, 4, 1)
         else:
@@ -235,18 +235,25 @@ def _padded(chain: list[tuple[str, nn.Module]], trace: _Trace, i: int) -> Tensor
 
 
 def _gather(p: Tensor, margins: tuple[int, int, int, int], img: Tensor, top: Tensor,
-            left: Tensor, h: int, w: int) -> Tensor:
+            left: Tensor, h: int, w: int, out: Tensor) -> Tensor:
     """Windows `p[img[s], top[s]:top[s]+h, left[s]:left[s]+w]` of a padded channels-last map
-    (N, H', W', ...) whose row 0 is map row -margins[0]: (S, h, w, ...)."""
-    v = p.unfold(1, h, 1).unfold(2, w, 1)  # (N, H'-h+1, W'-w+1, ..., h, w), a view
-    v = v.movedim(-2, 3).movedim(-1, 4)  # (N, ., ., h, w, ...)
-    return v[img, top + margins[0], left + margins[2]]
+    (N, H', W', ...) whose row 0 is map row -margins[0], copied into `out` (S, h, w, ...).
+
+    One block copy per window: as fast as one advanced-indexing gather, and it can fill a
+    re-used buffer (a fresh one of tens of MB costs more in page faults than the copy)."""
+    rows = (top + margins[0]).tolist()
+    cols = (left + margins[2]).tolist()
+    for s, (n, r, c) in enumerate(zip(img.tolist(), rows, cols, strict=True)):
+        out[s] = p[n, r: r + h, c: c + w]
+    return out
 
 
 def _window(chain: list[tuple[str, nn.Module]], trace: _Trace, i: int, img: Tensor, top: Tensor,
             left: Tensor, h: int, w: int) -> Tensor:
     """Step i's windows (`_padded`) moved to (S, C, h, w) or (S, 3, C, h, w), channels last."""
-    win = _gather(_padded(chain, trace, i), trace.margins[i], img, top, left, h, w)
+    p = _padded(chain, trace, i)
+    win = _gather(p, trace.margins[i], img, top, left, h, w,
+                  _buffer(chain, trace, ("window", i), (len(img), h, w, *p.shape[3:]), p))
     return win.movedim(1, -1).movedim(1, -1)
 
 
@@ -256,28 +263,31 @@ def _unpool_index(chain: list[tuple[str, nn.Module]], trace: _Trace, i: int, img
     window (side wi): (S, h*w, C) int64, laid out like a channels-last (S, C, h, w)."""
     key = (i, wi)
     if key not in trace.offsets:  # dy * wi + dx over the whole (padded) map, once per width
-        code = _padded(chain, trace, i)
-        trace.offsets[key] = (code >> 16).long() * wi + (code & 0xFFFF).long()
-    idx = _gather(trace.offsets[key], trace.margins[i], img, top, left, h, w)  # (S, h, w, C)
+        dy, dx = _padded(chain, trace, i).unbind(3)
+        trace.offsets[key] = torch.add(dx, dy, alpha=wi)
+    off = trace.offsets[key]
+    idx = _gather(off, trace.margins[i], img, top, left, h, w,
+                  _buffer(chain, trace, ("offsets", i), (len(img), h, w, off.shape[3]), off))
     s0, s1 = _pair(chain[i][1].stride)
     dev = idx.device
     base = (torch.arange(h, device=dev) * (s0 * wi))[:, None] + torch.arange(w, device=dev) * s1
     return idx.add_(base[None, :, :, None]).reshape(idx.shape[0], h * w, -1)
 
 
-def _zeros(chain: list[tuple[str, nn.Module]], trace: _Trace, i: int, shape: tuple[int, ...],
-           like: Tensor) -> Tensor:
-    """Zeros of `shape` for step i's result. Re-used across batches (zeroing memory already
-    mapped is several times faster than a fresh large allocation) where a convolution further
-    down makes a new tensor, so that no result handed back can share it."""
+def _buffer(chain: list[tuple[str, nn.Module]], trace: _Trace, key: tuple, shape: tuple[int, ...],
+            like: Tensor) -> Tensor:
+    """An uninitialised tensor of `shape` for the way down at step key[-1], re-used from batch
+    to batch (writing memory already mapped is several times faster than a fresh large
+    allocation) where a convolution further down makes a new tensor, so that no result
+    handed back can share it."""
+    i = key[-1]
     if not any(isinstance(m, nn.Conv2d) for _, m in chain[:i]):
-        return like.new_zeros(shape)
-    key = (i, *shape)
+        return like.new_empty(shape)
+    key = (*key, *shape)
     buf = trace.buffers.get(key)
     if buf is None or buf.dtype != like.dtype:
-        buf = trace.buffers[key] = like.new_zeros(shape)
-        return buf
-    return buf.zero_()
+        buf = trace.buffers[key] = like.new_empty(shape)
+    return buf
 
 
 def _by_phases(m: nn.Conv2d) -> bool:
@@ -366,7 +376,7 @@ def _down(
             # map carry zeros and padding's switch (0, 0), which is inside the window.
             n, c = g.shape[:2]
             src = g.permute(0, 2, 3, 1).reshape(n, h * w, c)  # a view when channels last
-            out = _zeros(chain, trace, i, (n, hi * wi, c), g)
+            out = _buffer(chain, trace, ("unpool", i), (n, hi * wi, c), g).zero_()
             out.scatter_add_(1, idx, src)
             g, top, left = out.view(n, hi, wi, c).permute(0, 3, 1, 2), ti, li
         elif isinstance(m, nn.ReLU):
@@ -489,9 +499,13 @@ def project_layers(
                          {len(c) - 1 for c in chains.values()})
         for c in chains.values():
             _prepare(c, trace)
-        return {name: _project_seeds(chains[name], trace, name, seeds[name], images.shape[0],
-                                     rule, lrn, batch_size)
-                for name in seeds}
+        out = {}
+        for name in seeds:
+            out[name] = _project_seeds(chains[name], trace, name, seeds[name], images.shape[0],
+                                       rule, lrn, batch_size)
+            trace.offsets.clear()  # window sizes differ from layer to layer
+            trace.buffers.clear()
+        return out
 
 
 def _project_seeds(chain: list[tuple[str, nn.Module]], trace: _Trace, layer: str, seeds: Seeds,
