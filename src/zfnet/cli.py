@@ -66,6 +66,9 @@ def _list_of_ints(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option("--nesterov/--no-nesterov", default=None, help="Nesterov momentum (default off).")
 @click.option("--label-smoothing", type=float,
               help="Cross-entropy label smoothing, 0 <= e < 1 (default 0, the paper's).")
+@click.option("--random-erasing", type=float,
+              help="Probability of blanking a random rectangle of each training crop to the "
+                   "mean (default 0).")
 @click.option("--schedule", type=click.Choice(["plateau", "step", "cosine", "onecycle",
                                                 "constant"]),
               help="lr schedule (default plateau: x lr-factor when val error stops improving).")

@@ -25,9 +25,21 @@ probe" view: normalisation only rescales, it selects nothing).
 Speed. Going down from one activation, only its receptive field can be reached, so every step
 works on a window of the feature map that grows from 1x1 to the receptive field (139x139 pixels
 for zfnet's conv5) instead of the whole map, and many projections — several maps of one image,
-many images — go down together as one batch after a single forward pass. This is where the
-speed-up over one Captum call per feature map comes from (`bench/bench_topk.py`; 10-13x measured
-so far against the issue's 20x target, see the README).
+many images — go down together as one batch after a single forward pass. This is where most of
+the speed-up over one Captum call per feature map comes from; the rest (each measured with
+`bench/bench_topk.py`, together about 2x, to 20x over Captum, see the README):
+
+- what the way down reads is prepared once per forward pass, over the whole map, zero-padded
+  by exactly how far windows can reach past its edge, channels last: each max-pool switch as
+  its offset (dy, dx) in the pooling window (the scatter index of a window is then one add),
+  the ReLU masks, and the two factors of the LRN's transposed Jacobian;
+- windows are block copies from those maps into buffers re-used from batch to batch (fresh
+  allocations of tens of MB cost more in page faults than the copies), and the unpooling
+  scatters into a re-used channels-last buffer that the transposed convolution reads as is;
+- a transposed convolution with a stride and few output channels (conv1, back to RGB) runs as
+  one ordinary convolution with a filter per output phase, then the phases interleaved: 3-4x
+  faster than oneDNN's transposed convolution for 3 output channels (slower for many);
+- seeds go down 32 at a time (faster than 64 here: the windows stay in cache).
 
 Which models. Layers are named as everywhere in the project (`zfnet.models.resolve_layer`):
 `conv1`…`conv5` and the modules around them (`relu1`, `pool1`, `norm1`, …, `pool5`) for zfnet's
@@ -147,7 +159,7 @@ class _Trace:
     margins: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
     padded: dict[int, Tensor] = field(default_factory=dict)  # (N, H + mt + mb, W + ml + mr, C)
     offsets: dict[tuple[int, int], Tensor] = field(default_factory=dict)  # (step, wi) -> unpool
-    buffers: dict[tuple[int, ...], Tensor] = field(default_factory=dict)  # see `_zeros`
+    buffers: dict[tuple[int, ...], Tensor] = field(default_factory=dict)  # see `_buffer`
     phase_weights: dict[int, Tensor] = field(default_factory=dict)  # see `_phase_weight`
 
 

@@ -178,7 +178,30 @@ def test_label_smoothing_reaches_the_loss_is_checked_on_resume_and_old_runs_resu
     # a run saved before the option existed resumes: the missing field had its default
     for state in out.glob("checkpoints/*/state.json"):
         meta = json.loads(state.read_text())
-        del meta["train_config"]["label_smoothing"]
+        for key in ("label_smoothing", "random_erasing"):
+            del meta["train_config"][key]
         state.write_text(json.dumps(meta))
     train(tiny_config(out, epochs=4, resume=True), bundle=tiny_bundle())
     assert len(load_model(out)[1]["history"]) == 4
+
+
+def test_random_erasing_is_per_sample_deterministic(tmp_path) -> None:
+    data = tiny_bundle().train
+    plain = recipe_mod.SeededSamples(data, seed=3)
+    erased = recipe_mod.SeededSamples(data, seed=3, erasing=1.0)
+    again = recipe_mod.SeededSamples(data, seed=3, erasing=1.0)
+    for i in range(4):
+        x0, y0 = plain[i]
+        x1, y1 = erased[i]
+        assert y1 == y0 and x1.shape == x0.shape
+        blank = (x1 == 0) & (x0 != 0)  # a rectangle set to 0 (the mean), all channels
+        assert blank.any() and blank.all(0).any()
+        keep = x1 != 0
+        torch.testing.assert_close(x1[keep], x0[keep])  # the same crop and flip elsewhere
+        torch.testing.assert_close(again[i][0], x1)
+    first = erased[0][0]
+    erased.epoch = 1
+    assert not torch.equal(erased[0][0], first)  # another epoch: another crop and rectangle
+    with pytest.raises(ValueError, match=r"random_erasing must be in \[0, 1\]"):
+        tiny_config(tmp_path / "bad", random_erasing=1.5)
+    train(tiny_config(tmp_path / "run", epochs=1, random_erasing=0.5), bundle=tiny_bundle())

@@ -62,12 +62,19 @@ class SeededSamples(Dataset):
 
     The torch, `random` and numpy global RNGs are seeded for the duration of one `__getitem__`
     and restored afterwards, so that the training loop's own RNG (dropout) is not disturbed.
+    `erasing` > 0: after the dataset's crop and flip, torchvision's `RandomErasing` with that
+    probability blanks a random rectangle to 0, the mean image (Zhong et al. 2017).
     """
 
-    def __init__(self, dataset: Dataset, seed: int) -> None:
+    def __init__(self, dataset: Dataset, seed: int, erasing: float = 0.0) -> None:
         self.dataset = dataset
         self.seed = seed
         self.epoch = 0
+        self.erase = None
+        if erasing > 0:
+            from torchvision.transforms import v2
+
+            self.erase = v2.RandomErasing(p=erasing, value=0.0)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -83,7 +90,10 @@ class SeededSamples(Dataset):
             random.seed(s)
             np.random.seed(s % 2**32)
             try:
-                return self.dataset[i]
+                item = self.dataset[i]
+                if self.erase is not None and item is not None:
+                    item = (self.erase(item[0]), *item[1:])
+                return item
             finally:
                 random.setstate(py_state)
                 np.random.set_state(np_state)
@@ -476,7 +486,7 @@ def _train(config: TrainConfig, bundle: Any, info: ddp.DistInfo, t_start: float)
     )
     scaler = (torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None)
 
-    train_set = SeededSamples(bundle.train, config.seed)
+    train_set = SeededSamples(bundle.train, config.seed, config.random_erasing)
     sampler = ddp.ResumableSampler(train_set, info.world_size, info.rank, shuffle=True,
                                    seed=config.seed)
     loader_kw: dict[str, Any] = {"num_workers": config.workers, "collate_fn": collate,
