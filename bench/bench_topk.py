@@ -17,8 +17,8 @@ call per map), so `--maps M` runs it on M evenly spaced maps per layer and extra
 time to every map, layer by layer (printed as such); the comparison of results covers the maps
 Captum ran. Run from anywhere:
 
-    .venv/bin/python bench/bench_topk.py --images 64 --repeats 3            # the full job
-    .venv/bin/python bench/bench_topk.py --images 64 --maps 8 --repeats 2   # Captum on a subset
+    .venv/bin/python bench/bench_topk.py --images 32 --maps 8 --repeats 3   # the README's figure
+    .venv/bin/python bench/bench_topk.py --images 64 --repeats 3            # Captum on every map
 """
 
 from __future__ import annotations
