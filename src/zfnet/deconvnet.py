@@ -586,11 +586,10 @@ def project_rf(
 
 
 def _rf_side(chain: list[tuple[str, nn.Module]]) -> int:
+    zero = torch.zeros(1, dtype=torch.long)
     side = 1
     for _, m in reversed(chain):
-        if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
-            k, s, d = _pair(m.kernel_size)[0], _pair(m.stride)[0], _pair(m.dilation)[0]
-            side = (side - 1) * s + d * (k - 1) + 1
+        side = _step_back(m, zero, zero, side, side)[2]
     return side
 
 
