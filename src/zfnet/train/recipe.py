@@ -397,8 +397,8 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, where: Path) ->
     if config.schedule in ("cosine", "onecycle"):
         fields.append("epochs")  # the schedule's length depends on it
     now = config.to_dict()
-    # A field the run's config predates had its default then.
-    saved = {**TrainConfig(data="", model="", out="").to_dict(), **saved}
+    # Through the config class, as a resume loads it: a field the run predates had its default.
+    saved = TrainConfig.from_dict(saved).to_dict()
     diffs = [f"{k}: {saved.get(k)!r} in the run, {now[k]!r} now" for k in fields
              if json.dumps(saved.get(k), sort_keys=True) != json.dumps(now[k], sort_keys=True)]
     if diffs:
