@@ -69,6 +69,9 @@ def _list_of_ints(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option("--random-erasing", type=float,
               help="Probability of blanking a random rectangle of each training crop to the "
                    "mean (default 0).")
+@click.option("--ema", type=float,
+              help="Keep a moving average of the weights with this decay per step (e.g. 0.999) "
+                   "and validate and save it (default 0 = off).")
 @click.option("--schedule", type=click.Choice(["plateau", "step", "cosine", "onecycle",
                                                 "constant"]),
               help="lr schedule (default plateau: x lr-factor when val error stops improving).")

@@ -18,7 +18,7 @@ PAPER_KEEP_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)
 IDENTITY_FIELDS = (
     "data", "model", "model_opts", "batch_size", "seed", "lr", "momentum", "weight_decay",
     "nesterov", "schedule", "renorm", "renorm_radius", "precondition", "label_smoothing",
-    "random_erasing",
+    "random_erasing", "ema",
 )
 
 
@@ -40,6 +40,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     # probability of blanking a random rectangle of each training crop (Zhong et al. 2017)
     random_erasing: float = 0.0
+    # decay of a moving average of the weights updated after every step (zfnet.train.ema); with
+    # it on, validation and the checkpoints' weights are the average's. 0 = off (the paper's)
+    ema: float = 0.0
     # "plateau": lr x lr_factor when val top-1 error stops improving for `patience` epochs (the
     # paper's hand annealing); "step": x lr_factor every `step_epochs`; "cosine": to 0 over the
     # run after `warmup_epochs` of linear warm-up; "onecycle": torch's OneCycleLR; "constant".
@@ -84,6 +87,8 @@ class TrainConfig:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 <= self.random_erasing <= 1.0:
             raise ValueError(f"random_erasing must be in [0, 1], got {self.random_erasing}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1) (0 = off, e.g. 0.999), got {self.ema}")
         if self.renorm_radius <= 0:
             raise ValueError(f"renorm_radius must be > 0, got {self.renorm_radius}")
         if self.workers < 0:

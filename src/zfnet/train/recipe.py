@@ -37,11 +37,14 @@ from zfnet.data import collate
 from zfnet.train import checkpoint as ckpt
 from zfnet.train import distributed as ddp
 from zfnet.train.config import IDENTITY_FIELDS, TrainConfig
+from zfnet.train.ema import make_ema
 from zfnet.train.logs import TensorBoard, write_metrics_csv
 from zfnet.train.metrics import confusion_matrix, topk_correct
 from zfnet.train.renorm import renormalize_filters
 
 if TYPE_CHECKING:
+    from torch.optim.swa_utils import AveragedModel
+
     from zfnet.data import DataBundle
 
 # Exit codes of `zfnet train` after SIGINT / SIGTERM: the shell convention 128 + signal number,
@@ -156,6 +159,8 @@ class EpochState:
     first_radius: float | None = None  # radius of the first conv layer (preconditioning)
     step_scheduler: Any = None  # stepped after every optimizer step (cosine, onecycle)
     channels_last: bool = False
+    ema: AveragedModel | None = None  # updated from `ema_source` after every optimizer step
+    ema_source: nn.Module | None = None
     stop: dict[str, int | None] = field(default_factory=lambda: {"signal": None})
     progress: bool = False
     tb: TensorBoard | None = None
@@ -218,6 +223,8 @@ def train_one_epoch(
                 optimizer.step()
             if st.renorm_radius is not None:
                 renormalize_filters(model, st.renorm_radius, st.first_radius)
+            if st.ema is not None:
+                st.ema.update_parameters(st.ema_source)
             if st.step_scheduler is not None:
                 st.step_scheduler.step()
             n = y.shape[0]
@@ -470,11 +477,20 @@ def _train(config: TrainConfig, bundle: Any, info: ddp.DistInfo, t_start: float)
         input_size=bundle.input_size, **config.model_opts,
     )
     torch.manual_seed(config.seed + info.rank)  # distinct dropout masks per process
-    if resume_from is not None:
-        ckpt.load_weights(model, resume_from)
+    state = ckpt.read_train_state(resume_from, meta) if resume_from is not None else None
+    if state is not None:
+        if config.ema:  # model.safetensors holds the average; the live weights are kept here
+            model.load_state_dict(state["live_weights"])
+        else:
+            ckpt.load_weights(model, resume_from)
     fmt = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(dev, memory_format=fmt)
     bare = model
+    ema = make_ema(bare, config.ema) if config.ema else None
+    if ema is not None and state is not None:
+        ckpt.load_weights(ema.module, resume_from)
+        ema.n_averaged.fill_(int(state["ema_updates"]))
+    shown = ema.module if ema is not None else bare  # what is validated and saved
     if info.enabled:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None
@@ -502,8 +518,7 @@ def _train(config: TrainConfig, bundle: Any, info: ddp.DistInfo, t_start: float)
     # Sums over the part of an epoch done before a mid-epoch checkpoint (all processes),
     # so that the resumed epoch's row in metrics.csv equals the uninterrupted run's.
     carry = dict.fromkeys(("loss_sum", "correct", "seen", "expected", "time"), 0.0)
-    if resume_from is not None and meta is not None:
-        state = ckpt.read_train_state(resume_from, meta)
+    if state is not None and meta is not None:
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
             scheduler.load_state_dict(state["scheduler"])
@@ -547,13 +562,17 @@ def _train(config: TrainConfig, bundle: Any, info: ddp.DistInfo, t_start: float)
             "sampler": sampler_state,
             "rng": _rng_state(info),  # collective: every process takes part
         }
+        if ema is not None:
+            train_state["live_weights"] = {k: v.detach().cpu().contiguous()
+                                           for k, v in bare.state_dict().items()}
+            train_state["ema_updates"] = int(ema.n_averaged)
         if info.is_main:
             meta_now = {**base_meta, "epoch": epoch, "step_in_epoch": step_in_epoch,
                         "global_step": st.global_step, "train_time_s": elapsed,
                         "metrics": history[-1] if history else {}, "history": history,
                         "partial_epoch": partial or {}, "saved_at": time.time()}
             name = ckpt.checkpoint_name(epoch, step_in_epoch)
-            path = ckpt.save_checkpoint(ckpt_root, name, bare, meta_now, train_state,
+            path = ckpt.save_checkpoint(ckpt_root, name, shown, meta_now, train_state,
                                         keep=keep | {name})
             last_saved = str(path)
         ddp.barrier(info)
@@ -564,7 +583,7 @@ def _train(config: TrainConfig, bundle: Any, info: ddp.DistInfo, t_start: float)
                     renorm_radius=config.renorm_radius if config.renorm else None,
                     first_radius=first_radius, label_smoothing=config.label_smoothing,
                     step_scheduler=scheduler if sched_when == "step" else None,
-                    channels_last=config.channels_last, stop=stop,
+                    channels_last=config.channels_last, ema=ema, ema_source=bare, stop=stop,
                     progress=config.progress, tb=tb)
     status = "completed"
     t_run = time.perf_counter()
@@ -599,7 +618,7 @@ def _train(config: TrainConfig, bundle: Any, info: ddp.DistInfo, t_start: float)
                     save(epoch, int(r["steps"]), elapsed, partial)
                     status = "interrupted"
                     break
-                val = evaluate(bare, val_loader, bundle.num_classes, info, amp_dtype,
+                val = evaluate(shown, val_loader, bundle.num_classes, info, amp_dtype,
                                config.channels_last)
                 lr = optimizer.param_groups[0]["lr"]
                 if sched_when == "epoch":
