@@ -151,8 +151,12 @@ def train_cmd(**opts) -> None:
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", type=int, default=0, show_default=True)
+@click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto",
+              show_default=True,
+              help="Mixed precision, as in training (auto: bf16 on CUDA and on CPUs with native "
+                   "bf16); off scores in float32.")
 def eval_cmd(checkpoint: str, data: str | None, ten_crop: bool, json_out: str | None,
-             batch_size: int, device: str, workers: int) -> None:
+             batch_size: int, device: str, workers: int, amp: str) -> None:
     """Top-1 / top-5 error, per-class accuracy and confusion matrix on the validation split."""
     import json
     from pathlib import Path
@@ -161,7 +165,7 @@ def eval_cmd(checkpoint: str, data: str | None, ten_crop: bool, json_out: str | 
 
     try:
         r = evaluate_checkpoint(checkpoint, data, ten_crop, batch_size=batch_size,
-                                device=device, workers=workers)
+                                device=device, workers=workers, amp=amp)
     except ValueError as e:
         raise click.ClickException(str(e)) from e
     crops = "10 crops" if ten_crop else "centre crop"

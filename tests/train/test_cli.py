@@ -47,6 +47,10 @@ def test_evaluate_checkpoint_report(reference) -> None:
         assert r["top1_error"] == pytest.approx(1 - sum(cm[i][i] for i in range(4)) / 16)
         assert set(r["per_class_accuracy"]) == {"c0", "c1", "c2", "c3"}
     assert ten["ten_crop"] and not centre["ten_crop"]
+    exact = evaluate_checkpoint(out, None, bundle=tiny_bundle(), device="cpu", amp="off")
+    assert exact["loss"] == pytest.approx(reference[1]["final"]["val_loss"], abs=1e-6)  # fp32 run
+    bf16 = evaluate_checkpoint(out, None, bundle=tiny_bundle(), device="cpu", amp="bf16")
+    assert bf16["amp"] == "bf16" and bf16["loss"] == pytest.approx(exact["loss"], rel=0.05)
     with pytest.raises(ValueError, match="has 10 classes but the model"):
         from dataclasses import replace
 

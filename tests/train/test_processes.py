@@ -14,6 +14,7 @@ import torch
 
 from tests.train.tiny import tiny_bundle, tiny_config
 from zfnet.train import find_last, list_checkpoints, load_model, train
+from zfnet.train.checkpoint import read_train_state
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,8 +58,9 @@ def test_sigterm_saves_and_exits_143(tmp_path) -> None:
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes_match_one(tmp_path) -> None:
     """Two gloo processes with 4 samples each per step == one process with batch 8 (dropout
-    off, so that the only difference is where the gradient is summed)."""
-    opts = {"epochs": 2, "model_opts": {"conv_widths": [16, 16, 16], "fc_width": 32,
+    off, so that the only difference is where the gradient is summed). With weight averaging
+    on: the averages and the live weights both match."""
+    opts = {"epochs": 2, "ema": 0.9, "model_opts": {"conv_widths": [16, 16, 16], "fc_width": 32,
                                         "dropout": 0.0}}
     ddp_out = tmp_path / "ddp"
     r = subprocess.run(
@@ -77,6 +79,10 @@ def test_torchrun_two_cpu_processes_match_one(tmp_path) -> None:
     assert meta2["world_size"] == 2 and meta2["epoch"] == 2
     for k, v in m1.state_dict().items():
         torch.testing.assert_close(m2.state_dict()[k], v, rtol=1e-4, atol=1e-5)
+    live1 = read_train_state(meta1["checkpoint"])["live_weights"]
+    live2 = read_train_state(meta2["checkpoint"])["live_weights"]
+    for k, v in live1.items():
+        torch.testing.assert_close(live2[k], v, rtol=1e-4, atol=1e-5)
     for a, b in zip(meta1["history"], meta2["history"], strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["val_top1_error"] == pytest.approx(b["val_top1_error"], abs=1e-9)

@@ -205,3 +205,38 @@ def test_random_erasing_is_per_sample_deterministic(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"random_erasing must be in \[0, 1\]"):
         tiny_config(tmp_path / "bad", random_erasing=1.5)
     train(tiny_config(tmp_path / "run", epochs=1, random_erasing=0.5), bundle=tiny_bundle())
+
+
+def test_per_sample_seeding_covers_the_rngs_a_dataset_uses(tmp_path) -> None:
+    import random
+
+    import numpy as np
+
+    class NumpyNoise(torch.utils.data.Dataset):  # a user's dataset: numpy and python RNGs
+        def __len__(self) -> int:
+            return 4
+
+        def __getitem__(self, i):
+            return torch.tensor([np.random.rand(), random.random()]), i
+
+    data = recipe_mod.SeededSamples(torch.utils.data.Subset(NumpyNoise(), range(4)), seed=1)
+    assert data.rngs == ("torch", "python", "numpy")
+    np.random.seed(5)
+    random.seed(5)
+    before = (np.random.get_state()[1].copy(), random.getstate())
+    first = data[2][0]
+    torch.testing.assert_close(data[2][0], first)  # seeded: the same draw again
+    assert not torch.equal(data[3][0], first)
+    assert (np.random.get_state()[1] == before[0]).all() and random.getstate() == before[1]
+
+    from zfnet.data import load_dataset
+
+    crops = load_dataset("synthetic?n_train=8&n_val=8").train  # zfnet's: torch's RNG only
+    fast = recipe_mod.SeededSamples(torch.utils.data.Subset(crops, range(8)), seed=1)
+    assert fast.rngs == ("torch",)
+    np_state = np.random.get_state()[1].copy()
+    torch.testing.assert_close(fast[3][0], fast[3][0])
+    assert (np.random.get_state()[1] == np_state).all()
+    NumpyNoise.global_rngs = ("torch", "cupy")
+    with pytest.raises(ValueError, match=r"\['cupy'\] unknown; valid: torch, python, numpy"):
+        recipe_mod.SeededSamples(NumpyNoise(), seed=1)

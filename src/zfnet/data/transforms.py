@@ -83,6 +83,10 @@ class CropDataset(Dataset):
     mode; `None` when the file is broken and `strict` is off (`collate` drops it).
     """
 
+    # The global RNGs `__getitem__` draws from (the crops: torch's); the trainer's per-sample
+    # seeding (zfnet.train.recipe.SeededSamples) seeds and restores only these.
+    global_rngs: tuple[str, ...] = ("torch",)
+
     def __init__(
         self,
         targets: Sequence[int],

@@ -13,7 +13,7 @@ from zfnet.data import collate
 from zfnet.train.checkpoint import load_model
 from zfnet.train.distributed import DistInfo, resolve_device
 from zfnet.train.metrics import per_class_accuracy
-from zfnet.train.recipe import evaluate
+from zfnet.train.recipe import amp_dtype_for, evaluate
 
 
 def evaluate_checkpoint(
@@ -24,13 +24,17 @@ def evaluate_checkpoint(
     batch_size: int = 128,
     device: str = "auto",
     workers: int = 0,
+    amp: str = "auto",
+    channels_last: bool = True,
     bundle: Any = None,
 ) -> dict[str, Any]:
     """Evaluate the checkpoint at `path` (run dir, checkpoint dir or weights file) on the
     validation split of dataset `spec` (None: the dataset the model was trained on).
 
     With `ten_crop`, each image is scored by the average softmax over its 4 corner and centre
-    crops and their mirror images (paper Sec. 3). `bundle` may be given instead of loading `spec`.
+    crops and their mirror images (paper Sec. 3). `amp` and `channels_last` as in training (the
+    defaults are the trainer's; "off" scores in float32). `bundle` may be given instead of
+    loading `spec`.
     Returns a JSON-ready dict: checkpoint, model, epoch, data, ten_crop, n, loss, top1_error,
     top5_error, class_names, per_class_accuracy ({name: accuracy}), confusion_matrix (rows: true
     class, columns: predicted).
@@ -55,12 +59,15 @@ def evaluate_checkpoint(
         )
     loader = DataLoader(bundle.val, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate, pin_memory=dev.type == "cuda")
-    r = evaluate(model, loader, bundle.num_classes, DistInfo(0, 1, 0, dev))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    r = evaluate(model, loader, bundle.num_classes, DistInfo(0, 1, 0, dev),
+                 amp_dtype_for(amp, dev), channels_last)
     cm: torch.Tensor = r["confusion"]
     names = list(bundle.class_names)
     return {
         "checkpoint": meta["checkpoint"], "model": meta["model"], "epoch": meta.get("epoch"),
-        "data": spec, "ten_crop": ten_crop, "n": r["n"], "loss": r["loss"],
+        "data": spec, "ten_crop": ten_crop, "amp": amp, "n": r["n"], "loss": r["loss"],
         "top1_error": r["top1_error"], "top5_error": r["top5_error"], "class_names": names,
         "per_class_accuracy": dict(zip(names, per_class_accuracy(cm), strict=True)),
         "confusion_matrix": cm.tolist(),
