@@ -155,8 +155,10 @@ def train_cmd(**opts) -> None:
               show_default=True,
               help="Mixed precision, as in training (auto: bf16 on CUDA and on CPUs with native "
                    "bf16); off scores in float32.")
+@click.option("--live-weights", is_flag=True,
+              help="For a run trained with --ema: score the live weights, not their average.")
 def eval_cmd(checkpoint: str, data: str | None, ten_crop: bool, json_out: str | None,
-             batch_size: int, device: str, workers: int, amp: str) -> None:
+             batch_size: int, device: str, workers: int, amp: str, live_weights: bool) -> None:
     """Top-1 / top-5 error, per-class accuracy and confusion matrix on the validation split."""
     import json
     from pathlib import Path
@@ -165,7 +167,8 @@ def eval_cmd(checkpoint: str, data: str | None, ten_crop: bool, json_out: str | 
 
     try:
         r = evaluate_checkpoint(checkpoint, data, ten_crop, batch_size=batch_size,
-                                device=device, workers=workers, amp=amp)
+                                device=device, workers=workers, amp=amp,
+                                live_weights=live_weights)
     except ValueError as e:
         raise click.ClickException(str(e)) from e
     crops = "10 crops" if ten_crop else "centre crop"

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from tests.train.tiny import tiny_bundle, tiny_config
-from zfnet.train import evaluate, load_model, train
+from zfnet.train import evaluate, evaluate_checkpoint, load_model, train
 from zfnet.train.checkpoint import read_train_state
 from zfnet.train.ema import ema_decay, make_ema
 
@@ -54,6 +54,16 @@ def test_the_average_is_validated_and_saved_the_live_weights_kept(ema_run) -> No
     val = evaluate(model, torch.utils.data.DataLoader(tiny_bundle().val, batch_size=8),
                    meta["num_classes"])
     assert val["loss"] == pytest.approx(meta["history"][-1]["val_loss"], abs=1e-6)
+    kw = {"bundle": tiny_bundle(), "device": "cpu", "amp": "off"}
+    averaged = evaluate_checkpoint(ema_run, **kw)
+    live = evaluate_checkpoint(ema_run, live_weights=True, **kw)
+    assert averaged["loss"] == pytest.approx(val["loss"], abs=1e-6)
+    assert live["live_weights"] and live["loss"] != pytest.approx(averaged["loss"], abs=1e-6)
+
+
+def test_live_weights_of_a_run_without_ema_is_an_error(reference) -> None:
+    with pytest.raises(ValueError, match="not from a run with --ema"):
+        evaluate_checkpoint(reference[0], bundle=tiny_bundle(), live_weights=True)
 
 
 def test_resume_with_ema_is_exact(ema_run, tmp_path) -> None:

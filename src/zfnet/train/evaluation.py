@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from zfnet.data import collate
-from zfnet.train.checkpoint import load_model
+from zfnet.train.checkpoint import load_model, read_train_state
 from zfnet.train.distributed import DistInfo, resolve_device
 from zfnet.train.metrics import per_class_accuracy
 from zfnet.train.recipe import amp_dtype_for, evaluate
@@ -26,6 +26,7 @@ def evaluate_checkpoint(
     workers: int = 0,
     amp: str = "auto",
     channels_last: bool = True,
+    live_weights: bool = False,
     bundle: Any = None,
 ) -> dict[str, Any]:
     """Evaluate the checkpoint at `path` (run dir, checkpoint dir or weights file) on the
@@ -33,14 +34,20 @@ def evaluate_checkpoint(
 
     With `ten_crop`, each image is scored by the average softmax over its 4 corner and centre
     crops and their mirror images (paper Sec. 3). `amp` and `channels_last` as in training (the
-    defaults are the trainer's; "off" scores in float32). `bundle` may be given instead of
-    loading `spec`.
+    defaults are the trainer's; "off" scores in float32). `live_weights`: for a run trained with
+    `--ema`, score the live weights instead of their average (which the checkpoint's
+    model.safetensors holds). `bundle` may be given instead of loading `spec`.
     Returns a JSON-ready dict: checkpoint, model, epoch, data, ten_crop, n, loss, top1_error,
     top5_error, class_names, per_class_accuracy ({name: accuracy}), confusion_matrix (rows: true
     class, columns: predicted).
     """
     dev = resolve_device(device)
     model, meta = load_model(path, device=dev)
+    if live_weights:
+        if not meta.get("train_config", {}).get("ema"):
+            raise ValueError(f"{meta['checkpoint']} is not from a run with --ema: its weights "
+                             "are the live ones already (omit live_weights)")
+        model.load_state_dict(read_train_state(meta["checkpoint"])["live_weights"])
     spec = spec or meta["data"]
     if bundle is None:
         from zfnet.data import load_dataset
@@ -67,7 +74,8 @@ def evaluate_checkpoint(
     names = list(bundle.class_names)
     return {
         "checkpoint": meta["checkpoint"], "model": meta["model"], "epoch": meta.get("epoch"),
-        "data": spec, "ten_crop": ten_crop, "amp": amp, "n": r["n"], "loss": r["loss"],
+        "data": spec, "ten_crop": ten_crop, "amp": amp, "live_weights": live_weights,
+        "n": r["n"], "loss": r["loss"],
         "top1_error": r["top1_error"], "top5_error": r["top5_error"], "class_names": names,
         "per_class_accuracy": dict(zip(names, per_class_accuracy(cm), strict=True)),
         "confusion_matrix": cm.tolist(),
