@@ -1,0 +1,298 @@
+"""The CUDA paths, checked on a GPU machine: training (bf16 and fp16 autocast, channels_last),
+exact resume after SIGTERM, DDP over NCCL through torchrun, evaluation (centre and 10 crops),
+top-k mining, deconvnet projections and occlusion against the CPU, and the speed of the
+Fashion-MNIST recipe.
+
+Every check runs the way a user would (the `zfnet` CLI in a subprocess, or the public API),
+prints PASS/FAIL with its figures, and a failure does not stop the others. Run from the repo:
+
+    PYTHONPATH=src python bench/cuda_check.py --out /tmp/cuda_check
+    PYTHONPATH=src python bench/cuda_check.py --out /tmp/cuda_check --fmnist DIR --fmnist-epochs 26
+    PYTHONPATH=src python bench/cuda_check.py --out /tmp/c --device cpu --data synthetic
+
+The last line dry-runs the script without a GPU (the CPU against itself; no fp16 check;
+add ?n_train=256 to the data spec for a quick one).
+
+Exit status: the number of failed checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import math
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import hardware  # noqa: E402
+
+ARGS = argparse.Namespace()
+EPOCHS = 3
+LAYERS = ["conv1", "conv3", "conv5"]
+RESULTS: list[tuple[str, bool, str]] = []
+
+
+def zfnet(*args: str, torchrun: int = 0, timeout: float = 600) -> str:
+    """Run the zfnet CLI (under torchrun with `torchrun` processes); its output, or raise."""
+    if torchrun:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={torchrun}", "-m", "zfnet.cli", *args]
+    else:
+        cmd = [sys.executable, "-m", "zfnet.cli", *args]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} -> exit {p.returncode}\n{p.stdout[-3000:]}\n"
+                           f"{p.stderr[-3000:]}")
+    return p.stdout + p.stderr
+
+
+def metrics(run: Path) -> list[dict[str, float]]:
+    with open(run / "metrics.csv") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def logged(run: Path) -> int:
+    """Epochs in the run's metrics.csv so far (0 while it is missing or being written)."""
+    try:
+        return len(metrics(run))
+    except (OSError, ValueError):
+        return 0
+
+
+@contextlib.contextmanager
+def tf32_off() -> Iterator[None]:
+    """CUDA matrix products and convolutions in full float32 (TF32 off) inside the block."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def check(name: str, fn: Callable[[], str]) -> None:
+    if ARGS.only and not any(word in name for word in ARGS.only):
+        return
+    t = time.perf_counter()
+    try:
+        detail, ok = fn(), True
+    except Exception:  # noqa: BLE001 - every check reports, none stops the others
+        detail, ok = traceback.format_exc(limit=6), False
+    dt = time.perf_counter() - t
+    RESULTS.append((name, ok, detail))
+    print(f"{'PASS' if ok else 'FAIL'} {name} ({dt:.1f} s): {detail}", flush=True)
+
+
+def train_args(out: Path, *extra: str, epochs: int = EPOCHS) -> list[str]:
+    return ["train", "--data", ARGS.data, "--model", "zfnet_small", "--out", str(out),
+            "--epochs", str(epochs), "--batch-size", "64", "--lr", "0.02", "--schedule",
+            "cosine", "--device", ARGS.device, "--workers", "4", "--quiet", *extra]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, type=Path, help="scratch directory for the runs")
+    ap.add_argument("--fmnist", default=None, help="Fashion-MNIST directory (skip if absent)")
+    ap.add_argument("--fmnist-epochs", type=int, default=26)
+    ap.add_argument("--data", default="synthetic?n_train=3000&n_val=500")
+    ap.add_argument("--only", nargs="*", default=[],
+                    help="run only the checks whose name holds one of these words")
+    ap.add_argument("--device", default="cuda",
+                    help="cuda; cpu only to dry-run this script (compares the CPU with itself)")
+    args = ap.parse_args()
+    vars(ARGS).update(vars(args))
+    dev = args.device
+    if dev == "cuda" and not torch.cuda.is_available():
+        print("CUDA is not available: nothing to check")
+        return 1
+    print(hardware(), flush=True)
+    out = args.out
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+
+    def bf16() -> str:
+        from zfnet.train.checkpoint import read_train_state, resolve_checkpoint
+
+        zfnet(*train_args(out / "bf16"))
+        rows = metrics(out / "bf16")
+        cfg = json.loads((out / "bf16" / "config.json").read_text())
+        state = read_train_state(resolve_checkpoint(out / "bf16"))
+        assert all(math.isfinite(r["train_loss"]) for r in rows), rows
+        return (f"device {cfg['device']}, amp {cfg['amp']}; val error by epoch "
+                f"{[round(r['val_top1_error'], 3) for r in rows]}, "
+                f"{rows[-1]['img_per_s']:.0f} img/s (last epoch), saved CUDA RNG: "
+                f"{bool(state['rng'].get('cuda'))}")
+
+    def resume() -> str:
+        # SIGTERM once the first epoch is logged (the run saves mid-epoch 2), then --resume
+        cut = out / "cut"
+        cmd = [sys.executable, "-m", "zfnet.cli", *train_args(cut, epochs=EPOCHS)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        while proc.poll() is None and logged(cut) < 1:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        log = proc.communicate(timeout=300)[0]
+        assert proc.returncode == 143, (proc.returncode, log[-2000:])
+        stopped = len(metrics(cut))
+        zfnet(*train_args(cut, "--resume", epochs=EPOCHS))
+        a, b = metrics(out / "bf16"), metrics(cut)
+        keys = ("train_loss", "val_loss", "val_top1_error")
+        diffs = {k: max(abs(x[k] - y[k]) for x, y in zip(a, b, strict=True)) for k in keys}
+        assert len(a) == len(b) == EPOCHS
+        assert diffs["train_loss"] < 2e-3 and diffs["val_loss"] < 2e-3, diffs
+        return (f"SIGTERM after {stopped} epoch(s), resumed: max |uninterrupted - resumed| "
+                + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
+
+    def fp16() -> str:
+        zfnet(*train_args(out / "fp16", "--amp", "fp16", epochs=1))
+        r = metrics(out / "fp16")[-1]
+        assert math.isfinite(r["train_loss"]) and r["val_top1_error"] < 0.9, r
+        return f"val error {r['val_top1_error']:.3f}, {r['img_per_s']:.0f} img/s"
+
+    def ddp() -> str:
+        zfnet(*train_args(out / "ddp", "--ema", "0.99", epochs=1), torchrun=1)
+        r = metrics(out / "ddp")[-1]
+        assert math.isfinite(r["train_loss"]), r
+        return f"torchrun 1 process, NCCL: val error {r['val_top1_error']:.3f}"
+
+    def evaluation() -> str:
+        from zfnet.train import evaluate_checkpoint
+
+        run = str(out / "bf16")
+        res = {}
+        for d, amp in (("cpu", "off"), (dev, "off"), (dev, "auto")):
+            for ten in (False, True):
+                t = time.perf_counter()
+                r = evaluate_checkpoint(run, None, ten, device=d, amp=amp, workers=4)
+                res[d, amp, ten] = (r, time.perf_counter() - t)
+        lines = []
+        for ten in (False, True):
+            ref = res["cpu", "off", ten][0]
+            for key in ((dev, "off", ten), (dev, "auto", ten)):
+                r, dt = res[key]
+                dl, de = abs(r["loss"] - ref["loss"]), abs(r["top1_error"] - ref["top1_error"])
+                tol = (1e-3, 0.005) if key[1] == "off" else (2e-2, 0.02)
+                assert dl < tol[0] and de <= tol[1], (key, dl, de)
+                lines.append(f"{'10-crop' if ten else 'centre'} {dev}/{key[1]}: |dloss| "
+                             f"{dl:.1e}, |derr| {de:.4f}, {dt:.1f} s")
+        return "; ".join(lines)
+
+    cache: dict[str, object] = {}
+
+    def inputs() -> tuple[torch.nn.Module, torch.utils.data.Dataset, dict]:
+        """The bf16 check's model, 256 val images, and their top-9 mined on the CPU."""
+        if not cache:
+            from torch.utils.data import Subset
+
+            from zfnet.analyses.topk import mine_topk
+            from zfnet.data import load_dataset
+            from zfnet.train import load_model
+
+            net, _ = load_model(out / "bf16")
+            val = load_dataset(args.data).val
+            data = Subset(val, range(min(256, len(val))))
+            cache.update(net=net, data=data, topk=mine_topk(net, data, LAYERS, 9))
+        return cache["net"], cache["data"], cache["topk"]  # type: ignore[return-value]
+
+    def mining() -> str:
+        from zfnet.analyses.topk import mine_topk
+
+        net, data, cpu = inputs()
+        gpu = mine_topk(net.to(dev), data, LAYERS, 9)
+        worst, same = 0.0, []
+        for name in LAYERS:
+            a, b = cpu[name], gpu[name]
+            worst = max(worst, float((a.values - b.values.cpu()).abs().max()))
+            same.append((a.index == b.index.cpu()).float().mean().item())
+        assert min(same) > 0.95 and worst < 1e-2, (same, worst)
+        return (f"{'/'.join(LAYERS)} top-9 over {len(data)} images: max |value diff| "
+                f"{worst:.1e}, same images {min(same):.1%}")
+
+    def projection() -> str:
+        from zfnet.analyses.gallery import project_topk
+
+        net, data, top = inputs()
+        maps = {name: range(8) for name in LAYERS}
+        pc = project_topk(net.cpu(), data, top, maps)
+
+        def agreement() -> tuple[float, float]:
+            """Share of projections within 1e-3 of the CPU's (relative to each one's max
+            |value|), and the largest difference relative to the layer's largest value."""
+            pg = project_topk(net.to(dev), data, top, maps)
+            close, worst = [], 0.0
+            for n in LAYERS:
+                d = (pc[n] - pg[n]).abs().amax(dim=(-3, -2, -1))
+                close.append(d <= 1e-3 * pc[n].abs().amax(dim=(-3, -2, -1)).clamp_min(1e-12))
+                worst = max(worst, float(d.max() / pc[n].abs().max()))
+            return torch.cat([c.flatten() for c in close]).float().mean().item(), worst
+
+        tf32 = agreement()  # CUDA's default: convolutions in TF32
+        with tf32_off():
+            fp32 = agreement()
+        # a near-tie in a pooling window may pick another switch on another device: rare
+        assert fp32[0] >= 0.99, fp32
+        return (f"8 maps/layer x 9: {fp32[0]:.1%} agree within 1e-3 in float32 (largest diff "
+                f"{fp32[1]:.1e} of the layer's max); with TF32 (the default) {tf32[0]:.1%}, "
+                f"{tf32[1]:.1e}")
+
+    def occluded() -> str:
+        from zfnet.analyses.occlusion import occlusion
+
+        net, data, _ = inputs()
+        image = data[0][0]
+        oc = occlusion(net.cpu(), image, size=16, stride=4)
+        with tf32_off():
+            og = occlusion(net.to(dev), image.to(dev), size=16, stride=4)
+        dp = float((oc.probability - og.probability.cpu()).abs().max())
+        assert dp < 1e-3 and oc.feature_map == og.feature_map, (dp, oc.feature_map)
+        return f"incremental occlusion, 16 px / 4 px: p(target) max diff {dp:.1e}"
+
+    check("train on CUDA, bf16 autocast, channels_last", bf16)
+    check("resume on CUDA equals the uninterrupted run", resume)
+    if dev == "cuda":
+        check("train on CUDA, fp16 autocast + GradScaler", fp16)
+    check("DDP over NCCL through torchrun, with --ema", ddp)
+    check("evaluate on CUDA vs CPU (centre, 10 crops; fp32 and bf16)", evaluation)
+    check("top-k mining on CUDA vs CPU", mining)
+    check("deconvnet projections on CUDA vs CPU", projection)
+    check("occlusion on CUDA vs CPU", occluded)
+    if args.fmnist and os.path.isdir(args.fmnist):
+        def fmnist() -> str:
+            run = out / "fmnist"
+            t = time.perf_counter()
+            zfnet("train", "--data", f"fashion-mnist:{args.fmnist}", "--model", "zfnet_small",
+                  "--model-opt", "strides=1,1,1,1,1", "--model-opt", "batchnorm=true",
+                  "--model-opt", "dropout=0.25", "--out", str(run), "--epochs",
+                  str(args.fmnist_epochs), "--batch-size", "64", "--lr", "0.04",
+                  "--weight-decay", "5e-4", "--label-smoothing", "0.1", "--schedule", "cosine",
+                  "--no-renorm", "--ema", "0.999", "--workers", "6", "--quiet")
+            wall = time.perf_counter() - t
+            r = metrics(run)
+            t = time.perf_counter()
+            ten = zfnet("eval", "--checkpoint", str(run), "--ten-crop")
+            return (f"{args.fmnist_epochs} epochs in {wall:.0f} s "
+                    f"({statistics.median(x['img_per_s'] for x in r):.0f} img/s median), "
+                    f"val error {r[-1]['val_top1_error']:.4f}; 10-crop eval "
+                    f"{time.perf_counter() - t:.0f} s: {ten.strip().splitlines()[-3:]}")
+        check("Fashion-MNIST recipe on CUDA", fmnist)
+    failed = [n for n, ok, _ in RESULTS if not ok]
+    print(f"{len(RESULTS) - len(failed)}/{len(RESULTS)} passed"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return len(failed)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
