@@ -242,8 +242,11 @@ def main() -> int:
         tf32 = agreement()  # CUDA's default: convolutions in TF32
         with tf32_off():
             fp32 = agreement()
-        # a near-tie in a pooling window may pick another switch on another device: rare
-        assert fp32[0] >= 0.99, fp32
+        # A near-tie in a pooling window may pick another switch on another device. On the
+        # CPU, weights x (1 + 1e-6 noise) leave 99% of such projections within 1e-3 and move
+        # a few by up to 0.8% of the layer's max (bench/switch_sensitivity.py); a wrong switch
+        # or filter would move them all.
+        assert fp32[0] >= 0.9, fp32
         return (f"8 maps/layer x 9: {fp32[0]:.1%} agree within 1e-3 in float32 (largest diff "
                 f"{fp32[1]:.1e} of the layer's max); with TF32 (the default) {tf32[0]:.1%}, "
                 f"{tf32[1]:.1e}")
