@@ -37,9 +37,9 @@ def evaluate_checkpoint(
     defaults are the trainer's; "off" scores in float32). `live_weights`: for a run trained with
     `--ema`, score the live weights instead of their average (which the checkpoint's
     model.safetensors holds). `bundle` may be given instead of loading `spec`.
-    Returns a JSON-ready dict: checkpoint, model, epoch, data, ten_crop, n, loss, top1_error,
-    top5_error, class_names, per_class_accuracy ({name: accuracy}), confusion_matrix (rows: true
-    class, columns: predicted).
+    Returns a JSON-ready dict: checkpoint, model, epoch, data, ten_crop, amp, live_weights, n,
+    loss, top1_error, top5_error, class_names, per_class_accuracy ({name: accuracy}),
+    confusion_matrix (rows: true class, columns: predicted).
     """
     dev = resolve_device(device)
     model, meta = load_model(path, device=dev)
