@@ -166,7 +166,8 @@ def main() -> int:
         zfnet(*train_args(out / "ddp", "--ema", "0.99", epochs=1), torchrun=1)
         r = metrics(out / "ddp")[-1]
         assert math.isfinite(r["train_loss"]), r
-        return f"torchrun 1 process, NCCL: val error {r['val_top1_error']:.3f}"
+        backend = "NCCL" if dev == "cuda" else "gloo"
+        return f"torchrun 1 process, {backend}: val error {r['val_top1_error']:.3f}"
 
     def evaluation() -> str:
         from zfnet.train import evaluate_checkpoint
