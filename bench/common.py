@@ -1,4 +1,4 @@
-"""What every benchmark prints first: the machine it ran on."""
+"""Shared by the benchmarks: the machine they ran on, and how two sets of projections agree."""
 
 from __future__ import annotations
 
@@ -21,3 +21,18 @@ def hardware() -> str:
     return (f"CPU {cpu} ({os.cpu_count()} logical cores, torch threads "
             f"{torch.get_num_threads()}, load average {load}), GPU {gpu}, torch "
             f"{torch.__version__}, python {platform.python_version()}")
+
+
+def projection_agreement(ref: dict[str, torch.Tensor], other: dict[str, torch.Tensor],
+                         tol: float = 1e-3) -> tuple[float, float]:
+    """Compare two sets of projections {layer: (..., C, h, w)} (`project_topk`'s results).
+
+    Returns the share of projections within `tol` of `ref`'s (relative to each one's max
+    |value|), and the largest difference relative to its layer's largest |value|."""
+    close, worst = [], 0.0
+    for n, r in ref.items():
+        o = other[n].to(r.device)
+        d = (r - o).abs().amax(dim=(-3, -2, -1))
+        close.append((d <= tol * r.abs().amax(dim=(-3, -2, -1)).clamp_min(1e-12)).flatten())
+        worst = max(worst, float(d.max() / r.abs().max()))
+    return torch.cat(close).float().mean().item(), worst

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import hardware  # noqa: E402
+from common import hardware, projection_agreement  # noqa: E402
 
 ARGS = argparse.Namespace()
 EPOCHS = 3
@@ -230,15 +230,7 @@ def main() -> int:
         pc = project_topk(net.cpu(), data, top, maps)
 
         def agreement() -> tuple[float, float]:
-            """Share of projections within 1e-3 of the CPU's (relative to each one's max
-            |value|), and the largest difference relative to the layer's largest value."""
-            pg = project_topk(net.to(dev), data, top, maps)
-            close, worst = [], 0.0
-            for n in LAYERS:
-                d = (pc[n] - pg[n]).abs().amax(dim=(-3, -2, -1))
-                close.append(d <= 1e-3 * pc[n].abs().amax(dim=(-3, -2, -1)).clamp_min(1e-12))
-                worst = max(worst, float(d.max() / pc[n].abs().max()))
-            return torch.cat([c.flatten() for c in close]).float().mean().item(), worst
+            return projection_agreement(pc, project_topk(net.to(dev), data, top, maps))
 
         tf32 = agreement()  # CUDA's default: convolutions in TF32
         with tf32_off():

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import hardware  # noqa: E402
+from common import hardware, projection_agreement  # noqa: E402
 
 from zfnet.analyses.gallery import project_topk  # noqa: E402
 from zfnet.analyses.topk import mine_topk  # noqa: E402
@@ -52,13 +52,7 @@ def main() -> None:
         with torch.no_grad():
             for p in other.parameters():
                 p.mul_(1 + eps * torch.randn(p.shape, generator=g))
-        moved = project_topk(other, data, top, maps)
-        close, worst = [], 0.0
-        for n in args.layers:
-            d = (ref[n] - moved[n]).abs().amax(dim=(-3, -2, -1))
-            close.append(d <= 1e-3 * ref[n].abs().amax(dim=(-3, -2, -1)).clamp_min(1e-12))
-            worst = max(worst, float(d.max() / ref[n].abs().max()))
-        share = torch.cat([c.flatten() for c in close]).float().mean().item()
+        share, worst = projection_agreement(ref, project_topk(other, data, top, maps))
         print(f"weights x (1 + {eps:g} N(0,1)): {share:.1%} of projections within 1e-3 of "
               f"their max, largest change {worst:.1e} of the layer's max")
 
