@@ -136,6 +136,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--skip-captum", action="store_true")
+    ap.add_argument("--seed-batch", type=int, nargs="*", default=[None], metavar="S",
+                    help="seeds projected together (default: the engine's own choice); several "
+                         "values time the engine once per value")
+    ap.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                    help="after timing, profile one run of this engine's projections and print "
+                         "the ROWS costliest operators (torch.profiler)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -181,7 +187,12 @@ def main() -> None:
     infos = zfnet.layer_info(model)
     all_maps = {n: list(range(topk[n].values.shape[0])) for n in LAYERS}
     engine_maps = {n: spaced(len(v), args.engine_maps) for n, v in all_maps.items()}
-    t_ours, ours_part = timed(lambda: project_topk(model, data, topk, engine_maps),
+    for sb in args.seed_batch[:-1]:  # extra values: the engine's time only
+        t, _ = timed(lambda sb=sb: project_topk(model, data, topk, engine_maps, batch_size=sb),
+                     args.repeats + 1, sync)
+        print(f"this engine, {sb} seeds at a time: {spread(t[1:])} (first run dropped)")
+    sb = args.seed_batch[-1]
+    t_ours, ours_part = timed(lambda: project_topk(model, data, topk, engine_maps, batch_size=sb),
                               args.repeats, sync)
     n_all, n_eng = sum(map(len, all_maps.values())), sum(map(len, engine_maps.values()))
     if n_eng < n_all:  # a smoke test: scaled by seeds, which overstates (forwards are shared)
@@ -190,6 +201,16 @@ def main() -> None:
               f"linearly to all (pessimistic: the forward passes are shared): {spread(t_ours)}")
     else:
         print(f"this engine, projections of all {n_all} maps x 9: {spread(t_ours)}")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if sync else [])
+        with profile(activities=acts) as prof:
+            project_topk(model, data, topk, engine_maps, batch_size=sb)
+            if sync:
+                torch.cuda.synchronize()
+        key = "self_cuda_time_total" if sync else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=args.profile))
     # Captum costs the same for every map of a layer (one call each): a subset of maps per
     # layer, evenly spaced, measures it; the total is extrapolated layer by layer.
     maps = {n: spaced(len(engine_maps[n]), args.maps) for n in LAYERS}  # indices in engine_maps

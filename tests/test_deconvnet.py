@@ -369,6 +369,8 @@ def test_errors_name_what_is_wrong() -> None:
         project(model, x, "conv1", 0, torch.zeros(1, 3, 2))
     with pytest.raises(ValueError, match="positions must lie in"):
         project(model, x, "conv1", 0, torch.tensor([[99, 0]]))
+    with pytest.raises(ValueError, match="batch_size=0 must be >= 1"):
+        project(model, x, "conv1", 0, batch_size=0)
     tv = _tv("vgg11")
     with pytest.raises(UnknownLayerError, match="features.0"):
         project(tv, x, "conv1", 0)
@@ -387,3 +389,20 @@ def test_float64_and_batch_chunks() -> None:
     many = project(model, x, "conv5", torch.arange(6).view(3, 2), batch_size=64)
     assert one.dtype == torch.float64
     torch.testing.assert_close(one, many)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_gpu_gather_path_equals_cpu_copies(rule: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU the windows are gathered in one indexing op instead of a copy per window
+    (`_gather_into` gives no buffer there): the same projections, here forced on the CPU."""
+    import zfnet.deconvnet as dn
+
+    model = _build("zfnet_small")
+    x = torch.randn(4, 3, 64, 64) * 60
+    ch = torch.arange(12).view(4, 3)
+    want = {layer: project(model, x, layer, ch, rule=rule, batch_size=5)
+            for layer in ("conv2", "conv5")}
+    monkeypatch.setattr(dn, "_gather_into", lambda *a, **k: None)
+    for layer, ref in want.items():
+        torch.testing.assert_close(project(model, x, layer, ch, rule=rule, batch_size=5), ref,
+                                   rtol=0, atol=0)

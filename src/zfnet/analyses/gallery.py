@@ -107,13 +107,15 @@ def project_topk(
     *,
     lrn: str = "gradient",
     images_per_pass: int = 32,
+    batch_size: int | None = None,
 ) -> dict[str, Tensor]:
     """Project every top-k activation of the chosen maps of each layer (paper Fig. 2).
 
     Returns {layer: (len(maps[layer]), k, C, rf, rf)}, cropped to the receptive field and
     seeded with the activation; empty slots stay zero. Seeds of every layer are grouped by
     image: each chunk of `images_per_pass` images goes forward once, and all of its seeds
-    (any layer, any map) go down from there.
+    (any layer, any map) go down from there, `batch_size` seeds at a time
+    (`zfnet.deconvnet.project_layers`).
     """
     # (layer, block a, slot j, image) for every seed
     seeds = [(name, a, j, int(topk[name].index[c, j]))
@@ -138,17 +140,27 @@ def project_topk(
             pos = torch.stack([t.row[ch, j_], t.col[ch, j_]], 1)  # (S, 2)
             asks[name] = Seeds(torch.tensor([local[m[2]] for m in mine]), ch, pos)
             todo[name] = (a_, j_)
-        rfs = project_layers(model, x, asks, rule, lrn=lrn)
+        rfs = project_layers(model, x, asks, rule, lrn=lrn, batch_size=batch_size)
         for name, rf in rfs.items():
             if name not in out:
-                out[name] = rf.values.new_zeros(
-                    len(maps[name]), topk[name].k, *rf.values.shape[1:]).cpu()
+                out[name] = torch.zeros(len(maps[name]), topk[name].k, *rf.values.shape[1:],
+                                        dtype=rf.values.dtype)  # on the CPU
             a_, j_ = todo[name]
-            out[name][a_, j_] = rf.values.cpu()
+            out[name][a_, j_] = _to_host(rf.values)
     missing = [name for name in maps if name not in out]
     if missing:
         raise ValueError(f"no activations to project for {', '.join(missing)}: top-k is empty")
     return out
+
+
+def _to_host(t: Tensor) -> Tensor:
+    """`t` on the CPU. From a GPU through page-locked memory: a copy to ordinary (pageable)
+    memory runs at a fraction of the bus's speed, and was over half the time of a top-9
+    gallery on an H200 (bench/bench_topk.py --profile)."""
+    if t.device.type != "cuda":
+        return t.cpu()
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)  # cached by torch after once
+    return host.copy_(t)
 
 
 def to_display(p: Tensor) -> Tensor:
