@@ -45,6 +45,21 @@ def test_class_subset_and_per_class():
     assert data.num_classes == 3
 
 
+@needs_data
+def test_pad_sets_the_shift_range():
+    data = load_dataset("fashion-mnist?n_train=50&n_val=20&pad=4")
+    assert data.full_size == 36 and data.mean.shape == (1, 36, 36)
+    assert data.mean[:, :4].abs().max() == 0
+    raw = data.raw_val(0)  # the centre crop is still the original image
+    original = read_idx(DEFAULT_DIR / "t10k-images-idx3-ubyte.gz")[0]
+    assert torch.equal(raw[0], torch.from_numpy(original.copy()))
+    x10, _ = load_dataset("fashion-mnist?n_train=10&n_val=3&pad=0", ten_crop=True).val[0]
+    assert x10.shape == (10, 1, 28, 28)  # pad 0: every crop is the image (or its mirror)
+    assert torch.equal(x10[0], x10[4]) and torch.equal(x10[5], x10[0].flip(-1))
+    with pytest.raises(ValueError, match="pad=15 must be <= 14"):
+        load_dataset("fashion-mnist?n_train=10&n_val=3&pad=15")
+
+
 def test_missing_directory_says_how_to_install(tmp_path):
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         load_dataset(f"fashion-mnist:{tmp_path / 'missing'}")

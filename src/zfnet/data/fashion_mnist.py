@@ -2,8 +2,9 @@
 
 The 28x28 images are zero-padded by 2 on each side to `full_size` 32 (as 224 is cropped
 from 256): training takes random 28 crops with horizontal flips, evaluation the centre 28
-crop (= the original image) or the 10 crops. `val` is the 10k test set.
-Spec: `fashion-mnist[:DIR][?n_train=N&n_val=N&classes=0,2,5&per_class=N]`.
+crop (= the original image) or the 10 crops. `val` is the 10k test set. `pad=P` pads by P
+instead (random shifts of up to P pixels; the 10 crops' corners move by P too).
+Spec: `fashion-mnist[:DIR][?n_train=N&n_val=N&classes=0,2,5&per_class=N&pad=P]`.
 """
 
 from __future__ import annotations
@@ -94,10 +95,14 @@ def load_fashion_mnist(spec: DatasetSpec, *, ten_crop: bool = False, strict: boo
             "n_val": int_option,
             "per_class": lambda v, k: int_option(v, k, minimum=1),
             "classes": lambda v, k: class_list_option(v, CLASS_NAMES, k),
+            "pad": int_option,
         },
     )
     paths = find_files(Path(spec.path) if spec.path else DEFAULT_DIR)
     classes = opts.get("classes")
+    pad = opts.get("pad", PAD)
+    if pad > INPUT_SIZE // 2:
+        raise ValueError(f"option pad={pad} must be <= {INPUT_SIZE // 2}")
     names = [CLASS_NAMES[c] for c in classes] if classes is not None else list(CLASS_NAMES)
 
     def split(images_key: str, labels_key: str, first: int | None, per_class: int | None):
@@ -107,7 +112,7 @@ def load_fashion_mnist(spec: DatasetSpec, *, ten_crop: bool = False, strict: boo
             raise ValueError(f"{paths[images_key]} and {paths[labels_key]} differ in length")
         idx, targets = select(labels.tolist(), classes=classes, per_class=per_class, first=first)
         x = torch.from_numpy(images[idx]).unsqueeze(1)  # (n, 1, 28, 28)
-        x = torch.nn.functional.pad(x, (PAD, PAD, PAD, PAD))  # (n, 1, 32, 32), zeros
+        x = torch.nn.functional.pad(x, (pad, pad, pad, pad))  # (n, 1, 32, 32) for pad 2
         return x.contiguous(), targets
 
     train_x, train_y = split("train_images", "train_labels", opts.get("n_train"),
@@ -125,6 +130,6 @@ def load_fashion_mnist(spec: DatasetSpec, *, ten_crop: bool = False, strict: boo
         class_names=names,
         in_channels=1,
         input_size=INPUT_SIZE,
-        full_size=FULL_SIZE,
+        full_size=INPUT_SIZE + 2 * pad,
         mean=mean,
     )
