@@ -517,8 +517,9 @@ def project_layers(
     Returns {layer: RFProjection} with values (S, C, rf, rf).
     """
     _check_rule(rule, lrn)
+    x = _model_tensor(model, images)  # on the model's device, whatever the images' one
     if batch_size is None:
-        batch_size = 32 if images.device.type == "cpu" else 256
+        batch_size = 32 if x.device.type == "cpu" else 256
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     if images.ndim != 4:
@@ -531,7 +532,7 @@ def project_layers(
     # no_grad: the weights require grad, and an autograd graph kept alive by the results
     # would hold every intermediate window of the way down.
     with eval_mode(model), torch.no_grad():
-        trace = _forward(chain, _model_tensor(model, images), rule, lrn,
+        trace = _forward(chain, x, rule, lrn,
                          {len(c) - 1 for c in chains.values()})
         for c in chains.values():
             _prepare(c, trace)
