@@ -60,6 +60,23 @@ def test_pad_sets_the_shift_range():
         load_dataset("fashion-mnist?n_train=10&n_val=3&pad=15")
 
 
+@needs_data
+def test_holdout_takes_val_from_the_end_of_the_training_set():
+    data = load_dataset("fashion-mnist?holdout=500&n_train=300&n_val=200")
+    assert len(data.train) == 300 and len(data.val) == 200
+    train = read_idx(DEFAULT_DIR / "train-images-idx3-ubyte.gz")  # (60000, 28, 28)
+    labels = read_idx(DEFAULT_DIR / "train-labels-idx1-ubyte.gz")
+    assert torch.equal(data.raw_val(0)[0], torch.from_numpy(train[-500].copy()))
+    assert data.val.targets[:5] == labels[-500:-495].tolist()
+    assert torch.equal(data.train.raw(0)[0], torch.from_numpy(train[0].copy()))
+    whole = load_dataset("fashion-mnist?holdout=10000")
+    assert (len(whole.train), len(whole.val)) == (50000, 10000)
+    # the mean image is over the images trained on, not the held-out ones
+    expected = torch.from_numpy(train[:50000].astype(np.float64).mean(0)).float()
+    assert torch.allclose(whole.mean[0, 2:-2, 2:-2], expected, atol=1e-4)
+    with pytest.raises(ValueError, match="holdout=21 must be below the 21 training images"):
+        load_dataset("fashion-mnist?classes=0,1,2&per_class=7&holdout=21")
+
 def test_missing_directory_says_how_to_install(tmp_path):
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         load_dataset(f"fashion-mnist:{tmp_path / 'missing'}")

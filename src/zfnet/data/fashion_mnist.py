@@ -4,7 +4,9 @@ The 28x28 images are zero-padded by 2 on each side to `full_size` 32 (as 224 is 
 from 256): training takes random 28 crops with horizontal flips, evaluation the centre 28
 crop (= the original image) or the 10 crops. `val` is the 10k test set. `pad=P` pads by P
 instead (random shifts of up to P pixels; the 10 crops' corners move by P too).
-Spec: `fashion-mnist[:DIR][?n_train=N&n_val=N&classes=0,2,5&per_class=N&pad=P]`.
+`holdout=N` makes `val` the last N training images instead of the test set (and trains on
+the rest): a validation split for choosing settings without looking at the test set.
+Spec: `fashion-mnist[:DIR][?n_train=N&n_val=N&classes=0,2,5&per_class=N&pad=P&holdout=N]`.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ def load_fashion_mnist(spec: DatasetSpec, *, ten_crop: bool = False, strict: boo
             "per_class": lambda v, k: int_option(v, k, minimum=1),
             "classes": lambda v, k: class_list_option(v, CLASS_NAMES, k),
             "pad": int_option,
+            "holdout": lambda v, k: int_option(v, k, minimum=1),
         },
     )
     paths = find_files(Path(spec.path) if spec.path else DEFAULT_DIR)
@@ -105,19 +108,31 @@ def load_fashion_mnist(spec: DatasetSpec, *, ten_crop: bool = False, strict: boo
         raise ValueError(f"option pad={pad} must be <= {INPUT_SIZE // 2}")
     names = [CLASS_NAMES[c] for c in classes] if classes is not None else list(CLASS_NAMES)
 
-    def split(images_key: str, labels_key: str, first: int | None, per_class: int | None):
+    def split(images_key: str, labels_key: str, per_class: int | None):
         images = read_idx(paths[images_key])  # (N, 28, 28)
         labels = read_idx(paths[labels_key])  # (N,)
         if len(images) != len(labels):
             raise ValueError(f"{paths[images_key]} and {paths[labels_key]} differ in length")
-        idx, targets = select(labels.tolist(), classes=classes, per_class=per_class, first=first)
+        idx, targets = select(labels.tolist(), classes=classes, per_class=per_class)
         x = torch.from_numpy(images[idx]).unsqueeze(1)  # (n, 1, 28, 28)
         x = torch.nn.functional.pad(x, (pad, pad, pad, pad))  # (n, 1, 32, 32) for pad 2
         return x.contiguous(), targets
 
-    train_x, train_y = split("train_images", "train_labels", opts.get("n_train"),
-                             opts.get("per_class"))
-    val_x, val_y = split("val_images", "val_labels", opts.get("n_val"), None)
+    def first(x: torch.Tensor, y: list[int], n: int | None) -> tuple[torch.Tensor, list[int]]:
+        return (x, y) if n is None else (x[:n], y[:n])
+
+    train_x, train_y = split("train_images", "train_labels", opts.get("per_class"))
+    holdout = opts.get("holdout")
+    if holdout is None:
+        val_x, val_y = split("val_images", "val_labels", None)
+    else:  # the last `holdout` training images (after any class / per_class selection)
+        if holdout >= len(train_x):
+            raise ValueError(f"option holdout={holdout} must be below the {len(train_x)} "
+                             "training images selected, to leave some to train on")
+        val_x, val_y = train_x[-holdout:], train_y[-holdout:]
+        train_x, train_y = train_x[:-holdout], train_y[:-holdout]
+    train_x, train_y = first(train_x, train_y, opts.get("n_train"))
+    val_x, val_y = first(val_x, val_y, opts.get("n_val"))
     if len(train_x) == 0 or len(val_x) == 0:
         raise ValueError(f"dataset spec {raw_spec!r} selects no training or no test images")
     mean = train_x.to(torch.float64).mean(0).to(torch.float32)  # (1, 32, 32)
