@@ -97,7 +97,7 @@ def _list_of_ints(ctx: click.Context, param: click.Parameter, value: str | None)
               help="Epochs whose checkpoints are kept (default 1,2,5,10,20,30,40,64).")
 @click.option("--model-opt", "model_opt", multiple=True, metavar="KEY=VALUE",
               help="Model override, repeatable: fc_width=2048, remove=conv3,conv4, init=paper, "
-                   "conv_widths=512,1024,512, dropout=0.5.")
+                   "conv_widths=512,1024,512 (conv3-5; five values: conv1-5), dropout=0.5.")
 @click.option("--data-cache", type=click.Path(file_okay=False),
               help="Where the data layer may cache the mean image.")
 @click.option("--resume", is_flag=True, default=None,

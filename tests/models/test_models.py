@@ -85,6 +85,12 @@ def test_table3_variants() -> None:
     m = zfnet.create_model("zfnet", conv_widths=(512, 1024, 512))
     assert [m.features.get_submodule(f"conv{i}").out_channels for i in (3, 4, 5)] == [
         512, 1024, 512]
+    m = zfnet.create_model("zfnet_small", conv_widths="32,96,160,160,96")  # all five
+    assert [m.features.get_submodule(f"conv{i}").out_channels for i in range(1, 6)] == [
+        32, 96, 160, 160, 96]
+    assert m.features.conv2.in_channels == 32 and m(_small_input(m)).shape == (2, 10)
+    with pytest.raises(ValueError, match=r"conv_widths needs 3 positive values .* or 5"):
+        zfnet.create_model("zfnet_small", conv_widths=(32, 96))
     m = zfnet.create_model("zfnet", fc_width=2048)
     assert m.classifier.fc6.out_features == 2048 and m.classifier.fc8.in_features == 2048
     m = zfnet.create_model("alexnet_small", remove=("conv3", "conv4"))

@@ -168,7 +168,8 @@ def apply_overrides(config: NetConfig, **overrides: Any) -> NetConfig:
     """Return `config` changed by user-facing overrides (Table 3's variants and more).
 
     Besides any `NetConfig` field (num_classes, in_channels, input_size, dropout, init, …):
-    - `conv_widths=(c3, c4, c5)`: feature maps of conv3–conv5 (Table 3: 512/1024/512).
+    - `conv_widths=(c3, c4, c5)`: feature maps of conv3–conv5 (Table 3: 512/1024/512);
+      five values set conv1–conv5.
     - `fc_width=W`: width of fc6 and fc7 (Table 3: 2048, 8192).
     - `remove=("conv3", "conv4", "fc6", "fc7")`: drop any of these layers (Table 3's ablations).
       Removing a conv keeps the next layer's input width consistent.
@@ -181,11 +182,16 @@ def apply_overrides(config: NetConfig, **overrides: Any) -> NetConfig:
     fc_names = list(config.fc_names)
     widths = overrides.pop("conv_widths", None)
     if widths is not None:
+        if isinstance(widths, str):
+            widths = widths.split(",")
         widths = tuple(int(w) for w in widths)
-        if len(widths) != 3:
-            raise ValueError(f"conv_widths needs 3 values (conv3, conv4, conv5), got {widths}")
+        names = [c.name for c in convs]
+        if len(widths) not in (3, len(names)) or min(widths) < 1:
+            raise ValueError(f"conv_widths needs 3 positive values (conv3, conv4, conv5) or "
+                             f"{len(names)} ({', '.join(names)}), got {widths}")
+        targets = names[-3:] if len(widths) == 3 else names
         by_name = {c.name: i for i, c in enumerate(convs)}
-        for name, w in zip(("conv3", "conv4", "conv5"), widths, strict=True):
+        for name, w in zip(targets, widths, strict=True):
             convs[by_name[name]] = replace(convs[by_name[name]], channels=w)
     strides = overrides.pop("strides", None)
     if strides is not None:
