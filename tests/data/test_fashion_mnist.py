@@ -77,6 +77,7 @@ def test_holdout_takes_val_from_the_end_of_the_training_set():
     with pytest.raises(ValueError, match="holdout=21 must be below the 21 training images"):
         load_dataset("fashion-mnist?classes=0,1,2&per_class=7&holdout=21")
 
+
 def test_missing_directory_says_how_to_install(tmp_path):
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         load_dataset(f"fashion-mnist:{tmp_path / 'missing'}")

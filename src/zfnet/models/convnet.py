@@ -164,6 +164,11 @@ class ConvNet(nn.Module):
         return self.classifier(x)  # (N, num_classes)
 
 
+def _int_tuple(value: Any) -> tuple[int, ...]:
+    """`"1,2,3"` or a sequence of numbers -> (1, 2, 3)."""
+    return tuple(int(v) for v in (value.split(",") if isinstance(value, str) else value))
+
+
 def apply_overrides(config: NetConfig, **overrides: Any) -> NetConfig:
     """Return `config` changed by user-facing overrides (Table 3's variants and more).
 
@@ -182,9 +187,7 @@ def apply_overrides(config: NetConfig, **overrides: Any) -> NetConfig:
     fc_names = list(config.fc_names)
     widths = overrides.pop("conv_widths", None)
     if widths is not None:
-        if isinstance(widths, str):
-            widths = widths.split(",")
-        widths = tuple(int(w) for w in widths)
+        widths = _int_tuple(widths)
         names = [c.name for c in convs]
         if len(widths) not in (3, len(names)) or min(widths) < 1:
             raise ValueError(f"conv_widths needs 3 positive values (conv3, conv4, conv5) or "
@@ -195,9 +198,7 @@ def apply_overrides(config: NetConfig, **overrides: Any) -> NetConfig:
             convs[by_name[name]] = replace(convs[by_name[name]], channels=w)
     strides = overrides.pop("strides", None)
     if strides is not None:
-        if isinstance(strides, str):
-            strides = strides.split(",")
-        strides = tuple(int(v) for v in strides)
+        strides = _int_tuple(strides)
         if len(strides) != len(convs) or min(strides) < 1:
             raise ValueError(f"strides needs {len(convs)} positive values "
                              f"({', '.join(c.name for c in convs)}), got {strides}")
