@@ -517,13 +517,13 @@ def project_layers(
     Returns {layer: RFProjection} with values (S, C, rf, rf).
     """
     _check_rule(rule, lrn)
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
     x = _model_tensor(model, images)  # on the model's device, whatever the images' one
     if batch_size is None:
         batch_size = 32 if x.device.type == "cpu" else 256
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
-    if images.ndim != 4:
-        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
     chains = {name: feature_chain(model, name) for name in seeds}
     chain = max(chains.values(), key=len)
     for name, c in chains.items():
