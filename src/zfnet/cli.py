@@ -93,6 +93,9 @@ def _list_of_ints(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option("--channels-last/--no-channels-last", default=None,
               help="channels_last memory format (default on).")
 @click.option("--workers", type=int, help="DataLoader worker processes (default 0).")
+@click.option("--val-every", type=int, metavar="N",
+              help="Validate after every N-th epoch and after the last (default 1; plateau's "
+                   "patience then counts validations).")
 @click.option("--keep-epochs", callback=_list_of_ints,
               help="Epochs whose checkpoints are kept (default 1,2,5,10,20,30,40,64).")
 @click.option("--model-opt", "model_opt", multiple=True, metavar="KEY=VALUE",
@@ -129,7 +132,7 @@ def train_cmd(**opts) -> None:
     except (ValueError, FileExistsError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from e
     final = summary["final"]
-    if final:
+    if final and final.get("val_top1_error") is not None:
         click.echo(f"epoch {final['epoch']}: val top-1 error {final['val_top1_error']:.2%}, "
                    f"top-5 {final['val_top5_error']:.2%}")
     click.echo(f"{summary['status']} in {summary['wall_time_s']:.0f} s on {summary['device']}; "

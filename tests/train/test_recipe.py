@@ -112,6 +112,33 @@ def test_schedules_step_as_documented(tmp_path) -> None:
     assert rows[1]["lr"] < 1e-3 * 0.2  # cosine near its end
 
 
+def test_val_every_skips_validation_between_and_keeps_training_the_same(
+        reference, tmp_path) -> None:
+    """val_every=2 over 3 epochs validates after epochs 2 and 3 (the last) only; training is
+    that of the reference run, the skipped epoch has empty val cells, and the report copes."""
+    from zfnet.report.training import training_section
+
+    ref, _ = reference
+    out = tmp_path / "run"
+    summary = train(tiny_config(out, epochs=3, val_every=2), bundle=tiny_bundle())
+    rows, ref_rows = load_model(out)[1]["history"], load_model(ref)[1]["history"]
+    assert [r["val_top1_error"] is None for r in rows] == [True, False, False]
+    for r, rr in zip(rows, ref_rows, strict=True):
+        assert r["train_loss"] == pytest.approx(rr["train_loss"], abs=1e-6)
+        if r["val_loss"] is not None:
+            assert r["val_loss"] == pytest.approx(rr["val_loss"], abs=1e-6)
+    assert summary["best_val_top1_error"] == min(r["val_top1_error"] for r in rows[1:])
+    m = read_metrics_csv(out / "metrics.csv")
+    assert m["val_loss"][0] != m["val_loss"][0] and m["val_loss"][1] == m["val_loss"][1]  # NaN
+    section = training_section(out)
+    assert section.metrics["val top-1 error"] == f"{100 * rows[-1]['val_top1_error']:.2f}%"
+    # plateau steps on validations, so resuming with another val_every is refused
+    with pytest.raises(ValueError, match="val_every: 2 in the run, 1 now"):
+        train(tiny_config(out, epochs=4, resume=True), bundle=tiny_bundle())
+    with pytest.raises(ValueError, match="val_every must be >= 1"):
+        tiny_config(out, val_every=0)
+
+
 def test_worker_processes_give_the_same_run(reference, tmp_path) -> None:
     """Augmentation is seeded per (seed, epoch, sample): a worker process changes nothing."""
     out = tmp_path / "run"

@@ -37,11 +37,16 @@ def plot_curves(
     path: str | Path,
     xlabel: str = "epoch",
 ) -> Path:
-    """One panel per entry of `panels` ({panel title: {series label: values}}), saved as PNG."""
+    """One panel per entry of `panels` ({panel title: {series label: values}}), saved as PNG.
+
+    NaN values (epochs without validation) are left out and the points around them joined.
+    """
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
     for ax, (title, series) in zip(axes[0], panels.items(), strict=True):
         for label, ys in series.items():
-            ax.plot(x, ys, marker="o", ms=3, label=label)
+            xs, vs = np.asarray(x, dtype=float), np.asarray(ys, dtype=float)
+            seen = np.isfinite(vs)  # e.g. val every few epochs: join the measured points
+            ax.plot(xs[seen], vs[seen], marker="o", ms=3, label=label)
         ax.set_title(title)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)

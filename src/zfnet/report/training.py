@@ -26,7 +26,9 @@ def training_section(run_dir: str | Path, order: int = 10) -> Section:
         "top-1 error (%)": {"train": pct(m["train_top1_error"]), "val": pct(m["val_top1_error"])},
         "learning rate": {"lr": m["lr"]},
     }, run_dir / "figures" / "training_curves.png")
-    last = {k: v[-1] for k, v in m.items()}
+    # the last measured value of each column (val cells are empty on epochs not validated)
+    last = {k: next((x for x in reversed(v) if math.isfinite(x)), math.nan)
+            for k, v in m.items()}
     section = Section(
         key="training", title="Training", order=order,
         caption=(

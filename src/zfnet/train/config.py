@@ -64,6 +64,9 @@ class TrainConfig:
     channels_last: bool = True
     workers: int = 0  # DataLoader worker processes per training process
     keep_epochs: tuple[int, ...] = PAPER_KEEP_EPOCHS
+    # validate after every `val_every`-th epoch and after the last; the epochs between get empty
+    # val cells. With the plateau schedule, `patience` then counts validations, not epochs.
+    val_every: int = 1
     data_cache: str | None = None  # where the data layer may cache the mean image (None: its own)
     progress: bool = True  # tqdm bar (rank 0 only)
     tensorboard: bool = True
@@ -78,7 +81,7 @@ class TrainConfig:
             )
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp={self.amp!r} is not known; valid: {', '.join(AMP_MODES)}")
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "val_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:

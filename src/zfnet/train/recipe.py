@@ -434,6 +434,8 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, where: Path) ->
     fields = list(IDENTITY_FIELDS)
     if config.schedule in ("cosine", "onecycle"):
         fields.append("epochs")  # the schedule's length depends on it
+    if config.schedule == "plateau":
+        fields.append("val_every")  # the schedule steps on validations
     now = config.to_dict()
     # Through the config class, as a resume loads it: a field the run predates had its default.
     saved = TrainConfig.from_dict(saved).to_dict()
@@ -649,14 +651,16 @@ def _train(config: TrainConfig, bundle: Any, info: ddp.DistInfo, t_start: float)
                     save(epoch, int(r["steps"]), elapsed, partial)
                     status = "interrupted"
                     break
-                val = evaluate(shown, val_loader, bundle.num_classes, info, amp_dtype,
-                               config.channels_last)
+                validate = (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs
+                val = (evaluate(shown, val_loader, bundle.num_classes, info, amp_dtype,
+                                config.channels_last) if validate
+                       else dict.fromkeys(("loss", "top1_error", "top5_error")))
                 lr = optimizer.param_groups[0]["lr"]
                 if sched_when == "epoch":
-                    if config.schedule == "plateau":
-                        scheduler.step(val["top1_error"])
-                    else:
+                    if config.schedule != "plateau":
                         scheduler.step()
+                    elif validate:  # patience counts validations
+                        scheduler.step(val["top1_error"])
                 skipped = int(expected_all - seen)
                 row = {
                     "epoch": epoch + 1, "global_step": st.global_step, "lr": lr,
@@ -673,9 +677,10 @@ def _train(config: TrainConfig, bundle: Any, info: ddp.DistInfo, t_start: float)
                     write_metrics_csv(run_dir / "metrics.csv", history)
                     tb.scalars({f"epoch/{k}": v for k, v in row.items() if k != "epoch"},
                                st.global_step)
+                shown_val = (f"val top-1 err {row['val_top1_error']:.2%}  "
+                             f"top-5 {row['val_top5_error']:.2%}  " if validate else "")
                 say(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  "
-                    f"train err {row['train_top1_error']:.2%}  val top-1 err "
-                    f"{row['val_top1_error']:.2%}  top-5 {row['val_top5_error']:.2%}  lr {lr:.2g}  "
+                    f"train err {row['train_top1_error']:.2%}  {shown_val}lr {lr:.2g}  "
                     f"{row['img_per_s']:.0f} img/s")
                 if skipped:
                     say(f"epoch {epoch + 1}: {skipped} training sample(s) skipped "
@@ -688,7 +693,8 @@ def _train(config: TrainConfig, bundle: Any, info: ddp.DistInfo, t_start: float)
     finally:
         tb.close()
 
-    best = min((h["val_top1_error"] for h in history), default=None)
+    best = min((h["val_top1_error"] for h in history if h["val_top1_error"] is not None),
+               default=None)
     return {
         "run_dir": str(run_dir), "status": status,
         "signal": signal.Signals(stop["signal"]).name if stop["signal"] else None,
