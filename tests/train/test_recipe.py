@@ -268,3 +268,47 @@ def test_per_sample_seeding_covers_the_rngs_a_dataset_uses(tmp_path) -> None:
     NumpyNoise.global_rngs = ("torch", "cupy")
     with pytest.raises(ValueError, match=r"\['cupy'\] unknown; valid: torch, python, numpy"):
         recipe_mod.SeededSamples(NumpyNoise(), seed=1)
+
+
+def test_batched_training_items_equal_item_by_item(tmp_path) -> None:
+    """`SeededSamples.__getitems__` (what the DataLoader calls) gives exactly `self[i]` for each
+    i: the in-memory one-gather path (synthetic), the item-by-item path of other datasets,
+    broken files included (image folder), and random erasing (falls back to `self[i]`)."""
+    import warnings
+
+    from tests.data.test_imagefolder import _broken, _folder
+    from zfnet.data import collate, load_dataset
+
+    _folder(tmp_path)
+    _broken(tmp_path / "train" / "ant")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        folder = load_dataset(f"imagefolder:{tmp_path}?size=16").train
+    crops = load_dataset("synthetic?n_train=40&n_val=8").train
+    for data, erasing in ((crops, 0.0), (folder, 0.0), (crops, 1.0)):
+        seeded = recipe_mod.SeededSamples(data, seed=5, erasing=erasing)
+        seeded.epoch = 2
+        indices = [7, 0, 3, 3, 5, 1, 6, 2]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            batch = seeded.__getitems__(indices)
+            single = [seeded[i] for i in indices]
+        assert len(batch) == len(single)
+        for got, want in zip(batch, single, strict=True):
+            if want is None:
+                assert got is None
+                continue
+            assert got[1] == want[1] and got[0].is_contiguous()
+            assert torch.equal(got[0], want[0])
+        assert sum(item is None for item in batch) == sum(item is None for item in single)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        everything = recipe_mod.SeededSamples(folder, 5).__getitems__(list(range(len(folder))))
+    assert sum(item is None for item in everything) == 4  # the broken files, as None
+    # the DataLoader takes the batched path and stacks the same batch
+    loader = torch.utils.data.DataLoader(recipe_mod.SeededSamples(crops, 1), batch_size=8,
+                                         collate_fn=collate)
+    x, y = next(iter(loader))
+    want = collate([recipe_mod.SeededSamples(crops, 1)[i] for i in range(8)])
+    assert torch.equal(x, want[0]) and torch.equal(y, want[1])
+    assert recipe_mod.SeededSamples(crops, 1).__getitems__([]) == []

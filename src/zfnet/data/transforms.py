@@ -62,17 +62,33 @@ def ten_crop(img: torch.Tensor, size: int) -> torch.Tensor:
     return torch.stack(five + five_flipped)  # (10, ..., size, size)
 
 
+CropParams = tuple[int, int, bool]  # (top, left, flipped) of one training crop
+
+
+def random_crop_params(
+    h: int, w: int, size: int, generator: torch.Generator | None = None
+) -> CropParams:
+    """Draw a training crop of an (H, W) image: top, left of the `size` square, and whether it
+    is flipped (p = 1/2). Three draws, in this order, from `generator` (torch's global one
+    when None)."""
+    top = int(torch.randint(0, h - size + 1, (1,), generator=generator))
+    left = int(torch.randint(0, w - size + 1, (1,), generator=generator))
+    return top, left, bool(torch.rand((), generator=generator) < 0.5)
+
+
+def apply_crop(img: torch.Tensor, params: CropParams, size: int) -> torch.Tensor:
+    """The crop `params` describes, of (..., H, W) -> (..., size, size)."""
+    top, left, flipped = params
+    out = crop(img, top, left, size)
+    return out.flip(-1) if flipped else out
+
+
 def random_crop_flip(
     img: torch.Tensor, size: int, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Paper Sec. 3 training augmentation: random `size` crop of (C, H, W), flipped with p=1/2."""
     h, w = img.shape[-2:]
-    top = int(torch.randint(0, h - size + 1, (1,), generator=generator))
-    left = int(torch.randint(0, w - size + 1, (1,), generator=generator))
-    out = crop(img, top, left, size)
-    if bool(torch.rand((), generator=generator) < 0.5):
-        out = out.flip(-1)
-    return out
+    return apply_crop(img, random_crop_params(h, w, size, generator), size)
 
 
 class CropDataset(Dataset):
@@ -119,7 +135,9 @@ class CropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
+    def _centred(self, i: int) -> torch.Tensor | None:
+        """Image i as float32 (C, F, F) minus the mean image; None (with a warning) when the
+        file is broken and `strict` is off."""
         try:
             img = self.full_image(i)  # (C, F, F) uint8
         except BadImageError as err:
@@ -127,7 +145,12 @@ class CropDataset(Dataset):
                 raise
             warn_skipped(err)
             return None
-        x = img.to(torch.float32) - self.mean  # (C, F, F), paper's convention: 0..255 - mean
+        return img.to(torch.float32) - self.mean  # paper's convention: 0..255 - mean
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
+        x = self._centred(i)  # (C, F, F)
+        if x is None:
+            return None
         if self.mode == "train":
             x = random_crop_flip(x, self.input_size)  # (C, S, S)
         elif self.mode == "centre":
@@ -135,6 +158,19 @@ class CropDataset(Dataset):
         else:
             x = ten_crop(x, self.input_size)  # (10, C, S, S)
         return x.contiguous(), self.targets[i]
+
+    def train_items(
+        self, indices: Sequence[int], params: Sequence[CropParams]
+    ) -> list[tuple[torch.Tensor, int] | None]:
+        """Training items `indices`, each cropped as its `params` say (`random_crop_params`):
+        what `__getitem__` gives in "train" mode after drawing the same params, for a batch.
+        Subclasses that hold their images in memory do it in one gather."""
+        items: list[tuple[torch.Tensor, int] | None] = []
+        for i, p in zip(indices, params, strict=True):
+            x = self._centred(i)
+            items.append(None if x is None
+                         else (apply_crop(x, p, self.input_size).contiguous(), self.targets[i]))
+        return items
 
     def raw(self, i: int) -> torch.Tensor:
         """Displayable uint8 (C, S, S) centre crop of item i (raises `BadImageError` if broken)."""
@@ -159,6 +195,25 @@ class TensorImages(CropDataset):
 
     def full_image(self, i: int) -> torch.Tensor:
         return self.images[i]  # (C, F, F)
+
+    def train_items(
+        self, indices: Sequence[int], params: Sequence[CropParams]
+    ) -> list[tuple[torch.Tensor, int] | None]:
+        """`CropDataset.train_items` as one gather over the batch (the same values)."""
+        if len(indices) == 0:
+            return []
+        size = self.input_size
+        tops, lefts, flips = (torch.as_tensor(v) for v in zip(*params, strict=True))
+        ramp = torch.arange(size)
+        rows = (tops[:, None] + ramp)[:, :, None]  # (N, S, 1)
+        cols = lefts[:, None] + ramp  # (N, S)
+        cols = torch.where(flips[:, None], cols.flip(1), cols)[:, None, :]  # (N, 1, S)
+        batch = torch.arange(len(indices))[:, None, None]
+        images = self.images[torch.as_tensor(indices)].permute(0, 2, 3, 1)  # (N, F, F, C)
+        mean = self.mean.permute(1, 2, 0)  # (F, F, C)
+        x = images[batch, rows, cols].to(torch.float32) - mean[rows, cols]  # (N, S, S, C)
+        x = x.permute(0, 3, 1, 2).contiguous()  # (N, C, S, S)
+        return [(x[k], self.targets[i]) for k, i in enumerate(indices)]
 
 
 def collate(batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
