@@ -63,6 +63,11 @@ def _list_of_ints(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option("--lr", type=float, help="SGD learning rate (default 1e-2).")
 @click.option("--momentum", type=float, help="SGD momentum (default 0.9).")
 @click.option("--weight-decay", type=float, help="L2 weight decay (default 0; AlexNet used 5e-4).")
+@click.option("--norm-weight-decay", type=float,
+              help="Weight decay of normalisation layers' parameters, e.g. 0 (default: "
+                   "--weight-decay).")
+@click.option("--bias-weight-decay", type=float,
+              help="Weight decay of the other layers' biases, e.g. 0 (default: --weight-decay).")
 @click.option("--nesterov/--no-nesterov", default=None, help="Nesterov momentum (default off).")
 @click.option("--label-smoothing", type=float,
               help="Cross-entropy label smoothing, 0 <= e < 1 (default 0, the paper's).")

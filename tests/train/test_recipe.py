@@ -312,3 +312,50 @@ def test_batched_training_items_equal_item_by_item(tmp_path) -> None:
     want = collate([recipe_mod.SeededSamples(crops, 1)[i] for i in range(8)])
     assert torch.equal(x, want[0]) and torch.equal(y, want[1])
     assert recipe_mod.SeededSamples(crops, 1).__getitems__([]) == []
+
+
+def test_norm_and_bias_weight_decay_groups(tmp_path) -> None:
+    """`--norm-weight-decay` / `--bias-weight-decay` put BatchNorm parameters / biases in their
+    own SGD groups with their own decay; unset, the groups are the ones before the options."""
+    import json
+
+    import zfnet
+    from zfnet.train.config import TrainConfig
+
+    model = zfnet.create_model("zfnet_small", num_classes=4, batchnorm=True)
+    base = dict(data="tiny", model="zfnet_small", out=str(tmp_path), weight_decay=1e-3)
+    groups, radius = recipe_mod.param_groups(model, TrainConfig(**base))
+    first = model.features.conv1.weight
+    assert len(groups) == 2 and groups[1]["params"] == [first] and radius is not None
+    assert groups[1]["weight_decay"] == pytest.approx(1e-3 * 60.0**2)
+    assert [id(p) for p in groups[0]["params"]] == [
+        id(p) for p in model.parameters() if p is not first]  # the order of model.parameters()
+
+    config = TrainConfig(**base, norm_weight_decay=0.0, bias_weight_decay=1e-4)
+    groups, _ = recipe_mod.param_groups(model, config)
+    decay = {id(p): g.get("weight_decay", "default") for g in groups for p in g["params"]}
+    assert len(decay) == sum(1 for _ in model.parameters())  # each parameter exactly once
+    for name, p in model.named_parameters():
+        if ".bn" in name:
+            assert decay[id(p)] == 0.0, name
+        elif name.endswith("bias"):
+            assert decay[id(p)] == 1e-4, name
+        elif p is first:
+            assert decay[id(p)] == pytest.approx(1e-3 * 60.0**2)
+        else:
+            assert decay[id(p)] == "default", name  # the optimizer's weight_decay
+    optimizer = torch.optim.SGD(groups, lr=0.1, weight_decay=1e-3)
+    bn = model.features.bn2.weight
+    with torch.no_grad():
+        bn.fill_(2.0)
+    bn.grad = torch.zeros_like(bn)
+    optimizer.step()
+    assert torch.equal(bn, torch.full_like(bn, 2.0))  # no decay: a zero gradient leaves it
+    with pytest.raises(ValueError, match="norm_weight_decay must be >= 0, got -1"):
+        TrainConfig(**base, norm_weight_decay=-1.0)
+    # a run records the options and resume refuses other values
+    out = tmp_path / "run"
+    train(tiny_config(out, epochs=1, norm_weight_decay=0.0), bundle=tiny_bundle())
+    assert json.loads((out / "config.json").read_text())["norm_weight_decay"] == 0.0
+    with pytest.raises(ValueError, match=r"norm_weight_decay: 0\.0 in the run, None now"):
+        train(tiny_config(out, epochs=2, resume=True), bundle=tiny_bundle())

@@ -17,8 +17,8 @@ PAPER_KEEP_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)
 # Fields that define what a run computes: `--resume` refuses to continue with other values.
 IDENTITY_FIELDS = (
     "data", "model", "model_opts", "batch_size", "seed", "lr", "momentum", "weight_decay",
-    "nesterov", "schedule", "renorm", "renorm_radius", "precondition", "label_smoothing",
-    "random_erasing", "ema",
+    "norm_weight_decay", "bias_weight_decay", "nesterov", "schedule", "renorm", "renorm_radius",
+    "precondition", "label_smoothing", "random_erasing", "ema",
 )
 
 
@@ -35,6 +35,9 @@ class TrainConfig:
     lr: float = 1e-2
     momentum: float = 0.9
     weight_decay: float = 0.0  # the paper states none; AlexNet used 5e-4
+    # decay of normalisation layers' parameters / of the other biases; None: weight_decay
+    norm_weight_decay: float | None = None
+    bias_weight_decay: float | None = None
     nesterov: bool = False
     # cross-entropy against (1 - e) one-hot + e uniform (Szegedy et al. 2016); 0 = the paper's
     label_smoothing: float = 0.0
@@ -92,6 +95,10 @@ class TrainConfig:
             raise ValueError(f"random_erasing must be in [0, 1], got {self.random_erasing}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1) (0 = off, e.g. 0.999), got {self.ema}")
+        for name in ("weight_decay", "norm_weight_decay", "bias_weight_decay"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
         if self.renorm_radius <= 0:
             raise ValueError(f"renorm_radius must be > 0, got {self.renorm_radius}")
         if self.workers < 0:

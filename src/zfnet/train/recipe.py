@@ -347,6 +347,10 @@ def evaluate(
 
 # --- building blocks of `train` ---
 
+# Layers whose parameters `--norm-weight-decay` applies to.
+NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm,
+               nn.modules.instancenorm._InstanceNorm)
+
 def param_groups(
     model: nn.Module, config: TrainConfig
 ) -> tuple[list[dict[str, Any]], float | None]:
@@ -361,18 +365,36 @@ def param_groups(
     unit-scale inputs, while the model keeps taking the paper's 0..255 pixels. s is the model's
     `config.input_std`; with `precondition=False` every layer gets the same lr and radius, as in
     the paper.
+    `config.norm_weight_decay` / `bias_weight_decay` (None: `weight_decay`): the decay of the
+    normalisation layers' parameters / of the other layers' biases, as torchvision's reference
+    scripts offer (`--norm-weight-decay`, `--bias-weight-decay`); 0 exempts them.
     """
     first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     std = float(getattr(getattr(model, "config", None), "input_std", 1.0))
-    if not config.precondition or first is None or std == 1.0:
-        return [{"params": list(model.parameters())}], None
-    special = {id(first.weight)}
-    rest = [p for p in model.parameters() if id(p) not in special]
-    return [
-        {"params": rest},
-        {"params": [first.weight], "lr": config.lr / std**2,
-         "weight_decay": config.weight_decay * std**2},
-    ], config.renorm_radius / std
+    precondition = config.precondition and first is not None and std != 1.0
+    seen = {id(first.weight)} if precondition and first is not None else set()
+    rest, norm, bias = [], [], []  # norm / bias: own decay when config says so
+    for module in model.modules():  # the order of model.parameters(), shared ones once
+        for name, p in module.named_parameters(recurse=False):
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            if config.norm_weight_decay is not None and isinstance(module, NORM_LAYERS):
+                norm.append(p)
+            elif config.bias_weight_decay is not None and name == "bias":
+                bias.append(p)
+            else:
+                rest.append(p)
+    groups: list[dict[str, Any]] = [{"params": rest}]
+    if norm:
+        groups.append({"params": norm, "weight_decay": config.norm_weight_decay})
+    if bias:
+        groups.append({"params": bias, "weight_decay": config.bias_weight_decay})
+    if precondition and first is not None:
+        groups.append({"params": [first.weight], "lr": config.lr / std**2,
+                       "weight_decay": config.weight_decay * std**2})
+    groups = [g for g in groups if g["params"]]
+    return groups, (config.renorm_radius / std if precondition else None)
 
 
 def build_scheduler(
