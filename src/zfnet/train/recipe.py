@@ -351,6 +351,7 @@ def evaluate(
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm,
                nn.modules.instancenorm._InstanceNorm)
 
+
 def param_groups(
     model: nn.Module, config: TrainConfig
 ) -> tuple[list[dict[str, Any]], float | None]:
@@ -371,8 +372,8 @@ def param_groups(
     """
     first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     std = float(getattr(getattr(model, "config", None), "input_std", 1.0))
-    precondition = config.precondition and first is not None and std != 1.0
-    seen = {id(first.weight)} if precondition and first is not None else set()
+    special = first.weight if config.precondition and first is not None and std != 1.0 else None
+    seen = {id(special)} if special is not None else set()
     rest, norm, bias = [], [], []  # norm / bias: own decay when config says so
     for module in model.modules():  # the order of model.parameters(), shared ones once
         for name, p in module.named_parameters(recurse=False):
@@ -390,11 +391,11 @@ def param_groups(
         groups.append({"params": norm, "weight_decay": config.norm_weight_decay})
     if bias:
         groups.append({"params": bias, "weight_decay": config.bias_weight_decay})
-    if precondition and first is not None:
-        groups.append({"params": [first.weight], "lr": config.lr / std**2,
+    if special is not None:
+        groups.append({"params": [special], "lr": config.lr / std**2,
                        "weight_decay": config.weight_decay * std**2})
     groups = [g for g in groups if g["params"]]
-    return groups, (config.renorm_radius / std if precondition else None)
+    return groups, (config.renorm_radius / std if special is not None else None)
 
 
 def build_scheduler(
