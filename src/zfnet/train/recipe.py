@@ -386,15 +386,15 @@ def param_groups(
                 bias.append(p)
             else:
                 rest.append(p)
-    groups: list[dict[str, Any]] = [{"params": rest}]
-    if norm:
-        groups.append({"params": norm, "weight_decay": config.norm_weight_decay})
-    if bias:
-        groups.append({"params": bias, "weight_decay": config.bias_weight_decay})
+    groups: list[dict[str, Any]] = [
+        {"params": rest},
+        {"params": norm, "weight_decay": config.norm_weight_decay},
+        {"params": bias, "weight_decay": config.bias_weight_decay},
+    ]
     if special is not None:
         groups.append({"params": [special], "lr": config.lr / std**2,
                        "weight_decay": config.weight_decay * std**2})
-    groups = [g for g in groups if g["params"]]
+    groups = [g for g in groups if g["params"]]  # empty groups (options unset) dropped
     return groups, (config.renorm_radius / std if special is not None else None)
 
 
