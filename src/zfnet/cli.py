@@ -77,13 +77,14 @@ def _list_of_ints(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option("--ema", type=float,
               help="Keep a moving average of the weights with this decay per step (e.g. 0.999) "
                    "and validate and save it (default 0 = off).")
-@click.option("--schedule", type=click.Choice(["plateau", "step", "cosine", "onecycle",
-                                                "constant"]),
+@click.option("--schedule", type=click.Choice(["plateau", "step", "cosine", "linear",
+                                                "onecycle", "constant"]),
               help="lr schedule (default plateau: x lr-factor when val error stops improving).")
 @click.option("--patience", type=int, help="plateau: epochs without improvement (default 3).")
 @click.option("--lr-factor", type=float, help="plateau/step: lr multiplier (default 0.1).")
 @click.option("--step-epochs", type=int, help="step: epochs between lr drops (default 30).")
-@click.option("--warmup-epochs", type=float, help="cosine: linear warm-up epochs (default 0).")
+@click.option("--warmup-epochs", type=float,
+              help="cosine, linear: linear warm-up epochs (default 0).")
 @click.option("--renorm/--no-renorm", default=None,
               help="Rescale conv filters with RMS > radius after each step (default on, Sec. 3).")
 @click.option("--renorm-radius", type=float, help="Filter RMS radius (default 0.1).")

@@ -113,6 +113,28 @@ def test_schedules_step_as_documented(tmp_path) -> None:
     assert rows[1]["lr"] < 1e-3 * 0.2  # cosine near its end
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_decay_to_zero_schedules_per_step(tmp_path, schedule) -> None:
+    """2 epochs of 10 steps, 0.5 of warm-up: lr rises to its peak over 5 steps, then falls to 0
+    by the last step as half a cosine or a straight line."""
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([w], lr=0.1)
+    cfg = tiny_config(tmp_path / "run", epochs=2, schedule=schedule, warmup_epochs=0.5)
+    sched, when = recipe_mod.build_scheduler(opt, cfg, steps_per_epoch=10)
+    assert when == "step"
+    lrs = [opt.param_groups[0]["lr"]]
+    for _ in range(20):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[:5] == pytest.approx([0.02, 0.04, 0.06, 0.08, 0.1])
+    decay = [(s - 5) / 15 for s in range(5, 21)]  # fraction of the decay done after warm-up
+    want = [0.05 * (1 + math.cos(math.pi * t)) if schedule == "cosine" else 0.1 * (1 - t)
+            for t in decay]
+    assert lrs[5:] == pytest.approx(want, abs=1e-12)
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_val_every_skips_validation_between_and_keeps_training_the_same(
         reference, tmp_path) -> None:
     """val_every=2 over 3 epochs validates after epochs 2 and 3 (the last) only; training is

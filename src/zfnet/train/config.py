@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-SCHEDULES = ("plateau", "step", "cosine", "onecycle", "constant")
+SCHEDULES = ("plateau", "step", "cosine", "linear", "onecycle", "constant")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 # The epochs of the paper's Fig. 4 (feature evolution); checkpoints at these epochs are kept.
 PAPER_KEEP_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)
@@ -47,8 +47,9 @@ class TrainConfig:
     # it on, validation and the checkpoints' weights are the average's. 0 = off (the paper's)
     ema: float = 0.0
     # "plateau": lr x lr_factor when val top-1 error stops improving for `patience` epochs (the
-    # paper's hand annealing); "step": x lr_factor every `step_epochs`; "cosine": to 0 over the
-    # run after `warmup_epochs` of linear warm-up; "onecycle": torch's OneCycleLR; "constant".
+    # paper's hand annealing); "step": x lr_factor every `step_epochs`; "cosine" / "linear": to 0
+    # over the run (half a cosine / a straight line) after `warmup_epochs` of linear warm-up;
+    # "onecycle": torch's OneCycleLR; "constant".
     schedule: str = "plateau"
     lr_factor: float = 0.1
     patience: int = 3

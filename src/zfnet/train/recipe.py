@@ -204,7 +204,7 @@ class EpochState:
     renorm_radius: float | None = 0.1
     label_smoothing: float = 0.0
     first_radius: float | None = None  # radius of the first conv layer (preconditioning)
-    step_scheduler: Any = None  # stepped after every optimizer step (cosine, onecycle)
+    step_scheduler: Any = None  # stepped after every optimizer step (cosine, linear, onecycle)
     channels_last: bool = False
     ema: AveragedModel | None = None  # updated from `ema_source` after every optimizer step
     ema_source: nn.Module | None = None
@@ -402,7 +402,7 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
 ) -> tuple[Any, str]:
     """The lr schedule and when it steps: "epoch" (plateau: with the val error; step),
-    "step" (cosine, onecycle) or "none" (constant)."""
+    "step" (cosine, linear, onecycle) or "none" (constant)."""
     total = config.epochs * steps_per_epoch
     if config.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -412,13 +412,15 @@ def build_scheduler(
         return torch.optim.lr_scheduler.StepLR(
             optimizer, step_size=config.step_epochs, gamma=config.lr_factor
         ), "epoch"
-    if config.schedule == "cosine":
+    if config.schedule in ("cosine", "linear"):
         warm = int(config.warmup_epochs * steps_per_epoch)
+        cosine = config.schedule == "cosine"
 
         def factor(s: int) -> float:
             if s < warm:
                 return (s + 1) / warm
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warm) / max(1, total - warm))))
+            t = min(1.0, (s - warm) / max(1, total - warm))  # fraction of the decay done
+            return 0.5 * (1 + math.cos(math.pi * t)) if cosine else 1.0 - t
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "step"
     if config.schedule == "onecycle":
@@ -476,7 +478,7 @@ def resolve_config(**given: Any) -> TrainConfig:
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, where: Path) -> None:
     fields = list(IDENTITY_FIELDS)
-    if config.schedule in ("cosine", "onecycle"):
+    if config.schedule in ("cosine", "linear", "onecycle"):
         fields.append("epochs")  # the schedule's length depends on it
     if config.schedule == "plateau":
         fields.append("val_every")  # the schedule steps on validations
