@@ -66,6 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zfnet.models import resolve_layer
+from zfnet.models.lrn import lrn_factors, lrn_vjp
 
 RULES = ("deconvnet", "guided", "gradient")
 LRN_MODES = ("gradient", "identity")
@@ -228,7 +229,7 @@ def _padded(chain: list[tuple[str, nn.Module]], trace: _Trace, i: int) -> Tensor
     - max-pool: the switch as its offset (dy, dx) in the pooling window, (N, H', W', 2, C)
       int64; zero in the padding (the window's corner);
     - ReLU: the forward activation > 0, (N, H', W', C);
-    - LRN: its input x and the two factors of its transposed Jacobian (`_lrn_vjp`),
+    - LRN: its input x and the two factors of its transposed Jacobian (`lrn_vjp`),
       (N, H', W', 3, C)."""
     if i not in trace.padded:
         mt, mb, ml, mr = trace.margins[i]
@@ -243,7 +244,8 @@ def _padded(chain: list[tuple[str, nn.Module]], trace: _Trace, i: int) -> Tensor
             dy = iy - (torch.arange(h, device=t.device) * s0 - p0)[:, None]
             t = torch.stack([dy, dx], -1).permute(0, 2, 3, 4, 1)
         elif isinstance(m, nn.LocalResponseNorm):
-            t = torch.stack([t, *_lrn_factors(t, m)], -1).permute(0, 2, 3, 4, 1)
+            factors = lrn_factors(t, m.size, m.alpha, m.beta, m.k)
+            t = torch.stack([t, *factors], -1).permute(0, 2, 3, 4, 1)
         else:
             t = t.permute(0, 2, 3, 1)
         pad = (0, 0) * (t.ndim - 3) + (ml, mr, mt, mb)
@@ -420,7 +422,7 @@ def _down(
             if lrn == "gradient":
                 # LRN mixes channels at one pixel only, so its Jacobian on a window is exact.
                 x, d_b, q = _window(chain, trace, i, img, top, left, h, w).unbind(1)
-                g = _lrn_vjp(x, g, m.size, d_b, q)
+                g = lrn_vjp(x, g, m.size, d_b, q)
         elif isinstance(m, nn.BatchNorm2d):
             scale = torch.rsqrt(m.running_var + m.eps)
             if m.weight is not None:
@@ -428,35 +430,6 @@ def _down(
             g = g * scale.detach()[None, :, None, None]
         # Dropout / Identity: the identity in eval mode.
     return g, top, left
-
-
-def _channel_sum(t: Tensor, before: int, after: int) -> Tensor:
-    """Sum over channels j - before … j + after (zeros beyond the ends), for every j."""
-    c = t.shape[1]
-    padded = F.pad(t, (0, 0, 0, 0, before, after))
-    out = padded[:, 0:c].clone()
-    for o in range(1, before + after + 1):
-        out += padded[:, o: o + c]
-    return out
-
-
-def _lrn_factors(x: Tensor, m: nn.LocalResponseNorm) -> tuple[Tensor, Tensor]:
-    """The factors of `F.local_response_norm`'s transposed Jacobian at input x: d^-b and
-    (2ab/n) x d^(-b-1), with d_i = k + a/n sum_{j in W(i)} x_j^2, W(i) = i - n//2 … i + (n-1)//2."""
-    n, a, b = m.size, m.alpha, m.beta
-    d = _channel_sum(x * x, n // 2, (n - 1) // 2).mul_(a / n).add_(m.k)
-    d_b = d.pow(-b)
-    return d_b, x * d_b / d * (2 * a * b / n)
-
-
-def _lrn_vjp(x: Tensor, g: Tensor, size: int, d_b: Tensor, q: Tensor) -> Tensor:
-    """g through the transposed Jacobian of `F.local_response_norm` at input x.
-
-    y_i = x_i d_i^-b: (J^T g)_j = g_j d_j^-b - 2ab/n x_j sum_{i: j in W(i)} g_i x_i d_i^(-b-1).
-    Written out rather than autograd through PyTorch's avg_pool3d formulation, which is
-    several times slower on the small windows used here. d_b, q: `_lrn_factors(x, m)`.
-    """
-    return g * d_b - x * _channel_sum(g * q, (size - 1) // 2, size // 2)
 
 
 def _check_rule(rule: str, lrn: str) -> None:

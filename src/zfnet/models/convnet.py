@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from zfnet.models.geometry import LayerGeometry, sequential_geometry
+from zfnet.models.lrn import LocalResponseNorm
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ class ConvNet(nn.Module):
                     config.pool_kernel, config.pool_stride, ceil_mode=config.pool_ceil_mode
                 )
             if spec.norm and not config.batchnorm:
-                layers[f"norm{i}"] = nn.LocalResponseNorm(
+                layers[f"norm{i}"] = LocalResponseNorm(
                     config.lrn_size, config.lrn_alpha, config.lrn_beta, config.lrn_k
                 )
             cin = spec.channels
