@@ -8,14 +8,29 @@ import platform
 import torch
 
 
-def hardware() -> str:
-    """CPU model, cores, torch threads, load average, GPU, torch and python versions."""
-    cpu = platform.processor() or platform.machine()
+def cpu_description() -> str:
+    """CPU model name, family/model numbers and the vector instructions the figures depend on,
+    e.g. "AMD EPYC (family 25, model 1; avx2)": two CPUs with one name can differ several-fold
+    (AVX-512 BF16 computes bf16 natively, without it bf16 is emulated and float32 is used)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    vector = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    name = fields.get("model name", platform.machine())
+    return (f"{name} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')}; "
+            f"{', '.join(vector) or 'no avx2'})")
+
+
+def hardware() -> str:
+    """CPU (see `cpu_description`), cores, torch threads, load average, GPU, torch and python
+    versions."""
+    cpu = cpu_description()
     load = " ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     return (f"CPU {cpu} ({os.cpu_count()} logical cores, torch threads "
