@@ -3,7 +3,10 @@
 # training, then the paper's 10 crops with corners 1 px off centre (`?pad=1`, the shift chosen
 # on a held-out split of the training set: `bench/fmnist_recipe.sh --holdout`).
 #
-#   bench/fmnist_recipe.sh [SEED] [OUT]      # default seed 0, out runs/fmnist_recipe_s<SEED>
+#   bench/fmnist_recipe.sh [SEED] [OUT] [TRAIN OPTIONS...]   # default seed 0, out
+#                                            # runs/fmnist_recipe_s<SEED>; options given after
+#                                            # OUT change the recipe (a later one wins), e.g.
+#                                            # bench/fmnist_recipe.sh 0 runs/lin --schedule linear
 #   bench/fmnist_recipe.sh --holdout [OUT]   # trains on 50k, scores 10 crops at pad 0-3 on the
 #                                            # other 10k training images (no test image seen)
 # Run one at a time on a quiet machine: the figure is wall time. The 20 minutes hold on a CPU with
@@ -38,8 +41,9 @@ fi
 
 seed=${1:-0}
 out=${2:-runs/fmnist_recipe_s$seed}
+shift $(( $# < 2 ? $# : 2 ))
 start=$(date +%s)
-$Z train --data fashion-mnist --out "$out" --seed "$seed" "${RECIPE[@]}"
+$Z train --data fashion-mnist --out "$out" --seed "$seed" "${RECIPE[@]}" "$@"
 $Z eval --checkpoint "$out" --data "fashion-mnist?pad=1" --ten-crop \
   --json "$out/eval10_pad1.json" >/dev/null
 wall=$(( $(date +%s) - start ))
