@@ -16,28 +16,17 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import hardware  # noqa: E402  (bench/common.py)
+from common import hardware, sgd_step, timed  # noqa: E402  (bench/common.py)
 
 import zfnet  # noqa: E402
 from zfnet.models.lrn import LocalResponseNorm  # noqa: E402
 from zfnet.train.recipe import amp_dtype_for  # noqa: E402
-
-
-def timed(fn: Callable[[], None], steps: int) -> float:
-    """Seconds per call of fn, after 3 warm-up calls."""
-    for _ in range(3):
-        fn()
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    return (time.perf_counter() - start) / steps
 
 
 def with_torch_lrn(model: nn.Module) -> nn.Module:
@@ -59,20 +48,6 @@ def layer_check(shape: tuple[int, ...]) -> tuple[Callable[[], None], Callable[[]
     diff = max(float((ya - yb).abs().max().detach()), float(
         (torch.autograd.grad(ya, x, g)[0] - torch.autograd.grad(yb, x, g)[0]).abs().max()))
     return (lambda: ours(x).backward(g)), (lambda: ref(x).backward(g)), diff
-
-
-def step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-            amp: torch.dtype | None) -> Callable[[], None]:
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
-            loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
 
 
 def main() -> None:
@@ -106,7 +81,7 @@ def main() -> None:
         models["zfnet"].eval(), models["torch"].eval()
         out = [models[w](x.float()) for w in ("zfnet", "torch")]
         models["zfnet"].train(), models["torch"].train()
-    steps = {w: step_fn(m, x, y, amp) for w, m in models.items()}
+    steps = {w: sgd_step(m, x, y, amp) for w, m in models.items()}
     times: dict[str, list[float]] = {w: [] for w in steps}
     for _ in range(args.repeats):
         for w, fn in steps.items():

@@ -18,12 +18,11 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import hardware  # noqa: E402  (bench/common.py)
+from common import hardware, sgd_step, timed  # noqa: E402  (bench/common.py)
 
 import zfnet  # noqa: E402
 from zfnet.train import parse_model_opt  # noqa: E402
@@ -41,23 +40,9 @@ def step_rate(model_opts: dict, bf16: bool, channels_last: bool, batch: int,
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = zfnet.create_model("zfnet_small", num_classes=10, in_channels=1, input_size=28,
                                **model_opts).to(memory_format=fmt)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch, 1, 28, 28).contiguous(memory_format=fmt)
-    y = torch.randint(0, 10, (batch,))
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    for _ in range(3):  # warm-up: oneDNN primitives are created on the first calls
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return batch * steps / (time.perf_counter() - start)
+    step = sgd_step(model, x, torch.randint(0, 10, (batch,)), torch.bfloat16 if bf16 else None)
+    return batch / timed(step, steps)
 
 
 def main() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
+import time
+from collections.abc import Callable
 
 import torch
 
@@ -36,6 +38,32 @@ def hardware() -> str:
     return (f"CPU {cpu} ({os.cpu_count()} logical cores, torch threads "
             f"{torch.get_num_threads()}, load average {load}), GPU {gpu}, torch "
             f"{torch.__version__}, python {platform.python_version()}")
+
+
+def timed(fn: Callable[[], None], steps: int) -> float:
+    """Seconds per call of fn, after 3 warm-up calls (oneDNN builds its primitives on the first)."""
+    for _ in range(3):
+        fn()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - start) / steps
+
+
+def sgd_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+             amp: torch.dtype | None = None) -> Callable[[], None]:
+    """One training step of `model` on the batch (x, y) as a closure: forward under CPU autocast
+    to `amp` (None: full precision), cross-entropy, backward, SGD with momentum."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
 
 
 def projection_agreement(ref: dict[str, torch.Tensor], other: dict[str, torch.Tensor],
