@@ -4,7 +4,7 @@ training step, measured in the same run and checked to give the same values.
 The layer alone: forward + backward at the demo model's two LRN shapes (batch 64: 48 maps at
 32 px after pool1, 128 maps at 8 px after pool2), channels_last. The step: forward, loss, backward
 and SGD step of `zfnet_small` at 64 px (the demo's model and batch), once with each LRN, with the
-precision `--amp auto` picks on this CPU. Variants are interleaved over the repeats (median).
+precision `--amp auto` picks on this CPU. Both are interleaved over the repeats (median).
 
     .venv/bin/python bench/bench_lrn.py
     .venv/bin/python bench/bench_lrn.py --model zfnet --batch-size 16 --image-size 224 --steps 3
@@ -63,8 +63,11 @@ def main() -> None:
     amp = amp_dtype_for("auto", torch.device("cpu"))
     for shape in ((args.batch_size, 48, 32, 32), (args.batch_size, 128, 8, 8)):
         ours, ref, diff = layer_check(shape)
-        t_ours = statistics.median(timed(ours, args.steps) for _ in range(args.repeats))
-        t_ref = statistics.median(timed(ref, args.steps) for _ in range(args.repeats))
+        layer_times: dict[str, list[float]] = {"zfnet": [], "torch": []}
+        for _ in range(args.repeats):  # interleaved, as the step below
+            layer_times["zfnet"].append(timed(ours, args.steps))
+            layer_times["torch"].append(timed(ref, args.steps))
+        t_ours, t_ref = (statistics.median(layer_times[w]) for w in ("zfnet", "torch"))
         print(f"LRN alone {tuple(shape)} fwd+bwd: torch {1e3 * t_ref:.1f} ms, zfnet "
               f"{1e3 * t_ours:.1f} ms ({t_ref / t_ours:.2f}x); largest difference {diff:.1e}")
     fmt = torch.channels_last
@@ -78,9 +81,11 @@ def main() -> None:
         models[which] = (with_torch_lrn(m) if which == "torch" else m).to(memory_format=fmt)
     models["torch"].load_state_dict(models["zfnet"].state_dict())
     with torch.no_grad():
-        models["zfnet"].eval(), models["torch"].eval()
-        out = [models[w](x.float()) for w in ("zfnet", "torch")]
-        models["zfnet"].train(), models["torch"].train()
+        for m in models.values():
+            m.eval()
+        out = [models[w](x) for w in ("zfnet", "torch")]
+        for m in models.values():
+            m.train()
     steps = {w: sgd_step(m, x, y, amp) for w, m in models.items()}
     times: dict[str, list[float]] = {w: [] for w in steps}
     for _ in range(args.repeats):
