@@ -53,6 +53,17 @@ def _list_of_ints(ctx: click.Context, param: click.Parameter, value: str | None)
         raise click.BadParameter(f"{value!r} is not a comma list of epochs, e.g. 1,2,5,10") from e
 
 
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    from zfnet.train.budget import parse_duration
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from e
+
+
 @main.command("train")
 @click.option("--data", help="Dataset spec, e.g. synthetic, fashion-mnist, imagefolder:DIR.")
 @click.option("--model", help="Registered model name (see `zfnet models`).")
@@ -99,6 +110,10 @@ def _list_of_ints(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option("--channels-last/--no-channels-last", default=None,
               help="channels_last memory format (default on).")
 @click.option("--workers", type=int, help="DataLoader worker processes (default 0).")
+@click.option("--time-budget", callback=_duration, metavar="DURATION",
+              help="Plan the run to end within this wall time, e.g. 18m, 1h30m, 900s: the "
+                   "first epoch's speed sets how many steps fit (at most --epochs), a cosine or "
+                   "linear schedule reaches 0 there, and the last epoch may end part-way.")
 @click.option("--val-every", type=int, metavar="N",
               help="Validate after every N-th epoch and after the last (default 1; plateau's "
                    "patience then counts validations).")
@@ -143,6 +158,11 @@ def train_cmd(**opts) -> None:
                    f"top-5 {final['val_top5_error']:.2%}")
     click.echo(f"{summary['status']} in {summary['wall_time_s']:.0f} s on {summary['device']}; "
                f"run: {summary['run_dir']}; checkpoint: {summary['checkpoint']}")
+    if summary["plan"]:
+        p = summary["plan"]
+        click.echo(f"time budget {p['budget_s'] / 60:.1f} min: {p['total_steps']} steps planned "
+                   f"({p['epochs']} epochs, the last with {p['last_epoch_steps']} steps) from "
+                   f"{p['step_s'] * 1000:.0f} ms/step and {p['val_s']:.1f} s/validation")
     if summary["status"] == "interrupted":
         import signal
 

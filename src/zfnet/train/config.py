@@ -71,6 +71,10 @@ class TrainConfig:
     # validate after every `val_every`-th epoch and after the last; the epochs between get empty
     # val cells. With the plateau schedule, `patience` then counts validations, not epochs.
     val_every: int = 1
+    # seconds of wall time the run may take (None: no limit): after the first epoch, the steps
+    # that fit at its speed (at most `epochs` worth) are planned and a cosine / linear schedule
+    # ends there; see zfnet.train.budget
+    time_budget: float | None = None
     data_cache: str | None = None  # where the data layer may cache the mean image (None: its own)
     progress: bool = True  # tqdm bar (rank 0 only)
     tensorboard: bool = True
@@ -102,6 +106,13 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         if self.renorm_radius <= 0:
             raise ValueError(f"renorm_radius must be > 0, got {self.renorm_radius}")
+        if self.time_budget is not None:
+            self.time_budget = float(self.time_budget)  # 60 and 60.0 are one budget on resume
+            if self.time_budget <= 0:
+                raise ValueError(f"time_budget must be > 0 seconds, got {self.time_budget}")
+            if self.schedule == "onecycle":
+                raise ValueError("time_budget cannot re-plan the onecycle schedule; use "
+                                 "cosine, linear, plateau, step or constant")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
 

@@ -37,6 +37,7 @@ from zfnet.data import collate
 from zfnet.data.transforms import CropDataset, random_crop_params
 from zfnet.train import checkpoint as ckpt
 from zfnet.train import distributed as ddp
+from zfnet.train.budget import Plan, plan_steps
 from zfnet.train.config import IDENTITY_FIELDS, TrainConfig
 from zfnet.train.ema import make_ema
 from zfnet.train.logs import TensorBoard, write_metrics_csv
@@ -205,6 +206,7 @@ class EpochState:
     label_smoothing: float = 0.0
     first_radius: float | None = None  # radius of the first conv layer (preconditioning)
     step_scheduler: Any = None  # stepped after every optimizer step (cosine, linear, onecycle)
+    end_step: int | None = None  # stop this epoch after this step (a budgeted run's last epoch)
     channels_last: bool = False
     ema: AveragedModel | None = None  # updated from `ema_source` after every optimizer step
     ema_source: nn.Module | None = None
@@ -234,7 +236,9 @@ def train_one_epoch(
     step = st.start_step
     interrupted = False
     t0 = time.perf_counter()
-    bar = tqdm(total=st.start_step + len(loader), initial=st.start_step, unit="batch",
+    total = st.start_step + len(loader)
+    bar = tqdm(total=total if st.end_step is None else min(total, st.end_step),
+               initial=st.start_step, unit="batch",
                desc=f"epoch {st.epoch + 1}/{st.epochs}", leave=False, dynamic_ncols=True,
                disable=not (st.progress and info.is_main))
     try:
@@ -292,6 +296,8 @@ def train_one_epoch(
             # at the step where all of them have seen it.
             if stop_now or (not info.enabled and st.stop["signal"] is not None):
                 interrupted = True
+                break
+            if step == st.end_step:
                 break
     finally:
         bar.close()
@@ -398,12 +404,29 @@ def param_groups(
     return groups, (config.renorm_radius / std if special is not None else None)
 
 
+class DecayToZero:
+    """lr factor of step s: linear warm-up over `warm` steps, then half a cosine or a straight
+    line to 0 at step `total`. An object, not a closure, so that a budgeted run can move `total`
+    (and LambdaLR saves it in its state)."""
+
+    def __init__(self, warm: int, total: int, cosine: bool) -> None:
+        self.warm, self.total, self.cosine = warm, total, cosine
+
+    def __call__(self, s: int) -> float:
+        if s < self.warm:
+            return (s + 1) / self.warm
+        t = min(1.0, (s - self.warm) / max(1, self.total - self.warm))  # fraction of the decay
+        return 0.5 * (1 + math.cos(math.pi * t)) if self.cosine else 1.0 - t
+
+
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int,
+    total_steps: int | None = None,
 ) -> tuple[Any, str]:
     """The lr schedule and when it steps: "epoch" (plateau: with the val error; step),
-    "step" (cosine, linear, onecycle) or "none" (constant)."""
-    total = config.epochs * steps_per_epoch
+    "step" (cosine, linear, onecycle) or "none" (constant). Decaying schedules end at
+    `total_steps` (default: `config.epochs` of `steps_per_epoch`)."""
+    total = total_steps or config.epochs * steps_per_epoch
     if config.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=config.lr_factor, patience=config.patience
@@ -413,15 +436,8 @@ def build_scheduler(
             optimizer, step_size=config.step_epochs, gamma=config.lr_factor
         ), "epoch"
     if config.schedule in ("cosine", "linear"):
-        warm = int(config.warmup_epochs * steps_per_epoch)
-        cosine = config.schedule == "cosine"
-
-        def factor(s: int) -> float:
-            if s < warm:
-                return (s + 1) / warm
-            t = min(1.0, (s - warm) / max(1, total - warm))  # fraction of the decay done
-            return 0.5 * (1 + math.cos(math.pi * t)) if cosine else 1.0 - t
-
+        factor = DecayToZero(int(config.warmup_epochs * steps_per_epoch), total,
+                             cosine=config.schedule == "cosine")
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "step"
     if config.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
@@ -482,6 +498,7 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, where: Path) ->
         fields.append("epochs")  # the schedule's length depends on it
     if config.schedule == "plateau":
         fields.append("val_every")  # the schedule steps on validations
+    fields.append("time_budget")  # a budgeted run's plan is kept on resume
     now = config.to_dict()
     # Through the config class, as a resume loads it: a field the run predates had its default.
     saved = TrainConfig.from_dict(saved).to_dict()
@@ -590,7 +607,9 @@ def _train(config: TrainConfig, bundle: Any, info: ddp.DistInfo, t_start: float)
     val_set = Subset(bundle.val, range(info.rank, len(bundle.val), info.world_size))
     val_loader = DataLoader(val_set, batch_size=per_rank_batch, shuffle=False,
                             generator=torch.Generator().manual_seed(0), **loader_kw)
-    scheduler, sched_when = build_scheduler(optimizer, config, steps_per_epoch)
+    plan = Plan.from_dict(meta["plan"]) if meta is not None and meta.get("plan") else None
+    scheduler, sched_when = build_scheduler(optimizer, config, steps_per_epoch,
+                                            plan.total_steps if plan else None)
 
     history: list[dict[str, Any]] = []
     start_epoch, start_step, global_step, elapsed_before = 0, 0, 0, 0.0
@@ -649,7 +668,8 @@ def _train(config: TrainConfig, bundle: Any, info: ddp.DistInfo, t_start: float)
             meta_now = {**base_meta, "epoch": epoch, "step_in_epoch": step_in_epoch,
                         "global_step": st.global_step, "train_time_s": elapsed,
                         "metrics": history[-1] if history else {}, "history": history,
-                        "partial_epoch": partial or {}, "saved_at": time.time()}
+                        "partial_epoch": partial or {}, "saved_at": time.time(),
+                        "plan": plan.to_dict() if plan else None}
             name = ckpt.checkpoint_name(epoch, step_in_epoch)
             path = ckpt.save_checkpoint(ckpt_root, name, shown, meta_now, train_state,
                                         keep=keep | {name})
@@ -657,7 +677,8 @@ def _train(config: TrainConfig, bundle: Any, info: ddp.DistInfo, t_start: float)
         ddp.barrier(info)
 
     stop: dict[str, int | None] = {"signal": None}
-    st = EpochState(epoch=start_epoch, epochs=config.epochs, global_step=global_step,
+    n_epochs = plan.epochs if plan else config.epochs
+    st = EpochState(epoch=start_epoch, epochs=n_epochs, global_step=global_step,
                     amp_dtype=amp_dtype, scaler=scaler,
                     renorm_radius=config.renorm_radius if config.renorm else None,
                     first_radius=first_radius, label_smoothing=config.label_smoothing,
@@ -668,13 +689,17 @@ def _train(config: TrainConfig, bundle: Any, info: ddp.DistInfo, t_start: float)
     t_run = time.perf_counter()
     try:
         with _stop_on_signals(stop):
-            for epoch in range(start_epoch, config.epochs):
-                st.epoch = epoch
+            epoch = start_epoch
+            while epoch < n_epochs:
+                st.epoch, st.epochs = epoch, n_epochs
                 st.start_step = start_step if epoch == start_epoch else 0
+                st.end_step = plan.end_step(epoch) if plan else None
                 sampler.set_epoch(epoch)
                 sampler.skip = st.start_step * per_rank_batch
                 train_set.epoch = epoch
-                expected = len(sampler)
+                end = (sampler.num_samples if st.end_step is None
+                       else min(sampler.num_samples, st.end_step * per_rank_batch))
+                expected = end - sampler.skip
                 loader = DataLoader(
                     train_set, batch_size=per_rank_batch, sampler=sampler,
                     generator=torch.Generator().manual_seed(config.seed * 1000 + epoch),
@@ -697,10 +722,21 @@ def _train(config: TrainConfig, bundle: Any, info: ddp.DistInfo, t_start: float)
                     save(epoch, int(r["steps"]), elapsed, partial)
                     status = "interrupted"
                     break
-                validate = (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs
+                to_plan = config.time_budget is not None and plan is None
+                validate = ((epoch + 1) % config.val_every == 0 or epoch + 1 == n_epochs
+                            or to_plan)  # the epoch a plan is made from times a validation
+                t_val = time.perf_counter()
                 val = (evaluate(shown, val_loader, bundle.num_classes, info, amp_dtype,
                                 config.channels_last) if validate
                        else dict.fromkeys(("loss", "top1_error", "top5_error")))
+                t_val = time.perf_counter() - t_val
+                if to_plan:
+                    plan = _make_plan(config, info, scheduler, steps_per_epoch, st.global_step,
+                                      elapsed_before + time.perf_counter() - t_start,
+                                      r["time"] / max(1, int(r["steps"]) - st.start_step),
+                                      t_val)
+                    n_epochs = plan.epochs
+                    say(_plan_line(plan, steps_per_epoch))
                 lr = optimizer.param_groups[0]["lr"]
                 if sched_when == "epoch":
                     if config.schedule != "plateau":
@@ -725,7 +761,7 @@ def _train(config: TrainConfig, bundle: Any, info: ddp.DistInfo, t_start: float)
                                st.global_step)
                 shown_val = (f"val top-1 err {row['val_top1_error']:.2%}  "
                              f"top-5 {row['val_top5_error']:.2%}  " if validate else "")
-                say(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  "
+                say(f"epoch {epoch + 1}/{n_epochs}  loss {row['train_loss']:.4f}  "
                     f"train err {row['train_top1_error']:.2%}  {shown_val}lr {lr:.2g}  "
                     f"{row['img_per_s']:.0f} img/s")
                 if skipped:
@@ -734,6 +770,7 @@ def _train(config: TrainConfig, bundle: Any, info: ddp.DistInfo, t_start: float)
                 if stop["signal"] is not None:  # arrived during evaluation
                     status = "interrupted"
                     break
+                epoch += 1
     except NonFiniteLossError as e:
         raise NonFiniteLossError(f"{e}: {last_saved or 'none written yet'}") from None
     finally:
@@ -748,5 +785,33 @@ def _train(config: TrainConfig, bundle: Any, info: ddp.DistInfo, t_start: float)
         "final": history[-1] if history else {}, "best_val_top1_error": best,
         "checkpoint": last_saved, "wall_time_s": time.perf_counter() - t_start,
         "device": str(info.device), "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype
-        else "off", "world_size": info.world_size,
+        else "off", "world_size": info.world_size, "plan": plan.to_dict() if plan else None,
     }
+
+
+def _make_plan(config: TrainConfig, info: ddp.DistInfo, scheduler: Any, steps_per_epoch: int,
+               done_steps: int, used_s: float, step_s: float, val_s: float) -> Plan:
+    """Plan a budgeted run after its first epoch (the processes' mean rates, so that all agree)
+    and move a decaying schedule's end to the planned step."""
+    used_s, step_s, val_s = (v / info.world_size for v in
+                             ddp.all_reduce_sum([used_s, step_s, val_s], info))
+    plan = plan_steps(config.time_budget, used_s, step_s, val_s, steps_per_epoch, done_steps,
+                      config.epochs * steps_per_epoch, config.val_every)
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        step = scheduler.last_epoch
+        for g, base, f in zip(scheduler.optimizer.param_groups, scheduler.base_lrs,
+                              scheduler.lr_lambdas, strict=True):
+            if isinstance(f, DecayToZero):
+                f.total = plan.total_steps
+                g["lr"] = base * f(step)  # the next step's lr already follows the plan
+    return plan
+
+
+def _plan_line(plan: Plan, steps_per_epoch: int) -> str:
+    """What a plan means, for the log."""
+    head = (f"time budget {plan.budget_s / 60:.1f} min: {plan.step_s * 1000:.0f} ms/step and "
+            f"{plan.val_s:.1f} s/validation in the first epoch -> ")
+    if plan.total_steps <= steps_per_epoch:
+        return head + "no time for a second epoch: training ends here"
+    return head + (f"{plan.total_steps} steps ({plan.total_steps / steps_per_epoch:.2f} "
+                   f"epochs), the schedule ends there")
