@@ -12,6 +12,9 @@
 # Run one at a time on a quiet machine: the figure is wall time. The 20 minutes hold on a CPU with
 # native bf16 (AVX-512 BF16, e.g. AMD Zen 4); without it training runs in float32, several times
 # slower: `bench/bench_step.py` prints this machine's rate and the minutes the 34 epochs need.
+# There, fit the recipe to 20 minutes with a time budget for the training (the 10-crop
+# evaluation takes ~2 min on such a CPU), e.g. on a Zen 3:
+#   bench/fmnist_recipe.sh 0 runs/z3_b175 --time-budget 17.5m
 set -euo pipefail
 cd "$(dirname "$0")/.."
 Z=.venv/bin/zfnet

@@ -111,9 +111,10 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
               help="channels_last memory format (default on).")
 @click.option("--workers", type=int, help="DataLoader worker processes (default 0).")
 @click.option("--time-budget", callback=_duration, metavar="DURATION",
-              help="Plan the run to end within this wall time, e.g. 18m, 1h30m, 900s: the "
-                   "first epoch's speed sets how many steps fit (at most --epochs), a cosine or "
-                   "linear schedule reaches 0 there, and the last epoch may end part-way.")
+              help="Plan the run to end within this wall time, e.g. 18m, 1h30m, 900s: after "
+                   "each epoch, the speed so far sets how many steps fit (at most --epochs), a "
+                   "cosine or linear schedule reaches 0 there, and the last epoch may end "
+                   "part-way.")
 @click.option("--val-every", type=int, metavar="N",
               help="Validate after every N-th epoch and after the last (default 1; plateau's "
                    "patience then counts validations).")

@@ -125,7 +125,7 @@ def _budgeted(out, **kw):
 def test_budgeted_run_ends_at_its_plan(planned, tmp_path) -> None:
     out = tmp_path / "run"
     summary = train(_budgeted(out), bundle=tiny_bundle())
-    assert planned == [4]  # planned once, after the first epoch's 4 steps
+    assert planned == [4, 8]  # planned after every whole epoch but the last
     rows = load_model(out)[1]["history"]
     assert [r["global_step"] for r in rows] == [4, 8, 10]  # the last epoch ends after 2 steps
     # validated after epoch 1 (to time it) and the last, not epoch 2 (val_every=5)
@@ -160,5 +160,22 @@ def test_budgeted_run_resumes_its_plan_exactly(planned, tmp_path, monkeypatch) -
         train(tiny_config(out, epochs=6, schedule="cosine", lr=0.01, val_every=5,
                           time_budget=120, resume=True), bundle=tiny_bundle())
     summary = train(_budgeted(out, resume=True), bundle=tiny_bundle())
-    assert summary["status"] == "completed" and planned == [4, 4]  # one per run, not on resume
+    # planned after epochs 1 and 2 of each run; the resumed last epoch is not re-planned
+    assert summary["status"] == "completed" and planned == [4, 8, 4, 8]
     _assert_same_run(ref, out)
+
+
+def test_replanning_moves_the_end_and_validates_a_new_last_epoch(tmp_path, monkeypatch) -> None:
+    """After epoch 1 the plan is 5 epochs; after epoch 2 the machine turned out slower and the
+    plan ends the run there: epoch 2 (not due with val_every=5) is validated as the last, and
+    the cosine lr, moved twice, ends at 0."""
+    plans = iter([Plan(20, 5, 4, 60, 1.0, 1.0), Plan(8, 2, 4, 60, 1.5, 1.0)])
+    monkeypatch.setattr(recipe_mod, "plan_steps", lambda *a: next(plans))
+    out = tmp_path / "run"
+    summary = train(_budgeted(out), bundle=tiny_bundle())
+    rows = load_model(out)[1]["history"]
+    assert [r["global_step"] for r in rows] == [4, 8]
+    assert [r["val_top1_error"] is None for r in rows] == [False, False]
+    assert rows[0]["lr"] == pytest.approx(0.005 * (1 + math.cos(math.pi * 4 / 20)))
+    assert rows[1]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert summary["plan"]["total_steps"] == 8 and summary["epochs_completed"] == 2

@@ -1,11 +1,12 @@
-"""Training to a wall-clock budget: how many steps fit, planned once from the first epoch's speed.
+"""Training to a wall-clock budget: how many steps fit, planned from the speed measured so far.
 
 `zfnet train --time-budget 18m` trains the first epoch (and validates it, to time that too), then
 plans the run: the largest number of steps, at most `--epochs` worth, whose training steps and
-validations fit in what is left of the budget at the first epoch's rates. A cosine or linear
-schedule is re-planned to reach 0 at that step ("budgeted training", Li et al. 2020: a schedule
-that decays to zero at the budget beats one cut short), and the last epoch may end part-way.
-The plan is saved in every checkpoint, so that `--resume` continues it instead of re-planning.
+validations fit in what is left of the budget at the rates measured so far. A cosine or linear
+schedule is moved to reach 0 at that step ("budgeted training", Li et al. 2020: a schedule that
+decays to zero at the budget beats one cut short), and the last epoch may end part-way. The
+plan is made again after every whole epoch, so that a machine that slows down or speeds up
+moves the end with it, and it is saved in every checkpoint for `--resume`.
 """
 
 from __future__ import annotations

@@ -71,9 +71,9 @@ class TrainConfig:
     # validate after every `val_every`-th epoch and after the last; the epochs between get empty
     # val cells. With the plateau schedule, `patience` then counts validations, not epochs.
     val_every: int = 1
-    # seconds of wall time the run may take (None: no limit): after the first epoch, the steps
-    # that fit at its speed (at most `epochs` worth) are planned and a cosine / linear schedule
-    # ends there; see zfnet.train.budget
+    # seconds of wall time the run may take (None: no limit): after every whole epoch, the steps
+    # that fit at the speed so far (at most `epochs` worth) are planned and a cosine / linear
+    # schedule ends there; see zfnet.train.budget
     time_budget: float | None = None
     data_cache: str | None = None  # where the data layer may cache the mean image (None: its own)
     progress: bool = True  # tqdm bar (rank 0 only)

@@ -687,6 +687,7 @@ def _train(config: TrainConfig, bundle: Any, info: ddp.DistInfo, t_start: float)
                     progress=config.progress, tb=tb)
     status = "completed"
     t_run = time.perf_counter()
+    seg_time, seg_steps = 0.0, 0  # training time and steps of this process's epochs (plans)
     try:
         with _stop_on_signals(stop):
             epoch = start_epoch
@@ -722,21 +723,33 @@ def _train(config: TrainConfig, bundle: Any, info: ddp.DistInfo, t_start: float)
                     save(epoch, int(r["steps"]), elapsed, partial)
                     status = "interrupted"
                     break
-                to_plan = config.time_budget is not None and plan is None
+                # A budgeted run is planned after every whole epoch but its last; the first
+                # plan also times a validation.
+                to_plan = config.time_budget is not None and epoch + 1 < n_epochs
                 validate = ((epoch + 1) % config.val_every == 0 or epoch + 1 == n_epochs
-                            or to_plan)  # the epoch a plan is made from times a validation
+                            or (to_plan and plan is None))
+
+                def validation() -> dict[str, Any]:
+                    return evaluate(shown, val_loader, bundle.num_classes, info, amp_dtype,
+                                    config.channels_last)
+
                 t_val = time.perf_counter()
-                val = (evaluate(shown, val_loader, bundle.num_classes, info, amp_dtype,
-                                config.channels_last) if validate
+                val = (validation() if validate
                        else dict.fromkeys(("loss", "top1_error", "top5_error")))
                 t_val = time.perf_counter() - t_val
                 if to_plan:
+                    seg_time += r["time"]
+                    seg_steps += int(r["steps"]) - st.start_step
+                    before = plan
                     plan = _make_plan(config, info, scheduler, steps_per_epoch, st.global_step,
                                       elapsed_before + time.perf_counter() - t_start,
-                                      r["time"] / max(1, int(r["steps"]) - st.start_step),
-                                      t_val)
+                                      seg_time / max(1, seg_steps),
+                                      t_val if validate or before is None else before.val_s)
                     n_epochs = plan.epochs
-                    say(_plan_line(plan, steps_per_epoch))
+                    if before is None or before.total_steps != plan.total_steps:
+                        say(_plan_line(plan, steps_per_epoch))
+                    if epoch + 1 == n_epochs and not validate:  # the plan ends the run here
+                        val, validate = validation(), True
                 lr = optimizer.param_groups[0]["lr"]
                 if sched_when == "epoch":
                     if config.schedule != "plateau":
@@ -791,8 +804,8 @@ def _train(config: TrainConfig, bundle: Any, info: ddp.DistInfo, t_start: float)
 
 def _make_plan(config: TrainConfig, info: ddp.DistInfo, scheduler: Any, steps_per_epoch: int,
                done_steps: int, used_s: float, step_s: float, val_s: float) -> Plan:
-    """Plan a budgeted run after its first epoch (the processes' mean rates, so that all agree)
-    and move a decaying schedule's end to the planned step."""
+    """Plan a budgeted run after a whole epoch (from the processes' mean rates, so that all
+    agree) and move a decaying schedule's end to the planned step."""
     used_s, step_s, val_s = (v / info.world_size for v in
                              ddp.all_reduce_sum([used_s, step_s, val_s], info))
     plan = plan_steps(config.time_budget, used_s, step_s, val_s, steps_per_epoch, done_steps,
