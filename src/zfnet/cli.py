@@ -160,10 +160,9 @@ def train_cmd(**opts) -> None:
     click.echo(f"{summary['status']} in {summary['wall_time_s']:.0f} s on {summary['device']}; "
                f"run: {summary['run_dir']}; checkpoint: {summary['checkpoint']}")
     if summary["plan"]:
-        p = summary["plan"]
-        click.echo(f"time budget {p['budget_s'] / 60:.1f} min: {p['total_steps']} steps planned "
-                   f"({p['epochs']} epochs, the last with {p['last_epoch_steps']} steps) from "
-                   f"{p['step_s'] * 1000:.0f} ms/step and {p['val_s']:.1f} s/validation")
+        from zfnet.train.budget import Plan
+
+        click.echo(Plan.from_dict(summary["plan"]).describe())
     if summary["status"] == "interrupted":
         import signal
 

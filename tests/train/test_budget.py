@@ -56,6 +56,8 @@ def test_plan_by_hand() -> None:
     p = plan_steps(100, 120, 1.0, 5.0, 10, 10, 700, 1)  # already over: no more steps
     assert (p.total_steps, p.epochs, p.last_epoch_steps) == (10, 1, 10)
     assert p.end_step(0) == 10 and Plan.from_dict(p.to_dict()) == p
+    assert p.describe() == ("time budget 1.7 min: 10 steps planned (1 epochs, the last with 10 "
+                            "steps) from 1000 ms/step and 5.0 s/validation so far")
 
 
 def test_plan_is_the_largest_that_fits() -> None:

@@ -53,6 +53,12 @@ class Plan:
     def from_dict(d: dict[str, Any]) -> Plan:
         return Plan(**d)
 
+    def describe(self) -> str:
+        """One line for the log and the CLI."""
+        return (f"time budget {self.budget_s / 60:.1f} min: {self.total_steps} steps planned "
+                f"({self.epochs} epochs, the last with {self.last_epoch_steps} steps) from "
+                f"{self.step_s * 1000:.0f} ms/step and {self.val_s:.1f} s/validation so far")
+
     def end_step(self, epoch: int) -> int | None:
         """The step at which 0-based `epoch` stops (None: its end)."""
         return self.last_epoch_steps if epoch + 1 == self.epochs else None

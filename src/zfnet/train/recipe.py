@@ -688,6 +688,11 @@ def _train(config: TrainConfig, bundle: Any, info: ddp.DistInfo, t_start: float)
     status = "completed"
     t_run = time.perf_counter()
     seg_time, seg_steps = 0.0, 0  # training time and steps of this process's epochs (plans)
+
+    def validation() -> dict[str, Any]:
+        return evaluate(shown, val_loader, bundle.num_classes, info, amp_dtype,
+                        config.channels_last)
+
     try:
         with _stop_on_signals(stop):
             epoch = start_epoch
@@ -728,11 +733,6 @@ def _train(config: TrainConfig, bundle: Any, info: ddp.DistInfo, t_start: float)
                 to_plan = config.time_budget is not None and epoch + 1 < n_epochs
                 validate = ((epoch + 1) % config.val_every == 0 or epoch + 1 == n_epochs
                             or (to_plan and plan is None))
-
-                def validation() -> dict[str, Any]:
-                    return evaluate(shown, val_loader, bundle.num_classes, info, amp_dtype,
-                                    config.channels_last)
-
                 t_val = time.perf_counter()
                 val = (validation() if validate
                        else dict.fromkeys(("loss", "top1_error", "top5_error")))
@@ -744,10 +744,10 @@ def _train(config: TrainConfig, bundle: Any, info: ddp.DistInfo, t_start: float)
                     plan = _make_plan(config, info, scheduler, steps_per_epoch, st.global_step,
                                       elapsed_before + time.perf_counter() - t_start,
                                       seg_time / max(1, seg_steps),
-                                      t_val if validate or before is None else before.val_s)
+                                      t_val if validate else before.val_s)  # the first validates
                     n_epochs = plan.epochs
                     if before is None or before.total_steps != plan.total_steps:
-                        say(_plan_line(plan, steps_per_epoch))
+                        say(plan.describe())
                     if epoch + 1 == n_epochs and not validate:  # the plan ends the run here
                         val, validate = validation(), True
                 lr = optimizer.param_groups[0]["lr"]
@@ -819,12 +819,3 @@ def _make_plan(config: TrainConfig, info: ddp.DistInfo, scheduler: Any, steps_pe
                 g["lr"] = base * f(step)  # the next step's lr already follows the plan
     return plan
 
-
-def _plan_line(plan: Plan, steps_per_epoch: int) -> str:
-    """What a plan means, for the log."""
-    head = (f"time budget {plan.budget_s / 60:.1f} min: {plan.step_s * 1000:.0f} ms/step and "
-            f"{plan.val_s:.1f} s/validation in the first epoch -> ")
-    if plan.total_steps <= steps_per_epoch:
-        return head + "no time for a second epoch: training ends here"
-    return head + (f"{plan.total_steps} steps ({plan.total_steps / steps_per_epoch:.2f} "
-                   f"epochs), the schedule ends there")
