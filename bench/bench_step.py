@@ -7,6 +7,10 @@ and the same 34 epochs take several times longer. This prints the CPU, the step 
 variant (float32 / bf16 autocast x contiguous / channels_last, interleaved over the repeats,
 median), each as a ratio to float32 contiguous measured in the same run, what `--amp auto`
 chooses here, and the minutes that 34 epochs of 60,000 images need at that choice's rate.
+It also prints the ceiling: the step's floating-point operations per image (torch's
+FlopCounterMode: convolutions and matrix products, forward and backward), this machine's
+float32 matrix-product rate (torch.matmul 2048x2048, the best a convolution can hope for), and
+the minutes the 34 epochs would need at that rate.
 
     .venv/bin/python bench/bench_step.py                  # the recipe's zfnet_small, batch 64
     .venv/bin/python bench/bench_step.py --steps 10 --repeats 2 --opt conv_widths=48,128,192,192,128
@@ -45,6 +49,25 @@ def step_rate(model_opts: dict, bf16: bool, channels_last: bool, batch: int,
     return batch / timed(step, steps)
 
 
+def step_flops(model_opts: dict, batch: int) -> float:
+    """Floating-point operations per image of one float32 training step (forward and backward;
+    convolutions and matrix products, which FlopCounterMode counts)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = zfnet.create_model("zfnet_small", num_classes=10, in_channels=1, input_size=28,
+                               **model_opts)
+    step = sgd_step(model, torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,)))
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops() / batch
+
+
+def matmul_flops_per_s(n: int = 2048, repeats: int = 5) -> float:
+    """Float32 FLOP/s of an n x n matrix product on this machine (median of `repeats`)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / statistics.median(timed(lambda: a @ b, 3) for _ in range(repeats))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch-size", type=int, default=64)
@@ -74,6 +97,12 @@ def main() -> None:
     print(f"--amp auto here: {'bf16' if auto else 'float32'} (native bf16: {auto}); with "
           f"channels_last (the default) {EPOCHS} epochs of {TRAIN_IMAGES} images need "
           f"{minutes:.1f} min of training steps alone (loading and evaluation come on top)")
+    flops, peak = step_flops(model_opts, args.batch_size), matmul_flops_per_s()
+    fp32 = statistics.median(rates[(False, True)])
+    print(f"ceiling: {flops / 1e6:.0f} MFLOP per image and step; float32 matrix products run "
+          f"at {peak / 1e9:.0f} GFLOP/s here, so {EPOCHS} epochs need at least "
+          f"{EPOCHS * TRAIN_IMAGES * flops / peak / 60:.1f} min in float32; the step reaches "
+          f"{fp32 * flops / peak:.0%} of that rate (float32 channels_last)")
 
 
 if __name__ == "__main__":
