@@ -37,13 +37,18 @@ RECIPE_OPTS = ("strides=1,1,1,1,1", "batchnorm=true", "dropout=0.25",
 TRAIN_IMAGES, EPOCHS = 60_000, 34
 
 
+def small_model(model_opts: dict) -> torch.nn.Module:
+    """zfnet_small for Fashion-MNIST (10 classes, 1x28x28) with `model_opts`."""
+    return zfnet.create_model("zfnet_small", num_classes=10, in_channels=1, input_size=28,
+                              **model_opts)
+
+
 def step_rate(model_opts: dict, bf16: bool, channels_last: bool, batch: int,
               steps: int) -> float:
     """Images per second of forward, loss, backward and SGD step on a random 1x28x28 batch."""
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = zfnet.create_model("zfnet_small", num_classes=10, in_channels=1, input_size=28,
-                               **model_opts).to(memory_format=fmt)
+    model = small_model(model_opts).to(memory_format=fmt)
     x = torch.randn(batch, 1, 28, 28).contiguous(memory_format=fmt)
     step = sgd_step(model, x, torch.randint(0, 10, (batch,)), torch.bfloat16 if bf16 else None)
     return batch / timed(step, steps)
@@ -54,9 +59,8 @@ def step_flops(model_opts: dict, batch: int) -> float:
     convolutions and matrix products, which FlopCounterMode counts)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = zfnet.create_model("zfnet_small", num_classes=10, in_channels=1, input_size=28,
-                               **model_opts)
-    step = sgd_step(model, torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,)))
+    x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    step = sgd_step(small_model(model_opts), x, y)
     with FlopCounterMode(display=False) as counter:
         step()
     return counter.get_total_flops() / batch
