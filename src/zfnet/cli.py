@@ -13,6 +13,9 @@ from zfnet import __version__
 @click.version_option(__version__, prog_name="zfnet")
 def main() -> None:
     """ZFNet (Zeiler & Fergus 2013): train it, evaluate it, look inside it with the deconvnet."""
+    from zfnet.memory import keep_freed_memory
+
+    keep_freed_memory()  # no page faults on every step's tensors (zfnet/memory.py)
 
 
 @main.command("models")
