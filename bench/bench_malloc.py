@@ -24,7 +24,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import hardware  # noqa: E402  (bench/common.py)
+from common import hardware, step_parser  # noqa: E402  (bench/common.py)
 
 ZEN3_OPTS = ("strides=1,2,1,1,1", "batchnorm=true", "dropout=0", "conv_widths=32,96,160,160,128")
 
@@ -35,15 +35,14 @@ def measure(keep: bool, opts: list[str], batch: int, steps: int) -> dict[str, fl
 
     applied = keep_freed_memory() if keep else False
     import torch
+    from bench_step import small_model
     from common import sgd_step, timed
 
-    import zfnet
     from zfnet.train import parse_model_opt
 
     torch.manual_seed(0)
     fmt = torch.channels_last
-    model = zfnet.create_model("zfnet_small", num_classes=10, in_channels=1, input_size=28,
-                               **dict(parse_model_opt(o) for o in opts)).to(memory_format=fmt)
+    model = small_model(dict(parse_model_opt(o) for o in opts)).to(memory_format=fmt)
     x = torch.randn(batch, 1, 28, 28).contiguous(memory_format=fmt)
     step = sgd_step(model, x, torch.randint(0, 10, (batch,)))
     for _ in range(5):  # settle the heap (and oneDNN's primitives) before counting
@@ -55,12 +54,7 @@ def measure(keep: bool, opts: list[str], batch: int, steps: int) -> dict[str, fl
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--opt", action="append", metavar="KEY=VALUE",
-                    help="model option (repeatable); default: the recipe's Zen 3 model")
+    ap = step_parser(__doc__, 128, "the recipe's Zen 3 model")
     ap.add_argument("--child", choices=("default", "kept"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     opts = args.opt or list(ZEN3_OPTS)

@@ -10,7 +10,8 @@ chooses here, and the minutes that 34 epochs of 60,000 images need at that choic
 It also prints the ceiling: the step's floating-point operations per image (torch's
 FlopCounterMode: convolutions and matrix products, forward and backward), this machine's
 float32 matrix-product rate (torch.matmul 2048x2048, the best a convolution can hope for), and
-the minutes the 34 epochs would need at that rate.
+the minutes the 34 epochs would need at that rate. Freed memory is kept in the process, as
+`zfnet train` keeps it (`zfnet.memory`; `bench/bench_malloc.py` measures what that is worth).
 
     .venv/bin/python bench/bench_step.py                  # the recipe's zfnet_small, batch 64
     .venv/bin/python bench/bench_step.py --steps 10 --repeats 2 --opt conv_widths=48,128,192,192,128
@@ -18,7 +19,6 @@ the minutes the 34 epochs would need at that rate.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -26,9 +26,10 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import hardware, sgd_step, timed  # noqa: E402  (bench/common.py)
+from common import hardware, sgd_step, step_parser, timed  # noqa: E402  (bench/common.py)
 
 import zfnet  # noqa: E402
+from zfnet.memory import keep_freed_memory  # noqa: E402
 from zfnet.train import parse_model_opt  # noqa: E402
 from zfnet.train.recipe import amp_dtype_for  # noqa: E402
 
@@ -73,14 +74,10 @@ def matmul_flops_per_s(n: int = 2048, repeats: int = 5) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--opt", action="append", metavar="KEY=VALUE",
-                    help="model option (repeatable); default: the recipe's")
+    ap = step_parser(__doc__, 64, "the recipe's")
     args = ap.parse_args()
     model_opts = dict(parse_model_opt(o) for o in (args.opt or RECIPE_OPTS))
+    keep_freed_memory()  # as the `zfnet` command does (bench/bench_malloc.py: with vs without)
     print(hardware())
     print(f"zfnet_small {model_opts}, batch {args.batch_size}, {args.steps} steps x "
           f"{args.repeats} repeats")

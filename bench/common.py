@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import time
@@ -64,6 +65,17 @@ def sgd_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
         opt.step()
 
     return step
+
+
+def step_parser(doc: str, batch_size: int, opt_default: str) -> argparse.ArgumentParser:
+    """The options of the training-step benchmarks: batch size, steps, repeats, model options."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--batch-size", type=int, default=batch_size)
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--opt", action="append", metavar="KEY=VALUE",
+                    help=f"model option (repeatable); default: {opt_default}")
+    return ap
 
 
 def projection_agreement(ref: dict[str, torch.Tensor], other: dict[str, torch.Tensor],

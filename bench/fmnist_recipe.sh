@@ -13,8 +13,8 @@
 # native bf16 (AVX-512 BF16, e.g. AMD Zen 4); without it training runs in float32, several times
 # slower: `bench/bench_step.py` prints this machine's rate and the minutes the 34 epochs need.
 # There, fit the recipe to 20 minutes with a time budget for the training, and trade FLOPs for
-# epochs: conv2 at the paper's stride 2, batch 128, no dropout (93.08% in 19 min 23 s on a Zen 3;
-# the 10-crop evaluation takes ~50 s of it):
+# epochs: conv2 at the paper's stride 2, batch 128, no dropout (on a Zen 3, 93.08% as the mean
+# of seeds 0-2, 19 min 9-13 s each; the 10-crop evaluation takes ~50 s of it):
 #   bench/fmnist_recipe.sh 0 runs/z3 --time-budget 18.5m --model-opt strides=1,2,1,1,1 \
 #     --batch-size 128 --lr 0.08 --model-opt dropout=0
 set -euo pipefail

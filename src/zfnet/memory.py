@@ -4,8 +4,8 @@ A training step allocates and frees the same activations and gradients every tim
 default malloc, blocks over its (adaptive) mmap threshold are given back to the kernel when freed
 and the top of the heap is trimmed, so the next step touches fresh pages: every page of every
 large tensor costs a page fault and a kernel-side zeroing. On a 2-core AMD EPYC (Zen 3),
-`zfnet_small` on Fashion-MNIST at batch 128 took 7,000 to 12,000 page faults per step, and steps
-ran 1.31x as fast without them (`bench/bench_malloc.py`).
+`zfnet_small` on Fashion-MNIST at batch 128 took 6,500 to 12,000 page faults per step, and steps
+ran 1.11-1.31x as fast without them (`bench/bench_malloc.py`, three runs).
 PyTorch's CPU tuning guide fixes this by preloading jemalloc or tcmalloc; `keep_freed_memory` gets
 the same effect from glibc itself: blocks up to 32 MiB come from the heap, and the heap is trimmed
 only when 2 GiB of its top are free, so the process keeps (and reuses) its peak memory instead of
