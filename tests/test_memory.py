@@ -5,6 +5,7 @@ Each case runs in a fresh interpreter: the malloc setting is process-wide and no
 
 import os
 import platform
+import statistics
 import subprocess
 import sys
 
@@ -51,12 +52,15 @@ def step_faults(mode: str, steps: int, switch: str | None = None) -> tuple[str, 
 
 
 def test_kept_memory_does_not_fault_again():
-    applied, kept = step_faults("keep", 9)
+    applied, kept = step_faults("keep", 12)
     assert applied == "True"
-    _, default = step_faults("default", 9)
-    # The last 4 steps, after warm-up: measured 0 kept vs 24,000-60,000 (4 KiB pages) default.
-    assert sum(kept[-4:]) < 500, kept
-    assert sum(default[-4:]) > 5000, default
+    _, default = step_faults("default", 12)
+    # Pages of 4 KiB. Kept: most warmed-up steps fault none (a late heap growth of ~4,700 pages
+    # happens in some runs). Default: thousands per step after the first (18,000-23,000 measured
+    # at steps 2-3; glibc's adaptive threshold settles by itself in some short runs, so later
+    # steps are not asserted).
+    assert statistics.median(kept[-6:]) < 100, kept
+    assert max(default[1:]) > 5000, default
 
 
 def test_environment_switch_turns_it_off():

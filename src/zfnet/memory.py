@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 
 # mallopt parameters from glibc's <malloc.h>
 M_TRIM_THRESHOLD = -1
@@ -46,7 +45,11 @@ def keep_freed_memory() -> bool:
         return True
     if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
         return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    try:  # glibc names itself here; other C libraries raise or return None
+        glibc = (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (ValueError, OSError):
+        glibc = False
+    if not glibc:
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
