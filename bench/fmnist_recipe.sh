@@ -16,8 +16,8 @@
 # 93.96% as the mean of 8 runs on a Zen 4. Without it training runs in float32, several times
 # slower (the 34 epochs take ~100 min on a Zen 3; `bench/bench_step.py` prints this machine's
 # rate), so the script trades FLOPs for epochs: conv2 at the paper's stride 2, batch 128, no
-# dropout, trained for what fits 18.5 min (on a Zen 3 19-21 epochs, 93.08% as the mean of seeds
-# 0-2, 19 min 9-13 s each; the 10-crop evaluation takes ~50 s of it). FMNIST_RECIPE=epochs34
+# dropout, trained for what fits 18.5 min (on a Zen 3 19-21 epochs, 93.11% as the mean of seeds
+# 0-3, 19 min 9-13 s each; the 10-crop evaluation takes ~50 s of it). FMNIST_RECIPE=epochs34
 # or FMNIST_RECIPE=budget picks a form instead of the machine (default auto).
 set -euo pipefail
 cd "$(dirname "$0")/.."
