@@ -32,9 +32,12 @@ RECIPE=(--model zfnet_small --model-opt strides=1,1,1,1,1 --model-opt batchnorm=
         --val-every 7 --batch-size 64 --lr 0.04 --weight-decay 1e-3 --label-smoothing 0.1
         --schedule cosine --no-renorm --quiet)
 form=${FMNIST_RECIPE:-auto}
-chosen=$(.venv/bin/python -c "import sys, torch; sys.path.insert(0, 'bench')
-from common import cpu_description; from zfnet.train.recipe import amp_dtype_for
-fast = torch.cuda.is_available() or amp_dtype_for('auto', torch.device('cpu')) is not None
+# auto: the 34 epochs where `zfnet train`'s own defaults (--device auto, --amp auto) train in
+# reduced precision (a GPU, or a CPU with native bf16), else the budget form.
+chosen=$(.venv/bin/python -c "import sys; sys.path.insert(0, 'bench')
+from common import cpu_description; from zfnet.train.distributed import resolve_device
+from zfnet.train.recipe import amp_dtype_for
+fast = amp_dtype_for('auto', resolve_device('auto')) is not None
 form = sys.argv[1] if sys.argv[1] != 'auto' else 'epochs34' if fast else 'budget'
 print(form, cpu_description())" "$form")
 read -r form cpu <<< "$chosen"
