@@ -110,6 +110,12 @@ def test_strides_and_batchnorm_options() -> None:
     assert m(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     with pytest.raises(ValueError, match="strides needs 5 positive values"):
         zfnet.create_model("zfnet_small", strides=(1, 1))
+    # one number (`--model-opt strides=2` parses to the int 2) is a one-value list, not a crash
+    with pytest.raises(ValueError, match="strides needs 5 positive values"):
+        zfnet.create_model("zfnet_small", strides=2)
+    for bad in ("1,a,1,1,1", 1.5, [1, 2.5, 1, 1, 1]):
+        with pytest.raises(ValueError, match="strides needs comma-separated integers"):
+            zfnet.create_model("zfnet_small", strides=bad)
     m = zfnet.create_model("zfnet_small", batchnorm=True)
     names = list(dict(m.features.named_children()))
     assert names[:4] == ["conv1", "bn1", "relu1", "pool1"] and "norm1" not in names

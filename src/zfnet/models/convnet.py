@@ -165,9 +165,18 @@ class ConvNet(nn.Module):
         return self.classifier(x)  # (N, num_classes)
 
 
-def _int_tuple(value: Any) -> tuple[int, ...]:
-    """`"1,2,3"` or a sequence of numbers -> (1, 2, 3)."""
-    return tuple(int(v) for v in (value.split(",") if isinstance(value, str) else value))
+def _int_tuple(value: Any, name: str) -> tuple[int, ...]:
+    """`"1,2,3"`, a sequence of numbers or one number -> (1, 2, 3) / (n,); the option `name`
+    is named in the error for anything else."""
+    items = value.split(",") if isinstance(value, str) else (
+        [value] if isinstance(value, int | float) else value)
+    try:
+        out = tuple(int(v) for v in items)
+        if any(isinstance(v, float) and v != int(v) for v in items):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} needs comma-separated integers, got {value!r}") from None
+    return out
 
 
 def apply_overrides(config: NetConfig, **overrides: Any) -> NetConfig:
@@ -188,7 +197,7 @@ def apply_overrides(config: NetConfig, **overrides: Any) -> NetConfig:
     fc_names = list(config.fc_names)
     widths = overrides.pop("conv_widths", None)
     if widths is not None:
-        widths = _int_tuple(widths)
+        widths = _int_tuple(widths, "conv_widths")
         names = [c.name for c in convs]
         if len(widths) not in (3, len(names)) or min(widths) < 1:
             raise ValueError(f"conv_widths needs 3 positive values (conv3, conv4, conv5) or "
@@ -199,7 +208,7 @@ def apply_overrides(config: NetConfig, **overrides: Any) -> NetConfig:
             convs[by_name[name]] = replace(convs[by_name[name]], channels=w)
     strides = overrides.pop("strides", None)
     if strides is not None:
-        strides = _int_tuple(strides)
+        strides = _int_tuple(strides, "strides")
         if len(strides) != len(convs) or min(strides) < 1:
             raise ValueError(f"strides needs {len(convs)} positive values "
                              f"({', '.join(c.name for c in convs)}), got {strides}")
