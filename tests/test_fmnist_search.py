@@ -1,0 +1,79 @@
+"""bench/fmnist_search.py, the GPU screen of Fashion-MNIST recipes: its crops are the trainer's,
+and a run (on the CPU here) trains, scores the 10 crops and writes its result."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from zfnet.data import load_dataset
+from zfnet.data.fashion_mnist import DEFAULT_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from fmnist_search import gather_crops  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    not DEFAULT_DIR.exists(), reason=f"{DEFAULT_DIR} missing: apt-get install dataset-fashion-mnist"
+)
+
+
+def test_crops_equal_the_trainers() -> None:
+    train = load_dataset("fashion-mnist?n_train=40&n_val=1").train
+    idx = list(range(0, 40, 3))
+    params = [(i % 5, (3 * i) % 5, i % 2 == 0) for i in idx]
+    expected = torch.stack([x for x, _ in train.train_items(idx, params)])
+    tops, lefts, flips = (torch.tensor(v) for v in zip(*params, strict=True))
+    got = gather_crops(train.images[idx], train.mean, tops, lefts, flips, train.input_size)
+    assert torch.equal(got, expected)
+
+
+def test_a_run_learns_and_writes_its_result(tmp_path) -> None:
+    out = tmp_path / "r.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "fmnist_search.py"), "run", "--device", "cpu",
+         "--n-train", "4000", "--n-test", "300", "--epochs", "3", "--pad", "1", "--lr", "0.05",
+         "--json", str(out)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["steps"] == 3 * 32  # ceil(4000 / 128) per epoch
+    assert r["test_error_10crop"] < 0.5 and r["test_error_centre"] < 0.5  # chance is 0.9
+    assert r["train_error"] < 0.6
+
+
+def test_grid_reports_a_failed_line(tmp_path) -> None:
+    grid = tmp_path / "grid.txt"
+    grid.write_text("bad: --model-opt strides=9  # one stride for five layers\n")
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "fmnist_search.py"), "grid", str(grid),
+         "--out", str(tmp_path / "g"), "--common", "--device cpu --n-train 64 --n-test 10"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        timeout=300,
+    )
+    assert p.returncode == 1
+    assert "bad: FAILED" in p.stdout and "strides needs 5 positive values" in p.stdout
+
+
+def test_epochs_times_each_line_and_writes_them(tmp_path) -> None:
+    grid, out = tmp_path / "grid.txt", tmp_path / "timed.txt"
+    grid.write_text("small: --model-opt conv_widths=8,16,16,16,16 --epochs 99 --lr 0.05\n"
+                    "big: --model-opt conv_widths=32,64,64,64,64  # comment\n")
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "fmnist_search.py"), "epochs", str(grid),
+         "--steps", "2", "--repeats", "1", "--budget", "1m", "--write", str(out)],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr[-3000:]
+    lines = out.read_text().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["small", "big"]
+    assert "--epochs 99" not in lines[0] and "--lr 0.05" in lines[0]
+    small, big = (float(line.rsplit("--epochs ", 1)[1]) for line in lines)
+    assert small > big > 0  # the narrower model fits more epochs
