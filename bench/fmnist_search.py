@@ -49,7 +49,9 @@ from zfnet.train.recipe import build_scheduler, param_groups, resolve_config
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py
 TRAIN_IMAGES = 60_000
 
-# `bench/fmnist_recipe.sh`'s options that every run starts from (its budget form's model).
+# What every run starts from: `bench/fmnist_recipe.sh`'s budget form as it was before this screen
+# (conv1 at 32 maps, lr 0.08, 2-px shifts; the screen moved the script to 16 maps, lr 0.05, 1 px).
+# The lines of bench/grids/fmnist_zen3.txt are written against these defaults.
 DEFAULTS = dict(model="zfnet_small", batch_size=128, lr=0.08, weight_decay=1e-3,
                 label_smoothing=0.1, schedule="cosine", epochs=20)
 BASE_OPTS = ("batchnorm=true", "dropout=0", "conv_widths=32,96,160,160,128",
