@@ -12,7 +12,10 @@ Matrix products and convolutions run in float32 without TF32 (as a CPU without b
 
 A screen says which recipe is worth a 20-minute run on the CPU; the figure that counts is that run's
 (`bench/fmnist_recipe.sh`). Give each run the epochs that CPU fits in its budget: `epochs`, run on
-that CPU, times each line's model there and writes them into the grid.
+that CPU, times each line's model there and writes them into the grid. It times the training step
+alone: the loader's share of a real run is larger for a faster model, so it overstates a faster
+model's epochs (on a Zen 3, conv1 at 16 maps timed 1.38x the step rate of 32 maps but trained
+1.23x the epochs of it within `--time-budget 18.5m`).
 
     # one run
     python bench/fmnist_search.py run --epochs 20 --batch-size 128 --lr 0.08 \\
@@ -263,8 +266,8 @@ def epochs(argv: list[str]) -> int:
     ap.add_argument("--budget", default="17.3m",
                     help="training time (default 17.3m: what `zfnet train --time-budget 18.5m` "
                          "spends on steps at this benchmark's rate, measured on a Zen 3)")
-    ap.add_argument("--steps", type=int, default=15, help="timed steps per measurement")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--write", default=None, help="the grid with each line's --epochs set")
     a = ap.parse_args(argv)
     from common import hardware, sgd_step, timed  # bench/common.py
@@ -277,23 +280,31 @@ def epochs(argv: list[str]) -> int:
     keep_freed_memory()  # as `zfnet train` does
     amp = amp_dtype_for("auto", torch.device("cpu"))  # what `zfnet train` picks on this CPU
     jobs = read_grid(a.file)
-    steps: dict[str, tuple] = {}
+    # One timing per distinct model and batch: lines that differ in training options alone
+    # (lr, seed, shifts, ...) share it, so they get the same epochs.
+    keys: dict[str, tuple] = {}
+    steps: dict[tuple, tuple] = {}
     for name, opts in jobs:
         r, _ = run_parser().parse_known_args(opts)
         kw = dict(parse_model_opt(o) for o in (*BASE_OPTS, *r.model_opt))
+        key = keys[name] = (r.model, tuple(sorted((k, str(v)) for k, v in kw.items())),
+                            r.batch_size)
+        if key in steps:
+            continue
         model = zfnet.create_model(r.model, num_classes=10, in_channels=1, input_size=28, **kw)
         model = model.to(memory_format=torch.channels_last).train()
         x = torch.randn(r.batch_size, 1, 28, 28).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (r.batch_size,))
-        steps[name] = (sgd_step(model, x, y, amp), r.batch_size)
-    rates: dict[str, list[float]] = {name: [] for name, _ in jobs}
-    for _ in range(a.repeats):  # interleaved: a machine that slows down slows every line
-        for name, (fn, batch) in steps.items():
-            rates[name].append(batch / timed(fn, a.steps))
-    print(f"{hardware()}; zfnet train here: {'bf16 autocast' if amp else 'float32'}", flush=True)
+        steps[key] = (sgd_step(model, x, y, amp), r.batch_size)
+    rates: dict[tuple, list[float]] = {key: [] for key in steps}
+    for _ in range(a.repeats):  # interleaved: a machine that slows down slows every model
+        for key, (fn, batch) in steps.items():
+            rates[key].append(batch / timed(fn, a.steps))
+    print(f"{hardware()}; zfnet train here: {'bf16 autocast' if amp else 'float32'}; "
+          f"{len(steps)} distinct models timed", flush=True)
     lines = []
     for name, opts in jobs:
-        rate = statistics.median(rates[name])
+        rate = statistics.median(rates[keys[name]])
         n_epochs = round(rate * budget / TRAIN_IMAGES, 1)
         print(f"{name:24s} {rate:7.0f} img/s  {n_epochs:5.1f} epochs in {a.budget}", flush=True)
         kept = [o for i, o in enumerate(opts)

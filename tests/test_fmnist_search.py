@@ -64,16 +64,19 @@ def test_grid_reports_a_failed_line(tmp_path) -> None:
 def test_epochs_times_each_line_and_writes_them(tmp_path) -> None:
     grid, out = tmp_path / "grid.txt", tmp_path / "timed.txt"
     grid.write_text("small: --model-opt conv_widths=8,16,16,16,16 --epochs 99 --lr 0.05\n"
-                    "big: --model-opt conv_widths=32,64,64,64,64  # comment\n")
+                    "big: --model-opt conv_widths=32,64,64,64,64  # comment\n"
+                    "small_seed1: --model-opt conv_widths=8,16,16,16,16 --seed 1\n")
     p = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "fmnist_search.py"), "epochs", str(grid),
-         "--steps", "2", "--repeats", "1", "--budget", "1m", "--write", str(out)],
+         "--steps", "3", "--repeats", "1", "--budget", "1m", "--write", str(out)],
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
         timeout=300,
     )
     assert p.returncode == 0, p.stdout + p.stderr[-3000:]
     lines = out.read_text().splitlines()
-    assert [line.split(":")[0] for line in lines] == ["small", "big"]
+    assert [line.split(":")[0] for line in lines] == ["small", "big", "small_seed1"]
     assert "--epochs 99" not in lines[0] and "--lr 0.05" in lines[0]
-    small, big = (float(line.rsplit("--epochs ", 1)[1]) for line in lines)
+    small, big, small_again = (float(line.rsplit("--epochs ", 1)[1]) for line in lines)
     assert small > big > 0  # the narrower model fits more epochs
+    assert small_again == small  # one model, one timing
+    assert "2 distinct models timed" in p.stdout
