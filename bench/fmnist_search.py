@@ -4,9 +4,10 @@ the test set with the paper's 10 crops (corners 1 px off centre, as `bench/fmnis
 What a CPU session can try is one 20-minute training at a time; a lent GPU runs dozens in the same
 minutes. This script trains `zfnet_small` (or any registered model) the way `zfnet train` does, with
 zfnet's own model, SGD parameter groups, lr schedule, label smoothing and EMA, but keeps the whole
-dataset on the device and draws each batch's crops and flips there in one gather (the same
-distribution as the trainer's per-sample crops: 28 px of the 32 px image padded by 2, flipped with
-p = 1/2, minus the mean image; other random numbers, so runs are not bit-equal to `zfnet train`'s).
+dataset on the device and draws each batch's crops and flips there in one gather (the trainer's
+own `gather_crops`, the same distribution as its per-sample crops: 28 px of the 32 px image padded
+by 2, flipped with p = 1/2, minus the mean image; other random numbers, so runs are not bit-equal
+to `zfnet train`'s). The test set is scored by `zfnet eval`'s own `evaluate`.
 Matrix products and convolutions run in float32 without TF32 (as a CPU without bf16 trains) unless
 `--tf32`.
 
@@ -42,12 +43,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 import zfnet
 from zfnet.data import load_dataset
+from zfnet.data.transforms import TensorImages, collate, gather_crops
 from zfnet.train import parse_model_opt
 from zfnet.train.ema import make_ema
-from zfnet.train.recipe import build_scheduler, param_groups, resolve_config
+from zfnet.train.recipe import build_scheduler, evaluate, param_groups, resolve_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py
 TRAIN_IMAGES = 60_000
@@ -88,51 +91,19 @@ def run_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def gather_crops(images: torch.Tensor, mean: torch.Tensor, tops: torch.Tensor,
-                 lefts: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:
-    """Crops (N, C, size, size) float32 minus the mean image, of uint8 images (N, C, F, F) at
-    (tops, lefts), mirrored where `flips`: `TensorImages.train_items` as one batched gather."""
-    ramp = torch.arange(size, device=images.device)
-    rows = (tops[:, None] + ramp)[:, None, :, None]  # (N, 1, S, 1)
-    cols = lefts[:, None] + ramp
-    cols = torch.where(flips[:, None], cols.flip(1), cols)[:, None, None, :]  # (N, 1, 1, S)
-    n, c = images.shape[:2]
-    b = torch.arange(n, device=images.device)[:, None, None, None]
-    ch = torch.arange(c, device=images.device)[None, :, None, None]
-    return images[b, ch, rows, cols].float() - mean[ch, rows, cols]
+def test_errors(model: torch.nn.Module, test: TensorImages) -> tuple[float, float]:
+    """Top-1 error of the centre crop and of the paper's 10 crops, scored by `zfnet eval`'s own
+    `evaluate` (softmax of the 10 crops averaged)."""
+    errors = []
+    for mode in ("centre", "ten_crop"):
+        loader = DataLoader(test.with_mode(mode), batch_size=500, collate_fn=collate)
+        errors.append(evaluate(model, loader, 10, channels_last=True)["top1_error"])
+    return errors[0], errors[1]
 
 
-@torch.inference_mode()
-def ten_crop_error(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
-                   mean: torch.Tensor, size: int, offset: int) -> tuple[float, float]:
-    """Top-1 error of the centre crop and of the paper's 10 crops (corners `offset` px from the
-    centre, flips included, softmax averaged) on uint8 images (N, C, F, F)."""
-    model.eval()
-    full = images.shape[-1]
-    c0 = (full - size) // 2
-    shifts = (-offset, offset)
-    spots = [(c0, c0)] + [(c0 + dy, c0 + dx) for dy in shifts for dx in shifts]
-    centre_wrong = ten_wrong = 0
-    for i in range(0, len(images), 1000):
-        x, y = images[i:i + 1000], targets[i:i + 1000]
-        n = len(x)
-        probs = 0.0
-        for k, (top, left) in enumerate(spots):
-            for flip in (False, True):
-                crop = gather_crops(x, mean, torch.full((n,), top, device=x.device),
-                                    torch.full((n,), left, device=x.device),
-                                    torch.full((n,), flip, device=x.device), size)
-                p = model(crop.contiguous(memory_format=torch.channels_last)).float().softmax(1)
-                if k == 0 and not flip:
-                    centre_wrong += int((p.argmax(1) != y).sum())
-                probs = probs + p
-        ten_wrong += int((probs.argmax(1) != y).sum())
-    return centre_wrong / len(images), ten_wrong / len(images)
-
-
-def run(argv: list[str]) -> dict:
-    """Train one recipe; its test errors, train loss/error of the last epoch and timings."""
-    a = run_parser().parse_args(argv)
+def run(a: argparse.Namespace, argv: list[str]) -> dict:
+    """Train the recipe of `a` (`run_parser`'s options, given as `argv`); its test errors, train
+    loss/error of the last epoch and timings."""
     dev = torch.device(a.device)
     torch.backends.cudnn.allow_tf32 = a.tf32
     torch.backends.cuda.matmul.allow_tf32 = a.tf32
@@ -199,9 +170,7 @@ def run(argv: list[str]) -> dict:
         raise SystemExit(f"loss is {loss_value}: this recipe diverged")
     train_s = time.perf_counter() - t0
     shown = ema.module if ema is not None else model
-    centre, ten = ten_crop_error(shown, test.images.to(dev),
-                                 torch.as_tensor(test.targets, device=dev), test.mean.to(dev),
-                                 size, offset=(test.full_size - size) // 2)
+    centre, ten = test_errors(shown, test)
     return {"args": argv, "epochs": a.epochs, "steps": total, "train_loss": loss_value,
             "train_error": float(wrong) / last_epoch_seen, "test_error_centre": centre,
             "test_error_10crop": ten, "train_s": train_s, "device": str(dev),
@@ -323,9 +292,8 @@ def main() -> int:
         return grid(sys.argv[2:])
     if sys.argv[1] == "epochs":
         return epochs(sys.argv[2:])
-    result = run(sys.argv[2:])
-    text = json.dumps(result, indent=1)
-    a, _ = run_parser().parse_known_args(sys.argv[2:])
+    a = run_parser().parse_args(sys.argv[2:])
+    text = json.dumps(run(a, sys.argv[2:]), indent=1)
     if a.json:
         Path(a.json).write_text(text + "\n")
     print(text)

@@ -91,6 +91,22 @@ def random_crop_flip(
     return apply_crop(img, random_crop_params(h, w, size, generator), size)
 
 
+def gather_crops(images: torch.Tensor, mean: torch.Tensor, tops: torch.Tensor,
+                 lefts: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:
+    """Training crops of a batch in one gather, on the images' device: uint8 images (N, C, F, F)
+    cut at (tops[k], lefts[k]) to `size`, mirrored where flips[k], minus the mean image (C, F, F)
+    -> float32 (N, C, size, size); `apply_crop` of each centred image, for all at once."""
+    ramp = torch.arange(size, device=images.device)
+    rows = (tops[:, None] + ramp)[:, :, None]  # (N, S, 1)
+    cols = lefts[:, None] + ramp  # (N, S)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)[:, None, :]  # (N, 1, S)
+    batch = torch.arange(len(images), device=images.device)[:, None, None]
+    nhwc = images.permute(0, 2, 3, 1)  # (N, F, F, C)
+    mean = mean.permute(1, 2, 0)  # (F, F, C)
+    x = nhwc[batch, rows, cols].to(torch.float32) - mean[rows, cols]  # (N, S, S, C)
+    return x.permute(0, 3, 1, 2).contiguous()  # (N, C, S, S)
+
+
 class CropDataset(Dataset):
     """Base class: images at `full_size` in, the paper's crops out.
 
@@ -202,17 +218,9 @@ class TensorImages(CropDataset):
         """`CropDataset.train_items` as one gather over the batch (the same values)."""
         if len(indices) == 0:
             return []
-        size = self.input_size
         tops, lefts, flips = (torch.as_tensor(v) for v in zip(*params, strict=True))
-        ramp = torch.arange(size)
-        rows = (tops[:, None] + ramp)[:, :, None]  # (N, S, 1)
-        cols = lefts[:, None] + ramp  # (N, S)
-        cols = torch.where(flips[:, None], cols.flip(1), cols)[:, None, :]  # (N, 1, S)
-        batch = torch.arange(len(indices))[:, None, None]
-        images = self.images[torch.as_tensor(indices)].permute(0, 2, 3, 1)  # (N, F, F, C)
-        mean = self.mean.permute(1, 2, 0)  # (F, F, C)
-        x = images[batch, rows, cols].to(torch.float32) - mean[rows, cols]  # (N, S, S, C)
-        x = x.permute(0, 3, 1, 2).contiguous()  # (N, C, S, S)
+        x = gather_crops(self.images[torch.as_tensor(indices)], self.mean, tops, lefts, flips,
+                         self.input_size)
         return [(x[k], self.targets[i]) for k, i in enumerate(indices)]
 
 
