@@ -15,8 +15,8 @@
 # Which form fits the 20 minutes depends on the machine (README, "Measured"). With bf16 computed
 # natively (a CPU with AVX-512 BF16 such as a Zen 4 or an Intel Xeon with AMX, or a GPU): form
 # `stride1`, the model and recipe of RECIPE below trained for what fits 18.5 min (at most 60
-# epochs): on an Intel Xeon with AMX 37-41 epochs, 94.025% as the mean of seeds 0-3, 18 min
-# 43-45 s each. Its 34 epochs alone (form `epochs34`): 93.96% as the mean of 8 runs on a Zen 4,
+# epochs): on an Intel Xeon with AMX 32-41 epochs, 93.96% as the mean of seeds 0-7, 18 min
+# 43-46 s each. Its 34 epochs alone (form `epochs34`): 93.96% as the mean of 8 runs on a Zen 4,
 # 19-20 min there. Without native bf16 training runs in float32, several times
 # slower (the 34 epochs take ~100 min on a Zen 3; `bench/bench_step.py` prints this machine's
 # rate), so the script trades FLOPs for epochs: conv2 at the paper's stride 2, conv1 at 16 maps,
