@@ -20,14 +20,18 @@
 # shifts of RECIPE alone: 32-41 epochs, 93.96% over seeds 0-7). Its 34 epochs alone (form
 # `epochs34`, 2-px shifts): 93.96% as the mean of 8 runs on a Zen 4, 19-20 min there. Without
 # native bf16 training runs in float32, several times slower (the 34 epochs take ~100 min on a
-# Zen 3; `bench/bench_step.py` prints this machine's rate), so the script trades FLOPs for epochs: conv2 at the paper's stride 2, conv1 at 16 maps,
-# batch 128, lr 0.05, no dropout, training crops shifted by at most 1 px instead of 2 (found by
-# the GPU screen `bench/fmnist_search.py`, README), trained for what fits 18.5 min (on a Zen 3
+# Zen 3; `bench/bench_step.py` prints this machine's rate), so the script trades FLOPs for
+# epochs: conv2 at the paper's stride 2, conv1 at 16 maps, batch 128, lr 0.05, no dropout,
+# training crops shifted by at most 1 px instead of 2 (found by the GPU screen
+# `bench/fmnist_search.py`, README), trained for what fits 18.5 min (on a Zen 3
 # 23.5-25 epochs, 93.46% as the mean of seeds 0-3, 18 min 56 s - 19 min 10 s each; the 10-crop
 # evaluation takes ~50 s of it; the form before, with conv1 at 32 maps, lr 0.08 and 2-px
 # shifts: 93.11%). FMNIST_RECIPE=stride1, epochs34 or budget picks a form instead of the
 # machine (default auto).
 set -euo pipefail
+# The body is one block, read whole before it runs: editing this file during a 19-minute run
+# cannot change what the run does next.
+{
 cd "$(dirname "$0")/.."
 Z=.venv/bin/zfnet
 # conv1-4 narrowed (32,96,160,160 maps instead of 48,128,192,192): 1.5x the img/s on a Zen 4,
@@ -87,3 +91,5 @@ run $Z eval --checkpoint "$out" --data "fashion-mnist?pad=1" --ten-crop \
 wall=$(( $(date +%s) - start ))
 echo "seed $seed: test top-1 error $(error "$out/eval10_pad1.json") (10 crops, pad 1)," \
      "wall $((wall / 60)) min $((wall % 60)) s for training and evaluation"
+exit
+}
