@@ -104,7 +104,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--renorm-radius", type=float, help="Filter RMS radius (default 0.1).")
 @click.option("--precondition/--no-precondition", default=None,
               help="Train conv1 as if the 0..255 inputs were divided by their std (default on; "
-                   "off = the literal recipe, see README).")
+                   "off = the literal recipe, see docs/design.md).")
 @click.option("--seed", type=int, help="Seed of init, data order and augmentation (default 0).")
 @click.option("--device", help="auto (default: cuda if available), cpu, cuda, cuda:N.")
 @click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]),
