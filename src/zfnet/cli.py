@@ -204,8 +204,9 @@ def eval_cmd(checkpoint: str, data: str | None, ten_crop: bool, json_out: str | 
     except ValueError as e:
         raise click.ClickException(str(e)) from e
     crops = "10 crops" if ten_crop else "centre crop"
-    click.echo(f"{r['model']} (epoch {r['epoch']}) on {r['data']}, {r['n']} images, {crops}: "
-               f"top-1 error {r['top1_error']:.2%}, top-5 error {r['top5_error']:.2%}")
+    skipped = f" ({r['skipped']} broken files skipped)" if r["skipped"] else ""
+    click.echo(f"{r['model']} (epoch {r['epoch']}) on {r['data']}, {r['n']} images{skipped}, "
+               f"{crops}: top-1 error {r['top1_error']:.2%}, top-5 error {r['top5_error']:.2%}")
     for name, acc in r["per_class_accuracy"].items():
         click.echo(f"  {name:<20} {'-' if acc is None else f'{acc:.2%}'}")
     if json_out:

@@ -36,9 +36,10 @@ def evaluate_checkpoint(
     crops and their mirror images (paper Sec. 3). `amp` and `channels_last` as in training (the
     defaults are the trainer's; "off" scores in float32). `live_weights`: for a run trained with
     `--ema`, score the live weights instead of their average (which the checkpoint's
-    model.safetensors holds). `bundle` may be given instead of loading `spec`.
-    Returns a JSON-ready dict: checkpoint, model, epoch, data, ten_crop, amp, live_weights, n,
-    loss, top1_error, top5_error, class_names, per_class_accuracy ({name: accuracy}),
+    model.safetensors holds). `bundle` may be given instead of loading `spec`. Broken image
+    files are skipped with a warning and counted. Returns a JSON-ready dict: checkpoint, model,
+    epoch, data, ten_crop, amp, live_weights, n (images scored), skipped (broken files left
+    out), loss, top1_error, top5_error, class_names, per_class_accuracy ({name: accuracy}),
     confusion_matrix (rows: true class, columns: predicted).
     """
     dev = resolve_device(device)
@@ -75,7 +76,7 @@ def evaluate_checkpoint(
     return {
         "checkpoint": meta["checkpoint"], "model": meta["model"], "epoch": meta.get("epoch"),
         "data": spec, "ten_crop": ten_crop, "amp": amp, "live_weights": live_weights,
-        "n": r["n"], "loss": r["loss"],
+        "n": r["n"], "skipped": r["skipped"], "loss": r["loss"],
         "top1_error": r["top1_error"], "top5_error": r["top5_error"], "class_names": names,
         "per_class_accuracy": dict(zip(names, per_class_accuracy(cm), strict=True)),
         "confusion_matrix": cm.tolist(),

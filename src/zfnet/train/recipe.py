@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -195,6 +196,7 @@ class EpochState:
     epoch: int  # 0-based
     epochs: int
     start_step: int = 0
+    # batches of the run so far (of the data order: a batch of only broken files counts too)
     global_step: int = 0
     amp_dtype: torch.dtype | None = None
     scaler: torch.amp.GradScaler | None = None
@@ -222,6 +224,12 @@ def train_one_epoch(
     step, filter renormalisation (Sec. 3). Stops early, after a complete step, when a signal
     arrived. Raises `NonFiniteLossError` on a NaN/inf loss, before the weights are updated.
 
+    A batch whose every file was broken (`collate` gives 0 items) makes no update, but it is a
+    step of the data order: the step counters and a per-step lr schedule move past it, so that
+    a checkpoint's position (steps into the epoch) still names the same place. Under DDP, such a
+    step is skipped by every process when any process has no item (the samples of the others
+    then count as skipped too): a process cannot sit out the gradient all-reduce alone.
+
     Returns sums over this process: loss_sum, correct, seen, steps (the step index reached),
     interrupted (1.0 / 0.0), time.
     """
@@ -237,18 +245,22 @@ def train_one_epoch(
                disable=not (st.progress and info.is_main))
     try:
         for x, y in loader:
-            loss_value, hits, stop_now = _update(model, x, y, optimizer, st, info, step)
-            if st.step_scheduler is not None:
-                st.step_scheduler.step()
-            n = y.shape[0]
-            loss_sum += loss_value * n
-            correct += hits
-            seen += n
+            (empty,) = ddp.all_reduce_max([y.shape[0] == 0], info)
+            if empty:
+                (stop_now,) = ddp.all_reduce_max([st.stop["signal"] is not None], info)
+            else:
+                loss_value, hits, stop_now = _update(model, x, y, optimizer, st, info, step)
+                n = y.shape[0]
+                loss_sum += loss_value * n
+                correct += hits
+                seen += n
+            _advance_schedule(st.step_scheduler, updated=not empty)
             step += 1
             st.global_step += 1
             if info.is_main:
-                _show_progress(bar, st, optimizer, loss_value, loss_sum / seen,
-                               seen * info.world_size, time.perf_counter() - t0)
+                _show_progress(bar, st, optimizer, None if empty else loss_value,
+                               loss_sum / max(seen, 1), seen * info.world_size,
+                               time.perf_counter() - t0)
             # One process can stop right after the step the signal arrived in; several stop
             # at the step where all of them have seen it.
             if stop_now or (not info.enabled and st.stop["signal"] is not None):
@@ -306,13 +318,24 @@ def _update(
     return loss_value, float((logits.detach().argmax(1) == y).sum()), stop_now
 
 
+def _advance_schedule(scheduler: Any, updated: bool) -> None:
+    """Step a per-step lr schedule (None: none), also past a step without an update, so that
+    it stays at the run's step count (which a time budget's plan is made in)."""
+    if scheduler is None:
+        return
+    with warnings.catch_warnings():
+        if not updated:  # torch warns when the first step of a schedule precedes any update
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+        scheduler.step()
+
+
 def _show_progress(bar: tqdm, st: EpochState, optimizer: torch.optim.Optimizer,
-                   loss_value: float, mean_loss: float, images: float,
+                   loss_value: float | None, mean_loss: float, images: float,
                    elapsed: float) -> None:
     """The progress bar's line, and every 20th step's loss and lr in TensorBoard."""
     bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{images / max(elapsed, 1e-9):.0f}")
     bar.update(1)
-    if st.tb is not None and st.global_step % 20 == 0:
+    if st.tb is not None and loss_value is not None and st.global_step % 20 == 0:
         st.tb.scalars({"train/loss_step": loss_value,
                        "train/lr": optimizer.param_groups[0]["lr"]}, st.global_step)
 
@@ -333,13 +356,17 @@ def evaluate(
 ) -> dict[str, Any]:
     """Loss, top-1 / top-5 error and confusion matrix of `model` over `loader` (summed over all
     processes). Batches of (N, C, S, S) are centre crops; (N, 10, C, S, S) are the paper's ten
-    crops, whose softmax outputs are averaged (Sec. 3 / Table 2)."""
+    crops, whose softmax outputs are averaged (Sec. 3 / Table 2). Broken files (dropped by
+    `collate`; a batch of only broken files has 0 items) are left out of every figure and
+    counted in `skipped` (None when the loader's length is unknown)."""
     info = info or ddp.DistInfo(0, 1, 0, next(model.parameters()).device)
     model.eval()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     sums = torch.zeros(4, dtype=torch.float64)  # loss, top1 correct, top5 correct, n
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64)
     for x, y in loader:
+        if y.shape[0] == 0:  # only broken files: nothing to score
+            continue
         crops = x.shape[1] if x.ndim == 5 else 1
         x = x.flatten(0, 1) if x.ndim == 5 else x  # (N*crops, C, S, S)
         x = x.to(info.device, non_blocking=True, memory_format=fmt)
@@ -354,13 +381,24 @@ def evaluate(
             float(y.shape[0]),
         ], dtype=torch.float64)
         confusion += confusion_matrix(probs.argmax(1), y, num_classes)
-    totals = ddp.all_reduce_sum(sums.tolist() + confusion.flatten().tolist(), info)
-    loss, c1, c5, n = totals[:4]
-    cm = torch.tensor(totals[4:], dtype=torch.float64).view(num_classes, num_classes).long()
+    sampled = _length(getattr(loader, "sampler", None))
+    totals = ddp.all_reduce_sum(sums.tolist() + [float(sampled or 0)]
+                                + confusion.flatten().tolist(), info)
+    loss, c1, c5, n, expected = totals[:5]
+    cm = torch.tensor(totals[5:], dtype=torch.float64).view(num_classes, num_classes).long()
     if n == 0:
-        raise ValueError("the evaluation set is empty")
+        raise ValueError("the evaluation set is empty" if not expected else
+                         f"every one of the {int(expected)} evaluation images is a broken file")
     return {"loss": loss / n, "top1_error": 1 - c1 / n, "top5_error": 1 - c5 / n, "n": int(n),
-            "confusion": cm}
+            "skipped": None if sampled is None else int(expected - n), "confusion": cm}
+
+
+def _length(sampler: Any) -> int | None:
+    """How many items a loader's sampler yields (None when it cannot say)."""
+    try:
+        return len(sampler)
+    except TypeError:
+        return None
 
 
 # --- parameter groups, lr schedules ---
