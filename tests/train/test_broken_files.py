@@ -1,8 +1,10 @@
 """Broken image files in training and evaluation: a batch of only broken files is skipped like
 any broken file (counted, no update, the position in the data order kept), in training and in
-evaluation (centre crop and 10 crops)."""
+evaluation (centre crop and 10 crops); `--strict` stops at the first one with a one-line error
+naming it, after which `--resume` continues."""
 
 import io
+import json
 import os
 import signal
 import warnings
@@ -16,11 +18,13 @@ import zfnet.data.imagefolder as imagefolder
 from tests.data.test_imagefolder import _folder
 from tests.train.test_recipe import _assert_same_run
 from zfnet.cli import main
+from zfnet.data import BadImageError
 from zfnet.report.plots import read_metrics_csv
 from zfnet.train import (
     TrainConfig,
     evaluate_checkpoint,
     find_last,
+    list_checkpoints,
     load_model,
     train,
 )
@@ -34,6 +38,9 @@ BROKEN = ("x_broken1.jpg", "x_broken2.jpg")  # sorted after their class's good f
 # then the two broken files of ant/.
 N_TRAIN, BROKEN_INDICES = 6, (4, 5)
 OPTS = {"conv_widths": [16, 16, 16], "fc_width": 32}
+CLI = ["--model", "zfnet_small", "--model-opt", "conv_widths=16,16,16", "--model-opt",
+       "fc_width=32", "--batch-size", "2", "--device", "cpu", "--amp", "off", "--quiet",
+       "--no-tensorboard"]
 
 
 def _dataset(root, splits=("train", "val")) -> str:
@@ -142,7 +149,63 @@ def test_evaluation_skips_a_batch_of_only_broken_files(tmp_path) -> None:
             assert (r["n"], r["skipped"]) == (2, 2), ten_crop
             assert sum(map(sum, r["confusion_matrix"])) == 2
     assert r["loss"] >= 0
+    with pytest.raises(BadImageError, match=BROKEN[0]):
+        evaluate_checkpoint(out, strict=True, batch_size=2, device="cpu")
     r = CliRunner().invoke(main, ["eval", "--checkpoint", str(out), "--ten-crop",
                                   "--batch-size", "2", "--device", "cpu"])
     assert r.exit_code == 0 and "2 images (2 broken files skipped), 10 crops" in r.output
+    r = CliRunner().invoke(main, ["eval", "--checkpoint", str(out), "--batch-size", "2",
+                                  "--device", "cpu", "--strict"])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert r.output.startswith("Error: broken image ") and r.output.count("\n") == 1
+    assert str(tmp_path / "data" / "val" / "ant" / BROKEN[0]) in r.output
 
+
+def test_strict_stops_at_a_broken_file_then_resume_continues(tmp_path) -> None:
+    """The broken files are val images: the first validation stops the run, before any
+    checkpoint; once they are removed, `--resume` alone continues from config.json."""
+    data = tmp_path / "data"
+    spec = _dataset(data, splits=("val",))
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "--data", spec, "--out", str(out), "--epochs", "2",
+                                  "--strict", *CLI])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert r.output.startswith(f"Error: broken image {data / 'val' / 'ant' / BROKEN[0]}: ")
+    assert r.output.count("\n") == 1 and "Traceback" not in r.output
+    assert "--resume" in r.output and "none yet" in r.output
+    assert json.loads((out / "config.json").read_text())["strict"] is True
+    assert not list_checkpoints(out)
+    for name in BROKEN:
+        (data / "val" / "ant" / name).unlink()
+    r = CliRunner().invoke(main, ["train", "--out", str(out), "--resume"])
+    assert r.exit_code == 0, r.output
+    meta = load_model(out)[1]
+    assert meta["epoch"] == 2 and meta["train_config"]["strict"] is True
+
+
+def test_strict_in_a_worker_mid_run_then_resume_without_it(tmp_path) -> None:
+    """A broken training file stops a strict run at once: while loading the data (the mean
+    image reads every file) before anything is written, or, when that mean is cached, in the
+    epoch, also from a DataLoader worker; `--resume --no-strict` then skips it."""
+    data = tmp_path / "data"
+    spec = _dataset(data)
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "--data", spec, "--out", str(out), "--epochs", "1",
+                                  "--strict", *CLI])
+    assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
+    assert str(data / "train" / "ant" / BROKEN[0]) in r.output and not out.exists()
+
+    r = CliRunner().invoke(main, ["train", "--data", spec, "--out", str(out), "--epochs", "1",
+                                  *CLI])  # skips them (and caches the mean)
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["train", "--out", str(out), "--resume", "--epochs", "2",
+                                  "--strict", "--workers", "1"])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert r.output.startswith(f"Error: broken image {data / 'train' / 'ant' / 'x_broken'}")
+    assert r.output.count("\n") == 1 and "Traceback" not in r.output
+    assert f"the last checkpoint is {out / 'checkpoints' / 'epoch_0001'}" in r.output
+    r = CliRunner().invoke(main, ["train", "--out", str(out), "--resume", "--epochs", "2",
+                                  "--no-strict"])
+    assert r.exit_code == 0, r.output
+    assert read_metrics_csv(out / "metrics.csv")["skipped"] == [2, 2]
+    assert json.loads((out / "config.json").read_text())["strict"] is False

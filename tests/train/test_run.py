@@ -13,6 +13,7 @@ import zfnet
 from tests.train.tiny import tiny_bundle, tiny_config
 from zfnet.cli import main
 from zfnet.train import load_model, train
+from zfnet.train import recipe as recipe_mod
 from zfnet.train.distributed import DistInfo
 from zfnet.train.logs import epoch_lines, epoch_row
 from zfnet.train.run import Progress, build_model, build_run, epoch_loader
@@ -147,6 +148,17 @@ def test_checkpoints_with_the_old_sampler_entry_still_resume(reference, tmp_path
         state.write_text(json.dumps(meta))
     summary = train(tiny_config(out, epochs=4, resume=True), bundle=tiny_bundle())
     assert summary["status"] == "completed" and summary["epochs_completed"] == 4
+
+
+def test_resume_before_the_first_checkpoint_takes_config_json(tmp_path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(tiny_config(out, lr=0.005).to_json())
+    config = recipe_mod.resolve_config(out=str(out), resume=True, epochs=2)
+    assert config.lr == 0.005 and config.epochs == 2 and config.data == "tiny"
+    (out / "config.json").write_text("{broken")
+    with pytest.raises(ValueError, match=r"config\.json is unreadable"):
+        recipe_mod.resolve_config(out=str(out), resume=True)
 
 
 def test_epoch_row_and_lines() -> None:

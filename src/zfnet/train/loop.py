@@ -3,7 +3,8 @@
 Each epoch: `train_one_epoch`, then validation (every `val_every`-th epoch and the last), a new
 plan when the run has a time budget, the lr schedule's epoch step, a checkpoint, metrics.csv and
 the log line. SIGTERM / SIGINT end the step under way, save a mid-epoch checkpoint and return
-(`EXIT_INTERRUPTED`); a NaN loss stops with the last good checkpoint kept.
+(`EXIT_INTERRUPTED`); a NaN loss stops with the last good checkpoint kept; with `strict`, a
+broken file stops the run with an error naming it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from zfnet.data.images import BadImageError
 from zfnet.train import checkpoint as ckpt
 from zfnet.train import distributed as ddp
 from zfnet.train.config import TrainConfig
@@ -42,7 +44,8 @@ def train(config: TrainConfig, bundle: Any = None) -> dict[str, Any]:
     first write to `config.out`. Returns a summary: run_dir, status ("completed" or
     "interrupted"), signal, epochs_completed, global_step, final (the last epoch's metrics),
     best_val_top1_error, checkpoint, wall_time_s, device, amp, world_size, plan.
-    Raises `NonFiniteLossError` on a NaN/inf loss (the last good checkpoint is kept).
+    Raises `NonFiniteLossError` on a NaN/inf loss (the last good checkpoint is kept), and
+    `BadImageError` naming a broken file with `config.strict`.
     """
     t_start = time.perf_counter()
     info = ddp.setup(config.device)
@@ -155,6 +158,12 @@ class Session:
         except NonFiniteLossError as e:
             raise NonFiniteLossError(f"{e}: {self.checkpoints.last or 'none written yet'}"
                                      ) from None
+        except BadImageError as e:  # only strict datasets raise it
+            stop = (f"training stopped (--strict), the last checkpoint is "
+                    f"{self.checkpoints.last or 'none yet'}: fix or remove the file and "
+                    "continue with --resume, or with --resume --no-strict to skip broken files")
+            raise (BadImageError(e.path, f"{e.reason}; {stop}") if e.reason
+                   else BadImageError(f"{e}; {stop}")) from None
         finally:
             self.tb.close()
         return self.summary()

@@ -16,12 +16,14 @@ losses as the uninterrupted run.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -518,18 +520,13 @@ def replan(config: TrainConfig, info: ddp.DistInfo, scheduler: Any, steps_per_ep
 
 def resolve_config(**given: Any) -> TrainConfig:
     """A `TrainConfig` from the options a user gave explicitly. With `resume=True` and a run in
-    `out`, options not given are taken from that run's saved configuration, so
+    `out`, options not given are taken from that run's saved configuration (its last
+    checkpoint's, or its config.json when it stopped before the first checkpoint), so
     `zfnet train --out DIR --resume` needs nothing else."""
     out = given.get("out")
     if out is None:
         raise ValueError("out (the run directory) is required")
-    base: dict[str, Any] = {}
-    if given.get("resume"):
-        try:
-            meta = ckpt.read_meta(ckpt.find_last(out))
-            base = dict(meta["train_config"])
-        except FileNotFoundError:
-            base = {}
+    base = saved_config(out) if given.get("resume") else {}
     merged = {**base, **given}
     missing = [k for k in ("data", "model") if merged.get(k) is None]
     if missing:
@@ -538,3 +535,22 @@ def resolve_config(**given: Any) -> TrainConfig:
         )
     return TrainConfig.from_dict(merged)
 
+
+def saved_config(run_dir: str | Path) -> dict[str, Any]:
+    """The configuration the run in `run_dir` was started with: its last checkpoint's, else its
+    config.json, else {} (no run there)."""
+    try:
+        return dict(ckpt.read_meta(ckpt.find_last(run_dir))["train_config"])
+    except FileNotFoundError:
+        pass
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} is unreadable ({e}); start the run afresh with --data and "
+                         "--model in another --out") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} is not a run configuration (a JSON object)")
+    return saved

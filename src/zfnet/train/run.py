@@ -124,7 +124,7 @@ def build_run(config: TrainConfig, info: ddp.DistInfo, bundle: Any = None) -> Ru
     if bundle is None:
         from zfnet.data import load_dataset
 
-        bundle = load_dataset(config.data, cache_dir=config.data_cache)
+        bundle = load_dataset(config.data, strict=config.strict, cache_dir=config.data_cache)
     amp_dtype = amp_dtype_for(config.amp, info.device)
     bare = build_model(config, bundle)
     torch.manual_seed(config.seed + info.rank)  # distinct dropout masks per process
