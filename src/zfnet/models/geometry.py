@@ -164,8 +164,6 @@ class AxisGeometry:
         return self.first + (self.rf - 1) / 2
 
 
-
-
 @dataclass(frozen=True)
 class LayerGeometry:
     """Where the units of one layer's output sit in input pixels, per axis.
@@ -272,14 +270,14 @@ def chain_geometry(modules: Iterable[nn.Module], input_size: int | tuple[int, in
     return out
 
 
-def chain_sizes(modules: Iterable[nn.Module], input_size: tuple[int, int]
+def chain_sizes(modules: Iterable[nn.Module], input_size: int | tuple[int, int]
                 ) -> list[tuple[int, int]]:
     """(H, W) of the input, then of each module's output, of a chain fed `input_size`."""
-    sizes = [tuple(input_size)]
+    sizes = [pair(input_size)]
     for m in modules:
         win = window_of(m)
         sizes.append(sizes[-1] if win is None else win.out_size(sizes[-1]))
-    return sizes  # type: ignore[return-value]
+    return sizes
 
 
 def sequential_leaves(seq: nn.Sequential, prefix: str = "") -> list[tuple[str, nn.Module]]:
