@@ -78,7 +78,9 @@ def evolution(run_dir: str | Path, bundle: DataBundle, out_dir: str | Path | Non
 
     ckpts = [(e, load_model(p)[0]) for e, p in list_checkpoints(run_dir)]
     if not ckpts:
-        raise FileNotFoundError(f"no checkpoints in {run_dir}: train with --keep-epochs first")
+        raise FileNotFoundError(
+            f"{run_dir} holds no kept checkpoints (checkpoints/epoch_NNNN/): give a run directory "
+            "of `zfnet train` (--keep-epochs says which epochs it keeps)")
     layers = _present(ckpts[-1][1], CONV_LAYERS)
     res = feature_evolution(ckpts, _centre(bundle, "train"), layers, n_maps, n_images)
     return evolution_section(out_dir or run_dir, res), res
@@ -135,7 +137,14 @@ def correspondence(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
                          f"{', '.join(bundle.class_names)}")
     label = bundle.class_names.index(class_name)
     idx = [i for i in range(len(val)) if val.targets[i] == label][:n_images]
+    if len(idx) < 2:
+        raise ValueError(f"class {class_name!r} has {len(idx)} val image(s) in {bundle.spec!r}; "
+                         "correspondence needs at least 2")
     samples = [val.sample(i) for i in idx]
+    unknown = [p for p in parts if p not in samples[0].parts]
+    if unknown or not parts:
+        raise ValueError(f"part(s) {', '.join(map(repr, unknown)) or '(none)'} not in class "
+                         f"{class_name!r}; valid: {', '.join(samples[0].parts)}")
     x = torch.stack([val[i][0] for i in idx])  # (N, C, S, S) model inputs
     masks = {p: torch.from_numpy(np.stack([s.parts[p] for s in samples]))
              for p in parts}
@@ -185,6 +194,9 @@ def randomization(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
     from zfnet.analyses.sanity import cascading_randomization, randomization_section
 
     val = _centre(bundle)
+    if not 1 <= n_images <= len(val):
+        raise ValueError(f"n_images={n_images}: the val split of {bundle.spec!r} has "
+                         f"{len(val)} images; give 1 to {len(val)}")
     x = torch.stack([val[i][0] for i in range(n_images)])
     act = get_activations(model.eval(), x, [layer])[layer]  # (N, C, H, W)
     channels = act.flatten(2).amax(2).argmax(1)  # (N,)

@@ -161,7 +161,8 @@ def compute_mean(
             count += n
     if count == 0:
         raise ValueError(
-            f"no training image could be decoded (all {len(paths)} skipped as broken)"
+            f"no training image could be decoded (all {len(paths)} skipped as broken"
+            + (f", e.g. {paths[0]})" if paths else ")")
         )
     return (total / count).to(torch.float32)
 
