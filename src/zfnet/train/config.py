@@ -108,6 +108,18 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
+        if self.patience < 0 or self.step_epochs < 1 or self.warmup_epochs < 0:
+            raise ValueError(f"patience must be >= 0, step_epochs >= 1, warmup_epochs >= 0; got "
+                             f"{self.patience}, {self.step_epochs}, {self.warmup_epochs}")
+        if not 0.0 < self.lr_factor <= 1.0:
+            raise ValueError(f"lr_factor must be in (0, 1], got {self.lr_factor}")
+        if not 0.0 <= self.momentum < 1.0 or (self.nesterov and self.momentum == 0):
+            raise ValueError(f"momentum must be in [0, 1) (> 0 with nesterov), got "
+                             f"{self.momentum}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be in 0..2**32-1, got {self.seed}")
+        if any(e < 1 for e in self.keep_epochs):
+            raise ValueError(f"keep_epochs must be epochs >= 1, got {list(self.keep_epochs)}")
         if self.renorm_radius <= 0:
             raise ValueError(f"renorm_radius must be > 0, got {self.renorm_radius}")
         if self.time_budget is not None:
