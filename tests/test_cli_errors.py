@@ -14,7 +14,11 @@ from safetensors.torch import save_file
 from zfnet.cli import main
 from zfnet.models import create_model
 
+# eval-broken-images warns about each file it skips before it fails: expected here
+pytestmark = pytest.mark.filterwarnings("ignore::zfnet.data.images.BrokenImageWarning")
+
 TINY = "synthetic?n_train=64&n_val=32&size=32"
+OTHER_SIZE = "synthetic?n_train=64&n_val=32&size=48"  # not the 32 px the run's model takes
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +123,7 @@ CASES = [
     ("eval-json-no-folder", ["eval", *CK, "--json", "{out}/r.json"], "r.json"),
     ("eval-json-a-folder", ["eval", *CK, "--json", "{empty}"], "directory"),
     ("eval-other-classes", ["eval", *CK, "--data", TINY + "&classes=0,1"], "2 classes"),
-    ("eval-other-size", ["eval", *CK, "--data", "synthetic?n_train=64&n_val=32&size=48"],
-     "48 px"),
+    ("eval-other-size", ["eval", *CK, "--data", OTHER_SIZE], "48 px"),
     ("eval-live-weights", ["eval", *CK, "--live-weights"], "--ema"),
     ("eval-broken-images", ["eval", *CK, "--data", "imagefolder:{broken_images}"],
      "broken_images"),
@@ -132,20 +135,28 @@ CASES = [
     ("topk-not-a-run", ["visualize", "topk", "--checkpoint", "{empty}", *OUT], "empty"),
     ("topk-dataset", [*TOPK, "--data", "nope"], "nope"),
     ("topk-out-is-file", ["visualize", "topk", *CK, "--out", "{notes}"], "notes.txt"),
+    ("topk-fc-layer", [*TOPK, "--layer", "fc6"], "fc6"),
+    ("topk-other-input-size", [*TOPK, "--data", OTHER_SIZE], "48 px"),
     # analyze
     ("evolution-no-checkpoints", ["analyze", "evolution", "--run", "{empty}", *OUT], "empty"),
     ("evolution-no-run", ["analyze", "evolution", *OUT], "--checkpoint"),
     ("evolution-dataset", ["analyze", "evolution", *CK, "--data", "nope", *OUT], "nope"),
     ("filters-not-a-run", ["analyze", "filters", "--checkpoint", "{empty}", *OUT], "empty"),
+    ("invariance-other-classes", ["analyze", "invariance", *CK, *OUT, "--data",
+                                  TINY + "&classes=0,1"], "2 classes"),
     ("invariance-dataset", ["analyze", "invariance", *CK, *OUT, "--data",
                             "fashion-mnist:/nonexistent"], "/nonexistent"),
     ("occlusion-layer", ["analyze", "occlusion", *CK, *OUT, "--layer", "conv9"], "conv9"),
     ("occlusion-size", ["analyze", "occlusion", *CK, *OUT, "--size", "1000"], "1000"),
+    ("occlusion-other-classes", ["analyze", "occlusion", *CK, *OUT, "--data",
+                                 TINY + "&classes=0,1"], "2 classes"),
     ("occlusion-images-0", ["analyze", "occlusion", *CK, *OUT, "--images", "0"], "--images"),
     ("correspondence-part", ["analyze", "correspondence", *CK, *OUT, "--parts", "nose"], "nose"),
     ("correspondence-class", ["analyze", "correspondence", *CK, *OUT, "--class", "dragon"],
      "dragon"),
     ("probes-not-a-run", ["analyze", "probes", "--checkpoint", "{notes}", *OUT], "notes.txt"),
+    ("probes-other-input-size", ["analyze", "probes", *CK, *OUT, "--data", OTHER_SIZE],
+     "48 px"),
     ("probes-per-class-0", ["analyze", "probes", *CK, *OUT, "--per-class", "0"], "--per-class"),
     ("transfer-shots-a", ["analyze", "transfer", *CK, *OUT, "--data", TINY, "--shots", "a"],
      "--shots"),
@@ -156,6 +167,8 @@ CASES = [
     ("transfer-dataset", ["analyze", "transfer", *CK, *OUT, "--data", "nope"], "nope"),
     ("randomization-layer", ["analyze", "randomization", *CK, *OUT, "--layer", "conv9"],
      "conv9"),
+    ("randomization-fc-layer", ["analyze", "randomization", *CK, *OUT, "--layer", "fc6"],
+     "fc6"),
     ("randomization-images", ["analyze", "randomization", *CK, *OUT, "--images", "1000"],
      "1000"),
     # study, demo, report
@@ -195,3 +208,43 @@ def test_bad_input_is_one_clear_line(places, tmp_path, args, names) -> None:
     assert last.startswith("Error: ") and names in last, res.output
     for p, before in watched.items():
         assert _snapshot(p) == before, f"{p} was written to"
+
+
+def test_names_and_aliases(places, tmp_path) -> None:
+    """--layer takes comma lists (spaces stripped) and repeats, module paths included; the old
+    spellings --layers and --run still work; --checkpoint RUN names the run everywhere."""
+    run, out = str(places["run"]), tmp_path / "out"
+    res = CliRunner().invoke(main, ["visualize", "topk", "--checkpoint", run, "--out", str(out),
+                                    "--layer", " conv1 , features.conv2", "--layer", "pool5",
+                                    "--layers", "conv3", "--k", "2", "--images", "8",
+                                    "--maps-per-layer", "2"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (out / "gallery").glob("*.png")) == [
+        "topk_conv1.png", "topk_conv2.png", "topk_conv3.png", "topk_pool5.png"]
+    for flag in ("--checkpoint", "--run"):
+        res = CliRunner().invoke(main, ["analyze", "evolution", flag, run, "--out", str(out),
+                                        "--images", "8", "--maps", "2"])
+        assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["analyze", "correspondence", "--checkpoint", run, "--out",
+                                    str(out), "--parts", "eye_left, mouth", "--images", "3",
+                                    "--draws", "1"])
+    assert res.exit_code == 0, res.output
+    assert [line.split()[0] for line in res.output.splitlines()[:3]] == [
+        "eye_left", "mouth", "random"]
+
+
+def test_help_is_whole() -> None:
+    """Every command's short help is a whole phrase (not cut at "Figs." or "Sec."), and the old
+    option spellings are hidden."""
+    for group in ([], ["analyze"], ["visualize"]):
+        res = CliRunner().invoke(main, [*group, "-h"])
+        assert res.exit_code == 0, res.output
+        listed = res.output.split("Commands:")[1].strip().splitlines()
+        assert len(listed) >= 1
+        for line in listed:
+            name, text = line.split(maxsplit=1)
+            assert not text.endswith(("...", "(Figs.", "(Sec.", "(paper Sec.")), line
+    evo = CliRunner().invoke(main, ["analyze", "evolution", "-h"]).output
+    topk = CliRunner().invoke(main, ["visualize", "topk", "-h"]).output
+    assert "--checkpoint RUN" in evo and "--run" not in evo
+    assert "--layer NAME" in topk and "--layers" not in topk

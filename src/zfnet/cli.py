@@ -71,12 +71,14 @@ def main() -> None:
     keep_freed_memory()  # no page faults on every step's tensors (zfnet/memory.py)
 
 
-@main.command("models", short_help="List the models, or the layers of one.")
+@main.command("models", short_help="List the models, or the layers of one")
 @click.argument("name", required=False)
 @click.option("--input-size", type=click.IntRange(1), default=None,
               help="Input side for the layer table.")
 def models_cmd(name: str | None, input_size: int | None) -> None:
     """List the registered models, or the layers of model NAME (the names every command takes)."""
+    import torch
+
     from zfnet.models import create_model, layer_info, list_models
 
     if name is None:
@@ -86,7 +88,8 @@ def models_cmd(name: str | None, input_size: int | None) -> None:
     if name not in list_models():
         raise click.BadParameter(f"unknown model {name!r}; valid: {', '.join(list_models())}",
                                  param_hint="NAME")
-    model = create_model(name, **({"input_size": input_size} if input_size else {}))
+    with torch.device("meta"):  # shapes only: no memory, however large the input
+        model = create_model(name, **({"input_size": input_size} if input_size else {}))
     n_params = sum(p.numel() for p in model.parameters())
     click.echo(f"{name}: {n_params:,} parameters, input {model.config.input_size} px")
     click.echo(f"{'layer':<8} {'module':<20} {'kind':<8} {'maps':>6} {'size':>5} "
@@ -129,7 +132,7 @@ _POSITIVE = click.FloatRange(0, min_open=True)
 _FRACTION = click.FloatRange(0, 1, max_open=True)
 
 
-@main.command("train", short_help="Train a model with the paper's recipe (Sec. 3).")
+@main.command("train", short_help="Train a model with the paper's recipe (Sec. 3)")
 @click.option("--data", help="Dataset spec, e.g. synthetic, fashion-mnist, imagefolder:DIR.")
 @click.option("--model", help="Registered model name (see `zfnet models`).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
@@ -219,8 +222,8 @@ def train_cmd(**opts) -> None:
     given = {k: v for k, v in opts.items() if v is not None}
     missing = [f"--{k}" for k in ("data", "model") if k not in given]
     if missing and not given.get("resume"):
-        raise click.UsageError(f"{' and '.join(missing)} required to start a run "
-                               "(--resume continues the run in --out without them)")
+        raise click.UsageError(f"{' and '.join(missing)} required to start a run in "
+                               f"{given['out']}")
     config = resolve_config(**given)
     try:
         summary = run_training(config)
@@ -243,7 +246,7 @@ def train_cmd(**opts) -> None:
         sys.exit(EXIT_INTERRUPTED[signal.Signals[summary["signal"]]])
 
 
-@main.command("eval", short_help="Top-1/top-5 error and confusion matrix of a trained model.")
+@main.command("eval", short_help="Top-1/top-5 error and confusion matrix of a trained model")
 @click.option("--checkpoint", required=True, type=click.Path(exists=True),
               help="Run directory (its last checkpoint), checkpoint directory or weights file.")
 @click.option("--data", help="Dataset spec (default: the one the model was trained on).")
@@ -284,7 +287,7 @@ def eval_cmd(checkpoint: str, data: str | None, ten_crop: bool, json_out: str | 
         click.echo(f"wrote {json_out}")
 
 
-@main.command("demo", short_help="Train ZFNet-small, run every analysis, write a report.")
+@main.command("demo", short_help="Train ZFNet-small, run every analysis, write a report")
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False),
               help="Run directory (re-running resumes or reuses it).")
 @click.option("--epochs", default=8, show_default=True, type=click.IntRange(1))
@@ -326,12 +329,16 @@ def _load(checkpoint: str, data: str | None):
     return model, load_dataset(data or meta["data"])
 
 
-def _layers(model, names: tuple[str, ...] | None) -> None:
-    """Each of `names` must be a layer of `model`: checked before anything is written."""
-    from zfnet.models import resolve_layer
+def _layers(model, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """`names` as the names `zfnet models` lists (a module path such as features.conv1 -> conv1),
+    checked before anything is written: an unknown one raises UnknownLayerError, which lists
+    the valid names."""
+    from zfnet.models import layer_info, resolve_layer
 
-    for name in names or ():
-        resolve_layer(model, name)  # UnknownLayerError lists the valid names
+    if not names:
+        return names
+    by_module = {info.module: info.name for info in layer_info(model).values()}
+    return tuple(by_module[resolve_layer(model, name)[0]] for name in names)
 
 
 def _finish(out: str) -> None:
@@ -340,7 +347,7 @@ def _finish(out: str) -> None:
     click.echo(f"report: {build_report(out).resolve()}")
 
 
-@main.group("visualize", short_help="Deconvnet visualisations (Sec. 2.1, Fig. 2).")
+@main.group("visualize", short_help="Deconvnet visualisations (Sec. 2.1, Fig. 2)")
 def visualize() -> None:
     """Deconvnet visualisations (paper Sec. 2.1)."""
 
@@ -370,21 +377,21 @@ def topk_cmd(checkpoint: str, data: str | None, out: str, layers: tuple[str, ...
 
     names = (*(layers or ()), *(layers_alias or ())) or None
     model, bundle = _load(checkpoint, data)
-    _layers(model, names)
+    names = _layers(model, names)
     pipeline.gallery(model, bundle, out, k=k, n_images=images or len(bundle.val),
                      n_maps=maps_per_layer, layers=list(names) if names else None, rule=rule,
                      map_rule=map_rule)
     _finish(out)
 
 
-@main.group("analyze", short_help="The paper's analyses (Figs. 4-8, Tables 1, 3-7).")
+@main.group("analyze", short_help="The paper's analyses (Figs. 4-8, Tables 1, 3-7)")
 def analyze() -> None:
     """The paper's analyses (Figs. 4-8, Tables 1, 3-7) and a sanity check."""
 
 
 @analyze.command("evolution", short_help="Fig. 4: top activations projected at each kept epoch")
 @click.option("--checkpoint", "run_dir", type=click.Path(exists=True, file_okay=False),
-              metavar="RUN", help="Training run directory with kept checkpoints.")
+              metavar="RUN", help="Training run directory with kept checkpoints.  [required]")
 @click.option("--run", "run_alias", type=click.Path(exists=True, file_okay=False), hidden=True)
 @_DATA
 @click.option("--out", default=None, type=click.Path(file_okay=False),
@@ -461,9 +468,11 @@ def occlusion_cmd(checkpoint: str, data: str | None, out: str, images: int, poin
                   size: int | None, stride: int | None, layer: str | None, method: str) -> None:
     """Fig. 7: a grey square slid over the image; activation, projection, p(class), label."""
     from zfnet.analyses.occlusion import occlusion_report
+    from zfnet.pipeline import check_fits
 
     model, bundle = _load(checkpoint, data)
-    _layers(model, (layer,) if layer else None)
+    check_fits(model, bundle, classes=True)
+    layer = _layers(model, (layer,))[0] if layer else None
     r = occlusion_report(model, bundle, out, n_images=images, n_pointing=pointing, size=size,
                          stride=stride, layer=layer, method=method)
     click.echo(", ".join(f"{k} {v}" for k, v in r.items()))
@@ -531,7 +540,7 @@ def transfer_cmd(checkpoint: str, data: str, out: str, shots: tuple[int, ...], n
     from zfnet.train import load_model
 
     model, meta = load_model(checkpoint)
-    _layers(model, (layer,))
+    (layer,) = _layers(model, (layer,))
     rows = pipeline.transfer(model, meta, data, out, shots, n_test, scratch_steps, layer)
     for r in rows:
         click.echo(f"{r.per_class:>4}/class  fixed {r.fixed:.1%}  scratch {r.scratch:.1%}")
@@ -550,7 +559,7 @@ def randomization_cmd(checkpoint: str, data: str | None, out: str, images: int,
     from zfnet import pipeline
 
     model, bundle = _load(checkpoint, data)
-    _layers(model, (layer,))
+    (layer,) = _layers(model, (layer,))
     pipeline.randomization(model, bundle, out, images, layer)
     _finish(out)
 
@@ -585,7 +594,7 @@ def study_cmd(data: str, models: tuple[str, ...], variants: tuple[str, ...], epo
     _finish(out)
 
 
-@main.command("report", short_help="Rebuild a report page from its saved sections.")
+@main.command("report", short_help="Rebuild a report page from its saved sections")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 def report_cmd(run_dir: str) -> None:
     """Rebuild RUN_DIR/index.html from the sections saved there (RUN_DIR/sections/*.json,
