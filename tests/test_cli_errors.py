@@ -48,6 +48,11 @@ def places(tmp_path_factory) -> dict[str, Path]:
             d.mkdir(parents=True)
             for i in range(2):
                 (d / f"{i}.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    bad_fmnist = root / "bad_fmnist"  # the four files Fashion-MNIST needs, none gzipped
+    bad_fmnist.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (bad_fmnist / f"{name}.gz").write_bytes(b"junk")
     flat = root / "flat_images"
     flat.mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(flat / "x.png")
@@ -59,7 +64,7 @@ def places(tmp_path_factory) -> dict[str, Path]:
         {"key": "x", "title": "t", "caption": "c", "figures": [{"path": "../secret.png"}]}))
     return {"run": run, "empty": empty, "notes": root / "notes.txt", "other": other,
             "corrupt": corrupt, "broken_images": root / "broken_images", "flat": flat,
-            "escape": escape, "root": root}
+            "escape": escape, "bad_fmnist": bad_fmnist, "root": root}
 
 
 CK = ["--checkpoint", "{run}"]
@@ -113,6 +118,10 @@ CASES = [
     ("eval-imagefolder-layout", ["eval", *CK, "--data", "imagefolder:{flat}"], "flat_images"),
     ("eval-fmnist-missing", ["eval", *CK, "--data", "fashion-mnist:/nonexistent"],
      "/nonexistent"),
+    ("eval-fmnist-corrupt", ["eval", *CK, "--data", "fashion-mnist:{bad_fmnist}"],
+     "not a gzipped IDX file"),
+    ("eval-imagefolder-a-file", ["eval", *CK, "--data", "imagefolder:{notes}"],
+     "notes.txt is not a directory"),
     ("eval-device", ["eval", *CK, "--device", "gpu"], "gpu"),
     ("eval-not-a-run", ["eval", "--checkpoint", "{empty}"], "empty"),
     ("eval-a-text-file", ["eval", "--checkpoint", "{notes}"], "notes.txt"),

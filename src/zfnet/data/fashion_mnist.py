@@ -12,6 +12,7 @@ Spec: `fashion-mnist[:DIR][?n_train=N&n_val=N&classes=0,2,5&per_class=N&pad=P&ho
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +50,11 @@ _IDX_MAGIC = {1: 2049, 3: 2051}  # IDX magic numbers: unsigned bytes, 1-d labels
 
 def read_idx(path: Path) -> np.ndarray:
     """Parse a gzipped IDX file of unsigned bytes: labels (N,) or images (N, H, W) uint8."""
-    with gzip.open(path, "rb") as f:
-        data = f.read()
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise ValueError(f"{path} is not a gzipped IDX file ({e})") from None
     if len(data) < 8:
         raise ValueError(f"{path} is too short to be an IDX file")
     magic = int.from_bytes(data[0:4], "big")
