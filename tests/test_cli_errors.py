@@ -119,7 +119,7 @@ CASES = [
     ("eval-fmnist-missing", ["eval", *CK, "--data", "fashion-mnist:/nonexistent"],
      "/nonexistent"),
     ("eval-fmnist-corrupt", ["eval", *CK, "--data", "fashion-mnist:{bad_fmnist}"],
-     "not a gzipped IDX file"),
+     "is damaged"),
     ("eval-imagefolder-a-file", ["eval", *CK, "--data", "imagefolder:{notes}"],
      "notes.txt is not a directory"),
     ("eval-device", ["eval", *CK, "--device", "gpu"], "gpu"),

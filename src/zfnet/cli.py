@@ -174,7 +174,7 @@ _FRACTION = click.FloatRange(0, 1, max_open=True)
 @click.option("--renorm-radius", type=_POSITIVE, help="Filter RMS radius (default 0.1).")
 @click.option("--precondition/--no-precondition", default=None,
               help="Train conv1 as if the 0..255 inputs were divided by their std (default on; "
-                   "off = the literal recipe, see README).")
+                   "off = the literal recipe, see docs/design.md).")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1),
               help="Seed of init, data order and augmentation (default 0).")
 @click.option("--device", callback=_device,
@@ -203,6 +203,9 @@ _FRACTION = click.FloatRange(0, 1, max_open=True)
                    "batchnorm=true (booleans: true or false).")
 @click.option("--data-cache", type=click.Path(file_okay=False),
               help="Where the data layer may cache the mean image.")
+@click.option("--strict/--no-strict", default=None,
+              help="Stop at the first broken image file with an error naming it (default: "
+                   "skip it with a warning, counted per epoch in metrics.csv).")
 @click.option("--resume", is_flag=True, default=None,
               help="Continue the run in --out exactly where its last checkpoint left it.")
 @click.option("--progress/--quiet", default=None, help="Progress bar and epoch lines.")
@@ -263,8 +266,12 @@ def train_cmd(**opts) -> None:
                    "bf16); off scores in float32.")
 @click.option("--live-weights", is_flag=True,
               help="For a run trained with --ema: score the live weights, not their average.")
+@click.option("--strict", is_flag=True,
+              help="Stop at the first broken image file with an error naming it (default: "
+                   "skip it with a warning and count it).")
 def eval_cmd(checkpoint: str, data: str | None, ten_crop: bool, json_out: str | None,
-             batch_size: int, device: str, workers: int, amp: str, live_weights: bool) -> None:
+             batch_size: int, device: str, workers: int, amp: str, live_weights: bool,
+             strict: bool) -> None:
     """Top-1 / top-5 error, per-class accuracy and confusion matrix on the validation split."""
     import json
     from pathlib import Path
@@ -276,10 +283,11 @@ def eval_cmd(checkpoint: str, data: str | None, ten_crop: bool, json_out: str | 
                                  param_hint="--json")
     r = evaluate_checkpoint(checkpoint, data, ten_crop, batch_size=batch_size,
                             device=device, workers=workers, amp=amp,
-                            live_weights=live_weights)
+                            live_weights=live_weights, strict=strict)
     crops = "10 crops" if ten_crop else "centre crop"
-    click.echo(f"{r['model']} (epoch {r['epoch']}) on {r['data']}, {r['n']} images, {crops}: "
-               f"top-1 error {r['top1_error']:.2%}, top-5 error {r['top5_error']:.2%}")
+    skipped = f" ({r['skipped']} broken files skipped)" if r["skipped"] else ""
+    click.echo(f"{r['model']} (epoch {r['epoch']}) on {r['data']}, {r['n']} images{skipped}, "
+               f"{crops}: top-1 error {r['top1_error']:.2%}, top-5 error {r['top5_error']:.2%}")
     for name, acc in r["per_class_accuracy"].items():
         click.echo(f"  {name:<20} {'-' if acc is None else f'{acc:.2%}'}")
     if json_out:

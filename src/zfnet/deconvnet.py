@@ -27,7 +27,7 @@ works on a window of the feature map that grows from 1x1 to the receptive field 
 for zfnet's conv5) instead of the whole map, and many projections — several maps of one image,
 many images — go down together as one batch after a single forward pass. This is where most of
 the speed-up over one Captum call per feature map comes from; the rest (each measured with
-`bench/bench_topk.py`, together about 2x, to 20x over Captum, see the README):
+`bench/bench_topk.py`, together about 2x, to 20x over Captum, see docs/results.md):
 
 - what the way down reads is prepared once per forward pass, over the whole map, zero-padded
   by exactly how far windows can reach past its edge, channels last: each max-pool switch as
