@@ -104,7 +104,8 @@ def models_cmd(name: str | None, input_size: int | None) -> None:
 # --- train / eval (zfnet.train) ---
 
 def _model_opts(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]):
-    """Every --model-opt KEY=VALUE typed and range-checked (zfnet.models.options)."""
+    """Every --model-opt KEY=VALUE typed and range-checked (zfnet.models.options); a bad one is
+    `Error: --model-opt KEY=VALUE: what is valid`."""
     from zfnet.train import parse_model_opt
 
     opts = {}
@@ -112,7 +113,7 @@ def _model_opts(ctx: click.Context, param: click.Parameter, value: tuple[str, ..
         try:
             key, typed = parse_model_opt(text)
         except ValueError as e:
-            raise click.BadParameter(f"{text}: {e}") from e
+            raise click.ClickException(f"--model-opt {text}: {e}") from e
         opts[key] = typed  # a later one of the same key wins
     return opts or None
 

@@ -12,10 +12,9 @@ def _config(**kw) -> TrainConfig:
 
 @pytest.mark.parametrize(("kw", "message"), [
     ({"model": "zfnett"}, "unknown model 'zfnett'; valid: .*zfnet_small"),
-    ({"model_opts": {"input_size": 5}}, "input_size cannot be set for training"),
-    ({"model_opts": {"num_classes": 3}}, "num_classes cannot be set"),
-    ({"model_opts": {"fc_width": "abc"}}, "fc_width must be a positive integer"),
-    ({"model_opts": {"batchnorm": "maybe"}}, "batchnorm must be true or false"),
+    ({"model_opts": {"fc_width": "abc"}}, "model_opts: fc_width must be a positive integer"),
+    ({"model_opts": {"batchnorm": "maybe"}}, "model_opts: batchnorm must be true or false"),
+    ({"model_opts": {"colour": "red"}}, r"model_opts: unknown model option\(s\) \['colour'\]"),
     ({"device": "gpu"}, "device 'gpu' is not known; valid: auto, cpu, cuda, cuda:N"),
     ({"device": "meta"}, "device 'meta' is not known"),
     ({"patience": -1}, "patience must be >= 0"),

@@ -16,8 +16,6 @@ from typing import Any
 
 INITS = ("kaiming", "paper")
 REMOVABLE = ("conv3", "conv4", "fc6", "fc7")
-# Set from the dataset when training (its classes, channels and crop size), not by --model-opt.
-DATA_OPTIONS = ("num_classes", "in_channels", "input_size")
 
 
 class _Precise(ValueError):

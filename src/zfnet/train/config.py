@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from zfnet.models.options import DATA_OPTIONS, check_model_options, parse_model_option
+from zfnet.models.options import check_model_options, parse_model_option
 
 SCHEDULES = ("plateau", "step", "cosine", "linear", "onecycle", "constant")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
@@ -173,18 +173,16 @@ def parse_model_opt(text: str) -> tuple[str, Any]:
 
 
 def check_train_model(model: str, model_opts: dict[str, Any]) -> dict[str, Any]:
-    """`model` must be registered and `model_opts` valid for training it: typed and range-checked
-    (sequences as lists, as config.json stores them), without the options the dataset sets."""
+    """`model` must be registered and `model_opts` typed and in range (`zfnet.models.options`;
+    sequences as lists, as config.json stores them). Options the data fixes (input_size, ...)
+    and the combination with the data's image size are checked when the model is built for the
+    data (`zfnet.train.run.build_model`), still before a run writes anything."""
     from zfnet.models import list_models
 
     if model not in list_models():
         raise ValueError(f"unknown model {model!r}; valid: {', '.join(list_models())}")
-    given = sorted(set(model_opts) & set(DATA_OPTIONS))
-    if given:
-        raise ValueError(
-            f"model option(s) {', '.join(given)} cannot be set for training: the dataset sets "
-            f"{', '.join(DATA_OPTIONS)} (another input size: the dataset's size option, e.g. "
-            "synthetic?size=32)"
-        )
-    return {k: list(v) if isinstance(v, tuple) else v
-            for k, v in check_model_options(model_opts).items()}
+    try:
+        checked = check_model_options(model_opts)
+    except ValueError as e:
+        raise ValueError(f"model_opts: {e}") from None
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in checked.items()}
