@@ -437,10 +437,11 @@ def filters_cmd(checkpoints: tuple[str, ...], data: str | None, out: str) -> Non
     from zfnet import pipeline
 
     models, bundle = {}, None
-    for c in checkpoints:
+    short = [Path(c).name for c in checkpoints]
+    for c, name in zip(checkpoints, short, strict=True):
         model, b = _load(c, data)
         bundle = bundle or b
-        models[Path(c).name] = model
+        models[name if short.count(name) == 1 else c] = model  # runs/a/last, runs/b/last
     pipeline.filters(models, bundle, out)
     _finish(out)
 
