@@ -8,8 +8,61 @@ import click
 
 from zfnet import __version__
 
+# Errors a user can cause. The library raises ValueError (CheckpointError, UnknownLayerError,
+# BadImageError are ValueErrors) with a message naming the bad value and what is valid, or an
+# OSError about a path; either becomes one `Error: ...` line and exit status 1. Anything else is
+# a bug and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+               IsADirectoryError, PermissionError)
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class _Commands(click.Group):
+    """The `zfnet` group: a user error raised by any command becomes a one-line message."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as e:
+            raise click.ClickException(" ".join(str(e).split()) or type(e).__name__) from e
+
+
+def _names(ctx: click.Context, param: click.Parameter, value):
+    """A comma list, or a repeated option of comma lists -> the names, spaces stripped."""
+    if value is None or value == ():
+        return None
+    values = value if isinstance(value, tuple) else (value,)
+    names = tuple(n.strip() for v in values for n in v.split(",") if n.strip())
+    if not names:
+        raise click.BadParameter(f"{', '.join(map(repr, values))} names nothing")
+    return names
+
+
+def _counts(ctx: click.Context, param: click.Parameter, value: str | None):
+    """A comma list of integers >= 1, e.g. 1,5,20 -> (1, 5, 20)."""
+    names = _names(ctx, param, value)
+    if names is None:
+        return None
+    try:
+        counts = tuple(int(n) for n in names)
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise click.BadParameter(f"{value!r} is not a comma list of integers >= 1, e.g. 1,5,20")
+    return counts
+
+
+def _device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from zfnet.train.distributed import parse_device
+
+    if value is not None:
+        try:
+            parse_device(value)
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from e
+    return value
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="zfnet")
 def main() -> None:
     """ZFNet (Zeiler & Fergus 2013): train it, evaluate it, look inside it with the deconvnet."""
@@ -18,22 +71,25 @@ def main() -> None:
     keep_freed_memory()  # no page faults on every step's tensors (zfnet/memory.py)
 
 
-@main.command("models")
+@main.command("models", short_help="List the models, or the layers of one")
 @click.argument("name", required=False)
-@click.option("--input-size", type=int, default=None, help="Input side for the layer table.")
+@click.option("--input-size", type=click.IntRange(1), default=None,
+              help="Input side for the layer table.")
 def models_cmd(name: str | None, input_size: int | None) -> None:
     """List the registered models, or the layers of model NAME (the names every command takes)."""
+    import torch
+
     from zfnet.models import create_model, layer_info, list_models
 
     if name is None:
         for n in list_models():
             click.echo(n)
         return
-    opts = {"input_size": input_size} if input_size else {}
-    try:
-        model = create_model(name, **opts)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="NAME") from e
+    if name not in list_models():
+        raise click.BadParameter(f"unknown model {name!r}; valid: {', '.join(list_models())}",
+                                 param_hint="NAME")
+    with torch.device("meta"):  # shapes only: no memory, however large the input
+        model = create_model(name, **({"input_size": input_size} if input_size else {}))
     n_params = sum(p.numel() for p in model.parameters())
     click.echo(f"{name}: {n_params:,} parameters, input {model.config.input_size} px")
     click.echo(f"{'layer':<8} {'module':<20} {'kind':<8} {'maps':>6} {'size':>5} "
@@ -47,13 +103,19 @@ def models_cmd(name: str | None, input_size: int | None) -> None:
 
 # --- train / eval (zfnet.train) ---
 
-def _list_of_ints(ctx: click.Context, param: click.Parameter, value: str | None):
-    if value is None:
-        return None
-    try:
-        return [int(v) for v in value.split(",") if v.strip()]
-    except ValueError as e:
-        raise click.BadParameter(f"{value!r} is not a comma list of epochs, e.g. 1,2,5,10") from e
+def _model_opts(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]):
+    """Every --model-opt KEY=VALUE typed and range-checked (zfnet.models.options); a bad one is
+    `Error: --model-opt KEY=VALUE: what is valid`."""
+    from zfnet.train import parse_model_opt
+
+    opts = {}
+    for text in value:
+        try:
+            key, typed = parse_model_opt(text)
+        except ValueError as e:
+            raise click.ClickException(f"--model-opt {text}: {e}") from e
+        opts[key] = typed  # a later one of the same key wins
+    return opts or None
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -67,65 +129,79 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         raise click.BadParameter(str(e)) from e
 
 
-@main.command("train")
+_POSITIVE = click.FloatRange(0, min_open=True)
+_FRACTION = click.FloatRange(0, 1, max_open=True)
+
+
+@main.command("train", short_help="Train a model with the paper's recipe (Sec. 3)")
 @click.option("--data", help="Dataset spec, e.g. synthetic, fashion-mnist, imagefolder:DIR.")
 @click.option("--model", help="Registered model name (see `zfnet models`).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Run directory (config.json, metrics.csv, tb/, checkpoints/).")
-@click.option("--epochs", type=int, help="Epochs to train (default 70, the paper's).")
-@click.option("--batch-size", type=int, help="Global batch, split over processes (default 128).")
-@click.option("--lr", type=float, help="SGD learning rate (default 1e-2).")
-@click.option("--momentum", type=float, help="SGD momentum (default 0.9).")
-@click.option("--weight-decay", type=float, help="L2 weight decay (default 0; AlexNet used 5e-4).")
-@click.option("--norm-weight-decay", type=float,
+@click.option("--epochs", type=click.IntRange(1), help="Epochs to train (default 70, the paper's).")
+@click.option("--batch-size", type=click.IntRange(1),
+              help="Global batch, split over processes (default 128).")
+@click.option("--lr", type=_POSITIVE, help="SGD learning rate (default 1e-2).")
+@click.option("--momentum", type=_FRACTION, help="SGD momentum (default 0.9).")
+@click.option("--weight-decay", type=click.FloatRange(0),
+              help="L2 weight decay (default 0; AlexNet used 5e-4).")
+@click.option("--norm-weight-decay", type=click.FloatRange(0),
               help="Weight decay of normalisation layers' parameters, e.g. 0 (default: "
                    "--weight-decay).")
-@click.option("--bias-weight-decay", type=float,
+@click.option("--bias-weight-decay", type=click.FloatRange(0),
               help="Weight decay of the other layers' biases, e.g. 0 (default: --weight-decay).")
 @click.option("--nesterov/--no-nesterov", default=None, help="Nesterov momentum (default off).")
-@click.option("--label-smoothing", type=float,
+@click.option("--label-smoothing", type=_FRACTION,
               help="Cross-entropy label smoothing, 0 <= e < 1 (default 0, the paper's).")
-@click.option("--random-erasing", type=float,
+@click.option("--random-erasing", type=click.FloatRange(0, 1),
               help="Probability of blanking a random rectangle of each training crop to the "
                    "mean (default 0).")
-@click.option("--ema", type=float,
+@click.option("--ema", type=_FRACTION,
               help="Keep a moving average of the weights with this decay per step (e.g. 0.999) "
                    "and validate and save it (default 0 = off).")
 @click.option("--schedule", type=click.Choice(["plateau", "step", "cosine", "linear",
                                                 "onecycle", "constant"]),
               help="lr schedule (default plateau: x lr-factor when val error stops improving).")
-@click.option("--patience", type=int, help="plateau: epochs without improvement (default 3).")
-@click.option("--lr-factor", type=float, help="plateau/step: lr multiplier (default 0.1).")
-@click.option("--step-epochs", type=int, help="step: epochs between lr drops (default 30).")
-@click.option("--warmup-epochs", type=float,
+@click.option("--patience", type=click.IntRange(0),
+              help="plateau: epochs without improvement (default 3).")
+@click.option("--lr-factor", type=click.FloatRange(0, 1, min_open=True),
+              help="plateau/step: lr multiplier (default 0.1).")
+@click.option("--step-epochs", type=click.IntRange(1),
+              help="step: epochs between lr drops (default 30).")
+@click.option("--warmup-epochs", type=click.FloatRange(0),
               help="cosine, linear: linear warm-up epochs (default 0).")
 @click.option("--renorm/--no-renorm", default=None,
               help="Rescale conv filters with RMS > radius after each step (default on, Sec. 3).")
-@click.option("--renorm-radius", type=float, help="Filter RMS radius (default 0.1).")
+@click.option("--renorm-radius", type=_POSITIVE, help="Filter RMS radius (default 0.1).")
 @click.option("--precondition/--no-precondition", default=None,
               help="Train conv1 as if the 0..255 inputs were divided by their std (default on; "
                    "off = the literal recipe, see docs/design.md).")
-@click.option("--seed", type=int, help="Seed of init, data order and augmentation (default 0).")
-@click.option("--device", help="auto (default: cuda if available), cpu, cuda, cuda:N.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1),
+              help="Seed of init, data order and augmentation (default 0).")
+@click.option("--device", callback=_device,
+              help="auto (default: cuda if available), cpu, cuda, cuda:N.")
 @click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]),
               help="Mixed precision (default auto: bf16 on CUDA and on CPUs with native "
                    "bf16, else off).")
 @click.option("--channels-last/--no-channels-last", default=None,
               help="channels_last memory format (default on).")
-@click.option("--workers", type=int, help="DataLoader worker processes (default 0).")
+@click.option("--workers", type=click.IntRange(0),
+              help="DataLoader worker processes (default 0).")
 @click.option("--time-budget", callback=_duration, metavar="DURATION",
               help="Plan the run to end within this wall time, e.g. 18m, 1h30m, 900s: after "
                    "each epoch, the speed so far sets how many steps fit (at most --epochs), a "
                    "cosine or linear schedule reaches 0 there, and the last epoch may end "
                    "part-way.")
-@click.option("--val-every", type=int, metavar="N",
+@click.option("--val-every", type=click.IntRange(1), metavar="N",
               help="Validate after every N-th epoch and after the last (default 1; plateau's "
                    "patience then counts validations).")
-@click.option("--keep-epochs", callback=_list_of_ints,
+@click.option("--keep-epochs", callback=_counts, metavar="N,N,...",
               help="Epochs whose checkpoints are kept (default 1,2,5,10,20,30,40,64).")
-@click.option("--model-opt", "model_opt", multiple=True, metavar="KEY=VALUE",
+@click.option("--model-opt", "model_opts", multiple=True, metavar="KEY=VALUE",
+              callback=_model_opts,
               help="Model override, repeatable: fc_width=2048, remove=conv3,conv4, init=paper, "
-                   "conv_widths=512,1024,512 (conv3-5; five values: conv1-5), dropout=0.5.")
+                   "conv_widths=512,1024,512 (conv3-5; five values: conv1-5), dropout=0.5, "
+                   "batchnorm=true (booleans: true or false).")
 @click.option("--data-cache", type=click.Path(file_okay=False),
               help="Where the data layer may cache the mean image.")
 @click.option("--strict/--no-strict", default=None,
@@ -144,20 +220,18 @@ def train_cmd(**opts) -> None:
     """
     import sys
 
-    from zfnet.train import EXIT_INTERRUPTED, NonFiniteLossError, parse_model_opt, resolve_config
+    from zfnet.train import EXIT_INTERRUPTED, NonFiniteLossError, resolve_config
     from zfnet.train import train as run_training
 
-    given = {k: v for k, v in opts.items() if v is not None and k != "model_opt"}
-    if "keep_epochs" in given:
-        given["keep_epochs"] = tuple(given["keep_epochs"])
+    given = {k: v for k, v in opts.items() if v is not None}
+    missing = [f"--{k}" for k in ("data", "model") if k not in given]
+    if missing and not given.get("resume"):
+        raise click.UsageError(f"{' and '.join(missing)} required to start a run in "
+                               f"{given['out']}")
+    config = resolve_config(**given)
     try:
-        if opts["model_opt"]:
-            given["model_opts"] = dict(parse_model_opt(o) for o in opts["model_opt"])
-        config = resolve_config(**given)
         summary = run_training(config)
     except NonFiniteLossError as e:
-        raise click.ClickException(str(e)) from e
-    except (ValueError, FileExistsError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from e
     final = summary["final"]
     if final and final.get("val_top1_error") is not None:
@@ -176,16 +250,17 @@ def train_cmd(**opts) -> None:
         sys.exit(EXIT_INTERRUPTED[signal.Signals[summary["signal"]]])
 
 
-@main.command("eval")
+@main.command("eval", short_help="Top-1/top-5 error and confusion matrix of a trained model")
 @click.option("--checkpoint", required=True, type=click.Path(exists=True),
               help="Run directory (its last checkpoint), checkpoint directory or weights file.")
 @click.option("--data", help="Dataset spec (default: the one the model was trained on).")
 @click.option("--ten-crop", is_flag=True, help="Average the softmax of the paper's 10 crops.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False),
               help="Write every result (per-class accuracy, confusion matrix) to this file.")
-@click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--workers", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--device", default="auto", show_default=True, callback=_device,
+              help="auto (cuda if available), cpu, cuda, cuda:N.")
+@click.option("--workers", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto",
               show_default=True,
               help="Mixed precision, as in training (auto: bf16 on CUDA and on CPUs with native "
@@ -204,12 +279,12 @@ def eval_cmd(checkpoint: str, data: str | None, ten_crop: bool, json_out: str | 
 
     from zfnet.train import evaluate_checkpoint
 
-    try:
-        r = evaluate_checkpoint(checkpoint, data, ten_crop, batch_size=batch_size,
-                                device=device, workers=workers, amp=amp,
-                                live_weights=live_weights, strict=strict)
-    except ValueError as e:
-        raise click.ClickException(str(e)) from e
+    if json_out and not Path(json_out).resolve().parent.is_dir():
+        raise click.BadParameter(f"the folder of {json_out} does not exist",
+                                 param_hint="--json")
+    r = evaluate_checkpoint(checkpoint, data, ten_crop, batch_size=batch_size,
+                            device=device, workers=workers, amp=amp,
+                            live_weights=live_weights, strict=strict)
     crops = "10 crops" if ten_crop else "centre crop"
     skipped = f" ({r['skipped']} broken files skipped)" if r["skipped"] else ""
     click.echo(f"{r['model']} (epoch {r['epoch']}) on {r['data']}, {r['n']} images{skipped}, "
@@ -221,7 +296,7 @@ def eval_cmd(checkpoint: str, data: str | None, ten_crop: bool, json_out: str | 
         click.echo(f"wrote {json_out}")
 
 
-@main.command("demo")
+@main.command("demo", short_help="Train ZFNet-small, run every analysis, write a report")
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False),
               help="Run directory (re-running resumes or reuses it).")
 @click.option("--epochs", default=8, show_default=True, type=click.IntRange(1))
@@ -236,8 +311,8 @@ def demo_cmd(out: str, epochs: int, batch_size: int, lr: float, data: str, model
     an offline report page (index.html)."""
     from zfnet.demo import run_demo
 
-    r = _run(run_demo, out, epochs, batch_size, lr, data, model, analyses=not no_analyses,
-             log=click.echo)
+    r = run_demo(out, epochs, batch_size, lr, data, model, analyses=not no_analyses,
+                 log=click.echo)
     if "report" in r:
         click.echo(f"val top-1 error {r['val_top1_error']:.2%}; total {r['wall_time_s']:.0f} s")
         click.echo(f"report: {Path(r['report']).resolve()}")
@@ -255,15 +330,24 @@ _OUT = click.option("--out", required=True, type=click.Path(file_okay=False),
 
 
 def _load(checkpoint: str, data: str | None):
-    """(model, bundle) for an analysis command; user errors become clean CLI errors."""
+    """(model, bundle) for an analysis command."""
     from zfnet.data import load_dataset
     from zfnet.train import load_model
 
-    try:
-        model, meta = load_model(checkpoint)
-        return model, load_dataset(data or meta["data"])
-    except (ValueError, FileNotFoundError) as e:
-        raise click.ClickException(str(e)) from e
+    model, meta = load_model(checkpoint)
+    return model, load_dataset(data or meta["data"])
+
+
+def _layers(model, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """`names` as the names `zfnet models` lists (a module path such as features.conv1 -> conv1),
+    checked before anything is written: an unknown one raises UnknownLayerError, which lists
+    the valid names."""
+    from zfnet.models import layer_info, resolve_layer
+
+    if not names:
+        return names
+    by_module = {info.module: info.name for info in layer_info(model).values()}
+    return tuple(by_module[resolve_layer(model, name)[0]] for name in names)
 
 
 def _finish(out: str) -> None:
@@ -272,14 +356,7 @@ def _finish(out: str) -> None:
     click.echo(f"report: {build_report(out).resolve()}")
 
 
-def _run(fn, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        raise click.ClickException(str(e)) from e
-
-
-@main.group("visualize")
+@main.group("visualize", short_help="Deconvnet visualisations (Sec. 2.1, Fig. 2)")
 def visualize() -> None:
     """Deconvnet visualisations (paper Sec. 2.1)."""
 
@@ -288,7 +365,9 @@ def visualize() -> None:
 @_CKPT
 @_DATA
 @_OUT
-@click.option("--layers", default=None, help="Comma-separated layers (default conv1..conv5).")
+@click.option("--layer", "layers", multiple=True, callback=_names, metavar="NAME[,NAME...]",
+              help="Layers to show, comma-separated and/or repeated (default conv1..conv5).")
+@click.option("--layers", "layers_alias", multiple=True, callback=_names, hidden=True)
 @click.option("--k", default=9, show_default=True, type=click.IntRange(1))
 @click.option("--maps-per-layer", default=16, show_default=True, type=click.IntRange(1),
               help="Maps shown per layer above conv1 (conv1: every map).")
@@ -298,39 +377,53 @@ def visualize() -> None:
               default="deconvnet", show_default=True)
 @click.option("--images", default=None, type=click.IntRange(1),
               help="Mine only the first N val images (default: all).")
-def topk_cmd(checkpoint: str, data: str | None, out: str, layers: str | None, k: int,
-             maps_per_layer: int, map_rule: str, rule: str, images: int | None) -> None:
+def topk_cmd(checkpoint: str, data: str | None, out: str, layers: tuple[str, ...] | None,
+             layers_alias: tuple[str, ...] | None, k: int, maps_per_layer: int, map_rule: str,
+             rule: str, images: int | None) -> None:
     """Fig. 2: the k strongest activations of feature maps over a dataset, projected to pixels
     beside their image patches."""
     from zfnet import pipeline
 
+    names = (*(layers or ()), *(layers_alias or ())) or None
     model, bundle = _load(checkpoint, data)
-    names = layers.split(",") if layers else None
-    _run(pipeline.gallery, model, bundle, out, k=k, n_images=images or len(bundle.val),
-         n_maps=maps_per_layer, layers=names, rule=rule, map_rule=map_rule)
+    names = _layers(model, names)
+    pipeline.gallery(model, bundle, out, k=k, n_images=images or len(bundle.val),
+                     n_maps=maps_per_layer, layers=list(names) if names else None, rule=rule,
+                     map_rule=map_rule)
     _finish(out)
 
 
-@main.group("analyze")
+@main.group("analyze", short_help="The paper's analyses (Figs. 4-8, Tables 1, 3-7)")
 def analyze() -> None:
     """The paper's analyses (Figs. 4-8, Tables 1, 3-7) and a sanity check."""
 
 
 @analyze.command("evolution", short_help="Fig. 4: top activations projected at each kept epoch")
-@click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Training run directory with kept checkpoints.")
+@click.option("--checkpoint", "run_dir", type=click.Path(exists=True, file_okay=False),
+              metavar="RUN", help="Training run directory with kept checkpoints.  [required]")
+@click.option("--run", "run_alias", type=click.Path(exists=True, file_okay=False), hidden=True)
 @_DATA
-@click.option("--out", default=None, help="Report directory (default: the run directory).")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Report directory (default: the run directory).")
 @click.option("--images", default=1000, show_default=True, type=click.IntRange(1))
 @click.option("--maps", default=6, show_default=True, type=click.IntRange(1))
-def evolution_cmd(run_dir: str, data: str | None, out: str | None, images: int,
-                  maps: int) -> None:
+def evolution_cmd(run_dir: str | None, run_alias: str | None, data: str | None,
+                  out: str | None, images: int, maps: int) -> None:
     """Fig. 4: strongest activations projected at every kept epoch, side by side."""
     from zfnet import pipeline
-    from zfnet.train import find_last
+    from zfnet.train import list_checkpoints
 
-    _, bundle = _load(str(find_last(run_dir)), data)
-    _run(pipeline.evolution, run_dir, bundle, out, n_images=images, n_maps=maps)
+    run_dir = run_dir or run_alias
+    if run_dir is None:
+        raise click.MissingParameter(param_hint="'--checkpoint'", param_type="option")
+    kept = list_checkpoints(run_dir)
+    if not kept:
+        raise click.BadParameter(
+            f"{run_dir} holds no kept checkpoints (checkpoints/epoch_NNNN/): give a run "
+            "directory of `zfnet train` (--keep-epochs says which epochs it keeps)",
+            param_hint="--checkpoint")
+    _, bundle = _load(str(kept[-1][1]), data)
+    pipeline.evolution(run_dir, bundle, out, n_images=images, n_maps=maps)
     _finish(out or run_dir)
 
 
@@ -344,11 +437,12 @@ def filters_cmd(checkpoints: tuple[str, ...], data: str | None, out: str) -> Non
     from zfnet import pipeline
 
     models, bundle = {}, None
-    for c in checkpoints:
+    short = [Path(c).name for c in checkpoints]
+    for c, name in zip(checkpoints, short, strict=True):
         model, b = _load(c, data)
         bundle = bundle or b
-        models[Path(c).name] = model
-    _run(pipeline.filters, models, bundle, out)
+        models[name if short.count(name) == 1 else c] = model  # runs/a/last, runs/b/last
+    pipeline.filters(models, bundle, out)
     _finish(out)
 
 
@@ -361,7 +455,7 @@ def invariance_cmd(checkpoint: str, data: str | None, out: str) -> None:
     from zfnet import pipeline
 
     model, bundle = _load(checkpoint, data)
-    r = _run(pipeline.invariance, model, bundle, out)
+    r = pipeline.invariance(model, bundle, out)
     for key, kinds in r.items():
         for kind, d in kinds.items():
             click.echo(f"{key} {kind}: " + ", ".join(f"{k} {v:.3f}" for k, v in d.items()))
@@ -384,10 +478,13 @@ def occlusion_cmd(checkpoint: str, data: str | None, out: str, images: int, poin
                   size: int | None, stride: int | None, layer: str | None, method: str) -> None:
     """Fig. 7: a grey square slid over the image; activation, projection, p(class), label."""
     from zfnet.analyses.occlusion import occlusion_report
+    from zfnet.pipeline import check_fits
 
     model, bundle = _load(checkpoint, data)
-    r = _run(occlusion_report, model, bundle, out, n_images=images, n_pointing=pointing,
-             size=size, stride=stride, layer=layer, method=method)
+    check_fits(model, bundle, classes=True)
+    layer = _layers(model, (layer,))[0] if layer else None
+    r = occlusion_report(model, bundle, out, n_images=images, n_pointing=pointing, size=size,
+                         stride=stride, layer=layer, method=method)
     click.echo(", ".join(f"{k} {v}" for k, v in r.items()))
     _finish(out)
 
@@ -397,18 +494,18 @@ def occlusion_cmd(checkpoint: str, data: str | None, out: str, images: int, poin
 @_DATA
 @_OUT
 @click.option("--class", "class_name", default="face", show_default=True)
-@click.option("--parts", default="eye_left,eye_right,mouth", show_default=True)
+@click.option("--parts", default="eye_left,eye_right,mouth", show_default=True,
+              callback=_names, help="Comma-separated parts masked in every image.")
 @click.option("--images", default=5, show_default=True, type=click.IntRange(2))
 @click.option("--draws", default=20, show_default=True, type=click.IntRange(1),
               help="Random-region draws for the control.")
 def correspondence_cmd(checkpoint: str, data: str | None, out: str, class_name: str,
-                       parts: str, images: int, draws: int) -> None:
+                       parts: tuple[str, ...], images: int, draws: int) -> None:
     """Fig. 8 / Table 1: sign consistency of feature changes when the same part is masked."""
     from zfnet import pipeline
 
     model, bundle = _load(checkpoint, data)
-    rows = _run(pipeline.correspondence, model, bundle, out, class_name, images,
-                tuple(parts.split(",")), draws)
+    rows = pipeline.correspondence(model, bundle, out, class_name.strip(), images, parts, draws)
     for r in rows:
         click.echo(f"{r.part:<10} " + "  ".join(f"{k} {v:.4f}" for k, v in r.delta.items()))
     _finish(out)
@@ -425,7 +522,7 @@ def probes_cmd(checkpoint: str, data: str | None, out: str, per_class: int) -> N
     from zfnet.train import load_model
 
     model, meta = load_model(checkpoint)
-    rows = _run(pipeline.probes, model, data or meta["data"], out, per_class)
+    rows = pipeline.probes(model, data or meta["data"], out, per_class)
     for r in rows:
         click.echo(f"{r.layer:<6} " + "  ".join(f"{k} {v:.1%}" for k, v in r.accuracy.items()))
     _finish(out)
@@ -438,27 +535,23 @@ def probes_cmd(checkpoint: str, data: str | None, out: str, per_class: int) -> N
                    "grey/RGB and size are adapted to the model's input.")
 @_OUT
 @click.option("--shots", default="1,5,20", show_default=True, metavar="N,N,...",
-              help="Training images per class of the target.")
+              callback=_counts, help="Training images per class of the target.")
 @click.option("--test", "n_test", default=1000, show_default=True, type=click.IntRange(1),
               help="Target val images scored.")
 @click.option("--scratch-steps", default=300, show_default=True, type=click.IntRange(1),
               help="SGD steps of each from-scratch run.")
 @click.option("--layer", default="relu7", show_default=True,
               help="Layers up to this one are kept (relu7: layers 1-7, as the paper).")
-def transfer_cmd(checkpoint: str, data: str, out: str, shots: str, n_test: int,
+def transfer_cmd(checkpoint: str, data: str, out: str, shots: tuple[int, ...], n_test: int,
                  scratch_steps: int, layer: str) -> None:
     """Tables 4-5: keep layers 1-7, train a new softmax on N images per class of the target,
     against the same model trained from scratch on those images."""
     from zfnet import pipeline
     from zfnet.train import load_model
 
-    try:
-        counts = tuple(int(v) for v in shots.split(",") if v.strip())
-    except ValueError as e:
-        raise click.BadParameter(f"{shots!r} is not a list of integers, e.g. 1,5,20",
-                                 param_hint="--shots") from e
-    model, meta = _run(load_model, checkpoint)
-    rows = _run(pipeline.transfer, model, meta, data, out, counts, n_test, scratch_steps, layer)
+    model, meta = load_model(checkpoint)
+    (layer,) = _layers(model, (layer,))
+    rows = pipeline.transfer(model, meta, data, out, shots, n_test, scratch_steps, layer)
     for r in rows:
         click.echo(f"{r.per_class:>4}/class  fixed {r.fixed:.1%}  scratch {r.scratch:.1%}")
     _finish(out)
@@ -476,31 +569,33 @@ def randomization_cmd(checkpoint: str, data: str | None, out: str, images: int,
     from zfnet import pipeline
 
     model, bundle = _load(checkpoint, data)
-    _run(pipeline.randomization, model, bundle, out, images, layer)
+    (layer,) = _layers(model, (layer,))
+    pipeline.randomization(model, bundle, out, images, layer)
     _finish(out)
 
 
 @main.command("study", short_help="Table 3: train model variants with one budget, compare")
 @click.option("--data", required=True, help="Dataset spec.")
-@click.option("--models", default="zfnet_small", show_default=True,
+@click.option("--models", default="zfnet_small", show_default=True, callback=_names,
               help="Comma-separated base models.")
 @click.option("--variants", default="baseline,fc_half,fc_double,wide345,no_conv34,no_fc7,no_fc67",
-              show_default=True, help="Comma-separated Table 3 variants.")
+              show_default=True, callback=_names, help="Comma-separated Table 3 variants.")
 @click.option("--epochs", required=True, type=click.IntRange(1))
 @click.option("--batch-size", default=128, show_default=True, type=click.IntRange(1))
-@click.option("--lr", default=0.01, show_default=True, type=float)
-@click.option("--schedule", default="cosine", show_default=True)
+@click.option("--lr", default=0.01, show_default=True, type=_POSITIVE)
+@click.option("--schedule", default="cosine", show_default=True,
+              type=click.Choice(["plateau", "step", "cosine", "linear", "onecycle", "constant"]))
 @_OUT
-def study_cmd(data: str, models: str, variants: str, epochs: int, batch_size: int, lr: float,
-              schedule: str, out: str) -> None:
+def study_cmd(data: str, models: tuple[str, ...], variants: tuple[str, ...], epochs: int,
+              batch_size: int, lr: float, schedule: str, out: str) -> None:
     """Table 3: train each (model, variant) on DATA for the same epochs and report train/val
     top-1 and val top-5 error side by side, with the paper's numbers where it has them."""
     import json
 
     from zfnet.study import study, study_section
 
-    rows = _run(study, data, models.split(","), variants.split(","), out, epochs,
-                batch_size=batch_size, lr=lr, schedule=schedule, progress=False)
+    rows = study(data, models, variants, out, epochs, batch_size=batch_size, lr=lr,
+                 schedule=schedule, progress=False)
     (Path(out) / "study.json").write_text(json.dumps(rows, indent=1))
     study_section(out, rows, data, epochs)
     for r in rows:
@@ -509,10 +604,11 @@ def study_cmd(data: str, models: str, variants: str, epochs: int, batch_size: in
     _finish(out)
 
 
-@main.command("report")
+@main.command("report", short_help="Rebuild a report page from its saved sections")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 def report_cmd(run_dir: str) -> None:
-    """Rebuild RUN_DIR/index.html from the sections saved there."""
+    """Rebuild RUN_DIR/index.html from the sections saved there (RUN_DIR/sections/*.json,
+    written by `zfnet demo`, `zfnet analyze ...` and `zfnet visualize ...`)."""
     _finish(run_dir)
 
 

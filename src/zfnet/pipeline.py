@@ -26,6 +26,23 @@ def _present(model: nn.Module, names: tuple[str, ...]) -> list[str]:
     return [n for n in names if n in infos]
 
 
+def check_fits(model: nn.Module, bundle: DataBundle, classes: bool = False) -> None:
+    """ValueError unless `bundle`'s images have the channels and size `model` was built for (and,
+    with `classes`, its number of classes): analyses of a model run on the kind of data it was
+    trained on (`analyze transfer` adapts other data)."""
+    cfg = getattr(model, "config", None)
+    if cfg is None:  # not a zfnet model: its input shape is not recorded
+        return
+    if (bundle.in_channels, bundle.input_size) != (cfg.in_channels, cfg.input_size):
+        raise ValueError(
+            f"dataset {bundle.spec!r} gives {bundle.in_channels}-channel {bundle.input_size} px "
+            f"images but the model takes {cfg.in_channels}-channel {cfg.input_size} px ones; "
+            "use the dataset it was trained on (the default), or `zfnet analyze transfer`")
+    if classes and bundle.num_classes != cfg.num_classes:
+        raise ValueError(f"dataset {bundle.spec!r} has {bundle.num_classes} classes but the "
+                         f"model has {cfg.num_classes} outputs")
+
+
 def _centre(bundle: DataBundle, split: str = "val") -> Any:
     ds = getattr(bundle, split)
     return ds.with_mode("centre") if ds.mode != "centre" else ds
@@ -45,6 +62,7 @@ def gallery(model: nn.Module, bundle: DataBundle, run_dir: str | Path, *, k: int
     """Fig. 2: the top-k gallery over the first `n_images` val images (centre crops)."""
     from zfnet.analyses.gallery import run_topk_gallery
 
+    check_fits(model, bundle)
     val = _centre(bundle)
     n = min(n_images, len(val))
     return run_topk_gallery(
@@ -61,6 +79,8 @@ def filters(models: dict[str, nn.Module], bundle: DataBundle, run_dir: str | Pat
     from zfnet.analyses.filters import filters_section
     from zfnet.analyses.topk import mine_topk
 
+    for m in models.values():
+        check_fits(m, bundle)
     val = _centre(bundle)
     idx = range(min(n_images, len(val)))
     acts = {}
@@ -78,7 +98,10 @@ def evolution(run_dir: str | Path, bundle: DataBundle, out_dir: str | Path | Non
 
     ckpts = [(e, load_model(p)[0]) for e, p in list_checkpoints(run_dir)]
     if not ckpts:
-        raise FileNotFoundError(f"no checkpoints in {run_dir}: train with --keep-epochs first")
+        raise FileNotFoundError(
+            f"{run_dir} holds no kept checkpoints (checkpoints/epoch_NNNN/): give a run directory "
+            "of `zfnet train` (--keep-epochs says which epochs it keeps)")
+    check_fits(ckpts[-1][1], bundle)
     layers = _present(ckpts[-1][1], CONV_LAYERS)
     res = feature_evolution(ckpts, _centre(bundle, "train"), layers, n_maps, n_images)
     return evolution_section(out_dir or run_dir, res), res
@@ -90,6 +113,7 @@ def invariance(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
     (true class followed). Returns the mean distances per transformation and layer."""
     from zfnet.analyses.invariance import KINDS, invariance, invariance_section
 
+    check_fits(model, bundle, classes=True)
     norm = _normalizer(bundle)
     low, high = _present(model, ("norm1", "pool1", "relu1"))[0], _present(
         model, ("relu7", "relu6", "fc8"))[0]
@@ -126,6 +150,7 @@ def correspondence(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
     from zfnet.analyses.correspondence import correspondence as corr
     from zfnet.analyses.correspondence import correspondence_section
 
+    check_fits(model, bundle)
     val = _centre(bundle)
     if not hasattr(val, "sample"):
         raise ValueError(f"dataset {bundle.spec!r} has no part masks; correspondence needs the "
@@ -135,7 +160,14 @@ def correspondence(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
                          f"{', '.join(bundle.class_names)}")
     label = bundle.class_names.index(class_name)
     idx = [i for i in range(len(val)) if val.targets[i] == label][:n_images]
+    if len(idx) < 2:
+        raise ValueError(f"class {class_name!r} has {len(idx)} val image(s) in {bundle.spec!r}; "
+                         "correspondence needs at least 2")
     samples = [val.sample(i) for i in idx]
+    unknown = [p for p in parts if p not in samples[0].parts]
+    if unknown or not parts:
+        raise ValueError(f"part(s) {', '.join(map(repr, unknown)) or '(none)'} not in class "
+                         f"{class_name!r}; valid: {', '.join(samples[0].parts)}")
     x = torch.stack([val[i][0] for i in idx])  # (N, C, S, S) model inputs
     masks = {p: torch.from_numpy(np.stack([s.parts[p] for s in samples]))
              for p in parts}
@@ -152,6 +184,7 @@ def probes(model: nn.Module, data: str, run_dir: str | Path, per_class: int = 20
     from zfnet.analyses.probes import linear_probes, probes_section
 
     few = load_dataset(with_options(data, per_class=per_class))
+    check_fits(model, few)
     test = _centre(few)
     test = Subset(test, range(min(n_test, len(test))))
     layers = _present(model, ("pool1", "pool2", "relu3", "relu4", "pool5", "relu6", "relu7"))
@@ -183,8 +216,19 @@ def randomization(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
     units: each image's strongest map in `layer`."""
     from zfnet.activations import get_activations
     from zfnet.analyses.sanity import cascading_randomization, randomization_section
+    from zfnet.models import layer_info, resolve_layer
 
+    check_fits(model, bundle)
+    path, _ = resolve_layer(model, layer)  # unknown: UnknownLayerError listing valid names
+    infos = layer_info(model)
+    maps = [name for name, info in infos.items() if info.geometry is not None]
+    if path not in {infos[m].module for m in maps}:
+        raise ValueError(f"layer {layer!r} has no feature maps to seed the check from; valid: "
+                         f"{', '.join(maps)}")
     val = _centre(bundle)
+    if not 1 <= n_images <= len(val):
+        raise ValueError(f"n_images={n_images}: the val split of {bundle.spec!r} has "
+                         f"{len(val)} images; give 1 to {len(val)}")
     x = torch.stack([val[i][0] for i in range(n_images)])
     act = get_activations(model.eval(), x, [layer])[layer]  # (N, C, H, W)
     channels = act.flatten(2).amax(2).argmax(1)  # (N,)

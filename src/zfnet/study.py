@@ -79,8 +79,12 @@ def study(
     wall time. Train error is measured in eval mode on centre crops of the first
     `train_eval_images` training images (as the paper's train error: without dropout).
     `train_options` go to `TrainConfig` (batch_size, lr, schedule, …)."""
-    for v in variants:
-        variant_overrides(models[0], v)  # fail early on an unknown variant
+    if not models or not variants:
+        raise ValueError("study needs at least one model and one variant")
+    for model in models:  # fail before training anything: unknown models, variants, options
+        for v in variants:
+            TrainConfig(data=data, model=model, out=str(Path(out) / f"{model}-{v}"),
+                        epochs=epochs, model_opts=variant_overrides(model, v), **train_options)
     bundle = load_dataset(data)
     train_eval = bundle.train.with_mode("centre")
     if train_eval_images and len(train_eval) > train_eval_images:

@@ -34,6 +34,34 @@ def test_missing_figure_is_an_error(tmp_path) -> None:
         write_section(tmp_path, Section("k", "t", "c", figures=[Figure("nope.png")]))
 
 
+def test_figures_must_stay_inside_the_run(tmp_path) -> None:
+    run = tmp_path / "run"
+    (run / "figs").mkdir(parents=True)
+    (tmp_path / "secret.png").write_bytes(b"not for the page")
+    for path in ("../secret.png", str(tmp_path / "secret.png")):
+        with pytest.raises(ValueError, match="outside"):
+            write_section(run, Section("k", "t", "c", figures=[Figure(path)]))
+    (run / "figs" / "link.png").symlink_to(tmp_path / "secret.png")
+    with pytest.raises(ValueError, match="outside"):
+        write_section(run, Section("k", "t", "c", figures=[Figure("figs/link.png")]))
+    # a section file edited by hand (or another tool) is refused when read, naming it
+    (run / "sections").mkdir()
+    (run / "sections" / "x.json").write_text(
+        '{"key": "x", "title": "t", "caption": "c", "figures": [{"path": "../secret.png"}]}')
+    with pytest.raises(ValueError, match=r"x\.json: figure '\.\./secret\.png' is outside"):
+        build_report(run)
+    assert not (run / "index.html").exists()
+    (run / "sections" / "x.json").write_text("{broken")
+    with pytest.raises(ValueError, match=r"x\.json is not a report section"):
+        read_sections(run)
+
+
+def test_report_needs_sections(tmp_path) -> None:
+    with pytest.raises(ValueError, match="has no report sections"):
+        build_report(tmp_path)
+    assert not (tmp_path / "index.html").exists()
+
+
 def test_read_metrics_csv(tmp_path) -> None:
     p = tmp_path / "m.csv"
     p.write_text("epoch,loss\n1,2.5\n2,\n")

@@ -164,3 +164,15 @@ def test_errors_name_the_file(run_dir, tmp_path) -> None:
     (bad / "state.json").write_text('{"format": "something-else"}')
     with pytest.raises(CheckpointError, match="not a zfnet checkpoint"):
         load_model(bad)
+
+
+def test_pointer_outside_the_checkpoints_is_not_followed(run_dir, tmp_path) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(list_checkpoints(run)[0][1], elsewhere)  # a complete checkpoint, outside
+    (run / "checkpoints" / "last.json").write_text(json.dumps({"checkpoint": "../../elsewhere"}))
+    assert (run / "checkpoints" / "../../elsewhere" / "state.json").is_file()
+    assert find_last(run) == run / "checkpoints" / "epoch_0003"  # the newest inside instead

@@ -29,7 +29,7 @@ def test_parse_model_opt() -> None:
 
 def test_train_errors_are_clear(tmp_path) -> None:
     r = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "r")])
-    assert r.exit_code == 1 and "data and model required" in r.output
+    assert r.exit_code == 2 and "--data and --model required to start a run" in r.output
     r = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "r"), "--data", "x",
                                   "--model", "zfnet_small", "--model-opt", "nope"])
     assert r.exit_code == 1 and "KEY=VALUE" in r.output

@@ -63,14 +63,25 @@ def test_bad_input_on_resume_leaves_the_run_unchanged(reference, tmp_path) -> No
         assert _files(out) == before, change
 
 
-def test_build_model_refuses_options_the_data_fixes_and_names_the_bad_one(tmp_path) -> None:
+def test_build_model_refuses_options_the_data_fixes_and_names_the_bad_one(
+        tmp_path, monkeypatch) -> None:
     bundle = tiny_bundle()
     with pytest.raises(ValueError, match=r"input_size cannot be set: .* 20 px crops"):
         build_model(tiny_config(tmp_path, model_opts={"input_size": 5}), bundle)
-    # built, but its pooling fails on the first forward pass: a ValueError naming the option
-    with pytest.raises(ValueError, match=r"'zfnet_small' with .*pool_kernel=0 does not work on "
-                                         r"20 px 3-channel images: RuntimeError"):
+    # a value out of range is refused with the config (zfnet.models.options), before building
+    with pytest.raises(ValueError, match=r"model_opts: pool_kernel must be a positive integer"):
         build_model(tiny_config(tmp_path, model_opts={"pool_kernel": 0}), bundle)
+    # built, but a layer fails on the first forward pass: a ValueError naming the options
+    from zfnet.models.lrn import LocalResponseNorm
+
+    def refuse(self, x):
+        raise RuntimeError("this layer refuses the input")
+
+    monkeypatch.setattr(LocalResponseNorm, "forward", refuse)
+    with pytest.raises(ValueError, match=r"'zfnet_small' with .*lrn_size=3 does not work on "
+                                         r"20 px 3-channel images: RuntimeError: this layer"):
+        build_model(tiny_config(tmp_path, model_opts={"lrn_size": 3}), bundle)
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         build_model(tiny_config(tmp_path, model="nope"), bundle)
 

@@ -88,8 +88,10 @@ def occluder_grid(height: int, width: int, size: int, stride: int) -> tuple[list
     """Tops and lefts of the occluder positions (Captum's `Occlusion` grid: the last square is
     clipped at the border)."""
     _check_geometry(height, width, size, stride)
-    tops = [i * stride for i in range(math.ceil((height - size) / stride) + 1)]
-    lefts = [j * stride for j in range(math.ceil((width - size) / stride) + 1)]
+    # With a stride longer than the occluder, Captum's last position may start past the image
+    # (e.g. 64 px, size 9, stride 25: 0, 25, 50, 75); it would occlude nothing: left out.
+    tops = [t for i in range(math.ceil((height - size) / stride) + 1) if (t := i * stride) < height]
+    lefts = [q for j in range(math.ceil((width - size) / stride) + 1) if (q := j * stride) < width]
     return tops, lefts
 
 

@@ -161,7 +161,8 @@ def compute_mean(
             count += n
     if count == 0:
         raise ValueError(
-            f"no training image could be decoded (all {len(paths)} skipped as broken)"
+            f"no training image could be decoded (all {len(paths)} skipped as broken"
+            + (f", e.g. {paths[0]})" if paths else ")")
         )
     return (total / count).to(torch.float32)
 
@@ -246,7 +247,8 @@ def load_imagefolder(
         raise ValueError(f"imagefolder needs a directory: imagefolder:DIR with {LAYOUT}")
     root = Path(spec.path).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist; expected {LAYOUT}")
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise FileNotFoundError(f"image folder {root} {what}; expected {LAYOUT}")
     all_names, train_samples = scan_split(root, "train")
     opts = check_options(
         spec,

@@ -6,11 +6,18 @@ from zfnet.models.convnet import ConvNet, ConvSpec, NetConfig, apply_overrides, 
 from zfnet.models.geometry import LayerGeometry, feature_size, sequential_geometry
 from zfnet.models.layers import LayerInfo, UnknownLayerError, layer_info, resolve_layer
 from zfnet.models.lrn import LocalResponseNorm
+from zfnet.models.options import (
+    MODEL_OPTIONS,
+    check_model_option,
+    check_model_options,
+    parse_model_option,
+)
 from zfnet.models.registry import create_model, list_models, register_model
 
 __all__ = [
-    "ConvNet", "ConvSpec", "LayerGeometry", "LayerInfo", "LocalResponseNorm", "NetConfig",
-    "UnknownLayerError",
-    "apply_overrides", "create_model", "filter_rms", "feature_size", "layer_info", "list_models",
+    "MODEL_OPTIONS", "ConvNet", "ConvSpec", "LayerGeometry", "LayerInfo", "LocalResponseNorm",
+    "NetConfig", "UnknownLayerError",
+    "apply_overrides", "check_model_option", "check_model_options", "create_model",
+    "feature_size", "filter_rms", "layer_info", "list_models", "parse_model_option",
     "register_model", "resolve_layer", "sequential_geometry",
 ]

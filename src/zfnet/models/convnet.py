@@ -23,6 +23,7 @@ from torch import nn
 
 from zfnet.models.geometry import LayerGeometry, sequential_geometry
 from zfnet.models.lrn import LocalResponseNorm
+from zfnet.models.options import INITS, check_model_options
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,6 @@ class NetConfig:
         return NetConfig(**d)
 
 
-INITS = ("kaiming", "paper")
-
 
 class ConvNet(nn.Module):
     """ZFNet / AlexNet-style network: `features` (convs) then `classifier` (fcs).
@@ -118,10 +117,13 @@ class ConvNet(nn.Module):
             self.features, config.input_size, prefix="features."
         )
         last = self.geometry[f"features.{next(reversed(layers))}"]
-        if last.size < 1:
+        empty = next((k for k, g in self.geometry.items() if g.size < 1), None)
+        if empty is not None:
+            side = self.geometry[empty].size
             raise ValueError(
                 f"input_size={config.input_size} is too small for this network: "
-                f"the last feature map would be {last.size}x{last.size}"
+                f"{empty.removeprefix('features.')} would be {side}x{side}; "
+                f"the smallest input it takes is {_smallest_input(self.features)} px"
             )
         head: OrderedDict[str, nn.Module] = OrderedDict()
         width = cin * last.size * last.size
@@ -165,24 +167,12 @@ class ConvNet(nn.Module):
         return self.classifier(x)  # (N, num_classes)
 
 
-def _int_tuple(value: Any, name: str) -> tuple[int, ...]:
-    """`"1,2,3"`, a sequence of numbers or one number -> (1, 2, 3) / (n,); the option `name`
-    is named in the error for anything else."""
-    items = value.split(",") if isinstance(value, str) else (
-        [value] if isinstance(value, int | float) else value)
-    try:
-        out = tuple(int(v) for v in items)
-        if any(isinstance(v, float) and v != int(v) for v in items):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} needs comma-separated integers, got {value!r}") from None
-    return out
-
-
 def apply_overrides(config: NetConfig, **overrides: Any) -> NetConfig:
     """Return `config` changed by user-facing overrides (Table 3's variants and more).
 
-    Besides any `NetConfig` field (num_classes, in_channels, input_size, dropout, init, …):
+    Every value is checked by `zfnet.models.options` (its type and range; ValueError naming the
+    option). Besides the `NetConfig` fields (num_classes, in_channels, input_size, dropout, init,
+    batchnorm, pool_*, lrn_*, input_std):
     - `conv_widths=(c3, c4, c5)`: feature maps of conv3–conv5 (Table 3: 512/1024/512);
       five values set conv1–conv5.
     - `fc_width=W`: width of fc6 and fc7 (Table 3: 2048, 8192).
@@ -191,15 +181,14 @@ def apply_overrides(config: NetConfig, **overrides: Any) -> NetConfig:
     - `strides=(s1, …, s5)`: the stride of each conv layer, in order (before any removal); e.g.
       `strides=1,1,1,1,1` keeps `zfnet_small`'s conv2 at full resolution on 28 px inputs.
     """
-    overrides = dict(overrides)
+    overrides = check_model_options(overrides)  # types and ranges: one place, one message
     convs = list(config.convs)
     fc = list(config.fc)
     fc_names = list(config.fc_names)
     widths = overrides.pop("conv_widths", None)
     if widths is not None:
-        widths = _int_tuple(widths, "conv_widths")
         names = [c.name for c in convs]
-        if len(widths) not in (3, len(names)) or min(widths) < 1:
+        if len(widths) not in (3, len(names)):
             raise ValueError(f"conv_widths needs 3 positive values (conv3, conv4, conv5) or "
                              f"{len(names)} ({', '.join(names)}), got {widths}")
         targets = names[-3:] if len(widths) == 3 else names
@@ -208,35 +197,28 @@ def apply_overrides(config: NetConfig, **overrides: Any) -> NetConfig:
             convs[by_name[name]] = replace(convs[by_name[name]], channels=w)
     strides = overrides.pop("strides", None)
     if strides is not None:
-        strides = _int_tuple(strides, "strides")
-        if len(strides) != len(convs) or min(strides) < 1:
+        if len(strides) != len(convs):
             raise ValueError(f"strides needs {len(convs)} positive values "
                              f"({', '.join(c.name for c in convs)}), got {strides}")
         convs = [replace(c, stride=v) for c, v in zip(convs, strides, strict=True)]
     fc_width = overrides.pop("fc_width", None)
     if fc_width is not None:
-        fc = [int(fc_width)] * len(fc)
-    remove = overrides.pop("remove", None) or ()
-    if isinstance(remove, str):
-        remove = tuple(r for r in remove.split(",") if r)
-    removable = ("conv3", "conv4", "fc6", "fc7")
-    for name in remove:
-        if name not in removable:
-            raise ValueError(f"cannot remove layer {name!r}; removable: {', '.join(removable)}")
+        fc = [fc_width] * len(fc)
+    for name in overrides.pop("remove", ()):
         if name.startswith("conv"):
             convs = [c for c in convs if c.name != name]
-        else:
+        elif name in fc_names:
             i = fc_names.index(name)
             del fc[i], fc_names[i]
-    unknown = set(overrides) - set(NetConfig.__dataclass_fields__)
-    if unknown:
-        valid = sorted(set(NetConfig.__dataclass_fields__) - {"convs", "fc", "fc_names"})
-        valid += ["conv_widths", "fc_width", "remove", "strides"]
-        raise ValueError(
-            f"unknown model option(s) {sorted(unknown)}; valid: {', '.join(sorted(valid))}"
-        )
     return replace(config, convs=tuple(convs), fc=tuple(fc), fc_names=tuple(fc_names), **overrides)
 
+
+def _smallest_input(features: nn.Sequential, limit: int = 4096) -> int | str:
+    """The smallest input side for which no feature map of `features` is empty (for errors)."""
+    for side in range(1, limit + 1):
+        if min(g.size for g in sequential_geometry(features, side).values()) >= 1:
+            return side
+    return f"over {limit}"
 
 
 def filter_rms(weight: torch.Tensor) -> torch.Tensor:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
+from zfnet.atomic import write_text_atomic
 from zfnet.report.sections import read_sections
 
 _ENV = jinja2.Environment(
@@ -39,9 +39,14 @@ def build_report(run_dir: str | Path, title: str | None = None) -> Path:
 
     The page has no external assets (figures are embedded as data URIs), so it opens offline
     and can be mailed as one file. The run's `config.json`, if present, is shown at the end.
+    ValueError when `run_dir` holds no sections or a section's figure lies outside it.
     """
     run_dir = Path(run_dir)
     sections = read_sections(run_dir)
+    if not sections:
+        raise ValueError(f"{run_dir} has no report sections ({run_dir / 'sections'}/*.json); "
+                         "write some into it first with `zfnet demo`, `zfnet analyze ...` or "
+                         "`zfnet visualize topk` (--out)")
     figures = {
         f.path: _data_uri(run_dir / f.path)
         for s in sections
@@ -59,8 +64,4 @@ def build_report(run_dir: str | Path, title: str | None = None) -> Path:
         config=config,
         created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     )
-    out = run_dir / "index.html"
-    tmp = out.with_suffix(".html.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_text_atomic(run_dir / "index.html", html)

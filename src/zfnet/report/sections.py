@@ -8,10 +8,11 @@ section back and lays them out; it never runs a model, and no analysis writes HT
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from zfnet.atomic import write_text_atomic
 
 
 @dataclass
@@ -49,30 +50,49 @@ class Section:
     order: int = 100
 
 
+def inside(run_dir: str | Path, rel: str) -> bool:
+    """Does the relative path `rel` stay inside `run_dir` (after `..` and symlinks)?"""
+    root = Path(run_dir).resolve()
+    return not Path(rel).is_absolute() and (root / rel).resolve().is_relative_to(root)
+
+
 def write_section(run_dir: str | Path, section: Section) -> Path:
     """Save `section` as `run_dir/sections/<key>.json` (atomically) and return the path."""
     run_dir = Path(run_dir)
     for fig in section.figures:
+        if not inside(run_dir, fig.path):
+            raise ValueError(f"section {section.key!r}: figure {fig.path} is outside {run_dir}; "
+                             "figures are paths inside the run directory")
         if not (run_dir / fig.path).is_file():
             raise FileNotFoundError(
                 f"section {section.key!r}: figure {fig.path} is not in {run_dir}"
             )
     out = run_dir / "sections" / f"{section.key}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(asdict(section), indent=1, default=_jsonable))
-    os.replace(tmp, out)
-    return out
+    return write_text_atomic(out, json.dumps(asdict(section), indent=1, default=_jsonable))
 
 
 def read_sections(run_dir: str | Path) -> list[Section]:
-    """Every section saved in `run_dir`, sorted by (order, key)."""
+    """Every section saved in `run_dir`, sorted by (order, key).
+
+    A figure path that leads out of `run_dir` (`../`, absolute, a symlink elsewhere) is refused
+    with a ValueError naming the section file: the report embeds figures' bytes, and a section
+    file must not make it read anything else."""
     sections = []
     for p in sorted((Path(run_dir) / "sections").glob("*.json")):
-        d = json.loads(p.read_text())
-        d["figures"] = [Figure(**f) for f in d.get("figures", [])]
-        d["tables"] = [Table(**t) for t in d.get("tables", [])]
-        sections.append(Section(**d))
+        try:
+            d = json.loads(p.read_text())
+            d["figures"] = [Figure(**f) for f in d.get("figures", [])]
+            d["tables"] = [Table(**t) for t in d.get("tables", [])]
+            section = Section(**d)
+        except (ValueError, TypeError, AttributeError) as e:
+            raise ValueError(f"{p} is not a report section (corrupt or of another version: "
+                             f"{e}); delete it or write it again") from None
+        for f in section.figures:
+            if not inside(run_dir, f.path):
+                raise ValueError(f"{p}: figure {f.path!r} is outside {run_dir}; refusing to "
+                                 "read it (figures are paths inside the run directory)")
+        sections.append(section)
     return sorted(sections, key=lambda s: (s.order, s.key))
 
 

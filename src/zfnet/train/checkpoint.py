@@ -33,6 +33,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from zfnet import atomic
+
 FORMAT = "zfnet-checkpoint/1"
 WEIGHTS = "model.safetensors"
 TRAIN_STATE = "train_state.safetensors"
@@ -103,15 +105,9 @@ def _fsync(path: Path) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Replace `path` by `text` atomically: temp file, fsync, rename, fsync the directory."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync(path.parent)
+    """Replace `path` by `text` atomically and durably: a uniquely named temp file, fsync,
+    rename, fsync the directory (`zfnet.atomic`)."""
+    atomic.write_text_atomic(path, text, durable=True)
 
 
 def checkpoint_name(epoch: int, step_in_epoch: int = 0) -> str:
@@ -233,7 +229,9 @@ def find_last(run_dir: str | Path) -> Path:
     root = _checkpoint_root(run_dir)
     try:
         name = json.loads((root / POINTER).read_text())["checkpoint"]
-        if (root / name / STATE).is_file() and (root / name / WEIGHTS).is_file():
+        # Only a checkpoint's own name: a pointer to "../elsewhere" is damaged, not followed.
+        if _NAME.match(name) and (root / name / STATE).is_file() and \
+                (root / name / WEIGHTS).is_file():
             return root / name
     except (OSError, ValueError, KeyError, TypeError):
         pass  # a missing or damaged pointer: fall back to scanning

@@ -10,6 +10,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from zfnet.models.options import check_model_options, parse_model_option
+
 SCHEDULES = ("plateau", "step", "cosine", "linear", "onecycle", "constant")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 # The epochs of the paper's Fig. 4 (feature evolution); checkpoints at these epochs are kept.
@@ -85,7 +87,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.keep_epochs = tuple(int(e) for e in self.keep_epochs)
-        self.model_opts = dict(self.model_opts)
+        # Checked here, before a run directory is touched; the input size the options need is
+        # the dataset's, checked when the model is built for it.
+        self.model_opts = check_train_model(self.model, dict(self.model_opts))
         if self.schedule not in SCHEDULES:
             raise ValueError(
                 f"schedule={self.schedule!r} is not known; valid: {', '.join(SCHEDULES)}"
@@ -107,6 +111,18 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
+        if self.patience < 0 or self.step_epochs < 1 or self.warmup_epochs < 0:
+            raise ValueError(f"patience must be >= 0, step_epochs >= 1, warmup_epochs >= 0; got "
+                             f"{self.patience}, {self.step_epochs}, {self.warmup_epochs}")
+        if not 0.0 < self.lr_factor <= 1.0:
+            raise ValueError(f"lr_factor must be in (0, 1], got {self.lr_factor}")
+        if not 0.0 <= self.momentum < 1.0 or (self.nesterov and self.momentum == 0):
+            raise ValueError(f"momentum must be in [0, 1) (> 0 with nesterov), got "
+                             f"{self.momentum}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be in 0..2**32-1, got {self.seed}")
+        if any(e < 1 for e in self.keep_epochs):
+            raise ValueError(f"keep_epochs must be epochs >= 1, got {list(self.keep_epochs)}")
         if self.renorm_radius <= 0:
             raise ValueError(f"renorm_radius must be > 0, got {self.renorm_radius}")
         if self.time_budget is not None:
@@ -116,6 +132,9 @@ class TrainConfig:
             if self.schedule == "onecycle":
                 raise ValueError("time_budget cannot re-plan the onecycle schedule; use "
                                  "cosine, linear, plateau, step or constant")
+        from zfnet.train.distributed import parse_device
+
+        parse_device(self.device)  # the name only: a resumed run may move to another machine
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
 
@@ -143,29 +162,27 @@ class TrainConfig:
 
 
 def parse_model_opt(text: str) -> tuple[str, Any]:
-    """Parse one `--model-opt KEY=VALUE`: ints, floats, true/false and comma lists are converted.
+    """Parse one `--model-opt KEY=VALUE` into the key and its value, typed and range-checked
+    by `zfnet.models.options` (ValueError naming the option and what is valid).
 
     `fc_width=2048` -> ("fc_width", 2048); `remove=conv3,conv4` -> ("remove", ["conv3", "conv4"]);
     `conv_widths=512,1024,512` -> ("conv_widths", [512, 1024, 512]); `init=paper` -> ("init",
-    "paper").
+    "paper"); `batchnorm=true` -> ("batchnorm", True).
     """
-    if "=" not in text:
-        raise ValueError(f"model option {text!r} is not KEY=VALUE (e.g. fc_width=2048)")
-    key, value = (s.strip() for s in text.split("=", 1))
-    if not key:
-        raise ValueError(f"model option {text!r} has an empty key")
-    if "," in value:
-        return key, [_scalar(v) for v in value.split(",") if v.strip()]
-    return key, _scalar(value)
+    return parse_model_option(text)
 
 
-def _scalar(v: str) -> Any:
-    v = v.strip()
-    if v.lower() in ("true", "false"):
-        return v.lower() == "true"
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    return v
+def check_train_model(model: str, model_opts: dict[str, Any]) -> dict[str, Any]:
+    """`model` must be registered and `model_opts` typed and in range (`zfnet.models.options`;
+    sequences as lists, as config.json stores them). Options the data fixes (input_size, ...)
+    and the combination with the data's image size are checked when the model is built for the
+    data (`zfnet.train.run.build_model`), still before a run writes anything."""
+    from zfnet.models import list_models
+
+    if model not in list_models():
+        raise ValueError(f"unknown model {model!r}; valid: {', '.join(list_models())}")
+    try:
+        checked = check_model_options(model_opts)
+    except ValueError as e:
+        raise ValueError(f"model_opts: {e}") from None
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in checked.items()}

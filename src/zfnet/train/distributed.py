@@ -39,15 +39,36 @@ class DistInfo:
         return self.world_size > 1
 
 
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """"auto" -> this process's GPU if CUDA is available, else the CPU; anything else as given."""
+DEVICES = "auto, cpu, cuda, cuda:N"
+
+
+def parse_device(device: str) -> torch.device | None:
+    """`device` as a torch.device (None for "auto"); ValueError listing the valid names for
+    anything but auto, cpu, cuda and cuda:N. Does not look for a GPU."""
     if device == "auto":
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not known; valid: {DEVICES}")
+    return dev
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    """"auto" -> this process's GPU if CUDA is available, else the CPU; anything else as given
+    (ValueError for an unknown name or a GPU that is not there)."""
+    dev = parse_device(device)
+    if dev is None:
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} asked for, but CUDA is not available; use cpu or auto")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank)
+    if dev.type == "cuda" and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r}: this machine has {torch.cuda.device_count()} "
+                         f"GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return dev
 
 

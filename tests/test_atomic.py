@@ -1,0 +1,37 @@
+"""`zfnet.atomic`: whole-file replacement through a unique temporary name."""
+
+import os
+import threading
+
+from zfnet.atomic import write_text_atomic
+
+
+def test_replaces_and_leaves_no_temporary(tmp_path) -> None:
+    p = tmp_path / "index.html"
+    p.write_text("old")
+    assert write_text_atomic(p, "new") == p and p.read_text() == "new"
+    assert os.listdir(tmp_path) == ["index.html"]
+
+
+def test_writers_never_share_a_temporary(tmp_path, monkeypatch) -> None:
+    """Two writers of one file at once: each renames its own complete temporary into place
+    (a fixed temporary name would let one rename the other's half-written file)."""
+    p = tmp_path / "sections.json"
+    names: list[str] = []
+    both_open = threading.Barrier(2)
+    real_replace = os.replace
+
+    def replace(src, dst):
+        names.append(os.path.basename(src))
+        both_open.wait(timeout=10)  # both temporaries exist before either is renamed
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    texts = ["a" * 100_000, "b" * 100_000]
+    threads = [threading.Thread(target=write_text_atomic, args=(p, t)) for t in texts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(names)) == 2 and all(n.startswith(".sections.json.tmp-") for n in names)
+    assert p.read_text() in texts and os.listdir(tmp_path) == ["sections.json"]

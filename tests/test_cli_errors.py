@@ -1,0 +1,259 @@
+"""Every command with bad input: a one-line error naming the bad value, a nonzero exit, no
+traceback, and nothing written to --out (absent afterwards, or unchanged when it existed)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from safetensors.torch import save_file
+
+from zfnet.cli import main
+from zfnet.models import create_model
+
+# eval-broken-images warns about each file it skips before it fails: expected here
+pytestmark = pytest.mark.filterwarnings("ignore::zfnet.data.images.BrokenImageWarning")
+
+TINY = "synthetic?n_train=64&n_val=32&size=32"
+OTHER_SIZE = "synthetic?n_train=64&n_val=32&size=48"  # not the 32 px the run's model takes
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory) -> dict[str, Path]:
+    """One trained run and the broken things the table points at."""
+    root = tmp_path_factory.mktemp("errors")
+    run = root / "run"
+    res = CliRunner().invoke(main, ["train", "--data", TINY, "--model", "zfnet_small",
+                                    "--out", str(run), "--epochs", "1", "--batch-size", "32",
+                                    "--keep-epochs", "1", "--quiet", "--no-tensorboard"])
+    assert res.exit_code == 0, res.output
+    empty = root / "empty"
+    empty.mkdir()
+    (root / "notes.txt").write_text("not a checkpoint\n")
+    # a checkpoint whose weights are another model's (fc6 of width 16)
+    other = root / "other_weights"
+    shutil.copytree(run / "checkpoints" / "epoch_0001", other)
+    save_file(create_model("zfnet_small", input_size=32, fc_width=16).state_dict(),
+              other / "model.safetensors")
+    corrupt = root / "corrupt_state"
+    shutil.copytree(run / "checkpoints" / "epoch_0001", corrupt)
+    (corrupt / "state.json").write_text("{not json")
+    # an image folder whose every file is broken, and one without train/ val/
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            d = root / "broken_images" / split / cls
+            d.mkdir(parents=True)
+            for i in range(2):
+                (d / f"{i}.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    bad_fmnist = root / "bad_fmnist"  # the four files Fashion-MNIST needs, none gzipped
+    bad_fmnist.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (bad_fmnist / f"{name}.gz").write_bytes(b"junk")
+    flat = root / "flat_images"
+    flat.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(flat / "x.png")
+    # a report directory whose section points outside it
+    escape = root / "escape"
+    (escape / "sections").mkdir(parents=True)
+    (root / "secret.png").write_bytes(b"\x89PNG secret")
+    (escape / "sections" / "x.json").write_text(json.dumps(
+        {"key": "x", "title": "t", "caption": "c", "figures": [{"path": "../secret.png"}]}))
+    return {"run": run, "empty": empty, "notes": root / "notes.txt", "other": other,
+            "corrupt": corrupt, "broken_images": root / "broken_images", "flat": flat,
+            "escape": escape, "bad_fmnist": bad_fmnist, "root": root}
+
+
+CK = ["--checkpoint", "{run}"]
+OUT = ["--out", "{out}"]
+TRAIN = ["train", "--data", TINY, "--model", "zfnet_small", *OUT, "--epochs", "1", "--quiet",
+         "--no-tensorboard"]
+TOPK = ["visualize", "topk", *CK, *OUT, "--k", "2", "--images", "8", "--maps-per-layer", "2"]
+
+# (id, arguments, what the message must name)
+CASES = [
+    # models
+    ("models-unknown", ["models", "zfnett"], "zfnett"),
+    ("models-input-too-small", ["models", "zfnet_small", "--input-size", "5"], "input_size=5"),
+    ("models-input-zero", ["models", "zfnet_small", "--input-size", "0"], "--input-size"),
+    # train: what to train, on what
+    ("train-no-data-model", ["train", *OUT], "--data and --model"),
+    ("train-unknown-dataset", [*TRAIN, "--data", "nope"], "nope"),
+    ("train-dataset-option", [*TRAIN, "--data", "synthetic?bogus=1"], "bogus"),
+    ("train-dataset-value", [*TRAIN, "--data", "synthetic?n_train=abc"], "n_train"),
+    ("train-spec-syntax", [*TRAIN, "--data", "synthetic:"], "synthetic:"),
+    ("train-imagefolder-layout", [*TRAIN, "--data", "imagefolder:{flat}"], "train"),
+    ("train-unknown-model", [*TRAIN, "--model", "zfnett"], "zfnett"),
+    ("train-existing-run", ["train", "--data", TINY, "--model", "zfnet_small", "--out", "{run}",
+                            "--epochs", "1"], "--resume"),
+    # train: --model-opt, each key's type and range
+    ("opt-dropout-abc", [*TRAIN, "--model-opt", "dropout=abc"], "dropout=abc"),
+    ("opt-dropout-1", [*TRAIN, "--model-opt", "dropout=1"], "dropout"),
+    ("opt-lrn-size-abc", [*TRAIN, "--model-opt", "lrn_size=abc"], "lrn_size=abc"),
+    ("opt-input-size", [*TRAIN, "--model-opt", "input_size=5"], "input_size"),
+    ("opt-fc-width-negative", [*TRAIN, "--model-opt", "fc_width=-5"], "fc_width=-5"),
+    ("opt-fc-width-abc", [*TRAIN, "--model-opt", "fc_width=abc"], "fc_width must be a positive"),
+    ("opt-pool-kernel-0", [*TRAIN, "--model-opt", "pool_kernel=0"], "pool_kernel=0"),
+    ("opt-batchnorm-maybe", [*TRAIN, "--model-opt", "batchnorm=maybe"], "true or false"),
+    ("opt-unknown-key", [*TRAIN, "--model-opt", "colour=red"], "colour"),
+    ("opt-no-equals", [*TRAIN, "--model-opt", "nope"], "KEY=VALUE"),
+    ("opt-remove", [*TRAIN, "--model-opt", "remove=conv1"], "conv1"),
+    ("opt-strides-count", [*TRAIN, "--model-opt", "strides=1,1"], "strides needs 5"),
+    ("opt-init", [*TRAIN, "--model-opt", "init=zeros"], "zeros"),
+    # train: option values
+    ("train-batch-0", [*TRAIN, "--batch-size", "0"], "--batch-size"),
+    ("train-epochs-0", [*TRAIN, "--epochs", "0"], "--epochs"),
+    ("train-lr-negative", [*TRAIN, "--lr", "-1"], "--lr"),
+    ("train-time-budget", [*TRAIN, "--time-budget", "abc"], "abc"),
+    ("train-keep-epochs", [*TRAIN, "--keep-epochs", "x"], "--keep-epochs"),
+    ("train-device", [*TRAIN, "--device", "gpu"], "gpu"),
+    ("train-seed", [*TRAIN, "--seed", "-1"], "--seed"),
+    ("train-momentum", [*TRAIN, "--momentum", "2"], "--momentum"),
+    ("train-onecycle-budget", [*TRAIN, "--schedule", "onecycle", "--time-budget", "1m"],
+     "onecycle"),
+    # eval
+    ("eval-imagefolder-layout", ["eval", *CK, "--data", "imagefolder:{flat}"], "flat_images"),
+    ("eval-fmnist-missing", ["eval", *CK, "--data", "fashion-mnist:/nonexistent"],
+     "/nonexistent"),
+    ("eval-fmnist-corrupt", ["eval", *CK, "--data", "fashion-mnist:{bad_fmnist}"],
+     "is damaged"),
+    ("eval-imagefolder-a-file", ["eval", *CK, "--data", "imagefolder:{notes}"],
+     "notes.txt is not a directory"),
+    ("eval-device", ["eval", *CK, "--device", "gpu"], "gpu"),
+    ("eval-not-a-run", ["eval", "--checkpoint", "{empty}"], "empty"),
+    ("eval-a-text-file", ["eval", "--checkpoint", "{notes}"], "notes.txt"),
+    ("eval-other-weights", ["eval", "--checkpoint", "{other}/model.safetensors"],
+     "different model"),
+    ("eval-corrupt-state", ["eval", "--checkpoint", "{corrupt}"], "corrupt"),
+    ("eval-batch-0", ["eval", *CK, "--batch-size", "0"], "--batch-size"),
+    ("eval-json-no-folder", ["eval", *CK, "--json", "{out}/r.json"], "r.json"),
+    ("eval-json-a-folder", ["eval", *CK, "--json", "{empty}"], "directory"),
+    ("eval-other-classes", ["eval", *CK, "--data", TINY + "&classes=0,1"], "2 classes"),
+    ("eval-other-size", ["eval", *CK, "--data", OTHER_SIZE], "48 px"),
+    ("eval-live-weights", ["eval", *CK, "--live-weights"], "--ema"),
+    ("eval-broken-images", ["eval", *CK, "--data", "imagefolder:{broken_images}"],
+     "broken_images"),
+    # visualize topk
+    ("topk-layer", [*TOPK, "--layer", "conv9"], "conv9"),
+    ("topk-layers-alias", [*TOPK, "--layers", "conv1, conv9"], "conv9"),
+    ("topk-layer-empty", [*TOPK, "--layer", " , "], "--layer"),
+    ("topk-k-0", [*TOPK, "--k", "0"], "--k"),
+    ("topk-not-a-run", ["visualize", "topk", "--checkpoint", "{empty}", *OUT], "empty"),
+    ("topk-dataset", [*TOPK, "--data", "nope"], "nope"),
+    ("topk-out-is-file", ["visualize", "topk", *CK, "--out", "{notes}"], "notes.txt"),
+    ("topk-fc-layer", [*TOPK, "--layer", "fc6"], "fc6"),
+    ("topk-other-input-size", [*TOPK, "--data", OTHER_SIZE], "48 px"),
+    # analyze
+    ("evolution-no-checkpoints", ["analyze", "evolution", "--run", "{empty}", *OUT], "empty"),
+    ("evolution-no-run", ["analyze", "evolution", *OUT], "--checkpoint"),
+    ("evolution-dataset", ["analyze", "evolution", *CK, "--data", "nope", *OUT], "nope"),
+    ("filters-not-a-run", ["analyze", "filters", "--checkpoint", "{empty}", *OUT], "empty"),
+    ("invariance-other-classes", ["analyze", "invariance", *CK, *OUT, "--data",
+                                  TINY + "&classes=0,1"], "2 classes"),
+    ("invariance-dataset", ["analyze", "invariance", *CK, *OUT, "--data",
+                            "fashion-mnist:/nonexistent"], "/nonexistent"),
+    ("occlusion-layer", ["analyze", "occlusion", *CK, *OUT, "--layer", "conv9"], "conv9"),
+    ("occlusion-size", ["analyze", "occlusion", *CK, *OUT, "--size", "1000"], "1000"),
+    ("occlusion-other-classes", ["analyze", "occlusion", *CK, *OUT, "--data",
+                                 TINY + "&classes=0,1"], "2 classes"),
+    ("occlusion-images-0", ["analyze", "occlusion", *CK, *OUT, "--images", "0"], "--images"),
+    ("correspondence-part", ["analyze", "correspondence", *CK, *OUT, "--parts", "nose"], "nose"),
+    ("correspondence-class", ["analyze", "correspondence", *CK, *OUT, "--class", "dragon"],
+     "dragon"),
+    ("probes-not-a-run", ["analyze", "probes", "--checkpoint", "{notes}", *OUT], "notes.txt"),
+    ("probes-other-input-size", ["analyze", "probes", *CK, *OUT, "--data", OTHER_SIZE],
+     "48 px"),
+    ("probes-per-class-0", ["analyze", "probes", *CK, *OUT, "--per-class", "0"], "--per-class"),
+    ("transfer-shots-a", ["analyze", "transfer", *CK, *OUT, "--data", TINY, "--shots", "a"],
+     "--shots"),
+    ("transfer-shots-0", ["analyze", "transfer", *CK, *OUT, "--data", TINY, "--shots", "1,0"],
+     "--shots"),
+    ("transfer-layer", ["analyze", "transfer", *CK, *OUT, "--data", TINY, "--layer", "conv9"],
+     "conv9"),
+    ("transfer-dataset", ["analyze", "transfer", *CK, *OUT, "--data", "nope"], "nope"),
+    ("randomization-layer", ["analyze", "randomization", *CK, *OUT, "--layer", "conv9"],
+     "conv9"),
+    ("randomization-fc-layer", ["analyze", "randomization", *CK, *OUT, "--layer", "fc6"],
+     "fc6"),
+    ("randomization-images", ["analyze", "randomization", *CK, *OUT, "--images", "1000"],
+     "1000"),
+    # study, demo, report
+    ("study-model", ["study", "--data", TINY, "--models", "zfnet_small, zfnett", "--epochs", "1",
+                     *OUT], "zfnett"),
+    ("study-variant", ["study", "--data", TINY, "--variants", "baseline,huge", "--epochs", "1",
+                       *OUT], "huge"),
+    ("study-schedule", ["study", "--data", TINY, "--schedule", "nope", "--epochs", "1", *OUT],
+     "nope"),
+    ("demo-dataset", ["demo", "--data", "nope", *OUT], "nope"),
+    ("demo-model", ["demo", "--data", TINY, "--model", "zfnett", *OUT], "zfnett"),
+    ("report-no-sections", ["report", "{empty}"], "no report sections"),
+    ("report-figure-outside", ["report", "{escape}"], "../secret.png"),
+]
+
+
+def _snapshot(path: Path) -> dict[str, tuple[int, int]] | None:
+    """Every file under `path` with its size and modification time; None when absent."""
+    if not path.exists():
+        return None
+    return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(path.rglob("*"))}
+
+
+@pytest.mark.parametrize(("args", "names"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_clear_line(places, tmp_path, args, names) -> None:
+    out = tmp_path / "out"
+    where = {k: str(v) for k, v in places.items()} | {"out": str(out)}
+    argv = [a.format(**where) for a in args]
+    watched = {p: _snapshot(p) for p in (out, places["run"], places["empty"], places["escape"])}
+    res = CliRunner().invoke(main, argv)
+    assert res.exit_code != 0, res.output
+    # a handled error exits through SystemExit; anything else is an uncaught exception
+    assert isinstance(res.exception, SystemExit), repr(res.exception)
+    assert "Traceback" not in res.output
+    last = res.output.strip().splitlines()[-1]
+    assert last.startswith("Error: ") and names in last, res.output
+    for p, before in watched.items():
+        assert _snapshot(p) == before, f"{p} was written to"
+
+
+def test_names_and_aliases(places, tmp_path) -> None:
+    """--layer takes comma lists (spaces stripped) and repeats, module paths included; the old
+    spellings --layers and --run still work; --checkpoint RUN names the run everywhere."""
+    run, out = str(places["run"]), tmp_path / "out"
+    res = CliRunner().invoke(main, ["visualize", "topk", "--checkpoint", run, "--out", str(out),
+                                    "--layer", " conv1 , features.conv2", "--layer", "pool5",
+                                    "--layers", "conv3", "--k", "2", "--images", "8",
+                                    "--maps-per-layer", "2"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (out / "gallery").glob("*.png")) == [
+        "topk_conv1.png", "topk_conv2.png", "topk_conv3.png", "topk_pool5.png"]
+    for flag in ("--checkpoint", "--run"):
+        res = CliRunner().invoke(main, ["analyze", "evolution", flag, run, "--out", str(out),
+                                        "--images", "8", "--maps", "2"])
+        assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["analyze", "correspondence", "--checkpoint", run, "--out",
+                                    str(out), "--parts", "eye_left, mouth", "--images", "3",
+                                    "--draws", "1"])
+    assert res.exit_code == 0, res.output
+    assert [line.split()[0] for line in res.output.splitlines()[:3]] == [
+        "eye_left", "mouth", "random"]
+
+
+def test_help_is_whole() -> None:
+    """Every command's short help is a whole phrase (not cut at "Figs." or "Sec."), and the old
+    option spellings are hidden."""
+    for group in ([], ["analyze"], ["visualize"]):
+        res = CliRunner().invoke(main, [*group, "-h"])
+        assert res.exit_code == 0, res.output
+        listed = res.output.split("Commands:")[1].strip().splitlines()
+        assert len(listed) >= 1
+        for line in listed:
+            name, text = line.split(maxsplit=1)
+            assert not text.endswith(("...", "(Figs.", "(Sec.", "(paper Sec.")), line
+    evo = CliRunner().invoke(main, ["analyze", "evolution", "-h"]).output
+    topk = CliRunner().invoke(main, ["visualize", "topk", "-h"]).output
+    assert "--checkpoint RUN" in evo and "--run" not in evo
+    assert "--layer NAME" in topk and "--layers" not in topk
