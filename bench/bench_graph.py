@@ -125,7 +125,7 @@ def main() -> None:
         c = acts[name].shape[1]
         maps = list(range(c)) if args.captum_maps is None else \
             sorted({int(i * c / args.captum_maps) for i in range(args.captum_maps)})
-        proj, values = res[name]
+        proj, values = res[name][:2]
         t, w = captum_time(model, module, x, maps, proj, values)
         worst = min(worst, w)
         extrapolated = t * c / len(maps)

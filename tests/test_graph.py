@@ -10,8 +10,13 @@ import torch
 import torchvision
 from torch import nn
 
-from zfnet.graph import RuleUndefinedError, batched_backward, layer_outputs, project_graph, \
-    seeds_from
+from zfnet.graph import (
+    RuleUndefinedError,
+    batched_backward,
+    layer_outputs,
+    project_graph,
+    seeds_from,
+)
 
 captum_attr = pytest.importorskip("captum.attr")
 
@@ -46,7 +51,7 @@ def _check_equal(model: nn.Module, layer: str, x: torch.Tensor, channels: list[i
     ch = torch.tensor(channels).repeat(n)
     compared = 0
     for rule in ORACLES:
-        proj, val = project_graph(model, x, {layer: module},
+        proj, val, *_ = project_graph(model, x, {layer: module},
                                   {layer: seeds_from(img, ch, None)}, rule)[layer]
         for j, c in enumerate(channels):
             ref = _captum(model, module, x, c, rule)
@@ -87,10 +92,10 @@ def test_many_seeds_per_image_go_down_together_exactly() -> None:
     img = torch.tensor([0, 0, 0, 0, 1, 2, 2])  # uneven: 4, 1 and 2 seeds per image
     ch = torch.tensor([0, 1, 2, 3, 4, 5, 6])
     for rule in ("deconvnet", "gradient"):
-        proj, val = project_graph(model, x, {"l3": module}, {"l3": seeds_from(img, ch, None)},
+        proj, val, *_ = project_graph(model, x, {"l3": module}, {"l3": seeds_from(img, ch, None)},
                                   rule, seed_batch=6)["l3"]
         for s in range(len(img)):
-            one, v1 = project_graph(model, x, {"l3": module},
+            one, v1, *_ = project_graph(model, x, {"l3": module},
                                     {"l3": seeds_from(img[s:s + 1], ch[s:s + 1], None)},
                                     rule)["l3"]
             assert torch.allclose(proj[s], one[0], rtol=1e-5, atol=1e-6 * one.abs().max())
@@ -106,7 +111,7 @@ def test_gradient_rule_is_autograd_on_densenet_googlenet_mobilenet() -> None:
         model = _net(name, **kw)
         x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
         module = model.get_submodule(layer)
-        proj, val = project_graph(model, x, {layer: module},
+        proj, val, *_ = project_graph(model, x, {layer: module},
                                   {layer: seeds_from([0, 1], [3, 3], None)}, "gradient")[layer]
         xg = x.clone().requires_grad_(True)
         act = layer_outputs(model, xg, {layer: module})[layer]
@@ -121,7 +126,7 @@ def test_gradient_rule_is_autograd_on_densenet_googlenet_mobilenet() -> None:
 def test_deconvnet_on_mobilenet_v2_rectifies_at_relu6() -> None:
     model = _net("mobilenet_v2")
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
-    proj, _ = project_graph(model, x, {"f": model.features[3]},
+    proj, *_ = project_graph(model, x, {"f": model.features[3]},
                             {"f": seeds_from([0], [2], None)}, "deconvnet")["f"]
     assert proj.abs().sum() > 0
 
@@ -133,7 +138,7 @@ def test_rule_undefined_for_gelu_names_it_and_the_valid_rule() -> None:
     for rule in ("deconvnet", "guided"):
         with pytest.raises(RuleUndefinedError, match="GELU.*gradient"):
             project_graph(model, x, {"3": model[3]}, seeds, rule)
-    proj, _ = project_graph(model, x, {"3": model[3]}, seeds, "gradient")["3"]
+    proj, *_ = project_graph(model, x, {"3": model[3]}, seeds, "gradient")["3"]
     assert proj.shape == (1, 3, 16, 16)
     # below the GELU only: fine for every rule
     project_graph(model, x, {"0": model[0]}, {"0": seeds_from([0], [1], None)}, "deconvnet")
@@ -161,7 +166,7 @@ def test_positions_and_flat_layers() -> None:
     x = torch.randn(1, 3, 32, 32)
     act = layer_outputs(model, x, {"l": model.layer1})["l"].detach()
     pos = torch.tensor([[2, 3]])
-    proj, val = project_graph(model, x, {"l": model.layer1},
+    proj, val, *_ = project_graph(model, x, {"l": model.layer1},
                               {"l": seeds_from([0], [4], pos)}, "gradient")["l"]
     assert val[0] == act[0, 4, 2, 3]
     with pytest.raises(ValueError, match="positions must lie"):
@@ -176,3 +181,41 @@ def test_batched_backward_refuses_an_unrelated_output() -> None:
     y = torch.randn(1, 4, 8, 8, requires_grad=True) * 2
     with pytest.raises(ValueError, match="does not depend on the input"):
         batched_backward(y, x, torch.ones(1, 1, 4, 8, 8), "gradient")
+
+
+@pytest.mark.parametrize("rule", ["deconvnet", "guided", "gradient"])
+def test_general_path_equals_the_windowed_engine_on_a_chain(rule: str) -> None:
+    """Both paths of the one engine give the same projections on zfnet's chain (LRN, ceil-mode
+    pooling), so a layer's projection does not depend on which path took it."""
+    from zfnet.deconvnet import eval_mode, project
+    from zfnet.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("zfnet_small").eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(6)) * 60
+    for layer in ("conv2", "norm2", "pool5"):
+        module = model.get_submodule(f"features.{layer}")
+        windowed = project(model, x, layer, torch.tensor([[1, 4], [2, 7]]), rule=rule)
+        with eval_mode(model):
+            general, *_ = project_graph(model, x, {layer: module},
+                                        {layer: seeds_from([0, 0, 1, 1], [1, 4, 2, 7], None)},
+                                        rule)[layer]
+        windowed = windowed.reshape(4, 3, 64, 64)
+        scale = windowed.abs().max()
+        assert scale > 0
+        assert (general - windowed).abs().max() <= 1e-4 * scale, layer
+
+
+def test_project_takes_a_module_object_and_any_layer() -> None:
+    from zfnet.deconvnet import project, project_rf
+
+    model = _net("resnet18")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    by_object = project(model, x, model.layer2[1], torch.tensor([[0, 3], [1, 2]]))
+    by_name = project(model, x, "layer2.1", torch.tensor([[0, 3], [1, 2]]))
+    assert by_object.shape == (2, 2, 3, 32, 32)
+    assert torch.equal(by_object, by_name)
+    rf = project_rf(model, x, "fc", [0, 1], [5, 5])
+    assert rf.values.shape == (2, 3, 32, 32) and rf.top.tolist() == [0, 0]
+    with pytest.raises(ValueError, match="not a module of this model"):
+        project(model, x, nn.Conv2d(3, 3, 3), 0)

@@ -220,7 +220,7 @@ def _per_round(node: Any, grads: list[Tensor | None], rounds: int) -> list[Tenso
                 args.append(torch.zeros(meta[i].shape, dtype=meta[i].dtype, device=meta[i].device))
             else:
                 args.append(g[r * b: (r + 1) * b] if g.ndim else g)
-        res = node(*args)
+        res = node.apply(*args) if hasattr(node, "apply") else node(*args)  # Python / C++
         parts.append(list(res) if isinstance(res, tuple) else [res])
     return [None if p[0] is None else torch.cat(p) for p in zip(*parts, strict=True)]
 
@@ -243,6 +243,7 @@ def _postorder(root: Any) -> list[Any]:
     return order
 
 
+@torch.no_grad()
 def batched_backward(act: Tensor, x: Tensor, seeds: Tensor, rule: str) -> Tensor:
     """Walk `seeds` (R, *act.shape) down the graph from `act` to the leaf `x` (B, ...) under
     `rule`: (R, *x.shape), seed r of image b in row [r, b]. Exact: equal to R calls of
@@ -335,12 +336,15 @@ def project_graph(
     has nothing to show: its projection is zero), as in the windowed engine. `image_batch`
     images go forward together; their seeds go down `seed_batch` signals per pass.
 
-    Returns {name: (projections (S, C, H, W), activation values (S,))}. The model must already
-    be in the mode wanted (eval) — `zfnet.deconvnet.project_layers` takes care of it.
+    Returns {name: (projections (S, C, H, W), activation values (S,), rows (S,), cols (S,))},
+    rows/cols the units' positions (0 for a flat layer). The model must already be in the mode
+    wanted (eval) — `zfnet.deconvnet.project_layers` takes care of it.
     """
     check_rule(rule)
     out = {k: images.new_zeros(len(v[0]), *images.shape[1:]) for k, v in seeds.items()}
     values = {k: torch.zeros(len(v[0])) for k, v in seeds.items()}
+    where = {k: torch.zeros(len(v[0]), dtype=torch.long) for k, v in seeds.items()}
+    width = {}
     wanted = sorted({int(i) for v in seeds.values() for i in v[0].tolist()})
     for lo in range(0, len(wanted), image_batch):
         chunk = wanted[lo: lo + image_batch]
@@ -348,15 +352,17 @@ def project_graph(
         with torch.enable_grad():
             acts = layer_outputs(model, x, {k: modules[k] for k in seeds})
         for name, act in acts.items():
-            _down_layer(x, act.detach().requires_grad_(False) if act.grad_fn is None else act,
-                        name, seeds[name], chunk, rule, seed_batch, out[name], values[name])
+            width[name] = act.shape[3] if act.ndim == 4 else 1
+            _down_layer(x, act, name, seeds[name], chunk, rule, seed_batch, out[name],
+                        values[name], where[name])
         del acts
-    return {k: (out[k], values[k]) for k in seeds}
+    return {k: (out[k], values[k], where[k] // width.get(k, 1), where[k] % width.get(k, 1))
+            for k in seeds}
 
 
 def _down_layer(x: Tensor, act: Tensor, name: str, seed: tuple[Tensor, Tensor, Tensor | None],
                 chunk: list[int], rule: str, seed_batch: int, out: Tensor,
-                values: Tensor) -> None:
+                values: Tensor, positions: Tensor) -> None:
     """The seeds of one layer on the images `chunk` (the rows of `x`), down to `x` in rounds."""
     img, ch, pos = seed
     b, c = act.shape[:2]
@@ -383,6 +389,7 @@ def _down_layer(x: Tensor, act: Tensor, name: str, seed: tuple[Tensor, Tensor, T
         where = p[:, 0] * w + p[:, 1]
     value = flat[bi, chs, where]
     values[sel] = value.float().cpu()
+    positions[sel] = where.cpu()
     # round of each seed: its rank among this layer's seeds on the same image
     order = torch.argsort(bi, stable=True)
     sorted_bi = bi[order]

@@ -4,13 +4,21 @@ from zfnet.models import alexnet as _alexnet  # noqa: F401  (registers its build
 from zfnet.models import zfnet as _zfnet  # noqa: F401
 from zfnet.models.convnet import ConvNet, ConvSpec, NetConfig, apply_overrides, filter_rms
 from zfnet.models.geometry import LayerGeometry, feature_size, sequential_geometry
-from zfnet.models.layers import LayerInfo, UnknownLayerError, layer_info, resolve_layer
+from zfnet.models.layers import (
+    LayerInfo,
+    UnknownLayerError,
+    layer_info,
+    layer_name,
+    layer_names,
+    resolve_layer,
+)
 from zfnet.models.lrn import LocalResponseNorm
 from zfnet.models.registry import create_model, list_models, register_model
 
 __all__ = [
     "ConvNet", "ConvSpec", "LayerGeometry", "LayerInfo", "LocalResponseNorm", "NetConfig",
     "UnknownLayerError",
-    "apply_overrides", "create_model", "filter_rms", "feature_size", "layer_info", "list_models",
+    "apply_overrides", "create_model", "filter_rms", "feature_size", "layer_info", "layer_name",
+    "layer_names", "list_models",
     "register_model", "resolve_layer", "sequential_geometry",
 ]
