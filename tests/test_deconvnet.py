@@ -238,7 +238,7 @@ def _reference(model: nn.Module, x: torch.Tensor, layer: str, c: int, lrn: str) 
     n = x.shape[0]
     value, where = h[:, c].flatten(1).max(1)
     g = torch.zeros_like(h)
-    g[:, c].view(n, -1)[torch.arange(n), where] = value
+    g[:, c].view(n, -1)[torch.arange(n), where] = value.clamp(min=0)  # an inactive unit: 0
     for i in reversed(range(stop + 1)):
         m, size = mods[i][1], inputs[i].shape[-2:]
         if isinstance(m, nn.Conv2d):
@@ -359,8 +359,10 @@ def test_errors_name_what_is_wrong() -> None:
     x = torch.randn(1, 3, 64, 64)
     with pytest.raises(UnknownLayerError, match="valid: conv1, relu1"):
         project(model, x, "conv9", 0)
-    with pytest.raises(ValueError, match="not in the convolutional chain"):
-        project(model, x, "fc6", 0)
+    # fc6 is past the chain: the general path (zfnet.graph) takes it, but not lrn="identity"
+    assert project(model, x, "fc6", 0).shape == (1, 3, 64, 64)
+    with pytest.raises(ValueError, match="lrn='identity' is for the windowed engine"):
+        project(model, x, "fc6", 0, lrn="identity")
     with pytest.raises(ValueError, match="valid: deconvnet, guided, gradient"):
         project(model, x, "conv1", 0, rule="lrp")
     with pytest.raises(ValueError, match="lrn="):

@@ -85,7 +85,9 @@ class RFProjection:
     """Projections cropped to each activation's receptive field (one row per seed).
 
     `values[s]` covers input rows `top[s] : top[s] + rf` and columns `left[s] : left[s] + rf`;
-    the part outside the image (`top` < 0 near the border) is zero.
+    the part outside the image (`top` < 0 near the border) is zero. On the general path
+    (`zfnet.graph`: a layer that is not in a plain chain) each projection covers the whole
+    input: `top` = `left` = 0, rf = the input's sides.
     """
 
     values: Tensor  # (S, C_in, rf, rf) projection, in the units of the model input (rf per axis)
@@ -475,6 +477,13 @@ def project_layers(
     layer's seeds then go down `batch_size` at a time (None: 32 on the CPU, 256 on a GPU,
     where fewer, larger launches pay), cropped to their receptive fields.
     Returns {layer: RFProjection} with values (S, C, rf, rf).
+
+    Layers of a plain chain (`model.features` or the model as an `nn.Sequential` of conv,
+    ReLU, max-pool, LRN, batch-norm modules) take the windowed engine of this module; any
+    other layer of any model (ResNet blocks, DenseNet, fully connected layers …) the general
+    path, `zfnet.graph`, with the same rules and results (each projection covering the whole
+    input). Every seed goes down with its activation's value clamped at 0: a unit that is not
+    active (a map whose strongest activation is <= 0) has nothing to show, its projection is 0.
     """
     _check_rule(rule, lrn)
     if images.ndim != 4:
@@ -484,7 +493,10 @@ def project_layers(
         batch_size = 32 if x.device.type == "cpu" else 256
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
-    chains = {name: feature_chain(model, name) for name in seeds}
+    maybe = {name: _chain_or_none(model, name) for name in seeds}
+    if any(c is None for c in maybe.values()):
+        return _project_graph(model, x, seeds, rule, lrn, batch_size)
+    chains: dict[str, list[tuple[str, nn.Module]]] = maybe  # type: ignore[assignment]
     chain = max(chains.values(), key=len)
     for name, c in chains.items():
         if chain[: len(c)] != c:
@@ -503,6 +515,44 @@ def project_layers(
             trace.offsets.clear()  # window sizes differ from layer to layer
             trace.buffers.clear()
         return out
+
+
+def _chain_or_none(model: nn.Module, layer: str) -> list[tuple[str, nn.Module]] | None:
+    """The chain the windowed engine walks down from `layer`, or None when it cannot (the
+    general path will); a layer that does not exist is an error either way."""
+    resolve_layer(model, layer)
+    try:
+        return feature_chain(model, layer)
+    except ValueError:
+        return None
+
+
+def _project_graph(model: nn.Module, x: Tensor, seeds: dict[str, Seeds], rule: str, lrn: str,
+                   batch_size: int) -> dict[str, RFProjection]:
+    """`project_layers` on the general path (`zfnet.graph`): whole-input projections."""
+    from zfnet import graph
+
+    if lrn != "gradient":
+        raise ValueError(f"lrn={lrn!r} is for the windowed engine's chains only; layers "
+                         f"{', '.join(seeds)} take the general path, where contrast "
+                         "normalisation goes back through its gradient (lrn='gradient')")
+    n = x.shape[0]
+    modules = {name: resolve_layer(model, name)[1] for name in seeds}
+    parsed = {}
+    for name, sd in seeds.items():
+        img, ch, pos = graph.seeds_from(sd.image_index, sd.channels, sd.positions)
+        if img.numel() and (img.min() < 0 or img.max() >= n):
+            raise ValueError(f"image_index must lie in [0, {n}), got {img.tolist()}")
+        parsed[name] = (img, ch, pos)
+    with eval_mode(model):
+        res = graph.project_graph(model, x, modules, parsed, rule, seed_batch=batch_size * 2)
+    zero = torch.zeros(0, dtype=torch.long)
+    out = {}
+    for name, (proj, value, row, col) in res.items():
+        s = proj.shape[0]
+        top = zero.new_zeros(s)
+        out[name] = RFProjection(proj, top, top.clone(), value.to(proj.device), row, col)
+    return out
 
 
 def _project_seeds(chain: list[tuple[str, nn.Module]], trace: _Trace, layer: str, seeds: Seeds,
@@ -534,7 +584,7 @@ def _project_seeds(chain: list[tuple[str, nn.Module]], trace: _Trace, layer: str
         sl = slice(lo, lo + batch_size)
         s = img[sl].numel()
         g = act.new_zeros(s, c, 1, 1)  # the chosen activation alone, everything else zero
-        g[torch.arange(s, device=dev), ch[sl], 0, 0] = value[sl]
+        g[torch.arange(s, device=dev), ch[sl], 0, 0] = value[sl].clamp(min=0)
         g, top, left = _down(chain, trace, img[sl], g, row[sl], col[sl], rule, lrn)
         parts.append(g.contiguous())
         tops.append(top)
@@ -549,7 +599,7 @@ def _project_seeds(chain: list[tuple[str, nn.Module]], trace: _Trace, layer: str
 def project_rf(
     model: nn.Module,
     images: Tensor,
-    layer: str,
+    layer: str | nn.Module,
     image_index: Tensor | Sequence[int],
     channels: Tensor | Sequence[int],
     positions: Tensor | None = None,
@@ -560,14 +610,16 @@ def project_rf(
 ) -> RFProjection:
     """Project S activations of `layer`, each cropped to its receptive field (paper Fig. 1, 2).
 
-    Seed s is the activation of map `channels[s]` of image `images[image_index[s]]` at
+    `layer`: a name (`conv5`, `features.10`, `layer3.1`) or the module itself. Seed s is
+    the activation of map `channels[s]` of image `images[image_index[s]]` at
     `positions[s]` = (row, col), or at that map's strongest activation when `positions` is
     None. `images` (N, C, H, W) go forward once; the S seeds go down `batch_size` at a time.
     Returns an `RFProjection` whose values are (S, C, rf, rf).
     """
+    name = layer if isinstance(layer, str) else resolve_layer(model, layer)[0]
     seeds = Seeds(image_index, channels, positions)
-    return project_layers(model, images, {layer: seeds}, rule, lrn=lrn,
-                          batch_size=batch_size)[layer]
+    return project_layers(model, images, {name: seeds}, rule, lrn=lrn,
+                          batch_size=batch_size)[name]
 
 
 def paste(rf: RFProjection, size: tuple[int, int]) -> Tensor:
@@ -585,7 +637,7 @@ def paste(rf: RFProjection, size: tuple[int, int]) -> Tensor:
 def project(
     model: nn.Module,
     images: Tensor,
-    layer: str,
+    layer: str | nn.Module,
     channels: int | Tensor | Sequence[int],
     positions: Tensor | None = None,
     rule: str = "deconvnet",

@@ -394,7 +394,9 @@ def test_deconvnet_gradient_on_odd_chain_is_autograd() -> None:
     for layer in ("2", "6", "8"):
         xg = x.clone().requires_grad_()
         h = model[: int(layer) + 1](xg)
-        r, c = h.shape[-2] - 1, h.shape[-1] // 2
+        r = h.shape[-2] - 1  # the last row (the ceil-mode edge), its strongest unit: an
+        c = int(h[0, 1, r].argmax())  # inactive unit (<= 0) would project to zero
+        assert h[0, 1, r, c] > 0
         (ref,) = torch.autograd.grad(h[0, 1, r, c], xg)
         got = project_rf(model, x, layer, [0], [1], positions=torch.tensor([[r, c]]),
                          rule="gradient")
@@ -439,13 +441,21 @@ def test_every_layer_type_is_handled_or_refused(kind: type[nn.Module]) -> None:
             return self.classifier(torch.flatten(self.features(x), 1))
 
     model = Net().eval()
+    with torch.no_grad():  # active units to project (a bias leaves the gradient as it is)
+        model.features[2].bias.add_(5.0)
     size = 12 if kind in (nn.MaxPool2d, nn.AvgPool2d) else 8
     x = torch.randn(1, 3, size, size)
     if issubclass(kind, _SUPPORTED):
         xg = x.clone().requires_grad_()
         h = model.features(xg)
-        (ref,) = torch.autograd.grad(h[0, 1, 1, 2], xg)
-        got = project_rf(model, x, "features.2", [0], [1], positions=torch.tensor([[1, 2]]),
+        # the strongest unit away from the border (its field inside the image), active: an
+        # inactive unit (<= 0) projects to zero
+        inner = h[0, :, 1:-1, 1:-1]
+        ch, rc = divmod(int(inner.argmax()), inner[0].numel())
+        r, c = rc // inner.shape[-1] + 1, rc % inner.shape[-1] + 1
+        assert h[0, ch, r, c] > 0
+        (ref,) = torch.autograd.grad(h[0, ch, r, c], xg)
+        got = project_rf(model, x, "features.2", [0], [ch], positions=torch.tensor([[r, c]]),
                          rule="gradient")
         t, lf = int(got.top[0]), int(got.left[0])
         part = ref[0, :, t: t + got.values.shape[-2], lf: lf + got.values.shape[-1]]

@@ -4,7 +4,14 @@ from zfnet.models import alexnet as _alexnet  # noqa: F401  (registers its build
 from zfnet.models import zfnet as _zfnet  # noqa: F401
 from zfnet.models.convnet import ConvNet, ConvSpec, NetConfig, apply_overrides, filter_rms
 from zfnet.models.geometry import LayerGeometry, feature_size, sequential_geometry
-from zfnet.models.layers import LayerInfo, UnknownLayerError, layer_info, resolve_layer
+from zfnet.models.layers import (
+    LayerInfo,
+    UnknownLayerError,
+    layer_info,
+    layer_name,
+    layer_names,
+    resolve_layer,
+)
 from zfnet.models.lrn import LocalResponseNorm
 from zfnet.models.options import (
     MODEL_OPTIONS,
@@ -18,6 +25,7 @@ __all__ = [
     "MODEL_OPTIONS", "ConvNet", "ConvSpec", "LayerGeometry", "LayerInfo", "LocalResponseNorm",
     "NetConfig", "UnknownLayerError",
     "apply_overrides", "check_model_option", "check_model_options", "create_model",
-    "feature_size", "filter_rms", "layer_info", "list_models", "parse_model_option",
+    "feature_size", "filter_rms", "layer_info", "layer_name", "layer_names", "list_models",
+    "parse_model_option",
     "register_model", "resolve_layer", "sequential_geometry",
 ]

@@ -82,15 +82,44 @@ def layer_info(model: nn.Module, input_size: int | tuple[int, int] | None = None
     return infos
 
 
-def resolve_layer(model: nn.Module, name: str) -> tuple[str, nn.Module]:
-    """The module path and module that `name` addresses; a clear error listing valid names."""
-    infos = layer_info(model)
-    if name in infos:
-        path = infos[name].module
-        return path, model.get_submodule(path)
-    by_path = {i.module: i for i in infos.values()}
-    if name in by_path:
-        return name, model.get_submodule(name)
-    raise UnknownLayerError(
-        f"layer {name!r} does not exist in {type(model).__name__}; valid: {', '.join(infos)}"
-    )
+def layer_names(model: nn.Module) -> dict[str, str]:
+    """The names `resolve_layer` takes, each to its module path, in forward order: zfnet's short
+    names (`conv1`, `pool1`, `fc6`, …) for its models, then every module path (containers too:
+    torchvision's `layer3`, `layer3.0`, `features.10`). Cheap: no forward pass."""
+    from zfnet.models.convnet import ConvNet
+
+    names: dict[str, str] = {}
+    if isinstance(model, ConvNet):
+        for seq_name in ("features", "classifier"):
+            for name, _ in getattr(model, seq_name).named_children():
+                names[name] = f"{seq_name}.{name}"
+    for path, _ in model.named_modules():
+        if path:
+            names.setdefault(path, path)
+    return names
+
+
+def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module]:
+    """The module path and module that `layer` addresses — a name (`conv3`, `features.10`,
+    `layer3.1`) or the module object itself, as Captum takes it; a clear error otherwise."""
+    if isinstance(layer, nn.Module):
+        for path, m in model.named_modules():
+            if m is layer and path:
+                return path, m
+        what = "is the model itself" if layer is model else "is not a module of this model"
+        raise UnknownLayerError(f"layer {type(layer).__name__} {what}; give one of its modules "
+                                "or a name from `zfnet models`")
+    names = layer_names(model)
+    key = layer.strip() if isinstance(layer, str) else layer
+    if key in names:
+        return names[key], model.get_submodule(names[key])
+    short = [n for n, p in names.items() if n != p]  # zfnet's models: their short names
+    raise UnknownLayerError(f"layer {layer!r} does not exist in {type(model).__name__}; "
+                            f"valid: {', '.join(short or names)}")
+
+
+def layer_name(model: nn.Module, layer: str | nn.Module) -> str:
+    """The name users type for `layer`: zfnet's short name where it has one, else its path."""
+    path, _ = resolve_layer(model, layer)
+    short = {p: n for n, p in layer_names(model).items() if n != p}
+    return short.get(path, path)

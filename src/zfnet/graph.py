@@ -1,0 +1,426 @@
+"""The general path of the projection engine: the deconvnet, guided backpropagation and the
+gradient through any network built of modules (paper Sec. 2.1 beyond a plain chain).
+
+The windowed engine (`zfnet.deconvnet`) walks a chain of conv / ReLU / pool / norm modules. For
+every other network — ResNets (residual additions), DenseNets and GoogLeNet (concatenations),
+adaptive pooling, a ReLU module called twice in a block, in-place ReLUs, the fully connected
+layers of any model — the images go forward once through PyTorch with autograd recording, and the
+seeds go back down the recorded graph. For a signal g arriving at a ReLU whose output was y:
+
+    deconvnet   max(g, 0)             the paper's "rectify"; the forward pass is not used
+    guided      max(g, 0) * [y > 0]   Springenberg et al. 2015
+    gradient    g * [y > 0]           Simonyan et al. 2014: the plain gradient
+
+Every other operation goes back through its own transposed Jacobian, which for the layers of a
+CNN — convolution (the paper's "filtering" with flipped filters), max-pooling (its gradient *is*
+the unpooling through the recorded switches), batch norm in eval mode, average and adaptive
+pooling, additions, concatenations, flattening, linear layers — is exactly the paper's deconvnet
+step; contrast normalisation goes back through its transposed Jacobian, as `lrn="gradient"` in
+the windowed engine. ReLU6 (`hardtanh(x, 0, t)`, MobileNetV2) is a rectifier whose gate is
+0 < x < t. The deconvnet and guided rules are defined for rectifiers only: where the signal has to
+go back through another non-linearity (GELU, SiLU, Hardswish, sigmoid, tanh, ELU, LayerNorm,
+softmax …) the walk stops with `RuleUndefinedError`, naming the operation and saying that the
+gradient rule applies. What comes after the chosen layer is never walked.
+
+Speed: autograd's own backward takes one signal per forward image, so many seeds on one image
+would need one backward pass each, and `is_grads_batched` (vmap) loops over them for convolutions.
+Instead this module walks the recorded graph itself, node by node in topological order, with
+every seed of a batch stacked along the batch dimension: R rounds x B images, round r holding the
+r-th seed of each image. Each convolution's transposed pass then runs once on all R*B signals (its
+weights are all it needs), a pooling's unpooling reads the one forward pass's switches, repeated.
+Operations without a batched rule here are still exact: their own backward is called once per
+round. Only input gradients are computed (no weight gradients). Nothing is put on the model but
+one forward hook per chosen layer, removed in `finally`.
+
+A module called several times in one forward pass (torchvision's `BasicBlock.relu`) names its
+last call, as in Captum and as a forward hook sees it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+RULES = ("deconvnet", "guided", "gradient")
+
+# Non-linearities for which only the gradient rule is defined (autograd node names).
+_NONLINEAR = {
+    "GeluBackward0": "GELU", "SiluBackward0": "SiLU", "MishBackward0": "Mish",
+    "HardswishBackward0": "Hardswish", "HardsigmoidBackward0": "Hardsigmoid",
+    "SigmoidBackward0": "sigmoid", "TanhBackward0": "tanh", "EluBackward0": "ELU",
+    "LeakyReluBackward0": "LeakyReLU", "SoftplusBackward0": "Softplus",
+    "NativeLayerNormBackward0": "LayerNorm", "NativeGroupNormBackward0": "GroupNorm",
+    "SoftmaxBackward0": "softmax", "LogSoftmaxBackward0": "log_softmax",
+    "PreluKernelBackward0": "PReLU", "EluBackward1": "ELU", "LeakyReluBackward1": "LeakyReLU",
+}
+
+
+class RuleUndefinedError(ValueError):
+    """The deconvnet / guided rule was asked to go back through a non-rectifier."""
+
+
+def check_rule(rule: str) -> None:
+    """A clear error for a rule that does not exist."""
+    if rule not in RULES:
+        raise ValueError(f"rule={rule!r} is not known; valid: {', '.join(RULES)}")
+
+
+def layer_outputs(model: nn.Module, x: Tensor, modules: dict[str, nn.Module]) -> dict[str, Tensor]:
+    """Run `model` on `x`; the output of each of `modules` (its last call), attached to the
+    autograd graph. The forward hooks are removed in `finally`."""
+    store: dict[str, Tensor] = {}
+    handles = []
+    try:
+        for name, m in modules.items():
+            def hook(_m: nn.Module, _i: object, out: Any, name: str = name) -> None:
+                if not isinstance(out, Tensor):
+                    raise ValueError(f"layer {name!r} returns {type(out).__name__}, not a "
+                                     "tensor: choose a module that outputs a feature map")
+                store[name] = out.clone()  # a later in-place op (`out += identity`) keeps it
+            handles.append(m.register_forward_hook(hook))
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n in modules if n not in store]
+    if missing:
+        raise ValueError(f"layer(s) {', '.join(missing)} did not run in the forward pass")
+    return store
+
+
+# --- the batched walk down the recorded graph ------------------------------------------------
+
+Rule = Callable[[Any, Tensor, int, int], list[Tensor | None]]
+
+
+def _rep(t: Tensor, rounds: int) -> Tensor:
+    """A per-image saved tensor (B, ...) repeated for R rounds: (R*B, ...)."""
+    return t if rounds == 1 else t.repeat(rounds, *([1] * (t.ndim - 1)))
+
+
+def _rectifier(node: Any, g: Tensor, rounds: int, rule: str) -> list[Tensor | None]:
+    """A ReLU (or ReLU6: hardtanh with min 0) under the rule."""
+    if rule == "deconvnet":
+        return [g.clamp(min=0)]
+    if type(node).__name__ == "HardtanhBackward0":
+        x = _rep(node._saved_self, rounds)
+        on = (x > 0) & (x < node._saved_max_val)
+    else:
+        on = _rep(node._saved_result, rounds) > 0
+    if rule == "guided":
+        g = g.clamp(min=0)
+    return [g * on]
+
+
+def _conv(node: Any, g: Tensor, rounds: int) -> list[Tensor | None]:
+    if node._saved_transposed or g.ndim != 4:
+        raise NotImplementedError
+    x = node._saved_input
+    size = (g.shape[0], *x.shape[1:])
+    gi = torch.nn.grad.conv2d_input(size, node._saved_weight, g, node._saved_stride,
+                                    node._saved_padding, node._saved_dilation,
+                                    node._saved_groups)
+    return [gi, None, None]
+
+
+def _batchnorm(node: Any, g: Tensor, rounds: int) -> list[Tensor | None]:
+    if node._saved_training:
+        raise NotImplementedError  # batch statistics: not a per-image linear map
+    scale = torch.rsqrt(node._saved_running_var + node._saved_eps)
+    if node._saved_weight is not None:
+        scale = scale * node._saved_weight
+    shape = [1, -1] + [1] * (g.ndim - 2)
+    return [g * scale.reshape(shape), None, None]
+
+
+def _maxpool(node: Any, g: Tensor, rounds: int) -> list[Tensor | None]:
+    x, idx = node._saved_self, node._saved_result1  # input (B, C, H, W), switches (B, C, h, w)
+    out = g.new_zeros(g.shape[0], x.shape[1], x.shape[2] * x.shape[3])
+    out.scatter_add_(2, _rep(idx, rounds).flatten(2), g.flatten(2))
+    return [out.view(g.shape[0], *x.shape[1:])]
+
+
+def _add(node: Any, g: Tensor, rounds: int) -> list[Tensor | None]:
+    alpha = getattr(node, "_saved_alpha", 1)
+    return [g, g if alpha == 1 else g * alpha]
+
+
+def _cat(node: Any, g: Tensor, rounds: int) -> list[Tensor | None]:
+    dim = node._saved_dim
+    sizes = [fn._input_metadata[i].shape[dim] if fn is not None else None
+             for fn, i in node.next_functions]
+    if None in sizes:
+        raise NotImplementedError
+    return list(g.split(sizes, dim))
+
+
+def _view(node: Any, g: Tensor, rounds: int) -> list[Tensor | None]:
+    sizes = list(node._saved_self_sym_sizes)
+    return [g.reshape(g.shape[0], *sizes[1:])]
+
+
+def _identity(node: Any, g: Tensor, rounds: int) -> list[Tensor | None]:
+    return [g]
+
+
+def _mean(node: Any, g: Tensor, rounds: int) -> list[Tensor | None]:
+    dims = [d % len(node._saved_self_sym_sizes) for d in node._saved_dim]
+    if 0 in dims:
+        raise NotImplementedError  # a mean over the batch mixes images
+    sizes = list(node._saved_self_sym_sizes)
+    if not node._saved_keepdim:
+        for d in sorted(dims):
+            g = g.unsqueeze(d)
+    n = 1
+    for d in dims:
+        n *= int(sizes[d])
+    return [g.expand(g.shape[0], *sizes[1:]) / n]
+
+
+def _addmm(node: Any, g: Tensor, rounds: int) -> list[Tensor | None]:
+    return [None, (g @ node._saved_mat2.T) * node._saved_alpha, None]
+
+
+def _avgpool(node: Any, g: Tensor, rounds: int) -> list[Tensor | None]:
+    x = node._saved_self
+    shape = (g.shape[0], *x.shape[1:])
+    if type(node).__name__ == "AdaptiveAvgPool2DBackward0":
+        gi = torch.ops.aten._adaptive_avg_pool2d_backward(g, x.new_empty(shape))
+    else:
+        gi = torch.ops.aten.avg_pool2d_backward(
+            g, x.new_empty(shape), node._saved_kernel_size, node._saved_stride,
+            node._saved_padding, node._saved_ceil_mode, node._saved_count_include_pad,
+            node._saved_divisor_override)
+    return [gi]
+
+
+_BATCHED: dict[str, Callable[[Any, Tensor, int], list[Tensor | None]]] = {
+    "ConvolutionBackward0": _conv, "NativeBatchNormBackward0": _batchnorm,
+    "MaxPool2DWithIndicesBackward0": _maxpool, "AddBackward0": _add, "CatBackward0": _cat,
+    "ViewBackward0": _view, "ReshapeAliasBackward0": _view, "UnsafeViewBackward0": _view,
+    "CloneBackward0": _identity, "AliasBackward0": _identity, "MeanBackward1": _mean,
+    "AddmmBackward0": _addmm, "AvgPool2DBackward0": _avgpool,
+    "AdaptiveAvgPool2DBackward0": _avgpool,
+}
+
+
+def _per_round(node: Any, grads: list[Tensor | None], rounds: int) -> list[Tensor | None]:
+    """Any node: its own backward, once per round (exact, not batched)."""
+    meta = node._input_metadata
+    parts: list[list[Tensor | None]] = []
+    for r in range(rounds):
+        args = []
+        for i, g in enumerate(grads):
+            b = meta[i].shape[0] if len(meta[i].shape) else 1
+            if g is None:
+                args.append(torch.zeros(meta[i].shape, dtype=meta[i].dtype, device=meta[i].device))
+            else:
+                args.append(g[r * b: (r + 1) * b] if g.ndim else g)
+        res = node.apply(*args) if hasattr(node, "apply") else node(*args)  # Python / C++
+        parts.append(list(res) if isinstance(res, tuple) else [res])
+    return [None if p[0] is None else torch.cat(p) for p in zip(*parts, strict=True)]
+
+
+def _postorder(root: Any) -> list[Any]:
+    """Every node below `root`, each after all the nodes it leads to (iterative DFS)."""
+    order: list[Any] = []
+    done: set[Any] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        n, expanded = stack.pop()
+        if expanded:
+            order.append(n)
+            continue
+        if n in done:
+            continue
+        done.add(n)
+        stack.append((n, True))
+        stack.extend((f, False) for f, _ in n.next_functions if f is not None and f not in done)
+    return order
+
+
+@torch.no_grad()
+def batched_backward(act: Tensor, x: Tensor, seeds: Tensor, rule: str) -> Tensor:
+    """Walk `seeds` (R, *act.shape) down the graph from `act` to the leaf `x` (B, ...) under
+    `rule`: (R, *x.shape), seed r of image b in row [r, b]. Exact: equal to R calls of
+    autograd (with the rule's rectifiers), done as one batched pass where rules allow."""
+    if act.grad_fn is None:
+        raise ValueError("the layer's output does not depend on the input")
+    rounds = seeds.shape[0]
+    order = _postorder(act.grad_fn)
+    leaf = next((n for n in order if type(n).__name__ == "AccumulateGrad" and n.variable is x),
+                None)
+    if leaf is None:
+        raise ValueError("the layer's output does not depend on the input")
+    useful = {leaf}
+    for n in order:  # children first: a node is useful if one of its children is
+        if any(f in useful for f, _ in n.next_functions):
+            useful.add(n)
+    deps: dict[Any, int] = defaultdict(int)  # unprocessed consumers of each node
+    for n in useful:
+        for f, _ in n.next_functions:
+            if f in useful:
+                deps[f] += 1
+    grads: dict[Any, list[Tensor | None]] = {}
+    flat = seeds.reshape(rounds * seeds.shape[1], *seeds.shape[2:])
+    grads[act.grad_fn] = [flat]
+    ready = [act.grad_fn]
+    while ready:
+        node = ready.pop()
+        if node is leaf:
+            continue
+        g_out = grads.pop(node)
+        name = type(node).__name__
+        g_in = _node_backward(node, name, g_out, rounds, rule)
+        for (f, i), g in zip(node.next_functions, g_in, strict=False):
+            if f is None or f not in useful:
+                continue
+            if g is not None:
+                slot = grads.setdefault(f, [None] * max(1, len(f._input_metadata)))
+                slot[i] = g if slot[i] is None else slot[i] + g
+            deps[f] -= 1
+            if deps[f] == 0:
+                ready.append(f)
+    g = grads.get(leaf, [None])[0]
+    if g is None:
+        g = x.new_zeros(rounds * x.shape[0], *x.shape[1:])
+    return g.view(rounds, *x.shape)
+
+
+def _node_backward(node: Any, name: str, g_out: list[Tensor | None], rounds: int,
+                   rule: str) -> list[Tensor | None]:
+    if name in ("ReluBackward0", "ReluBackward1") or (
+            name == "HardtanhBackward0" and node._saved_min_val == 0):
+        return _rectifier(node, g_out[0], rounds, rule)  # type: ignore[arg-type]
+    if rule != "gradient" and name in _NONLINEAR:
+        raise RuleUndefinedError(
+            f"the {rule} rule is defined for rectifiers (ReLU, ReLU6) only, but the signal "
+            f"has to go back through {_NONLINEAR[name]}; use rule 'gradient' (defined for "
+            "every layer)")
+    if rule != "gradient" and name == "HardtanhBackward0":
+        raise RuleUndefinedError(
+            f"the {rule} rule is defined for rectifiers (ReLU, ReLU6) only, but the signal has "
+            f"to go back through hardtanh({node._saved_min_val}, {node._saved_max_val}); use "
+            "rule 'gradient' (defined for every layer)")
+    fn = _BATCHED.get(name)
+    if fn is not None and len(g_out) == 1 and g_out[0] is not None:
+        try:
+            return fn(node, g_out[0], rounds)
+        except NotImplementedError:
+            pass
+    return _per_round(node, g_out, rounds)
+
+
+# --- projections of seeds ----------------------------------------------------------------------
+
+def project_graph(
+    model: nn.Module,
+    images: Tensor,
+    modules: dict[str, nn.Module],
+    seeds: dict[str, tuple[Tensor, Tensor, Tensor | None]],
+    rule: str,
+    *,
+    image_batch: int = 16,
+    seed_batch: int = 64,
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Project seeds of several layers to the input through the model's real graph.
+
+    images (N, C, H, W) on the model's device and dtype. `seeds[name]` = (image_index (S,),
+    channels (S,), positions (S, 2) or None): positions in the layer's (h, w) map, None for the
+    strongest unit of each seeded map (or for a flat (N, F) layer, which has no positions).
+    Each seed goes down with the activation's own value, clamped at 0 (a unit that is not active
+    has nothing to show: its projection is zero), as in the windowed engine. `image_batch`
+    images go forward together; their seeds go down `seed_batch` signals per pass.
+
+    Returns {name: (projections (S, C, H, W), activation values (S,), rows (S,), cols (S,))},
+    rows/cols the units' positions (0 for a flat layer). The model must already be in the mode
+    wanted (eval) — `zfnet.deconvnet.project_layers` takes care of it.
+    """
+    check_rule(rule)
+    out = {k: images.new_zeros(len(v[0]), *images.shape[1:]) for k, v in seeds.items()}
+    values = {k: torch.zeros(len(v[0])) for k, v in seeds.items()}
+    where = {k: torch.zeros(len(v[0]), dtype=torch.long) for k, v in seeds.items()}
+    width = {}
+    wanted = sorted({int(i) for v in seeds.values() for i in v[0].tolist()})
+    for lo in range(0, len(wanted), image_batch):
+        chunk = wanted[lo: lo + image_batch]
+        x = images[chunk].detach().requires_grad_(True)  # (B, C, H, W)
+        with torch.enable_grad():
+            acts = layer_outputs(model, x, {k: modules[k] for k in seeds})
+        for name, act in acts.items():
+            width[name] = act.shape[3] if act.ndim == 4 else 1
+            _down_layer(x, act, name, seeds[name], chunk, rule, seed_batch, out[name],
+                        values[name], where[name])
+        del acts
+    return {k: (out[k], values[k], where[k] // width.get(k, 1), where[k] % width.get(k, 1))
+            for k in seeds}
+
+
+def _down_layer(x: Tensor, act: Tensor, name: str, seed: tuple[Tensor, Tensor, Tensor | None],
+                chunk: list[int], rule: str, seed_batch: int, out: Tensor,
+                values: Tensor, positions: Tensor) -> None:
+    """The seeds of one layer on the images `chunk` (the rows of `x`), down to `x` in rounds."""
+    img, ch, pos = seed
+    b, c = act.shape[:2]
+    local = torch.full((max(chunk) + 1,), -1, dtype=torch.long)
+    local[torch.tensor(chunk)] = torch.arange(len(chunk))
+    sel = torch.nonzero((img <= max(chunk)) & (local[img.clamp(max=max(chunk))] >= 0)).flatten()
+    if not sel.numel():
+        return
+    if bool((ch[sel] < 0).any() or (ch[sel] >= c).any()):
+        raise ValueError(f"channels must lie in [0, {c}) for layer {name!r}, got "
+                         f"{ch[sel].tolist()}")
+    flat = act.detach().reshape(b, c, -1)  # (B, C, h*w), or (B, F, 1) for a flat layer
+    bi = local[img[sel]].to(act.device)
+    chs = ch[sel].to(act.device)
+    if pos is None:
+        where = flat[bi, chs].argmax(1)  # first maximum on ties
+    else:
+        p = pos[sel].to(act.device)
+        if act.ndim != 4:
+            raise ValueError(f"layer {name!r} has no spatial map; give no positions")
+        h, w = act.shape[2:]
+        if bool(((p[:, 0] < 0) | (p[:, 0] >= h) | (p[:, 1] < 0) | (p[:, 1] >= w)).any()):
+            raise ValueError(f"positions must lie in the {h}x{w} map of {name!r}")
+        where = p[:, 0] * w + p[:, 1]
+    value = flat[bi, chs, where]
+    values[sel] = value.float().cpu()
+    positions[sel] = where.cpu()
+    # round of each seed: its rank among this layer's seeds on the same image
+    order = torch.argsort(bi, stable=True)
+    sorted_bi = bi[order]
+    first = torch.searchsorted(sorted_bi, sorted_bi, right=False)
+    rnd = torch.empty_like(bi)
+    rnd[order] = torch.arange(len(bi), device=bi.device) - first
+    n_rounds = int(rnd.max()) + 1
+    per_pass = max(1, seed_batch // b)
+    for r0 in range(0, n_rounds, per_pass):
+        r1 = min(n_rounds, r0 + per_pass)
+        m = (rnd >= r0) & (rnd < r1)
+        seeds = act.new_zeros(r1 - r0, b, c, flat.shape[2])
+        seeds[rnd[m] - r0, bi[m], chs[m], where[m]] = value[m].clamp(min=0).to(act.dtype)
+        g = batched_backward(act, x, seeds.view(r1 - r0, *act.shape), rule)  # (R, B, C, H, W)
+        out[sel[m.cpu()]] = g[rnd[m] - r0, bi[m]].detach().to(out.dtype)
+
+
+def seeds_from(image_index: Sequence[int] | Tensor, channels: Sequence[int] | Tensor,
+               positions: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Seeds as long tensors on the CPU, checked for matching lengths."""
+    img = torch.as_tensor(image_index, dtype=torch.long).reshape(-1).cpu()
+    ch = torch.as_tensor(channels, dtype=torch.long).reshape(-1).cpu()
+    if img.shape != ch.shape:
+        raise ValueError(f"image_index has {img.numel()} entries but channels has {ch.numel()}")
+    pos = None
+    if positions is not None:
+        pos = torch.as_tensor(positions, dtype=torch.long).reshape(-1, 2).cpu()
+        if pos.shape[0] != img.numel():
+            raise ValueError(f"positions must be ({img.numel()}, 2), got {tuple(pos.shape)}")
+    return img, ch, pos
+
+
+__all__ = ["RULES", "RuleUndefinedError", "batched_backward", "check_rule", "layer_outputs",
+           "project_graph", "seeds_from"]

@@ -1,0 +1,221 @@
+"""The general path (zfnet.graph): equal to Captum's oracles on torchvision networks, batched
+seeds equal to one seed at a time, rules refused where undefined, nothing left on the model."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from zfnet.graph import (
+    RuleUndefinedError,
+    batched_backward,
+    layer_outputs,
+    project_graph,
+    seeds_from,
+)
+
+captum_attr = pytest.importorskip("captum.attr")
+
+ORACLES = {"deconvnet": "NeuronDeconvolution", "guided": "NeuronGuidedBackprop",
+           "gradient": "NeuronGradient"}
+
+
+def _net(name: str, **kw) -> nn.Module:
+    torch.manual_seed(0)
+    return getattr(torchvision.models, name)(weights=None, **kw).eval()
+
+
+def _captum(model: nn.Module, layer: nn.Module, x: torch.Tensor, channel: int,
+            rule: str) -> torch.Tensor:
+    """Captum's projection of each image's strongest unit of `channel` (seeded with 1)."""
+    def strongest(out: torch.Tensor) -> torch.Tensor:
+        o = out[:, channel]
+        return o.flatten(1).max(1).values if o.ndim > 1 else o
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        oracle = getattr(captum_attr, ORACLES[rule])(model, layer)
+        return oracle.attribute(x, neuron_selector=strongest)
+
+
+def _check_equal(model: nn.Module, layer: str, x: torch.Tensor, channels: list[int]) -> int:
+    """Every rule, every channel, every image: ours / activation == Captum's to 1e-5 of the
+    largest value. Returns the number of projections compared."""
+    module = model.get_submodule(layer)
+    n = x.shape[0]
+    img = torch.arange(n).repeat_interleave(len(channels))
+    ch = torch.tensor(channels).repeat(n)
+    compared = 0
+    for rule in ORACLES:
+        proj, val, *_ = project_graph(model, x, {layer: module},
+                                  {layer: seeds_from(img, ch, None)}, rule)[layer]
+        for j, c in enumerate(channels):
+            ref = _captum(model, module, x, c, rule)
+            for i in range(n):
+                s = i * len(channels) + j
+                if val[s] <= 0:  # no active unit: nothing to show, a zero projection
+                    assert proj[s].abs().max() == 0
+                    continue
+                ours = proj[s] / val[s]
+                scale = ref[i].abs().max()
+                assert scale > 0, (layer, rule, c, i)
+                assert (ours - ref[i]).abs().max() <= 1e-5 * scale, (layer, rule, c, i)
+                compared += 1
+    return compared
+
+
+@pytest.mark.parametrize("layer", ["layer1.0", "layer2.1.relu", "layer3.0.conv2", "layer4",
+                                   "avgpool", "fc"])
+def test_resnet18_equals_captum(layer: str) -> None:
+    model = _net("resnet18")
+    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    assert _check_equal(model, layer, x, [0, 5, 17]) >= 3 * 3  # at least one per rule
+
+
+@pytest.mark.parametrize("name,layer", [("vgg11_bn", "features.10"), ("alexnet", "features.8"),
+                                        ("alexnet", "classifier.5")])
+def test_vgg_bn_and_alexnet_equal_captum(name: str, layer: str) -> None:
+    model = _net(name)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    assert _check_equal(model, layer, x, [1, 7, 11, 20, 33]) >= 3
+
+
+def test_many_seeds_per_image_go_down_together_exactly() -> None:
+    """Rounds of seeds in one batched walk == autograd called once per seed."""
+    model = _net("resnet18")
+    x = torch.randn(3, 3, 40, 40, generator=torch.Generator().manual_seed(3))
+    module = model.layer3
+    img = torch.tensor([0, 0, 0, 0, 1, 2, 2])  # uneven: 4, 1 and 2 seeds per image
+    ch = torch.tensor([0, 1, 2, 3, 4, 5, 6])
+    for rule in ("deconvnet", "gradient"):
+        proj, val, *_ = project_graph(model, x, {"l3": module}, {"l3": seeds_from(img, ch, None)},
+                                  rule, seed_batch=6)["l3"]
+        for s in range(len(img)):
+            one, v1, *_ = project_graph(model, x, {"l3": module},
+                                    {"l3": seeds_from(img[s:s + 1], ch[s:s + 1], None)},
+                                    rule)["l3"]
+            assert torch.allclose(proj[s], one[0], rtol=1e-5, atol=1e-6 * one.abs().max())
+            assert torch.isclose(val[s], v1[0], rtol=1e-5)  # batch of 3 vs 1: rounding
+
+
+def test_gradient_rule_is_autograd_on_densenet_googlenet_mobilenet() -> None:
+    """Concatenations, ReLU6, adaptive pooling: the gradient rule is exactly the gradient."""
+    for name, layer, kw in [("densenet121", "features.denseblock2", {}),
+                            ("googlenet", "inception4a", {"aux_logits": False,
+                                                         "init_weights": False}),
+                            ("mobilenet_v2", "features.6", {})]:
+        model = _net(name, **kw)
+        x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+        module = model.get_submodule(layer)
+        proj, val, *_ = project_graph(model, x, {layer: module},
+                                  {layer: seeds_from([0, 1], [3, 3], None)}, "gradient")[layer]
+        xg = x.clone().requires_grad_(True)
+        act = layer_outputs(model, xg, {layer: module})[layer]
+        for i in range(2):
+            flat = act[i, 3].flatten()
+            k = int(flat.argmax())
+            (g,) = torch.autograd.grad(flat[k], xg, retain_graph=True)
+            ref = g[i] * flat[k].detach()
+            assert torch.allclose(proj[i], ref, atol=1e-6 * ref.abs().max()), name
+
+
+def test_deconvnet_on_mobilenet_v2_rectifies_at_relu6() -> None:
+    model = _net("mobilenet_v2")
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    proj, *_ = project_graph(model, x, {"f": model.features[3]},
+                            {"f": seeds_from([0], [2], None)}, "deconvnet")["f"]
+    assert proj.abs().sum() > 0
+
+
+def test_rule_undefined_for_gelu_names_it_and_the_valid_rule() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.Conv2d(4, 4, 3), nn.ReLU()).eval()
+    x = torch.randn(1, 3, 16, 16)
+    seeds = {"3": seeds_from([0], [1], None)}
+    for rule in ("deconvnet", "guided"):
+        with pytest.raises(RuleUndefinedError, match="GELU.*gradient"):
+            project_graph(model, x, {"3": model[3]}, seeds, rule)
+    proj, *_ = project_graph(model, x, {"3": model[3]}, seeds, "gradient")["3"]
+    assert proj.shape == (1, 3, 16, 16)
+    # below the GELU only: fine for every rule
+    project_graph(model, x, {"0": model[0]}, {"0": seeds_from([0], [1], None)}, "deconvnet")
+
+
+def test_no_hook_left_also_after_an_exception() -> None:
+    model = _net("resnet18")
+    x = torch.randn(1, 3, 32, 32)
+
+    def hooks() -> int:
+        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+                   for m in model.modules())
+
+    project_graph(model, x, {"l": model.layer2}, {"l": seeds_from([0], [0], None)}, "guided")
+    assert hooks() == 0
+    with pytest.raises(ValueError, match="channels must lie"):
+        project_graph(model, x, {"l": model.layer2}, {"l": seeds_from([0], [999], None)},
+                      "guided")
+    assert hooks() == 0
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_positions_and_flat_layers() -> None:
+    model = _net("resnet18")
+    x = torch.randn(1, 3, 32, 32)
+    act = layer_outputs(model, x, {"l": model.layer1})["l"].detach()
+    pos = torch.tensor([[2, 3]])
+    proj, val, *_ = project_graph(model, x, {"l": model.layer1},
+                              {"l": seeds_from([0], [4], pos)}, "gradient")["l"]
+    assert val[0] == act[0, 4, 2, 3]
+    with pytest.raises(ValueError, match="positions must lie"):
+        project_graph(model, x, {"l": model.layer1},
+                      {"l": seeds_from([0], [4], torch.tensor([[99, 0]]))}, "gradient")
+    with pytest.raises(ValueError, match="no spatial map"):
+        project_graph(model, x, {"fc": model.fc}, {"fc": seeds_from([0], [4], pos)}, "gradient")
+
+
+def test_batched_backward_refuses_an_unrelated_output() -> None:
+    x = torch.randn(1, 3, 8, 8, requires_grad=True)
+    y = torch.randn(1, 4, 8, 8, requires_grad=True) * 2
+    with pytest.raises(ValueError, match="does not depend on the input"):
+        batched_backward(y, x, torch.ones(1, 1, 4, 8, 8), "gradient")
+
+
+@pytest.mark.parametrize("rule", ["deconvnet", "guided", "gradient"])
+def test_general_path_equals_the_windowed_engine_on_a_chain(rule: str) -> None:
+    """Both paths of the one engine give the same projections on zfnet's chain (LRN, ceil-mode
+    pooling), so a layer's projection does not depend on which path took it."""
+    from zfnet.deconvnet import eval_mode, project
+    from zfnet.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("zfnet_small").eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(6)) * 60
+    for layer in ("conv2", "norm2", "pool5"):
+        module = model.get_submodule(f"features.{layer}")
+        windowed = project(model, x, layer, torch.tensor([[1, 4], [2, 7]]), rule=rule)
+        with eval_mode(model):
+            general, *_ = project_graph(model, x, {layer: module},
+                                        {layer: seeds_from([0, 0, 1, 1], [1, 4, 2, 7], None)},
+                                        rule)[layer]
+        windowed = windowed.reshape(4, 3, 64, 64)
+        scale = windowed.abs().max()
+        assert scale > 0
+        assert (general - windowed).abs().max() <= 1e-4 * scale, layer
+
+
+def test_project_takes_a_module_object_and_any_layer() -> None:
+    from zfnet.deconvnet import project, project_rf
+
+    model = _net("resnet18")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    by_object = project(model, x, model.layer2[1], torch.tensor([[0, 3], [1, 2]]))
+    by_name = project(model, x, "layer2.1", torch.tensor([[0, 3], [1, 2]]))
+    assert by_object.shape == (2, 2, 3, 32, 32)
+    assert torch.equal(by_object, by_name)
+    rf = project_rf(model, x, "fc", [0, 1], [5, 5])
+    assert rf.values.shape == (2, 3, 32, 32) and rf.top.tolist() == [0, 0]
+    with pytest.raises(ValueError, match="not a module of this model"):
+        project(model, x, nn.Conv2d(3, 3, 3), 0)
