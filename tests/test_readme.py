@@ -55,11 +55,7 @@ REPLACE = {
 }
 # Options the README documents that other branches of issue 24 are adding; they may be absent
 # from the CLI until those are merged (delete an entry once it is).
-PENDING_OPTIONS = {
-    ("train", "--strict"),
-    ("visualize topk", "--layer"),
-    ("analyze evolution", "--checkpoint"),
-}
+PENDING_OPTIONS: set[tuple[str, str]] = set()  # documented before merged
 SMALL_DEMO = "synthetic?n_train=64&n_val=32"
 
 
