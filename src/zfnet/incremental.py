@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zfnet.models.layers import resolve_layer
+from zfnet.models.modes import eval_mode
 
 # Layers that act on each position separately (LRN mixes maps, not positions).
 POINTWISE = (
@@ -518,9 +519,8 @@ def occlusion_logits(
     _check_boxes(boxes, image.shape[1], image.shape[2])
     fill_full = torch.as_tensor(fill, dtype=image.dtype, device=image.device)
     fill_full = fill_full.expand_as(image).contiguous()
-    was_training = model.training
-    model.eval()  # dropout off: an occlusion map of a random network makes no sense
-    try:
+    # dropout off: an occlusion map of a random network makes no sense
+    with eval_mode(model):
         with torch.inference_mode():
             runner = _Runner(model, image, boxes, fill_full, tau, watch)
             logits = image.new_empty((len(boxes), runner.base_logits.shape[0]))
@@ -549,6 +549,4 @@ def occlusion_logits(
                 if sum(len(w) for w in where) >= batch_size:
                     run_head(final=False)
             run_head(final=True)
-    finally:
-        model.train(was_training)
     return logits, watched

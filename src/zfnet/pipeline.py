@@ -183,10 +183,12 @@ def randomization(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
     units: each image's strongest map in `layer`."""
     from zfnet.activations import get_activations
     from zfnet.analyses.sanity import cascading_randomization, randomization_section
+    from zfnet.models import eval_mode
 
     val = _centre(bundle)
     x = torch.stack([val[i][0] for i in range(n_images)])
-    act = get_activations(model.eval(), x, [layer])[layer]  # (N, C, H, W)
+    with eval_mode(model):
+        act = get_activations(model, x, [layer])[layer]  # (N, C, H, W)
     channels = act.flatten(2).amax(2).argmax(1)  # (N,)
     res = cascading_randomization(model, x, layer, channels)
     randomization_section(run_dir, res)

@@ -6,11 +6,13 @@ from zfnet.models.convnet import ConvNet, ConvSpec, NetConfig, apply_overrides, 
 from zfnet.models.geometry import LayerGeometry, feature_size, sequential_geometry
 from zfnet.models.layers import LayerInfo, UnknownLayerError, layer_info, resolve_layer
 from zfnet.models.lrn import LocalResponseNorm
+from zfnet.models.modes import eval_mode
 from zfnet.models.registry import create_model, list_models, register_model
 
 __all__ = [
     "ConvNet", "ConvSpec", "LayerGeometry", "LayerInfo", "LocalResponseNorm", "NetConfig",
     "UnknownLayerError",
-    "apply_overrides", "create_model", "filter_rms", "feature_size", "layer_info", "list_models",
+    "apply_overrides", "create_model", "eval_mode", "filter_rms", "feature_size", "layer_info",
+    "list_models",
     "register_model", "resolve_layer", "sequential_geometry",
 ]
