@@ -424,7 +424,9 @@ def test_gpu_gather_path_equals_cpu_copies(rule: str, monkeypatch: pytest.Monkey
     ch = torch.arange(12).view(4, 3)
     want = {layer: project(model, x, layer, ch, rule=rule, batch_size=5)
             for layer in ("conv2", "conv5")}
-    monkeypatch.setattr(dn, "_gather_into", lambda *a, **k: None)
+    calls: list[int] = []
+    monkeypatch.setattr(dn, "_gather_into", lambda *a, **k: calls.append(1))  # gives None
     for layer, ref in want.items():
         torch.testing.assert_close(project(model, x, layer, ch, rule=rule, batch_size=5), ref,
                                    rtol=0, atol=0)
+    assert calls  # the one-gather path was taken
