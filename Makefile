@@ -4,15 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test setup fashion-mnist lint clean
+.PHONY: demo test test-min setup fashion-mnist lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-# Installs the package (editable) with its pinned dependencies and the test tools.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# Installs the package (editable) and the test tools at the exact tested versions
+# (constraints.txt); pyproject.toml declares the ranges a user's environment may hold.
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -25,10 +26,18 @@ fashion-mnist:
 	fi
 
 demo: setup
+	@echo "zfnet demo: a few minutes on a 2-core CPU (training, then every analysis); the report is runs/demo/index.html"
 	$(BIN)/zfnet demo --out runs/demo
 
 test: setup fashion-mnist
 	$(BIN)/python -m pytest -q
+
+# The lower ends of the dependency ranges, together (constraints-min.txt), in .venv-min:
+# several GB of downloads the first time (torch 2.9 is a CUDA build on x86_64).
+test-min: fashion-mnist
+	[ -x .venv-min/bin/python ] || $(PY) -m venv .venv-min
+	.venv-min/bin/pip install -q -c constraints-min.txt -e '.[test]'
+	.venv-min/bin/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check src tests bench

@@ -4,9 +4,9 @@
 The setting is process-wide and cannot be undone, so each measurement runs in a fresh
 interpreter, the two settings alternating over the repeats. Each measurement: warm-up steps, then
 float32 channels_last training steps of zfnet_small on a random 1x28x28 batch (the Fashion-MNIST
-model of `bench/fmnist_recipe.sh`; default: its Zen 3 form as the README's malloc figures measured
-it, conv2 at stride 2, conv1 at 32 maps, batch 128, no dropout), reporting images per second
-and minor page faults per step. Prints the medians and the speed of "kept" as a ratio to
+model of `bench/fmnist_recipe.sh`; default: its Zen 3 form as the malloc figures (docs/results.md)
+measured it: conv2 at stride 2, conv1 at 32 maps, batch 128, no dropout), reporting images per
+second and minor page faults per step. Prints the medians and the speed of "kept" as a ratio to
 "default" measured in the same run.
 
     .venv/bin/python bench/bench_malloc.py

@@ -17,7 +17,7 @@ call per map), so `--maps M` runs it on M evenly spaced maps per layer and extra
 time to every map, layer by layer (printed as such); the comparison of results covers the maps
 Captum ran. Run from anywhere:
 
-    .venv/bin/python bench/bench_topk.py --images 32 --maps 8 --repeats 3   # the README's figure
+    .venv/bin/python bench/bench_topk.py --images 32 --maps 8 --repeats 3   # as in docs/results.md
     .venv/bin/python bench/bench_topk.py --images 64 --repeats 3            # Captum on every map
 """
 

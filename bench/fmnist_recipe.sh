@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The 20-minute Fashion-MNIST recipe of the README (zfnet_small, issue 2 §7), timed end to end:
+# The 20-minute Fashion-MNIST recipe of docs/results.md (zfnet_small, issue 2 §7), timed end to end:
 # training, then the paper's 10 crops with corners 1 px off centre (`?pad=1`, the shift chosen
 # on a held-out split of the training set: `bench/fmnist_recipe.sh --holdout`).
 #
@@ -12,7 +12,7 @@
 # Run one at a time on a quiet machine: the figure is wall time. FMNIST_RECIPE_DRY_RUN=1 prints
 # the commands (to stderr) instead of running them.
 #
-# Which form fits the 20 minutes depends on the machine (README, "Measured"). With bf16 computed
+# Which form fits the 20 minutes depends on the machine (docs/results.md). With bf16 computed
 # natively (a CPU with AVX-512 BF16 such as a Zen 4 or an Intel Xeon with AMX, or a GPU): form
 # `stride1`, the model and recipe of RECIPE below trained for what fits 18.5 min (at most 60
 # epochs) on training crops shifted by at most 1 px (as the budget form's): on an Intel Xeon
@@ -23,7 +23,7 @@
 # Zen 3; `bench/bench_step.py` prints this machine's rate), so the script trades FLOPs for
 # epochs: conv2 at the paper's stride 2, conv1 at 16 maps, batch 128, lr 0.05, no dropout,
 # training crops shifted by at most 1 px instead of 2 (found by the GPU screen
-# `bench/fmnist_search.py`, README), trained for what fits 18.5 min (on a Zen 3
+# `bench/fmnist_search.py`, docs/results.md), trained for what fits 18.5 min (on a Zen 3
 # 23.5-25 epochs, 93.46% as the mean of seeds 0-3, 18 min 56 s - 19 min 10 s each; the 10-crop
 # evaluation takes ~50 s of it; the form before, with conv1 at 32 maps, lr 0.08 and 2-px
 # shifts: 93.11%). FMNIST_RECIPE=stride1, epochs34 or budget picks a form instead of the
@@ -35,7 +35,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 Z=.venv/bin/zfnet
 # conv1-4 narrowed (32,96,160,160 maps instead of 48,128,192,192): 1.5x the img/s on a Zen 4,
-# so 34 epochs fit there where the full widths fit 24, and more epochs is what helps (README).
+# so 34 epochs fit there where the full widths fit 24, and more epochs is what helps (docs/results.md).
 # Validating every 7th epoch instead of every one (1.5 s each) leaves ~45 s of margin there; a
 # 35th epoch (33 s) would not reliably fit (measured 19:30, 20:04, 19:08, 19:11) and gave the
 # same mean error over seeds 0-3 (6.05% vs 6.04%).

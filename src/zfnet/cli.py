@@ -104,7 +104,7 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--renorm-radius", type=float, help="Filter RMS radius (default 0.1).")
 @click.option("--precondition/--no-precondition", default=None,
               help="Train conv1 as if the 0..255 inputs were divided by their std (default on; "
-                   "off = the literal recipe, see README).")
+                   "off = the literal recipe, see docs/design.md).")
 @click.option("--seed", type=int, help="Seed of init, data order and augmentation (default 0).")
 @click.option("--device", help="auto (default: cuda if available), cpu, cuda, cuda:N.")
 @click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]),
@@ -128,6 +128,9 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
                    "conv_widths=512,1024,512 (conv3-5; five values: conv1-5), dropout=0.5.")
 @click.option("--data-cache", type=click.Path(file_okay=False),
               help="Where the data layer may cache the mean image.")
+@click.option("--strict/--no-strict", default=None,
+              help="Stop at the first broken image file with an error naming it (default: "
+                   "skip it with a warning, counted per epoch in metrics.csv).")
 @click.option("--resume", is_flag=True, default=None,
               help="Continue the run in --out exactly where its last checkpoint left it.")
 @click.option("--progress/--quiet", default=None, help="Progress bar and epoch lines.")
@@ -189,8 +192,12 @@ def train_cmd(**opts) -> None:
                    "bf16); off scores in float32.")
 @click.option("--live-weights", is_flag=True,
               help="For a run trained with --ema: score the live weights, not their average.")
+@click.option("--strict", is_flag=True,
+              help="Stop at the first broken image file with an error naming it (default: "
+                   "skip it with a warning and count it).")
 def eval_cmd(checkpoint: str, data: str | None, ten_crop: bool, json_out: str | None,
-             batch_size: int, device: str, workers: int, amp: str, live_weights: bool) -> None:
+             batch_size: int, device: str, workers: int, amp: str, live_weights: bool,
+             strict: bool) -> None:
     """Top-1 / top-5 error, per-class accuracy and confusion matrix on the validation split."""
     import json
     from pathlib import Path
@@ -200,12 +207,13 @@ def eval_cmd(checkpoint: str, data: str | None, ten_crop: bool, json_out: str | 
     try:
         r = evaluate_checkpoint(checkpoint, data, ten_crop, batch_size=batch_size,
                                 device=device, workers=workers, amp=amp,
-                                live_weights=live_weights)
+                                live_weights=live_weights, strict=strict)
     except ValueError as e:
         raise click.ClickException(str(e)) from e
     crops = "10 crops" if ten_crop else "centre crop"
-    click.echo(f"{r['model']} (epoch {r['epoch']}) on {r['data']}, {r['n']} images, {crops}: "
-               f"top-1 error {r['top1_error']:.2%}, top-5 error {r['top5_error']:.2%}")
+    skipped = f" ({r['skipped']} broken files skipped)" if r["skipped"] else ""
+    click.echo(f"{r['model']} (epoch {r['epoch']}) on {r['data']}, {r['n']} images{skipped}, "
+               f"{crops}: top-1 error {r['top1_error']:.2%}, top-5 error {r['top5_error']:.2%}")
     for name, acc in r["per_class_accuracy"].items():
         click.echo(f"  {name:<20} {'-' if acc is None else f'{acc:.2%}'}")
     if json_out:

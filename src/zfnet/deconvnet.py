@@ -27,7 +27,7 @@ works on a window of the feature map that grows from 1x1 to the receptive field 
 for zfnet's conv5) instead of the whole map, and many projections — several maps of one image,
 many images — go down together as one batch after a single forward pass. This is where most of
 the speed-up over one Captum call per feature map comes from; the rest (each measured with
-`bench/bench_topk.py`, together about 2x, to 20x over Captum, see the README):
+`bench/bench_topk.py`, together about 2x, to 20x over Captum, see docs/results.md):
 
 - what the way down reads is prepared once per forward pass, over the whole map, zero-padded
   by exactly how far windows can reach past its edge, channels last: each max-pool switch as
@@ -50,10 +50,12 @@ Which models. Layers are named as everywhere in the project (`zfnet.models.resol
 `conv1`…`conv5` and the modules around them (`relu1`, `pool1`, `norm1`, …, `pool5`) for zfnet's
 models, module paths such as `features.10` for torchvision's alexnet and vgg. The layer must lie
 in the model's convolutional chain — `model.features` (or the model itself) as an
-`nn.Sequential` of Conv2d, ReLU, MaxPool2d, LocalResponseNorm, BatchNorm2d, Dropout and Identity
-modules; that chain's input is the model's input. The model is walked in eval mode without hooks
-and is left exactly as it was (in-place ReLUs are evaluated out of place; training flags are
-restored, also after an exception).
+`nn.Sequential` of Conv2d, ReLU, MaxPool2d, LocalResponseNorm, BatchNorm2d, Dropout(2d) and
+Identity modules (the layer types of `zfnet.models.geometry` that have a rule for the way down;
+kernels, strides, padding and dilation per axis, windows as that module computes them); that
+chain's input is the model's input. The model is walked in eval mode without hooks and is left
+exactly as it was (in-place ReLUs are evaluated out of place; training flags are restored, also
+after an exception).
 """
 
 from __future__ import annotations
@@ -66,13 +68,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zfnet.models import eval_mode, resolve_layer  # eval_mode also importable from here
+from zfnet.models.geometry import LAYER_TYPES, Window, chain_geometry, sequential_leaves, window_of
 from zfnet.models.lrn import lrn_factors, lrn_vjp
 
 RULES = ("deconvnet", "guided", "gradient")
 LRN_MODES = ("gradient", "identity")
 
-_ELEMENTWISE = (nn.Dropout, nn.Dropout2d, nn.Identity)
-_SUPPORTED = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.LocalResponseNorm, nn.BatchNorm2d, *_ELEMENTWISE)
+# The layer types the geometry knows, less those with no rule for the way down (each rule
+# below is for rectifiers and max-pooling).
+_NO_RULE_DOWN = (nn.AvgPool2d, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid)
+_SUPPORTED = tuple(t for t in LAYER_TYPES if t not in _NO_RULE_DOWN)
 
 
 @dataclass
@@ -83,16 +88,12 @@ class RFProjection:
     the part outside the image (`top` < 0 near the border) is zero.
     """
 
-    values: Tensor  # (S, C_in, rf, rf) projection, in the units of the model input
+    values: Tensor  # (S, C_in, rf, rf) projection, in the units of the model input (rf per axis)
     top: Tensor  # (S,) int64, input row of values[s, :, 0, 0] (can be negative)
     left: Tensor  # (S,) int64
     activation: Tensor  # (S,) the seed: the activation's value in `layer`
     row: Tensor  # (S,) int64 position of the activation in `layer`'s map
     col: Tensor  # (S,) int64
-
-
-def _pair(v: int | Sequence[int]) -> tuple[int, int]:
-    return (int(v[0]), int(v[1])) if isinstance(v, Sequence) else (int(v), int(v))
 
 
 def feature_chain(model: nn.Module, layer: str) -> list[tuple[str, nn.Module]]:
@@ -111,16 +112,7 @@ def feature_chain(model: nn.Module, layer: str) -> list[tuple[str, nn.Module]]:
             f"{type(model).__name__} has no `features` nn.Sequential: the deconvnet walks a "
             "sequential chain of conv/relu/pool/norm modules"
         )
-    leaves: list[tuple[str, nn.Module]] = []
-
-    def flatten(seq: nn.Sequential, pre: str) -> None:
-        for name, m in seq.named_children():
-            if isinstance(m, nn.Sequential):
-                flatten(m, f"{pre}{name}.")
-            else:
-                leaves.append((f"{pre}{name}", m))
-
-    flatten(root, prefix)
+    leaves = sequential_leaves(root, prefix)
     paths = [p for p, _ in leaves]
     if isinstance(target, nn.Sequential):  # a block: its output is its last leaf's output
         inside = [p for p in paths if p.startswith(path + ".")]
@@ -160,6 +152,7 @@ class _Trace:
     sizes: list[tuple[int, int]]  # spatial size of each chain step's input, then the output's
     channels_in: int  # channels of the model input
     saved: dict[int, Tensor]  # step -> pool switches / relu output / LRN input, (N, C, h, w)
+    windows: list[Window | None]  # step -> its conv / pool window, None for point-wise steps
     # Filled for the way down (`_prepare`): per step, how far windows at its output reach
     # beyond the map, and the saved tensors zero-padded by that much, channels last.
     margins: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
@@ -194,18 +187,8 @@ def _forward(chain: list[tuple[str, nn.Module]], x: Tensor, rule: str, lrn: str,
             if i in keep:
                 outputs[i] = x
         sizes.append((x.shape[-2], x.shape[-1]))
-    return _Trace(outputs=outputs, sizes=sizes, channels_in=channels_in, saved=saved)
-
-
-def _step_back(m: nn.Module, top: Tensor, left: Tensor, h: int, w: int
-               ) -> tuple[Tensor, Tensor, int, int]:
-    """The window of a conv / pool's input that its output window (top, left, h, w) reads."""
-    if not isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
-        return top, left, h, w
-    (k0, k1), (s0, s1) = _pair(m.kernel_size), _pair(m.stride)
-    (p0, p1), (d0, d1) = _pair(m.padding), _pair(m.dilation)
-    return (top * s0 - p0, left * s1 - p1,
-            (h - 1) * s0 + d0 * (k0 - 1) + 1, (w - 1) * s1 + d1 * (k1 - 1) + 1)
+    return _Trace(outputs=outputs, sizes=sizes, channels_in=channels_in, saved=saved,
+                  windows=[window_of(m) for _, m in chain])
 
 
 def _prepare(chain: list[tuple[str, nn.Module]], trace: _Trace) -> None:
@@ -219,7 +202,9 @@ def _prepare(chain: list[tuple[str, nn.Module]], trace: _Trace) -> None:
         new = (max(0, -int(top.min())), max(0, int(top.max()) + wh - oh),
                max(0, -int(left.min())), max(0, int(left.max()) + ww - ow))
         trace.margins[i] = tuple(max(a, b) for a, b in zip(old, new, strict=True))
-        top, left, wh, ww = _step_back(chain[i][1], top, left, wh, ww)
+        win = trace.windows[i]
+        if win is not None:
+            top, left, wh, ww = win.input_window(top, left, wh, ww)
 
 
 def _padded(chain: list[tuple[str, nn.Module]], trace: _Trace, i: int) -> Tensor:
@@ -236,7 +221,7 @@ def _padded(chain: list[tuple[str, nn.Module]], trace: _Trace, i: int) -> Tensor
         t = trace.saved[i]
         m = chain[i][1]
         if isinstance(m, nn.MaxPool2d):
-            (s0, s1), (p0, p1) = _pair(m.stride), _pair(m.padding)
+            (s0, s1), (p0, p1) = trace.windows[i].stride, trace.windows[i].padding
             wi = trace.sizes[i][1]
             n, c, h, w = t.shape
             iy = t.div(wi, rounding_mode="floor")
@@ -300,7 +285,7 @@ def _unpool_index(chain: list[tuple[str, nn.Module]], trace: _Trace, i: int, img
     off = trace.offsets[key]
     idx = _gather(off, trace.margins[i], img, top, left, h, w,
                   _gather_into(chain, trace, ("offsets", i), off, (len(img), h, w, off.shape[3])))
-    s0, s1 = _pair(chain[i][1].stride)
+    s0, s1 = trace.windows[i].stride
     dev = idx.device
     base = (torch.arange(h, device=dev) * (s0 * wi))[:, None] + torch.arange(w, device=dev) * s1
     return idx.add_(base[None, :, :, None]).reshape(idx.shape[0], h * w, -1)
@@ -322,12 +307,12 @@ def _buffer(chain: list[tuple[str, nn.Module]], trace: _Trace, key: tuple, shape
     return buf
 
 
-def _by_phases(m: nn.Conv2d) -> bool:
+def _by_phases(m: nn.Conv2d, win: Window) -> bool:
     """Whether to run the transposed conv as s0*s1 ordinary convolutions (`_phase_weight`):
     3-4x faster than oneDNN's transposed conv when it has few output channels (a first layer,
     to RGB) and a stride (measured for zfnet's conv1 and alexnet's), slower otherwise."""
-    return (m.in_channels <= 16 and m.groups == 1 and _pair(m.dilation) == (1, 1)
-            and _pair(m.stride) != (1, 1))
+    return (m.in_channels <= 16 and m.groups == 1 and win.dilation == (1, 1)
+            and win.stride != (1, 1))
 
 
 def _phase_weight(trace: _Trace, i: int, m: nn.Conv2d) -> Tensor:
@@ -338,7 +323,7 @@ def _phase_weight(trace: _Trace, i: int, m: nn.Conv2d) -> Tensor:
     convolution of the input per phase r, with those taps flipped."""
     if i not in trace.phase_weights:
         wt = m.weight.detach()  # (C_out, C_in, k0, k1), C_out = channels of the signal g
-        (k0, k1), (s0, s1) = wt.shape[-2:], _pair(m.stride)
+        (k0, k1), (s0, s1) = wt.shape[-2:], trace.windows[i].stride
         a0, a1 = -(-k0 // s0), -(-k1 // s1)
         out = wt.new_zeros(s0, s1, wt.shape[1], wt.shape[0], a0, a1)
         for r in range(s0):
@@ -351,10 +336,11 @@ def _phase_weight(trace: _Trace, i: int, m: nn.Conv2d) -> Tensor:
     return trace.phase_weights[i]
 
 
-def _conv_transpose_phases(g: Tensor, weight: Tensor, m: nn.Conv2d, hi: int, wi: int) -> Tensor:
+def _conv_transpose_phases(g: Tensor, weight: Tensor, m: nn.Conv2d, win: Window, hi: int,
+                           wi: int) -> Tensor:
     """`F.conv_transpose2d(g, m.weight, stride=m.stride)` (padding 0) as one convolution with
     a filter per output phase (`_phase_weight`), then the phases interleaved: (S, C_in, hi, wi)."""
-    s0, s1 = _pair(m.stride)
+    s0, s1 = win.stride
     a0, a1 = weight.shape[-2:]
     y = F.conv2d(g, weight, padding=(a0 - 1, a1 - 1))  # (S, s0*s1*C_in, h + a0 - 1, w + a1 - 1)
     n, _, m0, m1 = y.shape
@@ -385,6 +371,7 @@ def _down(
     and the unpooling scatters in) except the smallest ones."""
     for i in reversed(range(len(chain))):
         _, m = chain[i]
+        win = trace.windows[i]
         size = trace.sizes[i]
         h, w = g.shape[-2:]
         if isinstance(m, nn.Conv2d):
@@ -394,15 +381,15 @@ def _down(
                 g = g.contiguous(memory_format=torch.channels_last)
             else:
                 g = g.contiguous()
-            top, left, hi, wi = _step_back(m, top, left, h, w)
-            if _by_phases(m):
-                g = _conv_transpose_phases(g, _phase_weight(trace, i, m), m, hi, wi)
+            top, left, hi, wi = win.input_window(top, left, h, w)
+            if _by_phases(m, win):
+                g = _conv_transpose_phases(g, _phase_weight(trace, i, m), m, win, hi, wi)
             else:
                 g = F.conv_transpose2d(g, m.weight, stride=m.stride, dilation=m.dilation,
                                        groups=m.groups)  # (S, C_in, h', w')
             g = _keep_inside(g, top, left, size)
         elif isinstance(m, nn.MaxPool2d):
-            ti, li, hi, wi = _step_back(m, top, left, h, w)
+            ti, li, hi, wi = win.input_window(top, left, h, w)
             idx = _unpool_index(chain, trace, i, img, top, left, h, w, wi)  # (S, h*w, C)
             # Unpool: scatter-add, so that two windows sharing a switch both count (the
             # transpose of max-pooling, and what autograd does). Window positions outside the
@@ -428,7 +415,7 @@ def _down(
             if m.weight is not None:
                 scale = scale * m.weight
             g = g * scale.detach()[None, :, None, None]
-        # Dropout / Identity: the identity in eval mode.
+        # Dropout, Dropout2d, Identity: the identity in eval mode.
     return g, top, left
 
 
@@ -534,8 +521,8 @@ def _project_seeds(chain: list[tuple[str, nn.Module]], trace: _Trace, layer: str
         tops.append(top)
         lefts.append(left)
     if not parts:  # no seeds: keep the shapes a caller expects
-        rf = _rf_side(chain)
-        empty = act.new_zeros(0, trace.channels_in, rf, rf)
+        geo = chain_geometry((m for _, m in chain), trace.sizes[0])[-1]
+        empty = act.new_zeros(0, trace.channels_in, geo.rows.rf, geo.cols.rf)
         return RFProjection(empty, row, col, value, row, col)
     return RFProjection(torch.cat(parts), torch.cat(tops), torch.cat(lefts), value, row, col)
 
@@ -562,14 +549,6 @@ def project_rf(
     seeds = Seeds(image_index, channels, positions)
     return project_layers(model, images, {layer: seeds}, rule, lrn=lrn,
                           batch_size=batch_size)[layer]
-
-
-def _rf_side(chain: list[tuple[str, nn.Module]]) -> int:
-    zero = torch.zeros(1, dtype=torch.long)
-    side = 1
-    for _, m in reversed(chain):
-        side = _step_back(m, zero, zero, side, side)[2]
-    return side
 
 
 def paste(rf: RFProjection, size: tuple[int, int]) -> Tensor:

@@ -41,14 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zfnet.models.geometry import POINTWISE, Window, chain_sizes, pair, window_of
 from zfnet.models.layers import resolve_layer
 from zfnet.models.modes import eval_mode
-
-# Layers that act on each position separately (LRN mixes maps, not positions).
-POINTWISE = (
-    nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid,
-    nn.LocalResponseNorm, nn.Dropout, nn.Identity, nn.BatchNorm2d,
-)
 
 
 class UnsupportedModelError(ValueError):
@@ -61,14 +56,6 @@ class Chain:
 
     steps: tuple[tuple[str, nn.Module], ...]  # (module path, module) of `features`, in order
     head: Callable[[torch.Tensor], torch.Tensor]  # (N, C, h, w) last feature map -> (N, K) logits
-
-
-def _pair(v: int | tuple[int, ...] | None, default: int | None = None) -> tuple[int, int]:
-    if v is None:
-        v = default
-    if isinstance(v, tuple | list):
-        return int(v[0]), int(v[1])
-    return int(v), int(v)
 
 
 def as_chain(model: nn.Module) -> Chain:
@@ -93,9 +80,9 @@ def as_chain(model: nn.Module) -> Chain:
         path = f"features.{name}"
         if isinstance(m, nn.Conv2d):
             ok = m.padding_mode == "zeros" and not isinstance(m.padding, str)
-            ok = ok and tuple(m.dilation) == (1, 1)
+            ok = ok and pair(m.dilation) == (1, 1)
         elif isinstance(m, nn.MaxPool2d):
-            ok = _pair(m.dilation) == (1, 1) and not m.return_indices
+            ok = pair(m.dilation) == (1, 1) and not m.return_indices
         else:
             ok = isinstance(m, POINTWISE)
         if not ok:
@@ -113,16 +100,6 @@ def as_chain(model: nn.Module) -> Chain:
         return classifier(torch.flatten(x, 1))  # (N, K)
 
     return Chain(tuple(steps), head)
-
-
-def _window_op(m: nn.Module) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None:
-    """(kernel, stride, padding) per axis of a layer that mixes positions; None if element-wise."""
-    if isinstance(m, nn.Conv2d):
-        return _pair(m.kernel_size), _pair(m.stride), _pair(m.padding)
-    if isinstance(m, nn.MaxPool2d):
-        k = _pair(m.kernel_size)
-        return k, _pair(m.stride, default=m.kernel_size), _pair(m.padding)
-    return None
 
 
 @dataclass
@@ -143,16 +120,14 @@ class _Group:
     off: list[tuple[torch.Tensor, torch.Tensor]]  # per level: (G,) patch top, left
 
 
-def _grow(level: _Level, op: tuple, out_size: tuple[int, int], tau: float) -> _Level:
+def _grow(level: _Level, win: Window, out_size: tuple[int, int], tau: float) -> _Level:
     """The changed region in a layer's output, from the one in its input."""
-    (k, s, p), lo_out, hi_out = op, [], []
+    lo_out, hi_out = [], []
     for ax in (0, 1):
-        # output o reads input [o*s - p, o*s - p + k): it changes iff that meets [lo, hi)
-        lo = torch.div(level.lo[ax] + p[ax] - k[ax], s[ax], rounding_mode="floor") + 1
-        hi = torch.div(level.hi[ax] - 1 + p[ax], s[ax], rounding_mode="floor") + 1
-        lo = lo.clamp(0, out_size[ax] - 1)
+        lo, hi = win.output_range(level.lo[ax], level.hi[ax], ax, out_size[ax])
+        lo = lo.clamp(max=out_size[ax] - 1)
         # stride > kernel can leave a change unseen: keep a 1-unit region (a harmless superset)
-        hi = torch.maximum(hi.clamp(max=out_size[ax]), lo + 1)
+        hi = torch.maximum(hi, lo + 1)
         if tau < 1:  # Krypton's threshold: cut the region to tau x the map, around its centre
             cap = max(1, math.ceil(tau * out_size[ax]))
             lo = lo + (hi - lo - cap).clamp(min=0) // 2
@@ -170,9 +145,9 @@ def _levels(
     level = _Level(shapes[0], (boxes[:, 0], boxes[:, 1]), (boxes[:, 2], boxes[:, 3]))
     levels = [level]
     for (_, m), out_size in zip(chain.steps, shapes[1:], strict=True):
-        op = _window_op(m)
-        if op is not None:
-            level = _grow(level, op, out_size, tau)
+        win = window_of(m)
+        if win is not None:
+            level = _grow(level, win, out_size, tau)
         levels.append(level)
     return levels
 
@@ -182,7 +157,7 @@ def _conv_units(chain: Chain) -> dict[int, float]:
     units = {}
     for i, (_, m) in enumerate(chain.steps):
         if isinstance(m, nn.Conv2d):
-            kh, kw = _pair(m.kernel_size)
+            kh, kw = pair(m.kernel_size)
             units[i + 1] = 2.0 * m.out_channels * (m.in_channels // m.groups) * kh * kw
     return units
 
@@ -298,29 +273,15 @@ class FlopCount:
         return self.full / self.batched
 
 
-def _shapes(chain: Chain, image_shape: tuple[int, int, int]) -> list[tuple[int, ...]]:
-    """(C, H, W) of the input and of every step's output, from a forward pass on the meta device."""
-    x = torch.empty((1, *image_shape), device="meta")
-    shapes = [tuple(x.shape[1:])]
-    for _, m in chain.steps:
-        op = _window_op(m)
-        if isinstance(m, nn.Conv2d):
-            x = F.conv2d(x, m.weight.to("meta"), None, m.stride, m.padding, 1, m.groups)
-        elif op is not None:
-            x = F.max_pool2d(x, m.kernel_size, m.stride, m.padding, 1, m.ceil_mode)
-        shapes.append(tuple(x.shape[1:]))
-    return shapes
-
-
 def incremental_flops(
     model: nn.Module, image_shape: tuple[int, int, int], boxes: torch.Tensor, tau: float = 1.0
 ) -> FlopCount:
     """FLOP counts of full and incremental inference for occluders `boxes` (N, 4) of (top, left,
     bottom, right) on images of `image_shape` (C, H, W) — the bound printed by the benchmark."""
     chain = as_chain(model)
-    shapes = _shapes(chain, image_shape)
-    _check_boxes(boxes, shapes[0][1], shapes[0][2])
-    levels = _levels(chain, [s[1:] for s in shapes], boxes, tau)
+    shapes = chain_sizes((m for _, m in chain.steps), image_shape[1:])
+    _check_boxes(boxes, *shapes[0])
+    levels = _levels(chain, shapes, boxes, tau)
     units = _conv_units(chain)
     groups = _groups(levels, units)
     n = len(boxes)
@@ -357,6 +318,7 @@ class _Runner:
     def __init__(self, model: nn.Module, image: torch.Tensor, boxes: torch.Tensor,
                  fill: torch.Tensor, tau: float, watch: tuple[str, int] | None) -> None:
         self.model, self.chain = model, as_chain(model)
+        self.windows = [window_of(m) for _, m in self.chain.steps]
         self.image, self.fill = image, fill  # (C, H, W) each
         x = image[None]  # (1, C, H, W)
         self.cache = [x]
@@ -377,7 +339,7 @@ class _Runner:
         self.rows = [_flat(c) for c in self.cache]  # (H*W, C) of every cached map
         self.watch_step, self.watch_layer, self.watch_channel = None, None, 0
         if watch is not None:
-            # a module path needs no layer table (whose geometry wants square kernels)
+            # a module path is looked up directly, a layer name through the layer table
             module = dict(model.named_modules()).get(watch[0])
             if module is None or not watch[0]:
                 _, module = resolve_layer(model, watch[0])
@@ -435,17 +397,15 @@ class _Runner:
                             _gather(self.rows[0], index))  # (B, C, P, P) the occluded input
         watched = None
         for i, (_, m) in enumerate(self.chain.steps):
-            op = _window_op(m)
+            op = self.windows[i]
             if op is None:
                 patch = m(patch)
             else:
-                k, s, p = op
                 top, left = self._offsets(g, i + 1, sub)
-                win = tuple(
-                    o[:, None] * s[ax] - p[ax]
-                    + torch.arange((g.patch[i + 1][ax] - 1) * s[ax] + k[ax], device=dev)
-                    for ax, o in enumerate((top, left))
-                )  # (B, R), (B, Q): the window's rows and columns in the input map
+                top, left, r, q = op.input_window(top, left, *g.patch[i + 1])
+                win = (top[:, None] + torch.arange(r, device=dev),
+                       left[:, None] + torch.arange(q, device=dev))
+                # (B, R), (B, Q): the window's rows and columns in the input map
                 conv = isinstance(m, nn.Conv2d)
                 table = self._table(i, patch, 0.0 if conv else float("-inf"))
                 window = _gather(table, self._index(win, g, i, sub))  # (B, Cin, R, Q)

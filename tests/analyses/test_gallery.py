@@ -1,5 +1,6 @@
-"""The top-k gallery (paper Fig. 2): receptive fields against the gradient's support, the grid
-PNGs and the report section, projections matching the engine."""
+"""The top-k gallery (paper Fig. 2): the grid PNGs and the report section, projections matching
+the engine. (Its receptive-field boxes are tested against the gradient's support with the rest of
+the geometry, in tests/models/test_geometry.py.)"""
 
 from __future__ import annotations
 
@@ -12,56 +13,9 @@ from torch.utils.data import TensorDataset
 import zfnet
 from zfnet.analyses.gallery import default_layers, render_layer, run_topk_gallery, select_maps
 from zfnet.analyses.topk import TopK
-from zfnet.deconvnet import feature_chain, project_rf
+from zfnet.deconvnet import project_rf
 from zfnet.models import layer_info
 from zfnet.report import read_sections
-
-
-def _support_box(model: torch.nn.Module, x: torch.Tensor, layer: str, r: int,
-                 q: int) -> tuple[int, int, int, int]:
-    """Bounding box of where d act[:, :, r, q] / d input != 0, over all maps and images (all
-    maps: each has its own max-pool switches, so together they reach every pixel they can)."""
-    x = x.clone().requires_grad_()
-    h = x
-    for _, m in feature_chain(model, layer):
-        h = m(h)
-    (g,) = torch.autograd.grad(h[:, :, r, q].sum(), x)
-    nz = (g != 0).any(0).any(0)  # (H, W)
-    rows, cols = nz.any(1).nonzero()[:, 0], nz.any(0).nonzero()[:, 0]
-    return int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
-
-
-@pytest.mark.parametrize("name,size,layers", [
-    ("zfnet_small", 128, ["conv1", "pool1", "conv2", "norm2", "conv4", "pool5"]),
-    ("alexnet_small", 128, ["conv1", "conv2", "conv3"]),
-    ("tv:alexnet", 160, ["features.2", "features.5", "features.8"]),
-])
-def test_receptive_field_is_the_support_of_the_gradient(name: str, size: int,
-                                                       layers: list[str]) -> None:
-    """For interior units the gradient reaches exactly the box's edges; near the border it
-    stays inside the box clipped to the image."""
-    torch.manual_seed(0)
-    if name.startswith("tv:"):
-        model = torchvision.models.alexnet(weights=None).eval()
-    else:
-        model = zfnet.create_model(name, input_size=size).eval()
-    # Positive biases keep most ReLUs open, so that the union over a few images reaches
-    # every pixel the unit depends on (the max-pool switches vary from image to image).
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.Conv2d):
-                m.bias.fill_(1.0)
-    x = torch.randn(8, 3, size, size) * 60
-    infos = layer_info(model, size)
-    for layer in layers:
-        geo = infos[layer].geometry
-        mid = geo.size // 2
-        box = geo.box(mid, mid, size)
-        assert box == geo.box(mid, mid), f"{layer}: the middle unit should be interior"
-        assert _support_box(model, x, layer, mid, mid) == box, layer
-        t, lf, b, r = geo.box(0, geo.size - 1, size)  # a corner unit: clipped box
-        st, sl, sb, sr = _support_box(model, x, layer, 0, geo.size - 1)
-        assert t <= st and lf <= sl and sb <= b and sr <= r, layer
 
 
 def _data(n: int = 10) -> TensorDataset:

@@ -96,3 +96,17 @@ def test_read_idx_hand_made(tmp_path):
         f.write(header + images.tobytes()[:-1])
     with pytest.raises(ValueError, match="header says"):
         read_idx(path)
+
+
+def test_damaged_gz_is_an_error_naming_the_file(tmp_path):
+    """One file holds a whole split: a damaged one cannot be skipped like a broken image."""
+    path = tmp_path / "x.gz"
+    with gzip.open(path, "wb") as f:
+        f.write((2049).to_bytes(4, "big") + (1000).to_bytes(4, "big") + bytes(1000))
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])  # truncated
+    with pytest.raises(ValueError, match=f"{path} is damaged: not a readable .gz file"):
+        read_idx(path)
+    path.write_bytes(b"not gzip at all")
+    with pytest.raises(ValueError, match=f"{path} is damaged"):
+        read_idx(path)

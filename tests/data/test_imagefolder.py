@@ -224,3 +224,18 @@ def test_broken_files_skipped_with_warning_or_strict(tmp_path):
     with pytest.raises(BadImageError, match=str(tmp_path / "val" / "cat")):
         for i in range(len(strict.val)):
             strict.val[i]
+
+
+def test_strict_error_from_a_worker_process_names_the_file_on_one_line(tmp_path):
+    """A DataLoader worker re-raises the error with its traceback as the message; the error
+    still names the file and says why, in one line."""
+    _folder(tmp_path)
+    bad = tmp_path / "val" / "ant" / "truncated.jpg"
+    _broken(tmp_path / "scratch")["truncated"].rename(bad)
+    data = load_dataset(f"imagefolder:{tmp_path}?size={SIZE}", strict=True)
+    loader = torch.utils.data.DataLoader(data.val, batch_size=8, num_workers=1,
+                                         collate_fn=collate)
+    with pytest.raises(BadImageError) as e:
+        next(iter(loader))
+    assert e.value.path == bad and e.value.reason.startswith("cannot decode (")
+    assert str(e.value) == f"broken image {bad}: {e.value.reason}" and "\n" not in str(e.value)

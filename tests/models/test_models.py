@@ -5,7 +5,6 @@ import torch
 
 import zfnet
 from zfnet.models import NetConfig, layer_info, resolve_layer
-from zfnet.models.geometry import feature_size
 
 
 def _small_input(model: torch.nn.Module, n: int = 2) -> torch.Tensor:
@@ -172,23 +171,3 @@ def test_init_paper_is_n001() -> None:
     m = zfnet.create_model("zfnet_small", init="paper")
     w = m.features.conv3.weight
     assert abs(w.std().item() - 0.01) < 1e-3 and m.features.conv3.bias.abs().max() == 0
-
-
-def test_feature_size_matches_torch() -> None:
-    for size in range(5, 40):
-        for k, s, p in ((3, 2, 0), (7, 2, 1), (5, 2, 2), (3, 2, 1)):
-            if p > k // 2:
-                continue
-            for ceil in (False, True):
-                pool = torch.nn.MaxPool2d(k, s, p, ceil_mode=ceil)
-                got = pool(torch.zeros(1, 1, size, size)).shape[-1]
-                assert feature_size(size, k, s, p, ceil) == got, (size, k, s, p, ceil)
-
-
-def test_geometry_stops_at_non_square_layers() -> None:
-    seq = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 4, (1, 3)),
-                              torch.nn.ReLU())
-    from zfnet.models.geometry import sequential_geometry
-
-    geo = sequential_geometry(seq, 32)
-    assert list(geo) == ["0"] and geo["0"].size == 30

@@ -12,6 +12,7 @@ Spec: `fashion-mnist[:DIR][?n_train=N&n_val=N&classes=0,2,5&per_class=N&pad=P&ho
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +49,17 @@ _IDX_MAGIC = {1: 2049, 3: 2051}  # IDX magic numbers: unsigned bytes, 1-d labels
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Parse a gzipped IDX file of unsigned bytes: labels (N,) or images (N, H, W) uint8."""
-    with gzip.open(path, "rb") as f:
-        data = f.read()
+    """Parse a gzipped IDX file of unsigned bytes: labels (N,) or images (N, H, W) uint8.
+    A damaged file is a ValueError naming it (one file holds a whole split: it cannot be
+    skipped like a broken image)."""
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise
+    except (OSError, EOFError, zlib.error) as e:  # not gzip, truncated, corrupt
+        raise ValueError(f"{path} is damaged: not a readable .gz file ({type(e).__name__}: "
+                         f"{e}); replace it with a good copy") from e
     if len(data) < 8:
         raise ValueError(f"{path} is too short to be an IDX file")
     magic = int.from_bytes(data[0:4], "big")

@@ -8,6 +8,7 @@ to RGB and used. Broken ones (truncated, zero-byte, not an image, a decompressio
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -25,14 +26,28 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 ALPHA_BACKGROUND = (255, 255, 255)
 
 
+# How `load_rgb`'s reasons begin (to read them back from a DataLoader worker's message).
+_REASONS = ("decompression bomb", "empty file", "not a recognised image format", "cannot decode")
+
+
 class BadImageError(ValueError):
     """A file that cannot be used as an image. `path` names it, `reason` says why."""
 
     def __init__(self, path: str | Path, reason: str = "") -> None:
+        if not reason and "\n" in str(path):
+            path, reason = _from_worker(str(path))
         self.path = Path(path)
         self.reason = reason
         # One-argument form: DataLoader workers re-raise an exception as type(e)(message).
         super().__init__(f"broken image {self.path}: {reason}" if reason else str(path))
+
+
+def _from_worker(message: str) -> tuple[str, str]:
+    """(path, reason) of the error a DataLoader worker re-raises as `BadImageError(message)`,
+    where `message` is the worker's traceback as text, the original error on its last line."""
+    text = message.rstrip().splitlines()[-1].split("BadImageError: ", 1)[-1]
+    m = re.fullmatch(rf"broken image (.+?): ((?:{'|'.join(_REASONS)}).*)", text)
+    return (m[1], m[2]) if m else (text, "")
 
 
 class BrokenImageWarning(UserWarning):

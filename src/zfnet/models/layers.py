@@ -44,12 +44,13 @@ def _kind(m: nn.Module) -> str:
     return "other"
 
 
-def layer_info(model: nn.Module, input_size: int | None = None) -> dict[str, LayerInfo]:
+def layer_info(model: nn.Module, input_size: int | tuple[int, int] | None = None
+               ) -> dict[str, LayerInfo]:
     """Every addressable layer of `model`, in forward order, keyed by the name users type.
 
     For zfnet's models the keys are the short names (`conv1`, `pool1`, `fc6`, …). For other
     models the keys are module paths; geometry is known for the modules of a `features`
-    Sequential (torchvision's alexnet, vgg) given `input_size` (default 224).
+    Sequential (torchvision's alexnet, vgg) given `input_size` (a side or (H, W); default 224).
     """
     from zfnet.models.convnet import ConvNet  # local: convnet imports geometry, not layers
 

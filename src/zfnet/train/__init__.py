@@ -9,15 +9,9 @@ from zfnet.train.checkpoint import (
 )
 from zfnet.train.config import PAPER_KEEP_EPOCHS, TrainConfig, parse_model_opt
 from zfnet.train.evaluation import evaluate_checkpoint
+from zfnet.train.loop import EXIT_INTERRUPTED, train
 from zfnet.train.metrics import confusion_matrix, per_class_accuracy, topk_error
-from zfnet.train.recipe import (
-    EXIT_INTERRUPTED,
-    NonFiniteLossError,
-    evaluate,
-    resolve_config,
-    train,
-    train_one_epoch,
-)
+from zfnet.train.recipe import NonFiniteLossError, evaluate, resolve_config, train_one_epoch
 from zfnet.train.renorm import filter_rms, renormalize_filters
 
 __all__ = [

@@ -10,8 +10,8 @@ Layout of a run directory::
 
 A checkpoint directory holds `model.safetensors` (the weights), `train_state.safetensors`
 (optimizer buffers, RNG states) and `state.json` (everything else: model name and NetConfig, data
-spec, class names, epoch, TrainConfig, metrics history, and the JSON half of the optimizer,
-scheduler, sampler and RNG state). Nothing is pickled, so loading never runs code from the file.
+spec, class names, epoch and step, TrainConfig, metrics history, and the JSON half of the
+optimizer, scheduler and RNG state). Nothing is pickled, so loading never runs code from the file.
 
 Atomicity: a checkpoint is written into a hidden temporary directory, every file fsynced, then
 renamed into place; `last.json` is replaced atomically afterwards, and only then are checkpoints
@@ -130,7 +130,7 @@ def save_checkpoint(
     """Write checkpoint `root/name` atomically and point `root/last.json` at it.
 
     `meta` is JSON-ready (model, model_config, data, class_names, epoch, train_config, …);
-    `train_state` may hold tensors/arrays (optimizer, scheduler, RNG, sampler) and is split into
+    `train_state` may hold tensors/arrays (optimizer, scheduler, RNG) and is split into
     JSON + safetensors. Afterwards every other checkpoint in `root` whose name is not in `keep` is
     deleted (None: delete nothing). Returns the checkpoint directory.
     """
@@ -303,7 +303,7 @@ def read_weights(ckpt_dir: str | Path) -> dict[str, torch.Tensor]:
 
 
 def read_train_state(ckpt_dir: str | Path, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Optimizer / scheduler / RNG / sampler state saved with the checkpoint, decoded."""
+    """Optimizer / scheduler / RNG state saved with the checkpoint, decoded."""
     ckpt_dir = Path(ckpt_dir)
     meta = meta if meta is not None else read_meta(ckpt_dir)
     f = ckpt_dir / TRAIN_STATE

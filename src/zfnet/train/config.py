@@ -76,6 +76,9 @@ class TrainConfig:
     # schedule ends there; see zfnet.train.budget
     time_budget: float | None = None
     data_cache: str | None = None  # where the data layer may cache the mean image (None: its own)
+    # a broken image file stops the run with an error naming it, instead of being skipped with
+    # a warning and counted per epoch (metrics.csv's `skipped`)
+    strict: bool = False
     progress: bool = True  # tqdm bar (rank 0 only)
     tensorboard: bool = True
     resume: bool = False

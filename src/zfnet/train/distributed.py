@@ -126,10 +126,3 @@ class ResumableSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples - self.skip
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "skip": self.skip, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.skip = int(state["epoch"]), int(state["skip"])
-        self.seed = int(state["seed"])

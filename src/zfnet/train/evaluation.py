@@ -27,6 +27,7 @@ def evaluate_checkpoint(
     amp: str = "auto",
     channels_last: bool = True,
     live_weights: bool = False,
+    strict: bool = False,
     bundle: Any = None,
 ) -> dict[str, Any]:
     """Evaluate the checkpoint at `path` (run dir, checkpoint dir or weights file) on the
@@ -36,10 +37,12 @@ def evaluate_checkpoint(
     crops and their mirror images (paper Sec. 3). `amp` and `channels_last` as in training (the
     defaults are the trainer's; "off" scores in float32). `live_weights`: for a run trained with
     `--ema`, score the live weights instead of their average (which the checkpoint's
-    model.safetensors holds). `bundle` may be given instead of loading `spec`.
-    Returns a JSON-ready dict: checkpoint, model, epoch, data, ten_crop, amp, live_weights, n,
-    loss, top1_error, top5_error, class_names, per_class_accuracy ({name: accuracy}),
-    confusion_matrix (rows: true class, columns: predicted).
+    model.safetensors holds). `strict`: a broken image file raises `BadImageError` naming it,
+    instead of being skipped with a warning and counted. `bundle` may be given instead of
+    loading `spec`. Returns a JSON-ready dict: checkpoint, model, epoch, data, ten_crop, amp,
+    live_weights, n (images scored), skipped (broken files left out), loss, top1_error,
+    top5_error, class_names, per_class_accuracy ({name: accuracy}), confusion_matrix (rows: true
+    class, columns: predicted).
     """
     dev = resolve_device(device)
     model, meta = load_model(path, device=dev)
@@ -52,7 +55,7 @@ def evaluate_checkpoint(
     if bundle is None:
         from zfnet.data import load_dataset
 
-        bundle = load_dataset(spec, ten_crop=ten_crop)
+        bundle = load_dataset(spec, ten_crop=ten_crop, strict=strict)
     n_out = meta.get("num_classes") or bundle.num_classes
     if bundle.num_classes != n_out:
         raise ValueError(
@@ -75,7 +78,7 @@ def evaluate_checkpoint(
     return {
         "checkpoint": meta["checkpoint"], "model": meta["model"], "epoch": meta.get("epoch"),
         "data": spec, "ten_crop": ten_crop, "amp": amp, "live_weights": live_weights,
-        "n": r["n"], "loss": r["loss"],
+        "n": r["n"], "skipped": r["skipped"], "loss": r["loss"],
         "top1_error": r["top1_error"], "top5_error": r["top5_error"], "class_names": names,
         "per_class_accuracy": dict(zip(names, per_class_accuracy(cm), strict=True)),
         "confusion_matrix": cm.tolist(),

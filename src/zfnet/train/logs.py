@@ -29,6 +29,35 @@ def write_metrics_csv(path: str | Path, history: list[dict[str, Any]]) -> None:
     write_text_atomic(Path(path), buf.getvalue())
 
 
+def epoch_row(epoch: int, global_step: int, lr: float, sums: dict[str, float],
+              val: dict[str, Any]) -> dict[str, Any]:
+    """metrics.csv's row (`CSV_COLUMNS`) of 0-based `epoch`, from the training sums over all
+    processes (loss_sum, correct, seen; expected: the samples the epoch held, broken files
+    included; time) and the validation's loss / top1_error / top5_error (None: not validated)."""
+    seen = sums["seen"]
+    return {
+        "epoch": epoch + 1, "global_step": global_step, "lr": lr,
+        "train_loss": sums["loss_sum"] / max(seen, 1),
+        "train_top1_error": 1 - sums["correct"] / max(seen, 1),
+        "val_loss": val["loss"], "val_top1_error": val["top1_error"],
+        "val_top5_error": val["top5_error"], "epoch_time_s": sums["time"],
+        "img_per_s": seen / max(sums["time"], 1e-9), "skipped": int(sums["expected"] - seen),
+    }
+
+
+def epoch_lines(row: dict[str, Any], epochs: int, validated: bool) -> list[str]:
+    """The log lines of an epoch's `epoch_row`: its figures, and the samples skipped if any."""
+    val = (f"val top-1 err {row['val_top1_error']:.2%}  top-5 {row['val_top5_error']:.2%}  "
+           if validated else "")
+    lines = [f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  "
+             f"train err {row['train_top1_error']:.2%}  {val}lr {row['lr']:.2g}  "
+             f"{row['img_per_s']:.0f} img/s"]
+    if row["skipped"]:
+        lines.append(f"epoch {row['epoch']}: {row['skipped']} training sample(s) skipped "
+                     f"(unreadable files, named in the warnings above)")
+    return lines
+
+
 def _fmt(v: Any) -> Any:
     if isinstance(v, float):
         return f"{v:.6g}"

@@ -1,0 +1,325 @@
+"""Building a training run: every check first, then the parts, and nothing written meanwhile.
+
+`build_run` checks what a user can get wrong (batch split, an existing run and whether it may be
+resumed with this configuration, the data spec, the model with its options, a forward pass of
+it), then builds the model, its weight average, the DDP wrapper, the optimizer, the lr schedule
+and the loaders, and restores a resumed run's state. The first write to the run directory comes
+after it (`zfnet.train.loop`), so a bad option leaves `--out` as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+import zfnet
+from zfnet.data import collate
+from zfnet.models import eval_mode
+from zfnet.train import checkpoint as ckpt
+from zfnet.train import distributed as ddp
+from zfnet.train.budget import Plan
+from zfnet.train.config import IDENTITY_FIELDS, TrainConfig
+from zfnet.train.ema import make_ema
+from zfnet.train.recipe import (
+    SeededSamples,
+    amp_dtype_for,
+    build_scheduler,
+    param_groups,
+    set_rng_state,
+)
+
+if TYPE_CHECKING:
+    from torch.optim.swa_utils import AveragedModel
+
+# Sums over the part of an epoch done before a mid-epoch checkpoint (all processes).
+PARTIAL_KEYS = ("loss_sum", "correct", "seen", "expected", "time")
+
+
+@dataclass
+class Progress:
+    """Where a run stands: what a checkpoint records besides weights and optimizer state."""
+
+    epoch: int = 0  # complete epochs; the 0-based epoch to train next
+    step: int = 0  # steps done into `epoch` (a mid-epoch checkpoint), else 0
+    global_step: int = 0
+    train_time_s: float = 0.0  # time spent by the sessions before this one
+    history: list[dict[str, Any]] = field(default_factory=list)  # metrics.csv's rows
+    # the sums of the part of `epoch` done (PARTIAL_KEYS), so that the resumed epoch's row in
+    # metrics.csv equals the uninterrupted run's
+    partial: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PARTIAL_KEYS, 0.0))
+    plan: Plan | None = None  # a budgeted run's plan
+
+    @staticmethod
+    def from_meta(meta: dict[str, Any] | None) -> Progress:
+        """The progress a checkpoint's state.json records (None: a new run's)."""
+        if meta is None:
+            return Progress()
+        p = Progress(epoch=int(meta["epoch"]), step=int(meta.get("step_in_epoch", 0)),
+                     global_step=int(meta["global_step"]),
+                     train_time_s=float(meta.get("train_time_s", 0.0)),
+                     history=list(meta.get("history", [])),
+                     plan=Plan.from_dict(meta["plan"]) if meta.get("plan") else None)
+        if p.step:
+            p.partial.update(meta.get("partial_epoch", {}))
+        return p
+
+
+@dataclass
+class Run:
+    """A training run, built and checked (`build_run`); what `zfnet.train.loop` drives."""
+
+    config: TrainConfig
+    info: ddp.DistInfo
+    bundle: Any  # a zfnet.data.DataBundle, or anything with its fields
+    say: Callable[[str], None]  # a line for the log (the main process's, with --progress)
+    model: nn.Module  # what trains: `bare`, or its DDP wrapper
+    bare: nn.Module
+    ema: AveragedModel | None
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    scheduler: Any
+    sched_when: str  # "epoch", "step" or "none" (`build_scheduler`)
+    first_radius: float | None  # renormalisation radius of conv1 (preconditioning)
+    amp_dtype: torch.dtype | None
+    train_set: SeededSamples
+    sampler: ddp.ResumableSampler
+    val_loader: DataLoader
+    loader_kw: dict[str, Any]
+    per_rank_batch: int
+    steps_per_epoch: int
+    resume_from: Path | None
+    progress: Progress
+
+    @property
+    def shown(self) -> nn.Module:
+        """The model that is validated and saved: the weight average when there is one."""
+        return self.ema.module if self.ema is not None else self.bare
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.out)
+
+
+def build_run(config: TrainConfig, info: ddp.DistInfo, bundle: Any = None) -> Run:
+    """Check `config` and build its run on this process, resumed from the run directory's
+    last checkpoint with `config.resume`. Writes nothing; user errors raise ValueError,
+    FileNotFoundError or FileExistsError (an existing run without `resume`) naming the cause.
+    `bundle` may be given instead of loading `config.data`."""
+    say = tqdm.write if (config.progress and info.is_main) else (lambda *_: None)
+    if config.batch_size % info.world_size:
+        raise ValueError(f"batch_size={config.batch_size} is not divisible by the "
+                         f"{info.world_size} processes")
+    per_rank_batch = config.batch_size // info.world_size
+    resume_from, meta = find_resume(config, say)
+    if bundle is None:
+        from zfnet.data import load_dataset
+
+        bundle = load_dataset(config.data, strict=config.strict, cache_dir=config.data_cache)
+    amp_dtype = amp_dtype_for(config.amp, info.device)
+    bare = build_model(config, bundle)
+    torch.manual_seed(config.seed + info.rank)  # distinct dropout masks per process
+    state = ckpt.read_train_state(resume_from, meta) if resume_from is not None else None
+    model, bare, ema = _place(bare, config, info, resume_from, state)
+    groups, first_radius = param_groups(bare, config)
+    optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay, nesterov=config.nesterov)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    train_set, sampler, val_loader, loader_kw = _data(config, bundle, info, per_rank_batch)
+    steps_per_epoch = math.ceil(sampler.num_samples / per_rank_batch)
+    progress = Progress.from_meta(meta)
+    scheduler, sched_when = build_scheduler(
+        optimizer, config, steps_per_epoch, progress.plan.total_steps if progress.plan else None)
+    if state is not None:
+        _restore(state, optimizer, scheduler, scaler, info)
+        say(f"resuming {resume_from} (epoch {progress.epoch}, step {progress.step})")
+    return Run(config=config, info=info, bundle=bundle, say=say, model=model, bare=bare,
+               ema=ema, optimizer=optimizer, scaler=scaler, scheduler=scheduler,
+               sched_when=sched_when, first_radius=first_radius, amp_dtype=amp_dtype,
+               train_set=train_set, sampler=sampler, val_loader=val_loader, loader_kw=loader_kw,
+               per_rank_batch=per_rank_batch, steps_per_epoch=steps_per_epoch,
+               resume_from=resume_from, progress=progress)
+
+
+def find_resume(config: TrainConfig, say: Callable[[str], None] | None = None
+                ) -> tuple[Path | None, dict[str, Any] | None]:
+    """The checkpoint a run continues from and its meta, or (None, None) for a new run.
+
+    A run directory that holds a checkpoint is continued only with `config.resume`
+    (FileExistsError otherwise), and only with the model and the configuration it was
+    started with (`check_resumable`)."""
+    run_dir = Path(config.out)
+    if not ckpt.has_checkpoint(run_dir):
+        if config.resume and say is not None:
+            say(f"no checkpoint in {run_dir / 'checkpoints'}: starting from scratch")
+        return None, None
+    if not config.resume:
+        raise FileExistsError(
+            f"{run_dir} already holds a run ({run_dir / 'checkpoints'}); pass --resume to "
+            f"continue it or choose another --out"
+        )
+    resume_from = ckpt.find_last(run_dir)
+    meta = ckpt.read_meta(resume_from)
+    if meta.get("model") != config.model:
+        raise ValueError(f"cannot --resume {resume_from}: it is a run of model "
+                         f"{meta.get('model')!r}, not {config.model!r}")
+    check_resumable(meta["train_config"], config, run_dir)
+    return resume_from, meta
+
+
+def check_resumable(saved: dict[str, Any], config: TrainConfig, where: Path) -> None:
+    """Refuse to continue a run saved with `saved` (its TrainConfig as a dict) under a
+    configuration that would compute something else (`IDENTITY_FIELDS`, and the fields the
+    schedule depends on); the ValueError lists every difference."""
+    fields = list(IDENTITY_FIELDS)
+    if config.schedule in ("cosine", "linear", "onecycle"):
+        fields.append("epochs")  # the schedule's length depends on it
+    if config.schedule == "plateau":
+        fields.append("val_every")  # the schedule steps on validations
+    fields.append("time_budget")  # a budgeted run's plan is kept on resume
+    now = config.to_dict()
+    # Through the config class, as a resume loads it: a field the run predates had its default.
+    saved = TrainConfig.from_dict(saved).to_dict()
+    diffs = [f"{k}: {saved.get(k)!r} in the run, {now[k]!r} now" for k in fields
+             if json.dumps(saved.get(k), sort_keys=True) != json.dumps(now[k], sort_keys=True)]
+    if diffs:
+        raise ValueError(
+            f"cannot --resume the run in {where} with a different configuration ("
+            + "; ".join(diffs) + "); use the run's values or another --out"
+        )
+
+
+# The model options a dataset fixes: they follow from the data, never from --model-opt.
+DATA_FIXED = ("num_classes", "in_channels", "input_size")
+
+
+def build_model(config: TrainConfig, bundle: Any) -> nn.Module:
+    """`config.model` with `config.model_opts` for `bundle`'s images and classes, initialised
+    from `config.seed` (the same weights on every process), in training mode on the CPU.
+
+    Checked before a run writes anything: an option the data fixes is refused, and one forward
+    pass of a blank image must run. Whatever building or running it raises (a bad option value
+    that only the layers notice) becomes a ValueError naming the model and its options."""
+    fixed = {"num_classes": bundle.num_classes, "in_channels": bundle.in_channels,
+             "input_size": bundle.input_size}
+    clash = [k for k in DATA_FIXED if k in config.model_opts]
+    if clash:
+        raise ValueError(
+            f"model option(s) {', '.join(clash)} cannot be set: they follow from the data "
+            f"({config.data!r}: {fixed['num_classes']} classes, {fixed['in_channels']} "
+            f"channel(s), {fixed['input_size']} px crops); choose them through --data"
+        )
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    try:
+        model = zfnet.create_model(config.model, **fixed, **config.model_opts)
+        _forward_blank(model, fixed["in_channels"], fixed["input_size"])
+    except ValueError:
+        raise  # the model's own checks: their messages name the option
+    except Exception as e:  # any layer's complaint about an option value
+        opts = ", ".join(f"{k}={v}" for k, v in config.model_opts.items()) or "no options"
+        reason = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(
+            f"model {config.model!r} with {opts} does not work on {fixed['input_size']} px "
+            f"{fixed['in_channels']}-channel images: {type(e).__name__}: {reason}"
+        ) from e
+    return model
+
+
+def _forward_blank(model: nn.Module, channels: int, size: int) -> None:
+    """Run `model` once on a blank (1, C, S, S) image in eval mode, leaving its state, its
+    mode and the RNGs as they were."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), eval_mode(model):
+        model(torch.zeros(1, channels, size, size))
+
+
+def _place(
+    bare: nn.Module, config: TrainConfig, info: ddp.DistInfo, resume_from: Path | None,
+    state: dict[str, Any] | None,
+) -> tuple[nn.Module, nn.Module, AveragedModel | None]:
+    """The model with a resumed run's weights, on the device, its weight average (`--ema`)
+    and its DDP wrapper: (what trains, the model itself, the average or None)."""
+    if state is not None:
+        if config.ema:  # model.safetensors holds the average; the live weights are kept here
+            bare.load_state_dict(state["live_weights"])
+        else:
+            ckpt.load_weights(bare, resume_from)
+    fmt = torch.channels_last if config.channels_last else torch.contiguous_format
+    bare = bare.to(info.device, memory_format=fmt)
+    ema = make_ema(bare, config.ema) if config.ema else None
+    if ema is not None and state is not None:
+        ckpt.load_weights(ema.module, resume_from)
+        ema.n_averaged.fill_(int(state["ema_updates"]))
+    model = bare
+    if info.enabled:
+        dev = info.device
+        model = nn.parallel.DistributedDataParallel(
+            bare, device_ids=[dev.index] if dev.type == "cuda" else None
+        )
+    return model, bare, ema
+
+
+def _data(
+    config: TrainConfig, bundle: Any, info: ddp.DistInfo, per_rank_batch: int,
+) -> tuple[SeededSamples, ddp.ResumableSampler, DataLoader, dict[str, Any]]:
+    """This process's share of the data: the seeded training set and its sampler, the
+    validation loader, and the loader options an epoch's loader is made with."""
+    train_set = SeededSamples(bundle.train, config.seed, config.random_erasing)
+    sampler = ddp.ResumableSampler(train_set, info.world_size, info.rank, shuffle=True,
+                                   seed=config.seed)
+    loader_kw: dict[str, Any] = {"num_workers": config.workers, "collate_fn": collate,
+                                 "pin_memory": info.device.type == "cuda"}
+    val_set = Subset(bundle.val, range(info.rank, len(bundle.val), info.world_size))
+    val_loader = DataLoader(val_set, batch_size=per_rank_batch, shuffle=False,
+                            generator=torch.Generator().manual_seed(0), **loader_kw)
+    return train_set, sampler, val_loader, loader_kw
+
+
+def _restore(state: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler: Any,
+             scaler: torch.amp.GradScaler | None, info: ddp.DistInfo) -> None:
+    """A checkpoint's optimizer, schedule, gradient scaler and RNG states. (Older checkpoints
+    also hold a "sampler" entry, not read: the position it repeats is the meta's epoch and
+    step_in_epoch.)"""
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"], info)
+
+
+def epoch_loader(run: Run, epoch: int, start_step: int = 0,
+                 end_step: int | None = None) -> tuple[DataLoader, int]:
+    """The training batches of `epoch` on this process, from step `start_step` to `end_step`
+    (None: the epoch's end), and how many samples they hold. The order depends only on (seed,
+    epoch) and each sample's augmentation on (seed, epoch, index): a resumed epoch gives the
+    batches the uninterrupted one would have."""
+    sampler = run.sampler
+    sampler.set_epoch(epoch)
+    sampler.skip = start_step * run.per_rank_batch
+    run.train_set.epoch = epoch
+    end = (sampler.num_samples if end_step is None
+           else min(sampler.num_samples, end_step * run.per_rank_batch))
+    loader = DataLoader(
+        run.train_set, batch_size=run.per_rank_batch, sampler=sampler,
+        generator=torch.Generator().manual_seed(run.config.seed * 1000 + epoch),
+        **run.loader_kw,
+    )
+    return loader, end - sampler.skip
+
+
+def model_config(model: nn.Module) -> dict[str, Any]:
+    """The model's NetConfig as a dict (what a checkpoint rebuilds it from); {} for others."""
+    cfg = getattr(model, "config", None)
+    return cfg.to_dict() if hasattr(cfg, "to_dict") else {}

@@ -1,0 +1,321 @@
+"""README.md runs as written: its Python and shell snippets, top to bottom, in one directory.
+
+Conventions (they are README.md's, stated here once):
+- ```python, ```sh and ```bash blocks are run, in order, in one temporary working directory, as a
+  user following the README would: a later block may use what an earlier one made.
+- A block right after a line `<!-- not run: REASON -->` is not run (e.g. it needs ImageNet);
+  ```console and ```text blocks are output samples and listings, never run. Every block names
+  its language, so none is skipped by accident.
+- The working directory holds what the README assumes the user has: `my_photos/` (an
+  ImageNet-layout folder of photos that ship with scikit-image), `my_photo.jpg`, and `runs/demo`
+  (what `make demo` leaves: a trained run and its report; here `zfnet demo` for one epoch on 64
+  images, without the analyses).
+- `REPLACE` below is every change made to a snippet before it runs: placeholders that need a
+  download, and lengths that would take minutes. Each must occur in the README.
+- `zfnet ARGS` commands with nothing else of the shell in them run in this process through
+  click's test runner (one interpreter start-up instead of one per command keeps this test
+  well under a minute); any other shell line runs in bash with `zfnet` on PATH.
+A failing snippet fails the test with its README line number.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from zfnet.cli import main as zfnet_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
+RUN = ("python", "sh", "bash")
+SHOWN = ("console", "text")
+NOT_RUN = re.compile(r"<!--\s*not run:\s*(\S.*?)\s*-->")
+
+# Every change made to a README snippet before it runs (snippet text -> what runs instead).
+REPLACE = {
+    # no download in a test: the same network with random weights (the preprocessing is kept)
+    "alexnet(weights=weights)": "alexnet(weights=None)",
+    # minutes of training cut to one epoch; the data of the training example cut to 64 images
+    "--epochs 30": "--epochs 1",
+    "--epochs 8": "--epochs 1",
+    "--data synthetic ": '--data "synthetic?n_train=64&n_val=32" ',
+}
+# Options the README documents that other branches of issue 24 are adding; they may be absent
+# from the CLI until those are merged (delete an entry once it is).
+PENDING_OPTIONS = {
+    ("train", "--strict"),
+    ("visualize topk", "--layer"),
+    ("analyze evolution", "--checkpoint"),
+}
+SMALL_DEMO = "synthetic?n_train=64&n_val=32"
+
+
+@dataclass
+class Block:
+    lang: str
+    line: int  # README line of the block's first line of code (1-based)
+    text: str
+    not_run: str | None  # the reason, when the block is marked not run
+
+
+def blocks(path: Path) -> list[Block]:
+    """The fenced code blocks of a Markdown file, with their first code line."""
+    lines = path.read_text().splitlines()
+    out, i = [], 0
+    while i < len(lines):
+        m = re.match(r"^```(\S*)\s*$", lines[i])
+        if not m:
+            i += 1
+            continue
+        start = i
+        i += 1
+        while i < len(lines) and lines[i].rstrip() != "```":
+            i += 1
+        assert i < len(lines), f"{path.name}:{start + 1}: the code block is never closed"
+        before = lines[start - 1] if start else ""
+        note = NOT_RUN.search(before)
+        out.append(Block(m.group(1), start + 2, "\n".join(lines[start + 1:i]) + "\n",
+                         note.group(1) if note else None))
+        i += 1
+    return out
+
+
+def commands(block: Block) -> list[tuple[int, str]]:
+    """(README line, command) for each shell command of a block, continuation lines joined."""
+    out, current, first = [], "", 0
+    for n, line in enumerate(block.text.splitlines(), start=block.line):
+        if not current:
+            first = n
+        stripped = line.rstrip()
+        current += stripped[:-1] + " " if stripped.endswith("\\") else stripped
+        if not stripped.endswith("\\"):
+            if current.strip() and not current.strip().startswith("#"):
+                out.append((first, current.strip()))
+            current = ""
+    return out
+
+
+def replaced(text: str) -> str:
+    for old, new in REPLACE.items():
+        text = text.replace(old, new)
+    return text
+
+
+# --- the user's files -----------------------------------------------------------------------
+
+def _photo(name: str) -> np.ndarray:
+    import skimage.data
+
+    return getattr(skimage.data, name)()  # (H, W, 3) uint8
+
+
+def _make_photos(root: Path) -> None:
+    """An ImageNet-layout folder: 3 classes, 4 training and 2 val crops of one photo each."""
+    for cls, name in (("astronaut", "astronaut"), ("cat", "chelsea"), ("coffee", "coffee")):
+        a = _photo(name)
+        h, w = a.shape[:2]
+        s = min(h, w) * 3 // 4
+        for split, n in (("train", 4), ("val", 2)):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                y = (h - s) * i // 5
+                x = (w - s) * (i + (split == "val")) // 6
+                Image.fromarray(a[y:y + s, x:x + s]).resize((96, 96)).save(folder / f"{i}.jpg")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("readme")
+    _make_photos(d / "my_photos")
+    Image.fromarray(_photo("chelsea")).save(d / "my_photo.jpg")
+    # What `make demo` leaves (a trained run, its report), minus the minutes: one epoch on
+    # 64 images, no analyses.
+    r = CliRunner().invoke(zfnet_cli, ["demo", "--out", str(d / "runs" / "demo"), "--epochs", "1",
+                                       "--batch-size", "32", "--data", SMALL_DEMO, "--no-analyses"])
+    assert r.exit_code == 0, r.output
+    shim = d / "bin" / "zfnet"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m zfnet.cli "$@"\n')
+    shim.chmod(0o755)
+    return d
+
+
+# --- running ---------------------------------------------------------------------------------
+
+def _in_process(args: list[str]) -> bool:
+    return args[:1] == ["zfnet"] and not any(
+        a in ("&&", "||", "|", ";", "&") or a[:1] in "<>$" for a in args)
+
+
+def run_python(block: Block, text: str) -> None:
+    # Blank lines in front make tracebacks show README.md's own line numbers.
+    code = compile("\n" * (block.line - 1) + text, str(README), "exec")
+    try:
+        exec(code, {"__name__": "__readme__"})
+    except Exception:
+        pytest.fail(f"README.md:{block.line}: the Python block fails:\n{traceback.format_exc()}")
+
+
+def run_shell(line: int, command: str, workdir: Path) -> None:
+    args = shlex.split(command, comments=True)
+    if _in_process(args):
+        r = CliRunner().invoke(zfnet_cli, args[1:], prog_name="zfnet")
+        if r.exit_code != 0:
+            tb = "".join(traceback.format_exception(*r.exc_info)) if r.exc_info else ""
+            pytest.fail(f"README.md:{line}: `{command}` exited {r.exit_code}:\n{r.output}\n{tb}")
+        return
+    env = dict(os.environ, PATH=f"{workdir / 'bin'}{os.pathsep}{os.environ['PATH']}",
+               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run(["bash", "-ec", command], cwd=workdir, env=env, capture_output=True,
+                       text=True, timeout=120)
+    if r.returncode != 0:
+        pytest.fail(f"README.md:{line}: `{command}` exited {r.returncode}:\n{r.stdout}{r.stderr}")
+
+
+def test_snippets_run(workdir: Path, monkeypatch: pytest.MonkeyPatch, one_thread) -> None:
+    monkeypatch.chdir(workdir)
+    ran = 0
+    for block in blocks(README):
+        if block.lang not in RUN or block.not_run:
+            continue
+        text = replaced(block.text)
+        if block.lang == "python":
+            run_python(block, text)
+        else:
+            for line, command in commands(Block(block.lang, block.line, text, None)):
+                run_shell(line, command, workdir)
+        ran += 1
+    assert ran >= 5, f"only {ran} README blocks ran"
+
+
+# --- the README's shape, links and options ---------------------------------------------------
+
+def test_blocks_are_labelled_and_replacements_used() -> None:
+    text = README.read_text()
+    for b in blocks(README):
+        assert b.lang in RUN + SHOWN, (
+            f"README.md:{b.line - 1}: a code block must say its language, one of "
+            f"{', '.join(RUN + SHOWN)} (console/text are never run)")
+        if b.not_run is not None:
+            assert b.lang in RUN, f"README.md:{b.line - 2}: 'not run' before a block never run"
+    for old, new in REPLACE.items():
+        assert old in text, f"REPLACE entry {old!r} no longer occurs in README.md: delete it"
+        assert "\n" not in old + new  # line numbers must stay README's
+    # the first lines a reader sees: what to type
+    head = text.splitlines()[:8]
+    assert any(ln.startswith("make demo") for ln in head), head
+    assert any(ln.startswith("make test") for ln in head), head
+    assert len(text.splitlines()) <= 250
+
+
+def _links(path: Path) -> list[tuple[int, str]]:
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        out += [(n, m) for m in re.findall(r"\]\(([^)\s]+)\)", line)]
+    return out
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    out = set()
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            out.add(re.sub(r"\s", "-", re.sub(r"[^\w\s-]", "", title)))
+    return out
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_links_resolve(doc: Path) -> None:
+    for n, target in _links(doc):
+        if re.match(r"[a-z]+:", target):
+            continue  # web links are not checked offline
+        file, _, anchor = target.partition("#")
+        dest = (doc.parent / file).resolve() if file else doc
+        assert dest.exists(), f"{doc.name}:{n}: link to {target} points nowhere"
+        if anchor and dest.suffix == ".md":
+            assert anchor in _anchors(dest), f"{doc.name}:{n}: no heading #{anchor} in {file}"
+
+
+def _cli_commands() -> dict[str, click.Command]:
+    """'train', 'analyze occlusion', ... -> the click command."""
+    out = {}
+
+    def walk(group: click.Group, prefix: str) -> None:
+        for name, cmd in group.commands.items():
+            if isinstance(cmd, click.Group):
+                walk(cmd, f"{prefix}{name} ")
+            else:
+                out[prefix + name] = cmd
+
+    walk(zfnet_cli, "")
+    return out
+
+
+def _options(cmd: click.Command) -> set[str]:
+    return {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)} | {"--help", "-h"}
+
+
+def _code_spans(path: Path) -> list[tuple[int, str]]:
+    """Every inline code span and every shell command of a Markdown file, with its line."""
+    out = []
+    code_lines = set()
+    for b in blocks(path):
+        code_lines.update(range(b.line - 1, b.line + b.text.count("\n") + 1))
+        if b.lang in ("sh", "bash"):
+            out += commands(b)
+        elif b.lang == "console":
+            out += [(b.line + i, ln[2:]) for i, ln in enumerate(b.text.splitlines())
+                    if ln.startswith("$ ")]
+        elif b.lang == "text":  # listings, e.g. commands quoted in docs/results.md
+            out += list(enumerate(b.text.splitlines(), start=b.line))
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if n not in code_lines:
+            assert line.count("`") % 2 == 0, f"{path.name}:{n}: a code span breaks across lines"
+            out += [(n, s) for s in re.findall(r"`([^`]+)`", line)]
+    return out
+
+
+def _bench_options() -> set[str]:
+    """Options of the benchmark scripts, which the results quote beside zfnet's."""
+    text = "".join(p.read_text() for p in sorted((ROOT / "bench").glob("*.*"))
+                   if p.suffix in (".py", ".sh"))
+    return set(re.findall(r"[\"'](--[a-z][a-z0-9-]*)[\"'=]", text))
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_documented_options_exist(doc: Path) -> None:
+    """Every `zfnet COMMAND --option` written in the docs is an option of that command, and
+    every lone `--option` one of zfnet's or of a benchmark's: the docs cannot drift from the code
+    unseen."""
+    cmds = _cli_commands()
+    every = set().union(*(_options(c) for c in cmds.values())) | _bench_options()
+    every |= {opt for _, opt in PENDING_OPTIONS}
+    start = re.compile(r"(?<![\w./-])zfnet(?:\.cli)? ((?:[a-z]+ ?){1,2})")
+    for n, span in _code_spans(doc):
+        found = list(start.finditer(span))
+        for m, nxt in zip(found, [*found[1:], None][:len(found)], strict=True):
+            words = m.group(1).split()
+            name = " ".join(words[:2]) if " ".join(words[:2]) in cmds else words[0]
+            assert name in cmds, f"{doc.name}:{n}: `{span}`: no command `zfnet {name}`"
+            tail = span[m.end(): nxt.start() if nxt else None]
+            for opt in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", tail):
+                assert opt in _options(cmds[name]) or (name, opt) in PENDING_OPTIONS, (
+                    f"{doc.name}:{n}: `{span}`: `zfnet {name}` has no option {opt}")
+        if not found and re.fullmatch(r"--[a-z][a-z0-9-]*(?:[ =].*)?", span):
+            opt = re.match(r"--[a-z][a-z0-9-]*", span).group(0)
+            assert opt in every, f"{doc.name}:{n}: `{span}`: no command has {opt}"

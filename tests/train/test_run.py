@@ -1,0 +1,181 @@
+"""The trainer's pieces: building a run (every check before the first write to --out), the
+checked model, the resumed progress and loaders, the epoch's row and log lines."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import zfnet
+from tests.train.tiny import tiny_bundle, tiny_config
+from zfnet.cli import main
+from zfnet.train import load_model, train
+from zfnet.train import recipe as recipe_mod
+from zfnet.train.distributed import DistInfo
+from zfnet.train.logs import epoch_lines, epoch_row
+from zfnet.train.run import Progress, build_model, build_run, epoch_loader
+
+CPU = DistInfo(0, 1, 0, torch.device("cpu"))
+TINY = ["--model", "zfnet_small", "--model-opt", "conv_widths=16,16,16", "--model-opt",
+        "fc_width=32", "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--amp", "off",
+        "--quiet", "--no-tensorboard"]
+SYNTHETIC = "synthetic?n_train=16&n_val=8&size=32"
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    """Every file under `root` with its bytes (what "unchanged" compares)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["--data", SYNTHETIC, "--model-opt", "pool_kernel=0"], "pool_kernel=0"),
+    (["--data", SYNTHETIC, "--model-opt", "input_size=5"], "input_size"),
+    (["--data", SYNTHETIC, "--model-opt", "fc_width=-5"], "fc_width=-5"),
+    (["--data", "synthetic?n_train=16&nope=1"], "nope"),
+    (["--data", "imagefolder:/nonexistent/images"], "/nonexistent/images"),
+])
+def test_bad_input_writes_nothing(tmp_path, args, named) -> None:
+    """A bad model option or data spec is a one-line error naming it, before --out exists."""
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "--out", str(out), *TINY, *args])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output  # not a crash
+    assert "Traceback" not in r.output and named in r.output
+    assert r.output.startswith("Error: ") and r.output.count("\n") == 1
+    assert not out.exists()
+
+
+def test_bad_input_on_resume_leaves_the_run_unchanged(reference, tmp_path) -> None:
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference[0], out)
+    before = _files(out)
+    bad = [({"amp": "fp16"}, ValueError, "fp16.*CUDA"),  # checked after the data and resume
+           ({"model_opts": {"pool_kernel": 0}}, ValueError, "model_opts"),
+           ({"data": "synthetic?nope=1"}, ValueError, "data: 'tiny' in the run")]
+    for change, error, match in bad:
+        with pytest.raises(error, match=match):
+            train(tiny_config(out, epochs=4, resume=True, **change), bundle=tiny_bundle())
+        assert _files(out) == before, change
+
+
+def test_build_model_refuses_options_the_data_fixes_and_names_the_bad_one(tmp_path) -> None:
+    bundle = tiny_bundle()
+    with pytest.raises(ValueError, match=r"input_size cannot be set: .* 20 px crops"):
+        build_model(tiny_config(tmp_path, model_opts={"input_size": 5}), bundle)
+    # built, but its pooling fails on the first forward pass: a ValueError naming the option
+    with pytest.raises(ValueError, match=r"'zfnet_small' with .*pool_kernel=0 does not work on "
+                                         r"20 px 3-channel images: RuntimeError"):
+        build_model(tiny_config(tmp_path, model_opts={"pool_kernel": 0}), bundle)
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        build_model(tiny_config(tmp_path, model="nope"), bundle)
+
+
+def test_build_model_is_seeded_and_its_check_leaves_the_rngs_alone(tmp_path) -> None:
+    config = tiny_config(tmp_path, seed=3)
+    model = build_model(config, tiny_bundle())
+    after = torch.get_rng_state()
+    torch.manual_seed(3)
+    plain = zfnet.create_model("zfnet_small", num_classes=4, in_channels=3, input_size=20,
+                               **config.model_opts)
+    assert torch.equal(torch.get_rng_state(), after)  # the blank forward drew nothing
+    assert model.training
+    for k, v in plain.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_build_run_writes_nothing_and_resumes_the_saved_position(reference, tmp_path) -> None:
+    import shutil
+
+    config = tiny_config(tmp_path / "new", epochs=3)
+    run = build_run(config, CPU, tiny_bundle())
+    assert not (tmp_path / "new").exists()
+    assert run.progress == Progress() and run.resume_from is None
+    assert run.steps_per_epoch == 4 and run.shown is run.bare is run.model
+
+    out = tmp_path / "run"
+    shutil.copytree(reference[0], out)
+    meta = load_model(out / "checkpoints" / "epoch_0002")[1]
+    (out / "checkpoints" / "last.json").write_text('{"checkpoint": "epoch_0002"}')
+    run = build_run(tiny_config(out, epochs=3, resume=True), CPU, tiny_bundle())
+    assert run.resume_from.name == "epoch_0002"
+    assert (run.progress.epoch, run.progress.step, run.progress.global_step) == (2, 0, 8)
+    assert run.progress.history == meta["history"]
+    with pytest.raises(FileExistsError, match="--resume"):
+        build_run(tiny_config(out, epochs=3), CPU, tiny_bundle())
+
+
+def test_a_resumed_epoch_gives_the_rest_of_the_uninterrupted_one(tmp_path) -> None:
+    run = build_run(tiny_config(tmp_path / "run", epochs=3), CPU, tiny_bundle(n_train=30))
+    whole, n_whole = epoch_loader(run, 1)
+    batches = [(x.clone(), y.clone()) for x, y in whole]
+    rest, n_rest = epoch_loader(run, 1, start_step=2)
+    assert (n_whole, n_rest, len(batches)) == (30, 14, 4)
+    for (xa, ya), (xb, yb) in zip(batches[2:], rest, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    first, n_first = epoch_loader(run, 1, end_step=1)  # a budgeted run's last, partial epoch
+    assert n_first == 8 and torch.equal(next(iter(first))[0], batches[0][0])
+
+
+def test_progress_from_old_and_mid_epoch_meta() -> None:
+    old = {"epoch": 2, "global_step": 8, "history": [{"epoch": 1}, {"epoch": 2}]}
+    p = Progress.from_meta(old)  # a run saved before train_time_s, plans and mid-epoch sums
+    assert (p.epoch, p.step, p.global_step, p.train_time_s, p.plan) == (2, 0, 8, 0.0, None)
+    assert p.partial == dict.fromkeys(p.partial, 0.0)
+    mid = {**old, "step_in_epoch": 3, "partial_epoch": {"loss_sum": 1.5, "seen": 24.0},
+           "plan": {"total_steps": 10, "epochs": 3, "last_epoch_steps": 2, "budget_s": 60.0,
+                    "step_s": 1.0, "val_s": 1.0}}
+    p = Progress.from_meta(mid)
+    assert p.step == 3 and p.partial["loss_sum"] == 1.5 and p.partial["correct"] == 0.0
+    assert p.plan.total_steps == 10
+
+
+def test_checkpoints_with_the_old_sampler_entry_still_resume(reference, tmp_path) -> None:
+    """Checkpoints used to hold the sampler's state, never read (the position is the meta's);
+    they resume, and new ones no longer hold it."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference[0], out)
+    for state in out.glob("checkpoints/*/state.json"):
+        meta = json.loads(state.read_text())
+        assert "sampler" not in meta["train_state"]
+        meta["train_state"]["sampler"] = {"epoch": meta["epoch"], "skip": 0, "seed": 0}
+        state.write_text(json.dumps(meta))
+    summary = train(tiny_config(out, epochs=4, resume=True), bundle=tiny_bundle())
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 4
+
+
+def test_resume_before_the_first_checkpoint_takes_config_json(tmp_path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(tiny_config(out, lr=0.005).to_json())
+    config = recipe_mod.resolve_config(out=str(out), resume=True, epochs=2)
+    assert config.lr == 0.005 and config.epochs == 2 and config.data == "tiny"
+    (out / "config.json").write_text("{broken")
+    with pytest.raises(ValueError, match=r"config\.json is unreadable"):
+        recipe_mod.resolve_config(out=str(out), resume=True)
+
+
+def test_epoch_row_and_lines() -> None:
+    sums = {"loss_sum": 12.0, "correct": 18.0, "seen": 24.0, "expected": 32.0, "time": 2.0}
+    val = {"loss": 0.4, "top1_error": 0.25, "top5_error": 0.0}
+    row = epoch_row(1, 8, 0.01, sums, val)
+    assert row == {"epoch": 2, "global_step": 8, "lr": 0.01, "train_loss": 0.5,
+                   "train_top1_error": 0.25, "val_loss": 0.4, "val_top1_error": 0.25,
+                   "val_top5_error": 0.0, "epoch_time_s": 2.0, "img_per_s": 12.0, "skipped": 8}
+    lines = epoch_lines(row, 3, validated=True)
+    assert lines[0] == ("epoch 2/3  loss 0.5000  train err 25.00%  val top-1 err 25.00%  "
+                        "top-5 0.00%  lr 0.01  12 img/s")
+    assert lines[1].startswith("epoch 2: 8 training sample(s) skipped")
+    # an epoch whose every sample was a broken file: no division by zero
+    nothing = {"loss_sum": 0.0, "correct": 0.0, "seen": 0.0, "expected": 8.0, "time": 0.0}
+    empty = epoch_row(0, 4, 0.01, nothing, dict.fromkeys(val))
+    assert empty["train_loss"] == 0.0 and empty["skipped"] == 8
+    assert empty["img_per_s"] == 0.0 and not math.isnan(empty["train_top1_error"])
+    assert epoch_lines(empty, 3, validated=False)[0] == (
+        "epoch 1/3  loss 0.0000  train err 100.00%  lr 0.01  0 img/s")
