@@ -35,9 +35,15 @@ def test_demo_writes_every_section(demo_run) -> None:
 
 
 def test_demo_rerun_reuses_the_run(demo_run) -> None:
+    """No training again (training is deterministic: equal numbers alone would not show it):
+    the checkpoints are the same files, untouched."""
     out, first = demo_run
+    files = sorted((out / "checkpoints").rglob("*"))
+    stamps = [p.stat().st_mtime_ns for p in files]
     again = run_demo(out, epochs=2, batch_size=32, data=TINY, analyses=False, log=lambda s: None)
     assert again["val_top1_error"] == first["val_top1_error"]
+    assert sorted((out / "checkpoints").rglob("*")) == files
+    assert [p.stat().st_mtime_ns for p in files] == stamps
 
 
 @pytest.mark.parametrize("args", [

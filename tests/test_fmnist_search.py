@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from torchvision.transforms.v2 import functional as TF
 
 from zfnet.data import load_dataset
 from zfnet.data.fashion_mnist import DEFAULT_DIR
+from zfnet.data.transforms import random_crop_params
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -23,13 +25,28 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_crops_equal_the_trainers() -> None:
+    """The screen's batched crops are the ones the trainer gives sample by sample (the
+    dataset's `__getitem__` after torch is seeded with the sample's seed) and the ones
+    torchvision's crop and flip give by hand: every offset 0-4 and both flips occur."""
     train = load_dataset("fashion-mnist?n_train=40&n_val=1").train
-    idx = list(range(0, 40, 3))
-    params = [(i % 5, (3 * i) % 5, i % 2 == 0) for i in idx]
-    expected = torch.stack([x for x, _ in train.train_items(idx, params)])
+    full, size = train.full_size, train.input_size
+    idx = list(range(40))
+    params, per_sample = [], []
+    with torch.random.fork_rng(devices=[]):
+        for i in idx:
+            torch.manual_seed(1000 + i)
+            params.append(random_crop_params(full, full, size))  # the draws `__getitem__` makes
+            torch.manual_seed(1000 + i)
+            x, _ = train[i]  # the per-sample path: random crop and flip from torch's RNG
+            per_sample.append(x)
     tops, lefts, flips = (torch.tensor(v) for v in zip(*params, strict=True))
-    got = gather_crops(train.images[idx], train.mean, tops, lefts, flips, train.input_size)
-    assert torch.equal(got, expected)
+    assert set(tops.tolist()) == set(lefts.tolist()) == set(range(full - size + 1))
+    assert set(flips.tolist()) == {True, False}
+    got = gather_crops(train.images[idx], train.mean, tops, lefts, flips, size)
+    assert torch.equal(got, torch.stack(per_sample))
+    for k, (t, lf, flip) in enumerate(params):
+        want = TF.crop(train.images[idx[k]].float() - train.mean, t, lf, size, size)
+        torch.testing.assert_close(got[k], TF.hflip(want) if flip else want, rtol=0, atol=0)
 
 
 def test_a_run_learns_and_writes_its_result(tmp_path) -> None:

@@ -67,7 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zfnet.models import resolve_layer
+from zfnet.models import eval_mode, resolve_layer  # eval_mode also importable from here
 from zfnet.models.geometry import LAYER_TYPES, Window, chain_geometry, sequential_leaves, window_of
 from zfnet.models.lrn import lrn_factors, lrn_vjp
 
@@ -426,25 +426,6 @@ def _check_rule(rule: str, lrn: str) -> None:
         raise ValueError(f"rule={rule!r} is not known; valid: {', '.join(RULES)}")
     if lrn not in LRN_MODES:
         raise ValueError(f"lrn={lrn!r} is not known; valid: {', '.join(LRN_MODES)}")
-
-
-class eval_mode:  # noqa: N801  (used like a function: `with eval_mode(model):`)
-    """Eval mode for the duration of a `with`; every module's own flag restored after,
-    also after an exception (a model with mixed train/eval submodules comes back mixed)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.modes: dict[nn.Module, bool] = {}
-
-    def __enter__(self) -> nn.Module:
-        self.modes = {m: m.training for m in self.model.modules()}
-        self.model.eval()
-        return self.model
-
-    def __exit__(self, *exc: object) -> None:
-        for m, mode in self.modes.items():
-            m.training = mode
-        self.modes = {}
 
 
 def _model_tensor(model: nn.Module, x: Tensor) -> Tensor:

@@ -43,6 +43,7 @@ from torch import nn
 
 from zfnet.models.geometry import POINTWISE, Window, chain_sizes, pair, window_of
 from zfnet.models.layers import resolve_layer
+from zfnet.models.modes import eval_mode
 
 
 class UnsupportedModelError(ValueError):
@@ -478,9 +479,8 @@ def occlusion_logits(
     _check_boxes(boxes, image.shape[1], image.shape[2])
     fill_full = torch.as_tensor(fill, dtype=image.dtype, device=image.device)
     fill_full = fill_full.expand_as(image).contiguous()
-    was_training = model.training
-    model.eval()  # dropout off: an occlusion map of a random network makes no sense
-    try:
+    # dropout off: an occlusion map of a random network makes no sense
+    with eval_mode(model):
         with torch.inference_mode():
             runner = _Runner(model, image, boxes, fill_full, tau, watch)
             logits = image.new_empty((len(boxes), runner.base_logits.shape[0]))
@@ -509,6 +509,4 @@ def occlusion_logits(
                 if sum(len(w) for w in where) >= batch_size:
                     run_head(final=False)
             run_head(final=True)
-    finally:
-        model.train(was_training)
     return logits, watched

@@ -216,7 +216,7 @@ def randomization(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
     units: each image's strongest map in `layer`."""
     from zfnet.activations import get_activations
     from zfnet.analyses.sanity import cascading_randomization, randomization_section
-    from zfnet.models import layer_info, resolve_layer
+    from zfnet.models import eval_mode, layer_info, resolve_layer
 
     check_fits(model, bundle)
     path, _ = resolve_layer(model, layer)  # unknown: UnknownLayerError listing valid names
@@ -230,7 +230,8 @@ def randomization(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
         raise ValueError(f"n_images={n_images}: the val split of {bundle.spec!r} has "
                          f"{len(val)} images; give 1 to {len(val)}")
     x = torch.stack([val[i][0] for i in range(n_images)])
-    act = get_activations(model.eval(), x, [layer])[layer]  # (N, C, H, W)
+    with eval_mode(model):
+        act = get_activations(model, x, [layer])[layer]  # (N, C, H, W)
     channels = act.flatten(2).amax(2).argmax(1)  # (N,)
     res = cascading_randomization(model, x, layer, channels)
     randomization_section(run_dir, res)

@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import zfnet
+from zfnet.activations import get_activations
 from zfnet.analyses.probes import extract_features, fit_linear, linear_probes, transfer
 
 
@@ -35,10 +37,15 @@ def test_probes_find_a_separable_signal() -> None:
 
 
 def test_extract_features_order_and_labels() -> None:
+    """Row i is image i's feature (fc: as is; conv: average-pooled to 2x2), over batches of 3."""
     model = zfnet.create_model("zfnet_small", input_size=32)
     x, y = _separable(10, 2)
-    f, labels = extract_features(model, _batches(x, y, 3), ["relu6"])
+    f, labels = extract_features(model, _batches(x, y, 3), ["relu6", "conv5"])
     assert f["relu6"].shape == (10, 512) and np.array_equal(labels, y.numpy())
+    want = get_activations(model.eval(), x, ["relu6", "conv5"])
+    np.testing.assert_allclose(f["relu6"], want["relu6"].numpy(), rtol=1e-5, atol=1e-5)
+    pooled = F.adaptive_avg_pool2d(want["conv5"], 2).flatten(1).numpy()  # (10, C * 4)
+    np.testing.assert_allclose(f["conv5"], pooled, rtol=1e-5, atol=1e-5)
 
 
 def test_unknown_classifier() -> None:

@@ -14,6 +14,7 @@ from zfnet.analyses.transfer import (
 )
 from zfnet.data import load_dataset
 from zfnet.report import read_sections
+from zfnet.train import load_model
 
 TINY = "synthetic?n_train=40&n_val=20&size=32&classes=face,house"
 
@@ -53,6 +54,8 @@ def test_transfer_study_end_to_end(tmp_path, one_thread) -> None:
     # the scratch runs took the model's input shape (grey 32 px) from the adapted target
     cfg = (tmp_path / "transfer" / "scratch_3_per_class" / "config.json").read_text()
     assert '"model": "zfnet_small"' in cfg
+    net = load_model(tmp_path / "transfer" / "scratch_3_per_class")[1]["model_config"]
+    assert (net["in_channels"], net["input_size"], net["num_classes"]) == (1, 32, 2)
     again = transfer_study(model, TINY, (1,), tmp_path, model_name="zfnet_small", n_test=10,
                            scratch_steps=2, batch_size=4)  # re-run replaces its own output
     assert len(again) == 1

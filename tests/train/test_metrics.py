@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -57,3 +58,19 @@ def test_ten_crop_averages_softmax() -> None:
     assert r["loss"] == pytest.approx(-probs[0, 0].log().item(), rel=1e-5)
     centre = DataLoader(TensorDataset(x[:, 4], y), batch_size=1)  # the centre crop alone
     assert evaluate(CropScorer(), centre, num_classes=3)["top1_error"] == 1.0
+
+
+def test_evaluate_runs_in_eval_mode_and_gives_the_model_back_as_it_was() -> None:
+    """Dropout off while scoring (the loss is that of the plain linear layer), and a model in
+    training mode with one submodule in eval mode comes back so."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Dropout(0.9), nn.Linear(12, 3), nn.Dropout(0.9))
+    model.train()
+    model[3].eval()
+    before = [m.training for m in model.modules()]
+    x, y = torch.randn(8, 3, 2, 2), torch.arange(8) % 3
+    r = evaluate(model, DataLoader(TensorDataset(x, y), batch_size=4), num_classes=3)
+    with torch.no_grad():
+        want = F.cross_entropy(model[2](x.flatten(1)), y).item()
+    assert r["loss"] == pytest.approx(want, rel=1e-5)
+    assert [m.training for m in model.modules()] == before

@@ -284,9 +284,14 @@ def test_per_sample_seeding_covers_the_rngs_a_dataset_uses(tmp_path) -> None:
     crops = load_dataset("synthetic?n_train=8&n_val=8").train  # zfnet's: torch's RNG only
     fast = recipe_mod.SeededSamples(torch.utils.data.Subset(crops, range(8)), seed=1)
     assert fast.rngs == ("torch",)
-    np_state = np.random.get_state()[1].copy()
-    torch.testing.assert_close(fast[3][0], fast[3][0])
-    assert (np.random.get_state()[1] == np_state).all()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(fast.sample_seed(3))
+        want = crops[3][0]  # the dataset's own draw under sample 3's seed
+    torch.manual_seed(123)  # a global state of its own: the sample's draw must not depend on it
+    np_state, torch_state = np.random.get_state()[1].copy(), torch.get_rng_state()
+    torch.testing.assert_close(fast[3][0], want, rtol=0, atol=0)
+    assert torch.equal(torch.get_rng_state(), torch_state)  # torch's state restored
+    assert (np.random.get_state()[1] == np_state).all()  # numpy's not touched
     NumpyNoise.global_rngs = ("torch", "cupy")
     with pytest.raises(ValueError, match=r"\['cupy'\] unknown; valid: torch, python, numpy"):
         recipe_mod.SeededSamples(NumpyNoise(), seed=1)
@@ -316,12 +321,15 @@ def test_batched_training_items_equal_item_by_item(tmp_path) -> None:
             batch = seeded.__getitems__(indices)
             single = [seeded[i] for i in indices]
         assert len(batch) == len(single)
+        compared = 0
         for got, want in zip(batch, single, strict=True):
             if want is None:
                 assert got is None
                 continue
             assert got[1] == want[1] and got[0].is_contiguous()
             assert torch.equal(got[0], want[0])
+            compared += 1
+        assert compared == (5 if data is folder else 8)  # folder items 4-7 broken, 5-7 asked
         assert sum(item is None for item in batch) == sum(item is None for item in single)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

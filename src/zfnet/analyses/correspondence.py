@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from zfnet.activations import capture
+from zfnet.models import eval_mode
 
 PAPER_TABLE1 = {  # part -> (layer 5 Δ, layer 7 Δ), paper Table 1 means
     "right eye": (0.067, 0.069),
@@ -104,9 +105,7 @@ def correspondence(
     """
     if not part_masks:
         raise ValueError("part_masks is empty: give at least one part")
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with capture(model, layers) as store:
             model(images)
             ref = {k: v.flatten(1).clone() for k, v in store.items()}
@@ -136,8 +135,6 @@ def correspondence(
                 {k: v.mean().item() for k, v in d.items()},
                 {k: (v.std().item() if len(v) > 1 else 0.0) for k, v in d.items()},
             ))
-    finally:
-        model.train(was_training)
     return rows
 
 

@@ -22,6 +22,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from zfnet.activations import capture
+from zfnet.models import eval_mode
 
 KINDS = ("translate", "scale", "rotate")
 
@@ -89,9 +90,7 @@ def invariance(
     image is followed. Returns distances relative to the original's feature norm (see module doc).
     """
     values = list(DEFAULT_VALUES[kind] if values is None else values)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with capture(model, layers) as store:
             logits = model(normalize(images))
             ref = {k: v.flatten(1).clone() for k, v in store.items()}  # (N, D) per layer
@@ -107,8 +106,6 @@ def invariance(
                 for k in layers:
                     f = store[k].flatten(1)
                     dist[k][:, j] = (f - ref[k]).norm(dim=1) / ref[k].norm(dim=1).clamp_min(1e-12)
-    finally:
-        model.train(was_training)
     return InvarianceResult(kind, values, list(layers), dist, prob, target.tolist())
 
 

@@ -39,7 +39,7 @@ from torch import nn
 
 from zfnet.activations import capture
 from zfnet.incremental import UnsupportedModelError, as_chain, occlusion_logits
-from zfnet.models import layer_info, resolve_layer
+from zfnet.models import eval_mode, layer_info, resolve_layer
 
 METHODS = ("auto", "incremental", "full")
 
@@ -217,9 +217,7 @@ def occlusion(
         raise ValueError(f"tau={tau} is incremental inference's approximate mode, which this "
                          "model or method='full' cannot use; pass tau=1")
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.inference_mode():
             with capture(model, [layer]) as store:
                 base_logits = model(image[None])[0]  # (K,)
@@ -244,8 +242,6 @@ def occlusion(
             if method == "full":
                 logits, watched = _full_logits(model, image, boxes, fill_t, batch_size, watch)
         projection = _deconv_projection(model, image, layer, channel) if project else None
-    finally:
-        model.train(was_training)
 
     grid = (len(tops), len(lefts))
     probs = torch.softmax(logits.float(), dim=1)  # (N, K)

@@ -28,6 +28,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
 from zfnet.activations import capture
+from zfnet.models import eval_mode
 
 CLASSIFIERS = ("softmax", "svm")
 
@@ -43,11 +44,9 @@ def extract_features(
 
     Returns ({layer: (N, D) float32}, labels (N,)). Conv maps are average-pooled to grid×grid.
     """
-    was_training = model.training
-    model.eval()
     feats: dict[str, list[np.ndarray]] = {k: [] for k in layers}
     labels: list[np.ndarray] = []
-    try:
+    with eval_mode(model):
         with capture(model, layers) as store:
             for x, y in batches:
                 model(x)
@@ -57,8 +56,6 @@ def extract_features(
                         f = F.adaptive_avg_pool2d(f, grid)
                     feats[k].append(f.flatten(1).float().cpu().numpy())
                 labels.append(torch.as_tensor(y).cpu().numpy())
-    finally:
-        model.train(was_training)
     return {k: np.concatenate(v) for k, v in feats.items()}, np.concatenate(labels)
 
 

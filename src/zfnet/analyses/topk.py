@@ -24,8 +24,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
-from zfnet.deconvnet import eval_mode, feature_chain
-from zfnet.models import resolve_layer
+from zfnet.deconvnet import feature_chain
+from zfnet.models import eval_mode, resolve_layer
 
 _NO_IMAGE = torch.iinfo(torch.int64).max  # sorts after every real index
 

@@ -13,6 +13,7 @@ from zfnet.models.layers import (
     resolve_layer,
 )
 from zfnet.models.lrn import LocalResponseNorm
+from zfnet.models.modes import eval_mode
 from zfnet.models.options import (
     MODEL_OPTIONS,
     check_model_option,
@@ -25,7 +26,7 @@ __all__ = [
     "MODEL_OPTIONS", "ConvNet", "ConvSpec", "LayerGeometry", "LayerInfo", "LocalResponseNorm",
     "NetConfig", "UnknownLayerError",
     "apply_overrides", "check_model_option", "check_model_options", "create_model",
-    "feature_size", "filter_rms", "layer_info", "layer_name", "layer_names", "list_models",
-    "parse_model_option",
+    "eval_mode", "feature_size", "filter_rms", "layer_info", "layer_name", "layer_names",
+    "list_models", "parse_model_option",
     "register_model", "resolve_layer", "sequential_geometry",
 ]

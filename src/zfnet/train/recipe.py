@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from zfnet.data.transforms import CropDataset, random_crop_params
+from zfnet.models import eval_mode
 from zfnet.train import checkpoint as ckpt
 from zfnet.train import distributed as ddp
 from zfnet.train.budget import Plan, plan_steps
@@ -362,27 +363,27 @@ def evaluate(
     `collate`; a batch of only broken files has 0 items) are left out of every figure and
     counted in `skipped` (None when the loader's length is unknown)."""
     info = info or ddp.DistInfo(0, 1, 0, next(model.parameters()).device)
-    model.eval()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     sums = torch.zeros(4, dtype=torch.float64)  # loss, top1 correct, top5 correct, n
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64)
-    for x, y in loader:
-        if y.shape[0] == 0:  # only broken files: nothing to score
-            continue
-        crops = x.shape[1] if x.ndim == 5 else 1
-        x = x.flatten(0, 1) if x.ndim == 5 else x  # (N*crops, C, S, S)
-        x = x.to(info.device, non_blocking=True, memory_format=fmt)
-        with torch.autocast(info.device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-            logits = torch.cat([model(p).float() for p in x.split(EVAL_CHUNK)])  # (N*crops, K)
-        probs = logits.softmax(1).view(-1, crops, logits.shape[1]).mean(1).cpu()  # (N, K)
-        y = y.cpu()
-        sums += torch.tensor([
-            float(F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum")),
-            float(topk_correct(probs, y, 1).sum()),
-            float(topk_correct(probs, y, 5).sum()),
-            float(y.shape[0]),
-        ], dtype=torch.float64)
-        confusion += confusion_matrix(probs.argmax(1), y, num_classes)
+    with eval_mode(model):  # the caller's train/eval flags come back as they were
+        for x, y in loader:
+            if y.shape[0] == 0:  # only broken files: nothing to score
+                continue
+            crops = x.shape[1] if x.ndim == 5 else 1
+            x = x.flatten(0, 1) if x.ndim == 5 else x  # (N*crops, C, S, S)
+            x = x.to(info.device, non_blocking=True, memory_format=fmt)
+            with torch.autocast(info.device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+                logits = torch.cat([model(p).float() for p in x.split(EVAL_CHUNK)])  # (N*crops, K)
+            probs = logits.softmax(1).view(-1, crops, logits.shape[1]).mean(1).cpu()  # (N, K)
+            y = y.cpu()
+            sums += torch.tensor([
+                float(F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum")),
+                float(topk_correct(probs, y, 1).sum()),
+                float(topk_correct(probs, y, 5).sum()),
+                float(y.shape[0]),
+            ], dtype=torch.float64)
+            confusion += confusion_matrix(probs.argmax(1), y, num_classes)
     sampled = _length(getattr(loader, "sampler", None))
     totals = ddp.all_reduce_sum(sums.tolist() + [float(sampled or 0)]
                                 + confusion.flatten().tolist(), info)

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 import zfnet
 from zfnet.data import collate
+from zfnet.models import eval_mode
 from zfnet.train import checkpoint as ckpt
 from zfnet.train import distributed as ddp
 from zfnet.train.budget import Plan
@@ -239,12 +240,8 @@ def build_model(config: TrainConfig, bundle: Any) -> nn.Module:
 def _forward_blank(model: nn.Module, channels: int, size: int) -> None:
     """Run `model` once on a blank (1, C, S, S) image in eval mode, leaving its state, its
     mode and the RNGs as they were."""
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        model.eval()
-        try:
-            model(torch.zeros(1, channels, size, size))
-        finally:
-            model.train()
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), eval_mode(model):
+        model(torch.zeros(1, channels, size, size))
 
 
 def _place(
