@@ -20,11 +20,19 @@ the box is exactly where the unit's gradient is nonzero (tests/models/test_geome
 
 The windows are those of the module's zero padding; with `padding_mode` "reflect" or
 "circular" a border unit also depends on the mirrored / wrapped pixels (the engines refuse
-those). Windows are per module, so a graph (residual blocks) can combine them per branch.
+those).
+
+Any other network (ResNets, DenseNets, GoogLeNet, MobileNets, ConvNeXt ...): `graph_geometry`
+gives every module's `LayerGeometry` from the autograd graph of one forward pass on a meta-device
+copy, composing the same `Window`s per branch and taking the union where branches merge (its
+own section below). None where a unit mixes every position (global pooling, linear layers on a
+flattened map): such a unit sees the whole image.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -174,6 +182,10 @@ class LayerGeometry:
 
     rows: AxisGeometry
     cols: AxisGeometry
+    # True where the units also depend on the whole image through a gate broadcast over the
+    # map (squeeze-and-excitation: the map times a per-channel scale computed from all of it):
+    # the box is then the field of the map the gate scales (`graph_geometry`).
+    gated: bool = False
 
     @classmethod
     def of_input(cls, size: int | tuple[int, int]) -> LayerGeometry:
@@ -191,7 +203,7 @@ class LayerGeometry:
         t, lf, h, w = win.input_window(0, 0, 1, 1)
         (sh, sw), (oh, ow) = win.stride, win.out_size((self.rows.size, self.cols.size))
         return LayerGeometry(_axis_then(self.rows, t, h, sh, oh),
-                             _axis_then(self.cols, lf, w, sw, ow))
+                             _axis_then(self.cols, lf, w, sw, ow), self.gated)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -311,8 +323,663 @@ def sequential_geometry(
     return out
 
 
+# =============================================================================================
+# Any network: every module's geometry, read off the autograd graph of one forward pass
+# =============================================================================================
+#
+# A network that is not a chain (residual additions, concatenations, squeeze-and-excitation
+# gates, reshapes around linear layers) has no list of layers to compose. Its forward pass does:
+# the autograd graph of one pass records every operation with its arguments (a convolution's
+# stride, padding, dilation and weight shape; a pooling's window; a concatenation's dim), so the
+# geometry of every tensor follows from its inputs', node by node from the input up:
+#
+#   conv, max / avg pooling          its `Window` (`LayerGeometry.then`)
+#   adaptive pooling H -> h > 1       the window of stride H/h when h divides H; None otherwise
+#   element-wise nodes                keep it (ReLU, batch norm in eval, dropout, clone, ...)
+#   add, mul, cat along channels ...  the union of the inputs' fields (jumps must agree)
+#   a gate broadcast over the map     keeps the map's field, `gated` set (squeeze-and-excitation)
+#   view, permute, squeeze, select,   keep it, following where the rows and columns go; a linear
+#   linear on (N*H*W, C) ...          layer acting per position (ConvNeXt) keeps it
+#   mean over H, W, flatten + linear  None: the unit mixes every position (it sees the image)
+#   anything else                     None: never a wrong box
+#
+# A tensor's rows and columns need not be its last two dims: each axis is followed as (dim,
+# step) — unit index = (index along dim // step) % size — through reshapes (on the row-major
+# order a reshape keeps) and permutations. Beside the symbolic geometry, the walk computes, per
+# axis, the input interval every unit depends on (the windows' taps that fall inside their
+# input, the union's min / max); the geometry is kept only where its clipped box equals them for
+# every unit, so a union whose last units' reach cannot be one number, or a crop before a
+# padded window, gives None rather than a wrong box.
+
+
+class _Mark:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+_CONST = _Mark("CONST")  # does not depend on the input (weights, constants)
+_GATE = _Mark("GATE")  # depends on the input, the same at every position (a broadcast gate)
+
+_Dim = tuple[int, int] | None  # (tensor dim, step) of one axis; None: the axis has size 1
+_Spans = tuple[tuple[int, ...], tuple[int, ...]]  # per unit along one axis: input [lo, hi)
+
+
+@dataclass(frozen=True)
+class _Field:
+    """A tensor whose units sit at `geo`; `dims` says where rows and columns are in its shape,
+    `spans` which input pixels each unit depends on (the check on `geo`)."""
+
+    geo: LayerGeometry
+    dims: tuple[_Dim, _Dim]
+    spans: tuple[_Spans, _Spans]
+
+
+_State = _Field | _Mark | None  # None: depends on the input, no spatial geometry
+
+
+class GeometryError(ValueError):
+    """The model could not run the forward pass the geometry is read from."""
+
+
+def graph_geometry(model: nn.Module, input_size: int | tuple[int, int],
+                   in_channels: int | None = None) -> dict[str, LayerGeometry | None]:
+    """Geometry of the output of every module of any model fed `input_size` (a side or (H, W)),
+    keyed by module path (the model itself left out); for a module called several times in one
+    forward pass, its last call. None where the output has no spatial geometry: a unit that mixes
+    every position (global pooling, flatten + linear, the logits) — it sees the whole image —,
+    after a node the walk does not know, or an output that is not a map (N, C, H, W) (a
+    channels-last tensor inside a ConvNeXt block). Modules that do not run are left out.
+
+    One forward pass on a meta-device copy of the model (no weights copied, nothing computed),
+    in eval mode; if the model cannot run on the meta device, on the model itself with a zero
+    input (eval mode for the pass, every module's flag restored). The model is left as it was:
+    no hook, no flag, no parameter moved. `in_channels`: default, the first convolution's.
+    `GeometryError` if the forward pass fails (e.g. an input too small for the model).
+    """
+    size = pair(input_size)
+    if min(size) < 1:
+        raise ValueError(f"input_size must be positive, got {input_size}")
+    if in_channels is None:
+        in_channels = next((int(m.in_channels) for m in model.modules()
+                            if isinstance(m, nn.modules.conv._ConvNd)), 3)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    try:
+        return _graph_geometry(_meta_copy(model), size, in_channels, dtype, torch.device("meta"))
+    except Exception:  # noqa: BLE001  (an op with no meta kernel, .item(), ...: run it for real)
+        pass
+    p = next(model.parameters(), None)
+    device = p.device if p is not None else torch.device("cpu")
+    try:
+        return _graph_geometry(model, size, in_channels, dtype, device)
+    except Exception as e:  # noqa: BLE001  (any failure of the user's forward pass)
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise GeometryError(
+            f"{type(model).__name__} does not run on a 1x{in_channels}x{size[0]}x{size[1]} "
+            f"input ({msg}); give an input size (and channels) the model takes") from e
+
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose parameters and buffers are meta tensors (no data copied)."""
+    memo: dict[int, object] = {}
+    for t in (*model.parameters(), *model.buffers()):
+        m = torch.empty_like(t, device="meta")
+        memo[id(t)] = nn.Parameter(m, requires_grad=False) if isinstance(t, nn.Parameter) else m
+    return copy.deepcopy(model, memo)
+
+
+def _graph_geometry(model: nn.Module, size: tuple[int, int], in_channels: int,
+                    dtype: torch.dtype, device: torch.device) -> dict[str, LayerGeometry | None]:
+    from zfnet.deconvnet import eval_mode  # local: deconvnet imports this module
+
+    made: dict[str, tuple[object, tuple[int, ...]]] = {}  # path -> (output's grad_fn, shape)
+    handles = []
+    try:
+        for path, m in model.named_modules():
+            if not path:
+                continue
+
+            def hook(_m: nn.Module, _i: object, out: object, path: str = path) -> None:
+                # the node that made the output *now*: an in-place op later (`out += identity`)
+                # gives the tensor another grad_fn
+                made[path] = ((out.grad_fn, tuple(out.shape)) if isinstance(out, Tensor)
+                              else (_CONST, ()))
+            handles.append(m.register_forward_hook(hook))
+        with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
+            x0 = torch.zeros(1, in_channels, *size, dtype=dtype, device=device,
+                             requires_grad=True)
+            # a clone, so that the model may change its input in place
+            model(x0.clone())
+    finally:
+        for h in handles:
+            h.remove()
+    walk = _Walk(x0, size)
+    out: dict[str, LayerGeometry | None] = {}
+    for path, (node, shape) in made.items():
+        state = walk.state(node) if node is not None and node is not _CONST else _CONST
+        # a map whose rows and columns are its last two dims, as every consumer indexes it
+        # (not a channels-last tensor inside a ConvNeXt block)
+        out[path] = state.geo if _last_two(state, shape) else None
+    return out
+
+
+class _Walk:
+    """The states of a forward pass's autograd nodes, each from its inputs' (memoised)."""
+
+    def __init__(self, leaf: Tensor, size: tuple[int, int]) -> None:
+        self.leaf, self.size = leaf, size
+        h, w = size
+        nd = leaf.ndim
+        self.input = _Field(LayerGeometry.of_input(size),
+                            ((nd - 2, 1) if h > 1 else None, (nd - 1, 1) if w > 1 else None),
+                            ((tuple(range(h)), tuple(range(1, h + 1))),
+                             (tuple(range(w)), tuple(range(1, w + 1)))))
+        self.memo: dict[object, _State] = {}
+
+    def state(self, root: object) -> _State:
+        stack = [root]
+        while stack:  # iterative post-order: a node after every node it reads
+            n = stack[-1]
+            if n in self.memo:
+                stack.pop()
+                continue
+            todo = [f for f, _ in n.next_functions if f is not None and f not in self.memo]
+            if todo:
+                stack.extend(todo)
+                continue
+            stack.pop()
+            self.memo[n] = self._node(n)
+        return self.memo[root]
+
+    def _node(self, n: object) -> _State:
+        name = type(n).__name__
+        if name == "AccumulateGrad":
+            return self.input if n.variable is self.leaf else _CONST
+        ins = [(_CONST, (), None) if f is None else (self.memo[f], _shape(f, i), f)
+               for f, i in n.next_functions]
+        if all(s is _CONST for s, _, _ in ins):
+            return _CONST
+        out = _shape(n, 0)
+        if name in _ELEMENTWISE or _pointwise_function(n):
+            if getattr(n, "_saved_training", False):
+                return None  # batch norm with batch statistics: mixes every position
+            return self._merge([self._operand(s, sh, f) for s, sh, f in ins], out)
+        handler = _HANDLERS.get(name)
+        return None if handler is None else handler(self, n, ins, out)
+
+    def _operand(self, s: _State, shape: tuple[int, ...], f: object
+                 ) -> tuple[_State, tuple[int, ...]]:
+        """An operand of an element-wise node; an explicit `expand` (a gate made as big as the
+        map: `x * s.expand_as(x)`) read as the broadcast it is."""
+        if f is not None and type(f).__name__ == "ExpandBackward0":
+            g, _ = f.next_functions[0]
+            return (_CONST if g is None else self.memo[g]), tuple(f._saved_self_sym_sizes)
+        return s, shape
+
+    # --- merging branches ---------------------------------------------------------------------
+
+    def _merge(self, ops: list[tuple[_State, tuple[int, ...]]], out: tuple[int, ...],
+               cat_dim: int | None = None) -> _State:
+        """Element-wise (broadcasting) or concatenating along `cat_dim`: the union of the
+        operands' fields; an operand broadcast over the map is a gate."""
+        dep = [(s, sh) for s, sh in ops if s is not _CONST]
+        if not dep:
+            return _CONST
+        nd = len(out)
+        big = [(s, sh) for s, sh in dep
+               if isinstance(s, _Field) and any(d is not None for d in s.dims)]
+        fields: list[_Field] = []
+        gated = False
+        if not big:  # every field is one unit, or there is none
+            for s, sh in dep:
+                if s is _GATE:
+                    gated = True
+                elif s is None:
+                    return None
+                elif any(a != b for i, (a, b) in enumerate(zip(_aligned(sh, nd), out, strict=True))
+                         if i != cat_dim):
+                    return None  # one unit broadcast, but along which dims is not known
+                else:
+                    fields.append(_shifted(s, nd - len(sh)))
+            return _union(fields, self.size, gated) if fields else _GATE
+        dims = _mapped(big[0][0], nd - len(big[0][1]))
+        spatial = {d[0] for d in dims if d is not None}
+        if cat_dim in spatial:
+            return None  # concatenated along rows or columns
+        for s, sh in dep:
+            off = nd - len(sh)
+            bc = {d for d in spatial if d - off < 0 or sh[d - off] == 1}
+            if bc:  # the same value at every position: a gate (or a row / column one: None)
+                if bc != spatial:
+                    return None
+                gated = True
+            elif isinstance(s, _Field) and _mapped(s, off) == dims:
+                fields.append(_shifted(s, off))
+            elif s is _GATE:
+                gated = True
+            else:
+                return None  # input-dependent at every position, but without a field
+        return _union(fields, self.size, gated)
+
+
+def _shape(node: object, i: int) -> tuple[int, ...]:
+    """Shape of output `i` of an autograd node (what its backward receives)."""
+    meta = node._input_metadata  # type: ignore[attr-defined]
+    return tuple(int(v) for v in meta[i].shape) if i < len(meta) else ()
+
+
+def _aligned(shape: tuple[int, ...], nd: int) -> tuple[int, ...]:
+    return (1,) * (nd - len(shape)) + tuple(shape)
+
+
+def _mapped(f: _Field, off: int) -> tuple[_Dim, _Dim]:
+    return tuple(None if d is None else (d[0] + off, d[1]) for d in f.dims)  # type: ignore[return-value]
+
+
+def _shifted(f: _Field, off: int) -> _Field:
+    return f if off == 0 else _Field(f.geo, _mapped(f, off), f.spans)
+
+
+def _union(fields: list[_Field], size: tuple[int, int], gated: bool) -> _Field | None:
+    """The union of fields on the same units: per axis the smallest first pixel and the largest
+    last; None where the jumps or sizes differ, or the result is not exact."""
+    f0 = fields[0]
+    gated = gated or any(f.geo.gated for f in fields)
+    if len(fields) == 1:
+        return _Field(LayerGeometry(f0.geo.rows, f0.geo.cols, gated), f0.dims, f0.spans)
+    axes, spans = [], []
+    for a, name in enumerate(("rows", "cols")):
+        gs = [getattr(f.geo, name) for f in fields]
+        if len({g.size for g in gs}) > 1 or len({g.jump for g in gs}) > 1:
+            return None
+        lo = tuple(min(v) for v in zip(*(f.spans[a][0] for f in fields), strict=True))
+        hi = tuple(max(v) for v in zip(*(f.spans[a][1] for f in fields), strict=True))
+        first = min(g.first for g in gs)
+        end = max(g.first + g.rf for g in gs)
+        axes.append(AxisGeometry(gs[0].size, gs[0].jump, end - first, first, max(hi)))
+        spans.append((lo, hi))
+    return _checked(LayerGeometry(axes[0], axes[1], gated), f0.dims, (spans[0], spans[1]), size)
+
+
+def _checked(geo: LayerGeometry, dims: tuple[_Dim, _Dim], spans: tuple[_Spans, _Spans],
+             size: tuple[int, int]) -> _Field | None:
+    """The field if `geo`'s clipped box is every unit's interval, else None. A unit that
+    reads only padding (an explicit padding layer's border) depends on no pixel: its box is
+    where the lattice puts it."""
+    for ax, (lo, hi), n in zip((geo.rows, geo.cols), spans, size, strict=True):
+        if len(lo) != ax.size:
+            return None
+        for r in range(ax.size):
+            top = max(ax.first + r * ax.jump, 0)
+            bottom = min(ax.first + r * ax.jump + ax.rf, n, ax.reach)
+            if lo[r] < hi[r] and (top, bottom) != (lo[r], hi[r]):
+                return None
+    return _Field(geo, dims, spans)
+
+
+def _spans_then(spans: _Spans, win: Window, ax: int, out_n: int, n_in: int) -> _Spans:
+    """Per output unit of `win` along `ax`: the union of the intervals of the taps that fall
+    inside the input (padding reads nothing); (n_in, 0) where none does."""
+    lo, hi = spans
+    n = len(lo)
+    s, p, k, d = win.stride[ax], win.padding[ax], win.kernel[ax], win.dilation[ax]
+    new_lo, new_hi = [], []
+    for o in range(out_n):
+        start = o * s - p
+        j0 = 0 if start >= 0 else -(start // d)  # first tap at or after position 0
+        j1 = min(k - 1, (n - 1 - start) // d)  # last tap before position n
+        if j0 > j1:
+            new_lo.append(n_in)
+            new_hi.append(0)
+            continue
+        taps = range(start + j0 * d, start + j1 * d + 1, d)
+        new_lo.append(min(lo[t] for t in taps))
+        new_hi.append(max(hi[t] for t in taps))
+    return tuple(new_lo), tuple(new_hi)
+
+
+def _windowed(f: _Field, win: Window, out_hw: tuple[int, int], dims: tuple[_Dim, _Dim],
+              size: tuple[int, int]) -> _Field | None:
+    """`f` through `win` (both axes), to an output of `out_hw` whose axes are `dims`."""
+    geo = f.geo.then(win)
+    if geo.shape != out_hw:
+        return None
+    spans = tuple(_spans_then(f.spans[a], win, a, out_hw[a], size[a]) for a in (0, 1))
+    dims = tuple(d if n > 1 else None for d, n in zip(dims, out_hw, strict=True))
+    return _checked(geo, dims, spans, size)  # type: ignore[arg-type]
+
+
+def _last_two(f: _State, shape: tuple[int, ...]) -> bool:
+    """Whether `f` is a field whose rows and columns are the last two dims of `shape`."""
+    if not isinstance(f, _Field) or len(shape) < 3 or f.geo.shape != shape[-2:]:
+        return False
+    nd = len(shape)
+    return all(d == (nd - 2 + a, 1) or (d is None and shape[nd - 2 + a] == 1)
+               for a, d in enumerate(f.dims))
+
+
+def _sole(ins: list, i: int = 0) -> _State:
+    """Input `i`'s state when every other input is constant (weights), else None."""
+    if any(s is not _CONST for j, (s, _, _) in enumerate(ins) if j != i):
+        return None
+    return ins[i][0]
+
+
+def _dim(d: int, nd: int) -> int:
+    if d >= 2**63:  # an int64 dim read back as uint64 (MeanBackward1's -1)
+        d -= 2**64
+    return d % nd if nd else 0
+
+
+def _spatial(f: _Field) -> set[int]:
+    return {d[0] for d in f.dims if d is not None}
+
+
+def _relabel(f: _Field, new: dict[int, int]) -> _Field | None:
+    """`f` with its dims renumbered by `new` (old -> new); None if one is not kept."""
+    dims = []
+    for d in f.dims:
+        if d is not None:
+            if d[0] not in new:
+                return None
+            d = (new[d[0]], d[1])
+        dims.append(d)
+    return _Field(f.geo, (dims[0], dims[1]), f.spans)
+
+
+def _dropped(f: _Field, removed: set[int], nd: int) -> _Field | None:
+    """`f` after dims `removed` of an `nd`-dim tensor are gone."""
+    keep = [d for d in range(nd) if d not in removed]
+    return _relabel(f, {d: i for i, d in enumerate(keep)})
+
+
+def _conv(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
+    f, shape = _sole(ins), ins[0][1]
+    stride = tuple(n._saved_stride)
+    if n._saved_transposed or len(stride) < 2 or not _last_two(f, shape):
+        return None
+    k = tuple(int(v) for v in n._saved_weight.shape[-2:])
+    win = Window(k, stride[-2:], tuple(n._saved_padding)[-2:],  # type: ignore[arg-type]
+                 tuple(n._saved_dilation)[-2:])  # type: ignore[arg-type]
+    return _windowed(f, win, out[-2:], ((len(out) - 2, 1), (len(out) - 1, 1)), w.size)
+
+
+def _pool(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
+    f, shape = _sole(ins), ins[0][1]
+    if not _last_two(f, shape):
+        return None
+    k = tuple(n._saved_kernel_size)
+    stride = tuple(n._saved_stride) or k  # an empty stride is the kernel (F.max_pool2d(x, 2))
+    k, stride = k * 2 if len(k) == 1 else k, stride * 2 if len(stride) == 1 else stride
+    pad = tuple(n._saved_padding)
+    pad = pad * 2 if len(pad) == 1 else pad
+    dil = tuple(getattr(n, "_saved_dilation", (1, 1)))
+    dil = dil * 2 if len(dil) == 1 else dil
+    win = Window(k[-2:], stride[-2:], pad[-2:], dil[-2:],  # type: ignore[arg-type]
+                 bool(n._saved_ceil_mode))
+    return _windowed(f, win, out[-2:], ((len(out) - 2, 1), (len(out) - 1, 1)), w.size)
+
+
+def _adaptive(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
+    """Adaptive pooling H -> h: the window of kernel = stride = H / h where h divides H and
+    h > 1 (h = H: the identity); to one unit (h = 1 < H) or uneven: None."""
+    f, shape = _sole(ins), ins[0][1]
+    if not _last_two(f, shape):
+        return None
+    ks = []
+    for n_in, n_out in zip(shape[-2:], out[-2:], strict=True):
+        if n_out == n_in:
+            ks.append(1)
+        elif n_out > 1 and n_in % n_out == 0:
+            ks.append(n_in // n_out)
+        else:
+            return None
+    win = Window((ks[0], ks[1]), (ks[0], ks[1]), (0, 0))
+    return _windowed(f, win, out[-2:], ((len(out) - 2, 1), (len(out) - 1, 1)), w.size)
+
+
+def _view(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
+    """A reshape keeps the row-major order: each axis's flat step, found again in `out`."""
+    f, shape = _sole(ins), ins[0][1]
+    if not isinstance(f, _Field):
+        return None
+    dims = []
+    for d, size in zip(f.dims, f.geo.shape, strict=True):
+        if d is not None:
+            flat = d[1] * math.prod(shape[d[0] + 1:])
+            for j in range(len(out)):
+                sj = math.prod(out[j + 1:])
+                if sj <= flat < sj * out[j]:
+                    break
+            else:
+                return None
+            if flat % sj or flat * size > sj * out[j]:
+                return None  # the axis is split across two dims
+            d = (j, flat // sj)
+        dims.append(d)
+    return _Field(f.geo, (dims[0], dims[1]), f.spans)
+
+
+def _permute(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
+    f, nd = _sole(ins), len(out)
+    if not isinstance(f, _Field):
+        return None
+    name = type(n).__name__
+    if name == "PermuteBackward0":
+        order = [_dim(d, nd) for d in n._saved_dims]  # out dim j is input dim order[j]
+    else:  # a transpose: TBackward0 swaps the two dims of a matrix
+        a, b = (0, 1) if name == "TBackward0" else (_dim(n._saved_dim0, nd),
+                                                      _dim(n._saved_dim1, nd))
+        order = list(range(nd))
+        order[a], order[b] = b, a
+    return _relabel(f, {d: j for j, d in enumerate(order)})
+
+
+def _unsqueeze(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
+    f, k = _sole(ins), _dim(n._saved_dim, len(out))
+    if not isinstance(f, _Field):
+        return None
+    return _relabel(f, {d: d + (d >= k) for d in range(len(out) - 1)})
+
+
+def _squeeze(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
+    f, shape = _sole(ins), ins[0][1]
+    if not isinstance(f, _Field):
+        return None
+    nd = len(shape)
+    saved = getattr(n, "_saved_dim", None)
+    cand = (range(nd) if saved is None else
+            [_dim(saved, nd)] if isinstance(saved, int) else [_dim(d, nd) for d in saved])
+    return _dropped(f, {d for d in cand if shape[d] == 1}, nd)
+
+
+def _select(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
+    """select / unbind along a dim that is not the rows' or columns'."""
+    f, nd = _sole(ins), len(ins[0][1])
+    if not isinstance(f, _Field):
+        return None
+    d = _dim(n._saved_dim, nd)
+    return None if d in _spatial(f) else _dropped(f, {d}, nd)
+
+
+def _split(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
+    f = _sole(ins)
+    if not isinstance(f, _Field):
+        return None
+    return None if _dim(n._saved_dim, len(out)) in _spatial(f) else f
+
+
+def _slice(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
+    """A slice along another dim keeps the field; along rows or columns, it is a crop: a
+    window of kernel 1, stride `step`, starting at `start`."""
+    f, shape = _sole(ins), ins[0][1]
+    if not isinstance(f, _Field):
+        return None
+    d = _dim(n._saved_dim, len(shape))
+    axes = [a for a, dd in enumerate(f.dims) if dd is not None and dd[0] == d]
+    if not axes:
+        return f
+    a = axes[0]
+    if len(axes) > 1 or f.dims[a][1] != 1:  # type: ignore[index]
+        return None  # rows and columns merged in one dim
+    size = shape[d]
+    start = n._saved_start if n._saved_start is not None else 0
+    start = max(0, min(size, start + size if start < 0 else start))
+    count = out[d]
+    pad, stride = [0, 0], [1, 1]
+    pad[a], stride[a] = -start, int(n._saved_step)
+    end_pad = [0, 0]
+    end_pad[a] = -(size - start - (count - 1) * stride[a] - 1)  # what follows the last unit
+    win = Window((1, 1), (stride[0], stride[1]), (pad[0], pad[1]),
+                 padding_end=(end_pad[0], end_pad[1]))
+    hw = list(f.geo.shape)
+    hw[a] = count
+    return _windowed(f, win, (hw[0], hw[1]), f.dims, w.size)
+
+
+def _pad(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
+    """Constant padding (also a negative one: a crop) of rows / columns: a window of kernel 1
+    padded like it; padding of other dims keeps the field."""
+    f, shape = _sole(ins), ins[0][1]
+    if not isinstance(f, _Field):
+        return None
+    pads = list(n._saved_pad)
+    nd = len(shape)
+
+    def of(d: int) -> tuple[int, int]:  # (before, after) of dim d
+        k = nd - 1 - d
+        return (pads[2 * k], pads[2 * k + 1]) if 2 * k + 1 < len(pads) else (0, 0)
+    before, after = [0, 0], [0, 0]
+    for a, d in enumerate(f.dims):
+        if d is None:
+            if any(pads) and any(shape[j] == 1 and of(j) != (0, 0) for j in range(nd)):
+                return None  # a size-1 dim padded: it may be this axis
+            continue
+        if of(d[0]) != (0, 0):
+            if d[1] != 1 or sum(1 for dd in f.dims if dd and dd[0] == d[0]) > 1:
+                return None
+            before[a], after[a] = of(d[0])
+    if before == [0, 0] and after == [0, 0]:
+        return f
+    win = Window((1, 1), (1, 1), (before[0], before[1]), padding_end=(after[0], after[1]))
+    hw = tuple(f.geo.shape[a] + before[a] + after[a] for a in (0, 1))
+    return _windowed(f, win, hw, f.dims, w.size)  # type: ignore[arg-type]
+
+
+def _expand(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
+    f = _sole(ins)
+    src = tuple(n._saved_self_sym_sizes)
+    off = len(out) - len(src)
+    grows = any(s == 1 and o > 1 for s, o in zip(src, out[off:], strict=True))
+    if f is _GATE:
+        return _GATE
+    if not isinstance(f, _Field):
+        return None
+    if not grows or all(d is not None for d in f.dims):
+        return _shifted(f, off)  # rows and columns (of size > 1) cannot grow
+    return _GATE if all(d is None for d in f.dims) else None
+
+
+def _reduce(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
+    """A reduction (mean, sum, max, ...) over dims that are not rows or columns keeps the
+    field; over them, a unit mixes every position: None."""
+    f, shape = _sole(ins), ins[0][1]
+    if not isinstance(f, _Field):
+        return None
+    nd = len(shape)
+    saved = getattr(n, "_saved_dim", None)
+    if saved is None or (not isinstance(saved, int) and len(saved) == 0):
+        dims = set(range(nd))
+    else:
+        dims = {_dim(d, nd) for d in ([saved] if isinstance(saved, int) else saved)}
+    if dims & _spatial(f):
+        return None
+    return f if getattr(n, "_saved_keepdim", False) else _dropped(f, dims, nd)
+
+
+def _layer_norm(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
+    f, shape = _sole(ins), ins[0][1]
+    if not isinstance(f, _Field):
+        return None
+    k = len(n._saved_normalized_shape)
+    return None if set(range(len(shape) - k, len(shape))) & _spatial(f) else f
+
+
+def _matmul(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
+    """A linear layer on a matrix (N*H*W, C) whose rows are positions acts per position."""
+    i = 1 if type(n).__name__ == "AddmmBackward0" else 0  # addmm(bias, mat1, mat2)
+    f = _sole(ins, i)
+    if not isinstance(f, _Field) or _spatial(f) - {0}:
+        return None
+    return f
+
+
+def _cat(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
+    d = _dim(n._saved_dim, len(out))
+    return w._merge([(s, sh) for s, sh, _ in ins], out, cat_dim=d)
+
+
+def _stack(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
+    k = _dim(n._saved_dim, len(out))
+    ops = []
+    for s, sh, _ in ins:  # each input gets the new dim k
+        if isinstance(s, _Field):
+            s = _relabel(s, {d: d + (d >= k) for d in range(len(sh))})
+        ops.append((s, (*sh[:k], 1, *sh[k:])))
+    return w._merge(ops, out, cat_dim=k)
+
+
+_ELEMENTWISE = {
+    f"{op}Backward{v}" for op, vs in {
+        "Relu": "01", "Threshold": "01", "Hardtanh": "01", "Sigmoid": "01", "Tanh": "01",
+        "Gelu": "01", "Silu": "01", "Mish": "01", "Hardswish": "01", "Hardsigmoid": "01",
+        "Elu": "01", "LeakyRelu": "01", "Softplus": "0", "LogSigmoid": "0", "Celu": "01",
+        "PreluKernel": "0", "Exp": "0", "Log": "0", "Abs": "0", "Neg": "0", "Sqrt": "0",
+        "Rsqrt": "0", "Reciprocal": "0", "Pow": "012", "Erf": "0", "Clamp": "01",
+        "ClampMin": "01", "ClampMax": "01", "Clone": "0", "Alias": "0", "ToCopy": "0",
+        "NativeDropout": "0", "Add": "01", "Sub": "01", "Rsub": "01", "Mul": "01",
+        "Div": "0123", "Maximum": "0", "Minimum": "0", "Where": "0", "Lerp": "01",
+        "Addcmul": "0", "Addcdiv": "0", "NativeBatchNorm": "0", "CudnnBatchNorm": "0",
+        "MiopenBatchNorm": "0", "NativeBatchNormLegitNoTraining": "0",
+    }.items() for v in vs
+}
+
+_HANDLERS = {
+    "ConvolutionBackward0": _conv,
+    **dict.fromkeys(("MaxPool2DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0",
+                     "AvgPool2DBackward0", "AvgPool3DBackward0"), _pool),
+    **dict.fromkeys(("AdaptiveAvgPool2DBackward0", "AdaptiveMaxPool2DBackward0"), _adaptive),
+    **dict.fromkeys(("ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0"), _view),
+    **dict.fromkeys(("PermuteBackward0", "TransposeBackward0", "TBackward0"), _permute),
+    "UnsqueezeBackward0": _unsqueeze,
+    **dict.fromkeys(("SqueezeBackward0", "SqueezeBackward1", "SqueezeBackward2"), _squeeze),
+    **dict.fromkeys(("SelectBackward0", "UnbindBackward0"), _select),
+    **dict.fromkeys(("SplitBackward0", "SplitWithSizesBackward0"), _split),
+    "SliceBackward0": _slice,
+    "ConstantPadNdBackward0": _pad,
+    "ExpandBackward0": _expand,
+    **dict.fromkeys(tuple(f"{op}Backward{v}" for op in (
+        "Mean", "Sum", "Amax", "Amin", "Max", "Min", "Std", "Var", "Logsumexp", "Prod", "Norm")
+        for v in "01"), _reduce),
+    "NativeLayerNormBackward0": _layer_norm,
+    **dict.fromkeys(("AddmmBackward0", "MmBackward0"), _matmul),
+    "CatBackward0": _cat,
+    "StackBackward0": _stack,
+}
+
+
+def _pointwise_function(n: object) -> bool:
+    """A custom autograd function known to act on each position separately: zfnet's local
+    response normalisation (it mixes maps, not positions)."""
+    from zfnet.models.lrn import _LRN  # local: lrn is a model module
+
+    return getattr(n, "_forward_cls", None) is _LRN
+
+
 __all__ = [
     "LAYER_TYPES", "POINTWISE", "WINDOWED", "AxisGeometry", "LayerGeometry",
     "UnsupportedLayerError", "Window", "chain_geometry", "chain_sizes", "feature_size", "pair",
-    "sequential_geometry", "sequential_leaves", "window_of",
+    "GeometryError", "graph_geometry", "sequential_geometry", "sequential_leaves", "window_of",
 ]

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from zfnet.models.geometry import LayerGeometry, sequential_geometry
+from zfnet.models.geometry import (
+    LAYER_TYPES,
+    GeometryError,
+    LayerGeometry,
+    graph_geometry,
+    sequential_geometry,
+    sequential_leaves,
+)
 
 
 class UnknownLayerError(KeyError, ValueError):
@@ -49,8 +56,12 @@ def layer_info(model: nn.Module, input_size: int | tuple[int, int] | None = None
     """Every addressable layer of `model`, in forward order, keyed by the name users type.
 
     For zfnet's models the keys are the short names (`conv1`, `pool1`, `fc6`, …). For other
-    models the keys are module paths; geometry is known for the modules of a `features`
-    Sequential (torchvision's alexnet, vgg) given `input_size` (a side or (H, W); default 224).
+    models the keys are module paths, and the geometry is for an input of `input_size` (a side
+    or (H, W); default 224): along the chain for the modules of a `features` Sequential of
+    known layers (torchvision's alexnet, vgg), else for every module from one forward pass
+    (`zfnet.models.geometry.graph_geometry`: ResNets, DenseNets, GoogLeNet, MobileNets, ...).
+    A model that cannot run the default 224 gets no geometry; with an explicit `input_size`
+    it is a `GeometryError`.
     """
     from zfnet.models.convnet import ConvNet  # local: convnet imports geometry, not layers
 
@@ -67,9 +78,16 @@ def layer_info(model: nn.Module, input_size: int | tuple[int, int] | None = None
                 infos[name] = LayerInfo(name, path, _kind(m), channels, geo.get(path))
         return infos
     features = getattr(model, "features", None)
-    geo = {}
-    if isinstance(features, nn.Sequential):
-        geo = sequential_geometry(features, input_size or 224, prefix="features.")
+    geo: dict[str, LayerGeometry | None] = {}
+    if isinstance(features, nn.Sequential) and all(
+            isinstance(m, LAYER_TYPES) for _, m in sequential_leaves(features)):
+        geo = dict(sequential_geometry(features, input_size or 224, prefix="features."))
+    else:
+        try:
+            geo = graph_geometry(model, input_size or 224)
+        except GeometryError:
+            if input_size is not None:
+                raise
     channels = None
     for path, m in model.named_modules():
         if not path or any(True for _ in m.children()):
