@@ -401,6 +401,16 @@ def test_layer_info_gives_every_torchvision_cnn_a_geometry() -> None:
     assert layer_info(model)["layer4.1.conv2"].geometry.shape == (7, 7)  # default: 224
 
 
+def test_layer_info_of_a_model_that_cannot_run_the_input() -> None:
+    """A model that takes 32x32 only: layer_info without an input size (224 is a guess) lists
+    its layers without geometry; given 32, with; given a size it cannot run, GeometryError."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 30 * 30, 2))
+    assert [i.geometry for i in layer_info(net).values()] == [None] * 4
+    assert layer_info(net, 32)["0"].geometry == chain_geometry([net[0]], 32)[0]
+    with pytest.raises(GeometryError, match="Sequential does not run on a 1x3x40x40 input"):
+        layer_info(net, 40)
+
+
 # --------------------------------------------------------------------------- the model
 
 

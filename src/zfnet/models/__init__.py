@@ -3,7 +3,13 @@
 from zfnet.models import alexnet as _alexnet  # noqa: F401  (registers its builders)
 from zfnet.models import zfnet as _zfnet  # noqa: F401
 from zfnet.models.convnet import ConvNet, ConvSpec, NetConfig, apply_overrides, filter_rms
-from zfnet.models.geometry import LayerGeometry, feature_size, sequential_geometry
+from zfnet.models.geometry import (
+    GeometryError,
+    LayerGeometry,
+    feature_size,
+    graph_geometry,
+    sequential_geometry,
+)
 from zfnet.models.layers import (
     LayerInfo,
     UnknownLayerError,
@@ -29,4 +35,5 @@ __all__ = [
     "eval_mode", "feature_size", "filter_rms", "layer_info", "layer_name", "layer_names",
     "list_models", "parse_model_option",
     "register_model", "resolve_layer", "sequential_geometry",
+    "GeometryError", "graph_geometry",
 ]

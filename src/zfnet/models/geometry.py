@@ -40,6 +40,8 @@ from typing import TypeVar
 import torch
 from torch import Tensor, nn
 
+from zfnet.models.modes import eval_mode
+
 # Layers that read a window of their input per output unit.
 WINDOWED: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
 # Layers that act on each position separately (LRN mixes maps, not positions): the geometry
@@ -406,19 +408,27 @@ def graph_geometry(model: nn.Module, input_size: int | tuple[int, int],
         in_channels = next((int(m.in_channels) for m in model.modules()
                             if isinstance(m, nn.modules.conv._ConvNd)), 3)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    shape = (1, in_channels, *size)
     try:
-        return _graph_geometry(_meta_copy(model), size, in_channels, dtype, torch.device("meta"))
+        x0, made = _forward(_meta_copy(model), torch.zeros(shape, dtype=dtype, device="meta"))
     except Exception:  # noqa: BLE001  (an op with no meta kernel, .item(), ...: run it for real)
-        pass
-    p = next(model.parameters(), None)
-    device = p.device if p is not None else torch.device("cpu")
-    try:
-        return _graph_geometry(model, size, in_channels, dtype, device)
-    except Exception as e:  # noqa: BLE001  (any failure of the user's forward pass)
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise GeometryError(
-            f"{type(model).__name__} does not run on a 1x{in_channels}x{size[0]}x{size[1]} "
-            f"input ({msg}); give an input size (and channels) the model takes") from e
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+        try:
+            x0, made = _forward(model, torch.zeros(shape, dtype=dtype, device=device))
+        except Exception as e:  # noqa: BLE001  (any failure of the user's forward pass)
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise GeometryError(
+                f"{type(model).__name__} does not run on a {'x'.join(map(str, shape))} input "
+                f"({msg}); give an input size (and channels) the model takes") from e
+    walk = _Walk(x0, size)
+    out: dict[str, LayerGeometry | None] = {}
+    for path, (node, out_shape) in made.items():
+        state = _CONST if node is None or node is _CONST else walk.state(node)
+        # a map whose rows and columns are its last two dims, as every consumer indexes it
+        # (not a channels-last tensor inside a ConvNeXt block)
+        out[path] = state.geo if _last_two(state, out_shape) else None
+    return out
 
 
 def _meta_copy(model: nn.Module) -> nn.Module:
@@ -430,11 +440,11 @@ def _meta_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def _graph_geometry(model: nn.Module, size: tuple[int, int], in_channels: int,
-                    dtype: torch.dtype, device: torch.device) -> dict[str, LayerGeometry | None]:
-    from zfnet.deconvnet import eval_mode  # local: deconvnet imports this module
-
-    made: dict[str, tuple[object, tuple[int, ...]]] = {}  # path -> (output's grad_fn, shape)
+def _forward(model: nn.Module, zeros: Tensor
+             ) -> tuple[Tensor, dict[str, tuple[object, tuple[int, ...]]]]:
+    """One forward pass of `zeros` in eval mode, autograd recording: the input leaf, and per
+    module path the node that made its output (its last call) and the output's shape."""
+    made: dict[str, tuple[object, tuple[int, ...]]] = {}
     handles = []
     try:
         for path, m in model.named_modules():
@@ -448,21 +458,12 @@ def _graph_geometry(model: nn.Module, size: tuple[int, int], in_channels: int,
                               else (_CONST, ()))
             handles.append(m.register_forward_hook(hook))
         with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
-            x0 = torch.zeros(1, in_channels, *size, dtype=dtype, device=device,
-                             requires_grad=True)
-            # a clone, so that the model may change its input in place
-            model(x0.clone())
+            x0 = zeros.requires_grad_(True)
+            model(x0.clone())  # a clone, so that the model may change its input in place
     finally:
         for h in handles:
             h.remove()
-    walk = _Walk(x0, size)
-    out: dict[str, LayerGeometry | None] = {}
-    for path, (node, shape) in made.items():
-        state = walk.state(node) if node is not None and node is not _CONST else _CONST
-        # a map whose rows and columns are its last two dims, as every consumer indexes it
-        # (not a channels-last tensor inside a ConvNeXt block)
-        out[path] = state.geo if _last_two(state, shape) else None
-    return out
+    return x0, made
 
 
 class _Walk:
