@@ -24,8 +24,10 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from zfnet.analyses.gallery import project_topk, select_maps, to_display, to_rgb
+from zfnet.analyses.gallery import project_topk, select_maps, to_rgb
 from zfnet.analyses.topk import mine_topk
+from zfnet.display import CAPTION as DISPLAY_CAPTION
+from zfnet.display import projection_to_uint8
 
 
 @dataclass
@@ -87,9 +89,10 @@ def render_evolution(projections: Tensor, path: str | Path, min_side: int = 40) 
     zoom = max(1, math.ceil(min_side / s))
     side, pad = s * zoom, 2
     canvas = np.full((m * (side + pad) + pad, e * (side + pad) + pad, 3), 255, np.uint8)
+    shown = projection_to_uint8(projections)  # (M, E, C, s, s)
     for a in range(m):
         for j in range(e):
-            img = to_rgb(to_display(projections[a, j])).repeat(zoom, 0).repeat(zoom, 1)
+            img = to_rgb(shown[a, j]).repeat(zoom, 0).repeat(zoom, 1)
             y, x = pad + a * (side + pad), pad + j * (side + pad)
             canvas[y: y + side, x: x + side] = img
     path = Path(path)
@@ -119,7 +122,7 @@ def evolution_section(run_dir: str | Path, result: EvolutionResult, order: int =
             "columns: epochs). The table gives, per layer and epoch, the mean cosine similarity "
             "of the projection to the last epoch's, and the first epoch from which it stays "
             "≥ 0.8. The paper: lower layers settle within a few epochs, upper layers only "
-            "after 40–50 epochs."
+            "after 40–50 epochs. " + DISPLAY_CAPTION
         ),
         figures=figures,
         tables=[Table(["layer"] + [f"epoch {e}" for e in result.epochs] + ["settled at"], rows)],
