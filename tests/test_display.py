@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from zfnet.display import CAPTION, CLIP_PERCENTILE, projection_scale, projection_to_uint8
+from zfnet.display import (
+    CAPTION,
+    CLIP_PERCENTILE,
+    projection_scale,
+    projection_to_uint8,
+    save_grid,
+)
 
 
 def _ring(side: int = 31) -> torch.Tensor:
@@ -77,9 +83,12 @@ def test_degenerate_tiles() -> None:
     assert (projection_scale(p) > 0).all() and projection_scale(p).isfinite().all()
 
 
-def test_errors_and_caption() -> None:
+def test_errors_and_caption(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"\(0, 100\]"):
         projection_scale(torch.ones(1, 2, 2), 0)
     with pytest.raises(ValueError, match="C, h, w"):
         projection_to_uint8(torch.ones(4, 4))
+    with pytest.raises(ValueError, match="rows, columns, C, h, w"):
+        save_grid(torch.ones(2, 2, 4, 5, 5), tmp_path / "g.png")  # 4 channels
+    assert not (tmp_path / "g.png").exists()
     assert f"{CLIP_PERCENTILE:g}th percentile" in CAPTION and "grey" in CAPTION

@@ -11,12 +11,17 @@ per cent saturates those few instead, as Captum's `visualize_image_attr` (`outli
 the figures of the paper do. Zero pixels are left out of the percentile so that the black
 border of a receptive field that overhangs the image does not lower it.
 
-Only torch: analyses, the report and the CLI can all import it.
+It depends on nothing else in zfnet: analyses, the report and the CLI can all import it.
 """
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
+import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 CLIP_PERCENTILE = 99.0
@@ -55,3 +60,26 @@ def projection_to_uint8(p: Tensor, percentile: float = CLIP_PERCENTILE) -> Tenso
     128 is 0, ±255/2 is ±`projection_scale`, clipped beyond it."""
     scaled = p.detach().float().nan_to_num(0.0) / projection_scale(p, percentile)
     return ((0.5 + 0.5 * scaled).clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def save_grid(projections: Tensor, path: str | Path, min_side: int = 40) -> Path:
+    """Draw (rows, columns, C, h, w) projections (C 1 or 3) as one PNG grid, each tile by
+    `projection_to_uint8` and enlarged (nearest neighbour, integer factor) to at least
+    `min_side` pixels, 2 px white between tiles. Returns the path."""
+    if projections.dim() != 5 or projections.shape[2] not in (1, 3):
+        raise ValueError("projections must be (rows, columns, C, h, w) with C 1 or 3, got "
+                         f"shape {tuple(projections.shape)}")
+    rows, cols, c, h, w = projections.shape
+    zoom = max(1, math.ceil(min_side / min(h, w)))
+    th, tw, pad = h * zoom, w * zoom, 2
+    shown = projection_to_uint8(projections).expand(rows, cols, 3, h, w)
+    tiles = shown.permute(0, 1, 3, 4, 2).numpy()  # (rows, cols, h, w, 3)
+    canvas = np.full((rows * (th + pad) + pad, cols * (tw + pad) + pad, 3), 255, np.uint8)
+    for a in range(rows):
+        for j in range(cols):
+            y, x = pad + a * (th + pad), pad + j * (tw + pad)
+            canvas[y: y + th, x: x + tw] = tiles[a, j].repeat(zoom, 0).repeat(zoom, 1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(canvas).save(path)
+    return path

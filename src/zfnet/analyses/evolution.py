@@ -13,21 +13,18 @@ A layer has settled at the first epoch from which this stays ≥ `settle_at` (de
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from zfnet.analyses.gallery import project_topk, select_maps, to_rgb
+from zfnet.analyses.gallery import project_topk, select_maps
 from zfnet.analyses.topk import mine_topk
 from zfnet.display import CAPTION as DISPLAY_CAPTION
-from zfnet.display import projection_to_uint8
+from zfnet.display import save_grid
 
 
 @dataclass
@@ -85,20 +82,7 @@ def feature_evolution(
 
 def render_evolution(projections: Tensor, path: str | Path, min_side: int = 40) -> Path:
     """One PNG per layer: a row per map, a column per epoch (maps, epochs, C, s, s)."""
-    m, e, _, s, _ = projections.shape
-    zoom = max(1, math.ceil(min_side / s))
-    side, pad = s * zoom, 2
-    canvas = np.full((m * (side + pad) + pad, e * (side + pad) + pad, 3), 255, np.uint8)
-    shown = projection_to_uint8(projections)  # (M, E, C, s, s)
-    for a in range(m):
-        for j in range(e):
-            img = to_rgb(shown[a, j]).repeat(zoom, 0).repeat(zoom, 1)
-            y, x = pad + a * (side + pad), pad + j * (side + pad)
-            canvas[y: y + side, x: x + side] = img
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas).save(path)
-    return path
+    return save_grid(projections, path, min_side)
 
 
 def evolution_section(run_dir: str | Path, result: EvolutionResult, order: int = 50):
