@@ -2,11 +2,15 @@
 
 import copy
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import TensorDataset
 
 import zfnet
-from zfnet.analyses.evolution import evolution_section, feature_evolution
+from zfnet.analyses.evolution import evolution_section, feature_evolution, render_evolution
+from zfnet.display import CAPTION as DISPLAY_CAPTION
+from zfnet.display import projection_to_uint8
 from zfnet.report import read_sections
 
 
@@ -27,3 +31,17 @@ def test_evolution_settles_when_weights_stop_changing(tmp_path) -> None:
     evolution_section(tmp_path, res)
     (s,) = read_sections(tmp_path)
     assert len(s.figures) == 2 and s.tables[0].rows[0][-1] == 2
+    assert DISPLAY_CAPTION in s.caption
+
+
+def test_render_evolution_draws_projections_by_the_display_rule(tmp_path) -> None:
+    proj = torch.randn(2, 3, 1, 10, 10)  # (maps, epochs, C, s, s)
+    proj[0, 2, 0, 4, 4] = -1e3
+    canvas = np.asarray(Image.open(render_evolution(proj, tmp_path / "e.png")))
+    want = projection_to_uint8(proj)
+    zoom, side, pad = 4, 40, 2
+    for a in range(2):
+        for j in range(3):
+            y, x = pad + a * (side + pad), pad + j * (side + pad)
+            tile = torch.from_numpy(canvas[y: y + side: zoom, x: x + side: zoom, 0].copy())
+            assert torch.equal(tile, want[a, j, 0]), (a, j)

@@ -4,6 +4,7 @@ the geometry, in tests/models/test_geometry.py.)"""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -14,6 +15,8 @@ import zfnet
 from zfnet.analyses.gallery import default_layers, render_layer, run_topk_gallery, select_maps
 from zfnet.analyses.topk import TopK
 from zfnet.deconvnet import project_rf
+from zfnet.display import CAPTION as DISPLAY_CAPTION
+from zfnet.display import projection_to_uint8
 from zfnet.models import layer_info
 from zfnet.report import read_sections
 
@@ -44,6 +47,7 @@ def test_gallery_end_to_end(tmp_path) -> None:
                                                  "gallery/topk_conv3.png"]
     assert "negative" in section.caption.lower() or "dark" in section.caption
     assert "guided" in section.caption
+    assert DISPLAY_CAPTION in section.caption  # says how projections became pixels
     assert (run / "gallery" / "topk.pt").is_file()
     # A projection in the gallery is the engine's projection of that mined activation.
     t = res.topk["conv3"]
@@ -84,6 +88,23 @@ def test_render_layer_grid(tmp_path) -> None:
     w, h = Image.open(png).size
     side = 7 * 6  # enlarged to at least 40 px
     assert h == 3 * (side + 1) + 1 + 8 and w == 5 * (2 * (3 * (side + 1) + 1) + 4 + 8)
+
+
+def test_render_layer_draws_projections_by_the_display_rule(tmp_path) -> None:
+    proj = torch.randn(2, 4, 3, 8, 8)
+    proj[1, 3, :, 0, 0] = 1e3  # an outlier in one tile
+    patches = torch.zeros(2, 4, 3, 8, 8, dtype=torch.uint8)
+    png = render_layer(proj, patches, tmp_path / "g.png", columns=1)
+    canvas = torch.from_numpy(np.asarray(Image.open(png)).copy())  # (H, W, 3)
+    want = projection_to_uint8(proj)
+    zoom, side, g, pad, sep = 5, 40, 2, 1, 8  # 8 px enlarged to 40; blocks of 2 x 2
+    half = g * (side + pad) + pad
+    for a in range(2):
+        for j in range(4):
+            y = a * (half + sep) + pad + (j // g) * (side + pad)
+            x = pad + (j % g) * (side + pad)
+            tile = canvas[y: y + side: zoom, x: x + side: zoom].permute(2, 0, 1)
+            assert torch.equal(tile, want[a, j]), (a, j)
 
 
 def test_default_layers() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,12 +13,15 @@ from torch import nn
 from zfnet import create_model
 from zfnet.activations import get_activations
 from zfnet.analyses.occlusion import (
+    _projection_display,
     occluder_grid,
     occlusion,
     occlusion_report,
     pixel_map,
     pointing_game,
 )
+from zfnet.display import CAPTION as DISPLAY_CAPTION
+from zfnet.display import projection_to_uint8
 from zfnet.incremental import UnsupportedModelError
 from zfnet.models import UnknownLayerError
 
@@ -212,9 +216,20 @@ def test_occlusion_report_writes_figure_and_section(synthetic, tmp_path) -> None
     assert 0 <= metrics["pointing_hit_rate"] <= 1 and metrics["pointing_images"] == 2
     section = json.loads((tmp_path / "sections" / "occlusion.json").read_text())
     assert "Fig. 7" in section["caption"] and "Pointing game" in section["caption"]
+    assert DISPLAY_CAPTION in section["caption"]
     png = tmp_path / section["figures"][0]["path"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(section["tables"][0]["rows"]) == 2
+
+
+def test_projection_panel_uses_the_display_rule() -> None:
+    p = torch.randn(3, 12, 12)
+    p[:, :4] = 0
+    p[0, 6, 6] = 1e3
+    shown = _projection_display(p)
+    assert shown.dtype == np.uint8 and shown.shape == (12, 12, 3)
+    assert np.array_equal(shown, projection_to_uint8(p).permute(1, 2, 0).numpy())
+    assert _projection_display(p[:1]).shape == (12, 12)  # one channel: a grey image
 
 
 def test_approximate_mode_needs_incremental(model, image) -> None:

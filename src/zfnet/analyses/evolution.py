@@ -13,19 +13,18 @@ A layer has settled at the first epoch from which this stays ≥ `settle_at` (de
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from zfnet.analyses.gallery import project_topk, select_maps, to_display, to_rgb
+from zfnet.analyses.gallery import project_topk, select_maps
 from zfnet.analyses.topk import mine_topk
+from zfnet.display import CAPTION as DISPLAY_CAPTION
+from zfnet.display import save_grid
 
 
 @dataclass
@@ -83,19 +82,7 @@ def feature_evolution(
 
 def render_evolution(projections: Tensor, path: str | Path, min_side: int = 40) -> Path:
     """One PNG per layer: a row per map, a column per epoch (maps, epochs, C, s, s)."""
-    m, e, _, s, _ = projections.shape
-    zoom = max(1, math.ceil(min_side / s))
-    side, pad = s * zoom, 2
-    canvas = np.full((m * (side + pad) + pad, e * (side + pad) + pad, 3), 255, np.uint8)
-    for a in range(m):
-        for j in range(e):
-            img = to_rgb(to_display(projections[a, j])).repeat(zoom, 0).repeat(zoom, 1)
-            y, x = pad + a * (side + pad), pad + j * (side + pad)
-            canvas[y: y + side, x: x + side] = img
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas).save(path)
-    return path
+    return save_grid(projections, path, min_side)
 
 
 def evolution_section(run_dir: str | Path, result: EvolutionResult, order: int = 50):
@@ -119,7 +106,7 @@ def evolution_section(run_dir: str | Path, result: EvolutionResult, order: int =
             "columns: epochs). The table gives, per layer and epoch, the mean cosine similarity "
             "of the projection to the last epoch's, and the first epoch from which it stays "
             "≥ 0.8. The paper: lower layers settle within a few epochs, upper layers only "
-            "after 40–50 epochs."
+            "after 40–50 epochs. " + DISPLAY_CAPTION
         ),
         figures=figures,
         tables=[Table(["layer"] + [f"epoch {e}" for e in result.epochs] + ["settled at"], rows)],

@@ -11,9 +11,9 @@ the highest top-1 activation over the data, ties by map number, so that maps tha
 are not shown; "spaced" takes maps evenly spaced over 0..C-1 (an unbiased sample, like the
 paper's random subset). `maps={layer: [...]}` overrides both.
 
-Display: each projection is contrast-normalised on its own: divided by its largest absolute
-value over pixels and channels and shown as 0.5 + 0.5 * p, so grey is zero, the sign shows as
-brighter / darker, and no projection's scale hides another's. Image patches are the
+Display: each projection on its own scale by the one rule of `zfnet.display` (mid-grey = 0,
+sign kept, clipped at a high percentile of its |values|), so no projection's scale hides
+another's and one extreme pixel does not grey out the rest. Image patches are the
 receptive-field boxes of the activations (`LayerGeometry.box`); parts outside the image are
 black.
 """
@@ -34,6 +34,8 @@ from torch.utils.data import Dataset
 
 from zfnet.analyses.topk import TopK, mine_topk, save_topk
 from zfnet.deconvnet import RULES, Seeds, project_layers
+from zfnet.display import CAPTION as DISPLAY_CAPTION
+from zfnet.display import projection_to_uint8
 from zfnet.models import layer_info
 from zfnet.report import Figure, Section, Table, write_section
 
@@ -42,9 +44,8 @@ MAP_RULES = ("strongest", "spaced")
 CAPTION = """
 Paper Fig. 2. Each block is one feature map of the layer. Left: the {k} strongest activations
 of that map over {n} images, each projected separately down to pixels ({rule}) and cropped to
-the activation's receptive field ({rf}). Right: the matching image patches. Every projection
-is scaled on its own (grey = 0, divided by its largest absolute value), so compare the patterns,
-not their brightness. Reading the sign: the projection is in the units of the mean-subtracted
+the activation's receptive field ({rf}). Right: the matching image patches. {display}
+Reading the sign: the projection is in the units of the mean-subtracted
 input, so bright / coloured pixels push the activation up and dark ones are the opposite
 pattern; the deconvnet rectifies the signal at every ReLU on the way down, but the transposed
 filters below that ReLU still mix signs. Deconvnet (the paper) vs guided backpropagation: the
@@ -163,13 +164,6 @@ def _to_host(t: Tensor) -> Tensor:
     return host.copy_(t)
 
 
-def to_display(p: Tensor) -> Tensor:
-    """(..., C, h, w) projections -> uint8, each projection scaled by its own max |value|
-    (over pixels and channels) and shown as 0.5 + 0.5 * p: grey is zero."""
-    scale = p.abs().amax(dim=(-3, -2, -1), keepdim=True).clamp_min(1e-12)
-    return ((0.5 + 0.5 * p / scale).clamp(0, 1) * 255).round().to(torch.uint8)
-
-
 def to_rgb(u8: Tensor) -> np.ndarray:
     """(C, h, w) uint8 with C in {1, 3} -> (h, w, 3) numpy."""
     if u8.shape[0] == 1:
@@ -220,7 +214,7 @@ def render_layer(
     rows = math.ceil(m / cols)
     sep = 8
     canvas = np.full((rows * (block_h + sep), cols * (block_w + sep), 3), 255, np.uint8)
-    shown = to_display(projections)  # (M, k, C, s, s) uint8
+    shown = projection_to_uint8(projections)  # (M, k, C, s, s)
     for a in range(m):
         by, bx = (a // cols) * (block_h + sep), (a % cols) * (block_w + sep)
         canvas[by: by + block_h, bx: bx + block_w] = 0
@@ -313,7 +307,8 @@ def run_topk_gallery(
                      round(float(t.values[chosen[name], 0].mean()), 3)])
     n_images = len(dataset)
     caption = " ".join(CAPTION.split()).format(k=k, n=n_images, rule=_RULE_NAMES[rule],
-                             rf=", ".join(f"{r[0]} {r[3]} px" for r in rows))
+                             rf=", ".join(f"{r[0]} {r[3]} px" for r in rows),
+                             display=DISPLAY_CAPTION)
     result.section = write_section(run_dir, Section(
         key="topk_gallery",
         title=f"Top-{k} activations and their projections (Fig. 2)",

@@ -38,6 +38,8 @@ import torch
 from torch import nn
 
 from zfnet.activations import capture
+from zfnet.display import CAPTION as DISPLAY_CAPTION
+from zfnet.display import projection_to_uint8
 from zfnet.incremental import UnsupportedModelError, as_chain, occlusion_logits
 from zfnet.models import eval_mode, layer_info, resolve_layer
 
@@ -355,10 +357,9 @@ def _display(img: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def _projection_display(p: torch.Tensor) -> np.ndarray:
-    """A projection (C, H, W) with 0 as mid-grey, scaled by its largest magnitude."""
-    p = p.detach().cpu().double()
-    p = (p / (2 * p.abs().max() + 1e-12) + 0.5).clamp(0, 1).permute(1, 2, 0)
-    return (p.squeeze(-1) if p.shape[-1] == 1 else p).numpy()
+    """A projection (C, H, W) as uint8 (H, W, 3) or (H, W) by `zfnet.display`'s rule."""
+    u8 = projection_to_uint8(p.detach().cpu()).permute(1, 2, 0)
+    return (u8.squeeze(-1) if u8.shape[-1] == 1 else u8).numpy()
 
 
 def plot_occlusion(
@@ -397,7 +398,7 @@ def plot_occlusion(
         fig.colorbar(im, ax=row[1], fraction=0.046)
         if r.projection is not None:
             proj = _projection_display(r.projection)
-            row[2].imshow(proj, cmap="gray" if proj.ndim == 2 else None)
+            row[2].imshow(proj, cmap="gray" if proj.ndim == 2 else None, vmin=0, vmax=255)
             row[2].set_title(f"(c) deconv projection, {r.layer} map {r.feature_map}",
                              fontsize=9)
         else:
@@ -439,10 +440,10 @@ CAPTION = (
     "(b) Total activation of the {layer} feature map that is strongest on the unoccluded image "
     "(sum of its rectified map): blue where covering the image switches that feature off. "
     "(c) That map's strongest activation projected to pixels with the deconvnet: the structure "
-    "it responds to. (d) Probability of the true class: blue where covering the image hurts "
-    "the classification — if the model relies on the object, the blue region lies on the object, "
-    "not on the background. (e) The most probable label at each position: where covering the "
-    "object makes the model switch to another class. {pointing}"
+    "it responds to. {display} (d) Probability of the true class: blue where covering the "
+    "image hurts the classification — if the model relies on the object, the blue region lies "
+    "on the object, not on the background. (e) The most probable label at each position: where "
+    "covering the object makes the model switch to another class. {pointing}"
 )
 
 
@@ -509,7 +510,7 @@ def occlusion_report(
             "occluder centres)."
         )
     caption = CAPTION.format(size=first.size, stride=first.stride, layer=first.layer,
-                             pointing=pointing_text)
+                             pointing=pointing_text, display=DISPLAY_CAPTION)
     write_section(run_dir, Section(
         key="occlusion", title="Occlusion sensitivity (Fig. 7)", caption=caption,
         figures=[Figure(str(fig_path.relative_to(run_dir)), "Rows: val images. Columns: "

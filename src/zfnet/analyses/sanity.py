@@ -26,6 +26,8 @@ from scipy.stats import spearmanr
 from skimage.metrics import structural_similarity
 from torch import nn
 
+from zfnet.display import CAPTION as DISPLAY_CAPTION
+from zfnet.display import save_grid
 from zfnet.models.layers import resolve_layer
 
 RULES = ("deconvnet", "guided", "gradient")
@@ -68,6 +70,9 @@ class RandomizationResult:
 
     steps: list[str]
     scores: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    # rule -> (1 + steps, C, H, W): the first image's map from the trained model, then after
+    # each step (paper-style figure of Adebayo et al.'s Fig. 2)
+    examples: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def cascading_randomization(
@@ -93,6 +98,7 @@ def cascading_randomization(
     work = copy.deepcopy(model).eval()
     base = {r: project(work, images, layer, channels, rule=r) for r in rules}
     res = RandomizationResult([], {r: {"ssim": [], "spearman": []} for r in rules})
+    shown = {r: [base[r][0].detach().cpu()] for r in rules}
     g = torch.Generator().manual_seed(seed)
     for name in trainable_layers(work, up_to=resolve_layer(work, layer)[0]):
         m = work.get_submodule(name)
@@ -103,9 +109,11 @@ def cascading_randomization(
                 m.bias.zero_()
         res.steps.append(name)
         for r in rules:
-            s = similarity(base[r], project(work, images, layer, channels, rule=r))
-            for k, v in s.items():
+            maps = project(work, images, layer, channels, rule=r)
+            shown[r].append(maps[0].detach().cpu())
+            for k, v in similarity(base[r], maps).items():
                 res.scores[r][k].append(v)
+    res.examples = {r: torch.stack(m) for r, m in shown.items()}
     return res
 
 
@@ -128,6 +136,14 @@ def randomization_section(
                        ", ".join(s.split(".")[-1] for s in result.steps) + ")")
     rows = [[s.split(".")[-1]] + [f"{result.scores[r]['spearman'][i]:.3f}" for r in result.scores]
             for i, s in enumerate(result.steps)]
+    figures = [Figure(str(path.relative_to(run_dir)), "similarity per randomisation step")]
+    if result.examples:
+        grid = save_grid(torch.stack(list(result.examples.values())),
+                         run_dir / "figures" / "randomization_maps.png")
+        figures.append(Figure(str(grid.relative_to(run_dir)), (
+            f"the first image's map; rows: {', '.join(result.examples)}; columns: the trained "
+            "model, then re-initialised down to " +
+            ", ".join(s.split(".")[-1] for s in result.steps))))
     section = Section(
         key="randomization", title="Sanity check: cascading randomisation (Adebayo et al. 2018)",
         order=order,
@@ -139,9 +155,10 @@ def randomization_section(
             "the image more than what the model learned: deconvnet and guided backprop maps "
             "are known to stay close to edge maps; the plain gradient decorrelates as soon as "
             "the top layers go. Read deconvnet projections as 'which image structure excites "
-            "this unit through the layers below', not as evidence of the model's decision."
+            "this unit through the layers below', not as evidence of the model's decision. "
+            + DISPLAY_CAPTION
         ),
-        figures=[Figure(str(path.relative_to(run_dir)), "similarity per randomisation step")],
+        figures=figures,
         tables=[Table(["re-initialised down to"] + [f"rank corr. {r}" for r in result.scores],
                       rows)],
     )

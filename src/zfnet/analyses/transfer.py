@@ -174,7 +174,8 @@ def transfer_study(
         summary = train(TrainConfig(
             data=few.spec, model=model_name, out=str(out), model_opts=dict(model_opts or {}),
             epochs=epochs, batch_size=bs, lr=lr, schedule="cosine", seed=seed,
-            keep_epochs=(), progress=False, tensorboard=False,
+            # only the last model is scored: validating every epoch cost as much as training
+            val_every=epochs, keep_epochs=(), progress=False, tensorboard=False,
         ), bundle=scratch_bundle)
         scratch = 1.0 - float(summary["final"]["val_top1_error"])
         rows.append(TransferRow(n, n_train, len(test), fixed, scratch,  # type: ignore[arg-type]

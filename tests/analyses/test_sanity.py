@@ -1,0 +1,43 @@
+"""Cascading randomisation (Adebayo et al. 2018): the maps shown per step and the section."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import zfnet
+from zfnet.analyses.sanity import cascading_randomization, randomization_section
+from zfnet.deconvnet import project
+from zfnet.display import CAPTION as DISPLAY_CAPTION
+from zfnet.display import projection_to_uint8
+from zfnet.report import read_sections
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_maps_per_step_are_kept_and_drawn(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = zfnet.create_model("zfnet_small", input_size=32).eval()
+    x = torch.randn(2, 3, 32, 32) * 50
+    channels = torch.tensor([3, 5])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = cascading_randomization(model, x, "conv3", channels, rules=("deconvnet", "gradient"))
+    assert res.steps == ["features.conv3", "features.conv2", "features.conv1"]
+    for k, v in model.state_dict().items():  # randomised a copy, not the model
+        assert torch.equal(v, before[k]), k
+    for rule in ("deconvnet", "gradient"):
+        ex = res.examples[rule]
+        assert ex.shape == (4, 3, 32, 32)
+        torch.testing.assert_close(ex[0], project(model, x, "conv3", channels, rule=rule)[0])
+        assert not torch.allclose(ex[-1], ex[0])  # every layer below re-initialised
+    randomization_section(tmp_path, res)
+    (s,) = read_sections(tmp_path)
+    assert [f.path for f in s.figures] == ["figures/randomization.png",
+                                           "figures/randomization_maps.png"]
+    assert DISPLAY_CAPTION in s.caption
+    canvas = np.asarray(Image.open(tmp_path / "figures" / "randomization_maps.png"))
+    zoom, side, pad = 2, 64, 2  # 32 px enlarged to 64
+    assert canvas.shape == (2 * (side + pad) + pad, 4 * (side + pad) + pad, 3)
+    y, x0 = pad + (side + pad), pad + 3 * (side + pad)  # gradient row, last step
+    tile = torch.from_numpy(canvas[y: y + side: zoom, x0: x0 + side: zoom].copy())
+    assert torch.equal(tile.permute(2, 0, 1), projection_to_uint8(res.examples["gradient"][3]))
