@@ -223,6 +223,25 @@ def test_failed_download_says_where_to_put_the_file(monkeypatch):
     assert enum.url in str(e.value) and str(hub_file(enum)) in str(e.value)
 
 
+def test_download_into_the_hub_cache(monkeypatch):
+    """Online, a missing file is downloaded to where torch hub keeps it, its hash checked."""
+    monkeypatch.delenv("ZFNET_OFFLINE")
+    ref = torchvision.models.squeezenet1_1()
+    calls = []
+
+    def download(url, dst, hash_prefix=None, progress=True):
+        calls.append((url, dst, hash_prefix))
+        torch.save(ref.state_dict(), dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    enum = torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1
+    src = load_source("torchvision:squeezenet1_1", "IMAGENET1K_V1")
+    assert calls == [(enum.url, str(hub_file(enum)), "b8a52dc0")]  # squeezenet1_1-b8a52dc0.pth
+    assert _same_weights(src.model, ref)
+    load_source("torchvision:squeezenet1_1", "DEFAULT")  # cached now: no second download
+    assert len(calls) == 1
+
+
 def test_hub_file_that_is_not_a_state_dict():
     path = hub_file(torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1)
     path.parent.mkdir(parents=True)

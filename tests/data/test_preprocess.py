@@ -87,6 +87,10 @@ def test_round_trip_and_pixel_scale():
                        torch.tensor([58.395, 57.12, 57.375]))
     mean_image = Preprocessing.from_mean_image(torch.zeros(1, 32, 32), crop=28)
     assert torch.equal(mean_image.pixel_scale(), torch.ones(1))  # zfnet: std 1
+    assert mean_image.to_dict() == {"resize": 32, "crop": 28, "mean": [0.0], "std": [1.0],
+                                    "in_channels": 1, "mean_image": True,
+                                    "interpolation": "bilinear"}
+    assert mean_image.describe() == "resize 32, crop 28, mean the mean image, std 1 (0..255 units)"
 
 
 def test_channels_adapted():
