@@ -18,7 +18,8 @@ Sources (`SOURCE_FORMS`):
   fetch and where to put it), or a local file as above (a fine-tuned copy with another number
   of classes is rebuilt with that number);
 - `timm:NAME` when timm is installed, weights from a local file only;
-- the path of a zfnet run directory, checkpoint directory or its `model.safetensors`.
+- the path of a zfnet run directory, checkpoint directory or its `model.safetensors` (a
+  registry name wins over a folder of that name: write `./zfnet_small` for the folder).
 
 Preprocessing: the weights enum's transforms (torchvision), the model's `pretrained_cfg`
 (timm), the run's mean image (zfnet runs, paper Sec. 3); otherwise a default that `notes` says:
