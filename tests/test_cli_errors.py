@@ -1,12 +1,15 @@
 """Every command with bad input: a one-line error naming the bad value, a nonzero exit, no
 traceback, and nothing written to --out (absent afterwards, or unchanged when it existed)."""
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torchvision
 from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import save_file
@@ -19,6 +22,13 @@ pytestmark = pytest.mark.filterwarnings("ignore::zfnet.data.images.BrokenImageWa
 
 TINY = "synthetic?n_train=64&n_val=32&size=32"
 OTHER_SIZE = "synthetic?n_train=64&n_val=32&size=48"  # not the 32 px the run's model takes
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    """No downloads: weights enums only from an empty torch hub cache."""
+    monkeypatch.setenv("ZFNET_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +72,10 @@ def places(tmp_path_factory) -> dict[str, Path]:
     (root / "secret.png").write_bytes(b"\x89PNG secret")
     (escape / "sections" / "x.json").write_text(json.dumps(
         {"key": "x", "title": "t", "caption": "c", "figures": [{"path": "../secret.png"}]}))
+    squeezenet = root / "squeezenet1_1.pth"  # a torchvision state dict
+    torch.save(torchvision.models.squeezenet1_1().state_dict(), squeezenet)
     return {"run": run, "empty": empty, "notes": root / "notes.txt", "other": other,
+            "squeezenet": squeezenet,
             "corrupt": corrupt, "broken_images": root / "broken_images", "flat": flat,
             "escape": escape, "bad_fmnist": bad_fmnist, "root": root}
 
@@ -79,6 +92,30 @@ CASES = [
     ("models-unknown", ["models", "zfnett"], "zfnett"),
     ("models-input-too-small", ["models", "zfnet_small", "--input-size", "5"], "input_size=5"),
     ("models-input-zero", ["models", "zfnet_small", "--input-size", "0"], "--input-size"),
+    # model sources (zfnet.sources), as every command given --model/--weights takes them
+    ("source-unknown", ["models", "vgg16"], "did you mean torchvision:vgg16"),
+    ("source-torchvision-unknown", ["models", "torchvision:resnet181"], "closest: resnet18"),
+    ("source-weights-enum", ["models", "torchvision:resnet18", "--weights", "IMAGENET1K_V9"],
+     "valid: IMAGENET1K_V1"),
+    ("source-weights-other-architecture", ["models", "torchvision:squeezenet1_0", "--weights",
+                                           "{squeezenet}"], "another architecture"),
+    ("source-weights-missing", ["models", "torchvision:resnet18", "--weights",
+                                "/nonexistent/w.pth"], "/nonexistent/w.pth does not exist"),
+    ("source-hub-offline", ["models", "torchvision:resnet18", "--weights", "DEFAULT"],
+     "download https://download.pytorch.org/models/resnet18-f37072fd.pth"),
+    ("source-path-missing", ["models", "runs/nope"], "runs/nope does not exist"),
+    ("source-weights-file-as-model", ["models", "{squeezenet}"], "--weights"),
+    ("source-run-with-weights", ["models", "{run}", "--weights", "DEFAULT"], "holds its weights"),
+    ("source-mean-count", ["models", "torchvision:resnet18", "--mean", "0.5,0.5"],
+     "mean has 2 values"),
+    ("source-mean-range", ["models", "torchvision:resnet18", "--mean", "124,117,104"], "--mean"),
+    ("source-mean-not-numbers", ["models", "torchvision:resnet18", "--mean", "a,b,c"], "--mean"),
+    ("source-std-zero", ["models", "torchvision:resnet18", "--std", "0"], "--std"),
+    ("source-crop-fixed", ["models", "zfnet_small", "--crop", "100"], "takes 64 px"),
+    ("source-resize-below-crop", ["models", "torchvision:resnet18", "--resize", "100"],
+     "resize 100 is smaller than crop 224"),
+    *([("source-timm-missing", ["models", "timm:resnet18"], "pip install timm")]
+      if importlib.util.find_spec("timm") is None else []),
     # train: what to train, on what
     ("train-no-data-model", ["train", *OUT], "--data and --model"),
     ("train-unknown-dataset", [*TRAIN, "--data", "nope"], "nope"),
@@ -136,6 +173,7 @@ CASES = [
     ("eval-live-weights", ["eval", *CK, "--live-weights"], "--ema"),
     ("eval-broken-images", ["eval", *CK, "--data", "imagefolder:{broken_images}"],
      "broken_images"),
+    ("eval-unlabelled-images", ["eval", *CK, "--data", "images:{flat}"], "0 classes"),
     # visualize topk
     ("topk-layer", [*TOPK, "--layer", "conv9"], "conv9"),
     ("topk-layers-alias", [*TOPK, "--layers", "conv1, conv9"], "conv9"),
@@ -146,6 +184,9 @@ CASES = [
     ("topk-out-is-file", ["visualize", "topk", *CK, "--out", "{notes}"], "notes.txt"),
     ("topk-fc-layer", [*TOPK, "--layer", "fc6"], "fc6"),
     ("topk-other-input-size", [*TOPK, "--data", OTHER_SIZE], "48 px"),
+    ("topk-images-empty", [*TOPK, "--data", "images:{empty}"], "holds no image files"),
+    ("topk-images-missing", [*TOPK, "--data", "images:/nonexistent"], "/nonexistent does not"),
+    ("topk-images-a-file", [*TOPK, "--data", "images:{notes}"], "is not a directory"),
     # analyze
     ("evolution-no-checkpoints", ["analyze", "evolution", "--run", "{empty}", *OUT], "empty"),
     ("evolution-no-run", ["analyze", "evolution", *OUT], "--checkpoint"),

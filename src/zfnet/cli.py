@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import math
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import click
@@ -71,34 +74,176 @@ def main() -> None:
     keep_freed_memory()  # no page faults on every step's tensors (zfnet/memory.py)
 
 
+# --- the model to look inside, from any source (zfnet.sources), the same for every command ---
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """What `_SOURCE` parsed: the model (`model` or `checkpoint`), its weights, preprocessing
+    overrides (mean/std as typed: 0..1 units), device and batch size."""
+
+    model: str | None
+    checkpoint: str | None
+    weights: str | None
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    resize: int | None
+    crop: int | None
+    device: str
+    batch_size: int
+
+
+def _floats(ctx: click.Context, param: click.Parameter, value: str | None):
+    """A comma list of numbers: --mean in [0, 1], --std > 0 (0..1 units, as torchvision and timm
+    publish them)."""
+    if value is None:
+        return None
+    try:
+        values = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        values = ()
+    what = "numbers in 0..1" if param.name == "mean" else "numbers > 0"
+    if not values or not all(math.isfinite(v) for v in values) or (
+            param.name == "mean" and not all(0 <= v <= 1 for v in values)) or (
+            param.name == "std" and not all(v > 0 for v in values)):
+        raise click.BadParameter(
+            f"{value!r} is not a comma list of {what}, one per channel (or one for all), in "
+            "0..1 units as model cards give them, e.g. 0.485,0.456,0.406")
+    return values
+
+
+_WEIGHTS = click.option(
+    "--weights", metavar="W",
+    help="The model's weights: a torchvision weights name (DEFAULT, IMAGENET1K_V1, ...) or a "
+         "file (.pth, .pt, .safetensors). Default: random init.")
+# The preprocessing a model comes with, overridden (for a plain weights file, say).
+_PREPROCESSING = (
+    click.option("--mean", callback=_floats, metavar="M,M,M",
+                 help="Input mean per channel in 0..1 units (default: the weights' own)."),
+    click.option("--std", callback=_floats, metavar="S,S,S",
+                 help="Input std per channel in 0..1 units (default: the weights' own)."),
+    click.option("--resize", type=click.IntRange(1),
+                 help="Shorter image side before the centre crop (default: the weights' own)."),
+    click.option("--crop", type=click.IntRange(1),
+                 help="Side of the centre crop the model sees (default: the weights' own)."),
+)
+_SOURCE_OPTIONS = (
+    click.option("--model", "model", metavar="SOURCE",
+                 help="The model: a zfnet model name (`zfnet models`), torchvision:NAME, "
+                      "timm:NAME, or a zfnet run."),
+    click.option("--checkpoint", "checkpoint", type=click.Path(exists=True), metavar="RUN",
+                 help="A zfnet run directory, checkpoint directory or its model.safetensors "
+                      "(the same as --model RUN)."),
+    _WEIGHTS,
+    *_PREPROCESSING,
+    click.option("--device", default="auto", show_default=True, callback=_device,
+                 help="auto (cuda if available), cpu, cuda, cuda:N."),
+    click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True),
+)
+
+
+def _unit_stats(mean: tuple[float, ...] | None, std: tuple[float, ...] | None
+                ) -> dict[str, tuple[float, ...] | None]:
+    """--mean/--std as typed (0..1 units) -> load_source's mean/std (0..255 units)."""
+    return {k: None if v is None else tuple(255 * x for x in v)
+            for k, v in (("mean", mean), ("std", std))}
+
+
+def _options(*options):
+    """One decorator applying several click options, listed in the order given."""
+    def apply(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return apply
+
+
+def _SOURCE(command):
+    """Adds the model options (`_SOURCE_OPTIONS`) to a command; it receives them as one
+    `ModelOptions` argument, `model_options`, to hand to `_model_and_data`."""
+    keys = [f.name for f in fields(ModelOptions)]
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        options = ModelOptions(**{k: kwargs.pop(k) for k in keys})
+        return command(*args, model_options=options, **kwargs)
+
+    return _options(*_SOURCE_OPTIONS)(run)
+
+
 @main.command("models", short_help="List the models, or the layers of one")
-@click.argument("name", required=False)
+@click.argument("name", required=False, metavar="[SOURCE]")
 @click.option("--input-size", type=click.IntRange(1), default=None,
-              help="Input side for the layer table.")
-def models_cmd(name: str | None, input_size: int | None) -> None:
-    """List the registered models, or the layers of model NAME (the names every command takes)."""
+              help="Input side for the layer table (default: the model's crop).")
+@_options(_WEIGHTS, *_PREPROCESSING)
+def models_cmd(name: str | None, input_size: int | None, weights: str | None,
+               mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
+               resize: int | None, crop: int | None) -> None:
+    """List zfnet's models, or the layers of model SOURCE (the names every command takes): a
+    zfnet model name, torchvision:NAME, timm:NAME or a zfnet run; with --weights and the
+    preprocessing options, what that source loads (its classes, its preprocessing).
+    `zfnet models torchvision:` lists torchvision's models."""
     import torch
 
     from zfnet.models import create_model, layer_info, list_models
+    from zfnet.sources import load_source, torchvision_models
 
     if name is None:
         for n in list_models():
             click.echo(n)
+        click.echo("\nand any torchvision classification model as torchvision:NAME (list them: "
+                   "`zfnet models torchvision:`), timm:NAME with timm installed, or a zfnet run")
         return
-    if name not in list_models():
-        raise click.BadParameter(f"unknown model {name!r}; valid: {', '.join(list_models())}",
-                                 param_hint="NAME")
-    with torch.device("meta"):  # shapes only: no memory, however large the input
-        model = create_model(name, **({"input_size": input_size} if input_size else {}))
+    if name.strip().lower() in ("torchvision", "torchvision:"):
+        for n in torchvision_models():
+            click.echo(f"torchvision:{n}")
+        return
+    overrides = {"mean": mean, "std": std, "resize": resize, "crop": crop}
+    src = None
+    if name in list_models() and weights is None and not any(overrides.values()):
+        with torch.device("meta"):  # shapes only: no memory, however large the input
+            model = create_model(name, **({"input_size": input_size} if input_size else {}))
+        size = fixed = model.config.input_size
+        title = name
+    else:
+        src = load_source(name, weights, **_unit_stats(mean, std), resize=resize, crop=crop,
+                          device="cpu" if weights else "meta")  # meta: the architecture only
+        for note in src.meta.get("notes", []):
+            click.echo(note, err=True)
+        model, title = src.model, src.name if src.kind == "run" or weights else name
+        fixed = getattr(getattr(model, "config", None), "input_size", None)
+        if fixed is not None and input_size not in (None, fixed):
+            raise click.BadParameter(f"{input_size}: {src.name} takes {fixed} px inputs",
+                                     param_hint="--input-size")
+        size = fixed or input_size or src.preprocessing.crop
     n_params = sum(p.numel() for p in model.parameters())
-    click.echo(f"{name}: {n_params:,} parameters, input {model.config.input_size} px")
-    click.echo(f"{'layer':<8} {'module':<20} {'kind':<8} {'maps':>6} {'size':>5} "
-               f"{'stride':>6} {'rf':>5}")
-    for info in layer_info(model).values():
+    infos = list(layer_info(model, size).values())
+    click.echo(f"{title}: {n_params:,} parameters, input {size} px")
+    if src is not None and (src.kind != "run" or any(overrides.values())):
+        click.echo(f"preprocessing: {src.preprocessing.describe()}")
+    if src is not None and src.labels:
+        click.echo(f"classes: {len(src.labels)} ({', '.join(src.labels[:3])}, ...)")
+    # Short names (zfnet's) get a column beside their module paths; other models' names are
+    # their module paths.
+    short = any(i.name != i.module for i in infos)
+    w_name = max([8, *(len(i.name) for i in infos)])
+    w_module = max([20, *(len(i.module) for i in infos)])
+    head = f"{'layer':<{w_name}} " + (f"{'module':<{w_module}} " if short else "")
+    click.echo(f"{head}{'kind':<8} {'maps':>6} {'size':>5} {'stride':>6} {'rf':>5}")
+    # zfnet's models: no geometry means an fc layer (blank); others: not known here ("-")
+    unknown = "" if hasattr(model, "config") else "-"
+    for info in infos:
         g = info.geometry
-        size, jump, rf = (g.size, g.jump, g.rf) if g else ("", "", "")
-        click.echo(f"{info.name:<8} {info.module:<20} {info.kind:<8} {info.channels or '':>6} "
-                   f"{size:>5} {jump:>6} {rf:>5}")
+        size_, jump, rf = (_per_axis(g, "size"), _per_axis(g, "jump"), _per_axis(g, "rf")) \
+            if g else (unknown,) * 3
+        head = f"{info.name:<{w_name}} " + (f"{info.module:<{w_module}} " if short else "")
+        click.echo(f"{head}{info.kind:<8} {info.channels or '':>6} {size_:>5} {jump:>6} "
+                   f"{rf:>5}")
+
+
+def _per_axis(geometry, attr: str) -> str:
+    """A geometry value for the layer table: "13", or "13x9" where rows and columns differ."""
+    rows, cols = getattr(geometry.rows, attr), getattr(geometry.cols, attr)
+    return str(rows) if rows == cols else f"{rows}x{cols}"
 
 
 # --- train / eval (zfnet.train) ---
@@ -323,6 +468,30 @@ def demo_cmd(out: str, epochs: int, batch_size: int, lr: float, data: str, model
 
 _CKPT = click.option("--checkpoint", required=True, type=click.Path(exists=True),
                      help="Run directory (its last checkpoint), checkpoint directory or weights.")
+
+
+def _model_and_data(options: ModelOptions, data: str | None = None, *, need_data: bool = True,
+                    ten_crop: bool = False, strict: bool = False):
+    """(Source, DataBundle or None) for a command: the model `options` name, loaded once, with
+    its preprocessing (the notes on how — random init, default preprocessing — go to stderr),
+    and `data` (default: the run's dataset) as that model's inputs."""
+    from zfnet.sources import load_data, load_source
+    from zfnet.train.distributed import resolve_device
+
+    if options.model is not None and options.checkpoint is not None:
+        raise click.UsageError("--model and --checkpoint both name the model: give one of them")
+    if options.model is None and options.checkpoint is None:
+        raise click.UsageError("no model given: --model SOURCE (a zfnet model name, "
+                               "torchvision:NAME, timm:NAME, a zfnet run) or --checkpoint RUN")
+    source = load_source(options.model or options.checkpoint, options.weights,
+                         **_unit_stats(options.mean, options.std),
+                         resize=options.resize, crop=options.crop,
+                         device=resolve_device(options.device))
+    for note in source.meta.get("notes", []):
+        click.echo(note, err=True)
+    if not need_data:
+        return source, None
+    return source, load_data(source, data, ten_crop=ten_crop, strict=strict)
 _DATA = click.option("--data", default=None,
                      help="Dataset spec (default: the one the model was trained on).")
 _OUT = click.option("--out", required=True, type=click.Path(file_okay=False),

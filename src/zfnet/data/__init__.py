@@ -5,6 +5,9 @@
 
 Spec strings: `NAME[:PATH][?key=value&...]`. Every model input is 0..255 minus the matching
 crop of the training set's per-pixel mean image (no /255): roughly zero-centred, std ~60.
+Loaded for a model (`preprocessing=`, `zfnet.data.preprocess.Preprocessing`), every dataset
+yields that model's inputs instead: images fitted to its channels and sizes, normalised by its
+mean and std (torchvision's `(x/255 - mean) / std`, say).
 Training items are random crops with horizontal flips; val items the centre crop or, with
 `ten_crop=True`, (10, C, S, S): the 4 corners and the centre, each also flipped.
 
@@ -13,6 +16,8 @@ Datasets (`DATASETS`):
   (`data.val.sample(i)`, see `zfnet.data.synthetic`).
 - `fashion-mnist[:DIR]` — the four IDX .gz files (default /usr/share/datasets/fashion-mnist).
 - `imagefolder:DIR` — DIR/train/<class>/*, DIR/val/<class>/*, the paper's 256/224 pipeline.
+- `images:DIR` — any folder of images, no labels (-1), train = val = all of them
+  (`zfnet.data.imagedir`; `load_images` takes files one by one).
 
 Broken image files are skipped with a `BrokenImageWarning` naming the file (the item is
 None and `collate` drops it), or raise `BadImageError` naming it with `strict=True`.
@@ -25,8 +30,10 @@ from pathlib import Path
 
 from zfnet.data.bundle import DataBundle
 from zfnet.data.fashion_mnist import load_fashion_mnist
+from zfnet.data.imagedir import load_images, load_images_dir
 from zfnet.data.imagefolder import load_imagefolder
 from zfnet.data.images import BadImageError, BrokenImageWarning, load_rgb
+from zfnet.data.preprocess import Preprocessing
 from zfnet.data.spec import DatasetSpec, parse_spec
 from zfnet.data.synthetic import SyntheticDataset, SyntheticSample, load_synthetic
 from zfnet.data.transforms import CropDataset, collate, ten_crop
@@ -37,6 +44,7 @@ DATASETS: dict[str, str] = {
     "fashion-mnist": "fashion-mnist[:DIR]; options n_train, n_val, classes, per_class",
     "imagefolder": "imagefolder:DIR (DIR/train/<class>/*, DIR/val/<class>/*); options size, "
     "n_train, n_val, classes, per_class",
+    "images": "images:DIR (any folder of images, recursive, no labels); options size, n",
 }
 
 
@@ -51,12 +59,15 @@ def load_dataset(
     ten_crop: bool = False,
     strict: bool = False,
     cache_dir: str | Path | None = None,
+    preprocessing: Preprocessing | None = None,
 ) -> DataBundle:
     """Load the dataset named by `spec` (`NAME[:PATH][?key=value&...]`) as a `DataBundle`.
 
     `ten_crop`: val items are the paper's 10 crops (10, C, S, S) instead of the centre crop.
     `strict`: a broken image file raises `BadImageError` instead of being skipped.
     `cache_dir`: where imagefolder's mean image is cached when its DIR is read-only.
+    `preprocessing`: a model's (`zfnet.sources`): items are that model's inputs, whatever the
+    dataset's own channels and size; None: the paper's convention with the dataset's mean image.
     Unknown names and options raise ValueError listing the valid ones.
     """
     parsed: DatasetSpec = parse_spec(spec)
@@ -64,11 +75,13 @@ def load_dataset(
         "synthetic": load_synthetic,
         "fashion-mnist": load_fashion_mnist,
         "imagefolder": lambda s, **kw: load_imagefolder(s, cache_dir=cache_dir, **kw),
+        "images": lambda s, **kw: load_images_dir(s, cache_dir=cache_dir, **kw),
     }
     if parsed.name not in loaders:
         valid = "; ".join(f"{k}: {v}" for k, v in DATASETS.items())
         raise ValueError(f"unknown dataset {parsed.name!r} in spec {spec!r}; valid: {valid}")
-    return loaders[parsed.name](parsed, ten_crop=ten_crop, strict=strict, raw_spec=spec)
+    return loaders[parsed.name](parsed, ten_crop=ten_crop, strict=strict, raw_spec=spec,
+                                preprocessing=preprocessing)
 
 
 __all__ = [
@@ -77,11 +90,13 @@ __all__ = [
     "BrokenImageWarning",
     "CropDataset",
     "DataBundle",
+    "Preprocessing",
     "SyntheticDataset",
     "SyntheticSample",
     "collate",
     "list_datasets",
     "load_dataset",
+    "load_images",
     "load_rgb",
     "parse_spec",
     "ten_crop",

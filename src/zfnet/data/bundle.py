@@ -6,30 +6,60 @@ from dataclasses import dataclass
 
 import torch
 
+from zfnet.data.preprocess import Preprocessing
 from zfnet.data.transforms import CropDataset
 
 
 @dataclass
 class DataBundle:
-    """A dataset ready for training and evaluation in the paper's pixel convention.
+    """A dataset ready for training and evaluation in the paper's pixel convention, or in one
+    model's (`preprocessing`).
 
     `train` items are (x float32 (C, S, S), y int) with random crops and flips; `val` items
     are centre crops, or (10, C, S, S) with `ten_crop=True` (paper Sec. 3). Inputs are
-    0..255 minus the crop of `mean`, the per-pixel mean image of the training set.
+    0..255 minus the crop of `mean`, the per-pixel mean image of the training set; with a
+    `preprocessing`, (pixels - mean) / std of that model, its images fitted to its channels and
+    sizes (`input_size` = its crop, `full_size` = its resize, `mean` its mean broadcast).
     """
 
     spec: str  # the spec string it came from
     train: CropDataset
     val: CropDataset
-    num_classes: int
+    num_classes: int  # 0 for unlabelled images (`images:DIR`; their labels are -1)
     class_names: list[str]
     in_channels: int  # 3 for RGB, 1 for Fashion-MNIST
     input_size: int  # S, the crop side the model sees
     full_size: int  # side before cropping
     mean: torch.Tensor  # (C, full_size, full_size) float32
+    preprocessing: Preprocessing | None = None  # the model's, when loaded for one
 
     def raw_val(self, i: int) -> torch.Tensor:
         """Displayable uint8 (C, S, S) centre crop of val image i (no mean subtracted)."""
         if not 0 <= i < len(self.val):
             raise IndexError(f"val index {i} out of range 0..{len(self.val) - 1}")
         return self.val.raw(i)
+
+    @property
+    def input_preprocessing(self) -> Preprocessing:
+        """How this bundle's pixels became its inputs, as a `Preprocessing` (its `normalize`,
+        `to_pixels` and `pixel_scale` hold for every item): the model's, or the paper's
+        convention with this dataset's mean image."""
+        if self.preprocessing is not None:
+            return self.preprocessing
+        return Preprocessing.from_mean_image(self.mean, self.input_size)
+
+
+def fitted(preprocessing: Preprocessing) -> dict:
+    """`CropDataset` arguments that make it yield `preprocessing`'s model inputs."""
+    return {"mean": preprocessing.full_mean(), "input_size": preprocessing.crop,
+            "preprocessing": preprocessing}
+
+
+def bundle_geometry(preprocessing: Preprocessing | None, **own) -> dict:
+    """`DataBundle`'s in_channels, input_size, full_size, mean (and preprocessing): the
+    dataset's `own` values, or the model's when fitted to one."""
+    if preprocessing is None:
+        return own
+    p = preprocessing
+    return {"in_channels": p.in_channels, "input_size": p.crop, "full_size": p.resize,
+            "mean": p.full_mean(), "preprocessing": p}

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zfnet.data.bundle import DataBundle
+from zfnet.data.bundle import DataBundle, bundle_geometry, fitted
+from zfnet.data.preprocess import Preprocessing
 from zfnet.data.spec import DatasetSpec, check_options, class_list_option, int_option
 from zfnet.data.subset import select
 from zfnet.data.transforms import TensorImages
@@ -97,8 +98,10 @@ def find_files(root: Path) -> dict[str, Path]:
 
 
 def load_fashion_mnist(spec: DatasetSpec, *, ten_crop: bool = False, strict: bool = False,
-                       raw_spec: str = "") -> DataBundle:
-    """Build the Fashion-MNIST `DataBundle` (1 channel, 28 px crops of 32 px padded images)."""
+                       raw_spec: str = "",
+                       preprocessing: Preprocessing | None = None) -> DataBundle:
+    """Build the Fashion-MNIST `DataBundle` (1 channel, 28 px crops of 32 px padded images);
+    with a model's `preprocessing`, the padded images fitted to its inputs."""
     opts = check_options(
         spec,
         {
@@ -146,14 +149,14 @@ def load_fashion_mnist(spec: DatasetSpec, *, ten_crop: bool = False, strict: boo
         raise ValueError(f"dataset spec {raw_spec!r} selects no training or no test images")
     mean = train_x.to(torch.float64).mean(0).to(torch.float32)  # (1, 32, 32)
     common = dict(mean=mean, input_size=INPUT_SIZE, classes=names, strict=strict)
+    if preprocessing is not None:
+        common.update(fitted(preprocessing))
     return DataBundle(
         spec=raw_spec,
         train=TensorImages(train_x, train_y, mode="train", **common),
         val=TensorImages(val_x, val_y, mode="ten_crop" if ten_crop else "centre", **common),
         num_classes=len(names),
         class_names=names,
-        in_channels=1,
-        input_size=INPUT_SIZE,
-        full_size=INPUT_SIZE + 2 * pad,
-        mean=mean,
+        **bundle_geometry(preprocessing, in_channels=1, input_size=INPUT_SIZE,
+                          full_size=INPUT_SIZE + 2 * pad, mean=mean),
     )

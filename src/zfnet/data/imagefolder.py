@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from zfnet.data.bundle import DataBundle
+from zfnet.data.bundle import DataBundle, bundle_geometry, fitted
 from zfnet.data.images import (
     IMAGE_EXTENSIONS,
     BadImageError,
@@ -39,6 +39,7 @@ from zfnet.data.images import (
     resize_center_crop,
     warn_skipped,
 )
+from zfnet.data.preprocess import Preprocessing
 from zfnet.data.spec import DatasetSpec, check_options, class_list_option, int_option
 from zfnet.data.subset import select
 from zfnet.data.transforms import CropDataset
@@ -48,7 +49,7 @@ PAPER_INPUT, PAPER_FULL = 224, 256
 CACHE_VERSION = "zfnet-mean-v1"  # bump when the preprocessing changes
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     """Image files under `folder` (recursive), sorted, hidden files and other extensions skipped."""
     files = [
         p
@@ -86,7 +87,7 @@ def scan_split(
     samples: list[tuple[Path, int]] = []
     empty: list[str] = []
     for name in names:
-        files = _image_files(folder / name)
+        files = image_files(folder / name)
         if not files:
             empty.append(str(folder / name))
         samples.extend((p, label_of[name]) for p in files)
@@ -99,7 +100,8 @@ def scan_split(
 
 
 class FolderImages(CropDataset):
-    """Image files decoded on demand, preprocessed to uint8 (3, F, F), cropped per `mode`."""
+    """Image files decoded on demand, preprocessed to uint8 (3, F, F) (or fitted to a model's
+    `preprocessing`), cropped per `mode`."""
 
     def __init__(self, paths: Sequence[Path], targets: Sequence[int], **kwargs: Any) -> None:
         super().__init__(targets, **kwargs)
@@ -107,6 +109,8 @@ class FolderImages(CropDataset):
 
     def full_image(self, i: int) -> torch.Tensor:
         img = load_rgb(self.paths[i], min_side=self.full_size)  # (3, H, W)
+        if self.preprocessing is not None:
+            return self.preprocessing.fit_full(img)  # (C, F, F), the model's
         return resize_center_crop(img, self.full_size)  # (3, F, F)
 
 
@@ -241,8 +245,10 @@ def load_imagefolder(
     strict: bool = False,
     cache_dir: str | Path | None = None,
     raw_spec: str = "",
+    preprocessing: Preprocessing | None = None,
 ) -> DataBundle:
-    """Build the `DataBundle` for `imagefolder:DIR` (paper Sec. 3 preprocessing)."""
+    """Build the `DataBundle` for `imagefolder:DIR` (paper Sec. 3 preprocessing, or the
+    model's `preprocessing`: then no mean image is computed)."""
     if spec.path is None:
         raise ValueError(f"imagefolder needs a directory: imagefolder:DIR with {LAYOUT}")
     root = Path(spec.path).expanduser()
@@ -261,6 +267,7 @@ def load_imagefolder(
         },
     )
     _, val_samples = scan_split(root, "val", all_names)
+    check_no_size(opts, preprocessing, raw_spec)
     input_size = opts.get("size", PAPER_INPUT)
     full_size = round(input_size * PAPER_FULL / PAPER_INPUT)
     classes = opts.get("classes")
@@ -275,16 +282,29 @@ def load_imagefolder(
     val_paths, val_y = pick(val_samples, opts.get("n_val"), None)
     if not train_paths or not val_paths:
         raise ValueError(f"dataset spec {raw_spec!r} selects no training or no val images")
-    mean = load_or_compute_mean(root, train_paths, full_size, strict=strict, cache_dir=cache_dir)
-    common = dict(mean=mean, input_size=input_size, classes=names, strict=strict)
+    if preprocessing is None:
+        mean = load_or_compute_mean(root, train_paths, full_size, strict=strict,
+                                    cache_dir=cache_dir)
+        common = dict(mean=mean, input_size=input_size, classes=names, strict=strict)
+    else:
+        mean = preprocessing.full_mean()
+        common = dict(classes=names, strict=strict, **fitted(preprocessing))
     return DataBundle(
         spec=raw_spec,
         train=FolderImages(train_paths, train_y, mode="train", **common),
         val=FolderImages(val_paths, val_y, mode="ten_crop" if ten_crop else "centre", **common),
         num_classes=len(names),
         class_names=names,
-        in_channels=3,
-        input_size=input_size,
-        full_size=full_size,
-        mean=mean,
+        **bundle_geometry(preprocessing, in_channels=3, input_size=input_size,
+                          full_size=full_size, mean=mean),
     )
+
+
+def check_no_size(opts: dict[str, Any], preprocessing: Preprocessing | None,
+                  raw_spec: str) -> None:
+    """A model's preprocessing sets the crop: `size=` would be silently overruled."""
+    if preprocessing is not None and "size" in opts:
+        raise ValueError(
+            f"option size={opts['size']} in dataset spec {raw_spec!r} does not apply: the "
+            f"model's preprocessing sets the input ({preprocessing.crop} px crops of "
+            f"{preprocessing.resize} px); change it with --crop/--resize")

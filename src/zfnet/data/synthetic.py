@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from zfnet.data.bundle import DataBundle
+from zfnet.data.bundle import DataBundle, bundle_geometry, fitted
+from zfnet.data.preprocess import Preprocessing
 from zfnet.data.spec import DatasetSpec, check_options, class_list_option, int_option
 from zfnet.data.transforms import TensorImages, centre_offset
 
@@ -325,17 +326,26 @@ class SyntheticDataset(TensorImages):
 
     def __init__(
         self, images: torch.Tensor, targets: list[int], *, seed: int, split: str,
-        class_ids: list[int], **kwargs: Any,
+        class_ids: list[int], size: int, **kwargs: Any,
     ) -> None:
         super().__init__(images, targets, **kwargs)
         self.seed, self.split, self.class_ids = seed, split, class_ids
+        self.size = size  # the side drawn at (input_size, unless fitted to a model)
 
     def sample(self, i: int) -> SyntheticSample:
         """Item i with its ground truth: image uint8 (3, S, S), mask and parts bool (S, S)."""
         if not 0 <= i < len(self):
             raise IndexError(f"{self.split} index {i} out of range 0..{len(self) - 1}")
         name = CLASS_NAMES[self.class_ids[self.targets[i]]]
-        _, obj, parts = render(self.seed, self.split, i, name, self.input_size)
+        _, obj, parts = render(self.seed, self.split, i, name, self.size)
+        if self.preprocessing is not None:  # the masks go where the model's fitting puts them
+            fit = self.preprocessing.fit_mask
+            return SyntheticSample(
+                image=self.raw(i), label=self.targets[i], class_name=name,
+                mask=fit(torch.from_numpy(obj)).numpy(),
+                parts={k: (fit(torch.from_numpy(m)) & fit(torch.from_numpy(obj))).numpy()
+                       for k, m in parts.items()},
+            )
         off = centre_offset(self.full_size, self.input_size)
         sl = (slice(off, off + self.input_size),) * 2
         return SyntheticSample(
@@ -360,8 +370,10 @@ def generate(
 
 
 def load_synthetic(spec: DatasetSpec, *, ten_crop: bool = False, strict: bool = False,
-                   raw_spec: str = "synthetic") -> DataBundle:
-    """Build the synthetic `DataBundle` (defaults: 6000 train, 1000 val, seed 0, 64 px)."""
+                   raw_spec: str = "synthetic",
+                   preprocessing: Preprocessing | None = None) -> DataBundle:
+    """Build the synthetic `DataBundle` (defaults: 6000 train, 1000 val, seed 0, 64 px); with
+    a model's `preprocessing`, drawn at `size` and fitted to its inputs (masks too)."""
     if spec.path is not None:
         raise ValueError(f"synthetic takes no path (got {spec.path!r}); options go after '?'")
     opts = check_options(
@@ -389,7 +401,9 @@ def load_synthetic(spec: DatasetSpec, *, ten_crop: bool = False, strict: bool = 
     val_x, val_y = generate(seed, "val", n_val, class_ids, size)
     mean = train_x.to(torch.float64).mean(0).to(torch.float32)  # (3, F, F)
     common = dict(mean=mean, input_size=size, classes=names, strict=strict, seed=seed,
-                  class_ids=class_ids)
+                  class_ids=class_ids, size=size)
+    if preprocessing is not None:
+        common.update(fitted(preprocessing))
     return DataBundle(
         spec=raw_spec,
         train=SyntheticDataset(train_x, train_y, split="train", mode="train", **common),
@@ -397,8 +411,6 @@ def load_synthetic(spec: DatasetSpec, *, ten_crop: bool = False, strict: bool = 
                              mode="ten_crop" if ten_crop else "centre", **common),
         num_classes=len(names),
         class_names=names,
-        in_channels=3,
-        input_size=size,
-        full_size=full_size_for(size),
-        mean=mean,
+        **bundle_geometry(preprocessing, in_channels=3, input_size=size,
+                          full_size=full_size_for(size), mean=mean),
     )

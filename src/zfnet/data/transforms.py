@@ -11,18 +11,25 @@ of the mean that matches the crop of the image is subtracted.
   flipped image, in torchvision's `ten_crop` order (top-left, top-right, bottom-left,
   bottom-right, centre, then the flipped image's five); the paper averages their softmax.
 
+With a model's `Preprocessing` (`zfnet.data.preprocess`) a dataset yields that model's inputs
+instead: each image is fitted to the model's channels and `resize` side, and
+x = (pixels - mean) / std with its per-channel mean (or mean image) and std.
+
 Random crops and flips draw from torch's global RNG, which a DataLoader seeds per worker.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch.utils.data import Dataset
 
 from zfnet.data.images import BadImageError, warn_skipped
+
+if TYPE_CHECKING:
+    from zfnet.data.preprocess import Preprocessing
 
 Mode = Literal["train", "centre", "ten_crop"]
 MODES: tuple[str, ...] = ("train", "centre", "ten_crop")
@@ -111,8 +118,10 @@ class CropDataset(Dataset):
     """Base class: images at `full_size` in, the paper's crops out.
 
     Subclasses implement `full_image(i)` (uint8 (C, F, F), raising `BadImageError` for a
-    broken file). Items are `(x, y)`: x float32 (C, S, S), or (10, C, S, S) in "ten_crop"
-    mode; `None` when the file is broken and `strict` is off (`collate` drops it).
+    broken file; with `preprocessing`, the image fitted by `preprocessing.fit_full`). Items are
+    `(x, y)`: x float32 (C, S, S), or (10, C, S, S) in "ten_crop" mode; `None` when the file
+    is broken and `strict` is off (`collate` drops it). x = image - mean, divided by
+    `preprocessing`'s std when there is one. y is -1 for unlabelled images.
     """
 
     # The global RNGs `__getitem__` draws from (the crops: torch's); the trainer's per-sample
@@ -128,17 +137,20 @@ class CropDataset(Dataset):
         *,
         classes: Sequence[str],
         strict: bool = False,
+        preprocessing: Preprocessing | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is not known; valid: {', '.join(MODES)}")
         if mean.shape[-1] < input_size:
             raise ValueError(f"input_size {input_size} > full_size {mean.shape[-1]}")
         self.targets = [int(t) for t in targets]
-        self.mean = mean.to(torch.float32)  # (C, F, F)
+        self.mean = mean.to(torch.float32)  # (C, F, F), may be a broadcast view
         self.input_size = input_size
         self.mode: Mode = mode
         self.classes = list(classes)
         self.strict = strict
+        self.preprocessing = preprocessing  # None: the paper's convention, std 1
+        self.std = None if preprocessing is None else preprocessing.std_tensor()  # (C, 1, 1)
 
     @property
     def full_size(self) -> int:
@@ -161,7 +173,8 @@ class CropDataset(Dataset):
                 raise
             warn_skipped(err)
             return None
-        return img.to(torch.float32) - self.mean  # paper's convention: 0..255 - mean
+        x = img.to(torch.float32) - self.mean  # paper's convention: 0..255 - mean
+        return x if self.std is None else x / self.std  # a model's: (pixels - mean) / std
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
         x = self._centred(i)  # (C, F, F)
@@ -210,12 +223,15 @@ class TensorImages(CropDataset):
         self.images = images  # (N, C, F, F) uint8
 
     def full_image(self, i: int) -> torch.Tensor:
-        return self.images[i]  # (C, F, F)
+        img = self.images[i]  # (C, F, F)
+        return img if self.preprocessing is None else self.preprocessing.fit_full(img)
 
     def train_items(
         self, indices: Sequence[int], params: Sequence[CropParams]
     ) -> list[tuple[torch.Tensor, int] | None]:
         """`CropDataset.train_items` as one gather over the batch (the same values)."""
+        if self.preprocessing is not None:  # images fitted one by one
+            return super().train_items(indices, params)
         if len(indices) == 0:
             return []
         tops, lefts, flips = (torch.as_tensor(v) for v in zip(*params, strict=True))

@@ -1,0 +1,119 @@
+"""A user's own images: `images:DIR` (any folder of images) and image files given one by one.
+
+`images:DIR` takes every image file under DIR (sub-folders too; hidden files and files without
+an image extension are skipped), in sorted path order. There are no labels (every target is -1,
+`class_names` is empty) and no train/val layout: `train` and `val` hold the same images. Loaded
+for a model (`preprocessing`), the images become that model's inputs; without one, the paper's
+pipeline as for `imagefolder` (256 -> 224 crops minus the folder's mean image, cached). Options:
+`size=S` (crop side, without a model's preprocessing), `n=N` (the first N images).
+
+`load_images(paths_or_spec, preprocessing)` is the same for files named one by one (or a folder,
+or a dataset spec), as `zfnet project IMAGE...` takes them. Broken files are skipped with a
+warning naming them, or raise `BadImageError` with `strict=True`, as everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from zfnet.data.bundle import DataBundle, bundle_geometry, fitted
+from zfnet.data.imagefolder import (
+    PAPER_FULL,
+    PAPER_INPUT,
+    FolderImages,
+    check_no_size,
+    image_files,
+    load_or_compute_mean,
+)
+from zfnet.data.images import IMAGE_EXTENSIONS
+from zfnet.data.preprocess import Preprocessing
+from zfnet.data.spec import DatasetSpec, check_options, int_option
+from zfnet.data.transforms import CropDataset
+
+UNLABELLED = -1  # the target of an image without a label
+FORM = "images:DIR (any folder of image files, searched recursively)"
+
+
+def folder_images(folder: str | Path) -> list[Path]:
+    """The image files under `folder` (recursive, sorted); a clear error when it is missing, not
+    a folder, or holds none."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise FileNotFoundError(f"image folder {root} {what}; expected {FORM}")
+    files = image_files(root)
+    if not files:
+        raise ValueError(f"image folder {root} holds no image files "
+                         f"({', '.join(IMAGE_EXTENSIONS)}); expected {FORM}")
+    return files
+
+
+def load_images_dir(
+    spec: DatasetSpec,
+    *,
+    ten_crop: bool = False,
+    strict: bool = False,
+    cache_dir: str | Path | None = None,
+    raw_spec: str = "",
+    preprocessing: Preprocessing | None = None,
+) -> DataBundle:
+    """Build the `DataBundle` for `images:DIR`: train = val = every image, no labels."""
+    if spec.path is None:
+        raise ValueError(f"images needs a directory: {FORM}")
+    opts = check_options(spec, {"size": lambda v, k: int_option(v, k, minimum=8),
+                                "n": lambda v, k: int_option(v, k, minimum=1)})
+    check_no_size(opts, preprocessing, raw_spec)
+    root = Path(spec.path).expanduser()
+    paths = folder_images(root)[:opts.get("n")]
+    targets = [UNLABELLED] * len(paths)
+    input_size = opts.get("size", PAPER_INPUT)
+    full_size = round(input_size * PAPER_FULL / PAPER_INPUT)
+    if preprocessing is None:
+        mean = load_or_compute_mean(root, paths, full_size, strict=strict, cache_dir=cache_dir)
+        common = dict(mean=mean, input_size=input_size, classes=[], strict=strict)
+    else:
+        mean = preprocessing.full_mean()
+        common = dict(classes=[], strict=strict, **fitted(preprocessing))
+    return DataBundle(
+        spec=raw_spec,
+        train=FolderImages(paths, targets, mode="train", **common),
+        val=FolderImages(paths, targets, mode="ten_crop" if ten_crop else "centre", **common),
+        num_classes=0,
+        class_names=[],
+        **bundle_geometry(preprocessing, in_channels=3, input_size=input_size,
+                          full_size=full_size, mean=mean),
+    )
+
+
+def load_images(
+    images: str | Path | Sequence[str | Path],
+    preprocessing: Preprocessing,
+    *,
+    strict: bool = False,
+) -> CropDataset:
+    """Images as one model's inputs: a file, several files, a folder (its images, recursive) or
+    a dataset spec (`images:DIR`, `synthetic`, ...: its val split). Items are (x, -1) centre
+    crops, x float32 (C, crop, crop), and `raw(i)` the uint8 pixels the model sees; files in
+    the order given. A path that does not exist is a FileNotFoundError naming it."""
+    from zfnet.data import DATASETS, load_dataset
+
+    items = [images] if isinstance(images, (str, Path)) else list(images)
+    if not items:
+        raise ValueError("no image given: name image files, a folder or a dataset spec")
+    first = items[0]
+    if len(items) == 1 and isinstance(first, str) and not Path(first).expanduser().exists():
+        if first.partition("?")[0].partition(":")[0].strip().lower() in DATASETS:
+            return load_dataset(first, strict=strict, preprocessing=preprocessing).val
+    paths: list[Path] = []
+    for item in items:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            paths += folder_images(path)
+        elif path.exists():
+            paths.append(path)
+        else:
+            raise FileNotFoundError(f"image {path} does not exist; give image files, a folder "
+                                    f"of images or a dataset spec such as {FORM}")
+    return FolderImages(paths, [UNLABELLED] * len(paths), mode="centre", classes=[],
+                        strict=strict, **fitted(preprocessing))

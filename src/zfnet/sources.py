@@ -1,0 +1,557 @@
+"""Model sources: one string names the model a command looks inside; its preprocessing comes
+with it, once for every command.
+
+    src = load_source("torchvision:resnet18", "DEFAULT")   # from the torch hub cache
+    src.model            # eval mode
+    src.preprocessing    # resize 256, crop 224, ImageNet's mean and std (the weights' own)
+    src.labels           # the 1000 ImageNet class names
+    data = load_data(src, "images:photos")                  # their inputs for this model
+
+Sources (`SOURCE_FORMS`):
+- a zfnet model name (`zfnet`, `zfnet_small`, `alexnet_zf`, ... `zfnet models` lists them):
+  random init (seed 0), or `weights` = a file: zfnet's `model.safetensors` (its run then
+  gives everything else), a state dict `.pth`/`.pt` (read with `weights_only=True`) or a
+  `.safetensors`;
+- `torchvision:NAME`, any torchvision classification model: `weights` = an enum name of that
+  model (`DEFAULT`, `IMAGENET1K_V1`, ...) loaded from the torch hub cache (downloaded when
+  missing, unless `ZFNET_OFFLINE=1`; either way a missing file is an error saying which URL to
+  fetch and where to put it), or a local file as above (a fine-tuned copy with another number
+  of classes is rebuilt with that number);
+- `timm:NAME` when timm is installed, weights from a local file only;
+- the path of a zfnet run directory, checkpoint directory or its `model.safetensors` (a
+  registry name wins over a folder of that name: write `./zfnet_small` for the folder).
+
+Preprocessing: the weights enum's transforms (torchvision), the model's `pretrained_cfg`
+(timm), the run's mean image (zfnet runs, paper Sec. 3); otherwise a default that `notes` says:
+ImageNet's mean and std at 256/224 (torchvision, timm), 0..255 minus ImageNet's mean pixel
+(zfnet's registry models). `mean`, `std` (0..255 units), `resize` and `crop` override it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import pickle
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from zfnet.data import DataBundle, load_dataset
+from zfnet.data.preprocess import IMAGENET_MEAN, PAPER_RATIO, Preprocessing
+from zfnet.data.spec import parse_spec
+
+SOURCE_FORMS = ("a zfnet model name (`zfnet models`), torchvision:NAME (any torchvision "
+                "classification model), timm:NAME, or the path of a zfnet run, checkpoint "
+                "directory or model.safetensors")
+WEIGHTS_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
+SEED = 0  # random init without weights: the same model every time
+OFFLINE_ENV = "ZFNET_OFFLINE"
+_AUX = ("aux1", "aux2", "AuxLogits")  # GoogLeNet's and Inception's auxiliary classifiers
+
+
+class Source:
+    """A model to look inside and what comes with it.
+
+    `model`: in eval mode, on the device asked for. `preprocessing`: how images become its
+    inputs (`zfnet.data.preprocess.Preprocessing`). `labels`: class names, or None when the
+    weights carry none. `name`: printable, e.g. "torchvision:resnet18 IMAGENET1K_V1". `kind`:
+    "zfnet", "torchvision", "timm" or "run". `meta`: what was loaded (`source`, `weights`,
+    `notes` — lines worth telling the user, such as "random init" —, `overrides`; for a run,
+    its checkpoint's meta: `data`, `class_names`, `epoch`, ...).
+    """
+
+    def __init__(self, model: nn.Module,
+                 preprocessing: Preprocessing | Callable[[], Preprocessing],
+                 labels: list[str] | None, name: str, kind: str, meta: dict[str, Any]) -> None:
+        self.model = model
+        self._preprocessing = preprocessing  # a run's is computed from its data when first used
+        self.labels = labels
+        self.name = name
+        self.kind = kind
+        self.meta = meta
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How images become this model's inputs (a run's is read from its dataset once)."""
+        if not isinstance(self._preprocessing, Preprocessing):
+            self._preprocessing = self._preprocessing()
+        return self._preprocessing
+
+    def __repr__(self) -> str:
+        return f"Source({self.name!r}, kind={self.kind!r})"
+
+
+def load_source(
+    source: str,
+    weights: str | None = None,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    resize: int | None = None,
+    crop: int | None = None,
+    device: str | torch.device = "cpu",
+) -> Source:
+    """Load the model `source` names (see the module docstring for the forms) with `weights`
+    (an enum name or a file; None: random init), its preprocessing overridden by `mean`, `std`
+    (per channel in 0..255 units, or one value for all), `resize`, `crop`.
+
+    `device="meta"` builds the architecture only (shapes, no weights: `zfnet models`).
+    Every user error is a ValueError (or FileNotFoundError) naming what is wrong and what is
+    valid: an unknown source lists the forms, an unknown torchvision model the closest names.
+    """
+    if not isinstance(source, str) or not source.strip():
+        raise ValueError(f"empty model source {source!r}; valid: {SOURCE_FORMS}")
+    source = source.strip()
+    meta_only = torch.device(device).type == "meta"
+    if meta_only and weights is not None:
+        raise ValueError("device='meta' builds the architecture only: give no weights")
+    prefix, colon, rest = source.partition(":")
+    if colon and prefix.lower() == "torchvision":
+        src = _torchvision(rest.strip(), weights, meta_only)
+    elif colon and prefix.lower() == "timm":
+        src = _timm(rest.strip(), weights, meta_only)
+    elif source in _zfnet_names():
+        src = _zfnet(source, weights, meta_only)
+    elif Path(source).expanduser().exists():
+        if weights is not None:
+            raise ValueError(f"{source} is a zfnet run: its checkpoint holds its weights; "
+                             "--weights goes with a model name (zfnet_small, torchvision:NAME, "
+                             "...)")
+        src = _run(Path(source).expanduser())
+    else:
+        raise _unknown(source)
+    src.meta["source"] = source
+    overrides = {k: v for k, v in (("mean", mean), ("std", std), ("resize", resize),
+                                   ("crop", crop)) if v is not None}
+    src.meta["overrides"] = overrides
+    if overrides:
+        _override(src, overrides)
+    src.model = src.model.to(device).eval()
+    return src
+
+
+def load_data(source: Source, spec: str | None = None, *, ten_crop: bool = False,
+              strict: bool = False, cache_dir: str | Path | None = None) -> DataBundle:
+    """The dataset `spec` (default: the one a zfnet run was trained on) as `source`'s inputs.
+
+    A zfnet run on a named dataset keeps the paper's convention with that dataset's own mean
+    image, as before sources existed; everything else (`images:DIR`, any other model) is fitted
+    to the model's preprocessing (`load_dataset(..., preprocessing=)`).
+    """
+    spec = spec or source.meta.get("data")
+    if not spec:
+        raise ValueError(f"no dataset given for {source.name}: give one, e.g. images:DIR (a "
+                         "folder of images), imagefolder:DIR, synthetic")
+    if source.kind == "run" and not source.meta["overrides"] and \
+            parse_spec(spec).name != "images":
+        bundle = load_dataset(spec, ten_crop=ten_crop, strict=strict, cache_dir=cache_dir)
+        if spec == source.meta.get("data") and not isinstance(source._preprocessing,
+                                                               Preprocessing):
+            source._preprocessing = bundle.input_preprocessing  # its mean image, read once
+        return bundle
+    return load_dataset(spec, ten_crop=ten_crop, strict=strict, cache_dir=cache_dir,
+                        preprocessing=source.preprocessing)
+
+
+# --- the forms ---
+
+def _zfnet_names() -> list[str]:
+    from zfnet.models import list_models
+
+    return list_models()
+
+
+def _zfnet(name: str, weights: str | None, meta_only: bool) -> Source:
+    """A model of zfnet's registry: random init, a zfnet checkpoint's weights or a state dict."""
+    from zfnet.models import create_model
+
+    if weights is not None:
+        path = _weights_file(weights, f"{name}'s")
+        if (path.parent / "state.json").is_file() and path.name == "model.safetensors":
+            src = _run(path)  # a zfnet checkpoint: its run knows the config and the data
+            if src.meta.get("model") != name:
+                raise ValueError(f"{path} holds the weights of a {src.meta.get('model')!r} run, "
+                                 f"not {name!r}: give --model {path.parent}")
+            return src
+        model = _with_weights(lambda **kw: create_model(name, **kw), path, name)
+        notes = []
+    else:
+        model = _random(lambda: create_model(name), meta_only)
+        notes = [] if meta_only else [f"{name}: random init (seed {SEED}); no weights given"]
+    cfg = model.config
+    c = cfg.in_channels
+    mean = tuple(255 * m for m in IMAGENET_MEAN) if c == 3 else (127.5,) * c
+    prep = Preprocessing(round(cfg.input_size * PAPER_RATIO), cfg.input_size, mean, (1.0,) * c, c)
+    notes.append(f"preprocessing: 0..255 minus ImageNet's mean pixel, {prep.resize}/{prep.crop} "
+                 "(zfnet's convention without a run's mean image; --mean/--std/--resize/--crop "
+                 "change it)")
+    label = f"{name} {weights}" if weights else f"{name} (random init)"
+    return Source(model, prep, None, label, "zfnet",
+                  {"weights": weights, "num_classes": cfg.num_classes, "notes": notes})
+
+
+def torchvision_models() -> list[str]:
+    """Every torchvision classification model name (`torchvision:NAME`)."""
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def torchvision_preprocessing(weights: Any) -> Preprocessing:
+    """The preprocessing of a torchvision weights enum, from its `transforms()`: resize, crop,
+    mean and std (times 255), interpolation."""
+    from torchvision.transforms._presets import ImageClassification
+
+    t = weights.transforms()
+    if not isinstance(t, ImageClassification):  # every classification weight has these
+        raise ValueError(f"{weights} has no image classification transforms")
+    return Preprocessing(int(t.resize_size[0]), int(t.crop_size[0]),
+                         tuple(255 * m for m in t.mean), tuple(255 * s for s in t.std), 3,
+                         interpolation=t.interpolation.value)
+
+
+def _torchvision(name: str, weights: str | None, meta_only: bool) -> Source:
+    import torchvision
+
+    names = torchvision_models()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+        raise ValueError(
+            f"unknown torchvision model {name!r}; "
+            + (f"closest: {', '.join(close)}; " if close else "")
+            + f"valid: any of the {len(names)} that `zfnet models torchvision:` lists")
+    build = lambda **kw: torchvision.models.get_model(name, **_quiet_init(name, kw))
+    label = f"torchvision:{name}"
+    enum = _torchvision_weights(name, weights) if weights is not None else None
+    if enum is not None:
+        model = _from_hub(name, enum)
+        return Source(model, torchvision_preprocessing(enum), list(enum.meta["categories"]),
+                      f"{label} {enum.name}", "torchvision",
+                      {"weights": enum.name, "num_classes": len(enum.meta["categories"]),
+                       "notes": []})
+    if weights is not None:
+        model = _with_weights(build, _weights_file(weights, f"{label}'s"), label)
+        notes = []
+    else:
+        model = _random(build, meta_only)
+        notes = [] if meta_only else [f"{label}: random init (seed {SEED}); no weights given"]
+    notes.append("preprocessing: ImageNet's mean and std at 256/224 (no weights enum to take "
+                 "them from; --mean/--std/--resize/--crop change it)")
+    return Source(model, Preprocessing.imagenet(), None,
+                  f"{label} {weights}" if weights else f"{label} (random init)", "torchvision",
+                  {"weights": weights, "num_classes": _outputs(model), "notes": notes})
+
+
+def _quiet_init(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """GoogLeNet and Inception v3 warn that their slow scipy init will change; a random model
+    needs none of it."""
+    if name in ("googlenet", "inception_v3"):
+        return {"init_weights": False, **kwargs}
+    return kwargs
+
+
+def _torchvision_weights(name: str, weights: str) -> Any:
+    """The weights enum member `weights` names (`DEFAULT`, `IMAGENET1K_V1`, or
+    `ResNet18_Weights.IMAGENET1K_V1`), or None when it names a file."""
+    import torchvision
+
+    if _looks_like_file(weights):
+        return None
+    enum = torchvision.models.get_model_weights(name)
+    key = weights.strip()
+    if key.startswith(f"{enum.__name__}."):
+        key = key[len(enum.__name__) + 1:]
+    if key.upper() in enum.__members__:
+        return enum[key.upper()]
+    if Path(weights).expanduser().is_file():  # a weights file with an unusual name
+        return None
+    raise ValueError(
+        f"unknown weights {weights!r} for torchvision:{name}; valid: "
+        f"{', '.join(enum.__members__)}, or a weights file ({', '.join(WEIGHTS_SUFFIXES)})")
+
+
+def hub_file(weights: Any) -> Path:
+    """Where torch hub keeps (or would keep) the file of a torchvision weights enum:
+    torch.hub.get_dir() / "checkpoints" / basename(url)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(
+        urlparse(weights.url).path)
+
+
+def _offline() -> bool:
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _from_hub(name: str, weights: Any) -> nn.Module:
+    """torchvision's model `name` with `weights` from the torch hub cache, downloaded there first
+    when missing and allowed; a clear error otherwise."""
+    import torchvision
+
+    path = hub_file(weights)
+    where = (f"download {weights.url} and put it at {path} (torch.hub.get_dir() / "
+             "checkpoints; TORCH_HOME moves it)")
+    if not path.is_file():
+        if _offline():
+            raise FileNotFoundError(
+                f"torchvision:{name} {weights.name}: {path.name} is not in the torch hub cache "
+                f"and {OFFLINE_ENV}=1 forbids downloading it; {where}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            found = torch.hub.HASH_REGEX.search(path.name)
+            torch.hub.download_url_to_file(weights.url, str(path),
+                                           found.group(1) if found else None, progress=True)
+        except Exception as e:  # no network, HTTP errors, a bad hash: all mean the same here
+            raise FileNotFoundError(
+                f"torchvision:{name} {weights.name}: downloading {path.name} failed "
+                f"({type(e).__name__}: {e}); {where}") from e
+    # torchvision's builders read the file with weights_only=False: check first that it is a
+    # plain state dict (the restricted unpickler refuses anything that could run code).
+    _read_torch(path)
+    try:
+        return torchvision.models.get_model(name, weights=weights, progress=False)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, KeyError) as e:
+        raise ValueError(f"{path} does not hold torchvision:{name} {weights.name} ("
+                         f"{type(e).__name__}: {_first_line(e)}); delete it and {where}") from e
+
+
+def _timm(name: str, weights: str | None, meta_only: bool) -> Source:
+    try:
+        import timm
+        import timm.data
+    except ImportError:
+        raise ValueError(f"timm:{name} needs timm, which is not installed: pip install timm "
+                         "(or pip install 'zfnet[timm]')") from None
+    arch = name.partition(".")[0]  # "resnet50.a1_in1k": architecture.pretrained tag
+    if arch not in timm.list_models():
+        close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
+        raise ValueError(f"unknown timm model {name!r}; "
+                         + (f"closest: {', '.join(close)}; " if close else "")
+                         + "valid: any of timm.list_models()")
+    build = lambda **kw: timm.create_model(name, pretrained=False, **kw)
+    label = f"timm:{name}"
+    if weights is not None:
+        if not (_looks_like_file(weights) or Path(weights).expanduser().is_file()):
+            raise ValueError(f"timm:{name} takes weights from a local file ("
+                             f"{', '.join(WEIGHTS_SUFFIXES)}), not {weights!r}")
+        model = _with_weights(build, _weights_file(weights, f"{label}'s"), label)
+        notes = []
+    else:
+        model = _random(build, meta_only)
+        notes = [] if meta_only else [f"{label}: random init (seed {SEED}); no weights given"]
+    label = f"{label} {weights}" if weights else f"{label} (random init)"
+    cfg = timm.data.resolve_data_config({}, model=model)
+    c, h, w = cfg["input_size"]
+    if h != w:
+        raise ValueError(f"timm:{name} takes {h}x{w} inputs; only square ones are supported")
+    crop_pct = cfg.get("crop_pct") or 1.0
+    prep = Preprocessing.from_unit_stats(cfg["mean"], cfg["std"], int(h),
+                                         resize=max(int(h), int(h / crop_pct)),
+                                         interpolation=_interpolation(cfg.get("interpolation")))
+    if prep.in_channels != c:
+        raise ValueError(f"timm:{name}: its config gives {len(cfg['mean'])} means for {c} "
+                         "channels")
+    return Source(model, prep, None, label, "timm",
+                  {"weights": weights, "num_classes": _outputs(model), "notes": notes,
+                   "data_config": {k: v for k, v in cfg.items()}})
+
+
+def _interpolation(name: str | None) -> str:
+    """timm's interpolation names ("bicubic", "bilinear", "random", ...) -> ours."""
+    return name if name in ("bilinear", "bicubic", "nearest") else "bilinear"
+
+
+def _run(path: Path) -> Source:
+    """A zfnet run directory, checkpoint directory or model.safetensors."""
+    from zfnet.train import load_model
+
+    if path.is_file() and not (path.parent / "state.json").is_file():
+        raise ValueError(
+            f"{path} is a weights file without a zfnet checkpoint around it; give it with "
+            "--weights beside its architecture: --model torchvision:NAME (or a zfnet model "
+            "name, timm:NAME) --weights FILE")
+    model, meta = load_model(path)
+
+    def preprocessing() -> Preprocessing:
+        return load_dataset(meta["data"]).input_preprocessing  # the run's mean image
+
+    epoch = f" (epoch {meta['epoch']})" if meta.get("epoch") is not None else ""
+    return Source(model, preprocessing, list(meta.get("class_names") or []) or None,
+                  f"{meta.get('model')} run {meta['checkpoint']}{epoch}", "run",
+                  {**meta, "notes": []})
+
+
+# --- weights files ---
+
+def _looks_like_file(weights: str) -> bool:
+    """Whether `weights` is written as a file (a weights suffix or a folder in it), not as a
+    weights enum name."""
+    return Path(weights).suffix.lower() in WEIGHTS_SUFFIXES or "/" in weights \
+        or os.sep in weights
+
+
+def _weights_file(weights: str, what: str) -> Path:
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        what_is = "is a directory" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"weights file {path} {what_is}; give a file of {what} weights "
+                                f"({', '.join(WEIGHTS_SUFFIXES)})")
+    return path
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a file: `.safetensors`, or a torch pickle (`.pth`, `.pt`, ...) read with
+    `weights_only=True` (nothing in it can run code). A dict holding it under "state_dict" or
+    "model" is unwrapped, and DataParallel's "module." prefix removed."""
+    path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            sd: Any = load_file(path)
+        except Exception as e:  # safetensors raises its own error types
+            raise ValueError(f"{path} is not a readable .safetensors file ({_first_line(e)})"
+                             ) from e
+    else:
+        sd = _read_torch(path)
+    for key in ("state_dict", "model"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+            break
+    if not isinstance(sd, dict) or not sd or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise ValueError(f"{path} does not hold a state dict (a dict of parameter names to "
+                         "tensors, or one under 'state_dict' or 'model')")
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _read_torch(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [ln for ln in _plain(e).splitlines() if "Unsupported global" in ln]
+        why = lines[0].strip() if lines else _first_line(e)
+        raise ValueError(f"{path} holds more than weights: torch.load(weights_only=True) "
+                         f"refused it ({why}); give a file of model.state_dict()") from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{path} is not a readable torch file ({_first_line(e)})") from e
+
+
+def _mismatch(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor]
+              ) -> tuple[list[str], list[str], list[tuple[str, tuple, tuple]]]:
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [(k, tuple(sd[k].shape), tuple(v.shape)) for k, v in own.items()
+              if k in sd and sd[k].shape != v.shape]
+    return missing, unexpected, shapes
+
+
+def _with_weights(build: Callable[..., nn.Module], path: Path, what: str) -> nn.Module:
+    """`build()` with the state dict in `path` loaded; rebuilt with the file's number of classes
+    (a fine-tuned copy) or without auxiliary classifiers when that is all that differs. Another
+    architecture's file is one ValueError naming the first keys and shapes that differ."""
+    sd = read_state_dict(path)
+    kwargs: dict[str, Any] = {}
+    model = build()
+    first = _mismatch(model.state_dict(), sd)
+    for _ in range(3):  # at most: drop the aux classifiers, then take the file's classes
+        missing, unexpected, shapes = _mismatch(model.state_dict(), sd)
+        fix: dict[str, Any] = {}
+        if missing and not unexpected and all(k.split(".")[0] in _AUX for k in missing):
+            fix["aux_logits"] = False
+        elif shapes and not missing and not unexpected:
+            outputs = {f[0] for _, f, m in shapes if len(f) == len(m) and f[1:] == m[1:]}
+            if len(outputs) == 1 and all(len(f) == len(m) and f[1:] == m[1:]
+                                         for _, f, m in shapes):
+                fix["num_classes"] = outputs.pop()
+        if not fix or all(kwargs.get(k) == v for k, v in fix.items()):
+            break
+        kwargs.update(fix)
+        try:
+            model = build(**kwargs)
+        except (TypeError, ValueError):  # the builder takes no such option
+            break
+    if any(_mismatch(model.state_dict(), sd)):
+        missing, unexpected, shapes = first  # what differs from the architecture asked for
+        raise ValueError(
+            f"{path} holds weights of another architecture than {what}"
+            + (f"; missing: {', '.join(missing[:4])}" if missing else "")
+            + (f"; unexpected: {', '.join(unexpected[:4])}" if unexpected else "")
+            + ("; shape mismatch: " + ", ".join(f"{k} file {f} vs model {m}"
+                                                for k, f, m in shapes[:4]) if shapes else ""))
+    model.load_state_dict(sd)
+    return model
+
+
+def _random(build: Callable[[], nn.Module], meta_only: bool) -> nn.Module:
+    """`build()` initialised from seed `SEED`, leaving the global RNG as it was; on the meta
+    device (no memory, no init) with `meta_only`."""
+    if meta_only:
+        with torch.device("meta"):
+            return build()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        return build()
+
+
+def _outputs(model: nn.Module) -> int | None:
+    """The number of outputs of a model's last Linear (or 1x1 conv classifier) layer."""
+    last = None
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            last = m.out_features
+        elif isinstance(m, nn.Conv2d):
+            last = m.out_channels
+    return last
+
+
+def _override(src: Source, overrides: dict[str, Any]) -> None:
+    """Apply --mean/--std/--resize/--crop, checked against what the model takes."""
+    crop = overrides.get("crop")
+    fixed = getattr(getattr(src.model, "config", None), "input_size", None)
+    if crop is not None and fixed is not None and crop != fixed:
+        raise ValueError(f"--crop {crop}: {src.name} takes {fixed} px inputs (its fc layers "
+                         "are sized for them)")
+    if isinstance(src._preprocessing, Preprocessing):
+        src._preprocessing = src._preprocessing.with_overrides(**overrides)
+        return
+    # A run's preprocessing is read later; check the values now on a stand-in of its shape.
+    c = src.model.config.in_channels
+    Preprocessing(round(fixed * PAPER_RATIO), fixed, (0.0,) * c, (1.0,) * c, c) \
+        .with_overrides(**overrides)
+    lazy = src._preprocessing
+    src._preprocessing = lambda: lazy().with_overrides(**overrides)
+
+
+def _unknown(source: str) -> Exception:
+    path = Path(source).expanduser()
+    if "/" in source or os.sep in source or path.suffix.lower() in WEIGHTS_SUFFIXES:
+        return FileNotFoundError(f"{source} does not exist; a path names a zfnet run "
+                                 "directory, checkpoint directory or model.safetensors")
+    hint = ""
+    try:
+        if source in torchvision_models():
+            hint = f" (did you mean torchvision:{source}?)"
+    except ImportError:
+        pass
+    close = difflib.get_close_matches(source, _zfnet_names(), n=3, cutoff=0.6)
+    if close and not hint:
+        hint = f" (did you mean {' or '.join(close)}?)"
+    return ValueError(f"unknown model source {source!r}{hint}; valid: {SOURCE_FORMS}")
+
+
+def _plain(e: BaseException) -> str:
+    """An exception's message without terminal colour codes."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+
+
+def _first_line(e: BaseException) -> str:
+    text = _plain(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

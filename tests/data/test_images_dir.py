@@ -1,0 +1,126 @@
+"""`images:DIR` (any folder of images, no labels) and `load_images` (files one by one)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from zfnet.data import (
+    BadImageError,
+    BrokenImageWarning,
+    Preprocessing,
+    collate,
+    load_dataset,
+    load_images,
+    load_rgb,
+)
+from zfnet.data.imagedir import UNLABELLED
+
+PREP = Preprocessing.imagenet(crop=24)  # 27 px shorter side, 24 px crops
+
+
+def _save(path, shape=(30, 41, 3), seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    a = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+    Image.fromarray(a).save(path)  # (H, W): grey
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """b.png, a.jpg, sub/c.png, plus files that are not images or are hidden."""
+    root = tmp_path / "photos"
+    _save(root / "b.png", seed=1)
+    _save(root / "a.jpg", seed=2)
+    _save(root / "sub" / "c.png", (20, 20), seed=3)  # grey
+    (root / "notes.txt").write_text("not an image")
+    _save(root / ".hidden" / "d.png", seed=4)
+    _save(root / ".e.png", seed=5)
+    return root
+
+
+def test_every_image_sorted_no_labels(folder):
+    data = load_dataset(f"images:{folder}", preprocessing=PREP)
+    assert [p.relative_to(folder).as_posix() for p in data.val.paths] == [
+        "a.jpg", "b.png", "sub/c.png"]
+    assert data.train.paths == data.val.paths  # train = val = all
+    assert (data.num_classes, data.class_names) == (0, [])
+    assert data.val.targets == [UNLABELLED] * 3 == [-1] * 3
+    assert (data.in_channels, data.input_size, data.full_size) == (3, 24, 27)
+    for i, path in enumerate(data.val.paths):
+        x, y = data.val[i]
+        assert y == -1
+        assert torch.equal(x, PREP.to_input(load_rgb(path)))
+    grey = data.raw_val(2)  # the grey file as RGB
+    assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])
+    assert load_dataset(f"images:{folder}?n=2", preprocessing=PREP).val.paths == \
+        data.val.paths[:2]
+    x, y = collate([data.train[0], data.train[1]])
+    assert x.shape == (2, 3, 24, 24) and y.tolist() == [-1, -1]
+
+
+def test_without_a_model_the_papers_pipeline(folder):
+    """No preprocessing: 256/224-style crops (`size=`) minus the folder's mean image, cached."""
+    data = load_dataset(f"images:{folder}?size=16")
+    assert (data.input_size, data.full_size, data.preprocessing) == (16, 18, None)
+    assert data.mean.shape == (3, 18, 18)
+    assert (folder / ".zfnet-cache").is_dir()
+    x, _ = data.val[0]
+    torch.testing.assert_close(x, data.raw_val(0).float() - data.mean[:, 1:17, 1:17])
+    with pytest.raises(ValueError, match="size=16 .*--crop/--resize"):
+        load_dataset(f"images:{folder}?size=16", preprocessing=PREP)
+    with pytest.raises(ValueError, match="unknown option.*colour.*valid: n, size"):
+        load_dataset(f"images:{folder}?colour=1")
+
+
+def test_folder_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no images here")
+    with pytest.raises(ValueError, match="empty holds no image files"):
+        load_dataset(f"images:{tmp_path / 'empty'}", preprocessing=PREP)
+    with pytest.raises(FileNotFoundError, match="nowhere does not exist"):
+        load_dataset(f"images:{tmp_path / 'nowhere'}")
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        load_dataset(f"images:{tmp_path / 'empty' / 'readme.txt'}")
+    with pytest.raises(ValueError, match="images needs a directory"):
+        load_dataset("images")
+
+
+def test_broken_files_skipped_or_strict(folder):
+    (folder / "z_broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    data = load_dataset(f"images:{folder}", preprocessing=PREP)
+    with pytest.warns(BrokenImageWarning, match="z_broken.jpg"):
+        assert data.val[3] is None
+    with pytest.raises(BadImageError, match="z_broken.jpg"):
+        load_dataset(f"images:{folder}", preprocessing=PREP, strict=True).val[3]
+
+
+def test_load_images_files_folder_or_spec(folder, tmp_path):
+    a, b = folder / "a.jpg", folder / "b.png"
+    one = load_images(str(b), PREP)
+    assert len(one) == 1 and one.mode == "centre"
+    x, y = one[0]
+    assert y == -1 and torch.equal(x, PREP.to_input(load_rgb(b)))
+    assert torch.equal(one.raw(0), PREP.fit(load_rgb(b)))
+    two = load_images([b, a], PREP)  # the order given
+    assert two.paths == [b, a]
+    assert len(load_images(folder, PREP)) == 3
+    assert len(load_images(f"images:{folder}", PREP)) == 3
+    synthetic = load_images("synthetic?n_train=2&n_val=3&size=32", PREP)
+    assert len(synthetic) == 3 and synthetic[0][0].shape == (3, 24, 24)
+    with pytest.raises(FileNotFoundError, match="missing.png does not exist"):
+        load_images([a, tmp_path / "missing.png"], PREP)
+    with pytest.raises(FileNotFoundError, match="synthetc does not exist"):
+        load_images("synthetc", PREP)
+    with pytest.raises(ValueError, match="no image given"):
+        load_images([], PREP)
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("text")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(BrokenImageWarning, match="notes.png"):
+            load_images(not_image, PREP)[0]

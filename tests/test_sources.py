@@ -1,0 +1,417 @@
+"""Model sources: zfnet's registry, torchvision (weights enums from the hub cache, local files),
+timm, zfnet runs; the preprocessing each comes with; `_model_and_data` on the command line.
+No downloads: ZFNET_OFFLINE=1 and TORCH_HOME in a temporary folder for every test."""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import types
+import urllib.error
+
+import click
+import numpy as np
+import pytest
+import torch
+import torchvision
+from click.testing import CliRunner
+from PIL import Image
+from safetensors.torch import save_file
+
+from zfnet import cli
+from zfnet.cli import _SOURCE, _Commands, _model_and_data, main
+from zfnet.data import Preprocessing, load_dataset, load_images, load_rgb
+from zfnet.models import create_model
+from zfnet.sources import hub_file, load_data, load_source, read_state_dict
+
+TINY = "synthetic?n_train=64&n_val=32&size=32"
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("ZFNET_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A zfnet run of one epoch on tiny synthetic data."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    res = CliRunner().invoke(main, ["train", "--data", TINY, "--model", "zfnet_small", "--out",
+                                    str(out), "--epochs", "1", "--batch-size", "32",
+                                    "--keep-epochs", "1", "--quiet", "--no-tensorboard"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# --- zfnet's registry ---
+
+def test_registry_random_init_is_seeded_and_leaves_the_rng():
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a, b = load_source("zfnet_small"), load_source("zfnet_small")
+    assert torch.equal(torch.get_rng_state(), before)
+    assert _same_weights(a.model, b.model) and not a.model.training
+    assert (a.kind, a.name, a.labels) == ("zfnet", "zfnet_small (random init)", None)
+    assert any("random init" in n for n in a.meta["notes"])
+    p = a.preprocessing  # the paper's convention: 0..255 minus ImageNet's mean pixel, std 1
+    assert (p.resize, p.crop, p.std) == (73, 64, (1.0, 1.0, 1.0))
+    assert p.mean == pytest.approx((123.675, 116.28, 103.53))
+
+
+def test_registry_state_dict_files(tmp_path):
+    model = create_model("zfnet_small")
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    save_file(model.state_dict(), tmp_path / "w.safetensors")
+    for f in ("w.pth", "w.safetensors"):
+        src = load_source("zfnet_small", str(tmp_path / f))
+        assert _same_weights(src.model, model) and src.name == f"zfnet_small {tmp_path / f}"
+    five = create_model("zfnet_small", num_classes=5)  # fine-tuned: 5 outputs
+    torch.save({"state_dict": five.state_dict(), "epoch": 3}, tmp_path / "five.pth")
+    src = load_source("zfnet_small", str(tmp_path / "five.pth"))
+    assert src.model.config.num_classes == 5 and _same_weights(src.model, five)
+    wide = create_model("zfnet_small", fc_width=16)  # another architecture
+    torch.save(wide.state_dict(), tmp_path / "wide.pth")
+    with pytest.raises(ValueError, match=r"wide.pth holds weights of another architecture than "
+                                         r"zfnet_small; shape mismatch: classifier.fc6.weight"):
+        load_source("zfnet_small", str(tmp_path / "wide.pth"))
+    with pytest.raises(FileNotFoundError, match="nothere.pth does not exist"):
+        load_source("zfnet_small", str(tmp_path / "nothere.pth"))
+
+
+def test_registry_with_a_zfnet_checkpoint_is_its_run(run):
+    weights = next((run / "checkpoints").glob("epoch_*")) / "model.safetensors"
+    src = load_source("zfnet_small", str(weights))
+    assert src.kind == "run" and src.meta["data"] == TINY
+    with pytest.raises(ValueError, match="'zfnet_small' run, not 'zfnet'"):
+        load_source("zfnet", str(weights))
+
+
+# --- zfnet runs ---
+
+def test_run_and_its_preprocessing(run):
+    src = load_source(str(run))
+    assert src.kind == "run" and src.labels == load_dataset(TINY).class_names
+    assert "run" in src.name and "(epoch 1)" in src.name
+    data = load_data(src)  # the run's dataset, as before: its own mean image
+    own = load_dataset(TINY)
+    assert data.preprocessing is None and torch.equal(data.mean, own.mean)
+    p = src.preprocessing  # read from the data just loaded
+    assert torch.equal(p.mean_image, own.mean) and (p.resize, p.crop) == (36, 32)
+    torch.testing.assert_close(p.to_input(own.val.images[0]), own.val[0][0])
+    with pytest.raises(ValueError, match="run: its checkpoint holds its weights"):
+        load_source(str(run), "DEFAULT")
+
+
+def test_run_on_a_folder_of_images_uses_its_mean_image(run, tmp_path):
+    Image.fromarray(np.full((40, 50, 3), 200, np.uint8)).save(tmp_path / "x.png")
+    src = load_source(str(run))
+    data = load_data(src, f"images:{tmp_path}")
+    assert data.preprocessing is not None and data.preprocessing.mean_image is not None
+    x, _ = data.val[0]
+    expected = 200.0 - load_dataset(TINY).mean[:, 2:34, 2:34]  # 36 px mean, centre 32
+    torch.testing.assert_close(x, expected)
+
+
+def test_run_overrides_checked_at_once(run):
+    with pytest.raises(ValueError, match="--crop 48: .* takes 32 px inputs"):
+        load_source(str(run), crop=48)
+    with pytest.raises(ValueError, match="mean has 2 values"):
+        load_source(str(run), mean=(1.0, 2.0))
+    src = load_source(str(run), std=(2.0,))
+    data = load_data(src)  # overridden: the model's preprocessing, std 2
+    assert data.preprocessing is not None and data.preprocessing.std == (2.0,) * 3
+
+
+# --- torchvision ---
+
+def test_torchvision_random_init():
+    src = load_source("torchvision:resnet18")
+    assert (src.kind, src.name, src.labels) == ("torchvision", "torchvision:resnet18 (random "
+                                                "init)", None)
+    assert src.preprocessing == Preprocessing.imagenet()
+    assert any("256/224" in n for n in src.meta["notes"])
+    assert _same_weights(src.model, load_source("torchvision:resnet18").model)
+    src = load_source("torchvision:resnet18", crop=160, mean=(127.5,), std=(127.5,))
+    p = src.preprocessing
+    assert (p.resize, p.crop, p.mean, p.std) == (183, 160, (127.5,) * 3, (127.5,) * 3)
+
+
+def test_torchvision_files(tmp_path):
+    ref = torchvision.models.squeezenet1_1()
+    torch.save({"model": ref.state_dict()}, tmp_path / "sq.pt")
+    assert _same_weights(load_source("torchvision:squeezenet1_1", str(tmp_path / "sq.pt")).model,
+                         ref)
+    save_file(ref.state_dict(), tmp_path / "sq.safetensors")
+    assert _same_weights(
+        load_source("torchvision:squeezenet1_1", str(tmp_path / "sq.safetensors")).model, ref)
+    # DataParallel's prefix; a fine-tuned copy with 7 classes (its classifier is a 1x1 conv)
+    seven = torchvision.models.squeezenet1_1(num_classes=7)
+    torch.save({f"module.{k}": v for k, v in seven.state_dict().items()}, tmp_path / "s7.pth")
+    src = load_source("torchvision:squeezenet1_1", str(tmp_path / "s7.pth"))
+    assert src.meta["num_classes"] == 7 and _same_weights(src.model, seven)
+    with pytest.raises(ValueError, match=r"sq.pt holds weights of another architecture than "
+                                         r"torchvision:squeezenet1_0; .*features.0.weight"):
+        load_source("torchvision:squeezenet1_0", str(tmp_path / "sq.pt"))
+
+
+def test_torchvision_aux_classifiers_dropped(tmp_path):
+    """GoogLeNet's DEFAULT weights come without its auxiliary classifiers."""
+    ref = torchvision.models.googlenet(aux_logits=False, init_weights=False)
+    torch.save(ref.state_dict(), tmp_path / "g.pth")
+    src = load_source("torchvision:googlenet", str(tmp_path / "g.pth"))
+    assert src.model.aux1 is None and _same_weights(src.model, ref)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_files_that_are_not_state_dicts(tmp_path, capfd):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this must not run",))
+
+    with open(tmp_path / "evil.pth", "wb") as f:
+        pickle.dump({"w": Payload()}, f)  # not even a torch file
+    torch.save({"w": Payload()}, tmp_path / "evil2.pth")
+    for name in ("evil.pth", "evil2.pth"):
+        with pytest.raises(ValueError, match=name):
+            read_state_dict(tmp_path / name)
+    assert "this must not run" not in capfd.readouterr().out
+    torch.save({"epoch": 3}, tmp_path / "meta.pth")
+    with pytest.raises(ValueError, match="does not hold a state dict"):
+        read_state_dict(tmp_path / "meta.pth")
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="junk.safetensors is not a readable .safetensors"):
+        read_state_dict(tmp_path / "junk.safetensors")
+
+
+def test_weights_enum_from_the_hub_cache():
+    """A file saved from a randomly initialised resnet18 under the name torch hub gives
+    IMAGENET1K_V1 loads as `DEFAULT`, offline, with the enum's classes and preprocessing."""
+    enum = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    with pytest.raises(FileNotFoundError) as e:
+        load_source("torchvision:resnet18", "DEFAULT")
+    assert enum.url in str(e.value) and str(hub_file(enum)) in str(e.value)
+    assert "ZFNET_OFFLINE=1" in str(e.value)
+    ref = torchvision.models.resnet18()
+    hub_file(enum).parent.mkdir(parents=True)
+    torch.save(ref.state_dict(), hub_file(enum))
+    for name in ("DEFAULT", "IMAGENET1K_V1", "ResNet18_Weights.IMAGENET1K_V1", "default"):
+        src = load_source("torchvision:resnet18", name)
+        assert src.name == "torchvision:resnet18 IMAGENET1K_V1" and _same_weights(src.model, ref)
+    assert len(src.labels) == 1000 and src.labels[0] == "tench"
+    assert src.preprocessing == Preprocessing.imagenet() and src.meta["notes"] == []
+    with pytest.raises(ValueError, match="unknown weights 'IMAGENET1K_V2' for torchvision:"
+                                         "resnet18; valid: IMAGENET1K_V1, DEFAULT"):
+        load_source("torchvision:resnet18", "IMAGENET1K_V2")
+
+
+def test_failed_download_says_where_to_put_the_file(monkeypatch):
+    monkeypatch.delenv("ZFNET_OFFLINE")
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    enum = torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1
+    with pytest.raises(FileNotFoundError, match="downloading .* failed .*no route to host") as e:
+        load_source("torchvision:squeezenet1_1", "DEFAULT")
+    assert enum.url in str(e.value) and str(hub_file(enum)) in str(e.value)
+
+
+def test_download_into_the_hub_cache(monkeypatch):
+    """Online, a missing file is downloaded to where torch hub keeps it, its hash checked."""
+    monkeypatch.delenv("ZFNET_OFFLINE")
+    ref = torchvision.models.squeezenet1_1()
+    calls = []
+
+    def download(url, dst, hash_prefix=None, progress=True):
+        calls.append((url, dst, hash_prefix))
+        torch.save(ref.state_dict(), dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    enum = torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1
+    src = load_source("torchvision:squeezenet1_1", "IMAGENET1K_V1")
+    assert calls == [(enum.url, str(hub_file(enum)), "b8a52dc0")]  # squeezenet1_1-b8a52dc0.pth
+    assert _same_weights(src.model, ref)
+    load_source("torchvision:squeezenet1_1", "DEFAULT")  # cached now: no second download
+    assert len(calls) == 1
+
+
+def test_hub_file_that_is_not_a_state_dict():
+    path = hub_file(torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1)
+    path.parent.mkdir(parents=True)
+    torch.save(torchvision.models.squeezenet1_0().state_dict(), path)  # the wrong model
+    with pytest.raises(ValueError, match=f"{path.name} does not hold torchvision:squeezenet1_1"):
+        load_source("torchvision:squeezenet1_1", "DEFAULT")
+
+
+def test_pretrained_model_on_a_users_image(tmp_path):
+    """End to end: a file through `load_images` for the loaded model gives the logits of the
+    model on torchvision's own `weights.transforms()` of the image (within its resampling)."""
+    enum = torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1
+    hub_file(enum).parent.mkdir(parents=True)
+    torch.save(torchvision.models.squeezenet1_1().state_dict(), hub_file(enum))
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (180, 240, 3), np.uint8)).save(
+        tmp_path / "mine.png")
+    src = load_source("torchvision:squeezenet1_1", "DEFAULT")
+    x, _ = load_images(tmp_path / "mine.png", src.preprocessing)[0]
+    theirs = enum.transforms()(load_rgb(tmp_path / "mine.png"))
+    with torch.no_grad():
+        torch.testing.assert_close(src.model(x[None]), src.model(theirs[None]), atol=2e-3,
+                                   rtol=0)
+
+
+def test_unknown_sources_say_what_is_valid(tmp_path):
+    with pytest.raises(ValueError, match=r"'vgg16' \(did you mean torchvision:vgg16\?\); "
+                                         "valid: a zfnet model name"):
+        load_source("vgg16")
+    with pytest.raises(ValueError, match="unknown torchvision model 'resnet181'; closest: "
+                                         "resnet18"):
+        load_source("torchvision:resnet181")
+    with pytest.raises(FileNotFoundError, match="runs/nope does not exist"):
+        load_source("runs/nope")
+    torch.save(torchvision.models.squeezenet1_1().state_dict(), tmp_path / "w.pth")
+    with pytest.raises(ValueError, match="--weights beside its architecture"):
+        load_source(str(tmp_path / "w.pth"))
+    with pytest.raises(ValueError, match="empty model source"):
+        load_source(" ")
+
+
+def test_meta_device_builds_the_architecture_only():
+    src = load_source("torchvision:vgg16", device="meta")
+    assert next(src.model.parameters()).is_meta and src.meta["notes"] == [
+        "preprocessing: ImageNet's mean and std at 256/224 (no weights enum to take them from; "
+        "--mean/--std/--resize/--crop change it)"]
+
+
+def test_load_data_for_a_torchvision_model():
+    src = load_source("torchvision:squeezenet1_1", crop=64)
+    data = load_data(src, "synthetic?n_train=4&n_val=2&size=32")
+    x, _ = data.val[0]
+    assert x.shape == (3, 64, 64) and data.preprocessing is src.preprocessing
+    with pytest.raises(ValueError, match="no dataset given for torchvision:squeezenet1_1"):
+        load_data(src)
+
+
+# --- timm ---
+
+def test_timm_missing_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)  # as if not installed
+    with pytest.raises(ValueError, match="pip install timm"):
+        load_source("timm:resnet18")
+
+
+def test_timm_preprocessing_and_weights(monkeypatch, tmp_path):
+    """zfnet's side of timm's API (list_models, create_model, data.resolve_data_config), here
+    with torchvision's resnet18 behind it where timm itself is not installed."""
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        fake = types.ModuleType("timm")
+        fake.list_models = lambda: ["resnet18", "resnet34"]
+        fake.create_model = lambda name, pretrained=False, **kw: \
+            torchvision.models.get_model(name, **kw)
+        fake.data = types.ModuleType("timm.data")
+        fake.data.resolve_data_config = lambda args, model=None: {
+            "input_size": (3, 224, 224), "interpolation": "bicubic",
+            "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "crop_pct": 0.95,
+            "crop_mode": "center"}
+        monkeypatch.setitem(sys.modules, "timm", fake)
+        monkeypatch.setitem(sys.modules, "timm.data", fake.data)
+    src = load_source("timm:resnet18")
+    p = src.preprocessing
+    assert (src.kind, p.crop, p.resize, p.interpolation) == ("timm", 224, 235, "bicubic")
+    assert p.mean == pytest.approx((123.675, 116.28, 103.53))
+    torch.save(src.model.state_dict(), tmp_path / "r18.pth")
+    assert _same_weights(load_source("timm:resnet18", str(tmp_path / "r18.pth")).model,
+                         src.model)
+    with pytest.raises(ValueError, match="local file"):
+        load_source("timm:resnet18", "IMAGENET1K_V1")
+    with pytest.raises(ValueError, match="unknown timm model 'resnet181'"):
+        load_source("timm:resnet181")
+
+
+# --- the command line ---
+
+@click.group(cls=_Commands)
+def _cli() -> None:
+    """A group with one command wired as every analysis command is."""
+
+
+@_cli.command("look")
+@_SOURCE
+@click.option("--data")
+def _look(model_options, data):
+    source, bundle = _model_and_data(model_options, data, need_data=data is not None)
+    click.echo(f"{source.name} | {source.preprocessing.describe()} | "
+               f"{None if bundle is None else tuple(bundle.val[0][0].shape)} | "
+               f"{model_options.device} {model_options.batch_size}")
+
+
+def test_model_options_and_their_errors(run):
+    invoke = lambda *args: CliRunner().invoke(_cli, ["look", *args])  # noqa: E731
+    res = invoke("--model", "torchvision:squeezenet1_1", "--mean", "0.5", "--std", "0.25",
+                 "--crop", "64", "--data", "synthetic?n_train=2&n_val=2&size=32",
+                 "--device", "cpu", "--batch-size", "8")
+    assert res.exit_code == 0, res.output
+    assert "torchvision:squeezenet1_1 (random init) | resize 73, crop 64, mean " \
+           "127.5,127.5,127.5, std 63.75,63.75,63.75" in res.output
+    assert "| (3, 64, 64) | cpu 8" in res.output
+    assert "random init" in res.stderr
+    res = invoke("--checkpoint", str(run))
+    assert res.exit_code == 0 and "zfnet_small run" in res.output
+    for args, message in [
+        (["--model", "zfnet_small", "--checkpoint", str(run)], "--model and --checkpoint both"),
+        ([], "no model given: --model SOURCE"),
+        (["--model", "torchvision:resnet18", "--weights", "DEFAULT"], "ZFNET_OFFLINE=1"),
+        (["--model", "zfnet_small", "--mean", "124,117,104"], "--mean"),
+        (["--model", "zfnet_small", "--mean", "0.5,0.5"], "mean has 2 values"),
+        (["--model", "torchvision:alexnet", "--data", "images:/nonexistent"], "/nonexistent"),
+    ]:
+        res = invoke(*args)
+        assert res.exit_code != 0 and "Traceback" not in res.output
+        last = res.output.strip().splitlines()[-1]
+        assert last.startswith("Error: ") and message in last, res.output
+
+
+def test_models_command_for_any_source(tmp_path):
+    res = CliRunner().invoke(main, ["models"])
+    assert res.exit_code == 0 and "torchvision:NAME" in res.output
+    res = CliRunner().invoke(main, ["models", "torchvision:"])
+    assert "torchvision:resnet18" in res.output.split()
+    res = CliRunner().invoke(main, ["models", "torchvision:vgg16"])
+    assert res.exit_code == 0, res.output
+    assert "ImageNet's mean and std at 256/224" in res.stderr  # a default, said so
+    lines = res.stdout.splitlines()
+    assert lines[0] == "torchvision:vgg16: 138,357,544 parameters, input 224 px"
+    assert lines[1].startswith("preprocessing: resize 256, crop 224")
+    assert lines[2].split() == ["layer", "kind", "maps", "size", "stride", "rf"]
+    assert lines[3].split() == ["features.0", "conv", "64", "224", "1", "3"]
+    assert "features.30 pool 512 7 32 212" in [" ".join(ln.split()) for ln in lines]
+    res = CliRunner().invoke(main, ["models", "torchvision:vgg16", "--input-size", "100"])
+    assert "features.30 pool 512 3 32 212" in [" ".join(ln.split()) for ln in
+                                              res.stdout.splitlines()]
+    res = CliRunner().invoke(main, ["models", "torchvision:resnet18"])
+    assert res.exit_code == 0 and "layer4.1.conv2" in res.output
+    seven = torchvision.models.squeezenet1_1(num_classes=7)
+    torch.save(seven.state_dict(), tmp_path / "s7.pth")
+    res = CliRunner().invoke(main, ["models", "torchvision:squeezenet1_1", "--weights",
+                                    str(tmp_path / "s7.pth"), "--crop", "160"])
+    assert res.exit_code == 0, res.output
+    assert "input 160 px" in res.output and "classifier.1 conv 7" in " ".join(
+        res.output.split())
+    zf = CliRunner().invoke(main, ["models", "zfnet"]).output.splitlines()
+    assert zf[0] == "zfnet: 62,357,608 parameters, input 224 px"  # unchanged
+    assert zf[1].split() == ["layer", "module", "kind", "maps", "size", "stride", "rf"]
+
+
+def test_cli_names_the_source_forms():
+    assert "torchvision:NAME" in CliRunner().invoke(main, ["models", "-h"]).output
+    assert cli.ModelOptions.__dataclass_fields__.keys() == {
+        "model", "checkpoint", "weights", "mean", "std", "resize", "crop", "device",
+        "batch_size"}
