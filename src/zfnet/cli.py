@@ -54,6 +54,21 @@ def _counts(ctx: click.Context, param: click.Parameter, value: str | None):
     return counts
 
 
+def _counts_from_zero(ctx: click.Context, param: click.Parameter, value):
+    """A comma list (or repeated option) of integers >= 0, e.g. 3,17 -> (3, 17)."""
+    names = _names(ctx, param, value)
+    if names is None:
+        return None
+    try:
+        counts = tuple(int(n) for n in names)
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 0:
+        raise click.BadParameter(f"{', '.join(names)} is not a list of map indices >= 0, "
+                                 "e.g. 3,17")
+    return counts
+
+
 def _device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     from zfnet.train.distributed import parse_device
 
@@ -511,18 +526,55 @@ def _layers(model, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
     """`names` as the names `zfnet models` lists (a module path such as features.conv1 -> conv1),
     checked before anything is written: an unknown one raises UnknownLayerError, which lists
     the valid names."""
-    from zfnet.models import layer_info, resolve_layer
+    from zfnet.models import layer_name
 
     if not names:
         return names
-    by_module = {info.module: info.name for info in layer_info(model).values()}
-    return tuple(by_module[resolve_layer(model, name)[0]] for name in names)
+    return tuple(layer_name(model, name) for name in names)
 
 
 def _finish(out: str) -> None:
     from zfnet.report import build_report
 
     click.echo(f"report: {build_report(out).resolve()}")
+
+
+@main.command("project", short_help="Project units of your own images down to pixels")
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
+@_SOURCE
+@click.option("--layer", required=True,
+              help="The layer: a name from `zfnet models SOURCE` (conv5, layer3, features.28).")
+@click.option("--channel", "channels", multiple=True, callback=_counts_from_zero,
+              metavar="C[,C...]", help="These maps (repeat or comma list).")
+@click.option("--top", type=click.IntRange(1), default=None,
+              help="Each image's K most active maps (default 4).")
+@click.option("--rule", type=click.Choice(["deconvnet", "guided", "gradient"]),
+              default="deconvnet", show_default=True)
+@_OUT
+def project_cmd(images: tuple[str, ...], model_options: ModelOptions, layer: str,
+                channels: tuple[int, ...] | None, top: int | None, rule: str, out: str) -> None:
+    """Project the strongest unit of maps of LAYER, in each IMAGE, down to pixels (paper
+    Sec. 2.1): one PNG per unit with the image and the unit's receptive field, the projection,
+    and the projection over the image, and OUT/project.json listing them.
+
+    IMAGE: image files, a folder of images, or a dataset spec (images:DIR, synthetic, ...).
+    """
+    from zfnet.analyses.units import project_units, write_units
+    from zfnet.data import load_images
+
+    if channels and top:
+        raise click.UsageError("--channel and --top both choose the maps: give one of them")
+    source, _ = _model_and_data(model_options, need_data=False)
+    data = load_images(images[0] if len(images) == 1 else list(images), source.preprocessing)
+    names = [str(p) for p in getattr(data, "paths", [])] or None
+    results = project_units(source.model, data, layer, channels=channels, top=top, rule=rule,
+                            pixel_scale=source.preprocessing.pixel_scale(),
+                            batch_size=model_options.batch_size, names=names)
+    index = write_units(results, out, rule, source.name)
+    for unit, _, _ in results:
+        click.echo(f"{unit.name}: {unit.layer} map {unit.channel} at ({unit.row}, {unit.col}), "
+                   f"activation {unit.activation:.3g} -> {Path(out) / unit.file}")
+    click.echo(f"wrote {len(results)} projections and {index}")
 
 
 @main.group("visualize", short_help="Deconvnet visualisations (Sec. 2.1, Fig. 2)")

@@ -13,6 +13,7 @@ from zfnet.models.geometry import (
 from zfnet.models.layers import (
     LayerInfo,
     UnknownLayerError,
+    layer_geometry,
     layer_info,
     layer_name,
     layer_names,
@@ -32,8 +33,8 @@ __all__ = [
     "MODEL_OPTIONS", "ConvNet", "ConvSpec", "LayerGeometry", "LayerInfo", "LocalResponseNorm",
     "NetConfig", "UnknownLayerError",
     "apply_overrides", "check_model_option", "check_model_options", "create_model",
-    "eval_mode", "feature_size", "filter_rms", "layer_info", "layer_name", "layer_names",
-    "list_models", "parse_model_option",
+    "eval_mode", "feature_size", "filter_rms", "layer_geometry", "layer_info", "layer_name",
+    "layer_names", "list_models", "parse_model_option",
     "register_model", "resolve_layer", "sequential_geometry",
     "GeometryError", "graph_geometry",
 ]

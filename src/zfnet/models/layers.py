@@ -141,3 +141,22 @@ def layer_name(model: nn.Module, layer: str | nn.Module) -> str:
     path, _ = resolve_layer(model, layer)
     short = {p: n for n, p in layer_names(model).items() if n != p}
     return short.get(path, path)
+
+
+def layer_geometry(model: nn.Module, layer: str | nn.Module,
+                   input_size: int | tuple[int, int]) -> LayerGeometry | None:
+    """Where the units of `layer`'s output sit in an input of `input_size` (a side or (H, W)):
+    any layer of any model, containers (a ResNet stage, a block) included; None where a unit
+    mixes every position (fully connected layers, global pooling) or the geometry is unknown."""
+    path, module = resolve_layer(model, layer)
+    by_path = {i.module: i.geometry for i in layer_info(model, input_size).values()}
+    if path in by_path:
+        return by_path[path]
+    if isinstance(module, nn.Sequential):  # a block of a chain: its last leaf's output
+        inside = [p for p in by_path if p.startswith(path + ".")]
+        if inside and all(p in by_path for p, _ in sequential_leaves(module, path + ".")):
+            return by_path[inside[-1]]
+    try:
+        return graph_geometry(model, input_size).get(path)
+    except GeometryError:
+        return None

@@ -1,0 +1,161 @@
+"""Units of a user's own images, projected to pixels (paper Sec. 2.1, Fig. 1): `zfnet project`.
+
+For each image, the chosen feature maps of one layer — the maps given, or the image's K most
+active ones — and, in each, its strongest unit, projected down to pixels by the deconvnet (or
+guided backprop, or the gradient) through the one engine, whatever the model: a zfnet run, a
+torchvision or timm network. The projection is put in the image's own pixel units (the model's
+input normalisation undone: `Preprocessing.pixel_scale`) and drawn three ways side by side: the
+image as the model sees it with the unit's receptive field outlined, the projection
+(`zfnet.display`'s rule), and the projection's magnitude over the darkened image.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from zfnet.activations import get_activations
+from zfnet.deconvnet import Seeds, paste, project_layers
+from zfnet.display import CAPTION, projection_scale, projection_to_uint8
+from zfnet.models import eval_mode, layer_geometry, layer_name, resolve_layer
+
+
+@dataclass
+class Unit:
+    """One projected unit: map `channel` of `layer` in image `image` (its strongest unit)."""
+
+    image: int  # index in the images given
+    name: str  # the image's file name (or "image N")
+    layer: str
+    channel: int
+    activation: float  # the unit's value (a projection of a unit <= 0 is empty)
+    row: int  # position in the layer's map (0 for a flat layer)
+    col: int
+    box: tuple[int, int, int, int] | None  # receptive field (top, left, bottom, right), clipped
+    file: str = ""  # the PNG written, relative to the output directory
+
+
+def choose_maps(strength: Tensor, channels: Sequence[int] | None, top: int | None) -> Tensor:
+    """(N, C) strongest activation per map -> (N, K) maps to show: `channels` for every image,
+    or each image's `top` most active maps, strongest first."""
+    n, c = strength.shape
+    if channels:
+        bad = [ch for ch in channels if not 0 <= ch < c]
+        if bad:
+            raise ValueError(f"channel(s) {', '.join(map(str, bad))} outside the layer's {c} "
+                             f"maps; valid: 0..{c - 1}")
+        return torch.tensor(list(channels)).repeat(n, 1)
+    k = min(top or 4, c)
+    return strength.topk(k, dim=1).indices
+
+
+def project_units(model: nn.Module, images: Dataset, layer: str | nn.Module, *,
+                  channels: Sequence[int] | None = None, top: int | None = None,
+                  rule: str = "deconvnet", pixel_scale: Tensor | None = None,
+                  batch_size: int = 16, names: Sequence[str] | None = None,
+                  ) -> list[tuple[Unit, Tensor, Tensor]]:
+    """Project the strongest unit of the chosen maps (`choose_maps`) of every image.
+
+    images: items (x, y) of model inputs (C, H, W) — `zfnet.data.load_images` — with `raw(i)`
+    the uint8 pixels the model sees; broken files (None items) are skipped. pixel_scale: (C,)
+    model-input units -> pixel units. Returns, per unit, (Unit, uint8 image (C, H, W),
+    projection (C, H, W) in pixel units).
+    """
+    name = layer_name(model, layer)
+    resolve_layer(model, name)
+    out: list[tuple[Unit, Tensor, Tensor]] = []
+    kept = [i for i in range(len(images)) if images[i] is not None]
+    if not kept:
+        raise ValueError("none of the images could be read (see the warnings above)")
+    p0 = next(model.parameters(), None)
+    geometry = None
+    for lo in range(0, len(kept), batch_size):
+        idx = kept[lo: lo + batch_size]
+        x = torch.stack([images[i][0] for i in idx])  # (B, C, H, W)
+        if p0 is not None:
+            x = x.to(p0.device, p0.dtype)
+        if geometry is None:
+            geometry = layer_geometry(model, name, tuple(x.shape[-2:]))
+        with eval_mode(model):
+            act = get_activations(model, x, [name])[name]  # (B, C, h, w) or (B, F)
+        strength = act.flatten(2).amax(2) if act.ndim > 2 else act
+        maps = choose_maps(strength.float().cpu(), channels, top)  # (B, K)
+        b, k = maps.shape
+        seeds = Seeds(torch.arange(b).repeat_interleave(k), maps.reshape(-1))
+        rf = project_layers(model, x, {name: seeds}, rule)[name]
+        proj = paste(rf, (x.shape[-2], x.shape[-1])).float().cpu()  # (B*K, C, H, W)
+        if pixel_scale is not None:
+            proj = proj * pixel_scale.reshape(1, -1, 1, 1)
+        for s in range(b * k):
+            i = idx[s // k]
+            r, c = int(rf.row[s]), int(rf.col[s])
+            box = None
+            if geometry is not None and act.ndim == 4:
+                box = geometry.box(r, c, (x.shape[-2], x.shape[-1]))
+            unit = Unit(i, names[i] if names else f"image {i}", name, int(maps.reshape(-1)[s]),
+                        float(rf.activation[s]), r, c, box)
+            out.append((unit, images.raw(i), proj[s]))
+    return out
+
+
+def unit_figure(image: Tensor, projection: Tensor, box: tuple[int, int, int, int] | None,
+                path: str | Path, zoom: int | None = None) -> Path:
+    """One PNG: the image with the unit's receptive field outlined | the projection
+    (`zfnet.display`) | its magnitude over the darkened image. image uint8 (C, H, W)."""
+    c, h, w = image.shape
+    zoom = zoom or max(1, 256 // max(h, w))
+    rgb = image.expand(3, h, w) if c == 1 else image
+    shown = projection_to_uint8(projection)
+    shown = shown.expand(3, h, w) if shown.shape[0] == 1 else shown
+    mag = projection.abs().sum(0, keepdim=True)  # (1, H, W)
+    heat = (mag / projection_scale(mag)).clamp(0, 1)  # 0..1, the same percentile rule
+    hot = torch.stack([torch.ones_like(heat[0]), heat[0], torch.zeros_like(heat[0])]) * 255
+    overlay = rgb.float() * 0.35 * (1 - heat) + hot * heat
+    panels = [rgb.float(), shown.float(), overlay]
+    pad = 4
+    canvas = np.full((h * zoom, 3 * w * zoom + 2 * pad, 3), 255, np.uint8)
+    for j, p in enumerate(panels):
+        tile = p.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+        tile = tile.repeat(zoom, 0).repeat(zoom, 1)
+        x0 = j * (w * zoom + pad)
+        canvas[:, x0: x0 + w * zoom] = tile
+    img = Image.fromarray(canvas)
+    if box is not None:
+        t, left, b, r = box
+        ImageDraw.Draw(img).rectangle(
+            [left * zoom, t * zoom, r * zoom - 1, b * zoom - 1], outline=(255, 220, 0), width=2)
+    path = Path(path)
+    img.save(path)
+    return path
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "image"
+
+
+def write_units(results: list[tuple[Unit, Tensor, Tensor]], out: str | Path, rule: str,
+                source: str) -> Path:
+    """Each unit's PNG (`unit_figure`) into `out`, and `project.json` listing them all with
+    how they were made. Returns the JSON's path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for unit, image, proj in results:
+        stem = _slug(Path(unit.name).stem)
+        unit.file = f"{stem}_{_slug(unit.layer)}_map{unit.channel}_{rule}.png"
+        unit_figure(image, proj, unit.box, out / unit.file)
+    index = {"source": source, "rule": rule, "display": CAPTION,
+             "panels": "the image as the model sees it (the unit's receptive field outlined), "
+                       "the projection, its magnitude over the darkened image",
+             "units": [asdict(u) for u, _, _ in results]}
+    path = out / "project.json"
+    path.write_text(json.dumps(index, indent=1) + "\n")
+    return path

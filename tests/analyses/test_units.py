@@ -1,0 +1,141 @@
+"""`zfnet project` and zfnet.analyses.units: a user's own images through any model's units,
+end to end from the command line (weights from a file and from the torch hub cache, offline)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from click.testing import CliRunner
+from PIL import Image
+
+from zfnet.analyses.units import choose_maps, project_units, unit_figure
+from zfnet.cli import main
+from zfnet.data import load_images
+from zfnet.deconvnet import project
+from zfnet.sources import hub_file, load_source
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("ZFNET_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Three of the user's photos (scikit-image's) of different sizes, and a broken file."""
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("photos")
+    for name in ("astronaut", "coffee", "chelsea"):
+        Image.fromarray(getattr(data, name)()).save(folder / f"{name}.jpg")
+    return folder
+
+
+def test_choose_maps() -> None:
+    strength = torch.tensor([[0.1, 3.0, 2.0], [5.0, 0.0, 1.0]])
+    assert choose_maps(strength, None, 2).tolist() == [[1, 2], [0, 2]]
+    assert choose_maps(strength, [2, 0], None).tolist() == [[2, 0], [2, 0]]
+    assert choose_maps(strength, None, 9).shape == (2, 3)  # at most every map
+    with pytest.raises(ValueError, match="outside the layer's 3 maps; valid: 0..2"):
+        choose_maps(strength, [3], None)
+
+
+def test_units_equal_the_engine_in_pixel_units(photos) -> None:
+    """Each unit is the engine's projection of that map's strongest unit, times the inverse
+    normalisation, with the receptive field of its position."""
+    src = load_source("torchvision:resnet18")
+    data = load_images([photos / "coffee.jpg", photos / "chelsea.jpg"], src.preprocessing)
+    x = torch.stack([data[i][0] for i in range(2)])
+    results = project_units(src.model, data, "layer2", top=3, rule="guided",
+                            pixel_scale=src.preprocessing.pixel_scale())
+    assert len(results) == 6
+    scale = src.preprocessing.pixel_scale().reshape(-1, 1, 1)
+    for unit, image, proj in results:
+        want = project(src.model, x[unit.image: unit.image + 1], "layer2", unit.channel,
+                       rule="guided")[0] * scale
+        torch.testing.assert_close(proj, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+        assert image.dtype == torch.uint8 and image.shape == (3, 224, 224)
+        t, left, b, r = unit.box
+        assert 0 <= t < b <= 224 and 0 <= left < r <= 224
+        outside = proj.clone()
+        outside[:, t:b, left:r] = 0
+        assert outside.abs().max() == 0  # nothing outside the unit's receptive field
+    # the maps are each image's most active ones, strongest first
+    acts = [u.activation for u, _, _ in results[:3]]
+    assert acts == sorted(acts, reverse=True)
+
+
+def test_figure_has_three_panels(tmp_path) -> None:
+    image = torch.full((3, 20, 30), 200, dtype=torch.uint8)
+    proj = torch.zeros(3, 20, 30)
+    proj[:, 5:8, 10:12] = 1.0
+    path = unit_figure(image, proj, (2, 3, 12, 15), tmp_path / "u.png", zoom=2)
+    arr = np.asarray(Image.open(path))
+    assert arr.shape == (40, 3 * 60 + 2 * 4, 3)
+    mid = arr[:, 64:124]
+    assert (mid[0, 0] == 128).all() and mid[12, 22].max() > 200  # grey 0, bright unit
+    assert tuple(arr[4, 6]) == (255, 220, 0)  # the receptive field's outline
+
+
+def test_project_command_with_a_weights_file(photos, tmp_path) -> None:
+    """torchvision's vgg11 with weights saved from a randomly initialised copy, the
+    preprocessing given on the command line, two files and a folder."""
+    torch.manual_seed(1)
+    torch.save(torchvision.models.vgg11().state_dict(), tmp_path / "vgg.pth")
+    out = tmp_path / "look"
+    res = CliRunner().invoke(main, [
+        "project", str(photos / "coffee.jpg"), str(photos / "astronaut.jpg"),
+        "--model", "torchvision:vgg11", "--weights", str(tmp_path / "vgg.pth"),
+        "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--resize", "80", "--crop", "64",
+        "--layer", "features.8", "--channel", "3,17", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    index = json.loads((out / "project.json").read_text())
+    units = index["units"]
+    assert [(u["name"].split("/")[-1], u["channel"]) for u in units] == [
+        ("coffee.jpg", 3), ("coffee.jpg", 17), ("astronaut.jpg", 3), ("astronaut.jpg", 17)]
+    for u in units:
+        png = Image.open(out / u["file"])
+        assert png.size[1] == 64 * 4  # the 64 px crop, enlarged 4x
+    assert "coffee_features.8_map3_deconvnet.png" in res.output
+    res = CliRunner().invoke(main, ["project", str(photos), "--model", "torchvision:vgg11",
+                                    "--weights", str(tmp_path / "vgg.pth"), "--crop", "64",
+                                    "--resize", "72", "--layer", "classifier.0", "--top", "1",
+                                    "--out", str(tmp_path / "folder")])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads((tmp_path / "folder/project.json").read_text())["units"]) == 3
+
+
+def test_project_command_with_hub_weights_offline(photos, tmp_path) -> None:
+    """`--weights DEFAULT` reads the torch hub cache (here a file saved from random init) and
+    takes the weights' own preprocessing (resize 256, crop 224)."""
+    enum = torchvision.models.ResNet18_Weights.DEFAULT
+    hub_file(enum).parent.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18().state_dict(), hub_file(enum))
+    out = tmp_path / "look"
+    res = CliRunner().invoke(main, ["project", str(photos / "chelsea.jpg"), "--model",
+                                    "torchvision:resnet18", "--weights", "DEFAULT", "--layer",
+                                    "layer4", "--top", "2", "--rule", "gradient", "--out",
+                                    str(out)])
+    assert res.exit_code == 0, res.output
+    units = json.loads((out / "project.json").read_text())["units"]
+    assert len(units) == 2 and all(u["file"].endswith("_gradient.png") for u in units)
+    assert Image.open(out / units[0]["file"]).size == (3 * 224 + 8, 224)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--layer", "layer9"], "layer 'layer9' does not exist"),
+    (["--layer", "layer1", "--channel", "64"], "outside the layer's 64 maps"),
+    (["--layer", "layer1", "--channel", "1", "--top", "2"], "--channel and --top"),
+    (["--layer", "layer1", "--rule", "lrp"], "'lrp' is not one of"),
+])
+def test_project_command_errors(photos, tmp_path, args, message) -> None:
+    out = tmp_path / "look"
+    res = CliRunner().invoke(main, ["project", str(photos / "coffee.jpg"), "--model",
+                                    "torchvision:resnet18", "--out", str(out), *args])
+    assert res.exit_code != 0 and message in res.output and "Traceback" not in res.output
+    assert not out.exists()  # nothing written before the input is checked
