@@ -909,10 +909,14 @@ def _layer_norm(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
 
 
 def _matmul(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
-    """A linear layer on a matrix (N*H*W, C) whose rows are positions acts per position."""
-    i = 1 if type(n).__name__ == "AddmmBackward0" else 0  # addmm(bias, mat1, mat2)
+    """A linear layer on a matrix (N*H*W, C) whose rows are positions acts per position; so
+    does a batched one, (B, N, C) @ (B, C, K) with positions along B and N (how older torch
+    runs a linear layer on a non-contiguous (N, H, W, C) map)."""
+    name = type(n).__name__
+    i = 1 if name == "AddmmBackward0" else 0  # addmm(bias, mat1, mat2)
     f = _sole(ins, i)
-    if not isinstance(f, _Field) or _spatial(f) - {0}:
+    rows = {0, 1} if name == "BmmBackward0" else {0}
+    if not isinstance(f, _Field) or _spatial(f) - rows:
         return None
     return f
 
@@ -965,7 +969,7 @@ _HANDLERS = {
         "Mean", "Sum", "Amax", "Amin", "Max", "Min", "Std", "Var", "Logsumexp", "Prod", "Norm")
         for v in "01"), _reduce),
     "NativeLayerNormBackward0": _layer_norm,
-    **dict.fromkeys(("AddmmBackward0", "MmBackward0"), _matmul),
+    **dict.fromkeys(("AddmmBackward0", "MmBackward0", "BmmBackward0"), _matmul),
     "CatBackward0": _cat,
     "StackBackward0": _stack,
 }
