@@ -13,11 +13,16 @@ from zfnet.models.geometry import (
 from zfnet.models.layers import (
     LayerInfo,
     UnknownLayerError,
+    feature_layers,
+    first_convs,
+    last_spatial_layer,
+    layer_geometries,
     layer_geometry,
     layer_info,
     layer_name,
     layer_names,
     resolve_layer,
+    vector_layer,
 )
 from zfnet.models.lrn import LocalResponseNorm
 from zfnet.models.modes import eval_mode
@@ -37,4 +42,5 @@ __all__ = [
     "layer_names", "list_models", "parse_model_option",
     "register_model", "resolve_layer", "sequential_geometry",
     "GeometryError", "graph_geometry",
+    "feature_layers", "first_convs", "last_spatial_layer", "layer_geometries", "vector_layer",
 ]

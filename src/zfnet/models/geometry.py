@@ -389,11 +389,12 @@ class GeometryError(ValueError):
 def graph_geometry(model: nn.Module, input_size: int | tuple[int, int],
                    in_channels: int | None = None) -> dict[str, LayerGeometry | None]:
     """Geometry of the output of every module of any model fed `input_size` (a side or (H, W)),
-    keyed by module path (the model itself left out); for a module called several times in one
-    forward pass, its last call. None where the output has no spatial geometry: a unit that mixes
-    every position (global pooling, flatten + linear, the logits) — it sees the whole image —,
-    after a node the walk does not know, or an output that is not a map (N, C, H, W) (a
-    channels-last tensor inside a ConvNeXt block). Modules that do not run are left out.
+    keyed by module path (the model itself left out), in forward order (`record_forward`); for a
+    module called several times in one forward pass, its last call. None where the output has no
+    spatial geometry: a unit that mixes every position (global pooling, flatten + linear, the
+    logits) — it sees the whole image —, after a node the walk does not know, or an output that
+    is not a map (N, C, H, W) (a channels-last tensor inside a ConvNeXt block). Modules that do
+    not run are left out.
 
     One forward pass on a meta-device copy of the model (no weights copied, nothing computed),
     in eval mode; if the model cannot run on the meta device, on the model itself with a zero
@@ -401,6 +402,31 @@ def graph_geometry(model: nn.Module, input_size: int | tuple[int, int],
     no hook, no flag, no parameter moved. `in_channels`: default, the first convolution's.
     `GeometryError` if the forward pass fails (e.g. an input too small for the model).
     """
+    size = pair(input_size)
+    x0, made = record_forward(model, size, in_channels)
+    walk = _Walk(x0, size)
+    out: dict[str, LayerGeometry | None] = {}
+    for path, (node, out_shape, _) in made.items():
+        state = _CONST if node is None or node is _CONST else walk.state(node)
+        # a map whose rows and columns are its last two dims, as every consumer indexes it
+        # (not a channels-last tensor inside a ConvNeXt block)
+        out[path] = state.geo if _last_two(state, out_shape) else None
+    return out
+
+
+# per module path: (the autograd node that made its output, the output's shape, the node that
+# made its first tensor input); `_CONST` for an output that is not a tensor
+_Made = dict[str, tuple[object, tuple[int, ...], object]]
+
+
+def record_forward(model: nn.Module, input_size: int | tuple[int, int],
+                   in_channels: int | None = None) -> tuple[Tensor, _Made]:
+    """One forward pass of a zero input of `input_size` with autograd recording, on a meta-device
+    copy of `model` (or, if it cannot run there, on the model itself): the input leaf, and per
+    module path — in forward order, each module at the end of its first call — the node that
+    made its output (its last call), the output's shape and the node that made its first tensor
+    input. What `graph_geometry` reads, and `zfnet.models.layers` to tell which module feeds the
+    classifier. Eval mode; the model left as it was. `GeometryError` if the pass fails."""
     size = pair(input_size)
     if min(size) < 1:
         raise ValueError(f"input_size must be positive, got {input_size}")
@@ -410,25 +436,17 @@ def graph_geometry(model: nn.Module, input_size: int | tuple[int, int],
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     shape = (1, in_channels, *size)
     try:
-        x0, made = _forward(_meta_copy(model), torch.zeros(shape, dtype=dtype, device="meta"))
+        return _forward(_meta_copy(model), torch.zeros(shape, dtype=dtype, device="meta"))
     except Exception:  # noqa: BLE001  (an op with no meta kernel, .item(), ...: run it for real)
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
         try:
-            x0, made = _forward(model, torch.zeros(shape, dtype=dtype, device=device))
+            return _forward(model, torch.zeros(shape, dtype=dtype, device=device))
         except Exception as e:  # noqa: BLE001  (any failure of the user's forward pass)
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise GeometryError(
                 f"{type(model).__name__} does not run on a {'x'.join(map(str, shape))} input "
                 f"({msg}); give an input size (and channels) the model takes") from e
-    walk = _Walk(x0, size)
-    out: dict[str, LayerGeometry | None] = {}
-    for path, (node, out_shape) in made.items():
-        state = _CONST if node is None or node is _CONST else walk.state(node)
-        # a map whose rows and columns are its last two dims, as every consumer indexes it
-        # (not a channels-last tensor inside a ConvNeXt block)
-        out[path] = state.geo if _last_two(state, out_shape) else None
-    return out
 
 
 def _meta_copy(model: nn.Module) -> nn.Module:
@@ -440,22 +458,22 @@ def _meta_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def _forward(model: nn.Module, zeros: Tensor
-             ) -> tuple[Tensor, dict[str, tuple[object, tuple[int, ...]]]]:
-    """One forward pass of `zeros` in eval mode, autograd recording: the input leaf, and per
-    module path the node that made its output (its last call) and the output's shape."""
-    made: dict[str, tuple[object, tuple[int, ...]]] = {}
+def _forward(model: nn.Module, zeros: Tensor) -> tuple[Tensor, _Made]:
+    """One forward pass of `zeros` in eval mode, autograd recording: the input leaf and, per
+    module path, what `record_forward` says."""
+    made: _Made = {}
     handles = []
     try:
         for path, m in model.named_modules():
             if not path:
                 continue
 
-            def hook(_m: nn.Module, _i: object, out: object, path: str = path) -> None:
+            def hook(_m: nn.Module, inp: tuple, out: object, path: str = path) -> None:
                 # the node that made the output *now*: an in-place op later (`out += identity`)
                 # gives the tensor another grad_fn
-                made[path] = ((out.grad_fn, tuple(out.shape)) if isinstance(out, Tensor)
-                              else (_CONST, ()))
+                first = next((t.grad_fn for t in inp if isinstance(t, Tensor)), None)
+                made[path] = ((out.grad_fn, tuple(out.shape), first) if isinstance(out, Tensor)
+                              else (_CONST, (), first))
             handles.append(m.register_forward_hook(hook))
         with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
             x0 = zeros.requires_grad_(True)
@@ -986,5 +1004,6 @@ def _pointwise_function(n: object) -> bool:
 __all__ = [
     "LAYER_TYPES", "POINTWISE", "WINDOWED", "AxisGeometry", "LayerGeometry",
     "UnsupportedLayerError", "Window", "chain_geometry", "chain_sizes", "feature_size", "pair",
-    "GeometryError", "graph_geometry", "sequential_geometry", "sequential_leaves", "window_of",
+    "GeometryError", "graph_geometry", "record_forward", "sequential_geometry",
+    "sequential_leaves", "window_of",
 ]

@@ -1,9 +1,15 @@
-"""One way to name a layer everywhere.
+"""One way to name a layer everywhere, and one way to choose layers for any model.
 
 zfnet's models: `conv1`…`conv5`, `fc6`…`fc8`, and the modules around them — `relu1`, `pool1`,
 `norm1`, …, `relu6`, `drop6`, … (see `zfnet.models.convnet`). `conv1` is the convolution's output;
 `relu1` the rectified map, `pool1` after max-pooling, `norm1` after contrast normalisation.
-Any other model: the module path, e.g. `features.10` for torchvision's alexnet/vgg.
+Any other model: the module path, e.g. `features.10` for torchvision's alexnet/vgg, `layer3` or
+`layer3.1.conv2` for a ResNet.
+
+Which layers the analyses look at when none is named (the paper's "layers 1-5" and "layer 7",
+for any CNN): `feature_layers` (the gallery, probes), `first_convs` (filters, Fig. 6),
+`last_spatial_layer` (occlusion, Fig. 7; the randomisation check) and `vector_layer` (the
+feature vector the classifier reads: invariance's layer 7, probes).
 """
 
 from __future__ import annotations
@@ -17,9 +23,15 @@ from zfnet.models.geometry import (
     GeometryError,
     LayerGeometry,
     graph_geometry,
+    pair,
+    record_forward,
     sequential_geometry,
     sequential_leaves,
 )
+
+# the stages `feature_layers` shows at most, and the input side used when none is given
+MAX_STAGES = 8
+DEFAULT_SIZE = 224
 
 
 class UnknownLayerError(KeyError, ValueError):
@@ -77,14 +89,13 @@ def layer_info(model: nn.Module, input_size: int | tuple[int, int] | None = None
                     channels = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
                 infos[name] = LayerInfo(name, path, _kind(m), channels, geo.get(path))
         return infos
-    features = getattr(model, "features", None)
     geo: dict[str, LayerGeometry | None] = {}
-    if isinstance(features, nn.Sequential) and all(
-            isinstance(m, LAYER_TYPES) for _, m in sequential_leaves(features)):
-        geo = dict(sequential_geometry(features, input_size or 224, prefix="features."))
+    if _plain_chain(model):
+        geo = dict(sequential_geometry(model.features, input_size or DEFAULT_SIZE,
+                                       prefix="features."))
     else:
         try:
-            geo = graph_geometry(model, input_size or 224)
+            geo = graph_geometry(model, input_size or DEFAULT_SIZE)
         except GeometryError:
             if input_size is not None:
                 raise
@@ -160,3 +171,173 @@ def layer_geometry(model: nn.Module, layer: str | nn.Module,
         return graph_geometry(model, input_size).get(path)
     except GeometryError:
         return None
+
+
+# --- which layers to look at, for any model ---------------------------------------------------
+
+
+def _is_convnet(model: nn.Module) -> bool:
+    from zfnet.models.convnet import ConvNet
+
+    return isinstance(model, ConvNet)
+
+
+def _plain_chain(model: nn.Module) -> bool:
+    """A `features` nn.Sequential of layers of known geometry (torchvision's alexnet, vgg)."""
+    features = getattr(model, "features", None)
+    return isinstance(features, nn.Sequential) and all(
+        isinstance(m, LAYER_TYPES) for _, m in sequential_leaves(features))
+
+
+def _has_conv(m: nn.Module) -> bool:
+    return any(isinstance(c, nn.modules.conv._ConvNd) for c in m.modules())
+
+
+def _spaced(items: list[str], n: int) -> list[str]:
+    """At most `n` of `items`, evenly spaced, always the first and the last."""
+    if len(items) <= n:
+        return list(items)
+    picks = sorted({round(i * (len(items) - 1) / (n - 1)) for i in range(n)})
+    return [items[i] for i in picks]
+
+
+def feature_layers(model: nn.Module, input_size: int | tuple[int, int] | None = None
+                   ) -> list[str]:
+    """The layers whose maps the analyses show when none is named — the paper's "layers 1-5",
+    for any CNN — in forward order, as names `resolve_layer` takes:
+
+    - zfnet's models: `conv1`…`conv5` (those present);
+    - a plain `features` chain (torchvision's alexnet, vgg, vgg_bn): its convolutions;
+    - any other network: the outputs of its main stages (torchvision resnet: `conv1`,
+      `layer1`…`layer4`; densenet: `features.conv0`, the dense blocks and transitions;
+      googlenet: its convs and inception blocks; mobilenet / efficientnet: `features.N`).
+      Stages are found generically: the top-level children that contain a convolution and
+      output a map with a spatial geometry (`graph_geometry` at `input_size`, default 224);
+      while fewer than 3 are found, each stage is replaced by its own children that are stages
+      (a `features` Sequential, a timm `stages`). At most 8, evenly spaced, always the first
+      and the last.
+
+    A ValueError when the model has no convolution with a spatial map."""
+    infos = None
+    if _is_convnet(model) or _plain_chain(model):
+        infos = layer_info(model)
+        convs = [n for n, i in infos.items()
+                 if i.kind == "conv" and i.module.startswith("features.")]
+        if convs:
+            return convs
+    geo = graph_geometry(model, input_size or DEFAULT_SIZE)
+
+    def stages(parent: str, m: nn.Module) -> list[str]:
+        return [f"{parent}{n}" for n, c in m.named_children()
+                if _has_conv(c) and geo.get(f"{parent}{n}") is not None]
+
+    found = stages("", model)
+    for _ in range(4):  # a few levels: a backbone inside a wrapper inside a wrapper
+        if len(found) >= 3:
+            break
+        deeper = []
+        for path in found:
+            inner = stages(f"{path}.", model.get_submodule(path))
+            deeper.extend(inner or [path])
+        if deeper == found:
+            break
+        found = deeper
+    order = list(geo)  # forward order: a stage's position is where its call ends
+    found.sort(key=order.index)
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no convolution with a spatial map to "
+                         "show; name the layers")
+    return _spaced(found, MAX_STAGES)
+
+
+def first_convs(model: nn.Module, n: int = 2, input_size: int | tuple[int, int] | None = None
+                ) -> list[str]:
+    """The first `n` convolutions in forward order (paper Fig. 6's layers 1 and 2): `conv1`,
+    `conv2` for zfnet's models, module paths otherwise (torchvision resnet: `conv1`,
+    `layer1.0.conv1`). Order from one forward pass at `input_size` (default 224) where the
+    model is not a chain; a ValueError if it has none."""
+    if _is_convnet(model) or _plain_chain(model):
+        convs = [name for name, i in layer_info(model).items() if i.kind == "conv"]
+    else:
+        _, made = record_forward(model, input_size or DEFAULT_SIZE)
+        convs = [p for p in made if isinstance(model.get_submodule(p), nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"{type(model).__name__} has no Conv2d to show filters of")
+    return convs[:n]
+
+
+def last_spatial_layer(model: nn.Module, input_size: int | tuple[int, int] | None = None
+                       ) -> str:
+    """The last of `feature_layers`: `conv5` on zfnet's models (the paper's layer 5), the last
+    convolution of a plain chain, the last stage of any other network (`layer4` of a ResNet)."""
+    return feature_layers(model, input_size)[-1]
+
+
+# autograd nodes that only reshape or copy: the classifier reads the same numbers
+_SAME_VALUES = {
+    "ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "CloneBackward0",
+    "AliasBackward0", "SqueezeBackward0", "SqueezeBackward1", "SqueezeBackward2",
+    "UnsqueezeBackward0", "ToCopyBackward0",
+}
+
+
+def vector_layer(model: nn.Module, input_size: int | tuple[int, int] | None = None) -> str:
+    """The layer whose output the classifier reads — the paper's "layer 7" for any CNN
+    (invariance, Fig. 5; probes, Table 7):
+
+    - zfnet's models: `relu7` (or `relu6`, or `fc8`, the first present);
+    - any other model: the module whose output the last `nn.Linear` to run takes, up to a
+      reshape (torchvision resnet / googlenet: `avgpool`; alexnet: `classifier.5`; vgg:
+      `classifier.4`; mobilenet: `classifier.0`, the pooled vector);
+    - where no module outputs it (DenseNet rectifies and pools `features` functionally): the
+      last module that feeds it (`features.norm5`);
+    - a model with no linear layer: its `last_spatial_layer`.
+
+    Found from one forward pass at `input_size` (default 224)."""
+    if _is_convnet(model):
+        names = layer_names(model)
+        return next(n for n in ("relu7", "relu6", "fc8") if n in names)
+    _, made = record_forward(model, input_size or DEFAULT_SIZE)
+    order = list(made)
+    heads = [p for p in order if isinstance(model.get_submodule(p), nn.Linear)]
+    if not heads:
+        return last_spatial_layer(model, input_size)
+    head = heads[-1]
+    start = made[head][2]
+    # the head's input up to a reshape, then everything that feeds it
+    same, ancestors, todo = set(), set(), [(start, True)]
+    while todo:
+        node, direct = todo.pop()
+        if node is None or node in ancestors:
+            continue
+        ancestors.add(node)
+        if direct:
+            same.add(node)
+        direct = direct and type(node).__name__ in _SAME_VALUES
+        todo.extend((f, direct) for f, _ in node.next_functions)
+    before = order[: order.index(head)]
+    for pick in (same, ancestors):
+        hits = [p for p in before if made[p][0] in pick]
+        if hits:
+            # the last module to finish feeding the head; of those that output the very same
+            # tensor (a block and its last layer, a ReLU and the dropout after it), the first
+            node = made[hits[-1] if pick is ancestors else hits[0]][0]
+            return next(p for p in before if made[p][0] is node)
+    return last_spatial_layer(model, input_size)
+
+
+def layer_geometries(model: nn.Module, layers: list[str] | tuple[str, ...],
+                     input_size: int | tuple[int, int]) -> dict[str, LayerGeometry | None]:
+    """The geometry of each of `layers` (names or module paths, containers too: `layer3`) for
+    an input of `input_size`: where its units sit in input pixels, None where a unit mixes
+    every position (fc layers, global pooling: it sees the whole image). zfnet's models and
+    plain chains read it off the chain; any other model from one forward pass
+    (`graph_geometry`)."""
+    paths = {name: resolve_layer(model, name)[0] for name in layers}
+    size = pair(input_size)
+    if _is_convnet(model) or _plain_chain(model):
+        by_path = {i.module: i.geometry for i in layer_info(model, size).values()}
+        if all(by_path.get(p) is not None or _is_convnet(model) for p in paths.values()):
+            return {name: by_path.get(p) for name, p in paths.items()}
+    geo = graph_geometry(model, size)
+    return {name: geo.get(p) for name, p in paths.items()}

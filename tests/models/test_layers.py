@@ -1,0 +1,142 @@
+"""Choosing layers for any model (zfnet.models.layers): the stages the analyses show, the first
+two convolutions, the last spatial layer and the vector the classifier reads — on zfnet's
+models and on torchvision's alexnet, vgg11_bn, resnet18, densenet121, googlenet and
+mobilenet_v2, each checked against a real forward pass where it can be."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import zfnet
+from zfnet.models import (
+    feature_layers,
+    first_convs,
+    last_spatial_layer,
+    layer_geometries,
+    resolve_layer,
+    vector_layer,
+)
+from zfnet.models.geometry import graph_geometry
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SIZE = 64
+
+
+def _tv(name: str) -> nn.Module:
+    kw: dict = {"weights": None}
+    if name == "googlenet":
+        kw.update(aux_logits=False, init_weights=False)
+    torch.manual_seed(0)
+    return getattr(torchvision.models, name)(**kw).eval()
+
+
+STAGES = {
+    "alexnet": ["features.0", "features.3", "features.6", "features.8", "features.10"],
+    "vgg11_bn": ["features.0", "features.4", "features.8", "features.11", "features.15",
+                 "features.18", "features.22", "features.25"],
+    "resnet18": ["conv1", "layer1", "layer2", "layer3", "layer4"],
+    "densenet121": ["features.conv0", "features.denseblock1", "features.transition1",
+                    "features.denseblock2", "features.transition2", "features.denseblock3",
+                    "features.transition3", "features.denseblock4"],
+    "googlenet": ["conv1", "conv3", "inception3a", "inception4a", "inception4b", "inception4d",
+                  "inception4e", "inception5b"],
+    "mobilenet_v2": [f"features.{i}" for i in (0, 3, 5, 8, 10, 13, 15, 18)],
+}
+VECTOR = {"alexnet": "classifier.5", "vgg11_bn": "classifier.4", "resnet18": "avgpool",
+          "densenet121": "features.norm5", "googlenet": "avgpool",
+          "mobilenet_v2": "classifier.0"}
+
+
+def test_zfnet_models_keep_their_names() -> None:
+    for name in ("zfnet_small", "alexnet_small"):
+        model = zfnet.create_model(name)
+        assert feature_layers(model) == [f"conv{i}" for i in range(1, 6)]
+        assert first_convs(model) == ["conv1", "conv2"]
+        assert last_spatial_layer(model) == "conv5"
+        assert vector_layer(model) == "relu7"
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_stages_of_torchvision_models(name) -> None:
+    model = _tv(name)
+    layers = feature_layers(model, SIZE)
+    assert layers == STAGES[name]
+    assert last_spatial_layer(model, SIZE) == layers[-1]
+    # each one a map with a spatial geometry, in forward order
+    geo = graph_geometry(model, SIZE)
+    order = list(geo)
+    assert all(geo[p] is not None for p in layers)
+    assert [order.index(p) for p in layers] == sorted(order.index(p) for p in layers)
+    # the geometry of each, containers too, is graph_geometry's (and the chain's on chains)
+    got = layer_geometries(model, layers, SIZE)
+    for p in layers:
+        assert got[p] is not None and got[p].shape == geo[p].shape
+
+
+def _run_order(model: nn.Module) -> tuple[list[str], dict[str, torch.Tensor], torch.Tensor]:
+    """By a real forward pass: the Conv2d modules in the order they run, every module's output,
+    and the input of the last nn.Linear to run."""
+    ran: list[str] = []
+    outs: dict[str, torch.Tensor] = {}
+    head_in: list[torch.Tensor] = []
+    handles = []
+    for path, m in model.named_modules():
+        if not path:
+            continue
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_pre_hook(
+                lambda _m, _i, p=path: ran.append(p) if p not in ran else None))
+        if isinstance(m, nn.Linear):
+            handles.append(m.register_forward_pre_hook(
+                lambda _m, i: head_in.append(i[0].detach().clone())))
+        handles.append(m.register_forward_hook(
+            lambda _m, _i, o, p=path: outs.__setitem__(p, o.detach().clone())))
+    try:
+        with torch.no_grad():
+            model(torch.randn(2, 3, SIZE, SIZE))
+    finally:
+        for h in handles:
+            h.remove()
+    return ran, outs, head_in[-1]
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_first_convs_and_vector_layer_by_a_real_forward_pass(name) -> None:
+    model = _tv(name)
+    ran, outs, head_in = _run_order(model)
+    assert first_convs(model, 2, SIZE) == ran[:2]
+    assert first_convs(model, 3, SIZE) == ran[:3]
+    vec = vector_layer(model, SIZE)
+    assert vec == VECTOR[name]
+    out = outs[vec]
+    if name == "densenet121":  # rectified and pooled in forward(), by no module
+        out = torch.relu(out).mean((2, 3))
+    torch.testing.assert_close(out.flatten(1), head_in)
+
+
+def test_no_linear_layer_and_no_conv() -> None:
+    torch.manual_seed(0)
+    squeeze = torchvision.models.squeezenet1_0(weights=None).eval()  # a 1x1 conv classifier
+    assert vector_layer(squeeze, SIZE) == last_spatial_layer(squeeze, SIZE) == "features.12"
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
+    with pytest.raises(ValueError, match="no convolution"):
+        feature_layers(mlp, 8)
+    with pytest.raises(ValueError, match="no Conv2d"):
+        first_convs(mlp, 2, 8)
+
+
+def test_a_backbone_inside_a_wrapper_is_found() -> None:
+    """Fewer than 3 stages at the top: each is replaced by its own stages."""
+    torch.manual_seed(0)
+    inner = torchvision.models.resnet18(weights=None)
+    wrapped = nn.Sequential(nn.Sequential(inner.conv1, inner.bn1, inner.relu, inner.maxpool,
+                                          inner.layer1, inner.layer2, inner.layer3,
+                                          inner.layer4),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 10)).eval()
+    assert feature_layers(wrapped, SIZE) == ["0.0", "0.4", "0.5", "0.6", "0.7"]
+    assert vector_layer(wrapped, SIZE) == "1"
+    assert resolve_layer(wrapped, "0.4")[1] is inner.layer1
