@@ -332,6 +332,7 @@ def project_graph(
     images (N, C, H, W) on the model's device and dtype. `seeds[name]` = (image_index (S,),
     channels (S,), positions (S, 2) or None): positions in the layer's (h, w) map, None for the
     strongest unit of each seeded map (or for a flat (N, F) layer, which has no positions).
+    A flat layer's units all sit at (0, 0) (as top-k mining records them).
     Each seed goes down with the activation's own value, clamped at 0 (a unit that is not active
     has nothing to show: its projection is zero), as in the windowed engine. `image_batch`
     images go forward together; their seeds go down `seed_batch` signals per pass.
@@ -381,9 +382,10 @@ def _down_layer(x: Tensor, act: Tensor, name: str, seed: tuple[Tensor, Tensor, T
         where = flat[bi, chs].argmax(1)  # first maximum on ties
     else:
         p = pos[sel].to(act.device)
-        if act.ndim != 4:
-            raise ValueError(f"layer {name!r} has no spatial map; give no positions")
-        h, w = act.shape[2:]
+        if act.ndim != 4 and bool((p != 0).any()):
+            raise ValueError(f"layer {name!r} has no spatial map: its units sit at (0, 0); "
+                             "give no positions, or (0, 0)")
+        h, w = act.shape[2:] if act.ndim == 4 else (1, 1)
         if bool(((p[:, 0] < 0) | (p[:, 0] >= h) | (p[:, 1] < 0) | (p[:, 1] >= w)).any()):
             raise ValueError(f"positions must lie in the {h}x{w} map of {name!r}")
         where = p[:, 0] * w + p[:, 1]

@@ -144,3 +144,68 @@ def test_two_processes_merge_to_the_one_process_answer() -> None:
     for rank in range(2):
         for name in LAYERS:
             _same(TopK.from_dict(results[rank][name]), whole[name])
+
+
+# --- any layer of any model ----------------------------------------------------------------
+
+
+def _resnet(num_classes: int) -> nn.Module:
+    import torchvision
+
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None, num_classes=num_classes)
+
+
+def _brute(model: nn.Module, x: torch.Tensor, name: str, k: int) -> TopK:
+    """Top-k of one layer by one forward pass over all of x and Python sorting."""
+    from zfnet.activations import get_activations
+
+    model.eval()
+    a = get_activations(model, x, [name])[name]
+    if a.ndim == 2:
+        a = a[:, :, None, None]
+    n, c, _, w = a.shape
+    per_image, where = a.reshape(n, c, -1).max(2)  # (N, C)
+    t = TopK.empty(name, c, k)
+    for ch in range(c):
+        order = sorted(range(n), key=lambda i, ch=ch: (-float(per_image[i, ch]), i))[:k]
+        t.values[ch, : len(order)] = per_image[order, ch]
+        t.index[ch, : len(order)] = torch.tensor(order)
+        t.row[ch, : len(order)] = where[order, ch] // w
+        t.col[ch, : len(order)] = where[order, ch] % w
+    return t
+
+
+@pytest.mark.parametrize("num_classes", [10, 1000])
+def test_any_layer_of_a_resnet_by_hooks(num_classes) -> None:
+    """Blocks, an inner ReLU called twice, global pooling (1x1 maps) and the logits (flat,
+    position (0, 0)): equal to brute force, shards merge into one pass, no hook left."""
+    model, data = _resnet(num_classes), _data(11)
+    layers = ["layer1", "layer2.0.relu", "layer4", "avgpool", "fc"]
+    model.train()  # mined in eval mode, given back in training mode
+    got = mine_topk(model, data, layers, k=3, batch_size=4)
+    assert model.training and not any(m._forward_hooks for m in model.modules())
+    for name in layers:
+        _same(got[name], _brute(model, data.tensors[0], name, 3))
+    assert got["fc"].values.shape == (num_classes, 3)
+    assert (got["fc"].row == 0).all() and (got["fc"].col == 0).all()
+    parts = [mine_topk(model, data, layers, k=3, indices=range(lo, min(lo + 4, 11)),
+                       batch_size=3) for lo in range(0, 11, 4)]
+    for name in layers:
+        _same(merge_topk(*(p[name] for p in parts)), got[name])
+
+
+def test_chain_and_classifier_layers_together() -> None:
+    """A chain model's conv and fc layers in one call: one pass of the whole model, the conv
+    layer as the chain's fast path finds it."""
+    import torchvision
+
+    torch.manual_seed(0)
+    vgg = torchvision.models.vgg11_bn(weights=None, num_classes=5)
+    data = _data(5)
+    fast = mine_topk(vgg, data, ["features.4"], k=2)["features.4"]
+    both = mine_topk(vgg, data, ["features.4", "classifier.3"], k=2)
+    _same(both["features.4"], fast)
+    _same(both["classifier.3"], _brute(vgg, data.tensors[0], "classifier.3", 2))
+    with pytest.raises(KeyError, match="does not exist"):
+        mine_topk(vgg, data, ["features.4", "layer9"])

@@ -1,9 +1,14 @@
 """Top-k mining: the strongest activations of every feature map over a dataset (paper Fig. 2).
 
-The data go through the model's convolutional chain once, up to the deepest chosen layer. For
-every image and map only the image's strongest position counts (so the k entries of one map
-come from k different images, as the nine patches of each map in the paper's Fig. 2), and a
-running merge per batch keeps the k best: memory is layers x maps x k, never the dataset.
+Any layer of any model. Where every chosen layer lies in the model's convolutional chain
+(`model.features` of zfnet's models, torchvision's alexnet / vgg) the data go through that chain
+only, up to the deepest chosen layer; otherwise (ResNet blocks, DenseNet, fully connected
+layers, …) through the whole model once per batch, every chosen layer read by a forward hook
+(`zfnet.activations.capture`, removed after). A flat layer (N, F) counts as F maps of one unit
+at (0, 0). For every image and map only the image's strongest position counts (so the k
+entries of one map come from k different images, as the nine patches of each map in the
+paper's Fig. 2), and a running merge per batch keeps the k best: memory is layers x maps x k,
+never the dataset.
 
 Order is deterministic: by value descending, ties by dataset index ascending, and within an
 image the first maximum in row-major order. The same order makes shards mined by several
@@ -15,6 +20,7 @@ rounding by which a convolution's result depends on its batch size.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +30,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
+from zfnet.activations import capture
 from zfnet.deconvnet import feature_chain
 from zfnet.models import eval_mode, resolve_layer
 
@@ -175,19 +182,14 @@ def mine_topk(
 
     data: a Dataset of (x, y) or x items, x (C, H, W) a model input; or a DataLoader (its
     dataset, batch size, workers and sampler order are used). indices: mine only these
-    dataset items (a shard). Layers are named as in `zfnet.models.resolve_layer` and must lie
-    in the model's convolutional chain (`model.features`).
+    dataset items (a shard). Layers: any of the model's, named as `zfnet.models.resolve_layer`
+    takes them (see the module doc for how they are read).
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     if not layers:
         raise ValueError("layers is empty; name at least one, e.g. conv1")
-    paths = {resolve_layer(model, name)[0]: name for name in layers}
-    chain = max((feature_chain(model, name) for name in layers), key=len)
-    names_in_chain = {p for p, _ in chain}
-    for path, name in paths.items():
-        if path not in names_in_chain:  # a Sequential block names its last leaf
-            paths[feature_chain(model, name)[-1][0]] = paths.pop(path)
+    chain = _chain(model, layers)
     p0 = next(model.parameters(), None)
     dev = torch.device(device) if device is not None else (p0.device if p0 is not None
                                                            else torch.device("cpu"))
@@ -199,7 +201,9 @@ def mine_topk(
         from tqdm import tqdm
 
         it = tqdm(loader, desc="top-k mining", unit="batch")
-    with eval_mode(model), torch.inference_mode():
+    with eval_mode(model), torch.inference_mode(), ExitStack() as stack:
+        # off the chain: one pass of the whole model per batch, every layer read by a hook
+        store = stack.enter_context(capture(model, list(layers))) if chain is None else None
         for idx, x in it:
             if x.ndim != 4:
                 raise ValueError(f"items must be images (C, H, W); got a batch of {tuple(x.shape)}"
@@ -207,16 +211,51 @@ def mine_topk(
             if not idx.numel():
                 continue
             x = x.to(dev, dtype, non_blocking=True)
-            for path, m in chain:
+            if chain is None:
+                model(x)
+                for name in layers:
+                    if name not in store:
+                        raise ValueError(f"layer {name!r} did not run in the forward pass")
+                    _update(best, name, store[name], idx, k)
+                store.clear()
+                continue
+            steps, ends = chain
+            for path, m in steps:
                 x = m(x)
-                if path in paths:
-                    _update(best, paths[path], x, idx, k)
+                for name in ends.get(path, ()):
+                    _update(best, name, x, idx, k)
     if not best:
         raise ValueError("the data held no images to mine")
     return {name: best[name] for name in layers}
 
 
-def _update(best: dict[str, TopK], name: str, act: Tensor, idx: Tensor, k: int) -> None:
+def _chain(model: nn.Module, layers: Sequence[str]
+           ) -> tuple[list[tuple[str, nn.Module]], dict[str, list[str]]] | None:
+    """The chain to walk (up to the deepest of `layers`) and, per module path on it, the
+    layers read there (a Sequential block: at its last leaf); None when a layer is off the
+    chain. A layer that does not exist is an error either way."""
+    ends: dict[str, list[str]] = {}
+    chains = []
+    for name in layers:
+        resolve_layer(model, name)  # unknown: an error listing the valid names
+        try:
+            c = feature_chain(model, name)
+        except ValueError:
+            return None
+        chains.append(c)
+        ends.setdefault(c[-1][0], []).append(name)
+    return max(chains, key=len), ends
+
+
+def _update(best: dict[str, TopK], name: str, act: Any, idx: Tensor, k: int) -> None:
+    if not isinstance(act, Tensor):
+        raise ValueError(f"layer {name!r} outputs {type(act).__name__}, not a tensor; choose a "
+                         "module that outputs feature maps")
+    if act.ndim == 2:  # (B, F): F maps of one unit each
+        act = act[:, :, None, None]
+    if act.ndim != 4:
+        raise ValueError(f"layer {name!r} outputs shape {tuple(act.shape)}; top-k mining takes "
+                         "feature maps (N, C, H, W) or vectors (N, F)")
     b, c, h, w = act.shape
     value, where = act.reshape(b, c, h * w).max(2)  # (B, C): each image's strongest unit
     value, where = value.float().T.cpu(), where.T.cpu()  # (C, B)
