@@ -123,6 +123,26 @@ def test_gradient_rule_is_autograd_on_densenet_googlenet_mobilenet() -> None:
             assert torch.allclose(proj[i], ref, atol=1e-6 * ref.abs().max()), name
 
 
+def test_gradient_rule_through_squeeze_and_excitation_gates() -> None:
+    """mobilenet_v3's gates (a per-channel scale broadcast over the map): a node's own backward
+    gives the gate the unreduced gradient, which the walk sums over the broadcast dims as
+    autograd's engine does."""
+    model = _net("mobilenet_v3_small")
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(6))
+    layer, module = "features.4", model.features[4]
+    img, ch = torch.tensor([0, 0, 1, 1]), torch.tensor([3, 7, 3, 7])
+    proj, *_ = project_graph(model, x, {layer: module}, {layer: seeds_from(img, ch, None)},
+                             "gradient")[layer]
+    xg = x.clone().requires_grad_(True)
+    act = layer_outputs(model, xg, {layer: module})[layer]
+    for s in range(4):
+        flat = act[int(img[s]), int(ch[s])].flatten()
+        k = int(flat.argmax())
+        (g,) = torch.autograd.grad(flat[k], xg, retain_graph=True)
+        ref = g[int(img[s])] * flat[k].detach()
+        assert torch.allclose(proj[s], ref, atol=1e-5 * ref.abs().max()), s
+
+
 def test_deconvnet_on_mobilenet_v2_rectifies_at_relu6() -> None:
     model = _net("mobilenet_v2")
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))

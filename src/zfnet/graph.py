@@ -221,7 +221,15 @@ def _per_round(node: Any, grads: list[Tensor | None], rounds: int) -> list[Tenso
             else:
                 args.append(g[r * b: (r + 1) * b] if g.ndim else g)
         res = node.apply(*args) if hasattr(node, "apply") else node(*args)  # Python / C++
-        parts.append(list(res) if isinstance(res, tuple) else [res])
+        res = list(res) if isinstance(res, tuple) else [res]
+        # autograd's engine sums a gradient over the dims its input was broadcast along (a
+        # squeeze-and-excitation gate times a map) after calling the node; so must we
+        for j, ((f, i), g) in enumerate(zip(node.next_functions, res, strict=False)):
+            if f is not None and g is not None and i < len(f._input_metadata):
+                want = tuple(f._input_metadata[i].shape)
+                if tuple(g.shape) != want:
+                    res[j] = g.sum_to_size(want)
+        parts.append(res)
     return [None if p[0] is None else torch.cat(p) for p in zip(*parts, strict=True)]
 
 
