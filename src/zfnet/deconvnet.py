@@ -498,6 +498,13 @@ def project_layers(
         return out
 
 
+def windowed(model: nn.Module, layers: Sequence[str]) -> bool:
+    """Whether `project_layers` takes `layers`, seeded together, down the windowed engine
+    (projections cropped to receptive fields) rather than the general path (each projection
+    covering the whole input): whether every one of them lies on the model's plain chain."""
+    return all(_chain_or_none(model, name) is not None for name in layers)
+
+
 def _chain_or_none(model: nn.Module, layer: str) -> list[tuple[str, nn.Module]] | None:
     """The chain the windowed engine walks down from `layer`, or None when it cannot (the
     general path will); a layer that does not exist is an error either way."""

@@ -111,3 +111,126 @@ def test_default_layers() -> None:
     assert default_layers(zfnet.create_model("zfnet_small")) == [f"conv{i}" for i in range(1, 6)]
     vgg = torchvision.models.vgg11(weights=None)
     assert default_layers(vgg)[:2] == ["features.0", "features.3"]
+
+
+# --- any CNN ---------------------------------------------------------------------------------
+
+
+def _synthetic(n: int = 8):
+    from torch.utils.data import Subset
+
+    from zfnet.data import load_dataset
+
+    bundle = load_dataset("synthetic?n_train=10&n_val=10&size=64")
+    return bundle, Subset(bundle.val.with_mode("centre"), range(n))
+
+
+def _tv(name: str, **kw) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return getattr(torchvision.models, name)(weights=None, **kw)
+
+
+def _check_windows(model, data, res, name: str, rule: str = "deconvnet") -> None:
+    """Every tile is the engine's whole-image projection of that mined unit cut to the unit's
+    window — which holds all of it (nothing nonzero outside) — and the patch beside it is the
+    display image cut to the same window."""
+    from zfnet.analyses.gallery import unit_windows
+    from zfnet.deconvnet import paste
+    from zfnet.models import layer_geometries
+
+    t, proj = res.topk[name], res.projections[name]
+    size = tuple(data[0][0].shape[-2:])
+    geo = layer_geometries(model, [name], size)[name]
+    for a, c in enumerate(res.maps[name][:2]):
+        for j in range(t.k):
+            i, r, q = int(t.index[c, j]), int(t.row[c, j]), int(t.col[c, j])
+            x = data[i][0][None]
+            rf = project_rf(model, x, name, [0], [c], torch.tensor([[r, q]]), rule)
+            whole = paste(rf, size)[0]  # (C, H, W)
+            top, left, h, w = unit_windows(geo, torch.tensor([r]), torch.tensor([q]), size, True)
+            t0, l0 = int(top[0]), int(left[0])
+            assert proj.shape[-2:] == (h, w)
+            pad = torch.nn.functional.pad(whole, (w, w, h, h))
+            want = pad[:, t0 + h: t0 + 2 * h, l0 + w: l0 + 2 * w]
+            tol = 1e-4 * float(whole.abs().max()) + 1e-12  # batch-size rounding
+            torch.testing.assert_close(proj[a, j], want, rtol=1e-4, atol=tol)
+            torch.testing.assert_close(want.abs().sum(), whole.abs().sum(), rtol=1e-6, atol=0)
+            img = torch.nn.functional.pad(_raw_of(data, i), (w, w, h, h))
+            assert torch.equal(res.patches[name][a, j],
+                               img[:, t0 + h: t0 + 2 * h, l0 + w: l0 + 2 * w])
+
+
+def _raw_of(data, i: int) -> torch.Tensor:
+    return data.dataset.raw(data.indices[i])
+
+
+@pytest.mark.parametrize("num_classes", [10, 1000])
+def test_gallery_on_resnet18(tmp_path, num_classes) -> None:
+    """Default layers: the stem conv and the four stages; tiles cut from the general path's
+    whole-image projections to the receptive field (the whole image where the field is larger),
+    patches cut alike."""
+    bundle, data = _synthetic()
+    model = _tv("resnet18", num_classes=num_classes)
+    raw = [_raw_of(data, i) for i in range(len(data))]
+    res = run_topk_gallery(model, data, None, k=3, out_dir=tmp_path, n_maps=3,
+                           display_image=lambda i: raw[i])
+    assert list(res.projections) == ["conv1", "layer1", "layer2", "layer3", "layer4"]
+    assert res.maps["conv1"] == list(range(64))  # all of the first layer
+    assert res.projections["conv1"].shape[-2:] == (7, 7)
+    assert res.projections["layer1"].shape[-2:] == (43, 43)
+    assert res.projections["layer4"].shape[-2:] == (64, 64)  # its field is wider than 64 px
+    for name in ("layer1", "layer3"):
+        _check_windows(model, data, res, name)
+    (section,) = [s for s in read_sections(tmp_path) if s.key == "topk_gallery"]
+    assert len(section.figures) == 5
+    assert [r[3] for r in section.tables[0].rows] == [7, 43, 99, 211, 435]
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_gallery_on_mobilenet_v2_flat_layers_and_non_square_images(tmp_path) -> None:
+    bundle, data = _synthetic(6)
+    model = _tv("mobilenet_v2")
+    res = run_topk_gallery(model, data, ["features.3", "features.18", "classifier.1"], k=2,
+                           out_dir=tmp_path, n_maps=2, display_image=bundle.raw_val)
+    _check_windows(model, data, res, "features.3", rule="deconvnet")
+    # the logits: every unit sees the whole image
+    assert res.projections["classifier.1"].shape == (2, 2, 3, 64, 64)
+    (section,) = [s for s in read_sections(tmp_path) if s.key == "topk_gallery"]
+    assert section.tables[0].rows[-1][3] == "whole image"
+    assert "whole image" in section.caption
+    # non-square inputs: tiles of rows x columns
+    g = torch.Generator().manual_seed(0)
+    wide = TensorDataset(torch.randn(4, 3, 48, 64, generator=g) * 60, torch.zeros(4).long())
+    res = run_topk_gallery(_tv("resnet18"), wide, ["layer1", "layer3"], k=2,
+                           out_dir=tmp_path / "wide", n_maps=2)
+    assert res.projections["layer1"].shape[-2:] == (43, 43)
+    assert res.projections["layer3"].shape[-2:] == (48, 64)
+    assert Image.open(res.figures["layer3"]).size[0] > Image.open(res.figures["layer3"]).size[1]
+
+
+class _SE(torch.nn.Module):
+    """conv -> ReLU -> a squeeze-and-excitation gate -> pool -> fc."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.relu = torch.nn.ReLU()
+        self.gate = torch.nn.Linear(8, 8)
+        self.out = torch.nn.Identity()
+        self.fc = torch.nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.conv(x))
+        s = torch.sigmoid(self.gate(y.mean((2, 3))))[:, :, None, None]
+        y = self.out(y * s)
+        return self.fc(y.mean((2, 3)))
+
+
+def test_a_gated_layer_says_so(tmp_path) -> None:
+    torch.manual_seed(0)
+    res = run_topk_gallery(_SE(), _data(4), ["relu", "out"], k=2, out_dir=tmp_path, n_maps=2,
+                           rule="gradient")
+    assert res.projections["out"].shape[-2:] == (3, 3)
+    (section,) = [s for s in read_sections(tmp_path) if s.key == "topk_gallery"]
+    relu, out = section.figures
+    assert "gated" not in relu.caption and "gated" in out.caption

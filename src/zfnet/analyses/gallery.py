@@ -1,5 +1,7 @@
 """The top-k gallery (paper Fig. 2): for feature maps of layers 1-5, the k strongest activations
 over a dataset, each projected to pixels with the deconvnet, beside the matching image patches.
+Any CNN: the layers default to `zfnet.models.feature_layers` (zfnet's conv1…conv5, a chain's
+convolutions, the main stages of a ResNet, DenseNet, MobileNet …).
 
 `run_topk_gallery` does the whole job: mine (`zfnet.analyses.topk`), choose the maps, project
 every top-k activation (one forward pass per chunk of images, all its seeds together, cropped
@@ -16,6 +18,15 @@ sign kept, clipped at a high percentile of its |values|), so no projection's sca
 another's and one extreme pixel does not grey out the rest. Image patches are the
 receptive-field boxes of the activations (`LayerGeometry.box`); parts outside the image are
 black.
+
+Windows. Each tile and its patch show the same window of the input: the activation's receptive
+field (`zfnet.models.layer_geometries`; rows and columns may differ). Layers of a plain chain
+come from the windowed engine at their receptive field's size, as the paper shows them. Any other
+layer comes from the general path as a whole-image projection, cut to the same box; a field
+larger than the image (a ResNet's layer4) is shown as the whole image along that axis, and a
+layer whose units see every position (global pooling, fc layers) shows the whole image. A
+`gated` layer (squeeze-and-excitation) also depends on the whole image through its gate, which
+its figure's caption says: its box is the field of the map the gate scales.
 """
 
 from __future__ import annotations
@@ -33,10 +44,10 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from zfnet.analyses.topk import TopK, mine_topk, save_topk
-from zfnet.deconvnet import RULES, Seeds, project_layers
+from zfnet.deconvnet import RULES, Seeds, project_layers, windowed
 from zfnet.display import CAPTION as DISPLAY_CAPTION
 from zfnet.display import projection_to_uint8
-from zfnet.models import layer_info
+from zfnet.models import LayerGeometry, feature_layers, layer_geometries
 from zfnet.report import Figure, Section, Table, write_section
 
 MAP_RULES = ("strongest", "spaced")
@@ -63,18 +74,50 @@ class GalleryResult:
 
     topk: dict[str, TopK]
     maps: dict[str, list[int]]
-    projections: dict[str, Tensor]  # layer -> (maps, k, C, rf, rf) projections, input units
+    projections: dict[str, Tensor]  # layer -> (maps, k, C, h, w) projections, input units
     figures: dict[str, Path] = field(default_factory=dict)  # layer -> PNG
+    patches: dict[str, Tensor] = field(default_factory=dict)  # layer -> (maps, k, C, h, w) uint8
     section: Path | None = None
 
 
-def default_layers(model: nn.Module) -> list[str]:
-    """conv1…conv5 for zfnet's models (those present), every Conv2d in `features` otherwise."""
-    infos = layer_info(model)
-    convs = [n for n, i in infos.items() if i.kind == "conv" and i.module.startswith("features.")]
-    if not convs:
-        raise ValueError(f"{type(model).__name__} has no conv layer in `features` to show")
-    return convs
+def default_layers(model: nn.Module, input_size: int | tuple[int, int] | None = None
+                   ) -> list[str]:
+    """The layers shown when none is named: `zfnet.models.feature_layers` (conv1…conv5 for
+    zfnet's models, the convolutions of a `features` chain, the main stages of any other CNN)."""
+    return feature_layers(model, input_size)
+
+
+def unit_windows(geo: LayerGeometry | None, row: Tensor, col: Tensor, size: tuple[int, int],
+                 whole: bool) -> tuple[Tensor, Tensor, int, int]:
+    """Where the tiles of units (row[s], col[s]) of a layer of geometry `geo` lie in an input
+    of `size` (H, W): (top (S,), left (S,), h, w), the same window for the projection and the
+    image patch. The receptive field's box, at its full size (`whole` False: the windowed
+    engine's crops), or, for whole-image projections, along an axis where the field is larger
+    than the image, the whole axis; `geo` None: the whole image."""
+    if geo is None:
+        zero = torch.zeros_like(row)
+        return zero, zero.clone(), size[0], size[1]
+    out = []
+    for ax, u, n in ((geo.rows, row, size[0]), (geo.cols, col, size[1])):
+        start = ax.first + u * ax.jump
+        if whole and ax.rf > n:
+            out.append((torch.zeros_like(start), n))
+        else:
+            out.append((start, ax.rf))
+    (top, h), (left, w) = out
+    return top, left, h, w
+
+
+def _cut(values: Tensor, top: Tensor, left: Tensor, h: int, w: int) -> Tensor:
+    """Windows (top[s], left[s], h, w) of whole-input projections values (S, C, H, W):
+    (S, C, h, w), zero outside the input."""
+    s, c, hh, ww = values.shape
+    out = values.new_zeros(s, c, h, w)
+    for i, (t, lf) in enumerate(zip(top.tolist(), left.tolist(), strict=True)):
+        t0, l0, t1, l1 = max(t, 0), max(lf, 0), min(t + h, hh), min(lf + w, ww)
+        if t1 > t0 and l1 > l0:
+            out[i, :, t0 - t: t1 - t, l0 - lf: l1 - lf] = values[i, :, t0:t1, l0:l1]
+    return out
 
 
 def select_maps(topk: TopK, n: int, rule: str = "strongest") -> list[int]:
@@ -109,20 +152,27 @@ def project_topk(
     lrn: str = "gradient",
     images_per_pass: int = 32,
     batch_size: int | None = None,
+    geometries: Mapping[str, LayerGeometry | None] | None = None,
 ) -> dict[str, Tensor]:
     """Project every top-k activation of the chosen maps of each layer (paper Fig. 2).
 
-    Returns {layer: (len(maps[layer]), k, C, rf, rf)}, cropped to the receptive field and
-    seeded with the activation; empty slots stay zero. Seeds of every layer are grouped by
-    image: each chunk of `images_per_pass` images goes forward once, and all of its seeds
-    (any layer, any map) go down from there, `batch_size` seeds at a time
-    (`zfnet.deconvnet.project_layers`).
+    Returns {layer: (len(maps[layer]), k, C, h, w)}, each cut to its unit's window
+    (`unit_windows`: the receptive field, rows x columns) and seeded with the activation; empty
+    slots stay zero. Seeds of every layer are grouped by image: each chunk of
+    `images_per_pass` images goes forward once, and all of its seeds (any layer, any map) go
+    down from there, `batch_size` seeds at a time (`zfnet.deconvnet.project_layers`). Any layer
+    of any model: off a plain chain, the general path's whole-image projections are cut to the
+    same windows (`geometries`: each layer's, default `zfnet.models.layer_geometries`).
     """
     # (layer, block a, slot j, image) for every seed
     seeds = [(name, a, j, int(topk[name].index[c, j]))
              for name in maps for a, c in enumerate(maps[name]) for j in range(topk[name].k)
              if topk[name].index[c, j] >= 0]
     images = sorted({s[3] for s in seeds})
+    whole = not windowed(model, list(maps))  # the general path: whole-image projections
+    if whole and images and geometries is None:
+        size = tuple(_item_image(dataset, images[0]).shape[-2:])
+        geometries = layer_geometries(model, list(maps), size)  # type: ignore[arg-type]
     out: dict[str, Tensor] = {}
     for lo in range(0, len(images), images_per_pass):
         chunk = images[lo: lo + images_per_pass]
@@ -143,11 +193,16 @@ def project_topk(
             todo[name] = (a_, j_)
         rfs = project_layers(model, x, asks, rule, lrn=lrn, batch_size=batch_size)
         for name, rf in rfs.items():
+            values = _to_host(rf.values)
+            if whole:  # (S, C, H, W) -> each unit's window
+                top, left, h, w = unit_windows(geometries[name], rf.row.cpu(),  # type: ignore[index]
+                                               rf.col.cpu(), tuple(x.shape[-2:]), True)
+                values = _cut(values, top, left, h, w)
             if name not in out:
-                out[name] = torch.zeros(len(maps[name]), topk[name].k, *rf.values.shape[1:],
-                                        dtype=rf.values.dtype)  # on the CPU
+                out[name] = torch.zeros(len(maps[name]), topk[name].k, *values.shape[1:],
+                                        dtype=values.dtype)  # on the CPU
             a_, j_ = todo[name]
-            out[name][a_, j_] = _to_host(rf.values)
+            out[name][a_, j_] = values
     missing = [name for name in maps if name not in out]
     if missing:
         raise ValueError(f"no activations to project for {', '.join(missing)}: top-k is empty")
@@ -173,11 +228,11 @@ def to_rgb(u8: Tensor) -> np.ndarray:
     return u8.permute(1, 2, 0).contiguous().numpy()
 
 
-def _patch(image: Tensor, top: int, left: int, side: int) -> Tensor:
-    """The side x side window of a uint8 (C, H, W) image at (top, left); black outside."""
+def _patch(image: Tensor, top: int, left: int, ph: int, pw: int) -> Tensor:
+    """The ph x pw window of a uint8 (C, H, W) image at (top, left); black outside."""
     c, h, w = image.shape
-    out = torch.zeros(c, side, side, dtype=torch.uint8)
-    t0, l0, t1, l1 = max(top, 0), max(left, 0), min(top + side, h), min(left + side, w)
+    out = torch.zeros(c, ph, pw, dtype=torch.uint8)
+    t0, l0, t1, l1 = max(top, 0), max(left, 0), min(top + ph, h), min(left + pw, w)
     if t1 > t0 and l1 > l0:
         out[:, t0 - top: t1 - top, l0 - left: l1 - left] = image[:, t0:t1, l0:l1]
     return out
@@ -200,16 +255,17 @@ def render_layer(
 ) -> Path:
     """Draw a Fig. 2 grid: per map a block of k projections beside its k image patches.
 
-    projections (M, k, C, s, s) float; patches (M, k, C, s, s) uint8. Small windows are
-    enlarged (nearest neighbour, integer factor) to at least `min_side` pixels.
+    projections (M, k, C, h, w) float; patches (M, k, C, h, w) uint8. Small windows are
+    enlarged (nearest neighbour, integer factor) until their longer side has at least
+    `min_side` pixels.
     """
-    m, k, _, s, _ = projections.shape
-    zoom = max(1, math.ceil(min_side / s))
-    side = s * zoom
+    m, k, _, sh, sw = projections.shape
+    zoom = max(1, math.ceil(min_side / max(sh, sw)))
+    th, tw = sh * zoom, sw * zoom  # a tile
     g = math.ceil(math.sqrt(k))  # each block of k is g x g
     pad, gap = 1, 4
-    half = g * (side + pad) + pad
-    block_w, block_h = 2 * half + gap, half
+    half = g * (tw + pad) + pad  # a half block's width
+    block_w, block_h = 2 * half + gap, g * (th + pad) + pad
     cols = columns or min(m, max(1, round(math.sqrt(m * block_h / block_w * 1.6))))
     rows = math.ceil(m / cols)
     sep = 8
@@ -219,10 +275,10 @@ def render_layer(
         by, bx = (a // cols) * (block_h + sep), (a % cols) * (block_w + sep)
         canvas[by: by + block_h, bx: bx + block_w] = 0
         for j in range(k):
-            y = by + pad + (j // g) * (side + pad)
+            y = by + pad + (j // g) * (th + pad)
             for half_i, img in enumerate((to_rgb(shown[a, j]), to_rgb(patches[a, j]))):
-                x = bx + half_i * (half + gap) + pad + (j % g) * (side + pad)
-                canvas[y: y + side, x: x + side] = img.repeat(zoom, 0).repeat(zoom, 1)
+                x = bx + half_i * (half + gap) + pad + (j % g) * (tw + pad)
+                canvas[y: y + th, x: x + tw] = img.repeat(zoom, 0).repeat(zoom, 1)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(canvas).save(path)
@@ -252,13 +308,16 @@ def run_topk_gallery(
     `out_dir/topk.pt`, one `out_dir/topk_<layer>.png` per layer, and the report section
     `topk_gallery` into `run_dir` (default `out_dir`, which must lie inside it).
 
-    dataset items are (x, y) or x with x a model input (C, S, S). display_image(i) gives item
-    i as uint8 (C, S, S) for the patches (e.g. `DataBundle.raw_val`); default: the model input
+    dataset items are (x, y) or x with x a model input (C, H, W). display_image(i) gives item
+    i as uint8 (C, H, W) for the patches (e.g. `DataBundle.raw_val`); default: the model input
     min-max scaled. topk: already mined results to reuse. Layers default to `default_layers`.
+    Any layer of any model (see the module doc for the windows shown).
     """
     if rule not in RULES:
         raise ValueError(f"rule={rule!r} is not known; valid: {', '.join(RULES)}")
-    layers = list(layers) if layers else default_layers(model)
+    shape = tuple(_item_image(dataset, 0).shape)
+    size = (int(shape[-2]), int(shape[-1]))
+    layers = list(layers) if layers else default_layers(model, size)
     out_dir = Path(out_dir)
     run_dir = Path(run_dir) if run_dir is not None else out_dir
     try:
@@ -271,9 +330,9 @@ def run_topk_gallery(
     topk = {name: topk[name] for name in layers}
     save_topk(topk, out_dir / "topk.pt")
     show = display_image or default_display(dataset)
-    infos = layer_info(model, _input_size(model, dataset))
-    first = default_layers(model)[0]  # shown whole, as the paper shows all of layer 1
-    shape = tuple(_item_image(dataset, 0).shape)
+    geos = layer_geometries(model, layers, size)
+    whole = not windowed(model, layers)
+    first = default_layers(model, size)[0]  # shown whole, as the paper shows all of layer 1
     result = GalleryResult(topk=topk, maps={}, projections={})
     figures, rows = [], []
     chosen: dict[str, list[int]] = {}
@@ -284,11 +343,13 @@ def run_topk_gallery(
         bad = [c for c in chosen[name] if not 0 <= c < t.values.shape[0]]
         if bad:
             raise ValueError(f"maps {bad} do not exist in {name} ({t.values.shape[0]} maps)")
-    projections = project_topk(model, dataset, topk, chosen, rule, lrn=lrn)
+    projections = project_topk(model, dataset, topk, chosen, rule, lrn=lrn, geometries=geos)
     cache: dict[int, Tensor] = {}
     for name in layers:
-        t, proj = topk[name], projections[name]  # (M, k, C, s, s)
-        geo = infos[name].geometry
+        t, proj = topk[name], projections[name]  # (M, k, C, h, w)
+        geo = geos[name]
+        ch = torch.tensor(chosen[name], dtype=torch.long)
+        tops, lefts, ph, pw = unit_windows(geo, t.row[ch], t.col[ch], size, whole)  # (M, k)
         patches = torch.zeros(*proj.shape, dtype=torch.uint8)
         for a, c in enumerate(chosen[name]):
             for j in range(t.k):
@@ -297,18 +358,22 @@ def run_topk_gallery(
                     continue
                 if i not in cache:
                     cache[i] = _check_display(show(i), shape, i)
-                top, left, _, _ = geo.box(int(t.row[c, j]), int(t.col[c, j]))
-                patches[a, j] = _patch(cache[i], top, left, proj.shape[-1])
+                patches[a, j] = _patch(cache[i], int(tops[a, j]), int(lefts[a, j]), ph, pw)
         png = render_layer(proj, patches, out_dir / f"topk_{name.replace('.', '_')}.png")
         result.maps[name], result.projections[name], result.figures[name] = (
             chosen[name], proj, png)
-        figures.append(Figure(str(rel_dir / png.name), f"{name}: maps {_ranges(chosen[name])}"))
-        rows.append([name, len(chosen[name]), t.values.shape[0], geo.rf,
+        result.patches[name] = patches
+        gated = ("; gated: a squeeze-and-excitation gate computed from the whole image also "
+                 "scales these maps, the box is the field of the map it scales"
+                 if geo is not None and geo.gated else "")
+        figures.append(Figure(str(rel_dir / png.name),
+                              f"{name}: maps {_ranges(chosen[name])}{gated}"))
+        rows.append([name, len(chosen[name]), t.values.shape[0], _rf_text(geo),
                      round(float(t.values[chosen[name], 0].mean()), 3)])
     n_images = len(dataset)
+    fields = ", ".join(f"{r[0]} {r[3]}" + (" px" if isinstance(r[3], int) else "") for r in rows)
     caption = " ".join(CAPTION.split()).format(k=k, n=n_images, rule=_RULE_NAMES[rule],
-                             rf=", ".join(f"{r[0]} {r[3]} px" for r in rows),
-                             display=DISPLAY_CAPTION)
+                                               rf=fields, display=DISPLAY_CAPTION)
     result.section = write_section(run_dir, Section(
         key="topk_gallery",
         title=f"Top-{k} activations and their projections (Fig. 2)",
@@ -324,8 +389,13 @@ def run_topk_gallery(
     return result
 
 
-def _input_size(model: nn.Module, dataset: Dataset) -> int:
-    return int(_item_image(dataset, 0).shape[-1])
+def _rf_text(geo: LayerGeometry | None) -> int | str:
+    """A receptive field's side in pixels ("rows x cols" if they differ), or the whole image."""
+    if geo is None:
+        return "whole image"
+    if geo.rows.rf == geo.cols.rf:
+        return geo.rows.rf
+    return f"{geo.rows.rf}x{geo.cols.rf}"
 
 
 def _check_display(img: Any, shape: tuple[int, ...], i: int) -> Tensor:
