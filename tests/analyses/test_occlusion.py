@@ -239,3 +239,84 @@ def test_approximate_mode_needs_incremental(model, image) -> None:
     assert not torch.equal(approx.probability, exact.probability)
     with pytest.raises(ValueError, match="tau=0.5"):
         occlusion(model, image, size=12, tau=0.5, method="full", project=False)
+
+
+# --- any CNN ---------------------------------------------------------------------------------
+
+
+def _tv(name: str, **kw) -> nn.Module:
+    import torchvision
+
+    torch.manual_seed(0)
+    return getattr(torchvision.models, name)(weights=None, **kw).eval()
+
+
+@pytest.mark.parametrize("name,layer", [("resnet18", "layer4"), ("mobilenet_v2", "features.18")])
+def test_any_cnn_runs_in_full_at_its_last_stage(name, layer) -> None:
+    """Not a chain: every occluded image through the whole model, batched; maps (b) and (d)
+    are what the model gives on that occluded image, (c) the engine's projection."""
+    from zfnet.deconvnet import project
+
+    net = _tv(name, num_classes=7)
+    x = torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(2)) * 60
+    r = occlusion(net, x, size=24, stride=20, batch_size=3)
+    assert (r.layer, r.method, r.meta["target"]) == (layer, "full", "predicted")
+    assert r.probability.shape == (len(r.tops), len(r.lefts))
+    for i, j in ((0, 0), (1, 2)):
+        t, left, b, rr = r.box(i, j)
+        occluded = x.clone()
+        occluded[:, t:b, left:rr] = 0
+        act = get_activations(net, occluded[None], [layer])[layer][0, r.feature_map]
+        assert float(r.activation[i, j]) == pytest.approx(float(act.clamp(min=0).sum()),
+                                                          rel=1e-4, abs=1e-4)
+        p = net(occluded[None]).detach().softmax(1)[0]
+        assert float(r.probability[i, j]) == pytest.approx(float(p[r.target]), abs=1e-5)
+        assert int(r.label[i, j]) == int(p.argmax())
+    want = project(net, x[None], layer, channels=r.feature_map)[0]
+    assert r.meta["projection_rule"] == "deconvnet" and torch.allclose(r.projection, want)
+    again = occlusion(net, x, size=24, stride=20, batch_size=100, project=False)
+    assert torch.allclose(again.probability, r.probability, atol=1e-6, rtol=1e-4)
+    assert not any(m._forward_hooks for m in net.modules())
+    with pytest.raises(UnsupportedModelError):
+        occlusion(net, x, size=24, method="incremental", project=False)
+
+
+def test_projection_falls_back_to_the_gradient_where_the_deconvnet_is_undefined() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.SiLU(), nn.Conv2d(4, 6, 3), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3)).eval()
+    r = occlusion(net, torch.randn(3, 16, 16), size=8, stride=8)
+    assert r.layer == "2" and r.meta["projection_rule"] == "gradient"
+    assert r.projection is not None and r.projection.abs().sum() > 0
+
+
+@pytest.fixture(scope="module")
+def synthetic64():
+    from zfnet.data import load_dataset
+
+    return load_dataset("synthetic?n_train=10&n_val=4&size=64")
+
+
+@pytest.mark.parametrize("num_classes", [10, 1000])
+def test_report_on_resnet18_follows_the_models_own_class(synthetic64, tmp_path,
+                                                        num_classes) -> None:
+    """A model of the dataset's 10 classes follows the label; one of 1000 (ImageNet's) follows
+    its own prediction, never its output at the dataset's label."""
+    from zfnet.analyses.classes import labels_are_classes
+
+    net = _tv("resnet18", num_classes=num_classes)
+    own = num_classes == synthetic64.num_classes
+    assert labels_are_classes(net, synthetic64) is own
+    metrics = occlusion_report(net, synthetic64, tmp_path, n_images=2, n_pointing=2, size=16,
+                               stride=16)
+    assert metrics["layer"] == "layer4" and metrics["method"] == "full"
+    assert metrics["class_followed"] == ("label" if own else "predicted")
+    assert 0 <= metrics["pointing_hit_rate"] <= 1
+    section = json.loads((tmp_path / "sections" / "occlusion.json").read_text())
+    assert ("not the dataset's" in section["caption"]) is not own
+    assert section["tables"][0]["columns"][3] == ("p(true)" if own else "p(predicted)")
+    val = synthetic64.val.with_mode("centre")
+    x, y = val[0]
+    r = occlusion(net, x, target=None, size=16, stride=16, project=False)
+    followed = section["tables"][0]["rows"][0][3]
+    p = net(x[None]).detach().softmax(1)[0]
+    assert followed == pytest.approx(round(float(p[y if own else r.target]), 3), abs=1e-3)

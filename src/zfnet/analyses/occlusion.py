@@ -4,11 +4,14 @@ A square of `fill` slides over the image (size and stride in pixels). At every o
 the model runs on the occluded image and we record four maps over the positions:
 
 - (b) the total activation of one feature map of `layer` — the map that is strongest on the
-  unoccluded image (for zfnet's models the paper's layer 5, `conv5`): sum over the map of
+  unoccluded image; by default the last spatial layer (`zfnet.models.last_spatial_layer`: the
+  paper's layer 5, `conv5`, on zfnet's models; `layer4` of a ResNet): sum over the map of
   max(a, 0), i.e. of the rectified map (a no-op for ReLU and pooling outputs);
 - (c) that map's deconvnet projection on the unoccluded image (`zfnet.deconvnet.project`: its
-  strongest activation, taken down to pixels), to show which structure drives it;
-- (d) the probability of the correct class;
+  strongest activation, taken down to pixels), to show which structure drives it (where the
+  deconvnet rule is undefined — SiLU, GELU … on the way down — the gradient's, said in `meta`);
+- (d) the probability of the correct class (of the class the model predicts on the unoccluded
+  image where the dataset's labels are not the model's classes: `zfnet.analyses.classes`);
 - (e) the most probable label.
 
 Occluder positions follow Captum's `Occlusion`: tops (and lefts) 0, stride, 2 stride, … as long as
@@ -20,7 +23,8 @@ the training set's mean image (the paper's convention), so 0 puts the mean image
 Positions run in batches (`batch_size` at a time), so peak memory is bounded by the batch, not by
 the number of positions. On chain models (zfnet's, torchvision's alexnet and vgg) the default is
 incremental inference (`zfnet.incremental`): each layer is recomputed only where the occluder can
-have changed it — the same numbers as the full recomputation, several times faster.
+have changed it — the same numbers as the full recomputation, several times faster. Any other
+model (ResNets, DenseNets, MobileNets …) runs in full on every occluded image, batched.
 
 `pointing_game` measures localisation on the built-in `synthetic` dataset, whose images come with
 object masks; `occlusion_report` does the whole job for the report.
@@ -38,10 +42,11 @@ import torch
 from torch import nn
 
 from zfnet.activations import capture
+from zfnet.analyses.classes import labels_are_classes
 from zfnet.display import CAPTION as DISPLAY_CAPTION
 from zfnet.display import projection_to_uint8
 from zfnet.incremental import UnsupportedModelError, as_chain, occlusion_logits
-from zfnet.models import eval_mode, layer_info, resolve_layer
+from zfnet.models import eval_mode, last_spatial_layer, resolve_layer
 
 METHODS = ("auto", "incremental", "full")
 
@@ -130,12 +135,14 @@ def _check_geometry(height: int, width: int, size: int, stride: int) -> None:
         raise ValueError(f"occluder stride={stride} must be an integer >= 1 (pixels)")
 
 
-def default_layer(model: nn.Module) -> str:
-    """The last convolution of `model`: `conv5` on zfnet's models (the paper's layer 5)."""
-    convs = [name for name, info in layer_info(model).items() if info.kind == "conv"]
-    if not convs:
-        raise ValueError(f"{type(model).__name__} has no convolution; pass layer=...")
-    return convs[-1]
+def default_layer(model: nn.Module, input_size: int | tuple[int, int] | None = None) -> str:
+    """The layer of maps (b) and (c) when none is named: `zfnet.models.last_spatial_layer` —
+    `conv5` on zfnet's models (the paper's layer 5), the last convolution of a chain, the last
+    stage of any other CNN (`layer4` of a ResNet); for an input of `input_size`."""
+    try:
+        return last_spatial_layer(model, input_size)
+    except ValueError as e:
+        raise ValueError(f"{e}; pass layer=...") from None
 
 
 def default_size(height: int, width: int) -> int:
@@ -182,7 +189,7 @@ def occlusion(
 
     image: one model input (C, H, W) in the model's pixel convention. target: the class of map
     (d) (default: the class predicted on the unoccluded image). layer: the layer of maps (b) and
-    (c), a name as `zfnet.models.resolve_layer` takes it (default: the last convolution, `conv5`
+    (c), a name as `zfnet.models.resolve_layer` takes it (default: `default_layer`, `conv5`
     on zfnet's models). size, stride: occluder side and step in pixels (default 1/7 of the image
     side and a quarter of that: 32 and 8 at 224 px). fill: the occluder's value, a number or a
     tensor broadcastable to (C, H, W) (default 0: the dataset's mean image, see the module doc).
@@ -201,7 +208,7 @@ def occlusion(
     size = default_size(h, w) if size is None else size
     stride = max(1, size // 4) if stride is None else stride
     tops, lefts = occluder_grid(h, w, size, stride)
-    layer = default_layer(model) if layer is None else layer
+    layer = default_layer(model, (h, w)) if layer is None else layer
     resolve_layer(model, layer)  # an unknown layer fails here, listing the valid names
     try:
         fill_t = torch.as_tensor(fill, dtype=image.dtype, device=image.device).expand_as(image)
@@ -227,6 +234,7 @@ def occlusion(
             totals = base_act.reshape(base_act.shape[0], -1).sum(1)  # (C_layer,)
             channel = int(torch.argmax(totals))
             k = base_logits.shape[0]
+            predicted = target is None
             if target is None:
                 target = int(torch.argmax(base_logits))
             if not 0 <= target < k:
@@ -243,7 +251,8 @@ def occlusion(
                     method = "full"  # forward differs from the chain: fall back, still exact
             if method == "full":
                 logits, watched = _full_logits(model, image, boxes, fill_t, batch_size, watch)
-        projection = _deconv_projection(model, image, layer, channel) if project else None
+        projection, projection_rule = (_deconv_projection(model, image, layer, channel)
+                                       if project else (None, None))
 
     grid = (len(tops), len(lefts))
     probs = torch.softmax(logits.float(), dim=1)  # (N, K)
@@ -261,17 +270,26 @@ def occlusion(
         base_label=int(torch.argmax(base_probs)),
         method=method,
         projection=None if projection is None else projection.cpu(),
-        meta={"fill": "tensor" if isinstance(fill, torch.Tensor) else float(fill), "tau": tau},
+        meta={"fill": "tensor" if isinstance(fill, torch.Tensor) else float(fill), "tau": tau,
+              "target": "predicted" if predicted else "given",
+              "projection_rule": projection_rule},
     )
 
 
 def _deconv_projection(model: nn.Module, image: torch.Tensor, layer: str,
-                       channel: int) -> torch.Tensor:
+                       channel: int) -> tuple[torch.Tensor, str]:
     """Map (c): the strongest activation of map `channel` of `layer` on the unoccluded image,
-    projected to pixels by the project's one deconvnet engine (paper Sec. 2.1)."""
+    projected to pixels by the project's one engine (paper Sec. 2.1): (C, H, W) and the rule,
+    the deconvnet's, or the gradient's where the deconvnet is undefined (a SiLU, GELU … on the
+    way down)."""
     from zfnet.deconvnet import project  # the engine is only needed for this map
+    from zfnet.graph import RuleUndefinedError
 
-    return project(model, image[None], layer, channels=channel)[0]  # (C, H, W)
+    try:
+        return project(model, image[None], layer, channels=channel)[0], "deconvnet"
+    except RuleUndefinedError:
+        return project(model, image[None], layer, channels=channel, rule="gradient")[0], \
+            "gradient"
 
 
 # --- localisation on the built-in dataset -------------------------------------------------
@@ -299,7 +317,9 @@ def pointing_game(
     `n_images` val images of `bundle` (a `zfnet.data.DataBundle` whose val split has object
     masks: the built-in `synthetic` dataset), is the most sensitive occluder position — the
     minimum of the p(true class) map — on the object? A position is "on the object" when the
-    centre pixel of its square lies in the object mask.
+    centre pixel of its square lies in the object mask. For a model of other classes than the
+    dataset's (`zfnet.analyses.classes`), the class followed is the model's prediction on the
+    unoccluded image.
 
     Returns {"n_images", "hits", "hit_rate", "chance", "per_image": [...]}, where `chance` is
     the mean share of occluder centres that lie on the object: the hit rate of a random pick.
@@ -313,12 +333,15 @@ def pointing_game(
     if n_images < 1:
         raise ValueError(f"n_images={n_images} must be >= 1")
     n = min(n_images, len(val))
+    own = labels_are_classes(model, bundle)
+    layer = layer or default_layer(model, tuple(val[0][0].shape[-2:]))  # once, not per image
     per_image = []
     for i in range(n):
         x, y = val[i]  # (C, S, S), int
         mask = torch.from_numpy(val.sample(i).mask)  # (S, S) bool
-        r = occlusion(model, x, target=y, layer=layer, size=size, stride=stride, fill=fill,
-                      batch_size=batch_size, method=method, project=False)
+        r = occlusion(model, x, target=y if own else None, layer=layer, size=size,
+                      stride=stride, fill=fill, batch_size=batch_size, method=method,
+                      project=False)
         ci, cj = r.most_sensitive()
         cy, cx = _centre(r.box(ci, cj))
         centres = [_centre(r.box(a, b)) for a in range(len(r.tops)) for b in range(len(r.lefts))]
@@ -391,15 +414,20 @@ def plot_occlusion(
         row[0].imshow(shown, cmap="gray" if shown.ndim == 2 else None)
         row[0].add_patch(Rectangle((left - 0.5, t - 0.5), rr - left, b - t, fill=False,
                                    ec="red", lw=1.5, ls="--"))
-        row[0].set_title(f"(a) true: {name(r.target)} (p={r.base_probability:.2f})\n"
-                         f"predicted: {name(r.base_label)}", fontsize=9)
+        if r.meta.get("target") == "predicted":  # the model's own class, not a label
+            row[0].set_title(f"(a) predicted: {name(r.target)} (p={r.base_probability:.2f})",
+                             fontsize=9)
+        else:
+            row[0].set_title(f"(a) true: {name(r.target)} (p={r.base_probability:.2f})\n"
+                             f"predicted: {name(r.base_label)}", fontsize=9)
         im = row[1].imshow(r.activation.numpy(), cmap="jet", extent=extent)
         row[1].set_title(f"(b) total activation, {r.layer} map {r.feature_map}", fontsize=9)
         fig.colorbar(im, ax=row[1], fraction=0.046)
         if r.projection is not None:
             proj = _projection_display(r.projection)
             row[2].imshow(proj, cmap="gray" if proj.ndim == 2 else None, vmin=0, vmax=255)
-            row[2].set_title(f"(c) deconv projection, {r.layer} map {r.feature_map}",
+            how = "gradient" if r.meta.get("projection_rule") == "gradient" else "deconv"
+            row[2].set_title(f"(c) {how} projection, {r.layer} map {r.feature_map}",
                              fontsize=9)
         else:
             row[2].text(0.5, 0.5, "(c) not computed", ha="center", va="center")
@@ -443,7 +471,11 @@ CAPTION = (
     "it responds to. {display} (d) Probability of the true class: blue where covering the "
     "image hurts the classification — if the model relies on the object, the blue region lies "
     "on the object, not on the background. (e) The most probable label at each position: where "
-    "covering the object makes the model switch to another class. {pointing}"
+    "covering the object makes the model switch to another class. {classes}{pointing}"
+)
+OTHER_CLASSES = (
+    "The model's classes are not the dataset's, so (d) follows the class the model predicts on "
+    "the unoccluded image rather than the image's label. "
 )
 
 
@@ -460,12 +492,19 @@ def occlusion_report(
     layer: str | None = None,
     batch_size: int = 64,
     method: str = "auto",
+    class_names: list[str] | None = None,
 ) -> dict[str, Any]:
     """The whole occlusion job for the report (paper Fig. 7): maps for `n_images` val images of
     `bundle` (one per class while classes last), the figure `occlusion/fig7_occlusion.png` and,
     when the dataset has object masks (`synthetic`), the pointing game over `n_pointing` images;
     writes the report section `occlusion` into `run_dir`. Returns the numbers (also in the
-    section's metrics)."""
+    section's metrics).
+
+    Any model: `layer` defaults to `default_layer`. Where the dataset's labels are not the
+    model's classes (`zfnet.analyses.classes`: a torchvision ImageNet model on `synthetic`), map
+    (d) follows the model's own prediction; `class_names`: the model's class names (e.g. its
+    weights' categories) for the labels drawn, default the dataset's when they are the model's,
+    else class numbers."""
     from zfnet.report import Figure, Section, Table, write_section
 
     run_dir = Path(run_dir)
@@ -481,23 +520,31 @@ def occlusion_report(
         if len(picks) == n_images:
             break
     picks += [i for i in range(len(val)) if i not in picks][: n_images - len(picks)]
+    own = labels_are_classes(model, bundle)
+    names = class_names or (bundle.class_names if own else None)
+    layer = layer or default_layer(model, tuple(val[0][0].shape[-2:]))
     panels, rows = [], []
     for i in picks:
         x, y = val[i]
-        r = occlusion(model, x, target=y, layer=layer, size=size, stride=stride, fill=fill,
-                      batch_size=batch_size, method=method)
+        r = occlusion(model, x, target=y if own else None, layer=layer, size=size,
+                      stride=stride, fill=fill, batch_size=batch_size, method=method)
         panels.append((bundle.raw_val(i), r))
-        rows.append([i, bundle.class_names[y], bundle.class_names[r.base_label],
+        predicted = (names[r.base_label] if names and r.base_label < len(names)
+                     else str(r.base_label))
+        true = bundle.class_names[y] if 0 <= y < len(bundle.class_names) else "-"
+        rows.append([i, true, predicted,
                      round(r.base_probability, 3), round(float(r.probability.min()), 3),
                      f"{r.layer}:{r.feature_map}"])
-    fig_path = plot_occlusion(panels, bundle.class_names,
-                              run_dir / "occlusion" / "fig7_occlusion.png")
+    fig_path = plot_occlusion(panels, names, run_dir / "occlusion" / "fig7_occlusion.png")
     first = panels[0][1]
     metrics: dict[str, Any] = {"occluder_px": first.size, "stride_px": first.stride,
-                               "layer": first.layer, "method": first.method}
+                               "layer": first.layer, "method": first.method,
+                               "class_followed": "label" if own else "predicted"}
     pointing_text = ""
-    tables = [Table(["val image", "true class", "predicted", "p(true)", "min p(true) occluded",
-                     "strongest map"], rows, "The images of the figure.")]
+    followed = "true" if own else "predicted"
+    tables = [Table(["val image", "true class", "predicted", f"p({followed})",
+                     f"min p({followed}) occluded", "strongest map"], rows,
+                    "The images of the figure.")]
     if hasattr(val, "sample") and n_pointing > 0:
         pg = pointing_game(model, bundle, n_pointing, size=size, stride=stride, fill=fill,
                            layer=layer, batch_size=batch_size, method=method)
@@ -510,7 +557,8 @@ def occlusion_report(
             "occluder centres)."
         )
     caption = CAPTION.format(size=first.size, stride=first.stride, layer=first.layer,
-                             pointing=pointing_text, display=DISPLAY_CAPTION)
+                             pointing=pointing_text, display=DISPLAY_CAPTION,
+                             classes="" if own else OTHER_CLASSES)
     write_section(run_dir, Section(
         key="occlusion", title="Occlusion sensitivity (Fig. 7)", caption=caption,
         figures=[Figure(str(fig_path.relative_to(run_dir)), "Rows: val images. Columns: "
