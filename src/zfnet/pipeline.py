@@ -1,9 +1,16 @@
 """Each analysis of the paper as one call on a trained model and a dataset, writing its figures
 and report section into a run directory. `zfnet analyze <name>` and `zfnet demo` call these;
-the analyses themselves live in `zfnet.analyses`, one module per idea."""
+the analyses themselves live in `zfnet.analyses`, one module per idea.
+
+Any CNN: the gallery, filters, invariance, probes and the randomisation check take any model
+(zfnet's, torchvision's, a user's own) with a `DataBundle` of its inputs; the layers default to
+`zfnet.models.feature_layers` and its kin; where the dataset's labels are not the model's classes
+the class followed is the model's own prediction (`zfnet.analyses.classes`). Correspondence,
+evolution and transfer are for zfnet's models and runs (a ValueError says why for any other)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +31,12 @@ def _present(model: nn.Module, names: tuple[str, ...]) -> list[str]:
 
     infos = layer_info(model)
     return [n for n in names if n in infos]
+
+
+def _size(bundle: DataBundle) -> tuple[int, int]:
+    """(H, W) of the bundle's model inputs (centre crops of val)."""
+    x = _centre(bundle)[0][0]
+    return int(x.shape[-2]), int(x.shape[-1])
 
 
 def check_fits(model: nn.Module, bundle: DataBundle, classes: bool = False) -> None:
@@ -49,35 +62,44 @@ def _centre(bundle: DataBundle, split: str = "val") -> Any:
 
 
 def _normalizer(bundle: DataBundle):
-    """Pixels (N, C, S, S) in 0..255 -> model inputs: minus the centre crop of the mean image."""
+    """Pixels (N, C, S, S) in 0..255 -> model inputs, as the bundle's items were made: its
+    model's preprocessing where it records one (`(x - mean) / std`), else minus the centre crop
+    of the mean image (the paper's convention)."""
     from zfnet.data.transforms import centre_crop
 
+    pre = getattr(bundle, "input_preprocessing", None)
+    if pre is not None:
+        return pre.normalize
     mean = centre_crop(bundle.mean, bundle.input_size)  # (C, S, S)
     return lambda x: x - mean
 
 
 def gallery(model: nn.Module, bundle: DataBundle, run_dir: str | Path, *, k: int = 9,
             n_images: int = 1000, n_maps: int = 16, layers: list[str] | None = None,
-            rule: str = "deconvnet", map_rule: str = "strongest") -> Any:
-    """Fig. 2: the top-k gallery over the first `n_images` val images (centre crops)."""
+            rule: str = "deconvnet", map_rule: str = "strongest", batch_size: int = 64,
+            device: str | torch.device | None = None) -> Any:
+    """Fig. 2: the top-k gallery over the first `n_images` val images (centre crops). Layers
+    default to `zfnet.models.feature_layers` (conv1…conv5 on zfnet's models)."""
     from zfnet.analyses.gallery import run_topk_gallery
 
     check_fits(model, bundle)
     val = _centre(bundle)
     n = min(n_images, len(val))
     return run_topk_gallery(
-        model, Subset(val, range(n)), layers or _present(model, CONV_LAYERS), k,
+        model, Subset(val, range(n)), layers or None, k,
         Path(run_dir) / "gallery", n_maps=n_maps, map_rule=map_rule, rule=rule,
-        display_image=bundle.raw_val,
-        run_dir=run_dir,
+        display_image=bundle.raw_val, run_dir=run_dir, batch_size=batch_size, device=device,
     )
 
 
 def filters(models: dict[str, nn.Module], bundle: DataBundle, run_dir: str | Path,
             n_images: int = 1000) -> Any:
-    """Fig. 6: filter mosaics and diagnostics (dead maps measured over `n_images` val images)."""
+    """Fig. 6: filter mosaics and diagnostics of each model's first two convolutions
+    (`zfnet.models.first_convs`); on zfnet's models, maps never active after their ReLU are
+    measured over `n_images` val images (other models: near-zero filters only)."""
     from zfnet.analyses.filters import filters_section
     from zfnet.analyses.topk import mine_topk
+    from zfnet.models import is_zfnet_model
 
     for m in models.values():
         check_fits(m, bundle)
@@ -85,9 +107,10 @@ def filters(models: dict[str, nn.Module], bundle: DataBundle, run_dir: str | Pat
     idx = range(min(n_images, len(val)))
     acts = {}
     for label, m in models.items():
-        tk = mine_topk(m, val, ["relu1", "relu2"], k=1, indices=idx)
-        acts[label] = {"conv1": tk["relu1"].values[:, 0], "conv2": tk["relu2"].values[:, 0]}
-    return filters_section(run_dir, models, acts)
+        if is_zfnet_model(m):
+            tk = mine_topk(m, val, ["relu1", "relu2"], k=1, indices=idx)
+            acts[label] = {"conv1": tk["relu1"].values[:, 0], "conv2": tk["relu2"].values[:, 0]}
+    return filters_section(run_dir, models, acts, layers=None, input_size=_size(bundle))
 
 
 def evolution(run_dir: str | Path, bundle: DataBundle, out_dir: str | Path | None = None,
@@ -108,15 +131,22 @@ def evolution(run_dir: str | Path, bundle: DataBundle, out_dir: str | Path | Non
 
 
 def invariance(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
-               n_dataset_images: int = 5) -> dict[str, Any]:
+               n_dataset_images: int = 5,
+               normalize: Callable[[torch.Tensor], torch.Tensor] | None = None
+               ) -> dict[str, Any]:
     """Fig. 5 on 5 real photos (class followed: the first prediction) and on dataset images
-    (true class followed). Returns the mean distances per transformation and layer."""
-    from zfnet.analyses.invariance import KINDS, invariance, invariance_section
+    (true class followed where the dataset's labels are the model's classes, else the first
+    prediction). Layers: `zfnet.analyses.invariance.default_layers` (zfnet's norm1 and relu7;
+    any other model's first feature layer and the vector its classifier reads). `normalize`:
+    pixels -> model inputs (default: as the bundle's items were made). Returns the mean
+    distances per transformation and layer."""
+    from zfnet.analyses.classes import labels_are_classes
+    from zfnet.analyses.invariance import KINDS, default_layers, invariance, invariance_section
 
     check_fits(model, bundle, classes=True)
-    norm = _normalizer(bundle)
-    low, high = _present(model, ("norm1", "pool1", "relu1"))[0], _present(
-        model, ("relu7", "relu6", "fc8"))[0]
+    norm = normalize or _normalizer(bundle)
+    low, high = default_layers(model, _size(bundle))
+    own = labels_are_classes(model, bundle)
     photos, names = load_photos(bundle.input_size, channels=bundle.in_channels)
     val = _centre(bundle)
     picks = []
@@ -127,10 +157,12 @@ def invariance(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
             break
     data_imgs = torch.stack([bundle.raw_val(i) for i in picks]).float()
     labels = [val.targets[i] for i in picks]
+    names = [bundle.class_names[t] if 0 <= t < len(bundle.class_names) else str(i)
+             for i, t in zip(picks, labels, strict=True)]
     out: dict[str, Any] = {}
     for key, imgs, lab, tnames, title in (
         ("invariance_photos", photos.float(), None, names, "Invariance on real photos (Fig. 5)"),
-        ("invariance_dataset", data_imgs, labels, [bundle.class_names[t] for t in labels],
+        ("invariance_dataset", data_imgs, labels if own else None, names,
          "Invariance on dataset images (Fig. 5)"),
     ):
         res = [invariance(model, imgs, norm, kind, layers=(low, high), labels=lab)
@@ -148,8 +180,9 @@ def correspondence(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
     """Fig. 8 / Table 1 on `n_images` val images of `class_name` with their part masks
     (built-in `synthetic` dataset)."""
     from zfnet.analyses.correspondence import correspondence as corr
-    from zfnet.analyses.correspondence import correspondence_section
+    from zfnet.analyses.correspondence import correspondence_section, require_zfnet_model
 
+    require_zfnet_model(model)
     check_fits(model, bundle)
     val = _centre(bundle)
     if not hasattr(val, "sample"):
@@ -178,19 +211,24 @@ def correspondence(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
 
 
 def probes(model: nn.Module, data: str, run_dir: str | Path, per_class: int = 20,
-           n_test: int = 1000, transfer_from_scratch: dict[int, float] | None = None) -> Any:
-    """Table 7: linear probes per layer, trained on `per_class` training images per class of
-    `data` (centre crops), tested on the first `n_test` val images."""
-    from zfnet.analyses.probes import linear_probes, probes_section
+           n_test: int = 1000, transfer_from_scratch: dict[int, float] | None = None, *,
+           preprocessing: Any = None, batch_size: int = 128) -> Any:
+    """Table 7: linear probes per layer (`zfnet.analyses.probes.probe_layers`), trained on
+    `per_class` training images per class of `data` (centre crops), tested on the first
+    `n_test` val images. `preprocessing`: the model's (`load_dataset(..., preprocessing=)`),
+    for a model that does not take the dataset's own inputs."""
+    from zfnet.analyses.probes import linear_probes, probe_layers, probes_section
 
-    few = load_dataset(with_options(data, per_class=per_class))
+    spec = with_options(data, per_class=per_class)
+    few = (load_dataset(spec) if preprocessing is None
+           else load_dataset(spec, preprocessing=preprocessing))
     check_fits(model, few)
     test = _centre(few)
     test = Subset(test, range(min(n_test, len(test))))
-    layers = _present(model, ("pool1", "pool2", "relu3", "relu4", "pool5", "relu6", "relu7"))
+    layers = probe_layers(model, _size(few))
     rows = linear_probes(
-        model, DataLoader(_centre(few, "train"), batch_size=128, collate_fn=collate),
-        DataLoader(test, batch_size=128, collate_fn=collate), layers)
+        model, DataLoader(_centre(few, "train"), batch_size=batch_size, collate_fn=collate),
+        DataLoader(test, batch_size=batch_size, collate_fn=collate), layers)
     probes_section(run_dir, rows, per_class, data)
     return rows
 
@@ -211,20 +249,33 @@ def transfer(model: nn.Module, meta: dict[str, Any], target: str, run_dir: str |
 
 
 def randomization(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
-                  n_images: int = 4, layer: str = "conv5") -> Any:
-    """Sanity check (Adebayo et al.): cascading randomisation of the layers below `layer`; seed
-    units: each image's strongest map in `layer`."""
+                  n_images: int = 4, layer: str | None = "conv5") -> Any:
+    """Sanity check (Adebayo et al.): cascading randomisation of the modules below `layer`
+    (None: `zfnet.models.last_spatial_layer`, conv5 on zfnet's models); seed units: each
+    image's strongest map in `layer`."""
     from zfnet.activations import get_activations
     from zfnet.analyses.sanity import cascading_randomization, randomization_section
-    from zfnet.models import eval_mode, layer_info, resolve_layer
+    from zfnet.models import (
+        eval_mode,
+        feature_layers,
+        is_zfnet_model,
+        last_spatial_layer,
+        layer_geometries,
+        layer_info,
+    )
 
     check_fits(model, bundle)
-    path, _ = resolve_layer(model, layer)  # unknown: UnknownLayerError listing valid names
-    infos = layer_info(model)
-    maps = [name for name, info in infos.items() if info.geometry is not None]
-    if path not in {infos[m].module for m in maps}:
+    size = _size(bundle)
+    if layer is None:
+        layer = last_spatial_layer(model, size)
+    # unknown: UnknownLayerError listing the valid names
+    if layer_geometries(model, [layer], size)[layer] is None:
+        if is_zfnet_model(model):
+            valid = ", ".join(n for n, i in layer_info(model).items() if i.geometry is not None)
+        else:
+            valid = "e.g. " + ", ".join(feature_layers(model, size))
         raise ValueError(f"layer {layer!r} has no feature maps to seed the check from; valid: "
-                         f"{', '.join(maps)}")
+                         f"{valid}")
     val = _centre(bundle)
     if not 1 <= n_images <= len(val):
         raise ValueError(f"n_images={n_images}: the val split of {bundle.spec!r} has "

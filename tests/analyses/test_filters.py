@@ -48,3 +48,33 @@ def test_mosaic_shapes(tmp_path) -> None:
     grey = filter_mosaic(torch.randn(8, 40, 5, 5), max_inputs=16)
     assert grey.shape == (8 * 6 + 1, 16 * 6 + 1, 3)
     assert save_filter_mosaic(torch.randn(4, 1, 5, 5), tmp_path / "f.png").is_file()
+
+
+def test_mosaic_of_any_kernel_shape(tmp_path) -> None:
+    wide = filter_mosaic(torch.randn(4, 3, 1, 7))  # 1x7 kernels (inception-style)
+    assert wide.shape == (2 * 2 + 1, 2 * 8 + 1, 3)
+    depthwise = filter_mosaic(torch.randn(9, 1, 3, 3))  # one input map each: grey tiles
+    assert depthwise.shape == (3 * 4 + 1, 3 * 4 + 1, 3)
+    assert (depthwise[..., 0] == depthwise[..., 1]).all()
+
+
+def test_section_shows_each_models_first_two_convolutions(tmp_path) -> None:
+    import torchvision
+
+    import zfnet
+    from zfnet.analyses.filters import filters_section
+    from zfnet.report import read_sections
+
+    torch.manual_seed(0)
+    models = {"zf": zfnet.create_model("zfnet_small"),
+              "resnet": torchvision.models.resnet18(weights=None),
+              "mobilenet": torchvision.models.mobilenet_v2(weights=None)}
+    filters_section(tmp_path, models, layers=None, input_size=64)
+    (s,) = read_sections(tmp_path)
+    assert [r[:3] for r in s.tables[0].rows] == [
+        ["zf", "conv1", 48], ["zf", "conv2", 128], ["resnet", "conv1", 64],
+        ["resnet", "layer1.0.conv1", 64], ["mobilenet", "features.0.0", 32],
+        ["mobilenet", "features.1.conv.0.0", 32]]
+    assert all((tmp_path / f.path).is_file() for f in s.figures)
+    with pytest.raises(ValueError, match="not a Conv2d"):
+        filters_section(tmp_path, {"resnet": models["resnet"]}, layers=("layer1",))

@@ -47,3 +47,27 @@ def test_invariance_section_writes_figures(tmp_path) -> None:
     invariance_section(tmp_path, res, ["a", "b"])
     (s,) = read_sections(tmp_path)
     assert len(s.figures) == 3 and len(s.tables[0].rows) == 3
+
+
+def test_any_cnn_default_layers_and_its_own_class() -> None:
+    """A ResNet's "layer 1" and "layer 7": its stem conv and the pooled vector its classifier
+    reads; without labels the class followed is its prediction; a label that is not one of
+    its classes is refused."""
+    import torchvision
+
+    from zfnet.analyses.invariance import default_layers
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=5)
+    assert default_layers(model, 32) == ("conv1", "avgpool")
+    assert default_layers(zfnet.create_model("zfnet_small")) == ("norm1", "relu7")
+    imgs = torch.rand(2, 3, 32, 32) * 255
+    res = invariance(model, imgs, lambda x: (x - 128) / 64, "translate", values=[0, 0.2],
+                     layers=None)
+    assert res.layers == ["conv1", "avgpool"]
+    assert torch.allclose(res.distance["avgpool"][:, 0], torch.zeros(2), atol=1e-6)
+    assert (res.distance["conv1"][:, 1] > 0.01).all()
+    logits = model.eval()((imgs - 128) / 64)
+    assert res.labels == logits.argmax(1).tolist()
+    with pytest.raises(ValueError, match=r"label\(s\) \[7\] are not classes of this model"):
+        invariance(model, imgs, lambda x: x, "rotate", values=[0], layers=None, labels=[1, 7])

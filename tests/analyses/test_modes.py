@@ -125,3 +125,67 @@ def test_runs_in_eval_mode_and_leaves_the_model_as_it_was(name, inputs) -> None:
     assert [n for n, training in seen if training] == []
     assert {n: m.training for n, m in model.named_modules()} == before
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def _mixed_resnet() -> nn.Module:
+    """torchvision resnet18 (ImageNet's 1000 classes) in training mode, bn1 and layer2's batch
+    norms in eval mode (frozen)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None)
+    model.train()
+    model.bn1.eval()
+    for m in model.layer2.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+    return model
+
+
+# The calls that take any model, on a ResNet: hooks instead of the chain, the general path,
+# full occlusion, layers chosen for it.
+ANY_MODEL: dict[str, Callable[[nn.Module, SimpleNamespace], Any]] = {
+    "mine_topk": lambda m, a: mine_topk(m, a.val, ["layer1", "layer4", "fc"], k=2,
+                                        indices=range(4)),
+    "project_topk": lambda m, a: project_topk(
+        m, a.val, mine_topk(m, a.val, ["layer2"], k=2, indices=range(4)), {"layer2": [0, 1]}),
+    "run_topk_gallery": lambda m, a: run_topk_gallery(
+        m, Subset(a.val, range(4)), ["conv1", "layer3"], k=2, out_dir=a.tmp / "gallery",
+        n_maps=2),
+    "project": lambda m, a: project(m, a.x, "layer3", 1),
+    "occlusion full": lambda m, a: occlusion(m, a.x[0], size=16, stride=16),
+    "pointing_game": lambda m, a: pointing_game(m, a.bundle, 1, size=16, stride=16),
+    "occlusion_report": lambda m, a: occlusion_report(m, a.bundle, a.tmp, n_images=1,
+                                                      n_pointing=1, size=16, stride=16),
+    "invariance": lambda m, a: invariance(m, a.pixels, lambda p: p - 128, "rotate",
+                                          values=[0, 90], layers=None),
+    "extract_features": lambda m, a: extract_features(m, a.batches, ["layer2", "avgpool"]),
+    "cascading_randomization": lambda m, a: cascading_randomization(
+        m, a.x[:2], "layer1", torch.tensor([0, 1]), rules=("gradient",)),
+    "pipeline.gallery": lambda m, a: pipeline.gallery(m, a.bundle, a.tmp, k=2, n_images=4,
+                                                      n_maps=2, layers=["layer1"]),
+    "pipeline.filters": lambda m, a: pipeline.filters({"a": m}, a.bundle, a.tmp, n_images=4),
+    "pipeline.probes": lambda m, a: pipeline.probes(m, SPEC, a.tmp, per_class=1, n_test=4),
+    "pipeline.randomization": lambda m, a: pipeline.randomization(m, a.bundle, a.tmp,
+                                                                  n_images=2, layer="layer1"),
+}
+
+
+@pytest.mark.parametrize("name", list(ANY_MODEL))
+def test_any_model_runs_in_eval_mode_and_is_left_as_it_was(name, inputs) -> None:
+    model = _mixed_resnet()
+    before = {n: m.training for n, m in model.named_modules()}
+    params = {k: v.clone() for k, v in model.state_dict().items()}
+    seen: list[tuple[str, bool]] = []
+    handles = [m.register_forward_pre_hook(lambda m, _, n=n: seen.append((n, m.training)))
+               for n, m in model.named_modules() if not list(m.children())]
+    try:
+        ANY_MODEL[name](model, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen, "the analysis ran no module of the model"
+    assert [n for n, training in seen if training] == []
+    assert {n: m.training for n, m in model.named_modules()} == before
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    assert all(torch.equal(v, params[k]) for k, v in model.state_dict().items())

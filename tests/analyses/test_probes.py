@@ -61,3 +61,25 @@ def test_probes_section(tmp_path) -> None:
                    transfer_rows=[[10, "50%", "20%"]])
     (s,) = read_sections(tmp_path)
     assert s.tables[0].rows == [["pool1", 192, "50.0%", "40.0%"]] and len(s.tables) == 2
+
+
+def test_probes_on_any_cnn() -> None:
+    """A ResNet's stages and the pooled vector its classifier reads; a 1x1 map is taken as it
+    is (not replicated to 2x2); the dataset's labels, whatever the model's classes."""
+    import torchvision
+
+    from zfnet.analyses.probes import probe_layers
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None)  # 1000 classes, 2 in the data
+    layers = probe_layers(model, 32)
+    assert layers == ["conv1", "layer1", "layer2", "layer3", "layer4", "avgpool"]
+    assert probe_layers(zfnet.create_model("zfnet_small")) == [
+        "pool1", "pool2", "relu3", "relu4", "pool5", "relu6", "relu7"]
+    x, y = _separable(12, 3)
+    f, _ = extract_features(model, _batches(x, y, 5), ["avgpool", "layer4"])
+    assert f["avgpool"].shape == (12, 512) and f["layer4"].shape == (12, 512)  # 1x1 at 32 px
+    tr, te = _separable(40, 0), _separable(40, 1)
+    rows = linear_probes(model, _batches(*tr), _batches(*te), ("conv1", "avgpool"),
+                         ("softmax",))
+    assert rows[0].accuracy["softmax"] >= 0.9

@@ -41,3 +41,38 @@ def test_maps_per_step_are_kept_and_drawn(tmp_path) -> None:
     y, x0 = pad + (side + pad), pad + 3 * (side + pad)  # gradient row, last step
     tile = torch.from_numpy(canvas[y: y + side: zoom, x0: x0 + side: zoom].copy())
     assert torch.equal(tile.permute(2, 0, 1), projection_to_uint8(res.examples["gradient"][3]))
+
+
+def test_any_model_every_module_with_parameters_from_the_top() -> None:
+    """resnet18 seeded at layer1: its convolutions and batch norms, in reverse forward order,
+    on a copy; batch norms re-initialised by their own reset."""
+    import torchvision
+    from torch import nn
+
+    from zfnet.analyses.sanity import reinitialise, trainable_layers
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    block = ["conv1", "bn1", "conv2", "bn2"]
+    want = ["conv1", "bn1"] + [f"layer1.{b}.{m}" for b in (0, 1) for m in block]
+    assert trainable_layers(model, "layer1", 32) == want[::-1]
+    assert trainable_layers(model, None, 32)[0] == "fc"
+    x = torch.randn(2, 3, 32, 32) * 50
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = cascading_randomization(model, x, "layer1", torch.tensor([3, 5]), rules=("gradient",))
+    assert res.steps == want[::-1]
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    ex = res.examples["gradient"]
+    assert ex.shape == (11, 3, 32, 32)
+    torch.testing.assert_close(ex[0], project(model, x, "layer1", torch.tensor([3, 5]),
+                                              rule="gradient")[0])
+    assert not torch.allclose(ex[-1], ex[0])
+    bn = nn.BatchNorm2d(4)
+    bn.weight.data.fill_(3.0)
+    bn.running_mean.fill_(2.0)
+    reinitialise(bn, torch.Generator().manual_seed(0))
+    assert (bn.weight == 1).all() and (bn.bias == 0).all() and (bn.running_mean == 0).all()
+    a, b = nn.Conv2d(3, 8, 3), nn.Conv2d(3, 8, 3)
+    reinitialise(a, torch.Generator().manual_seed(1))
+    reinitialise(b, torch.Generator().manual_seed(1))
+    assert torch.equal(a.weight, b.weight) and (a.bias == 0).all()

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from zfnet.activations import capture
-from zfnet.models import eval_mode
+from zfnet.models import eval_mode, is_zfnet_model
 
 PAPER_TABLE1 = {  # part -> (layer 5 Δ, layer 7 Δ), paper Table 1 means
     "right eye": (0.067, 0.069),
@@ -76,6 +76,18 @@ def sign_consistency(eps: torch.Tensor) -> tuple[float, float]:
     return off.mean().item(), off.std().item()
 
 
+def require_zfnet_model(model: torch.nn.Module) -> None:
+    """A ValueError naming why, unless `model` is one of zfnet's: Table 1 compares the paper's
+    layer 5 and layer 7 (pool5, relu7) against the paper's values, a comparison other
+    architectures have no layers for."""
+    if not is_zfnet_model(model):
+        raise ValueError(
+            f"correspondence (Table 1) compares the paper's layer 5 and layer 7 (pool5, relu7) "
+            f"with the paper's values; {type(model).__name__} is not one of zfnet's models "
+            "(zfnet_*, alexnet_*, a `zfnet train` run), so it has no such layers. In Python, "
+            "name the layers to compare: correspondence(model, images, masks, layers=[...])")
+
+
 @dataclass
 class CorrespondenceRow:
     """Δ at each layer for one part (or 'random', with the spread over random draws)."""
@@ -90,7 +102,7 @@ def correspondence(
     model: torch.nn.Module,
     images: torch.Tensor,
     part_masks: dict[str, torch.Tensor],
-    layers: Sequence[str] = ("pool5", "relu7"),
+    layers: Sequence[str] | None = None,
     fill: float = 0.0,
     random_draws: int = 10,
     seed: int = 0,
@@ -100,9 +112,13 @@ def correspondence(
     Each part is occluded by its bounding box in each image, filled with `fill` (0 = the mean
     image after mean subtraction, i.e. grey). The control 'random' occludes, in each of
     `random_draws` draws, a random box of the same size as the first part's box in each image.
-    `layers`: where features are compared (default the paper's layer 5, after pooling, and
-    layer 7, after its ReLU).
+    `layers`: where features are compared (default, on zfnet's models, the paper's layer 5,
+    after pooling, and layer 7, after its ReLU: pool5, relu7; another model needs them named,
+    see `require_zfnet_model`).
     """
+    if layers is None:
+        require_zfnet_model(model)
+        layers = ("pool5", "relu7")
     if not part_masks:
         raise ValueError("part_masks is empty: give at least one part")
     with eval_mode(model):

@@ -25,6 +25,7 @@ from zfnet.analyses.gallery import project_topk, select_maps
 from zfnet.analyses.topk import mine_topk
 from zfnet.display import CAPTION as DISPLAY_CAPTION
 from zfnet.display import save_grid
+from zfnet.models import is_zfnet_model
 
 
 @dataclass
@@ -55,6 +56,13 @@ def feature_evolution(
     """
     if not checkpoints:
         raise ValueError("no checkpoints: train with kept epochs (TrainConfig.keep_epochs)")
+    for epoch, model in checkpoints:
+        if not is_zfnet_model(model):
+            raise ValueError(
+                f"feature evolution (Fig. 4) follows the checkpoints a `zfnet train` run keeps, "
+                f"epoch by epoch; the model of epoch {epoch} ({type(model).__name__}) is not one "
+                "of zfnet's models (zfnet_*, alexnet_*). For a pretrained model, `zfnet visualize "
+                "topk` shows its features")
     indices = range(min(len(dataset), n_images)) if n_images else None
     mined = [mine_topk(m, dataset, layers, k=1, indices=indices) for _, m in checkpoints]
     maps = {layer: select_maps(mined[-1][layer], n_maps) for layer in layers}

@@ -9,6 +9,10 @@ Measured per conv layer:
 - high-frequency share: share of the filters' spectral energy above half the Nyquist frequency
   (radial frequency > 0.25 cycles/pixel of the kernel's 2-D DFT, zero-padded to 32x32, DC excluded
   from neither sum). AlexNet's 11x11/4 layer 1 has more of it than ZFNet's 7x7/2 (Fig. 6b vs 6c).
+
+Any CNN: the layers are the first two convolutions in forward order (`zfnet.models.first_convs`:
+conv1, conv2 on zfnet's models; a ResNet's conv1 and layer1.0.conv1), of any kernel size
+(rows x columns) and groups (a depthwise filter has one input map).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from zfnet.models import first_convs, resolve_layer
 from zfnet.models.convnet import filter_rms
 
 _PAD = 32  # DFT size: fine enough frequency sampling for 3x3 … 11x11 kernels
@@ -65,33 +70,35 @@ def filter_stats(
 def filter_mosaic(weight: torch.Tensor, max_filters: int = 96, max_inputs: int = 16) -> np.ndarray:
     """Tile filters into one image (H, W, 3) float in [0, 1], each filter scaled on its own.
 
-    3-input-channel filters (layer 1 on RGB) are shown in colour, one tile each. Other layers show
-    a row per filter (first `max_filters`) of its kernels for the first `max_inputs` input maps,
-    in grey. Each tile (or row) is contrast-stretched to [0, 1] around 0.5 = zero weight.
+    3-input-channel filters (layer 1 on RGB) are shown in colour, one tile each; 1-input ones
+    (grey images, depthwise convolutions) likewise, in grey. Other layers show a row per filter
+    (first `max_filters`) of its kernels for the first `max_inputs` input maps, in grey. Each
+    tile (or row) is contrast-stretched to [0, 1] around 0.5 = zero weight. Kernels may be
+    non-square (kh, kw).
     """
-    w = weight.detach().float().cpu()[:max_filters]  # (O, I, k, k)
-    o, i, k, _ = w.shape
+    w = weight.detach().float().cpu()[:max_filters]  # (O, I, kh, kw)
+    o, i, kh, kw = w.shape
     gap = 1
     if i == 3 or i == 1:
         cols = math.ceil(math.sqrt(o))
         rows = math.ceil(o / cols)
-        out = np.ones((rows * (k + gap) + gap, cols * (k + gap) + gap, 3), dtype=np.float32)
+        out = np.ones((rows * (kh + gap) + gap, cols * (kw + gap) + gap, 3), dtype=np.float32)
         for n in range(o):
             t = w[n]
-            t = 0.5 + 0.5 * t / t.abs().max().clamp_min(1e-12)  # (I, k, k) in [0, 1]
-            t = t.expand(3, k, k) if i == 1 else t
+            t = 0.5 + 0.5 * t / t.abs().max().clamp_min(1e-12)  # (I, kh, kw) in [0, 1]
+            t = t.expand(3, kh, kw) if i == 1 else t
             r, c = divmod(n, cols)
-            y, x = gap + r * (k + gap), gap + c * (k + gap)
-            out[y : y + k, x : x + k] = t.permute(1, 2, 0).numpy()
+            y, x = gap + r * (kh + gap), gap + c * (kw + gap)
+            out[y : y + kh, x : x + kw] = t.permute(1, 2, 0).numpy()
         return out
     i = min(i, max_inputs)
     w = w[:, :i]
-    out = np.ones((o * (k + gap) + gap, i * (k + gap) + gap, 3), dtype=np.float32)
+    out = np.ones((o * (kh + gap) + gap, i * (kw + gap) + gap, 3), dtype=np.float32)
     for n in range(o):
-        t = 0.5 + 0.5 * w[n] / w[n].abs().max().clamp_min(1e-12)  # (I, k, k)
+        t = 0.5 + 0.5 * w[n] / w[n].abs().max().clamp_min(1e-12)  # (I, kh, kw)
         for j in range(i):
-            y, x = gap + n * (k + gap), gap + j * (k + gap)
-            out[y : y + k, x : x + k] = t[j].numpy()[..., None]
+            y, x = gap + n * (kh + gap), gap + j * (kw + gap)
+            out[y : y + kh, x : x + kw] = t[j].numpy()[..., None]
     return out
 
 
@@ -111,26 +118,33 @@ def filters_section(
     run_dir: str | Path,
     models: dict[str, torch.nn.Module],
     max_activation: dict[str, dict[str, torch.Tensor]] | None = None,
-    layers: tuple[str, ...] = ("conv1", "conv2"),
+    layers: tuple[str, ...] | None = ("conv1", "conv2"),
     order: int = 40,
+    input_size: int | tuple[int, int] | None = None,
 ):
     """Fig. 6: filter mosaics of `layers` for each labelled model and a table of the diagnostics.
 
     `models`: {label: model} (e.g. "zfnet_small", "alexnet_small", "zfnet_small, no renorm").
-    `max_activation`: optional {label: {layer: (O,) max activation over a validation set}}, which
-    adds the share of never-active maps. Writes PNGs under `run_dir/figures/filters/` and the
-    report section "filters"; returns the Section.
+    `layers`: convolutions by name (None: each model's `first_convs`, found by one forward pass
+    at `input_size`, default 224). `max_activation`: optional {label: {layer: (O,) max
+    activation over a validation set}}, which adds the share of never-active maps. Writes PNGs
+    under `run_dir/figures/filters/` and the report section "filters"; returns the Section.
     """
     from zfnet.report import Figure, Section, Table, write_section
 
     run_dir = Path(run_dir)
     figures, rows = [], []
     for label, model in models.items():
-        for layer in layers:
-            w = model.get_submodule(f"features.{layer}").weight
+        names = list(layers) if layers is not None else first_convs(model, 2, input_size)
+        for n_layer, layer in enumerate(names):
+            conv = resolve_layer(model, layer)[1]
+            if not isinstance(conv, torch.nn.Conv2d):
+                raise ValueError(f"layer {layer!r} of {label} is a {type(conv).__name__}, not a "
+                                 "Conv2d: filters are shown for convolutions")
+            w = conv.weight
             slug = "".join(ch if ch.isalnum() else "_" for ch in f"{label}_{layer}")
             path = save_filter_mosaic(w, run_dir / "figures" / "filters" / f"{slug}.png",
-                                      scale=8 if layer == "conv1" else 4)
+                                      scale=8 if n_layer == 0 else 4)
             figures.append(Figure(str(path.relative_to(run_dir)), f"{label}: {layer} filters"))
             acts = (max_activation or {}).get(label, {}).get(layer)
             s = filter_stats(w, acts)
@@ -141,13 +155,14 @@ def filters_section(
     section = Section(
         key="filters", title="Filters (Fig. 6)", order=order,
         caption=(
-            "The learned filters of the first two layers, each scaled on its own (grey = 0) — "
-            "layer 1 in colour, layer 2 as one row per filter over its first input maps. The "
+            "The learned filters of the first two convolutions, each scaled on its own (grey = "
+            "0) — layer 1 in colour, layer 2 as one row per filter over its first input maps. The "
             "paper's Fig. 6 shows AlexNet's 11x11/4 layer 1 with dead filters and a mix of very "
             "high and very low frequencies, and without renormalisation one filter dominating "
             "(6a); ZFNet's 7x7/2 layer 1 is cleaner.\n\n"
             "Table: dominance = largest / median filter RMS (large: one filter dominates); dead "
-            "= near-zero filters or maps never active on the validation images; high-freq = "
+            "= near-zero filters or maps never active on the validation images (measured after "
+            "the layer's ReLU, on zfnet's models; near-zero filters alone elsewhere); high-freq = "
             "share of filter energy above half the Nyquist frequency."
         ),
         figures=figures,

@@ -10,6 +10,11 @@ record, at a low layer (the paper's layer 1) and a high one (layer 7):
   untransformed image).
 The paper's finding: small transformations move layer 1 a lot and layer 7 much less; the output
 is fairly stable to translation and scaling, less to rotation (except for symmetric objects).
+
+Any CNN: "layer 1" and "layer 7" are `default_layers` — zfnet's norm1 and relu7, else the first
+of `zfnet.models.feature_layers` and the `vector_layer` the classifier reads (a ResNet's conv1 and
+avgpool). Without labels (or where the dataset's labels are not the model's classes, see
+`zfnet.analyses.classes`) the class followed is the one predicted on the untransformed image.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from zfnet.activations import capture
-from zfnet.models import eval_mode
+from zfnet.models import eval_mode, feature_layers, is_zfnet_model, layer_names, vector_layer
 
 KINDS = ("translate", "scale", "rotate")
 
@@ -71,32 +76,53 @@ class InvarianceResult:
     labels: list[int] = field(default_factory=list)
 
 
-@torch.inference_mode()
+def default_layers(model: torch.nn.Module, input_size: int | tuple[int, int] | None = None
+                   ) -> tuple[str, str]:
+    """The paper's "layer 1" and "layer 7": on zfnet's models layer 1 after pooling and contrast
+    normalisation (`norm1`, else `pool1`, `relu1`) and layer 7 after its ReLU (`relu7`, else
+    `relu6`, `fc8`); on any other model the first of `feature_layers` and the `vector_layer`
+    (for an input of `input_size`)."""
+    if is_zfnet_model(model):
+        names = layer_names(model)
+        low = next(n for n in ("norm1", "pool1", "relu1", "conv1") if n in names)
+        return low, vector_layer(model)
+    return feature_layers(model, input_size)[0], vector_layer(model, input_size)
+
+
 def invariance(
     model: torch.nn.Module,
     images: torch.Tensor,
     normalize: Callable[[torch.Tensor], torch.Tensor],
     kind: str,
     values: Sequence[float] | None = None,
-    layers: Sequence[str] = ("norm1", "relu7"),
+    layers: Sequence[str] | None = ("norm1", "relu7"),
     labels: Sequence[int] | None = None,
 ) -> InvarianceResult:
     """Fig. 5 for `images` (N, C, H, W) float in 0..255 at the model's input size.
 
-    `normalize` turns pixel images into model inputs (e.g. subtracting the mean image).
-    `layers`: the low and high layer whose feature vectors are compared (default: layer 1 after
-    pooling and contrast normalisation, and layer 7 after its ReLU — the paper's "layer 1" and
-    "layer 7"). `labels`: true classes (N,); without them the class predicted on the original
-    image is followed. Returns distances relative to the original's feature norm (see module doc).
+    `normalize` turns pixel images into model inputs (e.g. subtracting the mean image, or a
+    model's `(x - mean) / std`). `layers`: the low and high layer whose feature vectors are
+    compared (default: layer 1 after pooling and contrast normalisation, and layer 7 after its
+    ReLU — the paper's "layer 1" and "layer 7"; None: `default_layers`, for any model).
+    `labels`: true classes (N,) as indices of the model's outputs; without them the class
+    predicted on the original image is followed. Returns distances relative to the original's
+    feature norm (see module doc).
     """
     values = list(DEFAULT_VALUES[kind] if values is None else values)
-    with eval_mode(model):
+    if layers is None:
+        layers = default_layers(model, tuple(images.shape[-2:]))
+    with eval_mode(model), torch.inference_mode():
         with capture(model, layers) as store:
             logits = model(normalize(images))
             ref = {k: v.flatten(1).clone() for k, v in store.items()}  # (N, D) per layer
             target = (
                 torch.as_tensor(list(labels)) if labels is not None else logits.argmax(1)
             )
+            bad = [int(t) for t in target if not 0 <= int(t) < logits.shape[1]]
+            if bad:
+                raise ValueError(f"label(s) {bad} are not classes of this model (it has "
+                                 f"{logits.shape[1]} outputs); give no labels to follow the "
+                                 "class it predicts")
             dist = {k: torch.zeros(len(images), len(values)) for k in layers}
             prob = torch.zeros(len(images), len(values))
             for j, v in enumerate(values):

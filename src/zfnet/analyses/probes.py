@@ -6,8 +6,14 @@ depth. Here the same is done on the data at hand: features of each chosen layer 
 images per class, a linear classifier per layer, test accuracy per layer.
 
 Features: a conv layer's maps are average-pooled to a 2×2 grid (4·C numbers: keeps the coarse
-layout, and makes layers of very different sizes comparable in dimension); fc layers are taken
-as they are. Each feature is standardised on the training images before the classifier.
+layout, and makes layers of very different sizes comparable in dimension; a smaller map as it
+is); fc layers are taken as they are. Each feature is standardised on the training images
+before the classifier.
+
+Any CNN: `probe_layers` — zfnet's pool1, pool2, relu3, relu4, pool5, relu6, relu7; else the
+stages of `zfnet.models.feature_layers` and the `vector_layer` the classifier reads. The labels
+are the dataset's own: a probe never reads the model's outputs, so the model's classes need not
+be the dataset's.
 
 Transfer (Tables 4–5): keeping layers 1–7 fixed and training a new softmax on top is exactly a
 softmax probe on layer 7's features, so `transfer` is `linear_probes` at relu7 on the new dataset.
@@ -28,9 +34,23 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
 from zfnet.activations import capture
-from zfnet.models import eval_mode
+from zfnet.models import eval_mode, feature_layers, is_zfnet_model, layer_names, vector_layer
 
 CLASSIFIERS = ("softmax", "svm")
+ZFNET_LAYERS = ("pool1", "pool2", "relu3", "relu4", "pool5", "relu6", "relu7")
+
+
+def probe_layers(model: torch.nn.Module, input_size: int | tuple[int, int] | None = None
+                 ) -> list[str]:
+    """The layers Table 7 probes: on zfnet's models those of `ZFNET_LAYERS` present (each
+    layer after its ReLU / pooling); on any other model its `feature_layers` then its
+    `vector_layer` (for an input of `input_size`)."""
+    if is_zfnet_model(model):
+        names = layer_names(model)
+        return [n for n in ZFNET_LAYERS if n in names]
+    layers = feature_layers(model, input_size)
+    vec = vector_layer(model, input_size)
+    return layers + ([vec] if vec not in layers else [])
 
 
 @torch.inference_mode()
@@ -52,8 +72,9 @@ def extract_features(
                 model(x)
                 for k in layers:
                     f = store[k]
-                    if f.dim() == 4:  # (N, C, H, W) -> (N, C*grid*grid)
-                        f = F.adaptive_avg_pool2d(f, grid)
+                    if f.dim() == 4:  # (N, C, H, W) -> (N, C*grid*grid); a smaller map as is
+                        f = F.adaptive_avg_pool2d(f, (min(grid, f.shape[2]),
+                                                      min(grid, f.shape[3])))
                     feats[k].append(f.flatten(1).float().cpu().numpy())
                 labels.append(torch.as_tensor(y).cpu().numpy())
     return {k: np.concatenate(v) for k, v in feats.items()}, np.concatenate(labels)
@@ -88,7 +109,7 @@ def linear_probes(
     model: torch.nn.Module,
     train_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     test_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    layers: Sequence[str] = ("pool1", "pool2", "relu3", "relu4", "pool5", "relu6", "relu7"),
+    layers: Sequence[str] = ZFNET_LAYERS,
     classifiers: Sequence[str] = CLASSIFIERS,
     seed: int = 0,
 ) -> list[ProbeRow]:

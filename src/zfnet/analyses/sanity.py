@@ -2,7 +2,9 @@
 for Saliency Maps", NeurIPS 2018.)
 
 Cascading model randomisation: starting from the top (fc8) and going down to conv1, the
-weights of one more layer are re-initialised at each step, and the maps of each method
+weights of one more layer are re-initialised at each step — on any model, every module with
+parameters of its own (convolutions, linear layers, batch norms …) in reverse forward order, on a
+copy (the model is left as it was) — and the maps of each method
 (deconvnet, guided backprop, gradient) are recomputed for the same images and the same seed
 units. Each randomised map is compared with the trained model's map by SSIM and Spearman rank
 correlation of the absolute values (1 = unchanged, ~0 = unrelated).
@@ -28,6 +30,7 @@ from torch import nn
 
 from zfnet.display import CAPTION as DISPLAY_CAPTION
 from zfnet.display import save_grid
+from zfnet.models.geometry import record_forward
 from zfnet.models.layers import resolve_layer
 
 RULES = ("deconvnet", "guided", "gradient")
@@ -51,16 +54,42 @@ def similarity(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     return {"ssim": float(np.mean(ssim)), "spearman": float(np.mean(rank))}
 
 
-def trainable_layers(model: nn.Module, up_to: str | None = None) -> list[str]:
-    """Module paths of the layers with weights (conv, linear) at or below module path `up_to`
-    (all when None), top first (fc8 … conv1). Layers above the seed unit cannot change its map."""
-    order = [n for n, _ in model.named_modules()]
+def trainable_layers(model: nn.Module, up_to: str | None = None,
+                     input_size: int | tuple[int, int] | None = None) -> list[str]:
+    """Module paths of the modules with parameters of their own (conv, linear, batch norm …) that
+    run at or before module path `up_to` (all when None) in the forward pass, top first (fc8 …
+    conv1): forward order from one pass at `input_size` (default 224). Layers above the seed
+    unit cannot change its map."""
+    _, made = record_forward(model, input_size or 224)
+    order = list(made)  # forward order: a block after the modules inside it
+    if up_to is not None and up_to not in made:
+        raise ValueError(f"module {up_to!r} does not run in the forward pass")
     stop = order.index(up_to) if up_to is not None else len(order)
-    names = [
-        n for i, (n, m) in enumerate(model.named_modules())
-        if isinstance(m, (nn.Conv2d, nn.Linear)) and i <= stop
-    ]
+    names = [n for n in order[: stop + 1]
+             if next(model.get_submodule(n).parameters(recurse=False), None) is not None]
     return names[::-1]
+
+
+def reinitialise(m: nn.Module, g: torch.Generator) -> None:
+    """Fresh parameters for module `m` (its own, not its children's), drawn from `g`:
+    convolutions and linear layers He-normal with zero bias (the scale a freshly initialised
+    layer has); others by their own `reset_parameters` (batch norm: weight 1, bias 0, running
+    statistics reset), seeded from `g`; anything else N(0, its current std)."""
+    with torch.no_grad():
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+            fan_in = m.weight[0].numel()
+            m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+            if m.bias is not None:
+                m.bias.zero_()
+        elif hasattr(m, "reset_parameters"):
+            seed = int(torch.randint(2**31 - 1, (1,), generator=g))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                m.reset_parameters()
+        else:
+            for p in m.parameters(recurse=False):
+                std = float(p.float().std()) if p.numel() > 1 else 1.0
+                p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
 @dataclass
@@ -88,7 +117,8 @@ def cascading_randomization(
     Adebayo et al. seed at the class logit: `layer="fc8"`, `channels` = the predicted classes.
     Maps: `zfnet.deconvnet.project(model, images, layer, channels, rule=...)` for each rule —
     the same images (N, C, H, W) and seed units (the strongest activation of map `channels[i]` in
-    `layer`) at every step, so only the weights change.
+    `layer`) at every step, so only the weights change. Any model: every module with
+    parameters of its own at or below `layer`, top first (`trainable_layers`, `reinitialise`).
     """
     from zfnet.deconvnet import project  # the one projection engine
 
@@ -100,13 +130,9 @@ def cascading_randomization(
     res = RandomizationResult([], {r: {"ssim": [], "spearman": []} for r in rules})
     shown = {r: [base[r][0].detach().cpu()] for r in rules}
     g = torch.Generator().manual_seed(seed)
-    for name in trainable_layers(work, up_to=resolve_layer(work, layer)[0]):
-        m = work.get_submodule(name)
-        with torch.no_grad():  # He-normal: the scale a freshly initialised layer has
-            fan_in = m.weight[0].numel()
-            m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
-            if m.bias is not None:
-                m.bias.zero_()
+    size = (int(images.shape[-2]), int(images.shape[-1]))
+    for name in trainable_layers(work, up_to=resolve_layer(work, layer)[0], input_size=size):
+        reinitialise(work.get_submodule(name), g)
         res.steps.append(name)
         for r in rules:
             maps = project(work, images, layer, channels, rule=r)
@@ -115,6 +141,17 @@ def cascading_randomization(
                 res.scores[r][k].append(v)
     res.examples = {r: torch.stack(m) for r, m in shown.items()}
     return res
+
+
+MAX_SHOWN = 12  # steps named on the plot's axis and drawn in the maps' figure
+
+
+def _short(path: str) -> str:
+    """zfnet's `features.conv3` as `conv3`; any other module path as it is."""
+    head, _, rest = path.partition(".")
+    if head in ("features", "classifier") and rest and not rest[0].isdigit() and "." not in rest:
+        return rest
+    return path
 
 
 def randomization_section(
@@ -131,19 +168,25 @@ def randomization_section(
         metric: {rule: result.scores[rule][metric] for rule in result.scores}
         for metric in ("ssim", "spearman")
     }
+    names = [_short(s) for s in result.steps]
+    listed = (", ".join(names) if len(names) <= MAX_SHOWN else
+              f"{len(names)} modules, named in the table")
     path = plot_curves(steps, panels, run_dir / "figures" / "randomization.png",
-                       xlabel="layers re-initialised from the top (" +
-                       ", ".join(s.split(".")[-1] for s in result.steps) + ")")
-    rows = [[s.split(".")[-1]] + [f"{result.scores[r]['spearman'][i]:.3f}" for r in result.scores]
-            for i, s in enumerate(result.steps)]
+                       xlabel=f"layers re-initialised from the top ({listed})")
+    rows = [[n] + [f"{result.scores[r]['spearman'][i]:.3f}" for r in result.scores]
+            for i, n in enumerate(names)]
     figures = [Figure(str(path.relative_to(run_dir)), "similarity per randomisation step")]
     if result.examples:
-        grid = save_grid(torch.stack(list(result.examples.values())),
+        # at most MAX_SHOWN steps drawn (a ResNet has ~60): evenly spaced, always the last
+        n = len(names)
+        cols = sorted({round(i * n / (MAX_SHOWN - 1)) for i in range(MAX_SHOWN)}) \
+            if n + 1 > MAX_SHOWN else list(range(n + 1))
+        grid = save_grid(torch.stack([ex[cols] for ex in result.examples.values()]),
                          run_dir / "figures" / "randomization_maps.png")
         figures.append(Figure(str(grid.relative_to(run_dir)), (
             f"the first image's map; rows: {', '.join(result.examples)}; columns: the trained "
             "model, then re-initialised down to " +
-            ", ".join(s.split(".")[-1] for s in result.steps))))
+            ", ".join(names[c - 1] for c in cols if c > 0))))
     section = Section(
         key="randomization", title="Sanity check: cascading randomisation (Adebayo et al. 2018)",
         order=order,

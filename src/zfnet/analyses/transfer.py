@@ -140,15 +140,19 @@ def transfer_study(
     to its input channels and size. Scratch runs are written under `run_dir`/transfer/.
     """
     from zfnet.analyses.probes import extract_features, fit_linear
-    from zfnet.models import layer_info
+    from zfnet.models import is_zfnet_model, layer_info
     from zfnet.train import TrainConfig, train
 
+    if not is_zfnet_model(model):
+        raise ValueError(
+            f"transfer (Tables 4-5) compares the model's fixed features with the same "
+            f"architecture trained from scratch by zfnet's recipe; {type(model).__name__} is not "
+            "one of zfnet's models (zfnet_*, alexnet_*, a `zfnet train` run). For any model's "
+            "features on new data, use the linear probes (`zfnet analyze probes`)")
     infos = layer_info(model)
     if layer not in infos:
         raise ValueError(f"layer {layer!r} is not in the model; valid: {', '.join(infos)}")
-    config = getattr(model, "config", None)
-    if config is None:
-        raise TypeError("transfer_study needs a zfnet model (its config gives the input shape)")
+    config = model.config
     channels, size = int(config.in_channels), int(config.input_size)
     rows: list[TransferRow] = []
     for n in shots:

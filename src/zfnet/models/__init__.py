@@ -2,7 +2,14 @@
 
 from zfnet.models import alexnet as _alexnet  # noqa: F401  (registers its builders)
 from zfnet.models import zfnet as _zfnet  # noqa: F401
-from zfnet.models.convnet import ConvNet, ConvSpec, NetConfig, apply_overrides, filter_rms
+from zfnet.models.convnet import (
+    ConvNet,
+    ConvSpec,
+    NetConfig,
+    apply_overrides,
+    filter_rms,
+    is_zfnet_model,
+)
 from zfnet.models.geometry import (
     GeometryError,
     LayerGeometry,
@@ -42,5 +49,6 @@ __all__ = [
     "layer_names", "list_models", "parse_model_option",
     "register_model", "resolve_layer", "sequential_geometry",
     "GeometryError", "graph_geometry",
-    "feature_layers", "first_convs", "last_spatial_layer", "layer_geometries", "vector_layer",
+    "feature_layers", "first_convs", "is_zfnet_model", "last_spatial_layer", "layer_geometries",
+    "vector_layer",
 ]

@@ -167,6 +167,12 @@ class ConvNet(nn.Module):
         return self.classifier(x)  # (N, num_classes)
 
 
+def is_zfnet_model(model: nn.Module) -> bool:
+    """Whether `model` is one of zfnet's own models (`ConvNet`: zfnet_*, alexnet_*), whose
+    layers have the paper's names (conv1…conv5, fc6…fc8)."""
+    return isinstance(model, ConvNet)
+
+
 def apply_overrides(config: NetConfig, **overrides: Any) -> NetConfig:
     """Return `config` changed by user-facing overrides (Table 3's variants and more).
 

@@ -436,12 +436,17 @@ def record_forward(model: nn.Module, input_size: int | tuple[int, int],
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     shape = (1, in_channels, *size)
     try:
-        return _forward(_meta_copy(model), torch.zeros(shape, dtype=dtype, device="meta"))
+        # out of inference mode, also for the copy: a caller's `torch.inference_mode()` would
+        # make tensors autograd cannot record
+        with torch.inference_mode(False):
+            meta = _meta_copy(model)
+            return _forward(meta, torch.zeros(shape, dtype=dtype, device="meta"))
     except Exception:  # noqa: BLE001  (an op with no meta kernel, .item(), ...: run it for real)
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
         try:
-            return _forward(model, torch.zeros(shape, dtype=dtype, device=device))
+            with torch.inference_mode(False):
+                return _forward(model, torch.zeros(shape, dtype=dtype, device=device))
         except Exception as e:  # noqa: BLE001  (any failure of the user's forward pass)
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise GeometryError(

@@ -1,0 +1,114 @@
+"""The analyses as the commands call them (zfnet.pipeline), on models that are not zfnet's:
+torchvision's resnet18 with the dataset's 10 classes and with ImageNet's 1000, on `synthetic`
+(64 px inputs, the dataset's own normalisation). Correspondence, evolution and transfer stay
+for zfnet's models, with an error that says why."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from zfnet import pipeline
+from zfnet.analyses.correspondence import correspondence
+from zfnet.analyses.evolution import feature_evolution
+from zfnet.analyses.transfer import transfer_study
+from zfnet.data import load_dataset
+from zfnet.report import read_sections
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SPEC = "synthetic?n_train=20&n_val=20&size=64"
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_dataset(SPEC)
+
+
+def _resnet(num_classes: int = 1000) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None, num_classes=num_classes)
+
+
+def _section(run_dir, key: str):
+    (s,) = [s for s in read_sections(run_dir) if s.key == key]
+    return s
+
+
+def test_gallery_filters_probes(bundle, tmp_path) -> None:
+    model = _resnet()
+    res = pipeline.gallery(model, bundle, tmp_path, k=2, n_images=6, n_maps=2)
+    assert list(res.projections) == ["conv1", "layer1", "layer2", "layer3", "layer4"]
+    pipeline.filters({"resnet18": model}, bundle, tmp_path, n_images=6)
+    assert [r[1] for r in _section(tmp_path, "filters").tables[0].rows] == [
+        "conv1", "layer1.0.conv1"]
+    rows = pipeline.probes(model, SPEC, tmp_path, per_class=2, n_test=10)
+    assert [r.layer for r in rows] == ["conv1", "layer1", "layer2", "layer3", "layer4",
+                                       "avgpool"]
+    assert [r[0] for r in _section(tmp_path, "probes").tables[0].rows][-1] == "avgpool"
+
+
+@pytest.mark.parametrize("num_classes", [10, 1000])
+def test_invariance_follows_the_label_only_for_the_datasets_classes(bundle, tmp_path,
+                                                                    monkeypatch,
+                                                                    num_classes) -> None:
+    from zfnet.analyses import invariance as inv
+
+    model = _resnet(num_classes)
+    labels_asked: list = []
+    real = inv.invariance
+
+    def spy(*args, **kwargs):  # what pipeline.invariance asks of the analysis
+        labels_asked.append(kwargs.get("labels"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inv, "invariance", spy)
+    out = pipeline.invariance(model, bundle, tmp_path, n_dataset_images=2)
+    assert set(out["invariance_dataset"]["rotate"]) == {"conv1", "avgpool"}
+    photos, dataset = labels_asked[:3], labels_asked[3:]
+    assert photos == [None] * 3
+    if num_classes == 10:  # the dataset's labels are its classes
+        targets = bundle.val.targets
+        first_of_class = [i for i in range(len(targets)) if targets[i] not in targets[:i]]
+        want = [targets[i] for i in first_of_class[:2]]
+        assert all(list(lab) == want for lab in dataset)
+    else:  # its own prediction, never ImageNet's class 3 for the dataset's class 3
+        assert dataset == [None] * 3
+    assert _section(tmp_path, "invariance_dataset").figures
+
+
+def test_randomization_at_the_last_stage_by_default(bundle, tmp_path) -> None:
+    model = _resnet(10)
+    res = pipeline.randomization(model, bundle, tmp_path, n_images=2, layer="layer1")
+    assert res.steps[0] == "layer1.1.bn2" and res.steps[-1] == "conv1"
+    with pytest.raises(ValueError, match="no feature maps.*e.g. conv1, layer1"):
+        pipeline.randomization(model, bundle, tmp_path, n_images=2, layer="fc")
+    s = _section(tmp_path, "randomization")
+    assert s.tables[0].rows[0][0] == "layer1.1.bn2"
+
+
+def test_mobilenet_gallery_and_occlusion_defaults(bundle, tmp_path) -> None:
+    from zfnet.analyses.occlusion import occlusion_report
+
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2(weights=None)
+    res = pipeline.gallery(model, bundle, tmp_path, k=2, n_images=4, n_maps=2,
+                           layers=["features.0", "features.7", "features.18"])
+    assert res.projections["features.0"].shape[-2:] == (3, 3)
+    m = occlusion_report(model, bundle, tmp_path, n_images=1, n_pointing=1, size=32, stride=32)
+    assert m["layer"] == "features.18" and m["class_followed"] == "predicted"
+
+
+def test_zfnet_only_analyses_say_why(bundle, tmp_path) -> None:
+    model = _resnet(10)
+    x = torch.randn(2, 3, 64, 64)
+    masks = {"part": torch.zeros(2, 64, 64, dtype=torch.bool)}
+    with pytest.raises(ValueError, match="correspondence.*ResNet is not one of zfnet's models"):
+        pipeline.correspondence(model, bundle, tmp_path, n_images=2)
+    with pytest.raises(ValueError, match="not one of zfnet's models.*layers="):
+        correspondence(model, x, masks)
+    with pytest.raises(ValueError, match=r"evolution \(Fig. 4\).*ResNet"):
+        feature_evolution([(1, model)], bundle.val, ("layer1",))
+    with pytest.raises(ValueError, match=r"transfer \(Tables 4-5\).*ResNet.*probes"):
+        transfer_study(model, SPEC, (1,), tmp_path, model_name="resnet18")
