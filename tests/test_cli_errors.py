@@ -182,7 +182,6 @@ CASES = [
     ("topk-not-a-run", ["visualize", "topk", "--checkpoint", "{empty}", *OUT], "empty"),
     ("topk-dataset", [*TOPK, "--data", "nope"], "nope"),
     ("topk-out-is-file", ["visualize", "topk", *CK, "--out", "{notes}"], "notes.txt"),
-    ("topk-fc-layer", [*TOPK, "--layer", "fc6"], "fc6"),
     ("topk-other-input-size", [*TOPK, "--data", OTHER_SIZE], "48 px"),
     ("topk-images-empty", [*TOPK, "--data", "images:{empty}"], "holds no image files"),
     ("topk-images-missing", [*TOPK, "--data", "images:/nonexistent"], "/nonexistent does not"),

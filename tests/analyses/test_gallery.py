@@ -234,3 +234,21 @@ def test_a_gated_layer_says_so(tmp_path) -> None:
     (section,) = [s for s in read_sections(tmp_path) if s.key == "topk_gallery"]
     relu, out = section.figures
     assert "gated" not in relu.caption and "gated" in out.caption
+
+
+def test_fc_layers_of_zfnet_models_beside_conv_layers(tmp_path) -> None:
+    """fc6 is mined like any layer (units at (0, 0)) and projected whole; conv1 beside it
+    then comes from the general path too, cut to the same windows as the chain's crops."""
+    torch.manual_seed(0)
+    model = zfnet.create_model("zfnet_small")
+    data = _data(6)
+    both = run_topk_gallery(model, data, ["conv1", "fc6"], k=2, out_dir=tmp_path / "a",
+                            maps={"conv1": [0, 3], "fc6": [1, 2]})
+    alone = run_topk_gallery(model, data, ["conv1"], k=2, out_dir=tmp_path / "b",
+                             maps={"conv1": [0, 3]})
+    assert both.projections["fc6"].shape == (2, 2, 3, 64, 64)
+    assert (both.topk["fc6"].row == 0).all() and (both.topk["fc6"].col == 0).all()
+    got, want = both.projections["conv1"], alone.projections["conv1"]
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    assert torch.equal(both.patches["conv1"], alone.patches["conv1"])
