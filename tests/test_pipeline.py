@@ -112,3 +112,26 @@ def test_zfnet_only_analyses_say_why(bundle, tmp_path) -> None:
         feature_evolution([(1, model)], bundle.val, ("layer1",))
     with pytest.raises(ValueError, match=r"transfer \(Tables 4-5\).*ResNet.*probes"):
         transfer_study(model, SPEC, (1,), tmp_path, model_name="resnet18")
+
+
+def test_a_models_own_preprocessing(tmp_path) -> None:
+    """Data loaded for a model with ImageNet's mean and std: the gallery's projections are put
+    in the image's pixel units (times std), invariance normalises pixels as the items were."""
+    from torch.utils.data import Subset
+
+    from zfnet.analyses.gallery import run_topk_gallery
+    from zfnet.data.preprocess import Preprocessing
+
+    pre = Preprocessing.imagenet(crop=64, resize=72)
+    bundle = load_dataset(SPEC, preprocessing=pre)
+    model = _resnet()
+    res = pipeline.gallery(model, bundle, tmp_path, k=2, n_images=4, n_maps=2,
+                           layers=["layer1"])
+    plain = run_topk_gallery(model, Subset(bundle.val.with_mode("centre"), range(4)),
+                             ["layer1"], k=2, out_dir=tmp_path / "plain", n_maps=2,
+                             maps=res.maps)
+    std = torch.tensor(pre.std).reshape(1, 1, 3, 1, 1)
+    torch.testing.assert_close(res.projections["layer1"], plain.projections["layer1"] * std)
+    val = bundle.val.with_mode("centre")
+    x = pipeline._normalizer(bundle)(bundle.raw_val(0).float())
+    torch.testing.assert_close(x, val[0][0], atol=1e-4, rtol=1e-5)

@@ -62,16 +62,16 @@ def _centre(bundle: DataBundle, split: str = "val") -> Any:
 
 
 def _normalizer(bundle: DataBundle):
-    """Pixels (N, C, S, S) in 0..255 -> model inputs, as the bundle's items were made: its
-    model's preprocessing where it records one (`(x - mean) / std`), else minus the centre crop
+    """Pixels (N, C, S, S) in 0..255 -> model inputs, as the bundle's items were made
+    (`DataBundle.input_preprocessing`): its model's `(x - mean) / std`, or minus the centre crop
     of the mean image (the paper's convention)."""
-    from zfnet.data.transforms import centre_crop
+    return bundle.input_preprocessing.normalize
 
-    pre = getattr(bundle, "input_preprocessing", None)
-    if pre is not None:
-        return pre.normalize
-    mean = centre_crop(bundle.mean, bundle.input_size)  # (C, S, S)
-    return lambda x: x - mean
+
+def _pixel_scale(bundle: DataBundle) -> torch.Tensor | None:
+    """(C,) model-input units -> the image's pixel units, for a bundle made for a model whose
+    inputs are divided by a std; None for the paper's convention (std 1)."""
+    return None if bundle.preprocessing is None else bundle.preprocessing.pixel_scale()
 
 
 def gallery(model: nn.Module, bundle: DataBundle, run_dir: str | Path, *, k: int = 9,
@@ -89,6 +89,7 @@ def gallery(model: nn.Module, bundle: DataBundle, run_dir: str | Path, *, k: int
         model, Subset(val, range(n)), layers or None, k,
         Path(run_dir) / "gallery", n_maps=n_maps, map_rule=map_rule, rule=rule,
         display_image=bundle.raw_val, run_dir=run_dir, batch_size=batch_size, device=device,
+        pixel_scale=_pixel_scale(bundle),
     )
 
 
@@ -219,9 +220,7 @@ def probes(model: nn.Module, data: str, run_dir: str | Path, per_class: int = 20
     for a model that does not take the dataset's own inputs."""
     from zfnet.analyses.probes import linear_probes, probe_layers, probes_section
 
-    spec = with_options(data, per_class=per_class)
-    few = (load_dataset(spec) if preprocessing is None
-           else load_dataset(spec, preprocessing=preprocessing))
+    few = load_dataset(with_options(data, per_class=per_class), preprocessing=preprocessing)
     check_fits(model, few)
     test = _centre(few)
     test = Subset(test, range(min(n_test, len(test))))

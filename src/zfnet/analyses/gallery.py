@@ -303,6 +303,7 @@ def run_topk_gallery(
     batch_size: int = 64,
     device: str | torch.device | None = None,
     progress: bool = False,
+    pixel_scale: Tensor | None = None,
 ) -> GalleryResult:
     """The whole Fig. 2 job: mine the top-k of `layers` over `dataset`, project them, write
     `out_dir/topk.pt`, one `out_dir/topk_<layer>.png` per layer, and the report section
@@ -311,7 +312,9 @@ def run_topk_gallery(
     dataset items are (x, y) or x with x a model input (C, H, W). display_image(i) gives item
     i as uint8 (C, H, W) for the patches (e.g. `DataBundle.raw_val`); default: the model input
     min-max scaled. topk: already mined results to reuse. Layers default to `default_layers`.
-    Any layer of any model (see the module doc for the windows shown).
+    Any layer of any model (see the module doc for the windows shown). pixel_scale: (C,)
+    model-input units -> the image's pixel units (`Preprocessing.pixel_scale`, a model whose
+    inputs are divided by a std), applied to the projections kept and drawn.
     """
     if rule not in RULES:
         raise ValueError(f"rule={rule!r} is not known; valid: {', '.join(RULES)}")
@@ -347,6 +350,8 @@ def run_topk_gallery(
     cache: dict[int, Tensor] = {}
     for name in layers:
         t, proj = topk[name], projections[name]  # (M, k, C, h, w)
+        if pixel_scale is not None:
+            proj = proj * pixel_scale.to(proj.dtype).reshape(1, 1, -1, 1, 1)
         geo = geos[name]
         ch = torch.tensor(chosen[name], dtype=torch.long)
         tops, lefts, ph, pw = unit_windows(geo, t.row[ch], t.col[ch], size, whole)  # (M, k)

@@ -493,6 +493,7 @@ def occlusion_report(
     batch_size: int = 64,
     method: str = "auto",
     class_names: list[str] | None = None,
+    pixel_scale: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """The whole occlusion job for the report (paper Fig. 7): maps for `n_images` val images of
     `bundle` (one per class while classes last), the figure `occlusion/fig7_occlusion.png` and,
@@ -504,7 +505,8 @@ def occlusion_report(
     model's classes (`zfnet.analyses.classes`: a torchvision ImageNet model on `synthetic`), map
     (d) follows the model's own prediction; `class_names`: the model's class names (e.g. its
     weights' categories) for the labels drawn, default the dataset's when they are the model's,
-    else class numbers."""
+    else class numbers. `pixel_scale`: (C,) model-input units -> pixel units for map (c)
+    (`Preprocessing.pixel_scale`; default: the bundle's model's, if it has one)."""
     from zfnet.report import Figure, Section, Table, write_section
 
     run_dir = Path(run_dir)
@@ -522,12 +524,17 @@ def occlusion_report(
     picks += [i for i in range(len(val)) if i not in picks][: n_images - len(picks)]
     own = labels_are_classes(model, bundle)
     names = class_names or (bundle.class_names if own else None)
+    pre = getattr(bundle, "preprocessing", None)
+    if pixel_scale is None and pre is not None:
+        pixel_scale = pre.pixel_scale()
     layer = layer or default_layer(model, tuple(val[0][0].shape[-2:]))
     panels, rows = [], []
     for i in picks:
         x, y = val[i]
         r = occlusion(model, x, target=y if own else None, layer=layer, size=size,
                       stride=stride, fill=fill, batch_size=batch_size, method=method)
+        if pixel_scale is not None and r.projection is not None:
+            r.projection = r.projection * pixel_scale.reshape(-1, 1, 1)
         panels.append((bundle.raw_val(i), r))
         predicted = (names[r.base_label] if names and r.base_label < len(names)
                      else str(r.base_label))

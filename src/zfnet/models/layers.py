@@ -158,19 +158,39 @@ def layer_geometry(model: nn.Module, layer: str | nn.Module,
                    input_size: int | tuple[int, int]) -> LayerGeometry | None:
     """Where the units of `layer`'s output sit in an input of `input_size` (a side or (H, W)):
     any layer of any model, containers (a ResNet stage, a block) included; None where a unit
-    mixes every position (fully connected layers, global pooling) or the geometry is unknown."""
-    path, module = resolve_layer(model, layer)
-    by_path = {i.module: i.geometry for i in layer_info(model, input_size).values()}
-    if path in by_path:
-        return by_path[path]
-    if isinstance(module, nn.Sequential):  # a block of a chain: its last leaf's output
-        inside = [p for p in by_path if p.startswith(path + ".")]
-        if inside and all(p in by_path for p, _ in sequential_leaves(module, path + ".")):
-            return by_path[inside[-1]]
-    try:
-        return graph_geometry(model, input_size).get(path)
-    except GeometryError:
-        return None
+    mixes every position (fully connected layers, global pooling) or the geometry is unknown.
+    (`layer_geometries` for several layers at once.)"""
+    path, _ = resolve_layer(model, layer)
+    return layer_geometries(model, [path], input_size)[path]
+
+
+def layer_geometries(model: nn.Module, layers: list[str] | tuple[str, ...],
+                     input_size: int | tuple[int, int]) -> dict[str, LayerGeometry | None]:
+    """`layer_geometry` of each of `layers` (names or module paths, containers too), keyed as
+    given: zfnet's models and plain chains read it off the chain (a Sequential block of it: its
+    last layer's); any other layer from one forward pass for all (`graph_geometry`)."""
+    size = pair(input_size)
+    resolved = {name: resolve_layer(model, name) for name in layers}
+    by_path: dict[str, LayerGeometry | None] = {}
+    if _is_convnet(model) or _plain_chain(model):
+        by_path = {i.module: i.geometry for i in layer_info(model, size).values()}
+    out: dict[str, LayerGeometry | None] = {}
+    rest = []
+    for name, (path, module) in resolved.items():
+        leaves = sequential_leaves(module, path + ".") if isinstance(module, nn.Sequential) else []
+        if path in by_path:
+            out[name] = by_path[path]
+        elif leaves and all(p in by_path for p, _ in leaves):  # a block of the chain
+            out[name] = by_path[leaves[-1][0]]
+        else:
+            rest.append(name)
+    if rest:
+        try:
+            geo = graph_geometry(model, size)
+        except GeometryError:
+            geo = {}
+        out.update({name: geo.get(resolved[name][0]) for name in rest})
+    return {name: out[name] for name in layers}
 
 
 # --- which layers to look at, for any model ---------------------------------------------------
@@ -324,20 +344,3 @@ def vector_layer(model: nn.Module, input_size: int | tuple[int, int] | None = No
             node = made[hits[-1] if pick is ancestors else hits[0]][0]
             return next(p for p in before if made[p][0] is node)
     return last_spatial_layer(model, input_size)
-
-
-def layer_geometries(model: nn.Module, layers: list[str] | tuple[str, ...],
-                     input_size: int | tuple[int, int]) -> dict[str, LayerGeometry | None]:
-    """The geometry of each of `layers` (names or module paths, containers too: `layer3`) for
-    an input of `input_size`: where its units sit in input pixels, None where a unit mixes
-    every position (fc layers, global pooling: it sees the whole image). zfnet's models and
-    plain chains read it off the chain; any other model from one forward pass
-    (`graph_geometry`)."""
-    paths = {name: resolve_layer(model, name)[0] for name in layers}
-    size = pair(input_size)
-    if _is_convnet(model) or _plain_chain(model):
-        by_path = {i.module: i.geometry for i in layer_info(model, size).values()}
-        if all(by_path.get(p) is not None or _is_convnet(model) for p in paths.values()):
-            return {name: by_path.get(p) for name, p in paths.items()}
-    geo = graph_geometry(model, size)
-    return {name: geo.get(p) for name, p in paths.items()}
