@@ -238,10 +238,8 @@ def feature_layers(model: nn.Module, input_size: int | tuple[int, int] | None = 
       and the last.
 
     A ValueError when the model has no convolution with a spatial map."""
-    infos = None
     if _is_convnet(model) or _plain_chain(model):
-        infos = layer_info(model)
-        convs = [n for n, i in infos.items()
+        convs = [n for n, i in layer_info(model).items()
                  if i.kind == "conv" and i.module.startswith("features.")]
         if convs:
             return convs
