@@ -583,11 +583,12 @@ def visualize() -> None:
 
 
 @visualize.command("topk", short_help="Fig. 2: top-k activations projected beside image patches")
-@_CKPT
+@_SOURCE
 @_DATA
 @_OUT
 @click.option("--layer", "layers", multiple=True, callback=_names, metavar="NAME[,NAME...]",
-              help="Layers to show, comma-separated and/or repeated (default conv1..conv5).")
+              help="Layers to show, comma-separated and/or repeated (default: conv1..conv5 "
+                   "on zfnet's models, the main stages of any other CNN).")
 @click.option("--layers", "layers_alias", multiple=True, callback=_names, hidden=True)
 @click.option("--k", default=9, show_default=True, type=click.IntRange(1))
 @click.option("--maps-per-layer", default=16, show_default=True, type=click.IntRange(1),
@@ -598,19 +599,19 @@ def visualize() -> None:
               default="deconvnet", show_default=True)
 @click.option("--images", default=None, type=click.IntRange(1),
               help="Mine only the first N val images (default: all).")
-def topk_cmd(checkpoint: str, data: str | None, out: str, layers: tuple[str, ...] | None,
-             layers_alias: tuple[str, ...] | None, k: int, maps_per_layer: int, map_rule: str,
-             rule: str, images: int | None) -> None:
-    """Fig. 2: the k strongest activations of feature maps over a dataset, projected to pixels
-    beside their image patches."""
+def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
+             layers: tuple[str, ...] | None, layers_alias: tuple[str, ...] | None, k: int,
+             maps_per_layer: int, map_rule: str, rule: str, images: int | None) -> None:
+    """Fig. 2: the k strongest activations of feature maps over a dataset (or a folder of your
+    images: --data images:DIR), projected to pixels beside their image patches."""
     from zfnet import pipeline
 
     names = (*(layers or ()), *(layers_alias or ())) or None
-    model, bundle = _load(checkpoint, data)
-    names = _layers(model, names)
-    pipeline.gallery(model, bundle, out, k=k, n_images=images or len(bundle.val),
+    source, bundle = _model_and_data(model_options, data)
+    names = _layers(source.model, names)
+    pipeline.gallery(source.model, bundle, out, k=k, n_images=images or len(bundle.val),
                      n_maps=maps_per_layer, layers=list(names) if names else None, rule=rule,
-                     map_rule=map_rule)
+                     map_rule=map_rule, batch_size=model_options.batch_size)
     _finish(out)
 
 
@@ -649,34 +650,48 @@ def evolution_cmd(run_dir: str | None, run_alias: str | None, data: str | None,
 
 
 @analyze.command("filters", short_help="Fig. 6: filters and their diagnostics, models side by side")
-@click.option("--checkpoint", "checkpoints", multiple=True, required=True,
-              type=click.Path(exists=True), help="Repeat to compare models side by side.")
+@click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(exists=True),
+              metavar="RUN", help="A zfnet run; repeat to compare runs side by side.")
+@click.option("--model", "source", metavar="SOURCE",
+              help="Or any model: a zfnet model name, torchvision:NAME, timm:NAME.")
+@_WEIGHTS
 @_DATA
 @_OUT
-def filters_cmd(checkpoints: tuple[str, ...], data: str | None, out: str) -> None:
-    """Fig. 6: conv1/conv2 filters and their diagnostics (dominance, dead, high frequency)."""
+def filters_cmd(checkpoints: tuple[str, ...], source: str | None, weights: str | None,
+                data: str | None, out: str) -> None:
+    """Fig. 6: the first two convolutions' filters and their diagnostics (dominance, dead,
+    high frequency), models side by side."""
     from zfnet import pipeline
 
+    if not checkpoints and source is None:
+        raise click.UsageError("no model given: --checkpoint RUN (repeat to compare) or "
+                               "--model SOURCE")
     models, bundle = {}, None
     short = [Path(c).name for c in checkpoints]
     for c, name in zip(checkpoints, short, strict=True):
         model, b = _load(c, data)
         bundle = bundle or b
         models[name if short.count(name) == 1 else c] = model  # runs/a/last, runs/b/last
-    pipeline.filters(models, bundle, out)
+    if source is not None:
+        options = ModelOptions(source, None, weights, None, None, None, None, "cpu", 64)
+        src, b = _model_and_data(options, data, need_data=bundle is None and data is not None)
+        bundle = bundle or b
+        models[src.name] = src.model
+    size = None if bundle is not None else src.preprocessing.crop
+    pipeline.filters(models, bundle, out, input_size=size)
     _finish(out)
 
 
 @analyze.command("invariance", short_help="Fig. 5: features under translation, scaling, rotation")
-@_CKPT
+@_SOURCE
 @_DATA
 @_OUT
-def invariance_cmd(checkpoint: str, data: str | None, out: str) -> None:
+def invariance_cmd(model_options: ModelOptions, data: str | None, out: str) -> None:
     """Fig. 5: translation, scaling, rotation of 5 photos and 5 dataset images."""
     from zfnet import pipeline
 
-    model, bundle = _load(checkpoint, data)
-    r = pipeline.invariance(model, bundle, out)
+    source, bundle = _model_and_data(model_options, data)
+    r = pipeline.invariance(source.model, bundle, out)
     for key, kinds in r.items():
         for kind, d in kinds.items():
             click.echo(f"{key} {kind}: " + ", ".join(f"{k} {v:.3f}" for k, v in d.items()))
@@ -684,7 +699,7 @@ def invariance_cmd(checkpoint: str, data: str | None, out: str) -> None:
 
 
 @analyze.command("occlusion", short_help="Fig. 7: occlusion sensitivity maps and pointing game")
-@_CKPT
+@_SOURCE
 @_DATA
 @_OUT
 @click.option("--images", default=4, show_default=True, type=click.IntRange(1))
@@ -692,20 +707,25 @@ def invariance_cmd(checkpoint: str, data: str | None, out: str) -> None:
               help="Images for the pointing game (datasets with object masks).")
 @click.option("--size", default=None, type=click.IntRange(1), help="Occluder side (px).")
 @click.option("--stride", default=None, type=click.IntRange(1), help="Occluder stride (px).")
-@click.option("--layer", default=None, help="Layer of maps (b)/(c) (default: the last conv).")
+@click.option("--layer", default=None,
+              help="Layer of maps (b)/(c) (default: the last spatial layer, conv5 on zfnet's).")
 @click.option("--method", type=click.Choice(["auto", "incremental", "full"]), default="auto",
               show_default=True)
-def occlusion_cmd(checkpoint: str, data: str | None, out: str, images: int, pointing: int,
-                  size: int | None, stride: int | None, layer: str | None, method: str) -> None:
+def occlusion_cmd(model_options: ModelOptions, data: str | None, out: str, images: int,
+                  pointing: int, size: int | None, stride: int | None, layer: str | None,
+                  method: str) -> None:
     """Fig. 7: a grey square slid over the image; activation, projection, p(class), label."""
     from zfnet.analyses.occlusion import occlusion_report
     from zfnet.pipeline import check_fits
 
-    model, bundle = _load(checkpoint, data)
-    check_fits(model, bundle, classes=True)
-    layer = _layers(model, (layer,))[0] if layer else None
-    r = occlusion_report(model, bundle, out, n_images=images, n_pointing=pointing, size=size,
-                         stride=stride, layer=layer, method=method)
+    source, bundle = _model_and_data(model_options, data)
+    check_fits(source.model, bundle)
+    layer = _layers(source.model, (layer,))[0] if layer else None
+    scale = None if bundle.preprocessing is None else bundle.preprocessing.pixel_scale()
+    r = occlusion_report(source.model, bundle, out, n_images=images, n_pointing=pointing,
+                         size=size, stride=stride, layer=layer, method=method,
+                         batch_size=model_options.batch_size, class_names=source.labels,
+                         pixel_scale=scale)
     click.echo(", ".join(f"{k} {v}" for k, v in r.items()))
     _finish(out)
 
@@ -733,17 +753,27 @@ def correspondence_cmd(checkpoint: str, data: str | None, out: str, class_name: 
 
 
 @analyze.command("probes", short_help="Table 7: linear classifier on each layer's features")
-@_CKPT
+@_SOURCE
 @_DATA
 @_OUT
 @click.option("--per-class", default=20, show_default=True, type=click.IntRange(1))
-def probes_cmd(checkpoint: str, data: str | None, out: str, per_class: int) -> None:
-    """Table 7: a linear classifier on each layer's features, N training images per class."""
+def probes_cmd(model_options: ModelOptions, data: str | None, out: str, per_class: int) -> None:
+    """Table 7: a linear classifier on each layer's features, N training images per class of a
+    labelled dataset."""
     from zfnet import pipeline
-    from zfnet.train import load_model
+    from zfnet.data import parse_spec
 
-    model, meta = load_model(checkpoint)
-    rows = pipeline.probes(model, data or meta["data"], out, per_class)
+    source, _ = _model_and_data(model_options, need_data=False)
+    spec = data or source.meta.get("data")
+    if not spec:
+        raise click.UsageError(f"no dataset given for {source.name}: --data SPEC with labels, "
+                               "e.g. imagefolder:DIR, synthetic")
+    # a run keeps the paper's convention on named datasets (as `load_data`): their own mean
+    own = source.kind == "run" and not source.meta["overrides"] and \
+        parse_spec(spec).name != "images"
+    rows = pipeline.probes(source.model, spec, out, per_class,
+                           preprocessing=None if own else source.preprocessing,
+                           batch_size=model_options.batch_size)
     for r in rows:
         click.echo(f"{r.layer:<6} " + "  ".join(f"{k} {v:.1%}" for k, v in r.accuracy.items()))
     _finish(out)
@@ -779,19 +809,21 @@ def transfer_cmd(checkpoint: str, data: str, out: str, shots: tuple[int, ...], n
 
 
 @analyze.command("randomization", short_help="Sanity check: cascading model randomisation")
-@_CKPT
+@_SOURCE
 @_DATA
 @_OUT
 @click.option("--images", default=4, show_default=True, type=click.IntRange(1))
-@click.option("--layer", default="conv5", show_default=True)
-def randomization_cmd(checkpoint: str, data: str | None, out: str, images: int,
-                      layer: str) -> None:
+@click.option("--layer", default=None,
+              help="Layer of the seed units (default: the last spatial layer, conv5 on "
+                   "zfnet's).")
+def randomization_cmd(model_options: ModelOptions, data: str | None, out: str, images: int,
+                      layer: str | None) -> None:
     """Sanity check (Adebayo et al. 2018): do the maps change when the model is randomised?"""
     from zfnet import pipeline
 
-    model, bundle = _load(checkpoint, data)
-    (layer,) = _layers(model, (layer,))
-    pipeline.randomization(model, bundle, out, images, layer)
+    source, bundle = _model_and_data(model_options, data)
+    layer = _layers(source.model, (layer,))[0] if layer else None
+    pipeline.randomization(source.model, bundle, out, images, layer)
     _finish(out)
 
 

@@ -93,25 +93,31 @@ def gallery(model: nn.Module, bundle: DataBundle, run_dir: str | Path, *, k: int
     )
 
 
-def filters(models: dict[str, nn.Module], bundle: DataBundle, run_dir: str | Path,
-            n_images: int = 1000) -> Any:
+def filters(models: dict[str, nn.Module], bundle: DataBundle | None, run_dir: str | Path,
+            n_images: int = 1000, input_size: int | tuple[int, int] | None = None) -> Any:
     """Fig. 6: filter mosaics and diagnostics of each model's first two convolutions
     (`zfnet.models.first_convs`); on zfnet's models, maps never active after their ReLU are
-    measured over `n_images` val images (other models: near-zero filters only)."""
+    measured over `n_images` val images of `bundle` (other models, or no bundle: near-zero
+    filters only). `input_size`: the models' input side when there is no bundle."""
     from zfnet.analyses.filters import filters_section
     from zfnet.analyses.topk import mine_topk
     from zfnet.models import is_zfnet_model
 
-    for m in models.values():
-        check_fits(m, bundle)
-    val = _centre(bundle)
-    idx = range(min(n_images, len(val)))
     acts = {}
-    for label, m in models.items():
-        if is_zfnet_model(m):
-            tk = mine_topk(m, val, ["relu1", "relu2"], k=1, indices=idx)
-            acts[label] = {"conv1": tk["relu1"].values[:, 0], "conv2": tk["relu2"].values[:, 0]}
-    return filters_section(run_dir, models, acts, layers=None, input_size=_size(bundle))
+    if bundle is not None:
+        for m in models.values():
+            check_fits(m, bundle)
+        val = _centre(bundle)
+        idx = range(min(n_images, len(val)))
+        for label, m in models.items():
+            if is_zfnet_model(m):
+                tk = mine_topk(m, val, ["relu1", "relu2"], k=1, indices=idx)
+                acts[label] = {"conv1": tk["relu1"].values[:, 0],
+                               "conv2": tk["relu2"].values[:, 0]}
+        input_size = _size(bundle)
+    if input_size is None:
+        raise ValueError("filters needs a dataset or the models' input size")
+    return filters_section(run_dir, models, acts, layers=None, input_size=input_size)
 
 
 def evolution(run_dir: str | Path, bundle: DataBundle, out_dir: str | Path | None = None,

@@ -1,0 +1,119 @@
+"""Every `zfnet visualize/analyze` command that makes sense on any CNN, end to end from the
+command line: torchvision's resnet18 with weights saved from a randomly initialised copy (no
+downloads), on a folder of the user's photos (`images:DIR`) or a labelled dataset, the
+preprocessing given on the command line (small crops, to keep it fast)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torchvision
+from click.testing import CliRunner
+from PIL import Image
+
+from zfnet.cli import main
+from zfnet.report import read_sections
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("ZFNET_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A folder of photos and resnet18 weights (10 classes: a fine-tuned copy)."""
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("any")
+    photos = root / "photos"
+    photos.mkdir()
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "camera"):
+        img = getattr(data, name)()
+        Image.fromarray(img).convert("RGB").save(photos / f"{name}.jpg")
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), root / "r18.pth")
+    return root
+
+
+def _model(setup) -> list[str]:
+    return ["--model", "torchvision:resnet18", "--weights", str(setup / "r18.pth"),
+            "--resize", "72", "--crop", "64"]
+
+
+def _ok(args: list[str]) -> str:
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+def test_topk_over_a_folder_of_photos(setup, tmp_path) -> None:
+    out = tmp_path / "look"
+    _ok(["visualize", "topk", *_model(setup), "--data", f"images:{setup / 'photos'}",
+         "--layer", "layer1,layer4", "--k", "3", "--maps-per-layer", "2", "--out", str(out)])
+    sections = {s.key: s for s in read_sections(out)}
+    gallery = sections["topk_gallery"]
+    assert len(gallery.figures) == 2  # one per layer
+    for fig in gallery.figures:
+        assert (out / fig.path).is_file()
+    assert (out / "index.html").is_file()
+
+
+def test_occlusion_invariance_randomization_filters(setup, tmp_path) -> None:
+    out = tmp_path / "look"
+    data = ["--data", f"images:{setup / 'photos'}"]
+    text = _ok(["analyze", "occlusion", *_model(setup), *data, "--images", "2", "--size", "16",
+                "--stride", "8", "--out", str(out)])
+    assert "layer layer4" in text and "method full" in text  # not a chain: full recomputation
+    _ok(["analyze", "randomization", *_model(setup), *data, "--images", "2", "--out", str(out)])
+    _ok(["analyze", "filters", "--model", "torchvision:resnet18", "--weights",
+         str(setup / "r18.pth"), "--out", str(out)])
+    text = _ok(["analyze", "invariance", *_model(setup), "--data", "synthetic?n_train=32&n_val=16",
+                "--out", str(out)])
+    keys = {s.key for s in read_sections(out)}
+    assert {"occlusion", "randomization", "filters"} <= keys and any(
+        k.startswith("invariance") for k in keys)
+
+
+def test_probes_on_a_labelled_dataset(setup, tmp_path) -> None:
+    out = tmp_path / "look"
+    text = _ok(["analyze", "probes", *_model(setup), "--data", "synthetic?n_train=40&n_val=20",
+                "--per-class", "2", "--out", str(out)])
+    assert "layer4" in text and "avgpool" in text  # the stages and the vector layer
+
+
+def test_topk_on_zfnet_runs_is_unchanged(tmp_path) -> None:
+    """--checkpoint RUN and --model RUN are the same source."""
+    run = tmp_path / "run"
+    _ok(["train", "--data", "synthetic?n_train=64&n_val=32&size=32", "--model", "zfnet_small",
+         "--out", str(run), "--epochs", "1", "--batch-size", "32", "--quiet",
+         "--no-tensorboard"])
+    for how, out in ((["--checkpoint", str(run)], tmp_path / "a"),
+                     (["--model", str(run)], tmp_path / "b")):
+        _ok(["visualize", "topk", *how, "--layer", "conv1,conv5", "--maps-per-layer", "2",
+             "--images", "16", "--out", str(out)])
+    a = json.loads((tmp_path / "a/sections").glob("*gallery*.json").__next__().read_text())
+    b = json.loads((tmp_path / "b/sections").glob("*gallery*.json").__next__().read_text())
+    assert a["tables"] == b["tables"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["visualize", "topk", "--model", "torchvision:resnet18", "--out", "{out}"],
+     "no dataset given"),
+    (["analyze", "occlusion", "--model", "torchvision:resnet18", "--checkpoint", "{run}",
+      "--out", "{out}"], "--model and --checkpoint"),
+    (["analyze", "probes", "--model", "torchvision:resnet18", "--out", "{out}"],
+     "no dataset given"),
+    (["analyze", "filters", "--out", "{out}"], "no model given"),
+    (["analyze", "correspondence", "--checkpoint", "{photos}", "--out", "{out}"], ""),
+])
+def test_any_model_errors(setup, tmp_path, args, message) -> None:
+    out = tmp_path / "out"
+    argv = [a.format(out=out, run=setup, photos=setup / "photos") for a in args]
+    res = CliRunner().invoke(main, argv)
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert message in res.output
+    assert not out.exists()
