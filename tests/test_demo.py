@@ -14,9 +14,14 @@ TINY = "synthetic?n_train=200&n_val=60&size=32"
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
+def demo_log() -> list[str]:
+    return []
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, demo_log):
     out = tmp_path_factory.mktemp("demo") / "run"
-    result = run_demo(out, epochs=2, batch_size=32, data=TINY, log=lambda s: None,
+    result = run_demo(out, epochs=2, batch_size=32, data=TINY, log=demo_log.append,
                       transfer="fashion-mnist?n_val=40", transfer_shots=(2,), transfer_steps=3)
     return out, result
 
@@ -32,6 +37,22 @@ def test_demo_writes_every_section(demo_run) -> None:
     assert 0 <= result["val_top1_error"] <= 1
     assert 0 <= result["pointing_hit_rate"] <= 1
     assert json.loads((out / "eval.json").read_text())["n"] == 60
+
+
+def test_demo_times_every_stage(demo_run, demo_log) -> None:
+    _, result = demo_run
+    stages = result["stages"]
+    assert list(stages) == [
+        "data", "training (2 epochs)", "evaluation", "top-9 gallery (Fig. 2)", "filters (Fig. 6)",
+        "feature evolution (Fig. 4)", "occlusion (Fig. 7)", "invariance (Fig. 5)",
+        "correspondence (Fig. 8)", "linear probes (Table 7)", "randomisation check",
+        "transfer (Tables 4-5)", "report"]
+    assert all(t >= 0 for t in stages.values())
+    assert sum(stages.values()) <= result["wall_time_s"] + 0.1 * len(stages)  # rounding
+    assert "a few minutes" in demo_log[0]  # said before the work starts
+    for name, t in stages.items():  # each logged as it ends, in order
+        assert sum(line.strip() == f"{name}: {t:.1f} s" for line in demo_log) == 1, name
+    assert any("val top-1 error" in line and "chance 90%" in line for line in demo_log)
 
 
 def test_demo_rerun_reuses_the_run(demo_run) -> None:
