@@ -94,6 +94,9 @@ def main() -> None:
     ap.add_argument("--captum-maps", type=int, default=None,
                     help="Captum on M evenly spaced maps per layer, time extrapolated")
     ap.add_argument("--repeats", type=int, default=3, help="timings of the general path")
+    ap.add_argument("--precision", nargs="+", default=["float32", "bfloat16"],
+                    choices=["float32", "bfloat16"],
+                    help="the general path's precision(s), each timed and compared")
     args = ap.parse_args()
     print(hardware())
     torch.manual_seed(0)
@@ -108,18 +111,27 @@ def main() -> None:
         seeds[name] = seeds_from(torch.arange(args.images).repeat_interleave(c),
                                  torch.arange(c).repeat(args.images), None)
     n_seeds = sum(len(s[0]) for s in seeds.values())
-    times = []
-    for _ in range(args.repeats):
-        t = time.perf_counter()
-        res = project_graph(model, x, modules, seeds, "deconvnet", seed_batch=args.seed_batch)
-        times.append(time.perf_counter() - t)
-    ours = statistics.median(times)
-    print(f"zfnet general path: {n_seeds} projections in {ours:.2f} s (median of "
-          f"{args.repeats}: {', '.join(f'{t:.2f}' for t in times)})")
+    timed: dict[str, float] = {}
+    results = {}
+    for precision in args.precision:
+        dtype = None if precision == "float32" else torch.bfloat16
+        times = []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            results[precision] = project_graph(model, x, modules, seeds, "deconvnet",
+                                               seed_batch=args.seed_batch, dtype=dtype)
+            times.append(time.perf_counter() - t)
+        timed[precision] = statistics.median(times)
+        print(f"zfnet general path, {precision}: {n_seeds} projections in "
+              f"{timed[precision]:.2f} s (median of {args.repeats}: "
+              f"{', '.join(f'{t:.2f}' for t in times)})")
+    res = results[args.precision[0]]
+    ours = timed[args.precision[0]]
     floor = sum(floor_time(model, m, x, args.seed_batch, len(seeds[n][0]))
                 for n, m in modules.items())
-    print(f"floor (plain autograd input gradients, {args.seed_batch} images per pass): "
-          f"{floor:.2f} s -> the general path takes {ours / floor:.2f}x the floor")
+    print(f"floor (plain autograd input gradients in float32, {args.seed_batch} images per "
+          f"pass): {floor:.2f} s -> the general path in {args.precision[0]} takes "
+          f"{ours / floor:.2f}x the floor")
     cap_total, worst = 0.0, 1.0
     for name, module in modules.items():
         c = acts[name].shape[1]
@@ -132,8 +144,17 @@ def main() -> None:
         cap_total += extrapolated
         note = "" if len(maps) == c else f" (extrapolated from {len(maps)} maps)"
         print(f"Captum NeuronDeconvolution, {name}: {c} calls, {extrapolated:.2f} s{note}")
-    print(f"Captum total {cap_total:.2f} s; zfnet {ours:.2f} s: {cap_total / ours:.2f}x faster; "
-          f"worst cosine {worst:.6f}")
+    print(f"Captum total {cap_total:.2f} s; worst cosine of {args.precision[0]} to Captum "
+          f"{worst:.6f}")
+    for precision, t in timed.items():
+        cos = 1.0
+        for n in modules:
+            a, b = results[precision][n][0].flatten(1), res[n][0].flatten(1)
+            shown = b.abs().amax(1) > 0  # an inactive unit's projection is zero on both
+            cos = min(cos, float(torch.nn.functional.cosine_similarity(
+                a[shown].double(), b[shown].double(), 1).min()))
+        print(f"  {precision}: {t:.2f} s, {cap_total / t:.2f}x faster than Captum "
+              f"(worst cosine to {args.precision[0]}: {cos:.6f})")
 
 
 if __name__ == "__main__":

@@ -239,3 +239,19 @@ def test_project_takes_a_module_object_and_any_layer() -> None:
     assert rf.values.shape == (2, 3, 32, 32) and rf.top.tolist() == [0, 0]
     with pytest.raises(ValueError, match="not a module of this model"):
         project(model, x, nn.Conv2d(3, 3, 3), 0)
+
+
+def test_bfloat16_walk_is_close_and_float32_is_the_default() -> None:
+    from zfnet.deconvnet import project
+
+    model = _net("resnet18")
+    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(8))
+    maps = torch.tensor([[0, 9], [3, 4]])
+    exact = project(model, x, "layer3", maps)
+    fast = project(model, x, "layer3", maps, precision="bfloat16")
+    assert exact.dtype == fast.dtype == torch.float32
+    cos = torch.nn.functional.cosine_similarity(exact.flatten(2), fast.flatten(2), dim=2)
+    assert float(cos.min()) > 0.9999 and not torch.equal(exact, fast)
+    assert torch.equal(exact, project(model, x, "layer3", maps, precision="float32"))
+    with pytest.raises(ValueError, match="valid: float32, bfloat16"):
+        project(model, x, "layer3", maps, precision="fp8")
