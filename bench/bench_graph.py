@@ -90,7 +90,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--layers", nargs="+", default=["layer3", "layer4"])
-    ap.add_argument("--seed-batch", type=int, default=64)
+    ap.add_argument("--seed-batch", type=int, default=16)
     ap.add_argument("--captum-maps", type=int, default=None,
                     help="Captum on M evenly spaced maps per layer, time extrapolated")
     ap.add_argument("--repeats", type=int, default=3, help="timings of the general path")

@@ -350,7 +350,7 @@ def project_graph(
     rule: str,
     *,
     image_batch: int = 16,
-    seed_batch: int = 64,
+    seed_batch: int = 16,
     dtype: torch.dtype | None = None,
 ) -> dict[str, tuple[Tensor, Tensor]]:
     """Project seeds of several layers to the input through the model's real graph.
