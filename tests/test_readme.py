@@ -7,9 +7,11 @@ Conventions (they are README.md's, stated here once):
   ```console and ```text blocks are output samples and listings, never run. Every block names
   its language, so none is skipped by accident.
 - The working directory holds what the README assumes the user has: `my_photos/` (an
-  ImageNet-layout folder of photos that ship with scikit-image), `my_photo.jpg`, and `runs/demo`
+  ImageNet-layout folder of photos that ship with scikit-image), `my_photo.jpg`, `runs/demo`
   (what `make demo` leaves: a trained run and its report; here `zfnet demo` for one epoch on 64
-  images, without the analyses).
+  images, without the analyses), and torchvision's ResNet-18 weights in the torch hub cache
+  (`TORCH_HOME`, as a first `--weights DEFAULT` leaves it; here saved from a randomly
+  initialised copy, and `ZFNET_OFFLINE=1`: no download).
 - `REPLACE` below is every change made to a snippet before it runs: placeholders that need a
   download, and lengths that would take minutes. Each must occur in the README.
 - `zfnet ARGS` commands with nothing else of the shell in them run in this process through
@@ -32,6 +34,7 @@ from pathlib import Path
 import click
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -46,8 +49,9 @@ NOT_RUN = re.compile(r"<!--\s*not run:\s*(\S.*?)\s*-->")
 
 # Every change made to a README snippet before it runs (snippet text -> what runs instead).
 REPLACE = {
-    # no download in a test: the same network with random weights (the preprocessing is kept)
-    "alexnet(weights=weights)": "alexnet(weights=None)",
+    # the analyses over a folder, cut to a few maps, images and occluder positions
+    "visualize topk --model": "visualize topk --maps-per-layer 2 --k 3 --model",
+    "analyze occlusion --model": "analyze occlusion --images 1 --size 64 --stride 32 --model",
     # minutes of training cut to one epoch; the data of the training example cut to 64 images
     "--epochs 30": "--epochs 1",
     "--epochs 8": "--epochs 1",
@@ -143,6 +147,16 @@ def workdir(tmp_path_factory) -> Path:
     r = CliRunner().invoke(zfnet_cli, ["demo", "--out", str(d / "runs" / "demo"), "--epochs", "1",
                                        "--batch-size", "32", "--data", SMALL_DEMO, "--no-analyses"])
     assert r.exit_code == 0, r.output
+    # the torch hub cache after a first `--weights DEFAULT` (random weights: no download)
+    import torchvision
+
+    from zfnet.sources import hub_file
+
+    with pytest.MonkeyPatch.context() as mp:  # the test sets TORCH_HOME again
+        mp.setenv("TORCH_HOME", str(d / "torch"))
+        path = hub_file(torchvision.models.ResNet18_Weights.DEFAULT)
+    path.parent.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18().state_dict(), path)
     shim = d / "bin" / "zfnet"
     shim.parent.mkdir()
     shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m zfnet.cli "$@"\n')
@@ -184,6 +198,8 @@ def run_shell(line: int, command: str, workdir: Path) -> None:
 
 def test_snippets_run(workdir: Path, monkeypatch: pytest.MonkeyPatch, one_thread) -> None:
     monkeypatch.chdir(workdir)
+    monkeypatch.setenv("TORCH_HOME", str(workdir / "torch"))
+    monkeypatch.setenv("ZFNET_OFFLINE", "1")
     ran = 0
     for block in blocks(README):
         if block.lang not in RUN or block.not_run:
