@@ -12,3 +12,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No downloads: ZFNET_OFFLINE=1 and an empty torch hub cache (TORCH_HOME) of the test's own;
+    a test that wants `--weights DEFAULT` saves a file at `zfnet.sources.hub_file(enum)`."""
+    monkeypatch.setenv("ZFNET_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))

@@ -16,11 +16,7 @@ from PIL import Image
 from zfnet.cli import main
 from zfnet.report import read_sections
 
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("ZFNET_OFFLINE", "1")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+pytestmark = pytest.mark.usefixtures("offline")  # tests/conftest.py: no downloads
 
 
 @pytest.fixture(scope="module")

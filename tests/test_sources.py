@@ -27,10 +27,7 @@ from zfnet.sources import hub_file, load_data, load_source, read_state_dict
 TINY = "synthetic?n_train=64&n_val=32&size=32"
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("ZFNET_OFFLINE", "1")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+pytestmark = pytest.mark.usefixtures("offline")  # tests/conftest.py: no downloads
 
 
 @pytest.fixture(scope="module")

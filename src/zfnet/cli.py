@@ -40,33 +40,29 @@ def _names(ctx: click.Context, param: click.Parameter, value):
     return names
 
 
-def _counts(ctx: click.Context, param: click.Parameter, value: str | None):
-    """A comma list of integers >= 1, e.g. 1,5,20 -> (1, 5, 20)."""
-    names = _names(ctx, param, value)
+def _ints(value, names: tuple[str, ...] | None, minimum: int, example: str):
+    """`names` (a parsed comma list) as integers >= `minimum`, or a clear BadParameter."""
     if names is None:
         return None
     try:
         counts = tuple(int(n) for n in names)
     except ValueError:
         counts = ()
-    if not counts or min(counts) < 1:
-        raise click.BadParameter(f"{value!r} is not a comma list of integers >= 1, e.g. 1,5,20")
+    if not counts or min(counts) < minimum:
+        raise click.BadParameter(f"{value!r} is not a comma list of integers >= {minimum}, "
+                                 f"e.g. {example}")
     return counts
+
+
+def _counts(ctx: click.Context, param: click.Parameter, value: str | None):
+    """A comma list of integers >= 1, e.g. 1,5,20 -> (1, 5, 20)."""
+    return _ints(value, _names(ctx, param, value), 1, "1,5,20")
 
 
 def _counts_from_zero(ctx: click.Context, param: click.Parameter, value):
-    """A comma list (or repeated option) of integers >= 0, e.g. 3,17 -> (3, 17)."""
-    names = _names(ctx, param, value)
-    if names is None:
-        return None
-    try:
-        counts = tuple(int(n) for n in names)
-    except ValueError:
-        counts = ()
-    if not counts or min(counts) < 0:
-        raise click.BadParameter(f"{', '.join(names)} is not a list of map indices >= 0, "
-                                 "e.g. 3,17")
-    return counts
+    """A comma list (or repeated option) of map indices >= 0, e.g. 3,17 -> (3, 17)."""
+    value = ",".join(value) if isinstance(value, tuple) else value
+    return _ints(value, _names(ctx, param, value or None), 0, "3,17")
 
 
 def _device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

@@ -107,17 +107,14 @@ CALLS: dict[str, Callable[[nn.Module, SimpleNamespace], Any]] = {
 }
 
 
-@pytest.mark.parametrize("name", list(CALLS))
-def test_runs_in_eval_mode_and_leaves_the_model_as_it_was(name, inputs) -> None:
-    model = _mixed_model()
-    before = {n: m.training for n, m in model.named_modules()}
-    assert set(before.values()) == {True, False}
-    # every module the analysis runs must be in eval mode when it runs (dropout off)
+def _check_eval_and_restored(model, before: dict[str, bool], run) -> None:
+    """`run()` runs every module of `model` it runs in eval mode, and leaves the model's flags
+    as `before` and no hook behind."""
     seen: list[tuple[str, bool]] = []
     handles = [m.register_forward_pre_hook(lambda m, _, n=n: seen.append((n, m.training)))
                for n, m in model.named_modules() if not list(m.children())]
     try:
-        CALLS[name](model, inputs)
+        run()
     finally:
         for h in handles:
             h.remove()
@@ -125,6 +122,15 @@ def test_runs_in_eval_mode_and_leaves_the_model_as_it_was(name, inputs) -> None:
     assert [n for n, training in seen if training] == []
     assert {n: m.training for n, m in model.named_modules()} == before
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("name", list(CALLS))
+def test_runs_in_eval_mode_and_leaves_the_model_as_it_was(name, inputs) -> None:
+    model = _mixed_model()
+    before = {n: m.training for n, m in model.named_modules()}
+    assert set(before.values()) == {True, False}
+    # every module the analysis runs must be in eval mode when it runs (dropout off)
+    _check_eval_and_restored(model, before, lambda: CALLS[name](model, inputs))
 
 
 def _mixed_resnet() -> nn.Module:
@@ -176,16 +182,5 @@ def test_any_model_runs_in_eval_mode_and_is_left_as_it_was(name, inputs) -> None
     model = _mixed_resnet()
     before = {n: m.training for n, m in model.named_modules()}
     params = {k: v.clone() for k, v in model.state_dict().items()}
-    seen: list[tuple[str, bool]] = []
-    handles = [m.register_forward_pre_hook(lambda m, _, n=n: seen.append((n, m.training)))
-               for n, m in model.named_modules() if not list(m.children())]
-    try:
-        ANY_MODEL[name](model, inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    assert seen, "the analysis ran no module of the model"
-    assert [n for n, training in seen if training] == []
-    assert {n: m.training for n, m in model.named_modules()} == before
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    _check_eval_and_restored(model, before, lambda: ANY_MODEL[name](model, inputs))
     assert all(torch.equal(v, params[k]) for k, v in model.state_dict().items())

@@ -18,11 +18,7 @@ from zfnet.data import load_images
 from zfnet.deconvnet import project
 from zfnet.sources import hub_file, load_source
 
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("ZFNET_OFFLINE", "1")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+pytestmark = pytest.mark.usefixtures("offline")  # tests/conftest.py: no downloads
 
 
 @pytest.fixture(scope="module")
