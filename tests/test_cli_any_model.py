@@ -113,3 +113,24 @@ def test_any_model_errors(setup, tmp_path, args, message) -> None:
     assert res.exit_code != 0 and "Traceback" not in res.output
     assert message in res.output
     assert not out.exists()
+
+
+def test_every_analysis_takes_device_and_batch_size(tmp_path) -> None:
+    """--device everywhere a model runs; --batch-size wherever a batch means something (not the
+    5 images of correspondence, not the weights of filters); evolution runs with both."""
+    from zfnet.cli import analyze, visualize
+
+    for group in (visualize, analyze):
+        for name, cmd in group.commands.items():
+            opts = {o for p in cmd.params for o in p.opts}
+            if name != "filters":
+                assert "--device" in opts, name
+            if name not in ("filters", "correspondence"):
+                assert "--batch-size" in opts, name
+    run = tmp_path / "run"
+    _ok(["train", "--data", "synthetic?n_train=64&n_val=32&size=32", "--model", "zfnet_small",
+         "--out", str(run), "--epochs", "2", "--batch-size", "32", "--keep-epochs", "1,2",
+         "--quiet", "--no-tensorboard"])
+    _ok(["analyze", "evolution", "--checkpoint", str(run), "--images", "32", "--maps", "2",
+         "--device", "cpu", "--batch-size", "8"])
+    assert any(s.key == "evolution" for s in read_sections(run))

@@ -37,11 +37,18 @@ def capture(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[str, torch
             h.remove()
 
 
+def to_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`x` on the device and in the dtype of `model`'s parameters (as it is for a model
+    without any): every analysis feeds the model through this, wherever the model lives."""
+    p = next(model.parameters(), None)
+    return x if p is None else x.to(p.device, p.dtype)
+
+
 @torch.inference_mode()
 def get_activations(
     model: nn.Module, x: torch.Tensor, layers: Sequence[str]
 ) -> dict[str, torch.Tensor]:
     """Outputs of `layers` for input `x` (N, C, H, W), each (N, …), computed without gradients."""
     with capture(model, layers) as store:
-        model(x)
+        model(to_model(model, x))
     return dict(store)

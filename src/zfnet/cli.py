@@ -137,6 +137,9 @@ _PREPROCESSING = (
     click.option("--crop", type=click.IntRange(1),
                  help="Side of the centre crop the model sees (default: the weights' own)."),
 )
+_DEVICE = click.option("--device", default="auto", show_default=True, callback=_device,
+                       help="auto (cuda if available), cpu, cuda, cuda:N.")
+_BATCH = click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 _SOURCE_OPTIONS = (
     click.option("--model", "model", metavar="SOURCE",
                  help="The model: a zfnet model name (`zfnet models`), torchvision:NAME, "
@@ -146,9 +149,8 @@ _SOURCE_OPTIONS = (
                       "(the same as --model RUN)."),
     _WEIGHTS,
     *_PREPROCESSING,
-    click.option("--device", default="auto", show_default=True, callback=_device,
-                 help="auto (cuda if available), cpu, cuda, cuda:N."),
-    click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True),
+    _DEVICE,
+    _BATCH,
 )
 
 
@@ -509,12 +511,13 @@ _OUT = click.option("--out", required=True, type=click.Path(file_okay=False),
                     help="Directory for the figures, sections and index.html.")
 
 
-def _load(checkpoint: str, data: str | None):
-    """(model, bundle) for an analysis command."""
+def _load(checkpoint: str, data: str | None, device: str = "cpu"):
+    """(model, bundle) for an analysis command, the model on `device` (auto: cuda if there)."""
     from zfnet.data import load_dataset
     from zfnet.train import load_model
+    from zfnet.train.distributed import resolve_device
 
-    model, meta = load_model(checkpoint)
+    model, meta = load_model(checkpoint, device=resolve_device(device))
     return model, load_dataset(data or meta["data"])
 
 
@@ -625,8 +628,11 @@ def analyze() -> None:
               help="Report directory (default: the run directory).")
 @click.option("--images", default=1000, show_default=True, type=click.IntRange(1))
 @click.option("--maps", default=6, show_default=True, type=click.IntRange(1))
+@_DEVICE
+@_BATCH
 def evolution_cmd(run_dir: str | None, run_alias: str | None, data: str | None,
-                  out: str | None, images: int, maps: int) -> None:
+                  out: str | None, images: int, maps: int, device: str,
+                  batch_size: int) -> None:
     """Fig. 4: strongest activations projected at every kept epoch, side by side."""
     from zfnet import pipeline
     from zfnet.train import list_checkpoints
@@ -641,7 +647,8 @@ def evolution_cmd(run_dir: str | None, run_alias: str | None, data: str | None,
             "directory of `zfnet train` (--keep-epochs says which epochs it keeps)",
             param_hint="--checkpoint")
     _, bundle = _load(str(kept[-1][1]), data)
-    pipeline.evolution(run_dir, bundle, out, n_images=images, n_maps=maps)
+    pipeline.evolution(run_dir, bundle, out, n_images=images, n_maps=maps,
+                       batch_size=batch_size, device=device)
     _finish(out or run_dir)
 
 
@@ -736,12 +743,13 @@ def occlusion_cmd(model_options: ModelOptions, data: str | None, out: str, image
 @click.option("--images", default=5, show_default=True, type=click.IntRange(2))
 @click.option("--draws", default=20, show_default=True, type=click.IntRange(1),
               help="Random-region draws for the control.")
+@_DEVICE
 def correspondence_cmd(checkpoint: str, data: str | None, out: str, class_name: str,
-                       parts: tuple[str, ...], images: int, draws: int) -> None:
+                       parts: tuple[str, ...], images: int, draws: int, device: str) -> None:
     """Fig. 8 / Table 1: sign consistency of feature changes when the same part is masked."""
     from zfnet import pipeline
 
-    model, bundle = _load(checkpoint, data)
+    model, bundle = _load(checkpoint, data, device)
     rows = pipeline.correspondence(model, bundle, out, class_name.strip(), images, parts, draws)
     for r in rows:
         click.echo(f"{r.part:<10} " + "  ".join(f"{k} {v:.4f}" for k, v in r.delta.items()))
@@ -789,16 +797,21 @@ def probes_cmd(model_options: ModelOptions, data: str | None, out: str, per_clas
               help="SGD steps of each from-scratch run.")
 @click.option("--layer", default="relu7", show_default=True,
               help="Layers up to this one are kept (relu7: layers 1-7, as the paper).")
+@_DEVICE
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
+              help="Batch of the from-scratch runs.")
 def transfer_cmd(checkpoint: str, data: str, out: str, shots: tuple[int, ...], n_test: int,
-                 scratch_steps: int, layer: str) -> None:
+                 scratch_steps: int, layer: str, device: str, batch_size: int) -> None:
     """Tables 4-5: keep layers 1-7, train a new softmax on N images per class of the target,
     against the same model trained from scratch on those images."""
     from zfnet import pipeline
     from zfnet.train import load_model
+    from zfnet.train.distributed import resolve_device
 
-    model, meta = load_model(checkpoint)
+    model, meta = load_model(checkpoint, device=resolve_device(device))
     (layer,) = _layers(model, (layer,))
-    rows = pipeline.transfer(model, meta, data, out, shots, n_test, scratch_steps, layer)
+    rows = pipeline.transfer(model, meta, data, out, shots, n_test, scratch_steps, layer,
+                             batch_size=batch_size, device=device)
     for r in rows:
         click.echo(f"{r.per_class:>4}/class  fixed {r.fixed:.1%}  scratch {r.scratch:.1%}")
     _finish(out)

@@ -443,8 +443,9 @@ def _check_rule(rule: str, lrn: str) -> None:
 
 
 def _model_tensor(model: nn.Module, x: Tensor) -> Tensor:
-    p = next(model.parameters(), None)
-    return x.to(p.device, p.dtype) if p is not None else x
+    from zfnet.activations import to_model
+
+    return to_model(model, x)
 
 
 @dataclass

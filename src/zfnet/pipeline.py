@@ -121,19 +121,24 @@ def filters(models: dict[str, nn.Module], bundle: DataBundle | None, run_dir: st
 
 
 def evolution(run_dir: str | Path, bundle: DataBundle, out_dir: str | Path | None = None,
-              n_images: int = 1000, n_maps: int = 6) -> Any:
-    """Fig. 4 from the checkpoints kept in `run_dir` (training images, centre crops)."""
+              n_images: int = 1000, n_maps: int = 6, batch_size: int = 64,
+              device: str = "cpu") -> Any:
+    """Fig. 4 from the checkpoints kept in `run_dir` (training images, centre crops), each
+    model on `device` (auto: cuda if there), mined `batch_size` images at a time."""
     from zfnet.analyses.evolution import evolution_section, feature_evolution
     from zfnet.train import list_checkpoints, load_model
+    from zfnet.train.distributed import resolve_device
 
-    ckpts = [(e, load_model(p)[0]) for e, p in list_checkpoints(run_dir)]
+    dev = resolve_device(device)
+    ckpts = [(e, load_model(p, device=dev)[0]) for e, p in list_checkpoints(run_dir)]
     if not ckpts:
         raise FileNotFoundError(
             f"{run_dir} holds no kept checkpoints (checkpoints/epoch_NNNN/): give a run directory "
             "of `zfnet train` (--keep-epochs says which epochs it keeps)")
     check_fits(ckpts[-1][1], bundle)
     layers = _present(ckpts[-1][1], CONV_LAYERS)
-    res = feature_evolution(ckpts, _centre(bundle, "train"), layers, n_maps, n_images)
+    res = feature_evolution(ckpts, _centre(bundle, "train"), layers, n_maps, n_images,
+                            batch_size=batch_size)
     return evolution_section(out_dir or run_dir, res), res
 
 
@@ -240,14 +245,16 @@ def probes(model: nn.Module, data: str, run_dir: str | Path, per_class: int = 20
 
 def transfer(model: nn.Module, meta: dict[str, Any], target: str, run_dir: str | Path,
              shots: tuple[int, ...] = (1, 5, 20), n_test: int = 1000,
-             scratch_steps: int = 300, layer: str = "relu7") -> Any:
+             scratch_steps: int = 300, layer: str = "relu7", batch_size: int = 32,
+             device: str = "cpu") -> Any:
     """Tables 4–5: layers 1–7 (up to `layer`) of the model in checkpoint `meta` fixed + a new
     softmax on N images per class of `target`, against the same architecture from scratch."""
     from zfnet.analyses.transfer import transfer_section, transfer_study
 
     rows = transfer_study(model, target, shots, run_dir, model_name=meta["model"],
                           model_opts=meta.get("model_opts") or {}, n_test=n_test,
-                          scratch_steps=scratch_steps, layer=layer)
+                          scratch_steps=scratch_steps, layer=layer, batch_size=batch_size,
+                          device=device)
     transfer_section(run_dir, rows, f"{meta['model']} trained on {meta['data']}", target,
                      layer)
     return rows

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from zfnet.activations import capture
+from zfnet.activations import capture, to_model
 from zfnet.models import eval_mode, is_zfnet_model
 
 PAPER_TABLE1 = {  # part -> (layer 5 Δ, layer 7 Δ), paper Table 1 means
@@ -121,6 +121,7 @@ def correspondence(
         layers = ("pool5", "relu7")
     if not part_masks:
         raise ValueError("part_masks is empty: give at least one part")
+    images = to_model(model, images)
     with eval_mode(model):
         with capture(model, layers) as store:
             model(images)

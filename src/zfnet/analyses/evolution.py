@@ -47,6 +47,7 @@ def feature_evolution(
     n_images: int | None = 2000,
     settle_at: float = 0.8,
     rule: str = "deconvnet",
+    batch_size: int = 64,
 ) -> EvolutionResult:
     """Fig. 4 from `checkpoints` [(epoch, model), …] in training order and `dataset` (training
     images as model inputs, e.g. centre crops; the first `n_images` are searched).
@@ -64,7 +65,8 @@ def feature_evolution(
                 "of zfnet's models (zfnet_*, alexnet_*). For a pretrained model, `zfnet visualize "
                 "topk` shows its features")
     indices = range(min(len(dataset), n_images)) if n_images else None
-    mined = [mine_topk(m, dataset, layers, k=1, indices=indices) for _, m in checkpoints]
+    mined = [mine_topk(m, dataset, layers, k=1, indices=indices, batch_size=batch_size)
+             for _, m in checkpoints]
     maps = {layer: select_maps(mined[-1][layer], n_maps) for layer in layers}
     res = EvolutionResult([e for e, _ in checkpoints], maps)
     per_ckpt = [  # one pass per checkpoint for all layers: {layer: (M, 1, C, rf, rf)}

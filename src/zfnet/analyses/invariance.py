@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from zfnet.activations import capture
+from zfnet.activations import capture, to_model
 from zfnet.models import eval_mode, feature_layers, is_zfnet_model, layer_names, vector_layer
 
 KINDS = ("translate", "scale", "rotate")
@@ -113,7 +113,7 @@ def invariance(
         layers = default_layers(model, tuple(images.shape[-2:]))
     with eval_mode(model), torch.inference_mode():
         with capture(model, layers) as store:
-            logits = model(normalize(images))
+            logits = model(to_model(model, normalize(images)))
             ref = {k: v.flatten(1).clone() for k, v in store.items()}  # (N, D) per layer
             target = (
                 torch.as_tensor(list(labels)) if labels is not None else logits.argmax(1)
@@ -126,7 +126,7 @@ def invariance(
             dist = {k: torch.zeros(len(images), len(values)) for k in layers}
             prob = torch.zeros(len(images), len(values))
             for j, v in enumerate(values):
-                logits = model(normalize(transform_images(images, kind, v)))
+                logits = model(to_model(model, normalize(transform_images(images, kind, v))))
                 p = logits.float().softmax(1)
                 prob[:, j] = p.gather(1, target[:, None])[:, 0]
                 for k in layers:

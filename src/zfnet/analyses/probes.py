@@ -33,7 +33,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
-from zfnet.activations import capture
+from zfnet.activations import capture, to_model
 from zfnet.models import eval_mode, feature_layers, is_zfnet_model, layer_names, vector_layer
 
 CLASSIFIERS = ("softmax", "svm")
@@ -69,7 +69,7 @@ def extract_features(
     with eval_mode(model):
         with capture(model, layers) as store:
             for x, y in batches:
-                model(x)
+                model(to_model(model, x))
                 for k in layers:
                     f = store[k]
                     if f.dim() == 4:  # (N, C, H, W) -> (N, C*grid*grid); a smaller map as is

@@ -131,10 +131,12 @@ def transfer_study(
     batch_size: int = 32,
     lr: float = 0.01,
     seed: int = 0,
+    device: str = "cpu",
 ) -> list[TransferRow]:
     """Tables 4–5 for dataset spec `target`: for each N in `shots`, fixed layers 1–7 + a new
     softmax, against `model_name` (with `model_opts`) trained from scratch on the same N images
-    per class for `scratch_steps` steps of `batch_size` (cosine schedule from `lr`).
+    per class for `scratch_steps` steps of `batch_size` (cosine schedule from `lr`), on
+    `device` (the model's features are read where the model is).
 
     `model` must take `layer` (see `zfnet.models.layer_info`); the target's images are adapted
     to its input channels and size. Scratch runs are written under `run_dir`/transfer/.
@@ -179,7 +181,7 @@ def transfer_study(
             data=few.spec, model=model_name, out=str(out), model_opts=dict(model_opts or {}),
             epochs=epochs, batch_size=bs, lr=lr, schedule="cosine", seed=seed,
             # only the last model is scored: validating every epoch cost as much as training
-            val_every=epochs, keep_epochs=(), progress=False, tensorboard=False,
+            val_every=epochs, keep_epochs=(), progress=False, tensorboard=False, device=device,
         ), bundle=scratch_bundle)
         scratch = 1.0 - float(summary["final"]["val_top1_error"])
         rows.append(TransferRow(n, n_train, len(test), fixed, scratch,  # type: ignore[arg-type]
