@@ -76,7 +76,7 @@ def test_resnet18_equals_captum(layer: str) -> None:
     assert _check_equal(model, layer, x, [0, 5, 17]) >= 3 * 3  # at least one per rule
 
 
-@pytest.mark.parametrize("name,layer", [("vgg11_bn", "features.10"), ("alexnet", "features.8"),
+@pytest.mark.parametrize("name,layer", [("vgg16_bn", "features.23"), ("alexnet", "features.8"),
                                         ("alexnet", "classifier.5")])
 def test_vgg_bn_and_alexnet_equal_captum(name: str, layer: str) -> None:
     model = _net(name)
