@@ -83,6 +83,28 @@ def main() -> None:
     from zfnet.memory import keep_freed_memory
 
     keep_freed_memory()  # no page faults on every step's tensors (zfnet/memory.py)
+    _one_line_warnings()
+
+
+def _one_line_warnings() -> None:
+    """zfnet's own warnings (a skipped broken image, say) as one line each, without the
+    source line Python's default format adds."""
+    import warnings
+
+    from zfnet.data import BrokenImageWarning
+
+    default = warnings.showwarning
+    if getattr(default, "zfnet", False):
+        return  # installed by an earlier command in this process
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        if issubclass(category, BrokenImageWarning):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    show.zfnet = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
 
 
 # --- the model to look inside, from any source (zfnet.sources), the same for every command ---
