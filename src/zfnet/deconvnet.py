@@ -67,11 +67,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zfnet.models import eval_mode, resolve_layer  # eval_mode also importable from here
+from zfnet.activations import to_model
+from zfnet.graph import RULES, check_rule  # noqa: F401  (RULES: one list, also read from here)
+from zfnet.models import eval_mode, layer_names, resolve_layer  # eval_mode also importable here
 from zfnet.models.geometry import LAYER_TYPES, Window, chain_geometry, sequential_leaves, window_of
 from zfnet.models.lrn import lrn_factors, lrn_vjp
 
-RULES = ("deconvnet", "guided", "gradient")
 PRECISIONS = ("float32", "bfloat16")
 LRN_MODES = ("gradient", "identity")
 
@@ -141,9 +142,9 @@ def feature_chain(model: nn.Module, layer: str) -> list[tuple[str, nn.Module]]:
 
 
 def _user_names(model: nn.Module, paths: list[str]) -> list[str]:
-    from zfnet.models import layer_info
-
-    by_path = {i.module: i.name for i in layer_info(model).values()}
+    """The names users type for module `paths` (zfnet's short ones where they exist), without
+    a forward pass: `project_layers` builds this message for every layer off the chain."""
+    by_path = {p: n for n, p in reversed(layer_names(model).items())}  # short names win
     return [by_path.get(p, p) for p in paths]
 
 
@@ -358,12 +359,6 @@ def _phase_weight(trace: _Trace, i: int, m: nn.Conv2d) -> Tensor:
     return trace.phase_weights[i]
 
 
-def _conv_transpose_phases(g: Tensor, weight: Tensor, m: nn.Conv2d, win: Window, hi: int,
-                           wi: int) -> Tensor:
-    """`conv_transpose_phases` of conv `m`: (S, C_in, hi, wi)."""
-    return conv_transpose_phases(g, weight, win.stride, m.in_channels, hi, wi)
-
-
 def _keep_inside(g: Tensor, top: Tensor, left: Tensor, size: tuple[int, int]) -> Tensor:
     """Zero the parts of windows that fall outside the feature map (its padding), in place."""
     h, w = g.shape[-2:]
@@ -399,7 +394,8 @@ def _down(
                 g = g.contiguous()
             top, left, hi, wi = win.input_window(top, left, h, w)
             if _by_phases(m, win):
-                g = _conv_transpose_phases(g, _phase_weight(trace, i, m), m, win, hi, wi)
+                g = conv_transpose_phases(g, _phase_weight(trace, i, m), win.stride,
+                                          m.in_channels, hi, wi)
             else:
                 g = F.conv_transpose2d(g, m.weight, stride=m.stride, dilation=m.dilation,
                                        groups=m.groups)  # (S, C_in, h', w')
@@ -436,16 +432,9 @@ def _down(
 
 
 def _check_rule(rule: str, lrn: str) -> None:
-    if rule not in RULES:
-        raise ValueError(f"rule={rule!r} is not known; valid: {', '.join(RULES)}")
+    check_rule(rule)
     if lrn not in LRN_MODES:
         raise ValueError(f"lrn={lrn!r} is not known; valid: {', '.join(LRN_MODES)}")
-
-
-def _model_tensor(model: nn.Module, x: Tensor) -> Tensor:
-    from zfnet.activations import to_model
-
-    return to_model(model, x)
 
 
 @dataclass
@@ -489,7 +478,7 @@ def project_layers(
     _check_rule(rule, lrn)
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
-    x = _model_tensor(model, images)  # on the model's device, whatever the images' one
+    x = to_model(model, images)  # on the model's device, whatever the images' one
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     if precision not in PRECISIONS:
@@ -560,11 +549,9 @@ def _project_graph(model: nn.Module, x: Tensor, seeds: dict[str, Seeds], rule: s
     with eval_mode(model):
         res = graph.project_graph(model, x, modules, parsed, rule, seed_batch=batch_size,
                                   dtype=None if precision == "float32" else torch.bfloat16)
-    zero = torch.zeros(0, dtype=torch.long)
     out = {}
     for name, (proj, value, row, col) in res.items():
-        s = proj.shape[0]
-        top = zero.new_zeros(s)
+        top = torch.zeros(proj.shape[0], dtype=torch.long)  # whole-input projections
         out[name] = RFProjection(proj, top, top.clone(), value.to(proj.device), row, col)
     return out
 

@@ -44,9 +44,10 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from zfnet.analyses.topk import TopK, mine_topk, save_topk
-from zfnet.deconvnet import RULES, Seeds, project_layers, windowed
+from zfnet.deconvnet import Seeds, project_layers, windowed
 from zfnet.display import CAPTION as DISPLAY_CAPTION
 from zfnet.display import projection_to_uint8
+from zfnet.graph import check_rule
 from zfnet.models import LayerGeometry, feature_layers, layer_geometries
 from zfnet.report import Figure, Section, Table, write_section
 
@@ -316,11 +317,11 @@ def run_topk_gallery(
     model-input units -> the image's pixel units (`Preprocessing.pixel_scale`, a model whose
     inputs are divided by a std), applied to the projections kept and drawn.
     """
-    if rule not in RULES:
-        raise ValueError(f"rule={rule!r} is not known; valid: {', '.join(RULES)}")
+    check_rule(rule)  # before mining
     shape = tuple(_item_image(dataset, 0).shape)
     size = (int(shape[-2]), int(shape[-1]))
-    layers = list(layers) if layers else default_layers(model, size)
+    defaults = default_layers(model, size)  # one geometry pass: also says which layer is first
+    layers = list(layers) if layers else defaults
     out_dir = Path(out_dir)
     run_dir = Path(run_dir) if run_dir is not None else out_dir
     try:
@@ -335,7 +336,7 @@ def run_topk_gallery(
     show = display_image or default_display(dataset)
     geos = layer_geometries(model, layers, size)
     whole = not windowed(model, layers)
-    first = default_layers(model, size)[0]  # shown whole, as the paper shows all of layer 1
+    first = defaults[0]  # shown whole, as the paper shows all of layer 1
     result = GalleryResult(topk=topk, maps={}, projections={})
     figures, rows = [], []
     chosen: dict[str, list[int]] = {}
