@@ -107,13 +107,14 @@ def _rectifier(node: Any, g: Tensor, rounds: int, rule: str) -> list[Tensor | No
     if rule == "deconvnet":
         return [g.clamp(min=0)]
     if type(node).__name__ == "HardtanhBackward0":
-        x = _rep(node._saved_self, rounds)
-        on = (x > 0) & (x < node._saved_max_val)
+        x = node._saved_self
+        on = (x > 0) & (x < node._saved_max_val)  # (B, ...): the gate of each image
     else:
-        on = _rep(node._saved_result, rounds) > 0
+        on = node._saved_result > 0
     if rule == "guided":
         g = g.clamp(min=0)
-    return [g * on]
+    # every round gated by its image's mask, broadcast rather than repeated R times
+    return [(g.unflatten(0, (rounds, -1)) * on).flatten(0, 1)]
 
 
 def _conv(node: Any, g: Tensor, rounds: int) -> list[Tensor | None]:
@@ -352,7 +353,7 @@ def project_graph(
     image_batch: int = 16,
     seed_batch: int = 16,
     dtype: torch.dtype | None = None,
-) -> dict[str, tuple[Tensor, Tensor]]:
+) -> dict[str, tuple[Tensor, Tensor, Tensor, Tensor]]:
     """Project seeds of several layers to the input through the model's real graph.
 
     images (N, C, H, W) on the model's device and dtype. `seeds[name]` = (image_index (S,),
