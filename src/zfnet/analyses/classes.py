@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from zfnet.activations import to_model
 from zfnet.models import eval_mode
 
 
@@ -21,10 +22,8 @@ def model_outputs(model: nn.Module, x: torch.Tensor) -> int:
     cfg = getattr(model, "config", None)
     if cfg is not None and hasattr(cfg, "num_classes"):
         return int(cfg.num_classes)
-    p = next(model.parameters(), None)
-    x = x[None] if p is None else x[None].to(p.device, p.dtype)
     with eval_mode(model), torch.inference_mode():
-        return int(model(x).shape[-1])
+        return int(model(to_model(model, x[None])).shape[-1])
 
 
 def labels_are_classes(model: nn.Module, bundle: Any) -> bool:

@@ -23,10 +23,10 @@ from PIL import Image, ImageDraw
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from zfnet.activations import get_activations
+from zfnet.activations import get_activations, to_model
 from zfnet.deconvnet import Seeds, paste, project_layers
 from zfnet.display import CAPTION, projection_scale, projection_to_uint8
-from zfnet.models import eval_mode, layer_geometry, layer_name, resolve_layer
+from zfnet.models import eval_mode, layer_geometry, layer_name
 
 
 @dataclass
@@ -70,19 +70,16 @@ def project_units(model: nn.Module, images: Dataset, layer: str | nn.Module, *,
     model-input units -> pixel units. Returns, per unit, (Unit, uint8 image (C, H, W),
     projection (C, H, W) in pixel units).
     """
-    name = layer_name(model, layer)
-    resolve_layer(model, name)
+    name = layer_name(model, layer)  # an unknown layer: an error listing the valid ones
     out: list[tuple[Unit, Tensor, Tensor]] = []
-    kept = [i for i in range(len(images)) if images[i] is not None]
-    if not kept:
-        raise ValueError("none of the images could be read (see the warnings above)")
-    p0 = next(model.parameters(), None)
     geometry = None
-    for lo in range(0, len(kept), batch_size):
-        idx = kept[lo: lo + batch_size]
-        x = torch.stack([images[i][0] for i in idx])  # (B, C, H, W)
-        if p0 is not None:
-            x = x.to(p0.device, p0.dtype)
+    for lo in range(0, len(images), batch_size):
+        # each file read once here (and its pixels once below): decoding is the slow part
+        items = {i: images[i] for i in range(lo, min(lo + batch_size, len(images)))}
+        idx = [i for i, item in items.items() if item is not None]
+        if not idx:
+            continue
+        x = to_model(model, torch.stack([items[i][0] for i in idx]))  # (B, C, H, W)
         if geometry is None:
             geometry = layer_geometry(model, name, tuple(x.shape[-2:]))
         with eval_mode(model):
@@ -95,6 +92,7 @@ def project_units(model: nn.Module, images: Dataset, layer: str | nn.Module, *,
         proj = paste(rf, (x.shape[-2], x.shape[-1])).float().cpu()  # (B*K, C, H, W)
         if pixel_scale is not None:
             proj = proj * pixel_scale.reshape(1, -1, 1, 1)
+        pixels = {i: images.raw(i) for i in idx}
         for s in range(b * k):
             i = idx[s // k]
             r, c = int(rf.row[s]), int(rf.col[s])
@@ -103,7 +101,9 @@ def project_units(model: nn.Module, images: Dataset, layer: str | nn.Module, *,
                 box = geometry.box(r, c, (x.shape[-2], x.shape[-1]))
             unit = Unit(i, names[i] if names else f"image {i}", name, int(maps.reshape(-1)[s]),
                         float(rf.activation[s]), r, c, box)
-            out.append((unit, images.raw(i), proj[s]))
+            out.append((unit, pixels[i], proj[s]))
+    if not out:
+        raise ValueError("none of the images could be read (see the warnings above)")
     return out
 
 
