@@ -746,11 +746,9 @@ def occlusion_cmd(model_options: ModelOptions, data: str | None, out: str, image
     source, bundle = _model_and_data(model_options, data)
     check_fits(source.model, bundle)
     layer = _layers(source.model, (layer,))[0] if layer else None
-    scale = None if bundle.preprocessing is None else bundle.preprocessing.pixel_scale()
     r = occlusion_report(source.model, bundle, out, n_images=images, n_pointing=pointing,
                          size=size, stride=stride, layer=layer, method=method,
-                         batch_size=model_options.batch_size, class_names=source.labels,
-                         pixel_scale=scale)
+                         batch_size=model_options.batch_size, class_names=source.labels)
     click.echo(", ".join(f"{k} {v}" for k, v in r.items()))
     _finish(out)
 
@@ -787,18 +785,15 @@ def probes_cmd(model_options: ModelOptions, data: str | None, out: str, per_clas
     """Table 7: a linear classifier on each layer's features, N training images per class of a
     labelled dataset."""
     from zfnet import pipeline
-    from zfnet.data import parse_spec
+    from zfnet.sources import data_preprocessing
 
     source, _ = _model_and_data(model_options, need_data=False)
     spec = data or source.meta.get("data")
     if not spec:
         raise click.UsageError(f"no dataset given for {source.name}: --data SPEC with labels, "
                                "e.g. imagefolder:DIR, synthetic")
-    # a run keeps the paper's convention on named datasets (as `load_data`): their own mean
-    own = source.kind == "run" and not source.meta["overrides"] and \
-        parse_spec(spec).name != "images"
     rows = pipeline.probes(source.model, spec, out, per_class,
-                           preprocessing=None if own else source.preprocessing,
+                           preprocessing=data_preprocessing(source, spec),
                            batch_size=model_options.batch_size)
     for r in rows:
         click.echo(f"{r.layer:<6} " + "  ".join(f"{k} {v:.1%}" for k, v in r.accuracy.items()))

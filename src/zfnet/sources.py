@@ -147,15 +147,23 @@ def load_data(source: Source, spec: str | None = None, *, ten_crop: bool = False
     if not spec:
         raise ValueError(f"no dataset given for {source.name}: give one, e.g. images:DIR (a "
                          "folder of images), imagefolder:DIR, synthetic")
+    preprocessing = data_preprocessing(source, spec)
+    bundle = load_dataset(spec, ten_crop=ten_crop, strict=strict, cache_dir=cache_dir,
+                          preprocessing=preprocessing)
+    if preprocessing is None and spec == source.meta.get("data") and \
+            not isinstance(source._preprocessing, Preprocessing):
+        source._preprocessing = bundle.input_preprocessing  # its mean image, read once
+    return bundle
+
+
+def data_preprocessing(source: Source, spec: str) -> Preprocessing | None:
+    """The preprocessing `load_dataset(spec, preprocessing=)` takes for `source`'s inputs: None
+    for a zfnet run on a named dataset (the paper's convention with that dataset's own mean
+    image), else the source's."""
     if source.kind == "run" and not source.meta["overrides"] and \
             parse_spec(spec).name != "images":
-        bundle = load_dataset(spec, ten_crop=ten_crop, strict=strict, cache_dir=cache_dir)
-        if spec == source.meta.get("data") and not isinstance(source._preprocessing,
-                                                               Preprocessing):
-            source._preprocessing = bundle.input_preprocessing  # its mean image, read once
-        return bundle
-    return load_dataset(spec, ten_crop=ten_crop, strict=strict, cache_dir=cache_dir,
-                        preprocessing=source.preprocessing)
+        return None
+    return source.preprocessing
 
 
 # --- the forms ---
