@@ -16,19 +16,19 @@ def capture(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[str, torch
     """Within the block, each forward pass of `model` stores the output of every layer in
     `layers` (names as `zfnet.models.resolve_layer` takes them) in the yielded dict.
 
-    The hooks are removed when the block ends, also on an exception. Outputs are stored as they
-    are (not detached), so gradients can flow through them when the caller wants that.
+    The hooks are removed when the block ends, also on an exception. Outputs are stored as
+    copies (not detached), so gradients can flow through them when the caller wants that.
     """
     store: dict[str, torch.Tensor] = {}
     handles = []
-    # an in-place op after a layer (torchvision's ReLU(inplace=True)) would overwrite its output
-    copy = any(getattr(m, "inplace", False) for m in model.modules())
     try:
         for name in layers:
             _, module = resolve_layer(model, name)
 
             def hook(_m: nn.Module, _inp: object, out: torch.Tensor, name: str = name) -> None:
-                store[name] = out.clone() if copy else out
+                # a copy: an in-place op after the layer would overwrite its output — a module
+                # (torchvision's ReLU(inplace=True)) or a plain op (a block's `out += identity`)
+                store[name] = out.clone() if isinstance(out, torch.Tensor) else out
 
             handles.append(module.register_forward_hook(hook))
         yield store
