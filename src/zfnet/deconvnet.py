@@ -48,14 +48,15 @@ back to the host, and seeds go down 256 at a time — with page-locked result co
 
 Which models. Layers are named as everywhere in the project (`zfnet.models.resolve_layer`):
 `conv1`…`conv5` and the modules around them (`relu1`, `pool1`, `norm1`, …, `pool5`) for zfnet's
-models, module paths such as `features.10` for torchvision's alexnet and vgg. The layer must lie
-in the model's convolutional chain — `model.features` (or the model itself) as an
-`nn.Sequential` of Conv2d, ReLU, MaxPool2d, LocalResponseNorm, BatchNorm2d, Dropout(2d) and
-Identity modules (the layer types of `zfnet.models.geometry` that have a rule for the way down;
-kernels, strides, padding and dilation per axis, windows as that module computes them); that
-chain's input is the model's input. The model is walked in eval mode without hooks and is left
-exactly as it was (in-place ReLUs are evaluated out of place; training flags are restored, also
-after an exception).
+models, module paths such as `features.10` for torchvision's alexnet and vgg, `layer3` for a
+ResNet, or the module object. This windowed engine walks layers of the model's convolutional
+chain — `model.features` (or the model itself) as an `nn.Sequential` of Conv2d, ReLU,
+MaxPool2d, LocalResponseNorm, BatchNorm2d, Dropout(2d) and Identity modules (the layer types of
+`zfnet.models.geometry` that have a rule for the way down; kernels, strides, padding and
+dilation per axis, windows as that module computes them); that chain's input is the model's
+input. Any other layer takes the general path (`zfnet.graph`), with the same rules. The model is
+walked in eval mode without hooks and is left exactly as it was (in-place ReLUs are evaluated
+out of place; training flags are restored, also after an exception).
 """
 
 from __future__ import annotations
