@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-min setup fashion-mnist lint clean
+.PHONY: demo test test-min setup fashion-mnist chromium lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,17 +25,24 @@ fashion-mnist:
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
 	fi
 
+# Debian's chromium, driven by Playwright in the explorer's browser tests.
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; \
+	fi
+
 demo:
 	@echo "make demo: one-time set-up (~1.5 min), then training and every analysis (~2.5 min on 2 CPU cores); report in runs/demo/index.html"
 	@$(MAKE) --no-print-directory setup
 	$(BIN)/zfnet demo --out runs/demo
 
-test: setup fashion-mnist
+test: setup fashion-mnist chromium
 	$(BIN)/python -m pytest -q
 
 # The lower ends of the dependency ranges, together (constraints-min.txt), in .venv-min:
 # several GB of downloads the first time (torch 2.9 is a CUDA build on x86_64).
-test-min: fashion-mnist
+test-min: fashion-mnist chromium
 	[ -x .venv-min/bin/python ] || $(PY) -m venv .venv-min
 	.venv-min/bin/pip install -q -c constraints-min.txt -e '.[test]'
 	.venv-min/bin/python -m pytest -q

@@ -460,6 +460,7 @@ def occlusion_logits(
     batch_size: int = 64,
     tau: float = 1.0,
     watch: tuple[str, int] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits of `model` on `image` (C, H, W) occluded by each box of `boxes` (N, 4) (top, left,
     bottom, right; inside the image) filled with `fill` (a number, or a tensor broadcastable to
@@ -469,6 +470,8 @@ def occlusion_logits(
     rectified activation sum(max(a, 0)) of that map at each position (N,), else None.
     Positions run `batch_size` at a time, so peak memory does not grow with N. `tau` < 1 is
     Krypton's approximate mode. Raises `UnsupportedModelError` for a model `as_chain` rejects.
+    progress(done, total): called after each group of positions with the positions done so
+    far; an exception it raises (a cancelled job) stops the computation.
     """
     if image.ndim != 3:
         raise ValueError(f"image must be (C, H, W), got shape {tuple(image.shape)}")
@@ -500,10 +503,14 @@ def occlusion_logits(
                         watched[idx[a:a + batch_size]] = wt
                 maps[:], where[:] = [x[done:]], [idx[done:]]
 
+            done = 0
             for g, sub in runner.chunks(batch_size):
                 x, wt = runner.features(g, sub)
                 maps.append(x)
                 where.append(g.idx[sub])
+                done += len(where[-1])
+                if progress is not None:
+                    progress(done, len(boxes))
                 if wt is not None:
                     watched[g.idx[sub]] = wt
                 if sum(len(w) for w in where) >= batch_size:

@@ -320,3 +320,22 @@ def test_report_on_resnet18_follows_the_models_own_class(synthetic64, tmp_path,
     followed = section["tables"][0]["rows"][0][3]
     p = net(x[None]).detach().softmax(1)[0]
     assert followed == pytest.approx(round(float(p[y if own else r.target]), 3), abs=1e-3)
+
+
+@pytest.mark.parametrize("method", ["incremental", "full"])
+def test_progress_reaches_every_position_and_can_stop(model, image, method) -> None:
+    seen: list[tuple[int, int]] = []
+    r = occlusion(model, image, size=8, stride=4, batch_size=9, method=method, project=False,
+                  progress=lambda d, t: seen.append((d, t)))
+    n = r.probability.numel()
+    assert seen[-1] == (n, n) and all(t == n for _, t in seen)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and len(seen) > 1
+
+    def stop(done: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        occlusion(model, image, size=8, stride=4, batch_size=9, method=method, project=False,
+                  progress=stop)
+    assert not any(m._forward_hooks for m in model.modules())
+    assert not model.training

@@ -209,3 +209,21 @@ def test_chain_and_classifier_layers_together() -> None:
     _same(both["classifier.3"], _brute(vgg, data.tensors[0], "classifier.3", 2))
     with pytest.raises(KeyError, match="does not exist"):
         mine_topk(vgg, data, ["features.4", "layer9"])
+
+
+def test_progress_callback_counts_images_and_can_stop_the_mining() -> None:
+    model, data = _model(), _data()
+    seen: list[tuple[int, int]] = []
+    mine_topk(model, data, ["conv1"], k=2, batch_size=5, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(0, 23), (5, 23), (10, 23), (15, 23), (20, 23), (23, 23)]
+
+    class Stop(Exception):
+        pass
+
+    def stop(done: int, total: int) -> None:
+        if done >= 10:
+            raise Stop
+
+    with pytest.raises(Stop):
+        mine_topk(model, data, ["conv1"], k=2, batch_size=5, progress=stop)
+    assert not any(m._forward_hooks for m in model.modules())  # no hook left behind

@@ -33,6 +33,7 @@ object masks; `occlusion_report` does the whole job for the report.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,7 @@ def default_size(height: int, width: int) -> int:
 def _full_logits(
     model: nn.Module, image: torch.Tensor, boxes: torch.Tensor, fill: torch.Tensor,
     batch_size: int, watch: tuple[str, int],
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (N, K) and watched totals (N,) by running the model on every occluded image."""
     _, h, w = image.shape
@@ -168,6 +170,8 @@ def _full_logits(
             logits.append(model(x))
             act = store[watch[0]][:, watch[1]].clamp(min=0)
             watched.append(act.reshape(len(x), -1).sum(1))
+            if progress is not None:
+                progress(start + len(x), len(boxes))
     return torch.cat(logits), torch.cat(watched)
 
 
@@ -184,6 +188,7 @@ def occlusion(
     method: str = "auto",
     tau: float = 1.0,
     project: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> OcclusionResult:
     """Occlusion sensitivity of `model` on `image` (paper Fig. 7).
 
@@ -197,6 +202,8 @@ def occlusion(
     (`zfnet.incremental`; chain models only), "full" (run the whole model per position) or
     "auto" (incremental where supported). tau < 1: incremental inference's approximate mode.
     project: compute map (c) with the deconvnet (one extra forward/backward pass).
+    progress(done, total): called as occluder positions are done; an exception it raises (a
+    cancelled job) stops the computation.
     """
     if image.ndim != 3:
         raise ValueError(f"image must be one (C, H, W) tensor, got shape {tuple(image.shape)}")
@@ -244,13 +251,15 @@ def occlusion(
             if method == "incremental":
                 try:
                     logits, watched = occlusion_logits(model, image, boxes, fill_t,
-                                                       batch_size=batch_size, tau=tau, watch=watch)
+                                                       batch_size=batch_size, tau=tau, watch=watch,
+                                                       progress=progress)
                 except UnsupportedModelError:
                     if requested != "auto" or tau != 1.0:
                         raise
                     method = "full"  # forward differs from the chain: fall back, still exact
             if method == "full":
-                logits, watched = _full_logits(model, image, boxes, fill_t, batch_size, watch)
+                logits, watched = _full_logits(model, image, boxes, fill_t, batch_size, watch,
+                                               progress)
         projection, projection_rule = (_deconv_projection(model, image, layer, channel)
                                        if project else (None, None))
 

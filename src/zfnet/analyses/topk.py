@@ -19,7 +19,7 @@ rounding by which a convolution's result depends on its batch size.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,7 +175,7 @@ def mine_topk(
     batch_size: int = 64,
     num_workers: int = 0,
     device: str | torch.device | None = None,
-    progress: bool = False,
+    progress: bool | Callable[[int, int], None] = False,
 ) -> dict[str, TopK]:
     """Stream `data` through `model` once; for every map of each of `layers`, the k strongest
     activations over the data (paper Fig. 2). Returns {layer: TopK}.
@@ -183,7 +183,9 @@ def mine_topk(
     data: a Dataset of (x, y) or x items, x (C, H, W) a model input; or a DataLoader (its
     dataset, batch size, workers and sampler order are used). indices: mine only these
     dataset items (a shard). Layers: any of the model's, named as `zfnet.models.resolve_layer`
-    takes them (see the module doc for how they are read).
+    takes them (see the module doc for how they are read). progress: True for a progress bar
+    on stderr, or a callable (done, total) called after each batch with the images done so far;
+    an exception it raises (a cancelled job) stops the mining.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -197,7 +199,9 @@ def mine_topk(
     loader = _loader(data, indices, batch_size, num_workers, dev.type == "cuda")
     best: dict[str, TopK] = {}
     it = loader
-    if progress:
+    report = progress if callable(progress) else None
+    total, done = len(loader.dataset), 0  # type: ignore[arg-type]
+    if progress is True:
         from tqdm import tqdm
 
         it = tqdm(loader, desc="top-k mining", unit="batch")
@@ -208,6 +212,9 @@ def mine_topk(
             if x.ndim != 4:
                 raise ValueError(f"items must be images (C, H, W); got a batch of {tuple(x.shape)}"
                                  " (ten-crop data? mine the centre crops)")
+            if report is not None:
+                report(done, total)  # before the batch: a cancelled job stops here
+            done += len(idx)
             if not idx.numel():
                 continue
             x = x.to(dev, dtype, non_blocking=True)
@@ -224,6 +231,8 @@ def mine_topk(
                 x = m(x)
                 for name in ends.get(path, ()):
                     _update(best, name, x, idx, k)
+    if report is not None:
+        report(done, total)
     if not best:
         raise ValueError("the data held no images to mine")
     return {name: best[name] for name in layers}
