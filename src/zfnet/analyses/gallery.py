@@ -354,17 +354,7 @@ def run_topk_gallery(
         if pixel_scale is not None:
             proj = proj * pixel_scale.to(proj.dtype).reshape(1, 1, -1, 1, 1)
         geo = geos[name]
-        ch = torch.tensor(chosen[name], dtype=torch.long)
-        tops, lefts, ph, pw = unit_windows(geo, t.row[ch], t.col[ch], size, whole)  # (M, k)
-        patches = torch.zeros(*proj.shape, dtype=torch.uint8)
-        for a, c in enumerate(chosen[name]):
-            for j in range(t.k):
-                i = int(t.index[c, j])
-                if i < 0:
-                    continue
-                if i not in cache:
-                    cache[i] = _check_display(show(i), shape, i)
-                patches[a, j] = _patch(cache[i], int(tops[a, j]), int(lefts[a, j]), ph, pw)
+        patches = topk_patches(t, chosen[name], geo, shape, whole, show, cache)
         png = render_layer(proj, patches, out_dir / f"topk_{name.replace('.', '_')}.png")
         result.maps[name], result.projections[name], result.figures[name] = (
             chosen[name], proj, png)
@@ -393,6 +383,29 @@ def run_topk_gallery(
         order=30,
     ))
     return result
+
+
+def topk_patches(topk: TopK, maps: Sequence[int], geo: LayerGeometry | None,
+                 shape: tuple[int, ...], whole: bool, show: Callable[[int], Tensor],
+                 cache: dict[int, Tensor] | None = None) -> Tensor:
+    """The image patches beside `project_topk`'s projections: (M, k, C, h, w) uint8, each top-k
+    unit's window (`unit_windows`) of its image as `show(i)` gives it — uint8 of the model
+    input's `shape` (C, H, W) —, black where the window leaves the image or a slot is empty.
+    cache: images already read, shared across calls (each is read once)."""
+    cache = {} if cache is None else cache
+    size = (int(shape[-2]), int(shape[-1]))
+    ch = torch.tensor(list(maps), dtype=torch.long)
+    tops, lefts, ph, pw = unit_windows(geo, topk.row[ch], topk.col[ch], size, whole)  # (M, k)
+    patches = torch.zeros(len(ch), topk.k, shape[0], ph, pw, dtype=torch.uint8)
+    for a, c in enumerate(ch.tolist()):
+        for j in range(topk.k):
+            i = int(topk.index[c, j])
+            if i < 0:
+                continue
+            if i not in cache:
+                cache[i] = _check_display(show(i), shape, i)
+            patches[a, j] = _patch(cache[i], int(tops[a, j]), int(lefts[a, j]), ph, pw)
+    return patches
 
 
 def _rf_text(geo: LayerGeometry | None) -> int | str:
