@@ -1,6 +1,7 @@
 """Feature evolution (Fig. 4) on checkpoints whose answer is known."""
 
 import copy
+import io
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from torch.utils.data import TensorDataset
 
 import zfnet
 from zfnet.analyses.evolution import (
+    UnitEvolution,
     evolution_section,
     feature_evolution,
     render_evolution,
@@ -105,3 +107,6 @@ def test_render_unit_evolution_is_one_row(tmp_path) -> None:
     one = np.asarray(Image.open(render_unit_evolution(proj, tmp_path / "u.png")))
     row = np.asarray(Image.open(render_evolution(proj[None], tmp_path / "r.png")))
     assert np.array_equal(one, row) and one.shape[:2] == (2 + 40 + 2, 2 + 3 * (40 + 2))
+    buf = io.BytesIO()  # an open file, from the whole UnitEvolution (the explorer's way)
+    render_unit_evolution(UnitEvolution([1, 2, 3], proj, [0.0, 0.5, 1.0]), buf)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(buf.getvalue()))), row)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -172,14 +172,19 @@ def unit_evolution(
                          res.unit_similarity[layer][0].tolist())
 
 
-def render_evolution(projections: Tensor, path: str | Path, min_side: int = 40) -> Path:
-    """One PNG per layer: a row per map, a column per epoch (maps, epochs, C, s, s)."""
+def render_evolution(projections: Tensor, path: str | Path | BinaryIO, min_side: int = 40
+                     ) -> Path | BinaryIO:
+    """One PNG per layer: a row per map, a column per epoch (maps, epochs, C, s, s). path: a
+    file path or an open binary file."""
     return save_grid(projections, path, min_side)
 
 
-def render_unit_evolution(projections: Tensor, path: str | Path, min_side: int = 40) -> Path:
-    """One map's row (`UnitEvolution.projections`, (epochs, C, h, w)): a column per epoch."""
-    return render_evolution(projections[None], path, min_side)
+def render_unit_evolution(evolution: UnitEvolution | Tensor, path: str | Path | BinaryIO,
+                          min_side: int = 40) -> Path | BinaryIO:
+    """One map's row, a column per epoch: a `UnitEvolution` or its projections (E, C, h, w).
+    path: a file path or an open binary file (the explorer's PNG bytes)."""
+    proj = evolution.projections if isinstance(evolution, UnitEvolution) else evolution
+    return render_evolution(proj[None], path, min_side)
 
 
 def evolution_section(run_dir: str | Path, result: EvolutionResult, order: int = 50):
