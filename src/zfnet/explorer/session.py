@@ -339,9 +339,13 @@ class Explorer:
             raise ExplorerError(f"{what} is empty (0 bytes)")
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # sized below
                 with Image.open(io.BytesIO(data)) as img:
                     w, h = img.size
+        except Image.DecompressionBombError:
+            raise ExplorerError(f"{what} is over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} "
+                                f"megapixels; the explorer takes images up to "
+                                f"{self.max_pixels / 1e6:.0f} megapixels") from None
         except Exception:  # noqa: BLE001  # PIL raises many kinds for what is not an image
             raise ExplorerError(f"{what} is not an image PIL can read (JPEG, PNG, WebP, "
                                 "BMP, TIFF, GIF ...)") from None
@@ -486,12 +490,17 @@ class Explorer:
         return row, col
 
     def _window(self, lr: LayerRow, r: int, c: int) -> tuple[int, int, int, int]:
-        """(top, left, h, w) of the unit's receptive field in the input, at full size (the
-        whole image for a flat layer, or where the field is larger than the image)."""
+        """(top, left, h, w) of the unit's receptive field in the input, as the gallery cuts
+        it (`unit_windows`): at full size on the windowed engine, within the image on the
+        general path, the whole image for a flat layer."""
         geo = self._geometries.get(lr.name) if lr.size else None
         top, left, h, w = unit_windows(geo, torch.tensor([r]), torch.tensor([c]), self.size,
-                                       True)
+                                       self._whole(lr.name))
         return int(top[0]), int(left[0]), h, w
+
+    def _whole(self, name: str) -> bool:
+        """Whether the layer's projections cover the whole image (the general path)."""
+        return not windowed(self.model, [name])
 
     def projection(self, image_id: str, layer: str, unit: int, rule: str,
                    row: int | None = None, col: int | None = None) -> Tensor:
@@ -597,7 +606,7 @@ class Explorer:
             proj = project_topk(self.model, self.val, {lr.name: t}, {lr.name: [unit]},
                                 geometries=geos)[lr.name]
             proj = proj * self.pre.pixel_scale().reshape(1, 1, -1, 1, 1)
-            whole = not windowed(self.model, [lr.name])  # the general path's windows
+            whole = self._whole(lr.name)
             patches = topk_patches(t, [unit], geos[lr.name], (self.channels, *self.size),
                                    whole, self.bundle.raw_val)
             buf = io.BytesIO()
