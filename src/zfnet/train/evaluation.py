@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from zfnet.data import collate
 from zfnet.train.checkpoint import load_model, read_train_state
@@ -29,6 +29,7 @@ def evaluate_checkpoint(
     live_weights: bool = False,
     strict: bool = False,
     bundle: Any = None,
+    info: DistInfo | None = None,
 ) -> dict[str, Any]:
     """Evaluate the checkpoint at `path` (run dir, checkpoint dir or weights file) on the
     validation split of dataset `spec` (None: the dataset the model was trained on).
@@ -39,12 +40,21 @@ def evaluate_checkpoint(
     `--ema`, score the live weights instead of their average (which the checkpoint's
     model.safetensors holds). `strict`: a broken image file raises `BadImageError` naming it,
     instead of being skipped with a warning and counted. `bundle` may be given instead of
-    loading `spec`. Returns a JSON-ready dict: checkpoint, model, epoch, data, ten_crop, amp,
-    live_weights, n (images scored), skipped (broken files left out), loss, top1_error,
-    top5_error, class_names, per_class_accuracy ({name: accuracy}), confusion_matrix (rows: true
-    class, columns: predicted).
+    loading `spec`.
+
+    Several processes (`info` from `zfnet.train.distributed.processes`, under torchrun; its
+    device replaces `device`): process r of w scores val items r, r + w, r + 2w, … (each item
+    once, no padding), and the counts, the confusion matrix, the loss and the broken files are
+    summed over the processes; every process returns the figures of the whole split, the same
+    counts and confusion matrix as one process (the loss up to float rounding).
+
+    Returns a JSON-ready dict: checkpoint, model, epoch, data, ten_crop, amp, live_weights,
+    n (images scored), skipped (broken files left out), loss, top1_error, top5_error,
+    class_names, per_class_accuracy ({name: accuracy}), confusion_matrix (rows: true class,
+    columns: predicted).
     """
-    dev = resolve_device(device)
+    info = info or DistInfo(0, 1, 0, resolve_device(device))
+    dev = info.device
     model, meta = load_model(path, device=dev)
     if live_weights:
         if not meta.get("train_config", {}).get("ema"):
@@ -67,12 +77,14 @@ def evaluate_checkpoint(
             f"dataset {spec!r} gives {bundle.input_size} px crops but the model in "
             f"{meta['checkpoint']} expects {meta['input_size']} px"
         )
-    loader = DataLoader(bundle.val, batch_size=batch_size, shuffle=False, num_workers=workers,
+    val = bundle.val
+    if info.enabled:  # a strided share, as training's validation: no item twice, none padded
+        val = Subset(val, range(info.rank, len(val), info.world_size))
+    loader = DataLoader(val, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate, pin_memory=dev.type == "cuda")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    r = evaluate(model, loader, bundle.num_classes, DistInfo(0, 1, 0, dev),
-                 amp_dtype_for(amp, dev), channels_last)
+    r = evaluate(model, loader, bundle.num_classes, info, amp_dtype_for(amp, dev), channels_last)
     cm: torch.Tensor = r["confusion"]
     names = list(bundle.class_names)
     return {
