@@ -5,10 +5,12 @@ image, so its memory should not grow with the number of images. This mines conv1
 zfnet_small over a stream of N synthetic images (default 200,000) generated on the fly — an
 IterableDataset computing image i from i, never stored — and samples this process's resident
 memory (RSS: psutil if installed, else /proc/self/status) every few batches. It prints the RSS
-when 10k, 50k, 100k and 200k images (or the same fractions of --images) have been mined, the
-growth from the first of these marks to the end, per 100k images, the peak, and the mining rate.
-The images would take N x 3 x S x S x 4 bytes if they were kept (printed too), so a flat RSS
-shows that none of them is.
+when 10k, 50k, 100k and 200k images (or the same fractions of --images) have been mined, each
+with its growth since the mark before, the growth over the second half of the stream (100k to
+200k: the first batches warm up allocator pools, which the first half absorbs), per 100k
+images, the peak of the samples, and the mining rate. The images would take
+N x 3 x S x S x 4 bytes if they were kept (printed too), so a flat RSS shows that none of them
+is.
 
     .venv/bin/python bench/bench_topk_memory.py                  # 200k images of 64 px
     .venv/bin/python bench/bench_topk_memory.py --images 20000   # a quick check (marks scaled)
@@ -99,21 +101,24 @@ def main() -> None:
           f"batch {args.batch_size}, workers {args.workers}; {args.images:,} images "
           f"({args.images * 3 * args.size ** 2 * 4 / 2**30:.1f} GiB if they were kept)")
 
-    samples: list[tuple[int, float]] = []  # (images done, RSS MB), every `every` batches
+    peak = {"rss": 0.0, "samples": 0, "batches": 0}  # the bench keeps nothing per image either
     at_mark: dict[int, float] = {}
-    batches = [0]
     t0 = time.perf_counter()
 
     def sample(done: int, total: int | None) -> None:
-        if batches[0] % args.every == 0:
-            samples.append((done, rss_mb()))
-        batches[0] += 1
+        if peak["batches"] % args.every == 0:
+            peak["rss"] = max(peak["rss"], rss_mb())
+            peak["samples"] += 1
+        peak["batches"] += 1
         for m in marks:
             if m not in at_mark and done >= m:
                 at_mark[m] = rss_mb()
+                before = [at_mark[b] for b in marks if b < m and b in at_mark]
+                since = f"{at_mark[m] - before[-1]:+6.1f} MB since the mark before" \
+                    if before else " " * 33
                 rate = done / (time.perf_counter() - t0)
-                print(f"{done:>9,} images: RSS {at_mark[m]:8.1f} MB  ({rate:,.0f} img/s)",
-                      flush=True)
+                print(f"{done:>9,} images: RSS {at_mark[m]:8.1f} MB {since}  "
+                      f"({rate:,.0f} img/s so far)", flush=True)
 
     rss_start = rss_mb()
     loader = torch.utils.data.DataLoader(SyntheticStream(args.images, args.size),
@@ -124,13 +129,12 @@ def main() -> None:
     if args.images not in at_mark:
         at_mark[args.images] = rss_end
     assert all(int(result[n].index.max()) < args.images for n in LAYERS)
-    first = min(at_mark)
-    peak = max(r for _, r in samples)
-    growth = rss_end - at_mark[first]
-    per_100k = growth / max(args.images - first, 1) * 100_000
-    print(f"RSS before mining {rss_start:.1f} MB; at {first:,} images {at_mark[first]:.1f} MB; "
-          f"at the end {rss_end:.1f} MB; peak of {len(samples)} samples {peak:.1f} MB")
-    print(f"growth from {first:,} to {args.images:,} images: {growth:+.1f} MB "
+    half = marks[-2] if len(marks) > 1 else min(at_mark)
+    growth = rss_end - at_mark[half]
+    per_100k = growth / max(args.images - half, 1) * 100_000
+    print(f"RSS before mining {rss_start:.1f} MB; at the end {rss_end:.1f} MB; peak of "
+          f"{peak['samples']} samples (every {args.every} batches) {peak['rss']:.1f} MB")
+    print(f"growth from {half:,} images to the end ({args.images:,}): {growth:+.1f} MB "
           f"({per_100k:+.2f} MB per 100k images)")
     print(f"mined {args.images:,} images in {elapsed:.0f} s ({args.images / elapsed:,.0f} "
           "img/s)")
