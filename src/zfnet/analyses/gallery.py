@@ -340,6 +340,9 @@ def run_topk_gallery(
         rel_dir = out_dir.resolve().relative_to(run_dir.resolve())
     except ValueError:
         raise ValueError(f"out_dir {out_dir} must lie inside run_dir {run_dir}") from None
+    for d in (run_dir, out_dir):  # found out before the long part, the mining
+        if d.exists() and not d.is_dir():
+            raise NotADirectoryError(f"{d} is a file, not a directory for the gallery")
     if topk is None or any(name not in topk for name in layers):
         if distributed:
             topk = mine_topk_distributed(model, dataset, layers, k, batch_size=batch_size,
