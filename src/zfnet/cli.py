@@ -365,6 +365,9 @@ _FRACTION = click.FloatRange(0, 1, max_open=True)
                    "bf16, else off).")
 @click.option("--channels-last/--no-channels-last", default=None,
               help="channels_last memory format (default on).")
+@click.option("--compile/--no-compile", "compile", default=None,
+              help="torch.compile the training step (default off: faster on a GPU, slower "
+                   "on a small CPU; the first steps take the compilation).")
 @click.option("--workers", type=click.IntRange(0),
               help="DataLoader worker processes (default 0).")
 @click.option("--time-budget", callback=_duration, metavar="DURATION",
@@ -451,9 +454,12 @@ def train_cmd(**opts) -> None:
 @click.option("--strict", is_flag=True,
               help="Stop at the first broken image file with an error naming it (default: "
                    "skip it with a warning and count it).")
+@click.option("--compile", "compile", is_flag=True,
+              help="torch.compile the model (faster on a GPU over a large split, slower on a "
+                   "small CPU; off by default).")
 def eval_cmd(checkpoint: str, data: str | None, ten_crop: bool, json_out: str | None,
              batch_size: int, device: str, workers: int, amp: str, live_weights: bool,
-             strict: bool) -> None:
+             strict: bool, compile: bool) -> None:
     """Top-1 / top-5 error, per-class accuracy and confusion matrix on the validation split.
 
     Many processes: `torchrun --nproc-per-node N -m zfnet.cli eval ...` scores a share of the
@@ -470,7 +476,7 @@ def eval_cmd(checkpoint: str, data: str | None, ten_crop: bool, json_out: str | 
     with processes(device) as info:
         r = evaluate_checkpoint(checkpoint, data, ten_crop, batch_size=batch_size,
                                 workers=workers, amp=amp, live_weights=live_weights,
-                                strict=strict, info=info)
+                                strict=strict, compile=compile, info=info)
     if not info.is_main:
         return
     crops = "10 crops" if ten_crop else "centre crop"

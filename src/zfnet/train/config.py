@@ -68,6 +68,9 @@ class TrainConfig:
     # "off", "bf16", "fp16" (CUDA only) force it.
     amp: str = "auto"
     channels_last: bool = True
+    # torch.compile the training step (zfnet.train.compiled); checkpoints are the same either
+    # way, so it may change on --resume
+    compile: bool = False
     workers: int = 0  # DataLoader worker processes per training process
     keep_epochs: tuple[int, ...] = PAPER_KEEP_EPOCHS
     # validate after every `val_every`-th epoch and after the last; the epochs between get empty

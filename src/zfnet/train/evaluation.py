@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Subset
 
 from zfnet.data import collate
 from zfnet.train.checkpoint import load_model, read_train_state
+from zfnet.train.compiled import check_compile, compile_model
 from zfnet.train.distributed import DistInfo, resolve_device
 from zfnet.train.metrics import per_class_accuracy
 from zfnet.train.recipe import amp_dtype_for, evaluate
@@ -28,6 +29,7 @@ def evaluate_checkpoint(
     channels_last: bool = True,
     live_weights: bool = False,
     strict: bool = False,
+    compile: bool = False,
     bundle: Any = None,
     info: DistInfo | None = None,
 ) -> dict[str, Any]:
@@ -39,8 +41,9 @@ def evaluate_checkpoint(
     defaults are the trainer's; "off" scores in float32). `live_weights`: for a run trained with
     `--ema`, score the live weights instead of their average (which the checkpoint's
     model.safetensors holds). `strict`: a broken image file raises `BadImageError` naming it,
-    instead of being skipped with a warning and counted. `bundle` may be given instead of
-    loading `spec`.
+    instead of being skipped with a warning and counted. `compile`: score with the
+    `torch.compile`d model (`zfnet.train.compiled`). `bundle` may be given instead of loading
+    `spec`.
 
     Several processes (`info` from `zfnet.train.distributed.processes`, under torchrun; its
     device replaces `device`): process r of w scores val items r, r + w, r + 2w, … (each item
@@ -55,6 +58,8 @@ def evaluate_checkpoint(
     """
     info = info or DistInfo(0, 1, 0, resolve_device(device))
     dev = info.device
+    if compile:
+        check_compile(dev)
     model, meta = load_model(path, device=dev)
     if live_weights:
         if not meta.get("train_config", {}).get("ema"):
@@ -84,6 +89,8 @@ def evaluate_checkpoint(
                         collate_fn=collate, pin_memory=dev.type == "cuda")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if compile:
+        model = compile_model(model)
     r = evaluate(model, loader, bundle.num_classes, info, amp_dtype_for(amp, dev), channels_last)
     cm: torch.Tensor = r["confusion"]
     names = list(bundle.class_names)
