@@ -314,7 +314,8 @@ _FRACTION = click.FloatRange(0, 1, max_open=True)
 
 
 @main.command("train", short_help="Train a model with the paper's recipe (Sec. 3)")
-@click.option("--data", help="Dataset spec, e.g. synthetic, fashion-mnist, imagefolder:DIR.")
+@click.option("--data", help="Dataset spec, e.g. synthetic, fashion-mnist, imagefolder:DIR, "
+              "shards:OUT.")
 @click.option("--model", help="Registered model name (see `zfnet models`).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Run directory (config.json, metrics.csv, tb/, checkpoints/).")
@@ -474,6 +475,53 @@ def eval_cmd(checkpoint: str, data: str | None, ten_crop: bool, json_out: str | 
     if json_out:
         Path(json_out).write_text(json.dumps(r, indent=1) + "\n")
         click.echo(f"wrote {json_out}")
+
+
+def _byte_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    from zfnet.data.shard_writer import parse_size
+
+    try:
+        return parse_size(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from e
+
+
+@main.command("shards", short_help="Write an image folder as webdataset tar shards")
+@click.argument("source", metavar="imagefolder:DIR")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder to create: train-*.tar, val-*.tar, their index, manifest.json.")
+@click.option("--resize", type=click.IntRange(0),
+              help="Shorter side the images are re-encoded at, as JPEG (default 256, the "
+                   "paper's; smaller images keep their bytes); 0 = --original.")
+@click.option("--original", is_flag=True, help="Store the original files' bytes.")
+@click.option("--shard-size", default="1GB", show_default=True, callback=_byte_size,
+              metavar="SIZE", help="Bytes per shard at most, e.g. 1GB, 500MB, 2GiB.")
+@click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True,
+              help="JPEG quality of the re-encoded images.")
+@click.option("--workers", type=click.IntRange(0),
+              help="Decoding processes (default: one per core, up to 8; 0: this one).")
+@click.option("--progress/--quiet", default=True, help="Progress bars.")
+def shards_cmd(source: str, out: str, resize: int | None, original: bool, shard_size: int,
+               quality: int, workers: int | None, progress: bool) -> None:
+    """Write the image folder SOURCE (imagefolder:DIR, both splits) as webdataset tar shards
+    in OUT, with a manifest and an index; then `--data shards:OUT` reads them in every command,
+    as it reads imagefolder:DIR. Broken images are skipped and named. OUT appears complete or
+    not at all (an error or Ctrl-C leaves nothing)."""
+    from zfnet.data.shard_writer import DEFAULT_RESIZE, write_shards
+
+    if original and resize not in (None, 0):
+        raise click.UsageError(f"--original and --resize {resize} both set what is stored: "
+                               "give one of them")
+    resize = 0 if original else (DEFAULT_RESIZE if resize is None else resize)
+    m = write_shards(source, out, resize=resize, shard_size=shard_size, quality=quality,
+                     workers=workers, progress=progress)
+    splits = m["splits"]
+    skipped = sum(len(s["skipped"]) for s in splits.values())
+    what = f"at {resize} px" if resize else "as the original files"
+    click.echo(", ".join(f"{s['count']} {name} images in {len(s['shards'])} shard(s)"
+                         for name, s in splits.items())
+               + f" {what}" + (f" ({skipped} broken files skipped)" if skipped else "")
+               + f": {out}; read them with --data shards:{out}")
 
 
 @main.command("demo", short_help="Train ZFNet-small, run every analysis, write a report")
