@@ -222,6 +222,8 @@ def test_resized_shards_match_within_jpeg_tolerance(folder, resized) -> None:
             if sd.key(i) == "cat/3":  # smaller than 37 px: its own bytes are kept
                 assert rms == 0
             assert rms < 8, (split, i)  # JPEG quality 90: PSNR above 30 dB
+    with pytest.warns(UserWarning, match="37 px .* 73 px inputs upsample them"):
+        load_dataset(f"shards:{resized}?size=64")
     # a subset selects as imagefolder does, by name and per class
     sub = load_dataset(f"shards:{resized}?{SPEC}&classes=cat,ant&per_class=2")
     assert sub.class_names == ["cat", "ant"] and sub.train.targets == [1, 0, 1, 0]
