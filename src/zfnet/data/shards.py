@@ -11,11 +11,12 @@ Layout of OUT (written by `zfnet.data.shard_writer.write_shards`)::
     OUT/val-index.npy
     OUT/mean-256.npy           the training split's mean image at 256 px (paper Sec. 3)
 
-Samples are stored in the order `imagefolder:DIR` gives them (train: round-robin over the
-classes; val: class by class), broken files left out when writing, so a shard's consecutive
-samples mix the classes and item i of a split is the folder loader's item i when no file was
-broken. The images are the originals re-encoded as JPEG at a shorter side of `resize` px
-(256, the paper's; smaller images keep their bytes), or the original bytes (`resize` 0).
+Samples are stored in the order `imagefolder:DIR` gives them (round-robin over the classes:
+the first image of each class, then the second, ...), broken files left out when writing, so a
+shard's consecutive samples mix the classes and item i of a split is the folder loader's item i
+when no file was broken. The images are the originals re-encoded as JPEG at a shorter side of
+`resize` px (256, the paper's; smaller images keep their bytes), or the original bytes
+(`resize` 0).
 
 Reading: every item is decoded and preprocessed as `imagefolder` does it (shorter side -> the
 full size, centre square, minus the mean image, random crops and flips or the centre / 10
@@ -329,7 +330,7 @@ def load_shards(
     names = [all_names[c] for c in classes] if classes is not None else all_names
 
     def pick(split: ShardSplit, first: int | None, per_class: int | None):
-        # The stored order is imagefolder's already (train round-robin over the classes):
+        # The stored order is imagefolder's already (round-robin over the classes):
         # kept, so that a subset reads its shards in order.
         return select(split.index[:, LABEL].tolist(), classes=classes, per_class=per_class,
                       first=first)
