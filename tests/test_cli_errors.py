@@ -186,6 +186,10 @@ CASES = [
     ("topk-images-empty", [*TOPK, "--data", "images:{empty}"], "holds no image files"),
     ("topk-images-missing", [*TOPK, "--data", "images:/nonexistent"], "/nonexistent does not"),
     ("topk-images-a-file", [*TOPK, "--data", "images:{notes}"], "is not a directory"),
+    # atlas
+    ("atlas-layer", ["atlas", *CK, *OUT, "--layer", "conv9"], "conv9"),
+    ("atlas-no-data", ["atlas", "--model", "zfnet_small", *OUT], "no dataset given"),
+    ("atlas-out-not-an-atlas", ["atlas", *CK, "--out", "{run}"], "holds no atlas"),
     # analyze
     ("evolution-no-checkpoints", ["analyze", "evolution", "--run", "{empty}", *OUT], "empty"),
     ("evolution-no-run", ["analyze", "evolution", *OUT], "--checkpoint"),
