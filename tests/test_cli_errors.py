@@ -233,6 +233,11 @@ CASES = [
      "nope"),
     ("demo-dataset", ["demo", "--data", "nope", *OUT], "nope"),
     ("demo-model", ["demo", "--data", TINY, "--model", "zfnett", *OUT], "zfnett"),
+    ("serve-no-model", ["serve", "--port", "0"], "no model given"),
+    ("serve-unknown-model", ["serve", "--model", "zfnett", "--port", "0"], "zfnett"),
+    ("serve-bad-data", ["serve", *CK, "--data", "nope", "--port", "0"], "nope"),
+    ("serve-port", ["serve", *CK, "--port", "70000"], "70000"),
+    ("serve-upload-limit", ["serve", *CK, "--max-upload-mb", "0"], "--max-upload-mb"),
     ("report-no-sections", ["report", "{empty}"], "no report sections"),
     ("report-figure-outside", ["report", "{escape}"], "../secret.png"),
 ]

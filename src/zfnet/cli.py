@@ -496,6 +496,7 @@ def demo_cmd(out: str, epochs: int, batch_size: int, lr: float, data: str, model
     if "report" in r:
         click.echo(f"total {r['wall_time_s']:.0f} s; val top-1 error {r['val_top1_error']:.2%}")
         click.echo(f"report: {Path(r['report']).resolve()}")
+        click.echo(f"explore it in your browser: zfnet serve --checkpoint {out}")
 
 
 # --- looking inside a trained model: each command writes figures + a report section into --out,
