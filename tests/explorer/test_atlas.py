@@ -16,13 +16,14 @@ import torch
 import torchvision
 from click.testing import CliRunner
 from PIL import Image
-from torch.utils.data import Subset
+from torch.utils.data import Subset, TensorDataset
 
 from zfnet.analyses.evolution import feature_evolution, render_unit_evolution
 from zfnet.analyses.gallery import render_layer, run_topk_gallery
 from zfnet.analyses.topk import mine_topk
 from zfnet.cli import main
 from zfnet.explorer.atlas import ATLAS_FILE, CheckpointModels, run_checkpoints, write_atlas
+from zfnet.models import create_model
 from zfnet.sources import load_data, load_source
 from zfnet.train import list_checkpoints
 
@@ -226,6 +227,22 @@ def test_replaces_an_atlas_never_anything_else_and_a_stop_leaves_nothing(tiny_ru
         write_atlas(source.model, bundle, other, layers=["conv1"], n_images=4)
     assert [p.name for p in other.iterdir()] == ["keep"]
     shutil.rmtree(other)
+
+
+def test_a_dataset_of_model_inputs(tmp_path) -> None:
+    """Not a bundle: any Dataset of inputs, the patches its inputs min-max scaled."""
+    torch.manual_seed(0)
+    model = create_model("zfnet_small", input_size=32)
+    data = TensorDataset(torch.randn(6, 3, 32, 32) * 50, torch.zeros(6, dtype=torch.long))
+    index = write_atlas(model, data, tmp_path / "site", layers=["features.conv2"], k=3,
+                        maps_per_layer=2)
+    _check_site(tmp_path / "site")
+    doc = json.loads((tmp_path / "site" / ATLAS_FILE).read_text())
+    assert doc["data"] == "TensorDataset" and doc["images"] == 6 and index.is_file()
+    assert doc["layers"][0]["name"] == "conv2"  # one way to name a layer
+    mined = mine_topk(model, data, ["conv2"], 3)["conv2"]
+    for unit in doc["layers"][0]["units"]:
+        assert [u["image"] for u in unit["topk"]] == mined.index[unit["map"]].tolist()
 
 
 def test_a_browser_opens_a_unit_page_from_disk(site) -> None:

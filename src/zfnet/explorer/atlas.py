@@ -179,8 +179,9 @@ def write_atlas(
     models). maps_per_layer: the N strongest maps of each layer (default every map). rule:
     deconvnet, guided or gradient. evolution: [(epoch, model)] of a zfnet run's kept epochs in
     order (e.g. `CheckpointModels(run_checkpoints(...))`), each unit's projection shown at each.
-    progress(done, total): called as the work goes (images mined, units drawn); an exception
-    it raises stops the atlas and leaves nothing written.
+    progress(done, total): called as the work goes (images mined, at each checkpoint too, and
+    units drawn; total grows once, when the mining has said how many maps there are); an
+    exception it raises stops the atlas and leaves nothing written.
     """
     check_rule(rule)
     if k < 1:
