@@ -883,6 +883,61 @@ def study_cmd(data: str, models: tuple[str, ...], variants: tuple[str, ...], epo
     _finish(out)
 
 
+@main.command("serve", short_help="The explorer: a web page to look inside a network")
+@_SOURCE
+@click.option("--data", default=None,
+              help="Dataset spec whose images the page shows and mines (default: a zfnet run's "
+                   "own; none for other models: uploads only).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface; the page has no login).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="Port (0: any free one).")
+@click.option("--images", default=None, type=click.IntRange(1),
+              help="Mine the top-k over the first N dataset images (default: all).")
+@click.option("--k", default=9, show_default=True, type=click.IntRange(1))
+@click.option("--cache", "cache_dir", default=None, type=click.Path(file_okay=False),
+              help="Where the top-k index is kept (default: ~/.cache/zfnet/explorer).")
+@click.option("--max-upload-mb", default=20, show_default=True, type=click.IntRange(1))
+def serve_cmd(model_options: ModelOptions, data: str | None, host: str, port: int,
+              images: int | None, k: int, cache_dir: str | None, max_upload_mb: int) -> None:
+    """The explorer: a local web page to click through the layers and units of the model with
+    the dataset's images or your own (drag and drop): feature maps, projections by the
+    deconvnet, guided backprop and the gradient, top-k over the dataset, occlusion and, for a
+    zfnet run with kept epochs, evolution. The JSON API behind it: docs/explorer.md."""
+    import os
+    import socket
+
+    from zfnet.explorer.app import Server, create_app, free_port
+    from zfnet.explorer.session import Explorer
+    from zfnet.sources import load_data
+    from zfnet.train import list_checkpoints
+
+    source, _ = _model_and_data(model_options, need_data=False)
+    bundle = None
+    if data is not None or source.kind == "run":
+        bundle = load_data(source, data)
+    kept = []
+    if source.kind == "run":
+        kept = list_checkpoints(Path(source.meta["checkpoint"]).parent)
+    cache = Path(cache_dir) if cache_dir else Path(
+        os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "zfnet" / "explorer"
+    explorer = Explorer(source, bundle, cache_dir=cache, n_images=images, k=k,
+                        evolution=kept if len(kept) > 1 else None)
+    app = create_app(explorer, max_upload=max_upload_mb * 2**20)
+    port = port or free_port(host)
+    try:  # the port is checked before the long-running part starts
+        with socket.socket() as s:
+            s.bind((host, port))
+    except OSError as e:
+        raise click.BadParameter(f"cannot listen on {host}:{port}: {e.strerror}",
+                                 param_hint="--port/--host") from None
+    server = Server(app, host, port)
+    click.echo(f"zfnet explorer: {source.name}"
+               + (f", {explorer.n_images} images of {bundle.spec}" if bundle else ", uploads only"))
+    click.echo(f"open {server.url}/  (Ctrl-C stops it)")
+    server.server.run()
+
+
 @main.command("report", short_help="Rebuild a report page from its saved sections")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 def report_cmd(run_dir: str) -> None:

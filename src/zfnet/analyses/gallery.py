@@ -35,7 +35,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -251,14 +251,14 @@ def default_display(dataset: Dataset) -> Callable[[int], Tensor]:
 
 
 def render_layer(
-    projections: Tensor, patches: Tensor, path: str | Path, *, columns: int | None = None,
-    min_side: int = 40,
-) -> Path:
+    projections: Tensor, patches: Tensor, path: str | Path | BinaryIO, *,
+    columns: int | None = None, min_side: int = 40,
+) -> Path | BinaryIO:
     """Draw a Fig. 2 grid: per map a block of k projections beside its k image patches.
 
     projections (M, k, C, h, w) float; patches (M, k, C, h, w) uint8. Small windows are
     enlarged (nearest neighbour, integer factor) until their longer side has at least
-    `min_side` pixels.
+    `min_side` pixels. path: a file path, or an open binary file the PNG is written to.
     """
     m, k, _, sh, sw = projections.shape
     zoom = max(1, math.ceil(min_side / max(sh, sw)))
@@ -280,6 +280,9 @@ def render_layer(
             for half_i, img in enumerate((to_rgb(shown[a, j]), to_rgb(patches[a, j]))):
                 x = bx + half_i * (half + gap) + pad + (j % g) * (tw + pad)
                 canvas[y: y + th, x: x + tw] = img.repeat(zoom, 0).repeat(zoom, 1)
+    if hasattr(path, "write"):  # an open binary file (the explorer's PNG bytes)
+        Image.fromarray(canvas).save(path, format="PNG")
+        return path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(canvas).save(path)

@@ -36,7 +36,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -397,8 +397,8 @@ def _projection_display(p: torch.Tensor) -> np.ndarray:
 def plot_occlusion(
     panels: list[tuple[torch.Tensor | np.ndarray, OcclusionResult]],
     class_names: list[str] | None,
-    path: str | Path,
-) -> Path:
+    path: str | Path | BinaryIO,
+) -> Path | BinaryIO:
     """Paper Fig. 7 as a PNG: one row per (displayable image, result) in `panels`, columns
     (a) the image with the most sensitive occluder drawn, (b) activation map, (c) its deconv
     projection, (d) p(correct class), (e) most probable label. Returns the path."""
@@ -463,6 +463,9 @@ def plot_occlusion(
             ax.set_xticks([])
             ax.set_yticks([])
     fig.tight_layout()
+    if hasattr(path, "write"):  # an open binary file (the explorer's PNG bytes)
+        fig.savefig(path, dpi=100, format="png")
+        return path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -85,15 +86,19 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(path: str | Path, *, min_side: int | None = None) -> torch.Tensor:
-    """Decode an image file to RGB: uint8 (3, H, W).
+def load_rgb(path: str | Path | BinaryIO, *, min_side: int | None = None,
+             name: str | None = None) -> torch.Tensor:
+    """Decode an image file (a path, or an open binary file such as an upload's bytes in a
+    `BytesIO`, named in errors by `name`) to RGB: uint8 (3, H, W).
 
     `min_side`: a hint that the image will be downscaled to this shorter side, which lets
     large JPEGs decode at a reduced scale (never below `min_side`). Raises `BadImageError`
     naming the file when it is truncated, empty, not an image or a decompression bomb
     (larger than `PIL.Image.MAX_IMAGE_PIXELS`).
     """
-    path = Path(path)
+    if not hasattr(path, "read"):
+        path = Path(path)
+    label = name or (path if isinstance(path, Path) else "upload")
     try:
         with warnings.catch_warnings():
             # PIL only warns between MAX_IMAGE_PIXELS and twice that; both are bombs here.
@@ -105,20 +110,22 @@ def load_rgb(path: str | Path, *, min_side: int | None = None) -> torch.Tensor:
                 img = ImageOps.exif_transpose(img)
                 rgb = _to_rgb(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise BadImageError(path, f"decompression bomb ({e})") from e
+        raise BadImageError(label, f"decompression bomb ({e})") from e
     except UnidentifiedImageError as e:
         reason = "empty file (0 bytes)" if _is_empty(path) else "not a recognised image format"
-        raise BadImageError(path, reason) from e
+        raise BadImageError(label, reason) from e
     except FileNotFoundError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         # PIL reports truncation and corrupt data as OSError/SyntaxError/ValueError.
-        raise BadImageError(path, f"cannot decode ({type(e).__name__}: {e})") from e
+        raise BadImageError(label, f"cannot decode ({type(e).__name__}: {e})") from e
     arr = np.asarray(rgb, dtype=np.uint8)  # (H, W, 3)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()  # (3, H, W)
 
 
-def _is_empty(path: Path) -> bool:
+def _is_empty(path: Path | BinaryIO) -> bool:
+    if not isinstance(path, Path):
+        return path.seek(0, 2) == 0
     try:
         return path.stat().st_size == 0
     except OSError:

@@ -1,0 +1,322 @@
+"""The explorer's web server: the page and the JSON API under /api/ (docs/explorer.md) over one
+`Explorer`, served by FastAPI/uvicorn.
+
+Work on the model never runs on the event loop: interactive requests (maps, projections, the
+top classes) go to one worker thread, in order, and the long computations (the top-k index,
+occlusion, evolution) to the job runner's thread with their own copy of the model, so a page
+stays live while a job runs. Every error a request can cause is a JSON `{"error": "..."}` of
+one line with a 4xx status; the server keeps serving. Nothing outside the package's assets is
+readable through it: images are addressed by id (`val:N`, `up:HEX`), never by path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from zfnet.explorer.jobs import JobRunner
+from zfnet.explorer.session import Explorer, ExplorerError, NotFoundError
+
+MAX_UPLOAD = 20 * 1024 * 1024  # bytes
+STATIC = Path(str(files("zfnet.explorer") / "static"))
+PNG_HEADERS = {"Cache-Control": "private, max-age=3600"}
+
+
+class TooLarge(ExplorerError):
+    """An upload over the size limit."""
+
+
+def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD) -> FastAPI:
+    """The FastAPI application serving `explorer`: the page at /, its assets at /static/, the
+    API at /api/ (its OpenAPI schema at /api/openapi.json)."""
+    work = ThreadPoolExecutor(1, thread_name_prefix="zfnet-view")  # the model's one user
+    jobs = JobRunner()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        jobs.shutdown()  # a running job stops at its next progress report
+        work.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="zfnet explorer", docs_url=None, redoc_url=None,
+                  openapi_url="/api/openapi.json", lifespan=lifespan)
+    app.state.explorer, app.state.jobs = explorer, jobs
+
+    async def call(fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.wrap_future(work.submit(fn, *args))
+
+    # --- errors: one JSON line, never a traceback ---
+
+    @app.exception_handler(ExplorerError)
+    async def _bad(_: Request, e: ExplorerError) -> JSONResponse:
+        status = 413 if isinstance(e, TooLarge) else 404 if isinstance(e, NotFoundError) \
+            else 400
+        return JSONResponse({"error": str(e)}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in e.errors():
+            where = ".".join(str(x) for x in err.get("loc", ())[1:]) or "request"
+            parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        return JSONResponse({"error": "; ".join(parts)}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        text = e.detail if isinstance(e.detail, str) else "error"
+        if e.status_code == 404:
+            text = "not found: see /api/openapi.json or docs/explorer.md for the routes"
+        return JSONResponse({"error": text}, status_code=e.status_code)
+
+    @app.exception_handler(Exception)
+    async def _crash(_: Request, e: Exception) -> JSONResponse:
+        print(f"zfnet serve: {type(e).__name__}: {e}", file=sys.stderr)
+        line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return JSONResponse({"error": f"internal error: {line}"}, status_code=500)
+
+    # --- the page ---
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> Response:
+        page = STATIC / "index.html"
+        if not page.is_file():
+            return JSONResponse({"error": "the page's files are missing from this install"},
+                                status_code=500)
+        return FileResponse(page, headers={"Cache-Control": "no-cache"})
+
+    if STATIC.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    # --- the model, its layers and images ---
+
+    @app.get("/api/model")
+    async def model() -> dict[str, Any]:
+        """The model, its dataset and what the page can show."""
+        return await call(explorer.describe)
+
+    @app.get("/api/layers")
+    async def layers() -> dict[str, Any]:
+        """Every layer with maps: name, module, kind, maps, size, receptive field, stride."""
+        return {"layers": [r.to_dict() for r in explorer.layers]}
+
+    @app.get("/api/images")
+    async def images(offset: int = 0, limit: int = 60) -> dict[str, Any]:
+        """A page of the dataset's images."""
+        return await call(explorer.images, offset, limit)
+
+    @app.get("/api/image/{image_id}.png")
+    async def image_png(image_id: str) -> Response:
+        """An image as the model sees it."""
+        return _png(await call(explorer.image_png, image_id))
+
+    @app.post("/api/images", status_code=201)
+    async def upload(request: Request) -> dict[str, Any]:
+        """Upload an image: the raw bytes of the file as the body (X-Filename: its name)."""
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > max_upload:
+            raise TooLarge(_too_large(int(size), max_upload))
+        chunks, total = [], 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > max_upload:
+                raise TooLarge(_too_large(total, max_upload, at_least=True))
+            chunks.append(chunk)
+        name = request.headers.get("x-filename") or None
+        entry = await call(explorer.upload, b"".join(chunks), name)
+        w, h = entry.original
+        return {"id": entry.id, "src": f"/api/image/{entry.id}.png", "name": entry.name,
+                "width": w, "height": h}
+
+    @app.get("/api/predict")
+    async def predict(image: str) -> dict[str, Any]:
+        """The model's top-5 classes on the image."""
+        return await call(explorer.predict, image)
+
+    @app.get("/api/maps")
+    async def maps(image: str, layer: str) -> dict[str, Any]:
+        """The layout of the layer's maps for the image in the sprite, each map's maximum."""
+        return await call(explorer.maps, image, layer)
+
+    @app.get("/api/maps.png")
+    async def maps_png(image: str, layer: str) -> Response:
+        """Every map of the layer for the image, one sprite."""
+        return _png(await call(explorer.maps_png, image, layer))
+
+    # --- one unit ---
+
+    @app.get("/api/unit")
+    async def unit(image: str, layer: str, unit: int, row: int | None = None,
+                   col: int | None = None) -> dict[str, Any]:
+        """A unit: its position (default: the map's strongest), activation, receptive field,
+        and the URLs of its projections and patch."""
+        return await call(explorer.unit, image, layer, unit, row, col)
+
+    @app.get("/api/projection.png")
+    async def projection(image: str, layer: str, unit: int, rule: str = "deconvnet",
+                         row: int | None = None, col: int | None = None) -> Response:
+        """The unit projected to pixels by `rule`, cut to its receptive field."""
+        return _png(await call(explorer.projection_png, image, layer, unit, rule, row, col))
+
+    @app.get("/api/patch.png")
+    async def patch(image: str, layer: str, unit: int, row: int | None = None,
+                    col: int | None = None) -> Response:
+        """The image's patch under the unit's receptive field."""
+        return _png(await call(explorer.patch_png, image, layer, unit, row, col))
+
+    # --- long computations: 200 with the result, or 202 with the job computing it ---
+
+    def started(kind: str, key: tuple, what: str, fn: Callable[..., None],
+                *args: Any) -> JSONResponse:
+        """202 with the job computing `key` (joined if queued or running; a failed or
+        cancelled one is tried again)."""
+        job = jobs.submit(kind, key, what, lambda progress: fn(*args, progress))
+        return JSONResponse({"job": jobs.describe(job)}, status_code=202)
+
+    @app.get("/api/topk")
+    async def topk(layer: str, unit: int) -> Any:
+        """The unit's top-k over the dataset (the index is mined once per layer)."""
+        out = await call(explorer.topk, layer, unit)
+        if out is not None:
+            return out
+        name = explorer.layer(layer).name
+        if not explorer.n_images:
+            raise ExplorerError("no dataset to mine: start the server with --data SPEC")
+        return started("topk", ("topk", name),
+                       f"top-{explorer.k} index of {name} over {explorer.n_images} images",
+                       explorer.topk_job, name)
+
+    @app.get("/api/topk.png")
+    async def topk_png(layer: str, unit: int) -> Response:
+        """The unit's k projections beside their k image patches."""
+        return _png(await call(explorer.topk_png, layer, unit))
+
+    @app.get("/api/occlusion")
+    async def occlusion(image: str) -> Any:
+        """The four occlusion maps of Fig. 7 for the image."""
+        entry = await call(explorer.image, image)  # an unknown image: an error now
+        done = explorer.occlusions.get(entry.id)
+        if done is not None:
+            return {k: v for k, v in done.items() if k != "png"}
+        return started("occlusion", ("occlusion", entry.id), f"occlusion maps of {entry.id}",
+                       explorer.occlusion_job, entry.id)
+
+    @app.get("/api/occlusion.png")
+    async def occlusion_png(image: str) -> Response:
+        done = explorer.occlusions.get(image)
+        if done is None:
+            raise NotFoundError(f"no occlusion maps of {image!r} yet: GET "
+                                f"/api/occlusion?image={image} computes them")
+        return _png(done["png"])
+
+    @app.get("/api/evolution")
+    async def evolution(layer: str, unit: int) -> Any:
+        """The unit across the run's kept epochs (Fig. 4)."""
+        lr = explorer.layer(layer)
+        explorer.unit_index(lr, unit)
+        if not explorer.evolution_checkpoints:
+            raise NotFoundError("evolution needs a zfnet run with kept epochs: zfnet serve "
+                                "--checkpoint RUN (zfnet train --keep-epochs)")
+        done = explorer.evolutions.get((lr.name, unit))
+        if done is not None:
+            return {k: v for k, v in done.items() if k != "png"}
+        epochs = len(explorer.evolution_checkpoints)
+        return started("evolution", ("evolution", lr.name, unit),
+                       f"evolution of {lr.name} unit {unit} over {epochs} epochs",
+                       explorer.evolution_job, lr.name, unit)
+
+    @app.get("/api/evolution.png")
+    async def evolution_png(layer: str, unit: int) -> Response:
+        name = explorer.layer(layer).name
+        done = explorer.evolutions.get((name, unit))
+        if done is None:
+            raise NotFoundError(f"no evolution of {name} unit {unit} yet: GET "
+                                f"/api/evolution?layer={name}&unit={unit} computes it")
+        return _png(done["png"])
+
+    # --- jobs ---
+
+    @app.get("/api/jobs")
+    async def all_jobs() -> dict[str, Any]:
+        """Every recent job, oldest first."""
+        return {"jobs": [jobs.describe(j) for j in jobs.all()]}
+
+    @app.get("/api/jobs/{job_id}")
+    async def job(job_id: str) -> dict[str, Any]:
+        """A job's state and progress."""
+        j = jobs.get(job_id)
+        if j is None:
+            raise NotFoundError(f"no job {job_id!r}; GET /api/jobs lists them")
+        return jobs.describe(j)
+
+    @app.delete("/api/jobs/{job_id}")
+    async def cancel(job_id: str) -> dict[str, Any]:
+        """Cancel a job (a finished one stays as it is)."""
+        j = jobs.cancel(job_id)
+        if j is None:
+            raise NotFoundError(f"no job {job_id!r}; GET /api/jobs lists them")
+        return jobs.describe(j)
+
+    return app
+
+
+def _png(data: bytes) -> Response:
+    return Response(data, media_type="image/png", headers=PNG_HEADERS)
+
+
+def _too_large(size: int, limit: int, at_least: bool = False) -> str:
+    more = "more than " if at_least else ""
+    return (f"the upload is {more}{size / 2**20:.1f} MB; the limit is {limit / 2**20:.0f} MB "
+            "(zfnet serve --max-upload-mb)")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """uvicorn serving an app on a background thread (tests, benchmarks, the screenshot):
+    `with Server(app) as url: ...`."""
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int | None = None) -> None:
+        import uvicorn
+
+        self.host, self.port = host, port or free_port(host)
+        config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning",
+                                lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        for _ in range(500):
+            if self.server.started:
+                return self.url
+            if not self.thread.is_alive():
+                raise RuntimeError("the explorer's server did not start")
+            threading.Event().wait(0.01)
+        raise RuntimeError("the explorer's server did not start within 5 s")
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

@@ -1,0 +1,148 @@
+"""Long computations of the explorer, off the request thread: one at a time, in order, each
+with its progress and a way to cancel it.
+
+A `Job` runs `work(progress)` on the runner's one worker thread; `progress(done, total)` is
+what the engines call as they go (`mine_topk`, `occlusion`, …) and where a cancelled job stops:
+it raises `Cancelled` there. Jobs are named by a key (what they compute), so a second request
+for the same thing joins the job already queued or running instead of starting another.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+STATES = ("queued", "running", "done", "failed", "cancelled")
+KEEP = 200  # finished jobs remembered
+
+
+class Cancelled(Exception):
+    """Raised inside a job's work, at its next progress report, once it is cancelled."""
+
+
+@dataclass
+class Job:
+    """One long computation: its state, progress and, when it failed, the one-line reason."""
+
+    id: str
+    kind: str
+    key: Hashable
+    what: str
+    state: str = "queued"
+    done: int = 0
+    total: int = 0
+    error: str | None = None
+    cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    future: Future | None = field(default=None, repr=False)
+
+    def progress(self, done: int, total: int) -> None:
+        """The engines' callback: records progress; raises `Cancelled` once cancelled."""
+        self.done, self.total = int(done), int(total)
+        if self.cancel.is_set():
+            raise Cancelled
+
+    def to_dict(self, waiting_for: str | None = None) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "what": self.what, "state": self.state,
+                "done": self.done, "total": self.total, "error": self.error,
+                "waiting_for": waiting_for}
+
+
+class JobRunner:
+    """Runs jobs one after another on one thread (the CPU is the limit: two at once would only
+    slow both), remembers the recent ones, and says what a queued job waits for."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="zfnet-job")
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._by_key: dict[Hashable, Job] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+
+    def submit(self, kind: str, key: Hashable, what: str,
+               work: Callable[[Callable[[int, int], None]], None]) -> Job:
+        """The job computing `key`: the queued or running one, or a new one running
+        `work(progress)`. A finished job is not reused (its result is where `work` put it; a
+        failed or cancelled one is tried again)."""
+        with self._lock:
+            job = self._by_key.get(key)
+            if job is not None and job.state in ("queued", "running"):
+                return job
+            job = Job(f"{kind}-{next(self._ids)}", kind, key, what)
+            self._jobs[job.id] = job
+            self._by_key[key] = job
+            while len(self._jobs) > KEEP:
+                old = next(iter(self._jobs.values()))
+                if old.state in ("queued", "running"):
+                    break
+                self._jobs.popitem(last=False)
+                if self._by_key.get(old.key) is old:
+                    del self._by_key[old.key]
+        job.future = self._pool.submit(self._run, job, work)
+        return job
+
+    def _run(self, job: Job, work: Callable[[Callable[[int, int], None]], None]) -> None:
+        if job.cancel.is_set():
+            job.state = "cancelled"
+            return
+        job.state = "running"
+        try:
+            work(job.progress)
+        except Cancelled:
+            job.state = "cancelled"
+        except Exception as e:  # noqa: BLE001  # a job's failure is reported, not raised
+            job.error = _one_line(e)
+            job.state = "failed"
+            traceback.print_exc()  # the server's log keeps the whole story
+        else:
+            job.state = "done"
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def last(self, key: Hashable) -> Job | None:
+        """The latest job for `key`, whatever its state."""
+        with self._lock:
+            return self._by_key.get(key)
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Asks the job to stop: a queued one never starts, a running one stops at its next
+        progress report. A finished job is left as it is."""
+        job = self.get(job_id)
+        if job is not None and job.state in ("queued", "running"):
+            job.cancel.set()
+            if job.state == "queued":
+                job.state = "cancelled"
+        return job
+
+    def waiting_for(self, job: Job) -> str | None:
+        """What runs before a queued job: the running job's words."""
+        if job.state != "queued":
+            return None
+        with self._lock:
+            running = [j for j in self._jobs.values() if j.state == "running"]
+        return running[0].what if running else None
+
+    def describe(self, job: Job) -> dict[str, Any]:
+        return job.to_dict(self.waiting_for(job))
+
+    def all(self) -> list[Job]:
+        with self._lock:
+            return list(self._jobs.values())
+
+    def shutdown(self) -> None:
+        """Cancels every job and waits for the running one to stop."""
+        for job in self.all():
+            self.cancel(job.id)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

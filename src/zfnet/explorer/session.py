@@ -1,0 +1,669 @@
+"""What the explorer shows, without the web: one model, its images and every view of a unit.
+
+`Explorer` holds a model (any source: `zfnet.sources`), the dataset it is shown with (optional)
+and the images uploaded to it, and answers each view of the page with arrays and PNG bytes:
+the layer table, an image's feature maps as one sprite, a unit's projection by each rule beside
+its receptive field's patch, the top-5 classes, and — as long computations run by
+`zfnet.explorer.jobs` — a unit's top-k over the dataset (the mining index cached on disk), an
+image's occlusion maps (paper Fig. 7) and a unit's evolution across a run's kept epochs (Fig. 4).
+
+Everything goes through the project's one engine (`zfnet.deconvnet.project_layers`), one
+geometry (`zfnet.models.layer_geometries`), one way to name layers (`zfnet.models.layer_name`),
+the gallery's mining, projections and patches (`zfnet.analyses.topk`, `.gallery`) and one
+contrast rule (`zfnet.display`). What a second request can reuse is kept: the forward pass of
+the recent images (every listed layer's output), projections and figures as PNG bytes.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import math
+import os
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from zfnet.activations import capture, to_model
+from zfnet.analyses.gallery import project_topk, render_layer, topk_patches, unit_windows
+from zfnet.analyses.topk import TopK, load_topk, mine_topk, save_topk
+from zfnet.data.images import BadImageError, load_rgb
+from zfnet.deconvnet import Seeds, paste, project_layers, windowed
+from zfnet.display import projection_to_uint8
+from zfnet.models import eval_mode, feature_layers, layer_geometries, layer_info, layer_name
+
+RULES = ("deconvnet", "guided", "gradient")
+MAX_UPLOADS = 64  # uploaded images kept (the oldest goes first)
+MAX_PIXELS = 40_000_000  # an upload larger than this is refused, not decoded
+TILE_MIN = 24  # a feature map's thumbnail is enlarged to at least this many pixels a side
+FLAT_TILE = 6  # a unit of a flat (fc) layer: a square of this side
+
+
+class ExplorerError(ValueError):
+    """A request that cannot be answered as asked: the message says what is valid."""
+
+
+class NotFoundError(ExplorerError):
+    """What the request names does not exist (an image id, a job)."""
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One layer of the table: its output's maps and spatial size, receptive field, stride."""
+
+    name: str
+    module: str
+    kind: str
+    maps: int
+    size: tuple[int, int] | None  # (h, w) of a map; None for a flat layer
+    rf: tuple[int, int] | None
+    stride: tuple[int, int] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "module": self.module, "kind": self.kind, "maps": self.maps,
+                "size": self.size, "rf": self.rf, "stride": self.stride,
+                "spatial": self.size is not None}
+
+
+@dataclass
+class ImageEntry:
+    """An image as the model sees it: pixels uint8 (C, H, W) and the model input."""
+
+    id: str
+    pixels: Tensor
+    x: Tensor
+    label: str | None = None
+    name: str | None = None
+    original: tuple[int, int] | None = None  # (W, H) of an upload before fitting
+
+
+class _LRU(OrderedDict):
+    """A dict that keeps its `size` most recently used entries."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self.lock = threading.Lock()
+
+    def get_or(self, key: Any, make: Callable[[], Any]) -> Any:
+        with self.lock:
+            if key in self:
+                self.move_to_end(key)
+                return self[key]
+        value = make()
+        with self.lock:
+            self[key] = value
+            while len(self) > self.size:
+                self.popitem(last=False)
+        return value
+
+
+def png(array: np.ndarray | Tensor) -> bytes:
+    """uint8 (H, W), (H, W, 3) array or (C, H, W) tensor -> PNG bytes (fast compression: these
+    go to a browser on the same machine)."""
+    if isinstance(array, Tensor):
+        t = array.detach().cpu()
+        if t.ndim == 3:
+            t = t[0] if t.shape[0] == 1 else t.permute(1, 2, 0)
+        array = t.contiguous().numpy()
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+class Explorer:
+    """A model, its dataset and uploads, and every view of the explorer (see the module doc).
+
+    source: a `zfnet.sources.Source`. bundle: a `DataBundle` of the model's inputs (centre
+    crops of its val split are the images shown), or None. cache_dir: where the top-k index is
+    kept (one file per model, dataset and layer). n_images: mine the first N dataset images
+    (default all). evolution: [(epoch, checkpoint path)] of a zfnet run's kept epochs, or None.
+    Methods are not thread-safe: the web layer calls them from one thread; long computations
+    (`topk_job`, `occlusion_job`, `evolution_job`) work on their own copy of the model.
+    """
+
+    def __init__(self, source: Any, bundle: Any = None, *, cache_dir: str | Path,
+                 n_images: int | None = None, k: int = 9,
+                 evolution: Sequence[tuple[int, Path]] | None = None,
+                 max_pixels: int = MAX_PIXELS) -> None:
+        self.source = source
+        self.model: nn.Module = source.model.eval()
+        self.pre = source.preprocessing
+        self.bundle = bundle
+        self.k = k
+        self.max_pixels = max_pixels
+        self.evolution_checkpoints = list(evolution or [])
+        self._job_model: nn.Module | None = None
+        self._job_model_lock = threading.Lock()
+        self.val = None
+        if bundle is not None:
+            val = bundle.val
+            self.val = val.with_mode("centre") if getattr(val, "mode", "centre") != "centre" \
+                else val
+        self.n_images = len(self.val) if self.val is not None else 0
+        if n_images is not None:
+            self.n_images = min(self.n_images, n_images)
+        self.size = (self.pre.crop, self.pre.crop)
+        self.channels = self.pre.in_channels
+        self.layers = self._layer_table()
+        self.default_layer = self._default_layer()
+        self._geometries = layer_geometries(self.model, [r.name for r in self.layers],
+                                            self.size)
+        self.uploads: OrderedDict[str, ImageEntry] = OrderedDict()
+        self._forward = _LRU(8)  # image id -> {layer: activation (C, h, w) or (F,)}, logits
+        self._pngs = _LRU(256)  # (view, ...) -> PNG bytes
+        self._topk: dict[str, TopK] = {}
+        key = self._cache_key()
+        self.id = key.rsplit("-", 1)[-1]  # names this model and data in links
+        self.cache_dir = Path(cache_dir) / key
+        self.occlusions: dict[str, dict[str, Any]] = {}  # image id -> result and figure
+        self.evolutions: dict[tuple[str, int], dict[str, Any]] = {}
+
+    # --- the model ---
+
+    def describe(self) -> dict[str, Any]:
+        """The model, its data and what the page can show (`/api/model`)."""
+        classes = self._num_classes()
+        return {
+            "id": self.id, "name": self.source.name, "kind": self.source.kind,
+            "input": {"channels": self.channels, "size": list(self.size)},
+            "classes": classes, "labels": self._class_names() is not None,
+            "data": None if self.bundle is None else {"spec": self.bundle.spec,
+                                                      "images": self.n_images},
+            "preprocessing": self.pre.describe(),
+            "evolution": {"epochs": [e for e, _ in self.evolution_checkpoints]}
+            if self.evolution_checkpoints else None,
+            "default_layer": self.default_layer,
+            "default_image": "val:0" if self.n_images else None,
+            "rules": list(RULES), "k": self.k,
+        }
+
+    def _layer_table(self) -> list[LayerRow]:
+        """Every layer `--layer` takes that outputs maps or units: the leaves `layer_info`
+        lists and the network's stages (`feature_layers`: a ResNet's `layer3`), dropouts left
+        out (the identity at inference), with the output shape of one real forward pass."""
+        infos = layer_info(self.model, self.size)
+        names = [n for n, i in infos.items() if i.kind != "dropout"]
+        try:
+            stages = feature_layers(self.model, self.size)
+        except ValueError:
+            stages = []
+        order = {m: i for i, (m, _) in enumerate(self.model.named_modules())}
+        module_of = {n: infos[n].module if n in infos else n for n in [*names, *stages]}
+        names = sorted(dict.fromkeys([*names, *stages]),
+                       key=lambda n: (order.get(module_of[n], 0), n not in stages))
+        x = torch.zeros(1, self.channels, *self.size)
+        with eval_mode(self.model), torch.inference_mode(), \
+                capture(self.model, names) as store:
+            self.model(to_model(self.model, x))
+        geos = layer_geometries(self.model, [n for n in names if n in store], self.size)
+        rows = []
+        for n in names:
+            out = store.get(n)
+            if not isinstance(out, Tensor) or out.ndim not in (2, 4):
+                continue  # did not run, or its output is not maps nor a vector
+            g = geos.get(n)
+            size = tuple(out.shape[-2:]) if out.ndim == 4 else None
+            kind = infos[n].kind if n in infos else "stage"
+            rows.append(LayerRow(
+                n, module_of[n], kind, int(out.shape[1]), size,  # type: ignore[arg-type]
+                (g.rows.rf, g.cols.rf) if g is not None and size else None,
+                (g.rows.jump, g.cols.jump) if g is not None and size else None))
+        return rows
+
+    def _default_layer(self) -> str:
+        try:
+            stages = feature_layers(self.model, self.size)
+        except ValueError:
+            stages = []
+        names = [r.name for r in self.layers]
+        for n in reversed(stages):
+            if n in names:
+                return n
+        return names[0]
+
+    def layer(self, name: str) -> LayerRow:
+        """The table's row of layer `name` (any name `--layer` takes); an ExplorerError naming
+        the valid ones otherwise."""
+        rows = {r.name: r for r in self.layers}
+        if name in rows:
+            return rows[name]
+        try:
+            canonical = layer_name(self.model, name)
+        except ValueError as e:
+            raise ExplorerError(str(e)) from None
+        if canonical in rows:
+            return rows[canonical]
+        raise ExplorerError(f"layer {name!r} has no maps to show; valid: "
+                            f"{', '.join(rows)}")
+
+    def unit_index(self, row: LayerRow, unit: int) -> int:
+        if not 0 <= unit < row.maps:
+            raise ExplorerError(f"unit {unit} is not a map of {row.name}; valid: "
+                                f"0..{row.maps - 1}")
+        return unit
+
+    def _num_classes(self) -> int | None:
+        out = self._forward_of_zero()
+        return int(out.shape[-1]) if out.ndim == 2 else None
+
+    def _forward_of_zero(self) -> Tensor:
+        if not hasattr(self, "_zero_out"):
+            with eval_mode(self.model), torch.inference_mode():
+                x = torch.zeros(1, self.channels, *self.size)
+                self._zero_out = self.model(to_model(self.model, x)).float().cpu()
+        return self._zero_out
+
+    def _class_names(self) -> list[str] | None:
+        n = self._num_classes()
+        if self.source.labels and len(self.source.labels) == n:
+            return list(self.source.labels)
+        names = getattr(self.bundle, "class_names", None)
+        if names and len(names) == n and getattr(self.bundle, "num_classes", 0) == n:
+            return list(names)
+        return None
+
+    def _cache_key(self) -> str:
+        """A directory name that changes when the model's weights or the images mined do."""
+        h = hashlib.sha256()
+        for name, t in self.model.state_dict().items():
+            h.update(name.encode())
+            t = t.detach().cpu().contiguous()
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(json.dumps({"data": getattr(self.bundle, "spec", None),
+                             "images": self.n_images, "k": self.k,
+                             "pre": self.pre.to_dict()}, sort_keys=True).encode())
+        slug = "".join(c if c.isalnum() else "_" for c in self.source.name)[-40:]
+        return f"{slug}-{h.hexdigest()[:16]}"
+
+    # --- images ---
+
+    def images(self, offset: int = 0, limit: int = 60) -> dict[str, Any]:
+        """A page of the dataset's images (`/api/images`)."""
+        if offset < 0 or limit < 1:
+            raise ExplorerError("offset must be >= 0 and limit >= 1")
+        names = getattr(self.bundle, "class_names", None) or []
+        items = []
+        for i in range(offset, min(offset + min(limit, 500), self.n_images)):
+            items.append({"id": f"val:{i}", "label": self._label(i, names),
+                          "src": f"/api/image/val:{i}.png"})
+        return {"total": self.n_images, "items": items}
+
+    def _label(self, i: int, names: Sequence[str]) -> str | None:
+        targets = getattr(self.val, "targets", None)
+        if targets is None or not names:
+            return None
+        y = int(targets[i])
+        return names[y] if 0 <= y < len(names) else None
+
+    def image(self, image_id: str) -> ImageEntry:
+        """The image `image_id` names: `val:N` (dataset image N) or `up:HEX` (an upload)."""
+        if image_id.startswith("up:"):
+            if image_id not in self.uploads:
+                raise NotFoundError(f"no uploaded image {image_id!r} (uploads are kept while "
+                                    f"the server runs, the last {MAX_UPLOADS}); upload it again")
+            self.uploads.move_to_end(image_id)
+            return self.uploads[image_id]
+        kind, _, index = image_id.partition(":")
+        if kind != "val" or not index.isdigit():
+            raise ExplorerError(f"image {image_id!r} is not an image id; valid: val:N (a dataset "
+                                "image) or up:ID (an upload)")
+        i = int(index)
+        if not 0 <= i < self.n_images:
+            raise NotFoundError(f"image {image_id!r} does not exist; the dataset shown has "
+                                + (f"images val:0..val:{self.n_images - 1}" if self.n_images
+                                   else "no images (start the server with --data)"))
+        item = self.val[i]
+        if item is None:
+            raise ExplorerError(f"dataset image {i} could not be read (a broken file)")
+        names = getattr(self.bundle, "class_names", None) or []
+        return ImageEntry(image_id, self.bundle.raw_val(i), item[0], self._label(i, names))
+
+    def upload(self, data: bytes, name: str | None = None) -> ImageEntry:
+        """Decode an uploaded file and keep it as the model sees it; an ExplorerError for a
+        file that is not an image, is truncated, or is larger than `max_pixels`."""
+        what = f"{name!r}" if name else "the upload"
+        if not data:
+            raise ExplorerError(f"{what} is empty (0 bytes)")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # sized below
+                with Image.open(io.BytesIO(data)) as img:
+                    w, h = img.size
+        except Image.DecompressionBombError:
+            raise ExplorerError(f"{what} is over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} "
+                                f"megapixels; the explorer takes images up to "
+                                f"{self.max_pixels / 1e6:.0f} megapixels") from None
+        except Exception:  # noqa: BLE001  # PIL raises many kinds for what is not an image
+            raise ExplorerError(f"{what} is not an image PIL can read (JPEG, PNG, WebP, "
+                                "BMP, TIFF, GIF ...)") from None
+        if w * h > self.max_pixels:
+            raise ExplorerError(f"{what} is {w}x{h} ({w * h / 1e6:.0f} megapixels); the "
+                                f"explorer takes images up to {self.max_pixels / 1e6:.0f} "
+                                "megapixels: make it smaller first")
+        try:
+            rgb = load_rgb(io.BytesIO(data), min_side=self.pre.resize, name=name or "upload")
+        except BadImageError as e:
+            raise ExplorerError(f"{what} cannot be read: {e.reason}") from None
+        pixels = self.pre.fit(rgb)
+        x = self.pre.normalize(pixels)
+        digest = hashlib.sha256(data).hexdigest()[:16]
+        entry = ImageEntry(f"up:{digest}", pixels, x, None, name, (w, h))
+        self.uploads[entry.id] = entry
+        self.uploads.move_to_end(entry.id)
+        while len(self.uploads) > MAX_UPLOADS:
+            self.uploads.popitem(last=False)
+        return entry
+
+    def image_png(self, image_id: str) -> bytes:
+        return self._pngs.get_or(("image", image_id),
+                                 lambda: png(self.image(image_id).pixels))
+
+    # --- one image forward: maps and classes ---
+
+    def forward(self, image_id: str) -> dict[str, Tensor]:
+        """Every listed layer's output for the image, and its logits ("__logits__"): one
+        forward pass, kept for the recent images."""
+        def run() -> dict[str, Tensor]:
+            entry = self.image(image_id)
+            names = [r.name for r in self.layers]
+            with eval_mode(self.model), torch.inference_mode(), \
+                    capture(self.model, names) as store:
+                logits = self.model(to_model(self.model, entry.x[None]))
+            out = {n: t[0].float().cpu() for n, t in store.items()}
+            out["__logits__"] = logits[0].float().cpu()
+            return out
+        return self._forward.get_or(image_id, run)
+
+    def predict(self, image_id: str, top: int = 5) -> dict[str, Any]:
+        """The top classes of the model on the image (`/api/predict`)."""
+        entry = self.image(image_id)
+        logits = self.forward(image_id)["__logits__"]
+        names = self._class_names()
+        if logits.ndim != 1:
+            return {"top": [], "label": entry.label}
+        p = torch.softmax(logits, 0)
+        values, idx = p.topk(min(top, p.numel()))
+        return {"top": [{"class": int(c), "name": names[int(c)] if names else None,
+                         "p": round(float(v), 6)} for v, c in zip(values, idx, strict=True)],
+                "label": entry.label}
+
+    def maps(self, image_id: str, layer: str) -> dict[str, Any]:
+        """The layout of the layer's maps in its sprite (`/api/maps`), each map's strongest
+        activation and where it is."""
+        row = self.layer(layer)
+        act = self.forward(image_id)[row.name]
+        m = row.maps
+        flat = act.reshape(m, -1)
+        best, where = flat.max(1)
+        h, w = row.size or (1, 1)
+        cols, tile = self._layout(row)
+        return {"layer": row.name, "maps": m, "size": [h, w], "cols": cols,
+                "tile": list(tile), "gap": 1,
+                "max": [round(float(v), 5) for v in best],
+                "argmax": [[int(i) // w, int(i) % w] for i in where],
+                "sprite": f"/api/maps.png?image={image_id}&layer={row.name}"}
+
+    def _layout(self, row: LayerRow) -> tuple[int, tuple[int, int]]:
+        """(columns, (tile h, tile w)) of the sprite: maps enlarged by an integer factor to at
+        least TILE_MIN px, in about a 4:3 page."""
+        if row.size is None:
+            return max(1, min(64, math.ceil(math.sqrt(row.maps * 4 / 3)))), (FLAT_TILE,) * 2
+        h, w = row.size
+        zoom = max(1, math.ceil(TILE_MIN / max(h, w)))
+        th, tw = h * zoom, w * zoom
+        cols = max(1, min(row.maps, round(math.sqrt(row.maps * th / tw * 4 / 3))))
+        return cols, (th, tw)
+
+    def maps_png(self, image_id: str, layer: str) -> bytes:
+        """The sprite: every map of the layer for the image, each scaled from 0 to its own
+        maximum (rectified: grey levels of max(a, 0)), on a dark grid."""
+        row = self.layer(layer)
+
+        def draw() -> bytes:
+            act = self.forward(image_id)[row.name].clamp(min=0)
+            cols, (th, tw) = self._layout(row)
+            h, w = row.size or (1, 1)
+            a = act.reshape(row.maps, h, w)
+            top = a.reshape(row.maps, -1).amax(1).clamp_min(1e-12)
+            u8 = (a / top[:, None, None] * 255).round().to(torch.uint8)
+            u8 = u8.repeat_interleave(th // h, 1).repeat_interleave(tw // w, 2)
+            rows_n = math.ceil(row.maps / cols)
+            canvas = torch.full((rows_n * (th + 1) - 1, cols * (tw + 1) - 1), 40,
+                                dtype=torch.uint8)
+            for i in range(row.maps):
+                y, x = (i // cols) * (th + 1), (i % cols) * (tw + 1)
+                canvas[y:y + th, x:x + tw] = u8[i]
+            return png(canvas.numpy())
+        return self._pngs.get_or(("maps", image_id, row.name), draw)
+
+    # --- one unit ---
+
+    def unit(self, image_id: str, layer: str, unit: int, row: int | None = None,
+             col: int | None = None) -> dict[str, Any]:
+        """Where the unit is, its activation and receptive field (`/api/unit`); by default
+        the map's strongest unit."""
+        lr = self.layer(layer)
+        unit = self.unit_index(lr, unit)
+        r, c = self._position(image_id, lr, unit, row, col)
+        act = self.forward(image_id)[lr.name]
+        value = float(act[unit, r, c]) if act.ndim == 3 else float(act[unit])
+        geo = self._geometries.get(lr.name)
+        box = list(geo.box(r, c, self.size)) if geo is not None and lr.size else None
+        q = f"image={image_id}&layer={lr.name}&unit={unit}&row={r}&col={c}"
+        return {"layer": lr.name, "unit": unit, "row": r, "col": c,
+                "activation": round(value, 6), "box": box,
+                "rules": {rule: f"/api/projection.png?{q}&rule={rule}" for rule in RULES},
+                "patch": f"/api/patch.png?{q}", "image": f"/api/image/{image_id}.png",
+                "link": "/?" + urlencode({"model": self.id, "image": image_id, "layer": lr.name,
+                                          "unit": unit, "row": r, "col": c})}
+
+    def _position(self, image_id: str, lr: LayerRow, unit: int, row: int | None,
+                  col: int | None) -> tuple[int, int]:
+        if lr.size is None:
+            if row not in (None, 0) or col not in (None, 0):
+                raise ExplorerError(f"{lr.name} is a flat layer: its units have no position "
+                                    "(row and col are 0)")
+            return 0, 0
+        h, w = lr.size
+        if row is None and col is None:
+            act = self.forward(image_id)[lr.name][unit]
+            i = int(act.reshape(-1).argmax())
+            return i // w, i % w
+        if row is None or col is None:
+            raise ExplorerError("give both row and col, or neither (the map's strongest unit)")
+        if not (0 <= row < h and 0 <= col < w):
+            raise ExplorerError(f"position ({row}, {col}) is outside {lr.name}'s {h}x{w} maps; "
+                                f"valid: rows 0..{h - 1}, cols 0..{w - 1}")
+        return row, col
+
+    def _window(self, lr: LayerRow, r: int, c: int) -> tuple[int, int, int, int]:
+        """(top, left, h, w) of the unit's receptive field in the input, as the gallery cuts
+        it (`unit_windows`): at full size on the windowed engine, within the image on the
+        general path, the whole image for a flat layer."""
+        geo = self._geometries.get(lr.name) if lr.size else None
+        top, left, h, w = unit_windows(geo, torch.tensor([r]), torch.tensor([c]), self.size,
+                                       self._whole(lr.name))
+        return int(top[0]), int(left[0]), h, w
+
+    def _whole(self, name: str) -> bool:
+        """Whether the layer's projections cover the whole image (the general path)."""
+        return not windowed(self.model, [name])
+
+    def projection(self, image_id: str, layer: str, unit: int, rule: str,
+                   row: int | None = None, col: int | None = None) -> Tensor:
+        """The unit projected to pixels by `rule`, in the image's pixel units: (C, H, W)."""
+        if rule not in RULES:
+            raise ExplorerError(f"rule {rule!r} is not known; valid: {', '.join(RULES)}")
+        lr = self.layer(layer)
+        unit = self.unit_index(lr, unit)
+        r, c = self._position(image_id, lr, unit, row, col)
+        x = self.image(image_id).x[None]
+        pos = torch.tensor([[r, c]]) if lr.size else None
+        rf = project_layers(self.model, x, {lr.name: Seeds([0], [unit], pos)}, rule)[lr.name]
+        p = paste(rf, self.size)[0].float().cpu()
+        return p * self.pre.pixel_scale().reshape(-1, 1, 1)
+
+    def projection_png(self, image_id: str, layer: str, unit: int, rule: str,
+                       row: int | None = None, col: int | None = None) -> bytes:
+        """The projection cut to the unit's receptive-field window, drawn by `zfnet.display`'s
+        rule (mid-grey 0, clipped at the 99th percentile)."""
+        lr = self.layer(layer)
+        r, c = self._position(image_id, lr, self.unit_index(lr, unit), row, col)
+
+        def draw() -> bytes:
+            p = self.projection(image_id, layer, unit, rule, r, c)
+            return png(projection_to_uint8(_cut(p, *self._window(lr, r, c))))
+        return self._pngs.get_or(("proj", image_id, lr.name, unit, r, c, rule), draw)
+
+    def patch_png(self, image_id: str, layer: str, unit: int, row: int | None = None,
+                  col: int | None = None) -> bytes:
+        """The image in the unit's receptive-field window (black outside the image)."""
+        lr = self.layer(layer)
+        r, c = self._position(image_id, lr, self.unit_index(lr, unit), row, col)
+        pixels = self.image(image_id).pixels
+        return png(_cut(pixels, *self._window(lr, r, c)))
+
+    # --- long computations: each on the job thread, with its own copy of the model ---
+
+    def job_model(self) -> nn.Module:
+        """A copy of the model for the job thread: hooks and modes of one thread never touch
+        a forward pass of the other."""
+        with self._job_model_lock:
+            if self._job_model is None:
+                self._job_model = copy.deepcopy(self.model).eval()
+            return self._job_model
+
+    def topk_ready(self, layer: str) -> TopK | None:
+        """The layer's top-k index if it is mined (in memory or on disk), else None."""
+        lr = self.layer(layer)
+        if lr.name in self._topk:
+            return self._topk[lr.name]
+        path = self._topk_path(lr.name)
+        if path.exists():
+            try:
+                self._topk[lr.name] = load_topk(path)[lr.name]
+                return self._topk[lr.name]
+            except (OSError, ValueError, KeyError, RuntimeError):
+                path.unlink(missing_ok=True)  # damaged: mine again
+        return None
+
+    def _topk_path(self, name: str) -> Path:
+        return self.cache_dir / f"topk_{name.replace('.', '_')}.pt"
+
+    def topk_job(self, layer: str, progress: Callable[[int, int], None]) -> None:
+        """Mine the layer's top-k over the dataset's first `n_images` images and keep it on
+        disk (written whole or not at all)."""
+        lr = self.layer(layer)
+        if self.val is None or not self.n_images:
+            raise ExplorerError("no dataset to mine: start the server with --data")
+        result = mine_topk(self.job_model(), self.val, [lr.name], self.k,
+                           indices=range(self.n_images), batch_size=32, progress=progress)
+        path = self._topk_path(lr.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_topk(result, tmp)
+        os.replace(tmp, path)
+        self._topk[lr.name] = result[lr.name]
+
+    def topk(self, layer: str, unit: int) -> dict[str, Any] | None:
+        """The unit's top-k over the dataset (`/api/topk`), None until it is mined."""
+        lr = self.layer(layer)
+        unit = self.unit_index(lr, unit)
+        t = self.topk_ready(lr.name)
+        if t is None:
+            return None
+        items = [{"image": f"val:{int(t.index[unit, j])}",
+                  "activation": round(float(t.values[unit, j]), 6),
+                  "row": int(t.row[unit, j]), "col": int(t.col[unit, j])}
+                 for j in range(t.k) if int(t.index[unit, j]) >= 0]
+        return {"layer": lr.name, "unit": unit, "k": t.k, "images": self.n_images,
+                "items": items, "figure": f"/api/topk.png?layer={lr.name}&unit={unit}"}
+
+    def topk_png(self, layer: str, unit: int) -> bytes:
+        """The unit's k projections (a square grid) beside their k image patches."""
+        lr = self.layer(layer)
+        unit = self.unit_index(lr, unit)
+        t = self.topk_ready(lr.name)
+        if t is None:
+            raise ExplorerError(f"the top-{self.k} of {lr.name} is not mined yet: GET "
+                                f"/api/topk?layer={lr.name}&unit={unit} starts it")
+
+        def draw() -> bytes:
+            geos = {lr.name: self._geometries.get(lr.name)}
+            proj = project_topk(self.model, self.val, {lr.name: t}, {lr.name: [unit]},
+                                geometries=geos)[lr.name]
+            proj = proj * self.pre.pixel_scale().reshape(1, 1, -1, 1, 1)
+            whole = self._whole(lr.name)
+            patches = topk_patches(t, [unit], geos[lr.name], (self.channels, *self.size),
+                                   whole, self.bundle.raw_val)
+            buf = io.BytesIO()
+            render_layer(proj, patches, buf)
+            return buf.getvalue()
+        return self._pngs.get_or(("topk", lr.name, unit), draw)
+
+    def occlusion_job(self, image_id: str, progress: Callable[[int, int], None]) -> None:
+        """The four maps of Fig. 7 for the image (zfnet.analyses.occlusion), computed
+        incrementally where the model allows, and its figure."""
+        from zfnet.analyses.occlusion import occlusion, plot_occlusion
+
+        entry = self.image(image_id)
+        model = self.job_model()
+        result = occlusion(model, entry.x, progress=progress)
+        if result.projection is not None:
+            result.projection = result.projection * self.pre.pixel_scale().reshape(-1, 1, 1)
+        buf = io.BytesIO()
+        plot_occlusion([(entry.pixels, result)], self._class_names(), buf)
+        names = self._class_names()
+        self.occlusions[image_id] = {
+            "target": {"class": result.target,
+                       "name": names[result.target] if names else None},
+            "layer": result.layer, "map": result.feature_map, "method": result.method,
+            "figure": f"/api/occlusion.png?image={image_id}", "png": buf.getvalue()}
+
+    def evolution_job(self, layer: str, unit: int, progress: Callable[[int, int], None]
+                      ) -> None:
+        """The unit's strongest activation over the dataset, found again and projected at each
+        kept epoch of the run (Fig. 4)."""
+        from zfnet.analyses.evolution import render_unit_evolution, unit_evolution
+        from zfnet.train import load_model
+
+        lr = self.layer(layer)
+        unit = self.unit_index(lr, unit)
+        if not self.evolution_checkpoints:
+            raise NotFoundError("evolution needs a zfnet run with kept epochs (zfnet serve "
+                                "--checkpoint RUN)")
+        if self.val is None:
+            raise ExplorerError("no dataset to search: start the server with --data")
+        models = [(e, load_model(str(p), device="cpu")[0]) for e, p in
+                  self.evolution_checkpoints]
+        result = unit_evolution(models, self.val, lr.name, unit, n_images=self.n_images,
+                                progress=progress)
+        buf = io.BytesIO()
+        render_unit_evolution(result, buf)
+        self.evolutions[(lr.name, unit)] = {
+            "epochs": result.epochs, "similarity": result.similarity,
+            "figure": f"/api/evolution.png?layer={lr.name}&unit={unit}",
+            "png": buf.getvalue()}
+
+
+def _cut(t: Tensor, top: int, left: int, h: int, w: int) -> Tensor:
+    """The h x w window of (C, H, W) at (top, left), zero (black) where it leaves `t`."""
+    c, hh, ww = t.shape
+    out = t.new_zeros(c, h, w)
+    t0, l0, t1, l1 = max(top, 0), max(left, 0), min(top + h, hh), min(left + w, ww)
+    if t1 > t0 and l1 > l0:
+        out[:, t0 - top:t1 - top, l0 - left:l1 - left] = t[:, t0:t1, l0:l1]
+    return out
