@@ -11,7 +11,7 @@
   const $$ = (selector, root = document) => Array.from(root.querySelectorAll(selector));
 
   const STRIP_LIMIT = 24;        // dataset images per page of the strip
-  const TILE_MAX = 96;           // a feature map is shown at most this wide (CSS px)
+  const TILE_MAX = 64;           // a feature map is shown at most this wide (CSS px)
   const POLL_MS = [150, 250, 400, 700, 1000];  // job polling: quick at first, then every second
   const VIEWS = ["topk", "occlusion", "evolution"];
   const RULES = ["deconvnet", "guided", "gradient"];
@@ -792,10 +792,12 @@
         const img = document.createElement("img");
         img.src = `/api/image/${encodeURIComponent(item.image)}.png`;
         img.alt = "";
-        const text = document.createElement("span");
-        text.className = "meta";
-        text.textContent = `${i + 1}. ${item.image} · ${fmt(item.activation)}`;
-        button.append(img, text);
+        const name = document.createElement("span");
+        name.textContent = `${i + 1}. ${item.image}`;
+        const value = document.createElement("span");
+        value.className = "meta";
+        value.textContent = fmt(item.activation);
+        button.append(img, name, value);
         button.title = `open ${item.image} at (${item.row}, ${item.col})`;
         button.addEventListener("click", () => {
           clearError();
