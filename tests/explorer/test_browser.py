@@ -284,3 +284,25 @@ def test_a_bad_link_is_told_and_the_page_falls_back(page) -> None:
     page.wait_for_selector('#maps[data-layer="conv5"]')
     assert page.locator("#unit-section").is_hidden()
     assert page.console.errors == []
+
+
+def test_without_a_dataset_the_page_works_on_uploads(browser, tiny_run, tmp_path) -> None:
+    source = load_source(str(tiny_run))
+    with Server(create_app(Explorer(source, None, cache_dir=tmp_path))) as url:
+        context = browser.new_context(base_url=url, viewport={"width": 1300, "height": 900})
+        page = context.new_page()
+        page.console = Console(page)
+        _open(page)
+        assert "No dataset" in page.text_content("#strip-info")
+        assert "upload" in page.text_content("#maps-meta")
+        assert page.locator("#tab-topk").is_disabled()
+        assert page.locator("#strip li").count() == 0
+        page.set_input_files("#upload-file", files=[{
+            "name": "astronaut.jpg", "mimeType": "image/jpeg", "buffer": _photo("JPEG")}])
+        page.wait_for_selector('#maps[data-layer="conv5"][data-image^="up:"]')
+        page.locator("#maps").focus()
+        page.keyboard.press("ArrowRight")  # the keyboard picks a map too: the first one
+        page.wait_for_selector('#unit-section[data-unit="0"]')
+        page.wait_for_function(LOADED, arg="#unit-figures img")
+        assert page.console.errors == []
+        context.close()
