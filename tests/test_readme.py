@@ -147,6 +147,7 @@ def workdir(tmp_path_factory) -> Path:
     r = CliRunner().invoke(zfnet_cli, ["demo", "--out", str(d / "runs" / "demo"), "--epochs", "1",
                                        "--batch-size", "32", "--data", SMALL_DEMO, "--no-analyses"])
     assert r.exit_code == 0, r.output
+    assert r.output.strip().splitlines()[-1].endswith(f"zfnet serve --checkpoint {d}/runs/demo")
     # the torch hub cache after a first `--weights DEFAULT` (random weights: no download)
     import torchvision
 

@@ -40,7 +40,7 @@ from zfnet.activations import capture, to_model
 from zfnet.analyses.gallery import project_topk, render_layer, topk_patches, unit_windows
 from zfnet.analyses.topk import TopK, load_topk, mine_topk, save_topk
 from zfnet.data.images import BadImageError, load_rgb
-from zfnet.deconvnet import Seeds, paste, project_layers, windowed
+from zfnet.deconvnet import Forward, Seeds, forward_pass, paste, project_layers, windowed
 from zfnet.display import projection_to_uint8
 from zfnet.models import eval_mode, feature_layers, layer_geometries, layer_info, layer_name
 
@@ -164,6 +164,8 @@ class Explorer:
         self.uploads: OrderedDict[str, ImageEntry] = OrderedDict()
         self._forward = _LRU(8)  # image id -> {layer: activation (C, h, w) or (F,)}, logits
         self._pngs = _LRU(256)  # (view, ...) -> PNG bytes
+        self._passes = _LRU(4)  # image id -> its kept forward pass (`forward_pass`) or None
+        self._chain_layers = [r.name for r in self.layers if windowed(self.model, [r.name])]
         self._topk: dict[str, TopK] = {}
         key = self._cache_key()
         self.id = key.rsplit("-", 1)[-1]  # names this model and data in links
@@ -498,6 +500,11 @@ class Explorer:
                                        self._whole(lr.name))
         return int(top[0]), int(left[0]), h, w
 
+    def _pass(self, image_id: str) -> Forward | None:
+        """The image's forward pass along the model's plain chain, kept for its projections."""
+        return self._passes.get_or(image_id, lambda: forward_pass(
+            self.model, self.image(image_id).x[None], self._chain_layers))
+
     def _whole(self, name: str) -> bool:
         """Whether the layer's projections cover the whole image (the general path)."""
         return not windowed(self.model, [name])
@@ -510,9 +517,13 @@ class Explorer:
         lr = self.layer(layer)
         unit = self.unit_index(lr, unit)
         r, c = self._position(image_id, lr, unit, row, col)
-        x = self.image(image_id).x[None]
         pos = torch.tensor([[r, c]]) if lr.size else None
-        rf = project_layers(self.model, x, {lr.name: Seeds([0], [unit], pos)}, rule)[lr.name]
+        seeds = {lr.name: Seeds([0], [unit], pos)}
+        fwd = self._pass(image_id) if lr.name in self._chain_layers else None
+        if fwd is not None:  # the image's kept pass: switches and masks, any rule
+            rf = project_layers(self.model, fwd.images, seeds, rule, forward=fwd)[lr.name]
+        else:  # the general path makes its own pass
+            rf = project_layers(self.model, self.image(image_id).x[None], seeds, rule)[lr.name]
         p = paste(rf, self.size)[0].float().cpu()
         return p * self.pre.pixel_scale().reshape(-1, 1, 1)
 
