@@ -175,7 +175,7 @@ def test_pick_a_layer_and_a_map_see_the_unit_and_reopen_it_by_its_link(page, ser
     other.wait_for_selector(f'#unit-section[data-unit="{m}"]')
     assert _unit_shown(other) == _unit_shown(page)
     other.wait_for_function(LOADED, arg="#unit-figures img")
-    assert other.get_attribute('tr[data-layer="conv2"]', "aria-selected") == "true"
+    assert other.get_attribute('tr[data-layer="conv2"] button', "aria-pressed") == "true"
     assert other.get_attribute('#strip button[data-image="val:0"]', "aria-pressed") == "true"
     assert other.console.errors == []
 
@@ -280,7 +280,8 @@ def test_occlusion_waits_its_turn_can_be_cancelled_and_computed_again(page, serv
 def test_a_bad_link_is_told_and_the_page_falls_back(page) -> None:
     _open(page, "/?layer=conv9&unit=2&view=sideways")
     text = page.text_content("#error-text")
-    assert "layer conv9 is not in" in text and "conv5" in text and "view=sideways" in text
+    assert "layer conv9 is not in" in text and "the layers are conv1, relu1" in text
+    assert "view=sideways is not one of topk, occlusion, evolution" in text
     page.wait_for_selector('#maps[data-layer="conv5"]')
     assert page.locator("#unit-section").is_hidden()
     assert page.console.errors == []

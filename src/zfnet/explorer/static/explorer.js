@@ -152,7 +152,9 @@
       problems.push(`this link was made for another model or dataset (${q.get("model")}); the server shows ${model.name}`);
     }
     if (next.layer && !layerByName.has(next.layer)) {
-      problems.push(`layer ${next.layer} is not in ${model.name}; the layers are ${layers.map((l) => l.name).join(", ")}`);
+      const names = layers.map((l) => l.name);
+      const some = names.length > 12 ? `${names.slice(0, 12).join(", ")}, … (${names.length} in all)` : names.join(", ");
+      problems.push(`layer ${next.layer} is not in ${model.name}; the layers are ${some}`);
       next.layer = model.default_layer;
       next.unit = next.row = next.col = null;
     }
@@ -180,15 +182,13 @@
     }).replace(/%3A/g, ":")}`;
   }
 
-  /** Change the view: record it in the history (a new entry unless `push` is false), then
-   *  load what changed. */
-  function go(patch, { push = true } = {}) {
+  /** Change the view: record it as a new entry of the browser's history (the back button
+   *  returns to the previous view), then load what changed. */
+  function go(patch) {
     const prev = state;
     state = { ...state, ...patch };
     if (state.unit === null) state.row = state.col = null;
-    const url = viewUrl(state);
-    if (push) window.history.pushState(null, "", url);
-    else window.history.replaceState(null, "", url);
+    window.history.pushState(null, "", viewUrl(state));
     refresh(prev, state);
   }
 
@@ -265,7 +265,6 @@
     for (const tr of $$("#layers tbody tr")) {
       const on = tr.dataset.layer === state.layer;
       tr.classList.toggle("selected", on);
-      tr.setAttribute("aria-selected", on ? "true" : "false");
       $("button", tr).setAttribute("aria-pressed", on ? "true" : "false");
     }
   }
@@ -655,6 +654,8 @@
       tab.setAttribute("aria-selected", on ? "true" : "false");
       tab.tabIndex = on || (!state.view && tab.dataset.view === "topk") ? 0 : -1;
     }
+    if (state.view) $("#view-panel").setAttribute("aria-labelledby", `tab-${state.view}`);
+    else $("#view-panel").removeAttribute("aria-labelledby");
     $("#tab-topk").disabled = !model.data;
     $("#tab-topk").title = model.data ? "" : "needs a dataset: `zfnet serve --data SPEC`";
   }
