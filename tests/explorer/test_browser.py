@@ -188,6 +188,23 @@ def test_pick_a_layer_and_a_map_see_the_unit_and_reopen_it_by_its_link(page, ser
     assert page.console.errors == []
 
 
+def test_a_flat_layer_shows_one_square_per_unit(page, server) -> None:
+    _, url = server
+    _open(page, "/?image=val:4&layer=fc6")
+    page.wait_for_selector('#maps[data-layer="fc6"]')
+    maps = httpx.get(f"{url}/api/maps", params={"image": "val:4", "layer": "fc6"}).json()
+    assert maps["size"] == [1, 1]
+    m = maps["maps"] - 1
+    page.mouse.move(*_at(page, maps, m, 0, 0))
+    assert page.text_content("#map-info").startswith(f"unit {m} · value ")
+    page.mouse.click(*_at(page, maps, m, 0, 0))
+    page.wait_for_selector(f'#unit-section[data-unit="{m}"]')
+    page.wait_for_function(LOADED, arg="#unit-figures img")
+    assert "unit" in _query(page) and "row" not in _query(page)
+    assert page.locator("#unit-box").is_hidden()  # the whole image is its receptive field
+    assert page.console.errors == []
+
+
 def test_uploads_become_the_current_image_and_bad_ones_are_told(page, server) -> None:
     _open(page, "/?layer=conv1")
     page.wait_for_selector('#maps[data-layer="conv1"][data-image="val:0"]')

@@ -12,7 +12,7 @@
 
   const STRIP_LIMIT = 24;        // dataset images per page of the strip
   const TILE_MAX = 64;           // a feature map is shown at most this wide (CSS px)
-  const POLL_MS = [150, 250, 400, 700, 1000];  // job polling: quick at first, then every second
+  const POLL_MS = [150, 250, 400, 500];  // job polling: quick at first, then twice a second
   const VIEWS = ["topk", "occlusion", "evolution"];
   const RULES = ["deconvnet", "guided", "gradient"];
 
@@ -414,7 +414,8 @@
       });
       const known = uploads.findIndex((u) => u.id === body.id);  // the same bytes again
       if (known >= 0) uploads.splice(known, 1);
-      uploads.unshift({ id: body.id, src: body.src, name: body.name || file.name });
+      // The file's own name: the header's copy may be percent-encoded.
+      uploads.unshift({ id: body.id, src: body.src, name: file.name || body.name });
       renderStrip();
       go({ image: body.id, row: null, col: null });
     } catch (err) {
@@ -447,10 +448,13 @@
     try {
       const { body } = await api(`/api/maps?${query({ image: state.image, layer: state.layer })}`);
       if (ticket !== tickets.maps) return;
-      const shown = body.maps < 2 ? "1 map" : `${body.maps} maps`;
-      const sizeText = body.size[0] * body.size[1] === 1 ? "one value each" : `${grid2(body.size)} each`;
-      $("#maps-meta").textContent = `${shown}, ${sizeText}, for ${state.image}; each drawn from 0 (black) to its own maximum (white). ` +
-        "Click a map for its strongest unit; click inside the picked map for a position.";
+      const layer = layerByName.get(body.layer);
+      $("#maps-meta").textContent = layer && !layer.spatial
+        ? `${body.maps} units of a flat layer, one value each, for ${state.image}; ` +
+          "hover a square for its value, click it for the unit."
+        : `${body.maps} maps of ${grid2(body.size)} for ${state.image}, each drawn from 0 (black) to ` +
+          "its own maximum (white). Click a map for its strongest unit; click inside the picked " +
+          "map for a position.";
       sprite.onload = () => {
         if (ticket !== tickets.maps) return;
         maps = body;
@@ -558,8 +562,9 @@
     placeOutline(hover, hit.map);
     const [h, w] = maps.size;
     const [ar, ac] = maps.argmax[hit.map];
-    const where = h * w === 1 ? "" : ` at (${ar}, ${ac}) · pointer at (${hit.row}, ${hit.col})`;
-    $("#map-info").textContent = `map ${hit.map} · max ${fmt(maps.max[hit.map])}${where}`;
+    $("#map-info").textContent = h * w === 1
+      ? `unit ${hit.map} · value ${fmt(maps.max[hit.map])}`
+      : `map ${hit.map} · max ${fmt(maps.max[hit.map])} at (${ar}, ${ac}) · pointer at (${hit.row}, ${hit.col})`;
   }
 
   function clickMaps(event) {
@@ -814,7 +819,7 @@
         `and the probability of ${target}, at every position of the square.`;
       figure.alt = `Occlusion maps of ${state.image}`;
     } else {
-      const pairs = body.epochs.map((e, i) => `epoch ${e}: ${body.similarity[i].toFixed(2)}`);
+      const pairs = body.epochs.map((e, i) => `epoch ${e}: ${body.similarity[i].toFixed(3)}`);
       meta.textContent = `${state.layer} map ${state.unit} over training (Fig. 4); similarity to the last epoch: ${pairs.join(", ")}.`;
       figure.alt = `Evolution of ${state.layer} map ${state.unit} across epochs`;
     }
