@@ -220,6 +220,7 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
     import torch
 
     from zfnet.models import create_model, layer_info, list_models
+    from zfnet.models.geometry import per_axis
     from zfnet.sources import load_source, torchvision_models
 
     if name is None:
@@ -268,17 +269,11 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
     unknown = "" if hasattr(model, "config") else "-"
     for info in infos:
         g = info.geometry
-        size_, jump, rf = (_per_axis(g, "size"), _per_axis(g, "jump"), _per_axis(g, "rf")) \
+        size_, jump, rf = (per_axis(g, "size"), per_axis(g, "jump"), per_axis(g, "rf")) \
             if g else (unknown,) * 3
         head = f"{info.name:<{w_name}} " + (f"{info.module:<{w_module}} " if short else "")
         click.echo(f"{head}{info.kind:<8} {info.channels or '':>6} {size_:>5} {jump:>6} "
                    f"{rf:>5}")
-
-
-def _per_axis(geometry, attr: str) -> str:
-    """A geometry value for the layer table: "13", or "13x9" where rows and columns differ."""
-    rows, cols = getattr(geometry.rows, attr), getattr(geometry.cols, attr)
-    return str(rows) if rows == cols else f"{rows}x{cols}"
 
 
 # --- train / eval (zfnet.train) ---
@@ -662,7 +657,8 @@ def atlas_cmd(model_options: ModelOptions, data: str | None, out: str,
     (Fig. 2) and, for a zfnet run with kept epochs, its evolution (Fig. 4)."""
     from tqdm import tqdm
 
-    from zfnet.explorer.atlas import CheckpointModels, run_checkpoints, write_atlas
+    from zfnet.explorer.atlas import write_atlas
+    from zfnet.train import CheckpointModels, run_checkpoints
     from zfnet.train.distributed import resolve_device
 
     source, bundle = _model_and_data(model_options, data)
@@ -961,15 +957,13 @@ def serve_cmd(model_options: ModelOptions, data: str | None, host: str, port: in
     from zfnet.explorer.app import Server, create_app, free_port
     from zfnet.explorer.session import Explorer
     from zfnet.sources import load_data
-    from zfnet.train import list_checkpoints
+    from zfnet.train import run_checkpoints
 
     source, _ = _model_and_data(model_options, need_data=False)
     bundle = None
     if data is not None or source.kind == "run":
         bundle = load_data(source, data)
-    kept = []
-    if source.kind == "run":
-        kept = list_checkpoints(Path(source.meta["checkpoint"]).parent)
+    kept = run_checkpoints(source.meta["checkpoint"]) if source.kind == "run" else []
     cache = Path(cache_dir) if cache_dir else Path(
         os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "zfnet" / "explorer"
     explorer = Explorer(source, bundle, cache_dir=cache, n_images=images, k=k,

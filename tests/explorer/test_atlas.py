@@ -22,10 +22,10 @@ from zfnet.analyses.evolution import feature_evolution, render_unit_evolution
 from zfnet.analyses.gallery import render_layer, run_topk_gallery
 from zfnet.analyses.topk import mine_topk
 from zfnet.cli import main
-from zfnet.explorer.atlas import ATLAS_FILE, CheckpointModels, run_checkpoints, write_atlas
+from zfnet.explorer.atlas import ATLAS_FILE, write_atlas
 from zfnet.models import create_model
 from zfnet.sources import load_data, load_source
-from zfnet.train import list_checkpoints
+from zfnet.train import CheckpointModels, list_checkpoints, run_checkpoints
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

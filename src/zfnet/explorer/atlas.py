@@ -66,6 +66,7 @@ from zfnet.display import CAPTION as DISPLAY_CAPTION
 from zfnet.display import projection_to_uint8
 from zfnet.graph import check_rule
 from zfnet.models import LayerGeometry, layer_geometries, layer_info, layer_name, resolve_layer
+from zfnet.models.geometry import per_axis
 
 FORMAT = "zfnet-atlas/1"
 ATLAS_FILE = "atlas.json"  # also marks a directory as an atlas that a new one may replace
@@ -98,54 +99,15 @@ class _Layer:
 
     @property
     def size(self) -> str:
-        return _per_axis(self.geometry, "size") if self.geometry else "1"
+        return per_axis(self.geometry, "size") if self.geometry else "1"
 
     @property
     def stride(self) -> str:
-        return _per_axis(self.geometry, "jump") if self.geometry else "–"
+        return per_axis(self.geometry, "jump") if self.geometry else "–"
 
     @property
     def rf(self) -> str:
-        return f"{_per_axis(self.geometry, 'rf')} px" if self.geometry else "whole image"
-
-
-def _per_axis(geo: LayerGeometry, attr: str) -> str:
-    """"13", or "13x9" where rows and columns differ."""
-    rows, cols = getattr(geo.rows, attr), getattr(geo.cols, attr)
-    return str(rows) if rows == cols else f"{rows}x{cols}"
-
-
-def run_checkpoints(checkpoint: str | Path) -> list[tuple[int, Path]]:
-    """The end-of-epoch checkpoints a zfnet run kept, [(epoch, directory)] by epoch, up to the
-    epoch of `checkpoint` (a checkpoint directory of the run, as `Source.meta["checkpoint"]`
-    names it): the epochs whose evolution leads to the model shown. Empty when it lies in no
-    run's checkpoints/ folder."""
-    from zfnet.train.checkpoint import list_checkpoints, read_meta
-
-    ckpt = Path(checkpoint)
-    epoch = read_meta(ckpt).get("epoch")
-    kept = list_checkpoints(ckpt.parent)
-    return [(e, p) for e, p in kept if epoch is None or e <= int(epoch)]
-
-
-class CheckpointModels(Sequence[tuple[int, nn.Module]]):
-    """[(epoch, model)] of checkpoint directories, each model loaded when indexed (on `device`),
-    so that a run with many kept epochs never holds more than one or two in memory
-    (`feature_evolution` reads each once)."""
-
-    def __init__(self, checkpoints: Sequence[tuple[int, str | Path]],
-                 device: str | torch.device = "cpu") -> None:
-        self.checkpoints = [(int(e), Path(p)) for e, p in checkpoints]
-        self.device = device
-
-    def __len__(self) -> int:
-        return len(self.checkpoints)
-
-    def __getitem__(self, i: int) -> tuple[int, nn.Module]:  # type: ignore[override]
-        from zfnet.train import load_model
-
-        epoch, path = self.checkpoints[i]
-        return epoch, load_model(path, device=self.device)[0]
+        return f"{per_axis(self.geometry, 'rf')} px" if self.geometry else "whole image"
 
 
 def write_atlas(
@@ -178,7 +140,8 @@ def write_atlas(
     `zfnet models` lists (default `zfnet.models.feature_layers`: conv1…conv5 on zfnet's
     models). maps_per_layer: the N strongest maps of each layer (default every map). rule:
     deconvnet, guided or gradient. evolution: [(epoch, model)] of a zfnet run's kept epochs in
-    order (e.g. `CheckpointModels(run_checkpoints(...))`), each unit's projection shown at each.
+    order (e.g. `zfnet.train.CheckpointModels(run_checkpoints(...))`), each unit's
+    projection shown at each.
     progress(done, total): called as the work goes (images mined, at each checkpoint too, and
     units drawn; total grows once, when the mining has said how many maps there are); an
     exception it raises stops the atlas and leaves nothing written.

@@ -649,7 +649,7 @@ class Explorer:
         """The unit's strongest activation over the dataset, found again and projected at each
         kept epoch of the run (Fig. 4)."""
         from zfnet.analyses.evolution import render_unit_evolution, unit_evolution
-        from zfnet.train import load_model
+        from zfnet.train import CheckpointModels
 
         lr = self.layer(layer)
         unit = self.unit_index(lr, unit)
@@ -658,8 +658,7 @@ class Explorer:
                                 "--checkpoint RUN)")
         if self.val is None:
             raise ExplorerError("no dataset to search: start the server with --data")
-        models = [(e, load_model(str(p), device="cpu")[0]) for e, p in
-                  self.evolution_checkpoints]
+        models = CheckpointModels(self.evolution_checkpoints)  # one in memory at a time
         result = unit_evolution(models, self.val, lr.name, unit, n_images=self.n_images,
                                 progress=progress)
         buf = io.BytesIO()
