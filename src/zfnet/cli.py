@@ -972,6 +972,7 @@ def serve_cmd(model_options: ModelOptions, data: str | None, host: str, port: in
     port = port or free_port(host)
     try:  # the port is checked before the long-running part starts
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
             s.bind((host, port))
     except OSError as e:
         raise click.BadParameter(f"cannot listen on {host}:{port}: {e.strerror}",

@@ -158,6 +158,14 @@ def test_unit_projection_and_patch_equal_the_engine(client, explorer) -> None:
     v = client.get("/api/unit?image=val:3&layer=conv3&unit=7&row=0&col=0").json()
     assert (v["row"], v["col"]) == (0, 0) and v["activation"] == pytest.approx(
         float(act[0, 0]), abs=1e-5)
+    fc = get_activations(explorer.model, x, ["fc7"])["fc7"][0].clamp(min=0)  # (F,)
+    sprite = _png(client.get("/api/maps.png?image=val:3&layer=fc7"))
+    m = client.get("/api/maps?image=val:3&layer=fc7").json()
+    th, tw = m["tile"]
+    tiles = [sprite[(i // m["cols"]) * (th + 1), (i % m["cols"]) * (tw + 1)]
+             for i in range(m["maps"])]
+    want = (fc / fc.max() * 255).round().numpy()  # a flat layer: scaled by the layer's max
+    assert np.abs(np.array(tiles, float) - want).max() <= 1
     f = client.get("/api/unit?image=val:3&layer=fc7&unit=2").json()
     assert f["box"] is None and _png(client.get(f["rules"]["gradient"])).shape[:2] == (32, 32)
     assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
@@ -181,6 +189,9 @@ def test_uploads(client, explorer) -> None:
     assert top[0]["class"] == int(p.argmax())
     assert client.get(f"/api/maps?image={up['id']}&layer=conv1").status_code == 200
     assert client.post("/api/images", content=data).json()["id"] == up["id"]  # same bytes
+    named = client.post("/api/images", content=data, headers={"X-Filename": "caf%C3%A9.jpg"})
+    assert named.json()["name"] == "café.jpg"
+    assert client.get("/api/model").json()["max_upload"] == 200_000
     _error(client.post("/api/images", content=b"%PDF-1.4 not an image",
                        headers={"X-Filename": "paper.pdf"}), 400, "paper.pdf", "not an image")
     _error(client.post("/api/images", content=data[: len(data) // 2]), 400, "cannot be read")

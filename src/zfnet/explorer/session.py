@@ -431,7 +431,8 @@ class Explorer:
 
     def maps_png(self, image_id: str, layer: str) -> bytes:
         """The sprite: every map of the layer for the image, each scaled from 0 to its own
-        maximum (rectified: grey levels of max(a, 0)), on a dark grid."""
+        maximum (rectified: grey levels of max(a, 0)) — a flat layer's units to the layer's
+        maximum —, on a dark grid."""
         row = self.layer(layer)
 
         def draw() -> bytes:
@@ -439,7 +440,10 @@ class Explorer:
             cols, (th, tw) = self._layout(row)
             h, w = row.size or (1, 1)
             a = act.reshape(row.maps, h, w)
-            top = a.reshape(row.maps, -1).amax(1).clamp_min(1e-12)
+            if row.size is None:  # a flat layer's "map" is one value: scaled by the layer's max
+                top = a.max().clamp_min(1e-12).expand(row.maps)
+            else:
+                top = a.reshape(row.maps, -1).amax(1).clamp_min(1e-12)
             u8 = (a / top[:, None, None] * 255).round().to(torch.uint8)
             u8 = u8.repeat_interleave(th // h, 1).repeat_interleave(tw // w, 2)
             rows_n = math.ceil(row.maps / cols)
