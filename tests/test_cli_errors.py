@@ -221,6 +221,10 @@ CASES = [
     ("topk-images-empty", [*TOPK, "--data", "images:{empty}"], "holds no image files"),
     ("topk-images-missing", [*TOPK, "--data", "images:/nonexistent"], "/nonexistent does not"),
     ("topk-images-a-file", [*TOPK, "--data", "images:{notes}"], "is not a directory"),
+    # atlas
+    ("atlas-layer", ["atlas", *CK, *OUT, "--layer", "conv9"], "conv9"),
+    ("atlas-no-data", ["atlas", "--model", "zfnet_small", *OUT], "no dataset given"),
+    ("atlas-out-not-an-atlas", ["atlas", *CK, "--out", "{run}"], "holds no atlas"),
     # analyze
     ("evolution-no-checkpoints", ["analyze", "evolution", "--run", "{empty}", *OUT], "empty"),
     ("evolution-no-run", ["analyze", "evolution", *OUT], "--checkpoint"),
@@ -264,6 +268,11 @@ CASES = [
      "nope"),
     ("demo-dataset", ["demo", "--data", "nope", *OUT], "nope"),
     ("demo-model", ["demo", "--data", TINY, "--model", "zfnett", *OUT], "zfnett"),
+    ("serve-no-model", ["serve", "--port", "0"], "no model given"),
+    ("serve-unknown-model", ["serve", "--model", "zfnett", "--port", "0"], "zfnett"),
+    ("serve-bad-data", ["serve", *CK, "--data", "nope", "--port", "0"], "nope"),
+    ("serve-port", ["serve", *CK, "--port", "70000"], "70000"),
+    ("serve-upload-limit", ["serve", *CK, "--max-upload-mb", "0"], "--max-upload-mb"),
     ("report-no-sections", ["report", "{empty}"], "no report sections"),
     ("report-figure-outside", ["report", "{escape}"], "../secret.png"),
 ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -62,10 +63,12 @@ def projection_to_uint8(p: Tensor, percentile: float = CLIP_PERCENTILE) -> Tenso
     return ((0.5 + 0.5 * scaled).clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def save_grid(projections: Tensor, path: str | Path, min_side: int = 40) -> Path:
+def save_grid(projections: Tensor, path: str | Path | BinaryIO, min_side: int = 40
+              ) -> Path | BinaryIO:
     """Draw (rows, columns, C, h, w) projections (C 1 or 3) as one PNG grid, each tile by
     `projection_to_uint8` and enlarged (nearest neighbour, integer factor) to at least
-    `min_side` pixels, 2 px white between tiles. Returns the path."""
+    `min_side` pixels, 2 px white between tiles. path: a file path, or an open binary file the
+    PNG is written to. Returns it."""
     if projections.dim() != 5 or projections.shape[2] not in (1, 3):
         raise ValueError("projections must be (rows, columns, C, h, w) with C 1 or 3, got "
                          f"shape {tuple(projections.shape)}")
@@ -79,6 +82,9 @@ def save_grid(projections: Tensor, path: str | Path, min_side: int = 40) -> Path
         for j in range(cols):
             y, x = pad + a * (th + pad), pad + j * (tw + pad)
             canvas[y: y + th, x: x + tw] = tiles[a, j].repeat(zoom, 0).repeat(zoom, 1)
+    if hasattr(path, "write"):  # an open binary file (the explorer's PNG bytes)
+        Image.fromarray(canvas).save(path, format="PNG")
+        return path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(canvas).save(path)

@@ -1,14 +1,23 @@
 """Feature evolution (Fig. 4) on checkpoints whose answer is known."""
 
 import copy
+import io
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torch.utils.data import TensorDataset
 
 import zfnet
-from zfnet.analyses.evolution import evolution_section, feature_evolution, render_evolution
+from zfnet.analyses.evolution import (
+    UnitEvolution,
+    evolution_section,
+    feature_evolution,
+    render_evolution,
+    render_unit_evolution,
+    unit_evolution,
+)
 from zfnet.display import CAPTION as DISPLAY_CAPTION
 from zfnet.display import projection_to_uint8
 from zfnet.report import read_sections
@@ -45,3 +54,59 @@ def test_render_evolution_draws_projections_by_the_display_rule(tmp_path) -> Non
             y, x = pad + a * (side + pad), pad + j * (side + pad)
             tile = torch.from_numpy(canvas[y: y + side: zoom, x: x + side: zoom, 0].copy())
             assert torch.equal(tile, want[a, j, 0]), (a, j)
+
+
+class _Counted(list):
+    """Checkpoints that count how often each is read (a sequence that loads on access)."""
+
+    def __init__(self, items) -> None:
+        super().__init__(items)
+        self.reads = [0] * len(items)
+
+    def __getitem__(self, i):
+        self.reads[i] += 1
+        return super().__getitem__(i)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+def test_evolution_of_given_maps_and_of_one_unit() -> None:
+    torch.manual_seed(0)
+    models = [zfnet.create_model("zfnet_small", input_size=32) for _ in range(3)]
+    data = TensorDataset(torch.randn(10, 3, 32, 32) * 50, torch.zeros(10, dtype=torch.long))
+    ckpts = list(zip((1, 2, 3), models, strict=True))
+    chosen = feature_evolution(ckpts, data, layers=("conv1", "conv3"), n_maps=3, n_images=8)
+    calls = []
+    counted = _Counted(ckpts)
+    given = feature_evolution(counted, data, n_images=8, maps=chosen.maps,
+                              progress=lambda done, total: calls.append((done, total)))
+    assert counted.reads == [1, 1, 1]  # each checkpoint mined once for every layer
+    _Counted.__init__(counted, ckpts)
+    feature_evolution(counted, data, layers=("conv1",), n_images=8)
+    assert counted.reads == [1, 1, 1]  # the last, read first to choose the maps, is kept
+    assert given.maps == chosen.maps and given.epochs == [1, 2, 3]
+    for layer in ("conv1", "conv3"):
+        assert torch.equal(given.projections[layer], chosen.projections[layer])
+        assert given.similarity[layer] == chosen.similarity[layer]
+        assert torch.allclose(given.unit_similarity[layer].mean(0),
+                              torch.tensor(chosen.similarity[layer]))
+    assert calls[-1] == (24, 24) and [d for d, _ in calls] == sorted(d for d, _ in calls)
+    unit = chosen.maps["conv3"][1]
+    one = unit_evolution(ckpts, data, "conv3", unit, n_images=8)
+    assert one.epochs == [1, 2, 3] and one.projections.shape == chosen.projections["conv3"][1].shape
+    assert torch.allclose(one.projections, chosen.projections["conv3"][1], atol=1e-4)
+    assert one.similarity[-1] == pytest.approx(1.0)
+    assert one.similarity == pytest.approx(chosen.unit_similarity["conv3"][1].tolist(), abs=1e-4)
+    with pytest.raises(ValueError, match="maps \\[999\\] of conv3"):
+        unit_evolution(ckpts, data, "conv3", 999, n_images=8)
+
+
+def test_render_unit_evolution_is_one_row(tmp_path) -> None:
+    proj = torch.randn(3, 1, 10, 10)  # (epochs, C, s, s)
+    one = np.asarray(Image.open(render_unit_evolution(proj, tmp_path / "u.png")))
+    row = np.asarray(Image.open(render_evolution(proj[None], tmp_path / "r.png")))
+    assert np.array_equal(one, row) and one.shape[:2] == (2 + 40 + 2, 2 + 3 * (40 + 2))
+    buf = io.BytesIO()  # an open file, from the whole UnitEvolution (the explorer's way)
+    render_unit_evolution(UnitEvolution([1, 2, 3], proj, [0.0, 0.5, 1.0]), buf)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(buf.getvalue()))), row)

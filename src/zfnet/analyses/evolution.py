@@ -13,16 +13,17 @@ A layer has settled at the first epoch from which this stays ≥ `settle_at` (de
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO, NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from zfnet.analyses.gallery import project_topk, select_maps
-from zfnet.analyses.topk import mine_topk
+from zfnet.analyses.topk import TopK, mine_topk
 from zfnet.display import CAPTION as DISPLAY_CAPTION
 from zfnet.display import save_grid
 from zfnet.models import is_zfnet_model
@@ -37,6 +38,9 @@ class EvolutionResult:
     projections: dict[str, Tensor] = field(default_factory=dict)
     similarity: dict[str, list[float]] = field(default_factory=dict)  # layer -> per epoch
     settled: dict[str, int | None] = field(default_factory=dict)  # layer -> first settled epoch
+    # layer -> (maps, epochs): each map's own similarity to its last epoch (`similarity` is
+    # the mean over the maps)
+    unit_similarity: dict[str, Tensor] = field(default_factory=dict)
 
 
 def feature_evolution(
@@ -48,37 +52,70 @@ def feature_evolution(
     settle_at: float = 0.8,
     rule: str = "deconvnet",
     batch_size: int = 64,
+    *,
+    maps: Mapping[str, Sequence[int]] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> EvolutionResult:
     """Fig. 4 from `checkpoints` [(epoch, model), …] in training order and `dataset` (training
     images as model inputs, e.g. centre crops; the first `n_images` are searched).
 
     Maps are chosen once, on the last checkpoint (the `n_maps` strongest of each layer, see
-    `zfnet.analyses.gallery.select_maps`), and followed back through the epochs.
+    `zfnet.analyses.gallery.select_maps`), and followed back through the epochs; or given:
+    `maps` {layer: [map, …]} (its keys are then the layers, `layers` and `n_maps` unused).
+    Each checkpoint is read once (by index) and mined once for all layers, so `checkpoints` may
+    be a sequence that loads each model when indexed.
+    progress(done, total): images mined so far over all the checkpoints' passes; an exception
+    it raises (a cancelled job) stops the work.
     """
     if not checkpoints:
         raise ValueError("no checkpoints: train with kept epochs (TrainConfig.keep_epochs)")
-    for epoch, model in checkpoints:
-        if not is_zfnet_model(model):
-            raise ValueError(
-                f"feature evolution (Fig. 4) follows the checkpoints a `zfnet train` run keeps, "
-                f"epoch by epoch; the model of epoch {epoch} ({type(model).__name__}) is not one "
-                "of zfnet's models (zfnet_*, alexnet_*). For a pretrained model, `zfnet visualize "
-                "topk` shows its features")
+    if maps is not None:
+        layers = list(maps)
+        if not layers:
+            raise ValueError("maps is empty: give the maps of at least one layer")
+    layers = list(layers)
     indices = range(min(len(dataset), n_images)) if n_images else None
-    mined = [mine_topk(m, dataset, layers, k=1, indices=indices, batch_size=batch_size)
-             for _, m in checkpoints]
-    maps = {layer: select_maps(mined[-1][layer], n_maps) for layer in layers}
-    res = EvolutionResult([e for e, _ in checkpoints], maps)
-    per_ckpt = [  # one pass per checkpoint for all layers: {layer: (M, 1, C, rf, rf)}
-        project_topk(model, dataset, {k: tk[k] for k in layers}, maps, rule)
-        for (_, model), tk in zip(checkpoints, mined, strict=True)
-    ]
+    per_pass = len(indices) if indices is not None else len(dataset)  # type: ignore[arg-type]
+    total = per_pass * len(checkpoints)
+    passes = 0
+
+    def mine(epoch: int, model: nn.Module) -> dict[str, TopK]:
+        nonlocal passes
+        _require_zfnet(epoch, model)
+        offset = passes * per_pass
+        report = (lambda done, _: progress(offset + done, total)) if progress else False
+        passes += 1
+        return mine_topk(model, dataset, layers, k=1, indices=indices, batch_size=batch_size,
+                         progress=report)
+
+    last = len(checkpoints) - 1
+    first: tuple[int, nn.Module, dict[str, TopK]] | None = None
+    if maps is None:  # chosen on the last checkpoint: mine it first
+        epoch, model = checkpoints[last]
+        first = (epoch, model, mine(epoch, model))
+        chosen = {layer: select_maps(first[2][layer], n_maps) for layer in layers}
+    else:
+        chosen = {layer: [int(c) for c in maps[layer]] for layer in layers}
+    res = EvolutionResult([], chosen)
+    per_ckpt = []  # one pass per checkpoint for all layers: {layer: (M, 1, C, rf, rf)}
+    for i in range(len(checkpoints)):
+        if i == last and first is not None:
+            epoch, model, mined = first
+        else:
+            epoch, model = checkpoints[i]
+            mined = mine(epoch, model)
+        if i == 0:
+            _check_maps(chosen, mined)
+        res.epochs.append(epoch)
+        per_ckpt.append(project_topk(model, dataset, {k: mined[k] for k in layers}, chosen,
+                                     rule))
     for layer in layers:
         per_epoch = [p[layer][:, 0] for p in per_ckpt]  # each (M, C, rf, rf)
         proj = torch.stack(per_epoch, 1)  # (M, E, C, rf, rf)
         res.projections[layer] = proj
         flat = proj.flatten(2)  # (M, E, D)
         sim = torch.nn.functional.cosine_similarity(flat, flat[:, -1:].expand_as(flat), dim=2)
+        res.unit_similarity[layer] = sim
         curve = sim.mean(0).tolist()  # (E,)
         res.similarity[layer] = curve
         settled = None
@@ -90,9 +127,64 @@ def feature_evolution(
     return res
 
 
-def render_evolution(projections: Tensor, path: str | Path, min_side: int = 40) -> Path:
-    """One PNG per layer: a row per map, a column per epoch (maps, epochs, C, s, s)."""
+def _require_zfnet(epoch: int, model: nn.Module) -> None:
+    if not is_zfnet_model(model):
+        raise ValueError(
+            f"feature evolution (Fig. 4) follows the checkpoints a `zfnet train` run keeps, "
+            f"epoch by epoch; the model of epoch {epoch} ({type(model).__name__}) is not one "
+            "of zfnet's models (zfnet_*, alexnet_*). For a pretrained model, `zfnet visualize "
+            "topk` shows its features")
+
+
+def _check_maps(maps: Mapping[str, Sequence[int]], mined: Mapping[str, TopK]) -> None:
+    for layer, chosen in maps.items():
+        c = mined[layer].values.shape[0]
+        bad = [m for m in chosen if not 0 <= m < c]
+        if bad or not chosen:
+            raise ValueError(f"maps {bad or '[]'} of {layer}: it has maps 0..{c - 1}")
+
+
+class UnitEvolution(NamedTuple):
+    """One feature map followed through the kept epochs (paper Fig. 4, one row)."""
+
+    epochs: list[int]
+    projections: Tensor  # (E, C, h, w): each epoch's strongest activation, projected
+    similarity: list[float]  # per epoch: cosine similarity of its projection to the last's
+
+
+def unit_evolution(
+    checkpoints: Sequence[tuple[int, nn.Module]],
+    dataset: Dataset,
+    layer: str,
+    unit: int,
+    n_images: int | None = 2000,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    rule: str = "deconvnet",
+    batch_size: int = 64,
+) -> UnitEvolution:
+    """Map `unit` of `layer` at every checkpoint (`feature_evolution` for that one map): its
+    strongest activation over the first `n_images` of `dataset`, projected to pixels and cut
+    to the receptive field, and its similarity to the last epoch's."""
+    res = feature_evolution(checkpoints, dataset, n_images=n_images, rule=rule,
+                            batch_size=batch_size, maps={layer: [unit]}, progress=progress)
+    return UnitEvolution(res.epochs, res.projections[layer][0],
+                         res.unit_similarity[layer][0].tolist())
+
+
+def render_evolution(projections: Tensor, path: str | Path | BinaryIO, min_side: int = 40
+                     ) -> Path | BinaryIO:
+    """One PNG per layer: a row per map, a column per epoch (maps, epochs, C, s, s). path: a
+    file path or an open binary file."""
     return save_grid(projections, path, min_side)
+
+
+def render_unit_evolution(evolution: UnitEvolution | Tensor, path: str | Path | BinaryIO,
+                          min_side: int = 40) -> Path | BinaryIO:
+    """One map's row, a column per epoch: a `UnitEvolution` or its projections (E, C, h, w).
+    path: a file path or an open binary file (the explorer's PNG bytes)."""
+    proj = evolution.projections if isinstance(evolution, UnitEvolution) else evolution
+    return render_evolution(proj[None], path, min_side)
 
 
 def evolution_section(run_dir: str | Path, result: EvolutionResult, order: int = 50):

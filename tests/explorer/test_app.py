@@ -1,0 +1,358 @@
+"""The explorer's HTTP API (zfnet.explorer.app over zfnet.explorer.session): every view equals
+what the engines give directly, bad requests get one-line JSON errors and the server keeps
+serving, nothing outside the package's assets is readable, long jobs run off the request thread
+with progress and cancel, and the top-k index is kept on disk."""
+
+from __future__ import annotations
+
+import io
+import struct
+import threading
+import time
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from zfnet.activations import get_activations
+from zfnet.analyses.gallery import project_topk, render_layer, topk_patches
+from zfnet.analyses.topk import mine_topk
+from zfnet.deconvnet import project
+from zfnet.display import projection_to_uint8
+from zfnet.explorer.app import create_app
+from zfnet.explorer.jobs import Cancelled, JobRunner
+from zfnet.explorer.session import Explorer
+from zfnet.models import layer_geometry
+from zfnet.sources import load_data, load_source
+from zfnet.train import list_checkpoints
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def explorer(tiny_run, tmp_path_factory) -> Explorer:
+    source = load_source(str(tiny_run))
+    bundle = load_data(source, None)
+    return Explorer(source, bundle, cache_dir=tmp_path_factory.mktemp("cache"),
+                    evolution=list_checkpoints(tiny_run))
+
+
+@pytest.fixture(scope="module")
+def client(explorer) -> TestClient:
+    with TestClient(create_app(explorer, max_upload=200_000)) as c:
+        yield c
+
+
+def _png(r) -> np.ndarray:
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png"
+    return np.asarray(Image.open(io.BytesIO(r.content)))
+
+
+def _error(r, status: int, *words: str) -> str:
+    assert r.status_code == status, (r.status_code, r.text)
+    text = r.json()["error"]
+    assert "\n" not in text and "Traceback" not in text
+    for w in words:
+        assert w in text, (w, text)
+    return text
+
+
+def _jpeg(size: int = 96) -> bytes:
+    from skimage import data
+
+    buf = io.BytesIO()
+    Image.fromarray(data.astronaut()).resize((size + 40, size)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _wait(client: TestClient, url: str) -> dict:
+    r = client.get(url)
+    for _ in range(600):
+        if r.status_code != 202:
+            break
+        job = r.json()["job"]
+        assert job["state"] in ("queued", "running", "done"), job
+        time.sleep(0.05)
+        r = client.get(url)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_model_layers_and_images(client, explorer) -> None:
+    m = client.get("/api/model").json()
+    assert m["kind"] == "run" and m["input"] == {"channels": 3, "size": [32, 32]}
+    assert m["classes"] == 10 and m["labels"] and m["data"]["images"] == 32
+    assert m["evolution"] == {"epochs": [1, 2]} and m["default_layer"] == "conv5"
+    layers = client.get("/api/layers").json()["layers"]
+    names = [lr["name"] for lr in layers]
+    assert names[:4] == ["conv1", "relu1", "pool1", "norm1"] and "fc6" in names
+    assert not any(n.startswith("drop") for n in names)  # the identity at inference
+    conv5 = next(lr for lr in layers if lr["name"] == "conv5")
+    g = layer_geometry(explorer.model, "conv5", 32)
+    assert conv5["rf"] == [g.rows.rf, g.cols.rf] and conv5["size"] == [g.rows.size] * 2
+    assert conv5["maps"] == explorer.model.features.conv5.out_channels
+    fc6 = next(lr for lr in layers if lr["name"] == "fc6")
+    assert fc6["spatial"] is False and fc6["size"] is None
+    page = client.get("/api/images?offset=30&limit=10").json()
+    assert page["total"] == 32 and [i["id"] for i in page["items"]] == ["val:30", "val:31"]
+    img = _png(client.get("/api/image/val:30.png"))
+    assert np.array_equal(img, explorer.bundle.raw_val(30).permute(1, 2, 0).numpy())
+
+
+def test_predict_and_maps_equal_the_model(client, explorer) -> None:
+    x = explorer.val[5][0][None]
+    with torch.inference_mode():
+        p = torch.softmax(explorer.model(x)[0], 0)
+    top = client.get("/api/predict?image=val:5").json()["top"]
+    assert [t["class"] for t in top] == p.topk(5).indices.tolist()
+    assert top[0]["p"] == pytest.approx(float(p.max()), abs=1e-5)
+    assert top[0]["name"] == explorer.bundle.class_names[top[0]["class"]]
+    act = get_activations(explorer.model, x, ["conv2"])["conv2"][0]  # (C, h, w)
+    m = client.get("/api/maps?image=val:5&layer=conv2").json()
+    c, h, w = act.shape
+    assert (m["maps"], m["size"]) == (c, [h, w])
+    np.testing.assert_allclose(m["max"], act.reshape(c, -1).amax(1).numpy(), atol=1e-4)
+    sprite = _png(client.get(m["sprite"]))
+    th, tw = m["tile"]
+    rows = -(-c // m["cols"])
+    assert sprite.shape == (rows * (th + 1) - 1, m["cols"] * (tw + 1) - 1)
+    for k in (0, c - 1):  # each tile: the map scaled to its own maximum
+        y, x0 = (k // m["cols"]) * (th + 1), (k % m["cols"]) * (tw + 1)
+        tile = sprite[y:y + th:th // h, x0:x0 + tw:tw // w]
+        a = act[k].clamp(min=0)
+        want = (a / a.max().clamp_min(1e-12) * 255).round().numpy()
+        assert np.abs(tile.astype(float) - want).max() <= 1
+
+
+def test_unit_projection_and_patch_equal_the_engine(client, explorer) -> None:
+    u = client.get("/api/unit?image=val:3&layer=conv3&unit=7").json()
+    x = explorer.val[3][0][None]
+    act = get_activations(explorer.model, x, ["conv3"])["conv3"][0, 7]
+    r, c = divmod(int(act.argmax()), act.shape[1])
+    assert (u["row"], u["col"]) == (r, c)
+    assert u["activation"] == pytest.approx(float(act.max()), abs=1e-5)
+    g = layer_geometry(explorer.model, "conv3", 32)
+    assert u["box"] == list(g.box(r, c, (32, 32)))
+    assert f"model={explorer.id}" in u["link"] and "unit=7" in u["link"]
+    top, left = g.rows.first + r * g.rows.jump, g.cols.first + c * g.cols.jump
+    side = g.rows.rf
+    for rule in ("deconvnet", "guided", "gradient"):
+        full = project(explorer.model, x, "conv3", [7], torch.tensor([[r, c]]), rule)[0]
+        win = torch.zeros(3, side, side)  # the receptive field's window, zero outside
+        t0, l0 = max(top, 0), max(left, 0)
+        win[:, t0 - top:min(top + side, 32) - top, l0 - left:min(left + side, 32) - left] = \
+            full[:, t0:top + side, l0:left + side]
+        want = projection_to_uint8(win).permute(1, 2, 0).numpy()
+        got = _png(client.get(u["rules"][rule]))
+        assert np.array_equal(got, want), rule
+    patch = _png(client.get(u["patch"]))
+    raw = explorer.bundle.raw_val(3)
+    t1, l1 = min(top + side, 32), min(left + side, 32)
+    assert np.array_equal(patch[t0 - top:t1 - top, l0 - left:l1 - left],
+                          raw[:, t0:t1, l0:l1].permute(1, 2, 0).numpy())
+    # a position given, and a flat layer
+    v = client.get("/api/unit?image=val:3&layer=conv3&unit=7&row=0&col=0").json()
+    assert (v["row"], v["col"]) == (0, 0) and v["activation"] == pytest.approx(
+        float(act[0, 0]), abs=1e-5)
+    fc = get_activations(explorer.model, x, ["fc7"])["fc7"][0].clamp(min=0)  # (F,)
+    sprite = _png(client.get("/api/maps.png?image=val:3&layer=fc7"))
+    m = client.get("/api/maps?image=val:3&layer=fc7").json()
+    th, tw = m["tile"]
+    tiles = [sprite[(i // m["cols"]) * (th + 1), (i % m["cols"]) * (tw + 1)]
+             for i in range(m["maps"])]
+    want = (fc / fc.max() * 255).round().numpy()  # a flat layer: scaled by the layer's max
+    assert np.abs(np.array(tiles, float) - want).max() <= 1
+    f = client.get("/api/unit?image=val:3&layer=fc7&unit=2").json()
+    assert f["box"] is None and _png(client.get(f["rules"]["gradient"])).shape[:2] == (32, 32)
+    assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                   for m in explorer.model.modules())
+
+
+def test_uploads(client, explorer) -> None:
+    data = _jpeg()
+    r = client.post("/api/images", content=data, headers={"X-Filename": "astronaut.jpg"})
+    assert r.status_code == 201, r.text
+    up = r.json()
+    assert up["id"].startswith("up:") and (up["width"], up["height"]) == (136, 96)
+    img = _png(client.get(up["src"]))
+    assert img.shape == (32, 32, 3)
+    from zfnet.data.images import load_rgb
+
+    x = explorer.pre.to_input(load_rgb(io.BytesIO(data), min_side=explorer.pre.resize))
+    with torch.inference_mode():
+        p = torch.softmax(explorer.model(x[None])[0], 0)
+    top = client.get(f"/api/predict?image={up['id']}").json()["top"]
+    assert top[0]["class"] == int(p.argmax())
+    assert client.get(f"/api/maps?image={up['id']}&layer=conv1").status_code == 200
+    assert client.post("/api/images", content=data).json()["id"] == up["id"]  # same bytes
+    named = client.post("/api/images", content=data, headers={"X-Filename": "caf%C3%A9.jpg"})
+    assert named.json()["name"] == "café.jpg"
+    assert client.get("/api/model").json()["max_upload"] == 200_000
+    _error(client.post("/api/images", content=b"%PDF-1.4 not an image",
+                       headers={"X-Filename": "paper.pdf"}), 400, "paper.pdf", "not an image")
+    _error(client.post("/api/images", content=data[: len(data) // 2]), 400, "cannot be read")
+    _error(client.post("/api/images", content=b""), 400, "empty")
+    _error(client.post("/api/images", content=b"\xff" * 300_000), 413, "limit", "MB")
+    _error(client.post("/api/images", content=_huge_png(12_000, 9_000)), 400,
+           "12000x9000", "108 megapixels", "up to 40")
+    assert client.get("/api/model").status_code == 200  # still serving
+
+
+def _huge_png(w: int, h: int) -> bytes:
+    """A PNG whose header says w x h (a few bytes: its pixels are never decoded)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(
+            ">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("url,status,words", [
+    ("/api/maps?image=val:0&layer=conv9", 400, ("conv9", "valid: conv1")),
+    ("/api/maps?image=val:99&layer=conv1", 404, ("val:99", "val:0..val:31")),
+    ("/api/maps?image=up:0123&layer=conv1", 404, ("upload it again",)),
+    ("/api/maps?image=/etc/passwd&layer=conv1", 400, ("not an image id", "val:N")),
+    ("/api/maps?image=val:../../etc/passwd&layer=conv1", 400, ("not an image id",)),
+    ("/api/unit?image=val:0&layer=conv2&unit=5000", 400, ("unit 5000", "0..")),
+    ("/api/unit?image=val:0&layer=conv2&unit=-1", 400, ("unit -1",)),
+    ("/api/unit?image=val:0&layer=conv2&unit=x", 400, ("unit", "integer")),
+    ("/api/unit?image=val:0&layer=conv2&unit=1&row=99&col=0", 400, ("outside", "rows 0..")),
+    ("/api/unit?image=val:0&layer=conv2&unit=1&row=1", 400, ("both row and col",)),
+    ("/api/unit?image=val:0&layer=fc6&unit=1&row=1&col=1", 400, ("flat layer",)),
+    ("/api/projection.png?image=val:0&layer=conv2&unit=1&rule=magic", 400,
+     ("magic", "deconvnet, guided, gradient")),
+    ("/api/maps?image=val:0", 400, ("layer",)),
+    ("/api/topk.png?layer=conv1&unit=0", 400, ("not mined yet",)),
+    ("/api/occlusion.png?image=val:0", 404, ("computes them",)),
+    ("/api/jobs/nope", 404, ("no job",)),
+    ("/api/nothing", 404, ("not found",)),
+    ("/static/../../../../etc/passwd", 404, ()),
+    ("/static/%2e%2e/%2e%2e/session.py", 404, ()),
+    ("/api/image/..%2F..%2F..%2Fetc%2Fpasswd.png", 404, ()),
+])
+def test_bad_requests_are_one_line_errors(client, url, status, words) -> None:
+    _error(client.get(url), status, *words)
+    assert client.get("/api/layers").status_code == 200
+
+
+def test_nothing_but_the_assets_is_served(client) -> None:
+    r = client.get("/static/../app.py")
+    assert r.status_code == 404 and "create_app" not in r.text
+    assert client.get("/api/openapi.json").json()["paths"]["/api/unit"]
+
+
+def test_an_error_inside_a_view_leaves_the_server_serving(explorer, monkeypatch) -> None:
+    def broken(*a, **k):
+        raise RuntimeError("disk on fire\nsecond line")
+    with TestClient(create_app(explorer), raise_server_exceptions=False) as client:
+        monkeypatch.setattr(explorer, "maps", broken)
+        _error(client.get("/api/maps?image=val:0&layer=conv1"), 500, "disk on fire")
+        monkeypatch.undo()
+        assert client.get("/api/maps?image=val:0&layer=conv1").status_code == 200
+
+
+def test_topk_job_equals_mining_and_is_kept_on_disk(client, explorer, tiny_run) -> None:
+    first = client.get("/api/topk?layer=conv4&unit=3")
+    assert first.status_code == 202
+    job = first.json()["job"]
+    assert job["kind"] == "topk" and "conv4" in job["what"]
+    got = _wait(client, "/api/topk?layer=conv4&unit=3")
+    done = client.get(f"/api/jobs/{job['id']}").json()
+    assert done["state"] == "done" and done["done"] == done["total"] == 32
+    want = mine_topk(explorer.model, explorer.val, ["conv4"], 9)["conv4"]
+    assert [it["image"] for it in got["items"]] == [f"val:{i}" for i in want.index[3].tolist()]
+    np.testing.assert_allclose([it["activation"] for it in got["items"]],
+                               want.values[3].numpy(), atol=1e-4)
+    fig = _png(client.get(got["figure"]))
+    proj = project_topk(explorer.model, explorer.val, {"conv4": want}, {"conv4": [3]})["conv4"]
+    geo = layer_geometry(explorer.model, "conv4", 32)
+    patches = topk_patches(want, [3], geo, (3, 32, 32), False, explorer.bundle.raw_val)
+    buf = io.BytesIO()
+    render_layer(proj, patches, buf)
+    assert np.array_equal(fig, np.asarray(Image.open(buf)))
+    # the index is on disk: another session of the same model and data does not mine again
+    again = Explorer(explorer.source, explorer.bundle, cache_dir=explorer.cache_dir.parent)
+    assert again.cache_dir == explorer.cache_dir and again.topk("conv4", 3) == got
+    assert again.topk("conv5", 0) is None
+
+
+def test_occlusion_and_evolution_jobs(client, explorer) -> None:
+    occ = _wait(client, "/api/occlusion?image=val:2")
+    assert occ["layer"] == "conv5" and 0 <= occ["target"]["class"] < 10
+    assert occ["target"]["name"] in explorer.bundle.class_names
+    assert _png(client.get(occ["figure"])).ndim == 3
+    evo = _wait(client, "/api/evolution?layer=conv2&unit=4")
+    assert evo["epochs"] == [1, 2] and len(evo["similarity"]) == 2
+    assert evo["similarity"][-1] == pytest.approx(1.0, abs=1e-5)  # the last epoch vs itself
+    assert _png(client.get(evo["figure"])).ndim == 3
+
+
+def test_views_stay_live_while_a_job_runs_and_a_job_can_be_cancelled(
+        client, explorer, monkeypatch) -> None:
+    started, stopped = threading.Event(), threading.Event()
+
+    def slow(layer, progress):
+        started.set()
+        try:
+            for i in range(10_000):
+                progress(i, 10_000)
+                time.sleep(0.01)
+        finally:
+            stopped.set()
+    monkeypatch.setattr(explorer, "topk_job", slow)
+    job = client.get("/api/topk?layer=relu5&unit=0").json()["job"]
+    assert started.wait(10)
+    t = time.perf_counter()
+    assert client.get("/api/maps?image=val:9&layer=conv1").status_code == 200
+    assert time.perf_counter() - t < 5  # served beside the job, not after it
+    again = client.get("/api/topk?layer=relu5&unit=3").json()["job"]
+    assert again["id"] == job["id"]  # the same computation is joined, not started twice
+    queued = client.get("/api/occlusion?image=val:8").json()["job"]
+    assert queued["state"] == "queued" and queued["waiting_for"] == job["what"]
+    assert client.delete(f"/api/jobs/{queued['id']}").json()["state"] == "cancelled"
+    assert client.delete(f"/api/jobs/{job['id']}").status_code == 200
+    assert stopped.wait(10)
+    for _ in range(100):
+        if client.get(f"/api/jobs/{job['id']}").json()["state"] == "cancelled":
+            break
+        time.sleep(0.02)
+    assert client.get(f"/api/jobs/{job['id']}").json()["state"] == "cancelled"
+    assert {j["id"] for j in client.get("/api/jobs").json()["jobs"]} >= {job["id"], queued["id"]}
+
+
+def test_job_runner_reports_failures_in_one_line() -> None:
+    runner = JobRunner()
+    try:
+        def fail(progress):
+            progress(1, 2)
+            raise ValueError("no such thing\nmore")
+        job = runner.submit("topk", "k", "mining", fail)
+        job.future.result(10)
+        assert (job.state, job.error, job.done, job.total) == ("failed", "no such thing", 1, 2)
+        retry = runner.submit("topk", "k", "mining", lambda progress: None)
+        assert retry.id != job.id  # a failed job is tried again
+        retry.future.result(10)
+        assert retry.state == "done"
+        with pytest.raises(Cancelled):
+            job.cancel.set()
+            job.progress(0, 1)
+    finally:
+        runner.shutdown()
+
+
+def test_server_without_a_dataset_takes_uploads_only(tmp_path) -> None:
+    source = load_source("zfnet_small")
+    e = Explorer(source, None, cache_dir=tmp_path)
+    with TestClient(create_app(e)) as c:
+        m = c.get("/api/model").json()
+        assert m["data"] is None and m["default_image"] is None
+        assert c.get("/api/images").json() == {"total": 0, "items": []}
+        up = c.post("/api/images", content=_jpeg()).json()
+        assert c.get(f"/api/maps?image={up['id']}&layer=conv1").status_code == 200
+        _error(c.get("/api/topk?layer=conv1&unit=0"), 400, "--data")
+        _error(c.get("/api/evolution?layer=conv1&unit=0"), 404, "kept epochs")
