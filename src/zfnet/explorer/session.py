@@ -283,7 +283,7 @@ class Explorer:
         for name, t in self.model.state_dict().items():
             h.update(name.encode())
             t = t.detach().cpu().contiguous()
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         h.update(json.dumps({"data": getattr(self.bundle, "spec", None),
                              "images": self.n_images, "k": self.k,
                              "pre": self.pre.to_dict()}, sort_keys=True).encode())
