@@ -15,6 +15,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from zfnet.cli import main
+from zfnet.data.shard_writer import write_shards
 from zfnet.models import create_model
 
 # eval-broken-images warns about each file it skips before it fails: expected here
@@ -72,12 +73,25 @@ def places(tmp_path_factory) -> dict[str, Path]:
     (root / "secret.png").write_bytes(b"\x89PNG secret")
     (escape / "sections" / "x.json").write_text(json.dumps(
         {"key": "x", "title": "t", "caption": "c", "figures": [{"path": "../secret.png"}]}))
+    # a small valid image folder; its shards with a shard gone; a manifest of another version
+    images = root / "images"
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            d = images / split / cls
+            d.mkdir(parents=True)
+            Image.fromarray(np.full((40, 40, 3), 60 if cls == "a" else 200, np.uint8)).save(
+                d / "0.png")
+    write_shards(f"imagefolder:{images}", root / "shards_missing", resize=0, workers=0)
+    (root / "shards_missing" / "train-000000.tar").unlink()
+    (root / "old_shards").mkdir()
+    (root / "old_shards" / "manifest.json").write_text('{"format": "zfnet-shards/0"}')
     squeezenet = root / "squeezenet1_1.pth"  # a torchvision state dict
     torch.save(torchvision.models.squeezenet1_1().state_dict(), squeezenet)
     return {"run": run, "empty": empty, "notes": root / "notes.txt", "other": other,
             "squeezenet": squeezenet,
             "corrupt": corrupt, "broken_images": root / "broken_images", "flat": flat,
-            "escape": escape, "bad_fmnist": bad_fmnist, "root": root}
+            "escape": escape, "bad_fmnist": bad_fmnist, "root": root, "images": images,
+            "shards_missing": root / "shards_missing", "old_shards": root / "old_shards"}
 
 
 CK = ["--checkpoint", "{run}"]
@@ -174,6 +188,27 @@ CASES = [
     ("eval-broken-images", ["eval", *CK, "--data", "imagefolder:{broken_images}"],
      "broken_images"),
     ("eval-unlabelled-images", ["eval", *CK, "--data", "images:{flat}"], "0 classes"),
+    # shards: writing them, and reading what is not shards
+    ("shards-not-imagefolder", ["shards", "synthetic", *OUT], "imagefolder:DIR"),
+    ("shards-layout", ["shards", "imagefolder:{flat}", *OUT], "train"),
+    ("shards-out-used", ["shards", "imagefolder:{images}", "--out", "{run}"],
+     "not an empty folder"),
+    ("shards-size", ["shards", "imagefolder:{images}", *OUT, "--shard-size", "big"],
+     "--shard-size"),
+    ("shards-original-and-resize", ["shards", "imagefolder:{images}", *OUT, "--original",
+                                    "--resize", "128"], "--original and --resize 128"),
+    ("shards-resize-tiny", ["shards", "imagefolder:{images}", *OUT, "--resize", "3"],
+     "resize=3"),
+    ("shards-size-option", ["shards", "imagefolder:{images}?size=64", *OUT], "size=64"),
+    ("shards-all-broken", ["shards", "imagefolder:{broken_images}", *OUT, "--workers", "0"],
+     "skipped as broken"),
+    ("eval-shards-missing", ["eval", *CK, "--data", "shards:/nonexistent"],
+     "/nonexistent does not exist"),
+    ("eval-shards-not-shards", ["eval", *CK, "--data", "shards:{empty}"], "no manifest.json"),
+    ("train-shards-other-version", [*TRAIN, "--data", "shards:{old_shards}"],
+     "'zfnet-shards/0', this zfnet reads 'zfnet-shards/1'"),
+    ("topk-shards-missing-shard", [*TOPK, "--data", "shards:{shards_missing}"],
+     "train-000000.tar is missing"),
     # visualize topk
     ("topk-layer", [*TOPK, "--layer", "conv9"], "conv9"),
     ("topk-layers-alias", [*TOPK, "--layers", "conv1, conv9"], "conv9"),
@@ -186,6 +221,10 @@ CASES = [
     ("topk-images-empty", [*TOPK, "--data", "images:{empty}"], "holds no image files"),
     ("topk-images-missing", [*TOPK, "--data", "images:/nonexistent"], "/nonexistent does not"),
     ("topk-images-a-file", [*TOPK, "--data", "images:{notes}"], "is not a directory"),
+    # atlas
+    ("atlas-layer", ["atlas", *CK, *OUT, "--layer", "conv9"], "conv9"),
+    ("atlas-no-data", ["atlas", "--model", "zfnet_small", *OUT], "no dataset given"),
+    ("atlas-out-not-an-atlas", ["atlas", *CK, "--out", "{run}"], "holds no atlas"),
     # analyze
     ("evolution-no-checkpoints", ["analyze", "evolution", "--run", "{empty}", *OUT], "empty"),
     ("evolution-no-run", ["analyze", "evolution", *OUT], "--checkpoint"),

@@ -432,3 +432,29 @@ def test_gpu_gather_path_equals_cpu_copies(rule: str, monkeypatch: pytest.Monkey
         torch.testing.assert_close(project(model, x, layer, ch, rule=rule, batch_size=5), ref,
                                    rtol=0, atol=0)
     assert calls  # the one-gather path was taken
+
+
+def test_a_kept_forward_pass_gives_the_same_projections_by_every_rule() -> None:
+    """`forward_pass` once, then seeds of several layers by each rule: the same as a fresh
+    `project_layers` each time; the general path has no kept pass (None)."""
+    from zfnet.deconvnet import Seeds, forward_pass, project_layers
+
+    torch.manual_seed(0)
+    model = zfnet.create_model("zfnet_small", input_size=48).eval()
+    x = torch.randn(2, 3, 48, 48) * 50
+    fwd = forward_pass(model, x, ["conv2", "conv5", "relu3"])
+    assert fwd is not None and set(fwd.chains) == {"conv2", "conv5", "relu3"}
+    for rule in RULES:
+        for layer, ch in (("conv5", [3, 7, 1]), ("conv2", [0, 5, 5]), ("relu3", [2, 2, 9])):
+            seeds = {layer: Seeds([0, 1, 1], ch, torch.tensor([[1, 1], [0, 2], [2, 0]])
+                                  if layer != "conv2" else None)}
+            again = project_layers(model, x, seeds, rule, forward=fwd)[layer]
+            fresh = project_layers(model, x, seeds, rule)[layer]
+            assert torch.equal(again.values, fresh.values), (rule, layer)
+            assert torch.equal(again.top, fresh.top) and torch.equal(again.left, fresh.left)
+    with pytest.raises(ValueError, match="does not reach conv4"):
+        project_layers(model, x, {"conv4": Seeds([0], [0])}, forward=fwd)
+    with pytest.raises(ValueError, match="other images"):
+        project_layers(model, x[:1], {"conv5": Seeds([0], [0])}, forward=fwd)
+    assert forward_pass(model, x, ["fc6"]) is None  # off the chain: the general path
+    assert not any(m._forward_hooks for m in model.modules())

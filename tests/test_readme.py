@@ -52,6 +52,7 @@ REPLACE = {
     # the analyses over a folder, cut to a few maps, images and occluder positions
     "visualize topk --model": "visualize topk --maps-per-layer 2 --k 3 --model",
     "analyze occlusion --model": "analyze occlusion --images 1 --size 64 --stride 32 --model",
+    "--maps-per-layer 16": "--maps-per-layer 2 --k 3 --images 16 --layer conv1,conv5",
     # minutes of training cut to one epoch; the data of the training example cut to 64 images
     "--epochs 30": "--epochs 1",
     "--epochs 8": "--epochs 1",

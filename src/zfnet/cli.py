@@ -220,6 +220,7 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
     import torch
 
     from zfnet.models import create_model, layer_info, list_models
+    from zfnet.models.geometry import per_axis
     from zfnet.sources import load_source, torchvision_models
 
     if name is None:
@@ -268,17 +269,11 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
     unknown = "" if hasattr(model, "config") else "-"
     for info in infos:
         g = info.geometry
-        size_, jump, rf = (_per_axis(g, "size"), _per_axis(g, "jump"), _per_axis(g, "rf")) \
+        size_, jump, rf = (per_axis(g, "size"), per_axis(g, "jump"), per_axis(g, "rf")) \
             if g else (unknown,) * 3
         head = f"{info.name:<{w_name}} " + (f"{info.module:<{w_module}} " if short else "")
         click.echo(f"{head}{info.kind:<8} {info.channels or '':>6} {size_:>5} {jump:>6} "
                    f"{rf:>5}")
-
-
-def _per_axis(geometry, attr: str) -> str:
-    """A geometry value for the layer table: "13", or "13x9" where rows and columns differ."""
-    rows, cols = getattr(geometry.rows, attr), getattr(geometry.cols, attr)
-    return str(rows) if rows == cols else f"{rows}x{cols}"
 
 
 # --- train / eval (zfnet.train) ---
@@ -314,7 +309,8 @@ _FRACTION = click.FloatRange(0, 1, max_open=True)
 
 
 @main.command("train", short_help="Train a model with the paper's recipe (Sec. 3)")
-@click.option("--data", help="Dataset spec, e.g. synthetic, fashion-mnist, imagefolder:DIR.")
+@click.option("--data", help="Dataset spec, e.g. synthetic, fashion-mnist, imagefolder:DIR, "
+              "shards:OUT.")
 @click.option("--model", help="Registered model name (see `zfnet models`).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Run directory (config.json, metrics.csv, tb/, checkpoints/).")
@@ -490,6 +486,53 @@ def eval_cmd(checkpoint: str, data: str | None, ten_crop: bool, json_out: str | 
         click.echo(f"wrote {json_out}")
 
 
+def _byte_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    from zfnet.data.shard_writer import parse_size
+
+    try:
+        return parse_size(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from e
+
+
+@main.command("shards", short_help="Write an image folder as webdataset tar shards")
+@click.argument("source", metavar="imagefolder:DIR")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder to create: train-*.tar, val-*.tar, their index, manifest.json.")
+@click.option("--resize", type=click.IntRange(0),
+              help="Shorter side the images are re-encoded at, as JPEG (default 256, the "
+                   "paper's; smaller images keep their bytes); 0 = --original.")
+@click.option("--original", is_flag=True, help="Store the original files' bytes.")
+@click.option("--shard-size", default="1GB", show_default=True, callback=_byte_size,
+              metavar="SIZE", help="Bytes per shard at most, e.g. 1GB, 500MB, 2GiB.")
+@click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True,
+              help="JPEG quality of the re-encoded images.")
+@click.option("--workers", type=click.IntRange(0),
+              help="Decoding processes (default: one per core, up to 8; 0: this one).")
+@click.option("--progress/--quiet", default=True, help="Progress bars.")
+def shards_cmd(source: str, out: str, resize: int | None, original: bool, shard_size: int,
+               quality: int, workers: int | None, progress: bool) -> None:
+    """Write the image folder SOURCE (imagefolder:DIR, both splits) as webdataset tar shards
+    in OUT, with a manifest and an index; then `--data shards:OUT` reads them in every command,
+    as it reads imagefolder:DIR. Broken images are skipped and named. OUT appears complete or
+    not at all (an error or Ctrl-C leaves nothing)."""
+    from zfnet.data.shard_writer import DEFAULT_RESIZE, write_shards
+
+    if original and resize not in (None, 0):
+        raise click.UsageError(f"--original and --resize {resize} both set what is stored: "
+                               "give one of them")
+    resize = 0 if original else (DEFAULT_RESIZE if resize is None else resize)
+    m = write_shards(source, out, resize=resize, shard_size=shard_size, quality=quality,
+                     workers=workers, progress=progress)
+    splits = m["splits"]
+    skipped = sum(len(s["skipped"]) for s in splits.values())
+    what = f"at {resize} px" if resize else "as the original files"
+    click.echo(", ".join(f"{s['count']} {name} images in {len(s['shards'])} shard(s)"
+                         for name, s in splits.items())
+               + f" {what}" + (f" ({skipped} broken files skipped)" if skipped else "")
+               + f": {out}; read them with --data shards:{out}")
+
+
 @main.command("demo", short_help="Train ZFNet-small, run every analysis, write a report")
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False),
               help="Run directory (re-running resumes or reuses it).")
@@ -661,6 +704,57 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
                          distributed=info.enabled)
     if info.is_main:
         _finish(out)
+
+
+@main.command("atlas", short_help="A static site: each unit's top-k projections and evolution")
+@_SOURCE
+@_DATA
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Directory for the site: new, empty, or an earlier atlas to replace.")
+@click.option("--layer", "layers", multiple=True, callback=_names, metavar="NAME[,NAME...]",
+              help="Layers, comma-separated and/or repeated (default: conv1..conv5 on zfnet's "
+                   "models, the main stages of any other CNN).")
+@click.option("--k", default=9, show_default=True, type=click.IntRange(1))
+@click.option("--maps-per-layer", default=None, type=click.IntRange(1),
+              help="The N strongest maps of each layer (default: every map).")
+@click.option("--images", default=None, type=click.IntRange(1),
+              help="Mine only the first N val images (default: all).")
+@click.option("--rule", type=click.Choice(["deconvnet", "guided", "gradient"]),
+              default="deconvnet", show_default=True)
+@click.option("--evolution/--no-evolution", default=True, show_default=True,
+              help="For a zfnet run with kept epochs: each unit at every kept epoch (Fig. 4).")
+def atlas_cmd(model_options: ModelOptions, data: str | None, out: str,
+              layers: tuple[str, ...] | None, k: int, maps_per_layer: int | None,
+              images: int | None, rule: str, evolution: bool) -> None:
+    """A static site of the model's units (open OUT/index.html from disk or any host): per
+    layer a page of thumbnails, per unit its top-k projections beside their image patches
+    (Fig. 2) and, for a zfnet run with kept epochs, its evolution (Fig. 4)."""
+    from tqdm import tqdm
+
+    from zfnet.explorer.atlas import write_atlas
+    from zfnet.train import CheckpointModels, run_checkpoints
+    from zfnet.train.distributed import resolve_device
+
+    source, bundle = _model_and_data(model_options, data)
+    names = _layers(source.model, layers)
+    kept = run_checkpoints(source.meta["checkpoint"]) \
+        if evolution and source.kind == "run" else []
+    if evolution and source.kind == "run" and len(kept) < 2:
+        click.echo(f"no evolution: the run keeps {len(kept)} checkpoint(s) up to this epoch "
+                   "(train with --keep-epochs)", err=True)
+    with tqdm(desc="atlas", disable=None) as bar:  # a bar on a terminal only
+
+        def progress(done: int, total: int) -> None:
+            bar.total, bar.n = total, done
+            bar.refresh()
+
+        index = write_atlas(
+            source.model, bundle, out, layers=names, k=k, maps_per_layer=maps_per_layer,
+            rule=rule, n_images=images, model_name=source.name,
+            evolution=CheckpointModels(kept, resolve_device(model_options.device))
+            if len(kept) > 1 else None,
+            batch_size=model_options.batch_size, progress=progress)
+    click.echo(f"atlas: {index.resolve()}")
 
 
 @main.group("analyze", short_help="The paper's analyses (Figs. 4-8, Tables 1, 3-7)")
@@ -937,15 +1031,13 @@ def serve_cmd(model_options: ModelOptions, data: str | None, host: str, port: in
     from zfnet.explorer.app import Server, create_app, free_port
     from zfnet.explorer.session import Explorer
     from zfnet.sources import load_data
-    from zfnet.train import list_checkpoints
+    from zfnet.train import run_checkpoints
 
     source, _ = _model_and_data(model_options, need_data=False)
     bundle = None
     if data is not None or source.kind == "run":
         bundle = load_data(source, data)
-    kept = []
-    if source.kind == "run":
-        kept = list_checkpoints(Path(source.meta["checkpoint"]).parent)
+    kept = run_checkpoints(source.meta["checkpoint"]) if source.kind == "run" else []
     cache = Path(cache_dir) if cache_dir else Path(
         os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "zfnet" / "explorer"
     explorer = Explorer(source, bundle, cache_dir=cache, n_images=images, k=k,
@@ -954,6 +1046,7 @@ def serve_cmd(model_options: ModelOptions, data: str | None, host: str, port: in
     port = port or free_port(host)
     try:  # the port is checked before the long-running part starts
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
             s.bind((host, port))
     except OSError as e:
         raise click.BadParameter(f"cannot listen on {host}:{port}: {e.strerror}",

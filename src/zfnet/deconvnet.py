@@ -457,6 +457,7 @@ def project_layers(
     lrn: str = "gradient",
     batch_size: int | None = None,
     precision: str = "float32",
+    forward: Forward | None = None,
 ) -> dict[str, RFProjection]:
     """Project seeds of several layers of the same images with one forward pass (Fig. 2).
 
@@ -474,7 +475,8 @@ def project_layers(
     active (a map whose strongest activation is <= 0) has nothing to show, its projection is 0.
     `precision="bfloat16"`: the general path's signals go down in bf16 (about 2x faster on a
     CPU with native bf16, cosine to float32 > 0.9999 on resnet18); the windowed engine always
-    works in the model's dtype.
+    works in the model's dtype. forward: a `forward_pass` of these images, reused instead of
+    a new one (layers of the plain chain only).
     """
     _check_rule(rule, lrn)
     if images.ndim != 4:
@@ -484,33 +486,77 @@ def project_layers(
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} is not known; valid: {', '.join(PRECISIONS)}")
-    maybe = {name: _chain_or_none(model, name) for name in seeds}
-    if any(c is None for c in maybe.values()):
-        # the general path: 16 signals a pass on a CPU (measured fastest, the working set
-        # stays in cache: 1.5x faster than 64 on resnet18), 256 on a GPU
-        return _project_graph(model, x, seeds, rule, lrn,
-                              batch_size or (16 if x.device.type == "cpu" else 256), precision)
+    if forward is not None:
+        if forward.model is not model or forward.lrn != lrn or \
+                forward.images.shape != x.shape:
+            raise ValueError("forward was made for other images, another model or lrn mode")
+        off = [name for name in seeds if name not in forward.chains]
+        if off:
+            raise ValueError(f"forward does not reach {', '.join(off)}; it was made for "
+                             f"{', '.join(forward.chains)}")
+    else:
+        maybe = {name: _chain_or_none(model, name) for name in seeds}
+        if any(c is None for c in maybe.values()):
+            # the general path: 16 signals a pass on a CPU (measured fastest, the working set
+            # stays in cache: 1.5x faster than 64 on resnet18), 256 on a GPU
+            return _project_graph(model, x, seeds, rule, lrn,
+                                  batch_size or (16 if x.device.type == "cpu" else 256),
+                                  precision)
+        forward = _forward_pass(model, x, maybe, rule, lrn)  # type: ignore[arg-type]
     if batch_size is None:
         batch_size = 32 if x.device.type == "cpu" else 256
-    chains: dict[str, list[tuple[str, nn.Module]]] = maybe  # type: ignore[assignment]
+    trace = forward.trace
+    # no_grad: the weights require grad, and an autograd graph kept alive by the results
+    # would hold every intermediate window of the way down.
+    with eval_mode(model), torch.no_grad():
+        out = {}
+        for name in seeds:
+            out[name] = _project_seeds(forward.chains[name], trace, name, seeds[name],
+                                       forward.images.shape[0], rule, lrn, batch_size)
+            trace.offsets.clear()  # window sizes differ from layer to layer
+            trace.buffers.clear()
+        return out
+
+
+@dataclass
+class Forward:
+    """One forward pass of `images` along a model's plain chain, kept to project seeds of its
+    layers again and again, by any rule (an explorer's clicks on one image): give it to
+    `project_layers(..., forward=)`. Made by `forward_pass`; holds the switches, rectifier
+    masks and the layers' outputs, never anything on the model."""
+
+    model: nn.Module
+    images: Tensor  # (N, C, H, W) on the model's device
+    chains: dict[str, list[tuple[str, nn.Module]]]  # layer -> its chain
+    lrn: str
+    trace: _Trace = field(repr=False)
+
+
+def forward_pass(model: nn.Module, images: Tensor, layers: Sequence[str], *,
+                 lrn: str = "gradient") -> Forward | None:
+    """The forward pass `project_layers` makes, kept for reuse (`Forward`): None when a layer
+    is off the model's plain chain (the general path makes its own pass each time)."""
+    _check_rule("deconvnet", lrn)
+    chains = {name: _chain_or_none(model, name) for name in layers}
+    if not chains or any(c is None for c in chains.values()):
+        return None
+    return _forward_pass(model, to_model(model, images), chains,  # type: ignore[arg-type]
+                         None, lrn)
+
+
+def _forward_pass(model: nn.Module, x: Tensor, chains: dict[str, list[tuple[str, nn.Module]]],
+                  rule: str | None, lrn: str) -> Forward:
+    """One pass to the deepest of `chains`, prepared for seeds of each; rule None: rectifier
+    masks kept for every rule."""
     chain = max(chains.values(), key=len)
     for name, c in chains.items():
         if chain[: len(c)] != c:
             raise ValueError(f"layer {name!r} is not on the chain to {chain[-1][0]}")
-    # no_grad: the weights require grad, and an autograd graph kept alive by the results
-    # would hold every intermediate window of the way down.
     with eval_mode(model), torch.no_grad():
-        trace = _forward(chain, x, rule, lrn,
-                         {len(c) - 1 for c in chains.values()})
+        trace = _forward(chain, x, rule or "guided", lrn, {len(c) - 1 for c in chains.values()})
         for c in chains.values():
             _prepare(c, trace)
-        out = {}
-        for name in seeds:
-            out[name] = _project_seeds(chains[name], trace, name, seeds[name], images.shape[0],
-                                       rule, lrn, batch_size)
-            trace.offsets.clear()  # window sizes differ from layer to layer
-            trace.buffers.clear()
-        return out
+    return Forward(model, x, dict(chains), lrn, trace)
 
 
 def windowed(model: nn.Module, layers: Sequence[str]) -> bool:

@@ -158,6 +158,14 @@ def test_unit_projection_and_patch_equal_the_engine(client, explorer) -> None:
     v = client.get("/api/unit?image=val:3&layer=conv3&unit=7&row=0&col=0").json()
     assert (v["row"], v["col"]) == (0, 0) and v["activation"] == pytest.approx(
         float(act[0, 0]), abs=1e-5)
+    fc = get_activations(explorer.model, x, ["fc7"])["fc7"][0].clamp(min=0)  # (F,)
+    sprite = _png(client.get("/api/maps.png?image=val:3&layer=fc7"))
+    m = client.get("/api/maps?image=val:3&layer=fc7").json()
+    th, tw = m["tile"]
+    tiles = [sprite[(i // m["cols"]) * (th + 1), (i % m["cols"]) * (tw + 1)]
+             for i in range(m["maps"])]
+    want = (fc / fc.max() * 255).round().numpy()  # a flat layer: scaled by the layer's max
+    assert np.abs(np.array(tiles, float) - want).max() <= 1
     f = client.get("/api/unit?image=val:3&layer=fc7&unit=2").json()
     assert f["box"] is None and _png(client.get(f["rules"]["gradient"])).shape[:2] == (32, 32)
     assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
@@ -181,6 +189,9 @@ def test_uploads(client, explorer) -> None:
     assert top[0]["class"] == int(p.argmax())
     assert client.get(f"/api/maps?image={up['id']}&layer=conv1").status_code == 200
     assert client.post("/api/images", content=data).json()["id"] == up["id"]  # same bytes
+    named = client.post("/api/images", content=data, headers={"X-Filename": "caf%C3%A9.jpg"})
+    assert named.json()["name"] == "café.jpg"
+    assert client.get("/api/model").json()["max_upload"] == 200_000
     _error(client.post("/api/images", content=b"%PDF-1.4 not an image",
                        headers={"X-Filename": "paper.pdf"}), 400, "paper.pdf", "not an image")
     _error(client.post("/api/images", content=data[: len(data) // 2]), 400, "cannot be read")
@@ -345,3 +356,43 @@ def test_server_without_a_dataset_takes_uploads_only(tmp_path) -> None:
         assert c.get(f"/api/maps?image={up['id']}&layer=conv1").status_code == 200
         _error(c.get("/api/topk?layer=conv1&unit=0"), 400, "--data")
         _error(c.get("/api/evolution?layer=conv1&unit=0"), 404, "kept epochs")
+
+
+def test_any_cnn_through_the_general_path(tmp_path) -> None:
+    """A torchvision ResNet (random init, 64 px to stay quick) on a folder of photos: its
+    stages are listed, a block's unit is projected through the graph (whole-image projection
+    cut to the unit's window, as the gallery cuts it), its top-k mined."""
+    from skimage import data
+
+    from zfnet.analyses.gallery import unit_windows
+
+    for name in ("astronaut", "coffee", "chelsea"):
+        Image.fromarray(getattr(data, name)()).save(tmp_path / f"{name}.jpg")
+    torch.manual_seed(0)
+    source = load_source("torchvision:resnet18", resize=64, crop=64)
+    e = Explorer(source, load_data(source, f"images:{tmp_path}"), cache_dir=tmp_path / "c")
+    names = [r.name for r in e.layers]
+    assert {"layer1", "layer3", "layer3.0.conv1", "fc"} <= set(names)
+    assert e.default_layer == "layer4"
+    with TestClient(create_app(e)) as c:
+        u = c.get("/api/unit?image=val:1&layer=layer3&unit=5").json()
+        x = e.val[1][0][None]
+        pos = torch.tensor([[u["row"], u["col"]]])
+        full = project(e.model, x, "layer3", [5], pos, "guided")[0]
+        full = full * e.pre.pixel_scale().reshape(-1, 1, 1)
+        geo = layer_geometry(e.model, "layer3", 64)
+        top, left, h, w = unit_windows(geo, torch.tensor([u["row"]]), torch.tensor([u["col"]]),
+                                       (64, 64), True)
+        t, lf = int(top[0]), int(left[0])
+        win = torch.zeros(3, h, w)
+        t0, l0 = max(t, 0), max(lf, 0)
+        win[:, t0 - t:min(t + h, 64) - t, l0 - lf:min(lf + w, 64) - lf] = \
+            full[:, t0:t + h, l0:lf + w]
+        got = _png(c.get(u["rules"]["guided"]))
+        assert np.array_equal(got, projection_to_uint8(win).permute(1, 2, 0).numpy())
+        top9 = _wait(c, "/api/topk?layer=layer3&unit=5")
+        want = mine_topk(e.model, e.val, ["layer3"], 9)["layer3"]
+        assert [i["image"] for i in top9["items"]] == [f"val:{i}" for i in want.index[5].tolist()
+                                                       if i >= 0]
+        assert _png(c.get(top9["figure"])).ndim == 3
+    assert not any(m._forward_hooks or m._backward_hooks for m in e.model.modules())

@@ -16,6 +16,8 @@ Datasets (`DATASETS`):
   (`data.val.sample(i)`, see `zfnet.data.synthetic`).
 - `fashion-mnist[:DIR]` — the four IDX .gz files (default /usr/share/datasets/fashion-mnist).
 - `imagefolder:DIR` — DIR/train/<class>/*, DIR/val/<class>/*, the paper's 256/224 pipeline.
+- `shards:OUT` — an image folder written as webdataset tar shards by `zfnet shards`
+  (`zfnet.data.shards`): the same items, training streamed shard by shard.
 - `images:DIR` — any folder of images, no labels (-1), train = val = all of them
   (`zfnet.data.imagedir`; `load_images` takes files one by one).
 
@@ -34,6 +36,7 @@ from zfnet.data.imagedir import load_images, load_images_dir
 from zfnet.data.imagefolder import load_imagefolder
 from zfnet.data.images import BadImageError, BrokenImageWarning, load_rgb
 from zfnet.data.preprocess import Preprocessing
+from zfnet.data.shards import load_shards
 from zfnet.data.spec import DatasetSpec, parse_spec
 from zfnet.data.synthetic import SyntheticDataset, SyntheticSample, load_synthetic
 from zfnet.data.transforms import CropDataset, collate, ten_crop
@@ -45,6 +48,8 @@ DATASETS: dict[str, str] = {
     "imagefolder": "imagefolder:DIR (DIR/train/<class>/*, DIR/val/<class>/*); options size, "
     "n_train, n_val, classes, per_class",
     "images": "images:DIR (any folder of images, recursive, no labels); options size, n",
+    "shards": "shards:OUT (written by `zfnet shards imagefolder:DIR --out OUT`); options as "
+    "imagefolder's, and shuffle (each training worker's shuffle buffer, default 1000)",
 }
 
 
@@ -76,6 +81,7 @@ def load_dataset(
         "fashion-mnist": load_fashion_mnist,
         "imagefolder": lambda s, **kw: load_imagefolder(s, cache_dir=cache_dir, **kw),
         "images": lambda s, **kw: load_images_dir(s, cache_dir=cache_dir, **kw),
+        "shards": lambda s, **kw: load_shards(s, cache_dir=cache_dir, **kw),
     }
     if parsed.name not in loaders:
         valid = "; ".join(f"{k}: {v}" for k, v in DATASETS.items())

@@ -23,7 +23,7 @@ import hashlib
 import os
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,24 +149,29 @@ def compute_mean(
     Broken files are skipped with a warning (or raise with `strict`). Workers decode in
     parallel when there are many files.
     """
+    return mean_of(_FullImages(paths, full_size, strict), full_size, num_workers=num_workers,
+                   example=str(paths[0]) if paths else None)
+
+
+def mean_of(images: Dataset, full_size: int, *, num_workers: int | None = None,
+            example: str | None = None) -> torch.Tensor:
+    """Per-pixel mean of a dataset whose items are uint8 (3, F, F) images, or None for one
+    skipped as broken: float32 (3, F, F). `example` names an image in the error raised when
+    every one was skipped."""
+    n = len(images)  # type: ignore[arg-type]
     if num_workers is None:
-        num_workers = min(8, os.cpu_count() or 1) if len(paths) >= 2000 else 0
-    loader = DataLoader(
-        _FullImages(paths, full_size, strict),
-        batch_size=64,
-        num_workers=num_workers,
-        collate_fn=_sum_batch,
-    )
+        num_workers = min(8, os.cpu_count() or 1) if n >= 2000 else 0
+    loader = DataLoader(images, batch_size=64, num_workers=num_workers, collate_fn=_sum_batch)
     total = torch.zeros(3, full_size, full_size, dtype=torch.float64)
     count = 0
-    for batch_sum, n in loader:
+    for batch_sum, k in loader:
         if batch_sum is not None:
             total += batch_sum
-            count += n
+            count += k
     if count == 0:
         raise ValueError(
-            f"no training image could be decoded (all {len(paths)} skipped as broken"
-            + (f", e.g. {paths[0]})" if paths else ")")
+            f"no training image could be decoded (all {n} skipped as broken"
+            + (f", e.g. {example})" if example else ")")
         )
     return (total / count).to(torch.float32)
 
@@ -205,6 +210,15 @@ def load_or_compute_mean(
 ) -> torch.Tensor:
     """The training set's mean image, from the cache if present, else computed and cached."""
     key = mean_cache_key(root, paths, full_size)
+    return cached_mean(root, key, full_size,
+                       lambda: compute_mean(paths, full_size, strict=strict), cache_dir=cache_dir)
+
+
+def cached_mean(root: Path, key: str, full_size: int, compute: Callable[[], torch.Tensor], *,
+                cache_dir: str | Path | None = None) -> torch.Tensor:
+    """The mean image cached under `key` for the dataset at `root` (in `root/.zfnet-cache/`, or
+    where that is read-only in `cache_dir` or $XDG_CACHE_HOME/zfnet), else `compute()`d and
+    cached in the first of those places that is writable."""
     candidates = [(d / _cache_name(key, root, full_size, out)) for d, out in
                   _cache_dirs(root, cache_dir)]
     for path in candidates:
@@ -215,19 +229,11 @@ def load_or_compute_mean(
                 continue  # a damaged cache file is recomputed
             if arr.shape == (3, full_size, full_size):
                 return torch.from_numpy(arr.astype(np.float32))
-    mean = compute_mean(paths, full_size, strict=strict)
+    mean = compute()
     for path in candidates:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            # Atomic: a reader never sees half a file, a crash leaves no corrupt cache.
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    np.save(f, mean.numpy())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            save_npy_atomic(path, mean.numpy())
             return mean
         except OSError:
             continue  # read-only: try the next place
@@ -236,6 +242,61 @@ def load_or_compute_mean(
         stacklevel=2,
     )
     return mean
+
+
+def save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    """`np.save` through a temporary file renamed into place: a reader never sees half a file,
+    a crash leaves no corrupt one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+Selection = tuple[list[Path], list[int]]  # image files and their labels
+
+
+def select_folder(spec: DatasetSpec, raw_spec: str = ""
+                  ) -> tuple[Path, dict[str, Any], list[str], Selection, Selection]:
+    """The images `imagefolder:DIR?options` names: (DIR, its parsed options, the class names
+    kept, (train files, labels), (val files, labels)), the options' subsets taken (`classes=`,
+    `per_class=`, `n_train=`, `n_val=`) in the loader's order; errors name what is wrong."""
+    if spec.path is None:
+        raise ValueError(f"imagefolder needs a directory: imagefolder:DIR with {LAYOUT}")
+    root = Path(spec.path).expanduser()
+    if not root.is_dir():
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise FileNotFoundError(f"image folder {root} {what}; expected {LAYOUT}")
+    all_names, train_samples = scan_split(root, "train")
+    opts = check_options(spec, IMAGEFOLDER_OPTIONS | {
+        "classes": lambda v, k: class_list_option(v, all_names, k)})
+    _, val_samples = scan_split(root, "val", all_names)
+    classes = opts.get("classes")
+    names = [all_names[c] for c in classes] if classes is not None else all_names
+
+    def pick(samples: list[tuple[Path, int]], first: int | None, per_class: int | None):
+        idx, targets = select([y for _, y in samples], classes=classes, per_class=per_class,
+                              first=first, round_robin=True)
+        return [samples[i][0] for i in idx], targets
+
+    train = pick(train_samples, opts.get("n_train"), opts.get("per_class"))
+    val = pick(val_samples, opts.get("n_val"), None)
+    if not train[0] or not val[0]:
+        raise ValueError(f"dataset spec {raw_spec!r} selects no training or no val images")
+    return root, opts, names, train, val
+
+
+# imagefolder's spec options (and `classes`, parsed against the class names).
+IMAGEFOLDER_OPTIONS: dict[str, Callable[[str, str], Any]] = {
+    "size": lambda v, k: int_option(v, k, minimum=8),
+    "n_train": int_option,
+    "n_val": int_option,
+    "per_class": lambda v, k: int_option(v, k, minimum=1),
+}
 
 
 def load_imagefolder(
@@ -249,39 +310,10 @@ def load_imagefolder(
 ) -> DataBundle:
     """Build the `DataBundle` for `imagefolder:DIR` (paper Sec. 3 preprocessing, or the
     model's `preprocessing`: then no mean image is computed)."""
-    if spec.path is None:
-        raise ValueError(f"imagefolder needs a directory: imagefolder:DIR with {LAYOUT}")
-    root = Path(spec.path).expanduser()
-    if not root.is_dir():
-        what = "is not a directory" if root.exists() else "does not exist"
-        raise FileNotFoundError(f"image folder {root} {what}; expected {LAYOUT}")
-    all_names, train_samples = scan_split(root, "train")
-    opts = check_options(
-        spec,
-        {
-            "size": lambda v, k: int_option(v, k, minimum=8),
-            "n_train": int_option,
-            "n_val": int_option,
-            "per_class": lambda v, k: int_option(v, k, minimum=1),
-            "classes": lambda v, k: class_list_option(v, all_names, k),
-        },
-    )
-    _, val_samples = scan_split(root, "val", all_names)
+    root, opts, names, (train_paths, train_y), (val_paths, val_y) = select_folder(spec, raw_spec)
     check_no_size(opts, preprocessing, raw_spec)
     input_size = opts.get("size", PAPER_INPUT)
     full_size = round(input_size * PAPER_FULL / PAPER_INPUT)
-    classes = opts.get("classes")
-    names = [all_names[c] for c in classes] if classes is not None else all_names
-
-    def pick(samples: list[tuple[Path, int]], first: int | None, per_class: int | None):
-        idx, targets = select([y for _, y in samples], classes=classes, per_class=per_class,
-                              first=first, round_robin=True)
-        return [samples[i][0] for i in idx], targets
-
-    train_paths, train_y = pick(train_samples, opts.get("n_train"), opts.get("per_class"))
-    val_paths, val_y = pick(val_samples, opts.get("n_val"), None)
-    if not train_paths or not val_paths:
-        raise ValueError(f"dataset spec {raw_spec!r} selects no training or no val images")
     if preprocessing is None:
         mean = load_or_compute_mean(root, train_paths, full_size, strict=strict,
                                     cache_dir=cache_dir)

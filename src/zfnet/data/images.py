@@ -8,6 +8,7 @@ to RGB and used. Broken ones (truncated, zero-byte, not an image, a decompressio
 
 from __future__ import annotations
 
+import io
 import re
 import warnings
 from pathlib import Path
@@ -121,6 +122,25 @@ def load_rgb(path: str | Path | BinaryIO, *, min_side: int | None = None,
         raise BadImageError(label, f"cannot decode ({type(e).__name__}: {e})") from e
     arr = np.asarray(rgb, dtype=np.uint8)  # (H, W, 3)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()  # (3, H, W)
+
+
+def decode_rgb_view(data: bytes, *, min_side: int | None = None, name: str = "upload"
+                    ) -> torch.Tensor:
+    """`load_rgb` of an image file's bytes, as a (3, H, W) view of an (H, W, 3) array: without
+    the transposing copy of the whole image, for callers that copy only a crop of it. A plain
+    RGB JPEG (no EXIF, which could rotate it) is decoded here, the same pixels as `load_rgb`'s;
+    any other file, or one that fails, goes through `load_rgb` (errors name it as `name`)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.format == "JPEG" and img.mode == "RGB" and "exif" not in img.info \
+                    and img.width * img.height <= (Image.MAX_IMAGE_PIXELS or float("inf")):
+                if min_side is not None:
+                    img.draft(None, (min_side, min_side))
+                img.load()
+                return torch.from_numpy(np.array(img)).permute(2, 0, 1)  # (3, H, W) view
+    except Exception:  # noqa: BLE001 (load_rgb below says what is wrong)
+        pass
+    return load_rgb(io.BytesIO(data), min_side=min_side, name=name)
 
 
 def _is_empty(path: Path | BinaryIO) -> bool:

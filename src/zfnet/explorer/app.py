@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -106,7 +107,7 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD) -> FastAPI:
     @app.get("/api/model")
     async def model() -> dict[str, Any]:
         """The model, its dataset and what the page can show."""
-        return await call(explorer.describe)
+        return {**await call(explorer.describe), "max_upload": max_upload}
 
     @app.get("/api/layers")
     async def layers() -> dict[str, Any]:
@@ -135,7 +136,7 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD) -> FastAPI:
             if total > max_upload:
                 raise TooLarge(_too_large(total, max_upload, at_least=True))
             chunks.append(chunk)
-        name = request.headers.get("x-filename") or None
+        name = unquote(request.headers.get("x-filename") or "") or None  # percent-encoded
         entry = await call(explorer.upload, b"".join(chunks), name)
         w, h = entry.original
         return {"id": entry.id, "src": f"/api/image/{entry.id}.png", "name": entry.name,

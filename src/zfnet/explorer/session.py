@@ -40,7 +40,7 @@ from zfnet.activations import capture, to_model
 from zfnet.analyses.gallery import project_topk, render_layer, topk_patches, unit_windows
 from zfnet.analyses.topk import TopK, load_topk, mine_topk, save_topk
 from zfnet.data.images import BadImageError, load_rgb
-from zfnet.deconvnet import Seeds, paste, project_layers, windowed
+from zfnet.deconvnet import Forward, Seeds, forward_pass, paste, project_layers, windowed
 from zfnet.display import projection_to_uint8
 from zfnet.models import eval_mode, feature_layers, layer_geometries, layer_info, layer_name
 
@@ -164,6 +164,8 @@ class Explorer:
         self.uploads: OrderedDict[str, ImageEntry] = OrderedDict()
         self._forward = _LRU(8)  # image id -> {layer: activation (C, h, w) or (F,)}, logits
         self._pngs = _LRU(256)  # (view, ...) -> PNG bytes
+        self._passes = _LRU(4)  # image id -> its kept forward pass (`forward_pass`) or None
+        self._chain_layers = [r.name for r in self.layers if windowed(self.model, [r.name])]
         self._topk: dict[str, TopK] = {}
         key = self._cache_key()
         self.id = key.rsplit("-", 1)[-1]  # names this model and data in links
@@ -281,7 +283,7 @@ class Explorer:
         for name, t in self.model.state_dict().items():
             h.update(name.encode())
             t = t.detach().cpu().contiguous()
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         h.update(json.dumps({"data": getattr(self.bundle, "spec", None),
                              "images": self.n_images, "k": self.k,
                              "pre": self.pre.to_dict()}, sort_keys=True).encode())
@@ -429,7 +431,8 @@ class Explorer:
 
     def maps_png(self, image_id: str, layer: str) -> bytes:
         """The sprite: every map of the layer for the image, each scaled from 0 to its own
-        maximum (rectified: grey levels of max(a, 0)), on a dark grid."""
+        maximum (rectified: grey levels of max(a, 0)) — a flat layer's units to the layer's
+        maximum —, on a dark grid."""
         row = self.layer(layer)
 
         def draw() -> bytes:
@@ -437,7 +440,10 @@ class Explorer:
             cols, (th, tw) = self._layout(row)
             h, w = row.size or (1, 1)
             a = act.reshape(row.maps, h, w)
-            top = a.reshape(row.maps, -1).amax(1).clamp_min(1e-12)
+            if row.size is None:  # a flat layer's "map" is one value: scaled by the layer's max
+                top = a.max().clamp_min(1e-12).expand(row.maps)
+            else:
+                top = a.reshape(row.maps, -1).amax(1).clamp_min(1e-12)
             u8 = (a / top[:, None, None] * 255).round().to(torch.uint8)
             u8 = u8.repeat_interleave(th // h, 1).repeat_interleave(tw // w, 2)
             rows_n = math.ceil(row.maps / cols)
@@ -498,6 +504,11 @@ class Explorer:
                                        self._whole(lr.name))
         return int(top[0]), int(left[0]), h, w
 
+    def _pass(self, image_id: str) -> Forward | None:
+        """The image's forward pass along the model's plain chain, kept for its projections."""
+        return self._passes.get_or(image_id, lambda: forward_pass(
+            self.model, self.image(image_id).x[None], self._chain_layers))
+
     def _whole(self, name: str) -> bool:
         """Whether the layer's projections cover the whole image (the general path)."""
         return not windowed(self.model, [name])
@@ -510,9 +521,13 @@ class Explorer:
         lr = self.layer(layer)
         unit = self.unit_index(lr, unit)
         r, c = self._position(image_id, lr, unit, row, col)
-        x = self.image(image_id).x[None]
         pos = torch.tensor([[r, c]]) if lr.size else None
-        rf = project_layers(self.model, x, {lr.name: Seeds([0], [unit], pos)}, rule)[lr.name]
+        seeds = {lr.name: Seeds([0], [unit], pos)}
+        fwd = self._pass(image_id) if lr.name in self._chain_layers else None
+        if fwd is not None:  # the image's kept pass: switches and masks, any rule
+            rf = project_layers(self.model, fwd.images, seeds, rule, forward=fwd)[lr.name]
+        else:  # the general path makes its own pass
+            rf = project_layers(self.model, self.image(image_id).x[None], seeds, rule)[lr.name]
         p = paste(rf, self.size)[0].float().cpu()
         return p * self.pre.pixel_scale().reshape(-1, 1, 1)
 
@@ -638,7 +653,7 @@ class Explorer:
         """The unit's strongest activation over the dataset, found again and projected at each
         kept epoch of the run (Fig. 4)."""
         from zfnet.analyses.evolution import render_unit_evolution, unit_evolution
-        from zfnet.train import load_model
+        from zfnet.train import CheckpointModels
 
         lr = self.layer(layer)
         unit = self.unit_index(lr, unit)
@@ -647,8 +662,7 @@ class Explorer:
                                 "--checkpoint RUN)")
         if self.val is None:
             raise ExplorerError("no dataset to search: start the server with --data")
-        models = [(e, load_model(str(p), device="cpu")[0]) for e, p in
-                  self.evolution_checkpoints]
+        models = CheckpointModels(self.evolution_checkpoints)  # one in memory at a time
         result = unit_evolution(models, self.val, lr.name, unit, n_images=self.n_images,
                                 progress=progress)
         buf = io.BytesIO()

@@ -257,6 +257,13 @@ class LayerGeometry:
         return top, left, bottom, right
 
 
+def per_axis(geometry: LayerGeometry, attr: str) -> str:
+    """A geometry value for a layer table: "13", or "13x9" where rows and columns differ
+    (attr: size, jump, rf)."""
+    rows, cols = getattr(geometry.rows, attr), getattr(geometry.cols, attr)
+    return str(rows) if rows == cols else f"{rows}x{cols}"
+
+
 def _axis_then(a: AxisGeometry, top: int, length: int, stride: int, size: int) -> AxisGeometry:
     jump, rf, first = a.jump * stride, (length - 1) * a.jump + a.rf, a.first + top * a.jump
     # the last unit's field ends at first + (size - 1) * jump + rf, but reads nothing the

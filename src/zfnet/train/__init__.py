@@ -2,9 +2,11 @@
 
 from zfnet.train.checkpoint import (
     CheckpointError,
+    CheckpointModels,
     find_last,
     list_checkpoints,
     load_model,
+    run_checkpoints,
     save_checkpoint,
 )
 from zfnet.train.config import PAPER_KEEP_EPOCHS, TrainConfig, parse_model_opt
@@ -17,7 +19,8 @@ from zfnet.train.renorm import filter_rms, renormalize_filters
 __all__ = [
     "EXIT_INTERRUPTED", "PAPER_KEEP_EPOCHS", "CheckpointError", "NonFiniteLossError",
     "TrainConfig", "confusion_matrix", "evaluate", "evaluate_checkpoint", "filter_rms",
-    "find_last", "list_checkpoints", "load_model", "parse_model_opt", "per_class_accuracy",
+    "CheckpointModels", "find_last", "list_checkpoints", "load_model", "parse_model_opt",
+    "per_class_accuracy", "run_checkpoints",
     "renormalize_filters", "resolve_config", "save_checkpoint", "topk_error", "train",
     "train_one_epoch",
 ]

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -366,3 +367,32 @@ def load_model(
     meta = {k: v for k, v in meta.items() if k != "train_state"}
     meta["checkpoint"] = str(ckpt_dir)
     return net.to(device).eval(), meta
+
+
+def run_checkpoints(checkpoint: str | Path) -> list[tuple[int, Path]]:
+    """The end-of-epoch checkpoints a zfnet run kept, [(epoch, directory)] by epoch, up to the
+    epoch of `checkpoint` (a checkpoint directory of the run, as `Source.meta["checkpoint"]`
+    names it): the epochs whose evolution leads to the model shown. Empty when it lies in no
+    run's checkpoints/ folder."""
+    ckpt = Path(checkpoint)
+    epoch = read_meta(ckpt).get("epoch")
+    kept = list_checkpoints(ckpt.parent)
+    return [(e, p) for e, p in kept if epoch is None or e <= int(epoch)]
+
+
+class CheckpointModels(Sequence[tuple[int, nn.Module]]):
+    """[(epoch, model)] of checkpoint directories, each model loaded when indexed (on `device`),
+    so that a run with many kept epochs never holds more than one or two in memory
+    (`feature_evolution` reads each once)."""
+
+    def __init__(self, checkpoints: Sequence[tuple[int, str | Path]],
+                 device: str | torch.device = "cpu") -> None:
+        self.checkpoints = [(int(e), Path(p)) for e, p in checkpoints]
+        self.device = device
+
+    def __len__(self) -> int:
+        return len(self.checkpoints)
+
+    def __getitem__(self, i: int) -> tuple[int, nn.Module]:  # type: ignore[override]
+        epoch, path = self.checkpoints[i]
+        return epoch, load_model(path, device=self.device)[0]

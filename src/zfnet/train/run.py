@@ -317,12 +317,30 @@ def epoch_loader(run: Run, epoch: int, start_step: int = 0,
     run.train_set.epoch = epoch
     end = (sampler.num_samples if end_step is None
            else min(sampler.num_samples, end_step * run.per_rank_batch))
+    # Workers' seeds from their own generator, not from torch's (dropout's: resumed exactly).
+    generator = torch.Generator().manual_seed(run.config.seed * 1000 + epoch)
+    stream = getattr(run.bundle.train, "epoch_stream", None)
+    if stream is not None:  # shards: streamed, split per rank and worker (same lengths)
+        batches = stream(run.train_set, epoch=epoch, seed=run.config.seed,
+                         batch_size=run.per_rank_batch, rank=run.info.rank,
+                         world_size=run.info.world_size, start_step=start_step,
+                         workers_before=_workers_before(run) if start_step else None)
+        return (DataLoader(batches, batch_size=None, generator=generator, **run.loader_kw),
+                end - sampler.skip)
     loader = DataLoader(
-        run.train_set, batch_size=run.per_rank_batch, sampler=sampler,
-        generator=torch.Generator().manual_seed(run.config.seed * 1000 + epoch),
+        run.train_set, batch_size=run.per_rank_batch, sampler=sampler, generator=generator,
         **run.loader_kw,
     )
     return loader, end - sampler.skip
+
+
+def _workers_before(run: Run) -> int | None:
+    """The DataLoader workers of the session that saved the checkpoint a run resumes from (a
+    streamed epoch's split depends on them)."""
+    if run.resume_from is None:
+        return None
+    saved = ckpt.read_meta(run.resume_from).get("train_config", {})
+    return max(1, int(saved.get("workers", 0) or 0))
 
 
 def model_config(model: nn.Module) -> dict[str, Any]:

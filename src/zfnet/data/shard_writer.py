@@ -1,0 +1,314 @@
+"""`zfnet shards`: write an image folder (`imagefolder:DIR`) as webdataset tar shards.
+
+Both splits, in the order `imagefolder:DIR` reads them, each image decoded once (a broken file is
+skipped with a `BrokenImageWarning` naming it, and listed in the manifest), then stored as a
+JPEG re-encoded at a shorter side of `resize` px (resized as the folder loader resizes;
+images no larger keep their bytes) or, with `resize=0`, as the original bytes. The training
+split's mean image at 256 px (the paper's full size) is computed on the way, from the stored
+images as a reader decodes them. Format: `zfnet.data.shards`.
+
+Atomic: everything is written into a hidden folder beside OUT, renamed to OUT at the end; an
+error or Ctrl-C removes it, so OUT is either complete or absent. Tar members carry a fixed
+mtime: the same folder gives byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import shutil
+import tarfile
+import time
+import uuid
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2 import functional as TF
+from tqdm import tqdm
+
+from zfnet import __version__
+from zfnet.atomic import write_text_atomic
+from zfnet.data.imagefolder import LAYOUT, PAPER_FULL, select_folder
+from zfnet.data.images import BadImageError, BrokenImageWarning, load_rgb, resize_center_crop
+from zfnet.data.shards import FORMAT, MANIFEST, SPLITS, index_name, shard_name
+from zfnet.data.spec import parse_spec
+
+DEFAULT_RESIZE = PAPER_FULL
+DEFAULT_QUALITY = 90
+DEFAULT_SHARD_SIZE = 10**9
+CHUNK = 32  # images per task of a writing worker
+TAR_FORMAT = tarfile.PAX_FORMAT  # any name length and characters (USTAR: 256 ASCII bytes)
+_BLOCK = 512  # tar's block: every member is a header block and its data padded to blocks
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """"1GB" -> 10**9 bytes; also kB, MB, TB (powers of 1000), KiB, MiB, GiB, TiB, plain bytes.
+    ValueError naming the text otherwise."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = m[2].lower() if m else ""
+    if not m or unit not in _UNITS or float(m[1]) * _UNITS[unit] < 1:
+        raise ValueError(f"{text!r} is not a size: a number with an optional unit, e.g. 1GB, "
+                         "500MB, 2GiB")
+    return int(float(m[1]) * _UNITS[unit])
+
+
+def mean_side(resize: int) -> int:
+    """The side of the mean image written with shards of `resize` px: the paper's 256, or the
+    stored side where images are smaller."""
+    return PAPER_FULL if resize == 0 or resize >= PAPER_FULL else resize
+
+
+def _key(relative: Path) -> str:
+    """The webdataset key of a file at `relative` in its split: its path without the
+    extension, dots in its name made underscores (webdataset splits a name at its first dot)."""
+    stem = relative.name.rsplit(".", 1)[0].replace(".", "_") or "_"
+    return (relative.parent / stem).as_posix().removeprefix("./")
+
+
+class _Chunks(Dataset):
+    """Task c of a writing worker: images c*CHUNK to (c+1)*CHUNK of a split, each decoded (the
+    check that it is an image) and made what is stored. Returns the stored samples, the broken
+    files, and the sum of the stored images' centre squares at the mean's side (None: no mean)."""
+
+    def __init__(self, paths: Sequence[Path], resize: int, quality: int,
+                 mean_size: int | None) -> None:
+        self.paths, self.resize, self.quality, self.mean_size = list(paths), resize, quality, \
+            mean_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.paths) / CHUNK)
+
+    def __getitem__(self, c: int) -> dict[str, Any]:
+        stored: list[tuple[str, bytes] | None] = []
+        broken: list[tuple[str, str]] = []
+        total = None if self.mean_size is None else \
+            torch.zeros(3, self.mean_size, self.mean_size, dtype=torch.float64)
+        for path in self.paths[c * CHUNK:(c + 1) * CHUNK]:
+            try:
+                ext, data, seen = self._one(path)
+            except BadImageError as e:
+                stored.append(None)
+                broken.append((str(e.path), e.reason))
+                continue
+            stored.append((ext, data))
+            if total is not None:
+                total += resize_center_crop(seen, self.mean_size).to(torch.float64)
+        return {"stored": stored, "broken": broken, "sum": total}
+
+    def _one(self, path: Path) -> tuple[str, bytes, torch.Tensor | None]:
+        """(extension, bytes stored, the image a reader decodes at the mean's side or None)."""
+        raw = path.read_bytes()
+        side = self.mean_size or self.resize or PAPER_FULL
+        img = load_rgb(io.BytesIO(raw), min_side=self.resize or side, name=str(path))
+        original = _pixels(raw)
+        if self.resize and original is not None and min(original) > self.resize:
+            small = TF.resize(img, [self.resize], antialias=True)  # as resize_center_crop
+            buf = io.BytesIO()
+            Image.fromarray(small.permute(1, 2, 0).numpy()).save(buf, "JPEG",
+                                                                 quality=self.quality)
+            data = buf.getvalue()
+            seen = None if self.mean_size is None else \
+                load_rgb(io.BytesIO(data), min_side=side, name=str(path))
+            return "jpg", data, seen
+        if self.mean_size is not None and (self.resize or side) != side:
+            img = load_rgb(io.BytesIO(raw), min_side=side, name=str(path))  # as a reader
+        return path.suffix.lower().lstrip(".") or "img", raw, img
+
+
+def _pixels(raw: bytes) -> tuple[int, int] | None:
+    """An image file's (width, height) from its header, None when PIL cannot tell."""
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            return im.size
+    except Exception:  # decoding proper already succeeded: any odd header is kept as is
+        return None
+
+
+class _SplitWriter:
+    """A split's samples into tar shards of at most about `shard_size` bytes, recording where
+    each image's bytes start (its index row)."""
+
+    def __init__(self, folder: Path, split: str, shard_size: int) -> None:
+        self.folder, self.split, self.shard_size = folder, split, shard_size
+        self.shards: list[dict[str, Any]] = []
+        self.rows: list[tuple[int, int, int, int]] = []
+        self.file: Any = None
+        self.tar: wds.TarWriter | None = None
+
+    def add(self, key: str, label: int, ext: str, data: bytes) -> None:
+        label_bytes = str(int(label)).encode()
+        grows = (_header(f"{key}.{ext}", len(data)) + _padded(len(data))
+                 + _header(f"{key}.cls", len(label_bytes)) + _padded(len(label_bytes)))
+        if self.tar is None or (self.shards[-1]["count"] and
+                                _closed_size(self.tar.tarstream.offset + grows)
+                                > self.shard_size):
+            self._next()
+        assert self.tar is not None
+        self.tar.write({"__key__": key, ext: data})
+        offset = self.tar.tarstream.offset - _padded(len(data))  # the image's data, last
+        self.tar.write({"__key__": key, "cls": label_bytes})
+        self.rows.append((len(self.shards) - 1, offset, len(data), int(label)))
+        self.shards[-1]["count"] += 1
+
+    def _next(self) -> None:
+        self._close()
+        name = shard_name(self.split, len(self.shards))
+        self.file = open(self.folder / name, "wb")  # noqa: SIM115 (closed in _close)
+        # mtime an int: a float one would take a PAX header per member
+        self.tar = wds.TarWriter(self.file, encoder=True, mtime=0, format="PAX_FORMAT")
+        self.shards.append({"file": name, "count": 0, "bytes": 0})
+
+    def _close(self) -> None:
+        if self.tar is not None:
+            self.tar.close()
+            self.file.close()
+            self.shards[-1]["bytes"] = (self.folder / self.shards[-1]["file"]).stat().st_size
+            self.tar = self.file = None
+
+    def finish(self) -> np.ndarray:
+        """Close the last shard; the index (N, 4) int64: shard, offset, size, label."""
+        self._close()
+        return np.asarray(self.rows, dtype=np.int64).reshape(-1, 4)
+
+
+def _padded(n: int) -> int:
+    return -(-n // _BLOCK) * _BLOCK
+
+
+def _header(name: str, size: int) -> int:
+    """Bytes of the header(s) of a member `name` of `size` bytes: one block, or more where a
+    long or non-ASCII name needs a PAX header."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime = size, 0
+    return len(info.tobuf(TAR_FORMAT, "utf-8", "surrogateescape"))
+
+
+def _closed_size(n: int) -> int:
+    """The size of a tar file of `n` bytes of members once closed: two zero blocks end it, and
+    it is padded to whole records (tarfile.RECORDSIZE)."""
+    return -(-(n + 2 * _BLOCK) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+
+
+def write_shards(source: str, out: str | Path, *, resize: int = DEFAULT_RESIZE,
+                 shard_size: int = DEFAULT_SHARD_SIZE, quality: int = DEFAULT_QUALITY,
+                 workers: int | None = None, progress: bool = False) -> dict[str, Any]:
+    """Write the image folder `source` (`imagefolder:DIR`, options `classes`, `per_class`,
+    `n_train`, `n_val` taking a subset) as shards in `out`; returns the manifest.
+
+    `resize`: the shorter side the images are stored at (re-encoded as JPEG of `quality`);
+    0 keeps the original bytes. `shard_size`: bytes per shard file at most (a larger image
+    gets a shard of its own). `workers`: decoding processes (None: up to 8, one per core).
+    `out` must not exist or be an empty folder. Errors: ValueError / FileNotFoundError /
+    FileExistsError naming the cause, before anything is written.
+    """
+    spec = parse_spec(source)
+    if spec.name != "imagefolder":
+        raise ValueError(f"zfnet shards reads an image folder: imagefolder:DIR with {LAYOUT}; "
+                         f"got {source!r}")
+    if resize and resize < 8:
+        raise ValueError(f"resize={resize}: give a shorter side of at least 8 px, or 0 to keep "
+                         "the original bytes")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"quality={quality}: JPEG quality is 1 to 100")
+    root, opts, names, train, val = select_folder(spec, source)
+    if "size" in opts:
+        raise ValueError(f"option size={opts['size']} in {source!r} does not apply to shards "
+                         "(they keep the images at --resize px): give it when reading them, "
+                         "shards:OUT?size=...")
+    out = Path(out).expanduser()
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        held = " (it holds shards already)" if (out / MANIFEST).exists() else ""
+        raise FileExistsError(f"{out} exists and is not an empty folder{held}; choose another "
+                              "--out or remove it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        manifest = _write(tmp, root, source, names, {"train": train, "val": val}, resize,
+                          shard_size, quality, workers, progress)
+        write_text_atomic(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _write(folder: Path, root: Path, source: str, names: list[str],
+           splits: dict[str, tuple[list[Path], list[int]]], resize: int, shard_size: int,
+           quality: int, workers: int | None, progress: bool) -> dict[str, Any]:
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1)
+    side = mean_side(resize)
+    manifest: dict[str, Any] = {
+        "format": FORMAT, "id": uuid.uuid4().hex,
+        "source": f"imagefolder:{root.resolve()}", "spec": source, "zfnet": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resize": resize,
+        "quality": quality if resize else None, "classes": names, "splits": {},
+    }
+    for split in SPLITS:
+        paths, labels = splits[split]
+        mean_size = side if split == "train" else None
+        chunks = _Chunks(paths, resize, quality, mean_size)
+        loader = DataLoader(chunks, batch_size=None, num_workers=workers if len(chunks) > 1
+                            else 0, collate_fn=lambda r: r)
+        writer = _SplitWriter(folder, split, shard_size)
+        used: set[str] = set()
+        skipped: list[str] = []
+        total = None if mean_size is None else torch.zeros(3, side, side, dtype=torch.float64)
+        bar = tqdm(total=len(paths), desc=f"writing {split}", unit="img", disable=not progress,
+                   dynamic_ncols=True)
+        try:
+            for c, result in enumerate(loader):
+                for (path, reason) in result["broken"]:
+                    warnings.warn(f"skipping broken image {path}: {reason} (left out of the "
+                                  "shards)", BrokenImageWarning, stacklevel=2)
+                    skipped.append(Path(path).relative_to(root).as_posix())
+                for j, sample in enumerate(result["stored"]):
+                    if sample is None:
+                        continue
+                    n = c * CHUNK + j
+                    key = _unique(_key(paths[n].relative_to(root / split)), used)
+                    writer.add(key, labels[n], *sample)
+                if total is not None and result["sum"] is not None:
+                    total += result["sum"]
+                bar.update(len(result["stored"]))
+        finally:
+            bar.close()
+            index = writer.finish()
+        if not len(index):
+            raise ValueError(f"no {split} image of {root} could be decoded (all {len(paths)} "
+                             f"skipped as broken, e.g. {paths[0]})")
+        np.save(folder / index_name(split), index)
+        manifest["splits"][split] = {"count": len(index), "index": index_name(split),
+                                     "shards": writer.shards, "skipped": skipped}
+        if total is not None:
+            np.save(folder / f"mean-{side}.npy", (total / len(index)).to(torch.float32).numpy())
+            manifest["mean"] = {"file": f"mean-{side}.npy", "full_size": side}
+    return manifest
+
+
+
+def _unique(key: str, used: set[str]) -> str:
+    """`key`, or `key_2`, `key_3`, ... when an earlier file of the split had it (a.jpg and
+    a.png, say)."""
+    candidate, n = key, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{key}_{n}"
+    used.add(candidate)
+    return candidate

@@ -1,0 +1,418 @@
+"""`zfnet atlas`: the explorer's per-unit views written once as a static site.
+
+    out/index.html             the model, the dataset, a table of the layers
+    out/atlas.json             the same as data (every unit's top-k; its evolution's similarity)
+    out/<layer>/index.html     a tile per unit: its top-1 projection (one sprite, thumbs.png)
+    out/<layer>/<unit>.html    the unit's top-k projections beside their image patches (paper
+                               Fig. 2 for one map, <unit>.png), each one's image and activation;
+                               for a zfnet run with kept epochs its evolution (Fig. 4,
+                               <unit>_evolution.png); links to the next and previous units, the
+                               layer and the other layers
+
+Links are relative and nothing is loaded from elsewhere, so the site opens from disk (file://)
+and from any static host.
+
+Nothing here computes a view of its own: the top-k of every layer comes from one mining pass
+(`zfnet.analyses.topk.mine_topk`), projections and patches from the gallery's
+(`zfnet.analyses.gallery.project_topk`, `topk_patches`), each unit's picture is the gallery's
+block for that map (`render_layer`), drawn by the one contrast rule (`zfnet.display`), and the
+evolution is `zfnet.analyses.evolution.feature_evolution` for every unit shown, each checkpoint
+mined once. Its images are those of the top-k (not the training set of `zfnet analyze
+evolution`), so a unit's last column is its top-1 when the last kept epoch is the model shown.
+
+Every input is checked before anything is written; the site is built in a hidden directory
+beside `out_dir` and renamed into place at the end (an earlier atlas there is replaced, any
+other non-empty directory refused), so a failure or a cancelled job leaves no half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import jinja2
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from torch.utils.data import Dataset, Subset
+
+from zfnet.analyses.evolution import EvolutionResult, feature_evolution, render_unit_evolution
+from zfnet.analyses.gallery import (
+    _RULE_NAMES,
+    CAPTION,
+    default_display,
+    default_layers,
+    project_topk,
+    render_layer,
+    select_maps,
+    to_rgb,
+    topk_patches,
+)
+from zfnet.analyses.topk import TopK, mine_topk
+from zfnet.atomic import write_text_atomic
+from zfnet.data import DataBundle
+from zfnet.deconvnet import windowed
+from zfnet.display import CAPTION as DISPLAY_CAPTION
+from zfnet.display import projection_to_uint8
+from zfnet.graph import check_rule
+from zfnet.models import LayerGeometry, layer_geometries, layer_info, layer_name, resolve_layer
+from zfnet.models.geometry import per_axis
+
+FORMAT = "zfnet-atlas/1"
+ATLAS_FILE = "atlas.json"  # also marks a directory as an atlas that a new one may replace
+THUMB = 64  # side of a unit's thumbnail on its layer's page
+THUMB_COLUMNS = 16  # thumbnails per row of a layer's sprite
+# Projections of one project_topk call are held at once: (maps, k, C, h, w) float32. A layer
+# whose maps would take more goes in parts (zfnet's conv5 at 224 px: 256 maps x 9 x 163^2 px).
+CHUNK_BYTES = 256 * 2**20
+
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("zfnet.explorer", "templates"),
+    autoescape=jinja2.select_autoescape(["html", "j2"]),
+    trim_blocks=True,
+    lstrip_blocks=True,
+    undefined=jinja2.StrictUndefined,
+)
+
+
+@dataclass
+class _Layer:
+    """One layer of the atlas: what its pages say and where they are."""
+
+    name: str
+    slug: str  # its folder
+    module: str
+    kind: str
+    maps: int
+    geometry: LayerGeometry | None
+    shown: list[int] = field(default_factory=list)
+
+    @property
+    def size(self) -> str:
+        return per_axis(self.geometry, "size") if self.geometry else "1"
+
+    @property
+    def stride(self) -> str:
+        return per_axis(self.geometry, "jump") if self.geometry else "–"
+
+    @property
+    def rf(self) -> str:
+        return f"{per_axis(self.geometry, 'rf')} px" if self.geometry else "whole image"
+
+
+def write_atlas(
+    model: nn.Module,
+    data: DataBundle | Dataset,
+    out_dir: str | Path,
+    *,
+    layers: Sequence[str] | None = None,
+    k: int = 9,
+    maps_per_layer: int | None = None,
+    rule: str = "deconvnet",
+    evolution: Sequence[tuple[int, nn.Module]] | None = None,
+    n_images: int | None = None,
+    display_image: Callable[[int], Tensor] | None = None,
+    pixel_scale: Tensor | None = None,
+    model_name: str | None = None,
+    data_name: str | None = None,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Write the atlas of `model` over `data` into `out_dir` (see the module doc); return the
+    path of its index.html.
+
+    data: a `DataBundle` (the centre crops of its val split are mined and shown, its raw
+    pixels in the patches, its preprocessing's pixel scale applied to projections), or a
+    Dataset of model inputs (x (C, H, W) or (x, y) items; `display_image(i)` gives item i as
+    uint8 for the patches, default the input min-max scaled; `pixel_scale` as in
+    `run_topk_gallery`). n_images: the first N images only (default all). layers: names
+    `zfnet models` lists (default `zfnet.models.feature_layers`: conv1…conv5 on zfnet's
+    models). maps_per_layer: the N strongest maps of each layer (default every map). rule:
+    deconvnet, guided or gradient. evolution: [(epoch, model)] of a zfnet run's kept epochs in
+    order (e.g. `zfnet.train.CheckpointModels(run_checkpoints(...))`), each unit's
+    projection shown at each.
+    progress(done, total): called as the work goes (images mined, at each checkpoint too, and
+    units drawn; total grows once, when the mining has said how many maps there are); an
+    exception it raises stops the atlas and leaves nothing written.
+    """
+    check_rule(rule)
+    if k < 1:
+        raise ValueError(f"k={k}: give at least 1")
+    if maps_per_layer is not None and maps_per_layer < 1:
+        raise ValueError(f"maps_per_layer={maps_per_layer}: give at least 1, or None for all")
+    if n_images is not None and n_images < 1:
+        raise ValueError(f"n_images={n_images}: give at least 1, or None for all")
+    out_dir = Path(out_dir)
+    _check_out(out_dir)
+    if isinstance(data, DataBundle):
+        from zfnet.pipeline import check_fits
+
+        check_fits(model, data)
+        val = data.val.with_mode("centre") if data.val.mode != "centre" else data.val
+        dataset: Dataset = val
+        display_image = display_image or data.raw_val
+        if pixel_scale is None and data.preprocessing is not None:
+            pixel_scale = data.preprocessing.pixel_scale()
+        data_name = data_name or data.spec
+    else:
+        dataset = data
+    total_images = len(dataset)  # type: ignore[arg-type]
+    n = total_images if n_images is None else min(n_images, total_images)
+    if n == 0:
+        raise ValueError(f"{data_name or 'the dataset'} holds no images to mine")
+    dataset = Subset(dataset, range(n))
+    show = display_image or default_display(dataset)
+    shape = tuple(_first_image(dataset).shape)  # (C, H, W)
+    size = (int(shape[-2]), int(shape[-1]))
+    names = list(dict.fromkeys(layer_name(model, n_) for n_ in layers)) if layers \
+        else default_layers(model, size)
+    table = _layer_table(model, names, size)
+    if evolution is not None and len(evolution) == 0:
+        evolution = None
+
+    # the work: mining (n images), evolution's mining (n per checkpoint), every unit drawn
+    epochs = len(evolution) if evolution is not None else 0
+    state = {"done": 0, "total": n * (1 + epochs)}
+
+    def report(done: int, offset: int) -> None:
+        if progress is not None:
+            progress(offset + done, state["total"])
+
+    topk = mine_topk(model, dataset, names, k, batch_size=batch_size, device=device,
+                     progress=lambda done, _: report(done, 0))
+    for layer in table:
+        t = topk[layer.name]
+        layer.maps = int(t.values.shape[0])
+        layer.shown = list(range(layer.maps)) if maps_per_layer is None else \
+            select_maps(t, maps_per_layer)
+    state["total"] += sum(len(layer.shown) for layer in table)
+    evo = None
+    if evolution is not None:
+        evo = feature_evolution(evolution, dataset, n_images=None, rule=rule,
+                                batch_size=batch_size,
+                                maps={layer.name: layer.shown for layer in table},
+                                progress=lambda done, _: report(done, n))
+    state["done"] = n * (1 + epochs)
+    meta = {
+        "format": FORMAT, "model": model_name or type(model).__name__,
+        "data": data_name or type(data).__name__, "images": n, "k": k, "rule": rule,
+        "input": list(shape),
+        "evolution": {"epochs": evo.epochs} if evo is not None else None,
+    }
+
+    def drawn(units: int) -> None:
+        state["done"] += units
+        report(state["done"], 0)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        tmp.mkdir()
+        units = _write_layers(tmp, model, dataset, table, topk, evo, rule, shape, show,
+                              pixel_scale, meta, drawn)
+        _render(tmp / "index.html", "atlas_index.html.j2", root="", meta=meta, layers=table,
+                caption=_caption(meta, table), display_caption=DISPLAY_CAPTION)
+        doc = {**meta, "layers": [
+            {"name": layer.name, "folder": layer.slug, "module": layer.module,
+             "kind": layer.kind, "maps": layer.maps, "size": layer.size,
+             "stride": layer.stride, "receptive_field": layer.rf,
+             "page": f"{layer.slug}/index.html", "units": units[layer.name]}
+            for layer in table]}
+        write_text_atomic(tmp / ATLAS_FILE, json.dumps(doc, indent=1, allow_nan=False))
+        _replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir / "index.html"
+
+
+def _check_out(out_dir: Path) -> None:
+    """`out_dir` may be new, an empty directory or an earlier atlas (which is replaced)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"{out_dir} is a file: give a directory for the atlas")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / ATLAS_FILE).is_file():
+        raise FileExistsError(f"{out_dir} is not empty and holds no atlas ({ATLAS_FILE}): give "
+                              "a new or empty directory, or an earlier atlas to replace")
+
+
+def _replace(tmp: Path, out_dir: Path) -> None:
+    """Rename the finished site `tmp` to `out_dir`, the earlier one (if any) removed after."""
+    if not out_dir.exists():
+        os.replace(tmp, out_dir)
+        return
+    old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex}")
+    os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _first_image(dataset: Dataset) -> Tensor:
+    item = dataset[0]
+    x = item[0] if isinstance(item, (tuple, list)) else item
+    if not isinstance(x, Tensor) or x.ndim != 3:
+        raise ValueError("dataset items must be model inputs (C, H, W) or (x, y) pairs of them"
+                         f", got {type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
+    return x
+
+
+def _layer_table(model: nn.Module, names: list[str], size: tuple[int, int]) -> list[_Layer]:
+    """Each layer's module, kind and geometry (a block such as a ResNet's layer3: 'block');
+    maps are filled in from the mining."""
+    infos = layer_info(model, size)
+    geos = layer_geometries(model, names, size)
+    slugs: set[str] = set()
+    table = []
+    for name in names:
+        info = infos.get(name)
+        module = info.module if info else resolve_layer(model, name)[0]
+        slug = re.sub(r"[^A-Za-z0-9_.-]", "_", name).strip(".") or "layer"
+        while slug in slugs:  # distinct folders, whatever the names
+            slug += "_"
+        slugs.add(slug)
+        table.append(_Layer(name, slug, module, info.kind if info else "block", 0, geos[name]))
+    return table
+
+
+def _chunks(maps: list[int], per_map: int) -> list[list[int]]:
+    """`maps` in parts whose projections (`per_map` bytes each) fit in CHUNK_BYTES."""
+    step = max(1, CHUNK_BYTES // max(per_map, 1))
+    return [maps[i: i + step] for i in range(0, len(maps), step)]
+
+
+def _write_layers(root: Path, model: nn.Module, dataset: Dataset, table: list[_Layer],
+                  topk: dict[str, TopK], evo: EvolutionResult | None, rule: str,
+                  shape: tuple[int, ...], show: Callable[[int], Tensor],
+                  pixel_scale: Tensor | None, meta: dict[str, Any],
+                  drawn: Callable[[int], None]) -> dict[str, list[dict[str, Any]]]:
+    """Every layer's folder: the units' pictures and pages, the thumbnails, the layer page.
+    Returns each layer's units as atlas.json lists them."""
+    size = (int(shape[-2]), int(shape[-1]))
+    cache: dict[int, Tensor] = {}  # display images, each read once for every layer
+    out: dict[str, list[dict[str, Any]]] = {}
+    for li, layer in enumerate(table):
+        folder = root / layer.slug
+        folder.mkdir()
+        t = topk[layer.name]
+        whole = not windowed(model, [layer.name])
+        geos = {layer.name: layer.geometry}
+        h, w = _window(layer.geometry, size, whole)
+        thumbs: list[Tensor] = []
+        units: list[dict[str, Any]] = []
+        for part in _chunks(layer.shown, t.k * shape[0] * h * w * 4):
+            proj = project_topk(model, dataset, {layer.name: t}, {layer.name: part}, rule,
+                                geometries=geos)[layer.name]  # (M, k, C, h, w)
+            proj = _scaled(proj, pixel_scale)
+            patches = topk_patches(t, part, layer.geometry, shape, whole, show, cache)
+            for a, c in enumerate(part):
+                render_layer(proj[a: a + 1], patches[a: a + 1], folder / f"{c}.png")
+                thumbs.append(proj[a, 0])
+                units.append(_unit_page(folder, layer, c, t, evo, pixel_scale, meta, table,
+                                        li))
+            drawn(len(part))
+        _sprite(thumbs, folder / "thumbs.png")
+        tiles = [{"map": c, "x": (i % THUMB_COLUMNS) * THUMB, "y": (i // THUMB_COLUMNS) * THUMB,
+                  "top1": units[i]["topk"][0]["activation"] if units[i]["topk"] else None}
+                 for i, c in enumerate(layer.shown)]
+        _render(folder / "index.html", "atlas_layer.html.j2", root="../", meta=meta,
+                layer=layer, layers=table, index=li, tiles=tiles, thumb=THUMB,
+                display_caption=DISPLAY_CAPTION)
+        out[layer.name] = units
+    return out
+
+
+def _window(geo: LayerGeometry | None, size: tuple[int, int], whole: bool) -> tuple[int, int]:
+    """(h, w) of a unit's tiles (`zfnet.analyses.gallery.unit_windows`), for sizing chunks."""
+    if geo is None:
+        return size
+    return tuple(min(ax.rf, n) if whole else ax.rf  # type: ignore[return-value]
+                 for ax, n in ((geo.rows, size[0]), (geo.cols, size[1])))
+
+
+def _scaled(proj: Tensor, pixel_scale: Tensor | None) -> Tensor:
+    """Projections (..., C, h, w) in the image's pixel units (as `run_topk_gallery` draws)."""
+    if pixel_scale is None:
+        return proj
+    return proj * pixel_scale.to(proj.dtype).reshape(-1, 1, 1)
+
+
+def _unit_page(folder: Path, layer: _Layer, c: int, t: TopK, evo: EvolutionResult | None,
+               pixel_scale: Tensor | None, meta: dict[str, Any], table: list[_Layer],
+               li: int) -> dict[str, Any]:
+    """Write map `c`'s page (its picture is drawn already) and its evolution row; return its
+    atlas.json entry."""
+    items = [{"rank": j + 1, "image": int(t.index[c, j]),
+              "activation": float(t.values[c, j]), "row": int(t.row[c, j]),
+              "col": int(t.col[c, j])}
+             for j in range(t.k) if int(t.index[c, j]) >= 0]
+    entry: dict[str, Any] = {"map": c, "page": f"{layer.slug}/{c}.html",
+                             "figure": f"{layer.slug}/{c}.png", "topk": items}
+    evolution = None
+    if evo is not None:
+        a = evo.maps[layer.name].index(c)
+        row = _scaled(evo.projections[layer.name][a], pixel_scale)  # (E, C, h, w)
+        render_unit_evolution(row, folder / f"{c}_evolution.png")
+        sims = [round(float(s), 4) for s in evo.unit_similarity[layer.name][a]]
+        evolution = {"epochs": evo.epochs, "similarity": sims, "figure": f"{c}_evolution.png"}
+        entry["evolution"] = {"epochs": evo.epochs, "similarity": sims,
+                              "figure": f"{layer.slug}/{c}_evolution.png"}
+    shown = layer.shown
+    i = shown.index(c)
+    side = math.ceil(math.sqrt(t.k))
+    _render(folder / f"{c}.html", "atlas_unit.html.j2", root="../", meta=meta, layer=layer,
+            layers=table, index=li, unit=c, items=items, evolution=evolution,
+            prev=shown[i - 1] if i > 0 else None,
+            next=shown[i + 1] if i + 1 < len(shown) else None,
+            side=side, caption=_caption(meta, [layer], unit=True),
+            display_caption=DISPLAY_CAPTION)
+    return entry
+
+
+def _sprite(thumbs: list[Tensor], path: Path) -> None:
+    """Each unit's top-1 projection (C, h, w), by the contrast rule, fitted into a THUMB px
+    square (nearest neighbour up, area average down), THUMB_COLUMNS to a row."""
+    cols = min(len(thumbs), THUMB_COLUMNS)
+    rows = math.ceil(len(thumbs) / cols)
+    canvas = np.full((rows * THUMB, cols * THUMB, 3), 255, np.uint8)
+    for i, p in enumerate(thumbs):
+        img = Image.fromarray(to_rgb(projection_to_uint8(p)))
+        scale = THUMB / max(img.size)
+        fit = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        img = img.resize(fit, Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BOX)
+        y = (i // cols) * THUMB + (THUMB - img.height) // 2
+        x = (i % cols) * THUMB + (THUMB - img.width) // 2
+        canvas[y: y + img.height, x: x + img.width] = np.asarray(img)
+    Image.fromarray(canvas).save(path)
+
+
+def _caption(meta: dict[str, Any], layers: list[_Layer], unit: bool = False) -> str:
+    """The gallery's Fig. 2 caption for these layers (one block = one map)."""
+    rf = ", ".join(f"{layer.name} {layer.rf}" for layer in layers)
+    text = " ".join(CAPTION.split()).format(
+        k=meta["k"], n=meta["images"], rule=_RULE_NAMES[meta["rule"]], rf=rf, display="")
+    if unit:
+        text = text.replace("Each block is one feature map of the layer. ", "")
+    return " ".join(text.split())
+
+
+def _href(path: str) -> str:
+    """A relative link to `path` (folders are layer slugs: only safe characters)."""
+    return quote(path)
+
+
+_ENV.filters["href"] = _href
+_ENV.filters["num"] = lambda v: "–" if v is None else f"{v:.4g}"
+
+
+def _render(path: Path, template: str, **context: Any) -> None:
+    write_text_atomic(path, _ENV.get_template(template).render(**context))

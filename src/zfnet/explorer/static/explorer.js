@@ -1,0 +1,956 @@
+// The explorer's page: a view of the JSON API under /api/ (see `zfnet serve --help`).
+// Plain JavaScript, no framework and no build step, so the package serves it as it is.
+//
+// The whole view lives in `state` (image, layer, unit, row, col, view), mirrored in the query
+// string: every change goes through go(), which pushes a history entry, and refresh() loads
+// only what the change touched. A link to the current view is therefore always the page's URL.
+"use strict";
+
+(() => {
+  const $ = (selector, root = document) => root.querySelector(selector);
+  const $$ = (selector, root = document) => Array.from(root.querySelectorAll(selector));
+
+  const STRIP_LIMIT = 24;        // dataset images per page of the strip
+  const TILE_MAX = 64;           // a feature map is shown at most this wide (CSS px)
+  const POLL_MS = [150, 250, 400, 500];  // job polling: quick at first, then twice a second
+  const VIEWS = ["topk", "occlusion", "evolution"];
+  const RULES = ["deconvnet", "guided", "gradient"];
+
+  let model = null;              // GET /api/model
+  let layers = [];               // GET /api/layers .layers
+  const layerByName = new Map();
+  let state = { image: null, layer: null, unit: null, row: null, col: null, view: null };
+  let maps = null;               // GET /api/maps for (state.image, state.layer), once loaded
+  let unitInfo = null;           // GET /api/unit for the current unit, once loaded
+  let stripOffset = 0;
+  let stripTotal = 0;
+  let stripItems = [];           // the dataset images on the strip's current page
+  const uploads = [];            // images uploaded in this page: {id, src, name}
+  // Every loader takes a ticket; an answer that comes back after a newer request is dropped.
+  const tickets = { image: 0, maps: 0, unit: 0, view: 0, strip: 0 };
+  let currentJob = null;
+
+  // ---------------------------------------------------------------- the API
+
+  class ApiError extends Error {
+    constructor(message, status) {
+      super(message);
+      this.status = status;
+    }
+  }
+
+  /** fetch `path`; resolve {status, body} for 2xx, throw ApiError with the server's one-line
+   *  message otherwise. */
+  async function api(path, options = {}) {
+    let response;
+    try {
+      response = await fetch(path, options);
+    } catch (err) {
+      throw new ApiError("the server does not answer: is `zfnet serve` still running?", 0);
+    }
+    const text = await response.text();
+    let body = null;
+    try {
+      body = text ? JSON.parse(text) : null;
+    } catch (err) {
+      body = null;
+    }
+    if (!response.ok) {
+      const message = body && body.error ? body.error : `${response.status} ${response.statusText}`;
+      throw new ApiError(message, response.status);
+    }
+    return { status: response.status, body };
+  }
+
+  const query = (params) => {
+    const q = new URLSearchParams();
+    for (const [key, value] of Object.entries(params)) {
+      if (value !== null && value !== undefined) q.set(key, String(value));
+    }
+    return q.toString();
+  };
+
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  // ---------------------------------------------------------------- messages
+
+  function showError(message) {
+    $("#error-text").textContent = message;
+    $("#error").hidden = false;
+  }
+
+  function clearError() {
+    $("#error").hidden = true;
+    $("#error-text").textContent = "";
+  }
+
+  /** A failed loader: a stale answer says nothing, anything else is shown. */
+  function failed(err, ticketName, ticket) {
+    if (ticket !== tickets[ticketName]) return;
+    showError(err.message);
+  }
+
+  // ---------------------------------------------------------------- formatting
+
+  const fmt = (x) => {
+    if (x === null || x === undefined || Number.isNaN(x)) return "–";
+    const a = Math.abs(x);
+    if (a !== 0 && (a >= 1e4 || a < 1e-3)) return x.toExponential(2);
+    return x.toFixed(a >= 100 ? 1 : 3);
+  };
+  const size2 = (hw) => (hw ? (hw[0] === hw[1] ? `${hw[0]}` : `${hw[0]}×${hw[1]}`) : "–");
+  const grid2 = (hw) => (hw ? `${hw[0]}×${hw[1]}` : "–");
+  const percent = (p) => `${(100 * p).toFixed(p >= 0.995 || p < 0.001 ? 0 : 1)}%`;
+
+  /** Show a small image enlarged by a whole factor (crisp pixels), up to `target` CSS px wide. */
+  function enlarge(img, target) {
+    const apply = () => {
+      const w = img.naturalWidth;
+      if (!w) return;
+      const k = Math.max(1, Math.floor(target / w));
+      img.style.width = `${w * k}px`;
+    };
+    if (img.complete && img.naturalWidth) apply();
+    else img.addEventListener("load", apply, { once: true });
+  }
+
+  /** Set an image's source; if it fails, ask the same URL for the server's message. */
+  function loadImage(img, src, what) {
+    img.onerror = async () => {
+      if (img.getAttribute("src") !== src) return;
+      try {
+        await api(src);
+        showError(`${what} did not load`);
+      } catch (err) {
+        showError(`${what}: ${err.message}`);
+      }
+    };
+    img.src = src;
+  }
+
+  // ---------------------------------------------------------------- URL state
+
+  function readUrl() {
+    const q = new URLSearchParams(window.location.search);
+    const problems = [];
+    const int = (key) => {
+      if (!q.has(key)) return null;
+      const v = q.get(key);
+      if (/^\d+$/.test(v)) return Number(v);
+      problems.push(`${key}=${v} is not a whole number`);
+      return null;
+    };
+    const next = {
+      image: q.get("image") || (model && model.default_image) || null,
+      layer: q.get("layer") || (model && model.default_layer) || null,
+      unit: int("unit"),
+      row: int("row"),
+      col: int("col"),
+      view: q.get("view") || null,
+    };
+    if (q.has("model") && model && q.get("model") !== modelKey()) {
+      problems.push(`this link was made for another model or dataset (${q.get("model")}); the server shows ${model.name}`);
+    }
+    if (next.layer && !layerByName.has(next.layer)) {
+      const names = layers.map((l) => l.name);
+      const some = names.length > 12 ? `${names.slice(0, 12).join(", ")}, … (${names.length} in all)` : names.join(", ");
+      problems.push(`layer ${next.layer} is not in ${model.name}; the layers are ${some}`);
+      next.layer = model.default_layer;
+      next.unit = next.row = next.col = null;
+    }
+    const layer = layerByName.get(next.layer);
+    if (layer && next.unit !== null && next.unit >= layer.maps) {
+      problems.push(`unit ${next.unit} is not in ${layer.name}, which has maps 0..${layer.maps - 1}`);
+      next.unit = next.row = next.col = null;
+    }
+    if (next.row === null || next.col === null || next.unit === null) next.row = next.col = null;
+    if (next.view && !VIEWS.includes(next.view)) {
+      problems.push(`view=${next.view} is not one of ${VIEWS.join(", ")}`);
+      next.view = null;
+    }
+    return { next, problems };
+  }
+
+  /** How links name the model (and dataset): the server's short id, else its name. */
+  const modelKey = () => (model ? model.id || model.name : null);
+
+  function viewUrl(s) {
+    // An image id's colon needs no escaping in a query: `image=val:3` reads better in a link.
+    return `/?${query({
+      model: modelKey(),
+      image: s.image, layer: s.layer, unit: s.unit, row: s.row, col: s.col, view: s.view,
+    }).replace(/%3A/g, ":")}`;
+  }
+
+  /** Change the view: record it as a new entry of the browser's history (the back button
+   *  returns to the previous view), then load what changed. */
+  function go(patch) {
+    const prev = state;
+    state = { ...state, ...patch };
+    if (state.unit === null) state.row = state.col = null;
+    window.history.pushState(null, "", viewUrl(state));
+    refresh(prev, state);
+  }
+
+  function refresh(prev, s, force = false) {
+    const changed = (...keys) => force || keys.some((k) => prev[k] !== s[k]);
+    $("#permalink").href = viewUrl(s);
+    document.title = `${s.layer || ""}${s.unit !== null ? ` map ${s.unit}` : ""} · ${model.name} · zfnet explorer`;
+    markLayer();
+    if (changed("image")) {
+      loadCurrentImage();
+      showStripPageOf(s.image);
+      markStrip();
+    }
+    if (changed("image", "layer")) loadMaps();
+    else markSelectedMap();
+    if (changed("image", "layer", "unit", "row", "col")) loadUnit();
+    const viewDeps = s.view === "occlusion" ? ["view", "image"] : ["view", "layer", "unit"];
+    if (changed(...viewDeps)) loadView();
+    markTabs();
+  }
+
+  // ---------------------------------------------------------------- header and layers
+
+  function renderHeader() {
+    $("#model-name").textContent = model.name;
+    const [h, w] = model.input.size;
+    const parts = [model.kind];
+    parts.push(model.data ? `dataset ${model.data.spec} (${model.data.images} images)` : "no dataset: upload an image");
+    parts.push(`input ${h}×${w}×${model.input.channels}`);
+    if (model.classes) parts.push(`${model.classes} classes${model.labels ? "" : " (unnamed)"}`);
+    if (model.preprocessing) parts.push(model.preprocessing);
+    if (model.evolution) parts.push(`epochs ${model.evolution.epochs.join(", ")} kept`);
+    $("#model-meta").textContent = parts.join(" · ");
+    $("#tab-evolution").hidden = !model.evolution;
+  }
+
+  function renderLayers() {
+    const body = $("#layers tbody");
+    body.replaceChildren();
+    for (const layer of layers) {
+      const tr = document.createElement("tr");
+      tr.dataset.layer = layer.name;
+      const name = document.createElement("td");
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "layer-pick";
+      button.textContent = layer.name;
+      button.title = `${layer.module}${layer.stride ? ` · stride ${grid2(layer.stride)}` : ""}`;
+      name.append(button);
+      tr.append(name);
+      for (const [text, cls] of [
+        [layer.kind, ""],
+        [String(layer.maps), "num"],
+        [layer.spatial ? grid2(layer.size) : "flat", "num"],
+        [size2(layer.rf), "num"],
+      ]) {
+        const td = document.createElement("td");
+        td.textContent = text;
+        if (cls) td.className = cls;
+        tr.append(td);
+      }
+      tr.addEventListener("click", () => pickLayer(layer.name));
+      body.append(tr);
+    }
+  }
+
+  function pickLayer(name) {
+    if (name === state.layer) return;
+    clearError();
+    go({ layer: name, unit: null, row: null, col: null });
+  }
+
+  function markLayer() {
+    for (const tr of $$("#layers tbody tr")) {
+      const on = tr.dataset.layer === state.layer;
+      tr.classList.toggle("selected", on);
+      $("button", tr).setAttribute("aria-pressed", on ? "true" : "false");
+    }
+  }
+
+  // ---------------------------------------------------------------- images
+
+  async function loadStrip() {
+    const ticket = ++tickets.strip;
+    if (!model.data) {
+      stripTotal = 0;
+      stripItems = [];
+      renderStrip();
+      return;
+    }
+    try {
+      const { body } = await api(`/api/images?${query({ offset: stripOffset, limit: STRIP_LIMIT })}`);
+      if (ticket !== tickets.strip) return;
+      stripTotal = body.total;
+      stripItems = body.items;
+      renderStrip();
+    } catch (err) {
+      failed(err, "strip", ticket);
+    }
+  }
+
+  function stripItem(item, isUpload) {
+    const li = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.image = item.id;
+    const label = isUpload ? item.name || "uploaded image" : item.label;
+    button.title = label ? `${item.id} · ${label}` : item.id;
+    button.setAttribute("aria-label", button.title);
+    if (isUpload) li.className = "uploaded";
+    const img = document.createElement("img");
+    img.src = item.src;
+    img.alt = "";
+    img.loading = "lazy";
+    button.append(img);
+    button.addEventListener("click", () => {
+      if (state.image === item.id) return;
+      clearError();
+      go({ image: item.id, row: null, col: null });
+    });
+    li.append(button);
+    return li;
+  }
+
+  function renderStrip() {
+    const strip = $("#strip");
+    strip.replaceChildren(
+      ...uploads.map((u) => stripItem(u, true)),
+      ...stripItems.map((item) => stripItem(item, false)),
+    );
+    const info = $("#strip-info");
+    if (!model.data) info.textContent = "No dataset given (`zfnet serve --data SPEC`): upload an image.";
+    else if (!stripTotal) info.textContent = "The dataset has no images.";
+    else info.textContent = `dataset images ${stripOffset + 1}–${Math.min(stripOffset + STRIP_LIMIT, stripTotal)} of ${stripTotal}`;
+    $("#strip-prev").disabled = stripOffset <= 0;
+    $("#strip-next").disabled = stripOffset + STRIP_LIMIT >= stripTotal;
+    markStrip();
+  }
+
+  function markStrip() {
+    for (const b of $$("#strip button")) {
+      const on = b.dataset.image === state.image;
+      b.classList.toggle("selected", on);
+      b.setAttribute("aria-pressed", on ? "true" : "false");
+    }
+  }
+
+  /** The strip's page (its offset) that holds the dataset image `id` (`val:N`), else null. */
+  function stripPageOf(id) {
+    const m = /^val:(\d+)$/.exec(id || "");
+    return m ? Math.floor(Number(m[1]) / STRIP_LIMIT) * STRIP_LIMIT : null;
+  }
+
+  /** Page the strip to the dataset image `id` when it is not on the current page. */
+  function showStripPageOf(id) {
+    const offset = stripPageOf(id);
+    if (offset === null || !model.data) return;
+    if (offset !== stripOffset) {
+      stripOffset = offset;
+      loadStrip();
+    }
+  }
+
+  function pageStrip(direction) {
+    stripOffset = Math.max(0, stripOffset + direction * STRIP_LIMIT);
+    loadStrip();
+  }
+
+  async function loadCurrentImage() {
+    const ticket = ++tickets.image;
+    const img = $("#current-image");
+    const caption = $("#current-caption");
+    $("#predict").hidden = true;
+    if (!state.image) {
+      img.removeAttribute("src");
+      caption.textContent = model.data ? "" : "No image yet: upload one.";
+      return;
+    }
+    const upload = uploads.find((u) => u.id === state.image);
+    loadImage(img, `/api/image/${encodeURIComponent(state.image)}.png`, `image ${state.image}`);
+    enlarge(img, 224);
+    caption.textContent = upload && upload.name ? `${upload.name} (${state.image})` : state.image;
+    if (!model.classes) return;
+    try {
+      const { body } = await api(`/api/predict?${query({ image: state.image })}`);
+      if (ticket !== tickets.image) return;
+      const list = $("#predict-list");
+      list.replaceChildren(...body.top.map((t) => {
+        const li = document.createElement("li");
+        const name = document.createElement("span");
+        name.className = "class-name";
+        name.textContent = t.name || `class ${t.class}`;
+        const bar = document.createElement("span");
+        bar.className = "bar";
+        bar.style.setProperty("--p", String(t.p));
+        const p = document.createElement("span");
+        p.className = "p meta";
+        p.textContent = percent(t.p);
+        li.append(name, bar, p);
+        li.title = `class ${t.class}: p = ${t.p.toFixed(4)}`;
+        return li;
+      }));
+      $("#predict-label").textContent = body.label ? `dataset label: ${body.label}` : "";
+      $("#predict").hidden = false;
+    } catch (err) {
+      failed(err, "image", ticket);
+    }
+  }
+
+  /** Post a file's bytes to /api/images; the uploaded image becomes the current one. */
+  async function upload(file) {
+    if (!file) return;
+    clearError();
+    const zone = $("#dropzone");
+    zone.classList.add("busy");
+    // A header holds Latin-1 only: a name with other characters travels percent-encoded.
+    const name = /^[\x20-\x7e]*$/.test(file.name) ? file.name : encodeURIComponent(file.name);
+    try {
+      const { body } = await api("/api/images", {
+        method: "POST",
+        body: file,
+        headers: { "Content-Type": file.type || "application/octet-stream", "X-Filename": name },
+      });
+      const known = uploads.findIndex((u) => u.id === body.id);  // the same bytes again
+      if (known >= 0) uploads.splice(known, 1);
+      // The file's own name: the header's copy may be percent-encoded.
+      uploads.unshift({ id: body.id, src: body.src, name: file.name || body.name });
+      renderStrip();
+      go({ image: body.id, row: null, col: null });
+    } catch (err) {
+      showError(`${file.name || "the file"}: ${err.message}`);
+    } finally {
+      zone.classList.remove("busy");
+      $("#upload-file").value = "";
+    }
+  }
+
+  // ---------------------------------------------------------------- feature maps
+
+  async function loadMaps() {
+    const ticket = ++tickets.maps;
+    const box = $("#maps");
+    const sprite = $("#sprite");
+    maps = null;
+    delete box.dataset.layer;
+    delete box.dataset.image;
+    $("#map-hover").hidden = $("#map-selected").hidden = $("#map-mark").hidden = true;
+    $("#map-info").textContent = "";
+    if (!state.layer || !state.image) {
+      sprite.removeAttribute("src");
+      $("#maps-meta").textContent = state.image ? "Pick a layer." : "Pick or upload an image.";
+      return;
+    }
+    $("#maps-meta").textContent = `${state.layer}: computing…`;
+    $("#maps-heading").textContent = `Feature maps of ${state.layer}`;
+    box.classList.add("loading");
+    try {
+      const { body } = await api(`/api/maps?${query({ image: state.image, layer: state.layer })}`);
+      if (ticket !== tickets.maps) return;
+      const layer = layerByName.get(body.layer);
+      $("#maps-meta").textContent = layer && !layer.spatial
+        ? `${body.maps} units of a flat layer, one value each, for ${state.image}; ` +
+          "hover a square for its value, click it for the unit."
+        : `${body.maps} maps of ${grid2(body.size)} for ${state.image}, each drawn from 0 (black) to ` +
+          "its own maximum (white). Click a map for its strongest unit; click inside the picked " +
+          "map for a position.";
+      sprite.onload = () => {
+        if (ticket !== tickets.maps) return;
+        maps = body;
+        layoutSprite();
+        box.classList.remove("loading");
+        box.dataset.layer = body.layer;
+        box.dataset.image = state.image;
+        markSelectedMap();
+      };
+      loadImage(sprite, body.sprite, `the feature maps of ${state.layer}`);
+    } catch (err) {
+      box.classList.remove("loading");
+      failed(err, "maps", ticket);
+      if (ticket === tickets.maps) $("#maps-meta").textContent = `${state.layer}: ${err.message}`;
+    }
+  }
+
+  /** Size the sprite so that a map is shown at most TILE_MAX px wide and the whole sprite fits
+   *  the section's width and most of the window's height; whole-number enlargement keeps each
+   *  activation a crisp square. */
+  function layoutSprite() {
+    const sprite = $("#sprite");
+    const roomW = $("#maps-wrap").clientWidth || 800;
+    const roomH = Math.max(420, window.innerHeight * 0.8);
+    const w = sprite.naturalWidth;
+    const h = sprite.naturalHeight;
+    let k = Math.min(roomW / w, roomH / h, TILE_MAX / maps.tile[1]);
+    if (k >= 1) k = Math.floor(k);
+    sprite.style.width = `${Math.max(1, Math.round(w * k))}px`;
+  }
+
+  /** The map and position under a point of the page (clientX, clientY), or null in a gap. */
+  function mapAt(clientX, clientY) {
+    if (!maps) return null;
+    const sprite = $("#sprite");
+    const rect = sprite.getBoundingClientRect();
+    const px = ((clientX - rect.left) / rect.width) * sprite.naturalWidth;
+    const py = ((clientY - rect.top) / rect.height) * sprite.naturalHeight;
+    const [th, tw] = maps.tile;
+    const gap = maps.gap;
+    const cx = Math.floor(px / (tw + gap));
+    const cy = Math.floor(py / (th + gap));
+    if (cx < 0 || cy < 0 || cx >= maps.cols) return null;
+    const x = cx * (tw + gap);
+    const y = cy * (th + gap);
+    if (px - x >= tw || py - y >= th) return null;
+    const m = cy * maps.cols + cx;
+    if (m >= maps.maps) return null;
+    const [h, w] = maps.size;
+    const row = Math.min(h - 1, Math.floor(((py - y) * h) / th));
+    const col = Math.min(w - 1, Math.floor(((px - x) * w) / tw));
+    return { map: m, row, col };
+  }
+
+  /** Place an outline over map m (in the sprite's displayed pixels). */
+  function placeOutline(el, m) {
+    const sprite = $("#sprite");
+    const scale = sprite.getBoundingClientRect().width / sprite.naturalWidth;
+    const [th, tw] = maps.tile;
+    const x = (m % maps.cols) * (tw + maps.gap);
+    const y = Math.floor(m / maps.cols) * (th + maps.gap);
+    el.style.left = `${x * scale}px`;
+    el.style.top = `${y * scale}px`;
+    el.style.width = `${tw * scale}px`;
+    el.style.height = `${th * scale}px`;
+    el.dataset.map = String(m);
+    el.hidden = false;
+  }
+
+  function markSelectedMap() {
+    const sel = $("#map-selected");
+    const mark = $("#map-mark");
+    if (!maps || state.unit === null || state.layer !== maps.layer) {
+      sel.hidden = mark.hidden = true;
+      return;
+    }
+    placeOutline(sel, state.unit);
+    const row = state.row !== null ? state.row : unitInfo && unitInfo.unit === state.unit ? unitInfo.row : null;
+    const col = state.col !== null ? state.col : unitInfo && unitInfo.unit === state.unit ? unitInfo.col : null;
+    const [h, w] = maps.size;
+    if (row === null || col === null || h * w === 1) {
+      mark.hidden = true;
+      return;
+    }
+    const sprite = $("#sprite");
+    const scale = sprite.getBoundingClientRect().width / sprite.naturalWidth;
+    const [th, tw] = maps.tile;
+    const x = (state.unit % maps.cols) * (tw + maps.gap) + (col * tw) / w;
+    const y = Math.floor(state.unit / maps.cols) * (th + maps.gap) + (row * th) / h;
+    mark.style.left = `${x * scale}px`;
+    mark.style.top = `${y * scale}px`;
+    mark.style.width = `${Math.max(2, (tw / w) * scale)}px`;
+    mark.style.height = `${Math.max(2, (th / h) * scale)}px`;
+    mark.hidden = false;
+  }
+
+  function hoverMaps(event) {
+    const hit = mapAt(event.clientX, event.clientY);
+    const hover = $("#map-hover");
+    if (!hit) {
+      hover.hidden = true;
+      $("#map-info").textContent = "";
+      return;
+    }
+    placeOutline(hover, hit.map);
+    const [h, w] = maps.size;
+    const [ar, ac] = maps.argmax[hit.map];
+    $("#map-info").textContent = h * w === 1
+      ? `unit ${hit.map} · value ${fmt(maps.max[hit.map])}`
+      : `map ${hit.map} · max ${fmt(maps.max[hit.map])} at (${ar}, ${ac}) · pointer at (${hit.row}, ${hit.col})`;
+  }
+
+  function clickMaps(event) {
+    const hit = mapAt(event.clientX, event.clientY);
+    if (!hit) return;
+    clearError();
+    const [h, w] = maps.size;
+    // The first click on a map picks its strongest unit; a click inside the picked map picks
+    // the position under the pointer (a flat layer has one position).
+    if (hit.map !== state.unit || h * w === 1) go({ unit: hit.map, row: null, col: null });
+    else go({ row: hit.row, col: hit.col });
+  }
+
+  function keyMaps(event) {
+    if (!maps) return;
+    const step = { ArrowLeft: -1, ArrowRight: 1, ArrowUp: -maps.cols, ArrowDown: maps.cols }[event.key];
+    if (step === undefined) return;
+    event.preventDefault();
+    const from = state.unit === null ? 0 : state.unit + step;
+    const unit = Math.min(maps.maps - 1, Math.max(0, from));
+    if (unit !== state.unit) go({ unit, row: null, col: null });
+  }
+
+  // ---------------------------------------------------------------- the unit
+
+  function placeBox(el, box) {
+    if (!box) {
+      el.hidden = true;
+      return;
+    }
+    const [H, W] = model.input.size;
+    const [top, left, bottom, right] = box;
+    el.style.top = `${(100 * top) / H}%`;
+    el.style.left = `${(100 * left) / W}%`;
+    el.style.height = `${(100 * (bottom - top)) / H}%`;
+    el.style.width = `${(100 * (right - left)) / W}%`;
+    el.hidden = false;
+  }
+
+  async function loadUnit() {
+    const ticket = ++tickets.unit;
+    const section = $("#unit-section");
+    unitInfo = null;
+    delete section.dataset.unit;
+    $("#current-box").hidden = true;
+    if (state.unit === null || !state.layer || !state.image) {
+      section.hidden = true;
+      return;
+    }
+    section.hidden = false;
+    section.classList.add("loading");
+    $("#unit-heading").textContent = `${state.layer} · map ${state.unit}`;
+    $("#unit-meta").textContent = "projecting…";
+    const params = { image: state.image, layer: state.layer, unit: state.unit, row: state.row, col: state.col };
+    try {
+      const { body } = await api(`/api/unit?${query(params)}`);
+      if (ticket !== tickets.unit) return;
+      unitInfo = body;
+      const layer = layerByName.get(body.layer);
+      const at = layer && !layer.spatial ? "" : ` at (${body.row}, ${body.col})${state.row === null ? ", its strongest position" : ""}`;
+      const box = body.box ? ` · receptive field rows ${body.box[0]}–${body.box[2]}, columns ${body.box[1]}–${body.box[3]}` : "";
+      $("#unit-meta").textContent = `activation ${fmt(body.activation)}${at} · image ${state.image}${box}`;
+      for (const img of $$("#unit-figures img.projection")) {
+        loadImage(img, body.rules[img.dataset.rule], `the ${img.dataset.rule} projection`);
+        enlarge(img, 176);
+      }
+      loadImage($("#unit-patch"), body.patch, "the image patch");
+      enlarge($("#unit-patch"), 176);
+      loadImage($("#unit-image"), body.image, "the image");
+      enlarge($("#unit-image"), 176);
+      placeBox($("#unit-box"), body.box);
+      placeBox($("#current-box"), body.box);
+      section.dataset.layer = body.layer;
+      section.dataset.unit = String(body.unit);
+      section.dataset.row = String(body.row);
+      section.dataset.col = String(body.col);
+      section.classList.remove("loading");
+      markSelectedMap();
+    } catch (err) {
+      if (ticket !== tickets.unit) return;
+      section.classList.remove("loading");
+      $("#unit-meta").textContent = err.message;
+      showError(err.message);
+    }
+  }
+
+  // ---------------------------------------------------------------- views (long computations)
+
+  function markTabs() {
+    for (const tab of $$("#view-tabs [role=tab]")) {
+      const on = tab.dataset.view === state.view;
+      tab.setAttribute("aria-selected", on ? "true" : "false");
+      tab.tabIndex = on || (!state.view && tab.dataset.view === "topk") ? 0 : -1;
+    }
+    if (state.view) $("#view-panel").setAttribute("aria-labelledby", `tab-${state.view}`);
+    else $("#view-panel").removeAttribute("aria-labelledby");
+    $("#tab-topk").disabled = !model.data;
+    $("#tab-topk").title = model.data ? "" : "needs a dataset: `zfnet serve --data SPEC`";
+  }
+
+  function viewRequest(s) {
+    const unit = { layer: s.layer, unit: s.unit };
+    if (s.view === "topk") {
+      if (!model.data) return { hint: "The top 9 need a dataset: start the server with --data SPEC." };
+      if (s.unit === null) return { hint: "Pick a unit (click a feature map) to see its top 9 over the dataset." };
+      return { url: `/api/topk?${query(unit)}` };
+    }
+    if (s.view === "occlusion") {
+      if (!s.image) return { hint: "Pick or upload an image to occlude." };
+      return { url: `/api/occlusion?${query({ image: s.image })}` };
+    }
+    if (s.view === "evolution") {
+      if (!model.evolution) return { hint: "Evolution needs a zfnet run with kept epochs (train --keep-epochs)." };
+      if (s.unit === null) return { hint: "Pick a unit (click a feature map) to see how it evolved during training." };
+      return { url: `/api/evolution?${query(unit)}` };
+    }
+    return { hint: null };
+  }
+
+  async function loadView() {
+    const ticket = ++tickets.view;
+    currentJob = null;
+    const result = $("#view-result");
+    const hint = $("#view-hint");
+    $("#job").hidden = true;
+    result.hidden = true;
+    delete result.dataset.view;
+    const request = viewRequest(state);
+    if (!request.url) {
+      if (request.hint) hint.textContent = request.hint;
+      hint.hidden = false;
+      return;
+    }
+    hint.hidden = true;
+    try {
+      // 202 means a job computes it: follow the job, then ask again for the result.
+      for (let round = 0; ; round += 1) {
+        const { status, body } = await api(request.url);
+        if (ticket !== tickets.view) return;
+        if (status !== 202) {
+          showResult(state.view, body, ticket);
+          return;
+        }
+        if (round >= 3) throw new ApiError("the job finished but the result is still not ready", 0);
+        const outcome = await followJob(body.job, ticket);
+        if (outcome !== "done") return;
+      }
+    } catch (err) {
+      if (ticket !== tickets.view) return;
+      $("#job").hidden = true;
+      hint.textContent = err.message;
+      hint.hidden = false;
+      showError(err.message);
+    }
+  }
+
+  /** Poll a job until it ends, showing its progress; returns its final state (or "stale"). */
+  async function followJob(job, ticket) {
+    let j = typeof job === "string" ? { id: job, state: "queued", done: 0, total: 0 } : job;
+    currentJob = j.id;
+    for (let i = 0; ; i += 1) {
+      if (ticket !== tickets.view) return "stale";
+      renderJob(j);
+      if (j.state === "done") return "done";
+      if (j.state === "failed") throw new ApiError(`${j.what || "the job"} failed: ${j.error || "no reason given"}`, 0);
+      if (j.state === "cancelled") {
+        $("#job").hidden = true;
+        const hint = $("#view-hint");
+        hint.replaceChildren(`${j.what || "The job"} was cancelled. `);
+        const again = document.createElement("button");
+        again.type = "button";
+        again.id = "view-again";
+        again.textContent = "Compute again";
+        again.addEventListener("click", () => loadView());
+        hint.append(again);
+        hint.hidden = false;
+        return "cancelled";
+      }
+      await sleep(POLL_MS[Math.min(i, POLL_MS.length - 1)]);
+      if (ticket !== tickets.view) return "stale";
+      ({ body: j } = await api(`/api/jobs/${encodeURIComponent(j.id)}`));
+    }
+  }
+
+  function renderJob(j) {
+    const box = $("#job");
+    box.hidden = false;
+    box.dataset.state = j.state;
+    const waiting = j.waiting_for ? ` (waiting for ${j.waiting_for})` : "";
+    $("#job-what").textContent = `${j.what || "computing"}: ${j.state}${waiting}`;
+    const bar = $("#job-progress");
+    if (j.total > 0) {
+      bar.max = j.total;
+      bar.value = j.done;
+      $("#job-count").textContent = `${j.done} / ${j.total}`;
+    } else {
+      bar.removeAttribute("value");  // indeterminate
+      $("#job-count").textContent = "";
+    }
+    $("#job-cancel").disabled = j.state === "done";
+  }
+
+  async function cancelJob() {
+    if (!currentJob) return;
+    $("#job-cancel").disabled = true;
+    try {
+      await api(`/api/jobs/${encodeURIComponent(currentJob)}`, { method: "DELETE" });
+    } catch (err) {
+      showError(err.message);
+    }
+  }
+
+  function showResult(view, body, ticket) {
+    $("#job").hidden = true;
+    currentJob = null;
+    const result = $("#view-result");
+    const meta = $("#view-meta");
+    const items = $("#topk-items");
+    items.hidden = true;
+    items.replaceChildren();
+    const figure = $("#view-figure");
+    if (view === "topk") {
+      meta.textContent = `The ${body.items.length} strongest activations of ${body.layer} map ${body.unit} over ${body.images} images: ` +
+        "projections (left) beside their image patches (right). Pick one to open it.";
+      figure.alt = `Top ${body.k} of ${body.layer} map ${body.unit}: projections and patches`;
+      items.replaceChildren(...body.items.map((item, i) => {
+        const li = document.createElement("li");
+        const button = document.createElement("button");
+        button.type = "button";
+        button.dataset.image = item.image;
+        const img = document.createElement("img");
+        img.src = `/api/image/${encodeURIComponent(item.image)}.png`;
+        img.alt = "";
+        const name = document.createElement("span");
+        name.textContent = `${i + 1}. ${item.image}`;
+        const value = document.createElement("span");
+        value.className = "meta";
+        value.textContent = fmt(item.activation);
+        button.append(img, name, value);
+        button.title = `open ${item.image} at (${item.row}, ${item.col})`;
+        button.addEventListener("click", () => {
+          clearError();
+          go({ image: item.image, layer: body.layer, unit: body.unit, row: item.row, col: item.col });
+        });
+        li.append(button);
+        return li;
+      }));
+      items.hidden = false;
+    } else if (view === "occlusion") {
+      const target = body.target.name ? `${body.target.name} (class ${body.target.class})` : `class ${body.target.class}`;
+      meta.textContent = `Occluding ${state.image} with a grey square (Fig. 7): the strongest map of ${body.layer} (map ${body.map}) ` +
+        `and the probability of ${target}, at every position of the square.`;
+      figure.alt = `Occlusion maps of ${state.image}`;
+    } else {
+      const pairs = body.epochs.map((e, i) => `epoch ${e}: ${body.similarity[i].toFixed(3)}`);
+      meta.textContent = `${state.layer} map ${state.unit} over training (Fig. 4); similarity to the last epoch: ${pairs.join(", ")}.`;
+      figure.alt = `Evolution of ${state.layer} map ${state.unit} across epochs`;
+    }
+    figure.onload = () => {
+      if (ticket === tickets.view) result.dataset.view = view;
+    };
+    loadImage(figure, body.figure, "the figure");
+    enlarge(figure, 640);
+    result.hidden = false;
+  }
+
+  function pickView(view) {
+    clearError();
+    if (view === state.view) loadView();  // asked again: e.g. after a cancelled job
+    else go({ view });
+  }
+
+  // ---------------------------------------------------------------- wiring
+
+  function wire() {
+    $("#error-close").addEventListener("click", clearError);
+    $("#strip-prev").addEventListener("click", () => pageStrip(-1));
+    $("#strip-next").addEventListener("click", () => pageStrip(1));
+    $("#upload-file").addEventListener("change", (e) => upload(e.target.files[0]));
+    const box = $("#maps");
+    box.addEventListener("mousemove", hoverMaps);
+    box.addEventListener("mouseleave", () => {
+      $("#map-hover").hidden = true;
+      $("#map-info").textContent = "";
+    });
+    box.addEventListener("click", clickMaps);
+    box.addEventListener("keydown", keyMaps);
+    for (const tab of $$("#view-tabs [role=tab]")) {
+      tab.addEventListener("click", () => pickView(tab.dataset.view));
+    }
+    $("#view-tabs").addEventListener("keydown", (e) => {
+      const tabs = $$("#view-tabs [role=tab]").filter((t) => !t.hidden && !t.disabled);
+      const i = tabs.indexOf(document.activeElement);
+      const step = { ArrowLeft: -1, ArrowRight: 1 }[e.key];
+      if (i < 0 || step === undefined) return;
+      const next = tabs[(i + step + tabs.length) % tabs.length];
+      next.focus();
+      pickView(next.dataset.view);
+    });
+    $("#job-cancel").addEventListener("click", cancelJob);
+    $("#copy-link").addEventListener("click", async () => {
+      const link = $("#permalink").href;
+      try {
+        await navigator.clipboard.writeText(link);
+        $("#copy-link").textContent = "Copied";
+        setTimeout(() => { $("#copy-link").textContent = "Copy"; }, 1500);
+      } catch (err) {
+        showError(`could not copy; the link is ${link}`);
+      }
+    });
+
+    // Drag and drop anywhere on the page; the overlay says what a drop does.
+    let depth = 0;
+    const hasFiles = (e) => e.dataTransfer && Array.from(e.dataTransfer.types).includes("Files");
+    document.addEventListener("dragenter", (e) => {
+      if (!hasFiles(e)) return;
+      e.preventDefault();
+      depth += 1;
+      $("#drop-overlay").hidden = false;
+    });
+    document.addEventListener("dragover", (e) => {
+      if (hasFiles(e)) e.preventDefault();
+    });
+    document.addEventListener("dragleave", (e) => {
+      if (!hasFiles(e)) return;
+      depth = Math.max(0, depth - 1);
+      if (!depth) $("#drop-overlay").hidden = true;
+    });
+    document.addEventListener("drop", (e) => {
+      if (!hasFiles(e)) return;
+      e.preventDefault();
+      depth = 0;
+      $("#drop-overlay").hidden = true;
+      upload(e.dataTransfer.files[0]);
+    });
+    // An image pasted from the clipboard is uploaded too.
+    document.addEventListener("paste", (e) => {
+      const item = Array.from(e.clipboardData ? e.clipboardData.items : []).find((i) => i.kind === "file");
+      if (item) upload(item.getAsFile());
+    });
+
+    window.addEventListener("popstate", () => {
+      const prev = state;
+      const { next, problems } = readUrl();
+      state = next;
+      if (problems.length) showError(problems.join("; "));
+      refresh(prev, state);
+    });
+    let resizeTimer = 0;
+    window.addEventListener("resize", () => {
+      clearTimeout(resizeTimer);
+      resizeTimer = setTimeout(() => {
+        if (!maps) return;
+        layoutSprite();
+        markSelectedMap();
+      }, 100);
+    });
+  }
+
+  async function start() {
+    wire();
+    try {
+      const [m, l] = await Promise.all([api("/api/model"), api("/api/layers")]);
+      model = m.body;
+      layers = l.body.layers;
+    } catch (err) {
+      showError(`the explorer cannot start: ${err.message}`);
+      return;
+    }
+    for (const layer of layers) layerByName.set(layer.name, layer);
+    renderHeader();
+    renderLayers();
+    const { next, problems } = readUrl();
+    if (problems.length) showError(problems.join("; "));
+    // Restoring uploaded images by link: they are not in the dataset's list.
+    if (next.image && next.image.startsWith("up:")) {
+      uploads.push({ id: next.image, src: `/api/image/${encodeURIComponent(next.image)}.png`, name: null });
+    }
+    stripOffset = stripPageOf(next.image) || 0;
+    loadStrip();
+    const prev = state;
+    state = next;
+    window.history.replaceState(null, "", viewUrl(state));
+    refresh(prev, state, true);
+    document.body.dataset.ready = "true";
+  }
+
+  document.addEventListener("DOMContentLoaded", start);
+})();

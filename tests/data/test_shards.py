@@ -1,0 +1,457 @@
+"""shards: `zfnet shards` writes an image folder as webdataset tars; `shards:OUT` gives the folder
+loader's items, streams training epochs split per rank and worker (exact, resumable), and
+trains, evaluates and mines from the command line, also under torchrun (two processes, and two
+"nodes" meeting at one rendezvous)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from click.testing import CliRunner
+from PIL import Image
+
+from tests.data.shard_ranks import Recorder, batches_of
+from tests.train.tiny import tiny_config
+from zfnet.cli import main
+from zfnet.data import BrokenImageWarning, collate, load_dataset
+from zfnet.data import shard_writer as writer_mod
+from zfnet.data.shard_stream import epoch_order, pieces, worker_batches
+from zfnet.data.shard_writer import parse_size, write_shards
+from zfnet.data.shards import FORMAT, SHARD, ShardsError, read_manifest
+from zfnet.train import find_last, load_model, train
+from zfnet.train import recipe as recipe_mod
+from zfnet.train.recipe import SeededSamples
+
+pytestmark = pytest.mark.filterwarnings("ignore::zfnet.data.images.BrokenImageWarning")
+
+ROOT = Path(__file__).resolve().parents[2]
+CLASSES = ("ant", "bee", "cat")
+SPEC = "size=32"  # 32 px crops of 37 px images: small, and the full size the shards store
+
+
+def _image(rng: np.random.Generator, h: int, w: int, k: int) -> np.ndarray:
+    """A smooth photo-like image (JPEG keeps it well): colour waves of a class's hue and a
+    bright square at a random place. uint8 (h, w, 3)."""
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    f = rng.uniform(0.5, 2.0, 3)
+    chans = [128 + 90 * np.sin(2 * np.pi * (f[c] * xx + (k + c) * yy / 3 + rng.uniform()))
+             for c in range(3)]
+    img = np.stack(chans, -1)
+    t, s = rng.integers(0, h // 2), rng.integers(0, w // 2)
+    img[t:t + h // 3, s:s + w // 3] = 235
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_folder(root: Path) -> Path:
+    """3 classes, 7 training and 2 val images each, JPEGs of 96x72 and 72x96 with some odd
+    ones (EXIF-rotated, grey, palette PNG, smaller than the stored size, a dotted name), and a
+    broken file among the training images."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 7), ("val", 2)):
+        for k, cls in enumerate(CLASSES):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for j in range(n):
+                h, w = (72, 96) if (j + k) % 3 else (96, 72)
+                im = Image.fromarray(_image(rng, h, w, k))
+                name = f"{j}.jpg"
+                if split == "train" and (k, j) == (0, 0):  # rotated by its EXIF orientation
+                    exif = Image.Exif()
+                    exif[0x0112] = 6
+                    im.save(d / name, quality=95, exif=exif)
+                    continue
+                if split == "train" and (k, j) == (1, 1):
+                    im.convert("P", palette=Image.Palette.ADAPTIVE).save(d / "1.png")
+                    continue
+                if split == "train" and (k, j) == (2, 2):
+                    im = im.convert("L")
+                if split == "train" and (k, j) == (2, 3):
+                    im = im.resize((40, 30))  # smaller than the 37 px stored
+                if split == "val" and (k, j) == (0, 1):
+                    name = "x.v2.jpg"
+                im.save(d / name, quality=95)
+    (root / "train" / "bee" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("shards") / "folder")
+
+
+@pytest.fixture(scope="module")
+def original(folder) -> Path:
+    """The folder's original bytes in shards (one per split)."""
+    out = folder.parent / "original"
+    with pytest.warns(BrokenImageWarning, match=r"train/bee/broken\.jpg"):
+        write_shards(f"imagefolder:{folder}", out, resize=0, workers=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def resized(folder) -> Path:
+    """The folder re-encoded at 37 px in shards of at most 16 kB (several per split)."""
+    out = folder.parent / "resized"
+    write_shards(f"imagefolder:{folder}", out, resize=37, shard_size=16_000, workers=0)
+    return out
+
+
+def _keys(paths: list[Path], split_root: Path) -> list[str]:
+    return [p.relative_to(split_root).with_suffix("").as_posix().replace(".", "_")
+            for p in paths if p.name != "broken.jpg"]
+
+
+# --- writing ---
+
+def test_manifest_counts_and_plain_webdataset_reads_them(folder, original, resized) -> None:
+    m = read_manifest(original)
+    assert m["format"] == FORMAT and m["classes"] == list(CLASSES) and m["resize"] == 0
+    train, val = m["splits"]["train"], m["splits"]["val"]
+    assert (train["count"], val["count"]) == (21, 6)
+    assert train["skipped"] == ["train/bee/broken.jpg"] and val["skipped"] == []
+    r = read_manifest(resized)
+    assert r["resize"] == 37 and len(r["splits"]["train"]["shards"]) > 3
+    for split in ("train", "val"):
+        shards = r["splits"][split]["shards"]
+        assert sum(s["count"] for s in shards) == r["splits"][split]["count"]
+        assert all(s["bytes"] <= 16_000 for s in shards)
+        assert [s["file"] for s in shards] == [f"{split}-{k:06d}.tar" for k in range(len(shards))]
+    # any webdataset reader takes them: keys, labels, the images' bytes
+    folder_data = load_dataset(f"imagefolder:{folder}?{SPEC}")
+    urls = [str(original / s["file"]) for s in train["shards"]]
+    samples = list(wds.WebDataset(urls, shardshuffle=False))
+    assert [s["__key__"] for s in samples] == _keys(folder_data.train.paths, folder / "train")
+    kept = [(p, y) for p, y in zip(folder_data.train.paths, folder_data.train.targets,
+                                   strict=True) if p.name != "broken.jpg"]
+    shards = load_dataset(f"shards:{original}?{SPEC}").train
+    for i, (s, (path, y)) in enumerate(zip(samples, kept, strict=True)):
+        assert int(s["cls"]) == y and s[path.suffix[1:]] == path.read_bytes()
+        assert shards.read(i) == path.read_bytes()  # the index points at them
+
+
+def test_writing_is_atomic_and_refuses_a_used_out(folder, tmp_path, monkeypatch) -> None:
+    out = tmp_path / "out"
+    real, calls = writer_mod._SplitWriter.add, {"n": 0}
+
+    def interrupted(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        real(self, *args)
+
+    monkeypatch.setattr(writer_mod._SplitWriter, "add", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(f"imagefolder:{folder}", out, workers=0)
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # no half-written folder
+    monkeypatch.setattr(writer_mod._SplitWriter, "add", real)
+    out.mkdir()  # an empty folder is fine, a used one is not
+    write_shards(f"imagefolder:{folder}?n_train=4&n_val=2", out, resize=37, workers=0)
+    assert read_manifest(out)["splits"]["train"]["count"] == 4
+    with pytest.raises(FileExistsError, match="holds shards already"):
+        write_shards(f"imagefolder:{folder}", out, workers=0)
+
+
+def test_workers_write_the_same_bytes(folder, resized, tmp_path) -> None:
+    out = tmp_path / "two"
+    write_shards(f"imagefolder:{folder}", out, resize=37, shard_size=16_000, workers=2)
+    files = sorted(p.name for p in resized.iterdir() if p.name != "manifest.json")
+    assert files == sorted(p.name for p in out.iterdir() if p.name != "manifest.json")
+    for name in files:
+        assert (out / name).read_bytes() == (resized / name).read_bytes(), name
+
+
+def test_parse_size() -> None:
+    assert parse_size("1GB") == 10**9 and parse_size("16kB") == 16_000
+    assert parse_size("2GiB") == 2 * 2**30 and parse_size("4096") == 4096
+    for bad in ("abc", "1XB", "0", ""):
+        with pytest.raises(ValueError, match="not a size"):
+            parse_size(bad)
+
+
+# --- reading: the folder loader's items ---
+
+def test_original_bytes_give_the_folder_loaders_items_exactly(folder, original) -> None:
+    f = load_dataset(f"imagefolder:{folder}?{SPEC}", ten_crop=True)
+    s = load_dataset(f"shards:{original}?{SPEC}", ten_crop=True)
+    assert (s.class_names, s.input_size, s.full_size) == (f.class_names, 32, 37)
+    assert torch.equal(s.mean, f.mean)  # the broken file left out of both
+    for split in ("train", "val"):
+        fd, sd = getattr(f, split), getattr(s, split)
+        good = [i for i, p in enumerate(fd.paths) if p.name != "broken.jpg"]
+        assert [sd.key(i) for i in range(len(sd))] == _keys(fd.paths, folder / split)
+        assert sd.targets == [fd.targets[i] for i in good]
+        for i, j in enumerate(good):
+            assert torch.equal(sd.full_image(i), fd.full_image(j)), (split, i)
+    for i in range(len(s.val)):
+        xs, ys = s.val[i]
+        xf, yf = f.val[i]
+        assert xs.shape == (10, 3, 32, 32) and torch.equal(xs, xf) and ys == yf
+        assert torch.equal(s.raw_val(i), f.raw_val(i))
+    # training crops: the same for the same draws
+    params = [(1, 4, True), (5, 0, False), (0, 5, True)]
+    good = [i for i, p in enumerate(f.train.paths) if p.name != "broken.jpg"]
+    for a, b in zip(s.train.train_items([0, 3, 20], params),
+                    f.train.train_items([good[0], good[3], good[20]], params), strict=True):
+        assert torch.equal(a[0], b[0]) and a[1] == b[1]
+
+
+def test_resized_shards_match_within_jpeg_tolerance(folder, resized) -> None:
+    f = load_dataset(f"imagefolder:{folder}?{SPEC}")
+    s = load_dataset(f"shards:{resized}?{SPEC}")
+    assert (s.mean - f.mean).abs().mean() < 1.0
+    for split in ("train", "val"):
+        fd, sd = getattr(f, split), getattr(s, split)
+        good = [i for i, p in enumerate(fd.paths) if p.name != "broken.jpg"]
+        assert [sd.key(i) for i in range(len(sd))] == _keys(fd.paths, folder / split)
+        for i, j in enumerate(good):
+            a, b = sd.full_image(i).float(), fd.full_image(j).float()
+            assert a.shape == b.shape == (3, 37, 37)
+            rms = (a - b).square().mean().sqrt()
+            if sd.key(i) == "cat/3":  # smaller than 37 px: its own bytes are kept
+                assert rms == 0
+            assert rms < 8, (split, i)  # JPEG quality 90: PSNR above 30 dB
+    with pytest.warns(UserWarning, match="37 px .* 73 px inputs upsample them"):
+        load_dataset(f"shards:{resized}?size=64")
+    # a subset selects as imagefolder does, by name and per class
+    sub = load_dataset(f"shards:{resized}?{SPEC}&classes=cat,ant&per_class=2")
+    assert sub.class_names == ["cat", "ant"] and sub.train.targets == [1, 0, 1, 0]
+    assert [sub.train.key(i) for i in range(4)] == ["ant/0", "cat/0", "ant/1", "cat/1"]
+
+
+def test_val_is_read_once_in_stored_order(resized) -> None:
+    s = load_dataset(f"shards:{resized}?{SPEC}")
+    reads: list[tuple[str, int]] = []
+    files = s.val._files
+    real = files.pread
+
+    def record(path, size, offset):
+        reads.append((path.name, offset))
+        return real(path, size, offset)
+
+    files.pread = record
+    n = sum(len(y) for _, y in torch.utils.data.DataLoader(s.val, batch_size=4,
+                                                           collate_fn=collate))
+    assert n == len(s.val) == 6
+    assert reads == sorted(reads) and len(set(reads)) == len(reads) == 6
+
+
+# --- streaming training epochs ---
+
+def _epoch(train, workers: int, world: int = 1, rank: int = 0, **kw) -> list[list[int]]:
+    kw = {"epoch": 1, "seed": 0, "batch_size": 4, **kw}
+    stream = train.epoch_stream(Recorder(train), rank=rank, world_size=world, **kw)
+    return batches_of(stream, workers)
+
+
+def test_pieces_follow_the_dataloaders_turns() -> None:
+    for n, b, k in ((21, 4, 3), (24, 4, 3), (5, 4, 3), (9, 2, 4), (21, 4, 1)):
+        batches = math.ceil(n / b)
+        ps = pieces(n, b, k)
+        assert sorted(p for piece in ps for p in piece) == list(range(n))
+        for w, (piece, count) in enumerate(zip(ps, worker_batches(batches, k), strict=True)):
+            assert math.ceil(len(piece) / b) == count
+            short = len(piece) % b
+            assert not short or w == (batches - 1) % k  # the short batch is the last in turn
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_each_rank_the_same_batches_disjoint_parts_the_whole_epoch(resized, world) -> None:
+    train = load_dataset(f"shards:{resized}?{SPEC}&shuffle=5").train
+    n, per_rank = len(train), math.ceil(len(train) / world)
+    order = epoch_order(train.split.index[train.rows, SHARD], 0, 1)
+    seen = []
+    for rank in range(world):
+        batches = _epoch(train, workers=2, world=world, rank=rank)
+        assert len(batches) == math.ceil(per_rank / 4)
+        assert [len(b) for b in batches[:-1]] == [4] * (len(batches) - 1)
+        seen += [i for b in batches for i in b]
+    padded = list(order) + list(order[:per_rank * world - n])  # as DistributedSampler pads
+    assert Counter(seen) == Counter(padded) and set(seen) == set(range(n))
+
+
+def test_epochs_are_deterministic_shuffled_and_differ(resized) -> None:
+    train = load_dataset(f"shards:{resized}?{SPEC}&shuffle=5").train
+    one = _epoch(train, workers=0)
+    assert one == _epoch(train, workers=0)
+    assert one != _epoch(train, workers=0, epoch=2) != _epoch(train, workers=0, seed=1)
+    flat = [i for b in one for i in b]
+    assert sorted(flat) == list(range(len(train))) and flat != sorted(flat)
+    # the items are the map-style training set's: (seed, epoch, index) fixes each crop
+    order = [i for b in _epoch(train, 0, epoch=2, seed=3) for i in b]
+    seeded = SeededSamples(train, seed=3)
+    seeded.epoch = 2
+    stream = train.epoch_stream(seeded, epoch=2, seed=3, batch_size=4)
+    items = [item for batch in torch.utils.data.DataLoader(stream, batch_size=None,
+                                                            collate_fn=list) for item in batch]
+    assert len(items) == len(order) == len(train)
+    for (x, y), i in zip(items, order, strict=True):
+        assert torch.equal(x, seeded[i][0]) and y == seeded[i][1]
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+@pytest.mark.parametrize("workers", [0, 2, 3])
+def test_resume_with_the_same_workers_is_exact(resized, workers) -> None:
+    train = load_dataset(f"shards:{resized}?{SPEC}&shuffle=5").train
+    whole = _epoch(train, workers)
+    assert len(whole) == 6
+    for k in (1, 2, 4, 5):
+        rest = _epoch(train, workers, start_step=k, workers_before=max(1, workers))
+        assert rest == whole[k:], k
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_resume_with_other_workers_keeps_the_epoch(resized) -> None:
+    train = load_dataset(f"shards:{resized}?{SPEC}&shuffle=5").train
+    whole = _epoch(train, 2)
+    for k in (1, 3):
+        stream = train.epoch_stream(Recorder(train), epoch=1, seed=0, batch_size=4,
+                                    start_step=k, workers_before=2)
+        rest = batches_of(stream, 3)
+        assert len(rest) == len(stream) == len(whole) - k
+        done = [i for b in whole[:k] for i in b]
+        assert Counter(done + [i for b in rest for i in b]) == Counter(range(len(train)))
+
+
+# --- the commands ---
+
+def _run_cli(args: list[str]) -> str:
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+def test_train_resume_eval_and_mine_from_shards(resized, tmp_path) -> None:
+    data = f"shards:{resized}?{SPEC}"
+    run = tmp_path / "run"
+    common = ["--model-opt", "conv_widths=16,16,16", "--model-opt", "fc_width=32"]
+    _run_cli(["train", "--data", data, "--model", "zfnet_small", "--out", str(run),
+              "--epochs", "1", "--batch-size", "8", "--workers", "2", "--quiet",
+              "--no-tensorboard", "--device", "cpu", *common])
+    _run_cli(["train", "--out", str(run), "--resume", "--epochs", "2", "--quiet"])
+    meta = load_model(run)[1]
+    assert meta["epoch"] == 2 and meta["data"] == data
+    assert [h["epoch"] for h in meta["history"]] == [1, 2]
+    out = _run_cli(["eval", "--checkpoint", str(run), "--ten-crop"])
+    assert f"on {data}, 6 images, 10 crops" in out
+    _run_cli(["visualize", "topk", "--checkpoint", str(run), "--out", str(tmp_path / "topk"),
+              "--k", "2", "--layer", "conv1", "--maps-per-layer", "2"])
+    assert (tmp_path / "topk" / "gallery" / "topk_conv1.png").is_file()
+
+
+def test_sigterm_mid_epoch_then_resume_is_exact(resized, tmp_path, monkeypatch) -> None:
+    """Streamed with 2 workers, 3 batches an epoch: SIGTERM during step 5 (epoch 2), then
+    --resume: the uninterrupted run's losses and weights."""
+    data = f"shards:{resized}?{SPEC}&shuffle=4"
+    ref = tmp_path / "ref"
+    train(tiny_config(ref, data=data, workers=2, epochs=2))
+    out = tmp_path / "run"
+    real, calls = recipe_mod.renormalize_filters, {"n": 0}
+
+    def renorm_then_signal(model, radius, *rest):
+        real(model, radius, *rest)
+        calls["n"] += 1
+        if calls["n"] == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(recipe_mod, "renormalize_filters", renorm_then_signal)
+    assert train(tiny_config(out, data=data, workers=2, epochs=2))["status"] == "interrupted"
+    monkeypatch.setattr(recipe_mod, "renormalize_filters", real)
+    assert find_last(out).name == "epoch_0001_step_000002"
+    assert train(tiny_config(out, data=data, workers=2, epochs=2, resume=True)
+                 )["status"] == "completed"
+    ha, hb = load_model(ref)[1]["history"], load_model(out)[1]["history"]
+    for ra, rb in zip(ha, hb, strict=True):
+        for key in ("train_loss", "train_top1_error", "val_loss", "global_step"):
+            assert ra[key] == pytest.approx(rb[key], abs=1e-6), key
+    wa, wb = load_model(ref)[0].state_dict(), load_model(out)[0].state_dict()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=1e-6)
+
+
+def test_bad_shards_folders_are_named(resized, tmp_path) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "train-000000.tar").write_bytes(b"")
+    with pytest.raises(ShardsError, match=r"no manifest\.json \(its \.tar files"):
+        load_dataset(f"shards:{bad}")
+    import shutil
+
+    changed = tmp_path / "changed"
+    shutil.copytree(resized, changed)
+    with open(changed / "train-000001.tar", "ab") as f:
+        f.write(b"\0" * 512)
+    with pytest.raises(ShardsError, match=r"train-000001\.tar has \d+ bytes, the manifest"):
+        load_dataset(f"shards:{changed}")
+    (changed / "train-000001.tar").unlink()
+    with pytest.raises(ShardsError, match=r"train-000001\.tar is missing"):
+        load_dataset(f"shards:{changed}")
+
+
+# --- several processes ---
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    return env
+
+
+def test_two_processes_stream_disjoint_parts_of_one_epoch(resized, tmp_path) -> None:
+    result = tmp_path / "ranks"
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "tests.data.shard_ranks", str(resized), str(result)],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = [json.loads(Path(f"{result}.{k}.json").read_text()) for k in (0, 1)]
+    assert [x["world_size"] for x in ranks] == [2, 2]
+    assert len(ranks[0]["batches"]) == len(ranks[1]["batches"]) == ranks[0]["len"] == 3
+    parts = [{i for b in x["batches"] for i in b} for x in ranks]
+    n = len(load_dataset(f"shards:{resized}?{SPEC}").train)  # 21: 11 per rank, 1 repeated
+    assert parts[0] | parts[1] == set(range(n)) and len(parts[0] & parts[1]) == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_meet_at_one_rendezvous_and_train(resized, tmp_path) -> None:
+    """Two torchrun launches (--nnodes 2, one process each) on this machine, as on two: they
+    meet at a c10d rendezvous and train one epoch on the shards."""
+    run, port = tmp_path / "run", _free_port()
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+         "--node-rank", str(node), "--rdzv-backend", "c10d",
+         "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "shards-test",
+         "-m", "zfnet.cli", "train", "--data", f"shards:{resized}?{SPEC}", "--model",
+         "zfnet_small", "--model-opt", "conv_widths=16,16,16", "--model-opt", "fc_width=32",
+         "--out", str(run), "--epochs", "1", "--batch-size", "8", "--workers", "1",
+         "--device", "cpu", "--quiet", "--no-tensorboard"],
+        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for node in (0, 1)]
+    try:
+        outputs = [p.communicate(timeout=150) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    meta = load_model(run)[1]
+    assert meta["world_size"] == 2 and meta["epoch"] == 1
+    assert meta["history"][0]["global_step"] == 3  # 21 images: 11 per node, batches of 4

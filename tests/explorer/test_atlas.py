@@ -1,0 +1,278 @@
+"""`zfnet atlas`: a static site whose every link and image resolves on disk, whose unit pages
+show what the gallery's mining, projections and patches give (and evolution's, for a run with
+kept epochs), that bad inputs leave unwritten, and that a real browser opens from file://."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from click.testing import CliRunner
+from PIL import Image
+from torch.utils.data import Subset, TensorDataset
+
+from zfnet.analyses.evolution import feature_evolution, render_unit_evolution
+from zfnet.analyses.gallery import render_layer, run_topk_gallery
+from zfnet.analyses.topk import mine_topk
+from zfnet.cli import main
+from zfnet.explorer.atlas import ATLAS_FILE, write_atlas
+from zfnet.models import create_model
+from zfnet.sources import load_data, load_source
+from zfnet.train import CheckpointModels, list_checkpoints, run_checkpoints
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+LAYERS = ["conv1", "conv3"]
+K, IMAGES, MAPS = 4, 16, 3
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def _atlas(args: list[str]) -> str:
+    res = CliRunner().invoke(main, ["atlas", *args, "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+@pytest.fixture(scope="module")
+def site(tiny_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("atlas") / "site"
+    text = _atlas(["--checkpoint", str(tiny_run), "--out", str(out), "--layer", ",".join(LAYERS),
+                   "--k", str(K), "--images", str(IMAGES), "--maps-per-layer", str(MAPS)])
+    assert text.strip().splitlines()[-1] == f"atlas: {(out / 'index.html').resolve()}"
+    return out
+
+
+class _Refs(HTMLParser):
+    """Every href and <img src> of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+        self.images: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if a.get("href"):
+            self.links.append(a["href"])  # type: ignore[arg-type]
+        if tag == "img":
+            self.images.append(a.get("src") or "")
+        if tag in ("script", "link") or (tag == "img" and "//" in (a.get("src") or "")):
+            raise AssertionError(f"external or scripted asset: <{tag} {attrs}>")
+
+
+def _check_site(root: Path) -> dict[Path, _Refs]:
+    """Every page's links and images resolve to files inside `root`; images are PNGs."""
+    pages = {}
+    for page in sorted(root.rglob("*.html")):
+        refs = _Refs()
+        refs.feed(page.read_text())
+        for ref in refs.links + refs.images:
+            url = urlparse(ref)
+            assert not url.scheme and not url.netloc, f"{page}: {ref} is not relative"
+            target = (page.parent / unquote(url.path)).resolve()
+            assert target.is_file(), f"{page}: {ref} -> {target} does not exist"
+            assert target.is_relative_to(root.resolve()), f"{page}: {ref} leaves the site"
+        for src in refs.images:
+            with Image.open(page.parent / unquote(src)) as im:
+                assert im.format == "PNG"
+                im.verify()
+        pages[page] = refs
+    return pages
+
+
+def test_every_link_and_image_resolves(site) -> None:
+    pages = _check_site(site)
+    doc = json.loads((site / ATLAS_FILE).read_text())
+    assert [layer["name"] for layer in doc["layers"]] == LAYERS
+    assert doc["k"] == K and doc["images"] == IMAGES and doc["evolution"]["epochs"] == [1, 2]
+    index = pages[site / "index.html"]
+    assert {f"{name}/index.html" for name in LAYERS} <= set(index.links)
+    for layer in doc["layers"]:
+        assert len(layer["units"]) == MAPS
+        shown = [u["map"] for u in layer["units"]]
+        assert shown == sorted(shown)
+        tiles = pages[site / layer["folder"] / "index.html"]
+        assert [f"{c}.html" for c in shown] == [h for h in tiles.links if h[0].isdigit()]
+        for i, c in enumerate(shown):  # prev / next / up / across layers
+            links = pages[site / layer["folder"] / f"{c}.html"].links
+            assert "index.html" in links and "../index.html" in links
+            assert {f"../{name}/index.html" for name in LAYERS if name != layer["name"]} \
+                <= set(links)
+            beside = [shown[j] for j in (i - 1, i + 1) if 0 <= j < len(shown)]
+            assert [h for h in links if h[0].isdigit()] == [f"{c}.html" for c in beside]
+
+
+def test_unit_pages_show_the_gallerys_topk_and_projections(site, tiny_run, tmp_path) -> None:
+    source = load_source(str(tiny_run))
+    bundle = load_data(source, None)
+    images = Subset(bundle.val.with_mode("centre"), range(IMAGES))
+    mined = mine_topk(source.model, images, LAYERS, K)
+    doc = json.loads((site / ATLAS_FILE).read_text())
+    for layer in doc["layers"]:
+        t, shown = mined[layer["name"]], [u["map"] for u in layer["units"]]
+        assert shown == sorted(torch.argsort(t.values[:, 0], descending=True)[:MAPS].tolist())
+        gallery = run_topk_gallery(source.model, images, [layer["name"]], K, tmp_path / "g",
+                                   maps={layer["name"]: shown}, display_image=bundle.raw_val)
+        for a, unit in enumerate(layer["units"]):
+            c = unit["map"]
+            assert [u["image"] for u in unit["topk"]] == t.index[c].tolist()
+            assert [u["activation"] for u in unit["topk"]] == t.values[c].tolist()
+            assert [(u["row"], u["col"]) for u in unit["topk"]] == list(
+                zip(t.row[c].tolist(), t.col[c].tolist(), strict=True))
+            html = (site / unit["page"]).read_text()
+            for u in unit["topk"]:
+                assert f"<td>{u['rank']}</td><td>{u['image']}</td><td>{u['activation']:.4g}" \
+                       f"</td>" in html
+            # the picture is the gallery's block for this map, pixel for pixel
+            want = render_layer(gallery.projections[layer["name"]][a: a + 1],
+                                gallery.patches[layer["name"]][a: a + 1], tmp_path / "want.png")
+            got = np.asarray(Image.open(site / unit["figure"]))
+            assert np.array_equal(got, np.asarray(Image.open(want))), unit["figure"]
+            assert got.std() > 0
+
+
+def test_evolution_rows_are_evolutions_projections(site, tiny_run) -> None:
+    source = load_source(str(tiny_run))
+    images = Subset(load_data(source, None).val.with_mode("centre"), range(IMAGES))
+    doc = json.loads((site / ATLAS_FILE).read_text())
+    maps = {layer["name"]: [u["map"] for u in layer["units"]] for layer in doc["layers"]}
+    kept = run_checkpoints(source.meta["checkpoint"])
+    assert kept == list_checkpoints(tiny_run)
+    res = feature_evolution(CheckpointModels(kept), images, n_images=None, maps=maps)
+    for layer in doc["layers"]:
+        for a, unit in enumerate(layer["units"]):
+            evo = unit["evolution"]
+            assert evo["epochs"] == [1, 2]
+            assert evo["similarity"] == pytest.approx(
+                res.unit_similarity[layer["name"]][a].tolist(), abs=1e-4)
+            got = np.asarray(Image.open(site / evo["figure"]))
+            want = render_unit_evolution(res.projections[layer["name"]][a],
+                                         site.parent / "want.png")
+            assert np.array_equal(got, np.asarray(Image.open(want)))
+            assert "Evolution during training (Fig. 4)" in (site / unit["page"]).read_text()
+
+
+def test_no_evolution_for_other_models_or_when_asked(tiny_run, tmp_path) -> None:
+    torch.manual_seed(0)
+    weights = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), weights)
+    out = tmp_path / "r18"
+    _atlas(["--model", "torchvision:resnet18", "--weights", str(weights), "--resize", "40",
+            "--crop", "32", "--data", "synthetic?n_train=8&n_val=8&size=32", "--layer", "layer1",
+            "--k", "2", "--maps-per-layer", "2", "--out", str(out)])
+    _check_site(out)
+    doc = json.loads((out / ATLAS_FILE).read_text())
+    assert doc["evolution"] is None and doc["layers"][0]["kind"] == "block"
+    assert not list(out.rglob("*_evolution.png"))
+    assert all("Evolution" not in p.read_text() for p in out.rglob("*.html"))
+    out = tmp_path / "run"
+    _atlas(["--checkpoint", str(tiny_run), "--out", str(out), "--layer", "conv1", "--k", "2",
+            "--images", "4", "--maps-per-layer", "2", "--no-evolution"])
+    assert json.loads((out / ATLAS_FILE).read_text())["evolution"] is None
+    assert not list(out.rglob("*_evolution.png"))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--layer", "conv9"], "conv9"),
+    (["--data", "images:/nonexistent"], "/nonexistent does not exist"),
+    (["--data", "nope"], "nope"),
+], ids=["unknown-layer", "missing-data", "unknown-dataset"])
+def test_bad_input_is_one_line_and_writes_nothing(tiny_run, tmp_path, args, message) -> None:
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["atlas", "--checkpoint", str(tiny_run), "--out", str(out),
+                                    "--images", "4", *args])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit)
+    last = res.output.strip().splitlines()[-1]
+    assert last.startswith("Error: ") and message in last and "Traceback" not in res.output
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_replaces_an_atlas_never_anything_else_and_a_stop_leaves_nothing(tiny_run,
+                                                                        tmp_path) -> None:
+    source = load_source(str(tiny_run))
+    bundle = load_data(source, None)
+    out = tmp_path / "site"
+    write_atlas(source.model, bundle, out, layers=["conv1"], k=2, maps_per_layer=2, n_images=4)
+    first = sorted(p.name for p in (out / "conv1").iterdir())
+    write_atlas(source.model, bundle, out, layers=["conv3"], k=2, maps_per_layer=1, n_images=4)
+    assert not (out / "conv1").exists() and len(list((out / "conv3").glob("*.html"))) == 2
+    assert len(first) == 2 * 2 + 2  # per unit its page and picture; index.html, thumbs.png
+
+    class Stop(Exception):
+        pass
+
+    def stop(done: int, total: int) -> None:
+        if done > 0:
+            raise Stop
+
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    with pytest.raises(Stop):  # a cancelled job: the earlier atlas stays as it was
+        write_atlas(source.model, bundle, out, layers=["conv1"], k=2, n_images=4,
+                    progress=stop)
+    with pytest.raises(Stop):  # stopped while drawing: no half-written site either
+        write_atlas(source.model, bundle, tmp_path / "new", layers=["conv1"], k=2,
+                    n_images=4, progress=lambda d, t: (_ for _ in ()).throw(Stop())
+                    if d > 4 else None)
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+    other = tmp_path / "other"
+    (other / "keep").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="holds no atlas"):
+        write_atlas(source.model, bundle, other, layers=["conv1"], n_images=4)
+    assert [p.name for p in other.iterdir()] == ["keep"]
+    shutil.rmtree(other)
+
+
+def test_a_dataset_of_model_inputs(tmp_path) -> None:
+    """Not a bundle: any Dataset of inputs, the patches its inputs min-max scaled."""
+    torch.manual_seed(0)
+    model = create_model("zfnet_small", input_size=32)
+    data = TensorDataset(torch.randn(6, 3, 32, 32) * 50, torch.zeros(6, dtype=torch.long))
+    index = write_atlas(model, data, tmp_path / "site", layers=["features.conv2"], k=3,
+                        maps_per_layer=2)
+    _check_site(tmp_path / "site")
+    doc = json.loads((tmp_path / "site" / ATLAS_FILE).read_text())
+    assert doc["data"] == "TensorDataset" and doc["images"] == 6 and index.is_file()
+    assert doc["layers"][0]["name"] == "conv2"  # one way to name a layer
+    mined = mine_topk(model, data, ["conv2"], 3)["conv2"]
+    for unit in doc["layers"][0]["units"]:
+        assert [u["image"] for u in unit["topk"]] == mined.index[unit["map"]].tolist()
+
+
+def test_a_browser_opens_a_unit_page_from_disk(site) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip("no Debian chromium at /usr/bin/chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    doc = json.loads((site / ATLAS_FILE).read_text())
+    layer = doc["layers"][1]
+    first, second = (u["map"] for u in layer["units"][:2])
+    all_loaded = ("() => { const im = Array.from(document.images); return im.length > 0 && "
+                  "im.every(i => i.complete && i.naturalWidth > 0); }")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM))
+        try:
+            page = browser.new_page()
+            page.goto((site / layer["folder"] / f"{first}.html").as_uri())
+            page.wait_for_load_state("load")
+            assert page.evaluate(all_loaded)
+            assert page.locator("img").count() == 2  # top-k and evolution
+            page.click("a[rel=next]")
+            page.wait_for_load_state("load")
+            assert page.url.endswith(f"/{layer['folder']}/{second}.html")
+            assert page.evaluate(all_loaded)
+            page.click("a[rel=up]")
+            page.wait_for_load_state("load")
+            assert page.url.endswith(f"/{layer['folder']}/index.html")
+            assert page.evaluate(all_loaded) and page.locator("a.tile img").count() == MAPS
+            page.click(f"nav.layers a:text-is('{LAYERS[0]}')")
+            page.wait_for_load_state("load")
+            assert page.url.endswith(f"/{LAYERS[0]}/index.html") and page.evaluate(all_loaded)
+        finally:
+            browser.close()

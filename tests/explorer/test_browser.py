@@ -1,0 +1,326 @@
+"""The explorer's page in a real browser: Playwright driving Debian's chromium against the real
+server (uvicorn on a background thread) on the tiny trained run. A person's path through it:
+pick a layer, hover and click a map, see the unit's projections load; upload a photo (file
+button and drag and drop) and a non-image; the top-9, evolution and occlusion jobs with their
+progress and Cancel; every view's link reopens it; no JavaScript error on the way."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import threading
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import httpx
+import pytest
+from PIL import Image
+
+from zfnet.explorer.app import Server, create_app
+from zfnet.explorer.session import Explorer
+from zfnet.sources import load_data, load_source
+from zfnet.train import list_checkpoints
+
+CHROMIUM = Path("/usr/bin/chromium")
+MAX_UPLOAD = 2 * 2**20
+LOADED = "(sel) => [...document.querySelectorAll(sel)].every(i => i.complete && i.naturalWidth > 0)"
+
+pytestmark = [
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed "
+                       "(make test installs it)"),
+    pytest.mark.usefixtures("one_thread"),
+]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run, tmp_path_factory):
+    """(the app, its URL): the explorer on the tiny run, its images and its two kept epochs."""
+    source = load_source(str(tiny_run))
+    explorer = Explorer(source, load_data(source, None),
+                        cache_dir=tmp_path_factory.mktemp("explorer-cache"),
+                        evolution=list_checkpoints(tiny_run))
+    app = create_app(explorer, max_upload=MAX_UPLOAD)
+    with Server(app) as url:
+        yield app, url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    pw = sync_playwright().start()
+    b = pw.chromium.launch(executable_path=str(CHROMIUM))
+    yield b
+    b.close()
+    pw.stop()
+
+
+class Console:
+    """A page's JavaScript errors and failed requests, less those a test expects (the server's
+    400/413 answer to a bad upload is logged by the browser as a failed resource)."""
+
+    def __init__(self, page) -> None:
+        self.errors: list[str] = []
+        self.allowed: list[str] = []
+        page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+        page.on("console", self._message)
+
+    def _message(self, m) -> None:
+        if m.type != "error":
+            return
+        where = m.location.get("url", "")
+        if not any(where.endswith(a) for a in self.allowed):
+            self.errors.append(f"{m.text} ({where})")
+
+
+@pytest.fixture
+def page(browser, server):
+    _, url = server
+    context = browser.new_context(base_url=url, viewport={"width": 1300, "height": 900})
+    p = context.new_page()
+    p.set_default_timeout(30_000)
+    p.console = Console(p)
+    yield p
+    context.close()
+
+
+def _open(page, path: str = "/") -> None:
+    page.goto(path)
+    page.wait_for_selector("body[data-ready]")
+
+
+def _query(page) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlparse(page.url).query).items()}
+
+
+def _at(page, maps: dict, m: int, row: int, col: int) -> tuple[float, float]:
+    """The point of the window over position (row, col) of map m in the sprite (the API's
+    geometry), scrolled into view."""
+    (th, tw), (h, w), gap, cols = maps["tile"], maps["size"], maps["gap"], maps["cols"]
+    x = (m % cols) * (tw + gap) + (col + 0.5) * tw / w
+    y = (m // cols) * (th + gap) + (row + 0.5) * th / h
+    natural = page.eval_on_selector("#sprite", "i => i.naturalWidth")
+    for _ in range(2):
+        box = page.locator("#sprite").bounding_box()
+        scale = box["width"] / natural
+        px, py = box["x"] + x * scale, box["y"] + y * scale
+        if 0 <= py < page.viewport_size["height"]:
+            break
+        page.evaluate("dy => window.scrollBy(0, dy)", py - page.viewport_size["height"] / 2)
+    return px, py
+
+
+def _unit_shown(page) -> dict[str, str]:
+    section = page.locator("#unit-section")
+    return {k: section.get_attribute(f"data-{k}") for k in ("layer", "unit", "row", "col")}
+
+
+def _photo(fmt: str) -> bytes:
+    from skimage import data
+
+    buf = io.BytesIO()
+    Image.fromarray(data.astronaut()).save(buf, fmt)
+    return buf.getvalue()
+
+
+def test_pick_a_layer_and_a_map_see_the_unit_and_reopen_it_by_its_link(page, server) -> None:
+    app, url = server
+    _open(page)
+    explorer = app.state.explorer
+    assert page.text_content("#model-name") == httpx.get(f"{url}/api/model").json()["name"]
+    rows = page.eval_on_selector_all("#layers tbody tr", "rs => rs.map(r => r.dataset.layer)")
+    assert rows == [r.name for r in explorer.layers]
+    # the default view: the default layer's maps for the first image
+    page.wait_for_selector('#maps[data-layer="conv5"][data-image="val:0"]')
+
+    page.click('tr[data-layer="conv2"]')
+    page.wait_for_selector('#maps[data-layer="conv2"]')
+    assert _query(page)["layer"] == "conv2" and "unit" not in _query(page)
+    maps = httpx.get(f"{url}/api/maps", params={"image": "val:0", "layer": "conv2"}).json()
+    m = max(range(maps["maps"]), key=lambda k: maps["max"][k])  # a map that is not all zero
+    page.mouse.move(*_at(page, maps, m, 0, 0))
+    info = page.text_content("#map-info")
+    assert info.startswith(f"map {m} · max ") and "pointer at (0, 0)" in info
+
+    # a first click picks the map's strongest unit
+    page.mouse.click(*_at(page, maps, m, 0, 0))
+    page.wait_for_selector(f'#unit-section[data-unit="{m}"]')
+    strongest = maps["argmax"][m]
+    assert _unit_shown(page) == {"layer": "conv2", "unit": str(m), "row": str(strongest[0]),
+                                 "col": str(strongest[1])}
+    page.wait_for_function(LOADED, arg="#unit-figures img")
+    rules = page.eval_on_selector_all("#unit-figures img.projection",
+                                      "is => is.map(i => i.dataset.rule)")
+    assert rules == ["deconvnet", "guided", "gradient"]
+    shown = re.match(r"activation (\S+) at", page.text_content("#unit-meta")).group(1)
+    assert float(shown) == pytest.approx(maps["max"][m], abs=1e-3)
+    assert not page.locator("#unit-box").is_hidden()
+
+    # a click inside the picked map picks that position
+    row, col = (strongest[0] + 1) % maps["size"][0], strongest[1]
+    page.mouse.click(*_at(page, maps, m, row, col))
+    page.wait_for_selector(f'#unit-section[data-row="{row}"][data-col="{col}"]')
+    page.wait_for_function(LOADED, arg="#unit-figures img")
+    q = _query(page)
+    assert (q["layer"], q["unit"], q["row"], q["col"]) == ("conv2", str(m), str(row), str(col))
+    assert q["model"] == explorer.id
+
+    # the link reopens the same view in a new page
+    link = page.get_attribute("#permalink", "href")
+    assert link == urlparse(page.url)._replace(scheme="", netloc="").geturl()
+    other = page.context.new_page()
+    other.console = Console(other)
+    _open(other, link)
+    other.wait_for_selector(f'#unit-section[data-unit="{m}"]')
+    assert _unit_shown(other) == _unit_shown(page)
+    other.wait_for_function(LOADED, arg="#unit-figures img")
+    assert other.get_attribute('tr[data-layer="conv2"] button', "aria-pressed") == "true"
+    assert other.get_attribute('#strip button[data-image="val:0"]', "aria-pressed") == "true"
+    assert other.console.errors == []
+
+    # the browser's back button goes back through the views
+    page.go_back()
+    page.wait_for_selector(f'#unit-section[data-row="{strongest[0]}"]')
+    assert "row" not in _query(page)
+    page.go_back()
+    page.wait_for_selector("#unit-section", state="hidden")
+    assert page.console.errors == []
+
+
+def test_a_flat_layer_shows_one_square_per_unit(page, server) -> None:
+    _, url = server
+    _open(page, "/?image=val:4&layer=fc6")
+    page.wait_for_selector('#maps[data-layer="fc6"]')
+    maps = httpx.get(f"{url}/api/maps", params={"image": "val:4", "layer": "fc6"}).json()
+    assert maps["size"] == [1, 1]
+    m = maps["maps"] - 1
+    page.mouse.move(*_at(page, maps, m, 0, 0))
+    assert page.text_content("#map-info").startswith(f"unit {m} · value ")
+    page.mouse.click(*_at(page, maps, m, 0, 0))
+    page.wait_for_selector(f'#unit-section[data-unit="{m}"]')
+    page.wait_for_function(LOADED, arg="#unit-figures img")
+    assert "unit" in _query(page) and "row" not in _query(page)
+    assert page.locator("#unit-box").is_hidden()  # the whole image is its receptive field
+    assert page.console.errors == []
+
+
+def test_uploads_become_the_current_image_and_bad_ones_are_told(page, server) -> None:
+    _open(page, "/?layer=conv1")
+    page.wait_for_selector('#maps[data-layer="conv1"][data-image="val:0"]')
+    page.console.allowed.append("/api/images")  # the server's 400 and 413 below
+
+    page.set_input_files("#upload-file", files=[{
+        "name": "astronaut.png", "mimeType": "image/png", "buffer": _photo("PNG")}])
+    page.wait_for_function("new URLSearchParams(location.search).get('image').startsWith('up:')")
+    up = _query(page)["image"]
+    page.wait_for_selector(f'#maps[data-layer="conv1"][data-image="{up}"]')
+    page.wait_for_function(LOADED, arg="#current-image")
+    assert page.get_attribute(f'#strip button[data-image="{up}"]', "aria-pressed") == "true"
+    assert "astronaut.png" in page.text_content("#current-caption")
+    assert page.locator("#predict-list li").count() == 5
+
+    page.set_input_files("#upload-file", files=[{
+        "name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an image\n" * 100}])
+    page.wait_for_selector("#error", state="visible")
+    assert re.search(r"notes\.txt: .*not an image", page.text_content("#error-text"))
+    assert _query(page)["image"] == up  # nothing else changed
+
+    page.set_input_files("#upload-file", files=[{
+        "name": "big.bmp", "mimeType": "image/bmp", "buffer": b"\0" * (MAX_UPLOAD + 1)}])
+    page.wait_for_function("document.querySelector('#error-text').textContent.includes('big.bmp')")
+    assert "limit" in page.text_content("#error-text")
+
+    # the page keeps working, and a file dropped anywhere on it is uploaded too
+    page.click('tr[data-layer="pool1"]')
+    page.wait_for_selector(f'#maps[data-layer="pool1"][data-image="{up}"]')
+    assert page.locator("#error").is_hidden()
+    page.evaluate("""(b64) => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], 'astronaut.jpg', {type: 'image/jpeg'}));
+        document.body.dispatchEvent(new DragEvent('dragenter', {dataTransfer: dt, bubbles: true}));
+        document.body.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true,
+                                                           cancelable: true}));
+    }""", base64.b64encode(_photo("JPEG")).decode())
+    page.wait_for_function(f"(u => u !== {up!r} && u.startsWith('up:'))"
+                           "(new URLSearchParams(location.search).get('image'))")
+    page.wait_for_selector(f'#maps[data-layer="pool1"][data-image="{_query(page)["image"]}"]')
+    assert page.locator("#drop-overlay").is_hidden()
+    assert page.locator("#strip li.uploaded").count() == 2
+    assert page.console.errors == []
+
+
+def test_top9_and_evolution_jobs_show_their_figures(page, server) -> None:
+    _open(page, "/?image=val:2&layer=conv5&unit=3&view=topk")
+    page.wait_for_selector('#view-result[data-view="topk"]', timeout=60_000)
+    page.wait_for_function(LOADED, arg="#view-figure, #topk-items img")
+    assert page.locator("#topk-items li").count() == 9
+    assert "over 32 images" in page.text_content("#view-meta")
+    first = page.locator("#topk-items button").first
+    target = first.get_attribute("data-image")
+    first.click()  # opens that image at the unit's strongest position in it
+    page.wait_for_selector(f'#maps[data-image="{target}"]')
+    q = _query(page)
+    assert (q["image"], q["layer"], q["unit"], q["view"]) == (target, "conv5", "3", "topk")
+    assert "row" in q and "col" in q
+
+    page.click("#tab-evolution")
+    page.wait_for_selector('#view-result[data-view="evolution"]', timeout=60_000)
+    page.wait_for_function(LOADED, arg="#view-figure")
+    assert "epoch 1:" in page.text_content("#view-meta") and _query(page)["view"] == "evolution"
+    assert page.console.errors == []
+
+
+def test_occlusion_waits_its_turn_can_be_cancelled_and_computed_again(page, server) -> None:
+    app, _ = server
+    gate = threading.Event()
+    holder = app.state.jobs.submit("test", ("hold",), "a job holding the queue",
+                                   lambda progress: gate.wait(30))
+    try:
+        _open(page, "/?image=val:1&view=occlusion")
+        page.wait_for_selector("#job", state="visible")
+        assert "waiting for a job holding the queue" in page.text_content("#job-what")
+        page.click("#job-cancel")
+        page.wait_for_selector("#view-again")
+        assert "cancelled" in page.text_content("#view-hint")
+    finally:
+        gate.set()
+    holder.future.result(timeout=30)
+    page.click("#view-again")
+    page.wait_for_selector('#view-result[data-view="occlusion"]', timeout=60_000)
+    page.wait_for_function(LOADED, arg="#view-figure")
+    assert page.locator("#job").is_hidden()
+    assert page.console.errors == []
+
+
+def test_a_bad_link_is_told_and_the_page_falls_back(page) -> None:
+    _open(page, "/?layer=conv9&unit=2&view=sideways")
+    text = page.text_content("#error-text")
+    assert "layer conv9 is not in" in text and "the layers are conv1, relu1" in text
+    assert "view=sideways is not one of topk, occlusion, evolution" in text
+    page.wait_for_selector('#maps[data-layer="conv5"]')
+    assert page.locator("#unit-section").is_hidden()
+    assert page.console.errors == []
+
+
+def test_without_a_dataset_the_page_works_on_uploads(browser, tiny_run, tmp_path) -> None:
+    source = load_source(str(tiny_run))
+    with Server(create_app(Explorer(source, None, cache_dir=tmp_path))) as url:
+        context = browser.new_context(base_url=url, viewport={"width": 1300, "height": 900})
+        page = context.new_page()
+        page.console = Console(page)
+        _open(page)
+        assert "No dataset" in page.text_content("#strip-info")
+        assert "upload" in page.text_content("#maps-meta")
+        assert page.locator("#tab-topk").is_disabled()
+        assert page.locator("#strip li").count() == 0
+        page.set_input_files("#upload-file", files=[{
+            "name": "astronaut.jpg", "mimeType": "image/jpeg", "buffer": _photo("JPEG")}])
+        page.wait_for_selector('#maps[data-layer="conv5"][data-image^="up:"]')
+        page.locator("#maps").focus()
+        page.keyboard.press("ArrowRight")  # the keyboard picks a map too: the first one
+        page.wait_for_selector('#unit-section[data-unit="0"]')
+        page.wait_for_function(LOADED, arg="#unit-figures img")
+        assert page.console.errors == []
+        context.close()
