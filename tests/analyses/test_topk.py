@@ -141,6 +141,48 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
         dist.destroy_process_group()
 
 
+class _FlatAfter(TensorDataset):
+    """`_data(n)` whose items from `bad` on are vectors, not images (an error in mining)."""
+
+    def __init__(self, n: int, bad: int) -> None:
+        super().__init__(*_data(n).tensors)
+        self.bad = bad
+
+    def __getitem__(self, i: int):
+        x, y = super().__getitem__(i)
+        return (x.flatten(), y) if i >= self.bad else (x, y)
+
+
+def _edge_worker(rank: int, world: int, port: int, out: dict) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        # one image for two processes: the first one's shard is empty
+        got = mine_topk_distributed(_model(), _data(1), LAYERS, k=2)
+        out[(rank, "one image")] = {n: t.to_dict() for n, t in got.items()}
+        try:  # the second shard fails: both processes raise, neither waits
+            mine_topk_distributed(_model(), _FlatAfter(6, bad=3), LAYERS, k=2)
+        except ValueError as e:
+            out[(rank, "error")] = str(e)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_empty_shards_and_errors_across_two_processes() -> None:
+    whole = mine_topk(_model(), _data(1), LAYERS, k=2)
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_edge_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+        results = dict(out)
+    for rank in range(2):
+        for name in LAYERS:
+            _same(TopK.from_dict(results[(rank, "one image")][name]), whole[name])
+    assert results[(1, "error")].startswith("items must be images")
+    assert results[(0, "error")] == ("top-k mining stopped: another process failed (its error "
+                                     "is printed above)")
+
+
 def test_two_processes_merge_to_the_one_process_answer() -> None:
     whole = mine_topk(_model(), _data(), LAYERS, k=9)
     with mp.Manager() as manager:

@@ -43,6 +43,10 @@ from zfnet.models import eval_mode, resolve_layer
 _NO_IMAGE = torch.iinfo(torch.int64).max  # sorts after every real index
 
 
+class NoImagesError(ValueError):
+    """The data (or a process's shard of it) held no image to mine."""
+
+
 @dataclass
 class TopK:
     """The k strongest activations of every map of one layer, best first.
@@ -292,7 +296,7 @@ def mine_topk(
     if report is not None:
         report(done, total)
     if not best:
-        raise ValueError("the data held no images to mine")
+        raise NoImagesError("the data held no images to mine")
     return {name: best[name] for name in layers}
 
 
@@ -348,6 +352,9 @@ def mine_topk_distributed(
     """`mine_topk` under torchrun: each process mines its contiguous shard of `dataset`, the
     shards are gathered and merged; every process returns the answer of one process.
 
+    A shard without images (more processes than images, or only broken files) adds nothing.
+    An error in one process is raised there and, as a ValueError (RuntimeError when it was
+    not a user's error) saying so, in every other one: none is left waiting for the others.
     Needs an initialised process group (any backend). Keyword arguments go to `mine_topk`.
     """
     if not dist.is_available() or not dist.is_initialized():
@@ -356,11 +363,29 @@ def mine_topk_distributed(
         raise ValueError("mine_topk_distributed shards a map-style Dataset by index; a stream "
                          "(an IterableDataset) must be split per process by itself")
     rank, world = dist.get_rank(), dist.get_world_size()
-    mine = mine_topk(model, dataset, layers, k,
-                     indices=shard_range(len(dataset), rank, world), **kwargs)
+    failed: Exception | None = None
+    part: dict[str, Any] | str | None = None  # the shard's top-k, None (empty), or an error
+    try:
+        mine = mine_topk(model, dataset, layers, k,
+                         indices=shard_range(len(dataset), rank, world), **kwargs)
+        part = {n: t.to_dict() for n, t in mine.items()}
+    except NoImagesError:
+        part = None
+    except Exception as e:
+        failed = e
+        part = "user" if isinstance(e, (ValueError, OSError)) else "bug"
     gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, {n: t.to_dict() for n, t in mine.items()})
-    return {n: merge_topk(*(TopK.from_dict(g[n]) for g in gathered)) for n in layers}
+    dist.all_gather_object(gathered, part)
+    if failed is not None:
+        raise failed
+    errors = [g for g in gathered if isinstance(g, str)]
+    if errors:
+        error = RuntimeError if "bug" in errors else ValueError
+        raise error("top-k mining stopped: another process failed (its error is printed above)")
+    parts = [g for g in gathered if g is not None]
+    if not parts:
+        raise NoImagesError("the data held no images to mine")
+    return {n: merge_topk(*(TopK.from_dict(g[n]) for g in parts)) for n in layers}
 
 
 def save_topk(result: dict[str, TopK], path: str | Path) -> Path:
