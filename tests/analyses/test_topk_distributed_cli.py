@@ -5,7 +5,6 @@ process, and nothing written twice or printed twice."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import torch
 from click.testing import CliRunner
 
+from tests.processes import process_env
 from zfnet.analyses.topk import load_topk
 from zfnet.cli import main
 
@@ -24,12 +24,6 @@ MINE = ["visualize", "topk", "--images", "32", "--batch-size", "8", "--k", "4",
         "--maps-per-layer", "3", "--device", "cpu"]
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    return env
 
 
 def _files(d: Path) -> dict[str, bytes]:
@@ -47,12 +41,13 @@ def test_two_processes_write_what_one_process_writes(tmp_path) -> None:
     assert res.exit_code == 0, res.output
     args = [*MINE, "--checkpoint", str(run)]
     one = subprocess.run([sys.executable, "-m", "zfnet.cli", *args, "--out", "one"],
-                         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+                         cwd=tmp_path, env=process_env(), capture_output=True, text=True,
+                         timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "-m", "zfnet.cli", *args, "--out", "two"],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+        cwd=tmp_path, env=process_env(), capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     a = load_topk(tmp_path / "one/gallery/topk.pt")
     b = load_topk(tmp_path / "two/gallery/topk.pt")

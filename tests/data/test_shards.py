@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from tests.data.shard_ranks import Recorder, batches_of
+from tests.processes import process_env
 from tests.train.tiny import tiny_config
 from zfnet.cli import main
 from zfnet.data import BrokenImageWarning, collate, load_dataset
@@ -401,12 +402,6 @@ def test_bad_shards_folders_are_named(resized, tmp_path) -> None:
 
 # --- several processes ---
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    return env
 
 
 def test_two_processes_stream_disjoint_parts_of_one_epoch(resized, tmp_path) -> None:
@@ -414,7 +409,7 @@ def test_two_processes_stream_disjoint_parts_of_one_epoch(resized, tmp_path) -> 
     r = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "-m", "tests.data.shard_ranks", str(resized), str(result)],
-        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+        cwd=ROOT, env=process_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     ranks = [json.loads(Path(f"{result}.{k}.json").read_text()) for k in (0, 1)]
     assert [x["world_size"] for x in ranks] == [2, 2]
@@ -442,7 +437,7 @@ def test_two_nodes_meet_at_one_rendezvous_and_train(resized, tmp_path) -> None:
          "zfnet_small", "--model-opt", "conv_widths=16,16,16", "--model-opt", "fc_width=32",
          "--out", str(run), "--epochs", "1", "--batch-size", "8", "--workers", "1",
          "--device", "cpu", "--quiet", "--no-tensorboard"],
-        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, env=process_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for node in (0, 1)]
     try:
         outputs = [p.communicate(timeout=150) for p in procs]

@@ -6,7 +6,6 @@ under torchrun only the first process prints and writes --json."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import torch.multiprocessing as mp
 from click.testing import CliRunner
 from torch.utils.data import Dataset
 
+from tests.processes import process_env
 from tests.train.test_broken_files import CLI, _dataset
 from tests.train.tiny import TinyBundle, tiny_bundle, tiny_config
 from zfnet.cli import main
@@ -120,12 +120,6 @@ def test_two_processes_count_what_one_process_counts(tiny_run) -> None:
                                       "(its error is printed above)")
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    return env
 
 
 def test_torchrun_eval_prints_once_and_matches_one_process(tmp_path) -> None:
@@ -142,7 +136,7 @@ def test_torchrun_eval_prints_once_and_matches_one_process(tmp_path) -> None:
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "-m", "zfnet.cli", "eval", "--checkpoint", str(run), "--device", "cpu",
          "--json", str(tmp_path / "two.json")],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+        cwd=tmp_path, env=process_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     want = json.loads((tmp_path / "one.json").read_text())
     got = json.loads((tmp_path / "two.json").read_text())

@@ -2,7 +2,6 @@
 and gives the weights of one process with the same global batch."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.processes import process_env
 from tests.train.tiny import tiny_bundle, tiny_config
 from zfnet.train import find_last, list_checkpoints, load_model, train
 from zfnet.train.checkpoint import read_train_state
@@ -19,20 +19,13 @@ from zfnet.train.checkpoint import read_train_state
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _env() -> dict[str, str]:
-    # src first: the package of this checkout, not whichever one is installed
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    return env
 
 
 def test_sigterm_saves_and_exits_143(tmp_path) -> None:
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.train.run_tiny", str(out), '{"epochs": 500}'],
-        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT, env=process_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
         deadline = time.monotonic() + 60
@@ -68,7 +61,7 @@ def test_torchrun_two_cpu_processes_match_one(tmp_path) -> None:
     r = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "-m", "tests.train.run_tiny", str(ddp_out), json.dumps(opts)],
-        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120,
+        cwd=ROOT, env=process_env(), capture_output=True, text=True, timeout=120,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     summaries = [json.loads((tmp_path / f"ddp.summary{rank}.json").read_text())
