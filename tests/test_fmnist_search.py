@@ -94,6 +94,6 @@ def test_epochs_times_each_line_and_writes_them(tmp_path) -> None:
     assert [line.split(":")[0] for line in lines] == ["small", "big", "small_seed1"]
     assert "--epochs 99" not in lines[0] and "--lr 0.05" in lines[0]
     small, big, small_again = (float(line.rsplit("--epochs ", 1)[1]) for line in lines)
-    assert small > big > 0  # the narrower model fits more epochs
+    assert small > 0 and big > 0  # which fits more is a timing: not asserted (load decides)
     assert small_again == small  # one model, one timing
     assert "2 distinct models timed" in p.stdout

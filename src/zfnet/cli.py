@@ -383,6 +383,9 @@ _LOADER = click.option(
                    "bf16, else off).")
 @click.option("--channels-last/--no-channels-last", default=None,
               help="channels_last memory format (default on).")
+@click.option("--compile/--no-compile", "compile", default=None,
+              help="torch.compile the training step (default off: faster on a GPU, slower "
+                   "on a small CPU; the first steps take the compilation).")
 @_WORKERS
 @_LOADER
 @click.option("--time-budget", callback=_duration, metavar="DURATION",
@@ -455,7 +458,8 @@ def train_cmd(**opts) -> None:
 @click.option("--ten-crop", is_flag=True, help="Average the softmax of the paper's 10 crops.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False),
               help="Write every result (per-class accuracy, confusion matrix) to this file.")
-@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True,
+              help="Images per batch in each process.")
 @click.option("--device", default="auto", show_default=True, callback=_device,
               help="auto (cuda if available), cpu, cuda, cuda:N.")
 @_WORKERS
@@ -469,22 +473,32 @@ def train_cmd(**opts) -> None:
 @click.option("--strict", is_flag=True,
               help="Stop at the first broken image file with an error naming it (default: "
                    "skip it with a warning and count it).")
+@click.option("--compile", "compile", is_flag=True,
+              help="torch.compile the model (faster on a GPU over a large split, slower on a "
+                   "small CPU; off by default).")
 def eval_cmd(checkpoint: str, data: str | None, ten_crop: bool, json_out: str | None,
              batch_size: int, device: str, workers: int | str | None, loader: str | None,
-             amp: str, live_weights: bool, strict: bool) -> None:
-    """Top-1 / top-5 error, per-class accuracy and confusion matrix on the validation split."""
+             amp: str, live_weights: bool, strict: bool, compile: bool) -> None:
+    """Top-1 / top-5 error, per-class accuracy and confusion matrix on the validation split.
+
+    Many processes: `torchrun --nproc-per-node N -m zfnet.cli eval ...` scores a share of the
+    split in each and adds up the counts; the first process prints and writes --json."""
     import json
     from pathlib import Path
 
     from zfnet.train import evaluate_checkpoint
+    from zfnet.train.distributed import processes
 
     if json_out and not Path(json_out).resolve().parent.is_dir():
         raise click.BadParameter(f"the folder of {json_out} does not exist",
                                  param_hint="--json")
-    r = evaluate_checkpoint(checkpoint, data, ten_crop, batch_size=batch_size,
-                            device=device, workers=workers if workers is not None else "auto",
-                            loader=loader or "auto", amp=amp,
-                            live_weights=live_weights, strict=strict)
+    with processes(device) as info:
+        r = evaluate_checkpoint(checkpoint, data, ten_crop, batch_size=batch_size,
+                                workers=workers if workers is not None else "auto",
+                                loader=loader or "auto", amp=amp, live_weights=live_weights,
+                                strict=strict, compile=compile, info=info)
+    if not info.is_main:
+        return
     crops = "10 crops" if ten_crop else "centre crop"
     skipped = f" ({r['skipped']} broken files skipped)" if r["skipped"] else ""
     click.echo(f"{r['model']} (epoch {r['epoch']}) on {r['data']}, {r['n']} images{skipped}, "
@@ -574,10 +588,13 @@ _CKPT = click.option("--checkpoint", required=True, type=click.Path(exists=True)
 
 
 def _model_and_data(options: ModelOptions, data: str | None = None, *, need_data: bool = True,
-                    ten_crop: bool = False, strict: bool = False):
+                    ten_crop: bool = False, strict: bool = False, device=None,
+                    notes: bool = True):
     """(Source, DataBundle or None) for a command: the model `options` name, loaded once, with
     its preprocessing (the notes on how — random init, default preprocessing — go to stderr),
-    and `data` (default: the run's dataset) as that model's inputs."""
+    and `data` (default: the run's dataset) as that model's inputs. `device`: where the model
+    goes instead of `options.device` (a torchrun process's own); `notes` False: not shown
+    (torchrun's other processes)."""
     from zfnet.sources import load_data, load_source
     from zfnet.train.distributed import resolve_device
 
@@ -589,8 +606,8 @@ def _model_and_data(options: ModelOptions, data: str | None = None, *, need_data
     source = load_source(options.model or options.checkpoint, options.weights,
                          **_unit_stats(options.mean, options.std),
                          resize=options.resize, crop=options.crop,
-                         device=resolve_device(options.device))
-    for note in source.meta.get("notes", []):
+                         device=device or resolve_device(options.device))
+    for note in source.meta.get("notes", []) if notes else ():
         click.echo(note, err=True)
     if not need_data:
         return source, None
@@ -692,16 +709,25 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
              layers: tuple[str, ...] | None, layers_alias: tuple[str, ...] | None, k: int,
              maps_per_layer: int, map_rule: str, rule: str, images: int | None) -> None:
     """Fig. 2: the k strongest activations of feature maps over a dataset (or a folder of your
-    images: --data images:DIR), projected to pixels beside their image patches."""
+    images: --data images:DIR), projected to pixels beside their image patches.
+
+    Many processes: `torchrun --nproc-per-node N -m zfnet.cli visualize topk ...` mines a
+    share of the images in each and merges them (the answer of one process); the first
+    process projects and writes the gallery."""
     from zfnet import pipeline
+    from zfnet.train.distributed import processes
 
     names = (*(layers or ()), *(layers_alias or ())) or None
-    source, bundle = _model_and_data(model_options, data)
-    names = _layers(source.model, names)
-    pipeline.gallery(source.model, bundle, out, k=k, n_images=images or len(bundle.val),
-                     n_maps=maps_per_layer, layers=list(names) if names else None, rule=rule,
-                     map_rule=map_rule, batch_size=model_options.batch_size)
-    _finish(out)
+    with processes(model_options.device) as info:
+        source, bundle = _model_and_data(model_options, data, device=info.device,
+                                         notes=info.is_main)
+        names = _layers(source.model, names)
+        pipeline.gallery(source.model, bundle, out, k=k, n_images=images or len(bundle.val),
+                         n_maps=maps_per_layer, layers=list(names) if names else None,
+                         rule=rule, map_rule=map_rule, batch_size=model_options.batch_size,
+                         distributed=info.enabled)
+    if info.is_main:
+        _finish(out)
 
 
 @main.command("atlas", short_help="A static site: each unit's top-k projections and evolution")

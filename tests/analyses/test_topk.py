@@ -10,7 +10,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import (
+    DataLoader,
+    DistributedSampler,
+    IterableDataset,
+    TensorDataset,
+    get_worker_info,
+)
 
 import zfnet
 from zfnet.analyses.topk import (
@@ -135,6 +141,48 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
         dist.destroy_process_group()
 
 
+class _FlatAfter(TensorDataset):
+    """`_data(n)` whose items from `bad` on are vectors, not images (an error in mining)."""
+
+    def __init__(self, n: int, bad: int) -> None:
+        super().__init__(*_data(n).tensors)
+        self.bad = bad
+
+    def __getitem__(self, i: int):
+        x, y = super().__getitem__(i)
+        return (x.flatten(), y) if i >= self.bad else (x, y)
+
+
+def _edge_worker(rank: int, world: int, port: int, out: dict) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        # one image for two processes: the first one's shard is empty
+        got = mine_topk_distributed(_model(), _data(1), LAYERS, k=2)
+        out[(rank, "one image")] = {n: t.to_dict() for n, t in got.items()}
+        try:  # the second shard fails: both processes raise, neither waits
+            mine_topk_distributed(_model(), _FlatAfter(6, bad=3), LAYERS, k=2)
+        except ValueError as e:
+            out[(rank, "error")] = str(e)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_empty_shards_and_errors_across_two_processes() -> None:
+    whole = mine_topk(_model(), _data(1), LAYERS, k=2)
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_edge_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+        results = dict(out)
+    for rank in range(2):
+        for name in LAYERS:
+            _same(TopK.from_dict(results[(rank, "one image")][name]), whole[name])
+    assert results[(1, "error")].startswith("items must be images")
+    assert results[(0, "error")] == ("top-k mining stopped: another process failed (its error "
+                                     "is printed above)")
+
+
 def test_two_processes_merge_to_the_one_process_answer() -> None:
     whole = mine_topk(_model(), _data(), LAYERS, k=9)
     with mp.Manager() as manager:
@@ -227,3 +275,39 @@ def test_progress_callback_counts_images_and_can_stop_the_mining() -> None:
     with pytest.raises(Stop):
         mine_topk(model, data, ["conv1"], k=2, batch_size=5, progress=stop)
     assert not any(m._forward_hooks for m in model.modules())  # no hook left behind
+
+
+# --- streams (an IterableDataset of any length) ----------------------------------------------
+
+class _Stream(IterableDataset):
+    """`_data()`'s items as a stream, every `broken`-th item unreadable (None); split between
+    DataLoader workers item by item, so that the loader yields them in their order."""
+
+    def __init__(self, broken: int = 0) -> None:
+        self.data, self.broken = _data(), broken
+
+    def __iter__(self):
+        info = get_worker_info()
+        wid, n = (info.id, info.num_workers) if info else (0, 1)
+        for i in range(wid, len(self.data), n):
+            yield None if self.broken and i % self.broken == 0 else self.data[i]
+
+
+def test_a_stream_is_numbered_by_position_and_mines_like_a_dataset() -> None:
+    model = _model()
+    whole = mine_topk(model, _data(), LAYERS, k=9, batch_size=5)
+    seen: list[tuple[int, int | None]] = []
+    got = mine_topk(model, _Stream(), LAYERS, k=9, batch_size=5,
+                    progress=lambda d, t: seen.append((d, t)))
+    for name in LAYERS:
+        _same(got[name], whole[name])
+    assert seen == [(0, None), (5, None), (10, None), (15, None), (20, None), (23, None)]
+    # two workers (batches alternate between them) and broken items: positions are kept
+    loader = DataLoader(_Stream(broken=4), batch_size=1, num_workers=2)
+    got = mine_topk(model, loader, LAYERS, k=9)
+    keep = [i for i in range(23) if i % 4]
+    part = mine_topk(model, _data(), LAYERS, k=9, indices=keep)
+    for name in LAYERS:
+        _same(got[name], part[name])
+    with pytest.raises(ValueError, match="cannot pick items of a stream"):
+        mine_topk(model, _Stream(), LAYERS, indices=[0, 1])

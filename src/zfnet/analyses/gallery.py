@@ -43,7 +43,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from zfnet.analyses.topk import TopK, mine_topk, save_topk
+from zfnet.analyses.topk import TopK, mine_topk, mine_topk_distributed, save_topk
 from zfnet.deconvnet import Seeds, project_layers, windowed
 from zfnet.display import CAPTION as DISPLAY_CAPTION
 from zfnet.display import projection_to_uint8
@@ -308,6 +308,7 @@ def run_topk_gallery(
     device: str | torch.device | None = None,
     progress: bool = False,
     pixel_scale: Tensor | None = None,
+    distributed: bool = False,
 ) -> GalleryResult:
     """The whole Fig. 2 job: mine the top-k of `layers` over `dataset`, project them, write
     `out_dir/topk.pt`, one `out_dir/topk_<layer>.png` per layer, and the report section
@@ -319,8 +320,16 @@ def run_topk_gallery(
     Any layer of any model (see the module doc for the windows shown). pixel_scale: (C,)
     model-input units -> the image's pixel units (`Preprocessing.pixel_scale`, a model whose
     inputs are divided by a std), applied to the projections kept and drawn.
+
+    distributed: every process of the initialised process group (torchrun) calls this; each
+    mines its contiguous shard of `dataset` and the shards are merged
+    (`zfnet.analyses.topk.mine_topk_distributed`, the answer of one process); then the first
+    process alone projects and writes everything. The others write nothing and return the
+    merged top-k only (no maps, projections or files).
     """
     check_rule(rule)  # before mining
+    if map_rule not in MAP_RULES:
+        raise ValueError(f"map_rule={map_rule!r} is not known; valid: {', '.join(MAP_RULES)}")
     shape = tuple(_item_image(dataset, 0).shape)
     size = (int(shape[-2]), int(shape[-1]))
     defaults = default_layers(model, size)  # one geometry pass: also says which layer is first
@@ -331,10 +340,19 @@ def run_topk_gallery(
         rel_dir = out_dir.resolve().relative_to(run_dir.resolve())
     except ValueError:
         raise ValueError(f"out_dir {out_dir} must lie inside run_dir {run_dir}") from None
+    for d in (run_dir, out_dir):  # found out before the long part, the mining
+        if d.exists() and not d.is_dir():
+            raise NotADirectoryError(f"{d} is a file, not a directory for the gallery")
     if topk is None or any(name not in topk for name in layers):
-        topk = mine_topk(model, dataset, layers, k, batch_size=batch_size, device=device,
-                         progress=progress)
+        if distributed:
+            topk = mine_topk_distributed(model, dataset, layers, k, batch_size=batch_size,
+                                         device=device, progress=progress and _rank() == 0)
+        else:
+            topk = mine_topk(model, dataset, layers, k, batch_size=batch_size, device=device,
+                             progress=progress)
     topk = {name: topk[name] for name in layers}
+    if distributed and _rank() != 0:
+        return GalleryResult(topk=topk, maps={}, projections={})
     save_topk(topk, out_dir / "topk.pt")
     show = display_image or default_display(dataset)
     geos = layer_geometries(model, layers, size)
@@ -386,6 +404,13 @@ def run_topk_gallery(
         order=30,
     ))
     return result
+
+
+def _rank() -> int:
+    """This process's rank in the initialised process group (0 without one)."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def topk_patches(topk: TopK, maps: Sequence[int], geo: LayerGeometry | None,

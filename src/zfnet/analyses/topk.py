@@ -19,7 +19,7 @@ rounding by which a convolution's result depends on its batch size.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +28,23 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    IterableDataset,
+    SequentialSampler,
+)
 
 from zfnet.activations import capture
 from zfnet.deconvnet import feature_chain
 from zfnet.models import eval_mode, resolve_layer
 
 _NO_IMAGE = torch.iinfo(torch.int64).max  # sorts after every real index
+
+
+class NoImagesError(ValueError):
+    """The data (or a process's shard of it) held no image to mine."""
 
 
 @dataclass
@@ -100,7 +110,8 @@ def _keep_best(values: Tensor, index: Tensor, row: Tensor, col: Tensor, k: int):
         index = index.masked_fill(repeat, -1)
         last = torch.argsort(repeat.to(torch.uint8), dim=1, stable=True)  # repeats to the end
         values, index, row, col = (t.gather(1, last) for t in (values, index, row, col))
-    return tuple(t[:, :k] for t in (values, index, row, col))
+    # copies, not views: a view would keep (and torch.save would write) all m columns
+    return tuple(t[:, :k].contiguous() for t in (values, index, row, col))
 
 
 def merge_topk(*parts: TopK) -> TopK:
@@ -160,9 +171,45 @@ def _loader(data: Dataset | DataLoader, indices: Iterable[int] | None, batch_siz
         batch_size = data.batch_size or batch_size
         num_workers = data.num_workers
         data = data.dataset
-    idx = list(range(len(data))) if indices is None else [int(i) for i in indices]
+    # A range stays a range: nothing held per image, however long the dataset.
+    if indices is None:
+        idx: Sequence[int] = range(len(data))
+    elif isinstance(indices, range):
+        idx = indices
+    else:
+        idx = [int(i) for i in indices]
     return DataLoader(_Indexed(data, idx), batch_size=batch_size, shuffle=False,
                       num_workers=num_workers, collate_fn=_collate, pin_memory=pin)
+
+
+def _is_stream(data: Dataset | DataLoader) -> bool:
+    """An IterableDataset (or a DataLoader of one): items come in order, without indices."""
+    return isinstance(data.dataset if isinstance(data, DataLoader) else data, IterableDataset)
+
+
+def _stream_loader(data: IterableDataset | DataLoader, batch_size: int, num_workers: int,
+                   pin: bool) -> DataLoader:
+    """Batches (positions within the batch, images, items in the batch) of a stream; broken
+    items (None) are dropped but still counted, so that positions stay those of the stream."""
+    if isinstance(data, DataLoader):
+        batch_size = data.batch_size or batch_size
+        num_workers = data.num_workers
+        data = data.dataset  # type: ignore[assignment]
+    return DataLoader(data, batch_size=batch_size, num_workers=num_workers,
+                      collate_fn=_collate_stream, pin_memory=pin)
+
+
+def _collate_stream(batch: list[Any]) -> tuple[Tensor, Tensor, int]:
+    idx, x = _collate(list(enumerate(batch)))
+    return idx, x, len(batch)
+
+
+def _numbered(loader: DataLoader) -> Iterator[tuple[Tensor, Tensor]]:
+    """(stream positions, images) of each batch of `_stream_loader`."""
+    start = 0
+    for idx, x, n in loader:
+        yield idx + start, x
+        start += n
 
 
 def mine_topk(
@@ -175,17 +222,21 @@ def mine_topk(
     batch_size: int = 64,
     num_workers: int = 0,
     device: str | torch.device | None = None,
-    progress: bool | Callable[[int, int], None] = False,
+    progress: bool | Callable[[int, int | None], None] = False,
 ) -> dict[str, TopK]:
     """Stream `data` through `model` once; for every map of each of `layers`, the k strongest
     activations over the data (paper Fig. 2). Returns {layer: TopK}.
 
     data: a Dataset of (x, y) or x items, x (C, H, W) a model input; or a DataLoader (its
     dataset, batch size, workers and sampler order are used). indices: mine only these
-    dataset items (a shard). Layers: any of the model's, named as `zfnet.models.resolve_layer`
-    takes them (see the module doc for how they are read). progress: True for a progress bar
-    on stderr, or a callable (done, total) called after each batch with the images done so far;
-    an exception it raises (a cancelled job) stops the mining.
+    dataset items (a shard). A stream (an IterableDataset, or a DataLoader of one) is mined as
+    it comes, of any length; its items are numbered by their position in it (the order the
+    DataLoader yields them, workers included), and `indices` cannot pick from it. Memory does
+    not grow with the number of images. Layers: any of the model's, named as
+    `zfnet.models.resolve_layer` takes them (see the module doc for how they are read).
+    progress: True for a progress bar on stderr, or a callable (done, total) called after each
+    batch with the images done so far (total None for a stream); an exception it raises (a
+    cancelled job) stops the mining.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -196,27 +247,38 @@ def mine_topk(
     dev = torch.device(device) if device is not None else (p0.device if p0 is not None
                                                            else torch.device("cpu"))
     dtype = p0.dtype if p0 is not None else torch.float32
-    loader = _loader(data, indices, batch_size, num_workers, dev.type == "cuda")
+    pin = dev.type == "cuda"
+    batches: Iterable[tuple[Tensor, Tensor]]
+    if _is_stream(data):
+        if indices is not None:
+            raise ValueError("indices cannot pick items of a stream (an IterableDataset); "
+                             "mine it whole, or pass a map-style Dataset")
+        loader = _stream_loader(data, batch_size, num_workers, pin)  # type: ignore[arg-type]
+        batches, total = _numbered(loader), None
+    else:
+        loader = _loader(data, indices, batch_size, num_workers, pin)
+        batches, total = loader, len(loader.dataset)  # type: ignore[arg-type]
     best: dict[str, TopK] = {}
-    it = loader
+    it = batches
     report = progress if callable(progress) else None
-    total, done = len(loader.dataset), 0  # type: ignore[arg-type]
+    done = 0
     if progress is True:
         from tqdm import tqdm
 
-        it = tqdm(loader, desc="top-k mining", unit="batch")
+        it = tqdm(batches, desc="top-k mining", unit="batch",
+                  total=None if total is None else len(loader))
     with eval_mode(model), torch.inference_mode(), ExitStack() as stack:
         # off the chain: one pass of the whole model per batch, every layer read by a hook
         store = stack.enter_context(capture(model, list(layers))) if chain is None else None
         for idx, x in it:
-            if x.ndim != 4:
-                raise ValueError(f"items must be images (C, H, W); got a batch of {tuple(x.shape)}"
-                                 " (ten-crop data? mine the centre crops)")
             if report is not None:
                 report(done, total)  # before the batch: a cancelled job stops here
             done += len(idx)
-            if not idx.numel():
+            if not idx.numel():  # only broken files
                 continue
+            if x.ndim != 4:
+                raise ValueError(f"items must be images (C, H, W); got a batch of {tuple(x.shape)}"
+                                 " (ten-crop data? mine the centre crops)")
             x = x.to(dev, dtype, non_blocking=True)
             if chain is None:
                 model(x)
@@ -234,7 +296,7 @@ def mine_topk(
     if report is not None:
         report(done, total)
     if not best:
-        raise ValueError("the data held no images to mine")
+        raise NoImagesError("the data held no images to mine")
     return {name: best[name] for name in layers}
 
 
@@ -290,16 +352,40 @@ def mine_topk_distributed(
     """`mine_topk` under torchrun: each process mines its contiguous shard of `dataset`, the
     shards are gathered and merged; every process returns the answer of one process.
 
+    A shard without images (more processes than images, or only broken files) adds nothing.
+    An error in one process is raised there and, as a ValueError (RuntimeError when it was
+    not a user's error) saying so, in every other one: none is left waiting for the others.
     Needs an initialised process group (any backend). Keyword arguments go to `mine_topk`.
     """
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError("mine_topk_distributed needs torch.distributed.init_process_group()")
+    if _is_stream(dataset):
+        raise ValueError("mine_topk_distributed shards a map-style Dataset by index; a stream "
+                         "(an IterableDataset) must be split per process by itself")
     rank, world = dist.get_rank(), dist.get_world_size()
-    mine = mine_topk(model, dataset, layers, k,
-                     indices=shard_range(len(dataset), rank, world), **kwargs)
+    failed: Exception | None = None
+    part: dict[str, Any] | str | None = None  # the shard's top-k, None (empty), or an error
+    try:
+        mine = mine_topk(model, dataset, layers, k,
+                         indices=shard_range(len(dataset), rank, world), **kwargs)
+        part = {n: t.to_dict() for n, t in mine.items()}
+    except NoImagesError:
+        part = None
+    except Exception as e:
+        failed = e
+        part = "user" if isinstance(e, (ValueError, OSError)) else "bug"
     gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, {n: t.to_dict() for n, t in mine.items()})
-    return {n: merge_topk(*(TopK.from_dict(g[n]) for g in gathered)) for n in layers}
+    dist.all_gather_object(gathered, part)
+    if failed is not None:
+        raise failed
+    errors = [g for g in gathered if isinstance(g, str)]
+    if errors:
+        error = RuntimeError if "bug" in errors else ValueError
+        raise error("top-k mining stopped: another process failed (its error is printed above)")
+    parts = [g for g in gathered if g is not None]
+    if not parts:
+        raise NoImagesError("the data held no images to mine")
+    return {n: merge_topk(*(TopK.from_dict(g[n]) for g in parts)) for n in layers}
 
 
 def save_topk(result: dict[str, TopK], path: str | Path) -> Path:

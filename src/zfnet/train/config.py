@@ -68,6 +68,9 @@ class TrainConfig:
     # "off", "bf16", "fp16" (CUDA only) force it.
     amp: str = "auto"
     channels_last: bool = True
+    # torch.compile the training step (zfnet.train.compiled); checkpoints are the same either
+    # way, so it may change on --resume
+    compile: bool = False
     # DataLoader worker processes per training process: "auto" = on CUDA the cores of this
     # process's share less one, on a CPU 0 (zfnet.data.loaders)
     workers: int | str = "auto"

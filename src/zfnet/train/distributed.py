@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,9 +75,13 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
 
 def setup(device: str = "auto") -> DistInfo:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR…),
-    or describe a single process. nccl when this process uses a GPU, gloo otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    or describe a single process. nccl when this process uses a GPU, gloo otherwise. A group
+    joined already (by the caller) is used as it is."""
+    if dist.is_available() and dist.is_initialized():
+        world, rank = dist.get_world_size(), dist.get_rank()
+    else:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
     if world > 1 and not dist.is_initialized():
@@ -90,6 +95,20 @@ def teardown(info: DistInfo) -> None:
     """Leave the process group joined by `setup`."""
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def processes(device: str = "auto") -> Iterator[DistInfo]:
+    """`setup` for the length of a `with` block: a dataset-wide stage (`zfnet eval`, top-k
+    mining) across the processes torchrun started, or one process without torchrun. Leaves a
+    process group that was joined before it (by the caller) as it found it."""
+    joined_before = dist.is_available() and dist.is_initialized()
+    info = setup(device)
+    try:
+        yield info
+    finally:
+        if not joined_before:
+            teardown(info)
 
 
 def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from zfnet.data.loaders import (
     as_inputs,
@@ -18,6 +18,7 @@ from zfnet.data.loaders import (
     resolve_workers,
 )
 from zfnet.train.checkpoint import load_model, read_train_state
+from zfnet.train.compiled import check_compile, compile_model
 from zfnet.train.distributed import DistInfo, resolve_device
 from zfnet.train.metrics import per_class_accuracy
 from zfnet.train.recipe import amp_dtype_for, evaluate
@@ -36,7 +37,9 @@ def evaluate_checkpoint(
     channels_last: bool = True,
     live_weights: bool = False,
     strict: bool = False,
+    compile: bool = False,
     bundle: Any = None,
+    info: DistInfo | None = None,
 ) -> dict[str, Any]:
     """Evaluate the checkpoint at `path` (run dir, checkpoint dir or weights file) on the
     validation split of dataset `spec` (None: the dataset the model was trained on).
@@ -49,13 +52,25 @@ def evaluate_checkpoint(
     defaults are the trainer's; "off" scores in float32). `live_weights`: for a run trained with
     `--ema`, score the live weights instead of their average (which the checkpoint's
     model.safetensors holds). `strict`: a broken image file raises `BadImageError` naming it,
-    instead of being skipped with a warning and counted. `bundle` may be given instead of
-    loading `spec`. Returns a JSON-ready dict: checkpoint, model, epoch, data, ten_crop, amp,
-    live_weights, n (images scored), skipped (broken files left out), loss, top1_error,
-    top5_error, class_names, per_class_accuracy ({name: accuracy}), confusion_matrix (rows: true
-    class, columns: predicted).
+    instead of being skipped with a warning and counted. `compile`: score with the
+    `torch.compile`d model (`zfnet.train.compiled`). `bundle` may be given instead of loading
+    `spec`.
+
+    Several processes (`info` from `zfnet.train.distributed.processes`, under torchrun; its
+    device replaces `device`): process r of w scores val items r, r + w, r + 2w, … (each item
+    once, no padding), and the counts, the confusion matrix, the loss and the broken files are
+    summed over the processes; every process returns the figures of the whole split, the same
+    counts and confusion matrix as one process (the loss up to float rounding).
+
+    Returns a JSON-ready dict: checkpoint, model, epoch, data, ten_crop, amp, live_weights,
+    n (images scored), skipped (broken files left out), loss, top1_error, top5_error,
+    class_names, per_class_accuracy ({name: accuracy}), confusion_matrix (rows: true class,
+    columns: predicted).
     """
-    dev = resolve_device(device)
+    info = info or DistInfo(0, 1, 0, resolve_device(device))
+    dev = info.device
+    if compile:
+        check_compile(dev)
     model, meta = load_model(path, device=dev)
     if live_weights:
         if not meta.get("train_config", {}).get("ema"):
@@ -80,14 +95,19 @@ def evaluate_checkpoint(
         )
     val = formed(bundle.val, item_form(loader_kind(loader, bundle.val, dev, spec=spec),
                                        bundle.val))
-    batches = as_inputs(DataLoader(val, batch_size=batch_size, shuffle=False,
+    share = val
+    if info.enabled:  # a strided share, as training's validation: no item twice, none padded
+        share = Subset(val, range(info.rank, len(val), info.world_size))
+    batches = as_inputs(DataLoader(share, batch_size=batch_size, shuffle=False,
                                    num_workers=resolve_workers(workers, dev),
                                    collate_fn=collate_for(val), pin_memory=dev.type == "cuda"),
                         val, dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    r = evaluate(model, batches, bundle.num_classes, DistInfo(0, 1, 0, dev),
-                 amp_dtype_for(amp, dev), channels_last)
+    if compile:
+        model = compile_model(model)
+    r = evaluate(model, batches, bundle.num_classes, info, amp_dtype_for(amp, dev),
+                 channels_last)
     cm: torch.Tensor = r["confusion"]
     names = list(bundle.class_names)
     return {

@@ -361,11 +361,47 @@ def evaluate(
     processes). Batches of (N, C, S, S) are centre crops; (N, 10, C, S, S) are the paper's ten
     crops, whose softmax outputs are averaged (Sec. 3 / Table 2). Broken files (dropped by
     `collate`; a batch of only broken files has 0 items) are left out of every figure and
-    counted in `skipped` (None when the loader's length is unknown)."""
+    counted in `skipped` (None when the loader's length is unknown).
+
+    Several processes: each scores its own part of the data (`loader`), and the sums are
+    added once at the end; an error in one process (a broken file with `strict`) stops every
+    process there with an error, instead of leaving the others waiting for it."""
     info = info or ddp.DistInfo(0, 1, 0, next(model.parameters()).device)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
     sums = torch.zeros(4, dtype=torch.float64)  # loss, top1 correct, top5 correct, n
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64)
+    failed: Exception | None = None
+    try:
+        _score(model, loader, info, amp_dtype, channels_last, sums, confusion)
+    except Exception as e:
+        if not info.enabled:
+            raise
+        failed = e  # reported to the others through the sums below, then raised
+    sampled = _length(getattr(loader, "sampler", None))
+    user_error = isinstance(failed, (ValueError, OSError))
+    totals = ddp.all_reduce_sum([float(user_error), float(failed is not None and not user_error)]
+                                + sums.tolist() + [float(sampled or 0)]
+                                + confusion.flatten().tolist(), info)
+    if failed is not None:
+        raise failed
+    if totals[0] or totals[1]:
+        error = ValueError if not totals[1] else RuntimeError
+        raise error("evaluation stopped: another process failed (its error is printed above)")
+    loss, c1, c5, n, expected = totals[2:7]
+    cm = torch.tensor(totals[7:], dtype=torch.float64).view(num_classes, num_classes).long()
+    if n == 0:
+        raise ValueError("the evaluation set is empty" if not expected else
+                         f"every one of the {int(expected)} evaluation images is a broken file")
+    return {"loss": loss / n, "top1_error": 1 - c1 / n, "top5_error": 1 - c5 / n, "n": int(n),
+            "skipped": None if sampled is None else int(expected - n), "confusion": cm}
+
+
+def _score(model: nn.Module, loader: DataLoader, info: ddp.DistInfo,
+           amp_dtype: torch.dtype | None, channels_last: bool, sums: torch.Tensor,
+           confusion: torch.Tensor) -> None:
+    """`evaluate`'s pass over this process's data: adds to `sums` (loss, top-1 correct, top-5
+    correct, n) and `confusion` in place."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    num_classes = confusion.shape[0]
     with eval_mode(model):  # the caller's train/eval flags come back as they were
         for x, y in loader:
             if y.shape[0] == 0:  # only broken files: nothing to score
@@ -384,16 +420,6 @@ def evaluate(
                 float(y.shape[0]),
             ], dtype=torch.float64)
             confusion += confusion_matrix(probs.argmax(1), y, num_classes)
-    sampled = _length(getattr(loader, "sampler", None))
-    totals = ddp.all_reduce_sum(sums.tolist() + [float(sampled or 0)]
-                                + confusion.flatten().tolist(), info)
-    loss, c1, c5, n, expected = totals[:5]
-    cm = torch.tensor(totals[5:], dtype=torch.float64).view(num_classes, num_classes).long()
-    if n == 0:
-        raise ValueError("the evaluation set is empty" if not expected else
-                         f"every one of the {int(expected)} evaluation images is a broken file")
-    return {"loss": loss / n, "top1_error": 1 - c1 / n, "top5_error": 1 - c5 / n, "n": int(n),
-            "skipped": None if sampled is None else int(expected - n), "confusion": cm}
 
 
 def _length(sampler: Any) -> int | None:

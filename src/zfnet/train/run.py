@@ -36,6 +36,7 @@ from zfnet.models import eval_mode
 from zfnet.train import checkpoint as ckpt
 from zfnet.train import distributed as ddp
 from zfnet.train.budget import Plan
+from zfnet.train.compiled import check_compile, compile_model
 from zfnet.train.config import IDENTITY_FIELDS, TrainConfig
 from zfnet.train.ema import make_ema
 from zfnet.train.recipe import (
@@ -90,7 +91,7 @@ class Run:
     info: ddp.DistInfo
     bundle: Any  # a zfnet.data.DataBundle, or anything with its fields
     say: Callable[[str], None]  # a line for the log (the main process's, with --progress)
-    model: nn.Module  # what trains: `bare`, or its DDP wrapper
+    model: nn.Module  # what trains: `bare`, or its DDP wrapper; compiled with --compile
     bare: nn.Module
     ema: AveragedModel | None
     optimizer: torch.optim.Optimizer
@@ -134,6 +135,8 @@ def build_run(config: TrainConfig, info: ddp.DistInfo, bundle: Any = None) -> Ru
 
         bundle = load_dataset(config.data, strict=config.strict, cache_dir=config.data_cache)
     amp_dtype = amp_dtype_for(config.amp, info.device)
+    if config.compile:
+        check_compile(info.device)
     bare = build_model(config, bundle)
     torch.manual_seed(config.seed + info.rank)  # distinct dropout masks per process
     state = ckpt.read_train_state(resume_from, meta) if resume_from is not None else None
@@ -256,7 +259,8 @@ def _place(
     state: dict[str, Any] | None,
 ) -> tuple[nn.Module, nn.Module, AveragedModel | None]:
     """The model with a resumed run's weights, on the device, its weight average (`--ema`)
-    and its DDP wrapper: (what trains, the model itself, the average or None)."""
+    and its DDP wrapper, compiled with `--compile`: (what trains, the model itself, the average
+    or None)."""
     if state is not None:
         if config.ema:  # model.safetensors holds the average; the live weights are kept here
             bare.load_state_dict(state["live_weights"])
@@ -274,6 +278,8 @@ def _place(
         model = nn.parallel.DistributedDataParallel(
             bare, device_ids=[dev.index] if dev.type == "cuda" else None
         )
+    if config.compile:  # after DDP (zfnet.train.compiled); `bare` stays what is saved
+        model = compile_model(model)
     return model, bare, ema
 
 

@@ -1,0 +1,75 @@
+"""`torchrun -m zfnet.cli visualize topk`: two gloo processes mine a shard each, the first writes
+the gallery; the same top-k (images, positions and values) and the same PNG bytes as one
+process, and nothing written twice or printed twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from click.testing import CliRunner
+
+from zfnet.analyses.topk import load_topk
+from zfnet.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = "synthetic?n_train=64&n_val=32&size=32"
+# 32 images in batches of 8: each process's shard (16 images) is two of one process's batches,
+# so every convolution runs on the same batches and the values agree to the last bit.
+MINE = ["visualize", "topk", "--images", "32", "--batch-size", "8", "--k", "4",
+        "--maps-per-layer", "3", "--device", "cpu"]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    return env
+
+
+def _files(d: Path) -> dict[str, bytes]:
+    """Every file under `d` but the report page (which names its directory) and topk.pt (whose
+    bytes hold a random serialization id; compared by content)."""
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*"))
+            if p.is_file() and p.name not in ("index.html", "topk.pt")}
+
+
+def test_two_processes_write_what_one_process_writes(tmp_path) -> None:
+    run = tmp_path / "run"
+    res = CliRunner().invoke(main, ["train", "--data", DATA, "--model", "zfnet_small",
+                                    "--out", str(run), "--epochs", "1", "--batch-size", "32",
+                                    "--keep-epochs", "1", "--quiet", "--no-tensorboard"])
+    assert res.exit_code == 0, res.output
+    args = [*MINE, "--checkpoint", str(run)]
+    one = subprocess.run([sys.executable, "-m", "zfnet.cli", *args, "--out", "one"],
+                         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "zfnet.cli", *args, "--out", "two"],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = load_topk(tmp_path / "one/gallery/topk.pt")
+    b = load_topk(tmp_path / "two/gallery/topk.pt")
+    assert list(a) == list(b) == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    for name in a:
+        for f in ("values", "index", "row", "col"):
+            assert torch.equal(getattr(a[name], f), getattr(b[name], f)), (name, f)
+        # both shards contributed: images from each half of the 32
+        assert (a[name].index < 16).any() and (a[name].index >= 16).any()
+    one_files, two_files = _files(tmp_path / "one"), _files(tmp_path / "two")
+    assert sorted(one_files) == sorted(two_files)
+    assert sorted(p.name for p in (tmp_path / "two").rglob("*") if p.is_file()) == sorted(
+        p.name for p in (tmp_path / "one").rglob("*") if p.is_file())
+    assert sum(n.endswith(".png") for n in one_files) == 5
+    for name, data in one_files.items():
+        assert two_files[name] == data, name  # the PNGs, the section
+    section = json.loads(two_files["sections/topk_gallery.json"])
+    assert section["metrics"]["images"] == 32
+    # the first process alone writes and prints the report line
+    assert two.stdout.count("report: ") == 1, two.stdout
