@@ -13,18 +13,18 @@ bench/common.py `photo`), written as shards at 256 px (`zfnet shards`), and then
    device: torchvision's (to the device), zfnet cpu and gpu on the folder and on the shards,
    and nvJPEG decoding alone (CUDA);
 3. the training step alone on random inputs (ZFNet, batch `--batch-size`, bf16 autocast,
-   channels_last): eager, `torch.compile`d, and the same layers as a plain `nn.Sequential`
-   (torch's LocalResponseNorm), compiled: the anchor;
-4. `zfnet train` end to end for 2 epochs (the second timed, as metrics.csv reports it) on the
-   folder and on the shards, with the gpu loader and the cpu loader.
+   channels_last): eager, compiled as `--compile` does (`zfnet.train.compiled`), and the same
+   layers as a plain `nn.Sequential` (torch's LocalResponseNorm), compiled: the anchor;
+4. `zfnet train --compile` end to end for 2 epochs (the second timed, as metrics.csv reports
+   it) on the folder and on the shards, with the gpu loader and the cpu loader.
 
     PYTHONPATH=src python bench/bench_imagenet.py                 # GPU machine, ~10 min
     PYTHONPATH=src python bench/bench_imagenet.py --images 5000   # shorter
     PYTHONPATH=src python bench/bench_imagenet.py --dry-run       # tiny, on the CPU, < 60 s
 
 `--dry-run` runs every part at toy sizes on the CPU (zfnet_small at 64 px, torch.compile with
-the aot_eager backend): its figures mean nothing, it proves the script
-(tests/test_bench_imagenet.py).
+the aot_eager backend, `zfnet train` without --compile): its figures mean nothing, it proves
+the script (tests/test_bench_imagenet.py).
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ from zfnet.data.shard_writer import write_shards  # noqa: E402
 from zfnet.memory import keep_freed_memory  # noqa: E402
 from zfnet.models.lrn import LocalResponseNorm  # noqa: E402
 from zfnet.train import TrainConfig, train  # noqa: E402
+from zfnet.train import compiled as compiled_mod  # noqa: E402
+from zfnet.train.compiled import compile_model  # noqa: E402
 from zfnet.train.distributed import DistInfo  # noqa: E402
 from zfnet.train.recipe import SeededSamples  # noqa: E402
 from zfnet.train.run import build_run, epoch_loader  # noqa: E402
@@ -219,7 +221,6 @@ def sequential_anchor(model: nn.Module) -> nn.Sequential:
 def step_rates(args: argparse.Namespace, size: int) -> dict[str, float]:
     device = torch.device(args.device)
     amp = torch.bfloat16 if device.type == "cuda" else None
-    backend = "aot_eager" if args.dry_run else "inductor"
     x = torch.randn(args.batch_size, 3, size, size, device=device).contiguous(
         memory_format=torch.channels_last) * 60
     y = torch.randint(0, 1000, (args.batch_size,), device=device)
@@ -232,10 +233,9 @@ def step_rates(args: argparse.Namespace, size: int) -> dict[str, float]:
 
     variants = {
         "zfnet's model, eager": lambda: model(),
-        "zfnet's model, torch.compile": lambda: torch.compile(model(), backend=backend),
-        "plain nn.Sequential anchor, torch.compile": lambda: torch.compile(
-            sequential_anchor(model()).to(device, memory_format=torch.channels_last),
-            backend=backend),
+        "zfnet's model, torch.compile": lambda: compile_model(model()),
+        "plain nn.Sequential anchor, torch.compile": lambda: compile_model(
+            sequential_anchor(model()).to(device, memory_format=torch.channels_last)),
     }
     for name, make in variants.items():
         step = sgd_step(make(), x, y, amp)
@@ -264,10 +264,8 @@ def end_to_end(root: Path, shards: Path, spec: str, args: argparse.Namespace,
 
 
 def compile_option(args: argparse.Namespace) -> dict:
-    """`compile=True` where `zfnet train` has `--compile` (not in the dry run: inductor compiles
-    C++ for a minute on a CPU)."""
-    return {"compile": True} if ("compile" in TrainConfig.__dataclass_fields__
-                                 and not args.dry_run) else {}
+    """`--compile` for the end-to-end runs (not in the dry run: four more compilations)."""
+    return {} if args.dry_run else {"compile": True}
 
 
 def main() -> None:
@@ -292,6 +290,7 @@ def main() -> None:
         args.device, args.model, args.steps, args.repeats = "cpu", "zfnet_small", 1, 1
         args.per_worker_images = 24
         spec = "size=64"
+        compiled_mod.BACKEND = "aot_eager"  # tracing without Inductor's C++ (minutes on a CPU)
     workers = resolve_workers(args.workers if args.workers == "auto" else int(args.workers),
                               torch.device(args.device))
     args.workers = workers
