@@ -21,6 +21,8 @@ bench/common.py `photo`), written as shards at 256 px (`zfnet shards`), and then
     PYTHONPATH=src python bench/bench_imagenet.py                 # GPU machine, ~10 min
     PYTHONPATH=src python bench/bench_imagenet.py --images 5000   # shorter
     PYTHONPATH=src python bench/bench_imagenet.py --dry-run       # tiny, on the CPU, < 60 s
+    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/bench_imagenet.py --parts 1 --images 1000 \
+        --per-worker-images 1000                                  # per worker only (any CPU)
 
 `--dry-run` runs every part at toy sizes on the CPU (zfnet_small at 64 px, torch.compile with
 the aot_eager backend, `zfnet train` without --compile): its figures mean nothing, it proves
@@ -281,9 +283,12 @@ def main() -> None:
     ap.add_argument("--per-worker-images", type=int, default=1000,
                     help="images of part 1 (one thread: kept short)")
     ap.add_argument("--dir", help="work folder (default: a temporary one)")
+    ap.add_argument("--parts", default="1,2,3,4",
+                    help="which parts to run, e.g. 1 (per worker only: a CPU machine)")
     ap.add_argument("--dry-run", action="store_true",
                     help="toy sizes on the CPU: proves the script, measures nothing")
     args = ap.parse_args()
+    args.parts = {int(p) for p in args.parts.split(",")}
     spec = ""
     if args.dry_run:
         args.images, args.classes, args.batch_size, args.workers = 24, 2, 8, 0
@@ -301,58 +306,65 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         work = Path(tmp)
         root, shards, few = work / "folder", work / "shards", work / "few"
-        kb = make_folder(root, args.images, args.classes, val=max(args.classes, 50 if not
-                                                                   args.dry_run else 4),
-                         workers=cores)
-        write_shards(f"imagefolder:{root}", shards, workers=cores)
-        load_dataset(f"imagefolder:{root}?{spec}")  # the mean image, cached
+        kb = float("nan")
+        if args.parts & {2, 4}:  # the loaders and the runs read the whole folder
+            kb = make_folder(root, args.images, args.classes,
+                             val=max(args.classes, 4 if args.dry_run else 50), workers=cores)
+            write_shards(f"imagefolder:{root}", shards, workers=cores)
+            load_dataset(f"imagefolder:{root}?{spec}")  # the mean image, cached
         print(hardware())
         print(f"{args.images} training JPEGs 500x375 ({kb:.0f} kB on average), {args.classes} "
               f"classes; shards at 256 px; {args.model} at {size} px, batch {args.batch_size}, "
               f"{workers} workers, device {args.device}; made in {time.perf_counter() - t0:.0f} s")
 
         # 1. per worker, on a subset of the folder (one thread is slow)
-        n_few = min(args.per_worker_images, args.images)
-        make_folder(few, n_few, args.classes, val=args.classes, workers=cores)
-        write_shards(f"imagefolder:{few}", work / "few-shards", workers=cores)
-        torch.set_num_threads(1)
-        pw = per_worker(few, work / "few-shards", spec, 1 if args.dry_run else 2)
-        torch.set_num_threads(cores)
-        base = pw["torchvision ImageFolder + PIL, originals"]
-        print(f"\n1. per worker: one process, one thread, {n_few} images, batches of "
-              f"{PER_WORKER_BATCH} (x: against torchvision; the ImageNet epoch: one worker)")
-        for name, r in pw.items():
-            print(line(name, r, base, "torchvision"))
-        floor = pw["decoding alone, torchvision decode_jpeg (CPU)"]
-        print(f"  zfnet's cpu loader reaches {pw['zfnet cpu loader, originals'] / floor:.0%} of "
-              "decoding alone (decode_jpeg); issue 27: >= 1x torchvision on the originals, "
-              ">= 2x from the shards")
+        if 1 in args.parts:
+            n_few = min(args.per_worker_images, args.images)
+            make_folder(few, n_few, args.classes, val=args.classes, workers=cores)
+            write_shards(f"imagefolder:{few}", work / "few-shards", workers=cores)
+            torch.set_num_threads(1)
+            pw = per_worker(few, work / "few-shards", spec, 1 if args.dry_run else args.repeats)
+            torch.set_num_threads(cores)
+            base = pw["torchvision ImageFolder + PIL, originals"]
+            print(f"\n1. per worker: one process, one thread, {n_few} images, batches of "
+                  f"{PER_WORKER_BATCH} (x: against torchvision; the ImageNet epoch: one worker)")
+            for name, r in pw.items():
+                print(line(name, r, base, "torchvision"))
+            floor = pw["decoding alone, torchvision decode_jpeg (CPU)"]
+            print(f"  zfnet's cpu loader reaches {pw['zfnet cpu loader, originals'] / floor:.0%}"
+                  " of decoding alone (decode_jpeg); issue 27: >= 1x torchvision on the "
+                  "originals, >= 2x from the shards")
 
         # 2. the loaders alone
-        la = loaders_alone(root, shards, spec, args, work)
-        base = la["torchvision ImageFolder + PIL, to the device"]
-        print(f"\n2. the loaders alone, {workers} workers, inputs on {args.device}")
-        for name, r in la.items():
-            print(line(name, r, base, "torchvision"))
+        if 2 in args.parts:
+            la = loaders_alone(root, shards, spec, args, work)
+            base = la["torchvision ImageFolder + PIL, to the device"]
+            print(f"\n2. the loaders alone, {workers} workers, inputs on {args.device}")
+            for name, r in la.items():
+                print(line(name, r, base, "torchvision"))
 
         # 3. the step alone
-        st = step_rates(args, size)
-        compiled = st["zfnet's model, torch.compile"]
-        print(f"\n3. the training step alone ({args.model}, random inputs, "
-              f"{'bf16, ' if args.device.startswith('cuda') else ''}channels_last)")
-        for name, r in st.items():
-            print(line(name, r, compiled, "compiled"))
+        compiled = None
+        if 3 in args.parts:
+            st = step_rates(args, size)
+            compiled = st["zfnet's model, torch.compile"]
+            print(f"\n3. the training step alone ({args.model}, random inputs, "
+                  f"{'bf16, ' if args.device.startswith('cuda') else ''}channels_last)")
+            for name, r in st.items():
+                print(line(name, r, compiled, "compiled"))
 
         # 4. end to end
-        e2e = end_to_end(root, shards, spec, args, work)
-        step = "compiled step" if compile_option(args) else "eager step"
-        print(f"\n4. zfnet train end to end (epoch 2 of 2, {step})")
-        for name, r in e2e.items():
-            print(line(name, r, compiled, "the compiled step"))
-        best = max(e2e.values())
-        print(f"\nbest end to end / compiled step: {best / compiled:.0%} (issue 27's goal: "
-              f">= 90% with --compile); whole benchmark {time.perf_counter() - t0:.0f} s")
-
+        if 4 in args.parts:
+            e2e = end_to_end(root, shards, spec, args, work)
+            step = "compiled step" if compile_option(args) else "eager step"
+            print(f"\n4. zfnet train end to end (epoch 2 of 2, {step})")
+            for name, r in e2e.items():
+                print(line(name, r, compiled, "the compiled step"))
+            if compiled:
+                best = max(e2e.values())
+                print(f"\nbest end to end / compiled step: {best / compiled:.0%} (issue 27's "
+                      "goal: >= 90% with --compile)")
+        print(f"whole benchmark {time.perf_counter() - t0:.0f} s")
 
 if __name__ == "__main__":
     main()

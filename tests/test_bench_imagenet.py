@@ -17,7 +17,8 @@ def test_dry_run_prints_every_part(tmp_path) -> None:
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     out = p.stdout
     for part in ("1. per worker", "2. the loaders alone", "3. the training step alone",
-                 "4. zfnet train end to end", "best end to end / compiled step"):
+                 "4. zfnet train end to end", "best end to end / compiled step",
+                 "whole benchmark"):
         assert part in out, out
     rows = [line for line in out.splitlines() if "img/s" in line]
     assert len(rows) == 6 + 5 + 3 + 4, out  # every loader, step and run measured
