@@ -22,10 +22,8 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -35,7 +33,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import hardware  # noqa: E402  (bench/common.py)
+from common import hardware, make_folder, rates  # noqa: E402  (bench/common.py)
 
 from zfnet.data import collate, load_dataset  # noqa: E402
 from zfnet.data.shard_writer import write_shards  # noqa: E402
@@ -43,55 +41,6 @@ from zfnet.memory import keep_freed_memory  # noqa: E402
 from zfnet.train.recipe import SeededSamples  # noqa: E402
 
 BATCH = 64
-
-
-def photo(rng: np.random.Generator, h: int = 375, w: int = 500) -> np.ndarray:
-    """An RGB image with natural images' 1/f spectrum and some sensor grain: JPEG compresses
-    it about as much as an ImageNet photo (~76 kB at 500x375, quality 90). uint8 (h, w, 3)."""
-    fy, fx = np.fft.fftfreq(h)[:, None], np.fft.rfftfreq(w)[None, :]
-    f = np.sqrt(fx**2 + fy**2)
-    f[0, 0] = 1.0
-    amp = f ** -1.3
-    amp[0, 0] = 0.0
-
-    def field() -> np.ndarray:
-        return np.fft.irfft2(amp * np.exp(2j * np.pi * rng.random(amp.shape)), s=(h, w))
-
-    base = field()
-    x = np.stack([base + 0.5 * field() for _ in range(3)], -1)
-    x = x @ (np.eye(3) + 0.3 * rng.normal(size=(3, 3)))  # correlated, coloured channels
-    x = (x - x.mean()) / x.std() * 50 + 120 + rng.normal(0, 3, (h, w, 3))
-    return np.clip(x, 0, 255).astype(np.uint8)
-
-
-def make_folder(root: Path, n: int, classes: int = 10) -> float:
-    """`n` training and n // 10 val JPEGs in ImageNet layout under `root`; their mean size (kB)."""
-    rng = np.random.default_rng(0)
-    sizes = []
-    for split, count in (("train", n), ("val", max(classes, n // 10))):
-        for i in range(count):
-            d = root / split / f"class{i % classes:02d}"
-            d.mkdir(parents=True, exist_ok=True)
-            path = d / f"{split}_{i:06d}.JPEG"
-            Image.fromarray(photo(rng)).save(path, quality=90)
-            sizes.append(path.stat().st_size)
-    return float(np.mean(sizes)) / 1000
-
-
-def rates(loaders: dict[str, tuple[Callable[[int], Iterable], int]], repeats: int
-          ) -> dict[str, float]:
-    """Images per second of each loader's epochs (`epoch(e)`: an iterable of batches, read to
-    the end), the median of `repeats` epochs after one untimed; the loaders take turns, so that
-    the machine's load changes touch them alike."""
-    times: dict[str, list[float]] = {name: [] for name in loaders}
-    for e in range(repeats + 1):
-        for name, (epoch, _) in loaders.items():
-            start = time.perf_counter()
-            for _ in epoch(e):
-                pass
-            if e:
-                times[name].append(time.perf_counter() - start)
-    return {name: loaders[name][1] / statistics.median(t) for name, t in times.items()}
 
 
 def torchvision_epochs(root: Path) -> tuple[Callable[[int], Iterable], int]:

@@ -1,14 +1,20 @@
-"""Shared by the benchmarks: the machine they ran on, and how two sets of projections agree."""
+"""Shared by the benchmarks: the machine they ran on, timing, ImageNet-shaped JPEG folders, and how
+two sets of projections agree."""
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import platform
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 
 def cpu_description() -> str:
@@ -41,30 +47,99 @@ def hardware() -> str:
             f"{torch.__version__}, python {platform.python_version()}")
 
 
-def timed(fn: Callable[[], None], steps: int) -> float:
-    """Seconds per call of fn, after 3 warm-up calls (oneDNN builds its primitives on the first)."""
-    for _ in range(3):
+def timed(fn: Callable[[], None], steps: int, warmup: int = 3) -> float:
+    """Seconds per call of fn, after `warmup` calls (oneDNN builds its primitives on the first;
+    torch.compile compiles there). CUDA work is waited for before and after."""
+    for _ in range(warmup):
         fn()
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
     start = time.perf_counter()
     for _ in range(steps):
         fn()
+    sync()
     return (time.perf_counter() - start) / steps
 
 
 def sgd_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
              amp: torch.dtype | None = None) -> Callable[[], None]:
-    """One training step of `model` on the batch (x, y) as a closure: forward under CPU autocast
-    to `amp` (None: full precision), cross-entropy, backward, SGD with momentum."""
+    """One training step of `model` on the batch (x, y) as a closure: forward under autocast
+    (on x's device) to `amp` (None: full precision), cross-entropy, backward, SGD with
+    momentum."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
+        with torch.autocast(x.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
             loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
     return step
+
+
+def photo(rng: np.random.Generator, h: int = 375, w: int = 500) -> np.ndarray:
+    """An RGB image with natural images' 1/f spectrum and some sensor grain: JPEG compresses
+    it about as much as an ImageNet photo (~76 kB at 500x375, quality 90). uint8 (h, w, 3)."""
+    fy, fx = np.fft.fftfreq(h)[:, None], np.fft.rfftfreq(w)[None, :]
+    f = np.sqrt(fx**2 + fy**2)
+    f[0, 0] = 1.0
+    amp = f ** -1.3
+    amp[0, 0] = 0.0
+
+    def field() -> np.ndarray:
+        return np.fft.irfft2(amp * np.exp(2j * np.pi * rng.random(amp.shape)), s=(h, w))
+
+    base = field()
+    x = np.stack([base + 0.5 * field() for _ in range(3)], -1)
+    x = x @ (np.eye(3) + 0.3 * rng.normal(size=(3, 3)))  # correlated, coloured channels
+    x = (x - x.mean()) / x.std() * 50 + 120 + rng.normal(0, 3, (h, w, 3))
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def _write_photos(job: tuple[Path, list[tuple[str, int]]]) -> list[int]:
+    root, files = job
+    sizes = []
+    for rel, seed in files:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(photo(np.random.default_rng(seed))).save(path, quality=90)
+        sizes.append(path.stat().st_size)
+    return sizes
+
+
+def make_folder(root: Path, n: int, classes: int = 10, val: int | None = None,
+                workers: int = 1) -> float:
+    """`n` training and `val` (default max(classes, n // 10)) val JPEGs of 500x375 (`photo`,
+    quality 90) in ImageNet layout under `root`, written by `workers` processes; their mean
+    size (kB). Image k of a split has seed (split, k): the same folder for any `workers`."""
+    jobs: list[tuple[str, int]] = []
+    for s, (split, count) in enumerate((("train", n), ("val", val or max(classes, n // 10)))):
+        jobs += [(f"{split}/class{i % classes:03d}/{split}_{i:06d}.JPEG", s * 10**7 + i)
+                 for i in range(count)]
+    chunks = [(root, jobs[k::workers]) for k in range(workers)]
+    if workers > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            sizes = [v for part in pool.map(_write_photos, chunks) for v in part]
+    else:
+        sizes = _write_photos(chunks[0])
+    return float(np.mean(sizes)) / 1000
+
+
+def rates(loaders: dict[str, tuple[Callable[[int], Iterable], int]], repeats: int
+          ) -> dict[str, float]:
+    """Images per second of each loader's epochs (`epoch(e)`: an iterable of batches, read to
+    the end), the median of `repeats` epochs after one untimed; the loaders take turns, so that
+    the machine's load changes touch them alike."""
+    times: dict[str, list[float]] = {name: [] for name in loaders}
+    for e in range(repeats + 1):
+        for name, (epoch, _) in loaders.items():
+            start = time.perf_counter()
+            for _ in epoch(e):
+                pass
+            if e:
+                times[name].append(time.perf_counter() - start)
+    return {name: loaders[name][1] / statistics.median(t) for name, t in times.items()}
 
 
 def step_parser(doc: str, batch_size: int, opt_default: str) -> argparse.ArgumentParser:

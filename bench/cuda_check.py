@@ -1,4 +1,5 @@
-"""The CUDA paths, checked on a GPU machine: training (bf16 and fp16 autocast, channels_last),
+"""The CUDA paths, checked on a GPU machine: training (bf16 and fp16 autocast, channels_last), the
+gpu loader (nvJPEG decoding against the CPU's inputs, training, a broken file, resume),
 exact resume after SIGTERM, DDP over NCCL through torchrun, evaluation (centre and 10 crops),
 top-k mining, deconvnet projections and occlusion against the CPU, and the speed of the
 Fashion-MNIST recipe.
@@ -256,7 +257,50 @@ def main() -> int:
         assert dp < 1e-3 and oc.feature_map == og.feature_map, (dp, oc.feature_map)
         return f"incremental occlusion, 16 px / 4 px: p(target) max diff {dp:.1e}"
 
+    def gpu_loader() -> str:
+        # --loader gpu (decode_jpeg on the device) against the per-item CPU inputs, then a run
+        # that trains with it, skips a broken file and resumes exactly at an epoch boundary
+        from common import make_folder
+
+        from zfnet.data import load_dataset
+        from zfnet.data.batches import BatchInputs, DeviceBatches
+        from zfnet.data.loaders import collate_for
+        from zfnet.train.recipe import SeededSamples
+
+        folder = out / "jpegs"
+        make_folder(folder, 96, 3, val=24, workers=os.cpu_count() or 1)
+        (folder / "train" / "class000" / "broken.JPEG").write_bytes(b"\xff\xd8 not a jpeg")
+        bundle = load_dataset(f"imagefolder:{folder}")  # 224 px: no DCT scaling on the CPU
+        data = f"imagefolder:{folder}?size=64"  # to train on
+        worst = {}
+        for mode, ds in (("train", bundle.train), ("centre", bundle.val),
+                         ("ten_crop", bundle.val.with_mode("ten_crop"))):
+            def inputs(form: str, device: str, ds=ds, mode=mode) -> torch.Tensor:
+                d = ds if form == "float" else ds.with_form(form)
+                idx = list(range(len(d)))
+                items = (SeededSamples(d, 0).__getitems__(idx) if mode == "train"
+                         else [d[i] for i in idx])
+                x, _ = DeviceBatches._hand_on(BatchInputs(d, device)(collate_for(d)(items)))
+                return x.float().cpu()
+            a, b = inputs("float", "cpu"), inputs("encoded", dev)
+            assert a.shape == b.shape, (mode, a.shape, b.shape)
+            worst[mode] = float((a - b).abs().mean())
+            assert worst[mode] < 2.0, worst
+        args_ = ["--data", data, "--model", "zfnet_small", "--batch-size", "16", "--device",
+                 dev, "--loader", "gpu", "--quiet"]
+        zfnet("train", "--out", str(out / "gl-ref"), "--epochs", "2", *args_)
+        zfnet("train", "--out", str(out / "gl-cut"), "--epochs", "1", *args_)
+        zfnet("train", "--out", str(out / "gl-cut"), "--epochs", "2", "--resume", "--quiet")
+        a, b = metrics(out / "gl-ref"), metrics(out / "gl-cut")
+        diff = max(abs(x[k] - y[k]) for x, y in zip(a, b, strict=True)
+                   for k in ("train_loss", "val_loss"))
+        assert diff < 2e-3 and [r["skipped"] for r in a] == [1.0, 1.0], (diff, a)
+        return (f"mean |gpu loader - cpu inputs| by mode {worst} (levels of 255); resumed run "
+                f"max loss diff {diff:.1e}; broken file skipped each epoch; "
+                f"{a[-1]['img_per_s']:.0f} img/s")
+
     check("train on CUDA, bf16 autocast, channels_last", bf16)
+    check("--loader gpu: nvJPEG inputs vs the CPU's, train, skip, resume", gpu_loader)
     check("resume on CUDA equals the uninterrupted run", resume)
     if dev == "cuda":
         check("train on CUDA, fp16 autocast + GradScaler", fp16)

@@ -4,6 +4,14 @@ import pytest
 import torch
 
 
+def pytest_configure(config):
+    # torchvision 0.29 warns on every call of its image decoders that they move to TorchCodec
+    # (zfnet's fast paths call decode_jpeg): known, not the tests' business.
+    config.addinivalue_line(
+        "filterwarnings",
+        "ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning")
+
+
 @pytest.fixture
 def one_thread():
     """Run a test on one torch thread: small convolutions on a shared 2-core machine run far

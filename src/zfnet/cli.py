@@ -308,6 +308,28 @@ _POSITIVE = click.FloatRange(0, min_open=True)
 _FRACTION = click.FloatRange(0, 1, max_open=True)
 
 
+def _workers(ctx: click.Context, param: click.Parameter, value: str | None):
+    from zfnet.data.loaders import parse_workers
+
+    if value is None:
+        return None
+    try:
+        return parse_workers(value)
+    except ValueError as e:
+        raise click.BadParameter(f"{value!r} is not auto or a number >= 0") from e
+
+
+_WORKERS = click.option(
+    "--workers", callback=_workers, metavar="auto|N",
+    help="DataLoader worker processes per process (default auto: on CUDA the CPU cores less "
+         "one, shared by torchrun's processes; on a CPU 0).")
+_LOADER = click.option(
+    "--loader", type=click.Choice(["auto", "cpu", "gpu"]),
+    help="Input pipeline (default auto: gpu on CUDA for imagefolder:/shards:, else cpu). cpu: "
+         "workers decode and cut uint8 crops, the mean is subtracted on the device; gpu: the "
+         "device decodes the JPEGs too (nvJPEG).")
+
+
 @main.command("train", short_help="Train a model with the paper's recipe (Sec. 3)")
 @click.option("--data", help="Dataset spec, e.g. synthetic, fashion-mnist, imagefolder:DIR, "
               "shards:OUT.")
@@ -364,8 +386,8 @@ _FRACTION = click.FloatRange(0, 1, max_open=True)
 @click.option("--compile/--no-compile", "compile", default=None,
               help="torch.compile the training step (default off: faster on a GPU, slower "
                    "on a small CPU; the first steps take the compilation).")
-@click.option("--workers", type=click.IntRange(0),
-              help="DataLoader worker processes (default 0).")
+@_WORKERS
+@_LOADER
 @click.option("--time-budget", callback=_duration, metavar="DURATION",
               help="Plan the run to end within this wall time, e.g. 18m, 1h30m, 900s: after "
                    "each epoch, the speed so far sets how many steps fit (at most --epochs), a "
@@ -440,7 +462,8 @@ def train_cmd(**opts) -> None:
               help="Images per batch in each process.")
 @click.option("--device", default="auto", show_default=True, callback=_device,
               help="auto (cuda if available), cpu, cuda, cuda:N.")
-@click.option("--workers", type=click.IntRange(0), default=0, show_default=True)
+@_WORKERS
+@_LOADER
 @click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto",
               show_default=True,
               help="Mixed precision, as in training (auto: bf16 on CUDA and on CPUs with native "
@@ -454,8 +477,8 @@ def train_cmd(**opts) -> None:
               help="torch.compile the model (faster on a GPU over a large split, slower on a "
                    "small CPU; off by default).")
 def eval_cmd(checkpoint: str, data: str | None, ten_crop: bool, json_out: str | None,
-             batch_size: int, device: str, workers: int, amp: str, live_weights: bool,
-             strict: bool, compile: bool) -> None:
+             batch_size: int, device: str, workers: int | str | None, loader: str | None,
+             amp: str, live_weights: bool, strict: bool, compile: bool) -> None:
     """Top-1 / top-5 error, per-class accuracy and confusion matrix on the validation split.
 
     Many processes: `torchrun --nproc-per-node N -m zfnet.cli eval ...` scores a share of the
@@ -471,7 +494,8 @@ def eval_cmd(checkpoint: str, data: str | None, ten_crop: bool, json_out: str | 
                                  param_hint="--json")
     with processes(device) as info:
         r = evaluate_checkpoint(checkpoint, data, ten_crop, batch_size=batch_size,
-                                workers=workers, amp=amp, live_weights=live_weights,
+                                workers=workers if workers is not None else "auto",
+                                loader=loader or "auto", amp=amp, live_weights=live_weights,
                                 strict=strict, compile=compile, info=info)
     if not info.is_main:
         return

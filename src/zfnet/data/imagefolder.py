@@ -34,8 +34,11 @@ from torch.utils.data import DataLoader, Dataset
 from zfnet.data.bundle import DataBundle, bundle_geometry, fitted
 from zfnet.data.images import (
     IMAGE_EXTENSIONS,
+    JPEG_EXTENSIONS,
     BadImageError,
+    decode_plain_jpeg,
     load_rgb,
+    read_file,
     resize_center_crop,
     warn_skipped,
 )
@@ -99,6 +102,16 @@ def scan_split(
     return names, samples
 
 
+def decode_file(path: Path, min_side: int) -> torch.Tensor:
+    """`load_rgb(path, min_side=min_side)`'s pixels, (3, H, W) (possibly a view of (H, W, 3)):
+    most files are plain JPEGs, which the fast decoder takes (`decode_plain_jpeg`)."""
+    if path.suffix.lower() in JPEG_EXTENSIONS:
+        img = decode_plain_jpeg(read_file(path), min_side=min_side)
+        if img is not None:
+            return img
+    return load_rgb(path, min_side=min_side)
+
+
 class FolderImages(CropDataset):
     """Image files decoded on demand, preprocessed to uint8 (3, F, F) (or fitted to a model's
     `preprocessing`), cropped per `mode`."""
@@ -108,10 +121,16 @@ class FolderImages(CropDataset):
         self.paths = list(paths)
 
     def full_image(self, i: int) -> torch.Tensor:
-        img = load_rgb(self.paths[i], min_side=self.full_size)  # (3, H, W)
+        img = decode_file(self.paths[i], self.full_size)  # (3, H, W)
         if self.preprocessing is not None:
             return self.preprocessing.fit_full(img)  # (C, F, F), the model's
         return resize_center_crop(img, self.full_size)  # (3, F, F)
+
+    def read_encoded(self, i: int) -> bytearray:
+        return read_file(self.paths[i])
+
+    def item_name(self, i: int) -> str:
+        return str(self.paths[i])
 
 
 class _FullImages(Dataset):
@@ -125,7 +144,7 @@ class _FullImages(Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor | None:
         try:
-            img = load_rgb(self.paths[i], min_side=self.full_size)
+            img = decode_file(self.paths[i], self.full_size)
         except BadImageError as err:
             if self.strict:
                 raise

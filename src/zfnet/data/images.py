@@ -9,6 +9,7 @@ to RGB and used. Broken ones (truncated, zero-byte, not an image, a decompressio
 from __future__ import annotations
 
 import io
+import os
 import re
 import warnings
 from pathlib import Path
@@ -17,11 +18,15 @@ from typing import BinaryIO
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
+
+from zfnet.data.jpeg import JpegHeader, read_header
 
 # Extensions an image folder is scanned for (torchvision's ImageFolder list). Other files
 # (README, .DS_Store, labels.txt) are ignored, not treated as broken images.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+JPEG_EXTENSIONS = (".jpg", ".jpeg")
 
 # Transparent pixels are composited onto white, the way an image viewer shows them; their
 # stored RGB values are often arbitrary (black, or left-over colours).
@@ -128,19 +133,46 @@ def decode_rgb_view(data: bytes, *, min_side: int | None = None, name: str = "up
                     ) -> torch.Tensor:
     """`load_rgb` of an image file's bytes, as a (3, H, W) view of an (H, W, 3) array: without
     the transposing copy of the whole image, for callers that copy only a crop of it. A plain
-    RGB JPEG (no EXIF, which could rotate it) is decoded here, the same pixels as `load_rgb`'s;
-    any other file, or one that fails, goes through `load_rgb` (errors name it as `name`)."""
+    JPEG (`decode_plain_jpeg`) is decoded here, the same pixels as `load_rgb`'s; any other
+    file, or one that fails, goes through `load_rgb` (errors name it as `name`)."""
+    img = decode_plain_jpeg(data, min_side=min_side)
+    return img if img is not None else load_rgb(io.BytesIO(data), min_side=min_side, name=name)
+
+
+def decode_plain_jpeg(data: bytes | bytearray, *, min_side: int | None = None,
+                      header: JpegHeader | None = None) -> torch.Tensor | None:
+    """The pixels `load_rgb` gives for a plain JPEG file's bytes (`zfnet.data.jpeg`), decoded
+    the fastest way, as a (3, H, W) view of an (H, W, 3) array; None for any other file, or
+    one the fast decoders refuse (`load_rgb` then decodes it, or says what is wrong).
+
+    A file that `min_side` lets PIL decode at a reduced DCT scale (both sides at least twice
+    it) goes through PIL's `draft`; the others through `torchvision.io.decode_jpeg`
+    (libjpeg-turbo like PIL, bit-identical pixels, ~30% faster: no copies in between).
+    `header`: the file's, when the caller has read it already."""
+    header = header or read_header(data)
+    if header is None or not header.plain:
+        return None
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.format == "JPEG" and img.mode == "RGB" and "exif" not in img.info \
-                    and img.width * img.height <= (Image.MAX_IMAGE_PIXELS or float("inf")):
-                if min_side is not None:
-                    img.draft(None, (min_side, min_side))
+        if min_side is not None and min(header.width, header.height) >= 2 * min_side:
+            with Image.open(io.BytesIO(data)) as img:
+                img.draft(None, (min_side, min_side))
                 img.load()
-                return torch.from_numpy(np.array(img)).permute(2, 0, 1)  # (3, H, W) view
-    except Exception:  # noqa: BLE001 (load_rgb below says what is wrong)
-        pass
-    return load_rgb(io.BytesIO(data), min_side=min_side, name=name)
+                rgb = img if img.mode == "RGB" else img.convert("RGB")
+                return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)  # (3, H, W) view
+        buf = torch.frombuffer(data if isinstance(data, bytearray) else bytearray(data),
+                               dtype=torch.uint8)
+        return decode_jpeg(buf, mode=ImageReadMode.RGB)  # (3, H, W), an (H, W, 3) view
+    except (OSError, RuntimeError, ValueError, SyntaxError, EOFError):
+        return None
+
+
+def read_file(path: str | Path) -> bytearray:
+    """A file's bytes, read in one call into a writable buffer (which `torch.frombuffer` takes
+    without a copy or a warning)."""
+    with open(path, "rb") as f:
+        data = bytearray(os.fstat(f.fileno()).st_size)
+        n = f.readinto(data)
+    return data if n == len(data) else data[:n]
 
 
 def _is_empty(path: Path | BinaryIO) -> bool:

@@ -253,6 +253,8 @@ class ShardImages(CropDataset):
         """`CropDataset.train_items` with the crop cut before the mean is subtracted and
         flipped after (the same values: all three act per pixel), so that only the crop is
         copied, once made float and contiguous: 0.2 ms an image instead of 0.45 here."""
+        if self.form != "float":
+            return super().train_items(indices, params)
         items: list[tuple[torch.Tensor, int] | None] = []
         for i, p in zip(indices, params, strict=True):
             try:
@@ -271,6 +273,13 @@ class ShardImages(CropDataset):
                 x.div_(self.std)
             items.append((x.flip(-1) if flipped else x, self.targets[i]))
         return items
+
+    def read_encoded(self, i: int) -> bytearray:
+        data = self.pending.get(i)
+        return bytearray(data if data is not None else self.read(i))
+
+    def item_name(self, i: int) -> str:
+        return self.name(i)
 
     def epoch_stream(self, samples: Dataset, **kwargs: Any) -> Dataset:
         """The training batches of one epoch read as a stream (`zfnet.data.shard_stream`):

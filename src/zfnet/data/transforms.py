@@ -16,6 +16,14 @@ instead: each image is fitted to the model's channels and `resize` side, and
 x = (pixels - mean) / std with its per-channel mean (or mean image) and std.
 
 Random crops and flips draw from torch's global RNG, which a DataLoader seeds per worker.
+
+Item forms (`CropDataset.form`, set by `with_form`): "float" items are the model inputs above;
+the loaders' workers hand over less, and the rest is done on the device, batched
+(`zfnet.data.batches`): "pixels" items are the uint8 window of the full image that the input is
+cut from (the training crop, flipped; the centre crop; the whole image for ten crops), with
+where it lies, and the mean is subtracted on the device; "encoded" items are the image file's
+bytes, decoded, resized and cut on the device, or, for a file the device decoder cannot take,
+the full image decoded by the worker.
 """
 
 from __future__ import annotations
@@ -24,15 +32,18 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from zfnet.data.images import BadImageError, warn_skipped
+from zfnet.data.jpeg import read_header
 
 if TYPE_CHECKING:
     from zfnet.data.preprocess import Preprocessing
 
 Mode = Literal["train", "centre", "ten_crop"]
 MODES: tuple[str, ...] = ("train", "centre", "ten_crop")
+Form = Literal["float", "pixels", "encoded"]
+FORMS: tuple[str, ...] = ("float", "pixels", "encoded")
 
 
 def centre_offset(full_size: int, size: int) -> int:
@@ -127,6 +138,7 @@ class CropDataset(Dataset):
     # The global RNGs `__getitem__` draws from (the crops: torch's); the trainer's per-sample
     # seeding (zfnet.train.recipe.SeededSamples) seeds and restores only these.
     global_rngs: tuple[str, ...] = ("torch",)
+    form: Form = "float"  # what items are (see the module); `with_form` changes it
 
     def __init__(
         self,
@@ -163,20 +175,28 @@ class CropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
-    def _centred(self, i: int) -> torch.Tensor | None:
-        """Image i as float32 (C, F, F) minus the mean image; None (with a warning) when the
-        file is broken and `strict` is off."""
+    def _full_or_none(self, i: int) -> torch.Tensor | None:
+        """`full_image(i)`; None (with a warning) when the file is broken and `strict` is off."""
         try:
-            img = self.full_image(i)  # (C, F, F) uint8
+            return self.full_image(i)  # (C, F, F) uint8
         except BadImageError as err:
             if self.strict:
                 raise
             warn_skipped(err)
             return None
+
+    def _centred(self, i: int) -> torch.Tensor | None:
+        """Image i as float32 (C, F, F) minus the mean image; None (with a warning) when the
+        file is broken and `strict` is off."""
+        img = self._full_or_none(i)
+        if img is None:
+            return None
         x = img.to(torch.float32) - self.mean  # paper's convention: 0..255 - mean
         return x if self.std is None else x / self.std  # a model's: (pixels - mean) / std
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
+    def __getitem__(self, i: int) -> Any:
+        if self.form != "float":
+            return self.formed_item(i)
         x = self._centred(i)  # (C, F, F)
         if x is None:
             return None
@@ -193,13 +213,73 @@ class CropDataset(Dataset):
     ) -> list[tuple[torch.Tensor, int] | None]:
         """Training items `indices`, each cropped as its `params` say (`random_crop_params`):
         what `__getitem__` gives in "train" mode after drawing the same params, for a batch.
-        Subclasses that hold their images in memory do it in one gather."""
+        Subclasses that hold their images in memory do it in one gather. In the "pixels" and
+        "encoded" forms, the items of that form (`formed_item`)."""
+        if self.form != "float":
+            return [self.formed_item(i, p) for i, p in zip(indices, params, strict=True)]
         items: list[tuple[torch.Tensor, int] | None] = []
         for i, p in zip(indices, params, strict=True):
             x = self._centred(i)
             items.append(None if x is None
                          else (apply_crop(x, p, self.input_size).contiguous(), self.targets[i]))
         return items
+
+    # --- the "pixels" and "encoded" forms ---
+
+    def window(self, params: CropParams | None = None) -> tuple[CropParams, int]:
+        """Where the part of the full (F, F) image that an input is made from lies, and its
+        side: train: the crop `params` (drawn from torch's global RNG, as `__getitem__` draws
+        them, when None), S; centre: the centre crop, S; ten_crop: the whole image, F."""
+        full, size = self.full_size, self.input_size
+        if self.mode == "train":
+            return (params or random_crop_params(full, full, size)), size
+        if self.mode == "centre":
+            c = centre_offset(full, size)
+            return (c, c, False), size
+        return (0, 0, False), full
+
+    def formed_item(self, i: int, params: CropParams | None = None) -> tuple | None:
+        """Item i in this dataset's form (`form`), its window at `params` in "train" mode; None
+        for a broken file (skipped with a warning, or `BadImageError` with `strict`).
+
+        "pixels": (uint8 (s, s, C): the window, flipped when params say so; y; int64 (3,): top,
+        left, flipped). "encoded": (uint8 (B,): the file when the device can decode it, else
+        uint8 (F, F, C): the full image decoded here; y; the same (3,); i)."""
+        (top, left, flipped), side = self.window(params)
+        where = torch.tensor([top, left, int(flipped)])
+        if self.form == "encoded":
+            data = self.read_encoded(i)
+            header = read_header(data)
+            if header is not None and header.device_decodable:
+                return torch.frombuffer(data, dtype=torch.uint8), self.targets[i], where, i
+        img = self._full_or_none(i)  # (C, F, F) uint8
+        if img is None:
+            return None
+        if self.form == "encoded":  # decoded here: the image the device would have made
+            return img.permute(1, 2, 0).contiguous(), self.targets[i], where, i  # (F, F, C)
+        win = crop(img, top, left, side).permute(1, 2, 0)  # (s, s, C), a view
+        return (win.flip(1) if flipped else win).contiguous(), self.targets[i], where
+
+    def read_encoded(self, i: int) -> bytearray:
+        """Item i's image file, as stored (datasets of image files: the "encoded" form)."""
+        raise NotImplementedError(f"{type(self).__name__} holds no image files")
+
+    def item_name(self, i: int) -> str:
+        """Item i in messages (its file, where it has one)."""
+        return f"item {i}"
+
+    def with_form(self, form: Form) -> CropDataset:
+        """A shallow copy of this dataset whose items are in `form` (see the module)."""
+        if form not in FORMS:
+            raise ValueError(f"form={form!r} is not known; valid: {', '.join(FORMS)}")
+        if form == "encoded" and (self.preprocessing is not None or
+                                  type(self).read_encoded is CropDataset.read_encoded):
+            raise ValueError(f"{type(self).__name__} cannot hand over encoded files"
+                             + (" for a model's preprocessing" if self.preprocessing else ""))
+        other = object.__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        other.form = form
+        return other
 
     def raw(self, i: int) -> torch.Tensor:
         """Displayable uint8 (C, S, S) centre crop of item i (raises `BadImageError` if broken)."""
@@ -230,7 +310,7 @@ class TensorImages(CropDataset):
         self, indices: Sequence[int], params: Sequence[CropParams]
     ) -> list[tuple[torch.Tensor, int] | None]:
         """`CropDataset.train_items` as one gather over the batch (the same values)."""
-        if self.preprocessing is not None:  # images fitted one by one
+        if self.preprocessing is not None or self.form != "float":  # one by one
             return super().train_items(indices, params)
         if len(indices) == 0:
             return []
@@ -245,10 +325,12 @@ def collate(batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
 
     Returns x (N, C, S, S) or (N, 10, C, S, S) float32 and y (N,) int64, N <= len(batch).
     A batch whose every item was broken gives x of shape (0,) and y of shape (0,);
-    `len(batch) - N` is the number of files skipped in this batch.
+    `len(batch) - N` is the number of files skipped in this batch. In a DataLoader worker,
+    x is stacked straight into shared memory (as torch's `default_collate` does), so that it
+    reaches the main process without another copy.
     """
     kept = [item for item in batch if item is not None]
     if not kept:
         return torch.empty(0), torch.empty(0, dtype=torch.long)
     xs, ys = zip(*kept, strict=True)
-    return torch.stack(xs), torch.as_tensor(ys, dtype=torch.long)
+    return default_collate(list(xs)), torch.as_tensor(ys, dtype=torch.long)

@@ -71,7 +71,12 @@ class TrainConfig:
     # torch.compile the training step (zfnet.train.compiled); checkpoints are the same either
     # way, so it may change on --resume
     compile: bool = False
-    workers: int = 0  # DataLoader worker processes per training process
+    # DataLoader worker processes per training process: "auto" = on CUDA the cores of this
+    # process's share less one, on a CPU 0 (zfnet.data.loaders)
+    workers: int | str = "auto"
+    # the input pipeline: "cpu" (workers decode, the device subtracts the mean), "gpu" (the
+    # device decodes), "auto" (gpu on CUDA for image files) (zfnet.data.loaders)
+    loader: str = "auto"
     keep_epochs: tuple[int, ...] = PAPER_KEEP_EPOCHS
     # validate after every `val_every`-th epoch and after the last; the epochs between get empty
     # val cells. With the plateau schedule, `patience` then counts validations, not epochs.
@@ -138,8 +143,11 @@ class TrainConfig:
         from zfnet.train.distributed import parse_device
 
         parse_device(self.device)  # the name only: a resumed run may move to another machine
-        if self.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        from zfnet.data.loaders import LOADERS, parse_workers
+
+        self.workers = parse_workers(self.workers)
+        if self.loader not in LOADERS:
+            raise ValueError(f"loader={self.loader!r} is not known; valid: {', '.join(LOADERS)}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (config.json, checkpoints)."""

@@ -9,7 +9,14 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from zfnet.data import collate
+from zfnet.data.loaders import (
+    as_inputs,
+    collate_for,
+    formed,
+    item_form,
+    loader_kind,
+    resolve_workers,
+)
 from zfnet.train.checkpoint import load_model, read_train_state
 from zfnet.train.compiled import check_compile, compile_model
 from zfnet.train.distributed import DistInfo, resolve_device
@@ -24,7 +31,8 @@ def evaluate_checkpoint(
     *,
     batch_size: int = 128,
     device: str = "auto",
-    workers: int = 0,
+    workers: int | str = "auto",
+    loader: str = "auto",
     amp: str = "auto",
     channels_last: bool = True,
     live_weights: bool = False,
@@ -35,6 +43,9 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Evaluate the checkpoint at `path` (run dir, checkpoint dir or weights file) on the
     validation split of dataset `spec` (None: the dataset the model was trained on).
+
+    `workers` (a number or "auto") and `loader` (auto, cpu, gpu): the input pipeline, as in
+    training (`zfnet.data.loaders`).
 
     With `ten_crop`, each image is scored by the average softmax over its 4 corner and centre
     crops and their mirror images (paper Sec. 3). `amp` and `channels_last` as in training (the
@@ -82,16 +93,21 @@ def evaluate_checkpoint(
             f"dataset {spec!r} gives {bundle.input_size} px crops but the model in "
             f"{meta['checkpoint']} expects {meta['input_size']} px"
         )
-    val = bundle.val
+    val = formed(bundle.val, item_form(loader_kind(loader, bundle.val, dev, spec=spec),
+                                       bundle.val))
+    share = val
     if info.enabled:  # a strided share, as training's validation: no item twice, none padded
-        val = Subset(val, range(info.rank, len(val), info.world_size))
-    loader = DataLoader(val, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=collate, pin_memory=dev.type == "cuda")
+        share = Subset(val, range(info.rank, len(val), info.world_size))
+    batches = as_inputs(DataLoader(share, batch_size=batch_size, shuffle=False,
+                                   num_workers=resolve_workers(workers, dev),
+                                   collate_fn=collate_for(val), pin_memory=dev.type == "cuda"),
+                        val, dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if compile:
         model = compile_model(model)
-    r = evaluate(model, loader, bundle.num_classes, info, amp_dtype_for(amp, dev), channels_last)
+    r = evaluate(model, batches, bundle.num_classes, info, amp_dtype_for(amp, dev),
+                 channels_last)
     cm: torch.Tensor = r["confusion"]
     names = list(bundle.class_names)
     return {

@@ -81,6 +81,7 @@ class Checkpoints:
             "class_names": list(run.bundle.class_names), "num_classes": run.bundle.num_classes,
             "in_channels": run.bundle.in_channels, "input_size": run.bundle.input_size,
             "train_config": config.to_dict(), "world_size": run.info.world_size,
+            "workers": run.loader_kw["num_workers"],  # what --workers auto came to
         }
         self.last = str(run.resume_from) if run.resume_from else None  # the newest one
 

@@ -24,7 +24,14 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 import zfnet
-from zfnet.data import collate
+from zfnet.data.loaders import (
+    as_inputs,
+    collate_for,
+    formed,
+    item_form,
+    loader_kind,
+    resolve_workers,
+)
 from zfnet.models import eval_mode
 from zfnet.train import checkpoint as ckpt
 from zfnet.train import distributed as ddp
@@ -95,7 +102,7 @@ class Run:
     amp_dtype: torch.dtype | None
     train_set: SeededSamples
     sampler: ddp.ResumableSampler
-    val_loader: DataLoader
+    val_loader: Any  # a DataLoader, or its batches as inputs on the device (DeviceBatches)
     loader_kw: dict[str, Any]
     per_rank_batch: int
     steps_per_epoch: int
@@ -281,14 +288,23 @@ def _data(
 ) -> tuple[SeededSamples, ddp.ResumableSampler, DataLoader, dict[str, Any]]:
     """This process's share of the data: the seeded training set and its sampler, the
     validation loader, and the loader options an epoch's loader is made with."""
-    train_set = SeededSamples(bundle.train, config.seed, config.random_erasing)
+    # the input pipeline (zfnet.data.loaders): what the workers hand over, the rest on the device
+    erasing = config.random_erasing
+    kind = loader_kind(config.loader, bundle.train, info.device, erasing=erasing,
+                       spec=config.data)
+    train = formed(bundle.train, item_form(kind, bundle.train, erasing=erasing))
+    val = formed(bundle.val, item_form(kind, bundle.val))
+    train_set = SeededSamples(train, config.seed, erasing)
     sampler = ddp.ResumableSampler(train_set, info.world_size, info.rank, shuffle=True,
                                    seed=config.seed)
-    loader_kw: dict[str, Any] = {"num_workers": config.workers, "collate_fn": collate,
+    loader_kw: dict[str, Any] = {"num_workers": resolve_workers(config.workers, info.device),
+                                 "collate_fn": collate_for(train),
                                  "pin_memory": info.device.type == "cuda"}
-    val_set = Subset(bundle.val, range(info.rank, len(bundle.val), info.world_size))
-    val_loader = DataLoader(val_set, batch_size=per_rank_batch, shuffle=False,
-                            generator=torch.Generator().manual_seed(0), **loader_kw)
+    val_set = Subset(val, range(info.rank, len(bundle.val), info.world_size))
+    val_loader = as_inputs(DataLoader(val_set, batch_size=per_rank_batch, shuffle=False,
+                                      generator=torch.Generator().manual_seed(0),
+                                      **{**loader_kw, "collate_fn": collate_for(val)}),
+                           val, info.device)
     return train_set, sampler, val_loader, loader_kw
 
 
@@ -306,7 +322,7 @@ def _restore(state: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler:
 
 
 def epoch_loader(run: Run, epoch: int, start_step: int = 0,
-                 end_step: int | None = None) -> tuple[DataLoader, int]:
+                 end_step: int | None = None) -> tuple[Any, int]:
     """The training batches of `epoch` on this process, from step `start_step` to `end_step`
     (None: the epoch's end), and how many samples they hold. The order depends only on (seed,
     epoch) and each sample's augmentation on (seed, epoch, index): a resumed epoch gives the
@@ -325,22 +341,22 @@ def epoch_loader(run: Run, epoch: int, start_step: int = 0,
                          batch_size=run.per_rank_batch, rank=run.info.rank,
                          world_size=run.info.world_size, start_step=start_step,
                          workers_before=_workers_before(run) if start_step else None)
-        return (DataLoader(batches, batch_size=None, generator=generator, **run.loader_kw),
-                end - sampler.skip)
-    loader = DataLoader(
-        run.train_set, batch_size=run.per_rank_batch, sampler=sampler, generator=generator,
-        **run.loader_kw,
-    )
-    return loader, end - sampler.skip
+        loader = DataLoader(batches, batch_size=None, generator=generator, **run.loader_kw)
+    else:
+        loader = DataLoader(run.train_set, batch_size=run.per_rank_batch, sampler=sampler,
+                            generator=generator, **run.loader_kw)
+    return as_inputs(loader, run.train_set.dataset, run.info.device), end - sampler.skip
 
 
 def _workers_before(run: Run) -> int | None:
     """The DataLoader workers of the session that saved the checkpoint a run resumes from (a
-    streamed epoch's split depends on them)."""
+    streamed epoch's split depends on them): the number it used (`workers` in its meta), or
+    its configuration's from before `--workers auto`."""
     if run.resume_from is None:
         return None
-    saved = ckpt.read_meta(run.resume_from).get("train_config", {})
-    return max(1, int(saved.get("workers", 0) or 0))
+    meta = ckpt.read_meta(run.resume_from)
+    used = meta.get("workers", meta.get("train_config", {}).get("workers", 0))
+    return max(1, int(used or 0))
 
 
 def model_config(model: nn.Module) -> dict[str, Any]:

@@ -1,0 +1,370 @@
+"""Benchmark: zfnet at ImageNet scale in one run: the input pipelines, the training step, and
+`zfnet train` end to end, each as images per second and the ImageNet epoch (1,281,167 images)
+it implies, with ratios (issue 27). About 10 minutes on a GPU machine (H200, 16 cores).
+
+A folder of ImageNet-shaped JPEGs is generated (500x375, ~76 kB, `--classes` classes; see
+bench/common.py `photo`), written as shards at 256 px (`zfnet shards`), and then:
+
+1. per worker (one process, one thread: what one DataLoader worker does, batches of 64):
+   torchvision ImageFolder + PIL (Resize 256, RandomCrop 224, flip, ToTensor) against zfnet's
+   cpu loader on the folder and on the shards, the gpu loader's workers (reading bytes), and
+   decoding alone (PIL, and torchvision's decode_jpeg: libjpeg-turbo both);
+2. the loaders alone, with `--workers` workers, each batch made into model inputs on the
+   device: torchvision's (to the device), zfnet cpu and gpu on the folder and on the shards,
+   and nvJPEG decoding alone (CUDA);
+3. the training step alone on random inputs (ZFNet, batch `--batch-size`, bf16 autocast,
+   channels_last): eager, compiled as `--compile` does (`zfnet.train.compiled`), and the same
+   layers as a plain `nn.Sequential` (torch's LocalResponseNorm), compiled: the anchor;
+4. `zfnet train --compile` end to end for 2 epochs (the second timed, as metrics.csv reports
+   it) on the folder and on the shards, with the gpu loader and the cpu loader.
+
+    PYTHONPATH=src python bench/bench_imagenet.py                 # GPU machine, ~10 min
+    PYTHONPATH=src python bench/bench_imagenet.py --images 5000   # shorter
+    PYTHONPATH=src python bench/bench_imagenet.py --dry-run       # tiny, on the CPU, < 60 s
+    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/bench_imagenet.py --parts 1 --images 1000 \
+        --per-worker-images 1000                                  # per worker only (any CPU)
+
+`--dry-run` runs every part at toy sizes on the CPU (zfnet_small at 64 px, torch.compile with
+the aot_eager backend, `zfnet train` without --compile): its figures mean nothing, it proves
+the script (tests/test_bench_imagenet.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import hardware, make_folder, rates, sgd_step, timed  # noqa: E402
+
+import zfnet  # noqa: E402
+from zfnet.data import load_dataset  # noqa: E402
+from zfnet.data.batches import collate_encoded, collate_pixels  # noqa: E402
+from zfnet.data.images import read_file  # noqa: E402
+from zfnet.data.loaders import resolve_workers  # noqa: E402
+from zfnet.data.shard_writer import write_shards  # noqa: E402
+from zfnet.memory import keep_freed_memory  # noqa: E402
+from zfnet.models.lrn import LocalResponseNorm  # noqa: E402
+from zfnet.train import TrainConfig, train  # noqa: E402
+from zfnet.train import compiled as compiled_mod  # noqa: E402
+from zfnet.train.compiled import compile_model  # noqa: E402
+from zfnet.train.distributed import DistInfo  # noqa: E402
+from zfnet.train.recipe import SeededSamples  # noqa: E402
+from zfnet.train.run import build_run, epoch_loader  # noqa: E402
+
+IMAGENET = 1_281_167  # training images of ILSVRC-2012
+PER_WORKER_BATCH = 64
+
+
+def epoch_minutes(rate: float) -> str:
+    return f"{IMAGENET / rate / 60:6.1f} min" if rate > 0 else "     -"
+
+
+def line(name: str, rate: float, base: float | None = None, base_name: str = "") -> str:
+    ratio = f"  {rate / base:5.2f}x {base_name}" if base else ""
+    return f"  {name:<48} {rate:8.0f} img/s  ImageNet epoch {epoch_minutes(rate)}{ratio}"
+
+
+# --- 1. per worker ---
+
+def per_worker(root: Path, shards: Path, spec: str, repeats: int) -> dict[str, float]:
+    """One process, one thread: the work of one DataLoader worker, per loader."""
+    from PIL import Image
+    from torchvision import datasets, transforms
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    size = int(spec.split("size=")[1]) if "size=" in spec else 224
+    full = round(size * 256 / 224)
+    tf = transforms.Compose([transforms.Resize(full), transforms.RandomCrop(size),
+                             transforms.RandomHorizontalFlip(), transforms.ToTensor()])
+    folder = datasets.ImageFolder(str(root / "train"), transform=tf)
+
+    def tv(e: int) -> Iterable:
+        return DataLoader(folder, batch_size=PER_WORKER_BATCH, shuffle=True,
+                          generator=torch.Generator().manual_seed(e))
+
+    def zf(data_spec: str, form: str, collate_fn: Callable) -> Callable[[int], Iterable]:
+        train = load_dataset(data_spec).train.with_form(form)
+        seeded = SeededSamples(train, seed=0)
+
+        def epoch(e: int) -> Iterable:
+            seeded.epoch = e
+            stream = getattr(train, "epoch_stream", None)
+            if stream is not None:
+                return DataLoader(stream(seeded, epoch=e, seed=0, batch_size=PER_WORKER_BATCH),
+                                  batch_size=None, collate_fn=collate_fn)
+            return DataLoader(seeded, batch_size=PER_WORKER_BATCH, shuffle=True,
+                              collate_fn=collate_fn, generator=torch.Generator().manual_seed(e))
+
+        return epoch
+
+    files = sorted((root / "train").rglob("*.JPEG"))
+    blobs = [read_file(p) for p in files]
+
+    def pil(e: int) -> Iterable:
+        import io
+
+        for b in blobs:
+            with Image.open(io.BytesIO(b)) as im:
+                yield im.convert("RGB")
+
+    def tvio(e: int) -> Iterable:
+        for b in blobs:
+            yield decode_jpeg(torch.frombuffer(b, dtype=torch.uint8), mode=ImageReadMode.RGB)
+
+    n = len(files)
+    return rates({
+        "torchvision ImageFolder + PIL, originals": (tv, n),
+        "zfnet cpu loader, originals": (zf(f"imagefolder:{root}?{spec}", "pixels",
+                                           collate_pixels), n),
+        "zfnet cpu loader, shards at 256 px": (zf(f"shards:{shards}?{spec}", "pixels",
+                                                  collate_pixels), n),
+        "zfnet gpu loader's workers, originals": (zf(f"imagefolder:{root}?{spec}", "encoded",
+                                                     collate_encoded), n),
+        "decoding alone, PIL": (pil, n),
+        "decoding alone, torchvision decode_jpeg (CPU)": (tvio, n),
+    }, repeats)
+
+
+# --- 2. the loaders alone, all workers, to the device ---
+
+def pass_rate(batches: Iterable, device: torch.device, skip: int = 2) -> float:
+    """Images per second of a pass over `batches` ((x, y) on the device), after `skip` batches
+    (the workers' start)."""
+    count, start = 0, None
+    for k, (x, _) in enumerate(batches):
+        if k == skip:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start, count = time.perf_counter(), 0
+        count += len(x)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    if start is None:
+        return 0.0
+    return count / (time.perf_counter() - start)
+
+
+def train_config(out: Path, data: str, model: str, loader: str, args: argparse.Namespace,
+                 **kw) -> TrainConfig:
+    return TrainConfig(data=data, model=model, out=str(out), batch_size=args.batch_size,
+                       loader=loader, workers=args.workers, device=args.device,
+                       progress=False, tensorboard=False, keep_epochs=(), **kw)
+
+
+def loaders_alone(root: Path, shards: Path, spec: str, args: argparse.Namespace,
+                  work: Path) -> dict[str, float]:
+    from torchvision import datasets, transforms
+
+    device = torch.device(args.device)
+    workers = resolve_workers(args.workers, device)
+    size = int(spec.split("size=")[1]) if "size=" in spec else 224
+    tf = transforms.Compose([transforms.Resize(round(size * 256 / 224)),
+                             transforms.RandomCrop(size), transforms.RandomHorizontalFlip(),
+                             transforms.ToTensor()])
+    folder = datasets.ImageFolder(str(root / "train"), transform=tf)
+    tv = DataLoader(folder, batch_size=args.batch_size, shuffle=True, num_workers=workers,
+                    pin_memory=device.type == "cuda")
+    out: dict[str, float] = {
+        "torchvision ImageFolder + PIL, to the device": pass_rate(
+            ((x.to(device, non_blocking=True), y) for x, y in tv), device)}
+    info = DistInfo(0, 1, 0, device)
+    for data, where in ((f"imagefolder:{root}?{spec}", "folder"),
+                        (f"shards:{shards}?{spec}", "shards")):
+        for loader in ("cpu", "gpu"):
+            run = build_run(train_config(work / "none", data, args.model, loader, args), info)
+            batches, _ = epoch_loader(run, 0)
+            out[f"zfnet {loader} loader, {where}"] = pass_rate(batches, device)
+    if device.type == "cuda":
+        out["nvJPEG decoding alone (decode_jpeg on CUDA)"] = nvjpeg_rate(root, args.batch_size)
+    return out
+
+
+def nvjpeg_rate(root: Path, batch: int) -> float:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    files = sorted((root / "train").rglob("*.JPEG"))
+    blobs = [torch.frombuffer(read_file(p), dtype=torch.uint8) for p in files]
+    chunks = [blobs[k:k + batch] for k in range(0, len(blobs), batch)]
+    decode_jpeg(chunks[0], mode=ImageReadMode.RGB, device="cuda")  # nvJPEG's start
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for c in chunks:
+        decode_jpeg(c, mode=ImageReadMode.RGB, device="cuda")
+    torch.cuda.synchronize()
+    return len(blobs) / (time.perf_counter() - start)
+
+
+# --- 3. the step alone ---
+
+def sequential_anchor(model: nn.Module) -> nn.Sequential:
+    """The same layers as a plain `nn.Sequential` (torch's LocalResponseNorm for zfnet's)."""
+    layers: list[nn.Module] = []
+    for m in model.features:
+        if isinstance(m, LocalResponseNorm):
+            layers.append(nn.LocalResponseNorm(m.size, m.alpha, m.beta, m.k))
+        else:
+            layers.append(copy.deepcopy(m))
+    return nn.Sequential(*layers, nn.Flatten(), *copy.deepcopy(list(model.classifier)))
+
+
+def step_rates(args: argparse.Namespace, size: int) -> dict[str, float]:
+    device = torch.device(args.device)
+    amp = torch.bfloat16 if device.type == "cuda" else None
+    x = torch.randn(args.batch_size, 3, size, size, device=device).contiguous(
+        memory_format=torch.channels_last) * 60
+    y = torch.randint(0, 1000, (args.batch_size,), device=device)
+    out: dict[str, float] = {}
+
+    def model() -> nn.Module:
+        torch.manual_seed(0)
+        return zfnet.create_model(args.model, num_classes=1000, input_size=size).to(
+            device, memory_format=torch.channels_last)
+
+    variants = {
+        "zfnet's model, eager": lambda: model(),
+        "zfnet's model, torch.compile": lambda: compile_model(model()),
+        "plain nn.Sequential anchor, torch.compile": lambda: compile_model(
+            sequential_anchor(model()).to(device, memory_format=torch.channels_last)),
+    }
+    for name, make in variants.items():
+        step = sgd_step(make(), x, y, amp)
+        out[name] = statistics.median(
+            args.batch_size / timed(step, args.steps, warmup=3) for _ in range(args.repeats))
+    return out
+
+
+# --- 4. end to end ---
+
+def end_to_end(root: Path, shards: Path, spec: str, args: argparse.Namespace,
+               work: Path) -> dict[str, float]:
+    """`zfnet train` (the library call the command makes) for 2 epochs: the second epoch's
+    img/s from metrics.csv."""
+    out: dict[str, float] = {}
+    for data, where in ((f"imagefolder:{root}?{spec}", "folder"),
+                        (f"shards:{shards}?{spec}", "shards")):
+        for loader in ("gpu", "cpu"):
+            run = work / f"run-{where}-{loader}"
+            train(train_config(run, data, args.model, loader, args, epochs=2,
+                               **compile_option(args)))
+            with open(run / "metrics.csv") as f:
+                rows = list(csv.DictReader(f))
+            out[f"zfnet train, {where}, {loader} loader"] = float(rows[-1]["img_per_s"])
+    return out
+
+
+def compile_option(args: argparse.Namespace) -> dict:
+    """`--compile` for the end-to-end runs (not in the dry run: four more compilations)."""
+    return {} if args.dry_run else {"compile": True}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=20_000, help="training JPEGs (default 20000)")
+    ap.add_argument("--classes", type=int, default=100)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--workers", default="auto", help="DataLoader workers (default auto)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--model", default="zfnet")
+    ap.add_argument("--steps", type=int, default=30, help="timed training steps per repeat")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--per-worker-images", type=int, default=1000,
+                    help="images of part 1 (one thread: kept short)")
+    ap.add_argument("--dir", help="work folder (default: a temporary one)")
+    ap.add_argument("--parts", default="1,2,3,4",
+                    help="which parts to run, e.g. 1 (per worker only: a CPU machine)")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="toy sizes on the CPU: proves the script, measures nothing")
+    args = ap.parse_args()
+    args.parts = {int(p) for p in args.parts.split(",")}
+    spec = ""
+    if args.dry_run:
+        args.images, args.classes, args.batch_size, args.workers = 24, 2, 8, 0
+        args.device, args.model, args.steps, args.repeats = "cpu", "zfnet_small", 1, 1
+        args.per_worker_images = 24
+        spec = "size=64"
+        compiled_mod.BACKEND = "aot_eager"  # tracing without Inductor's C++ (minutes on a CPU)
+    workers = resolve_workers(args.workers if args.workers == "auto" else int(args.workers),
+                              torch.device(args.device))
+    args.workers = workers
+    size = int(spec.split("=")[1]) if spec else 224
+    keep_freed_memory()  # as `zfnet` does at start-up
+    cores = os.cpu_count() or 1
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        work = Path(tmp)
+        root, shards, few = work / "folder", work / "shards", work / "few"
+        kb = float("nan")
+        if args.parts & {2, 4}:  # the loaders and the runs read the whole folder
+            kb = make_folder(root, args.images, args.classes,
+                             val=max(args.classes, 4 if args.dry_run else 50), workers=cores)
+            write_shards(f"imagefolder:{root}", shards, workers=cores)
+            load_dataset(f"imagefolder:{root}?{spec}")  # the mean image, cached
+        print(hardware())
+        print(f"{args.images} training JPEGs 500x375 ({kb:.0f} kB on average), {args.classes} "
+              f"classes; shards at 256 px; {args.model} at {size} px, batch {args.batch_size}, "
+              f"{workers} workers, device {args.device}; made in {time.perf_counter() - t0:.0f} s")
+
+        # 1. per worker, on a subset of the folder (one thread is slow)
+        if 1 in args.parts:
+            n_few = min(args.per_worker_images, args.images)
+            make_folder(few, n_few, args.classes, val=args.classes, workers=cores)
+            write_shards(f"imagefolder:{few}", work / "few-shards", workers=cores)
+            torch.set_num_threads(1)
+            pw = per_worker(few, work / "few-shards", spec, 1 if args.dry_run else args.repeats)
+            torch.set_num_threads(cores)
+            base = pw["torchvision ImageFolder + PIL, originals"]
+            print(f"\n1. per worker: one process, one thread, {n_few} images, batches of "
+                  f"{PER_WORKER_BATCH} (x: against torchvision; the ImageNet epoch: one worker)")
+            for name, r in pw.items():
+                print(line(name, r, base, "torchvision"))
+            floor = pw["decoding alone, torchvision decode_jpeg (CPU)"]
+            print(f"  zfnet's cpu loader reaches {pw['zfnet cpu loader, originals'] / floor:.0%}"
+                  " of decoding alone (decode_jpeg); issue 27: >= 1x torchvision on the "
+                  "originals, >= 2x from the shards")
+
+        # 2. the loaders alone
+        if 2 in args.parts:
+            la = loaders_alone(root, shards, spec, args, work)
+            base = la["torchvision ImageFolder + PIL, to the device"]
+            print(f"\n2. the loaders alone, {workers} workers, inputs on {args.device}")
+            for name, r in la.items():
+                print(line(name, r, base, "torchvision"))
+
+        # 3. the step alone
+        compiled = None
+        if 3 in args.parts:
+            st = step_rates(args, size)
+            compiled = st["zfnet's model, torch.compile"]
+            print(f"\n3. the training step alone ({args.model}, random inputs, "
+                  f"{'bf16, ' if args.device.startswith('cuda') else ''}channels_last)")
+            for name, r in st.items():
+                print(line(name, r, compiled, "compiled"))
+
+        # 4. end to end
+        if 4 in args.parts:
+            e2e = end_to_end(root, shards, spec, args, work)
+            step = "compiled step" if compile_option(args) else "eager step"
+            print(f"\n4. zfnet train end to end (epoch 2 of 2, {step})")
+            for name, r in e2e.items():
+                print(line(name, r, compiled, "the compiled step"))
+            if compiled:
+                best = max(e2e.values())
+                print(f"\nbest end to end / compiled step: {best / compiled:.0%} (issue 27's "
+                      "goal: >= 90% with --compile)")
+        print(f"whole benchmark {time.perf_counter() - t0:.0f} s")
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,344 @@
+"""Batches as a loader's workers hand them over, and the model inputs made of them on the device.
+
+A dataset's items come in one of three forms (`zfnet.data.transforms.CropDataset.form`); each
+has its `collate_fn` here, and `BatchInputs` turns its batches into what the "float" form's
+items would have been, stacked, on the device the model trains on:
+
+- "float": (x float32 (N, C, S, S) or (N, 10, C, S, S), y): `zfnet.data.transforms.collate`,
+  nothing left to do;
+- "pixels" (the CPU loader): `PixelBatch`, uint8 windows of the full images, the training crops
+  flipped already. On the device: made float, minus the same windows of the mean image (one
+  gather for the batch), divided by std, the ten crops cut for evaluation;
+- "encoded" (the GPU loader): `EncodedBatch`, the files' bytes (and, for the few files the
+  device cannot decode, the full images decoded by the workers). On the device: decoded in one
+  `torchvision.io.decode_jpeg` call (nvJPEG on CUDA), each image's shorter side resized to F
+  (images of one size in one call) and its centre F x F kept, then the windows cut (one gather)
+  and finished as "pixels". A batch the device decoder refuses is decoded image by image to
+  find the culprit, which is decoded by PIL on the host (`load_rgb`): it is used if PIL can
+  read it, else skipped with a warning naming it (or `BadImageError` with `strict`).
+
+Every form gives the same inputs, the "encoded" form up to its decoder's and resampler's
+rounding (nvJPEG's IDCT and CUDA's resampling differ from libjpeg-turbo's and the CPU's by a
+few levels; on the CPU, `decode_jpeg` is libjpeg-turbo and the same resampling: the same
+pixels, except for images large enough that the CPU loader decodes them at a reduced DCT
+scale). Items of a batch keep their order; crops and flips are the dataset's (per sample,
+`zfnet.train.recipe.SeededSamples`), so runs resume exactly with any form.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch.utils.data import DataLoader, default_collate, get_worker_info
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from zfnet.data.images import BadImageError, load_rgb, resize_center_crop, warn_skipped
+from zfnet.data.transforms import CropDataset, Form, collate, ten_crop
+
+
+class PixelBatch(NamedTuple):
+    """A batch of "pixels" items (broken files dropped)."""
+
+    pixels: torch.Tensor  # (N, s, s, C) uint8: each input's window of its full image
+    labels: torch.Tensor  # (N,) int64
+    params: torch.Tensor  # (N, 3) int64: top, left, flipped of each window
+
+
+class EncodedBatch(NamedTuple):
+    """A batch of "encoded" items (broken files the workers met dropped)."""
+
+    data: torch.Tensor  # (B,) uint8: the files the device decodes, one after another
+    offsets: torch.Tensor  # (J + 1,) int64: file j is data[offsets[j]:offsets[j + 1]]
+    decoded: torch.Tensor  # (M, F, F, C) uint8: the other images, decoded by the workers
+    encoded: torch.Tensor  # (N,) bool: item k is the next file of `data`, else of `decoded`
+    labels: torch.Tensor  # (N,) int64
+    params: torch.Tensor  # (N, 3) int64: top, left, flipped of each input in its full image
+    indices: torch.Tensor  # (N,) int64: each item's index in its dataset (to name its file)
+
+
+def _shared_cat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """`torch.cat` of 1-D uint8 tensors, into shared memory in a DataLoader worker (as
+    `default_collate` stacks): the batch reaches the main process without another copy."""
+    if not tensors:
+        return torch.empty(0, dtype=torch.uint8)
+    out = None
+    if get_worker_info() is not None:
+        n = sum(t.numel() for t in tensors)
+        out = tensors[0].new(tensors[0]._typed_storage()._new_shared(n)).resize_(n)
+    return torch.cat(list(tensors), out=out)
+
+
+def collate_pixels(batch: Sequence[Any]) -> PixelBatch:
+    """`collate_fn` of "pixels" items: drops `None` (skipped broken files), stacks the rest
+    (into shared memory in a worker). All broken: N = 0."""
+    kept = [item for item in batch if item is not None]
+    if not kept:
+        return PixelBatch(torch.empty(0, 0, 0, 0, dtype=torch.uint8),
+                          torch.empty(0, dtype=torch.long), torch.empty(0, 3, dtype=torch.long))
+    pixels, labels, params = zip(*kept, strict=True)
+    return PixelBatch(default_collate(list(pixels)), torch.as_tensor(labels, dtype=torch.long),
+                      torch.stack(params))
+
+
+def collate_encoded(batch: Sequence[Any]) -> EncodedBatch:
+    """`collate_fn` of "encoded" items: drops `None`, concatenates the files, stacks the images
+    the workers decoded (into shared memory in a worker)."""
+    kept = [item for item in batch if item is not None]
+    files = [payload for payload, *_ in kept if payload.ndim == 1]
+    images = [payload for payload, *_ in kept if payload.ndim != 1]
+    sizes = torch.tensor([0] + [f.numel() for f in files], dtype=torch.long)
+    return EncodedBatch(
+        data=_shared_cat(files), offsets=sizes.cumsum(0),
+        decoded=default_collate(images) if images else torch.empty(0, 0, 0, 0,
+                                                                    dtype=torch.uint8),
+        encoded=torch.tensor([payload.ndim == 1 for payload, *_ in kept], dtype=torch.bool),
+        labels=torch.as_tensor([y for _, y, *_ in kept], dtype=torch.long),
+        params=torch.stack([p for *_, p, _ in kept]) if kept else torch.empty(0, 3,
+                                                                              dtype=torch.long),
+        indices=torch.as_tensor([i for *_, i in kept], dtype=torch.long))
+
+
+COLLATES: dict[str, Callable[[Sequence[Any]], Any]] = {
+    "float": collate, "pixels": collate_pixels, "encoded": collate_encoded}
+
+
+# --- on the device ---
+
+def cut_windows(images: torch.Tensor, params: torch.Tensor, side: int) -> torch.Tensor:
+    """The windows `params` (N, 3: top, left, flipped) of images (N, H, W, C), in one gather:
+    (N, side, side, C), mirrored where flipped."""
+    tops, lefts, flips = params.to(images.device).unbind(1)
+    ramp = torch.arange(side, device=images.device)
+    rows = (tops[:, None] + ramp)[:, :, None]  # (N, s, 1)
+    cols = lefts[:, None] + ramp  # (N, s)
+    cols = torch.where(flips[:, None].bool(), cols.flip(1), cols)[:, None, :]  # (N, 1, s)
+    batch = torch.arange(len(images), device=images.device)[:, None, None]
+    return images[batch, rows, cols]  # (N, s, s, C)
+
+
+@dataclass
+class Prepared:
+    """One batch as model inputs: x on the device, y, and the files skipped while decoding it
+    on the device (warned about by whoever hands the batch on)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    skipped: list[BadImageError]
+
+
+class BatchInputs:
+    """Turns batches of `dataset`'s form into model inputs on `device` (see the module): x
+    float32 (N, C, S, S) in channels_last layout (the trainer's default), or (N, 10, C, S, S)
+    for ten crops, and y (N,) int64."""
+
+    def __init__(self, dataset: CropDataset, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+        self.form: Form = dataset.form
+        self.mode = dataset.mode
+        self.input_size, self.full_size = dataset.input_size, dataset.full_size
+        self.strict = dataset.strict
+        self.name = dataset.item_name
+        mean = dataset.mean.to(self.device, torch.float32)  # (C, F, F)
+        self.mean_hwc = mean.permute(1, 2, 0)  # (F, F, C), for gathering windows
+        self.std = None if dataset.std is None else dataset.std.to(self.device)  # (C, 1, 1)
+        self.side = dataset.input_size  # of the training windows
+        # centre crops and ten crops: every window in the same place, one mean window for all
+        self.fixed: tuple[int, int, int] | None = None  # top, left, side
+        if dataset.mode != "train":
+            (top, left, _), side = dataset.window()
+            self.fixed = (top, left, side)
+            self._fixed_mean = self.mean_hwc[top:top + side, left:left + side]  # (s, s, C)
+
+    def __call__(self, batch: Any) -> Prepared:
+        if isinstance(batch, PixelBatch):
+            windows = batch.pixels.to(self.device, non_blocking=True)
+            return Prepared(self.finish(windows, batch.params), batch.labels, [])
+        if isinstance(batch, EncodedBatch):
+            full, keep, skipped = self.decode(batch)  # (N', F, F, C) on the device
+            params = batch.params[keep]
+            if self.fixed is None:
+                windows = cut_windows(full, params, self.side)  # (N', S, S, C)
+            else:
+                top, left, side = self.fixed
+                windows = full[:, top:top + side, left:left + side]
+            return Prepared(self.finish(windows, params), batch.labels[keep], skipped)
+        x, y = batch  # the "float" form: inputs already
+        return Prepared(x.to(self.device, non_blocking=True), y, [])
+
+    def finish(self, windows: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """uint8 windows (N, s, s, C) on the device, at `params` -> float32 inputs: minus the
+        mean's windows, / std, ten crops cut in "ten_crop" mode. The same values, pixel for
+        pixel, as the "float" form's items (whose crops and flips commute with these)."""
+        if len(windows) == 0:
+            return torch.empty(0, device=self.device)
+        if self.fixed is not None:
+            mean = self._fixed_mean  # (s, s, C), broadcast over the batch
+        else:
+            mean = cut_windows(self.mean_hwc.expand(len(windows), -1, -1, -1), params,
+                               self.side)  # (N, s, s, C)
+        x = (windows.to(torch.float32) - mean).permute(0, 3, 1, 2)  # (N, C, s, s), NHWC
+        if self.std is not None:
+            x = x / self.std
+        if self.mode == "ten_crop":
+            return ten_crop(x, self.input_size).transpose(0, 1)  # (N, 10, C, S, S)
+        return x
+
+    # --- decoding on the device ---
+
+    def decode(self, batch: EncodedBatch
+               ) -> tuple[torch.Tensor, torch.Tensor, list[BadImageError]]:
+        """The batch's full images (N', F, F, C) uint8 on the device, which items they are
+        (a bool mask of the batch), and the files skipped as broken."""
+        n, f = len(batch.labels), self.full_size
+        keep = torch.ones(n, dtype=torch.bool)
+        skipped: list[BadImageError] = []
+        channels = batch.decoded.shape[-1] if batch.decoded.numel() else 3
+        full = torch.empty(n, f, f, channels, dtype=torch.uint8, device=self.device)
+        pos = torch.arange(n)
+        if (~batch.encoded).any():
+            full[pos[~batch.encoded].to(self.device)] = batch.decoded.to(self.device,
+                                                                         non_blocking=True)
+        where = pos[batch.encoded].tolist()
+        files = [batch.data[a:b] for a, b in itertools.pairwise(batch.offsets.tolist())]
+        images = self._decode_files(files, [int(batch.indices[k]) for k in where], skipped)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for k, img in zip(where, images, strict=True):
+            if img is None:
+                keep[k] = False
+            else:
+                by_shape.setdefault(tuple(img.shape), []).append(k)
+        decoded = dict(zip(where, images, strict=True))
+        for ks in by_shape.values():  # images of one size resized in one call
+            stack = torch.stack([decoded[k] for k in ks])  # (g, 3, H, W)
+            small = resize_center_crop(stack, f)  # (g, 3, F, F)
+            full[torch.tensor(ks, device=self.device)] = small.permute(0, 2, 3, 1)
+        return (full if keep.all() else full[keep.to(self.device)]), keep, skipped
+
+    def _decode_files(self, files: list[torch.Tensor], items: list[int],
+                      skipped: list[BadImageError]) -> list[torch.Tensor | None]:
+        """Decode `files` (items `items` of the dataset) on the device, in one call; when that
+        fails, one by one, the ones the device refuses on the host (None: broken)."""
+        if not files:
+            return []
+        try:
+            return list(decode_jpeg(files, mode=ImageReadMode.RGB, device=self.device))
+        except RuntimeError:
+            pass  # one of them at least: find it
+        out: list[torch.Tensor | None] = []
+        for data, i in zip(files, items, strict=True):
+            try:
+                out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device))
+            except RuntimeError:
+                out.append(self._decode_on_host(data, i, skipped))
+        return out
+
+    def _decode_on_host(self, data: torch.Tensor, i: int,
+                        skipped: list[BadImageError]) -> torch.Tensor | None:
+        """A file the device refused, decoded by PIL (`load_rgb`): its (3, H, W) on the device,
+        or None when it is broken (recorded in `skipped`; raised with `strict`)."""
+        try:
+            img = load_rgb(io.BytesIO(data.numpy().tobytes()), min_side=self.full_size,
+                           name=self.name(i))
+        except BadImageError as err:
+            if self.strict:
+                raise
+            skipped.append(err)
+            return None
+        return img.to(self.device)
+
+
+class DeviceBatches:
+    """A DataLoader whose batches come out as model inputs on a device (`BatchInputs`): what
+    the training and evaluation loops iterate, with the DataLoader's length and sampler.
+    Files skipped on the device are warned about (`BrokenImageWarning`) as the batch is handed
+    on. `prefetch` > 0: a thread prepares up to that many batches ahead, on a CUDA device on a
+    stream of its own, so that decoding the next batch overlaps the step on this one."""
+
+    def __init__(self, loader: DataLoader, inputs: BatchInputs, prefetch: int = 0) -> None:
+        self.loader, self.inputs, self.prefetch = loader, inputs, prefetch
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def sampler(self) -> Any:
+        return self.loader.sampler
+
+    @property
+    def dataset(self) -> Any:
+        return self.loader.dataset
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.prefetch <= 0:
+            for batch in self.loader:
+                yield self._hand_on(self.inputs(batch))
+            return
+        yield from self._prefetched()
+
+    @staticmethod
+    def _hand_on(prepared: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
+        for err in prepared.skipped:
+            warn_skipped(err)
+        return prepared.x, prepared.y
+
+    def _prefetched(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        device = self.inputs.device
+        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        ready: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        end = object()
+
+        def produce() -> None:
+            try:
+                with torch.cuda.stream(stream) if stream is not None else nullcontext():
+                    for batch in self.loader:
+                        prepared = self.inputs(batch)
+                        event = None
+                        if stream is not None:
+                            event = torch.cuda.Event()
+                            event.record(stream)
+                        while not stop.is_set():
+                            try:
+                                ready.put((prepared, event), timeout=0.1)
+                                break
+                            except queue.Full:
+                                continue
+                        if stop.is_set():
+                            return
+                ready.put(end)
+            except BaseException as e:  # noqa: BLE001 (raised again in the consumer)
+                ready.put(e)
+
+        thread = threading.Thread(target=produce, name="zfnet-batches", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = ready.get()
+                if item is end:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                prepared, event = item
+                if event is not None:  # the batch was made on the thread's stream
+                    current = torch.cuda.current_stream(device)
+                    current.wait_event(event)
+                    for t in (prepared.x, prepared.y):
+                        if t.device.type == "cuda":
+                            t.record_stream(current)
+                yield self._hand_on(prepared)
+        finally:
+            stop.set()
+            while thread.is_alive():
+                try:
+                    ready.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+            thread.join()

@@ -1,0 +1,116 @@
+"""Which input pipeline feeds a model: `--loader auto|cpu|gpu` and `--workers auto|N`.
+
+- cpu: the DataLoader's workers decode each file (libjpeg-turbo, at a reduced DCT scale where
+  an image is large enough), resize it once and hand over only the uint8 window the input is
+  cut from, in shared memory ("pixels" items); the float conversion, the mean subtraction and
+  the ten crops are done on the device, for the whole batch (`zfnet.data.batches`). Datasets
+  held in memory (synthetic, fashion-mnist) have nothing to decode: their workers keep making
+  the inputs themselves ("float" items), as do all datasets with random erasing (drawn and
+  applied per item).
+- gpu: the workers only read the files; the device decodes them in one call per batch (nvJPEG
+  through `torchvision.io.decode_jpeg` on CUDA), then resizes, cuts, flips and subtracts the
+  mean ("encoded" items). Files nvJPEG's batched path does not take (PNG and other formats,
+  CMYK or progressive JPEGs, EXIF-rotated ones, truncated ones) are decoded by the workers as
+  the cpu loader does. It runs on a CPU device too (`decode_jpeg` on the CPU), which is how
+  its tests prove it.
+- auto: gpu on a CUDA device for image files (imagefolder:, shards:), cpu otherwise.
+
+Workers: `auto` is, on CUDA, the CPU cores this process may use (shared by the processes
+torchrun started on this machine), less one for the process itself; on a CPU device, 0: the
+training step itself uses every core there, and decoding in the main process keeps it so.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from zfnet.data.batches import COLLATES, BatchInputs, DeviceBatches
+from zfnet.data.transforms import CropDataset, Form
+
+LOADERS = ("auto", "cpu", "gpu")
+WORKERS = "auto or a number >= 0"
+
+
+def decodes_files(dataset: Any) -> bool:
+    """Does `dataset` read image files (which the gpu loader can hand to the device)?"""
+    return (isinstance(dataset, CropDataset) and dataset.preprocessing is None
+            and type(dataset).read_encoded is not CropDataset.read_encoded)
+
+
+def loader_kind(loader: str, dataset: Any, device: torch.device, *,
+                erasing: float = 0.0, spec: str = "") -> str:
+    """"cpu" or "gpu": what `loader` (auto, cpu, gpu) means for `dataset` on `device`.
+    ValueError naming the option for gpu where it cannot work."""
+    if loader not in LOADERS:
+        raise ValueError(f"loader={loader!r} is not known; valid: {', '.join(LOADERS)}")
+    files = decodes_files(dataset)
+    if loader == "auto":
+        return "gpu" if device.type == "cuda" and files and not erasing else "cpu"
+    if loader == "gpu" and not files:
+        what = f"dataset {spec!r}" if spec else type(dataset).__name__
+        raise ValueError(f"--loader gpu decodes image files on the device, and {what} has "
+                         "none to decode (imagefolder: and shards: do); use --loader cpu or "
+                         "auto")
+    if loader == "gpu" and erasing:
+        raise ValueError("--random-erasing is drawn and applied per image by the loader's "
+                         "workers; use --loader cpu (or auto) with it")
+    return loader
+
+
+def item_form(kind: str, dataset: Any, *, erasing: float = 0.0) -> Form:
+    """The form of `dataset`'s items that the loader `kind` ("cpu"/"gpu") hands over."""
+    if kind == "gpu":
+        return "encoded"
+    return "pixels" if decodes_files(dataset) and not erasing else "float"
+
+
+def resolve_workers(workers: int | str, device: torch.device) -> int:
+    """DataLoader worker processes for `workers` (a number, or "auto": see the module)."""
+    if workers != "auto":
+        return int(workers)
+    if device.type != "cuda":
+        return 0
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # torchrun's on this machine
+    return max(1, cores // here - 1)
+
+
+def parse_workers(value: Any) -> int | str:
+    """`workers` as given (a number >= 0 or "auto"); ValueError naming what is valid."""
+    if value == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = -1
+    if n < 0 or (isinstance(value, float) and value != n):
+        raise ValueError(f"workers={value!r} is not valid; valid: {WORKERS}")
+    return n
+
+
+def formed(dataset: Any, form: Form) -> Any:
+    """`dataset` with items in `form` (itself for "float")."""
+    return dataset if form == "float" else dataset.with_form(form)
+
+
+def as_inputs(loader: DataLoader, dataset: Any, device: torch.device) -> Iterable:
+    """The batches of `loader` (over `dataset`, possibly through a Subset or a seeded
+    wrapper) as model inputs on `device`: the loader itself for "float" items, else a
+    `DeviceBatches` (a prefetching one on CUDA)."""
+    if getattr(dataset, "form", "float") == "float":
+        return loader
+    return DeviceBatches(loader, BatchInputs(dataset, device),
+                         prefetch=2 if device.type == "cuda" else 0)
+
+
+def collate_for(dataset: Any) -> Any:
+    """The `collate_fn` of `dataset`'s items."""
+    return COLLATES[getattr(dataset, "form", "float")]

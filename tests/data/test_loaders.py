@@ -1,0 +1,270 @@
+"""The input pipelines (zfnet.data.loaders, zfnet.data.batches): JPEG headers decide the decoder;
+the "pixels" (cpu loader) and "encoded" (gpu loader, run here on the CPU) forms give the "float"
+items' inputs, crop for crop; the device finds and names a file it cannot decode; the
+prefetching thread changes nothing; workers hand batches over in shared memory."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from tests.data.test_shards import _image, make_folder
+from zfnet.data import BadImageError, BrokenImageWarning, load_dataset, load_rgb
+from zfnet.data import batches as batches_mod
+from zfnet.data.batches import BatchInputs, DeviceBatches, collate_encoded, collate_pixels
+from zfnet.data.images import decode_plain_jpeg
+from zfnet.data.jpeg import read_header
+from zfnet.data.loaders import (
+    as_inputs,
+    collate_for,
+    formed,
+    item_form,
+    loader_kind,
+    parse_workers,
+    resolve_workers,
+)
+from zfnet.data.shard_writer import write_shards
+from zfnet.data.transforms import collate
+from zfnet.train.recipe import SeededSamples
+
+pytestmark = pytest.mark.filterwarnings("ignore::zfnet.data.images.BrokenImageWarning")
+
+SPEC = "size=32"  # 32 px crops of 37 px images
+CPU = torch.device("cpu")
+
+
+def _jpeg(arr: np.ndarray, mode: str | None = None, **kw) -> bytes:
+    buf = io.BytesIO()
+    img = Image.fromarray(arr)
+    (img.convert(mode) if mode else img).save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def _bad_tables(data: bytes) -> bytes:
+    """`data` with its first Huffman table zeroed: its markers parse, no decoder takes it."""
+    d = bytearray(data)
+    k = d.find(b"\xff\xc4")
+    n = int.from_bytes(d[k + 2:k + 4], "big")
+    d[k + 4:k + 2 + n] = bytes(n - 2)
+    return bytes(d)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """test_shards' folder (EXIF-rotated, grey, palette PNG, small and broken files) with a
+    CMYK, a progressive and two large JPEGs (which the CPU decodes at half scale), and a val
+    JPEG whose markers parse but whose Huffman table is garbage."""
+    root = make_folder(tmp_path_factory.mktemp("loaders") / "folder")
+    rng = np.random.default_rng(1)
+    Image.fromarray(_image(rng, 72, 96, 0)).convert("CMYK").save(
+        root / "train" / "ant" / "cmyk.jpg", quality=95)
+    Image.fromarray(_image(rng, 96, 72, 1)).save(root / "train" / "bee" / "progressive.jpg",
+                                                  quality=95, progressive=True)
+    for split in ("train", "val"):
+        Image.fromarray(_image(rng, 160, 200, 2)).save(root / split / "cat" / "large.jpg",
+                                                        quality=95)
+    (root / "val" / "ant" / "tables.jpg").write_bytes(
+        _bad_tables(_jpeg(_image(rng, 72, 96, 0), quality=95)))
+    return root
+
+
+# --- headers and the fast decoder ---
+
+def test_headers_say_which_decoder_takes_a_file() -> None:
+    rng = np.random.default_rng(0)
+    rgb = _image(rng, 40, 60, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    one = Image.Exif()
+    one[0x0112] = 1
+    cases = {  # name: (bytes, plain, device_decodable)
+        "baseline": (_jpeg(rgb), True, True),
+        "grey": (_jpeg(rgb[..., 0]), True, True),
+        "exif-1": (_jpeg(rgb, exif=one), True, True),
+        "progressive": (_jpeg(rgb, progressive=True), True, False),
+        "exif-rotated": (_jpeg(rgb, exif=exif), False, False),
+        "cmyk": (_jpeg(rgb, "CMYK"), False, False),
+        "truncated": (_jpeg(rgb)[:400], False, False),
+    }
+    for name, (data, plain, device) in cases.items():
+        h = read_header(data)
+        assert (h.plain, h.device_decodable) == (plain, device), name
+        assert (h.width, h.height) == (60, 40), name
+        fast = decode_plain_jpeg(data)
+        if plain:  # libjpeg-turbo through torchvision: PIL's pixels exactly
+            assert torch.equal(fast, load_rgb(io.BytesIO(data))), name
+        else:
+            assert fast is None, name
+    png = io.BytesIO()
+    Image.fromarray(rgb).save(png, "PNG")
+    for data in (png.getvalue(), b"", b"\xff\xd8 not a jpeg", b"\xff\xd8\xff\xda\x00\x02"):
+        assert read_header(data) is None
+    # large enough for PIL's DCT scaling: decoded that way, still load_rgb's pixels
+    big = _jpeg(_image(rng, 160, 200, 1))
+    assert torch.equal(decode_plain_jpeg(big, min_side=37),
+                       load_rgb(io.BytesIO(big), min_side=37))
+    assert decode_plain_jpeg(_bad_tables(big)) is None  # refused: load_rgb names it
+
+
+# --- every form gives the float inputs ---
+
+def _inputs(dataset, mode: str, form: str, indices: list[int], seed: int = 3) -> list:
+    """The inputs of `indices` in one batch of `form`, made on the CPU: (x, y, kept)."""
+    data = formed(dataset.with_mode(mode), form)
+    if mode == "train":
+        items = SeededSamples(data, seed).__getitems__(indices)
+    else:
+        items = [data[i] for i in indices]
+    kept = [i for i, item in zip(indices, items, strict=True) if item is not None]
+    x, y = DeviceBatches._hand_on(BatchInputs(data, CPU)(collate_for(data)(items)))
+    return x, y, kept
+
+
+@pytest.mark.parametrize("source", ["imagefolder", "shards"])
+@pytest.mark.parametrize("mode", ["train", "centre", "ten_crop"])
+def test_pixels_and_encoded_forms_give_the_float_inputs(folder, source, mode) -> None:
+    if source == "shards":
+        out = folder.parent / "shards"
+        if not out.exists():
+            write_shards(f"imagefolder:{folder}", out, resize=0, workers=0)
+    spec = f"{source}:{folder if source == 'imagefolder' else folder.parent / 'shards'}?{SPEC}"
+    bundle = load_dataset(spec)
+    dataset = bundle.train if mode == "train" else bundle.val
+    indices = list(range(len(dataset)))
+    want_x, want_y, kept = _inputs(dataset, mode, "float", indices)
+    broken = [i for i in indices if any(b in dataset.item_name(i) for b in ("broken",
+                                                                              "tables"))]
+    assert broken if source == "imagefolder" else True  # (`zfnet shards` leaves them out)
+    assert kept == [i for i in indices if i not in broken]
+    large = [k for k, i in enumerate(kept) if "large" in dataset.item_name(i)]
+    assert len(large) == 1
+    for form in ("pixels", "encoded"):
+        x, y, _ = _inputs(dataset, mode, form, indices)  # (encoded: the device drops)
+        assert torch.equal(y, want_y), form
+        assert x.shape == want_x.shape and x.dtype == torch.float32, form
+        if form == "pixels":
+            assert torch.equal(x, want_x), form
+            continue
+        # encoded: decoded whole on the "device"; the CPU loader decodes the large image at
+        # half scale (PIL's draft): that one differs by resampling (~1 level on average, up to
+        # ~24 at the edges of the test images' bright square), the others not at all
+        same = [k for k in range(len(kept)) if k not in large]
+        assert torch.equal(x[same], want_x[same]), form
+        diff = (x[large] - want_x[large]).abs()
+        assert 0 < diff.mean() < 2.0 and diff.max() <= 32, (form, diff.mean(), diff.max())
+    if mode == "train":  # the windows are the seeded crops: another seed, other inputs
+        assert not torch.equal(_inputs(dataset, mode, "pixels", indices, seed=4)[0], want_x)
+
+
+def test_the_device_finds_names_and_skips_a_file_it_cannot_decode(folder, monkeypatch) -> None:
+    val = load_dataset(f"imagefolder:{folder}?{SPEC}").val
+    bad = next(i for i in range(len(val)) if val.paths[i].name == "tables.jpg")
+    good = [i for i in range(len(val)) if i != bad]
+    encoded = val.with_form("encoded")
+    batch = collate_encoded([encoded[i] for i in range(len(val))])
+    assert int(batch.encoded.sum()) == len(val)  # every val file goes to the device
+    with pytest.warns(BrokenImageWarning, match=str(val.paths[bad])):
+        x, y = DeviceBatches._hand_on(BatchInputs(encoded, CPU)(batch))
+    assert len(y) == len(val) - 1
+    strict = BatchInputs(encoded, CPU)
+    strict.strict = True
+    with pytest.raises(BadImageError, match="tables.jpg") as e:
+        strict(batch)
+    assert e.value.path == val.paths[bad]
+
+    # a file the device refuses that PIL reads: decoded on the host, the same input
+    refused = val.read_encoded(good[0])
+    real = batches_mod.decode_jpeg
+
+    def picky(data, **kw):
+        files = data if isinstance(data, list) else [data]
+        if any(bytes(f.numpy()) == bytes(refused) for f in files):
+            raise RuntimeError("not this one")
+        return real(data, **kw)
+
+    monkeypatch.setattr(batches_mod, "decode_jpeg", picky)
+    sub = collate_encoded([encoded[i] for i in good])
+    x2, y2 = DeviceBatches._hand_on(BatchInputs(encoded, CPU)(sub))
+    assert torch.equal(x2, x) and torch.equal(y2, y)  # the same inputs, in the same order
+    want = [_inputs(val, "centre", "float", [i])[0] for i in good]
+    large = [k for k, i in enumerate(good) if val.paths[i].name == "large.jpg"]
+    for k, w in enumerate(want):
+        if k not in large:
+            assert torch.equal(x2[k:k + 1], w), val.paths[good[k]]
+
+
+def test_prefetching_thread_gives_the_same_batches_and_raises_in_the_consumer(folder) -> None:
+    bundle = load_dataset(f"imagefolder:{folder}?{SPEC}")
+    train = SeededSamples(bundle.train.with_form("encoded"), seed=0)
+    loader = DataLoader(train, batch_size=4, collate_fn=collate_encoded)
+    inputs = BatchInputs(train.dataset, CPU)
+    inline = list(DeviceBatches(loader, inputs))
+    ahead = DeviceBatches(loader, inputs, prefetch=2)
+    assert len(ahead) == len(loader) and ahead.sampler is loader.sampler
+    for (a, ya), (b, yb) in zip(inline, ahead, strict=True):
+        assert torch.equal(a, b) and torch.equal(ya, yb)
+    for stop_at in (0, 2):  # a consumer that stops early leaves no thread behind
+        for k, _ in enumerate(DeviceBatches(loader, inputs, prefetch=1)):
+            if k == stop_at:
+                break
+    strict = load_dataset(f"imagefolder:{folder}?{SPEC}", strict=True).val.with_form("encoded")
+    with pytest.raises(BadImageError, match="tables.jpg"):
+        list(DeviceBatches(DataLoader(strict, batch_size=4, collate_fn=collate_encoded),
+                           BatchInputs(strict, CPU), prefetch=2))
+
+
+def test_workers_hand_batches_over_in_shared_memory(folder) -> None:
+    bundle = load_dataset(f"imagefolder:{folder}?{SPEC}")
+    for form, collate_fn in (("float", collate), ("pixels", collate_pixels),
+                             ("encoded", collate_encoded)):
+        data = formed(bundle.val, form)
+        batch = next(iter(DataLoader(data, batch_size=6, num_workers=1, collate_fn=collate_fn)))
+        big = batch[0] if form != "encoded" else batch.data
+        assert big.is_shared() and len(big), form
+
+
+def test_loader_choice_and_workers(folder) -> None:
+    bundle = load_dataset(f"imagefolder:{folder}?{SPEC}")
+    cuda = torch.device("cuda")  # only its type is read
+    assert loader_kind("auto", bundle.train, cuda) == "gpu"
+    assert loader_kind("auto", bundle.train, CPU) == "cpu"
+    assert loader_kind("auto", bundle.train, cuda, erasing=0.5) == "cpu"
+    assert item_form("cpu", bundle.train) == "pixels"
+    assert item_form("cpu", bundle.train, erasing=0.5) == "float"
+    assert item_form("gpu", bundle.train) == "encoded"
+    synthetic = load_dataset("synthetic?n_train=8&n_val=4&size=32")
+    assert loader_kind("auto", synthetic.train, cuda) == "cpu"
+    assert item_form("cpu", synthetic.train) == "float"
+    with pytest.raises(ValueError, match="has none to decode"):
+        loader_kind("gpu", synthetic.train, CPU, spec="synthetic")
+    with pytest.raises(ValueError, match="--loader cpu"):
+        loader_kind("gpu", bundle.train, CPU, erasing=0.5)
+    with pytest.raises(ValueError, match="valid: auto, cpu, gpu"):
+        loader_kind("fast", bundle.train, CPU)
+    assert resolve_workers("auto", CPU) == 0 and resolve_workers(3, CPU) == 3
+    assert resolve_workers("auto", cuda) >= 1
+    assert parse_workers("auto") == "auto" and parse_workers("4") == 4
+    for bad in ("-1", "many", 1.5):
+        with pytest.raises(ValueError, match="auto or a number >= 0"):
+            parse_workers(bad)
+    assert type(as_inputs(DataLoader(synthetic.val), synthetic.val, CPU)) is DataLoader
+
+
+def test_workers_auto_shares_the_cores_among_torchruns_processes(monkeypatch) -> None:
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    cuda = torch.device("cuda")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert resolve_workers("auto", cuda) == 15
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert resolve_workers("auto", cuda) == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert resolve_workers("auto", cuda) == 1
+    assert resolve_workers(0, cuda) == 0

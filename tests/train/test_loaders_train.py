@@ -1,0 +1,82 @@
+"""Training and evaluation through the gpu loader, run on the CPU (`--loader gpu --device cpu`):
+the cpu loader's figures, broken files skipped and counted, a run interrupted mid-epoch resumed
+exactly, from an image folder and from shards."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+from click.testing import CliRunner
+
+from tests.data.test_loaders import SPEC
+from tests.data.test_loaders import folder as folder  # noqa: F401 (the fixture)
+from tests.train.test_recipe import _assert_same_run
+from tests.train.tiny import tiny_config
+from zfnet.cli import main
+from zfnet.data.shard_writer import write_shards
+from zfnet.report.plots import read_metrics_csv
+from zfnet.train import evaluate_checkpoint, find_last, load_model, train
+from zfnet.train import recipe as recipe_mod
+
+pytestmark = pytest.mark.filterwarnings("ignore::zfnet.data.images.BrokenImageWarning")
+
+
+def _sigterm_at_step(monkeypatch, n: int) -> None:
+    real, calls = recipe_mod.renormalize_filters, {"n": 0}
+
+    def renorm_then_signal(model, radius, *rest):
+        real(model, radius, *rest)
+        calls["n"] += 1
+        if calls["n"] == n:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(recipe_mod, "renormalize_filters", renorm_then_signal)
+
+
+@pytest.mark.parametrize("source", ["imagefolder", "shards"])
+def test_gpu_loader_on_the_cpu_trains_skips_and_resumes_exactly(folder, source, tmp_path,  # noqa: F811
+                                                                 monkeypatch) -> None:
+    if source == "shards":
+        write_shards(f"imagefolder:{folder}", tmp_path / "shards", resize=37, workers=0)
+        data = f"shards:{tmp_path / 'shards'}?{SPEC}&shuffle=4"
+    else:
+        data = f"imagefolder:{folder}?{SPEC}"
+    kw = dict(data=data, loader="gpu", workers=2, epochs=2)
+    ref = tmp_path / "ref"
+    train(tiny_config(ref, **kw))
+    rows = read_metrics_csv(ref / "metrics.csv")
+    if source == "imagefolder":  # the broken training file, the val file with bad tables
+        assert rows["skipped"] == [1, 1]
+        r = evaluate_checkpoint(ref, batch_size=4, device="cpu", amp="off", loader="gpu")
+        c = evaluate_checkpoint(ref, batch_size=4, device="cpu", amp="off", loader="cpu")
+        assert (r["n"], r["skipped"]) == (c["n"], c["skipped"]) == (7, 1)
+        assert r["loss"] == pytest.approx(c["loss"], rel=1e-2)  # one image resampled apart
+    out = tmp_path / "run"
+    per_epoch = int(rows["global_step"][0])
+    _sigterm_at_step(monkeypatch, per_epoch + 2)  # during step 2 of epoch 2
+    assert train(tiny_config(out, **kw))["status"] == "interrupted"
+    monkeypatch.undo()
+    assert find_last(out).name == "epoch_0001_step_000002"
+    assert load_model(out)[1]["workers"] == 2
+    assert train(tiny_config(out, **kw, resume=True))["status"] == "completed"
+    _assert_same_run(ref, out)
+
+
+def test_the_loader_options_from_the_command_line(folder, tmp_path) -> None:  # noqa: F811
+    run = tmp_path / "run"
+    common = ["--model", "zfnet_small", "--model-opt", "conv_widths=16,16,16", "--model-opt",
+              "fc_width=32", "--batch-size", "8", "--device", "cpu", "--amp", "off", "--quiet",
+              "--no-tensorboard"]
+    r = CliRunner().invoke(main, ["train", "--data", f"imagefolder:{folder}?{SPEC}", "--out",
+                                  str(run), "--epochs", "1", "--loader", "gpu", "--workers",
+                                  "auto", *common])
+    assert r.exit_code == 0, r.output
+    saved = load_model(run)[1]
+    assert saved["train_config"]["loader"] == "gpu" and saved["train_config"]["workers"] == "auto"
+    assert saved["workers"] == 0  # auto on a CPU device
+    r = CliRunner().invoke(main, ["eval", "--checkpoint", str(run), "--ten-crop", "--loader",
+                                  "gpu", "--workers", "1", "--device", "cpu"])
+    assert r.exit_code == 0 and "7 images (1 broken files skipped), 10 crops" in r.output, \
+        r.output
