@@ -313,9 +313,12 @@ def main() -> None:
             write_shards(f"imagefolder:{root}", shards, workers=cores)
             load_dataset(f"imagefolder:{root}?{spec}")  # the mean image, cached
         print(hardware())
-        print(f"{args.images} training JPEGs 500x375 ({kb:.0f} kB on average), {args.classes} "
-              f"classes; shards at 256 px; {args.model} at {size} px, batch {args.batch_size}, "
-              f"{workers} workers, device {args.device}; made in {time.perf_counter() - t0:.0f} s")
+        if args.parts & {2, 4}:
+            print(f"{args.images} training JPEGs 500x375 ({kb:.0f} kB on average), "
+                  f"{args.classes} classes; shards at 256 px; made in "
+                  f"{time.perf_counter() - t0:.0f} s")
+        print(f"{args.model} at {size} px, batch {args.batch_size}, {workers} workers, device "
+              f"{args.device}")
 
         # 1. per worker, on a subset of the folder (one thread is slow)
         if 1 in args.parts:
