@@ -218,6 +218,7 @@ def _huge_png(w: int, h: int) -> bytes:
     ("/api/maps?image=up:0123&layer=conv1", 404, ("upload it again",)),
     ("/api/maps?image=/etc/passwd&layer=conv1", 400, ("not an image id", "val:N")),
     ("/api/maps?image=val:../../etc/passwd&layer=conv1", 400, ("not an image id",)),
+    ("/api/maps?image=val:%C2%B2&layer=conv1", 400, ("not an image id",)),  # "²".isdigit()
     ("/api/unit?image=val:0&layer=conv2&unit=5000", 400, ("unit 5000", "0..")),
     ("/api/unit?image=val:0&layer=conv2&unit=-1", 400, ("unit -1",)),
     ("/api/unit?image=val:0&layer=conv2&unit=x", 400, ("unit", "integer")),

@@ -319,7 +319,7 @@ class Explorer:
             self.uploads.move_to_end(image_id)
             return self.uploads[image_id]
         kind, _, index = image_id.partition(":")
-        if kind != "val" or not index.isdigit():
+        if kind != "val" or not (index.isascii() and index.isdigit()):  # "²".isdigit()
             raise ExplorerError(f"image {image_id!r} is not an image id; valid: val:N (a dataset "
                                 "image) or up:ID (an upload)")
         i = int(index)
