@@ -346,6 +346,37 @@ def test_job_runner_reports_failures_in_one_line() -> None:
         runner.shutdown()
 
 
+def test_a_job_never_runs_the_views_model(tmp_path) -> None:
+    """The job thread works on its own copy: a forward pass of the view's model from it would
+    fire the view's capture hooks (wrong maps) and race its modes. An explorer whose
+    /api/model was never asked (a script) computing occlusion first showed it."""
+    e = Explorer(load_source("zfnet_small"), None, cache_dir=tmp_path)
+    up = e.upload(_jpeg())
+    threads = set()
+    handle = e.model.register_forward_hook(
+        lambda *_: threads.add(threading.current_thread().name))
+    try:
+        worker = threading.Thread(target=e.occlusion_job, args=(up.id, lambda d, t: None),
+                                  name="job")
+        worker.start()
+        worker.join(60)
+    finally:
+        handle.remove()
+    assert up.id in e.occlusions and "job" not in threads
+
+
+def test_the_jobs_copy_of_the_model_has_none_of_the_views_hooks(tmp_path) -> None:
+    """The copy made while a view captured the maps (the first job, beside a /api/maps)
+    carried the view's capture hooks: every forward pass of the job wrote into them."""
+    from zfnet.activations import capture
+
+    e = Explorer(load_source("zfnet_small"), None, cache_dir=tmp_path)
+    with capture(e.model, ["conv1"]) as store:  # the view thread, mid-request
+        job = e.job_model()
+    job(torch.zeros(1, 3, *e.size))
+    assert not store and not any(m._forward_hooks for m in job.modules())
+
+
 def test_server_without_a_dataset_takes_uploads_only(tmp_path) -> None:
     source = load_source("zfnet_small")
     e = Explorer(source, None, cache_dir=tmp_path)

@@ -145,7 +145,9 @@ class Explorer:
         self.k = k
         self.max_pixels = max_pixels
         self.evolution_checkpoints = list(evolution or [])
-        self._job_model: nn.Module | None = None
+        # copied now, before any view runs: a copy made later, while a view captures maps,
+        # would carry the view's hooks into every pass of the jobs
+        self._job_model: nn.Module | None = copy.deepcopy(self.model).eval()
         self._job_model_lock = threading.Lock()
         self.val = None
         if bundle is not None:
@@ -158,6 +160,7 @@ class Explorer:
         self.size = (self.pre.crop, self.pre.crop)
         self.channels = self.pre.in_channels
         self.layers = self._layer_table()
+        self._forward_of_zero()  # now: a job's _class_names() must not run the view's model
         self.default_layer = self._default_layer()
         self._geometries = layer_geometries(self.model, [r.name for r in self.layers],
                                             self.size)
