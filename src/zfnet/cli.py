@@ -1052,7 +1052,7 @@ def serve_cmd(model_options: ModelOptions, data: str | None, host: str, port: in
     import os
     import socket
 
-    from zfnet.explorer.app import Server, create_app, free_port
+    from zfnet.explorer.app import LOOPBACK, Server, create_app, free_port
     from zfnet.explorer.session import Explorer
     from zfnet.sources import load_data
     from zfnet.train import run_checkpoints
@@ -1066,7 +1066,8 @@ def serve_cmd(model_options: ModelOptions, data: str | None, host: str, port: in
         os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "zfnet" / "explorer"
     explorer = Explorer(source, bundle, cache_dir=cache, n_images=images, k=k,
                         evolution=kept if len(kept) > 1 else None)
-    app = create_app(explorer, max_upload=max_upload_mb * 2**20)
+    app = create_app(explorer, max_upload=max_upload_mb * 2**20,
+                     allowed_hosts=LOOPBACK if host in LOOPBACK else None)
     port = port or free_port(host)
     try:  # the port is checked before the long-running part starts
         with socket.socket() as s:

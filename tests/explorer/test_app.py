@@ -428,3 +428,47 @@ def test_any_cnn_through_the_general_path(tmp_path) -> None:
                                                        if i >= 0]
         assert _png(c.get(top9["figure"])).ndim == 3
     assert not any(m._forward_hooks or m._backward_hooks for m in e.model.modules())
+
+
+def test_a_loopback_server_answers_only_to_its_own_names(explorer) -> None:
+    """DNS rebinding: another site's page cannot reach the server under a name of its own."""
+    app = create_app(explorer, allowed_hosts=("127.0.0.1", "localhost"))
+    with TestClient(app, base_url="http://127.0.0.1:8000") as c:
+        assert c.get("/api/layers").status_code == 200
+    with TestClient(app, base_url="http://localhost:8000") as c:
+        assert c.get("/api/layers").status_code == 200
+    with TestClient(app, base_url="http://evil.example:8000") as c:
+        r = c.get("/api/layers")
+        assert r.status_code == 400 and "layers" not in r.text
+
+
+def test_results_are_kept_for_the_recent_only_and_a_damaged_index_is_mined_again(
+        explorer) -> None:
+    from zfnet.explorer.session import _LRU
+
+    keep = _LRU(2)
+    for k in "abc":
+        keep.put(k, k.upper())
+    assert list(keep) == ["b", "c"] and keep.get("c") == "C"
+    assert isinstance(explorer.occlusions, _LRU) and isinstance(explorer.evolutions, _LRU)
+    explorer.topk_job("relu2", lambda d, t: None)
+    path = explorer._topk_path("relu2")
+    path.write_bytes(b"not a pickle at all")
+    explorer._topk.pop("relu2")
+    assert explorer.topk_ready("relu2") is None and not path.exists()
+
+
+def test_a_job_cancelled_as_it_starts_never_runs() -> None:
+    runner = JobRunner()
+    gate, ran = threading.Event(), []
+    try:
+        first = runner.submit("topk", "a", "first", lambda progress: gate.wait(10))
+        second = runner.submit("topk", "b", "second", lambda progress: ran.append(1))
+        assert runner.cancel(second.id).state == "cancelled"
+        gate.set()
+        first.future.result(10)
+        second.future.result(10)
+        assert second.state == "cancelled" and not ran
+    finally:
+        gate.set()
+        runner.shutdown()

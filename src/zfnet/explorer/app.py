@@ -15,7 +15,7 @@ import asyncio
 import socket
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib.resources import files
@@ -28,6 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from zfnet.explorer.jobs import JobRunner
 from zfnet.explorer.session import Explorer, ExplorerError, NotFoundError
@@ -41,9 +42,15 @@ class TooLarge(ExplorerError):
     """An upload over the size limit."""
 
 
-def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD) -> FastAPI:
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
+               allowed_hosts: Sequence[str] | None = None) -> FastAPI:
     """The FastAPI application serving `explorer`: the page at /, its assets at /static/, the
-    API at /api/ (its OpenAPI schema at /api/openapi.json)."""
+    API at /api/ (its OpenAPI schema at /api/openapi.json). allowed_hosts: the Host headers
+    answered (None: any); a server on the loopback answers only to its own names, so that no
+    other web page can reach it through a DNS name that points there (DNS rebinding)."""
     work = ThreadPoolExecutor(1, thread_name_prefix="zfnet-view")  # the model's one user
     jobs = JobRunner()
 
@@ -56,6 +63,8 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD) -> FastAPI:
     app = FastAPI(title="zfnet explorer", docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json", lifespan=lifespan)
     app.state.explorer, app.state.jobs = explorer, jobs
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
 
     async def call(fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.wrap_future(work.submit(fn, *args))

@@ -87,10 +87,11 @@ class JobRunner:
         return job
 
     def _run(self, job: Job, work: Callable[[Callable[[int, int], None]], None]) -> None:
-        if job.cancel.is_set():
-            job.state = "cancelled"
-            return
-        job.state = "running"
+        with self._lock:  # one decision with `cancel`: never "cancelled" while it runs
+            if job.cancel.is_set():
+                job.state = "cancelled"
+                return
+            job.state = "running"
         try:
             work(job.progress)
         except Cancelled:
@@ -114,11 +115,12 @@ class JobRunner:
     def cancel(self, job_id: str) -> Job | None:
         """Asks the job to stop: a queued one never starts, a running one stops at its next
         progress report. A finished job is left as it is."""
-        job = self.get(job_id)
-        if job is not None and job.state in ("queued", "running"):
-            job.cancel.set()
-            if job.state == "queued":
-                job.state = "cancelled"
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is not None and job.state in ("queued", "running"):
+                job.cancel.set()
+                if job.state == "queued":
+                    job.state = "cancelled"
         return job
 
     def waiting_for(self, job: Job) -> str | None:

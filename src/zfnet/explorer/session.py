@@ -103,11 +103,16 @@ class _LRU(OrderedDict):
                 self.move_to_end(key)
                 return self[key]
         value = make()
+        self.put(key, value)
+        return value
+
+    def put(self, key: Any, value: Any) -> None:
+        """Keep `value` as the most recent entry, the oldest going beyond `size`."""
         with self.lock:
             self[key] = value
+            self.move_to_end(key)
             while len(self) > self.size:
                 self.popitem(last=False)
-        return value
 
 
 def png(array: np.ndarray | Tensor) -> bytes:
@@ -173,8 +178,8 @@ class Explorer:
         key = self._cache_key()
         self.id = key.rsplit("-", 1)[-1]  # names this model and data in links
         self.cache_dir = Path(cache_dir) / key
-        self.occlusions: dict[str, dict[str, Any]] = {}  # image id -> result and figure
-        self.evolutions: dict[tuple[str, int], dict[str, Any]] = {}
+        self.occlusions = _LRU(32)  # image id -> result and figure (the recent ones)
+        self.evolutions = _LRU(64)  # (layer, unit) -> result and figure
 
     # --- the model ---
 
@@ -574,8 +579,8 @@ class Explorer:
             try:
                 self._topk[lr.name] = load_topk(path)[lr.name]
                 return self._topk[lr.name]
-            except (OSError, ValueError, KeyError, RuntimeError):
-                path.unlink(missing_ok=True)  # damaged: mine again
+            except Exception:  # noqa: BLE001  # damaged (truncated, not a pickle ...): mine again
+                path.unlink(missing_ok=True)
         return None
 
     def _topk_path(self, name: str) -> Path:
@@ -645,11 +650,11 @@ class Explorer:
         buf = io.BytesIO()
         plot_occlusion([(entry.pixels, result)], self._class_names(), buf)
         names = self._class_names()
-        self.occlusions[image_id] = {
+        self.occlusions.put(image_id, {
             "target": {"class": result.target,
                        "name": names[result.target] if names else None},
             "layer": result.layer, "map": result.feature_map, "method": result.method,
-            "figure": f"/api/occlusion.png?image={image_id}", "png": buf.getvalue()}
+            "figure": f"/api/occlusion.png?image={image_id}", "png": buf.getvalue()})
 
     def evolution_job(self, layer: str, unit: int, progress: Callable[[int, int], None]
                       ) -> None:
@@ -670,10 +675,10 @@ class Explorer:
                                 progress=progress)
         buf = io.BytesIO()
         render_unit_evolution(result, buf)
-        self.evolutions[(lr.name, unit)] = {
+        self.evolutions.put((lr.name, unit), {
             "epochs": result.epochs, "similarity": result.similarity,
             "figure": f"/api/evolution.png?layer={lr.name}&unit={unit}",
-            "png": buf.getvalue()}
+            "png": buf.getvalue()})
 
 
 def _cut(t: Tensor, top: int, left: int, h: int, w: int) -> Tensor:
