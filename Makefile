@@ -36,7 +36,6 @@ demo:
 	@echo "make demo: one-time set-up (~1.5 min), then training and every analysis (~2.5 min on 2 CPU cores); report in runs/demo/index.html"
 	@$(MAKE) --no-print-directory setup
 	$(BIN)/zfnet demo --out runs/demo
-	@echo "explore the demo's model in your browser: $(BIN)/zfnet serve --checkpoint runs/demo  (then open http://127.0.0.1:8000/)"
 
 test: setup fashion-mnist chromium
 	$(BIN)/python -m pytest -q

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -577,7 +578,9 @@ def demo_cmd(out: str, epochs: int, batch_size: int, lr: float, data: str, model
     if "report" in r:
         click.echo(f"total {r['wall_time_s']:.0f} s; val top-1 error {r['val_top1_error']:.2%}")
         click.echo(f"report: {Path(r['report']).resolve()}")
-        click.echo(f"explore it in your browser: zfnet serve --checkpoint {out}")
+        exe = sys.argv[0] if Path(sys.argv[0]).name == "zfnet" else "zfnet"  # .venv/bin/zfnet
+        click.echo(f"explore it in your browser (then open http://127.0.0.1:8000/): "
+                   f"{exe} serve --checkpoint {out}")
 
 
 # --- looking inside a trained model: each command writes figures + a report section into --out,
