@@ -2,9 +2,10 @@
 `zfnet serve` in its own process, beside the engine alone measured in this process.
 
 Two models, as issue 26 sets the targets: the demo's (a `zfnet_small` run, `runs/demo` or a
-1-epoch one trained here) and ZFNet at 224 px (random init, `synthetic?size=224` images).
-For each: one unit's projection (conv5, a new unit each time: the image's forward pass is
-kept, the projection is computed), a layer's thumbnails (`/api/maps` + its sprite, for a new
+1-epoch one trained here) and ZFNet at 224 px (random init, `synthetic?size=224` images); and
+a torchvision ResNet-18 at 224 px (random init), whose `layer3` goes the general path.
+For each: one unit's projection (conv5 / layer3, a new unit each time: the image's forward
+pass is kept, the projection is computed), a layer's thumbnails (`/api/maps` + its sprite, for a new
 image: a forward pass included; and again for another layer of the same image), the top-9
 index (mining job, polled), one unit's top-9 figure, and the occlusion maps (job). The engine
 alone: `project_layers` of one unit and one forward pass, in this process, same threads.
@@ -95,8 +96,8 @@ def engine(args: list[str], data: str | None, layer: str, repeats: int) -> dict[
     return {"forward": statistics.median(times_f[2:]), "project": statistics.median(times_p[2:])}
 
 
-def measure(name: str, args: list[str], data: str | None, repeats: int) -> dict[str, float]:
-    layer = "conv5"
+def measure(name: str, args: list[str], data: str | None, repeats: int,
+            layer: str = "conv5", first: str = "conv1") -> dict[str, float]:
     with tempfile.TemporaryDirectory() as cache:
         proc, url = serve([*args, *(["--data", data] if data else [])], cache)
         try:
@@ -108,8 +109,8 @@ def measure(name: str, args: list[str], data: str | None, repeats: int) -> dict[
                                         get(c, f"/api/maps.png?image=val:{i}&layer={layer}")))
                         for i in range(1, repeats + 1)]
                 # ... and another layer of an image seen (forward pass kept)
-                warm = [ms(lambda i=i: (get(c, f"/api/maps?image=val:{i}&layer=conv1"),
-                                        get(c, f"/api/maps.png?image=val:{i}&layer=conv1")))
+                warm = [ms(lambda i=i: (get(c, f"/api/maps?image=val:{i}&layer={first}"),
+                                        get(c, f"/api/maps.png?image=val:{i}&layer={first}")))
                         for i in range(1, repeats + 1)]
                 out["maps_new_image_ms"] = statistics.median(cold)
                 out["maps_seen_image_ms"] = statistics.median(warm)
@@ -158,6 +159,10 @@ def main() -> None:
         measure("demo model", ["--checkpoint", str(run), "--images", n], None, a.repeats)
         measure("ZFNet 224 px", ["--model", "zfnet", "--images", n],
                 f"synthetic?size=224&n_train=16&n_val={a.images}", a.repeats)
+        # any CNN: a torchvision ResNet-18 (random init), a stage through the general path
+        measure("ResNet-18 224 px", ["--model", "torchvision:resnet18", "--images", n],
+                f"synthetic?size=224&n_train=16&n_val={a.images}", a.repeats,
+                layer="layer3", first="conv1")
 
 
 if __name__ == "__main__":
