@@ -82,7 +82,13 @@ def save_grid(projections: Tensor, path: str | Path | BinaryIO, min_side: int = 
         for j in range(cols):
             y, x = pad + a * (th + pad), pad + j * (tw + pad)
             canvas[y: y + th, x: x + tw] = tiles[a, j].repeat(zoom, 0).repeat(zoom, 1)
-    if hasattr(path, "write"):  # an open binary file (the explorer's PNG bytes)
+    return save_png(canvas, path)
+
+
+def save_png(canvas: np.ndarray, path: str | Path | BinaryIO) -> Path | BinaryIO:
+    """Write uint8 (H, W[, 3]) as a PNG to a path (its folder made) or an open binary file
+    (the explorer's PNG bytes); returns where it went."""
+    if hasattr(path, "write"):
         Image.fromarray(canvas).save(path, format="PNG")
         return path
     path = Path(path)

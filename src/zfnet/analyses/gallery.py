@@ -39,14 +39,13 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from zfnet.analyses.topk import TopK, mine_topk, mine_topk_distributed, save_topk
 from zfnet.deconvnet import Seeds, project_layers, windowed
 from zfnet.display import CAPTION as DISPLAY_CAPTION
-from zfnet.display import projection_to_uint8
+from zfnet.display import projection_to_uint8, save_png
 from zfnet.graph import check_rule
 from zfnet.models import LayerGeometry, feature_layers, layer_geometries
 from zfnet.report import Figure, Section, Table, write_section
@@ -280,13 +279,7 @@ def render_layer(
             for half_i, img in enumerate((to_rgb(shown[a, j]), to_rgb(patches[a, j]))):
                 x = bx + half_i * (half + gap) + pad + (j % g) * (tw + pad)
                 canvas[y: y + th, x: x + tw] = img.repeat(zoom, 0).repeat(zoom, 1)
-    if hasattr(path, "write"):  # an open binary file (the explorer's PNG bytes)
-        Image.fromarray(canvas).save(path, format="PNG")
-        return path
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas).save(path)
-    return path
+    return save_png(canvas, path)
 
 
 def run_topk_gallery(

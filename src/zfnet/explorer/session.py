@@ -152,8 +152,7 @@ class Explorer:
         self.evolution_checkpoints = list(evolution or [])
         # copied now, before any view runs: a copy made later, while a view captures maps,
         # would carry the view's hooks into every pass of the jobs
-        self._job_model: nn.Module | None = copy.deepcopy(self.model).eval()
-        self._job_model_lock = threading.Lock()
+        self._job_model: nn.Module = copy.deepcopy(self.model).eval()
         self.val = None
         if bundle is not None:
             val = bundle.val
@@ -562,12 +561,9 @@ class Explorer:
     # --- long computations: each on the job thread, with its own copy of the model ---
 
     def job_model(self) -> nn.Module:
-        """A copy of the model for the job thread: hooks and modes of one thread never touch
-        a forward pass of the other."""
-        with self._job_model_lock:
-            if self._job_model is None:
-                self._job_model = copy.deepcopy(self.model).eval()
-            return self._job_model
+        """The job thread's copy of the model (made at start-up): hooks and modes of one
+        thread never touch a forward pass of the other."""
+        return self._job_model
 
     def topk_ready(self, layer: str) -> TopK | None:
         """The layer's top-k index if it is mined (in memory or on disk), else None."""
