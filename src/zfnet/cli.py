@@ -1060,6 +1060,15 @@ def serve_cmd(model_options: ModelOptions, data: str | None, host: str, port: in
     from zfnet.sources import load_data
     from zfnet.train import run_checkpoints
 
+    try:  # the address first: a model can take a while to load
+        family = socket.getaddrinfo(host, port or None)[0][0]
+        port = port or free_port(host)
+        with socket.socket(family) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            s.bind((host, port))
+    except OSError as e:
+        raise click.BadParameter(f"cannot listen on {host}:{port}: {e.strerror or e}",
+                                 param_hint="--port/--host") from None
     source, _ = _model_and_data(model_options, need_data=False)
     bundle = None
     if data is not None or source.kind == "run":
@@ -1071,14 +1080,6 @@ def serve_cmd(model_options: ModelOptions, data: str | None, host: str, port: in
                         evolution=kept if len(kept) > 1 else None)
     app = create_app(explorer, max_upload=max_upload_mb * 2**20,
                      allowed_hosts=LOOPBACK if host in LOOPBACK else None)
-    port = port or free_port(host)
-    try:  # the port is checked before the long-running part starts
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-            s.bind((host, port))
-    except OSError as e:
-        raise click.BadParameter(f"cannot listen on {host}:{port}: {e.strerror}",
-                                 param_hint="--port/--host") from None
     server = Server(app, host, port)
     click.echo(f"zfnet explorer: {source.name}"
                + (f", {explorer.n_images} images of {bundle.spec}" if bundle else ", uploads only"))

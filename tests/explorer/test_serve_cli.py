@@ -55,3 +55,12 @@ def test_a_port_in_use_is_one_line(tiny_run, tmp_path) -> None:
     assert r.exit_code != 0 and "Traceback" not in r.output
     assert r.output.strip().splitlines()[-1].startswith("Error: ")
     assert f"cannot listen on 127.0.0.1:{port}" in r.output
+
+
+def test_the_address_is_checked_before_the_model_loads(tmp_path) -> None:
+    """An address not of this machine (TEST-NET-1) fails at once, naming it, before the model
+    (which does not exist) is even looked at."""
+    r = CliRunner().invoke(main, ["serve", "--model", "zfnett", "--host", "192.0.2.1",
+                                  "--cache", str(tmp_path)])
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert "cannot listen on 192.0.2.1" in r.output.strip().splitlines()[-1]

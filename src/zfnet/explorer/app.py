@@ -294,8 +294,8 @@ def _too_large(size: int, limit: int, at_least: bool = False) -> str:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on `host` now."""
-    with socket.socket() as s:
+    """A TCP port free on `host` (an IPv4 or IPv6 address or name) now."""
+    with socket.socket(socket.getaddrinfo(host, None)[0][0]) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
@@ -315,7 +315,8 @@ class Server:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # IPv6
+        return f"http://{host}:{self.port}"
 
     def __enter__(self) -> str:
         self.thread.start()
