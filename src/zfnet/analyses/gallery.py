@@ -108,15 +108,23 @@ def unit_windows(geo: LayerGeometry | None, row: Tensor, col: Tensor, size: tupl
     return top, left, h, w
 
 
+def window(image: Tensor, top: int, left: int, h: int, w: int) -> Tensor:
+    """The h x w window of `image` (C, H, W) at (top, left), of its dtype, zero (black) where
+    it leaves the image: a unit's patch, or its projection cut from a whole-input one."""
+    c, hh, ww = image.shape
+    out = image.new_zeros(c, h, w)
+    t0, l0, t1, l1 = max(top, 0), max(left, 0), min(top + h, hh), min(left + w, ww)
+    if t1 > t0 and l1 > l0:
+        out[:, t0 - top: t1 - top, l0 - left: l1 - left] = image[:, t0:t1, l0:l1]
+    return out
+
+
 def _cut(values: Tensor, top: Tensor, left: Tensor, h: int, w: int) -> Tensor:
     """Windows (top[s], left[s], h, w) of whole-input projections values (S, C, H, W):
     (S, C, h, w), zero outside the input."""
-    s, c, hh, ww = values.shape
-    out = values.new_zeros(s, c, h, w)
+    out = values.new_zeros(values.shape[0], values.shape[1], h, w)
     for i, (t, lf) in enumerate(zip(top.tolist(), left.tolist(), strict=True)):
-        t0, l0, t1, l1 = max(t, 0), max(lf, 0), min(t + h, hh), min(lf + w, ww)
-        if t1 > t0 and l1 > l0:
-            out[i, :, t0 - t: t1 - t, l0 - lf: l1 - lf] = values[i, :, t0:t1, l0:l1]
+        out[i] = window(values[i], t, lf, h, w)
     return out
 
 
@@ -226,16 +234,6 @@ def to_rgb(u8: Tensor) -> np.ndarray:
     elif u8.shape[0] != 3:
         raise ValueError(f"cannot show images with {u8.shape[0]} channels; 1 or 3 expected")
     return u8.permute(1, 2, 0).contiguous().numpy()
-
-
-def _patch(image: Tensor, top: int, left: int, ph: int, pw: int) -> Tensor:
-    """The ph x pw window of a uint8 (C, H, W) image at (top, left); black outside."""
-    c, h, w = image.shape
-    out = torch.zeros(c, ph, pw, dtype=torch.uint8)
-    t0, l0, t1, l1 = max(top, 0), max(left, 0), min(top + ph, h), min(left + pw, w)
-    if t1 > t0 and l1 > l0:
-        out[:, t0 - top: t1 - top, l0 - left: l1 - left] = image[:, t0:t1, l0:l1]
-    return out
 
 
 def default_display(dataset: Dataset) -> Callable[[int], Tensor]:
@@ -425,7 +423,7 @@ def topk_patches(topk: TopK, maps: Sequence[int], geo: LayerGeometry | None,
                 continue
             if i not in cache:
                 cache[i] = _check_display(show(i), shape, i)
-            patches[a, j] = _patch(cache[i], int(tops[a, j]), int(lefts[a, j]), ph, pw)
+            patches[a, j] = window(cache[i], int(tops[a, j]), int(lefts[a, j]), ph, pw)
     return patches
 
 

@@ -37,7 +37,13 @@ from PIL import Image
 from torch import Tensor, nn
 
 from zfnet.activations import capture, to_model
-from zfnet.analyses.gallery import project_topk, render_layer, topk_patches, unit_windows
+from zfnet.analyses.gallery import (
+    project_topk,
+    render_layer,
+    topk_patches,
+    unit_windows,
+    window,
+)
 from zfnet.analyses.topk import TopK, load_topk, mine_topk, save_topk
 from zfnet.data.images import BadImageError, load_rgb
 from zfnet.deconvnet import Forward, Seeds, forward_pass, paste, project_layers, windowed
@@ -547,7 +553,7 @@ class Explorer:
 
         def draw() -> bytes:
             p = self.projection(image_id, layer, unit, rule, r, c)
-            return png(projection_to_uint8(_cut(p, *self._window(lr, r, c))))
+            return png(projection_to_uint8(window(p, *self._window(lr, r, c))))
         return self._pngs.get_or(("proj", image_id, lr.name, unit, r, c, rule), draw)
 
     def patch_png(self, image_id: str, layer: str, unit: int, row: int | None = None,
@@ -556,7 +562,7 @@ class Explorer:
         lr = self.layer(layer)
         r, c = self._position(image_id, lr, self.unit_index(lr, unit), row, col)
         pixels = self.image(image_id).pixels
-        return png(_cut(pixels, *self._window(lr, r, c)))
+        return png(window(pixels, *self._window(lr, r, c)))
 
     # --- long computations: each on the job thread, with its own copy of the model ---
 
@@ -675,13 +681,3 @@ class Explorer:
             "epochs": result.epochs, "similarity": result.similarity,
             "figure": f"/api/evolution.png?layer={lr.name}&unit={unit}",
             "png": buf.getvalue()})
-
-
-def _cut(t: Tensor, top: int, left: int, h: int, w: int) -> Tensor:
-    """The h x w window of (C, H, W) at (top, left), zero (black) where it leaves `t`."""
-    c, hh, ww = t.shape
-    out = t.new_zeros(c, h, w)
-    t0, l0, t1, l1 = max(top, 0), max(left, 0), min(top + h, hh), min(left + w, ww)
-    if t1 > t0 and l1 > l0:
-        out[:, t0 - top:t1 - top, l0 - left:l1 - left] = t[:, t0:t1, l0:l1]
-    return out
