@@ -172,8 +172,6 @@ class Explorer:
         self.layers = self._layer_table()
         self._forward_of_zero()  # now: a job's _class_names() must not run the view's model
         self.default_layer = self._default_layer()
-        self._geometries = layer_geometries(self.model, [r.name for r in self.layers],
-                                            self.size)
         self.uploads: OrderedDict[str, ImageEntry] = OrderedDict()
         self._forward = _LRU(8)  # image id -> {layer: activation (C, h, w) or (F,)}, logits
         self._pngs = _LRU(256)  # (view, ...) -> PNG bytes
@@ -224,6 +222,7 @@ class Explorer:
                 capture(self.model, names) as store:
             self.model(to_model(self.model, x))
         geos = layer_geometries(self.model, [n for n in names if n in store], self.size)
+        self._geometries = geos  # one geometry pass at start-up, for every view
         rows = []
         for n in names:
             out = store.get(n)
