@@ -1,25 +1,30 @@
 """Benchmark: zfnet at ImageNet scale in one run: the input pipelines, the training step, and
 `zfnet train` end to end, each as images per second and the ImageNet epoch (1,281,167 images)
-it implies, with ratios (issue 27). About 10 minutes on a GPU machine (H200, 16 cores).
+it implies, with ratios (issue 27). About 8 minutes on a GPU machine (H200, 16 cores).
 
 A folder of ImageNet-shaped JPEGs is generated (500x375, ~76 kB, `--classes` classes; see
-bench/common.py `photo`), written as shards at 256 px (`zfnet shards`), and then:
+bench/common.py `photo`): `--unique` distinct photos, hard-linked up to `--images` files, so
+that an epoch is long enough for the workers' start at each epoch to weigh as little as it
+does on ImageNet's 1.28M images (at 17k img/s, 20k images would be 1.2 s, of which the start
+takes a good part). The distinct photos are written as shards at 256 px (`zfnet shards`),
+whose training shards are then linked as many times (`replicate_shards`), and then:
 
 1. per worker (one process, one thread: what one DataLoader worker does, batches of 64):
    torchvision ImageFolder + PIL (Resize 256, RandomCrop 224, flip, ToTensor) against zfnet's
    cpu loader on the folder and on the shards, the gpu loader's workers (reading bytes), and
    decoding alone (PIL, and torchvision's decode_jpeg: libjpeg-turbo both);
 2. the loaders alone, with `--workers` workers, each batch made into model inputs on the
-   device: torchvision's (to the device), zfnet cpu and gpu on the folder and on the shards,
-   and nvJPEG decoding alone (CUDA);
+   device, over the first `--loader-images` images of an epoch: torchvision's (to the
+   device), zfnet cpu and gpu on the folder and on the shards, and nvJPEG decoding alone
+   (CUDA, on the distinct photos);
 3. the training step alone on random inputs (ZFNet, batch `--batch-size`, bf16 autocast,
    channels_last): eager, compiled as `--compile` does (`zfnet.train.compiled`), and the same
    layers as a plain `nn.Sequential` (torch's LocalResponseNorm), compiled: the anchor;
 4. `zfnet train --compile` end to end for 2 epochs (the second timed, as metrics.csv reports
-   it) on the folder and on the shards, with the gpu loader and the cpu loader.
+   it) on the folder and on the shards, with the gpu loader and the cpu loader (`--e2e`).
 
-    PYTHONPATH=src python bench/bench_imagenet.py                 # GPU machine, ~10 min
-    PYTHONPATH=src python bench/bench_imagenet.py --images 5000   # shorter
+    PYTHONPATH=src python bench/bench_imagenet.py                 # GPU machine, ~8 min
+    PYTHONPATH=src python bench/bench_imagenet.py --parts 3,4 --e2e shards:gpu,shards:cpu
     PYTHONPATH=src python bench/bench_imagenet.py --dry-run       # tiny, on the CPU, < 60 s
     OMP_NUM_THREADS=1 PYTHONPATH=src python bench/bench_imagenet.py --parts 1 --images 1000 \
         --per-worker-images 1000                                  # per worker only (any CPU)
@@ -34,6 +39,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import json
 import os
 import statistics
 import sys
@@ -42,6 +48,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -75,6 +82,52 @@ def epoch_minutes(rate: float) -> str:
 def line(name: str, rate: float, base: float | None = None, base_name: str = "") -> str:
     ratio = f"  {rate / base:5.2f}x {base_name}" if base else ""
     return f"  {name:<48} {rate:8.0f} img/s  ImageNet epoch {epoch_minutes(rate)}{ratio}"
+
+
+def distinct(paths: Iterable[Path]) -> Iterable[Path]:
+    """One path per file (hard links to a file seen already left out)."""
+    seen: set[int] = set()
+    for p in paths:
+        ino = p.stat().st_ino
+        if ino not in seen:
+            seen.add(ino)
+            yield p
+
+
+def seed_mean(root: Path, spec: str) -> None:
+    """Put the folder's mean image in its cache, where `zfnet train` finds it: the mean of its
+    distinct photos, which is the folder's own since each is linked the same number of times
+    (computing it over every link would take longer than the runs)."""
+    from zfnet.data.imagefolder import cached_mean, compute_mean, mean_cache_key, select_folder
+    from zfnet.data.spec import parse_spec
+
+    _, opts, _, (paths, _), _ = select_folder(parse_spec(f"imagefolder:{root}?{spec}"))
+    full = round(opts.get("size", 224) * 256 / 224)
+    cached_mean(root, mean_cache_key(root, paths, full), full,
+                lambda: compute_mean(list(distinct(paths)), full))
+
+
+def replicate_shards(root: Path, times: int) -> None:
+    """Make the training split of the shards at `root` `times` as long: each shard file linked
+    `times` - 1 more times under the next numbers, the index and the manifest to match."""
+    from zfnet.data.shards import MANIFEST, index_name, shard_name
+
+    manifest = json.loads((root / MANIFEST).read_text())
+    entry = manifest["splits"]["train"]
+    index = np.load(root / entry["index"])
+    n = len(entry["shards"])
+    parts, shards = [index], list(entry["shards"])
+    for c in range(1, times):
+        for k, s in enumerate(entry["shards"]):
+            name = shard_name("train", c * n + k)
+            os.link(root / s["file"], root / name)
+            shards.append({**s, "file": name})
+        copy_ = index.copy()
+        copy_[:, 0] += c * n  # column 0: the shard
+        parts.append(copy_)
+    np.save(root / index_name("train"), np.concatenate(parts))
+    entry.update(shards=shards, count=len(index) * times)
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
 
 # --- 1. per worker ---
@@ -140,11 +193,14 @@ def per_worker(root: Path, shards: Path, spec: str, repeats: int) -> dict[str, f
 
 # --- 2. the loaders alone, all workers, to the device ---
 
-def pass_rate(batches: Iterable, device: torch.device, skip: int = 2) -> float:
-    """Images per second of a pass over `batches` ((x, y) on the device), after `skip` batches
-    (the workers' start)."""
-    count, start = 0, None
+def pass_rate(batches: Iterable, device: torch.device, images: int, skip: int = 2) -> float:
+    """Images per second of a pass over `batches` ((x, y) on the device) up to `images` images,
+    after `skip` batches (the workers' start)."""
+    count, start, total = 0, None, 0
     for k, (x, _) in enumerate(batches):
+        if total >= images:
+            break
+        total += len(x)
         if k == skip:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -165,7 +221,8 @@ def train_config(out: Path, data: str, model: str, loader: str, args: argparse.N
 
 
 def loaders_alone(root: Path, shards: Path, spec: str, args: argparse.Namespace,
-                  work: Path) -> dict[str, float]:
+                  work: Path, report: Callable[[str, float], None]) -> dict[str, float]:
+    """Each loader's images per second (`report`ed as measured: a run cut short keeps them)."""
     from torchvision import datasets, transforms
 
     device = torch.device(args.device)
@@ -177,25 +234,31 @@ def loaders_alone(root: Path, shards: Path, spec: str, args: argparse.Namespace,
     folder = datasets.ImageFolder(str(root / "train"), transform=tf)
     tv = DataLoader(folder, batch_size=args.batch_size, shuffle=True, num_workers=workers,
                     pin_memory=device.type == "cuda")
-    out: dict[str, float] = {
-        "torchvision ImageFolder + PIL, to the device": pass_rate(
-            ((x.to(device, non_blocking=True), y) for x, y in tv), device)}
+    out: dict[str, float] = {}
+
+    def measured(name: str, rate: float) -> None:
+        out[name] = rate
+        report(name, rate)
+
+    measured("torchvision ImageFolder + PIL, to the device", pass_rate(
+        ((x.to(device, non_blocking=True), y) for x, y in tv), device, args.loader_images))
     info = DistInfo(0, 1, 0, device)
     for data, where in ((f"imagefolder:{root}?{spec}", "folder"),
                         (f"shards:{shards}?{spec}", "shards")):
         for loader in ("cpu", "gpu"):
             run = build_run(train_config(work / "none", data, args.model, loader, args), info)
             batches, _ = epoch_loader(run, 0)
-            out[f"zfnet {loader} loader, {where}"] = pass_rate(batches, device)
+            measured(f"zfnet {loader} loader, {where}",
+                     pass_rate(batches, device, args.loader_images))
     if device.type == "cuda":
-        out["nvJPEG decoding alone (decode_jpeg on CUDA)"] = nvjpeg_rate(root, args.batch_size)
+        measured("nvJPEG decoding alone (decode_jpeg on CUDA)", nvjpeg_rate(root, args.batch_size))
     return out
 
 
 def nvjpeg_rate(root: Path, batch: int) -> float:
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    files = sorted((root / "train").rglob("*.JPEG"))
+    files = list(distinct(sorted((root / "train").rglob("*.JPEG"))))
     blobs = [torch.frombuffer(read_file(p), dtype=torch.uint8) for p in files]
     chunks = [blobs[k:k + batch] for k in range(0, len(blobs), batch)]
     decode_jpeg(chunks[0], mode=ImageReadMode.RGB, device="cuda")  # nvJPEG's start
@@ -249,19 +312,21 @@ def step_rates(args: argparse.Namespace, size: int) -> dict[str, float]:
 # --- 4. end to end ---
 
 def end_to_end(root: Path, shards: Path, spec: str, args: argparse.Namespace,
-               work: Path) -> dict[str, float]:
+               work: Path, report: Callable[[str, float], None]) -> dict[str, float]:
     """`zfnet train` (the library call the command makes) for 2 epochs: the second epoch's
-    img/s from metrics.csv."""
+    img/s from metrics.csv (`report`ed run by run)."""
     out: dict[str, float] = {}
-    for data, where in ((f"imagefolder:{root}?{spec}", "folder"),
-                        (f"shards:{shards}?{spec}", "shards")):
-        for loader in ("gpu", "cpu"):
-            run = work / f"run-{where}-{loader}"
-            train(train_config(run, data, args.model, loader, args, epochs=2,
-                               **compile_option(args)))
-            with open(run / "metrics.csv") as f:
-                rows = list(csv.DictReader(f))
-            out[f"zfnet train, {where}, {loader} loader"] = float(rows[-1]["img_per_s"])
+    specs = {"folder": f"imagefolder:{root}?{spec}", "shards": f"shards:{shards}?{spec}"}
+    for where, loader in args.e2e:
+        data = specs[where]
+        run = work / f"run-{where}-{loader}"
+        train(train_config(run, data, args.model, loader, args, epochs=2,
+                           **compile_option(args)))
+        with open(run / "metrics.csv") as f:
+            rows = list(csv.DictReader(f))
+        out[f"zfnet train, {where}, {loader} loader"] = float(rows[-1]["img_per_s"])
+        report(f"zfnet train, {where}, {loader} loader", out[f"zfnet train, {where}, "
+                                                             f"{loader} loader"])
     return out
 
 
@@ -272,7 +337,15 @@ def compile_option(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--images", type=int, default=20_000, help="training JPEGs (default 20000)")
+    ap.add_argument("--images", type=int, default=100_000,
+                    help="training JPEGs, an epoch (default 100000; rounded up to a multiple "
+                         "of --unique)")
+    ap.add_argument("--unique", type=int, default=10_000,
+                    help="distinct photos made (default 10000), hard-linked up to --images")
+    ap.add_argument("--loader-images", type=int, default=20_000,
+                    help="images each loader reads in part 2 (default 20000)")
+    ap.add_argument("--e2e", default="folder:gpu,folder:cpu,shards:gpu,shards:cpu",
+                    help="part 4's runs, data:loader (default: all four)")
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--workers", default="auto", help="DataLoader workers (default auto)")
@@ -289,9 +362,14 @@ def main() -> None:
                     help="toy sizes on the CPU: proves the script, measures nothing")
     args = ap.parse_args()
     args.parts = {int(p) for p in args.parts.split(",")}
+    args.e2e = [tuple(run.split(":")) for run in args.e2e.split(",")]
+    if not all(len(r) == 2 and r[0] in ("folder", "shards") and r[1] in ("cpu", "gpu")
+               for r in args.e2e):
+        ap.error("--e2e: a comma list of folder|shards : cpu|gpu, e.g. shards:gpu,shards:cpu")
     spec = ""
     if args.dry_run:
-        args.images, args.classes, args.batch_size, args.workers = 24, 2, 8, 0
+        args.images, args.unique, args.classes, args.batch_size, args.workers = 24, 8, 2, 8, 0
+        args.loader_images = 24
         args.device, args.model, args.steps, args.repeats = "cpu", "zfnet_small", 1, 1
         args.per_worker_images = 24
         spec = "size=64"
@@ -308,15 +386,24 @@ def main() -> None:
         root, shards, few = work / "folder", work / "shards", work / "few"
         kb = float("nan")
         if args.parts & {2, 4}:  # the loaders and the runs read the whole folder
+            args.unique = min(args.unique, args.images)
+            args.images = -(-args.images // args.unique) * args.unique
             kb = make_folder(root, args.images, args.classes,
-                             val=max(args.classes, 4 if args.dry_run else 50), workers=cores)
-            write_shards(f"imagefolder:{root}", shards, workers=cores)
-            load_dataset(f"imagefolder:{root}?{spec}")  # the mean image, cached
+                             val=max(args.classes, 4 if args.dry_run else 50), workers=cores,
+                             unique=args.unique)
+            uniq = work / "distinct"
+            for p in distinct(sorted(root.rglob("*.JPEG"))):
+                (uniq / p.relative_to(root)).parent.mkdir(parents=True, exist_ok=True)
+                os.link(p, uniq / p.relative_to(root))
+            write_shards(f"imagefolder:{uniq}", shards, workers=cores)
+            replicate_shards(shards, args.images // args.unique)
+            seed_mean(root, spec)
         print(hardware())
         if args.parts & {2, 4}:
-            print(f"{args.images} training JPEGs 500x375 ({kb:.0f} kB on average), "
-                  f"{args.classes} classes; shards at 256 px; made in "
-                  f"{time.perf_counter() - t0:.0f} s")
+            stored = len(load_dataset(f"shards:{shards}?{spec}").train)
+            print(f"{args.images} training JPEGs 500x375 ({kb:.0f} kB on average; "
+                  f"{args.unique} distinct), {args.classes} classes; {stored} training samples "
+                  f"in shards at 256 px; made in {time.perf_counter() - t0:.0f} s")
         print(f"{args.model} at {size} px, batch {args.batch_size}, {workers} workers, device "
               f"{args.device}")
 
@@ -340,11 +427,15 @@ def main() -> None:
 
         # 2. the loaders alone
         if 2 in args.parts:
-            la = loaders_alone(root, shards, spec, args, work)
-            base = la["torchvision ImageFolder + PIL, to the device"]
-            print(f"\n2. the loaders alone, {workers} workers, inputs on {args.device}")
-            for name, r in la.items():
-                print(line(name, r, base, "torchvision"))
+            print(f"\n2. the loaders alone, {workers} workers, inputs on {args.device}, "
+                  f"{args.loader_images} images each")
+            first: list[float] = []  # torchvision's, the first measured
+
+            def loader_line(name: str, r: float) -> None:
+                first.append(r)
+                print(line(name, r, first[0], "torchvision"), flush=True)
+
+            loaders_alone(root, shards, spec, args, work, loader_line)
 
         # 3. the step alone
         compiled = None
@@ -358,11 +449,11 @@ def main() -> None:
 
         # 4. end to end
         if 4 in args.parts:
-            e2e = end_to_end(root, shards, spec, args, work)
             step = "compiled step" if compile_option(args) else "eager step"
-            print(f"\n4. zfnet train end to end (epoch 2 of 2, {step})")
-            for name, r in e2e.items():
-                print(line(name, r, compiled, "the compiled step"))
+            print(f"\n4. zfnet train end to end (epoch 2 of 2, {step}), {args.images} images "
+                  "an epoch", flush=True)
+            e2e = end_to_end(root, shards, spec, args, work, lambda name, r: print(
+                line(name, r, compiled, "the compiled step"), flush=True))
             if compiled:
                 best = max(e2e.values())
                 print(f"\nbest end to end / compiled step: {best / compiled:.0%} (issue 27's "

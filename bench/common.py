@@ -109,21 +109,34 @@ def _write_photos(job: tuple[Path, list[tuple[str, int]]]) -> list[int]:
 
 
 def make_folder(root: Path, n: int, classes: int = 10, val: int | None = None,
-                workers: int = 1) -> float:
+                workers: int = 1, unique: int | None = None) -> float:
     """`n` training and `val` (default max(classes, n // 10)) val JPEGs of 500x375 (`photo`,
     quality 90) in ImageNet layout under `root`, written by `workers` processes; their mean
-    size (kB). Image k of a split has seed (split, k): the same folder for any `workers`."""
+    size (kB). Image k of a split has seed (split, k): the same folder for any `workers`.
+
+    `unique`: training photos actually made; training image k >= `unique` is a hard link to
+    image k % `unique` (a large folder made in seconds: what a loader reads and decodes is the
+    same, and the page cache holds it either way)."""
+    unique = n if unique is None else max(1, min(unique, n))
     jobs: list[tuple[str, int]] = []
-    for s, (split, count) in enumerate((("train", n), ("val", val or max(classes, n // 10)))):
-        jobs += [(f"{split}/class{i % classes:03d}/{split}_{i:06d}.JPEG", s * 10**7 + i)
-                 for i in range(count)]
+    for s, (split, count) in enumerate((("train", unique),
+                                        ("val", val or max(classes, n // 10)))):
+        jobs += [(_member(split, i, classes), s * 10**7 + i) for i in range(count)]
     chunks = [(root, jobs[k::workers]) for k in range(workers)]
     if workers > 1:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             sizes = [v for part in pool.map(_write_photos, chunks) for v in part]
     else:
         sizes = _write_photos(chunks[0])
+    for i in range(unique, n):
+        path = root / _member("train", i, classes)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.link(root / _member("train", i % unique, classes), path)
     return float(np.mean(sizes)) / 1000
+
+
+def _member(split: str, i: int, classes: int) -> str:
+    return f"{split}/class{i % classes:03d}/{split}_{i:06d}.JPEG"
 
 
 def rates(loaders: dict[str, tuple[Callable[[int], Iterable], int]], repeats: int

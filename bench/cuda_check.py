@@ -1,8 +1,11 @@
 """The CUDA paths, checked on a GPU machine: training (bf16 and fp16 autocast, channels_last), the
 gpu loader (nvJPEG decoding against the CPU's inputs, training, a broken file, resume),
 exact resume after SIGTERM, DDP over NCCL through torchrun, evaluation (centre and 10 crops),
-top-k mining, deconvnet projections and occlusion against the CPU, and the speed of the
-Fashion-MNIST recipe.
+top-k mining, deconvnet projections and occlusion against the CPU, shards (`zfnet shards`,
+then training, evaluation and mining from them with both loaders), a pretrained torchvision
+network (the graph engine's three rules and bf16 against the CPU; `zfnet project`,
+`visualize topk`, `analyze occlusion` and `analyze probes` with `--device`), and the speed of
+the Fashion-MNIST recipe.
 
 Every check runs the way a user would (the `zfnet` CLI in a subprocess, or the public API),
 prints PASS/FAIL with its figures, and a failure does not stop the others. Run from the repo:
@@ -259,6 +262,103 @@ def main() -> int:
         assert dp < 1e-3 and oc.feature_map == og.feature_map, (dp, oc.feature_map)
         return f"incremental occlusion, 16 px / 4 px: p(target) max diff {dp:.1e}"
 
+    def shards() -> str:
+        # `zfnet shards` of the gpu loader's folder (its broken file left out and listed), then
+        # training from them with each loader (resumed exactly), evaluation and mining
+        from common import make_folder
+
+        folder = out / "jpegs"
+        if not folder.is_dir():
+            make_folder(folder, 96, 3, val=24, workers=os.cpu_count() or 1)
+            (folder / "train" / "class000" / "broken.JPEG").write_bytes(b"\xff\xd8 not a jpeg")
+        zfnet("shards", f"imagefolder:{folder}", "--out", str(out / "shards"))
+        manifest = json.loads((out / "shards" / "manifest.json").read_text())
+        assert manifest["splits"]["train"]["skipped"] == ["train/class000/broken.JPEG"], manifest
+        data = f"shards:{out / 'shards'}?size=64"
+        lines = []
+        for loader in ("gpu", "cpu") if dev == "cuda" else ("gpu",):  # the dry run: one
+            args_ = ["--data", data, "--model", "zfnet_small", "--batch-size", "16", "--device",
+                     dev, "--loader", loader, "--quiet"]
+            ref, cut = out / f"sh-{loader}-ref", out / f"sh-{loader}-cut"
+            zfnet("train", "--out", str(ref), "--epochs", "2", *args_)
+            zfnet("train", "--out", str(cut), "--epochs", "1", *args_)
+            zfnet("train", "--out", str(cut), "--epochs", "2", "--resume", "--quiet")
+            a, b = metrics(ref), metrics(cut)
+            diff = max(abs(x[k] - y[k]) for x, y in zip(a, b, strict=True)
+                       for k in ("train_loss", "val_loss"))
+            assert diff < 2e-3 and len(a) == 2, (loader, diff, a)
+            lines.append(f"{loader} loader: {a[-1]['img_per_s']:.0f} img/s, resumed run max "
+                         f"loss diff {diff:.1e}")
+        text = zfnet("eval", "--checkpoint", str(out / "sh-gpu-ref"), "--ten-crop",
+                     "--device", dev)
+        zfnet("visualize", "topk", "--checkpoint", str(out / "sh-gpu-ref"), "--data", data,
+              "--layer", "conv1,conv5", "--maps-per-layer", "2", "--device", dev, "--out",
+              str(out / "sh-topk"))
+        assert any(out.joinpath("sh-topk").rglob("*.png")), "no top-k figure"
+        return (f"{manifest['splits']['train']['count']} + {manifest['splits']['val']['count']} "
+                f"samples, the broken file listed; {'; '.join(lines)}; 10-crop eval: "
+                f"{next(t for t in text.splitlines() if 'top-1' in t)}; top-k figures written")
+
+    def any_cnn() -> str:
+        # a torchvision network (random weights saved as a file: no download) through the graph
+        # engine on the device against the CPU, then the commands a user runs with --device
+        import torchvision
+        from skimage import data as photos
+
+        from zfnet.deconvnet import project
+
+        torch.manual_seed(0)
+        net = torchvision.models.resnet18().eval()
+        weights = out / "resnet18.pth"
+        torch.save(net.state_dict(), weights)
+        gpu = dev == "cuda"  # the dry run (the CPU against itself) at small sizes
+        side, n, k = (224, 4, 8) if gpu else (64, 2, 2)
+        x = torch.randn(n, 3, side, side)
+        maps = torch.arange(k).repeat(n, 1)  # (n, k): k maps of every image
+        lines = []
+        for layer in ("layer3", "layer4.1"):
+            for rule in ("deconvnet", "guided", "gradient"):
+                a = project(net.cpu(), x, layer, maps, rule=rule)
+                with tf32_off():
+                    b = project(net.to(dev), x.to(dev), layer, maps.to(dev), rule=rule).cpu()
+                share, worst = projection_agreement({layer: a}, {layer: b})
+                assert share >= 0.9, (layer, rule, share, worst)
+                lines.append(f"{layer}/{rule} {share:.0%} within 1e-3")
+        ref = project(net.to(dev), x.to(dev), "layer3", maps.to(dev))
+        low = project(net.to(dev), x.to(dev), "layer3", maps.to(dev), precision="bfloat16")
+        cos = float(torch.nn.functional.cosine_similarity(ref.flatten(1).float(),
+                                                          low.flatten(1).float()).min())
+        assert cos > 0.99, cos
+        folder = out / "photos"
+        folder.mkdir(exist_ok=True)
+        for name in ("astronaut", "coffee", "chelsea", "rocket"):
+            from PIL import Image
+
+            Image.fromarray(getattr(photos, name)()).save(folder / f"{name}.jpg", quality=92)
+        model = ["--model", "torchvision:resnet18", "--weights", str(weights),
+                 *([] if gpu else ["--resize", "72", "--crop", "64"])]
+        found = {}
+        for d in dict.fromkeys(("cpu", dev)):  # the dry run: once
+            zfnet("project", str(folder), *model, "--layer", "layer3", "--top", "2",
+                  "--device", d, "--out", str(out / f"project-{d}"))
+            found[d] = json.loads((out / f"project-{d}" / "project.json").read_text())["units"]
+        same = [(u["channel"], u["row"], u["col"]) == (v["channel"], v["row"], v["col"])
+                for u, v in zip(found["cpu"], found[dev], strict=True)]
+        rel = max(abs(u["activation"] - v["activation"]) / max(abs(u["activation"]), 1e-6)
+                  for u, v in zip(found["cpu"], found[dev], strict=True))
+        assert sum(same) >= 0.9 * len(same) and rel < 2e-2, (same, rel)
+        data = ["--data", f"images:{folder}"]
+        zfnet("visualize", "topk", *model, *data, "--layer", "layer2,layer4", "--k", "3",
+              "--maps-per-layer", "2", "--device", dev, "--out", str(out / "r18-topk"))
+        zfnet("analyze", "occlusion", *model, *data, "--images", "2", "--size", "32",
+              "--stride", "16" if gpu else "32", "--device", dev, "--out", str(out / "r18-occ"))
+        zfnet("analyze", "probes", *model, "--data", "synthetic?n_train=40&n_val=20",
+              "--per-class", "2", "--device", dev, "--out", str(out / "r18-probes"))
+        return (f"graph engine vs CPU (TF32 off): {', '.join(lines)}; bf16 vs float32 cosine "
+                f">= {cos:.4f}; zfnet project cpu vs {dev}: {sum(same)}/{len(same)} same units, "
+                f"activations within {rel:.1e}; visualize topk, analyze occlusion and probes "
+                f"ran on {dev}")
+
     def gpu_loader() -> str:
         # --loader gpu (decode_jpeg on the device) against the per-item CPU inputs, then a run
         # that trains with it, skips a broken file and resumes exactly at an epoch boundary
@@ -303,6 +403,8 @@ def main() -> int:
 
     check("train on CUDA, bf16 autocast, channels_last", bf16)
     check("--loader gpu: nvJPEG inputs vs the CPU's, train, skip, resume", gpu_loader)
+    check("shards: write, train with each loader, resume, evaluate, mine", shards)
+    check("any CNN: torchvision resnet18 on CUDA vs CPU, and its commands", any_cnn)
     check("resume on CUDA equals the uninterrupted run", resume)
     if dev == "cuda":
         check("train on CUDA, fp16 autocast + GradScaler", fp16)

@@ -23,4 +23,8 @@ def test_dry_run_prints_every_part(tmp_path) -> None:
     rows = [line for line in out.splitlines() if "img/s" in line]
     assert len(rows) == 6 + 5 + 3 + 4, out  # every loader, step and run measured
     assert all("ImageNet epoch" in line for line in rows)
+    assert all(float(line.split("img/s")[0].split()[-1]) > 0 for line in rows), out
+    # hard links made the rest of the folder, and the shards as long
+    assert "24 training JPEGs" in out and "8 distinct" in out, out
+    assert "24 training samples in shards" in out, out
     assert not list(tmp_path.iterdir())  # its work folder is removed

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The GPU measurements still owed (issue 27's figures, the CUDA paths of the loaders, the shards
+# and any CNN) in one command that fits one device lease: a machine lent for 15 minutes, of which
+# its start takes 1-2 and one command may run 10. Each step gets what is left of the command's
+# time, so that one that overruns cannot starve the rest; the logs go to $OUT (what the device
+# tool brings back) and to the terminal.
+#
+#   bash bench/gpu_session.sh wheels   # here, once: the wheels the GPU machine lacks, in .whl/
+#   device `run`: command "bash bench/gpu_session.sh", carry [".whl"], timeout_s 600
+#   bash bench/gpu_session.sh dry      # here, on the CPU: every step at toy sizes (~2 min)
+#
+# The GPU machine has torch, torchvision and the rest of zfnet's needs but not webdataset (and
+# its braceexpand): `wheels` fetches them; the run installs them into /tmp/site.
+set -u
+cd "$(dirname "$0")/.."
+mode=${1:-gpu}
+py=${PYTHON:-python3}  # the GPU machine's python holds torch
+[ "$mode" != gpu ] && [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ] && py=.venv/bin/python
+
+if [ "$mode" = wheels ]; then
+    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >>.git/info/exclude
+    pins=$(grep -iE '^(webdataset|braceexpand)==' constraints.txt)
+    # shellcheck disable=SC2086  # the pins are words
+    exec "$py" -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux2014_x86_64 --platform any -d .whl $pins
+fi
+case $mode in gpu | dry) ;; *) echo "usage: $0 [gpu|dry|wheels]" >&2; exit 2 ;; esac
+
+start=$SECONDS
+OUT=${OUT:-/tmp/gpu-session}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=src
+if compgen -G ".whl/*.whl" >/dev/null; then
+    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:src
+fi
+budget=${BUDGET:-585}  # seconds for the whole command
+
+
+step() {  # step NAME CAP COMMAND...: COMMAND with min(CAP, what is left) seconds; log in $OUT
+    local name=$1 cap=$2 left
+    shift 2
+    left=$((budget - (SECONDS - start)))
+    ((cap > left)) && cap=$left
+    if ((cap < 20)); then
+        echo "== $name: skipped, ${left}s left" | tee -a "$OUT/summary.txt"
+        return
+    fi
+    echo "== $name (at most ${cap}s): $*" | tee -a "$OUT/summary.txt"
+    timeout -k 5 "$cap" "$@" 2>&1 | tee "$OUT/$name.log"
+    echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start))s in all" \
+        | tee -a "$OUT/summary.txt"
+}
+
+{ nvidia-smi -L 2>/dev/null; "$py" -c 'import torch, torchvision; print("torch",
+  torch.__version__, "torchvision", torchvision.__version__, "cuda", torch.cuda.is_available())'
+} | tee "$OUT/summary.txt"
+
+if [ "$mode" = gpu ]; then
+    cc=(--device cuda)
+    bench=(--parts 2,3,4 --e2e shards:gpu,folder:gpu,shards:cpu,folder:cpu)
+else
+    cc=(--device cpu --data "synthetic?n_train=256&n_val=128")
+    bench=(--dry-run)
+fi
+# the gpu loader's correctness first (its figures mean nothing if it is wrong), then the
+# benchmark the issue asks for, then the CUDA checks of the shards and of any CNN
+step cuda_check_loader 120 "$py" bench/cuda_check.py --out /tmp/cc-loader --only nvJPEG "${cc[@]}"
+step bench_imagenet 400 "$py" bench/bench_imagenet.py "${bench[@]}"
+step cuda_check_more 150 "$py" bench/cuda_check.py --out /tmp/cc-more --only shards "any CNN" \
+    "${cc[@]}"
+echo "whole session: $((SECONDS - start))s" | tee -a "$OUT/summary.txt"
