@@ -81,3 +81,26 @@ def test_torchrun_two_cpu_processes_match_one(tmp_path) -> None:
     for a, b in zip(meta1["history"], meta2["history"], strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["val_top1_error"] == pytest.approx(b["val_top1_error"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_torchrun_a_nan_on_one_process_stops_both(tmp_path) -> None:
+    """A NaN loss on one process alone (read a step late, like every loss) stops both at the
+    same step, each saying where; the last good checkpoint is the run's last."""
+    out = tmp_path / "ddp"
+    env = {**process_env(), "TINY_POISON": "1:6"}  # rank 1, after its 6th update: epoch 2 step 2
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "tests.train.run_tiny", str(out), json.dumps({"epochs": 3})],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode != 0, r.stdout[-2000:]
+    # the two processes' messages may share a line of stderr
+    errors = [e for e in r.stderr.split("NonFiniteLossError: ")[1:] if e.startswith("loss is")]
+    assert len(errors) == 2, r.stderr[-3000:]
+    assert any("loss is nan at epoch 2, step 3" in e for e in errors), errors
+    assert any("not finite elsewhere at epoch 2" in e for e in errors), errors
+    assert [e for e, _ in list_checkpoints(out)] == [1]
+    model, _ = load_model(out)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+

@@ -65,7 +65,10 @@ def test_sigterm_mid_epoch_then_resume_is_exact(reference, tmp_path, monkeypatch
     assert [e for e, _ in list_checkpoints(out)] == [1, 2, 3]  # the mid-epoch one is pruned
 
 
-def test_nan_loss_stops_and_keeps_last_good(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("poisoned", [5, 7])  # 4 steps an epoch: NaN at step 2 or 4 (the last)
+def test_nan_loss_stops_and_keeps_last_good(tmp_path, monkeypatch, poisoned) -> None:
+    """A step's loss is read one step late: a NaN is found at the next step, or at the end of
+    the epoch for its last step, and in both cases before the epoch's checkpoint."""
     out = tmp_path / "run"
     real = recipe_mod.renormalize_filters
     calls = {"n": 0}
@@ -73,12 +76,13 @@ def test_nan_loss_stops_and_keeps_last_good(tmp_path, monkeypatch) -> None:
     def renorm_then_poison(model, radius, *rest):
         real(model, radius, *rest)
         calls["n"] += 1
-        if calls["n"] == 5:  # after the first step of epoch 2
+        if calls["n"] == poisoned:  # after step 1 or 3 of epoch 2
             with torch.no_grad():
                 model.classifier.fc8.weight.fill_(float("nan"))
 
     monkeypatch.setattr(recipe_mod, "renormalize_filters", renorm_then_poison)
-    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 2.*epoch_0001"):
+    step = poisoned - 4 + 1
+    with pytest.raises(NonFiniteLossError, match=rf"epoch 2, step {step}.*epoch_0001"):
         train(tiny_config(out, epochs=3), bundle=tiny_bundle())
     model, meta = load_model(out)
     assert meta["epoch"] == 1

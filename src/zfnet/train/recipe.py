@@ -225,7 +225,11 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """One pass over `loader` (from step `st.start_step`): forward, cross-entropy, backward, SGD
     step, filter renormalisation (Sec. 3). Stops early, after a complete step, when a signal
-    arrived. Raises `NonFiniteLossError` on a NaN/inf loss, before the weights are updated.
+    arrived. Raises `NonFiniteLossError` on a NaN/inf loss, before anything is saved.
+
+    A step's loss and hits are read on the host one step later (`_Stats`): on a GPU the host
+    queues step k+1 while step k runs, instead of waiting for each step's end twice. So a NaN
+    loss is found after the next step's update, and the pass ends by reading the last step's.
 
     A batch whose every file was broken (`collate` gives 0 items) makes no update, but it is a
     step of the data order: the step counters and a per-step lr schedule move past it, so that
@@ -237,7 +241,7 @@ def train_one_epoch(
     interrupted (1.0 / 0.0), time.
     """
     model.train()
-    loss_sum = correct = seen = 0.0
+    stats = _Stats(info)
     step = st.start_step
     interrupted = False
     t0 = time.perf_counter()
@@ -252,18 +256,12 @@ def train_one_epoch(
             if empty:
                 (stop_now,) = ddp.all_reduce_max([st.stop["signal"] is not None], info)
             else:
-                loss_value, hits, stop_now = _update(model, x, y, optimizer, st, info, step)
-                n = y.shape[0]
-                loss_sum += loss_value * n
-                correct += hits
-                seen += n
+                stop_now = _update(model, x, y, optimizer, st, info, step, stats)
             _advance_schedule(st.step_scheduler, updated=not empty)
             step += 1
             st.global_step += 1
             if info.is_main:
-                _show_progress(bar, st, optimizer, None if empty else loss_value,
-                               loss_sum / max(seen, 1), seen * info.world_size,
-                               time.perf_counter() - t0)
+                _show_progress(bar, st, optimizer, stats, time.perf_counter() - t0)
             # One process can stop right after the step the signal arrived in; several stop
             # at the step where all of them have seen it.
             if stop_now or (not info.enabled and st.stop["signal"] is not None):
@@ -271,19 +269,80 @@ def train_one_epoch(
                 break
             if step == st.end_step:
                 break
+        stats.flush(st)  # the last step's loss read (and checked), the device's work done
     finally:
         bar.close()
-    return {"loss_sum": loss_sum, "correct": correct, "seen": seen, "steps": float(step),
-            "interrupted": float(interrupted), "time": time.perf_counter() - t0}
+    return {"loss_sum": stats.loss_sum, "correct": stats.correct, "seen": stats.seen,
+            "steps": float(step), "interrupted": float(interrupted),
+            "time": time.perf_counter() - t0}
+
+
+class _Stats:
+    """The epoch's running sums of loss, hits and images, each step's figures read on the host
+    one step late: a step's (loss, hits) are copied to page-locked memory as soon as its forward
+    pass ends, and read after the next step is queued, when they are there (on a CPU at once)."""
+
+    def __init__(self, info: ddp.DistInfo) -> None:
+        self.info = info
+        self.loss_sum = self.correct = self.seen = 0.0
+        self.last: tuple[int, float] | None = None  # (global step, loss) of the last step read
+        self._pending: tuple[torch.Tensor, Any, int, int, int] | None = None
+
+    def add(self, loss: torch.Tensor, hits: torch.Tensor, n: int, step: int,
+            global_step: int) -> None:
+        """Queue a step's figures: its loss and hits (0-d tensors on the device), batch size,
+        step of the epoch and global step (for the error message of a NaN)."""
+        figures = torch.stack([loss.detach().float(), hits.float()])
+        ready = None
+        if figures.is_cuda:
+            figures = figures.to("cpu", non_blocking=True)  # into page-locked memory
+            ready = torch.cuda.Event()
+            ready.record()
+        self._pending = (figures, ready, n, step, global_step)
+
+    def read(self) -> tuple[float, int, int] | None:
+        """Add the queued step's figures to the sums: (its loss, step, global step), or None
+        if none was queued. Waits for that step's forward pass only."""
+        if self._pending is None:
+            return None
+        figures, ready, n, step, global_step = self._pending
+        self._pending = None
+        if ready is not None:
+            ready.synchronize()
+        loss, hits = figures.tolist()
+        self.loss_sum += loss * n
+        self.correct += hits
+        self.seen += n
+        self.last = (global_step, loss)
+        return loss, step, global_step
+
+    def flush(self, st: EpochState) -> None:
+        """Read and check the last queued step (on every process, as `_update` does), and wait
+        for the device: the epoch's time includes its last step."""
+        read = self.read()
+        (bad_any,) = ddp.all_reduce_max([read is not None and not math.isfinite(read[0])],
+                                        self.info)
+        if bad_any:
+            _non_finite(read, st)
+        if self.info.device.type == "cuda":
+            torch.cuda.synchronize(self.info.device)
+
+
+def _non_finite(read: tuple[float, int, int] | None, st: EpochState) -> None:
+    here = read[0] if read is not None and not math.isfinite(read[0]) else "not finite elsewhere"
+    where = f"step {read[1] + 1} (global step {read[2] + 1})" if read else "a step"
+    raise NonFiniteLossError(
+        f"loss is {here} at epoch {st.epoch + 1}, {where}; training stopped, the last good "
+        "checkpoint is kept")
 
 
 def _update(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
-    st: EpochState, info: ddp.DistInfo, step: int,
-) -> tuple[float, float, bool]:
+    st: EpochState, info: ddp.DistInfo, step: int, stats: _Stats,
+) -> bool:
     """One SGD step on the batch (x, y), followed by the paper's renormalisation and the weight
-    average: the loss, how many of the batch were classified right, and whether a signal asks
-    every process to stop after this step."""
+    average; its loss and hits queued in `stats`, the previous step's read and checked. Returns
+    whether a signal asks every process to stop after this step."""
     dev = info.device
     fmt = torch.channels_last if st.channels_last else torch.contiguous_format
     x = x.to(dev, non_blocking=True, memory_format=fmt)  # (N, C, S, S)
@@ -292,23 +351,21 @@ def _update(
     with autocast:
         logits = model(x)  # (N, num_classes)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=st.label_smoothing)
+    previous = stats.read()  # the step before: done by now, unless the device is far behind
+    stats.add(loss, (logits.detach().argmax(1) == y).sum(), y.shape[0], step, st.global_step)
     optimizer.zero_grad(set_to_none=True)
     if st.scaler is not None:
         st.scaler.scale(loss).backward()
     else:
         loss.backward()
-    loss_value = loss.item()
-    # Agreed by every process after backward (whose gradient all-reduce they all join),
-    # before the update: a NaN leaves the weights untouched, a signal stops all at once.
+    # Agreed by every process after backward (whose gradient all-reduce they all join): a NaN
+    # of the step before stops all at this step, before its update; so does a signal.
     stop_now, bad_any = ddp.all_reduce_max(
-        [st.stop["signal"] is not None, not math.isfinite(loss_value)], info
+        [st.stop["signal"] is not None,
+         previous is not None and not math.isfinite(previous[0])], info
     )
     if bad_any:
-        here = loss_value if not math.isfinite(loss_value) else "not finite elsewhere"
-        raise NonFiniteLossError(
-            f"loss is {here} at epoch {st.epoch + 1}, step {step + 1} (global step "
-            f"{st.global_step + 1}); training stopped, the last good checkpoint is kept"
-        )
+        _non_finite(previous, st)
     if st.scaler is not None:
         st.scaler.step(optimizer)
         st.scaler.update()
@@ -318,7 +375,7 @@ def _update(
         renormalize_filters(model, st.renorm_radius, st.first_radius)
     if st.ema is not None:
         st.ema.update_parameters(st.ema_source)
-    return loss_value, float((logits.detach().argmax(1) == y).sum()), stop_now
+    return stop_now
 
 
 def _advance_schedule(scheduler: Any, updated: bool) -> None:
@@ -333,14 +390,18 @@ def _advance_schedule(scheduler: Any, updated: bool) -> None:
 
 
 def _show_progress(bar: tqdm, st: EpochState, optimizer: torch.optim.Optimizer,
-                   loss_value: float | None, mean_loss: float, images: float,
-                   elapsed: float) -> None:
-    """The progress bar's line, and every 20th step's loss and lr in TensorBoard."""
-    bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{images / max(elapsed, 1e-9):.0f}")
+                   stats: _Stats, elapsed: float) -> None:
+    """The progress bar's line (the figures read so far: one step behind on a GPU), and every
+    20th step's loss and lr in TensorBoard."""
+    images = stats.seen * stats.info.world_size
+    bar.set_postfix(loss=f"{stats.loss_sum / max(stats.seen, 1):.4f}",
+                    img_s=f"{images / max(elapsed, 1e-9):.0f}")
     bar.update(1)
-    if st.tb is not None and loss_value is not None and st.global_step % 20 == 0:
-        st.tb.scalars({"train/loss_step": loss_value,
-                       "train/lr": optimizer.param_groups[0]["lr"]}, st.global_step)
+    if st.tb is not None and stats.last is not None:
+        (global_step, loss), stats.last = stats.last, None  # each step's once
+        if global_step % 20 == 19:
+            st.tb.scalars({"train/loss_step": loss,
+                           "train/lr": optimizer.param_groups[0]["lr"]}, global_step + 1)
 
 
 # Images per forward pass in `evaluate` (a batch of 10-crop items is 10x its size): measured on
