@@ -651,8 +651,10 @@ def _finish(out: str) -> None:
 @main.command("project", short_help="Project units of your own images down to pixels")
 @click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
 @_SOURCE
-@click.option("--layer", required=True,
-              help="The layer: a name from `zfnet models SOURCE` (conv5, layer3, features.28).")
+@click.option("--layer", "layers", multiple=True, callback=_names, metavar="NAME[,NAME...]",
+              help="Layers, comma-separated and/or repeated: names from `zfnet models SOURCE` "
+                   "(conv5, layer3, features.28). Default: conv1..conv5 on zfnet's models, the "
+                   "main stages of any other CNN.")
 @click.option("--channel", "channels", multiple=True, callback=_counts_from_zero,
               metavar="C[,C...]", help="These maps (repeat or comma list).")
 @click.option("--top", type=click.IntRange(1), default=None,
@@ -660,9 +662,10 @@ def _finish(out: str) -> None:
 @click.option("--rule", type=click.Choice(["deconvnet", "guided", "gradient"]),
               default="deconvnet", show_default=True)
 @_OUT
-def project_cmd(images: tuple[str, ...], model_options: ModelOptions, layer: str,
-                channels: tuple[int, ...] | None, top: int | None, rule: str, out: str) -> None:
-    """Project the strongest unit of maps of LAYER, in each IMAGE, down to pixels (paper
+def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
+                layers: tuple[str, ...] | None, channels: tuple[int, ...] | None,
+                top: int | None, rule: str, out: str) -> None:
+    """Project the strongest unit of maps of each layer, in each IMAGE, down to pixels (paper
     Sec. 2.1): one PNG per unit with the image and the unit's receptive field, the projection,
     and the projection over the image, and OUT/project.json listing them.
 
@@ -670,15 +673,19 @@ def project_cmd(images: tuple[str, ...], model_options: ModelOptions, layer: str
     """
     from zfnet.analyses.units import project_units, write_units
     from zfnet.data import load_images
+    from zfnet.models import feature_layers
 
     if channels and top:
         raise click.UsageError("--channel and --top both choose the maps: give one of them")
     source, _ = _model_and_data(model_options, need_data=False)
+    layers = _layers(source.model, layers) or tuple(
+        feature_layers(source.model, source.preprocessing.crop))
     data = load_images(images[0] if len(images) == 1 else list(images), source.preprocessing)
     names = [str(p) for p in getattr(data, "paths", [])] or None
-    results = project_units(source.model, data, layer, channels=channels, top=top, rule=rule,
-                            pixel_scale=source.preprocessing.pixel_scale(),
-                            batch_size=model_options.batch_size, names=names)
+    results = [r for layer in layers for r in project_units(
+        source.model, data, layer, channels=channels, top=top, rule=rule,
+        pixel_scale=source.preprocessing.pixel_scale(), batch_size=model_options.batch_size,
+        names=names)]
     index = write_units(results, out, rule, source.name)
     for unit, _, _ in results:
         click.echo(f"{unit.name}: {unit.layer} map {unit.channel} at ({unit.row}, {unit.col}), "

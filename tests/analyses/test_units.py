@@ -123,6 +123,24 @@ def test_project_command_with_hub_weights_offline(photos, tmp_path) -> None:
     assert Image.open(out / units[0]["file"]).size == (3 * 224 + 8, 224)
 
 
+def test_project_command_layers_default_to_the_main_stages(photos, tmp_path) -> None:
+    """Without --layer, the layers are the network's main stages (as in `visualize topk`); a
+    comma list names several."""
+    torch.manual_seed(2)
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
+    model = ["--model", "torchvision:resnet18", "--weights", str(tmp_path / "r18.pth"),
+             "--resize", "72", "--crop", "64", "--top", "1"]
+    for how, want in (([], ["conv1", "layer1", "layer2", "layer3", "layer4"]),
+                      (["--layer", "layer4,layer1"], ["layer4", "layer1"])):
+        out = tmp_path / f"look{len(how)}"
+        res = CliRunner().invoke(main, ["project", str(photos / "coffee.jpg"), *model, *how,
+                                        "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        units = json.loads((out / "project.json").read_text())["units"]
+        assert [u["layer"] for u in units] == want
+        assert len({u["file"] for u in units}) == len(want)  # a PNG each
+
+
 @pytest.mark.parametrize("args,message", [
     (["--layer", "layer9"], "layer 'layer9' does not exist"),
     (["--layer", "layer1", "--channel", "64"], "outside the layer's 64 maps"),
