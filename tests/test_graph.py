@@ -14,6 +14,7 @@ from zfnet.graph import (
     RuleUndefinedError,
     batched_backward,
     layer_outputs,
+    nonlinear,
     project_graph,
     seeds_from,
 )
@@ -162,6 +163,44 @@ def test_rule_undefined_for_gelu_names_it_and_the_valid_rule() -> None:
     assert proj.shape == (1, 3, 16, 16)
     # below the GELU only: fine for every rule
     project_graph(model, x, {"0": model[0]}, {"0": seeds_from([0], [1], None)}, "deconvnet")
+
+
+@pytest.mark.parametrize("name,layer", [
+    ("regnet_y_400mf", "trunk_output.block2"),  # ReLUs, squeeze-and-excitation sigmoid gates
+    ("mobilenet_v3_small", "features.6"),       # Hardswish, Hardsigmoid gates, ReLUs
+    ("convnext_tiny", "features.3"),            # GELU, LayerNorm on (N, H, W, C) maps
+])
+@pytest.mark.filterwarnings("ignore:no rectifier")  # convnext has none: rules = the gradient
+def test_nonlinear_gradient_equals_captum_on_modern_networks(name: str, layer: str) -> None:
+    """Inside nonlinear("gradient") the rules apply at the rectifiers and every other
+    non-linearity takes its gradient: Captum's Deconvolution and GuidedBackprop exactly (they
+    override ReLU modules only). Outside, the deconvnet rule refuses these networks."""
+    model = _net(name)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(8))
+    with pytest.raises(RuleUndefinedError, match="nonlinear 'gradient'.*as Captum does"):
+        project_graph(model, x, {layer: model.get_submodule(layer)},
+                      {layer: seeds_from([0], [1], None)}, "deconvnet")
+    with nonlinear("gradient"):
+        assert _check_equal(model, layer, x, [1, 5]) >= 6
+
+
+def test_nonlinear_mode_is_scoped_checked_and_warns_without_rectifiers() -> None:
+    """The mode holds inside the block only, also after an error; an unknown one is refused;
+    a network with no rectifier below the layer gets the gradient, and a warning saying so."""
+    silu = nn.Sequential(nn.Conv2d(3, 4, 3), nn.SiLU(), nn.Conv2d(4, 4, 3)).eval()
+    x = torch.randn(2, 3, 12, 12)
+    seeds = {"2": seeds_from([0, 1], [1, 1], None)}
+    with pytest.raises(ValueError, match="nonlinear='relu' is not known; valid: error, gradient"):
+        with nonlinear("relu"):
+            pass
+    with pytest.raises(KeyError), nonlinear("gradient"):
+        raise KeyError  # the mode is reset on the way out
+    with pytest.raises(RuleUndefinedError, match="SiLU"):
+        project_graph(silu, x, {"2": silu[2]}, seeds, "guided")
+    with nonlinear("gradient"), pytest.warns(UserWarning, match="no rectifier.*plain gradient"):
+        guided, *_ = project_graph(silu, x, {"2": silu[2]}, seeds, "guided")["2"]
+    grad, *_ = project_graph(silu, x, {"2": silu[2]}, seeds, "gradient")["2"]
+    torch.testing.assert_close(guided, grad)
 
 
 def test_no_hook_left_also_after_an_exception() -> None:

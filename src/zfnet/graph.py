@@ -20,7 +20,12 @@ the windowed engine. ReLU6 (`hardtanh(x, 0, t)`, MobileNetV2) is a rectifier who
 0 < x < t. The deconvnet and guided rules are defined for rectifiers only: where the signal has to
 go back through another non-linearity (GELU, SiLU, Hardswish, sigmoid, tanh, ELU, LayerNorm,
 softmax …) the walk stops with `RuleUndefinedError`, naming the operation and saying that the
-gradient rule applies. What comes after the chosen layer is never walked.
+gradient rule applies — unless the walk is inside `nonlinear("gradient")`: then such an
+operation goes back through its transposed Jacobian, like every other one, and the rule applies
+at the rectifiers only. That is what Captum's `Deconvolution` and `GuidedBackprop` do (they
+override ReLU modules and nothing else); a network without a rectifier on the way down then
+gets the plain gradient, and a warning says so. What comes after the chosen layer is never
+walked.
 
 Speed: autograd's own backward takes one signal per forward image, so many seeds on one image
 would need one backward pass each, and `is_grads_batched` (vmap) loops over them for convolutions.
@@ -38,8 +43,11 @@ last call, as in Captum and as a forward hook sees it.
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -59,8 +67,34 @@ _NONLINEAR = {
 }
 
 
+
+NONLINEAR_MODES = ("error", "gradient")
+_NONLINEAR_MODE: ContextVar[str] = ContextVar("zfnet_nonlinear", default="error")
+
+
 class RuleUndefinedError(ValueError):
     """The deconvnet / guided rule was asked to go back through a non-rectifier."""
+
+
+@contextmanager
+def nonlinear(mode: str) -> Iterator[None]:
+    """How the deconvnet and guided rules go back through a non-linearity other than a rectifier
+    (GELU, SiLU, sigmoid, Hardswish, LayerNorm …) inside the block: "error" (the default) stops
+    with `RuleUndefinedError`; "gradient" takes its transposed Jacobian, the rule applying at
+    the rectifiers only, as Captum does. Per thread (a `ContextVar`); see `set_nonlinear`."""
+    token = set_nonlinear(mode)
+    try:
+        yield
+    finally:
+        _NONLINEAR_MODE.reset(token)
+
+
+def set_nonlinear(mode: str) -> Any:
+    """Set `nonlinear`'s mode for this thread from now on (a worker thread's initializer); the
+    token undoes it (`ContextVar.reset`)."""
+    if mode not in NONLINEAR_MODES:
+        raise ValueError(f"nonlinear={mode!r} is not known; valid: {', '.join(NONLINEAR_MODES)}")
+    return _NONLINEAR_MODE.set(mode)
 
 
 def check_rule(rule: str) -> None:
@@ -115,6 +149,17 @@ def _rectifier(node: Any, g: Tensor, rounds: int, rule: str) -> list[Tensor | No
         g = g.clamp(min=0)
     # every round gated by its image's mask, broadcast rather than repeated R times
     return [(g.unflatten(0, (rounds, -1)) * on).flatten(0, 1)]
+
+
+def _elementwise(node: Any, g: Tensor, rounds: int) -> list[Tensor | None]:
+    """An element-wise non-linearity f: g * f'(x), f'(x) from the node's own backward of ones
+    (once per image, in the node's dtype), every round multiplied by it."""
+    meta = node._input_metadata[0]
+    slope = node(torch.ones(meta.shape, dtype=meta.dtype, device=meta.device))
+    slope = slope[0] if isinstance(slope, tuple) else slope
+    if slope is None or tuple(slope.shape) != tuple(meta.shape):
+        raise NotImplementedError
+    return [(g.unflatten(0, (rounds, -1)) * slope.to(g.dtype)).flatten(0, 1)]
 
 
 def _conv(node: Any, g: Tensor, rounds: int) -> list[Tensor | None]:
@@ -174,8 +219,11 @@ def _cat(node: Any, g: Tensor, rounds: int) -> list[Tensor | None]:
 
 
 def _view(node: Any, g: Tensor, rounds: int) -> list[Tensor | None]:
+    """Back to the input's shape, round by round: a view may fold the batch into other dims
+    (a linear layer on (N, H, W, C) maps sees N*H*W rows), so g's first dim is R times the
+    output's, not the input's."""
     sizes = list(node._saved_self_sym_sizes)
-    return [g.reshape(g.shape[0], *sizes[1:])]
+    return [g.reshape(rounds * sizes[0], *sizes[1:])]
 
 
 def _identity(node: Any, g: Tensor, rounds: int) -> list[Tensor | None]:
@@ -221,6 +269,9 @@ _BATCHED: dict[str, Callable[[Any, Tensor, int], list[Tensor | None]]] = {
     "AddmmBackward0": _addmm, "AvgPool2DBackward0": _avgpool,
     "AdaptiveAvgPool2DBackward0": _avgpool,
 }
+# the element-wise non-linearities (walked under the gradient rule, or `nonlinear("gradient")`)
+_BATCHED.update({name: _elementwise for name in _NONLINEAR if not name.startswith(
+    ("Native", "Softmax", "LogSoftmax", "Prelu"))})
 
 
 def _per_round(node: Any, grads: list[Tensor | None], rounds: int) -> list[Tensor | None]:
@@ -292,6 +343,7 @@ def batched_backward(act: Tensor, x: Tensor, seeds: Tensor, rule: str,
             if f in useful:
                 deps[f] += 1
     grads: dict[Any, list[Tensor | None]] = {}
+    met: dict[str, int] = defaultdict(int)  # rectifiers and other non-linearities walked
     flat = seeds.reshape(rounds * seeds.shape[1], *seeds.shape[2:])
     grads[act.grad_fn] = [flat if dtype is None else flat.to(dtype)]
     ready = [act.grad_fn]
@@ -301,7 +353,7 @@ def batched_backward(act: Tensor, x: Tensor, seeds: Tensor, rule: str,
             continue
         g_out = grads.pop(node)
         name = type(node).__name__
-        g_in = _node_backward(node, name, g_out, rounds, rule)
+        g_in = _node_backward(node, name, g_out, rounds, rule, met)
         for (f, i), g in zip(node.next_functions, g_in, strict=False):
             if f is None or f not in useful:
                 continue
@@ -311,6 +363,10 @@ def batched_backward(act: Tensor, x: Tensor, seeds: Tensor, rule: str,
             deps[f] -= 1
             if deps[f] == 0:
                 ready.append(f)
+    if rule != "gradient" and met["other"] and not met["rectifier"]:
+        warnings.warn(f"no rectifier on the way down from this layer: the {rule} rule applies at "
+                      "rectifiers only, so its projection here is the plain gradient",
+                      stacklevel=3)
     g = grads.get(leaf, [None])[0]
     if g is None:
         g = x.new_zeros(rounds * x.shape[0], *x.shape[1:])
@@ -318,20 +374,21 @@ def batched_backward(act: Tensor, x: Tensor, seeds: Tensor, rule: str,
 
 
 def _node_backward(node: Any, name: str, g_out: list[Tensor | None], rounds: int,
-                   rule: str) -> list[Tensor | None]:
+                   rule: str, met: dict[str, int]) -> list[Tensor | None]:
     if name in ("ReluBackward0", "ReluBackward1") or (
             name == "HardtanhBackward0" and node._saved_min_val == 0):
+        met["rectifier"] += 1
         return _rectifier(node, g_out[0], rounds, rule)  # type: ignore[arg-type]
-    if rule != "gradient" and name in _NONLINEAR:
-        raise RuleUndefinedError(
-            f"the {rule} rule is defined for rectifiers (ReLU, ReLU6) only, but the signal "
-            f"has to go back through {_NONLINEAR[name]}; use rule 'gradient' (defined for "
-            "every layer)")
-    if rule != "gradient" and name == "HardtanhBackward0":
-        raise RuleUndefinedError(
-            f"the {rule} rule is defined for rectifiers (ReLU, ReLU6) only, but the signal has "
-            f"to go back through hardtanh({node._saved_min_val}, {node._saved_max_val}); use "
-            "rule 'gradient' (defined for every layer)")
+    if name in _NONLINEAR or name == "HardtanhBackward0":
+        met["other"] += 1
+        if rule != "gradient" and _NONLINEAR_MODE.get() == "error":
+            what = _NONLINEAR.get(name) or \
+                f"hardtanh({node._saved_min_val}, {node._saved_max_val})"
+            raise RuleUndefinedError(
+                f"the {rule} rule is defined for rectifiers (ReLU, ReLU6) only, but the signal "
+                f"has to go back through {what}; use rule 'gradient' (defined for every layer), "
+                f"or nonlinear 'gradient' to take {what}'s gradient and apply the {rule} rule at "
+                "the rectifiers only, as Captum does")
     fn = _BATCHED.get(name)
     if fn is not None and len(g_out) == 1 and g_out[0] is not None:
         try:
@@ -452,5 +509,5 @@ def seeds_from(image_index: Sequence[int] | Tensor, channels: Sequence[int] | Te
     return img, ch, pos
 
 
-__all__ = ["RULES", "RuleUndefinedError", "batched_backward", "check_rule", "layer_outputs",
-           "project_graph", "seeds_from"]
+__all__ = ["NONLINEAR_MODES", "RULES", "RuleUndefinedError", "batched_backward", "check_rule",
+           "layer_outputs", "nonlinear", "project_graph", "seeds_from", "set_nonlinear"]
