@@ -621,6 +621,22 @@ _OUT = click.option("--out", required=True, type=click.Path(file_okay=False),
                     help="Directory for the figures, sections and index.html.")
 
 
+def _nonlinear_mode(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """The command runs inside `zfnet.graph.nonlinear(value)`, undone when it ends."""
+    from zfnet.graph import nonlinear
+
+    ctx.with_resource(nonlinear(value))
+    return value
+
+
+_NONLINEAR = click.option(
+    "--nonlinear", type=click.Choice(["error", "gradient"]), default="error",
+    show_default=True, callback=_nonlinear_mode, expose_value=False,
+    help="Where the deconvnet or guided rule meets a non-linearity other than a rectifier "
+         "(GELU, SiLU, sigmoid gates, LayerNorm): stop with an error, or take its gradient "
+         "there and apply the rule at the rectifiers only, as Captum does.")
+
+
 def _load(checkpoint: str, data: str | None, device: str = "cpu"):
     """(model, bundle) for an analysis command, the model on `device` (auto: cuda if there)."""
     from zfnet.data import load_dataset
@@ -661,6 +677,7 @@ def _finish(out: str) -> None:
               help="Each image's K most active maps (default 4).")
 @click.option("--rule", type=click.Choice(["deconvnet", "guided", "gradient"]),
               default="deconvnet", show_default=True)
+@_NONLINEAR
 @_OUT
 def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
                 layers: tuple[str, ...] | None, channels: tuple[int, ...] | None,
@@ -713,6 +730,7 @@ def visualize() -> None:
               show_default=True)
 @click.option("--rule", type=click.Choice(["deconvnet", "guided", "gradient"]),
               default="deconvnet", show_default=True)
+@_NONLINEAR
 @click.option("--images", default=None, type=click.IntRange(1),
               help="Mine only the first N val images (default: all).")
 def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
@@ -755,6 +773,7 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
               help="Mine only the first N val images (default: all).")
 @click.option("--rule", type=click.Choice(["deconvnet", "guided", "gradient"]),
               default="deconvnet", show_default=True)
+@_NONLINEAR
 @click.option("--evolution/--no-evolution", default=True, show_default=True,
               help="For a zfnet run with kept epochs: each unit at every kept epoch (Fig. 4).")
 def atlas_cmd(model_options: ModelOptions, data: str | None, out: str,
@@ -891,6 +910,7 @@ def invariance_cmd(model_options: ModelOptions, data: str | None, out: str) -> N
               help="Layer of maps (b)/(c) (default: the last spatial layer, conv5 on zfnet's).")
 @click.option("--method", type=click.Choice(["auto", "incremental", "full"]), default="auto",
               show_default=True)
+@_NONLINEAR
 def occlusion_cmd(model_options: ModelOptions, data: str | None, out: str, images: int,
                   pointing: int, size: int | None, stride: int | None, layer: str | None,
                   method: str) -> None:
@@ -997,6 +1017,7 @@ def transfer_cmd(checkpoint: str, data: str, out: str, shots: tuple[int, ...], n
 @click.option("--layer", default=None,
               help="Layer of the seed units (default: the last spatial layer, conv5 on "
                    "zfnet's).")
+@_NONLINEAR
 def randomization_cmd(model_options: ModelOptions, data: str | None, out: str, images: int,
                       layer: str | None) -> None:
     """Sanity check (Adebayo et al. 2018): do the maps change when the model is randomised?"""
@@ -1053,6 +1074,7 @@ def study_cmd(data: str, models: tuple[str, ...], variants: tuple[str, ...], epo
 @click.option("--cache", "cache_dir", default=None, type=click.Path(file_okay=False),
               help="Where the top-k index is kept (default: ~/.cache/zfnet/explorer).")
 @click.option("--max-upload-mb", default=20, show_default=True, type=click.IntRange(1))
+@_NONLINEAR
 def serve_cmd(model_options: ModelOptions, data: str | None, host: str, port: int,
               images: int | None, k: int, cache_dir: str | None, max_upload_mb: int) -> None:
     """The explorer: a local web page to click through the layers and units of the model with

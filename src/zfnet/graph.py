@@ -89,6 +89,11 @@ def nonlinear(mode: str) -> Iterator[None]:
         _NONLINEAR_MODE.reset(token)
 
 
+def current_nonlinear() -> str:
+    """This thread's `nonlinear` mode."""
+    return _NONLINEAR_MODE.get()
+
+
 def set_nonlinear(mode: str) -> Any:
     """Set `nonlinear`'s mode for this thread from now on (a worker thread's initializer); the
     token undoes it (`ContextVar.reset`)."""
@@ -387,8 +392,8 @@ def _node_backward(node: Any, name: str, g_out: list[Tensor | None], rounds: int
             raise RuleUndefinedError(
                 f"the {rule} rule is defined for rectifiers (ReLU, ReLU6) only, but the signal "
                 f"has to go back through {what}; use rule 'gradient' (defined for every layer), "
-                f"or nonlinear 'gradient' to take {what}'s gradient and apply the {rule} rule at "
-                "the rectifiers only, as Captum does")
+                f"or nonlinear 'gradient' (--nonlinear gradient) to take {what}'s gradient and "
+                f"apply the {rule} rule at the rectifiers only, as Captum does")
     fn = _BATCHED.get(name)
     if fn is not None and len(g_out) == 1 and g_out[0] is not None:
         try:
@@ -510,4 +515,5 @@ def seeds_from(image_index: Sequence[int] | Tensor, channels: Sequence[int] | Te
 
 
 __all__ = ["NONLINEAR_MODES", "RULES", "RuleUndefinedError", "batched_backward", "check_rule",
-           "layer_outputs", "nonlinear", "project_graph", "seeds_from", "set_nonlinear"]
+           "current_nonlinear", "layer_outputs", "nonlinear", "project_graph", "seeds_from",
+           "set_nonlinear"]

@@ -141,6 +141,29 @@ def test_project_command_layers_default_to_the_main_stages(photos, tmp_path) -> 
         assert len({u["file"] for u in units}) == len(want)  # a PNG each
 
 
+@pytest.mark.filterwarnings("ignore:no rectifier")
+def test_project_command_nonlinear_option(photos, tmp_path) -> None:
+    """A network with GELUs (convnext): the deconvnet rule stops with a one-line error that
+    names the way on, and nothing is written; `--nonlinear gradient` takes it; the mode ends
+    with the command."""
+    from zfnet.graph import current_nonlinear
+
+    torch.manual_seed(3)
+    torch.save(torchvision.models.convnext_tiny().state_dict(), tmp_path / "cnx.pth")
+    argv = ["project", str(photos / "coffee.jpg"), "--model", "torchvision:convnext_tiny",
+            "--weights", str(tmp_path / "cnx.pth"), "--resize", "40", "--crop", "32",
+            "--layer", "features.3", "--top", "2"]
+    res = CliRunner().invoke(main, [*argv, "--out", str(tmp_path / "no")])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert "GELU" in res.output and "--nonlinear gradient" in res.output, res.output
+    assert not (tmp_path / "no").exists()
+    res = CliRunner().invoke(main, [*argv, "--nonlinear", "gradient", "--out",
+                                    str(tmp_path / "yes")])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads((tmp_path / "yes/project.json").read_text())["units"]) == 2
+    assert current_nonlinear() == "error"
+
+
 @pytest.mark.parametrize("args,message", [
     (["--layer", "layer9"], "layer 'layer9' does not exist"),
     (["--layer", "layer1", "--channel", "64"], "outside the layer's 64 maps"),

@@ -472,3 +472,27 @@ def test_a_job_cancelled_as_it_starts_never_runs() -> None:
     finally:
         gate.set()
         runner.shutdown()
+
+
+@pytest.mark.filterwarnings("ignore:no rectifier")  # convnext has none
+def test_nonlinear_mode_reaches_the_views_and_the_jobs(tmp_path) -> None:
+    """A network with GELU and sigmoid gates (torchvision's convnext, random init, 32 px):
+    `error` refuses its deconvnet views in one line, `gradient` serves them (on the views'
+    thread) and its top-k figures (on the jobs' thread), whatever the creating thread's mode."""
+    from skimage import data
+
+    for name in ("astronaut", "coffee"):
+        Image.fromarray(getattr(data, name)()).save(tmp_path / f"{name}.jpg")
+    torch.manual_seed(0)
+    source = load_source("torchvision:convnext_tiny", resize=32, crop=32)
+    bundle = load_data(source, f"images:{tmp_path}")
+    for mode in ("error", "gradient"):
+        e = Explorer(source, bundle, cache_dir=tmp_path / "c", nonlinear=mode)
+        with TestClient(create_app(e)) as c:
+            assert c.get("/api/model").json()["nonlinear"] == mode
+            u = c.get("/api/unit?image=val:0&layer=features.3&unit=2").json()
+            if mode == "error":
+                _error(c.get(u["rules"]["deconvnet"]), 400, "GELU", "--nonlinear gradient")
+                continue
+            assert _png(c.get(u["rules"]["deconvnet"])).ndim == 3
+            assert _png(c.get(_wait(c, "/api/topk?layer=features.3&unit=2")["figure"])).ndim == 3

@@ -32,6 +32,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from zfnet.explorer.jobs import JobRunner
 from zfnet.explorer.session import Explorer, ExplorerError, NotFoundError
+from zfnet.graph import RuleUndefinedError, set_nonlinear
 
 MAX_UPLOAD = 20 * 1024 * 1024  # bytes
 STATIC = Path(str(files("zfnet.explorer") / "static"))
@@ -51,8 +52,10 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
     API at /api/ (its OpenAPI schema at /api/openapi.json). allowed_hosts: the Host headers
     answered (None: any); a server on the loopback answers only to its own names, so that no
     other web page can reach it through a DNS name that points there (DNS rebinding)."""
-    work = ThreadPoolExecutor(1, thread_name_prefix="zfnet-view")  # the model's one user
-    jobs = JobRunner()
+    # the model's one user; it and the jobs' thread walk non-linearities as the explorer says
+    work = ThreadPoolExecutor(1, thread_name_prefix="zfnet-view", initializer=set_nonlinear,
+                              initargs=(explorer.nonlinear,))
+    jobs = JobRunner(explorer.nonlinear)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -76,6 +79,10 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
         status = 413 if isinstance(e, TooLarge) else 404 if isinstance(e, NotFoundError) \
             else 400
         return JSONResponse({"error": str(e)}, status_code=status)
+
+    @app.exception_handler(RuleUndefinedError)
+    async def _undefined(_: Request, e: RuleUndefinedError) -> JSONResponse:
+        return JSONResponse({"error": str(e)}, status_code=400)  # the rule, not the server
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:

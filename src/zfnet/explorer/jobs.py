@@ -57,8 +57,12 @@ class JobRunner:
     """Runs jobs one after another on one thread (the CPU is the limit: two at once would only
     slow both), remembers the recent ones, and says what a queued job waits for."""
 
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="zfnet-job")
+    def __init__(self, nonlinear: str = "error") -> None:
+        """`nonlinear`: the jobs' thread's `zfnet.graph.nonlinear` mode."""
+        from zfnet.graph import set_nonlinear
+
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="zfnet-job",
+                                        initializer=set_nonlinear, initargs=(nonlinear,))
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._by_key: dict[Hashable, Job] = {}
         self._lock = threading.Lock()

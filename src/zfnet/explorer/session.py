@@ -148,7 +148,12 @@ class Explorer:
     def __init__(self, source: Any, bundle: Any = None, *, cache_dir: str | Path,
                  n_images: int | None = None, k: int = 9,
                  evolution: Sequence[tuple[int, Path]] | None = None,
-                 max_pixels: int = MAX_PIXELS) -> None:
+                 max_pixels: int = MAX_PIXELS, nonlinear: str | None = None) -> None:
+        from zfnet.graph import current_nonlinear
+
+        # how the rules meet GELU, SiLU … (`zfnet.graph.nonlinear`): the views' and the jobs'
+        # threads take it (default: the creating thread's)
+        self.nonlinear = nonlinear or current_nonlinear()
         self.source = source
         self.model: nn.Module = source.model.eval()
         self.pre = source.preprocessing
@@ -200,7 +205,7 @@ class Explorer:
             if self.evolution_checkpoints else None,
             "default_layer": self.default_layer,
             "default_image": "val:0" if self.n_images else None,
-            "rules": list(RULES), "k": self.k,
+            "rules": list(RULES), "nonlinear": self.nonlinear, "k": self.k,
         }
 
     def _layer_table(self) -> list[LayerRow]:
