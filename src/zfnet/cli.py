@@ -88,18 +88,19 @@ def main() -> None:
 
 
 def _one_line_warnings() -> None:
-    """zfnet's own warnings (a skipped broken image, say) as one line each, without the
-    source line Python's default format adds."""
+    """zfnet's own warnings (a skipped broken image, a projection that is the plain gradient) as
+    one line each, without the source line Python's default format adds."""
     import warnings
 
     from zfnet.data import BrokenImageWarning
+    from zfnet.graph import PlainGradientWarning
 
     default = warnings.showwarning
     if getattr(default, "zfnet", False):
         return  # installed by an earlier command in this process
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
-        if issubclass(category, BrokenImageWarning):
+        if issubclass(category, (BrokenImageWarning, PlainGradientWarning)):
             click.echo(f"warning: {message}", err=True)
         else:
             default(message, category, filename, lineno, file, line)

@@ -76,6 +76,10 @@ class RuleUndefinedError(ValueError):
     """The deconvnet / guided rule was asked to go back through a non-rectifier."""
 
 
+class PlainGradientWarning(UserWarning):
+    """Under `nonlinear("gradient")`, a walk met no rectifier: its projection is the gradient."""
+
+
 @contextmanager
 def nonlinear(mode: str) -> Iterator[None]:
     """How the deconvnet and guided rules go back through a non-linearity other than a rectifier
@@ -371,7 +375,7 @@ def batched_backward(act: Tensor, x: Tensor, seeds: Tensor, rule: str,
     if rule != "gradient" and met["other"] and not met["rectifier"]:
         warnings.warn(f"no rectifier on the way down from this layer: the {rule} rule applies at "
                       "rectifiers only, so its projection here is the plain gradient",
-                      stacklevel=3)
+                      PlainGradientWarning, stacklevel=3)
     g = grads.get(leaf, [None])[0]
     if g is None:
         g = x.new_zeros(rounds * x.shape[0], *x.shape[1:])
@@ -514,6 +518,6 @@ def seeds_from(image_index: Sequence[int] | Tensor, channels: Sequence[int] | Te
     return img, ch, pos
 
 
-__all__ = ["NONLINEAR_MODES", "RULES", "RuleUndefinedError", "batched_backward", "check_rule",
-           "current_nonlinear", "layer_outputs", "nonlinear", "project_graph", "seeds_from",
-           "set_nonlinear"]
+__all__ = ["NONLINEAR_MODES", "RULES", "PlainGradientWarning", "RuleUndefinedError",
+           "batched_backward", "check_rule", "current_nonlinear", "layer_outputs", "nonlinear",
+           "project_graph", "seeds_from", "set_nonlinear"]
