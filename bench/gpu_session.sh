@@ -7,7 +7,7 @@
 #
 #   bash bench/gpu_session.sh wheels   # here, once: the wheels the GPU machine lacks, in .whl/
 #   device `run`: command "bash bench/gpu_session.sh", carry [".whl"], timeout_s 600
-#   bash bench/gpu_session.sh dry      # here, on the CPU: every step at toy sizes (~2 min)
+#   bash bench/gpu_session.sh dry      # here, on the CPU: every step at toy sizes (~1 min)
 #
 # The GPU machine has torch, torchvision and the rest of zfnet's needs but not webdataset (and
 # its braceexpand): `wheels` fetches them; the run installs them into /tmp/site.
@@ -61,7 +61,7 @@ if [ "$mode" = gpu ]; then
     cc=(--device cuda)
     bench=(--parts 2,3,4 --e2e shards:gpu,folder:gpu,shards:cpu,folder:cpu)
 else
-    cc=(--device cpu --data "synthetic?n_train=256&n_val=128")
+    cc=(--device cpu --data "synthetic?n_train=256&n_val=128" --in-process)
     bench=(--dry-run)
 fi
 # the gpu loader's correctness first (its figures mean nothing if it is wrong), then the
