@@ -22,6 +22,12 @@ more than one ordinary backward pass.
 
     .venv/bin/python bench/bench_graph.py                 # the figure in docs/results.md
     .venv/bin/python bench/bench_graph.py --captum-maps 32 --repeats 1   # quicker
+    .venv/bin/python bench/bench_graph.py --model efficientnet_b0 --layers features.4 \
+        features.6 --nonlinear gradient --precision float32 --captum-maps 16   # SiLU, gates
+    python bench/bench_graph.py --device cuda             # on a GPU
+
+`--model` takes any torchvision classification model (random weights); `--nonlinear gradient`
+walks GELU, SiLU and gates by their gradient (`zfnet.graph.nonlinear`), as Captum does.
 """
 
 from __future__ import annotations
@@ -37,10 +43,22 @@ import torch
 import torchvision
 from torch import nn
 
-from zfnet.graph import layer_outputs, project_graph, seeds_from
+from zfnet.graph import layer_outputs, project_graph, seeds_from, set_nonlinear
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import hardware  # noqa: E402  (bench/common.py)
+
+
+def unit_rows(t: torch.Tensor) -> torch.Tensor:
+    """Each row divided by its largest |value| (in float64): cosines of tiny projections (a
+    random network's, 1e-18) would drown in cosine_similarity's eps."""
+    t = t.double()
+    return t / t.abs().amax(-1, keepdim=True).clamp_min(1e-300)
+
+
+def sync(x: torch.Tensor) -> None:
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
 
 
 def captum_time(model: nn.Module, module: nn.Module, x: torch.Tensor, maps: list[int],
@@ -61,13 +79,14 @@ def captum_time(model: nn.Module, module: nn.Module, x: torch.Tensor, maps: list
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ref = NeuronDeconvolution(model, module).attribute(x, neuron_selector=strongest)
+        sync(x)
         total += time.perf_counter() - t
         for i in range(n):
             s = i * channels + c
             if values[s] <= 0:
                 continue
-            cos = torch.nn.functional.cosine_similarity(
-                ours[s].flatten().double(), (ref[i] * values[s]).flatten().double(), 0)
+            a, b = unit_rows(ours[s].flatten()), unit_rows((ref[i] * values[s]).flatten())
+            cos = torch.nn.functional.cosine_similarity(a, b.to(a.device), 0)
             worst = min(worst, float(cos))
     return total, worst
 
@@ -80,8 +99,10 @@ def floor_time(model: nn.Module, module: nn.Module, x: torch.Tensor, batch: int,
     act = layer_outputs(model, xb, {"l": module})["l"]
     g = torch.zeros_like(act)
     g.view(batch, -1)[:, 0] = 1.0
+    sync(xb)
     t = time.perf_counter()
     torch.autograd.grad(act, xb, g)
+    sync(xb)
     return (time.perf_counter() - t) * seeds / batch
 
 
@@ -94,14 +115,21 @@ def main() -> None:
     ap.add_argument("--captum-maps", type=int, default=None,
                     help="Captum on M evenly spaced maps per layer, time extrapolated")
     ap.add_argument("--repeats", type=int, default=3, help="timings of the general path")
+    ap.add_argument("--model", default="resnet18", help="a torchvision model (random weights)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--nonlinear", choices=["error", "gradient"], default="error",
+                    help="how the deconvnet rule meets GELU, SiLU, gates (zfnet.graph.nonlinear)")
     ap.add_argument("--precision", nargs="+", default=["float32", "bfloat16"],
                     choices=["float32", "bfloat16"],
                     help="the general path's precision(s), each timed and compared")
     args = ap.parse_args()
+    set_nonlinear(args.nonlinear)
     print(hardware())
+    print(f"{args.model}, layers {' '.join(args.layers)}, {args.images} images at {args.size} px, "
+          f"device {args.device}, nonlinear {args.nonlinear}")
     torch.manual_seed(0)
-    model = torchvision.models.resnet18(weights=None).eval()
-    x = torch.randn(args.images, 3, args.size, args.size)
+    model = getattr(torchvision.models, args.model)(weights=None).eval().to(args.device)
+    x = torch.randn(args.images, 3, args.size, args.size, device=args.device)
     modules = {name: model.get_submodule(name) for name in args.layers}
     with torch.no_grad():
         acts = layer_outputs(model, x, modules)
@@ -120,6 +148,7 @@ def main() -> None:
             t = time.perf_counter()
             results[precision] = project_graph(model, x, modules, seeds, "deconvnet",
                                                seed_batch=args.seed_batch, dtype=dtype)
+            sync(x)
             times.append(time.perf_counter() - t)
         timed[precision] = statistics.median(times)
         print(f"zfnet general path, {precision}: {n_seeds} projections in "
@@ -151,8 +180,8 @@ def main() -> None:
         for n in modules:
             a, b = results[precision][n][0].flatten(1), res[n][0].flatten(1)
             shown = b.abs().amax(1) > 0  # an inactive unit's projection is zero on both
-            cos = min(cos, float(torch.nn.functional.cosine_similarity(
-                a[shown].double(), b[shown].double(), 1).min()))
+            a, b = unit_rows(a[shown]), unit_rows(b[shown])
+            cos = min(cos, float(torch.nn.functional.cosine_similarity(a, b, 1).min()))
         print(f"  {precision}: {t:.2f} s, {cap_total / t:.2f}x faster than Captum "
               f"(worst cosine to {args.precision[0]}: {cos:.6f})")
 
