@@ -66,8 +66,6 @@ _NONLINEAR = {
     "PreluKernelBackward0": "PReLU", "EluBackward1": "ELU", "LeakyReluBackward1": "LeakyReLU",
 }
 
-
-
 NONLINEAR_MODES = ("error", "gradient")
 _NONLINEAR_MODE: ContextVar[str] = ContextVar("zfnet_nonlinear", default="error")
 
