@@ -195,7 +195,8 @@ def per_worker(root: Path, shards: Path, spec: str, repeats: int) -> dict[str, f
 
 def pass_rate(batches: Iterable, device: torch.device, images: int, skip: int = 2) -> float:
     """Images per second of a pass over `batches` ((x, y) on the device) up to `images` images,
-    after `skip` batches (the workers' start)."""
+    timed from the arrival of batch `skip` (the workers' start before it), counting the batches
+    after it."""
     count, start, total = 0, None, 0
     for k, (x, _) in enumerate(batches):
         if total >= images:
@@ -204,8 +205,9 @@ def pass_rate(batches: Iterable, device: torch.device, images: int, skip: int = 
         if k == skip:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            start, count = time.perf_counter(), 0
-        count += len(x)
+            start = time.perf_counter()
+        elif start is not None:
+            count += len(x)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     if start is None:
@@ -368,7 +370,7 @@ def main() -> None:
         ap.error("--e2e: a comma list of folder|shards : cpu|gpu, e.g. shards:gpu,shards:cpu")
     spec = ""
     if args.dry_run:
-        args.images, args.unique, args.classes, args.batch_size, args.workers = 24, 8, 2, 8, 0
+        args.images, args.unique, args.classes, args.batch_size, args.workers = 24, 8, 2, 4, 0
         args.loader_images = 24
         args.device, args.model, args.steps, args.repeats = "cpu", "zfnet_small", 1, 1
         args.per_worker_images = 24
