@@ -72,6 +72,33 @@ def test_mean_is_cached_and_keyed_by_file_list(tmp_path, monkeypatch):
         load_dataset(f"imagefolder:{tmp_path}?size={SIZE}")
 
 
+def test_processes_needing_one_mean_at_once_compute_it_once(tmp_path):
+    """The ranks of a torchrun on one machine ask for the same uncached mean together: one
+    computes it (under a file lock), the others wait and read its file. Threads with their own
+    open files contend for the lock exactly as processes do."""
+    import threading
+    import time
+
+    calls, results = [], []
+
+    def compute() -> torch.Tensor:
+        calls.append(1)
+        time.sleep(0.3)  # long enough for every other thread to arrive meanwhile
+        return torch.full((3, 4, 4), 7.0)
+
+    def rank() -> None:
+        results.append(imagefolder.cached_mean(tmp_path, "k", 4, compute))
+
+    threads = [threading.Thread(target=rank) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(results) == 4
+    assert all(torch.equal(r, torch.full((3, 4, 4), 7.0)) for r in results)
+    assert [p.suffix for p in sorted((tmp_path / ".zfnet-cache").iterdir())] == [".lock", ".npy"]
+
+
 def test_read_only_data_caches_in_cache_dir(tmp_path, monkeypatch):
     data_dir, cache = tmp_path / "data", tmp_path / "run"
     _folder(data_dir)

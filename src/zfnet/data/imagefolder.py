@@ -23,7 +23,8 @@ import hashlib
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -178,8 +179,8 @@ def mean_of(images: Dataset, full_size: int, *, num_workers: int | None = None,
     skipped as broken: float32 (3, F, F). `example` names an image in the error raised when
     every one was skipped."""
     n = len(images)  # type: ignore[arg-type]
-    if num_workers is None:
-        num_workers = min(8, os.cpu_count() or 1) if n >= 2000 else 0
+    if num_workers is None:  # a one-time pass: every core of this process's share
+        num_workers = _cores() if n >= 2000 else 0
     loader = DataLoader(images, batch_size=64, num_workers=num_workers, collate_fn=_sum_batch)
     total = torch.zeros(3, full_size, full_size, dtype=torch.float64)
     count = 0
@@ -193,6 +194,13 @@ def mean_of(images: Dataset, full_size: int, *, num_workers: int | None = None,
             + (f", e.g. {example})" if example else ")")
         )
     return (total / count).to(torch.float32)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def mean_cache_key(root: Path, paths: Sequence[Path], full_size: int) -> str:
@@ -240,6 +248,30 @@ def cached_mean(root: Path, key: str, full_size: int, compute: Callable[[], torc
     cached in the first of those places that is writable."""
     candidates = [(d / _cache_name(key, root, full_size, out)) for d, out in
                   _cache_dirs(root, cache_dir)]
+    mean = _read_cached(candidates, full_size)
+    if mean is not None:
+        return mean
+    with _one_at_a_time(candidates):  # the ranks of a torchrun: one computes, the rest read
+        mean = _read_cached(candidates, full_size)
+        if mean is not None:
+            return mean
+        mean = compute()
+        for path in candidates:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_npy_atomic(path, mean.numpy())
+                return mean
+            except OSError:
+                continue  # read-only: try the next place
+    warnings.warn(
+        f"could not cache the mean image in any of {', '.join(str(c.parent) for c in candidates)}",
+        stacklevel=2,
+    )
+    return mean
+
+
+def _read_cached(candidates: Sequence[Path], full_size: int) -> torch.Tensor | None:
+    """The first readable cached mean of the right shape among `candidates`, or None."""
     for path in candidates:
         if path.is_file():
             try:
@@ -248,19 +280,34 @@ def cached_mean(root: Path, key: str, full_size: int, compute: Callable[[], torc
                 continue  # a damaged cache file is recomputed
             if arr.shape == (3, full_size, full_size):
                 return torch.from_numpy(arr.astype(np.float32))
-    mean = compute()
+    return None
+
+
+@contextmanager
+def _one_at_a_time(candidates: Sequence[Path]) -> Iterator[None]:
+    """Hold an exclusive lock (`fcntl.flock`) on `NAME.lock` beside the first candidate where
+    one can be made, so that processes needing the same mean at once (a torchrun's ranks on one
+    machine, each with its workers) compute it once: the others wait, then read its file. No
+    lock where none can be made (every place read-only) or on a system without fcntl."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
     for path in candidates:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            save_npy_atomic(path, mean.numpy())
-            return mean
+            f = open(path.with_suffix(".lock"), "a")  # noqa: SIM115 - held across the yield
         except OSError:
-            continue  # read-only: try the next place
-    warnings.warn(
-        f"could not cache the mean image in any of {', '.join(str(c.parent) for c in candidates)}",
-        stacklevel=2,
-    )
-    return mean
+            continue
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+            f.close()
+        return
+    yield
 
 
 def save_npy_atomic(path: Path, array: np.ndarray) -> None:
