@@ -31,9 +31,13 @@ OUT=${OUT:-/tmp/gpu-session}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=src
 if compgen -G ".whl/*.whl" >/dev/null; then
-    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
+    "$py" -m pip install -q --root-user-action=ignore --no-index --no-deps --no-compile \
+        --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
     export PYTHONPATH=/tmp/site:src
+fi
+if ! "$py" -c 'import webdataset' 2>/dev/null; then
+    echo "webdataset is missing: run 'bash bench/gpu_session.sh wheels' here and carry .whl" >&2
+    exit 1
 fi
 budget=${BUDGET:-585}  # seconds for the whole command
 
