@@ -734,9 +734,11 @@ def visualize() -> None:
 @_NONLINEAR
 @click.option("--images", default=None, type=click.IntRange(1),
               help="Mine only the first N val images (default: all).")
+@_WORKERS
 def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
              layers: tuple[str, ...] | None, layers_alias: tuple[str, ...] | None, k: int,
-             maps_per_layer: int, map_rule: str, rule: str, images: int | None) -> None:
+             maps_per_layer: int, map_rule: str, rule: str, images: int | None,
+             workers: int | str | None) -> None:
     """Fig. 2: the k strongest activations of feature maps over a dataset (or a folder of your
     images: --data images:DIR), projected to pixels beside their image patches.
 
@@ -744,6 +746,7 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
     share of the images in each and merges them (the answer of one process); the first
     process projects and writes the gallery."""
     from zfnet import pipeline
+    from zfnet.data.loaders import resolve_workers
     from zfnet.train.distributed import processes
 
     names = (*(layers or ()), *(layers_alias or ())) or None
@@ -754,7 +757,8 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
         pipeline.gallery(source.model, bundle, out, k=k, n_images=images or len(bundle.val),
                          n_maps=maps_per_layer, layers=list(names) if names else None,
                          rule=rule, map_rule=map_rule, batch_size=model_options.batch_size,
-                         distributed=info.enabled)
+                         distributed=info.enabled,
+                         num_workers=resolve_workers(workers or "auto", info.device))
     if info.is_main:
         _finish(out)
 
@@ -777,14 +781,16 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
 @_NONLINEAR
 @click.option("--evolution/--no-evolution", default=True, show_default=True,
               help="For a zfnet run with kept epochs: each unit at every kept epoch (Fig. 4).")
+@_WORKERS
 def atlas_cmd(model_options: ModelOptions, data: str | None, out: str,
               layers: tuple[str, ...] | None, k: int, maps_per_layer: int | None,
-              images: int | None, rule: str, evolution: bool) -> None:
+              images: int | None, rule: str, evolution: bool, workers: int | str | None) -> None:
     """A static site of the model's units (open OUT/index.html from disk or any host): per
     layer a page of thumbnails, per unit its top-k projections beside their image patches
     (Fig. 2) and, for a zfnet run with kept epochs, its evolution (Fig. 4)."""
     from tqdm import tqdm
 
+    from zfnet.data.loaders import resolve_workers
     from zfnet.explorer.atlas import write_atlas
     from zfnet.train import CheckpointModels, run_checkpoints
     from zfnet.train.distributed import resolve_device
@@ -807,7 +813,9 @@ def atlas_cmd(model_options: ModelOptions, data: str | None, out: str,
             rule=rule, n_images=images, model_name=source.name,
             evolution=CheckpointModels(kept, resolve_device(model_options.device))
             if len(kept) > 1 else None,
-            batch_size=model_options.batch_size, progress=progress)
+            batch_size=model_options.batch_size, progress=progress,
+            num_workers=resolve_workers(workers or "auto",
+                                        resolve_device(model_options.device)))
     click.echo(f"atlas: {index.resolve()}")
 
 

@@ -77,11 +77,13 @@ def _pixel_scale(bundle: DataBundle) -> torch.Tensor | None:
 def gallery(model: nn.Module, bundle: DataBundle, run_dir: str | Path, *, k: int = 9,
             n_images: int = 1000, n_maps: int = 16, layers: list[str] | None = None,
             rule: str = "deconvnet", map_rule: str = "strongest", batch_size: int = 64,
-            device: str | torch.device | None = None, distributed: bool = False) -> Any:
+            device: str | torch.device | None = None, distributed: bool = False,
+            num_workers: int = 0) -> Any:
     """Fig. 2: the top-k gallery over the first `n_images` val images (centre crops). Layers
     default to `zfnet.models.feature_layers` (conv1…conv5 on zfnet's models). `distributed`:
     mined across the processes of the process group, written by the first
-    (`zfnet.analyses.gallery.run_topk_gallery`)."""
+    (`zfnet.analyses.gallery.run_topk_gallery`); `num_workers`: the mining's DataLoader
+    workers."""
     from zfnet.analyses.gallery import run_topk_gallery
 
     check_fits(model, bundle)
@@ -91,7 +93,7 @@ def gallery(model: nn.Module, bundle: DataBundle, run_dir: str | Path, *, k: int
         model, Subset(val, range(n)), layers or None, k,
         Path(run_dir) / "gallery", n_maps=n_maps, map_rule=map_rule, rule=rule,
         display_image=bundle.raw_val, run_dir=run_dir, batch_size=batch_size, device=device,
-        pixel_scale=_pixel_scale(bundle), distributed=distributed,
+        pixel_scale=_pixel_scale(bundle), distributed=distributed, num_workers=num_workers,
     )
 
 

@@ -1,6 +1,7 @@
 """`torchrun -m zfnet.cli visualize topk`: two gloo processes mine a shard each, the first writes
 the gallery; the same top-k (images, positions and values) and the same PNG bytes as one
-process, and nothing written twice or printed twice."""
+process (which reads in-process; the two, each with a DataLoader worker), and nothing written
+twice or printed twice."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def test_two_processes_write_what_one_process_writes(tmp_path) -> None:
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "zfnet.cli", *args, "--out", "two"],
+         "-m", "zfnet.cli", *args, "--workers", "1", "--out", "two"],  # a loader worker each
         cwd=tmp_path, env=process_env(), capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     a = load_topk(tmp_path / "one/gallery/topk.pt")

@@ -44,7 +44,8 @@ def _atlas(args: list[str]) -> str:
 def site(tiny_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("atlas") / "site"
     text = _atlas(["--checkpoint", str(tiny_run), "--out", str(out), "--layer", ",".join(LAYERS),
-                   "--k", str(K), "--images", str(IMAGES), "--maps-per-layer", str(MAPS)])
+                   "--k", str(K), "--images", str(IMAGES), "--maps-per-layer", str(MAPS),
+                   "--workers", "1"])  # mined through a loader worker: the same as in-process
     assert text.strip().splitlines()[-1] == f"atlas: {(out / 'index.html').resolve()}"
     return out
 

@@ -300,6 +300,7 @@ def run_topk_gallery(
     progress: bool = False,
     pixel_scale: Tensor | None = None,
     distributed: bool = False,
+    num_workers: int = 0,
 ) -> GalleryResult:
     """The whole Fig. 2 job: mine the top-k of `layers` over `dataset`, project them, write
     `out_dir/topk.pt`, one `out_dir/topk_<layer>.png` per layer, and the report section
@@ -316,7 +317,8 @@ def run_topk_gallery(
     mines its contiguous shard of `dataset` and the shards are merged
     (`zfnet.analyses.topk.mine_topk_distributed`, the answer of one process); then the first
     process alone projects and writes everything. The others write nothing and return the
-    merged top-k only (no maps, projections or files).
+    merged top-k only (no maps, projections or files). num_workers: the mining's DataLoader
+    workers (decoding a large dataset for a GPU).
     """
     check_rule(rule)  # before mining
     if map_rule not in MAP_RULES:
@@ -337,10 +339,11 @@ def run_topk_gallery(
     if topk is None or any(name not in topk for name in layers):
         if distributed:
             topk = mine_topk_distributed(model, dataset, layers, k, batch_size=batch_size,
-                                         device=device, progress=progress and _rank() == 0)
+                                         device=device, progress=progress and _rank() == 0,
+                                         num_workers=num_workers)
         else:
             topk = mine_topk(model, dataset, layers, k, batch_size=batch_size, device=device,
-                             progress=progress)
+                             progress=progress, num_workers=num_workers)
     topk = {name: topk[name] for name in layers}
     if distributed and _rank() != 0:
         return GalleryResult(topk=topk, maps={}, projections={})

@@ -128,6 +128,7 @@ def write_atlas(
     batch_size: int = 64,
     device: str | torch.device | None = None,
     progress: Callable[[int, int], None] | None = None,
+    num_workers: int = 0,
 ) -> Path:
     """Write the atlas of `model` over `data` into `out_dir` (see the module doc); return the
     path of its index.html.
@@ -144,7 +145,8 @@ def write_atlas(
     projection shown at each.
     progress(done, total): called as the work goes (images mined, at each checkpoint too, and
     units drawn; total grows once, when the mining has said how many maps there are); an
-    exception it raises stops the atlas and leaves nothing written.
+    exception it raises stops the atlas and leaves nothing written. num_workers: the mining's
+    DataLoader workers (decoding a large dataset for a GPU).
     """
     check_rule(rule)
     if k < 1:
@@ -190,7 +192,7 @@ def write_atlas(
             progress(offset + done, state["total"])
 
     topk = mine_topk(model, dataset, names, k, batch_size=batch_size, device=device,
-                     progress=lambda done, _: report(done, 0))
+                     progress=lambda done, _: report(done, 0), num_workers=num_workers)
     for layer in table:
         t = topk[layer.name]
         layer.maps = int(t.values.shape[0])
