@@ -276,31 +276,43 @@ def main() -> int:
         assert dp < 1e-3 and oc.feature_map == og.feature_map, (dp, oc.feature_map)
         return f"incremental occlusion, 16 px / 4 px: p(target) max diff {dp:.1e}"
 
-    def shards() -> str:
-        # `zfnet shards` of the gpu loader's folder (its broken file left out and listed), then
-        # training from them with each loader (resumed exactly), evaluation and mining
+    def jpegs() -> Path:
+        """A folder of 96 + 24 ImageNet-shaped JPEGs in 3 classes and one broken file (made
+        once, shared by the checks that read it)."""
         from common import make_folder
 
         folder = out / "jpegs"
         if not folder.is_dir():
             make_folder(folder, 96, 3, val=24, workers=os.cpu_count() or 1)
             (folder / "train" / "class000" / "broken.JPEG").write_bytes(b"\xff\xd8 not a jpeg")
+        return folder
+
+    def resumed(name: str, args_: list[str]) -> tuple[list[dict[str, float]], float]:
+        """Train 2 epochs with `args_`, and 1 epoch then --resume to 2: the uninterrupted run's
+        metrics and the largest loss difference between the two (asserted < 2e-3)."""
+        ref, cut = out / f"{name}-ref", out / f"{name}-cut"
+        zfnet("train", "--out", str(ref), "--epochs", "2", *args_)
+        zfnet("train", "--out", str(cut), "--epochs", "1", *args_)
+        zfnet("train", "--out", str(cut), "--epochs", "2", "--resume", "--quiet")
+        a, b = metrics(ref), metrics(cut)
+        diff = max(abs(x[k] - y[k]) for x, y in zip(a, b, strict=True)
+                   for k in ("train_loss", "val_loss"))
+        assert diff < 2e-3 and len(a) == 2, (name, diff, a)
+        return a, diff
+
+    def shards() -> str:
+        # `zfnet shards` of the gpu loader's folder (its broken file left out and listed), then
+        # training from them with each loader (resumed exactly), evaluation and mining
+        folder = jpegs()
         zfnet("shards", f"imagefolder:{folder}", "--out", str(out / "shards"))
         manifest = json.loads((out / "shards" / "manifest.json").read_text())
         assert manifest["splits"]["train"]["skipped"] == ["train/class000/broken.JPEG"], manifest
         data = f"shards:{out / 'shards'}?size=64"
         lines = []
         for loader in ("gpu", "cpu") if dev == "cuda" else ("gpu",):  # the dry run: one
-            args_ = ["--data", data, "--model", "zfnet_small", "--batch-size", "16", "--device",
-                     dev, "--loader", loader, "--quiet"]
-            ref, cut = out / f"sh-{loader}-ref", out / f"sh-{loader}-cut"
-            zfnet("train", "--out", str(ref), "--epochs", "2", *args_)
-            zfnet("train", "--out", str(cut), "--epochs", "1", *args_)
-            zfnet("train", "--out", str(cut), "--epochs", "2", "--resume", "--quiet")
-            a, b = metrics(ref), metrics(cut)
-            diff = max(abs(x[k] - y[k]) for x, y in zip(a, b, strict=True)
-                       for k in ("train_loss", "val_loss"))
-            assert diff < 2e-3 and len(a) == 2, (loader, diff, a)
+            a, diff = resumed(f"sh-{loader}", [
+                "--data", data, "--model", "zfnet_small", "--batch-size", "16", "--device", dev,
+                "--loader", loader, "--quiet"])
             lines.append(f"{loader} loader: {a[-1]['img_per_s']:.0f} img/s, resumed run max "
                          f"loss diff {diff:.1e}")
         text = zfnet("eval", "--checkpoint", str(out / "sh-gpu-ref"), "--ten-crop",
@@ -376,16 +388,12 @@ def main() -> int:
     def gpu_loader() -> str:
         # --loader gpu (decode_jpeg on the device) against the per-item CPU inputs, then a run
         # that trains with it, skips a broken file and resumes exactly at an epoch boundary
-        from common import make_folder
-
         from zfnet.data import load_dataset
         from zfnet.data.batches import BatchInputs, DeviceBatches
         from zfnet.data.loaders import collate_for
         from zfnet.train.recipe import SeededSamples
 
-        folder = out / "jpegs"
-        make_folder(folder, 96, 3, val=24, workers=os.cpu_count() or 1)
-        (folder / "train" / "class000" / "broken.JPEG").write_bytes(b"\xff\xd8 not a jpeg")
+        folder = jpegs()
         bundle = load_dataset(f"imagefolder:{folder}")  # 224 px: no DCT scaling on the CPU
         data = f"imagefolder:{folder}?size=64"  # to train on
         worst = {}
@@ -402,15 +410,9 @@ def main() -> int:
             assert a.shape == b.shape, (mode, a.shape, b.shape)
             worst[mode] = float((a - b).abs().mean())
             assert worst[mode] < 2.0, worst
-        args_ = ["--data", data, "--model", "zfnet_small", "--batch-size", "16", "--device",
-                 dev, "--loader", "gpu", "--quiet"]
-        zfnet("train", "--out", str(out / "gl-ref"), "--epochs", "2", *args_)
-        zfnet("train", "--out", str(out / "gl-cut"), "--epochs", "1", *args_)
-        zfnet("train", "--out", str(out / "gl-cut"), "--epochs", "2", "--resume", "--quiet")
-        a, b = metrics(out / "gl-ref"), metrics(out / "gl-cut")
-        diff = max(abs(x[k] - y[k]) for x, y in zip(a, b, strict=True)
-                   for k in ("train_loss", "val_loss"))
-        assert diff < 2e-3 and [r["skipped"] for r in a] == [1.0, 1.0], (diff, a)
+        a, diff = resumed("gl", ["--data", data, "--model", "zfnet_small", "--batch-size", "16",
+                                 "--device", dev, "--loader", "gpu", "--quiet"])
+        assert [r["skipped"] for r in a] == [1.0, 1.0], a
         return (f"mean |gpu loader - cpu inputs| by mode {worst} (levels of 255); resumed run "
                 f"max loss diff {diff:.1e}; broken file skipped each epoch; "
                 f"{a[-1]['img_per_s']:.0f} img/s")
