@@ -1,6 +1,7 @@
 """Benchmark: zfnet at ImageNet scale in one run: the input pipelines, the training step, and
 `zfnet train` end to end, each as images per second and the ImageNet epoch (1,281,167 images)
-it implies, with ratios (issue 27). About 8 minutes on a GPU machine (H200, 16 cores).
+it implies, with ratios (issue 27). Sized for a GPU machine's lease (H200, 16 cores: about 8
+minutes by estimate; bench/gpu_session.sh gives it at most 400 s and keeps what it printed).
 
 A folder of ImageNet-shaped JPEGs is generated (500x375, ~76 kB, `--classes` classes; see
 bench/common.py `photo`): `--unique` distinct photos, hard-linked up to `--images` files, so
@@ -23,7 +24,7 @@ whose training shards are then linked as many times (`replicate_shards`), and th
 4. `zfnet train --compile` end to end for 2 epochs (the second timed, as metrics.csv reports
    it) on the folder and on the shards, with the gpu loader and the cpu loader (`--e2e`).
 
-    PYTHONPATH=src python bench/bench_imagenet.py                 # GPU machine, ~8 min
+    PYTHONPATH=src python bench/bench_imagenet.py                 # GPU machine
     PYTHONPATH=src python bench/bench_imagenet.py --parts 3,4 --e2e shards:gpu,shards:cpu
     PYTHONPATH=src python bench/bench_imagenet.py --dry-run       # tiny, on the CPU, < 60 s
     OMP_NUM_THREADS=1 PYTHONPATH=src python bench/bench_imagenet.py --parts 1 --images 1000 \
@@ -326,9 +327,9 @@ def end_to_end(root: Path, shards: Path, spec: str, args: argparse.Namespace,
                            **compile_option(args)))
         with open(run / "metrics.csv") as f:
             rows = list(csv.DictReader(f))
-        out[f"zfnet train, {where}, {loader} loader"] = float(rows[-1]["img_per_s"])
-        report(f"zfnet train, {where}, {loader} loader", out[f"zfnet train, {where}, "
-                                                             f"{loader} loader"])
+        name = f"zfnet train, {where}, {loader} loader"
+        out[name] = float(rows[-1]["img_per_s"])
+        report(name, out[name])
     return out
 
 
