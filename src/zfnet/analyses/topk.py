@@ -37,6 +37,7 @@ from torch.utils.data import (
 )
 
 from zfnet.activations import capture
+from zfnet.data.workers import settle
 from zfnet.deconvnet import feature_chain
 from zfnet.models import eval_mode, resolve_layer
 
@@ -260,6 +261,7 @@ def mine_topk(
         batches, total = loader, len(loader.dataset)  # type: ignore[arg-type]
     best: dict[str, TopK] = {}
     it = batches
+    settle(loader)  # before its workers are forked (zfnet.data.workers)
     report = progress if callable(progress) else None
     done = 0
     if progress is True:

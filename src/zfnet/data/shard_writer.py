@@ -42,6 +42,7 @@ from zfnet.data.imagefolder import LAYOUT, PAPER_FULL, select_folder
 from zfnet.data.images import BadImageError, BrokenImageWarning, load_rgb, resize_center_crop
 from zfnet.data.shards import FORMAT, MANIFEST, SPLITS, index_name, shard_name
 from zfnet.data.spec import parse_spec
+from zfnet.data.workers import settle
 
 DEFAULT_RESIZE = PAPER_FULL
 DEFAULT_QUALITY = 90
@@ -272,6 +273,7 @@ def _write(folder: Path, root: Path, source: str, names: list[str],
         total = None if mean_size is None else torch.zeros(3, side, side, dtype=torch.float64)
         bar = tqdm(total=len(paths), desc=f"writing {split}", unit="img", disable=not progress,
                    dynamic_ncols=True)
+        settle(loader)
         try:
             for c, result in enumerate(loader):
                 for (path, reason) in result["broken"]:

@@ -1,0 +1,32 @@
+"""Starting DataLoader workers safely: `settle(loader)` before a loader forks them.
+
+A DataLoader with workers forks them each time it is iterated. On Python before 3.12, a fork
+made while another thread of the process is ending can leave the child waiting forever on the
+interpreter's thread-list lock (CPython gh-112275, fixed in 3.12): the thread held it at the
+moment of the fork, and the child never gets it back. The thread that is ending at that moment
+is, here, the queue-feeder thread of the loader iterated just before (its queues are closed
+when it stops, and the thread ends a little later): a validation's workers, forked right after
+a training epoch, hung that way under torchrun. So before a loader forks, those threads are
+waited for; a thread that has been joined has left the lock.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Any
+
+FEEDER = "QueueFeederThread"  # multiprocessing.Queue's thread (torch.multiprocessing's too)
+
+
+def settle(loader: Any, timeout: float = 2.0) -> None:
+    """If `loader` (a DataLoader, or anything with `num_workers`) is about to fork workers, wait
+    up to `timeout` seconds in all for other queue-feeder threads to end. Nothing on Python
+    3.12+ or without workers."""
+    if sys.version_info >= (3, 12) or not getattr(loader, "num_workers", 0):
+        return
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread.name == FEEDER and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
