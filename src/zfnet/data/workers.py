@@ -3,11 +3,12 @@
 A DataLoader with workers forks them each time it is iterated. On Python before 3.12, a fork
 made while another thread of the process is ending can leave the child waiting forever on the
 interpreter's thread-list lock (CPython gh-112275, fixed in 3.12): the thread held it at the
-moment of the fork, and the child never gets it back. The thread that is ending at that moment
-is, here, the queue-feeder thread of the loader iterated just before (its queues are closed
-when it stops, and the thread ends a little later): a validation's workers, forked right after
-a training epoch, hung that way under torchrun. So before a loader forks, those threads are
-waited for; a thread that has been joined has left the lock.
+moment of the fork, and the child never gets it back. A validation's worker, forked right after
+a training epoch under torchrun, hung that way (gdb: `_PyThreadState_DeleteExcept` waiting in
+`PyOS_AfterFork_Child`). The Python thread that ends around then is the queue-feeder thread of
+the loader iterated just before: its queues are closed when it stops, and the thread ends a
+little later. So before a loader forks, those threads are waited for; a thread that has been
+joined has left the lock.
 """
 
 from __future__ import annotations
