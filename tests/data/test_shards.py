@@ -437,14 +437,17 @@ def test_two_nodes_meet_at_one_rendezvous_and_train(resized, tmp_path) -> None:
          "zfnet_small", "--model-opt", "conv_widths=16,16,16", "--model-opt", "fc_width=32",
          "--out", str(run), "--epochs", "1", "--batch-size", "8", "--workers", "1",
          "--device", "cpu", "--quiet", "--no-tensorboard"],
-        cwd=ROOT, env=process_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, env=process_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)  # a group each: a hang is stopped whole, workers included
         for node in (0, 1)]
     try:
         outputs = [p.communicate(timeout=150) for p in procs]
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.kill()
+            try:
+                os.killpg(p.pid, signal.SIGKILL)  # torchrun's ranks and their workers too
+            except ProcessLookupError:
+                pass
     for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-3000:]
     meta = load_model(run)[1]
