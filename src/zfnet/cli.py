@@ -325,6 +325,14 @@ _WORKERS = click.option(
     "--workers", callback=_workers, metavar="auto|N",
     help="DataLoader worker processes per process (default auto: on CUDA the CPU cores less "
          "one, shared by torchrun's processes; on a CPU 0).")
+def _mining_workers(workers: int | str | None, device: object) -> int:
+    """The DataLoader workers a command that mines a dataset uses: `--workers` as given (0
+    included), or "auto" when it was not."""
+    from zfnet.data.loaders import resolve_workers
+
+    return resolve_workers("auto" if workers is None else workers, device)
+
+
 _LOADER = click.option(
     "--loader", type=click.Choice(["auto", "cpu", "gpu"]),
     help="Input pipeline (default auto: gpu on CUDA for imagefolder:/shards:, else cpu). cpu: "
@@ -746,7 +754,6 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
     share of the images in each and merges them (the answer of one process); the first
     process projects and writes the gallery."""
     from zfnet import pipeline
-    from zfnet.data.loaders import resolve_workers
     from zfnet.train.distributed import processes
 
     names = (*(layers or ()), *(layers_alias or ())) or None
@@ -758,7 +765,7 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
                          n_maps=maps_per_layer, layers=list(names) if names else None,
                          rule=rule, map_rule=map_rule, batch_size=model_options.batch_size,
                          distributed=info.enabled,
-                         num_workers=resolve_workers(workers or "auto", info.device))
+                         num_workers=_mining_workers(workers, info.device))
     if info.is_main:
         _finish(out)
 
@@ -790,7 +797,6 @@ def atlas_cmd(model_options: ModelOptions, data: str | None, out: str,
     (Fig. 2) and, for a zfnet run with kept epochs, its evolution (Fig. 4)."""
     from tqdm import tqdm
 
-    from zfnet.data.loaders import resolve_workers
     from zfnet.explorer.atlas import write_atlas
     from zfnet.train import CheckpointModels, run_checkpoints
     from zfnet.train.distributed import resolve_device
@@ -814,8 +820,7 @@ def atlas_cmd(model_options: ModelOptions, data: str | None, out: str,
             evolution=CheckpointModels(kept, resolve_device(model_options.device))
             if len(kept) > 1 else None,
             batch_size=model_options.batch_size, progress=progress,
-            num_workers=resolve_workers(workers or "auto",
-                                        resolve_device(model_options.device)))
+            num_workers=_mining_workers(workers, resolve_device(model_options.device)))
     click.echo(f"atlas: {index.resolve()}")
 
 
