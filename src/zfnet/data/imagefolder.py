@@ -47,7 +47,7 @@ from zfnet.data.preprocess import Preprocessing
 from zfnet.data.spec import DatasetSpec, check_options, class_list_option, int_option
 from zfnet.data.subset import select
 from zfnet.data.transforms import CropDataset
-from zfnet.data.workers import settle
+from zfnet.data.workers import settle, usable_cores
 
 LAYOUT = "DIR/train/<class>/<image> and DIR/val/<class>/<image> (ImageNet layout)"
 PAPER_INPUT, PAPER_FULL = 224, 256
@@ -181,7 +181,7 @@ def mean_of(images: Dataset, full_size: int, *, num_workers: int | None = None,
     every one was skipped."""
     n = len(images)  # type: ignore[arg-type]
     if num_workers is None:  # a one-time pass: every core of this process's share
-        num_workers = _cores() if n >= 2000 else 0
+        num_workers = usable_cores() if n >= 2000 else 0
     loader = DataLoader(images, batch_size=64, num_workers=num_workers, collate_fn=_sum_batch)
     settle(loader)
     total = torch.zeros(3, full_size, full_size, dtype=torch.float64)
@@ -196,13 +196,6 @@ def mean_of(images: Dataset, full_size: int, *, num_workers: int | None = None,
             + (f", e.g. {example})" if example else ")")
         )
     return (total / count).to(torch.float32)
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def mean_cache_key(root: Path, paths: Sequence[Path], full_size: int) -> str:

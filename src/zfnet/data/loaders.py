@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 
 from zfnet.data.batches import COLLATES, BatchInputs, DeviceBatches
 from zfnet.data.transforms import CropDataset, Form
+from zfnet.data.workers import usable_cores
 
 LOADERS = ("auto", "cpu", "gpu")
 WORKERS = "auto or a number >= 0"
@@ -75,10 +76,7 @@ def resolve_workers(workers: int | str, device: torch.device) -> int:
         return int(workers)
     if device.type != "cuda":
         return 0
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
+    cores = usable_cores()
     here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # torchrun's on this machine
     return max(1, cores // here - 1)
 

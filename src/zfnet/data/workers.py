@@ -1,4 +1,5 @@
-"""Starting DataLoader workers safely: `settle(loader)` before a loader forks them.
+"""DataLoader workers: the cores there are for them (`usable_cores`), and starting them safely
+(`settle(loader)` before a loader forks them).
 
 A DataLoader with workers forks them each time it is iterated. On Python before 3.12, a fork
 made while another thread of the process is ending can leave the child waiting forever on the
@@ -13,12 +14,21 @@ joined has left the lock.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
 from typing import Any
 
 FEEDER = "QueueFeederThread"  # multiprocessing.Queue's thread (torch.multiprocessing's too)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity; every core where that is unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def settle(loader: Any, timeout: float = 2.0) -> None:
