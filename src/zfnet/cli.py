@@ -457,8 +457,10 @@ def train_cmd(**opts) -> None:
     if summary["status"] == "interrupted":
         import signal
 
-        click.echo(f"interrupted by {summary['signal']}: continue with --resume", err=True)
-        sys.exit(EXIT_INTERRUPTED[signal.Signals[summary["signal"]]])
+        # under torchrun, the processes that did not get the signal stop with the one that did
+        by = summary["signal"] or "a signal to another process"
+        click.echo(f"interrupted by {by}: continue with --resume", err=True)
+        sys.exit(EXIT_INTERRUPTED[signal.Signals[summary["signal"] or "SIGTERM"]])
 
 
 @main.command("eval", short_help="Top-1/top-5 error and confusion matrix of a trained model")

@@ -99,15 +99,18 @@ def test_a_batch_of_only_broken_files_takes_no_step_and_keeps_the_position(
     assert all(name in " ".join(str(w.message) for w in caught) for name in BROKEN)
     assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
 
-    # SIGTERM while the broken batch loads: the run stops after it (step 2 of epoch 1), and
+    # SIGTERM while the batch after the broken one loads (batches are fetched a step ahead:
+    # during the empty step): the run stops after the empty step (step 2 of epoch 1), and
     # resuming there gives the uninterrupted run.
     assert list((tmp_path / "data" / ".zfnet-cache").glob("mean-*.npy"))  # no reload of them
     load = imagefolder.load_rgb
 
-    sent = []
+    broken_loaded, sent = set(), []
 
     def load_then_signal(path, **kw):
-        if path.name == BROKEN[0] and not sent:
+        if path.name in BROKEN:
+            broken_loaded.add(path.name)
+        elif broken_loaded == set(BROKEN) and not sent:
             sent.append(path)
             os.kill(os.getpid(), signal.SIGTERM)
         return load(path, **kw)

@@ -55,3 +55,19 @@ def test_evaluate_checkpoint_report(reference) -> None:
         from dataclasses import replace
 
         evaluate_checkpoint(out, "tiny", bundle=replace(tiny_bundle(), num_classes=10))
+
+
+@pytest.mark.parametrize(("sig", "code", "by"), [("SIGINT", 130, "SIGINT"),
+                                                 (None, 143, "a signal to another process")])
+def test_train_interrupted_exits_as_its_signal_says(tmp_path, monkeypatch, sig, code, by) -> None:
+    """Under torchrun the processes that did not get the signal stop too (signal None): they
+    exit as after SIGTERM, naming why, instead of failing on the missing name."""
+    import zfnet.train
+
+    summary = {"status": "interrupted", "signal": sig, "final": {}, "wall_time_s": 1.0,
+               "device": "cpu", "run_dir": str(tmp_path), "checkpoint": "c", "plan": None}
+    monkeypatch.setattr(zfnet.train, "train", lambda config: summary)
+    r = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "r"), "--data", "synthetic",
+                                  "--model", "zfnet_small"])
+    assert r.exit_code == code, r.output
+    assert f"interrupted by {by}: continue with --resume" in r.output

@@ -104,3 +104,50 @@ def test_torchrun_a_nan_on_one_process_stops_both(tmp_path) -> None:
     model, _ = load_model(out)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
+
+
+@pytest.mark.slow
+def test_torchrun_agrees_on_an_empty_batch_and_a_signal_of_one_process(tmp_path,
+                                                                        monkeypatch) -> None:
+    """What the processes agree on (each step a step late, without waiting for the device; and
+    after each validation): three sessions of one run under torchrun, then the same run in one
+    process with the global batch and the same empty step gives the same weights.
+    1. Process 1's 3rd batch has no item (epoch 1, step 3): neither process updates there.
+       Process 1 alone gets SIGTERM during the first validation: both stop after epoch 1.
+    2. Process 0 alone gets SIGTERM after its first update (epoch 2, step 1): seen in step 2,
+       agreed on after it, so both stop after step 2 and save there.
+    3. The run resumed to its end."""
+    opts = {"epochs": 3, "model_opts": {"conv_widths": [16, 16, 16], "fc_width": 32,
+                                        "dropout": 0.0}}
+    out = tmp_path / "ddp"
+
+    def launch(resume: bool, **env: str) -> list[dict]:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   "--nproc-per-node", "2", "-m", "tests.train.run_tiny", str(out),
+                   json.dumps({**opts, "resume": resume})]
+        r = subprocess.run(command, cwd=ROOT, env={**process_env(), **env},
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == (1 if env else 0), r.stderr[-3000:]  # 143 each, torchrun 1
+        return [json.loads((tmp_path / f"ddp.summary{rank}.json").read_text())
+                for rank in (0, 1)]
+
+    first = launch(False, TINY_EMPTY="1:3", TINY_SIGNAL_EVAL="1:1")
+    assert [s["status"] for s in first] == ["interrupted"] * 2
+    assert [(s["epochs_completed"], s["global_step"]) for s in first] == [(1, 4)] * 2
+    second = launch(True, TINY_SIGNAL="0:1")
+    assert [(s["status"], s["global_step"]) for s in second] == [("interrupted", 6)] * 2
+    assert find_last(out).name == "epoch_0001_step_000002"
+    assert [s["status"] for s in launch(True)] == ["completed"] * 2
+
+    from tests.train import run_tiny
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(run_tiny.loop, "epoch_loader", run_tiny.loop.epoch_loader)
+    run_tiny.empty_at(0, 3)
+    one_out = tmp_path / "one"
+    train(tiny_config(one_out, **opts), bundle=tiny_bundle())
+    m2, meta2 = load_model(out)
+    m1, _ = load_model(one_out)
+    assert meta2["epoch"] == 3
+    for k, v in m1.state_dict().items():
+        torch.testing.assert_close(m2.state_dict()[k], v, rtol=1e-4, atol=1e-5)

@@ -130,6 +130,68 @@ def all_reduce_max(flags: list[bool], info: DistInfo) -> list[bool]:
     return [v > 0 for v in t.tolist()]
 
 
+class LateFlags:
+    """A few flags agreed by every process (true on all if true on any), read one step late so
+    that the host never waits for the device to agree.
+
+    `post(flags)` starts the all-reduce of this step's flags; `take()` returns the result of the
+    last one posted (each post is taken once, in turn). On a GPU the flags go to the device and
+    back through page-locked memory behind the work queued so far: taken after the next step is
+    queued, they wait for the device to reach the point of the post, not for the step queued
+    since (as the per-step losses of `zfnet.train.recipe`). An all-reduce that the host waits for
+    at once (`all_reduce_max`) drains the device's queue instead: two such per step kept a GPU
+    idle while the host queued the next step. On gloo the all-reduce runs in gloo's own threads.
+    With one process, `take` returns the flags posted."""
+
+    def __init__(self, info: DistInfo, n: int) -> None:
+        self.info = info
+        self._posted: Any = None  # one process: the flags; gloo: (tensor, work); GPU: True
+        self._cuda = info.enabled and info.device.type == "cuda"
+        if self._cuda:
+            self._host_in = torch.zeros(n, pin_memory=True)
+            self._host_out = torch.zeros(n, pin_memory=True)
+            self._done = torch.cuda.Event()
+
+    @property
+    def pending(self) -> bool:
+        """Whether flags were posted and not taken yet."""
+        return self._posted is not None
+
+    def post(self, flags: list[bool]) -> None:
+        """Start agreeing on `flags` (a post must be taken before the next)."""
+        if self._posted is not None:
+            raise RuntimeError("the flags posted before were not taken")
+        values = [1.0 if f else 0.0 for f in flags]
+        if not self.info.enabled:
+            self._posted = values
+        elif self._cuda:
+            self._host_in.copy_(torch.tensor(values))  # free: `take` waited for its last copy
+            flags_dev = self._host_in.to(self.info.device, non_blocking=True)
+            dist.all_reduce(flags_dev, op=dist.ReduceOp.MAX, async_op=True).wait()
+            self._host_out.copy_(flags_dev, non_blocking=True)
+            self._done.record()
+            self._posted = True
+        else:
+            t = torch.tensor(values)
+            self._posted = (t, dist.all_reduce(t, op=dist.ReduceOp.MAX, async_op=True))
+
+    def take(self) -> list[bool]:
+        """The agreed flags of the last post (waits for that all-reduce only)."""
+        posted, self._posted = self._posted, None
+        if posted is None:
+            raise RuntimeError("no flags were posted")
+        if not self.info.enabled:
+            values = posted
+        elif self._cuda:
+            self._done.synchronize()
+            values = self._host_out.tolist()
+        else:
+            t, work = posted
+            work.wait()
+            values = t.tolist()
+        return [v > 0 for v in values]
+
+
 def gather_tensors(t: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
     """Every process's copy of a same-shaped tensor (e.g. RNG states), on the CPU."""
     if not info.enabled:

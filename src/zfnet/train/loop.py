@@ -180,7 +180,10 @@ class Session:
             return False
         val, validated = self._validate_and_plan(epoch, r)
         self._close_epoch(epoch, sums, val, validated)
-        if self.st.stop["signal"] is not None:  # arrived during evaluation
+        # arrived during evaluation, on any process: all stop here (once an epoch, so the host
+        # may wait for the device)
+        (stop,) = ddp.all_reduce_max([self.st.stop["signal"] is not None], self.run.info)
+        if stop:
             self.status = "interrupted"
             return False
         return True

@@ -227,54 +227,73 @@ def train_one_epoch(
     step, filter renormalisation (Sec. 3). Stops early, after a complete step, when a signal
     arrived. Raises `NonFiniteLossError` on a NaN/inf loss, before anything is saved.
 
-    A step's loss and hits are read on the host one step later (`_Stats`): on a GPU the host
-    queues step k+1 while step k runs, instead of waiting for each step's end twice. So a NaN
-    loss is found after the next step's update, and the pass ends by reading the last step's.
+    A step's loss and hits are read on the host one step later (`_Stats`), and what every
+    process must agree on — this rank's next batch is empty, a signal arrived, the loss read was
+    not finite — is agreed one step later too (`ddp.LateFlags`): on a GPU the host queues step
+    k+1 while step k runs, instead of waiting for the device to finish each step. So a NaN loss
+    is found after the next step's update (never saved), and the pass ends by reading the last
+    step's.
 
     A batch whose every file was broken (`collate` gives 0 items) makes no update, but it is a
     step of the data order: the step counters and a per-step lr schedule move past it, so that
     a checkpoint's position (steps into the epoch) still names the same place. Under DDP, such a
     step is skipped by every process when any process has no item (the samples of the others
-    then count as skipped too): a process cannot sit out the gradient all-reduce alone.
+    then count as skipped too): a process cannot sit out the gradient all-reduce alone. Each
+    batch is therefore fetched one step ahead, so that the processes agree on it in time.
 
     Returns sums over this process: loss_sum, correct, seen, steps (the step index reached),
     interrupted (1.0 / 0.0), time.
     """
     model.train()
     stats = _Stats(info)
+    agree = ddp.LateFlags(info, 3)  # the next batch is empty, stop, a non-finite loss
     step = st.start_step
     interrupted = False
     t0 = time.perf_counter()
     total = st.start_step + len(loader)
-    bar = tqdm(total=total if st.end_step is None else min(total, st.end_step),
-               initial=st.start_step, unit="batch",
+    end = total if st.end_step is None else min(total, st.end_step)
+    bar = tqdm(total=end, initial=st.start_step, unit="batch",
                desc=f"epoch {st.epoch + 1}/{st.epochs}", leave=False, dynamic_ncols=True,
                disable=not (st.progress and info.is_main))
+    batches = iter(loader)
     try:
-        for x, y in loader:
-            (empty,) = ddp.all_reduce_max([y.shape[0] == 0], info)
-            if empty:
-                (stop_now,) = ddp.all_reduce_max([st.stop["signal"] is not None], info)
-            else:
-                stop_now = _update(model, x, y, optimizer, st, info, step, stats)
+        batch = next(batches, None) if step < end else None
+        agree.post([_empty(batch), False, False])
+        while batch is not None:
+            empty, stop_now, bad_any = agree.take()
+            if bad_any:
+                _non_finite(stats.posted, st)
+            # One process stops before the step after the signal's; several before the step
+            # after the one where all of them have seen it.
+            if stop_now or (not info.enabled and st.stop["signal"] is not None):
+                interrupted = True
+                break
+            x, y = batch
+            loss, previous = (None, None) if empty else _forward(model, x, y, st, step, stats)
+            # the next batch, a step ahead: on a GPU fetched once this step's forward is queued
+            # (the device waits for the batch's preparation from there on)
+            batch = next(batches, None) if step + 1 < end else None
+            agree.post([_empty(batch), st.stop["signal"] is not None,
+                        stats.check_with_others(previous)])
+            if loss is not None:
+                _update(model, loss, optimizer, st)
             _advance_schedule(st.step_scheduler, updated=not empty)
             step += 1
             st.global_step += 1
             if info.is_main:
                 _show_progress(bar, st, optimizer, stats, time.perf_counter() - t0)
-            # One process can stop right after the step the signal arrived in; several stop
-            # at the step where all of them have seen it.
-            if stop_now or (not info.enabled and st.stop["signal"] is not None):
-                interrupted = True
-                break
-            if step == st.end_step:
-                break
-        stats.flush(st)  # the last step's loss read (and checked), the device's work done
+        # the last step's loss read (and checked), the device's work done
+        interrupted = stats.flush(st, agree) or interrupted
     finally:
         bar.close()
     return {"loss_sum": stats.loss_sum, "correct": stats.correct, "seen": stats.seen,
             "steps": float(step), "interrupted": float(interrupted),
             "time": time.perf_counter() - t0}
+
+
+def _empty(batch: tuple[torch.Tensor, torch.Tensor] | None) -> bool:
+    """Whether a fetched batch has no item (every file of it broken); None (no batch) is not."""
+    return batch is not None and batch[1].shape[0] == 0
 
 
 class _Stats:
@@ -286,6 +305,8 @@ class _Stats:
         self.info = info
         self.loss_sum = self.correct = self.seen = 0.0
         self.last: tuple[int, float] | None = None  # (global step, loss) of the last step read
+        # the last read this process checked with the others: (loss, step, global step)
+        self.posted: tuple[float, int, int] | None = None
         self._pending: tuple[torch.Tensor, Any, int, int, int] | None = None
 
     def add(self, loss: torch.Tensor, hits: torch.Tensor, n: int, step: int,
@@ -316,9 +337,15 @@ class _Stats:
         self.last = (global_step, loss)
         return loss, step, global_step
 
-    def flush(self, st: EpochState) -> None:
-        """Read and check the last queued step (on every process, as `_update` does), and wait
-        for the device: the epoch's time includes its last step."""
+    def flush(self, st: EpochState, agree: ddp.LateFlags) -> bool:
+        """At the end of a pass: take the flags still posted, read and check the last queued
+        step (on every process, as `_update` does), and wait for the device (the epoch's time
+        includes its last step). Returns whether the flags taken ask every process to stop."""
+        stop = False
+        if agree.pending:
+            _, stop, bad_any = agree.take()
+            if bad_any:
+                _non_finite(self.posted, st)
         read = self.read()
         (bad_any,) = ddp.all_reduce_max([read is not None and not math.isfinite(read[0])],
                                         self.info)
@@ -326,6 +353,14 @@ class _Stats:
             _non_finite(read, st)
         if self.info.device.type == "cuda":
             torch.cuda.synchronize(self.info.device)
+        return stop
+
+    def check_with_others(self, read: tuple[float, int, int] | None) -> bool:
+        """Whether `read` (a step's figures, or None) has a loss that is not finite; kept as the
+        read this process posts to the others, to name its step if they agree on a stop."""
+        if read is not None:
+            self.posted = read
+        return read is not None and not math.isfinite(read[0])
 
 
 def _non_finite(read: tuple[float, int, int] | None, st: EpochState) -> None:
@@ -336,14 +371,11 @@ def _non_finite(read: tuple[float, int, int] | None, st: EpochState) -> None:
         "checkpoint is kept")
 
 
-def _update(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
-    st: EpochState, info: ddp.DistInfo, step: int, stats: _Stats,
-) -> bool:
-    """One SGD step on the batch (x, y), followed by the paper's renormalisation and the weight
-    average; its loss and hits queued in `stats`, the previous step's read and checked. Returns
-    whether a signal asks every process to stop after this step."""
-    dev = info.device
+def _forward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, st: EpochState, step: int,
+             stats: _Stats) -> tuple[torch.Tensor, tuple[float, int, int] | None]:
+    """The forward pass and loss of a step on the batch (x, y), its loss and hits queued in
+    `stats`: (the loss, the step before's figures read from `stats` or None)."""
+    dev = stats.info.device
     fmt = torch.channels_last if st.channels_last else torch.contiguous_format
     x = x.to(dev, non_blocking=True, memory_format=fmt)  # (N, C, S, S)
     y = y.to(dev, non_blocking=True)
@@ -353,29 +385,25 @@ def _update(
         loss = F.cross_entropy(logits.float(), y, label_smoothing=st.label_smoothing)
     previous = stats.read()  # the step before: done by now, unless the device is far behind
     stats.add(loss, (logits.detach().argmax(1) == y).sum(), y.shape[0], step, st.global_step)
+    return loss, previous
+
+
+def _update(model: nn.Module, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+            st: EpochState) -> None:
+    """The rest of an SGD step from its loss: backward, update, the paper's renormalisation
+    and the weight average."""
     optimizer.zero_grad(set_to_none=True)
     if st.scaler is not None:
         st.scaler.scale(loss).backward()
-    else:
-        loss.backward()
-    # Agreed by every process after backward (whose gradient all-reduce they all join): a NaN
-    # of the step before stops all at this step, before its update; so does a signal.
-    stop_now, bad_any = ddp.all_reduce_max(
-        [st.stop["signal"] is not None,
-         previous is not None and not math.isfinite(previous[0])], info
-    )
-    if bad_any:
-        _non_finite(previous, st)
-    if st.scaler is not None:
         st.scaler.step(optimizer)
         st.scaler.update()
     else:
+        loss.backward()
         optimizer.step()
     if st.renorm_radius is not None:
         renormalize_filters(model, st.renorm_radius, st.first_radius)
     if st.ema is not None:
         st.ema.update_parameters(st.ema_source)
-    return stop_now
 
 
 def _advance_schedule(scheduler: Any, updated: bool) -> None:
