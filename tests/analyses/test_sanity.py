@@ -76,3 +76,21 @@ def test_any_model_every_module_with_parameters_from_the_top() -> None:
     reinitialise(a, torch.Generator().manual_seed(1))
     reinitialise(b, torch.Generator().manual_seed(1))
     assert torch.equal(a.weight, b.weight) and (a.bias == 0).all()
+
+
+def test_similarity_of_a_silent_map_is_unrelated_and_quiet() -> None:
+    """A map of one value (a unit silenced by the randomisation) has no rank order: Spearman
+    0 for it, without scipy's warning about constant input."""
+    import warnings
+
+    from zfnet.analyses.sanity import similarity
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(2, 3, 16, 16, generator=g)
+    b = a.clone()
+    b[1] = 0.0  # silent
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = similarity(a, b)
+    assert s["spearman"] == pytest.approx(0.5)  # 1 for the equal map, 0 for the silent one
+    assert similarity(a, a)["spearman"] == pytest.approx(1.0)

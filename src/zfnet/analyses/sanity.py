@@ -49,6 +49,9 @@ def similarity(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     ssim = [structural_similarity(p, q, data_range=1.0) for p, q in zip(x, y, strict=True)]
     rank = []
     for p, q in zip(x, y, strict=True):
+        if np.ptp(p) == 0 or np.ptp(q) == 0:  # a map of one value (a unit that went silent)
+            rank.append(0.0)  # has no rank order: counted as unrelated
+            continue
         r = spearmanr(p.ravel(), q.ravel()).statistic
         rank.append(0.0 if np.isnan(r) else float(r))
     return {"ssim": float(np.mean(ssim)), "spearman": float(np.mean(rank))}
