@@ -1,6 +1,7 @@
 """The CUDA paths, checked on a GPU machine: training (bf16 and fp16 autocast, channels_last), the
 gpu loader (nvJPEG decoding against the CPU's inputs, training, a broken file, resume),
-exact resume after SIGTERM, DDP over NCCL through torchrun, evaluation (centre and 10 crops),
+exact resume after SIGTERM, DDP over NCCL through torchrun (and two processes on one GPU
+over gloo, against one process), evaluation (centre and 10 crops),
 top-k mining, deconvnet projections and occlusion against the CPU, shards (`zfnet shards`,
 then training, evaluation and mining from them with both loaders), a pretrained torchvision
 network (the graph engine's three rules and bf16 against the CPU; `zfnet project`,
@@ -49,9 +50,10 @@ LAYERS = ["conv1", "conv3", "conv5"]
 RESULTS: list[tuple[str, bool, str]] = []
 
 
-def zfnet(*args: str, torchrun: int = 0, timeout: float = 600) -> str:
-    """Run the zfnet CLI (under torchrun with `torchrun` processes); its output, or raise.
-    With --in-process (the CPU dry run's speed-up) a plain command runs in this process."""
+def zfnet(*args: str, torchrun: int = 0, timeout: float = 600, one_device: bool = False) -> str:
+    """Run the zfnet CLI (under torchrun with `torchrun` processes; with `one_device`, all of
+    them on one device over gloo: `ddp_one_device.py`); its output, or raise. With
+    --in-process (the CPU dry run's speed-up) a plain command runs in this process."""
     if ARGS.in_process and not torchrun:
         from click.testing import CliRunner
 
@@ -63,8 +65,10 @@ def zfnet(*args: str, torchrun: int = 0, timeout: float = 600) -> str:
                                f"{res.output[-3000:]}")
         return res.output
     if torchrun:
+        cli = ([str(Path(__file__).with_name("ddp_one_device.py"))] if one_device
+               else ["-m", "zfnet.cli"])
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={torchrun}", "-m", "zfnet.cli", *args]
+               f"--nproc_per_node={torchrun}", *cli, *args]
     else:
         cmd = [sys.executable, "-m", "zfnet.cli", *args]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -186,6 +190,27 @@ def main() -> int:
         assert math.isfinite(r["train_loss"]), r
         backend = "NCCL" if dev == "cuda" else "gloo"
         return f"torchrun 1 process, {backend}: val error {r['val_top1_error']:.3f}"
+
+    def ddp_one_gpu() -> str:
+        # two processes with half the batch each == one process with all of it (no dropout):
+        # DDP's CUDA paths, and the per-step agreement on CUDA tensors, without a second GPU
+        device = "cuda:0" if dev == "cuda" else "cpu"
+        runs = {n: out / f"ddp_one_{n}" for n in (1, 2)}
+        for n, run in runs.items():
+            args = train_args(run, "--model-opt", "dropout=0", "--amp", "off", epochs=2)
+            args[args.index("--device") + 1] = device
+            args[args.index("--workers") + 1] = "2" if dev == "cuda" else "0"
+            t = time.perf_counter()
+            zfnet(*args, torchrun=n if n > 1 else 0, one_device=n > 1)
+            runs[n] = (metrics(run), time.perf_counter() - t)
+        (one, t1), (two, t2) = runs[1], runs[2]
+        keys = ("train_loss", "val_loss", "val_top1_error")
+        diffs = {k: max(abs(a[k] - b[k]) for a, b in zip(one, two, strict=True)) for k in keys}
+        assert len(one) == len(two) == 2, (one, two)
+        assert diffs["train_loss"] < 2e-2 and diffs["val_loss"] < 5e-2, diffs
+        return (f"2 processes on {device} over gloo vs 1 with the global batch, --amp off: max "
+                + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
+                + f"; {t2:.0f} s vs {t1:.0f} s")
 
     def evaluation() -> str:
         from zfnet.train import evaluate_checkpoint
@@ -425,6 +450,7 @@ def main() -> int:
     if dev == "cuda":
         check("train on CUDA, fp16 autocast + GradScaler", fp16)
     check("DDP over NCCL through torchrun, with --ema", ddp)
+    check("DDP: two processes on one GPU over gloo match one process", ddp_one_gpu)
     check("evaluate on CUDA vs CPU (centre, 10 crops; fp32 and bf16)", evaluation)
     check("top-k mining on CUDA vs CPU", mining)
     check("deconvnet projections on CUDA vs CPU", projection)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU measurements still owed (issue 27's figures, the CUDA paths of the loaders, the shards
-# and any CNN) in one command that fits one device lease: a machine lent for 15 minutes, of which
-# its start takes 1-2 and one command may run 10. Each step gets what is left of the command's
+# The GPU measurements still owed (issue 27's figures, the CUDA paths of the loaders, the shards,
+# any CNN and DDP's per-step agreement) in one command that fits one device lease: a machine
+# lent for 15 minutes, of which its start takes 1-2 and one command may run 10. Each step gets what is left of the command's
 # time, so that one that overruns cannot starve the rest; the logs go to $OUT (what the device
 # tool brings back) and to the terminal.
 #
@@ -69,9 +69,10 @@ else
     bench=(--dry-run)
 fi
 # the gpu loader's correctness first (its figures mean nothing if it is wrong), then the
-# benchmark the issue asks for, then the CUDA checks of the shards and of any CNN
+# benchmark the issue asks for, then the CUDA checks of the shards, of any CNN and of DDP's
+# per-step agreement on CUDA tensors (two processes on the one GPU, over gloo)
 step cuda_check_loader 120 "$py" bench/cuda_check.py --out /tmp/cc-loader --only nvJPEG "${cc[@]}"
 step bench_imagenet 400 "$py" bench/bench_imagenet.py "${bench[@]}"
 step cuda_check_more 150 "$py" bench/cuda_check.py --out /tmp/cc-more --only shards "any CNN" \
-    "${cc[@]}"
+    "one GPU" "${cc[@]}"
 echo "whole session: $((SECONDS - start))s" | tee -a "$OUT/summary.txt"

@@ -24,5 +24,5 @@ def test_every_check_passes(tmp_path) -> None:
     )
     log = p.stdout + p.stderr[-3000:]
     assert p.returncode == 0, log
-    checks = 11 if device == "cuda" else 10  # fp16 autocast exists on CUDA only
+    checks = 12 if device == "cuda" else 11  # fp16 autocast exists on CUDA only
     assert f"{checks}/{checks} passed" in p.stdout, log

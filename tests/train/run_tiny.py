@@ -7,7 +7,9 @@ TINY_POISON=RANK:STEP, process RANK's last layer is made NaN after its STEP-th u
 so that the next step's loss is NaN there alone; a NonFiniteLossError exits 3 with its message.
 With TINY_SIGNAL=RANK:STEP, process RANK sends itself SIGTERM after its STEP-th update (with
 TINY_SIGNAL_EVAL=RANK:N, during its N-th validation); with TINY_EMPTY=RANK:N, process RANK's
-N-th batch of the session (1-based) has no item, as a batch of only broken files.
+N-th batch of the session (1-based) has no item, as a batch of only broken files. With
+TINY_OWN_GROUP set, the script joins the process group itself (gloo) and says in the summary
+whether training left it joined ("group_kept").
 """
 
 import json
@@ -103,8 +105,14 @@ if __name__ == "__main__":
         signal_in_validation(*map(int, os.environ["TINY_SIGNAL_EVAL"].split(":")))
     if os.environ.get("TINY_EMPTY"):
         empty_at(*map(int, os.environ["TINY_EMPTY"].split(":")))
+    own_group = bool(os.environ.get("TINY_OWN_GROUP"))
+    if own_group:
+        torch.distributed.init_process_group("gloo")
     try:
         summary = train(tiny_config(out, **overrides), bundle=tiny_bundle(n_train=n_train))
+        if own_group:
+            summary["group_kept"] = torch.distributed.is_initialized()
+            torch.distributed.destroy_process_group()
     except NonFiniteLossError as e:
         print(f"NonFiniteLossError: {e}", file=sys.stderr, flush=True)
         sys.exit(3)

@@ -40,7 +40,8 @@ def train(config: TrainConfig, bundle: Any = None) -> dict[str, Any]:
     """Train `config.model` on `config.data` with the paper's recipe; write the run directory.
 
     `bundle` (a `zfnet.data.DataBundle`) may be given to skip `load_dataset(config.data)`.
-    Works the same in one process and under torchrun (DDP). Every input is checked before the
+    Works the same in one process and under torchrun (DDP; a process group the caller joined
+    before is used, and left joined). Every input is checked before the
     first write to `config.out`. Returns a summary: run_dir, status ("completed" or
     "interrupted"), signal, epochs_completed, global_step, final (the last epoch's metrics),
     best_val_top1_error, checkpoint, wall_time_s, device, amp, world_size, plan.
@@ -48,13 +49,10 @@ def train(config: TrainConfig, bundle: Any = None) -> dict[str, Any]:
     `BadImageError` naming a broken file with `config.strict`.
     """
     t_start = time.perf_counter()
-    info = ddp.setup(config.device)
-    try:
+    with ddp.processes(config.device) as info:  # a group the caller joined is left joined
         run = build_run(config, info, bundle)
         start_run_dir(run)
         return Session(run, t_start).train()
-    finally:
-        ddp.teardown(info)
 
 
 def start_run_dir(run: Run) -> None:
