@@ -33,9 +33,11 @@ def topk_error(logits: torch.Tensor, targets: torch.Tensor, k: int = 1) -> float
 
 
 def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(C, C) int64 counts: row = true class, column = predicted class."""
+    """(C, C) int64 counts: row = true class, column = predicted class. On the inputs' device,
+    without waiting for it (`bincount` on a GPU reads the largest index back first)."""
     idx = targets.long() * num_classes + preds.long()
-    return torch.bincount(idx, minlength=num_classes * num_classes).view(num_classes, num_classes)
+    counts = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=idx.device)
+    return counts.index_add_(0, idx, torch.ones_like(idx)).view(num_classes, num_classes)
 
 
 def per_class_accuracy(confusion: torch.Tensor) -> list[float | None]:

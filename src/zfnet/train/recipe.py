@@ -488,9 +488,13 @@ def _score(model: nn.Module, loader: DataLoader, info: ddp.DistInfo,
            amp_dtype: torch.dtype | None, channels_last: bool, sums: torch.Tensor,
            confusion: torch.Tensor) -> None:
     """`evaluate`'s pass over this process's data: adds to `sums` (loss, top-1 correct, top-5
-    correct, n) and `confusion` in place."""
+    correct, n) and `confusion` in place. The sums stay on the device until the pass ends, so
+    that on a GPU the host queues batch after batch instead of waiting for each one's scores."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     num_classes = confusion.shape[0]
+    dev_sums = torch.zeros(3, dtype=torch.float64, device=info.device)
+    n = 0
+    dev_confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=info.device)
     with eval_mode(model):  # the caller's train/eval flags come back as they were
         for x, y in loader:
             if y.shape[0] == 0:  # only broken files: nothing to score
@@ -498,17 +502,19 @@ def _score(model: nn.Module, loader: DataLoader, info: ddp.DistInfo,
             crops = x.shape[1] if x.ndim == 5 else 1
             x = x.flatten(0, 1) if x.ndim == 5 else x  # (N*crops, C, S, S)
             x = x.to(info.device, non_blocking=True, memory_format=fmt)
+            y = y.to(info.device, non_blocking=True)
             with torch.autocast(info.device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
                 logits = torch.cat([model(p).float() for p in x.split(EVAL_CHUNK)])  # (N*crops, K)
-            probs = logits.softmax(1).view(-1, crops, logits.shape[1]).mean(1).cpu()  # (N, K)
-            y = y.cpu()
-            sums += torch.tensor([
-                float(F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum")),
-                float(topk_correct(probs, y, 1).sum()),
-                float(topk_correct(probs, y, 5).sum()),
-                float(y.shape[0]),
-            ], dtype=torch.float64)
-            confusion += confusion_matrix(probs.argmax(1), y, num_classes)
+            probs = logits.softmax(1).view(-1, crops, logits.shape[1]).mean(1)  # (N, K)
+            dev_sums += torch.stack([
+                F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum"),
+                topk_correct(probs, y, 1).sum(),
+                topk_correct(probs, y, 5).sum(),
+            ]).double()
+            n += y.shape[0]
+            dev_confusion += confusion_matrix(probs.argmax(1), y, num_classes)
+    sums += torch.cat([dev_sums.cpu(), torch.tensor([float(n)], dtype=torch.float64)])
+    confusion += dev_confusion.cpu()
 
 
 def _length(sampler: Any) -> int | None:
