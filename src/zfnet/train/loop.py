@@ -9,6 +9,7 @@ broken file stops the run with an error naming it.
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 import time
@@ -51,8 +52,21 @@ def train(config: TrainConfig, bundle: Any = None) -> dict[str, Any]:
     t_start = time.perf_counter()
     with ddp.processes(config.device) as info:  # a group the caller joined is left joined
         run = build_run(config, info, bundle)
-        start_run_dir(run)
-        return Session(run, t_start).train()
+        try:
+            start_run_dir(run)
+            return Session(run, t_start).train()
+        finally:
+            if info.enabled:
+                _free_before_the_group_goes(run)
+
+
+def _free_before_the_group_goes(run: Run) -> None:
+    """Free the run's DDP wrapper while the process group is still registered. Its reducer
+    holds the group: freed after it, it was the group's last holder, and up to torch 2.9 its
+    destructor joined gloo's worker threads with the GIL held while one of them waited for the
+    GIL to free a finished collective's tensor — a deadlock at the end of some runs."""
+    run.model = run.bare  # the DDP wrapper (and a compiled one around it) dropped
+    gc.collect()  # and any reference cycle through it
 
 
 def start_run_dir(run: Run) -> None:
