@@ -17,3 +17,33 @@ def test_late_flags_in_one_process_take_what_was_posted_once() -> None:
     assert not flags.pending
     with pytest.raises(RuntimeError, match="no flags were posted"):
         flags.take()
+
+
+def _agree_in_two(rank: int, store_path: str, results) -> None:
+    """One of two gloo processes: posts its own flags each round, takes the agreed ones."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank,
+                            world_size=2)
+    try:
+        flags = ddp.LateFlags(ddp.DistInfo(rank, 2, 0, torch.device("cpu")), 2)
+        got = []
+        rounds = [[False, False], [rank == 1, False], [False, rank == 0], [rank == 0, rank == 1]]
+        flags.post(rounds[0])
+        for mine in rounds[1:]:
+            agreed = flags.take()  # the round before, while this one is not posted yet
+            flags.post(mine)
+            got.append(agreed)
+        got.append(flags.take())
+        results[rank] = got
+    finally:
+        dist.destroy_process_group()
+
+
+def test_late_flags_in_two_processes_are_true_where_any_process_posted_true(tmp_path) -> None:
+    import torch.multiprocessing as mp
+
+    results = mp.Manager().dict()
+    mp.spawn(_agree_in_two, args=(str(tmp_path / "store"), results), nprocs=2, join=True)
+    want = [[False, False], [True, False], [False, True], [True, True]]
+    assert results[0] == results[1] == want
