@@ -42,10 +42,10 @@ def train(config: TrainConfig, bundle: Any = None) -> dict[str, Any]:
 
     `bundle` (a `zfnet.data.DataBundle`) may be given to skip `load_dataset(config.data)`.
     Works the same in one process and under torchrun (DDP; a process group the caller joined
-    before is used, and left joined). Every input is checked before the
-    first write to `config.out`. Returns a summary: run_dir, status ("completed" or
-    "interrupted"), signal, epochs_completed, global_step, final (the last epoch's metrics),
-    best_val_top1_error, checkpoint, wall_time_s, device, amp, world_size, plan.
+    before is used, and left joined). Every input is checked before the first write to
+    `config.out`. Returns a summary: run_dir, status ("completed" or "interrupted"), signal,
+    epochs_completed, global_step, final (the last epoch's metrics), best_val_top1_error,
+    checkpoint, wall_time_s, device, amp, world_size, plan.
     Raises `NonFiniteLossError` on a NaN/inf loss (the last good checkpoint is kept), and
     `BadImageError` naming a broken file with `config.strict`.
     """
