@@ -68,6 +68,13 @@ else
     cc=(--device cpu --data "synthetic?n_train=256&n_val=128" --in-process)
     bench=(--dry-run)
 fi
+# What the machine did meanwhile, to tell a shortfall's cause in the same lease: the GPU's
+# utilisation each second, and the CPU's (cores busy decoding, or idle waiting) every 5 s.
+if [ "$mode" = gpu ]; then
+    nvidia-smi dmon -s u -d 1 >"$OUT/gpu_util.log" 2>&1 &
+    vmstat -t 5 >"$OUT/vmstat.log" 2>&1 &
+    trap 'kill $(jobs -p) 2>/dev/null' EXIT
+fi
 # the gpu loader's correctness first (its figures mean nothing if it is wrong), then the
 # benchmark the issue asks for, then the CUDA checks of the shards, of any CNN and of DDP's
 # per-step agreement on CUDA tensors (two processes on the one GPU, over gloo)
