@@ -65,12 +65,14 @@ def test_occlusion_invariance_randomization_filters(setup, tmp_path) -> None:
                 "--stride", "8", "--out", str(out)])
     assert "layer layer4" in text and "method full" in text  # not a chain: full recomputation
     _ok(["analyze", "randomization", *_model(setup), *data, "--images", "2", "--out", str(out)])
+    _ok(["analyze", "randomization", *_model(setup), *data, "--images", "1", "--layer", "layer1",
+         "--mode", "independent", "--out", str(out)])
     _ok(["analyze", "filters", "--model", "torchvision:resnet18", "--weights",
          str(setup / "r18.pth"), "--out", str(out)])
     text = _ok(["analyze", "invariance", *_model(setup), "--data", "synthetic?n_train=32&n_val=16",
                 "--out", str(out)])
     keys = {s.key for s in read_sections(out)}
-    assert {"occlusion", "randomization", "filters"} <= keys and any(
+    assert {"occlusion", "randomization", "randomization_independent", "filters"} <= keys and any(
         k.startswith("invariance") for k in keys)
 
 

@@ -266,6 +266,8 @@ CASES = [
      "fc6"),
     ("randomization-images", ["analyze", "randomization", *CK, *OUT, "--images", "1000"],
      "1000"),
+    ("randomization-mode", ["analyze", "randomization", *CK, *OUT, "--mode", "sideways"],
+     "sideways"),
     # study, demo, report
     ("study-model", ["study", "--data", TINY, "--models", "zfnet_small, zfnett", "--epochs", "1",
                      *OUT], "zfnett"),

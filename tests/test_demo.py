@@ -31,7 +31,7 @@ def test_demo_writes_every_section(demo_run) -> None:
     page = (out / "index.html").read_text()
     for key in ("training", "evaluation", "topk_gallery", "filters", "evolution", "occlusion",
                 "invariance_photos", "invariance_dataset", "correspondence", "probes",
-                "randomization", "transfer"):
+                "randomization", "randomization_independent", "transfer"):
         assert f'id="{key}"' in page, key
     assert not re.search(r'src="(http|//)', page)
     assert 0 <= result["val_top1_error"] <= 1
@@ -46,7 +46,7 @@ def test_demo_times_every_stage(demo_run, demo_log) -> None:
         "data", "training (2 epochs)", "evaluation", "top-9 gallery (Fig. 2)", "filters (Fig. 6)",
         "feature evolution (Fig. 4)", "occlusion (Fig. 7)", "invariance (Fig. 5)",
         "correspondence (Fig. 8)", "linear probes (Table 7)", "randomisation check",
-        "transfer (Tables 4-5)", "report"]
+        "randomisation check, each layer alone", "transfer (Tables 4-5)", "report"]
     assert all(t >= 0 for t in stages.values())
     assert sum(stages.values()) <= result["wall_time_s"] + 0.1 * len(stages)  # rounding
     assert "a few minutes" in demo_log[0]  # said before the work starts

@@ -1025,7 +1025,7 @@ def transfer_cmd(checkpoint: str, data: str, out: str, shots: tuple[int, ...], n
     _finish(out)
 
 
-@analyze.command("randomization", short_help="Sanity check: cascading model randomisation")
+@analyze.command("randomization", short_help="Sanity check: model randomisation")
 @_SOURCE
 @_DATA
 @_OUT
@@ -1033,15 +1033,19 @@ def transfer_cmd(checkpoint: str, data: str, out: str, shots: tuple[int, ...], n
 @click.option("--layer", default=None,
               help="Layer of the seed units (default: the last spatial layer, conv5 on "
                    "zfnet's).")
+@click.option("--mode", type=click.Choice(["cascading", "independent"]), default="cascading",
+              show_default=True,
+              help="Re-initialise the layers from the top down, one more at each step, or "
+                   "each layer alone, the others keeping their trained weights.")
 @_NONLINEAR
 def randomization_cmd(model_options: ModelOptions, data: str | None, out: str, images: int,
-                      layer: str | None) -> None:
+                      layer: str | None, mode: str) -> None:
     """Sanity check (Adebayo et al. 2018): do the maps change when the model is randomised?"""
     from zfnet import pipeline
 
     source, bundle = _model_and_data(model_options, data)
     layer = _layers(source.model, (layer,))[0] if layer else None
-    pipeline.randomization(source.model, bundle, out, images, layer)
+    pipeline.randomization(source.model, bundle, out, images, layer, mode)
     _finish(out)
 
 

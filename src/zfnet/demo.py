@@ -115,6 +115,8 @@ def run_demo(
             ("correspondence (Fig. 8)", lambda: pipeline.correspondence(net, bundle, out)),
             ("linear probes (Table 7)", lambda: pipeline.probes(net, data, out)),
             ("randomisation check", lambda: pipeline.randomization(net, bundle, out)),
+            ("randomisation check, each layer alone",
+             lambda: pipeline.randomization(net, bundle, out, mode="independent")),
         ]
         if transfer:
             steps.append(("transfer (Tables 4-5)", lambda: _transfer(

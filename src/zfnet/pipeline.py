@@ -265,12 +265,18 @@ def transfer(model: nn.Module, meta: dict[str, Any], target: str, run_dir: str |
 
 
 def randomization(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
-                  n_images: int = 4, layer: str | None = "conv5") -> Any:
-    """Sanity check (Adebayo et al.): cascading randomisation of the modules below `layer`
-    (None: `zfnet.models.last_spatial_layer`, conv5 on zfnet's models); seed units: each
-    image's strongest map in `layer`."""
+                  n_images: int = 4, layer: str | None = "conv5",
+                  mode: str = "cascading") -> Any:
+    """Sanity check (Adebayo et al.): cascading (or, `mode="independent"`, one at a time)
+    randomisation of the modules below `layer` (None: `zfnet.models.last_spatial_layer`, conv5
+    on zfnet's models); seed units: each image's strongest map in `layer`."""
     from zfnet.activations import get_activations
-    from zfnet.analyses.sanity import cascading_randomization, randomization_section
+    from zfnet.analyses.sanity import (
+        MODES,
+        cascading_randomization,
+        independent_randomization,
+        randomization_section,
+    )
     from zfnet.models import (
         eval_mode,
         feature_layers,
@@ -280,6 +286,8 @@ def randomization(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
         layer_info,
     )
 
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} is not known; valid: {', '.join(MODES)}")
     check_fits(model, bundle)
     size = _size(bundle)
     if layer is None:
@@ -300,6 +308,7 @@ def randomization(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
     with eval_mode(model):
         act = get_activations(model, x, [layer])[layer]  # (N, C, H, W)
     channels = act.flatten(2).amax(2).argmax(1)  # (N,)
-    res = cascading_randomization(model, x, layer, channels)
+    check = cascading_randomization if mode == "cascading" else independent_randomization
+    res = check(model, x, layer, channels)
     randomization_section(run_dir, res)
     return res

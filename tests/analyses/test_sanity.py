@@ -94,3 +94,36 @@ def test_similarity_of_a_silent_map_is_unrelated_and_quiet() -> None:
         s = similarity(a, b)
     assert s["spearman"] == pytest.approx(0.5)  # 1 for the equal map, 0 for the silent one
     assert similarity(a, a)["spearman"] == pytest.approx(1.0)
+
+
+def test_independent_randomization_one_layer_at_a_time(tmp_path) -> None:
+    """Each step re-initialises one layer alone (the same weights as the cascading step that
+    reaches it first), the others trained; the model is left as it was; each mode writes its
+    own section and figures."""
+    from zfnet.analyses.sanity import independent_randomization
+
+    torch.manual_seed(0)
+    model = zfnet.create_model("zfnet_small", input_size=32).eval()
+    x = torch.randn(2, 3, 32, 32) * 50
+    channels = torch.tensor([3, 5])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    one = independent_randomization(model, x, "conv3", channels, rules=("gradient",))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    cascade = cascading_randomization(model, x, "conv3", channels, rules=("gradient",))
+    assert one.steps == cascade.steps and one.mode == "independent"
+    a, b = one.examples["gradient"], cascade.examples["gradient"]
+    torch.testing.assert_close(a[:2], b[:2])  # the trained model; conv3 alone in both
+    assert not torch.allclose(a[2], b[2])  # conv2 alone vs conv3 and conv2
+    assert not torch.allclose(a[3], b[3])  # conv1 alone vs every layer
+    assert not torch.allclose(a[3], a[0])
+    randomization_section(tmp_path, cascade)
+    randomization_section(tmp_path, one)
+    sections = {s.key: s for s in read_sections(tmp_path)}
+    assert set(sections) == {"randomization", "randomization_independent"}
+    s = sections["randomization_independent"]
+    assert [f.path for f in s.figures] == ["figures/randomization_independent.png",
+                                           "figures/randomization_independent_maps.png"]
+    assert "alone are re-initialised in turn" in s.caption
+    assert s.tables[0].columns[0] == "re-initialised alone"
+    assert (tmp_path / "figures" / "randomization_maps.png").is_file()

@@ -7,7 +7,9 @@ parameters of its own (convolutions, linear layers, batch norms …) in reverse 
 copy (the model is left as it was) — and the maps of each method
 (deconvnet, guided backprop, gradient) are recomputed for the same images and the same seed
 units. Each randomised map is compared with the trained model's map by SSIM and Spearman rank
-correlation of the absolute values (1 = unchanged, ~0 = unrelated).
+correlation of the absolute values (1 = unchanged, ~0 = unrelated). Independent randomisation
+(the paper's other variant) re-initialises one layer at a time, the others trained: which
+layer's weights does a method's map depend on?
 
 What it means: a method whose maps barely change while the layers that decide the output are
 destroyed shows the image more than the model — deconvnet and guided backprop are known to stay
@@ -95,16 +97,21 @@ def reinitialise(m: nn.Module, g: torch.Generator) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
+MODES = ("cascading", "independent")
+
+
 @dataclass
 class RandomizationResult:
-    """steps[i] is the top layer re-initialised at step i (cumulative from the top);
-    scores[rule][metric][i] the similarity to the trained model's maps after that step."""
+    """steps[i] is the layer re-initialised at step i: cumulative from the top ("cascading"),
+    or alone ("independent"); scores[rule][metric][i] the similarity to the trained model's
+    maps after that step."""
 
     steps: list[str]
     scores: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     # rule -> (1 + steps, C, H, W): the first image's map from the trained model, then after
     # each step (paper-style figure of Adebayo et al.'s Fig. 2)
     examples: dict[str, torch.Tensor] = field(default_factory=dict)
+    mode: str = "cascading"
 
 
 def cascading_randomization(
@@ -123,27 +130,58 @@ def cascading_randomization(
     `layer`) at every step, so only the weights change. Any model: every module with
     parameters of its own at or below `layer`, top first (`trainable_layers`, `reinitialise`).
     """
+    return _randomization(model, images, layer, channels, rules, seed, "cascading")
+
+
+def independent_randomization(
+    model: nn.Module,
+    images: torch.Tensor,
+    layer: str,
+    channels: torch.Tensor,
+    rules: Sequence[str] = RULES,
+    seed: int = 0,
+) -> RandomizationResult:
+    """As `cascading_randomization`, but each step re-initialises one layer alone, every other
+    layer keeping its trained weights (on a copy; the layer is restored after its step)."""
+    return _randomization(model, images, layer, channels, rules, seed, "independent")
+
+
+def _randomization(model: nn.Module, images: torch.Tensor, layer: str, channels: torch.Tensor,
+                   rules: Sequence[str], seed: int, mode: str) -> RandomizationResult:
     from zfnet.deconvnet import project  # the one projection engine
 
     for r in rules:
         if r not in RULES:
             raise ValueError(f"unknown rule {r!r}; valid: {', '.join(RULES)}")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
     work = copy.deepcopy(model).eval()
     base = {r: project(work, images, layer, channels, rule=r) for r in rules}
-    res = RandomizationResult([], {r: {"ssim": [], "spearman": []} for r in rules})
+    res = RandomizationResult([], {r: {"ssim": [], "spearman": []} for r in rules}, mode=mode)
     shown = {r: [base[r][0].detach().cpu()] for r in rules}
     g = torch.Generator().manual_seed(seed)
     size = (int(images.shape[-2]), int(images.shape[-1]))
     for name in trainable_layers(work, up_to=resolve_layer(work, layer)[0], input_size=size):
-        reinitialise(work.get_submodule(name), g)
+        module = work.get_submodule(name)
+        trained = {k: v.clone() for k, v in _own_state(module).items()}
+        reinitialise(module, g)
         res.steps.append(name)
         for r in rules:
             maps = project(work, images, layer, channels, rule=r)
             shown[r].append(maps[0].detach().cpu())
             for k, v in similarity(base[r], maps).items():
                 res.scores[r][k].append(v)
+        if mode == "independent":
+            with torch.no_grad():
+                for k, v in _own_state(module).items():
+                    v.copy_(trained[k])
     res.examples = {r: torch.stack(m) for r, m in shown.items()}
     return res
+
+
+def _own_state(m: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters and buffers of `m` itself (not its children's), by name."""
+    return dict([*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)])
 
 
 MAX_SHOWN = 12  # steps named on the plot's axis and drawn in the maps' figure
@@ -160,8 +198,8 @@ def _short(path: str) -> str:
 def randomization_section(
     run_dir: str | Path, result: RandomizationResult, order: int = 90
 ):
-    """Write the cascading-randomisation plot (SSIM and rank correlation per step and rule) and
-    its report section."""
+    """Write the randomisation plot (SSIM and rank correlation per step and rule), the maps'
+    figure and the report section, of either mode (each its own section and files)."""
     from zfnet.report import Figure, Section, Table, write_section
     from zfnet.report.plots import plot_curves
 
@@ -174,8 +212,11 @@ def randomization_section(
     names = [_short(s) for s in result.steps]
     listed = (", ".join(names) if len(names) <= MAX_SHOWN else
               f"{len(names)} modules, named in the table")
-    path = plot_curves(steps, panels, run_dir / "figures" / "randomization.png",
-                       xlabel=f"layers re-initialised from the top ({listed})")
+    independent = result.mode == "independent"
+    stem = "randomization_independent" if independent else "randomization"
+    path = plot_curves(steps, panels, run_dir / "figures" / f"{stem}.png",
+                       xlabel=(f"the one layer re-initialised ({listed})" if independent else
+                               f"layers re-initialised from the top ({listed})"))
     rows = [[n] + [f"{result.scores[r]['spearman'][i]:.3f}" for r in result.scores]
             for i, n in enumerate(names)]
     figures = [Figure(str(path.relative_to(run_dir)), "similarity per randomisation step")]
@@ -185,28 +226,36 @@ def randomization_section(
         cols = sorted({round(i * n / (MAX_SHOWN - 1)) for i in range(MAX_SHOWN)}) \
             if n + 1 > MAX_SHOWN else list(range(n + 1))
         grid = save_grid(torch.stack([ex[cols] for ex in result.examples.values()]),
-                         run_dir / "figures" / "randomization_maps.png")
+                         run_dir / "figures" / f"{stem}_maps.png")
         figures.append(Figure(str(grid.relative_to(run_dir)), (
             f"the first image's map; rows: {', '.join(result.examples)}; columns: the trained "
-            "model, then re-initialised down to " +
+            "model, then " + ("with only this layer re-initialised: " if independent else
+                              "re-initialised down to ") +
             ", ".join(names[c - 1] for c in cols if c > 0))))
+    how = ("Each layer's weights alone are re-initialised in turn, the others keeping their "
+           "trained weights, " if independent else
+           "From the top layer down, one more layer's weights are re-initialised at each step, ")
     section = Section(
-        key="randomization", title="Sanity check: cascading randomisation (Adebayo et al. 2018)",
-        order=order,
+        key=stem,
+        title=f"Sanity check: {result.mode} randomisation (Adebayo et al. 2018)",
+        order=order + (1 if independent else 0),
         caption=(
-            "From the top layer down, one more layer's weights are re-initialised at each step, "
-            "and the maps of each method are recomputed for the same images and units. Similarity "
-            "to the trained model's maps: SSIM and Spearman rank correlation of the absolute "
-            "maps (1 = unchanged). A map that stays similar while the model is destroyed shows "
-            "the image more than what the model learned: deconvnet and guided backprop maps "
-            "are known to stay close to edge maps; the plain gradient decorrelates as soon as "
-            "the top layers go. Read deconvnet projections as 'which image structure excites "
-            "this unit through the layers below', not as evidence of the model's decision. "
-            + DISPLAY_CAPTION
+            how + "and the maps of each method are recomputed for the same images and units. "
+            "Similarity to the trained model's maps: SSIM and Spearman rank correlation of the "
+            "absolute maps (1 = unchanged). " + (
+                "A map that stays similar whichever layer loses its weights shows the image "
+                "more than what the model learned; the layers whose loss changes it most are "
+                "the ones it depends on. " if independent else
+                "A map that stays similar while the model is destroyed shows the image more "
+                "than what the model learned: deconvnet and guided backprop maps are known to "
+                "stay close to edge maps; the plain gradient decorrelates as soon as the top "
+                "layers go. ") +
+            "Read deconvnet projections as 'which image structure excites this unit through "
+            "the layers below', not as evidence of the model's decision. " + DISPLAY_CAPTION
         ),
         figures=figures,
-        tables=[Table(["re-initialised down to"] + [f"rank corr. {r}" for r in result.scores],
-                      rows)],
+        tables=[Table([("re-initialised alone" if independent else "re-initialised down to")]
+                      + [f"rank corr. {r}" for r in result.scores], rows)],
     )
     write_section(run_dir, section)
     return section
