@@ -271,12 +271,7 @@ def randomization(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
     randomisation of the modules below `layer` (None: `zfnet.models.last_spatial_layer`, conv5
     on zfnet's models); seed units: each image's strongest map in `layer`."""
     from zfnet.activations import get_activations
-    from zfnet.analyses.sanity import (
-        MODES,
-        cascading_randomization,
-        independent_randomization,
-        randomization_section,
-    )
+    from zfnet.analyses.sanity import MODES, model_randomization, randomization_section
     from zfnet.models import (
         eval_mode,
         feature_layers,
@@ -308,7 +303,6 @@ def randomization(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
     with eval_mode(model):
         act = get_activations(model, x, [layer])[layer]  # (N, C, H, W)
     channels = act.flatten(2).amax(2).argmax(1)  # (N,)
-    check = cascading_randomization if mode == "cascading" else independent_randomization
-    res = check(model, x, layer, channels)
+    res = model_randomization(model, x, layer, channels, mode=mode)
     randomization_section(run_dir, res)
     return res

@@ -21,7 +21,7 @@ from zfnet.analyses.gallery import project_topk, run_topk_gallery
 from zfnet.analyses.invariance import invariance
 from zfnet.analyses.occlusion import occlusion, occlusion_report, pointing_game
 from zfnet.analyses.probes import extract_features, linear_probes
-from zfnet.analyses.sanity import cascading_randomization
+from zfnet.analyses.sanity import model_randomization
 from zfnet.analyses.topk import mine_topk
 from zfnet.analyses.transfer import transfer_study
 from zfnet.data import load_dataset
@@ -94,7 +94,7 @@ CALLS: dict[str, Callable[[nn.Module, SimpleNamespace], Any]] = {
                                                 ("softmax",)),
     "transfer_study": lambda m, a: transfer_study(
         m, SPEC, (1,), a.tmp, model_name="zfnet_small", n_test=4, scratch_steps=1, batch_size=4),
-    "cascading_randomization": lambda m, a: cascading_randomization(
+    "model_randomization": lambda m, a: model_randomization(
         m, a.x[:2], "conv2", torch.tensor([0, 1]), rules=("deconvnet",)),
     "pipeline.gallery": lambda m, a: pipeline.gallery(m, a.bundle, a.tmp, k=2, n_images=6,
                                                       n_maps=2, layers=["conv1"]),
@@ -166,7 +166,7 @@ ANY_MODEL: dict[str, Callable[[nn.Module, SimpleNamespace], Any]] = {
     "invariance": lambda m, a: invariance(m, a.pixels, lambda p: p - 128, "rotate",
                                           values=[0, 90], layers=None),
     "extract_features": lambda m, a: extract_features(m, a.batches, ["layer2", "avgpool"]),
-    "cascading_randomization": lambda m, a: cascading_randomization(
+    "model_randomization": lambda m, a: model_randomization(
         m, a.x[:2], "layer1", torch.tensor([0, 1]), rules=("gradient",)),
     "pipeline.gallery": lambda m, a: pipeline.gallery(m, a.bundle, a.tmp, k=2, n_images=4,
                                                       n_maps=2, layers=["layer1"]),

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 import zfnet
-from zfnet.analyses.sanity import cascading_randomization, randomization_section
+from zfnet.analyses.sanity import model_randomization, randomization_section
 from zfnet.deconvnet import project
 from zfnet.display import CAPTION as DISPLAY_CAPTION
 from zfnet.display import projection_to_uint8
@@ -21,7 +21,7 @@ def test_maps_per_step_are_kept_and_drawn(tmp_path) -> None:
     x = torch.randn(2, 3, 32, 32) * 50
     channels = torch.tensor([3, 5])
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    res = cascading_randomization(model, x, "conv3", channels, rules=("deconvnet", "gradient"))
+    res = model_randomization(model, x, "conv3", channels, rules=("deconvnet", "gradient"))
     assert res.steps == ["features.conv3", "features.conv2", "features.conv1"]
     for k, v in model.state_dict().items():  # randomised a copy, not the model
         assert torch.equal(v, before[k]), k
@@ -59,7 +59,7 @@ def test_any_model_every_module_with_parameters_from_the_top() -> None:
     assert trainable_layers(model, None, 32)[0] == "fc"
     x = torch.randn(2, 3, 32, 32) * 50
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    res = cascading_randomization(model, x, "layer1", torch.tensor([3, 5]), rules=("gradient",))
+    res = model_randomization(model, x, "layer1", torch.tensor([3, 5]), rules=("gradient",))
     assert res.steps == want[::-1]
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     ex = res.examples["gradient"]
@@ -100,17 +100,16 @@ def test_independent_randomization_one_layer_at_a_time(tmp_path) -> None:
     """Each step re-initialises one layer alone (the same weights as the cascading step that
     reaches it first), the others trained; the model is left as it was; each mode writes its
     own section and figures."""
-    from zfnet.analyses.sanity import independent_randomization
-
     torch.manual_seed(0)
     model = zfnet.create_model("zfnet_small", input_size=32).eval()
     x = torch.randn(2, 3, 32, 32) * 50
     channels = torch.tensor([3, 5])
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    one = independent_randomization(model, x, "conv3", channels, rules=("gradient",))
+    one = model_randomization(model, x, "conv3", channels, rules=("gradient",),
+                              mode="independent")
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
-    cascade = cascading_randomization(model, x, "conv3", channels, rules=("gradient",))
+    cascade = model_randomization(model, x, "conv3", channels, rules=("gradient",))
     assert one.steps == cascade.steps and one.mode == "independent"
     a, b = one.examples["gradient"], cascade.examples["gradient"]
     torch.testing.assert_close(a[:2], b[:2])  # the trained model; conv3 alone in both

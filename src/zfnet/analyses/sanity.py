@@ -114,15 +114,18 @@ class RandomizationResult:
     mode: str = "cascading"
 
 
-def cascading_randomization(
+def model_randomization(
     model: nn.Module,
     images: torch.Tensor,
     layer: str,
     channels: torch.Tensor,
     rules: Sequence[str] = RULES,
     seed: int = 0,
+    mode: str = "cascading",
 ) -> RandomizationResult:
-    """Re-initialise `model`'s layers from the top down (on a copy) and score the maps.
+    """Re-initialise `model`'s layers (on a copy) and score the maps: from the top down, one
+    more at each step ("cascading"), or each alone, every other layer keeping its trained
+    weights ("independent": the layer is restored after its step).
 
     Adebayo et al. seed at the class logit: `layer="fc8"`, `channels` = the predicted classes.
     Maps: `zfnet.deconvnet.project(model, images, layer, channels, rule=...)` for each rule —
@@ -130,24 +133,6 @@ def cascading_randomization(
     `layer`) at every step, so only the weights change. Any model: every module with
     parameters of its own at or below `layer`, top first (`trainable_layers`, `reinitialise`).
     """
-    return _randomization(model, images, layer, channels, rules, seed, "cascading")
-
-
-def independent_randomization(
-    model: nn.Module,
-    images: torch.Tensor,
-    layer: str,
-    channels: torch.Tensor,
-    rules: Sequence[str] = RULES,
-    seed: int = 0,
-) -> RandomizationResult:
-    """As `cascading_randomization`, but each step re-initialises one layer alone, every other
-    layer keeping its trained weights (on a copy; the layer is restored after its step)."""
-    return _randomization(model, images, layer, channels, rules, seed, "independent")
-
-
-def _randomization(model: nn.Module, images: torch.Tensor, layer: str, channels: torch.Tensor,
-                   rules: Sequence[str], seed: int, mode: str) -> RandomizationResult:
     from zfnet.deconvnet import project  # the one projection engine
 
     for r in rules:
