@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from click.testing import CliRunner
 
-from tests.processes import process_env
+from tests.processes import process_env, torchrun
 from zfnet.analyses.topk import load_topk
 from zfnet.cli import main
 
@@ -45,10 +45,8 @@ def test_two_processes_write_what_one_process_writes(tmp_path) -> None:
                          cwd=tmp_path, env=process_env(), capture_output=True, text=True,
                          timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "zfnet.cli", *args, "--workers", "1", "--out", "two"],  # a loader worker each
-        cwd=tmp_path, env=process_env(), capture_output=True, text=True, timeout=300)
+    two = torchrun("-m", "zfnet.cli", *args, "--workers", "1", "--out", "two",  # a worker each
+                   cwd=tmp_path, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     a = load_topk(tmp_path / "one/gallery/topk.pt")
     b = load_topk(tmp_path / "two/gallery/topk.pt")

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from tests.data.shard_ranks import Recorder, batches_of
-from tests.processes import process_env
+from tests.processes import process_env, stop_group, torchrun
 from tests.train.tiny import tiny_config
 from zfnet.cli import main
 from zfnet.data import BrokenImageWarning, collate, load_dataset
@@ -406,10 +406,7 @@ def test_bad_shards_folders_are_named(resized, tmp_path) -> None:
 
 def test_two_processes_stream_disjoint_parts_of_one_epoch(resized, tmp_path) -> None:
     result = tmp_path / "ranks"
-    r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "tests.data.shard_ranks", str(resized), str(result)],
-        cwd=ROOT, env=process_env(), capture_output=True, text=True, timeout=120)
+    r = torchrun("-m", "tests.data.shard_ranks", str(resized), str(result))
     assert r.returncode == 0, r.stderr[-3000:]
     ranks = [json.loads(Path(f"{result}.{k}.json").read_text()) for k in (0, 1)]
     assert [x["world_size"] for x in ranks] == [2, 2]
@@ -444,10 +441,7 @@ def test_two_nodes_meet_at_one_rendezvous_and_train(resized, tmp_path) -> None:
         outputs = [p.communicate(timeout=150) for p in procs]
     finally:
         for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)  # torchrun's ranks and their workers too
-            except ProcessLookupError:
-                pass
+            stop_group(p)  # torchrun's ranks and their workers too
     for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-3000:]
     meta = load_model(run)[1]

@@ -7,9 +7,6 @@ the default, whose first compilation takes a minute on a small CPU."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,14 +14,13 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from tests.processes import process_env, torchrun
 from tests.train.tiny import tiny_bundle, tiny_config
 from zfnet.cli import main
 from zfnet.train import compiled, evaluate_checkpoint, find_last, load_model, train
 from zfnet.train.checkpoint import read_train_state
 from zfnet.train.distributed import DistInfo
 from zfnet.train.run import build_run
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -110,25 +106,15 @@ def test_compile_without_a_compiler_is_a_one_line_error(tmp_path, monkeypatch) -
     assert not (tmp_path / "run").exists()
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", TINY_COMPILE_BACKEND="eager",
-               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    return env
-
-
 @pytest.mark.slow
 def test_compiled_ddp_matches_one_uncompiled_process(tmp_path) -> None:
     """torch.compile of the DDP wrapper (graph split at the gradient buckets) in two gloo
     processes: the weights of one uncompiled process with the same global batch."""
     opts = {"epochs": 1, "ema": 0.9, "model_opts": {"conv_widths": [16, 16, 16],
                                                     "fc_width": 32, "dropout": 0.0}}
-    r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "tests.train.run_tiny", str(tmp_path / "ddp"), json.dumps({**opts,
-                                                                           "compile": True})],
-        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    r = torchrun("-m", "tests.train.run_tiny", str(tmp_path / "ddp"),
+                 json.dumps({**opts, "compile": True}),
+                 env={**process_env(), "TINY_COMPILE_BACKEND": "eager"}, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     train(tiny_config(tmp_path / "one", **opts), bundle=tiny_bundle())
     m2, meta2 = load_model(tmp_path / "ddp")

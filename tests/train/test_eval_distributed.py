@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ import torch.multiprocessing as mp
 from click.testing import CliRunner
 from torch.utils.data import Dataset
 
-from tests.processes import process_env
+from tests.processes import torchrun
 from tests.train.test_broken_files import CLI, _dataset
 from tests.train.tiny import TinyBundle, tiny_bundle, tiny_config
 from zfnet.cli import main
@@ -132,11 +130,8 @@ def test_torchrun_eval_prints_once_and_matches_one_process(tmp_path) -> None:
     one = CliRunner().invoke(main, ["eval", "--checkpoint", str(run), "--device", "cpu",
                                     "--json", str(tmp_path / "one.json")])
     assert one.exit_code == 0, one.output
-    r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "zfnet.cli", "eval", "--checkpoint", str(run), "--device", "cpu",
-         "--json", str(tmp_path / "two.json")],
-        cwd=tmp_path, env=process_env(), capture_output=True, text=True, timeout=300)
+    r = torchrun("-m", "zfnet.cli", "eval", "--checkpoint", str(run), "--device", "cpu",
+                 "--json", str(tmp_path / "two.json"), cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     want = json.loads((tmp_path / "one.json").read_text())
     got = json.loads((tmp_path / "two.json").read_text())

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.processes import process_env
+from tests.processes import process_env, torchrun
 from tests.train.tiny import tiny_bundle, tiny_config
 from zfnet.train import find_last, list_checkpoints, load_model, train
 from zfnet.train.checkpoint import read_train_state
@@ -58,11 +58,7 @@ def test_torchrun_two_cpu_processes_match_one(tmp_path) -> None:
     opts = {"epochs": 2, "ema": 0.9, "model_opts": {"conv_widths": [16, 16, 16], "fc_width": 32,
                                         "dropout": 0.0}}
     ddp_out = tmp_path / "ddp"
-    r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "tests.train.run_tiny", str(ddp_out), json.dumps(opts)],
-        cwd=ROOT, env=process_env(), capture_output=True, text=True, timeout=120,
-    )
+    r = torchrun("-m", "tests.train.run_tiny", str(ddp_out), json.dumps(opts))
     assert r.returncode == 0, r.stderr[-3000:]
     summaries = [json.loads((tmp_path / f"ddp.summary{rank}.json").read_text())
                  for rank in (0, 1)]
@@ -89,11 +85,7 @@ def test_torchrun_a_nan_on_one_process_stops_both(tmp_path) -> None:
     same step, each saying where; the last good checkpoint is the run's last."""
     out = tmp_path / "ddp"
     env = {**process_env(), "TINY_POISON": "1:6"}  # rank 1, after its 6th update: epoch 2 step 2
-    r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "tests.train.run_tiny", str(out), json.dumps({"epochs": 3})],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-    )
+    r = torchrun("-m", "tests.train.run_tiny", str(out), json.dumps({"epochs": 3}), env=env)
     assert r.returncode != 0, r.stdout[-2000:]
     # the two processes' messages may share a line of stderr
     errors = [e for e in r.stderr.split("NonFiniteLossError: ")[1:] if e.startswith("loss is")]
@@ -123,11 +115,8 @@ def test_torchrun_agrees_on_an_empty_batch_and_a_signal_of_one_process(tmp_path,
     out = tmp_path / "ddp"
 
     def launch(resume: bool, **env: str) -> list[dict]:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   "--nproc-per-node", "2", "-m", "tests.train.run_tiny", str(out),
-                   json.dumps({**opts, "resume": resume})]
-        r = subprocess.run(command, cwd=ROOT, env={**process_env(), **env},
-                           capture_output=True, text=True, timeout=120)
+        r = torchrun("-m", "tests.train.run_tiny", str(out),
+                     json.dumps({**opts, "resume": resume}), env={**process_env(), **env})
         stopped = "TINY_SIGNAL" in env or "TINY_SIGNAL_EVAL" in env  # 143 each, torchrun 1
         assert r.returncode == (1 if stopped else 0), r.stderr[-3000:]
         return [json.loads((tmp_path / f"ddp.summary{rank}.json").read_text())
