@@ -1,6 +1,6 @@
 """zfnet.data.workers.settle: before a loader forks its workers, an ending queue-feeder thread is
 waited for (a fork while it ends can hang the child on Python < 3.12, CPython gh-112275), and
-for a bounded time only."""
+for a bounded time only; zfnet's `Loader` does it by itself."""
 
 from __future__ import annotations
 
@@ -43,3 +43,12 @@ def test_the_wait_is_bounded() -> None:
     finally:
         done.set()
         t.join()
+
+
+def test_a_loader_settles_before_it_forks_its_workers() -> None:
+    """zfnet's DataLoader (every one of its loaders that may have workers) waits by itself."""
+    from zfnet.data.workers import Loader
+
+    t = _feeder(1.0)  # longer than the loader takes without waiting
+    batches = list(Loader(list(range(4)), batch_size=2, num_workers=1))
+    assert not t.is_alive() and [b.tolist() for b in batches] == [[0, 1], [2, 3]]

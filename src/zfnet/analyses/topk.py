@@ -37,7 +37,7 @@ from torch.utils.data import (
 )
 
 from zfnet.activations import capture
-from zfnet.data.workers import settle
+from zfnet.data.workers import Loader
 from zfnet.deconvnet import feature_chain
 from zfnet.models import eval_mode, resolve_layer
 
@@ -179,8 +179,8 @@ def _loader(data: Dataset | DataLoader, indices: Iterable[int] | None, batch_siz
         idx = indices
     else:
         idx = [int(i) for i in indices]
-    return DataLoader(_Indexed(data, idx), batch_size=batch_size, shuffle=False,
-                      num_workers=num_workers, collate_fn=_collate, pin_memory=pin)
+    return Loader(_Indexed(data, idx), batch_size=batch_size, shuffle=False,
+                  num_workers=num_workers, collate_fn=_collate, pin_memory=pin)
 
 
 def _is_stream(data: Dataset | DataLoader) -> bool:
@@ -196,8 +196,8 @@ def _stream_loader(data: IterableDataset | DataLoader, batch_size: int, num_work
         batch_size = data.batch_size or batch_size
         num_workers = data.num_workers
         data = data.dataset  # type: ignore[assignment]
-    return DataLoader(data, batch_size=batch_size, num_workers=num_workers,
-                      collate_fn=_collate_stream, pin_memory=pin)
+    return Loader(data, batch_size=batch_size, num_workers=num_workers,
+                  collate_fn=_collate_stream, pin_memory=pin)
 
 
 def _collate_stream(batch: list[Any]) -> tuple[Tensor, Tensor, int]:
@@ -261,7 +261,6 @@ def mine_topk(
         batches, total = loader, len(loader.dataset)  # type: ignore[arg-type]
     best: dict[str, TopK] = {}
     it = batches
-    settle(loader)  # before its workers are forked (zfnet.data.workers)
     report = progress if callable(progress) else None
     done = 0
     if progress is True:

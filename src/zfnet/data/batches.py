@@ -42,7 +42,6 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from zfnet.data.images import BadImageError, load_rgb, resize_center_crop, warn_skipped
 from zfnet.data.transforms import CropDataset, Form, collate, ten_crop
-from zfnet.data.workers import settle
 
 
 class PixelBatch(NamedTuple):
@@ -278,7 +277,6 @@ class DeviceBatches:
         return self.loader.dataset
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        settle(self.loader)  # its workers are forked below (zfnet.data.workers)
         if self.prefetch <= 0:
             for batch in self.loader:
                 yield self._hand_on(self.inputs(batch))

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from zfnet.data.bundle import DataBundle, bundle_geometry, fitted
 from zfnet.data.images import (
@@ -47,7 +47,7 @@ from zfnet.data.preprocess import Preprocessing
 from zfnet.data.spec import DatasetSpec, check_options, class_list_option, int_option
 from zfnet.data.subset import select
 from zfnet.data.transforms import CropDataset
-from zfnet.data.workers import settle, usable_cores
+from zfnet.data.workers import Loader, usable_cores
 
 LAYOUT = "DIR/train/<class>/<image> and DIR/val/<class>/<image> (ImageNet layout)"
 PAPER_INPUT, PAPER_FULL = 224, 256
@@ -182,8 +182,7 @@ def mean_of(images: Dataset, full_size: int, *, num_workers: int | None = None,
     n = len(images)  # type: ignore[arg-type]
     if num_workers is None:  # a one-time pass: every core of this process's share
         num_workers = usable_cores() if n >= 2000 else 0
-    loader = DataLoader(images, batch_size=64, num_workers=num_workers, collate_fn=_sum_batch)
-    settle(loader)
+    loader = Loader(images, batch_size=64, num_workers=num_workers, collate_fn=_sum_batch)
     total = torch.zeros(3, full_size, full_size, dtype=torch.float64)
     count = 0
     for batch_sum, k in loader:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
@@ -42,7 +42,7 @@ from zfnet.data.imagefolder import LAYOUT, PAPER_FULL, select_folder
 from zfnet.data.images import BadImageError, BrokenImageWarning, load_rgb, resize_center_crop
 from zfnet.data.shards import FORMAT, MANIFEST, SPLITS, index_name, shard_name
 from zfnet.data.spec import parse_spec
-from zfnet.data.workers import settle
+from zfnet.data.workers import Loader
 
 DEFAULT_RESIZE = PAPER_FULL
 DEFAULT_QUALITY = 90
@@ -265,7 +265,7 @@ def _write(folder: Path, root: Path, source: str, names: list[str],
         paths, labels = splits[split]
         mean_size = side if split == "train" else None
         chunks = _Chunks(paths, resize, quality, mean_size)
-        loader = DataLoader(chunks, batch_size=None, num_workers=workers if len(chunks) > 1
+        loader = Loader(chunks, batch_size=None, num_workers=workers if len(chunks) > 1
                             else 0, collate_fn=lambda r: r)
         writer = _SplitWriter(folder, split, shard_size)
         used: set[str] = set()
@@ -273,7 +273,6 @@ def _write(folder: Path, root: Path, source: str, names: list[str],
         total = None if mean_size is None else torch.zeros(3, side, side, dtype=torch.float64)
         bar = tqdm(total=len(paths), desc=f"writing {split}", unit="img", disable=not progress,
                    dynamic_ncols=True)
-        settle(loader)
         try:
             for c, result in enumerate(loader):
                 for (path, reason) in result["broken"]:

@@ -1,5 +1,6 @@
 """DataLoader workers: the cores there are for them (`usable_cores`), and starting them safely
-(`settle(loader)` before a loader forks them).
+(`Loader`, a DataLoader that calls `settle` before it forks them: every loader of zfnet that
+may have workers is one).
 
 A DataLoader with workers forks them each time it is iterated. On Python before 3.12, a fork
 made while another thread of the process is ending can leave the child waiting forever on the
@@ -18,7 +19,10 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
+
+from torch.utils.data import DataLoader
 
 FEEDER = "QueueFeederThread"  # multiprocessing.Queue's thread (torch.multiprocessing's too)
 
@@ -41,3 +45,12 @@ def settle(loader: Any, timeout: float = 2.0) -> None:
     for thread in threading.enumerate():
         if thread.name == FEEDER and thread is not threading.current_thread():
             thread.join(max(0.0, deadline - time.monotonic()))
+
+
+class Loader(DataLoader):
+    """A `DataLoader` that waits for ending queue-feeder threads (`settle`) each time it starts
+    iterating, before it forks its workers."""
+
+    def __iter__(self) -> Iterator[Any]:
+        settle(self)
+        return super().__iter__()

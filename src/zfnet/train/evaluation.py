@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 from zfnet.data.loaders import (
     as_inputs,
@@ -17,6 +17,7 @@ from zfnet.data.loaders import (
     loader_kind,
     resolve_workers,
 )
+from zfnet.data.workers import Loader
 from zfnet.train.checkpoint import load_model, read_train_state
 from zfnet.train.compiled import check_compile, compile_model
 from zfnet.train.distributed import DistInfo, resolve_device
@@ -98,9 +99,9 @@ def evaluate_checkpoint(
     share = val
     if info.enabled:  # a strided share, as training's validation: no item twice, none padded
         share = Subset(val, range(info.rank, len(val), info.world_size))
-    batches = as_inputs(DataLoader(share, batch_size=batch_size, shuffle=False,
-                                   num_workers=resolve_workers(workers, dev),
-                                   collate_fn=collate_for(val), pin_memory=dev.type == "cuda"),
+    batches = as_inputs(Loader(share, batch_size=batch_size, shuffle=False,
+                               num_workers=resolve_workers(workers, dev),
+                               collate_fn=collate_for(val), pin_memory=dev.type == "cuda"),
                         val, dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

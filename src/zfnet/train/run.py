@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 from tqdm import tqdm
 
 import zfnet
@@ -32,6 +32,7 @@ from zfnet.data.loaders import (
     loader_kind,
     resolve_workers,
 )
+from zfnet.data.workers import Loader
 from zfnet.models import eval_mode
 from zfnet.train import checkpoint as ckpt
 from zfnet.train import distributed as ddp
@@ -285,7 +286,7 @@ def _place(
 
 def _data(
     config: TrainConfig, bundle: Any, info: ddp.DistInfo, per_rank_batch: int,
-) -> tuple[SeededSamples, ddp.ResumableSampler, DataLoader, dict[str, Any]]:
+) -> tuple[SeededSamples, ddp.ResumableSampler, Any, dict[str, Any]]:
     """This process's share of the data: the seeded training set and its sampler, the
     validation loader, and the loader options an epoch's loader is made with."""
     # the input pipeline (zfnet.data.loaders): what the workers hand over, the rest on the device
@@ -301,9 +302,9 @@ def _data(
                                  "collate_fn": collate_for(train),
                                  "pin_memory": info.device.type == "cuda"}
     val_set = Subset(val, range(info.rank, len(bundle.val), info.world_size))
-    val_loader = as_inputs(DataLoader(val_set, batch_size=per_rank_batch, shuffle=False,
-                                      generator=torch.Generator().manual_seed(0),
-                                      **{**loader_kw, "collate_fn": collate_for(val)}),
+    val_loader = as_inputs(Loader(val_set, batch_size=per_rank_batch, shuffle=False,
+                                  generator=torch.Generator().manual_seed(0),
+                                  **{**loader_kw, "collate_fn": collate_for(val)}),
                            val, info.device)
     return train_set, sampler, val_loader, loader_kw
 
@@ -341,10 +342,10 @@ def epoch_loader(run: Run, epoch: int, start_step: int = 0,
                          batch_size=run.per_rank_batch, rank=run.info.rank,
                          world_size=run.info.world_size, start_step=start_step,
                          workers_before=_workers_before(run) if start_step else None)
-        loader = DataLoader(batches, batch_size=None, generator=generator, **run.loader_kw)
+        loader = Loader(batches, batch_size=None, generator=generator, **run.loader_kw)
     else:
-        loader = DataLoader(run.train_set, batch_size=run.per_rank_batch, sampler=sampler,
-                            generator=generator, **run.loader_kw)
+        loader = Loader(run.train_set, batch_size=run.per_rank_batch, sampler=sampler,
+                        generator=generator, **run.loader_kw)
     return as_inputs(loader, run.train_set.dataset, run.info.device), end - sampler.skip
 
 
