@@ -325,6 +325,8 @@ _WORKERS = click.option(
     "--workers", callback=_workers, metavar="auto|N",
     help="DataLoader worker processes per process (default auto: on CUDA the CPU cores less "
          "one, shared by torchrun's processes; on a CPU 0).")
+
+
 def _mining_workers(workers: int | str | None, device: object) -> int:
     """The DataLoader workers a command that mines a dataset uses: `--workers` as given (0
     included), or "auto" when it was not."""
