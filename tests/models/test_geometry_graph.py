@@ -7,8 +7,10 @@
   which nothing can cancel (positive weights, average pools for max pools, a positive input).
 - Sizes: every geometry's size is the shape a real forward pass gives; keys are module paths;
   a module called twice gives its last call.
+- Reflection and replication padding, space-to-depth (a reshape into blocks, pixel_unshuffle):
+  windows, against brute force.
 - Where a unit mixes every position (global pooling, linear on a flattened map) or a node is not
-  known (reflection padding, upsampling), None; a broadcast gate keeps the map's field, flagged.
+  known (upsampling), None; a broadcast gate keeps the map's field, flagged.
 - Equal to the chain's geometry on alexnet / vgg and zfnet's own models.
 - The model is left as it was: flags, hooks, parameters (also when the forward fails, or runs
   on the model itself because it cannot run on the meta device).
@@ -249,8 +251,11 @@ def test_adaptive_pooling_to_a_divisor_is_a_window() -> None:
 
 
 def test_unknown_nodes_give_none_from_there_on() -> None:
-    """Reflection padding (a border unit also reads mirrored pixels) and upsampling are not
-    windows: the geometry stops there, never a wrong box; before them it is kept."""
+    """Upsampling is not a window: the geometry stops there, never a wrong box; before it, it
+    is kept. So does reflection padding followed by a window too narrow to hold the pixels it
+    mirrors (kernel 2 after padding 1: the border unit reads pixels 0 and 1, the clipped box is
+    pixel 0); a reflection padding layer's own output (its border copies pixels inside) has
+    none either."""
 
     class Net(nn.Module):
         def __init__(self) -> None:
@@ -264,9 +269,59 @@ def test_unknown_nodes_give_none_from_there_on() -> None:
             return self.c(self.up(self.b(self.a(x))))
 
     geo = graph_geometry(Net(), 16)
-    assert geo["a"] is not None and geo["b"] is None and geo["up"] is None and geo["c"] is None
+    assert geo["a"] is not None and geo["b"] is not None
+    assert geo["up"] is None and geo["c"] is None
     geo = graph_geometry(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Upsample(scale_factor=2)), 16)
     assert geo["0"] is not None and geo["1"] is None
+    geo = graph_geometry(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReflectionPad2d(1),
+                                       nn.Conv2d(4, 4, 2), nn.Conv2d(4, 4, 3)), 16)
+    assert geo["0"] is not None and geo["1"] is None and geo["2"] is None and geo["3"] is None
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate"])
+def test_reflection_and_replication_padding_against_brute_force(mode: str) -> None:
+    """Convolutions with `padding_mode` reflect / replicate (a "same" padding, as in timm's blur
+    pooling and image-to-image networks), stride 1 and 2, uneven sizes: the box is the
+    gradient's support, equal to the zero-padded network's geometry."""
+
+    def net(padding_mode: str) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode=padding_mode),
+                             nn.Conv2d(4, 4, 5, stride=2, padding=2, padding_mode=padding_mode),
+                             nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1, padding_mode=padding_mode))
+
+    size = (15, 22)
+    _assert_boxes(net(mode), size, ["0", "1", "3"])
+    assert graph_geometry(net(mode), size) == graph_geometry(net("zeros"), size)
+
+
+class _SpaceToDepth(nn.Module):
+    """TResNet's stem (timm's SpaceToDepth): each 4x4 block of pixels becomes 48 channels."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        x = x.view(n, c, h // 4, 4, w // 4, 4).permute(0, 3, 5, 1, 2, 4).contiguous()
+        return x.view(n, c * 16, h // 4, w // 4)  # (N, 16C, H/4, W/4)
+
+
+def test_space_to_depth_is_a_window_of_its_block() -> None:
+    """A reshape that splits rows and columns into blocks (TResNet's space-to-depth) and
+    `pixel_unshuffle`: windows of kernel = stride = the block, against brute force, with the
+    convolutions after them. The input has 3 channels though the first convolution takes 48:
+    the geometry tries RGB when the first convolution's channels do not run. Splitting and
+    merging back (pixel_shuffle after pixel_unshuffle) has no geometry."""
+    s2d = nn.Sequential(_SpaceToDepth(), nn.Conv2d(48, 4, 3, padding=1), nn.Conv2d(4, 4, 3))
+    _assert_boxes(s2d, (24, 32), ["0", "1", "2"])
+    geo = graph_geometry(s2d, (24, 32))
+    assert (geo["0"].rows.rf, geo["0"].rows.jump, geo["0"].shape) == (4, 4, (6, 8))
+    unshuffle = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.PixelUnshuffle(2),
+                              nn.Conv2d(16, 4, 3, stride=2))
+    _assert_boxes(unshuffle, (22, 30), ["1", "2"])
+    back = nn.Sequential(nn.PixelUnshuffle(2), nn.Conv2d(12, 8, 1), nn.PixelShuffle(2),
+                         nn.Conv2d(2, 4, 3))
+    geo = graph_geometry(back, 16)
+    assert geo["1"] is not None and geo["2"] is None and geo["3"] is None
+    with pytest.raises(GeometryError, match="1x96x24x32"):  # neither 96 nor 3 runs: the first
+        graph_geometry(nn.Sequential(_SpaceToDepth(), nn.Conv2d(96, 4, 3)), (24, 32))
 
 
 def test_a_broadcast_gate_keeps_the_maps_field_flagged() -> None:

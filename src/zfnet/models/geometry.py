@@ -384,6 +384,9 @@ class _Field:
     geo: LayerGeometry
     dims: tuple[_Dim, _Dim]
     spans: tuple[_Spans, _Spans]
+    # False where `spans` is not `geo`'s box (a reflection padding's border reads pixels
+    # inside): the next window re-checks it; a module's output like that has no geometry
+    exact: bool = True
 
 
 _State = _Field | _Mark | None  # None: depends on the input, no spatial geometry
@@ -406,7 +409,8 @@ def graph_geometry(model: nn.Module, input_size: int | tuple[int, int],
     One forward pass on a meta-device copy of the model (no weights copied, nothing computed),
     in eval mode; if the model cannot run on the meta device, on the model itself with a zero
     input (eval mode for the pass, every module's flag restored). The model is left as it was:
-    no hook, no flag, no parameter moved. `in_channels`: default, the first convolution's.
+    no hook, no flag, no parameter moved. `in_channels`: default, the first convolution's (3 if
+    the model does not run on that: a stem that rearranges the pixels first).
     `GeometryError` if the forward pass fails (e.g. an input too small for the model).
     """
     size = pair(input_size)
@@ -417,7 +421,7 @@ def graph_geometry(model: nn.Module, input_size: int | tuple[int, int],
         state = _CONST if node is None or node is _CONST else walk.state(node)
         # a map whose rows and columns are its last two dims, as every consumer indexes it
         # (not a channels-last tensor inside a ConvNeXt block)
-        out[path] = state.geo if _last_two(state, out_shape) else None
+        out[path] = state.geo if _last_two(state, out_shape) and state.exact else None
     return out
 
 
@@ -437,11 +441,25 @@ def record_forward(model: nn.Module, input_size: int | tuple[int, int],
     size = pair(input_size)
     if min(size) < 1:
         raise ValueError(f"input_size must be positive, got {input_size}")
-    if in_channels is None:
-        in_channels = next((int(m.in_channels) for m in model.modules()
-                            if isinstance(m, nn.modules.conv._ConvNd)), 3)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    shape = (1, in_channels, *size)
+    if in_channels is not None:
+        return _record(model, (1, in_channels, *size), dtype)
+    # the first convolution's input channels, then RGB: a stem that rearranges the image before
+    # any convolution (TResNet's space-to-depth: 3 channels in, 48 at its first convolution)
+    first = next((int(m.in_channels) for m in model.modules()
+                  if isinstance(m, nn.modules.conv._ConvNd)), 3)
+    failed: list[GeometryError] = []
+    for c in dict.fromkeys((first, 3)):
+        try:
+            return _record(model, (1, c, *size), dtype)
+        except GeometryError as e:
+            failed.append(e)
+    raise failed[0]
+
+
+def _record(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype
+            ) -> tuple[Tensor, _Made]:
+    """`record_forward` for an input of this shape: on a meta copy, else on the model itself."""
     try:
         # out of inference mode, also for the copy: a caller's `torch.inference_mode()` would
         # make tensors autograd cannot record
@@ -610,7 +628,7 @@ def _mapped(f: _Field, off: int) -> tuple[_Dim, _Dim]:
 
 
 def _shifted(f: _Field, off: int) -> _Field:
-    return f if off == 0 else _Field(f.geo, _mapped(f, off), f.spans)
+    return f if off == 0 else _Field(f.geo, _mapped(f, off), f.spans, f.exact)
 
 
 def _union(fields: list[_Field], size: tuple[int, int], gated: bool) -> _Field | None:
@@ -619,7 +637,8 @@ def _union(fields: list[_Field], size: tuple[int, int], gated: bool) -> _Field |
     f0 = fields[0]
     gated = gated or any(f.geo.gated for f in fields)
     if len(fields) == 1:
-        return _Field(LayerGeometry(f0.geo.rows, f0.geo.cols, gated), f0.dims, f0.spans)
+        return _Field(LayerGeometry(f0.geo.rows, f0.geo.cols, gated), f0.dims, f0.spans,
+                      f0.exact)
     axes, spans = [], []
     for a, name in enumerate(("rows", "cols")):
         gs = [getattr(f.geo, name) for f in fields]
@@ -717,7 +736,7 @@ def _relabel(f: _Field, new: dict[int, int]) -> _Field | None:
                 return None
             d = (new[d[0]], d[1])
         dims.append(d)
-    return _Field(f.geo, (dims[0], dims[1]), f.spans)
+    return _Field(f.geo, (dims[0], dims[1]), f.spans, f.exact)
 
 
 def _dropped(f: _Field, removed: set[int], nd: int) -> _Field | None:
@@ -772,12 +791,14 @@ def _adaptive(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
 
 
 def _view(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
-    """A reshape keeps the row-major order: each axis's flat step, found again in `out`."""
+    """A reshape keeps the row-major order: each axis's flat step, found again in `out`. An
+    axis split into (blocks, r) adjacent dims (space-to-depth: TResNet's stem) becomes the
+    blocks, a window of kernel = stride = r, the r positions within one a dim like channels."""
     f, shape = _sole(ins), ins[0][1]
     if not isinstance(f, _Field):
         return None
-    dims = []
-    for d, size in zip(f.dims, f.geo.shape, strict=True):
+    dims, block = [], [1, 1]
+    for a, (d, size) in enumerate(zip(f.dims, f.geo.shape, strict=True)):
         if d is not None:
             flat = d[1] * math.prod(shape[d[0] + 1:])
             for j in range(len(out)):
@@ -786,11 +807,30 @@ def _view(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
                     break
             else:
                 return None
-            if flat % sj or flat * size > sj * out[j]:
-                return None  # the axis is split across two dims
-            d = (j, flat // sj)
+            if flat % sj:
+                return None
+            if flat * size > sj * out[j]:  # the axis is split across two dims
+                if not (d[1] == 1 and flat == sj and j > 0 and out[j - 1] * out[j] == size):
+                    return None
+                block[a], d = out[j], (j - 1, 1)
+            else:
+                d = (j, flat // sj)
         dims.append(d)
-    return _Field(f.geo, (dims[0], dims[1]), f.spans)
+    if block == [1, 1]:
+        return _Field(f.geo, (dims[0], dims[1]), f.spans, f.exact)
+    win = Window((block[0], block[1]), (block[0], block[1]), (0, 0))
+    hw = tuple(g // b for g, b in zip(f.geo.shape, block, strict=True))
+    return _windowed(f, win, hw, (dims[0], dims[1]), w.size)  # type: ignore[arg-type]
+
+
+def _unshuffle(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
+    """pixel_unshuffle by r (space-to-depth): a window of kernel = stride = r."""
+    f, shape = _sole(ins), ins[0][1]
+    if not _last_two(f, shape):
+        return None
+    r = int(n._saved_downscale_factor)
+    win = Window((r, r), (r, r), (0, 0))
+    return _windowed(f, win, out[-2:], ((len(out) - 2, 1), (len(out) - 1, 1)), w.size)
 
 
 def _permute(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
@@ -872,11 +912,15 @@ def _slice(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
 
 def _pad(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
     """Constant padding (also a negative one: a crop) of rows / columns: a window of kernel 1
-    padded like it; padding of other dims keeps the field."""
+    padded like it; padding of other dims keeps the field. Reflection and replication padding
+    (`padding_mode="reflect"`, timm's blur pooling) as the same window, but a border unit reads
+    the pixels it copies (`spans`): the next window is exact where those lie in its clipped box
+    (a kernel wider than twice the padding), else it has no geometry."""
     f, shape = _sole(ins), ins[0][1]
     if not isinstance(f, _Field):
         return None
-    pads = list(n._saved_pad)
+    copies = type(n).__name__ != "ConstantPadNdBackward0"
+    pads = list(n._saved_padding if copies else n._saved_pad)
     nd = len(shape)
 
     def of(d: int) -> tuple[int, int]:  # (before, after) of dim d
@@ -896,7 +940,21 @@ def _pad(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
         return f
     win = Window((1, 1), (1, 1), (before[0], before[1]), padding_end=(after[0], after[1]))
     hw = tuple(f.geo.shape[a] + before[a] + after[a] for a in (0, 1))
-    return _windowed(f, win, hw, f.dims, w.size)  # type: ignore[arg-type]
+    if not copies:
+        return _windowed(f, win, hw, f.dims, w.size)  # type: ignore[arg-type]
+    geo = f.geo.then(win)
+    if geo.shape != hw:
+        return None
+    spans = []
+    for a in (0, 1):
+        lo, hi = f.spans[a]
+        last = len(lo) - 1
+        src = [min(max(o - before[a], 0), last) for o in range(hw[a])]  # replication
+        if type(n).__name__.startswith("Reflection"):
+            src = [abs(i) if i < 0 else 2 * last - i if i > last else i
+                   for i in (o - before[a] for o in range(hw[a]))]
+        spans.append((tuple(lo[i] for i in src), tuple(hi[i] for i in src)))
+    return _Field(geo, f.dims, (spans[0], spans[1]), exact=False)
 
 
 def _expand(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
@@ -993,7 +1051,9 @@ _HANDLERS = {
     **dict.fromkeys(("SelectBackward0", "UnbindBackward0"), _select),
     **dict.fromkeys(("SplitBackward0", "SplitWithSizesBackward0"), _split),
     "SliceBackward0": _slice,
-    "ConstantPadNdBackward0": _pad,
+    "PixelUnshuffleBackward0": _unshuffle,
+    **dict.fromkeys(("ConstantPadNdBackward0", *(f"{kind}Pad{d}DBackward0" for kind in (
+        "Reflection", "Replication") for d in "123")), _pad),
     "ExpandBackward0": _expand,
     **dict.fromkeys(tuple(f"{op}Backward{v}" for op in (
         "Mean", "Sum", "Amax", "Amin", "Max", "Min", "Std", "Var", "Logsumexp", "Prod", "Norm")
