@@ -144,6 +144,42 @@ def test_gradient_rule_through_squeeze_and_excitation_gates() -> None:
         assert torch.allclose(proj[s], ref, atol=1e-5 * ref.abs().max()), s
 
 
+class _Broadcasts(nn.Module):
+    """What global-context blocks (timm's gcresnet), NFNets (a scalar gain) and the like do: a
+    per-channel context computed from the map added back to it, a scalar parameter times and
+    plus the map, a scalar of the whole batch added to it, a per-image maximum added along the
+    batch dim of a permuted map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3)
+        self.gain = nn.Parameter(torch.tensor(0.7))
+        self.bias = nn.Parameter(torch.randn(4, 1, 1, generator=torch.Generator().manual_seed(1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        y = y + y.mean((2, 3), keepdim=True)  # a context (N, C, 1, 1) added to the map
+        y = y + y.amax((2, 3), keepdim=True)
+        y = y * self.gain + self.gain + self.bias  # scalar and (C, 1, 1) parameters
+        y = y + 2 * y.mean()  # a scalar of the whole batch
+        y = torch.add(y.amax((1, 2, 3)), y.permute(1, 2, 3, 0), alpha=0.5).permute(3, 0, 1, 2)
+        return self.b(torch.relu(y))
+
+
+def test_gradient_rule_through_broadcast_additions_and_scalars() -> None:
+    """A tensor added to a map it was broadcast to gets the gradient summed over the broadcast
+    dims, round by round; a scalar's gradient is one value per round. Against autograd, seed
+    by seed (before: a wrong projection, or a crash on a scalar)."""
+    torch.manual_seed(0)
+    net = _Broadcasts().eval()
+    x = torch.randn(2, 3, 12, 12, requires_grad=True)
+    act = net(x)
+    seeds = torch.randn(3, *act.shape, generator=torch.Generator().manual_seed(2))
+    got = batched_backward(act, x, seeds, "gradient")
+    want = torch.stack([torch.autograd.grad(act, x, s, retain_graph=True)[0] for s in seeds])
+    assert torch.allclose(got, want, atol=1e-6 * want.abs().max())
+
+
 def test_deconvnet_on_mobilenet_v2_rectifies_at_relu6() -> None:
     model = _net("mobilenet_v2")
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))

@@ -212,8 +212,29 @@ def _maxpool(node: Any, g: Tensor, rounds: int) -> list[Tensor | None]:
 
 
 def _add(node: Any, g: Tensor, rounds: int) -> list[Tensor | None]:
+    """Each operand gets g, summed over the dims it was broadcast along (a per-channel bias
+    or gate added to a map, a scalar parameter)."""
     alpha = getattr(node, "_saved_alpha", 1)
-    return [g, g if alpha == 1 else g * alpha]
+    out = []
+    for j, (f, i) in enumerate(node.next_functions):
+        gj = g if j == 0 or alpha == 1 else g * alpha
+        if f is not None and i < len(f._input_metadata):
+            gj = _summed_to(gj, tuple(f._input_metadata[i].shape), rounds)
+        out.append(gj)
+    return out
+
+
+def _summed_to(g: Tensor, shape: tuple[int, ...], rounds: int) -> Tensor:
+    """g (R * B, ...: R rounds of a tensor of B rows) summed, round by round, to a tensor of
+    `shape` that was broadcast to it: (R * shape[0], *shape[1:]), or (R,) for a scalar."""
+    per = g.unflatten(0, (rounds, -1))  # (R, B, ...)
+    if tuple(per.shape[1:]) == shape:
+        return g
+    extra = per.ndim - 1 - len(shape)  # leading dims the operand did not have
+    if extra:
+        per = per.sum(dim=tuple(range(1, 1 + extra)))
+    per = per.sum_to_size((rounds, *shape))
+    return per.flatten(0, 1) if shape else per
 
 
 def _cat(node: Any, g: Tensor, rounds: int) -> list[Tensor | None]:
@@ -291,8 +312,10 @@ def _per_round(node: Any, grads: list[Tensor | None], rounds: int) -> list[Tenso
             b = meta[i].shape[0] if len(meta[i].shape) else 1
             if g is None:
                 args.append(torch.zeros(meta[i].shape, dtype=meta[i].dtype, device=meta[i].device))
+            elif not len(meta[i].shape):  # a scalar: one value per round, (R,)
+                args.append((g[r] if g.ndim else g).to(meta[i].dtype))
             else:  # in the node's own dtype (a walk in bf16 goes back through it in float32)
-                args.append((g[r * b: (r + 1) * b] if g.ndim else g).to(meta[i].dtype))
+                args.append(g[r * b: (r + 1) * b].to(meta[i].dtype))
         res = node.apply(*args) if hasattr(node, "apply") else node(*args)  # Python / C++
         res = list(res) if isinstance(res, tuple) else [res]
         # autograd's engine sums a gradient over the dims its input was broadcast along (a
@@ -304,7 +327,9 @@ def _per_round(node: Any, grads: list[Tensor | None], rounds: int) -> list[Tenso
                     res[j] = g.sum_to_size(want)
         parts.append(res)
     dtype = next(g.dtype for g in grads if g is not None)
-    return [None if p[0] is None else torch.cat(p).to(dtype) for p in zip(*parts, strict=True)]
+    # rounds one after another along the first dim; a scalar's, stacked: (R,)
+    return [None if p[0] is None else (torch.cat(p) if p[0].ndim else torch.stack(p)).to(dtype)
+            for p in zip(*parts, strict=True)]
 
 
 def _postorder(root: Any) -> list[Any]:
