@@ -66,14 +66,19 @@ def test_occlusion_invariance_randomization_filters(setup, tmp_path) -> None:
     assert "layer layer4" in text and "method full" in text  # not a chain: full recomputation
     _ok(["analyze", "randomization", *_model(setup), *data, "--images", "2", "--out", str(out)])
     _ok(["analyze", "randomization", *_model(setup), *data, "--images", "1", "--layer", "layer1",
-         "--mode", "independent", "--out", str(out)])
+         "--mode", "independent", "--steps", "module", "--out", str(out)])
     _ok(["analyze", "filters", "--model", "torchvision:resnet18", "--weights",
          str(setup / "r18.pth"), "--out", str(out)])
     text = _ok(["analyze", "invariance", *_model(setup), "--data", "synthetic?n_train=32&n_val=16",
                 "--out", str(out)])
-    keys = {s.key for s in read_sections(out)}
+    sections = {s.key: s for s in read_sections(out)}
+    keys = set(sections)
     assert {"occlusion", "randomization", "randomization_independent", "filters"} <= keys and any(
         k.startswith("invariance") for k in keys)
+    by_block = [r[0] for r in sections["randomization"].tables[0].rows]
+    assert by_block == ["layer4", "layer3", "layer2", "layer1", "bn1", "conv1"]
+    by_module = [r[0] for r in sections["randomization_independent"].tables[0].rows]
+    assert by_module[0] == "layer1.1.bn2" and len(by_module) == 10
 
 
 def test_probes_on_a_labelled_dataset(setup, tmp_path) -> None:

@@ -268,6 +268,8 @@ CASES = [
      "1000"),
     ("randomization-mode", ["analyze", "randomization", *CK, *OUT, "--mode", "sideways"],
      "sideways"),
+    ("randomization-steps", ["analyze", "randomization", *CK, *OUT, "--steps", "layers"],
+     "layers"),
     # study, demo, report
     ("study-model", ["study", "--data", TINY, "--models", "zfnet_small, zfnett", "--epochs", "1",
                      *OUT], "zfnett"),

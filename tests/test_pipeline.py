@@ -81,11 +81,18 @@ def test_invariance_follows_the_label_only_for_the_datasets_classes(bundle, tmp_
 def test_randomization_at_the_last_stage_by_default(bundle, tmp_path) -> None:
     model = _resnet(10)
     res = pipeline.randomization(model, bundle, tmp_path, n_images=2, layer="layer1")
-    assert res.steps[0] == "layer1.1.bn2" and res.steps[-1] == "conv1"
+    assert res.steps == ["layer1", "bn1", "conv1"]  # by blocks
     with pytest.raises(ValueError, match="no feature maps.*e.g. conv1, layer1"):
         pipeline.randomization(model, bundle, tmp_path, n_images=2, layer="fc")
+    with pytest.raises(ValueError, match="steps 'stages' is not known; valid: block, module"):
+        pipeline.randomization(model, bundle, tmp_path / "new", n_images=2, steps="stages")
+    assert not (tmp_path / "new").exists()
     s = _section(tmp_path, "randomization")
-    assert s.tables[0].rows[0][0] == "layer1.1.bn2"
+    assert s.tables[0].rows[0][0] == "layer1"
+    res = pipeline.randomization(model, bundle, tmp_path, n_images=2, layer="layer1",
+                                 steps="module")
+    assert res.steps[0] == "layer1.1.bn2" and res.steps[-1] == "conv1"
+    assert _section(tmp_path, "randomization").tables[0].rows[0][0] == "layer1.1.bn2"
 
 
 def test_mobilenet_gallery_and_occlusion_defaults(bundle, tmp_path) -> None:

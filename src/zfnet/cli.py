@@ -1039,15 +1039,20 @@ def transfer_cmd(checkpoint: str, data: str, out: str, shots: tuple[int, ...], n
               show_default=True,
               help="Re-initialise the layers from the top down, one more at each step, or "
                    "each layer alone, the others keeping their trained weights.")
+@click.option("--steps", type=click.Choice(["block", "module"]), default="block",
+              show_default=True,
+              help="What one step re-initialises: a block of the network (a ResNet's layer1 "
+                   "... layer4, an Inception block; each layer of zfnet's models), or each "
+                   "module with parameters (convolution, batch norm, ...) on its own.")
 @_NONLINEAR
 def randomization_cmd(model_options: ModelOptions, data: str | None, out: str, images: int,
-                      layer: str | None, mode: str) -> None:
+                      layer: str | None, mode: str, steps: str) -> None:
     """Sanity check (Adebayo et al. 2018): do the maps change when the model is randomised?"""
     from zfnet import pipeline
 
     source, bundle = _model_and_data(model_options, data)
     layer = _layers(source.model, (layer,))[0] if layer else None
-    pipeline.randomization(source.model, bundle, out, images, layer, mode)
+    pipeline.randomization(source.model, bundle, out, images, layer, mode, steps)
     _finish(out)
 
 

@@ -266,12 +266,13 @@ def transfer(model: nn.Module, meta: dict[str, Any], target: str, run_dir: str |
 
 def randomization(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
                   n_images: int = 4, layer: str | None = "conv5",
-                  mode: str = "cascading") -> Any:
+                  mode: str = "cascading", steps: str = "block") -> Any:
     """Sanity check (Adebayo et al.): cascading (or, `mode="independent"`, one at a time)
-    randomisation of the modules below `layer` (None: `zfnet.models.last_spatial_layer`, conv5
-    on zfnet's models); seed units: each image's strongest map in `layer`."""
+    randomisation of the blocks (`steps="module"`: the modules) below `layer` (None:
+    `zfnet.models.last_spatial_layer`, conv5 on zfnet's models); seed units: each image's
+    strongest map in `layer`."""
     from zfnet.activations import get_activations
-    from zfnet.analyses.sanity import MODES, model_randomization, randomization_section
+    from zfnet.analyses.sanity import MODES, STEPS, model_randomization, randomization_section
     from zfnet.models import (
         eval_mode,
         feature_layers,
@@ -283,6 +284,8 @@ def randomization(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
 
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not known; valid: {', '.join(MODES)}")
+    if steps not in STEPS:
+        raise ValueError(f"steps {steps!r} is not known; valid: {', '.join(STEPS)}")
     check_fits(model, bundle)
     size = _size(bundle)
     if layer is None:
@@ -303,6 +306,6 @@ def randomization(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
     with eval_mode(model):
         act = get_activations(model, x, [layer])[layer]  # (N, C, H, W)
     channels = act.flatten(2).amax(2).argmax(1)  # (N,)
-    res = model_randomization(model, x, layer, channels, mode=mode)
+    res = model_randomization(model, x, layer, channels, mode=mode, steps=steps)
     randomization_section(run_dir, res)
     return res

@@ -44,8 +44,9 @@ def test_maps_per_step_are_kept_and_drawn(tmp_path) -> None:
 
 
 def test_any_model_every_module_with_parameters_from_the_top() -> None:
-    """resnet18 seeded at layer1: its convolutions and batch norms, in reverse forward order,
-    on a copy; batch norms re-initialised by their own reset."""
+    """resnet18 seeded at layer1, `steps="module"`: its convolutions and batch norms, in
+    reverse forward order, on a copy; batch norms re-initialised by their own reset. By
+    blocks (the default): layer1, bn1, conv1, and the last block's maps equal the modules'."""
     import torchvision
     from torch import nn
 
@@ -59,7 +60,8 @@ def test_any_model_every_module_with_parameters_from_the_top() -> None:
     assert trainable_layers(model, None, 32)[0] == "fc"
     x = torch.randn(2, 3, 32, 32) * 50
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    res = model_randomization(model, x, "layer1", torch.tensor([3, 5]), rules=("gradient",))
+    res = model_randomization(model, x, "layer1", torch.tensor([3, 5]), rules=("gradient",),
+                              steps="module")
     assert res.steps == want[::-1]
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     ex = res.examples["gradient"]
@@ -67,6 +69,16 @@ def test_any_model_every_module_with_parameters_from_the_top() -> None:
     torch.testing.assert_close(ex[0], project(model, x, "layer1", torch.tensor([3, 5]),
                                               rule="gradient")[0])
     assert not torch.allclose(ex[-1], ex[0])
+    by_block = model_randomization(model, x, "layer1", torch.tensor([3, 5]),
+                                   rules=("gradient",))
+    assert by_block.steps == ["layer1", "bn1", "conv1"]
+    got = by_block.examples["gradient"]
+    assert got.shape == (4, 3, 32, 32)
+    # the same draws in the same order: every module re-initialised, the same maps
+    torch.testing.assert_close(got[-1], ex[-1])
+    torch.testing.assert_close(got[1], ex[8])  # layer1 whole = its 8 modules'
+    with pytest.raises(ValueError, match="valid: block, module"):
+        model_randomization(model, x, "layer1", torch.tensor([3, 5]), steps="layers")
     bn = nn.BatchNorm2d(4)
     bn.weight.data.fill_(3.0)
     bn.running_mean.fill_(2.0)
@@ -76,6 +88,36 @@ def test_any_model_every_module_with_parameters_from_the_top() -> None:
     reinitialise(a, torch.Generator().manual_seed(1))
     reinitialise(b, torch.Generator().manual_seed(1))
     assert torch.equal(a.weight, b.weight) and (a.bias == 0).all()
+
+
+def test_blocks_of_networks() -> None:
+    """The main parts: a ResNet's stages, Inception v3's named blocks (Adebayo et al.'s
+    steps), a DenseNet's blocks and transitions, every layer of zfnet's models; a seed inside
+    a block takes the block's modules that run up to it."""
+    import torchvision
+
+    from zfnet.analyses.sanity import blocks, randomization_steps
+
+    def tv(name: str, **kw):
+        with torch.device("meta"):
+            return getattr(torchvision.models, name)(weights=None, **kw)
+
+    assert blocks(tv("resnet18")) == ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4",
+                                      "fc"]
+    inception = blocks(tv("inception_v3", init_weights=False))
+    assert inception[0] == "Conv2d_1a_3x3" and inception[-2:] == ["Mixed_7c", "fc"]
+    assert "AuxLogits" in inception
+    dense = blocks(tv("densenet121"))
+    assert dense[:3] == ["features.conv0", "features.norm0", "features.denseblock1"]
+    assert dense[-2:] == ["features.norm5", "classifier"] and len(dense) == 11
+    model = zfnet.create_model("zfnet_small", input_size=32)
+    assert blocks(model) == [f"features.conv{i}" for i in range(1, 6)] + [
+        f"classifier.fc{i}" for i in (6, 7, 8)]
+    resnet = torchvision.models.resnet18(weights=None)
+    steps = randomization_steps(resnet, "layer2.0", 32)
+    assert [n for n, _ in steps] == ["layer2", "layer1", "bn1", "conv1"]
+    assert steps[0][1][-1] == "layer2.0.conv1" and not any(
+        p.startswith("layer2.1") for p in steps[0][1])  # above the seed: left alone
 
 
 def test_similarity_of_a_silent_map_is_unrelated_and_quiet() -> None:

@@ -75,6 +75,51 @@ def trainable_layers(model: nn.Module, up_to: str | None = None,
     return names[::-1]
 
 
+STEPS = ("block", "module")
+MIN_BLOCKS = 6  # blocks found by going down the module tree until there are this many
+
+
+def blocks(model: nn.Module, min_blocks: int = MIN_BLOCKS) -> list[str]:
+    """The network's main parts, as module paths: its children that hold parameters, each
+    replaced by its own such children while there are fewer than `min_blocks` (torchvision
+    resnet: `conv1`, `bn1`, `layer1` … `layer4`, `fc`; inception_v3: `Conv2d_1a_3x3` …
+    `Mixed_7c`, `fc`, Adebayo et al.'s steps; densenet: `features.conv0` … `features.norm5`,
+    `classifier`; zfnet's models: every layer, `features.conv1` … `classifier.fc8`)."""
+    def parts(prefix: str, m: nn.Module) -> list[str]:
+        return [f"{prefix}{n}" for n, c in m.named_children()
+                if next(c.parameters(), None) is not None]
+
+    found = parts("", model)
+    while len(found) < min_blocks:
+        deeper = []
+        for path in found:
+            deeper.extend(parts(f"{path}.", model.get_submodule(path)) or [path])
+        if deeper == found:
+            break
+        found = deeper
+    return found
+
+
+def randomization_steps(model: nn.Module, up_to: str | None = None,
+                        input_size: int | tuple[int, int] | None = None,
+                        steps: str = "block") -> list[tuple[str, list[str]]]:
+    """What each step of the randomisation re-initialises, top first: (the step's name, the
+    module paths of `trainable_layers(model, up_to, input_size)` it takes). `steps="block"`:
+    one block of `blocks(model)` per step (of a block that holds `up_to`, the modules that run
+    up to it); `"module"`: every module with parameters on its own."""
+    if steps not in STEPS:
+        raise ValueError(f"unknown steps {steps!r}; valid: {', '.join(STEPS)}")
+    modules = trainable_layers(model, up_to, input_size)
+    if steps == "module":
+        return [(m, [m]) for m in modules]
+    parts = blocks(model)
+    groups: dict[str, list[str]] = {}
+    for m in modules:  # top first: a block where its last module to run is
+        block = next((b for b in parts if m == b or m.startswith(f"{b}.")), m)
+        groups.setdefault(block, []).append(m)
+    return list(groups.items())
+
+
 def reinitialise(m: nn.Module, g: torch.Generator) -> None:
     """Fresh parameters for module `m` (its own, not its children's), drawn from `g`:
     convolutions and linear layers He-normal with zero bias (the scale a freshly initialised
@@ -106,7 +151,7 @@ class RandomizationResult:
     or alone ("independent"); scores[rule][metric][i] the similarity to the trained model's
     maps after that step."""
 
-    steps: list[str]
+    steps: list[str]  # a block's module path, or a module's (`randomization_steps`)
     scores: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     # rule -> (1 + steps, C, H, W): the first image's map from the trained model, then after
     # each step (paper-style figure of Adebayo et al.'s Fig. 2)
@@ -122,16 +167,20 @@ def model_randomization(
     rules: Sequence[str] = RULES,
     seed: int = 0,
     mode: str = "cascading",
+    steps: str = "block",
 ) -> RandomizationResult:
     """Re-initialise `model`'s layers (on a copy) and score the maps: from the top down, one
     more at each step ("cascading"), or each alone, every other layer keeping its trained
-    weights ("independent": the layer is restored after its step).
+    weights ("independent": the layer is restored after its step). A step is a block of the
+    network (`steps="block"`: a ResNet stage, an Inception block, a layer of zfnet's models)
+    or a module with parameters (`"module"`: each convolution, batch norm … on its own).
 
     Adebayo et al. seed at the class logit: `layer="fc8"`, `channels` = the predicted classes.
     Maps: `zfnet.deconvnet.project(model, images, layer, channels, rule=...)` for each rule —
     the same images (N, C, H, W) and seed units (the strongest activation of map `channels[i]` in
     `layer`) at every step, so only the weights change. Any model: every module with
-    parameters of its own at or below `layer`, top first (`trainable_layers`, `reinitialise`).
+    parameters of its own at or below `layer`, top first (`randomization_steps`,
+    `reinitialise`).
     """
     from zfnet.deconvnet import project  # the one projection engine
 
@@ -140,16 +189,19 @@ def model_randomization(
             raise ValueError(f"unknown rule {r!r}; valid: {', '.join(RULES)}")
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+    if steps not in STEPS:
+        raise ValueError(f"unknown steps {steps!r}; valid: {', '.join(STEPS)}")
     work = copy.deepcopy(model).eval()
     base = {r: project(work, images, layer, channels, rule=r) for r in rules}
     res = RandomizationResult([], {r: {"ssim": [], "spearman": []} for r in rules}, mode=mode)
     shown = {r: [base[r][0].detach().cpu()] for r in rules}
     g = torch.Generator().manual_seed(seed)
     size = (int(images.shape[-2]), int(images.shape[-1]))
-    for name in trainable_layers(work, up_to=resolve_layer(work, layer)[0], input_size=size):
-        module = work.get_submodule(name)
-        trained = {k: v.clone() for k, v in _own_state(module).items()}
-        reinitialise(module, g)
+    for name, paths in randomization_steps(work, resolve_layer(work, layer)[0], size, steps):
+        modules = [work.get_submodule(p) for p in paths]
+        trained = [{k: v.clone() for k, v in _own_state(m).items()} for m in modules]
+        for m in modules:
+            reinitialise(m, g)
         res.steps.append(name)
         for r in rules:
             maps = project(work, images, layer, channels, rule=r)
@@ -158,8 +210,9 @@ def model_randomization(
                 res.scores[r][k].append(v)
         if mode == "independent":
             with torch.no_grad():
-                for k, v in _own_state(module).items():
-                    v.copy_(trained[k])
+                for m, kept in zip(modules, trained, strict=True):
+                    for k, v in _own_state(m).items():
+                        v.copy_(kept[k])
     res.examples = {r: torch.stack(m) for r, m in shown.items()}
     return res
 
@@ -195,8 +248,10 @@ def randomization_section(
         for metric in ("ssim", "spearman")
     }
     names = [_short(s) for s in result.steps]
-    listed = (", ".join(names) if len(names) <= MAX_SHOWN else
-              f"{len(names)} modules, named in the table")
+    # under each panel (about 60 characters fit): the names when few, else their number
+    listed = ", ".join(names)
+    if len(names) > MAX_SHOWN or len(listed) > 40:
+        listed = f"{len(names)}, see the table"
     independent = result.mode == "independent"
     stem = "randomization_independent" if independent else "randomization"
     path = plot_curves(steps, panels, run_dir / "figures" / f"{stem}.png",
