@@ -1,0 +1,130 @@
+"""Sweep: zfnet's commands on every CNN a user may bring, random init, as a user runs them.
+
+Each model goes through the command line (`zfnet project` on one photo by default, or any of
+`--commands`), one process per run, and each run is reported as passed, or failed with the
+last line it printed: `Error: …` is a clean refusal (a transformer has no convolution to
+show), anything else (a traceback) is a bug. The models: every torchvision classification model
+(`--torchvision all`, the largest ViTs and RegNets left out by default), and timm's (`--timm`
+names, or `families`: the shortest name of each family, transformers included).
+
+    PYTHONPATH=src python bench/any_model_sweep.py --torchvision all --out sweep.json
+    PYTHONPATH=src python bench/any_model_sweep.py --timm families --out sweep-timm.json
+    PYTHONPATH=src python bench/any_model_sweep.py --torchvision resnet18,convnext_tiny \
+        --commands project,topk,occlusion,invariance,randomization,filters
+
+The photos are skimage's (`astronaut`, `coffee`, `chelsea`, …), 224 px as the weights' own
+preprocessing gives them; `--nonlinear gradient` where a command takes it, so that networks
+with GELU or SiLU are shown too. Prints one line per run and a summary; exit 1 if a run failed
+with anything but a clean `Error:` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# the largest torchvision models (0.6-2 G parameters at 224 px): minutes each on 2 cores
+HUGE = {"vit_h_14", "vit_l_16", "vit_l_32", "regnet_y_128gf", "regnet_y_32gf", "regnet_y_16gf"}
+
+COMMANDS = {
+    "project": ["project", "{photo}", "--top", "2", "--nonlinear", "gradient"],
+    "topk": ["visualize", "topk", "--data", "images:{photos}", "--k", "3",
+             "--nonlinear", "gradient"],
+    "occlusion": ["analyze", "occlusion", "--data", "images:{photos}", "--images", "1",
+                  "--stride", "32", "--nonlinear", "gradient"],
+    "invariance": ["analyze", "invariance", "--data", "images:{photos}"],
+    "randomization": ["analyze", "randomization", "--data", "images:{photos}", "--images", "2",
+                      "--nonlinear", "gradient"],
+    "filters": ["analyze", "filters", "--data", "images:{photos}"],
+}
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+
+
+def _photos(folder: Path) -> Path:
+    import skimage.data
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in PHOTOS:
+        Image.fromarray(getattr(skimage.data, name)()).convert("RGB").save(folder / f"{name}.jpg")
+    return folder
+
+
+def _torchvision(spec: str) -> list[str]:
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    if spec == "all":
+        return [f"torchvision:{n}" for n in names if n not in HUGE]
+    return [f"torchvision:{n}" for n in spec.split(",") if n]
+
+
+def _timm(spec: str) -> list[str]:
+    if spec == "families":
+        import timm
+
+        families: dict[str, list[str]] = {}
+        for name in timm.list_models():
+            families.setdefault(re.split(r"[_\d]", name)[0], []).append(name)
+        return [f"timm:{min(v, key=len)}" for v in families.values()]
+    return [f"timm:{n}" for n in spec.split(",") if n]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--torchvision", default="", help="all, or names, comma-separated")
+    ap.add_argument("--timm", default="", help="families, or names, comma-separated")
+    ap.add_argument("--skip", default="", help="models to leave out, comma-separated")
+    ap.add_argument("--commands", default="project", help=",".join(COMMANDS))
+    ap.add_argument("--timeout", type=int, default=900, help="seconds per run")
+    ap.add_argument("--out", type=Path, help="JSON of every run")
+    args = ap.parse_args()
+    commands = [c for c in args.commands.split(",") if c]
+    unknown = [c for c in commands if c not in COMMANDS]
+    if unknown:
+        ap.error(f"unknown command(s) {', '.join(unknown)}; valid: {', '.join(COMMANDS)}")
+    skip = set(args.skip.split(","))
+    models = [m for m in _torchvision(args.torchvision) + _timm(args.timm)
+              if m.split(":", 1)[1] not in skip]
+    if not models:
+        ap.error("no models: give --torchvision and/or --timm")
+    zfnet = [sys.executable, "-m", "zfnet.cli"]
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        photos = _photos(Path(tmp) / "photos")
+        fill = {"photo": str(photos / "chelsea.jpg"), "photos": str(photos)}
+        for model in models:
+            out = Path(tmp) / model.replace(":", "_")
+            for command in commands:
+                argv = [a.format(**fill) for a in COMMANDS[command]]
+                t0 = time.perf_counter()
+                try:
+                    p = subprocess.run([*zfnet, *argv, "--model", model, "--out", str(out)],
+                                       capture_output=True, text=True, timeout=args.timeout)
+                    rc, last = p.returncode, (p.stderr.strip().splitlines() or [""])[-1]
+                except subprocess.TimeoutExpired:
+                    rc, last = -1, f"timed out after {args.timeout} s"
+                status = "passed" if rc == 0 else "refused" if last.startswith("Error:") \
+                    else "FAILED"
+                run = {"model": model, "command": command, "status": status,
+                       "seconds": round(time.perf_counter() - t0, 1),
+                       "message": "" if rc == 0 else last[:500]}
+                runs.append(run)
+                print(f"{model:40s} {command:14s} {status:8s} {run['seconds']:6.1f} s "
+                      f"{run['message']}", flush=True)
+    counts = {s: sum(r["status"] == s for r in runs) for s in ("passed", "refused", "FAILED")}
+    print(f"{len(runs)} runs of {len(models)} models: "
+          + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    if args.out:
+        args.out.write_text(json.dumps({"runs": runs, "counts": counts}, indent=1) + "\n")
+    return 1 if counts["FAILED"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
