@@ -53,6 +53,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from zfnet.models.geometry import dim_index
+
 RULES = ("deconvnet", "guided", "gradient")
 
 # Non-linearities for which only the gradient rule is defined (autograd node names).
@@ -238,10 +240,10 @@ def _summed_to(g: Tensor, shape: tuple[int, ...], rounds: int) -> Tensor:
 
 
 def _cat(node: Any, g: Tensor, rounds: int) -> list[Tensor | None]:
-    dim = node._saved_dim
+    dim = dim_index(node._saved_dim, len(node._input_metadata[0].shape))
     sizes = [fn._input_metadata[i].shape[dim] if fn is not None else None
              for fn, i in node.next_functions]
-    if None in sizes:
+    if None in sizes or dim == 0:  # along the batch: rounds and images interleave
         raise NotImplementedError
     return list(g.split(sizes, dim))
 
@@ -259,7 +261,7 @@ def _identity(node: Any, g: Tensor, rounds: int) -> list[Tensor | None]:
 
 
 def _mean(node: Any, g: Tensor, rounds: int) -> list[Tensor | None]:
-    dims = [d % len(node._saved_self_sym_sizes) for d in node._saved_dim]
+    dims = [dim_index(d, len(node._saved_self_sym_sizes)) for d in node._saved_dim]
     if 0 in dims:
         raise NotImplementedError  # a mean over the batch mixes images
     sizes = list(node._saved_self_sym_sizes)

@@ -717,8 +717,10 @@ def _sole(ins: list, i: int = 0) -> _State:
     return ins[i][0]
 
 
-def _dim(d: int, nd: int) -> int:
-    if d >= 2**63:  # an int64 dim read back as uint64 (MeanBackward1's -1)
+def dim_index(d: int, nd: int) -> int:
+    """A dim an autograd node saved (`_saved_dim`), as an index into `nd` dims: a negative one
+    comes back as uint64 (cat's or mean's -1 is 2**64 - 1)."""
+    if d >= 2**63:
         d -= 2**64
     return d % nd if nd else 0
 
@@ -839,17 +841,17 @@ def _permute(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
         return None
     name = type(n).__name__
     if name == "PermuteBackward0":
-        order = [_dim(d, nd) for d in n._saved_dims]  # out dim j is input dim order[j]
+        order = [dim_index(d, nd) for d in n._saved_dims]  # out dim j is input dim order[j]
     else:  # a transpose: TBackward0 swaps the two dims of a matrix
-        a, b = (0, 1) if name == "TBackward0" else (_dim(n._saved_dim0, nd),
-                                                      _dim(n._saved_dim1, nd))
+        a, b = (0, 1) if name == "TBackward0" else (dim_index(n._saved_dim0, nd),
+                                                      dim_index(n._saved_dim1, nd))
         order = list(range(nd))
         order[a], order[b] = b, a
     return _relabel(f, {d: j for j, d in enumerate(order)})
 
 
 def _unsqueeze(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
-    f, k = _sole(ins), _dim(n._saved_dim, len(out))
+    f, k = _sole(ins), dim_index(n._saved_dim, len(out))
     if not isinstance(f, _Field):
         return None
     return _relabel(f, {d: d + (d >= k) for d in range(len(out) - 1)})
@@ -862,7 +864,7 @@ def _squeeze(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
     nd = len(shape)
     saved = getattr(n, "_saved_dim", None)
     cand = (range(nd) if saved is None else
-            [_dim(saved, nd)] if isinstance(saved, int) else [_dim(d, nd) for d in saved])
+            [dim_index(saved, nd)] if isinstance(saved, int) else [dim_index(d, nd) for d in saved])
     return _dropped(f, {d for d in cand if shape[d] == 1}, nd)
 
 
@@ -871,7 +873,7 @@ def _select(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
     f, nd = _sole(ins), len(ins[0][1])
     if not isinstance(f, _Field):
         return None
-    d = _dim(n._saved_dim, nd)
+    d = dim_index(n._saved_dim, nd)
     return None if d in _spatial(f) else _dropped(f, {d}, nd)
 
 
@@ -879,7 +881,7 @@ def _split(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
     f = _sole(ins)
     if not isinstance(f, _Field):
         return None
-    return None if _dim(n._saved_dim, len(out)) in _spatial(f) else f
+    return None if dim_index(n._saved_dim, len(out)) in _spatial(f) else f
 
 
 def _slice(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
@@ -888,7 +890,7 @@ def _slice(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
     f, shape = _sole(ins), ins[0][1]
     if not isinstance(f, _Field):
         return None
-    d = _dim(n._saved_dim, len(shape))
+    d = dim_index(n._saved_dim, len(shape))
     axes = [a for a, dd in enumerate(f.dims) if dd is not None and dd[0] == d]
     if not axes:
         return f
@@ -982,7 +984,7 @@ def _reduce(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
     if saved is None or (not isinstance(saved, int) and len(saved) == 0):
         dims = set(range(nd))
     else:
-        dims = {_dim(d, nd) for d in ([saved] if isinstance(saved, int) else saved)}
+        dims = {dim_index(d, nd) for d in ([saved] if isinstance(saved, int) else saved)}
     if dims & _spatial(f):
         return None
     return f if getattr(n, "_saved_keepdim", False) else _dropped(f, dims, nd)
@@ -1010,12 +1012,12 @@ def _matmul(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
 
 
 def _cat(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
-    d = _dim(n._saved_dim, len(out))
+    d = dim_index(n._saved_dim, len(out))
     return w._merge([(s, sh) for s, sh, _ in ins], out, cat_dim=d)
 
 
 def _stack(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
-    k = _dim(n._saved_dim, len(out))
+    k = dim_index(n._saved_dim, len(out))
     ops = []
     for s, sh, _ in ins:  # each input gets the new dim k
         if isinstance(s, _Field):
@@ -1076,6 +1078,6 @@ def _pointwise_function(n: object) -> bool:
 __all__ = [
     "LAYER_TYPES", "POINTWISE", "WINDOWED", "AxisGeometry", "LayerGeometry",
     "UnsupportedLayerError", "Window", "chain_geometry", "chain_sizes", "feature_size", "pair",
-    "GeometryError", "graph_geometry", "record_forward", "sequential_geometry",
+    "GeometryError", "dim_index", "graph_geometry", "record_forward", "sequential_geometry",
     "sequential_leaves", "window_of",
 ]
