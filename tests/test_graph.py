@@ -361,3 +361,16 @@ def test_bfloat16_walk_is_close_and_float32_is_the_default() -> None:
     assert torch.equal(exact, project(model, x, "layer3", maps, precision="float32"))
     with pytest.raises(ValueError, match="valid: float32, bfloat16"):
         project(model, x, "layer3", maps, precision="fp8")
+
+
+def test_a_channels_last_layer_is_refused() -> None:
+    """A layer whose output is (N, H, W, C) (inside a ConvNeXt block) would be read as maps
+    along its rows: refused, naming it; the block around it projects."""
+    from zfnet.deconvnet import project
+
+    model = _net("convnext_tiny")
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="'features.1.0.block.3' outputs channels-last maps"):
+        project(model, x, "features.1.0.block.3", 0, rule="gradient")
+    assert project(model, x, "features.1.0", 0, rule="gradient").shape == (1, 3, 32, 32)
+

@@ -71,7 +71,15 @@ from torch import Tensor, nn
 from zfnet.activations import to_model
 from zfnet.graph import RULES, check_rule  # noqa: F401  (RULES: one list, also read from here)
 from zfnet.models import eval_mode, layer_names, resolve_layer  # eval_mode also importable here
-from zfnet.models.geometry import LAYER_TYPES, Window, chain_geometry, sequential_leaves, window_of
+from zfnet.models.geometry import (
+    LAYER_TYPES,
+    GeometryError,
+    Window,
+    chain_geometry,
+    channels_last_layers,
+    sequential_leaves,
+    window_of,
+)
 from zfnet.models.lrn import lrn_factors, lrn_vjp
 
 PRECISIONS = ("float32", "bfloat16")
@@ -586,7 +594,16 @@ def _project_graph(model: nn.Module, x: Tensor, seeds: dict[str, Seeds], rule: s
                          f"{', '.join(seeds)} take the general path, where contrast "
                          "normalisation goes back through its gradient (lrn='gradient')")
     n = x.shape[0]
-    modules = {name: resolve_layer(model, name)[1] for name in seeds}
+    resolved = {name: resolve_layer(model, name) for name in seeds}
+    modules = {name: module for name, (_, module) in resolved.items()}
+    try:
+        last = channels_last_layers(model, tuple(x.shape[-2:]), x.shape[1])
+    except GeometryError:  # the forward pass below says why
+        last = set()
+    for name, (path, _) in resolved.items():
+        if path in last:
+            raise ValueError(f"layer {name!r} outputs channels-last maps (N, H, W, C); "
+                             "projections seed maps of (N, C, H, W) outputs: name another layer")
     parsed = {}
     for name, sd in seeds.items():
         img, ch, pos = graph.seeds_from(sd.image_index, sd.channels, sd.positions)

@@ -557,3 +557,19 @@ def test_functional_and_in_place_operations() -> None:
     chain = chain_geometry([nn.Conv2d(3, 4, 3, padding=1), nn.MaxPool2d(3, 2, ceil_mode=True),
                             nn.Conv2d(4, 4, 3, padding=1)], 20)
     assert geo["a"] == geo["relu"] == chain[0] and geo["b"] == geo["out"] == chain[2]
+
+
+def test_channels_last_layers() -> None:
+    """Outputs laid out (N, H, W, C): inside torchvision's ConvNeXt blocks (after the permute:
+    LayerNorm, the linear layers, GELU), not the blocks themselves nor a ResNet's layers; a
+    layer of a permuted map that is (N, C, H, W) again is not one."""
+    from zfnet.models.geometry import channels_last_layers
+
+    with torch.device("meta"):
+        convnext, resnet = _tv("convnext_tiny"), _tv("resnet18")
+    last = channels_last_layers(convnext, 64)
+    assert {"features.1.0.block.2", "features.1.0.block.3", "features.1.0.block.4"} <= last
+    assert not {"features.1.0", "features.1.0.block.0", "features.1.0.block.6", "features.1",
+                "features.2"} & last
+    assert channels_last_layers(resnet, 64) == set()
+

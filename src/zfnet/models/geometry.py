@@ -413,16 +413,34 @@ def graph_geometry(model: nn.Module, input_size: int | tuple[int, int],
     the model does not run on that: a stem that rearranges the pixels first).
     `GeometryError` if the forward pass fails (e.g. an input too small for the model).
     """
-    size = pair(input_size)
-    x0, made = record_forward(model, size, in_channels)
-    walk = _Walk(x0, size)
     out: dict[str, LayerGeometry | None] = {}
-    for path, (node, out_shape, _) in made.items():
-        state = _CONST if node is None or node is _CONST else walk.state(node)
+    for path, state, out_shape in _walked(model, input_size, in_channels):
         # a map whose rows and columns are its last two dims, as every consumer indexes it
         # (not a channels-last tensor inside a ConvNeXt block)
         out[path] = state.geo if _last_two(state, out_shape) and state.exact else None
     return out
+
+
+def channels_last_layers(model: nn.Module, input_size: int | tuple[int, int],
+                         in_channels: int | None = None) -> set[str]:
+    """Module paths whose output is a map laid out (N, H, W, C) — rows and columns at dims 1
+    and 2 — rather than (N, C, H, W): inside a ConvNeXt block (its LayerNorm and linear layers),
+    the stages of MambaOut. zfnet reads every map as (N, C, H, W), so these cannot be shown.
+    The same forward pass as `graph_geometry`; `GeometryError` if it fails."""
+    return {path for path, state, shape in _walked(model, input_size, in_channels)
+            if isinstance(state, _Field) and len(shape) == 4
+            and tuple(None if d is None else d[0] for d in state.dims) == (1, 2)}
+
+
+def _walked(model: nn.Module, input_size: int | tuple[int, int], in_channels: int | None
+            ) -> list[tuple[str, _State, tuple[int, ...]]]:
+    """Per module path, in forward order: the walk's state of its output and the output's
+    shape."""
+    size = pair(input_size)
+    x0, made = record_forward(model, size, in_channels)
+    walk = _Walk(x0, size)
+    return [(path, _CONST if node is None or node is _CONST else walk.state(node), shape)
+            for path, (node, shape, _) in made.items()]
 
 
 # per module path: (the autograd node that made its output, the output's shape, the node that
@@ -1078,6 +1096,6 @@ def _pointwise_function(n: object) -> bool:
 __all__ = [
     "LAYER_TYPES", "POINTWISE", "WINDOWED", "AxisGeometry", "LayerGeometry",
     "UnsupportedLayerError", "Window", "chain_geometry", "chain_sizes", "feature_size", "pair",
-    "GeometryError", "dim_index", "graph_geometry", "record_forward", "sequential_geometry",
-    "sequential_leaves", "window_of",
+    "GeometryError", "channels_last_layers", "dim_index", "graph_geometry", "record_forward",
+    "sequential_geometry", "sequential_leaves", "window_of",
 ]
