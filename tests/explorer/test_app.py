@@ -490,6 +490,10 @@ def test_nonlinear_mode_reaches_the_views_and_the_jobs(tmp_path) -> None:
         e = Explorer(source, bundle, cache_dir=tmp_path / "c", nonlinear=mode)
         with TestClient(create_app(e)) as c:
             assert c.get("/api/model").json()["nonlinear"] == mode
+            names = {row.name for row in e.layers}  # the (N, H, W, C) tensors in the blocks
+            assert "features.1.0.block.0" in names and "features.1.0.block.3" not in names
+            _error(c.get("/api/maps?image=val:0&layer=features.1.0.block.3"), 400,
+                   "features.1.0.block.3")
             u = c.get("/api/unit?image=val:0&layer=features.3&unit=2").json()
             if mode == "error":
                 _error(c.get(u["rules"]["deconvnet"]), 400, "GELU", "--nonlinear gradient")
