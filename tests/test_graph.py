@@ -166,20 +166,6 @@ class _Broadcasts(nn.Module):
         return self.b(torch.relu(y))
 
 
-def test_gradient_rule_through_broadcast_additions_and_scalars() -> None:
-    """A tensor added to a map it was broadcast to gets the gradient summed over the broadcast
-    dims, round by round; a scalar's gradient is one value per round. Against autograd, seed
-    by seed (before: a wrong projection, or a crash on a scalar)."""
-    torch.manual_seed(0)
-    net = _Broadcasts().eval()
-    x = torch.randn(2, 3, 12, 12, requires_grad=True)
-    act = net(x)
-    seeds = torch.randn(3, *act.shape, generator=torch.Generator().manual_seed(2))
-    got = batched_backward(act, x, seeds, "gradient")
-    want = torch.stack([torch.autograd.grad(act, x, s, retain_graph=True)[0] for s in seeds])
-    assert torch.allclose(got, want, atol=1e-6 * want.abs().max())
-
-
 class _NegativeDims(nn.Module):
     """Dims counted from the end (autograd saves -1 as 2**64 - 1) on a (N, C, H*W) tensor: a
     mean over the channels (dim -2 of 3), a concatenation along the last dim; and a
@@ -198,13 +184,17 @@ class _NegativeDims(nn.Module):
         return self.b(torch.relu(y))
 
 
-def test_gradient_rule_with_dims_from_the_end() -> None:
-    """Against autograd, seed by seed (before: the mean's gradient went to the wrong dim, a
-    max error of 0.35; a concatenation along -1 raised an IndexError, as on timm's MambaOut)."""
+@pytest.mark.parametrize("net", [_Broadcasts, _NegativeDims])
+def test_gradient_rule_equals_autograd_seed_by_seed(net: type[nn.Module]) -> None:
+    """The walk of 3 rounds of seeds against autograd called once per seed. Broadcasts: a
+    tensor added to a map it was broadcast to gets the gradient summed over the broadcast dims,
+    round by round, a scalar one value per round (before: a wrong projection, or a crash on a
+    scalar). Dims from the end: before, the mean's gradient went to the wrong dim (a max error
+    of 0.35) and a concatenation along -1 raised an IndexError (as on timm's MambaOut)."""
     torch.manual_seed(0)
-    net = _NegativeDims().eval()
+    model = net().eval()
     x = torch.randn(2, 3, 12, 12, requires_grad=True)
-    act = net(x)
+    act = model(x)
     seeds = torch.randn(3, *act.shape, generator=torch.Generator().manual_seed(2))
     got = batched_backward(act, x, seeds, "gradient")
     want = torch.stack([torch.autograd.grad(act, x, s, retain_graph=True)[0] for s in seeds])
