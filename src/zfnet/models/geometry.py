@@ -969,10 +969,11 @@ def _pad(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
     for a in (0, 1):
         lo, hi = f.spans[a]
         last = len(lo) - 1
-        src = [min(max(o - before[a], 0), last) for o in range(hw[a])]  # replication
+        at = [o - before[a] for o in range(hw[a])]  # the input unit each output copies
         if type(n).__name__.startswith("Reflection"):
-            src = [abs(i) if i < 0 else 2 * last - i if i > last else i
-                   for i in (o - before[a] for o in range(hw[a]))]
+            src = [abs(i) if i < 0 else 2 * last - i if i > last else i for i in at]
+        else:  # replication
+            src = [min(max(i, 0), last) for i in at]
         spans.append((tuple(lo[i] for i in src), tuple(hi[i] for i in src)))
     return _Field(geo, f.dims, (spans[0], spans[1]), exact=False)
 
