@@ -31,10 +31,11 @@ def _net(name: str, **kw) -> nn.Module:
 
 
 def _captum(model: nn.Module, layer: nn.Module, x: torch.Tensor, channel: int,
-            rule: str) -> torch.Tensor:
-    """Captum's projection of each image's strongest unit of `channel` (seeded with 1)."""
+            rule: str, channels_last: bool = False) -> torch.Tensor:
+    """Captum's projection of each image's strongest unit of `channel` (seeded with 1); of a
+    layer whose output is (N, H, W, C) with `channels_last`."""
     def strongest(out: torch.Tensor) -> torch.Tensor:
-        o = out[:, channel]
+        o = out[..., channel] if channels_last else out[:, channel]
         return o.flatten(1).max(1).values if o.ndim > 1 else o
 
     with warnings.catch_warnings():
@@ -43,7 +44,8 @@ def _captum(model: nn.Module, layer: nn.Module, x: torch.Tensor, channel: int,
         return oracle.attribute(x, neuron_selector=strongest)
 
 
-def _check_equal(model: nn.Module, layer: str, x: torch.Tensor, channels: list[int]) -> int:
+def _check_equal(model: nn.Module, layer: str, x: torch.Tensor, channels: list[int],
+                 channels_last: bool = False) -> int:
     """Every rule, every channel, every image: ours / activation == Captum's to 1e-5 of the
     largest value. Returns the number of projections compared."""
     module = model.get_submodule(layer)
@@ -55,7 +57,7 @@ def _check_equal(model: nn.Module, layer: str, x: torch.Tensor, channels: list[i
         proj, val, *_ = project_graph(model, x, {layer: module},
                                   {layer: seeds_from(img, ch, None)}, rule)[layer]
         for j, c in enumerate(channels):
-            ref = _captum(model, module, x, c, rule)
+            ref = _captum(model, module, x, c, rule, channels_last)
             for i in range(n):
                 s = i * len(channels) + j
                 if val[s] <= 0:  # no active unit: nothing to show, a zero projection
@@ -353,14 +355,15 @@ def test_bfloat16_walk_is_close_and_float32_is_the_default() -> None:
         project(model, x, "layer3", maps, precision="fp8")
 
 
-def test_a_channels_last_layer_is_refused() -> None:
-    """A layer whose output is (N, H, W, C) (inside a ConvNeXt block) would be read as maps
-    along its rows: refused, naming it; the block around it projects."""
-    from zfnet.deconvnet import project
-
+def test_a_channels_last_layer_projects_as_maps() -> None:
+    """A layer whose output is (N, H, W, C) (inside a ConvNeXt block: LayerNorm, the linear
+    layers, GELU) is read as maps (N, C, H, W) — 384 maps of the expansion layer, not 16 rows —
+    and each rule equals Captum's seeded on the raw output's last dim."""
     model = _net("convnext_tiny")
-    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    with pytest.raises(ValueError, match="'features.1.0.block.3' outputs channels-last maps"):
-        project(model, x, "features.1.0.block.3", 0, rule="gradient")
-    assert project(model, x, "features.1.0", 0, rule="gradient").shape == (1, 3, 32, 32)
-
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    layer = "features.1.0.block.3"
+    act = layer_outputs(model, x, {layer: model.get_submodule(layer)})[layer]
+    assert act.shape == (2, 384, 16, 16)
+    with nonlinear("gradient"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no rectifier: every rule is the gradient
+        assert _check_equal(model, layer, x, [0, 5, 300], channels_last=True) >= 3 * 3

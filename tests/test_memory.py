@@ -57,10 +57,10 @@ def test_kept_memory_does_not_fault_again():
     _, default = step_faults("default", 12)
     # Pages of 4 KiB. Kept: most warmed-up steps fault none (a late heap growth of ~4,700 pages
     # happens in some runs). Default: thousands per step after the first (18,000-23,000 measured
-    # at steps 2-3; glibc's adaptive threshold settles by itself in some short runs, so later
-    # steps are not asserted).
+    # at steps 2-3 on one machine, ~4,700 a step on another; glibc's adaptive threshold settles
+    # by itself in some short runs, so only the largest is asserted).
     assert statistics.median(kept[-6:]) < 100, kept
-    assert max(default[1:]) > 5000, default
+    assert max(default[1:]) > 1000, default
 
 
 def test_environment_switch_turns_it_off():

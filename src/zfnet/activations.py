@@ -2,33 +2,78 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
 
+from zfnet.models.geometry import GeometryError, channels_last_layers
 from zfnet.models.layers import resolve_layer
+
+# layers whose output is (N, C, H, W) by what they compute: no walk needed to read it
+_NCHW = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.modules.pooling._MaxPoolNd,
+         nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
+         nn.LocalResponseNorm)
 
 
 @contextmanager
-def capture(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+def capture(model: nn.Module, layers: Sequence[str] | Mapping[str, nn.Module]
+            ) -> Iterator[dict[str, torch.Tensor]]:
     """Within the block, each forward pass of `model` stores the output of every layer in
-    `layers` (names as `zfnet.models.resolve_layer` takes them) in the yielded dict.
+    `layers` (names as `zfnet.models.resolve_layer` takes them, or {name: module}) in the
+    yielded dict, under its name.
 
-    The hooks are removed when the block ends, also on an exception. Outputs are stored as
-    copies (not detached), so gradients can flow through them when the caller wants that.
+    Maps are stored as (N, C, H, W): a layer whose output is laid out (N, H, W, C) (inside a
+    ConvNeXt block, MambaOut's stages: `zfnet.models.geometry.channels_last_layers` at the
+    input's size) is stored as its permuted view. The hooks are removed when the block ends,
+    also on an exception. Outputs are stored as copies (not detached), so gradients can flow
+    through them when the caller wants that.
     """
+    if isinstance(layers, Mapping):
+        modules = dict(layers)
+    else:
+        modules = {name: resolve_layer(model, name)[1] for name in layers}
+    paths = {id(m): p for p, m in model.named_modules()}
     store: dict[str, torch.Tensor] = {}
+    permuted: set[str] = set()  # names laid out (N, H, W, C) at the current input
+    walking = [False]
     handles = []
-    try:
-        for name in layers:
-            _, module = resolve_layer(model, name)
 
-            def hook(_m: nn.Module, _inp: object, out: torch.Tensor, name: str = name) -> None:
+    def layouts(m: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        # the geometry's walk runs a copy of the model, or the model itself: with these hooks
+        if m is not model or walking[0]:
+            return
+        permuted.clear()
+        x = next((t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)), None)
+        maybe = [n for n, mod in modules.items() if not isinstance(mod, _NCHW)]
+        if x is None or x.ndim != 4 or not maybe:
+            return
+        walking[0] = True
+        try:
+            last = channels_last_layers(model, tuple(x.shape[-2:]), int(x.shape[1]))
+        except GeometryError:  # the forward pass itself will say why it fails
+            last = frozenset()
+        finally:
+            walking[0] = False
+        permuted.update(n for n in maybe if paths.get(id(modules[n])) in last)
+
+    try:
+        handles.append(model.register_forward_pre_hook(layouts, with_kwargs=True))
+        for name, module in modules.items():
+
+            def hook(m: nn.Module, _inp: object, out: torch.Tensor, name: str = name,
+                     module: nn.Module = module) -> None:
+                if m is not module or walking[0]:
+                    return  # the geometry's walk (on a copy of the model, or on the model)
+                if not isinstance(out, torch.Tensor):
+                    store[name] = out
+                    return
                 # a copy: an in-place op after the layer would overwrite its output — a module
                 # (torchvision's ReLU(inplace=True)) or a plain op (a block's `out += identity`)
-                store[name] = out.clone() if isinstance(out, torch.Tensor) else out
+                out = out.clone()
+                store[name] = out.permute(0, 3, 1, 2) if name in permuted else out
 
             handles.append(module.register_forward_hook(hook))
         yield store
@@ -48,7 +93,8 @@ def to_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def get_activations(
     model: nn.Module, x: torch.Tensor, layers: Sequence[str]
 ) -> dict[str, torch.Tensor]:
-    """Outputs of `layers` for input `x` (N, C, H, W), each (N, …), computed without gradients."""
+    """Outputs of `layers` for input `x` (N, C, H, W), each (N, …) — maps (N, C, H, W), as
+    `capture` stores them —, computed without gradients."""
     with capture(model, layers) as store:
         model(to_model(model, x))
     return dict(store)

@@ -663,25 +663,12 @@ def _load(checkpoint: str, data: str | None, device: str = "cpu"):
 def _layers(model, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
     """`names` as the names `zfnet models` lists (a module path such as features.conv1 -> conv1),
     checked before anything is written: an unknown one raises UnknownLayerError, which lists
-    the valid names; one whose maps are laid out (N, H, W, C) a ValueError."""
-    from zfnet.models import is_zfnet_model, layer_name, resolve_layer
-    from zfnet.models.geometry import GeometryError, channels_last_layers
-    from zfnet.models.layers import DEFAULT_SIZE
+    the valid names."""
+    from zfnet.models import layer_name
 
     if not names:
         return names
-    names = tuple(layer_name(model, name) for name in names)
-    if not is_zfnet_model(model):
-        try:
-            last = channels_last_layers(model, DEFAULT_SIZE)
-        except GeometryError:  # the commands say why the model does not run
-            last = set()
-        for name in names:
-            if resolve_layer(model, name)[0] in last:
-                raise ValueError(f"layer {name!r} outputs channels-last maps (N, H, W, C), "
-                                 "which zfnet cannot show; name a layer that `zfnet models` "
-                                 "lists with a size")
-    return names
+    return tuple(layer_name(model, name) for name in names)
 
 
 def _finish(out: str) -> None:

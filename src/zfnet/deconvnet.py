@@ -61,7 +61,6 @@ out of place; training flags are restored, also after an exception).
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -74,10 +73,8 @@ from zfnet.graph import RULES, check_rule  # noqa: F401  (RULES: one list, also 
 from zfnet.models import eval_mode, layer_names, resolve_layer  # eval_mode also importable here
 from zfnet.models.geometry import (
     LAYER_TYPES,
-    GeometryError,
     Window,
     chain_geometry,
-    channels_last_layers,
     sequential_leaves,
     window_of,
 )
@@ -585,25 +582,6 @@ def _chain_or_none(model: nn.Module, layer: str) -> list[tuple[str, nn.Module]] 
         return None
 
 
-# per model: (input shape, its modules' paths and types) -> `channels_last_layers`, kept while
-# the model lives; one walk costs about a third of projecting one unit of a ResNet-18 at 224 px
-_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _channels_last(model: nn.Module, size: tuple[int, int], channels: int) -> set[str]:
-    """`channels_last_layers` of `model` at this input, remembered until its modules change
-    (empty where the model does not run: the forward pass of the projection says why)."""
-    key = (size, channels, tuple((p, type(m)) for p, m in model.named_modules()))
-    known = _LAYOUTS.setdefault(model, {})
-    if key not in known:
-        known.clear()
-        try:
-            known[key] = channels_last_layers(model, size, channels)
-        except GeometryError:
-            known[key] = set()
-    return known[key]
-
-
 def _project_graph(model: nn.Module, x: Tensor, seeds: dict[str, Seeds], rule: str, lrn: str,
                    batch_size: int, precision: str = "float32") -> dict[str, RFProjection]:
     """`project_layers` on the general path (`zfnet.graph`): whole-input projections."""
@@ -616,11 +594,6 @@ def _project_graph(model: nn.Module, x: Tensor, seeds: dict[str, Seeds], rule: s
     n = x.shape[0]
     resolved = {name: resolve_layer(model, name) for name in seeds}
     modules = {name: module for name, (_, module) in resolved.items()}
-    last = _channels_last(model, (int(x.shape[-2]), int(x.shape[-1])), int(x.shape[1]))
-    for name, (path, _) in resolved.items():
-        if path in last:
-            raise ValueError(f"layer {name!r} outputs channels-last maps (N, H, W, C); "
-                             "projections seed maps of (N, C, H, W) outputs: name another layer")
     parsed = {}
     for name, sd in seeds.items():
         img, ch, pos = graph.seeds_from(sd.image_index, sd.channels, sd.positions)

@@ -53,6 +53,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from zfnet.activations import capture
 from zfnet.models.geometry import dim_index
 
 RULES = ("deconvnet", "guided", "gradient")
@@ -114,21 +115,14 @@ def check_rule(rule: str) -> None:
 
 def layer_outputs(model: nn.Module, x: Tensor, modules: dict[str, nn.Module]) -> dict[str, Tensor]:
     """Run `model` on `x`; the output of each of `modules` (its last call), attached to the
-    autograd graph. The forward hooks are removed in `finally`."""
-    store: dict[str, Tensor] = {}
-    handles = []
-    try:
-        for name, m in modules.items():
-            def hook(_m: nn.Module, _i: object, out: Any, name: str = name) -> None:
-                if not isinstance(out, Tensor):
-                    raise ValueError(f"layer {name!r} returns {type(out).__name__}, not a "
-                                     "tensor: choose a module that outputs a feature map")
-                store[name] = out.clone()  # a later in-place op (`out += identity`) keeps it
-            handles.append(m.register_forward_hook(hook))
+    autograd graph, maps as (N, C, H, W) (`zfnet.activations.capture`: a channels-last output
+    as its permuted view). No hook is left behind."""
+    with capture(model, modules) as store:
         model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    for name, out in store.items():
+        if not isinstance(out, Tensor):
+            raise ValueError(f"layer {name!r} returns {type(out).__name__}, not a "
+                             "tensor: choose a module that outputs a feature map")
     missing = [n for n in modules if n not in store]
     if missing:
         raise ValueError(f"layer(s) {', '.join(missing)} did not run in the forward pass")
@@ -256,6 +250,19 @@ def _view(node: Any, g: Tensor, rounds: int) -> list[Tensor | None]:
     return [g.reshape(rounds * sizes[0], *sizes[1:])]
 
 
+def _permute(node: Any, g: Tensor, rounds: int) -> list[Tensor | None]:
+    """Back through a permutation that keeps the batch first (a ConvNeXt block's (N, C, H, W)
+    <-> (N, H, W, C)): the inverse permutation, all rounds at once."""
+    nd = g.ndim
+    dims = [dim_index(d, nd) for d in node._saved_dims]
+    if dims[0] != 0:
+        raise NotImplementedError  # the batch moves: rounds and images would interleave
+    inverse = [0] * nd
+    for i, d in enumerate(dims):
+        inverse[d] = i
+    return [g.permute(inverse)]
+
+
 def _identity(node: Any, g: Tensor, rounds: int) -> list[Tensor | None]:
     return [g]
 
@@ -295,6 +302,7 @@ _BATCHED: dict[str, Callable[[Any, Tensor, int], list[Tensor | None]]] = {
     "ConvolutionBackward0": _conv, "NativeBatchNormBackward0": _batchnorm,
     "MaxPool2DWithIndicesBackward0": _maxpool, "AddBackward0": _add, "CatBackward0": _cat,
     "ViewBackward0": _view, "ReshapeAliasBackward0": _view, "UnsafeViewBackward0": _view,
+    "PermuteBackward0": _permute,
     "CloneBackward0": _identity, "AliasBackward0": _identity, "MeanBackward1": _mean,
     "AddmmBackward0": _addmm, "AvgPool2DBackward0": _avgpool,
     "AdaptiveAvgPool2DBackward0": _avgpool,

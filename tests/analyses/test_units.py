@@ -162,6 +162,12 @@ def test_project_command_nonlinear_option(photos, tmp_path) -> None:
     assert res.exit_code == 0, res.output
     assert len(json.loads((tmp_path / "yes/project.json").read_text())["units"]) == 2
     assert current_nonlinear() == "error"
+    # inside a block, the linear layer on (N, H, W, C): its 384 maps, not its rows
+    res = CliRunner().invoke(main, [*argv[:-4], "--layer", "features.1.0.block.3", "--channel",
+                                    "300", "--rule", "gradient", "--out", str(tmp_path / "in")])
+    assert res.exit_code == 0, res.output
+    units = json.loads((tmp_path / "in/project.json").read_text())["units"]
+    assert [(u["layer"], u["channel"]) for u in units] == [("features.1.0.block.3", 300)]
 
 
 @pytest.mark.parametrize("args,message", [

@@ -478,7 +478,8 @@ def test_a_job_cancelled_as_it_starts_never_runs() -> None:
 def test_nonlinear_mode_reaches_the_views_and_the_jobs(tmp_path) -> None:
     """A network with GELU and sigmoid gates (torchvision's convnext, random init, 32 px):
     `error` refuses its deconvnet views in one line, `gradient` serves them (on the views'
-    thread) and its top-k figures (on the jobs' thread), whatever the creating thread's mode."""
+    thread) and its top-k figures (on the jobs' thread), whatever the creating thread's mode.
+    The layers inside its blocks, whose outputs are (N, H, W, C), are listed and shown as maps."""
     from skimage import data
 
     for name in ("astronaut", "coffee"):
@@ -490,13 +491,17 @@ def test_nonlinear_mode_reaches_the_views_and_the_jobs(tmp_path) -> None:
         e = Explorer(source, bundle, cache_dir=tmp_path / "c", nonlinear=mode)
         with TestClient(create_app(e)) as c:
             assert c.get("/api/model").json()["nonlinear"] == mode
-            names = {row.name for row in e.layers}  # the (N, H, W, C) tensors in the blocks
-            assert "features.1.0.block.0" in names and "features.1.0.block.3" not in names
-            _error(c.get("/api/maps?image=val:0&layer=features.1.0.block.3"), 400,
-                   "features.1.0.block.3")
+            # inside the blocks, (N, H, W, C) tensors: listed and shown as their maps
+            rows = {row.name: row for row in e.layers}
+            assert rows["features.1.0.block.3"].maps == 384
+            assert rows["features.1.0.block.3"].rf == rows["features.1.0.block.0"].rf
+            m = c.get("/api/maps?image=val:0&layer=features.1.0.block.3").json()
+            assert (m["maps"], m["size"]) == (384, [8, 8])
             u = c.get("/api/unit?image=val:0&layer=features.3&unit=2").json()
             if mode == "error":
                 _error(c.get(u["rules"]["deconvnet"]), 400, "GELU", "--nonlinear gradient")
                 continue
             assert _png(c.get(u["rules"]["deconvnet"])).ndim == 3
             assert _png(c.get(_wait(c, "/api/topk?layer=features.3&unit=2")["figure"])).ndim == 3
+            u = c.get("/api/unit?image=val:0&layer=features.1.0.block.3&unit=300").json()
+            assert _png(c.get(u["rules"]["gradient"])).ndim == 3

@@ -32,6 +32,7 @@ from zfnet.models.geometry import (
     GeometryError,
     LayerGeometry,
     chain_geometry,
+    channels_last_layers,
     graph_geometry,
     sequential_leaves,
 )
@@ -185,9 +186,11 @@ def test_sizes_equal_a_real_forward_and_keys_are_module_paths(case: str) -> None
     assert list(geo) == list(shapes)  # every module that runs, by path, in the order it ends
     paths = {p for p, _ in model.named_modules()}
     assert set(geo) <= paths and "" not in geo
+    last = channels_last_layers(model, size)  # (N, H, W, C): rows and columns at dims 1, 2
     for path, g in geo.items():
         if g is not None:
-            assert g.shape == shapes[path][-2:], path
+            assert g.shape == (shapes[path][1:3] if path in last else shapes[path][-2:]), path
+    assert bool(last) == (case == "convnext_tiny")
     convs = [p for p, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     assert all(geo[p] is not None for p in convs), "every convolution has a geometry"
 
@@ -404,7 +407,7 @@ def test_reshapes_permutes_slices_and_pads() -> None:
     geo = graph_geometry(Net(), size)
     assert all(geo[p] is not None for p in ("stem", "left", "mix", "pad", "out"))
     assert geo["mix"] == geo["left"]  # the union of `left`'s field and the stem's it holds
-    assert geo["mix.lin"] is None  # channels last: not a map whose last dims are H, W
+    assert geo["mix.lin"] == geo["mix"]  # channels last (N, H, W, C): the same units
     support = _support_boxes(_twin(Net()), size, ["pad", "out"])
     for p in ("pad", "out"):
         for (r, c), got in support[p].items():

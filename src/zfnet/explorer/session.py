@@ -49,7 +49,6 @@ from zfnet.data.images import BadImageError, load_rgb
 from zfnet.deconvnet import Forward, Seeds, forward_pass, paste, project_layers, windowed
 from zfnet.display import projection_to_uint8
 from zfnet.models import eval_mode, feature_layers, layer_geometries, layer_info, layer_name
-from zfnet.models.geometry import GeometryError, channels_last_layers
 
 RULES = ("deconvnet", "guided", "gradient")
 MAX_UPLOADS = 64  # uploaded images kept (the oldest goes first)
@@ -211,9 +210,9 @@ class Explorer:
 
     def _layer_table(self) -> list[LayerRow]:
         """Every layer `--layer` takes that outputs maps or units: the leaves `layer_info`
-        lists and the network's stages (`feature_layers`: a ResNet's `layer3`), dropouts and
-        channels-last outputs left out (the identity at inference; (N, H, W, C) tensors), with
-        the output shape of one real forward pass."""
+        lists and the network's stages (`feature_layers`: a ResNet's `layer3`), dropouts left
+        out (the identity at inference), with the output shape of one real forward pass (maps
+        as (N, C, H, W), channels-last ones included: `capture`)."""
         infos = layer_info(self.model, self.size)
         names = [n for n, i in infos.items() if i.kind != "dropout"]
         try:
@@ -230,14 +229,10 @@ class Explorer:
             self.model(to_model(self.model, x))
         geos = layer_geometries(self.model, [n for n in names if n in store], self.size)
         self._geometries = geos  # one geometry pass at start-up, for every view
-        try:  # outputs (N, H, W, C), inside a ConvNeXt block: not maps zfnet can show
-            last = channels_last_layers(self.model, self.size, self.channels)
-        except GeometryError:
-            last = set()
         rows = []
         for n in names:
             out = store.get(n)
-            if not isinstance(out, Tensor) or out.ndim not in (2, 4) or module_of[n] in last:
+            if not isinstance(out, Tensor) or out.ndim not in (2, 4):
                 continue  # did not run, or its output is not maps nor a vector
             g = geos.get(n)
             size = tuple(out.shape[-2:]) if out.ndim == 4 else None

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import math
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -403,8 +404,8 @@ def graph_geometry(model: nn.Module, input_size: int | tuple[int, int],
     module called several times in one forward pass, its last call. None where the output has no
     spatial geometry: a unit that mixes every position (global pooling, flatten + linear, the
     logits) — it sees the whole image —, after a node the walk does not know, or an output that
-    is not a map (N, C, H, W) (a channels-last tensor inside a ConvNeXt block). Modules that do
-    not run are left out.
+    is not maps, (N, C, H, W) or channels-last (N, H, W, C) (`channels_last_layers`). Modules
+    that do not run are left out.
 
     One forward pass on a meta-device copy of the model (no weights copied, nothing computed),
     in eval mode; if the model cannot run on the meta device, on the model itself with a zero
@@ -415,21 +416,35 @@ def graph_geometry(model: nn.Module, input_size: int | tuple[int, int],
     """
     out: dict[str, LayerGeometry | None] = {}
     for path, state, out_shape in _walked(model, input_size, in_channels):
-        # a map whose rows and columns are its last two dims, as every consumer indexes it
-        # (not a channels-last tensor inside a ConvNeXt block)
-        out[path] = state.geo if _last_two(state, out_shape) and state.exact else None
+        # maps (N, C, H, W), or (N, H, W, C), which every reader sees as (N, C, H, W)
+        maps = _last_two(state, out_shape) or _channels_last(state, out_shape)
+        out[path] = state.geo if maps and state.exact else None
     return out
 
 
+# per model: (input shape, its modules' paths and types) -> its `channels_last_layers`, kept
+# while the model lives; one walk costs about a third of projecting one unit of a ResNet-18 at
+# 224 px, and every forward pass that reads a layer's output asks
+_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def channels_last_layers(model: nn.Module, input_size: int | tuple[int, int],
-                         in_channels: int | None = None) -> set[str]:
-    """Module paths whose output is a map laid out (N, H, W, C) — rows and columns at dims 1
-    and 2 — rather than (N, C, H, W): inside a ConvNeXt block (its LayerNorm and linear layers),
-    the stages of MambaOut. zfnet reads every map as (N, C, H, W), so these cannot be shown.
-    The same forward pass as `graph_geometry`; `GeometryError` if it fails."""
-    return {path for path, state, shape in _walked(model, input_size, in_channels)
-            if isinstance(state, _Field) and len(shape) == 4
-            and tuple(None if d is None else d[0] for d in state.dims) == (1, 2)}
+                         in_channels: int | None = None) -> frozenset[str]:
+    """Module paths whose output is maps laid out (N, H, W, C) — rows and columns at dims 1
+    and 2 — rather than (N, C, H, W): inside a ConvNeXt block (its LayerNorm, linear layers and
+    GELU), the stages of MambaOut. Every reader of a layer's output (`zfnet.activations.capture`,
+    the engine) sees them as (N, C, H, W) views. The same forward pass as `graph_geometry`,
+    remembered per model and input until the model's modules change; `GeometryError` if it
+    fails."""
+    size = pair(input_size)
+    key = (size, in_channels, tuple((p, type(m)) for p, m in model.named_modules()))
+    known = _LAYOUTS.setdefault(model, {})
+    if key not in known:
+        known.clear()
+        known[key] = frozenset(path for path, state, shape in
+                               _walked(model, size, in_channels)
+                               if _channels_last(state, shape))
+    return known[key]
 
 
 def _walked(model: nn.Module, input_size: int | tuple[int, int], in_channels: int | None
@@ -726,6 +741,14 @@ def _last_two(f: _State, shape: tuple[int, ...]) -> bool:
     nd = len(shape)
     return all(d == (nd - 2 + a, 1) or (d is None and shape[nd - 2 + a] == 1)
                for a, d in enumerate(f.dims))
+
+
+def _channels_last(f: _State, shape: tuple[int, ...]) -> bool:
+    """Whether `f` is a field laid out (N, H, W, C): rows and columns at dims 1 and 2 (and
+    not also its last two: a 1x1 map of one channel is (N, C, H, W))."""
+    return (isinstance(f, _Field) and len(shape) == 4 and f.geo.shape == shape[1:3]
+            and all(d == (1 + a, 1) or (d is None and shape[1 + a] == 1)
+                    for a, d in enumerate(f.dims)) and not _last_two(f, shape))
 
 
 def _sole(ins: list, i: int = 0) -> _State:
