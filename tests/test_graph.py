@@ -186,13 +186,26 @@ class _NegativeDims(nn.Module):
         return self.b(torch.relu(y))
 
 
-@pytest.mark.parametrize("net", [_Broadcasts, _NegativeDims])
+class _UnreadPixels(nn.Module):
+    """A patch stem whose stride does not divide the input (Sequencer2d's 7x7 / 7 at 64 px): the
+    last rows and columns are read by no window, and get a zero gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 5, stride=5), nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
+@pytest.mark.parametrize("net", [_Broadcasts, _NegativeDims, _UnreadPixels])
 def test_gradient_rule_equals_autograd_seed_by_seed(net: type[nn.Module]) -> None:
     """The walk of 3 rounds of seeds against autograd called once per seed. Broadcasts: a
     tensor added to a map it was broadcast to gets the gradient summed over the broadcast dims,
     round by round, a scalar one value per round (before: a wrong projection, or a crash on a
     scalar). Dims from the end: before, the mean's gradient went to the wrong dim (a max error
-    of 0.35) and a concatenation along -1 raised an IndexError (as on timm's MambaOut)."""
+    of 0.35) and a concatenation along -1 raised an IndexError (as on timm's MambaOut).
+    Unread pixels: before, the walk's gradient was 10 rows short and did not fit the input."""
     torch.manual_seed(0)
     model = net().eval()
     x = torch.randn(2, 3, 12, 12, requires_grad=True)

@@ -349,14 +349,18 @@ def conv_transpose_phases(g: Tensor, weight: Tensor, stride: tuple[int, int], in
                           hi: int, wi: int) -> Tensor:
     """`F.conv_transpose2d(g, w, stride=stride)` (padding 0, dilation 1) as one convolution
     with a filter per output phase (`weight` = `phase_weights(w, stride)`), then the phases
-    interleaved, the first (hi, wi) rows and columns: (S, C_in, hi, wi). 3-4x faster than
+    interleaved, the first (hi, wi) rows and columns, zeros where no window reaches:
+    (S, C_in, hi, wi). 3-4x faster than
     oneDNN's transposed convolution for few output channels (conv1 back to RGB)."""
     s0, s1 = stride
     a0, a1 = weight.shape[-2:]
     y = F.conv2d(g, weight, padding=(a0 - 1, a1 - 1))  # (S, s0*s1*C_in, h + a0 - 1, w + a1 - 1)
     n, _, m0, m1 = y.shape
     y = y.view(n, s0, s1, in_channels, m0, m1).permute(0, 3, 4, 1, 5, 2)
-    return y.reshape(n, in_channels, m0 * s0, m1 * s1)[..., :hi, :wi]
+    y = y.reshape(n, in_channels, m0 * s0, m1 * s1)[..., :hi, :wi]
+    if y.shape[-2] < hi or y.shape[-1] < wi:  # the last rows / columns no window reads (a
+        y = F.pad(y, (0, wi - y.shape[-1], 0, hi - y.shape[-2]))  # stride 7 over 64 pixels)
+    return y
 
 
 def _phase_weight(trace: _Trace, i: int, m: nn.Conv2d) -> Tensor:
