@@ -576,3 +576,51 @@ def test_channels_last_layers() -> None:
                 "features.2"} & last
     assert channels_last_layers(resnet, 64) == set()
 
+
+
+def test_channels_last_layers_past_units_that_mix_rows() -> None:
+    """Where a unit has no box (an LSTM run along each row of a (N, H, W, C) map, as in
+    Sequencer2d; attention over a whole (N, C, H, W) map), rows and columns are still followed:
+    the layers after it are channels-last where they are, and a convolution's output is not."""
+    from zfnet.activations import get_activations
+    from zfnet.models.geometry import channels_last_layers
+
+    class Attention(nn.Module):  # every position attends to every other, on (N, C, H, W)
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv = nn.Conv2d(4, 12, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            n, c, h, w = x.shape
+            q, k, v = self.qkv(x).flatten(2).chunk(3, 1)  # (N, C, HW) each
+            a = torch.softmax(q.transpose(1, 2) @ k, -1)  # (N, HW, HW)
+            return (v @ a.transpose(1, 2)).reshape(n, c, h, w)
+
+    class RowMixer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.lstm = nn.LSTM(8, 6, batch_first=True)
+            self.fc = nn.Linear(6, 5)
+            self.down = nn.Conv2d(5, 4, 2, stride=2)
+            self.act = nn.GELU()
+            self.attn = Attention()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.stem(x).permute(0, 2, 3, 1)  # (N, H, W, 8)
+            n, h, w, c = y.shape
+            r, _ = self.lstm(y.reshape(n * h, w, c))  # along each row
+            y = self.fc(r.reshape(n, h, w, -1))  # (N, H, W, 5)
+            y = self.down(y.permute(0, 3, 1, 2))  # (N, 4, H/2, W/2)
+            return self.act(self.attn(y).permute(0, 2, 3, 1))  # (N, H/2, W/2, 4)
+
+    torch.manual_seed(0)
+    model = RowMixer().eval()
+    size = (12, 20)
+    assert channels_last_layers(model, size) == {"fc", "act"}
+    geo = graph_geometry(model, size)
+    assert geo["stem"] is not None and geo["fc"] is None and geo["attn"] is None
+    x = torch.randn(2, 3, *size)
+    acts = get_activations(model, x, ["fc", "down", "attn", "act"])
+    assert acts["fc"].shape == (2, 5, 6, 10) and acts["act"].shape == (2, 4, 3, 5)
+    assert acts["down"].shape == acts["attn"].shape == (2, 4, 3, 5)

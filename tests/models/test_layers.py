@@ -140,3 +140,21 @@ def test_a_backbone_inside_a_wrapper_is_found() -> None:
     assert feature_layers(wrapped, SIZE) == ["0.0", "0.4", "0.5", "0.6", "0.7"]
     assert vector_layer(wrapped, SIZE) == "1"
     assert resolve_layer(wrapped, "0.4")[1] is inner.layer1
+
+
+def test_stages_that_output_channels_last_maps() -> None:
+    """timm's MambaOut: every stage outputs (N, H, W, C); its stages are the layers to show, and
+    each is read as (N, C, H, W) maps of the stage's width at the stage's resolution."""
+    timm = pytest.importorskip("timm")
+    from zfnet.activations import get_activations
+
+    torch.manual_seed(0)
+    model = timm.create_model("mambaout_femto", pretrained=False).eval()
+    layers = feature_layers(model, SIZE)
+    assert layers == ["stem.conv1", "stem.conv2", "stages.0", "stages.1", "stages.2",
+                      "stages.3"]
+    acts = get_activations(model, torch.randn(1, 3, SIZE, SIZE), layers)
+    geo = layer_geometries(model, layers, SIZE)
+    widths = [24, 48, 48, 96, 192, 288]  # stem halves, then its stages' dims
+    for name, width in zip(layers, widths, strict=True):
+        assert acts[name].shape == (1, width, *geo[name].shape), name

@@ -433,17 +433,24 @@ def channels_last_layers(model: nn.Module, input_size: int | tuple[int, int],
     """Module paths whose output is maps laid out (N, H, W, C) — rows and columns at dims 1
     and 2 — rather than (N, C, H, W): inside a ConvNeXt block (its LayerNorm, linear layers and
     GELU), the stages of MambaOut. Every reader of a layer's output (`zfnet.activations.capture`,
-    the engine) sees them as (N, C, H, W) views. The same forward pass as `graph_geometry`,
-    remembered per model and input until the model's modules change; `GeometryError` if it
-    fails."""
+    the engine) sees them as (N, C, H, W) views.
+
+    Rows and columns are followed as `graph_geometry` follows them, and also past where a unit
+    stops having a box (a unit that mixes whole rows, as Sequencer2d's LSTMs do: `_LayoutWalk`);
+    an output whose rows and columns are lost is read as (N, C, H, W). The same forward pass as
+    `graph_geometry`, remembered per model and input until the model's modules change;
+    `GeometryError` if it fails."""
     size = pair(input_size)
     key = (size, in_channels, tuple((p, type(m)) for p, m in model.named_modules()))
     known = _LAYOUTS.setdefault(model, {})
     if key not in known:
         known.clear()
-        known[key] = frozenset(path for path, state, shape in
-                               _walked(model, size, in_channels)
-                               if _channels_last(state, shape))
+        x0, made = record_forward(model, size, in_channels)
+        walk = _LayoutWalk(x0, size)
+        known[key] = frozenset(
+            path for path, (node, shape, _) in made.items()
+            if node is not None and node is not _CONST and len(shape) == 4
+            and _channels_last(walk.state(node), shape))
     return known[key]
 
 
@@ -552,12 +559,7 @@ class _Walk:
 
     def __init__(self, leaf: Tensor, size: tuple[int, int]) -> None:
         self.leaf, self.size = leaf, size
-        h, w = size
-        nd = leaf.ndim
-        self.input = _Field(LayerGeometry.of_input(size),
-                            ((nd - 2, 1) if h > 1 else None, (nd - 1, 1) if w > 1 else None),
-                            ((tuple(range(h)), tuple(range(1, h + 1))),
-                             (tuple(range(w)), tuple(range(1, w + 1)))))
+        self.input = _image(size, leaf.ndim)
         self.memo: dict[object, _State] = {}
 
     def state(self, root: object) -> _State:
@@ -644,6 +646,56 @@ class _Walk:
             else:
                 return None  # input-dependent at every position, but without a field
         return _union(fields, self.size, gated)
+
+
+class _LayoutWalk(_Walk):
+    """The walk, following where rows and columns are also where a unit stops having a box.
+    After a node that leaves no geometry, its output is taken as a new image (a field of its
+    own): at the last two dims after a convolution or pooling of an input laid out
+    (N, C, H, W); else at the dims of the nearest field it is computed from (an input's, or
+    that input's nearest), where the output has that field's rows and columns there — an LSTM
+    run along rows (Sequencer2d), attention within a map. Only `channels_last_layers` reads
+    it: its fields say where rows and columns are, not which pixels a unit sees."""
+
+    def __init__(self, leaf: Tensor, size: tuple[int, int]) -> None:
+        super().__init__(leaf, size)
+        # per node: the nearest field it is computed from, and that tensor's shape
+        self.near: dict[object, tuple[_Field, tuple[int, ...]]] = {}
+
+    def _node(self, n: object) -> _State:
+        state = super()._node(n)
+        out = _shape(n, 0)
+        if state is None:
+            state = self._anchored(n, out)
+        if isinstance(state, _Field):
+            self.near[n] = (state, out)
+        else:
+            near = next((self.near[g] for g, _ in n.next_functions if g in self.near), None)
+            if near is not None:
+                self.near[n] = near
+        return state
+
+    def _anchored(self, n: object, out: tuple[int, ...]) -> _Field | None:
+        near = next((self.near[g] for g, _ in n.next_functions if g in self.near), None)
+        if near is None:
+            return None
+        f, shape = near
+        if _HANDLERS.get(type(n).__name__) in (_conv, _pool, _adaptive):
+            return _image(out[-2:], len(out)) if _last_two(f, shape) and len(out) >= 3 else None
+        if len(out) == len(shape) and all(d is None or out[d[0]] == shape[d[0]] for d in f.dims):
+            return _image(f.geo.shape, len(out), f.dims)
+        return None
+
+
+def _image(hw: tuple[int, ...], nd: int, dims: tuple[_Dim, _Dim] | None = None) -> _Field:
+    """The field of an image of `hw` pixels whose rows and columns are at `dims` (default the
+    last two of `nd` dims): every unit its own pixel."""
+    h, w = int(hw[0]), int(hw[1])
+    if dims is None:
+        dims = ((nd - 2, 1) if h > 1 else None, (nd - 1, 1) if w > 1 else None)
+    return _Field(LayerGeometry.of_input((h, w)), dims,
+                  ((tuple(range(h)), tuple(range(1, h + 1))),
+                   (tuple(range(w)), tuple(range(1, w + 1)))))
 
 
 def _shape(node: object, i: int) -> tuple[int, ...]:
