@@ -380,3 +380,39 @@ def test_a_channels_last_layer_projects_as_maps() -> None:
     with nonlinear("gradient"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # no rectifier: every rule is the gradient
         assert _check_equal(model, layer, x, [0, 5, 300], channels_last=True) >= 3 * 3
+
+
+@pytest.mark.parametrize("name,layer", [
+    ("mambaout_femto", "stages.1"),        # every stage (N, H, W, C)
+    ("sequencer2d_s", "stages.1.blocks.0"),  # (N, H, W, C) after LSTMs along rows and columns
+])
+def test_channels_last_stages_of_timm_networks_equal_autograd(name: str, layer: str) -> None:
+    """Maps of a channels-last stage, projected with the gradient rule, are each unit's own
+    gradient times its value (autograd seeded on the raw output's last dim)."""
+    timm = pytest.importorskip("timm")
+    from zfnet.deconvnet import project
+
+    if name not in timm.list_models():
+        pytest.skip(f"timm {timm.__version__} has no {name}")
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False).eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    maps = [3, 40]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no rectifier: the gradient rule
+        proj = project(model, x, layer, [maps], rule="gradient")[0]
+    xg = x.clone().requires_grad_(True)
+    out: dict[str, torch.Tensor] = {}
+    handle = model.get_submodule(layer).register_forward_hook(
+        lambda _m, _i, o: out.__setitem__("o", o))
+    try:
+        model(xg)
+    finally:
+        handle.remove()
+    act = out["o"]  # (1, H, W, C)
+    for k, c in enumerate(maps):
+        unit = act[0, ..., c].flatten()
+        v = unit.max()
+        (g,) = torch.autograd.grad(v, xg, retain_graph=True)
+        ref = g[0] * v.clamp(min=0).detach()
+        assert (proj[k] - ref).abs().max() <= 1e-4 * ref.abs().max(), (name, c)
