@@ -36,6 +36,8 @@ def capture(model: nn.Module, layers: Sequence[str] | Mapping[str, nn.Module]
     else:
         modules = {name: resolve_layer(model, name)[1] for name in layers}
     paths = {id(m): p for p, m in model.named_modules()}
+    # the layers whose layout a walk must tell (a convolution's output is (N, C, H, W))
+    maybe = [n for n, mod in modules.items() if not isinstance(mod, _NCHW)]
     store: dict[str, torch.Tensor] = {}
     permuted: set[str] = set()  # names laid out (N, H, W, C) at the current input
     walking = [False]
@@ -47,8 +49,7 @@ def capture(model: nn.Module, layers: Sequence[str] | Mapping[str, nn.Module]
             return
         permuted.clear()
         x = next((t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)), None)
-        maybe = [n for n, mod in modules.items() if not isinstance(mod, _NCHW)]
-        if x is None or x.ndim != 4 or not maybe:
+        if x is None or x.ndim != 4:
             return
         walking[0] = True
         try:
@@ -60,7 +61,8 @@ def capture(model: nn.Module, layers: Sequence[str] | Mapping[str, nn.Module]
         permuted.update(n for n in maybe if paths.get(id(modules[n])) in last)
 
     try:
-        handles.append(model.register_forward_pre_hook(layouts, with_kwargs=True))
+        if maybe:
+            handles.append(model.register_forward_pre_hook(layouts, with_kwargs=True))
         for name, module in modules.items():
 
             def hook(m: nn.Module, _inp: object, out: torch.Tensor, name: str = name,

@@ -665,21 +665,18 @@ class _LayoutWalk(_Walk):
     def _node(self, n: object) -> _State:
         state = super()._node(n)
         out = _shape(n, 0)
-        if state is None:
-            state = self._anchored(n, out)
+        near = next((self.near[g] for g, _ in n.next_functions if g in self.near), None)
+        if state is None and near is not None:
+            state = self._anchored(n, out, *near)
         if isinstance(state, _Field):
             self.near[n] = (state, out)
-        else:
-            near = next((self.near[g] for g, _ in n.next_functions if g in self.near), None)
-            if near is not None:
-                self.near[n] = near
+        elif near is not None:
+            self.near[n] = near
         return state
 
-    def _anchored(self, n: object, out: tuple[int, ...]) -> _Field | None:
-        near = next((self.near[g] for g, _ in n.next_functions if g in self.near), None)
-        if near is None:
-            return None
-        f, shape = near
+    @staticmethod
+    def _anchored(n: object, out: tuple[int, ...], f: _Field, shape: tuple[int, ...]
+                  ) -> _Field | None:
         if _HANDLERS.get(type(n).__name__) in (_conv, _pool, _adaptive):
             return _image(out[-2:], len(out)) if _last_two(f, shape) and len(out) >= 3 else None
         if len(out) == len(shape) and all(d is None or out[d[0]] == shape[d[0]] for d in f.dims):
