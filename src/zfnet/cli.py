@@ -336,10 +336,11 @@ def _mining_workers(workers: int | str | None, device: object) -> int:
 
 
 _LOADER = click.option(
-    "--loader", type=click.Choice(["auto", "cpu", "gpu"]),
+    "--loader", type=click.Choice(["auto", "cpu", "gpu", "mixed"]),
     help="Input pipeline (default auto: gpu on CUDA for imagefolder:/shards:, else cpu). cpu: "
          "workers decode and cut uint8 crops, the mean is subtracted on the device; gpu: the "
-         "device decodes the JPEGs too (nvJPEG).")
+         "device decodes the JPEGs too (nvJPEG); mixed: the workers decode half of them, the "
+         "device the rest.")
 
 
 @main.command("train", short_help="Train a model with the paper's recipe (Sec. 3)")

@@ -21,8 +21,10 @@ from zfnet.data.batches import BatchInputs, DeviceBatches, collate_encoded, coll
 from zfnet.data.images import decode_plain_jpeg
 from zfnet.data.jpeg import read_header
 from zfnet.data.loaders import (
+    MIXED_SHARE,
     as_inputs,
     collate_for,
+    for_loader,
     formed,
     item_form,
     loader_kind,
@@ -30,7 +32,7 @@ from zfnet.data.loaders import (
     resolve_workers,
 )
 from zfnet.data.shard_writer import write_shards
-from zfnet.data.transforms import collate
+from zfnet.data.transforms import collate, decoded_on_host
 from zfnet.train.recipe import SeededSamples
 
 pytestmark = pytest.mark.filterwarnings("ignore::zfnet.data.images.BrokenImageWarning")
@@ -114,9 +116,13 @@ def test_headers_say_which_decoder_takes_a_file() -> None:
 
 # --- every form gives the float inputs ---
 
-def _inputs(dataset, mode: str, form: str, indices: list[int], seed: int = 3) -> list:
-    """The inputs of `indices` in one batch of `form`, made on the CPU: (x, y, kept)."""
+def _inputs(dataset, mode: str, form: str, indices: list[int], seed: int = 3,
+            share: float = 0.0) -> list:
+    """The inputs of `indices` in one batch of `form`, made on the CPU: (x, y, kept); `share`
+    of the images decoded by the "workers" in the "encoded" form (`--loader mixed`)."""
     data = formed(dataset.with_mode(mode), form)
+    if share:
+        data.host_share = share
     if mode == "train":
         items = SeededSamples(data, seed).__getitems__(indices)
     else:
@@ -144,8 +150,9 @@ def test_pixels_and_encoded_forms_give_the_float_inputs(folder, source, mode) ->
     assert kept == [i for i in indices if i not in broken]
     large = [k for k, i in enumerate(kept) if "large" in dataset.item_name(i)]
     assert len(large) == 1
-    for form in ("pixels", "encoded"):
-        x, y, _ = _inputs(dataset, mode, form, indices)  # (encoded: the device drops)
+    for form, share in (("pixels", 0.0), ("encoded", 0.0), ("encoded", 0.5)):
+        x, y, _ = _inputs(dataset, mode, form, indices, share=share)  # (encoded: the device
+        # drops broken files; with a share, the workers decode some of the images: mixed)
         assert torch.equal(y, want_y), form
         assert x.shape == want_x.shape and x.dtype == torch.float32, form
         if form == "pixels":
@@ -153,11 +160,15 @@ def test_pixels_and_encoded_forms_give_the_float_inputs(folder, source, mode) ->
             continue
         # encoded: decoded whole on the "device"; the CPU loader decodes the large image at
         # half scale (PIL's draft): that one differs by resampling (~1 level on average, up to
-        # ~24 at the edges of the test images' bright square), the others not at all
+        # ~24 at the edges of the test images' bright square), the others not at all. Mixed:
+        # the same where the workers decode the large one too (as the cpu loader does)
+        if share and decoded_on_host(kept[large[0]], share):
+            large = []
         same = [k for k in range(len(kept)) if k not in large]
         assert torch.equal(x[same], want_x[same]), form
-        diff = (x[large] - want_x[large]).abs()
-        assert 0 < diff.mean() < 2.0 and diff.max() <= 32, (form, diff.mean(), diff.max())
+        if large:
+            diff = (x[large] - want_x[large]).abs()
+            assert 0 < diff.mean() < 2.0 and diff.max() <= 32, (form, diff.mean(), diff.max())
     if mode == "train":  # the windows are the seeded crops: another seed, other inputs
         assert not torch.equal(_inputs(dataset, mode, "pixels", indices, seed=4)[0], want_x)
 
@@ -199,6 +210,48 @@ def test_the_device_finds_names_and_skips_a_file_it_cannot_decode(folder, monkey
             assert torch.equal(x2[k:k + 1], w), val.paths[good[k]]
 
 
+def test_decoded_on_host_is_a_fixed_spread_share() -> None:
+    for share in (0.25, 0.5):
+        chosen = [i for i in range(10_000) if decoded_on_host(i, share)]
+        assert abs(len(chosen) / 10_000 - share) < 0.001
+        # spread: any run of 64 indices holds about its share
+        runs = [sum(decoded_on_host(i, share) for i in range(a, a + 64))
+                for a in range(0, 9_000, 97)]
+        assert min(runs) >= 64 * share - 3 and max(runs) <= 64 * share + 3
+    assert not any(decoded_on_host(i, 0.0) for i in range(100))
+    assert all(decoded_on_host(i, 1.0) for i in range(100))
+
+
+def test_mixed_batches_keep_the_items_order_with_broken_files(folder) -> None:
+    # the workers' images and the device's, a file only the device finds broken among them:
+    # the same inputs, in item order, as the batch decoded all on the device (`cut_windows`
+    # gathers them from their rows)
+    val = load_dataset(f"imagefolder:{folder}?{SPEC}").val
+    bad = next(i for i in range(len(val)) if val.paths[i].name == "tables.jpg")
+    for mode in ("train", "centre", "ten_crop"):
+        data = val.with_mode(mode).with_form("encoded")
+        items = [data[i] for i in range(len(data))]  # (train: crops drawn once, used twice)
+        with pytest.warns(BrokenImageWarning, match="tables.jpg"):
+            want_x, want_y = DeviceBatches._hand_on(BatchInputs(data, CPU)(
+                collate_encoded(items)))
+        assert len(want_y) == len(data) - 1
+        on_host = [i for i in range(len(data)) if decoded_on_host(i, 0.5) and i != bad]
+        assert 0 < len(on_host) < len(data) - 1
+        mixed = [(data.full_image(i).permute(1, 2, 0).contiguous(), *item[1:])
+                 if i in on_host else item for i, item in enumerate(items)]
+        batch = collate_encoded(mixed)
+        assert int((~batch.encoded).sum()) == len(on_host)
+        with pytest.warns(BrokenImageWarning, match="tables.jpg"):
+            x, y = DeviceBatches._hand_on(BatchInputs(data, CPU)(batch))
+        assert torch.equal(y, want_y), mode
+        kept = [i for i in range(len(data)) if i != bad]
+        # the large image: the cpu path decodes it at half scale (see above)
+        same = [k for k, i in enumerate(kept) if not (i in on_host and "large" in
+                                                      data.item_name(i))]
+        assert torch.equal(x[same], want_x[same]), mode
+        assert x.shape == want_x.shape
+
+
 def test_prefetching_thread_gives_the_same_batches_and_raises_in_the_consumer(folder) -> None:
     bundle = load_dataset(f"imagefolder:{folder}?{SPEC}")
     train = SeededSamples(bundle.train.with_form("encoded"), seed=0)
@@ -238,14 +291,20 @@ def test_loader_choice_and_workers(folder) -> None:
     assert item_form("cpu", bundle.train) == "pixels"
     assert item_form("cpu", bundle.train, erasing=0.5) == "float"
     assert item_form("gpu", bundle.train) == "encoded"
+    assert item_form("mixed", bundle.train) == "encoded"
+    assert for_loader("gpu", bundle.train).host_share == 0.0
+    mixed = for_loader("mixed", bundle.train)
+    assert mixed.host_share == MIXED_SHARE and bundle.train.host_share == 0.0  # a copy
     synthetic = load_dataset("synthetic?n_train=8&n_val=4&size=32")
     assert loader_kind("auto", synthetic.train, cuda) == "cpu"
     assert item_form("cpu", synthetic.train) == "float"
-    with pytest.raises(ValueError, match="has none to decode"):
-        loader_kind("gpu", synthetic.train, CPU, spec="synthetic")
+    for device_decodes in ("gpu", "mixed"):
+        assert loader_kind(device_decodes, bundle.train, CPU) == device_decodes
+        with pytest.raises(ValueError, match=f"--loader {device_decodes} decodes image files"):
+            loader_kind(device_decodes, synthetic.train, CPU, spec="synthetic")
     with pytest.raises(ValueError, match="--loader cpu"):
         loader_kind("gpu", bundle.train, CPU, erasing=0.5)
-    with pytest.raises(ValueError, match="valid: auto, cpu, gpu"):
+    with pytest.raises(ValueError, match="valid: auto, cpu, gpu, mixed"):
         loader_kind("fast", bundle.train, CPU)
     assert resolve_workers("auto", CPU) == 0 and resolve_workers(3, CPU) == 3
     assert resolve_workers("auto", cuda) >= 1

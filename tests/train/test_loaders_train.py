@@ -1,6 +1,6 @@
-"""Training and evaluation through the gpu loader, run on the CPU (`--loader gpu --device cpu`):
-the cpu loader's figures, broken files skipped and counted, a run interrupted mid-epoch resumed
-exactly, from an image folder and from shards."""
+"""Training and evaluation through the gpu and mixed loaders, run on the CPU (`--loader gpu
+--device cpu`): the cpu loader's figures, broken files skipped and counted, a run interrupted
+mid-epoch resumed exactly, from an image folder and from shards."""
 
 from __future__ import annotations
 
@@ -35,21 +35,22 @@ def _sigterm_at_step(monkeypatch, n: int) -> None:
     monkeypatch.setattr(recipe_mod, "renormalize_filters", renorm_then_signal)
 
 
-@pytest.mark.parametrize("source", ["imagefolder", "shards"])
-def test_gpu_loader_on_the_cpu_trains_skips_and_resumes_exactly(folder, source, tmp_path,  # noqa: F811
-                                                                 monkeypatch) -> None:
+@pytest.mark.parametrize(("source", "loader"), [("imagefolder", "gpu"), ("shards", "gpu"),
+                                                ("imagefolder", "mixed")])
+def test_gpu_loader_on_the_cpu_trains_skips_and_resumes_exactly(folder, source, loader,  # noqa: F811
+                                                                 tmp_path, monkeypatch) -> None:
     if source == "shards":
         write_shards(f"imagefolder:{folder}", tmp_path / "shards", resize=37, workers=0)
         data = f"shards:{tmp_path / 'shards'}?{SPEC}&shuffle=4"
     else:
         data = f"imagefolder:{folder}?{SPEC}"
-    kw = dict(data=data, loader="gpu", workers=2, epochs=2)
+    kw = dict(data=data, loader=loader, workers=2, epochs=2)
     ref = tmp_path / "ref"
     train(tiny_config(ref, **kw))
     rows = read_metrics_csv(ref / "metrics.csv")
     if source == "imagefolder":  # the broken training file, the val file with bad tables
         assert rows["skipped"] == [1, 1]
-        r = evaluate_checkpoint(ref, batch_size=4, device="cpu", amp="off", loader="gpu")
+        r = evaluate_checkpoint(ref, batch_size=4, device="cpu", amp="off", loader=loader)
         c = evaluate_checkpoint(ref, batch_size=4, device="cpu", amp="off", loader="cpu")
         assert (r["n"], r["skipped"]) == (c["n"], c["skipped"]) == (7, 1)
         assert r["loss"] == pytest.approx(c["loss"], rel=1e-2)  # one image resampled apart

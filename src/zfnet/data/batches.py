@@ -112,16 +112,18 @@ COLLATES: dict[str, Callable[[Sequence[Any]], Any]] = {
 
 # --- on the device ---
 
-def cut_windows(images: torch.Tensor, params: torch.Tensor, side: int) -> torch.Tensor:
-    """The windows `params` (N, 3: top, left, flipped) of images (N, H, W, C), in one gather:
-    (N, side, side, C), mirrored where flipped."""
+def cut_windows(images: torch.Tensor, params: torch.Tensor, side: int,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+    """The windows `params` (N, 3: top, left, flipped) of images (R, H, W, C), in one gather:
+    (N, side, side, C), mirrored where flipped. Window k is cut from image `rows[k]` (None:
+    image k)."""
     tops, lefts, flips = params.to(images.device).unbind(1)
     ramp = torch.arange(side, device=images.device)
-    rows = (tops[:, None] + ramp)[:, :, None]  # (N, s, 1)
+    rows_ = (tops[:, None] + ramp)[:, :, None]  # (N, s, 1)
     cols = lefts[:, None] + ramp  # (N, s)
     cols = torch.where(flips[:, None].bool(), cols.flip(1), cols)[:, None, :]  # (N, 1, s)
-    batch = torch.arange(len(images), device=images.device)[:, None, None]
-    return images[batch, rows, cols]  # (N, s, s, C)
+    which = torch.arange(len(params)) if rows is None else rows
+    return images[which.to(images.device)[:, None, None], rows_, cols]  # (N, s, s, C)
 
 
 @dataclass
@@ -162,14 +164,17 @@ class BatchInputs:
             windows = batch.pixels.to(self.device, non_blocking=True)
             return Prepared(self.finish(windows, batch.params), batch.labels, [])
         if isinstance(batch, EncodedBatch):
-            full, keep, skipped = self.decode(batch)  # (N', F, F, C) on the device
-            params = batch.params[keep]
+            full, rows, keep, skipped = self.decode(batch)  # (R, F, F, C) on the device
+            params = batch.params if rows is None else batch.params[keep]
             if self.fixed is None:
-                windows = cut_windows(full, params, self.side)  # (N', S, S, C)
+                windows = cut_windows(full, params, self.side, rows)  # (N', S, S, C)
             else:
                 top, left, side = self.fixed
+                if rows is not None:
+                    full = full[rows.to(self.device)]
                 windows = full[:, top:top + side, left:left + side]
-            return Prepared(self.finish(windows, params), batch.labels[keep], skipped)
+            labels = batch.labels if rows is None else batch.labels[keep]
+            return Prepared(self.finish(windows, params), labels, skipped)
         x, y = batch  # the "float" form: inputs already
         return Prepared(x.to(self.device, non_blocking=True), y, [])
 
@@ -194,38 +199,51 @@ class BatchInputs:
     # --- decoding on the device ---
 
     def decode(self, batch: EncodedBatch
-               ) -> tuple[torch.Tensor, torch.Tensor, list[BadImageError]]:
-        """The batch's full images (N', F, F, C) uint8 on the device, which items they are
-        (a bool mask of the batch), and the files skipped as broken."""
+               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, list[BadImageError]]:
+        """The batch's full images on the device, (R, F, F, C) uint8 in an order of their own;
+        the row of each kept item, in item order (None: item k is row k, all kept); which items
+        are kept (a bool mask of the batch: broken files are not); the files skipped.
+
+        The images the device decodes are resized in one call per size and the workers' are
+        appended: no write into a shared output, the order is the gather's (`cut_windows`)."""
         n, f = len(batch.labels), self.full_size
-        keep = torch.ones(n, dtype=torch.bool)
         skipped: list[BadImageError] = []
-        channels = batch.decoded.shape[-1] if batch.decoded.numel() else 3
-        full = torch.empty(n, f, f, channels, dtype=torch.uint8, device=self.device)
-        pos = torch.arange(n)
-        if (~batch.encoded).any():
-            full[pos[~batch.encoded].to(self.device)] = batch.decoded.to(self.device,
-                                                                         non_blocking=True)
-        where = pos[batch.encoded].tolist()
+        where = batch.encoded.nonzero().flatten().tolist()  # the items sent as files
         files = [batch.data[a:b] for a, b in itertools.pairwise(batch.offsets.tolist())]
-        images = self._decode_files(files, [int(batch.indices[k]) for k in where], skipped)
+        images = self._decode_files(files, batch.indices, where, skipped)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for k, img in zip(where, images, strict=True):
-            if img is None:
-                keep[k] = False
-            else:
+            if img is not None:
                 by_shape.setdefault(tuple(img.shape), []).append(k)
         decoded = dict(zip(where, images, strict=True))
+        parts: list[torch.Tensor] = []
+        order: list[int] = []  # the item of each row
         for ks in by_shape.values():  # images of one size resized in one call
             stack = torch.stack([decoded[k] for k in ks])  # (g, 3, H, W)
-            small = resize_center_crop(stack, f)  # (g, 3, F, F)
-            full[torch.tensor(ks, device=self.device)] = small.permute(0, 2, 3, 1)
-        return (full if keep.all() else full[keep.to(self.device)]), keep, skipped
+            parts.append(resize_center_crop(stack, f).permute(0, 2, 3, 1))  # (g, F, F, 3)
+            order += ks
+        host = (~batch.encoded).nonzero().flatten().tolist()  # decoded by the workers
+        if host:
+            parts.append(batch.decoded.to(self.device, non_blocking=True))  # (M, F, F, C)
+            order += host
+        if not parts:
+            full = torch.empty(0, f, f, 3, dtype=torch.uint8, device=self.device)
+        else:
+            full = parts[0] if len(parts) == 1 else torch.cat(parts)
+        if order == list(range(n)):
+            return full, None, torch.ones(n, dtype=torch.bool), skipped
+        keep = torch.zeros(n, dtype=torch.bool)
+        keep[order] = True
+        row_of = {k: r for r, k in enumerate(order)}
+        rows = torch.tensor([row_of[k] for k in range(n) if k in row_of], dtype=torch.long)
+        return full, rows, keep, skipped
 
-    def _decode_files(self, files: list[torch.Tensor], items: list[int],
-                      skipped: list[BadImageError]) -> list[torch.Tensor | None]:
-        """Decode `files` (items `items` of the dataset) on the device, in one call; when that
-        fails, one by one, the ones the device refuses on the host (None: broken)."""
+    def _decode_files(self, files: list[torch.Tensor], indices: torch.Tensor,
+                      where: list[int], skipped: list[BadImageError]
+                      ) -> list[torch.Tensor | None]:
+        """Decode `files` (items `where` of the batch, whose dataset indices are `indices`) on
+        the device, in one call; when that fails, one by one, the ones the device refuses on
+        the host (None: broken)."""
         if not files:
             return []
         try:
@@ -233,11 +251,11 @@ class BatchInputs:
         except RuntimeError:
             pass  # one of them at least: find it
         out: list[torch.Tensor | None] = []
-        for data, i in zip(files, items, strict=True):
+        for data, k in zip(files, where, strict=True):
             try:
                 out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device))
             except RuntimeError:
-                out.append(self._decode_on_host(data, i, skipped))
+                out.append(self._decode_on_host(data, int(indices[k]), skipped))
         return out
 
     def _decode_on_host(self, data: torch.Tensor, i: int,
@@ -261,6 +279,10 @@ class DeviceBatches:
     Files skipped on the device are warned about (`BrokenImageWarning`) as the batch is handed
     on. `prefetch` > 0: a thread prepares up to that many batches ahead, on a CUDA device on a
     stream of its own, so that decoding the next batch overlaps the step on this one."""
+
+    # CUDA priority of the thread's stream (lower is higher; torch.cuda.Stream's range):
+    # the decoding's kernels before the step's when both wait for the GPU
+    stream_priority = 0
 
     def __init__(self, loader: DataLoader, inputs: BatchInputs, prefetch: int = 0) -> None:
         self.loader, self.inputs, self.prefetch = loader, inputs, prefetch
@@ -291,7 +313,8 @@ class DeviceBatches:
 
     def _prefetched(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         device = self.inputs.device
-        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        stream = (torch.cuda.Stream(device, priority=self.stream_priority)
+                  if device.type == "cuda" else None)
         ready: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
         end = object()

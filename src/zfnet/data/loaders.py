@@ -1,4 +1,4 @@
-"""Which input pipeline feeds a model: `--loader auto|cpu|gpu` and `--workers auto|N`.
+"""Which input pipeline feeds a model: `--loader auto|cpu|gpu|mixed` and `--workers auto|N`.
 
 - cpu: the DataLoader's workers decode each file (libjpeg-turbo, at a reduced DCT scale where
   an image is large enough), resize it once and hand over only the uint8 window the input is
@@ -13,6 +13,12 @@
   CMYK or progressive JPEGs, EXIF-rotated ones, truncated ones) are decoded by the workers as
   the cpu loader does. It runs on a CPU device too (`decode_jpeg` on the CPU), which is how
   its tests prove it.
+- mixed: gpu, with the workers decoding half of the images themselves (`MIXED_SHARE`: chosen
+  by index, the same ones in every epoch, so that a resumed run gets the same inputs; the
+  workers hand them over whole, at the full size). For machines where the device's decoding
+  is the limit: it runs in one thread of the training process, and on an NVIDIA H200 with 16
+  cores that thread was busy 88% of an epoch while the workers, which only read the files,
+  idled (docs/results.md).
 - auto: gpu on a CUDA device for image files (imagefolder:, shards:), cpu otherwise.
 
 Workers: `auto` is, on CUDA, the CPU cores this process may use (shared by the processes
@@ -33,7 +39,9 @@ from zfnet.data.batches import COLLATES, BatchInputs, DeviceBatches
 from zfnet.data.transforms import CropDataset, Form
 from zfnet.data.workers import usable_cores
 
-LOADERS = ("auto", "cpu", "gpu")
+LOADERS = ("auto", "cpu", "gpu", "mixed")
+DEVICE_DECODES = ("gpu", "mixed")  # the loaders whose items are the files ("encoded")
+MIXED_SHARE = 0.5  # of the images the workers decode with --loader mixed
 WORKERS = "auto or a number >= 0"
 
 
@@ -45,27 +53,28 @@ def decodes_files(dataset: Any) -> bool:
 
 def loader_kind(loader: str, dataset: Any, device: torch.device, *,
                 erasing: float = 0.0, spec: str = "") -> str:
-    """"cpu" or "gpu": what `loader` (auto, cpu, gpu) means for `dataset` on `device`.
-    ValueError naming the option for gpu where it cannot work."""
+    """"cpu", "gpu" or "mixed": what `loader` (auto, cpu, gpu, mixed) means for `dataset` on
+    `device`. ValueError naming the option for gpu or mixed where it cannot work."""
     if loader not in LOADERS:
         raise ValueError(f"loader={loader!r} is not known; valid: {', '.join(LOADERS)}")
     files = decodes_files(dataset)
     if loader == "auto":
         return "gpu" if device.type == "cuda" and files and not erasing else "cpu"
-    if loader == "gpu" and not files:
+    if loader in DEVICE_DECODES and not files:
         what = f"dataset {spec!r}" if spec else type(dataset).__name__
-        raise ValueError(f"--loader gpu decodes image files on the device, and {what} has "
-                         "none to decode (imagefolder: and shards: do); use --loader cpu or "
-                         "auto")
-    if loader == "gpu" and erasing:
+        raise ValueError(f"--loader {loader} decodes image files on the device, and {what} "
+                         "has none to decode (imagefolder: and shards: do); use --loader cpu "
+                         "or auto")
+    if loader in DEVICE_DECODES and erasing:
         raise ValueError("--random-erasing is drawn and applied per image by the loader's "
                          "workers; use --loader cpu (or auto) with it")
     return loader
 
 
 def item_form(kind: str, dataset: Any, *, erasing: float = 0.0) -> Form:
-    """The form of `dataset`'s items that the loader `kind` ("cpu"/"gpu") hands over."""
-    if kind == "gpu":
+    """The form of `dataset`'s items that the loader `kind` ("cpu"/"gpu"/"mixed") hands
+    over."""
+    if kind in DEVICE_DECODES:
         return "encoded"
     return "pixels" if decodes_files(dataset) and not erasing else "float"
 
@@ -97,6 +106,15 @@ def parse_workers(value: Any) -> int | str:
 def formed(dataset: Any, form: Form) -> Any:
     """`dataset` with items in `form` (itself for "float")."""
     return dataset if form == "float" else dataset.with_form(form)
+
+
+def for_loader(kind: str, dataset: Any, *, erasing: float = 0.0) -> Any:
+    """`dataset` as the loader `kind` (`loader_kind`'s answer) reads it: its items in that
+    loader's form, and with "mixed" the share the workers decode."""
+    data = formed(dataset, item_form(kind, dataset, erasing=erasing))
+    if kind == "mixed":
+        data.host_share = MIXED_SHARE  # a copy: `with_form` made one
+    return data
 
 
 def as_inputs(loader: DataLoader, dataset: Any, device: torch.device) -> Iterable:

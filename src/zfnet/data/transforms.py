@@ -139,6 +139,9 @@ class CropDataset(Dataset):
     # seeding (zfnet.train.recipe.SeededSamples) seeds and restores only these.
     global_rngs: tuple[str, ...] = ("torch",)
     form: Form = "float"  # what items are (see the module); `with_form` changes it
+    # "encoded" form: the share of items the workers decode themselves (the rest go to the
+    # device as files), chosen by index (`decoded_on_host`): the same items in every epoch
+    host_share: float = 0.0
 
     def __init__(
         self,
@@ -247,7 +250,7 @@ class CropDataset(Dataset):
         uint8 (F, F, C): the full image decoded here; y; the same (3,); i)."""
         (top, left, flipped), side = self.window(params)
         where = torch.tensor([top, left, int(flipped)])
-        if self.form == "encoded":
+        if self.form == "encoded" and not decoded_on_host(i, self.host_share):
             data = self.read_encoded(i)
             header = read_header(data)
             if header is not None and header.device_decodable:
@@ -293,6 +296,13 @@ class CropDataset(Dataset):
             raise ValueError(f"mode={mode!r} is not known; valid: {', '.join(MODES)}")
         other.mode = mode
         return other
+
+
+def decoded_on_host(i: int, share: float) -> bool:
+    """Is item i one of the `share` (0..1) of items decoded by the workers in the "encoded"
+    form? Chosen by index alone (i times the golden ratio, modulo 1, below `share`): spread
+    evenly over any run of indices, the same in every epoch and process."""
+    return share > 0 and (i * 0.6180339887498949) % 1.0 < share
 
 
 class TensorImages(CropDataset):

@@ -12,8 +12,7 @@ from torch.utils.data import Subset
 from zfnet.data.loaders import (
     as_inputs,
     collate_for,
-    formed,
-    item_form,
+    for_loader,
     loader_kind,
     resolve_workers,
 )
@@ -94,8 +93,7 @@ def evaluate_checkpoint(
             f"dataset {spec!r} gives {bundle.input_size} px crops but the model in "
             f"{meta['checkpoint']} expects {meta['input_size']} px"
         )
-    val = formed(bundle.val, item_form(loader_kind(loader, bundle.val, dev, spec=spec),
-                                       bundle.val))
+    val = for_loader(loader_kind(loader, bundle.val, dev, spec=spec), bundle.val)
     share = val
     if info.enabled:  # a strided share, as training's validation: no item twice, none padded
         share = Subset(val, range(info.rank, len(val), info.world_size))

@@ -27,8 +27,7 @@ import zfnet
 from zfnet.data.loaders import (
     as_inputs,
     collate_for,
-    formed,
-    item_form,
+    for_loader,
     loader_kind,
     resolve_workers,
 )
@@ -293,8 +292,8 @@ def _data(
     erasing = config.random_erasing
     kind = loader_kind(config.loader, bundle.train, info.device, erasing=erasing,
                        spec=config.data)
-    train = formed(bundle.train, item_form(kind, bundle.train, erasing=erasing))
-    val = formed(bundle.val, item_form(kind, bundle.val))
+    train = for_loader(kind, bundle.train, erasing=erasing)
+    val = for_loader(kind, bundle.val)
     train_set = SeededSamples(train, config.seed, erasing)
     sampler = ddp.ResumableSampler(train_set, info.world_size, info.rank, shuffle=True,
                                    seed=config.seed)
