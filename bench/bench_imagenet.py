@@ -16,13 +16,13 @@ whose training shards are then linked as many times (`replicate_shards`), and th
    decoding alone (PIL, and torchvision's decode_jpeg: libjpeg-turbo both);
 2. the loaders alone, with `--workers` workers, each batch made into model inputs on the
    device, over the first `--loader-images` images of an epoch: torchvision's (to the
-   device), zfnet cpu and gpu on the folder and on the shards, and nvJPEG decoding alone
+   device), zfnet cpu, gpu and mixed on the folder and on the shards, and nvJPEG decoding alone
    (CUDA, on the distinct photos);
 3. the training step alone on random inputs (ZFNet, batch `--batch-size`, bf16 autocast,
    channels_last): eager, compiled as `--compile` does (`zfnet.train.compiled`), and the same
    layers as a plain `nn.Sequential` (torch's LocalResponseNorm), compiled: the anchor;
 4. `zfnet train --compile` end to end for 2 epochs (the second timed, as metrics.csv reports
-   it) on the folder and on the shards, with the gpu loader and the cpu loader (`--e2e`).
+   it) on the folder and on the shards, with the gpu, cpu or mixed loader (`--e2e`).
 
     PYTHONPATH=src python bench/bench_imagenet.py                 # GPU machine
     PYTHONPATH=src python bench/bench_imagenet.py --parts 3,4 --e2e shards:gpu,shards:cpu
@@ -248,7 +248,7 @@ def loaders_alone(root: Path, shards: Path, spec: str, args: argparse.Namespace,
     info = DistInfo(0, 1, 0, device)
     for data, where in ((f"imagefolder:{root}?{spec}", "folder"),
                         (f"shards:{shards}?{spec}", "shards")):
-        for loader in ("cpu", "gpu"):
+        for loader in ("cpu", "gpu", "mixed"):
             run = build_run(train_config(work / "none", data, args.model, loader, args), info)
             batches, _ = epoch_loader(run, 0)
             measured(f"zfnet {loader} loader, {where}",
@@ -366,9 +366,10 @@ def main() -> None:
     args = ap.parse_args()
     args.parts = {int(p) for p in args.parts.split(",")}
     args.e2e = [tuple(run.split(":")) for run in args.e2e.split(",")]
-    if not all(len(r) == 2 and r[0] in ("folder", "shards") and r[1] in ("cpu", "gpu")
+    if not all(len(r) == 2 and r[0] in ("folder", "shards") and r[1] in ("cpu", "gpu", "mixed")
                for r in args.e2e):
-        ap.error("--e2e: a comma list of folder|shards : cpu|gpu, e.g. shards:gpu,shards:cpu")
+        ap.error("--e2e: a comma list of folder|shards : cpu|gpu|mixed, e.g. "
+                 "shards:gpu,shards:cpu")
     spec = ""
     if args.dry_run:
         args.images, args.unique, args.classes, args.batch_size, args.workers = 24, 8, 2, 4, 0

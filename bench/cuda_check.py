@@ -367,14 +367,26 @@ def main() -> int:
         x = torch.randn(n, 3, side, side)
         maps = torch.arange(k).repeat(n, 1)  # (n, k): k maps of every image
         lines = []
+        # Each device's float32 against float64 on the CPU: the device must agree about as well
+        # as the CPU's own float32 does (10 points fewer within 1e-3 at most, the worst at most
+        # twice as far). (Guided backprop and the gradient deep in a random
+        # network flip masks at values near 0 in float32 on any device: at layer4.1 the CPU's
+        # float32 has 28 of 32 projections within 1e-3 of float64's, the worst 1.3% off.)
         for layer in ("layer3", "layer4.1"):
             for rule in ("deconvnet", "guided", "gradient"):
-                a = project(net.cpu(), x, layer, maps, rule=rule)
+                exact = project(net.cpu().double(), x.double(), layer, maps, rule=rule).float()
+                net.float()
+                a = project(net, x, layer, maps, rule=rule)
                 with tf32_off():
                     b = project(net.to(dev), x.to(dev), layer, maps.to(dev), rule=rule).cpu()
-                share, worst = projection_agreement({layer: a}, {layer: b})
-                assert share >= 0.9, (layer, rule, share, worst)
-                lines.append(f"{layer}/{rule} {share:.0%} within 1e-3")
+                net.cpu()
+                cpu_share, cpu_worst = projection_agreement({layer: exact}, {layer: a})
+                share, worst = projection_agreement({layer: exact}, {layer: b})
+                assert share >= cpu_share - 0.1 and \
+                    worst <= max(2 * cpu_worst, 1e-3), (layer, rule, share, worst, cpu_share,
+                                                        cpu_worst)
+                lines.append(f"{layer}/{rule} {share:.0%} within 1e-3 of float64 (the CPU's "
+                             f"float32: {cpu_share:.0%})")
         ref = project(net.to(dev), x.to(dev), "layer3", maps.to(dev))
         low = project(net.to(dev), x.to(dev), "layer3", maps.to(dev), precision="bfloat16")
         cos = float(torch.nn.functional.cosine_similarity(ref.flatten(1).float(),
@@ -405,7 +417,7 @@ def main() -> int:
               "--stride", "16" if gpu else "32", "--device", dev, "--out", str(out / "r18-occ"))
         zfnet("analyze", "probes", *model, "--data", "synthetic?n_train=40&n_val=20",
               "--per-class", "2", "--device", dev, "--out", str(out / "r18-probes"))
-        return (f"graph engine vs CPU (TF32 off): {', '.join(lines)}; bf16 vs float32 cosine "
+        return (f"graph engine vs float64 (TF32 off): {', '.join(lines)}; bf16 vs float32 cosine "
                 f">= {cos:.4f}; zfnet project cpu vs {dev}: {sum(same)}/{len(same)} same units, "
                 f"activations within {rel:.1e}; visualize topk, analyze occlusion and probes "
                 f"ran on {dev}")
@@ -424,26 +436,34 @@ def main() -> int:
         worst = {}
         for mode, ds in (("train", bundle.train), ("centre", bundle.val),
                          ("ten_crop", bundle.val.with_mode("ten_crop"))):
-            def inputs(form: str, device: str, ds=ds, mode=mode) -> torch.Tensor:
+            def inputs(form: str, device: str, ds=ds, mode=mode, share=0.0) -> torch.Tensor:
                 d = ds if form == "float" else ds.with_form(form)
+                d.host_share = share  # --loader mixed: the workers decode that share
                 idx = list(range(len(d)))
                 items = (SeededSamples(d, 0).__getitems__(idx) if mode == "train"
                          else [d[i] for i in idx])
                 x, _ = DeviceBatches._hand_on(BatchInputs(d, device)(collate_for(d)(items)))
                 return x.float().cpu()
             a, b = inputs("float", "cpu"), inputs("encoded", dev)
-            assert a.shape == b.shape, (mode, a.shape, b.shape)
-            worst[mode] = float((a - b).abs().mean())
-            assert worst[mode] < 2.0, worst
-        a, diff = resumed("gl", ["--data", data, "--model", "zfnet_small", "--batch-size", "16",
-                                 "--device", dev, "--loader", "gpu", "--quiet"])
-        assert [r["skipped"] for r in a] == [1.0, 1.0], a
-        return (f"mean |gpu loader - cpu inputs| by mode {worst} (levels of 255); resumed run "
-                f"max loss diff {diff:.1e}; broken file skipped each epoch; "
-                f"{a[-1]['img_per_s']:.0f} img/s")
+            m = inputs("encoded", dev, share=0.5)  # mixed: half of them as the cpu's
+            assert a.shape == b.shape == m.shape, (mode, a.shape, b.shape, m.shape)
+            worst[mode] = round(float((a - b).abs().mean()), 3)
+            worst[f"{mode} mixed"] = round(float((a - m).abs().mean()), 3)
+            assert max(worst.values()) < 2.0, worst
+        lines = []
+        for loader in ("gpu", "mixed"):
+            a, diff = resumed(f"gl-{loader}", [
+                "--data", data, "--model", "zfnet_small", "--batch-size", "16", "--device", dev,
+                "--loader", loader, "--quiet"])
+            assert [r["skipped"] for r in a] == [1.0, 1.0], a
+            lines.append(f"{loader}: resumed run max loss diff {diff:.1e}, "
+                         f"{a[-1]['img_per_s']:.0f} img/s")
+        return (f"mean |gpu loader - cpu inputs| by mode {worst} (levels of 255); "
+                f"{'; '.join(lines)}; broken file skipped each epoch")
 
     check("train on CUDA, bf16 autocast, channels_last", bf16)
-    check("--loader gpu: nvJPEG inputs vs the CPU's, train, skip, resume", gpu_loader)
+    check("--loader gpu and mixed: nvJPEG inputs vs the CPU's, train, skip, resume",
+          gpu_loader)
     check("shards: write, train with each loader, resume, evaluate, mine", shards)
     check("any CNN: torchvision resnet18 on CUDA vs CPU, and its commands", any_cnn)
     check("resume on CUDA equals the uninterrupted run", resume)

@@ -21,7 +21,7 @@ def test_dry_run_prints_every_part(tmp_path) -> None:
                  "whole benchmark"):
         assert part in out, out
     rows = [line for line in out.splitlines() if "img/s" in line]
-    assert len(rows) == 6 + 5 + 3 + 4, out  # every loader, step and run measured
+    assert len(rows) == 6 + 7 + 3 + 4, out  # every loader, step and run measured
     assert all("ImageNet epoch" in line for line in rows)
     assert all(float(line.split("img/s")[0].split()[-1]) > 0 for line in rows), out
     # hard links made the rest of the folder, and the shards as long
