@@ -12,7 +12,7 @@ Validation during training runs the uncompiled module.
 Off by default. The first steps pay for the compilation (tens of seconds; Inductor caches the
 result on disk, so a second run with the same shapes starts faster), and the gain depends on
 the machine: on an NVIDIA H200 the training step of ZFNet-224 (bf16, channels_last) went from
-11.8k to 18.7k img/s; on a 2-core CPU the compiled step of zfnet_small was slower than the
+11.6k to 18.0k img/s; on a 2-core CPU the compiled step of zfnet_small was slower than the
 eager one, in bf16 and in float32 (docs/results.md has the figures).
 """
 
