@@ -49,3 +49,9 @@ def stop_group(p: subprocess.Popen) -> None:
         os.killpg(p.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def bench_script(name: str, *args: str, timeout: float = 170) -> subprocess.CompletedProcess:
+    """`python bench/NAME ARGS` in a child process (`process_env`), its output captured."""
+    return subprocess.run([sys.executable, str(ROOT / "bench" / name), *args],
+                          capture_output=True, text=True, timeout=timeout, env=process_env())

@@ -1,19 +1,11 @@
 """bench/bench_imagenet.py's dry run: every part of the ImageNet-scale benchmark (per worker,
 loaders alone, step alone, end to end) runs at toy sizes on the CPU and prints its figures."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.processes import bench_script
 
 
 def test_dry_run_prints_every_part(tmp_path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_imagenet.py"), "--dry-run",
-                        "--dir", str(tmp_path)], capture_output=True, text=True, timeout=170,
-                       env=env)
+    p = bench_script("bench_imagenet.py", "--dry-run", "--dir", str(tmp_path))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     out = p.stdout
     for part in ("1. per worker", "2. the loaders alone", "3. the training step alone",

@@ -2,19 +2,11 @@
 loader, host shares, stream priority, the loop's own stream) at toy sizes on the CPU, each line
 with its rate and what tells its cause, then the profile of a few steps."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.processes import bench_script
 
 
 def test_dry_run_measures_every_setting_and_profiles(tmp_path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_overlap.py"), "--dry-run",
-                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=170,
-                       env=env)
+    p = bench_script("gpu_overlap.py", "--dry-run", "--out", str(tmp_path))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     rows = (tmp_path / "overlap.txt").read_text().splitlines()
     names = [r.split("  ")[1].strip() for r in rows]
