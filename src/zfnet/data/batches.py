@@ -113,17 +113,17 @@ COLLATES: dict[str, Callable[[Sequence[Any]], Any]] = {
 # --- on the device ---
 
 def cut_windows(images: torch.Tensor, params: torch.Tensor, side: int,
-                rows: torch.Tensor | None = None) -> torch.Tensor:
+                which: torch.Tensor | None = None) -> torch.Tensor:
     """The windows `params` (N, 3: top, left, flipped) of images (R, H, W, C), in one gather:
-    (N, side, side, C), mirrored where flipped. Window k is cut from image `rows[k]` (None:
+    (N, side, side, C), mirrored where flipped. Window k is cut from image `which[k]` (None:
     image k)."""
     tops, lefts, flips = params.to(images.device).unbind(1)
     ramp = torch.arange(side, device=images.device)
-    rows_ = (tops[:, None] + ramp)[:, :, None]  # (N, s, 1)
+    rows = (tops[:, None] + ramp)[:, :, None]  # (N, s, 1)
     cols = lefts[:, None] + ramp  # (N, s)
     cols = torch.where(flips[:, None].bool(), cols.flip(1), cols)[:, None, :]  # (N, 1, s)
-    which = torch.arange(len(params)) if rows is None else rows
-    return images[which.to(images.device)[:, None, None], rows_, cols]  # (N, s, s, C)
+    which = torch.arange(len(params)) if which is None else which
+    return images[which.to(images.device)[:, None, None], rows, cols]  # (N, s, s, C)
 
 
 @dataclass
