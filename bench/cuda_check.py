@@ -369,9 +369,9 @@ def main() -> int:
         lines = []
         # Each device's float32 against float64 on the CPU: the device must agree about as well
         # as the CPU's own float32 does (10 points fewer within 1e-3 at most, the worst at most
-        # twice as far). (Guided backprop and the gradient deep in a random
-        # network flip masks at values near 0 in float32 on any device: at layer4.1 the CPU's
-        # float32 has 28 of 32 projections within 1e-3 of float64's, the worst 1.3% off.)
+        # twice as far). Guided backprop and the gradient deep in a random network flip masks
+        # at values near 0 in float32 on any device: at layer4.1 the CPU's float32 has 28 of
+        # 32 projections within 1e-3 of float64's, the worst 1.3% off.
         for layer in ("layer3", "layer4.1"):
             for rule in ("deconvnet", "guided", "gradient"):
                 exact = project(net.cpu().double(), x.double(), layer, maps, rule=rule).float()
@@ -437,8 +437,9 @@ def main() -> int:
         for mode, ds in (("train", bundle.train), ("centre", bundle.val),
                          ("ten_crop", bundle.val.with_mode("ten_crop"))):
             def inputs(form: str, device: str, ds=ds, mode=mode, share=0.0) -> torch.Tensor:
-                d = ds if form == "float" else ds.with_form(form)
-                d.host_share = share  # --loader mixed: the workers decode that share
+                d = ds if form == "float" else ds.with_form(form)  # (a copy)
+                if share:
+                    d.host_share = share  # --loader mixed: the workers decode that share
                 idx = list(range(len(d)))
                 items = (SeededSamples(d, 0).__getitems__(idx) if mode == "train"
                          else [d[i] for i in idx])
