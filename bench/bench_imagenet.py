@@ -65,7 +65,7 @@ from zfnet.data.loaders import resolve_workers  # noqa: E402
 from zfnet.data.shard_writer import write_shards  # noqa: E402
 from zfnet.memory import keep_freed_memory  # noqa: E402
 from zfnet.models.lrn import LocalResponseNorm  # noqa: E402
-from zfnet.train import TrainConfig, train  # noqa: E402
+from zfnet.train import TrainConfig, load_model, train  # noqa: E402
 from zfnet.train import compiled as compiled_mod  # noqa: E402
 from zfnet.train.compiled import compile_model  # noqa: E402
 from zfnet.train.distributed import DistInfo  # noqa: E402
@@ -328,6 +328,9 @@ def end_to_end(root: Path, shards: Path, spec: str, args: argparse.Namespace,
         with open(run / "metrics.csv") as f:
             rows = list(csv.DictReader(f))
         name = f"zfnet train, {where}, {loader} loader"
+        share = load_model(run, device="cpu")[1].get("host_share")  # mixed: what it measured
+        if share is not None:
+            name += f" ({share:.0%} host)"
         out[name] = float(rows[-1]["img_per_s"])
         report(name, out[name])
     return out

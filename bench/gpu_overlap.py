@@ -7,7 +7,7 @@ itself (`zfnet.train.recipe.train_one_epoch` over `epoch_loader`'s batches, the 
 
 - base: `--loader gpu` as `zfnet train` runs it;
 - host share p: the workers decode a share p of the images themselves (`CropDataset.host_share`;
-  `--loader mixed` is p = 0.5), the GPU the rest;
+  `--loader mixed` measures its p, `zfnet.data.mixed`), the GPU the rest;
 - decode priority: the loader thread's CUDA stream at high priority (its kernels first);
 - main stream: the training loop on a CUDA stream of its own instead of the default stream.
 
@@ -45,6 +45,7 @@ from bench_imagenet import replicate_shards  # noqa: E402
 from common import hardware, make_folder  # noqa: E402
 
 from zfnet.data.batches import DeviceBatches  # noqa: E402
+from zfnet.data.mixed import measure_share  # noqa: E402
 from zfnet.data.shard_writer import write_shards  # noqa: E402
 from zfnet.memory import keep_freed_memory  # noqa: E402
 from zfnet.train import TrainConfig  # noqa: E402
@@ -184,7 +185,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--model", default="zfnet")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--shares", default="0.3,0.5", help="host shares to try")
+    ap.add_argument("--shares", default="0.3,0.5,0.7,measured",
+                    help="host shares to try (measured: as --loader mixed measures it)")
     ap.add_argument("--profile-steps", type=int, default=12)
     ap.add_argument("--out", default=None, help="folder for the profile (default: none)")
     ap.add_argument("--dry-run", action="store_true")
@@ -223,11 +225,19 @@ def main() -> None:
         print(f"warm-up (compilation): {time.perf_counter() - t:.0f} s; "
               f"{run.loader_kw['num_workers']} workers", flush=True)
         high = torch.cuda.Stream.priority_range()[1] if device.type == "cuda" else 0
-        shares = [float(s) for s in args.shares.split(",")]
+        shares: list[tuple[str, float]] = []  # (its name, the share)
+        for s in args.shares.split(","):
+            if s == "measured":  # what --loader mixed would take (zfnet.data.mixed)
+                m = measure_share(run.bundle.train, device, run.loader_kw["num_workers"],
+                                  batch_size=args.batch_size)
+                print(m.describe(), flush=True)
+                shares.append((f"host share {m.share} (measured)", m.share))
+            else:
+                shares.append((f"host share {float(s)}", float(s)))
         settings = [("base", False, 0, 0.0)]
-        settings += [(f"host share {s}", False, 0, s) for s in reversed(shares)]
+        settings += [(name, False, 0, p) for name, p in reversed(shares)]
         settings += [("decode priority", False, high, 0.0),
-                     (f"host share {shares[-1]} + decode priority", False, high, shares[-1]),
+                     (f"{shares[-1][0]} + decode priority", False, high, shares[-1][1]),
                      ("main stream", True, 0, 0.0)]
         lines = []
         for k, (name, main_stream, prio, share) in enumerate(settings, start=1):

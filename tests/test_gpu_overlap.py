@@ -10,8 +10,9 @@ def test_dry_run_measures_every_setting_and_profiles(tmp_path) -> None:
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     rows = (tmp_path / "overlap.txt").read_text().splitlines()
     names = [r.split("  ")[1].strip() for r in rows]
-    assert names == ["base", "host share 0.5", "host share 0.3", "decode priority",
-                     "host share 0.5 + decode priority", "main stream"], rows
+    measured = "host share 0.0 (measured)"  # no workers in the dry run: nothing to share
+    assert names == ["base", measured, "host share 0.7", "host share 0.5", "host share 0.3",
+                     "decode priority", f"{measured} + decode priority", "main stream"], rows
     for r in rows:
         assert float(r.split("img/s")[0].split()[-1]) > 0, r
         assert "main process" in r and "decodes" in r, r

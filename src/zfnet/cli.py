@@ -339,8 +339,8 @@ _LOADER = click.option(
     "--loader", type=click.Choice(["auto", "cpu", "gpu", "mixed"]),
     help="Input pipeline (default auto: gpu on CUDA for imagefolder:/shards:, else cpu). cpu: "
          "workers decode and cut uint8 crops, the mean is subtracted on the device; gpu: the "
-         "device decodes the JPEGs too (nvJPEG); mixed: the workers decode half of them, the "
-         "device the rest.")
+         "device decodes the JPEGs too (nvJPEG); mixed: the workers decode a share of them, the "
+         "device the rest (the share measured at the start, kept on --resume).")
 
 
 @main.command("train", short_help="Train a model with the paper's recipe (Sec. 3)")

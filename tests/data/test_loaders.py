@@ -21,7 +21,6 @@ from zfnet.data.batches import BatchInputs, DeviceBatches, collate_encoded, coll
 from zfnet.data.images import decode_plain_jpeg
 from zfnet.data.jpeg import read_header
 from zfnet.data.loaders import (
-    MIXED_SHARE,
     as_inputs,
     collate_for,
     for_loader,
@@ -293,8 +292,11 @@ def test_loader_choice_and_workers(folder) -> None:
     assert item_form("gpu", bundle.train) == "encoded"
     assert item_form("mixed", bundle.train) == "encoded"
     assert for_loader("gpu", bundle.train).host_share == 0.0
-    mixed = for_loader("mixed", bundle.train)
-    assert mixed.host_share == MIXED_SHARE and bundle.train.host_share == 0.0  # a copy
+    mixed = for_loader("mixed", bundle.train, share=0.4)
+    assert mixed.host_share == 0.4 and bundle.train.host_share == 0.0  # a copy
+    assert for_loader("gpu", bundle.train, share=0.4).host_share == 0.0  # only mixed shares
+    with pytest.raises(ValueError, match="share=1.5 is not valid; valid: 0 to 1"):
+        for_loader("mixed", bundle.train, share=1.5)
     synthetic = load_dataset("synthetic?n_train=8&n_val=4&size=32")
     assert loader_kind("auto", synthetic.train, cuda) == "cpu"
     assert item_form("cpu", synthetic.train) == "float"

@@ -15,12 +15,23 @@ from tests.data.test_loaders import folder as folder  # noqa: F401 (the fixture)
 from tests.train.test_recipe import _assert_same_run
 from tests.train.tiny import tiny_config
 from zfnet.cli import main
+from zfnet.data.mixed import ShareMeasure
 from zfnet.data.shard_writer import write_shards
 from zfnet.report.plots import read_metrics_csv
 from zfnet.train import evaluate_checkpoint, find_last, load_model, train
 from zfnet.train import recipe as recipe_mod
+from zfnet.train import run as run_mod
 
 pytestmark = pytest.mark.filterwarnings("ignore::zfnet.data.images.BrokenImageWarning")
+
+
+def _share_is(monkeypatch, share: float | None) -> None:
+    """--loader mixed measures `share` (None: a measure fails the test)."""
+    def measured(*_, **__):
+        assert share is not None, "the share was measured again"
+        return ShareMeasure(share, 1.0, 1.0, 2)
+
+    monkeypatch.setattr(run_mod, "measure_share", measured)
 
 
 def _sigterm_at_step(monkeypatch, n: int) -> None:
@@ -45,6 +56,8 @@ def test_gpu_loader_on_the_cpu_trains_skips_and_resumes_exactly(folder, source, 
     else:
         data = f"imagefolder:{folder}?{SPEC}"
     kw = dict(data=data, loader=loader, workers=2, epochs=2)
+    if loader == "mixed":  # a fixed share: measured ones differ from run to run
+        _share_is(monkeypatch, 0.5)
     ref = tmp_path / "ref"
     train(tiny_config(ref, **kw))
     rows = read_metrics_csv(ref / "metrics.csv")
@@ -60,7 +73,10 @@ def test_gpu_loader_on_the_cpu_trains_skips_and_resumes_exactly(folder, source, 
     assert train(tiny_config(out, **kw))["status"] == "interrupted"
     monkeypatch.undo()
     assert find_last(out).name == "epoch_0001_step_000002"
-    assert load_model(out)[1]["workers"] == 2
+    saved = load_model(out)[1]
+    assert saved["workers"] == 2
+    assert saved.get("host_share") == (0.5 if loader == "mixed" else None)
+    _share_is(monkeypatch, None)  # a resume takes the run's own share: measures nothing
     assert train(tiny_config(out, **kw, resume=True))["status"] == "completed"
     _assert_same_run(ref, out)
 
@@ -81,3 +97,10 @@ def test_the_loader_options_from_the_command_line(folder, tmp_path) -> None:  # 
                                   "gpu", "--workers", "1", "--device", "cpu"])
     assert r.exit_code == 0 and "7 images (1 broken files skipped), 10 crops" in r.output, \
         r.output
+    # mixed measures its share and says it; the checkpoint keeps it for a resume
+    r = CliRunner().invoke(main, ["train", "--data", f"imagefolder:{folder}?{SPEC}", "--out",
+                                  str(tmp_path / "mixed"), "--epochs", "1", "--loader", "mixed",
+                                  "--workers", "1", "--progress", *common[:-2], "--no-tensorboard"])
+    assert r.exit_code == 0, r.output
+    line = next(x for x in r.output.splitlines() if x.startswith("--loader mixed: the workers"))
+    assert f"decode {load_model(tmp_path / 'mixed')[1]['host_share']:.0%} of" in line, line

@@ -13,12 +13,13 @@
   CMYK or progressive JPEGs, EXIF-rotated ones, truncated ones) are decoded by the workers as
   the cpu loader does. It runs on a CPU device too (`decode_jpeg` on the CPU), which is how
   its tests prove it.
-- mixed: gpu, with the workers decoding half of the images themselves (`MIXED_SHARE`: chosen
-  by index, the same ones in every epoch, so that a resumed run gets the same inputs; the
-  workers hand them over whole, at the full size). For machines where the device's decoding
-  is the limit: it runs in one thread of the training process, and on an NVIDIA H200 with 16
-  cores that thread was busy 88% of an epoch while the workers, which only read the files,
-  idled (docs/results.md).
+- mixed: gpu, with the workers decoding a share of the images themselves (chosen by index, the
+  same ones in every epoch, so that a resumed run gets the same inputs; the workers hand them
+  over whole, at the full size). The share is measured at the start of a run so that both
+  sides keep pace (`zfnet.data.mixed`). For machines where the device's decoding is the
+  limit: it runs in one thread of the training process, and on an NVIDIA H200 with 16 cores
+  that thread was busy 88% of an epoch while the workers, which only read the files, idled
+  (docs/results.md).
 - auto: gpu on a CUDA device for image files (imagefolder:, shards:), cpu otherwise.
 
 Workers: `auto` is, on CUDA, the CPU cores this process may use (shared by the processes
@@ -41,7 +42,6 @@ from zfnet.data.workers import usable_cores
 
 LOADERS = ("auto", "cpu", "gpu", "mixed")
 DEVICE_DECODES = ("gpu", "mixed")  # the loaders whose items are the files ("encoded")
-MIXED_SHARE = 0.5  # of the images the workers decode with --loader mixed
 WORKERS = "auto or a number >= 0"
 
 
@@ -108,12 +108,15 @@ def formed(dataset: Any, form: Form) -> Any:
     return dataset if form == "float" else dataset.with_form(form)
 
 
-def for_loader(kind: str, dataset: Any, *, erasing: float = 0.0) -> Any:
+def for_loader(kind: str, dataset: Any, *, erasing: float = 0.0, share: float = 0.0) -> Any:
     """`dataset` as the loader `kind` (`loader_kind`'s answer) reads it: its items in that
-    loader's form, and with "mixed" the share the workers decode."""
+    loader's form, and with "mixed" the `share` (0..1) of images the workers decode
+    (`zfnet.data.mixed.measure_share`)."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share={share!r} is not valid; valid: 0 to 1")
     data = formed(dataset, item_form(kind, dataset, erasing=erasing))
     if kind == "mixed":
-        data.host_share = MIXED_SHARE  # a copy: `with_form` made one
+        data.host_share = share  # a copy: `with_form` made one
     return data
 
 

@@ -75,7 +75,7 @@ class TrainConfig:
     # process's share less one, on a CPU 0 (zfnet.data.loaders)
     workers: int | str = "auto"
     # the input pipeline: "cpu" (workers decode, the device subtracts the mean), "gpu" (the
-    # device decodes), "mixed" (half each), "auto" (gpu on CUDA for image files)
+    # device decodes), "mixed" (a measured share each), "auto" (gpu on CUDA for image files)
     # (zfnet.data.loaders)
     loader: str = "auto"
     keep_epochs: tuple[int, ...] = PAPER_KEEP_EPOCHS

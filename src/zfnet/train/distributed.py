@@ -120,6 +120,11 @@ def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
     return t.tolist()
 
 
+def all_reduce_mean(value: float, info: DistInfo) -> float:
+    """The mean of one number over all processes (the number itself in one process)."""
+    return all_reduce_sum([value], info)[0] / info.world_size
+
+
 def all_reduce_max(flags: list[bool], info: DistInfo) -> list[bool]:
     """Each flag true on every process if it is true on any, so that all processes stop (or
     fail) at the same step instead of waiting for each other forever."""

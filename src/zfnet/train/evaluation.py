@@ -16,10 +16,11 @@ from zfnet.data.loaders import (
     loader_kind,
     resolve_workers,
 )
+from zfnet.data.mixed import measure_share
 from zfnet.data.workers import Loader
 from zfnet.train.checkpoint import load_model, read_train_state
 from zfnet.train.compiled import check_compile, compile_model
-from zfnet.train.distributed import DistInfo, resolve_device
+from zfnet.train.distributed import DistInfo, all_reduce_mean, resolve_device
 from zfnet.train.metrics import per_class_accuracy
 from zfnet.train.recipe import amp_dtype_for, evaluate
 
@@ -93,12 +94,19 @@ def evaluate_checkpoint(
             f"dataset {spec!r} gives {bundle.input_size} px crops but the model in "
             f"{meta['checkpoint']} expects {meta['input_size']} px"
         )
-    val = for_loader(loader_kind(loader, bundle.val, dev, spec=spec), bundle.val)
-    share = val
+    kind = loader_kind(loader, bundle.val, dev, spec=spec)
+    n_workers = resolve_workers(workers, dev)
+    host_share = 0.0
+    if kind == "mixed":  # the share of images the workers decode, measured here
+        host_share = measure_share(
+            bundle.val, dev, n_workers, batch_size=batch_size,
+            reduce=lambda p: all_reduce_mean(p, info)).share
+    val = for_loader(kind, bundle.val, share=host_share)
+    part = val
     if info.enabled:  # a strided share, as training's validation: no item twice, none padded
-        share = Subset(val, range(info.rank, len(val), info.world_size))
-    batches = as_inputs(Loader(share, batch_size=batch_size, shuffle=False,
-                               num_workers=resolve_workers(workers, dev),
+        part = Subset(val, range(info.rank, len(val), info.world_size))
+    batches = as_inputs(Loader(part, batch_size=batch_size, shuffle=False,
+                               num_workers=n_workers,
                                collate_fn=collate_for(val), pin_memory=dev.type == "cuda"),
                         val, dev)
     if channels_last:

@@ -95,6 +95,8 @@ class Checkpoints:
             "train_config": config.to_dict(), "world_size": run.info.world_size,
             "workers": run.loader_kw["num_workers"],  # what --workers auto came to
         }
+        if run.host_share is not None:  # --loader mixed: a resume decodes the same images
+            self.base_meta["host_share"] = run.host_share
         self.last = str(run.resume_from) if run.resume_from else None  # the newest one
 
     def save(self, epoch: int, step_in_epoch: int, st: EpochState, elapsed: float,

@@ -31,6 +31,7 @@ from zfnet.data.loaders import (
     loader_kind,
     resolve_workers,
 )
+from zfnet.data.mixed import measure_share, saved_share
 from zfnet.data.workers import Loader
 from zfnet.models import eval_mode
 from zfnet.train import checkpoint as ckpt
@@ -104,6 +105,7 @@ class Run:
     sampler: ddp.ResumableSampler
     val_loader: Any  # a DataLoader, or its batches as inputs on the device (DeviceBatches)
     loader_kw: dict[str, Any]
+    host_share: float | None  # --loader mixed: the share of images the workers decode
     per_rank_batch: int
     steps_per_epoch: int
     resume_from: Path | None
@@ -145,7 +147,8 @@ def build_run(config: TrainConfig, info: ddp.DistInfo, bundle: Any = None) -> Ru
     optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=config.nesterov)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    train_set, sampler, val_loader, loader_kw = _data(config, bundle, info, per_rank_batch)
+    train_set, sampler, val_loader, loader_kw, share = _data(config, bundle, info,
+                                                             per_rank_batch, meta, say)
     steps_per_epoch = math.ceil(sampler.num_samples / per_rank_batch)
     progress = Progress.from_meta(meta)
     scheduler, sched_when = build_scheduler(
@@ -157,7 +160,7 @@ def build_run(config: TrainConfig, info: ddp.DistInfo, bundle: Any = None) -> Ru
                ema=ema, optimizer=optimizer, scaler=scaler, scheduler=scheduler,
                sched_when=sched_when, first_radius=first_radius, amp_dtype=amp_dtype,
                train_set=train_set, sampler=sampler, val_loader=val_loader, loader_kw=loader_kw,
-               per_rank_batch=per_rank_batch, steps_per_epoch=steps_per_epoch,
+               host_share=share, per_rank_batch=per_rank_batch, steps_per_epoch=steps_per_epoch,
                resume_from=resume_from, progress=progress)
 
 
@@ -285,19 +288,30 @@ def _place(
 
 def _data(
     config: TrainConfig, bundle: Any, info: ddp.DistInfo, per_rank_batch: int,
-) -> tuple[SeededSamples, ddp.ResumableSampler, Any, dict[str, Any]]:
+    meta: dict[str, Any] | None, say: Callable[[str], None],
+) -> tuple[SeededSamples, ddp.ResumableSampler, Any, dict[str, Any], float | None]:
     """This process's share of the data: the seeded training set and its sampler, the
-    validation loader, and the loader options an epoch's loader is made with."""
+    validation loader, the loader options an epoch's loader is made with, and with --loader
+    mixed the share of images the workers decode (a resumed run's own, else measured)."""
     # the input pipeline (zfnet.data.loaders): what the workers hand over, the rest on the device
     erasing = config.random_erasing
     kind = loader_kind(config.loader, bundle.train, info.device, erasing=erasing,
                        spec=config.data)
-    train = for_loader(kind, bundle.train, erasing=erasing)
-    val = for_loader(kind, bundle.val)
+    workers = resolve_workers(config.workers, info.device)
+    share = None
+    if kind == "mixed":
+        share = saved_share(meta)
+        if share is None:
+            found = measure_share(bundle.train, info.device, workers, batch_size=per_rank_batch,
+                                  reduce=lambda p: ddp.all_reduce_mean(p, info))
+            share = found.share
+            say(found.describe())
+    train = for_loader(kind, bundle.train, erasing=erasing, share=share or 0.0)
+    val = for_loader(kind, bundle.val, share=share or 0.0)
     train_set = SeededSamples(train, config.seed, erasing)
     sampler = ddp.ResumableSampler(train_set, info.world_size, info.rank, shuffle=True,
                                    seed=config.seed)
-    loader_kw: dict[str, Any] = {"num_workers": resolve_workers(config.workers, info.device),
+    loader_kw: dict[str, Any] = {"num_workers": workers,
                                  "collate_fn": collate_for(train),
                                  "pin_memory": info.device.type == "cuda"}
     val_set = Subset(val, range(info.rank, len(bundle.val), info.world_size))
@@ -305,7 +319,7 @@ def _data(
                                   generator=torch.Generator().manual_seed(0),
                                   **{**loader_kw, "collate_fn": collate_for(val)}),
                            val, info.device)
-    return train_set, sampler, val_loader, loader_kw
+    return train_set, sampler, val_loader, loader_kw, share
 
 
 def _restore(state: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler: Any,

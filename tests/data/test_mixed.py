@@ -1,0 +1,111 @@
+"""`--loader mixed`'s share (zfnet.data.mixed): measured on the dataset's own files, it follows
+which side is slower; no workers, no share; a run's processes agree on one; the run's log
+says it."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from tests.data.test_loaders import SPEC
+from tests.data.test_loaders import folder as folder  # noqa: F401 (the fixture)
+from zfnet.data import load_dataset
+from zfnet.data import mixed as mixed_mod
+from zfnet.data.batches import BatchInputs
+from zfnet.data.mixed import ShareMeasure, measure_share, saved_share
+from zfnet.data.transforms import CropDataset
+
+pytestmark = pytest.mark.filterwarnings("ignore::zfnet.data.images.BrokenImageWarning")
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def train_set(folder):  # noqa: F811
+    return load_dataset(f"imagefolder:{folder}?{SPEC}").train
+
+
+def test_the_share_is_measured_on_the_files(train_set) -> None:
+    m = measure_share(train_set, CPU, 2, batch_size=4)
+    assert m.host_rate > 0 and m.device_rate > 0 and m.workers == 2
+    assert m.share == pytest.approx(m.host_rate / (m.host_rate + m.device_rate), abs=0.006)
+    assert train_set.mode == "train" and train_set.form == "float"  # measured on a copy
+    assert "--loader mixed: the workers decode" in m.describe()
+    assert f"{m.share:.0%} of the images" in m.describe() and "2 workers" in m.describe()
+
+
+def test_the_share_follows_the_slower_side(train_set, monkeypatch) -> None:
+    """A device that takes 50 ms a batch gets few images; workers that take 50 ms an image
+    get few. (Both far above what the 37 px images cost to decode here.)"""
+    real_call = BatchInputs.__call__
+
+    def slow_device(self, batch):
+        time.sleep(0.05)
+        return real_call(self, batch)
+
+    with monkeypatch.context() as m:
+        m.setattr(BatchInputs, "__call__", slow_device)
+        assert measure_share(train_set, CPU, 2, batch_size=4).share >= 0.8
+    real_item = CropDataset.formed_item
+
+    def slow_workers(self, i, params=None):
+        if self.host_share == 1.0:  # the workers' measuring pass
+            time.sleep(0.05)
+        return real_item(self, i, params)
+
+    with monkeypatch.context() as m:
+        m.setattr(CropDataset, "formed_item", slow_workers)
+        assert measure_share(train_set, CPU, 2, batch_size=4).share <= 0.2
+
+
+def test_no_workers_no_share_and_the_processes_agree(train_set, monkeypatch) -> None:
+    def fail(*_):
+        raise AssertionError("nothing to measure without workers")
+
+    monkeypatch.setattr(mixed_mod, "_host_rate", fail)
+    m = measure_share(train_set, CPU, 0, batch_size=4)
+    assert (m.share, m.host_rate, m.device_rate) == (0.0, 0.0, 0.0)
+    # every process calls `reduce` (a collective), also with nothing measured
+    assert measure_share(train_set, CPU, 0, batch_size=4, reduce=lambda p: p + 0.3).share == 0.3
+    monkeypatch.undo()
+    assert measure_share(train_set, CPU, 2, batch_size=4, reduce=lambda p: 0.456).share == 0.46
+
+
+def _measure_in_two(rank: int, store: str, root: str, results) -> None:
+    """One of two gloo processes: measures the share on its own and takes the mean."""
+    import torch.distributed as dist
+
+    from zfnet.train.distributed import DistInfo, all_reduce_mean
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        info = DistInfo(rank, 2, 0, CPU)
+        data = load_dataset(f"imagefolder:{root}?{SPEC}").train
+        if rank == 1:  # its device much slower: its own share would be near 1
+            real_call = BatchInputs.__call__
+            BatchInputs.__call__ = lambda self, b: (time.sleep(0.05), real_call(self, b))[1]
+        own = measure_share(data, CPU, 1, batch_size=4)
+        results[rank] = (own.share, measure_share(
+            data, CPU, 1, batch_size=4, reduce=lambda p: all_reduce_mean(p, info)).share)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_runs_processes_take_one_share(folder, tmp_path) -> None:  # noqa: F811
+    import torch.multiprocessing as mp
+
+    results = mp.Manager().dict()
+    mp.spawn(_measure_in_two, args=(str(tmp_path / "store"), str(folder), results), nprocs=2,
+             join=True)
+    (own0, mean0), (own1, mean1) = results[0], results[1]
+    assert own1 >= 0.8 and own0 < own1  # they measured apart
+    assert mean0 == mean1 and min(own0, own1) - 0.05 <= mean0 <= max(own0, own1) + 0.05
+
+
+def test_a_checkpoints_share() -> None:
+    assert saved_share({"host_share": 0.6, "workers": 3}) == 0.6
+    assert saved_share({"workers": 3}) is None and saved_share(None) is None
+    assert ShareMeasure(0.25, 100.0, 300.0, 4).describe() == (
+        "--loader mixed: the workers decode 25% of the images, the device the rest "
+        "(measured: 4 workers 100 img/s, the device 300 img/s)")
