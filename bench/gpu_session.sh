@@ -21,9 +21,12 @@ py=${PYTHON:-python3}  # the GPU machine's python holds torch
 if [ "$mode" = wheels ]; then
     grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >>.git/info/exclude
     pins=$(grep -iE '^(webdataset|braceexpand)==' constraints.txt)
+    get=(-m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
+         --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --platform any)
     # shellcheck disable=SC2086  # the pins are words
-    exec "$py" -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-        --implementation cp --platform manylinux2014_x86_64 --platform any -d .whl $pins
+    "$py" "${get[@]}" -d .whl $pins || exit 1
+    # TorchCodec apart (.whl/codec): only the codec check loads it, the rest keeps torchvision's
+    exec "$py" "${get[@]}" -d .whl/codec "$(grep -E '^torchcodec==' constraints.txt)"
 fi
 case $mode in gpu | dry) ;; *) echo "usage: $0 [gpu|dry|wheels]" >&2; exit 2 ;; esac
 
@@ -90,4 +93,11 @@ step bench_imagenet 280 "$py" bench/bench_imagenet.py "${bench[@]}"
 step gpu_overlap 100 "$py" bench/gpu_overlap.py "${overlap[@]}"
 step cuda_check_more 140 "$py" bench/cuda_check.py --out /tmp/cc-more --only shards "any CNN" \
     "one GPU" "${cc[@]}"
+# TorchCodec's nvJPEG against torchvision's (zfnet.data.codec takes TorchCodec's where it loads)
+if [ "$mode" = gpu ] && compgen -G ".whl/codec/*.whl" >/dev/null; then
+    "$py" -m pip install -q --root-user-action=ignore --no-index --no-deps --no-compile \
+        --no-cache-dir --target /tmp/site-codec .whl/codec/*.whl
+fi
+PYTHONPATH=/tmp/site-codec:$PYTHONPATH step codec_check 40 "$py" bench/codec_check.py \
+    $([ "$mode" = gpu ] || echo --dry-run)
 echo "whole session: $((SECONDS - start))s" | tee -a "$OUT/summary.txt"

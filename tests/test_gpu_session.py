@@ -1,6 +1,7 @@
 """bench/gpu_session.sh, the one command a GPU lease runs: its modes and its time budget (each
 step gets what is left of it; one with too little left is skipped and said so). Its steps' dry
-runs are tests of their own (test_cuda_check.py, test_bench_imagenet.py, test_gpu_overlap.py)."""
+runs are tests of their own (test_cuda_check.py, test_bench_imagenet.py, test_gpu_overlap.py,
+test_codec_check.py)."""
 
 import os
 import subprocess
@@ -26,6 +27,7 @@ def test_steps_with_too_little_time_left_are_skipped_and_logged(tmp_path) -> Non
     assert p.returncode == 0, p.stdout + p.stderr
     summary = (tmp_path / "summary.txt").read_text()
     assert "torch" in summary  # the machine's versions head it
-    for step in ("cuda_check_loader", "bench_imagenet", "gpu_overlap", "cuda_check_more"):
+    for step in ("cuda_check_loader", "bench_imagenet", "gpu_overlap", "cuda_check_more",
+                 "codec_check"):
         assert f"== {step}: skipped" in summary, summary
     assert "whole session" in summary

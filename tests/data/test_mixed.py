@@ -36,12 +36,12 @@ def test_the_share_is_measured_on_the_files(train_set) -> None:
 
 
 def test_the_share_follows_the_slower_side(train_set, monkeypatch) -> None:
-    """A device that takes 50 ms a batch gets few images; workers that take 50 ms an image
+    """A device that takes 200 ms a batch gets few images; workers that take 50 ms an image
     get few. (Both far above what the 37 px images cost to decode here.)"""
     real_call = BatchInputs.__call__
 
     def slow_device(self, batch):
-        time.sleep(0.05)
+        time.sleep(0.2)
         return real_call(self, batch)
 
     with monkeypatch.context() as m:
@@ -84,7 +84,7 @@ def _measure_in_two(rank: int, store: str, root: str, results) -> None:
         data = load_dataset(f"imagefolder:{root}?{SPEC}").train
         if rank == 1:  # its device much slower: its own share would be near 1
             real_call = BatchInputs.__call__
-            BatchInputs.__call__ = lambda self, b: (time.sleep(0.05), real_call(self, b))[1]
+            BatchInputs.__call__ = lambda self, b: (time.sleep(0.2), real_call(self, b))[1]
         own = measure_share(data, CPU, 1, batch_size=4)
         results[rank] = (own.share, measure_share(
             data, CPU, 1, batch_size=4, reduce=lambda p: all_reduce_mean(p, info)).share)

@@ -11,7 +11,7 @@ items would have been, stacked, on the device the model trains on:
   gather for the batch), divided by std, the ten crops cut for evaluation;
 - "encoded" (the GPU loader): `EncodedBatch`, the files' bytes (and, for the few files the
   device cannot decode, the full images decoded by the workers). On the device: decoded in one
-  `torchvision.io.decode_jpeg` call (nvJPEG on CUDA), each image's shorter side resized to F
+  `zfnet.data.codec.decode_jpeg` call (nvJPEG on CUDA), each image's shorter side resized to F
   (images of one size in one call) and its centre F x F kept, then the windows cut (one gather)
   and finished as "pixels". A batch the device decoder refuses is decoded image by image to
   find the culprit, which is decoded by PIL on the host (`load_rgb`): it is used if PIL can
@@ -38,8 +38,8 @@ from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import DataLoader, default_collate, get_worker_info
-from torchvision.io import ImageReadMode, decode_jpeg
 
+from zfnet.data.codec import decode_jpeg
 from zfnet.data.images import BadImageError, load_rgb, resize_center_crop, warn_skipped
 from zfnet.data.transforms import CropDataset, Form, collate, ten_crop
 
@@ -247,13 +247,13 @@ class BatchInputs:
         if not files:
             return []
         try:
-            return list(decode_jpeg(files, mode=ImageReadMode.RGB, device=self.device))
+            return list(decode_jpeg(files, self.device))
         except RuntimeError:
             pass  # one of them at least: find it
         out: list[torch.Tensor | None] = []
         for data, k in zip(files, where, strict=True):
             try:
-                out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device))
+                out.append(decode_jpeg(data, self.device))
             except RuntimeError:
                 out.append(self._decode_on_host(data, int(indices[k]), skipped))
         return out

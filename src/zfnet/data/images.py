@@ -18,9 +18,9 @@ from typing import BinaryIO
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
+from zfnet.data.codec import decode_jpeg
 from zfnet.data.jpeg import JpegHeader, read_header
 
 # Extensions an image folder is scanned for (torchvision's ImageFolder list). Other files
@@ -146,7 +146,7 @@ def decode_plain_jpeg(data: bytes | bytearray, *, min_side: int | None = None,
     one the fast decoders refuse (`load_rgb` then decodes it, or says what is wrong).
 
     A file that `min_side` lets PIL decode at a reduced DCT scale (both sides at least twice
-    it) goes through PIL's `draft`; the others through `torchvision.io.decode_jpeg`
+    it) goes through PIL's `draft`; the others through `zfnet.data.codec.decode_jpeg`
     (libjpeg-turbo like PIL, bit-identical pixels, ~30% faster: no copies in between).
     `header`: the file's, when the caller has read it already."""
     header = header or read_header(data)
@@ -161,7 +161,7 @@ def decode_plain_jpeg(data: bytes | bytearray, *, min_side: int | None = None,
                 return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)  # (3, H, W) view
         buf = torch.frombuffer(data if isinstance(data, bytearray) else bytearray(data),
                                dtype=torch.uint8)
-        return decode_jpeg(buf, mode=ImageReadMode.RGB)  # (3, H, W), an (H, W, 3) view
+        return decode_jpeg(buf)  # (3, H, W), an (H, W, 3) view
     except (OSError, RuntimeError, ValueError, SyntaxError, EOFError):
         return None
 

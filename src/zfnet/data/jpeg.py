@@ -1,12 +1,12 @@
 """What a JPEG file's header says, read without decoding it: which decoder may take the file.
 
-The fast decoders (`torchvision.io.decode_jpeg` on the CPU, nvJPEG on a GPU) give
-`zfnet.data.images.load_rgb`'s pixels only for "plain" files: 8-bit greyscale or YCbCr JPEGs
-without an EXIF rotation, without Adobe's colour transform (CMYK, YCCK, RGB-coded files), of at
-most `PIL.Image.MAX_IMAGE_PIXELS` pixels, that end with their end-of-image marker (a truncated
-file does not: PIL rejects it, a GPU decoder might not). Everything else goes through PIL
-(`load_rgb`), which converts it or names what is wrong with it. Reading the markers up to the
-frame header takes ~10 us, against ~1 ms to decode an ImageNet photo.
+The fast decoders (`zfnet.data.codec.decode_jpeg`: libjpeg-turbo on the CPU, nvJPEG on a GPU)
+give `zfnet.data.images.load_rgb`'s pixels only for "plain" files: 8-bit greyscale or YCbCr
+JPEGs without an EXIF rotation, without Adobe's colour transform (CMYK, YCCK, RGB-coded files),
+of at most `PIL.Image.MAX_IMAGE_PIXELS` pixels, that end with their end-of-image marker (a
+truncated file does not: PIL rejects it, a GPU decoder might not). Everything else goes through
+PIL (`load_rgb`), which converts it or names what is wrong with it. Reading the markers up to
+the frame header takes ~10 us, against ~1 ms to decode an ImageNet photo.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class JpegHeader:
 
     @property
     def plain(self) -> bool:
-        """Decoded by `torchvision.io.decode_jpeg` to exactly `load_rgb`'s pixels."""
+        """Decoded by `zfnet.data.codec.decode_jpeg` to exactly `load_rgb`'s pixels."""
         return (self.components in (1, 3) and self.precision == 8 and self.orientation == 1
                 and not self.adobe and self.complete
                 and self.width * self.height <= (Image.MAX_IMAGE_PIXELS or float("inf")))

@@ -8,7 +8,7 @@
   the inputs themselves ("float" items), as do all datasets with random erasing (drawn and
   applied per item).
 - gpu: the workers only read the files; the device decodes them in one call per batch (nvJPEG
-  through `torchvision.io.decode_jpeg` on CUDA), then resizes, cuts, flips and subtracts the
+  through `zfnet.data.codec.decode_jpeg` on CUDA), then resizes, cuts, flips and subtracts the
   mean ("encoded" items). Files nvJPEG's batched path does not take (PNG and other formats,
   CMYK or progressive JPEGs, EXIF-rotated ones, truncated ones) are decoded by the workers as
   the cpu loader does. It runs on a CPU device too (`decode_jpeg` on the CPU), which is how
