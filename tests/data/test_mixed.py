@@ -1,6 +1,6 @@
 """`--loader mixed`'s share (zfnet.data.mixed): measured on the dataset's own files, it follows
-which side is slower; no workers, no share; a run's processes agree on one; the run's log
-says it."""
+which side is slower; no workers, no share; the processes of a run take one (`reduce`; with
+torchrun: tests/data/test_shards.py's two nodes)."""
 
 from __future__ import annotations
 
@@ -70,41 +70,6 @@ def test_no_workers_no_share_and_the_processes_agree(train_set, monkeypatch) -> 
     assert measure_share(train_set, CPU, 0, batch_size=4, reduce=lambda p: p + 0.3).share == 0.3
     monkeypatch.undo()
     assert measure_share(train_set, CPU, 2, batch_size=4, reduce=lambda p: 0.456).share == 0.46
-
-
-def _measure_in_two(rank: int, store: str, root: str, results) -> None:
-    """One of two gloo processes: measures the share on its own and takes the mean."""
-    import torch.distributed as dist
-
-    from zfnet.train.distributed import DistInfo, all_reduce_mean
-
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    try:
-        info = DistInfo(rank, 2, 0, CPU)
-        data = load_dataset(f"imagefolder:{root}?{SPEC}").train
-        if rank == 1:  # its device much slower: its own share would be near 1
-            real_call = BatchInputs.__call__
-            BatchInputs.__call__ = lambda self, b: (time.sleep(0.2), real_call(self, b))[1]
-        own: list[float] = []  # the share this process measured, before the mean
-
-        def mean(p: float) -> float:
-            own.append(p)
-            return all_reduce_mean(p, info)
-
-        results[rank] = (own, measure_share(data, CPU, 1, batch_size=4, reduce=mean).share)
-    finally:
-        dist.destroy_process_group()
-
-
-def test_a_runs_processes_take_one_share(folder, tmp_path) -> None:  # noqa: F811
-    import torch.multiprocessing as mp
-
-    results = mp.Manager().dict()
-    mp.spawn(_measure_in_two, args=(str(tmp_path / "store"), str(folder), results), nprocs=2,
-             join=True)
-    ([own0], mean0), ([own1], mean1) = results[0], results[1]
-    assert own1 >= 0.8 and own0 < own1  # they measured apart
-    assert mean0 == mean1 and min(own0, own1) - 0.05 <= mean0 <= max(own0, own1) + 0.05
 
 
 def test_a_checkpoints_share() -> None:

@@ -424,7 +424,9 @@ def _free_port() -> int:
 
 def test_two_nodes_meet_at_one_rendezvous_and_train(resized, tmp_path) -> None:
     """Two torchrun launches (--nnodes 2, one process each) on this machine, as on two: they
-    meet at a c10d rendezvous and train one epoch on the shards."""
+    meet at a c10d rendezvous and train one epoch on the shards, with --loader mixed (each
+    measures the workers' share, and both take the mean: a collective, so a process that did
+    not take part would hang the other)."""
     run, port = tmp_path / "run", _free_port()
     procs = [subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
@@ -433,7 +435,7 @@ def test_two_nodes_meet_at_one_rendezvous_and_train(resized, tmp_path) -> None:
          "-m", "zfnet.cli", "train", "--data", f"shards:{resized}?{SPEC}", "--model",
          "zfnet_small", "--model-opt", "conv_widths=16,16,16", "--model-opt", "fc_width=32",
          "--out", str(run), "--epochs", "1", "--batch-size", "8", "--workers", "1",
-         "--device", "cpu", "--quiet", "--no-tensorboard"],
+         "--loader", "mixed", "--device", "cpu", "--quiet", "--no-tensorboard"],
         cwd=ROOT, env=process_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)  # a group each: a hang is stopped whole, workers included
         for node in (0, 1)]
@@ -447,3 +449,4 @@ def test_two_nodes_meet_at_one_rendezvous_and_train(resized, tmp_path) -> None:
     meta = load_model(run)[1]
     assert meta["world_size"] == 2 and meta["epoch"] == 1
     assert meta["history"][0]["global_step"] == 3  # 21 images: 11 per node, batches of 4
+    assert 0.0 <= meta["host_share"] <= 1.0
