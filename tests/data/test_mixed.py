@@ -66,6 +66,8 @@ def test_no_workers_no_share_and_the_processes_agree(train_set, monkeypatch) -> 
     monkeypatch.setattr(mixed_mod, "_host_rate", fail)
     m = measure_share(train_set, CPU, 0, batch_size=4)
     assert (m.share, m.host_rate, m.device_rate) == (0.0, 0.0, 0.0)
+    assert m.describe() == ("--loader mixed: no DataLoader workers (--workers 0), so the device "
+                            "decodes every image")
     # every process calls `reduce` (a collective), also with nothing measured
     assert measure_share(train_set, CPU, 0, batch_size=4, reduce=lambda p: p + 0.3).share == 0.3
     monkeypatch.undo()

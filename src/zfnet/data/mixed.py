@@ -50,6 +50,9 @@ class ShareMeasure:
 
     def describe(self) -> str:
         """One line for the run's log."""
+        if self.workers == 0:
+            return ("--loader mixed: no DataLoader workers (--workers 0), so the device decodes "
+                    "every image")
         return (f"--loader mixed: the workers decode {self.share:.0%} of the images, the "
                 f"device the rest (measured: {self.workers} workers {self.host_rate:,.0f} "
                 f"img/s, the device {self.device_rate:,.0f} img/s)")
