@@ -14,7 +14,7 @@ from tests.data.test_loaders import folder as folder  # noqa: F401 (the fixture)
 from zfnet.data import load_dataset
 from zfnet.data import mixed as mixed_mod
 from zfnet.data.batches import BatchInputs
-from zfnet.data.mixed import ShareMeasure, measure_share, saved_share
+from zfnet.data.mixed import ShareMeasure, best_share, measure_share, saved_share
 from zfnet.data.transforms import CropDataset
 
 pytestmark = pytest.mark.filterwarnings("ignore::zfnet.data.images.BrokenImageWarning")
@@ -27,12 +27,27 @@ def train_set(folder):  # noqa: F811
 
 
 def test_the_share_is_measured_on_the_files(train_set) -> None:
+    seed = torch.random.get_rng_state()
     m = measure_share(train_set, CPU, 2, batch_size=4)
-    assert m.host_rate > 0 and m.device_rate > 0 and m.workers == 2
-    assert m.share == pytest.approx(m.host_rate / (m.host_rate + m.device_rate), abs=0.006)
+    assert torch.equal(torch.random.get_rng_state(), seed)  # no crops drawn: the run's RNG
+    assert m.host_rate > 0 and m.device_rate > 0 and m.finish_rate > 0 and m.workers == 2
+    assert m.share == pytest.approx(best_share(m.host_rate, m.device_rate, m.finish_rate),
+                                    abs=0.006)
     assert train_set.mode == "train" and train_set.form == "float"  # measured on a copy
     assert "--loader mixed: the workers decode" in m.describe()
     assert f"{m.share:.0%} of the images" in m.describe() and "2 workers" in m.describe()
+
+
+def test_the_best_share_keeps_both_sides_busy() -> None:
+    # nothing done to decoded images (c = 0): H / (H + D), for a rate of H + D
+    assert best_share(100.0, 300.0, float("inf")) == pytest.approx(0.25)
+    # with c: the workers' p / H equals the thread's (1 - p) d + c
+    h, d, c = 100.0, 1 / 300, 1 / 900
+    p = best_share(h, 1 / (d + c), 1 / c)
+    assert p / h == pytest.approx((1 - p) * d + c)
+    # a thread slower with decoded images than workers decoding all of them: they decode all
+    assert best_share(1000.0, 300.0, 400.0) == 1.0
+    assert best_share(0.0, 300.0, 900.0) == 0.0 and best_share(100.0, 0.0, 0.0) == 0.0
 
 
 def test_the_share_follows_the_slower_side(train_set, monkeypatch) -> None:
@@ -65,7 +80,7 @@ def test_no_workers_no_share_and_the_processes_agree(train_set, monkeypatch) -> 
 
     monkeypatch.setattr(mixed_mod, "_host_rate", fail)
     m = measure_share(train_set, CPU, 0, batch_size=4)
-    assert (m.share, m.host_rate, m.device_rate) == (0.0, 0.0, 0.0)
+    assert (m.share, m.host_rate, m.device_rate, m.finish_rate) == (0.0, 0.0, 0.0, 0.0)
     assert m.describe() == ("--loader mixed: no DataLoader workers (--workers 0), so the device "
                             "decodes every image")
     # every process calls `reduce` (a collective), also with nothing measured
@@ -77,6 +92,7 @@ def test_no_workers_no_share_and_the_processes_agree(train_set, monkeypatch) -> 
 def test_a_checkpoints_share() -> None:
     assert saved_share({"host_share": 0.6, "workers": 3}) == 0.6
     assert saved_share({"workers": 3}) is None and saved_share(None) is None
-    assert ShareMeasure(0.25, 100.0, 300.0, 4).describe() == (
+    assert ShareMeasure(0.25, 100.0, 300.0, 1200.0, 4).describe() == (
         "--loader mixed: the workers decode 25% of the images, the device the rest "
-        "(measured: 4 workers 100 img/s, the device 300 img/s)")
+        "(measured: 4 workers 100 img/s; the device 300 img/s from the files, 1,200 from "
+        "decoded images)")
