@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU measurements still owed (issue 27's figures with --loader mixed, the CUDA paths of the
-# loaders, the shards, any CNN and DDP's per-step agreement) in one command that fits one
+# The GPU measurements still owed (issue 27's figures with --loader mixed and its measured share,
+# the CUDA paths of the loaders, the shards, any CNN, DDP's per-step agreement, TorchCodec's
+# nvJPEG) in one command that fits one
 # device lease: a machine lent for 15 minutes, of which its start takes 1-2 and one command
 # may run 10. Each step gets what is left of the command's time, so that one that overruns
 # cannot starve the rest; the logs go to $OUT (what the device tool brings back) and to the
@@ -72,10 +73,12 @@ if [ "$mode" = gpu ]; then
     # the compiled step of the same run
     bench=(--parts 3,4 --e2e shards:mixed,folder:mixed --images 60000 --unique 6000)
     overlap=(--out "$OUT/overlap" --images 30720)  # 8 settings: 3 s each at ~10k img/s
+    share=(--images 8192 --pass-images 8192 --batch-size 256)  # 12 passes of ~1 s
 else
     cc=(--device cpu --data "synthetic?n_train=256&n_val=128" --in-process)
     bench=(--dry-run)
     overlap=(--dry-run)
+    share=(--dry-run)
 fi
 # What the machine did meanwhile, to tell a shortfall's cause in the same lease: the GPU's
 # utilisation each second, and the CPU's (cores busy decoding, or idle waiting) every 5 s.
@@ -86,11 +89,12 @@ if [ "$mode" = gpu ]; then
 fi
 # the gpu and mixed loaders' correctness first (their figures mean nothing if they are
 # wrong), then the benchmark the issue asks for, the loop with one setting changed at a time
-# (bench/gpu_overlap.py), then the CUDA checks of the shards, of any CNN and of DDP's per-step
+# (bench/gpu_overlap.py), the mixed loader's measured share against a sweep, then the CUDA checks of the shards, of any CNN and of DDP's per-step
 # agreement on CUDA tensors (two processes on the one GPU, over gloo)
 step cuda_check_loader 110 "$py" bench/cuda_check.py --out /tmp/cc-loader --only nvJPEG "${cc[@]}"
 step bench_imagenet 280 "$py" bench/bench_imagenet.py "${bench[@]}"
 step gpu_overlap 100 "$py" bench/gpu_overlap.py "${overlap[@]}"
+step mixed_share 60 "$py" bench/bench_mixed_share.py "${share[@]}"
 step cuda_check_more 140 "$py" bench/cuda_check.py --out /tmp/cc-more --only shards "any CNN" \
     "one GPU" "${cc[@]}"
 # TorchCodec's nvJPEG against torchvision's (zfnet.data.codec takes TorchCodec's where it loads)
