@@ -18,7 +18,7 @@ def test_every_check_passes(tmp_path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     p = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "cuda_check.py"), "--out", str(tmp_path / "cc"),
-         "--device", device, "--data", "synthetic?n_train=256&n_val=128",
+         "--device", device, "--data", "synthetic?n_train=128&n_val=64",  # every path, small
          *([] if device == "cuda" else ["--in-process"])],
         capture_output=True, text=True, env=env, timeout=900,
     )
