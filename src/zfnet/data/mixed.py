@@ -40,7 +40,7 @@ import torch
 from torch.utils.data import Subset
 
 from zfnet.data.batches import BatchInputs, collate_encoded
-from zfnet.data.transforms import CropDataset
+from zfnet.data.transforms import CropDataset, centre_offset
 from zfnet.data.workers import Loader
 
 
@@ -135,7 +135,7 @@ def _device_rates(probe: CropDataset, device: torch.device, batch_size: int,
     crops are fixed ones, not drawn: the process's RNG is the run's."""
     inputs = BatchInputs(probe, device)
     indices = _sample(len(probe), (rounds + 1) * batch_size)
-    centre = (probe.full_size - probe.input_size) // 2  # training windows: the centre one,
+    centre = centre_offset(probe.full_size, probe.input_size)  # where training windows lie
 
     def batches(share: float) -> list[Any]:
         probe.host_share = share
