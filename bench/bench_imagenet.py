@@ -7,22 +7,25 @@ A folder of ImageNet-shaped JPEGs is generated (500x375, ~76 kB, `--classes` cla
 bench/common.py `photo`): `--unique` distinct photos, hard-linked up to `--images` files, so
 that an epoch is long enough for the workers' start at each epoch to weigh as little as it
 does on ImageNet's 1.28M images (at 17k img/s, 20k images would be 1.2 s, of which the start
-takes a good part). The distinct photos are written as shards at 256 px (`zfnet shards`),
-whose training shards are then linked as many times (`replicate_shards`), and then:
+takes a good part). The distinct photos are written as shards at 256 px (`zfnet shards`) and
+as shards of 256 px centre squares (`zfnet shards --square`, "squares" below), whose training
+shards are then linked as many times (`replicate_shards`), and then:
 
 1. per worker (one process, one thread: what one DataLoader worker does, batches of 64):
    torchvision ImageFolder + PIL (Resize 256, RandomCrop 224, flip, ToTensor) against zfnet's
-   cpu loader on the folder and on the shards, the gpu loader's workers (reading bytes), and
+   cpu loader on the folder, the shards and the squares, the gpu loader's workers (reading
+   bytes), and
    decoding alone (PIL, and torchvision's decode_jpeg: libjpeg-turbo both);
 2. the loaders alone, with `--workers` workers, each batch made into model inputs on the
    device, over the first `--loader-images` images of an epoch: torchvision's (to the
-   device), zfnet cpu, gpu and mixed on the folder and on the shards, and nvJPEG decoding alone
+   device), zfnet cpu, gpu and mixed on the folder, the shards and the squares, and nvJPEG
+   decoding alone
    (CUDA, on the distinct photos);
 3. the training step alone on random inputs (ZFNet, batch `--batch-size`, bf16 autocast,
    channels_last): eager, compiled as `--compile` does (`zfnet.train.compiled`), and the same
    layers as a plain `nn.Sequential` (torch's LocalResponseNorm), compiled: the anchor;
 4. `zfnet train --compile` end to end for 2 epochs (the second timed, as metrics.csv reports
-   it) on the folder and on the shards, with the gpu, cpu or mixed loader (`--e2e`).
+   it) on the folder, the shards or the squares, with the gpu, cpu or mixed loader (`--e2e`).
 
     PYTHONPATH=src python bench/bench_imagenet.py                 # GPU machine
     PYTHONPATH=src python bench/bench_imagenet.py --parts 3,4 --e2e shards:gpu,shards:cpu
@@ -133,7 +136,8 @@ def replicate_shards(root: Path, times: int) -> None:
 
 # --- 1. per worker ---
 
-def per_worker(root: Path, shards: Path, spec: str, repeats: int) -> dict[str, float]:
+def per_worker(root: Path, shards: Path, squares: Path, spec: str,
+               repeats: int) -> dict[str, float]:
     """One process, one thread: the work of one DataLoader worker, per loader."""
     from PIL import Image
     from torchvision import datasets, transforms
@@ -185,6 +189,8 @@ def per_worker(root: Path, shards: Path, spec: str, repeats: int) -> dict[str, f
                                            collate_pixels), n),
         "zfnet cpu loader, shards at 256 px": (zf(f"shards:{shards}?{spec}", "pixels",
                                                   collate_pixels), n),
+        "zfnet cpu loader, shards of 256 px squares": (zf(f"shards:{squares}?{spec}", "pixels",
+                                                          collate_pixels), n),
         "zfnet gpu loader's workers, originals": (zf(f"imagefolder:{root}?{spec}", "encoded",
                                                      collate_encoded), n),
         "decoding alone, PIL": (pil, n),
@@ -223,8 +229,9 @@ def train_config(out: Path, data: str, model: str, loader: str, args: argparse.N
                        progress=False, tensorboard=False, keep_epochs=(), **kw)
 
 
-def loaders_alone(root: Path, shards: Path, spec: str, args: argparse.Namespace,
-                  work: Path, report: Callable[[str, float], None]) -> dict[str, float]:
+def loaders_alone(root: Path, shards: Path, squares: Path, spec: str,
+                  args: argparse.Namespace, work: Path,
+                  report: Callable[[str, float], None]) -> dict[str, float]:
     """Each loader's images per second (`report`ed as measured: a run cut short keeps them)."""
     from torchvision import datasets, transforms
 
@@ -247,7 +254,8 @@ def loaders_alone(root: Path, shards: Path, spec: str, args: argparse.Namespace,
         ((x.to(device, non_blocking=True), y) for x, y in tv), device, args.loader_images))
     info = DistInfo(0, 1, 0, device)
     for data, where in ((f"imagefolder:{root}?{spec}", "folder"),
-                        (f"shards:{shards}?{spec}", "shards")):
+                        (f"shards:{shards}?{spec}", "shards"),
+                        (f"shards:{squares}?{spec}", "squares")):
         for loader in ("cpu", "gpu", "mixed"):
             run = build_run(train_config(work / "none", data, args.model, loader, args), info)
             batches, _ = epoch_loader(run, 0)
@@ -314,12 +322,13 @@ def step_rates(args: argparse.Namespace, size: int) -> dict[str, float]:
 
 # --- 4. end to end ---
 
-def end_to_end(root: Path, shards: Path, spec: str, args: argparse.Namespace,
+def end_to_end(root: Path, shards: Path, squares: Path, spec: str, args: argparse.Namespace,
                work: Path, report: Callable[[str, float], None]) -> dict[str, float]:
     """`zfnet train` (the library call the command makes) for 2 epochs: the second epoch's
     img/s from metrics.csv (`report`ed run by run)."""
     out: dict[str, float] = {}
-    specs = {"folder": f"imagefolder:{root}?{spec}", "shards": f"shards:{shards}?{spec}"}
+    specs = {"folder": f"imagefolder:{root}?{spec}", "shards": f"shards:{shards}?{spec}",
+             "squares": f"shards:{squares}?{spec}"}
     for where, loader in args.e2e:
         data = specs[where]
         run = work / f"run-{where}-{loader}"
@@ -351,7 +360,8 @@ def main() -> None:
     ap.add_argument("--loader-images", type=int, default=20_000,
                     help="images each loader reads in part 2 (default 20000)")
     ap.add_argument("--e2e", default="folder:gpu,folder:cpu,shards:gpu,shards:cpu",
-                    help="part 4's runs, data:loader (default: all four)")
+                    help="part 4's runs, data:loader, data one of folder, shards, squares "
+                         "(default: these four)")
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--workers", default="auto", help="DataLoader workers (default auto)")
@@ -369,10 +379,10 @@ def main() -> None:
     args = ap.parse_args()
     args.parts = {int(p) for p in args.parts.split(",")}
     args.e2e = [tuple(run.split(":")) for run in args.e2e.split(",")]
-    if not all(len(r) == 2 and r[0] in ("folder", "shards") and r[1] in ("cpu", "gpu", "mixed")
-               for r in args.e2e):
-        ap.error("--e2e: a comma list of folder|shards : cpu|gpu|mixed, e.g. "
-                 "shards:gpu,shards:cpu")
+    if not all(len(r) == 2 and r[0] in ("folder", "shards", "squares")
+               and r[1] in ("cpu", "gpu", "mixed") for r in args.e2e):
+        ap.error("--e2e: a comma list of folder|shards|squares : cpu|gpu|mixed, e.g. "
+                 "shards:gpu,squares:mixed")
     spec = ""
     if args.dry_run:
         args.images, args.unique, args.classes, args.batch_size, args.workers = 24, 8, 2, 4, 0
@@ -390,7 +400,8 @@ def main() -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         work = Path(tmp)
-        root, shards, few = work / "folder", work / "shards", work / "few"
+        root, shards, squares, few = (work / "folder", work / "shards", work / "squares",
+                                      work / "few")
         kb = float("nan")
         if args.parts & {2, 4}:  # the loaders and the runs read the whole folder
             args.unique = min(args.unique, args.images)
@@ -404,6 +415,9 @@ def main() -> None:
                 os.link(p, uniq / p.relative_to(root))
             write_shards(f"imagefolder:{uniq}", shards, workers=cores)
             replicate_shards(shards, args.images // args.unique)
+            if any(where == "squares" for where, _ in args.e2e) or 2 in args.parts:
+                write_shards(f"imagefolder:{uniq}", squares, square=True, workers=cores)
+                replicate_shards(squares, args.images // args.unique)
             seed_mean(root, spec)
         print(hardware())
         if args.parts & {2, 4}:
@@ -419,8 +433,10 @@ def main() -> None:
             n_few = min(args.per_worker_images, args.images)
             make_folder(few, n_few, args.classes, val=args.classes, workers=cores)
             write_shards(f"imagefolder:{few}", work / "few-shards", workers=cores)
+            write_shards(f"imagefolder:{few}", work / "few-squares", square=True, workers=cores)
             torch.set_num_threads(1)
-            pw = per_worker(few, work / "few-shards", spec, 1 if args.dry_run else args.repeats)
+            pw = per_worker(few, work / "few-shards", work / "few-squares", spec,
+                            1 if args.dry_run else args.repeats)
             torch.set_num_threads(cores)
             base = pw["torchvision ImageFolder + PIL, originals"]
             print(f"\n1. per worker: one process, one thread, {n_few} images, batches of "
@@ -442,7 +458,7 @@ def main() -> None:
                 first.append(r)
                 print(line(name, r, first[0], "torchvision"), flush=True)
 
-            loaders_alone(root, shards, spec, args, work, loader_line)
+            loaders_alone(root, shards, squares, spec, args, work, loader_line)
 
         # 3. the step alone
         compiled = None
@@ -459,7 +475,7 @@ def main() -> None:
             step = "compiled step" if compile_option(args) else "eager step"
             print(f"\n4. zfnet train end to end (epoch 2 of 2, {step}), {args.images} images "
                   "an epoch", flush=True)
-            e2e = end_to_end(root, shards, spec, args, work, lambda name, r: print(
+            e2e = end_to_end(root, shards, squares, spec, args, work, lambda name, r: print(
                 line(name, r, compiled, "the compiled step"), flush=True))
             if compiled:
                 best = max(e2e.values())

@@ -66,17 +66,20 @@ step() {  # step NAME CAP COMMAND...: COMMAND with min(CAP, what is left) second
   torch.__version__, "torchvision", torchvision.__version__, "cuda", torch.cuda.is_available())'
 } | tee "$OUT/summary.txt"
 
+e2e=(--e2e squares:mixed,shards:mixed,folder:mixed,squares:cpu)
 if [ "$mode" = gpu ]; then
     cc=(--device cuda)
     # the loaders alone and the gpu and cpu loaders end to end were measured (docs/results.md):
     # what is owed is --loader mixed end to end (its share measured as a run does), against
-    # the compiled step of the same run
-    bench=(--parts 3,4 --e2e shards:mixed,folder:mixed --images 60000 --unique 6000)
+    # the compiled step of the same run: from shards of centre squares (zfnet shards --square)
+    # first, then the shards and the folder, and the cpu loader on the squares; each row is
+    # printed as it is measured, so a run cut short keeps the ones before
+    bench=(--parts 3,4 "${e2e[@]}" --images 60000 --unique 6000)
     overlap=(--out "$OUT/overlap" --images 30720)  # 8 settings: 3 s each at ~10k img/s
     share=(--images 8192 --pass-images 8192 --batch-size 256)  # 12 passes of ~1 s
 else
     cc=(--device cpu --data "synthetic?n_train=256&n_val=128" --in-process)
-    bench=(--dry-run)
+    bench=(--dry-run "${e2e[@]}")
     overlap=(--dry-run)
     share=(--dry-run)
 fi
@@ -92,7 +95,7 @@ fi
 # (bench/gpu_overlap.py), the mixed loader's measured share against a sweep, then the CUDA checks of the shards, of any CNN and of DDP's per-step
 # agreement on CUDA tensors (two processes on the one GPU, over gloo)
 step cuda_check_loader 110 "$py" bench/cuda_check.py --out /tmp/cc-loader --only nvJPEG "${cc[@]}"
-step bench_imagenet 280 "$py" bench/bench_imagenet.py "${bench[@]}"
+step bench_imagenet 300 "$py" bench/bench_imagenet.py "${bench[@]}"
 step gpu_overlap 100 "$py" bench/gpu_overlap.py "${overlap[@]}"
 step mixed_share 60 "$py" bench/bench_mixed_share.py "${share[@]}"
 step cuda_check_more 140 "$py" bench/cuda_check.py --out /tmp/cc-more --only shards "any CNN" \

@@ -204,6 +204,8 @@ CASES = [
      "--shard-size"),
     ("shards-original-and-resize", ["shards", "imagefolder:{images}", *OUT, "--original",
                                     "--resize", "128"], "--original and --resize 128"),
+    ("shards-square-original", ["shards", "imagefolder:{images}", *OUT, "--square",
+                                "--original"], "--square"),
     ("shards-resize-tiny", ["shards", "imagefolder:{images}", *OUT, "--resize", "3"],
      "resize=3"),
     ("shards-size-option", ["shards", "imagefolder:{images}?size=64", *OUT], "size=64"),

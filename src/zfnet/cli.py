@@ -542,6 +542,10 @@ def _byte_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
               help="Shorter side the images are re-encoded at, as JPEG (default 256, the "
                    "paper's; smaller images keep their bytes); 0 = --original.")
 @click.option("--original", is_flag=True, help="Store the original files' bytes.")
+@click.option("--square", is_flag=True,
+              help="Store only each image's centre square at --resize px: all that the paper's "
+                   "preprocessing and a model's centre crops use. Every image the same size, a "
+                   "quarter fewer pixels than a 4:3 photo: faster to read.")
 @click.option("--shard-size", default="1GB", show_default=True, callback=_byte_size,
               metavar="SIZE", help="Bytes per shard at most, e.g. 1GB, 500MB, 2GiB.")
 @click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True,
@@ -549,8 +553,8 @@ def _byte_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
 @click.option("--workers", type=click.IntRange(0),
               help="Decoding processes (default: one per core, up to 8; 0: this one).")
 @click.option("--progress/--quiet", default=True, help="Progress bars.")
-def shards_cmd(source: str, out: str, resize: int | None, original: bool, shard_size: int,
-               quality: int, workers: int | None, progress: bool) -> None:
+def shards_cmd(source: str, out: str, resize: int | None, original: bool, square: bool,
+               shard_size: int, quality: int, workers: int | None, progress: bool) -> None:
     """Write the image folder SOURCE (imagefolder:DIR, both splits) as webdataset tar shards
     in OUT, with a manifest and an index; then `--data shards:OUT` reads them in every command,
     as it reads imagefolder:DIR. Broken images are skipped and named. OUT appears complete or
@@ -561,11 +565,15 @@ def shards_cmd(source: str, out: str, resize: int | None, original: bool, shard_
         raise click.UsageError(f"--original and --resize {resize} both set what is stored: "
                                "give one of them")
     resize = 0 if original else (DEFAULT_RESIZE if resize is None else resize)
+    if square and not resize:
+        raise click.UsageError("--square stores centre squares re-encoded at --resize px: it "
+                               "cannot keep the original bytes (--original or --resize 0)")
     m = write_shards(source, out, resize=resize, shard_size=shard_size, quality=quality,
-                     workers=workers, progress=progress)
+                     square=square, workers=workers, progress=progress)
     splits = m["splits"]
     skipped = sum(len(s["skipped"]) for s in splits.values())
-    what = f"at {resize} px" if resize else "as the original files"
+    what = (f"as {resize} px centre squares" if square else f"at {resize} px") if resize \
+        else "as the original files"
     click.echo(", ".join(f"{s['count']} {name} images in {len(s['shards'])} shard(s)"
                          for name, s in splits.items())
                + f" {what}" + (f" ({skipped} broken files skipped)" if skipped else "")

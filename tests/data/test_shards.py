@@ -5,6 +5,7 @@ trains, evaluates and mines from the command line, also under torchrun (two proc
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -229,6 +230,44 @@ def test_resized_shards_match_within_jpeg_tolerance(folder, resized) -> None:
     sub = load_dataset(f"shards:{resized}?{SPEC}&classes=cat,ant&per_class=2")
     assert sub.class_names == ["cat", "ant"] and sub.train.targets == [1, 0, 1, 0]
     assert [sub.train.key(i) for i in range(4)] == ["ant/0", "cat/0", "ant/1", "cat/1"]
+
+
+def test_square_shards_store_the_centre_squares_the_readers_use(folder, resized,
+                                                                 tmp_path) -> None:
+    out = tmp_path / "squares"
+    said = _run_cli(["shards", f"imagefolder:{folder}", "--out", str(out), "--resize", "37",
+                     "--square", "--workers", "0", "--quiet"])
+    assert "21 train images in 1 shard(s), 6 val images in 1 shard(s) as 37 px centre " \
+        "squares (1 broken files skipped)" in said
+    m = read_manifest(out)
+    assert m["square"] is True and read_manifest(resized)["square"] is False
+    assert m["splits"]["train"]["skipped"] == ["train/bee/broken.jpg"]
+    for split in ("train", "val"):  # every image re-encoded at 37 x 37, the small one too
+        urls = [str(out / s["file"]) for s in m["splits"][split]["shards"]]
+        sizes = {Image.open(io.BytesIO(s["jpg"])).size for s in wds.WebDataset(
+            urls, shardshuffle=False)}
+        assert sizes == {(37, 37)}, split
+    f = load_dataset(f"imagefolder:{folder}?{SPEC}", ten_crop=True)
+    q = load_dataset(f"shards:{out}?{SPEC}", ten_crop=True)
+    r = load_dataset(f"shards:{resized}?{SPEC}", ten_crop=True)
+    assert (q.mean - f.mean).abs().mean() < 1.0 and q.mean.shape == f.mean.shape
+    for split in ("train", "val"):
+        fd, qd, rd = getattr(f, split), getattr(q, split), getattr(r, split)
+        good = [i for i, p in enumerate(fd.paths) if p.name != "broken.jpg"]
+        assert [qd.key(i) for i in range(len(qd))] == [rd.key(i) for i in range(len(rd))]
+        assert qd.targets == rd.targets
+        for i, j in enumerate(good):  # the folder loader's full images, up to JPEG rounding
+            a, b = qd.full_image(i).float(), fd.full_image(j).float()
+            assert a.shape == b.shape == (3, 37, 37)
+            assert (a - b).square().mean().sqrt() < 8, (split, i)
+    for i in range(len(q.val)):  # the 10 crops of evaluation
+        xq, yq = q.val[i]
+        xf, yf = f.val[i]
+        assert xq.shape == (10, 3, 32, 32) and yq == yf
+        assert (xq - xf).square().mean().sqrt() < 8
+    with pytest.raises(ValueError, match="resize > 0"):
+        write_shards(f"imagefolder:{folder}", tmp_path / "none", resize=0, square=True)
+    assert not (tmp_path / "none").exists()
 
 
 def test_val_is_read_once_in_stored_order(resized) -> None:

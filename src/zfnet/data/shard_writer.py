@@ -3,7 +3,10 @@
 Both splits, in the order `imagefolder:DIR` reads them, each image decoded once (a broken file is
 skipped with a `BrokenImageWarning` naming it, and listed in the manifest), then stored as a
 JPEG re-encoded at a shorter side of `resize` px (resized as the folder loader resizes;
-images no larger keep their bytes) or, with `resize=0`, as the original bytes. The training
+images no larger keep their bytes), or with `square` as the centre `resize` x `resize` square
+the folder loader keeps of it (every image, smaller ones resized up as a reader would: all of
+one size, a quarter fewer pixels than a 4:3 photo's at that shorter side), or, with `resize=0`,
+as the original bytes. The training
 split's mean image at 256 px (the paper's full size) is computed on the way, from the stored
 images as a reader decodes them. Format: `zfnet.data.shards`.
 
@@ -84,9 +87,10 @@ class _Chunks(Dataset):
     files, and the sum of the stored images' centre squares at the mean's side (None: no mean)."""
 
     def __init__(self, paths: Sequence[Path], resize: int, quality: int,
-                 mean_size: int | None) -> None:
+                 mean_size: int | None, square: bool = False) -> None:
         self.paths, self.resize, self.quality, self.mean_size = list(paths), resize, quality, \
             mean_size
+        self.square = square
 
     def __len__(self) -> int:
         return math.ceil(len(self.paths) / CHUNK)
@@ -114,8 +118,10 @@ class _Chunks(Dataset):
         side = self.mean_size or self.resize or PAPER_FULL
         img = load_rgb(io.BytesIO(raw), min_side=self.resize or side, name=str(path))
         original = _pixels(raw)
-        if self.resize and original is not None and min(original) > self.resize:
-            small = TF.resize(img, [self.resize], antialias=True)  # as resize_center_crop
+        if self.square or (self.resize and original is not None
+                           and min(original) > self.resize):
+            small = (resize_center_crop(img, self.resize) if self.square  # what a reader keeps
+                     else TF.resize(img, [self.resize], antialias=True))  # as resize_center_crop
             buf = io.BytesIO()
             Image.fromarray(small.permute(1, 2, 0).numpy()).save(buf, "JPEG",
                                                                  quality=self.quality)
@@ -204,14 +210,17 @@ def _closed_size(n: int) -> int:
 
 def write_shards(source: str, out: str | Path, *, resize: int = DEFAULT_RESIZE,
                  shard_size: int = DEFAULT_SHARD_SIZE, quality: int = DEFAULT_QUALITY,
-                 workers: int | None = None, progress: bool = False) -> dict[str, Any]:
+                 square: bool = False, workers: int | None = None,
+                 progress: bool = False) -> dict[str, Any]:
     """Write the image folder `source` (`imagefolder:DIR`, options `classes`, `per_class`,
     `n_train`, `n_val` taking a subset) as shards in `out`; returns the manifest.
 
     `resize`: the shorter side the images are stored at (re-encoded as JPEG of `quality`);
-    0 keeps the original bytes. `shard_size`: bytes per shard file at most (a larger image
-    gets a shard of its own). `workers`: decoding processes (None: up to 8, one per core).
-    `out` must not exist or be an empty folder. Errors: ValueError / FileNotFoundError /
+    0 keeps the original bytes. `square`: store only each image's centre `resize` x `resize`
+    square, the part the paper's preprocessing (and a model's centre crops) use; the readers'
+    inputs are the same up to JPEG rounding. `shard_size`: bytes per shard file at most (a
+    larger image gets a shard of its own). `workers`: decoding processes (None: up to 8, one
+    per core). `out` must not exist or be an empty folder. Errors: ValueError / FileNotFoundError /
     FileExistsError naming the cause, before anything is written.
     """
     spec = parse_spec(source)
@@ -223,6 +232,9 @@ def write_shards(source: str, out: str | Path, *, resize: int = DEFAULT_RESIZE,
                          "the original bytes")
     if not 1 <= quality <= 100:
         raise ValueError(f"quality={quality}: JPEG quality is 1 to 100")
+    if square and not resize:
+        raise ValueError("square=True stores centre squares re-encoded at a side of `resize` "
+                         "px: give resize > 0 (the original bytes, resize=0, are not squares)")
     root, opts, names, train, val = select_folder(spec, source)
     if "size" in opts:
         raise ValueError(f"option size={opts['size']} in {source!r} does not apply to shards "
@@ -238,7 +250,7 @@ def write_shards(source: str, out: str | Path, *, resize: int = DEFAULT_RESIZE,
     tmp.mkdir()
     try:
         manifest = _write(tmp, root, source, names, {"train": train, "val": val}, resize,
-                          shard_size, quality, workers, progress)
+                          square, shard_size, quality, workers, progress)
         write_text_atomic(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
         if out.exists():
             out.rmdir()  # empty, checked above
@@ -250,21 +262,22 @@ def write_shards(source: str, out: str | Path, *, resize: int = DEFAULT_RESIZE,
 
 
 def _write(folder: Path, root: Path, source: str, names: list[str],
-           splits: dict[str, tuple[list[Path], list[int]]], resize: int, shard_size: int,
-           quality: int, workers: int | None, progress: bool) -> dict[str, Any]:
+           splits: dict[str, tuple[list[Path], list[int]]], resize: int, square: bool,
+           shard_size: int, quality: int, workers: int | None,
+           progress: bool) -> dict[str, Any]:
     if workers is None:
         workers = min(8, os.cpu_count() or 1)
     side = mean_side(resize)
     manifest: dict[str, Any] = {
         "format": FORMAT, "id": uuid.uuid4().hex,
         "source": f"imagefolder:{root.resolve()}", "spec": source, "zfnet": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resize": resize,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resize": resize, "square": square,
         "quality": quality if resize else None, "classes": names, "splits": {},
     }
     for split in SPLITS:
         paths, labels = splits[split]
         mean_size = side if split == "train" else None
-        chunks = _Chunks(paths, resize, quality, mean_size)
+        chunks = _Chunks(paths, resize, quality, mean_size, square)
         loader = Loader(chunks, batch_size=None, num_workers=workers if len(chunks) > 1
                             else 0, collate_fn=lambda r: r)
         writer = _SplitWriter(folder, split, shard_size)

@@ -15,8 +15,10 @@ Samples are stored in the order `imagefolder:DIR` gives them (round-robin over t
 the first image of each class, then the second, ...), broken files left out when writing, so a
 shard's consecutive samples mix the classes and item i of a split is the folder loader's item i
 when no file was broken. The images are the originals re-encoded as JPEG at a shorter side of
-`resize` px (256, the paper's; smaller images keep their bytes), or the original bytes
-(`resize` 0).
+`resize` px (256, the paper's; smaller images keep their bytes), or only the centre
+`resize` x `resize` square of each (`zfnet shards --square`, "square" in the manifest: all a
+reader keeps of an image, so its items are the same up to JPEG rounding), or the original
+bytes (`resize` 0).
 
 Reading: every item is decoded and preprocessed as `imagefolder` does it (shorter side -> the
 full size, centre square, minus the mean image, random crops and flips or the centre / 10
