@@ -6,6 +6,9 @@ itself (`zfnet.train.recipe.train_one_epoch` over `epoch_loader`'s batches, the 
 `zfnet train` builds it, compiled once) over the same shards with one setting changed at a time:
 
 - base: `--loader gpu` as `zfnet train` runs it;
+- the loop alone: one batch made by the loader, then fed again and again from the device: the
+  training loop's own rate, the ceiling of any loader's end to end (issue 27 asks 90% of the
+  compiled step: a loop below that needs work on the loop, not on the loaders);
 - host share p: the workers decode a share p of the images themselves (`CropDataset.host_share`;
   `--loader mixed` measures its p, `zfnet.data.mixed`), the GPU the rest;
 - decode priority: the loader thread's CUDA stream at high priority (its kernels first);
@@ -78,6 +81,20 @@ class TimedIter:
             yield item
 
 
+class Repeated:
+    """One batch (x, y), already on the device, `n` times: the loop without a loader."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, n: int) -> None:
+        self.x, self.y, self.n = x, y, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        for _ in range(self.n):
+            yield self.x, self.y
+
+
 class TimedCall:
     """A callable whose calls' time is summed in `seconds` (turning batches into inputs)."""
 
@@ -123,13 +140,21 @@ class GpuBusy:
 
 
 def one_epoch(run: Any, st: EpochState, epoch: int, *, main_stream: bool, priority: int,
-              share: float, end_step: int | None = None, profile: Path | None = None
-              ) -> dict[str, float]:
+              share: float, end_step: int | None = None, profile: Path | None = None,
+              alone: bool = False) -> dict[str, float]:
+    """One epoch of the training loop with the settings given; `alone`: the loop without a
+    loader (`Repeated`: the epoch's first batch, as many times as the epoch has batches)."""
     device = run.info.device
     run.train_set.dataset.host_share = share
     DeviceBatches.stream_priority = priority
     batches, expected = epoch_loader(run, epoch)
     timed_loader = timed_inputs = None
+    if alone:
+        it = iter(batches)
+        x, y = next(it)
+        if hasattr(it, "close"):
+            it.close()  # the loader's thread and workers stop
+        batches = Repeated(x, y, len(batches))
     if isinstance(batches, DeviceBatches):
         batches.loader = timed_loader = TimedIter(batches.loader)
         batches.inputs = timed_inputs = TimedCall(batches.inputs)
@@ -234,14 +259,16 @@ def main() -> None:
                 shares.append((f"host share {m.share} (measured)", m.share))
             else:
                 shares.append((f"host share {float(s)}", float(s)))
-        settings = [("base", False, 0, 0.0)]
+        alone = "the loop alone (one device batch, repeated)"
+        settings = [(alone, False, 0, 0.0), ("base", False, 0, 0.0)]
         settings += [(name, False, 0, p) for name, p in reversed(shares)]
         settings += [("decode priority", False, high, 0.0),
                      (f"{shares[-1][0]} + decode priority", False, high, shares[-1][1]),
                      ("main stream", True, 0, 0.0)]
         lines = []
         for k, (name, main_stream, prio, share) in enumerate(settings, start=1):
-            m = one_epoch(run, st, k, main_stream=main_stream, priority=prio, share=share)
+            m = one_epoch(run, st, k, main_stream=main_stream, priority=prio, share=share,
+                          alone=name == alone)
             text = (f"  {name:<44} {m['img/s']:7.0f} img/s  main process {m['main cores']:4.2f} "
                     f"cores  loader thread: waits {m['wait workers s']:5.2f} s (start "
                     f"{m['first s']:4.2f}), decodes "

@@ -11,7 +11,8 @@ def test_dry_run_measures_every_setting_and_profiles(tmp_path) -> None:
     rows = (tmp_path / "overlap.txt").read_text().splitlines()
     names = [r.split("  ")[1].strip() for r in rows]
     measured = "host share 0.0 (measured)"  # no workers in the dry run: nothing to share
-    assert names == ["base", measured, "host share 0.7", "host share 0.5", "host share 0.3",
+    assert names == ["the loop alone (one device batch, repeated)", "base", measured,
+                     "host share 0.7", "host share 0.5", "host share 0.3",
                      "decode priority", f"{measured} + decode priority", "main stream"], rows
     for r in rows:
         assert float(r.split("img/s")[0].split()[-1]) > 0, r
