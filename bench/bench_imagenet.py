@@ -308,12 +308,14 @@ def step_rates(args: argparse.Namespace, size: int) -> dict[str, float]:
             device, memory_format=torch.channels_last)
 
     variants = {
-        "zfnet's model, eager": lambda: model(),
-        "zfnet's model, torch.compile": lambda: compile_model(model()),
-        "plain nn.Sequential anchor, torch.compile": lambda: compile_model(
-            sequential_anchor(model()).to(device, memory_format=torch.channels_last)),
+        "zfnet's model, eager": ("eager", lambda: model()),
+        "zfnet's model, torch.compile": ("compiled", lambda: compile_model(model())),
+        "plain nn.Sequential anchor, torch.compile": ("anchor", lambda: compile_model(
+            sequential_anchor(model()).to(device, memory_format=torch.channels_last))),
     }
-    for name, make in variants.items():
+    for name, (key, make) in variants.items():
+        if key not in args.step_variants:
+            continue
         step = sgd_step(make(), x, y, amp)
         out[name] = statistics.median(
             args.batch_size / timed(step, args.steps, warmup=3) for _ in range(args.repeats))
@@ -368,6 +370,9 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--model", default="zfnet")
     ap.add_argument("--steps", type=int, default=30, help="timed training steps per repeat")
+    ap.add_argument("--step-variants", default="eager,compiled,anchor",
+                    help="part 3's steps (compiled, the end to end's yardstick, is always "
+                         "measured): a comma list of eager, compiled, anchor")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--per-worker-images", type=int, default=1000,
                     help="images of part 1 (one thread: kept short)")
@@ -378,6 +383,9 @@ def main() -> None:
                     help="toy sizes on the CPU: proves the script, measures nothing")
     args = ap.parse_args()
     args.parts = {int(p) for p in args.parts.split(",")}
+    args.step_variants = set(args.step_variants.split(",")) | {"compiled"}
+    if not args.step_variants <= {"eager", "compiled", "anchor"}:
+        ap.error("--step-variants: a comma list of eager, compiled, anchor")
     args.e2e = [tuple(run.split(":")) for run in args.e2e.split(",")]
     if not all(len(r) == 2 and r[0] in ("folder", "shards", "squares")
                and r[1] in ("cpu", "gpu", "mixed") for r in args.e2e):

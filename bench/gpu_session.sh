@@ -69,17 +69,18 @@ step() {  # step NAME CAP COMMAND...: COMMAND with min(CAP, what is left) second
 e2e=(--e2e squares:mixed,shards:mixed,folder:mixed,squares:cpu)
 if [ "$mode" = gpu ]; then
     cc=(--device cuda)
-    # the loaders alone and the gpu and cpu loaders end to end were measured (docs/results.md):
-    # what is owed is --loader mixed end to end (its share measured as a run does), against
-    # the compiled step of the same run: from shards of centre squares (zfnet shards --square)
-    # first, then the shards and the folder, and the cpu loader on the squares; each row is
-    # printed as it is measured, so a run cut short keeps the ones before
-    bench=(--parts 3,4 "${e2e[@]}" --images 60000 --unique 6000)
-    overlap=(--out "$OUT/overlap" --images 30720)  # 8 settings: 3 s each at ~10k img/s
+    # the loaders alone, the eager step, the anchor, and the gpu and cpu loaders end to end
+    # were measured (docs/results.md): what is owed is --loader mixed end to end (its share
+    # measured as a run does) against the compiled step of the same run: from shards of
+    # centre squares (zfnet shards --square) first, then the shards and the folder, and the
+    # cpu loader on the squares; each row is printed as it is measured, so a run cut short
+    # keeps the ones before
+    bench=(--parts 3,4 --step-variants compiled "${e2e[@]}" --images 60000 --unique 6000)
+    overlap=(--out "$OUT/overlap" --images 30720)  # 9 settings: 3 s each at ~10k img/s
     share=(--images 8192 --pass-images 8192 --batch-size 256)  # 12 passes of ~1 s
 else
     cc=(--device cpu --data "synthetic?n_train=256&n_val=128" --in-process)
-    bench=(--dry-run "${e2e[@]}")
+    bench=(--dry-run --step-variants compiled "${e2e[@]}")
     overlap=(--dry-run)
     share=(--dry-run)
 fi
