@@ -81,6 +81,11 @@ def places(tmp_path_factory) -> dict[str, Path]:
             d.mkdir(parents=True)
             Image.fromarray(np.full((40, 40, 3), 60 if cls == "a" else 200, np.uint8)).save(
                 d / "0.png")
+    flat_val = root / "flat_val"  # ImageNet's layout: val/ without class folders
+    shutil.copytree(images / "train", flat_val / "train")
+    (flat_val / "val").mkdir()
+    shutil.copy(images / "val" / "a" / "0.png", flat_val / "val" / "v1.png")
+    (root / "val_labels.csv").write_text("ImageId,PredictionString\nv1,c 1 2 3 4\n")
     write_shards(f"imagefolder:{images}", root / "shards_missing", resize=0, workers=0)
     (root / "shards_missing" / "train-000000.tar").unlink()
     (root / "old_shards").mkdir()
@@ -91,7 +96,8 @@ def places(tmp_path_factory) -> dict[str, Path]:
             "squeezenet": squeezenet,
             "corrupt": corrupt, "broken_images": root / "broken_images", "flat": flat,
             "escape": escape, "bad_fmnist": bad_fmnist, "root": root, "images": images,
-            "shards_missing": root / "shards_missing", "old_shards": root / "old_shards"}
+            "shards_missing": root / "shards_missing", "old_shards": root / "old_shards",
+            "flat_val": flat_val, "val_labels": root / "val_labels.csv"}
 
 
 CK = ["--checkpoint", "{run}"]
@@ -137,6 +143,11 @@ CASES = [
     ("train-dataset-value", [*TRAIN, "--data", "synthetic?n_train=abc"], "n_train"),
     ("train-spec-syntax", [*TRAIN, "--data", "synthetic:"], "synthetic:"),
     ("train-imagefolder-layout", [*TRAIN, "--data", "imagefolder:{flat}"], "train"),
+    ("train-flat-val", [*TRAIN, "--data", "imagefolder:{flat_val}"], "val_labels=FILE"),
+    ("train-val-labels-class", [*TRAIN, "--data", "imagefolder:{flat_val}?val_labels={val_labels}"],
+     "class 'c' is not one of the 2 training classes"),
+    ("train-val-labels-missing", [*TRAIN, "--data", "imagefolder:{flat_val}?val_labels={out}.csv"],
+     "does not exist"),
     ("train-unknown-model", [*TRAIN, "--model", "zfnett"], "zfnett"),
     ("train-existing-run", ["train", "--data", TINY, "--model", "zfnet_small", "--out", "{run}",
                             "--epochs", "1"], "--resume"),

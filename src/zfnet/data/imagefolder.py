@@ -9,7 +9,9 @@ image of the training set; training takes random 224 crops with horizontal flips
 evaluation the centre 224 crop or the 10 crops. Spec options: `size=S` (crop side; the
 full size keeps the paper's ratio, round(S * 256 / 224)), `classes=a,b` (names or indices,
 relabelled 0..k-1), `per_class=N` (first N training images of each class),
-`n_train=N` / `n_val=N` (first N images, taken round-robin over the classes).
+`n_train=N` / `n_val=N` (first N images, taken round-robin over the classes),
+`val_labels=FILE` (DIR/val's images in any layout, e.g. ImageNet's flat one, their classes
+from FILE: `zfnet.data.labels_file`).
 
 The mean image is computed once and cached as `.npy` in `DIR/.zfnet-cache/`, or, where DIR
 is read-only, in `cache_dir` or `$XDG_CACHE_HOME/zfnet` (default `~/.cache/zfnet`). The cache
@@ -43,6 +45,7 @@ from zfnet.data.images import (
     resize_center_crop,
     warn_skipped,
 )
+from zfnet.data.labels_file import labelled_images
 from zfnet.data.preprocess import Preprocessing
 from zfnet.data.spec import DatasetSpec, check_options, class_list_option, int_option
 from zfnet.data.subset import select
@@ -80,7 +83,9 @@ def scan_split(
         d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
     )
     if not names:
-        raise ValueError(f"{folder} has no class folders; expected {LAYOUT}")
+        flat = "; for a flat val folder (ImageNet's), give its labels file: " \
+            "imagefolder:DIR?val_labels=FILE" if split == "val" and image_files(folder) else ""
+        raise ValueError(f"{folder} has no class folders; expected {LAYOUT}{flat}")
     if classes is not None:
         extra = [n for n in names if n not in classes]
         if extra:
@@ -333,8 +338,15 @@ def select_folder(spec: DatasetSpec, raw_spec: str = ""
         raise FileNotFoundError(f"image folder {root} {what}; expected {LAYOUT}")
     all_names, train_samples = scan_split(root, "train")
     opts = check_options(spec, IMAGEFOLDER_OPTIONS | {
-        "classes": lambda v, k: class_list_option(v, all_names, k)})
-    _, val_samples = scan_split(root, "val", all_names)
+        "classes": lambda v, k: class_list_option(v, all_names, k),
+        "val_labels": lambda v, k: Path(v).expanduser()})
+    if "val_labels" in opts:  # a flat val folder, its classes in a file (ImageNet's)
+        if not (root / "val").is_dir():
+            raise FileNotFoundError(f"{root / 'val'} is not a directory; expected {LAYOUT}")
+        val_samples = labelled_images(root / "val", opts["val_labels"],
+                                      image_files(root / "val"), all_names)
+    else:
+        _, val_samples = scan_split(root, "val", all_names)
     classes = opts.get("classes")
     names = [all_names[c] for c in classes] if classes is not None else all_names
 

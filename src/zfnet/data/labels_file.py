@@ -1,0 +1,115 @@
+"""The classes of a folder's images from a labels file: ImageNet's validation images come as one
+flat folder (`val/ILSVRC2012_val_00000001.JPEG`, ...) and their classes in a file of their own.
+
+`imagefolder:DIR?val_labels=FILE` reads DIR/val's images (recursive, any layout) with the
+classes FILE gives them, instead of from class folders. FILE is one of:
+
+- Kaggle's `LOC_val_solution.csv` (the ImageNet object localization challenge): a header
+  `ImageId,PredictionString`, then one row per image, its class the prediction's first word
+  (`ILSVRC2012_val_00008726,n02119789 255 142 454 329 ...`);
+- two columns, image and class, separated by a comma or spaces (a header line is allowed):
+  the image by its file name, with or without the extension, or its path under DIR/val; the
+  class by its name (a DIR/train folder) or its index among the sorted names (0-based: Caffe's
+  `val.txt` for ILSVRC-2012, `ILSVRC2012_val_00000001.JPEG 65`).
+
+The devkit's `ILSVRC2012_validation_ground_truth.txt` (one number a line) is refused with a
+message: its numbers are ILSVRC2012 IDs, which only the devkit's `meta.mat` maps to classes.
+
+The samples come in the order class folders would give them (by class, then by path), so a
+flat folder and its labels make the same dataset as the folder rearranged into classes.
+Errors name the file, the line and what is wrong: an unknown class, an image of DIR/val that
+FILE does not label, a file that labels none of DIR/val's images.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from zfnet.data.images import IMAGE_EXTENSIONS
+
+KAGGLE_HEADER = ("ImageId", "PredictionString")
+
+
+def _key(name: str) -> str:
+    """An image's name as a labels file may give it: its path without an image extension."""
+    name = name.strip().replace("\\", "/").removeprefix("./")
+    stem, dot, ext = name.rpartition(".")
+    return stem if dot and f".{ext.lower()}" in IMAGE_EXTENSIONS else name
+
+
+def read_rows(path: Path) -> list[tuple[int, str, str]]:
+    """(line number, image, class) of each labelled line of the labels file at `path`."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"val_labels: {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"val_labels: cannot read {path} as text ({e})") from None
+    lines = text.splitlines()
+    first = next((line for line in lines if line.strip()), "")
+    rows: list[tuple[int, str, str]] = []
+    if tuple(c.strip() for c in first.split(",")[:2]) == KAGGLE_HEADER:
+        for n, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+            if n == 1 or not row or not "".join(row).strip():
+                continue
+            if len(row) < 2 or not row[1].split():
+                raise ValueError(f"val_labels: {path} line {n}: expected ImageId,PredictionString "
+                                 f"with the class first; got {','.join(row)!r}")
+            rows.append((n, row[0], row[1].split()[0]))
+        return rows
+    for n, line in enumerate(lines, start=1):
+        words = line.replace(",", " ").split()
+        if not words:
+            continue
+        if len(words) == 1:
+            raise ValueError(
+                f"val_labels: {path} line {n} has one column ({words[0]!r}); give an image and "
+                "its class a line (e.g. Kaggle's LOC_val_solution.csv). The devkit's "
+                "ILSVRC2012_validation_ground_truth.txt holds ILSVRC2012 IDs, which only its "
+                "meta.mat maps to classes")
+        rows.append((n, words[0], words[1]))
+    return rows
+
+
+def labelled_images(folder: Path, labels: Path, images: list[Path],
+                    classes: list[str]) -> list[tuple[Path, int]]:
+    """(path, label) of each of `images` (the image files under `folder`, sorted) with its class
+    from the labels file `labels` (see the module), labels indexing `classes`; in the order
+    class folders would give: by label, then by path."""
+    by_key: dict[str, Path | None] = {}  # None: a name two images share
+    for p in images:
+        rel = p.relative_to(folder).as_posix()
+        for key in {_key(rel), _key(p.name)}:
+            by_key[key] = p if by_key.get(key, p) == p else None
+    label_of = {name: k for k, name in enumerate(classes)}
+    found: dict[Path, int] = {}
+    for n, image, cls in read_rows(labels):
+        key = _key(image)
+        if key not in by_key:
+            continue  # a header line, or an image not in the folder (a subset): not used
+        path = by_key[key]
+        if path is None:
+            raise ValueError(f"val_labels: {labels} line {n}: {image!r} names more than one "
+                             f"image of {folder}; give its path under {folder}")
+        if cls in label_of:
+            label = label_of[cls]
+        elif cls.isdigit() and int(cls) < len(classes):
+            label = int(cls)
+        else:
+            shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
+            raise ValueError(f"val_labels: {labels} line {n}: class {cls!r} is not one of the "
+                             f"{len(classes)} training classes ({shown}) nor an index "
+                             f"0..{len(classes) - 1} of them")
+        if found.setdefault(path, label) != label:
+            raise ValueError(f"val_labels: {labels} line {n} labels {image!r} again, with "
+                             "another class")
+    if not found:
+        raise ValueError(f"val_labels: {labels} labels none of the {len(images)} images in "
+                         f"{folder} (e.g. {images[0].name if images else 'none there'})")
+    missing = [p for p in images if p not in found]
+    if missing:
+        raise ValueError(f"val_labels: {labels} has no class for {len(missing)} of the "
+                         f"{len(images)} images in {folder}, e.g. {missing[0].name}")
+    return sorted(found.items(), key=lambda item: (item[1], item[0]))
