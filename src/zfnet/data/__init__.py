@@ -46,10 +46,12 @@ DATASETS: dict[str, str] = {
     "classes, per_class",
     "fashion-mnist": "fashion-mnist[:DIR]; options n_train, n_val, classes, per_class",
     "imagefolder": "imagefolder:DIR (DIR/train/<class>/*, DIR/val/<class>/*); options size, "
-    "n_train, n_val, classes, per_class",
+    "n_train, n_val, classes, per_class, val_labels (a file of the val images' classes, for a "
+    "flat DIR/val)",
     "images": "images:DIR (any folder of images, recursive, no labels); options size, n",
     "shards": "shards:OUT (written by `zfnet shards imagefolder:DIR --out OUT`); options as "
-    "imagefolder's, and shuffle (each training worker's shuffle buffer, default 1000)",
+    "imagefolder's but val_labels, and shuffle (each training worker's shuffle buffer, "
+    "default 1000)",
 }
 
 
