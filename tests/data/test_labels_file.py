@@ -1,15 +1,18 @@
-"""labels_file: a flat val folder (ImageNet's) with its classes in a labels file gives the same
-dataset as the folder arranged in classes, in every accepted format; every bad file is named."""
+"""labels_file: a flat val folder (ImageNet's) with its classes in a labels file (or the
+ILSVRC2012 devkit) gives the same dataset as the folder arranged in classes, in every accepted
+format; every bad file is named."""
 
 from __future__ import annotations
 
 import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy.io import savemat
 
 from zfnet.data import load_dataset
 from zfnet.data.labels_file import labelled_images
@@ -139,3 +142,45 @@ def test_shards_of_a_flat_val_folder(classed, tmp_path) -> None:
     assert read_manifest(tmp_path / "shards")["splits"]["val"]["count"] == 5
     s = load_dataset(f"shards:{tmp_path / 'shards'}?{SPEC}")
     assert s.val.targets == [0, 1, 2, 0, 2]
+
+
+def _devkit(root: Path, truth: dict[str, int]) -> Path:
+    """An ILSVRC2012 devkit's two files: meta.mat's synsets (IDs not in WNID order, and a
+    synset with children, which is no class) and the ground truth of images 1..11."""
+    data = root / "ILSVRC2012_devkit_t12" / "data"
+    data.mkdir(parents=True)
+    ids = {CLASSES[2]: 1, CLASSES[0]: 2, CLASSES[1]: 3}
+    fields = ("ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "wordnet_height",
+              "num_train_images")
+    synsets = np.array([(i, w, "words", "gloss", 0, 0, 2) for w, i in ids.items()]
+                       + [(4, "n00000001", "parent", "gloss", 2, 1, 0)],
+                       dtype=[(f, object) for f in fields]).reshape(-1, 1)
+    savemat(data / "meta.mat", {"synsets": synsets})
+    lines = [str(ids[CLASSES[truth.get(f"ILSVRC2012_val_{k:08d}.JPEG", 0)]])
+             for k in range(1, 12)]
+    (data / "ILSVRC2012_validation_ground_truth.txt").write_text("\n".join(lines) + "\n")
+    return root / "ILSVRC2012_devkit_t12"
+
+
+def test_the_ilsvrc2012_devkit_folder_or_archive(classed, tmp_path) -> None:
+    truth = _flat(classed, tmp_path / "flat")
+    devkit = _devkit(tmp_path, dict(truth))
+    archive = tmp_path / "ILSVRC2012_devkit_t12.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(devkit, arcname=devkit.name)
+    a = load_dataset(f"imagefolder:{classed}?{SPEC}")
+    for labels in (devkit, archive):
+        b = load_dataset(f"imagefolder:{tmp_path / 'flat'}?{SPEC}&val_labels={labels}")
+        assert [p.name for p in b.val.paths] == [p.name for p in a.val.paths]
+        assert b.val.targets == a.val.targets
+    # the ground truth alone is refused with what to give instead
+    gt = devkit / "data" / "ILSVRC2012_validation_ground_truth.txt"
+    with pytest.raises(ValueError, match=r"one column .* the devkit they come with"):
+        load_dataset(f"imagefolder:{tmp_path / 'flat'}?val_labels={gt}")
+    # an ID that is no class (the synset with children), and a folder that is no devkit
+    gt.write_text("4\n" * 11)
+    with pytest.raises(ValueError, match=r"line 1: '4' is not an ILSVRC2012 ID of a class"):
+        load_dataset(f"imagefolder:{tmp_path / 'flat'}?val_labels={devkit}")
+    with pytest.raises(ValueError, match=r"is not the ILSVRC2012 devkit: no "
+                                         r"ILSVRC2012_validation_ground_truth\.txt or meta\.mat"):
+        load_dataset(f"imagefolder:{tmp_path / 'flat'}?val_labels={tmp_path / 'flat' / 'train'}")

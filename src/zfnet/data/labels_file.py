@@ -12,8 +12,13 @@ classes FILE gives them, instead of from class folders. FILE is one of:
   class by its name (a DIR/train folder) or its index among the sorted names (0-based: Caffe's
   `val.txt` for ILSVRC-2012, `ILSVRC2012_val_00000001.JPEG 65`).
 
-The devkit's `ILSVRC2012_validation_ground_truth.txt` (one number a line) is refused with a
-message: its numbers are ILSVRC2012 IDs, which only the devkit's `meta.mat` maps to classes.
+- the ILSVRC2012 devkit, as its folder or its archive (`ILSVRC2012_devkit_t12.tar.gz`): its
+  `data/ILSVRC2012_validation_ground_truth.txt` gives image k (`ILSVRC2012_val_0000000k`) an
+  ILSVRC2012 ID a line, which its `data/meta.mat` maps to a class (the synsets without
+  children: the 1000 classes, by WNID).
+
+The ground-truth file alone (one number a line) is refused with a message saying to give the
+devkit: only its `meta.mat` maps the IDs to classes.
 
 The samples come in the order class folders would give them (by class, then by path), so a
 flat folder and its labels make the same dataset as the folder rearranged into classes.
@@ -25,11 +30,15 @@ from __future__ import annotations
 
 import csv
 import io
+import tarfile
 from pathlib import Path
 
 from zfnet.data.images import IMAGE_EXTENSIONS
 
 KAGGLE_HEADER = ("ImageId", "PredictionString")
+GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"  # in the devkit's data/
+META = "meta.mat"
+ARCHIVES = (".tar.gz", ".tgz", ".tar")
 
 
 def _key(name: str) -> str:
@@ -39,8 +48,61 @@ def _key(name: str) -> str:
     return stem if dot and f".{ext.lower()}" in IMAGE_EXTENSIONS else name
 
 
+def _devkit_files(path: Path) -> tuple[bytes, bytes]:
+    """The ground truth's and meta.mat's bytes of the devkit at `path` (a folder or an archive).
+    """
+    found: dict[str, bytes] = {}
+    if path.is_dir():
+        for name in (GROUND_TRUTH, META):
+            hits = sorted(path.rglob(name))
+            if hits:
+                found[name] = hits[0].read_bytes()
+    else:
+        try:
+            with tarfile.open(path) as tar:
+                for member in tar.getmembers():
+                    name = member.name.rsplit("/", 1)[-1]
+                    if name in (GROUND_TRUTH, META) and name not in found and member.isfile():
+                        f = tar.extractfile(member)
+                        found[name] = f.read() if f is not None else b""
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise ValueError(f"val_labels: cannot read the archive {path} ({e})") from None
+    missing = [n for n in (GROUND_TRUTH, META) if n not in found]
+    if missing:
+        raise ValueError(f"val_labels: {path} is not the ILSVRC2012 devkit: no "
+                         f"{' or '.join(missing)} in it")
+    return found[GROUND_TRUTH], found[META]
+
+
+def devkit_rows(path: Path) -> list[tuple[int, str, str]]:
+    """(line number, image, WNID) of each line of the devkit's validation ground truth."""
+    from scipy.io import loadmat
+
+    truth, meta = _devkit_files(path)
+    try:
+        synsets = loadmat(io.BytesIO(meta), squeeze_me=True)["synsets"]
+        wnid_of = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets
+                   if int(s["num_children"]) == 0}
+    except Exception as e:  # noqa: BLE001 (any malformed meta.mat: named)
+        raise ValueError(f"val_labels: the {META} of {path} has no synsets with ILSVRC2012_ID, "
+                         f"WNID and num_children ({type(e).__name__}: {e})") from None
+    rows = []
+    for n, line in enumerate(truth.decode("ascii", "replace").splitlines(), start=1):
+        word = line.strip()
+        if not word:
+            continue
+        if not word.isdigit() or int(word) not in wnid_of:
+            raise ValueError(f"val_labels: {GROUND_TRUTH} of {path} line {n}: {word!r} is not "
+                             f"an ILSVRC2012 ID of a class in its {META}")
+        rows.append((n, f"ILSVRC2012_val_{n:08d}", wnid_of[int(word)]))
+    return rows
+
+
 def read_rows(path: Path) -> list[tuple[int, str, str]]:
-    """(line number, image, class) of each labelled line of the labels file at `path`."""
+    """(line number, image, class) of each labelled line of the labels file (or devkit) at
+    `path`."""
+    if path.is_dir() or path.name.lower().endswith(ARCHIVES):
+        return devkit_rows(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
@@ -66,9 +128,9 @@ def read_rows(path: Path) -> list[tuple[int, str, str]]:
         if len(words) == 1:
             raise ValueError(
                 f"val_labels: {path} line {n} has one column ({words[0]!r}); give an image and "
-                "its class a line (e.g. Kaggle's LOC_val_solution.csv). The devkit's "
-                "ILSVRC2012_validation_ground_truth.txt holds ILSVRC2012 IDs, which only its "
-                "meta.mat maps to classes")
+                "its class a line (e.g. Kaggle's LOC_val_solution.csv), or, for "
+                f"{GROUND_TRUTH}'s ILSVRC2012 IDs, the devkit they come with (its folder or "
+                f"ILSVRC2012_devkit_t12.tar.gz): its {META} maps them to classes")
         rows.append((n, words[0], words[1]))
     return rows
 
