@@ -37,6 +37,7 @@ from zfnet.train.recipe import SeededSamples
 pytestmark = pytest.mark.filterwarnings("ignore::zfnet.data.images.BrokenImageWarning")
 
 SPEC = "size=32"  # 32 px crops of 37 px images
+FULL = 37  # the full size of SPEC's crops
 CPU = torch.device("cpu")
 
 
@@ -131,14 +132,18 @@ def _inputs(dataset, mode: str, form: str, indices: list[int], seed: int = 3,
     return x, y, kept
 
 
-@pytest.mark.parametrize("source", ["imagefolder", "shards"])
+@pytest.mark.parametrize("source", ["imagefolder", "shards", "squares"])
 @pytest.mark.parametrize("mode", ["train", "centre", "ten_crop"])
 def test_pixels_and_encoded_forms_give_the_float_inputs(folder, source, mode) -> None:
-    if source == "shards":
-        out = folder.parent / "shards"
+    if source == "imagefolder":
+        spec = f"imagefolder:{folder}?{SPEC}"
+    else:  # the original bytes, or centre squares at the full size (`zfnet shards --square`)
+        out = folder.parent / source
         if not out.exists():
-            write_shards(f"imagefolder:{folder}", out, resize=0, workers=0)
-    spec = f"{source}:{folder if source == 'imagefolder' else folder.parent / 'shards'}?{SPEC}"
+            square = source == "squares"
+            write_shards(f"imagefolder:{folder}", out, resize=FULL if square else 0,
+                         square=square, workers=0)
+        spec = f"shards:{out}?{SPEC}"
     bundle = load_dataset(spec)
     dataset = bundle.train if mode == "train" else bundle.val
     indices = list(range(len(dataset)))
@@ -161,8 +166,8 @@ def test_pixels_and_encoded_forms_give_the_float_inputs(folder, source, mode) ->
         # half scale (PIL's draft): that one differs by resampling (~1 level on average, up to
         # ~24 at the edges of the test images' bright square), the others not at all. Mixed:
         # the same where the workers decode the large one too (as the cpu loader does)
-        if share and decoded_on_host(kept[large[0]], share):
-            large = []
+        if source == "squares" or (share and decoded_on_host(kept[large[0]], share)):
+            large = []  # (squares: every image stored at the full size, none large)
         same = [k for k in range(len(kept)) if k not in large]
         assert torch.equal(x[same], want_x[same]), form
         if large:
