@@ -45,7 +45,7 @@ from zfnet.data.imagefolder import LAYOUT, PAPER_FULL, select_folder
 from zfnet.data.images import BadImageError, BrokenImageWarning, load_rgb, resize_center_crop
 from zfnet.data.shards import FORMAT, MANIFEST, SPLITS, index_name, shard_name
 from zfnet.data.spec import parse_spec
-from zfnet.data.workers import Loader
+from zfnet.data.workers import Loader, usable_cores
 
 DEFAULT_RESIZE = PAPER_FULL
 DEFAULT_QUALITY = 90
@@ -266,7 +266,7 @@ def _write(folder: Path, root: Path, source: str, names: list[str],
            shard_size: int, quality: int, workers: int | None,
            progress: bool) -> dict[str, Any]:
     if workers is None:
-        workers = min(8, os.cpu_count() or 1)
+        workers = min(8, usable_cores())  # the cores this process may run on (its affinity)
     side = mean_side(resize)
     manifest: dict[str, Any] = {
         "format": FORMAT, "id": uuid.uuid4().hex,
