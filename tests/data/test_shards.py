@@ -174,6 +174,24 @@ def test_workers_write_the_same_bytes(folder, resized, tmp_path) -> None:
         assert (out / name).read_bytes() == (resized / name).read_bytes(), name
 
 
+def test_default_writers_are_the_cores_this_process_may_use(folder, tmp_path,
+                                                            monkeypatch) -> None:
+    class Seen(Exception):
+        pass
+
+    def recording(*args, num_workers, **kwargs):
+        raise Seen(num_workers)
+
+    monkeypatch.setattr(writer_mod, "CHUNK", 4)  # several tasks: workers are asked for
+    monkeypatch.setattr(writer_mod, "Loader", recording)
+    for cores, writers in ((3, 3), (20, 8)):  # at most 8
+        monkeypatch.setattr(writer_mod, "usable_cores", lambda cores=cores: cores)
+        with pytest.raises(Seen) as e:
+            write_shards(f"imagefolder:{folder}", tmp_path / f"out{cores}")
+        assert e.value.args == (writers,)
+        assert list(tmp_path.iterdir()) == []  # nothing left behind
+
+
 def test_parse_size() -> None:
     assert parse_size("1GB") == 10**9 and parse_size("16kB") == 16_000
     assert parse_size("2GiB") == 2 * 2**30 and parse_size("4096") == 4096
