@@ -555,8 +555,9 @@ def _byte_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
 @click.option("--progress/--quiet", default=True, help="Progress bars.")
 def shards_cmd(source: str, out: str, resize: int | None, original: bool, square: bool,
                shard_size: int, quality: int, workers: int | None, progress: bool) -> None:
-    """Write the image folder SOURCE (imagefolder:DIR, both splits) as webdataset tar shards
-    in OUT, with a manifest and an index; then `--data shards:OUT` reads them in every command,
+    """Write the image folder SOURCE (imagefolder:DIR, both splits; a flat val folder, as
+    ImageNet's, with imagefolder:DIR?val_labels=FILE) as webdataset tar shards in OUT, with a
+    manifest and an index; then `--data shards:OUT` reads them in every command,
     as it reads imagefolder:DIR. Broken images are skipped and named. OUT appears complete or
     not at all (an error or Ctrl-C leaves nothing)."""
     from zfnet.data.shard_writer import DEFAULT_RESIZE, write_shards
