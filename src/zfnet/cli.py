@@ -466,9 +466,14 @@ def train_cmd(**opts) -> None:
         sys.exit(EXIT_INTERRUPTED[signal.Signals[summary["signal"] or "SIGTERM"]])
 
 
-@main.command("eval", short_help="Top-1/top-5 error and confusion matrix of a trained model")
-@click.option("--checkpoint", required=True, type=click.Path(exists=True),
+@main.command("eval", short_help="Top-1/top-5 error and confusion matrix of a model")
+@click.option("--checkpoint", type=click.Path(exists=True),
               help="Run directory (its last checkpoint), checkpoint directory or weights file.")
+@click.option("--model", "model", metavar="SOURCE",
+              help="Or any model: a zfnet model name, torchvision:NAME, timm:NAME (with "
+                   "--weights), scored with its own preprocessing; output k is the dataset's "
+                   "class k (sorted folder names, as ImageNet's WNIDs).")
+@_options(_WEIGHTS, *_PREPROCESSING)
 @click.option("--data", help="Dataset spec (default: the one the model was trained on).")
 @click.option("--ten-crop", is_flag=True, help="Average the softmax of the paper's 10 crops.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False),
@@ -491,32 +496,58 @@ def train_cmd(**opts) -> None:
 @click.option("--compile", "compile", is_flag=True,
               help="torch.compile the model (faster on a GPU over a large split, slower on a "
                    "small CPU; off by default).")
-def eval_cmd(checkpoint: str, data: str | None, ten_crop: bool, json_out: str | None,
-             batch_size: int, device: str, workers: int | str | None, loader: str | None,
-             amp: str, live_weights: bool, strict: bool, compile: bool) -> None:
-    """Top-1 / top-5 error, per-class accuracy and confusion matrix on the validation split.
+def eval_cmd(checkpoint: str | None, model: str | None, weights: str | None,
+             mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
+             resize: int | None, crop: int | None, data: str | None, ten_crop: bool,
+             json_out: str | None, batch_size: int, device: str, workers: int | str | None,
+             loader: str | None, amp: str, live_weights: bool, strict: bool,
+             compile: bool) -> None:
+    """Top-1 / top-5 error, per-class accuracy and confusion matrix on the validation split:
+    of a zfnet run (--checkpoint), or of any model (--model, e.g. torchvision:resnet50
+    --weights DEFAULT --data imagefolder:DIR, to check a pretrained model's published error).
 
     Many processes: `torchrun --nproc-per-node N -m zfnet.cli eval ...` scores a share of the
     split in each and adds up the counts; the first process prints and writes --json."""
     import json
     from pathlib import Path
 
+    from zfnet.sources import load_source
     from zfnet.train import evaluate_checkpoint
     from zfnet.train.distributed import processes
+    from zfnet.train.evaluation import evaluate_source
 
+    if (checkpoint is None) == (model is None):
+        raise click.UsageError("give the model to score: --checkpoint RUN, or --model SOURCE "
+                               "(with --weights)" if checkpoint is None else
+                               "--checkpoint and --model both name the model: give one of them")
+    given = [f"--{k}" for k, v in (("weights", weights), ("mean", mean), ("std", std),
+                                   ("resize", resize), ("crop", crop)) if v is not None]
+    if checkpoint is not None and given:
+        raise click.UsageError(f"{', '.join(given)} go with --model SOURCE; a --checkpoint run "
+                               "holds its weights and preprocessing")
+    if model is not None and live_weights:
+        raise click.UsageError("--live-weights is for a --checkpoint run trained with --ema")
     if json_out and not Path(json_out).resolve().parent.is_dir():
         raise click.BadParameter(f"the folder of {json_out} does not exist",
                                  param_hint="--json")
+    common = dict(batch_size=batch_size, workers=workers if workers is not None else "auto",
+                  loader=loader or "auto", amp=amp, strict=strict, compile=compile)
     with processes(device) as info:
-        r = evaluate_checkpoint(checkpoint, data, ten_crop, batch_size=batch_size,
-                                workers=workers if workers is not None else "auto",
-                                loader=loader or "auto", amp=amp, live_weights=live_weights,
-                                strict=strict, compile=compile, info=info)
+        if checkpoint is not None:
+            r = evaluate_checkpoint(checkpoint, data, ten_crop, live_weights=live_weights,
+                                    info=info, **common)
+        else:
+            source = load_source(model, weights, **_unit_stats(mean, std), resize=resize,
+                                 crop=crop, device=info.device)
+            for note in source.meta.get("notes", []) if info.is_main else ():
+                click.echo(note, err=True)
+            r = evaluate_source(source, data, ten_crop, info=info, **common)
     if not info.is_main:
         return
     crops = "10 crops" if ten_crop else "centre crop"
     skipped = f" ({r['skipped']} broken files skipped)" if r["skipped"] else ""
-    click.echo(f"{r['model']} (epoch {r['epoch']}) on {r['data']}, {r['n']} images{skipped}, "
+    epoch = f" (epoch {r['epoch']})" if r["epoch"] is not None else ""
+    click.echo(f"{r['model']}{epoch} on {r['data']}, {r['n']} images{skipped}, "
                f"{crops}: top-1 error {r['top1_error']:.2%}, top-5 error {r['top5_error']:.2%}")
     for name, acc in r["per_class_accuracy"].items():
         click.echo(f"  {name:<20} {'-' if acc is None else f'{acc:.2%}'}")

@@ -1,10 +1,12 @@
 """`evaluate_checkpoint`: top-1 / top-5 error, per-class accuracy and confusion matrix of a
-trained model on a dataset's validation split, centre crop or the paper's 10 crops (Table 2)."""
+trained model on a dataset's validation split, centre crop or the paper's 10 crops (Table 2);
+`evaluate_source`: the same for any model a source names (`zfnet.sources`: a pretrained
+torchvision or timm model, say), with its own preprocessing."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import Subset
@@ -23,6 +25,12 @@ from zfnet.train.compiled import check_compile, compile_model
 from zfnet.train.distributed import DistInfo, all_reduce_mean, resolve_device
 from zfnet.train.metrics import per_class_accuracy
 from zfnet.train.recipe import amp_dtype_for, evaluate
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from zfnet.data import DataBundle
+    from zfnet.sources import Source
 
 
 def evaluate_checkpoint(
@@ -94,6 +102,57 @@ def evaluate_checkpoint(
             f"dataset {spec!r} gives {bundle.input_size} px crops but the model in "
             f"{meta['checkpoint']} expects {meta['input_size']} px"
         )
+    r = _scores(model, bundle, spec, info, batch_size=batch_size, workers=workers, loader=loader,
+                amp=amp, channels_last=channels_last, compile=compile)
+    return {"checkpoint": meta["checkpoint"], "model": meta["model"], "epoch": meta.get("epoch"),
+            "data": spec, "ten_crop": ten_crop, "amp": amp, "live_weights": live_weights, **r}
+
+
+def evaluate_source(
+    source: Source,
+    spec: str | None = None,
+    ten_crop: bool = False,
+    *,
+    batch_size: int = 128,
+    workers: int | str = "auto",
+    loader: str = "auto",
+    amp: str = "auto",
+    channels_last: bool = True,
+    strict: bool = False,
+    compile: bool = False,
+    info: DistInfo | None = None,
+) -> dict[str, Any]:
+    """`evaluate_checkpoint` for the model of `source` (`zfnet.sources.load_source`, on the
+    device `info` names), on dataset `spec`'s validation split made into its inputs by its own
+    preprocessing (None: a zfnet run's own dataset). Output k of the model is scored as the
+    dataset's class k: its classes in sorted folder order, as ImageNet's WNIDs give torchvision's
+    and timm's 1000 outputs. The same keys as `evaluate_checkpoint`; checkpoint and epoch None
+    unless the source is a run, live_weights False."""
+    from zfnet.sources import load_data
+
+    info = info or DistInfo(0, 1, 0, next(source.model.parameters()).device)
+    bundle = load_data(source, spec, ten_crop=ten_crop, strict=strict)
+    spec = spec or source.meta.get("data")
+    n_out = source.meta.get("num_classes")
+    if n_out is not None and n_out != bundle.num_classes:
+        raise ValueError(
+            f"{source.name} has {n_out} outputs but dataset {spec!r} has {bundle.num_classes} "
+            "classes: output k is scored as the dataset's class k (sorted folder names; "
+            "ImageNet's WNIDs sorted are torchvision's and timm's order)")
+    if compile:
+        check_compile(info.device)
+    r = _scores(source.model, bundle, spec, info, batch_size=batch_size, workers=workers,
+                loader=loader, amp=amp, channels_last=channels_last, compile=compile)
+    return {"checkpoint": source.meta.get("checkpoint"), "model": source.name,
+            "epoch": source.meta.get("epoch"), "data": spec, "ten_crop": ten_crop, "amp": amp,
+            "live_weights": False, **r}
+
+
+def _scores(model: nn.Module, bundle: DataBundle, spec: str, info: DistInfo, *,
+            batch_size: int, workers: int | str, loader: str, amp: str, channels_last: bool,
+            compile: bool) -> dict[str, Any]:
+    """The figures of `model` on `bundle`'s validation split (see `evaluate_checkpoint`)."""
+    dev = info.device
     kind = loader_kind(loader, bundle.val, dev, spec=spec)
     n_workers = resolve_workers(workers, dev)
     host_share = 0.0
@@ -118,8 +177,6 @@ def evaluate_checkpoint(
     cm: torch.Tensor = r["confusion"]
     names = list(bundle.class_names)
     return {
-        "checkpoint": meta["checkpoint"], "model": meta["model"], "epoch": meta.get("epoch"),
-        "data": spec, "ten_crop": ten_crop, "amp": amp, "live_weights": live_weights,
         "n": r["n"], "skipped": r["skipped"], "loss": r["loss"],
         "top1_error": r["top1_error"], "top5_error": r["top5_error"], "class_names": names,
         "per_class_accuracy": dict(zip(names, per_class_accuracy(cm), strict=True)),

@@ -1,0 +1,112 @@
+"""`zfnet eval --model SOURCE`: any model's top-1 / top-5 error on a dataset's validation split,
+with its own preprocessing, the same figures as scoring its inputs by hand; and the errors of
+giving the model twice, not at all, or with the wrong number of outputs."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from click.testing import CliRunner
+from PIL import Image
+
+from zfnet.cli import main
+from zfnet.sources import load_data, load_source
+
+CLASSES = ("n01", "n02", "n03")
+WANT = [0, 2, 1, 1, 0, 2]  # the predictions made for the val images (labels 0 1 2 0 1 2)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> Path:
+    """3 classes of 2 photo-like images each (train and val), and resnet18 weights for 3
+    classes saved from a random init (a fine-tuned copy)."""
+    root = tmp_path_factory.mktemp("eval_source")
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for k, cls in enumerate(CLASSES):
+            (root / "data" / split / cls).mkdir(parents=True)
+            for j in range(2):
+                a = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8) // (k + 1)
+                Image.fromarray(a).save(root / "data" / split / cls / f"{j}.jpg")
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=3)
+    torch.save(net.state_dict(), root / "r18.pth")
+    # its last layer fitted so that the 6 val images get the classes WANT (4 of them wrong):
+    # a random init predicts one class for all, which would prove little
+    src = load_source("torchvision:resnet18", str(root / "r18.pth"))
+    val = load_data(src, f"imagefolder:{root / 'data'}").val
+    x = torch.stack([val[i][0] for i in range(len(val))])
+    src.model.fc = torch.nn.Identity()
+    with torch.no_grad():
+        features = src.model(x)  # (6, 512)
+    target = torch.nn.functional.one_hot(torch.tensor(WANT), 3).float() * 10
+    w = torch.linalg.lstsq(features, target).solution  # (512, 3)
+    net.fc.weight.data, net.fc.bias.data = w.T.contiguous(), torch.zeros(3)
+    torch.save(net.state_dict(), root / "r18.pth")
+    return root
+
+
+def _run(args: list[str]) -> tuple[int, str]:
+    r = CliRunner().invoke(main, ["eval", *args])
+    return r.exit_code, r.output
+
+
+def _by_hand(setup: Path, ten_crop: bool) -> tuple[float, float]:
+    """(top-1 error, top-2 error) of the model on its own inputs, scored here."""
+    src = load_source("torchvision:resnet18", str(setup / "r18.pth"))
+    val = load_data(src, f"imagefolder:{setup / 'data'}", ten_crop=ten_crop).val
+    x = torch.stack([val[i][0] for i in range(len(val))])
+    y = torch.tensor([val[i][1] for i in range(len(val))])
+    with torch.no_grad():
+        if ten_crop:  # the softmax of the 10 crops averaged (paper Sec. 3)
+            p = src.model(x.flatten(0, 1)).softmax(1).unflatten(0, (len(x), 10)).mean(1)
+        else:
+            p = src.model(x).softmax(1)
+    order = p.argsort(1, descending=True)
+    return ((order[:, 0] != y).float().mean().item(),
+            (~(order[:, :2] == y[:, None]).any(1)).float().mean().item())
+
+
+@pytest.mark.parametrize("ten_crop", [False, True])
+def test_any_model_is_scored_on_its_own_inputs(setup, tmp_path, ten_crop) -> None:
+    out = tmp_path / "r.json"
+    code, text = _run(["--model", "torchvision:resnet18", "--weights", str(setup / "r18.pth"),
+                       "--data", f"imagefolder:{setup / 'data'}", "--device", "cpu", "--amp",
+                       "off", "--json", str(out), *(["--ten-crop"] if ten_crop else [])])
+    assert code == 0, text
+    r = json.loads(out.read_text())
+    top1, _ = _by_hand(setup, ten_crop)
+    if not ten_crop:  # the fitted predictions: 4 of 6 wrong, in this confusion matrix
+        assert r["top1_error"] == pytest.approx(4 / 6)
+        assert r["confusion_matrix"] == [[1, 1, 0], [1, 0, 1], [0, 1, 1]]
+    assert r["n"] == 6 and r["epoch"] is None and r["model"].startswith("torchvision:resnet18")
+    assert r["top1_error"] == pytest.approx(top1)
+    assert r["class_names"] == list(CLASSES) and len(r["confusion_matrix"]) == 3
+    crops = "10 crops" if ten_crop else "centre crop"
+    assert f"on imagefolder:{setup / 'data'}, 6 images, {crops}: top-1 error " \
+        f"{r['top1_error']:.2%}" in text, text
+    assert "(epoch" not in text
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--data", "imagefolder:{data}"], "give the model to score"),
+    (["--model", "torchvision:resnet18", "--checkpoint", "{data}"],
+     "--checkpoint and --model both"),
+    (["--checkpoint", "{data}", "--weights", "DEFAULT"], "--weights go with --model"),
+    (["--model", "torchvision:resnet18", "--live-weights", "--data", "imagefolder:{data}"],
+     "--live-weights is for a --checkpoint run"),
+    (["--model", "torchvision:resnet18"], "no dataset given"),
+    (["--model", "torchvision:resnet18", "--data", "imagefolder:{data}"],
+     "has 1000 outputs but dataset .* has 3 classes"),
+])
+def test_wrong_model_options_are_one_line(setup, args, says) -> None:
+    code, text = _run([a.format(data=setup / "data") for a in args] + ["--device", "cpu"])
+    assert code != 0 and "Traceback" not in text
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("Error: ") and re.search(says, last), text
