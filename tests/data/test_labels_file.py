@@ -120,8 +120,9 @@ def test_bad_labels_files_are_named_with_the_line(classed, tmp_path, text, match
 
 def test_missing_file_ambiguous_names_and_the_flat_folder_hint(classed, tmp_path) -> None:
     _flat(classed, tmp_path / "flat")
-    with pytest.raises(FileNotFoundError, match=r"val_labels: .*nope\.csv does not exist"):
-        load_dataset(f"imagefolder:{tmp_path / 'flat'}?val_labels={tmp_path / 'nope.csv'}")
+    for nope in ("nope.csv", "ILSVRC2012_devkit_t12.tar.gz"):
+        with pytest.raises(FileNotFoundError, match=rf"val_labels: .*{nope} does not exist"):
+            load_dataset(f"imagefolder:{tmp_path / 'flat'}?val_labels={tmp_path / nope}")
     with pytest.raises(ValueError, match=r"no class folders.*val_labels=FILE"):
         load_dataset(f"imagefolder:{tmp_path / 'flat'}")
     val = tmp_path / "two" / "val"

@@ -10,8 +10,7 @@ classes FILE gives them, instead of from class folders. FILE is one of:
 - two columns, image and class, separated by a comma or spaces (a header line is allowed):
   the image by its file name, with or without the extension, or its path under DIR/val; the
   class by its name (a DIR/train folder) or its index among the sorted names (0-based: Caffe's
-  `val.txt` for ILSVRC-2012, `ILSVRC2012_val_00000001.JPEG 65`).
-
+  `val.txt` for ILSVRC-2012, `ILSVRC2012_val_00000001.JPEG 65`);
 - the ILSVRC2012 devkit, as its folder or its archive (`ILSVRC2012_devkit_t12.tar.gz`): its
   `data/ILSVRC2012_validation_ground_truth.txt` gives image k (`ILSVRC2012_val_0000000k`) an
   ILSVRC2012 ID a line, which its `data/meta.mat` maps to a class (the synsets without
@@ -101,12 +100,12 @@ def devkit_rows(path: Path) -> list[tuple[int, str, str]]:
 def read_rows(path: Path) -> list[tuple[int, str, str]]:
     """(line number, image, class) of each labelled line of the labels file (or devkit) at
     `path`."""
+    if not path.exists():
+        raise FileNotFoundError(f"val_labels: {path} does not exist")
     if path.is_dir() or path.name.lower().endswith(ARCHIVES):
         return devkit_rows(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"val_labels: {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"val_labels: cannot read {path} as text ({e})") from None
     lines = text.splitlines()
