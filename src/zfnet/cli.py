@@ -512,9 +512,8 @@ def eval_cmd(checkpoint: str | None, model: str | None, weights: str | None,
     from pathlib import Path
 
     from zfnet.sources import load_source
-    from zfnet.train import evaluate_checkpoint
+    from zfnet.train import evaluate_checkpoint, evaluate_source
     from zfnet.train.distributed import processes
-    from zfnet.train.evaluation import evaluate_source
 
     if (checkpoint is None) == (model is None):
         raise click.UsageError("give the model to score: --checkpoint RUN, or --model SOURCE "
