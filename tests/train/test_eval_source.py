@@ -104,9 +104,12 @@ def test_any_model_is_scored_on_its_own_inputs(setup, tmp_path, ten_crop) -> Non
     (["--model", "torchvision:resnet18"], "no dataset given"),
     (["--model", "torchvision:resnet18", "--data", "imagefolder:{data}"],
      "has 1000 outputs but dataset .* has 3 classes"),
+    (["--model", "torchvision:resnet18", "--weights", "{weights}", "--data",
+      "imagefolder:{data}", "--loader", "gpu"], "own preprocessing .* use --loader cpu"),
 ])
 def test_wrong_model_options_are_one_line(setup, args, says) -> None:
-    code, text = _run([a.format(data=setup / "data") for a in args] + ["--device", "cpu"])
+    code, text = _run([a.format(data=setup / "data", weights=setup / "r18.pth") for a in args]
+                      + ["--device", "cpu"])
     assert code != 0 and "Traceback" not in text
     last = text.strip().splitlines()[-1]
     assert last.startswith("Error: ") and re.search(says, last), text

@@ -60,6 +60,10 @@ def loader_kind(loader: str, dataset: Any, device: torch.device, *,
     files = decodes_files(dataset)
     if loader == "auto":
         return "gpu" if device.type == "cuda" and files and not erasing else "cpu"
+    if loader in DEVICE_DECODES and getattr(dataset, "preprocessing", None) is not None:
+        raise ValueError(f"--loader {loader} makes the paper's inputs on the device; a model's "
+                         "own preprocessing (resize, crop, mean and std) is done by the "
+                         "loader's workers: use --loader cpu or auto")
     if loader in DEVICE_DECODES and not files:
         what = f"dataset {spec!r}" if spec else type(dataset).__name__
         raise ValueError(f"--loader {loader} decodes image files on the device, and {what} "
