@@ -6,9 +6,9 @@ JPEG re-encoded at a shorter side of `resize` px (resized as the folder loader r
 images no larger keep their bytes), or with `square` as the centre `resize` x `resize` square
 the folder loader keeps of it (every image, smaller ones resized up as a reader would: all of
 one size, a quarter fewer pixels than a 4:3 photo's at that shorter side), or, with `resize=0`,
-as the original bytes. The training
-split's mean image at 256 px (the paper's full size) is computed on the way, from the stored
-images as a reader decodes them. Format: `zfnet.data.shards`.
+as the original bytes. The training split's mean image at 256 px (the paper's full size) is
+computed on the way, from the stored images as a reader decodes them. Format:
+`zfnet.data.shards`.
 
 Atomic: everything is written into a hidden folder beside OUT, renamed to OUT at the end; an
 error or Ctrl-C removes it, so OUT is either complete or absent. Tar members carry a fixed
