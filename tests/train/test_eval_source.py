@@ -28,12 +28,15 @@ def setup(tmp_path_factory) -> Path:
     classes saved from a random init (a fine-tuned copy)."""
     root = tmp_path_factory.mktemp("eval_source")
     rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:60, 0:80] / 80
     for split in ("train", "val"):
         for k, cls in enumerate(CLASSES):
             (root / "data" / split / cls).mkdir(parents=True)
-            for j in range(2):
-                a = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8) // (k + 1)
-                Image.fromarray(a).save(root / "data" / split / cls / f"{j}.jpg")
+            for j in range(2):  # each image its own colours and stripes: far apart features
+                f = rng.uniform(1, 6, 3)
+                a = np.stack([128 + 120 * np.sin(2 * np.pi * (f[c] * xx + (c + 1) * j * yy)
+                                                 + k) for c in range(3)], -1)
+                Image.fromarray(a.astype(np.uint8)).save(root / "data" / split / cls / f"{j}.jpg")
     torch.manual_seed(0)
     net = torchvision.models.resnet18(num_classes=3)
     torch.save(net.state_dict(), root / "r18.pth")
