@@ -327,6 +327,15 @@ def test_bad_input_is_one_clear_line(places, tmp_path, args, names) -> None:
         assert _snapshot(p) == before, f"{p} was written to"
 
 
+def test_a_bad_device_decoder_is_one_clear_line(places, tmp_path, monkeypatch) -> None:
+    # ZFNET_DEVICE_DECODER (zfnet.data.codec), checked when the gpu loader is chosen (by
+    # `loader_kind`, which every command's loader goes through)
+    monkeypatch.setenv("ZFNET_DEVICE_DECODER", "dali")
+    test_bad_input_is_one_clear_line(
+        places, tmp_path, [*TRAIN, "--data", "imagefolder:{images}?size=32", "--loader", "gpu"],
+        "ZFNET_DEVICE_DECODER='dali'")
+
+
 def test_names_and_aliases(places, tmp_path) -> None:
     """--layer takes comma lists (spaces stripped) and repeats, module paths included; the old
     spellings --layers and --run still work; --checkpoint RUN names the run everywhere."""

@@ -87,3 +87,75 @@ def test_torchcodec_where_it_loads_else_torchvision(monkeypatch) -> None:
         monkeypatch.undo()
         codec._decoder.cache_clear()
     assert codec.decoder_name() == want
+
+
+# --- the device's batches (decode_batch): nvImageCodec, TorchCodec or torchvision ---
+
+def _loads(name: str) -> bool:
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(codec.ENV, name)
+            codec.device_decoder("cpu")
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("name", ["nvimgcodec", "torchcodec", "torchvision"])
+def test_every_device_decoder_gives_the_same_pixels_and_none_for_a_broken_file(
+        name, monkeypatch) -> None:
+    if not _loads(name):
+        pytest.skip(f"{name} does not load here (the lower ends' set)")
+    monkeypatch.setenv(codec.ENV, name)
+    assert codec.device_decoder("cpu") == name
+    files = _files()  # a photo, a grey one, 4:4:4, progressive
+    good = files[0]
+    broken = [good[:len(good) // 2].clone(), torch.tensor([1, 2, 3, 4], dtype=torch.uint8),
+              torch.empty(0, dtype=torch.uint8)]
+    got = codec.decode_batch([*files, *broken, good], "cpu")  # one call
+    assert len(got) == len(files) + len(broken) + 1
+    for f, img in zip([*files, good], [*got[:len(files)], got[-1]], strict=True):
+        assert img.dtype == torch.uint8 and torch.equal(img, _torchvision(f)), name
+    assert got[len(files):-1] == [None] * len(broken)  # each in its place
+    assert codec.decode_batch([], "cpu") == []
+
+
+def test_the_device_decoder_is_chosen_and_checked(monkeypatch) -> None:
+    monkeypatch.delenv(codec.ENV, raising=False)
+    assert codec.device_decoder("cpu") == codec.decoder_name()  # auto: decode_jpeg's
+    want = "nvimgcodec" if _loads("nvimgcodec") else codec.decoder_name()
+    assert codec.device_decoder("cuda") == want  # (a CUDA device's name: nothing runs)
+    monkeypatch.setenv(codec.ENV, " TorchVision ")
+    assert codec.device_decoder("cuda") == "torchvision"
+    monkeypatch.setenv(codec.ENV, "dali")
+    with pytest.raises(ValueError, match=r"ZFNET_DEVICE_DECODER='dali' is not known; valid: "
+                                         r"auto, nvimgcodec, torchcodec, torchvision"):
+        codec.device_decoder("cpu")
+    # a library asked for that does not load: how to install it
+    monkeypatch.setattr(codec, "_nvimgcodec", lambda: None)
+    monkeypatch.setenv(codec.ENV, "nvimgcodec")
+    with pytest.raises(ValueError, match=r"nvImageCodec does not load here: pip install "
+                                         r"zfnet\[nvimgcodec\]"):
+        codec.device_decoder("cuda")
+    monkeypatch.setenv(codec.ENV, "auto")
+    assert codec.device_decoder("cuda") == codec.decoder_name()
+    monkeypatch.setattr(codec, "decoder_name", lambda: "torchvision")
+    monkeypatch.setenv(codec.ENV, "torchcodec")
+    with pytest.raises(ValueError, match=r"TorchCodec does not load here: pip install "
+                                         r"zfnet\[codec\]"):
+        codec.device_decoder("cpu")
+
+
+def test_nvimgcodec_loads_quietly() -> None:
+    # its optional JPEG 2000 and TIFF libraries (not installed) are said to be missing on
+    # stderr, by its C code, when it is imported: zfnet's users are not shown that
+    script = ("from zfnet.data import codec; import sys; "
+              "sys.exit(0 if codec._nvimgcodec() is not None else 3)")
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=120)
+    if r.returncode == 3:
+        pytest.skip("nvImageCodec is not installed here")
+    assert r.returncode == 0 and r.stderr == "", r.stderr

@@ -15,7 +15,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from tests.data.test_shards import _image, make_folder
-from zfnet.data import BadImageError, BrokenImageWarning, load_dataset, load_rgb
+from zfnet.data import BadImageError, BrokenImageWarning, codec, load_dataset, load_rgb
 from zfnet.data import batches as batches_mod
 from zfnet.data.batches import BatchInputs, DeviceBatches, collate_encoded, collate_pixels
 from zfnet.data.images import decode_plain_jpeg
@@ -116,6 +116,21 @@ def test_headers_say_which_decoder_takes_a_file() -> None:
 
 # --- every form gives the float inputs ---
 
+DEVICE_DECODERS = ["auto", "nvimgcodec", "torchvision"]  # (auto: TorchCodec where it loads)
+
+
+@pytest.fixture(params=DEVICE_DECODERS)
+def device_decoder(request, monkeypatch) -> str:
+    """The library that decodes the "encoded" batches on the device (ZFNET_DEVICE_DECODER):
+    on the CPU each is libjpeg-turbo, so the inputs must not change."""
+    monkeypatch.setenv(codec.ENV, request.param)
+    try:
+        codec.device_decoder(CPU)
+    except ValueError:  # nvImageCodec not installed (the lower ends' set)
+        pytest.skip(f"{request.param} does not load here")
+    return request.param
+
+
 def _inputs(dataset, mode: str, form: str, indices: list[int], seed: int = 3,
             share: float = 0.0) -> list:
     """The inputs of `indices` in one batch of `form`, made on the CPU: (x, y, kept); `share`
@@ -134,7 +149,8 @@ def _inputs(dataset, mode: str, form: str, indices: list[int], seed: int = 3,
 
 @pytest.mark.parametrize("source", ["imagefolder", "shards", "squares"])
 @pytest.mark.parametrize("mode", ["train", "centre", "ten_crop"])
-def test_pixels_and_encoded_forms_give_the_float_inputs(folder, source, mode) -> None:
+def test_pixels_and_encoded_forms_give_the_float_inputs(folder, source, mode,
+                                                        device_decoder) -> None:
     if source == "imagefolder":
         spec = f"imagefolder:{folder}?{SPEC}"
     else:  # the original bytes, or centre squares at the full size (`zfnet shards --square`)
@@ -177,7 +193,8 @@ def test_pixels_and_encoded_forms_give_the_float_inputs(folder, source, mode) ->
         assert not torch.equal(_inputs(dataset, mode, "pixels", indices, seed=4)[0], want_x)
 
 
-def test_the_device_finds_names_and_skips_a_file_it_cannot_decode(folder, monkeypatch) -> None:
+def test_the_device_finds_names_and_skips_a_file_it_cannot_decode(folder, monkeypatch,
+                                                                   device_decoder) -> None:
     val = load_dataset(f"imagefolder:{folder}?{SPEC}").val
     bad = next(i for i in range(len(val)) if val.paths[i].name == "tables.jpg")
     good = [i for i in range(len(val)) if i != bad]
@@ -195,15 +212,13 @@ def test_the_device_finds_names_and_skips_a_file_it_cannot_decode(folder, monkey
 
     # a file the device refuses that PIL reads: decoded on the host, the same input
     refused = val.read_encoded(good[0])
-    real = batches_mod.decode_jpeg
+    real = batches_mod.decode_batch
 
-    def picky(data, device):
-        files = data if isinstance(data, list) else [data]
-        if any(bytes(f.numpy()) == bytes(refused) for f in files):
-            raise RuntimeError("not this one")
-        return real(data, device)
+    def picky(files, device):
+        return [None if bytes(f.numpy()) == bytes(refused) else img
+                for f, img in zip(files, real(files, device), strict=True)]
 
-    monkeypatch.setattr(batches_mod, "decode_jpeg", picky)
+    monkeypatch.setattr(batches_mod, "decode_batch", picky)
     sub = collate_encoded([encoded[i] for i in good])
     x2, y2 = DeviceBatches._hand_on(BatchInputs(encoded, CPU)(sub))
     assert torch.equal(x2, x) and torch.equal(y2, y)  # the same inputs, in the same order
@@ -226,7 +241,7 @@ def test_decoded_on_host_is_a_fixed_spread_share() -> None:
     assert all(decoded_on_host(i, 1.0) for i in range(100))
 
 
-def test_mixed_batches_keep_the_items_order_with_broken_files(folder) -> None:
+def test_mixed_batches_keep_the_items_order_with_broken_files(folder, device_decoder) -> None:
     # the workers' images and the device's, a file only the device finds broken among them:
     # the same inputs, in item order, as the batch decoded all on the device (`cut_windows`
     # gathers them from their rows)

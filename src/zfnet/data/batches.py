@@ -11,15 +11,15 @@ items would have been, stacked, on the device the model trains on:
   gather for the batch), divided by std, the ten crops cut for evaluation;
 - "encoded" (the GPU loader): `EncodedBatch`, the files' bytes (and, for the few files the
   device cannot decode, the full images decoded by the workers). On the device: decoded in one
-  `zfnet.data.codec.decode_jpeg` call (nvJPEG on CUDA), each image's shorter side resized to F
-  (images of one size in one call) and its centre F x F kept, then the windows cut (one gather)
-  and finished as "pixels". A batch the device decoder refuses is decoded image by image to
-  find the culprit, which is decoded by PIL on the host (`load_rgb`): it is used if PIL can
-  read it, else skipped with a warning naming it (or `BadImageError` with `strict`).
+  `zfnet.data.codec.decode_batch` call (nvJPEG on CUDA, through nvImageCodec, TorchCodec or
+  torchvision), each image's shorter side resized to F (images of one size in one call) and
+  its centre F x F kept, then the windows cut (one gather) and finished as "pixels". A file
+  the device's decoder refuses is decoded by PIL on the host (`load_rgb`): it is used if PIL
+  can read it, else skipped with a warning naming it (or `BadImageError` with `strict`).
 
 Every form gives the same inputs, the "encoded" form up to its decoder's and resampler's
 rounding (nvJPEG's IDCT and CUDA's resampling differ from libjpeg-turbo's and the CPU's by a
-few levels; on the CPU, `decode_jpeg` is libjpeg-turbo and the same resampling: the same
+few levels; on the CPU, `decode_batch` is libjpeg-turbo and the same resampling: the same
 pixels, except for images large enough that the CPU loader decodes them at a reduced DCT
 scale). Items of a batch keep their order; crops and flips are the dataset's (per sample,
 `zfnet.train.recipe.SeededSamples`), so runs resume exactly with any form.
@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 
-from zfnet.data.codec import decode_jpeg
+from zfnet.data.codec import decode_batch
 from zfnet.data.images import BadImageError, load_rgb, resize_center_crop, warn_skipped
 from zfnet.data.transforms import CropDataset, Form, collate, ten_crop
 
@@ -242,21 +242,12 @@ class BatchInputs:
                       where: list[int], skipped: list[BadImageError]
                       ) -> list[torch.Tensor | None]:
         """Decode `files` (items `where` of the batch, whose dataset indices are `indices`) on
-        the device, in one call; when that fails, one by one, the ones the device refuses on
-        the host (None: broken)."""
-        if not files:
-            return []
-        try:
-            return list(decode_jpeg(files, self.device))
-        except RuntimeError:
-            pass  # one of them at least: find it
-        out: list[torch.Tensor | None] = []
-        for data, k in zip(files, where, strict=True):
-            try:
-                out.append(decode_jpeg(data, self.device))
-            except RuntimeError:
-                out.append(self._decode_on_host(data, int(indices[k]), skipped))
-        return out
+        the device, in one call (`decode_batch`); the ones the device refuses on the host
+        (None: broken)."""
+        images = decode_batch(files, self.device)
+        return [img if img is not None
+                else self._decode_on_host(data, int(indices[k]), skipped)
+                for img, data, k in zip(images, files, where, strict=True)]
 
     def _decode_on_host(self, data: torch.Tensor, i: int,
                         skipped: list[BadImageError]) -> torch.Tensor | None:

@@ -1,28 +1,54 @@
 """JPEG decoding into tensors for the loaders, on the CPU (libjpeg-turbo) or a CUDA device
-(nvJPEG): TorchCodec's `decode_jpeg` where it is installed and loads, torchvision's otherwise.
+(nvJPEG).
 
-torchvision deprecated its image decoders in 0.29, in favour of TorchCodec's (0.16 on), which
-need torch 2.11 or newer; zfnet supports torch from 2.9 (`pip install zfnet[codec]` adds
-TorchCodec). The two take the same input (a 1-D uint8 tensor of a file's bytes, or a list of
-them: one batched call on CUDA), give the same (3, H, W) uint8 RGB tensors, pixel for pixel
-on the CPU (tests/data/test_codec.py compares them where both are installed), and raise
-RuntimeError for data they cannot decode. A TorchCodec that is installed but does not load
-(built for another torch) is passed over for torchvision's.
+Two calls:
+
+- `decode_jpeg`, a file or a list of files (the workers, and every file decoded one at a
+  time): TorchCodec's `decode_jpeg` where it is installed and loads, torchvision's otherwise.
+  torchvision deprecated its image decoders in 0.29, in favour of TorchCodec's (0.16 on),
+  which need torch 2.11 or newer; zfnet supports torch from 2.9 (`pip install zfnet[codec]`
+  adds TorchCodec). The two take the same input (a 1-D uint8 tensor of a file's bytes, or a
+  list of them), give the same (3, H, W) uint8 RGB tensors, pixel for pixel on the CPU
+  (tests/data/test_codec.py compares them where both are installed), and raise RuntimeError
+  for data they cannot decode. A TorchCodec that is installed but does not load (built for
+  another torch) is passed over for torchvision's.
+- `decode_batch`, the gpu and mixed loaders' one call per batch on the device: a list of
+  files in, a list of images out, None for each file the library could not decode (the
+  loader then gives it to PIL on the host). The library is `ZFNET_DEVICE_DECODER`'s:
+  `auto` (the default) takes NVIDIA's nvImageCodec where it is installed
+  (`pip install zfnet[nvimgcodec]`: its hardware decoder and a pool of threads that parse
+  and decode the batch's files side by side, where torchvision's and TorchCodec's CUDA
+  decoders are one instance per process behind a lock), `decode_jpeg`'s library otherwise;
+  `nvimgcodec`, `torchcodec` or `torchvision` ask for that one (a ValueError, checked when a
+  loader is made, where it does not load). On the CPU every one of them is libjpeg-turbo
+  with the same pixels (tested), which is how the tests prove the loaders with each.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 Encoded = torch.Tensor | list[torch.Tensor]
 
+ENV = "ZFNET_DEVICE_DECODER"
+LIBRARIES = ("auto", "nvimgcodec", "torchcodec", "torchvision")
+_INSTALL = {"nvimgcodec": "pip install zfnet[nvimgcodec] (nvidia-nvimgcodec-cu13[nvjpeg]; "
+                          "-cu12 for a torch built with CUDA 12)",
+            "torchcodec": "pip install zfnet[codec] (TorchCodec needs torch >= 2.11)"}
+
 
 @functools.cache
 def _decoder() -> tuple[str, Callable[..., Any]]:
+    """`decode_jpeg`'s library: (name, decode(data, device))."""
     try:
         from torchcodec.decoders import decode_jpeg as codec_decode
     except Exception:  # noqa: BLE001 (not installed, or built for another torch)
@@ -41,7 +67,7 @@ def _decoder() -> tuple[str, Callable[..., Any]]:
 
 
 def decoder_name() -> str:
-    """Which library decodes: "torchcodec" or "torchvision"."""
+    """Which library `decode_jpeg` uses: "torchcodec" or "torchvision"."""
     return _decoder()[0]
 
 
@@ -49,3 +75,133 @@ def decode_jpeg(data: Encoded, device: torch.device | str = "cpu") -> Any:
     """JPEG file(s) `data` (1-D uint8 tensors on the CPU) decoded to RGB on `device`: (3, H, W)
     uint8, or a list of them for a list (one call). RuntimeError when one cannot be decoded."""
     return _decoder()[1](data, torch.device(device))
+
+
+# --- the device's batches ---
+
+def device_decoder(device: torch.device | str) -> str:
+    """The library `decode_batch` uses on `device` ("nvimgcodec", "torchcodec" or
+    "torchvision"), as `ZFNET_DEVICE_DECODER` asks; ValueError, naming what is valid or how to
+    install it, for a value that is not known or a library that does not load."""
+    asked = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    if asked not in LIBRARIES:
+        raise ValueError(f"{ENV}={os.environ[ENV]!r} is not known; valid: "
+                         f"{', '.join(LIBRARIES)}")
+    if asked == "auto":
+        if torch.device(device).type == "cuda" and _nvimgcodec() is not None:
+            return "nvimgcodec"
+        return decoder_name()
+    if asked == "nvimgcodec" and _nvimgcodec() is None:
+        raise ValueError(f"{ENV}=nvimgcodec, but nvImageCodec does not load here: "
+                         f"{_INSTALL['nvimgcodec']}")
+    if asked == "torchcodec" and decoder_name() != "torchcodec":
+        raise ValueError(f"{ENV}=torchcodec, but TorchCodec does not load here: "
+                         f"{_INSTALL['torchcodec']}")
+    return asked
+
+
+def decode_batch(files: Sequence[torch.Tensor], device: torch.device | str
+                 ) -> list[torch.Tensor | None]:
+    """JPEG files (1-D uint8 tensors on the CPU) decoded on `device` by `device_decoder`'s
+    library: (3, H, W) uint8 RGB images, None for each one it could not decode."""
+    device = torch.device(device)
+    if not files:
+        return []
+    name = device_decoder(device)
+    if name == "nvimgcodec":
+        return _nvimgcodec().decode(list(files), device)  # type: ignore[union-attr]
+    decode = _library(name)
+    try:
+        return list(decode(list(files), device))  # one call
+    except RuntimeError:
+        pass  # one of them at least: find it
+    out: list[torch.Tensor | None] = []
+    for data in files:
+        try:
+            out.append(decode(data, device))
+        except RuntimeError:
+            out.append(None)
+    return out
+
+
+def _library(name: str) -> Callable[[Encoded, torch.device], Any]:
+    """decode(data, device) of TorchCodec or torchvision."""
+    if name == decoder_name():
+        return _decoder()[1]
+    from torchvision.io import ImageReadMode  # torchvision asked for, TorchCodec loads
+    from torchvision.io import decode_jpeg as vision_decode
+
+    return lambda data, device: vision_decode(data, mode=ImageReadMode.RGB, device=device)
+
+
+@functools.cache
+def _nvimgcodec() -> _NvImageCodec | None:
+    """nvImageCodec's decoders, or None where it is not installed or does not load."""
+    # its errors and warnings would repeat each broken file zfnet names itself
+    os.environ.setdefault("PYNVIMGCODEC_VERBOSITY", "0")
+    try:
+        with _quiet_stderr():  # its optional JPEG 2000 and TIFF libraries, said to be missing
+            from nvidia import nvimgcodec
+    except Exception:  # noqa: BLE001 (not installed, or not for this platform)
+        return None
+    return _NvImageCodec(nvimgcodec)
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 sent to a scratch file meanwhile (a C library's prints, which Python
+    cannot catch otherwise)."""
+    with tempfile.TemporaryFile() as sink:
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+class _NvImageCodec:
+    """nvImageCodec's decoder of each device (one per CUDA device, one for the CPU), made on
+    first use. On a GPU it tries its backends in turn for each image: the hardware decoder
+    (A100, H100, H200: baseline JPEGs), then CUDA, then the CPU; on the CPU libjpeg-turbo."""
+
+    def __init__(self, nv: Any) -> None:
+        self.nv = nv
+        # as torchvision's and TorchCodec's: no EXIF rotation (the loaders send no rotated
+        # file to the device), 8-bit RGB, grey images as three equal channels
+        self.params = nv.DecodeParams(apply_exif_orientation=False,
+                                      color_spec=nv.ColorSpec.SRGB, allow_any_depth=False,
+                                      sample_format=nv.SampleFormat.I_RGB)
+        self._decoders: dict[int | None, Any] = {}
+        self._lock = threading.Lock()
+
+    def _decoder(self, device: torch.device) -> Any:
+        key = None
+        if device.type == "cuda":
+            key = device.index if device.index is not None else torch.cuda.current_device()
+        with self._lock:
+            if key not in self._decoders:
+                nv = self.nv
+                self._decoders[key] = (
+                    nv.Decoder(device_id=nv.NVIMGCODEC_DEVICE_CPU_ONLY, max_num_cpu_threads=1,
+                               backends=[nv.Backend(nv.BackendKind.CPU_ONLY)])
+                    if key is None else nv.Decoder(device_id=key))
+            return self._decoders[key]
+
+    def decode(self, files: list[torch.Tensor], device: torch.device
+               ) -> list[torch.Tensor | None]:
+        """`decode_batch` (see there) in one call of nvImageCodec's batched decoder, on the
+        current CUDA stream of `device`."""
+        streams = [self.nv.CodeStream(f.contiguous().numpy()) for f in files]
+        if device.type == "cuda":
+            stream = torch.cuda.current_stream(device)
+            images = self._decoder(device).decode(streams, params=self.params,
+                                                  cuda_stream=stream.cuda_stream)
+            # (DLPack: the images' buffers are kept, and ready on the current stream)
+            return [None if im is None else torch.from_dlpack(im).permute(2, 0, 1)
+                    for im in images]
+        images = self._decoder(device).decode(streams, params=self.params)
+        # (a host image as a numpy array, which keeps it alive)
+        return [None if im is None else torch.from_numpy(np.asarray(im)).permute(2, 0, 1)
+                for im in images]

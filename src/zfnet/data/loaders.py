@@ -8,8 +8,9 @@
   the inputs themselves ("float" items), as do all datasets with random erasing (drawn and
   applied per item).
 - gpu: the workers only read the files; the device decodes them in one call per batch (nvJPEG
-  through `zfnet.data.codec.decode_jpeg` on CUDA), then resizes, cuts, flips and subtracts the
-  mean ("encoded" items). Files nvJPEG's batched path does not take (PNG and other formats,
+  on CUDA, through nvImageCodec where installed, else TorchCodec or torchvision:
+  `zfnet.data.codec.decode_batch`), then resizes, cuts, flips and subtracts the mean
+  ("encoded" items). Files nvJPEG's batched path does not take (PNG and other formats,
   CMYK or progressive JPEGs, EXIF-rotated ones, truncated ones) are decoded by the workers as
   the cpu loader does. It runs on a CPU device too (`decode_jpeg` on the CPU), which is how
   its tests prove it.
@@ -37,6 +38,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from zfnet.data.batches import COLLATES, BatchInputs, DeviceBatches
+from zfnet.data.codec import device_decoder
 from zfnet.data.transforms import CropDataset, Form
 from zfnet.data.workers import usable_cores
 
@@ -59,7 +61,7 @@ def loader_kind(loader: str, dataset: Any, device: torch.device, *,
         raise ValueError(f"loader={loader!r} is not known; valid: {', '.join(LOADERS)}")
     files = decodes_files(dataset)
     if loader == "auto":
-        return "gpu" if device.type == "cuda" and files and not erasing else "cpu"
+        loader = "gpu" if device.type == "cuda" and files and not erasing else "cpu"
     if loader in DEVICE_DECODES and getattr(dataset, "preprocessing", None) is not None:
         raise ValueError(f"--loader {loader} makes the paper's inputs on the device; a model's "
                          "own preprocessing (resize, crop, mean and std) is done by the "
@@ -72,6 +74,8 @@ def loader_kind(loader: str, dataset: Any, device: torch.device, *,
     if loader in DEVICE_DECODES and erasing:
         raise ValueError("--random-erasing is drawn and applied per image by the loader's "
                          "workers; use --loader cpu (or auto) with it")
+    if loader in DEVICE_DECODES:
+        device_decoder(device)  # ZFNET_DEVICE_DECODER checked before anything runs
     return loader
 
 
