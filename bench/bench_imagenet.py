@@ -25,7 +25,9 @@ shards are then linked as many times (`replicate_shards`), and then:
    channels_last): eager, compiled as `--compile` does (`zfnet.train.compiled`), and the same
    layers as a plain `nn.Sequential` (torch's LocalResponseNorm), compiled: the anchor;
 4. `zfnet train --compile` end to end for 2 epochs (the second timed, as metrics.csv reports
-   it) on the folder, the shards or the squares, with the gpu, cpu or mixed loader (`--e2e`).
+   it) on the folder, the shards or the squares, with the gpu, cpu or mixed loader, and for
+   gpu and mixed the device's decoder (`--e2e`, e.g. squares:mixed:torchvision; by default
+   ZFNET_DEVICE_DECODER's, auto where unset: nvImageCodec where it loads, `zfnet.data.codec`).
 
     PYTHONPATH=src python bench/bench_imagenet.py                 # GPU machine
     PYTHONPATH=src python bench/bench_imagenet.py --parts 3,4 --e2e shards:gpu,shards:cpu
@@ -61,7 +63,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import hardware, make_folder, rates, sgd_step, timed  # noqa: E402
 
 import zfnet  # noqa: E402
-from zfnet.data import load_dataset  # noqa: E402
+from zfnet.data import codec, load_dataset  # noqa: E402
 from zfnet.data.batches import collate_encoded, collate_pixels  # noqa: E402
 from zfnet.data.images import read_file  # noqa: E402
 from zfnet.data.loaders import resolve_workers  # noqa: E402
@@ -331,14 +333,25 @@ def end_to_end(root: Path, shards: Path, squares: Path, spec: str, args: argpars
     out: dict[str, float] = {}
     specs = {"folder": f"imagefolder:{root}?{spec}", "shards": f"shards:{shards}?{spec}",
              "squares": f"shards:{squares}?{spec}"}
-    for where, loader in args.e2e:
+    for where, loader, decoder in args.e2e:
         data = specs[where]
-        run = work / f"run-{where}-{loader}"
-        train(train_config(run, data, args.model, loader, args, epochs=2,
-                           **compile_option(args)))
+        run = work / f"run-{where}-{loader}-{decoder or 'default'}"
+        before = os.environ.get(codec.ENV)
+        if decoder is not None:  # else ZFNET_DEVICE_DECODER's, as a user's run
+            os.environ[codec.ENV] = decoder
+        try:
+            train(train_config(run, data, args.model, loader, args, epochs=2,
+                               **compile_option(args)))
+            used = codec.device_decoder(args.device)
+        finally:
+            os.environ.pop(codec.ENV, None)
+            if before is not None:
+                os.environ[codec.ENV] = before
         with open(run / "metrics.csv") as f:
             rows = list(csv.DictReader(f))
         name = f"zfnet train, {where}, {loader} loader"
+        if loader != "cpu":
+            name += f", {used}"
         share = load_model(run, device="cpu")[1].get("host_share")  # mixed: what it measured
         if share is not None:
             name += f" ({share:.0%} host)"
@@ -362,8 +375,9 @@ def main() -> None:
     ap.add_argument("--loader-images", type=int, default=20_000,
                     help="images each loader reads in part 2 (default 20000)")
     ap.add_argument("--e2e", default="folder:gpu,folder:cpu,shards:gpu,shards:cpu",
-                    help="part 4's runs, data:loader, data one of folder, shards, squares "
-                         "(default: these four)")
+                    help="part 4's runs, data:loader[:decoder], data one of folder, shards, "
+                         "squares; decoder: the gpu and mixed loaders' (default: "
+                         "ZFNET_DEVICE_DECODER's, auto where unset) (default: these four)")
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--workers", default="auto", help="DataLoader workers (default auto)")
@@ -386,11 +400,14 @@ def main() -> None:
     args.step_variants = set(args.step_variants.split(",")) | {"compiled"}
     if not args.step_variants <= {"eager", "compiled", "anchor"}:
         ap.error("--step-variants: a comma list of eager, compiled, anchor")
-    args.e2e = [tuple(run.split(":")) for run in args.e2e.split(",")]
-    if not all(len(r) == 2 and r[0] in ("folder", "shards", "squares")
-               and r[1] in ("cpu", "gpu", "mixed") for r in args.e2e):
-        ap.error("--e2e: a comma list of folder|shards|squares : cpu|gpu|mixed, e.g. "
-                 "shards:gpu,squares:mixed")
+    runs = [run.split(":") for run in args.e2e.split(",")]
+    if not all(len(r) in (2, 3) and r[0] in ("folder", "shards", "squares")
+               and r[1] in ("cpu", "gpu", "mixed") and set(r[2:]) <= set(codec.LIBRARIES)
+               for r in runs):
+        ap.error("--e2e: a comma list of folder|shards|squares : cpu|gpu|mixed [: the device's "
+                 f"decoder, {'|'.join(codec.LIBRARIES)}], e.g. "
+                 "shards:gpu,squares:mixed,squares:mixed:torchvision")
+    args.e2e = [(r[0], r[1], r[2] if len(r) == 3 else None) for r in runs]
     spec = ""
     if args.dry_run:
         args.images, args.unique, args.classes, args.batch_size, args.workers = 24, 8, 2, 4, 0
@@ -423,7 +440,7 @@ def main() -> None:
                 os.link(p, uniq / p.relative_to(root))
             write_shards(f"imagefolder:{uniq}", shards, workers=cores)
             replicate_shards(shards, args.images // args.unique)
-            if any(where == "squares" for where, _ in args.e2e) or 2 in args.parts:
+            if any(where == "squares" for where, *_ in args.e2e) or 2 in args.parts:
                 write_shards(f"imagefolder:{uniq}", squares, square=True, workers=cores)
                 replicate_shards(squares, args.images // args.unique)
             seed_mean(root, spec)

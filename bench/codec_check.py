@@ -1,66 +1,104 @@
-"""Check: TorchCodec's JPEG decoder against torchvision's (zfnet.data.codec takes TorchCodec's
-where it loads): the same pixels, and each one's rate, on the CPU or a CUDA device (nvJPEG,
-batched calls as the gpu loader makes them).
+"""Check: the libraries that can decode the gpu and mixed loaders' batches on the device
+(`zfnet.data.codec.decode_batch`: nvImageCodec, TorchCodec, torchvision): the same pixels, and
+each one's rate, on the CPU or a CUDA device (nvJPEG, one call per batch as the loaders make
+it), on ImageNet-shaped JPEGs and on the 256 px centre squares `zfnet shards --square` stores.
 
-Decodes ImageNet-shaped JPEGs (500x375, `common.make_folder`) in batches with each decoder
-that loads here; prints each one's img/s (after one batch that starts it) and how far its
-pixels are from torchvision's; exits 1 when TorchCodec's differ by more than one level on
-average, or in shape (a decoder zfnet would take must give zfnet's inputs).
+Decodes 500x375 JPEGs (`common.make_folder`) and their squares in batches with each library
+that loads here (`ZFNET_DEVICE_DECODER` set to it); prints each one's img/s (after one batch
+that starts it) and how far its pixels are from torchvision's; exits 1 when one differs by
+more than one level on average, or in shape, or refuses a file (a decoder zfnet would take
+must give zfnet's inputs).
 
-    PYTHONPATH=src python bench/codec_check.py              # CUDA if there is one, ~30 s
+    PYTHONPATH=src python bench/codec_check.py              # CUDA if there is one, ~40 s
     PYTHONPATH=src python bench/codec_check.py --dry-run    # CPU, a few images
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import hardware, make_folder  # noqa: E402
 
+from zfnet.data import codec  # noqa: E402
 from zfnet.data.images import read_file  # noqa: E402
+from zfnet.data.shard_writer import DEFAULT_QUALITY  # noqa: E402
 
 
-def decoders() -> dict[str, Callable]:
-    """The decoders that load here, by name: (list of files, device) -> list of images."""
-    from torchvision.io import ImageReadMode
-    from torchvision.io import decode_jpeg as vision
-
-    out: dict[str, Callable] = {
-        "torchvision": lambda files, dev: vision(files, mode=ImageReadMode.RGB, device=dev)}
-    try:
-        from torchcodec.decoders import decode_jpeg as codec
-    except Exception as e:  # noqa: BLE001 (not installed, or built for another torch)
-        print(f"TorchCodec does not load here: {type(e).__name__}: {e}"[:300])
-    else:
-        import torchcodec
-
-        print(f"TorchCodec {torchcodec.__version__}")
-        out["torchcodec"] = lambda files, dev: codec(files, mode="RGB", device=dev)
+def libraries() -> list[str]:
+    """The libraries that load here, torchvision first (the reference)."""
+    out = []
+    for name in ("torchvision", "torchcodec", "nvimgcodec"):
+        os.environ[codec.ENV] = name
+        try:
+            codec.device_decoder("cpu")
+        except ValueError as e:
+            print(f"{name} does not load here: {e}"[:300])
+        else:
+            out.append(name)
     return out
 
 
-def rate(decode: Callable, batches: list[list[torch.Tensor]], device: torch.device
-         ) -> tuple[float, list[torch.Tensor]]:
-    """img/s over all but the first batch, and every image decoded."""
+def rate(name: str, batches: list[list[torch.Tensor]], device: torch.device
+         ) -> tuple[float, list[torch.Tensor | None]]:
+    """`name`'s img/s over all but the first batch, and every image decoded."""
+    os.environ[codec.ENV] = name
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    images = list(decode(batches[0], device))
+    images = codec.decode_batch(batches[0], device)
     sync()
     start = time.perf_counter()
     for b in batches[1:]:
-        images += decode(b, device)
+        images += codec.decode_batch(b, device)
     sync()
     n = sum(len(b) for b in batches[1:])
     return n / max(time.perf_counter() - start, 1e-9), images
+
+
+def square(data: torch.Tensor, side: int = 256) -> torch.Tensor:
+    """The file's centre square, shorter side `side`, re-encoded as `zfnet shards --square`
+    stores it."""
+    img = Image.open(io.BytesIO(data.numpy().tobytes())).convert("RGB")
+    w, h = img.size
+    img = img.resize((round(w * side / min(w, h)), round(h * side / min(w, h))),
+                     Image.Resampling.BILINEAR)
+    left, top = (img.width - side) // 2, (img.height - side) // 2
+    buf = io.BytesIO()
+    img.crop((left, top, left + side, top + side)).save(buf, "JPEG", quality=DEFAULT_QUALITY)
+    return torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+
+
+def compare(title: str, files: list[torch.Tensor], names: list[str], batch_size: int,
+            device: torch.device) -> bool:
+    """Each library's rate and pixels on `files`, printed; whether all pass."""
+    batches = [files[k:k + batch_size] for k in range(0, len(files), batch_size)]
+    print(f"{title}: {len(files)} files, {sum(f.numel() for f in files) / len(files) / 1000:.0f}"
+          f" kB on average, batches of {batch_size}, on {device}")
+    found = {name: rate(name, batches, device) for name in names}
+    ref = found["torchvision"][1]
+    ok = True
+    for name, (r, images) in found.items():
+        refused = sum(a is None for a in images)
+        pairs = [(a, b) for a, b in zip(images, ref, strict=True)
+                 if a is not None and b is not None]
+        same_shape = all(a.shape == b.shape for a, b in pairs)
+        diff = [(a.int() - b.int()).abs() for a, b in pairs if a.shape == b.shape]
+        mean = float(torch.stack([d.float().mean() for d in diff]).mean()) if diff else 0.0
+        worst = max(int(d.max()) for d in diff) if diff else 0
+        print(f"  {name:<12} {r:8.0f} img/s   against torchvision's pixels: mean "
+              f"{mean:.3f} levels, worst {worst}, shapes {'equal' if same_shape else 'DIFFER'}"
+              + (f", {refused} files REFUSED" if refused else ""))
+        ok &= same_shape and mean <= 1.0 and not refused
+    return ok
 
 
 def main() -> int:
@@ -75,27 +113,19 @@ def main() -> int:
     device = torch.device(args.device)
     warnings.simplefilter("ignore", DeprecationWarning)  # torchvision's decoders, since 0.29
     print(hardware())
+    names = libraries()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        kb = make_folder(root, args.images, val=1, workers=os.cpu_count() or 1,
-                         unique=min(args.images, 512))
+        make_folder(root, args.images, val=1, workers=os.cpu_count() or 1,
+                    unique=min(args.images, 512))
         files = [torch.frombuffer(read_file(p), dtype=torch.uint8)
                  for p in sorted((root / "train").rglob("*.JPEG"))]
-    batches = [files[k:k + args.batch_size] for k in range(0, len(files), args.batch_size)]
-    print(f"{len(files)} JPEGs of 500x375 ({kb:.0f} kB on average), batches of "
-          f"{args.batch_size}, on {device}")
-    found = {name: rate(fn, batches, device) for name, fn in decoders().items()}
-    ref = found["torchvision"][1]
-    ok = True
-    for name, (r, images) in found.items():
-        same_shape = all(a.shape == b.shape for a, b in zip(images, ref, strict=True))
-        diff = [(a.int() - b.int()).abs() for a, b in zip(images, ref, strict=True)
-                if a.shape == b.shape]
-        mean = float(torch.stack([d.float().mean() for d in diff]).mean()) if diff else 0.0
-        worst = max(int(d.max()) for d in diff) if diff else 0
-        print(f"  {name:<12} {r:8.0f} img/s   against torchvision's pixels: mean "
-              f"{mean:.3f} levels, worst {worst}, shapes {'equal' if same_shape else 'DIFFER'}")
-        ok &= same_shape and mean <= 1.0
+    made: dict[bytes, torch.Tensor] = {}  # the distinct photos' squares, repeated as they are
+    squares = [made[b] if b in made else made.setdefault(b, square(f))
+               for f in files for b in [bytes(f.numpy())]]
+    ok = compare("500x375 JPEGs", files, names, args.batch_size, device)
+    ok &= compare("256 px centre squares (zfnet shards --square)", squares, names,
+                  args.batch_size, device)
     print("codec check: " + ("pass" if ok else "FAIL"))
     return 0 if ok else 1
 

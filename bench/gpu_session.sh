@@ -12,7 +12,8 @@
 #   bash bench/gpu_session.sh dry      # here, on the CPU: every step at toy sizes (~1 min)
 #
 # The GPU machine has torch, torchvision and the rest of zfnet's needs but not webdataset (and
-# its braceexpand): `wheels` fetches them; the run installs them into /tmp/site.
+# its braceexpand) nor nvImageCodec (and nvJPEG's wheel): `wheels` fetches them; the run
+# installs them into /tmp/site.
 set -u
 cd "$(dirname "$0")/.."
 mode=${1:-gpu}
@@ -21,7 +22,9 @@ py=${PYTHON:-python3}  # the GPU machine's python holds torch
 
 if [ "$mode" = wheels ]; then
     grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >>.git/info/exclude
-    pins=$(grep -iE '^(webdataset|braceexpand)==' constraints.txt)
+    # nvImageCodec (and the nvJPEG it loads) decodes the gpu and mixed loaders' batches
+    pins=$(grep -iE '^(webdataset|braceexpand|nvidia-nvimgcodec-cu13|nvidia-nvjpeg)==' \
+        constraints.txt)
     get=(-m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
          --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --platform any)
     # shellcheck disable=SC2086  # the pins are words
@@ -58,23 +61,31 @@ step() {  # step NAME CAP COMMAND...: COMMAND with min(CAP, what is left) second
     fi
     echo "== $name (at most ${cap}s): $*" | tee -a "$OUT/summary.txt"
     timeout -k 5 "$cap" "$@" 2>&1 | tee "$OUT/$name.log"
-    echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start))s in all" \
-        | tee -a "$OUT/summary.txt"
+    rc=${PIPESTATUS[0]}
+    echo "== $name: exit $rc after $((SECONDS - start))s in all" | tee -a "$OUT/summary.txt"
 }
+rc=0  # the last step's exit status
 
 { nvidia-smi -L 2>/dev/null; "$py" -c 'import torch, torchvision; print("torch",
   torch.__version__, "torchvision", torchvision.__version__, "cuda", torch.cuda.is_available())'
+  # which library decodes the device's batches (auto: nvImageCodec where it can), and why not
+  "$py" -c 'import torch; from zfnet.data import codec
+d = torch.device("cuda" if torch.cuda.is_available() else "cpu"); nv = codec._nvimgcodec()
+print("device decoder:", codec.device_decoder(d), "| nvImageCodec:",
+      "not installed" if nv is None else nv.failure(d) or "decodes")' 2>&1
 } | tee "$OUT/summary.txt"
 
-e2e=(--e2e squares:mixed,shards:mixed,folder:mixed,squares:cpu)
+# the device's decoder is auto's (nvImageCodec where it loads) unless a run names it
+e2e=(--e2e squares:mixed,squares:gpu,squares:mixed:torchvision,shards:mixed,folder:mixed,squares:cpu)
 if [ "$mode" = gpu ]; then
     cc=(--device cuda)
     # the loaders alone, the eager step, the anchor, and the gpu and cpu loaders end to end
     # were measured (docs/results.md): what is owed is --loader mixed end to end (its share
     # measured as a run does) against the compiled step of the same run: from shards of
-    # centre squares (zfnet shards --square) first, then the shards and the folder, and the
-    # cpu loader on the squares; each row is printed as it is measured, so a run cut short
-    # keeps the ones before
+    # centre squares (zfnet shards --square) first, with nvImageCodec, gpu with it alone, and
+    # mixed with torchvision's decoder; then the shards and the folder, and the cpu loader on
+    # the squares; each row is printed as it is measured, so a run cut short keeps the ones
+    # before
     bench=(--parts 3,4 --step-variants compiled "${e2e[@]}" --images 60000 --unique 6000)
     overlap=(--out "$OUT/overlap" --images 30720)  # 9 settings: 3 s each at ~10k img/s
     share=(--images 8192 --pass-images 8192 --batch-size 256)  # 12 passes of ~1 s
@@ -91,21 +102,28 @@ if [ "$mode" = gpu ]; then
     vmstat -t 5 >"$OUT/vmstat.log" 2>&1 &
     trap 'kill $(jobs -p) 2>/dev/null' EXIT
 fi
-# the gpu and mixed loaders' correctness first (their figures mean nothing if they are
-# wrong), then the benchmark the issue asks for, the loop with one setting changed at a time
-# (bench/gpu_overlap.py), the mixed loader's measured share against a sweep, then the CUDA checks of the shards, of any CNN and of DDP's per-step
-# agreement on CUDA tensors (two processes on the one GPU, over gloo)
+# First the libraries that can decode the device's batches, each one's rate and pixels
+# (bench/codec_check.py: nvImageCodec, TorchCodec, torchvision; TorchCodec for this step
+# only, the rest keeps nvImageCodec where it loads, else torchvision's); then the gpu and
+# mixed loaders' correctness (their figures mean nothing if they are wrong), the benchmark
+# the issue asks for, the loop with one setting changed at a time (bench/gpu_overlap.py), the
+# mixed loader's measured share against a sweep, then the CUDA checks of the shards, of any
+# CNN and of DDP's per-step agreement on CUDA tensors (two processes on the one GPU, gloo)
+if [ "$mode" = gpu ] && compgen -G ".whl/codec/*.whl" >/dev/null; then
+    "$py" -m pip install -q --root-user-action=ignore --no-index --no-deps --no-compile \
+        --no-cache-dir --target /tmp/site-codec .whl/codec/*.whl
+fi
+PYTHONPATH=/tmp/site-codec:$PYTHONPATH step codec_check 50 "$py" bench/codec_check.py \
+    $([ "$mode" = gpu ] || echo --dry-run)
+if ((rc != 0)); then  # a library that gives other pixels (or crashed): the known one for the rest
+    export ZFNET_DEVICE_DECODER=torchvision
+    echo "== codec_check failed: ZFNET_DEVICE_DECODER=torchvision from here" \
+        | tee -a "$OUT/summary.txt"
+fi
 step cuda_check_loader 110 "$py" bench/cuda_check.py --out /tmp/cc-loader --only nvJPEG "${cc[@]}"
 step bench_imagenet 300 "$py" bench/bench_imagenet.py "${bench[@]}"
 step gpu_overlap 100 "$py" bench/gpu_overlap.py "${overlap[@]}"
 step mixed_share 60 "$py" bench/bench_mixed_share.py "${share[@]}"
 step cuda_check_more 140 "$py" bench/cuda_check.py --out /tmp/cc-more --only shards "any CNN" \
     "one GPU" "${cc[@]}"
-# TorchCodec's nvJPEG against torchvision's (zfnet.data.codec takes TorchCodec's where it loads)
-if [ "$mode" = gpu ] && compgen -G ".whl/codec/*.whl" >/dev/null; then
-    "$py" -m pip install -q --root-user-action=ignore --no-index --no-deps --no-compile \
-        --no-cache-dir --target /tmp/site-codec .whl/codec/*.whl
-fi
-PYTHONPATH=/tmp/site-codec:$PYTHONPATH step codec_check 40 "$py" bench/codec_check.py \
-    $([ "$mode" = gpu ] || echo --dry-run)
 echo "whole session: $((SECONDS - start))s" | tee -a "$OUT/summary.txt"

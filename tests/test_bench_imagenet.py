@@ -2,12 +2,27 @@
 loaders alone, step alone, end to end: from the folder, the
 shards and the shards of centre squares) runs at toy sizes on the CPU and prints its figures."""
 
+import pytest
+
 from tests.processes import bench_script
+from zfnet.data import codec
+
+
+def _nvimgcodec_loads() -> bool:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(codec.ENV, "nvimgcodec")
+        try:
+            codec.device_decoder("cpu")
+        except ValueError:
+            return False
+    return True
 
 
 def test_dry_run_prints_every_part(tmp_path) -> None:
+    # the last run's decoder named (where nvImageCodec is not installed: torchvision's)
+    last = "nvimgcodec" if _nvimgcodec_loads() else "torchvision"
     p = bench_script("bench_imagenet.py", "--dry-run", "--dir", str(tmp_path), "--e2e",
-                     "folder:gpu,shards:cpu,shards:mixed,squares:cpu")
+                     f"folder:gpu,shards:cpu,shards:mixed,squares:cpu,squares:gpu:{last}")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     out = p.stdout
     for part in ("1. per worker", "2. the loaders alone", "3. the training step alone",
@@ -15,7 +30,7 @@ def test_dry_run_prints_every_part(tmp_path) -> None:
                  "whole benchmark"):
         assert part in out, out
     rows = [line for line in out.splitlines() if "img/s" in line]
-    assert len(rows) == 7 + 10 + 3 + 4, out  # every loader, step and run measured
+    assert len(rows) == 7 + 10 + 3 + 5, out  # every loader, step and run measured
     assert all("ImageNet epoch" in line for line in rows)
     assert all(float(line.split("img/s")[0].split()[-1]) > 0 for line in rows), out
     # hard links made the rest of the folder, and the shards as long
@@ -23,4 +38,7 @@ def test_dry_run_prints_every_part(tmp_path) -> None:
     assert "24 training samples in shards" in out, out
     assert "shards of 256 px squares" in out and "zfnet cpu loader, squares" in out, out
     assert "zfnet train, squares, cpu loader" in out, out
+    auto = codec.decoder_name()  # on the CPU, auto is decode_jpeg's library
+    assert f"zfnet train, folder, gpu loader, {auto}" in out, out
+    assert f"zfnet train, squares, gpu loader, {last}" in out, out
     assert not list(tmp_path.iterdir())  # its work folder is removed

@@ -27,7 +27,8 @@ def test_steps_with_too_little_time_left_are_skipped_and_logged(tmp_path) -> Non
     assert p.returncode == 0, p.stdout + p.stderr
     summary = (tmp_path / "summary.txt").read_text()
     assert "torch" in summary  # the machine's versions head it
-    for step in ("cuda_check_loader", "bench_imagenet", "gpu_overlap", "mixed_share",
-                 "cuda_check_more", "codec_check"):
+    assert "device decoder:" in summary  # and which library decodes the device's batches
+    for step in ("codec_check", "cuda_check_loader", "bench_imagenet", "gpu_overlap",
+                 "mixed_share", "cuda_check_more"):
         assert f"== {step}: skipped" in summary, summary
     assert "whole session" in summary

@@ -123,8 +123,21 @@ def test_every_device_decoder_gives_the_same_pixels_and_none_for_a_broken_file(
 def test_the_device_decoder_is_chosen_and_checked(monkeypatch) -> None:
     monkeypatch.delenv(codec.ENV, raising=False)
     assert codec.device_decoder("cpu") == codec.decoder_name()  # auto: decode_jpeg's
-    want = "nvimgcodec" if _loads("nvimgcodec") else codec.decoder_name()
-    assert codec.device_decoder("cuda") == want  # (a CUDA device's name: nothing runs)
+    if _loads("nvimgcodec"):
+        # on CUDA, nvImageCodec where it can make a decoder for the device
+        nv = codec._nvimgcodec()
+        cuda = torch.cuda.is_available()
+        assert codec.device_decoder("cuda") == ("nvimgcodec" if cuda else codec.decoder_name())
+        monkeypatch.setenv(codec.ENV, "nvimgcodec")
+        if not cuda:
+            with pytest.raises(ValueError, match=r"nvImageCodec cannot decode on cuda: it "
+                                                 r"decodes on CUDA devices and the CPU"):
+                codec.device_decoder("cuda")
+        monkeypatch.delenv(codec.ENV)
+        monkeypatch.setattr(nv, "failure", lambda device: None)  # as if it could
+        assert codec.device_decoder("cuda") == "nvimgcodec"
+        assert codec.device_decoder("cpu") == codec.decoder_name()
+        monkeypatch.undo()
     monkeypatch.setenv(codec.ENV, " TorchVision ")
     assert codec.device_decoder("cuda") == "torchvision"
     monkeypatch.setenv(codec.ENV, "dali")

@@ -87,13 +87,18 @@ def device_decoder(device: torch.device | str) -> str:
     if asked not in LIBRARIES:
         raise ValueError(f"{ENV}={os.environ[ENV]!r} is not known; valid: "
                          f"{', '.join(LIBRARIES)}")
+    device = torch.device(device)
+    nv = _nvimgcodec()
     if asked == "auto":
-        if torch.device(device).type == "cuda" and _nvimgcodec() is not None:
+        if device.type == "cuda" and nv is not None and nv.failure(device) is None:
             return "nvimgcodec"
         return decoder_name()
-    if asked == "nvimgcodec" and _nvimgcodec() is None:
+    if asked == "nvimgcodec" and nv is None:
         raise ValueError(f"{ENV}=nvimgcodec, but nvImageCodec does not load here: "
                          f"{_INSTALL['nvimgcodec']}")
+    if asked == "nvimgcodec" and (why := nv.failure(device)) is not None:
+        raise ValueError(f"{ENV}=nvimgcodec, but nvImageCodec cannot decode on {device}: "
+                         f"{why}")
     if asked == "torchcodec" and decoder_name() != "torchcodec":
         raise ValueError(f"{ENV}=torchcodec, but TorchCodec does not load here: "
                          f"{_INSTALL['torchcodec']}")
@@ -173,35 +178,52 @@ class _NvImageCodec:
         self.params = nv.DecodeParams(apply_exif_orientation=False,
                                       color_spec=nv.ColorSpec.SRGB, allow_any_depth=False,
                                       sample_format=nv.SampleFormat.I_RGB)
-        self._decoders: dict[int | None, Any] = {}
+        self._decoders: dict[str, Any] = {}  # by device; a str: why it could not be made
         self._lock = threading.Lock()
 
+    def failure(self, device: torch.device) -> str | None:
+        """Why nvImageCodec cannot decode on `device` (no CUDA, no nvJPEG, ...), or None."""
+        made = self._decoder(device)
+        return made if isinstance(made, str) else None
+
     def _decoder(self, device: torch.device) -> Any:
-        key = None
-        if device.type == "cuda":
-            key = device.index if device.index is not None else torch.cuda.current_device()
+        """`device`'s decoder, made on first use; or why it could not be made (a str)."""
+        key = str(device)
+        if device.type == "cuda" and device.index is None:
+            key = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else key
         with self._lock:
             if key not in self._decoders:
-                nv = self.nv
-                self._decoders[key] = (
-                    nv.Decoder(device_id=nv.NVIMGCODEC_DEVICE_CPU_ONLY, max_num_cpu_threads=1,
-                               backends=[nv.Backend(nv.BackendKind.CPU_ONLY)])
-                    if key is None else nv.Decoder(device_id=key))
+                self._decoders[key] = self._make(device, key)
             return self._decoders[key]
+
+    def _make(self, device: torch.device, key: str) -> Any:
+        nv = self.nv
+        if device.type == "cpu":
+            return nv.Decoder(device_id=nv.NVIMGCODEC_DEVICE_CPU_ONLY, max_num_cpu_threads=1,
+                              backends=[nv.Backend(nv.BackendKind.CPU_ONLY)])
+        if device.type != "cuda" or not torch.cuda.is_available():
+            return f"it decodes on CUDA devices and the CPU, and {device} is not one here"
+        try:
+            return nv.Decoder(device_id=int(key.split(":")[1]))
+        except Exception as e:  # noqa: BLE001 (its CUDA runtime or nvJPEG missing, ...)
+            return f"{type(e).__name__}: {e}".splitlines()[0]
 
     def decode(self, files: list[torch.Tensor], device: torch.device
                ) -> list[torch.Tensor | None]:
         """`decode_batch` (see there) in one call of nvImageCodec's batched decoder, on the
         current CUDA stream of `device`."""
+        decoder = self._decoder(device)
+        if isinstance(decoder, str):
+            raise RuntimeError(f"nvImageCodec cannot decode on {device}: {decoder}")
         streams = [self.nv.CodeStream(f.contiguous().numpy()) for f in files]
         if device.type == "cuda":
             stream = torch.cuda.current_stream(device)
-            images = self._decoder(device).decode(streams, params=self.params,
-                                                  cuda_stream=stream.cuda_stream)
+            images = decoder.decode(streams, params=self.params,
+                                    cuda_stream=stream.cuda_stream)
             # (DLPack: the images' buffers are kept, and ready on the current stream)
             return [None if im is None else torch.from_dlpack(im).permute(2, 0, 1)
                     for im in images]
-        images = self._decoder(device).decode(streams, params=self.params)
+        images = decoder.decode(streams, params=self.params)
         # (a host image as a numpy array, which keeps it alive)
         return [None if im is None else torch.from_numpy(np.asarray(im)).permute(2, 0, 1)
                 for im in images]
