@@ -423,9 +423,9 @@ def main() -> int:
                 f"ran on {dev}")
 
     def gpu_loader() -> str:
-        # --loader gpu (decode_jpeg on the device) against the per-item CPU inputs, then a run
-        # that trains with it, skips a broken file and resumes exactly at an epoch boundary
-        from zfnet.data import load_dataset
+        # --loader gpu (decode_batch on the device) against the per-item CPU inputs, then a
+        # run that trains with it, skips a broken file and resumes exactly at an epoch boundary
+        from zfnet.data import codec, load_dataset
         from zfnet.data.batches import BatchInputs, DeviceBatches
         from zfnet.data.loaders import collate_for
         from zfnet.train.recipe import SeededSamples
@@ -459,11 +459,13 @@ def main() -> int:
             assert [r["skipped"] for r in a] == [1.0, 1.0], a
             lines.append(f"{loader}: resumed run max loss diff {diff:.1e}, "
                          f"{a[-1]['img_per_s']:.0f} img/s")
-        return (f"mean |gpu loader - cpu inputs| by mode {worst} (levels of 255); "
+        return (f"decoded by {codec.device_decoder(dev)}; "
+                f"mean |gpu loader - cpu inputs| by mode {worst} (levels of 255); "
                 f"{'; '.join(lines)}; broken file skipped each epoch")
 
     check("train on CUDA, bf16 autocast, channels_last", bf16)
-    check("--loader gpu and mixed: nvJPEG inputs vs the CPU's, train, skip, resume",
+    check("--loader gpu and mixed: nvJPEG inputs (its device decoder's) vs the CPU's, train, "
+          "skip, resume",
           gpu_loader)
     check("shards: write, train with each loader, resume, evaluate, mine", shards)
     check("any CNN: torchvision resnet18 on CUDA vs CPU, and its commands", any_cnn)
