@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from zfnet.data.workers import usable_cores
+
 Encoded = torch.Tensor | list[torch.Tensor]
 
 ENV = "ZFNET_DEVICE_DECODER"
@@ -203,8 +205,12 @@ class _NvImageCodec:
                               backends=[nv.Backend(nv.BackendKind.CPU_ONLY)])
         if device.type != "cuda" or not torch.cuda.is_available():
             return f"it decodes on CUDA devices and the CPU, and {device} is not one here"
+        # its pool of threads: this process's share of the cores (torchrun may have started
+        # one process per GPU on this machine), as `--workers auto` counts them
+        here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         try:
-            return nv.Decoder(device_id=int(key.split(":")[1]))
+            return nv.Decoder(device_id=int(key.split(":")[1]),
+                              max_num_cpu_threads=max(1, usable_cores() // here))
         except Exception as e:  # noqa: BLE001 (its CUDA runtime or nvJPEG missing, ...)
             return f"{type(e).__name__}: {e}".splitlines()[0]
 
@@ -220,9 +226,12 @@ class _NvImageCodec:
             stream = torch.cuda.current_stream(device)
             images = decoder.decode(streams, params=self.params,
                                     cuda_stream=stream.cuda_stream)
-            # (DLPack: the images' buffers are kept, and ready on the current stream)
-            return [None if im is None else torch.from_dlpack(im).permute(2, 0, 1)
-                    for im in images]
+            # DLPack: the images' buffers are kept. Handed over as capsules for the stream
+            # they were decoded on (nvImageCodec takes the handle as it is, and then needs no
+            # event per image; `torch.from_dlpack(im)` would first try keywords it lacks)
+            ptr = stream.cuda_stream
+            return [None if im is None else torch.from_dlpack(im.__dlpack__(stream=ptr))
+                    .permute(2, 0, 1) for im in images]
         images = decoder.decode(streams, params=self.params)
         # (a host image as a numpy array, which keeps it alive)
         return [None if im is None else torch.from_numpy(np.asarray(im)).permute(2, 0, 1)
