@@ -15,6 +15,7 @@ from tests.data.test_loaders import folder as folder  # noqa: F401 (the fixture)
 from tests.train.test_recipe import _assert_same_run
 from tests.train.tiny import tiny_config
 from zfnet.cli import main
+from zfnet.data import codec
 from zfnet.data.mixed import ShareMeasure
 from zfnet.data.shard_writer import write_shards
 from zfnet.report.plots import read_metrics_csv
@@ -46,10 +47,17 @@ def _sigterm_at_step(monkeypatch, n: int) -> None:
     monkeypatch.setattr(recipe_mod, "renormalize_filters", renorm_then_signal)
 
 
-@pytest.mark.parametrize(("source", "loader"), [("imagefolder", "gpu"), ("shards", "gpu"),
-                                                ("imagefolder", "mixed")])
+@pytest.mark.parametrize(("source", "loader", "decoder"), [
+    ("imagefolder", "gpu", None), ("shards", "gpu", None), ("imagefolder", "mixed", None),
+    ("imagefolder", "mixed", "nvimgcodec")])  # (the device's batches decoded by nvImageCodec)
 def test_gpu_loader_on_the_cpu_trains_skips_and_resumes_exactly(folder, source, loader,  # noqa: F811
-                                                                 tmp_path, monkeypatch) -> None:
+                                                                 decoder, tmp_path,
+                                                                 monkeypatch) -> None:
+    if decoder is not None:
+        if decoder == "nvimgcodec" and codec._nvimgcodec() is None:
+            pytest.skip("nvImageCodec is not installed here (the lower ends' set)")
+        monkeypatch.setenv(codec.ENV, decoder)
+        calls = _count_calls(monkeypatch, codec._NvImageCodec, "decode")
     if source == "shards":
         write_shards(f"imagefolder:{folder}", tmp_path / "shards", resize=37, workers=0)
         data = f"shards:{tmp_path / 'shards'}?{SPEC}&shuffle=4"
@@ -77,8 +85,24 @@ def test_gpu_loader_on_the_cpu_trains_skips_and_resumes_exactly(folder, source, 
     assert saved["workers"] == 2
     assert saved.get("host_share") == (0.5 if loader == "mixed" else None)
     _share_is(monkeypatch, None)  # a resume takes the run's own share: measures nothing
+    if decoder is not None:
+        monkeypatch.setenv(codec.ENV, decoder)
     assert train(tiny_config(out, **kw, resume=True))["status"] == "completed"
     _assert_same_run(ref, out)
+    if decoder == "nvimgcodec":
+        assert calls["n"] > 0  # it decoded the device's batches
+
+
+def _count_calls(monkeypatch, owner, name: str) -> dict[str, int]:
+    """Counts the calls of `owner.name` (still made) in the returned dict's "n"."""
+    real, calls = getattr(owner, name), {"n": 0}
+
+    def counted(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
 
 
 def test_the_loader_options_from_the_command_line(folder, tmp_path) -> None:  # noqa: F811
