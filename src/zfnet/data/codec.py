@@ -90,11 +90,10 @@ def device_decoder(device: torch.device | str) -> str:
         raise ValueError(f"{ENV}={os.environ[ENV]!r} is not known; valid: "
                          f"{', '.join(LIBRARIES)}")
     device = torch.device(device)
-    nv = _nvimgcodec()
     if asked == "auto":
-        if device.type == "cuda" and nv is not None and nv.failure(device) is None:
-            return "nvimgcodec"
-        return decoder_name()
+        nv = _nvimgcodec() if device.type == "cuda" else None
+        return "nvimgcodec" if nv is not None and nv.failure(device) is None else decoder_name()
+    nv = _nvimgcodec() if asked == "nvimgcodec" else None
     if asked == "nvimgcodec" and nv is None:
         raise ValueError(f"{ENV}=nvimgcodec, but nvImageCodec does not load here: "
                          f"{_INSTALL['nvimgcodec']}")

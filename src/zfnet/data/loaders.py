@@ -12,7 +12,7 @@
   `zfnet.data.codec.decode_batch`), then resizes, cuts, flips and subtracts the mean
   ("encoded" items). Files nvJPEG's batched path does not take (PNG and other formats,
   CMYK or progressive JPEGs, EXIF-rotated ones, truncated ones) are decoded by the workers as
-  the cpu loader does. It runs on a CPU device too (`decode_jpeg` on the CPU), which is how
+  the cpu loader does. It runs on a CPU device too (`decode_batch` on the CPU), which is how
   its tests prove it.
 - mixed: gpu, with the workers decoding a share of the images themselves (chosen by index, the
   same ones in every epoch, so that a resumed run gets the same inputs; the workers hand them
@@ -56,7 +56,8 @@ def decodes_files(dataset: Any) -> bool:
 def loader_kind(loader: str, dataset: Any, device: torch.device, *,
                 erasing: float = 0.0, spec: str = "") -> str:
     """"cpu", "gpu" or "mixed": what `loader` (auto, cpu, gpu, mixed) means for `dataset` on
-    `device`. ValueError naming the option for gpu or mixed where it cannot work."""
+    `device`. ValueError naming the option for gpu or mixed where it cannot work, or a
+    `ZFNET_DEVICE_DECODER` that does not (`zfnet.data.codec.device_decoder`)."""
     if loader not in LOADERS:
         raise ValueError(f"loader={loader!r} is not known; valid: {', '.join(LOADERS)}")
     files = decodes_files(dataset)
