@@ -157,8 +157,12 @@ def _nvimgcodec() -> _NvImageCodec | None:
 def _quiet_stderr() -> Iterator[None]:
     """File descriptor 2 sent to a scratch file meanwhile (a C library's prints, which Python
     cannot catch otherwise)."""
-    with tempfile.TemporaryFile() as sink:
+    try:
         saved = os.dup(2)
+    except OSError:  # no stderr to quiet
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)
         try:
             yield
