@@ -172,3 +172,31 @@ def test_nvimgcodec_loads_quietly() -> None:
     if r.returncode == 3:
         pytest.skip("nvImageCodec is not installed here")
     assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+def test_nvimgcodec_whose_decoder_decodes_nothing_is_not_taken(monkeypatch) -> None:
+    # nvImageCodec makes a decoder even where its nvJPEG then fails (every image refused):
+    # it must decode a test image first, else auto passes it over and asking for it says why
+    if not _loads("nvimgcodec"):
+        pytest.skip("nvImageCodec is not installed here")
+    real = codec._nvimgcodec().nv
+
+    class Refusing:
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def decode(self, *args, **kwargs):
+            return None
+
+    class FakeModule:  # nvImageCodec, its decoder refusing everything
+        def __getattr__(self, name):
+            return Refusing if name == "Decoder" else getattr(real, name)
+
+    broken = codec._NvImageCodec(FakeModule())
+    monkeypatch.setattr(codec, "_nvimgcodec", lambda: broken)
+    assert "could not decode a test image" in broken.failure(torch.device("cpu"))
+    monkeypatch.setenv(codec.ENV, "nvimgcodec")
+    with pytest.raises(ValueError, match="cannot decode on cpu: it could not decode a test image"):
+        codec.device_decoder("cpu")
+    monkeypatch.delenv(codec.ENV)
+    assert codec.device_decoder("cpu") == codec.decoder_name()

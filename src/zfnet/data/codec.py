@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import os
 import tempfile
 import threading
@@ -202,20 +203,29 @@ class _NvImageCodec:
             return self._decoders[key]
 
     def _make(self, device: torch.device, key: str) -> Any:
+        """`device`'s decoder, once it has decoded a test image; or why not (a str)."""
         nv = self.nv
-        if device.type == "cpu":
-            return nv.Decoder(device_id=nv.NVIMGCODEC_DEVICE_CPU_ONLY, max_num_cpu_threads=1,
-                              backends=[nv.Backend(nv.BackendKind.CPU_ONLY)])
-        if device.type != "cuda" or not torch.cuda.is_available():
+        if device.type not in ("cpu", "cuda") or (device.type == "cuda"
+                                                  and not torch.cuda.is_available()):
             return f"it decodes on CUDA devices and the CPU, and {device} is not one here"
-        # its pool of threads: this process's share of the cores (torchrun may have started
-        # one process per GPU on this machine), as `--workers auto` counts them
-        here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         try:
-            return nv.Decoder(device_id=int(key.split(":")[1]),
-                              max_num_cpu_threads=max(1, usable_cores() // here))
+            if device.type == "cpu":
+                decoder = nv.Decoder(device_id=nv.NVIMGCODEC_DEVICE_CPU_ONLY,
+                                     max_num_cpu_threads=1,
+                                     backends=[nv.Backend(nv.BackendKind.CPU_ONLY)])
+            else:
+                # its pool of threads: this process's share of the cores (torchrun may have
+                # started one process per GPU on this machine), as `--workers auto` counts
+                here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+                decoder = nv.Decoder(device_id=int(key.split(":")[1]),
+                                     max_num_cpu_threads=max(1, usable_cores() // here))
+            # a decoder is made even where its libraries then fail (no nvJPEG, a driver too
+            # old for it): each image would come back refused, so try one first
+            if decoder.decode(nv.CodeStream(_test_jpeg()), params=self.params) is None:
+                return "it could not decode a test image (is nvJPEG installed: nvidia-nvjpeg?)"
         except Exception as e:  # noqa: BLE001 (its CUDA runtime or nvJPEG missing, ...)
             return f"{type(e).__name__}: {e}".splitlines()[0]
+        return decoder
 
     def decode(self, files: list[torch.Tensor], device: torch.device
                ) -> list[torch.Tensor | None]:
@@ -239,3 +249,14 @@ class _NvImageCodec:
         # (a host image as a numpy array, which keeps it alive)
         return [None if im is None else torch.from_numpy(np.asarray(im)).permute(2, 0, 1)
                 for im in images]
+
+
+@functools.cache
+def _test_jpeg() -> bytes:
+    """A small baseline JPEG (what the loaders send to the device), made once."""
+    from PIL import Image
+
+    ramp = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(np.stack([ramp, ramp.T, 255 - ramp], -1)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
