@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import torchvision
 from click.testing import CliRunner
 from PIL import Image
 
+from tests.processes import torchrun
 from zfnet.cli import main
 from zfnet.sources import load_data, load_source
 
@@ -95,6 +97,33 @@ def test_any_model_is_scored_on_its_own_inputs(setup, tmp_path, ten_crop) -> Non
     assert f"on imagefolder:{setup / 'data'}, 6 images, {crops}: top-1 error " \
         f"{r['top1_error']:.2%}" in text, text
     assert "(epoch" not in text
+
+
+def test_any_model_under_torchrun_counts_what_one_process_counts(setup, tmp_path) -> None:
+    # two processes, each scoring its share of the val images and summing the counts: the
+    # figures of one process (the loss up to float rounding), printed and written once; a
+    # broken file in each share (val items 2 and 5 of 8: items r, r + 2, ... are process r's)
+    data = tmp_path / "data"
+    shutil.copytree(setup / "data", data)
+    for cls in ("n01", "n02"):
+        (data / "val" / cls / "x_broken.jpg").write_bytes(b"not a JPEG")
+    args = ["--model", "torchvision:resnet18", "--weights", str(setup / "r18.pth"), "--data",
+            f"imagefolder:{data}", "--device", "cpu", "--amp", "off", "--ten-crop"]
+    code, text = _run([*args, "--json", str(tmp_path / "one.json")])
+    assert code == 0, text
+    r = torchrun("-m", "zfnet.cli", "eval", *args, "--json", str(tmp_path / "two.json"),
+                 cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    one = json.loads((tmp_path / "one.json").read_text())
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert (one["n"], one["skipped"]) == (two["n"], two["skipped"]) == (6, 2)
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    assert {k: v for k, v in two.items() if k != "loss"} == \
+        {k: v for k, v in one.items() if k != "loss"}
+    assert r.stdout.count("top-1 error") == 1 and r.stdout.count("wrote ") == 1, r.stdout
+    # each process read only its share: each broken file was met (and warned about) once
+    for cls in ("n01", "n02"):
+        assert r.stderr.count(f"{cls}/x_broken.jpg") == 1, r.stderr[-3000:]
 
 
 @pytest.mark.parametrize(("args", "says"), [
