@@ -22,13 +22,16 @@ py=${PYTHON:-python3}  # the GPU machine's python holds torch
 
 if [ "$mode" = wheels ]; then
     grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >>.git/info/exclude
-    # nvImageCodec (and the nvJPEG it loads) decodes the gpu and mixed loaders' batches
-    pins=$(grep -iE '^(webdataset|braceexpand|nvidia-nvimgcodec-cu13|nvidia-nvjpeg)==' \
-        constraints.txt)
+    pins=$(grep -iE '^(webdataset|braceexpand)==' constraints.txt)
     get=(-m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
          --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --platform any)
     # shellcheck disable=SC2086  # the pins are words
     "$py" "${get[@]}" -d .whl $pins || exit 1
+    # nvImageCodec (and the nvJPEG it loads), which decodes the gpu and mixed loaders' batches
+    # where it loads: apart (.whl/nvimgcodec), so that the run goes on without it
+    pins=$(grep -iE '^(nvidia-nvimgcodec-cu13|nvidia-nvjpeg)==' constraints.txt)
+    # shellcheck disable=SC2086
+    "$py" "${get[@]}" -d .whl/nvimgcodec $pins || exit 1
     # TorchCodec apart (.whl/codec): only the codec check loads it, the rest keeps torchvision's
     exec "$py" "${get[@]}" -d .whl/codec "$(grep -E '^torchcodec==' constraints.txt)"
 fi
@@ -42,6 +45,13 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     "$py" -m pip install -q --root-user-action=ignore --no-index --no-deps --no-compile \
         --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
     export PYTHONPATH=/tmp/site:src
+fi
+if [ "$mode" = gpu ] && compgen -G ".whl/nvimgcodec/*.whl" >/dev/null; then
+    # (its own folder: pip --target would replace one `nvidia` package folder with another)
+    "$py" -m pip install -q --root-user-action=ignore --no-index --no-deps --no-compile \
+        --no-cache-dir --upgrade --target /tmp/site-nv .whl/nvimgcodec/*.whl \
+        && export PYTHONPATH=/tmp/site-nv:$PYTHONPATH \
+        || echo "nvImageCodec's wheels did not install: torchvision's decoder then" >&2
 fi
 if ! "$py" -c 'import webdataset' 2>/dev/null; then
     echo "webdataset is missing: run 'bash bench/gpu_session.sh wheels' here and carry .whl" >&2
