@@ -6,6 +6,7 @@ prefetching thread changes nothing; workers hand batches over in shared memory."
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -349,3 +350,26 @@ def test_workers_auto_shares_the_cores_among_torchruns_processes(monkeypatch) ->
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
     assert resolve_workers("auto", cuda) == 1
     assert resolve_workers(0, cuda) == 0
+
+
+def test_a_device_decoder_that_refuses_most_files_is_said_once(folder, monkeypatch) -> None:
+    # (nvImageCodec with a broken nvJPEG, say): the files are decoded on the host, the same
+    # inputs, and the user is told that this is slow and how to choose another decoder
+    val = load_dataset(f"imagefolder:{folder}?{SPEC}").val
+    encoded = val.with_form("encoded")
+    batch = collate_encoded([encoded[i] for i in range(len(val))])
+    want_x, want_y = DeviceBatches._hand_on(BatchInputs(encoded, CPU)(batch))
+    monkeypatch.setattr(batches_mod, "decode_batch", lambda files, device: [None] * len(files))
+    inputs = BatchInputs(encoded, CPU)
+    with pytest.warns(RuntimeWarning, match=r"refused \d+ of the \d+ files of a batch that PIL "
+                                            r"reads; .* ZFNET_DEVICE_DECODER names another"):
+        x, y = DeviceBatches._hand_on(inputs(batch))
+    assert torch.equal(y, want_y) and x.shape == want_x.shape
+    kept = [i for i in range(len(val)) if "tables" not in val.item_name(i)]  # (broken)
+    same = [k for k, i in enumerate(kept)  # (PIL decodes the large one at half scale)
+            if "large" not in val.item_name(i)]
+    assert len(kept) == len(y) and len(same) == len(y) - 1
+    assert torch.equal(x[same], want_x[same])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        inputs(batch)  # said once

@@ -31,6 +31,7 @@ import io
 import itertools
 import queue
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 
-from zfnet.data.codec import decode_batch
+from zfnet.data.codec import ENV, LIBRARIES, decode_batch, device_decoder
 from zfnet.data.images import BadImageError, load_rgb, resize_center_crop, warn_skipped
 from zfnet.data.transforms import CropDataset, Form, collate, ten_crop
 
@@ -148,6 +149,7 @@ class BatchInputs:
         self.input_size, self.full_size = dataset.input_size, dataset.full_size
         self.strict = dataset.strict
         self.name = dataset.item_name
+        self._said_refused = False  # that the device's decoder refuses most files
         mean = dataset.mean.to(self.device, torch.float32)  # (C, F, F)
         self.mean_hwc = mean.permute(1, 2, 0)  # (F, F, C), for gathering windows
         self.std = None if dataset.std is None else dataset.std.to(self.device)  # (C, 1, 1)
@@ -245,9 +247,19 @@ class BatchInputs:
         the device, in one call (`decode_batch`); the ones the device refuses on the host
         (None: broken)."""
         images = decode_batch(files, self.device)
-        return [img if img is not None
-                else self._decode_on_host(data, int(indices[k]), skipped)
-                for img, data, k in zip(images, files, where, strict=True)]
+        out = [img if img is not None
+               else self._decode_on_host(data, int(indices[k]), skipped)
+               for img, data, k in zip(images, files, where, strict=True)]
+        rescued = sum(a is None and b is not None for a, b in zip(images, out, strict=True))
+        if rescued >= 4 and 2 * rescued > len(files) and not self._said_refused:
+            # once: a decoder that refuses most files is the decoder's fault, not the files'
+            self._said_refused = True
+            warnings.warn(
+                f"the device's JPEG decoder ({device_decoder(self.device)}) refused {rescued} of "
+                f"the {len(files)} files of a batch that PIL reads; they are decoded on the host, "
+                f"which is slow: {ENV} names another ({', '.join(LIBRARIES[1:])})",
+                RuntimeWarning, stacklevel=2)
+        return out
 
     def _decode_on_host(self, data: torch.Tensor, i: int,
                         skipped: list[BadImageError]) -> torch.Tensor | None:
