@@ -55,18 +55,20 @@ def _decoder() -> tuple[str, Callable[..., Any]]:
     try:
         from torchcodec.decoders import decode_jpeg as codec_decode
     except Exception:  # noqa: BLE001 (not installed, or built for another torch)
-        from torchvision.io import ImageReadMode
-        from torchvision.io import decode_jpeg as vision_decode
-
-        def vision(data: Encoded, device: torch.device) -> Any:
-            return vision_decode(data, mode=ImageReadMode.RGB, device=device)
-
-        return "torchvision", vision
+        return "torchvision", _torchvision
 
     def codec(data: Encoded, device: torch.device) -> Any:
         return codec_decode(data, mode="RGB", device=device)
 
     return "torchcodec", codec
+
+
+def _torchvision(data: Encoded, device: torch.device) -> Any:
+    """torchvision's `decode_jpeg` (deprecated since 0.29: where TorchCodec does not load)."""
+    from torchvision.io import ImageReadMode
+    from torchvision.io import decode_jpeg as vision_decode
+
+    return vision_decode(data, mode=ImageReadMode.RGB, device=device)
 
 
 def decoder_name() -> str:
@@ -133,12 +135,7 @@ def decode_batch(files: Sequence[torch.Tensor], device: torch.device | str
 
 def _library(name: str) -> Callable[[Encoded, torch.device], Any]:
     """decode(data, device) of TorchCodec or torchvision."""
-    if name == decoder_name():
-        return _decoder()[1]
-    from torchvision.io import ImageReadMode  # torchvision asked for, TorchCodec loads
-    from torchvision.io import decode_jpeg as vision_decode
-
-    return lambda data, device: vision_decode(data, mode=ImageReadMode.RGB, device=device)
+    return _decoder()[1] if name == decoder_name() else _torchvision
 
 
 @functools.cache
