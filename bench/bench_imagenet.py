@@ -26,8 +26,10 @@ shards are then linked as many times (`replicate_shards`), and then:
    layers as a plain `nn.Sequential` (torch's LocalResponseNorm), compiled: the anchor;
 4. `zfnet train --compile` end to end for 2 epochs (the second timed, as metrics.csv reports
    it) on the folder, the shards or the squares, with the gpu, cpu or mixed loader, and for
-   gpu and mixed the device's decoder (`--e2e`, e.g. squares:mixed:torchvision; by default
-   ZFNET_DEVICE_DECODER's, auto where unset: nvImageCodec where it loads, `zfnet.data.codec`).
+   gpu and mixed the device's decoder and the threads that make the device's batches
+   (`--e2e`, e.g. squares:mixed:torchvision or squares:gpu:1; by default ZFNET_DEVICE_DECODER's
+   and ZFNET_DEVICE_THREADS', auto where unset: nvImageCodec where it loads, in 2 threads,
+   `zfnet.data.codec`).
 
     PYTHONPATH=src python bench/bench_imagenet.py                 # GPU machine
     PYTHONPATH=src python bench/bench_imagenet.py --parts 3,4 --e2e shards:gpu,shards:cpu
@@ -334,29 +336,34 @@ def end_to_end(root: Path, shards: Path, squares: Path, spec: str, args: argpars
     out: dict[str, float] = {}
     specs = {"folder": f"imagefolder:{root}?{spec}", "shards": f"shards:{shards}?{spec}",
              "squares": f"shards:{squares}?{spec}"}
-    for where, loader, decoder in args.e2e:
+    for where, loader, decoder, threads in args.e2e:
         data = specs[where]
-        run = work / f"run-{where}-{loader}-{decoder or 'default'}"
-        before = os.environ.get(codec.ENV)
-        if decoder is not None:  # else ZFNET_DEVICE_DECODER's, as a user's run
-            os.environ[codec.ENV] = decoder
+        run = work / f"run-{where}-{loader}-{decoder or 'default'}-{threads or 'default'}"
+        # else ZFNET_DEVICE_DECODER's and _THREADS', as a user's run
+        asked = {codec.ENV: decoder, codec.THREADS_ENV: threads}
+        before = {k: os.environ.get(k) for k in asked}
+        os.environ.update({k: v for k, v in asked.items() if v is not None})
         try:
             used = codec.device_decoder(args.device)
+            made_by = codec.device_threads(args.device, decodes=loader != "cpu")
             train(train_config(run, data, args.model, loader, args, epochs=2,
                                **compile_option(args)))
         except Exception as e:  # noqa: BLE001 (the row says it, the others still run)
-            print(f"  zfnet train, {where}, {loader} loader, {decoder or 'default'} decoder: "
-                  f"FAILED: {type(e).__name__}: {e}"[:500], flush=True)
+            print(f"  zfnet train, {where}, {loader} loader, {decoder or 'default'} decoder, "
+                  f"{threads or 'default'} threads: FAILED: {type(e).__name__}: {e}"[:500],
+                  flush=True)
             continue
         finally:
-            os.environ.pop(codec.ENV, None)
-            if before is not None:
-                os.environ[codec.ENV] = before
+            for k, v in before.items():
+                os.environ.pop(k, None)
+                if v is not None:
+                    os.environ[k] = v
         with open(run / "metrics.csv") as f:
             rows = list(csv.DictReader(f))
         name = f"zfnet train, {where}, {loader} loader"
         if loader != "cpu":
             name += f", {used}"
+        name += f", {made_by} thread{'s' * (made_by != 1)}"
         share = load_model(run, device="cpu")[1].get("host_share")  # mixed: what it measured
         if share is not None:
             name += f" ({share:.0%} host)"
@@ -380,9 +387,11 @@ def main() -> None:
     ap.add_argument("--loader-images", type=int, default=20_000,
                     help="images each loader reads in part 2 (default 20000)")
     ap.add_argument("--e2e", default="folder:gpu,folder:cpu,shards:gpu,shards:cpu",
-                    help="part 4's runs, data:loader[:decoder], data one of folder, shards, "
-                         "squares; decoder: the gpu and mixed loaders' (default: "
-                         "ZFNET_DEVICE_DECODER's, auto where unset) (default: these four)")
+                    help="part 4's runs, data:loader[:decoder][:threads], data one of folder, "
+                         "shards, squares; decoder: the gpu and mixed loaders' (default: "
+                         "ZFNET_DEVICE_DECODER's, auto where unset); threads: those that make "
+                         "the device's batches (default: ZFNET_DEVICE_THREADS', auto where "
+                         "unset) (default: these four)")
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--workers", default="auto", help="DataLoader workers (default auto)")
@@ -406,13 +415,16 @@ def main() -> None:
     if not args.step_variants <= {"eager", "compiled", "anchor"}:
         ap.error("--step-variants: a comma list of eager, compiled, anchor")
     runs = [run.split(":") for run in args.e2e.split(",")]
-    if not all(len(r) in (2, 3) and r[0] in ("folder", "shards", "squares")
-               and r[1] in ("cpu", "gpu", "mixed") and set(r[2:]) <= set(codec.LIBRARIES)
-               for r in runs):
+    if not all(2 <= len(r) <= 4 and r[0] in ("folder", "shards", "squares")
+               and r[1] in ("cpu", "gpu", "mixed")
+               and sum(f in codec.LIBRARIES for f in r[2:]) <= 1
+               and sum(f.isdigit() for f in r[2:]) <= 1
+               and all(f in codec.LIBRARIES or f.isdigit() for f in r[2:]) for r in runs):
         ap.error("--e2e: a comma list of folder|shards|squares : cpu|gpu|mixed [: the device's "
-                 f"decoder, {'|'.join(codec.LIBRARIES)}], e.g. "
-                 "shards:gpu,squares:mixed,squares:mixed:torchvision")
-    args.e2e = [(r[0], r[1], r[2] if len(r) == 3 else None) for r in runs]
+                 f"decoder, {'|'.join(codec.LIBRARIES)}] [: threads, a number], e.g. "
+                 "shards:gpu,squares:mixed,squares:mixed:torchvision,squares:gpu:1")
+    args.e2e = [(r[0], r[1], next((f for f in r[2:] if not f.isdigit()), None),
+                 next((f for f in r[2:] if f.isdigit()), None)) for r in runs]
     spec = ""
     if args.dry_run:
         args.images, args.unique, args.classes, args.batch_size, args.workers = 24, 8, 2, 4, 0

@@ -459,7 +459,8 @@ def main() -> int:
             assert [r["skipped"] for r in a] == [1.0, 1.0], a
             lines.append(f"{loader}: resumed run max loss diff {diff:.1e}, "
                          f"{a[-1]['img_per_s']:.0f} img/s")
-        return (f"decoded by {codec.device_decoder(dev)}; "
+        return (f"decoded by {codec.device_decoder(dev)} in {codec.device_threads(dev)} "
+                f"thread(s); "
                 f"mean |gpu loader - cpu inputs| by mode {worst} (levels of 255); "
                 f"{'; '.join(lines)}; broken file skipped each epoch")
 

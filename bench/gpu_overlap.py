@@ -11,13 +11,16 @@ itself (`zfnet.train.recipe.train_one_epoch` over `epoch_loader`'s batches, the 
   compiled step: a loop below that needs work on the loop, not on the loaders);
 - host share p: the workers decode a share p of the images themselves (`CropDataset.host_share`;
   `--loader mixed` measures its p, `zfnet.data.mixed`), the GPU the rest;
-- decode priority: the loader thread's CUDA stream at high priority (its kernels first);
+- threads: the threads that make the device's batches (`ZFNET_DEVICE_THREADS`, `--threads`;
+  auto: 2 where nvImageCodec decodes, else 1), at share 0 and at the last share;
+- decode priority: the loader threads' CUDA streams at high priority (their kernels first);
 - main stream: the training loop on a CUDA stream of its own instead of the default stream.
 
 Each line gives the epoch's img/s and, to tell the cause: the main process's CPU cores (one
-core's worth, with the GIL, is its ceiling), the loader thread's seconds waiting for workers
-and decoding, and the GPU's utilisation. Then a profile of a few steps of the base setting (the
-CUDA calls that wait: synchronisations, frees, copies). Output: stdout and `--out`.
+core's worth, with the GIL, is its ceiling), the loader threads' seconds waiting for workers and
+making batches (summed over the threads), and the GPU's utilisation. Then a profile of a few
+steps of the base setting (the CUDA calls that wait: synchronisations, frees, copies). Output:
+stdout and `--out`.
 
 Measured once (docs/results.md): with the main stream, 9.7k img/s, the GPU 71% busy, the loader
 thread decoding 3.6 s of the epoch's 4.1 s while the workers only read files: the thread is
@@ -47,6 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_imagenet import replicate_shards  # noqa: E402
 from common import hardware, make_folder  # noqa: E402
 
+from zfnet.data import codec  # noqa: E402
 from zfnet.data.batches import DeviceBatches  # noqa: E402
 from zfnet.data.mixed import measure_share  # noqa: E402
 from zfnet.data.shard_writer import write_shards  # noqa: E402
@@ -141,13 +145,22 @@ class GpuBusy:
 
 def one_epoch(run: Any, st: EpochState, epoch: int, *, main_stream: bool, priority: int,
               share: float, end_step: int | None = None, profile: Path | None = None,
-              alone: bool = False) -> dict[str, float]:
+              alone: bool = False, threads: int | None = None) -> dict[str, float]:
     """One epoch of the training loop with the settings given; `alone`: the loop without a
-    loader (`Repeated`: the epoch's first batch, as many times as the epoch has batches)."""
+    loader (`Repeated`: the epoch's first batch, as many times as the epoch has batches);
+    `threads`: ZFNET_DEVICE_THREADS for it (None: as set, auto where unset)."""
     device = run.info.device
     run.train_set.dataset.host_share = share
     DeviceBatches.stream_priority = priority
-    batches, expected = epoch_loader(run, epoch)
+    before = os.environ.get(codec.THREADS_ENV)
+    if threads is not None:
+        os.environ[codec.THREADS_ENV] = str(threads)
+    try:
+        batches, expected = epoch_loader(run, epoch)
+    finally:
+        os.environ.pop(codec.THREADS_ENV, None)
+        if before is not None:
+            os.environ[codec.THREADS_ENV] = before
     timed_loader = timed_inputs = None
     if alone:
         it = iter(batches)
@@ -192,7 +205,9 @@ def one_epoch(run: Any, st: EpochState, epoch: int, *, main_stream: bool, priori
         except Exception as e:  # noqa: BLE001
             print(f"no trace: {e}")
     images = r["seen"]
+    made_by = batches.threads if isinstance(batches, DeviceBatches) and batches.prefetch else 0
     return {"img/s": images / r["time"], "time": r["time"], "images": images,
+            "threads": made_by,
             "main cores": cpu / r["time"],
             "wait workers s": timed_loader.seconds if timed_loader else float("nan"),
             "first s": (timed_loader.first or 0.0) if timed_loader else float("nan"),
@@ -212,10 +227,14 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--shares", default="0.3,0.5,0.7,measured",
                     help="host shares to try (measured: as --loader mixed measures it)")
+    ap.add_argument("--threads", default="1,3",
+                    help="ZFNET_DEVICE_THREADS to try besides auto's, at share 0 and at the "
+                         "last share (a comma list; empty: none)")
     ap.add_argument("--profile-steps", type=int, default=12)
     ap.add_argument("--out", default=None, help="folder for the profile (default: none)")
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args()
+    args.threads = [int(n) for n in args.threads.split(",") if n.strip()]
     spec = ""
     if args.dry_run:
         args.images, args.unique, args.classes, args.batch_size = 48, 24, 2, 8  # whole batches
@@ -260,18 +279,24 @@ def main() -> None:
             else:
                 shares.append((f"host share {float(s)}", float(s)))
         alone = "the loop alone (one device batch, repeated)"
-        settings = [(alone, False, 0, 0.0), ("base", False, 0, 0.0)]
-        settings += [(name, False, 0, p) for name, p in reversed(shares)]
-        settings += [("decode priority", False, high, 0.0),
-                     (f"{shares[-1][0]} + decode priority", False, high, shares[-1][1]),
-                     ("main stream", True, 0, 0.0)]
+        # (name, main stream, priority, share, ZFNET_DEVICE_THREADS: None as set, auto)
+        settings: list[tuple[str, bool, int, float, int | None]] = [
+            (alone, False, 0, 0.0, None), ("base", False, 0, 0.0, None)]
+        settings += [(f"base, {n} thread{'s' * (n > 1)}", False, 0, 0.0, n)
+                     for n in args.threads]
+        settings += [(name, False, 0, p, None) for name, p in reversed(shares)]
+        settings += [(f"{shares[-1][0]}, {n} thread{'s' * (n > 1)}", False, 0, shares[-1][1], n)
+                     for n in args.threads]
+        settings += [("decode priority", False, high, 0.0, None),
+                     (f"{shares[-1][0]} + decode priority", False, high, shares[-1][1], None),
+                     ("main stream", True, 0, 0.0, None)]
         lines = []
-        for k, (name, main_stream, prio, share) in enumerate(settings, start=1):
+        for k, (name, main_stream, prio, share, threads) in enumerate(settings, start=1):
             m = one_epoch(run, st, k, main_stream=main_stream, priority=prio, share=share,
-                          alone=name == alone)
+                          alone=name == alone, threads=threads)
             text = (f"  {name:<44} {m['img/s']:7.0f} img/s  main process {m['main cores']:4.2f} "
-                    f"cores  loader thread: waits {m['wait workers s']:5.2f} s (start "
-                    f"{m['first s']:4.2f}), decodes "
+                    f"cores  {m['threads']} loader threads: wait {m['wait workers s']:5.2f} s "
+                    f"(start {m['first s']:4.2f}), make batches "
                     f"{m['decode s']:5.2f} s of {m['time']:5.2f} s  gpu {m['gpu %']:3.0f}%")
             print(text, flush=True)
             lines.append(text)

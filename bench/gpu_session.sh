@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU measurements still owed (issue 27's figures with --loader mixed and its measured share,
-# the CUDA paths of the loaders, the shards, any CNN, DDP's per-step agreement, TorchCodec's
-# nvJPEG) in one command that fits one
+# nvImageCodec against torchvision's nvJPEG call, one and two threads making the device's
+# batches, the CUDA paths of the loaders, the shards, any CNN, DDP's per-step agreement) in one
+# command that fits one
 # device lease: a machine lent for 15 minutes, of which its start takes 1-2 and one command
 # may run 10. Each step gets what is left of the command's time, so that one that overruns
 # cannot starve the rest; the logs go to $OUT (what the device tool brings back) and to the
@@ -81,23 +82,26 @@ rc=0  # the last step's exit status
   # which library decodes the device's batches (auto: nvImageCodec where it can), and why not
   "$py" -c 'import torch; from zfnet.data import codec
 d = torch.device("cuda" if torch.cuda.is_available() else "cpu"); nv = codec._nvimgcodec()
-print("device decoder:", codec.device_decoder(d), "| nvImageCodec:",
-      "not installed" if nv is None else nv.failure(d) or "decodes")' 2>&1
+print("device decoder:", codec.device_decoder(d), "in", codec.device_threads(d),
+      "thread(s) | nvImageCodec:", "not installed" if nv is None else nv.failure(d) or "decodes")
+' 2>&1
 } | tee "$OUT/summary.txt"
 
 # the device's decoder is auto's (nvImageCodec where it loads) unless a run names it
-e2e=(--e2e squares:mixed,squares:gpu,squares:mixed:torchvision,shards:mixed,folder:mixed,squares:cpu)
+e2e=(--e2e squares:mixed,squares:gpu,squares:gpu:1,squares:mixed:torchvision,folder:mixed)
+e2e[1]+=,shards:mixed,squares:cpu
 if [ "$mode" = gpu ]; then
     cc=(--device cuda)
     # the loaders alone, the eager step, the anchor, and the gpu and cpu loaders end to end
     # were measured (docs/results.md): what is owed is --loader mixed end to end (its share
     # measured as a run does) against the compiled step of the same run: from shards of
-    # centre squares (zfnet shards --square) first, with nvImageCodec, gpu with it alone, and
-    # mixed with torchvision's decoder; then the shards and the folder, and the cpu loader on
-    # the squares; each row is printed as it is measured, so a run cut short keeps the ones
-    # before
+    # centre squares (zfnet shards --square) first, with nvImageCodec (in auto's 2 threads),
+    # gpu with it alone in 2 threads and in 1, and mixed with torchvision's decoder (1 thread);
+    # then the folder and the shards, and the cpu loader on the squares; each row is printed
+    # as it is measured, so a run cut short keeps the ones before
     bench=(--parts 3,4 --step-variants compiled "${e2e[@]}" --images 60000 --unique 6000)
-    overlap=(--out "$OUT/overlap" --images 30720)  # 9 settings: 3 s each at ~10k img/s
+    # 11 settings (1 and 3 threads besides auto's): ~3 s each at ~10k img/s
+    overlap=(--out "$OUT/overlap" --images 25600 --shares 0.5,measured --threads 1,3)
     share=(--images 8192 --pass-images 8192 --batch-size 256)  # 12 passes of ~1 s
 else
     cc=(--device cpu --data "synthetic?n_train=256&n_val=128" --in-process)

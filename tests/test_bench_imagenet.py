@@ -19,10 +19,11 @@ def _nvimgcodec_loads() -> bool:
 
 
 def test_dry_run_prints_every_part(tmp_path) -> None:
-    # the last run's decoder named (where nvImageCodec is not installed: torchvision's)
+    # the last run's decoder and threads named (where nvImageCodec is not installed:
+    # torchvision's)
     last = "nvimgcodec" if _nvimgcodec_loads() else "torchvision"
     p = bench_script("bench_imagenet.py", "--dry-run", "--dir", str(tmp_path), "--e2e",
-                     f"folder:gpu,shards:cpu,shards:mixed,squares:cpu,squares:gpu:{last}")
+                     f"folder:gpu,shards:cpu,shards:mixed,squares:cpu,squares:gpu:2:{last}")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     out = p.stdout
     for part in ("1. per worker", "2. the loaders alone", "3. the training step alone",
@@ -39,6 +40,6 @@ def test_dry_run_prints_every_part(tmp_path) -> None:
     assert "shards of 256 px squares" in out and "zfnet cpu loader, squares" in out, out
     assert "zfnet train, squares, cpu loader" in out, out
     auto = codec.decoder_name()  # on the CPU, auto is decode_jpeg's library
-    assert f"zfnet train, folder, gpu loader, {auto}" in out, out
-    assert f"zfnet train, squares, gpu loader, {last}" in out, out
+    assert f"zfnet train, folder, gpu loader, {auto}, 0 threads" in out, out  # auto on a CPU
+    assert f"zfnet train, squares, gpu loader, {last}, 2 threads" in out, out
     assert not list(tmp_path.iterdir())  # its work folder is removed

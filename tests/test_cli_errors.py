@@ -336,6 +336,15 @@ def test_a_bad_device_decoder_is_one_clear_line(places, tmp_path, monkeypatch) -
         "ZFNET_DEVICE_DECODER='dali'")
 
 
+def test_a_bad_thread_count_is_one_clear_line(places, tmp_path, monkeypatch) -> None:
+    # ZFNET_DEVICE_THREADS, checked as the loader is chosen: the cpu loader's batches of
+    # windows are made by the same threads
+    monkeypatch.setenv("ZFNET_DEVICE_THREADS", "many")
+    test_bad_input_is_one_clear_line(
+        places, tmp_path, [*TRAIN, "--data", "imagefolder:{images}?size=32", "--loader", "cpu"],
+        "ZFNET_DEVICE_THREADS='many' is not valid; valid: auto or a number >= 0")
+
+
 def test_names_and_aliases(places, tmp_path) -> None:
     """--layer takes comma lists (spaces stripped) and repeats, module paths included; the old
     spellings --layers and --run still work; --checkpoint RUN names the run everywhere."""

@@ -4,6 +4,7 @@ the same pixels, take a list in one call and fail alike on a broken file."""
 from __future__ import annotations
 
 import builtins
+import contextlib
 import io
 import warnings
 
@@ -200,3 +201,64 @@ def test_nvimgcodec_whose_decoder_decodes_nothing_is_not_taken(monkeypatch) -> N
         codec.device_decoder("cpu")
     monkeypatch.delenv(codec.ENV)
     assert codec.device_decoder("cpu") == codec.decoder_name()
+
+
+def test_threads_that_decode_at_once_each_take_a_decoder_of_the_pool() -> None:
+    # nvImageCodec's decoders are not to be shared by threads: calls at once take one each,
+    # a call after them takes one back, and every one gives torchvision's pixels
+    if not _loads("nvimgcodec"):
+        pytest.skip("nvImageCodec is not installed here")
+    import threading
+
+    nv = codec._NvImageCodec(codec._nvimgcodec().nv)  # a pool of its own
+    cpu = torch.device("cpu")
+    assert nv.failure(cpu) is None and nv.made["cpu"] == 1  # the first, which was tried
+    files = _files() * 8
+    want = [_torchvision(f) for f in files]
+    barrier, results, errors = threading.Barrier(3), {}, []
+    real = nv._decoder
+
+    @contextlib.contextmanager
+    def together(device):  # each call holds its decoder until all three have one
+        with real(device) as decoder:
+            barrier.wait(timeout=30)
+            yield decoder
+
+    nv._decoder = together
+
+    def decode(i: int) -> None:
+        try:
+            results[i] = nv.decode(files, cpu)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=decode, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and nv.made["cpu"] == 3  # three at once: three decoders
+    nv._decoder = real
+    results[3] = nv.decode(files, cpu)
+    assert nv.made["cpu"] == 3  # then one of them again
+    for got in results.values():
+        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+def test_the_threads_that_make_the_device_batches(monkeypatch) -> None:
+    monkeypatch.delenv(codec.THREADS_ENV, raising=False)
+    assert codec.device_threads("cpu") == 0  # the step uses every core: in its thread
+    monkeypatch.setattr(codec, "device_decoder", lambda device: "nvimgcodec")
+    assert codec.device_threads("cuda") == 2  # its calls overlap
+    assert codec.device_threads("cuda", decodes=False) == 1  # windows from the workers
+    monkeypatch.setattr(codec, "device_decoder", lambda device: "torchvision")
+    assert codec.device_threads("cuda") == 1  # one call at a time in the process
+    monkeypatch.setenv(codec.THREADS_ENV, " 3 ")
+    assert codec.device_threads("cpu") == 3 and codec.device_threads("cuda") == 3
+    monkeypatch.setenv(codec.THREADS_ENV, "0")
+    assert codec.device_threads("cuda") == 0
+    for bad in ("two", "-1", "1.5"):
+        monkeypatch.setenv(codec.THREADS_ENV, bad)
+        with pytest.raises(ValueError, match=rf"ZFNET_DEVICE_THREADS='{bad}' is not valid; "
+                                             r"valid: auto or a number >= 0"):
+            codec.device_threads("cuda")

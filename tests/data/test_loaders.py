@@ -1,11 +1,14 @@
 """The input pipelines (zfnet.data.loaders, zfnet.data.batches): JPEG headers decide the decoder;
 the "pixels" (cpu loader) and "encoded" (gpu loader, run here on the CPU) forms give the "float"
 items' inputs, crop for crop; the device finds and names a file it cannot decode; the
-prefetching thread changes nothing; workers hand batches over in shared memory."""
+prefetching threads change nothing (batches in order, errors where their batch was); workers
+hand batches over in shared memory."""
 
 from __future__ import annotations
 
 import io
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -18,7 +21,13 @@ from torch.utils.data import DataLoader
 from tests.data.test_shards import _image, make_folder
 from zfnet.data import BadImageError, BrokenImageWarning, codec, load_dataset, load_rgb
 from zfnet.data import batches as batches_mod
-from zfnet.data.batches import BatchInputs, DeviceBatches, collate_encoded, collate_pixels
+from zfnet.data.batches import (
+    BatchInputs,
+    DeviceBatches,
+    Prepared,
+    collate_encoded,
+    collate_pixels,
+)
 from zfnet.data.images import decode_plain_jpeg
 from zfnet.data.jpeg import read_header
 from zfnet.data.loaders import (
@@ -272,24 +281,94 @@ def test_mixed_batches_keep_the_items_order_with_broken_files(folder, device_dec
         assert x.shape == want_x.shape
 
 
-def test_prefetching_thread_gives_the_same_batches_and_raises_in_the_consumer(folder) -> None:
+def _batch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("zfnet-batches")]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_prefetching_threads_give_the_same_batches_and_raise_in_the_consumer(
+        folder, threads) -> None:
     bundle = load_dataset(f"imagefolder:{folder}?{SPEC}")
     train = SeededSamples(bundle.train.with_form("encoded"), seed=0)
     loader = DataLoader(train, batch_size=4, collate_fn=collate_encoded)
     inputs = BatchInputs(train.dataset, CPU)
     inline = list(DeviceBatches(loader, inputs))
-    ahead = DeviceBatches(loader, inputs, prefetch=2)
+    ahead = DeviceBatches(loader, inputs, prefetch=2, threads=threads)
     assert len(ahead) == len(loader) and ahead.sampler is loader.sampler
     for (a, ya), (b, yb) in zip(inline, ahead, strict=True):
         assert torch.equal(a, b) and torch.equal(ya, yb)
     for stop_at in (0, 2):  # a consumer that stops early leaves no thread behind
-        for k, _ in enumerate(DeviceBatches(loader, inputs, prefetch=1)):
-            if k == stop_at:
-                break
+        it = iter(DeviceBatches(loader, inputs, prefetch=1, threads=threads))
+        for _ in range(stop_at + 1):
+            next(it)
+        it.close()
+        assert not _batch_threads()
     strict = load_dataset(f"imagefolder:{folder}?{SPEC}", strict=True).val.with_form("encoded")
     with pytest.raises(BadImageError, match="tables.jpg"):
         list(DeviceBatches(DataLoader(strict, batch_size=4, collate_fn=collate_encoded),
-                           BatchInputs(strict, CPU), prefetch=2))
+                           BatchInputs(strict, CPU), prefetch=2, threads=threads))
+    assert not _batch_threads()
+
+
+class _SlowInputs:
+    """Stands for BatchInputs: batch k (an int) -> inputs [k]; batch 0 takes long, so that
+    later ones are made first; `fail_at` raises there. Counts the calls at once."""
+
+    device = CPU
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.fail_at, self.lock = fail_at, threading.Lock()
+        self.started: list[int] = []
+        self.active = self.most = 0
+
+    def __call__(self, batch: int) -> Prepared:
+        with self.lock:
+            self.started.append(batch)
+            self.active += 1
+            self.most = max(self.most, self.active)
+        time.sleep(0.3 if batch == 0 else 0.02)
+        with self.lock:
+            self.active -= 1
+        if batch == self.fail_at:
+            raise ValueError(f"batch {batch} failed")
+        return Prepared(torch.tensor([batch]), torch.tensor([batch]), [])
+
+
+def _failing_loader(n: int, fail_at: int):
+    for k in range(n):
+        if k == fail_at:
+            raise OSError(f"the loader failed at {k}")
+        yield k
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_threads_hand_batches_on_in_order_and_errors_where_their_batch_was(threads) -> None:
+    ahead = 2
+    inputs = _SlowInputs()
+    got = []
+    for x, _ in DeviceBatches(list(range(12)), inputs, prefetch=ahead, threads=threads):
+        k = int(x)
+        got.append(k)
+        # never more than `ahead` batches (or one per thread) beyond the one handed on
+        assert len(inputs.started) <= k + 1 + max(ahead, threads)
+    assert got == list(range(12))  # in order, although batch 0 was made last
+    # the threads worked at once (batch 0 meanwhile), never more than one per batch ahead
+    assert min(threads, 2) <= inputs.most <= max(ahead, threads)
+    assert sorted(inputs.started) == list(range(12))  # each batch made once
+    # an error making batch 5: batches 0-4 first, then the error; no thread left behind
+    failing, got = _SlowInputs(fail_at=5), []
+    with pytest.raises(ValueError, match="batch 5 failed"):
+        for x, _ in DeviceBatches(list(range(12)), failing, prefetch=ahead, threads=threads):
+            got.append(int(x))
+    assert got == [0, 1, 2, 3, 4] and not _batch_threads()
+    # an error of the loader's: the same
+    got = []
+    with pytest.raises(OSError, match="failed at 3"):
+        for x, _ in DeviceBatches(_failing_loader(8, 3), _SlowInputs(), prefetch=ahead,
+                                  threads=threads):
+            got.append(int(x))
+    assert got == [0, 1, 2] and not _batch_threads()
+    assert [int(x) for x, _ in DeviceBatches([], inputs, prefetch=ahead, threads=threads)] == []
 
 
 def test_workers_hand_batches_over_in_shared_memory(folder) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -16,6 +17,7 @@ from tests.train.test_recipe import _assert_same_run
 from tests.train.tiny import tiny_config
 from zfnet.cli import main
 from zfnet.data import codec
+from zfnet.data.batches import DeviceBatches
 from zfnet.data.mixed import ShareMeasure
 from zfnet.data.shard_writer import write_shards
 from zfnet.report.plots import read_metrics_csv
@@ -47,12 +49,17 @@ def _sigterm_at_step(monkeypatch, n: int) -> None:
     monkeypatch.setattr(recipe_mod, "renormalize_filters", renorm_then_signal)
 
 
-@pytest.mark.parametrize(("source", "loader", "decoder"), [
-    ("imagefolder", "gpu", None), ("shards", "gpu", None), ("imagefolder", "mixed", None),
-    ("imagefolder", "mixed", "nvimgcodec")])  # (the device's batches decoded by nvImageCodec)
+@pytest.mark.parametrize(("source", "loader", "decoder", "threads"), [
+    ("imagefolder", "gpu", None, None), ("shards", "gpu", None, "2"),
+    ("imagefolder", "mixed", None, None),
+    ("imagefolder", "mixed", "nvimgcodec", "2")])  # (the device's batches decoded by
+# nvImageCodec; in two threads of the run, ZFNET_DEVICE_THREADS, where auto is none on a CPU)
 def test_gpu_loader_on_the_cpu_trains_skips_and_resumes_exactly(folder, source, loader,  # noqa: F811
-                                                                 decoder, tmp_path,
+                                                                 decoder, threads, tmp_path,
                                                                  monkeypatch) -> None:
+    if threads is not None:
+        monkeypatch.setenv(codec.THREADS_ENV, threads)
+        made = _count_calls(monkeypatch, run_mod, "as_inputs", keep=True)
     if decoder is not None:
         if decoder == "nvimgcodec" and codec._nvimgcodec() is None:
             pytest.skip("nvImageCodec is not installed here (the lower ends' set)")
@@ -87,19 +94,27 @@ def test_gpu_loader_on_the_cpu_trains_skips_and_resumes_exactly(folder, source, 
     _share_is(monkeypatch, None)  # a resume takes the run's own share: measures nothing
     if decoder is not None:
         monkeypatch.setenv(codec.ENV, decoder)
+    if threads is not None:
+        monkeypatch.setenv(codec.THREADS_ENV, threads)
     assert train(tiny_config(out, **kw, resume=True))["status"] == "completed"
     _assert_same_run(ref, out)
     if decoder == "nvimgcodec":
         assert calls["n"] > 0  # it decoded the device's batches
+    if threads is not None:  # the reference run's batches were made by that many threads
+        assert {b.threads for b in made["returned"] if b is not None} == {int(threads)}
 
 
-def _count_calls(monkeypatch, owner, name: str) -> dict[str, int]:
-    """Counts the calls of `owner.name` (still made) in the returned dict's "n"."""
-    real, calls = getattr(owner, name), {"n": 0}
+def _count_calls(monkeypatch, owner, name: str, keep: bool = False) -> dict[str, Any]:
+    """Counts the calls of `owner.name` (still made) in the returned dict's "n"; `keep`: what
+    they returned in its "returned" (DeviceBatches, else None)."""
+    real, calls = getattr(owner, name), {"n": 0, "returned": []}
 
     def counted(*args, **kwargs):
         calls["n"] += 1
-        return real(*args, **kwargs)
+        out = real(*args, **kwargs)
+        if keep:
+            calls["returned"].append(out if isinstance(out, DeviceBatches) else None)
+        return out
 
     monkeypatch.setattr(owner, name, counted)
     return calls

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import queue
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -280,15 +279,19 @@ class DeviceBatches:
     """A DataLoader whose batches come out as model inputs on a device (`BatchInputs`): what
     the training and evaluation loops iterate, with the DataLoader's length and sampler.
     Files skipped on the device are warned about (`BrokenImageWarning`) as the batch is handed
-    on. `prefetch` > 0: a thread prepares up to that many batches ahead, on a CUDA device on a
-    stream of its own, so that decoding the next batch overlaps the step on this one."""
+    on. `prefetch` > 0: `threads` threads prepare up to max(prefetch, threads) batches ahead,
+    on a CUDA device each on a stream of its own, so that decoding the next batches overlaps
+    the step on this one; they come out in the loader's order whichever thread made them, and
+    an error is raised where its batch would have come."""
 
-    # CUDA priority of the thread's stream (lower is higher; torch.cuda.Stream's range):
+    # CUDA priority of the threads' streams (lower is higher; torch.cuda.Stream's range):
     # the decoding's kernels before the step's when both wait for the GPU
     stream_priority = 0
 
-    def __init__(self, loader: DataLoader, inputs: BatchInputs, prefetch: int = 0) -> None:
-        self.loader, self.inputs, self.prefetch = loader, inputs, prefetch
+    def __init__(self, loader: DataLoader, inputs: BatchInputs, prefetch: int = 0,
+                 threads: int = 1) -> None:
+        self.loader, self.inputs = loader, inputs
+        self.prefetch, self.threads = prefetch, max(1, threads)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -316,55 +319,109 @@ class DeviceBatches:
 
     def _prefetched(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         device = self.inputs.device
-        stream = (torch.cuda.Stream(device, priority=self.stream_priority)
-                  if device.type == "cuda" else None)
-        ready: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        ahead = max(self.prefetch, self.threads)
+        source = iter(self.loader)
+        reading = threading.Lock()  # the loader's iterator: one thread at a time
+        ready = threading.Condition()  # guards `done` and `state`
+        done: dict[int, Any] = {}  # batch number -> (prepared, event), or the error
+        # next: the number of the next batch read; handed: batches handed on; end: the number
+        # of batches there are (known at the loader's end or an error)
+        state: dict[str, Any] = {"next": 0, "handed": 0, "end": None}
         stop = threading.Event()
-        end = object()
+
+        def finish(k: int, item: Any, *, last: bool = False) -> None:
+            with ready:
+                if item is not None:
+                    done[k] = item
+                if last:
+                    state["end"] = k if state["end"] is None else min(state["end"], k)
+                ready.notify_all()
+
+        # a new thread's CUDA device is device 0: the consumer's, for a device without index
+        index = (device.index if device.index is not None else torch.cuda.current_device()
+                 ) if device.type == "cuda" else None
+
+        failed: list[BaseException] = []  # threads that could not start
 
         def produce() -> None:
+            stream = None
             try:
-                with torch.cuda.stream(stream) if stream is not None else nullcontext():
-                    for batch in self.loader:
+                if index is not None:
+                    torch.cuda.set_device(index)
+                    stream = torch.cuda.Stream(index, priority=self.stream_priority)
+            except BaseException as e:  # noqa: BLE001 (raised in the consumer if none start)
+                failed.append(e)
+                return
+            with torch.cuda.stream(stream) if stream is not None else nullcontext():
+                while True:
+                    with ready:  # at most `ahead` batches beyond the consumer's
+                        while (not stop.is_set() and state["end"] is None
+                               and state["next"] >= state["handed"] + ahead):
+                            ready.wait()
+                    if stop.is_set():
+                        return
+                    with reading:
+                        if state["end"] is not None:
+                            return
+                        with ready:
+                            if state["next"] >= state["handed"] + ahead:
+                                continue  # another thread took the last place meanwhile
+                        k = state["next"]
+                        try:
+                            batch = next(source)
+                        except StopIteration:
+                            finish(k, None, last=True)
+                            return
+                        except BaseException as e:  # noqa: BLE001 (raised in the consumer)
+                            finish(k, e, last=True)
+                            return
+                        with ready:
+                            state["next"] = k + 1
+                    try:
                         prepared = self.inputs(batch)
                         event = None
                         if stream is not None:
                             event = torch.cuda.Event()
                             event.record(stream)
-                        while not stop.is_set():
-                            try:
-                                ready.put((prepared, event), timeout=0.1)
-                                break
-                            except queue.Full:
-                                continue
-                        if stop.is_set():
-                            return
-                ready.put(end)
-            except BaseException as e:  # noqa: BLE001 (raised again in the consumer)
-                ready.put(e)
+                    except BaseException as e:  # noqa: BLE001 (raised in the consumer)
+                        finish(k, e)
+                        finish(k + 1, None, last=True)  # no batch after it is read
+                        return
+                    finish(k, (prepared, event))
 
-        thread = threading.Thread(target=produce, name="zfnet-batches", daemon=True)
-        thread.start()
+        workers = [threading.Thread(target=produce, name=f"zfnet-batches-{i}", daemon=True)
+                   for i in range(self.threads)]
+        for thread in workers:
+            thread.start()
         try:
+            k = 0
             while True:
-                item = ready.get()
-                if item is end:
-                    return
+                with ready:
+                    while k not in done and (state["end"] is None or k < state["end"]):
+                        if not any(t.is_alive() for t in workers):
+                            if failed:
+                                raise failed[0]
+                            raise RuntimeError("the threads that prepare batches stopped")
+                        ready.wait(timeout=1.0)
+                    if k not in done:
+                        return  # the loader's end
+                    item = done.pop(k)
+                    state["handed"] = k + 1
+                    ready.notify_all()
                 if isinstance(item, BaseException):
                     raise item
                 prepared, event = item
-                if event is not None:  # the batch was made on the thread's stream
+                if event is not None:  # the batch was made on its thread's stream
                     current = torch.cuda.current_stream(device)
                     current.wait_event(event)
                     for t in (prepared.x, prepared.y):
                         if t.device.type == "cuda":
                             t.record_stream(current)
+                k += 1
                 yield self._hand_on(prepared)
         finally:
             stop.set()
-            while thread.is_alive():
-                try:
-                    ready.get(timeout=0.1)
-                except queue.Empty:
-                    pass
-            thread.join()
+            with ready:
+                ready.notify_all()
+            for thread in workers:
+                thread.join()

@@ -22,6 +22,12 @@ Two calls:
   `nvimgcodec`, `torchcodec` or `torchvision` ask for that one (a ValueError, checked when a
   loader is made, where it does not load). On the CPU every one of them is libjpeg-turbo
   with the same pixels (tested), which is how the tests prove the loaders with each.
+
+`device_threads`: how many threads of the training process make the device's batches
+(`ZFNET_DEVICE_THREADS`, `zfnet.data.batches.DeviceBatches`). One thread was the gpu loader's
+limit on an H200 (docs/results.md); a second one overlaps one batch's decoding with the next
+one's. nvImageCodec's decoders are not to be shared by threads: each call takes one of a
+pool of decoders of the device, made as calls need them.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ Encoded = torch.Tensor | list[torch.Tensor]
 
 ENV = "ZFNET_DEVICE_DECODER"
 LIBRARIES = ("auto", "nvimgcodec", "torchcodec", "torchvision")
+THREADS_ENV = "ZFNET_DEVICE_THREADS"
+THREADS = "auto or a number >= 0"
 _INSTALL = {"nvimgcodec": "pip install zfnet[nvimgcodec] (nvidia-nvimgcodec-cu13[nvjpeg]; "
                           "-cu12 for a torch built with CUDA 12)",
             "torchcodec": "pip install zfnet[codec] (TorchCodec needs torch >= 2.11)"}
@@ -109,6 +117,33 @@ def device_decoder(device: torch.device | str) -> str:
     return asked
 
 
+def device_threads(device: torch.device | str, *, decodes: bool = True) -> int:
+    """How many threads make the device's batches from the workers' (`ZFNET_DEVICE_THREADS`;
+    `decodes`: the batches are files the device decodes): 0 makes them in the training loop's
+    own thread, between steps. `auto` (the default): on a CUDA device 2 where nvImageCodec
+    decodes (its calls overlap), else 1 (torchvision's and TorchCodec's CUDA decoders take
+    one call at a time; windows decoded by the workers need little more than a copy); on the
+    CPU 0 (the step uses every core). ValueError naming what is valid for another value."""
+    asked = _asked_threads()
+    if asked is not None:
+        return asked
+    device = torch.device(device)
+    if device.type != "cuda":
+        return 0
+    return 2 if decodes and device_decoder(device) == "nvimgcodec" else 1
+
+
+def _asked_threads() -> int | None:
+    """`ZFNET_DEVICE_THREADS` as a number, None for auto; ValueError for another value."""
+    value = os.environ.get(THREADS_ENV, "auto").strip().lower() or "auto"
+    if value == "auto":
+        return None
+    if not value.isdigit():
+        raise ValueError(f"{THREADS_ENV}={os.environ[THREADS_ENV]!r} is not valid; valid: "
+                         f"{THREADS}")
+    return int(value)
+
+
 def decode_batch(files: Sequence[torch.Tensor], device: torch.device | str
                  ) -> list[torch.Tensor | None]:
     """JPEG files (1-D uint8 tensors on the CPU) decoded on `device` by `device_decoder`'s
@@ -170,9 +205,10 @@ def _quiet_stderr() -> Iterator[None]:
 
 
 class _NvImageCodec:
-    """nvImageCodec's decoder of each device (one per CUDA device, one for the CPU), made on
-    first use. On a GPU it tries its backends in turn for each image: the hardware decoder
-    (A100, H100, H200: baseline JPEGs), then CUDA, then the CPU; on the CPU libjpeg-turbo."""
+    """nvImageCodec's decoders of each device (CUDA devices, the CPU), made on first use: a
+    pool per device, one decoder per call at a time (they are not to be shared by threads).
+    On a GPU a decoder tries its backends in turn for each image: the hardware decoder (A100,
+    H100, H200: baseline JPEGs), then CUDA, then the CPU; on the CPU libjpeg-turbo."""
 
     def __init__(self, nv: Any) -> None:
         self.nv = nv
@@ -181,30 +217,56 @@ class _NvImageCodec:
         self.params = nv.DecodeParams(apply_exif_orientation=False,
                                       color_spec=nv.ColorSpec.SRGB, allow_any_depth=False,
                                       sample_format=nv.SampleFormat.I_RGB)
-        self._decoders: dict[str, Any] = {}  # by device; a str: why it could not be made
+        self._failures: dict[str, str | None] = {}  # by device: why none can be made, or None
+        self._idle: dict[str, list[Any]] = {}  # by device: decoders no call is using
+        self.made: dict[str, int] = {}  # by device: decoders made
         self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(device: torch.device) -> str:
+        if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+            return f"cuda:{torch.cuda.current_device()}"
+        return str(device)
 
     def failure(self, device: torch.device) -> str | None:
         """Why nvImageCodec cannot decode on `device` (no CUDA, no nvJPEG, ...), or None."""
-        made = self._decoder(device)
-        return made if isinstance(made, str) else None
-
-    def _decoder(self, device: torch.device) -> Any:
-        """`device`'s decoder, made on first use; or why it could not be made (a str)."""
-        key = str(device)
-        if device.type == "cuda" and device.index is None:
-            key = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else key
+        key = self._key(device)
         with self._lock:
-            if key not in self._decoders:
-                self._decoders[key] = self._make(device, key)
-            return self._decoders[key]
+            if key not in self._failures:  # the first decoder, which decodes a test image
+                made = self._make(device, key)
+                self._failures[key] = made if isinstance(made, str) else None
+                self._idle[key] = [] if isinstance(made, str) else [made]
+                self.made[key] = 0 if isinstance(made, str) else 1
+            return self._failures[key]
+
+    @contextlib.contextmanager
+    def _decoder(self, device: torch.device) -> Iterator[Any]:
+        """An idle decoder of `device`'s pool (a new one where every one is in use), given
+        back after the call. RuntimeError where none can be made."""
+        if (why := self.failure(device)) is not None:
+            raise RuntimeError(f"nvImageCodec cannot decode on {device}: {why}")
+        key = self._key(device)
+        with self._lock:
+            decoder = self._idle[key].pop() if self._idle[key] else None
+        if decoder is None:
+            decoder = self._make(device, key)
+            if isinstance(decoder, str):
+                raise RuntimeError(f"nvImageCodec cannot decode on {device}: {decoder}")
+            with self._lock:
+                self.made[key] += 1
+        try:
+            yield decoder
+        finally:
+            with self._lock:
+                self._idle[key].append(decoder)
 
     def _make(self, device: torch.device, key: str) -> Any:
-        """`device`'s decoder, once it has decoded a test image; or why not (a str)."""
+        """A decoder of `device`, once it has decoded a test image; or why not (a str)."""
         nv = self.nv
         if device.type not in ("cpu", "cuda") or (device.type == "cuda"
                                                   and not torch.cuda.is_available()):
             return f"it decodes on CUDA devices and the CPU, and {device} is not one here"
+        calls = max(1, _asked_threads() or 2)  # threads decoding at once (auto: 2 here)
         try:
             if device.type == "cpu":
                 decoder = nv.Decoder(device_id=nv.NVIMGCODEC_DEVICE_CPU_ONLY,
@@ -212,10 +274,11 @@ class _NvImageCodec:
                                      backends=[nv.Backend(nv.BackendKind.CPU_ONLY)])
             else:
                 # its pool of threads: this process's share of the cores (torchrun may have
-                # started one process per GPU on this machine), as `--workers auto` counts
+                # started one process per GPU on this machine, as `--workers auto` counts),
+                # shared by the threads that decode at once
                 here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
                 decoder = nv.Decoder(device_id=int(key.split(":")[1]),
-                                     max_num_cpu_threads=max(1, usable_cores() // here))
+                                     max_num_cpu_threads=max(1, usable_cores() // here // calls))
             # a decoder is made even where its libraries then fail (no nvJPEG, a driver too
             # old for it): each image would come back refused, so try one first
             if decoder.decode(nv.CodeStream(_test_jpeg()), params=self.params) is None:
@@ -226,23 +289,22 @@ class _NvImageCodec:
 
     def decode(self, files: list[torch.Tensor], device: torch.device
                ) -> list[torch.Tensor | None]:
-        """`decode_batch` (see there) in one call of nvImageCodec's batched decoder, on the
-        current CUDA stream of `device`."""
-        decoder = self._decoder(device)
-        if isinstance(decoder, str):
-            raise RuntimeError(f"nvImageCodec cannot decode on {device}: {decoder}")
+        """`decode_batch` (see there) in one call of a batched decoder of `device`'s pool, on
+        the current CUDA stream of `device`."""
         streams = [self.nv.CodeStream(f.contiguous().numpy()) for f in files]
-        if device.type == "cuda":
-            stream = torch.cuda.current_stream(device)
-            images = decoder.decode(streams, params=self.params,
-                                    cuda_stream=stream.cuda_stream)
-            # DLPack: the images' buffers are kept. Handed over as capsules for the stream
-            # they were decoded on (nvImageCodec takes the handle as it is, and then needs no
-            # event per image; `torch.from_dlpack(im)` would first try keywords it lacks)
-            ptr = stream.cuda_stream
-            return [None if im is None else torch.from_dlpack(im.__dlpack__(stream=ptr))
-                    .permute(2, 0, 1) for im in images]
-        images = decoder.decode(streams, params=self.params)
+        with self._decoder(device) as decoder:
+            if device.type == "cuda":
+                stream = torch.cuda.current_stream(device)
+                images = decoder.decode(streams, params=self.params,
+                                        cuda_stream=stream.cuda_stream)
+                # DLPack: the images' buffers are kept. Handed over as capsules for the stream
+                # they were decoded on (nvImageCodec takes the handle as it is, and then needs
+                # no event per image; `torch.from_dlpack(im)` would first try keywords it
+                # lacks)
+                ptr = stream.cuda_stream
+                return [None if im is None else torch.from_dlpack(im.__dlpack__(stream=ptr))
+                        .permute(2, 0, 1) for im in images]
+            images = decoder.decode(streams, params=self.params)
         # (a host image as a numpy array, which keeps it alive)
         return [None if im is None else torch.from_numpy(np.asarray(im)).permute(2, 0, 1)
                 for im in images]

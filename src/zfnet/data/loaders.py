@@ -23,6 +23,11 @@
   (docs/results.md).
 - auto: gpu on a CUDA device for image files (imagefolder:, shards:), cpu otherwise.
 
+On CUDA the device's part of the batches (the float conversion and the mean; the decoding
+too with gpu and mixed) is done by threads of the training process, each on a stream of its
+own, a batch or two ahead of the step: `ZFNET_DEVICE_THREADS` (`zfnet.data.codec.device_threads`)
+says how many.
+
 Workers: `auto` is, on CUDA, the CPU cores this process may use (shared by the processes
 torchrun started on this machine), less one for the process itself; on a CPU device, 0: the
 training step itself uses every core there, and decoding in the main process keeps it so.
@@ -38,7 +43,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from zfnet.data.batches import COLLATES, BatchInputs, DeviceBatches
-from zfnet.data.codec import device_decoder
+from zfnet.data.codec import device_decoder, device_threads
 from zfnet.data.transforms import CropDataset, Form
 from zfnet.data.workers import usable_cores
 
@@ -77,6 +82,8 @@ def loader_kind(loader: str, dataset: Any, device: torch.device, *,
                          "workers; use --loader cpu (or auto) with it")
     if loader in DEVICE_DECODES:
         device_decoder(device)  # ZFNET_DEVICE_DECODER checked before anything runs
+    if files and not erasing:  # its batches are made by DeviceBatches: ZFNET_DEVICE_THREADS
+        device_threads(device, decodes=loader in DEVICE_DECODES)
     return loader
 
 
@@ -132,11 +139,13 @@ def for_loader(kind: str, dataset: Any, *, erasing: float = 0.0, share: float = 
 def as_inputs(loader: DataLoader, dataset: Any, device: torch.device) -> Iterable:
     """The batches of `loader` (over `dataset`, possibly through a Subset or a seeded
     wrapper) as model inputs on `device`: the loader itself for "float" items, else a
-    `DeviceBatches` (a prefetching one on CUDA)."""
+    `DeviceBatches` whose threads, `ZFNET_DEVICE_THREADS`'s (`device_threads`: on CUDA 1 or
+    2, on the CPU none), prepare up to two batches ahead (or one per thread)."""
     if getattr(dataset, "form", "float") == "float":
         return loader
+    threads = device_threads(device, decodes=dataset.form == "encoded")  # a float form: above
     return DeviceBatches(loader, BatchInputs(dataset, device),
-                         prefetch=2 if device.type == "cuda" else 0)
+                         prefetch=max(2, threads) if threads else 0, threads=threads)
 
 
 def collate_for(dataset: Any) -> Any:

@@ -1,14 +1,15 @@
 """`--loader mixed`: how much of the decoding the workers take, measured on the machine at hand.
 
-The gpu loader decodes every file in one thread of the training process (nvJPEG; its Huffman
-stage runs on that thread's CPU core), while the DataLoader's workers only read the files; the
-cpu loader has the workers decode everything. On an NVIDIA H200 with 16 cores each was bound
-by its own side (docs/results.md): the thread busy 88% of an epoch with the workers idle, or
-the workers busy with the thread idle. The mixed loader gives each side a share: the workers
-decode a share p of the images (chosen by index, `zfnet.data.transforms.decoded_on_host`) and
-hand them over whole, the device decodes the rest. Per image, the thread then spends
-(1 - p) d + c, with d its decoding and c what it does with every image however decoded (the
-copy to the device, the windows, the mean); the workers, H images/s all together, spend p / H.
+The gpu loader decodes every file in threads of the training process (nvJPEG; its Huffman stage
+runs on the CPU; `ZFNET_DEVICE_THREADS` threads, each making whole batches), while the
+DataLoader's workers only read the files; the cpu loader has the workers decode everything. On
+an NVIDIA H200 with 16 cores each was bound by its own side (docs/results.md): the thread busy
+88% of an epoch with the workers idle, or the workers busy with the thread idle. The mixed
+loader gives each side a share: the workers decode a share p of the images (chosen by index,
+`zfnet.data.transforms.decoded_on_host`) and hand them over whole, the device decodes the rest.
+Per image, the threads then spend (1 - p) d + c, with d its decoding and c what they do with
+every image however decoded (the copy to the device, the windows, the mean), both as wall time
+of the threads together; the workers, H images/s all together, spend p / H.
 A batch is ready when both sides are done with it, so the share that keeps both busy is
 
     p = (d + c) / (1 / H + d),  clipped to 0..1; the pipeline's rate is then H / p.
@@ -20,8 +21,9 @@ machine the workers decoding everything was the fastest share, bench/bench_mixed
 `measure_share` measures H, d + c and c on the dataset itself, in a few seconds: H with the
 run's own workers decoding a sample of the files as they would, over several rounds of batches
 so that their start is not counted; d + c and c with the device making inputs of batches of
-the same files as the thread would (`BatchInputs`), once from the files and once from the
-images already decoded, after one batch that starts the decoder. In a run of several
+the same files as the threads would (`BatchInputs` in as many threads, `DeviceBatches`),
+once from the files and once from the images already decoded, after one batch per thread
+that starts its decoder. In a run of several
 processes every process measures (at the same time, as they will train) and all use the mean.
 A resumed run takes the share it was saved with (its checkpoint's meta, `host_share`): the
 same images are decoded on the same side, and the inputs are the same as the uninterrupted
@@ -39,7 +41,8 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
-from zfnet.data.batches import BatchInputs, collate_encoded
+from zfnet.data.batches import BatchInputs, DeviceBatches, collate_encoded
+from zfnet.data.codec import device_threads
 from zfnet.data.transforms import CropDataset, centre_offset
 from zfnet.data.workers import Loader
 
@@ -129,12 +132,14 @@ def _host_rate(probe: CropDataset, workers: int, batch_size: int, rounds: int) -
 
 def _device_rates(probe: CropDataset, device: torch.device, batch_size: int,
                   rounds: int) -> tuple[float, float]:
-    """Images per second the device makes into inputs, as the loader's thread does
-    (`BatchInputs`; the batches read in this process beforehand, pinned for a CUDA device as
-    the loader pins them): from the files, and from the same images decoded already. The
-    crops are fixed ones, not drawn: the process's RNG is the run's."""
+    """Images per second the device makes into inputs, as the loader's threads do
+    (`BatchInputs` in `ZFNET_DEVICE_THREADS`' threads, `DeviceBatches`; the batches read in
+    this process beforehand, pinned for a CUDA device as the loader pins them): from the
+    files, and from the same images decoded already. The crops are fixed ones, not drawn:
+    the process's RNG is the run's."""
     inputs = BatchInputs(probe, device)
-    indices = _sample(len(probe), (rounds + 1) * batch_size)
+    threads = device_threads(device)
+    indices = _sample(len(probe), (rounds + max(1, threads)) * batch_size)
     centre = centre_offset(probe.full_size, probe.input_size)  # where training windows lie
 
     def batches(share: float) -> list[Any]:
@@ -153,22 +158,31 @@ def _device_rates(probe: CropDataset, device: torch.device, batch_size: int,
                 out.append(batch)
         return out
 
-    return (_rate(inputs, batches(0.0), device),  # every file to the device
-            _rate(inputs, batches(1.0), device))  # every image decoded already
+    return (_rate(inputs, batches(0.0), device, threads),  # every file to the device
+            _rate(inputs, batches(1.0), device, threads))  # every image decoded already
 
 
-def _rate(inputs: BatchInputs, batches: list[Any], device: torch.device) -> float:
-    """Images per second of `inputs` over `batches`, after the first (which starts the
-    decoder: nvJPEG's handles, CUDA's kernels)."""
-    images, seconds = 0, 0.0
-    for k, batch in enumerate(batches):
+def _rate(inputs: BatchInputs, batches: list[Any], device: torch.device, threads: int
+          ) -> float:
+    """Images per second of `inputs` over `batches` made by `threads` threads at once as the
+    loader's (`DeviceBatches`; 0: in this thread), after one batch per thread (which starts
+    its decoder: nvJPEG's handles, CUDA's kernels)."""
+    first = max(1, threads)
+
+    def made(part: list[Any]) -> int:
+        images = 0
+        with warnings.catch_warnings():  # the files skipped: the run's to warn about
+            warnings.simplefilter("ignore")
+            for _, y in DeviceBatches(part, inputs, prefetch=max(2, threads) if threads else 0,
+                                      threads=threads):
+                images += len(y)
         _sync(device)
-        start = time.perf_counter()
-        prepared = inputs(batch)
-        _sync(device)
-        if k:
-            images += len(prepared.y)
-            seconds += time.perf_counter() - start
+        return images
+
+    made(batches[:first])
+    start = time.perf_counter()
+    images = made(batches[first:])
+    seconds = time.perf_counter() - start
     return images / seconds if seconds > 0 else 0.0
 
 
