@@ -28,7 +28,7 @@ from zfnet.data.batches import (
     collate_encoded,
     collate_pixels,
 )
-from zfnet.data.images import decode_plain_jpeg
+from zfnet.data.images import decode_plain_jpeg, resize_center_crop
 from zfnet.data.jpeg import read_header
 from zfnet.data.loaders import (
     as_inputs,
@@ -279,6 +279,21 @@ def test_mixed_batches_keep_the_items_order_with_broken_files(folder, device_dec
                                                       data.item_name(i))]
         assert torch.equal(x[same], want_x[same]), mode
         assert x.shape == want_x.shape
+
+
+@pytest.mark.parametrize("shape", [(37, 37), (37, 50), (52, 37), (60, 45), (30, 41)])
+def test_full_images_are_resize_center_crop_in_either_layout(shape) -> None:
+    # decoded images whose memory is (H, W, 3) (nvImageCodec's) or (3, H, W) (torchvision's):
+    # the same (F, F, 3) images, at the size already (cut only; odd margins round as
+    # torchvision's centre crop) or resized
+    g = torch.Generator().manual_seed(0)
+    hwc = [torch.randint(0, 256, (*shape, 3), dtype=torch.uint8, generator=g) for _ in range(3)]
+    want = torch.stack([resize_center_crop(h.permute(2, 0, 1), FULL).permute(1, 2, 0)
+                        for h in hwc])
+    for images in ([h.permute(2, 0, 1) for h in hwc],  # (3, H, W) views of (H, W, 3)
+                   [h.permute(2, 0, 1).contiguous() for h in hwc]):
+        got = batches_mod.full_images(images, FULL)
+        assert got.shape == (3, FULL, FULL, 3) and torch.equal(got, want)
 
 
 def _batch_threads() -> list[threading.Thread]:

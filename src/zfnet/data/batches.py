@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, default_collate, get_worker_info
 
 from zfnet.data.codec import ENV, LIBRARIES, decode_batch, device_decoder
 from zfnet.data.images import BadImageError, load_rgb, resize_center_crop, warn_skipped
-from zfnet.data.transforms import CropDataset, Form, collate, ten_crop
+from zfnet.data.transforms import CropDataset, Form, centre_offset, collate, ten_crop
 
 
 class PixelBatch(NamedTuple):
@@ -124,6 +124,25 @@ def cut_windows(images: torch.Tensor, params: torch.Tensor, side: int,
     cols = torch.where(flips[:, None].bool(), cols.flip(1), cols)[:, None, :]  # (N, 1, s)
     which = torch.arange(len(params)) if which is None else which
     return images[which.to(images.device)[:, None, None], rows, cols]  # (N, s, s, C)
+
+
+def full_images(images: Sequence[torch.Tensor], side: int) -> torch.Tensor:
+    """Decoded images of one size, (3, H, W) uint8 each -> (g, side, side, 3): each one's
+    shorter side resized to `side` and its centre kept (`resize_center_crop`'s pixels).
+    Images whose memory is (H, W, 3), as nvImageCodec's are, are stacked in that layout, in
+    one copy (stacking their (3, H, W) views copies image by image, one kernel each on a GPU),
+    and images at the size already are only cut."""
+    hwc = [img.permute(1, 2, 0) for img in images]
+    if all(h.is_contiguous() for h in hwc):
+        stack = torch.stack(hwc)  # (g, H, W, 3)
+        h, w = stack.shape[1:3]
+        if min(h, w) == side:  # resizing would leave them as they are: the centre only
+            top, left = centre_offset(h, side), centre_offset(w, side)
+            return stack[:, top:top + side, left:left + side]
+        chw = stack.permute(0, 3, 1, 2).contiguous()  # the resampling's usual layout
+    else:
+        chw = torch.stack(list(images))  # (g, 3, H, W)
+    return resize_center_crop(chw, side).permute(0, 2, 3, 1)
 
 
 @dataclass
@@ -220,8 +239,7 @@ class BatchInputs:
         parts: list[torch.Tensor] = []
         order: list[int] = []  # the item of each row
         for ks in by_shape.values():  # images of one size resized in one call
-            stack = torch.stack([decoded[k] for k in ks])  # (g, 3, H, W)
-            parts.append(resize_center_crop(stack, f).permute(0, 2, 3, 1))  # (g, F, F, 3)
+            parts.append(full_images([decoded[k] for k in ks], f))  # (g, F, F, 3)
             order += ks
         host = (~batch.encoded).nonzero().flatten().tolist()  # decoded by the workers
         if host:
