@@ -5,7 +5,8 @@ it), on ImageNet-shaped JPEGs and on the 256 px centre squares `zfnet shards --s
 
 Decodes 500x375 JPEGs (`common.make_folder`) and their squares in batches with each library
 that loads here (`ZFNET_DEVICE_DECODER` set to it); prints each one's img/s (after one batch
-that starts it) and how far its pixels are from torchvision's; exits 1 when one differs by
+that starts it), the same in two threads decoding batches at once (as the loaders' threads,
+`ZFNET_DEVICE_THREADS`), and how far its pixels are from torchvision's; exits 1 when one differs by
 more than one level on average, or in shape, or refuses a file (a decoder zfnet would take
 must give zfnet's inputs).
 
@@ -16,10 +17,12 @@ must give zfnet's inputs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -64,6 +67,37 @@ def rate(name: str, batches: list[list[torch.Tensor]], device: torch.device
     return n / max(time.perf_counter() - start, 1e-9), images
 
 
+def rate_in_threads(name: str, batches: list[list[torch.Tensor]], device: torch.device,
+                    threads: int) -> float:
+    """`name`'s img/s with `threads` threads decoding batches at once, as the loaders'
+    threads do (`ZFNET_DEVICE_THREADS`; each on a CUDA stream of its own): the batches after
+    each thread's first, dealt in turn."""
+    os.environ[codec.ENV] = name
+    cuda = device.type == "cuda"
+
+    def run(parts: list[list[list[torch.Tensor]]]) -> float:
+        def work(mine: list[list[torch.Tensor]]) -> None:
+            stream = torch.cuda.Stream(device) if cuda else None
+            with torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
+                for b in mine:
+                    codec.decode_batch(b, device)
+            if cuda:
+                stream.synchronize()
+
+        pool = [threading.Thread(target=work, args=(part,)) for part in parts]
+        start = time.perf_counter()
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+        return time.perf_counter() - start
+
+    run([[b] for b in batches[:threads]])  # each thread's decoder started
+    rest = batches[threads:]
+    seconds = run([rest[k::threads] for k in range(threads)])
+    return sum(len(b) for b in rest) / max(seconds, 1e-9)
+
+
 def square(data: torch.Tensor, side: int = 256) -> torch.Tensor:
     """The file's centre square, shorter side `side`, re-encoded as `zfnet shards --square`
     stores it."""
@@ -84,6 +118,7 @@ def compare(title: str, files: list[torch.Tensor], names: list[str], batch_size:
     print(f"{title}: {len(files)} files, {sum(f.numel() for f in files) / len(files) / 1000:.0f}"
           f" kB on average, batches of {batch_size}, on {device}")
     found = {name: rate(name, batches, device) for name in names}
+    two = {name: rate_in_threads(name, batches, device, 2) for name in names}
     ref = found["torchvision"][1]
     ok = True
     for name, (r, images) in found.items():
@@ -94,7 +129,8 @@ def compare(title: str, files: list[torch.Tensor], names: list[str], batch_size:
         diff = [(a.int() - b.int()).abs() for a, b in pairs if a.shape == b.shape]
         mean = float(torch.stack([d.float().mean() for d in diff]).mean()) if diff else 0.0
         worst = max(int(d.max()) for d in diff) if diff else 0
-        print(f"  {name:<12} {r:8.0f} img/s   against torchvision's pixels: mean "
+        print(f"  {name:<12} {r:8.0f} img/s, in 2 threads at once {two[name]:8.0f}   "
+              f"against torchvision's pixels: mean "
               f"{mean:.3f} levels, worst {worst}, shapes {'equal' if same_shape else 'DIFFER'}"
               + (f", {refused} files REFUSED" if refused else ""))
         ok &= same_shape and mean <= 1.0 and not refused
