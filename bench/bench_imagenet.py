@@ -29,7 +29,10 @@ shards are then linked as many times (`replicate_shards`), and then:
    gpu and mixed the device's decoder and the threads that make the device's batches
    (`--e2e`, e.g. squares:mixed:torchvision or squares:gpu:1; by default ZFNET_DEVICE_DECODER's
    and ZFNET_DEVICE_THREADS', auto where unset: nvImageCodec where it loads, in 2 threads,
-   `zfnet.data.codec`).
+   `zfnet.data.codec`). Each run's img/s is metrics.csv's, and again over the epoch's batches
+   after its first 10% ("steady"): an epoch's start (workers forked, the pipeline filling)
+   costs about the same in the benchmark's epochs of a few seconds as in ImageNet's of a
+   minute or more, where it weighs little.
 
     PYTHONPATH=src python bench/bench_imagenet.py                 # GPU machine
     PYTHONPATH=src python bench/bench_imagenet.py --parts 3,4 --e2e shards:gpu,shards:cpu
@@ -55,6 +58,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,6 +78,7 @@ from zfnet.memory import keep_freed_memory  # noqa: E402
 from zfnet.models.lrn import LocalResponseNorm  # noqa: E402
 from zfnet.train import TrainConfig, load_model, train  # noqa: E402
 from zfnet.train import compiled as compiled_mod  # noqa: E402
+from zfnet.train import loop as loop_mod  # noqa: E402
 from zfnet.train.compiled import compile_model  # noqa: E402
 from zfnet.train.distributed import DistInfo  # noqa: E402
 from zfnet.train.recipe import SeededSamples  # noqa: E402
@@ -328,11 +333,64 @@ def step_rates(args: argparse.Namespace, size: int) -> dict[str, float]:
 
 # --- 4. end to end ---
 
+class EpochArrivals:
+    """While in its `with` block, the batches of the epochs `zfnet train` runs are timed as
+    they reach the training loop, from the start of each epoch's batches (the loader made, its
+    workers forked): `epochs`, one list of (seconds, images) per epoch. On ImageNet an epoch
+    starts once per 1.28M images; the benchmark's short epochs start every few seconds of
+    training, so their img/s is also given over the epoch's later part (`steady`)."""
+
+    def __init__(self) -> None:
+        self.epochs: list[list[tuple[float, int]]] = []
+
+    def __enter__(self) -> EpochArrivals:
+        self.real = loop_mod.epoch_loader
+        epochs = self.epochs
+
+        class Timed:
+            def __init__(self, inner: Any) -> None:
+                self.inner = inner
+
+            def __len__(self) -> int:
+                return len(self.inner)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self.inner, name)
+
+            def __iter__(self) -> Any:
+                t, arrivals = time.perf_counter(), []
+                epochs.append(arrivals)
+                for batch in self.inner:
+                    arrivals.append((time.perf_counter() - t, len(batch[1])))
+                    yield batch
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            loader, expected = self.real(*args, **kwargs)
+            return Timed(loader), expected
+
+        loop_mod.epoch_loader = timed
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        loop_mod.epoch_loader = self.real
+
+    def steady(self, row: dict[str, str], skip: float = 0.1) -> tuple[float, float]:
+        """The last epoch's img/s over its batches after the first `skip` of them (its start:
+        workers forked, the pipeline filling), from the arrival of the last one skipped to
+        the epoch's end (metrics.csv's `row`: its seconds); and the seconds skipped."""
+        arrivals = self.epochs[-1]
+        k = min(len(arrivals) - 1, max(1, round(skip * len(arrivals)))) - 1
+        after = sum(n for _, n in arrivals[k + 1:])
+        start = arrivals[k][0]
+        return after / max(float(row["epoch_time_s"]) - start, 1e-9), start
+
+
 def end_to_end(root: Path, shards: Path, squares: Path, spec: str, args: argparse.Namespace,
                work: Path, report: Callable[[str, float], None]) -> dict[str, float]:
     """`zfnet train` (the library call the command makes) for 2 epochs: the second epoch's
-    img/s from metrics.csv (`report`ed run by run). A run that fails is said so, and the next
-    one runs (a lease keeps the rows it could measure)."""
+    img/s from metrics.csv, and over the epoch's later part (`EpochArrivals`; its row named
+    "steady"), `report`ed run by run. A run that fails is said so, and the next one runs
+    (a lease keeps the rows it could measure)."""
     out: dict[str, float] = {}
     specs = {"folder": f"imagefolder:{root}?{spec}", "shards": f"shards:{shards}?{spec}",
              "squares": f"shards:{squares}?{spec}"}
@@ -346,8 +404,9 @@ def end_to_end(root: Path, shards: Path, squares: Path, spec: str, args: argpars
         try:
             used = codec.device_decoder(args.device)
             made_by = codec.device_threads(args.device, decodes=loader != "cpu")
-            train(train_config(run, data, args.model, loader, args, epochs=2,
-                               **compile_option(args)))
+            with EpochArrivals() as arrivals:
+                train(train_config(run, data, args.model, loader, args, epochs=2,
+                                   **compile_option(args)))
         except Exception as e:  # noqa: BLE001 (the row says it, the others still run)
             print(f"  zfnet train, {where}, {loader} loader, {decoder or 'default'} decoder, "
                   f"{threads or 'default'} threads: FAILED: {type(e).__name__}: {e}"[:500],
@@ -369,6 +428,9 @@ def end_to_end(root: Path, shards: Path, squares: Path, spec: str, args: argpars
             name += f" ({share:.0%} host)"
         out[name] = float(rows[-1]["img_per_s"])
         report(name, out[name])
+        steady, start = arrivals.steady(rows[-1])
+        out[f"{name}, steady"] = steady
+        report(f"  steady: after its first 10% of batches ({start:.2f} s)", steady)
     return out
 
 
@@ -520,9 +582,12 @@ def main() -> None:
             e2e = end_to_end(root, shards, squares, spec, args, work, lambda name, r: print(
                 line(name, r, compiled, "the compiled step"), flush=True))
             if compiled and e2e:
-                best = max(e2e.values())
-                print(f"\nbest end to end / compiled step: {best / compiled:.0%} (issue 27's "
-                      "goal: >= 90% with --compile)")
+                best = max(r for name, r in e2e.items() if not name.endswith("steady"))
+                steady = max(r for name, r in e2e.items() if name.endswith("steady"))
+                print(f"\nbest end to end / compiled step: {best / compiled:.0%}; steady (an "
+                      f"epoch after its first 10% of batches: its start weighs little in "
+                      f"ImageNet's 1.28M-image epochs) {steady / compiled:.0%} (issue 27's "
+                      f"goal: >= 90% with --compile)")
         print(f"whole benchmark {time.perf_counter() - t0:.0f} s")
 
 if __name__ == "__main__":

@@ -31,7 +31,12 @@ def test_dry_run_prints_every_part(tmp_path) -> None:
                  "whole benchmark"):
         assert part in out, out
     rows = [line for line in out.splitlines() if "img/s" in line]
-    assert len(rows) == 7 + 10 + 3 + 5, out  # every loader, step and run measured
+    # every loader, step and run measured, each run also over its epoch's later part
+    assert len(rows) == 7 + 10 + 3 + 5 * 2, out
+    runs = [k for k, r in enumerate(rows) if "zfnet train," in r]
+    assert len(runs) == 5 and all("steady: after its first 10% of batches" in rows[k + 1]
+                                  for k in runs), out
+    assert "; steady (an epoch after its first 10% of batches" in out, out
     assert all("ImageNet epoch" in line for line in rows)
     assert all(float(line.split("img/s")[0].split()[-1]) > 0 for line in rows), out
     # hard links made the rest of the folder, and the shards as long
