@@ -1,5 +1,6 @@
 """bench/cuda_check.py, the script a GPU session runs, works: on CUDA where the machine has it,
-else as its dry run on the CPU (the CPU against itself)."""
+else as its dry run on the CPU (the CPU against itself; the checks a lease still runs and
+those that cost little)."""
 
 import os
 import subprocess
@@ -12,6 +13,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# On the CPU, the checks but two: the resumed run and DDP over torchrun, measured on the
+# H200 already (docs/results.md) and no longer in a lease's session (bench/gpu_session.sh),
+# whose CPU paths tests/train/test_processes.py and test_recipe.py prove; 14 s of the suite
+ON_CPU = ("train on CUDA", "nvJPEG", "shards", "any CNN", "one GPU", "evaluate", "top-k",
+          "deconvnet", "occlusion")
+
+
 @pytest.mark.slow
 def test_every_check_passes(tmp_path) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -19,10 +27,10 @@ def test_every_check_passes(tmp_path) -> None:
     p = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "cuda_check.py"), "--out", str(tmp_path / "cc"),
          "--device", device, "--data", "synthetic?n_train=128&n_val=64",  # every path, small
-         *([] if device == "cuda" else ["--in-process"])],
+         *([] if device == "cuda" else ["--in-process", "--only", *ON_CPU])],
         capture_output=True, text=True, env=env, timeout=900,
     )
     log = p.stdout + p.stderr[-3000:]
     assert p.returncode == 0, log
-    checks = 12 if device == "cuda" else 11  # fp16 autocast exists on CUDA only
+    checks = 12 if device == "cuda" else 9  # fp16 autocast exists on CUDA only
     assert f"{checks}/{checks} passed" in p.stdout, log
