@@ -32,7 +32,7 @@ def test_dry_run_prints_every_part(tmp_path) -> None:
         assert part in out, out
     rows = [line for line in out.splitlines() if "img/s" in line]
     # every loader, step and run measured, each run also over its epoch's later part
-    assert len(rows) == 7 + 10 + 3 + 5 * 2, out
+    assert len(rows) == 8 + 10 + 3 + 5 * 2, out
     runs = [k for k, r in enumerate(rows) if "zfnet train," in r]
     assert len(runs) == 5 and all("steady: after its first 10% of batches" in rows[k + 1]
                                   for k in runs), out
@@ -44,6 +44,7 @@ def test_dry_run_prints_every_part(tmp_path) -> None:
     assert "24 training samples in shards" in out, out
     assert "shards of 256 px squares" in out and "zfnet cpu loader, squares" in out, out
     assert "zfnet train, squares, cpu loader" in out, out
+    assert "decoding alone, the squares" in out and "on the squares; issue 27" in out, out
     auto = codec.decoder_name()  # on the CPU, auto is decode_jpeg's library
     assert f"zfnet train, folder, gpu loader, {auto}, 0 threads" in out, out  # auto on a CPU
     assert f"zfnet train, squares, gpu loader, {last}, 2 threads" in out, out

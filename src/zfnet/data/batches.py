@@ -6,9 +6,10 @@ items would have been, stacked, on the device the model trains on:
 
 - "float": (x float32 (N, C, S, S) or (N, 10, C, S, S), y): `zfnet.data.transforms.collate`,
   nothing left to do;
-- "pixels" (the CPU loader): `PixelBatch`, uint8 windows of the full images, the training crops
-  flipped already. On the device: made float, minus the same windows of the mean image (one
-  gather for the batch), divided by std, the ten crops cut for evaluation;
+- "pixels" (the CPU loader): `PixelBatch`, uint8 windows of the full images, as they lie in
+  the image (not flipped). On the device: made float, minus the same windows of the mean image
+  (one gather for the batch), the training crops flipped where their params say (one op for
+  the batch), divided by std, the ten crops cut for evaluation;
 - "encoded" (the GPU loader): `EncodedBatch`, the files' bytes (and, for the few files the
   device cannot decode, the full images decoded by the workers). On the device: decoded in one
   `zfnet.data.codec.decode_batch` call (nvJPEG on CUDA, through nvImageCodec, TorchCodec or
@@ -47,9 +48,9 @@ from zfnet.data.transforms import CropDataset, Form, centre_offset, collate, ten
 class PixelBatch(NamedTuple):
     """A batch of "pixels" items (broken files dropped)."""
 
-    pixels: torch.Tensor  # (N, s, s, C) uint8: each input's window of its full image
+    pixels: torch.Tensor  # (N, s, s, C) uint8: each input's window of its full image, unflipped
     labels: torch.Tensor  # (N,) int64
-    params: torch.Tensor  # (N, 3) int64: top, left, flipped of each window
+    params: torch.Tensor  # (N, 3) int64: top, left, flipped of each window (flipped on the device)
 
 
 class EncodedBatch(NamedTuple):
@@ -85,7 +86,7 @@ def collate_pixels(batch: Sequence[Any]) -> PixelBatch:
                           torch.empty(0, dtype=torch.long), torch.empty(0, 3, dtype=torch.long))
     pixels, labels, params = zip(*kept, strict=True)
     return PixelBatch(default_collate(list(pixels)), torch.as_tensor(labels, dtype=torch.long),
-                      torch.stack(params))
+                      torch.as_tensor(params, dtype=torch.long))
 
 
 def collate_encoded(batch: Sequence[Any]) -> EncodedBatch:
@@ -101,8 +102,7 @@ def collate_encoded(batch: Sequence[Any]) -> EncodedBatch:
                                                                     dtype=torch.uint8),
         encoded=torch.tensor([payload.ndim == 1 for payload, *_ in kept], dtype=torch.bool),
         labels=torch.as_tensor([y for _, y, *_ in kept], dtype=torch.long),
-        params=torch.stack([p for *_, p, _ in kept]) if kept else torch.empty(0, 3,
-                                                                              dtype=torch.long),
+        params=torch.as_tensor([p for *_, p, _ in kept], dtype=torch.long).reshape(-1, 3),
         indices=torch.as_tensor([i for *_, i in kept], dtype=torch.long))
 
 
@@ -182,7 +182,7 @@ class BatchInputs:
     def __call__(self, batch: Any) -> Prepared:
         if isinstance(batch, PixelBatch):
             windows = batch.pixels.to(self.device, non_blocking=True)
-            return Prepared(self.finish(windows, batch.params), batch.labels, [])
+            return Prepared(self.finish(windows, batch.params, flipped=False), batch.labels, [])
         if isinstance(batch, EncodedBatch):
             full, rows, keep, skipped = self.decode(batch)  # (R, F, F, C) on the device
             params = batch.params if rows is None else batch.params[keep]
@@ -198,18 +198,27 @@ class BatchInputs:
         x, y = batch  # the "float" form: inputs already
         return Prepared(x.to(self.device, non_blocking=True), y, [])
 
-    def finish(self, windows: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    def finish(self, windows: torch.Tensor, params: torch.Tensor, *,
+               flipped: bool = True) -> torch.Tensor:
         """uint8 windows (N, s, s, C) on the device, at `params` -> float32 inputs: minus the
-        mean's windows, / std, ten crops cut in "ten_crop" mode. The same values, pixel for
-        pixel, as the "float" form's items (whose crops and flips commute with these)."""
+        mean's windows, flipped where `params` say (`flipped`: the windows are already), / std,
+        ten crops cut in "ten_crop" mode. The same values, pixel for pixel, as the "float"
+        form's items (whose crops and flips commute with these)."""
         if len(windows) == 0:
             return torch.empty(0, device=self.device)
+        flips = None
         if self.fixed is not None:
             mean = self._fixed_mean  # (s, s, C), broadcast over the batch
         else:
+            if not flipped:  # the mean's windows as the images' (both flipped after)
+                flips = params[:, 2].nonzero().flatten()
+                params = params * torch.tensor([1, 1, 0])
             mean = cut_windows(self.mean_hwc.expand(len(windows), -1, -1, -1), params,
                                self.side)  # (N, s, s, C)
         x = (windows.to(torch.float32) - mean).permute(0, 3, 1, 2)  # (N, C, s, s), NHWC
+        if flips is not None and len(flips):
+            k = flips.to(x.device)
+            x[k] = x[k].flip(-1)  # (x is this call's own)
         if self.std is not None:
             x = x / self.std
         if self.mode == "ten_crop":

@@ -187,7 +187,13 @@ def _is_empty(path: Path | BinaryIO) -> bool:
 def resize_center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
     """Paper Sec. 3 preprocessing: shorter side -> `size`, then the centre `size` x `size`.
 
-    uint8 (C, H, W) in, uint8 (C, size, size) out; downscaling is antialiased.
+    uint8 (C, H, W) in, uint8 (C, size, size) out; downscaling is antialiased. An image whose
+    shorter side is `size` already (shards at 256 px) is only cut: a view, as torchvision's
+    resize leaves it as it is.
     """
+    h, w = img.shape[-2:]
+    if min(h, w) == size:  # torchvision's calls cost more than their (no) work here
+        top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+        return img[..., top:top + size, left:left + size]
     img = TF.resize(img, [size], antialias=True)  # shorter side -> size
     return TF.center_crop(img, [size, size])  # (C, size, size)

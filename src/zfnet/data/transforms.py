@@ -20,8 +20,9 @@ Random crops and flips draw from torch's global RNG, which a DataLoader seeds pe
 Item forms (`CropDataset.form`, set by `with_form`): "float" items are the model inputs above;
 the loaders' workers hand over less, and the rest is done on the device, batched
 (`zfnet.data.batches`): "pixels" items are the uint8 window of the full image that the input is
-cut from (the training crop, flipped; the centre crop; the whole image for ten crops), with
-where it lies, and the mean is subtracted on the device; "encoded" items are the image file's
+cut from (the training crop, not yet flipped; the centre crop; the whole image for ten crops),
+with where it lies and whether it is flipped, and the mean is subtracted and the flip made on
+the device; "encoded" items are the image file's
 bytes, decoded, resized and cut on the device, or, for a file the device decoder cannot take,
 the full image decoded by the worker.
 """
@@ -245,11 +246,14 @@ class CropDataset(Dataset):
         """Item i in this dataset's form (`form`), its window at `params` in "train" mode; None
         for a broken file (skipped with a warning, or `BadImageError` with `strict`).
 
-        "pixels": (uint8 (s, s, C): the window, flipped when params say so; y; int64 (3,): top,
-        left, flipped). "encoded": (uint8 (B,): the file when the device can decode it, else
-        uint8 (F, F, C): the full image decoded here; y; the same (3,); i)."""
+        "pixels": (uint8 (s, s, C): the window, a view, not flipped (the device flips it where
+        params say so, `zfnet.data.batches.BatchInputs`: one batched op there, where a flip
+        here is a copy per image); y; (top, left, flipped) ints). "encoded": (uint8 (B,): the
+        file when the device can decode it, else uint8 (F, F, C): the full image decoded here;
+        y; the same (3,) ints; i). Their collates copy each window or file once, into the
+        batch."""
         (top, left, flipped), side = self.window(params)
-        where = torch.tensor([top, left, int(flipped)])
+        where = (top, left, int(flipped))
         if self.form == "encoded" and not decoded_on_host(i, self.host_share):
             data = self.read_encoded(i)
             header = read_header(data)
@@ -260,8 +264,7 @@ class CropDataset(Dataset):
             return None
         if self.form == "encoded":  # decoded here: the image the device would have made
             return img.permute(1, 2, 0).contiguous(), self.targets[i], where, i  # (F, F, C)
-        win = crop(img, top, left, side).permute(1, 2, 0)  # (s, s, C), a view
-        return (win.flip(1) if flipped else win).contiguous(), self.targets[i], where
+        return crop(img, top, left, side).permute(1, 2, 0), self.targets[i], where  # (s, s, C)
 
     def read_encoded(self, i: int) -> bytearray:
         """Item i's image file, as stored (datasets of image files: the "encoded" form)."""
