@@ -451,7 +451,21 @@ def main() -> int:
             worst[mode] = round(float((a - b).abs().mean()), 3)
             worst[f"{mode} mixed"] = round(float((a - m).abs().mean()), 3)
             assert max(worst.values()) < 2.0, worst
-        lines = []
+        # the threads that make the device's batches (ZFNET_DEVICE_THREADS), each on a stream
+        # of its own: the inline batches, in their order, to the bit
+        from torch.utils.data import DataLoader
+
+        enc = SeededSamples(bundle.train.with_form("encoded"), 0)
+        loader = DataLoader(enc, batch_size=8, collate_fn=collate_for(enc.dataset))
+        made = BatchInputs(enc.dataset, dev)
+        inline = [(x.cpu(), y.cpu()) for x, y in DeviceBatches(loader, made)]
+        for threads in (1, 2, 3):
+            ahead = [(x.cpu(), y.cpu()) for x, y in DeviceBatches(loader, made, prefetch=2,
+                                                                   threads=threads)]
+            assert len(ahead) == len(inline) and all(
+                torch.equal(a, c) and torch.equal(b, d)
+                for (a, b), (c, d) in zip(inline, ahead, strict=True)), threads
+        lines = [f"1-3 threads give the inline batches ({len(inline)})"]
         for loader in ("gpu", "mixed"):
             a, diff = resumed(f"gl-{loader}", [
                 "--data", data, "--model", "zfnet_small", "--batch-size", "16", "--device", dev,
