@@ -296,6 +296,17 @@ def test_full_images_are_resize_center_crop_in_either_layout(shape) -> None:
         assert got.shape == (3, FULL, FULL, 3) and torch.equal(got, want)
 
 
+def test_small_tensors_go_to_the_device_without_waiting() -> None:
+    params = torch.tensor([[1, 2, 0], [3, 4, 1]])
+    assert batches_mod.to_device(params, CPU) is params  # nothing to copy on the CPU
+    if torch.cuda.is_available():  # from page-locked memory, queued on the stream
+        cuda = torch.device("cuda")
+        got = batches_mod.to_device(params, cuda)
+        assert got.device.type == "cuda" and torch.equal(got.cpu(), params)
+        pinned = params.pin_memory()
+        assert torch.equal(batches_mod.to_device(pinned, cuda).cpu(), params)
+
+
 def _batch_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("zfnet-batches")]
 

@@ -112,18 +112,30 @@ COLLATES: dict[str, Callable[[Sequence[Any]], Any]] = {
 
 # --- on the device ---
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor (indices, params) on `device` without waiting: on CUDA copied from
+    page-locked memory (torch's cache of it) with `non_blocking`. A copy from pageable memory
+    would first wait for the stream's queued work (the batch's decoding), and the thread that
+    makes the batches could not run ahead of the GPU."""
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
+
+
 def cut_windows(images: torch.Tensor, params: torch.Tensor, side: int,
                 which: torch.Tensor | None = None) -> torch.Tensor:
     """The windows `params` (N, 3: top, left, flipped) of images (R, H, W, C), in one gather:
     (N, side, side, C), mirrored where flipped. Window k is cut from image `which[k]` (None:
     image k)."""
-    tops, lefts, flips = params.to(images.device).unbind(1)
-    ramp = torch.arange(side, device=images.device)
+    device = images.device
+    tops, lefts, flips = to_device(params, device).unbind(1)
+    ramp = torch.arange(side, device=device)
     rows = (tops[:, None] + ramp)[:, :, None]  # (N, s, 1)
     cols = lefts[:, None] + ramp  # (N, s)
     cols = torch.where(flips[:, None].bool(), cols.flip(1), cols)[:, None, :]  # (N, 1, s)
-    which = torch.arange(len(params)) if which is None else which
-    return images[which.to(images.device)[:, None, None], rows, cols]  # (N, s, s, C)
+    which = (torch.arange(len(params), device=device) if which is None
+             else to_device(which, device))
+    return images[which[:, None, None], rows, cols]  # (N, s, s, C)
 
 
 def full_images(images: Sequence[torch.Tensor], side: int) -> torch.Tensor:
@@ -191,7 +203,7 @@ class BatchInputs:
             else:
                 top, left, side = self.fixed
                 if rows is not None:
-                    full = full[rows.to(self.device)]
+                    full = full[to_device(rows, self.device)]
                 windows = full[:, top:top + side, left:left + side]
             labels = batch.labels if rows is None else batch.labels[keep]
             return Prepared(self.finish(windows, params), labels, skipped)
@@ -217,7 +229,7 @@ class BatchInputs:
                                self.side)  # (N, s, s, C)
         x = (windows.to(torch.float32) - mean).permute(0, 3, 1, 2)  # (N, C, s, s), NHWC
         if flips is not None and len(flips):
-            k = flips.to(x.device)
+            k = to_device(flips, x.device)
             x[k] = x[k].flip(-1)  # (x is this call's own)
         if self.std is not None:
             x = x / self.std
