@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, default_collate, get_worker_info
 
 from zfnet.data.codec import ENV, LIBRARIES, decode_batch, device_decoder
 from zfnet.data.images import BadImageError, load_rgb, resize_center_crop, warn_skipped
-from zfnet.data.transforms import CropDataset, Form, centre_offset, collate, ten_crop
+from zfnet.data.transforms import CropDataset, Form, collate, ten_crop
 
 
 class PixelBatch(NamedTuple):
@@ -146,12 +146,9 @@ def full_images(images: Sequence[torch.Tensor], side: int) -> torch.Tensor:
     and images at the size already are only cut."""
     hwc = [img.permute(1, 2, 0) for img in images]
     if all(h.is_contiguous() for h in hwc):
-        stack = torch.stack(hwc)  # (g, H, W, 3)
-        h, w = stack.shape[1:3]
-        if min(h, w) == side:  # resizing would leave them as they are: the centre only
-            top, left = centre_offset(h, side), centre_offset(w, side)
-            return stack[:, top:top + side, left:left + side]
-        chw = stack.permute(0, 3, 1, 2).contiguous()  # the resampling's usual layout
+        chw = torch.stack(hwc).permute(0, 3, 1, 2)  # (g, 3, H, W), a view of (g, H, W, 3)
+        if min(chw.shape[-2:]) != side:
+            chw = chw.contiguous()  # resampled: in the layout it always was
     else:
         chw = torch.stack(list(images))  # (g, 3, H, W)
     return resize_center_crop(chw, side).permute(0, 2, 3, 1)
@@ -382,6 +379,35 @@ class DeviceBatches:
 
         failed: list[BaseException] = []  # threads that could not start
 
+        def take() -> tuple[int, Any] | None:
+            """The loader's next batch and its number, once there is room for it ahead of the
+            consumer; None when this thread is to stop (the end, an error, the consumer's)."""
+            while True:
+                with ready:  # at most `ahead` batches beyond the consumer's
+                    while (not stop.is_set() and state["end"] is None
+                           and state["next"] >= state["handed"] + ahead):
+                        ready.wait()
+                if stop.is_set():
+                    return None
+                with reading:
+                    with ready:
+                        if state["end"] is not None:
+                            return None
+                        if state["next"] >= state["handed"] + ahead:
+                            continue  # another thread took the last place meanwhile
+                        k = state["next"]
+                    try:
+                        batch = next(source)
+                    except StopIteration:
+                        finish(k, None, last=True)
+                        return None
+                    except BaseException as e:  # noqa: BLE001 (raised in the consumer)
+                        finish(k, e, last=True)
+                        return None
+                    with ready:
+                        state["next"] = k + 1
+                    return k, batch
+
         def produce() -> None:
             stream = None
             try:
@@ -392,30 +418,8 @@ class DeviceBatches:
                 failed.append(e)
                 return
             with torch.cuda.stream(stream) if stream is not None else nullcontext():
-                while True:
-                    with ready:  # at most `ahead` batches beyond the consumer's
-                        while (not stop.is_set() and state["end"] is None
-                               and state["next"] >= state["handed"] + ahead):
-                            ready.wait()
-                    if stop.is_set():
-                        return
-                    with reading:
-                        if state["end"] is not None:
-                            return
-                        with ready:
-                            if state["next"] >= state["handed"] + ahead:
-                                continue  # another thread took the last place meanwhile
-                        k = state["next"]
-                        try:
-                            batch = next(source)
-                        except StopIteration:
-                            finish(k, None, last=True)
-                            return
-                        except BaseException as e:  # noqa: BLE001 (raised in the consumer)
-                            finish(k, e, last=True)
-                            return
-                        with ready:
-                            state["next"] = k + 1
+                while (taken := take()) is not None:
+                    k, batch = taken
                     try:
                         prepared = self.inputs(batch)
                         event = None
