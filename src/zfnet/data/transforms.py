@@ -22,9 +22,8 @@ the loaders' workers hand over less, and the rest is done on the device, batched
 (`zfnet.data.batches`): "pixels" items are the uint8 window of the full image that the input is
 cut from (the training crop, not yet flipped; the centre crop; the whole image for ten crops),
 with where it lies and whether it is flipped, and the mean is subtracted and the flip made on
-the device; "encoded" items are the image file's
-bytes, decoded, resized and cut on the device, or, for a file the device decoder cannot take,
-the full image decoded by the worker.
+the device; "encoded" items are the image file's bytes, decoded, resized and cut on the device,
+or, for a file the device decoder cannot take, the full image decoded by the worker.
 """
 
 from __future__ import annotations
