@@ -262,7 +262,7 @@ class CropDataset(Dataset):
         if img is None:
             return None
         if self.form == "encoded":  # decoded here: the image the device would have made
-            return img.permute(1, 2, 0).contiguous(), self.targets[i], where, i  # (F, F, C)
+            return img.permute(1, 2, 0), self.targets[i], where, i  # (F, F, C), a view
         return crop(img, top, left, side).permute(1, 2, 0), self.targets[i], where  # (s, s, C)
 
     def read_encoded(self, i: int) -> bytearray:
