@@ -13,11 +13,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# On the CPU, the checks but two: the resumed run and DDP over torchrun, measured on the
-# H200 already (docs/results.md) and no longer in a lease's session (bench/gpu_session.sh),
-# whose CPU paths tests/train/test_processes.py and test_recipe.py prove; 14 s of the suite
-ON_CPU = ("train on CUDA", "nvJPEG", "shards", "any CNN", "one GPU", "evaluate", "top-k",
-          "deconvnet", "occlusion")
+# On the CPU, the checks a lease's session runs (bench/gpu_session.sh), the run the last three
+# score and those three (under 2 s each); not three that take 5-8 s each here, which the
+# H200 has passed (docs/results.md) and whose CPU paths tests/train prove: the resumed run,
+# DDP over torchrun and the evaluation (~20 s of the suite)
+ON_CPU = ("nvJPEG", "shards", "any CNN", "one GPU", "train on CUDA", "top-k", "deconvnet",
+          "occlusion")
 
 
 @pytest.mark.slow
@@ -32,5 +33,5 @@ def test_every_check_passes(tmp_path) -> None:
     )
     log = p.stdout + p.stderr[-3000:]
     assert p.returncode == 0, log
-    checks = 12 if device == "cuda" else 9  # fp16 autocast exists on CUDA only
+    checks = 12 if device == "cuda" else len(ON_CPU)  # fp16 autocast: CUDA only
     assert f"{checks}/{checks} passed" in p.stdout, log

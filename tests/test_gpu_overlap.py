@@ -6,15 +6,15 @@ from tests.processes import bench_script
 
 
 def test_dry_run_measures_every_setting_and_profiles(tmp_path) -> None:
-    p = bench_script("gpu_overlap.py", "--dry-run", "--out", str(tmp_path))
+    p = bench_script("gpu_overlap.py", "--dry-run", "--out", str(tmp_path), "--threads", "2",
+                     "--shares", "0.5,measured")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     rows = (tmp_path / "overlap.txt").read_text().splitlines()
     names = [r.split("  ")[1].strip() for r in rows]
     measured = "host share 0.0 (measured)"  # no workers in the dry run: nothing to share
-    assert names == ["the loop alone (one device batch, repeated)", "base", "base, 1 thread",
-                     "base, 3 threads", measured, "host share 0.7", "host share 0.5",
-                     "host share 0.3", f"{measured}, 1 thread", f"{measured}, 3 threads",
-                     "decode priority", f"{measured} + decode priority", "main stream"], rows
+    assert names == ["the loop alone (one device batch, repeated)", "base", "base, 2 threads",
+                     measured, "host share 0.5", f"{measured}, 2 threads", "decode priority",
+                     f"{measured} + decode priority", "main stream"], rows
     for name, r in zip(names, rows, strict=True):
         assert float(r.split("img/s")[0].split()[-1]) > 0, r
         assert "main process" in r and "make batches" in r, r
