@@ -216,7 +216,7 @@ def test_threads_that_decode_at_once_each_take_a_decoder_of_the_pool() -> None:
     files = _files() * 8
     want = [_torchvision(f) for f in files]
     barrier, results, errors = threading.Barrier(3), {}, []
-    real = nv._decoder
+    real = nv._borrowed
 
     @contextlib.contextmanager
     def together(device):  # each call holds its decoder until all three have one
@@ -224,7 +224,7 @@ def test_threads_that_decode_at_once_each_take_a_decoder_of_the_pool() -> None:
             barrier.wait(timeout=30)
             yield decoder
 
-    nv._decoder = together
+    nv._borrowed = together
 
     def decode(i: int) -> None:
         try:
@@ -238,7 +238,7 @@ def test_threads_that_decode_at_once_each_take_a_decoder_of_the_pool() -> None:
     for t in threads:
         t.join()
     assert not errors and nv.made["cpu"] == 3  # three at once: three decoders
-    nv._decoder = real
+    nv._borrowed = real
     results[3] = nv.decode(files, cpu)
     assert nv.made["cpu"] == 3  # then one of them again
     for got in results.values():

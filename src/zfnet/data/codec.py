@@ -240,7 +240,7 @@ class _NvImageCodec:
             return self._failures[key]
 
     @contextlib.contextmanager
-    def _decoder(self, device: torch.device) -> Iterator[Any]:
+    def _borrowed(self, device: torch.device) -> Iterator[Any]:
         """An idle decoder of `device`'s pool (a new one where every one is in use), given
         back after the call. RuntimeError where none can be made."""
         if (why := self.failure(device)) is not None:
@@ -292,7 +292,7 @@ class _NvImageCodec:
         """`decode_batch` (see there) in one call of a batched decoder of `device`'s pool, on
         the current CUDA stream of `device`."""
         streams = [self.nv.CodeStream(f.contiguous().numpy()) for f in files]
-        with self._decoder(device) as decoder:
+        with self._borrowed(device) as decoder:
             if device.type == "cuda":
                 stream = torch.cuda.current_stream(device)
                 images = decoder.decode(streams, params=self.params,
