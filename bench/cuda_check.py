@@ -466,6 +466,21 @@ def main() -> int:
                 torch.equal(a, c) and torch.equal(b, d)
                 for (a, b), (c, d) in zip(inline, ahead, strict=True)), threads
         lines = [f"1-3 threads give the inline batches ({len(inline)})"]
+        # the cpu loader's workers hand their windows over in slots of shared memory
+        # (zfnet.data.slots), copied to page-locked memory and released on the way: the
+        # batches the main process makes itself, to the bit
+        pix = SeededSamples(bundle.train.with_form("pixels"), 0)
+        pixels = BatchInputs(pix.dataset, dev)
+        made_here, from_slots = (
+            [(x.cpu(), y.cpu()) for x, y in DeviceBatches(
+                DataLoader(pix, batch_size=8, num_workers=w, collate_fn=collate_for(pix.dataset),
+                           pin_memory=w > 0), pixels, prefetch=2 * t, threads=t)]
+            for w, t in ((0, 0), (2, 1)))
+        assert len(from_slots) == len(made_here) and all(
+            torch.equal(a, c) and torch.equal(b, d)
+            for (a, b), (c, d) in zip(made_here, from_slots, strict=True))
+        lines.append(f"windows from 2 workers' slots: the main process's batches "
+                     f"({len(made_here)})")
         for loader in ("gpu", "mixed"):
             a, diff = resumed(f"gl-{loader}", [
                 "--data", data, "--model", "zfnet_small", "--batch-size", "16", "--device", dev,

@@ -33,22 +33,25 @@ import itertools
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
-from torch.utils.data import DataLoader, default_collate, get_worker_info
+from torch.utils.data import DataLoader, get_worker_info
 
 from zfnet.data.codec import ENV, LIBRARIES, decode_batch, device_decoder
 from zfnet.data.images import BadImageError, load_rgb, resize_center_crop, warn_skipped
+from zfnet.data.slots import Parcel, Slots, stack
 from zfnet.data.transforms import CropDataset, Form, collate, ten_crop
 
 
 class PixelBatch(NamedTuple):
     """A batch of "pixels" items (broken files dropped)."""
 
-    pixels: torch.Tensor  # (N, s, s, C) uint8: each input's window of its full image, unflipped
+    # (N, s, s, C) uint8: each input's window of its full image, unflipped (from a worker: in
+    # its slot of shared memory, `zfnet.data.slots`)
+    pixels: torch.Tensor | Parcel
     labels: torch.Tensor  # (N,) int64
     params: torch.Tensor  # (N, 3) int64: top, left, flipped of each window (flipped on the device)
 
@@ -58,7 +61,7 @@ class EncodedBatch(NamedTuple):
 
     data: torch.Tensor  # (B,) uint8: the files the device decodes, one after another
     offsets: torch.Tensor  # (J + 1,) int64: file j is data[offsets[j]:offsets[j + 1]]
-    decoded: torch.Tensor  # (M, F, F, C) uint8: the other images, decoded by the workers
+    decoded: torch.Tensor | Parcel  # (M, F, F, C) uint8: the other images, decoded by the workers
     encoded: torch.Tensor  # (N,) bool: item k is the next file of `data`, else of `decoded`
     labels: torch.Tensor  # (N,) int64
     params: torch.Tensor  # (N, 3) int64: top, left, flipped of each input in its full image
@@ -79,27 +82,27 @@ def _shared_cat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def collate_pixels(batch: Sequence[Any]) -> PixelBatch:
     """`collate_fn` of "pixels" items: drops `None` (skipped broken files), stacks the rest
-    (into shared memory in a worker). All broken: N = 0."""
+    (into the worker's slot of shared memory in a worker: `zfnet.data.slots`). All broken:
+    N = 0."""
     kept = [item for item in batch if item is not None]
     if not kept:
         return PixelBatch(torch.empty(0, 0, 0, 0, dtype=torch.uint8),
                           torch.empty(0, dtype=torch.long), torch.empty(0, 3, dtype=torch.long))
     pixels, labels, params = zip(*kept, strict=True)
-    return PixelBatch(default_collate(list(pixels)), torch.as_tensor(labels, dtype=torch.long),
+    return PixelBatch(stack(pixels), torch.as_tensor(labels, dtype=torch.long),
                       torch.as_tensor(params, dtype=torch.long))
 
 
 def collate_encoded(batch: Sequence[Any]) -> EncodedBatch:
     """`collate_fn` of "encoded" items: drops `None`, concatenates the files, stacks the images
-    the workers decoded (into shared memory in a worker)."""
+    the workers decoded (into shared memory in a worker; the images into its slot)."""
     kept = [item for item in batch if item is not None]
     files = [payload for payload, *_ in kept if payload.ndim == 1]
     images = [payload for payload, *_ in kept if payload.ndim != 1]
     sizes = torch.tensor([0] + [f.numel() for f in files], dtype=torch.long)
     return EncodedBatch(
         data=_shared_cat(files), offsets=sizes.cumsum(0),
-        decoded=default_collate(images) if images else torch.empty(0, 0, 0, 0,
-                                                                    dtype=torch.uint8),
+        decoded=stack(images) if images else torch.empty(0, 0, 0, 0, dtype=torch.uint8),
         encoded=torch.tensor([payload.ndim == 1 for payload, *_ in kept], dtype=torch.bool),
         labels=torch.as_tensor([y for _, y, *_ in kept], dtype=torch.long),
         params=torch.as_tensor([p for *_, p, _ in kept], dtype=torch.long).reshape(-1, 3),
@@ -177,6 +180,7 @@ class BatchInputs:
         self.strict = dataset.strict
         self.name = dataset.item_name
         self._said_refused = False  # that the device's decoder refuses most files
+        self.slots = Slots()  # the workers' slots of this pass over the loader (`new_pass`)
         mean = dataset.mean.to(self.device, torch.float32)  # (C, F, F)
         self.mean_hwc = mean.permute(1, 2, 0)  # (F, F, C), for gathering windows
         self.std = None if dataset.std is None else dataset.std.to(self.device)  # (C, 1, 1)
@@ -188,24 +192,52 @@ class BatchInputs:
             self.fixed = (top, left, side)
             self._fixed_mean = self.mean_hwc[top:top + side, left:left + side]  # (s, s, C)
 
+    def new_pass(self) -> None:
+        """Before a pass over the loader: its workers are new, and so are their slots."""
+        self.slots = Slots()
+
     def __call__(self, batch: Any) -> Prepared:
         if isinstance(batch, PixelBatch):
-            windows = batch.pixels.to(self.device, non_blocking=True)
-            return Prepared(self.finish(windows, batch.params, flipped=False), batch.labels, [])
+            with self._opened(batch.pixels) as pixels:
+                windows = pixels.to(self.device, non_blocking=True)
+                x = self.finish(windows, batch.params, flipped=False)
+            return Prepared(x, batch.labels, [])
         if isinstance(batch, EncodedBatch):
-            full, rows, keep, skipped = self.decode(batch)  # (R, F, F, C) on the device
-            params = batch.params if rows is None else batch.params[keep]
-            if self.fixed is None:
-                windows = cut_windows(full, params, self.side, rows)  # (N', S, S, C)
-            else:
-                top, left, side = self.fixed
-                if rows is not None:
-                    full = full[to_device(rows, self.device)]
-                windows = full[:, top:top + side, left:left + side]
+            with self._opened(batch.decoded) as decoded:
+                full, rows, keep, skipped = self.decode(batch._replace(decoded=decoded))
+                params = batch.params if rows is None else batch.params[keep]
+                if self.fixed is None:
+                    windows = cut_windows(full, params, self.side, rows)  # (N', S, S, C)
+                else:
+                    top, left, side = self.fixed
+                    if rows is not None:
+                        full = full[to_device(rows, self.device)]
+                    windows = full[:, top:top + side, left:left + side]
+                x = self.finish(windows, params)
             labels = batch.labels if rows is None else batch.labels[keep]
-            return Prepared(self.finish(windows, params), labels, skipped)
+            return Prepared(x, labels, skipped)
         x, y = batch  # the "float" form: inputs already
         return Prepared(x.to(self.device, non_blocking=True), y, [])
+
+    @contextmanager
+    def _opened(self, images: torch.Tensor | Parcel) -> Iterator[torch.Tensor]:
+        """A batch's images on the host, for the block: a tensor as it is; a worker's slot
+        (`zfnet.data.slots`) released after the block, or on a GPU as soon as its images are
+        copied to page-locked memory (from which they go to the device without waiting)."""
+        if not isinstance(images, Parcel):
+            yield images
+            return
+        view = self.slots.open(images)
+        released = False
+        try:
+            if self.device.type == "cuda":
+                view = view.pin_memory()
+                self.slots.release(images)
+                released = True
+            yield view
+        finally:
+            if not released:
+                self.slots.release(images)
 
     def finish(self, windows: torch.Tensor, params: torch.Tensor, *,
                flipped: bool = True) -> torch.Tensor:
@@ -341,6 +373,7 @@ class DeviceBatches:
         return self.loader.dataset
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.inputs.new_pass()
         if self.prefetch <= 0:
             for batch in self.loader:
                 yield self._hand_on(self.inputs(batch))
