@@ -15,7 +15,9 @@ shards are then linked as many times (`replicate_shards`), and then:
    torchvision ImageFolder + PIL (Resize 256, RandomCrop 224, flip, ToTensor) against zfnet's
    cpu loader on the folder, the shards and the squares, the gpu loader's workers (reading
    bytes), and
-   decoding alone (PIL, and torchvision's decode_jpeg: libjpeg-turbo both);
+   decoding alone (PIL, and torchvision's decode_jpeg: libjpeg-turbo both); then one worker
+   process on the squares (batches of `--batch-size`), its batches in the slots of shared
+   memory it reuses (`zfnet.data.slots`) against new shared memory each batch;
 2. the loaders alone, with `--workers` workers, each batch made into model inputs on the
    device, over the first `--loader-images` images of an epoch: torchvision's (to the
    device), zfnet cpu, gpu and mixed on the folder, the shards and the squares, and nvJPEG
@@ -214,6 +216,48 @@ def per_worker(root: Path, shards: Path, squares: Path, spec: str,
         "decoding alone, the squares (decode_jpeg)": (
             lambda e: tvio(e, square_blobs), len(square_blobs)),
     }, repeats)
+
+
+def worker_process(squares: Path, spec: str, batch_size: int, repeats: int
+                   ) -> dict[str, tuple[float, float]]:
+    """One DataLoader worker process on the squares, the main process reading each batch into
+    a buffer of its own (as the copy to page-locked memory does on a GPU): the worker's
+    batches in its slots of shared memory (`zfnet.data.slots`) against new shared memory each
+    batch (as torch's `default_collate` hands them over). (img/s, main process ms a batch)."""
+    from zfnet.data import slots
+
+    train = load_dataset(f"shards:{squares}?{spec}").train.with_form("pixels")
+    seeded = SeededSamples(train, seed=0)
+    kept = slots.MAX_SLOTS
+    out: dict[str, list[tuple[float, float]]] = {}
+    for e in range(repeats + 1):
+        for name, most in (("slots", kept), ("new shared memory", 0)):
+            slots.MAX_SLOTS = most  # the worker, forked, has this value
+            seeded.epoch = e
+            loader = DataLoader(train.epoch_stream(seeded, epoch=e, seed=0,
+                                                   batch_size=batch_size),
+                                batch_size=None, collate_fn=collate_pixels, num_workers=1,
+                                multiprocessing_context="fork")
+            rx, buf, n = slots.Slots(), None, 0
+            batches = iter(loader)
+            next(batches)  # the worker's start
+            t0, c0 = time.perf_counter(), time.process_time()
+            for batch in batches:
+                pixels = batch.pixels
+                view = rx.open(pixels) if isinstance(pixels, slots.Parcel) else pixels
+                if buf is None or buf.shape != view.shape:
+                    buf = torch.empty_like(view)
+                buf.copy_(view)
+                if isinstance(pixels, slots.Parcel):
+                    rx.release(pixels)
+                n += len(batch.labels)
+            if e and n:
+                out.setdefault(name, []).append(
+                    (n / (time.perf_counter() - t0),
+                     1e3 * (time.process_time() - c0) / (n / batch_size)))
+    slots.MAX_SLOTS = kept
+    return {name: (statistics.median(r for r, _ in v), statistics.median(c for _, c in v))
+            for name, v in out.items()}
 
 
 # --- 2. the loaders alone, all workers, to the device ---
@@ -562,6 +606,16 @@ def main() -> None:
             print(f"  zfnet's cpu loader reaches {pw['zfnet cpu loader, originals'] / floor:.0%}"
                   f" of decoding alone (decode_jpeg) on the originals, {sq:.0%} on the squares; "
                   "issue 27: >= 1x torchvision on the originals, >= 2x from the shards")
+            replicate_shards(work / "few-squares", 8)  # (a worker's slots are made at its
+            # start: over an epoch of a few batches, their first use would weigh too much)
+            torch.set_num_threads(1)
+            wp = worker_process(work / "few-squares", spec, args.batch_size,
+                                1 if args.dry_run else args.repeats)
+            torch.set_num_threads(cores)
+            print(f"  one worker process on the squares (x 8), batches of {args.batch_size}, the "
+                  "main process copying each batch once:")
+            for name, (r, ms) in wp.items():
+                print(f"    {name:<20} {r:7.0f} img/s, the main process {ms:5.1f} ms a batch")
 
         # 2. the loaders alone
         if 2 in args.parts:

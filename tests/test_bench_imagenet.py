@@ -31,6 +31,11 @@ def test_dry_run_prints_every_part(tmp_path) -> None:
                  "whole benchmark"):
         assert part in out, out
     rows = [line for line in out.splitlines() if "img/s" in line]
+    # one worker process, its batches in its slots of shared memory and in new shared memory
+    worker = [line for line in rows if "the main process" in line]
+    assert [line.split()[0] for line in worker] == ["slots", "new"], out
+    assert all(float(line.split("img/s")[0].split()[-1]) > 0 for line in worker), out
+    rows = [line for line in rows if line not in worker]
     # every loader, step and run measured, each run also over its epoch's later part
     assert len(rows) == 8 + 10 + 3 + 4 * 2, out
     runs = [k for k, r in enumerate(rows) if "zfnet train," in r]

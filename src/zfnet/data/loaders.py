@@ -2,7 +2,8 @@
 
 - cpu: the DataLoader's workers decode each file (libjpeg-turbo, at a reduced DCT scale where
   an image is large enough), resize it once and hand over only the uint8 window the input is
-  cut from, in shared memory ("pixels" items); the float conversion, the mean subtraction and
+  cut from, in shared memory the worker reuses batch after batch (`zfnet.data.slots`)
+  ("pixels" items); the float conversion, the mean subtraction and
   the ten crops are done on the device, for the whole batch (`zfnet.data.batches`). Datasets
   held in memory (synthetic, fashion-mnist) have nothing to decode: their workers keep making
   the inputs themselves ("float" items), as do all datasets with random erasing (drawn and
