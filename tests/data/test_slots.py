@@ -132,3 +132,14 @@ def test_a_slot_is_released_when_making_its_batch_fails(in_a_worker, monkeypatch
     with pytest.raises(RuntimeError, match="out of memory"):
         inputs(batch)
     assert int(parcel.memory[0]) == 0  # free for the worker again
+
+
+def test_a_pass_lets_its_slots_go_at_its_end() -> None:
+    data = _Windows()
+    inputs = BatchInputs(data, "cpu")
+    loader = DataLoader(data, batch_size=6, num_workers=1, collate_fn=collate_pixels,
+                        multiprocessing_context="fork")
+    held = []
+    for _ in DeviceBatches(loader, inputs):
+        held.append(len(inputs.slots._memory))
+    assert min(held) >= 1 and not inputs.slots._memory  # (their shared memory freed)

@@ -193,7 +193,8 @@ class BatchInputs:
             self._fixed_mean = self.mean_hwc[top:top + side, left:left + side]  # (s, s, C)
 
     def new_pass(self) -> None:
-        """Before a pass over the loader: its workers are new, and so are their slots."""
+        """Before a pass over the loader (its workers are new, and so are their slots) and
+        after it: the slots of the last pass are let go."""
         self.slots = Slots()
 
     def __call__(self, batch: Any) -> Prepared:
@@ -374,11 +375,14 @@ class DeviceBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.inputs.new_pass()
-        if self.prefetch <= 0:
-            for batch in self.loader:
-                yield self._hand_on(self.inputs(batch))
-            return
-        yield from self._prefetched()
+        try:
+            if self.prefetch <= 0:
+                for batch in self.loader:
+                    yield self._hand_on(self.inputs(batch))
+            else:
+                yield from self._prefetched()
+        finally:  # the pass's slots, freed with its workers (not kept through a validation)
+            self.inputs.new_pass()
 
     @staticmethod
     def _hand_on(prepared: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
