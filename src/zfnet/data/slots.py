@@ -4,7 +4,7 @@ images to the training process.
 A worker's batch of windows (256 x 224 x 224 x 3 uint8: 38.5 MB) normally goes into new shared
 memory: the kernel maps and zeroes every page of it as the worker writes it, and frees them when
 the training process drops the batch. Measured on a 2-core CPU, that cost a worker ~100 us an
-image beside ~350 us to decode a 256 px square, and the training process ~7 ms a batch
+image beside ~300 us to decode a 256 px square, and the training process ~7 ms a batch
 (docs/results.md). Here a worker stacks a batch into one of its own slots of shared memory,
 kept from batch to batch; the training process gets a `Parcel` (the slot's memory the first
 time, then only its name), reads the images and releases the slot (`Slots.release`), which the
@@ -18,6 +18,7 @@ hands the batch over in new shared memory as before. So a consumer that does not
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Sequence
@@ -44,8 +45,8 @@ class Parcel:
         return self.shape[0]
 
     def pin_memory(self) -> Parcel:
-        """Left as it is by a DataLoader's pin-memory thread (the images are copied to
-        page-locked memory when they are read, `Slots.open`)."""
+        """Left as it is by a DataLoader's pin-memory thread (on a GPU, `BatchInputs` copies
+        the images to page-locked memory as it reads them)."""
         return self
 
 
@@ -116,10 +117,7 @@ class Slots:
         if memory is None:
             raise RuntimeError(f"slot {parcel.slot} of worker process {parcel.pid} was not "
                                "sent to this pass over the loader")
-        n = 1
-        for d in parcel.shape:
-            n *= d
-        return memory[HEADER:HEADER + n].view(parcel.shape)
+        return memory[HEADER:HEADER + math.prod(parcel.shape)].view(parcel.shape)
 
     def release(self, parcel: Parcel) -> None:
         """The parcel's images are read: its worker may fill the slot again."""
