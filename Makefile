@@ -37,15 +37,18 @@ demo:
 	@$(MAKE) --no-print-directory setup
 	$(BIN)/zfnet demo --out runs/demo
 
+# Two workers (pytest-xdist) of one thread each: see tests/conftest.py.
+TESTFLAGS ?= -n 2 --dist worksteal
+
 test: setup fashion-mnist chromium
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(TESTFLAGS)
 
 # The lower ends of the dependency ranges, together (constraints-min.txt), in .venv-min:
 # several GB of downloads the first time (torch 2.9 is a CUDA build on x86_64).
 test-min: fashion-mnist chromium
 	[ -x .venv-min/bin/python ] || $(PY) -m venv .venv-min
 	.venv-min/bin/pip install -q -c constraints-min.txt -e '.[test]'
-	.venv-min/bin/python -m pytest -q
+	.venv-min/bin/python -m pytest -q $(TESTFLAGS)
 
 lint: setup
 	$(BIN)/ruff check src tests bench

@@ -1,10 +1,18 @@
 """Fixtures shared by the whole suite."""
 
+import os
+
 import pytest
 import torch
 
 
 def pytest_configure(config):
+    # `make test` runs the suite in two pytest-xdist workers: each on one thread, its own and its
+    # subprocesses' (torchrun, the CLI), so that the two never compete for the cores with spinning
+    # threads; two workers of one thread take two thirds of the time of one worker of two.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
     # torchvision 0.29 warns on every call of its image decoders that they move to TorchCodec
     # (zfnet's fast paths call decode_jpeg): known, not the tests' business.
     config.addinivalue_line(
