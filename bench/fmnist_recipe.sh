@@ -45,13 +45,20 @@ RECIPE=(--model zfnet_small --model-opt strides=1,1,1,1,1 --model-opt batchnorm=
         --schedule cosine --no-renorm --quiet)
 form=${FMNIST_RECIPE:-auto}
 shift_opt=""  # the training crops' shift range, as a data option (empty: fashion-mnist's, 2 px)
+case $form in
+  auto|stride1|epochs34|budget) ;;
+  *) echo "FMNIST_RECIPE=$form is not known; valid: auto, stride1, epochs34, budget" >&2; exit 2 ;;
+esac
 # auto: stride1 where `zfnet train`'s own defaults (--device auto, --amp auto) train in
-# reduced precision (a GPU, or a CPU with native bf16), else the budget form.
+# reduced precision (a GPU, or a CPU with native bf16), else the budget form (only auto
+# imports torch to know).
 chosen=$(.venv/bin/python -c "import sys; sys.path.insert(0, 'bench')
-from common import cpu_description; from zfnet.train.distributed import resolve_device
-from zfnet.train.recipe import amp_dtype_for
-fast = amp_dtype_for('auto', resolve_device('auto')) is not None
-form = sys.argv[1] if sys.argv[1] != 'auto' else 'stride1' if fast else 'budget'
+from machine import cpu_description
+form = sys.argv[1]
+if form == 'auto':
+    from zfnet.train.distributed import resolve_device
+    from zfnet.train.recipe import amp_dtype_for
+    form = 'stride1' if amp_dtype_for('auto', resolve_device('auto')) is not None else 'budget'
 print(form, cpu_description())" "$form")
 read -r form cpu <<< "$chosen"
 case $form in
@@ -62,7 +69,6 @@ case $form in
                    --model-opt conv_widths=16,96,160,160,128 --batch-size 128 --lr 0.05
                    --time-budget 18.5m)
           shift_opt=pad=1 ;;
-  *) echo "FMNIST_RECIPE=$form is not known; valid: auto, stride1, epochs34, budget" >&2; exit 2 ;;
 esac
 echo "CPU: $cpu; recipe: $form"
 dry=${FMNIST_RECIPE_DRY_RUN:-}
