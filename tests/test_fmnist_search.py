@@ -54,13 +54,13 @@ def test_a_run_learns_and_writes_its_result(tmp_path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     p = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "fmnist_search.py"), "run", "--device", "cpu",
-         "--n-train", "4000", "--n-test", "300", "--epochs", "3", "--pad", "1", "--lr", "0.05",
-         "--json", str(out)],
+         "--n-train", "2000", "--n-test", "300", "--epochs", "3", "--pad", "1", "--lr", "0.05",
+         "--model-opt", "conv_widths=16,32,48,48,32", "--json", str(out)],  # narrow: ~3 s
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert p.returncode == 0, p.stdout + p.stderr[-3000:]
     r = json.loads(out.read_text())
-    assert r["steps"] == 3 * 32  # ceil(4000 / 128) per epoch
+    assert r["steps"] == 3 * 16  # ceil(2000 / 128) per epoch
     assert r["test_error_10crop"] < 0.5 and r["test_error_centre"] < 0.5  # chance is 0.9
     assert r["train_error"] < 0.6
 
