@@ -174,13 +174,17 @@ def test_files_that_are_not_state_dicts(tmp_path, capfd):
     with open(tmp_path / "evil.pth", "wb") as f:
         pickle.dump({"w": Payload()}, f)  # not even a torch file
     torch.save({"w": Payload()}, tmp_path / "evil2.pth")
-    for name in ("evil.pth", "evil2.pth"):
-        with pytest.raises(ValueError, match=name):
+    for name, why in (("evil.pth", "is not a readable torch file"),
+                      ("evil2.pth", "holds more than weights.*Unsupported global")):
+        with pytest.raises(ValueError, match=f"{name} {why}"):
             read_state_dict(tmp_path / name)
     assert "this must not run" not in capfd.readouterr().out
     torch.save({"epoch": 3}, tmp_path / "meta.pth")
     with pytest.raises(ValueError, match="does not hold a state dict"):
         read_state_dict(tmp_path / "meta.pth")
+    (tmp_path / "photo.pth").write_bytes(b"\xff\xd8\xff\xe0 not a pickle")  # a JPEG's start
+    with pytest.raises(ValueError, match="photo.pth is not a readable torch file"):
+        read_state_dict(tmp_path / "photo.pth")
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     with pytest.raises(ValueError, match="junk.safetensors is not a readable .safetensors"):
         read_state_dict(tmp_path / "junk.safetensors")

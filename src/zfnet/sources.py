@@ -442,10 +442,15 @@ def _read_torch(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        lines = [ln for ln in _plain(e).splitlines() if "Unsupported global" in ln]
-        why = lines[0].strip() if lines else _first_line(e)
-        raise ValueError(f"{path} holds more than weights: torch.load(weights_only=True) "
-                         f"refused it ({why}); give a file of model.state_dict()") from e
+        lines = _plain(e).splitlines()
+        objects = [ln.strip() for ln in lines if "Unsupported global" in ln]
+        if objects:  # a pickle of objects beyond tensors: not loaded, never run
+            raise ValueError(f"{path} holds more than weights: torch.load(weights_only=True) "
+                             f"refused it ({objects[0]}); give a file of model.state_dict()"
+                             ) from e
+        why = next((ln.strip() for ln in lines if "Unsupported" in ln), _first_line(e))
+        raise ValueError(f"{path} is not a readable torch file ({why}); give a file of "
+                         "model.state_dict() (.pth, .pt) or a .safetensors file") from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         if isinstance(e, FileNotFoundError):
             raise
