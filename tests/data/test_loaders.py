@@ -158,18 +158,19 @@ def _inputs(dataset, mode: str, form: str, indices: list[int], seed: int = 3,
     return x, y, kept
 
 
-@pytest.mark.parametrize("source", ["imagefolder", "shards", "squares"])
+@pytest.mark.parametrize("source", ["imagefolder", "shards", "squares", "raw"])
 @pytest.mark.parametrize("mode", ["train", "centre", "ten_crop"])
 def test_pixels_and_encoded_forms_give_the_float_inputs(folder, source, mode,
                                                         device_decoder) -> None:
     if source == "imagefolder":
         spec = f"imagefolder:{folder}?{SPEC}"
-    else:  # the original bytes, or centre squares at the full size (`zfnet shards --square`)
+    else:  # the original bytes, or centre squares at the full size (`zfnet shards --square`,
+        # or `--raw`: their pixels, which the "encoded" form hands over decoded)
         out = folder.parent / source
         if not out.exists():
-            square = source == "squares"
+            square = source in ("squares", "raw")
             write_shards(f"imagefolder:{folder}", out, resize=FULL if square else 0,
-                         square=square, workers=0)
+                         square=square, raw=source == "raw", workers=0)
         spec = f"shards:{out}?{SPEC}"
     bundle = load_dataset(spec)
     dataset = bundle.train if mode == "train" else bundle.val
@@ -193,7 +194,7 @@ def test_pixels_and_encoded_forms_give_the_float_inputs(folder, source, mode,
         # half scale (PIL's draft): that one differs by resampling (~1 level on average, up to
         # ~24 at the edges of the test images' bright square), the others not at all. Mixed:
         # the same where the workers decode the large one too (as the cpu loader does)
-        if source == "squares" or (share and decoded_on_host(kept[large[0]], share)):
+        if source in ("squares", "raw") or (share and decoded_on_host(kept[large[0]], share)):
             large = []  # (squares: every image stored at the full size, none large)
         same = [k for k in range(len(kept)) if k not in large]
         assert torch.equal(x[same], want_x[same]), form

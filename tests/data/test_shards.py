@@ -9,6 +9,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -29,10 +30,12 @@ from tests.train.tiny import tiny_config
 from zfnet.cli import main
 from zfnet.data import BrokenImageWarning, collate, load_dataset
 from zfnet.data import shard_writer as writer_mod
+from zfnet.data.images import BadImageError
+from zfnet.data.loaders import item_form, loader_kind
 from zfnet.data.shard_stream import epoch_order, pieces, worker_batches
 from zfnet.data.shard_writer import parse_size, write_shards
 from zfnet.data.shards import FORMAT, SHARD, ShardsError, read_manifest
-from zfnet.train import find_last, load_model, train
+from zfnet.train import evaluate_checkpoint, find_last, load_model, train
 from zfnet.train import recipe as recipe_mod
 from zfnet.train.recipe import SeededSamples
 
@@ -286,6 +289,109 @@ def test_square_shards_store_the_centre_squares_the_readers_use(folder, resized,
     with pytest.raises(ValueError, match="resize > 0"):
         write_shards(f"imagefolder:{folder}", tmp_path / "none", resize=0, square=True)
     assert not (tmp_path / "none").exists()
+
+
+@pytest.fixture(scope="module")
+def raw(folder) -> Path:
+    """The folder's centre squares at 37 px, the full size of SPEC's crops, as raw pixels."""
+    out = folder.parent / "raw"
+    said = _run_cli(["shards", f"imagefolder:{folder}", "--out", str(out), "--resize", "37",
+                     "--raw", "--workers", "0", "--quiet"])
+    assert "21 train images in 1 shard(s), 6 val images in 1 shard(s) as 37 px centre " \
+        "squares of raw pixels (1 broken files skipped)" in said
+    return out
+
+
+def test_raw_shards_give_the_folder_loaders_items_exactly(folder, raw) -> None:
+    m = read_manifest(raw)
+    assert m["format"] == FORMAT and (m["raw"], m["square"], m["resize"]) == (True, True, 37)
+    assert m["quality"] is None and m["splits"]["train"]["skipped"] == ["train/bee/broken.jpg"]
+    f = load_dataset(f"imagefolder:{folder}?{SPEC}", ten_crop=True)
+    r = load_dataset(f"shards:{raw}?{SPEC}", ten_crop=True)
+    torch.testing.assert_close(r.mean, f.mean, rtol=0, atol=1e-3)  # (sums in another order)
+    for split in ("train", "val"):
+        fd, rd = getattr(f, split), getattr(r, split)
+        good = [i for i, p in enumerate(fd.paths) if p.name != "broken.jpg"]
+        assert [rd.key(i) for i in range(len(rd))] == _keys(fd.paths, folder / split)
+        assert rd.targets == [fd.targets[j] for j in good]
+        for i, j in enumerate(good):  # not decoded: the very pixels the folder loader makes
+            assert torch.equal(rd.full_image(i), fd.full_image(j)), (split, i)
+        # plain webdataset reads them as (S, S, 3) uint8 arrays
+        urls = [str(raw / s["file"]) for s in m["splits"][split]["shards"]]
+        arrays = [s["npy"] for s in wds.WebDataset(urls, shardshuffle=False).decode()]
+        assert len(arrays) == len(rd)
+        for i, a in enumerate(arrays):
+            assert a.dtype == np.uint8 and a.shape == (37, 37, 3)
+            assert np.array_equal(a, rd.full_image(i).permute(1, 2, 0).numpy())
+    for i in range(len(r.val)):  # the 10 crops of evaluation, exactly
+        xr, yr = r.val[i]
+        xf, yf = f.val[i]
+        assert torch.equal(xr, xf) and yr == yf
+
+
+def test_raw_shards_train_with_workers_and_score_as_the_folder(folder, raw, tmp_path) -> None:
+    run = tmp_path / "run"
+    train(tiny_config(run, data=f"shards:{raw}?{SPEC}", workers=2, epochs=1))
+    scores = [evaluate_checkpoint(run, data, ten_crop=True, workers=0, device="cpu")
+              for data in (f"shards:{raw}?{SPEC}", f"imagefolder:{folder}?{SPEC}")]
+    assert scores[0]["n"] == scores[1]["n"] == 6
+    for key in ("loss", "top1_error", "top5_error", "confusion_matrix"):
+        assert scores[0][key] == scores[1][key], key
+
+
+def test_a_damaged_raw_image_is_skipped_and_named(raw, tmp_path) -> None:
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(raw, damaged)
+    r = load_dataset(f"shards:{damaged}?{SPEC}")
+    shard, offset, _ = r.train.location(4)
+    with open(r.train.split.files[shard], "r+b") as f:  # its header's shape, made (37, 38, 3)
+        f.seek(offset)
+        header = f.read(128)
+        f.seek(offset)
+        f.write(header.replace(b"(37, 37, 3)", b"(37, 38, 3)"))
+    name = r.train.name(4)
+    assert name.endswith("train-000000.tar:bee/1.npy")
+    with pytest.warns(BrokenImageWarning, match=rf"{re.escape(name)}: cannot decode \(raw "
+                                                 r"pixels: uint8 \(37, 38, 3\)"):
+        assert r.train[4] is None
+    assert r.train[3] is not None and r.train[5] is not None
+    strict = load_dataset(f"shards:{damaged}?{SPEC}", strict=True).train
+    with pytest.raises(BadImageError, match="expected uint8 \\(37, 37, 3\\)") as e:
+        strict.full_image(4)
+    assert str(e.value.path) == name
+
+
+def test_raw_options_that_cannot_hold_are_refused(folder, raw, tmp_path) -> None:
+    for extra, said in ((["--original"], "--raw stores centre squares at --resize px"),
+                        (["--quality", "80"], "--quality 80 is for JPEGs")):
+        res = CliRunner().invoke(main, ["shards", f"imagefolder:{folder}", "--out",
+                                        str(tmp_path / "no"), "--raw", *extra])
+        assert res.exit_code == 2 and said in res.output, res.output
+    with pytest.raises(ValueError, match="raw=True stores centre squares"):
+        write_shards(f"imagefolder:{folder}", tmp_path / "no", resize=0, raw=True)
+    assert not (tmp_path / "no").exists()
+    # the gpu loader has nothing to decode; auto picks the cpu loader on CUDA too
+    train_split = load_dataset(f"shards:{raw}?{SPEC}").train
+    assert loader_kind("auto", train_split, torch.device("cuda")) == "cpu"
+    assert item_form("cpu", train_split) == "pixels"
+    for device_decodes in ("gpu", "mixed"):
+        with pytest.raises(ValueError, match=f"--loader {device_decodes} decodes image files "
+                                             "on the device, and these shards hold raw pixels"):
+            loader_kind(device_decodes, train_split, torch.device("cpu"))
+    # shards of the format before raw pixels are still read; a later one is refused
+    old = tmp_path / "old"
+    import shutil
+
+    shutil.copytree(raw, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps({**manifest, "format": "zfnet-shards/1"}))
+    assert len(load_dataset(f"shards:{old}?{SPEC}").train) == 21
+    (old / "manifest.json").write_text(json.dumps({**manifest, "format": "zfnet-shards/9"}))
+    with pytest.raises(ShardsError, match=r"format 'zfnet-shards/9', this zfnet reads "
+                                          r"'zfnet-shards/1' and 'zfnet-shards/2'"):
+        load_dataset(f"shards:{old}?{SPEC}")
 
 
 def test_val_is_read_once_in_stored_order(resized) -> None:

@@ -22,7 +22,8 @@
   limit: it runs in one thread of the training process, and on an NVIDIA H200 with 16 cores
   that thread was busy 88% of an epoch while the workers, which only read the files, idled
   (docs/results.md).
-- auto: gpu on a CUDA device for image files (imagefolder:, shards:), cpu otherwise.
+- auto: gpu on a CUDA device for image files (imagefolder:, shards:), cpu otherwise (raw
+  shards among them: their workers only copy pixels).
 
 On CUDA the device's part of the batches (the float conversion and the mean; the decoding
 too with gpu and mixed) is done by threads of the training process, each on a stream of its
@@ -59,6 +60,11 @@ def decodes_files(dataset: Any) -> bool:
             and type(dataset).read_encoded is not CropDataset.read_encoded)
 
 
+def stores_pixels(dataset: Any) -> bool:
+    """Are `dataset`'s files raw pixels (`zfnet shards --raw`), with nothing to decode?"""
+    return bool(getattr(dataset, "raw_side", 0))
+
+
 def loader_kind(loader: str, dataset: Any, device: torch.device, *,
                 erasing: float = 0.0, spec: str = "") -> str:
     """"cpu", "gpu" or "mixed": what `loader` (auto, cpu, gpu, mixed) means for `dataset` on
@@ -68,7 +74,8 @@ def loader_kind(loader: str, dataset: Any, device: torch.device, *,
         raise ValueError(f"loader={loader!r} is not known; valid: {', '.join(LOADERS)}")
     files = decodes_files(dataset)
     if loader == "auto":
-        loader = "gpu" if device.type == "cuda" and files and not erasing else "cpu"
+        loader = "gpu" if (device.type == "cuda" and files and not erasing
+                           and not stores_pixels(dataset)) else "cpu"
     if loader in DEVICE_DECODES and getattr(dataset, "preprocessing", None) is not None:
         raise ValueError(f"--loader {loader} makes the paper's inputs on the device; a model's "
                          "own preprocessing (resize, crop, mean and std) is done by the "
@@ -78,6 +85,11 @@ def loader_kind(loader: str, dataset: Any, device: torch.device, *,
         raise ValueError(f"--loader {loader} decodes image files on the device, and {what} "
                          "has none to decode (imagefolder: and shards: do); use --loader cpu "
                          "or auto")
+    if loader in DEVICE_DECODES and stores_pixels(dataset):
+        what = f"dataset {spec!r}" if spec else "these shards"
+        raise ValueError(f"--loader {loader} decodes image files on the device, and {what} "
+                         "hold raw pixels (zfnet shards --raw): nothing to decode; use --loader "
+                         "cpu or auto")
     if loader in DEVICE_DECODES and erasing:
         raise ValueError("--random-erasing is drawn and applied per image by the loader's "
                          "workers; use --loader cpu (or auto) with it")

@@ -148,7 +148,7 @@ class ShardStream(IterableDataset):
         reads, order = self.plan(worker, workers)
         wanted = set(order)
         reader = (p for p in reads if p in wanted)  # sequential, batches skipped unread
-        held: dict[int, bytes] = {}  # read, not yet yielded: at most about the buffer
+        held: dict[int, bytearray] = {}  # read, not yet yielded: at most about the buffer
         for start in range(0, len(order), self.batch_size):
             batch = order[start:start + self.batch_size]
             for p in batch:

@@ -5,8 +5,9 @@ skipped with a `BrokenImageWarning` naming it, and listed in the manifest), then
 JPEG re-encoded at a shorter side of `resize` px (resized as the folder loader resizes;
 images no larger keep their bytes), or with `square` as the centre `resize` x `resize` square
 the folder loader keeps of it (every image, smaller ones resized up as a reader would: all of
-one size, a quarter fewer pixels than a 4:3 photo's at that shorter side), or, with `resize=0`,
-as the original bytes. The training split's mean image at 256 px (the paper's full size) is
+one size, a quarter fewer pixels than a 4:3 photo's at that shorter side), with `raw` as that
+square's raw pixels (nothing to decode when reading), or, with `resize=0`, as the original
+bytes. The training split's mean image at 256 px (the paper's full size) is
 computed on the way, from the stored images as a reader decodes them. Format:
 `zfnet.data.shards`.
 
@@ -43,7 +44,7 @@ from zfnet import __version__
 from zfnet.atomic import write_text_atomic
 from zfnet.data.imagefolder import LAYOUT, PAPER_FULL, select_folder
 from zfnet.data.images import BadImageError, BrokenImageWarning, load_rgb, resize_center_crop
-from zfnet.data.shards import FORMAT, MANIFEST, SPLITS, index_name, shard_name
+from zfnet.data.shards import FORMAT, MANIFEST, SPLITS, index_name, raw_bytes, shard_name
 from zfnet.data.spec import parse_spec
 from zfnet.data.workers import Loader, usable_cores
 
@@ -87,10 +88,10 @@ class _Chunks(Dataset):
     files, and the sum of the stored images' centre squares at the mean's side (None: no mean)."""
 
     def __init__(self, paths: Sequence[Path], resize: int, quality: int,
-                 mean_size: int | None, square: bool = False) -> None:
+                 mean_size: int | None, square: bool = False, raw: bool = False) -> None:
         self.paths, self.resize, self.quality, self.mean_size = list(paths), resize, quality, \
             mean_size
-        self.square = square
+        self.square, self.raw = square or raw, raw
 
     def __len__(self) -> int:
         return math.ceil(len(self.paths) / CHUNK)
@@ -114,10 +115,13 @@ class _Chunks(Dataset):
 
     def _one(self, path: Path) -> tuple[str, bytes, torch.Tensor | None]:
         """(extension, bytes stored, the image a reader decodes at the mean's side or None)."""
-        raw = path.read_bytes()
+        blob = path.read_bytes()
         side = self.mean_size or self.resize or PAPER_FULL
-        img = load_rgb(io.BytesIO(raw), min_side=self.resize or side, name=str(path))
-        original = _pixels(raw)
+        img = load_rgb(io.BytesIO(blob), min_side=self.resize or side, name=str(path))
+        if self.raw:  # what a reader keeps, as it is
+            small = resize_center_crop(img, self.resize)
+            return "npy", raw_bytes(small), small
+        original = _pixels(blob)
         if self.square or (self.resize and original is not None
                            and min(original) > self.resize):
             small = (resize_center_crop(img, self.resize) if self.square  # what a reader keeps
@@ -130,8 +134,8 @@ class _Chunks(Dataset):
                 load_rgb(io.BytesIO(data), min_side=side, name=str(path))
             return "jpg", data, seen
         if self.mean_size is not None and (self.resize or side) != side:
-            img = load_rgb(io.BytesIO(raw), min_side=side, name=str(path))  # as a reader
-        return path.suffix.lower().lstrip(".") or "img", raw, img
+            img = load_rgb(io.BytesIO(blob), min_side=side, name=str(path))  # as a reader
+        return path.suffix.lower().lstrip(".") or "img", blob, img
 
 
 def _pixels(raw: bytes) -> tuple[int, int] | None:
@@ -210,7 +214,7 @@ def _closed_size(n: int) -> int:
 
 def write_shards(source: str, out: str | Path, *, resize: int = DEFAULT_RESIZE,
                  shard_size: int = DEFAULT_SHARD_SIZE, quality: int = DEFAULT_QUALITY,
-                 square: bool = False, workers: int | None = None,
+                 square: bool = False, raw: bool = False, workers: int | None = None,
                  progress: bool = False) -> dict[str, Any]:
     """Write the image folder `source` (`imagefolder:DIR`, options `classes`, `per_class`,
     `n_train`, `n_val` taking a subset) as shards in `out`; returns the manifest.
@@ -218,7 +222,9 @@ def write_shards(source: str, out: str | Path, *, resize: int = DEFAULT_RESIZE,
     `resize`: the shorter side the images are stored at (re-encoded as JPEG of `quality`);
     0 keeps the original bytes. `square`: store only each image's centre `resize` x `resize`
     square, the part the paper's preprocessing (and a model's centre crops) use; the readers'
-    inputs are the same up to JPEG rounding. `shard_size`: bytes per shard file at most (a
+    inputs are the same up to JPEG rounding. `raw`: store those squares' pixels uncompressed
+    (`zfnet.data.shards.raw_bytes`; `square` implied): the readers' inputs exactly, nothing to
+    decode, 3 * resize**2 bytes an image. `shard_size`: bytes per shard file at most (a
     larger image gets a shard of its own). `workers`: decoding processes (None: up to 8, one
     per core). `out` must not exist or be an empty folder. Errors: ValueError / FileNotFoundError /
     FileExistsError naming the cause, before anything is written.
@@ -232,9 +238,10 @@ def write_shards(source: str, out: str | Path, *, resize: int = DEFAULT_RESIZE,
                          "the original bytes")
     if not 1 <= quality <= 100:
         raise ValueError(f"quality={quality}: JPEG quality is 1 to 100")
-    if square and not resize:
-        raise ValueError("square=True stores centre squares re-encoded at a side of `resize` "
-                         "px: give resize > 0 (the original bytes, resize=0, are not squares)")
+    if (square or raw) and not resize:
+        raise ValueError(f"{'raw' if raw else 'square'}=True stores centre squares at a side of "
+                         "`resize` px: give resize > 0 (the original bytes, resize=0, are not "
+                         "squares)")
     root, opts, names, train, val = select_folder(spec, source)
     if "size" in opts:
         raise ValueError(f"option size={opts['size']} in {source!r} does not apply to shards "
@@ -250,7 +257,7 @@ def write_shards(source: str, out: str | Path, *, resize: int = DEFAULT_RESIZE,
     tmp.mkdir()
     try:
         manifest = _write(tmp, root, source, names, {"train": train, "val": val}, resize,
-                          square, shard_size, quality, workers, progress)
+                          square or raw, raw, shard_size, quality, workers, progress)
         write_text_atomic(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
         if out.exists():
             out.rmdir()  # empty, checked above
@@ -263,7 +270,7 @@ def write_shards(source: str, out: str | Path, *, resize: int = DEFAULT_RESIZE,
 
 def _write(folder: Path, root: Path, source: str, names: list[str],
            splits: dict[str, tuple[list[Path], list[int]]], resize: int, square: bool,
-           shard_size: int, quality: int, workers: int | None,
+           raw: bool, shard_size: int, quality: int, workers: int | None,
            progress: bool) -> dict[str, Any]:
     if workers is None:
         workers = min(8, usable_cores())  # the cores this process may run on (its affinity)
@@ -272,12 +279,13 @@ def _write(folder: Path, root: Path, source: str, names: list[str],
         "format": FORMAT, "id": uuid.uuid4().hex,
         "source": f"imagefolder:{root.resolve()}", "spec": source, "zfnet": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resize": resize, "square": square,
-        "quality": quality if resize else None, "classes": names, "splits": {},
+        "raw": raw, "quality": quality if resize and not raw else None, "classes": names,
+        "splits": {},
     }
     for split in SPLITS:
         paths, labels = splits[split]
         mean_size = side if split == "train" else None
-        chunks = _Chunks(paths, resize, quality, mean_size, square)
+        chunks = _Chunks(paths, resize, quality, mean_size, square, raw)
         loader = Loader(chunks, batch_size=None, num_workers=workers if len(chunks) > 1
                             else 0, collate_fn=lambda r: r)
         writer = _SplitWriter(folder, split, shard_size)
