@@ -7,27 +7,30 @@ A folder of ImageNet-shaped JPEGs is generated (500x375, ~76 kB, `--classes` cla
 bench/common.py `photo`): `--unique` distinct photos, hard-linked up to `--images` files, so
 that an epoch is long enough for the workers' start at each epoch to weigh as little as it
 does on ImageNet's 1.28M images (at 17k img/s, 20k images would be 1.2 s, of which the start
-takes a good part). The distinct photos are written as shards at 256 px (`zfnet shards`) and
-as shards of 256 px centre squares (`zfnet shards --square`, "squares" below), whose training
-shards are then linked as many times (`replicate_shards`), and then:
+takes a good part). The distinct photos are written as shards at 256 px (`zfnet shards`), as
+shards of 256 px centre squares (`zfnet shards --square`, "squares" below) and as those squares'
+raw pixels (`zfnet shards --raw`, "raw"), whose training shards are then linked as many times
+(`replicate_shards`), and then:
 
 1. per worker (one process, one thread: what one DataLoader worker does, batches of 64):
    torchvision ImageFolder + PIL (Resize 256, RandomCrop 224, flip, ToTensor) against zfnet's
-   cpu loader on the folder, the shards and the squares, the gpu loader's workers (reading
-   bytes), and
+   cpu loader on the folder, the shards, the squares and the raw squares, the gpu loader's
+   workers (reading bytes), and
    decoding alone (PIL, and torchvision's decode_jpeg: libjpeg-turbo both); then one worker
    process on the squares (batches of `--batch-size`), its batches in the slots of shared
    memory it reuses (`zfnet.data.slots`) against new shared memory each batch;
 2. the loaders alone, with `--workers` workers, each batch made into model inputs on the
    device, over the first `--loader-images` images of an epoch: torchvision's (to the
-   device), zfnet cpu, gpu and mixed on the folder, the shards and the squares, and nvJPEG
+   device), zfnet cpu, gpu and mixed on the folder, the shards and the squares, zfnet cpu
+   on the raw squares, and nvJPEG
    decoding alone
    (CUDA, on the distinct photos);
 3. the training step alone on random inputs (ZFNet, batch `--batch-size`, bf16 autocast,
    channels_last): eager, compiled as `--compile` does (`zfnet.train.compiled`), and the same
    layers as a plain `nn.Sequential` (torch's LocalResponseNorm), compiled: the anchor;
 4. `zfnet train --compile` end to end for 2 epochs (the second timed, as metrics.csv reports
-   it) on the folder, the shards or the squares, with the gpu, cpu or mixed loader, and for
+   it) on the folder, the shards, the squares or the raw squares (cpu only: nothing to decode),
+   with the gpu, cpu or mixed loader, and for
    gpu and mixed the device's decoder and the threads that make the device's batches
    (`--e2e`, e.g. squares:mixed:torchvision or squares:gpu:1; by default ZFNET_DEVICE_DECODER's
    and ZFNET_DEVICE_THREADS', auto where unset: nvImageCodec where it loads, in 2 threads,
@@ -148,7 +151,7 @@ def replicate_shards(root: Path, times: int) -> None:
 
 # --- 1. per worker ---
 
-def per_worker(root: Path, shards: Path, squares: Path, spec: str,
+def per_worker(root: Path, shards: Path, squares: Path, raw: Path, spec: str,
                repeats: int) -> dict[str, float]:
     """One process, one thread: the work of one DataLoader worker, per loader."""
     from PIL import Image
@@ -209,6 +212,8 @@ def per_worker(root: Path, shards: Path, squares: Path, spec: str,
                                                   collate_pixels), n),
         "zfnet cpu loader, shards of 256 px squares": (zf(f"shards:{squares}?{spec}", "pixels",
                                                           collate_pixels), n),
+        "zfnet cpu loader, raw 256 px squares": (zf(f"shards:{raw}?{spec}", "pixels",
+                                                    collate_pixels), n),
         "zfnet gpu loader's workers, originals": (zf(f"imagefolder:{root}?{spec}", "encoded",
                                                      collate_encoded), n),
         "decoding alone, PIL": (pil, n),
@@ -291,7 +296,7 @@ def train_config(out: Path, data: str, model: str, loader: str, args: argparse.N
                        progress=False, tensorboard=False, keep_epochs=(), **kw)
 
 
-def loaders_alone(root: Path, shards: Path, squares: Path, spec: str,
+def loaders_alone(root: Path, shards: Path, squares: Path, raw: Path, spec: str,
                   args: argparse.Namespace, work: Path,
                   report: Callable[[str, float], None]) -> dict[str, float]:
     """Each loader's images per second (`report`ed as measured: a run cut short keeps them)."""
@@ -317,8 +322,9 @@ def loaders_alone(root: Path, shards: Path, squares: Path, spec: str,
     info = DistInfo(0, 1, 0, device)
     for data, where in ((f"imagefolder:{root}?{spec}", "folder"),
                         (f"shards:{shards}?{spec}", "shards"),
-                        (f"shards:{squares}?{spec}", "squares")):
-        for loader in ("cpu", "gpu", "mixed"):
+                        (f"shards:{squares}?{spec}", "squares"),
+                        (f"shards:{raw}?{spec}", "raw squares")):
+        for loader in ("cpu", "gpu", "mixed") if where != "raw squares" else ("cpu",):
             run = build_run(train_config(work / "none", data, args.model, loader, args), info)
             batches, _ = epoch_loader(run, 0)
             measured(f"zfnet {loader} loader, {where}",
@@ -438,7 +444,8 @@ class EpochArrivals:
         return after / max(float(row["epoch_time_s"]) - start, 1e-9), start
 
 
-def end_to_end(root: Path, shards: Path, squares: Path, spec: str, args: argparse.Namespace,
+def end_to_end(root: Path, shards: Path, squares: Path, raw: Path, spec: str,
+               args: argparse.Namespace,
                work: Path, report: Callable[[str, float], None]) -> dict[str, float]:
     """`zfnet train` (the library call the command makes) for 2 epochs: the second epoch's
     img/s from metrics.csv, and over the epoch's later part (`EpochArrivals`; its row named
@@ -446,7 +453,7 @@ def end_to_end(root: Path, shards: Path, squares: Path, spec: str, args: argpars
     (a lease keeps the rows it could measure)."""
     out: dict[str, float] = {}
     specs = {"folder": f"imagefolder:{root}?{spec}", "shards": f"shards:{shards}?{spec}",
-             "squares": f"shards:{squares}?{spec}"}
+             "squares": f"shards:{squares}?{spec}", "raw": f"shards:{raw}?{spec}"}
     for where, loader, decoder, threads in args.e2e:
         data = specs[where]
         run = work / f"run-{where}-{loader}-{decoder or 'default'}-{threads or 'default'}"
@@ -503,8 +510,9 @@ def main() -> None:
                     help="images each loader reads in part 2 (default 20000)")
     ap.add_argument("--e2e", default="folder:gpu,folder:cpu,shards:gpu,shards:cpu",
                     help="part 4's runs, data:loader[:decoder][:threads], data one of folder, "
-                         "shards, squares; decoder: the gpu and mixed loaders' (default: "
-                         "ZFNET_DEVICE_DECODER's, auto where unset); threads: those that make "
+                         "shards, squares, raw (cpu only); decoder: the gpu and mixed loaders' "
+                         "(default: ZFNET_DEVICE_DECODER's, auto where unset); threads: those "
+                         "that make "
                          "the device's batches (default: ZFNET_DEVICE_THREADS', auto where "
                          "unset) (default: these four)")
     ap.add_argument("--classes", type=int, default=100)
@@ -530,12 +538,13 @@ def main() -> None:
     if not args.step_variants <= {"eager", "compiled", "anchor"}:
         ap.error("--step-variants: a comma list of eager, compiled, anchor")
     runs = [run.split(":") for run in args.e2e.split(",")]
-    if not all(2 <= len(r) <= 4 and r[0] in ("folder", "shards", "squares")
-               and r[1] in ("cpu", "gpu", "mixed")
+    if not all(2 <= len(r) <= 4 and r[0] in ("folder", "shards", "squares", "raw")
+               and r[1] in ("cpu", "gpu", "mixed") and (r[0] != "raw" or r[1] == "cpu")
                and sum(f in codec.LIBRARIES for f in r[2:]) <= 1
                and sum(f.isdigit() for f in r[2:]) <= 1
                and all(f in codec.LIBRARIES or f.isdigit() for f in r[2:]) for r in runs):
-        ap.error("--e2e: a comma list of folder|shards|squares : cpu|gpu|mixed [: the device's "
+        ap.error("--e2e: a comma list of folder|shards|squares : cpu|gpu|mixed, or raw:cpu "
+                 "[: the device's "
                  f"decoder, {'|'.join(codec.LIBRARIES)}] [: threads, a number], e.g. "
                  "shards:gpu,squares:mixed,squares:mixed:torchvision,squares:gpu:1")
     args.e2e = [(r[0], r[1], next((f for f in r[2:] if not f.isdigit()), None),
@@ -557,8 +566,8 @@ def main() -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         work = Path(tmp)
-        root, shards, squares, few = (work / "folder", work / "shards", work / "squares",
-                                      work / "few")
+        root, shards, squares, raw, few = (work / "folder", work / "shards",
+                                           work / "squares", work / "raw", work / "few")
         kb = float("nan")
         if args.parts & {2, 4}:  # the loaders and the runs read the whole folder
             args.unique = min(args.unique, args.images)
@@ -575,6 +584,9 @@ def main() -> None:
             if any(where == "squares" for where, *_ in args.e2e) or 2 in args.parts:
                 write_shards(f"imagefolder:{uniq}", squares, square=True, workers=cores)
                 replicate_shards(squares, args.images // args.unique)
+            if any(where == "raw" for where, *_ in args.e2e) or 2 in args.parts:
+                write_shards(f"imagefolder:{uniq}", raw, raw=True, workers=cores)
+                replicate_shards(raw, args.images // args.unique)
             seed_mean(root, spec)
         print(hardware())
         if args.parts & {2, 4}:
@@ -591,9 +603,10 @@ def main() -> None:
             make_folder(few, n_few, args.classes, val=args.classes, workers=cores)
             write_shards(f"imagefolder:{few}", work / "few-shards", workers=cores)
             write_shards(f"imagefolder:{few}", work / "few-squares", square=True, workers=cores)
+            write_shards(f"imagefolder:{few}", work / "few-raw", raw=True, workers=cores)
             torch.set_num_threads(1)
-            pw = per_worker(few, work / "few-shards", work / "few-squares", spec,
-                            1 if args.dry_run else args.repeats)
+            pw = per_worker(few, work / "few-shards", work / "few-squares", work / "few-raw",
+                            spec, 1 if args.dry_run else args.repeats)
             torch.set_num_threads(cores)
             base = pw["torchvision ImageFolder + PIL, originals"]
             print(f"\n1. per worker: one process, one thread, {n_few} images, batches of "
@@ -601,11 +614,13 @@ def main() -> None:
             for name, r in pw.items():
                 print(line(name, r, base, "torchvision"))
             floor = pw["decoding alone, torchvision decode_jpeg (CPU)"]
-            sq = (pw["zfnet cpu loader, shards of 256 px squares"]
-                  / pw["decoding alone, the squares (decode_jpeg)"])
+            sq_name = "zfnet cpu loader, shards of 256 px squares"
+            sq = pw[sq_name] / pw["decoding alone, the squares (decode_jpeg)"]
             print(f"  zfnet's cpu loader reaches {pw['zfnet cpu loader, originals'] / floor:.0%}"
                   f" of decoding alone (decode_jpeg) on the originals, {sq:.0%} on the squares; "
-                  "issue 27: >= 1x torchvision on the originals, >= 2x from the shards")
+                  "issue 27: >= 1x torchvision on the originals, >= 2x from the shards; the raw "
+                  f"squares {pw['zfnet cpu loader, raw 256 px squares'] / pw[sq_name]:.1f}x the "
+                  "squares")
             replicate_shards(work / "few-squares", 8)  # (a worker's slots are made at its
             # start: over an epoch of a few batches, their first use would weigh too much)
             torch.set_num_threads(1)
@@ -627,7 +642,7 @@ def main() -> None:
                 first.append(r)
                 print(line(name, r, first[0], "torchvision"), flush=True)
 
-            loaders_alone(root, shards, squares, spec, args, work, loader_line)
+            loaders_alone(root, shards, squares, raw, spec, args, work, loader_line)
 
         # 3. the step alone
         compiled = None
@@ -644,7 +659,7 @@ def main() -> None:
             step = "compiled step" if compile_option(args) else "eager step"
             print(f"\n4. zfnet train end to end (epoch 2 of 2, {step}), {args.images} images "
                   "an epoch", flush=True)
-            e2e = end_to_end(root, shards, squares, spec, args, work, lambda name, r: print(
+            e2e = end_to_end(root, shards, squares, raw, spec, args, work, lambda name, r: print(
                 line(name, r, compiled, "the compiled step"), flush=True))
             if compiled and e2e:
                 best = max(r for name, r in e2e.items() if not name.endswith("steady"))

@@ -88,14 +88,16 @@ print("device decoder:", codec.device_decoder(d), "in", codec.device_threads(d),
 } | tee "$OUT/summary.txt"
 
 # the device's decoder is auto's (nvImageCodec where it loads) unless a run names it
-e2e=(--e2e squares:mixed,squares:gpu,squares:gpu:1,squares:mixed:torchvision,folder:mixed)
-e2e[1]+=,shards:mixed,squares:cpu
+e2e=(--e2e raw:cpu,squares:mixed,squares:gpu,squares:gpu:1,squares:mixed:torchvision)
+e2e[1]+=,folder:mixed,shards:mixed,squares:cpu
 if [ "$mode" = gpu ]; then
     cc=(--device cuda)
     # the loaders alone, the eager step, the anchor, and the gpu and cpu loaders end to end
     # were measured (docs/results.md): what is owed is --loader mixed end to end (its share
-    # measured as a run does) against the compiled step of the same run: from shards of
-    # centre squares (zfnet shards --square) first, with nvImageCodec (in auto's 2 threads),
+    # measured as a run does) against the compiled step of the same run; first the cpu loader
+    # on the squares' raw pixels (zfnet shards --raw: nothing to decode, 3.2x the squares per
+    # worker on a 2-core CPU), then from shards of
+    # centre squares (zfnet shards --square), with nvImageCodec (in auto's 2 threads),
     # gpu with it alone in 2 threads and in 1, and mixed with torchvision's decoder (1 thread);
     # then the folder and the shards, and the cpu loader on the squares; each row is printed
     # as it is measured, so a run cut short keeps the ones before

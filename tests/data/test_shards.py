@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -340,8 +341,6 @@ def test_raw_shards_train_with_workers_and_score_as_the_folder(folder, raw, tmp_
 
 
 def test_a_damaged_raw_image_is_skipped_and_named(raw, tmp_path) -> None:
-    import shutil
-
     damaged = tmp_path / "damaged"
     shutil.copytree(raw, damaged)
     r = load_dataset(f"shards:{damaged}?{SPEC}")
@@ -382,8 +381,6 @@ def test_raw_options_that_cannot_hold_are_refused(folder, raw, tmp_path) -> None
             loader_kind(device_decodes, train_split, torch.device("cpu"))
     # shards of the format before raw pixels are still read; a later one is refused
     old = tmp_path / "old"
-    import shutil
-
     shutil.copytree(raw, old)
     manifest = json.loads((old / "manifest.json").read_text())
     (old / "manifest.json").write_text(json.dumps({**manifest, "format": "zfnet-shards/1"}))
@@ -550,8 +547,6 @@ def test_bad_shards_folders_are_named(resized, tmp_path) -> None:
     (bad / "train-000000.tar").write_bytes(b"")
     with pytest.raises(ShardsError, match=r"no manifest\.json \(its \.tar files"):
         load_dataset(f"shards:{bad}")
-    import shutil
-
     changed = tmp_path / "changed"
     shutil.copytree(resized, changed)
     with open(changed / "train-000001.tar", "ab") as f:
