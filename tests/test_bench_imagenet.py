@@ -1,6 +1,6 @@
 """bench/bench_imagenet.py's dry run: every part of the ImageNet-scale benchmark (per worker,
-loaders alone, step alone, end to end: from the folder, the
-shards, the shards of centre squares and of their raw pixels) runs at toy sizes on the CPU and prints its figures."""
+loaders alone, step alone, end to end: from the folder, the shards, the shards of centre
+squares and of their raw pixels) runs at toy sizes on the CPU and prints its figures."""
 
 import pytest
 

@@ -579,7 +579,7 @@ def _byte_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
 @click.option("--raw", is_flag=True,
               help="Store those centre squares as raw pixels (uint8 .npy; --square implied): "
                    "nothing to decode when reading, for GPUs that train faster than the cores "
-                   "decode; 3 x resize^2 bytes an image (192 KiB at 256 px: 252 GB for "
+                   "decode; 3 x resize^2 bytes an image (192 KiB at 256 px: 255 GB for "
                    "ImageNet's training split), read at that many bytes an image.")
 @click.option("--shard-size", default="1GB", show_default=True, callback=_byte_size,
               metavar="SIZE", help="Bytes per shard at most, e.g. 1GB, 500MB, 2GiB.")
