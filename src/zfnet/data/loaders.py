@@ -86,10 +86,10 @@ def loader_kind(loader: str, dataset: Any, device: torch.device, *,
                          "has none to decode (imagefolder: and shards: do); use --loader cpu "
                          "or auto")
     if loader in DEVICE_DECODES and stores_pixels(dataset):
-        what = f"dataset {spec!r}" if spec else "these shards"
+        what = f"dataset {spec!r} holds" if spec else "these shards hold"
         raise ValueError(f"--loader {loader} decodes image files on the device, and {what} "
-                         "hold raw pixels (zfnet shards --raw): nothing to decode; use --loader "
-                         "cpu or auto")
+                         "raw pixels (zfnet shards --raw): nothing to decode; use --loader cpu "
+                         "or auto")
     if loader in DEVICE_DECODES and erasing:
         raise ValueError("--random-erasing is drawn and applied per image by the loader's "
                          "workers; use --loader cpu (or auto) with it")
