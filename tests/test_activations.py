@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from zfnet.activations import capture, get_activations
@@ -105,3 +107,64 @@ def test_channels_last_outputs_of_a_model_the_walk_runs_itself() -> None:
     assert got.shape == (1, 6, 6, 5)
     assert calls.count("cpu") == 2  # the walk's pass on the model (not on meta), the real one
     assert _hooks(model) == 1  # the test's own
+
+
+class _Embed(nn.Module):
+    """A patch embedding that makes its maps tokens (N, L, C) itself, as timm's PatchEmbed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, 8, 4, stride=4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)  # (N, 16, 8)
+
+
+class _Tokens(nn.Module):
+    """A vision transformer's layout in small: the patch embedding, token mixing, a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = _Embed()
+        self.mix = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.mix(self.embed(x))).mean(1))
+
+
+def test_layers_without_maps_are_refused_by_name_and_named_maps_are_shown(tmp_path) -> None:
+    from zfnet.analyses.gallery import run_topk_gallery
+    from zfnet.analyses.topk import mine_topk
+    from zfnet.analyses.units import project_units
+    from zfnet.data import load_images
+    from zfnet.data.preprocess import Preprocessing
+    from zfnet.deconvnet import project
+
+    model = _Tokens().eval()
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    data = [(img, -1) for img in x]
+    said = (r"layer 'mix' outputs shape \(\d, 16, 8\), neither feature maps \(N, C, H, W\) "
+            r"nor a vector \(N, F\) \(a transformer's tokens are neither\)")
+    with pytest.raises(ValueError, match=said):
+        project(model, x, "mix", 0, rule="gradient")
+    with pytest.raises(ValueError, match=said):
+        mine_topk(model, data, ["mix"], k=2)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        pixels = (torch.rand(16, 16, 3) * 255).byte().numpy()
+        Image.fromarray(pixels).save(photos / f"{i}.png")
+    images = load_images(str(photos), Preprocessing(16, 16, (0.5,) * 3, (0.25,) * 3))
+    with pytest.raises(ValueError, match=said):
+        project_units(model, images, "mix", top=1, rule="gradient")
+    assert not model.mix._forward_hooks and not model._forward_pre_hooks  # none left
+    # no stage with a spatial map (the embedding's output is tokens): the gallery shows the
+    # maps of a named convolution, and asks for names only when none is given
+    out = tmp_path / "gallery"
+    result = run_topk_gallery(model, data, ["embed.proj"], k=2, out_dir=out, n_maps=2)
+    assert (out / "topk_embed_proj.png").is_file()
+    assert len(result.maps["embed.proj"]) == 2
+    with pytest.raises(ValueError, match="no convolution with a spatial map to show; name the "
+                                         "layers"):
+        run_topk_gallery(model, data, None, k=2, out_dir=tmp_path / "none")

@@ -18,6 +18,20 @@ _NCHW = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.modules.po
          nn.LocalResponseNorm)
 
 
+def shown_units(name: str, act: Any) -> torch.Tensor:
+    """`act`, the output of layer `name`, when its units are ones the analyses show: feature
+    maps (N, C, H, W) or a vector (N, F). Otherwise a ValueError naming the layer and what it
+    outputs (a transformer's tokens (N, L, C), a tuple), before any work on it."""
+    if not isinstance(act, torch.Tensor):
+        raise ValueError(f"layer {name!r} outputs {type(act).__name__}, not a tensor; choose a "
+                         "module that outputs feature maps")
+    if act.ndim not in (2, 4):
+        raise ValueError(f"layer {name!r} outputs shape {tuple(act.shape)}, neither feature "
+                         "maps (N, C, H, W) nor a vector (N, F) (a transformer's tokens are "
+                         "neither); choose a layer that outputs them, e.g. a convolution")
+    return act
+
+
 @contextmanager
 def capture(model: nn.Module, layers: Sequence[str] | Mapping[str, nn.Module]
             ) -> Iterator[dict[str, torch.Tensor]]:

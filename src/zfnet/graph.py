@@ -53,7 +53,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from zfnet.activations import capture
+from zfnet.activations import capture, shown_units
 from zfnet.models.geometry import dim_index
 
 RULES = ("deconvnet", "guided", "gradient")
@@ -492,7 +492,7 @@ def _down_layer(x: Tensor, act: Tensor, name: str, seed: tuple[Tensor, Tensor, T
                 values: Tensor, positions: Tensor, dtype: torch.dtype | None = None) -> None:
     """The seeds of one layer on the images `chunk` (the rows of `x`), down to `x` in rounds."""
     img, ch, pos = seed
-    b, c = act.shape[:2]
+    b, c = shown_units(name, act).shape[:2]
     local = torch.full((max(chunk) + 1,), -1, dtype=torch.long)
     local[torch.tensor(chunk)] = torch.arange(len(chunk))
     sel = torch.nonzero((img <= max(chunk)) & (local[img.clamp(max=max(chunk))] >= 0)).flatten()

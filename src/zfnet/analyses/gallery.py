@@ -325,7 +325,12 @@ def run_topk_gallery(
         raise ValueError(f"map_rule={map_rule!r} is not known; valid: {', '.join(MAP_RULES)}")
     shape = tuple(_item_image(dataset, 0).shape)
     size = (int(shape[-2]), int(shape[-1]))
-    defaults = default_layers(model, size)  # one geometry pass: also says which layer is first
+    try:  # one geometry pass: also says which layer is first
+        defaults = default_layers(model, size)
+    except ValueError:  # no spatial stage (a vision transformer): only named layers
+        if not layers:
+            raise
+        defaults = []
     layers = list(layers) if layers else defaults
     out_dir = Path(out_dir)
     run_dir = Path(run_dir) if run_dir is not None else out_dir
@@ -351,7 +356,7 @@ def run_topk_gallery(
     show = display_image or default_display(dataset)
     geos = layer_geometries(model, layers, size)
     whole = not windowed(model, layers)
-    first = defaults[0]  # shown whole, as the paper shows all of layer 1
+    first = defaults[0] if defaults else None  # shown whole, as the paper shows all of layer 1
     result = GalleryResult(topk=topk, maps={}, projections={})
     figures, rows = [], []
     chosen: dict[str, list[int]] = {}

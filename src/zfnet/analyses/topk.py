@@ -36,7 +36,7 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-from zfnet.activations import capture
+from zfnet.activations import capture, shown_units
 from zfnet.data.workers import Loader
 from zfnet.deconvnet import feature_chain
 from zfnet.models import eval_mode, resolve_layer
@@ -320,14 +320,9 @@ def _chain(model: nn.Module, layers: Sequence[str]
 
 
 def _update(best: dict[str, TopK], name: str, act: Any, idx: Tensor, k: int) -> None:
-    if not isinstance(act, Tensor):
-        raise ValueError(f"layer {name!r} outputs {type(act).__name__}, not a tensor; choose a "
-                         "module that outputs feature maps")
+    act = shown_units(name, act)
     if act.ndim == 2:  # (B, F): F maps of one unit each
         act = act[:, :, None, None]
-    if act.ndim != 4:
-        raise ValueError(f"layer {name!r} outputs shape {tuple(act.shape)}; top-k mining takes "
-                         "feature maps (N, C, H, W) or vectors (N, F)")
     b, c, h, w = act.shape
     value, where = act.reshape(b, c, h * w).max(2)  # (B, C): each image's strongest unit
     value, where = value.float().T.cpu(), where.T.cpu()  # (C, B)

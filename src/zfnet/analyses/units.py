@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from zfnet.activations import get_activations, to_model
+from zfnet.activations import get_activations, shown_units, to_model
 from zfnet.deconvnet import Seeds, paste, project_layers
 from zfnet.display import CAPTION, projection_scale, projection_to_uint8
 from zfnet.models import eval_mode, layer_geometry, layer_name
@@ -83,7 +83,8 @@ def project_units(model: nn.Module, images: Dataset, layer: str | nn.Module, *,
         if geometry is None:
             geometry = layer_geometry(model, name, tuple(x.shape[-2:]))
         with eval_mode(model):
-            act = get_activations(model, x, [name])[name]  # (B, C, h, w) or (B, F)
+            act = shown_units(name, get_activations(model, x, [name])[name])  # (B, C, h, w)
+            # or (B, F)
         strength = act.flatten(2).amax(2) if act.ndim > 2 else act
         maps = choose_maps(strength.float().cpu(), channels, top)  # (B, K)
         b, k = maps.shape
