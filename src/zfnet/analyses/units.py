@@ -83,8 +83,8 @@ def project_units(model: nn.Module, images: Dataset, layer: str | nn.Module, *,
         if geometry is None:
             geometry = layer_geometry(model, name, tuple(x.shape[-2:]))
         with eval_mode(model):
-            act = shown_units(name, get_activations(model, x, [name])[name])  # (B, C, h, w)
-            # or (B, F)
+            # (B, C, h, w) or (B, F)
+            act = shown_units(name, get_activations(model, x, [name])[name])
         strength = act.flatten(2).amax(2) if act.ndim > 2 else act
         maps = choose_maps(strength.float().cpu(), channels, top)  # (B, K)
         b, k = maps.shape
