@@ -58,6 +58,19 @@ def test_topk_over_a_folder_of_photos(setup, tmp_path) -> None:
     assert (out / "index.html").is_file()
 
 
+def test_occlusion_in_bfloat16_and_a_bad_precision(setup, tmp_path) -> None:
+    out = tmp_path / "look"
+    args = ["analyze", "occlusion", *_model(setup), "--data", f"images:{setup / 'photos'}",
+            "--images", "1", "--size", "32", "--stride", "32", "--out", str(out)]
+    text = _ok([*args, "--precision", "bfloat16"])
+    assert "method full" in text and "precision bfloat16" in text
+    metrics = {s.key: s for s in read_sections(out)}["occlusion"].metrics
+    assert metrics["precision"] == "bfloat16"
+    res = CliRunner().invoke(main, [*args[:-1], str(tmp_path / "not"), "--precision", "half"])
+    assert res.exit_code == 2 and "'half' is not one of 'float32', 'bfloat16'" in res.output
+    assert not (tmp_path / "not").exists()
+
+
 def test_occlusion_invariance_randomization_filters(setup, tmp_path) -> None:
     out = tmp_path / "look"
     data = ["--data", f"images:{setup / 'photos'}"]

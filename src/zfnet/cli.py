@@ -979,10 +979,16 @@ def invariance_cmd(model_options: ModelOptions, data: str | None, out: str) -> N
               help="Layer of maps (b)/(c) (default: the last spatial layer, conv5 on zfnet's).")
 @click.option("--method", type=click.Choice(["auto", "incremental", "full"]), default="auto",
               show_default=True)
+@click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default="float32",
+              show_default=True,
+              help="bfloat16: the full method's forward passes (any network that is not a "
+                   "chain) under bf16 autocast: ~1.9x faster on a CPU with AMX (resnet18), "
+                   "faster on a GPU, the maps within ~2% of float32's range; incremental "
+                   "inference (chains) stays float32.")
 @_NONLINEAR
 def occlusion_cmd(model_options: ModelOptions, data: str | None, out: str, images: int,
                   pointing: int, size: int | None, stride: int | None, layer: str | None,
-                  method: str) -> None:
+                  method: str, precision: str) -> None:
     """Fig. 7: a grey square slid over the image; activation, projection, p(class), label."""
     from zfnet.analyses.occlusion import occlusion_report
     from zfnet.pipeline import check_fits
@@ -992,7 +998,8 @@ def occlusion_cmd(model_options: ModelOptions, data: str | None, out: str, image
     layer = _layers(source.model, (layer,))[0] if layer else None
     r = occlusion_report(source.model, bundle, out, n_images=images, n_pointing=pointing,
                          size=size, stride=stride, layer=layer, method=method,
-                         batch_size=model_options.batch_size, class_names=source.labels)
+                         precision=precision, batch_size=model_options.batch_size,
+                         class_names=source.labels)
     click.echo(", ".join(f"{k} {v}" for k, v in r.items()))
     _finish(out)
 

@@ -339,3 +339,38 @@ def test_progress_reaches_every_position_and_can_stop(model, image, method) -> N
                   progress=stop)
     assert not any(m._forward_hooks for m in model.modules())
     assert not model.training
+
+
+def test_bfloat16_runs_the_full_passes_in_bf16_and_stays_close(model, image) -> None:
+    """precision="bfloat16": every pass of the full method (the unoccluded image's too) under
+    bf16 autocast, the maps close to float32's and given in float32; incremental inference
+    (a chain) stays in float32 and says so."""
+    net = _tv("resnet18", num_classes=7)
+    x = torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(2)) * 60
+    seen: list[torch.dtype] = []  # the passes' (not the geometry's walks on meta tensors)
+    handle = net.fc.register_forward_hook(
+        lambda m, i, o: None if o.is_meta else seen.append(o.dtype))
+    try:
+        exact = occlusion(net, x, size=24, stride=20, project=False)
+        passes = len(seen)
+        assert set(seen) == {torch.float32}
+        fast = occlusion(net, x, size=24, stride=20, project=False, precision="bfloat16")
+    finally:
+        handle.remove()
+    assert len(seen) >= passes + 2 and set(seen[passes:]) == {torch.bfloat16}  # base + occluded
+    assert (exact.meta["precision"], fast.meta["precision"]) == ("float32", "bfloat16")
+    assert fast.method == "full" and fast.target == exact.target
+    for a, b in ((exact.probability, fast.probability), (exact.activation, fast.activation)):
+        assert b.dtype == torch.float32 and b.shape == a.shape
+    # (raw 0..255-scale inputs: large logits, where bf16's 3 digits show most)
+    assert (fast.probability - exact.probability).abs().max() < 5e-2
+    assert fast.base_probability == pytest.approx(exact.base_probability, abs=5e-2)
+    rel = (fast.activation - exact.activation).abs().max() / exact.activation.abs().max()
+    assert rel < 5e-2
+    chain = occlusion(model, image, size=12, stride=6, project=False, precision="bfloat16")
+    ref = occlusion(model, image, size=12, stride=6, project=False)
+    assert chain.method == "incremental" and chain.meta["precision"] == "float32"
+    assert torch.equal(chain.probability, ref.probability)
+    with pytest.raises(ValueError, match="precision='half' is not known; valid: float32, "
+                                         "bfloat16"):
+        occlusion(net, x, precision="half")
