@@ -982,9 +982,9 @@ def invariance_cmd(model_options: ModelOptions, data: str | None, out: str) -> N
 @click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default="float32",
               show_default=True,
               help="bfloat16: the full method's forward passes (any network that is not a "
-                   "chain) under bf16 autocast: ~1.9x faster on a CPU with AMX (resnet18), "
-                   "faster on a GPU, a trained resnet18's maps within ~2% of float32's range; "
-                   "incremental inference (chains) stays float32.")
+                   "chain) under bf16 autocast: ~1.9x faster on a CPU with AMX (resnet18), a "
+                   "trained resnet18's maps within ~2% of float32's range; incremental "
+                   "inference (chains) stays float32.")
 @_NONLINEAR
 def occlusion_cmd(model_options: ModelOptions, data: str | None, out: str, images: int,
                   pointing: int, size: int | None, stride: int | None, layer: str | None,

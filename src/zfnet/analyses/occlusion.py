@@ -206,10 +206,11 @@ def occlusion(
     "auto" (incremental where supported). tau < 1: incremental inference's approximate mode.
     project: compute map (c) with the deconvnet (one extra forward/backward pass).
     precision: "bfloat16" runs the full method's passes (the unoccluded image's too) under bf16
-    autocast: faster on a CPU with native bf16 (1.8-1.9x on resnet18 with AMX) and on a GPU,
-    the maps close to float32's (a trained resnet18's p(class) within 1.2-1.6% of the map's
-    range, correlation >= 0.999: bench/bench_occlusion_precision.py), a near-tie's most
-    sensitive position may move; incremental inference always works in the model's dtype.
+    autocast: faster on a CPU with native bf16 (1.8-1.9x on resnet18 with AMX; on a GPU not
+    measured yet), the maps close to float32's (a trained resnet18's p(class) within 1.2-1.6%
+    of the map's range, correlation >= 0.999: bench/bench_occlusion_precision.py), a
+    near-tie's most sensitive position may move; incremental inference always works in the
+    model's dtype.
     progress(done, total): called as occluder positions are done; an exception it raises (a
     cancelled job) stops the computation.
     """
