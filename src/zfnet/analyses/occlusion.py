@@ -286,7 +286,7 @@ def occlusion(
     return OcclusionResult(
         layer=layer, feature_map=channel, target=target, size=size, stride=stride,
         tops=tops, lefts=lefts, image_size=(h, w),
-        activation=watched.float().view(grid).cpu(),
+        activation=_widened(watched).view(grid).cpu(),
         probability=probs[:, target].view(grid).cpu(),
         label=best.view(grid).cpu(),
         label_probability=best_p.view(grid).cpu(),
@@ -305,11 +305,17 @@ def occlusion(
 def _unoccluded(model: nn.Module, image: torch.Tensor, layer: str,
                 within: AbstractContextManager) -> tuple[torch.Tensor, torch.Tensor]:
     """The unoccluded image's logits (K,) and the summed positive activation of each map of
-    `layer` (C_layer,), in float32, the pass run `within` a context (an autocast, or none)."""
+    `layer` (C_layer,), at least in float32 (the model's float64 kept), the pass run `within` a
+    context (an autocast, or none)."""
     with within, capture(model, [layer]) as store:
         base_logits = model(image[None])[0]  # (K,)
-    base_act = store[layer][0].clamp(min=0).float()
-    return base_logits.float(), base_act.reshape(base_act.shape[0], -1).sum(1)
+    base_act = _widened(store[layer][0].clamp(min=0))
+    return _widened(base_logits), base_act.reshape(base_act.shape[0], -1).sum(1)
+
+
+def _widened(t: torch.Tensor) -> torch.Tensor:
+    """`t` in float32 where it is in a narrower float (bf16 autocast's), else as it is."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def _deconv_projection(model: nn.Module, image: torch.Tensor, layer: str,
