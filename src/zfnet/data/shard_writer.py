@@ -91,7 +91,7 @@ class _Chunks(Dataset):
                  mean_size: int | None, square: bool = False, raw: bool = False) -> None:
         self.paths, self.resize, self.quality, self.mean_size = list(paths), resize, quality, \
             mean_size
-        self.square, self.raw = square or raw, raw
+        self.square, self.raw = square, raw
 
     def __len__(self) -> int:
         return math.ceil(len(self.paths) / CHUNK)
@@ -242,6 +242,7 @@ def write_shards(source: str, out: str | Path, *, resize: int = DEFAULT_RESIZE,
         raise ValueError(f"{'raw' if raw else 'square'}=True stores centre squares at a side of "
                          "`resize` px: give resize > 0 (the original bytes, resize=0, are not "
                          "squares)")
+    square = square or raw  # raw pixels are of the centre squares
     root, opts, names, train, val = select_folder(spec, source)
     if "size" in opts:
         raise ValueError(f"option size={opts['size']} in {source!r} does not apply to shards "
@@ -257,7 +258,7 @@ def write_shards(source: str, out: str | Path, *, resize: int = DEFAULT_RESIZE,
     tmp.mkdir()
     try:
         manifest = _write(tmp, root, source, names, {"train": train, "val": val}, resize,
-                          square or raw, raw, shard_size, quality, workers, progress)
+                          square, raw, shard_size, quality, workers, progress)
         write_text_atomic(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
         if out.exists():
             out.rmdir()  # empty, checked above

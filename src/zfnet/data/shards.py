@@ -398,7 +398,8 @@ def load_shards(
     if not train_rows or not val_rows:
         raise ValueError(f"dataset spec {raw_spec!r} selects no training or no val images")
     if preprocessing is None:
-        mean = _mean(root, manifest, train, train_rows, full_size, strict, cache_dir)
+        mean = _mean(root, manifest, train, train_rows, full_size, strict, cache_dir,
+                     raw_side)
         common = dict(mean=mean, input_size=input_size, classes=names, strict=strict)
     else:
         mean = preprocessing.full_mean()
@@ -427,10 +428,11 @@ def _check_resolution(root: Path, manifest: dict[str, Any], side: int) -> None:
 
 
 def _mean(root: Path, manifest: dict[str, Any], train: ShardSplit, rows: list[int],
-          full_size: int, strict: bool, cache_dir: str | Path | None) -> torch.Tensor:
+          full_size: int, strict: bool, cache_dir: str | Path | None,
+          raw_side: int) -> torch.Tensor:
     """The mean image of the training rows at `full_size`: the one written with the shards when
     it is that (every training image at its size), else computed once and cached as
-    imagefolder's is."""
+    imagefolder's is (`raw_side`: `ShardImages`')."""
     stored = manifest.get("mean") or {}
     if stored.get("full_size") == full_size and rows == list(range(len(train))):
         try:
@@ -443,7 +445,7 @@ def _mean(root: Path, manifest: dict[str, Any], train: ShardSplit, rows: list[in
     h.update(np.asarray(rows, dtype=np.int64).tobytes())
     images = ShardImages(train, rows, [0] * len(rows), mean=torch.zeros(1).expand(
         3, full_size, full_size), input_size=full_size, mode="centre", classes=[],
-        strict=strict, raw_side=int(manifest["resize"]) if manifest.get("raw") else 0)
+        strict=strict, raw_side=raw_side)
     return cached_mean(root, h.hexdigest()[:20], full_size,
                        lambda: mean_of(_FullImages(images), full_size,
                                        example=str(train.files[0])), cache_dir=cache_dir)
