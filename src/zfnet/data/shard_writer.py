@@ -223,8 +223,8 @@ def write_shards(source: str, out: str | Path, *, resize: int = DEFAULT_RESIZE,
     0 keeps the original bytes. `square`: store only each image's centre `resize` x `resize`
     square, the part the paper's preprocessing (and a model's centre crops) use; the readers'
     inputs are the same up to JPEG rounding. `raw`: store those squares' pixels uncompressed
-    (`zfnet.data.shards.raw_bytes`; `square` implied): the readers' inputs exactly, nothing to
-    decode, 3 * resize**2 bytes an image. `shard_size`: bytes per shard file at most (a
+    (`zfnet.data.shards.raw_bytes`; `square` implied): the readers' inputs exactly at that side,
+    nothing to decode, 3 * resize**2 bytes an image. `shard_size`: bytes per shard file at most (a
     larger image gets a shard of its own). `workers`: decoding processes (None: up to 8, one
     per core). `out` must not exist or be an empty folder. Errors: ValueError / FileNotFoundError /
     FileExistsError naming the cause, before anything is written.

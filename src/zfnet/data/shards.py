@@ -23,7 +23,7 @@ bytes (`resize` 0), or the centre squares as raw pixels (`zfnet shards --raw`, "
 manifest: uint8 arrays of `resize` x `resize` x 3 in NumPy's .npy format, which plain webdataset
 decodes too): nothing to decode when reading, for machines whose cores cannot decode as fast as
 their GPU trains, at 192 KiB an image at 256 px (ImageNet's training split: 255 GB), and the
-folder loader's items exactly.
+folder loader's items exactly where they are read at the stored side (else up to resampling).
 
 Reading: every item is decoded and preprocessed as `imagefolder` does it (shorter side -> the
 full size, centre square, minus the mean image, random crops and flips or the centre / 10
