@@ -21,6 +21,9 @@ Datasets (`DATASETS`):
 - `images:DIR` — any folder of images, no labels (-1), train = val = all of them
   (`zfnet.data.imagedir`; `load_images` takes files one by one).
 
+Every labelled dataset also takes `random_labels=SEED`: its training labels permuted
+(`zfnet.data.relabel`, for the data randomisation test), the val labels kept.
+
 Broken image files are skipped with a `BrokenImageWarning` naming the file (the item is
 None and `collate` drops it), or raise `BadImageError` naming it with `strict=True`.
 """
@@ -36,8 +39,10 @@ from zfnet.data.imagedir import load_images, load_images_dir
 from zfnet.data.imagefolder import load_imagefolder
 from zfnet.data.images import BadImageError, BrokenImageWarning, load_rgb
 from zfnet.data.preprocess import Preprocessing
+from zfnet.data.relabel import OPTION as RANDOM_LABELS
+from zfnet.data.relabel import randomize_training_labels
 from zfnet.data.shards import load_shards
-from zfnet.data.spec import DatasetSpec, parse_spec
+from zfnet.data.spec import DatasetSpec, int_option, parse_spec
 from zfnet.data.synthetic import SyntheticDataset, SyntheticSample, load_synthetic
 from zfnet.data.transforms import CropDataset, collate, ten_crop
 
@@ -75,9 +80,16 @@ def load_dataset(
     `cache_dir`: where imagefolder's mean image is cached when its DIR is read-only.
     `preprocessing`: a model's (`zfnet.sources`): items are that model's inputs, whatever the
     dataset's own channels and size; None: the paper's convention with the dataset's mean image.
+    `random_labels=SEED` (any labelled dataset): the training labels permuted
+    (`zfnet.data.relabel`).
     Unknown names and options raise ValueError listing the valid ones.
     """
     parsed: DatasetSpec = parse_spec(spec)
+    shuffle = None  # random_labels' seed: taken here, for every dataset alike
+    if RANDOM_LABELS in parsed.options:
+        options = dict(parsed.options)
+        shuffle = int_option(options.pop(RANDOM_LABELS), RANDOM_LABELS)
+        parsed = DatasetSpec(parsed.name, parsed.path, options)
     loaders: dict[str, Callable[..., DataBundle]] = {
         "synthetic": load_synthetic,
         "fashion-mnist": load_fashion_mnist,
@@ -88,8 +100,11 @@ def load_dataset(
     if parsed.name not in loaders:
         valid = "; ".join(f"{k}: {v}" for k, v in DATASETS.items())
         raise ValueError(f"unknown dataset {parsed.name!r} in spec {spec!r}; valid: {valid}")
-    return loaders[parsed.name](parsed, ten_crop=ten_crop, strict=strict, raw_spec=spec,
-                                preprocessing=preprocessing)
+    bundle = loaders[parsed.name](parsed, ten_crop=ten_crop, strict=strict, raw_spec=spec,
+                                  preprocessing=preprocessing)
+    if shuffle is not None:
+        randomize_training_labels(bundle.train, shuffle, spec)
+    return bundle
 
 
 __all__ = [
