@@ -142,3 +142,46 @@ def test_a_models_own_preprocessing(tmp_path) -> None:
     val = bundle.val.with_mode("centre")
     x = pipeline._normalizer(bundle)(bundle.raw_val(0).float())
     torch.testing.assert_close(x, val[0][0], atol=1e-4, rtol=1e-5)
+
+
+def test_data_randomization_trains_the_copy_once_and_compares(tmp_path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from zfnet.cli import main
+    from zfnet.train import load_model
+
+    tiny = "synthetic?n_train=64&n_val=32&size=32"
+    run, out = tmp_path / "run", tmp_path / "out"
+    train = ["train", "--data", tiny, "--model", "zfnet_small", "--out", str(run), "--epochs",
+             "1", "--batch-size", "32", "--schedule", "cosine", "--quiet", "--no-tensorboard"]
+    assert CliRunner().invoke(main, train).exit_code == 0
+    check = ["analyze", "randomization", "--checkpoint", str(run), "--mode", "labels",
+             "--out", str(out), "--images", "3", "--epochs", "2"]
+    res = CliRunner().invoke(main, check)
+    assert res.exit_code == 0, res.output
+    assert "copy trained on permuted labels" in res.output
+    assert [line.split()[0] for line in res.output.splitlines()[-4:-1]] == [
+        "deconvnet", "guided", "gradient"]
+    copy = out / "random-labels"
+    config = json.loads((copy / "config.json").read_text())
+    assert config["data"] == f"{tiny}&random_labels=0" and config["epochs"] == 2
+    _, meta = load_model(copy)
+    assert meta["epoch"] == 2 and meta["model"] == "zfnet_small"
+    s = _section(out, "randomization_labels")
+    assert "copy's training labels fitted" in s.metrics
+    assert (out / "figures" / "randomization_labels.png").is_file()
+    # again: the copy is continued where it is (finished: not trained again)
+    weights = next(copy.glob("checkpoints/*/model.safetensors"))
+    stamp = weights.stat().st_mtime_ns
+    res = CliRunner().invoke(main, check)
+    assert res.exit_code == 0, res.output
+    assert weights.stat().st_mtime_ns == stamp
+    # another length of a cosine schedule is another copy: named, nothing written
+    res = CliRunner().invoke(main, [*check[:-1], "3"])
+    assert res.exit_code != 0 and "epochs: 2 in the run, 3 now" in res.output
+    assert "another --random-run" in res.output and weights.stat().st_mtime_ns == stamp
+    res = CliRunner().invoke(main, [*check[:-1], "1", "--random-run", str(tmp_path / "c1")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "c1" / "config.json").read_text())["epochs"] == 1

@@ -1085,7 +1085,7 @@ def transfer_cmd(checkpoint: str, data: str, out: str, shots: tuple[int, ...], n
     _finish(out)
 
 
-@analyze.command("randomization", short_help="Sanity check: model randomisation")
+@analyze.command("randomization", short_help="Sanity checks: model and data randomisation")
 @_SOURCE
 @_DATA
 @_OUT
@@ -1093,24 +1093,81 @@ def transfer_cmd(checkpoint: str, data: str, out: str, shots: tuple[int, ...], n
 @click.option("--layer", default=None,
               help="Layer of the seed units (default: the last spatial layer, conv5 on "
                    "zfnet's).")
-@click.option("--mode", type=click.Choice(["cascading", "independent"]), default="cascading",
-              show_default=True,
+@click.option("--mode", type=click.Choice(["cascading", "independent", "labels"]),
+              default="cascading", show_default=True,
               help="Re-initialise the layers from the top down, one more at each step, or "
-                   "each layer alone, the others keeping their trained weights.")
+                   "each layer alone, the others keeping their trained weights; labels: train "
+                   "a copy of a zfnet run on its images with permuted labels and compare each "
+                   "model's map of its predicted class.")
 @click.option("--steps", type=click.Choice(["block", "module"]), default="block",
               show_default=True,
               help="What one step re-initialises: a block of the network (a ResNet's layer1 "
                    "... layer4, an Inception block; each layer of zfnet's models), or each "
                    "module with parameters (convolution, batch norm, ...) on its own.")
+@click.option("--epochs", type=click.IntRange(1), default=None,
+              help="--mode labels: epochs of the copy (default: the run's); memorising "
+                   "random labels takes longer than learning true ones.")
+@click.option("--random-run", type=click.Path(file_okay=False), default=None,
+              help="--mode labels: the copy's run directory (default OUT/random-labels), "
+                   "continued where it holds a checkpoint.")
 @_NONLINEAR
 def randomization_cmd(model_options: ModelOptions, data: str | None, out: str, images: int,
-                      layer: str | None, mode: str, steps: str) -> None:
-    """Sanity check (Adebayo et al. 2018): do the maps change when the model is randomised?"""
+                      layer: str | None, mode: str, steps: str, epochs: int | None,
+                      random_run: str | None) -> None:
+    """Sanity checks (Adebayo et al. 2018): do the maps change when the model is randomised
+    (--mode cascading, independent), or when it learned random labels (--mode labels)?"""
     from zfnet import pipeline
 
+    if mode == "labels":
+        _data_randomization(model_options, data, out, images, layer, steps, epochs, random_run)
+        return
+    if epochs is not None or random_run is not None:
+        raise click.UsageError("--epochs and --random-run go with --mode labels")
     source, bundle = _model_and_data(model_options, data)
     layer = _layers(source.model, (layer,))[0] if layer else None
     pipeline.randomization(source.model, bundle, out, images, layer, mode, steps)
+    _finish(out)
+
+
+def _data_randomization(model_options: ModelOptions, data: str | None, out: str, images: int,
+                        layer: str | None, steps: str, epochs: int | None,
+                        random_run: str | None) -> None:
+    """`analyze randomization --mode labels`: its options checked, the copy trained, the
+    section written."""
+    import signal
+
+    from zfnet import pipeline
+    from zfnet.train import EXIT_INTERRUPTED
+
+    refused = [name for name, given in (
+        ("--data", data is not None), ("--layer", layer is not None),
+        ("--steps module", steps != "block"),
+        ("--mean/--std/--resize/--crop", any(v is not None for v in (
+            model_options.mean, model_options.std, model_options.resize, model_options.crop))),
+    ) if given]
+    if refused:
+        raise click.UsageError(
+            f"{', '.join(refused)} {'does' if len(refused) == 1 else 'do'} not apply to "
+            "--mode labels: the copy is trained on "
+            "the run's own data with its own recipe, and each model's map is seeded at its "
+            "predicted class")
+    source, _ = _model_and_data(model_options, need_data=False)
+    if source.kind != "run":
+        raise click.UsageError(
+            f"--mode labels trains the model again on permuted labels: it needs a zfnet run "
+            f"(--checkpoint RUN), not {source.name}")
+    result, summary = pipeline.data_randomization(source.model, source.meta, out, images,
+                                                  epochs, random_run)
+    if result is None:
+        by = summary["signal"] or "a signal"
+        click.echo(f"interrupted by {by}: the same command continues the copy's training",
+                   err=True)
+        sys.exit(EXIT_INTERRUPTED[signal.Signals[summary["signal"] or "SIGTERM"]])
+    acc = result.accuracy
+    click.echo(f"copy trained on permuted labels: {acc['random_train']:.1%} of its training "
+               f"labels fitted (the model: {acc['train']:.1%} of the true ones)")
+    for rule, score in result.scores.items():
+        click.echo(f"{rule:<10} rank correlation {score['spearman']:.3f}  SSIM {score['ssim']:.3f}")
     _finish(out)
 
 

@@ -309,3 +309,74 @@ def randomization(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
     res = model_randomization(model, x, layer, channels, mode=mode, steps=steps)
     randomization_section(run_dir, res)
     return res
+
+
+RANDOM_RUN = "random-labels"  # where `data_randomization` trains its copy, in `run_dir`
+SCORED = 2000  # images of each split the two models' accuracies are measured on
+
+
+def data_randomization(model: nn.Module, meta: dict[str, Any], run_dir: str | Path,
+                       n_images: int = 4, epochs: int | None = None,
+                       random_run: str | Path | None = None,
+                       label_seed: int = 0) -> tuple[Any, dict[str, Any]]:
+    """Adebayo et al.'s data randomisation test on a zfnet run (`model`, its checkpoint's
+    `meta`): a copy trained with the run's configuration (`epochs`: instead of the run's, and
+    of its time budget) on its data with the training labels permuted (`random_labels=`
+    `label_seed`) into `random_run` (default `run_dir/random-labels`; continued where it is
+    already, as by `--resume`), then each model's predicted class projected for the first
+    `n_images` training images (centre crops) and compared (`analyses.sanity`).
+
+    Returns (the result, or None when the copy's training was interrupted by a signal; the
+    copy's training summary). Every input is checked before anything is written."""
+    from dataclasses import replace
+
+    from zfnet.analyses.sanity import data_randomization as compare
+    from zfnet.analyses.sanity import data_randomization_section
+    from zfnet.data.relabel import OPTION
+    from zfnet.data.spec import parse_spec
+    from zfnet.train import TrainConfig, evaluate, load_model, train
+    from zfnet.train.checkpoint import has_checkpoint, read_meta, resolve_checkpoint
+    from zfnet.train.run import check_resumable
+
+    if "train_config" not in meta:
+        raise ValueError("the data randomisation test trains the model again: it needs a zfnet "
+                         "run (--checkpoint RUN), whose configuration it repeats")
+    saved = TrainConfig.from_dict(meta["train_config"])
+    if OPTION in parse_spec(saved.data).options:
+        raise ValueError(f"the run was trained on permuted labels already ({saved.data}); give "
+                         "the run trained on the true labels")
+    random_run = Path(random_run) if random_run is not None else Path(run_dir) / RANDOM_RUN
+    config = replace(saved, data=with_options(saved.data, **{OPTION: label_seed}),
+                     out=str(random_run), resume=True, keep_epochs=(),
+                     epochs=epochs or saved.epochs,
+                     time_budget=None if epochs else saved.time_budget)
+    if has_checkpoint(random_run):  # continued: only a copy made with this configuration
+        check_resumable(read_meta(resolve_checkpoint(random_run))["train_config"], config,
+                        random_run, action="continue", instead="another --random-run")
+    bundle = load_dataset(saved.data)
+    check_fits(model, bundle, classes=True)
+    train_split = _centre(bundle, "train")
+    if not 1 <= n_images <= len(train_split):
+        raise ValueError(f"n_images={n_images}: the training split of {bundle.spec!r} has "
+                         f"{len(train_split)} images; give 1 to {len(train_split)}")
+    random_bundle = load_dataset(config.data)
+    summary = train(config, bundle=random_bundle)
+    if summary["status"] != "completed":
+        return None, summary
+    device = next(model.parameters()).device
+    random_model, _ = load_model(random_run, meta["model"], device=device)
+
+    def accuracy(net: nn.Module, data: Any) -> float:
+        part = Subset(data, range(min(len(data), SCORED)))
+        loader = DataLoader(part, batch_size=128, collate_fn=collate)
+        return 1.0 - evaluate(net, loader, bundle.num_classes)["top1_error"]
+
+    x = torch.stack([train_split[i][0] for i in range(n_images)]).to(device)
+    pixels = torch.stack([train_split.raw(i) for i in range(n_images)])
+    result = compare(model, random_model, x)
+    result.accuracy = {"train": accuracy(model, train_split),
+                       "random_train": accuracy(random_model, _centre(random_bundle, "train")),
+                       "val": accuracy(model, _centre(bundle)),
+                       "random_val": accuracy(random_model, _centre(random_bundle))}
+    data_randomization_section(run_dir, result, pixels, str(random_run))
+    return result, summary

@@ -168,3 +168,51 @@ def test_independent_randomization_one_layer_at_a_time(tmp_path) -> None:
     assert "alone are re-initialised in turn" in s.caption
     assert s.tables[0].columns[0] == "re-initialised alone"
     assert (tmp_path / "figures" / "randomization_maps.png").is_file()
+
+
+def test_data_randomization_compares_each_models_own_class(tmp_path) -> None:
+    from zfnet.analyses.sanity import (
+        data_randomization,
+        data_randomization_section,
+        output_layer,
+    )
+
+    torch.manual_seed(0)
+    model = zfnet.create_model("zfnet_small", input_size=32, num_classes=5)
+    other = zfnet.create_model("zfnet_small", input_size=32, num_classes=5)
+    model.train()  # left in the mode it was in
+    x = torch.randn(3, 3, 32, 32) * 50
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    assert output_layer(model, 32) == "classifier.fc8"
+    same = data_randomization(model, model, x, rules=("deconvnet", "gradient"))
+    assert same.classes[0] == same.classes[1]
+    for rule in ("deconvnet", "gradient"):
+        assert same.scores[rule]["spearman"] == pytest.approx(1.0)
+        assert same.scores[rule]["ssim"] == pytest.approx(1.0)
+    res = data_randomization(model, other, x)
+    assert model.training and not any(m.training is False for m in model.modules())
+    for k, v in other.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    with torch.no_grad():
+        classes = other.eval()(x).argmax(1)
+    assert res.classes[1] == classes.tolist()
+    # each model's map is its own predicted class's logit projected
+    torch.testing.assert_close(res.examples["guided"][:, 1],
+                               project(other, x, "fc8", classes, rule="guided"))
+    assert res.examples["deconvnet"].shape == (3, 2, 3, 32, 32)
+    for rule in ("deconvnet", "guided", "gradient"):
+        assert res.scores[rule]["spearman"] < 0.999
+        assert len(res.per_image[rule]) == 3
+        assert np.mean(res.per_image[rule]) == pytest.approx(res.scores[rule]["spearman"])
+    with pytest.raises(ValueError, match="unknown rule 'smooth'"):
+        data_randomization(model, other, x, rules=("smooth",))
+    res.accuracy = {"train": 0.9, "random_train": 0.95, "val": 0.8, "random_val": 0.2}
+    pixels = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    data_randomization_section(tmp_path, res, pixels, "runs/copy")
+    (s,) = read_sections(tmp_path)
+    assert s.key == "randomization_labels" and "runs/copy" in s.caption
+    assert "95.0% of its training labels" in s.caption
+    assert [row[0] for row in s.tables[0].rows] == ["deconvnet", "guided", "gradient"]
+    canvas = np.asarray(Image.open(tmp_path / "figures" / "randomization_labels.png"))
+    side, pad = 64, 2  # 32 px enlarged to 64; the image, then two maps per rule
+    assert canvas.shape == (3 * (side + pad) + pad, 7 * (side + pad) + pad, 3)

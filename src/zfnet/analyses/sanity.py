@@ -11,6 +11,12 @@ correlation of the absolute values (1 = unchanged, ~0 = unrelated). Independent 
 (the paper's other variant) re-initialises one layer at a time, the others trained: which
 layer's weights does a method's map depend on?
 
+Data randomisation (the paper's second test): the same model trained with the same recipe on the
+same images, their labels permuted (`random_labels=SEED`, `zfnet.data.relabel`), so that it can
+only memorise them. Each model's map of its own predicted class (the logit, seeded as the
+paper's class-logit maps) is compared for the same images: a method whose maps stay the same
+whether the labels meant anything or not does not show what the model learned from them.
+
 What it means: a method whose maps barely change while the layers that decide the output are
 destroyed shows the image more than the model — deconvnet and guided backprop are known to stay
 close to an edge detector (their ReLU rule discards the sign information of the upper layers),
@@ -34,6 +40,7 @@ from zfnet.display import CAPTION as DISPLAY_CAPTION
 from zfnet.display import save_grid
 from zfnet.models.geometry import record_forward
 from zfnet.models.layers import resolve_layer
+from zfnet.models.modes import eval_mode
 
 RULES = ("deconvnet", "guided", "gradient")
 
@@ -217,6 +224,63 @@ def model_randomization(
     return res
 
 
+@dataclass
+class DataRandomizationResult:
+    """The maps of a model and of its copy trained on permuted labels, for the same images:
+    `scores[rule]` the mean SSIM and Spearman rank correlation, `per_image[rule]` each image's
+    rank correlation; `classes` each model's predicted class per image (the seeds, at `layer`);
+    `examples[rule]` (N, 2, C, H, W): each image's two maps; `accuracy`, where measured, the
+    top-1 accuracy of the model and of the copy on their own training labels ("train",
+    "random_train") and on the val split ("val", "random_val")."""
+
+    layer: str
+    classes: tuple[list[int], list[int]]
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_image: dict[str, list[float]] = field(default_factory=dict)
+    examples: dict[str, torch.Tensor] = field(default_factory=dict)
+    accuracy: dict[str, float] = field(default_factory=dict)
+
+
+def output_layer(model: nn.Module, input_size: int | tuple[int, int] | None = None) -> str:
+    """The module path of the last module with parameters to run (zfnet's `classifier.fc8`,
+    a ResNet's `fc`): where the class logits are made."""
+    return trainable_layers(model, input_size=input_size)[0]
+
+
+def data_randomization(
+    model: nn.Module,
+    random_model: nn.Module,
+    images: torch.Tensor,
+    rules: Sequence[str] = RULES,
+) -> DataRandomizationResult:
+    """Adebayo et al.'s data randomisation test: `model` and `random_model` (the same
+    architecture trained on permuted labels) each project its own predicted class's logit (at
+    `output_layer`) to pixels for `images` (N, C, H, W), by each rule; the two models' maps
+    are compared image by image (`similarity`). Neither model is changed."""
+    from zfnet.deconvnet import project  # the one projection engine
+
+    for r in rules:
+        if r not in RULES:
+            raise ValueError(f"unknown rule {r!r}; valid: {', '.join(RULES)}")
+    size = (int(images.shape[-2]), int(images.shape[-1]))
+    layer = output_layer(model, size)
+    if output_layer(random_model, size) != layer:
+        raise ValueError(f"the two models differ: their outputs come from {layer!r} and "
+                         f"{output_layer(random_model, size)!r}")
+    with eval_mode(model), eval_mode(random_model):
+        with torch.no_grad():
+            classes = [m(images).argmax(1) for m in (model, random_model)]
+        res = DataRandomizationResult(layer, (classes[0].tolist(), classes[1].tolist()))
+        for r in rules:
+            maps = [project(m, images, layer, c, rule=r)
+                    for m, c in zip((model, random_model), classes, strict=True)]
+            res.scores[r] = similarity(*maps)
+            res.per_image[r] = [similarity(a[None], b[None])["spearman"]
+                                for a, b in zip(*maps, strict=True)]
+            res.examples[r] = torch.stack(maps, 1).detach().cpu()
+    return res
+
+
 def _own_state(m: nn.Module) -> dict[str, torch.Tensor]:
     """The parameters and buffers of `m` itself (not its children's), by name."""
     return dict([*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)])
@@ -296,6 +360,56 @@ def randomization_section(
         figures=figures,
         tables=[Table([("re-initialised alone" if independent else "re-initialised down to")]
                       + [f"rank corr. {r}" for r in result.scores], rows)],
+    )
+    write_section(run_dir, section)
+    return section
+
+
+def data_randomization_section(
+    run_dir: str | Path, result: DataRandomizationResult, pixels: torch.Tensor,
+    random_run: str, order: int = 92,
+):
+    """Write the data randomisation test's figure (each image beside each rule's map from the
+    model and from its copy trained on permuted labels), table and report section.
+    `pixels`: the images as uint8 (N, C, H, W); `result.accuracy` must be measured;
+    `random_run`: the copy's run directory, named in the caption."""
+    from zfnet.report import Figure, Section, Table, write_section
+
+    run_dir = Path(run_dir)
+    rules, accuracy = list(result.scores), result.accuracy
+    shown = pixels.float() - 127.5  # the images as they are, by the projections' rule
+    tiles = torch.cat([shown[:, None], *(result.examples[r] for r in rules)], 1)
+    grid = save_grid(tiles, run_dir / "figures" / "randomization_labels.png")
+    columns = ", ".join(f"{r}: the model, then the copy" for r in rules)
+    rows = [[r, f"{result.scores[r]['ssim']:.3f}", f"{result.scores[r]['spearman']:.3f}",
+             " ".join(f"{v:.2f}" for v in result.per_image[r])] for r in rules]
+    agree = sum(a == b for a, b in zip(*result.classes, strict=True))
+    section = Section(
+        key="randomization_labels",
+        title="Sanity check: data randomisation (Adebayo et al. 2018)",
+        order=order,
+        caption=(
+            f"A copy of the model was trained with the same recipe on the same images, their "
+            f"labels permuted ({random_run}): it can only memorise them (it fits "
+            f"{accuracy['random_train']:.1%} of its training labels, the model "
+            f"{accuracy['train']:.1%} of the true ones; on the val split "
+            f"{accuracy['random_val']:.1%} against {accuracy['val']:.1%}). For the same "
+            f"training images, each model's predicted class ({_short(result.layer)}) is "
+            "projected to pixels by each method, and the two maps are compared: SSIM and "
+            "Spearman rank correlation of the absolute maps (1 = the same map). A method "
+            "whose maps stay alike whether the labels meant anything or not shows the image "
+            "more than what the model learned from its labels (Adebayo et al. found guided "
+            "backprop insensitive to them, the gradient sensitive). Two runs on the true labels "
+            "never give the same maps either: read these figures beside that reference "
+            "(another seed; bench/label_control.py). The check means most where the copy has "
+            "memorised its labels. "
+            f"The two models predicted the same class for {agree} of "
+            f"{len(result.classes[0])} images. " + DISPLAY_CAPTION),
+        figures=[Figure(str(grid.relative_to(run_dir)),
+                        f"rows: the images; columns: the image, then {columns}")],
+        tables=[Table(["method", "SSIM", "rank corr.", "rank corr. per image"], rows)],
+        metrics={"copy's training labels fitted": f"{accuracy['random_train']:.1%}",
+                 **{f"rank corr. {r}": round(result.scores[r]["spearman"], 3) for r in rules}},
     )
     write_section(run_dir, section)
     return section

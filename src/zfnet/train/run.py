@@ -190,10 +190,12 @@ def find_resume(config: TrainConfig, say: Callable[[str], None] | None = None
     return resume_from, meta
 
 
-def check_resumable(saved: dict[str, Any], config: TrainConfig, where: Path) -> None:
+def check_resumable(saved: dict[str, Any], config: TrainConfig, where: Path, *,
+                    action: str = "--resume", instead: str = "another --out") -> None:
     """Refuse to continue a run saved with `saved` (its TrainConfig as a dict) under a
     configuration that would compute something else (`IDENTITY_FIELDS`, and the fields the
-    schedule depends on); the ValueError lists every difference."""
+    schedule depends on); the ValueError says it cannot `action` the run, lists every
+    difference and ends with what to give `instead`."""
     fields = list(IDENTITY_FIELDS)
     if config.schedule in ("cosine", "linear", "onecycle"):
         fields.append("epochs")  # the schedule's length depends on it
@@ -207,8 +209,8 @@ def check_resumable(saved: dict[str, Any], config: TrainConfig, where: Path) -> 
              if json.dumps(saved.get(k), sort_keys=True) != json.dumps(now[k], sort_keys=True)]
     if diffs:
         raise ValueError(
-            f"cannot --resume the run in {where} with a different configuration ("
-            + "; ".join(diffs) + "); use the run's values or another --out"
+            f"cannot {action} the run in {where} with a different configuration ("
+            + "; ".join(diffs) + f"); use the run's values or {instead}"
         )
 
 
