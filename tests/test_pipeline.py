@@ -185,3 +185,26 @@ def test_data_randomization_trains_the_copy_once_and_compares(tmp_path) -> None:
     res = CliRunner().invoke(main, [*check[:-1], "1", "--random-run", str(tmp_path / "c1")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "c1" / "config.json").read_text())["epochs"] == 1
+
+
+def test_data_randomization_interrupted_says_how_to_continue(tmp_path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    import zfnet.train
+    from zfnet.cli import main
+
+    tiny = "synthetic?n_train=64&n_val=32&size=32"
+    run, out = tmp_path / "run", tmp_path / "out"
+    assert CliRunner().invoke(main, ["train", "--data", tiny, "--model", "zfnet_small", "--out",
+                                     str(run), "--epochs", "1", "--batch-size", "32", "--quiet",
+                                     "--no-tensorboard"]).exit_code == 0
+
+    def stopped(config, bundle=None):  # what `train` returns after SIGINT saved the copy
+        return {"status": "interrupted", "signal": "SIGINT", "run_dir": config.out}
+
+    monkeypatch.setattr(zfnet.train, "train", stopped)
+    res = CliRunner().invoke(main, ["analyze", "randomization", "--checkpoint", str(run),
+                                    "--mode", "labels", "--out", str(out), "--images", "2"])
+    assert res.exit_code == 130
+    assert "interrupted by SIGINT: the same command continues the copy's training" in res.output
+    assert not (out / "sections").exists()
