@@ -294,6 +294,8 @@ CASES = [
                                      "--images", "1000"], "give 1 to 64"),
     ("randomization-epochs-without-labels", ["analyze", "randomization", *CK, *OUT, "--epochs",
                                              "3"], "go with --mode labels"),
+    ("randomization-reference-without-labels", ["analyze", "randomization", *CK, *OUT,
+                                                "--reference"], "go with --mode labels"),
     ("train-random-labels-value", ["train", "--data", f"{TINY}&random_labels=all", "--model",
                                    "zfnet_small", *OUT, "--epochs", "1"], "random_labels='all'"),
     ("eval-random-labels-no-labels", ["eval", *CK, "--data", "images:{images}?random_labels=0"],

@@ -172,12 +172,20 @@ def test_data_randomization_trains_the_copy_once_and_compares(tmp_path) -> None:
     s = _section(out, "randomization_labels")
     assert "copy's training labels fitted" in s.metrics
     assert (out / "figures" / "randomization_labels.png").is_file()
-    # again: the copy is continued where it is (finished: not trained again)
+    assert "reference" not in s.tables[0].columns[3]
+    # again: the copy is continued where it is (finished: not trained again); --reference
+    # trains the run again on the true labels, from the next seed
     weights = next(copy.glob("checkpoints/*/model.safetensors"))
     stamp = weights.stat().st_mtime_ns
-    res = CliRunner().invoke(main, check)
+    res = CliRunner().invoke(main, [*check, "--reference"])
     assert res.exit_code == 0, res.output
     assert weights.stat().st_mtime_ns == stamp
+    config = json.loads((out / "reference" / "config.json").read_text())
+    assert (config["data"], config["seed"], config["epochs"]) == (tiny, 1, 1)
+    assert res.output.count("(reference: ") == 3
+    s = _section(out, "randomization_labels")
+    assert s.tables[0].columns[3] == "reference rank corr." and "reference guided" in s.metrics
+    assert str(out / "reference") in s.caption
     # another length of a cosine schedule is another copy: named, nothing written
     res = CliRunner().invoke(main, [*check[:-1], "3"])
     assert res.exit_code != 0 and "epochs: 2 in the run, 3 now" in res.output

@@ -1110,19 +1110,24 @@ def transfer_cmd(checkpoint: str, data: str, out: str, shots: tuple[int, ...], n
 @click.option("--random-run", type=click.Path(file_okay=False), default=None,
               help="--mode labels: the copy's run directory (default OUT/random-labels), "
                    "continued where it holds a checkpoint.")
+@click.option("--reference", is_flag=True,
+              help="--mode labels: also train the run again on the true labels from the next "
+                   "seed (OUT/reference) and compare it the same way: how alike two runs' "
+                   "maps are anyway.")
 @_NONLINEAR
 def randomization_cmd(model_options: ModelOptions, data: str | None, out: str, images: int,
                       layer: str | None, mode: str, steps: str, epochs: int | None,
-                      random_run: str | None) -> None:
+                      random_run: str | None, reference: bool) -> None:
     """Sanity checks (Adebayo et al. 2018): do the maps change when the model is randomised
     (--mode cascading, independent), or when it learned random labels (--mode labels)?"""
     from zfnet import pipeline
 
     if mode == "labels":
-        _data_randomization(model_options, data, out, images, layer, steps, epochs, random_run)
+        _data_randomization(model_options, data, out, images, layer, steps, epochs, random_run,
+                            reference)
         return
-    if epochs is not None or random_run is not None:
-        raise click.UsageError("--epochs and --random-run go with --mode labels")
+    if epochs is not None or random_run is not None or reference:
+        raise click.UsageError("--epochs, --random-run and --reference go with --mode labels")
     source, bundle = _model_and_data(model_options, data)
     layer = _layers(source.model, (layer,))[0] if layer else None
     pipeline.randomization(source.model, bundle, out, images, layer, mode, steps)
@@ -1131,7 +1136,7 @@ def randomization_cmd(model_options: ModelOptions, data: str | None, out: str, i
 
 def _data_randomization(model_options: ModelOptions, data: str | None, out: str, images: int,
                         layer: str | None, steps: str, epochs: int | None,
-                        random_run: str | None) -> None:
+                        random_run: str | None, reference: bool) -> None:
     """`analyze randomization --mode labels`: its options checked, the copy trained, the
     section written."""
     import signal
@@ -1157,7 +1162,7 @@ def _data_randomization(model_options: ModelOptions, data: str | None, out: str,
             f"--mode labels trains the model again on permuted labels: it needs a zfnet run "
             f"(--checkpoint RUN), not {source.name}")
     result, summary = pipeline.data_randomization(source.model, source.meta, out, images,
-                                                  epochs, random_run)
+                                                  epochs, random_run, reference)
     if result is None:
         by = summary["signal"] or "a signal"
         click.echo(f"interrupted by {by}: the same command continues the copy's training",
@@ -1167,7 +1172,10 @@ def _data_randomization(model_options: ModelOptions, data: str | None, out: str,
     click.echo(f"copy trained on permuted labels: {acc['random_train']:.1%} of its training "
                f"labels fitted (the model: {acc['train']:.1%} of the true ones)")
     for rule, score in result.scores.items():
-        click.echo(f"{rule:<10} rank correlation {score['spearman']:.3f}  SSIM {score['ssim']:.3f}")
+        against = (f"  (reference: {result.reference[rule]['spearman']:.3f})"
+                   if result.reference else "")
+        click.echo(f"{rule:<10} rank correlation {score['spearman']:.3f}  "
+                   f"SSIM {score['ssim']:.3f}{against}")
     _finish(out)
 
 

@@ -312,22 +312,26 @@ def randomization(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
 
 
 RANDOM_RUN = "random-labels"  # where `data_randomization` trains its copy, in `run_dir`
+REFERENCE_RUN = "reference"  # and the reference, on the true labels with another seed
 SCORED = 2000  # images of each split the two models' accuracies are measured on
 
 
 def data_randomization(model: nn.Module, meta: dict[str, Any], run_dir: str | Path,
                        n_images: int = 4, epochs: int | None = None,
-                       random_run: str | Path | None = None,
+                       random_run: str | Path | None = None, reference: bool = False,
                        label_seed: int = 0) -> tuple[Any, dict[str, Any]]:
     """Adebayo et al.'s data randomisation test on a zfnet run (`model`, its checkpoint's
     `meta`): a copy trained with the run's configuration (`epochs`: instead of the run's, and
     of its time budget) on its data with the training labels permuted (`random_labels=`
-    `label_seed`) into `random_run` (default `run_dir/random-labels`; continued where it is
-    already, as by `--resume`), then each model's predicted class projected for the first
-    `n_images` training images (centre crops) and compared (`analyses.sanity`).
+    `label_seed`) into `random_run` (default `run_dir/random-labels`), then each model's
+    predicted class projected for the first `n_images` training images (centre crops) and
+    compared (`analyses.sanity`). With `reference`, a second copy, trained as the run was on
+    the true labels but from the next seed (`run_dir/reference`), is compared the same way:
+    how alike two runs' maps are anyway. A copy is continued where it is, as by `--resume`.
 
-    Returns (the result, or None when the copy's training was interrupted by a signal; the
-    copy's training summary). Every input is checked before anything is written."""
+    Returns (the result, or None when a copy's training was interrupted by a signal; that
+    copy's training summary, else the random copy's). Every input is checked before anything
+    is written."""
     from dataclasses import replace
 
     from zfnet.analyses.sanity import data_randomization as compare
@@ -346,25 +350,33 @@ def data_randomization(model: nn.Module, meta: dict[str, Any], run_dir: str | Pa
         raise ValueError(f"the run was trained on permuted labels already ({saved.data}); give "
                          "the run trained on the true labels")
     random_run = Path(random_run) if random_run is not None else Path(run_dir) / RANDOM_RUN
-    config = replace(saved, data=with_options(saved.data, **{OPTION: label_seed}),
-                     out=str(random_run), resume=True, keep_epochs=(),
-                     epochs=epochs or saved.epochs,
-                     time_budget=None if epochs else saved.time_budget)
-    if has_checkpoint(random_run):  # continued: only a copy made with this configuration
-        check_resumable(read_meta(resolve_checkpoint(random_run))["train_config"], config,
-                        random_run, action="continue", instead="another --random-run")
+    copies = {"random": (replace(saved, data=with_options(saved.data, **{OPTION: label_seed}),
+                                 out=str(random_run), resume=True, keep_epochs=(),
+                                 epochs=epochs or saved.epochs,
+                                 time_budget=None if epochs else saved.time_budget),
+                         "another --random-run")}
+    if reference:
+        copies["reference"] = (replace(saved, out=str(Path(run_dir) / REFERENCE_RUN),
+                                       resume=True, keep_epochs=(), seed=saved.seed + 1),
+                               "another --out")
+    for config, instead in copies.values():  # continued: only a copy made the same way
+        if has_checkpoint(config.out):
+            check_resumable(read_meta(resolve_checkpoint(config.out))["train_config"], config,
+                            Path(config.out), action="continue", instead=instead)
     bundle = load_dataset(saved.data)
     check_fits(model, bundle, classes=True)
     train_split = _centre(bundle, "train")
     if not 1 <= n_images <= len(train_split):
         raise ValueError(f"n_images={n_images}: the training split of {bundle.spec!r} has "
                          f"{len(train_split)} images; give 1 to {len(train_split)}")
-    random_bundle = load_dataset(config.data)
-    summary = train(config, bundle=random_bundle)
-    if summary["status"] != "completed":
-        return None, summary
+    bundles = {"random": load_dataset(copies["random"][0].data), "reference": bundle}
     device = next(model.parameters()).device
-    random_model, _ = load_model(random_run, meta["model"], device=device)
+    trained, summaries = {}, {}
+    for name, (config, _) in copies.items():
+        summaries[name] = train(config, bundle=bundles[name])
+        if summaries[name]["status"] != "completed":
+            return None, summaries[name]
+        trained[name], _ = load_model(config.out, meta["model"], device=device)
 
     def accuracy(net: nn.Module, data: Any) -> float:
         part = Subset(data, range(min(len(data), SCORED)))
@@ -373,10 +385,15 @@ def data_randomization(model: nn.Module, meta: dict[str, Any], run_dir: str | Pa
 
     x = torch.stack([train_split[i][0] for i in range(n_images)]).to(device)
     pixels = torch.stack([train_split.raw(i) for i in range(n_images)])
-    result = compare(model, random_model, x)
-    result.accuracy = {"train": accuracy(model, train_split),
-                       "random_train": accuracy(random_model, _centre(random_bundle, "train")),
-                       "val": accuracy(model, _centre(bundle)),
-                       "random_val": accuracy(random_model, _centre(random_bundle))}
-    data_randomization_section(run_dir, result, pixels, str(random_run))
-    return result, summary
+    result = compare(model, trained["random"], x)
+    result.accuracy = {
+        "train": accuracy(model, train_split),
+        "random_train": accuracy(trained["random"], _centre(bundles["random"], "train")),
+        "val": accuracy(model, _centre(bundle)),
+        "random_val": accuracy(trained["random"], _centre(bundles["random"]))}
+    if reference:
+        result.reference = compare(model, trained["reference"], x).scores
+        result.accuracy["reference_val"] = accuracy(trained["reference"], _centre(bundle))
+    data_randomization_section(run_dir, result, pixels, str(random_run),
+                               copies["reference"][0].out if reference else None)
+    return result, summaries["random"]

@@ -216,3 +216,10 @@ def test_data_randomization_compares_each_models_own_class(tmp_path) -> None:
     canvas = np.asarray(Image.open(tmp_path / "figures" / "randomization_labels.png"))
     side, pad = 64, 2  # 32 px enlarged to 64; the image, then two maps per rule
     assert canvas.shape == (3 * (side + pad) + pad, 7 * (side + pad) + pad, 3)
+    assert "--reference trains one" in s.caption and len(s.tables[0].columns) == 4
+    res.reference = data_randomization(model, model, x).scores  # the model against itself
+    res.accuracy["reference_val"] = 0.85
+    data_randomization_section(tmp_path, res, pixels, "runs/copy", "runs/again")
+    (s,) = read_sections(tmp_path)
+    assert "(runs/again; on the val split 85.0%)" in s.caption
+    assert [row[3] for row in s.tables[0].rows] == ["1.000"] * 3

@@ -231,7 +231,8 @@ class DataRandomizationResult:
     rank correlation; `classes` each model's predicted class per image (the seeds, at `layer`);
     `examples[rule]` (N, 2, C, H, W): each image's two maps; `accuracy`, where measured, the
     top-1 accuracy of the model and of the copy on their own training labels ("train",
-    "random_train") and on the val split ("val", "random_val")."""
+    "random_train") and on the val split ("val", "random_val"; "reference_val"); `reference`,
+    where measured, `scores` of the model against another run on the true labels."""
 
     layer: str
     classes: tuple[list[int], list[int]]
@@ -239,6 +240,7 @@ class DataRandomizationResult:
     per_image: dict[str, list[float]] = field(default_factory=dict)
     examples: dict[str, torch.Tensor] = field(default_factory=dict)
     accuracy: dict[str, float] = field(default_factory=dict)
+    reference: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def output_layer(model: nn.Module, input_size: int | tuple[int, int] | None = None) -> str:
@@ -367,12 +369,13 @@ def randomization_section(
 
 def data_randomization_section(
     run_dir: str | Path, result: DataRandomizationResult, pixels: torch.Tensor,
-    random_run: str, order: int = 92,
+    random_run: str, reference_run: str | None = None, order: int = 92,
 ):
     """Write the data randomisation test's figure (each image beside each rule's map from the
     model and from its copy trained on permuted labels), table and report section.
     `pixels`: the images as uint8 (N, C, H, W); `result.accuracy` must be measured;
-    `random_run`: the copy's run directory, named in the caption."""
+    `random_run`, `reference_run` (where `result.reference` is measured): the copies' run
+    directories, named in the caption."""
     from zfnet.report import Figure, Section, Table, write_section
 
     run_dir = Path(run_dir)
@@ -381,8 +384,18 @@ def data_randomization_section(
     tiles = torch.cat([shown[:, None], *(result.examples[r] for r in rules)], 1)
     grid = save_grid(tiles, run_dir / "figures" / "randomization_labels.png")
     columns = ", ".join(f"{r}: the model, then the copy" for r in rules)
+    ref = result.reference
     rows = [[r, f"{result.scores[r]['ssim']:.3f}", f"{result.scores[r]['spearman']:.3f}",
+             *([f"{ref[r]['spearman']:.3f}"] if ref else []),
              " ".join(f"{v:.2f}" for v in result.per_image[r])] for r in rules]
+    if ref:
+        against = (f"The reference is a second run on the true labels, trained as the model was "
+                   f"from the next seed ({reference_run}; on the val split "
+                   f"{accuracy['reference_val']:.1%}): how alike two runs' maps are anyway "
+                   "(its rank correlation with the model's maps in the table). ")
+    else:
+        against = ("Two runs on the true labels never give the same maps either: read these "
+                   "figures beside that reference (--reference trains one from another seed). ")
     agree = sum(a == b for a, b in zip(*result.classes, strict=True))
     section = Section(
         key="randomization_labels",
@@ -399,17 +412,17 @@ def data_randomization_section(
             "Spearman rank correlation of the absolute maps (1 = the same map). A method "
             "whose maps stay alike whether the labels meant anything or not shows the image "
             "more than what the model learned from its labels (Adebayo et al. found guided "
-            "backprop insensitive to them, the gradient sensitive). Two runs on the true labels "
-            "never give the same maps either: read these figures beside that reference "
-            "(another seed; bench/label_control.py). The check means most where the copy has "
-            "memorised its labels. "
+            "backprop insensitive to them, the gradient sensitive). " + against +
+            "The check means most where the copy has memorised its labels. "
             f"The two models predicted the same class for {agree} of "
             f"{len(result.classes[0])} images. " + DISPLAY_CAPTION),
         figures=[Figure(str(grid.relative_to(run_dir)),
                         f"rows: the images; columns: the image, then {columns}")],
-        tables=[Table(["method", "SSIM", "rank corr.", "rank corr. per image"], rows)],
+        tables=[Table(["method", "SSIM", "rank corr.", *(["reference rank corr."] if ref else []),
+                       "rank corr. per image"], rows)],
         metrics={"copy's training labels fitted": f"{accuracy['random_train']:.1%}",
-                 **{f"rank corr. {r}": round(result.scores[r]["spearman"], 3) for r in rules}},
+                 **{f"rank corr. {r}": round(result.scores[r]["spearman"], 3) for r in rules},
+                 **{f"reference {r}": round(ref[r]["spearman"], 3) for r in ref}},
     )
     write_section(run_dir, section)
     return section
