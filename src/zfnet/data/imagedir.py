@@ -62,7 +62,7 @@ def load_images_dir(
     if spec.path is None:
         raise ValueError(f"images needs a directory: {FORM}")
     opts = check_options(spec, {"size": lambda v, k: int_option(v, k, minimum=8),
-                                "n": lambda v, k: int_option(v, k, minimum=1)})
+                                "n": lambda v, k: int_option(v, k, minimum=1)}, labelled=False)
     check_no_size(opts, preprocessing, raw_spec)
     root = Path(spec.path).expanduser()
     paths = folder_images(root)[:opts.get("n")]

@@ -99,15 +99,16 @@ def class_list_option(value: str, class_names: list[str], key: str = "classes") 
 
 
 def check_options(
-    spec: DatasetSpec, parsers: Mapping[str, Callable[[str, str], Any]]
+    spec: DatasetSpec, parsers: Mapping[str, Callable[[str, str], Any]], labelled: bool = True
 ) -> dict[str, Any]:
     """Parse `spec.options` with one parser per known key; unknown keys list the valid ones
-    (with `random_labels`, which `zfnet.data.load_dataset` takes for every dataset)."""
+    (with `random_labels`, which `zfnet.data.load_dataset` takes for every `labelled`
+    dataset)."""
     from zfnet.data.relabel import OPTION
 
     unknown = sorted(set(spec.options) - set(parsers))
     if unknown:
-        valid = ", ".join(sorted({*parsers, OPTION}))
+        valid = ", ".join(sorted({*parsers, *([OPTION] if labelled else [])}))
         raise ValueError(
             f"unknown option(s) {', '.join(unknown)} for dataset {spec.name!r}; valid: {valid}"
         )
