@@ -158,7 +158,7 @@ def test_data_randomization_trains_the_copy_once_and_compares(tmp_path) -> None:
              "1", "--batch-size", "32", "--schedule", "cosine", "--quiet", "--no-tensorboard"]
     assert CliRunner().invoke(main, train).exit_code == 0
     check = ["analyze", "randomization", "--checkpoint", str(run), "--mode", "labels",
-             "--out", str(out), "--images", "3", "--epochs", "2"]
+             "--out", str(out), "--device", "cpu", "--images", "3", "--epochs", "2"]
     res = CliRunner().invoke(main, check)
     assert res.exit_code == 0, res.output
     assert "copy trained on permuted labels" in res.output
@@ -167,6 +167,7 @@ def test_data_randomization_trains_the_copy_once_and_compares(tmp_path) -> None:
     copy = out / "random-labels"
     config = json.loads((copy / "config.json").read_text())
     assert config["data"] == f"{tiny}&random_labels=0" and config["epochs"] == 2
+    assert config["device"] == "cpu"  # the command's --device, the run's was auto
     _, meta = load_model(copy)
     assert meta["epoch"] == 2 and meta["model"] == "zfnet_small"
     s = _section(out, "randomization_labels")

@@ -1162,7 +1162,8 @@ def _data_randomization(model_options: ModelOptions, data: str | None, out: str,
             f"--mode labels trains the model again on permuted labels: it needs a zfnet run "
             f"(--checkpoint RUN), not {source.name}")
     result, summary = pipeline.data_randomization(source.model, source.meta, out, images,
-                                                  epochs, random_run, reference)
+                                                  epochs, random_run, reference,
+                                                  device=model_options.device)
     if result is None:
         by = summary["signal"] or "a signal"
         click.echo(f"interrupted by {by}: the same command continues the copy's training",

@@ -319,7 +319,7 @@ SCORED = 2000  # images of each split the two models' accuracies are measured on
 def data_randomization(model: nn.Module, meta: dict[str, Any], run_dir: str | Path,
                        n_images: int = 4, epochs: int | None = None,
                        random_run: str | Path | None = None, reference: bool = False,
-                       label_seed: int = 0) -> tuple[Any, dict[str, Any]]:
+                       label_seed: int = 0, device: str = "auto") -> tuple[Any, dict[str, Any]]:
     """Adebayo et al.'s data randomisation test on a zfnet run (`model`, its checkpoint's
     `meta`): a copy trained with the run's configuration (`epochs`: instead of the run's, and
     of its time budget) on its data with the training labels permuted (`random_labels=`
@@ -327,7 +327,8 @@ def data_randomization(model: nn.Module, meta: dict[str, Any], run_dir: str | Pa
     predicted class projected for the first `n_images` training images (centre crops) and
     compared (`analyses.sanity`). With `reference`, a second copy, trained as the run was on
     the true labels but from the next seed (`run_dir/reference`), is compared the same way:
-    how alike two runs' maps are anyway. A copy is continued where it is, as by `--resume`.
+    how alike two runs' maps are anyway. A copy is continued where it is, as by `--resume`;
+    copies train on `device` (auto: CUDA where there is one).
 
     Returns (the result, or None when a copy's training was interrupted by a signal; that
     copy's training summary, else the random copy's). Every input is checked before anything
@@ -351,13 +352,14 @@ def data_randomization(model: nn.Module, meta: dict[str, Any], run_dir: str | Pa
                          "the run trained on the true labels")
     random_run = Path(random_run) if random_run is not None else Path(run_dir) / RANDOM_RUN
     copies = {"random": (replace(saved, data=with_options(saved.data, **{OPTION: label_seed}),
-                                 out=str(random_run), resume=True, keep_epochs=(),
+                                 out=str(random_run), resume=True, keep_epochs=(), device=device,
                                  epochs=epochs or saved.epochs,
                                  time_budget=None if epochs else saved.time_budget),
                          "another --random-run")}
     if reference:
         copies["reference"] = (replace(saved, out=str(Path(run_dir) / REFERENCE_RUN),
-                                       resume=True, keep_epochs=(), seed=saved.seed + 1),
+                                       resume=True, keep_epochs=(), device=device,
+                                       seed=saved.seed + 1),
                                "another --out")
     for config, instead in copies.values():  # continued: only a copy made the same way
         if has_checkpoint(config.out):
