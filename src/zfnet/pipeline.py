@@ -372,20 +372,20 @@ def data_randomization(model: nn.Module, meta: dict[str, Any], run_dir: str | Pa
         raise ValueError(f"n_images={n_images}: the training split of {bundle.spec!r} has "
                          f"{len(train_split)} images; give 1 to {len(train_split)}")
     bundles = {"random": load_dataset(copies["random"][0].data), "reference": bundle}
-    device = next(model.parameters()).device
+    where = next(model.parameters()).device  # the model's: the copies are compared there
     trained, summaries = {}, {}
     for name, (config, _) in copies.items():
         summaries[name] = train(config, bundle=bundles[name])
         if summaries[name]["status"] != "completed":
             return None, summaries[name]
-        trained[name], _ = load_model(config.out, meta["model"], device=device)
+        trained[name], _ = load_model(config.out, meta["model"], device=where)
 
     def accuracy(net: nn.Module, data: Any) -> float:
         part = Subset(data, range(min(len(data), SCORED)))
         loader = DataLoader(part, batch_size=128, collate_fn=collate)
         return 1.0 - evaluate(net, loader, bundle.num_classes)["top1_error"]
 
-    x = torch.stack([train_split[i][0] for i in range(n_images)]).to(device)
+    x = torch.stack([train_split[i][0] for i in range(n_images)]).to(where)
     pixels = torch.stack([train_split.raw(i) for i in range(n_images)])
     result = compare(model, trained["random"], x)
     result.accuracy = {

@@ -108,7 +108,7 @@ def check_options(
 
     unknown = sorted(set(spec.options) - set(parsers))
     if unknown:
-        valid = ", ".join(sorted({*parsers, *([OPTION] if labelled else [])}))
+        valid = ", ".join(sorted({*parsers, *([OPTION] if labelled else [])})) or "(none)"
         raise ValueError(
             f"unknown option(s) {', '.join(unknown)} for dataset {spec.name!r}; valid: {valid}"
         )
