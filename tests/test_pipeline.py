@@ -148,6 +148,7 @@ def test_data_randomization_trains_the_copy_once_and_compares(tmp_path) -> None:
     import json
 
     from click.testing import CliRunner
+    from PIL import Image
 
     from zfnet.cli import main
     from zfnet.train import load_model
@@ -175,10 +176,11 @@ def test_data_randomization_trains_the_copy_once_and_compares(tmp_path) -> None:
     assert (out / "figures" / "randomization_labels.png").is_file()
     assert "reference" not in s.tables[0].columns[3]
     # again: the copy is continued where it is (finished: not trained again); --reference
-    # trains the run again on the true labels, from the next seed
+    # trains the run again on the true labels, from the next seed; 16 images by default
     weights = next(copy.glob("checkpoints/*/model.safetensors"))
     stamp = weights.stat().st_mtime_ns
-    res = CliRunner().invoke(main, [*check, "--reference"])
+    without_images = [a for a in check if a not in ("--images", "3")]
+    res = CliRunner().invoke(main, [*without_images, "--reference"])
     assert res.exit_code == 0, res.output
     assert weights.stat().st_mtime_ns == stamp
     config = json.loads((out / "reference" / "config.json").read_text())
@@ -187,6 +189,9 @@ def test_data_randomization_trains_the_copy_once_and_compares(tmp_path) -> None:
     s = _section(out, "randomization_labels")
     assert s.tables[0].columns[3] == "reference rank corr." and "reference guided" in s.metrics
     assert str(out / "reference") in s.caption
+    assert [len(row[4].split()) for row in s.tables[0].rows] == [16] * 3
+    height = Image.open(out / "figures" / "randomization_labels.png").height
+    assert height == 8 * (64 + 2) + 2  # the first 8 of the 16 drawn, 32 px enlarged to 64
     # another length of a cosine schedule is another copy: named, nothing written
     res = CliRunner().invoke(main, [*check[:-1], "3"])
     assert res.exit_code != 0 and "epochs: 2 in the run, 3 now" in res.output

@@ -1089,7 +1089,9 @@ def transfer_cmd(checkpoint: str, data: str, out: str, shots: tuple[int, ...], n
 @_SOURCE
 @_DATA
 @_OUT
-@click.option("--images", default=4, show_default=True, type=click.IntRange(1))
+@click.option("--images", default=None, type=click.IntRange(1),
+              help="Images whose maps are compared (default 4; 16 with --mode labels, whose "
+                   "maps cost one pass each).")
 @click.option("--layer", default=None,
               help="Layer of the seed units (default: the last spatial layer, conv5 on "
                    "zfnet's).")
@@ -1115,7 +1117,8 @@ def transfer_cmd(checkpoint: str, data: str, out: str, shots: tuple[int, ...], n
                    "seed (OUT/reference) and compare it the same way: how alike two runs' "
                    "maps are anyway.")
 @_NONLINEAR
-def randomization_cmd(model_options: ModelOptions, data: str | None, out: str, images: int,
+def randomization_cmd(model_options: ModelOptions, data: str | None, out: str,
+                      images: int | None,
                       layer: str | None, mode: str, steps: str, epochs: int | None,
                       random_run: str | None, reference: bool) -> None:
     """Sanity checks (Adebayo et al. 2018): do the maps change when the model is randomised
@@ -1123,15 +1126,18 @@ def randomization_cmd(model_options: ModelOptions, data: str | None, out: str, i
     from zfnet import pipeline
 
     if mode == "labels":
-        _data_randomization(model_options, data, out, images, layer, steps, epochs, random_run,
-                            reference)
+        _data_randomization(model_options, data, out, images or LABELS_IMAGES, layer, steps,
+                            epochs, random_run, reference)
         return
     if epochs is not None or random_run is not None or reference:
         raise click.UsageError("--epochs, --random-run and --reference go with --mode labels")
     source, bundle = _model_and_data(model_options, data)
     layer = _layers(source.model, (layer,))[0] if layer else None
-    pipeline.randomization(source.model, bundle, out, images, layer, mode, steps)
+    pipeline.randomization(source.model, bundle, out, images or 4, layer, mode, steps)
     _finish(out)
+
+
+LABELS_IMAGES = 16  # --mode labels' default --images: two passes a rule for all of them
 
 
 def _data_randomization(model_options: ModelOptions, data: str | None, out: str, images: int,

@@ -367,6 +367,9 @@ def randomization_section(
     return section
 
 
+SHOWN_IMAGES = 8  # rows of the data randomisation test's figure
+
+
 def data_randomization_section(
     run_dir: str | Path, result: DataRandomizationResult, pixels: torch.Tensor,
     random_run: str, reference_run: str | None = None, order: int = 92,
@@ -380,8 +383,8 @@ def data_randomization_section(
 
     run_dir = Path(run_dir)
     rules, accuracy = list(result.scores), result.accuracy
-    shown = pixels.float() - 127.5  # the images as they are, by the projections' rule
-    tiles = torch.cat([shown[:, None], *(result.examples[r] for r in rules)], 1)
+    shown = pixels[:SHOWN_IMAGES].float() - 127.5  # the images as they are, by the maps' rule
+    tiles = torch.cat([shown[:, None], *(result.examples[r][:SHOWN_IMAGES] for r in rules)], 1)
     grid = save_grid(tiles, run_dir / "figures" / "randomization_labels.png")
     columns = ", ".join(f"{r}: the model, then the copy" for r in rules)
     ref = result.reference
@@ -417,7 +420,9 @@ def data_randomization_section(
             f"The two models predicted the same class for {agree} of "
             f"{len(result.classes[0])} images. " + DISPLAY_CAPTION),
         figures=[Figure(str(grid.relative_to(run_dir)),
-                        f"rows: the images; columns: the image, then {columns}")],
+                        "rows: the images" + (f" (the first {len(shown)} of {len(pixels)})"
+                                              if len(shown) < len(pixels) else "") +
+                        f"; columns: the image, then {columns}")],
         tables=[Table(["method", "SSIM", "rank corr.", *(["reference rank corr."] if ref else []),
                        "rank corr. per image"], rows)],
         metrics={"copy's training labels fitted": f"{accuracy['random_train']:.1%}",
