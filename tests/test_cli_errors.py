@@ -314,6 +314,8 @@ CASES = [
     ("serve-bad-data", ["serve", *CK, "--data", "nope", "--port", "0"], "nope"),
     ("serve-port", ["serve", *CK, "--port", "70000"], "70000"),
     ("serve-upload-limit", ["serve", *CK, "--max-upload-mb", "0"], "--max-upload-mb"),
+    ("serve-occlusion-precision", ["serve", *CK, "--occlusion-precision", "half", "--port", "0"],
+     "'half' is not one of"),
     ("report-no-sections", ["report", "{empty}"], "no report sections"),
     ("report-figure-outside", ["report", "{escape}"], "../secret.png"),
 ]

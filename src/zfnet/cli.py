@@ -1231,9 +1231,15 @@ def study_cmd(data: str, models: tuple[str, ...], variants: tuple[str, ...], epo
 @click.option("--cache", "cache_dir", default=None, type=click.Path(file_okay=False),
               help="Where the top-k index is kept (default: ~/.cache/zfnet/explorer).")
 @click.option("--max-upload-mb", default=20, show_default=True, type=click.IntRange(1))
+@click.option("--occlusion-precision", type=click.Choice(["float32", "bfloat16"]),
+              default="float32", show_default=True,
+              help="Occlusion's forward passes on a network that is not a chain (a ResNet: one "
+                   "pass per occluder position) in bf16 (1.8-1.9x on a CPU with AMX); a chain's "
+                   "exact incremental passes stay float32.")
 @_NONLINEAR
 def serve_cmd(model_options: ModelOptions, data: str | None, host: str, port: int,
-              images: int | None, k: int, cache_dir: str | None, max_upload_mb: int) -> None:
+              images: int | None, k: int, cache_dir: str | None, max_upload_mb: int,
+              occlusion_precision: str) -> None:
     """The explorer: a local web page to click through the layers and units of the model with
     the dataset's images or your own (drag and drop): feature maps, projections by the
     deconvnet, guided backprop and the gradient, top-k over the dataset, occlusion and, for a
@@ -1263,7 +1269,8 @@ def serve_cmd(model_options: ModelOptions, data: str | None, host: str, port: in
     cache = Path(cache_dir) if cache_dir else Path(
         os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "zfnet" / "explorer"
     explorer = Explorer(source, bundle, cache_dir=cache, n_images=images, k=k,
-                        evolution=kept if len(kept) > 1 else None)
+                        evolution=kept if len(kept) > 1 else None,
+                        occlusion_precision=occlusion_precision)
     app = create_app(explorer, max_upload=max_upload_mb * 2**20,
                      allowed_hosts=LOOPBACK if host in LOOPBACK else None)
     server = Server(app, host, port)

@@ -285,6 +285,7 @@ def test_topk_job_equals_mining_and_is_kept_on_disk(client, explorer, tiny_run) 
 def test_occlusion_and_evolution_jobs(client, explorer) -> None:
     occ = _wait(client, "/api/occlusion?image=val:2")
     assert occ["layer"] == "conv5" and 0 <= occ["target"]["class"] < 10
+    assert (occ["method"], occ["precision"]) == ("incremental", "float32")
     assert occ["target"]["name"] in explorer.bundle.class_names
     assert _png(client.get(occ["figure"])).ndim == 3
     evo = _wait(client, "/api/evolution?layer=conv2&unit=4")
@@ -505,3 +506,21 @@ def test_nonlinear_mode_reaches_the_views_and_the_jobs(tmp_path) -> None:
             assert _png(c.get(_wait(c, "/api/topk?layer=features.3&unit=2")["figure"])).ndim == 3
             u = c.get("/api/unit?image=val:0&layer=features.1.0.block.3&unit=300").json()
             assert _png(c.get(u["rules"]["gradient"])).ndim == 3
+
+
+def test_occlusion_of_a_network_that_is_not_a_chain_in_bf16(tmp_path) -> None:
+    """`zfnet serve --occlusion-precision bfloat16`: a ResNet's occluder positions (one forward
+    pass each) run in bf16, and the answer says so; a bad value is named."""
+    from skimage import data
+
+    Image.fromarray(data.astronaut()).save(tmp_path / "astronaut.jpg")
+    torch.manual_seed(0)
+    source = load_source("torchvision:resnet18", resize=64, crop=64)
+    bundle = load_data(source, f"images:{tmp_path}")
+    with pytest.raises(ValueError, match="occlusion_precision='half' .*valid: float32, bfloat16"):
+        Explorer(source, bundle, cache_dir=tmp_path / "c", occlusion_precision="half")
+    e = Explorer(source, bundle, cache_dir=tmp_path / "c", occlusion_precision="bfloat16")
+    with TestClient(create_app(e)) as c:
+        occ = _wait(c, "/api/occlusion?image=val:0")
+        assert (occ["method"], occ["precision"]) == ("full", "bfloat16")
+        assert _png(c.get(occ["figure"])).ndim == 3

@@ -148,8 +148,17 @@ class Explorer:
     def __init__(self, source: Any, bundle: Any = None, *, cache_dir: str | Path,
                  n_images: int | None = None, k: int = 9,
                  evolution: Sequence[tuple[int, Path]] | None = None,
-                 max_pixels: int = MAX_PIXELS, nonlinear: str | None = None) -> None:
+                 max_pixels: int = MAX_PIXELS, nonlinear: str | None = None,
+                 occlusion_precision: str = "float32") -> None:
+        from zfnet.deconvnet import PRECISIONS
         from zfnet.graph import current_nonlinear
+
+        if occlusion_precision not in PRECISIONS:
+            raise ValueError(f"occlusion_precision={occlusion_precision!r} is not known; "
+                             f"valid: {', '.join(PRECISIONS)}")
+        # of occlusion's forward passes where the model is not a chain (`occlusion`'s
+        # `precision`); a chain's incremental passes stay float32
+        self.occlusion_precision = occlusion_precision
 
         # how the rules meet GELU, SiLU … (`zfnet.graph.nonlinear`): the views' and the jobs'
         # threads take it (default: the creating thread's)
@@ -651,7 +660,8 @@ class Explorer:
 
         entry = self.image(image_id)
         model = self.job_model()
-        result = occlusion(model, entry.x, progress=progress)
+        result = occlusion(model, entry.x, progress=progress,
+                           precision=self.occlusion_precision)
         if result.projection is not None:
             result.projection = result.projection * self.pre.pixel_scale().reshape(-1, 1, 1)
         buf = io.BytesIO()
@@ -661,6 +671,7 @@ class Explorer:
             "target": {"class": result.target,
                        "name": names[result.target] if names else None},
             "layer": result.layer, "map": result.feature_map, "method": result.method,
+            "precision": result.meta["precision"],
             "figure": f"/api/occlusion.png?image={image_id}", "png": buf.getvalue()})
 
     def evolution_job(self, layer: str, unit: int, progress: Callable[[int, int], None]

@@ -816,7 +816,8 @@
     } else if (view === "occlusion") {
       const target = body.target.name ? `${body.target.name} (class ${body.target.class})` : `class ${body.target.class}`;
       meta.textContent = `Occluding ${state.image} with a grey square (Fig. 7): the strongest map of ${body.layer} (map ${body.map}) ` +
-        `and the probability of ${target}, at every position of the square.`;
+        `and the probability of ${target}, at every position of the square` +
+        (body.precision === "float32" ? "." : ` (its passes in ${body.precision}).`);
       figure.alt = `Occlusion maps of ${state.image}`;
     } else {
       const pairs = body.epochs.map((e, i) => `epoch ${e}: ${body.similarity[i].toFixed(3)}`);
