@@ -13,6 +13,10 @@ resnet18 trained here for `--train-epochs` on the built-in `synthetic` shapes (6
 classes), on `--images` of its val images (occluder 9 px, stride 2).
 
     .venv/bin/python bench/bench_occlusion_precision.py --images 4 --repeats 3
+
+`--explorer`: instead, the explorer's occlusion job as the page runs it (`zfnet serve
+--occlusion-precision`: the maps, the projection and the figure) on one photo (`--images` is
+ignored), each precision `--repeats` times.
 """
 
 from __future__ import annotations
@@ -55,7 +59,12 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--train-epochs", type=int, default=3)
+    ap.add_argument("--explorer", action="store_true",
+                    help="time the explorer's occlusion job instead (see the module)")
     args = ap.parse_args()
+    if args.explorer:
+        explorer_job(args.repeats)
+        return
     torch.manual_seed(0)
     model = torchvision.models.resnet18().eval()
     images = photos(args.images, args.size)
@@ -86,6 +95,39 @@ def main() -> None:
         a, b = (occlusion(model, x, target=y, method="full", project=False, precision=p)
                 for p in ("float32", "bfloat16"))
         agreement(f"val image {i}", a, b)
+
+
+def explorer_job(repeats: int) -> None:
+    """Seconds of `Explorer.occlusion_job` for the first photo (resnet18's own preprocessing:
+    224 px), float32 against bf16."""
+    import tempfile
+
+    from PIL import Image
+
+    from zfnet.explorer.session import Explorer
+    from zfnet.sources import load_data, load_source
+
+    print(hardware())
+    with tempfile.TemporaryDirectory() as tmp:
+        import skimage.data
+
+        Image.fromarray(getattr(skimage.data, PHOTOS[0])()).save(f"{tmp}/photo.png")
+        torch.manual_seed(0)
+        source = load_source("torchvision:resnet18")  # random init; its own preprocessing
+        bundle = load_data(source, f"images:{tmp}?n=1")
+        times: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+        for _ in range(repeats):
+            for precision in times:
+                e = Explorer(source, bundle, cache_dir=f"{tmp}/cache",
+                             occlusion_precision=precision)
+                t = time.perf_counter()
+                e.occlusion_job("val:0", lambda done, total: None)
+                times[precision].append(time.perf_counter() - t)
+                assert e.occlusions.get("val:0")["precision"] == precision
+    f32, b16 = (statistics.median(times[p]) for p in times)
+    print(f"explorer occlusion job, resnet18 at 224 px, one photo: float32 {f32:.1f} s "
+          f"({', '.join(f'{v:.1f}' for v in times['float32'])}), bfloat16 {b16:.1f} s "
+          f"({', '.join(f'{v:.1f}' for v in times['bfloat16'])}): {f32 / b16:.2f}x")
 
 
 def agreement(name: str, a, b) -> None:

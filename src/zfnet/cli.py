@@ -1234,7 +1234,8 @@ def study_cmd(data: str, models: tuple[str, ...], variants: tuple[str, ...], epo
 @click.option("--occlusion-precision", type=click.Choice(["float32", "bfloat16"]),
               default="float32", show_default=True,
               help="Occlusion's forward passes on a network that is not a chain (a ResNet: one "
-                   "pass per occluder position) in bf16 (1.8-1.9x on a CPU with AMX); a chain's "
+                   "pass per occluder position) in bf16 (the job 1.5-1.7x faster on a CPU with "
+                   "AMX); a chain's "
                    "exact incremental passes stay float32.")
 @_NONLINEAR
 def serve_cmd(model_options: ModelOptions, data: str | None, host: str, port: int,
