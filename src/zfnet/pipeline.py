@@ -337,7 +337,7 @@ def data_randomization(model: nn.Module, meta: dict[str, Any], run_dir: str | Pa
 
     from zfnet.analyses.sanity import data_randomization as compare
     from zfnet.analyses.sanity import data_randomization_section
-    from zfnet.data.relabel import OPTION
+    from zfnet.data.relabel import OPTION, with_random_labels
     from zfnet.data.spec import parse_spec
     from zfnet.train import TrainConfig, evaluate, load_model, train
     from zfnet.train.checkpoint import has_checkpoint, read_meta, resolve_checkpoint
@@ -371,7 +371,9 @@ def data_randomization(model: nn.Module, meta: dict[str, Any], run_dir: str | Pa
     if not 1 <= n_images <= len(train_split):
         raise ValueError(f"n_images={n_images}: the training split of {bundle.spec!r} has "
                          f"{len(train_split)} images; give 1 to {len(train_split)}")
-    bundles = {"random": load_dataset(copies["random"][0].data), "reference": bundle}
+    # the copy's data: the run's, loaded once, its training labels permuted
+    bundles = {"random": with_random_labels(bundle, label_seed, copies["random"][0].data),
+               "reference": bundle}
     where = next(model.parameters()).device  # the model's: the copies are compared there
     trained, summaries = {}, {}
     for name, (config, _) in copies.items():

@@ -40,7 +40,7 @@ from zfnet.data.imagefolder import load_imagefolder
 from zfnet.data.images import BadImageError, BrokenImageWarning, load_rgb
 from zfnet.data.preprocess import Preprocessing
 from zfnet.data.relabel import OPTION as RANDOM_LABELS
-from zfnet.data.relabel import randomize_training_labels
+from zfnet.data.relabel import with_random_labels
 from zfnet.data.shards import load_shards
 from zfnet.data.spec import DatasetSpec, int_option, parse_spec
 from zfnet.data.synthetic import SyntheticDataset, SyntheticSample, load_synthetic
@@ -102,9 +102,7 @@ def load_dataset(
         raise ValueError(f"unknown dataset {parsed.name!r} in spec {spec!r}; valid: {valid}")
     bundle = loaders[parsed.name](parsed, ten_crop=ten_crop, strict=strict, raw_spec=spec,
                                   preprocessing=preprocessing)
-    if shuffle is not None:
-        randomize_training_labels(bundle.train, shuffle, spec)
-    return bundle
+    return bundle if shuffle is None else with_random_labels(bundle, shuffle, spec)
 
 
 __all__ = [

@@ -12,8 +12,11 @@ torchrun run, and every reload of the run, sees the same one.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
+
+from zfnet.data.bundle import DataBundle
 
 OPTION = "random_labels"
 
@@ -24,11 +27,13 @@ def permuted(targets: Sequence[int], seed: int) -> list[int]:
     return [int(targets[i]) for i in order.tolist()]
 
 
-def randomize_training_labels(train, seed: int, spec: str) -> None:
-    """Permute the labels of `train` (a `CropDataset`) in place; a split without labels (-1,
-    `images:DIR`) is refused, naming the spec."""
+def with_random_labels(bundle: DataBundle, seed: int, spec: str) -> DataBundle:
+    """`bundle` with its training labels permuted from `seed`, named `spec` (its training split
+    a shallow copy: the images, the val split and the mean image are shared); a split without
+    labels (-1, `images:DIR`) is refused, naming the spec."""
+    train = bundle.train
     if any(t < 0 for t in train.targets):
         raise ValueError(f"option {OPTION} in dataset spec {spec!r} needs labelled images; "
                          "this dataset has none (use imagefolder:DIR, fashion-mnist, synthetic "
                          "or shards:OUT)")
-    train.targets = permuted(train.targets, seed)
+    return replace(bundle, spec=spec, train=train.with_targets(permuted(train.targets, seed)))

@@ -286,6 +286,16 @@ class CropDataset(Dataset):
         other.form = form
         return other
 
+    def with_targets(self, targets: Sequence[int]) -> CropDataset:
+        """A shallow copy of this dataset whose item i has label `targets[i]` (the images are
+        shared)."""
+        if len(targets) != len(self.targets):
+            raise ValueError(f"{len(targets)} labels for {len(self.targets)} items")
+        other = object.__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        other.targets = [int(t) for t in targets]
+        return other
+
     def raw(self, i: int) -> torch.Tensor:
         """Displayable uint8 (C, S, S) centre crop of item i (raises `BadImageError` if broken)."""
         return centre_crop(self.full_image(i), self.input_size).contiguous()
