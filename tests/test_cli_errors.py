@@ -92,12 +92,50 @@ def places(tmp_path_factory) -> dict[str, Path]:
     (root / "old_shards" / "manifest.json").write_text('{"format": "zfnet-shards/0"}')
     squeezenet = root / "squeezenet1_1.pth"  # a torchvision state dict
     torch.save(torchvision.models.squeezenet1_1().state_dict(), squeezenet)
+    # a model of the user's own (zfnet.user_code): a net for 32 px inputs, and mistakes
+    (root / "user_net.py").write_text(USER_NET)
+    (root / "user_syntax.py").write_text("def build(:\n")
+    (root / "user_script.py").write_text("import sys\nsys.exit(2)\n")
+    torch.save(torch.nn.Linear(3, 3).state_dict(), root / "linear.pth")
     return {"run": run, "empty": empty, "notes": root / "notes.txt", "other": other,
             "squeezenet": squeezenet,
             "corrupt": corrupt, "broken_images": root / "broken_images", "flat": flat,
             "escape": escape, "bad_fmnist": bad_fmnist, "root": root, "images": images,
             "shards_missing": root / "shards_missing", "old_shards": root / "old_shards",
-            "flat_val": flat_val, "val_labels": root / "val_labels.csv"}
+            "flat_val": flat_val, "val_labels": root / "val_labels.csv",
+            "user_net": root / "user_net.py", "user_syntax": root / "user_syntax.py",
+            "user_script": root / "user_script.py", "linear": root / "linear.pth"}
+
+
+USER_NET = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):  # fc sized for 32 px inputs
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 32 * 32, 2)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def needs_depth(depth):
+    return Net()
+
+
+def fails():
+    raise RuntimeError("no such checkpoint")
+
+
+def not_a_model():
+    return 42
+
+
+SETTING = 3
+"""
 
 
 CK = ["--checkpoint", "{run}"]
@@ -134,6 +172,26 @@ CASES = [
     ("source-crop-fixed", ["models", "zfnet_small", "--crop", "100"], "takes 64 px"),
     ("source-resize-below-crop", ["models", "torchvision:resnet18", "--resize", "100"],
      "resize 100 is smaller than crop 224"),
+    # your own code: FILE.py:NAME, package.module:NAME
+    ("source-user-file-missing", ["models", "{root}/nope.py:build"], "nope.py does not exist"),
+    ("source-user-module-missing", ["models", "no_such_pkg.nets:build"],
+     "no module 'no_such_pkg.nets'"),
+    ("source-user-no-name", ["models", "{user_net}"], "user_net.py:NAME; there: Net, "),
+    ("source-user-unknown-name", ["models", "{user_net}:net"], "has no 'net' (did you mean Net?)"),
+    ("source-user-syntax", ["models", "{user_syntax}:build"], "SyntaxError"),
+    ("source-user-exits", ["models", "{user_script}:build"], 'if __name__ == "__main__"'),
+    ("source-user-build-fails", ["models", "{user_net}:fails"],
+     "fails() failed (RuntimeError: no such checkpoint) at user_net.py:"),
+    ("source-user-needs-arguments", ["models", "{user_net}:needs_depth"],
+     "must build the model without arguments"),
+    ("source-user-not-a-model", ["models", "{user_net}:not_a_model"],
+     "returned a value of type int"),
+    ("source-user-not-callable", ["models", "{user_net}:SETTING"], "is of type int"),
+    ("source-user-input-size", ["models", "{user_net}:Net"], "does not take 3x224x224 inputs"),
+    ("source-user-weights", ["models", "{user_net}:Net", "--crop", "32", "--weights",
+                             "{linear}"], "another architecture"),
+    ("source-crop-too-small", ["models", "torchvision:alexnet", "--crop", "16"],
+     "does not take 3x16x16 inputs"),
     *([("source-timm-missing", ["models", "timm:resnet18"], "pip install timm")]
       if importlib.util.find_spec("timm") is None else []),
     # train: what to train, on what

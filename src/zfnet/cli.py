@@ -167,7 +167,8 @@ _BATCH = click.option("--batch-size", type=click.IntRange(1), default=64, show_d
 _SOURCE_OPTIONS = (
     click.option("--model", "model", metavar="SOURCE",
                  help="The model: a zfnet model name (`zfnet models`), torchvision:NAME, "
-                      "timm:NAME, or a zfnet run."),
+                      "timm:NAME, your own FILE.py:NAME (a function or class that builds "
+                      "it), or a zfnet run."),
     click.option("--checkpoint", "checkpoint", type=click.Path(exists=True), metavar="RUN",
                  help="A zfnet run directory, checkpoint directory or its model.safetensors "
                       "(the same as --model RUN)."),
@@ -216,8 +217,9 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
                mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
                resize: int | None, crop: int | None) -> None:
     """List zfnet's models, or the layers of model SOURCE (the names every command takes): a
-    zfnet model name, torchvision:NAME, timm:NAME or a zfnet run; with --weights and the
-    preprocessing options, what that source loads (its classes, its preprocessing).
+    zfnet model name, torchvision:NAME, timm:NAME, your own FILE.py:NAME or a zfnet run; with
+    --weights and the preprocessing options, what that source loads (its classes, its
+    preprocessing).
     `zfnet models torchvision:` lists torchvision's models."""
     import torch
 
@@ -229,7 +231,8 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
         for n in list_models():
             click.echo(n)
         click.echo("\nand any torchvision classification model as torchvision:NAME (list them: "
-                   "`zfnet models torchvision:`), timm:NAME with timm installed, or a zfnet run")
+                   "`zfnet models torchvision:`), timm:NAME with timm installed, your own "
+                   "FILE.py:NAME (a function or class that builds it), or a zfnet run")
         return
     if name.strip().lower() in ("torchvision", "torchvision:"):
         for n in torchvision_models():
@@ -470,9 +473,9 @@ def train_cmd(**opts) -> None:
 @click.option("--checkpoint", type=click.Path(exists=True),
               help="Run directory (its last checkpoint), checkpoint directory or weights file.")
 @click.option("--model", "model", metavar="SOURCE",
-              help="Or any model: a zfnet model name, torchvision:NAME, timm:NAME (with "
-                   "--weights), scored with its own preprocessing; output k is the dataset's "
-                   "class k (sorted folder names, as ImageNet's WNIDs).")
+              help="Or any model: a zfnet model name, torchvision:NAME, timm:NAME, "
+                   "FILE.py:NAME (with --weights), scored with its own preprocessing; "
+                   "output k is the dataset's class k (sorted folder names, as ImageNet's WNIDs).")
 @_options(_WEIGHTS, *_PREPROCESSING)
 @click.option("--data", help="Dataset spec (default: the one the model was trained on).")
 @click.option("--ten-crop", is_flag=True, help="Average the softmax of the paper's 10 crops.")
@@ -669,7 +672,8 @@ def _model_and_data(options: ModelOptions, data: str | None = None, *, need_data
         raise click.UsageError("--model and --checkpoint both name the model: give one of them")
     if options.model is None and options.checkpoint is None:
         raise click.UsageError("no model given: --model SOURCE (a zfnet model name, "
-                               "torchvision:NAME, timm:NAME, a zfnet run) or --checkpoint RUN")
+                               "torchvision:NAME, timm:NAME, FILE.py:NAME, a zfnet run) or "
+                               "--checkpoint RUN")
     source = load_source(options.model or options.checkpoint, options.weights,
                          **_unit_stats(options.mean, options.std),
                          resize=options.resize, crop=options.crop,
@@ -921,7 +925,8 @@ def evolution_cmd(run_dir: str | None, run_alias: str | None, data: str | None,
 @click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(exists=True),
               metavar="RUN", help="A zfnet run; repeat to compare runs side by side.")
 @click.option("--model", "source", metavar="SOURCE",
-              help="Or any model: a zfnet model name, torchvision:NAME, timm:NAME.")
+              help="Or any model: a zfnet model name, torchvision:NAME, timm:NAME, "
+                   "FILE.py:NAME.")
 @_WEIGHTS
 @_DATA
 @_OUT

@@ -18,13 +18,19 @@ Sources (`SOURCE_FORMS`):
   fetch and where to put it), or a local file as above (a fine-tuned copy with another number
   of classes is rebuilt with that number);
 - `timm:NAME` when timm is installed, weights from a local file only;
+- your own code: `FILE.py:NAME` or `package.module:NAME`, a function or class that builds the
+  model (or a model object built at import; `zfnet.user_code`), random init (seed 0) or
+  `weights` = a state dict file; `from_module` takes a model object from Python;
 - the path of a zfnet run directory, checkpoint directory or its `model.safetensors` (a
   registry name wins over a folder of that name: write `./zfnet_small` for the folder).
 
 Preprocessing: the weights enum's transforms (torchvision), the model's `pretrained_cfg`
-(timm), the run's mean image (zfnet runs, paper Sec. 3); otherwise a default that `notes` says:
-ImageNet's mean and std at 256/224 (torchvision, timm), 0..255 minus ImageNet's mean pixel
-(zfnet's registry models). `mean`, `std` (0..255 units), `resize` and `crop` override it.
+(timm, and your own model when it has one, in timm's form), the run's mean image (zfnet runs,
+paper Sec. 3); otherwise a default that `notes` says: ImageNet's mean and std at 256/224
+(torchvision, timm, your own; one channel: their mean), 0..255 minus ImageNet's mean pixel
+(zfnet's registry models). `mean`, `std` (0..255 units), `resize` and `crop` override it. A model
+of your own, or one given another size, is tried on one input of that size when loaded: one that
+cannot take it is an error naming the size, not a traceback from the first analysis.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ import difflib
 import os
 import pickle
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -41,13 +48,15 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from zfnet import user_code
 from zfnet.data import DataBundle, load_dataset
-from zfnet.data.preprocess import IMAGENET_MEAN, PAPER_RATIO, Preprocessing
+from zfnet.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, PAPER_RATIO, Preprocessing
 from zfnet.data.spec import parse_spec
 
 SOURCE_FORMS = ("a zfnet model name (`zfnet models`), torchvision:NAME (any torchvision "
-                "classification model), timm:NAME, or the path of a zfnet run, checkpoint "
-                "directory or model.safetensors")
+                "classification model), timm:NAME, your own code as FILE.py:NAME or "
+                "package.module:NAME (a function or class that builds the model), or the path "
+                "of a zfnet run, checkpoint directory or model.safetensors")
 WEIGHTS_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 SEED = 0  # random init without weights: the same model every time
 OFFLINE_ENV = "ZFNET_OFFLINE"
@@ -60,9 +69,10 @@ class Source:
     `model`: in eval mode, on the device asked for. `preprocessing`: how images become its
     inputs (`zfnet.data.preprocess.Preprocessing`). `labels`: class names, or None when the
     weights carry none. `name`: printable, e.g. "torchvision:resnet18 IMAGENET1K_V1". `kind`:
-    "zfnet", "torchvision", "timm" or "run". `meta`: what was loaded (`source`, `weights`,
-    `notes` — lines worth telling the user, such as "random init" —, `overrides`; for a run,
-    its checkpoint's meta: `data`, `class_names`, `epoch`, ...).
+    "zfnet", "torchvision", "timm", "python" (your own code) or "run". `meta`: what was
+    loaded (`source`, `weights`, `notes` — lines worth telling the user, such as "random
+    init" —, `overrides`; for a run, its checkpoint's meta: `data`, `class_names`, `epoch`,
+    ...).
     """
 
     def __init__(self, model: nn.Module,
@@ -117,6 +127,10 @@ def load_source(
         src = _timm(rest.strip(), weights, meta_only)
     elif source in _zfnet_names():
         src = _zfnet(source, weights, meta_only)
+    elif (form := user_code.python_form(source)) is not None:
+        src = _python(*form, weights, meta_only)
+    elif user_code.is_python_file(source):
+        raise _name_the_builder(source)
     elif Path(source).expanduser().exists():
         if weights is not None:
             raise ValueError(f"{source} is a zfnet run: its checkpoint holds its weights; "
@@ -132,7 +146,61 @@ def load_source(
     if overrides:
         _override(src, overrides)
     src.model = src.model.to(device).eval()
+    if src.kind == "python" or ("crop" in overrides and src.kind in ("torchvision", "timm")):
+        check_input(src)
     return src
+
+
+def from_module(model: nn.Module, *, mean: Sequence[float] | None = None,
+                std: Sequence[float] | None = None, resize: int | None = None,
+                crop: int | None = None, labels: Sequence[str] | None = None,
+                name: str | None = None) -> Source:
+    """A `Source` of a model object you built in Python, for `load_data`, the analyses
+    (`zfnet.pipeline`) and the explorer (`zfnet.explorer.Explorer`). The preprocessing is
+    its `pretrained_cfg` (timm's form) or ImageNet's at 256/224, as for `FILE.py:NAME`;
+    `mean`, `std` (0..255 units), `resize`, `crop` override it. The model is put in eval mode
+    (not copied, not moved) and tried on one input of its size."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"from_module takes a torch.nn.Module, not a {type(model).__name__}")
+    label = name or type(model).__name__
+    prep, notes = own_preprocessing(model, label)
+    if labels is not None:
+        labels = [str(v) for v in labels]
+        outputs = _outputs(model)
+        if outputs is not None and len(labels) != outputs:
+            raise ValueError(f"{len(labels)} labels for {label}, whose last layer has "
+                             f"{outputs} outputs: give one name per output")
+    src = Source(model.eval(), prep, labels, label, "python",
+                 {"source": label, "weights": None, "num_classes": _outputs(model),
+                  "notes": notes})
+    overrides = {k: v for k, v in (("mean", mean), ("std", std), ("resize", resize),
+                                   ("crop", crop)) if v is not None}
+    src.meta["overrides"] = overrides
+    if overrides:
+        _override(src, overrides)
+    check_input(src)
+    return src
+
+
+def check_input(src: Source) -> None:
+    """Run `src.model` once on an input of its preprocessing's size (zeros, batch 1, no
+    gradients; on the meta device, shapes only): a model that cannot take it is one
+    ValueError naming the size and the options that change it."""
+    prep = src.preprocessing
+    param = next(src.model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    x = torch.zeros(1, prep.in_channels, prep.crop, prep.crop, device=device)
+    try:
+        with torch.no_grad():
+            src.model(x)
+    except NotImplementedError:
+        if device.type != "meta":  # an operation the meta device lacks: nothing to say
+            raise
+    except Exception as e:  # whatever the forward raises means the same here
+        raise ValueError(
+            f"{src.name} does not take {prep.in_channels}x{prep.crop}x{prep.crop} inputs "
+            f"({type(e).__name__}: {_first_line(e)}); give the size it takes with --crop "
+            "(and --resize), its channels with --mean/--std") from e
 
 
 def load_data(source: Source, spec: str | None = None, *, ten_crop: bool = False,
@@ -326,6 +394,77 @@ def _from_hub(name: str, weights: Any) -> nn.Module:
                          f"{type(e).__name__}: {_first_line(e)}); delete it and {where}") from e
 
 
+def _python(target: str, name: str, weights: str | None, meta_only: bool) -> Source:
+    """Your own code's model (`zfnet.user_code`): imported and built from seed `SEED` (on the
+    meta device with `meta_only`), or with the state dict of `weights`."""
+    label = f"{target}:{name}"
+    path = Path(target).expanduser() if user_code.is_python_file(target) else None
+    with user_code.importable(target), _initialising(meta_only and weights is None):
+        module = user_code.import_target(target)
+        obj = user_code.attribute(module, name, target)
+        build = user_code.builder(obj, label, path or Path(module.__file__ or target))
+        if weights is not None:
+            model = _with_weights(build, _weights_file(weights, f"{label}'s"), label)
+        else:
+            model = build()
+    notes = [] if meta_only or weights is not None else [
+        f"{label}: random init (seed {SEED}); no weights given"]
+    prep, how = own_preprocessing(model, label)
+    return Source(model, prep, None, f"{label} {weights}" if weights else
+                  f"{label} (random init)", "python",
+                  {"weights": weights, "num_classes": _outputs(model), "notes": notes + how})
+
+
+def _name_the_builder(source: str) -> Exception:
+    """`--model my_net.py` without `:NAME`: what could be named there."""
+    path = Path(source).expanduser()
+    if not path.is_file():
+        return FileNotFoundError(f"{path} does not exist; --model {user_code.FORM}")
+    with user_code.importable(source), _initialising(True):
+        found = user_code.candidates(user_code.import_target(source))
+    return ValueError(f"{source}: name what builds the model, as {source}:NAME"
+                      + (f"; there: {', '.join(found)}" if found else
+                         "; it defines no nn.Module class, model object or function"))
+
+
+def own_preprocessing(model: nn.Module, label: str) -> tuple[Preprocessing, list[str]]:
+    """A model of your own's preprocessing and the note that says where it came from: its
+    `pretrained_cfg` (or `default_cfg`) in timm's form (mean, std, input_size, crop_pct,
+    interpolation), else ImageNet's mean and std at 256/224 for its first convolution's
+    channels (one channel: their mean)."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    if isinstance(cfg, dict) and all(k in cfg for k in ("mean", "std", "input_size")):
+        prep = data_config_preprocessing(cfg, label)
+        return prep, [f"preprocessing: {label}'s pretrained_cfg ({prep.describe()})"]
+    c = next((m.in_channels for m in model.modules()
+              if isinstance(m, (nn.Conv2d, nn.Conv1d, nn.Conv3d))), 3)
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if c != 3:
+        mean, std = (sum(mean) / 3,) * c, (sum(std) / 3,) * c
+    prep = Preprocessing.from_unit_stats(mean, std, 224)
+    return prep, [f"preprocessing: ImageNet's mean and std at 256/224 for {c} channel(s) "
+                  "(the model gives none; --mean/--std/--resize/--crop change it)"]
+
+
+def data_config_preprocessing(cfg: dict[str, Any], label: str) -> Preprocessing:
+    """Preprocessing from a data config in timm's form: `input_size` (C, H, W), `mean` and
+    `std` (0..1), `crop_pct` (default 0.875, timm's), `interpolation`."""
+    try:
+        c, h, w = (int(v) for v in cfg["input_size"])
+        mean, std = tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
+        crop_pct = float(cfg.get("crop_pct") or 0.875)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{label}: its data config (input_size, mean, std, crop_pct) is not "
+                         f"readable ({_first_line(e)})") from e
+    if h != w:
+        raise ValueError(f"{label} takes {h}x{w} inputs; only square ones are supported")
+    if len(mean) != c or len(std) != c:
+        raise ValueError(f"{label}: its config gives {len(mean)} means and {len(std)} stds for "
+                         f"{c} channels")
+    return Preprocessing.from_unit_stats(mean, std, h, resize=max(h, int(h / crop_pct)),
+                                         interpolation=_interpolation(cfg.get("interpolation")))
+
+
 def _timm(name: str, weights: str | None, meta_only: bool) -> Source:
     try:
         import timm
@@ -352,16 +491,8 @@ def _timm(name: str, weights: str | None, meta_only: bool) -> Source:
         notes = [] if meta_only else [f"{label}: random init (seed {SEED}); no weights given"]
     label = f"{label} {weights}" if weights else f"{label} (random init)"
     cfg = timm.data.resolve_data_config({}, model=model)
-    c, h, w = cfg["input_size"]
-    if h != w:
-        raise ValueError(f"timm:{name} takes {h}x{w} inputs; only square ones are supported")
-    crop_pct = cfg.get("crop_pct") or 1.0
-    prep = Preprocessing.from_unit_stats(cfg["mean"], cfg["std"], int(h),
-                                         resize=max(int(h), int(h / crop_pct)),
-                                         interpolation=_interpolation(cfg.get("interpolation")))
-    if prep.in_channels != c:
-        raise ValueError(f"timm:{name}: its config gives {len(cfg['mean'])} means for {c} "
-                         "channels")
+    prep = data_config_preprocessing({**cfg, "crop_pct": cfg.get("crop_pct") or 1.0},
+                                     f"timm:{name}")
     return Source(model, prep, None, label, "timm",
                   {"weights": weights, "num_classes": _outputs(model), "notes": notes,
                    "data_config": {k: v for k, v in cfg.items()}})
@@ -474,6 +605,7 @@ def _with_weights(build: Callable[..., nn.Module], path: Path, what: str) -> nn.
     kwargs: dict[str, Any] = {}
     model = build()
     first = _mismatch(model.state_dict(), sd)
+    refused = ""  # the fix the builder did not take
     for _ in range(3):  # at most: drop the aux classifiers, then take the file's classes
         missing, unexpected, shapes = _mismatch(model.state_dict(), sd)
         fix: dict[str, Any] = {}
@@ -490,6 +622,7 @@ def _with_weights(build: Callable[..., nn.Module], path: Path, what: str) -> nn.
         try:
             model = build(**kwargs)
         except (TypeError, ValueError):  # the builder takes no such option
+            refused = ", ".join(f"{k}={v}" for k, v in fix.items())
             break
     if any(_mismatch(model.state_dict(), sd)):
         missing, unexpected, shapes = first  # what differs from the architecture asked for
@@ -498,7 +631,9 @@ def _with_weights(build: Callable[..., nn.Module], path: Path, what: str) -> nn.
             + (f"; missing: {', '.join(missing[:4])}" if missing else "")
             + (f"; unexpected: {', '.join(unexpected[:4])}" if unexpected else "")
             + ("; shape mismatch: " + ", ".join(f"{k} file {f} vs model {m}"
-                                                for k, f, m in shapes[:4]) if shapes else ""))
+                                                for k, f, m in shapes[:4]) if shapes else "")
+            + (f" (the file fits {what}({refused}), which it does not take)" if refused
+               else ""))
     model.load_state_dict(sd)
     return model
 
@@ -506,12 +641,21 @@ def _with_weights(build: Callable[..., nn.Module], path: Path, what: str) -> nn.
 def _random(build: Callable[[], nn.Module], meta_only: bool) -> nn.Module:
     """`build()` initialised from seed `SEED`, leaving the global RNG as it was; on the meta
     device (no memory, no init) with `meta_only`."""
+    with _initialising(meta_only):
+        return build()
+
+
+@contextmanager
+def _initialising(meta_only: bool) -> Iterator[None]:
+    """Models built in the body: on the meta device with `meta_only`, else from seed `SEED`
+    with the global RNG left as it was."""
     if meta_only:
         with torch.device("meta"):
-            return build()
+            yield
+        return
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
-        return build()
+        yield
 
 
 def _outputs(model: nn.Module) -> int | None:

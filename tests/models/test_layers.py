@@ -5,6 +5,8 @@ mobilenet_v2, each checked against a real forward pass where it can be."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import pytest
 import torch
 import torchvision
@@ -161,3 +163,31 @@ def test_stages_that_output_channels_last_maps() -> None:
     widths = [24, 48, 48, 96, 192, 288]  # stem halves, then its stages' dims
     for name, width in zip(layers, widths, strict=True):
         assert acts[name].shape == (1, width, *geo[name].shape), name
+
+
+def test_a_block_of_one_convolution_stays_the_block() -> None:
+    """Two blocks at the top, each of one convolution (with its norm, rectifier and pooling,
+    or a residual with functional ReLUs): the blocks' outputs are the stages, not their
+    convolutions' (which come before the rectifier)."""
+
+    class Residual(nn.Module):
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(x + self.conv(x))
+
+    def block(c_in: int, c_out: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out),
+                             nn.ReLU(), nn.MaxPool2d(2))
+
+    torch.manual_seed(0)
+    net = nn.Sequential(OrderedDict(block1=block(3, 8), block2=block(8, 16),
+                                    pool=nn.AdaptiveAvgPool2d(1), flat=nn.Flatten(),
+                                    fc=nn.Linear(16, 4))).eval()
+    assert feature_layers(net, 32) == ["block1", "block2"]
+    res = nn.Sequential(OrderedDict(stem=nn.Conv2d(3, 8, 3), res=Residual(8),
+                                    pool=nn.AdaptiveAvgPool2d(1), flat=nn.Flatten(),
+                                    fc=nn.Linear(8, 4))).eval()
+    assert feature_layers(res, 32) == ["stem", "res"]

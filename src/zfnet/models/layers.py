@@ -234,8 +234,9 @@ def feature_layers(model: nn.Module, input_size: int | tuple[int, int] | None = 
       Stages are found generically: the top-level children that contain a convolution and
       output a map with a spatial geometry (`graph_geometry` at `input_size`, default 224);
       while fewer than 3 are found, each stage is replaced by its own children that are stages
-      (a `features` Sequential, a timm `stages`). At most 8, evenly spaced, always the first
-      and the last.
+      (a `features` Sequential, a timm `stages`), going through a lone one (a wrapper), but
+      not by a lone one alone (a block of one convolution stays the block). At most 8,
+      evenly spaced, always the first and the last.
 
     A ValueError when the model has no convolution with a spatial map."""
     if _is_convnet(model) or _plain_chain(model):
@@ -249,14 +250,20 @@ def feature_layers(model: nn.Module, input_size: int | tuple[int, int] | None = 
         return [f"{parent}{n}" for n, c in m.named_children()
                 if _has_conv(c) and geo.get(f"{parent}{n}") is not None]
 
+    def expand(path: str) -> list[str]:
+        """A stage's own stages; through a lone one, that one's; the stage itself where that
+        finds fewer than two (a block's output, not its first convolution's)."""
+        inner = stages(f"{path}.", model.get_submodule(path))
+        if len(inner) == 1:
+            deeper = expand(inner[0])
+            return deeper if len(deeper) >= 2 else [path]
+        return inner or [path]
+
     found = stages("", model)
     for _ in range(4):  # a few levels: a backbone inside a wrapper inside a wrapper
         if len(found) >= 3:
             break
-        deeper = []
-        for path in found:
-            inner = stages(f"{path}.", model.get_submodule(path))
-            deeper.extend(inner or [path])
+        deeper = [p for path in found for p in expand(path)]
         if deeper == found:
             break
         found = deeper
