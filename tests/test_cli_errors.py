@@ -192,6 +192,13 @@ CASES = [
                              "{linear}"], "another architecture"),
     ("source-crop-too-small", ["models", "torchvision:alexnet", "--crop", "16"],
      "does not take 3x16x16 inputs"),
+    # --labels: the model's class names
+    ("labels-missing", ["models", "torchvision:resnet18", "--labels", "{root}/nope.txt"],
+     "labels file {root}/nope.txt does not exist"),
+    ("labels-count", ["models", "torchvision:resnet18", "--labels", "{notes}"],
+     "1 class names in {notes} for torchvision:resnet18 (random init), whose last layer has "
+     "1000 outputs"),
+    ("labels-run", [*TOPK, "--labels", "{notes}"], "it holds its class names"),
     *([("source-timm-missing", ["models", "timm:resnet18"], "pip install timm")]
       if importlib.util.find_spec("timm") is None else []),
     # train: what to train, on what
@@ -399,6 +406,7 @@ def test_bad_input_is_one_clear_line(places, tmp_path, args, names) -> None:
     assert isinstance(res.exception, SystemExit), repr(res.exception)
     assert "Traceback" not in res.output
     last = res.output.strip().splitlines()[-1]
+    names = names.format(**where)
     assert last.startswith("Error: ") and names in last, res.output
     for p, before in watched.items():
         assert _snapshot(p) == before, f"{p} was written to"

@@ -421,7 +421,8 @@ def test_models_command_for_any_source(tmp_path):
 
 
 def test_cli_names_the_source_forms():
-    assert "torchvision:NAME" in CliRunner().invoke(main, ["models", "-h"]).output
+    text = CliRunner().invoke(main, ["models", "-h"]).output
+    assert "torchvision:NAME" in text and "FILE.py:NAME" in text and "--labels" in text
     assert cli.ModelOptions.__dataclass_fields__.keys() == {
-        "model", "checkpoint", "weights", "mean", "std", "resize", "crop", "device",
+        "model", "checkpoint", "weights", "labels", "mean", "std", "resize", "crop", "device",
         "batch_size"}

@@ -217,7 +217,7 @@ def test_from_module_in_python(code, tmp_path) -> None:
     net = Net(num_classes=3)
     with pytest.raises(ValueError, match="does not take 3x224x224 inputs"):
         from_module(net)
-    with pytest.raises(ValueError, match="2 labels for Net, whose last layer has 3 outputs"):
+    with pytest.raises(ValueError, match="2 class names for Net, whose last layer has 3 outputs"):
         from_module(net, labels=["cat", "dog"], crop=32)
     with pytest.raises(ValueError, match="takes a torch.nn.Module, not a dict"):
         from_module({})
@@ -282,3 +282,36 @@ def test_the_guide_runs_as_written(tmp_path, monkeypatch) -> None:
     sections = {s.key for s in read_sections(tmp_path / "look")}
     assert "topk_gallery" in sections and (tmp_path / "look" / "index.html").is_file()
     monkeypatch.delitem(sys.modules, "my_net", raising=False)
+
+
+def test_class_names_from_a_file(code, tmp_path) -> None:
+    """--labels / labels=: a text file of one name a line, a JSON list or an index object; one
+    name per output; not for a zfnet run, which holds its own."""
+    from zfnet.sources import read_labels
+
+    (tmp_path / "names.txt").write_text("cat\n\ndog\nfish\n")
+    (tmp_path / "names.json").write_text('["cat", "dog", "fish"]')
+    (tmp_path / "id2label.json").write_text('{"2": "fish", "0": "cat", "1": "dog"}')
+    for f in ("names.txt", "names.json", "id2label.json"):
+        assert read_labels(tmp_path / f) == ["cat", "dog", "fish"], f
+        src = load_source(f"{code}/nets.py:small", labels=str(tmp_path / f), **SMALL)
+        assert src.labels == ["cat", "dog", "fish"]
+    (tmp_path / "gaps.json").write_text('{"0": "cat", "2": "fish"}')
+    (tmp_path / "bad.json").write_text('["cat", 3]')
+    (tmp_path / "broken.json").write_text('["cat"')
+    for f, message in (("gaps.json", "outputs 0..N-1"), ("bad.json", "list of names"),
+                       ("broken.json", "not valid JSON"), ("none.txt", "does not exist")):
+        with pytest.raises((ValueError, FileNotFoundError), match=message):
+            load_source(f"{code}/nets.py:small", labels=str(tmp_path / f), **SMALL)
+    with pytest.raises(ValueError, match="3 class names .* 10 outputs: give one name per output"):
+        load_source(f"{code}/nets.py:Net", labels=str(tmp_path / "names.txt"), **SMALL)
+    # the occlusion report names each image's predicted class by the file's names
+    out = tmp_path / "look"
+    res = CliRunner().invoke(main, [
+        "analyze", "occlusion", "--model", f"{code}/nets.py:small", "--labels",
+        str(tmp_path / "names.txt"), "--resize", "36", "--crop", "32", "--data",
+        f"images:{code / 'photos'}", "--images", "2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    table = json.loads((out / "sections" / "occlusion.json").read_text())["tables"][0]
+    predicted = [row[table["columns"].index("predicted")] for row in table["rows"]]
+    assert len(predicted) == 2 and set(predicted) <= {"cat", "dog", "fish"}

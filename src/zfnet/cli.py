@@ -113,12 +113,13 @@ def _one_line_warnings() -> None:
 
 @dataclass(frozen=True)
 class ModelOptions:
-    """What `_SOURCE` parsed: the model (`model` or `checkpoint`), its weights, preprocessing
-    overrides (mean/std as typed: 0..1 units), device and batch size."""
+    """What `_SOURCE` parsed: the model (`model` or `checkpoint`), its weights, class names,
+    preprocessing overrides (mean/std as typed: 0..1 units), device and batch size."""
 
     model: str | None
     checkpoint: str | None
     weights: str | None
+    labels: str | None
     mean: tuple[float, ...] | None
     std: tuple[float, ...] | None
     resize: int | None
@@ -150,6 +151,10 @@ _WEIGHTS = click.option(
     "--weights", metavar="W",
     help="The model's weights: a torchvision weights name (DEFAULT, IMAGENET1K_V1, ...) or a "
          "file (.pth, .pt, .safetensors). Default: random init.")
+_LABELS = click.option(
+    "--labels", type=click.Path(), metavar="FILE",
+    help="The model's class names, one per output: a text file of one name a line, or a JSON "
+         "list (default: the weights' own, if any).")
 # The preprocessing a model comes with, overridden (for a plain weights file, say).
 _PREPROCESSING = (
     click.option("--mean", callback=_floats, metavar="M,M,M",
@@ -173,6 +178,7 @@ _SOURCE_OPTIONS = (
                  help="A zfnet run directory, checkpoint directory or its model.safetensors "
                       "(the same as --model RUN)."),
     _WEIGHTS,
+    _LABELS,
     *_PREPROCESSING,
     _DEVICE,
     _BATCH,
@@ -212,10 +218,10 @@ def _SOURCE(command):
 @click.argument("name", required=False, metavar="[SOURCE]")
 @click.option("--input-size", type=click.IntRange(1), default=None,
               help="Input side for the layer table (default: the model's crop).")
-@_options(_WEIGHTS, *_PREPROCESSING)
+@_options(_WEIGHTS, _LABELS, *_PREPROCESSING)
 def models_cmd(name: str | None, input_size: int | None, weights: str | None,
-               mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
-               resize: int | None, crop: int | None) -> None:
+               labels: str | None, mean: tuple[float, ...] | None,
+               std: tuple[float, ...] | None, resize: int | None, crop: int | None) -> None:
     """List zfnet's models, or the layers of model SOURCE (the names every command takes): a
     zfnet model name, torchvision:NAME, timm:NAME, your own FILE.py:NAME or a zfnet run; with
     --weights and the preprocessing options, what that source loads (its classes, its
@@ -240,13 +246,15 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
         return
     overrides = {"mean": mean, "std": std, "resize": resize, "crop": crop}
     src = None
-    if name in list_models() and weights is None and not any(overrides.values()):
+    if name in list_models() and weights is None and labels is None and \
+            not any(overrides.values()):
         with torch.device("meta"):  # shapes only: no memory, however large the input
             model = create_model(name, **({"input_size": input_size} if input_size else {}))
         size = fixed = model.config.input_size
         title = name
     else:
         src = load_source(name, weights, **_unit_stats(mean, std), resize=resize, crop=crop,
+                          labels=labels,
                           device="cpu" if weights else "meta")  # meta: the architecture only
         for note in src.meta.get("notes", []):
             click.echo(note, err=True)
@@ -676,7 +684,7 @@ def _model_and_data(options: ModelOptions, data: str | None = None, *, need_data
                                "--checkpoint RUN")
     source = load_source(options.model or options.checkpoint, options.weights,
                          **_unit_stats(options.mean, options.std),
-                         resize=options.resize, crop=options.crop,
+                         resize=options.resize, crop=options.crop, labels=options.labels,
                          device=device or resolve_device(options.device))
     for note in source.meta.get("notes", []) if notes else ():
         click.echo(note, err=True)
@@ -946,7 +954,7 @@ def filters_cmd(checkpoints: tuple[str, ...], source: str | None, weights: str |
         bundle = bundle or b
         models[name if short.count(name) == 1 else c] = model  # runs/a/last, runs/b/last
     if source is not None:
-        options = ModelOptions(source, None, weights, None, None, None, None, "cpu", 64)
+        options = ModelOptions(source, None, weights, None, None, None, None, None, "cpu", 64)
         src, b = _model_and_data(options, data, need_data=bundle is None and data is not None)
         bundle = bundle or b
         models[src.name] = src.model
@@ -1250,40 +1258,16 @@ def serve_cmd(model_options: ModelOptions, data: str | None, host: str, port: in
     the dataset's images or your own (drag and drop): feature maps, projections by the
     deconvnet, guided backprop and the gradient, top-k over the dataset, occlusion and, for a
     zfnet run with kept epochs, evolution. The JSON API behind it: docs/explorer.md."""
-    import os
-    import socket
-
-    from zfnet.explorer.app import LOOPBACK, Server, create_app, free_port
-    from zfnet.explorer.session import Explorer
-    from zfnet.sources import load_data
-    from zfnet.train import run_checkpoints
+    from zfnet.explorer.serve import check_address, serve
 
     try:  # the address first: a model can take a while to load
-        family = socket.getaddrinfo(host, port or None)[0][0]
-        port = port or free_port(host)
-        with socket.socket(family) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-            s.bind((host, port))
-    except OSError as e:
-        raise click.BadParameter(f"cannot listen on {host}:{port}: {e.strerror or e}",
-                                 param_hint="--port/--host") from None
+        port = check_address(host, port)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--port/--host") from None
     source, _ = _model_and_data(model_options, need_data=False)
-    bundle = None
-    if data is not None or source.kind == "run":
-        bundle = load_data(source, data)
-    kept = run_checkpoints(source.meta["checkpoint"]) if source.kind == "run" else []
-    cache = Path(cache_dir) if cache_dir else Path(
-        os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "zfnet" / "explorer"
-    explorer = Explorer(source, bundle, cache_dir=cache, n_images=images, k=k,
-                        evolution=kept if len(kept) > 1 else None,
-                        occlusion_precision=occlusion_precision)
-    app = create_app(explorer, max_upload=max_upload_mb * 2**20,
-                     allowed_hosts=LOOPBACK if host in LOOPBACK else None)
-    server = Server(app, host, port)
-    click.echo(f"zfnet explorer: {source.name}"
-               + (f", {explorer.n_images} images of {bundle.spec}" if bundle else ", uploads only"))
-    click.echo(f"open {server.url}/  (Ctrl-C stops it)")
-    server.server.run()
+    serve(source, data, host=host, port=port, cache_dir=cache_dir, images=images, k=k,
+          max_upload=max_upload_mb * 2**20, occlusion_precision=occlusion_precision,
+          echo=click.echo)
 
 
 @main.command("report", short_help="Rebuild a report page from its saved sections")

@@ -105,10 +105,13 @@ def load_source(
     resize: int | None = None,
     crop: int | None = None,
     device: str | torch.device = "cpu",
+    labels: str | Path | Sequence[str] | None = None,
 ) -> Source:
     """Load the model `source` names (see the module docstring for the forms) with `weights`
     (an enum name or a file; None: random init), its preprocessing overridden by `mean`, `std`
-    (per channel in 0..255 units, or one value for all), `resize`, `crop`.
+    (per channel in 0..255 units, or one value for all), `resize`, `crop`; its class names
+    `labels` (a file, see `read_labels`, or the names; one per output of the model), instead
+    of the weights' own (not for a zfnet run, which holds its own).
 
     `device="meta"` builds the architecture only (shapes, no weights: `zfnet models`).
     Every user error is a ValueError (or FileNotFoundError) naming what is wrong and what is
@@ -139,6 +142,11 @@ def load_source(
         src = _run(Path(source).expanduser())
     else:
         raise _unknown(source)
+    if labels is not None:
+        if src.kind == "run":
+            raise ValueError(f"{source} is a zfnet run: it holds its class names; labels go "
+                             "with a model name (torchvision:NAME, FILE.py:NAME, ...)")
+        src.labels = _checked_labels(labels, src.meta.get("num_classes"), src.name)
     src.meta["source"] = source
     overrides = {k: v for k, v in (("mean", mean), ("std", std), ("resize", resize),
                                    ("crop", crop)) if v is not None}
@@ -165,11 +173,7 @@ def from_module(model: nn.Module, *, mean: Sequence[float] | None = None,
     label = name or type(model).__name__
     prep, notes = own_preprocessing(model, label)
     if labels is not None:
-        labels = [str(v) for v in labels]
-        outputs = _outputs(model)
-        if outputs is not None and len(labels) != outputs:
-            raise ValueError(f"{len(labels)} labels for {label}, whose last layer has "
-                             f"{outputs} outputs: give one name per output")
+        labels = _checked_labels(labels, _outputs(model), label)
     src = Source(model.eval(), prep, labels, label, "python",
                  {"source": label, "weights": None, "num_classes": _outputs(model),
                   "notes": notes})
@@ -180,6 +184,59 @@ def from_module(model: nn.Module, *, mean: Sequence[float] | None = None,
         _override(src, overrides)
     check_input(src)
     return src
+
+
+def read_labels(path: str | Path) -> list[str]:
+    """Class names from a file: a JSON list of names, or a JSON object of output index to name
+    (`{"0": "cat", ...}`, as Hugging Face's id2label), or text with one name a line in output
+    order (timm's class map; blank lines are skipped)."""
+    import json
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"labels file {path} {what}; give a text file of one class "
+                                "name a line, or a JSON list")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"labels file {path} is not UTF-8 text ({e.reason})") from e
+    if path.suffix.lower() != ".json":
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"labels file {path} is not valid JSON ({e.msg}, line {e.lineno})"
+                         ) from e
+    if isinstance(data, dict):
+        try:
+            index = {int(k): v for k, v in data.items()}
+        except ValueError:
+            index = {}
+        if not index or sorted(index) != list(range(len(index))):
+            raise ValueError(f"labels file {path}: its keys must be the outputs 0..N-1, each "
+                             "once")
+        data = [index[i] for i in range(len(index))]
+    if not isinstance(data, list) or not all(isinstance(v, str) for v in data):
+        raise ValueError(f"labels file {path} must hold a list of names, or an object of "
+                         "output index to name")
+    return data
+
+
+def _checked_labels(labels: str | Path | Sequence[str], outputs: int | None, name: str
+                    ) -> list[str]:
+    """`labels` (a file or names) as a list of names, one per output of the model."""
+    where = ""
+    if isinstance(labels, (str, Path)):
+        where = f" in {labels}"
+        labels = read_labels(labels)
+    names = [str(v) for v in labels]
+    if not names:
+        raise ValueError(f"no class names{where}")
+    if outputs is not None and len(names) != outputs:
+        raise ValueError(f"{len(names)} class names{where} for {name}, whose last layer has "
+                         f"{outputs} outputs: give one name per output, in order")
+    return names
 
 
 def check_input(src: Source) -> None:

@@ -308,8 +308,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class Server:
-    """uvicorn serving an app on a background thread (tests, benchmarks, the screenshot):
-    `with Server(app) as url: ...`."""
+    """uvicorn serving an app on a background thread (tests, benchmarks, the screenshot,
+    `zfnet.explorer.serve.serve(background=True)`): `with Server(app) as url: ...`, or
+    `start()` and `stop()`; `server.run()` serves in the calling thread instead."""
 
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int | None = None) -> None:
         import uvicorn
@@ -325,7 +326,8 @@ class Server:
         host = f"[{self.host}]" if ":" in self.host else self.host  # IPv6
         return f"http://{host}:{self.port}"
 
-    def __enter__(self) -> str:
+    def start(self) -> str:
+        """Serve on the background thread; its URL once it answers."""
         self.thread.start()
         for _ in range(500):
             if self.server.started:
@@ -335,6 +337,13 @@ class Server:
             threading.Event().wait(0.01)
         raise RuntimeError("the explorer's server did not start within 5 s")
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
+        """Stop serving (the background thread ends within 10 s)."""
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,60 @@
+"""`zfnet.explorer.serve.serve`: the explorer served from Python on a model object of your own
+(`from_module`), in the background, as in a notebook; the address checked first."""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+import pytest
+import torch
+from torch import nn
+
+from zfnet.explorer.serve import check_address, serve
+from zfnet.sources import from_module
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 3))
+
+
+def test_serve_a_model_object_in_the_background(tmp_path) -> None:
+    from PIL import Image
+    from skimage import data
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("astronaut", "coffee"):
+        Image.fromarray(getattr(data, name)()).save(photos / f"{name}.jpg")
+    source = from_module(_net(), resize=40, crop=32, labels=["a", "b", "c"], name="mine")
+    said: list[str] = []
+    server = serve(source, f"images:{photos}", port=0, cache_dir=tmp_path / "cache",
+                   background=True, echo=said.append)
+    try:
+        assert said[0] == f"zfnet explorer: mine, 2 images of images:{photos}"
+        assert said[1] == f"open {server.url}/  (server.stop() stops it)"
+        model = httpx.get(f"{server.url}/api/model", timeout=30).json()
+        assert model["name"] == "mine" and model["kind"] == "python" and model["labels"]
+        assert model["data"] == {"spec": f"images:{photos}", "images": 2}
+        top = httpx.get(f"{server.url}/api/predict", params={"image": "val:1"},
+                        timeout=30).json()["top"]
+        assert {t["name"] for t in top} == {"a", "b", "c"}
+    finally:
+        server.stop()
+    assert not server.thread.is_alive()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{server.url}/api/model", timeout=5)
+
+
+def test_the_address_is_checked_first(tmp_path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        with pytest.raises(ValueError, match=f"cannot listen on 127.0.0.1:{busy}"):
+            serve(from_module(_net(), crop=32), "images:/nonexistent", port=busy,
+                  cache_dir=tmp_path, background=True)
+    assert check_address("127.0.0.1", 0) > 0
