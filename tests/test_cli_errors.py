@@ -199,6 +199,8 @@ CASES = [
      "1 class names in {notes} for torchvision:resnet18 (random init), whose last layer has "
      "1000 outputs"),
     ("labels-run", [*TOPK, "--labels", "{notes}"], "it holds its class names"),
+    ("filters-crop-without-model", ["analyze", "filters", *CK, *OUT, "--crop", "32"],
+     "--crop go with --model SOURCE"),
     *([("source-timm-missing", ["models", "timm:resnet18"], "pip install timm")]
       if importlib.util.find_spec("timm") is None else []),
     # train: what to train, on what

@@ -201,7 +201,9 @@ def test_the_layer_table_and_the_commands(code, tmp_path) -> None:
                                     f"images:{code / 'photos'}", "--layer", "block", "--k", "2",
                                     "--maps-per-layer", "2", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert {s.key for s in read_sections(out)} >= {"topk_gallery"}
+    res = CliRunner().invoke(main, ["analyze", "filters", *model, "--out", str(out)])
+    assert res.exit_code == 0, res.output  # its input size given, as to every command
+    assert {s.key for s in read_sections(out)} >= {"topk_gallery", "filters"}
 
 
 def test_from_module_in_python(code, tmp_path) -> None:

@@ -935,11 +935,12 @@ def evolution_cmd(run_dir: str | None, run_alias: str | None, data: str | None,
 @click.option("--model", "source", metavar="SOURCE",
               help="Or any model: a zfnet model name, torchvision:NAME, timm:NAME, "
                    "FILE.py:NAME.")
-@_WEIGHTS
+@_options(_WEIGHTS, *_PREPROCESSING)
 @_DATA
 @_OUT
 def filters_cmd(checkpoints: tuple[str, ...], source: str | None, weights: str | None,
-                data: str | None, out: str) -> None:
+                mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
+                resize: int | None, crop: int | None, data: str | None, out: str) -> None:
     """Fig. 6: the first two convolutions' filters and their diagnostics (dominance, dead,
     high frequency), models side by side."""
     from zfnet import pipeline
@@ -947,6 +948,11 @@ def filters_cmd(checkpoints: tuple[str, ...], source: str | None, weights: str |
     if not checkpoints and source is None:
         raise click.UsageError("no model given: --checkpoint RUN (repeat to compare) or "
                                "--model SOURCE")
+    given = [f"--{k}" for k, v in (("weights", weights), ("mean", mean), ("std", std),
+                                   ("resize", resize), ("crop", crop)) if v is not None]
+    if source is None and given:
+        raise click.UsageError(f"{', '.join(given)} go with --model SOURCE; a --checkpoint run "
+                               "holds its weights and preprocessing")
     models, bundle = {}, None
     short = [Path(c).name for c in checkpoints]
     for c, name in zip(checkpoints, short, strict=True):
@@ -954,7 +960,7 @@ def filters_cmd(checkpoints: tuple[str, ...], source: str | None, weights: str |
         bundle = bundle or b
         models[name if short.count(name) == 1 else c] = model  # runs/a/last, runs/b/last
     if source is not None:
-        options = ModelOptions(source, None, weights, None, None, None, None, None, "cpu", 64)
+        options = ModelOptions(source, None, weights, None, mean, std, resize, crop, "cpu", 64)
         src, b = _model_and_data(options, data, need_data=bundle is None and data is not None)
         bundle = bundle or b
         models[src.name] = src.model
