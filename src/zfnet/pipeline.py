@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Subset
 
 from zfnet.data import DataBundle, collate, load_dataset
 from zfnet.data.photos import load_photos
-from zfnet.data.spec import with_options
+from zfnet.data.spec import parse_spec, with_options
 
 CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
@@ -235,6 +235,10 @@ def probes(model: nn.Module, data: str, run_dir: str | Path, per_class: int = 20
     for a model that does not take the dataset's own inputs."""
     from zfnet.analyses.probes import linear_probes, probe_layers, probes_section
 
+    if parse_spec(data).name == "images":
+        raise ValueError(f"linear probes are trained on labelled images, and {data} has no "
+                         "labels; give a labelled dataset: imagefolder:DIR (train/ and val/ "
+                         "class folders), shards:DIR, fashion-mnist, synthetic")
     few = load_dataset(with_options(data, per_class=per_class), preprocessing=preprocessing)
     check_fits(model, few)
     test = _centre(few)
@@ -338,7 +342,6 @@ def data_randomization(model: nn.Module, meta: dict[str, Any], run_dir: str | Pa
     from zfnet.analyses.sanity import data_randomization as compare
     from zfnet.analyses.sanity import data_randomization_section
     from zfnet.data.relabel import OPTION, with_random_labels
-    from zfnet.data.spec import parse_spec
     from zfnet.train import TrainConfig, evaluate, load_model, train
     from zfnet.train.checkpoint import has_checkpoint, read_meta, resolve_checkpoint
     from zfnet.train.run import check_resumable
