@@ -407,7 +407,19 @@ def test_any_cnn_through_the_general_path(tmp_path) -> None:
     names = [r.name for r in e.layers]
     assert {"layer1", "layer3", "layer3.0.conv1", "fc"} <= set(names)
     assert e.default_layer == "layer4"
+    # its blocks too: a BasicBlock's output (after the residual addition and its ReLU), not
+    # the Sequential inside it (the same as its last module's)
+    kinds = {r.name: r.kind for r in e.layers}
+    assert kinds["layer3.1"] == "block" and kinds["layer3"] == "stage"
+    assert "layer2.0.downsample" not in kinds and kinds["layer2.0.downsample.1"] == "norm"
     with TestClient(create_app(e)) as c:
+        got = c.get("/api/maps?image=val:1&layer=layer3.1").json()
+        with torch.no_grad():
+            m = e.model
+            x = m.maxpool(m.relu(m.bn1(m.conv1(e.val[1][0][None]))))
+            want = m.layer3(m.layer2(m.layer1(x)))[0]  # layer3's last block's output
+        np.testing.assert_allclose(got["max"], want.amax(dim=(1, 2)).numpy(), rtol=1e-4,
+                                   atol=1e-5)
         u = c.get("/api/unit?image=val:1&layer=layer3&unit=5").json()
         x = e.val[1][0][None]
         pos = torch.tensor([[u["row"], u["col"]]])

@@ -219,18 +219,25 @@ class Explorer:
 
     def _layer_table(self) -> list[LayerRow]:
         """Every layer `--layer` takes that outputs maps or units: the leaves `layer_info`
-        lists and the network's stages (`feature_layers`: a ResNet's `layer3`), dropouts left
-        out (the identity at inference), with the output shape of one real forward pass (maps
-        as (N, C, H, W), channels-last ones included: `capture`)."""
+        lists, the network's stages (`feature_layers`: a ResNet's `layer3`) and its blocks
+        (every other module with modules inside that is not an `nn.Sequential`, whose output
+        is its last module's: a ResNet's `layer3.1`, a block whose ReLUs are `F.relu` calls),
+        dropouts left out (the identity at inference), with the output shape of one real
+        forward pass (maps as (N, C, H, W), channels-last ones included: `capture`)."""
         infos = layer_info(self.model, self.size)
         names = [n for n, i in infos.items() if i.kind != "dropout"]
         try:
             stages = feature_layers(self.model, self.size)
         except ValueError:
             stages = []
+        listed = {infos[n].module for n in names} | set(stages)
+        blocks = [path for path, m in self.model.named_modules()
+                  if path and path not in listed and next(m.children(), None) is not None
+                  and not isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict))]
         order = {m: i for i, (m, _) in enumerate(self.model.named_modules())}
-        module_of = {n: infos[n].module if n in infos else n for n in [*names, *stages]}
-        names = sorted(dict.fromkeys([*names, *stages]),
+        module_of = {n: infos[n].module if n in infos else n
+                     for n in [*names, *stages, *blocks]}
+        names = sorted(dict.fromkeys([*names, *stages, *blocks]),
                        key=lambda n: (order.get(module_of[n], 0), n not in stages))
         x = torch.zeros(1, self.channels, *self.size)
         with eval_mode(self.model), torch.inference_mode(), \
@@ -245,7 +252,7 @@ class Explorer:
                 continue  # did not run, or its output is not maps nor a vector
             g = geos.get(n)
             size = tuple(out.shape[-2:]) if out.ndim == 4 else None
-            kind = infos[n].kind if n in infos else "stage"
+            kind = infos[n].kind if n in infos else "stage" if n in stages else "block"
             rows.append(LayerRow(
                 n, module_of[n], kind, int(out.shape[1]), size,  # type: ignore[arg-type]
                 (g.rows.rf, g.cols.rf) if g is not None and size else None,
