@@ -134,6 +134,11 @@ def not_a_model():
     return 42
 
 
+class Outputs(Net):  # as a Hugging Face model answers
+    def forward(self, x):
+        return {"logits": super().forward(x)}
+
+
 SETTING = 3
 """
 
@@ -188,6 +193,8 @@ CASES = [
      "returned a value of type int"),
     ("source-user-not-callable", ["models", "{user_net}:SETTING"], "is of type int"),
     ("source-user-input-size", ["models", "{user_net}:Net"], "does not take 3x224x224 inputs"),
+    ("source-user-not-scores", ["models", "{user_net}:Outputs", "--crop", "32"],
+     "returns a dict, not class scores"),
     ("source-user-weights", ["models", "{user_net}:Net", "--crop", "32", "--weights",
                              "{linear}"], "another architecture"),
     ("source-crop-too-small", ["models", "torchvision:alexnet", "--crop", "16"],

@@ -249,15 +249,23 @@ def check_input(src: Source) -> None:
     x = torch.zeros(1, prep.in_channels, prep.crop, prep.crop, device=device)
     try:
         with torch.no_grad():
-            src.model(x)
+            out = src.model(x)
     except NotImplementedError:
         if device.type != "meta":  # an operation the meta device lacks: nothing to say
             raise
+        return
     except Exception as e:  # whatever the forward raises means the same here
         raise ValueError(
             f"{src.name} does not take {prep.in_channels}x{prep.crop}x{prep.crop} inputs "
             f"({type(e).__name__}: {_first_line(e)}); give the size it takes with --crop "
             "(and --resize), its channels with --mean/--std") from e
+    if not isinstance(out, torch.Tensor) or out.ndim < 2:
+        what = (f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor)
+                else f"a {type(out).__name__}")
+        raise ValueError(
+            f"{src.name} returns {what}, not class scores (N, classes): zfnet follows the "
+            "class a model predicts; build a module whose forward returns them (for a "
+            "Hugging Face model, its outputs.logits)")
 
 
 def load_data(source: Source, spec: str | None = None, *, ten_crop: bool = False,
