@@ -223,6 +223,12 @@ def test_from_module_in_python(code, tmp_path) -> None:
         from_module(net, labels=["cat", "dog"], crop=32)
     with pytest.raises(ValueError, match="takes a torch.nn.Module, not a dict"):
         from_module({})
+    with pytest.raises(ValueError, match=r"mean \(124.0,\) must be in 0..1 units"):
+        from_module(net, crop=32, mean=[124.0])
+    # mean and std as model cards give them (0..1), one value for every channel
+    p = from_module(net, crop=32, mean=[0.5], std=[0.25, 0.5, 0.25]).preprocessing
+    assert p.mean == pytest.approx((127.5,) * 3) and p.std == pytest.approx(
+        (63.75, 127.5, 63.75))
     src = from_module(net, resize=36, crop=32, labels=["cat", "dog", "fish"], name="mine")
     assert src.model is net and not net.training and src.name == "mine"
     bundle = load_data(src, f"images:{code / 'photos'}")

@@ -164,12 +164,20 @@ def from_module(model: nn.Module, *, mean: Sequence[float] | None = None,
                 crop: int | None = None, labels: Sequence[str] | None = None,
                 name: str | None = None) -> Source:
     """A `Source` of a model object you built in Python, for `load_data`, the analyses
-    (`zfnet.pipeline`) and the explorer (`zfnet.explorer.Explorer`). The preprocessing is
-    its `pretrained_cfg` (timm's form) or ImageNet's at 256/224, as for `FILE.py:NAME`;
-    `mean`, `std` (0..255 units), `resize`, `crop` override it. The model is put in eval mode
-    (not copied, not moved) and tried on one input of its size."""
+    (`zfnet.pipeline`) and the explorer (`zfnet.explorer.serve`). The preprocessing is its
+    `pretrained_cfg` (timm's form) or ImageNet's at 256/224, as for `FILE.py:NAME`; `mean`
+    and `std` per channel in 0..1 units, as model cards and `transforms.Normalize` give them
+    (one value for all channels), `resize` and `crop` override it. `labels`: one class name
+    per output. The model is put in eval mode (not copied, not moved) and tried on one input
+    of its size."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"from_module takes a torch.nn.Module, not a {type(model).__name__}")
+    for what, values in (("mean", mean), ("std", std)):
+        if values is not None and not all(0 <= float(v) <= 1 for v in values):
+            raise ValueError(f"{what} {tuple(values)} must be in 0..1 units, as model cards "
+                             "give them (e.g. 0.485, 0.456, 0.406)")
+    mean = None if mean is None else tuple(255 * float(v) for v in mean)
+    std = None if std is None else tuple(255 * float(v) for v in std)
     label = name or type(model).__name__
     prep, notes = own_preprocessing(model, label)
     if labels is not None:
