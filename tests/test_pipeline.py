@@ -115,10 +115,24 @@ def test_zfnet_only_analyses_say_why(bundle, tmp_path) -> None:
         pipeline.correspondence(model, bundle, tmp_path, n_images=2)
     with pytest.raises(ValueError, match="not one of zfnet's models.*layers="):
         correspondence(model, x, masks)
-    with pytest.raises(ValueError, match=r"evolution \(Fig. 4\).*ResNet"):
-        feature_evolution([(1, model)], bundle.val, ("layer1",))
-    with pytest.raises(ValueError, match=r"transfer \(Tables 4-5\).*ResNet.*probes"):
+    # transfer trains the architecture again from scratch: it must be one zfnet can build
+    with pytest.raises(ValueError, match=r"unknown model 'resnet18'.*torchvision:NAME"):
         transfer_study(model, SPEC, (1,), tmp_path, model_name="resnet18")
+
+
+def test_evolution_of_any_architecture(bundle) -> None:
+    """Fig. 4 follows a ResNet's maps through its epochs as it does zfnet's (a run of any
+    architecture `zfnet train` trains keeps its epochs)."""
+    early, late = _resnet(10), _resnet(10)
+    with torch.no_grad():  # a later epoch: other weights
+        for p in late.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    res = feature_evolution([(1, early), (2, late)], bundle.val, ("layer1", "layer3"),
+                            n_maps=2, n_images=8)
+    assert res.epochs == [1, 2] and set(res.projections) == {"layer1", "layer3"}
+    assert res.similarity["layer1"][-1] == pytest.approx(1.0)  # the last epoch against itself
+    assert res.similarity["layer3"][0] < 1.0
+    assert res.projections["layer3"].shape[:2] == (2, 2)
 
 
 def test_a_models_own_preprocessing(tmp_path) -> None:

@@ -357,7 +357,8 @@ _LOADER = click.option(
 @main.command("train", short_help="Train a model with the paper's recipe (Sec. 3)")
 @click.option("--data", help="Dataset spec, e.g. synthetic, fashion-mnist, imagefolder:DIR, "
               "shards:OUT.")
-@click.option("--model", help="Registered model name (see `zfnet models`).")
+@click.option("--model", help="A zfnet model (`zfnet models`), or another architecture trained "
+              "from scratch by the recipe: torchvision:NAME, timm:NAME, your own FILE.py:NAME.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Run directory (config.json, metrics.csv, tb/, checkpoints/).")
 @click.option("--epochs", type=click.IntRange(1), help="Epochs to train (default 70, the paper's).")
@@ -1082,8 +1083,10 @@ def probes_cmd(model_options: ModelOptions, data: str | None, out: str, per_clas
               help="Target val images scored.")
 @click.option("--scratch-steps", default=300, show_default=True, type=click.IntRange(1),
               help="SGD steps of each from-scratch run.")
-@click.option("--layer", default="relu7", show_default=True,
-              help="Layers up to this one are kept (relu7: layers 1-7, as the paper).")
+@click.option("--layer", default=None,
+              help="Layers up to this one are kept (default: relu7, layers 1-7 as the paper, "
+                   "on zfnet's models; another architecture's classifier input, e.g. a "
+                   "ResNet's avgpool).")
 @_DEVICE
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
               help="Batch of the from-scratch runs.")
@@ -1096,7 +1099,8 @@ def transfer_cmd(checkpoint: str, data: str, out: str, shots: tuple[int, ...], n
     from zfnet.train.distributed import resolve_device
 
     model, meta = load_model(checkpoint, device=resolve_device(device))
-    (layer,) = _layers(model, (layer,))
+    if layer is not None:
+        (layer,) = _layers(model, (layer,))
     rows = pipeline.transfer(model, meta, data, out, shots, n_test, scratch_steps, layer,
                              batch_size=batch_size, device=device)
     for r in rows:
@@ -1208,7 +1212,8 @@ def _data_randomization(model_options: ModelOptions, data: str | None, out: str,
 @main.command("study", short_help="Table 3: train model variants with one budget, compare")
 @click.option("--data", required=True, help="Dataset spec.")
 @click.option("--models", default="zfnet_small", show_default=True, callback=_names,
-              help="Comma-separated base models.")
+              help="Comma-separated base models: zfnet's (every variant), or any architecture "
+                   "`zfnet train` takes (its baseline).")
 @click.option("--variants", default="baseline,fc_half,fc_double,wide345,no_conv34,no_fc7,no_fc67",
               show_default=True, callback=_names, help="Comma-separated Table 3 variants.")
 @click.option("--epochs", required=True, type=click.IntRange(1))

@@ -130,6 +130,7 @@ def evolution(run_dir: str | Path, bundle: DataBundle, out_dir: str | Path | Non
     """Fig. 4 from the checkpoints kept in `run_dir` (training images, centre crops), each
     model on `device` (auto: cuda if there), mined `batch_size` images at a time."""
     from zfnet.analyses.evolution import evolution_section, feature_evolution
+    from zfnet.models import feature_layers, is_zfnet_model
     from zfnet.train import list_checkpoints, load_model
     from zfnet.train.distributed import resolve_device
 
@@ -140,7 +141,10 @@ def evolution(run_dir: str | Path, bundle: DataBundle, out_dir: str | Path | Non
             f"{run_dir} holds no kept checkpoints (checkpoints/epoch_NNNN/): give a run directory "
             "of `zfnet train` (--keep-epochs says which epochs it keeps)")
     check_fits(ckpts[-1][1], bundle)
-    layers = _present(ckpts[-1][1], CONV_LAYERS)
+    last = ckpts[-1][1]
+    # zfnet's conv1…conv5; another architecture's stages (a ResNet's conv1, layer1…layer4)
+    layers = _present(last, CONV_LAYERS) if is_zfnet_model(last) else \
+        feature_layers(last, _size(bundle))
     res = feature_evolution(ckpts, _centre(bundle, "train"), layers, n_maps, n_images,
                             batch_size=batch_size)
     return evolution_section(out_dir or run_dir, res), res
@@ -253,16 +257,23 @@ def probes(model: nn.Module, data: str, run_dir: str | Path, per_class: int = 20
 
 def transfer(model: nn.Module, meta: dict[str, Any], target: str, run_dir: str | Path,
              shots: tuple[int, ...] = (1, 5, 20), n_test: int = 1000,
-             scratch_steps: int = 300, layer: str = "relu7", batch_size: int = 32,
+             scratch_steps: int = 300, layer: str | None = None, batch_size: int = 32,
              device: str = "cpu") -> Any:
     """Tables 4–5: layers 1–7 (up to `layer`) of the model in checkpoint `meta` fixed + a new
-    softmax on N images per class of `target`, against the same architecture from scratch."""
+    softmax on N images per class of `target`, against the same architecture from scratch.
+    `layer` default: relu7 on zfnet's models, the input of another architecture's classifier
+    (`zfnet.models.vector_layer`: a ResNet's avgpool)."""
     from zfnet.analyses.transfer import transfer_section, transfer_study
+    from zfnet.models import is_zfnet_model, vector_layer
 
+    size = int(meta["input_size"])
+    if layer is None:
+        layer = "relu7" if is_zfnet_model(model) else vector_layer(model, size)
     rows = transfer_study(model, target, shots, run_dir, model_name=meta["model"],
                           model_opts=meta.get("model_opts") or {}, n_test=n_test,
                           scratch_steps=scratch_steps, layer=layer, batch_size=batch_size,
-                          device=device)
+                          device=device, in_channels=int(meta["in_channels"]),
+                          input_size=size)
     transfer_section(run_dir, rows, f"{meta['model']} trained on {meta['data']}", target,
                      layer)
     return rows

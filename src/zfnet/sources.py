@@ -247,6 +247,101 @@ def _checked_labels(labels: str | Path | Sequence[str], outputs: int | None, nam
     return names
 
 
+# --- architectures to train (`zfnet train --model`) ---
+
+# The std of the paper's 0..255-minus-mean pixels (zfnet.models.convnet.NetConfig.input_std):
+# an architecture from elsewhere is trained on them as if they were divided by it.
+INPUT_STD = 60.0
+TRAINABLE_FORMS = ("a zfnet model name (`zfnet models`), torchvision:NAME, timm:NAME, or your "
+                   "own FILE.py:NAME or package.module:NAME (a function or class that builds "
+                   "the model, given num_classes= when it takes it)")
+
+
+def architecture_name(model: str) -> str:
+    """`model` checked as an architecture `zfnet train` can build, without building it: a
+    zfnet model name, `torchvision:NAME`, `timm:NAME`, or `FILE.py:NAME` (its path made
+    absolute, so that a run finds it from anywhere) or `package.module:NAME`. A ValueError
+    names what is wrong."""
+    from zfnet.models import list_models
+
+    model = model.strip()
+    if model in list_models():
+        return model
+    prefix, colon, rest = model.partition(":")
+    if colon and prefix.lower() == "torchvision":
+        names = torchvision_models()
+        if rest.strip() not in names:
+            close = difflib.get_close_matches(rest.strip(), names, n=5, cutoff=0.5)
+            raise ValueError(f"unknown torchvision model {rest.strip()!r}"
+                             + (f"; closest: {', '.join(close)}" if close else ""))
+        return f"torchvision:{rest.strip()}"
+    if colon and prefix.lower() == "timm":
+        try:
+            import timm
+        except ImportError:
+            raise ValueError(f"{model} needs timm, which is not installed: pip install timm "
+                             "(or pip install 'zfnet[timm]')") from None
+        if rest.strip() not in timm.list_models():
+            raise ValueError(f"unknown timm model {rest.strip()!r}; valid: any of "
+                             "timm.list_models()")
+        return f"timm:{rest.strip()}"
+    form = user_code.python_form(model)
+    if form is not None:
+        target, name = form
+        if user_code.is_python_file(target):
+            path = Path(target).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} does not exist; --model {user_code.FORM}")
+            target = str(path.resolve())
+        return f"{target}:{name}"
+    close = difflib.get_close_matches(model, list_models(), n=3, cutoff=0.6)
+    raise ValueError(f"unknown model {model!r}" + (f" (did you mean {' or '.join(close)}?)"
+                                                  if close else "")
+                     + f"; valid: {TRAINABLE_FORMS}")
+
+
+def build_architecture(model: str, num_classes: int, in_channels: int = 3) -> nn.Module:
+    """An untrained `model` (not one of zfnet's: `architecture_name`'s other forms) for
+    `num_classes` classes and `in_channels`-channel images, initialised by its own code from
+    torch's global RNG (the caller seeds it); then its first convolution's weights are
+    divided by `INPUT_STD`, as zfnet's models do, for the paper's 0..255-minus-mean pixels
+    (`zfnet.train.recipe.param_groups` trains that layer as if they were divided by it).
+    A builder of your own is given `num_classes=` when it takes it; the model it builds must
+    have that many outputs."""
+    prefix, _, rest = model.partition(":")
+    if prefix == "torchvision":
+        import torchvision
+
+        net = torchvision.models.get_model(rest, **_quiet_init(rest, {"num_classes":
+                                                                     num_classes}))
+    elif prefix == "timm":
+        import timm
+
+        net = timm.create_model(rest, pretrained=False, num_classes=num_classes,
+                                in_chans=in_channels)
+    else:
+        target, name = user_code.python_form(model) or (model, "")
+        path = Path(target) if user_code.is_python_file(target) else None
+        with user_code.importable(target):
+            module = user_code.import_target(target)
+            obj = user_code.attribute(module, name, target)
+            build = user_code.builder(obj, model, path or Path(module.__file__ or target))
+            try:
+                net = build(num_classes=num_classes)
+            except TypeError:  # a builder without num_classes, or a model object
+                net = build()
+        outputs = _outputs(net)
+        if outputs != num_classes:
+            raise ValueError(f"{model} builds a model with {outputs} outputs, and the data has "
+                             f"{num_classes} classes: give a builder that takes num_classes= "
+                             "(or builds that many)")
+    first = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is not None:
+        with torch.no_grad():
+            first.weight.div_(INPUT_STD)
+    return net
+
+
 def check_input(src: Source) -> None:
     """Run `src.model` once on an input of its preprocessing's size (zeros, batch 1, no
     gradients; on the meta device, shapes only): a model that cannot take it is one
@@ -752,9 +847,11 @@ def _override(src: Source, overrides: dict[str, Any]) -> None:
     if isinstance(src._preprocessing, Preprocessing):
         src._preprocessing = src._preprocessing.with_overrides(**overrides)
         return
-    # A run's preprocessing is read later; check the values now on a stand-in of its shape.
-    c = src.model.config.in_channels
-    Preprocessing(round(fixed * PAPER_RATIO), fixed, (0.0,) * c, (1.0,) * c, c) \
+    # A run's preprocessing is read later; check the values now on a stand-in of its shape
+    # (a run of another architecture than zfnet's: the size and channels it was trained on).
+    size = fixed or int(src.meta["input_size"])
+    c = int(src.meta.get("in_channels") or src.model.config.in_channels)
+    Preprocessing(round(size * PAPER_RATIO), size, (0.0,) * c, (1.0,) * c, c) \
         .with_overrides(**overrides)
     lazy = src._preprocessing
     src._preprocessing = lambda: lazy().with_overrides(**overrides)

@@ -9,6 +9,7 @@ removals (conv3+conv4, fc7, fc6+fc7, all four).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -44,7 +45,17 @@ VARIANTS = ("baseline", "fc_half", "fc_double", "wide345", "wide345_fc_double", 
 
 
 def variant_overrides(model: str, variant: str) -> dict[str, Any]:
-    """The `create_model` overrides that make Table 3's `variant` of base `model`."""
+    """The `create_model` overrides that make Table 3's `variant` of base `model` (of zfnet's
+    models; another architecture has its baseline only)."""
+    from zfnet.models import list_models
+
+    if variant == "baseline" and model not in list_models():
+        return {}
+    if model not in list_models():
+        from zfnet.sources import architecture_name
+
+        raise ValueError(f"variant {variant!r} is one of zfnet's model options; "
+                         f"{architecture_name(model)} takes none: study its baseline")
     cfg = create_model(model).config
     convs = {c.name: c.channels for c in cfg.convs}
     fc = cfg.fc[0] if cfg.fc else 0
@@ -65,6 +76,14 @@ def variant_overrides(model: str, variant: str) -> dict[str, Any]:
     return table[variant]
 
 
+def run_name(model: str, variant: str) -> str:
+    """The folder of (model, variant) under the study's `out`: `zfnet_small-baseline`,
+    `torchvision_resnet18-baseline`, `my_net.py_Net-baseline` (a file's name, not its path)."""
+    target, colon, name = model.rpartition(":")
+    short = f"{Path(target).name}:{name}" if colon and "/" in target else model
+    return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', short)}-{variant}"
+
+
 def study(
     data: str,
     models: Sequence[str],
@@ -83,7 +102,7 @@ def study(
         raise ValueError("study needs at least one model and one variant")
     for model in models:  # fail before training anything: unknown models, variants, options
         for v in variants:
-            TrainConfig(data=data, model=model, out=str(Path(out) / f"{model}-{v}"),
+            TrainConfig(data=data, model=model, out=str(Path(out) / run_name(model, v)),
                         epochs=epochs, model_opts=variant_overrides(model, v), **train_options)
     bundle = load_dataset(data)
     train_eval = bundle.train.with_mode("centre")
@@ -94,7 +113,7 @@ def study(
     rows = []
     for model in models:
         for v in variants:
-            run = Path(out) / f"{model}-{v}"
+            run = Path(out) / run_name(model, v)
             cfg = TrainConfig(data=data, model=model, out=str(run), epochs=epochs,
                               model_opts=variant_overrides(model, v), **train_options)
             t0 = time.perf_counter()

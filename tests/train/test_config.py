@@ -11,7 +11,8 @@ def _config(**kw) -> TrainConfig:
 
 
 @pytest.mark.parametrize(("kw", "message"), [
-    ({"model": "zfnett"}, "unknown model 'zfnett'; valid: .*zfnet_small"),
+    ({"model": "zfnett"}, r"unknown model 'zfnett' \(did you mean zfnet.*\); valid: .*"
+                          "torchvision:NAME, timm:NAME, or your own FILE.py:NAME"),
     ({"model_opts": {"fc_width": "abc"}}, "model_opts: fc_width must be a positive integer"),
     ({"model_opts": {"batchnorm": "maybe"}}, "model_opts: batchnorm must be true or false"),
     ({"model_opts": {"colour": "red"}}, r"model_opts: unknown model option\(s\) \['colour'\]"),

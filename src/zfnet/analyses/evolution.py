@@ -26,7 +26,6 @@ from zfnet.analyses.gallery import project_topk, select_maps
 from zfnet.analyses.topk import TopK, mine_topk
 from zfnet.display import CAPTION as DISPLAY_CAPTION
 from zfnet.display import save_grid
-from zfnet.models import is_zfnet_model
 
 
 @dataclass
@@ -46,7 +45,7 @@ class EvolutionResult:
 def feature_evolution(
     checkpoints: Sequence[tuple[int, nn.Module]],
     dataset: Dataset,
-    layers: Sequence[str] = ("conv1", "conv2", "conv3", "conv4", "conv5"),
+    layers: Sequence[str] = ("conv1", "conv2", "conv3", "conv4", "conv5"),  # any model's names
     n_maps: int = 6,
     n_images: int | None = 2000,
     settle_at: float = 0.8,
@@ -81,7 +80,6 @@ def feature_evolution(
 
     def mine(epoch: int, model: nn.Module) -> dict[str, TopK]:
         nonlocal passes
-        _require_zfnet(epoch, model)
         offset = passes * per_pass
         report = (lambda done, _: progress(offset + done, total)) if progress else False
         passes += 1
@@ -125,15 +123,6 @@ def feature_evolution(
                 break
         res.settled[layer] = settled
     return res
-
-
-def _require_zfnet(epoch: int, model: nn.Module) -> None:
-    if not is_zfnet_model(model):
-        raise ValueError(
-            f"feature evolution (Fig. 4) follows the checkpoints a `zfnet train` run keeps, "
-            f"epoch by epoch; the model of epoch {epoch} ({type(model).__name__}) is not one "
-            "of zfnet's models (zfnet_*, alexnet_*). For a pretrained model, `zfnet visualize "
-            "topk` shows its features")
 
 
 def _check_maps(maps: Mapping[str, Sequence[int]], mined: Mapping[str, TopK]) -> None:

@@ -132,6 +132,8 @@ def transfer_study(
     lr: float = 0.01,
     seed: int = 0,
     device: str = "cpu",
+    in_channels: int | None = None,
+    input_size: int | None = None,
 ) -> list[TransferRow]:
     """Tables 4–5 for dataset spec `target`: for each N in `shots`, fixed layers 1–7 + a new
     softmax, against `model_name` (with `model_opts`) trained from scratch on the same N images
@@ -142,20 +144,18 @@ def transfer_study(
     to its input channels and size. Scratch runs are written under `run_dir`/transfer/.
     """
     from zfnet.analyses.probes import extract_features, fit_linear
-    from zfnet.models import is_zfnet_model, layer_info
+    from zfnet.models import is_zfnet_model, resolve_layer
+    from zfnet.sources import architecture_name
     from zfnet.train import TrainConfig, train
 
-    if not is_zfnet_model(model):
-        raise ValueError(
-            f"transfer (Tables 4-5) compares the model's fixed features with the same "
-            f"architecture trained from scratch by zfnet's recipe; {type(model).__name__} is not "
-            "one of zfnet's models (zfnet_*, alexnet_*, a `zfnet train` run). For any model's "
-            "features on new data, use the linear probes (`zfnet analyze probes`)")
-    infos = layer_info(model)
-    if layer not in infos:
-        raise ValueError(f"layer {layer!r} is not in the model; valid: {', '.join(infos)}")
-    config = model.config
-    channels, size = int(config.in_channels), int(config.input_size)
+    architecture_name(model_name)  # one zfnet can train from scratch, or a ValueError
+    resolve_layer(model, layer)  # one the model has, or an UnknownLayerError naming them
+    config = getattr(model, "config", None) if is_zfnet_model(model) else None
+    channels = in_channels or (int(config.in_channels) if config else None)
+    size = input_size or (int(config.input_size) if config else None)
+    if channels is None or size is None:
+        raise ValueError(f"in_channels and input_size are needed for {type(model).__name__}: "
+                         "the run's (its checkpoint's meta)")
     rows: list[TransferRow] = []
     for n in shots:
         if n < 1:

@@ -315,13 +315,22 @@ def read_train_state(ckpt_dir: str | Path, meta: dict[str, Any] | None = None) -
 
 def build_model(meta: dict[str, Any]) -> nn.Module:
     """The (untrained) model a checkpoint's meta describes."""
-    from zfnet.models import ConvNet, NetConfig, create_model
+    from zfnet.models import ConvNet, NetConfig, create_model, list_models
 
     cfg = meta.get("model_config") or {}
     if "convs" in cfg:
         return ConvNet(NetConfig.from_dict(cfg))
-    return create_model(meta["model"], num_classes=meta.get("num_classes"),
-                        **meta.get("model_opts", {}))
+    if meta["model"] in list_models():
+        return create_model(meta["model"], num_classes=meta.get("num_classes"),
+                            **meta.get("model_opts", {}))
+    from zfnet.sources import build_architecture  # torchvision's, timm's, your own
+
+    try:
+        return build_architecture(meta["model"], int(meta["num_classes"]),
+                                  int(meta.get("in_channels") or 3))
+    except (ValueError, FileNotFoundError) as e:
+        raise CheckpointError(f"the run's model {meta['model']} cannot be built again: {e}"
+                              ) from e
 
 
 def load_weights(model: nn.Module, ckpt_dir: str | Path) -> None:

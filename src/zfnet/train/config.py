@@ -29,7 +29,9 @@ class TrainConfig:
     """One training run. Defaults: the paper's recipe (Sec. 3) unless a comment says otherwise."""
 
     data: str  # dataset spec, e.g. "synthetic", "fashion-mnist", "imagefolder:/data/imagenet"
-    model: str  # registered model name, e.g. "zfnet", "zfnet_small"
+    # a zfnet model name ("zfnet", "zfnet_small"), "torchvision:NAME", "timm:NAME", or your
+    # own "/abs/path/my_net.py:NAME" / "package.module:NAME" (zfnet.sources.architecture_name)
+    model: str
     out: str  # run directory: config.json, metrics.csv, tb/, checkpoints/
     model_opts: dict[str, Any] = field(default_factory=dict)  # create_model overrides
     epochs: int = 70  # the paper trained for 70 epochs
@@ -99,6 +101,9 @@ class TrainConfig:
         # Checked here, before a run directory is touched; the input size the options need is
         # the dataset's, checked when the model is built for it.
         self.model_opts = check_train_model(self.model, dict(self.model_opts))
+        from zfnet.sources import architecture_name
+
+        self.model = architecture_name(self.model)  # FILE.py:NAME with its absolute path
         if self.schedule not in SCHEDULES:
             raise ValueError(
                 f"schedule={self.schedule!r} is not known; valid: {', '.join(SCHEDULES)}"
@@ -185,14 +190,22 @@ def parse_model_opt(text: str) -> tuple[str, Any]:
 
 
 def check_train_model(model: str, model_opts: dict[str, Any]) -> dict[str, Any]:
-    """`model` must be registered and `model_opts` typed and in range (`zfnet.models.options`;
-    sequences as lists, as config.json stores them). Options the data fixes (input_size, ...)
-    and the combination with the data's image size are checked when the model is built for the
-    data (`zfnet.train.run.build_model`), still before a run writes anything."""
+    """`model` must be an architecture zfnet can build (`zfnet.sources.architecture_name`: one
+    of zfnet's, torchvision's, timm's or your own code's) and `model_opts` typed and in range
+    (`zfnet.models.options`, zfnet's models only; sequences as lists, as config.json stores
+    them). Options the data fixes (input_size, ...) and the combination with the data's image
+    size are checked when the model is built for the data (`zfnet.train.run.build_model`),
+    still before a run writes anything."""
     from zfnet.models import list_models
+    from zfnet.sources import architecture_name
 
     if model not in list_models():
-        raise ValueError(f"unknown model {model!r}; valid: {', '.join(list_models())}")
+        name = architecture_name(model)
+        if model_opts:
+            raise ValueError(f"model_opts ({', '.join(model_opts)}) set zfnet's model options; "
+                             f"{name} takes none: write a function in a FILE.py that builds it "
+                             "as you want it, and give --model FILE.py:NAME")
+        return {}
     try:
         checked = check_model_options(model_opts)
     except ValueError as e:

@@ -550,8 +550,12 @@ def param_groups(
     normalisation layers' parameters / of the other layers' biases, as torchvision's reference
     scripts offer (`--norm-weight-decay`, `--bias-weight-decay`); 0 exempts them.
     """
+    from zfnet.sources import INPUT_STD
+
     first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    std = float(getattr(getattr(model, "config", None), "input_std", 1.0))
+    # zfnet's models say theirs; another architecture's first convolution was scaled for the
+    # paper's pixels by `zfnet.sources.build_architecture`
+    std = float(getattr(getattr(model, "config", None), "input_std", INPUT_STD))
     special = first.weight if config.precondition and first is not None and std != 1.0 else None
     seen = {id(special)} if special is not None else set()
     rest, norm, bias = [], [], []  # norm / bias: own decay when config says so

@@ -238,7 +238,13 @@ def build_model(config: TrainConfig, bundle: Any) -> nn.Module:
     random.seed(config.seed)
     np.random.seed(config.seed)
     try:
-        model = zfnet.create_model(config.model, **fixed, **config.model_opts)
+        if config.model in zfnet.list_models():
+            model = zfnet.create_model(config.model, **fixed, **config.model_opts)
+        else:  # torchvision's, timm's, your own
+            from zfnet.sources import build_architecture
+
+            model = build_architecture(config.model, fixed["num_classes"],
+                                       fixed["in_channels"])
         _forward_blank(model, fixed["in_channels"], fixed["input_size"])
     except ValueError:
         raise  # the model's own checks: their messages name the option
