@@ -172,3 +172,16 @@ def test_a_network_that_cannot_take_the_data_writes_nothing(nets, tmp_path) -> N
     res = _train(out, "torchvision:resnet18", "--epochs", "1", "--model-opt", "dropout=0.1")
     assert res.exit_code != 0 and "takes none" in res.output
     assert not out.exists()
+
+
+def test_a_timm_architecture_takes_the_datas_channels(tmp_path) -> None:
+    """timm builds for the data's classes and channels (in_chans): a grey dataset too."""
+    timm = pytest.importorskip("timm")
+    name = "resnet10t" if "resnet10t" in timm.list_models() else "resnet18"
+    net = build_architecture(f"timm:{name}", 3, in_channels=1)
+    assert net.eval()(torch.zeros(1, 1, 32, 32)).shape == (1, 3)
+    run = tmp_path / "timm"
+    res = _train(run, f"timm:{name}", "--epochs", "1")
+    assert res.exit_code == 0, res.output
+    model, meta = load_model(run)
+    assert meta["model"] == f"timm:{name}" and model.num_classes == 10
