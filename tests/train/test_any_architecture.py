@@ -185,3 +185,22 @@ def test_a_timm_architecture_takes_the_datas_channels(tmp_path) -> None:
     assert res.exit_code == 0, res.output
     model, meta = load_model(run)
     assert meta["model"] == f"timm:{name}" and model.num_classes == 10
+
+
+@pytest.mark.slow
+def test_torchrun_trains_your_own_network_as_one_process(nets, tmp_path) -> None:
+    """Two gloo processes of 4 images a step == one process of 8: each process imports the
+    file and builds the same network."""
+    from tests.processes import torchrun
+    from tests.train.tiny import tiny_bundle, tiny_config
+
+    opts = {"epochs": 1, "model": f"{nets}:Plain", "model_opts": {}}
+    r = torchrun("-m", "tests.train.run_tiny", str(tmp_path / "ddp"), json.dumps(opts))
+    assert r.returncode == 0, r.stderr[-3000:]
+    from zfnet.train import train
+
+    train(tiny_config(tmp_path / "one", **opts), bundle=tiny_bundle())
+    (m2, meta2), (m1, _) = load_model(tmp_path / "ddp"), load_model(tmp_path / "one")
+    assert meta2["world_size"] == 2 and type(m2).__name__ == "Plain"
+    for k, v in m1.state_dict().items():
+        torch.testing.assert_close(m2.state_dict()[k], v, rtol=1e-4, atol=1e-5)
