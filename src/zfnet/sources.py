@@ -321,11 +321,7 @@ def build_architecture(model: str, num_classes: int, in_channels: int = 3) -> nn
                                 in_chans=in_channels)
     else:
         target, name = user_code.python_form(model) or (model, "")
-        path = Path(target) if user_code.is_python_file(target) else None
-        with user_code.importable(target):
-            module = user_code.import_target(target)
-            obj = user_code.attribute(module, name, target)
-            build = user_code.builder(obj, model, path or Path(module.__file__ or target))
+        with user_code.building(target, name, model) as build:
             try:
                 net = build(num_classes=num_classes)
             except TypeError:  # a builder without num_classes, or a model object
@@ -566,11 +562,8 @@ def _python(target: str, name: str, weights: str | None, meta_only: bool) -> Sou
     """Your own code's model (`zfnet.user_code`): imported and built from seed `SEED` (on the
     meta device with `meta_only`), or with the state dict of `weights`."""
     label = f"{target}:{name}"
-    path = Path(target).expanduser() if user_code.is_python_file(target) else None
-    with user_code.importable(target), _initialising(meta_only and weights is None):
-        module = user_code.import_target(target)
-        obj = user_code.attribute(module, name, target)
-        build = user_code.builder(obj, label, path or Path(module.__file__ or target))
+    with _initialising(meta_only and weights is None), \
+            user_code.building(target, name, label) as build:
         if weights is not None:
             model = _with_weights(build, _weights_file(weights, f"{label}'s"), label)
         else:

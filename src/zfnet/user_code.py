@@ -67,6 +67,18 @@ def importable(target: str) -> Iterator[None]:
             sys.path.remove(folder)
 
 
+@contextmanager
+def building(target: str, name: str, label: str) -> Iterator[Callable[..., nn.Module]]:
+    """The `builder` of `name` in the file or module `target`, imported afresh; the body calls
+    it while `target`'s folder is still on `sys.path` (`importable`)."""
+    with importable(target):
+        module = import_target(target)
+        obj = attribute(module, name, target)
+        path = Path(target).expanduser() if is_python_file(target) else \
+            Path(module.__file__ or target)
+        yield builder(obj, label, path)
+
+
 def import_target(target: str) -> ModuleType:
     """Import the file or module `target` (inside `importable(target)`); a file is imported
     afresh each time, under a name of its own that no installed package uses."""
