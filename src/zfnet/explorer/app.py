@@ -310,7 +310,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 class Server:
     """uvicorn serving an app on a background thread (tests, benchmarks, the screenshot,
     `zfnet.explorer.serve.serve(background=True)`): `with Server(app) as url: ...`, or
-    `start()` and `stop()`; `server.run()` serves in the calling thread instead."""
+    `start()` and `stop()`; `server.server.run()` serves in the calling thread instead."""
 
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int | None = None) -> None:
         import uvicorn
