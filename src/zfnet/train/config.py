@@ -100,10 +100,10 @@ class TrainConfig:
         self.keep_epochs = tuple(int(e) for e in self.keep_epochs)
         # Checked here, before a run directory is touched; the input size the options need is
         # the dataset's, checked when the model is built for it.
-        self.model_opts = check_train_model(self.model, dict(self.model_opts))
         from zfnet.sources import architecture_name
 
         self.model = architecture_name(self.model)  # FILE.py:NAME with its absolute path
+        self.model_opts = check_train_model(self.model, dict(self.model_opts))
         if self.schedule not in SCHEDULES:
             raise ValueError(
                 f"schedule={self.schedule!r} is not known; valid: {', '.join(SCHEDULES)}"
@@ -190,20 +190,17 @@ def parse_model_opt(text: str) -> tuple[str, Any]:
 
 
 def check_train_model(model: str, model_opts: dict[str, Any]) -> dict[str, Any]:
-    """`model` must be an architecture zfnet can build (`zfnet.sources.architecture_name`: one
-    of zfnet's, torchvision's, timm's or your own code's) and `model_opts` typed and in range
-    (`zfnet.models.options`, zfnet's models only; sequences as lists, as config.json stores
-    them). Options the data fixes (input_size, ...) and the combination with the data's image
-    size are checked when the model is built for the data (`zfnet.train.run.build_model`),
-    still before a run writes anything."""
+    """`model_opts` for `model` (an architecture `zfnet.sources.architecture_name` gave):
+    typed and in range (`zfnet.models.options`) for zfnet's models, none for the others;
+    sequences as lists, as config.json stores them. Options the data fixes (input_size, ...)
+    and the combination with the data's image size are checked when the model is built for
+    the data (`zfnet.train.run.build_model`), still before a run writes anything."""
     from zfnet.models import list_models
-    from zfnet.sources import architecture_name
 
     if model not in list_models():
-        name = architecture_name(model)
         if model_opts:
             raise ValueError(f"model_opts ({', '.join(model_opts)}) set zfnet's model options; "
-                             f"{name} takes none: write a function in a FILE.py that builds it "
+                             f"{model} takes none: write a function in a FILE.py that builds it "
                              "as you want it, and give --model FILE.py:NAME")
         return {}
     try:
