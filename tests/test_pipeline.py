@@ -236,3 +236,48 @@ def test_data_randomization_interrupted_says_how_to_continue(tmp_path, monkeypat
     assert res.exit_code == 130
     assert "interrupted by SIGINT: the same command continues the copy's training" in res.output
     assert not (out / "sections").exists()
+
+
+def test_a_broken_file_is_passed_over_by_every_analysis(tmp_path) -> None:
+    """A folder of photos whose first file is broken: the analyses that show a few images
+    take the next readable ones (a warning names the file), and the figures name the photos
+    and the folder's files, not class numbers."""
+    import warnings
+
+    from PIL import Image
+    from skimage import data as photos
+
+    from zfnet.analyses import invariance as inv
+    from zfnet.analyses.occlusion import occlusion_report
+    from zfnet.data import BrokenImageWarning
+    from zfnet.data.preprocess import Preprocessing
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "aaa.jpg").write_bytes(b"\xff\xd8 not a jpeg")  # sorts first
+    for name in ("astronaut", "coffee", "chelsea"):
+        Image.fromarray(getattr(photos, name)()).save(folder / f"{name}.jpg")
+    bundle = load_dataset(f"images:{folder}",
+                          preprocessing=Preprocessing.imagenet(crop=64, resize=72))
+    model = _resnet()
+    legends: dict[str, list[str]] = {}
+    real = inv.invariance_section
+
+    def spy(run_dir, res, names, *, key, **kwargs):
+        legends[key] = list(names)
+        return real(run_dir, res, names, key=key, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mp.setattr(inv, "invariance_section", spy)
+        pipeline.invariance(model, bundle, tmp_path / "out", n_dataset_images=5)
+        m = occlusion_report(model, bundle, tmp_path / "out", n_images=2, size=32, stride=32)
+        res = pipeline.randomization(model, bundle, tmp_path / "out", n_images=2,
+                                     layer="layer1")
+    assert legends["invariance_photos"] == ["astronaut", "chelsea", "coffee", "rocket", "china"]
+    # one class (no labels), so the next images after the first: the 3 readable files
+    assert legends["invariance_dataset"] == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg"]
+    assert [r[0] for r in _section(tmp_path / "out", "occlusion").tables[0].rows] == [1, 2]
+    assert m["class_followed"] == "predicted" and res.steps[0] == "layer1"
+    assert any(issubclass(w.category, BrokenImageWarning) and "aaa.jpg" in str(w.message)
+               for w in caught)

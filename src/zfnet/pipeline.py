@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Subset
 
 from zfnet.data import DataBundle, collate, load_dataset
 from zfnet.data.photos import load_photos
+from zfnet.data.picks import first_item, pick_items
 from zfnet.data.spec import parse_spec, with_options
 
 CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
@@ -34,8 +35,8 @@ def _present(model: nn.Module, names: tuple[str, ...]) -> list[str]:
 
 
 def _size(bundle: DataBundle) -> tuple[int, int]:
-    """(H, W) of the bundle's model inputs (centre crops of val)."""
-    x = _centre(bundle)[0][0]
+    """(H, W) of the bundle's model inputs (centre crops of val: its first readable image)."""
+    x = first_item(_centre(bundle), f"the val split of {bundle.spec!r}")[1][0]
     return int(x.shape[-2]), int(x.shape[-1])
 
 
@@ -167,21 +168,17 @@ def invariance(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
     norm = normalize or _normalizer(bundle)
     low, high = default_layers(model, _size(bundle))
     own = labels_are_classes(model, bundle)
-    photos, names = load_photos(bundle.input_size, channels=bundle.in_channels)
+    photos, photo_names = load_photos(bundle.input_size, channels=bundle.in_channels)
     val = _centre(bundle)
-    picks = []
-    for i in range(len(val)):  # one image per class
-        if val.targets[i] not in {val.targets[j] for j in picks}:
-            picks.append(i)
-        if len(picks) == n_dataset_images:
-            break
+    # one image per class while classes last, then the next ones (readable files only)
+    picks = [i for i, _ in pick_items(val, n_dataset_images, one_per_class=True)]
     data_imgs = torch.stack([bundle.raw_val(i) for i in picks]).float()
     labels = [val.targets[i] for i in picks]
-    names = [bundle.class_names[t] if 0 <= t < len(bundle.class_names) else str(i)
-             for i, t in zip(picks, labels, strict=True)]
+    names = [_image_name(bundle, i) for i in picks]
     out: dict[str, Any] = {}
     for key, imgs, lab, tnames, title in (
-        ("invariance_photos", photos.float(), None, names, "Invariance on real photos (Fig. 5)"),
+        ("invariance_photos", photos.float(), None, photo_names,
+         "Invariance on real photos (Fig. 5)"),
         ("invariance_dataset", data_imgs, labels if own else None, names,
          "Invariance on dataset images (Fig. 5)"),
     ):
@@ -192,6 +189,16 @@ def invariance(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
         out[key] = {r.kind: {low: r.distance[low].mean().item(),
                              high: r.distance[high].mean().item()} for r in res}
     return out
+
+
+def _image_name(bundle: DataBundle, i: int) -> str:
+    """Val image i in a figure's legend: its class where the dataset has labels, else its
+    file's name (or its index)."""
+    t = bundle.val.targets[i]
+    if 0 <= t < len(bundle.class_names):
+        return bundle.class_names[t]
+    name = getattr(bundle.val, "item_name", None)
+    return Path(name(i)).name if name is not None else str(i)
 
 
 def correspondence(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
@@ -317,7 +324,7 @@ def randomization(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
     if not 1 <= n_images <= len(val):
         raise ValueError(f"n_images={n_images}: the val split of {bundle.spec!r} has "
                          f"{len(val)} images; give 1 to {len(val)}")
-    x = torch.stack([val[i][0] for i in range(n_images)])
+    x = torch.stack([item[0] for _, item in pick_items(val, n_images)])  # readable ones
     with eval_mode(model):
         act = get_activations(model, x, [layer])[layer]  # (N, C, H, W)
     channels = act.flatten(2).amax(2).argmax(1)  # (N,)
@@ -401,8 +408,9 @@ def data_randomization(model: nn.Module, meta: dict[str, Any], run_dir: str | Pa
         loader = DataLoader(part, batch_size=128, collate_fn=collate)
         return 1.0 - evaluate(net, loader, bundle.num_classes)["top1_error"]
 
-    x = torch.stack([train_split[i][0] for i in range(n_images)]).to(where)
-    pixels = torch.stack([train_split.raw(i) for i in range(n_images)])
+    picks = pick_items(train_split, n_images)  # the first readable ones
+    x = torch.stack([item[0] for _, item in picks]).to(where)
+    pixels = torch.stack([train_split.raw(i) for i, _ in picks])
     result = compare(model, trained["random"], x)
     result.accuracy = {
         "train": accuracy(model, train_split),

@@ -45,6 +45,7 @@ from torch import nn
 
 from zfnet.activations import capture
 from zfnet.analyses.classes import labels_are_classes
+from zfnet.data.picks import pick_items
 from zfnet.deconvnet import PRECISIONS
 from zfnet.display import CAPTION as DISPLAY_CAPTION
 from zfnet.display import projection_to_uint8
@@ -375,12 +376,12 @@ def pointing_game(
         )
     if n_images < 1:
         raise ValueError(f"n_images={n_images} must be >= 1")
-    n = min(n_images, len(val))
+    picks = pick_items(val, n_images)  # the first readable ones
+    n = len(picks)
     own = labels_are_classes(model, bundle)
-    layer = layer or default_layer(model, tuple(val[0][0].shape[-2:]))  # once, not per image
+    layer = layer or default_layer(model, tuple(picks[0][1][0].shape[-2:]))  # once
     per_image = []
-    for i in range(n):
-        x, y = val[i]  # (C, S, S), int
+    for i, (x, y) in picks:  # (C, S, S), int
         mask = torch.from_numpy(val.sample(i).mask)  # (S, S) bool
         r = occlusion(model, x, target=y if own else None, layer=layer, size=size,
                       stride=stride, fill=fill, batch_size=batch_size, method=method,
@@ -560,24 +561,18 @@ def occlusion_report(
     val = _val_centre(bundle)
     if n_images < 1:
         raise ValueError(f"n_images={n_images} must be >= 1")
-    picks: list[int] = []
-    seen: set[int] = set()
-    for i in range(len(val)):  # one image per class first, then the next ones
-        if val.targets[i] not in seen:
-            picks.append(i)
-            seen.add(val.targets[i])
-        if len(picks) == n_images:
-            break
-    picks += [i for i in range(len(val)) if i not in picks][: n_images - len(picks)]
+    # one image per class first, then the next ones; broken files passed over
+    picks = pick_items(val, n_images, one_per_class=True)
+    if not picks:
+        raise ValueError(f"the val split of {bundle.spec!r} has no readable image")
     own = labels_are_classes(model, bundle)
     names = class_names or (bundle.class_names if own else None)
     pre = getattr(bundle, "preprocessing", None)
     if pixel_scale is None and pre is not None:
         pixel_scale = pre.pixel_scale()
-    layer = layer or default_layer(model, tuple(val[0][0].shape[-2:]))
+    layer = layer or default_layer(model, tuple(picks[0][1][0].shape[-2:]))
     panels, rows = [], []
-    for i in picks:
-        x, y = val[i]
+    for i, (x, y) in picks:
         r = occlusion(model, x, target=y if own else None, layer=layer, size=size,
                       stride=stride, fill=fill, batch_size=batch_size, method=method,
                       precision=precision)

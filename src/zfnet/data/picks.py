@@ -1,0 +1,54 @@
+"""Which images of a dataset an analysis shows: the first ones that can be read, one per class
+first where it asks for variety. Broken files are skipped as everywhere else (a
+`BrokenImageWarning` naming each, or `BadImageError` with `strict`), never handed on as None."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+
+def pick_items(ds: Sequence[Any], n: int, *, one_per_class: bool = False,
+               among: Iterable[int] | None = None) -> list[tuple[int, Any]]:
+    """Up to `n` readable items of `ds` as (index, item), in index order (or `among`'s); with
+    `one_per_class`, the first readable item of each class first (while classes last), then
+    the next readable ones in order. Items are read once each, and only as far as needed: a
+    broken file (an item of None) is passed over for the next one."""
+    order = list(range(len(ds)) if among is None else among)
+    read: dict[int, Any] = {}
+
+    def item(i: int) -> Any:
+        if i not in read:
+            read[i] = ds[i]
+        return read[i]
+
+    picked: list[int] = []
+    if one_per_class:
+        targets = getattr(ds, "targets", None)
+        seen: set[int] = set()
+        for i in order:
+            if len(picked) == n:
+                break
+            if targets is None:
+                label = None if item(i) is None else int(item(i)[1])
+            else:
+                label = int(targets[i])
+            if label is not None and label not in seen and item(i) is not None:
+                picked.append(i)
+                seen.add(label)
+    taken = set(picked)
+    for i in order:
+        if len(picked) == n:
+            break
+        if i not in taken and item(i) is not None:
+            picked.append(i)
+    return [(i, read[i]) for i in picked]
+
+
+def first_item(ds: Sequence[Any], what: str = "the dataset") -> tuple[int, Any]:
+    """The first readable item of `ds` as (index, item); ValueError naming `what` when every
+    file is broken (or there is none)."""
+    got = pick_items(ds, 1)
+    if not got:
+        raise ValueError(f"{what} has no readable image ({len(ds)} file(s), each broken)")
+    return got[0]
