@@ -12,7 +12,7 @@ import torchvision
 from click.testing import CliRunner
 from PIL import Image
 
-from zfnet.analyses.units import choose_maps, project_units, unit_figure
+from zfnet.analyses.units import Unit, choose_maps, project_units, unit_figure, write_units
 from zfnet.cli import main
 from zfnet.data import load_images
 from zfnet.deconvnet import project
@@ -76,6 +76,21 @@ def test_figure_has_three_panels(tmp_path) -> None:
     mid = arr[:, 64:124]
     assert (mid[0, 0] == 128).all() and mid[12, 22].max() > 200  # grey 0, bright unit
     assert tuple(arr[4, 6]) == (255, 220, 0)  # the receptive field's outline
+
+
+def test_files_of_images_that_share_a_name_stay_apart(tmp_path) -> None:
+    """Photos in several folders, or one photo as .jpg and .png: a PNG each, none written over;
+    the same map of one image twice: numbered."""
+    names = ["dup/a/x.jpg", "dup/a/x.png", "dup/b/x.jpg", "dup/b/y.jpg", "dup/b/y.jpg"]
+    image, proj = torch.zeros(3, 8, 8, dtype=torch.uint8), torch.zeros(3, 8, 8)
+    units = [Unit(i, n, "conv1", 5, 1.0, 0, 0, None) for i, n in enumerate(names)]
+    index = json.loads(write_units([(u, image, proj) for u in units], tmp_path, "deconvnet",
+                                   "test").read_text())
+    files = [u["file"] for u in index["units"]]
+    assert files == ["a_x.jpg_conv1_map5_deconvnet.png", "a_x.png_conv1_map5_deconvnet.png",
+                     "b_x.jpg_conv1_map5_deconvnet.png", "y_conv1_map5_deconvnet.png",
+                     "y_conv1_map5_deconvnet_2.png"]
+    assert all((tmp_path / f).is_file() for f in files)
 
 
 def test_project_command_with_a_weights_file(photos, tmp_path) -> None:

@@ -12,7 +12,9 @@ image as the model sees it with the unit's receptive field outlined, the project
 from __future__ import annotations
 
 import json
+import os
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -143,15 +145,39 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "image"
 
 
+def _file_stems(names: list[str]) -> dict[str, str]:
+    """A file-name stem for each image name, one of its own: the file's stem, or where images
+    share one (`a/x.jpg`, `a/x.png`, `b/x.jpg`), their paths from their common folder with
+    the extension (`a_x.jpg`, `a_x.png`, `b_x.jpg`)."""
+    distinct = list(dict.fromkeys(names))
+    stems = {n: _slug(Path(n).stem) for n in distinct}
+    counts = Counter(stems.values())
+    shared = [n for n in distinct if counts[stems[n]] > 1]
+    if shared:
+        try:
+            root = os.path.commonpath([os.path.dirname(n) for n in shared])
+        except ValueError:  # absolute and relative paths mixed
+            root = ""
+        for n in shared:
+            stems[n] = _slug(os.path.relpath(n, root) if root else n)
+    return stems
+
+
 def write_units(results: list[tuple[Unit, Tensor, Tensor]], out: str | Path, rule: str,
                 source: str) -> Path:
     """Each unit's PNG (`unit_figure`) into `out`, and `project.json` listing them all with
     how they were made. Returns the JSON's path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    stems = _file_stems([u.name for u, _, _ in results])
+    used: set[str] = set()
     for unit, image, proj in results:
-        stem = _slug(Path(unit.name).stem)
-        unit.file = f"{stem}_{_slug(unit.layer)}_map{unit.channel}_{rule}.png"
+        base = f"{stems[unit.name]}_{_slug(unit.layer)}_map{unit.channel}_{rule}"
+        unit.file, k = f"{base}.png", 1
+        while unit.file in used:  # the same map of one image twice: numbered
+            k += 1
+            unit.file = f"{base}_{k}.png"
+        used.add(unit.file)
         unit_figure(image, proj, unit.box, out / unit.file)
     index = {"source": source, "rule": rule, "display": CAPTION,
              "panels": "the image as the model sees it (the unit's receptive field outlined), "
