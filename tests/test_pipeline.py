@@ -281,3 +281,30 @@ def test_a_broken_file_is_passed_over_by_every_analysis(tmp_path) -> None:
     assert m["class_followed"] == "predicted" and res.steps[0] == "layer1"
     assert any(issubclass(w.category, BrokenImageWarning) and "aaa.jpg" in str(w.message)
                for w in caught)
+
+
+def test_a_rule_undefined_through_the_network_is_said_before_mining(bundle, tmp_path,
+                                                                     monkeypatch) -> None:
+    """MobileNetV3's Hardswish: the deconvnet is undefined through it. The gallery says so
+    before its mining pass, writing nothing; occlusion, whose maps do not need it, draws map
+    (c) with the gradient and its caption says so."""
+    from zfnet.analyses import gallery
+    from zfnet.analyses.occlusion import occlusion_report
+    from zfnet.graph import RuleUndefinedError, nonlinear
+
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(weights=None).eval()
+    mined = []
+    real = gallery.mine_topk
+    monkeypatch.setattr(gallery, "mine_topk", lambda *a, **k: mined.append(1) or real(*a, **k))
+    with pytest.raises(RuleUndefinedError, match="Hardswish"):
+        pipeline.gallery(model, bundle, tmp_path / "g", k=2, n_images=4, n_maps=2)
+    assert not mined and not (tmp_path / "g").exists()
+    with nonlinear("gradient"):  # as asked: the gradient through Hardswish
+        pipeline.gallery(model, bundle, tmp_path / "g", k=2, n_images=4, n_maps=2,
+                         layers=["features.1"])
+    assert mined and (tmp_path / "g" / "gallery" / "topk.pt").is_file()
+    occlusion_report(model, bundle, tmp_path / "o", n_images=1, n_pointing=0, size=32,
+                     stride=32)
+    caption = _section(tmp_path / "o", "occlusion").caption
+    assert "projected to pixels with the gradient (the deconvnet is undefined" in caption

@@ -195,6 +195,21 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_run, tmp_path, args, mess
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
+def test_a_rule_undefined_through_the_network_is_said_before_mining(tmp_path) -> None:
+    torch.manual_seed(0)
+    weights = tmp_path / "mnv3.pth"
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), weights)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, [
+        "atlas", "--model", "torchvision:mobilenet_v3_small", "--weights", str(weights),
+        "--resize", "40", "--crop", "32", "--data", "synthetic?n_train=8&n_val=8&size=32",
+        "--out", str(out), "--k", "2"])
+    assert res.exit_code == 1, res.output
+    assert res.output.strip().splitlines()[-1].startswith("Error: the deconvnet rule is "
+                                                          "defined for rectifiers")
+    assert not out.exists()
+
+
 def test_replaces_an_atlas_never_anything_else_and_a_stop_leaves_nothing(tiny_run,
                                                                         tmp_path) -> None:
     source = load_source(str(tiny_run))

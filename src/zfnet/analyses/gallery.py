@@ -150,6 +150,32 @@ def _item_image(dataset: Dataset, i: int) -> Tensor:
     return x
 
 
+def first_image(dataset: Dataset) -> Tensor:
+    """The model input (C, H, W) of the dataset's first readable item (broken files passed
+    over); ValueError when there is none, or items are not model inputs or (x, y) pairs."""
+    from zfnet.data.picks import first_item
+
+    item = first_item(dataset)[1]  # type: ignore[arg-type]
+    x = item[0] if isinstance(item, (tuple, list)) else item
+    if not isinstance(x, Tensor) or x.ndim != 3:
+        raise ValueError("dataset items must be model inputs (C, H, W) or (x, y) pairs of them"
+                         f", got {type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
+    return x
+
+
+def check_defined(model: nn.Module, x: Tensor, layers: Sequence[str], rule: str,
+                  lrn: str = "gradient") -> None:
+    """`RuleUndefinedError` now, before a long mining pass, where `rule` cannot go back from
+    one of `layers` through the model (a SiLU, GELU … on the way down, under
+    `zfnet.graph.nonlinear("error")`, the default): one seed of each layer projected for one
+    image `x` (C, H, W)."""
+    from zfnet.graph import current_nonlinear
+
+    if rule == "gradient" or current_nonlinear() != "error" or not layers:
+        return
+    project_layers(model, x[None], {name: Seeds([0], [0]) for name in layers}, rule, lrn=lrn)
+
+
 def project_topk(
     model: nn.Module,
     dataset: Dataset,
@@ -323,7 +349,8 @@ def run_topk_gallery(
     check_rule(rule)  # before mining
     if map_rule not in MAP_RULES:
         raise ValueError(f"map_rule={map_rule!r} is not known; valid: {', '.join(MAP_RULES)}")
-    shape = tuple(_item_image(dataset, 0).shape)
+    first_x = first_image(dataset)
+    shape = tuple(first_x.shape)
     size = (int(shape[-2]), int(shape[-1]))
     try:  # one geometry pass: also says which layer is first
         defaults = default_layers(model, size)
@@ -341,6 +368,7 @@ def run_topk_gallery(
     for d in (run_dir, out_dir):  # found out before the long part, the mining
         if d.exists() and not d.is_dir():
             raise NotADirectoryError(f"{d} is a file, not a directory for the gallery")
+    check_defined(model, first_x, layers, rule, lrn)  # and the rule through the network
     if topk is None or any(name not in topk for name in layers):
         if distributed:
             topk = mine_topk_distributed(model, dataset, layers, k, batch_size=batch_size,

@@ -488,7 +488,8 @@ def plot_occlusion(
         colours = [f"C{k}" for k in range(len(order))] + ["lightgrey"]
         row[4].imshow(codes.numpy(), cmap=ListedColormap(colours), extent=extent,
                       vmin=-0.5, vmax=len(order) + 0.5, interpolation="nearest")
-        handles = [Patch(color=f"C{k}", label=name(c) + (" (true)" if c == r.target else ""))
+        followed = " (predicted)" if r.meta.get("target") == "predicted" else " (true)"
+        handles = [Patch(color=f"C{k}", label=name(c) + (followed if c == r.target else ""))
                    for k, c in enumerate(order)]
         row[4].legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         row[4].set_title("(e) most probable label", fontsize=9)
@@ -514,7 +515,7 @@ CAPTION = (
     "dashed red square is the occluder that lowers the probability of the true class most. "
     "(b) Total activation of the {layer} feature map that is strongest on the unoccluded image "
     "(sum of its rectified map): blue where covering the image switches that feature off. "
-    "(c) That map's strongest activation projected to pixels with the deconvnet: the structure "
+    "(c) That map's strongest activation projected to pixels with {rule}: the structure "
     "it responds to. {display} (d) Probability of the true class: blue where covering the "
     "image hurts the classification — if the model relies on the object, the blue region lies "
     "on the object, not on the background. (e) The most probable label at each position: where "
@@ -608,8 +609,11 @@ def occlusion_report(
             f"the images; a random position would in {pg['chance']:.0%} (the object's share of "
             "occluder centres)."
         )
+    rules = {r.meta.get("projection_rule") for _, r in panels} - {None}
+    rule = ("the gradient (the deconvnet is undefined through this model's non-rectifier "
+            "activations)" if rules == {"gradient"} else "the deconvnet")
     caption = CAPTION.format(size=first.size, stride=first.stride, layer=first.layer,
-                             pointing=pointing_text, display=DISPLAY_CAPTION,
+                             pointing=pointing_text, display=DISPLAY_CAPTION, rule=rule,
                              classes="" if own else OTHER_CLASSES)
     write_section(run_dir, Section(
         key="occlusion", title="Occlusion sensitivity (Fig. 7)", caption=caption,

@@ -64,7 +64,7 @@ class BrokenImageWarning(UserWarning):
 def warn_skipped(err: BadImageError) -> None:
     """Warn that the file in `err` is skipped; the message names the file and the reason."""
     warnings.warn(
-        f"skipping broken image {err.path}: {err.reason} (strict=True would stop here)",
+        f"skipping broken image {err.path}: {err.reason}",
         BrokenImageWarning,
         stacklevel=3,
     )

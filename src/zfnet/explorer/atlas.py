@@ -50,8 +50,10 @@ from zfnet.analyses.evolution import EvolutionResult, feature_evolution, render_
 from zfnet.analyses.gallery import (
     _RULE_NAMES,
     CAPTION,
+    check_defined,
     default_display,
     default_layers,
+    first_image,
     project_topk,
     render_layer,
     select_maps,
@@ -175,11 +177,13 @@ def write_atlas(
         raise ValueError(f"{data_name or 'the dataset'} holds no images to mine")
     dataset = Subset(dataset, range(n))
     show = display_image or default_display(dataset)
-    shape = tuple(_first_image(dataset).shape)  # (C, H, W)
+    first_x = first_image(dataset)
+    shape = tuple(first_x.shape)  # (C, H, W)
     size = (int(shape[-2]), int(shape[-1]))
     names = list(dict.fromkeys(layer_name(model, n_) for n_ in layers)) if layers \
         else default_layers(model, size)
     table = _layer_table(model, names, size)
+    check_defined(model, first_x, names, rule)  # before the mining
     if evolution is not None and len(evolution) == 0:
         evolution = None
 
@@ -257,15 +261,6 @@ def _replace(tmp: Path, out_dir: Path) -> None:
     os.replace(out_dir, old)
     os.replace(tmp, out_dir)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _first_image(dataset: Dataset) -> Tensor:
-    item = dataset[0]
-    x = item[0] if isinstance(item, (tuple, list)) else item
-    if not isinstance(x, Tensor) or x.ndim != 3:
-        raise ValueError("dataset items must be model inputs (C, H, W) or (x, y) pairs of them"
-                         f", got {type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
-    return x
 
 
 def _layer_table(model: nn.Module, names: list[str], size: tuple[int, int]) -> list[_Layer]:
