@@ -80,14 +80,23 @@ def test_occlusion_invariance_randomization_filters(setup, tmp_path) -> None:
     _ok(["analyze", "randomization", *_model(setup), *data, "--images", "2", "--out", str(out)])
     _ok(["analyze", "randomization", *_model(setup), *data, "--images", "1", "--layer", "layer1",
          "--mode", "independent", "--steps", "module", "--out", str(out)])
+    # two models side by side, each with its weights
+    torch.save(torchvision.models.alexnet().state_dict(), tmp_path / "alexnet.pth")
     _ok(["analyze", "filters", "--model", "torchvision:resnet18", "--weights",
-         str(setup / "r18.pth"), "--out", str(out)])
+         str(setup / "r18.pth"), "--model", "torchvision:alexnet", "--weights",
+         str(tmp_path / "alexnet.pth"), "--out", str(out)])
     text = _ok(["analyze", "invariance", *_model(setup), "--data", "synthetic?n_train=32&n_val=16",
                 "--out", str(out)])
     sections = {s.key: s for s in read_sections(out)}
     keys = set(sections)
     assert {"occlusion", "randomization", "randomization_independent", "filters"} <= keys and any(
         k.startswith("invariance") for k in keys)
+    rows = sections["filters"].tables[0].rows  # (model, its weights file), layer
+    assert [(r[0].split()[0], r[0].split()[1].rsplit("/", 1)[-1], r[1]) for r in rows] == [
+        ("torchvision:resnet18", "r18.pth", "conv1"),
+        ("torchvision:resnet18", "r18.pth", "layer1.0.conv1"),
+        ("torchvision:alexnet", "alexnet.pth", "features.0"),
+        ("torchvision:alexnet", "alexnet.pth", "features.3")]
     by_block = [r[0] for r in sections["randomization"].tables[0].rows]
     assert by_block == ["layer4", "layer3", "layer2", "layer1", "bn1", "conv1"]
     by_module = [r[0] for r in sections["randomization_independent"].tables[0].rows]

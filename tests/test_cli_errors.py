@@ -208,6 +208,9 @@ CASES = [
     ("labels-run", [*TOPK, "--labels", "{notes}"], "it holds its class names"),
     ("filters-crop-without-model", ["analyze", "filters", *CK, *OUT, "--crop", "32"],
      "--crop go with --model SOURCE"),
+    ("filters-weights-per-model", ["analyze", "filters", *OUT, "--model", "zfnet_small",
+                                   "--model", "alexnet_small", "--weights", "{notes}"],
+     "1 --weights for 2 --model: give one --weights per --model"),
     *([("source-timm-missing", ["models", "timm:resnet18"], "pip install timm")]
       if importlib.util.find_spec("timm") is None else []),
     # train: what to train, on what
@@ -414,6 +417,7 @@ def test_bad_input_is_one_clear_line(places, tmp_path, args, names) -> None:
     # a handled error exits through SystemExit; anything else is an uncaught exception
     assert isinstance(res.exception, SystemExit), repr(res.exception)
     assert "Traceback" not in res.output
+    assert "Usage:" not in res.output and "for help" not in res.output  # no click preamble
     last = res.output.strip().splitlines()[-1]
     names = names.format(**where)
     assert last.startswith("Error: ") and names in last, res.output

@@ -20,12 +20,23 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErro
                IsADirectoryError, PermissionError)
 
 
+class _OneLine(click.ClickException):
+    """A usage error (a bad option value, a missing or unknown option) as one `Error: ...` line,
+    without click's usage lines before it; its exit status kept (2)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class _Commands(click.Group):
     """The `zfnet` group: a user error raised by any command becomes a one-line message."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:
+            raise _OneLine(" ".join(e.format_message().split()), e.exit_code) from e
         except USER_ERRORS as e:
             raise click.ClickException(" ".join(str(e).split()) or type(e).__name__) from e
 
@@ -933,39 +944,52 @@ def evolution_cmd(run_dir: str | None, run_alias: str | None, data: str | None,
 @analyze.command("filters", short_help="Fig. 6: filters and their diagnostics, models side by side")
 @click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(exists=True),
               metavar="RUN", help="A zfnet run; repeat to compare runs side by side.")
-@click.option("--model", "source", metavar="SOURCE",
+@click.option("--model", "sources", multiple=True, metavar="SOURCE",
               help="Or any model: a zfnet model name, torchvision:NAME, timm:NAME, "
-                   "FILE.py:NAME.")
-@_options(_WEIGHTS, *_PREPROCESSING)
+                   "FILE.py:NAME; repeat to compare, each with its own --weights in order.")
+@click.option("--weights", "weights", multiple=True, metavar="W",
+              help="Each --model's weights, in order: a torchvision weights name (DEFAULT, "
+                   "IMAGENET1K_V1, ...) or a file (.pth, .pt, .safetensors). Default: random "
+                   "init.")
+@_options(*_PREPROCESSING)
 @_DATA
 @_OUT
-def filters_cmd(checkpoints: tuple[str, ...], source: str | None, weights: str | None,
-                mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
-                resize: int | None, crop: int | None, data: str | None, out: str) -> None:
+def filters_cmd(checkpoints: tuple[str, ...], sources: tuple[str, ...],
+                weights: tuple[str, ...], mean: tuple[float, ...] | None,
+                std: tuple[float, ...] | None, resize: int | None, crop: int | None,
+                data: str | None, out: str) -> None:
     """Fig. 6: the first two convolutions' filters and their diagnostics (dominance, dead,
     high frequency), models side by side."""
     from zfnet import pipeline
 
-    if not checkpoints and source is None:
-        raise click.UsageError("no model given: --checkpoint RUN (repeat to compare) or "
-                               "--model SOURCE")
-    given = [f"--{k}" for k, v in (("weights", weights), ("mean", mean), ("std", std),
+    if not checkpoints and not sources:
+        raise click.UsageError("no model given: --checkpoint RUN or --model SOURCE (repeat "
+                               "either to compare)")
+    given = [f"--{k}" for k, v in (("weights", weights or None), ("mean", mean), ("std", std),
                                    ("resize", resize), ("crop", crop)) if v is not None]
-    if source is None and given:
+    if not sources and given:
         raise click.UsageError(f"{', '.join(given)} go with --model SOURCE; a --checkpoint run "
                                "holds its weights and preprocessing")
-    models, bundle = {}, None
+    if weights and len(weights) != len(sources):
+        raise click.UsageError(f"{len(weights)} --weights for {len(sources)} --model: give "
+                               "one --weights per --model, in the same order (or none: random "
+                               "init)")
+    models, bundle, src = {}, None, None
     short = [Path(c).name for c in checkpoints]
     for c, name in zip(checkpoints, short, strict=True):
         model, b = _load(c, data)
         bundle = bundle or b
         models[name if short.count(name) == 1 else c] = model  # runs/a/last, runs/b/last
-    if source is not None:
-        options = ModelOptions(source, None, weights, None, mean, std, resize, crop, "cpu", 64)
+    for k, source in enumerate(sources):
+        w = weights[k] if weights else None
+        options = ModelOptions(source, None, w, None, mean, std, resize, crop, "cpu", 64)
         src, b = _model_and_data(options, data, need_data=bundle is None and data is not None)
         bundle = bundle or b
-        models[src.name] = src.model
-    size = None if bundle is not None else src.preprocessing.crop
+        label = src.name if sum(s == source for s in sources) == 1 else f"{src.name} ({w})"
+        if label in models:
+            raise click.UsageError(f"--model {source} is given twice with the same weights")
+        models[label] = src.model
+    size = None if bundle is not None or src is None else src.preprocessing.crop
     pipeline.filters(models, bundle, out, input_size=size)
     _finish(out)
 
