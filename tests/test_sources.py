@@ -408,6 +408,11 @@ def test_models_command_for_any_source(tmp_path):
                                               res.stdout.splitlines()]
     res = _runner().invoke(main, ["models", "torchvision:resnet18"])
     assert res.exit_code == 0 and "layer4.1.conv2" in res.stdout
+    # the blocks --layer takes, and the layers the analyses take without it
+    assert res.stdout.splitlines()[-2:] == [
+        "blocks, layers too (each module that holds others): layer1, layer1.0, layer1.1, "
+        "layer2, layer2.0, layer2.0.downsample, ... (15 in all)",
+        "without --layer, the analyses show: conv1, layer1, layer2, layer3, layer4"]
     seven = torchvision.models.squeezenet1_1(num_classes=7)
     torch.save(seven.state_dict(), tmp_path / "s7.pth")
     res = _runner().invoke(main, ["models", "torchvision:squeezenet1_1", "--weights",
@@ -415,6 +420,11 @@ def test_models_command_for_any_source(tmp_path):
     assert res.exit_code == 0, res.stdout
     assert "input 160 px" in res.stdout and "classifier.1 conv 7" in " ".join(
         res.stdout.split())
+    # the preprocessing said once, as it is with --crop (not the default's note)
+    assert "preprocessing" not in res.stderr
+    assert [ln for ln in res.stdout.splitlines() if ln.startswith("preprocessing")] == [
+        "preprocessing: resize 183, crop 160, mean 123.7,116.3,103.5, std 58.4,57.12,57.38 "
+        "(0..255 units)"]
     zf = _runner().invoke(main, ["models", "zfnet"]).stdout.splitlines()
     assert zf[0] == "zfnet: 62,357,608 parameters, input 224 px"  # unchanged
     assert zf[1].split() == ["layer", "module", "kind", "maps", "size", "stride", "rf"]

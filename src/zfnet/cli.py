@@ -240,7 +240,7 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
     `zfnet models torchvision:` lists torchvision's models."""
     import torch
 
-    from zfnet.models import create_model, layer_info, list_models
+    from zfnet.models import create_model, feature_layers, layer_info, list_models
     from zfnet.models.geometry import per_axis
     from zfnet.sources import load_source, torchvision_models
 
@@ -267,8 +267,10 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
         src = load_source(name, weights, **_unit_stats(mean, std), resize=resize, crop=crop,
                           labels=labels,
                           device="cpu" if weights else "meta")  # meta: the architecture only
-        for note in src.meta.get("notes", []):
-            click.echo(note, err=True)
+        own_line = src.kind != "run" or any(overrides.values())  # its preprocessing, below
+        for note in src.meta.get("notes", []):  # (as overridden: said once, below)
+            if not (any(overrides.values()) and note.startswith("preprocessing:")):
+                click.echo(note, err=True)
         model, title = src.model, src.name if src.kind == "run" or weights else name
         fixed = getattr(getattr(model, "config", None), "input_size", None)
         if fixed is not None and input_size not in (None, fixed):
@@ -278,7 +280,7 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
     n_params = sum(p.numel() for p in model.parameters())
     infos = list(layer_info(model, size).values())
     click.echo(f"{title}: {n_params:,} parameters, input {size} px")
-    if src is not None and (src.kind != "run" or any(overrides.values())):
+    if src is not None and own_line:
         click.echo(f"preprocessing: {src.preprocessing.describe()}")
     if src is not None and src.labels:
         click.echo(f"classes: {len(src.labels)} ({', '.join(src.labels[:3])}, ...)")
@@ -298,6 +300,18 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
         head = f"{info.name:<{w_name}} " + (f"{info.module:<{w_module}} " if short else "")
         click.echo(f"{head}{info.kind:<8} {info.channels or '':>6} {size_:>5} {jump:>6} "
                    f"{rf:>5}")
+    # the names --layer takes beyond the rows: the blocks that hold them, and the default
+    blocks = [n for n, m in model.named_modules() if n and any(True for _ in m.children())]
+    if blocks and not short:
+        more = f", ... ({len(blocks)} in all)" if len(blocks) > 6 else ""
+        click.echo(f"blocks, layers too (each module that holds others): "
+                   f"{', '.join(blocks[:6])}{more}")
+    try:
+        defaults = feature_layers(model, size)
+    except ValueError:  # no convolution with a spatial map (a vision transformer)
+        defaults = []
+    if defaults:
+        click.echo(f"without --layer, the analyses show: {', '.join(defaults)}")
 
 
 # --- train / eval (zfnet.train) ---

@@ -831,7 +831,8 @@ def _outputs(model: nn.Module) -> int | None:
 
 
 def _override(src: Source, overrides: dict[str, Any]) -> None:
-    """Apply --mean/--std/--resize/--crop, checked against what the model takes."""
+    """Apply --mean/--std/--resize/--crop, checked against what the model takes; the note on
+    the preprocessing says what it is now."""
     crop = overrides.get("crop")
     fixed = getattr(getattr(src.model, "config", None), "input_size", None)
     if crop is not None and fixed is not None and crop != fixed:
@@ -839,6 +840,11 @@ def _override(src: Source, overrides: dict[str, Any]) -> None:
                          "are sized for them)")
     if isinstance(src._preprocessing, Preprocessing):
         src._preprocessing = src._preprocessing.with_overrides(**overrides)
+        notes = src.meta.get("notes")
+        if notes is not None:
+            given = ", ".join(f"--{k}" for k in overrides)
+            src.meta["notes"] = [n for n in notes if not n.startswith("preprocessing:")] + [
+                f"preprocessing: {src._preprocessing.describe()} ({given} given)"]
         return
     # A run's preprocessing is read later; check the values now on a stand-in of its shape
     # (a run of another architecture than zfnet's: the size and channels it was trained on).
