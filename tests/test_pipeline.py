@@ -47,6 +47,11 @@ def test_gallery_filters_probes(bundle, tmp_path) -> None:
     assert [r.layer for r in rows] == ["conv1", "layer1", "layer2", "layer3", "layer4",
                                        "avgpool"]
     assert [r[0] for r in _section(tmp_path, "probes").tables[0].rows][-1] == "avgpool"
+    assert _section(tmp_path, "probes").tables[0].caption.startswith(
+        "linear classifiers on 2 training images per class")
+    pipeline.probes(model, SPEC, tmp_path, per_class=5, n_test=10)  # 20 images, 10 classes
+    assert _section(tmp_path, "probes").tables[0].caption.startswith(
+        "linear classifiers on 2 (of 5 asked: no more in the data) training images per class")
 
 
 @pytest.mark.parametrize("num_classes", [10, 1000])

@@ -258,8 +258,23 @@ def probes(model: nn.Module, data: str, run_dir: str | Path, per_class: int = 20
     rows = linear_probes(
         model, DataLoader(_centre(few, "train"), batch_size=batch_size, collate_fn=collate),
         DataLoader(test, batch_size=batch_size, collate_fn=collate), layers)
-    probes_section(run_dir, rows, per_class, data)
+    probes_section(run_dir, rows, _images_per_class(few.train, per_class), data)
     return rows
+
+
+def _images_per_class(train: Any, asked: int) -> str:
+    """How many training images per class `per_class=asked` gave: `asked`, or the counts
+    where classes hold fewer."""
+    from collections import Counter
+
+    targets = getattr(train, "targets", None)
+    if not targets:
+        return str(asked)
+    counts = Counter(int(t) for t in targets).values()
+    lo, hi = min(counts), max(counts)
+    if lo == hi == asked:
+        return str(asked)
+    return (str(lo) if lo == hi else f"{lo}-{hi}") + f" (of {asked} asked: no more in the data)"
 
 
 def transfer(model: nn.Module, meta: dict[str, Any], target: str, run_dir: str | Path,

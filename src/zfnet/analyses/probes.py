@@ -141,10 +141,11 @@ def transfer(
 
 
 def probes_section(
-    run_dir: str | Path, rows: Sequence[ProbeRow], per_class: int, data: str,
+    run_dir: str | Path, rows: Sequence[ProbeRow], per_class: int | str, data: str,
     transfer_rows: Sequence[Sequence[object]] | None = None, order: int = 80,
 ):
-    """Write the Table 7 section (accuracy per layer and classifier) and, optionally, a transfer
+    """Write the Table 7 section (accuracy per layer and classifier; `per_class`: the training
+    images per class, a number or a text) and, optionally, a transfer
     table (rows: [images per class, fixed-feature accuracy, from-scratch accuracy])."""
     from zfnet.report import Section, Table, write_section
 
