@@ -260,6 +260,10 @@ CASES = [
      "onecycle"),
     # eval
     ("eval-imagefolder-layout", ["eval", *CK, "--data", "imagefolder:{flat}"], "flat_images"),
+    ("eval-unlabelled-images", ["eval", *CK, "--data", "images:{flat}"],
+     "has no labels to score against"),
+    ("eval-any-model-unlabelled", ["eval", "--model", "zfnet_small", "--data", "images:{flat}"],
+     "has no labels to score against"),
     ("eval-fmnist-missing", ["eval", *CK, "--data", "fashion-mnist:/nonexistent"],
      "/nonexistent"),
     ("eval-fmnist-corrupt", ["eval", *CK, "--data", "fashion-mnist:{bad_fmnist}"],
@@ -282,7 +286,6 @@ CASES = [
     ("eval-live-weights", ["eval", *CK, "--live-weights"], "--ema"),
     ("eval-broken-images", ["eval", *CK, "--data", "imagefolder:{broken_images}"],
      "broken_images"),
-    ("eval-unlabelled-images", ["eval", *CK, "--data", "images:{flat}"], "0 classes"),
     # shards: writing them, and reading what is not shards
     ("shards-not-imagefolder", ["shards", "synthetic", *OUT], "imagefolder:DIR"),
     ("shards-layout", ["shards", "imagefolder:{flat}", *OUT], "train"),
