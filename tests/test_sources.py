@@ -4,6 +4,7 @@ No downloads: ZFNET_OFFLINE=1 and TORCH_HOME in a temporary folder for every tes
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import pickle
 import sys
@@ -394,6 +395,11 @@ def test_models_command_for_any_source(tmp_path):
     assert res.exit_code == 0 and "torchvision:NAME" in res.stdout
     res = _runner().invoke(main, ["models", "torchvision:"])
     assert "torchvision:resnet18" in res.stdout.split()
+    res = _runner().invoke(main, ["models", "timm:"])
+    if importlib.util.find_spec("timm") is not None:
+        assert res.exit_code == 0 and "timm:resnet18" in res.stdout.split()
+    else:
+        assert res.exit_code == 1 and "pip install timm" in res.output
     res = _runner().invoke(main, ["models", "torchvision:vgg16"])
     assert res.exit_code == 0, res.stdout
     assert "ImageNet's mean and std at 256/224" in res.stderr  # a default, said so

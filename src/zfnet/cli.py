@@ -237,23 +237,28 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
     zfnet model name, torchvision:NAME, timm:NAME, your own FILE.py:NAME or a zfnet run; with
     --weights and the preprocessing options, what that source loads (its classes, its
     preprocessing).
-    `zfnet models torchvision:` lists torchvision's models."""
+    `zfnet models torchvision:` lists torchvision's models, `zfnet models timm:` timm's."""
     import torch
 
     from zfnet.models import create_model, feature_layers, layer_info, list_models
     from zfnet.models.geometry import per_axis
-    from zfnet.sources import load_source, torchvision_models
+    from zfnet.sources import load_source, timm_models, torchvision_models
 
     if name is None:
         for n in list_models():
             click.echo(n)
         click.echo("\nand any torchvision classification model as torchvision:NAME (list them: "
-                   "`zfnet models torchvision:`), timm:NAME with timm installed, your own "
-                   "FILE.py:NAME (a function or class that builds it), or a zfnet run")
+                   "`zfnet models torchvision:`), timm:NAME with timm installed (`zfnet "
+                   "models timm:`), your own FILE.py:NAME (a function or class that builds "
+                   "it), or a zfnet run")
         return
     if name.strip().lower() in ("torchvision", "torchvision:"):
         for n in torchvision_models():
             click.echo(f"torchvision:{n}")
+        return
+    if name.strip().lower() in ("timm", "timm:"):
+        for n in timm_models():
+            click.echo(f"timm:{n}")
         return
     overrides = {"mean": mean, "std": std, "resize": resize, "crop": crop}
     src = None

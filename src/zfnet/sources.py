@@ -442,6 +442,17 @@ def torchvision_models() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)
 
 
+def timm_models() -> list[str]:
+    """Every timm architecture name (`timm:NAME`); ValueError saying how to install timm where
+    it is not."""
+    try:
+        import timm
+    except ImportError:
+        raise ValueError("timm models need timm, which is not installed: pip install timm (or "
+                         "pip install 'zfnet[timm]')") from None
+    return timm.list_models()
+
+
 def torchvision_preprocessing(weights: Any) -> Preprocessing:
     """The preprocessing of a torchvision weights enum, from its `transforms()`: resize, crop,
     mean and std (times 255), interpolation."""
@@ -638,7 +649,7 @@ def _timm(name: str, weights: str | None, meta_only: bool) -> Source:
         close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
         raise ValueError(f"unknown timm model {name!r}; "
                          + (f"closest: {', '.join(close)}; " if close else "")
-                         + "valid: any of timm.list_models()")
+                         + "valid: any of the timm models that `zfnet models timm:` lists")
     build = lambda **kw: timm.create_model(name, pretrained=False, **kw)
     label = f"timm:{name}"
     if weights is not None:
