@@ -370,6 +370,9 @@ CASES = [
      "--data, --steps module do not apply"),
     ("randomization-labels-not-a-run", ["analyze", "randomization", "--model", "zfnet_small",
                                         *OUT, "--mode", "labels"], "needs a zfnet run"),
+    ("randomization-labels-not-a-run-with-data", [  # what it needs most said first
+        "analyze", "randomization", "--model", "zfnet_small", "--data", TINY, *OUT, "--mode",
+        "labels"], "needs a zfnet run"),
     ("randomization-labels-images", ["analyze", "randomization", *CK, *OUT, "--mode", "labels",
                                      "--images", "1000"], "give 1 to 64"),
     ("randomization-epochs-without-labels", ["analyze", "randomization", *CK, *OUT, "--epochs",

@@ -1216,6 +1216,11 @@ def _data_randomization(model_options: ModelOptions, data: str | None, out: str,
     from zfnet import pipeline
     from zfnet.train import EXIT_INTERRUPTED
 
+    source, _ = _model_and_data(model_options, need_data=False)  # first: what it needs most
+    if source.kind != "run":
+        raise click.UsageError(
+            f"--mode labels trains the model again on permuted labels: it needs a zfnet run "
+            f"(--checkpoint RUN), not {source.name}")
     refused = [name for name, given in (
         ("--data", data is not None), ("--layer", layer is not None),
         ("--steps module", steps != "block"),
@@ -1228,11 +1233,6 @@ def _data_randomization(model_options: ModelOptions, data: str | None, out: str,
             "--mode labels: the copy is trained on "
             "the run's own data with its own recipe, and each model's map is seeded at its "
             "predicted class")
-    source, _ = _model_and_data(model_options, need_data=False)
-    if source.kind != "run":
-        raise click.UsageError(
-            f"--mode labels trains the model again on permuted labels: it needs a zfnet run "
-            f"(--checkpoint RUN), not {source.name}")
     result, summary = pipeline.data_randomization(source.model, source.meta, out, images,
                                                   epochs, random_run, reference,
                                                   device=model_options.device)
