@@ -177,10 +177,14 @@ def test_files_that_are_not_state_dicts(tmp_path, capfd):
         pickle.dump({"w": Payload()}, f)  # not even a torch file
     torch.save({"w": Payload()}, tmp_path / "evil2.pth")
     for name, why in (("evil.pth", "is not a readable torch file"),
-                      ("evil2.pth", "holds more than weights.*Unsupported global")):
+                      ("evil2.pth", r"holds more than weights \(a pickled builtins.print\), "
+                                    r"which .* torch.save\(model.state_dict\(\), PATH\)")):
         with pytest.raises(ValueError, match=f"{name} {why}"):
             read_state_dict(tmp_path / name)
     assert "this must not run" not in capfd.readouterr().out
+    torch.save(torchvision.models.squeezenet1_1(), tmp_path / "whole.pth")  # the model itself
+    with pytest.raises(ValueError, match="a pickled torchvision.models.squeezenet.SqueezeNet"):
+        read_state_dict(tmp_path / "whole.pth")
     torch.save({"epoch": 3}, tmp_path / "meta.pth")
     with pytest.raises(ValueError, match="does not hold a state dict"):
         read_state_dict(tmp_path / "meta.pth")

@@ -748,9 +748,11 @@ def _read_torch(path: Path) -> Any:
         lines = _plain(e).splitlines()
         objects = [ln.strip() for ln in lines if "Unsupported global" in ln]
         if objects:  # a pickle of objects beyond tensors: not loaded, never run
-            raise ValueError(f"{path} holds more than weights: torch.load(weights_only=True) "
-                             f"refused it ({objects[0]}); give a file of model.state_dict()"
-                             ) from e
+            m = re.search(r"GLOBAL (\S+)", objects[0])
+            what = f"a pickled {m[1]}" if m else objects[0]
+            raise ValueError(f"{path} holds more than weights ({what}), which "
+                             "torch.load(weights_only=True) does not run; save the weights "
+                             "alone: torch.save(model.state_dict(), PATH)") from e
         why = next((ln.strip() for ln in lines if "Unsupported" in ln), _first_line(e))
         raise ValueError(f"{path} is not a readable torch file ({why}); give a file of "
                          "model.state_dict() (.pth, .pt) or a .safetensors file") from e
