@@ -177,7 +177,7 @@ def test_files_that_are_not_state_dicts(tmp_path, capfd):
         pickle.dump({"w": Payload()}, f)  # not even a torch file
     torch.save({"w": Payload()}, tmp_path / "evil2.pth")
     for name, why in (("evil.pth", "is not a readable torch file"),
-                      ("evil2.pth", r"holds more than weights \(a pickled builtins.print\), "
+                      ("evil2.pth", r"holds more than weights \(a pickled print\), "
                                     r"which .* torch.save\(model.state_dict\(\), PATH\)")):
         with pytest.raises(ValueError, match=f"{name} {why}"):
             read_state_dict(tmp_path / name)
