@@ -133,6 +133,26 @@ def test_layout_errors_name_the_path(tmp_path):
         load_dataset(f"imagefolder:{tmp_path}")
 
 
+def test_a_labelled_test_set_alone_for_a_model_with_its_own_preprocessing(tmp_path):
+    """DIR/val/<class>/* without train/: read for a model's preprocessing (its classes val's,
+    no training images); for the paper's convention (the training images' mean) or a folder
+    of class folders alone, an error that says what to give."""
+    from zfnet.data.preprocess import Preprocessing
+
+    _folder(tmp_path / "full")
+    (tmp_path / "test").mkdir()
+    (tmp_path / "full" / "val").rename(tmp_path / "test" / "val")  # the val split alone
+    pre = Preprocessing.imagenet(crop=16, resize=18)
+    bundle = load_dataset(f"imagefolder:{tmp_path / 'test'}", preprocessing=pre)
+    assert bundle.class_names == ["ant", "cat"] and bundle.num_classes == 2
+    assert len(bundle.train) == 0 and len(bundle.val) == 2
+    assert bundle.val[0][0].shape == (3, 16, 16) and bundle.val.targets == [0, 1]
+    with pytest.raises(FileNotFoundError, match="has val/ but no train/.*own preprocessing"):
+        load_dataset(f"imagefolder:{tmp_path / 'test'}")
+    with pytest.raises(FileNotFoundError, match="holds class folders but no train/ or val/"):
+        load_dataset(f"imagefolder:{tmp_path / 'test' / 'val'}", preprocessing=pre)
+
+
 def test_classes_and_per_class_options(tmp_path):
     _folder(tmp_path)
     data = load_dataset(f"imagefolder:{tmp_path}?size={SIZE}&classes=cat&per_class=1")

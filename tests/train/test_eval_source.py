@@ -97,6 +97,14 @@ def test_any_model_is_scored_on_its_own_inputs(setup, tmp_path, ten_crop) -> Non
     assert f"on imagefolder:{setup / 'data'}, 6 images, {crops}: top-1 error " \
         f"{r['top1_error']:.2%}" in text, text
     assert "(epoch" not in text
+    # the val split alone (a labelled test set, no train/): the same figures
+    test_set = tmp_path / "test_set"
+    shutil.copytree(setup / "data" / "val", test_set / "val")
+    code, alone = _run(["--model", "torchvision:resnet18", "--weights", str(setup / "r18.pth"),
+                        "--data", f"imagefolder:{test_set}", "--device", "cpu", "--amp", "off",
+                        *(["--ten-crop"] if ten_crop else [])])
+    assert code == 0, alone
+    assert f"6 images, {crops}: top-1 error {r['top1_error']:.2%}" in alone, alone
 
 
 def test_any_model_under_torchrun_counts_what_one_process_counts(setup, tmp_path) -> None:

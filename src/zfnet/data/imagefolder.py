@@ -325,18 +325,36 @@ def save_npy_atomic(path: Path, array: np.ndarray) -> None:
 Selection = tuple[list[Path], list[int]]  # image files and their labels
 
 
-def select_folder(spec: DatasetSpec, raw_spec: str = ""
+def select_folder(spec: DatasetSpec, raw_spec: str = "", *, val_only: bool = False
                   ) -> tuple[Path, dict[str, Any], list[str], Selection, Selection]:
     """The images `imagefolder:DIR?options` names: (DIR, its parsed options, the class names
     kept, (train files, labels), (val files, labels)), the options' subsets taken (`classes=`,
-    `per_class=`, `n_train=`, `n_val=`) in the loader's order; errors name what is wrong."""
+    `per_class=`, `n_train=`, `n_val=`) in the loader's order; errors name what is wrong.
+    `val_only`: a DIR without train/ is a labelled test set alone (its classes those of val/,
+    no training images)."""
     if spec.path is None:
         raise ValueError(f"imagefolder needs a directory: imagefolder:DIR with {LAYOUT}")
     root = Path(spec.path).expanduser()
     if not root.is_dir():
         what = "is not a directory" if root.exists() else "does not exist"
         raise FileNotFoundError(f"image folder {root} {what}; expected {LAYOUT}")
-    all_names, train_samples = scan_split(root, "train")
+    if not (root / "train").exists() and not (root / "val").exists() and any(
+            d.is_dir() and image_files(d) for d in root.iterdir()):
+        raise FileNotFoundError(
+            f"{root} holds class folders but no train/ or val/; expected {LAYOUT}: give the "
+            f"folder that holds train/ and val/, or, for a labelled test set alone, put the "
+            f"class folders in DIR/val and give DIR")
+    no_train = not (root / "train").exists() and (root / "val").is_dir()
+    if no_train and not val_only:
+        raise FileNotFoundError(
+            f"{root} has val/ but no train/; expected {LAYOUT}. A labelled test set alone "
+            "(DIR/val/<class>/*) is read for a model with its own preprocessing (--model "
+            "SOURCE), not for training or for a zfnet run, whose inputs are minus the mean "
+            "image of its training images")
+    if no_train:
+        all_names, train_samples = scan_split(root, "val")[0], []
+    else:
+        all_names, train_samples = scan_split(root, "train")
     opts = check_options(spec, IMAGEFOLDER_OPTIONS | {
         "classes": lambda v, k: class_list_option(v, all_names, k),
         "val_labels": lambda v, k: Path(v).expanduser()})
@@ -357,7 +375,7 @@ def select_folder(spec: DatasetSpec, raw_spec: str = ""
 
     train = pick(train_samples, opts.get("n_train"), opts.get("per_class"))
     val = pick(val_samples, opts.get("n_val"), None)
-    if not train[0] or not val[0]:
+    if (not train[0] and not no_train) or not val[0]:
         raise ValueError(f"dataset spec {raw_spec!r} selects no training or no val images")
     return root, opts, names, train, val
 
@@ -381,8 +399,10 @@ def load_imagefolder(
     preprocessing: Preprocessing | None = None,
 ) -> DataBundle:
     """Build the `DataBundle` for `imagefolder:DIR` (paper Sec. 3 preprocessing, or the
-    model's `preprocessing`: then no mean image is computed)."""
-    root, opts, names, (train_paths, train_y), (val_paths, val_y) = select_folder(spec, raw_spec)
+    model's `preprocessing`: then no mean image is computed, and DIR may hold val/ alone, a
+    labelled test set to score a model on or look inside it with)."""
+    root, opts, names, (train_paths, train_y), (val_paths, val_y) = select_folder(
+        spec, raw_spec, val_only=preprocessing is not None)
     check_no_size(opts, preprocessing, raw_spec)
     input_size = opts.get("size", PAPER_INPUT)
     full_size = round(input_size * PAPER_FULL / PAPER_INPUT)
