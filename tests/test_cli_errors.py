@@ -388,6 +388,8 @@ CASES = [
                      *OUT], "zfnett"),
     ("study-variant", ["study", "--data", TINY, "--variants", "baseline,huge", "--epochs", "1",
                        *OUT], "huge"),
+    ("study-variant-twice", ["study", "--data", TINY, "--variants", "baseline,baseline",
+                             "--epochs", "1", *OUT], "variant 'baseline' is given twice"),
     ("study-schedule", ["study", "--data", TINY, "--schedule", "nope", "--epochs", "1", *OUT],
      "nope"),
     ("demo-dataset", ["demo", "--data", "nope", *OUT], "nope"),

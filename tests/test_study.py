@@ -38,3 +38,40 @@ def test_a_study_of_zfnets_model_and_your_own(tmp_path) -> None:
     # a variant is one of zfnet's model options: not for another architecture
     with pytest.raises(ValueError, match="takes none: study its baseline"):
         study(TINY, [f"{tmp_path}/nets.py:net"], ["fc_half"], out, 1)
+
+
+def test_a_signal_stops_the_study_and_the_same_call_continues_it(tmp_path, monkeypatch) -> None:
+    """SIGTERM during the second variant's first epoch: the study stops (no row for a half-
+    trained run), that run saved where it was; the same call then continues it and keeps the
+    finished one. A variant given twice, or a run of another configuration where a variant's
+    would go, is refused before anything trains."""
+    import os
+    import signal
+
+    from zfnet.study import StudyInterrupted
+    from zfnet.train import load_model, recipe
+
+    out = tmp_path / "study"
+    opts = {"batch_size": 16, "progress": False, "tensorboard": False}
+    real, updates = recipe.renormalize_filters, [0]
+
+    def renorm_then_signal(model, *args):  # after the 6th update in all: the 2nd run's 2nd
+        real(model, *args)
+        updates[0] += 1
+        if updates[0] == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(recipe, "renormalize_filters", renorm_then_signal)
+    with pytest.raises(StudyInterrupted, match="SIGTERM while training .*zfnet_small-fc_half"):
+        study(TINY, ["zfnet_small"], ["baseline", "fc_half"], out, 1, **opts)
+    assert load_model(out / "zfnet_small-baseline")[1]["epoch"] == 1
+    monkeypatch.setattr(recipe, "renormalize_filters", real)
+    rows = study(TINY, ["zfnet_small"], ["baseline", "fc_half"], out, 1, **opts)
+    assert [r["variant"] for r in rows] == ["baseline", "fc_half"]
+    assert load_model(out / "zfnet_small-fc_half")[1]["epoch"] == 1
+    with pytest.raises(ValueError, match="variant 'baseline' is given twice"):
+        study(TINY, ["zfnet_small"], ["baseline", "baseline"], tmp_path / "new", 1, **opts)
+    with pytest.raises(ValueError, match="cannot --resume"):  # another batch size
+        study(TINY, ["zfnet_small"], ["no_fc7", "baseline"], out, 1, batch_size=32,
+              progress=False, tensorboard=False)
+    assert not (out / "zfnet_small-no_fc7").exists() and not (tmp_path / "new").exists()

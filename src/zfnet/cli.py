@@ -1270,11 +1270,19 @@ def study_cmd(data: str, models: tuple[str, ...], variants: tuple[str, ...], epo
     """Table 3: train each (model, variant) on DATA for the same epochs and report train/val
     top-1 and val top-5 error side by side, with the paper's numbers where it has them."""
     import json
+    import signal
+    import sys
 
-    from zfnet.study import study, study_section
+    from zfnet.study import StudyInterrupted, study, study_section
+    from zfnet.train import EXIT_INTERRUPTED
 
-    rows = study(data, models, variants, out, epochs, batch_size=batch_size, lr=lr,
-                 schedule=schedule, progress=False)
+    try:
+        rows = study(data, models, variants, out, epochs, batch_size=batch_size, lr=lr,
+                     schedule=schedule, progress=False)
+    except StudyInterrupted as e:
+        click.echo(f"{e}: the same command continues the study (finished runs are kept)",
+                   err=True)
+        sys.exit(EXIT_INTERRUPTED[signal.Signals[e.signal or "SIGTERM"]])
     (Path(out) / "study.json").write_text(json.dumps(rows, indent=1))
     study_section(out, rows, data, epochs)
     for r in rows:

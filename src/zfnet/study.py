@@ -84,6 +84,15 @@ def run_name(model: str, variant: str) -> str:
     return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', short)}-{variant}"
 
 
+class StudyInterrupted(Exception):
+    """A signal stopped one of the study's runs (saved where it stopped): `signal` names it
+    (None: another process's), `run` is the run's directory. The same study continues it."""
+
+    def __init__(self, signal: str | None, run: Path) -> None:
+        super().__init__(f"interrupted by {signal or 'a signal'} while training {run}")
+        self.signal, self.run = signal, run
+
+
 def study(
     data: str,
     models: Sequence[str],
@@ -97,13 +106,25 @@ def study(
     return one row each: model, variant, parameters, train/val top-1 error, val top-5 error,
     wall time. Train error is measured in eval mode on centre crops of the first
     `train_eval_images` training images (as the paper's train error: without dropout).
-    `train_options` go to `TrainConfig` (batch_size, lr, schedule, …)."""
+    `train_options` go to `TrainConfig` (batch_size, lr, schedule, …).
+
+    A run that exists already is continued (finished: kept as it is), so the same call goes on
+    where an interrupted one stopped; a signal stops the study, its run saved where it was, with
+    `StudyInterrupted`."""
+    from zfnet.train.run import find_resume
+
     if not models or not variants:
         raise ValueError("study needs at least one model and one variant")
-    for model in models:  # fail before training anything: unknown models, variants, options
-        for v in variants:
-            TrainConfig(data=data, model=model, out=str(Path(out) / run_name(model, v)),
-                        epochs=epochs, model_opts=variant_overrides(model, v), **train_options)
+    for what, names in (("model", models), ("variant", variants)):
+        twice = sorted({n for n in names if list(names).count(n) > 1})
+        if twice:
+            raise ValueError(f"{what} {', '.join(map(repr, twice))} is given twice; give each "
+                             "once")
+    for model in models:  # fail before training anything: unknown models, variants, options,
+        for v in variants:  # runs of another configuration where the study's would go
+            find_resume(TrainConfig(data=data, model=model, out=str(Path(out) / run_name(model, v)),
+                                    epochs=epochs, model_opts=variant_overrides(model, v),
+                                    resume=True, **train_options))
     bundle = load_dataset(data)
     train_eval = bundle.train.with_mode("centre")
     if train_eval_images and len(train_eval) > train_eval_images:
@@ -115,9 +136,12 @@ def study(
         for v in variants:
             run = Path(out) / run_name(model, v)
             cfg = TrainConfig(data=data, model=model, out=str(run), epochs=epochs,
-                              model_opts=variant_overrides(model, v), **train_options)
+                              model_opts=variant_overrides(model, v), resume=True,
+                              **train_options)
             t0 = time.perf_counter()
             summary = train(replace(cfg), bundle=bundle)
+            if summary["status"] != "completed":
+                raise StudyInterrupted(summary.get("signal"), run)
             net, _ = load_model(run)
             tr = evaluate(net, DataLoader(train_eval, batch_size=256, collate_fn=collate),
                           bundle.num_classes)
