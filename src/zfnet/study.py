@@ -111,10 +111,12 @@ def study(
     A run that exists already is continued (finished: kept as it is), so the same call goes on
     where an interrupted one stopped; a signal stops the study, its run saved where it was, with
     `StudyInterrupted`."""
+    from zfnet.data.spec import absolute_spec
     from zfnet.train.run import find_resume
 
     if not models or not variants:
         raise ValueError("study needs at least one model and one variant")
+    data = absolute_spec(data)  # what its runs save: read from anywhere later
     for what, names in (("model", models), ("variant", variants)):
         twice = sorted({n for n in names if list(names).count(n) > 1})
         if twice:

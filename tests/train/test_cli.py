@@ -71,3 +71,39 @@ def test_train_interrupted_exits_as_its_signal_says(tmp_path, monkeypatch, sig, 
                                   "--model", "zfnet_small"])
     assert r.exit_code == code, r.output
     assert f"interrupted by {by}: continue with --resume" in r.output
+
+
+def test_a_relative_data_path_is_saved_absolute(tmp_path, monkeypatch) -> None:
+    """A run started in the data's folder is scored and resumed from anywhere: its spec is
+    saved with the path (and val_labels' file) made absolute; the relative form, given again
+    from there, is the same data."""
+    from PIL import Image
+
+    from zfnet.data.spec import absolute_spec
+
+    for split in ("train", "val"):
+        for k, cls in enumerate(("a", "b")):
+            (tmp_path / "photos" / split / cls).mkdir(parents=True)
+            for j in range(4 if split == "train" else 2):
+                Image.new("RGB", (40, 40), (60 * k + 10 * j, 90, 120)).save(
+                    tmp_path / "photos" / split / cls / f"{j}.png")
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    args = ["--model", "zfnet_small", "--out", str(run), "--batch-size", "4", "--quiet",
+            "--no-tensorboard"]
+    res = CliRunner().invoke(main, ["train", "--data", "imagefolder:photos?size=32",
+                                    "--epochs", "1", *args])
+    assert res.exit_code == 0, res.output
+    saved = json.loads((run / "config.json").read_text())["data"]
+    assert saved == f"imagefolder:{tmp_path / 'photos'}?size=32"
+    res = CliRunner().invoke(main, ["train", "--data", "imagefolder:photos?size=32",
+                                    "--epochs", "2", "--resume", *args])  # the same data
+    assert res.exit_code == 0, res.output
+    monkeypatch.chdir(tmp_path / "photos")  # elsewhere
+    res = CliRunner().invoke(main, ["eval", "--checkpoint", str(run)])
+    assert res.exit_code == 0 and "top-1 error" in res.output, res.output
+    assert absolute_spec("imagefolder:x?val_labels=v.txt&size=32") == \
+        f"imagefolder:{tmp_path / 'photos' / 'x'}?val_labels={tmp_path / 'photos' / 'v.txt'}" \
+        "&size=32"
+    assert absolute_spec("synthetic?n_train=8") == "synthetic?n_train=8"
+    assert absolute_spec("imagefolder:/data/x") == "imagefolder:/data/x"

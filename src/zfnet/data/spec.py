@@ -7,10 +7,11 @@ Examples: `synthetic`, `synthetic?n_train=4000&seed=1`, `fashion-mnist`,
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,32 @@ def parse_spec(spec: str) -> DatasetSpec:
             raise ValueError(f"option {key!r} is given twice in dataset spec {spec!r}")
         options[key] = unquote(value).strip()
     return DatasetSpec(name, path or None, options)
+
+
+# Options whose value is a file: made absolute with the path.
+PATH_OPTIONS = ("val_labels",)
+
+
+def absolute_spec(spec: str) -> str:
+    """`spec` with its path (and a file option's, `val_labels`) absolute, from the working
+    directory: what a run saves, so that it is read from anywhere later (`zfnet eval`,
+    `--resume`). A spec without a path, or already absolute, is returned as it is."""
+    head, q, query = spec.strip().partition("?")
+    name, colon, path = head.partition(":")
+
+    def absolute(p: str) -> str:
+        expanded = os.path.expanduser(p.strip())
+        return p if os.path.isabs(expanded) else os.path.abspath(expanded)
+
+    if colon and path:
+        head = f"{name}:{absolute(path)}"
+    parts = []
+    for part in query.split("&") if query else []:
+        key, eq, value = part.partition("=")
+        if eq and unquote(key).strip() in PATH_OPTIONS and value:
+            value = quote(absolute(unquote(value)), safe="/")
+        parts.append(f"{key}{eq}{value}")
+    return head + (q + "&".join(parts) if q else "")
 
 
 def with_options(spec: str, **options: Any) -> str:

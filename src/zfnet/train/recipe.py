@@ -653,6 +653,10 @@ def resolve_config(**given: Any) -> TrainConfig:
     if out is None:
         raise ValueError("out (the run directory) is required")
     base = saved_config(out) if given.get("resume") else {}
+    if given.get("data") is not None:  # saved absolute: the run is read from anywhere later
+        from zfnet.data.spec import absolute_spec
+
+        given = {**given, "data": absolute_spec(given["data"])}
     merged = {**base, **given}
     missing = [k for k in ("data", "model") if merged.get(k) is None]
     if missing:

@@ -32,6 +32,7 @@ from zfnet.data.loaders import (
     resolve_workers,
 )
 from zfnet.data.mixed import measure_share, saved_share
+from zfnet.data.spec import absolute_spec
 from zfnet.data.workers import Loader
 from zfnet.models import eval_mode
 from zfnet.train import checkpoint as ckpt
@@ -205,6 +206,8 @@ def check_resumable(saved: dict[str, Any], config: TrainConfig, where: Path, *,
     now = config.to_dict()
     # Through the config class, as a resume loads it: a field the run predates had its default.
     saved = TrainConfig.from_dict(saved).to_dict()
+    # the same data, however its path is written (a run started with a relative one)
+    saved["data"], now["data"] = absolute_spec(saved["data"]), absolute_spec(now["data"])
     diffs = [f"{k}: {saved.get(k)!r} in the run, {now[k]!r} now" for k in fields
              if json.dumps(saved.get(k), sort_keys=True) != json.dumps(now[k], sort_keys=True)]
     if diffs:
