@@ -326,13 +326,16 @@ def _model_opts(ctx: click.Context, param: click.Parameter, value: tuple[str, ..
     `Error: --model-opt KEY=VALUE: what is valid`."""
     from zfnet.train import parse_model_opt
 
-    opts = {}
+    opts, given = {}, {}
     for text in value:
         try:
             key, typed = parse_model_opt(text)
         except ValueError as e:
             raise click.ClickException(f"--model-opt {text}: {e}") from e
-        opts[key] = typed  # a later one of the same key wins
+        if key in opts:  # not silently the last: remove=conv3 remove=conv4 means both
+            raise click.BadParameter(f"{key} is given twice ({given[key]}, {text}); give it "
+                                     f"once, a list as {key}=A,B", param_hint="--model-opt")
+        opts[key], given[key] = typed, text
     return opts or None
 
 
