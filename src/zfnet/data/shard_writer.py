@@ -243,7 +243,18 @@ def write_shards(source: str, out: str | Path, *, resize: int = DEFAULT_RESIZE,
                          "`resize` px: give resize > 0 (the original bytes, resize=0, are not "
                          "squares)")
     square = square or raw  # raw pixels are of the centre squares
+    from zfnet.data.relabel import OPTION
+
+    if OPTION in spec.options:
+        raise ValueError(f"option {OPTION} in {source!r} does not apply to shards (they keep the "
+                         f"true labels): give it when reading them, shards:OUT?{OPTION}=SEED")
     root, opts, names, train, val = select_folder(spec, source)
+    inside = [s for s in ("train", "val")
+              if Path(out).expanduser().resolve().is_relative_to((root / s).resolve())]
+    if inside:
+        raise ValueError(f"--out {out} lies inside {root / inside[0]}, where it would become a "
+                         "class folder of the images it is made from; choose a folder outside "
+                         f"{root / 'train'} and {root / 'val'}")
     if "size" in opts:
         raise ValueError(f"option size={opts['size']} in {source!r} does not apply to shards "
                          "(they keep the images at --resize px): give it when reading them, "
