@@ -128,6 +128,7 @@ def study(
                                     epochs=epochs, model_opts=variant_overrides(model, v),
                                     resume=True, **train_options))
     bundle = load_dataset(data)
+    bundle.require_labels("train on")
     train_eval = bundle.train.with_mode("centre")
     if train_eval_images and len(train_eval) > train_eval_images:
         from torch.utils.data import Subset

@@ -156,6 +156,16 @@ def transfer_study(
     if channels is None or size is None:
         raise ValueError(f"in_channels and input_size are needed for {type(model).__name__}: "
                          "the run's (its checkpoint's meta)")
+    from zfnet.data.spec import parse_spec
+
+    parsed = parse_spec(target)
+    if parsed.name == "images":
+        raise ValueError(f"transfer trains a new softmax on labelled images, and {target} has "
+                         "no labels; give imagefolder:DIR (train/ and val/ class folders), "
+                         "shards:DIR, fashion-mnist, synthetic")
+    if "per_class" in parsed.options:
+        raise ValueError(f"option per_class in {target!r} does not apply: transfer takes the "
+                         "images per class from its shots (--shots 1,5,20)")
     rows: list[TransferRow] = []
     for n in shots:
         if n < 1:

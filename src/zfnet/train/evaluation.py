@@ -91,7 +91,7 @@ def evaluate_checkpoint(
         from zfnet.data import load_dataset
 
         bundle = load_dataset(spec, ten_crop=ten_crop, strict=strict)
-    _require_labels(bundle, spec)
+    bundle.require_labels()
     n_out = meta.get("num_classes") or bundle.num_classes
     if bundle.num_classes != n_out:
         raise ValueError(
@@ -107,15 +107,6 @@ def evaluate_checkpoint(
                 amp=amp, channels_last=channels_last, compile=compile)
     return {"checkpoint": meta["checkpoint"], "model": meta["model"], "epoch": meta.get("epoch"),
             "data": spec, "ten_crop": ten_crop, "amp": amp, "live_weights": live_weights, **r}
-
-
-def _require_labels(bundle: DataBundle, spec: str) -> None:
-    """ValueError for a dataset without labels (`images:DIR`), saying which ones have them."""
-    if bundle.num_classes == 0:
-        raise ValueError(f"dataset {spec!r} has no labels to score against (images:DIR is for "
-                         "looking inside a model); give labelled images: imagefolder:DIR "
-                         "(DIR/train/<class>/*, DIR/val/<class>/*), shards:DIR, fashion-mnist, "
-                         "synthetic")
 
 
 def evaluate_source(
@@ -144,7 +135,7 @@ def evaluate_source(
     bundle = load_data(source, spec, ten_crop=ten_crop, strict=strict)
     spec = spec or source.meta.get("data")
     n_out = source.meta.get("num_classes")
-    _require_labels(bundle, spec)
+    bundle.require_labels()
     if n_out is not None and n_out != bundle.num_classes:
         raise ValueError(
             f"{source.name} has {n_out} outputs but dataset {spec!r} has {bundle.num_classes} "

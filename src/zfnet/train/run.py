@@ -137,6 +137,7 @@ def build_run(config: TrainConfig, info: ddp.DistInfo, bundle: Any = None) -> Ru
         from zfnet.data import load_dataset
 
         bundle = load_dataset(config.data, strict=config.strict, cache_dir=config.data_cache)
+    bundle.require_labels("train on")
     amp_dtype = amp_dtype_for(config.amp, info.device)
     if config.compile:
         check_compile(info.device)
