@@ -231,6 +231,10 @@ CASES = [
     ("train-unknown-model", [*TRAIN, "--model", "zfnett"], "zfnett"),
     ("train-existing-run", ["train", "--data", TINY, "--model", "zfnet_small", "--out", "{run}",
                             "--epochs", "1"], "--resume"),
+    ("train-existing-run-no-model", ["train", "--data", TINY, "--out", "{run}"],
+     "holds a run already: --resume continues it"),
+    ("train-resume-not-a-run", ["train", "--out", "{empty}", "--resume"],
+     "holds no run to resume (no checkpoint, no config.json): give --data and --model"),
     # train: --model-opt, each key's type and range
     ("opt-dropout-abc", [*TRAIN, "--model-opt", "dropout=abc"], "dropout=abc"),
     ("opt-dropout-1", [*TRAIN, "--model-opt", "dropout=1"], "dropout"),

@@ -485,6 +485,11 @@ def train_cmd(**opts) -> None:
     given = {k: v for k, v in opts.items() if v is not None}
     missing = [f"--{k}" for k in ("data", "model") if k not in given]
     if missing and not given.get("resume"):
+        from zfnet.train.checkpoint import has_checkpoint
+
+        if has_checkpoint(given["out"]):
+            raise click.UsageError(f"{given['out']} holds a run already: --resume continues it "
+                                   "(its data and model are saved), or choose another --out")
         raise click.UsageError(f"{' and '.join(missing)} required to start a run in "
                                f"{given['out']}")
     config = resolve_config(**given)

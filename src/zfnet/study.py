@@ -19,6 +19,7 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from zfnet.data import collate, load_dataset
+from zfnet.data.bundle import require_labels
 from zfnet.models import create_model
 from zfnet.train import TrainConfig, evaluate, load_model, train
 
@@ -128,7 +129,7 @@ def study(
                                     epochs=epochs, model_opts=variant_overrides(model, v),
                                     resume=True, **train_options))
     bundle = load_dataset(data)
-    bundle.require_labels("train on")
+    require_labels(bundle, "train on")
     train_eval = bundle.train.with_mode("centre")
     if train_eval_images and len(train_eval) > train_eval_images:
         from torch.utils.data import Subset

@@ -39,15 +39,6 @@ class DataBundle:
             raise IndexError(f"val index {i} out of range 0..{len(self.val) - 1}")
         return self.val.raw(i)
 
-    def require_labels(self, purpose: str = "score against") -> None:
-        """ValueError for a dataset without labels (`images:DIR`): nothing to `purpose`;
-        says which datasets have them."""
-        if self.num_classes == 0:
-            raise ValueError(
-                f"dataset {self.spec!r} has no labels to {purpose} (images:DIR is for looking "
-                "inside a model); give labelled images: imagefolder:DIR (DIR/train/<class>/*, "
-                "DIR/val/<class>/*), shards:DIR, fashion-mnist, synthetic")
-
     @property
     def input_preprocessing(self) -> Preprocessing:
         """How this bundle's pixels became its inputs, as a `Preprocessing` (its `normalize`,
@@ -72,3 +63,13 @@ def bundle_geometry(preprocessing: Preprocessing | None, **own) -> dict:
     p = preprocessing
     return {"in_channels": p.in_channels, "input_size": p.crop, "full_size": p.resize,
             "mean": p.full_mean(), "preprocessing": p}
+
+
+def require_labels(bundle: DataBundle, purpose: str = "score against") -> None:
+    """ValueError for a dataset without labels (`images:DIR`, 0 classes): nothing to `purpose`;
+    says which datasets have them."""
+    if bundle.num_classes == 0:
+        raise ValueError(
+            f"dataset {getattr(bundle, 'spec', '')!r} has no labels to {purpose} (images:DIR is "
+            "for looking inside a model); give labelled images: imagefolder:DIR "
+            "(DIR/train/<class>/*, DIR/val/<class>/*), shards:DIR, fashion-mnist, synthetic")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import Subset
 
+from zfnet.data.bundle import require_labels
 from zfnet.data.loaders import (
     as_inputs,
     collate_for,
@@ -91,7 +92,7 @@ def evaluate_checkpoint(
         from zfnet.data import load_dataset
 
         bundle = load_dataset(spec, ten_crop=ten_crop, strict=strict)
-    bundle.require_labels()
+    require_labels(bundle)
     n_out = meta.get("num_classes") or bundle.num_classes
     if bundle.num_classes != n_out:
         raise ValueError(
@@ -135,7 +136,7 @@ def evaluate_source(
     bundle = load_data(source, spec, ten_crop=ten_crop, strict=strict)
     spec = spec or source.meta.get("data")
     n_out = source.meta.get("num_classes")
-    bundle.require_labels()
+    require_labels(bundle)
     if n_out is not None and n_out != bundle.num_classes:
         raise ValueError(
             f"{source.name} has {n_out} outputs but dataset {spec!r} has {bundle.num_classes} "

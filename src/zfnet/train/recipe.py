@@ -661,8 +661,10 @@ def resolve_config(**given: Any) -> TrainConfig:
     missing = [k for k in ("data", "model") if merged.get(k) is None]
     if missing:
         raise ValueError(
-            f"{' and '.join(missing)} required (no checkpoint to resume in {out})"
-        )
+            f"{out} holds no run to resume (no checkpoint, no config.json): give "
+            f"{' and '.join('--' + k for k in missing)} to start one there"
+            if given.get("resume") and not base else
+            f"{' and '.join(missing)} required (no checkpoint to resume in {out})")
     return TrainConfig.from_dict(merged)
 
 

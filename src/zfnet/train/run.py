@@ -24,6 +24,7 @@ from torch.utils.data import Subset
 from tqdm import tqdm
 
 import zfnet
+from zfnet.data.bundle import require_labels
 from zfnet.data.loaders import (
     as_inputs,
     collate_for,
@@ -137,7 +138,7 @@ def build_run(config: TrainConfig, info: ddp.DistInfo, bundle: Any = None) -> Ru
         from zfnet.data import load_dataset
 
         bundle = load_dataset(config.data, strict=config.strict, cache_dir=config.data_cache)
-    bundle.require_labels("train on")
+    require_labels(bundle, "train on")
     amp_dtype = amp_dtype_for(config.amp, info.device)
     if config.compile:
         check_compile(info.device)
