@@ -212,3 +212,24 @@ def test_strict_in_a_worker_mid_run_then_resume_without_it(tmp_path) -> None:
     assert r.exit_code == 0, r.output
     assert read_metrics_csv(out / "metrics.csv")["skipped"] == [2, 2]
     assert json.loads((out / "config.json").read_text())["strict"] is False
+
+
+def test_strict_mid_epoch_keeps_the_steps_before_the_broken_file(tmp_path) -> None:
+    """A strict run meets the broken files in the epoch's second batch: the first step is kept
+    in a checkpoint at the file (not lost back to the epoch's start), and the error names it;
+    `--resume --no-strict` continues from there."""
+    from zfnet.data import load_dataset
+
+    spec = _dataset(tmp_path / "data")
+    load_dataset(spec)  # the mean image cached (skipping them): a strict run gets to train
+    out = tmp_path / "run"
+    with pytest.raises(BadImageError, match=r"x_broken.\.jpg.*the last checkpoint is "
+                                            r".*epoch_0000_step_000001"):
+        train(_config(out, spec, strict=True, epochs=1))
+    last = find_last(out)
+    assert last.name == "epoch_0000_step_000001"
+    assert load_model(out)[1]["step_in_epoch"] == 1
+    r = CliRunner().invoke(main, ["train", "--out", str(out), "--resume", "--no-strict"])
+    assert r.exit_code == 0, r.output
+    meta = load_model(out)[1]
+    assert meta["epoch"] == 1 and meta["global_step"] == 3

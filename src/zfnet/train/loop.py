@@ -188,9 +188,12 @@ class Session:
         after it (a signal)."""
         r, sums = self._train_epoch(epoch)
         if r["interrupted"]:
+            # (by every process alike: a broken file stops the others at the same step)
             self.checkpoints.save(epoch, int(r["steps"]), self.st, self.elapsed(),
                                   self.history, self.plan, sums)
             self.status = "interrupted"
+            if self.st.broken is not None:  # strict: saved up to the file, which stops it
+                raise self.st.broken
             return False
         val, validated = self._validate_and_plan(epoch, r)
         self._close_epoch(epoch, sums, val, validated)

@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from zfnet.data.images import BadImageError
 from zfnet.data.transforms import CropDataset, random_crop_params
 from zfnet.models import eval_mode
 from zfnet.train import checkpoint as ckpt
@@ -212,6 +213,9 @@ class EpochState:
     ema: AveragedModel | None = None  # updated from `ema_source` after every optimizer step
     ema_source: nn.Module | None = None
     stop: dict[str, int | None] = field(default_factory=lambda: {"signal": None})
+    # a strict dataset's broken file, met fetching a batch: the epoch stops as for a signal
+    # (every process at the same step, saved there), then the run raises it
+    broken: BadImageError | None = None
     progress: bool = False
     tb: TensorBoard | None = None
 
@@ -256,9 +260,18 @@ def train_one_epoch(
                desc=f"epoch {st.epoch + 1}/{st.epochs}", leave=False, dynamic_ncols=True,
                disable=not (st.progress and info.is_main))
     batches = iter(loader)
+
+    def fetch() -> Any:
+        """The next batch, or None at the end or at a broken file (`st.broken`, strict)."""
+        try:
+            return next(batches, None)
+        except BadImageError as e:
+            st.broken = e
+            return None
+
     try:
-        batch = next(batches, None) if step < end else None
-        agree.post([_empty(batch), False, False])
+        batch = fetch() if step < end else None
+        agree.post([_empty(batch), st.broken is not None, False])
         while batch is not None:
             empty, stop_now, bad_any = agree.take()
             if bad_any:
@@ -272,8 +285,8 @@ def train_one_epoch(
             loss, previous = (None, None) if empty else _forward(model, x, y, st, step, stats)
             # the next batch, a step ahead: on a GPU fetched once this step's forward is queued
             # (the device waits for the batch's preparation from there on)
-            batch = next(batches, None) if step + 1 < end else None
-            agree.post([_empty(batch), st.stop["signal"] is not None,
+            batch = fetch() if step + 1 < end else None
+            agree.post([_empty(batch), st.stop["signal"] is not None or st.broken is not None,
                         stats.check_with_others(previous)])
             if loss is not None:
                 _update(model, loss, optimizer, st)
@@ -283,7 +296,7 @@ def train_one_epoch(
             if info.is_main:
                 _show_progress(bar, st, optimizer, stats, time.perf_counter() - t0)
         # the last step's loss read (and checked), the device's work done
-        interrupted = stats.flush(st, agree) or interrupted
+        interrupted = stats.flush(st, agree) or interrupted or st.broken is not None
     finally:
         bar.close()
     return {"loss_sum": stats.loss_sum, "correct": stats.correct, "seen": stats.seen,
