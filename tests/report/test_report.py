@@ -67,3 +67,20 @@ def test_read_metrics_csv(tmp_path) -> None:
     p.write_text("epoch,loss\n1,2.5\n2,\n")
     m = read_metrics_csv(p)
     assert m["epoch"] == [1.0, 2.0] and m["loss"][0] == 2.5 and np.isnan(m["loss"][1])
+
+
+def test_the_command_removes_the_page_once_its_last_section_is_deleted(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from zfnet.cli import main
+
+    write_section(tmp_path, Section(key="a", title="A", caption="one"))
+    build_report(tmp_path)
+    (tmp_path / "sections" / "a.json").unlink()
+    res = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert res.exit_code == 0 and "no sections left" in res.output, res.output
+    assert not (tmp_path / "index.html").exists()
+    (tmp_path / "index.html").write_text("<html>the user's own page</html>")  # not zfnet's
+    res = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert res.exit_code == 1 and "has no report sections" in res.output
+    assert (tmp_path / "index.html").read_text() == "<html>the user's own page</html>"
