@@ -104,6 +104,7 @@ def _one_line_warnings() -> None:
     import warnings
 
     from zfnet.data import BrokenImageWarning
+    from zfnet.data.bundle import ClassNamesWarning
     from zfnet.graph import PlainGradientWarning
 
     default = warnings.showwarning
@@ -111,7 +112,7 @@ def _one_line_warnings() -> None:
         return  # installed by an earlier command in this process
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
-        if issubclass(category, (BrokenImageWarning, PlainGradientWarning)):
+        if issubclass(category, (BrokenImageWarning, PlainGradientWarning, ClassNamesWarning)):
             click.echo(f"warning: {message}", err=True)
         else:
             default(message, category, filename, lineno, file, line)

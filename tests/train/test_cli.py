@@ -55,6 +55,12 @@ def test_evaluate_checkpoint_report(reference) -> None:
         from dataclasses import replace
 
         evaluate_checkpoint(out, "tiny", bundle=replace(tiny_bundle(), num_classes=10))
+    # as many classes, other names: scored, with a warning that names the first that differ
+    from zfnet.data.bundle import ClassNamesWarning
+
+    other = replace(tiny_bundle(), class_names=["c0", "dog", "c2", "cat"])
+    with pytest.warns(ClassNamesWarning, match=r"2 of 4 differ \('c1' vs 'dog', 'c3' vs 'cat'\)"):
+        assert evaluate_checkpoint(out, "other", bundle=other, device="cpu")["n"] == 16
 
 
 @pytest.mark.parametrize(("sig", "code", "by"), [("SIGINT", 130, "SIGINT"),

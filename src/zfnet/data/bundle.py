@@ -73,3 +73,7 @@ def require_labels(bundle: DataBundle, purpose: str = "score against") -> None:
             f"dataset {getattr(bundle, 'spec', '')!r} has no labels to {purpose} (images:DIR is "
             "for looking inside a model); give labelled images: imagefolder:DIR "
             "(DIR/train/<class>/*, DIR/val/<class>/*), shards:DIR, fashion-mnist, synthetic")
+
+
+class ClassNamesWarning(UserWarning):
+    """A model scored on a dataset whose class names are not the ones it was trained on."""

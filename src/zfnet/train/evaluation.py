@@ -5,13 +5,14 @@ torchvision or timm model, say), with its own preprocessing."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import Subset
 
-from zfnet.data.bundle import require_labels
+from zfnet.data.bundle import ClassNamesWarning, require_labels
 from zfnet.data.loaders import (
     as_inputs,
     collate_for,
@@ -99,6 +100,14 @@ def evaluate_checkpoint(
             f"dataset {spec!r} has {bundle.num_classes} classes but the model in "
             f"{meta['checkpoint']} has {n_out} outputs (it was trained on {meta.get('data')!r})"
         )
+    trained = meta.get("class_names")
+    if trained and list(trained) != list(bundle.class_names):
+        differ = [(a, b) for a, b in zip(trained, bundle.class_names, strict=True) if a != b]
+        warnings.warn(
+            f"the run's classes are not those of dataset {spec!r}: output k is scored as the "
+            f"dataset's class k, and {len(differ)} of {n_out} differ ("
+            + ", ".join(f"{a!r} vs {b!r}" for a, b in differ[:3])
+            + (", ..." if len(differ) > 3 else "") + ")", ClassNamesWarning, stacklevel=2)
     if bundle.input_size != meta.get("input_size", bundle.input_size):
         raise ValueError(
             f"dataset {spec!r} gives {bundle.input_size} px crops but the model in "
