@@ -21,6 +21,7 @@ from zfnet.data.images import BadImageError
 from zfnet.train import checkpoint as ckpt
 from zfnet.train import distributed as ddp
 from zfnet.train.config import TrainConfig
+from zfnet.train.lock import run_lock
 from zfnet.train.logs import TensorBoard, epoch_lines, epoch_row, write_metrics_csv
 from zfnet.train.recipe import (
     EpochState,
@@ -53,8 +54,9 @@ def train(config: TrainConfig, bundle: Any = None) -> dict[str, Any]:
     with ddp.processes(config.device) as info:  # a group the caller joined is left joined
         run = build_run(config, info, bundle)
         try:
-            start_run_dir(run)
-            return Session(run, t_start).train()
+            with run_lock(run.run_dir, run.info.is_main):  # one process trains a run at once
+                start_run_dir(run)
+                return Session(run, t_start).train()
         finally:
             if info.enabled:
                 _free_before_the_group_goes(run)
