@@ -506,3 +506,14 @@ def test_help_is_whole() -> None:
     topk = CliRunner().invoke(main, ["visualize", "topk", "-h"]).output
     assert "--checkpoint RUN" in evo and "--run" not in evo
     assert "--layer NAME" in topk and "--layers" not in topk
+
+
+def test_ctrl_c_outside_training_exits_130_in_one_line(monkeypatch) -> None:
+    import zfnet.sources
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zfnet.sources, "load_source", interrupted)
+    res = CliRunner().invoke(main, ["models", "torchvision:resnet18"])
+    assert res.exit_code == 130 and res.output == "interrupted (SIGINT)\n"

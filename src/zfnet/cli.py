@@ -39,6 +39,11 @@ class _Commands(click.Group):
             raise _OneLine(" ".join(e.format_message().split()), e.exit_code) from e
         except USER_ERRORS as e:
             raise click.ClickException(" ".join(str(e).split()) or type(e).__name__) from e
+        except KeyboardInterrupt:  # Ctrl-C outside a training step (which saves and exits 130
+            import sys  # itself): the shell's 130, as training's, not click's "Aborted!" 1
+
+            click.echo("interrupted (SIGINT)", err=True)
+            sys.exit(130)
 
 
 def _names(ctx: click.Context, param: click.Parameter, value):
