@@ -238,8 +238,6 @@ CASES = [
     # train: --model-opt, each key's type and range
     ("opt-dropout-abc", [*TRAIN, "--model-opt", "dropout=abc"], "dropout=abc"),
     ("opt-dropout-1", [*TRAIN, "--model-opt", "dropout=1"], "dropout"),
-    ("opt-twice", [*TRAIN, "--model-opt", "remove=conv3", "--model-opt", "remove=conv4"],
-     "remove is given twice (remove=conv3, remove=conv4); give it once, a list as remove=A,B"),
     ("opt-lrn-size-abc", [*TRAIN, "--model-opt", "lrn_size=abc"], "lrn_size=abc"),
     ("opt-input-size", [*TRAIN, "--model-opt", "input_size=5"], "input_size"),
     ("opt-fc-width-negative", [*TRAIN, "--model-opt", "fc_width=-5"], "fc_width=-5"),

@@ -452,6 +452,7 @@ def test_the_note_on_the_preprocessing_says_what_the_overrides_made_it():
     src = load_source("torchvision:resnet18", resize=72, crop=64)
     prep = [n for n in src.meta["notes"] if n.startswith("preprocessing:")]
     assert prep == ["preprocessing: resize 72, crop 64, mean 123.7,116.3,103.5, std "
-                    "58.4,57.12,57.38 (0..255 units) (--resize, --crop given)"]
+                    "58.4,57.12,57.38 (0..255 units) (--resize, --crop given; the mean and "
+                    "std: ImageNet's, a default)"]
     src = load_source("torchvision:resnet18")  # the default, said to be one
     assert any("no weights enum to take them from" in n for n in src.meta["notes"])

@@ -338,9 +338,9 @@ def _model_opts(ctx: click.Context, param: click.Parameter, value: tuple[str, ..
             key, typed = parse_model_opt(text)
         except ValueError as e:
             raise click.ClickException(f"--model-opt {text}: {e}") from e
-        if key in opts:  # not silently the last: remove=conv3 remove=conv4 means both
-            raise click.BadParameter(f"{key} is given twice ({given[key]}, {text}); give it "
-                                     f"once, a list as {key}=A,B", param_hint="--model-opt")
+        if key in opts:  # the later wins, as for any option (a recipe's overrides), said
+            click.echo(f"note: --model-opt {key} is given twice ({given[key]}, then {text}): "
+                       f"the later is used; for both, give one list ({key}=A,B)", err=True)
         opts[key], given[key] = typed, text
     return opts or None
 

@@ -856,8 +856,11 @@ def _override(src: Source, overrides: dict[str, Any]) -> None:
         notes = src.meta.get("notes")
         if notes is not None:
             given = ", ".join(f"--{k}" for k in overrides)
+            default = any("ImageNet's mean and std" in n for n in notes) and \
+                "mean" not in overrides and "std" not in overrides
             src.meta["notes"] = [n for n in notes if not n.startswith("preprocessing:")] + [
-                f"preprocessing: {src._preprocessing.describe()} ({given} given)"]
+                f"preprocessing: {src._preprocessing.describe()} ({given} given"
+                + ("; the mean and std: ImageNet's, a default" if default else "") + ")"]
         return
     # A run's preprocessing is read later; check the values now on a stand-in of its shape
     # (a run of another architecture than zfnet's: the size and channels it was trained on).

@@ -27,6 +27,18 @@ def test_parse_model_opt() -> None:
         parse_model_opt("fc_width")
 
 
+def test_a_model_opt_given_twice_is_the_later_said_so(tmp_path) -> None:
+    res = CliRunner().invoke(main, [
+        "train", "--data", "synthetic?n_train=16&n_val=8&size=32", "--model", "zfnet_small",
+        "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "8", "--quiet",
+        "--no-tensorboard", "--model-opt", "remove=conv3", "--model-opt", "remove=conv4"])
+    assert res.exit_code == 0, res.output
+    assert "note: --model-opt remove is given twice (remove=conv3, then remove=conv4): the " \
+        "later is used; for both, give one list (remove=A,B)" in res.output
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["model_opts"]
+    assert saved["remove"] == ["conv4"]
+
+
 def test_train_errors_are_clear(tmp_path) -> None:
     r = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "r")])
     assert r.exit_code == 2 and "--data and --model required to start a run" in r.output
