@@ -286,3 +286,13 @@ def test_strict_error_from_a_worker_process_names_the_file_on_one_line(tmp_path)
         next(iter(loader))
     assert e.value.path == bad and e.value.reason.startswith("cannot decode (")
     assert str(e.value) == f"broken image {bad}: {e.value.reason}" and "\n" not in str(e.value)
+
+
+def test_a_link_to_a_missing_file_is_named_not_silently_left_out(tmp_path):
+    _folder(tmp_path)
+    (tmp_path / "train" / "ant" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (tmp_path / "train" / "ant" / "here.png").symlink_to(tmp_path / "train" / "ant" / "0.png")
+    with pytest.warns(BrokenImageWarning, match=r"gone.png: a link to .*nowhere.png, which "
+                                                r"does not exist"):
+        data = load_dataset(f"imagefolder:{tmp_path}?size={SIZE}")
+    assert len(data.train) == 5  # the 4 files and the link that resolves

@@ -58,14 +58,18 @@ CACHE_VERSION = "zfnet-mean-v1"  # bump when the preprocessing changes
 
 
 def image_files(folder: Path) -> list[Path]:
-    """Image files under `folder` (recursive), sorted, hidden files and other extensions skipped."""
-    files = [
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-        and p.is_file()
-    ]
+    """Image files under `folder` (recursive), sorted, hidden files and other extensions skipped;
+    a link to an image file that does not exist is skipped with a `BrokenImageWarning` naming
+    it (never silently)."""
+    files = []
+    for p in folder.rglob("*"):
+        if p.suffix.lower() not in IMAGE_EXTENSIONS or \
+                any(part.startswith(".") for part in p.relative_to(folder).parts):
+            continue
+        if p.is_file():
+            files.append(p)
+        elif p.is_symlink() and not p.exists():
+            warn_skipped(BadImageError(p, f"a link to {os.readlink(p)}, which does not exist"))
     return sorted(files)
 
 
