@@ -176,3 +176,21 @@ def test_pointer_outside_the_checkpoints_is_not_followed(run_dir, tmp_path) -> N
     (run / "checkpoints" / "last.json").write_text(json.dumps({"checkpoint": "../../elsewhere"}))
     assert (run / "checkpoints" / "../../elsewhere" / "state.json").is_file()
     assert find_last(run) == run / "checkpoints" / "epoch_0003"  # the newest inside instead
+
+
+def test_a_damaged_last_checkpoint_names_the_earlier_one(tmp_path) -> None:
+    from tests.train.tiny import tiny_bundle, tiny_config
+    from zfnet.train import train
+    from zfnet.train.checkpoint import read_meta
+
+    out = tmp_path / "run"
+    train(tiny_config(out, epochs=2, keep_epochs=(1, 2)), bundle=tiny_bundle())
+    last = find_last(out)
+    assert last.name == "epoch_0002"
+    (last / "state.json").write_text("{damaged")
+    with pytest.raises(CheckpointError, match=r"epoch_0002/state.json is corrupt .*newest "
+                                              r"earlier checkpoint is .*epoch_0001: give it as "
+                                              r"--checkpoint, or move epoch_0002 out"):
+        read_meta(last)
+    last.rename(tmp_path / "epoch_0002.damaged")
+    assert find_last(out).name == "epoch_0001"

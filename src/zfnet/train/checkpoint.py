@@ -281,13 +281,25 @@ def read_meta(ckpt_dir: str | Path) -> dict[str, Any]:
     except FileNotFoundError as e:
         raise CheckpointError(f"{f} is missing: not a complete zfnet checkpoint") from e
     except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{f} is corrupt (not valid JSON: {e})") from e
+        raise CheckpointError(f"{f} is corrupt (not valid JSON: {e}){_earlier(f.parent)}"
+                              ) from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CheckpointError(
             f"{f} is not a zfnet checkpoint: format {found!r}, expected {FORMAT!r}"
         )
     return meta
+
+
+def _earlier(ckpt_dir: Path) -> str:
+    """For the message about a damaged checkpoint of a run: the newest earlier complete one, to
+    use instead ("" when there is none)."""
+    before = [p for p in _complete(ckpt_dir.parent)
+              if p != ckpt_dir and p.name < ckpt_dir.name]
+    if not before:
+        return ""
+    return (f"; the run's newest earlier checkpoint is {before[-1]}: give it as --checkpoint, "
+            f"or move {ckpt_dir.name} out of {ckpt_dir.parent} to --resume from it")
 
 
 def read_weights(ckpt_dir: str | Path) -> dict[str, torch.Tensor]:
@@ -298,7 +310,8 @@ def read_weights(ckpt_dir: str | Path) -> dict[str, torch.Tensor]:
     except FileNotFoundError as e:
         raise CheckpointError(f"{f} is missing: not a complete zfnet checkpoint") from e
     except Exception as e:  # safetensors raises its own error type for damaged files
-        raise CheckpointError(f"{f} is corrupt or not a safetensors file: {e}") from e
+        raise CheckpointError(f"{f} is corrupt or not a safetensors file: {e}"
+                              f"{_earlier(f.parent)}") from e
 
 
 def read_train_state(ckpt_dir: str | Path, meta: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -309,7 +322,7 @@ def read_train_state(ckpt_dir: str | Path, meta: dict[str, Any] | None = None) -
     try:
         tensors = load_file(f)
     except Exception as e:
-        raise CheckpointError(f"{f} is missing or corrupt: {e}") from e
+        raise CheckpointError(f"{f} is missing or corrupt: {e}{_earlier(ckpt_dir)}") from e
     return decode_state(meta.get("train_state", {}), tensors)
 
 
