@@ -292,3 +292,24 @@ def test_a_browser_opens_a_unit_page_from_disk(site) -> None:
             assert page.url.endswith(f"/{LAYERS[0]}/index.html") and page.evaluate(all_loaded)
         finally:
             browser.close()
+
+
+def test_a_folder_of_photos_names_its_images(tmp_path) -> None:
+    from skimage import data as photos
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("astronaut", "coffee", "chelsea"):
+        Image.fromarray(getattr(photos, name)()).save(folder / f"{name}.jpg")
+    torch.manual_seed(0)
+    weights = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    out = tmp_path / "site"
+    _atlas(["--model", "torchvision:resnet18", "--weights", str(weights), "--resize", "40",
+            "--crop", "32", "--data", f"images:{folder}", "--layer", "layer1", "--k", "2",
+            "--maps-per-layer", "1", "--out", str(out)])
+    (unit,) = json.loads((out / ATLAS_FILE).read_text())["layers"][0]["units"]
+    files = ["astronaut.jpg", "chelsea.jpg", "coffee.jpg"]  # the folder's sorted order
+    assert [u["name"] for u in unit["topk"]] == [files[u["image"]] for u in unit["topk"]]
+    html = (out / unit["page"]).read_text()
+    assert all(f"<td>{u['name']} (#{u['image']})</td>" in html for u in unit["topk"])

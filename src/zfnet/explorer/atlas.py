@@ -296,6 +296,7 @@ def _write_layers(root: Path, model: nn.Module, dataset: Dataset, table: list[_L
     Returns each layer's units as atlas.json lists them."""
     size = (int(shape[-2]), int(shape[-1]))
     cache: dict[int, Tensor] = {}  # display images, each read once for every layer
+    name_of = _image_names(dataset)
     out: dict[str, list[dict[str, Any]]] = {}
     for li, layer in enumerate(table):
         folder = root / layer.slug
@@ -315,7 +316,7 @@ def _write_layers(root: Path, model: nn.Module, dataset: Dataset, table: list[_L
                 render_layer(proj[a: a + 1], patches[a: a + 1], folder / f"{c}.png")
                 thumbs.append(proj[a, 0])
                 units.append(_unit_page(folder, layer, c, t, evo, pixel_scale, meta, table,
-                                        li))
+                                        li, name_of))
             drawn(len(part))
         _sprite(thumbs, folder / "thumbs.png")
         tiles = [{"map": c, "x": (i % THUMB_COLUMNS) * THUMB, "y": (i // THUMB_COLUMNS) * THUMB,
@@ -343,15 +344,34 @@ def _scaled(proj: Tensor, pixel_scale: Tensor | None) -> Tensor:
     return proj * pixel_scale.to(proj.dtype).reshape(-1, 1, 1)
 
 
+def _image_names(dataset: Dataset) -> Callable[[int], str | None]:
+    """Item i of the mined dataset -> its file's name (None where items are not files)."""
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    item_name = getattr(base, "item_name", None)
+
+    def name_of(i: int) -> str | None:
+        if item_name is None:
+            return None
+        name = str(item_name(dataset.indices[i] if isinstance(dataset, Subset) else i))
+        return None if name.startswith("item ") else Path(name).name
+
+    return name_of
+
+
 def _unit_page(folder: Path, layer: _Layer, c: int, t: TopK, evo: EvolutionResult | None,
                pixel_scale: Tensor | None, meta: dict[str, Any], table: list[_Layer],
-               li: int) -> dict[str, Any]:
+               li: int, name_of: Callable[[int], str | None] = lambda i: None
+               ) -> dict[str, Any]:
     """Write map `c`'s page (its picture is drawn already) and its evolution row; return its
-    atlas.json entry."""
+    atlas.json entry (each top-k image by index, and by its file's name where it has one)."""
     items = [{"rank": j + 1, "image": int(t.index[c, j]),
               "activation": float(t.values[c, j]), "row": int(t.row[c, j]),
               "col": int(t.col[c, j])}
              for j in range(t.k) if int(t.index[c, j]) >= 0]
+    for it in items:
+        name = name_of(it["image"])
+        if name is not None:
+            it["name"] = name
     entry: dict[str, Any] = {"map": c, "page": f"{layer.slug}/{c}.html",
                              "figure": f"{layer.slug}/{c}.png", "topk": items}
     evolution = None
