@@ -512,7 +512,12 @@ def train_cmd(**opts) -> None:
     if summary["plan"]:
         from zfnet.train.budget import Plan
 
-        click.echo(Plan.from_dict(summary["plan"]).describe())
+        plan = Plan.from_dict(summary["plan"])
+        click.echo(plan.describe())
+        over = summary["wall_time_s"] - plan.budget_s
+        if summary["status"] == "completed" and over > max(1.0, 0.05 * plan.budget_s):
+            click.echo(f"note: the run took {over:.0f} s more than its time budget (at least one "
+                       "epoch runs, and the plan is made from the first epoch's pace)", err=True)
     if summary["status"] == "interrupted":
         import signal
 

@@ -56,8 +56,10 @@ def test_plan_by_hand() -> None:
     p = plan_steps(100, 120, 1.0, 5.0, 10, 10, 700, 1)  # already over: no more steps
     assert (p.total_steps, p.epochs, p.last_epoch_steps) == (10, 1, 10)
     assert p.end_step(0) == 10 and Plan.from_dict(p.to_dict()) == p
-    assert p.describe() == ("time budget 1.7 min: 10 steps planned (1 epochs, the last with 10 "
+    assert p.describe() == ("time budget 100 s: 10 steps planned (1 epochs, the last with 10 "
                             "steps) from 1000 ms/step and 5.0 s/validation so far")
+    assert plan_steps(1080, 20, 1.0, 5.0, 10, 10, 700, 7).describe().startswith(
+        "time budget 18.0 min: ")  # minutes from 2 min on
 
 
 def test_plan_is_the_largest_that_fits() -> None:
@@ -181,3 +183,17 @@ def test_replanning_moves_the_end_and_validates_a_new_last_epoch(tmp_path, monke
     assert rows[0]["lr"] == pytest.approx(0.005 * (1 + math.cos(math.pi * 4 / 20)))
     assert rows[1]["lr"] == pytest.approx(0.0, abs=1e-12)
     assert summary["plan"]["total_steps"] == 8 and summary["epochs_completed"] == 2
+
+
+def test_the_command_says_when_a_run_went_over_its_budget(tmp_path, monkeypatch) -> None:
+    import zfnet.train
+
+    plan = Plan(total_steps=4, epochs=1, last_epoch_steps=4, budget_s=1.0, step_s=1.5, val_s=0)
+    summary = {"status": "completed", "final": {}, "wall_time_s": 6.0, "device": "cpu",
+               "run_dir": str(tmp_path), "checkpoint": None, "plan": plan.to_dict()}
+    monkeypatch.setattr(zfnet.train, "train", lambda config: summary)
+    r = CliRunner().invoke(main, ["train", "--data", "synthetic", "--model", "zfnet_small",
+                                  "--out", str(tmp_path / "run"), "--time-budget", "1s"])
+    assert r.exit_code == 0, r.output
+    assert "time budget 1 s: 4 steps planned" in r.output
+    assert "note: the run took 5 s more than its time budget" in r.output

@@ -55,7 +55,9 @@ class Plan:
 
     def describe(self) -> str:
         """One line for the log and the CLI."""
-        return (f"time budget {self.budget_s / 60:.1f} min: {self.total_steps} steps planned "
+        budget = (f"{self.budget_s:.0f} s" if self.budget_s < 120
+                  else f"{self.budget_s / 60:.1f} min")
+        return (f"time budget {budget}: {self.total_steps} steps planned "
                 f"({self.epochs} epochs, the last with {self.last_epoch_steps} steps) from "
                 f"{self.step_s * 1000:.0f} ms/step and {self.val_s:.1f} s/validation so far")
 
