@@ -14,7 +14,7 @@ def pick_items(ds: Sequence[Any], n: int, *, one_per_class: bool = False,
     `one_per_class`, the first readable item of each class first (while classes last), then
     the next readable ones in order. Items are read once each, and only as far as needed: a
     broken file (an item of None) is passed over for the next one."""
-    order = list(range(len(ds)) if among is None else among)
+    order = range(len(ds)) if among is None else list(among)  # (a range: no list of all)
     read: dict[int, Any] = {}
 
     def item(i: int) -> Any:
