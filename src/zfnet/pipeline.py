@@ -251,6 +251,9 @@ def probes(model: nn.Module, data: str, run_dir: str | Path, per_class: int = 20
                          "labels; give a labelled dataset: imagefolder:DIR (train/ and val/ "
                          "class folders), shards:DIR, fashion-mnist, synthetic")
     few = load_dataset(with_options(data, per_class=per_class), preprocessing=preprocessing)
+    if len(few.train) == 0:  # a labelled test set alone (imagefolder:DIR with val/ only)
+        raise ValueError(f"linear probes are trained on the training split, and {data} has "
+                         "none (val/ alone); give a folder with train/ as well")
     check_fits(model, few)
     test = _centre(few)
     test = Subset(test, range(min(n_test, len(test))))

@@ -149,6 +149,14 @@ def test_a_labelled_test_set_alone_for_a_model_with_its_own_preprocessing(tmp_pa
     assert bundle.val[0][0].shape == (3, 16, 16) and bundle.val.targets == [0, 1]
     with pytest.raises(FileNotFoundError, match="has val/ but no train/.*own preprocessing"):
         load_dataset(f"imagefolder:{tmp_path / 'test'}")
+    # what needs training images says so
+    import torchvision
+
+    from zfnet.pipeline import probes
+
+    with pytest.raises(ValueError, match="trained on the training split, and .* has none"):
+        probes(torchvision.models.resnet18(), f"imagefolder:{tmp_path / 'test'}", tmp_path,
+               preprocessing=pre)
     with pytest.raises(FileNotFoundError, match="holds class folders but no train/ or val/"):
         load_dataset(f"imagefolder:{tmp_path / 'test' / 'val'}", preprocessing=pre)
 
