@@ -327,6 +327,41 @@ def test_views_stay_live_while_a_job_runs_and_a_job_can_be_cancelled(
     assert {j["id"] for j in client.get("/api/jobs").json()["jobs"]} >= {job["id"], queued["id"]}
 
 
+def test_a_failed_job_is_told_once_then_tried_again(client, explorer, monkeypatch) -> None:
+    """A client polling a view while its job fails gets the failure (a 400 naming it), not a
+    new job on every poll; asking again after that tries again."""
+    calls = []
+
+    def fail(layer, progress):
+        calls.append(layer)
+        raise ValueError("the data held no images to mine")
+
+    monkeypatch.setattr(explorer, "topk_job", fail)
+    polls = []
+    for _ in range(50):
+        r = client.get("/api/topk?layer=relu4&unit=0")
+        polls.append(r.status_code)
+        if r.status_code != 202:
+            break
+        time.sleep(0.05)
+    assert polls[-1] == 400 and len(calls) == 1, (polls, calls)
+    assert "failed: the data held no images to mine (asking again tries again)" in r.json()["error"]
+    job = client.get("/api/topk?layer=relu4&unit=0").json()["job"]  # tried again
+    for _ in range(100):
+        if client.get(f"/api/jobs/{job['id']}").json()["state"] == "failed":
+            break
+        time.sleep(0.05)
+    assert len(calls) == 2
+    # the page learned of the failure from the job itself: its next request tries again
+    r = client.get("/api/topk?layer=relu4&unit=0")
+    assert r.status_code == 202
+    for _ in range(100):  # (ended before the next test)
+        if client.get(f"/api/jobs/{r.json()['job']['id']}").json()["state"] == "failed":
+            break
+        time.sleep(0.05)
+    assert len(calls) == 3
+
+
 def test_job_runner_reports_failures_in_one_line() -> None:
     runner = JobRunner()
     try:

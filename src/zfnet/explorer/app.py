@@ -198,8 +198,12 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
 
     def started(kind: str, key: tuple, what: str, fn: Callable[..., None],
                 *args: Any) -> JSONResponse:
-        """202 with the job computing `key` (joined if queued or running; a failed or
-        cancelled one is tried again)."""
+        """202 with the job computing `key` (joined if queued or running; a cancelled one is
+        tried again; a failed one is told as a 400 once, then tried again)."""
+        failed = jobs.untold_failure(key)
+        if failed is not None:
+            raise ExplorerError(f"{failed.what} failed: {failed.error} (asking again tries "
+                                "again)")
         job = jobs.submit(kind, key, what, lambda progress: fn(*args, progress))
         return JSONResponse({"job": jobs.describe(job)}, status_code=202)
 

@@ -38,6 +38,9 @@ class Job:
     done: int = 0
     total: int = 0
     error: str | None = None
+    # a failure told to a client (its result asked for, or the job read when it had failed):
+    # the next request for the result tries again
+    told: bool = False
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     future: Future | None = field(default=None, repr=False)
 
@@ -108,8 +111,23 @@ class JobRunner:
             job.state = "done"
 
     def get(self, job_id: str) -> Job | None:
+        """The job (a failed one is then marked as told: asking for its result tries again)."""
         with self._lock:
-            return self._jobs.get(job_id)
+            job = self._jobs.get(job_id)
+            if job is not None and job.state == "failed":
+                job.told = True
+            return job
+
+    def untold_failure(self, key: Hashable) -> Job | None:
+        """The latest job for `key` if it failed and no client has been told yet, marking it
+        told: its failure answers the next request for the result (a client polling for it
+        stops), and the request after that tries again."""
+        with self._lock:
+            job = self._by_key.get(key)
+            if job is None or job.state != "failed" or job.told:
+                return None
+            job.told = True
+            return job
 
     def last(self, key: Hashable) -> Job | None:
         """The latest job for `key`, whatever its state."""
