@@ -20,6 +20,7 @@ from PIL import Image
 from zfnet.activations import get_activations
 from zfnet.analyses.gallery import project_topk, render_layer, topk_patches
 from zfnet.analyses.topk import mine_topk
+from zfnet.data import BrokenImageWarning
 from zfnet.deconvnet import project
 from zfnet.display import projection_to_uint8
 from zfnet.explorer.app import create_app
@@ -424,6 +425,21 @@ def test_server_without_a_dataset_takes_uploads_only(tmp_path) -> None:
         assert c.get(f"/api/maps?image={up['id']}&layer=conv1").status_code == 200
         _error(c.get("/api/topk?layer=conv1&unit=0"), 400, "--data")
         _error(c.get("/api/evolution?layer=conv1&unit=0"), 404, "kept epochs")
+
+
+def test_a_broken_file_in_the_folder_is_named_and_not_shown_first(tmp_path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "aaa.jpg").write_bytes(b"\xff\xd8 not a jpeg")  # sorts first
+    (folder / "b.jpg").write_bytes(_jpeg())
+    source = load_source("zfnet_small")
+    with pytest.warns(BrokenImageWarning):
+        e = Explorer(source, load_data(source, f"images:{folder}"), cache_dir=tmp_path / "c")
+        with TestClient(create_app(e)) as c:
+            assert c.get("/api/model").json()["default_image"] == "val:1"
+            _error(c.get("/api/maps?image=val:0&layer=conv1"), 400,
+                   f"dataset image val:0 is broken image {folder / 'aaa.jpg'}: ")
+            assert c.get("/api/maps?image=val:1&layer=conv1").status_code == 200
 
 
 def test_any_cnn_through_the_general_path(tmp_path) -> None:

@@ -213,9 +213,18 @@ class Explorer:
             "evolution": {"epochs": [e for e, _ in self.evolution_checkpoints]}
             if self.evolution_checkpoints else None,
             "default_layer": self.default_layer,
-            "default_image": "val:0" if self.n_images else None,
+            "default_image": self._default_image(),
             "rules": list(RULES), "nonlinear": self.nonlinear, "k": self.k,
         }
+
+    def _default_image(self) -> str | None:
+        """The page's first image: the dataset's first readable one (found once)."""
+        if not hasattr(self, "_first_image"):
+            from zfnet.data.picks import pick_items
+
+            got = pick_items(self.val, 1) if self.n_images else []
+            self._first_image = f"val:{got[0][0]}" if got else None
+        return self._first_image
 
     def _layer_table(self) -> list[LayerRow]:
         """Every layer `--layer` takes that outputs maps or units: the leaves `layer_info`
@@ -363,7 +372,13 @@ class Explorer:
                                    else "no images (start the server with --data)"))
         item = self.val[i]
         if item is None:
-            raise ExplorerError(f"dataset image {i} could not be read (a broken file)")
+            from zfnet.data import BadImageError
+
+            try:
+                self.val.raw(i)  # its error says which file and why
+            except BadImageError as e:
+                raise ExplorerError(f"dataset image {image_id} is {e}") from None
+            raise ExplorerError(f"dataset image {image_id} could not be read (a broken file)")
         names = getattr(self.bundle, "class_names", None) or []
         return ImageEntry(image_id, self.bundle.raw_val(i), item[0], self._label(i, names))
 
