@@ -277,6 +277,14 @@ def test_topk_job_equals_mining_and_is_kept_on_disk(client, explorer, tiny_run) 
     buf = io.BytesIO()
     render_layer(proj, patches, buf)
     assert np.array_equal(fig, np.asarray(Image.open(buf)))
+    assert got["rules"]["deconvnet"] == got["figure"] + "&rule=deconvnet"
+    guided = _png(client.get(got["rules"]["guided"]))  # by another rule: another figure
+    proj = project_topk(explorer.model, explorer.val, {"conv4": want}, {"conv4": [3]},
+                        "guided")["conv4"]
+    buf = io.BytesIO()
+    render_layer(proj, patches, buf)
+    assert np.array_equal(guided, np.asarray(Image.open(buf))) and not np.array_equal(guided, fig)
+    _error(client.get(got["figure"] + "&rule=nope"), 400, "rule 'nope' is not known")
     # the index is on disk: another session of the same model and data does not mine again
     again = Explorer(explorer.source, explorer.bundle, cache_dir=explorer.cache_dir.parent)
     assert again.cache_dir == explorer.cache_dir and again.topk("conv4", 3) == got

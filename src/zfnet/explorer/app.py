@@ -221,9 +221,9 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
                        explorer.topk_job, name)
 
     @app.get("/api/topk.png")
-    async def topk_png(layer: str, unit: int) -> Response:
-        """The unit's k projections beside their k image patches."""
-        return _png(await call(explorer.topk_png, layer, unit))
+    async def topk_png(layer: str, unit: int, rule: str = "deconvnet") -> Response:
+        """The unit's k projections (by `rule`) beside their k image patches."""
+        return _png(await call(explorer.topk_png, layer, unit, rule))
 
     @app.get("/api/occlusion")
     async def occlusion(image: str) -> Any:

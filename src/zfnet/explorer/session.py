@@ -650,11 +650,15 @@ class Explorer:
                   "activation": round(float(t.values[unit, j]), 6),
                   "row": int(t.row[unit, j]), "col": int(t.col[unit, j])}
                  for j in range(t.k) if int(t.index[unit, j]) >= 0]
+        figure = f"/api/topk.png?layer={lr.name}&unit={unit}"
         return {"layer": lr.name, "unit": unit, "k": t.k, "images": self.n_images,
-                "items": items, "figure": f"/api/topk.png?layer={lr.name}&unit={unit}"}
+                "items": items, "figure": figure,
+                "rules": {r: f"{figure}&rule={r}" for r in RULES}}
 
-    def topk_png(self, layer: str, unit: int) -> bytes:
-        """The unit's k projections (a square grid) beside their k image patches."""
+    def topk_png(self, layer: str, unit: int, rule: str = "deconvnet") -> bytes:
+        """The unit's k projections (a square grid) by `rule` beside their k image patches."""
+        if rule not in RULES:
+            raise ExplorerError(f"rule {rule!r} is not known; valid: {', '.join(RULES)}")
         lr = self.layer(layer)
         unit = self.unit_index(lr, unit)
         t = self.topk_ready(lr.name)
@@ -664,7 +668,7 @@ class Explorer:
 
         def draw() -> bytes:
             geos = {lr.name: self._geometries.get(lr.name)}
-            proj = project_topk(self.model, self.val, {lr.name: t}, {lr.name: [unit]},
+            proj = project_topk(self.model, self.val, {lr.name: t}, {lr.name: [unit]}, rule,
                                 geometries=geos)[lr.name]
             proj = proj * self.pre.pixel_scale().reshape(1, 1, -1, 1, 1)
             whole = self._whole(lr.name)
@@ -673,7 +677,7 @@ class Explorer:
             buf = io.BytesIO()
             render_layer(proj, patches, buf)
             return buf.getvalue()
-        return self._pngs.get_or(("topk", lr.name, unit), draw)
+        return self._pngs.get_or(("topk", lr.name, unit, rule), draw)
 
     def occlusion_job(self, image_id: str, progress: Callable[[int, int], None]) -> None:
         """The four maps of Fig. 7 for the image (zfnet.analyses.occlusion), computed
