@@ -200,6 +200,10 @@ def test_uploads(client, explorer) -> None:
     _error(client.post("/api/images", content=b"\xff" * 300_000), 413, "limit", "MB")
     _error(client.post("/api/images", content=_huge_png(12_000, 9_000)), 400,
            "12000x9000", "108 megapixels", "up to 40")
+    # a strip of few pixels whose shorter side the model's resize would blow up
+    resize = client.get("/api/model").json()["preprocessing"].split(",")[0].split()[-1]
+    _error(client.post("/api/images", content=_huge_png(20_000_000, 1)), 400,
+           "20000000x1", f"at the model's {resize} px", "crop it closer to a square")
     assert client.get("/api/model").status_code == 200  # still serving
 
 

@@ -404,6 +404,13 @@ class Explorer:
             raise ExplorerError(f"{what} is {w}x{h} ({w * h / 1e6:.0f} megapixels); the "
                                 f"explorer takes images up to {self.max_pixels / 1e6:.0f} "
                                 "megapixels: make it smaller first")
+        # its shorter side goes to the model's resize: a thin strip would become a huge image
+        fitted = self.pre.resize ** 2 * max(w, h) / max(min(w, h), 1)
+        if fitted > self.max_pixels:
+            raise ExplorerError(f"{what} is {w}x{h}: with its shorter side at the model's "
+                                f"{self.pre.resize} px it would be {fitted / 1e6:.0f} "
+                                f"megapixels, over the explorer's "
+                                f"{self.max_pixels / 1e6:.0f}; crop it closer to a square first")
         try:
             rgb = load_rgb(io.BytesIO(data), min_side=self.pre.resize, name=name or "upload")
         except BadImageError as e:
