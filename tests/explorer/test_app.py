@@ -6,6 +6,7 @@ with progress and cancel, and the top-k index is kept on disk."""
 from __future__ import annotations
 
 import io
+import os
 import struct
 import threading
 import time
@@ -452,6 +453,13 @@ def test_a_broken_file_in_the_folder_is_named_and_not_shown_first(tmp_path) -> N
             _error(c.get("/api/maps?image=val:0&layer=conv1"), 400,
                    f"dataset image val:0 is broken image {folder / 'aaa.jpg'}: ")
             assert c.get("/api/maps?image=val:1&layer=conv1").status_code == 200
+    # the mined index is kept per folder as it is: a file replaced under its name, another
+    same = Explorer(source, load_data(source, f"images:{folder}"), cache_dir=tmp_path / "c")
+    assert same.cache_dir == e.cache_dir
+    (folder / "b.jpg").write_bytes(_jpeg(64))
+    os.utime(folder / "b.jpg", ns=(1, 1))
+    other = Explorer(source, load_data(source, f"images:{folder}"), cache_dir=tmp_path / "c")
+    assert other.cache_dir != e.cache_dir
 
 
 def test_any_cnn_through_the_general_path(tmp_path) -> None:

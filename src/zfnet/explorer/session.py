@@ -330,7 +330,14 @@ class Explorer:
         h.update(json.dumps({"data": getattr(self.bundle, "spec", None),
                              "images": self.n_images, "k": self.k,
                              "pre": self.pre.to_dict()}, sort_keys=True).encode())
-        slug = "".join(c if c.isalnum() else "_" for c in self.source.name)[-40:]
+        # a folder's files as they are now: one replaced under the same name is mined again
+        for path in list(getattr(self.val, "paths", None) or [])[: self.n_images]:
+            try:
+                st = os.stat(path)
+                h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{path}\0gone\n".encode())
+        slug = "".join(c if c.isalnum() else "_" for c in self.source.name)[:40]
         return f"{slug}-{h.hexdigest()[:16]}"
 
     # --- images ---
