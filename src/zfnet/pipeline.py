@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Subset
 
 from zfnet.data import DataBundle, collate, load_dataset
 from zfnet.data.photos import load_photos
-from zfnet.data.picks import first_item, pick_items
+from zfnet.data.picks import file_name, first_item, pick_items
 from zfnet.data.spec import parse_spec, with_options
 
 CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
@@ -197,8 +197,7 @@ def _image_name(bundle: DataBundle, i: int) -> str:
     t = bundle.val.targets[i]
     if 0 <= t < len(bundle.class_names):
         return bundle.class_names[t]
-    name = getattr(bundle.val, "item_name", None)
-    return Path(name(i)).name if name is not None else str(i)
+    return file_name(bundle.val, i) or str(i)
 
 
 def correspondence(model: nn.Module, bundle: DataBundle, run_dir: str | Path,

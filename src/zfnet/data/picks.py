@@ -5,7 +5,12 @@ first where it asks for variety. Broken files are skipped as everywhere else (a
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
+
+from torch.utils.data import Subset
+
+from zfnet.data.transforms import CropDataset
 
 
 def pick_items(ds: Sequence[Any], n: int, *, one_per_class: bool = False,
@@ -52,3 +57,13 @@ def first_item(ds: Sequence[Any], what: str = "the dataset") -> tuple[int, Any]:
     if not got:
         raise ValueError(f"{what} has no readable image ({len(ds)} file(s), each broken)")
     return got[0]
+
+
+def file_name(ds: Any, i: int) -> str | None:
+    """The file name of item i of `ds` (a dataset of files, or a `Subset` of one) to show it
+    by; None where its items are not files (`CropDataset.item_name` not overridden)."""
+    base, j = (ds.dataset, ds.indices[i]) if isinstance(ds, Subset) else (ds, i)
+    own = getattr(type(base), "item_name", None)
+    if own is None or own is CropDataset.item_name:
+        return None
+    return Path(str(base.item_name(j))).name

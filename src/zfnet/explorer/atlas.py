@@ -35,6 +35,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -63,6 +64,7 @@ from zfnet.analyses.gallery import (
 from zfnet.analyses.topk import TopK, mine_topk
 from zfnet.atomic import write_text_atomic
 from zfnet.data import DataBundle
+from zfnet.data.picks import file_name
 from zfnet.deconvnet import windowed
 from zfnet.display import CAPTION as DISPLAY_CAPTION
 from zfnet.display import projection_to_uint8
@@ -296,7 +298,7 @@ def _write_layers(root: Path, model: nn.Module, dataset: Dataset, table: list[_L
     Returns each layer's units as atlas.json lists them."""
     size = (int(shape[-2]), int(shape[-1]))
     cache: dict[int, Tensor] = {}  # display images, each read once for every layer
-    name_of = _image_names(dataset)
+    name_of = partial(file_name, dataset)
     out: dict[str, list[dict[str, Any]]] = {}
     for li, layer in enumerate(table):
         folder = root / layer.slug
@@ -342,20 +344,6 @@ def _scaled(proj: Tensor, pixel_scale: Tensor | None) -> Tensor:
     if pixel_scale is None:
         return proj
     return proj * pixel_scale.to(proj.dtype).reshape(-1, 1, 1)
-
-
-def _image_names(dataset: Dataset) -> Callable[[int], str | None]:
-    """Item i of the mined dataset -> its file's name (None where items are not files)."""
-    base = dataset.dataset if isinstance(dataset, Subset) else dataset
-    item_name = getattr(base, "item_name", None)
-
-    def name_of(i: int) -> str | None:
-        if item_name is None:
-            return None
-        name = str(item_name(dataset.indices[i] if isinstance(dataset, Subset) else i))
-        return None if name.startswith("item ") else Path(name).name
-
-    return name_of
 
 
 def _unit_page(folder: Path, layer: _Layer, c: int, t: TopK, evo: EvolutionResult | None,
