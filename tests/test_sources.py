@@ -24,7 +24,7 @@ from zfnet import cli
 from zfnet.cli import _SOURCE, _Commands, _model_and_data, main
 from zfnet.data import Preprocessing, load_dataset, load_images, load_rgb
 from zfnet.models import create_model
-from zfnet.sources import hub_file, load_data, load_source, read_state_dict
+from zfnet.sources import from_module, hub_file, load_data, load_source, read_state_dict
 
 TINY = "synthetic?n_train=64&n_val=32&size=32"
 
@@ -121,10 +121,10 @@ def test_run_overrides_checked_at_once(run):
     with pytest.raises(ValueError, match="--crop 48: .* takes 32 px inputs"):
         load_source(str(run), crop=48)
     with pytest.raises(ValueError, match="mean has 2 values"):
-        load_source(str(run), mean=(1.0, 2.0))
-    src = load_source(str(run), std=(2.0,))
-    data = load_data(src)  # overridden: the model's preprocessing, std 2
-    assert data.preprocessing is not None and data.preprocessing.std == (2.0,) * 3
+        load_source(str(run), mean=(0.5, 0.25))
+    src = load_source(str(run), std=(0.5,))
+    data = load_data(src)  # overridden: the model's preprocessing, std 0.5 (127.5 of 0..255)
+    assert data.preprocessing is not None and data.preprocessing.std == (127.5,) * 3
 
 
 # --- torchvision ---
@@ -136,9 +136,25 @@ def test_torchvision_random_init():
     assert src.preprocessing == Preprocessing.imagenet()
     assert any("256/224" in n for n in src.meta["notes"])
     assert _same_weights(src.model, load_source("torchvision:resnet18").model)
-    src = load_source("torchvision:resnet18", crop=160, mean=(127.5,), std=(127.5,))
+    src = load_source("torchvision:resnet18", crop=160, mean=(0.5,), std=0.5)
     p = src.preprocessing
     assert (p.resize, p.crop, p.mean, p.std) == (183, 160, (127.5,) * 3, (127.5,) * 3)
+
+
+@pytest.mark.parametrize("build", [
+    lambda **kw: load_source("torchvision:resnet18", **kw),
+    lambda **kw: from_module(torchvision.models.resnet18(), **kw),
+])
+def test_mean_and_std_in_one_unit_everywhere(build):
+    """load_source and from_module take --mean/--std's units (0..1, as model cards give
+    them): one number for all channels, values over 1 refused by name."""
+    p = build(mean=[0.485, 0.456, 0.406], std=0.25).preprocessing
+    assert p.std == (63.75,) * 3
+    assert p.mean == pytest.approx((123.675, 116.28, 103.53))
+    with pytest.raises(ValueError, match=r"mean \(124.0, 117.0, 104.0\) must be in 0..1"):
+        build(mean=(124, 117, 104))
+    with pytest.raises(ValueError, match="std 'wide' must be numbers in 0..1 units"):
+        build(std="wide")
 
 
 def test_torchvision_files(tmp_path):

@@ -202,13 +202,6 @@ _SOURCE_OPTIONS = (
 )
 
 
-def _unit_stats(mean: tuple[float, ...] | None, std: tuple[float, ...] | None
-                ) -> dict[str, tuple[float, ...] | None]:
-    """--mean/--std as typed (0..1 units) -> load_source's mean/std (0..255 units)."""
-    return {k: None if v is None else tuple(255 * x for x in v)
-            for k, v in (("mean", mean), ("std", std))}
-
-
 def _options(*options):
     """One decorator applying several click options, listed in the order given."""
     def apply(command):
@@ -275,7 +268,7 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
         size = fixed = model.config.input_size
         title = name
     else:
-        src = load_source(name, weights, **_unit_stats(mean, std), resize=resize, crop=crop,
+        src = load_source(name, weights, mean=mean, std=std, resize=resize, crop=crop,
                           labels=labels,
                           device="cpu" if weights else "meta")  # meta: the architecture only
         own_line = src.kind != "run" or any(overrides.values())  # its preprocessing, below
@@ -597,7 +590,7 @@ def eval_cmd(checkpoint: str | None, model: str | None, weights: str | None,
             r = evaluate_checkpoint(checkpoint, data, ten_crop, live_weights=live_weights,
                                     info=info, **common)
         else:
-            source = load_source(model, weights, **_unit_stats(mean, std), resize=resize,
+            source = load_source(model, weights, mean=mean, std=std, resize=resize,
                                  crop=crop, device=info.device)
             for note in source.meta.get("notes", []) if info.is_main else ():
                 click.echo(note, err=True)
@@ -733,7 +726,7 @@ def _model_and_data(options: ModelOptions, data: str | None = None, *, need_data
                                "torchvision:NAME, timm:NAME, FILE.py:NAME, a zfnet run) or "
                                "--checkpoint RUN")
     source = load_source(options.model or options.checkpoint, options.weights,
-                         **_unit_stats(options.mean, options.std),
+                         mean=options.mean, std=options.std,
                          resize=options.resize, crop=options.crop, labels=options.labels,
                          device=device or resolve_device(options.device))
     for note in source.meta.get("notes", []) if notes else ():

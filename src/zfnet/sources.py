@@ -28,9 +28,10 @@ Preprocessing: the weights enum's transforms (torchvision), the model's `pretrai
 (timm, and your own model when it has one, in timm's form), the run's mean image (zfnet runs,
 paper Sec. 3); otherwise a default that `notes` says: ImageNet's mean and std at 256/224
 (torchvision, timm, your own; one channel: their mean), 0..255 minus ImageNet's mean pixel
-(zfnet's registry models). `mean`, `std` (0..255 units), `resize` and `crop` override it. A model
-of your own, or one given another size, is tried on one input of that size when loaded: one that
-cannot take it is an error naming the size, not a traceback from the first analysis.
+(zfnet's registry models). `mean`, `std` (0..1 units, as model cards give them), `resize` and
+`crop` override it. A model of your own, or one given another size, is tried on one input of
+that size when loaded: one that cannot take it is an error naming the size, not a traceback
+from the first analysis.
 """
 
 from __future__ import annotations
@@ -100,8 +101,8 @@ def load_source(
     source: str,
     weights: str | None = None,
     *,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
+    mean: float | Sequence[float] | None = None,
+    std: float | Sequence[float] | None = None,
     resize: int | None = None,
     crop: int | None = None,
     device: str | torch.device = "cpu",
@@ -109,7 +110,8 @@ def load_source(
 ) -> Source:
     """Load the model `source` names (see the module docstring for the forms) with `weights`
     (an enum name or a file; None: random init), its preprocessing overridden by `mean`, `std`
-    (per channel in 0..255 units, or one value for all), `resize`, `crop`; its class names
+    (per channel in 0..1 units, as model cards, `transforms.Normalize` and `--mean` give them;
+    or one value for all), `resize`, `crop`; its class names
     `labels` (a file, see `read_labels`, or the names; one per output of the model), instead
     of the weights' own (not for a zfnet run, which holds its own).
 
@@ -148,8 +150,7 @@ def load_source(
                              "with a model name (torchvision:NAME, FILE.py:NAME, ...)")
         src.labels = _checked_labels(labels, src.meta.get("num_classes"), src.name)
     src.meta["source"] = source
-    overrides = {k: v for k, v in (("mean", mean), ("std", std), ("resize", resize),
-                                   ("crop", crop)) if v is not None}
+    overrides = _overrides(mean, std, resize, crop)
     src.meta["overrides"] = overrides
     if overrides:
         _override(src, overrides)
@@ -159,8 +160,8 @@ def load_source(
     return src
 
 
-def from_module(model: nn.Module, *, mean: Sequence[float] | None = None,
-                std: Sequence[float] | None = None, resize: int | None = None,
+def from_module(model: nn.Module, *, mean: float | Sequence[float] | None = None,
+                std: float | Sequence[float] | None = None, resize: int | None = None,
                 crop: int | None = None, labels: Sequence[str] | None = None,
                 name: str | None = None) -> Source:
     """A `Source` of a model object you built in Python, for `load_data`, the analyses
@@ -172,12 +173,7 @@ def from_module(model: nn.Module, *, mean: Sequence[float] | None = None,
     of its size."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"from_module takes a torch.nn.Module, not a {type(model).__name__}")
-    for what, values in (("mean", mean), ("std", std)):
-        if values is not None and not all(0 <= float(v) <= 1 for v in values):
-            raise ValueError(f"{what} {tuple(values)} must be in 0..1 units, as model cards "
-                             "give them (e.g. 0.485, 0.456, 0.406)")
-    mean = None if mean is None else tuple(255 * float(v) for v in mean)
-    std = None if std is None else tuple(255 * float(v) for v in std)
+    overrides = _overrides(mean, std, resize, crop)
     label = name or type(model).__name__
     prep, notes = own_preprocessing(model, label)
     if labels is not None:
@@ -185,8 +181,6 @@ def from_module(model: nn.Module, *, mean: Sequence[float] | None = None,
     src = Source(model.eval(), prep, labels, label, "python",
                  {"source": label, "weights": None, "num_classes": _outputs(model),
                   "notes": notes})
-    overrides = {k: v for k, v in (("mean", mean), ("std", std), ("resize", resize),
-                                   ("crop", crop)) if v is not None}
     src.meta["overrides"] = overrides
     if overrides:
         _override(src, overrides)
@@ -841,6 +835,28 @@ def _outputs(model: nn.Module) -> int | None:
         elif isinstance(m, nn.Conv2d):
             last = m.out_channels
     return last
+
+
+def _overrides(mean: float | Sequence[float] | None, std: float | Sequence[float] | None,
+               resize: int | None, crop: int | None) -> dict[str, Any]:
+    """The preprocessing a caller overrides, `mean` and `std` checked in 0..1 units (one
+    number: every channel) and turned into the pixels' 0..255 units."""
+    out: dict[str, Any] = {}
+    for what, values in (("mean", mean), ("std", std)):
+        if values is None:
+            continue
+        try:
+            one = [float(values)] if isinstance(values, (int, float)) else \
+                [float(v) for v in values]
+        except (TypeError, ValueError):
+            raise ValueError(f"{what} {values!r} must be numbers in 0..1 units, one per channel "
+                             "or one for all (e.g. 0.485, 0.456, 0.406)") from None
+        if not one or not all(0 <= v <= 1 for v in one):
+            raise ValueError(f"{what} {tuple(one)} must be in 0..1 units, as model cards "
+                             "give them (e.g. 0.485, 0.456, 0.406)")
+        out[what] = tuple(255 * v for v in one)
+    out.update({k: v for k, v in (("resize", resize), ("crop", crop)) if v is not None})
+    return out
 
 
 def _override(src: Source, overrides: dict[str, Any]) -> None:
