@@ -15,7 +15,7 @@ from torch import nn
 
 import zfnet
 from zfnet.activations import get_activations
-from zfnet.deconvnet import RULES, feature_chain, paste, project, project_rf
+from zfnet.deconvnet import RULES, feature_chain, forward_pass, paste, project, project_rf
 from zfnet.models import UnknownLayerError, layer_info, resolve_layer
 
 captum_attr = pytest.importorskip("captum.attr")
@@ -368,8 +368,8 @@ def test_model_left_unchanged_also_after_an_error(name: str) -> None:
     for rule in RULES:
         project(model, x, layer, torch.tensor([[1, 2], [3, 4]]), rule=rule)
         assert _same(before, _snapshot(model)), rule
-    with pytest.raises(RuntimeError):  # fails inside the forward pass: 4 channels in
-        project(model, torch.randn(2, 4, 64, 64), layer, 0)
+    with pytest.raises(ValueError, match=r"does not run on a 2x4x64x64 input \(.*channels"):
+        project(model, torch.randn(2, 4, 64, 64), layer, 0)  # fails inside the forward pass
     assert _same(before, _snapshot(model))
     with pytest.raises(ValueError, match="channels must lie in"):  # fails after the forward
         project(model, x, layer, 10_000)
@@ -458,3 +458,54 @@ def test_a_kept_forward_pass_gives_the_same_projections_by_every_rule() -> None:
         project_layers(model, x[:1], {"conv5": Seeds([0], [0])}, forward=fwd)
     assert forward_pass(model, x, ["fc6"]) is None  # off the chain: the general path
     assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_a_notebook_user_s_arguments() -> None:
+    """What a user in a notebook passes: numpy's and 0-d tensors' ints, one layer name for
+    `forward_pass`, an int size for `paste`; floats that are not whole are refused, not
+    truncated; a model it cannot run on, or one without weights, is one ValueError."""
+    import numpy as np
+
+    model = _tv("alexnet")
+    x = torch.randn(2, 3, 96, 96) * 60
+    want = project(model, x, "features.10", 3)
+    for ch in (np.int64(3), torch.tensor(3), [3, 3], np.array([3, 3])):
+        torch.testing.assert_close(project(model, x, "features.10", ch), want)
+    with pytest.raises(ValueError, match=r"for 2 images, got shape \(3,\)"):
+        project(model, x, "features.10", [1, 2, 3])
+    with pytest.raises(ValueError, match=r"positions must be whole numbers, got \[1.5"):
+        project(model, x, "features.10", 3, torch.tensor([[1.5, 1.0], [0.0, 0.0]]))
+    whole = torch.tensor([[1.0, 2.0], [0.0, 3.0]])  # floats that are whole numbers are fine
+    torch.testing.assert_close(project(model, x, "features.10", 3, whole),
+                               project(model, x, "features.10", 3, whole.long()))
+    with pytest.raises(ValueError, match="channels must be whole numbers"):
+        project_rf(model, x, "features.10", [0], [0.5])
+    fwd = forward_pass(model, x, "features.10")
+    assert fwd is not None and list(fwd.chains) == ["features.10"]
+    rf = project_rf(model, x, "features.10", [0, 1], [3, 3])
+    torch.testing.assert_close(paste(rf, 96), want)
+    with pytest.raises(ValueError, match=r"AlexNet does not run on a 1x3x16x16 input \(.*small"):
+        project(model, torch.randn(1, 3, 16, 16), "features.10", 0)
+    meta = _tv("alexnet").to("meta")
+    with pytest.raises(ValueError, match="AlexNet is on the meta device: it has the shapes but "
+                       "no weights"):
+        project(meta, x, "features.10", 0)
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18().eval()
+    with pytest.raises(ValueError, match="ResNet does not run on a 2x1x64x64 input"):
+        project(resnet, torch.randn(2, 1, 64, 64), "layer2", 0)
+    assert not any(m._forward_hooks for m in resnet.modules())
+
+
+@pytest.mark.parametrize("layer", ["features.10", "layer2"])
+def test_inside_inference_mode(layer: str) -> None:
+    """A notebook cell under `torch.inference_mode()`: both engines give what they give
+    outside it (the general path leaves inference mode for its walk down the graph)."""
+    torch.manual_seed(0)
+    model = (_tv("alexnet") if layer.startswith("features") else
+             torchvision.models.resnet18().eval())
+    x = torch.randn(2, 3, 64, 64) * 60
+    want = project(model, x, layer, 5, rule="guided")
+    with torch.inference_mode():
+        got = project(model, x.clone(), layer, 5, rule="guided")
+    torch.testing.assert_close(got, want)

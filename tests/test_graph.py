@@ -229,7 +229,8 @@ def test_rule_undefined_for_gelu_names_it_and_the_valid_rule() -> None:
     x = torch.randn(1, 3, 16, 16)
     seeds = {"3": seeds_from([0], [1], None)}
     for rule in ("deconvnet", "guided"):
-        with pytest.raises(RuleUndefinedError, match="GELU.*gradient"):
+        with pytest.raises(RuleUndefinedError, match="GELU.*gradient.*in Python, `with "
+                           r"zfnet.graph.nonlinear\(\"gradient\"\):`"):
             project_graph(model, x, {"3": model[3]}, seeds, rule)
     proj, *_ = project_graph(model, x, {"3": model[3]}, seeds, "gradient")["3"]
     assert proj.shape == (1, 3, 16, 16)
@@ -269,8 +270,10 @@ def test_nonlinear_mode_is_scoped_checked_and_warns_without_rectifiers() -> None
         raise KeyError  # the mode is reset on the way out
     with pytest.raises(RuleUndefinedError, match="SiLU"):
         project_graph(silu, x, {"2": silu[2]}, seeds, "guided")
-    with nonlinear("gradient"), pytest.warns(UserWarning, match="no rectifier.*plain gradient"):
+    with nonlinear("gradient"), pytest.warns(UserWarning, match="no rectifier.*plain gradient"
+                                              ) as told:
         guided, *_ = project_graph(silu, x, {"2": silu[2]}, seeds, "guided")["2"]
+    assert told[0].filename == __file__  # the user's line, not zfnet's
     grad, *_ = project_graph(silu, x, {"2": silu[2]}, seeds, "gradient")["2"]
     torch.testing.assert_close(guided, grad)
 

@@ -102,7 +102,24 @@ def to_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """`x` on the device and in the dtype of `model`'s parameters (as it is for a model
     without any): every analysis feeds the model through this, wherever the model lives."""
     p = next(model.parameters(), None)
+    if p is not None and p.device.type == "meta" and x.device.type != "meta":
+        raise ValueError(f"{type(model).__name__} is on the meta device: it has the shapes but "
+                         "no weights to run; load it on a real one (e.g. load_source(..., "
+                         "device='cpu'))")
     return x if p is None else x.to(p.device, p.dtype)
+
+
+@contextmanager
+def running(model: nn.Module, x: torch.Tensor) -> Iterator[None]:
+    """A forward pass of `model` on `x` that the model cannot take (channels, size): a
+    ValueError naming the input's shape and the first line of PyTorch's reason."""
+    try:
+        yield
+    except RuntimeError as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{type(model).__name__} does not run on a "
+                         f"{'x'.join(map(str, x.shape))} input ({msg}); give inputs of the "
+                         "channels and size it takes") from e
 
 
 @torch.inference_mode()

@@ -68,8 +68,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zfnet.activations import to_model
-from zfnet.graph import RULES, check_rule  # noqa: F401  (RULES: one list, also read from here)
+from zfnet.activations import running, to_model
+from zfnet.graph import RULES, check_rule, indices, seeds_from  # noqa: F401  (RULES: also read here)
 from zfnet.models import eval_mode, layer_names, resolve_layer  # eval_mode also importable here
 from zfnet.models.geometry import (
     LAYER_TYPES,
@@ -542,11 +542,13 @@ class Forward:
     trace: _Trace = field(repr=False)
 
 
-def forward_pass(model: nn.Module, images: Tensor, layers: Sequence[str], *,
+def forward_pass(model: nn.Module, images: Tensor, layers: str | Sequence[str], *,
                  lrn: str = "gradient") -> Forward | None:
     """The forward pass `project_layers` makes, kept for reuse (`Forward`): None when a layer
     is off the model's plain chain (the general path makes its own pass each time)."""
     _check_rule("deconvnet", lrn)
+    if isinstance(layers, str):  # one name, not its letters
+        layers = [layers]
     chains = {name: _chain_or_none(model, name) for name in layers}
     if not chains or any(c is None for c in chains.values()):
         return None
@@ -562,7 +564,7 @@ def _forward_pass(model: nn.Module, x: Tensor, chains: dict[str, list[tuple[str,
     for name, c in chains.items():
         if chain[: len(c)] != c:
             raise ValueError(f"layer {name!r} is not on the chain to {chain[-1][0]}")
-    with eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad(), running(model, x):
         trace = _forward(chain, x, rule or "guided", lrn, {len(c) - 1 for c in chains.values()})
         for c in chains.values():
             _prepare(c, trace)
@@ -619,21 +621,17 @@ def _project_seeds(chain: list[tuple[str, nn.Module]], trace: _Trace, layer: str
     act = trace.outputs[len(chain) - 1]  # (N, C, h, w)
     n, c, h, w = act.shape
     dev = act.device
-    img = torch.as_tensor(seeds.image_index, dtype=torch.long).reshape(-1).to(dev)
-    ch = torch.as_tensor(seeds.channels, dtype=torch.long).reshape(-1).to(dev)
-    if img.shape != ch.shape:
-        raise ValueError(f"image_index has {img.numel()} entries but channels has {ch.numel()}")
+    img, ch, pos = seeds_from(seeds.image_index, seeds.channels, seeds.positions)
+    img, ch = img.to(dev), ch.to(dev)
     if img.numel() and (img.min() < 0 or img.max() >= n_images):
         raise ValueError(f"image_index must lie in [0, {n_images}), got {img.tolist()}")
     if ch.numel() and (ch.min() < 0 or ch.max() >= c):
         raise ValueError(f"channels must lie in [0, {c}) for layer {layer!r}, got {ch.tolist()}")
-    if seeds.positions is None:
+    if pos is None:
         flat = act[img, ch].flatten(1).argmax(1)  # first maximum on ties
         row, col = flat // w, flat % w
     else:
-        pos = torch.as_tensor(seeds.positions, dtype=torch.long).to(dev).reshape(-1, 2)
-        if pos.shape[0] != img.numel():
-            raise ValueError(f"positions must be ({img.numel()}, 2), got {tuple(pos.shape)}")
+        pos = pos.to(dev)
         row, col = pos[:, 0], pos[:, 1]
         if bool(((row < 0) | (row >= h) | (col < 0) | (col >= w)).any()):
             raise ValueError(f"positions must lie in the {h}x{w} map of {layer!r}")
@@ -682,8 +680,11 @@ def project_rf(
                           batch_size=batch_size, precision=precision)[name]
 
 
-def paste(rf: RFProjection, size: tuple[int, int]) -> Tensor:
-    """The projections of `rf` placed in zero images of `size` (H, W): (S, C, H, W)."""
+def paste(rf: RFProjection, size: int | tuple[int, int]) -> Tensor:
+    """The projections of `rf` placed in zero images of `size` (H, W), or size x size:
+    (S, C, H, W)."""
+    if isinstance(size, int):
+        size = (size, size)
     s, c, h, w = rf.values.shape
     out = rf.values.new_zeros(s, c, *size)
     for i, (t, lf) in enumerate(zip(rf.top.tolist(), rf.left.tolist(), strict=True)):
@@ -716,23 +717,24 @@ def project(
     One forward pass for all N images, however many maps; the result is in input units,
     seeded with the activation's value.
     """
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
     n = images.shape[0]
-    if isinstance(channels, int):
-        ch = torch.full((n, 1), channels, dtype=torch.long)
-        squeeze = True
-    else:
-        ch = torch.as_tensor(channels, dtype=torch.long)
-        squeeze = ch.ndim == 1
-        if ch.ndim == 1:
-            ch = ch[:, None]
-        if ch.ndim != 2 or ch.shape[0] != n:
-            raise ValueError(
-                f"channels must be an int, ({n},) or ({n}, K) for {n} images, got {tuple(ch.shape)}"
-            )
+    given = torch.as_tensor(channels)
+    ch = indices(given, "channels").view(given.shape)
+    squeeze = ch.ndim <= 1
+    if ch.ndim == 0:  # one map for every image (an int, numpy's or a 0-d tensor)
+        ch = ch.expand(n)
+    if ch.ndim == 1:
+        ch = ch[:, None]
+    if ch.ndim != 2 or ch.shape[0] != n:
+        raise ValueError(f"channels must be an int, ({n},) or ({n}, K) for {n} images, got "
+                         f"shape {tuple(given.shape)}")
     k = ch.shape[1]
     pos = None
     if positions is not None:
-        pos = torch.as_tensor(positions, dtype=torch.long)
+        given = torch.as_tensor(positions)
+        pos = indices(given, "positions").view(given.shape)
         if pos.shape not in ((n, k, 2), (n, 2)) or (pos.shape == (n, 2) and not squeeze):
             want = f"({n}, 2)" if squeeze else f"({n}, {k}, 2)"
             raise ValueError(f"positions must be {want}, got {tuple(pos.shape)}")

@@ -43,6 +43,7 @@ last call, as in Captum and as a forward hook sees it.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -53,7 +54,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from zfnet.activations import capture, shown_units
+from zfnet.activations import capture, running, shown_units
 from zfnet.models.geometry import dim_index
 
 RULES = ("deconvnet", "guided", "gradient")
@@ -117,7 +118,7 @@ def layer_outputs(model: nn.Module, x: Tensor, modules: dict[str, nn.Module]) ->
     """Run `model` on `x`; the output of each of `modules` (its last call), attached to the
     autograd graph, maps as (N, C, H, W) (`zfnet.activations.capture`: a channels-last output
     as its permuted view). No hook is left behind."""
-    with capture(model, modules) as store:
+    with capture(model, modules) as store, running(model, x):
         model(x)
     for name, out in store.items():
         if not isinstance(out, Tensor):
@@ -408,7 +409,7 @@ def batched_backward(act: Tensor, x: Tensor, seeds: Tensor, rule: str,
     if rule != "gradient" and met["other"] and not met["rectifier"]:
         warnings.warn(f"no rectifier on the way down from this layer: the {rule} rule applies at "
                       "rectifiers only, so its projection here is the plain gradient",
-                      PlainGradientWarning, stacklevel=3)
+                      PlainGradientWarning, stacklevel=caller_stacklevel())
     g = grads.get(leaf, [None])[0]
     if g is None:
         g = x.new_zeros(rounds * x.shape[0], *x.shape[1:])
@@ -429,7 +430,8 @@ def _node_backward(node: Any, name: str, g_out: list[Tensor | None], rounds: int
             raise RuleUndefinedError(
                 f"the {rule} rule is defined for rectifiers (ReLU, ReLU6) only, but the signal "
                 f"has to go back through {what}; use rule 'gradient' (defined for every layer), "
-                f"or nonlinear 'gradient' (--nonlinear gradient) to take {what}'s gradient and "
+                f"or nonlinear 'gradient' (--nonlinear gradient; in Python, "
+                f"`with zfnet.graph.nonlinear(\"gradient\"):`) to take {what}'s gradient and "
                 f"apply the {rule} rule at the rectifiers only, as Captum does")
     fn = _BATCHED.get(name)
     if fn is not None and len(g_out) == 1 and g_out[0] is not None:
@@ -468,6 +470,16 @@ def project_graph(
     wanted (eval) — `zfnet.deconvnet.project_layers` takes care of it.
     """
     check_rule(rule)
+    # out of inference mode (a notebook's `torch.inference_mode()`): the walk needs the graph
+    with torch.inference_mode(False):
+        return _project_graph(model, images, modules, seeds, rule, image_batch, seed_batch,
+                              dtype)
+
+
+def _project_graph(model: nn.Module, images: Tensor, modules: dict[str, nn.Module],
+                   seeds: dict[str, tuple[Tensor, Tensor, Tensor | None]], rule: str,
+                   image_batch: int, seed_batch: int, dtype: torch.dtype | None
+                   ) -> dict[str, tuple[Tensor, Tensor, Tensor, Tensor]]:
     out = {k: images.new_zeros(len(v[0]), *images.shape[1:]) for k, v in seeds.items()}
     values = {k: torch.zeros(len(v[0])) for k, v in seeds.items()}
     where = {k: torch.zeros(len(v[0]), dtype=torch.long) for k, v in seeds.items()}
@@ -536,21 +548,44 @@ def _down_layer(x: Tensor, act: Tensor, name: str, seed: tuple[Tensor, Tensor, T
         out[sel[m.cpu()]] = g[rnd[m] - r0, bi[m]].detach().to(out.dtype)
 
 
+def indices(values: Any, what: str) -> Tensor:
+    """`values` (ints, a tensor or array of them) as a flat long tensor on the CPU; a value that
+    is not a whole number is a ValueError naming `what`, not silently truncated."""
+    t = torch.as_tensor(values).cpu()
+    if t.dtype == torch.bool or t.is_complex() or (
+            t.is_floating_point() and bool((t != t.trunc()).any())):
+        raise ValueError(f"{what} must be whole numbers, got {t.flatten()[:8].tolist()}")
+    return t.to(torch.long).reshape(-1)
+
+
 def seeds_from(image_index: Sequence[int] | Tensor, channels: Sequence[int] | Tensor,
                positions: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Seeds as long tensors on the CPU, checked for matching lengths."""
-    img = torch.as_tensor(image_index, dtype=torch.long).reshape(-1).cpu()
-    ch = torch.as_tensor(channels, dtype=torch.long).reshape(-1).cpu()
+    """Seeds as long tensors on the CPU, checked for whole numbers and matching lengths."""
+    img = indices(image_index, "image_index")
+    ch = indices(channels, "channels")
     if img.shape != ch.shape:
         raise ValueError(f"image_index has {img.numel()} entries but channels has {ch.numel()}")
     pos = None
     if positions is not None:
-        pos = torch.as_tensor(positions, dtype=torch.long).reshape(-1, 2).cpu()
-        if pos.shape[0] != img.numel():
-            raise ValueError(f"positions must be ({img.numel()}, 2), got {tuple(pos.shape)}")
+        pos = indices(positions, "positions")
+        if pos.numel() != 2 * img.numel():
+            raise ValueError(f"positions must be ({img.numel()}, 2), got "
+                             f"{tuple(torch.as_tensor(positions).shape)}")
+        pos = pos.reshape(-1, 2)
     return img, ch, pos
 
 
+def caller_stacklevel() -> int:
+    """The `stacklevel` of a warning that points at the user's call: the first frame outside
+    zfnet (and the torch and contextlib wrappers around its functions), however deep in zfnet
+    the warning is raised."""
+    frame, level = sys._getframe(1), 1  # the frame calling warnings.warn
+    while frame is not None and str(frame.f_globals.get("__name__", "")).partition(".")[0] in (
+            "zfnet", "torch", "contextlib"):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 __all__ = ["NONLINEAR_MODES", "RULES", "PlainGradientWarning", "RuleUndefinedError",
-           "batched_backward", "check_rule", "current_nonlinear", "layer_outputs", "nonlinear",
-           "project_graph", "seeds_from", "set_nonlinear"]
+           "batched_backward", "caller_stacklevel", "check_rule", "current_nonlinear", "indices",
+           "layer_outputs", "nonlinear", "project_graph", "seeds_from", "set_nonlinear"]

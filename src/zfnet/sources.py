@@ -352,13 +352,13 @@ def check_input(src: Source) -> None:
             f"{src.name} does not take {prep.in_channels}x{prep.crop}x{prep.crop} inputs "
             f"({type(e).__name__}: {_first_line(e)}); give the size it takes with --crop "
             "(and --resize), its channels with --mean/--std") from e
-    if not isinstance(out, torch.Tensor) or out.ndim < 2:
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
         what = (f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor)
                 else f"a {type(out).__name__}")
         raise ValueError(
             f"{src.name} returns {what}, not class scores (N, classes): zfnet follows the "
-            "class a model predicts; build a module whose forward returns them (for a "
-            "Hugging Face model, its outputs.logits)")
+            "class a model predicts; build a module whose forward returns them (flattened, "
+            "for a map of scores; for a Hugging Face model, its outputs.logits)")
 
 
 def load_data(source: Source, spec: str | None = None, *, ten_crop: bool = False,

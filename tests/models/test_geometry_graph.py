@@ -469,6 +469,18 @@ def test_layer_info_of_a_model_that_cannot_run_the_input() -> None:
         layer_info(net, 40)
 
 
+def test_layer_info_of_a_chain_too_small_for_the_input() -> None:
+    """A plain chain (alexnet's features) read along the chain says so too: no map of 0 or
+    fewer pixels; a size under 1 px is refused."""
+    alexnet = torchvision.models.alexnet()
+    assert layer_info(alexnet, 64)["features.12"].geometry.shape == (1, 1)
+    with pytest.raises(GeometryError, match=r"AlexNet does not run on a 8x8 input "
+                       r"\(features.2's output would be 0x0\)"):
+        layer_info(alexnet, 8)
+    with pytest.raises(ValueError, match="input_size 0 must be at least 1 px"):
+        layer_info(alexnet, 0)
+
+
 # --------------------------------------------------------------------------- the model
 
 

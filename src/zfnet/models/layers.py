@@ -65,7 +65,9 @@ def _kind(m: nn.Module) -> str:
 
 def layer_info(model: nn.Module, input_size: int | tuple[int, int] | None = None
                ) -> dict[str, LayerInfo]:
-    """Every addressable layer of `model`, in forward order, keyed by the name users type.
+    """Every layer of `model` that is a module of its own (no containers), in forward order,
+    keyed by the name users type. (Containers — a ResNet's stage `layer3`, a block `layer3.1` —
+    are layers for `resolve_layer` and the engines too; `layer_geometry` gives theirs.)
 
     For zfnet's models the keys are the short names (`conv1`, `pool1`, `fc6`, …). For other
     models the keys are module paths, and the geometry is for an input of `input_size` (a side
@@ -77,6 +79,8 @@ def layer_info(model: nn.Module, input_size: int | tuple[int, int] | None = None
     """
     from zfnet.models.convnet import ConvNet  # local: convnet imports geometry, not layers
 
+    if input_size is not None and min(pair(input_size)) < 1:
+        raise ValueError(f"input_size {input_size} must be at least 1 px (or None: 224)")
     infos: dict[str, LayerInfo] = {}
     if isinstance(model, ConvNet):
         geo = model.geometry
@@ -93,6 +97,15 @@ def layer_info(model: nn.Module, input_size: int | tuple[int, int] | None = None
     if _plain_chain(model):
         geo = dict(sequential_geometry(model.features, input_size or DEFAULT_SIZE,
                                        prefix="features."))
+        empty = next(((p, g) for p, g in geo.items() if min(g.rows.size, g.cols.size) < 1), None)
+        if empty is not None:  # as graph_geometry's models, which fail to run
+            if input_size is not None:
+                h, w = pair(input_size)
+                raise GeometryError(
+                    f"{type(model).__name__} does not run on a {h}x{w} input ({empty[0]}'s "
+                    f"output would be {empty[1].rows.size}x{empty[1].cols.size}); give an "
+                    "input size the model takes")
+            geo = {}
     else:
         try:
             geo = graph_geometry(model, input_size or DEFAULT_SIZE)
