@@ -108,7 +108,7 @@ def _one_line_warnings() -> None:
     one line each, without the source line Python's default format adds."""
     import warnings
 
-    from zfnet.data import BrokenImageWarning
+    from zfnet.data import BrokenImageWarning, UnreadImagesWarning
     from zfnet.data.bundle import ClassNamesWarning
     from zfnet.graph import PlainGradientWarning
 
@@ -117,7 +117,8 @@ def _one_line_warnings() -> None:
         return  # installed by an earlier command in this process
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
-        if issubclass(category, (BrokenImageWarning, PlainGradientWarning, ClassNamesWarning)):
+        if issubclass(category, (BrokenImageWarning, PlainGradientWarning, ClassNamesWarning,
+                                 UnreadImagesWarning)):
             click.echo(f"warning: {message}", err=True)
         else:
             default(message, category, filename, lineno, file, line)

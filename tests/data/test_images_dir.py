@@ -13,6 +13,7 @@ from zfnet.data import (
     BadImageError,
     BrokenImageWarning,
     Preprocessing,
+    UnreadImagesWarning,
     collate,
     load_dataset,
     load_images,
@@ -88,6 +89,29 @@ def test_folder_errors(tmp_path):
         load_dataset(f"images:{tmp_path / 'empty' / 'readme.txt'}")
     with pytest.raises(ValueError, match="images needs a directory"):
         load_dataset("images")
+
+
+def test_images_of_types_not_read_are_named_not_silently_left_out(folder):
+    """A phone's HEIC photos and GIFs are left out (torchvision's list of types), with one
+    warning that counts them; a folder of nothing else says so before it is refused."""
+    _save(folder / "e.gif", seed=6)
+    (folder / "sub" / "f.HEIC").write_bytes(b"ftypheic")
+    with pytest.warns(UnreadImagesWarning, match=r"photos holds 2 image file\(s\) of types zfnet "
+                      r"does not read \(.gif: 1, .heic: 1\), left out; convert them"):
+        data = load_dataset(f"images:{folder}", preprocessing=PREP)
+    assert len(data.val.paths) == 3
+    only = folder.parent / "phone"
+    only.mkdir()
+    (only / "g.heic").write_bytes(b"ftypheic")
+    with pytest.warns(UnreadImagesWarning, match=r"\.heic: 1"), \
+            pytest.raises(ValueError, match="phone holds no image files"):
+        load_dataset(f"images:{only}", preprocessing=PREP)
+    plain = folder.parent / "plain"
+    _save(plain / "a.jpg")
+    (plain / "notes.txt").write_text("not an image")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # other files (notes.txt) are not images: no warning
+        load_dataset(f"images:{plain}", preprocessing=PREP)
 
 
 def test_broken_files_skipped_or_strict(folder):

@@ -37,7 +37,7 @@ from zfnet.data.bundle import DataBundle
 from zfnet.data.fashion_mnist import load_fashion_mnist
 from zfnet.data.imagedir import load_images, load_images_dir
 from zfnet.data.imagefolder import load_imagefolder
-from zfnet.data.images import BadImageError, BrokenImageWarning, load_rgb
+from zfnet.data.images import BadImageError, BrokenImageWarning, UnreadImagesWarning, load_rgb
 from zfnet.data.preprocess import Preprocessing
 from zfnet.data.relabel import OPTION as RANDOM_LABELS
 from zfnet.data.relabel import with_random_labels
@@ -114,6 +114,7 @@ __all__ = [
     "Preprocessing",
     "SyntheticDataset",
     "SyntheticSample",
+    "UnreadImagesWarning",
     "collate",
     "list_datasets",
     "load_dataset",

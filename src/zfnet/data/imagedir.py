@@ -1,7 +1,8 @@
 """A user's own images: `images:DIR` (any folder of images) and image files given one by one.
 
 `images:DIR` takes every image file under DIR (sub-folders too; hidden files and files without
-an image extension are skipped), in sorted path order. There are no labels (every target is -1,
+an image extension are skipped; images of types not read, a phone's HEIC, are counted in an
+`UnreadImagesWarning`), in sorted path order. There are no labels (every target is -1,
 `class_names` is empty) and no train/val layout: `train` and `val` hold the same images. Loaded
 for a model (`preprocessing`), the images become that model's inputs; without one, the paper's
 pipeline as for `imagefolder` (256 -> 224 crops minus the folder's mean image, cached). Options:

@@ -25,6 +25,7 @@ import hashlib
 import os
 import tempfile
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,7 +39,9 @@ from zfnet.data.bundle import DataBundle, bundle_geometry, fitted
 from zfnet.data.images import (
     IMAGE_EXTENSIONS,
     JPEG_EXTENSIONS,
+    UNREAD_IMAGE_EXTENSIONS,
     BadImageError,
+    UnreadImagesWarning,
     decode_plain_jpeg,
     load_rgb,
     read_file,
@@ -61,15 +64,24 @@ def image_files(folder: Path) -> list[Path]:
     """Image files under `folder` (recursive), sorted, hidden files and other extensions skipped;
     a link to an image file that does not exist is skipped with a `BrokenImageWarning` naming
     it (never silently)."""
-    files = []
+    files, unread = [], Counter[str]()
     for p in folder.rglob("*"):
-        if p.suffix.lower() not in IMAGE_EXTENSIONS or \
-                any(part.startswith(".") for part in p.relative_to(folder).parts):
+        suffix = p.suffix.lower()
+        if any(part.startswith(".") for part in p.relative_to(folder).parts):
+            continue
+        if suffix not in IMAGE_EXTENSIONS:
+            unread.update([suffix] if suffix in UNREAD_IMAGE_EXTENSIONS else [])
             continue
         if p.is_file():
             files.append(p)
         elif p.is_symlink() and not p.exists():
             warn_skipped(BadImageError(p, f"a link to {os.readlink(p)}, which does not exist"))
+    if unread:
+        n = sum(unread.values())
+        kinds = ", ".join(f"{k}: {c}" for k, c in sorted(unread.items()))
+        warnings.warn(f"{folder} holds {n} image file(s) of types zfnet does not read ({kinds}), "
+                      f"left out; convert them to JPEG or PNG to use them",
+                      UnreadImagesWarning, stacklevel=2)
     return sorted(files)
 
 

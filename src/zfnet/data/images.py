@@ -27,6 +27,10 @@ from zfnet.data.jpeg import JpegHeader, read_header
 # (README, .DS_Store, labels.txt) are ignored, not treated as broken images.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 JPEG_EXTENSIONS = (".jpg", ".jpeg")
+# Images of other types a photo folder often holds (a phone's HEIC, GIFs, camera RAW files):
+# left out like any other file, but with a warning that says so, never silently.
+UNREAD_IMAGE_EXTENSIONS = (".gif", ".heic", ".heif", ".avif", ".jxl", ".svg", ".dng", ".cr2",
+                           ".nef", ".arw")
 
 # Transparent pixels are composited onto white, the way an image viewer shows them; their
 # stored RGB values are often arbitrary (black, or left-over colours).
@@ -59,6 +63,10 @@ def _from_worker(message: str) -> tuple[str, str]:
 
 class BrokenImageWarning(UserWarning):
     """Emitted once per broken file that a dataset skips (`strict=False`)."""
+
+
+class UnreadImagesWarning(UserWarning):
+    """A folder holds images of types zfnet does not read (`UNREAD_IMAGE_EXTENSIONS`)."""
 
 
 def warn_skipped(err: BadImageError) -> None:
