@@ -10,6 +10,7 @@ import os
 import struct
 import threading
 import time
+import warnings
 import zlib
 
 import numpy as np
@@ -555,6 +556,113 @@ def test_a_job_cancelled_as_it_starts_never_runs() -> None:
     finally:
         gate.set()
         runner.shutdown()
+
+
+def test_jobs_no_client_asks_about_are_dropped_and_the_queue_is_counted() -> None:
+    """An abandonable job nobody asks about any more is dropped: queued, before it starts;
+    running, at its next progress report. The one a client polls runs, and so does a job
+    that is not abandonable (the shared top-k index). `ahead` counts only what will run."""
+    runner = JobRunner(abandon_after=0.3)
+    gate, ran = threading.Event(), []
+    try:
+        holder = runner.submit("topk", "hold", "the index", lambda progress: gate.wait(10))
+        left = runner.submit("occlusion", "a", "left", lambda p: ran.append("a"), True)
+        wanted = runner.submit("occlusion", "b", "wanted", lambda p: ran.append("b"), True)
+        assert runner.describe(wanted)["ahead"] == 2
+        for _ in range(100):
+            if holder.state == "running":
+                break
+            time.sleep(0.01)
+        end = time.monotonic() + 0.6
+        while time.monotonic() < end:  # a page following its job
+            runner.get(wanted.id)
+            time.sleep(0.05)
+        info = runner.describe(wanted)
+        assert (info["ahead"], info["waiting_for"]) == (1, "the index")  # `left` will not run
+        gate.set()
+        wanted.future.result(10)
+        left.future.result(10)
+        assert (holder.state, wanted.state, ran) == ("done", "done", ["b"])
+        assert (left.state, left.abandoned, runner.describe(left)["abandoned"]) == (
+            "cancelled", True, True)
+
+        def work(progress):
+            for i in range(500):
+                progress(i, 500)
+                time.sleep(0.02)
+        running = runner.submit("evolution", "c", "running", work, True)
+        end = time.monotonic() + 0.8
+        while time.monotonic() < end:
+            runner.get(running.id)
+            time.sleep(0.05)
+        assert running.state == "running"
+        t = time.monotonic()
+        running.future.result(10)  # no one asks any more: it stops
+        assert (running.state, running.abandoned) == ("cancelled", True)
+        assert time.monotonic() - t < 2 and running.done < 499
+        again = runner.submit("evolution", "c", "running", lambda p: None, True)
+        assert again.id != running.id  # asking again starts it again
+        again.future.result(10)
+    finally:
+        gate.set()
+        runner.shutdown()
+
+
+def test_occlusion_jobs_are_abandonable_but_the_topk_index_is_not(explorer) -> None:
+    with TestClient(create_app(explorer)) as c:
+        jobs = c.app.state.jobs
+        jobs.abandon_after = 0.3
+        gate = threading.Event()
+        holder = jobs.submit("test", ("hold",), "a job holding the queue",
+                             lambda progress: gate.wait(30))
+        try:
+            topk = c.get("/api/topk?layer=relu3&unit=0").json()["job"]
+            occ = c.get("/api/occlusion?image=val:3").json()["job"]
+            assert (occ["state"], occ["ahead"], occ["abandoned"]) == ("queued", 2, False)
+            time.sleep(0.5)  # no one asks about either (the list of jobs is not asking)
+        finally:
+            gate.set()
+        holder.future.result(30)
+        jobs.last(("topk", "relu3")).future.result(300)
+        jobs.last(("occlusion", "val:3")).future.result(30)
+        listed = {j["id"]: j for j in c.get("/api/jobs").json()["jobs"]}
+        assert (listed[topk["id"]]["state"], listed[topk["id"]]["abandoned"]) == ("done", False)
+        assert (listed[occ["id"]]["state"], listed[occ["id"]]["abandoned"]) == ("cancelled", True)
+        assert c.get("/api/topk?layer=relu3&unit=0").status_code == 200
+        assert c.get("/api/occlusion?image=val:3").json()["job"]["id"] != occ["id"]  # again
+
+
+def test_a_folder_with_broken_files_names_them_and_warns_once(tmp_path) -> None:
+    """The strip names a folder's images by file and marks a broken one; the top-k job's
+    progress ends at its total and its result counts the images mined and names the others;
+    a broken file is warned about once per server, however often it is asked for."""
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "aaa.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    (folder / "b.jpg").write_bytes(_jpeg())
+    Image.open(io.BytesIO(_jpeg(64))).save(folder / "sub" / "c.png")
+    source = load_source("zfnet_small")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        e = Explorer(source, load_data(source, f"images:{folder}"), cache_dir=tmp_path / "c")
+        with TestClient(create_app(e)) as c:
+            assert c.get("/api/model").json()["default_image"] == "val:1"
+            items = c.get("/api/images").json()["items"]
+            assert [(i["name"], i["broken"]) for i in items] == [
+                ("aaa.jpg", True), ("b.jpg", False), ("c.png", False)]
+            for _ in range(3):
+                _error(c.get("/api/image/val:0.png"), 400, "aaa.jpg")
+            job = c.get("/api/topk?layer=conv1&unit=0").json()["job"]
+            got = _wait(c, "/api/topk?layer=conv1&unit=0")
+            done = c.get(f"/api/jobs/{job['id']}").json()
+            assert (done["state"], done["done"], done["total"]) == ("done", 3, 3)
+            assert (got["images"], got["mined"]) == (3, 2)
+            assert got["unreadable"] == [{"image": "val:0", "name": "aaa.jpg"}]
+    broken = [w for w in caught if issubclass(w.category, BrokenImageWarning)]
+    assert len(broken) == 1 and "aaa.jpg" in str(broken[0].message)
+    # a new server on the same index knows which files it left out without reading them
+    again = Explorer(source, load_data(source, f"images:{folder}"), cache_dir=tmp_path / "c")
+    assert again.topk("conv1", 0)["unreadable"] == got["unreadable"]
 
 
 @pytest.mark.filterwarnings("ignore:no rectifier")  # convnext has none

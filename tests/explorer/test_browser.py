@@ -223,7 +223,8 @@ def test_uploads_become_the_current_image_and_bad_ones_are_told(page, server) ->
     page.set_input_files("#upload-file", files=[{
         "name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an image\n" * 100}])
     page.wait_for_selector("#error", state="visible")
-    assert re.search(r"notes\.txt: .*not an image", page.text_content("#error-text"))
+    assert re.search(r"notes\.txt.*not an image", page.text_content("#error-text"))
+    assert page.text_content("#error-text").count("notes.txt") == 1  # named once
     assert _query(page)["image"] == up  # nothing else changed
 
     page.set_input_files("#upload-file", files=[{
@@ -280,10 +281,10 @@ def test_occlusion_waits_its_turn_can_be_cancelled_and_computed_again(page, serv
     try:
         _open(page, "/?image=val:1&view=occlusion")
         page.wait_for_selector("#job", state="visible")
-        assert "waiting for a job holding the queue" in page.text_content("#job-what")
+        assert "1 job ahead (running: a job holding the queue)" in page.text_content("#job-what")
         page.click("#job-cancel")
         page.wait_for_selector("#view-again")
-        assert "cancelled" in page.text_content("#view-hint")
+        assert "was cancelled. " in page.text_content("#view-hint")  # by this page
     finally:
         gate.set()
     holder.future.result(timeout=30)
@@ -324,3 +325,148 @@ def test_without_a_dataset_the_page_works_on_uploads(browser, tiny_run, tmp_path
         page.wait_for_function(LOADED, arg="#unit-figures img")
         assert page.console.errors == []
         context.close()
+
+
+def _broken_val3(route) -> None:
+    route.fulfill(status=400, json={"error": "dataset image val:3 is broken image "
+                                             "/photos/notes.jpg: not a recognised image format"})
+
+
+def test_a_narrow_window_scrolls_past_the_layers_to_the_views(page) -> None:
+    page.set_viewport_size({"width": 800, "height": 500})
+    _open(page, "/?image=val:5&layer=conv5")
+    page.wait_for_selector('#maps[data-layer="conv5"]')
+    assert page.eval_on_selector("#layers-panel", "p => getComputedStyle(p).position") == "static"
+    assert page.locator("#layers-panel").bounding_box()["height"] < 0.5 * 500  # 40vh and padding
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    hit = page.eval_on_selector("#tab-topk", """t => {
+        const r = t.getBoundingClientRect();
+        return document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2) === t; }""")
+    assert hit
+    page.click("#tab-topk", timeout=5000)
+    assert _query(page)["view"] == "topk" and "Pick a unit" in page.text_content("#view-hint")
+
+
+def test_a_broken_image_clears_the_last_ones_maps_and_is_marked_in_the_strip(page) -> None:
+    page.route(lambda url: "val:3" in url or "val%3A3" in url, _broken_val3)
+    _open(page, "/?image=val:0&layer=conv5&unit=1")
+    page.wait_for_selector('#maps[data-image="val:0"]')
+    page.wait_for_function(LOADED, arg="#unit-figures img")
+    mark = page.locator('#strip li.broken button[data-image="val:3"]')
+    mark.wait_for()
+    assert "unreadable" in mark.get_attribute("title") and mark.locator("img").count() == 0
+    mark.click()
+    page.wait_for_function("document.querySelector('#maps-meta').textContent.includes('notes.jpg')")
+    assert page.locator("#maps").is_hidden()
+    assert page.get_attribute("#sprite", "src") is None
+    page.wait_for_selector("#current-broken", state="visible")
+    assert page.locator("#current-image").is_hidden()
+    page.wait_for_selector("#unit-figures", state="hidden")
+    page.click('#strip button[data-image="val:4"]')  # a good image shows again
+    page.wait_for_selector('#maps[data-image="val:4"]', state="visible")
+    page.wait_for_function(LOADED, arg="#current-image, #unit-figures img")
+    assert page.locator("#current-broken").is_hidden()
+    assert not [e for e in page.console.errors if e.startswith("uncaught")]
+
+
+def test_back_to_a_url_without_a_view_restores_the_panels_text(page) -> None:
+    _open(page, "/?image=val:0&layer=conv3")
+    default = " ".join(page.text_content("#view-hint").split())
+    page.click("#tab-evolution")
+    page.wait_for_function("document.querySelector('#view-hint').textContent.includes('evolved')")
+    page.go_back()
+    page.wait_for_function("!new URLSearchParams(location.search).has('view')")
+    page.wait_for_function(f"document.querySelector('#view-hint').textContent === {default!r}")
+    assert page.locator("#view-again").count() == 0
+    assert page.console.errors == []
+
+
+def test_a_queued_job_counts_the_jobs_ahead_and_says_who_cancelled_it(page, server) -> None:
+    app, url = server
+    gate = threading.Event()
+    holder = app.state.jobs.submit("test", ("hold", "ahead"), "a job holding the queue",
+                                   lambda progress: gate.wait(30))
+    try:
+        other = httpx.get(f"{url}/api/occlusion", params={"image": "val:6"}).json()["job"]
+        _open(page, "/?image=val:7&view=occlusion")
+        page.wait_for_function("document.querySelector('#job-what').textContent.includes("
+                               "'2 jobs ahead (running: a job holding the queue)')")
+        mine = app.state.jobs.last(("occlusion", "val:7"))
+        httpx.delete(f"{url}/api/jobs/{other['id']}")
+        httpx.delete(f"{url}/api/jobs/{mine.id}")  # not this page's Cancel button
+        page.wait_for_selector("#view-again")
+        assert "was cancelled (by another page or request)" in page.text_content("#view-hint")
+    finally:
+        gate.set()
+    holder.future.result(timeout=30)
+    assert page.console.errors == []
+
+
+def test_a_link_to_an_image_out_of_range_shows_the_first_page(page) -> None:
+    page.console.allowed.append("val:99999.png")
+    _open(page, "/?image=val:99999&layer=conv5")
+    page.wait_for_selector("#error", state="visible")
+    assert "does not exist" in page.text_content("#error-text")
+    page.wait_for_function("document.querySelector('#strip-info').textContent.startsWith("
+                           "'dataset images 1–24 of 32')")
+    page.click("#strip-next")
+    page.wait_for_function("document.querySelector('#strip-info').textContent.startsWith("
+                           "'dataset images 25–32 of 32')")
+    assert page.locator("#strip-next").is_disabled()
+
+
+def test_long_layer_names_leave_every_column_in_view(page) -> None:
+    def longer(route):
+        body = route.fetch().json()
+        row = dict(body["layers"][0], name="layer4.0.downsample.0.a_very_long_name")
+        route.fulfill(json={"layers": [*body["layers"], row]})
+    page.route("**/api/layers", longer)
+    _open(page)
+    fits = page.eval_on_selector("#layers-panel", """p => {
+        const right = p.getBoundingClientRect().right;
+        const inside = (th) => th.getBoundingClientRect().right <= right;
+        return p.scrollWidth <= p.clientWidth && [...p.querySelectorAll('th')].every(inside); }""")
+    assert fits
+    name = page.locator('tr[data-layer="layer4.0.downsample.0.a_very_long_name"] button')
+    assert name.get_attribute("title").startswith("layer4.0.downsample.0.a_very_long_name · ")
+    assert name.evaluate("b => b.scrollWidth > b.clientWidth")  # cut short, with an ellipsis
+
+
+def test_the_top9_says_what_it_mined_and_shows_a_sign_until_its_figure_is_drawn(page) -> None:
+    def unreadable(route):
+        response = route.fetch()
+        body = response.json()
+        if response.status == 200:
+            body.update(mined=30, unreadable=[{"image": "val:9", "name": "notes.jpg"},
+                                              {"image": "val:11", "name": None}])
+        route.fulfill(response=response, json=body)
+    held = []
+    page.route("**/api/topk?*", unreadable)
+    page.route("**/api/topk.png?*", lambda route: held.append(route))
+    _open(page, "/?image=val:2&layer=conv5&unit=4&view=topk")
+    page.wait_for_selector("#view-drawing", state="visible", timeout=60_000)
+    assert page.text_content("#view-drawing") == "drawing…"
+    assert "over 30 images (2 unreadable: notes.jpg, val:11)" in page.text_content("#view-meta")
+    for route in held:
+        route.continue_()
+    page.wait_for_selector('#view-result[data-view="topk"]')
+    assert page.locator("#view-drawing").is_hidden() and page.locator("#view-figure").is_visible()
+    assert page.console.errors == []
+
+
+def test_arrow_keys_browse_the_maps_in_one_history_entry(page, server) -> None:
+    _, url = server
+    _open(page, "/?image=val:5&layer=conv2")
+    page.wait_for_selector('#maps[data-layer="conv2"]')
+    assert "Enter" not in page.get_attribute("#maps", "aria-label")
+    maps = httpx.get(f"{url}/api/maps", params={"image": "val:5", "layer": "conv2"}).json()
+    page.mouse.click(*_at(page, maps, 2, 0, 0))  # a click pushes an entry, and focuses the maps
+    page.wait_for_selector('#unit-section[data-unit="2"]')
+    length = page.evaluate("history.length")
+    for _ in range(4):
+        page.keyboard.press("ArrowRight")
+    page.wait_for_selector('#unit-section[data-unit="6"]')
+    assert page.evaluate("history.length") == length + 1 and _query(page)["unit"] == "6"
+    page.go_back()
+    page.wait_for_selector('#unit-section[data-unit="2"]')
+    assert page.console.errors == []

@@ -41,3 +41,10 @@ def test_every_documented_route_exists(tiny_run, tmp_path) -> None:
     for method, path in documented:
         path = path.replace("{id}.png", "{image_id}.png").replace("{id}", "{job_id}")
         assert (method, path) in routes, (method, path)
+
+
+def test_the_errors_table_says_when_an_upload_is_too_large() -> None:
+    """An upload is refused over 40 megapixels, or when it would be once its shorter side is
+    scaled to the model's resize (a thin strip): the table says both."""
+    row = next(line for line in DOC.read_text().splitlines() if line.startswith("| 400 |"))
+    assert "over 40 megapixels, or would be once scaled to the model's input" in row

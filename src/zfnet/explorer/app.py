@@ -196,15 +196,16 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
 
     # --- long computations: 200 with the result, or 202 with the job computing it ---
 
-    def started(kind: str, key: tuple, what: str, fn: Callable[..., None],
-                *args: Any) -> JSONResponse:
+    def started(kind: str, key: tuple, what: str, fn: Callable[..., None], *args: Any,
+                abandonable: bool = True) -> JSONResponse:
         """202 with the job computing `key` (joined if queued or running; a cancelled one is
-        tried again; a failed one is told as a 400 once, then tried again)."""
+        tried again; a failed one is told as a 400 once, then tried again). An abandonable
+        job is dropped once no client asks about it (`zfnet.explorer.jobs`)."""
         failed = jobs.untold_failure(key)
         if failed is not None:
             raise ExplorerError(f"{failed.what} failed: {failed.error} (asking again tries "
                                 "again)")
-        job = jobs.submit(kind, key, what, lambda progress: fn(*args, progress))
+        job = jobs.submit(kind, key, what, lambda progress: fn(*args, progress), abandonable)
         return JSONResponse({"job": jobs.describe(job)}, status_code=202)
 
     @app.get("/api/topk")
@@ -218,7 +219,7 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
             raise ExplorerError("no dataset to mine: start the server with --data SPEC")
         return started("topk", ("topk", name),
                        f"top-{explorer.k} index of {name} over {explorer.n_images} images",
-                       explorer.topk_job, name)
+                       explorer.topk_job, name, abandonable=False)  # shared, kept on disk
 
     @app.get("/api/topk.png")
     async def topk_png(layer: str, unit: int, rule: str = "deconvnet") -> Response:

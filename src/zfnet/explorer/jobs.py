@@ -5,12 +5,19 @@ A `Job` runs `work(progress)` on the runner's one worker thread; `progress(done,
 what the engines call as they go (`mine_topk`, `occlusion`, …) and where a cancelled job stops:
 it raises `Cancelled` there. Jobs are named by a key (what they compute), so a second request
 for the same thing joins the job already queued or running instead of starting another.
+
+A job submitted as `abandonable` (a view of one image or unit: occlusion, evolution) is wanted
+only while someone follows it: one that no client has asked about (joined or read, `touch`)
+for `abandon_after` seconds is cancelled as abandoned — queued, it never starts; running, it
+stops at its next progress report — so that the job a page wants now does not wait behind
+the ones it walked away from.
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
+import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -20,6 +27,7 @@ from typing import Any
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 KEEP = 200  # finished jobs remembered
+ABANDON_AFTER = 10.0  # seconds without a client asking about an abandonable job
 
 
 class Cancelled(Exception):
@@ -41,27 +49,45 @@ class Job:
     # a failure told to a client (its result asked for, or the job read when it had failed):
     # the next request for the result tries again
     told: bool = False
+    # seconds without a client asking after which the job is dropped (None: it runs anyway)
+    abandon_after: float | None = None
+    seen: float = field(default_factory=time.monotonic)  # when a client last asked about it
+    abandoned: bool = False  # cancelled because no client asked about it any more
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     future: Future | None = field(default=None, repr=False)
 
+    def touch(self) -> None:
+        """A client asked about the job: it is still wanted."""
+        self.seen = time.monotonic()
+
+    def unwanted(self) -> bool:
+        """Whether the job is abandonable and no client asked about it for too long."""
+        return self.abandon_after is not None and \
+            time.monotonic() - self.seen > self.abandon_after
+
     def progress(self, done: int, total: int) -> None:
-        """The engines' callback: records progress; raises `Cancelled` once cancelled."""
+        """The engines' callback: records progress; raises `Cancelled` once cancelled or
+        abandoned."""
         self.done, self.total = int(done), int(total)
+        if not self.cancel.is_set() and self.unwanted():
+            self.abandoned = True
+            self.cancel.set()
         if self.cancel.is_set():
             raise Cancelled
 
-    def to_dict(self, waiting_for: str | None = None) -> dict[str, Any]:
+    def to_dict(self, waiting_for: str | None = None, ahead: int = 0) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "what": self.what, "state": self.state,
                 "done": self.done, "total": self.total, "error": self.error,
-                "waiting_for": waiting_for}
+                "waiting_for": waiting_for, "ahead": ahead, "abandoned": self.abandoned}
 
 
 class JobRunner:
     """Runs jobs one after another on one thread (the CPU is the limit: two at once would only
     slow both), remembers the recent ones, and says what a queued job waits for."""
 
-    def __init__(self, nonlinear: str = "error") -> None:
-        """`nonlinear`: the jobs' thread's `zfnet.graph.nonlinear` mode."""
+    def __init__(self, nonlinear: str = "error", abandon_after: float = ABANDON_AFTER) -> None:
+        """`nonlinear`: the jobs' thread's `zfnet.graph.nonlinear` mode. `abandon_after`: how
+        long an abandonable job waits for a client to ask about it (the module doc)."""
         from zfnet.graph import set_nonlinear
 
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="zfnet-job",
@@ -70,17 +96,22 @@ class JobRunner:
         self._by_key: dict[Hashable, Job] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
+        self.abandon_after = abandon_after
 
     def submit(self, kind: str, key: Hashable, what: str,
-               work: Callable[[Callable[[int, int], None]], None]) -> Job:
-        """The job computing `key`: the queued or running one, or a new one running
-        `work(progress)`. A finished job is not reused (its result is where `work` put it; a
-        failed or cancelled one is tried again)."""
+               work: Callable[[Callable[[int, int], None]], None],
+               abandonable: bool = False) -> Job:
+        """The job computing `key`: the queued or running one (asked about again), or a new
+        one running `work(progress)`. A finished job is not reused (its result is where
+        `work` put it; a failed or cancelled one is tried again). `abandonable`: dropped once
+        no client asks about it (the module doc)."""
         with self._lock:
             job = self._by_key.get(key)
             if job is not None and job.state in ("queued", "running"):
+                job.touch()
                 return job
-            job = Job(f"{kind}-{next(self._ids)}", kind, key, what)
+            job = Job(f"{kind}-{next(self._ids)}", kind, key, what,
+                      abandon_after=self.abandon_after if abandonable else None)
             self._jobs[job.id] = job
             self._by_key[key] = job
             while len(self._jobs) > KEEP:
@@ -95,6 +126,9 @@ class JobRunner:
 
     def _run(self, job: Job, work: Callable[[Callable[[int, int], None]], None]) -> None:
         with self._lock:  # one decision with `cancel`: never "cancelled" while it runs
+            if not job.cancel.is_set() and job.unwanted():
+                job.abandoned = True
+                job.cancel.set()
             if job.cancel.is_set():
                 job.state = "cancelled"
                 return
@@ -111,11 +145,14 @@ class JobRunner:
             job.state = "done"
 
     def get(self, job_id: str) -> Job | None:
-        """The job (a failed one is then marked as told: asking for its result tries again)."""
+        """The job, asked about by a client (a failed one is then marked as told: asking for
+        its result tries again)."""
         with self._lock:
             job = self._jobs.get(job_id)
-            if job is not None and job.state == "failed":
-                job.told = True
+            if job is not None:
+                job.touch()
+                if job.state == "failed":
+                    job.told = True
             return job
 
     def untold_failure(self, key: Hashable) -> Job | None:
@@ -145,16 +182,24 @@ class JobRunner:
                     job.state = "cancelled"
         return job
 
-    def waiting_for(self, job: Job) -> str | None:
-        """What runs before a queued job: the running job's words."""
+    def waiting_for(self, job: Job) -> tuple[str | None, int]:
+        """What runs before a queued job: the running job's words, and how many jobs will run
+        before it (the running one and those queued ahead of it that will still start)."""
         if job.state != "queued":
-            return None
+            return None, 0
+        running, ahead = None, 0
         with self._lock:
-            running = [j for j in self._jobs.values() if j.state == "running"]
-        return running[0].what if running else None
+            for j in self._jobs.values():  # in the order they were submitted: the queue's
+                if j is job:
+                    break
+                if j.state == "running":
+                    running, ahead = j.what, ahead + 1
+                elif j.state == "queued" and not j.cancel.is_set() and not j.unwanted():
+                    ahead += 1
+        return running, ahead
 
     def describe(self, job: Job) -> dict[str, Any]:
-        return job.to_dict(self.waiting_for(job))
+        return job.to_dict(*self.waiting_for(job))
 
     def all(self) -> list[Job]:
         with self._lock:

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from zfnet.activations import capture, to_model
 from zfnet.analyses.gallery import (
@@ -46,6 +47,7 @@ from zfnet.analyses.gallery import (
 )
 from zfnet.analyses.topk import TopK, load_topk, mine_topk, save_topk
 from zfnet.data.images import BadImageError, load_rgb
+from zfnet.data.picks import file_name
 from zfnet.deconvnet import Forward, Seeds, forward_pass, paste, project_layers, windowed
 from zfnet.display import projection_to_uint8
 from zfnet.models import eval_mode, feature_layers, layer_geometries, layer_info, layer_name
@@ -121,6 +123,22 @@ class _LRU(OrderedDict):
                 self.popitem(last=False)
 
 
+class _Readable(Dataset):
+    """The explorer's first `n_images` dataset items through `Explorer.item` (a broken file
+    is read once per server), counting the broken ones this reader met."""
+
+    def __init__(self, explorer: Explorer) -> None:
+        self.explorer, self.skipped = explorer, 0
+
+    def __len__(self) -> int:
+        return self.explorer.n_images
+
+    def __getitem__(self, i: int) -> Any:
+        item = self.explorer.item(i)
+        self.skipped += item is None
+        return item
+
+
 def png(array: np.ndarray | Tensor) -> bytes:
     """uint8 (H, W), (H, W, 3) array or (C, H, W) tensor -> PNG bytes (fast compression: these
     go to a browser on the same machine)."""
@@ -192,6 +210,9 @@ class Explorer:
         self._passes = _LRU(4)  # image id -> its kept forward pass (`forward_pass`) or None
         self._chain_layers = [r.name for r in self.layers if windowed(self.model, [r.name])]
         self._topk: dict[str, TopK] = {}
+        # dataset images found broken, index -> why: read once, warned about once per server
+        self._broken: dict[int, str] = {}
+        self._listed_read = False  # the list of broken files beside a mined index, read once
         key = self._cache_key()
         self.id = key.rsplit("-", 1)[-1]  # names this model and data in links
         self.cache_dir = Path(cache_dir) / key
@@ -222,7 +243,7 @@ class Explorer:
         if not hasattr(self, "_first_image"):
             from zfnet.data.picks import pick_items
 
-            got = pick_items(self.val, 1) if self.n_images else []
+            got = pick_items(_Readable(self), 1) if self.n_images else []
             self._first_image = f"val:{got[0][0]}" if got else None
         return self._first_image
 
@@ -350,6 +371,7 @@ class Explorer:
         items = []
         for i in range(offset, min(offset + min(limit, 500), self.n_images)):
             items.append({"id": f"val:{i}", "label": self._label(i, names),
+                          "name": file_name(self.val, i), "broken": i in self._broken,
                           "src": f"/api/image/val:{i}.png"})
         return {"total": self.n_images, "items": items}
 
@@ -377,17 +399,25 @@ class Explorer:
             raise NotFoundError(f"image {image_id!r} does not exist; the dataset shown has "
                                 + (f"images val:0..val:{self.n_images - 1}" if self.n_images
                                    else "no images (start the server with --data)"))
-        item = self.val[i]
+        item = self.item(i)
         if item is None:
-            from zfnet.data import BadImageError
-
-            try:
-                self.val.raw(i)  # its error says which file and why
-            except BadImageError as e:
-                raise ExplorerError(f"dataset image {image_id} is {e}") from None
-            raise ExplorerError(f"dataset image {image_id} could not be read (a broken file)")
+            raise ExplorerError(f"dataset image {image_id} is {self._broken[i]}")
         names = getattr(self.bundle, "class_names", None) or []
         return ImageEntry(image_id, self.bundle.raw_val(i), item[0], self._label(i, names))
+
+    def item(self, i: int) -> Any:
+        """Dataset item i (its input and label), or None for a broken file: such a file is
+        read (and warned about) once, then known as broken (`_broken`, with the reason)."""
+        if i in self._broken:
+            return None
+        item = self.val[i]
+        if item is None:
+            try:
+                self.val.raw(i)  # its error says which file and why
+                self._broken[i] = "a broken file that could not be read"
+            except BadImageError as e:
+                self._broken[i] = str(e)
+        return item
 
     def upload(self, data: bytes, name: str | None = None) -> ImageEntry:
         """Decode an uploaded file and keep it as the model sees it; an ExplorerError for a
@@ -640,18 +670,38 @@ class Explorer:
 
     def topk_job(self, layer: str, progress: Callable[[int, int], None]) -> None:
         """Mine the layer's top-k over the dataset's first `n_images` images and keep it on
-        disk (written whole or not at all)."""
+        disk (written whole or not at all), with the list of the files that could not be
+        read. Its progress counts those too: it ends at its total."""
         lr = self.layer(layer)
         if self.val is None or not self.n_images:
             raise ExplorerError("no dataset to mine: start the server with --data")
-        result = mine_topk(self.job_model(), self.val, [lr.name], self.k,
-                           indices=range(self.n_images), batch_size=32, progress=progress)
+        data = _Readable(self)
+        result = mine_topk(self.job_model(), data, [lr.name], self.k,
+                           indices=range(self.n_images), batch_size=32,
+                           progress=lambda done, total: progress(done + data.skipped, total))
         path = self._topk_path(lr.name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_topk(result, tmp)
-        os.replace(tmp, path)
+        broken = {str(i): why for i, why in sorted(self._broken.items()) if i < self.n_images}
+        for target, write in ((path.with_name("unreadable.json"),
+                               lambda f: f.write_text(json.dumps(broken))),
+                              (path, lambda f: save_topk(result, f))):
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            write(tmp)
+            os.replace(tmp, target)
         self._topk[lr.name] = result[lr.name]
+
+    def _unreadable(self) -> list[int]:
+        """The dataset images (of the first `n_images`) that could not be read: those found
+        by this server, and those listed beside a mined index."""
+        listed = self.cache_dir / "unreadable.json"
+        if not self._listed_read and listed.exists():
+            try:
+                for i, why in json.loads(listed.read_text()).items():
+                    self._broken.setdefault(int(i), why)
+            except (ValueError, AttributeError):  # damaged: what this server found is told
+                pass
+        self._listed_read = True
+        return sorted(i for i in self._broken if i < self.n_images)
 
     def topk(self, layer: str, unit: int) -> dict[str, Any] | None:
         """The unit's top-k over the dataset (`/api/topk`), None until it is mined."""
@@ -665,7 +715,11 @@ class Explorer:
                   "row": int(t.row[unit, j]), "col": int(t.col[unit, j])}
                  for j in range(t.k) if int(t.index[unit, j]) >= 0]
         figure = f"/api/topk.png?layer={lr.name}&unit={unit}"
+        broken = self._unreadable()
         return {"layer": lr.name, "unit": unit, "k": t.k, "images": self.n_images,
+                "mined": self.n_images - len(broken),
+                "unreadable": [{"image": f"val:{i}", "name": file_name(self.val, i)}
+                               for i in broken],
                 "items": items, "figure": figure,
                 "rules": {r: f"{figure}&rule={r}" for r in RULES}}
 
@@ -729,8 +783,8 @@ class Explorer:
         if self.val is None:
             raise ExplorerError("no dataset to search: start the server with --data")
         models = CheckpointModels(self.evolution_checkpoints)  # one in memory at a time
-        result = unit_evolution(models, self.val, lr.name, unit, n_images=self.n_images,
-                                progress=progress)
+        result = unit_evolution(models, _Readable(self), lr.name, unit,
+                                n_images=self.n_images, progress=progress)
         buf = io.BytesIO()
         render_unit_evolution(result, buf)
         self.evolutions.put((lr.name, unit), {

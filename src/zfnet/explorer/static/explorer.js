@@ -2,8 +2,9 @@
 // Plain JavaScript, no framework and no build step, so the package serves it as it is.
 //
 // The whole view lives in `state` (image, layer, unit, row, col, view), mirrored in the query
-// string: every change goes through go(), which pushes a history entry, and refresh() loads
-// only what the change touched. A link to the current view is therefore always the page's URL.
+// string: every change goes through go(), which pushes a history entry (browsing the maps with
+// the arrow keys replaces it), and refresh() loads only what the change touched. A link to the
+// current view is therefore always the page's URL.
 "use strict";
 
 (() => {
@@ -29,6 +30,9 @@
   // Every loader takes a ticket; an answer that comes back after a newer request is dropped.
   const tickets = { image: 0, maps: 0, unit: 0, view: 0, strip: 0 };
   let currentJob = null;
+  const cancelledHere = new Set();  // the jobs this page cancelled (its Cancel button)
+  let keyRun = false;            // the last change came from the arrow keys on the maps
+  let defaultHint = null;        // the view panel's text before any view is asked for
 
   // ---------------------------------------------------------------- the API
 
@@ -114,10 +118,12 @@
     else img.addEventListener("load", apply, { once: true });
   }
 
-  /** Set an image's source; if it fails, ask the same URL for the server's message. */
-  function loadImage(img, src, what) {
+  /** Set an image's source; if it fails, call `onFail` (if given) and ask the same URL for
+   *  the server's message. */
+  function loadImage(img, src, what, onFail = null) {
     img.onerror = async () => {
       if (img.getAttribute("src") !== src) return;
+      if (onFail) onFail();
       try {
         await api(src);
         showError(`${what} did not load`);
@@ -183,12 +189,15 @@
   }
 
   /** Change the view: record it as a new entry of the browser's history (the back button
-   *  returns to the previous view), then load what changed. */
-  function go(patch) {
+   *  returns to the previous view), or in place of the current one with `replace`, then load
+   *  what changed. */
+  function go(patch, { replace = false } = {}) {
     const prev = state;
     state = { ...state, ...patch };
     if (state.unit === null) state.row = state.col = null;
-    window.history.pushState(null, "", viewUrl(state));
+    if (replace) window.history.replaceState(null, "", viewUrl(state));
+    else window.history.pushState(null, "", viewUrl(state));
+    keyRun = false;
     refresh(prev, state);
   }
 
@@ -236,7 +245,8 @@
       button.type = "button";
       button.className = "layer-pick";
       button.textContent = layer.name;
-      button.title = `${layer.module}${layer.stride ? ` · stride ${grid2(layer.stride)}` : ""}`;
+      // A long name is cut short in the table (the rf column stays in view): the title has it.
+      button.title = `${layer.name} · ${layer.module}${layer.stride ? ` · stride ${grid2(layer.stride)}` : ""}`;
       name.append(button);
       tr.append(name);
       for (const [text, cls] of [
@@ -295,15 +305,29 @@
     const button = document.createElement("button");
     button.type = "button";
     button.dataset.image = item.id;
-    const label = isUpload ? item.name || "uploaded image" : item.label;
-    button.title = label ? `${item.id} · ${label}` : item.id;
+    const words = isUpload ? [item.name || "uploaded image"] : [item.name, item.label];
+    button.title = [item.id, ...words.filter(Boolean)].join(" · ");
     button.setAttribute("aria-label", button.title);
     if (isUpload) li.className = "uploaded";
-    const img = document.createElement("img");
-    img.src = item.src;
-    img.alt = "";
-    img.loading = "lazy";
-    button.append(img);
+    // A file that cannot be read is marked as such, not shown as a broken picture.
+    const broken = () => {
+      li.classList.add("broken");
+      button.title += " · unreadable";
+      button.setAttribute("aria-label", button.title);
+      const mark = document.createElement("span");
+      mark.className = "unreadable";
+      mark.textContent = "unreadable";
+      button.replaceChildren(mark);
+    };
+    if (item.broken) broken();
+    else {
+      const img = document.createElement("img");
+      img.alt = "";
+      img.loading = "lazy";
+      img.addEventListener("error", broken, { once: true });
+      img.src = item.src;
+      button.append(img);
+    }
     button.addEventListener("click", () => {
       if (state.image === item.id) return;
       clearError();
@@ -336,10 +360,12 @@
     }
   }
 
-  /** The strip's page (its offset) that holds the dataset image `id` (`val:N`), else null. */
+  /** The strip's page (its offset) that holds the dataset image `id` (`val:N`), else null
+   *  (an upload, or an image the dataset does not have). */
   function stripPageOf(id) {
     const m = /^val:(\d+)$/.exec(id || "");
-    return m ? Math.floor(Number(m[1]) / STRIP_LIMIT) * STRIP_LIMIT : null;
+    if (!m || !model.data || Number(m[1]) >= model.data.images) return null;
+    return Math.floor(Number(m[1]) / STRIP_LIMIT) * STRIP_LIMIT;
   }
 
   /** Page the strip to the dataset image `id` when it is not on the current page. */
@@ -353,7 +379,8 @@
   }
 
   function pageStrip(direction) {
-    stripOffset = Math.max(0, stripOffset + direction * STRIP_LIMIT);
+    const last = Math.max(0, Math.floor((stripTotal - 1) / STRIP_LIMIT) * STRIP_LIMIT);
+    stripOffset = Math.min(last, Math.max(0, stripOffset + direction * STRIP_LIMIT));
     loadStrip();
   }
 
@@ -362,13 +389,19 @@
     const img = $("#current-image");
     const caption = $("#current-caption");
     $("#predict").hidden = true;
+    img.hidden = false;
+    $("#current-broken").hidden = true;
     if (!state.image) {
       img.removeAttribute("src");
       caption.textContent = model.data ? "" : "No image yet: upload one.";
       return;
     }
     const upload = uploads.find((u) => u.id === state.image);
-    loadImage(img, `/api/image/${encodeURIComponent(state.image)}.png`, `image ${state.image}`);
+    loadImage(img, `/api/image/${encodeURIComponent(state.image)}.png`, `image ${state.image}`, () => {
+      if (ticket !== tickets.image) return;
+      img.hidden = true;  // a placeholder, not a broken picture
+      $("#current-broken").hidden = false;
+    });
     enlarge(img, 224);
     caption.textContent = upload && upload.name ? `${upload.name} (${state.image})` : state.image;
     if (!model.classes) return;
@@ -419,7 +452,9 @@
       renderStrip();
       go({ image: body.id, row: null, col: null });
     } catch (err) {
-      showError(`${file.name || "the file"}: ${err.message}`);
+      // The server's message names the file already, except when it refuses the bytes unread.
+      const named = file.name && err.message.includes(file.name);
+      showError(named ? err.message : `${file.name || "the file"}: ${err.message}`);
     } finally {
       zone.classList.remove("busy");
       $("#upload-file").value = "";
@@ -437,8 +472,10 @@
     delete box.dataset.image;
     $("#map-hover").hidden = $("#map-selected").hidden = $("#map-mark").hidden = true;
     $("#map-info").textContent = "";
+    box.hidden = false;
     if (!state.layer || !state.image) {
       sprite.removeAttribute("src");
+      box.hidden = true;
       $("#maps-meta").textContent = state.image ? "Pick a layer." : "Pick or upload an image.";
       return;
     }
@@ -466,9 +503,12 @@
       };
       loadImage(sprite, body.sprite, `the feature maps of ${state.layer}`);
     } catch (err) {
+      if (ticket !== tickets.maps) return;
       box.classList.remove("loading");
+      sprite.removeAttribute("src");  // not the previous image's maps under this message
+      box.hidden = true;
       failed(err, "maps", ticket);
-      if (ticket === tickets.maps) $("#maps-meta").textContent = `${state.layer}: ${err.message}`;
+      $("#maps-meta").textContent = `${state.layer}: ${err.message}`;
     }
   }
 
@@ -585,7 +625,10 @@
     event.preventDefault();
     const from = state.unit === null ? 0 : state.unit + step;
     const unit = Math.min(maps.maps - 1, Math.max(0, from));
-    if (unit !== state.unit) go({ unit, row: null, col: null });
+    if (unit === state.unit) return;
+    // One history entry for a run of key presses: Back returns to the view before it.
+    go({ unit, row: null, col: null }, { replace: keyRun });
+    keyRun = true;
   }
 
   // ---------------------------------------------------------------- the unit
@@ -615,6 +658,7 @@
       return;
     }
     section.hidden = false;
+    $("#unit-figures").hidden = false;
     section.classList.add("loading");
     $("#unit-heading").textContent = `${state.layer} · map ${state.unit}`;
     $("#unit-meta").textContent = "projecting…";
@@ -646,6 +690,7 @@
     } catch (err) {
       if (ticket !== tickets.unit) return;
       section.classList.remove("loading");
+      $("#unit-figures").hidden = true;  // not the last unit's pictures under this message
       $("#unit-meta").textContent = err.message;
       showError(err.message);
     }
@@ -694,23 +739,25 @@
     delete result.dataset.view;
     const request = viewRequest(state);
     if (!request.url) {
-      if (request.hint) hint.textContent = request.hint;
+      hint.textContent = request.hint || defaultHint;  // no view: the panel's first words
       hint.hidden = false;
       return;
     }
     hint.hidden = true;
     try {
-      // 202 means a job computes it: follow the job, then ask again for the result.
-      for (let round = 0; ; round += 1) {
+      // 202 means a job computes it: follow the job, then ask again for the result (again
+      // too when the server dropped the job, unasked about while this page was asleep).
+      for (let done = 0; ;) {
         const { status, body } = await api(request.url);
         if (ticket !== tickets.view) return;
         if (status !== 202) {
           showResult(state.view, body, ticket);
           return;
         }
-        if (round >= 3) throw new ApiError("the job finished but the result is still not ready", 0);
+        if (done >= 3) throw new ApiError("the job finished but the result is still not ready", 0);
         const outcome = await followJob(body.job, ticket);
-        if (outcome !== "done") return;
+        if (outcome === "done") done += 1;
+        else if (outcome !== "abandoned") return;
       }
     } catch (err) {
       if (ticket !== tickets.view) return;
@@ -730,10 +777,12 @@
       renderJob(j);
       if (j.state === "done") return "done";
       if (j.state === "failed") throw new ApiError(`${j.what || "the job"} failed: ${j.error || "no reason given"}`, 0);
+      if (j.state === "cancelled" && j.abandoned) return "abandoned";
       if (j.state === "cancelled") {
         $("#job").hidden = true;
         const hint = $("#view-hint");
-        hint.replaceChildren(`${j.what || "The job"} was cancelled. `);
+        const by = cancelledHere.has(j.id) ? "" : " (by another page or request)";
+        hint.replaceChildren(`${j.what || "The job"} was cancelled${by}. `);
         const again = document.createElement("button");
         again.type = "button";
         again.id = "view-again";
@@ -753,8 +802,11 @@
     const box = $("#job");
     box.hidden = false;
     box.dataset.state = j.state;
-    const waiting = j.waiting_for ? ` (waiting for ${j.waiting_for})` : "";
-    $("#job-what").textContent = `${j.what || "computing"}: ${j.state}${waiting}`;
+    let queue = "";
+    if (j.state === "queued" && j.ahead) {
+      queue = `, ${j.ahead} job${j.ahead === 1 ? "" : "s"} ahead` + (j.waiting_for ? ` (running: ${j.waiting_for})` : "");
+    }
+    $("#job-what").textContent = `${j.what || "computing"}: ${j.state}${queue}`;
     const bar = $("#job-progress");
     if (j.total > 0) {
       bar.max = j.total;
@@ -770,6 +822,7 @@
   async function cancelJob() {
     if (!currentJob) return;
     $("#job-cancel").disabled = true;
+    cancelledHere.add(currentJob);
     try {
       await api(`/api/jobs/${encodeURIComponent(currentJob)}`, { method: "DELETE" });
     } catch (err) {
@@ -787,7 +840,10 @@
     items.replaceChildren();
     const figure = $("#view-figure");
     if (view === "topk") {
-      meta.textContent = `The ${body.items.length} strongest activations of ${body.layer} map ${body.unit} over ${body.images} images: ` +
+      const names = body.unreadable.map((u) => u.name || u.image);
+      const some = names.length > 5 ? `${names.slice(0, 5).join(", ")}, …` : names.join(", ");
+      const over = body.unreadable.length ? `${body.mined} images (${body.unreadable.length} unreadable: ${some})` : `${body.images} images`;
+      meta.textContent = `The ${body.items.length} strongest activations of ${body.layer} map ${body.unit} over ${over}: ` +
         "projections (left) beside their image patches (right). Pick one to open it.";
       figure.alt = `Top ${body.k} of ${body.layer} map ${body.unit}: projections and patches`;
       items.replaceChildren(...body.items.map((item, i) => {
@@ -824,10 +880,19 @@
       meta.textContent = `${state.layer} map ${state.unit} over training (Fig. 4); similarity to the last epoch: ${pairs.join(", ")}.`;
       figure.alt = `Evolution of ${state.layer} map ${state.unit} across epochs`;
     }
+    // Drawing a figure can take a second or two: say so until it is there.
+    const drawing = $("#view-drawing");
+    drawing.hidden = false;
+    figure.hidden = true;
     figure.onload = () => {
-      if (ticket === tickets.view) result.dataset.view = view;
+      if (ticket !== tickets.view) return;
+      drawing.hidden = true;
+      figure.hidden = false;
+      result.dataset.view = view;
     };
-    loadImage(figure, body.figure, "the figure");
+    loadImage(figure, body.figure, "the figure", () => {
+      if (ticket === tickets.view) drawing.hidden = true;
+    });
     enlarge(figure, 640);
     result.hidden = false;
   }
@@ -908,6 +973,7 @@
     });
 
     window.addEventListener("popstate", () => {
+      keyRun = false;
       const prev = state;
       const { next, problems } = readUrl();
       state = next;
@@ -936,6 +1002,7 @@
       return;
     }
     for (const layer of layers) layerByName.set(layer.name, layer);
+    defaultHint = $("#view-hint").textContent.replace(/\s+/g, " ").trim();
     renderHeader();
     renderLayers();
     const { next, problems } = readUrl();
