@@ -362,6 +362,8 @@ def test_a_broken_image_clears_the_last_ones_maps_and_is_marked_in_the_strip(pag
     page.wait_for_selector("#current-broken", state="visible")
     assert page.locator("#current-image").is_hidden()
     page.wait_for_selector("#unit-figures", state="hidden")
+    page.wait_for_function("document.querySelector('#error-text').textContent.includes('notes')")
+    assert page.text_content("#error-text").count("val:3") == 1  # the image named once
     page.click('#strip button[data-image="val:4"]')  # a good image shows again
     page.wait_for_selector('#maps[data-image="val:4"]', state="visible")
     page.wait_for_function(LOADED, arg="#current-image, #unit-figures img")

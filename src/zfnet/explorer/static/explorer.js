@@ -127,8 +127,8 @@
       try {
         await api(src);
         showError(`${what} did not load`);
-      } catch (err) {
-        showError(`${what}: ${err.message}`);
+      } catch (err) {  // the server's message may name the image already
+        showError(err.message.includes(what) ? err.message : `${what}: ${err.message}`);
       }
     };
     img.src = src;
