@@ -234,7 +234,7 @@ def _huge_png(w: int, h: int) -> bytes:
     ("/api/projection.png?image=val:0&layer=conv2&unit=1&rule=magic", 400,
      ("magic", "deconvnet, guided, gradient")),
     ("/api/maps?image=val:0", 400, ("layer",)),
-    ("/api/topk.png?layer=conv1&unit=0", 400, ("not mined yet",)),
+    ("/api/topk.png?layer=conv1&unit=0", 404, ("not mined yet",)),  # as occlusion's
     ("/api/occlusion.png?image=val:0", 404, ("computes them",)),
     ("/api/jobs/nope", 404, ("no job",)),
     ("/api/nothing", 404, ("not found",)),

@@ -731,7 +731,7 @@ class Explorer:
         unit = self.unit_index(lr, unit)
         t = self.topk_ready(lr.name)
         if t is None:
-            raise ExplorerError(f"the top-{self.k} of {lr.name} is not mined yet: GET "
+            raise NotFoundError(f"the top-{self.k} of {lr.name} is not mined yet: GET "
                                 f"/api/topk?layer={lr.name}&unit={unit} starts it")
 
         def draw() -> bytes:
