@@ -333,3 +333,8 @@ def test_class_names_from_a_file(code, tmp_path) -> None:
     table = json.loads((out / "sections" / "occlusion.json").read_text())["tables"][0]
     predicted = [row[table["columns"].index("predicted")] for row in table["rows"]]
     assert len(predicted) == 2 and set(predicted) <= {"cat", "dog", "fish"}
+    # photos have no labels: each row named by its file, no true-class column
+    assert table["columns"][:3] == ["image", "predicted", "p(predicted)"]
+    assert all(str(row[0]).endswith((".png", ".jpg")) for row in table["rows"])
+    figure = json.loads((out / "sections" / "occlusion.json").read_text())["figures"][0]
+    assert "(d) p(predicted class)" in figure["caption"] and "val images" not in figure["caption"]

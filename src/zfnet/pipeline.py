@@ -237,7 +237,7 @@ def correspondence(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
 
 
 def probes(model: nn.Module, data: str, run_dir: str | Path, per_class: int = 20,
-           n_test: int = 1000, transfer_from_scratch: dict[int, float] | None = None, *,
+           n_test: int = 1000, *,
            preprocessing: Any = None, batch_size: int = 128) -> Any:
     """Table 7: linear probes per layer (`zfnet.analyses.probes.probe_layers`), trained on
     `per_class` training images per class of `data` (centre crops), tested on the first
@@ -260,7 +260,7 @@ def probes(model: nn.Module, data: str, run_dir: str | Path, per_class: int = 20
     rows = linear_probes(
         model, DataLoader(_centre(few, "train"), batch_size=batch_size, collate_fn=collate),
         DataLoader(test, batch_size=batch_size, collate_fn=collate), layers)
-    probes_section(run_dir, rows, _images_per_class(few.train, per_class), data)
+    probes_section(run_dir, rows, _images_per_class(few.train, per_class), data, len(test))
     return rows
 
 

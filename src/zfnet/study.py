@@ -163,7 +163,7 @@ def study(
 
 
 def study_section(run_dir: str | Path, rows: list[dict[str, Any]], data: str, epochs: int,
-                  order: int = 85):
+                  order: int = 78):
     """Write the Table 3 section: this run's errors beside the paper's."""
     from zfnet.report import Section, Table, write_section
 

@@ -41,6 +41,9 @@ def test_evolution_settles_when_weights_stop_changing(tmp_path) -> None:
     (s,) = read_sections(tmp_path)
     assert len(s.figures) == 2 and s.tables[0].rows[0][-1] == 2
     assert DISPLAY_CAPTION in s.caption
+    assert "over 12 training images" in s.caption  # how many were searched
+    maps = ", ".join(map(str, res.maps["conv1"]))
+    assert s.figures[0].caption.startswith(f"conv1: maps {maps} (rows)")  # no Python list
 
 
 def test_render_evolution_draws_projections_by_the_display_rule(tmp_path) -> None:

@@ -48,6 +48,9 @@ def test_gallery_end_to_end(tmp_path) -> None:
     assert "negative" in section.caption.lower() or "dark" in section.caption
     assert "guided" in section.caption
     assert DISPLAY_CAPTION in section.caption  # says how projections became pixels
+    assert section.tables[0].caption == (  # in words, for a reader (zfnet_small has LRN)
+        "Maps shown: those with the strongest top activation (the first layer: all of them); "
+        "the way down undoes contrast normalisation by its gradient.")
     assert (run / "gallery" / "topk.pt").is_file()
     # A projection in the gallery is the engine's projection of that mined activation.
     t = res.topk["conv3"]
@@ -198,6 +201,7 @@ def test_gallery_on_mobilenet_v2_flat_layers_and_non_square_images(tmp_path) -> 
     (section,) = [s for s in read_sections(tmp_path) if s.key == "topk_gallery"]
     assert section.tables[0].rows[-1][3] == "whole image"
     assert "whole image" in section.caption
+    assert "contrast normalisation" not in section.tables[0].caption  # MobileNet has none
     # non-square inputs: tiles of rows x columns
     g = torch.Generator().manual_seed(0)
     wide = TensorDataset(torch.randn(4, 3, 48, 64, generator=g) * 60, torch.zeros(4).long())

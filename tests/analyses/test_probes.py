@@ -58,9 +58,13 @@ def test_probes_section(tmp_path) -> None:
     from zfnet.report import read_sections
 
     probes_section(tmp_path, [ProbeRow("pool1", 192, {"softmax": 0.5, "svm": 0.4})], 10, "x",
-                   transfer_rows=[[10, "50%", "20%"]])
+                   n_test=300)
     (s,) = read_sections(tmp_path)
-    assert s.tables[0].rows == [["pool1", 192, "50.0%", "40.0%"]] and len(s.tables) == 2
+    assert s.tables[0].rows == [["pool1", 192, "50.0%", "40.0%"]] and len(s.tables) == 1
+    assert s.title == "Features per layer (Table 7)"  # transfer is its own section
+    assert "tested on 300 held-out images" in s.tables[0].caption
+    assert "tested on 300 held-out images" in s.caption
+    assert "transfer" not in s.caption.lower()
 
 
 def test_probes_on_any_cnn() -> None:

@@ -30,7 +30,20 @@ def test_maps_per_step_are_kept_and_drawn(tmp_path) -> None:
         assert ex.shape == (4, 3, 32, 32)
         torch.testing.assert_close(ex[0], project(model, x, "conv3", channels, rule=rule)[0])
         assert not torch.allclose(ex[-1], ex[0])  # every layer below re-initialised
-    randomization_section(tmp_path, res)
+    drawn = {}
+
+    def plot_curves(x, panels, path, xlabel, xticks=None):  # what the plot is told
+        drawn.update(x=list(x), xlabel=xlabel, xticks=xticks)
+        return real_plot(x, panels, path, xlabel, xticks)
+
+    from zfnet.report import plots
+    real_plot = plots.plot_curves
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plots, "plot_curves", plot_curves)
+        randomization_section(tmp_path, res)
+    # each step named under its point, not a list squeezed into the axis label
+    assert drawn == {"x": [1, 2, 3], "xlabel": "re-initialised from the top down to",
+                     "xticks": ["conv3", "conv2", "conv1"]}
     (s,) = read_sections(tmp_path)
     assert [f.path for f in s.figures] == ["figures/randomization.png",
                                            "figures/randomization_maps.png"]

@@ -157,7 +157,7 @@ def correspondence(
 
 def correspondence_section(
     run_dir: str | Path, rows: Sequence[CorrespondenceRow], n_images: int, what: str,
-    order: int = 70,
+    order: int = 75,
 ):
     """Write the Table 1 section: Δ per part and layer beside the paper's values."""
     from zfnet.report import Section, Table, write_section

@@ -40,6 +40,7 @@ class EvolutionResult:
     # layer -> (maps, epochs): each map's own similarity to its last epoch (`similarity` is
     # the mean over the maps)
     unit_similarity: dict[str, Tensor] = field(default_factory=dict)
+    images: int = 0  # the training images searched at each epoch
 
 
 def feature_evolution(
@@ -94,7 +95,7 @@ def feature_evolution(
         chosen = {layer: select_maps(first[2][layer], n_maps) for layer in layers}
     else:
         chosen = {layer: [int(c) for c in maps[layer]] for layer in layers}
-    res = EvolutionResult([], chosen)
+    res = EvolutionResult([], chosen, images=per_pass)
     per_ckpt = []  # one pass per checkpoint for all layers: {layer: (M, 1, C, rf, rf)}
     for i in range(len(checkpoints)):
         if i == last and first is not None:
@@ -176,7 +177,7 @@ def render_unit_evolution(evolution: UnitEvolution | Tensor, path: str | Path | 
     return render_evolution(proj[None], path, min_side)
 
 
-def evolution_section(run_dir: str | Path, result: EvolutionResult, order: int = 50):
+def evolution_section(run_dir: str | Path, result: EvolutionResult, order: int = 40):
     """Write the Fig. 4 figures (one per layer) and the report section."""
     from zfnet.report import Figure, Section, Table, write_section
 
@@ -185,14 +186,16 @@ def evolution_section(run_dir: str | Path, result: EvolutionResult, order: int =
     for layer, proj in result.projections.items():
         path = render_evolution(proj, run_dir / "figures" / "evolution" / f"{layer}.png")
         figures.append(Figure(str(path.relative_to(run_dir)),
-                              f"{layer}: maps {result.maps[layer]} (rows), epochs "
+                              f"{layer}: maps {', '.join(map(str, result.maps[layer]))} "
+                              "(rows), epochs "
                               f"{', '.join(map(str, result.epochs))} (columns)"))
     rows = [[layer] + [f"{v:.2f}" for v in sims] + [result.settled[layer] or "not yet"]
             for layer, sims in result.similarity.items()]
     section = Section(
         key="evolution", title="Feature evolution during training (Fig. 4)", order=order,
         caption=(
-            "For a few feature maps of each layer, the strongest activation over the training "
+            "For a few feature maps of each layer, the strongest activation over "
+            + (f"{result.images} " if result.images else "the ") + "training "
             "images at each kept epoch, projected to pixels with the deconvnet (rows: maps; "
             "columns: epochs). The table gives, per layer and epoch, the mean cosine similarity "
             "of the projection to the last epoch's, and the first epoch from which it stays "

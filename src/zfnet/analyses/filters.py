@@ -119,7 +119,7 @@ def filters_section(
     models: dict[str, torch.nn.Module],
     max_activation: dict[str, dict[str, torch.Tensor]] | None = None,
     layers: tuple[str, ...] | None = ("conv1", "conv2"),
-    order: int = 40,
+    order: int = 60,
     input_size: int | tuple[int, int] | None = None,
 ):
     """Fig. 6: filter mosaics of `layers` for each labelled model and a table of the diagnostics.
@@ -163,7 +163,10 @@ def filters_section(
             "Table: dominance = largest / median filter RMS (large: one filter dominates); dead "
             "= near-zero filters or maps never active on the validation images (measured after "
             "the layer's ReLU, on zfnet's models; near-zero filters alone elsewhere); high-freq = "
-            "share of filter energy above half the Nyquist frequency."
+            "share of filter energy above half the Nyquist frequency. Max RMS is in the layer's "
+            "own units: a first layer that reads the paper's 0..255 pixels (std ~60) has "
+            "weights ~60x smaller than one reading unit-scale inputs (zfnet caps its RMS at "
+            "0.1 / 60, the others' at 0.1)."
         ),
         figures=figures,
         tables=[Table(["model", "layer", "filters", "max RMS", "dominance", "dead",

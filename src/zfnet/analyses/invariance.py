@@ -141,7 +141,7 @@ def invariance_section(
     image_names: Sequence[str],
     key: str = "invariance",
     title: str = "Invariance (Fig. 5)",
-    order: int = 60,
+    order: int = 50,
 ):
     """Write one figure per transformation (distance at the two layers, class probability, one
     curve per image) and the report section; returns the Section."""

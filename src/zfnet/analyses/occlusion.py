@@ -45,7 +45,7 @@ from torch import nn
 
 from zfnet.activations import capture
 from zfnet.analyses.classes import labels_are_classes
-from zfnet.data.picks import pick_items
+from zfnet.data.picks import file_name, pick_items
 from zfnet.deconvnet import PRECISIONS
 from zfnet.display import CAPTION as DISPLAY_CAPTION
 from zfnet.display import projection_to_uint8
@@ -582,8 +582,9 @@ def occlusion_report(
         panels.append((bundle.raw_val(i), r))
         predicted = (names[r.base_label] if names and r.base_label < len(names)
                      else str(r.base_label))
-        true = bundle.class_names[y] if 0 <= y < len(bundle.class_names) else "-"
-        rows.append([i, true, predicted,
+        true = [bundle.class_names[y] if 0 <= y < len(bundle.class_names) else "-"] \
+            if bundle.class_names else []  # a folder of photos has none
+        rows.append([file_name(val, i) or i, *true, predicted,
                      round(r.base_probability, 3), round(float(r.probability.min()), 3),
                      f"{r.layer}:{r.feature_map}"])
     fig_path = plot_occlusion(panels, names, run_dir / "occlusion" / "fig7_occlusion.png")
@@ -594,9 +595,9 @@ def occlusion_report(
                                "class_followed": "label" if own else "predicted"}
     pointing_text = ""
     followed = "true" if own else "predicted"
-    tables = [Table(["val image", "true class", "predicted", f"p({followed})",
-                     f"min p({followed}) occluded", "strongest map"], rows,
-                    "The images of the figure.")]
+    tables = [Table(["image", *(["true class"] if bundle.class_names else []), "predicted",
+                     f"p({followed})", f"min p({followed}) occluded", "strongest map"], rows,
+                    "The images of the figure, in its order.")]
     if hasattr(val, "sample") and n_pointing > 0:
         pg = pointing_game(model, bundle, n_pointing, size=size, stride=stride, fill=fill,
                            layer=layer, batch_size=batch_size, method=method,
@@ -617,9 +618,10 @@ def occlusion_report(
                              classes="" if own else OTHER_CLASSES)
     write_section(run_dir, Section(
         key="occlusion", title="Occlusion sensitivity (Fig. 7)", caption=caption,
-        figures=[Figure(str(fig_path.relative_to(run_dir)), "Rows: val images. Columns: "
-                        "(a) image, (b) layer activation, (c) deconv projection, "
-                        "(d) p(true class), (e) most probable label.")],
+        figures=[Figure(str(fig_path.relative_to(run_dir)), "Rows: the images of the table. "
+                        "Columns: (a) image, (b) layer activation, (c) "
+                        + ("gradient" if rules == {"gradient"} else "deconv") + " projection, "
+                        f"(d) p({followed} class), (e) most probable label.")],
         tables=tables, metrics=metrics, order=70,
     ))
     return metrics

@@ -142,33 +142,28 @@ def transfer(
 
 def probes_section(
     run_dir: str | Path, rows: Sequence[ProbeRow], per_class: int | str, data: str,
-    transfer_rows: Sequence[Sequence[object]] | None = None, order: int = 80,
+    n_test: int | None = None, order: int = 84,
 ):
-    """Write the Table 7 section (accuracy per layer and classifier; `per_class`: the training
-    images per class, a number or a text) and, optionally, a transfer
-    table (rows: [images per class, fixed-feature accuracy, from-scratch accuracy])."""
+    """Write the Table 7 section: accuracy per layer and classifier; `per_class`: the training
+    images per class (a number or a text), `n_test` the held-out images they are tested on."""
     from zfnet.report import Section, Table, write_section
 
     kinds = list(rows[0].accuracy)
+    tested = f", tested on {n_test} held-out images" if n_test is not None else ""
     tables = [Table(
         ["layer", "features"] + [f"{k} accuracy" for k in kinds],
         [[r.layer, r.dim] + [f"{100 * r.accuracy[k]:.1f}%" for k in kinds] for r in rows],
-        f"linear classifiers on {per_class} training images per class of {data}",
+        f"linear classifiers on {per_class} training images per class of {data}{tested}",
     )]
-    if transfer_rows:
-        tables.append(Table(["images per class", "layers 1-7 fixed + new softmax",
-                             "trained from scratch"], [list(r) for r in transfer_rows],
-                            "transfer (Tables 4-5)"))
     section = Section(
-        key="probes", title="Features per layer (Table 7) and transfer (Tables 4–5)",
+        key="probes", title="Features per layer (Table 7)",
         order=order,
         caption=(
             "A linear classifier (softmax = logistic regression, and a linear SVM) trained on "
             "the features of one layer at a time (conv maps average-pooled to 2x2, standardised), "
-            "tested on held-out images. The paper (Table 7): accuracy grows with depth — the "
-            "upper layers' features are the most discriminative. Transfer keeps layers 1-7 "
-            "fixed and trains only a new softmax on few images per class, against the same model "
-            "trained from scratch on those images (the paper's Caltech-101/256 tables)."
+            f"tested on {n_test if n_test is not None else 'the'} held-out images. The paper "
+            "(Table 7): "
+            "accuracy grows with depth — the upper layers' features are the most discriminative."
         ),
         tables=tables,
     )

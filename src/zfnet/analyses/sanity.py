@@ -314,15 +314,14 @@ def randomization_section(
         for metric in ("ssim", "spearman")
     }
     names = [_short(s) for s in result.steps]
-    # under each panel (about 60 characters fit): the names when few, else their number
-    listed = ", ".join(names)
-    if len(names) > MAX_SHOWN or len(listed) > 40:
-        listed = f"{len(names)}, see the table"
     independent = result.mode == "independent"
     stem = "randomization_independent" if independent else "randomization"
+    # each step named under its point when they are few, else numbered (the table names them)
+    named = len(names) <= MAX_SHOWN and max(map(len, names), default=0) <= 24
+    what = "the one layer re-initialised" if independent else "re-initialised from the top down to"
     path = plot_curves(steps, panels, run_dir / "figures" / f"{stem}.png",
-                       xlabel=(f"the one layer re-initialised ({listed})" if independent else
-                               f"layers re-initialised from the top ({listed})"))
+                       xlabel=what if named else f"{what} step N (the table names them)",
+                       xticks=names if named else None)
     rows = [[n] + [f"{result.scores[r]['spearman'][i]:.3f}" for r in result.scores]
             for i, n in enumerate(names)]
     figures = [Figure(str(path.relative_to(run_dir)), "similarity per randomisation step")]

@@ -200,7 +200,7 @@ def transfer_study(
 
 
 def transfer_section(run_dir: str | Path, rows: Sequence[TransferRow], source: str,
-                     target: str, layer: str = "relu7", order: int = 82):
+                     target: str, layer: str = "relu7", order: int = 80):
     """Write the Tables 4–5 section: accuracy per N, fixed features vs from scratch."""
     from zfnet.report import Section, Table, write_section
 

@@ -36,11 +36,15 @@ def plot_curves(
     panels: dict[str, dict[str, Sequence[float]]],
     path: str | Path,
     xlabel: str = "epoch",
+    xticks: Sequence[str] | None = None,
 ) -> Path:
-    """One panel per entry of `panels` ({panel title: {series label: values}}), saved as PNG.
+    """One panel per entry of `panels` ({panel title: {series label: values}}), saved as PNG;
+    `xticks`: a label for each x (layer names), slanted so that long ones fit.
 
     NaN values (epochs without validation) are left out and the points around them joined.
+    Panels of the same series share one legend, below them, where it hides no point.
     """
+    shared = len({tuple(series) for series in panels.values()}) == 1
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
     for ax, (title, series) in zip(axes[0], panels.items(), strict=True):
         for label, ys in series.items():
@@ -49,9 +53,19 @@ def plot_curves(
             ax.plot(xs[seen], vs[seen], marker="o", ms=3, label=label)
         ax.set_title(title)
         ax.set_xlabel(xlabel)
+        if xticks is not None:
+            ax.set_xticks(list(x), list(xticks), rotation=30, ha="right", fontsize=7)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+        if not shared:
+            ax.legend(fontsize=8)
+    if shared:
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        rows = -(-len(labels) // 5)  # at most 5 series a row
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8,
+                   frameon=False)
+        fig.tight_layout(rect=(0, 0.07 * rows, 1, 1))
+    else:
+        fig.tight_layout()
     return _save(fig, path)
 
 
