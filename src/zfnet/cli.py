@@ -497,6 +497,7 @@ def train_cmd(**opts) -> None:
         summary = run_training(config)
     except NonFiniteLossError as e:
         raise click.ClickException(str(e)) from e
+    _training_report(summary["run_dir"])
     final = summary["final"]
     if final and final.get("val_top1_error") is not None:
         click.echo(f"epoch {final['epoch']}: val top-1 error {final['val_top1_error']:.2%}, "
@@ -521,6 +522,31 @@ def train_cmd(**opts) -> None:
         sys.exit(EXIT_INTERRUPTED[signal.Signals[summary["signal"] or "SIGTERM"]])
 
 
+def _training_report(run_dir: str) -> None:
+    """After a run (finished, or stopped after saving a checkpoint): its "Training" section
+    (curves from metrics.csv) written into the run and RUN/index.html rebuilt, by the first
+    process only. A failure here is a warning: the run's checkpoints are already saved."""
+    import os
+
+    if os.environ.get("RANK", "0") != "0":
+        return
+    try:
+        from zfnet.report import build_report
+        from zfnet.report.plots import read_metrics_csv
+        from zfnet.report.training import training_section
+
+        metrics = Path(run_dir) / "metrics.csv"
+        if not metrics.is_file() or not read_metrics_csv(metrics):
+            return  # stopped within its first epoch: nothing to plot yet
+        training_section(run_dir)
+        click.echo(f"report: {build_report(run_dir).resolve()}")
+    except (Exception, KeyboardInterrupt) as e:  # the run is saved; only its page is missing
+        why = "stopped by SIGINT" if isinstance(e, KeyboardInterrupt) else \
+            f"{type(e).__name__}: {e}"
+        click.echo(f"warning: the run is saved, but its report page was not written ({why}); "
+                   f"`zfnet report {run_dir}` rebuilds it from the sections there", err=True)
+
+
 @main.command("eval", short_help="Top-1/top-5 error and confusion matrix of a model")
 @click.option("--checkpoint", type=click.Path(exists=True),
               help="Run directory (its last checkpoint), checkpoint directory or weights file.")
@@ -533,6 +559,10 @@ def train_cmd(**opts) -> None:
 @click.option("--ten-crop", is_flag=True, help="Average the softmax of the paper's 10 crops.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False),
               help="Write every result (per-class accuracy, confusion matrix) to this file.")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Add the report section \"Evaluation\" (per-class accuracy, confusion "
+                   "matrix) to this directory, usually the run itself (--out RUN), and rebuild "
+                   "its index.html.")
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True,
               help="Images per batch in each process.")
 @click.option("--device", default="auto", show_default=True, callback=_device,
@@ -554,15 +584,20 @@ def train_cmd(**opts) -> None:
 def eval_cmd(checkpoint: str | None, model: str | None, weights: str | None,
              mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
              resize: int | None, crop: int | None, data: str | None, ten_crop: bool,
-             json_out: str | None, batch_size: int, device: str, workers: int | str | None,
+             json_out: str | None, out: str | None, batch_size: int, device: str,
+             workers: int | str | None,
              loader: str | None, amp: str, live_weights: bool, strict: bool,
              compile: bool) -> None:
     """Top-1 / top-5 error, per-class accuracy and confusion matrix on the validation split:
     of a zfnet run (--checkpoint), or of any model (--model, e.g. torchvision:resnet50
     --weights DEFAULT --data imagefolder:DIR, to check a pretrained model's published error).
 
+    With --out DIR (e.g. the run: `zfnet eval --checkpoint RUN --out RUN`) the results also
+    become the section "Evaluation" of DIR's report page (DIR/index.html, rebuilt).
+
     Many processes: `torchrun --nproc-per-node N -m zfnet.cli eval ...` scores a share of the
-    split in each and adds up the counts; the first process prints and writes --json."""
+    split in each and adds up the counts; the first process prints and writes --json and
+    --out."""
     import json
     from pathlib import Path
 
@@ -608,6 +643,13 @@ def eval_cmd(checkpoint: str | None, model: str | None, weights: str | None,
     if json_out:
         Path(json_out).write_text(json.dumps(r, indent=1) + "\n")
         click.echo(f"wrote {json_out}")
+    if out:
+        from zfnet.report import build_report
+        from zfnet.report.training import evaluation_section
+
+        Path(out).mkdir(parents=True, exist_ok=True)
+        evaluation_section(out, r)
+        click.echo(f"report: {build_report(out).resolve()}")
 
 
 def _byte_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
@@ -933,6 +975,14 @@ def atlas_cmd(model_options: ModelOptions, data: str | None, out: str,
             batch_size=model_options.batch_size, progress=progress,
             num_workers=_mining_workers(workers, resolve_device(model_options.device)))
     click.echo(f"atlas: {index.resolve()}")
+    run_dir = Path(out).parent
+    if Path(out).name == "atlas" and (run_dir / "sections").is_dir():  # RUN/atlas: the run's
+        from zfnet.report import build_report  # report page links to it from now on
+
+        try:
+            click.echo(f"report: {build_report(run_dir).resolve()}")
+        except ValueError:  # no section there after all: no page to link
+            pass
 
 
 @main.group("analyze", short_help="The paper's analyses (Figs. 4-8, Tables 1, 3-7)")

@@ -195,6 +195,21 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_run, tmp_path, args, mess
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
+def test_an_atlas_in_the_run_and_the_runs_report_link_each_other(tiny_run, tmp_path) -> None:
+    """`zfnet train` wrote the run's page; `zfnet atlas --out RUN/atlas` links back to it and
+    rebuilds it with a link to the atlas."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert 'href="atlas/index.html"' not in (run / "index.html").read_text()
+    res = CliRunner().invoke(main, ["atlas", "--checkpoint", str(run), "--out",
+                                    str(run / "atlas"), "--layer", "conv1", "--images", "4",
+                                    "--maps-per-layer", "1", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert 'href="../index.html"' in (run / "atlas" / "index.html").read_text()
+    assert 'href="atlas/index.html"' in (run / "index.html").read_text()
+    assert f"report: {(run / 'index.html').resolve()}" in res.output
+
+
 def test_a_rule_undefined_through_the_network_is_said_before_mining(tmp_path) -> None:
     torch.manual_seed(0)
     weights = tmp_path / "mnv3.pth"
@@ -313,3 +328,11 @@ def test_a_folder_of_photos_names_its_images(tmp_path) -> None:
     assert [u["name"] for u in unit["topk"]] == [files[u["image"]] for u in unit["topk"]]
     html = (out / unit["page"]).read_text()
     assert all(f"<td>{u['name']} (#{u['image']})</td>" in html for u in unit["topk"])
+
+
+def test_activations_have_four_significant_digits_with_their_zeros() -> None:
+    from zfnet.explorer.atlas import _ENV
+
+    num = _ENV.filters["num"]
+    assert [num(v) for v in (3.935, 3.44, 1234.0, 0.00123, None)] == [
+        "3.935", "3.440", "1234", "0.001230", "–"]

@@ -84,3 +84,117 @@ def test_the_command_removes_the_page_once_its_last_section_is_deleted(tmp_path)
     res = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert res.exit_code == 1 and "has no report sections" in res.output
     assert (tmp_path / "index.html").read_text() == "<html>the user's own page</html>"
+
+
+def _data_uris(page: str) -> list[bytes]:
+    import base64
+
+    return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
+
+
+def test_figures_are_scaled_smoothly_not_nearest_neighbour(tmp_path) -> None:
+    """Plots are shown at or below their drawn size: `image-rendering: pixelated` there drops
+    1-px strokes (the minus signs of an axis, letters of a title)."""
+    plot_curves([-0.3, 0, 0.3], {"p": {"a": [1, 2, 3]}}, tmp_path / "figs" / "c.png")
+    write_section(tmp_path, Section("a", "A", "c", figures=[Figure("figs/c.png", "curve")]))
+    page = build_report(tmp_path).read_text()
+    assert "<img" in page and "pixelated" not in page and "crisp-edges" not in page
+
+
+def test_a_wide_figure_is_embedded_reduced_and_links_to_its_full_size_file(tmp_path) -> None:
+    from io import BytesIO
+
+    from PIL import Image
+
+    from zfnet.report.html import MAX_EMBED_WIDTH
+
+    (tmp_path / "figs").mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (600, 5000, 3), dtype=np.uint8)).save(
+        tmp_path / "figs" / "wide.png")
+    Image.fromarray(rng.integers(0, 255, (50, 400, 3), dtype=np.uint8)).save(
+        tmp_path / "figs" / "small.png")
+    full = (tmp_path / "figs" / "wide.png").read_bytes()
+    write_section(tmp_path, Section("a", "A", "c", figures=[Figure("figs/wide.png", "gallery"),
+                                                            Figure("figs/small.png", "tiles")]))
+    page = build_report(tmp_path).read_text()
+    wide, small = (Image.open(BytesIO(b)) for b in _data_uris(page))
+    assert wide.size == (MAX_EMBED_WIDTH, 264)  # 600 * 2200 / 5000
+    assert small.tobytes() == Image.open(tmp_path / "figs" / "small.png").tobytes()  # as it is
+    assert len(page) < len(full) / 3  # 3.3x fewer pixels; the full file would be ~4/3 its size
+    assert (tmp_path / "figs" / "wide.png").read_bytes() == full  # the file is left full-size
+    assert '<a href="figs/wide.png"><img' in page and 'href="figs/small.png"' not in page
+    assert "full 5000 × 600 px file" in page
+
+
+def test_the_configuration_is_in_the_table_of_contents(tmp_path) -> None:
+    write_section(tmp_path, Section("a", "A", "c"))
+    (tmp_path / "config.json").write_text('{"epochs": 3}')
+    page = build_report(tmp_path).read_text()
+    toc = page[page.index("<nav>"):page.index("</nav>")]
+    assert re.findall(r'href="#(\w+)"', toc) == ["a", "config"]
+    assert 'id="config"' in page
+
+
+def _contrast(hex_colour: str, background: str = "#ffffff") -> float:
+    """WCAG 2 contrast ratio of two #rgb / #rrggbb colours."""
+    def luminance(h: str) -> float:
+        h = h.lstrip("#")
+        h = "".join(c * 2 for c in h) if len(h) == 3 else h
+        c = [int(h[i:i + 2], 16) / 255 for i in (0, 2, 4)]
+        c = [v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4 for v in c]
+        return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2]
+
+    hi, lo = sorted((luminance(hex_colour), luminance(background)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def test_text_colours_meet_wcag_aa_on_white(tmp_path) -> None:
+    from importlib.resources import files
+
+    write_section(tmp_path, Section("a", "A", "c"))
+    page = build_report(tmp_path).read_text()
+    atlas = (files("zfnet.explorer") / "templates" / "atlas_base.html.j2").read_text()
+    for css in (page[:page.index("</style>")], atlas[:atlas.index("</style>")]):
+        colours = re.findall(r"(?<![-\w])color:\s*(#[0-9a-fA-F]{3,6})\b", css)
+        assert colours
+        assert [c for c in colours if _contrast(c) < 4.5] == []
+    assert _contrast("#777") < 4.5 <= _contrast("#555")
+
+
+def test_the_report_and_an_atlas_in_the_run_link_each_other(tmp_path) -> None:
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from zfnet.explorer.atlas import write_atlas
+    from zfnet.models import create_model
+
+    write_section(tmp_path, Section("a", "A", "c"))
+    assert 'href="atlas/index.html"' not in build_report(tmp_path).read_text()  # none yet
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(4, 3, 32, 32) * 50, torch.zeros(4, dtype=torch.long))
+    model = create_model("zfnet_small", input_size=32)
+    atlas = write_atlas(model, data, tmp_path / "atlas", layers=["conv1"], k=2, maps_per_layer=1)
+    assert 'href="../index.html"' in atlas.read_text()  # back to the run's report
+    assert 'href="atlas/index.html"' in build_report(tmp_path).read_text()
+    elsewhere = write_atlas(model, data, tmp_path / "sub" / "atlas", layers=["conv1"], k=2,
+                            maps_per_layer=1)
+    assert 'href="../index.html"' not in elsewhere.read_text()  # no report above it
+
+
+def test_panels_of_the_same_series_share_one_legend_below_them(tmp_path, monkeypatch) -> None:
+    """One legend for the figure, outside the axes, where it hides no point; panels of
+    different series keep their own."""
+    from zfnet.report import plots
+
+    figs = []
+    real = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (figs.append(fig), real(fig, path))[1])
+    series = {name: [1, 2, 3] for name in ("astronaut", "chelsea", "coffee")}
+    plot_curves([0, 1, 2], {"distance": series, "p(class)": series}, tmp_path / "a.png")
+    (fig,) = figs
+    assert len(fig.legends) == 1 and not any(ax.get_legend() for ax in fig.axes)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == list(series)
+    plot_curves([0, 1], {"loss": {"train": [1, 2]}, "error": {"top-1": [1, 2]}},
+                tmp_path / "b.png")
+    assert not figs[1].legends and all(ax.get_legend() for ax in figs[1].axes)

@@ -125,3 +125,87 @@ def test_a_relative_data_path_is_saved_absolute(tmp_path, monkeypatch) -> None:
         "&size=32"
     assert absolute_spec("synthetic?n_train=8") == "synthetic?n_train=8"
     assert absolute_spec("imagefolder:/data/x") == "imagefolder:/data/x"
+
+
+def test_train_writes_its_report_and_eval_out_adds_the_evaluation(tmp_path) -> None:
+    """`zfnet train` ends with the Training section and RUN/index.html; `zfnet eval --out RUN`
+    adds the Evaluation section, printing and writing --json exactly as without --out."""
+    run = tmp_path / "run"
+    res = CliRunner().invoke(main, [
+        "train", "--data", "synthetic?n_train=16&n_val=8&size=32", "--model", "zfnet_small",
+        "--out", str(run), "--epochs", "1", "--batch-size", "8", "--quiet", "--no-tensorboard"])
+    assert res.exit_code == 0, res.output
+    assert f"report: {(run / 'index.html').resolve()}" in res.output
+    assert (run / "sections" / "training.json").is_file()
+    page = (run / "index.html").read_text()
+    assert 'id="training"' in page and 'id="evaluation"' not in page
+    plain = CliRunner().invoke(main, ["eval", "--checkpoint", str(run),
+                                      "--json", str(tmp_path / "plain.json")])
+    assert plain.exit_code == 0, plain.output
+    assert not (run / "sections" / "evaluation.json").exists()
+    res = CliRunner().invoke(main, ["eval", "--checkpoint", str(run), "--out", str(run),
+                                    "--json", str(tmp_path / "e.json")])
+    assert res.exit_code == 0, res.output
+    assert res.output == plain.output.replace("plain.json", "e.json") + \
+        f"report: {(run / 'index.html').resolve()}\n"
+    assert (tmp_path / "e.json").read_text() == (tmp_path / "plain.json").read_text()
+    page = (run / "index.html").read_text()
+    assert 'id="training"' in page and 'id="evaluation"' in page and "per-class accuracy" in page
+    r = json.loads((tmp_path / "e.json").read_text())
+    assert r["top1_error"] == round(r["top1_error"], 6) and r["top5_error"] * 8 % 1 == 0
+    assert "--out" in CliRunner().invoke(main, ["eval", "--help"]).output
+
+
+def test_eval_writes_error_rates_without_float_noise() -> None:
+    """Errors as counts over n: 1 wrong of 3 is 1 / 3 exactly, not 1 - 2 / 3 (and 59 of 1000
+    is 0.059 in eval.json and metrics.csv, not 0.05900000000000005)."""
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from zfnet.train.recipe import evaluate
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3, 3, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.eye(3))  # predicts the input's one-hot class
+    x, y = torch.eye(3).view(3, 3, 1, 1), torch.tensor([0, 1, 0])  # the third is wrong
+    r = evaluate(model, DataLoader(TensorDataset(x, y), batch_size=2), 3)
+    assert 1 - 2 / 3 != 1 / 3 and r["top1_error"] == 1 / 3 and r["top5_error"] == 0
+
+
+def _fake_run(run, monkeypatch, status: str, sig: str | None):
+    """`zfnet train` with a stand-in training that leaves a run of one epoch in `run`."""
+    import zfnet.train
+
+    run.mkdir()
+    (run / "metrics.csv").write_text(
+        "epoch,global_step,lr,train_loss,train_top1_error,val_loss,val_top1_error,"
+        "val_top5_error,epoch_time_s,img_per_s,skipped\n1,4,0.01,2.3,0.9,2.2,0.85,0.4,1.0,50,0\n")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "epoch_0001.pth").write_bytes(b"weights")
+    summary = {"status": status, "signal": sig, "final": {}, "wall_time_s": 1.0,
+               "device": "cpu", "run_dir": str(run), "checkpoint": "c", "plan": None}
+    monkeypatch.setattr(zfnet.train, "train", lambda config: summary)
+    return CliRunner().invoke(main, ["train", "--out", str(run), "--data", "synthetic",
+                                     "--model", "zfnet_small"])
+
+
+def test_a_run_stopped_by_a_signal_still_gets_its_report(tmp_path, monkeypatch) -> None:
+    r = _fake_run(tmp_path / "r", monkeypatch, "interrupted", "SIGTERM")
+    assert r.exit_code == 143, r.output
+    assert 'id="training"' in (tmp_path / "r" / "index.html").read_text()
+
+
+def test_a_report_failure_is_a_warning_and_keeps_the_run(tmp_path, monkeypatch) -> None:
+    import zfnet.report.training
+
+    def broken(run_dir):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(zfnet.report.training, "training_section", broken)
+    r = _fake_run(tmp_path / "r", monkeypatch, "completed", None)
+    assert r.exit_code == 0, r.output
+    assert "warning: the run is saved, but its report page was not written (OSError: disk " \
+        "full)" in r.output
+    assert (tmp_path / "r" / "checkpoints" / "epoch_0001.pth").read_bytes() == b"weights"
+    assert not (tmp_path / "r" / "index.html").exists()

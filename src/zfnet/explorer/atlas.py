@@ -230,7 +230,8 @@ def write_atlas(
         units = _write_layers(tmp, model, dataset, table, topk, evo, rule, shape, show,
                               pixel_scale, meta, drawn)
         _render(tmp / "index.html", "atlas_index.html.j2", root="", meta=meta, layers=table,
-                caption=_caption(meta, table), display_caption=DISPLAY_CAPTION)
+                caption=_caption(meta, table), display_caption=DISPLAY_CAPTION,
+                report=_beside_report(out_dir))
         doc = {**meta, "layers": [
             {"name": layer.name, "folder": layer.slug, "module": layer.module,
              "kind": layer.kind, "maps": layer.maps, "size": layer.size,
@@ -243,6 +244,16 @@ def write_atlas(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out_dir / "index.html"
+
+
+def _beside_report(out_dir: Path) -> bool:
+    """Is there a zfnet report page in the folder above `out_dir` (an atlas in `RUN/atlas`)?"""
+    page = out_dir.parent / "index.html"
+    try:
+        with open(page, "rb") as f:
+            return b'<p class="meta">Made by zfnet on ' in f.read(8192)
+    except OSError:
+        return False
 
 
 def _check_out(out_dir: Path) -> None:
@@ -416,7 +427,8 @@ def _href(path: str) -> str:
 
 
 _ENV.filters["href"] = _href
-_ENV.filters["num"] = lambda v: "–" if v is None else f"{v:.4g}"
+# 4 significant digits, trailing zeros kept (3.440 beside 3.935 in one column)
+_ENV.filters["num"] = lambda v: "–" if v is None else f"{v:#.4g}".removesuffix(".")
 
 
 def _render(path: Path, template: str, **context: Any) -> None:

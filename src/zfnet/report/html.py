@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import jinja2
+from PIL import Image
 
 from zfnet.atomic import write_text_atomic
 from zfnet.report.sections import read_sections
@@ -21,8 +25,40 @@ _ENV = jinja2.Environment(
 )
 
 
-def _data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+# The page is at most 1100 CSS px wide: a figure is embedded at most twice that wide (sharp on
+# a 2x screen); a wider one is downscaled for the page and links to its full-size file.
+MAX_EMBED_WIDTH = 2200
+
+
+@dataclass
+class _Embedded:
+    src: str  # data URI
+    href: str | None = None  # the full-size file (relative to the page) when `src` is reduced
+    full: tuple[int, int] | None = None  # its size (width, height)
+
+
+def _embed(run_dir: Path, rel: str, max_width: int = MAX_EMBED_WIDTH) -> _Embedded:
+    """The figure `run_dir/rel` as a data URI, downscaled (Lanczos) to `max_width` px if wider;
+    the file itself is left as it is."""
+    data = (run_dir / rel).read_bytes()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.width <= max_width:
+                return _Embedded(_png_uri(data))
+            full = im.size
+            if im.mode not in ("RGB", "RGBA", "L", "LA"):
+                im = im.convert("RGBA" if "transparency" in im.info or "A" in im.mode else "RGB")
+            height = max(1, round(im.height * max_width / im.width))
+            small = im.resize((max_width, height), Image.Resampling.LANCZOS)
+    except OSError:  # not an image PIL reads: embedded as it is, as before
+        return _Embedded(_png_uri(data))
+    buf = io.BytesIO()
+    small.save(buf, format="PNG")
+    return _Embedded(_png_uri(buf.getvalue()), href=quote(rel), full=full)
+
+
+def _png_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
 def _fmt(v: Any) -> str:
@@ -38,7 +74,10 @@ def build_report(run_dir: str | Path, title: str | None = None) -> Path:
     """Write `run_dir/index.html` from the sections saved in `run_dir`; return its path.
 
     The page has no external assets (figures are embedded as data URIs), so it opens offline
-    and can be mailed as one file. The run's `config.json`, if present, is shown at the end.
+    and can be mailed as one file; a figure wider than MAX_EMBED_WIDTH px is embedded
+    downscaled and links to its full-size file in `run_dir` (a relative link: it opens where
+    the run's folder is). The run's `config.json`, if present, is shown at the end, and an atlas
+    in `run_dir/atlas` (`zfnet atlas --out RUN/atlas`) is linked.
     ValueError when `run_dir` holds no sections or a section's figure lies outside it.
     """
     run_dir = Path(run_dir)
@@ -48,7 +87,7 @@ def build_report(run_dir: str | Path, title: str | None = None) -> Path:
                          "write some into it first with `zfnet demo`, `zfnet analyze ...` or "
                          "`zfnet visualize topk` (--out)")
     figures = {
-        f.path: _data_uri(run_dir / f.path)
+        f.path: _embed(run_dir, f.path)
         for s in sections
         for f in s.figures
         if (run_dir / f.path).is_file()
@@ -62,6 +101,7 @@ def build_report(run_dir: str | Path, title: str | None = None) -> Path:
         sections=sections,
         figures=figures,
         config=config,
+        atlas=(run_dir / "atlas" / "index.html").is_file(),
         created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     )
     return write_text_atomic(run_dir / "index.html", html)

@@ -72,8 +72,7 @@ def evaluation_section(run_dir: str | Path, result: dict[str, Any], order: int =
         metrics={
             "top-1 error": f"{100 * result['top1_error']:.2f}%",
             "top-5 error": f"{100 * result['top5_error']:.2f}%",
-            "checkpoint epoch": result.get("epoch"),
-        },
+        } | ({"checkpoint epoch": result["epoch"]} if result.get("epoch") is not None else {}),
     )
     write_section(run_dir, section)
     return section
