@@ -30,8 +30,8 @@ def test_demo_writes_every_section(demo_run) -> None:
     out, result = demo_run
     page = (out / "index.html").read_text()
     # every section, in the paper's order: Figs. 2, 4, 5, 6, 7, 8, Tables 4-5, 7, then beyond
-    keys = ("training", "evaluation", "topk_gallery", "evolution", "invariance_dataset",
-            "invariance_photos", "filters", "occlusion", "correspondence", "transfer", "probes",
+    keys = ("training", "evaluation", "topk_gallery", "evolution", "invariance_photos",
+            "invariance_dataset", "filters", "occlusion", "correspondence", "transfer", "probes",
             "randomization", "randomization_independent")
     where = [page.find(f'<section id="{key}"') for key in keys]
     assert -1 not in where and where == sorted(where), dict(zip(keys, where, strict=True))

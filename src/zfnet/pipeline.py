@@ -185,7 +185,7 @@ def invariance(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
         res = [invariance(model, imgs, norm, kind, layers=(low, high), labels=lab)
                for kind in KINDS]
         invariance_section(run_dir, res, tnames, key=key, title=title,
-                           order=60 if key.endswith("photos") else 61)
+                           order=50 if key.endswith("photos") else 51)
         out[key] = {r.kind: {low: r.distance[low].mean().item(),
                              high: r.distance[high].mean().item()} for r in res}
     return out

@@ -129,8 +129,8 @@ def test_unit_pages_show_the_gallerys_topk_and_projections(site, tiny_run, tmp_p
                 zip(t.row[c].tolist(), t.col[c].tolist(), strict=True))
             html = (site / unit["page"]).read_text()
             for u in unit["topk"]:
-                assert f"<td>{u['rank']}</td><td>{u['image']}</td><td>{u['activation']:.4g}" \
-                       f"</td>" in html
+                value = f"{u['activation']:#.4g}".removesuffix(".")
+                assert f"<td>{u['rank']}</td><td>{u['image']}</td><td>{value}</td>" in html
             # the picture is the gallery's block for this map, pixel for pixel
             want = render_layer(gallery.projections[layer["name"]][a: a + 1],
                                 gallery.patches[layer["name"]][a: a + 1], tmp_path / "want.png")
