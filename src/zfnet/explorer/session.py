@@ -46,6 +46,7 @@ from zfnet.analyses.gallery import (
     window,
 )
 from zfnet.analyses.topk import TopK, load_topk, mine_topk, save_topk
+from zfnet.atomic import write_text_atomic
 from zfnet.data.images import BadImageError, load_rgb
 from zfnet.data.picks import file_name
 from zfnet.deconvnet import Forward, Seeds, forward_pass, paste, project_layers, windowed
@@ -682,12 +683,10 @@ class Explorer:
         path = self._topk_path(lr.name)
         path.parent.mkdir(parents=True, exist_ok=True)
         broken = {str(i): why for i, why in sorted(self._broken.items()) if i < self.n_images}
-        for target, write in ((path.with_name("unreadable.json"),
-                               lambda f: f.write_text(json.dumps(broken))),
-                              (path, lambda f: save_topk(result, f))):
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            write(tmp)
-            os.replace(tmp, target)
+        write_text_atomic(path.with_name("unreadable.json"), json.dumps(broken))
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_topk(result, tmp)
+        os.replace(tmp, path)
         self._topk[lr.name] = result[lr.name]
 
     def _unreadable(self) -> list[int]:
