@@ -115,6 +115,8 @@ def running(model: nn.Module, x: torch.Tensor) -> Iterator[None]:
     ValueError naming the input's shape and the first line of PyTorch's reason."""
     try:
         yield
+    except torch.OutOfMemoryError:  # the input fits the model, not the device: as it is
+        raise
     except RuntimeError as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{type(model).__name__} does not run on a "
