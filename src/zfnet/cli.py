@@ -526,9 +526,9 @@ def _training_report(run_dir: str) -> None:
     """After a run (finished, or stopped after saving a checkpoint): its "Training" section
     (curves from metrics.csv) written into the run and RUN/index.html rebuilt, by the first
     process only. A failure here is a warning: the run's checkpoints are already saved."""
-    import os
+    from zfnet.train.distributed import current_rank
 
-    if os.environ.get("RANK", "0") != "0":
+    if current_rank() != 0:
         return
     try:
         from zfnet.report import build_report

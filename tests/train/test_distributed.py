@@ -47,3 +47,13 @@ def test_late_flags_in_two_processes_are_true_where_any_process_posted_true(tmp_
     mp.spawn(_agree_in_two, args=(str(tmp_path / "store"), results), nprocs=2, join=True)
     want = [[False, False], [True, False], [False, True], [True, True]]
     assert results[0] == results[1] == want
+
+
+def test_current_rank_is_torchruns_rank_without_a_group_and_0_without_torchrun(monkeypatch) -> None:
+    monkeypatch.delenv("RANK", raising=False)
+    assert ddp.current_rank() == 0
+    monkeypatch.setenv("RANK", "3")
+    assert ddp.current_rank() == 3  # after the group is left, a later stage still knows
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    info = ddp.setup("cpu")
+    assert (info.rank, info.is_main) == (3, False)

@@ -49,6 +49,7 @@ from zfnet.display import projection_to_uint8, save_png
 from zfnet.graph import check_rule
 from zfnet.models import LayerGeometry, feature_layers, layer_geometries
 from zfnet.report import Figure, Section, Table, write_section
+from zfnet.train.distributed import current_rank
 
 MAP_RULES = ("strongest", "spaced")
 
@@ -372,13 +373,13 @@ def run_topk_gallery(
     if topk is None or any(name not in topk for name in layers):
         if distributed:
             topk = mine_topk_distributed(model, dataset, layers, k, batch_size=batch_size,
-                                         device=device, progress=progress and _rank() == 0,
+                                         device=device, progress=progress and current_rank() == 0,
                                          num_workers=num_workers)
         else:
             topk = mine_topk(model, dataset, layers, k, batch_size=batch_size, device=device,
                              progress=progress, num_workers=num_workers)
     topk = {name: topk[name] for name in layers}
-    if distributed and _rank() != 0:
+    if distributed and current_rank() != 0:
         return GalleryResult(topk=topk, maps={}, projections={})
     save_topk(topk, out_dir / "topk.pt")
     show = display_image or default_display(dataset)
@@ -436,13 +437,6 @@ def run_topk_gallery(
         order=30,
     ))
     return result
-
-
-def _rank() -> int:
-    """This process's rank in the initialised process group (0 without one)."""
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def topk_patches(topk: TopK, maps: Sequence[int], geo: LayerGeometry | None,

@@ -73,15 +73,21 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     return dev
 
 
+def current_rank() -> int:
+    """This process's rank: in the joined process group, else the one torchrun gave it (RANK),
+    else 0. One answer for "is this the first process?" before, during and after `setup`."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
 def setup(device: str = "auto") -> DistInfo:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR…),
     or describe a single process. nccl when this process uses a GPU, gloo otherwise. A group
     joined already (by the caller) is used as it is."""
-    if dist.is_available() and dist.is_initialized():
-        world, rank = dist.get_world_size(), dist.get_rank()
-    else:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
+    joined = dist.is_available() and dist.is_initialized()
+    world = dist.get_world_size() if joined else int(os.environ.get("WORLD_SIZE", "1"))
+    rank = current_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
     if world > 1 and not dist.is_initialized():
