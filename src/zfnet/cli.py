@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -147,22 +146,16 @@ class ModelOptions:
 
 
 def _floats(ctx: click.Context, param: click.Parameter, value: str | None):
-    """A comma list of numbers: --mean in [0, 1], --std > 0 (0..1 units, as torchvision and timm
-    publish them)."""
+    """A comma list of numbers: --mean in [0, 1], --std in (0, 1] (0..1 units, as torchvision
+    and timm publish them), checked by `zfnet.sources.unit_stats`."""
+    from zfnet.sources import unit_stats
+
     if value is None:
         return None
     try:
-        values = tuple(float(v) for v in value.split(","))
-    except ValueError:
-        values = ()
-    what = "numbers in 0..1" if param.name == "mean" else "numbers > 0"
-    if not values or not all(math.isfinite(v) for v in values) or (
-            param.name == "mean" and not all(0 <= v <= 1 for v in values)) or (
-            param.name == "std" and not all(v > 0 for v in values)):
-        raise click.BadParameter(
-            f"{value!r} is not a comma list of {what}, one per channel (or one for all), in "
-            "0..1 units as model cards give them, e.g. 0.485,0.456,0.406")
-    return values
+        return unit_stats(param.name or "", value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 _WEIGHTS = click.option(

@@ -837,24 +837,31 @@ def _outputs(model: nn.Module) -> int | None:
     return last
 
 
+def unit_stats(what: str, values: float | str | Sequence[float]) -> tuple[float, ...]:
+    """A preprocessing `mean` or `std` as numbers in 0..1 units, one per channel or one for all
+    (as model cards and `transforms.Normalize` give them; a string: a comma list): a mean in
+    [0, 1], a std in (0, 1]. ValueError naming the valid range otherwise (0..255 units too)."""
+    try:
+        one = (float(values),) if isinstance(values, (int, float)) else \
+            tuple(float(v) for v in (values.split(",") if isinstance(values, str) else values))
+    except (TypeError, ValueError):
+        one = ()
+    low_ok = (lambda v: v >= 0) if what == "mean" else (lambda v: v > 0)
+    if not one or not all(low_ok(v) and v <= 1 for v in one):  # NaN fails both
+        valid = "[0, 1]" if what == "mean" else "(0, 1]"
+        raise ValueError(f"{what} {values!r} must be numbers in {valid}, in 0..1 units as model "
+                         "cards give them, one per channel or one for all (e.g. "
+                         + ("0.485, 0.456, 0.406)" if what == "mean" else "0.229, 0.224, 0.225)"))
+    return one
+
+
 def _overrides(mean: float | Sequence[float] | None, std: float | Sequence[float] | None,
                resize: int | None, crop: int | None) -> dict[str, Any]:
     """The preprocessing a caller overrides, `mean` and `std` checked in 0..1 units (one
     number: every channel) and turned into the pixels' 0..255 units."""
-    out: dict[str, Any] = {}
-    for what, values in (("mean", mean), ("std", std)):
-        if values is None:
-            continue
-        try:
-            one = [float(values)] if isinstance(values, (int, float)) else \
-                [float(v) for v in values]
-        except (TypeError, ValueError):
-            raise ValueError(f"{what} {values!r} must be numbers in 0..1 units, one per channel "
-                             "or one for all (e.g. 0.485, 0.456, 0.406)") from None
-        if not one or not all(0 <= v <= 1 for v in one):
-            raise ValueError(f"{what} {tuple(one)} must be in 0..1 units, as model cards "
-                             "give them (e.g. 0.485, 0.456, 0.406)")
-        out[what] = tuple(255 * v for v in one)
+    out: dict[str, Any] = {what: tuple(255 * v for v in unit_stats(what, values))
+                           for what, values in (("mean", mean), ("std", std))
+                           if values is not None}
     out.update({k: v for k, v in (("resize", resize), ("crop", crop)) if v is not None})
     return out
 
