@@ -42,3 +42,22 @@ def test_first_item_says_when_every_file_is_broken() -> None:
     assert first_item(Items([0, 1], broken={0})) == (1, ("x1", 1))
     with pytest.raises(ValueError, match="the val split has no readable image .2 file"):
         first_item(Items([0, 1], broken={0, 1}), "the val split")
+
+
+def test_file_names_are_paths_under_the_shared_folder(tmp_path) -> None:
+    """Two cameras' IMG_0001.jpg in one recursive folder are told apart by their subfolder;
+    a lone file is its own name; a Subset names its base dataset's files."""
+    import torch
+    from torch.utils.data import Subset
+
+    from zfnet.data.imagefolder import FolderImages
+    from zfnet.data.picks import file_name
+
+    def ds(paths):
+        return FolderImages(paths, [0] * len(paths), mode="centre", classes=[],
+                            mean=torch.zeros(3, 8, 8), input_size=8)
+
+    two = ds([tmp_path / "a" / "IMG_0001.jpg", tmp_path / "b" / "x" / "IMG_0001.jpg"])
+    assert [file_name(two, i) for i in range(2)] == ["a/IMG_0001.jpg", "b/x/IMG_0001.jpg"]
+    assert file_name(Subset(two, [1]), 0) == "b/x/IMG_0001.jpg"
+    assert file_name(ds([tmp_path / "a" / "one.png"]), 0) == "one.png"

@@ -649,7 +649,7 @@ def test_a_folder_with_broken_files_names_them_and_warns_once(tmp_path) -> None:
             assert c.get("/api/model").json()["default_image"] == "val:1"
             items = c.get("/api/images").json()["items"]
             assert [(i["name"], i["broken"]) for i in items] == [
-                ("aaa.jpg", True), ("b.jpg", False), ("c.png", False)]
+                ("aaa.jpg", True), ("b.jpg", False), ("sub/c.png", False)]  # under the folder
             for _ in range(3):
                 _error(c.get("/api/image/val:0.png"), 400, "aaa.jpg")
             job = c.get("/api/topk?layer=conv1&unit=0").json()["job"]

@@ -21,6 +21,7 @@ changed dataset gets a new mean.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
@@ -142,6 +143,20 @@ class FolderImages(CropDataset):
     def __init__(self, paths: Sequence[Path], targets: Sequence[int], **kwargs: Any) -> None:
         super().__init__(targets, **kwargs)
         self.paths = list(paths)
+
+    @functools.cached_property
+    def _under(self) -> Path | None:
+        """The folder every item's file lies under (None: no files, or paths of two kinds)."""
+        try:
+            return Path(os.path.commonpath(sorted({str(p.parent) for p in self.paths})))
+        except ValueError:  # no paths, or absolute and relative ones mixed
+            return None
+
+    def short_name(self, i: int) -> str:
+        """Item i's file by its path under the folder every item shares (`cat/x.jpg`, not
+        `x.jpg`): two files of one name in two subfolders told apart."""
+        path = self.paths[i]
+        return path.name if self._under is None else path.relative_to(self._under).as_posix()
 
     def full_image(self, i: int) -> torch.Tensor:
         img = decode_file(self.paths[i], self.full_size)  # (3, H, W)

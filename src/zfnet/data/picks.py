@@ -61,8 +61,11 @@ def first_item(ds: Sequence[Any], what: str = "the dataset") -> tuple[int, Any]:
 
 def file_name(ds: Any, i: int) -> str | None:
     """The file name of item i of `ds` (a dataset of files, or a `Subset` of one) to show it
-    by; None where its items are not files (`CropDataset.item_name` not overridden)."""
+    by: its path under the folder all items share where the dataset knows it (`short_name`);
+    None where its items are not files (`CropDataset.item_name` not overridden)."""
     base, j = (ds.dataset, ds.indices[i]) if isinstance(ds, Subset) else (ds, i)
+    if hasattr(base, "short_name"):
+        return str(base.short_name(j))
     own = getattr(type(base), "item_name", None)
     if own is None or own is CropDataset.item_name:
         return None
