@@ -91,20 +91,35 @@ def test_folder_errors(tmp_path):
         load_dataset("images")
 
 
-def test_images_of_types_not_read_are_named_not_silently_left_out(folder):
-    """A phone's HEIC photos and GIFs are left out (torchvision's list of types), with one
-    warning that counts them; a folder of nothing else says so before it is refused."""
-    _save(folder / "e.gif", seed=6)
-    (folder / "sub" / "f.HEIC").write_bytes(b"ftypheic")
-    with pytest.warns(UnreadImagesWarning, match=r"photos holds 2 image file\(s\) of types zfnet "
-                      r"does not read \(.gif: 1, .heic: 1\), left out; convert them"):
+def test_a_phones_photos_are_read_and_raw_files_counted_not_silently_left_out(folder):
+    """images:DIR reads GIF (its first frame), AVIF and, with pillow-heif (`zfnet[heif]`), a
+    phone's HEIC, each as PIL decodes it; camera RAW files are left out with one warning that
+    counts them; a folder of nothing else says so before it is refused."""
+    from PIL import features
+
+    from zfnet.data.images import HEIF_READ
+
+    photos = {"e.gif": "GIF", "sub/f.HEIC": "HEIF" if HEIF_READ else None,
+              "g.avif": "AVIF" if features.check("avif") else None}
+    for name, fmt in photos.items():
+        if fmt is not None:
+            (folder / name).parent.mkdir(exist_ok=True)
+            Image.new("RGB", (40, 30), (200, 10, 10)).save(folder / name, fmt)
+    (folder / "h.dng").write_bytes(b"II*\x00 raw")
+    with pytest.warns(UnreadImagesWarning, match=r"photos holds 1 image file\(s\) of types not "
+                      r"read here \(.dng: 1\), left out; convert them to JPEG or PNG"):
         data = load_dataset(f"images:{folder}", preprocessing=PREP)
-    assert len(data.val.paths) == 3
-    only = folder.parent / "phone"
+    read = [p.name for p in data.val.paths]
+    assert read == sorted(read, key=lambda n: str(next(folder.rglob(n)))) and len(read) == 3 + sum(
+        fmt is not None for fmt in photos.values())
+    for i, p in enumerate(data.val.paths):
+        if p.suffix.lower() in (".gif", ".heic", ".avif"):  # decoded: red, not skipped
+            assert data.val.raw(i)[0].float().mean() > 190 > data.val.raw(i)[1].float().mean()
+    only = folder.parent / "camera"
     only.mkdir()
-    (only / "g.heic").write_bytes(b"ftypheic")
-    with pytest.warns(UnreadImagesWarning, match=r"\.heic: 1"), \
-            pytest.raises(ValueError, match="phone holds no image files"):
+    (only / "g.cr2").write_bytes(b"II*\x00 raw")
+    with pytest.warns(UnreadImagesWarning, match=r"\.cr2: 1"), \
+            pytest.raises(ValueError, match="camera holds no image files"):
         load_dataset(f"images:{only}", preprocessing=PREP)
     plain = folder.parent / "plain"
     _save(plain / "a.jpg")
@@ -112,6 +127,32 @@ def test_images_of_types_not_read_are_named_not_silently_left_out(folder):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # other files (notes.txt) are not images: no warning
         load_dataset(f"images:{plain}", preprocessing=PREP)
+
+
+def test_a_labelled_folder_reads_torchvisions_types_and_says_where_gifs_are_read(tmp_path):
+    """imagefolder:DIR keeps torchvision ImageFolder's samples: a GIF there is counted, with
+    the advice that images:DIR reads it."""
+    for split in ("train", "val"):
+        _save(tmp_path / split / "cat" / "a.jpg")
+        Image.new("RGB", (40, 30)).save(tmp_path / split / "cat" / "b.gif")
+    with pytest.warns(UnreadImagesWarning, match=r"\(.gif: 1\), left out; images:DIR and files "
+                      r"named one by one read them; convert them to JPEG or PNG for a labelled"):
+        data = load_dataset(f"imagefolder:{tmp_path}?size=24")
+    assert [p.name for p in data.val.paths] == ["a.jpg"]
+
+
+def test_heic_without_pillow_heif_says_how_to_read_it(monkeypatch) -> None:
+    from zfnet.data import images
+
+    heic = images.PHOTO_EXTENSIONS + (".heic", ".heif")
+    monkeypatch.setattr(images, "PHOTO_EXTENSIONS", heic)
+    monkeypatch.setattr(images, "HEIF_READ", True)
+    assert images.unread_advice({".heic"}, images.IMAGE_EXTENSIONS).startswith(
+        "images:DIR and files named one by one read them")
+    monkeypatch.setattr(images, "PHOTO_EXTENSIONS", tuple(e for e in heic if "hei" not in e))
+    monkeypatch.setattr(images, "HEIF_READ", False)
+    assert images.unread_advice({".heic", ".dng"}, images.PHOTO_EXTENSIONS) == (
+        "convert them to JPEG or PNG to use them (HEIC once `pip install 'zfnet[heif]'` is done)")
 
 
 def test_broken_files_skipped_or_strict(folder):

@@ -1,7 +1,8 @@
 """A user's own images: `images:DIR` (any folder of images) and image files given one by one.
 
 `images:DIR` takes every image file under DIR (sub-folders too; hidden files and files without
-an image extension are skipped; images of types not read, a phone's HEIC, are counted in an
+an image extension are skipped; besides torchvision's types, GIF, AVIF and, with pillow-heif, a
+phone's HEIC are read; RAW files and others not read are counted in an
 `UnreadImagesWarning`), in sorted path order. There are no labels (every target is -1,
 `class_names` is empty) and no train/val layout: `train` and `val` hold the same images. Loaded
 for a model (`preprocessing`), the images become that model's inputs; without one, the paper's
@@ -27,7 +28,7 @@ from zfnet.data.imagefolder import (
     image_files,
     load_or_compute_mean,
 )
-from zfnet.data.images import IMAGE_EXTENSIONS
+from zfnet.data.images import PHOTO_EXTENSIONS
 from zfnet.data.preprocess import Preprocessing
 from zfnet.data.spec import DatasetSpec, check_options, int_option
 from zfnet.data.transforms import CropDataset
@@ -43,10 +44,10 @@ def folder_images(folder: str | Path) -> list[Path]:
     if not root.is_dir():
         what = "is not a directory" if root.exists() else "does not exist"
         raise FileNotFoundError(f"image folder {root} {what}; expected {FORM}")
-    files = image_files(root)
+    files = image_files(root, PHOTO_EXTENSIONS)
     if not files:
         raise ValueError(f"image folder {root} holds no image files "
-                         f"({', '.join(IMAGE_EXTENSIONS)}); expected {FORM}")
+                         f"({', '.join(PHOTO_EXTENSIONS)}); expected {FORM}")
     return files
 
 

@@ -40,6 +40,7 @@ from zfnet.data.bundle import DataBundle, bundle_geometry, fitted
 from zfnet.data.images import (
     IMAGE_EXTENSIONS,
     JPEG_EXTENSIONS,
+    PHOTO_EXTENSIONS,
     UNREAD_IMAGE_EXTENSIONS,
     BadImageError,
     UnreadImagesWarning,
@@ -47,6 +48,7 @@ from zfnet.data.images import (
     load_rgb,
     read_file,
     resize_center_crop,
+    unread_advice,
     warn_skipped,
 )
 from zfnet.data.labels_file import labelled_images
@@ -61,17 +63,19 @@ PAPER_INPUT, PAPER_FULL = 224, 256
 CACHE_VERSION = "zfnet-mean-v1"  # bump when the preprocessing changes
 
 
-def image_files(folder: Path) -> list[Path]:
-    """Image files under `folder` (recursive), sorted, hidden files and other extensions skipped;
-    a link to an image file that does not exist is skipped with a `BrokenImageWarning` naming
-    it (never silently)."""
+def image_files(folder: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Image files under `folder` (recursive) of `extensions` (torchvision's types; a user's
+    photos: `PHOTO_EXTENSIONS`), sorted, hidden files and other extensions skipped; images of
+    other types counted in an `UnreadImagesWarning`; a link to an image file that does not exist
+    is skipped with a `BrokenImageWarning` naming it (never silently)."""
     files, unread = [], Counter[str]()
     for p in folder.rglob("*"):
         suffix = p.suffix.lower()
         if any(part.startswith(".") for part in p.relative_to(folder).parts):
             continue
-        if suffix not in IMAGE_EXTENSIONS:
-            unread.update([suffix] if suffix in UNREAD_IMAGE_EXTENSIONS else [])
+        if suffix not in extensions:
+            unread.update([suffix] if suffix in UNREAD_IMAGE_EXTENSIONS + PHOTO_EXTENSIONS
+                          else [])
             continue
         if p.is_file():
             files.append(p)
@@ -80,8 +84,8 @@ def image_files(folder: Path) -> list[Path]:
     if unread:
         n = sum(unread.values())
         kinds = ", ".join(f"{k}: {c}" for k, c in sorted(unread.items()))
-        warnings.warn(f"{folder} holds {n} image file(s) of types zfnet does not read ({kinds}), "
-                      f"left out; convert them to JPEG or PNG to use them",
+        warnings.warn(f"{folder} holds {n} image file(s) of types not read here ({kinds}), "
+                      f"left out; {unread_advice(set(unread), extensions)}",
                       UnreadImagesWarning, stacklevel=2)
     return sorted(files)
 

@@ -17,20 +17,49 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 from torchvision.transforms.v2 import functional as TF
 
 from zfnet.data.codec import decode_jpeg
 from zfnet.data.jpeg import JpegHeader, read_header
 
-# Extensions an image folder is scanned for (torchvision's ImageFolder list). Other files
-# (README, .DS_Store, labels.txt) are ignored, not treated as broken images.
+# Extensions a labelled image folder (`imagefolder:DIR`) is scanned for: torchvision's
+# ImageFolder list, so that its samples are torchvision's. Other files (README, .DS_Store,
+# labels.txt) are ignored, not treated as broken images.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 JPEG_EXTENSIONS = (".jpg", ".jpeg")
-# Images of other types a photo folder often holds (a phone's HEIC, GIFs, camera RAW files):
-# left out like any other file, but with a warning that says so, never silently.
+
+
+def _heif_opener() -> bool:
+    """Register pillow-heif's HEIC/HEIF reader with PIL where it is installed (`zfnet[heif]`)."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+HEIF_READ = _heif_opener()
+# A user's own photos (`images:DIR`, files named one by one) are read for every type PIL reads
+# here too: GIF (its first frame), AVIF where this Pillow has it, a phone's HEIC with pillow-heif.
+PHOTO_EXTENSIONS = IMAGE_EXTENSIONS + (".gif",) + (
+    (".avif",) if features.check("avif") else ()) + ((".heic", ".heif") if HEIF_READ else ())
+# Images of other types a photo folder often holds (camera RAW files, SVG, ...): left out like
+# any other file, but with a warning that counts them, never silently.
 UNREAD_IMAGE_EXTENSIONS = (".gif", ".heic", ".heif", ".avif", ".jxl", ".svg", ".dng", ".cr2",
                            ".nef", ".arw")
+
+
+def unread_advice(kinds: set[str], extensions: tuple[str, ...]) -> str:
+    """What to do about image files of `kinds` that a scan for `extensions` leaves out."""
+    if not kinds <= set(PHOTO_EXTENSIONS) - set(extensions):
+        heif = " (HEIC once `pip install 'zfnet[heif]'` is done)" if (
+            kinds & {".heic", ".heif"} and not HEIF_READ) else ""
+        return f"convert them to JPEG or PNG to use them{heif}"
+    return "images:DIR and files named one by one read them; convert them to JPEG or PNG " \
+        "for a labelled folder (torchvision's types)"
+
 
 # Transparent pixels are composited onto white, the way an image viewer shows them; their
 # stored RGB values are often arbitrary (black, or left-over colours).
