@@ -211,6 +211,10 @@ def test_files_that_are_not_state_dicts(tmp_path, capfd):
     (tmp_path / "photo.pth").write_bytes(b"\xff\xd8\xff\xe0 not a pickle")  # a JPEG's start
     with pytest.raises(ValueError, match="photo.pth is not a readable torch file"):
         read_state_dict(tmp_path / "photo.pth")
+    for text in ("hi\n", "hello world\n"):  # a text file's bytes read as pickle opcodes
+        (tmp_path / "notes.pth").write_text(text)
+        with pytest.raises(ValueError, match=r"notes.pth is not a readable torch file \(KeyError"):
+            read_state_dict(tmp_path / "notes.pth")
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     with pytest.raises(ValueError, match="junk.safetensors is not a readable .safetensors"):
         read_state_dict(tmp_path / "junk.safetensors")
@@ -476,3 +480,9 @@ def test_the_note_on_the_preprocessing_says_what_the_overrides_made_it():
                     "std: ImageNet's, a default)"]
     src = load_source("torchvision:resnet18")  # the default, said to be one
     assert any("no weights enum to take them from" in n for n in src.meta["notes"])
+
+
+def test_a_model_whose_builder_reads_tensor_values_is_listed_too():
+    """RegNet's builder calls .tolist() (no meta device): built for real for its layer list."""
+    src = load_source("torchvision:regnet_x_400mf", device="meta")
+    assert "trunk_output.block4" in dict(src.model.named_modules())

@@ -750,10 +750,13 @@ def _read_torch(path: Path) -> Any:
         why = next((ln.strip() for ln in lines if "Unsupported" in ln), _first_line(e))
         raise ValueError(f"{path} is not a readable torch file ({why}); give a file of "
                          "model.state_dict() (.pth, .pt) or a .safetensors file") from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
-        raise ValueError(f"{path} is not a readable torch file ({_first_line(e)})") from e
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # text or junk: the unpickler fails any which way
+        # (KeyError for a text file's bytes as opcodes, RuntimeError, EOFError, ...)
+        raise ValueError(f"{path} is not a readable torch file ({type(e).__name__}: "
+                         f"{_first_line(e)}); give a file of model.state_dict() (.pth, .pt) or "
+                         "a .safetensors file") from e
 
 
 def _mismatch(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor]
@@ -808,8 +811,16 @@ def _with_weights(build: Callable[..., nn.Module], path: Path, what: str) -> nn.
 
 def _random(build: Callable[[], nn.Module], meta_only: bool) -> nn.Module:
     """`build()` initialised from seed `SEED`, leaving the global RNG as it was; on the meta
-    device (no memory, no init) with `meta_only`."""
-    with _initialising(meta_only):
+    device (no memory, no init) with `meta_only`, where the builder allows it (RegNet's reads
+    tensor values while it builds: built for real instead)."""
+    if meta_only:
+        try:
+            with _initialising(True):
+                return build()
+        except (NotImplementedError, RuntimeError) as e:
+            if "meta" not in str(e):
+                raise
+    with _initialising(False):
         return build()
 
 
