@@ -229,7 +229,7 @@ def test_from_module_in_python(code, tmp_path) -> None:
     with pytest.raises(ValueError, match=r"returns a tensor of shape \(1, 8, 30, 30\), not "
                        r"class scores \(N, classes\).*flattened"):
         from_module(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()), crop=32)
-    with pytest.raises(ValueError, match=r"mean \[124.0\] must be numbers in \[0, 1\], in 0..1 units"):
+    with pytest.raises(ValueError, match=r"mean \[124.0\] must be numbers in \[0, 1\], in 0..1"):
         from_module(net, crop=32, mean=[124.0])
     # mean and std as model cards give them (0..1), one value for every channel
     p = from_module(net, crop=32, mean=[0.5], std=[0.25, 0.5, 0.25]).preprocessing

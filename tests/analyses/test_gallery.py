@@ -256,3 +256,28 @@ def test_fc_layers_of_zfnet_models_beside_conv_layers(tmp_path) -> None:
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
     assert torch.equal(both.patches["conv1"], alone.patches["conv1"])
+
+
+class _WithBroken(torch.utils.data.Dataset):
+    """`_data()` whose items in `broken` are unreadable files (None, as datasets give them)."""
+
+    def __init__(self, n: int, broken: set[int]) -> None:
+        self.data, self.broken = _data(n), broken
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        return None if i in self.broken else self.data[i]
+
+
+def test_the_gallery_counts_the_images_mined_not_the_unreadable_files(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = zfnet.create_model("zfnet_small")
+    raw = (torch.rand(10, 3, 64, 64) * 255).to(torch.uint8)
+    res = run_topk_gallery(model, _WithBroken(10, {3}), ["conv2"], k=4, out_dir=tmp_path,
+                           display_image=lambda i: raw[i])
+    assert res.topk["conv2"].mined == 9 and 3 not in res.topk["conv2"].index
+    (section,) = read_sections(tmp_path)
+    assert section.metrics["images"] == 9
+    assert "of that map over 9 images (of 10 files, 1 unreadable), each" in section.caption

@@ -117,6 +117,11 @@ def test_shards_merge_to_one_pass_and_dataloaders() -> None:
     ]
     for name in LAYERS:
         _same(merge_topk(*(s[name] for s in shards)), whole[name])
+    # the images each was taken over: 23, however split (the padding's repeat counted once)
+    assert {t.mined for t in whole.values()} == {23}
+    assert merge_topk(*(p["conv1"] for p in parts)).mined == 23
+    assert sorted(s["conv1"].mined for s in shards) == [11, 12]
+    assert merge_topk(*(s["conv1"] for s in shards)).mined == 23
     with pytest.raises(ValueError, match="SequentialSampler or DistributedSampler"):
         mine_topk(model, DataLoader(data, shuffle=True), LAYERS)
 
@@ -201,6 +206,7 @@ def test_two_processes_merge_to_the_one_process_answer() -> None:
     for rank in range(2):
         for name in LAYERS:
             _same(TopK.from_dict(results[rank][name]), whole[name])
+            assert TopK.from_dict(results[rank][name]).mined == 23
 
 
 # --- any layer of any model ----------------------------------------------------------------

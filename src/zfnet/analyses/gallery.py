@@ -55,7 +55,7 @@ MAP_RULES = ("strongest", "spaced")
 
 CAPTION = """
 Paper Fig. 2. Each block is one feature map of the layer. Left: the {k} strongest activations
-of that map over {n} images, each projected separately down to pixels ({rule}) and cropped to
+of that map over {n}, each projected separately down to pixels ({rule}) and cropped to
 the activation's receptive field ({rf}). Right: the matching image patches. {display}
 Reading the sign: the projection is in the units of the mean-subtracted
 input, so bright / coloured pixels push the activation up and dark ones are the opposite
@@ -415,9 +415,10 @@ def run_topk_gallery(
                               f"{name}: maps {_ranges(chosen[name])}{gated}"))
         rows.append([name, len(chosen[name]), t.values.shape[0], _rf_text(geo),
                      round(float(t.values[chosen[name], 0].mean()), 3)])
-    n_images = len(dataset)
+    n_images = _mined(topk[layers[0]], len(dataset))
     fields = ", ".join(f"{r[0]} {r[3]}" + (" px" if isinstance(r[3], int) else "") for r in rows)
-    caption = " ".join(CAPTION.split()).format(k=k, n=n_images, rule=_RULE_NAMES[rule],
+    caption = " ".join(CAPTION.split()).format(k=k, n=images_text(n_images, len(dataset)),
+                                               rule=_RULE_NAMES[rule],
                                                rf=fields, display=DISPLAY_CAPTION)
     result.section = write_section(run_dir, Section(
         key="topk_gallery",
@@ -437,6 +438,17 @@ def run_topk_gallery(
         order=30,
     ))
     return result
+
+
+def _mined(topk: TopK, files: int) -> int:
+    """The images a top-k was taken over (`files` where it does not say)."""
+    return files if topk.mined is None else topk.mined
+
+
+def images_text(mined: int, files: int) -> str:
+    """"9 images", or "8 images (of 9 files, 1 unreadable)" where broken files were skipped."""
+    return f"{mined} images" + (f" (of {files} files, {files - mined} unreadable)"
+                                if mined < files else "")
 
 
 def topk_patches(topk: TopK, maps: Sequence[int], geo: LayerGeometry | None,

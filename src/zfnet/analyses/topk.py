@@ -54,7 +54,9 @@ class TopK:
 
     Entry [c, j]: the j-th strongest image for map c is dataset item `index[c, j]`, with its
     strongest activation `values[c, j]` at (`row[c, j]`, `col[c, j]`) of the layer's map.
-    Slots not filled (fewer than k images seen) hold value -inf and index -1.
+    Slots not filled (fewer than k images seen) hold value -inf and index -1. `mined`: the
+    number of images it was taken over (broken files not counted; None where not known, a top-k
+    saved before it was kept).
     """
 
     layer: str
@@ -62,6 +64,7 @@ class TopK:
     index: Tensor  # (C, k) int64
     row: Tensor  # (C, k) int64
     col: Tensor  # (C, k) int64
+    mined: int | None = None
 
     @property
     def k(self) -> int:
@@ -81,11 +84,11 @@ class TopK:
     def to_dict(self) -> dict[str, Any]:
         """Plain tensors and strings, for `torch.save` or `all_gather_object`."""
         return {"layer": self.layer, "values": self.values, "index": self.index,
-                "row": self.row, "col": self.col}
+                "row": self.row, "col": self.col, "mined": self.mined}
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> TopK:
-        return TopK(d["layer"], d["values"], d["index"], d["row"], d["col"])
+        return TopK(d["layer"], d["values"], d["index"], d["row"], d["col"], d.get("mined"))
 
 
 def _keep_best(values: Tensor, index: Tensor, row: Tensor, col: Tensor, k: int):
@@ -131,7 +134,8 @@ def merge_topk(*parts: TopK) -> TopK:
             )
     cat = [torch.cat([getattr(p, f).cpu() for p in parts], 1)
            for f in ("values", "index", "row", "col")]
-    return TopK(first.layer, *_keep_best(*cat, first.k))
+    mined = None if any(p.mined is None for p in parts) else sum(p.mined for p in parts)
+    return TopK(first.layer, *_keep_best(*cat, first.k), mined=mined)
 
 
 class _Indexed(Dataset):
@@ -169,6 +173,13 @@ def _loader(data: Dataset | DataLoader, indices: Iterable[int] | None, batch_siz
                     "SequentialSampler or DistributedSampler"
                 )
             indices = list(iter(sampler))  # both are deterministic: same order as the loader
+            if isinstance(sampler, DistributedSampler) and not sampler.drop_last:
+                # its padding repeats other processes' items (positions past the dataset's
+                # end in the padded order): left out, so that each item is mined, and counted,
+                # by one process
+                positions = range(sampler.rank, sampler.total_size, sampler.num_replicas)
+                indices = [i for pos, i in zip(positions, indices, strict=True)
+                           if pos < len(sampler.dataset)]  # type: ignore[arg-type]
         batch_size = data.batch_size or batch_size
         num_workers = data.num_workers
         data = data.dataset
@@ -177,8 +188,8 @@ def _loader(data: Dataset | DataLoader, indices: Iterable[int] | None, batch_siz
         idx: Sequence[int] = range(len(data))
     elif isinstance(indices, range):
         idx = indices
-    else:
-        idx = [int(i) for i in indices]
+    else:  # each item once (a DistributedSampler pads by repeating items): counted once
+        idx = list(dict.fromkeys(int(i) for i in indices))
     return Loader(_Indexed(data, idx), batch_size=batch_size, shuffle=False,
                   num_workers=num_workers, collate_fn=_collate, pin_memory=pin)
 
@@ -262,7 +273,7 @@ def mine_topk(
     best: dict[str, TopK] = {}
     it = batches
     report = progress if callable(progress) else None
-    done = 0
+    done = mined = 0
     if progress is True:
         from tqdm import tqdm
 
@@ -277,6 +288,7 @@ def mine_topk(
             done += len(idx)
             if not idx.numel():  # only broken files
                 continue
+            mined += idx.numel()
             if x.ndim != 4:
                 raise ValueError(f"items must be images (C, H, W); got a batch of {tuple(x.shape)}"
                                  " (ten-crop data? mine the centre crops)")
@@ -298,6 +310,8 @@ def mine_topk(
         report(done, total)
     if not best:
         raise NoImagesError("the data held no images to mine")
+    for t in best.values():
+        t.mined = mined
     return {name: best[name] for name in layers}
 
 

@@ -55,6 +55,7 @@ from zfnet.analyses.gallery import (
     default_display,
     default_layers,
     first_image,
+    images_text,
     project_topk,
     render_layer,
     select_maps,
@@ -214,7 +215,9 @@ def write_atlas(
     state["done"] = n * (1 + epochs)
     meta = {
         "format": FORMAT, "model": model_name or type(model).__name__,
-        "data": data_name or type(data).__name__, "images": n, "k": k, "rule": rule,
+        "data": data_name or type(data).__name__, "k": k, "rule": rule,
+        # the images mined (broken files skipped) of the `files` read
+        "images": next(iter(topk.values())).mined or n, "files": n,
         "input": list(shape),
         "evolution": {"epochs": evo.epochs} if evo is not None else None,
     }
@@ -415,7 +418,8 @@ def _caption(meta: dict[str, Any], layers: list[_Layer], unit: bool = False) -> 
     """The gallery's Fig. 2 caption for these layers (one block = one map)."""
     rf = ", ".join(f"{layer.name} {layer.rf}" for layer in layers)
     text = " ".join(CAPTION.split()).format(
-        k=meta["k"], n=meta["images"], rule=_RULE_NAMES[meta["rule"]], rf=rf, display="")
+        k=meta["k"], n=images_text(meta["images"], meta.get("files", meta["images"])),
+        rule=_RULE_NAMES[meta["rule"]], rf=rf, display="")
     if unit:
         text = text.replace("Each block is one feature map of the layer. ", "")
     return " ".join(text.split())
