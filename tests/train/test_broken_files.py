@@ -164,9 +164,11 @@ def test_evaluation_skips_a_batch_of_only_broken_files(tmp_path) -> None:
     assert str(tmp_path / "data" / "val" / "ant" / BROKEN[0]) in r.output
 
 
-def test_strict_stops_at_a_broken_file_then_resume_continues(tmp_path) -> None:
-    """The broken files are val images: the first validation stops the run, before any
-    checkpoint; once they are removed, `--resume` alone continues from config.json."""
+def test_strict_stops_at_a_broken_val_file_keeping_the_trained_epoch(tmp_path) -> None:
+    """The broken files are val images: the first validation stops the run, its epoch's
+    training saved first (as at its last step, not lost); once they are removed, `--resume`
+    alone continues from config.json, validates that epoch without training it again, and
+    ends where an uninterrupted run ends."""
     data = tmp_path / "data"
     spec = _dataset(data, splits=("val",))
     out = tmp_path / "run"
@@ -175,15 +177,22 @@ def test_strict_stops_at_a_broken_file_then_resume_continues(tmp_path) -> None:
     assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
     assert r.output.startswith(f"Error: broken image {data / 'val' / 'ant' / BROKEN[0]}: ")
     assert r.output.count("\n") == 1 and "Traceback" not in r.output
-    assert "--resume" in r.output and "none yet" in r.output
+    kept = out / "checkpoints" / "epoch_0000_step_000002"  # 4 images, batches of 2
+    assert f"the last checkpoint is {kept}" in r.output and "--resume" in r.output
     assert json.loads((out / "config.json").read_text())["strict"] is True
-    assert not list_checkpoints(out)
+    assert find_last(out) == kept and not list_checkpoints(out)  # no epoch validated yet
     for name in BROKEN:
         (data / "val" / "ant" / name).unlink()
     r = CliRunner().invoke(main, ["train", "--out", str(out), "--resume"])
     assert r.exit_code == 0, r.output
     meta = load_model(out)[1]
     assert meta["epoch"] == 2 and meta["train_config"]["strict"] is True
+    assert meta["global_step"] == 4  # the first epoch's 2 steps not taken twice
+    whole = tmp_path / "whole"
+    r = CliRunner().invoke(main, ["train", "--data", spec, "--out", str(whole), "--epochs", "2",
+                                  "--strict", *CLI])
+    assert r.exit_code == 0, r.output
+    _assert_same_run(out, whole)
 
 
 def test_strict_in_a_worker_mid_run_then_resume_without_it(tmp_path) -> None:

@@ -141,6 +141,7 @@ class Session:
         self.plan = p.plan
         self.history = p.history
         self.carry = dict(p.partial)  # the sums of the resumed epoch's part done before
+        self._trained: tuple[int, int, dict[str, float]] | None = None  # (epoch, steps, sums)
         self.checkpoints = Checkpoints(run)
         self.tb = TensorBoard(run.run_dir / "tb" if (config.tensorboard and run.info.is_main)
                               else None, purge_step=p.global_step or None)
@@ -197,6 +198,7 @@ class Session:
             if self.st.broken is not None:  # strict: saved up to the file, which stops it
                 raise self.st.broken
             return False
+        self._trained = (epoch, int(r["steps"]), sums)  # saved if its validation fails
         val, validated = self._validate_and_plan(epoch, r)
         self._close_epoch(epoch, sums, val, validated)
         # arrived during evaluation, on any process: all stop here (once an epoch, so the host
@@ -245,9 +247,20 @@ class Session:
         return val, validate
 
     def _validation(self) -> dict[str, Any]:
+        """The validation set's figures. An error there (a broken file with --strict: raised
+        in every process alike) comes after the epoch's training is saved, as at its last
+        step: a resume validates it and goes on, the epoch not trained again."""
         run = self.run
-        return evaluate(run.shown, run.val_loader, run.bundle.num_classes, run.info,
-                        run.amp_dtype, run.config.channels_last)
+        try:
+            return evaluate(run.shown, run.val_loader, run.bundle.num_classes, run.info,
+                            run.amp_dtype, run.config.channels_last)
+        except Exception:
+            if self._trained is None:
+                raise
+            epoch, steps, sums = self._trained
+            self.checkpoints.save(epoch, steps, self.st, self.elapsed(), self.history,
+                                  self.plan, sums)
+            raise
 
     def _replan(self, r: dict[str, float], val_s: float) -> None:
         """Plan the run from the rates of this session's epochs (`zfnet.train.budget`)."""
