@@ -596,6 +596,7 @@ def eval_cmd(checkpoint: str | None, model: str | None, weights: str | None,
 
     from zfnet.sources import load_source
     from zfnet.train import evaluate_checkpoint, evaluate_source
+    from zfnet.train.checkpoint import checkpoint_label
     from zfnet.train.distributed import processes
 
     if (checkpoint is None) == (model is None):
@@ -609,8 +610,9 @@ def eval_cmd(checkpoint: str | None, model: str | None, weights: str | None,
                                "holds its weights and preprocessing")
     if model is not None and live_weights:
         raise click.UsageError("--live-weights is for a --checkpoint run trained with --ema")
-    if json_out and not Path(json_out).resolve().parent.is_dir():
-        raise click.BadParameter(f"the folder of {json_out} does not exist",
+    if json_out and not Path(json_out).resolve().parent.is_dir() and not (
+            out and Path(json_out).resolve().parent == Path(out).resolve()):
+        raise click.BadParameter(f"the folder of {json_out} does not exist (it may be --out's)",
                                  param_hint="--json")
     common = dict(batch_size=batch_size, workers=workers if workers is not None else "auto",
                   loader=loader or "auto", amp=amp, strict=strict, compile=compile)
@@ -628,11 +630,14 @@ def eval_cmd(checkpoint: str | None, model: str | None, weights: str | None,
         return
     crops = "10 crops" if ten_crop else "centre crop"
     skipped = f" ({r['skipped']} broken files skipped)" if r["skipped"] else ""
-    epoch = f" (epoch {r['epoch']})" if r["epoch"] is not None else ""
+    label = checkpoint_label(r["epoch"], r["step_in_epoch"])
+    epoch = f" ({label})" if label else ""
     click.echo(f"{r['model']}{epoch} on {r['data']}, {r['n']} images{skipped}, "
                f"{crops}: top-1 error {r['top1_error']:.2%}, top-5 error {r['top5_error']:.2%}")
     for name, acc in r["per_class_accuracy"].items():
         click.echo(f"  {name:<20} {'-' if acc is None else f'{acc:.2%}'}")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
     if json_out:
         Path(json_out).write_text(json.dumps(r, indent=1) + "\n")
         click.echo(f"wrote {json_out}")
@@ -640,7 +645,6 @@ def eval_cmd(checkpoint: str | None, model: str | None, weights: str | None,
         from zfnet.report import build_report
         from zfnet.report.training import evaluation_section
 
-        Path(out).mkdir(parents=True, exist_ok=True)
         evaluation_section(out, r)
         click.echo(f"report: {build_report(out).resolve()}")
 

@@ -154,6 +154,28 @@ def test_train_writes_its_report_and_eval_out_adds_the_evaluation(tmp_path) -> N
     r = json.loads((tmp_path / "e.json").read_text())
     assert r["top1_error"] == round(r["top1_error"], 6) and r["top5_error"] * 8 % 1 == 0
     assert "--out" in CliRunner().invoke(main, ["eval", "--help"]).output
+    # --json into the --out folder it creates; a mid-epoch checkpoint named as such
+    import shutil
+
+    from zfnet.train import find_last
+
+    last = find_last(run)
+    meta = json.loads((last / "state.json").read_text())
+    meta["epoch"], meta["step_in_epoch"] = 0, 1  # as if stopped one step into epoch 1
+    (last / "state.json").write_text(json.dumps(meta))
+    new = tmp_path / "new"
+    res = CliRunner().invoke(main, ["eval", "--checkpoint", str(last), "--out", str(new),
+                                    "--json", str(new / "e.json")])
+    assert res.exit_code == 0, res.output
+    assert "zfnet_small (epoch 0 + 1 step of epoch 1) on synthetic" in res.output
+    assert json.loads((new / "e.json").read_text())["step_in_epoch"] == 1
+    section = json.loads((new / "sections" / "evaluation.json").read_text())
+    assert section["metrics"]["checkpoint"] == "epoch 0 + 1 step of epoch 1"
+    assert section["metrics"]["model"] == "zfnet_small"
+    shutil.rmtree(new)
+    res = CliRunner().invoke(main, ["eval", "--checkpoint", str(last), "--out", str(new),
+                                    "--json", str(tmp_path / "nowhere" / "e.json")])
+    assert res.exit_code == 2 and "the folder of" in res.output and not new.exists()
 
 
 def test_eval_writes_error_rates_without_float_noise() -> None:

@@ -59,9 +59,18 @@ def test_sigterm_mid_epoch_then_resume_is_exact(reference, tmp_path, monkeypatch
     assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM"
     assert find_last(out).name == "epoch_0001_step_000002"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+    from zfnet.report.training import training_section
+
+    section = training_section(out)  # the report says the run stopped, where, and what next
+    assert section.metrics["epochs"] == "1 of 3"
+    assert "stopped before its last epoch (saved at epoch 1 + 2 steps of epoch 2); `zfnet " \
+        f"train --out {out} --resume` continues it" in section.caption
+    assert "the learning rate: as in the paper's recipe, divided by 10 when" in section.caption
     summary = train(tiny_config(out, epochs=3, resume=True), bundle=tiny_bundle())
     assert summary["status"] == "completed"
     _assert_same_run(ref, out)
+    section = training_section(out)
+    assert section.metrics["epochs"] == 3 and "stopped" not in section.caption
     assert [e for e, _ in list_checkpoints(out)] == [1, 2, 3]  # the mid-epoch one is pruned
 
 

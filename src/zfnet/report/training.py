@@ -29,28 +29,81 @@ def training_section(run_dir: str | Path, order: int = 10) -> Section:
     # the last measured value of each column (val cells are empty on epochs not validated)
     last = {k: next((x for x in reversed(v) if math.isfinite(x)), math.nan)
             for k, v in m.items()}
+    config, meta = _run_facts(run_dir)
+    done, planned = int(last["epoch"]), config.get("epochs")
+    epochs = f"{done} of {planned}" if isinstance(planned, int) and planned > done else done
     section = Section(
         key="training", title="Training", order=order,
         caption=(
             "Loss and top-1 error per epoch on the training images (random crops, dropout on, "
             "so usually above validation early on) and on the validation images (centre crop), "
-            "and the learning rate: the paper's recipe divides it by 10 when the validation "
-            "error stops improving (Sec. 3)."
+            f"and the learning rate: {_schedule_words(config)}"
+            + (f" The run stopped before its last epoch ({_stopped_at(meta)}); `zfnet train "
+               f"--out {run_dir} --resume` continues it." if epochs != done else "")
         ),
         figures=[Figure(str(path.relative_to(run_dir)), "loss, top-1 error and learning rate")],
         metrics={
-            "epochs": int(last["epoch"]),
+            "epochs": epochs,
             "val top-1 error": f"{100 * last['val_top1_error']:.2f}%",
             "val top-5 error": f"{100 * last['val_top5_error']:.2f}%",
-            "training speed": f"{last['img_per_s']:.0f} images/s",
+            "training speed": f"{last['img_per_s']:.0f} images/s"
+            + (f" ({meta['world_size']} processes)" if meta.get("world_size", 1) > 1 else ""),
         },
     )
     write_section(run_dir, section)
     return section
 
 
+def _run_facts(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run's config.json and its newest checkpoint's meta ({} where there is none)."""
+    import json
+
+    from zfnet.train.checkpoint import find_last, read_meta
+
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    try:
+        last = find_last(run_dir)
+        meta = read_meta(last) if last is not None else {}
+    except (OSError, ValueError):
+        meta = {}
+    return (config if isinstance(config, dict) else {}), meta
+
+
+def _schedule_words(config: dict[str, Any]) -> str:
+    """How the run's learning rate moved, in words (the paper's: Sec. 3)."""
+    schedule, factor = config.get("schedule", "plateau"), config.get("lr_factor", 0.1)
+    by = f"divided by {1 / factor:.3g}" if factor < 1 else "kept"
+    warmup = config.get("warmup_epochs") or 0
+    ramp = f"after {warmup:g} epochs of linear warm-up, " if warmup else ""
+    return {
+        "plateau": f"as in the paper's recipe, {by} when the validation error stops "
+                   f"improving for {config.get('patience', 3)} validations (Sec. 3).",
+        "step": f"{by} every {config.get('step_epochs', 30)} epochs (the paper annealed "
+                "by hand, on a plateau).",
+        "cosine": f"{ramp}down to 0 over the run along half a cosine (the paper divided it "
+                  "by 10 on a plateau).",
+        "linear": f"{ramp}down to 0 over the run in a straight line (the paper divided it "
+                  "by 10 on a plateau).",
+        "onecycle": "torch's one-cycle schedule (the paper divided it by 10 on a plateau).",
+        "constant": "constant (the paper divided it by 10 on a plateau).",
+    }.get(schedule, f"schedule {schedule}.")
+
+
+def _stopped_at(meta: dict[str, Any]) -> str:
+    """Where the newest checkpoint stands, e.g. "saved at epoch 2 + 9 steps of epoch 3"."""
+    from zfnet.train.checkpoint import checkpoint_label
+
+    label = checkpoint_label(meta.get("epoch"), meta.get("step_in_epoch", 0))
+    return f"saved at {label}" if label else "no checkpoint saved"
+
+
 def evaluation_section(run_dir: str | Path, result: dict[str, Any], order: int = 20) -> Section:
     """Section "Evaluation" from the dict `zfnet eval` / `evaluate_checkpoint` returns."""
+    from zfnet.train.checkpoint import checkpoint_label
+
     run_dir = Path(run_dir)
     names = list(result["class_names"])
     path = plot_confusion(np.asarray(result["confusion_matrix"]), names,
@@ -72,7 +125,9 @@ def evaluation_section(run_dir: str | Path, result: dict[str, Any], order: int =
         metrics={
             "top-1 error": f"{100 * result['top1_error']:.2f}%",
             "top-5 error": f"{100 * result['top5_error']:.2f}%",
-        } | ({"checkpoint epoch": result["epoch"]} if result.get("epoch") is not None else {}),
+            "model": result["model"],
+        } | ({"checkpoint": checkpoint_label(result["epoch"], result.get("step_in_epoch", 0))}
+             if result.get("epoch") is not None else {}),
     )
     write_section(run_dir, section)
     return section

@@ -111,6 +111,15 @@ def write_text_atomic(path: Path, text: str) -> None:
     atomic.write_text_atomic(path, text, durable=True)
 
 
+def checkpoint_label(epoch: int | None, step_in_epoch: int = 0) -> str:
+    """A checkpoint's weights in words: "epoch 2", or "epoch 2 + 9 steps of epoch 3" for one
+    saved mid-epoch (a run stopped there); "" where the epoch is not known."""
+    if epoch is None:
+        return ""
+    steps = f"{step_in_epoch} step{'s' if step_in_epoch != 1 else ''}"
+    return f"epoch {epoch}" + (f" + {steps} of epoch {epoch + 1}" if step_in_epoch else "")
+
+
 def checkpoint_name(epoch: int, step_in_epoch: int = 0) -> str:
     """`epoch_0005` after 5 complete epochs; `epoch_0005_step_000120` 120 steps into the 6th."""
     return f"epoch_{epoch:04d}" + (f"_step_{step_in_epoch:06d}" if step_in_epoch else "")

@@ -116,7 +116,8 @@ def evaluate_checkpoint(
     r = _scores(model, bundle, spec, info, batch_size=batch_size, workers=workers, loader=loader,
                 amp=amp, channels_last=channels_last, compile=compile)
     return {"checkpoint": meta["checkpoint"], "model": meta["model"], "epoch": meta.get("epoch"),
-            "data": spec, "ten_crop": ten_crop, "amp": amp, "live_weights": live_weights, **r}
+            "step_in_epoch": meta.get("step_in_epoch", 0), "data": spec, "ten_crop": ten_crop,
+            "amp": amp, "live_weights": live_weights, **r}
 
 
 def evaluate_source(
@@ -156,7 +157,8 @@ def evaluate_source(
     r = _scores(source.model, bundle, spec, info, batch_size=batch_size, workers=workers,
                 loader=loader, amp=amp, channels_last=channels_last, compile=compile)
     return {"checkpoint": source.meta.get("checkpoint"), "model": source.name,
-            "epoch": source.meta.get("epoch"), "data": spec, "ten_crop": ten_crop, "amp": amp,
+            "epoch": source.meta.get("epoch"), "step_in_epoch": source.meta.get("step_in_epoch", 0),
+            "data": spec, "ten_crop": ten_crop, "amp": amp,
             "live_weights": False, **r}
 
 
