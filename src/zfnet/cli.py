@@ -103,21 +103,17 @@ def main() -> None:
 
 
 def _one_line_warnings() -> None:
-    """zfnet's own warnings (a skipped broken image, a projection that is the plain gradient) as
-    one line each, without the source line Python's default format adds."""
+    """zfnet's own warnings (a skipped broken image, a projection that is the plain gradient, a
+    resume that is not exact: each class with `one_line = True`) as one line each, without the
+    source line Python's default format adds."""
     import warnings
-
-    from zfnet.data import BrokenImageWarning, UnreadImagesWarning
-    from zfnet.data.bundle import ClassNamesWarning
-    from zfnet.graph import PlainGradientWarning
 
     default = warnings.showwarning
     if getattr(default, "zfnet", False):
         return  # installed by an earlier command in this process
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
-        if issubclass(category, (BrokenImageWarning, PlainGradientWarning, ClassNamesWarning,
-                                 UnreadImagesWarning)):
+        if getattr(category, "one_line", False):
             click.echo(f"warning: {message}", err=True)
         else:
             default(message, category, filename, lineno, file, line)

@@ -81,6 +81,8 @@ class RuleUndefinedError(ValueError):
 class PlainGradientWarning(UserWarning):
     """Under `nonlinear("gradient")`, a walk met no rectifier: its projection is the gradient."""
 
+    one_line = True  # `zfnet` prints it as one line (zfnet.cli)
+
 
 @contextmanager
 def nonlinear(mode: str) -> Iterator[None]:

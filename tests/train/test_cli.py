@@ -231,3 +231,78 @@ def test_a_report_failure_is_a_warning_and_keeps_the_run(tmp_path, monkeypatch) 
         "full)" in r.output
     assert (tmp_path / "r" / "checkpoints" / "epoch_0001.pth").read_bytes() == b"weights"
     assert not (tmp_path / "r" / "index.html").exists()
+
+
+def test_resume_on_moved_or_changed_data(tmp_path) -> None:
+    """The run's images moved (another path, "DIR/" for "DIR") continue the run, said in a
+    warning; the same path whose images changed continues with a warning that says how; other
+    classes, or another number of images under a new path, are refused before anything is
+    written."""
+    import shutil
+
+    from PIL import Image
+
+    def photos(root, per_class=4, classes=("a", "b")):
+        for split in ("train", "val"):
+            for k, cls in enumerate(classes):
+                (root / split / cls).mkdir(parents=True, exist_ok=True)
+                for j in range(per_class if split == "train" else 2):
+                    Image.new("RGB", (40, 40), (60 * k + 10 * j, 90, 120)).save(
+                        root / split / cls / f"{j}.png")
+
+    photos(tmp_path / "photos")
+    run = tmp_path / "run"
+    args = ["--model", "zfnet_small", "--out", str(run), "--batch-size", "4", "--quiet",
+            "--no-tensorboard"]
+
+    def train(data, epochs):
+        return CliRunner().invoke(main, ["train", "--data", f"imagefolder:{data}?size=32",
+                                         "--epochs", str(epochs), "--resume", *args])
+
+    assert train(tmp_path / "photos", 1).exit_code == 0
+    res = train(f"{tmp_path / 'photos'}/", 2)  # the same folder
+    assert res.exit_code == 0 and "warning" not in res.output, res.output
+    shutil.copytree(tmp_path / "photos", tmp_path / "moved")
+    res = train(tmp_path / "moved", 3)
+    assert res.exit_code == 0, res.output
+    assert f"warning: the run's data is now imagefolder:{tmp_path / 'moved'}?size=32 (was " \
+        f"imagefolder:{tmp_path / 'photos'}?size=32): the same 8 training images of 2 " \
+        "classes" in res.output
+    assert json.loads((run / "config.json").read_text())["data"].startswith(
+        f"imagefolder:{tmp_path / 'moved'}")
+    Image.new("RGB", (40, 40)).save(tmp_path / "moved" / "train" / "a" / "9.png")
+    res = train(tmp_path / "moved", 4)
+    assert res.exit_code == 0, res.output
+    assert "warning: the data of the run has changed since it was saved (9 training images " \
+        "now, 8 in the run): it continues" in res.output
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    photos(tmp_path / "other", per_class=3)  # the classes, not the images
+    res = train(tmp_path / "other", 5)
+    assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
+    assert f"cannot --resume the run in {run} on imagefolder:{tmp_path / 'other'}?size=32: " \
+        "6 training images now, 9 in the run" in res.output
+    photos(tmp_path / "three", classes=("a", "b", "c"))
+    res = train(tmp_path / "three", 5)
+    assert res.exit_code == 1 and "3 classes now, 2 in the run; new: c" in res.output
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+
+
+def test_a_resume_on_another_number_of_processes_says_it_is_not_exact() -> None:
+    import torch
+
+    from zfnet.train.distributed import DistInfo
+    from zfnet.train.run import ResumeWarning, _warn_inexact
+
+    one = DistInfo(0, 1, 0, torch.device("cpu"))
+    with pytest.warns(ResumeWarning, match=r"resumed on 1 process\(es\), the run had 2"):
+        _warn_inexact({"world_size": 2, "workers": 0}, one, 0, tiny_bundle(), 0)
+    shards = type("Bundle", (), {"train": type("S", (), {"epoch_stream": None})()})()
+    with pytest.warns(ResumeWarning, match=r"mid-epoch with 0 worker\(s\), the run had 2.*"
+                                           r"--workers 2 keeps it"):
+        _warn_inexact({"world_size": 1, "workers": 2}, one, 0, shards, 3)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_inexact({"world_size": 1, "workers": 2}, one, 0, shards, 0)  # epoch start: exact
+        _warn_inexact({"world_size": 1, "workers": 2}, one, 0, tiny_bundle(), 3)  # a folder

@@ -77,3 +77,5 @@ def require_labels(bundle: DataBundle, purpose: str = "score against") -> None:
 
 class ClassNamesWarning(UserWarning):
     """A model scored on a dataset whose class names are not the ones it was trained on."""
+
+    one_line = True  # `zfnet` prints it as one line (zfnet.cli)

@@ -93,9 +93,13 @@ def _from_worker(message: str) -> tuple[str, str]:
 class BrokenImageWarning(UserWarning):
     """Emitted once per broken file that a dataset skips (`strict=False`)."""
 
+    one_line = True  # `zfnet` prints it as one line (zfnet.cli)
+
 
 class UnreadImagesWarning(UserWarning):
     """A folder holds images of types zfnet does not read (`UNREAD_IMAGE_EXTENSIONS`)."""
+
+    one_line = True  # `zfnet` prints it as one line (zfnet.cli)
 
 
 def warn_skipped(err: BadImageError) -> None:

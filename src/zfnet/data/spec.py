@@ -60,13 +60,12 @@ PATH_OPTIONS = ("val_labels",)
 def absolute_spec(spec: str) -> str:
     """`spec` with its path (and a file option's, `val_labels`) absolute, from the working
     directory: what a run saves, so that it is read from anywhere later (`zfnet eval`,
-    `--resume`). A spec without a path, or already absolute, is returned as it is."""
+    `--resume`), normalised ("DIR/" is "DIR"). A spec without a path is returned as it is."""
     head, q, query = spec.strip().partition("?")
     name, colon, path = head.partition(":")
 
-    def absolute(p: str) -> str:
-        expanded = os.path.expanduser(p.strip())
-        return p if os.path.isabs(expanded) else os.path.abspath(expanded)
+    def absolute(p: str) -> str:  # normalised too: "DIR/" and "DIR" are one folder
+        return os.path.abspath(os.path.expanduser(p.strip()))
 
     if colon and path:
         head = f"{name}:{absolute(path)}"

@@ -96,6 +96,8 @@ class Checkpoints:
             "in_channels": run.bundle.in_channels, "input_size": run.bundle.input_size,
             "train_config": config.to_dict(), "world_size": run.info.world_size,
             "workers": run.loader_kw["num_workers"],  # what --workers auto came to
+            # what a resume checks its data against (the folder moved, or changed under it)
+            "train_images": len(run.bundle.train), "val_images": len(run.bundle.val),
         }
         if run.host_share is not None:  # --loader mixed: a resume decodes the same images
             self.base_meta["host_share"] = run.host_share

@@ -139,6 +139,8 @@ def build_run(config: TrainConfig, info: ddp.DistInfo, bundle: Any = None) -> Ru
 
         bundle = load_dataset(config.data, strict=config.strict, cache_dir=config.data_cache)
     require_labels(bundle, "train on")
+    if meta is not None:
+        check_resumed_data(meta, config, bundle)
     amp_dtype = amp_dtype_for(config.amp, info.device)
     if config.compile:
         check_compile(info.device)
@@ -159,6 +161,7 @@ def build_run(config: TrainConfig, info: ddp.DistInfo, bundle: Any = None) -> Ru
     if state is not None:
         _restore(state, optimizer, scheduler, scaler, info)
         say(f"resuming {resume_from} (epoch {progress.epoch}, step {progress.step})")
+        _warn_inexact(meta, info, loader_kw["num_workers"], bundle, progress.step)
     return Run(config=config, info=info, bundle=bundle, say=say, model=model, bare=bare,
                ema=ema, optimizer=optimizer, scaler=scaler, scheduler=scheduler,
                sched_when=sched_when, first_radius=first_radius, amp_dtype=amp_dtype,
@@ -189,17 +192,60 @@ def find_resume(config: TrainConfig, say: Callable[[str], None] | None = None
     if meta.get("model") != config.model:
         raise ValueError(f"cannot --resume {resume_from}: it is a run of model "
                          f"{meta.get('model')!r}, not {config.model!r}")
-    check_resumable(meta["train_config"], config, run_dir)
+    check_resumable(meta["train_config"], config, run_dir,
+                    moved_data="train_images" in meta)  # (a run that counted its images)
     return resume_from, meta
 
 
+class ResumeWarning(UserWarning):
+    """A resumed run continues, but not exactly as it would have without the stop."""
+
+    one_line = True  # `zfnet` prints it as one line (zfnet.cli)
+
+
+def check_resumed_data(meta: dict[str, Any], config: TrainConfig, bundle: Any) -> None:
+    """A resumed run's data against what the run was trained on (`meta`, its checkpoint's):
+    the same classes, and under another spec (the folder moved, or made into shards) the same
+    number of images, else a ValueError saying what differs; under the same spec, changed
+    contents go on with a `ResumeWarning` that says so."""
+    import warnings
+
+    then, now = list(meta.get("class_names") or []), list(bundle.class_names)
+    saved_spec = absolute_spec(meta["train_config"]["data"])
+    moved = saved_spec != absolute_spec(config.data)
+    counts = {"training": (meta.get("train_images"), len(bundle.train)),
+              "validation": (meta.get("val_images"), len(bundle.val))}
+    differ = [f"{b} {what} images now, {a} in the run" for what, (a, b) in counts.items()
+              if a is not None and a != b]
+    if then != now:
+        new, gone = sorted(set(now) - set(then)), sorted(set(then) - set(now))
+        differ.insert(0, f"{len(now)} classes now, {len(then)} in the run" + "".join(
+            f"; {w}: {', '.join(c[:5])}{', ...' if len(c) > 5 else ''}"
+            for w, c in (("new", new), ("gone", gone)) if c))
+    where = "the data of the run" if not moved else f"{config.data}"
+    if then != now or (moved and differ):
+        raise ValueError(f"cannot --resume the run in {config.out} on {where}: "
+                         + "; ".join(differ) + f" (the run: {saved_spec}); give the run's data "
+                         "or train a new run with another --out")
+    if differ:
+        warnings.warn(f"the data of the run has changed since it was saved ({'; '.join(differ)}"
+                      "): it continues on the images as they are now, not exactly as it would "
+                      "have", ResumeWarning, stacklevel=2)
+    elif moved:
+        warnings.warn(f"the run's data is now {config.data} (was {saved_spec}): the same "
+                      f"{len(bundle.train)} training images of {len(now)} classes",
+                      ResumeWarning, stacklevel=2)
+
+
 def check_resumable(saved: dict[str, Any], config: TrainConfig, where: Path, *,
-                    action: str = "--resume", instead: str = "another --out") -> None:
+                    action: str = "--resume", instead: str = "another --out",
+                    moved_data: bool = False) -> None:
     """Refuse to continue a run saved with `saved` (its TrainConfig as a dict) under a
     configuration that would compute something else (`IDENTITY_FIELDS`, and the fields the
     schedule depends on); the ValueError says it cannot `action` the run, lists every
-    difference and ends with what to give `instead`."""
-    fields = list(IDENTITY_FIELDS)
+    difference and ends with what to give `instead`. With `moved_data`, another data spec is
+    let through: the caller checks that it holds the run's images (`check_resumed_data`)."""
+    fields = [f for f in IDENTITY_FIELDS if not (moved_data and f == "data")]
     if config.schedule in ("cosine", "linear", "onecycle"):
         fields.append("epochs")  # the schedule's length depends on it
     if config.schedule == "plateau":
@@ -333,6 +379,25 @@ def _data(
                                   **{**loader_kw, "collate_fn": collate_for(val)}),
                            val, info.device)
     return train_set, sampler, val_loader, loader_kw, share
+
+
+def _warn_inexact(meta: dict[str, Any], info: ddp.DistInfo, workers: int, bundle: Any,
+                  step: int) -> None:
+    """A `ResumeWarning` where the resumed run cannot be exact: another number of processes
+    (each draws its own dropout masks), or, for shards resumed mid-epoch, of workers (the rest
+    of the epoch is split afresh, in another order)."""
+    import warnings
+
+    then = meta.get("world_size", info.world_size)
+    if then != info.world_size:
+        warnings.warn(f"resumed on {info.world_size} process(es), the run had {then}: the same "
+                      "data order and batch, but not exactly the run it would have been (each "
+                      "process draws its own dropout masks)", ResumeWarning, stacklevel=2)
+    if step and hasattr(bundle.train, "epoch_stream") and meta.get("workers", workers) != workers:
+        warnings.warn(f"resumed mid-epoch with {workers} worker(s), the run had "
+                      f"{meta['workers']}: the rest of this epoch of shards comes in another "
+                      f"order (--workers {meta['workers']} keeps it)", ResumeWarning,
+                      stacklevel=2)
 
 
 def _restore(state: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler: Any,
