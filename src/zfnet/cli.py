@@ -487,6 +487,14 @@ def train_cmd(**opts) -> None:
     except NonFiniteLossError as e:
         raise click.ClickException(str(e)) from e
     _training_report(summary["run_dir"])
+    from zfnet.train.distributed import current_rank
+
+    if current_rank() != 0:  # the first process speaks for all; each exits as the run ended
+        if summary["status"] == "interrupted":
+            import signal
+
+            sys.exit(EXIT_INTERRUPTED[signal.Signals[summary["signal"] or "SIGTERM"]])
+        return
     final = summary["final"]
     if final and final.get("val_top1_error") is not None:
         click.echo(f"epoch {final['epoch']}: val top-1 error {final['val_top1_error']:.2%}, "

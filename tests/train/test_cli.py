@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from tests.train.tiny import tiny_bundle
 from zfnet.cli import main
-from zfnet.train import evaluate_checkpoint, parse_model_opt
+from zfnet.train import TrainConfig, evaluate_checkpoint, parse_model_opt
 
 
 @pytest.mark.parametrize("cmd", ["train", "eval"])
@@ -306,3 +306,36 @@ def test_a_resume_on_another_number_of_processes_says_it_is_not_exact() -> None:
         warnings.simplefilter("error")
         _warn_inexact({"world_size": 1, "workers": 2}, one, 0, shards, 0)  # epoch start: exact
         _warn_inexact({"world_size": 1, "workers": 2}, one, 0, tiny_bundle(), 3)  # a folder
+
+
+@pytest.mark.parametrize("status", ["completed", "interrupted"])
+def test_under_torchrun_only_the_first_process_prints_the_summary(monkeypatch, tmp_path,
+                                                                  status) -> None:
+    import zfnet.train
+    import zfnet.train.distributed
+
+    summary = {"run_dir": str(tmp_path), "status": status, "final": {}, "wall_time_s": 1.0,
+               "device": "cpu", "checkpoint": None, "plan": None,
+               "signal": "SIGTERM" if status == "interrupted" else None}
+    monkeypatch.setattr(zfnet.train, "train", lambda config: summary)
+    monkeypatch.setattr(zfnet.train.distributed, "current_rank", lambda: 1)
+    r = CliRunner().invoke(main, ["train", "--data", "synthetic", "--model", "zfnet_small",
+                                  "--out", str(tmp_path / "run")])
+    assert r.output == "" and r.exit_code == (143 if status == "interrupted" else 0)
+    monkeypatch.setattr(zfnet.train.distributed, "current_rank", lambda: 0)
+    r = CliRunner().invoke(main, ["train", "--data", "synthetic", "--model", "zfnet_small",
+                                  "--out", str(tmp_path / "run")])
+    assert f"{status} in 1 s on cpu" in r.output
+
+
+def test_a_batch_not_divisible_by_the_processes_says_what_is() -> None:
+    import torch
+
+    from zfnet.train.distributed import DistInfo
+    from zfnet.train.run import build_run
+
+    two = DistInfo(0, 2, 0, torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"batch_size=7 is not divisible by the 2 processes; "
+                                         r"give a multiple of 2 \(6, 8\)"):
+        build_run(TrainConfig(data="synthetic", model="zfnet_small", out="x", batch_size=7),
+                  two)

@@ -130,8 +130,10 @@ def build_run(config: TrainConfig, info: ddp.DistInfo, bundle: Any = None) -> Ru
     `bundle` may be given instead of loading `config.data`."""
     say = tqdm.write if (config.progress and info.is_main) else (lambda *_: None)
     if config.batch_size % info.world_size:
+        lo = config.batch_size // info.world_size * info.world_size
         raise ValueError(f"batch_size={config.batch_size} is not divisible by the "
-                         f"{info.world_size} processes")
+                         f"{info.world_size} processes; give a multiple of {info.world_size}"
+                         f" ({', '.join(str(b) for b in (lo, lo + info.world_size) if b)})")
     per_rank_batch = config.batch_size // info.world_size
     resume_from, meta = find_resume(config, say)
     if bundle is None:
