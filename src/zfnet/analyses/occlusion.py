@@ -33,6 +33,7 @@ object masks; `occlusion_report` does the whole job for the report.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -444,6 +445,10 @@ def plot_occlusion(
     def name(c: int) -> str:
         return class_names[c] if class_names and 0 <= c < len(class_names) else str(c)
 
+    def title(ax: Any, text: str) -> None:  # a long class name wraps inside its panel
+        ax.set_title("\n".join(textwrap.fill(line, 40) for line in text.split("\n")),
+                     fontsize=9)
+
     fig = Figure(figsize=(16, 3.3 * len(panels)))
     axes = fig.subplots(len(panels), 5, squeeze=False)
     for row, (img, r) in zip(axes, panels, strict=True):
@@ -459,26 +464,23 @@ def plot_occlusion(
         row[0].add_patch(Rectangle((left - 0.5, t - 0.5), rr - left, b - t, fill=False,
                                    ec="red", lw=1.5, ls="--"))
         if r.meta.get("target") == "predicted":  # the model's own class, not a label
-            row[0].set_title(f"(a) predicted: {name(r.target)} (p={r.base_probability:.2f})",
-                             fontsize=9)
+            title(row[0], f"(a) predicted: {name(r.target)} (p={r.base_probability:.2f})")
         else:
-            row[0].set_title(f"(a) true: {name(r.target)} (p={r.base_probability:.2f})\n"
-                             f"predicted: {name(r.base_label)}", fontsize=9)
+            title(row[0], f"(a) true: {name(r.target)} (p={r.base_probability:.2f})\n"
+                          f"predicted: {name(r.base_label)}")
         im = row[1].imshow(r.activation.numpy(), cmap="jet", extent=extent)
-        row[1].set_title(f"(b) total activation, {r.layer} map {r.feature_map}", fontsize=9)
+        title(row[1], f"(b) total activation, {r.layer} map {r.feature_map}")
         fig.colorbar(im, ax=row[1], fraction=0.046)
         if r.projection is not None:
             proj = _projection_display(r.projection)
             row[2].imshow(proj, cmap="gray" if proj.ndim == 2 else None, vmin=0, vmax=255)
             how = "gradient" if r.meta.get("projection_rule") == "gradient" else "deconv"
-            row[2].set_title(f"(c) {how} projection, {r.layer} map {r.feature_map}",
-                             fontsize=9)
+            title(row[2], f"(c) {how} projection, {r.layer} map {r.feature_map}")
         else:
             row[2].text(0.5, 0.5, "(c) not computed", ha="center", va="center")
         im = row[3].imshow(r.probability.numpy(), cmap="jet", extent=extent, vmin=0)
         row[3].plot([cx], [cy], marker="x", color="white", ms=9, mew=2)
-        row[3].set_title(f"(d) p({name(r.target)}), min {float(r.probability.min()):.3g}",
-                         fontsize=9)
+        title(row[3], f"(d) p({name(r.target)}), min {float(r.probability.min()):.3g}")
         fig.colorbar(im, ax=row[3], fraction=0.046)
         labels, counts = torch.unique(r.label, return_counts=True)
         order = labels[torch.argsort(counts, descending=True)].tolist()[:10]
