@@ -41,16 +41,16 @@ STAGES = {
     "vgg11_bn": ["features.0", "features.4", "features.8", "features.11", "features.15",
                  "features.18", "features.22", "features.25"],
     "resnet18": ["conv1", "layer1", "layer2", "layer3", "layer4"],
-    "densenet121": ["features.conv0", "features.denseblock1", "features.transition1",
-                    "features.denseblock2", "features.transition2", "features.denseblock3",
-                    "features.transition3", "features.denseblock4"],
-    "googlenet": ["conv1", "conv3", "inception3a", "inception4a", "inception4b", "inception4d",
-                  "inception4e", "inception5b"],
-    "mobilenet_v2": [f"features.{i}" for i in (0, 3, 5, 8, 10, 13, 15, 18)],
+    # the last stage at each resolution, and the first: not a transition before its block
+    "densenet121": ["features.conv0", "features.denseblock1", "features.denseblock2",
+                    "features.denseblock3", "features.denseblock4"],
+    "googlenet": ["conv1", "conv3", "inception3b", "inception4e", "inception5b"],
+    "mobilenet_v2": [f"features.{i}" for i in (0, 1, 3, 6, 13, 18)],
+    "mobilenet_v3_small": [f"features.{i}" for i in (0, 1, 3, 8, 12)],
 }
 VECTOR = {"alexnet": "classifier.5", "vgg11_bn": "classifier.4", "resnet18": "avgpool",
           "densenet121": "features.norm5", "googlenet": "avgpool",
-          "mobilenet_v2": "classifier.0"}
+          "mobilenet_v2": "classifier.0", "mobilenet_v3_small": "classifier.1"}
 
 
 def test_zfnet_models_keep_their_names() -> None:
@@ -156,11 +156,10 @@ def test_stages_that_output_channels_last_maps() -> None:
     torch.manual_seed(0)
     model = timm.create_model("mambaout_femto", pretrained=False).eval()
     layers = feature_layers(model, SIZE)
-    assert layers == ["stem.conv1", "stem.conv2", "stages.0", "stages.1", "stages.2",
-                      "stages.3"]
+    assert layers == ["stem", "stages.0", "stages.1", "stages.2", "stages.3"]
     acts = get_activations(model, torch.randn(1, 3, SIZE, SIZE), layers)
     geo = layer_geometries(model, layers, SIZE)
-    widths = [24, 48, 48, 96, 192, 288]  # stem halves, then its stages' dims
+    widths = [48, 48, 96, 192, 288]  # the stem's, then its stages' dims
     for name, width in zip(layers, widths, strict=True):
         assert acts[name].shape == (1, width, *geo[name].shape), name
 
@@ -191,3 +190,13 @@ def test_a_block_of_one_convolution_stays_the_block() -> None:
                                     pool=nn.AdaptiveAvgPool2d(1), flat=nn.Flatten(),
                                     fc=nn.Linear(8, 4))).eval()
     assert feature_layers(res, 32) == ["stem", "res"]
+
+
+def test_a_chain_of_blocks_inside_one_module_is_split_by_resolution() -> None:
+    """timm's EfficientNet keeps its blocks in one `blocks` Sequential beside `conv_stem` and
+    `conv_head`: the blocks are the stages, the last at each resolution shown."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("efficientnet_b0", pretrained=False).eval()
+    assert feature_layers(model, SIZE) == ["conv_stem", "blocks.0", "blocks.1", "blocks.2",
+                                           "blocks.4", "conv_head"]

@@ -241,15 +241,18 @@ def feature_layers(model: nn.Module, input_size: int | tuple[int, int] | None = 
 
     - zfnet's models: `conv1`…`conv5` (those present);
     - a plain `features` chain (torchvision's alexnet, vgg, vgg_bn): its convolutions;
-    - any other network: the outputs of its main stages (torchvision resnet: `conv1`,
-      `layer1`…`layer4`; densenet: `features.conv0`, the dense blocks and transitions;
-      googlenet: its convs and inception blocks; mobilenet / efficientnet: `features.N`).
-      Stages are found generically: the top-level children that contain a convolution and
-      output a map with a spatial geometry (`graph_geometry` at `input_size`, default 224);
-      while fewer than 3 are found, each stage is replaced by its own children that are stages
-      (a `features` Sequential, a timm `stages`), going through a lone one (a wrapper), but
-      not by a lone one alone (a block of one convolution stays the block). At most 8,
-      evenly spaced, always the first and the last.
+    - any other network: the outputs of its main stages, the last one at each resolution
+      (torchvision resnet: `conv1`, `layer1`…`layer4`; densenet: `features.conv0` and the
+      dense blocks; googlenet: `conv1`, `conv3` and the last inception block of each size;
+      mobilenet / efficientnet: `features.N`, timm's `blocks.N`). Stages are found
+      generically: the top-level children that contain a convolution and output a map with a
+      spatial geometry (`graph_geometry` at `input_size`, default 224); a stage whose own
+      stages come out at three resolutions or more (a `features` Sequential, timm's
+      `blocks` or `stages`) is replaced by them, going through a lone one (a wrapper); while
+      fewer than 3 are found, each is replaced by its own stages, but not by a lone one alone
+      (a block of one convolution stays the block). Of a run of stages at one resolution the
+      last is shown, and the first stage always. At most 8, evenly spaced, always the first
+      and the last.
 
     A ValueError when the model has no convolution with a spatial map."""
     if _is_convnet(model) or _plain_chain(model):
@@ -272,7 +275,15 @@ def feature_layers(model: nn.Module, input_size: int | tuple[int, int] | None = 
             return deeper if len(deeper) >= 2 else [path]
         return inner or [path]
 
-    found = stages("", model)
+    def split(path: str) -> list[str]:
+        """A stage, or, where its stages come out at three resolutions or more (a chain of
+        stages, not one block that downsamples once), those, each split in turn."""
+        inner = expand(path)
+        if len({geo[p].shape for p in inner}) >= 3:
+            return [q for p in inner for q in split(p)]
+        return [path]
+
+    found = [p for top in stages("", model) for p in split(top)]
     for _ in range(4):  # a few levels: a backbone inside a wrapper inside a wrapper
         if len(found) >= 3:
             break
@@ -285,7 +296,10 @@ def feature_layers(model: nn.Module, input_size: int | tuple[int, int] | None = 
     if not found:
         raise ValueError(f"{type(model).__name__} has no convolution with a spatial map to "
                          "show; name the layers")
-    return _spaced(found, MAX_STAGES)
+    # of each run at one resolution, its last stage (the stage's output); the first always
+    last = [p for p, q in zip(found, [*found[1:], None], strict=True)
+            if q is None or geo[q].shape != geo[p].shape]
+    return _spaced(list(dict.fromkeys([found[0], *last])), MAX_STAGES)
 
 
 def first_convs(model: nn.Module, n: int = 2, input_size: int | tuple[int, int] | None = None
