@@ -472,3 +472,34 @@ def test_arrow_keys_browse_the_maps_in_one_history_entry(page, server) -> None:
     page.go_back()
     page.wait_for_selector('#unit-section[data-unit="2"]')
     assert page.console.errors == []
+
+
+def test_a_rule_that_does_not_run_on_the_network_says_why_in_its_panel(browser,
+                                                                       tmp_path) -> None:
+    """ConvNeXt's GELU gates: the deconvnet and guided panels hold the server's reason (and
+    how to get past it) instead of a broken image; the gradient's panel its projection."""
+    import torch
+    from skimage import data
+
+    Image.fromarray(data.astronaut()).save(tmp_path / "astronaut.jpg")
+    torch.manual_seed(0)
+    source = load_source("torchvision:convnext_tiny", resize=32, crop=32)
+    explorer = Explorer(source, load_data(source, f"images:{tmp_path}"),
+                        cache_dir=tmp_path / "c")
+    with Server(create_app(explorer)) as url:
+        context = browser.new_context(base_url=url, viewport={"width": 1300, "height": 900})
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        page.console = Console(page)
+        _open(page, "/?image=val:0&layer=features.3&unit=2")
+        page.wait_for_selector('#unit-section[data-unit="2"]')
+        for rule in ("deconvnet", "guided"):
+            note = page.locator(f'img[data-rule="{rule}"] + p.unavailable')
+            page.wait_for_function("n => n.textContent.includes('GELU')", arg=note.element_handle())
+            assert note.is_visible() and "--nonlinear gradient" in note.text_content()
+            assert page.locator(f'img[data-rule="{rule}"]').is_hidden()
+        page.wait_for_function(LOADED, arg='img[data-rule="gradient"]')
+        assert page.locator('img[data-rule="gradient"] + p.unavailable').is_hidden()
+        assert page.locator("#error").is_hidden()  # a fact of the network, not an error
+        assert all("400" in e for e in page.console.errors), page.console.errors
+        context.close()

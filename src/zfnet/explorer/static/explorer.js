@@ -134,6 +134,30 @@
     img.src = src;
   }
 
+  /** A projection's panel: its image, or, where its rule does not run on this network (the
+   *  deconvnet through a GELU gate), the server's reason in the panel, not a broken image. */
+  function loadProjection(img, src) {
+    const note = img.parentElement.querySelector(".unavailable");
+    note.hidden = true;
+    img.hidden = false;
+    img.onerror = async () => {
+      if (img.getAttribute("src") !== src) return;
+      img.hidden = true;
+      note.textContent = "not available";
+      note.hidden = false;
+      try {
+        await api(src);
+      } catch (err) {  // its first clause; the whole message on hover
+        if (img.getAttribute("src") !== src) return;
+        const [why] = err.message.split("; ");
+        note.textContent = err.message.includes("--nonlinear gradient")
+          ? `${why}. \`zfnet serve --nonlinear gradient\` takes its gradient.` : why;
+        note.title = err.message;
+      }
+    };
+    img.src = src;
+  }
+
   // ---------------------------------------------------------------- URL state
 
   function readUrl() {
@@ -672,7 +696,7 @@
       const box = body.box ? ` · receptive field rows ${body.box[0]}–${body.box[2]}, columns ${body.box[1]}–${body.box[3]}` : "";
       $("#unit-meta").textContent = `activation ${fmt(body.activation)}${at} · image ${state.image}${box}`;
       for (const img of $$("#unit-figures img.projection")) {
-        loadImage(img, body.rules[img.dataset.rule], `the ${img.dataset.rule} projection`);
+        loadProjection(img, body.rules[img.dataset.rule]);
         enlarge(img, 176);
       }
       loadImage($("#unit-patch"), body.patch, "the image patch");
