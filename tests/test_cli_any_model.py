@@ -56,6 +56,11 @@ def test_topk_over_a_folder_of_photos(setup, tmp_path) -> None:
     for fig in gallery.figures:
         assert (out / fig.path).is_file()
     assert (out / "index.html").is_file()
+    # the page says what it was computed on: the model, its weights and preprocessing, the data
+    want = f"torchvision:resnet18 {setup / 'r18.pth'} (resize 72, crop 64, mean 123.7"
+    assert gallery.source.startswith(want) and gallery.source.endswith(
+        f", data images:{setup / 'photos'}")
+    assert f"Computed on {want}" in (out / "index.html").read_text()
 
 
 def test_occlusion_in_bfloat16_and_a_bad_precision(setup, tmp_path) -> None:

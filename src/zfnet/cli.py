@@ -775,9 +775,23 @@ def _model_and_data(options: ModelOptions, data: str | None = None, *, need_data
                          device=device or resolve_device(options.device))
     for note in source.meta.get("notes", []) if notes else ():
         click.echo(note, err=True)
-    if not need_data:
-        return source, None
-    return source, load_data(source, data, ten_crop=ten_crop, strict=strict)
+    bundle = load_data(source, data, ten_crop=ten_crop, strict=strict) if need_data else None
+    _computed_on(source, bundle)
+    return source, bundle
+
+
+def _computed_on(source, bundle) -> None:  # noqa: ANN001
+    """The report sections this command writes say the model, its preprocessing and the data
+    (`zfnet.report.computed_on`), for as long as the command runs."""
+    from zfnet.report.sections import computed_on
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return
+    what = f"{source.name} ({source.preprocessing.describe()})"
+    if bundle is not None and bundle.spec:
+        what += f", data {bundle.spec}"
+    ctx.with_resource(computed_on(what))
 _DATA = click.option("--data", default=None,
                      help="Dataset spec (default: the one the model was trained on).")
 _OUT = click.option("--out", required=True, type=click.Path(file_okay=False),

@@ -171,7 +171,7 @@ def test_train_writes_its_report_and_eval_out_adds_the_evaluation(tmp_path) -> N
     assert json.loads((new / "e.json").read_text())["step_in_epoch"] == 1
     section = json.loads((new / "sections" / "evaluation.json").read_text())
     assert section["metrics"]["checkpoint"] == "epoch 0 + 1 step of epoch 1"
-    assert section["metrics"]["model"] == "zfnet_small"
+    assert section["source"].startswith("zfnet_small, data synthetic")
     shutil.rmtree(new)
     res = CliRunner().invoke(main, ["eval", "--checkpoint", str(last), "--out", str(new),
                                     "--json", str(tmp_path / "nowhere" / "e.json")])

@@ -8,7 +8,10 @@ section back and lays them out; it never runs a model, and no analysis writes HT
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +41,8 @@ class Section:
 
     `key` names it (file `sections/<key>.json`, a later write replaces it); `order` sorts the
     sections on the page; `caption` says what it shows, how to read it and which figure of the
-    paper it reproduces; `metrics` are headline numbers shown beside it.
+    paper it reproduces; `metrics` are headline numbers shown beside it; `source` the model
+    and data it was computed on, in a line (`computed_on` fills it in where it is left empty).
     """
 
     key: str
@@ -48,6 +52,22 @@ class Section:
     tables: list[Table] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     order: int = 100
+    source: str = ""
+
+
+_SOURCE: ContextVar[str] = ContextVar("zfnet_section_source", default="")
+
+
+@contextmanager
+def computed_on(source: str) -> Iterator[None]:
+    """Sections written in the block without a `source` of their own get `source`: what a
+    command computed them on, e.g. "torchvision:resnet18 IMAGENET1K_V1 (resize 256, crop 224,
+    ...), data images:/home/me/photos"."""
+    token = _SOURCE.set(source)
+    try:
+        yield
+    finally:
+        _SOURCE.reset(token)
 
 
 def inside(run_dir: str | Path, rel: str) -> bool:
@@ -59,6 +79,8 @@ def inside(run_dir: str | Path, rel: str) -> bool:
 def write_section(run_dir: str | Path, section: Section) -> Path:
     """Save `section` as `run_dir/sections/<key>.json` (atomically) and return the path."""
     run_dir = Path(run_dir)
+    if not section.source and _SOURCE.get():
+        section = replace(section, source=_SOURCE.get())
     for fig in section.figures:
         if not inside(run_dir, fig.path):
             raise ValueError(f"section {section.key!r}: figure {fig.path} is outside {run_dir}; "

@@ -42,6 +42,7 @@ def training_section(run_dir: str | Path, order: int = 10) -> Section:
                f"--out {run_dir} --resume` continues it." if epochs != done else "")
         ),
         figures=[Figure(str(path.relative_to(run_dir)), "loss, top-1 error and learning rate")],
+        source=f"{config['model']}, data {config['data']}" if "model" in config else "",
         metrics={
             "epochs": epochs,
             "val top-1 error": f"{100 * last['val_top1_error']:.2f}%",
@@ -125,9 +126,9 @@ def evaluation_section(run_dir: str | Path, result: dict[str, Any], order: int =
         metrics={
             "top-1 error": f"{100 * result['top1_error']:.2f}%",
             "top-5 error": f"{100 * result['top5_error']:.2f}%",
-            "model": result["model"],
         } | ({"checkpoint": checkpoint_label(result["epoch"], result.get("step_in_epoch", 0))}
              if result.get("epoch") is not None else {}),
+        source=f"{result['model']}, data {result['data']}",
     )
     write_section(run_dir, section)
     return section
