@@ -136,6 +136,15 @@ def test_project_command_with_hub_weights_offline(photos, tmp_path) -> None:
     units = json.loads((out / "project.json").read_text())["units"]
     assert len(units) == 2 and all(u["file"].endswith("_gradient.png") for u in units)
     assert Image.open(out / units[0]["file"]).size == (3 * 224 + 8, 224)
+    # the same again with another rule into the same folder: both listed, each by its rule
+    res = CliRunner().invoke(main, ["project", str(photos / "chelsea.jpg"), "--model",
+                                    "torchvision:resnet18", "--weights", "DEFAULT", "--layer",
+                                    "layer4", "--top", "2", "--rule", "guided", "--out",
+                                    str(out)])
+    assert res.exit_code == 0, res.output
+    both = json.loads((out / "project.json").read_text())["units"]
+    assert [u["rule"] for u in both] == ["gradient", "gradient", "guided", "guided"]
+    assert [u["file"] for u in both[:2]] == [u["file"] for u in units]
 
 
 def test_project_command_layers_default_to_the_main_stages(photos, tmp_path) -> None:

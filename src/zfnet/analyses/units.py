@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from zfnet.activations import get_activations, shown_units, to_model
+from zfnet.atomic import write_text_atomic
 from zfnet.deconvnet import Seeds, paste, project_layers
 from zfnet.display import CAPTION, projection_scale, projection_to_uint8
 from zfnet.models import eval_mode, layer_geometry, layer_name
@@ -179,10 +181,27 @@ def write_units(results: list[tuple[Unit, Tensor, Tensor]], out: str | Path, rul
             unit.file = f"{base}_{k}.png"
         used.add(unit.file)
         unit_figure(image, proj, unit.box, out / unit.file)
+    units = [asdict(u) | {"rule": rule} for u, _, _ in results]
+    path = out / "project.json"
+    written = {u["file"] for u in units}
+    units = [u for u in _earlier_units(path, source)
+             if u["file"] not in written and (out / u["file"]).is_file()] + units
     index = {"source": source, "rule": rule, "display": CAPTION,
              "panels": "the image as the model sees it (the unit's receptive field outlined), "
                        "the projection, its magnitude over the darkened image",
-             "units": [asdict(u) for u, _, _ in results]}
-    path = out / "project.json"
-    path.write_text(json.dumps(index, indent=1) + "\n")
+             "units": units}
+    write_text_atomic(path, json.dumps(index, indent=1) + "\n")
     return path
+
+
+def _earlier_units(path: Path, source: str) -> list[dict[str, Any]]:
+    """The units an earlier `zfnet project` of the same model into the same folder listed (with
+    another rule, or other images): kept in the list beside the new ones, each with its rule."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(earlier, dict) or earlier.get("source") != source:
+        return []
+    return [u | {"rule": u.get("rule", earlier.get("rule"))} for u in earlier.get("units", [])
+            if isinstance(u, dict) and isinstance(u.get("file"), str)]
