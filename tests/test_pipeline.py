@@ -5,6 +5,8 @@ for zfnet's models, with an error that says why."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torchvision
@@ -314,3 +316,15 @@ def test_a_rule_undefined_through_the_network_is_said_before_mining(bundle, tmp_
                      stride=32)
     caption = _section(tmp_path / "o", "occlusion").caption
     assert "projected to pixels with the gradient (the deconvnet is undefined" in caption
+
+
+def test_the_class_scores_units_are_named_by_the_models_classes(bundle, tmp_path) -> None:
+    """Top-k of resnet18's `fc` (its class scores): each unit named by its class in the
+    caption; a hidden layer's maps keep their numbers."""
+    names = [f"class {i}" for i in range(5)]
+    pipeline.gallery(_resnet(5), bundle, tmp_path, k=2, n_images=4, n_maps=2,
+                     layers=["layer4", "fc"], class_names=names)
+    captions = [f.caption for f in _section(tmp_path, "topk_gallery").figures]
+    assert captions[0].startswith("layer4: maps ")
+    (first, second) = (int(c) for c in re.findall(r"(\d+) \(class \1\)", captions[1]))
+    assert captions[1] == f"fc: units {first} (class {first}), {second} (class {second})"

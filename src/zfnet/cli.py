@@ -933,7 +933,8 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
                          n_maps=maps_per_layer, layers=list(names) if names else None,
                          rule=rule, map_rule=map_rule, batch_size=model_options.batch_size,
                          distributed=info.enabled,
-                         num_workers=_mining_workers(workers, info.device))
+                         num_workers=_mining_workers(workers, info.device),
+                         class_names=source.labels or None)
     if info.is_main:
         _finish(out)
 

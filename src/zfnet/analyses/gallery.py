@@ -328,6 +328,7 @@ def run_topk_gallery(
     pixel_scale: Tensor | None = None,
     distributed: bool = False,
     num_workers: int = 0,
+    unit_names: Mapping[str, Sequence[str]] | None = None,
 ) -> GalleryResult:
     """The whole Fig. 2 job: mine the top-k of `layers` over `dataset`, project them, write
     `out_dir/topk.pt`, one `out_dir/topk_<layer>.png` per layer, and the report section
@@ -345,7 +346,8 @@ def run_topk_gallery(
     (`zfnet.analyses.topk.mine_topk_distributed`, the answer of one process); then the first
     process alone projects and writes everything. The others write nothing and return the
     merged top-k only (no maps, projections or files). num_workers: the mining's DataLoader
-    workers (decoding a large dataset for a GPU).
+    workers (decoding a large dataset for a GPU). unit_names: {layer: a name per map} shown with
+    the maps in the caption (the class scores' layer: its class names).
     """
     check_rule(rule)  # before mining
     if map_rule not in MAP_RULES:
@@ -411,8 +413,10 @@ def run_topk_gallery(
         gated = ("; gated: a squeeze-and-excitation gate computed from the whole image also "
                  "scales these maps, the box is the field of the map it scales"
                  if geo is not None and geo.gated else "")
-        figures.append(Figure(str(rel_dir / png.name),
-                              f"{name}: maps {_ranges(chosen[name])}{gated}"))
+        named = (unit_names or {}).get(name)
+        shown = ("units " + ", ".join(f"{c} ({named[c]})" for c in chosen[name])
+                 if named and len(named) == t.values.shape[0] else f"maps {_ranges(chosen[name])}")
+        figures.append(Figure(str(rel_dir / png.name), f"{name}: {shown}{gated}"))
         rows.append([name, len(chosen[name]), t.values.shape[0], _rf_text(geo),
                      round(float(t.values[chosen[name], 0].mean()), 3)])
     n_images = _mined(topk[layers[0]], len(dataset))
