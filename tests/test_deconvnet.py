@@ -509,3 +509,78 @@ def test_inside_inference_mode(layer: str) -> None:
     with torch.inference_mode():
         got = project(model, x.clone(), layer, 5, rule="guided")
     torch.testing.assert_close(got, want)
+
+
+# --- a chain the model's forward does not run as it is written ------------------------------
+
+
+class _Normalised(nn.Module):
+    """Normalises its input in `forward`, then runs `features`: walking `features` on the raw
+    input would give other activations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(8, 8, 3), nn.ReLU())
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features((x - self.mean) / 0.25).mean((2, 3)))
+
+
+class _OwnForward(nn.Sequential):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self[3](self[2](self[1](self[0](x)) * 3.0 + 1.0))
+
+
+def _odd_chains() -> dict[str, tuple[nn.Module, str]]:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 4, 3, padding=1)
+    return {
+        "normalised in forward": (_Normalised(), "features.4"),
+        "a Sequential with its own forward": (
+            _OwnForward(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU()), "3"),
+        "one module twice": (nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), conv,
+                                           nn.ReLU(), conv, nn.ReLU()), "5"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_odd_chains()))
+def test_a_chain_its_forward_does_not_run_as_written_takes_the_general_path(case) -> None:
+    """The windowed engine and the mining walk `features` module by module only where the
+    model's forward does just that; otherwise (normalisation in `forward`, a Sequential with
+    its own forward, one module twice) they read the real forward, as for any model."""
+    from torch.utils.data import TensorDataset
+
+    from zfnet.analyses.topk import mine_topk
+    from zfnet.deconvnet import windowed
+    from zfnet.models import chain_runs_as_forward
+
+    model, layer = _odd_chains()[case]
+    model.eval()
+    x = torch.rand(6, 3, 20, 20, generator=torch.Generator().manual_seed(1))
+    real = get_activations(model, x, [layer])[layer]  # (N, C, h, w) of the real forward
+    best = real.flatten(2).max(2).values  # (N, C)
+    ch = int(best[0].argmax())
+    rf = project_rf(model, x, layer, [0], [ch])
+    torch.testing.assert_close(rf.activation[0], best[0, ch])
+    t = mine_topk(model, TensorDataset(x, torch.zeros(6)), [layer], k=3)[layer]
+    want = best.T.topk(3, dim=1)  # per map: its 3 strongest images
+    torch.testing.assert_close(t.values, want.values)
+    assert not chain_runs_as_forward(model, x) and not windowed(model, [layer])
+    for m in model.modules():  # the check leaves no hook behind
+        assert not m._forward_hooks and not m._forward_pre_hooks
+
+
+def test_a_chain_its_forward_runs_as_written_keeps_the_windowed_engine() -> None:
+    from zfnet.deconvnet import windowed
+    from zfnet.models import chain_runs_as_forward
+
+    torch.manual_seed(0)
+    for model, layer in ((zfnet.create_model("zfnet_small"), "conv3"),
+                         (torchvision.models.vgg11(), "features.8"),
+                         (nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True),
+                                        nn.MaxPool2d(2)), "2")):
+        x = torch.rand(2, 3, 64, 64)
+        assert chain_runs_as_forward(model.eval(), x) and windowed(model, [layer], x)

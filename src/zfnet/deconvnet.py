@@ -70,7 +70,14 @@ from torch import Tensor, nn
 
 from zfnet.activations import running, to_model
 from zfnet.graph import RULES, check_rule, indices, seeds_from  # noqa: F401  (RULES: also read here)
-from zfnet.models import eval_mode, layer_names, resolve_layer  # eval_mode also importable here
+from zfnet.models import (  # eval_mode also importable here
+    chain_checked,
+    chain_root,
+    chain_runs_as_forward,
+    eval_mode,
+    layer_names,
+    resolve_layer,
+)
 from zfnet.models.geometry import (
     LAYER_TYPES,
     Window,
@@ -114,10 +121,9 @@ def feature_chain(model: nn.Module, layer: str) -> list[tuple[str, nn.Module]]:
     flattened. Errors name the layer and list the valid ones.
     """
     path, target = resolve_layer(model, layer)
-    if isinstance(getattr(model, "features", None), nn.Sequential):
-        root, prefix = model.features, "features."
-    elif isinstance(model, nn.Sequential):
-        root, prefix = model, ""
+    found = chain_root(model)
+    if found is not None:
+        root, prefix = found
     else:
         raise ValueError(
             f"{type(model).__name__} has no `features` nn.Sequential: the deconvnet walks a "
@@ -505,7 +511,7 @@ def project_layers(
             raise ValueError(f"forward does not reach {', '.join(off)}; it was made for "
                              f"{', '.join(forward.chains)}")
     else:
-        maybe = {name: _chain_or_none(model, name) for name in seeds}
+        maybe = {name: _chain_or_none(model, name, x) for name in seeds}
         if any(c is None for c in maybe.values()):
             # the general path: 16 signals a pass on a CPU (measured fastest, the working set
             # stays in cache: 1.5x faster than 64 on resnet18), 256 on a GPU
@@ -549,11 +555,11 @@ def forward_pass(model: nn.Module, images: Tensor, layers: str | Sequence[str], 
     _check_rule("deconvnet", lrn)
     if isinstance(layers, str):  # one name, not its letters
         layers = [layers]
-    chains = {name: _chain_or_none(model, name) for name in layers}
+    x = to_model(model, images)
+    chains = {name: _chain_or_none(model, name, x) for name in layers}
     if not chains or any(c is None for c in chains.values()):
         return None
-    return _forward_pass(model, to_model(model, images), chains,  # type: ignore[arg-type]
-                         None, lrn)
+    return _forward_pass(model, x, chains, None, lrn)  # type: ignore[arg-type]
 
 
 def _forward_pass(model: nn.Module, x: Tensor, chains: dict[str, list[tuple[str, nn.Module]]],
@@ -571,21 +577,29 @@ def _forward_pass(model: nn.Module, x: Tensor, chains: dict[str, list[tuple[str,
     return Forward(model, x, dict(chains), lrn, trace)
 
 
-def windowed(model: nn.Module, layers: Sequence[str]) -> bool:
+def windowed(model: nn.Module, layers: Sequence[str], x: Tensor | None = None) -> bool:
     """Whether `project_layers` takes `layers`, seeded together, down the windowed engine
     (projections cropped to receptive fields) rather than the general path (each projection
-    covering the whole input): whether every one of them lies on the model's plain chain."""
-    return all(_chain_or_none(model, name) is not None for name in layers)
+    covering the whole input): whether every one of them lies on the model's plain chain, which
+    its forward runs as written (`chain_runs_as_forward`: checked on `x`, a model input, where
+    not known yet)."""
+    return all(_chain_or_none(model, name, x) is not None for name in layers)
 
 
-def _chain_or_none(model: nn.Module, layer: str) -> list[tuple[str, nn.Module]] | None:
+def _chain_or_none(model: nn.Module, layer: str, x: Tensor | None = None
+                   ) -> list[tuple[str, nn.Module]] | None:
     """The chain the windowed engine walks down from `layer`, or None when it cannot (the
-    general path will); a layer that does not exist is an error either way."""
+    general path will): off the chain, or the model's forward does not run the chain as it is
+    written (checked on the model input `x` once per model; without `x`, only a model found so
+    before); a layer that does not exist is an error either way."""
     resolve_layer(model, layer)
     try:
-        return feature_chain(model, layer)
+        chain = feature_chain(model, layer)
     except ValueError:
         return None
+    if x is not None:
+        return chain if chain_runs_as_forward(model, x) else None
+    return None if chain_checked(model) is False else chain
 
 
 def _project_graph(model: nn.Module, x: Tensor, seeds: dict[str, Seeds], rule: str, lrn: str,

@@ -39,7 +39,7 @@ from torch.utils.data import (
 from zfnet.activations import capture, shown_units
 from zfnet.data.workers import Loader
 from zfnet.deconvnet import feature_chain
-from zfnet.models import eval_mode, resolve_layer
+from zfnet.models import chain_runs_as_forward, eval_mode, resolve_layer
 
 _NO_IMAGE = torch.iinfo(torch.int64).max  # sorts after every real index
 
@@ -293,6 +293,9 @@ def mine_topk(
                 raise ValueError(f"items must be images (C, H, W); got a batch of {tuple(x.shape)}"
                                  " (ten-crop data? mine the centre crops)")
             x = x.to(dev, dtype, non_blocking=True)
+            if chain is not None and store is None and not chain_runs_as_forward(model, x):
+                chain = None  # its forward does more than walk the chain: read it by hooks
+                store = stack.enter_context(capture(model, list(layers)))
             if chain is None:
                 model(x)
                 for name in layers:

@@ -209,7 +209,12 @@ class Explorer:
         self._forward = _LRU(8)  # image id -> {layer: activation (C, h, w) or (F,)}, logits
         self._pngs = _LRU(256)  # (view, ...) -> PNG bytes
         self._passes = _LRU(4)  # image id -> its kept forward pass (`forward_pass`) or None
-        self._chain_layers = [r.name for r in self.layers if windowed(self.model, [r.name])]
+        # the layers the windowed engine takes: on the chain, which the forward runs as it
+        # is written (checked once on a random input: `chain_runs_as_forward`)
+        probe = to_model(self.model, torch.rand(1, self.channels, *self.size,
+                                                generator=torch.Generator().manual_seed(0)))
+        self._chain_layers = [r.name for r in self.layers
+                              if windowed(self.model, [r.name], probe)]
         self._topk: dict[str, TopK] = {}
         # dataset images found broken, index -> why: read once, warned about once per server
         self._broken: dict[int, str] = {}

@@ -20,6 +20,9 @@ from zfnet.models.geometry import (
 from zfnet.models.layers import (
     LayerInfo,
     UnknownLayerError,
+    chain_checked,
+    chain_root,
+    chain_runs_as_forward,
     feature_layers,
     first_convs,
     last_spatial_layer,
@@ -50,5 +53,5 @@ __all__ = [
     "register_model", "resolve_layer", "sequential_geometry",
     "GeometryError", "graph_geometry",
     "feature_layers", "first_convs", "is_zfnet_model", "last_spatial_layer", "layer_geometries",
-    "vector_layer",
+    "vector_layer", "chain_checked", "chain_root", "chain_runs_as_forward",
 ]

@@ -14,8 +14,10 @@ feature vector the classifier reads: invariance's layer 7, probes).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from zfnet.models.geometry import (
@@ -28,6 +30,7 @@ from zfnet.models.geometry import (
     sequential_geometry,
     sequential_leaves,
 )
+from zfnet.models.modes import eval_mode
 
 # the stages `feature_layers` shows at most, and the input side used when none is given
 MAX_STAGES = 8
@@ -216,10 +219,89 @@ def _is_convnet(model: nn.Module) -> bool:
 
 
 def _plain_chain(model: nn.Module) -> bool:
-    """A `features` nn.Sequential of layers of known geometry (torchvision's alexnet, vgg)."""
+    """A `features` nn.Sequential of layers of known geometry (torchvision's alexnet, vgg),
+    which the model's forward runs as it is (not found otherwise by `chain_runs_as_forward`)."""
     features = getattr(model, "features", None)
-    return isinstance(features, nn.Sequential) and all(
+    return isinstance(features, nn.Sequential) and _CHAIN_RUNS.get(model) is not False and all(
         isinstance(m, LAYER_TYPES) for _, m in sequential_leaves(features))
+
+
+# model -> whether its forward runs its chain as the chain is written (`chain_runs_as_forward`)
+_CHAIN_RUNS: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+
+
+def _plainly_runs(model: nn.Module, root: nn.Sequential) -> bool:
+    """The chain is run as written by construction: plain `nn.Sequential`s (no subclass with a
+    forward of its own), no module in it twice, and the model that chain itself or zfnet's
+    `ConvNet`, whose forward begins with it."""
+    from zfnet.models.convnet import ConvNet
+
+    seqs = [m for m in root.modules() if isinstance(m, nn.Sequential)]
+    ids = [id(m) for s in seqs for m in s._modules.values()]
+    return all(type(m) is nn.Sequential for m in seqs) and len(ids) == len(set(ids)) and (
+        model is root or (type(model) is ConvNet))
+
+
+def chain_checked(model: nn.Module) -> bool | None:
+    """What `chain_runs_as_forward` found for this model; None where it was not asked yet."""
+    return _CHAIN_RUNS.get(model)
+
+
+def chain_root(model: nn.Module) -> tuple[nn.Sequential, str] | None:
+    """The plain chain a model's layers may be walked along — `model.features` as an
+    `nn.Sequential`, or the model itself as one — with its path prefix; None without one."""
+    features = getattr(model, "features", None)
+    if isinstance(features, nn.Sequential):
+        return features, "features."
+    if isinstance(model, nn.Sequential):
+        return model, ""
+    return None
+
+
+def chain_runs_as_forward(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether the model's own forward on `x` (N, C, H, W: its first image is used) runs its
+    plain chain (`chain_root`) as written: the input itself into the chain's first module
+    (no normalisation in `forward` before it), each module once, in order, each one's output
+    the next one's input (not a Sequential subclass with its own forward, nor one module in it
+    twice). Walking the chain instead of calling the model is only right then; the answer is
+    kept per model (one forward pass of one image, the first time it is asked). False also
+    for a model without a chain; a forward that fails on `x` raises as it is."""
+    known = _CHAIN_RUNS.get(model)
+    if known is not None:
+        return known
+    root = chain_root(model)
+    if root is None:
+        return False
+    if _plainly_runs(model, root[0]):  # known without running it
+        _CHAIN_RUNS[model] = True
+        return True
+    leaves = sequential_leaves(*root)
+    seen: list[tuple[str, torch.Tensor | None, object]] = []
+
+    def record(path: str):  # noqa: ANN202
+        def hook(_m: nn.Module, args: tuple, out: object) -> None:
+            seen.append((path, args[0] if args and torch.is_tensor(args[0]) else None, out))
+        return hook
+
+    first = x[:1]
+    handles = [m.register_forward_hook(record(p)) for p, m in leaves]
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(first)
+    finally:
+        for h in handles:
+            h.remove()
+    paths = [p for p, _ in leaves]
+
+    def same(a: object, b: object) -> bool:
+        return a is b or (torch.is_tensor(a) and torch.is_tensor(b) and a.shape == b.shape
+                          and torch.equal(a, b))
+
+    ok = bool(seen) and [p for p, _, _ in seen] == paths[: len(seen)] and \
+        same(seen[0][1], first) and all(same(seen[i][1], seen[i - 1][2])
+                                        for i in range(1, len(seen)))
+    _CHAIN_RUNS[model] = ok
+    return ok
 
 
 def _has_conv(m: nn.Module) -> bool:
