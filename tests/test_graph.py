@@ -317,6 +317,23 @@ def test_batched_backward_refuses_an_unrelated_output() -> None:
         batched_backward(y, x, torch.ones(1, 1, 4, 8, 8), "gradient")
 
 
+def test_a_layer_that_does_not_follow_the_batch_is_named() -> None:
+    """A module run on a constant inside forward: one row whatever the batch, refused by name."""
+    from zfnet.deconvnet import project
+
+    class Const(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.const = torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(1, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x).mean((2, 3)) + self.const(torch.ones(1, 1, 4, 4)).mean()
+
+    with pytest.raises(ValueError, match="layer 'const' gives 1 row\\(s\\) for a batch of 2 "
+                                         "images: its output does not follow the images"):
+        project(Const().eval(), torch.randn(2, 3, 16, 16), "const", 0)
+
+
 @pytest.mark.parametrize("rule", ["deconvnet", "guided", "gradient"])
 def test_general_path_equals_the_windowed_engine_on_a_chain(rule: str) -> None:
     """Both paths of the one engine give the same projections on zfnet's chain (LRN, ceil-mode

@@ -338,3 +338,22 @@ def test_class_names_from_a_file(code, tmp_path) -> None:
     assert all(str(row[0]).endswith((".png", ".jpg")) for row in table["rows"])
     figure = json.loads((out / "sections" / "occlusion.json").read_text())["figures"][0]
     assert "(d) p(predicted class)" in figure["caption"] and "val images" not in figure["caption"]
+
+
+def test_from_module_takes_a_model_in_its_own_dtype_and_names_a_forward_of_more_inputs() -> None:
+    import torchvision
+
+    from zfnet.sources import from_module
+
+    torch.manual_seed(0)
+    for dtype in (torch.bfloat16, torch.float64):
+        model = torchvision.models.resnet18(num_classes=3).to(dtype)
+        assert from_module(model, resize=36, crop=32).model is model
+
+    class TwoInputs(torch.nn.Module):
+        def forward(self, x, *, mask):
+            return x.mean((2, 3)) * mask
+
+    with pytest.raises(ValueError, match=r"forward takes more than a batch of images \(.*mask"
+                                         r".*\); zfnet calls model\(images\) alone: wrap"):
+        from_module(TwoInputs(), crop=32)

@@ -507,6 +507,10 @@ def _down_layer(x: Tensor, act: Tensor, name: str, seed: tuple[Tensor, Tensor, T
     """The seeds of one layer on the images `chunk` (the rows of `x`), down to `x` in rounds."""
     img, ch, pos = seed
     b, c = shown_units(name, act).shape[:2]
+    if b != len(chunk):
+        raise ValueError(f"layer {name!r} gives {b} row(s) for a batch of {len(chunk)} images: "
+                         "its output does not follow the images (does it depend on them?); "
+                         "name a layer the images go through")
     local = torch.full((max(chunk) + 1,), -1, dtype=torch.long)
     local[torch.tensor(chunk)] = torch.arange(len(chunk))
     sel = torch.nonzero((img <= max(chunk)) & (local[img.clamp(max=max(chunk))] >= 0)).flatten()

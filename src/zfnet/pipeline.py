@@ -307,7 +307,7 @@ def transfer(model: nn.Module, meta: dict[str, Any], target: str, run_dir: str |
 
 
 def randomization(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
-                  n_images: int = 4, layer: str | None = "conv5",
+                  n_images: int = 4, layer: str | None = None,
                   mode: str = "cascading", steps: str = "block") -> Any:
     """Sanity check (Adebayo et al.): cascading (or, `mode="independent"`, one at a time)
     randomisation of the blocks (`steps="module"`: the modules) below `layer` (None:

@@ -339,7 +339,9 @@ def check_input(src: Source) -> None:
     prep = src.preprocessing
     param = next(src.model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    x = torch.zeros(1, prep.in_channels, prep.crop, prep.crop, device=device)
+    dtype = param.dtype if param is not None and param.dtype.is_floating_point \
+        else torch.float32  # a model in float16, bfloat16 or float64 takes its own
+    x = torch.zeros(1, prep.in_channels, prep.crop, prep.crop, device=device, dtype=dtype)
     try:
         with torch.no_grad():
             out = src.model(x)
@@ -348,6 +350,11 @@ def check_input(src: Source) -> None:
             raise
         return
     except Exception as e:  # whatever the forward raises means the same here
+        if isinstance(e, TypeError) and "required" in str(e) and "argument" in str(e):
+            raise ValueError(
+                f"{src.name}'s forward takes more than a batch of images ({_first_line(e)}); "
+                "zfnet calls model(images) alone: wrap the model in a module whose forward "
+                "takes the images and returns class scores") from e
         raise ValueError(
             f"{src.name} does not take {prep.in_channels}x{prep.crop}x{prep.crop} inputs "
             f"({type(e).__name__}: {_first_line(e)}); give the size it takes with --crop "
