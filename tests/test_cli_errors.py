@@ -340,6 +340,7 @@ CASES = [
     ("evolution-no-checkpoints", ["analyze", "evolution", "--run", "{empty}", *OUT], "empty"),
     ("evolution-no-run", ["analyze", "evolution", *OUT], "--checkpoint"),
     ("evolution-dataset", ["analyze", "evolution", *CK, "--data", "nope", *OUT], "nope"),
+    ("evolution-one-epoch", ["analyze", "evolution", *CK, *OUT], "keeps 1 checkpoint (epoch 1)"),
     ("filters-not-a-run", ["analyze", "filters", "--checkpoint", "{empty}", *OUT], "empty"),
     ("invariance-other-classes", ["analyze", "invariance", *CK, *OUT, "--data",
                                   TINY + "&classes=0,1"], "2 classes"),
@@ -477,10 +478,10 @@ def test_names_and_aliases(places, tmp_path) -> None:
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in (out / "gallery").glob("*.png")) == [
         "topk_conv1.png", "topk_conv2.png", "topk_conv3.png", "topk_pool5.png"]
-    for flag in ("--checkpoint", "--run"):
+    for flag in ("--checkpoint", "--run"):  # the run keeps one epoch: refused, but by name
         res = CliRunner().invoke(main, ["analyze", "evolution", flag, run, "--out", str(out),
                                         "--images", "8", "--maps", "2"])
-        assert res.exit_code == 0, res.output
+        assert res.exit_code == 2 and "keeps 1 checkpoint" in res.output, res.output
     res = CliRunner().invoke(main, ["analyze", "correspondence", "--checkpoint", run, "--out",
                                     str(out), "--parts", "eye_left, mouth", "--images", "3",
                                     "--draws", "1"])

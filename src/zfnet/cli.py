@@ -1013,8 +1013,10 @@ def analyze() -> None:
 @_DATA
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Report directory (default: the run directory).")
-@click.option("--images", default=1000, show_default=True, type=click.IntRange(1))
-@click.option("--maps", default=6, show_default=True, type=click.IntRange(1))
+@click.option("--images", default=1000, show_default=True, type=click.IntRange(1),
+              help="Training images mined at each epoch (centre crops).")
+@click.option("--maps", default=6, show_default=True, type=click.IntRange(1),
+              help="Feature maps shown per layer: the last epoch's strongest.")
 @_DEVICE
 @_BATCH
 def evolution_cmd(run_dir: str | None, run_alias: str | None, data: str | None,
@@ -1034,6 +1036,11 @@ def evolution_cmd(run_dir: str | None, run_alias: str | None, data: str | None,
             "directory of `zfnet train` (--keep-epochs says which epochs it keeps)",
             param_hint="--checkpoint")
     _, bundle = _load(str(kept[-1][1]), data)
+    if len(kept) < 2:
+        raise click.BadParameter(
+            f"{run_dir} keeps 1 checkpoint (epoch {kept[0][0]}); evolution compares 2 or more "
+            "(train with --keep-epochs N,N,... naming the epochs to keep)",
+            param_hint="--checkpoint")
     pipeline.evolution(run_dir, bundle, out, n_images=images, n_maps=maps,
                        batch_size=batch_size, device=device)
     _finish(out or run_dir)

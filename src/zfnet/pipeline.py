@@ -144,6 +144,9 @@ def evolution(run_dir: str | Path, bundle: DataBundle, out_dir: str | Path | Non
         raise FileNotFoundError(
             f"{run_dir} holds no kept checkpoints (checkpoints/epoch_NNNN/): give a run directory "
             "of `zfnet train` (--keep-epochs says which epochs it keeps)")
+    if len(ckpts) < 2:
+        raise ValueError(f"{run_dir} keeps 1 checkpoint (epoch {ckpts[0][0]}); evolution "
+                         "compares 2 or more (train with --keep-epochs)")
     check_fits(ckpts[-1][1], bundle)
     last = ckpts[-1][1]
     # zfnet's conv1…conv5; another architecture's stages (a ResNet's conv1, layer1…layer4)
