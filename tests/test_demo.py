@@ -109,4 +109,9 @@ def test_study_command(tmp_path) -> None:
     assert [r["variant"] for r in rows] == ["baseline", "no_fc7"]
     assert rows[1]["parameters"] < rows[0]["parameters"]
     assert rows[0]["paper"] == [33.1, 38.4, 16.5]
-    assert 'id="study"' in (tmp_path / "index.html").read_text()
+    page = (tmp_path / "index.html").read_text()
+    assert 'id="study"' in page and "for 1 epoch with" in page
+    head, *lines = res.output.strip().splitlines()[-4:-1]  # its table says "error"; report
+    assert "error: train top-1  val top-1  val top-5" in head
+    assert [line.split()[:2] for line in lines] == [["zfnet_small", "baseline"],
+                                                    ["zfnet_small", "no_fc7"]]

@@ -1001,9 +1001,9 @@ def atlas_cmd(model_options: ModelOptions, data: str | None, out: str,
             pass
 
 
-@main.group("analyze", short_help="The paper's analyses (Figs. 4-8, Tables 1, 3-7)")
+@main.group("analyze", short_help="The paper's analyses (Figs. 4-8, Tables 1, 4, 5, 7)")
 def analyze() -> None:
-    """The paper's analyses (Figs. 4-8, Tables 1, 3-7) and a sanity check."""
+    """The paper's analyses (Figs. 4-8, Tables 1, 4, 5, 7) and a sanity check."""
 
 
 @analyze.command("evolution", short_help="Fig. 4: top activations projected at each kept epoch")
@@ -1345,11 +1345,15 @@ def _data_randomization(model_options: ModelOptions, data: str | None, out: str,
                    "`zfnet train` takes (its baseline).")
 @click.option("--variants", default="baseline,fc_half,fc_double,wide345,no_conv34,no_fc7,no_fc67",
               show_default=True, callback=_names, help="Comma-separated Table 3 variants.")
-@click.option("--epochs", required=True, type=click.IntRange(1))
-@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(1))
-@click.option("--lr", default=0.01, show_default=True, type=_POSITIVE)
+@click.option("--epochs", required=True, type=click.IntRange(1),
+              help="Epochs each variant trains (the same for all).")
+@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(1),
+              help="Images per step, every variant.")
+@click.option("--lr", default=0.01, show_default=True, type=_POSITIVE,
+              help="Peak learning rate, every variant.")
 @click.option("--schedule", default="cosine", show_default=True,
-              type=click.Choice(["plateau", "step", "cosine", "linear", "onecycle", "constant"]))
+              type=click.Choice(["plateau", "step", "cosine", "linear", "onecycle", "constant"]),
+              help="Learning-rate schedule, every variant (as `zfnet train --schedule`).")
 @_OUT
 def study_cmd(data: str, models: tuple[str, ...], variants: tuple[str, ...], epochs: int,
               batch_size: int, lr: float, schedule: str, out: str) -> None:
@@ -1371,9 +1375,10 @@ def study_cmd(data: str, models: tuple[str, ...], variants: tuple[str, ...], epo
         sys.exit(EXIT_INTERRUPTED[signal.Signals[e.signal or "SIGTERM"]])
     (Path(out) / "study.json").write_text(json.dumps(rows, indent=1))
     study_section(out, rows, data, epochs)
+    click.echo(f"{'model':<14} {'variant':<18} error: train top-1  val top-1  val top-5")
     for r in rows:
-        click.echo(f"{r['model']:<14} {r['variant']:<18} train {r['train_top1_error']:.1%}  "
-                   f"val {r['val_top1_error']:.1%}  top-5 {r['val_top5_error']:.1%}")
+        click.echo(f"{r['model']:<14} {r['variant']:<18}        {r['train_top1_error']:>11.1%}"
+                   f"  {r['val_top1_error']:>9.1%}  {r['val_top5_error']:>9.1%}")
     _finish(out)
 
 

@@ -176,7 +176,8 @@ def study_section(run_dir: str | Path, rows: list[dict[str, Any]], data: str, ep
     section = Section(
         key="study", title="Architecture variants (Table 3)", order=order,
         caption=(
-            f"Each variant trained on {data} for {epochs} epochs with the same recipe. Errors in "
+            f"Each variant trained on {data} for {epochs} epoch{'s' * (epochs != 1)} with the same "
+            "recipe. Errors in "
             "%, train error measured without dropout on centre crops. The paper (ImageNet, "
             "70 epochs): removing conv3-4 or fc6-7 costs little alone, both together a lot; "
             "wider middle conv layers help, wider fc layers overfit."
