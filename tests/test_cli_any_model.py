@@ -68,9 +68,9 @@ def test_occlusion_in_bfloat16_and_a_bad_precision(setup, tmp_path) -> None:
     args = ["analyze", "occlusion", *_model(setup), "--data", f"images:{setup / 'photos'}",
             "--images", "1", "--size", "32", "--stride", "32", "--out", str(out)]
     text = _ok([*args, "--precision", "bfloat16"])
-    assert "method full" in text and "precision bfloat16" in text
+    assert "method: full, bfloat16" in text
     metrics = {s.key: s for s in read_sections(out)}["occlusion"].metrics
-    assert metrics["precision"] == "bfloat16"
+    assert metrics["method"] == "full, bfloat16"
     res = CliRunner().invoke(main, [*args[:-1], str(tmp_path / "not"), "--precision", "half"])
     assert res.exit_code == 2 and "'half' is not one of 'float32', 'bfloat16'" in res.output
     assert not (tmp_path / "not").exists()
@@ -81,7 +81,7 @@ def test_occlusion_invariance_randomization_filters(setup, tmp_path) -> None:
     data = ["--data", f"images:{setup / 'photos'}"]
     text = _ok(["analyze", "occlusion", *_model(setup), *data, "--images", "2", "--size", "16",
                 "--stride", "8", "--out", str(out)])
-    assert "layer layer4" in text and "method full" in text  # not a chain: full recomputation
+    assert "layer: layer4" in text and "method: full" in text  # not a chain: recomputed whole
     _ok(["analyze", "randomization", *_model(setup), *data, "--images", "2", "--out", str(out)])
     _ok(["analyze", "randomization", *_model(setup), *data, "--images", "1", "--layer", "layer1",
          "--mode", "independent", "--steps", "module", "--out", str(out)])

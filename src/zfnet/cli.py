@@ -1119,15 +1119,21 @@ def invariance_cmd(model_options: ModelOptions, data: str | None, out: str) -> N
 @_SOURCE
 @_DATA
 @_OUT
-@click.option("--images", default=4, show_default=True, type=click.IntRange(1))
+@click.option("--images", default=4, show_default=True, type=click.IntRange(1),
+              help="Val images in the figure, one per class while classes last.")
 @click.option("--pointing", default=100, show_default=True, type=click.IntRange(0),
               help="Images for the pointing game (datasets with object masks).")
-@click.option("--size", default=None, type=click.IntRange(1), help="Occluder side (px).")
-@click.option("--stride", default=None, type=click.IntRange(1), help="Occluder stride (px).")
+@click.option("--size", default=None, type=click.IntRange(1),
+              help="Occluder side in px (default 1/7 of the image side: 32 at 224 px).")
+@click.option("--stride", default=None, type=click.IntRange(1),
+              help="Occluder step in px (default a quarter of --size: 8 at 224 px).")
 @click.option("--layer", default=None,
               help="Layer of maps (b)/(c) (default: the last spatial layer, conv5 on zfnet's).")
 @click.option("--method", type=click.Choice(["auto", "incremental", "full"]), default="auto",
-              show_default=True)
+              show_default=True,
+              help="incremental: recompute only what each occluder position changes (chain "
+                   "models); full: the whole model per position; auto: incremental where it "
+                   "applies.")
 @click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default="float32",
               show_default=True,
               help="bfloat16: the full method's forward passes (any network that is not a "
@@ -1139,7 +1145,7 @@ def occlusion_cmd(model_options: ModelOptions, data: str | None, out: str, image
                   pointing: int, size: int | None, stride: int | None, layer: str | None,
                   method: str, precision: str) -> None:
     """Fig. 7: a grey square slid over the image; activation, projection, p(class), label."""
-    from zfnet.analyses.occlusion import occlusion_report
+    from zfnet.analyses.occlusion import metric_words, occlusion_report
     from zfnet.pipeline import check_fits
 
     source, bundle = _model_and_data(model_options, data)
@@ -1149,7 +1155,7 @@ def occlusion_cmd(model_options: ModelOptions, data: str | None, out: str, image
                          size=size, stride=stride, layer=layer, method=method,
                          precision=precision, batch_size=model_options.batch_size,
                          class_names=source.labels)
-    click.echo(", ".join(f"{k} {v}" for k, v in r.items()))
+    click.echo("; ".join(f"{k}: {v}" for k, v in metric_words(r).items()))
     _finish(out)
 
 

@@ -319,7 +319,20 @@ def test_report_on_resnet18_follows_the_models_own_class(synthetic64, tmp_path,
     r = occlusion(net, x, target=None, size=16, stride=16, project=False)
     followed = section["tables"][0]["rows"][0][3]
     p = net(x[None]).detach().softmax(1)[0]
-    assert followed == pytest.approx(round(float(p[y if own else r.target]), 3), abs=1e-3)
+    assert float(followed) == pytest.approx(float(p[y if own else r.target]), abs=1e-3)
+    # the section's metrics are a reader's words, not the returned dict's keys
+    words = section["metrics"]
+    assert words["occluder"] == "16 px, stride 16 px" and words["method"] == "full, float32"
+    assert words["p(class) of"] == ("the true class" if own else "the predicted class")
+    assert words["pointing game"].endswith(f"hits on {metrics['pointing_images']} images "
+                                           f"(chance {metrics['pointing_chance']:.0%})")
+
+
+def test_table_probabilities_keep_their_digits_below_a_thousandth() -> None:
+    from zfnet.analyses.occlusion import _p
+
+    assert [_p(v) for v in (0.98765, 0.001, 2.04e-6, 0.0)] == ["0.988", "0.001", "2e-06",
+                                                               "0.000"]
 
 
 @pytest.mark.parametrize("method", ["incremental", "full"])

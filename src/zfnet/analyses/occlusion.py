@@ -529,6 +529,12 @@ OTHER_CLASSES = (
 )
 
 
+def _p(v: float) -> str:
+    """A probability for the table: 3 decimals, or 3 significant digits below 0.001 (the
+    figure's colour bar reads 2e-06 there, not 0)."""
+    return f"{v:.3f}" if v >= 1e-3 or v == 0 else f"{v:.2g}"
+
+
 def occlusion_report(
     model: nn.Module,
     bundle: Any,
@@ -587,7 +593,7 @@ def occlusion_report(
         true = [bundle.class_names[y] if 0 <= y < len(bundle.class_names) else "-"] \
             if bundle.class_names else []  # a folder of photos has none
         rows.append([file_name(val, i) or i, *true, predicted,
-                     round(r.base_probability, 3), round(float(r.probability.min()), 3),
+                     _p(r.base_probability), _p(float(r.probability.min())),
                      f"{r.layer}:{r.feature_map}"])
     fig_path = plot_occlusion(panels, names, run_dir / "occlusion" / "fig7_occlusion.png")
     first = panels[0][1]
@@ -624,6 +630,23 @@ def occlusion_report(
                         "Columns: (a) image, (b) layer activation, (c) "
                         + ("gradient" if rules == {"gradient"} else "deconv") + " projection, "
                         f"(d) p({followed} class), (e) most probable label.")],
-        tables=tables, metrics=metrics, order=70,
+        tables=tables, metrics=metric_words(metrics), order=70,
     ))
     return metrics
+
+
+def metric_words(metrics: dict[str, Any]) -> dict[str, str]:
+    """`occlusion_report`'s numbers as a reader's labelled phrases (the report section's
+    metrics and the CLI's summary line)."""
+    words = {
+        "occluder": f"{metrics['occluder_px']} px, stride {metrics['stride_px']} px",
+        "layer": str(metrics["layer"]),
+        "method": f"{metrics['method']}, {metrics['precision']}",
+        "p(class) of": "the true class" if metrics["class_followed"] == "label"
+        else "the predicted class",
+    }
+    if "pointing_hit_rate" in metrics:
+        words["pointing game"] = (f"{metrics['pointing_hit_rate']:.0%} hits on "
+                                  f"{metrics['pointing_images']} images (chance "
+                                  f"{metrics['pointing_chance']:.0%})")
+    return words
