@@ -301,7 +301,18 @@ def test_occlusion_and_evolution_jobs(client, explorer) -> None:
     assert occ["layer"] == "conv5" and 0 <= occ["target"]["class"] < 10
     assert (occ["method"], occ["precision"]) == ("incremental", "float32")
     assert occ["target"]["name"] in explorer.bundle.class_names
+    assert occ["map_rule"] == "strongest"
     assert _png(client.get(occ["figure"])).ndim == 3
+    # a picked unit: maps (b) and (c) are its own, the figure another one
+    picked = _wait(client, "/api/occlusion?image=val:2&layer=conv3&unit=5")
+    assert (picked["layer"], picked["map"], picked["map_rule"]) == ("conv3", 5, "picked")
+    assert picked["target"] == occ["target"] and picked["figure"] != occ["figure"]
+    assert not np.array_equal(_png(client.get(picked["figure"])), _png(client.get(occ["figure"])))
+    for bad, words in (("&layer=conv3", "needs both layer and unit"),
+                       ("&layer=conv3&unit=999", "unit 999 is not a map of conv3"),
+                       ("&layer=conv9&unit=0", "conv9")):
+        res = client.get(f"/api/occlusion?image=val:2{bad}")
+        assert res.status_code in (400, 404) and words in res.json()["error"], res.json()
     evo = _wait(client, "/api/evolution?layer=conv2&unit=4")
     assert evo["epochs"] == [1, 2] and len(evo["similarity"]) == 2
     assert evo["similarity"][-1] == pytest.approx(1.0, abs=1e-5)  # the last epoch vs itself
@@ -406,13 +417,13 @@ def test_a_job_never_runs_the_views_model(tmp_path) -> None:
     handle = e.model.register_forward_hook(
         lambda *_: threads.add(threading.current_thread().name))
     try:
-        worker = threading.Thread(target=e.occlusion_job, args=(up.id, lambda d, t: None),
-                                  name="job")
+        worker = threading.Thread(target=e.occlusion_job,
+                                  args=(up.id, None, None, lambda d, t: None), name="job")
         worker.start()
         worker.join(60)
     finally:
         handle.remove()
-    assert up.id in e.occlusions and "job" not in threads
+    assert (up.id, None, None) in e.occlusions and "job" not in threads
 
 
 def test_the_jobs_copy_of_the_model_has_none_of_the_views_hooks(tmp_path) -> None:
@@ -624,7 +635,7 @@ def test_occlusion_jobs_are_abandonable_but_the_topk_index_is_not(explorer) -> N
             gate.set()
         holder.future.result(30)
         jobs.last(("topk", "relu3")).future.result(300)
-        jobs.last(("occlusion", "val:3")).future.result(30)
+        jobs.last(("occlusion", "val:3", None, None)).future.result(30)
         listed = {j["id"]: j for j in c.get("/api/jobs").json()["jobs"]}
         assert (listed[topk["id"]]["state"], listed[topk["id"]]["abandoned"]) == ("done", False)
         assert (listed[occ["id"]]["state"], listed[occ["id"]]["abandoned"]) == ("cancelled", True)

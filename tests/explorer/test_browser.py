@@ -292,6 +292,13 @@ def test_occlusion_waits_its_turn_can_be_cancelled_and_computed_again(page, serv
     page.wait_for_selector('#view-result[data-view="occlusion"]', timeout=60_000)
     page.wait_for_function(LOADED, arg="#view-figure")
     assert page.locator("#job").is_hidden()
+    assert "pick a unit to follow it instead" in page.text_content("#view-meta")
+    # a picked unit: the tab follows it (maps (b) and (c) are its own)
+    _open(page, "/?image=val:1&layer=conv3&unit=2&view=occlusion")
+    page.wait_for_function("document.querySelector('#view-meta').textContent"
+                           ".includes('conv3 map 2, the picked unit')", timeout=60_000)
+    page.wait_for_function(LOADED, arg="#view-figure")
+    assert "unit=2" in page.get_attribute("#view-figure", "src")
     assert page.console.errors == []
 
 

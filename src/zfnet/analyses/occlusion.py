@@ -193,6 +193,7 @@ def occlusion(
     tau: float = 1.0,
     project: bool = True,
     precision: str = "float32",
+    feature_map: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> OcclusionResult:
     """Occlusion sensitivity of `model` on `image` (paper Fig. 7).
@@ -213,6 +214,8 @@ def occlusion(
     of the map's range, correlation >= 0.999: bench/bench_occlusion_precision.py), a
     near-tie's most sensitive position may move; incremental inference always works in the
     model's dtype.
+    feature_map: the map of `layer` that maps (b) and (c) show (default: the unoccluded
+    image's strongest, as in the paper).
     progress(done, total): called as occluder positions are done; an exception it raises (a
     cancelled job) stops the computation.
     """
@@ -254,7 +257,10 @@ def occlusion(
     with eval_mode(model):
         with torch.inference_mode():
             base_logits, totals = _unoccluded(model, image, layer, passes())
-            channel = int(torch.argmax(totals))
+            if feature_map is not None and not 0 <= feature_map < totals.numel():
+                raise ValueError(f"feature_map={feature_map} is not a map of {layer}; valid: "
+                                 f"0..{totals.numel() - 1}")
+            channel = int(torch.argmax(totals)) if feature_map is None else feature_map
             k = base_logits.shape[0]
             predicted = target is None
             if target is None:

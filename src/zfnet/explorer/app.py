@@ -227,21 +227,28 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
         return _png(await call(explorer.topk_png, layer, unit, rule))
 
     @app.get("/api/occlusion")
-    async def occlusion(image: str) -> Any:
-        """The four occlusion maps of Fig. 7 for the image."""
+    async def occlusion(image: str, layer: str | None = None, unit: int | None = None) -> Any:
+        """The four occlusion maps of Fig. 7 for the image: maps (b) and (c) of the picked
+        unit (layer and unit), or of the image's strongest map of the default layer."""
         entry = await call(explorer.image, image)  # an unknown image: an error now
-        done = explorer.occlusions.get(entry.id)
+        layer, unit = explorer.occlusion_unit(layer, unit)
+        done = explorer.occlusions.get((entry.id, layer, unit))
         if done is not None:
             return {k: v for k, v in done.items() if k != "png"}
-        return started("occlusion", ("occlusion", entry.id), f"occlusion maps of {entry.id}",
-                       explorer.occlusion_job, entry.id)
+        what = f"{layer} map {unit}" if layer is not None else "its strongest map"
+        return started("occlusion", ("occlusion", entry.id, layer, unit),
+                       f"occlusion maps of {entry.id} ({what})",
+                       explorer.occlusion_job, entry.id, layer, unit)
 
     @app.get("/api/occlusion.png")
-    async def occlusion_png(image: str) -> Response:
-        done = explorer.occlusions.get(image)
+    async def occlusion_png(image: str, layer: str | None = None,
+                            unit: int | None = None) -> Response:
+        layer, unit = explorer.occlusion_unit(layer, unit)
+        done = explorer.occlusions.get((image, layer, unit))
         if done is None:
+            picked = f"&layer={layer}&unit={unit}" if layer is not None else ""
             raise NotFoundError(f"no occlusion maps of {image!r} yet: GET "
-                                f"/api/occlusion?image={image} computes them")
+                                f"/api/occlusion?image={image}{picked} computes them")
         return _png(done["png"])
 
     @app.get("/api/evolution")

@@ -222,7 +222,9 @@ class Explorer:
         key = self._cache_key()
         self.id = key.rsplit("-", 1)[-1]  # names this model and data in links
         self.cache_dir = Path(cache_dir) / key
-        self.occlusions = _LRU(32)  # image id -> result and figure (the recent ones)
+        # (image id, layer, map) -> result and figure (the recent ones); layer and map None:
+        # the default layer's strongest map
+        self.occlusions = _LRU(32)
         self.evolutions = _LRU(64)  # (layer, unit) -> result and figure
 
     # --- the model ---
@@ -751,26 +753,45 @@ class Explorer:
             return buf.getvalue()
         return self._pngs.get_or(("topk", lr.name, unit, rule), draw)
 
-    def occlusion_job(self, image_id: str, progress: Callable[[int, int], None]) -> None:
+    def occlusion_unit(self, layer: str | None, unit: int | None) -> tuple[str | None,
+                                                                           int | None]:
+        """The (layer, map) whose maps (b) and (c) an occlusion shows: a picked unit's, checked,
+        or (None, None): the default layer's strongest map (the paper's choice)."""
+        if layer is None and unit is None:
+            return None, None
+        if layer is None or unit is None:
+            raise ExplorerError("occlusion of a unit needs both layer and unit (or neither: "
+                                "the image's strongest map of the last spatial layer)")
+        row = self.layer(layer)
+        return row.name, self.unit_index(row, unit)
+
+    def occlusion_job(self, image_id: str, layer: str | None, unit: int | None,
+                      progress: Callable[[int, int], None]) -> None:
         """The four maps of Fig. 7 for the image (zfnet.analyses.occlusion), computed
-        incrementally where the model allows, and its figure."""
+        incrementally where the model allows, and its figure: maps (b) and (c) of `unit` of
+        `layer` (both None: the default layer's strongest map)."""
         from zfnet.analyses.occlusion import occlusion, plot_occlusion
 
         entry = self.image(image_id)
+        layer, unit = self.occlusion_unit(layer, unit)
         model = self.job_model()
-        result = occlusion(model, entry.x, progress=progress,
+        result = occlusion(model, entry.x, layer=layer, feature_map=unit, progress=progress,
                            precision=self.occlusion_precision)
         if result.projection is not None:
             result.projection = result.projection * self.pre.pixel_scale().reshape(-1, 1, 1)
         buf = io.BytesIO()
         plot_occlusion([(entry.pixels, result)], self._class_names(), buf)
         names = self._class_names()
-        self.occlusions.put(image_id, {
+        query = {"image": image_id} | ({"layer": layer, "unit": unit} if layer is not None
+                                       else {})
+        self.occlusions.put((image_id, layer, unit), {
             "target": {"class": result.target,
                        "name": names[result.target] if names else None},
-            "layer": result.layer, "map": result.feature_map, "method": result.method,
-            "precision": result.meta["precision"],
-            "figure": f"/api/occlusion.png?image={image_id}", "png": buf.getvalue()})
+            "layer": result.layer, "map": result.feature_map,
+            "map_rule": "picked" if layer is not None else "strongest",
+            "method": result.method, "precision": result.meta["precision"],
+            "figure": "/api/occlusion.png?" + urlencode(query),
+            "png": buf.getvalue()})
 
     def evolution_job(self, layer: str, unit: int, progress: Callable[[int, int], None]
                       ) -> None:

@@ -238,7 +238,7 @@
     if (changed("image", "layer")) loadMaps();
     else markSelectedMap();
     if (changed("image", "layer", "unit", "row", "col")) loadUnit();
-    const viewDeps = s.view === "occlusion" ? ["view", "image"] : ["view", "layer", "unit"];
+    const viewDeps = s.view === "occlusion" ? ["view", "image", "layer", "unit"] : ["view", "layer", "unit"];
     if (changed(...viewDeps)) loadView();
     markTabs();
   }
@@ -743,7 +743,9 @@
     }
     if (s.view === "occlusion") {
       if (!s.image) return { hint: "Pick or upload an image to occlude." };
-      return { url: `/api/occlusion?${query({ image: s.image })}` };
+      // maps (b) and (c) follow the picked unit; none picked: the image's strongest map
+      const picked = s.unit === null ? {} : unit;
+      return { url: `/api/occlusion?${query({ image: s.image, ...picked })}` };
     }
     if (s.view === "evolution") {
       if (!model.evolution) return { hint: "Evolution needs a zfnet run with kept epochs (train --keep-epochs)." };
@@ -895,7 +897,9 @@
       items.hidden = false;
     } else if (view === "occlusion") {
       const target = body.target.name ? `${body.target.name} (class ${body.target.class})` : `class ${body.target.class}`;
-      meta.textContent = `Occluding ${state.image} with a grey square (Fig. 7): the strongest map of ${body.layer} (map ${body.map}) ` +
+      const which = body.map_rule === "picked" ? `${body.layer} map ${body.map}, the picked unit,`
+        : `the strongest map of ${body.layer} (map ${body.map}; pick a unit to follow it instead)`;
+      meta.textContent = `Occluding ${state.image} with a grey square (Fig. 7): ${which} ` +
         `and the probability of ${target}, at every position of the square` +
         (body.precision === "float32" ? "." : ` (its passes in ${body.precision}).`);
       figure.alt = `Occlusion maps of ${state.image}`;
