@@ -137,6 +137,7 @@ def test_unit_projection_and_patch_equal_the_engine(client, explorer) -> None:
     r, c = divmod(int(act.argmax()), act.shape[1])
     assert (u["row"], u["col"]) == (r, c)
     assert u["activation"] == pytest.approx(float(act.max()), abs=1e-5)
+    assert u["active"] is (float(act.max()) > 0)
     g = layer_geometry(explorer.model, "conv3", 32)
     assert u["box"] == list(g.box(r, c, (32, 32)))
     assert f"model={explorer.id}" in u["link"] and "unit=7" in u["link"]
@@ -160,6 +161,15 @@ def test_unit_projection_and_patch_equal_the_engine(client, explorer) -> None:
     v = client.get("/api/unit?image=val:3&layer=conv3&unit=7&row=0&col=0").json()
     assert (v["row"], v["col"]) == (0, 0) and v["activation"] == pytest.approx(
         float(act[0, 0]), abs=1e-5)
+    assert v["active"] is (float(act[0, 0]) > 0)
+    idle = (act <= 0).nonzero()  # an inactive position: every rule projects it to nothing
+    assert len(idle)
+    q = f"image=val:3&layer=conv3&unit=7&row={int(idle[0, 0])}&col={int(idle[0, 1])}"
+    w = client.get(f"/api/unit?{q}").json()
+    assert w["active"] is False
+    for rule in ("deconvnet", "guided", "gradient"):
+        assert explorer.projection("val:3", "conv3", 7, rule, w["row"], w["col"]).abs(
+            ).max() == 0
     fc = get_activations(explorer.model, x, ["fc7"])["fc7"][0].clamp(min=0)  # (F,)
     sprite = _png(client.get("/api/maps.png?image=val:3&layer=fc7"))
     m = client.get("/api/maps?image=val:3&layer=fc7").json()

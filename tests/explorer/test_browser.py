@@ -510,3 +510,33 @@ def test_a_rule_that_does_not_run_on_the_network_says_why_in_its_panel(browser,
         assert page.locator("#error").is_hidden()  # a fact of the network, not an error
         assert all("400" in e for e in page.console.errors), page.console.errors
         context.close()
+
+
+def test_an_inactive_unit_says_why_it_has_no_projection_and_a_flat_unit_is_a_unit(
+        page, server) -> None:
+    """A unit whose activation is <= 0 projects to nothing under every rule: the page says so
+    instead of showing three blank panels. A fully connected layer's unit is called a unit, and
+    its receptive field is the whole image."""
+    _, url = server
+    maps = httpx.get(f"{url}/api/maps", params={"image": "val:0", "layer": "fc6"}).json()
+    idle = next(u for u, m in enumerate(maps["max"]) if m <= 0)
+    busy = next(u for u, m in enumerate(maps["max"]) if m > 0)
+    _open(page, f"/?image=val:0&layer=fc6&unit={idle}")
+    page.wait_for_selector(f'#unit-section[data-unit="{idle}"]')
+    assert page.text_content("#unit-heading") == f"fc6 · unit {idle}"
+    assert "not active on this image" in page.text_content("#unit-meta")
+    notes = page.locator("#unit-figures .unavailable")
+    assert notes.count() == 3 and all(
+        "not active here" in notes.nth(i).text_content() for i in range(3))
+    assert page.locator("#unit-figures img.projection:visible").count() == 0
+    assert "all of it feeds the unit" in page.text_content("#unit-image-caption")
+    _open(page, f"/?image=val:0&layer=fc6&unit={busy}")  # an active one: its pictures again
+    page.wait_for_selector(f'#unit-section[data-unit="{busy}"]')
+    page.wait_for_function(LOADED, arg="#unit-figures img.projection")
+    assert "not active" not in page.text_content("#unit-meta")
+    assert page.locator("#unit-figures .unavailable:visible").count() == 0
+    _open(page, "/?image=val:0&layer=conv2&unit=0")
+    page.wait_for_selector('#unit-section[data-unit="0"]')
+    assert page.text_content("#unit-heading") == "conv2 · map 0"
+    assert page.text_content("#unit-image-caption") == "image · receptive field"
+    assert page.console.errors == []

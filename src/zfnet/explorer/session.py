@@ -561,7 +561,8 @@ class Explorer:
     def unit(self, image_id: str, layer: str, unit: int, row: int | None = None,
              col: int | None = None) -> dict[str, Any]:
         """Where the unit is, its activation and receptive field (`/api/unit`); by default
-        the map's strongest unit."""
+        the map's strongest unit. `active`: activation > 0 (every rule projects an inactive
+        unit to nothing)."""
         lr = self.layer(layer)
         unit = self.unit_index(lr, unit)
         r, c = self._position(image_id, lr, unit, row, col)
@@ -571,7 +572,7 @@ class Explorer:
         box = list(geo.box(r, c, self.size)) if geo is not None and lr.size else None
         q = f"image={image_id}&layer={lr.name}&unit={unit}&row={r}&col={c}"
         return {"layer": lr.name, "unit": unit, "row": r, "col": c,
-                "activation": round(value, 6), "box": box,
+                "activation": round(value, 6), "active": value > 0, "box": box,
                 "rules": {rule: f"/api/projection.png?{q}&rule={rule}" for rule in RULES},
                 "patch": f"/api/patch.png?{q}", "image": f"/api/image/{image_id}.png",
                 "link": "/?" + urlencode({"model": self.id, "image": image_id, "layer": lr.name,

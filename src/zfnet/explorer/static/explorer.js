@@ -228,7 +228,7 @@
   function refresh(prev, s, force = false) {
     const changed = (...keys) => force || keys.some((k) => prev[k] !== s[k]);
     $("#permalink").href = viewUrl(s);
-    document.title = `${s.layer || ""}${s.unit !== null ? ` map ${s.unit}` : ""} · ${model.name} · zfnet explorer`;
+    document.title = `${s.layer || ""}${s.unit !== null ? ` ${unitWord(s.layer)} ${s.unit}` : ""} · ${model.name} · zfnet explorer`;
     markLayer();
     if (changed("image")) {
       loadCurrentImage();
@@ -657,6 +657,12 @@
 
   // ---------------------------------------------------------------- the unit
 
+  // what one of a layer's units is called: a map of a spatial layer, a unit of a flat one
+  function unitWord(name) {
+    const layer = layerByName.get(name);
+    return layer && !layer.spatial ? "unit" : "map";
+  }
+
   function placeBox(el, box) {
     if (!box) {
       el.hidden = true;
@@ -684,7 +690,7 @@
     section.hidden = false;
     $("#unit-figures").hidden = false;
     section.classList.add("loading");
-    $("#unit-heading").textContent = `${state.layer} · map ${state.unit}`;
+    $("#unit-heading").textContent = `${state.layer} · ${unitWord(state.layer)} ${state.unit}`;
     $("#unit-meta").textContent = "projecting…";
     const params = { image: state.image, layer: state.layer, unit: state.unit, row: state.row, col: state.col };
     try {
@@ -694,9 +700,23 @@
       const layer = layerByName.get(body.layer);
       const at = layer && !layer.spatial ? "" : ` at (${body.row}, ${body.col})${state.row === null ? ", its strongest position" : ""}`;
       const box = body.box ? ` · receptive field rows ${body.box[0]}–${body.box[2]}, columns ${body.box[1]}–${body.box[3]}` : "";
-      $("#unit-meta").textContent = `activation ${fmt(body.activation)}${at} · image ${state.image}${box}`;
+      const idle = body.active ? "" : " · not active on this image (activation ≤ 0): every rule " +
+        "projects it to nothing; its top 9 show where it fires";
+      $("#unit-meta").textContent = `activation ${fmt(body.activation)}${at} · image ${state.image}${box}${idle}`;
+      const flat = layer && !layer.spatial;  // a flat layer's unit sees the whole image
+      $("#unit-image-caption").textContent = flat ? "image · all of it feeds the unit" : "image · receptive field";
+      $("#unit-patch-caption").textContent = flat ? "input (the whole image)" : "input patch";
       for (const img of $$("#unit-figures img.projection")) {
-        loadProjection(img, body.rules[img.dataset.rule]);
+        if (body.active) {
+          loadProjection(img, body.rules[img.dataset.rule]);
+        } else {  // not a blank picture: say why there is none
+          const note = img.parentElement.querySelector(".unavailable");
+          img.removeAttribute("src");
+          img.hidden = true;
+          note.textContent = "nothing to project: the unit is not active here";
+          note.title = `activation ${fmt(body.activation)} ≤ 0`;
+          note.hidden = false;
+        }
         enlarge(img, 176);
       }
       loadImage($("#unit-patch"), body.patch, "the image patch");
@@ -869,9 +889,9 @@
       const names = body.unreadable.map((u) => u.name || u.image);
       const some = names.length > 5 ? `${names.slice(0, 5).join(", ")}, …` : names.join(", ");
       const over = body.unreadable.length ? `${body.mined} images (${body.unreadable.length} unreadable: ${some})` : `${body.images} images`;
-      meta.textContent = `The ${body.items.length} strongest activations of ${body.layer} map ${body.unit} over ${over}: ` +
+      meta.textContent = `The ${body.items.length} strongest activations of ${body.layer} ${unitWord(body.layer)} ${body.unit} over ${over}: ` +
         "projections (left) beside their image patches (right). Pick one to open it.";
-      figure.alt = `Top ${body.k} of ${body.layer} map ${body.unit}: projections and patches`;
+      figure.alt = `Top ${body.k} of ${body.layer} ${unitWord(body.layer)} ${body.unit}: projections and patches`;
       items.replaceChildren(...body.items.map((item, i) => {
         const li = document.createElement("li");
         const button = document.createElement("button");
@@ -897,7 +917,7 @@
       items.hidden = false;
     } else if (view === "occlusion") {
       const target = body.target.name ? `${body.target.name} (class ${body.target.class})` : `class ${body.target.class}`;
-      const which = body.map_rule === "picked" ? `${body.layer} map ${body.map}, the picked unit,`
+      const which = body.map_rule === "picked" ? `${body.layer} ${unitWord(body.layer)} ${body.map}, the picked unit,`
         : `the strongest map of ${body.layer} (map ${body.map}; pick a unit to follow it instead)`;
       meta.textContent = `Occluding ${state.image} with a grey square (Fig. 7): ${which} ` +
         `and the probability of ${target}, at every position of the square` +
@@ -905,8 +925,8 @@
       figure.alt = `Occlusion maps of ${state.image}`;
     } else {
       const pairs = body.epochs.map((e, i) => `epoch ${e}: ${body.similarity[i].toFixed(3)}`);
-      meta.textContent = `${state.layer} map ${state.unit} over training (Fig. 4); similarity to the last epoch: ${pairs.join(", ")}.`;
-      figure.alt = `Evolution of ${state.layer} map ${state.unit} across epochs`;
+      meta.textContent = `${state.layer} ${unitWord(state.layer)} ${state.unit} over training (Fig. 4); similarity to the last epoch: ${pairs.join(", ")}.`;
+      figure.alt = `Evolution of ${state.layer} ${unitWord(state.layer)} ${state.unit} across epochs`;
     }
     // Drawing a figure can take a second or two: say so until it is there.
     const drawing = $("#view-drawing");
