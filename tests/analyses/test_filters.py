@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -47,6 +48,14 @@ def test_mosaic_shapes(tmp_path) -> None:
     assert rgb.shape == (10 * 8 + 1, 10 * 8 + 1, 3) and 0 <= rgb.min() and rgb.max() <= 1
     grey = filter_mosaic(torch.randn(8, 40, 5, 5), max_inputs=16)
     assert grey.shape == (8 * 6 + 1, 16 * 6 + 1, 3)
+    # a layer 2 of 96 filters: their strips in 3 columns of 32 (3 px apart), not 96 rows
+    w = torch.randn(96, 64, 5, 5)
+    wide = filter_mosaic(w)
+    assert wide.shape == (32 * 6 + 1, 3 * 16 * 6 + 2 * 3 + 1, 3)
+    assert 0.5 < wide.shape[0] / wide.shape[1] < 2
+    strip = filter_mosaic(w[33:34])  # filter 33: column 2, row 2 (read down each column)
+    x0 = 16 * 6 + 3
+    assert np.array_equal(wide[1 * 6:1 * 6 + 7, x0:x0 + 16 * 6 + 1], strip)
     assert save_filter_mosaic(torch.randn(4, 1, 5, 5), tmp_path / "f.png").is_file()
 
 

@@ -71,9 +71,10 @@ def filter_mosaic(weight: torch.Tensor, max_filters: int = 96, max_inputs: int =
     """Tile filters into one image (H, W, 3) float in [0, 1], each filter scaled on its own.
 
     3-input-channel filters (layer 1 on RGB) are shown in colour, one tile each; 1-input ones
-    (grey images, depthwise convolutions) likewise, in grey. Other layers show a row per filter
-    (first `max_filters`) of its kernels for the first `max_inputs` input maps, in grey. Each
-    tile (or row) is contrast-stretched to [0, 1] around 0.5 = zero weight. Kernels may be
+    (grey images, depthwise convolutions) likewise, in grey. Other layers show a strip per filter
+    (first `max_filters`) of its kernels for the first `max_inputs` input maps, in grey, the
+    strips in as many columns (a wider gap between them) as make the mosaic about square. Each
+    tile (or strip) is contrast-stretched to [0, 1] around 0.5 = zero weight. Kernels may be
     non-square (kh, kw).
     """
     w = weight.detach().float().cpu()[:max_filters]  # (O, I, kh, kw)
@@ -93,11 +94,17 @@ def filter_mosaic(weight: torch.Tensor, max_filters: int = 96, max_inputs: int =
         return out
     i = min(i, max_inputs)
     w = w[:, :i]
-    out = np.ones((o * (kh + gap) + gap, i * (kw + gap) + gap, 3), dtype=np.float32)
+    strip_w, sep = i * (kw + gap), 2 * gap + 1  # one filter's strip; space between columns
+    cols = max(1, min(o, math.ceil(math.sqrt(o * (kh + gap) / (strip_w + sep)))))
+    rows = math.ceil(o / cols)
+    cols = math.ceil(o / rows)  # no empty column at the end
+    out = np.ones((rows * (kh + gap) + gap, cols * (strip_w + sep) - sep + gap, 3),
+                  dtype=np.float32)
     for n in range(o):
         t = 0.5 + 0.5 * w[n] / w[n].abs().max().clamp_min(1e-12)  # (I, kh, kw)
+        c, r = divmod(n, rows)  # down each column, then the next
         for j in range(i):
-            y, x = gap + n * (kh + gap), gap + j * (kw + gap)
+            y, x = gap + r * (kh + gap), gap + c * (strip_w + sep) + j * (kw + gap)
             out[y : y + kh, x : x + kw] = t[j].numpy()[..., None]
     return out
 
@@ -156,7 +163,8 @@ def filters_section(
         key="filters", title="Filters (Fig. 6)", order=order,
         caption=(
             "The learned filters of the first two convolutions, each scaled on its own (grey = "
-            "0) — layer 1 in colour, layer 2 as one row per filter over its first input maps. The "
+            "0) — layer 1 in colour, layer 2 as one strip per filter over its first input maps (the "
+            "strips in columns, read down each column). The "
             "paper's Fig. 6 shows AlexNet's 11x11/4 layer 1 with dead filters and a mix of very "
             "high and very low frequencies, and without renormalisation one filter dominating "
             "(6a); ZFNet's 7x7/2 layer 1 is cleaner.\n\n"
