@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from collections.abc import Sequence
 from typing import BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 CLIP_PERCENTILE = 99.0
@@ -63,26 +64,64 @@ def projection_to_uint8(p: Tensor, percentile: float = CLIP_PERCENTILE) -> Tenso
     return ((0.5 + 0.5 * scaled).clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def save_grid(projections: Tensor, path: str | Path | BinaryIO, min_side: int = 40
-              ) -> Path | BinaryIO:
+def save_grid(projections: Tensor, path: str | Path | BinaryIO, min_side: int = 40,
+              col_labels: Sequence[str] | None = None,
+              row_labels: Sequence[str] | None = None,
+              corner: str | None = None) -> Path | BinaryIO:
     """Draw (rows, columns, C, h, w) projections (C 1 or 3) as one PNG grid, each tile by
     `projection_to_uint8` and enlarged (nearest neighbour, integer factor) to at least
-    `min_side` pixels, 2 px white between tiles. path: a file path, or an open binary file the
-    PNG is written to. Returns it."""
+    `min_side` pixels, 2 px white between tiles; `col_labels` above the columns, `row_labels`
+    left of the rows (e.g. "map 12") and `corner` above those (what the column labels count,
+    e.g. "epoch"), in dark grey. path: a file path, or an open binary file the PNG is written
+    to. Returns it."""
     if projections.dim() != 5 or projections.shape[2] not in (1, 3):
         raise ValueError("projections must be (rows, columns, C, h, w) with C 1 or 3, got "
                          f"shape {tuple(projections.shape)}")
     rows, cols, c, h, w = projections.shape
+    for labels, n, what in ((col_labels, cols, "columns"), (row_labels, rows, "rows")):
+        if labels is not None and len(labels) != n:
+            raise ValueError(f"{len(labels)} labels for {n} {what}")
     zoom = max(1, math.ceil(min_side / min(h, w)))
     th, tw, pad = h * zoom, w * zoom, 2
+    font = ImageFont.load_default()
+    top = LABEL_HEIGHT if col_labels is not None or corner is not None else 0
+    side = [*(row_labels or ()), *([corner] if corner else [])]
+    left = 4 + max(math.ceil(font.getlength(t)) for t in side) if side else 0
     shown = projection_to_uint8(projections).expand(rows, cols, 3, h, w)
     tiles = shown.permute(0, 1, 3, 4, 2).numpy()  # (rows, cols, h, w, 3)
-    canvas = np.full((rows * (th + pad) + pad, cols * (tw + pad) + pad, 3), 255, np.uint8)
+    canvas = np.full((top + rows * (th + pad) + pad, left + cols * (tw + pad) + pad, 3), 255,
+                     np.uint8)
     for a in range(rows):
         for j in range(cols):
-            y, x = pad + a * (th + pad), pad + j * (tw + pad)
+            y, x = top + pad + a * (th + pad), left + pad + j * (tw + pad)
             canvas[y: y + th, x: x + tw] = tiles[a, j].repeat(zoom, 0).repeat(zoom, 1)
+    if top or left:
+        img = Image.fromarray(canvas)
+        draw = ImageDraw.Draw(img)
+        for j, text in enumerate(col_labels or ()):  # centred over its column, cut to fit
+            text = _fit(text, tw, font)
+            x = left + pad + j * (tw + pad) + (tw - font.getlength(text)) / 2
+            draw.text((x, 2), text, fill=LABEL_COLOUR, font=font)
+        if corner:
+            draw.text((2, 2), corner, fill=LABEL_COLOUR, font=font)
+        for a, text in enumerate(row_labels or ()):
+            y = top + pad + a * (th + pad) + th / 2 - 5
+            draw.text((2, y), text, fill=LABEL_COLOUR, font=font)
+        canvas = np.asarray(img)
     return save_png(canvas, path)
+
+
+LABEL_HEIGHT = 14  # px above the tiles for `save_grid`'s column labels
+LABEL_COLOUR = (60, 60, 60)
+
+
+def _fit(text: str, width: int, font: ImageFont.ImageFont) -> str:
+    """`text`, its end cut (with "…") until it fits `width` pixels."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "…") > width:
+        text = text[:-1]
+    return text + "…"
 
 
 def save_png(canvas: np.ndarray, path: str | Path | BinaryIO) -> Path | BinaryIO:

@@ -19,7 +19,7 @@ from zfnet.analyses.evolution import (
     unit_evolution,
 )
 from zfnet.display import CAPTION as DISPLAY_CAPTION
-from zfnet.display import projection_to_uint8
+from zfnet.display import LABEL_HEIGHT, projection_to_uint8
 from zfnet.report import read_sections
 
 
@@ -111,5 +111,26 @@ def test_render_unit_evolution_is_one_row(tmp_path) -> None:
     row = np.asarray(Image.open(render_evolution(proj[None], tmp_path / "r.png")))
     assert np.array_equal(one, row) and one.shape[:2] == (2 + 40 + 2, 2 + 3 * (40 + 2))
     buf = io.BytesIO()  # an open file, from the whole UnitEvolution (the explorer's way)
-    render_unit_evolution(UnitEvolution([1, 2, 3], proj, [0.0, 0.5, 1.0]), buf)
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(buf.getvalue()))), row)
+    render_unit_evolution(UnitEvolution([1, 2, 30], proj, [0.0, 0.5, 1.0]), buf)
+    labelled = np.asarray(Image.open(io.BytesIO(buf.getvalue())))
+    # its epochs label the columns ("epoch" in the corner), in a strip above the same tiles
+    margin = labelled.shape[1] - row.shape[1]
+    assert margin > 20 and np.array_equal(labelled[LABEL_HEIGHT:, margin:], row)
+    header = labelled[:LABEL_HEIGHT]
+    x0 = margin + 2
+    inked = [(header[:, x0 + j * 42:x0 + j * 42 + 40] < 128).sum() for j in range(3)]
+    assert (header[:, :margin] < 128).any()  # "epoch"
+    assert min(inked) > 0 and inked[2] > inked[0]  # "30" has more ink than "1"
+
+
+def test_the_layer_figure_names_its_epochs_and_maps(tmp_path) -> None:
+    proj = torch.randn(2, 3, 1, 10, 10)  # (maps, epochs, C, s, s)
+    plain = np.asarray(Image.open(render_evolution(proj, tmp_path / "p.png")))
+    named = np.asarray(Image.open(render_evolution(proj, tmp_path / "n.png", epochs=[1, 2, 5],
+                                                   maps=[3, 17])))
+    margin = named.shape[1] - plain.shape[1]
+    assert named.shape[0] == plain.shape[0] + LABEL_HEIGHT and margin > 20
+    assert np.array_equal(named[LABEL_HEIGHT:, margin:], plain)
+    assert (named[LABEL_HEIGHT:, :margin] < 128).any()  # "map 3", "map 17"
+    with pytest.raises(ValueError, match="2 labels for 3 columns"):
+        render_evolution(proj, tmp_path / "x.png", epochs=[1, 2])

@@ -162,19 +162,29 @@ def unit_evolution(
                          res.unit_similarity[layer][0].tolist())
 
 
-def render_evolution(projections: Tensor, path: str | Path | BinaryIO, min_side: int = 40
+def render_evolution(projections: Tensor, path: str | Path | BinaryIO, min_side: int = 40,
+                     epochs: Sequence[int] | None = None, maps: Sequence[int] | None = None
                      ) -> Path | BinaryIO:
-    """One PNG per layer: a row per map, a column per epoch (maps, epochs, C, s, s). path: a
-    file path or an open binary file."""
-    return save_grid(projections, path, min_side)
+    """One PNG per layer: a row per map, a column per epoch (maps, epochs, C, s, s), labelled
+    by epoch number above ("epoch" in the corner) and "map M" on the left where `epochs` /
+    `maps` are given. path: a file path or an open binary file."""
+    return save_grid(projections, path, min_side,
+                     col_labels=None if epochs is None else [str(e) for e in epochs],
+                     row_labels=None if maps is None else [f"map {m}" for m in maps],
+                     corner=None if epochs is None else "epoch")
 
 
 def render_unit_evolution(evolution: UnitEvolution | Tensor, path: str | Path | BinaryIO,
-                          min_side: int = 40) -> Path | BinaryIO:
-    """One map's row, a column per epoch: a `UnitEvolution` or its projections (E, C, h, w).
-    path: a file path or an open binary file (the explorer's PNG bytes)."""
-    proj = evolution.projections if isinstance(evolution, UnitEvolution) else evolution
-    return render_evolution(proj[None], path, min_side)
+                          min_side: int = 40, epochs: Sequence[int] | None = None
+                          ) -> Path | BinaryIO:
+    """One map's row, a column per epoch: a `UnitEvolution` (its epochs label the columns) or
+    its projections (E, C, h, w) with `epochs`. path: a file path or an open binary file (the
+    explorer's PNG bytes)."""
+    if isinstance(evolution, UnitEvolution):
+        proj, epochs = evolution.projections, evolution.epochs
+    else:
+        proj = evolution
+    return render_evolution(proj[None], path, min_side, epochs=epochs)
 
 
 def evolution_section(run_dir: str | Path, result: EvolutionResult, order: int = 40):
@@ -184,7 +194,8 @@ def evolution_section(run_dir: str | Path, result: EvolutionResult, order: int =
     run_dir = Path(run_dir)
     figures = []
     for layer, proj in result.projections.items():
-        path = render_evolution(proj, run_dir / "figures" / "evolution" / f"{layer}.png")
+        path = render_evolution(proj, run_dir / "figures" / "evolution" / f"{layer}.png",
+                                epochs=result.epochs, maps=result.maps[layer])
         figures.append(Figure(str(path.relative_to(run_dir)),
                               f"{layer}: maps {', '.join(map(str, result.maps[layer]))} "
                               "(rows), epochs "

@@ -380,7 +380,7 @@ def _unit_page(folder: Path, layer: _Layer, c: int, t: TopK, evo: EvolutionResul
     if evo is not None:
         a = evo.maps[layer.name].index(c)
         row = _scaled(evo.projections[layer.name][a], pixel_scale)  # (E, C, h, w)
-        render_unit_evolution(row, folder / f"{c}_evolution.png")
+        render_unit_evolution(row, folder / f"{c}_evolution.png", epochs=evo.epochs)
         sims = [round(float(s), 4) for s in evo.unit_similarity[layer.name][a]]
         evolution = {"epochs": evo.epochs, "similarity": sims, "figure": f"{c}_evolution.png"}
         entry["evolution"] = {"epochs": evo.epochs, "similarity": sims,
