@@ -17,8 +17,8 @@ It depends on nothing else in zfnet: analyses, the report and the CLI can all im
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np

@@ -163,9 +163,9 @@ def filters_section(
         key="filters", title="Filters (Fig. 6)", order=order,
         caption=(
             "The learned filters of the first two convolutions, each scaled on its own (grey = "
-            "0) — layer 1 in colour, layer 2 as one strip per filter over its first input maps (the "
-            "strips in columns, read down each column). The "
-            "paper's Fig. 6 shows AlexNet's 11x11/4 layer 1 with dead filters and a mix of very "
+            "0) — layer 1 in colour, layer 2 as one strip per filter over its first input maps "
+            "(the strips in columns, read down each column). The paper's Fig. 6 shows "
+            "AlexNet's 11x11/4 layer 1 with dead filters and a mix of very "
             "high and very low frequencies, and without renormalisation one filter dominating "
             "(6a); ZFNet's 7x7/2 layer 1 is cleaner.\n\n"
             "Table: dominance = largest / median filter RMS (large: one filter dominates); dead "
