@@ -99,7 +99,7 @@ def save_grid(projections: Tensor, path: str | Path | BinaryIO, min_side: int = 
         img = Image.fromarray(canvas)
         draw = ImageDraw.Draw(img)
         for j, text in enumerate(col_labels or ()):  # centred over its column, cut to fit
-            text = _fit(text, tw, font)
+            text = fit_text(text, tw, font)
             x = left + pad + j * (tw + pad) + (tw - font.getlength(text)) / 2
             draw.text((x, 2), text, fill=LABEL_COLOUR, font=font)
         if corner:
@@ -115,8 +115,9 @@ LABEL_HEIGHT = 14  # px above the tiles for `save_grid`'s column labels
 LABEL_COLOUR = (60, 60, 60)
 
 
-def _fit(text: str, width: int, font: ImageFont.ImageFont) -> str:
-    """`text`, its end cut (with "…") until it fits `width` pixels."""
+def fit_text(text: str, width: float, font: ImageFont.FreeTypeFont | ImageFont.ImageFont
+             ) -> str:
+    """`text`, its end cut (with "…") until it fits `width` pixels in `font`."""
     if font.getlength(text) <= width:
         return text
     while text and font.getlength(text + "…") > width:

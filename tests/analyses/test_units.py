@@ -16,6 +16,7 @@ from zfnet.analyses.units import Unit, choose_maps, project_units, unit_figure, 
 from zfnet.cli import main
 from zfnet.data import load_images
 from zfnet.deconvnet import project
+from zfnet.display import LABEL_HEIGHT
 from zfnet.sources import hub_file, load_source
 
 pytestmark = pytest.mark.usefixtures("offline")  # tests/conftest.py: no downloads
@@ -76,6 +77,16 @@ def test_figure_has_three_panels(tmp_path) -> None:
     mid = arr[:, 64:124]
     assert (mid[0, 0] == 128).all() and mid[12, 22].max() > 200  # grey 0, bright unit
     assert tuple(arr[4, 6]) == (255, 220, 0)  # the receptive field's outline
+    # a title over each panel: the same panels under a strip of text
+    titled = np.asarray(Image.open(unit_figure(image, proj, (2, 3, 12, 15), tmp_path / "t.png",
+                                               zoom=2, titles=("a.jpg: conv1 map 5",
+                                                               "deconvnet, activation 3.2",
+                                                               "where: |projection|"))))
+    top = titled.shape[0] - arr.shape[0]
+    assert top > 10 and np.array_equal(titled[top:], arr)
+    for j in range(3):  # ink over every panel, cut to its width
+        assert (titled[:top, j * 64:j * 64 + 60] < 128).any()
+        assert (titled[:top, j * 64 + 60:j * 64 + 64] == 255).all()
 
 
 def test_files_of_images_that_share_a_name_stay_apart(tmp_path) -> None:
@@ -111,7 +122,7 @@ def test_project_command_with_a_weights_file(photos, tmp_path) -> None:
         ("coffee.jpg", 3), ("coffee.jpg", 17), ("astronaut.jpg", 3), ("astronaut.jpg", 17)]
     for u in units:
         png = Image.open(out / u["file"])
-        assert png.size[1] == 64 * 4  # the 64 px crop, enlarged 4x
+        assert png.size[1] == LABEL_HEIGHT + 2 + 64 * 4  # titles, the 64 px crop enlarged 4x
     assert "coffee_features.8_map3_deconvnet.png" in res.output
     res = CliRunner().invoke(main, ["project", str(photos), "--model", "torchvision:vgg11",
                                     "--weights", str(tmp_path / "vgg.pth"), "--crop", "64",
@@ -135,7 +146,7 @@ def test_project_command_with_hub_weights_offline(photos, tmp_path) -> None:
     assert res.exit_code == 0, res.output
     units = json.loads((out / "project.json").read_text())["units"]
     assert len(units) == 2 and all(u["file"].endswith("_gradient.png") for u in units)
-    assert Image.open(out / units[0]["file"]).size == (3 * 224 + 8, 224)
+    assert Image.open(out / units[0]["file"]).size == (3 * 224 + 8, LABEL_HEIGHT + 2 + 224)
     # the same again with another rule into the same folder: both listed, each by its rule
     res = CliRunner().invoke(main, ["project", str(photos / "chelsea.jpg"), "--model",
                                     "torchvision:resnet18", "--weights", "DEFAULT", "--layer",

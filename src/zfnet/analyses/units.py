@@ -22,14 +22,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from zfnet.activations import get_activations, shown_units, to_model
 from zfnet.atomic import write_text_atomic
 from zfnet.deconvnet import Seeds, paste, project_layers
-from zfnet.display import CAPTION, projection_scale, projection_to_uint8
+from zfnet.display import (
+    CAPTION,
+    LABEL_COLOUR,
+    LABEL_HEIGHT,
+    fit_text,
+    projection_scale,
+    projection_to_uint8,
+)
 from zfnet.models import eval_mode, layer_geometry, layer_name
 
 
@@ -113,9 +120,11 @@ def project_units(model: nn.Module, images: Dataset, layer: str | nn.Module, *,
 
 
 def unit_figure(image: Tensor, projection: Tensor, box: tuple[int, int, int, int] | None,
-                path: str | Path, zoom: int | None = None) -> Path:
+                path: str | Path, zoom: int | None = None,
+                titles: Sequence[str] | None = None) -> Path:
     """One PNG: the image with the unit's receptive field outlined | the projection
-    (`zfnet.display`) | its magnitude over the darkened image. image uint8 (C, H, W)."""
+    (`zfnet.display`) | its magnitude over the darkened image. image uint8 (C, H, W).
+    `titles`: one line above each panel (cut to its width)."""
     c, h, w = image.shape
     zoom = zoom or max(1, 256 // max(h, w))
     rgb = image.expand(3, h, w) if c == 1 else image
@@ -127,17 +136,23 @@ def unit_figure(image: Tensor, projection: Tensor, box: tuple[int, int, int, int
     overlay = rgb.float() * 0.35 * (1 - heat) + hot * heat
     panels = [rgb.float(), shown.float(), overlay]
     pad = 4
-    canvas = np.full((h * zoom, 3 * w * zoom + 2 * pad, 3), 255, np.uint8)
+    top = LABEL_HEIGHT + 2 if titles else 0
+    canvas = np.full((top + h * zoom, 3 * w * zoom + 2 * pad, 3), 255, np.uint8)
     for j, p in enumerate(panels):
         tile = p.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
         tile = tile.repeat(zoom, 0).repeat(zoom, 1)
         x0 = j * (w * zoom + pad)
-        canvas[:, x0: x0 + w * zoom] = tile
+        canvas[top:, x0: x0 + w * zoom] = tile
     img = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(img)
     if box is not None:
         t, left, b, r = box
-        ImageDraw.Draw(img).rectangle(
-            [left * zoom, t * zoom, r * zoom - 1, b * zoom - 1], outline=(255, 220, 0), width=2)
+        draw.rectangle([left * zoom, top + t * zoom, r * zoom - 1, top + b * zoom - 1],
+                       outline=(255, 220, 0), width=2)
+    font = ImageFont.load_default()
+    for j, text in enumerate(titles or ()):
+        draw.text((j * (w * zoom + pad), 1), fit_text(text, w * zoom, font),
+                  fill=LABEL_COLOUR, font=font)
     path = Path(path)
     img.save(path)
     return path
@@ -180,7 +195,10 @@ def write_units(results: list[tuple[Unit, Tensor, Tensor]], out: str | Path, rul
             k += 1
             unit.file = f"{base}_{k}.png"
         used.add(unit.file)
-        unit_figure(image, proj, unit.box, out / unit.file)
+        unit_figure(image, proj, unit.box, out / unit.file, titles=(
+            f"{unit.name}: {unit.layer} map {unit.channel}",
+            f"{rule}, activation {unit.activation:.3g}",
+            "where: |projection|"))
     units = [asdict(u) | {"rule": rule} for u, _, _ in results]
     path = out / "project.json"
     written = {u["file"] for u in units}
