@@ -82,7 +82,7 @@ def test_occlusion_invariance_randomization_filters(setup, tmp_path) -> None:
     text = _ok(["analyze", "occlusion", *_model(setup), *data, "--images", "2", "--size", "16",
                 "--stride", "8", "--out", str(out)])
     assert "layer: layer4" in text and "method: full" in text  # not a chain: recomputed whole
-    _ok(["analyze", "randomization", *_model(setup), *data, "--images", "2", "--out", str(out)])
+    _ok(["analyze", "randomization", *_model(setup), *data, "--out", str(out)])  # all 5 photos
     _ok(["analyze", "randomization", *_model(setup), *data, "--images", "1", "--layer", "layer1",
          "--mode", "independent", "--steps", "module", "--out", str(out)])
     # two models side by side, each with its weights
@@ -93,6 +93,8 @@ def test_occlusion_invariance_randomization_filters(setup, tmp_path) -> None:
     text = _ok(["analyze", "invariance", *_model(setup), "--data", "synthetic?n_train=32&n_val=16",
                 "--out", str(out)])
     sections = {s.key: s for s in read_sections(out)}
+    assert "(5 val images, each seeded at its strongest map of layer4)" in sections[
+        "randomization"].caption
     keys = set(sections)
     assert {"occlusion", "randomization", "randomization_independent", "filters"} <= keys and any(
         k.startswith("invariance") for k in keys)

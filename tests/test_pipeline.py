@@ -96,6 +96,9 @@ def test_randomization_at_the_last_stage_by_default(bundle, tmp_path) -> None:
     assert not (tmp_path / "new").exists()
     s = _section(tmp_path, "randomization")
     assert s.tables[0].rows[0][0] == "layer1"
+    assert (res.layer, res.images) == ("layer1", 2)  # the caption says both, and the noise
+    assert "(2 val images, each seeded at its strongest map of layer1)" in s.caption
+    assert "--images sets how many" in s.caption
     default = pipeline.randomization(model, bundle, tmp_path / "default", n_images=1)
     assert default.steps[0] == "layer4"  # any model's last stage, not zfnet's conv5
     res = pipeline.randomization(model, bundle, tmp_path, n_images=2, layer="layer1",

@@ -1248,8 +1248,8 @@ def transfer_cmd(checkpoint: str, data: str, out: str, shots: tuple[int, ...], n
 @_DATA
 @_OUT
 @click.option("--images", default=None, type=click.IntRange(1),
-              help="Images whose maps are compared (default 4; 16 with --mode labels, whose "
-                   "maps cost one pass each).")
+              help="Val images whose maps are compared; the scores are their mean "
+                   "(default 16, or all where the split has fewer).")
 @click.option("--layer", default=None,
               help="Layer of the seed units (default: the last spatial layer, conv5 on "
                    "zfnet's).")
@@ -1291,7 +1291,7 @@ def randomization_cmd(model_options: ModelOptions, data: str | None, out: str,
         raise click.UsageError("--epochs, --random-run and --reference go with --mode labels")
     source, bundle = _model_and_data(model_options, data)
     layer = _layers(source.model, (layer,))[0] if layer else None
-    pipeline.randomization(source.model, bundle, out, images or 4, layer, mode, steps)
+    pipeline.randomization(source.model, bundle, out, images, layer, mode, steps)
     _finish(out)
 
 

@@ -309,13 +309,17 @@ def transfer(model: nn.Module, meta: dict[str, Any], target: str, run_dir: str |
     return rows
 
 
+RANDOMIZATION_IMAGES = 16  # `randomization`'s default: fewer make each step's mean noisy
+
+
 def randomization(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
-                  n_images: int = 4, layer: str | None = None,
+                  n_images: int | None = None, layer: str | None = None,
                   mode: str = "cascading", steps: str = "block") -> Any:
     """Sanity check (Adebayo et al.): cascading (or, `mode="independent"`, one at a time)
     randomisation of the blocks (`steps="module"`: the modules) below `layer` (None:
     `zfnet.models.last_spatial_layer`, conv5 on zfnet's models); seed units: each image's
-    strongest map in `layer`."""
+    strongest map in `layer`; scores: the mean over `n_images` val images (default 16, or the
+    split's all where it has fewer)."""
     from zfnet.activations import get_activations
     from zfnet.analyses.sanity import MODES, STEPS, model_randomization, randomization_section
     from zfnet.models import (
@@ -344,6 +348,8 @@ def randomization(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
         raise ValueError(f"layer {layer!r} has no feature maps to seed the check from; valid: "
                          f"{valid}")
     val = _centre(bundle)
+    if n_images is None:
+        n_images = min(RANDOMIZATION_IMAGES, len(val))
     if not 1 <= n_images <= len(val):
         raise ValueError(f"n_images={n_images}: the val split of {bundle.spec!r} has "
                          f"{len(val)} images; give 1 to {len(val)}")

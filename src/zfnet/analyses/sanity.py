@@ -164,6 +164,8 @@ class RandomizationResult:
     # each step (paper-style figure of Adebayo et al.'s Fig. 2)
     examples: dict[str, torch.Tensor] = field(default_factory=dict)
     mode: str = "cascading"
+    layer: str = ""  # the seed units' layer
+    images: int = 0  # how many images each score is the mean over
 
 
 def model_randomization(
@@ -200,7 +202,8 @@ def model_randomization(
         raise ValueError(f"unknown steps {steps!r}; valid: {', '.join(STEPS)}")
     work = copy.deepcopy(model).eval()
     base = {r: project(work, images, layer, channels, rule=r) for r in rules}
-    res = RandomizationResult([], {r: {"ssim": [], "spearman": []} for r in rules}, mode=mode)
+    res = RandomizationResult([], {r: {"ssim": [], "spearman": []} for r in rules}, mode=mode,
+                              layer=layer, images=len(images))
     shown = {r: [base[r][0].detach().cpu()] for r in rules}
     g = torch.Generator().manual_seed(seed)
     size = (int(images.shape[-2]), int(images.shape[-1]))
@@ -345,9 +348,13 @@ def randomization_section(
         title=f"Sanity check: {result.mode} randomisation (Adebayo et al. 2018)",
         order=order + (1 if independent else 0),
         caption=(
-            how + "and the maps of each method are recomputed for the same images and units. "
+            how + "and the maps of each method are recomputed for the same images and units"
+            + (f" ({result.images} val image{'s' * (result.images != 1)}, each seeded at its "
+               f"strongest map of {_short(result.layer)})" if result.images else "") + ". "
             "Similarity to the trained model's maps: SSIM and Spearman rank correlation of the "
-            "absolute maps (1 = unchanged). " + (
+            "absolute maps (1 = unchanged), the mean over the images"
+            + (" (few images make the curves noisy: --images sets how many)"
+               if 0 < result.images < 8 else "") + ". " + (
                 "A map that stays similar whichever layer loses its weights shows the image "
                 "more than what the model learned; the layers whose loss changes it most are "
                 "the ones it depends on. " if independent else
