@@ -516,3 +516,23 @@ def test_ctrl_c_outside_training_exits_130_in_one_line(monkeypatch) -> None:
     monkeypatch.setattr(zfnet.sources, "load_source", interrupted)
     res = CliRunner().invoke(main, ["models", "torchvision:resnet18"])
     assert res.exit_code == 130 and res.output == "interrupted (SIGINT)\n"
+
+
+def test_under_torchrun_a_usage_error_is_told_once_and_a_process_names_its_own(
+        places, monkeypatch) -> None:
+    """The same bad option in every process: only the first says it (all exit 2). An error that
+    may be one process's own (its share of the data) is said by each, named by its rank."""
+    bad_option = ["visualize", "topk", "--checkpoint", str(places["run"]), "--k", "0"]
+    bad_path = ["eval", "--checkpoint", str(places["run"]), "--data", "imagefolder:/nonexistent"]
+    said = {}
+    for rank in ("0", "1"):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", rank)
+        said[rank] = [CliRunner().invoke(main, args) for args in (bad_option, bad_path)]
+    option0, path0 = said["0"]
+    option1, path1 = said["1"]
+    assert option0.exit_code == option1.exit_code == 2
+    assert "--k" in option0.output and option1.output == ""
+    assert path0.exit_code == path1.exit_code == 1
+    assert path0.output.startswith("Error: ") and "rank" not in path0.output
+    assert path1.output == path0.output.replace("Error: ", "Error: rank 1: ", 1)

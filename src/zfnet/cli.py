@@ -35,14 +35,29 @@ class _Commands(click.Group):
         try:
             return super().invoke(ctx)
         except click.UsageError as e:
+            if _other_rank():  # the same command line: the first process says it for all
+                ctx.exit(e.exit_code)
             raise _OneLine(" ".join(e.format_message().split()), e.exit_code) from e
-        except USER_ERRORS as e:
-            raise click.ClickException(" ".join(str(e).split()) or type(e).__name__) from e
+        except USER_ERRORS as e:  # may be one process's own (its share of the data): named
+            rank = _other_rank()
+            raise click.ClickException((f"rank {rank}: " if rank else "")
+                                       + (" ".join(str(e).split()) or type(e).__name__)) from e
         except KeyboardInterrupt:  # Ctrl-C outside a training step (which saves and exits 130
             import sys  # itself): the shell's 130, as training's, not click's "Aborted!" 1
 
             click.echo("interrupted (SIGINT)", err=True)
             sys.exit(130)
+
+
+def _other_rank() -> int:
+    """Under torchrun, this process's rank where it is not the first; else 0."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    from zfnet.train.distributed import current_rank
+
+    return current_rank()
 
 
 def _names(ctx: click.Context, param: click.Parameter, value):
