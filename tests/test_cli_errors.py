@@ -536,3 +536,18 @@ def test_under_torchrun_a_usage_error_is_told_once_and_a_process_names_its_own(
     assert path0.exit_code == path1.exit_code == 1
     assert path0.output.startswith("Error: ") and "rank" not in path0.output
     assert path1.output == path0.output.replace("Error: ", "Error: rank 1: ", 1)
+
+
+def test_every_option_says_what_it_does() -> None:
+    """`--help` of every command explains each of its options (the hidden old spellings
+    aside)."""
+    import click
+
+    def bare(command: click.Command, path: str) -> list[str]:
+        if isinstance(command, click.Group):
+            return [m for name, sub in command.commands.items()
+                    for m in bare(sub, f"{path} {name}")]
+        return [f"{path} {p.opts[0]}" for p in command.params
+                if isinstance(p, click.Option) and not p.hidden and not p.help]
+
+    assert bare(main, "zfnet") == []

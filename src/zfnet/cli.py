@@ -190,7 +190,10 @@ _PREPROCESSING = (
 )
 _DEVICE = click.option("--device", default="auto", show_default=True, callback=_device,
                        help="auto (cuda if available), cpu, cuda, cuda:N.")
-_BATCH = click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+_RULE_HELP = ("How a unit is projected to pixels: the deconvnet (paper Sec. 2.1), guided "
+              "backpropagation, or the gradient.")
+_BATCH = click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True,
+                      help="Images per forward pass (lower it where memory is short).")
 _SOURCE_OPTIONS = (
     click.option("--model", "model", metavar="SOURCE",
                  help="The model: a zfnet model name (`zfnet models`), torchvision:NAME, "
@@ -738,9 +741,12 @@ def shards_cmd(source: str, out: str, resize: int | None, original: bool, square
 @main.command("demo", short_help="Train ZFNet-small, run every analysis, write a report")
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False),
               help="Run directory (re-running resumes or reuses it).")
-@click.option("--epochs", default=5, show_default=True, type=click.IntRange(1))
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
-@click.option("--lr", default=0.05, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--epochs", default=5, show_default=True, type=click.IntRange(1),
+              help="Training epochs before the analyses.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1),
+              help="Images per training step.")
+@click.option("--lr", default=0.05, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Peak learning rate (cosine schedule).")
 @click.option("--data", default="synthetic", show_default=True, help="Dataset spec.")
 @click.option("--model", default="zfnet_small", show_default=True, help="Registered model.")
 @click.option("--no-analyses", is_flag=True, help="Only train, evaluate and report.")
@@ -868,7 +874,7 @@ def _finish(out: str) -> None:
 @click.option("--top", type=click.IntRange(1), default=None,
               help="Each image's K most active maps (default 4).")
 @click.option("--rule", type=click.Choice(["deconvnet", "guided", "gradient"]),
-              default="deconvnet", show_default=True)
+              default="deconvnet", show_default=True, help=_RULE_HELP)
 @_NONLINEAR
 @_OUT
 def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
@@ -915,13 +921,16 @@ def visualize() -> None:
               help="Layers to show, comma-separated and/or repeated (default: conv1..conv5 "
                    "on zfnet's models, the main stages of any other CNN).")
 @click.option("--layers", "layers_alias", multiple=True, callback=_names, hidden=True)
-@click.option("--k", default=9, show_default=True, type=click.IntRange(1))
+@click.option("--k", default=9, show_default=True, type=click.IntRange(1),
+              help="Strongest activations kept per map (the paper's 9).")
 @click.option("--maps-per-layer", default=16, show_default=True, type=click.IntRange(1),
               help="Maps shown per layer above conv1 (conv1: every map).")
 @click.option("--map-rule", type=click.Choice(["strongest", "spaced"]), default="strongest",
-              show_default=True)
+              show_default=True,
+              help="Which maps above conv1 are shown: the strongest over the images, or "
+                   "maps spaced evenly through the layer.")
 @click.option("--rule", type=click.Choice(["deconvnet", "guided", "gradient"]),
-              default="deconvnet", show_default=True)
+              default="deconvnet", show_default=True, help=_RULE_HELP)
 @_NONLINEAR
 @click.option("--images", default=None, type=click.IntRange(1),
               help="Mine only the first N val images (default: all).")
@@ -962,13 +971,14 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
 @click.option("--layer", "layers", multiple=True, callback=_names, metavar="NAME[,NAME...]",
               help="Layers, comma-separated and/or repeated (default: conv1..conv5 on zfnet's "
                    "models, the main stages of any other CNN).")
-@click.option("--k", default=9, show_default=True, type=click.IntRange(1))
+@click.option("--k", default=9, show_default=True, type=click.IntRange(1),
+              help="Strongest activations kept per map (the paper's 9).")
 @click.option("--maps-per-layer", default=None, type=click.IntRange(1),
               help="The N strongest maps of each layer (default: every map).")
 @click.option("--images", default=None, type=click.IntRange(1),
               help="Mine only the first N val images (default: all).")
 @click.option("--rule", type=click.Choice(["deconvnet", "guided", "gradient"]),
-              default="deconvnet", show_default=True)
+              default="deconvnet", show_default=True, help=_RULE_HELP)
 @_NONLINEAR
 @click.option("--evolution/--no-evolution", default=True, show_default=True,
               help="For a zfnet run with kept epochs: each unit at every kept epoch (Fig. 4).")
@@ -1178,10 +1188,12 @@ def occlusion_cmd(model_options: ModelOptions, data: str | None, out: str, image
 @_CKPT
 @_DATA
 @_OUT
-@click.option("--class", "class_name", default="face", show_default=True)
+@click.option("--class", "class_name", default="face", show_default=True,
+              help="The class whose images are masked (a class of the dataset with part masks).")
 @click.option("--parts", default="eye_left,eye_right,mouth", show_default=True,
               callback=_names, help="Comma-separated parts masked in every image.")
-@click.option("--images", default=5, show_default=True, type=click.IntRange(2))
+@click.option("--images", default=5, show_default=True, type=click.IntRange(2),
+              help="Images of the class compared pairwise (the paper's 5).")
 @click.option("--draws", default=20, show_default=True, type=click.IntRange(1),
               help="Random-region draws for the control.")
 @_DEVICE
@@ -1201,7 +1213,8 @@ def correspondence_cmd(checkpoint: str, data: str | None, out: str, class_name: 
 @_SOURCE
 @_DATA
 @_OUT
-@click.option("--per-class", default=20, show_default=True, type=click.IntRange(1))
+@click.option("--per-class", default=20, show_default=True, type=click.IntRange(1),
+              help="Training images per class for each layer's linear classifier.")
 def probes_cmd(model_options: ModelOptions, data: str | None, out: str, per_class: int) -> None:
     """Table 7: a linear classifier on each layer's features, N training images per class of a
     labelled dataset."""
@@ -1414,10 +1427,12 @@ def study_cmd(data: str, models: tuple[str, ...], variants: tuple[str, ...], epo
               help="Port (0: any free one).")
 @click.option("--images", default=None, type=click.IntRange(1),
               help="Mine the top-k over the first N dataset images (default: all).")
-@click.option("--k", default=9, show_default=True, type=click.IntRange(1))
+@click.option("--k", default=9, show_default=True, type=click.IntRange(1),
+              help="Strongest activations kept per map (the paper's 9).")
 @click.option("--cache", "cache_dir", default=None, type=click.Path(file_okay=False),
               help="Where the top-k index is kept (default: ~/.cache/zfnet/explorer).")
-@click.option("--max-upload-mb", default=20, show_default=True, type=click.IntRange(1))
+@click.option("--max-upload-mb", default=20, show_default=True, type=click.IntRange(1),
+              help="Largest image the page accepts, in MB.")
 @click.option("--occlusion-precision", type=click.Choice(["float32", "bfloat16"]),
               default="float32", show_default=True,
               help="Occlusion's forward passes on a network that is not a chain (a ResNet: one "
