@@ -194,7 +194,9 @@ def test_a_flat_layer_shows_one_square_per_unit(page, server) -> None:
     page.wait_for_selector('#maps[data-layer="fc6"]')
     maps = httpx.get(f"{url}/api/maps", params={"image": "val:4", "layer": "fc6"}).json()
     assert maps["size"] == [1, 1]
-    m = maps["maps"] - 1
+    m = next(u for u in reversed(range(maps["maps"]))  # an active unit: it has projections
+             if httpx.get(f"{url}/api/unit", params={"image": "val:4", "layer": "fc6",
+                                                      "unit": u}).json()["active"])
     page.mouse.move(*_at(page, maps, m, 0, 0))
     assert page.text_content("#map-info").startswith(f"unit {m} · value ")
     page.mouse.click(*_at(page, maps, m, 0, 0))
@@ -400,7 +402,7 @@ def test_a_queued_job_counts_the_jobs_ahead_and_says_who_cancelled_it(page, serv
         _open(page, "/?image=val:7&view=occlusion")
         page.wait_for_function("document.querySelector('#job-what').textContent.includes("
                                "'2 jobs ahead (running: a job holding the queue)')")
-        mine = app.state.jobs.last(("occlusion", "val:7"))
+        mine = app.state.jobs.last(("occlusion", "val:7", None, None))  # no unit picked
         httpx.delete(f"{url}/api/jobs/{other['id']}")
         httpx.delete(f"{url}/api/jobs/{mine.id}")  # not this page's Cancel button
         page.wait_for_selector("#view-again")
