@@ -280,4 +280,15 @@ def test_the_gallery_counts_the_images_mined_not_the_unreadable_files(tmp_path) 
     assert res.topk["conv2"].mined == 9 and 3 not in res.topk["conv2"].index
     (section,) = read_sections(tmp_path)
     assert section.metrics["images"] == 9
-    assert "of that map over 9 images (of 10 files, 1 unreadable), each" in section.caption
+    assert ("of that map over 9 images (of 10 files, 1 unreadable), one per image (its "
+            "strongest position), each" in section.caption)
+
+
+def test_fewer_images_than_k_leave_cells_blank_and_the_caption_says_so(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = zfnet.create_model("zfnet_small")
+    res = run_topk_gallery(model, _data(3), ["conv1"], k=9, out_dir=tmp_path, maps=[0])
+    assert (res.topk["conv1"].index[0, 3:] == -1).all()  # one entry per image: 3 of 9 filled
+    (section,) = read_sections(tmp_path)
+    assert "over 3 images, one per image (its strongest position); with 3 images, 6 of the 9 " \
+        "cells stay blank, each" in section.caption

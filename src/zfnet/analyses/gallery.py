@@ -55,7 +55,8 @@ MAP_RULES = ("strongest", "spaced")
 
 CAPTION = """
 Paper Fig. 2. Each block is one feature map of the layer. Left: the {k} strongest activations
-of that map over {n}, each projected separately down to pixels ({rule}) and cropped to
+of that map over {n}, one per image (its strongest position){empty}, each projected
+separately down to pixels ({rule}) and cropped to
 the activation's receptive field ({rf}). Right: the matching image patches. {display}
 Reading the sign: the projection is in the units of the mean-subtracted
 input, so bright / coloured pixels push the activation up and dark ones are the opposite
@@ -422,6 +423,7 @@ def run_topk_gallery(
     n_images = _mined(topk[layers[0]], len(dataset))
     fields = ", ".join(f"{r[0]} {r[3]}" + (" px" if isinstance(r[3], int) else "") for r in rows)
     caption = " ".join(CAPTION.split()).format(k=k, n=images_text(n_images, len(dataset)),
+                                               empty=blank_cells_text(n_images, k),
                                                rule=_RULE_NAMES[rule],
                                                rf=fields, display=DISPLAY_CAPTION)
     result.section = write_section(run_dir, Section(
@@ -447,6 +449,14 @@ def run_topk_gallery(
 def _mined(topk: TopK, files: int) -> int:
     """The images a top-k was taken over (`files` where it does not say)."""
     return files if topk.mined is None else topk.mined
+
+
+def blank_cells_text(mined: int, k: int) -> str:
+    """Why some cells are blank: fewer images than k ("" where there are enough)."""
+    if mined >= k:
+        return ""
+    blank = k - mined
+    return f"; with {mined} image{'s' * (mined != 1)}, {blank} of the {k} cells stay blank"
 
 
 def images_text(mined: int, files: int) -> str:

@@ -51,6 +51,7 @@ from zfnet.analyses.evolution import EvolutionResult, feature_evolution, render_
 from zfnet.analyses.gallery import (
     _RULE_NAMES,
     CAPTION,
+    blank_cells_text,
     check_defined,
     default_display,
     default_layers,
@@ -419,6 +420,7 @@ def _caption(meta: dict[str, Any], layers: list[_Layer], unit: bool = False) -> 
     rf = ", ".join(f"{layer.name} {layer.rf}" for layer in layers)
     text = " ".join(CAPTION.split()).format(
         k=meta["k"], n=images_text(meta["images"], meta.get("files", meta["images"])),
+        empty=blank_cells_text(meta["images"], meta["k"]),
         rule=_RULE_NAMES[meta["rule"]], rf=rf, display="")
     if unit:
         text = text.replace("Each block is one feature map of the layer. ", "")
