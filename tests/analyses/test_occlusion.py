@@ -313,6 +313,9 @@ def test_report_on_resnet18_follows_the_models_own_class(synthetic64, tmp_path,
     assert 0 <= metrics["pointing_hit_rate"] <= 1
     section = json.loads((tmp_path / "sections" / "occlusion.json").read_text())
     assert ("not the dataset's" in section["caption"]) is not own
+    target = "true" if own else "predicted"  # (a) and (d) name the class they follow
+    assert f"lowers the probability of the {target} class most" in section["caption"]
+    assert f"(d) Probability of the {target} class" in section["caption"]
     assert section["tables"][0]["columns"][3] == ("p(true)" if own else "p(predicted)")
     val = synthetic64.val.with_mode("centre")
     x, y = val[0]

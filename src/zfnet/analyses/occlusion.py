@@ -520,18 +520,18 @@ CAPTION = (
     "Occlusion sensitivity (paper Fig. 7). A square of the dataset's mean colour (fill 0 after "
     "mean subtraction) of {size} px slides over each image in steps of {stride} px; each map "
     "has one value per occluder position, drawn at the square's centre. (a) The image; the "
-    "dashed red square is the occluder that lowers the probability of the true class most. "
+    "dashed red square is the occluder that lowers the probability of the {target} class most. "
     "(b) Total activation of the {layer} feature map that is strongest on the unoccluded image "
     "(sum of its rectified map): blue where covering the image switches that feature off. "
     "(c) That map's strongest activation projected to pixels with {rule}: the structure "
-    "it responds to. {display} (d) Probability of the true class: blue where covering the "
+    "it responds to. {display} (d) Probability of the {target} class: blue where covering the "
     "image hurts the classification — if the model relies on the object, the blue region lies "
     "on the object, not on the background. (e) The most probable label at each position: where "
     "covering the object makes the model switch to another class. {classes}{pointing}"
 )
 OTHER_CLASSES = (
-    "The model's classes are not the dataset's, so (d) follows the class the model predicts on "
-    "the unoccluded image rather than the image's label. "
+    "The model's classes are not the dataset's, so (a) and (d) follow the class the model "
+    "predicts on the unoccluded image, not a label of the image. "
 )
 
 
@@ -629,7 +629,8 @@ def occlusion_report(
             "activations)" if rules == {"gradient"} else "the deconvnet")
     caption = CAPTION.format(size=first.size, stride=first.stride, layer=first.layer,
                              pointing=pointing_text, display=DISPLAY_CAPTION, rule=rule,
-                             classes="" if own else OTHER_CLASSES)
+                             classes="" if own else OTHER_CLASSES,
+                             target="true" if own else "predicted")
     write_section(run_dir, Section(
         key="occlusion", title="Occlusion sensitivity (Fig. 7)", caption=caption,
         figures=[Figure(str(fig_path.relative_to(run_dir)), "Rows: the images of the table. "
