@@ -47,6 +47,9 @@ def test_invariance_section_writes_figures(tmp_path) -> None:
     invariance_section(tmp_path, res, ["a", "b"])
     (s,) = read_sections(tmp_path)
     assert len(s.figures) == 3 and len(s.tables[0].rows) == 3
+    assert "at a low layer (norm1, the paper's layer 1) and a high one (relu7, layer 7)" \
+        in s.caption  # the layers compared, by name
+    assert "lowest p(class)" in s.tables[0].caption
 
 
 def test_any_cnn_default_layers_and_its_own_class() -> None:

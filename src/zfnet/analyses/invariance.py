@@ -171,8 +171,9 @@ def invariance_section(
         key=key, title=title, order=order,
         caption=(
             "Each image is shifted vertically, scaled and rotated; for every amount we compare "
-            "its feature vectors with those of the untransformed image at a low layer (the "
-            "paper's layer 1) and a high one (layer 7). Distances are Euclidean, divided by the "
+            f"its feature vectors with those of the untransformed image at a low layer "
+            f"({results[0].layers[0]}, the paper's layer 1) and a high one "
+            f"({results[0].layers[-1]}, layer 7). Distances are Euclidean, divided by the "
             "norm of the untransformed image's feature vector so that both layers share a scale "
             "(0 = unchanged, 1 = a change as large as the features). The last panel is the "
             "probability of the true class (or, without a label, of the class first "
@@ -182,7 +183,9 @@ def invariance_section(
         ),
         figures=figures,
         tables=[Table(["transformation", f"mean distance {results[0].layers[0]}",
-                       f"mean distance {results[0].layers[-1]}", "mean min p(class)"], rows)],
+                       f"mean distance {results[0].layers[-1]}", "mean min p(class)"], rows,
+                      "Means over the images: of the relative distance over every amount, and "
+                      "of the lowest p(class) any amount gives.")],
     )
     write_section(run_dir, section)
     return section
