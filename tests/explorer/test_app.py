@@ -472,7 +472,7 @@ def test_a_broken_file_in_the_folder_is_named_and_not_shown_first(tmp_path) -> N
         with TestClient(create_app(e)) as c:
             assert c.get("/api/model").json()["default_image"] == "val:1"
             _error(c.get("/api/maps?image=val:0&layer=conv1"), 400,
-                   f"dataset image val:0 is broken image {folder / 'aaa.jpg'}: ")
+                   f"dataset image val:0 is broken: {folder / 'aaa.jpg'} could not be read: ")
             assert c.get("/api/maps?image=val:1&layer=conv1").status_code == 200
     # the mined index is kept per folder as it is: a file replaced under its name, another
     same = Explorer(source, load_data(source, f"images:{folder}"), cache_dir=tmp_path / "c")

@@ -409,7 +409,8 @@ class Explorer:
                                    else "no images (start the server with --data)"))
         item = self.item(i)
         if item is None:
-            raise ExplorerError(f"dataset image {image_id} is {self._broken[i]}")
+            raise ExplorerError(f"dataset image {image_id} is broken: {self._broken[i]}; "
+                                "pick another image")
         names = getattr(self.bundle, "class_names", None) or []
         return ImageEntry(image_id, self.bundle.raw_val(i), item[0], self._label(i, names))
 
@@ -422,9 +423,9 @@ class Explorer:
         if item is None:
             try:
                 self.val.raw(i)  # its error says which file and why
-                self._broken[i] = "a broken file that could not be read"
+                self._broken[i] = "its file could not be read"
             except BadImageError as e:
-                self._broken[i] = str(e)
+                self._broken[i] = f"{e.path} could not be read: {e.reason}"
         return item
 
     def upload(self, data: bytes, name: str | None = None) -> ImageEntry:
