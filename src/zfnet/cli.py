@@ -888,7 +888,7 @@ def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
     """
     from zfnet.analyses.units import project_units, write_units
     from zfnet.data import load_images
-    from zfnet.models import feature_layers
+    from zfnet.models import feature_layers, layer_info
 
     if channels and top:
         raise click.UsageError("--channel and --top both choose the maps: give one of them")
@@ -897,14 +897,18 @@ def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
         feature_layers(source.model, source.preprocessing.crop))
     data = load_images(images[0] if len(images) == 1 else list(images), source.preprocessing)
     names = [str(p) for p in getattr(data, "paths", [])] or None
+    # the last layer's units are the classes the weights name (source.labels)
+    last = (list(layer_info(source.model, source.preprocessing.crop))[-1] if source.labels
+            else None)
     results = [r for layer in layers for r in project_units(
         source.model, data, layer, channels=channels, top=top, rule=rule,
         pixel_scale=source.preprocessing.pixel_scale(), batch_size=model_options.batch_size,
-        names=names)]
+        names=names, unit_names=source.labels if layer == last else None)]
     index = write_units(results, out, rule, source.name)
     for unit, _, _ in results:
-        click.echo(f"{unit.name}: {unit.layer} map {unit.channel} at ({unit.row}, {unit.col}), "
-                   f"activation {unit.activation:.3g} -> {Path(out) / unit.file}")
+        fires = "" if unit.active else " (not active: every rule projects it to nothing)"
+        click.echo(f"{unit.name}: {unit.what}, activation {unit.activation:.3g}{fires} -> "
+                   f"{Path(out) / unit.file}")
     click.echo(f"wrote {len(results)} projections and {index}")
 
 

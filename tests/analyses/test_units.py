@@ -4,6 +4,7 @@ end to end from the command line (weights from a file and from the torch hub cac
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -217,3 +218,36 @@ def test_project_command_errors(photos, tmp_path, args, message) -> None:
                                     "torchvision:resnet18", "--out", str(out), *args])
     assert res.exit_code != 0 and message in res.output and "Traceback" not in res.output
     assert not out.exists()  # nothing written before the input is checked
+
+
+def test_a_class_score_layer_is_told_as_units_named_by_their_class(photos, tmp_path) -> None:
+    """A fine-tuned copy with 3 classes and --labels: its last layer's units are named by
+    class, called units (no map, no position), and one that does not fire is said to project
+    to nothing, on the line and over the panel."""
+    torch.manual_seed(3)
+    net = torchvision.models.resnet18()
+    net.fc = torch.nn.Linear(512, 3)
+    with torch.no_grad():  # class 1 never fires, class 2 always does
+        net.fc.bias[:] = torch.tensor([0.0, -1e3, 1e3])
+    torch.save(net.state_dict(), tmp_path / "r3.pth")
+    (tmp_path / "labels.txt").write_text("cat\ncoffee\nrocket\n")
+    out = tmp_path / "look"
+    res = CliRunner().invoke(main, [
+        "project", str(photos / "chelsea.jpg"), "--model", "torchvision:resnet18",
+        "--weights", str(tmp_path / "r3.pth"), "--labels", str(tmp_path / "labels.txt"),
+        "--resize", "72", "--crop", "64", "--layer", "fc,layer4", "--channel", "1,2",
+        "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert any("fc unit 1 (coffee), activation -1e+03 (not active: every rule projects it to "
+               "nothing) -> " in line for line in lines), res.output
+    assert any("fc unit 2 (rocket), activation 1e+03 -> " in line for line in lines)
+    assert any(re.search(r"layer4 map 1 at \(\d, \d\), activation", line) for line in lines)
+    units = json.loads((out / "project.json").read_text())["units"]
+    fc = [u for u in units if u["layer"] == "fc"]
+    assert [(u["label"], u["flat"], u["file"]) for u in fc] == [
+        ("coffee", True, "chelsea_fc_unit1_deconvnet.png"),
+        ("rocket", True, "chelsea_fc_unit2_deconvnet.png")]
+    assert all(u["label"] is None and not u["flat"] for u in units if u["layer"] == "layer4")
+    silent = np.asarray(Image.open(out / fc[0]["file"]))
+    assert (silent[LABEL_HEIGHT + 2:, 64 * 4 + 4: 2 * 64 * 4 + 4] == 128).all()  # nothing

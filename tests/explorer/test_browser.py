@@ -338,8 +338,8 @@ def test_without_a_dataset_the_page_works_on_uploads(browser, tiny_run, tmp_path
 
 def _broken_val3(route) -> None:
     route.fulfill(status=400, json={"error": "dataset image val:3 is broken: "
-                                             "/photos/notes.jpg could not be read: not a recognised "
-                                             "image format; pick another image"})
+                                             "/photos/notes.jpg could not be read: not a "
+                                             "recognised image format; pick another image"})
 
 
 def test_a_narrow_window_scrolls_past_the_layers_to_the_views(page) -> None:

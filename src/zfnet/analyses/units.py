@@ -53,6 +53,20 @@ class Unit:
     col: int
     box: tuple[int, int, int, int] | None  # receptive field (top, left, bottom, right), clipped
     file: str = ""  # the PNG written, relative to the output directory
+    flat: bool = False  # a unit of a flat layer (N, F): no map, no position
+    label: str | None = None  # what the unit is named, where it has a name (a class score's class)
+
+    @property
+    def what(self) -> str:
+        """"layer3 map 61 at (5, 4)", or for a flat layer "fc unit 2" (", rocket": its name)."""
+        where = (f"{self.layer} unit {self.channel}" if self.flat
+                 else f"{self.layer} map {self.channel} at ({self.row}, {self.col})")
+        return where + (f" ({self.label})" if self.label else "")
+
+    @property
+    def active(self) -> bool:
+        """Whether the unit fires (> 0): every rule projects an inactive unit to nothing."""
+        return self.activation > 0
 
 
 def choose_maps(strength: Tensor, channels: Sequence[int] | None, top: int | None) -> Tensor:
@@ -73,13 +87,15 @@ def project_units(model: nn.Module, images: Dataset, layer: str | nn.Module, *,
                   channels: Sequence[int] | None = None, top: int | None = None,
                   rule: str = "deconvnet", pixel_scale: Tensor | None = None,
                   batch_size: int = 16, names: Sequence[str] | None = None,
+                  unit_names: Sequence[str] | None = None,
                   ) -> list[tuple[Unit, Tensor, Tensor]]:
     """Project the strongest unit of the chosen maps (`choose_maps`) of every image.
 
     images: items (x, y) of model inputs (C, H, W) — `zfnet.data.load_images` — with `raw(i)`
     the uint8 pixels the model sees; broken files (None items) are skipped. pixel_scale: (C,)
-    model-input units -> pixel units. Returns, per unit, (Unit, uint8 image (C, H, W),
-    projection (C, H, W) in pixel units).
+    model-input units -> pixel units. unit_names: a name for each of the layer's units or maps
+    (the classes of a class-score layer), used where their number matches. Returns, per unit,
+    (Unit, uint8 image (C, H, W), projection (C, H, W) in pixel units).
     """
     name = layer_name(model, layer)  # an unknown layer: an error listing the valid ones
     out: list[tuple[Unit, Tensor, Tensor]] = []
@@ -111,8 +127,11 @@ def project_units(model: nn.Module, images: Dataset, layer: str | nn.Module, *,
             box = None
             if geometry is not None and act.ndim == 4:
                 box = geometry.box(r, c, (x.shape[-2], x.shape[-1]))
-            unit = Unit(i, names[i] if names else f"image {i}", name, int(maps.reshape(-1)[s]),
-                        float(rf.activation[s]), r, c, box)
+            ch = int(maps.reshape(-1)[s])
+            label = (unit_names[ch] if unit_names and len(unit_names) == act.shape[1]
+                     else None)
+            unit = Unit(i, names[i] if names else f"image {i}", name, ch,
+                        float(rf.activation[s]), r, c, box, flat=act.ndim == 2, label=label)
             out.append((unit, pixels[i], proj[s]))
     if not out:
         raise ValueError("none of the images could be read (see the warnings above)")
@@ -189,15 +208,17 @@ def write_units(results: list[tuple[Unit, Tensor, Tensor]], out: str | Path, rul
     stems = _file_stems([u.name for u, _, _ in results])
     used: set[str] = set()
     for unit, image, proj in results:
-        base = f"{stems[unit.name]}_{_slug(unit.layer)}_map{unit.channel}_{rule}"
+        kind = "unit" if unit.flat else "map"
+        base = f"{stems[unit.name]}_{_slug(unit.layer)}_{kind}{unit.channel}_{rule}"
         unit.file, k = f"{base}.png", 1
         while unit.file in used:  # the same map of one image twice: numbered
             k += 1
             unit.file = f"{base}_{k}.png"
         used.add(unit.file)
         unit_figure(image, proj, unit.box, out / unit.file, titles=(
-            f"{unit.name}: {unit.layer} map {unit.channel}",
-            f"{rule}, activation {unit.activation:.3g}",
+            f"{unit.name}: {unit.what}",
+            f"{rule}, activation {unit.activation:.3g}" if unit.active
+            else f"{rule}: nothing, not active ({unit.activation:.3g} <= 0)",
             "where: |projection|"))
     units = [asdict(u) | {"rule": rule} for u, _, _ in results]
     path = out / "project.json"
