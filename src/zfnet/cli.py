@@ -301,8 +301,9 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
     short = any(i.name != i.module for i in infos)
     w_name = max([8, *(len(i.name) for i in infos)])
     w_module = max([20, *(len(i.module) for i in infos)])
+    w_kind = max([8, *(len(i.kind) for i in infos)])
     head = f"{'layer':<{w_name}} " + (f"{'module':<{w_module}} " if short else "")
-    click.echo(f"{head}{'kind':<8} {'maps':>6} {'size':>5} {'stride':>6} {'rf':>5}")
+    click.echo(f"{head}{'kind':<{w_kind}} {'maps':>6} {'size':>5} {'stride':>6} {'rf':>5}")
     # zfnet's models: no geometry means an fc layer (blank); others: not known here ("-")
     unknown = "" if hasattr(model, "config") else "-"
     for info in infos:
@@ -310,7 +311,7 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
         size_, jump, rf = (per_axis(g, "size"), per_axis(g, "jump"), per_axis(g, "rf")) \
             if g else (unknown,) * 3
         head = f"{info.name:<{w_name}} " + (f"{info.module:<{w_module}} " if short else "")
-        click.echo(f"{head}{info.kind:<8} {info.channels or '':>6} {size_:>5} {jump:>6} "
+        click.echo(f"{head}{info.kind:<{w_kind}} {info.channels or '':>6} {size_:>5} {jump:>6} "
                    f"{rf:>5}")
     # the names --layer takes beyond the rows: the blocks that hold them, and the default
     blocks = [n for n, m in model.named_modules() if n and any(True for _ in m.children())]

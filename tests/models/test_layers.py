@@ -18,6 +18,7 @@ from zfnet.models import (
     first_convs,
     last_spatial_layer,
     layer_geometries,
+    layer_info,
     resolve_layer,
     vector_layer,
 )
@@ -200,3 +201,13 @@ def test_a_chain_of_blocks_inside_one_module_is_split_by_resolution() -> None:
     model = timm.create_model("efficientnet_b0", pretrained=False).eval()
     assert feature_layers(model, SIZE) == ["conv_stem", "blocks.0", "blocks.1", "blocks.2",
                                            "blocks.4", "conv_head"]
+
+
+def test_every_layer_has_a_kind_a_reader_recognises() -> None:
+    """Rectifiers apart from other activations (the deconvnet is defined for the first only),
+    every pooling and normalisation by its family, anything else by its class name."""
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU6(), nn.SiLU(), nn.GroupNorm(2, 8),
+                        nn.BatchNorm2d(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(),
+                        nn.Linear(8, 2))
+    kinds = [i.kind for i in layer_info(net, 16).values()]
+    assert kinds == ["conv", "relu", "act", "norm", "norm", "pool", "flatten", "dropout", "fc"]

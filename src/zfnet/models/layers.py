@@ -50,20 +50,31 @@ class LayerInfo:
 
     name: str  # the name users type: "conv3" (zfnet) or "features.10" (others)
     module: str  # the module path inside the model: "features.conv3"
-    kind: str  # conv, relu, pool, norm, fc, dropout, other
+    kind: str  # conv, relu, act, pool, norm, fc, dropout, else the class name (flatten, ...)
     channels: int | None  # feature maps (or units) of the output, when known
     geometry: LayerGeometry | None  # spatial size, stride, receptive field (None for fc layers)
 
 
+_KINDS: tuple[tuple[tuple[type[nn.Module], ...], str], ...] = (
+    ((nn.Conv2d,), "conv"),
+    ((nn.ReLU, nn.ReLU6), "relu"),  # rectifiers: the deconvnet's rule is defined for them
+    ((nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Mish,
+      nn.LeakyReLU, nn.ELU, nn.PReLU, nn.Softplus), "act"),
+    ((nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d), "pool"),
+    ((nn.LocalResponseNorm, nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm,
+      nn.modules.instancenorm._InstanceNorm), "norm"),
+    ((nn.Linear,), "fc"),
+    ((nn.Dropout, nn.Dropout2d), "dropout"),
+)
+
+
 def _kind(m: nn.Module) -> str:
-    for cls, kind in (
-        (nn.Conv2d, "conv"), (nn.ReLU, "relu"), (nn.MaxPool2d, "pool"),
-        (nn.LocalResponseNorm, "norm"), (nn.BatchNorm2d, "norm"), (nn.Linear, "fc"),
-        (nn.Dropout, "dropout"),
-    ):
-        if isinstance(m, cls):
+    """conv, relu (a rectifier), act (another activation), pool, norm, fc, dropout, or else the
+    module's class name in lower case (flatten, identity, ...)."""
+    for classes, kind in _KINDS:
+        if isinstance(m, classes):
             return kind
-    return "other"
+    return type(m).__name__.lower()
 
 
 def layer_info(model: nn.Module, input_size: int | tuple[int, int] | None = None
