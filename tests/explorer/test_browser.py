@@ -431,7 +431,8 @@ def test_long_layer_names_leave_every_column_in_view(page) -> None:
     def longer(route):
         body = route.fetch().json()
         row = dict(body["layers"][0], name="layer4.0.downsample.0.a_very_long_name")
-        route.fulfill(json={"layers": [*body["layers"], row]})
+        dotted = dict(body["layers"][0], name="layer2.0.downsample.0")
+        route.fulfill(json={"layers": [*body["layers"], row, dotted]})
     page.route("**/api/layers", longer)
     _open(page)
     fits = page.eval_on_selector("#layers-panel", """p => {
@@ -442,6 +443,11 @@ def test_long_layer_names_leave_every_column_in_view(page) -> None:
     name = page.locator('tr[data-layer="layer4.0.downsample.0.a_very_long_name"] button')
     assert name.get_attribute("title").startswith("layer4.0.downsample.0.a_very_long_name · ")
     assert name.evaluate("b => b.scrollWidth > b.clientWidth")  # cut short, with an ellipsis
+    # a name of short parts wraps after its dots: all of it in view, its text the name
+    dotted = page.locator('tr[data-layer="layer2.0.downsample.0"] button')
+    assert dotted.text_content() == "layer2.0.downsample.0"
+    assert dotted.evaluate("b => b.scrollWidth <= b.clientWidth && b.getBoundingClientRect()"
+                           ".height > 1.5 * (parseFloat(getComputedStyle(b).lineHeight) || 15)")
 
 
 def test_the_top9_says_what_it_mined_and_shows_a_sign_until_its_figure_is_drawn(page) -> None:

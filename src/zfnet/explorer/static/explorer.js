@@ -268,8 +268,12 @@
       const button = document.createElement("button");
       button.type = "button";
       button.className = "layer-pick";
-      button.textContent = layer.name;
-      // A long name is cut short in the table (the rf column stays in view): the title has it.
+      // A long name (layer2.0.downsample.0) wraps after its dots, so that its last parts —
+      // what tells conv1 from conv2 — stay in view; the text is the name as typed.
+      layer.name.split(".").forEach((part, i, parts) => {
+        button.append(part + (i < parts.length - 1 ? "." : ""));
+        if (i < parts.length - 1) button.append(document.createElement("wbr"));
+      });
       button.title = `${layer.name} · ${layer.module}${layer.stride ? ` · stride ${grid2(layer.stride)}` : ""}`;
       name.append(button);
       tr.append(name);
