@@ -189,3 +189,21 @@ def test_load_images_files_folder_or_spec(folder, tmp_path):
         warnings.simplefilter("error")
         with pytest.raises(BrokenImageWarning, match="notes.png"):
             load_images(not_image, PREP)[0]
+
+
+def test_a_large_jpeg_gives_the_pixels_of_torchvisions_transforms(tmp_path):
+    """A model's preprocessing decodes a JPEG at full scale: a photo at least twice the resize
+    (which the paper's pipeline decodes at a reduced DCT scale) becomes the input that
+    torchvision's Resize + CenterCrop make of it, up to the rounding of two resamplers."""
+    import torchvision.transforms.v2 as T
+    from skimage import data as photos
+
+    path = tmp_path / "astronaut.jpg"
+    Image.fromarray(photos.astronaut()).save(path, quality=90)  # 512 x 512: 2x the resize
+    prep = Preprocessing.imagenet(crop=128, resize=256)
+    got = load_images(path, prep).raw(0).int()  # (3, 128, 128)
+    with Image.open(path) as img:
+        want = T.Compose([T.PILToTensor(), T.Resize(256, antialias=True),
+                          T.CenterCrop(128)])(img.convert("RGB")).int()
+    diff = (got - want).abs()
+    assert diff.max() <= 2 and diff.float().mean() < 0.5

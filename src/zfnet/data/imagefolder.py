@@ -130,7 +130,7 @@ def scan_split(
     return names, samples
 
 
-def decode_file(path: Path, min_side: int) -> torch.Tensor:
+def decode_file(path: Path, min_side: int | None) -> torch.Tensor:
     """`load_rgb(path, min_side=min_side)`'s pixels, (3, H, W) (possibly a view of (H, W, 3)):
     most files are plain JPEGs, which the fast decoder takes (`decode_plain_jpeg`)."""
     if path.suffix.lower() in JPEG_EXTENSIONS:
@@ -163,9 +163,12 @@ class FolderImages(CropDataset):
         return path.name if self._under is None else path.relative_to(self._under).as_posix()
 
     def full_image(self, i: int) -> torch.Tensor:
-        img = decode_file(self.paths[i], self.full_size)  # (3, H, W)
         if self.preprocessing is not None:
-            return self.preprocessing.fit_full(img)  # (C, F, F), the model's
+            # A model's own preprocessing: decoded at full scale (no `draft`), so that its
+            # inputs are the pixels its weights' transforms give (a large JPEG's reduced-scale
+            # decode differs by up to ~50 levels at edges).
+            return self.preprocessing.fit_full(decode_file(self.paths[i], None))  # (C, F, F)
+        img = decode_file(self.paths[i], self.full_size)  # (3, H, W)
         return resize_center_crop(img, self.full_size)  # (3, F, F)
 
     def read_encoded(self, i: int) -> bytearray:

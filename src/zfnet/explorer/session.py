@@ -458,7 +458,7 @@ class Explorer:
                                 f"megapixels, over the explorer's "
                                 f"{self.max_pixels / 1e6:.0f}; crop it closer to a square first")
         try:
-            rgb = load_rgb(io.BytesIO(data), min_side=self.pre.resize, name=name or "upload")
+            rgb = load_rgb(io.BytesIO(data), name=name or "upload")  # full scale, as the CLI
         except BadImageError as e:
             raise ExplorerError(f"{what} cannot be read: {e.reason}") from None
         pixels = self.pre.fit(rgb)
