@@ -290,5 +290,6 @@ def test_fewer_images_than_k_leave_cells_blank_and_the_caption_says_so(tmp_path)
     res = run_topk_gallery(model, _data(3), ["conv1"], k=9, out_dir=tmp_path, maps=[0])
     assert (res.topk["conv1"].index[0, 3:] == -1).all()  # one entry per image: 3 of 9 filled
     (section,) = read_sections(tmp_path)
-    assert "over 3 images, one per image (its strongest position); with 3 images, 6 of the 9 " \
-        "cells stay blank, each" in section.caption
+    assert "over 3 images, one per image (its strongest position), each" in section.caption
+    assert "receptive field (conv1 5 px). With 3 images, 6 of the 9 cells stay blank. Right:" \
+        in section.caption

@@ -95,6 +95,8 @@ def test_every_link_and_image_resolves(site) -> None:
     assert doc["k"] == K and doc["images"] == IMAGES and doc["evolution"]["epochs"] == [1, 2]
     index = pages[site / "index.html"]
     assert {f"{name}/index.html" for name in LAYERS} <= set(index.links)
+    text = (site / "index.html").read_text()  # its caption speaks of the pages it links to
+    assert "Each map has a page of its own" in text and "Each block" not in text
     for layer in doc["layers"]:
         assert len(layer["units"]) == MAPS
         shown = [u["map"] for u in layer["units"]]

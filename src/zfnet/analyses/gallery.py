@@ -55,9 +55,9 @@ MAP_RULES = ("strongest", "spaced")
 
 CAPTION = """
 Paper Fig. 2. Each block is one feature map of the layer. Left: the {k} strongest activations
-of that map over {n}, one per image (its strongest position){empty}, each projected
+of that map over {n}, one per image (its strongest position), each projected
 separately down to pixels ({rule}) and cropped to
-the activation's receptive field ({rf}). Right: the matching image patches. {display}
+the activation's receptive field ({rf}).{empty} Right: the matching image patches. {display}
 Reading the sign: the projection is in the units of the mean-subtracted
 input, so bright / coloured pixels push the activation up and dark ones are the opposite
 pattern; the deconvnet rectifies the signal at every ReLU on the way down, but the transposed
@@ -421,7 +421,10 @@ def run_topk_gallery(
         rows.append([name, len(chosen[name]), t.values.shape[0], _rf_text(geo),
                      round(float(t.values[chosen[name], 0].mean()), 3)])
     n_images = _mined(topk[layers[0]], len(dataset))
-    fields = ", ".join(f"{r[0]} {r[3]}" + (" px" if isinstance(r[3], int) else "") for r in rows)
+    side = max(shape[-2:])
+    fields = ", ".join(f"{r[0]} {r[3]}" + (" px" if isinstance(r[3], int) else "")
+                       + (f", cut to the {side} px input" if isinstance(r[3], int)
+                          and r[3] > side else "") for r in rows)
     caption = " ".join(CAPTION.split()).format(k=k, n=images_text(n_images, len(dataset)),
                                                empty=blank_cells_text(n_images, k),
                                                rule=_RULE_NAMES[rule],
@@ -456,7 +459,7 @@ def blank_cells_text(mined: int, k: int) -> str:
     if mined >= k:
         return ""
     blank = k - mined
-    return f"; with {mined} image{'s' * (mined != 1)}, {blank} of the {k} cells stay blank"
+    return f" With {mined} image{'s' * (mined != 1)}, {blank} of the {k} cells stay blank."
 
 
 def images_text(mined: int, files: int) -> str:

@@ -416,14 +416,16 @@ def _sprite(thumbs: list[Tensor], path: Path) -> None:
 
 
 def _caption(meta: dict[str, Any], layers: list[_Layer], unit: bool = False) -> str:
-    """The gallery's Fig. 2 caption for these layers (one block = one map)."""
+    """The gallery's Fig. 2 caption for these layers, said of a unit's page (`unit`) or, on
+    the index, of the pages its layers link to."""
     rf = ", ".join(f"{layer.name} {layer.rf}" for layer in layers)
     text = " ".join(CAPTION.split()).format(
         k=meta["k"], n=images_text(meta["images"], meta.get("files", meta["images"])),
         empty=blank_cells_text(meta["images"], meta["k"]),
         rule=_RULE_NAMES[meta["rule"]], rf=rf, display="")
-    if unit:
-        text = text.replace("Each block is one feature map of the layer. ", "")
+    text = text.replace("Each block is one feature map of the layer. ",
+                        "" if unit else "Each map has a page of its own (the layers below link "
+                        "to them). On it: ")
     return " ".join(text.split())
 
 
