@@ -83,6 +83,13 @@ def test_invariance_follows_the_label_only_for_the_datasets_classes(bundle, tmp_
     else:  # its own prediction, never ImageNet's class 3 for the dataset's class 3
         assert dataset == [None] * 3
     assert _section(tmp_path, "invariance_dataset").figures
+    photos_section = _section(tmp_path, "invariance_photos")  # whose images they are, said
+    assert photos_section.title == "Invariance on 5 built-in photos (Fig. 5)"
+    assert photos_section.caption.startswith("The images: 5 sample photographs that ship with "
+                                             "scikit-image and scikit-learn (astronaut, ")
+    data_section = _section(tmp_path, "invariance_dataset")
+    assert data_section.title == f"Invariance on 2 images of {bundle.spec} (Fig. 5)"
+    assert data_section.caption.startswith(f"The images: 2 of {bundle.spec} (its val split")
 
 
 def test_randomization_at_the_last_stage_by_default(bundle, tmp_path) -> None:

@@ -182,15 +182,23 @@ def invariance(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
     labels = [val.targets[i] for i in picks]
     names = [_image_name(bundle, i) for i in picks]
     out: dict[str, Any] = {}
-    for key, imgs, lab, tnames, title in (
+    spec = bundle.spec or "the dataset"
+    for key, imgs, lab, tnames, title, about in (
         ("invariance_photos", photos.float(), None, photo_names,
-         "Invariance on real photos (Fig. 5)"),
+         f"Invariance on {len(photo_names)} built-in photos (Fig. 5)",
+         f"The images: {len(photo_names)} sample photographs that ship with scikit-image and "
+         f"scikit-learn ({', '.join(photo_names)}), the same for every model and dataset, so "
+         "that models can be compared on them; the class followed is the one each is first "
+         "predicted as."),
         ("invariance_dataset", data_imgs, labels if own else None, names,
-         "Invariance on dataset images (Fig. 5)"),
+         f"Invariance on {len(names)} images of {spec} (Fig. 5)",
+         f"The images: {len(names)} of {spec}"
+         + (" (its val split, one per class while classes last)" if bundle.class_names
+            else "") + "."),
     ):
         res = [invariance(model, imgs, norm, kind, layers=(low, high), labels=lab)
                for kind in KINDS]
-        invariance_section(run_dir, res, tnames, key=key, title=title,
+        invariance_section(run_dir, res, tnames, key=key, title=title, about=about,
                            order=50 if key.endswith("photos") else 51)
         out[key] = {r.kind: {low: r.distance[low].mean().item(),
                              high: r.distance[high].mean().item()} for r in res}

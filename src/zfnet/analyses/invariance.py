@@ -142,9 +142,11 @@ def invariance_section(
     key: str = "invariance",
     title: str = "Invariance (Fig. 5)",
     order: int = 50,
+    about: str = "",
 ):
     """Write one figure per transformation (distance at the two layers, class probability, one
-    curve per image) and the report section; returns the Section."""
+    curve per image) and the report section; returns the Section. `about`: a sentence saying
+    which images these are, put first in the caption."""
     from zfnet.report import Figure, Section, Table, write_section
     from zfnet.report.plots import plot_curves
 
@@ -170,7 +172,7 @@ def invariance_section(
     section = Section(
         key=key, title=title, order=order,
         caption=(
-            "Each image is shifted vertically, scaled and rotated; for every amount we compare "
+            (f"{about} " if about else "") + "Each image is shifted vertically, scaled and rotated; for every amount we compare "
             f"its feature vectors with those of the untransformed image at a low layer "
             f"({results[0].layers[0]}, the paper's layer 1) and a high one "
             f"({results[0].layers[-1]}, layer 7). Distances are Euclidean, divided by the "
