@@ -172,7 +172,8 @@ def invariance_section(
     section = Section(
         key=key, title=title, order=order,
         caption=(
-            (f"{about} " if about else "") + "Each image is shifted vertically, scaled and rotated; for every amount we compare "
+            (f"{about} " if about else "")
+            + "Each image is shifted vertically, scaled and rotated; for every amount we compare "
             f"its feature vectors with those of the untransformed image at a low layer "
             f"({results[0].layers[0]}, the paper's layer 1) and a high one "
             f"({results[0].layers[-1]}, layer 7). Distances are Euclidean, divided by the "
