@@ -1096,6 +1096,7 @@ def filters_cmd(checkpoints: tuple[str, ...], sources: tuple[str, ...],
     """Fig. 6: the first two convolutions' filters and their diagnostics (dominance, dead,
     high frequency), models side by side."""
     from zfnet import pipeline
+    from zfnet.report.sections import computed_on
 
     if not checkpoints and not sources:
         raise click.UsageError("no model given: --checkpoint RUN or --model SOURCE (repeat "
@@ -1125,6 +1126,9 @@ def filters_cmd(checkpoints: tuple[str, ...], sources: tuple[str, ...],
             raise click.UsageError(f"--model {source} is given twice with the same weights")
         models[label] = src.model
     size = None if bundle is not None or src is None else src.preprocessing.crop
+    ctx = click.get_current_context()  # the section names every model, not the last loaded
+    ctx.with_resource(computed_on(", ".join(models) + (
+        f", data {bundle.spec}" if bundle is not None and bundle.spec else "")))
     pipeline.filters(models, bundle, out, input_size=size)
     _finish(out)
 
