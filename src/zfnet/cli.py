@@ -652,11 +652,15 @@ def eval_cmd(checkpoint: str | None, model: str | None, weights: str | None,
     if not info.is_main:
         return
     crops = "10 crops" if ten_crop else "centre crop"
-    skipped = f" ({r['skipped']} broken files skipped)" if r["skipped"] else ""
+    skipped = f" ({_broken_files(r['skipped'])} skipped)" if r["skipped"] else ""
     label = checkpoint_label(r["epoch"], r["step_in_epoch"])
     epoch = f" ({label})" if label else ""
+    classes = len(r["per_class_accuracy"])
+    top5 = (f"top-5 error {r['top5_error']:.2%}" if classes > 5
+            else f"top-5: every one of the {classes} classes")
     click.echo(f"{r['model']}{epoch} on {r['data']}, {r['n']} images{skipped}, "
-               f"{crops}: top-1 error {r['top1_error']:.2%}, top-5 error {r['top5_error']:.2%}")
+               f"{crops}: top-1 error {r['top1_error']:.2%}, {top5}")
+    click.echo("top-1 accuracy per class:")
     for name, acc in r["per_class_accuracy"].items():
         click.echo(f"  {name:<20} {'-' if acc is None else f'{acc:.2%}'}")
     if out:
@@ -735,7 +739,7 @@ def shards_cmd(source: str, out: str, resize: int | None, original: bool, square
             if square or raw else f"at {resize} px") if resize else "as the original files"
     click.echo(", ".join(f"{s['count']} {name} images in {len(s['shards'])} shard(s)"
                          for name, s in splits.items())
-               + f" {what}" + (f" ({skipped} broken files skipped)" if skipped else "")
+               + f" {what}" + (f" ({_broken_files(skipped)} skipped)" if skipped else "")
                + f": {out}; read them with --data shards:{out}")
 
 
@@ -800,6 +804,11 @@ def _model_and_data(options: ModelOptions, data: str | None = None, *, need_data
     bundle = load_data(source, data, ten_crop=ten_crop, strict=strict) if need_data else None
     _computed_on(source, bundle)
     return source, bundle
+
+
+def _broken_files(n: int) -> str:
+    """"1 broken file", "3 broken files"."""
+    return f"{n} broken file{'s' * (n != 1)}"
 
 
 def _computed_on(source, bundle) -> None:  # noqa: ANN001

@@ -260,7 +260,7 @@ def test_square_shards_store_the_centre_squares_the_readers_use(folder, resized,
     said = _run_cli(["shards", f"imagefolder:{folder}", "--out", str(out), "--resize", "37",
                      "--square", "--workers", "0", "--quiet"])
     assert "21 train images in 1 shard(s), 6 val images in 1 shard(s) as 37 px centre " \
-        "squares (1 broken files skipped)" in said
+        "squares (1 broken file skipped)" in said
     m = read_manifest(out)
     assert m["square"] is True and read_manifest(resized)["square"] is False
     assert m["splits"]["train"]["skipped"] == ["train/bee/broken.jpg"]
@@ -299,7 +299,7 @@ def raw(folder) -> Path:
     said = _run_cli(["shards", f"imagefolder:{folder}", "--out", str(out), "--resize", "37",
                      "--raw", "--workers", "0", "--quiet"])
     assert "21 train images in 1 shard(s), 6 val images in 1 shard(s) as 37 px centre " \
-        "squares of raw pixels (1 broken files skipped)" in said
+        "squares of raw pixels (1 broken file skipped)" in said
     return out
 
 

@@ -97,6 +97,9 @@ def test_any_model_is_scored_on_its_own_inputs(setup, tmp_path, ten_crop) -> Non
     assert f"on imagefolder:{setup / 'data'}, 6 images, {crops}: top-1 error " \
         f"{r['top1_error']:.2%}" in text, text
     assert "(epoch" not in text
+    # 3 classes: a top-5 error would be 0 by construction; the per-class lines are headed
+    assert f"{r['top1_error']:.2%}, top-5: every one of the 3 classes\ntop-1 accuracy per " \
+        "class:\n" in text, text
     # the val split alone (a labelled test set, no train/): the same figures
     test_set = tmp_path / "test_set"
     shutil.copytree(setup / "data" / "val", test_set / "val")

@@ -134,7 +134,7 @@ def test_the_loader_options_from_the_command_line(folder, tmp_path) -> None:  # 
     assert saved["workers"] == 0  # auto on a CPU device
     r = CliRunner().invoke(main, ["eval", "--checkpoint", str(run), "--ten-crop", "--loader",
                                   "gpu", "--workers", "1", "--device", "cpu"])
-    assert r.exit_code == 0 and "7 images (1 broken files skipped), 10 crops" in r.output, \
+    assert r.exit_code == 0 and "7 images (1 broken file skipped), 10 crops" in r.output, \
         r.output
     # mixed measures its share and says it; the checkpoint keeps it for a resume
     r = CliRunner().invoke(main, ["train", "--data", f"imagefolder:{folder}?{SPEC}", "--out",
