@@ -14,6 +14,7 @@ from torch import nn
 
 import zfnet
 from zfnet.models import (
+    UnknownLayerError,
     feature_layers,
     first_convs,
     last_spatial_layer,
@@ -211,3 +212,28 @@ def test_every_layer_has_a_kind_a_reader_recognises() -> None:
                         nn.Linear(8, 2))
     kinds = [i.kind for i in layer_info(net, 16).values()]
     assert kinds == ["conv", "relu", "act", "norm", "norm", "pool", "flatten", "dropout", "fc"]
+
+
+def test_an_unknown_layer_names_the_closest_and_a_deep_networks_top_modules() -> None:
+    """A misspelt or mis-cased name gets its nearest names; a network of 67 layers lists its
+    top-level modules and says how to see all; a comma list that a one-layer option got is
+    told as such."""
+    net = torchvision.models.resnet18()
+    cases = {
+        "Layer3": "did you mean layer3? ",
+        "layr4": "did you mean layer4, layer4.1 or layer4.0? ",
+        "conv5": "did you mean conv1? ",
+    }
+    for name, hint in cases.items():
+        with pytest.raises(UnknownLayerError) as e:
+            resolve_layer(net, name)
+        assert str(e.value) == (
+            f"layer '{name}' does not exist in ResNet; {hint}valid: conv1, bn1, relu, maxpool, "
+            "layer1, layer2, layer3, layer4, avgpool, fc and the modules inside them (67 in "
+            "all: `zfnet models SOURCE` lists them)")
+    with pytest.raises(UnknownLayerError, match=r"^layer 'layer3,layer4' names 2 layers; this "
+                       "takes one$"):
+        resolve_layer(net, "layer3,layer4")
+    with pytest.raises(UnknownLayerError, match="'conv9' does not exist in ConvNet; did you "
+                       "mean conv5, conv4 or conv3\? valid: conv1, relu1"):
+        resolve_layer(zfnet.create_model("zfnet_small"), "conv9")

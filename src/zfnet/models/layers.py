@@ -14,6 +14,7 @@ feature vector the classifier reads: invariance's layer 7, probes).
 
 from __future__ import annotations
 
+import difflib
 import weakref
 from dataclasses import dataclass
 
@@ -169,9 +170,25 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
     key = layer.strip() if isinstance(layer, str) else layer
     if key in names:
         return names[key], model.get_submodule(names[key])
+    if isinstance(key, str) and "," in key and all(
+            part.strip() in names for part in key.split(",")):
+        raise UnknownLayerError(f"layer {layer!r} names {len(key.split(','))} layers; this "
+                                "takes one")
     short = [n for n, p in names.items() if n != p]  # zfnet's models: their short names
+    valid = short or list(names)
+    close = ([n for n in valid if n.lower() == key.lower()]
+             or difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+             if isinstance(key, str) else [])
+    hint = (f"did you mean {', '.join(close[:-1])}{' or ' if len(close) > 1 else ''}"
+            f"{close[-1]}? " if close else "")
+    if len(valid) > 30:  # a deep network: its top-level modules, and how to see the rest
+        top = [n for n in valid if "." not in n]
+        listed = (f"{', '.join(top)} and the modules inside them ({len(valid)} in all: "
+                  "`zfnet models SOURCE` lists them)")
+    else:
+        listed = ", ".join(valid)
     raise UnknownLayerError(f"layer {layer!r} does not exist in {type(model).__name__}; "
-                            f"valid: {', '.join(short or names)}")
+                            f"{hint}valid: {listed}")
 
 
 def layer_name(model: nn.Module, layer: str | nn.Module) -> str:
