@@ -235,5 +235,5 @@ def test_an_unknown_layer_names_the_closest_and_a_deep_networks_top_modules() ->
                        "takes one$"):
         resolve_layer(net, "layer3,layer4")
     with pytest.raises(UnknownLayerError, match="'conv9' does not exist in ConvNet; did you "
-                       "mean conv5, conv4 or conv3\? valid: conv1, relu1"):
+                       r"mean conv5, conv4 or conv3\? valid: conv1, relu1"):
         resolve_layer(zfnet.create_model("zfnet_small"), "conv9")
