@@ -311,6 +311,12 @@ def test_unknown_sources_say_what_is_valid(tmp_path):
         load_source(str(tmp_path / "w.pth"))
     with pytest.raises(ValueError, match="empty model source"):
         load_source(" ")
+    for typed, meant in (("torchvison:resnet18", "torchvision:resnet18"),
+                         ("tim:resnet18", "timm:resnet18")):  # a misspelt prefix
+        with pytest.raises(ValueError, match=f"'{typed}': did you mean {meant}\\? valid: "):
+            load_source(typed, device="meta")
+    with pytest.raises(ValueError, match="^time has no 'nope'"):
+        load_source("time:nope", device="meta")  # a module of that name: your own code's form
 
 
 def test_meta_device_builds_the_architecture_only():

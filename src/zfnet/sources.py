@@ -37,6 +37,7 @@ from the first analysis.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import os
 import pickle
 import re
@@ -132,6 +133,9 @@ def load_source(
         src = _timm(rest.strip(), weights, meta_only)
     elif source in _zfnet_names():
         src = _zfnet(source, weights, meta_only)
+    elif colon and (near := _misspelt_prefix(prefix)):
+        raise ValueError(f"unknown model source {source!r}: did you mean "
+                         f"{near}:{rest.strip()}? valid: {SOURCE_FORMS}")
     elif (form := user_code.python_form(source)) is not None:
         src = _python(*form, weights, meta_only)
     elif user_code.is_python_file(source):
@@ -158,6 +162,20 @@ def load_source(
     if src.kind == "python" or ("crop" in overrides and src.kind in ("torchvision", "timm")):
         check_input(src)
     return src
+
+
+def _misspelt_prefix(prefix: str) -> str | None:
+    """"torchvision" or "timm" where `prefix` is one of them misspelt (torchvison, tim) and no
+    Python module of that name is there to import (your own code's `module:NAME`)."""
+    near = difflib.get_close_matches(prefix.strip().lower(), ["torchvision", "timm"], n=1,
+                                     cutoff=0.75)
+    if not near or not prefix.strip().isidentifier():
+        return near[0] if near else None
+    try:
+        found = importlib.util.find_spec(prefix.strip())
+    except (ImportError, ValueError):
+        found = None
+    return None if found is not None else near[0]
 
 
 def from_module(model: nn.Module, *, mean: float | Sequence[float] | None = None,
