@@ -38,6 +38,19 @@ def test_unknown_dataset_lists_valid_ones():
         load_dataset("mnist")
     for name in ("synthetic", "fashion-mnist", "imagefolder"):
         assert name in str(e.value)
+    assert "is a folder" not in str(e.value)
+
+
+def test_a_bare_folder_is_told_the_spec_that_reads_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "labelled" / "val" / "cat").mkdir(parents=True)
+    with pytest.raises(ValueError, match="; photos is a folder: images:photos reads every "
+                       "image in it; valid: "):
+        load_dataset("photos")
+    with pytest.raises(ValueError, match="; labelled is a folder: imagefolder:labelled reads "
+                       "its train/ and val/ classes; valid: "):
+        load_dataset("labelled")
 
 
 def test_unknown_option_lists_valid_ones():

@@ -65,6 +65,16 @@ def list_datasets() -> list[str]:
     return list(DATASETS)
 
 
+def _folder_hint(spec: str) -> str:
+    """Where a spec is a bare folder: which spec reads it ("" otherwise)."""
+    folder = Path(spec.partition("?")[0]).expanduser()
+    if not folder.is_dir():
+        return ""
+    if (folder / "val").is_dir() or (folder / "train").is_dir():
+        return f"{folder} is a folder: imagefolder:{folder} reads its train/ and val/ classes; "
+    return f"{folder} is a folder: images:{folder} reads every image in it; "
+
+
 def load_dataset(
     spec: str,
     *,
@@ -99,7 +109,8 @@ def load_dataset(
     }
     if parsed.name not in loaders:
         valid = "; ".join(f"{k}: {v}" for k, v in DATASETS.items())
-        raise ValueError(f"unknown dataset {parsed.name!r} in spec {spec!r}; valid: {valid}")
+        raise ValueError(f"unknown dataset {parsed.name!r} in spec {spec!r}; "
+                         f"{_folder_hint(spec)}valid: {valid}")
     bundle = loaders[parsed.name](parsed, ten_crop=ten_crop, strict=strict, raw_spec=spec,
                                   preprocessing=preprocessing)
     return bundle if shuffle is None else with_random_labels(bundle, shuffle, spec)
