@@ -206,6 +206,11 @@ CASES = [
      "1 class names in {notes} for torchvision:resnet18 (random init), whose last layer has "
      "1000 outputs"),
     ("labels-run", [*TOPK, "--labels", "{notes}"], "it holds its class names"),
+    ("evolution-of-a-model", ["analyze", "evolution", "--model", "torchvision:resnet18", *OUT],
+     "zfnet analyze evolution needs a zfnet run (--checkpoint RUN): Fig. 4 compares the "
+     "checkpoints it kept while training; --model is for the commands that take any model"),
+    ("transfer-weights", ["analyze", "transfer", *CK, "--weights", "{notes}", "--data",
+                          "synthetic", *OUT], "zfnet analyze transfer needs a zfnet run"),
     ("filters-crop-without-model", ["analyze", "filters", *CK, *OUT, "--crop", "32"],
      "--crop go with --model SOURCE"),
     ("filters-weights-per-model", ["analyze", "filters", *OUT, "--model", "zfnet_small",

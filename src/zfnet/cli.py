@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -829,6 +831,24 @@ _OUT = click.option("--out", required=True, type=click.Path(file_okay=False),
                     help="Directory for the figures, sections and index.html.")
 
 
+def _runs_only(why: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A command that needs a zfnet run: --model and --weights (hidden) are told so, and why,
+    instead of click's 'No such option'."""
+    def refuse(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value:
+            command = "zfnet " + ctx.command_path.partition(" ")[2]  # zfnet, or python -m
+            raise click.UsageError(f"{command} needs a zfnet run (--checkpoint RUN): "
+                                   f"{why}; --{param.name} is for the commands that take any "
+                                   "model")
+
+    def wrap(f: Callable[..., Any]) -> Callable[..., Any]:
+        for name in ("weights", "model"):
+            f = click.option(f"--{name}", name, hidden=True, expose_value=False,
+                             callback=refuse, is_eager=True)(f)
+        return f
+    return wrap
+
+
 def _nonlinear_mode(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """The command runs inside `zfnet.graph.nonlinear(value)`, undone when it ends."""
     from zfnet.graph import nonlinear
@@ -1046,6 +1066,7 @@ def analyze() -> None:
 
 
 @analyze.command("evolution", short_help="Fig. 4: top activations projected at each kept epoch")
+@_runs_only("Fig. 4 compares the checkpoints it kept while training")
 @click.option("--checkpoint", "run_dir", type=click.Path(exists=True, file_okay=False),
               metavar="RUN", help="Training run directory with kept checkpoints.  [required]")
 @click.option("--run", "run_alias", type=click.Path(exists=True, file_okay=False), hidden=True)
@@ -1203,6 +1224,7 @@ def occlusion_cmd(model_options: ModelOptions, data: str | None, out: str, image
 
 
 @analyze.command("correspondence", short_help="Fig. 8 / Table 1: part correspondence across images")
+@_runs_only("it masks parts of the synthetic faces that the run was trained on")
 @_CKPT
 @_DATA
 @_OUT
@@ -1253,6 +1275,7 @@ def probes_cmd(model_options: ModelOptions, data: str | None, out: str, per_clas
 
 
 @analyze.command("transfer", short_help="Tables 4-5: fixed features vs training from scratch")
+@_runs_only("it retrains the run's own architecture from scratch beside its features")
 @_CKPT
 @click.option("--data", "data", required=True, metavar="SPEC",
               help="Target dataset spec (another dataset, or other classes: `classes=...`); "
