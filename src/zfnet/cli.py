@@ -571,8 +571,14 @@ def _training_report(run_dir: str) -> None:
 @click.option("--model", "model", metavar="SOURCE",
               help="Or any model: a zfnet model name, torchvision:NAME, timm:NAME, "
                    "FILE.py:NAME (with --weights), scored with its own preprocessing; "
-                   "output k is the dataset's class k (sorted folder names, as ImageNet's WNIDs).")
+                   "output k is the dataset's class k (sorted folder names, as ImageNet's WNIDs; "
+                   "with --labels, the output of the class's name).")
 @_options(_WEIGHTS, *_PREPROCESSING)
+@click.option("--labels", type=click.Path(), metavar="FILE",
+              help="The model's class names, one per output (a text file of one name a line, "
+                   "or a JSON list): each of the dataset's class folders is scored by the "
+                   "output of its name, in any order, and a dataset of some of the classes "
+                   "among those.")
 @click.option("--data", help="Dataset spec (default: the one the model was trained on).")
 @click.option("--ten-crop", is_flag=True, help="Average the softmax of the paper's 10 crops.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False),
@@ -601,8 +607,8 @@ def _training_report(run_dir: str) -> None:
                    "small CPU; off by default).")
 def eval_cmd(checkpoint: str | None, model: str | None, weights: str | None,
              mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
-             resize: int | None, crop: int | None, data: str | None, ten_crop: bool,
-             json_out: str | None, out: str | None, batch_size: int, device: str,
+             resize: int | None, crop: int | None, labels: str | None, data: str | None,
+             ten_crop: bool, json_out: str | None, out: str | None, batch_size: int, device: str,
              workers: int | str | None,
              loader: str | None, amp: str, live_weights: bool, strict: bool,
              compile: bool) -> None:
@@ -629,10 +635,11 @@ def eval_cmd(checkpoint: str | None, model: str | None, weights: str | None,
                                "(with --weights)" if checkpoint is None else
                                "--checkpoint and --model both name the model: give one of them")
     given = [f"--{k}" for k, v in (("weights", weights), ("mean", mean), ("std", std),
-                                   ("resize", resize), ("crop", crop)) if v is not None]
+                                   ("resize", resize), ("crop", crop), ("labels", labels))
+             if v is not None]
     if checkpoint is not None and given:
         raise click.UsageError(f"{', '.join(given)} go with --model SOURCE; a --checkpoint run "
-                               "holds its weights and preprocessing")
+                               "holds its weights, preprocessing and class names")
     if model is not None and live_weights:
         raise click.UsageError("--live-weights is for a --checkpoint run trained with --ema")
     if json_out and not Path(json_out).resolve().parent.is_dir() and not (
@@ -647,10 +654,11 @@ def eval_cmd(checkpoint: str | None, model: str | None, weights: str | None,
                                     info=info, **common)
         else:
             source = load_source(model, weights, mean=mean, std=std, resize=resize,
-                                 crop=crop, device=info.device)
+                                 crop=crop, labels=labels, device=info.device)
             for note in source.meta.get("notes", []) if info.is_main else ():
                 click.echo(note, err=True)
-            r = evaluate_source(source, data, ten_crop, info=info, **common)
+            r = evaluate_source(source, data, ten_crop, info=info, by_name=labels is not None,
+                                **common)
     if not info.is_main:
         return
     crops = "10 crops" if ten_crop else "centre crop"
@@ -660,7 +668,11 @@ def eval_cmd(checkpoint: str | None, model: str | None, weights: str | None,
     classes = len(r["per_class_accuracy"])
     top5 = (f"top-5 error {r['top5_error']:.2%}" if classes > 5
             else f"top-5: every one of the {classes} classes")
-    click.echo(f"{r['model']}{epoch} on {r['data']}, {r['n']} images{skipped}, "
+    matched = r.get("matched")
+    among = (f" (each class scored by the output --labels names it; among {matched[0]} of the "
+             f"model's {matched[1]} classes)" if matched and matched[0] < matched[1] else
+             " (each class scored by the output --labels names it)" if matched else "")
+    click.echo(f"{r['model']}{epoch} on {r['data']}{among}, {r['n']} images{skipped}, "
                f"{crops}: top-1 error {r['top1_error']:.2%}, {top5}")
     click.echo("top-1 accuracy per class:")
     for name, acc in r["per_class_accuracy"].items():

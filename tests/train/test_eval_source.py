@@ -156,3 +156,38 @@ def test_wrong_model_options_are_one_line(setup, args, says) -> None:
     assert code != 0 and "Traceback" not in text
     last = text.strip().splitlines()[-1]
     assert last.startswith("Error: ") and re.search(says, last), text
+
+
+def test_labels_score_each_class_by_the_output_of_its_name(setup, tmp_path) -> None:
+    """A fine-tuned copy whose outputs are in another order than the sorted folders, with a
+    4th class the data lacks: with --labels each folder is scored by the output named as it,
+    the same confusion matrix as the model in the folders' order; a folder the labels do not
+    name is an error naming it."""
+    net = torchvision.models.resnet18(num_classes=3)
+    net.load_state_dict(torch.load(setup / "r18.pth"))
+    order = [2, 0, 1]  # output j of the new head is the old output order[j]
+    w, b = net.fc.weight.data, net.fc.bias.data
+    head = torch.nn.Linear(512, 4)
+    head.weight.data[:3], head.bias.data[:3] = w[order], b[order]
+    head.weight.data[3], head.bias.data[3] = 0.0, -100.0  # a class never predicted
+    net.fc = head
+    torch.save(net.state_dict(), tmp_path / "shuffled.pth")
+    (tmp_path / "labels.txt").write_text("\n".join([CLASSES[k] for k in order] + ["n99"]))
+    model = ["--model", "torchvision:resnet18", "--weights", str(tmp_path / "shuffled.pth"),
+             "--data", f"imagefolder:{setup / 'data'}", "--device", "cpu", "--amp", "off"]
+    code, text = _run([*model, "--labels", str(tmp_path / "labels.txt"),
+                       "--json", str(tmp_path / "r.json")])
+    assert code == 0, text
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["confusion_matrix"] == [[1, 1, 0], [1, 0, 1], [0, 1, 1]]  # as in the right order
+    assert r["matched"] == [3, 4]
+    assert "(each class scored by the output --labels names it; among 3 of the model's 4 " \
+        "classes)" in text
+    code, text = _run(model)  # without the names: 4 outputs for 3 classes
+    assert code != 0 and "has 4 outputs but dataset" in text
+    (tmp_path / "other.txt").write_text("n01\nn02\nn07\nn99\n")
+    code, text = _run([*model, "--labels", str(tmp_path / "other.txt")])
+    assert code != 0 and text.strip().splitlines()[-1] == (
+        f"Error: dataset 'imagefolder:{setup / 'data'}' has classes that the labels of "
+        f"torchvision:resnet18 {tmp_path / 'shuffled.pth'} do not name: n03; its class "
+        "folders must be named as the labels are (the labels begin: n01, n02, n07, n99)")

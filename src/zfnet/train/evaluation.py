@@ -133,13 +133,17 @@ def evaluate_source(
     strict: bool = False,
     compile: bool = False,
     info: DistInfo | None = None,
+    by_name: bool = False,
 ) -> dict[str, Any]:
     """`evaluate_checkpoint` for the model of `source` (`zfnet.sources.load_source`, on the
     device `info` names), on dataset `spec`'s validation split made into its inputs by its own
     preprocessing (None: a zfnet run's own dataset). Output k of the model is scored as the
     dataset's class k: its classes in sorted folder order, as ImageNet's WNIDs give torchvision's
-    and timm's 1000 outputs. The same keys as `evaluate_checkpoint`; checkpoint and epoch None
-    unless the source is a run, live_weights False."""
+    and timm's 1000 outputs — or, `by_name`, the output that `source.labels` names as the
+    class (its order is then free, and a dataset of some of the model's classes is scored
+    among those: key "matched" says how many of how many). The same keys as
+    `evaluate_checkpoint`; checkpoint and epoch None unless the source is a run, live_weights
+    False."""
     from zfnet.sources import load_data
 
     info = info or DistInfo(0, 1, 0, next(source.model.parameters()).device)
@@ -147,19 +151,50 @@ def evaluate_source(
     spec = spec or source.meta.get("data")
     n_out = source.meta.get("num_classes")
     require_labels(bundle)
-    if n_out is not None and n_out != bundle.num_classes:
+    model, matched = source.model, None
+    if by_name and source.labels:
+        model = ClassesByName(source.model, _outputs_by_name(source, bundle, spec))
+        matched = [bundle.num_classes, len(source.labels)]
+    elif n_out is not None and n_out != bundle.num_classes:
         raise ValueError(
             f"{source.name} has {n_out} outputs but dataset {spec!r} has {bundle.num_classes} "
             "classes: output k is scored as the dataset's class k (sorted folder names; "
             "ImageNet's WNIDs sorted are torchvision's and timm's order)")
     if compile:
         check_compile(info.device)
-    r = _scores(source.model, bundle, spec, info, batch_size=batch_size, workers=workers,
+    r = _scores(model, bundle, spec, info, batch_size=batch_size, workers=workers,
                 loader=loader, amp=amp, channels_last=channels_last, compile=compile)
     return {"checkpoint": source.meta.get("checkpoint"), "model": source.name,
             "epoch": source.meta.get("epoch"), "step_in_epoch": source.meta.get("step_in_epoch", 0),
             "data": spec, "ten_crop": ten_crop, "amp": amp,
-            "live_weights": False, **r}
+            "live_weights": False, "matched": matched, **r}
+
+
+class ClassesByName(torch.nn.Module):
+    """A model's scores of some of its outputs, in another order: column j is output
+    `index[j]` (the dataset's class j, found by name among the model's)."""
+
+    def __init__(self, model: torch.nn.Module, index: list[int]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("index", torch.tensor(index, dtype=torch.long), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[:, self.index.to(x.device)]
+
+
+def _outputs_by_name(source: Source, bundle: DataBundle, spec: str | None) -> list[int]:
+    """For each of the dataset's classes, the model's output of that name (`source.labels`);
+    a class it does not name is an error listing them."""
+    names = {name: k for k, name in reversed(list(enumerate(source.labels or [])))}
+    missing = [c for c in bundle.class_names if c not in names]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" ... ({len(missing)} in all)" if len(missing) > 5
+                                          else "")
+        raise ValueError(f"dataset {spec!r} has classes that the labels of {source.name} do not "
+                         f"name: {shown}; its class folders must be named as the labels are "
+                         f"(the labels begin: {', '.join((source.labels or [])[:5])})")
+    return [names[c] for c in bundle.class_names]
 
 
 def _scores(model: nn.Module, bundle: DataBundle, spec: str, info: DistInfo, *,
