@@ -470,9 +470,9 @@ def plot_occlusion(
         row[0].add_patch(Rectangle((left - 0.5, t - 0.5), rr - left, b - t, fill=False,
                                    ec="red", lw=1.5, ls="--"))
         if r.meta.get("target") == "predicted":  # the model's own class, not a label
-            title(row[0], f"(a) predicted: {name(r.target)} (p={r.base_probability:.2f})")
+            title(row[0], f"(a) predicted: {name(r.target)} (p={_p(r.base_probability)})")
         else:
-            title(row[0], f"(a) true: {name(r.target)} (p={r.base_probability:.2f})\n"
+            title(row[0], f"(a) true: {name(r.target)} (p={_p(r.base_probability)})\n"
                           f"predicted: {name(r.base_label)}")
         im = row[1].imshow(r.activation.numpy(), cmap="jet", extent=extent)
         title(row[1], f"(b) total activation, {r.layer} map {r.feature_map}")
