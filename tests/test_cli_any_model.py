@@ -106,9 +106,9 @@ def test_occlusion_invariance_randomization_filters(setup, tmp_path) -> None:
         ("torchvision:alexnet", "alexnet.pth", "features.3")]
     source = sections["filters"].source  # the section names both models, not the last one
     assert source.startswith("torchvision:resnet18 ") and ", torchvision:alexnet " in source
-    by_block = [r[0] for r in sections["randomization"].tables[0].rows]
+    by_block = [r[1] for r in sections["randomization"].tables[0].rows]
     assert by_block == ["layer4", "layer3", "layer2", "layer1", "bn1", "conv1"]
-    by_module = [r[0] for r in sections["randomization_independent"].tables[0].rows]
+    by_module = [r[1] for r in sections["randomization_independent"].tables[0].rows]
     assert by_module[0] == "layer1.1.bn2" and len(by_module) == 10
 
 

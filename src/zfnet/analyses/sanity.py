@@ -322,19 +322,23 @@ def randomization_section(
     # each step named under its point when they are few, else numbered (the table names them)
     named = len(names) <= MAX_SHOWN and max(map(len, names), default=0) <= 24
     what = "the one layer re-initialised" if independent else "re-initialised from the top down to"
+    numbered = "step (the table names each)"  # what a step is: the caption's words
     path = plot_curves(steps, panels, run_dir / "figures" / f"{stem}.png",
-                       xlabel=what if named else f"{what} step N (the table names them)",
+                       xlabel=what if named else numbered,
                        xticks=names if named else None)
-    rows = [[n] + [f"{result.scores[r]['spearman'][i]:.3f}" for r in result.scores]
-            for i, n in enumerate(names)]
+    rows = [[i + 1, n] + [f"{result.scores[r]['spearman'][i]:.3f}" for r in result.scores]
+            for i, n in enumerate(names)]  # the step as the curves' x axis numbers it
     figures = [Figure(str(path.relative_to(run_dir)), "similarity per randomisation step")]
     if result.examples:
         # at most MAX_SHOWN steps drawn (a ResNet has ~60): evenly spaced, always the last
         n = len(names)
         cols = sorted({round(i * n / (MAX_SHOWN - 1)) for i in range(MAX_SHOWN)}) \
             if n + 1 > MAX_SHOWN else list(range(n + 1))
+        # columns named as the curves' x axis: by the step's layer where few, else its number
+        heads = ["trained"] + [names[c - 1] if named else f"step {c}" for c in cols if c > 0]
         grid = save_grid(torch.stack([ex[cols] for ex in result.examples.values()]),
-                         run_dir / "figures" / f"{stem}_maps.png")
+                         run_dir / "figures" / f"{stem}_maps.png", min_side=64,
+                         col_labels=heads, row_labels=list(result.examples))
         figures.append(Figure(str(grid.relative_to(run_dir)), (
             f"the first image's map; rows: {', '.join(result.examples)}; columns: the trained "
             "model, then " + ("with only this layer re-initialised: " if independent else
@@ -366,7 +370,8 @@ def randomization_section(
             "the layers below', not as evidence of the model's decision. " + DISPLAY_CAPTION
         ),
         figures=figures,
-        tables=[Table([("re-initialised alone" if independent else "re-initialised down to")]
+        tables=[Table(["step", ("re-initialised alone" if independent
+                                else "re-initialised down to")]
                       + [f"rank corr. {r}" for r in result.scores], rows)],
     )
     write_section(run_dir, section)
