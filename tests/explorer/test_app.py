@@ -25,7 +25,7 @@ from zfnet.analyses.topk import mine_topk
 from zfnet.data import BrokenImageWarning
 from zfnet.deconvnet import project
 from zfnet.display import projection_to_uint8
-from zfnet.explorer.app import create_app
+from zfnet.explorer.app import LOOPBACK, create_app
 from zfnet.explorer.jobs import Cancelled, JobRunner
 from zfnet.explorer.session import Explorer
 from zfnet.models import layer_geometry
@@ -545,6 +545,11 @@ def test_a_loopback_server_answers_only_to_its_own_names(explorer) -> None:
     with TestClient(app, base_url="http://evil.example:8000") as c:
         r = c.get("/api/layers")
         assert r.status_code == 400 and "layers" not in r.text
+        assert r.json() == {"error": "host 'evil.example:8000' is not served here: this "
+                                     "server answers to 127.0.0.1, localhost only"}
+    with TestClient(create_app(explorer, allowed_hosts=LOOPBACK),
+                    base_url="http://[::1]:8000") as c:
+        assert c.get("/api/layers").status_code == 200
 
 
 def test_results_are_kept_for_the_recent_only_and_a_damaged_index_is_mined_again(

@@ -28,7 +28,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from zfnet.explorer.jobs import JobRunner
 from zfnet.explorer.session import Explorer, ExplorerError, NotFoundError
@@ -67,7 +66,19 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
                   openapi_url="/api/openapi.json", lifespan=lifespan)
     app.state.explorer, app.state.jobs = explorer, jobs
     if allowed_hosts is not None:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+        allowed = list(allowed_hosts)
+        names = ", ".join(h for h in allowed if not h.startswith("["))
+
+        @app.middleware("http")
+        async def own_names_only(request: Request, call_next: Callable[..., Any]) -> Any:
+            # DNS rebinding: another site's page must not reach the server under a name of
+            # its own (Starlette's TrustedHostMiddleware decides; its answer is plain text)
+            host = request.headers.get("host", "")
+            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+            if name not in allowed:
+                return JSONResponse({"error": f"host {host!r} is not served here: this server "
+                                              f"answers to {names} only"}, status_code=400)
+            return await call_next(request)
 
     async def call(fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.wrap_future(work.submit(fn, *args))
