@@ -451,7 +451,8 @@ def test_models_command_for_any_source(tmp_path):
     # the blocks --layer takes, and the layers the analyses take without it
     assert res.stdout.splitlines()[-2:] == [
         "blocks, layers too (each module that holds others): layer1, layer1.0, layer1.1, "
-        "layer2, layer2.0, layer2.0.downsample, ... (15 in all)",
+        "layer2, layer2.0, layer2.0.downsample, layer2.1, layer3, layer3.0, "
+        "layer3.0.downsample, layer3.1, layer4, layer4.0, layer4.0.downsample, layer4.1",
         "without --layer, the analyses show: conv1, layer1, layer2, layer3, layer4"]
     seven = torchvision.models.squeezenet1_1(num_classes=7)
     torch.save(seven.state_dict(), tmp_path / "s7.pth")

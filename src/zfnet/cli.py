@@ -318,9 +318,10 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
     # the names --layer takes beyond the rows: the blocks that hold them, and the default
     blocks = [n for n, m in model.named_modules() if n and any(True for _ in m.children())]
     if blocks and not short:
-        more = f", ... ({len(blocks)} in all)" if len(blocks) > 6 else ""
+        shown = 40  # a ResNet-50's 27 in full; a DenseNet's hundreds cut short
+        more = f", ... ({len(blocks)} in all)" if len(blocks) > shown else ""
         click.echo(f"blocks, layers too (each module that holds others): "
-                   f"{', '.join(blocks[:6])}{more}")
+                   f"{', '.join(blocks[:shown])}{more}")
     try:
         defaults = feature_layers(model, size)
     except ValueError:  # no convolution with a spatial map (a vision transformer)
