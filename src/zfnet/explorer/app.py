@@ -72,7 +72,8 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
         @app.middleware("http")
         async def own_names_only(request: Request, call_next: Callable[..., Any]) -> Any:
             # DNS rebinding: another site's page must not reach the server under a name of
-            # its own (Starlette's TrustedHostMiddleware decides; its answer is plain text)
+            # its own; told in JSON as every error (Starlette's TrustedHostMiddleware answers
+            # in plain text)
             host = request.headers.get("host", "")
             name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
             if name not in allowed:
