@@ -82,6 +82,9 @@ def test_occlusion_invariance_randomization_filters(setup, tmp_path) -> None:
     text = _ok(["analyze", "occlusion", *_model(setup), *data, "--images", "2", "--size", "16",
                 "--stride", "8", "--out", str(out)])
     assert "layer: layer4" in text and "method: full" in text  # not a chain: recomputed whole
+    # said first: how much there is to score (64 px, 16 px squares every 8 px: 7 x 7)
+    assert "occlusion: 2 images x 49 occluder positions (16 px, stride 8 px) = 98 occluded " \
+        "images to score; a larger --stride or fewer --images make fewer" in text
     _ok(["analyze", "randomization", *_model(setup), *data, "--out", str(out)])  # all 5 photos
     _ok(["analyze", "randomization", *_model(setup), *data, "--images", "1", "--layer", "layer1",
          "--mode", "independent", "--steps", "module", "--out", str(out)])

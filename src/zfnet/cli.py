@@ -1228,12 +1228,32 @@ def occlusion_cmd(model_options: ModelOptions, data: str | None, out: str, image
     source, bundle = _model_and_data(model_options, data)
     check_fits(source.model, bundle)
     layer = _layers(source.model, (layer,))[0] if layer else None
+    _say_occlusion_work(bundle, images, size, stride)
     r = occlusion_report(source.model, bundle, out, n_images=images, n_pointing=pointing,
                          size=size, stride=stride, layer=layer, method=method,
                          precision=precision, batch_size=model_options.batch_size,
                          class_names=source.labels)
     click.echo("; ".join(f"{k}: {v}" for k, v in metric_words(r).items()))
     _finish(out)
+
+
+def _say_occlusion_work(bundle, images: int, size: int | None, stride: int | None) -> None:  # noqa: ANN001
+    """How many occluded images the figure's images make (a stride of a quarter of the
+    occluder gives hundreds each), and what makes them fewer: said before they are scored."""
+    from zfnet.analyses.occlusion import default_size, occluder_grid
+
+    side = bundle.input_size
+    size = default_size(side, side) if size is None else size
+    stride = max(1, size // 4) if stride is None else stride
+    try:
+        tops, lefts = occluder_grid(side, side, size, stride)
+    except ValueError:
+        return  # a bad geometry: the analysis says what is wrong
+    n = min(images, len(bundle.val))
+    per = len(tops) * len(lefts)
+    click.echo(f"occlusion: {n} image{'s' * (n != 1)} x {per} occluder positions "
+               f"({size} px, stride {stride} px) = {n * per:,} occluded images to score; a "
+               "larger --stride or fewer --images make fewer", err=True)
 
 
 @analyze.command("correspondence", short_help="Fig. 8 / Table 1: part correspondence across images")
