@@ -1240,13 +1240,11 @@ def occlusion_cmd(model_options: ModelOptions, data: str | None, out: str, image
 def _say_occlusion_work(bundle, images: int, size: int | None, stride: int | None) -> None:  # noqa: ANN001
     """How many occluded images the figure's images make (a stride of a quarter of the
     occluder gives hundreds each), and what makes them fewer: said before they are scored."""
-    from zfnet.analyses.occlusion import default_size, occluder_grid
+    from zfnet.analyses.occlusion import occluder_plan
 
     side = bundle.input_size
-    size = default_size(side, side) if size is None else size
-    stride = max(1, size // 4) if stride is None else stride
     try:
-        tops, lefts = occluder_grid(side, side, size, stride)
+        size, stride, tops, lefts = occluder_plan(side, side, size, stride)
     except ValueError:
         return  # a bad geometry: the analysis says what is wrong
     n = min(images, len(bundle.val))

@@ -155,6 +155,16 @@ def default_size(height: int, width: int) -> int:
     return max(1, min(height, width) // 7)
 
 
+def occluder_plan(height: int, width: int, size: int | None = None,
+                  stride: int | None = None) -> tuple[int, int, list[int], list[int]]:
+    """(size, stride, tops, lefts) of the occluder over an image of (height, width): the
+    defaults filled in (`default_size`, a quarter of the side as the stride), then
+    `occluder_grid`'s positions."""
+    size = default_size(height, width) if size is None else size
+    stride = max(1, size // 4) if stride is None else stride
+    return size, stride, *occluder_grid(height, width, size, stride)
+
+
 def _full_logits(
     model: nn.Module, image: torch.Tensor, boxes: torch.Tensor, fill: torch.Tensor,
     batch_size: int, watch: tuple[str, int],
@@ -228,9 +238,7 @@ def occlusion(
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} is not known; valid: {', '.join(PRECISIONS)}")
     _, h, w = image.shape
-    size = default_size(h, w) if size is None else size
-    stride = max(1, size // 4) if stride is None else stride
-    tops, lefts = occluder_grid(h, w, size, stride)
+    size, stride, tops, lefts = occluder_plan(h, w, size, stride)
     layer = default_layer(model, (h, w)) if layer is None else layer
     resolve_layer(model, layer)  # an unknown layer fails here, listing the valid names
     try:
