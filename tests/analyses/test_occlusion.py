@@ -222,6 +222,28 @@ def test_occlusion_report_writes_figure_and_section(synthetic, tmp_path) -> None
     assert len(section["tables"][0]["rows"]) == 2
 
 
+def test_a_flat_layer_is_told_by_its_units(synthetic, tmp_path) -> None:
+    """On a fully connected layer (b) is one unit's value, not a map's sum: the result, the
+    caption, the table and the errors say "unit"."""
+    torch.manual_seed(0)
+    net = create_model("zfnet_small", num_classes=synthetic.num_classes).eval()
+    x = synthetic.val.with_mode("centre")[0][0]
+    r = occlusion(net, x, layer="relu7", size=16, stride=16)
+    assert r.flat and r.what == "unit"
+    fc = get_activations(net, x[None], ["relu7"])["relu7"][0]
+    assert r.feature_map == int(fc.argmax()) and r.base_activation == pytest.approx(
+        float(fc.max()))
+    assert not occlusion(net, x, layer="relu5", size=16, stride=16).flat
+    with pytest.raises(ValueError, match="feature_map=9999 is not a unit of relu7"):
+        occlusion(net, x, layer="relu7", feature_map=9999, size=16, stride=16)
+    occlusion_report(net, synthetic, tmp_path, n_images=1, n_pointing=0, size=16, stride=16,
+                     layer="relu7")
+    section = json.loads((tmp_path / "sections" / "occlusion.json").read_text())
+    assert "(b) Activation of the relu7 unit that is strongest" in section["caption"]
+    assert "feature map" not in section["caption"] and "rectified map" not in section["caption"]
+    assert section["tables"][0]["columns"][-1] == "strongest unit"
+
+
 def test_projection_panel_uses_the_display_rule() -> None:
     p = torch.randn(3, 12, 12)
     p[:, :4] = 0

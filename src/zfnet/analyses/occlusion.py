@@ -6,7 +6,8 @@ the model runs on the occluded image and we record four maps over the positions:
 - (b) the total activation of one feature map of `layer` — the map that is strongest on the
   unoccluded image; by default the last spatial layer (`zfnet.models.last_spatial_layer`: the
   paper's layer 5, `conv5`, on zfnet's models; `layer4` of a ResNet): sum over the map of
-  max(a, 0), i.e. of the rectified map (a no-op for ReLU and pooling outputs);
+  max(a, 0), i.e. of the rectified map (a no-op for ReLU and pooling outputs); on a flat
+  layer (a fully connected one) its strongest unit, whose rectified value is its total;
 - (c) that map's deconvnet projection on the unoccluded image (`zfnet.deconvnet.project`: its
   strongest activation, taken down to pixels), to show which structure drives it (where the
   deconvnet rule is undefined — SiLU, GELU … on the way down — the gradient's, said in `meta`);
@@ -78,6 +79,12 @@ class OcclusionResult:
     method: str  # "incremental" or "full"
     projection: torch.Tensor | None = None  # (C, H, W) (c), in input units
     meta: dict[str, Any] = field(default_factory=dict)
+    flat: bool = False  # `layer` is flat (N, C): `feature_map` is a unit, (b) its value
+
+    @property
+    def what(self) -> str:
+        """What `feature_map` is, in words: "map" of a conv layer, "unit" of a flat one."""
+        return "unit" if self.flat else "map"
 
     def box(self, i: int, j: int) -> tuple[int, int, int, int]:
         """Occluder of map entry (i, j) as (top, left, bottom, right), bottom/right exclusive."""
@@ -264,10 +271,11 @@ def occlusion(
 
     with eval_mode(model):
         with torch.inference_mode():
-            base_logits, totals = _unoccluded(model, image, layer, passes())
+            base_logits, totals, flat = _unoccluded(model, image, layer, passes())
             if feature_map is not None and not 0 <= feature_map < totals.numel():
-                raise ValueError(f"feature_map={feature_map} is not a map of {layer}; valid: "
-                                 f"0..{totals.numel() - 1}")
+                what = "unit" if flat else "map"
+                raise ValueError(f"feature_map={feature_map} is not a {what} of {layer}; "
+                                 f"valid: 0..{totals.numel() - 1}")
             channel = int(torch.argmax(totals)) if feature_map is None else feature_map
             k = base_logits.shape[0]
             predicted = target is None
@@ -287,7 +295,7 @@ def occlusion(
                         raise
                     method = "full"  # forward differs from the chain: fall back, still exact
                     if precision != "float32":  # the same precision as the occluded passes
-                        base_logits, totals = _unoccluded(model, image, layer, passes())
+                        base_logits, totals, _ = _unoccluded(model, image, layer, passes())
             if method == "full":
                 with passes():
                     logits, watched = _full_logits(model, image, boxes, fill_t, batch_size,
@@ -315,18 +323,20 @@ def occlusion(
               "target": "predicted" if predicted else "given",
               "projection_rule": projection_rule,
               "precision": "float32" if method == "incremental" else precision},
+        flat=flat,
     )
 
 
 def _unoccluded(model: nn.Module, image: torch.Tensor, layer: str,
-                within: AbstractContextManager) -> tuple[torch.Tensor, torch.Tensor]:
-    """The unoccluded image's logits (K,) and the summed positive activation of each map of
-    `layer` (C_layer,), at least in float32 (the model's float64 kept), the pass run `within` a
-    context (an autocast, or none)."""
+                within: AbstractContextManager) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """The unoccluded image's logits (K,), the summed positive activation of each map of
+    `layer` (C_layer,), at least in float32 (the model's float64 kept), and whether `layer` is
+    flat (its maps single units); the pass run `within` a context (an autocast, or none)."""
     with within, capture(model, [layer]) as store:
         base_logits = model(image[None])[0]  # (K,)
     base_act = _widened(store[layer][0].clamp(min=0))
-    return _widened(base_logits), base_act.reshape(base_act.shape[0], -1).sum(1)
+    return (_widened(base_logits), base_act.reshape(base_act.shape[0], -1).sum(1),
+            base_act.ndim == 1)
 
 
 def _widened(t: torch.Tensor) -> torch.Tensor:
@@ -483,13 +493,14 @@ def plot_occlusion(
             title(row[0], f"(a) true: {name(r.target)} (p={_p(r.base_probability)})\n"
                           f"predicted: {name(r.base_label)}")
         im = row[1].imshow(r.activation.numpy(), cmap="jet", extent=extent)
-        title(row[1], f"(b) total activation, {r.layer} map {r.feature_map}")
+        title(row[1], f"(b) {'activation' if r.flat else 'total activation'}, {r.layer} "
+                      f"{r.what} {r.feature_map}")
         fig.colorbar(im, ax=row[1], fraction=0.046)
         if r.projection is not None:
             proj = _projection_display(r.projection)
             row[2].imshow(proj, cmap="gray" if proj.ndim == 2 else None, vmin=0, vmax=255)
             how = "gradient" if r.meta.get("projection_rule") == "gradient" else "deconv"
-            title(row[2], f"(c) {how} projection, {r.layer} map {r.feature_map}")
+            title(row[2], f"(c) {how} projection, {r.layer} {r.what} {r.feature_map}")
         else:
             row[2].text(0.5, 0.5, "(c) not computed", ha="center", va="center")
         im = row[3].imshow(r.probability.numpy(), cmap="jet", extent=extent, vmin=0)
@@ -529,13 +540,20 @@ CAPTION = (
     "mean subtraction) of {size} px slides over each image in steps of {stride} px; each map "
     "has one value per occluder position, drawn at the square's centre. (a) The image; the "
     "dashed red square is the occluder that lowers the probability of the {target} class most. "
-    "(b) Total activation of the {layer} feature map that is strongest on the unoccluded image "
-    "(sum of its rectified map): blue where covering the image switches that feature off. "
-    "(c) That map's strongest activation projected to pixels with {rule}: the structure "
-    "it responds to. {display} (d) Probability of the {target} class: blue where covering the "
+    "{b} projected to pixels with {rule}: the structure it responds to. {display} "
+    "(d) Probability of the {target} class: blue where covering the "
     "image hurts the classification — if the model relies on the object, the blue region lies "
     "on the object, not on the background. (e) The most probable label at each position: where "
     "covering the object makes the model switch to another class. {classes}{pointing}"
+)
+MAP_B = (
+    "(b) Total activation of the {layer} feature map that is strongest on the unoccluded image "
+    "(sum of its rectified map): blue where covering the image switches that feature off. "
+    "(c) That map's strongest activation"
+)
+UNIT_B = (  # a flat layer (a fully connected one): its units are single numbers
+    "(b) Activation of the {layer} unit that is strongest on the unoccluded image (its value, "
+    "rectified): blue where covering the image switches that unit off. (c) That unit"
 )
 OTHER_CLASSES = (
     "The model's classes are not the dataset's, so (a) and (d) follow the class the model "
@@ -618,7 +636,8 @@ def occlusion_report(
     pointing_text = ""
     followed = "true" if own else "predicted"
     tables = [Table(["image", *(["true class"] if bundle.class_names else []), "predicted",
-                     f"p({followed})", f"min p({followed}) occluded", "strongest map"], rows,
+                     f"p({followed})", f"min p({followed}) occluded",
+                     f"strongest {first.what}"], rows,
                     "The images of the figure, in its order.")]
     if hasattr(val, "sample") and n_pointing > 0:
         pg = pointing_game(model, bundle, n_pointing, size=size, stride=stride, fill=fill,
@@ -635,7 +654,8 @@ def occlusion_report(
     rules = {r.meta.get("projection_rule") for _, r in panels} - {None}
     rule = ("the gradient (the deconvnet is undefined through this model's non-rectifier "
             "activations)" if rules == {"gradient"} else "the deconvnet")
-    caption = CAPTION.format(size=first.size, stride=first.stride, layer=first.layer,
+    caption = CAPTION.format(size=first.size, stride=first.stride,
+                             b=(UNIT_B if first.flat else MAP_B).format(layer=first.layer),
                              pointing=pointing_text, display=DISPLAY_CAPTION, rule=rule,
                              classes="" if own else OTHER_CLASSES,
                              target="true" if own else "predicted")
