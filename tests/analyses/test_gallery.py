@@ -60,6 +60,10 @@ def test_gallery_end_to_end(tmp_path) -> None:
                       torch.tensor([[r, q]]))
     torch.testing.assert_close(res.projections["conv3"][1, j], want.values[0])
     torch.testing.assert_close(want.activation[0], t.values[c, j])
+    # rerun on another layer: the first run's grids go, as the report no longer shows them
+    run_topk_gallery(model, data, ["conv2"], k=2, out_dir=run / "gallery", run_dir=run,
+                     n_maps=2, display_image=lambda i: raw[i])
+    assert sorted(p.name for p in (run / "gallery").glob("*.png")) == ["topk_conv2.png"]
 
 
 def test_gallery_errors(tmp_path) -> None:

@@ -56,6 +56,27 @@ def test_figures_must_stay_inside_the_run(tmp_path) -> None:
         read_sections(run)
 
 
+def test_a_rewritten_section_deletes_the_figures_it_no_longer_shows(tmp_path) -> None:
+    """An analysis rerun on other layers leaves no orphan PNG behind; a figure another section
+    shows, a file no section listed and anything outside the run stay."""
+    run = tmp_path / "run"
+    (run / "g").mkdir(parents=True)
+    for name in ("a.png", "b.png", "c.png", "shared.png", "mine.png"):
+        (run / "g" / name).write_bytes(b"png")
+    (tmp_path / "outside.png").write_bytes(b"png")
+    write_section(run, Section("other", "t", "c", figures=[Figure("g/shared.png")]))
+    write_section(run, Section("k", "t", "c", figures=[
+        Figure("g/a.png"), Figure("g/b.png"), Figure("g/shared.png")]))
+    write_section(run, Section("k", "t", "c", figures=[Figure("g/b.png"), Figure("g/c.png")]))
+    assert sorted(p.name for p in (run / "g").iterdir()) == [
+        "b.png", "c.png", "mine.png", "shared.png"]
+    # a section file edited to list a path outside the run: nothing outside is touched
+    (run / "sections" / "k.json").write_text(
+        '{"key": "k", "title": "t", "caption": "c", "figures": [{"path": "../outside.png"}]}')
+    write_section(run, Section("k", "t", "c", figures=[Figure("g/c.png")]))
+    assert (tmp_path / "outside.png").exists() and (run / "g" / "b.png").exists()
+
+
 def test_report_needs_sections(tmp_path) -> None:
     with pytest.raises(ValueError, match="has no report sections"):
         build_report(tmp_path)

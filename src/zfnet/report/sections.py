@@ -77,7 +77,11 @@ def inside(run_dir: str | Path, rel: str) -> bool:
 
 
 def write_section(run_dir: str | Path, section: Section) -> Path:
-    """Save `section` as `run_dir/sections/<key>.json` (atomically) and return the path."""
+    """Save `section` as `run_dir/sections/<key>.json` (atomically) and return the path.
+
+    Figures the section's previous version listed and this one does not (an analysis rerun on
+    other layers) are deleted, unless another section shows them: the run directory keeps no
+    figure that no report shows."""
     run_dir = Path(run_dir)
     if not section.source and _SOURCE.get():
         section = replace(section, source=_SOURCE.get())
@@ -91,7 +95,25 @@ def write_section(run_dir: str | Path, section: Section) -> Path:
             )
     out = run_dir / "sections" / f"{section.key}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    return write_text_atomic(out, json.dumps(asdict(section), indent=1, default=_jsonable))
+    before = _figure_paths(out)
+    written = write_text_atomic(out, json.dumps(asdict(section), indent=1, default=_jsonable))
+    stale = before - {f.path for f in section.figures}
+    if stale:
+        for other in out.parent.glob("*.json"):
+            if other != out:
+                stale -= _figure_paths(other)
+        for rel in sorted(stale):
+            if inside(run_dir, rel):
+                (run_dir / rel).unlink(missing_ok=True)
+    return written
+
+
+def _figure_paths(section_file: Path) -> set[str]:
+    """The figure paths a saved section lists (none where it is missing or unreadable)."""
+    try:
+        return {str(f["path"]) for f in json.loads(section_file.read_text())["figures"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
 
 
 def read_sections(run_dir: str | Path) -> list[Section]:
