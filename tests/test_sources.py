@@ -449,7 +449,11 @@ def test_models_command_for_any_source(tmp_path):
     res = _runner().invoke(main, ["models", "torchvision:resnet18"])
     assert res.exit_code == 0 and "layer4.1.conv2" in res.stdout
     # the blocks --layer takes, and the layers the analyses take without it
-    assert res.stdout.splitlines()[-2:] == [
+    # a BasicBlock's one ReLU runs twice: its row (rf 27, after the residual sum) is its
+    # second call, and the listing says so
+    assert res.stdout.splitlines()[-3:] == [
+        "called 2 times in each forward pass: layer1.0.relu, layer1.1.relu, layer2.0.relu, "
+        "... (8 modules); their rows and every analysis of them show the last call",
         "blocks, layers too (each module that holds others): layer1, layer1.0, layer1.1, "
         "layer2, layer2.0, layer2.0.downsample, layer2.1, layer3, layer3.0, "
         "layer3.0.downsample, layer3.1, layer4, layer4.0, layer4.0.downsample, layer4.1",
@@ -466,6 +470,7 @@ def test_models_command_for_any_source(tmp_path):
     assert [ln for ln in res.stdout.splitlines() if ln.startswith("preprocessing")] == [
         "preprocessing: resize 183, crop 160, mean 123.7,116.3,103.5, std 58.4,57.12,57.38 "
         "(0..255 units)"]
+    assert "called" not in res.stdout  # squeezenet runs each module once
     zf = _runner().invoke(main, ["models", "zfnet"]).stdout.splitlines()
     assert zf[0] == "zfnet: 62,357,608 parameters, input 224 px"  # unchanged
     assert zf[1].split() == ["layer", "module", "kind", "maps", "size", "stride", "rf"]

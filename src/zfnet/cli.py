@@ -249,7 +249,13 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
     `zfnet models torchvision:` lists torchvision's models, `zfnet models timm:` timm's."""
     import torch
 
-    from zfnet.models import create_model, feature_layers, layer_info, list_models
+    from zfnet.models import (
+        create_model,
+        feature_layers,
+        layer_info,
+        list_models,
+        repeated_layers,
+    )
     from zfnet.models.geometry import per_axis
     from zfnet.sources import load_source, timm_models, torchvision_models
 
@@ -315,6 +321,16 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
         head = f"{info.name:<{w_name}} " + (f"{info.module:<{w_module}} " if short else "")
         click.echo(f"{head}{info.kind:<{w_kind}} {info.channels or '':>6} {size_:>5} {jump:>6} "
                    f"{rf:>5}")
+    # a module run more than once (a ResNet block's one ReLU): which call its row is
+    repeated: dict[int, list[str]] = {}
+    if not short:
+        for path, calls in repeated_layers(model, size).items():
+            repeated.setdefault(calls, []).append(path)
+    for calls, paths in repeated.items():
+        listed = ", ".join(paths) if len(paths) <= 4 else (
+            f"{', '.join(paths[:3])}, ... ({len(paths)} modules)")
+        click.echo(f"called {calls} times in each forward pass: {listed}; their rows and "
+                   "every analysis of them show the last call")
     # the names --layer takes beyond the rows: the blocks that hold them, and the default
     blocks = [n for n, m in model.named_modules() if n and any(True for _ in m.children())]
     if blocks and not short:

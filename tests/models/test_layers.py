@@ -20,6 +20,7 @@ from zfnet.models import (
     last_spatial_layer,
     layer_geometries,
     layer_info,
+    repeated_layers,
     resolve_layer,
     vector_layer,
 )
@@ -212,6 +213,21 @@ def test_every_layer_has_a_kind_a_reader_recognises() -> None:
                         nn.Linear(8, 2))
     kinds = [i.kind for i in layer_info(net, 16).values()]
     assert kinds == ["conv", "relu", "act", "norm", "norm", "pool", "flatten", "dropout", "fc"]
+
+
+def test_modules_called_more_than_once_are_counted() -> None:
+    """A BasicBlock calls its one ReLU twice, a Bottleneck three times; the geometry (and a
+    hook) sees the last call, after the residual sum."""
+    r18 = torchvision.models.resnet18()
+    assert repeated_layers(r18, SIZE) == {f"layer{s}.{b}.relu": 2 for s in range(1, 5)
+                                          for b in range(2)}
+    assert set(repeated_layers(torchvision.models.resnet50(), SIZE).values()) == {3}
+    info = layer_info(r18, SIZE)
+    # its first call (after bn1) would have bn1's field; the last sees through conv2 too
+    assert info["layer1.0.relu"].geometry.rf == info["layer1.0.conv2"].geometry.rf > info[
+        "layer1.0.bn1"].geometry.rf
+    assert repeated_layers(zfnet.create_model("zfnet_small"), 64) == {}
+    assert repeated_layers(torchvision.models.mobilenet_v2(), SIZE) == {}
 
 
 def test_an_unknown_layer_names_the_closest_and_a_deep_networks_top_modules() -> None:

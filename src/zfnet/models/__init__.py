@@ -31,6 +31,7 @@ from zfnet.models.layers import (
     layer_info,
     layer_name,
     layer_names,
+    repeated_layers,
     resolve_layer,
     vector_layer,
 )
@@ -53,5 +54,5 @@ __all__ = [
     "register_model", "resolve_layer", "sequential_geometry",
     "GeometryError", "graph_geometry",
     "feature_layers", "first_convs", "is_zfnet_model", "last_spatial_layer", "layer_geometries",
-    "vector_layer", "chain_checked", "chain_root", "chain_runs_as_forward",
+    "vector_layer", "repeated_layers", "chain_checked", "chain_root", "chain_runs_as_forward",
 ]

@@ -448,7 +448,7 @@ def channels_last_layers(model: nn.Module, input_size: int | tuple[int, int],
         x0, made = record_forward(model, size, in_channels)
         walk = _LayoutWalk(x0, size)
         known[key] = frozenset(
-            path for path, (node, shape, _) in made.items()
+            path for path, (node, shape, *_) in made.items()
             if node is not None and node is not _CONST and len(shape) == 4
             and _channels_last(walk.state(node), shape))
     return known[key]
@@ -462,12 +462,12 @@ def _walked(model: nn.Module, input_size: int | tuple[int, int], in_channels: in
     x0, made = record_forward(model, size, in_channels)
     walk = _Walk(x0, size)
     return [(path, _CONST if node is None or node is _CONST else walk.state(node), shape)
-            for path, (node, shape, _) in made.items()]
+            for path, (node, shape, *_) in made.items()]
 
 
 # per module path: (the autograd node that made its output, the output's shape, the node that
-# made its first tensor input); `_CONST` for an output that is not a tensor
-_Made = dict[str, tuple[object, tuple[int, ...], object]]
+# made its first tensor input, the number of calls); `_CONST` for an output that is not a tensor
+_Made = dict[str, tuple[object, tuple[int, ...], object, int]]
 
 
 def record_forward(model: nn.Module, input_size: int | tuple[int, int],
@@ -475,9 +475,10 @@ def record_forward(model: nn.Module, input_size: int | tuple[int, int],
     """One forward pass of a zero input of `input_size` with autograd recording, on a meta-device
     copy of `model` (or, if it cannot run there, on the model itself): the input leaf, and per
     module path — in forward order, each module at the end of its first call — the node that
-    made its output (its last call), the output's shape and the node that made its first tensor
-    input. What `graph_geometry` reads, and `zfnet.models.layers` to tell which module feeds the
-    classifier. Eval mode; the model left as it was. `GeometryError` if the pass fails."""
+    made its output (its last call), the output's shape, the node that made its first tensor
+    input and how many times the module was called. What `graph_geometry` reads, and
+    `zfnet.models.layers` to tell which module feeds the classifier. Eval mode; the model left
+    as it was. `GeometryError` if the pass fails."""
     size = pair(input_size)
     if min(size) < 1:
         raise ValueError(f"input_size must be positive, got {input_size}")
@@ -542,8 +543,9 @@ def _forward(model: nn.Module, zeros: Tensor) -> tuple[Tensor, _Made]:
                 # the node that made the output *now*: an in-place op later (`out += identity`)
                 # gives the tensor another grad_fn
                 first = next((t.grad_fn for t in inp if isinstance(t, Tensor)), None)
-                made[path] = ((out.grad_fn, tuple(out.shape), first) if isinstance(out, Tensor)
-                              else (_CONST, (), first))
+                calls = made[path][3] + 1 if path in made else 1
+                made[path] = ((out.grad_fn, tuple(out.shape), first, calls)
+                              if isinstance(out, Tensor) else (_CONST, (), first, calls))
             handles.append(m.register_forward_hook(hook))
         with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
             x0 = zeros.requires_grad_(True)

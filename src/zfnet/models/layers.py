@@ -486,3 +486,15 @@ def vector_layer(model: nn.Module, input_size: int | tuple[int, int] | None = No
             node = made[hits[-1] if pick is ancestors else hits[0]][0]
             return next(p for p in before if made[p][0] is node)
     return last_spatial_layer(model, input_size)
+
+
+def repeated_layers(model: nn.Module, input_size: int | tuple[int, int] | None = None
+                    ) -> dict[str, int]:
+    """The modules called more than once in one forward pass, with their number of calls (a
+    ResNet block's one ReLU module: after bn1, then after the residual sum), by module path, in
+    forward order. A hook, the geometry and every analysis see a module's last call. Found from
+    one forward pass at `input_size` (default 224); none on zfnet's models and plain chains."""
+    if _is_convnet(model) or _plain_chain(model):
+        return {}
+    _, made = record_forward(model, input_size or DEFAULT_SIZE)
+    return {path: m[3] for path, m in made.items() if m[3] > 1}
