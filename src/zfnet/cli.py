@@ -947,7 +947,7 @@ def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
     """
     from zfnet.analyses.units import project_units, write_units
     from zfnet.data import load_images
-    from zfnet.models import feature_layers, layer_info
+    from zfnet.models import feature_layers, score_layer
 
     if channels and top:
         raise click.UsageError("--channel and --top both choose the maps: give one of them")
@@ -957,8 +957,7 @@ def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
     data = load_images(images[0] if len(images) == 1 else list(images), source.preprocessing)
     names = [str(p) for p in getattr(data, "paths", [])] or None
     # the last layer's units are the classes the weights name (source.labels)
-    last = (list(layer_info(source.model, source.preprocessing.crop))[-1] if source.labels
-            else None)
+    last = score_layer(source.model) if source.labels else None
     results = [r for layer in layers for r in project_units(
         source.model, data, layer, channels=channels, top=top, rule=rule,
         pixel_scale=source.preprocessing.pixel_scale(), batch_size=model_options.batch_size,

@@ -87,7 +87,7 @@ def gallery(model: nn.Module, bundle: DataBundle, run_dir: str | Path, *, k: int
     workers; `class_names`: the model's, named with the units of its last layer (its class
     scores) where it is shown."""
     from zfnet.analyses.gallery import run_topk_gallery
-    from zfnet.models import layer_info
+    from zfnet.models import score_layer
 
     check_fits(model, bundle)
     val = _centre(bundle)
@@ -97,7 +97,7 @@ def gallery(model: nn.Module, bundle: DataBundle, run_dir: str | Path, *, k: int
         Path(run_dir) / "gallery", n_maps=n_maps, map_rule=map_rule, rule=rule,
         display_image=bundle.raw_val, run_dir=run_dir, batch_size=batch_size, device=device,
         pixel_scale=_pixel_scale(bundle), distributed=distributed, num_workers=num_workers,
-        unit_names={list(layer_info(model))[-1]: class_names} if class_names else None,
+        unit_names={score_layer(model): class_names} if class_names else None,
     )
 
 

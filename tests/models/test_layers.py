@@ -13,6 +13,7 @@ import torchvision
 from torch import nn
 
 import zfnet
+from zfnet.activations import get_activations
 from zfnet.models import (
     UnknownLayerError,
     feature_layers,
@@ -22,6 +23,7 @@ from zfnet.models import (
     layer_info,
     repeated_layers,
     resolve_layer,
+    score_layer,
     vector_layer,
 )
 from zfnet.models.geometry import graph_geometry
@@ -228,6 +230,19 @@ def test_modules_called_more_than_once_are_counted() -> None:
         "layer1.0.bn1"].geometry.rf
     assert repeated_layers(zfnet.create_model("zfnet_small"), 64) == {}
     assert repeated_layers(torchvision.models.mobilenet_v2(), SIZE) == {}
+
+
+@pytest.mark.parametrize("name,want", [("resnet18", "fc"), ("vgg11_bn", "classifier.6"),
+                                       ("densenet121", "classifier"),
+                                       ("squeezenet1_1", "classifier.3")])
+def test_the_score_layer_outputs_the_logits(name, want) -> None:
+    """The layer whose units the weights' class names name: its output is the model's."""
+    net = getattr(torchvision.models, name)(num_classes=7).eval()
+    assert score_layer(net) == want
+    x = torch.randn(1, 3, SIZE, SIZE)
+    out = get_activations(net, x, [want])[want]
+    torch.testing.assert_close(out.flatten(1), net(x))
+    assert score_layer(zfnet.create_model("zfnet_small")) == "fc8"
 
 
 def test_an_unknown_layer_names_the_closest_and_a_deep_networks_top_modules() -> None:

@@ -33,6 +33,7 @@ from zfnet.models.layers import (
     layer_names,
     repeated_layers,
     resolve_layer,
+    score_layer,
     vector_layer,
 )
 from zfnet.models.lrn import LocalResponseNorm
@@ -54,5 +55,6 @@ __all__ = [
     "register_model", "resolve_layer", "sequential_geometry",
     "GeometryError", "graph_geometry",
     "feature_layers", "first_convs", "is_zfnet_model", "last_spatial_layer", "layer_geometries",
-    "vector_layer", "repeated_layers", "chain_checked", "chain_root", "chain_runs_as_forward",
+    "vector_layer", "repeated_layers", "score_layer", "chain_checked", "chain_root",
+    "chain_runs_as_forward",
 ]

@@ -498,3 +498,10 @@ def repeated_layers(model: nn.Module, input_size: int | tuple[int, int] | None =
         return {}
     _, made = record_forward(model, input_size or DEFAULT_SIZE)
     return {path: m[3] for path, m in made.items() if m[3] > 1}
+
+
+def score_layer(model: nn.Module) -> str:
+    """The layer whose units are the model's outputs, the class scores where it classifies
+    (`fc8` on zfnet's models, `fc` of a ResNet, `classifier.6` of alexnet and vgg): the last
+    layer in forward order. Its units are the ones that weights' class names name."""
+    return next(reversed(layer_info(model)))
