@@ -180,6 +180,10 @@ def test_unit_projection_and_patch_equal_the_engine(client, explorer) -> None:
     assert np.abs(np.array(tiles, float) - want).max() <= 1
     f = client.get("/api/unit?image=val:3&layer=fc7&unit=2").json()
     assert f["box"] is None and _png(client.get(f["rules"]["gradient"])).shape[:2] == (32, 32)
+    # the class scores' units are named by their classes; no other unit is
+    assert f["name"] is None and u["name"] is None
+    s = client.get("/api/unit?image=val:3&layer=fc8&unit=2").json()
+    assert s["name"] == explorer.bundle.class_names[2]
     assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
                    for m in explorer.model.modules())
 
@@ -293,6 +297,7 @@ def test_topk_job_equals_mining_and_is_kept_on_disk(client, explorer, tiny_run) 
     render_layer(proj, patches, buf)
     assert np.array_equal(fig, np.asarray(Image.open(buf)))
     assert got["rules"]["deconvnet"] == got["figure"] + "&rule=deconvnet"
+    assert got["name"] is None  # conv4's maps are not classes
     guided = _png(client.get(got["rules"]["guided"]))  # by another rule: another figure
     proj = project_topk(explorer.model, explorer.val, {"conv4": want}, {"conv4": [3]},
                         "guided")["conv4"]

@@ -548,4 +548,10 @@ def test_an_inactive_unit_says_why_it_has_no_projection_and_a_flat_unit_is_a_uni
     page.wait_for_selector('#unit-section[data-unit="0"]')
     assert page.text_content("#unit-heading") == "conv2 · map 0"
     assert page.text_content("#unit-image-caption") == "image · receptive field"
+    # a unit of the class scores is named by its class
+    name = httpx.get(f"{url}/api/unit", params={"image": "val:0", "layer": "fc8",
+                                                 "unit": 1}).json()["name"]
+    _open(page, "/?image=val:0&layer=fc8&unit=1")
+    page.wait_for_selector('#unit-section[data-unit="1"]')
+    assert name and page.text_content("#unit-heading") == f"fc8 · unit 1 ({name})"
     assert page.console.errors == []

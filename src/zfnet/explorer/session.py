@@ -51,7 +51,14 @@ from zfnet.data.images import BadImageError, load_rgb
 from zfnet.data.picks import file_name
 from zfnet.deconvnet import Forward, Seeds, forward_pass, paste, project_layers, windowed
 from zfnet.display import projection_to_uint8
-from zfnet.models import eval_mode, feature_layers, layer_geometries, layer_info, layer_name
+from zfnet.models import (
+    eval_mode,
+    feature_layers,
+    layer_geometries,
+    layer_info,
+    layer_name,
+    score_layer,
+)
 
 RULES = ("deconvnet", "guided", "gradient")
 MAX_UPLOADS = 64  # uploaded images kept (the oldest goes first)
@@ -329,6 +336,16 @@ class Explorer:
                                 f"0..{row.maps - 1}")
         return unit
 
+    def unit_name(self, row: LayerRow, unit: int) -> str | None:
+        """The class a unit of the class-score layer stands for (`score_layer`), where the
+        model's classes have names; None for any other unit."""
+        names = self._class_names()
+        if names is None or row.maps != len(names):
+            return None
+        if not hasattr(self, "_score_layer"):
+            self._score_layer = layer_name(self.model, score_layer(self.model))
+        return names[unit] if row.name == self._score_layer else None
+
     def _num_classes(self) -> int | None:
         out = self._forward_of_zero()
         return int(out.shape[-1]) if out.ndim == 2 else None
@@ -572,7 +589,8 @@ class Explorer:
         geo = self._geometries.get(lr.name)
         box = list(geo.box(r, c, self.size)) if geo is not None and lr.size else None
         q = f"image={image_id}&layer={lr.name}&unit={unit}&row={r}&col={c}"
-        return {"layer": lr.name, "unit": unit, "row": r, "col": c,
+        return {"layer": lr.name, "unit": unit, "name": self.unit_name(lr, unit),
+                "row": r, "col": c,
                 "activation": round(value, 6), "active": value > 0, "box": box,
                 "rules": {rule: f"/api/projection.png?{q}&rule={rule}" for rule in RULES},
                 "patch": f"/api/patch.png?{q}", "image": f"/api/image/{image_id}.png",
@@ -724,7 +742,8 @@ class Explorer:
                  for j in range(t.k) if int(t.index[unit, j]) >= 0]
         figure = f"/api/topk.png?layer={lr.name}&unit={unit}"
         broken = self._unreadable()
-        return {"layer": lr.name, "unit": unit, "k": t.k, "images": self.n_images,
+        return {"layer": lr.name, "unit": unit, "name": self.unit_name(lr, unit), "k": t.k,
+                "images": self.n_images,
                 "mined": self.n_images - len(broken),
                 "unreadable": [{"image": f"val:{i}", "name": file_name(self.val, i)}
                                for i in broken],

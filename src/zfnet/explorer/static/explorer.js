@@ -701,6 +701,7 @@
       const { body } = await api(`/api/unit?${query(params)}`);
       if (ticket !== tickets.unit) return;
       unitInfo = body;
+      if (body.name) $("#unit-heading").textContent += ` (${body.name})`;  // a class's score
       const layer = layerByName.get(body.layer);
       const at = layer && !layer.spatial ? "" : ` at (${body.row}, ${body.col})${state.row === null ? ", its strongest position" : ""}`;
       const box = body.box ? ` · receptive field rows ${body.box[0]}–${body.box[2]}, columns ${body.box[1]}–${body.box[3]}` : "";
@@ -893,7 +894,8 @@
       const names = body.unreadable.map((u) => u.name || u.image);
       const some = names.length > 5 ? `${names.slice(0, 5).join(", ")}, …` : names.join(", ");
       const over = body.unreadable.length ? `${body.mined} images (${body.unreadable.length} unreadable: ${some})` : `${body.images} images`;
-      meta.textContent = `The ${body.items.length} strongest activations of ${body.layer} ${unitWord(body.layer)} ${body.unit} over ${over}: ` +
+      const named = body.name ? ` (${body.name})` : "";
+      meta.textContent = `The ${body.items.length} strongest activations of ${body.layer} ${unitWord(body.layer)} ${body.unit}${named} over ${over}: ` +
         "projections (left) beside their image patches (right). Pick one to open it.";
       figure.alt = `Top ${body.k} of ${body.layer} ${unitWord(body.layer)} ${body.unit}: projections and patches`;
       items.replaceChildren(...body.items.map((item, i) => {
