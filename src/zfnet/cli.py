@@ -1054,6 +1054,7 @@ def atlas_cmd(model_options: ModelOptions, data: str | None, out: str,
     from tqdm import tqdm
 
     from zfnet.explorer.atlas import write_atlas
+    from zfnet.models import score_layer
     from zfnet.train import CheckpointModels, run_checkpoints
     from zfnet.train.distributed import resolve_device
 
@@ -1076,7 +1077,8 @@ def atlas_cmd(model_options: ModelOptions, data: str | None, out: str,
             evolution=CheckpointModels(kept, resolve_device(model_options.device))
             if len(kept) > 1 else None,
             batch_size=model_options.batch_size, progress=progress,
-            num_workers=_mining_workers(workers, resolve_device(model_options.device)))
+            num_workers=_mining_workers(workers, resolve_device(model_options.device)),
+            unit_names={score_layer(source.model): source.labels} if source.labels else None)
     click.echo(f"atlas: {index.resolve()}")
     run_dir = Path(out).parent
     if Path(out).name == "atlas" and (run_dir / "sections").is_dir():  # RUN/atlas: the run's

@@ -320,16 +320,31 @@ def test_a_folder_of_photos_names_its_images(tmp_path) -> None:
         Image.fromarray(getattr(photos, name)()).save(folder / f"{name}.jpg")
     torch.manual_seed(0)
     weights = tmp_path / "r18.pth"
-    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), weights)
+    (tmp_path / "labels.txt").write_text("tabby cat\nespresso\nastronaut\n")
     out = tmp_path / "site"
     _atlas(["--model", "torchvision:resnet18", "--weights", str(weights), "--resize", "40",
-            "--crop", "32", "--data", f"images:{folder}", "--layer", "layer1", "--k", "2",
-            "--maps-per-layer", "1", "--out", str(out)])
-    (unit,) = json.loads((out / ATLAS_FILE).read_text())["layers"][0]["units"]
+            "--crop", "32", "--data", f"images:{folder}", "--layer", "layer1,fc", "--k", "2",
+            "--maps-per-layer", "1", "--labels", str(tmp_path / "labels.txt"),
+            "--out", str(out)])
+    maps, scores = json.loads((out / ATLAS_FILE).read_text())["layers"]
+    (unit,) = maps["units"]
     files = ["astronaut.jpg", "chelsea.jpg", "coffee.jpg"]  # the folder's sorted order
     assert [u["name"] for u in unit["topk"]] == [files[u["image"]] for u in unit["topk"]]
     html = (out / unit["page"]).read_text()
     assert all(f"<td>{u['name']} (#{u['image']})</td>" in html for u in unit["topk"])
+    assert "<h1>layer1 · map " in html and "name" not in unit
+    # the class scores: units (not maps) named by the classes the labels give
+    (score,) = scores["units"]
+    name = ["tabby cat", "espresso", "astronaut"][score["map"]]
+    assert score["name"] == name
+    html = (out / score["page"]).read_text()
+    assert f"<h1>fc · unit {score['map']} ({name})</h1>" in html
+    assert "position (row, col)" not in html  # a unit of a flat layer has none
+    page = (out / scores["folder"] / "index.html").read_text()
+    assert "3 units, each of which sees the whole image" in page and "1 units shown" not in page
+    assert f"<span>{score['map']} {name}</span>" in page
+    _check_site(out)
 
 
 def test_activations_have_four_significant_digits_with_their_zeros() -> None:

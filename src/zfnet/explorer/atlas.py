@@ -33,7 +33,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -102,6 +102,17 @@ class _Layer:
     maps: int
     geometry: LayerGeometry | None
     shown: list[int] = field(default_factory=list)
+    names: Sequence[str] | None = None  # a name per unit: the class scores' classes
+
+    @property
+    def word(self) -> str:
+        """What one of its units is called: a "map", or a "unit" where each sees the whole
+        image (a fully connected layer, global pooling)."""
+        return "map" if self.geometry else "unit"
+
+    def unit_name(self, c: int) -> str | None:
+        """Unit `c`'s name (its class), where the layer's units have names."""
+        return self.names[c] if self.names is not None else None
 
     @property
     def size(self) -> str:
@@ -135,6 +146,7 @@ def write_atlas(
     device: str | torch.device | None = None,
     progress: Callable[[int, int], None] | None = None,
     num_workers: int = 0,
+    unit_names: Mapping[str, Sequence[str]] | None = None,
 ) -> Path:
     """Write the atlas of `model` over `data` into `out_dir` (see the module doc); return the
     path of its index.html.
@@ -152,7 +164,9 @@ def write_atlas(
     progress(done, total): called as the work goes (images mined, at each checkpoint too, and
     units drawn; total grows once, when the mining has said how many maps there are); an
     exception it raises stops the atlas and leaves nothing written. num_workers: the mining's
-    DataLoader workers (decoding a large dataset for a GPU).
+    DataLoader workers (decoding a large dataset for a GPU). unit_names: {layer: a name per
+    unit} shown with its units (the class scores' layer, `zfnet.models.score_layer`: the
+    model's class names).
     """
     check_rule(rule)
     if k < 1:
@@ -204,6 +218,8 @@ def write_atlas(
     for layer in table:
         t = topk[layer.name]
         layer.maps = int(t.values.shape[0])
+        named = (unit_names or {}).get(layer.name)
+        layer.names = list(named) if named is not None and len(named) == layer.maps else None
         layer.shown = list(range(layer.maps)) if maps_per_layer is None else \
             select_maps(t, maps_per_layer)
     state["total"] += sum(len(layer.shown) for layer in table)
@@ -336,7 +352,8 @@ def _write_layers(root: Path, model: nn.Module, dataset: Dataset, table: list[_L
                                         li, name_of))
             drawn(len(part))
         _sprite(thumbs, folder / "thumbs.png")
-        tiles = [{"map": c, "x": (i % THUMB_COLUMNS) * THUMB, "y": (i // THUMB_COLUMNS) * THUMB,
+        tiles = [{"map": c, "name": layer.unit_name(c),
+                  "x": (i % THUMB_COLUMNS) * THUMB, "y": (i // THUMB_COLUMNS) * THUMB,
                   "top1": units[i]["topk"][0]["activation"] if units[i]["topk"] else None}
                  for i, c in enumerate(layer.shown)]
         _render(folder / "index.html", "atlas_layer.html.j2", root="../", meta=meta,
@@ -377,6 +394,8 @@ def _unit_page(folder: Path, layer: _Layer, c: int, t: TopK, evo: EvolutionResul
             it["name"] = name
     entry: dict[str, Any] = {"map": c, "page": f"{layer.slug}/{c}.html",
                              "figure": f"{layer.slug}/{c}.png", "topk": items}
+    if layer.unit_name(c) is not None:
+        entry["name"] = layer.unit_name(c)
     evolution = None
     if evo is not None:
         a = evo.maps[layer.name].index(c)
@@ -390,7 +409,8 @@ def _unit_page(folder: Path, layer: _Layer, c: int, t: TopK, evo: EvolutionResul
     i = shown.index(c)
     side = math.ceil(math.sqrt(t.k))
     _render(folder / f"{c}.html", "atlas_unit.html.j2", root="../", meta=meta, layer=layer,
-            layers=table, index=li, unit=c, items=items, evolution=evolution,
+            layers=table, index=li, unit=c, name=layer.unit_name(c), items=items,
+            evolution=evolution,
             prev=shown[i - 1] if i > 0 else None,
             next=shown[i + 1] if i + 1 < len(shown) else None,
             side=side, caption=_caption(meta, [layer], unit=True),
