@@ -204,6 +204,8 @@ def test_gallery_on_mobilenet_v2_flat_layers_and_non_square_images(tmp_path) -> 
     assert res.projections["classifier.1"].shape == (2, 2, 3, 64, 64)
     (section,) = [s for s in read_sections(tmp_path) if s.key == "topk_gallery"]
     assert section.tables[0].rows[-1][3] == "whole image"
+    assert section.figures[-1].caption.startswith("classifier.1: units ")  # not maps
+    assert section.figures[0].caption.startswith("features.3: maps ")
     assert "whole image" in section.caption
     assert "contrast normalisation" not in section.tables[0].caption  # MobileNet has none
     # non-square inputs: tiles of rows x columns

@@ -415,8 +415,10 @@ def run_topk_gallery(
                  "scales these maps, the box is the field of the map it scales"
                  if geo is not None and geo.gated else "")
         named = (unit_names or {}).get(name)
+        word = "maps" if geo is not None else "units"  # each sees the whole image
         shown = ("units " + ", ".join(f"{c} ({named[c]})" for c in chosen[name])
-                 if named and len(named) == t.values.shape[0] else f"maps {_ranges(chosen[name])}")
+                 if named and len(named) == t.values.shape[0]
+                 else f"{word} {_ranges(chosen[name])}")
         figures.append(Figure(str(rel_dir / png.name), f"{name}: {shown}{gated}"))
         rows.append([name, len(chosen[name]), t.values.shape[0], _rf_text(geo),
                      round(float(t.values[chosen[name], 0].mean()), 3)])
