@@ -122,8 +122,8 @@ def test_any_model_under_torchrun_counts_what_one_process_counts(setup, tmp_path
             f"imagefolder:{data}", "--device", "cpu", "--amp", "off", "--ten-crop"]
     code, text = _run([*args, "--json", str(tmp_path / "one.json")])
     assert code == 0, text
-    r = torchrun("-m", "zfnet.cli", "eval", *args, "--json", str(tmp_path / "two.json"),
-                 cwd=tmp_path, timeout=300)
+    r = torchrun("-m", "zfnet", "eval", *args, "--json", str(tmp_path / "two.json"),
+                 cwd=tmp_path, timeout=300)  # `-m zfnet` (zfnet/__main__.py) as `-m zfnet.cli`
     assert r.returncode == 0, r.stderr[-3000:]
     one = json.loads((tmp_path / "one.json").read_text())
     two = json.loads((tmp_path / "two.json").read_text())
