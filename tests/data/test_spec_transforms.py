@@ -36,9 +36,12 @@ def test_parse_spec_errors(spec, match):
 def test_unknown_dataset_lists_valid_ones():
     with pytest.raises(ValueError, match="unknown dataset 'mnist'") as e:
         load_dataset("mnist")
-    for name in ("synthetic", "fashion-mnist", "imagefolder"):
+    for name in ("synthetic", "fashion-mnist", "imagefolder", "random_labels=SEED"):
         assert name in str(e.value)
-    assert "is a folder" not in str(e.value)
+    assert "is a folder" not in str(e.value) and "did you mean" not in str(e.value)
+    with pytest.raises(ValueError, match="unknown dataset 'imgfolder' in spec 'imgfolder:x'; "
+                       "did you mean imagefolder[?] valid: "):
+        load_dataset("imgfolder:x")
 
 
 def test_a_bare_folder_is_told_the_spec_that_reads_it(tmp_path, monkeypatch):

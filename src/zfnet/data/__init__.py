@@ -30,6 +30,7 @@ None and `collate` drops it), or raise `BadImageError` naming it with `strict=Tr
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -109,8 +110,11 @@ def load_dataset(
     }
     if parsed.name not in loaders:
         valid = "; ".join(f"{k}: {v}" for k, v in DATASETS.items())
-        raise ValueError(f"unknown dataset {parsed.name!r} in spec {spec!r}; "
-                         f"{_folder_hint(spec)}valid: {valid}")
+        near = difflib.get_close_matches(parsed.name.lower(), list(loaders), n=1, cutoff=0.6)
+        meant = f"did you mean {near[0]}? " if near else ""
+        raise ValueError(f"unknown dataset {parsed.name!r} in spec {spec!r}; {meant}"
+                         f"{_folder_hint(spec)}valid: {valid}; and every labelled one "
+                         f"{RANDOM_LABELS}=SEED (its training labels permuted)")
     bundle = loaders[parsed.name](parsed, ten_crop=ten_crop, strict=strict, raw_spec=spec,
                                   preprocessing=preprocessing)
     return bundle if shuffle is None else with_random_labels(bundle, shuffle, spec)
