@@ -193,7 +193,8 @@ class _FullImages(Dataset):
         except BadImageError as err:
             if self.strict:
                 raise
-            warn_skipped(err)
+            # said: an eval or a look inside a model reads training files for this too
+            warn_skipped(err, "while computing the training images' mean image")
             return None
         return resize_center_crop(img, self.full_size)  # (3, F, F) uint8
 

@@ -102,10 +102,11 @@ class UnreadImagesWarning(UserWarning):
     one_line = True  # `zfnet` prints it as one line (zfnet.cli)
 
 
-def warn_skipped(err: BadImageError) -> None:
-    """Warn that the file in `err` is skipped; the message names the file and the reason."""
+def warn_skipped(err: BadImageError, doing: str = "") -> None:
+    """Warn that the file in `err` is skipped; the message names the file, the reason and what
+    was `doing` where that is not the caller's own work (computing a mean image)."""
     warnings.warn(
-        f"skipping broken image {err.path}: {err.reason}",
+        f"skipping broken image {err.path}: {err.reason}" + (f" ({doing})" if doing else ""),
         BrokenImageWarning,
         stacklevel=3,
     )
