@@ -411,7 +411,7 @@ _LOADER = click.option(
     help="Input pipeline (default auto: gpu on CUDA for imagefolder:/shards:, else cpu). cpu: "
          "workers decode and cut uint8 crops, the mean is subtracted on the device; gpu: the "
          "device decodes the JPEGs too (nvJPEG); mixed: the workers decode a share of them, the "
-         "device the rest (the share measured at the start, kept on --resume).")
+         "device the rest (the share measured at the start; a resumed training run keeps it).")
 
 
 @main.command("train", short_help="Train a model with the paper's recipe (Sec. 3)")

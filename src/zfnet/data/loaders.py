@@ -38,6 +38,7 @@ training step itself uses every core there, and decoding in the main process kee
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -63,6 +64,13 @@ def decodes_files(dataset: Any) -> bool:
 def stores_pixels(dataset: Any) -> bool:
     """Are `dataset`'s files raw pixels (`zfnet shards --raw`), with nothing to decode?"""
     return bool(getattr(dataset, "raw_side", 0))
+
+
+class LoaderWarning(UserWarning):
+    """A loader asked for that works, but not as it would where it is made for (gpu on a
+    CPU)."""
+
+    one_line = True  # `zfnet` prints it as one line (zfnet.cli)
 
 
 def loader_kind(loader: str, dataset: Any, device: torch.device, *,
@@ -95,6 +103,11 @@ def loader_kind(loader: str, dataset: Any, device: torch.device, *,
                          "workers; use --loader cpu (or auto) with it")
     if loader in DEVICE_DECODES:
         device_decoder(device)  # ZFNET_DEVICE_DECODER checked before anything runs
+        if device.type != "cuda":
+            warnings.warn(f"--loader {loader} on the {device.type}: the main process decodes "
+                          "the JPEGs of each batch (the GPU path, run where there is no GPU); "
+                          "--loader cpu (or auto) decodes them in the worker processes",
+                          LoaderWarning, stacklevel=2)
     if files and not erasing:  # its batches are made by DeviceBatches: ZFNET_DEVICE_THREADS
         device_threads(device, decodes=loader in DEVICE_DECODES)
     return loader
