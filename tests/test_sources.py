@@ -117,6 +117,19 @@ def test_run_on_a_folder_of_images_uses_its_mean_image(run, tmp_path):
     torch.testing.assert_close(x, expected)
 
 
+def test_a_runs_moved_dataset_is_told_as_the_runs_and_how_to_give_it(run, tmp_path):
+    """The path in the error is the run's, not one the user typed: say so, and what to do."""
+    src = load_source(str(run))
+    src.meta["data"] = f"imagefolder:{tmp_path / 'moved'}?size=32"
+    with pytest.raises(FileNotFoundError, match=r"does not exist; .* \(the dataset .* was "
+                       r"trained on, 'imagefolder:.*moved\?size=32'; give its new place "
+                       r"with --data\)$"):
+        load_data(src)
+    with pytest.raises(FileNotFoundError) as e:  # a path the user gave: as it is
+        load_data(src, f"imagefolder:{tmp_path / 'typed'}")
+    assert "trained on" not in str(e.value)
+
+
 def test_run_overrides_checked_at_once(run):
     with pytest.raises(ValueError, match="--crop 48: .* takes 32 px inputs"):
         load_source(str(run), crop=48)

@@ -394,13 +394,21 @@ def load_data(source: Source, spec: str | None = None, *, ten_crop: bool = False
     image, as before sources existed; everything else (`images:DIR`, any other model) is fitted
     to the model's preprocessing (`load_dataset(..., preprocessing=)`).
     """
+    given = spec
     spec = spec or source.meta.get("data")
     if not spec:
         raise ValueError(f"no dataset given for {source.name}: give one, e.g. images:DIR (a "
                          "folder of images), imagefolder:DIR, synthetic")
     preprocessing = data_preprocessing(source, spec)
-    bundle = load_dataset(spec, ten_crop=ten_crop, strict=strict, cache_dir=cache_dir,
-                          preprocessing=preprocessing)
+    try:
+        bundle = load_dataset(spec, ten_crop=ten_crop, strict=strict, cache_dir=cache_dir,
+                              preprocessing=preprocessing)
+    except FileNotFoundError as e:
+        if given:
+            raise
+        # a path the user did not type: the run's own dataset, moved or on another machine
+        raise FileNotFoundError(f"{e} (the dataset {source.name} was trained on, {spec!r}; "
+                                "give its new place with --data)") from None
     if preprocessing is None and spec == source.meta.get("data") and \
             not isinstance(source._preprocessing, Preprocessing):
         source._preprocessing = bundle.input_preprocessing  # its mean image, read once
