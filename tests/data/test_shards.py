@@ -199,8 +199,12 @@ def test_default_writers_are_the_cores_this_process_may_use(folder, tmp_path,
 def test_parse_size() -> None:
     assert parse_size("1GB") == 10**9 and parse_size("16kB") == 16_000
     assert parse_size("2GiB") == 2 * 2**30 and parse_size("4096") == 4096
-    for bad in ("abc", "1XB", "0", ""):
-        with pytest.raises(ValueError, match="not a size"):
+    for bad in ("abc", "1XB", ""):
+        with pytest.raises(ValueError, match="not a size: a number with an optional unit"):
+            parse_size(bad)
+    for bad, what in (("0", "zero"), ("0kB", "zero"), ("-5MB", "negative"),
+                      ("0.5", "less than 1 byte")):  # numbers, but no size
+        with pytest.raises(ValueError, match=rf"'{bad}' is {what}: a size must be > 0"):
             parse_size(bad)
 
 

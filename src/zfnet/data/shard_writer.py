@@ -60,13 +60,18 @@ _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
 
 def parse_size(text: str) -> int:
     """"1GB" -> 10**9 bytes; also kB, MB, TB (powers of 1000), KiB, MiB, GiB, TiB, plain bytes.
-    ValueError naming the text otherwise."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    ValueError naming the text otherwise, or when it is not at least 1 byte."""
+    m = re.fullmatch(r"\s*([-+]?\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
     unit = m[2].lower() if m else ""
-    if not m or unit not in _UNITS or float(m[1]) * _UNITS[unit] < 1:
+    if not m or unit not in _UNITS:
         raise ValueError(f"{text!r} is not a size: a number with an optional unit, e.g. 1GB, "
                          "500MB, 2GiB")
-    return int(float(m[1]) * _UNITS[unit])
+    size = float(m[1]) * _UNITS[unit]
+    if size < 1:
+        what = "negative" if size < 0 else "zero" if size == 0 else "less than 1 byte"
+        raise ValueError(f"{text!r} is {what}: a size must be > 0 (at least 1 byte), e.g. 1GB, "
+                         "500MB, 2GiB")
+    return int(size)
 
 
 def mean_side(resize: int) -> int:
