@@ -85,6 +85,7 @@ def test_cli_compile_flags(tmp_path, eager) -> None:
                                     "--device", "cpu", "--compile"])
     assert res.exit_code == 0, res.output
     assert json.loads((run / "config.json").read_text())["compile"] is True
+    assert "compiling" not in res.output  # --quiet: no start-up lines
     res = CliRunner().invoke(main, ["eval", "--checkpoint", str(run), "--device", "cpu",
                                     "--compile"])
     assert res.exit_code == 0 and "top-1 error" in res.output, res.output
@@ -93,6 +94,15 @@ def test_cli_compile_flags(tmp_path, eager) -> None:
                                     "--no-compile", "--keep-epochs", "1,2"])
     assert res.exit_code == 0, res.output
     assert json.loads((run / "config.json").read_text())["compile"] is False
+    assert "compiling" not in res.output
+    # with progress, the first steps' wait is said before them (and where a resume starts)
+    res = CliRunner().invoke(main, ["train", "--out", str(run), "--resume", "--epochs", "3",
+                                    "--compile", "--keep-epochs", "1,2,3", "--progress"])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith(
+        f"resuming from {run}/checkpoints/epoch_0002: epoch 3 of 3, step 1 of 2\n"
+        "compiling the model (torch.compile; the first steps take longer, ~1 min on a CPU)\n"
+    ), res.output
 
 
 def test_compile_without_a_compiler_is_a_one_line_error(tmp_path, monkeypatch) -> None:

@@ -162,14 +162,30 @@ def build_run(config: TrainConfig, info: ddp.DistInfo, bundle: Any = None) -> Ru
         optimizer, config, steps_per_epoch, progress.plan.total_steps if progress.plan else None)
     if state is not None:
         _restore(state, optimizer, scheduler, scaler, info)
-        say(f"resuming {resume_from} (epoch {progress.epoch}, step {progress.step})")
+        say(resume_line(resume_from, progress, config.epochs, steps_per_epoch))
         _warn_inexact(meta, info, loader_kw["num_workers"], bundle, progress.step)
+    if config.compile:  # torch.compile compiles at the first steps: a silent wait otherwise
+        say("compiling the model (torch.compile; the first steps take longer, "
+            f"{'~1 min on a CPU' if info.device.type == 'cpu' else 'tens of seconds'})")
     return Run(config=config, info=info, bundle=bundle, say=say, model=model, bare=bare,
                ema=ema, optimizer=optimizer, scaler=scaler, scheduler=scheduler,
                sched_when=sched_when, first_radius=first_radius, amp_dtype=amp_dtype,
                train_set=train_set, sampler=sampler, val_loader=val_loader, loader_kw=loader_kw,
                host_share=share, per_rank_batch=per_rank_batch, steps_per_epoch=steps_per_epoch,
                resume_from=resume_from, progress=progress)
+
+
+def resume_line(resume_from: Path, progress: Progress, epochs: int, steps_per_epoch: int
+                ) -> str:
+    """The line that says where a resumed run continues: "resuming from RUN/checkpoints/
+    epoch_0017_step_000002: epoch 18 of 70, step 3 of 75" (1-based: the epoch and step trained
+    next), or that nothing is left to train. `epochs`: the run's (its plan's with a budget)."""
+    total = progress.plan.epochs if progress.plan else epochs
+    where = f"resuming from {resume_from}: "
+    if progress.epoch >= total:
+        return where + f"all {total} epochs are trained already, nothing is left to train"
+    return where + (f"epoch {progress.epoch + 1} of {total}, step {progress.step + 1} of "
+                    f"{steps_per_epoch}")
 
 
 def find_resume(config: TrainConfig, say: Callable[[str], None] | None = None
