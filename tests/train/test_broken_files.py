@@ -242,3 +242,25 @@ def test_strict_mid_epoch_keeps_the_steps_before_the_broken_file(tmp_path) -> No
     assert r.exit_code == 0, r.output
     meta = load_model(out)[1]
     assert meta["epoch"] == 1 and meta["global_step"] == 3
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_each_broken_file_is_named_once_not_every_epoch(tmp_path, capfd, workers) -> None:
+    """The first pass over each set names its broken files; later epochs only count them
+    (metrics.csv), in the main process and in the loader workers alike."""
+    spec = _dataset(tmp_path / "data")
+    train(_config(tmp_path / "warm", spec, epochs=1))  # the mean image: cached, not warned again
+    capfd.readouterr()
+    import sys
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # every warning shown: what repeats is the trainer's
+        # printed, by the workers too (forked, they inherit it; pytest's recorder would not
+        # bring theirs back)
+        warnings.showwarning = lambda message, *_, **__: print(message, file=sys.stderr)
+        train(_config(tmp_path / "run", spec, epochs=3, workers=workers))
+    err = capfd.readouterr().err
+    for split in ("train", "val"):
+        for name in BROKEN:
+            assert err.count(f"{split}/ant/{name}") == 1, (split, name, err)
+    assert read_metrics_csv(tmp_path / "run" / "metrics.csv")["skipped"] == [2, 2, 2]

@@ -39,7 +39,8 @@ def test_resume_at_epoch_boundary_is_exact(reference, tmp_path) -> None:
     assert read_metrics_csv(out / "metrics.csv")["epoch"] == [1, 2, 3]
 
 
-def test_sigterm_mid_epoch_then_resume_is_exact(reference, tmp_path, monkeypatch) -> None:
+def test_sigterm_mid_epoch_then_resume_is_exact(reference, tmp_path, monkeypatch,
+                                                capsys) -> None:
     """SIGTERM arrives during step 6 (epoch 2, 2nd of 4 steps): the step finishes, a mid-epoch
     checkpoint is written, and resuming from it reproduces the uninterrupted run."""
     ref, _ = reference
@@ -58,6 +59,8 @@ def test_sigterm_mid_epoch_then_resume_is_exact(reference, tmp_path, monkeypatch
     monkeypatch.setattr(recipe_mod, "renormalize_filters", real)
     assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM"
     assert find_last(out).name == "epoch_0001_step_000002"
+    # where it stopped, as `zfnet train` tells it: 2 steps into epoch 2, epoch 1 complete
+    assert summary["step_in_epoch"] == 2 and summary["epochs_completed"] == 1
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
     from zfnet.report.training import training_section
 
@@ -66,8 +69,14 @@ def test_sigterm_mid_epoch_then_resume_is_exact(reference, tmp_path, monkeypatch
     assert "stopped before its last epoch (saved at epoch 1 + 2 steps of epoch 2); `zfnet " \
         f"train --out {out} --resume` continues it" in section.caption
     assert "the learning rate: as in the paper's recipe, divided by 10 when" in section.caption
-    summary = train(tiny_config(out, epochs=3, resume=True), bundle=tiny_bundle())
-    assert summary["status"] == "completed"
+    capsys.readouterr()
+    summary = train(tiny_config(out, epochs=3, resume=True, progress=True),
+                    bundle=tiny_bundle())
+    assert summary["status"] == "completed" and summary["step_in_epoch"] == 0
+    # said once, where it resumes, 1-based (a start-up line: with progress, as the others)
+    said = capsys.readouterr().out
+    assert said.count("resuming") == 1 and f"resuming from {out}/checkpoints/" \
+        "epoch_0001_step_000002: epoch 2 of 3, step 3 of 4\n" in said
     _assert_same_run(ref, out)
     section = training_section(out)
     assert section.metrics["epochs"] == 3 and "stopped" not in section.caption

@@ -100,7 +100,8 @@ def test_build_model_is_seeded_and_its_check_leaves_the_rngs_alone(tmp_path) -> 
         assert torch.equal(model.state_dict()[k], v), k
 
 
-def test_build_run_writes_nothing_and_resumes_the_saved_position(reference, tmp_path) -> None:
+def test_build_run_writes_nothing_and_resumes_the_saved_position(reference, tmp_path,
+                                                                 capsys) -> None:
     import shutil
 
     config = tiny_config(tmp_path / "new", epochs=3)
@@ -117,6 +118,14 @@ def test_build_run_writes_nothing_and_resumes_the_saved_position(reference, tmp_
     assert run.resume_from.name == "epoch_0002"
     assert (run.progress.epoch, run.progress.step, run.progress.global_step) == (2, 0, 8)
     assert run.progress.history == meta["history"]
+    assert capsys.readouterr().out == ""  # a start-up line: with progress only (not --quiet)
+    build_run(tiny_config(out, epochs=3, resume=True, progress=True), CPU, tiny_bundle())
+    (out / "checkpoints" / "last.json").unlink()
+    build_run(tiny_config(out, epochs=3, resume=True, progress=True), CPU, tiny_bundle())
+    assert capsys.readouterr().out == (
+        f"resuming from {out}/checkpoints/epoch_0002: epoch 3 of 3, step 1 of 4\n"
+        f"resuming from {out}/checkpoints/epoch_0003: all 3 epochs are trained already, "
+        "nothing is left to train\n")
     with pytest.raises(FileExistsError, match="--resume"):
         build_run(tiny_config(out, epochs=3), CPU, tiny_bundle())
 
@@ -184,6 +193,11 @@ def test_epoch_row_and_lines() -> None:
     assert lines[0] == ("epoch 2/3  loss 0.5000  train err 25.00%  val top-1 err 25.00%  "
                         "top-5 0.00%  lr 0.01  12 img/s")
     assert lines[1].startswith("epoch 2: 8 training sample(s) skipped")
+    # with 5 classes or fewer, top-5 is worded as `zfnet eval` does, not "0.00%"
+    assert epoch_lines(row, 3, validated=True, classes=5)[0] == (
+        "epoch 2/3  loss 0.5000  train err 25.00%  val top-1 err 25.00%  "
+        "top-5: every one of the 5 classes  lr 0.01  12 img/s")
+    assert "top-5 0.00%" in epoch_lines(row, 3, validated=True, classes=6)[0]
     # an epoch whose every sample was a broken file: no division by zero
     nothing = {"loss_sum": 0.0, "correct": 0.0, "seen": 0.0, "expected": 8.0, "time": 0.0}
     empty = epoch_row(0, 4, 0.01, nothing, dict.fromkeys(val))
@@ -191,3 +205,60 @@ def test_epoch_row_and_lines() -> None:
     assert empty["img_per_s"] == 0.0 and not math.isnan(empty["train_top1_error"])
     assert epoch_lines(empty, 3, validated=False)[0] == (
         "epoch 1/3  loss 0.0000  train err 100.00%  lr 0.01  0 img/s")
+
+
+class _FailingImages(torch.utils.data.Dataset):
+    """Training images whose read number `at` fails, as a damaged dataset does after start-up
+    (read in the main process: workers=0)."""
+
+    def __init__(self, images, at: int) -> None:
+        self.images, self.at, self.reads = images, at, 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        self.reads += 1
+        if self.reads == self.at:
+            raise IndexError("list index out of range")
+        return self.images[i]
+
+
+def _failing(at: int = 6) -> object:
+    from dataclasses import replace
+
+    bundle = tiny_bundle()
+    return replace(bundle, train=_FailingImages(bundle.train, at))
+
+
+def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_path) -> None:
+    """A new run's folder (and the parents it made) is removed when the run fails before its
+    first checkpoint; in a folder that was there, only what the run made is removed."""
+    out = tmp_path / "runs" / "new"
+    with pytest.raises(IndexError):
+        train(tiny_config(out, workers=0, tensorboard=True), bundle=_failing())
+    assert not (tmp_path / "runs").exists()
+    there = tmp_path / "there"
+    there.mkdir()
+    (there / "notes.txt").write_text("mine")
+    (there / "tb").mkdir()  # someone's, before the run
+    with pytest.raises(IndexError):
+        train(tiny_config(there, workers=0, tensorboard=True), bundle=_failing())
+    assert sorted(p.name for p in there.iterdir()) == ["notes.txt", "tb"]
+
+
+def test_a_run_that_fails_after_a_checkpoint_or_on_resume_is_kept(reference, tmp_path) -> None:
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference[0], out)
+    before = _files(out)
+    with pytest.raises(IndexError):  # a resumed run's folder is never removed
+        train(tiny_config(out, epochs=4, resume=True, workers=0), bundle=_failing())
+    assert set(_files(out)) == set(before)
+    new = tmp_path / "new"
+    with pytest.raises(IndexError):  # in epoch 2: epoch 1's checkpoint is kept, and the run
+        train(tiny_config(new, workers=0), bundle=_failing(at=40))
+    assert [p.name for p in (new / "checkpoints").iterdir() if not p.name.endswith(".json")] \
+        == ["epoch_0001"]
+    assert (new / "config.json").is_file() and (new / "metrics.csv").is_file()

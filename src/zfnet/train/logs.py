@@ -45,10 +45,20 @@ def epoch_row(epoch: int, global_step: int, lr: float, sums: dict[str, float],
     }
 
 
-def epoch_lines(row: dict[str, Any], epochs: int, validated: bool) -> list[str]:
-    """The log lines of an epoch's `epoch_row`: its figures, and the samples skipped if any."""
-    val = (f"val top-1 err {row['val_top1_error']:.2%}  top-5 {row['val_top5_error']:.2%}  "
-           if validated else "")
+def top5_words(error: float, classes: int | None) -> str:
+    """The top-5 figure as `zfnet eval` words it: with 5 classes or fewer every class is among
+    the top 5 (the error is 0 by definition), which is said instead of "0.00%"."""
+    if classes is not None and classes <= 5:
+        return f"top-5: every one of the {classes} classes"
+    return f"top-5 {error:.2%}"
+
+
+def epoch_lines(row: dict[str, Any], epochs: int, validated: bool,
+                classes: int | None = None) -> list[str]:
+    """The log lines of an epoch's `epoch_row`: its figures, and the samples skipped if any.
+    `classes`: the dataset's (its top-5 is worded as `top5_words` says)."""
+    val = (f"val top-1 err {row['val_top1_error']:.2%}  "
+           f"{top5_words(row['val_top5_error'], classes)}  " if validated else "")
     lines = [f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  "
              f"train err {row['train_top1_error']:.2%}  {val}lr {row['lr']:.2g}  "
              f"{row['img_per_s']:.0f} img/s"]

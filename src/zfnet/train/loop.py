@@ -10,18 +10,22 @@ broken file stops the run with an error naming it.
 from __future__ import annotations
 
 import gc
+import os
+import shutil
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-from zfnet.data.images import BadImageError
+from zfnet.data.images import BadImageError, BrokenImageWarning
 from zfnet.train import checkpoint as ckpt
 from zfnet.train import distributed as ddp
 from zfnet.train.config import TrainConfig
-from zfnet.train.lock import run_lock
+from zfnet.train.lock import LOCK_FILE, run_lock
 from zfnet.train.logs import TensorBoard, epoch_lines, epoch_row, write_metrics_csv
 from zfnet.train.recipe import (
     EpochState,
@@ -44,19 +48,28 @@ def train(config: TrainConfig, bundle: Any = None) -> dict[str, Any]:
     `bundle` (a `zfnet.data.DataBundle`) may be given to skip `load_dataset(config.data)`.
     Works the same in one process and under torchrun (DDP; a process group the caller joined
     before is used, and left joined). Every input is checked before the first write to
-    `config.out`. Returns a summary: run_dir, status ("completed" or "interrupted"), signal,
-    epochs_completed, global_step, final (the last epoch's metrics), best_val_top1_error,
-    checkpoint, wall_time_s, device, amp, world_size, plan.
+    `config.out`, and a new run that fails before its first checkpoint removes what it wrote
+    there (`NewRunDir`). Returns a summary: run_dir, status ("completed" or "interrupted"),
+    signal, epochs_completed, global_step, step_in_epoch (> 0: the steps into the next epoch
+    that the checkpoint saved on a signal holds), final (the last epoch's metrics),
+    best_val_top1_error, checkpoint, wall_time_s, device, amp, world_size, num_classes, plan.
     Raises `NonFiniteLossError` on a NaN/inf loss (the last good checkpoint is kept), and
     `BadImageError` naming a broken file with `config.strict`.
     """
     t_start = time.perf_counter()
     with ddp.processes(config.device) as info:  # a group the caller joined is left joined
         run = build_run(config, info, bundle)
+        # a new run that fails before its first checkpoint leaves nothing in --out
+        made = NewRunDir(run.run_dir) if run.resume_from is None and info.is_main else None
         try:
             with run_lock(run.run_dir, run.info.is_main):  # one process trains a run at once
-                start_run_dir(run)
-                return Session(run, t_start).train()
+                try:
+                    start_run_dir(run)
+                    return Session(run, t_start).train()
+                except BaseException:
+                    if made is not None:
+                        made.undo()
+                    raise
         finally:
             if info.enabled:
                 _free_before_the_group_goes(run)
@@ -69,6 +82,43 @@ def _free_before_the_group_goes(run: Run) -> None:
     GIL to free a finished collective's tensor — a deadlock at the end of some runs."""
     run.model = run.bare  # the DDP wrapper (and a compiled one around it) dropped
     gc.collect()  # and any reference cycle through it
+
+
+class NewRunDir:
+    """What a new run makes in its directory, noted before it starts (`start_run_dir`, the
+    lock, TensorBoard's tb/), so that a run that fails before its first checkpoint can remove
+    it (`undo`): the files and folders it made, the directory and its parents if it made them
+    and they are then empty; never what was there before, nor anything once a checkpoint is
+    saved."""
+
+    MADE = ("config.json", "metrics.csv", "tb", "checkpoints", LOCK_FILE)
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.before = {n for n in self.MADE if os.path.lexists(run_dir / n)}
+        self.dirs: list[Path] = []  # the folders that do not exist yet, innermost first
+        d = run_dir.absolute()
+        while not os.path.lexists(d) and d != d.parent:
+            self.dirs.append(d)
+            d = d.parent
+
+    def undo(self) -> None:
+        """Remove what the run made, unless it holds a checkpoint (then all is kept)."""
+        try:
+            if ckpt.has_checkpoint(self.run_dir):
+                return
+            for name in self.MADE:
+                p = self.run_dir / name
+                if name in self.before or not os.path.lexists(p):
+                    continue
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+            for d in self.dirs:
+                d.rmdir()  # only an empty one: anything else put there stays
+        except OSError:
+            pass  # what could not be removed stays; the run's own error is what is told
 
 
 def start_run_dir(run: Run) -> None:
@@ -156,6 +206,10 @@ class Session:
             channels_last=config.channels_last, ema=run.ema, ema_source=run.bare,
             progress=config.progress, tb=self.tb)
         self.status = "completed"
+        self.stopped_step = 0  # steps into the next epoch of the checkpoint saved on a signal
+        # the broken files of the training / validation set are named (warned about) in the
+        # first whole pass over it; later passes count them only (metrics.csv, epoch lines)
+        self.named = {"train": False, "val": False}
         self.seg_time, self.seg_steps = 0.0, 0  # this process's training time and steps
         self.t_run = time.perf_counter()
 
@@ -196,7 +250,7 @@ class Session:
             # (by every process alike: a broken file stops the others at the same step)
             self.checkpoints.save(epoch, int(r["steps"]), self.st, self.elapsed(),
                                   self.history, self.plan, sums)
-            self.status = "interrupted"
+            self.status, self.stopped_step = "interrupted", int(r["steps"])
             if self.st.broken is not None:  # strict: saved up to the file, which stops it
                 raise self.st.broken
             return False
@@ -219,7 +273,10 @@ class Session:
         st.start_step = run.progress.step if epoch == run.progress.epoch else 0
         st.end_step = self.plan.end_step(epoch) if self.plan else None
         loader, expected = epoch_loader(run, epoch, st.start_step, st.end_step)
-        r = train_one_epoch(run.model, loader, run.optimizer, st, run.info)
+        with _broken_named(self.named["train"]):
+            r = train_one_epoch(run.model, loader, run.optimizer, st, run.info)
+        if not (st.start_step or r["interrupted"] or st.end_step is not None):
+            self.named["train"] = True  # a whole pass: every broken file was met
         skip = st.start_step * run.per_rank_batch
         done = min(int(r["steps"]) * run.per_rank_batch, run.sampler.num_samples)
         sums = ddp.all_reduce_sum(
@@ -254,8 +311,11 @@ class Session:
         step: a resume validates it and goes on, the epoch not trained again."""
         run = self.run
         try:
-            return evaluate(run.shown, run.val_loader, run.bundle.num_classes, run.info,
-                            run.amp_dtype, run.config.channels_last)
+            with _broken_named(self.named["val"]):
+                val = evaluate(run.shown, run.val_loader, run.bundle.num_classes, run.info,
+                               run.amp_dtype, run.config.channels_last)
+            self.named["val"] = True
+            return val
         except Exception:
             if self._trained is None:
                 raise
@@ -294,7 +354,7 @@ class Session:
             write_metrics_csv(run.run_dir / "metrics.csv", self.history)
             self.tb.scalars({f"epoch/{k}": v for k, v in row.items() if k != "epoch"},
                             self.st.global_step)
-        for line in epoch_lines(row, self.n_epochs, validated):
+        for line in epoch_lines(row, self.n_epochs, validated, run.bundle.num_classes):
             run.say(line)
 
     def summary(self) -> dict[str, Any]:
@@ -306,6 +366,8 @@ class Session:
             "run_dir": str(run.run_dir), "status": self.status,
             "signal": signal.Signals(sig).name if sig else None,
             "epochs_completed": len(self.history), "global_step": self.st.global_step,
+            "step_in_epoch": self.stopped_step,  # > 0: the checkpoint is that far into the next
+            "num_classes": run.bundle.num_classes,
             "final": self.history[-1] if self.history else {}, "best_val_top1_error": best,
             "checkpoint": self.checkpoints.last,
             "wall_time_s": time.perf_counter() - self.t_start, "device": str(run.info.device),
@@ -313,6 +375,19 @@ class Session:
             "world_size": run.info.world_size,
             "plan": self.plan.to_dict() if self.plan else None,
         }
+
+
+@contextmanager
+def _broken_named(named: bool) -> Iterator[None]:
+    """Inside, with `named` (a set whose broken files were named in an earlier pass), skipped
+    files are not warned about again, in this process and in the loader workers forked here
+    (they inherit the filter): each broken file is named once, not once per epoch."""
+    if not named:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=BrokenImageWarning)
+        yield
 
 
 @contextmanager
