@@ -169,6 +169,87 @@ def test_writing_is_atomic_and_refuses_a_used_out(folder, tmp_path, monkeypatch)
         write_shards(f"imagefolder:{folder}", out, workers=0)
 
 
+class _KilledBySigterm(Exception):
+    """What SIGTERM raises in a test while no handler of zfnet's is installed (its default
+    would end the test process)."""
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigterm_leaves_nothing_and_exits_as_a_signal(folder, tmp_path, monkeypatch,
+                                                      workers) -> None:
+    def not_caught(signum, frame):
+        raise _KilledBySigterm
+
+    monkeypatch.setattr(writer_mod, "CHUNK", 4)  # several tasks: the workers write some
+    real, calls = writer_mod._SplitWriter.add, {"n": 0}
+
+    def terminated(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 5:  # as `timeout` or a scheduler sends it
+            os.kill(os.getpid(), signal.SIGTERM)
+        real(self, *args)
+
+    monkeypatch.setattr(writer_mod._SplitWriter, "add", terminated)
+    previous = signal.signal(signal.SIGTERM, not_caught)
+    try:
+        res = CliRunner().invoke(main, ["shards", f"imagefolder:{folder}", "--out",
+                                        str(tmp_path / "out"), "--workers", str(workers),
+                                        "--quiet"])
+        assert signal.getsignal(signal.SIGTERM) is not_caught  # put back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert res.exit_code == 143, (res.output, res.exception)
+    assert res.output.strip().splitlines()[-1] == "interrupted (SIGTERM)"
+    assert list(tmp_path.iterdir()) == []  # no hidden half-written folder
+
+
+def test_folders_of_killed_writes_are_removed_by_the_next(folder, tmp_path) -> None:
+    import fcntl
+
+    out = tmp_path / "out"
+
+    def hidden(name: str, *files: str) -> Path:
+        d = tmp_path / f".{name}.tmp-{os.urandom(16).hex()}"
+        d.mkdir()
+        for f in files:
+            (d / f).write_bytes(b"x" * 1000)
+        return d
+
+    killed = hidden("out", "train-000000.tar", "train-000001.tar", "train-index.npy",
+                    "mean-37.npy", f".manifest.json.tmp-{os.urandom(16).hex()}")
+    empty = hidden("out")  # killed right after it was made
+    mixed = hidden("out", "train-000000.tar", "notes.txt")  # not only what a write makes
+    running = hidden("out", "train-000000.tar")  # a write of OUT still running holds its lock
+    other = hidden("other", "train-000000.tar")  # another OUT's
+    odd = tmp_path / ".out.tmp-notahexname"
+    odd.mkdir()
+    lock = os.open(running, os.O_RDONLY)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        with pytest.warns(writer_mod.StaleWriteWarning) as seen:
+            write_shards(f"imagefolder:{folder}?n_train=4&n_val=2", out, resize=37, workers=0)
+    finally:
+        os.close(lock)
+    said = [str(w.message) for w in seen if w.category is writer_mod.StaleWriteWarning]
+    assert sorted(said) == sorted([
+        f"removed {killed} (0.0 MB), left by an earlier write of {out} that was killed",
+        f"removed {empty} (0.0 MB), left by an earlier write of {out} that was killed",
+        f"{mixed} looks like what an interrupted `zfnet shards --out {out}` leaves, but holds "
+        "other things too (e.g. notes.txt): kept; remove it if it is one"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        p.name for p in (out, mixed, running, other, odd))
+
+
+def test_an_out_that_cannot_be_made_is_named_as_given(folder, tmp_path) -> None:
+    if not Path("/proc/self").is_dir():
+        pytest.skip("needs /proc (Linux)")
+    res = CliRunner().invoke(main, ["shards", f"imagefolder:{folder}", "--out", "/proc/nope"])
+    assert res.exit_code == 1 and ".nope.tmp" not in res.output, res.output
+    assert res.output.startswith("Error: --out /proc/nope cannot be created (No such file or "
+                                 "directory): choose a folder where you may write"), res.output
+
+
 def test_workers_write_the_same_bytes(folder, resized, tmp_path) -> None:
     out = tmp_path / "two"
     write_shards(f"imagefolder:{folder}", out, resize=37, shard_size=16_000, workers=2)

@@ -11,24 +11,31 @@ bytes. The training split's mean image at 256 px (the paper's full size) is
 computed on the way, from the stored images as a reader decodes them. Format:
 `zfnet.data.shards`.
 
-Atomic: everything is written into a hidden folder beside OUT, renamed to OUT at the end; an
-error or Ctrl-C removes it, so OUT is either complete or absent. Tar members carry a fixed
-mtime: the same folder gives byte-identical shards.
+Atomic: everything is written into a hidden folder beside OUT (`.OUT.tmp-<hex>`), renamed to
+OUT at the end; an error, Ctrl-C or SIGTERM removes it, so OUT is either complete or absent. A
+write killed outright (SIGKILL) cannot remove its folder: the next write of OUT does
+(`_remove_stale`). Tar members carry a fixed mtime: the same folder gives byte-identical shards.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import fcntl
+import functools
 import io
 import json
 import math
 import os
 import re
 import shutil
+import signal
 import tarfile
+import threading
 import time
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +61,24 @@ DEFAULT_SHARD_SIZE = 10**9
 CHUNK = 32  # images per task of a writing worker
 TAR_FORMAT = tarfile.PAX_FORMAT  # any name length and characters (USTAR: 256 ASCII bytes)
 _BLOCK = 512  # tar's block: every member is a header block and its data padded to blocks
+# What a write puts in its hidden folder: nothing else is removed as a killed write's leftovers
+_WRITTEN = re.compile(r"(train|val)-(\d{6}\.tar|index\.npy)|mean-\d+\.npy|manifest\.json"
+                      r"|\.manifest\.json\.tmp-[0-9a-f]{32}")
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers and `timeout` send) while `write_shards` writes: raised as Ctrl-C's
+    KeyboardInterrupt is, after the hidden folder is removed; a command exits 143 on it."""
+
+    signal = "SIGTERM"
+
+
+class StaleWriteWarning(UserWarning):
+    """A hidden folder left beside OUT by a write that was killed: removed, or named and kept."""
+
+    one_line = True  # `zfnet` prints it as one line (zfnet.cli)
 
 
 def parse_size(text: str) -> int:
@@ -232,7 +255,9 @@ def write_shards(source: str, out: str | Path, *, resize: int = DEFAULT_RESIZE,
     nothing to decode, 3 * resize**2 bytes an image. `shard_size`: bytes per shard file at most (a
     larger image gets a shard of its own). `workers`: decoding processes (None: up to 8, one
     per core). `out` must not exist or be an empty folder. Errors: ValueError / FileNotFoundError /
-    FileExistsError naming the cause, before anything is written.
+    FileExistsError naming the cause, before anything is written. SIGTERM: `Terminated` (a
+    KeyboardInterrupt), with nothing left, as Ctrl-C; hidden folders that killed writes of `out`
+    left are removed first (`_remove_stale`).
     """
     spec = parse_spec(source)
     if spec.name != "imagefolder":
@@ -269,26 +294,103 @@ def write_shards(source: str, out: str | Path, *, resize: int = DEFAULT_RESIZE,
         held = " (it holds shards already)" if (out / MANIFEST).exists() else ""
         raise FileExistsError(f"{out} exists and is not an empty folder{held}; choose another "
                               "--out or remove it")
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"
-    tmp.mkdir()
     try:
-        manifest = _write(tmp, root, source, names, {"train": train, "val": val}, resize,
-                          square, raw, shard_size, quality, workers, progress)
-        write_text_atomic(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as e:  # named as given, not by the hidden folder's name
+        cls = type(e) if type(e) is not OSError else PermissionError
+        raise cls(f"--out {out} cannot be created ({e.strerror or e}): choose a folder where "
+                  "you may write") from None
+    lock = os.open(tmp, os.O_RDONLY)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # this write is running: `_remove_stale` leaves it alone
+    state: dict[str, bool] = {}
+    try:
+        with _sigterm_raises(state):
+            try:
+                _remove_stale(out, keep=tmp)
+                manifest = _write(tmp, root, source, names, {"train": train, "val": val},
+                                  resize, square, raw, shard_size, quality, workers, progress,
+                                  lock)
+                write_text_atomic(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+                if out.exists():
+                    out.rmdir()  # empty, checked above
+                os.rename(tmp, out)
+                state["done"] = True  # complete: a SIGTERM from now on changes nothing
+            except BaseException as e:
+                state["done"] = True  # a SIGTERM now must not cut the removal short
+                shutil.rmtree(tmp, ignore_errors=True)
+                if state.get("terminated") and not isinstance(e, Terminated):
+                    # e.g. the decoding workers, sent SIGTERM too, ended first
+                    raise Terminated from e
+                raise
+    finally:
+        os.close(lock)
     return manifest
+
+
+@contextlib.contextmanager
+def _sigterm_raises(state: dict[str, bool]) -> Iterator[None]:
+    """SIGTERM raises `Terminated` (once, until `state["done"]`), recorded as
+    `state["terminated"]`; in the main thread only (elsewhere signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        first = not state.get("terminated")
+        state["terminated"] = True
+        if first and not state.get("done"):
+            raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _remove_stale(out: Path, keep: Path) -> None:
+    """Remove the hidden folders a write of `out` killed outright (SIGKILL, a crash) left beside
+    it: only those named `.OUT.tmp-<32 hex>`, holding nothing but files a write makes, and not
+    locked by a write still running (each holds a lock on its folder). A StaleWriteWarning names
+    each one removed, and each such name kept because it holds anything else."""
+    name = re.compile(rf"\.{re.escape(out.name)}\.tmp-[0-9a-f]{{32}}")
+    try:
+        found = [d for d in out.parent.iterdir() if name.fullmatch(d.name) and d != keep
+                 and d.is_dir() and not d.is_symlink()]
+    except OSError:
+        return  # a folder whose entries cannot be listed: nothing found to remove
+    for folder in sorted(found):
+        try:
+            fd = os.open(folder, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # another write of OUT is running in it
+            files = list(folder.iterdir())
+            other = [f.name for f in files if not (_WRITTEN.fullmatch(f.name) and f.is_file()
+                                                   and not f.is_symlink())]
+            if other:
+                warnings.warn(f"{folder} looks like what an interrupted `zfnet shards --out "
+                              f"{out}` leaves, but holds other things too (e.g. {other[0]}): "
+                              "kept; remove it if it is one", StaleWriteWarning, stacklevel=3)
+                continue
+            size = sum(f.stat().st_size for f in files)
+            shutil.rmtree(folder, ignore_errors=True)
+            warnings.warn(f"removed {folder} ({size / 1e6:.1f} MB), left by an earlier write of "
+                          f"{out} that was killed", StaleWriteWarning, stacklevel=3)
+        finally:
+            os.close(fd)
 
 
 def _write(folder: Path, root: Path, source: str, names: list[str],
            splits: dict[str, tuple[list[Path], list[int]]], resize: int, square: bool,
            raw: bool, shard_size: int, quality: int, workers: int | None,
-           progress: bool) -> dict[str, Any]:
+           progress: bool, lock: int | None = None) -> dict[str, Any]:
     if workers is None:
         workers = min(8, usable_cores())  # the cores this process may run on (its affinity)
     side = mean_side(resize)
@@ -304,7 +406,8 @@ def _write(folder: Path, root: Path, source: str, names: list[str],
         mean_size = side if split == "train" else None
         chunks = _Chunks(paths, resize, quality, mean_size, square, raw)
         loader = Loader(chunks, batch_size=None, num_workers=workers if len(chunks) > 1
-                            else 0, collate_fn=lambda r: r)
+                            else 0, collate_fn=lambda r: r,
+                        worker_init_fn=functools.partial(_worker_start, lock, folder))
         writer = _SplitWriter(folder, split, shard_size)
         used: set[str] = set()
         skipped: list[str] = []
@@ -340,6 +443,22 @@ def _write(folder: Path, root: Path, source: str, names: list[str],
             manifest["mean"] = {"file": f"mean-{side}.npy", "full_size": side}
     return manifest
 
+
+
+def _worker_start(lock: int | None, folder: Path, worker: int) -> None:
+    """A writing worker ignores SIGTERM (sent to the whole process group by `timeout` or a
+    scheduler): the main process stops, removes its folder and ends the workers itself (a worker
+    killed by it would make the DataLoader raise an error of its own, also while stopping). It
+    closes its copy of the folder's lock: a worker left behind by a main process killed
+    outright would keep the folder looking in use (a worker not forked has no such copy). And
+    it is killed when the main process dies (Linux): else, after a SIGKILL of the main process,
+    the workers can stay, idle, for ever."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    with contextlib.suppress(OSError):
+        if lock is not None and os.path.samestat(os.fstat(lock), os.stat(folder)):
+            os.close(lock)
 
 
 def _unique(key: str, used: set[str]) -> str:
