@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -641,6 +642,74 @@ def test_bad_shards_folders_are_named(resized, tmp_path) -> None:
     (changed / "train-000001.tar").unlink()
     with pytest.raises(ShardsError, match=r"train-000001\.tar is missing"):
         load_dataset(f"shards:{changed}")
+
+
+def test_files_of_shards_are_named_by_absolute_paths(resized, tmp_path, monkeypatch) -> None:
+    """As a run saves its dataset's path: train and eval name a file alike."""
+    shutil.copytree(resized, tmp_path / "moved")
+    (tmp_path / "moved" / "train-000001.tar").unlink()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ShardsError) as e:
+        load_dataset("shards:moved")
+    assert str(e.value).startswith(f"{tmp_path / 'moved' / 'train-000001.tar'} is missing")
+
+
+def _edited(resized: Path, folder: Path, edit) -> str:
+    """A copy of `resized` with its manifest edited by `edit` (in place): its spec."""
+    shutil.copytree(resized, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    edit(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return f"shards:{folder}?{SPEC}"
+
+
+AGAIN = "the shards are incomplete or were changed: write them again with `zfnet shards`"
+
+
+@pytest.mark.parametrize(("name", "edit", "said"), [
+    ("no-classes", lambda m: m.update(classes=None),
+     "'classes' is null, not a list of class names"),
+    ("fewer-classes", lambda m: m.update(classes=m["classes"][:2]),
+     "train-index.npy holds label 2, the manifest names 2 classes (labels 0 to 1)"),
+    ("no-shards", lambda m: m["splits"]["train"].update(shards=[]),
+     "train-index.npy points at train shard 6, but the manifest lists 0 train shards"),
+    ("resize-text", lambda m: m.update(resize="abc"),
+     "'resize' is \"abc\", not the stored side in px (an integer >= 0)"),
+    ("raw-text", lambda m: m.update(raw="yes"), "'raw' is \"yes\", not true or false"),
+    ("shard-outside", lambda m: m["splits"]["train"]["shards"][0].update(
+        file="../other/train-000000.tar"),
+     'the train shard "../other/train-000000.tar" is not a file name in'),
+    ("index-outside", lambda m: m["splits"]["val"].update(index="/etc/passwd"),
+     'the val index "/etc/passwd" is not a file name in'),
+    ("shard-entry", lambda m: m["splits"]["val"]["shards"][0].pop("bytes"),
+     "the val split's \"shards\" are not a list of file, count and bytes entries"),
+])
+def test_edited_manifests_are_refused_in_one_line(resized, tmp_path, name, edit, said) -> None:
+    spec = _edited(resized, tmp_path / name, edit)
+    with pytest.raises(ShardsError) as e:
+        load_dataset(spec)
+    assert said in str(e.value) and str(e.value).endswith(AGAIN), str(e.value)
+    res = CliRunner().invoke(main, ["eval", "--model", "zfnet_small", "--data",
+                                    spec.partition("?")[0]])
+    last = res.output.strip().splitlines()[-1]
+    assert res.exit_code == 1 and last.startswith("Error: ") and said in last, res.output
+
+
+def test_small_shards_warn_once_in_one_line(resized, tmp_path) -> None:
+    from zfnet.data.shards import ResolutionWarning
+
+    assert ResolutionWarning.one_line  # `zfnet` prints it as `warning: ...`
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")
+        for _ in range(2):  # two callers (eval loads a dataset more than once)
+            load_dataset(f"shards:{resized}?size=64")
+        from zfnet.data.shards import load_shards
+        from zfnet.data.spec import parse_spec
+        load_shards(parse_spec(f"shards:{resized}?size=64"), raw_spec="")
+    said = [str(w.message) for w in seen if w.category is ResolutionWarning]
+    assert said == [f"the shards in {resized} hold images at 37 px (shorter side): 73 px inputs "
+                    "upsample them; write shards with --resize 73 (or --original) for these "
+                    "inputs"]
 
 
 # --- several processes ---

@@ -81,8 +81,17 @@ DEFAULT_SHUFFLE = 1000  # samples in each worker's shuffle buffer (~25 MB of 256
 SHARD, OFFSET, SIZE, LABEL = range(4)
 
 
+AGAIN = "the shards are incomplete or were changed: write them again with `zfnet shards`"
+
+
 class ShardsError(ValueError):
     """A folder that is not usable shards; the message names the file and what to do."""
+
+
+class ResolutionWarning(UserWarning):
+    """Shards hold images smaller than the size they are read at (they are upsampled)."""
+
+    one_line = True  # `zfnet` prints it as one line (zfnet.cli)
 
 
 # --- the manifest and the index ---
@@ -118,7 +127,39 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
         raise ShardsError(f"{path} is format {found!r}, this zfnet reads "
                           f"{' and '.join(map(repr, READABLE))}: write the shards again with "
                           "this version's `zfnet shards`")
+    _check_fields(path, manifest)
     return manifest
+
+
+def _check_fields(path: Path, manifest: dict[str, Any]) -> None:
+    """ShardsError naming the field of the manifest at `path` that a reader relies on and that
+    does not hold what `zfnet shards` writes there."""
+    def bad(field: str, valid: str) -> ShardsError:
+        return ShardsError(f"{path}: {field!r} is {json.dumps(manifest.get(field))}, not "
+                           f"{valid}; {AGAIN}")
+
+    classes = manifest.get("classes")
+    if not isinstance(classes, list) or not classes \
+            or not all(isinstance(c, str) for c in classes):
+        raise bad("classes", "a list of class names")
+    resize = manifest.get("resize", 0)
+    if type(resize) is not int or resize < 0:
+        raise bad("resize", "the stored side in px (an integer >= 0)")
+    for flag in ("square", "raw"):
+        if type(manifest.get(flag, False)) is not bool:
+            raise bad(flag, "true or false")
+    if manifest.get("raw") and not resize:
+        raise bad("resize", "the side of the raw squares (an integer > 0)")
+
+
+def _inside(root: Path, name: Any, what: str) -> Path:
+    """`root / name` where `name` (from the manifest) is a file name in `root`; ShardsError
+    otherwise: shards never point outside their folder."""
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name \
+            or "\\" in name:
+        raise ShardsError(f"{root / MANIFEST}: {what} {json.dumps(name)} is not a file name in "
+                          f"{root} (shards keep every file in their folder); {AGAIN}")
+    return root / name
 
 
 def raw_bytes(img: torch.Tensor) -> bytes:
@@ -169,11 +210,18 @@ def read_split(root: Path, manifest: dict[str, Any], split: str) -> ShardSplit:
     try:
         entry = manifest["splits"][split]
         shards = entry["shards"]
-        index_file = root / entry["index"]
+        index_file = entry["index"]
     except (KeyError, TypeError):
         raise ShardsError(f"{root / MANIFEST} lacks the {split} split's entry: write the "
                           "shards again with `zfnet shards`") from None
-    again = "the shards are incomplete or were changed: write them again with `zfnet shards`"
+    again = AGAIN
+    index_file = _inside(root, index_file, f"the {split} index")
+    if not isinstance(shards, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("count"), int)
+            and isinstance(s.get("bytes"), int) for s in shards):
+        raise ShardsError(f"{root / MANIFEST}: the {split} split's \"shards\" are not a list of "
+                          f"file, count and bytes entries; {again}")
+    files = [_inside(root, s.get("file"), f"the {split} shard") for s in shards]
     try:
         index = np.load(index_file, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as e:
@@ -181,7 +229,17 @@ def read_split(root: Path, manifest: dict[str, Any], split: str) -> ShardSplit:
     if index.ndim != 2 or index.shape != (entry["count"], 4) or index.dtype != np.int64:
         raise ShardsError(f"{index_file} does not index the manifest's {entry['count']} "
                           f"{split} samples; {again}")
-    files = [root / s["file"] for s in shards]
+    if len(index):
+        numbers, labels = index[:, SHARD], index[:, LABEL]
+        if numbers.min() < 0 or numbers.max() >= len(files):
+            wrong = numbers.max() if numbers.max() >= len(files) else numbers.min()
+            raise ShardsError(f"{index_file} points at {split} shard {wrong}, but the manifest "
+                              f"lists {len(files)} {split} shards; {again}")
+        classes = len(manifest["classes"])
+        if labels.min() < 0 or labels.max() >= classes:
+            wrong = labels.max() if labels.max() >= classes else labels.min()
+            raise ShardsError(f"{index_file} holds label {wrong}, the manifest names {classes} "
+                              f"classes (labels 0 to {classes - 1}); {again}")
     counts = np.bincount(index[:, SHARD], minlength=len(files)) if len(index) else []
     for k, (f, s) in enumerate(zip(files, shards, strict=True)):
         size = f.stat().st_size if f.is_file() else None
@@ -372,7 +430,8 @@ def load_shards(
     the shards were written from."""
     if spec.path is None:
         raise ValueError(f"shards needs a folder: {FORM}")
-    root = Path(spec.path).expanduser()
+    # absolute, as a run saves its dataset's path: each file named alike from every command
+    root = Path(os.path.abspath(Path(spec.path).expanduser()))
     manifest = read_manifest(root)
     all_names = list(manifest["classes"])
     opts = check_options(spec, IMAGEFOLDER_OPTIONS | {
@@ -424,7 +483,7 @@ def _check_resolution(root: Path, manifest: dict[str, Any], side: int) -> None:
     if stored and side > stored:
         warnings.warn(f"the shards in {root} hold images at {stored} px (shorter side): "
                       f"{side} px inputs upsample them; write shards with --resize {side} (or "
-                      "--original) for these inputs", stacklevel=3)
+                      "--original) for these inputs", ResolutionWarning, stacklevel=1)
 
 
 def _mean(root: Path, manifest: dict[str, Any], train: ShardSplit, rows: list[int],
@@ -436,7 +495,7 @@ def _mean(root: Path, manifest: dict[str, Any], train: ShardSplit, rows: list[in
     stored = manifest.get("mean") or {}
     if stored.get("full_size") == full_size and rows == list(range(len(train))):
         try:
-            arr = np.load(root / stored["file"], allow_pickle=False)
+            arr = np.load(_inside(root, stored["file"], "the mean image"), allow_pickle=False)
         except (OSError, ValueError, KeyError):
             arr = None  # recomputed below
         if arr is not None and arr.shape == (3, full_size, full_size):
