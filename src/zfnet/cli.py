@@ -492,7 +492,7 @@ _LOADER = click.option(
               help="Where the data layer may cache the mean image.")
 @click.option("--strict/--no-strict", default=None,
               help="Stop at the first broken image file with an error naming it (default: "
-                   "skip it with a warning, counted per epoch in metrics.csv).")
+                   "skip it with a warning naming it once, counted per epoch in metrics.csv).")
 @click.option("--resume", is_flag=True, default=None,
               help="Continue the run in --out exactly where its last checkpoint left it.")
 @click.option("--progress/--quiet", default=None, help="Progress bar and epoch lines.")
@@ -533,11 +533,23 @@ def train_cmd(**opts) -> None:
 
             sys.exit(EXIT_INTERRUPTED[signal.Signals[summary["signal"] or "SIGTERM"]])
         return
+    from zfnet.train.logs import top5_words
+
     final = summary["final"]
-    if final and final.get("val_top1_error") is not None:
-        click.echo(f"epoch {final['epoch']}: val top-1 error {final['val_top1_error']:.2%}, "
-                   f"top-5 {final['val_top5_error']:.2%}")
-    click.echo(f"{summary['status']} in {summary['wall_time_s']:.0f} s on {summary['device']}; "
+    figures = (f"epoch {final['epoch']}: val top-1 error {final['val_top1_error']:.2%}, "
+               f"{top5_words(final['val_top5_error'], summary.get('num_classes'))}"
+               if final and final.get("val_top1_error") is not None else "")
+    steps = summary.get("step_in_epoch") or 0  # a checkpoint saved that far into the next epoch
+    if steps:
+        into = summary.get("epochs_completed", 0) + 1
+        click.echo(f"stopped {steps} step{'s' if steps != 1 else ''} into epoch {into}"
+                   + (f" ({figures})" if figures else ""))
+    elif figures:
+        click.echo(figures)
+    processes = summary.get("world_size", 1)
+    where = f"{processes} processes ({summary['device']})" if processes > 1 \
+        else summary["device"]
+    click.echo(f"{summary['status']} in {summary['wall_time_s']:.0f} s on {where}; "
                f"run: {summary['run_dir']}; checkpoint: {summary['checkpoint']}")
     if summary["plan"]:
         from zfnet.train.budget import Plan
@@ -734,21 +746,25 @@ def _byte_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
                    "decode; 3 x resize^2 bytes an image (192 KiB at 256 px: 255 GB for "
                    "ImageNet's training split), read at that many bytes an image.")
 @click.option("--shard-size", default="1GB", show_default=True, callback=_byte_size,
-              metavar="SIZE", help="Bytes per shard at most, e.g. 1GB, 500MB, 2GiB.")
+              metavar="SIZE", help="Bytes per shard at most, e.g. 1GB, 500MB, 2GiB; a shard "
+                                   "holds at least one image (a larger one gets its own).")
 @click.option("--quality", type=click.IntRange(1, 100),
               help="JPEG quality of the re-encoded images (default 90).")
-@click.option("--workers", type=click.IntRange(0),
-              help="Decoding processes (default: one per core, up to 8; 0: this one).")
+@click.option("--workers", callback=_workers, metavar="auto|N",
+              help="Decoding processes (default auto: one per core, up to 8; 0: this one).")
 @click.option("--progress/--quiet", default=True, help="Progress bars.")
 def shards_cmd(source: str, out: str, resize: int | None, original: bool, square: bool,
-               raw: bool, shard_size: int, quality: int | None, workers: int | None,
+               raw: bool, shard_size: int, quality: int | None, workers: int | str | None,
                progress: bool) -> None:
     """Write the image folder SOURCE (imagefolder:DIR, both splits; a flat val folder, as
     ImageNet's, with imagefolder:DIR?val_labels=FILE) as webdataset tar shards in OUT, with a
     manifest and an index; then `--data shards:OUT` reads them in every command,
     as it reads imagefolder:DIR. Broken images are skipped and named. OUT appears complete or
-    not at all (an error or Ctrl-C leaves nothing)."""
-    from zfnet.data.shard_writer import DEFAULT_QUALITY, DEFAULT_RESIZE, write_shards
+    not at all (an error, Ctrl-C or SIGTERM leaves nothing; what a killed write left beside OUT,
+    the next write removes). Exit status: 0 written, 130 (SIGINT) / 143 (SIGTERM) interrupted."""
+    import signal
+
+    from zfnet.data.shard_writer import DEFAULT_QUALITY, DEFAULT_RESIZE, Terminated, write_shards
 
     if original and resize not in (None, 0):
         raise click.UsageError(f"--original and --resize {resize} both set what is stored: "
@@ -761,9 +777,14 @@ def shards_cmd(source: str, out: str, resize: int | None, original: bool, square
     if raw and quality is not None:
         raise click.UsageError(f"--quality {quality} is for JPEGs: --raw stores the pixels "
                                "uncompressed")
-    m = write_shards(source, out, resize=resize, shard_size=shard_size,
-                     quality=DEFAULT_QUALITY if quality is None else quality, square=square,
-                     raw=raw, workers=workers, progress=progress)
+    try:
+        m = write_shards(source, out, resize=resize, shard_size=shard_size,
+                         quality=DEFAULT_QUALITY if quality is None else quality, square=square,
+                         raw=raw, workers=None if workers == "auto" else workers,
+                         progress=progress)
+    except Terminated as e:  # as Ctrl-C's "interrupted (SIGINT)" and 130 (zfnet.cli._Commands)
+        click.echo(f"interrupted ({e.signal})", err=True)
+        sys.exit(128 + signal.Signals[e.signal])
     splits = m["splits"]
     skipped = sum(len(s["skipped"]) for s in splits.values())
     what = (f"as {resize} px centre squares" + (" of raw pixels" if raw else "")
@@ -772,6 +793,10 @@ def shards_cmd(source: str, out: str, resize: int | None, original: bool, square
                          for name, s in splits.items())
                + f" {what}" + (f" ({_broken_files(skipped)} skipped)" if skipped else "")
                + f": {out}; read them with --data shards:{out}")
+    over = [s for split in splits.values() for s in split["shards"] if s["bytes"] > shard_size]
+    if over:
+        click.echo(f"note: {len(over)} shard(s) hold one image larger than --shard-size "
+                   f"{shard_size} bytes (a shard holds at least one image)", err=True)
 
 
 @main.command("demo", short_help="Train ZFNet-small, run every analysis, write a report")

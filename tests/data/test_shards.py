@@ -251,6 +251,37 @@ def test_an_out_that_cannot_be_made_is_named_as_given(folder, tmp_path) -> None:
                                  "directory): choose a folder where you may write"), res.output
 
 
+def test_shards_workers_take_what_train_takes(folder, tmp_path) -> None:
+    res = CliRunner().invoke(main, ["shards", f"imagefolder:{folder}?n_train=4&n_val=2",
+                                    "--out", str(tmp_path / "auto"), "--workers", "auto",
+                                    "--resize", "37", "--quiet"])
+    assert res.exit_code == 0 and read_manifest(tmp_path / "auto"), res.output
+    for bad in ("-3", "x"):
+        said = {}
+        for command in (["shards", f"imagefolder:{folder}", "--out", str(tmp_path / "no")],
+                        ["train", "--data", "synthetic", "--out", str(tmp_path / "no")]):
+            res = CliRunner().invoke(main, [*command, "--workers", bad])
+            assert res.exit_code == 2, res.output
+            said[command[0]] = res.output
+        assert said["shards"] == said["train"] == \
+            f"Error: Invalid value for '--workers': '{bad}' is not auto or a number >= 0\n"
+    assert not (tmp_path / "no").exists()
+
+
+def test_shards_smaller_than_an_image_are_told(folder, tmp_path) -> None:
+    res = CliRunner().invoke(main, ["shards", "--help"])
+    assert "a shard holds at least one image" in " ".join(res.output.split())
+    res = CliRunner().invoke(main, ["shards", f"imagefolder:{folder}?n_train=4&n_val=2",
+                                    "--out", str(tmp_path / "small"), "--shard-size", "1kB",
+                                    "--resize", "37", "--quiet"])
+    assert res.exit_code == 0, res.output
+    m = read_manifest(tmp_path / "small")
+    assert [len(s["shards"]) for s in m["splits"].values()] == [4, 2]  # one image each
+    assert res.output.strip().splitlines()[-1] == (
+        "note: 6 shard(s) hold one image larger than --shard-size 1000 bytes (a shard holds at "
+        "least one image)")
+
+
 def test_workers_write_the_same_bytes(folder, resized, tmp_path) -> None:
     out = tmp_path / "two"
     write_shards(f"imagefolder:{folder}", out, resize=37, shard_size=16_000, workers=2)

@@ -328,6 +328,35 @@ def test_under_torchrun_only_the_first_process_prints_the_summary(monkeypatch, t
     assert f"{status} in 1 s on cpu" in r.output
 
 
+@pytest.mark.parametrize(("summary", "said"), [
+    # stopped 4 steps into epoch 16, epoch 15 complete: its name reads epoch_0015_step_000004
+    ({"status": "interrupted", "signal": "SIGINT", "epochs_completed": 15, "step_in_epoch": 4,
+      "final": {"epoch": 15, "val_top1_error": 0.381, "val_top5_error": 0.12},
+      "num_classes": 10, "checkpoint": "r/checkpoints/epoch_0015_step_000004"},
+     "stopped 4 steps into epoch 16 (epoch 15: val top-1 error 38.10%, top-5 12.00%)\n"
+     "interrupted in 1 s on cpu; run: r; checkpoint: r/checkpoints/epoch_0015_step_000004\n"),
+    ({"status": "interrupted", "signal": "SIGINT", "epochs_completed": 0, "step_in_epoch": 1,
+      "final": {}, "checkpoint": "c"}, "stopped 1 step into epoch 1\ninterrupted in 1 s on"),
+    # 5 classes: top-5 as eval words it; 2 processes said
+    ({"status": "completed", "signal": None, "epochs_completed": 2, "step_in_epoch": 0,
+      "final": {"epoch": 2, "val_top1_error": 0.5, "val_top5_error": 0.0}, "num_classes": 5,
+      "world_size": 2, "checkpoint": "c"},
+     "epoch 2: val top-1 error 50.00%, top-5: every one of the 5 classes\n"
+     "completed in 1 s on 2 processes (cpu); run: r; checkpoint: c\n"),
+])
+def test_the_closing_lines_say_where_the_run_stopped(monkeypatch, tmp_path, summary,
+                                                     said) -> None:
+    import zfnet.train
+
+    monkeypatch.chdir(tmp_path)
+
+    summary = {"run_dir": "r", "wall_time_s": 1.0, "device": "cpu", "plan": None, **summary}
+    monkeypatch.setattr(zfnet.train, "train", lambda config: summary)
+    r = CliRunner().invoke(main, ["train", "--data", "synthetic", "--model", "zfnet_small",
+                                  "--out", "r"])
+    assert r.output.startswith(said), r.output
+
+
 def test_a_batch_not_divisible_by_the_processes_says_what_is() -> None:
     import torch
 
