@@ -3,6 +3,7 @@ traceback, and nothing written to --out (absent afterwards, or unchanged when it
 
 import importlib.util
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -521,6 +522,28 @@ def test_ctrl_c_outside_training_exits_130_in_one_line(monkeypatch) -> None:
     monkeypatch.setattr(zfnet.sources, "load_source", interrupted)
     res = CliRunner().invoke(main, ["models", "torchvision:resnet18"])
     assert res.exit_code == 130 and res.output == "interrupted (SIGINT)\n"
+
+
+def test_a_full_or_read_only_disk_is_one_line_and_other_os_errors_stay_bugs(monkeypatch
+                                                                          ) -> None:
+    import errno
+
+    import zfnet.sources
+
+    def fails(number: int):
+        def load(*args, **kwargs):
+            raise OSError(number, os.strerror(number), "/data/out/model.safetensors")
+        return load
+
+    for number in (errno.ENOSPC, errno.EROFS):
+        monkeypatch.setattr(zfnet.sources, "load_source", fails(number))
+        res = CliRunner().invoke(main, ["models", "torchvision:resnet18"])
+        assert res.exit_code == 1 and res.output == (
+            f"Error: {os.strerror(number)}: /data/out/model.safetensors (free space or choose "
+            "another place to write)\n")
+    monkeypatch.setattr(zfnet.sources, "load_source", fails(errno.EIO))
+    res = CliRunner().invoke(main, ["models", "torchvision:resnet18"])
+    assert isinstance(res.exception, OSError)  # not the user's: its traceback is kept
 
 
 def test_under_torchrun_a_usage_error_is_told_once_and_a_process_names_its_own(

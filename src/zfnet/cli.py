@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from collections.abc import Callable
@@ -19,6 +20,10 @@ from zfnet import __version__
 # a bug and keeps its traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
                IsADirectoryError, PermissionError)
+
+
+# errors of the machine a command writes on, told in one line: no space, no quota, read-only
+_MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
 class _OneLine(click.ClickException):
@@ -44,6 +49,12 @@ class _Commands(click.Group):
             rank = _other_rank()
             raise click.ClickException((f"rank {rank}: " if rank else "")
                                        + (" ".join(str(e).split()) or type(e).__name__)) from e
+        except OSError as e:  # the machine's, not the input's: a full disk, a read-only one
+            if e.errno not in _MACHINE_ERRNOS:
+                raise
+            where = f": {e.filename}" if e.filename else ""
+            raise click.ClickException(f"{e.strerror or type(e).__name__}{where} (free space "
+                                       "or choose another place to write)") from e
         except KeyboardInterrupt:  # Ctrl-C outside a training step (which saves and exits 130
             import sys  # itself): the shell's 130, as training's, not click's "Aborted!" 1
 
