@@ -242,6 +242,14 @@ def test_a_flat_layer_is_told_by_its_units(synthetic, tmp_path) -> None:
     assert "(b) Activation of the relu7 unit that is strongest" in section["caption"]
     assert "feature map" not in section["caption"] and "rectified map" not in section["caption"]
     assert section["tables"][0]["columns"][-1] == "strongest unit"
+    assert section["tables"][0]["rows"][0][-1] == f"relu7 unit {r.feature_map}"
+    # the class scores' units: named by their class, where the classes have names
+    occlusion_report(net, synthetic, tmp_path, n_images=1, n_pointing=0, size=16, stride=16,
+                     layer="fc8")
+    section = json.loads((tmp_path / "sections" / "occlusion.json").read_text())
+    unit = occlusion(net, x, layer="fc8", size=16, stride=16).feature_map
+    assert section["tables"][0]["rows"][0][-1] == (
+        f"fc8 unit {unit} ({synthetic.class_names[unit]})")
 
 
 def test_projection_panel_uses_the_display_rule() -> None:

@@ -52,7 +52,7 @@ from zfnet.deconvnet import PRECISIONS
 from zfnet.display import CAPTION as DISPLAY_CAPTION
 from zfnet.display import projection_to_uint8
 from zfnet.incremental import UnsupportedModelError, as_chain, occlusion_logits
-from zfnet.models import eval_mode, last_spatial_layer, resolve_layer
+from zfnet.models import eval_mode, last_spatial_layer, layer_name, resolve_layer, score_layer
 
 METHODS = ("auto", "incremental", "full")
 
@@ -85,6 +85,13 @@ class OcclusionResult:
     def what(self) -> str:
         """What `feature_map` is, in words: "map" of a conv layer, "unit" of a flat one."""
         return "unit" if self.flat else "map"
+
+    @property
+    def unit_words(self) -> str:
+        """`layer`, what its `feature_map` is and its number, and the class it scores where
+        known (meta "unit_name"): "conv5 map 12", "fc unit 3 (tabby cat)"."""
+        name = self.meta.get("unit_name")
+        return f"{self.layer} {self.what} {self.feature_map}" + (f" ({name})" if name else "")
 
     def box(self, i: int, j: int) -> tuple[int, int, int, int]:
         """Occluder of map entry (i, j) as (top, left, bottom, right), bottom/right exclusive."""
@@ -493,14 +500,14 @@ def plot_occlusion(
             title(row[0], f"(a) true: {name(r.target)} (p={_p(r.base_probability)})\n"
                           f"predicted: {name(r.base_label)}")
         im = row[1].imshow(r.activation.numpy(), cmap="jet", extent=extent)
-        title(row[1], f"(b) {'activation' if r.flat else 'total activation'}, {r.layer} "
-                      f"{r.what} {r.feature_map}")
+        title(row[1], f"(b) {'activation' if r.flat else 'total activation'}, "
+                      f"{r.unit_words}")
         fig.colorbar(im, ax=row[1], fraction=0.046)
         if r.projection is not None:
             proj = _projection_display(r.projection)
             row[2].imshow(proj, cmap="gray" if proj.ndim == 2 else None, vmin=0, vmax=255)
             how = "gradient" if r.meta.get("projection_rule") == "gradient" else "deconv"
-            title(row[2], f"(c) {how} projection, {r.layer} {r.what} {r.feature_map}")
+            title(row[2], f"(c) {how} projection, {r.unit_words}")
         else:
             row[2].text(0.5, 0.5, "(c) not computed", ha="center", va="center")
         im = row[3].imshow(r.probability.numpy(), cmap="jet", extent=extent, vmin=0)
@@ -612,6 +619,7 @@ def occlusion_report(
     if pixel_scale is None and pre is not None:
         pixel_scale = pre.pixel_scale()
     layer = layer or default_layer(model, tuple(picks[0][1][0].shape[-2:]))
+    on_scores = layer_name(model, layer) == layer_name(model, score_layer(model))
     panels, rows = [], []
     for i, (x, y) in picks:
         r = occlusion(model, x, target=y if own else None, layer=layer, size=size,
@@ -619,6 +627,8 @@ def occlusion_report(
                       precision=precision)
         if pixel_scale is not None and r.projection is not None:
             r.projection = r.projection * pixel_scale.reshape(-1, 1, 1)
+        if r.flat and names and on_scores and r.feature_map < len(names):
+            r.meta["unit_name"] = names[r.feature_map]  # a class's score
         panels.append((bundle.raw_val(i), r))
         predicted = (names[r.base_label] if names and r.base_label < len(names)
                      else str(r.base_label))
@@ -626,7 +636,7 @@ def occlusion_report(
             if bundle.class_names else []  # a folder of photos has none
         rows.append([file_name(val, i) or i, *true, predicted,
                      _p(r.base_probability), _p(float(r.probability.min())),
-                     f"{r.layer}:{r.feature_map}"])
+                     r.unit_words])
     fig_path = plot_occlusion(panels, names, run_dir / "occlusion" / "fig7_occlusion.png")
     first = panels[0][1]
     metrics: dict[str, Any] = {"occluder_px": first.size, "stride_px": first.stride,

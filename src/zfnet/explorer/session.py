@@ -798,6 +798,9 @@ class Explorer:
         model = self.job_model()
         result = occlusion(model, entry.x, layer=layer, feature_map=unit, progress=progress,
                            precision=self.occlusion_precision)
+        named = self.unit_name(self.layer(result.layer), result.feature_map)
+        if named is not None:
+            result.meta["unit_name"] = named  # a class's score
         if result.projection is not None:
             result.projection = result.projection * self.pre.pixel_scale().reshape(-1, 1, 1)
         buf = io.BytesIO()
