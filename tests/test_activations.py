@@ -168,3 +168,41 @@ def test_layers_without_maps_are_refused_by_name_and_named_maps_are_shown(tmp_pa
     with pytest.raises(ValueError, match="no convolution with a spatial map to show; name the "
                                          "layers"):
         run_topk_gallery(model, data, None, k=2, out_dir=tmp_path / "none")
+
+
+class _Viewed(nn.Module):
+    """An old-style forward that `.view()`s its maps: it fails on channels-last memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4 * 14 * 14, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).view(x.size(0), -1))
+
+
+def test_cpu_inputs_go_channels_last_where_the_model_takes_them() -> None:
+    """Faster convolutions on the CPU (bench/bench_cpu_layout.py), the same numbers up to
+    rounding; a model that cannot take them keeps its layout; the probe runs no hook."""
+    import torchvision
+
+    from zfnet.activations import cpu_layout, to_model
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 16, 16)
+    net = torchvision.models.resnet18(num_classes=5).eval()
+    calls = []
+    handle = net.layer1.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        fast = to_model(net, x)
+    finally:
+        handle.remove()
+    assert fast.is_contiguous(memory_format=torch.channels_last) and calls == []
+    with torch.inference_mode():
+        torch.testing.assert_close(net(fast), net(x.contiguous()), rtol=1e-4, atol=1e-5)
+    old = _Viewed()
+    assert cpu_layout(old, x).is_contiguous() and old(to_model(old, x)).shape == (3, 2)
+    assert not any(m._forward_hooks for m in net.modules())
+    flat = torch.randn(3, 8)  # not maps: as it is
+    assert cpu_layout(net, flat) is flat

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from zfnet.activations import capture
+from zfnet.activations import capture, cpu_layout
 from zfnet.analyses.classes import labels_are_classes
 from zfnet.data.picks import file_name, pick_items
 from zfnet.deconvnet import PRECISIONS
@@ -194,7 +194,7 @@ def _full_logits(
             t, lft, b, r = boxes[start:start + batch_size].to(image.device).unbind(1)
             inside = ((ys >= t[:, None, None]) & (ys < b[:, None, None])
                       & (xs >= lft[:, None, None]) & (xs < r[:, None, None]))  # (B, H, W)
-            x = torch.where(inside[:, None], fill, image)  # (B, C, H, W)
+            x = cpu_layout(model, torch.where(inside[:, None], fill, image))  # (B, C, H, W)
             logits.append(model(x))
             act = store[watch[0]][:, watch[1]].clamp(min=0)
             watched.append(act.reshape(len(x), -1).sum(1))

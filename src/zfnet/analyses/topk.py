@@ -36,7 +36,7 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-from zfnet.activations import capture, shown_units
+from zfnet.activations import capture, cpu_layout, shown_units
 from zfnet.data.workers import Loader
 from zfnet.deconvnet import feature_chain
 from zfnet.models import chain_runs_as_forward, eval_mode, resolve_layer
@@ -292,7 +292,7 @@ def mine_topk(
             if x.ndim != 4:
                 raise ValueError(f"items must be images (C, H, W); got a batch of {tuple(x.shape)}"
                                  " (ten-crop data? mine the centre crops)")
-            x = x.to(dev, dtype, non_blocking=True)
+            x = cpu_layout(model, x.to(dev, dtype, non_blocking=True))
             if chain is not None and store is None and not chain_runs_as_forward(model, x):
                 chain = None  # its forward does more than walk the chain: read it by hooks
                 store = stack.enter_context(capture(model, list(layers)))
