@@ -214,42 +214,41 @@ def read_split(root: Path, manifest: dict[str, Any], split: str) -> ShardSplit:
     except (KeyError, TypeError):
         raise ShardsError(f"{root / MANIFEST} lacks the {split} split's entry: write the "
                           "shards again with `zfnet shards`") from None
-    again = AGAIN
     index_file = _inside(root, index_file, f"the {split} index")
     if not isinstance(shards, list) or not all(
             isinstance(s, dict) and isinstance(s.get("count"), int)
             and isinstance(s.get("bytes"), int) for s in shards):
         raise ShardsError(f"{root / MANIFEST}: the {split} split's \"shards\" are not a list of "
-                          f"file, count and bytes entries; {again}")
+                          f"file, count and bytes entries; {AGAIN}")
     files = [_inside(root, s.get("file"), f"the {split} shard") for s in shards]
     try:
         index = np.load(index_file, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise ShardsError(f"{index_file} is missing or unreadable ({e}); {again}") from None
+        raise ShardsError(f"{index_file} is missing or unreadable ({e}); {AGAIN}") from None
     if index.ndim != 2 or index.shape != (entry["count"], 4) or index.dtype != np.int64:
         raise ShardsError(f"{index_file} does not index the manifest's {entry['count']} "
-                          f"{split} samples; {again}")
+                          f"{split} samples; {AGAIN}")
     if len(index):
         numbers, labels = index[:, SHARD], index[:, LABEL]
         if numbers.min() < 0 or numbers.max() >= len(files):
             wrong = numbers.max() if numbers.max() >= len(files) else numbers.min()
             raise ShardsError(f"{index_file} points at {split} shard {wrong}, but the manifest "
-                              f"lists {len(files)} {split} shards; {again}")
+                              f"lists {len(files)} {split} shards; {AGAIN}")
         classes = len(manifest["classes"])
         if labels.min() < 0 or labels.max() >= classes:
             wrong = labels.max() if labels.max() >= classes else labels.min()
             raise ShardsError(f"{index_file} holds label {wrong}, the manifest names {classes} "
-                              f"classes (labels 0 to {classes - 1}); {again}")
+                              f"classes (labels 0 to {classes - 1}); {AGAIN}")
     counts = np.bincount(index[:, SHARD], minlength=len(files)) if len(index) else []
     for k, (f, s) in enumerate(zip(files, shards, strict=True)):
         size = f.stat().st_size if f.is_file() else None
         if size is None:
-            raise ShardsError(f"{f} is missing; {again}")
+            raise ShardsError(f"{f} is missing; {AGAIN}")
         if size != s["bytes"]:
-            raise ShardsError(f"{f} has {size} bytes, the manifest says {s['bytes']}; {again}")
+            raise ShardsError(f"{f} has {size} bytes, the manifest says {s['bytes']}; {AGAIN}")
         if counts[k] != s["count"]:
             raise ShardsError(f"{index_file} has {counts[k]} samples in {f.name}, the manifest "
-                              f"says {s['count']}; {again}")
+                              f"says {s['count']}; {AGAIN}")
     return ShardSplit(root, split, files, np.asarray(index))
 
 
