@@ -669,6 +669,7 @@ def eval_cmd(checkpoint: str | None, model: str | None, weights: str | None,
     from zfnet.train import evaluate_checkpoint, evaluate_source
     from zfnet.train.checkpoint import checkpoint_label
     from zfnet.train.distributed import processes
+    from zfnet.train.logs import top5_words
 
     if (checkpoint is None) == (model is None):
         raise click.UsageError("give the model to score: --checkpoint RUN, or --model SOURCE "
@@ -706,8 +707,7 @@ def eval_cmd(checkpoint: str | None, model: str | None, weights: str | None,
     label = checkpoint_label(r["epoch"], r["step_in_epoch"])
     epoch = f" ({label})" if label else ""
     classes = len(r["per_class_accuracy"])
-    top5 = (f"top-5 error {r['top5_error']:.2%}" if classes > 5
-            else f"top-5: every one of the {classes} classes")
+    top5 = top5_words(r["top5_error"], classes, "top-5 error")
     matched = r.get("matched")
     among = (f" (each class scored by the output --labels names it; among {matched[0]} of the "
              f"model's {matched[1]} classes)" if matched and matched[0] < matched[1] else

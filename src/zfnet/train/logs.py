@@ -45,12 +45,12 @@ def epoch_row(epoch: int, global_step: int, lr: float, sums: dict[str, float],
     }
 
 
-def top5_words(error: float, classes: int | None) -> str:
-    """The top-5 figure as `zfnet eval` words it: with 5 classes or fewer every class is among
-    the top 5 (the error is 0 by definition), which is said instead of "0.00%"."""
+def top5_words(error: float, classes: int | None, label: str = "top-5") -> str:
+    """The top-5 figure in words, `label` and the error: with 5 classes or fewer every class is
+    among the top 5 (the error is 0 by definition), which is said instead of "0.00%"."""
     if classes is not None and classes <= 5:
         return f"top-5: every one of the {classes} classes"
-    return f"top-5 {error:.2%}"
+    return f"{label} {error:.2%}"
 
 
 def epoch_lines(row: dict[str, Any], epochs: int, validated: bool,
