@@ -142,7 +142,7 @@ def _one_line_warnings() -> None:
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
         if getattr(category, "one_line", False):
-            click.echo(f"warning: {message}", err=True)
+            click.echo(f"{getattr(category, 'prefix', 'warning')}: {message}", err=True)
         else:
             default(message, category, filename, lineno, file, line)
 
@@ -771,8 +771,9 @@ def shards_cmd(source: str, out: str, resize: int | None, original: bool, square
     ImageNet's, with imagefolder:DIR?val_labels=FILE) as webdataset tar shards in OUT, with a
     manifest and an index; then `--data shards:OUT` reads them in every command,
     as it reads imagefolder:DIR. Broken images are skipped and named. OUT appears complete or
-    not at all (an error, Ctrl-C or SIGTERM leaves nothing; what a killed write left beside OUT,
-    the next write removes). Exit status: 0 written, 130 (SIGINT) / 143 (SIGTERM) interrupted."""
+    not at all: a write stopped (Ctrl-C, SIGTERM, an error, a kill) keeps its finished shards in
+    a hidden folder beside OUT, and the same command continues it, to the same bytes. Exit
+    status: 0 written, 130 (SIGINT) / 143 (SIGTERM) interrupted."""
     import signal
 
     from zfnet.data.shard_writer import DEFAULT_QUALITY, DEFAULT_RESIZE, Terminated, write_shards

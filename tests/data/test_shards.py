@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -234,12 +235,285 @@ def test_folders_of_killed_writes_are_removed_by_the_next(folder, tmp_path) -> N
         os.close(lock)
     said = [str(w.message) for w in seen if w.category is writer_mod.StaleWriteWarning]
     assert sorted(said) == sorted([
-        f"removed {killed} (0.0 MB), left by an earlier write of {out} that was killed",
-        f"removed {empty} (0.0 MB), left by an earlier write of {out} that was killed",
+        f"removed {killed} (0.0 MB), left by an earlier write of {out} that was killed before "
+        "it finished a shard",
+        f"removed {empty} (0.0 MB), left by an earlier write of {out} that was killed before it "
+        "finished a shard",
         f"{mixed} looks like what an interrupted `zfnet shards --out {out}` leaves, but holds "
         "other things too (e.g. notes.txt): kept; remove it if it is one"])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         p.name for p in (out, mixed, running, other, odd))
+
+
+def _stop_at(monkeypatch, k: int, exc: BaseException) -> None:
+    """`exc` raised as the k-th image is about to be added to a shard (both splits counted)."""
+    real, calls = writer_mod._SplitWriter.add, {"n": 0}
+
+    def stopping(self, *args):
+        calls["n"] += 1
+        if calls["n"] == k:
+            raise exc
+        real(self, *args)
+
+    monkeypatch.setattr(writer_mod._SplitWriter, "add", stopping)
+
+
+def _same_shards(out: Path, reference: Path) -> None:
+    """`out` holds `reference`'s files byte for byte, and its manifest but for id and time."""
+    names = sorted(p.name for p in reference.iterdir())
+    assert sorted(p.name for p in out.iterdir()) == names  # no journal, rows or sums left
+    for name in names:
+        if name != "manifest.json":
+            assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    mine, theirs = read_manifest(out), read_manifest(reference)
+    for m in (mine, theirs):
+        del m["id"], m["created"]
+    assert mine == theirs
+
+
+# 21 training images (one file broken) in 7 shards of 3, then 6 val ones in 2: image 12 is in
+# train's fourth shard, 22 is val's first image (train saved whole), 25 in val's second shard;
+# a run that continues from train's 10th image stops at its 16th: in val's second shard
+@pytest.mark.parametrize(("stops", "workers"), [((12,), 0), ((22,), 0), ((12, 16), 0),
+                                                ((25,), 2)])
+def test_an_interrupted_write_continues_to_the_same_bytes(folder, resized, tmp_path, monkeypatch,
+                                                          stops, workers) -> None:
+    out, spec = tmp_path / "out", f"imagefolder:{folder}"
+    if workers:
+        monkeypatch.setattr(writer_mod, "CHUNK", 4)  # several tasks: the workers write some
+    ids, real = set(), writer_mod._SplitWriter.add
+    for k in stops:  # each run stops at its k-th image; the next continues it
+        _stop_at(monkeypatch, k, KeyboardInterrupt())
+        with pytest.warns(writer_mod.PartialWriteNote) as seen, \
+                pytest.raises(KeyboardInterrupt):
+            write_shards(spec, out, resize=37, shard_size=16_000, workers=workers)
+        (kept,) = tmp_path.iterdir()
+        assert not out.exists() and kept.name.startswith(".out.tmp-")
+        note = str(seen[-1].message)
+        assert note.startswith(f"kept what this write of {out} did in {kept} (") and note.endswith(
+            " are written): the same command continues it; remove that folder to start again")
+        ids.add(json.loads((kept / "journal.json").read_text())["id"])
+        monkeypatch.setattr(writer_mod._SplitWriter, "add", real)
+    with pytest.warns(writer_mod.PartialWriteNote, match=rf"continuing the interrupted write of "
+                      rf"{re.escape(str(out))} kept in {re.escape(str(kept))}: ") as seen:
+        write_shards(spec, out, resize=37, shard_size=16_000, workers=workers)
+    _same_shards(out, resized)
+    assert len(ids) == 1 and read_manifest(out)["id"] in ids  # one write, continued
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_what_was_kept_is_told_by_split(folder, resized, tmp_path, monkeypatch) -> None:
+    out = tmp_path / "out"
+    for k, said in ((12, "train's first 9 of 22 images (3 shards)"),  # the second continues
+                    (17, "all 22 train images and val's first 3 of 6 images (1 shard)")):
+        _stop_at(monkeypatch, k, KeyboardInterrupt())
+        with pytest.warns(writer_mod.PartialWriteNote, match=re.escape(f"({said} are written)")), \
+                pytest.raises(KeyboardInterrupt):
+            write_shards(f"imagefolder:{folder}", out, resize=37, shard_size=16_000, workers=0)
+        monkeypatch.undo()
+        if k == 12:  # a copy of the first: two writes of OUT stopped, this one not as far
+            (kept,) = tmp_path.iterdir()
+            shutil.copytree(kept, tmp_path.parent / f"{tmp_path.name}-copy")
+    behind = tmp_path / f".out.tmp-{os.urandom(16).hex()}"
+    shutil.move(tmp_path.parent / f"{tmp_path.name}-copy", behind)
+    size = sum(f.stat().st_size for f in behind.iterdir()) / 1e6
+    with pytest.warns(writer_mod.StaleWriteWarning) as seen:
+        write_shards(f"imagefolder:{folder}", out, resize=37, shard_size=16_000, workers=0)
+    assert [str(w.message) for w in seen if w.category is writer_mod.StaleWriteWarning] == [
+        f"removed {behind} ({size:.1f} MB), left by an earlier write of {out} that stopped before "
+        f"{kept.name}, which is continued"]
+    _same_shards(out, resized)
+
+
+def test_errors_keep_what_can_be_continued(folder, resized, tmp_path, monkeypatch) -> None:
+    import errno
+
+    out, spec = tmp_path / "out", f"imagefolder:{folder}"
+    _stop_at(monkeypatch, 3, OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(OSError):  # no shard closed yet: nothing to keep
+        write_shards(spec, out, resize=37, shard_size=16_000, workers=0)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    for k, error in ((14, OSError(errno.ENOSPC, "No space left on device")),
+                     (5, RuntimeError("the first run's images, then this"))):
+        _stop_at(monkeypatch, k, error)
+        with pytest.warns(writer_mod.PartialWriteNote, match="kept what this write"), \
+                pytest.raises(type(error)):
+            write_shards(spec, out, resize=37, shard_size=16_000, workers=0)
+        monkeypatch.undo()
+        assert len(list(tmp_path.iterdir())) == 1
+    with pytest.warns(writer_mod.PartialWriteNote, match=r"continuing .*: train's first 15 of "):
+        write_shards(spec, out, resize=37, shard_size=16_000, workers=0)
+    _same_shards(out, resized)
+
+
+_KILL_AT = """
+import os, signal, sys
+from zfnet.data import shard_writer as w
+what, k = sys.argv[3], int(sys.argv[4])
+real, calls = getattr(w, what.split(".")[0]), {"n": 0}
+cls, name = getattr(w, what.split(".")[0]), what.split(".")[1]
+method = getattr(cls, name)
+def killing(self, *args):
+    calls["n"] += 1
+    if calls["n"] == k:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return method(self, *args)
+setattr(cls, name, killing)
+w.write_shards(sys.argv[1], sys.argv[2], resize=37, shard_size=16_000, workers=0)
+"""
+
+
+# SIGKILL as image 17 is added (a shard half written), and in the middle of saving the journal
+# for train's third closed shard (its rows appended and its sum written, the journal not yet)
+@pytest.mark.parametrize(("what", "k"), [("_SplitWriter.add", 17), ("_Journal._save", 3)])
+def test_a_write_killed_outright_continues_to_the_same_bytes(folder, resized, tmp_path, what,
+                                                             k) -> None:
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, "-c", _KILL_AT, f"imagefolder:{folder}", str(out), what,
+                        str(k)], env=process_env(), capture_output=True, text=True, timeout=120)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    (kept,) = tmp_path.iterdir()
+    assert (kept / "journal.json").is_file() and not out.exists()
+    with pytest.warns(writer_mod.PartialWriteNote, match="continuing the interrupted write"):
+        write_shards(f"imagefolder:{folder}", out, resize=37, shard_size=16_000, workers=0)
+    _same_shards(out, resized)
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+_SLOW_CHUNKS = """
+import sys, time
+from zfnet.cli import main
+from zfnet.data import shard_writer as w
+w.CHUNK = 2
+real = w._Chunks.__getitem__
+def slow(self, c):  # a slow chunk with a large result: the queue to the main process fills
+    time.sleep(0.3)
+    return {**real(self, c), "pad": bytes(2**20)}
+w._Chunks.__getitem__ = slow
+main(sys.argv[1:])
+"""
+
+
+def test_ctrl_c_with_workers_keeps_the_write_and_ends_at_once(folder, resized, tmp_path) -> None:
+    """Ctrl-C in a terminal: SIGINT to the whole process group, the writing workers too, while
+    they hold results the main process has not read. The command ends with no worker left,
+    keeping the write, which the same command continues."""
+    out = tmp_path / "out"
+    command = ["shards", f"imagefolder:{folder}", "--out", str(out), "--resize", "37",
+               "--shard-size", "16kB", "--workers", "2", "--quiet"]
+    p = subprocess.Popen([sys.executable, "-c", _SLOW_CHUNKS, *command], env=process_env(),
+                         start_new_session=True, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):  # until the first shard is saved
+            if list(tmp_path.glob(".out.tmp-*/journal.json")) or p.poll() is not None:
+                break
+            time.sleep(0.05)
+        os.killpg(p.pid, signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        stop_group(p)
+    assert p.returncode == 130, err
+    assert err.splitlines()[-1] == "interrupted (SIGINT)" and "note: kept what this write" in err
+    with pytest.raises(ProcessLookupError):  # no worker left behind
+        for _ in range(100):
+            os.killpg(p.pid, 0)
+            time.sleep(0.05)
+    with pytest.warns(writer_mod.PartialWriteNote, match="continuing the interrupted write"):
+        write_shards(f"imagefolder:{folder}", out, resize=37, shard_size=16_000, workers=0)
+    _same_shards(out, resized)
+
+
+_CTRL_C_AT_FORK = """
+import multiprocessing.process, os, signal, sys
+from zfnet.cli import main
+from zfnet.data import shard_writer
+shard_writer.CHUNK = 2  # tasks for two workers in each split
+real, started = multiprocessing.process.BaseProcess.start, []
+def start(self):  # Ctrl-C as val's first writing worker is started
+    real(self)
+    started.append(self)
+    if len(started) == 3:
+        os.killpg(0, signal.SIGINT)
+multiprocessing.process.BaseProcess.start = start
+main(sys.argv[1:])
+"""
+
+
+def test_ctrl_c_while_workers_start_is_not_lost(folder, tmp_path) -> None:
+    """SIGINT to the group while the DataLoader forks its workers: neither lost (Python drops a
+    KeyboardInterrupt raised in its at-fork callbacks) nor leaving workers that the exit then
+    waits for."""
+    out = tmp_path / "out"
+    command = ["shards", f"imagefolder:{folder}", "--out", str(out), "--resize", "37",
+               "--shard-size", "16kB", "--workers", "2", "--quiet"]
+    p = subprocess.Popen([sys.executable, "-c", _CTRL_C_AT_FORK, *command], env=process_env(),
+                         start_new_session=True, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = p.communicate(timeout=60)
+    finally:
+        stop_group(p)
+    assert p.returncode == 130, err
+    assert err.splitlines()[-2:] == [
+        f"note: kept what this write of {out} did in {next(tmp_path.iterdir())} (all 22 train "
+        "images are written): the same command continues it; remove that folder to start "
+        "again", "interrupted (SIGINT)"], err
+
+
+def test_an_interrupted_write_of_other_settings_is_not_continued(folder, tmp_path,
+                                                                 monkeypatch) -> None:
+    out, spec = tmp_path / "out", f"imagefolder:{folder}"
+    _stop_at(monkeypatch, 12, KeyboardInterrupt())
+    with pytest.warns(writer_mod.PartialWriteNote), pytest.raises(KeyboardInterrupt):
+        write_shards(spec, out, resize=37, shard_size=16_000, workers=0)
+    monkeypatch.undo()
+    (kept,) = tmp_path.iterdir()
+    before = sorted((p.name, p.stat().st_size) for p in kept.iterdir())
+    for args, said in (
+            ({"resize": 40, "shard_size": 16_000}, "--resize 37 (now --resize 40)"),
+            ({"resize": 37, "shard_size": 10**9, "square": True},
+             "--square off (now --square on), --shard-size 16000 (now --shard-size 1000000000)"),
+            ({"resize": 37, "shard_size": 16_000, "spec": f"{spec}?n_train=4"},
+             "22 train and 6 val images (now 4 train and 6 val images)")):
+        with pytest.raises(FileExistsError) as e:
+            write_shards(args.pop("spec", spec), out, workers=0, **args)
+        assert str(e.value) == (
+            f"{kept} holds an interrupted write of {out} with other settings ({said}): run the "
+            "command that started it to continue it, or remove that folder to write with these")
+    assert sorted((p.name, p.stat().st_size) for p in kept.iterdir()) == before  # untouched
+    assert list(tmp_path.iterdir()) == [kept]
+    (kept / "train-000001.tar").unlink()  # damaged: told, not continued, kept as it is
+    before = sorted(p.name for p in kept.iterdir())
+    with pytest.raises(ValueError, match=re.escape(
+            f"{kept} cannot be continued: train-000001.tar is missing, written as ")):
+        write_shards(spec, out, resize=37, shard_size=16_000, workers=0)
+    assert sorted(p.name for p in kept.iterdir()) == before
+
+
+def test_the_command_keeps_an_interrupted_write_and_continues_it(folder, resized, tmp_path,
+                                                                  monkeypatch) -> None:
+    out = tmp_path / "out"
+    command = ["shards", f"imagefolder:{folder}", "--out", str(out), "--resize", "37",
+               "--shard-size", "16kB", "--workers", "0", "--quiet"]
+    _stop_at(monkeypatch, 12, KeyboardInterrupt())
+    res = CliRunner().invoke(main, command)
+    assert res.exit_code == 130, res.output
+    (kept,) = tmp_path.iterdir()
+    assert res.output.splitlines()[-2:] == [
+        f"note: kept what this write of {out} did in {kept} (train's first 9 of 22 images "
+        "(3 shards) are written): the same command continues it; remove that folder to start "
+        "again", "interrupted (SIGINT)"]
+    monkeypatch.undo()
+    res = CliRunner().invoke(main, command)
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines()[0] == (
+        f"note: continuing the interrupted write of {out} kept in {kept}: train's first 9 of "
+        "22 images (3 shards) are written")
+    _same_shards(out, resized)
+    res = CliRunner().invoke(main, [*command[:4], "--resize", "40"])
+    assert res.exit_code == 1 and "exists and is not an empty folder" in res.output
 
 
 def test_an_out_that_cannot_be_made_is_named_as_given(folder, tmp_path) -> None:

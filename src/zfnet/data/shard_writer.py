@@ -11,10 +11,14 @@ bytes. The training split's mean image at 256 px (the paper's full size) is
 computed on the way, from the stored images as a reader decodes them. Format:
 `zfnet.data.shards`.
 
-Atomic: everything is written into a hidden folder beside OUT (`.OUT.tmp-<hex>`), renamed to
-OUT at the end; an error, Ctrl-C or SIGTERM removes it, so OUT is either complete or absent. A
-write killed outright (SIGKILL) cannot remove its folder: the next write of OUT does
-(`_remove_stale`). Tar members carry a fixed mtime: the same folder gives byte-identical shards.
+Atomic and resumable: everything is written into a hidden folder beside OUT (`.OUT.tmp-<hex>`),
+renamed to OUT at the end, so OUT is either complete or absent. Each closed shard is recorded in
+the folder's journal (`_Journal`: the shards, their index rows, the mean's running sum, where
+the next image starts), so Ctrl-C, SIGTERM, an error (a full disk) or a write killed outright
+(SIGKILL, a crash) loses at most the shard being written: the same command run again continues
+from the last closed one (`_take_over`), and gives the same bytes as a write never interrupted.
+A write stopped before its first shard is closed leaves nothing. Tar members carry a fixed
+mtime: the same folder gives byte-identical shards.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import contextlib
 import ctypes
 import fcntl
 import functools
+import hashlib
 import io
 import json
 import math
@@ -35,7 +40,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +67,10 @@ CHUNK = 32  # images per task of a writing worker
 TAR_FORMAT = tarfile.PAX_FORMAT  # any name length and characters (USTAR: 256 ASCII bytes)
 _BLOCK = 512  # tar's block: every member is a header block and its data padded to blocks
 # What a write puts in its hidden folder: nothing else is removed as a killed write's leftovers
-_WRITTEN = re.compile(r"(train|val)-(\d{6}\.tar|index\.npy)|mean-\d+\.npy|manifest\.json"
-                      r"|\.manifest\.json\.tmp-[0-9a-f]{32}")
+_WRITTEN = re.compile(r"(train|val)-(\d{6}\.tar|index\.npy|rows\.bin|sum-\d{6}\.npy)|mean-\d+\.npy"
+                      r"|(manifest|journal)\.json|\.(manifest|journal)\.json\.tmp-[0-9a-f]{32}")
+JOURNAL = "journal.json"  # a write's progress, in its hidden folder only
+JOURNAL_FORMAT = "zfnet-shards-journal/1"
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
@@ -79,6 +86,13 @@ class StaleWriteWarning(UserWarning):
     """A hidden folder left beside OUT by a write that was killed: removed, or named and kept."""
 
     one_line = True  # `zfnet` prints it as one line (zfnet.cli)
+
+
+class PartialWriteNote(UserWarning):
+    """What an interrupted write kept (and how to continue it), or that a write continues one."""
+
+    one_line = True  # `zfnet` prints it as one line (zfnet.cli)
+    prefix = "note"
 
 
 def parse_size(text: str) -> int:
@@ -179,8 +193,10 @@ class _SplitWriter:
     """A split's samples into tar shards of at most about `shard_size` bytes, recording where
     each image's bytes start (its index row)."""
 
-    def __init__(self, folder: Path, split: str, shard_size: int) -> None:
+    def __init__(self, folder: Path, split: str, shard_size: int,
+                 on_close: Callable[[_SplitWriter], None] | None = None) -> None:
         self.folder, self.split, self.shard_size = folder, split, shard_size
+        self.on_close = on_close  # called as each shard but the last is closed (the journal)
         self.shards: list[dict[str, Any]] = []
         self.rows: list[tuple[int, int, int, int]] = []
         self.file: Any = None
@@ -202,7 +218,10 @@ class _SplitWriter:
         self.shards[-1]["count"] += 1
 
     def _next(self) -> None:
-        self._close()
+        if self.tar is not None:
+            self._close()
+            if self.on_close is not None:
+                self.on_close(self)
         name = shard_name(self.split, len(self.shards))
         self.file = open(self.folder / name, "wb")  # noqa: SIM115 (closed in _close)
         # mtime an int: a float one would take a PAX header per member
@@ -212,6 +231,8 @@ class _SplitWriter:
     def _close(self) -> None:
         if self.tar is not None:
             self.tar.close()
+            self.file.flush()
+            os.fsync(self.file.fileno())  # on the disk before the journal says it is closed
             self.file.close()
             self.shards[-1]["bytes"] = (self.folder / self.shards[-1]["file"]).stat().st_size
             self.tar = self.file = None
@@ -255,9 +276,11 @@ def write_shards(source: str, out: str | Path, *, resize: int = DEFAULT_RESIZE,
     nothing to decode, 3 * resize**2 bytes an image. `shard_size`: bytes per shard file at most (a
     larger image gets a shard of its own). `workers`: decoding processes (None: up to 8, one
     per core). `out` must not exist or be an empty folder. Errors: ValueError / FileNotFoundError /
-    FileExistsError naming the cause, before anything is written. SIGTERM: `Terminated` (a
-    KeyboardInterrupt), with nothing left, as Ctrl-C; hidden folders that killed writes of `out`
-    left are removed first (`_remove_stale`).
+    FileExistsError naming the cause, before anything is written (also where an interrupted
+    write of `out` with other settings waits beside it). SIGTERM: `Terminated` (a
+    KeyboardInterrupt), as Ctrl-C. Interrupted, failed or killed after its first shard, a write
+    keeps its closed shards beside `out` (a `PartialWriteNote` says where): the next call with
+    these settings continues it (`_take_over`, with a `PartialWriteNote`), to the same bytes.
     """
     spec = parse_spec(source)
     if spec.name != "imagefolder":
@@ -294,32 +317,51 @@ def write_shards(source: str, out: str | Path, *, resize: int = DEFAULT_RESIZE,
         held = " (it holds shards already)" if (out / MANIFEST).exists() else ""
         raise FileExistsError(f"{out} exists and is not an empty folder{held}; choose another "
                               "--out or remove it")
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"
+    splits = {"train": train, "val": val}
+    settings = _settings(root, names, splits, resize, square, raw, quality, shard_size)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
-    except OSError as e:  # named as given, not by the hidden folder's name
+    except OSError as e:  # named as given
         cls = type(e) if type(e) is not OSError else PermissionError
         raise cls(f"--out {out} cannot be created ({e.strerror or e}): choose a folder where "
                   "you may write") from None
-    lock = os.open(tmp, os.O_RDONLY)
-    fcntl.flock(lock, fcntl.LOCK_EX)  # this write is running: `_remove_stale` leaves it alone
+    found = _take_over(out, settings)  # an interrupted write of the same, to continue
+    if found:
+        tmp, lock, journal = found
+        warnings.warn(f"continuing the interrupted write of {out} kept in {tmp}: "
+                      f"{journal.progress()} are written", PartialWriteNote, stacklevel=2)
+    else:
+        tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"
+        try:
+            tmp.mkdir()
+        except OSError as e:  # named as given, not by the hidden folder's name
+            cls = type(e) if type(e) is not OSError else PermissionError
+            raise cls(f"--out {out} cannot be created ({e.strerror or e}): choose a folder "
+                      "where you may write") from None
+        lock = os.open(tmp, os.O_RDONLY)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # this write is running: `_take_over` leaves it alone
+        journal = _Journal(tmp, settings, source)
     state: dict[str, bool] = {}
     try:
         with _sigterm_raises(state):
             try:
-                _remove_stale(out, keep=tmp)
-                manifest = _write(tmp, root, source, names, {"train": train, "val": val},
-                                  resize, square, raw, shard_size, quality, workers, progress,
-                                  lock)
+                manifest = _write(journal, root, names, splits, shard_size, quality, workers,
+                                  progress, lock)
                 write_text_atomic(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+                journal.discard()
                 if out.exists():
                     out.rmdir()  # empty, checked above
                 os.rename(tmp, out)
                 state["done"] = True  # complete: a SIGTERM from now on changes nothing
             except BaseException as e:
                 state["done"] = True  # a SIGTERM now must not cut the removal short
-                shutil.rmtree(tmp, ignore_errors=True)
+                if journal.saved():  # Ctrl-C, SIGTERM, a full disk, a broken split: kept
+                    warnings.warn(f"kept what this write of {out} did in {tmp} "
+                                  f"({journal.progress()} are written): the same command "
+                                  "continues it; remove that folder to start again",
+                                  PartialWriteNote, stacklevel=2)
+                else:
+                    shutil.rmtree(tmp, ignore_errors=True)
                 if state.get("terminated") and not isinstance(e, Terminated):
                     # e.g. the decoding workers, sent SIGTERM too, ended first
                     raise Terminated from e
@@ -350,85 +392,325 @@ def _sigterm_raises(state: dict[str, bool]) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _remove_stale(out: Path, keep: Path) -> None:
-    """Remove the hidden folders a write of `out` killed outright (SIGKILL, a crash) left beside
-    it: only those named `.OUT.tmp-<32 hex>`, holding nothing but files a write makes, and not
-    locked by a write still running (each holds a lock on its folder). A StaleWriteWarning names
-    each one removed, and each such name kept because it holds anything else."""
+def _settings(root: Path, names: list[str], splits: dict[str, tuple[list[Path], list[int]]],
+              resize: int, square: bool, raw: bool, quality: int,
+              shard_size: int) -> dict[str, Any]:
+    """All that decides a write's bytes (the folder's files and labels as a digest): a write
+    continues an interrupted one only where these are equal."""
+    prefix = f"{root}{os.sep}"  # the files' names inside it (2 s for ImageNet's, not 5)
+    text = "\0".join(names) + "\n" + "\n".join(
+        f"{str(path).removeprefix(prefix)}\0{label}"
+        for split in SPLITS for path, label in zip(*splits[split], strict=True))
+    digest = hashlib.sha256(text.encode("utf-8", "surrogateescape"))
+    return {"source": str(root.resolve()), "resize": resize, "square": square, "raw": raw,
+            "quality": quality if resize and not raw else None, "shard_size": shard_size,
+            "zfnet": __version__, "images": {s: len(splits[s][0]) for s in SPLITS},
+            "files": digest.hexdigest()}
+
+
+_SETTING_WORDS = {"source": "imagefolder:{}", "resize": "--resize {}", "square": "--square {}",
+                  "raw": "--raw {}", "quality": "--quality {}", "shard_size": "--shard-size {}",
+                  "zfnet": "zfnet {}"}
+
+
+def _differences(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """How the settings `then` (a journal's) differ from `now`, in a user's words."""
+    def said(key: str, value: Any) -> str:
+        if isinstance(value, bool):
+            value = "on" if value else "off"
+        return _SETTING_WORDS[key].format(value)
+
+    told = [f"{said(k, then.get(k))} (now {said(k, now[k])})" for k in _SETTING_WORDS
+            if then.get(k) != now[k]]
+    if then.get("images") != now["images"]:
+        count = " and ".join(f"{n:,} {s}" for s, n in (then.get("images") or {}).items())
+        told.append(f"{count or 'other'} images (now "
+                    + " and ".join(f"{n:,} {s}" for s, n in now["images"].items()) + " images)")
+    elif then.get("files") != now["files"]:
+        told.append("other files or classes in the folder (as many images)")
+    return told
+
+
+class _Journal:
+    """A write's progress, in its hidden folder: saved (durably) as each shard is closed and as
+    each split is done, with the closed shards' index rows (`SPLIT-rows.bin`, appended) and the
+    mean's running sum (`train-sum-K.npy`). All a later write of the same settings needs to
+    continue it from the last closed shard."""
+
+    def __init__(self, folder: Path, settings: dict[str, Any], spec: str,
+                 state: dict[str, Any] | None = None) -> None:
+        self.folder = folder
+        self.state = state or {
+            "format": JOURNAL_FORMAT, "settings": settings, "spec": spec,
+            "id": uuid.uuid4().hex, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "splits": {}, "current": None}
+
+    @staticmethod
+    def read(folder: Path) -> dict[str, Any] | None:
+        """The journal in `folder`; None where there is none or it cannot be read."""
+        try:
+            state = json.loads((folder / JOURNAL).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        keys = {"format", "settings", "spec", "id", "created", "splits", "current"}
+        return state if isinstance(state, dict) and keys <= state.keys() \
+            and isinstance(state["settings"], dict) else None
+
+    def saved(self) -> bool:
+        return (self.folder / JOURNAL).is_file()
+
+    def current(self, split: str) -> dict[str, Any] | None:
+        cur = self.state["current"]
+        return cur if cur and cur["split"] == split else None
+
+    def done_images(self) -> int:
+        images = self.state["settings"]["images"]
+        cur = self.state["current"]
+        return sum(images[s] for s in self.state["splits"]) + (cur["next"] if cur else 0)
+
+    def progress(self) -> str:
+        """E.g. "train's first 9,600 of 20,800 images (3 shards)"."""
+        images = self.state["settings"]["images"]
+        told = [f"all {images[s]:,} {s} images" for s in self.state["splits"]]
+        cur = self.state["current"]
+        if cur:
+            told.append(f"{cur['split']}'s first {cur['next']:,} of {images[cur['split']]:,} "
+                        f"images ({len(cur['shards'])} shard{'s' * (len(cur['shards']) > 1)})")
+        return " and ".join(told) or "no image"
+
+    def shard_closed(self, writer: _SplitWriter, at: dict[str, int], skipped: list[str],
+                     total: torch.Tensor | None) -> None:
+        """Save that `writer`'s shards are closed: `at["next"]` (the split's path index) starts
+        the next; the first `at["skipped"]` of `skipped`, and `total` (the mean's sum), are
+        those of the images before `at["summed"]` (where the chunk that holds it starts)."""
+        split = writer.split
+        cur = self.current(split) or {}
+        with open(self.folder / f"{split}-rows.bin", "ab") as f:
+            f.write(np.asarray(writer.rows[cur.get("rows", 0):], np.int64).tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        sum_file = None
+        if total is not None:
+            sum_file = f"{split}-sum-{len(writer.shards):06d}.npy"
+            with open(self.folder / sum_file, "wb") as f:
+                np.save(f, total.numpy())
+                f.flush()
+                os.fsync(f.fileno())
+        self._save({**self.state, "current": {
+            "split": split, "shards": [dict(s) for s in writer.shards], "rows": len(writer.rows),
+            "next": at["next"], "summed": at["summed"], "skipped": skipped[:at["skipped"]],
+            "sum": sum_file}})
+        if cur.get("sum") and cur["sum"] != sum_file:
+            (self.folder / cur["sum"]).unlink(missing_ok=True)
+
+    def split_done(self, split: str, entry: dict[str, Any]) -> None:
+        """Save that `split` is written (its index and mean too), as `entry` in the manifest."""
+        self._save({**self.state, "splits": {**self.state["splits"], split: entry},
+                    "current": None})
+        self._tidy()
+
+    def restore(self, split: str) -> tuple[list[dict[str, Any]], np.ndarray, int, int,
+                                           list[str], np.ndarray | None]:
+        """Where `split` stands: its closed shards, their index rows, the next image, the image
+        before which the skipped files and the mean's sum (None: no sum saved) were saved, and
+        those. ValueError where the rows saved are not all there."""
+        cur = self.current(split)
+        if cur is None:
+            return [], np.zeros((0, 4), np.int64), 0, 0, [], None
+        rows = np.fromfile(self.folder / f"{split}-rows.bin", np.int64,
+                           count=cur["rows"] * 4) if cur["rows"] else np.zeros(0, np.int64)
+        if rows.size != cur["rows"] * 4:
+            raise ValueError(f"{self.folder} cannot be continued: {split}-rows.bin holds "
+                             f"{rows.size // 4} rows, not {cur['rows']}; remove that folder "
+                             "to start again")
+        total = np.load(self.folder / cur["sum"]) if cur["sum"] else None
+        return (cur["shards"], rows.reshape(-1, 4), cur["next"], cur["summed"], cur["skipped"],
+                total)
+
+    def _save(self, state: dict[str, Any]) -> None:
+        """Make `state` the journal, on the disk, then in memory: what `progress` tells of a
+        write stopped while saving is what was saved."""
+        write_text_atomic(self.folder / JOURNAL, json.dumps(state) + "\n", durable=True)
+        self.state = state
+
+    def _tidy(self) -> None:
+        """Remove what the journal does not hold: the shard an interrupt cut short, rows and
+        sums no longer needed, a split's files written after its last save."""
+        keep = {JOURNAL}
+        for split, entry in self.state["splits"].items():
+            keep |= {s["file"] for s in entry["shards"]} | {entry["index"]}
+            if split == "train":
+                keep |= {f for f in os.listdir(self.folder) if f.startswith("mean-")}
+        cur = self.state["current"]
+        if cur:
+            keep |= {s["file"] for s in cur["shards"]} | {f"{cur['split']}-rows.bin"}
+            keep |= {cur["sum"]} if cur["sum"] else set()
+        for name in os.listdir(self.folder):
+            if name not in keep:
+                (self.folder / name).unlink(missing_ok=True)
+
+    def continue_here(self) -> None:
+        """Make the folder as the journal last saved it: cut the rows file to the rows saved,
+        remove anything written after (`_tidy`). ValueError, before anything is changed, where
+        a shard it holds is missing or not as written."""
+        cur = self.state["current"]
+        done = [s for entry in self.state["splits"].values() for s in entry["shards"]]
+        for shard in done + (cur["shards"] if cur else []):
+            path = self.folder / shard["file"]
+            size = path.stat().st_size if path.is_file() else None
+            if size != shard["bytes"]:
+                raise ValueError(f"{self.folder} cannot be continued: {shard['file']} is "
+                                 f"{'missing' if size is None else f'{size} bytes'}, written as "
+                                 f"{shard['bytes']}; remove that folder to start again")
+        self._tidy()
+        if cur:
+            with open(self.folder / f"{cur['split']}-rows.bin", "ab") as f:
+                f.truncate(cur["rows"] * 32)  # 4 int64 a row
+
+    def discard(self) -> None:
+        """Remove the journal and its files: the write is complete."""
+        for name in os.listdir(self.folder):
+            if name == JOURNAL or re.fullmatch(r"(train|val)-(rows\.bin|sum-\d{6}\.npy)", name):
+                (self.folder / name).unlink()
+
+
+def _take_over(out: Path, settings: dict[str, Any]) -> tuple[Path, int, _Journal] | None:
+    """The hidden folders that interrupted or killed writes of `out` left beside it (named
+    `.OUT.tmp-<32 hex>`, holding nothing but files a write makes, and not locked by a write
+    still running: each holds a lock on its folder): the one whose journal has these settings
+    (the furthest, if several do) is returned with its lock held, to be continued; the others
+    are removed. One whose journal has other settings is an error (FileExistsError naming
+    them), raised before anything is removed. A StaleWriteWarning names each folder removed, and
+    each such name kept because it holds anything else."""
     name = re.compile(rf"\.{re.escape(out.name)}\.tmp-[0-9a-f]{{32}}")
     try:
-        found = [d for d in out.parent.iterdir() if name.fullmatch(d.name) and d != keep
-                 and d.is_dir() and not d.is_symlink()]
+        found = [d for d in out.parent.iterdir() if name.fullmatch(d.name) and d.is_dir()
+                 and not d.is_symlink()]
     except OSError:
-        return  # a folder whose entries cannot be listed: nothing found to remove
-    for folder in sorted(found):
-        try:
-            fd = os.open(folder, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
+        return None  # a folder whose entries cannot be listed: nothing found to take over
+    held: list[tuple[Path, int, _Journal | None]] = []
+    try:
+        for folder in sorted(found):
+            try:
+                fd = os.open(folder, os.O_RDONLY)
+            except OSError:
+                continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                files = list(folder.iterdir())
             except OSError:
+                os.close(fd)
                 continue  # another write of OUT is running in it
-            files = list(folder.iterdir())
             other = [f.name for f in files if not (_WRITTEN.fullmatch(f.name) and f.is_file()
                                                    and not f.is_symlink())]
             if other:
+                os.close(fd)
                 warnings.warn(f"{folder} looks like what an interrupted `zfnet shards --out "
                               f"{out}` leaves, but holds other things too (e.g. {other[0]}): "
                               "kept; remove it if it is one", StaleWriteWarning, stacklevel=3)
                 continue
-            size = sum(f.stat().st_size for f in files)
+            state = _Journal.read(folder)
+            held.append((folder, fd, state and _Journal(folder, settings, "", state)))
+        for folder, _, journal in held:
+            then = journal.state if journal else None
+            if then and (then.get("format") != JOURNAL_FORMAT
+                         or _differences(then["settings"], settings)):
+                told = (", ".join(_differences(then["settings"], settings))
+                        if then.get("format") == JOURNAL_FORMAT
+                        else f"a journal of format {then.get('format')!r}")
+                raise FileExistsError(
+                    f"{folder} holds an interrupted write of {out} with other settings ({told}): "
+                    "run the command that started it to continue it, or remove that folder to "
+                    "write with these")
+        ours = max((h for h in held if h[2]), key=lambda h: h[2].done_images(), default=None)
+        for folder, _fd, journal in held:
+            if ours and folder == ours[0]:
+                continue
+            size = sum(f.stat().st_size for f in folder.iterdir())
             shutil.rmtree(folder, ignore_errors=True)
+            why = ("that was killed before it finished a shard" if journal is None else
+                   f"that stopped before {ours[0].name}, which is continued" if ours else "")
             warnings.warn(f"removed {folder} ({size / 1e6:.1f} MB), left by an earlier write of "
-                          f"{out} that was killed", StaleWriteWarning, stacklevel=3)
-        finally:
+                          f"{out} {why}", StaleWriteWarning, stacklevel=3)
+    except BaseException:
+        for _, fd, _ in held:
             os.close(fd)
+        raise
+    for folder, fd, _ in held:
+        if not ours or folder != ours[0]:
+            os.close(fd)
+    if ours is None:
+        return None
+    try:
+        ours[2].continue_here()
+    except BaseException:
+        os.close(ours[1])
+        raise
+    return ours[0], ours[1], ours[2]
 
 
-def _write(folder: Path, root: Path, source: str, names: list[str],
-           splits: dict[str, tuple[list[Path], list[int]]], resize: int, square: bool,
-           raw: bool, shard_size: int, quality: int, workers: int | None,
-           progress: bool, lock: int | None = None) -> dict[str, Any]:
+def _write(journal: _Journal, root: Path, names: list[str],
+           splits: dict[str, tuple[list[Path], list[int]]], shard_size: int, quality: int,
+           workers: int | None, progress: bool, lock: int | None = None) -> dict[str, Any]:
+    folder, settings = journal.folder, journal.state["settings"]
+    resize, square, raw = settings["resize"], settings["square"], settings["raw"]
     if workers is None:
         workers = min(8, usable_cores())  # the cores this process may run on (its affinity)
     side = mean_side(resize)
     manifest: dict[str, Any] = {
-        "format": FORMAT, "id": uuid.uuid4().hex,
-        "source": f"imagefolder:{root.resolve()}", "spec": source, "zfnet": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resize": resize, "square": square,
-        "raw": raw, "quality": quality if resize and not raw else None, "classes": names,
-        "splits": {},
+        "format": FORMAT, "id": journal.state["id"],
+        "source": f"imagefolder:{root.resolve()}", "spec": journal.state["spec"],
+        "zfnet": __version__, "created": journal.state["created"], "resize": resize,
+        "square": square, "raw": raw, "quality": quality if resize and not raw else None,
+        "classes": names, "splits": {},
     }
     for split in SPLITS:
+        if split in journal.state["splits"]:  # written before an interrupt
+            manifest["splits"][split] = journal.state["splits"][split]
+            if split == "train":
+                manifest["mean"] = {"file": f"mean-{side}.npy", "full_size": side}
+            continue
         paths, labels = splits[split]
         mean_size = side if split == "train" else None
-        chunks = _Chunks(paths, resize, quality, mean_size, square, raw)
-        loader = Loader(chunks, batch_size=None, num_workers=workers if len(chunks) > 1
-                            else 0, collate_fn=lambda r: r,
-                        worker_init_fn=functools.partial(_worker_start, lock, folder))
-        writer = _SplitWriter(folder, split, shard_size)
-        used: set[str] = set()
-        skipped: list[str] = []
+        # where the chunk that held the first image not yet in a shard started: from there on
+        closed, rows, first, start, skipped, saved_sum = journal.restore(split)
+        chunks = _Chunks(paths[start:], resize, quality, mean_size, square, raw)
         total = None if mean_size is None else torch.zeros(3, side, side, dtype=torch.float64)
-        bar = tqdm(total=len(paths), desc=f"writing {split}", unit="img", disable=not progress,
-                   dynamic_ncols=True)
+        if total is not None and saved_sum is not None:
+            total += torch.from_numpy(saved_sum)
+        at = {"next": first, "summed": start, "skipped": len(skipped)}
+        writer = _SplitWriter(folder, split, shard_size, on_close=functools.partial(
+            journal.shard_closed, at=at, skipped=skipped, total=total))
+        writer.shards, writer.rows = [dict(s) for s in closed], [tuple(r) for r in rows.tolist()]
+        used: set[str] = set()
+        dropped = set(skipped)
+        for path in paths[:start]:  # the keys taken before: the same ones again
+            if path.relative_to(root).as_posix() not in dropped:
+                _unique(_key(path.relative_to(root / split)), used)
+        loader = Loader(chunks, batch_size=None, num_workers=workers if len(chunks) > 1 else 0,
+                        collate_fn=lambda r: r,
+                        worker_init_fn=functools.partial(_worker_start, lock, folder))
+        bar = tqdm(total=len(paths), initial=first, desc=f"writing {split}", unit="img",
+                   disable=not progress, dynamic_ncols=True)
         try:
-            for c, result in enumerate(loader):
-                for (path, reason) in result["broken"]:
-                    warnings.warn(f"skipping broken image {path}: {reason} (left out of the "
-                                  "shards)", BrokenImageWarning, stacklevel=2)
-                    skipped.append(Path(path).relative_to(root).as_posix())
-                for j, sample in enumerate(result["stored"]):
-                    if sample is None:
-                        continue
-                    n = c * CHUNK + j
-                    key = _unique(_key(paths[n].relative_to(root / split)), used)
-                    writer.add(key, labels[n], *sample)
-                if total is not None and result["sum"] is not None:
-                    total += result["sum"]
-                bar.update(len(result["stored"]))
+            with _batches(loader) as batches:
+                for c, result in enumerate(batches):
+                    at["summed"], at["skipped"] = start + c * CHUNK, len(skipped)
+                    for (path, reason) in result["broken"]:
+                        warnings.warn(f"skipping broken image {path}: {reason} (left out of the "
+                                      "shards)", BrokenImageWarning, stacklevel=2)
+                        skipped.append(Path(path).relative_to(root).as_posix())
+                    for j, sample in enumerate(result["stored"]):
+                        if sample is None:
+                            continue
+                        n = start + c * CHUNK + j
+                        key = _unique(_key(paths[n].relative_to(root / split)), used)
+                        if n >= first:  # not in a shard closed before an interrupt
+                            at["next"] = n
+                            writer.add(key, labels[n], *sample)
+                    if total is not None and result["sum"] is not None:
+                        total += result["sum"]
+                    bar.update(len(result["stored"]) - max(0, min(first - at["summed"], CHUNK)))
         finally:
             bar.close()
             index = writer.finish()
@@ -436,24 +718,58 @@ def _write(folder: Path, root: Path, source: str, names: list[str],
             raise ValueError(f"no {split} image of {root} could be decoded (all {len(paths)} "
                              f"skipped as broken, e.g. {paths[0]})")
         np.save(folder / index_name(split), index)
-        manifest["splits"][split] = {"count": len(index), "index": index_name(split),
-                                     "shards": writer.shards, "skipped": skipped}
+        entry = {"count": len(index), "index": index_name(split), "shards": writer.shards,
+                 "skipped": skipped}
         if total is not None:
             np.save(folder / f"mean-{side}.npy", (total / len(index)).to(torch.float32).numpy())
             manifest["mean"] = {"file": f"mean-{side}.npy", "full_size": side}
+        journal.split_done(split, entry)
+        manifest["splits"][split] = entry
     return manifest
 
 
+@contextlib.contextmanager
+def _batches(loader: Loader) -> Iterator[Iterator[Any]]:
+    """`loader`'s batches, its workers ended as the block ends, also on an exception. A
+    DataLoader ends them when its iterator is collected, which after Ctrl-C can be as late as the
+    interpreter's exit, where multiprocessing terminates them with SIGTERM, which writing
+    workers ignore (`_worker_start`), and waits for them: for ever. SIGINT and SIGTERM are held
+    while the iterator forks its workers: one raised there would leave workers it had started
+    without their iterator (and Python drops a KeyboardInterrupt raised in its at-fork
+    callbacks: the write would go on). Held by a handler, not a signal mask: a process-wide
+    signal goes to any thread that does not block it, and Python raises it in the main one."""
+    held: list[int] = []
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, lambda signum, frame: held.append(signum))
+                    for s in (signal.SIGINT, signal.SIGTERM)}
+    batches = None
+    try:
+        try:
+            batches = iter(loader)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+            for s in dict.fromkeys(held):
+                signal.raise_signal(s)  # now, to the handler it was meant for
+        yield batches
+    finally:
+        end = getattr(batches, "_shutdown_workers", None)  # the iterator's own clean-up
+        if end is not None:
+            end()
+
 
 def _worker_start(lock: int | None, folder: Path, worker: int) -> None:
-    """A writing worker ignores SIGTERM (sent to the whole process group by `timeout` or a
-    scheduler): the main process stops, removes its folder and ends the workers itself (a worker
-    killed by it would make the DataLoader raise an error of its own, also while stopping). It
+    """A writing worker ignores SIGTERM and SIGINT (sent to the whole process group by
+    `timeout`, a scheduler, Ctrl-C in a terminal): the main process stops, keeps or removes its
+    folder and ends the workers itself (`_batches`; a worker stopped by a signal would make the
+    DataLoader raise an error of its own, or wait, also while stopping). It
     closes its copy of the folder's lock: a worker left behind by a main process killed
     outright would keep the folder looking in use (a worker not forked has no such copy). And
     it is killed when the main process dies (Linux): else, after a SIGKILL of the main process,
     the workers can stay, idle, for ever."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
     with contextlib.suppress(OSError):
