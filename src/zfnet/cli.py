@@ -133,20 +133,27 @@ def main() -> None:
 def _one_line_warnings() -> None:
     """zfnet's own warnings (a skipped broken image, a projection that is the plain gradient, a
     resume that is not exact: each class with `one_line = True`) as one line each, without the
-    source line Python's default format adds."""
+    source line Python's default format adds, and each only once per command (a broken file
+    read again for each layer is named once)."""
     import warnings
 
     default = warnings.showwarning
     if getattr(default, "zfnet", False):
-        return  # installed by an earlier command in this process
+        default.shown.clear()  # installed by an earlier command in this process: a new one
+        return
+    shown: set[str] = set()
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
         if getattr(category, "one_line", False):
-            click.echo(f"{getattr(category, 'prefix', 'warning')}: {message}", err=True)
+            text = f"{getattr(category, 'prefix', 'warning')}: {message}"
+            if text not in shown:
+                shown.add(text)
+                click.echo(text, err=True)
         else:
             default(message, category, filename, lineno, file, line)
 
     show.zfnet = True  # type: ignore[attr-defined]
+    show.shown = shown  # type: ignore[attr-defined]
     warnings.showwarning = show
 
 

@@ -251,3 +251,21 @@ def test_a_class_score_layer_is_told_as_units_named_by_their_class(photos, tmp_p
     assert all(u["label"] is None and not u["flat"] for u in units if u["layer"] == "layer4")
     silent = np.asarray(Image.open(out / fc[0]["file"]))
     assert (silent[LABEL_HEIGHT + 2:, 64 * 4 + 4: 2 * 64 * 4 + 4] == 128).all()  # nothing
+
+
+def test_a_broken_file_is_named_once_over_several_layers(photos, tmp_path) -> None:
+    """A folder with a broken file and a text file, projected at three layers (each reads the
+    folder again): each file is named by one warning line, not one per layer."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "coffee.jpg").write_bytes((photos / "coffee.jpg").read_bytes())
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    out = tmp_path / "look"
+    res = CliRunner().invoke(main, [
+        "project", str(folder), str(folder / "broken.jpg"), "--model", "torchvision:resnet18",
+        "--resize", "40", "--crop", "32", "--layer", "conv1,layer1,layer2", "--top", "1",
+        "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    named = [line for line in res.output.splitlines() if "broken.jpg" in line]
+    assert len(named) == 1 and named[0].startswith("warning: skipping broken image "), named
+    assert len(json.loads((out / "project.json").read_text())["units"]) == 3
