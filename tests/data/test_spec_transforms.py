@@ -56,6 +56,16 @@ def test_a_bare_folder_is_told_the_spec_that_reads_it(tmp_path, monkeypatch):
         load_dataset("labelled")
 
 
+def test_an_image_file_is_told_that_a_dataset_is_a_folder(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"")
+    with pytest.raises(ValueError, match="; photos/cat.jpg is a file, and a dataset is a "
+                       "folder: images:photos reads every image in photos [(]`zfnet project "
+                       "FILE` takes single images[)]; valid: "):
+        load_dataset("photos/cat.jpg")
+
+
 def test_unknown_option_lists_valid_ones():
     with pytest.raises(ValueError, match="unknown option.*n_trian.*valid: .*n_train"):
         load_dataset("synthetic?n_trian=10")

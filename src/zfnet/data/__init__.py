@@ -67,8 +67,12 @@ def list_datasets() -> list[str]:
 
 
 def _folder_hint(spec: str) -> str:
-    """Where a spec is a bare folder: which spec reads it ("" otherwise)."""
+    """Where a spec is a bare folder: which spec reads it; where it is a file: that a dataset
+    is a folder ("" otherwise)."""
     folder = Path(spec.partition("?")[0]).expanduser()
+    if folder.is_file():
+        return (f"{folder} is a file, and a dataset is a folder: images:{folder.parent} reads "
+                f"every image in {folder.parent} (`zfnet project FILE` takes single images); ")
     if not folder.is_dir():
         return ""
     if (folder / "val").is_dir() or (folder / "train").is_dir():
