@@ -347,6 +347,25 @@ def test_errors_keep_what_can_be_continued(folder, resized, tmp_path, monkeypatc
     _same_shards(out, resized)
 
 
+def test_a_write_stopped_as_it_ends_is_ended_by_the_next(folder, resized, tmp_path,
+                                                         monkeypatch) -> None:
+    out, real = tmp_path / "out", writer_mod.write_text_atomic
+
+    def no_manifest(path, *args, **kwargs):
+        if Path(path).name == "manifest.json":
+            raise KeyboardInterrupt
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(writer_mod, "write_text_atomic", no_manifest)
+    with pytest.warns(writer_mod.PartialWriteNote, match=r"\(all 22 train images and all 6 val "
+                      r"images are written\)"), pytest.raises(KeyboardInterrupt):
+        write_shards(f"imagefolder:{folder}", out, resize=37, shard_size=16_000, workers=0)
+    monkeypatch.undo()
+    with pytest.warns(writer_mod.PartialWriteNote, match="continuing"):
+        write_shards(f"imagefolder:{folder}", out, resize=37, shard_size=16_000, workers=0)
+    _same_shards(out, resized)
+
+
 _KILL_AT = """
 import os, signal, sys
 from zfnet.data import shard_writer as w

@@ -348,11 +348,11 @@ def write_shards(source: str, out: str | Path, *, resize: int = DEFAULT_RESIZE,
                 manifest = _write(journal, root, names, splits, shard_size, quality, workers,
                                   progress, lock)
                 write_text_atomic(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
-                journal.discard()
                 if out.exists():
                     out.rmdir()  # empty, checked above
                 os.rename(tmp, out)
                 state["done"] = True  # complete: a SIGTERM from now on changes nothing
+                (out / JOURNAL).unlink(missing_ok=True)  # kept to here: a stop before, continued
             except BaseException as e:
                 state["done"] = True  # a SIGTERM now must not cut the removal short
                 if journal.saved():  # Ctrl-C, SIGTERM, a full disk, a broken split: kept
@@ -566,12 +566,6 @@ class _Journal:
         if cur:
             with open(self.folder / f"{cur['split']}-rows.bin", "ab") as f:
                 f.truncate(cur["rows"] * 32)  # 4 int64 a row
-
-    def discard(self) -> None:
-        """Remove the journal and its files: the write is complete."""
-        for name in os.listdir(self.folder):
-            if name == JOURNAL or re.fullmatch(r"(train|val)-(rows\.bin|sum-\d{6}\.npy)", name):
-                (self.folder / name).unlink()
 
 
 def _take_over(out: Path, settings: dict[str, Any]) -> tuple[Path, int, _Journal] | None:
