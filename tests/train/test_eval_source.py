@@ -185,6 +185,7 @@ def test_labels_score_each_class_by_the_output_of_its_name(setup, tmp_path) -> N
         "classes)" in text
     code, text = _run(model)  # without the names: 4 outputs for 3 classes
     assert code != 0 and "has 4 outputs but dataset" in text
+    assert "give the model's class names with --labels FILE" in text  # the way on
     (tmp_path / "other.txt").write_text("n01\nn02\nn07\nn99\n")
     code, text = _run([*model, "--labels", str(tmp_path / "other.txt")])
     assert code != 0 and text.strip().splitlines()[-1] == (

@@ -159,7 +159,9 @@ def evaluate_source(
         raise ValueError(
             f"{source.name} has {n_out} outputs but dataset {spec!r} has {bundle.num_classes} "
             "classes: output k is scored as the dataset's class k (sorted folder names; "
-            "ImageNet's WNIDs sorted are torchvision's and timm's order)")
+            "ImageNet's WNIDs sorted are torchvision's and timm's order); give the model's "
+            "class names with --labels FILE (one a line, in output order) to score each class "
+            "folder by the output of its name")
     if compile:
         check_compile(info.device)
     r = _scores(model, bundle, spec, info, batch_size=batch_size, workers=workers,
