@@ -353,6 +353,10 @@ def test_report_on_resnet18_follows_the_models_own_class(synthetic64, tmp_path,
     followed = section["tables"][0]["rows"][0][3]
     p = net(x[None]).detach().softmax(1)[0]
     assert float(followed) == pytest.approx(float(p[y if own else r.target]), abs=1e-3)
+    # the predicted class by its name, or without names (ImageNet's 1000 here) by its number
+    predicted = section["tables"][0]["rows"][0][2]
+    assert predicted == (synthetic64.class_names[r.base_label] if own else
+                         f"class {r.target}")
     # the section's metrics are a reader's words, not the returned dict's keys
     words = section["metrics"]
     assert words["occluder"] == "16 px, stride 16 px" and words["method"] == "full, float32"

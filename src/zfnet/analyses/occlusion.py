@@ -474,7 +474,7 @@ def plot_occlusion(
     from matplotlib.patches import Patch, Rectangle
 
     def name(c: int) -> str:
-        return class_names[c] if class_names and 0 <= c < len(class_names) else str(c)
+        return class_names[c] if class_names and 0 <= c < len(class_names) else f"class {c}"
 
     def title(ax: Any, text: str) -> None:  # a long class name wraps inside its panel
         ax.set_title("\n".join(textwrap.fill(line, 40) for line in text.split("\n")),
@@ -631,7 +631,7 @@ def occlusion_report(
             r.meta["unit_name"] = names[r.feature_map]  # a class's score
         panels.append((bundle.raw_val(i), r))
         predicted = (names[r.base_label] if names and r.base_label < len(names)
-                     else str(r.base_label))
+                     else f"class {r.base_label}")  # a model without class names
         true = [bundle.class_names[y] if 0 <= y < len(bundle.class_names) else "-"] \
             if bundle.class_names else []  # a folder of photos has none
         rows.append([file_name(val, i) or i, *true, predicted,
