@@ -6,6 +6,7 @@ preprocessing given on the command line (small crops, to keep it fast)."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -95,6 +96,10 @@ def test_occlusion_invariance_randomization_filters(setup, tmp_path) -> None:
          str(tmp_path / "alexnet.pth"), "--out", str(out)])
     text = _ok(["analyze", "invariance", *_model(setup), "--data", "synthetic?n_train=32&n_val=16",
                 "--out", str(out)])
+    # each line says which images, which transformation and what the numbers are
+    assert re.search(r"^built-in photos, scale: mean relative distance conv1 [\d.]+, avgpool "
+                     r"[\d.]+$", text, re.M), text
+    assert "images of synthetic?n_train=32&n_val=16, rotate: mean relative distance " in text
     sections = {s.key: s for s in read_sections(out)}
     assert "(5 val images, each seeded at its strongest map of layer4)" in sections[
         "randomization"].caption

@@ -1247,9 +1247,12 @@ def invariance_cmd(model_options: ModelOptions, data: str | None, out: str) -> N
 
     source, bundle = _model_and_data(model_options, data)
     r = pipeline.invariance(source.model, bundle, out)
+    images = {"invariance_photos": "built-in photos",
+              "invariance_dataset": f"images of {bundle.spec or 'the dataset'}"}
     for key, kinds in r.items():
-        for kind, d in kinds.items():
-            click.echo(f"{key} {kind}: " + ", ".join(f"{k} {v:.3f}" for k, v in d.items()))
+        for kind, d in kinds.items():  # distances relative to the untransformed features
+            click.echo(f"{images.get(key, key)}, {kind}: mean relative distance "
+                       + ", ".join(f"{k} {v:.3f}" for k, v in d.items()))
     _finish(out)
 
 
