@@ -77,6 +77,16 @@ def test_occlusion_in_bfloat16_and_a_bad_precision(setup, tmp_path) -> None:
     assert not (tmp_path / "not").exists()
 
 
+def test_models_says_how_many_classes_a_weights_file_has(setup, tmp_path) -> None:
+    """A fine-tuned copy's weights file: its 10 classes are said, named or not."""
+    model = ["models", "torchvision:resnet18", "--weights", str(setup / "r18.pth")]
+    text = _ok(model)
+    assert "\nclasses: 10 (not named: --labels FILE names them, one a line)\n" in text, text
+    (tmp_path / "labels.txt").write_text("".join(f"c{k}\n" for k in range(10)))
+    text = _ok([*model, "--labels", str(tmp_path / "labels.txt")])
+    assert "\nclasses: 10 (c0, c1, c2, ...)\n" in text and "not named" not in text
+
+
 def test_occlusion_invariance_randomization_filters(setup, tmp_path) -> None:
     out = tmp_path / "look"
     data = ["--data", f"images:{setup / 'photos'}"]

@@ -322,6 +322,9 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
         click.echo(f"preprocessing: {src.preprocessing.describe()}")
     if src is not None and src.labels:
         click.echo(f"classes: {len(src.labels)} ({', '.join(src.labels[:3])}, ...)")
+    elif src is not None and weights is not None and src.meta.get("num_classes"):
+        click.echo(f"classes: {src.meta['num_classes']} (not named: --labels FILE names them, "
+                   "one a line)")  # a weights file of a fine-tuned copy
     # Short names (zfnet's) get a column beside their module paths; other models' names are
     # their module paths.
     short = any(i.name != i.module for i in infos)
