@@ -190,6 +190,16 @@ def test_torchvision_files(tmp_path):
     with pytest.raises(ValueError, match=r"sq.pt holds weights of another architecture than "
                                          r"torchvision:squeezenet1_0; .*features.0.weight"):
         load_source("torchvision:squeezenet1_0", str(tmp_path / "sq.pt"))
+    # a PyTorch Lightning checkpoint: the weights of its `model` attribute, under "state_dict"
+    torch.save({"epoch": 3, "state_dict": {f"model.{k}": v for k, v in
+                                           seven.state_dict().items()}}, tmp_path / "s7.ckpt")
+    src = load_source("torchvision:squeezenet1_1", str(tmp_path / "s7.ckpt"))
+    assert src.meta["num_classes"] == 7 and _same_weights(src.model, seven)
+    # ... but not a prefix that leaves no key of the model: another architecture still
+    torch.save({f"model.{k}": v for k, v in ref.state_dict().items()}, tmp_path / "w.pth")
+    with pytest.raises(ValueError, match="another architecture than torchvision:resnet18; "
+                                         "missing: conv1.weight.*unexpected: model.features"):
+        load_source("torchvision:resnet18", str(tmp_path / "w.pth"))
 
 
 def test_torchvision_aux_classifiers_dropped(tmp_path):
@@ -228,6 +238,9 @@ def test_files_that_are_not_state_dicts(tmp_path, capfd):
         (tmp_path / "notes.pth").write_text(text)
         with pytest.raises(ValueError, match=r"notes.pth is not a readable torch file \(KeyError"):
             read_state_dict(tmp_path / "notes.pth")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty.pth is empty \(0 bytes\); give a file of "):
+        read_state_dict(tmp_path / "empty.pth")
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     with pytest.raises(ValueError, match="junk.safetensors is not a readable .safetensors"):
         read_state_dict(tmp_path / "junk.safetensors")

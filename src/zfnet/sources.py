@@ -41,7 +41,7 @@ import importlib.util
 import os
 import pickle
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -769,6 +769,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _read_torch(path: Path) -> Any:
+    if path.is_file() and path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes); give a file of model.state_dict() (.pth, "
+                         ".pt) or a .safetensors file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -801,13 +804,28 @@ def _mismatch(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor]
     return missing, unexpected, shapes
 
 
+def _unwrapped(sd: dict[str, torch.Tensor], own: Iterable[str]) -> dict[str, torch.Tensor]:
+    """`sd` without the prefix of a module that wrapped the model when it was saved (PyTorch
+    Lightning's `model.`, a training script's `net.`): where every key starts with the same
+    `X.`, none is a key of the model (`own`) and some are without it; else `sd` as it is."""
+    own = set(own)
+    heads = {k.partition(".")[0] for k in sd}
+    if len(heads) != 1 or not all("." in k for k in sd) or any(k in own for k in sd):
+        return sd
+    n = len(heads.pop()) + 1
+    inner = {k[n:]: v for k, v in sd.items()}
+    return inner if any(k in own for k in inner) else sd
+
+
 def _with_weights(build: Callable[..., nn.Module], path: Path, what: str) -> nn.Module:
-    """`build()` with the state dict in `path` loaded; rebuilt with the file's number of classes
+    """`build()` with the state dict in `path` loaded (less a wrapper's prefix: `_unwrapped`);
+    rebuilt with the file's number of classes
     (a fine-tuned copy) or without auxiliary classifiers when that is all that differs. Another
     architecture's file is one ValueError naming the first keys and shapes that differ."""
     sd = read_state_dict(path)
     kwargs: dict[str, Any] = {}
     model = build()
+    sd = _unwrapped(sd, model.state_dict().keys())
     first = _mismatch(model.state_dict(), sd)
     refused = ""  # the fix the builder did not take
     for _ in range(3):  # at most: drop the aux classifiers, then take the file's classes
