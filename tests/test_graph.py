@@ -270,8 +270,8 @@ def test_nonlinear_mode_is_scoped_checked_and_warns_without_rectifiers() -> None
         raise KeyError  # the mode is reset on the way out
     with pytest.raises(RuleUndefinedError, match="SiLU"):
         project_graph(silu, x, {"2": silu[2]}, seeds, "guided")
-    with nonlinear("gradient"), pytest.warns(UserWarning, match="no rectifier.*plain gradient"
-                                              ) as told:
+    with nonlinear("gradient"), pytest.warns(UserWarning, match="no rectifier on the way down "
+                                              "from layer '2': .*plain gradient") as told:
         guided, *_ = project_graph(silu, x, {"2": silu[2]}, seeds, "guided")["2"]
     assert told[0].filename == __file__  # the user's line, not zfnet's
     grad, *_ = project_graph(silu, x, {"2": silu[2]}, seeds, "gradient")["2"]

@@ -365,11 +365,12 @@ def _postorder(root: Any) -> list[Any]:
 
 @torch.no_grad()
 def batched_backward(act: Tensor, x: Tensor, seeds: Tensor, rule: str,
-                     dtype: torch.dtype | None = None) -> Tensor:
+                     dtype: torch.dtype | None = None, layer: str | None = None) -> Tensor:
     """Walk `seeds` (R, *act.shape) down the graph from `act` to the leaf `x` (B, ...) under
     `rule`: (R, *x.shape), seed r of image b in row [r, b]. Exact: equal to R calls of
     autograd (with the rule's rectifiers), done as one batched pass where rules allow.
-    `dtype` (e.g. torch.bfloat16): the signals go down in it (the result in x's dtype)."""
+    `dtype` (e.g. torch.bfloat16): the signals go down in it (the result in x's dtype).
+    `layer`: the name of the layer `act` comes from, for the warning that names it."""
     if act.grad_fn is None:
         raise ValueError("the layer's output does not depend on the input")
     rounds = seeds.shape[0]
@@ -409,7 +410,8 @@ def batched_backward(act: Tensor, x: Tensor, seeds: Tensor, rule: str,
             if deps[f] == 0:
                 ready.append(f)
     if rule != "gradient" and met["other"] and not met["rectifier"]:
-        warnings.warn(f"no rectifier on the way down from this layer: the {rule} rule applies at "
+        where = f"layer {layer!r}" if layer else "this layer"
+        warnings.warn(f"no rectifier on the way down from {where}: the {rule} rule applies at "
                       "rectifiers only, so its projection here is the plain gradient",
                       PlainGradientWarning, stacklevel=caller_stacklevel())
     g = grads.get(leaf, [None])[0]
@@ -550,7 +552,7 @@ def _down_layer(x: Tensor, act: Tensor, name: str, seed: tuple[Tensor, Tensor, T
         seeds = act.new_zeros(r1 - r0, b, c, flat.shape[2])
         seeds[rnd[m] - r0, bi[m], chs[m], where[m]] = value[m].clamp(min=0).to(act.dtype)
         g = batched_backward(act, x, seeds.view(r1 - r0, *act.shape), rule,
-                             dtype)  # (R, B, C, H, W)
+                             dtype, name)  # (R, B, C, H, W)
         out[sel[m.cpu()]] = g[rnd[m] - r0, bi[m]].detach().to(out.dtype)
 
 
