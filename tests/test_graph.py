@@ -268,7 +268,8 @@ def test_nonlinear_mode_is_scoped_checked_and_warns_without_rectifiers() -> None
             pass
     with pytest.raises(KeyError), nonlinear("gradient"):
         raise KeyError  # the mode is reset on the way out
-    with pytest.raises(RuleUndefinedError, match="SiLU"):
+    with pytest.raises(RuleUndefinedError, match="SiLU; use rule 'gradient' [(]--rule gradient; "
+                       ".*[(]--nonlinear gradient; "):  # each way on as the command line gives it
         project_graph(silu, x, {"2": silu[2]}, seeds, "guided")
     with nonlinear("gradient"), pytest.warns(UserWarning, match="no rectifier on the way down "
                                               "from layer '2': .*plain gradient") as told:

@@ -433,7 +433,8 @@ def _node_backward(node: Any, name: str, g_out: list[Tensor | None], rounds: int
                 f"hardtanh({node._saved_min_val}, {node._saved_max_val})"
             raise RuleUndefinedError(
                 f"the {rule} rule is defined for rectifiers (ReLU, ReLU6) only, but the signal "
-                f"has to go back through {what}; use rule 'gradient' (defined for every layer), "
+                f"has to go back through {what}; use rule 'gradient' (--rule gradient; defined "
+                f"for every layer), "
                 f"or nonlinear 'gradient' (--nonlinear gradient; in Python, "
                 f"`with zfnet.graph.nonlinear(\"gradient\"):`) to take {what}'s gradient and "
                 f"apply the {rule} rule at the rectifiers only, as Captum does")
