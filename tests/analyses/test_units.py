@@ -208,7 +208,9 @@ def test_project_command_nonlinear_option(photos, tmp_path) -> None:
 
 @pytest.mark.parametrize("args,message", [
     (["--layer", "layer9"], "layer 'layer9' does not exist"),
-    (["--layer", "layer1", "--channel", "64"], "outside the layer's 64 maps"),
+    (["--layer", "layer1", "--channel", "64"], "outside the 64 maps of layer1; valid: 0..63"),
+    # of several layers, the one the map is not in is named
+    (["--layer", "layer4,conv1", "--channel", "100"], "100 outside the 64 maps of conv1"),
     (["--layer", "layer1", "--channel", "1", "--top", "2"], "--channel and --top"),
     (["--layer", "layer1", "--rule", "lrp"], "'lrp' is not one of"),
 ])

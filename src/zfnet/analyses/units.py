@@ -69,15 +69,17 @@ class Unit:
         return self.activation > 0
 
 
-def choose_maps(strength: Tensor, channels: Sequence[int] | None, top: int | None) -> Tensor:
+def choose_maps(strength: Tensor, channels: Sequence[int] | None, top: int | None,
+                layer: str | None = None) -> Tensor:
     """(N, C) strongest activation per map -> (N, K) maps to show: `channels` for every image,
-    or each image's `top` most active maps, strongest first."""
+    or each image's `top` most active maps, strongest first. `layer`: its name, for errors."""
     n, c = strength.shape
     if channels:
         bad = [ch for ch in channels if not 0 <= ch < c]
         if bad:
-            raise ValueError(f"channel(s) {', '.join(map(str, bad))} outside the layer's {c} "
-                             f"maps; valid: 0..{c - 1}")
+            which = f"the {c} maps of {layer}" if layer else f"the layer's {c} maps"
+            raise ValueError(f"channel(s) {', '.join(map(str, bad))} outside {which}; "
+                             f"valid: 0..{c - 1}")
         return torch.tensor(list(channels)).repeat(n, 1)
     k = min(top or 4, c)
     return strength.topk(k, dim=1).indices
@@ -113,7 +115,7 @@ def project_units(model: nn.Module, images: Dataset, layer: str | nn.Module, *,
             # (B, C, h, w) or (B, F)
             act = shown_units(name, get_activations(model, x, [name])[name])
         strength = act.flatten(2).amax(2) if act.ndim > 2 else act
-        maps = choose_maps(strength.float().cpu(), channels, top)  # (B, K)
+        maps = choose_maps(strength.float().cpu(), channels, top, name)  # (B, K)
         b, k = maps.shape
         seeds = Seeds(torch.arange(b).repeat_interleave(k), maps.reshape(-1))
         rf = project_layers(model, x, {name: seeds}, rule)[name]
