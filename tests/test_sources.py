@@ -348,8 +348,8 @@ def test_unknown_sources_say_what_is_valid(tmp_path):
 def test_meta_device_builds_the_architecture_only():
     src = load_source("torchvision:vgg16", device="meta")
     assert next(src.model.parameters()).is_meta and src.meta["notes"] == [
-        "preprocessing: ImageNet's mean and std at 256/224 (no weights enum to take them from; "
-        "--mean/--std/--resize/--crop change it)"]
+        "preprocessing: ImageNet's mean and std at 256/224, torchvision's usual (no weights "
+        "given; --mean/--std/--resize/--crop change it)"]
 
 
 def test_load_data_for_a_torchvision_model():
@@ -510,14 +510,22 @@ def test_cli_names_the_source_forms():
         "batch_size"}
 
 
-def test_the_note_on_the_preprocessing_says_what_the_overrides_made_it():
+def test_the_note_on_the_preprocessing_says_what_the_overrides_made_it(tmp_path):
     src = load_source("torchvision:resnet18", resize=72, crop=64)
     prep = [n for n in src.meta["notes"] if n.startswith("preprocessing:")]
     assert prep == ["preprocessing: resize 72, crop 64, mean 123.7,116.3,103.5, std "
                     "58.4,57.12,57.38 (0..255 units) (--resize, --crop given; the mean and "
                     "std: ImageNet's, a default)"]
     src = load_source("torchvision:resnet18")  # the default, said to be one
-    assert any("no weights enum to take them from" in n for n in src.meta["notes"])
+    assert any("ImageNet's mean and std at 256/224, torchvision's usual (no weights given; "
+               in n for n in src.meta["notes"])
+    # a weights file: the user is told that it cannot say its own, and how to give it
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), tmp_path / "r3.pth")
+    src = load_source("torchvision:resnet18", str(tmp_path / "r3.pth"))
+    assert [n for n in src.meta["notes"] if n.startswith("preprocessing:")] == [
+        "preprocessing: ImageNet's mean and std at 256/224, torchvision's usual (a weights file "
+        "does not say how its model was trained: if yours was trained on other inputs, give "
+        "them with --mean/--std/--resize/--crop)"]
 
 
 def test_a_model_whose_builder_reads_tensor_values_is_listed_too():

@@ -518,8 +518,11 @@ def _torchvision(name: str, weights: str | None, meta_only: bool) -> Source:
     else:
         model = _random(build, meta_only)
         notes = [] if meta_only else [f"{label}: random init (seed {SEED}); no weights given"]
-    notes.append("preprocessing: ImageNet's mean and std at 256/224 (no weights enum to take "
-                 "them from; --mean/--std/--resize/--crop change it)")
+    notes.append("preprocessing: ImageNet's mean and std at 256/224, torchvision's usual ("
+                 + ("a weights file does not say how its model was trained: if yours was "
+                    "trained on other inputs, give them with --mean/--std/--resize/--crop)"
+                    if weights is not None else
+                    "no weights given; --mean/--std/--resize/--crop change it)"))
     return Source(model, Preprocessing.imagenet(), None,
                   f"{label} {weights}" if weights else f"{label} (random init)", "torchvision",
                   {"weights": weights, "num_classes": _outputs(model), "notes": notes})
