@@ -290,6 +290,14 @@ def test_the_gallery_counts_the_images_mined_not_the_unreadable_files(tmp_path) 
             "strongest position), each" in section.caption)
 
 
+def test_the_images_are_counted_in_words() -> None:
+    from zfnet.analyses.gallery import images_text
+
+    assert images_text(9, 9) == "9 images"
+    assert images_text(1, 1) == "1 image"  # one photo and a broken file: not "1 images"
+    assert images_text(1, 2) == "1 image (of 2 files, 1 unreadable)"
+
+
 def test_fewer_images_than_k_leave_cells_blank_and_the_caption_says_so(tmp_path) -> None:
     torch.manual_seed(0)
     model = zfnet.create_model("zfnet_small")

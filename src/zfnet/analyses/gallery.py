@@ -466,8 +466,8 @@ def blank_cells_text(mined: int, k: int) -> str:
 
 def images_text(mined: int, files: int) -> str:
     """"9 images", or "8 images (of 9 files, 1 unreadable)" where broken files were skipped."""
-    return f"{mined} images" + (f" (of {files} files, {files - mined} unreadable)"
-                                if mined < files else "")
+    unread = f" (of {files} files, {files - mined} unreadable)" if mined < files else ""
+    return f"{mined} image{'s' * (mined != 1)}{unread}"
 
 
 def topk_patches(topk: TopK, maps: Sequence[int], geo: LayerGeometry | None,
