@@ -1014,7 +1014,7 @@ def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
         fires = "" if unit.active else " (not active: every rule projects it to nothing)"
         click.echo(f"{unit.name}: {unit.what}, activation {unit.activation:.3g}{fires} -> "
                    f"{Path(out) / unit.file}")
-    click.echo(f"wrote {len(results)} projections and {index}")
+    click.echo(f"wrote {len(results)} projection{'s' * (len(results) != 1)} and {index}")
 
 
 @main.group("visualize", short_help="Deconvnet visualisations (Sec. 2.1, Fig. 2)")

@@ -204,6 +204,7 @@ def test_project_command_nonlinear_option(photos, tmp_path) -> None:
     assert res.exit_code == 0, res.output
     units = json.loads((tmp_path / "in/project.json").read_text())["units"]
     assert [(u["layer"], u["channel"]) for u in units] == [("features.1.0.block.3", 300)]
+    assert f"wrote 1 projection and {tmp_path / 'in' / 'project.json'}" in res.output
 
 
 @pytest.mark.parametrize("args,message", [
