@@ -365,6 +365,26 @@ def test_report_on_resnet18_follows_the_models_own_class(synthetic64, tmp_path,
                                            f"(chance {metrics['pointing_chance']:.0%})")
 
 
+def test_the_caption_says_whose_mean_colour_the_occluder_is(synthetic64, tmp_path) -> None:
+    """The paper's inputs (minus the dataset's mean image): the dataset's mean colour; a
+    model's own preprocessing (a torchvision model on your photos): its mean."""
+    from zfnet.data import Preprocessing, load_dataset
+
+    net = _tv("resnet18", num_classes=10)
+    occlusion_report(net, synthetic64, tmp_path / "paper", n_images=1, n_pointing=0, size=32,
+                     stride=32)
+    caption = json.loads((tmp_path / "paper/sections/occlusion.json").read_text())["caption"]
+    assert "A square of the dataset's mean colour (fill 0 after mean subtraction) of 32 px" \
+        in caption
+    pre = Preprocessing(72, 64, (123.7, 116.3, 103.5), (58.4, 57.1, 57.4))
+    bundle = load_dataset("synthetic?n_train=10&n_val=4&size=64", preprocessing=pre)
+    occlusion_report(net, bundle, tmp_path / "model", n_images=1, n_pointing=0, size=32,
+                     stride=32)
+    caption = json.loads((tmp_path / "model/sections/occlusion.json").read_text())["caption"]
+    assert "A square of the mean colour of the model's preprocessing (fill 0 after its " \
+        "normalisation) of 32 px slides over each image in steps of 32 px" in caption
+
+
 def test_table_probabilities_keep_their_digits_below_a_thousandth() -> None:
     from zfnet.analyses.occlusion import _p
 

@@ -543,8 +543,8 @@ def plot_occlusion(
 
 
 CAPTION = (
-    "Occlusion sensitivity (paper Fig. 7). A square of the dataset's mean colour (fill 0 after "
-    "mean subtraction) of {size} px slides over each image in steps of {stride} px; each map "
+    "Occlusion sensitivity (paper Fig. 7). A square of {fill} of {size} px slides over each "
+    "image in steps of {stride} px; each map "
     "has one value per occluder position, drawn at the square's centre. (a) The image; the "
     "dashed red square is the occluder that lowers the probability of the {target} class most. "
     "{b} projected to pixels with {rule}: the structure it responds to. {display} "
@@ -553,6 +553,8 @@ CAPTION = (
     "on the object, not on the background. (e) The most probable label at each position: where "
     "covering the object makes the model switch to another class. {classes}{pointing}"
 )
+FILL_DATASET = "the dataset's mean colour (fill 0 after mean subtraction)"
+FILL_MODEL = "the mean colour of the model's preprocessing (fill 0 after its normalisation)"
 MAP_B = (
     "(b) Total activation of the {layer} feature map that is strongest on the unoccluded image "
     "(sum of its rectified map): blue where covering the image switches that feature off. "
@@ -664,7 +666,9 @@ def occlusion_report(
     rules = {r.meta.get("projection_rule") for _, r in panels} - {None}
     rule = ("the gradient (the deconvnet is undefined through this model's non-rectifier "
             "activations)" if rules == {"gradient"} else "the deconvnet")
-    caption = CAPTION.format(size=first.size, stride=first.stride,
+    # what fill 0 is: the mean the inputs had subtracted (a model's normalisation: its mean)
+    fill_words = FILL_DATASET if pre is None or pre.mean_image is not None else FILL_MODEL
+    caption = CAPTION.format(size=first.size, stride=first.stride, fill=fill_words,
                              b=(UNIT_B if first.flat else MAP_B).format(layer=first.layer),
                              pointing=pointing_text, display=DISPLAY_CAPTION, rule=rule,
                              classes="" if own else OTHER_CLASSES,
