@@ -77,6 +77,17 @@ def test_occlusion_in_bfloat16_and_a_bad_precision(setup, tmp_path) -> None:
     assert not (tmp_path / "not").exists()
 
 
+def test_topk_shows_its_progress_on_a_terminal_only(setup, tmp_path, monkeypatch) -> None:
+    """Mining a folder takes a while: on a terminal a bar says how far it is; in a log, none."""
+    from zfnet import cli
+
+    args = ["visualize", "topk", *_model(setup), "--data", f"images:{setup / 'photos'}",
+            "--layer", "layer1", "--k", "2", "--maps-per-layer", "1"]
+    assert "top-k mining" not in _ok([*args, "--out", str(tmp_path / "log")])
+    monkeypatch.setattr(cli, "_terminal", lambda: True)
+    assert "top-k mining" in _ok([*args, "--out", str(tmp_path / "terminal")])
+
+
 def test_models_says_how_many_classes_a_weights_file_has(setup, tmp_path) -> None:
     """A fine-tuned copy's weights file: its 10 classes are said, named or not."""
     model = ["models", "torchvision:resnet18", "--weights", str(setup / "r18.pth")]

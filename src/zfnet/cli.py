@@ -419,6 +419,11 @@ _WORKERS = click.option(
          "one, shared by torchrun's processes; on a CPU 0).")
 
 
+def _terminal() -> bool:
+    """Whether stderr is a terminal: progress bars are drawn there only (not into logs)."""
+    return sys.stderr.isatty()
+
+
 def _mining_workers(workers: int | str | None, device: object) -> int:
     """The DataLoader workers a command that mines a dataset uses: `--workers` as given (0
     included), or "auto" when it was not."""
@@ -1067,7 +1072,8 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
                          rule=rule, map_rule=map_rule, batch_size=model_options.batch_size,
                          distributed=info.enabled,
                          num_workers=_mining_workers(workers, info.device),
-                         class_names=source.labels or None)
+                         class_names=source.labels or None,
+                         progress=info.is_main and _terminal())  # mining a folder takes a while
     if info.is_main:
         _finish(out)
 

@@ -79,13 +79,14 @@ def gallery(model: nn.Module, bundle: DataBundle, run_dir: str | Path, *, k: int
             n_images: int = 1000, n_maps: int = 16, layers: list[str] | None = None,
             rule: str = "deconvnet", map_rule: str = "strongest", batch_size: int = 64,
             device: str | torch.device | None = None, distributed: bool = False,
-            num_workers: int = 0, class_names: list[str] | None = None) -> Any:
+            num_workers: int = 0, class_names: list[str] | None = None,
+            progress: bool = False) -> Any:
     """Fig. 2: the top-k gallery over the first `n_images` val images (centre crops). Layers
     default to `zfnet.models.feature_layers` (conv1…conv5 on zfnet's models). `distributed`:
     mined across the processes of the process group, written by the first
     (`zfnet.analyses.gallery.run_topk_gallery`); `num_workers`: the mining's DataLoader
     workers; `class_names`: the model's, named with the units of its last layer (its class
-    scores) where it is shown."""
+    scores) where it is shown; `progress`: a progress bar of the mining on stderr."""
     from zfnet.analyses.gallery import run_topk_gallery
     from zfnet.models import score_layer
 
@@ -98,6 +99,7 @@ def gallery(model: nn.Module, bundle: DataBundle, run_dir: str | Path, *, k: int
         display_image=bundle.raw_val, run_dir=run_dir, batch_size=batch_size, device=device,
         pixel_scale=_pixel_scale(bundle), distributed=distributed, num_workers=num_workers,
         unit_names={score_layer(model): class_names} if class_names else None,
+        progress=progress,
     )
 
 
