@@ -193,7 +193,7 @@ def invariance(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
          "that models can be compared on them; the class followed is the one each is first "
          "predicted as."),
         ("invariance_dataset", data_imgs, labels if own else None, names,
-         f"Invariance on {len(names)} images of {spec} (Fig. 5)",
+         f"Invariance on {len(names)} image{'s' * (len(names) != 1)} of {spec} (Fig. 5)",
          f"The images: {len(names)} of {spec}"
          + (" (its val split, one per class while classes last)" if bundle.class_names
             else "") + "."),

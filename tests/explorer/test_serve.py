@@ -49,6 +49,20 @@ def test_serve_a_model_object_in_the_background(tmp_path) -> None:
         httpx.get(f"{server.url}/api/model", timeout=5)
 
 
+def test_one_image_is_said_so(tmp_path) -> None:
+    from PIL import Image
+    from skimage import data
+
+    (tmp_path / "one").mkdir()
+    Image.fromarray(data.coffee()).save(tmp_path / "one" / "coffee.jpg")
+    said: list[str] = []
+    server = serve(from_module(_net(), resize=40, crop=32, name="mine"),
+                   f"images:{tmp_path / 'one'}", port=0, cache_dir=tmp_path / "cache",
+                   background=True, echo=said.append)
+    server.stop()
+    assert said[0] == f"zfnet explorer: mine, 1 image of images:{tmp_path / 'one'}"
+
+
 def test_the_address_is_checked_first(tmp_path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

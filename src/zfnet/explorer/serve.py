@@ -70,7 +70,8 @@ def serve(source: Any, data: str | None = None, *, host: str = "127.0.0.1", port
                      allowed_hosts=LOOPBACK if host in LOOPBACK else None)
     server = Server(app, host, port)
     echo(f"zfnet explorer: {source.name}"
-         + (f", {explorer.n_images} images of {bundle.spec}" if bundle else ", uploads only"))
+         + (f", {explorer.n_images} image{'s' * (explorer.n_images != 1)} of {bundle.spec}"
+            if bundle else ", uploads only"))
     if background:
         server.start()
         echo(f"open {server.url}/  (server.stop() stops it)")
