@@ -181,6 +181,9 @@ def test_load_images_files_folder_or_spec(folder, tmp_path):
         load_images([a, tmp_path / "missing.png"], PREP)
     with pytest.raises(FileNotFoundError, match="synthetc does not exist"):
         load_images("synthetc", PREP)
+    with pytest.raises(FileNotFoundError, match="^image https://example.com/cat.jpg is a web "
+                       "address; zfnet reads image files on this computer: download it, "):
+        load_images("https://example.com/cat.jpg", PREP)
     with pytest.raises(ValueError, match="no image given"):
         load_images([], PREP)
     not_image = tmp_path / "notes.png"

@@ -109,6 +109,9 @@ def load_images(
             return load_dataset(first, strict=strict, preprocessing=preprocessing).val
     paths: list[Path] = []
     for item in items:
+        if isinstance(item, str) and "://" in item:  # Path() would make https:// https:/
+            raise FileNotFoundError(f"image {item} is a web address; zfnet reads image files "
+                                    "on this computer: download it, then give its path")
         path = Path(item).expanduser()
         if path.is_dir():
             paths += folder_images(path)
