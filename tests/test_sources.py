@@ -81,6 +81,9 @@ def test_registry_state_dict_files(tmp_path):
         load_source("zfnet_small", str(tmp_path / "wide.pth"))
     with pytest.raises(FileNotFoundError, match="nothere.pth does not exist"):
         load_source("zfnet_small", str(tmp_path / "nothere.pth"))
+    with pytest.raises(FileNotFoundError, match="^weights https://example.com/w.pth is a web "
+                       "address; zfnet reads a weights file on this computer: download it, "):
+        load_source("zfnet_small", "https://example.com/w.pth")
 
 
 def test_registry_with_a_zfnet_checkpoint_is_its_run(run):

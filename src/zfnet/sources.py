@@ -735,6 +735,10 @@ def _looks_like_file(weights: str) -> bool:
 
 
 def _weights_file(weights: str, what: str) -> Path:
+    if "://" in weights:  # Path() would make https:// https:/
+        raise FileNotFoundError(f"weights {weights} is a web address; zfnet reads a weights file "
+                                "on this computer: download it, then give its path (or a "
+                                "torchvision weights name: DEFAULT)")
     path = Path(weights).expanduser()
     if not path.is_file():
         what_is = "is a directory" if path.is_dir() else "does not exist"
