@@ -40,6 +40,20 @@ def test_a_study_of_zfnets_model_and_your_own(tmp_path) -> None:
         study(TINY, [f"{tmp_path}/nets.py:net"], ["fc_half"], out, 1)
 
 
+def test_a_folder_of_photos_without_labels_is_refused_before_anything_is_written(
+        tmp_path) -> None:
+    from PIL import Image
+    from skimage import data
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(data.coffee()).save(photos / "coffee.jpg")
+    with pytest.raises(ValueError, match="has no labels to train on"):
+        study(f"images:{photos}", ["zfnet_small"], ["baseline"], tmp_path / "study", 1)
+    assert not (tmp_path / "study").exists()
+    assert [p.name for p in photos.iterdir()] == ["coffee.jpg"]  # no mean image cached there
+
+
 def test_a_signal_stops_the_study_and_the_same_call_continues_it(tmp_path, monkeypatch) -> None:
     """SIGTERM during the second variant's first epoch: the study stops (no row for a half-
     trained run), that run saved where it was; the same call then continues it and keeps the

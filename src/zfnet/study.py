@@ -112,12 +112,14 @@ def study(
     A run that exists already is continued (finished: kept as it is), so the same call goes on
     where an interrupted one stopped; a signal stops the study, its run saved where it was, with
     `StudyInterrupted`."""
+    from zfnet.data.bundle import require_labelled_spec
     from zfnet.data.spec import absolute_spec
     from zfnet.train.run import find_resume
 
     if not models or not variants:
         raise ValueError("study needs at least one model and one variant")
     data = absolute_spec(data)  # what its runs save: read from anywhere later
+    require_labelled_spec(data, "train on")  # images:DIR: before its mean image is made
     for what, names in (("model", models), ("variant", variants)):
         twice = sorted({n for n in names if list(names).count(n) > 1})
         if twice:

@@ -31,6 +31,24 @@ def _files(root: Path) -> dict[str, bytes]:
             if p.is_file()}
 
 
+def test_a_folder_of_photos_without_labels_is_refused_before_anything_is_written(
+        tmp_path) -> None:
+    """images:DIR has no labels: said at once, not after its mean image was computed and
+    cached in the user's folder."""
+    from PIL import Image
+    from skimage import data
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(data.coffee()).save(photos / "coffee.jpg")
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "--out", str(out), *TINY, "--data",
+                                  f"images:{photos}"])
+    assert r.exit_code == 1 and r.output.startswith("Error: "), r.output
+    assert "has no labels to train on" in r.output and r.output.count("\n") == 1
+    assert not out.exists() and [p.name for p in photos.iterdir()] == ["coffee.jpg"]
+
+
 @pytest.mark.parametrize(("args", "named"), [
     (["--data", SYNTHETIC, "--model-opt", "pool_kernel=0"], "pool_kernel=0"),
     (["--data", SYNTHETIC, "--model-opt", "input_size=5"], "input_size"),

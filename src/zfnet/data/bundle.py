@@ -69,10 +69,22 @@ def require_labels(bundle: DataBundle, purpose: str = "score against") -> None:
     """ValueError for a dataset without labels (`images:DIR`, 0 classes): nothing to `purpose`;
     says which datasets have them."""
     if bundle.num_classes == 0:
-        raise ValueError(
-            f"dataset {getattr(bundle, 'spec', '')!r} has no labels to {purpose} (images:DIR is "
-            "for looking inside a model); give labelled images: imagefolder:DIR "
-            "(DIR/train/<class>/*, DIR/val/<class>/*), shards:DIR, fashion-mnist, synthetic")
+        raise ValueError(_no_labels(getattr(bundle, "spec", ""), purpose))
+
+
+def require_labelled_spec(spec: str, purpose: str = "score against") -> None:
+    """`require_labels` from the spec alone, before the dataset is loaded (an `images:DIR`
+    loaded for the paper's inputs would first compute its mean image and cache it in DIR)."""
+    from zfnet.data.spec import parse_spec
+
+    if parse_spec(spec).name == "images":
+        raise ValueError(_no_labels(spec, purpose))
+
+
+def _no_labels(spec: str, purpose: str) -> str:
+    return (f"dataset {spec!r} has no labels to {purpose} (images:DIR is for looking inside a "
+            "model); give labelled images: imagefolder:DIR (DIR/train/<class>/*, "
+            "DIR/val/<class>/*), shards:DIR, fashion-mnist, synthetic")
 
 
 class ClassNamesWarning(UserWarning):

@@ -138,7 +138,9 @@ def build_run(config: TrainConfig, info: ddp.DistInfo, bundle: Any = None) -> Ru
     resume_from, meta = find_resume(config, say)
     if bundle is None:
         from zfnet.data import load_dataset
+        from zfnet.data.bundle import require_labelled_spec
 
+        require_labelled_spec(config.data, "train on")  # before a mean image is made
         bundle = load_dataset(config.data, strict=config.strict, cache_dir=config.data_cache)
     require_labels(bundle, "train on")
     if meta is not None:
