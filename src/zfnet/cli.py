@@ -523,7 +523,8 @@ _LOADER = click.option(
               help="Continue the run in --out exactly where its last checkpoint left it.")
 @click.option("--progress/--quiet", default=None, help="Progress bar and epoch lines.")
 @click.option("--tensorboard/--no-tensorboard", default=None, help="TensorBoard logs in tb/.")
-def train_cmd(**opts) -> None:
+@click.option("--weights", "start_weights", hidden=True, expose_value=True, default=None)
+def train_cmd(start_weights: str | None, **opts) -> None:
     """Train a model with the paper's recipe (Sec. 3) and write a run directory.
 
     Exit status: 0 finished; 130 (SIGINT) / 143 (SIGTERM) interrupted after saving a
@@ -535,6 +536,11 @@ def train_cmd(**opts) -> None:
     from zfnet.train import EXIT_INTERRUPTED, NonFiniteLossError, resolve_config
     from zfnet.train import train as run_training
 
+    if start_weights is not None:  # a user with a trained model, hoping to fine-tune it
+        raise click.UsageError(
+            "zfnet train trains a model from scratch by the paper's recipe and takes no "
+            "--weights; to look inside your trained model, give --model and --weights to zfnet "
+            "project, visualize topk, atlas, serve, eval or analyze")
     given = {k: v for k, v in opts.items() if v is not None}
     missing = [f"--{k}" for k in ("data", "model") if k not in given]
     if missing and not given.get("resume"):
