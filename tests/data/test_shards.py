@@ -402,6 +402,16 @@ def test_a_write_killed_outright_continues_to_the_same_bytes(folder, resized, tm
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
+def _shards_in_a_group(script: str, folder: Path, out: Path) -> subprocess.Popen:
+    """`zfnet shards` of `folder` at 37 px, 16 kB shards, 2 workers, run by `script` (which
+    calls zfnet.cli.main) in a process group of its own, as a terminal's foreground job."""
+    command = ["shards", f"imagefolder:{folder}", "--out", str(out), "--resize", "37",
+               "--shard-size", "16kB", "--workers", "2", "--quiet"]
+    return subprocess.Popen([sys.executable, "-c", script, *command], env=process_env(),
+                            start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
 _SLOW_CHUNKS = """
 import sys, time
 from zfnet.cli import main
@@ -421,11 +431,7 @@ def test_ctrl_c_with_workers_keeps_the_write_and_ends_at_once(folder, resized, t
     they hold results the main process has not read. The command ends with no worker left,
     keeping the write, which the same command continues."""
     out = tmp_path / "out"
-    command = ["shards", f"imagefolder:{folder}", "--out", str(out), "--resize", "37",
-               "--shard-size", "16kB", "--workers", "2", "--quiet"]
-    p = subprocess.Popen([sys.executable, "-c", _SLOW_CHUNKS, *command], env=process_env(),
-                         start_new_session=True, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = _shards_in_a_group(_SLOW_CHUNKS, folder, out)
     try:
         for _ in range(600):  # until the first shard is saved
             if list(tmp_path.glob(".out.tmp-*/journal.json")) or p.poll() is not None:
@@ -467,11 +473,7 @@ def test_ctrl_c_while_workers_start_is_not_lost(folder, tmp_path) -> None:
     KeyboardInterrupt raised in its at-fork callbacks) nor leaving workers that the exit then
     waits for."""
     out = tmp_path / "out"
-    command = ["shards", f"imagefolder:{folder}", "--out", str(out), "--resize", "37",
-               "--shard-size", "16kB", "--workers", "2", "--quiet"]
-    p = subprocess.Popen([sys.executable, "-c", _CTRL_C_AT_FORK, *command], env=process_env(),
-                         start_new_session=True, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = _shards_in_a_group(_CTRL_C_AT_FORK, folder, out)
     try:
         _, err = p.communicate(timeout=60)
     finally:
