@@ -340,7 +340,7 @@ def write_shards(source: str, out: str | Path, *, resize: int = DEFAULT_RESIZE,
                       "where you may write") from None
         lock = os.open(tmp, os.O_RDONLY)
         fcntl.flock(lock, fcntl.LOCK_EX)  # this write is running: `_take_over` leaves it alone
-        journal = _Journal(tmp, settings, source)
+        journal = _Journal.new(tmp, settings, source)
     state: dict[str, bool] = {}
     try:
         with _sigterm_raises(state):
@@ -437,23 +437,26 @@ class _Journal:
     mean's running sum (`train-sum-K.npy`). All a later write of the same settings needs to
     continue it from the last closed shard."""
 
-    def __init__(self, folder: Path, settings: dict[str, Any], spec: str,
-                 state: dict[str, Any] | None = None) -> None:
-        self.folder = folder
-        self.state = state or {
-            "format": JOURNAL_FORMAT, "settings": settings, "spec": spec,
-            "id": uuid.uuid4().hex, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "splits": {}, "current": None}
+    def __init__(self, folder: Path, state: dict[str, Any]) -> None:
+        self.folder, self.state = folder, state
 
-    @staticmethod
-    def read(folder: Path) -> dict[str, Any] | None:
-        """The journal in `folder`; None where there is none or it cannot be read."""
+    @classmethod
+    def new(cls, folder: Path, settings: dict[str, Any], spec: str) -> _Journal:
+        """The journal of a write begun in `folder` (saved as its first shard is closed)."""
+        return cls(folder, {"format": JOURNAL_FORMAT, "settings": settings, "spec": spec,
+                            "id": uuid.uuid4().hex,
+                            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                            "splits": {}, "current": None})
+
+    @classmethod
+    def read(cls, folder: Path) -> _Journal | None:
+        """The journal saved in `folder`; None where there is none or it cannot be read."""
         try:
             state = json.loads((folder / JOURNAL).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
         keys = {"format", "settings", "spec", "id", "created", "splits", "current"}
-        return state if isinstance(state, dict) and keys <= state.keys() \
+        return cls(folder, state) if isinstance(state, dict) and keys <= state.keys() \
             and isinstance(state["settings"], dict) else None
 
     def saved(self) -> bool:
@@ -603,8 +606,7 @@ def _take_over(out: Path, settings: dict[str, Any]) -> tuple[Path, int, _Journal
                               f"{out}` leaves, but holds other things too (e.g. {other[0]}): "
                               "kept; remove it if it is one", StaleWriteWarning, stacklevel=3)
                 continue
-            state = _Journal.read(folder)
-            held.append((folder, fd, state and _Journal(folder, settings, "", state)))
+            held.append((folder, fd, _Journal.read(folder)))
         for folder, _, journal in held:
             then = journal.state if journal else None
             if then and (then.get("format") != JOURNAL_FORMAT
