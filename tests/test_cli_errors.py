@@ -345,6 +345,8 @@ CASES = [
     # analyze
     ("evolution-no-checkpoints", ["analyze", "evolution", "--run", "{empty}", *OUT], "empty"),
     ("evolution-no-run", ["analyze", "evolution", *OUT], "--checkpoint"),
+    ("evolution-a-file", ["analyze", "evolution", "--checkpoint", "{notes}", *OUT],
+     "notes.txt is a file; Fig. 4 compares the checkpoints a training run kept"),
     ("evolution-dataset", ["analyze", "evolution", *CK, "--data", "nope", *OUT], "nope"),
     ("evolution-one-epoch", ["analyze", "evolution", *CK, *OUT], "keeps 1 checkpoint (epoch 1)"),
     ("filters-not-a-run", ["analyze", "filters", "--checkpoint", "{empty}", *OUT], "empty"),

@@ -1156,9 +1156,9 @@ def analyze() -> None:
 
 @analyze.command("evolution", short_help="Fig. 4: top activations projected at each kept epoch")
 @_runs_only("Fig. 4 compares the checkpoints it kept while training")
-@click.option("--checkpoint", "run_dir", type=click.Path(exists=True, file_okay=False),
-              metavar="RUN", help="Training run directory with kept checkpoints.  [required]")
-@click.option("--run", "run_alias", type=click.Path(exists=True, file_okay=False), hidden=True)
+@click.option("--checkpoint", "run_dir", type=click.Path(exists=True), metavar="RUN",
+              help="Training run directory with kept checkpoints.  [required]")
+@click.option("--run", "run_alias", type=click.Path(exists=True), hidden=True)
 @_DATA
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Report directory (default: the run directory).")
@@ -1178,6 +1178,10 @@ def evolution_cmd(run_dir: str | None, run_alias: str | None, data: str | None,
     run_dir = run_dir or run_alias
     if run_dir is None:
         raise click.MissingParameter(param_hint="'--checkpoint'", param_type="option")
+    if Path(run_dir).is_file():  # a weights file: one state of the model, not its training
+        raise click.BadParameter(
+            f"{run_dir} is a file; Fig. 4 compares the checkpoints a training run kept: give "
+            "the run directory of `zfnet train` (its --out)", param_hint="--checkpoint")
     kept = list_checkpoints(run_dir)
     if not kept:
         raise click.BadParameter(
