@@ -34,6 +34,20 @@ def test_missing_figure_is_an_error(tmp_path) -> None:
         write_section(tmp_path, Section("k", "t", "c", figures=[Figure("nope.png")]))
 
 
+def test_a_figure_deleted_after_its_section_is_told(tmp_path) -> None:
+    from zfnet.report.html import MissingFigureWarning
+
+    plot_curves([1, 2], {"loss": {"train": [2, 1]}}, tmp_path / "figs" / "c.png")
+    write_section(tmp_path, Section("k", "Curves", "c", figures=[Figure("figs/c.png")]))
+    (tmp_path / "figs" / "c.png").unlink()
+    with pytest.warns(MissingFigureWarning) as seen:
+        page = build_report(tmp_path).read_text()
+    assert [str(w.message) for w in seen] == [
+        f"{tmp_path / 'figs' / 'c.png'}, a figure of the section 'Curves', is missing: the page "
+        "says so in its place (the command that made the section writes it again)"]
+    assert "(missing figure figs/c.png)" in page
+
+
 def test_figures_must_stay_inside_the_run(tmp_path) -> None:
     run = tmp_path / "run"
     (run / "figs").mkdir(parents=True)

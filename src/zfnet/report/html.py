@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,13 @@ from PIL import Image
 
 from zfnet.atomic import write_text_atomic
 from zfnet.report.sections import read_sections
+
+
+class MissingFigureWarning(UserWarning):
+    """A figure a section lists is not in the run (deleted or moved): the page says so in its
+    place."""
+
+    one_line = True  # `zfnet` prints it as one line (zfnet.cli)
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("zfnet.report", "templates"),
@@ -86,12 +94,16 @@ def build_report(run_dir: str | Path, title: str | None = None) -> Path:
         raise ValueError(f"{run_dir} has no report sections ({run_dir / 'sections'}/*.json); "
                          "write some into it first with `zfnet demo`, `zfnet analyze ...` or "
                          "`zfnet visualize topk` (--out)")
-    figures = {
-        f.path: _embed(run_dir, f.path)
-        for s in sections
-        for f in s.figures
-        if (run_dir / f.path).is_file()
-    }
+    figures = {}
+    for s in sections:
+        for f in s.figures:
+            if (run_dir / f.path).is_file():
+                figures[f.path] = _embed(run_dir, f.path)
+            elif f.path not in figures:
+                figures[f.path] = None
+                warnings.warn(f"{run_dir / f.path}, a figure of the section {s.title!r}, is "
+                              "missing: the page says so in its place (the command that made "
+                              "the section writes it again)", MissingFigureWarning, stacklevel=2)
     config_path = run_dir / "config.json"
     config = ""
     if config_path.is_file():
