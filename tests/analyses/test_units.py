@@ -245,7 +245,7 @@ def test_a_class_score_layer_is_told_as_units_named_by_their_class(photos, tmp_p
     assert any("fc unit 1 (coffee), activation -1e+03 (not active: every rule projects it to "
                "nothing) -> " in line for line in lines), res.output
     assert any("fc unit 2 (rocket), activation 1e+03 -> " in line for line in lines)
-    assert any(re.search(r"layer4 map 1 at \(\d, \d\), activation", line) for line in lines)
+    assert any(re.search(r"layer4 map 1 at \(row \d, col \d\), activation", line) for line in lines)
     units = json.loads((out / "project.json").read_text())["units"]
     fc = [u for u in units if u["layer"] == "fc"]
     assert [(u["label"], u["flat"], u["file"]) for u in fc] == [

@@ -58,9 +58,10 @@ class Unit:
 
     @property
     def what(self) -> str:
-        """"layer3 map 61 at (5, 4)", or for a flat layer "fc unit 2" (", rocket": its name)."""
+        """"layer3 map 61 at (row 5, col 4)", or for a flat layer "fc unit 2" (" (rocket)": its
+        name)."""
         where = (f"{self.layer} unit {self.channel}" if self.flat
-                 else f"{self.layer} map {self.channel} at ({self.row}, {self.col})")
+                 else f"{self.layer} map {self.channel} at (row {self.row}, col {self.col})")
         return where + (f" ({self.label})" if self.label else "")
 
     @property
