@@ -1053,7 +1053,8 @@ def visualize() -> None:
               default="deconvnet", show_default=True, help=_RULE_HELP)
 @_NONLINEAR
 @click.option("--images", default=None, type=click.IntRange(1),
-              help="Mine only the first N val images (default: all).")
+              help="Mine only the first N images of the val split (of images:DIR, the first "
+                   "N of its images; default: all).")
 @_WORKERS
 def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
              layers: tuple[str, ...] | None, layers_alias: tuple[str, ...] | None, k: int,
@@ -1097,7 +1098,8 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
 @click.option("--maps-per-layer", default=None, type=click.IntRange(1),
               help="The N strongest maps of each layer (default: every map).")
 @click.option("--images", default=None, type=click.IntRange(1),
-              help="Mine only the first N val images (default: all).")
+              help="Mine only the first N images of the val split (of images:DIR, the first "
+                   "N of its images; default: all).")
 @click.option("--rule", type=click.Choice(["deconvnet", "guided", "gradient"]),
               default="deconvnet", show_default=True, help=_RULE_HELP)
 @_NONLINEAR

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from zfnet.data import DataBundle, collate, load_dataset
+from zfnet.data.bundle import val_words
 from zfnet.data.photos import load_photos
 from zfnet.data.picks import file_name, first_item, pick_items
 from zfnet.data.spec import parse_spec, with_options
@@ -36,7 +37,7 @@ def _present(model: nn.Module, names: tuple[str, ...]) -> list[str]:
 
 def _size(bundle: DataBundle) -> tuple[int, int]:
     """(H, W) of the bundle's model inputs (centre crops of val: its first readable image)."""
-    x = first_item(_centre(bundle), f"the val split of {bundle.spec!r}")[1][0]
+    x = first_item(_centre(bundle), val_words(bundle))[1][0]
     return int(x.shape[-2]), int(x.shape[-1])
 
 
@@ -361,8 +362,8 @@ def randomization(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
     if n_images is None:
         n_images = min(RANDOMIZATION_IMAGES, len(val))
     if not 1 <= n_images <= len(val):
-        raise ValueError(f"n_images={n_images}: the val split of {bundle.spec!r} has "
-                         f"{len(val)} images; give 1 to {len(val)}")
+        raise ValueError(f"n_images={n_images}: {val_words(bundle)} has {len(val)} "
+                         f"image{'s' * (len(val) != 1)}; give 1 to {len(val)}")
     x = torch.stack([item[0] for _, item in pick_items(val, n_images)])  # readable ones
     with eval_mode(model):
         act = get_activations(model, x, [layer])[layer]  # (N, C, H, W)

@@ -210,3 +210,17 @@ def test_a_large_jpeg_gives_the_pixels_of_torchvisions_transforms(tmp_path):
                           T.CenterCrop(128)])(img.convert("RGB")).int()
     diff = (got - want).abs()
     assert diff.max() <= 2 and diff.float().mean() < 0.5
+
+
+def test_messages_call_a_folders_images_its_images(tmp_path) -> None:
+    """A folder of photos has no splits: messages about the images the analyses take say "the
+    images of 'images:DIR'", a labelled dataset's "the val split of ..."."""
+    from types import SimpleNamespace
+
+    from zfnet.data.bundle import val_words
+
+    _save(tmp_path / "a.png")
+    bundle = load_dataset(f"images:{tmp_path}")
+    assert val_words(bundle) == f"the images of 'images:{tmp_path}'"
+    labelled = SimpleNamespace(spec="synthetic", num_classes=10)
+    assert val_words(labelled) == "the val split of 'synthetic'"

@@ -47,6 +47,7 @@ from torch import nn
 
 from zfnet.activations import capture, cpu_layout
 from zfnet.analyses.classes import labels_are_classes
+from zfnet.data.bundle import val_words
 from zfnet.data.picks import file_name, pick_items
 from zfnet.deconvnet import PRECISIONS
 from zfnet.display import CAPTION as DISPLAY_CAPTION
@@ -614,7 +615,7 @@ def occlusion_report(
     # one image per class first, then the next ones; broken files passed over
     picks = pick_items(val, n_images, one_per_class=True)
     if not picks:
-        raise ValueError(f"the val split of {bundle.spec!r} has no readable image")
+        raise ValueError(f"{val_words(bundle)} has no readable image")
     own = labels_are_classes(model, bundle)
     names = class_names or (bundle.class_names if own else None)
     pre = getattr(bundle, "preprocessing", None)

@@ -81,6 +81,15 @@ def require_labelled_spec(spec: str, purpose: str = "score against") -> None:
         raise ValueError(_no_labels(spec, purpose))
 
 
+def val_words(bundle: DataBundle) -> str:
+    """How messages name the images the analyses take: "the val split of 'SPEC'", or for a
+    folder of images without labels (`images:DIR`, all of it the val split) "the images of
+    'images:DIR'"."""
+    spec = getattr(bundle, "spec", "")
+    return f"the images of {spec!r}" if bundle.num_classes == 0 else \
+        f"the val split of {spec!r}"
+
+
 def _no_labels(spec: str, purpose: str) -> str:
     return (f"dataset {spec!r} has no labels to {purpose} (images:DIR is for looking inside a "
             "model); give labelled images: imagefolder:DIR (DIR/train/<class>/*, "
