@@ -1,9 +1,12 @@
-"""zfnet.data.workers.settle: before a loader forks its workers, an ending queue-feeder thread is
-waited for (a fork while it ends can hang the child on Python < 3.12, CPython gh-112275), and
-for a bounded time only; zfnet's `Loader` does it by itself."""
+"""zfnet.data.workers: before a loader forks its workers, an ending queue-feeder thread is
+waited for (`settle`: a fork while it ends can hang the child on Python < 3.12, CPython
+gh-112275), and for a bounded time only; SIGINT and SIGTERM are held while they are forked
+(`held_signals`), not lost; zfnet's `Loader` does both by itself."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -11,9 +14,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from zfnet.data.workers import FEEDER, settle
+from tests.processes import process_env
+from zfnet.data.workers import FEEDER, Loader, held_signals, settle
 
-pytestmark = pytest.mark.skipif(sys.version_info >= (3, 12),
+before_312 = pytest.mark.skipif(sys.version_info >= (3, 12),
                                 reason="fixed in CPython 3.12: settle does nothing there")
 
 
@@ -24,6 +28,7 @@ def _feeder(seconds: float) -> threading.Thread:
     return t
 
 
+@before_312
 def test_an_ending_feeder_is_waited_for_before_workers_fork() -> None:
     t = _feeder(0.3)
     settle(SimpleNamespace(num_workers=0))  # no workers, no fork: nothing to wait for
@@ -32,6 +37,7 @@ def test_an_ending_feeder_is_waited_for_before_workers_fork() -> None:
     assert not t.is_alive()
 
 
+@before_312
 def test_the_wait_is_bounded() -> None:
     done = threading.Event()  # a feeder that is not ending (an open queue's), until the end
     t = threading.Thread(target=done.wait, name=FEEDER, daemon=True)
@@ -45,10 +51,85 @@ def test_the_wait_is_bounded() -> None:
         t.join()
 
 
+@before_312
 def test_a_loader_settles_before_it_forks_its_workers() -> None:
     """zfnet's DataLoader (every one of its loaders that may have workers) waits by itself."""
-    from zfnet.data.workers import Loader
-
     t = _feeder(1.0)  # longer than the loader takes without waiting
     batches = list(Loader(list(range(4)), batch_size=2, num_workers=1))
     assert not t.is_alive() and [b.tolist() for b in batches] == [[0, 1], [2, 3]]
+
+
+_CTRL_C_AT_FORK = """
+import multiprocessing, os, signal
+from zfnet.data.workers import Loader
+forks = []
+def ctrl_c_once():  # SIGINT as the first worker is forked: it lands in an at-fork callback
+    forks.append(1)
+    if len(forks) == 1:
+        os.kill(os.getpid(), signal.SIGINT)
+os.register_at_fork(after_in_parent=ctrl_c_once)
+try:
+    for batch in Loader(list(range(8)), batch_size=2, num_workers=2):
+        pass
+    print("went on")
+except KeyboardInterrupt:
+    print("interrupted", len(forks), "forks,", len(multiprocessing.active_children()), "left")
+"""
+
+
+def test_ctrl_c_while_a_loader_forks_its_workers_is_not_lost() -> None:
+    """Python drops a KeyboardInterrupt raised in its at-fork callbacks ("Exception ignored"):
+    the loop went on. Held, it is raised once the workers are started, and they are ended."""
+    res = subprocess.run([sys.executable, "-c", _CTRL_C_AT_FORK], env=process_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert (res.stdout, res.stderr) == ("interrupted 2 forks, 0 left\n", "")
+
+
+class _Handlers:
+    """A dataset whose items are the SIGINT and SIGTERM handlers of the process reading it."""
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int) -> list[str]:
+        return [repr(signal.getsignal(s)) for s in (signal.SIGINT, signal.SIGTERM)]
+
+
+def test_workers_start_with_the_handlers_they_would_have_had() -> None:
+    """Forked while the signals are held, a worker gets the process's own handlers back (a
+    worker left with the holding one would ignore Ctrl-C and SIGTERM)."""
+    own = _Handlers()[0]
+    assert next(iter(Loader(_Handlers(), batch_size=None, num_workers=1))) == own
+    assert _Handlers()[0] == own  # given back here too
+
+
+def test_held_signals_reach_their_handlers_once_the_block_ends() -> None:
+    got: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with held_signals():
+                signal.raise_signal(signal.SIGTERM)
+                signal.raise_signal(signal.SIGINT)
+                signal.raise_signal(signal.SIGINT)  # twice: raised once
+                with held_signals():  # held already: the outer block raises them
+                    signal.raise_signal(signal.SIGTERM)
+                assert got == []
+        assert got == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_only_the_main_thread_holds_signals() -> None:
+    """Elsewhere a signal handler cannot be set: the block runs as it is."""
+    seen: list[object] = []
+
+    def elsewhere() -> None:
+        with held_signals():
+            seen.append(signal.getsignal(signal.SIGINT))
+
+    t = threading.Thread(target=elsewhere)
+    t.start()
+    t.join()
+    assert seen == [signal.default_int_handler]

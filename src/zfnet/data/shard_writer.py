@@ -58,7 +58,7 @@ from zfnet.data.imagefolder import LAYOUT, PAPER_FULL, select_folder
 from zfnet.data.images import BadImageError, BrokenImageWarning, load_rgb, resize_center_crop
 from zfnet.data.shards import FORMAT, MANIFEST, SPLITS, index_name, raw_bytes, shard_name
 from zfnet.data.spec import parse_spec
-from zfnet.data.workers import Loader, usable_cores
+from zfnet.data.workers import Loader, end_workers, usable_cores
 
 DEFAULT_RESIZE = PAPER_FULL
 DEFAULT_QUALITY = 90
@@ -729,30 +729,14 @@ def _batches(loader: Loader) -> Iterator[Iterator[Any]]:
     """`loader`'s batches, its workers ended as the block ends, also on an exception. A
     DataLoader ends them when its iterator is collected, which after Ctrl-C can be as late as the
     interpreter's exit, where multiprocessing terminates them with SIGTERM, which writing
-    workers ignore (`_worker_start`), and waits for them: for ever. SIGINT and SIGTERM are held
-    while the iterator forks its workers: one raised there would leave workers it had started
-    without their iterator (and Python drops a KeyboardInterrupt raised in its at-fork
-    callbacks: the write would go on). Held by a handler, not a signal mask: a process-wide
-    signal goes to any thread that does not block it, and Python raises it in the main one."""
-    held: list[int] = []
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        previous = {s: signal.signal(s, lambda signum, frame: held.append(signum))
-                    for s in (signal.SIGINT, signal.SIGTERM)}
+    workers ignore (`_worker_start`), and waits for them: for ever. (A signal while the workers
+    are forked is held by `Loader`, which ends them before raising it.)"""
     batches = None
     try:
-        try:
-            batches = iter(loader)
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler if handler is not None else signal.SIG_DFL)
-            for s in dict.fromkeys(held):
-                signal.raise_signal(s)  # now, to the handler it was meant for
+        batches = iter(loader)
         yield batches
     finally:
-        end = getattr(batches, "_shutdown_workers", None)  # the iterator's own clean-up
-        if end is not None:
-            end()
+        end_workers(batches)
 
 
 def _worker_start(lock: int | None, folder: Path, worker: int) -> None:

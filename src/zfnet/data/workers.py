@@ -1,6 +1,6 @@
 """DataLoader workers: the cores there are for them (`usable_cores`), and starting them safely
-(`Loader`, a DataLoader that calls `settle` before it forks them: every loader of zfnet that
-may have workers is one).
+(`Loader`, a DataLoader that calls `settle` and holds SIGINT and SIGTERM (`held_signals`) while
+it forks them: every loader of zfnet that may have workers is one).
 
 A DataLoader with workers forks them each time it is iterated. On Python before 3.12, a fork
 made while another thread of the process is ending can leave the child waiting forever on the
@@ -11,11 +11,17 @@ a training epoch under torchrun, hung that way (gdb: `_PyThreadState_DeleteExcep
 the loader iterated just before: its queues are closed when it stops, and the thread ends a
 little later. So before a loader forks, those threads are waited for; a thread that has been
 joined has left the lock.
+
+Ctrl-C while the workers are forked was lost: Python drops ("Exception ignored") a
+KeyboardInterrupt raised in its at-fork callbacks (logging's, for one), and the command went on.
+So the signals are held meanwhile and raised once the workers are started (`held_signals`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import threading
 import time
@@ -47,10 +53,66 @@ def settle(loader: Any, timeout: float = 2.0) -> None:
             thread.join(max(0.0, deadline - time.monotonic()))
 
 
+HELD = (signal.SIGINT, signal.SIGTERM)
+_holding: dict[int, Any] = {}  # while signals are held: their handlers, to restore in a child
+
+
+def _unhold_in_child() -> None:
+    """In a process forked while signals were held: the handlers it would have had (and the
+    holder's way to put them back)."""
+    for s, handler in _holding.items():
+        signal.signal(s, handler)
+    _holding.clear()
+
+
+os.register_at_fork(after_in_child=_unhold_in_child)
+
+
+@contextlib.contextmanager
+def held_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM held while the block runs, then raised again, to the handlers they were
+    meant for; on the main thread only (elsewhere, and when held already, nothing is done).
+    Held by a handler, not a signal mask: a process-wide signal goes to any thread that does not
+    block it, and Python runs its handlers in the main thread. A process forked meanwhile starts
+    with the handlers as they were (`os.register_at_fork`)."""
+    if _holding or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    for s in HELD:
+        handler = signal.signal(s, lambda signum, frame: held.append(signum))
+        _holding[s] = handler if handler is not None else signal.SIG_DFL  # None: set outside Python
+    try:
+        yield
+    finally:
+        _unhold_in_child()  # here too: the handlers back
+        for s in dict.fromkeys(held):
+            signal.raise_signal(s)
+
+
+def end_workers(batches: Any) -> None:
+    """End the workers of `batches` (a DataLoader's iterator) now. A DataLoader ends them when
+    its iterator is collected, which after an exception can be as late as the interpreter's
+    exit."""
+    end = getattr(batches, "_shutdown_workers", None)  # the iterator's own clean-up
+    if end is not None:
+        end()
+
+
 class Loader(DataLoader):
-    """A `DataLoader` that waits for ending queue-feeder threads (`settle`) each time it starts
-    iterating, before it forks its workers."""
+    """A `DataLoader` that, each time it starts iterating with workers, waits for ending
+    queue-feeder threads (`settle`) and holds SIGINT and SIGTERM while it forks the workers
+    (`held_signals`). A signal raised then ends the workers before it propagates."""
 
     def __iter__(self) -> Iterator[Any]:
+        if not self.num_workers:
+            return super().__iter__()
         settle(self)
-        return super().__iter__()
+        batches = None
+        try:
+            with held_signals():
+                batches = super().__iter__()
+        except BaseException:
+            end_workers(batches)
+            raise
+        return batches
