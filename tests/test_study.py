@@ -89,3 +89,19 @@ def test_a_signal_stops_the_study_and_the_same_call_continues_it(tmp_path, monke
         study(TINY, ["zfnet_small"], ["no_fc7", "baseline"], out, 1, batch_size=32,
               progress=False, tensorboard=False)
     assert not (out / "zfnet_small-no_fc7").exists() and not (tmp_path / "new").exists()
+
+
+def test_a_variant_whose_loss_diverges_is_one_error_line_naming_it(tmp_path) -> None:
+    """A NaN loss (an lr too high for a variant) stops the study with one `Error:` line naming
+    the run and what to change, not a traceback."""
+    from click.testing import CliRunner
+
+    from zfnet.cli import main
+
+    res = CliRunner().invoke(main, ["study", "--data", TINY, "--epochs", "2", "--batch-size",
+                                    "16", "--variants", "baseline", "--lr", "50",
+                                    "--out", str(tmp_path / "study")])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert len(res.output.splitlines()) == 1, res.output
+    assert res.output.startswith("Error: zfnet_small-baseline diverged: loss is nan")
+    assert "a lower --lr, in another --out" in res.output

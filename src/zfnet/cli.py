@@ -1555,7 +1555,7 @@ def study_cmd(data: str, models: tuple[str, ...], variants: tuple[str, ...], epo
     import sys
 
     from zfnet.study import StudyInterrupted, study, study_section
-    from zfnet.train import EXIT_INTERRUPTED
+    from zfnet.train import EXIT_INTERRUPTED, NonFiniteLossError
 
     try:
         rows = study(data, models, variants, out, epochs, batch_size=batch_size, lr=lr,
@@ -1564,6 +1564,9 @@ def study_cmd(data: str, models: tuple[str, ...], variants: tuple[str, ...], epo
         click.echo(f"{e}: the same command continues the study (finished runs are kept)",
                    err=True)
         sys.exit(EXIT_INTERRUPTED[signal.Signals[e.signal or "SIGTERM"]])
+    except NonFiniteLossError as e:
+        raise click.ClickException(f"{e}; a lower --lr, in another --out, trains every "
+                                   "variant with it") from e
     (Path(out) / "study.json").write_text(json.dumps(rows, indent=1))
     study_section(out, rows, data, epochs)
     click.echo(f"{'model':<14} {'variant':<18} error: train top-1  val top-1  val top-5")

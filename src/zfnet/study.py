@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from zfnet.data import collate, load_dataset
 from zfnet.data.bundle import require_labels
 from zfnet.models import create_model
-from zfnet.train import TrainConfig, evaluate, load_model, train
+from zfnet.train import NonFiniteLossError, TrainConfig, evaluate, load_model, train
 
 # Paper Table 3 (train top-1 / val top-1 / val top-5 error, %), for the side-by-side table.
 PAPER_TABLE3 = {
@@ -111,7 +111,7 @@ def study(
 
     A run that exists already is continued (finished: kept as it is), so the same call goes on
     where an interrupted one stopped; a signal stops the study, its run saved where it was, with
-    `StudyInterrupted`."""
+    `StudyInterrupted`; a NaN/inf loss stops it with `NonFiniteLossError` naming the run."""
     from zfnet.data.bundle import require_labelled_spec
     from zfnet.data.spec import absolute_spec
     from zfnet.train.run import find_resume
@@ -145,7 +145,12 @@ def study(
                               model_opts=variant_overrides(model, v), resume=True,
                               **train_options)
             t0 = time.perf_counter()
-            summary = train(replace(cfg), bundle=bundle)
+            try:
+                summary = train(replace(cfg), bundle=bundle)
+            except NonFiniteLossError as e:  # the recipe's lr is too high for this variant
+                raise NonFiniteLossError(
+                    f"{run.name} diverged: {e}; the study stops (its finished runs are kept)"
+                ) from None
             if summary["status"] != "completed":
                 raise StudyInterrupted(summary.get("signal"), run)
             net, _ = load_model(run)
