@@ -133,3 +133,40 @@ def test_only_the_main_thread_holds_signals() -> None:
     t.start()
     t.join()
     assert seen == [signal.default_int_handler]
+
+
+_NOT_PICKLED = """
+import multiprocessing, sys
+from torch.utils.data import Dataset
+from zfnet.data.workers import Loader
+
+
+class Mapped(Dataset):  # a dataset with a lambda (a transforms.Lambda, say) cannot be pickled
+    def __init__(self, items, f):
+        self.items, self.f = items, f
+    def __len__(self):
+        return len(self.items)
+    def __getitem__(self, i):
+        return self.f(self.items[i])
+
+
+if __name__ == "__main__":
+    multiprocessing.set_start_method(sys.argv[1], force=True)  # Python 3.14's is forkserver
+    data = Mapped(range(4), lambda x: x * x)
+    print([b.tolist() for b in Loader(data, batch_size=2, num_workers=2)])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forked on Linux only")
+@pytest.mark.parametrize("default", ["forkserver", "spawn"])
+def test_workers_are_forked_whatever_pythons_default(default: str, tmp_path) -> None:
+    """Not started afresh, importing torch and zfnet again each time a loader is iterated, with
+    the dataset pickled (a lambda in it could not be); a context given is kept."""
+    script = tmp_path / "script.py"
+    script.write_text(_NOT_PICKLED)
+    res = subprocess.run([sys.executable, str(script), default], env=process_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert (res.stdout, res.stderr) == ("[[0, 1], [4, 9]]\n", "")
+    assert Loader([1], num_workers=1, multiprocessing_context="spawn"
+                  ).multiprocessing_context.get_start_method() == "spawn"
+    assert Loader([1]).multiprocessing_context is None  # no workers: none to start

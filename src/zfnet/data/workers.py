@@ -1,6 +1,11 @@
 """DataLoader workers: the cores there are for them (`usable_cores`), and starting them safely
-(`Loader`, a DataLoader that calls `settle` and holds SIGINT and SIGTERM (`held_signals`) while
-it forks them: every loader of zfnet that may have workers is one).
+(`Loader`, a DataLoader that forks them on Linux, calls `settle` and holds SIGINT and SIGTERM
+(`held_signals`) while it does: every loader of zfnet that may have workers is one).
+
+Forked, on Linux, whatever Python's default: Python 3.14 made it forkserver, under which each
+worker imports torch and zfnet again, each time a loader is iterated, and gets the dataset
+pickled (a lambda in it cannot be); and the rest of this module is about forked workers.
+Elsewhere (macOS, Windows) the platform's own start method.
 
 A DataLoader with workers forks them each time it is iterated. On Python before 3.12, a fork
 made while another thread of the process is ending can leave the child waiting forever on the
@@ -100,9 +105,16 @@ def end_workers(batches: Any) -> None:
 
 
 class Loader(DataLoader):
-    """A `DataLoader` that, each time it starts iterating with workers, waits for ending
-    queue-feeder threads (`settle`) and holds SIGINT and SIGTERM while it forks the workers
+    """A `DataLoader` whose workers are forked on Linux (unless `multiprocessing_context` says
+    otherwise) and that, each time it starts iterating with workers, waits for ending
+    queue-feeder threads (`settle`) and holds SIGINT and SIGTERM while it starts them
     (`held_signals`). A signal raised then ends the workers before it propagates."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if (self.num_workers and self.multiprocessing_context is None
+                and sys.platform.startswith("linux")):
+            self.multiprocessing_context = "fork"
 
     def __iter__(self) -> Iterator[Any]:
         if not self.num_workers:
