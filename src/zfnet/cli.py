@@ -1424,7 +1424,7 @@ def transfer_cmd(checkpoint: str, data: str, out: str, shots: tuple[int, ...], n
     rows = pipeline.transfer(model, meta, data, out, shots, n_test, scratch_steps, layer,
                              batch_size=batch_size, device=device)
     for r in rows:
-        click.echo(f"{r.per_class:>4}/class  fixed {r.fixed:.1%}  scratch {r.scratch:.1%}")
+        click.echo(f"{r.per_class:>4}/class  fixed {r.fixed:.1%}  scratch {r.scratch_words()}")
     _finish(out)
 
 

@@ -64,3 +64,35 @@ def test_transfer_study_end_to_end(tmp_path, one_thread) -> None:
     assert section.tables[0].rows[1][:3] == [3, 6, 10]
     with pytest.raises(ValueError, match="valid"):
         transfer_study(model, TINY, (1,), tmp_path, model_name="zfnet_small", layer="fc99")
+
+
+def test_a_from_scratch_run_that_diverges_is_a_row_that_says_so(tmp_path, one_thread,
+                                                                  monkeypatch) -> None:
+    """A NaN loss in a from-scratch run (a few images memorised at a high learning rate) is
+    that row's result, "diverged", in the table and the command's output: not a traceback."""
+    from click.testing import CliRunner
+
+    from zfnet.cli import main
+
+    model = zfnet.create_model("zfnet_small", num_classes=4, input_size=32, in_channels=1)
+    rows = transfer_study(model, TINY, (1, 2), tmp_path, model_name="zfnet_small", n_test=10,
+                          scratch_steps=20, batch_size=2, lr=1e4)
+    assert [r.scratch for r in rows] == [None, None] and all(0 <= r.fixed <= 1 for r in rows)
+    transfer_section(tmp_path, rows, "zfnet_small on x", TINY)
+    (section,) = [s for s in read_sections(tmp_path) if s.key == "transfer"]
+    assert section.tables[0].rows[0][4] == "diverged (NaN loss)"
+    assert "marked diverged stopped on a NaN loss" in section.caption
+
+    run = tmp_path / "run"
+    assert CliRunner().invoke(main, ["train", "--data", TINY, "--model", "zfnet_small", "--out",
+                                     str(run), "--epochs", "1", "--batch-size", "16",
+                                     "--quiet", "--no-tensorboard"]).exit_code == 0
+    from zfnet.analyses import transfer
+
+    real = transfer.transfer_study
+    monkeypatch.setattr(transfer, "transfer_study", lambda *a, **k: real(*a, **k, lr=1e4))
+    res = CliRunner().invoke(main, ["analyze", "transfer", "--checkpoint", str(run), "--data",
+                                    TINY, "--shots", "1", "--scratch-steps", "4",
+                                    "--batch-size", "2", "--out", str(tmp_path / "t")])
+    assert res.exit_code == 0, res.output
+    assert "1/class  fixed" in res.output and "scratch diverged (NaN loss)" in res.output

@@ -10,7 +10,8 @@ same architecture trained from scratch on those images (Caltech-101: 86.5% vs 46
   on the first `n_test` target val images;
 - **scratch**: the same architecture, freshly initialised, trained by `zfnet.train` on the same
   N images per class (random crops and flips) for `scratch_steps` SGD steps, then scored on the
-  same test images (the last epoch's model: no choice by test accuracy).
+  same test images (the last epoch's model: no choice by test accuracy). A run whose loss turns
+  NaN (a few images, memorised) is a result too: "diverged", no accuracy.
 
 The target may be another dataset than the model was trained on — the paper's case (ImageNet →
 Caltech): `adapt_bundle` replicates a grey image to RGB (or averages RGB to grey) and resizes
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -107,14 +109,19 @@ def adapt_bundle(bundle: DataBundle, channels: int, size: int) -> DataBundle:
 
 @dataclass
 class TransferRow:
-    """Test accuracy with N training images per class: fixed features + softmax vs scratch."""
+    """Test accuracy with N training images per class: fixed features + softmax vs scratch
+    (None: the from-scratch run diverged, its loss NaN or inf)."""
 
     per_class: int
     n_train: int
     n_test: int
     fixed: float
-    scratch: float
+    scratch: float | None
     scratch_seconds: float
+
+    def scratch_words(self) -> str:
+        """The from-scratch accuracy as a percentage, or "diverged (NaN loss)"."""
+        return "diverged (NaN loss)" if self.scratch is None else f"{100 * self.scratch:.1f}%"
 
 
 def transfer_study(
@@ -146,7 +153,7 @@ def transfer_study(
     from zfnet.analyses.probes import extract_features, fit_linear
     from zfnet.models import is_zfnet_model, resolve_layer
     from zfnet.sources import architecture_name
-    from zfnet.train import TrainConfig, train
+    from zfnet.train import NonFiniteLossError, TrainConfig, train
 
     architecture_name(model_name)  # one zfnet can train from scratch, or a ValueError
     resolve_layer(model, layer)  # one the model has, or an UnknownLayerError naming them
@@ -187,15 +194,20 @@ def transfer_study(
         out = Path(run_dir) / "transfer" / f"scratch_{n}_per_class"
         if out.exists():  # this analysis's own output of an earlier call: redone
             shutil.rmtree(out)
-        summary = train(TrainConfig(
-            data=few.spec, model=model_name, out=str(out), model_opts=dict(model_opts or {}),
-            epochs=epochs, batch_size=bs, lr=lr, schedule="cosine", seed=seed,
-            # only the last model is scored: validating every epoch cost as much as training
-            val_every=epochs, keep_epochs=(), progress=False, tensorboard=False, device=device,
-        ), bundle=scratch_bundle)
-        scratch = 1.0 - float(summary["final"]["val_top1_error"])
+        t0 = time.perf_counter()
+        try:
+            summary = train(TrainConfig(
+                data=few.spec, model=model_name, out=str(out), model_opts=dict(model_opts or {}),
+                epochs=epochs, batch_size=bs, lr=lr, schedule="cosine", seed=seed,
+                # only the last model is scored: validating every epoch cost as much as training
+                val_every=epochs, keep_epochs=(), progress=False, tensorboard=False,
+                device=device,
+            ), bundle=scratch_bundle)
+            scratch: float | None = 1.0 - float(summary["final"]["val_top1_error"])
+        except NonFiniteLossError:
+            scratch = None
         rows.append(TransferRow(n, n_train, len(test), fixed, scratch,  # type: ignore[arg-type]
-                                float(summary["wall_time_s"])))
+                                time.perf_counter() - t0))
     return rows
 
 
@@ -207,7 +219,7 @@ def transfer_section(run_dir: str | Path, rows: Sequence[TransferRow], source: s
     table = Table(
         ["images per class", "train images", "test images",
          f"layers up to {layer} fixed + new softmax", "same model trained from scratch"],
-        [[r.per_class, r.n_train, r.n_test, f"{100 * r.fixed:.1f}%", f"{100 * r.scratch:.1f}%"]
+        [[r.per_class, r.n_train, r.n_test, f"{100 * r.fixed:.1f}%", r.scratch_words()]
          for r in rows],
         f"source: {source}; target: {target}",
     )
@@ -223,6 +235,9 @@ def transfer_section(run_dir: str | Path, rows: Sequence[TransferRow], source: s
             "against 46.5% from scratch — features learned on a large set carry over, and the "
             "gap is largest when N is small. Target images of another shape are adapted: grey "
             "to RGB by replication, resized to the model's input."
+            + (" A from-scratch run marked diverged stopped on a NaN loss (its few images "
+               "memorised at the recipe's learning rate): it has no model to score."
+               if any(r.scratch is None for r in rows) else "")
         ),
         tables=[table],
     )
