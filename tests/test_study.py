@@ -105,3 +105,30 @@ def test_a_variant_whose_loss_diverges_is_one_error_line_naming_it(tmp_path) -> 
     assert len(res.output.splitlines()) == 1, res.output
     assert res.output.startswith("Error: zfnet_small-baseline diverged: loss is nan")
     assert "a lower --lr, in another --out" in res.output
+
+
+def test_the_table_shows_no_top5_error_for_5_classes_or_fewer_and_the_papers_findings(
+        tmp_path) -> None:
+    """With 2 classes every class is in the top 5: the val top-5 error is "—" (as `zfnet train`
+    says it), not a 0.0 that reads as a perfect score; the caption words Table 3's findings as
+    the paper does (fc width: little difference; the removals are AlexNet's)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from zfnet.cli import main
+    from zfnet.report import read_sections
+
+    out = tmp_path / "study"
+    res = CliRunner().invoke(main, ["study", "--data", f"{TINY}&classes=face,house", "--epochs",
+                                    "1", "--batch-size", "16", "--variants", "baseline",
+                                    "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.output.splitlines() if x.startswith("zfnet_small"))
+    assert line.split()[-1] == "—" and "0.0%" not in line.split()[-1]
+    assert json.loads((out / "study.json").read_text())[0]["val_top5_error"] is None
+    (section,) = [s for s in read_sections(out) if s.key == "study"]
+    assert section.tables[0].rows[0][5] == "—"
+    assert "no val top-5 (—) with 5 classes or fewer" in section.caption
+    assert "the width of fc6-7 makes little difference" in section.caption
+    assert "wider fc layers overfit" not in section.caption

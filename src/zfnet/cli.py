@@ -1571,8 +1571,11 @@ def study_cmd(data: str, models: tuple[str, ...], variants: tuple[str, ...], epo
     study_section(out, rows, data, epochs)
     click.echo(f"{'model':<14} {'variant':<18} error: train top-1  val top-1  val top-5")
     for r in rows:
+        top5 = "—" if r["val_top5_error"] is None else f"{r['val_top5_error']:.1%}"
         click.echo(f"{r['model']:<14} {r['variant']:<18}        {r['train_top1_error']:>11.1%}"
-                   f"  {r['val_top1_error']:>9.1%}  {r['val_top5_error']:>9.1%}")
+                   f"  {r['val_top1_error']:>9.1%}  {top5:>9}")
+    if any(r["val_top5_error"] is None for r in rows):
+        click.echo("val top-5: — with 5 classes or fewer (every class is among the top 5)")
     _finish(out)
 
 

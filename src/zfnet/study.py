@@ -104,9 +104,10 @@ def study(
     **train_options: Any,
 ) -> list[dict[str, Any]]:
     """Train every (model, variant) pair on `data` for `epochs` into `out/<model>-<variant>` and
-    return one row each: model, variant, parameters, train/val top-1 error, val top-5 error,
-    wall time. Train error is measured in eval mode on centre crops of the first
-    `train_eval_images` training images (as the paper's train error: without dropout).
+    return one row each: model, variant, parameters, train/val top-1 error, val top-5 error
+    (None with 5 classes or fewer: every class is among the top 5), wall time. Train error is
+    measured in eval mode on centre crops of the first `train_eval_images` training images (as
+    the paper's train error: without dropout).
     `train_options` go to `TrainConfig` (batch_size, lr, schedule, …).
 
     A run that exists already is continued (finished: kept as it is), so the same call goes on
@@ -162,7 +163,8 @@ def study(
                 "parameters": sum(p.numel() for p in net.parameters()),
                 "train_top1_error": tr["top1_error"],
                 "val_top1_error": final["val_top1_error"],
-                "val_top5_error": final.get("val_top5_error"),
+                "val_top5_error": (final.get("val_top5_error") if bundle.num_classes > 5
+                                   else None),  # every class in the top 5: no error to show
                 "wall_time_s": time.perf_counter() - t0,
                 "paper": PAPER_TABLE3.get(_PAPER_MODEL.get(model, ""), {}).get(v),
             })
@@ -175,7 +177,7 @@ def study_section(run_dir: str | Path, rows: list[dict[str, Any]], data: str, ep
     from zfnet.report import Section, Table, write_section
 
     def pct(v: float | None) -> str:
-        return "" if v is None else f"{100 * v:.1f}"
+        return "—" if v is None else f"{100 * v:.1f}"
 
     table = [[r["model"], r["variant"], f"{r['parameters']:,}", pct(r["train_top1_error"]),
               pct(r["val_top1_error"]), pct(r["val_top5_error"]),
@@ -185,9 +187,13 @@ def study_section(run_dir: str | Path, rows: list[dict[str, Any]], data: str, ep
         caption=(
             f"Each variant trained on {data} for {epochs} epoch{'s' * (epochs != 1)} with the same "
             "recipe. Errors in "
-            "%, train error measured without dropout on centre crops. The paper (ImageNet, "
-            "70 epochs): removing conv3-4 or fc6-7 costs little alone, both together a lot; "
-            "wider middle conv layers help, wider fc layers overfit."
+            "%, train error measured without dropout on centre crops"
+            + ("; no val top-5 (—) with 5 classes or fewer, all of them in the top 5"
+               if any(r["val_top5_error"] is None for r in rows) else "")
+            + ". The paper (ImageNet, 70 epochs): removing conv3-4 or fc6-7 of AlexNet costs "
+            "little alone, both together a lot (its removals are of AlexNet only: beside "
+            "alexnet_small's rows); the width of fc6-7 makes little difference; wider middle "
+            "conv layers help, and widening them and fc6-7 together overfits."
         ),
         tables=[Table(["model", "variant", "parameters", "train top-1", "val top-1",
                        "val top-5", "paper train/val top-1/val top-5"], table)],
