@@ -32,7 +32,7 @@ def test_a_study_of_zfnets_model_and_your_own(tmp_path) -> None:
                  batch_size=32, progress=False, tensorboard=False)
     assert [(r["model"], r["variant"]) for r in rows] == [
         ("zfnet_small", "baseline"), (f"{tmp_path}/nets.py:net", "baseline")]
-    assert sorted(p.name for p in out.iterdir()) == ["nets.py_net-baseline",
+    assert sorted(p.name for p in out.iterdir()) == ["nets.py_net-baseline", "study.json",
                                                      "zfnet_small-baseline"]
     assert rows[1]["parameters"] == 3 * 8 * 9 + 8 + 8 * 10 + 10
     # a variant is one of zfnet's model options: not for another architecture
@@ -132,3 +132,24 @@ def test_the_table_shows_no_top5_error_for_5_classes_or_fewer_and_the_papers_fin
     assert "no val top-5 (—) with 5 classes or fewer" in section.caption
     assert "the width of fc6-7 makes little difference" in section.caption
     assert "wider fc layers overfit" not in section.caption
+
+
+def test_a_variant_added_later_joins_the_table_of_the_same_study(tmp_path) -> None:
+    """A second call into the same folder with another variant keeps the first call's rows
+    (in Table 3's order; study.json holds them all); rows of runs removed since, or of another
+    budget, are not shown beside it."""
+    import json
+    import shutil
+
+    out = tmp_path / "study"
+    opts = {"batch_size": 32, "progress": False, "tensorboard": False}
+    study(TINY, ["zfnet_small"], ["no_fc7"], out, 1, **opts)
+    rows = study(TINY, ["zfnet_small"], ["baseline"], out, 1, **opts)
+    assert [r["variant"] for r in rows] == ["baseline", "no_fc7"]
+    assert [r["variant"] for r in json.loads((out / "study.json").read_text())] == [
+        "baseline", "no_fc7"]
+    shutil.rmtree(out / "zfnet_small-baseline")
+    rows = study(TINY, ["zfnet_small"], ["fc_half"], out, 1, **opts)
+    assert [r["variant"] for r in rows] == ["fc_half", "no_fc7"]
+    rows = study(TINY, ["zfnet_small"], ["fc_double"], out, 2, **opts)  # another budget
+    assert [r["variant"] for r in rows] == ["fc_double"]

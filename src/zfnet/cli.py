@@ -1550,7 +1550,6 @@ def study_cmd(data: str, models: tuple[str, ...], variants: tuple[str, ...], epo
               batch_size: int, lr: float, schedule: str, out: str) -> None:
     """Table 3: train each (model, variant) on DATA for the same epochs and report train/val
     top-1 and val top-5 error side by side, with the paper's numbers where it has them."""
-    import json
     import signal
     import sys
 
@@ -1567,7 +1566,6 @@ def study_cmd(data: str, models: tuple[str, ...], variants: tuple[str, ...], epo
     except NonFiniteLossError as e:
         raise click.ClickException(f"{e}; a lower --lr, in another --out, trains every "
                                    "variant with it") from e
-    (Path(out) / "study.json").write_text(json.dumps(rows, indent=1))
     study_section(out, rows, data, epochs)
     click.echo(f"{'model':<14} {'variant':<18} error: train top-1  val top-1  val top-5")
     for r in rows:

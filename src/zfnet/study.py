@@ -9,6 +9,7 @@ removals (conv3+conv4, fc7, fc6+fc7, all four).
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
+from zfnet.atomic import write_text_atomic
 from zfnet.data import collate, load_dataset
 from zfnet.data.bundle import require_labels
 from zfnet.models import create_model
@@ -111,8 +113,11 @@ def study(
     `train_options` go to `TrainConfig` (batch_size, lr, schedule, …).
 
     A run that exists already is continued (finished: kept as it is), so the same call goes on
-    where an interrupted one stopped; a signal stops the study, its run saved where it was, with
-    `StudyInterrupted`; a NaN/inf loss stops it with `NonFiniteLossError` naming the run."""
+    where an interrupted one stopped. The rows are also written to `out/study.json`, with those
+    of an earlier call's runs this call did not name (finished, of the same data, epochs and
+    options), so that a variant added later joins the table. A signal stops the study, its run
+    saved where it was, with `StudyInterrupted`; a NaN/inf loss stops it with
+    `NonFiniteLossError` naming the run."""
     from zfnet.data.bundle import require_labelled_spec
     from zfnet.data.spec import absolute_spec
     from zfnet.train.run import find_resume
@@ -126,11 +131,17 @@ def study(
         if twice:
             raise ValueError(f"{what} {', '.join(map(repr, twice))} is given twice; give each "
                              "once")
+
+    def config(model: str, v: str) -> TrainConfig:
+        return TrainConfig(data=data, model=model, out=str(Path(out) / run_name(model, v)),
+                           epochs=epochs, model_opts=variant_overrides(model, v), resume=True,
+                           **train_options)
+
     for model in models:  # fail before training anything: unknown models, variants, options,
         for v in variants:  # runs of another configuration where the study's would go
-            find_resume(TrainConfig(data=data, model=model, out=str(Path(out) / run_name(model, v)),
-                                    epochs=epochs, model_opts=variant_overrides(model, v),
-                                    resume=True, **train_options))
+            find_resume(config(model, v))
+    earlier = _earlier_rows(Path(out), {(m, v) for m in models for v in variants}, config,
+                            epochs)
     bundle = load_dataset(data)
     require_labels(bundle, "train on")
     train_eval = bundle.train.with_mode("centre")
@@ -142,9 +153,7 @@ def study(
     for model in models:
         for v in variants:
             run = Path(out) / run_name(model, v)
-            cfg = TrainConfig(data=data, model=model, out=str(run), epochs=epochs,
-                              model_opts=variant_overrides(model, v), resume=True,
-                              **train_options)
+            cfg = config(model, v)
             t0 = time.perf_counter()
             try:
                 summary = train(replace(cfg), bundle=bundle)
@@ -168,7 +177,35 @@ def study(
                 "wall_time_s": time.perf_counter() - t0,
                 "paper": PAPER_TABLE3.get(_PAPER_MODEL.get(model, ""), {}).get(v),
             })
+    rows = earlier + rows
+    order = list(dict.fromkeys(r["model"] for r in rows))
+    rows.sort(key=lambda r: (order.index(r["model"]), VARIANTS.index(r["variant"])))
+    write_text_atomic(Path(out) / "study.json", json.dumps(rows, indent=1))
     return rows
+
+
+def _earlier_rows(out: Path, named: set[tuple[str, str]], config: Any,
+                  epochs: int) -> list[dict[str, Any]]:
+    """The rows of `out/study.json` (an earlier call's) whose (model, variant) is not in
+    `named` and whose run is still there, finished, of the configuration `config(model,
+    variant)` makes now."""
+    from zfnet.train.run import find_resume
+
+    try:
+        saved = json.loads((out / "study.json").read_text())
+    except (OSError, ValueError):
+        return []
+    kept = []
+    for row in saved if isinstance(saved, list) else []:
+        try:
+            if (row["model"], row["variant"]) in named or row["variant"] not in VARIANTS:
+                continue
+            _, meta = find_resume(config(row["model"], row["variant"]))
+        except (KeyError, TypeError, ValueError, OSError):
+            continue  # another configuration's, or a run since removed
+        if meta is not None and meta.get("epoch") == epochs:
+            kept.append(row)
+    return kept
 
 
 def study_section(run_dir: str | Path, rows: list[dict[str, Any]], data: str, epochs: int,
