@@ -1424,7 +1424,9 @@ def transfer_cmd(checkpoint: str, data: str, out: str, shots: tuple[int, ...], n
     rows = pipeline.transfer(model, meta, data, out, shots, n_test, scratch_steps, layer,
                              batch_size=batch_size, device=device)
     for r in rows:
-        click.echo(f"{r.per_class:>4}/class  fixed {r.fixed:.1%}  scratch {r.scratch_words()}")
+        fewer = f" ({r.found} in the data)" if r.found else ""
+        click.echo(f"{r.per_class:>4}/class{fewer}  fixed {r.fixed:.1%}  "
+                   f"scratch {r.scratch_words()}")
     _finish(out)
 
 

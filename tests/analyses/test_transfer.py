@@ -96,3 +96,23 @@ def test_a_from_scratch_run_that_diverges_is_a_row_that_says_so(tmp_path, one_th
                                     "--batch-size", "2", "--out", str(tmp_path / "t")])
     assert res.exit_code == 0, res.output
     assert "1/class  fixed" in res.output and "scratch diverged (NaN loss)" in res.output
+
+
+def test_shots_beyond_the_data_say_how_many_it_had_and_bad_shots_are_refused(
+        tmp_path, one_thread) -> None:
+    """`--shots 30` on classes of 20 images is not a row reading "30 per class" (the paper's
+    30/class figures beside it): it says how many the data had. A shot given twice, or an
+    unknown dataset, is refused before anything is written, the spec named as given."""
+    model = zfnet.create_model("zfnet_small", num_classes=4, input_size=32, in_channels=1)
+    small = "synthetic?n_train=20&n_val=10&size=32&classes=face,house"
+    (row,) = transfer_study(model, small, (30,), tmp_path, model_name="zfnet_small",
+                            n_test=10, scratch_steps=2, batch_size=4)
+    assert row.found and row.per_class_words() == f"30 (of which {row.found} in the data)"
+    transfer_section(tmp_path, [row], "zfnet_small on x", small)
+    (section,) = [s for s in read_sections(tmp_path) if s.key == "transfer"]
+    assert section.tables[0].rows[0][0] == row.per_class_words()
+    with pytest.raises(ValueError, match="shots 5 given twice"):
+        transfer_study(model, TINY, (5, 1, 5), tmp_path / "b", model_name="zfnet_small")
+    with pytest.raises(ValueError, match="in spec 'nosuch';"):
+        transfer_study(model, "nosuch", (1,), tmp_path / "b", model_name="zfnet_small")
+    assert not (tmp_path / "b").exists()

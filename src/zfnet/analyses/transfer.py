@@ -118,6 +118,12 @@ class TransferRow:
     fixed: float
     scratch: float | None
     scratch_seconds: float
+    found: str = ""  # the images per class the data had where fewer than `per_class`: "20", "9-20"
+
+    def per_class_words(self) -> str:
+        """`per_class`, or where the data had fewer: "100 (of which 20 in the data)"."""
+        return f"{self.per_class} (of which {self.found} in the data)" if self.found \
+            else str(self.per_class)
 
     def scratch_words(self) -> str:
         """The from-scratch accuracy as a percentage, or "diverged (NaN loss)"."""
@@ -163,9 +169,12 @@ def transfer_study(
     if channels is None or size is None:
         raise ValueError(f"in_channels and input_size are needed for {type(model).__name__}: "
                          "the run's (its checkpoint's meta)")
+    from zfnet.data import list_datasets
     from zfnet.data.spec import parse_spec
 
     parsed = parse_spec(target)
+    if parsed.name not in list_datasets():
+        load_dataset(target)  # its error names the spec as given, and the valid ones
     if parsed.name == "images":
         raise ValueError(f"transfer trains a new softmax on labelled images, and {target} has "
                          "no labels; give imagefolder:DIR (train/ and val/ class folders), "
@@ -173,11 +182,16 @@ def transfer_study(
     if "per_class" in parsed.options:
         raise ValueError(f"option per_class in {target!r} does not apply: transfer takes the "
                          "images per class from its shots (--shots 1,5,20)")
+    twice = sorted({n for n in shots if list(shots).count(n) > 1})
+    if twice:
+        raise ValueError(f"shots {', '.join(map(str, twice))} given twice; give each once")
     rows: list[TransferRow] = []
     for n in shots:
         if n < 1:
             raise ValueError(f"shots must be >= 1 image per class, got {n}")
-        few = adapt_bundle(load_dataset(with_options(target, per_class=n)), channels, size)
+        loaded = load_dataset(with_options(target, per_class=n))
+        found = _fewer_per_class(loaded.train, n)
+        few = adapt_bundle(loaded, channels, size)
         test = Subset(few.val, range(min(n_test, len(few.val))))
         kw: dict[str, Any] = dict(batch_size=128, collate_fn=collate)
         ftr, ytr = extract_features(model, DataLoader(few.train.with_mode("centre"), **kw),
@@ -207,8 +221,22 @@ def transfer_study(
         except NonFiniteLossError:
             scratch = None
         rows.append(TransferRow(n, n_train, len(test), fixed, scratch,  # type: ignore[arg-type]
-                                time.perf_counter() - t0))
+                                time.perf_counter() - t0, found))
     return rows
+
+
+def _fewer_per_class(train: Dataset, asked: int) -> str:
+    """"" where every class of `train` has `asked` images; else their counts, "20" or "9-20"."""
+    from collections import Counter
+
+    targets = getattr(train, "targets", None)
+    if not targets:
+        return ""
+    counts = Counter(int(t) for t in targets).values()
+    lo, hi = min(counts), max(counts)
+    if lo == hi == asked:
+        return ""
+    return str(lo) if lo == hi else f"{lo}-{hi}"
 
 
 def transfer_section(run_dir: str | Path, rows: Sequence[TransferRow], source: str,
@@ -219,8 +247,8 @@ def transfer_section(run_dir: str | Path, rows: Sequence[TransferRow], source: s
     table = Table(
         ["images per class", "train images", "test images",
          f"layers up to {layer} fixed + new softmax", "same model trained from scratch"],
-        [[r.per_class, r.n_train, r.n_test, f"{100 * r.fixed:.1f}%", r.scratch_words()]
-         for r in rows],
+        [[r.per_class_words() if r.found else r.per_class, r.n_train, r.n_test,
+          f"{100 * r.fixed:.1f}%", r.scratch_words()] for r in rows],
         f"source: {source}; target: {target}",
     )
     section = Section(
