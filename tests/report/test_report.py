@@ -233,3 +233,15 @@ def test_panels_of_the_same_series_share_one_legend_below_them(tmp_path, monkeyp
     plot_curves([0, 1], {"loss": {"train": [1, 2]}, "error": {"top-1": [1, 2]}},
                 tmp_path / "b.png")
     assert not figs[1].legends and all(ax.get_legend() for ax in figs[1].axes)
+
+
+def test_a_folder_of_runs_without_sections_says_which_and_what_finishes_a_study(
+        tmp_path) -> None:
+    """`zfnet report` on a `zfnet study` folder stopped before its table: the error names its
+    runs and the command that finishes it, not only demo/analyze/visualize."""
+    (tmp_path / "zfnet_small-baseline").mkdir()
+    (tmp_path / "zfnet_small-baseline" / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"it holds runs \(zfnet_small-baseline\): a `zfnet "
+                                         r"study` stopped before its table is finished"):
+        build_report(tmp_path)
+    assert not (tmp_path / "index.html").exists()

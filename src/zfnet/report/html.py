@@ -91,9 +91,10 @@ def build_report(run_dir: str | Path, title: str | None = None) -> Path:
     run_dir = Path(run_dir)
     sections = read_sections(run_dir)
     if not sections:
-        raise ValueError(f"{run_dir} has no report sections ({run_dir / 'sections'}/*.json); "
-                         "write some into it first with `zfnet demo`, `zfnet analyze ...` or "
-                         "`zfnet visualize topk` (--out)")
+        raise ValueError(f"{run_dir} has no report sections ({run_dir / 'sections'}/*.json)"
+                         f"{_runs_inside(run_dir)}; write some into it first with `zfnet demo`, "
+                         "`zfnet train`, `zfnet study`, `zfnet analyze ...` or `zfnet visualize "
+                         "topk` (--out)")
     figures = {}
     for s in sections:
         for f in s.figures:
@@ -117,3 +118,16 @@ def build_report(run_dir: str | Path, title: str | None = None) -> Path:
         created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     )
     return write_text_atomic(run_dir / "index.html", html)
+
+
+def _runs_inside(folder: Path) -> str:
+    """Where `folder` holds runs (a `zfnet study` stopped before its table, or a folder of
+    runs): which, and what finishes the study ("" otherwise)."""
+    runs = sorted(p.name for p in folder.iterdir() if (p / "config.json").is_file()) \
+        if folder.is_dir() else []
+    if not runs:
+        return ""
+    named = ", ".join(runs[:4]) + (f" and {len(runs) - 4} more" if len(runs) > 4 else "")
+    return (f"; it holds runs ({named}): a `zfnet study` stopped before its table is finished "
+            "by the same command, and each run has its own page (`zfnet report "
+            f"{folder / runs[0]}`)")
