@@ -146,6 +146,9 @@ def test_a_variant_added_later_joins_the_table_of_the_same_study(tmp_path) -> No
     study(TINY, ["zfnet_small"], ["no_fc7"], out, 1, **opts)
     rows = study(TINY, ["zfnet_small"], ["baseline"], out, 1, **opts)
     assert [r["variant"] for r in rows] == ["baseline", "no_fc7"]
+    # each run has its own page, its training curves, as `zfnet train` leaves one
+    assert (out / "zfnet_small-baseline" / "sections" / "training.json").is_file()
+    assert (out / "zfnet_small-baseline" / "index.html").is_file()
     assert [r["variant"] for r in json.loads((out / "study.json").read_text())] == [
         "baseline", "no_fc7"]
     shutil.rmtree(out / "zfnet_small-baseline")

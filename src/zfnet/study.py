@@ -113,7 +113,8 @@ def study(
     `train_options` go to `TrainConfig` (batch_size, lr, schedule, …).
 
     A run that exists already is continued (finished: kept as it is), so the same call goes on
-    where an interrupted one stopped. The rows are also written to `out/study.json`, with those
+    where an interrupted one stopped. Each run gets its own page (`run/index.html`, its training
+    curves), as `zfnet train` writes. The rows are also written to `out/study.json`, with those
     of an earlier call's runs this call did not name (finished, of the same data, epochs and
     options), so that a variant added later joins the table. A signal stops the study, its run
     saved where it was, with `StudyInterrupted`; a NaN/inf loss stops it with
@@ -161,6 +162,7 @@ def study(
                 raise NonFiniteLossError(
                     f"{run.name} diverged: {e}; the study stops (its finished runs are kept)"
                 ) from None
+            _run_page(run)
             if summary["status"] != "completed":
                 raise StudyInterrupted(summary.get("signal"), run)
             net, _ = load_model(run)
@@ -182,6 +184,26 @@ def study(
     rows.sort(key=lambda r: (order.index(r["model"]), VARIANTS.index(r["variant"])))
     write_text_atomic(Path(out) / "study.json", json.dumps(rows, indent=1))
     return rows
+
+
+def _run_page(run: Path) -> None:
+    """`run`'s own page with its training curves, as `zfnet train` leaves one (none before its
+    first epoch ends); a failure is a warning: the run itself is saved."""
+    import warnings
+
+    from zfnet.report import build_report
+    from zfnet.report.plots import read_metrics_csv
+    from zfnet.report.training import training_section
+
+    metrics = run / "metrics.csv"
+    if not metrics.is_file() or not read_metrics_csv(metrics):
+        return
+    try:
+        training_section(run)
+        build_report(run)
+    except Exception as e:  # the page only: the run and the study go on
+        warnings.warn(f"the page of {run} was not written ({type(e).__name__}: {e}); `zfnet "
+                      f"report {run}` rebuilds it", stacklevel=2)
 
 
 def _earlier_rows(out: Path, named: set[tuple[str, str]], config: Any,
