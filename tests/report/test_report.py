@@ -245,3 +245,21 @@ def test_a_folder_of_runs_without_sections_says_which_and_what_finishes_a_study(
                                          r"study` stopped before its table is finished"):
         build_report(tmp_path)
     assert not (tmp_path / "index.html").exists()
+
+
+def test_a_runs_page_shows_no_top5_error_for_5_classes_or_fewer(tmp_path) -> None:
+    """The Training section of a 2-class run: val top-5 is "—" and why, as `zfnet train` says
+    it, not "0.00%" read as a perfect score."""
+    from click.testing import CliRunner
+
+    from zfnet.cli import main
+    from zfnet.report.training import training_section
+
+    run = tmp_path / "run"
+    res = CliRunner().invoke(main, ["train", "--data", "synthetic?n_train=32&n_val=16&size=32&"
+                                    "classes=face,house", "--model", "zfnet_small", "--out",
+                                    str(run), "--epochs", "1", "--batch-size", "16", "--quiet",
+                                    "--no-tensorboard"])
+    assert res.exit_code == 0, res.output
+    top5 = training_section(run).metrics["val top-5 error"]
+    assert top5 == "— (every one of the 2 classes is among the top 5)"

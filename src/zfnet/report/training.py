@@ -46,13 +46,21 @@ def training_section(run_dir: str | Path, order: int = 10) -> Section:
         metrics={
             "epochs": epochs,
             "val top-1 error": f"{100 * last['val_top1_error']:.2f}%",
-            "val top-5 error": f"{100 * last['val_top5_error']:.2f}%",
+            "val top-5 error": _top5(last["val_top5_error"], meta.get("num_classes")),
             "training speed": f"{last['img_per_s']:.0f} images/s"
             + (f" ({meta['world_size']} processes)" if meta.get("world_size", 1) > 1 else ""),
         },
     )
     write_section(run_dir, section)
     return section
+
+
+def _top5(error: float, classes: int | None) -> str:
+    """The top-5 error as a percentage; with 5 classes or fewer (every class among the top 5,
+    the error 0 by definition) "—" and why, as `zfnet train` says it."""
+    if isinstance(classes, int) and classes <= 5:
+        return f"— (every one of the {classes} classes is among the top 5)"
+    return f"{100 * error:.2f}%"
 
 
 def _run_facts(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
