@@ -230,6 +230,17 @@ def _earlier_rows(out: Path, named: set[tuple[str, str]], config: Any,
     return kept
 
 
+def _recipe_words(out: Path, rows: list[dict[str, Any]]) -> str:
+    """" (batch 32, lr 0.01, cosine schedule)" from the first row's run's config.json ("" where
+    it cannot be read): the options every variant shares."""
+    try:
+        c = json.loads((out / run_name(rows[0]["model"], rows[0]["variant"]) / "config.json")
+                       .read_text())
+        return f" (batch {c['batch_size']}, lr {c['lr']:g}, {c['schedule']} schedule)"
+    except (IndexError, KeyError, TypeError, OSError, ValueError):
+        return ""
+
+
 def study_section(run_dir: str | Path, rows: list[dict[str, Any]], data: str, epochs: int,
                   order: int = 78):
     """Write the Table 3 section: this run's errors beside the paper's."""
@@ -245,8 +256,8 @@ def study_section(run_dir: str | Path, rows: list[dict[str, Any]], data: str, ep
         key="study", title="Architecture variants (Table 3)", order=order,
         caption=(
             f"Each variant trained on {data} for {epochs} epoch{'s' * (epochs != 1)} with the same "
-            "recipe. Errors in "
-            "%, train error measured without dropout on centre crops"
+            f"recipe{_recipe_words(Path(run_dir), rows)}. Errors in %, train error measured "
+            "without dropout on centre crops"
             + ("; no val top-5 (—) with 5 classes or fewer, all of them in the top 5"
                if any(r["val_top5_error"] is None for r in rows) else "")
             + ". The paper (ImageNet, 70 epochs): removing conv3-4 or fc6-7 of AlexNet costs "
