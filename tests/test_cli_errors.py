@@ -363,8 +363,9 @@ CASES = [
     ("correspondence-class", ["analyze", "correspondence", *CK, *OUT, "--class", "dragon"],
      "dragon"),
     ("probes-not-a-run", ["analyze", "probes", "--checkpoint", "{notes}", *OUT], "notes.txt"),
-    ("probes-other-input-size", ["analyze", "probes", *CK, *OUT, "--data", OTHER_SIZE],
-     "48 px"),
+    # another dataset's images are adapted to the model (Table 7's case: tests/test_pipeline.py)
+    ("probes-unlabelled", ["analyze", "probes", *CK, *OUT, "--data", "images:{flat}"],
+     "has no labels"),
     ("probes-per-class-0", ["analyze", "probes", *CK, *OUT, "--per-class", "0"], "--per-class"),
     ("transfer-shots-a", ["analyze", "transfer", *CK, *OUT, "--data", TINY, "--shots", "a"],
      "--shots"),

@@ -342,3 +342,19 @@ def test_the_class_scores_units_are_named_by_the_models_classes(bundle, tmp_path
     assert captions[0].startswith("layer4: maps ")
     (first, second) = (int(c) for c in re.findall(r"(\d+) \(class \1\)", captions[1]))
     assert captions[1] == f"fc: units {first} (class {first}), {second} (class {second})"
+
+
+def test_probes_of_a_zfnet_model_on_another_datasets_images(tmp_path) -> None:
+    """Table 7's case: a model trained on one dataset (ImageNet), its layers probed on another
+    (Caltech). A zfnet model of 32 px inputs probed on 48 px images gets them adapted as
+    `analyze transfer` does (grey <-> RGB, resized), and the section says so; it was refused as
+    data of another shape."""
+    import zfnet
+
+    torch.manual_seed(0)
+    model = zfnet.create_model("zfnet_small", num_classes=10, input_size=32)
+    rows = pipeline.probes(model, "synthetic?n_train=40&n_val=20&size=48", tmp_path,
+                           per_class=2, batch_size=16)
+    assert [r.layer for r in rows][-1] == "relu7"
+    assert "its images adapted to the model's 3-channel 32 px input" in \
+        _section(tmp_path, "probes").tables[0].caption

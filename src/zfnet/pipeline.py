@@ -270,6 +270,18 @@ def probes(model: nn.Module, data: str, run_dir: str | Path, per_class: int = 20
     if len(few.train) == 0:  # a labelled test set alone (imagefolder:DIR with val/ only)
         raise ValueError(f"linear probes are trained on the training split, and {data} has "
                          "none (val/ alone); give a folder with train/ as well")
+    per_class_words = _images_per_class(few.train, per_class)
+    cfg = getattr(model, "config", None)
+    named = data
+    if cfg is not None and (few.in_channels, few.input_size) != (cfg.in_channels,
+                                                                  cfg.input_size):
+        from zfnet.analyses.transfer import adapt_bundle
+
+        # Table 7's case: another dataset's features (Caltech's, ImageNet's model), its images
+        # adapted to the model's input as `analyze transfer` adapts them
+        few = adapt_bundle(few, cfg.in_channels, cfg.input_size)
+        named = (f"{data} (its images adapted to the model's {cfg.in_channels}-channel "
+                 f"{cfg.input_size} px input)")
     check_fits(model, few)
     test = _centre(few)
     test = Subset(test, range(min(n_test, len(test))))
@@ -277,7 +289,7 @@ def probes(model: nn.Module, data: str, run_dir: str | Path, per_class: int = 20
     rows = linear_probes(
         model, DataLoader(_centre(few, "train"), batch_size=batch_size, collate_fn=collate),
         DataLoader(test, batch_size=batch_size, collate_fn=collate), layers)
-    probes_section(run_dir, rows, _images_per_class(few.train, per_class), data, len(test))
+    probes_section(run_dir, rows, per_class_words, named, len(test))
     return rows
 
 

@@ -60,6 +60,11 @@ class AdaptedImages(Dataset):
         x, y = item
         return adapt_images(x, self.channels, self.size), y
 
+    @property
+    def mode(self) -> str:
+        """The wrapped dataset's crop mode ("train", "centre", ...)."""
+        return self.dataset.mode  # type: ignore[attr-defined]
+
     def with_mode(self, mode: str) -> AdaptedImages:
         """The same adaptation of `dataset.with_mode(mode)` (e.g. "centre" crops)."""
         return AdaptedImages(self.dataset.with_mode(mode), self.channels, self.size)  # type: ignore[attr-defined]
