@@ -60,7 +60,11 @@ def test_probes_section(tmp_path) -> None:
     probes_section(tmp_path, [ProbeRow("pool1", 192, {"softmax": 0.5, "svm": 0.4})], 10, "x",
                    n_test=300)
     (s,) = read_sections(tmp_path)
-    assert s.tables[0].rows == [["pool1", 192, "50.0%", "40.0%"]] and len(s.tables) == 1
+    assert s.tables[0].rows == [["pool1", 192, "50.0%", "40.0%"]]
+    paper = s.tables[1]  # the paper's Table 7 beside ours (transfer is its own section)
+    assert paper.rows[0] == ["SVM (1)", "44.8%", "24.6%"]  # PAPER.md
+    assert paper.rows[-3:] == [["SVM (7)", "85.5%", "71.7%"], ["Softmax (5)", "82.9%", "65.7%"],
+                               ["Softmax (7)", "85.4%", "72.6%"]] and len(s.tables) == 2
     assert s.title == "Features per layer (Table 7)"  # transfer is its own section
     assert "tested on 300 held-out images" in s.tables[0].caption
     assert "tested on 300 held-out images" in s.caption
