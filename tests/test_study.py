@@ -85,9 +85,12 @@ def test_a_signal_stops_the_study_and_the_same_call_continues_it(tmp_path, monke
     assert load_model(out / "zfnet_small-fc_half")[1]["epoch"] == 1
     with pytest.raises(ValueError, match="variant 'baseline' is given twice"):
         study(TINY, ["zfnet_small"], ["baseline", "baseline"], tmp_path / "new", 1, **opts)
-    with pytest.raises(ValueError, match="cannot --resume"):  # another batch size
+    with pytest.raises(ValueError) as e:  # another batch size: no --resume a study lacks
         study(TINY, ["zfnet_small"], ["no_fc7", "baseline"], out, 1, batch_size=32,
               progress=False, tensorboard=False)
+    assert str(e.value).startswith(
+        f"cannot continue the run in {out / 'zfnet_small-baseline'} with a different "
+        "configuration (batch_size: ")
     assert not (out / "zfnet_small-no_fc7").exists() and not (tmp_path / "new").exists()
 
 

@@ -140,7 +140,7 @@ def study(
 
     for model in models:  # fail before training anything: unknown models, variants, options,
         for v in variants:  # runs of another configuration where the study's would go
-            find_resume(config(model, v))
+            find_resume(config(model, v), action="continue")  # a study's user gave no --resume
     earlier = _earlier_rows(Path(out), {(m, v) for m in models for v in variants}, config,
                             epochs)
     bundle = load_dataset(data)

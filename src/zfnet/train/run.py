@@ -190,13 +190,13 @@ def resume_line(resume_from: Path, progress: Progress, epochs: int, steps_per_ep
                     f"{steps_per_epoch}")
 
 
-def find_resume(config: TrainConfig, say: Callable[[str], None] | None = None
-                ) -> tuple[Path | None, dict[str, Any] | None]:
+def find_resume(config: TrainConfig, say: Callable[[str], None] | None = None, *,
+                action: str = "--resume") -> tuple[Path | None, dict[str, Any] | None]:
     """The checkpoint a run continues from and its meta, or (None, None) for a new run.
 
     A run directory that holds a checkpoint is continued only with `config.resume`
     (FileExistsError otherwise), and only with the model and the configuration it was
-    started with (`check_resumable`)."""
+    started with (`check_resumable`); the errors say they cannot `action` it."""
     run_dir = Path(config.out)
     if not ckpt.has_checkpoint(run_dir):
         if config.resume and say is not None:
@@ -210,9 +210,9 @@ def find_resume(config: TrainConfig, say: Callable[[str], None] | None = None
     resume_from = ckpt.find_last(run_dir)
     meta = ckpt.read_meta(resume_from)
     if meta.get("model") != config.model:
-        raise ValueError(f"cannot --resume {resume_from}: it is a run of model "
+        raise ValueError(f"cannot {action} {resume_from}: it is a run of model "
                          f"{meta.get('model')!r}, not {config.model!r}")
-    check_resumable(meta["train_config"], config, run_dir,
+    check_resumable(meta["train_config"], config, run_dir, action=action,
                     moved_data="train_images" in meta)  # (a run that counted its images)
     return resume_from, meta
 
