@@ -40,6 +40,27 @@ def test_a_study_of_zfnets_model_and_your_own(tmp_path) -> None:
         study(TINY, [f"{tmp_path}/nets.py:net"], ["fc_half"], out, 1)
 
 
+def test_without_variants_named_each_model_gets_those_it_has(tmp_path) -> None:
+    """zfnet's models Table 3's variants, another architecture its baseline: `zfnet study
+    --models zfnet_small,torchvision:resnet18` needs no --variants (it was refused: resnet18 has
+    no fc_half)."""
+    from click.testing import CliRunner
+
+    from zfnet.cli import main
+    from zfnet.study import DEFAULT_VARIANTS, default_variants
+
+    assert default_variants("zfnet_small") == DEFAULT_VARIANTS == (
+        "baseline", "fc_half", "fc_double", "wide345", "no_conv34", "no_fc7", "no_fc67")
+    assert default_variants("torchvision:resnet18") == ("baseline",)
+    (tmp_path / "nets.py").write_text(NET)
+    out = tmp_path / "study"
+    res = CliRunner().invoke(main, ["study", "--data", TINY, "--models",
+                                    f"{tmp_path}/nets.py:net", "--epochs", "1", "--batch-size",
+                                    "32", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.glob("*-*")) == ["nets.py_net-baseline"]
+
+
 def test_a_folder_of_photos_without_labels_is_refused_before_anything_is_written(
         tmp_path) -> None:
     from PIL import Image

@@ -1536,8 +1536,10 @@ def _data_randomization(model_options: ModelOptions, data: str | None, out: str,
 @click.option("--models", default="zfnet_small", show_default=True, callback=_names,
               help="Comma-separated base models: zfnet's (every variant), or any architecture "
                    "`zfnet train` takes (its baseline).")
-@click.option("--variants", default="baseline,fc_half,fc_double,wide345,no_conv34,no_fc7,no_fc67",
-              show_default=True, callback=_names, help="Comma-separated Table 3 variants.")
+@click.option("--variants", callback=_names,
+              help="Comma-separated Table 3 variants, of every model (default: baseline, fc_half, "
+                   "fc_double, wide345, no_conv34, no_fc7, no_fc67 of zfnet's models, the "
+                   "baseline of any other).")
 @click.option("--epochs", required=True, type=click.IntRange(1),
               help="Epochs each variant trains (the same for all).")
 @click.option("--batch-size", default=128, show_default=True, type=click.IntRange(1),
@@ -1548,7 +1550,7 @@ def _data_randomization(model_options: ModelOptions, data: str | None, out: str,
               type=click.Choice(["plateau", "step", "cosine", "linear", "onecycle", "constant"]),
               help="Learning-rate schedule, every variant (as `zfnet train --schedule`).")
 @_OUT
-def study_cmd(data: str, models: tuple[str, ...], variants: tuple[str, ...], epochs: int,
+def study_cmd(data: str, models: tuple[str, ...], variants: tuple[str, ...] | None, epochs: int,
               batch_size: int, lr: float, schedule: str, out: str) -> None:
     """Table 3: train each (model, variant) on DATA for the same epochs and report train/val
     top-1 and val top-5 error side by side, with the paper's numbers where it has them."""

@@ -45,6 +45,17 @@ _PAPER_MODEL = {"zfnet": "zfnet", "zfnet_small": "zfnet", "zfnet_seedtable": "zf
 
 VARIANTS = ("baseline", "fc_half", "fc_double", "wide345", "wide345_fc_double", "no_conv34",
             "no_fc7", "no_fc67", "no_conv34_fc67")
+# what a study trains of each of zfnet's models when no variants are named
+DEFAULT_VARIANTS = ("baseline", "fc_half", "fc_double", "wide345", "no_conv34", "no_fc7",
+                    "no_fc67")
+
+
+def default_variants(model: str) -> tuple[str, ...]:
+    """The variants a study trains of `model` when none are named: `DEFAULT_VARIANTS` of zfnet's
+    models, the baseline of any other architecture (it has no others)."""
+    from zfnet.models import list_models
+
+    return DEFAULT_VARIANTS if model in list_models() else ("baseline",)
 
 
 def variant_overrides(model: str, variant: str) -> dict[str, Any]:
@@ -99,17 +110,18 @@ class StudyInterrupted(Exception):
 def study(
     data: str,
     models: Sequence[str],
-    variants: Sequence[str],
+    variants: Sequence[str] | None,
     out: str | Path,
     epochs: int,
     train_eval_images: int = 2000,
     **train_options: Any,
 ) -> list[dict[str, Any]]:
     """Train every (model, variant) pair on `data` for `epochs` into `out/<model>-<variant>` and
-    return one row each: model, variant, parameters, train/val top-1 error, val top-5 error
-    (None with 5 classes or fewer: every class is among the top 5), wall time. Train error is
-    measured in eval mode on centre crops of the first `train_eval_images` training images (as
-    the paper's train error: without dropout).
+    return one row each (`variants` None: each model's `default_variants`): model, variant,
+    parameters, train/val top-1 error, val top-5 error (None with 5 classes or fewer: every
+    class is among the top 5), wall time. Train error is measured in eval mode on centre crops
+    of the first `train_eval_images` training images (as the paper's train error: without
+    dropout).
     `train_options` go to `TrainConfig` (batch_size, lr, schedule, …).
 
     A run that exists already is continued (finished: kept as it is), so the same call goes on
@@ -123,26 +135,27 @@ def study(
     from zfnet.data.spec import absolute_spec
     from zfnet.train.run import find_resume
 
-    if not models or not variants:
+    if not models or variants is not None and not variants:
         raise ValueError("study needs at least one model and one variant")
     data = absolute_spec(data)  # what its runs save: read from anywhere later
     require_labelled_spec(data, "train on")  # images:DIR: before its mean image is made
-    for what, names in (("model", models), ("variant", variants)):
+    for what, names in (("model", models), ("variant", variants or ())):
         twice = sorted({n for n in names if list(names).count(n) > 1})
         if twice:
             raise ValueError(f"{what} {', '.join(map(repr, twice))} is given twice; give each "
                              "once")
+    pairs = [(m, v) for m in models for v in (default_variants(m) if variants is None
+                                               else variants)]
 
     def config(model: str, v: str) -> TrainConfig:
         return TrainConfig(data=data, model=model, out=str(Path(out) / run_name(model, v)),
                            epochs=epochs, model_opts=variant_overrides(model, v), resume=True,
                            **train_options)
 
-    for model in models:  # fail before training anything: unknown models, variants, options,
-        for v in variants:  # runs of another configuration where the study's would go
-            find_resume(config(model, v), action="continue")  # a study's user gave no --resume
-    earlier = _earlier_rows(Path(out), {(m, v) for m in models for v in variants}, config,
-                            epochs)
+    for model, v in pairs:  # fail before training anything: unknown models, variants, options,
+        # runs of another configuration where the study's would go (its user gave no --resume)
+        find_resume(config(model, v), action="continue")
+    earlier = _earlier_rows(Path(out), set(pairs), config, epochs)
     bundle = load_dataset(data)
     require_labels(bundle, "train on")
     train_eval = bundle.train.with_mode("centre")
@@ -151,34 +164,33 @@ def study(
 
         train_eval = Subset(train_eval, range(train_eval_images))
     rows = []
-    for model in models:
-        for v in variants:
-            run = Path(out) / run_name(model, v)
-            cfg = config(model, v)
-            t0 = time.perf_counter()
-            try:
-                summary = train(replace(cfg), bundle=bundle)
-            except NonFiniteLossError as e:  # the recipe's lr is too high for this variant
-                raise NonFiniteLossError(
-                    f"{run.name} diverged: {e}; the study stops (its finished runs are kept)"
-                ) from None
-            _run_page(run)
-            if summary["status"] != "completed":
-                raise StudyInterrupted(summary.get("signal"), run)
-            net, _ = load_model(run)
-            tr = evaluate(net, DataLoader(train_eval, batch_size=256, collate_fn=collate),
-                          bundle.num_classes)
-            final = summary["final"]
-            rows.append({
-                "model": model, "variant": v,
-                "parameters": sum(p.numel() for p in net.parameters()),
-                "train_top1_error": tr["top1_error"],
-                "val_top1_error": final["val_top1_error"],
-                "val_top5_error": (final.get("val_top5_error") if bundle.num_classes > 5
-                                   else None),  # every class in the top 5: no error to show
-                "wall_time_s": time.perf_counter() - t0,
-                "paper": PAPER_TABLE3.get(_PAPER_MODEL.get(model, ""), {}).get(v),
-            })
+    for model, v in pairs:
+        run = Path(out) / run_name(model, v)
+        cfg = config(model, v)
+        t0 = time.perf_counter()
+        try:
+            summary = train(replace(cfg), bundle=bundle)
+        except NonFiniteLossError as e:  # the recipe's lr is too high for this variant
+            raise NonFiniteLossError(
+                f"{run.name} diverged: {e}; the study stops (its finished runs are kept)"
+            ) from None
+        _run_page(run)
+        if summary["status"] != "completed":
+            raise StudyInterrupted(summary.get("signal"), run)
+        net, _ = load_model(run)
+        tr = evaluate(net, DataLoader(train_eval, batch_size=256, collate_fn=collate),
+                      bundle.num_classes)
+        final = summary["final"]
+        rows.append({
+            "model": model, "variant": v,
+            "parameters": sum(p.numel() for p in net.parameters()),
+            "train_top1_error": tr["top1_error"],
+            "val_top1_error": final["val_top1_error"],
+            "val_top5_error": (final.get("val_top5_error") if bundle.num_classes > 5
+                               else None),  # every class in the top 5: no error to show
+            "wall_time_s": time.perf_counter() - t0,
+            "paper": PAPER_TABLE3.get(_PAPER_MODEL.get(model, ""), {}).get(v),
+        })
     rows = earlier + rows
     order = list(dict.fromkeys(r["model"] for r in rows))
     rows.sort(key=lambda r: (order.index(r["model"]), VARIANTS.index(r["variant"])))
