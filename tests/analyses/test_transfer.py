@@ -62,6 +62,10 @@ def test_transfer_study_end_to_end(tmp_path, one_thread) -> None:
     transfer_section(tmp_path, rows, "zfnet_small on x", TINY)
     (section,) = [s for s in read_sections(tmp_path) if s.key == "transfer"]
     assert section.tables[0].rows[1][:3] == [3, 6, 10]
+    assert section.tables[1].rows == [  # the paper's Tables 4-5 beside ours (PAPER.md)
+        ["Caltech-101", 15, "83.8%", "22.8%"], ["Caltech-101", 30, "86.5%", "46.5%"],
+        ["Caltech-256", 15, "65.7%", "9.0%"], ["Caltech-256", 30, "70.6%", "22.5%"],
+        ["Caltech-256", 45, "72.7%", "31.2%"], ["Caltech-256", 60, "74.2%", "38.8%"]]
     with pytest.raises(ValueError, match="valid"):
         transfer_study(model, TINY, (1,), tmp_path, model_name="zfnet_small", layer="fc99")
 
