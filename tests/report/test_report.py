@@ -263,3 +263,19 @@ def test_a_runs_page_shows_no_top5_error_for_5_classes_or_fewer(tmp_path) -> Non
     assert res.exit_code == 0, res.output
     top5 = training_section(run).metrics["val top-5 error"]
     assert top5 == "— (every one of the 2 classes is among the top 5)"
+
+
+def test_an_evaluation_of_the_papers_network_shows_its_table_2(tmp_path) -> None:
+    """ZFNet's and the AlexNet replication's evaluations show the paper's Table 2 beside them;
+    another network's (the small models on small data) show none."""
+    from zfnet.report.training import evaluation_section
+
+    result = {"class_names": ["a", "b"], "confusion_matrix": [[3, 1], [0, 4]],
+              "per_class_accuracy": {"a": 0.75, "b": 1.0}, "n": 8, "top1_error": 0.125,
+              "top5_error": 0.0, "data": "synthetic"}
+    zf = evaluation_section(tmp_path / "zf", {**result, "model": "zfnet"})
+    assert zf.tables[1].rows[0] == ["ZFNet (Fig. 3), 1 net", "38.4%", "16.5%"]  # PAPER.md
+    assert zf.tables[1].rows[1] == ["layers 3-5 at 512/1024/512 maps, 1 net", "37.5%", "16.0%"]
+    alex = evaluation_section(tmp_path / "alex", {**result, "model": "alexnet_zf"})
+    assert alex.tables[1].rows[0] == ["their replication of AlexNet, 1 net", "40.5%", "18.1%"]
+    assert len(evaluation_section(tmp_path / "s", {**result, "model": "zfnet_small"}).tables) == 1

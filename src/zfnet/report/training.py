@@ -109,8 +109,20 @@ def _stopped_at(meta: dict[str, Any]) -> str:
     return f"saved at {label}" if label else "no checkpoint saved"
 
 
+# the paper's Table 2 (ImageNet 2012 validation: top-1 / top-5 error, %), beside an evaluation
+# of the network it is about
+PAPER_TABLE2 = {
+    "alexnet_zf": [("their replication of AlexNet, 1 net", 40.5, 18.1),
+                   ("Krizhevsky et al.'s AlexNet, 1 net", 40.7, 18.2)],
+    "zfnet": [("ZFNet (Fig. 3), 1 net", 38.4, 16.5),
+              ("layers 3-5 at 512/1024/512 maps, 1 net", 37.5, 16.0),
+              ("5 nets as Fig. 3", 36.7, 15.3), ("6 nets combined", 36.0, 14.7)],
+}
+
+
 def evaluation_section(run_dir: str | Path, result: dict[str, Any], order: int = 20) -> Section:
-    """Section "Evaluation" from the dict `zfnet eval` / `evaluate_checkpoint` returns."""
+    """Section "Evaluation" from the dict `zfnet eval` / `evaluate_checkpoint` returns; for the
+    paper's own networks (`PAPER_TABLE2`), its Table 2 beside it."""
     from zfnet.train.checkpoint import checkpoint_label
 
     run_dir = Path(run_dir)
@@ -130,7 +142,11 @@ def evaluation_section(run_dir: str | Path, result: dict[str, Any], order: int =
             "coloured by the share of each row."
         ),
         figures=[Figure(str(path.relative_to(run_dir)), "confusion matrix")],
-        tables=[Table(["class", "accuracy"], rows, "per-class accuracy")],
+        tables=[Table(["class", "accuracy"], rows, "per-class accuracy")] + [
+            Table(["the paper's network", "top-1 error", "top-5 error"],
+                  [[what, f"{top1:.1f}%", f"{top5:.1f}%"] for what, top1, top5 in paper],
+                  "the paper's Table 2: ImageNet 2012 validation images, 1000 classes")
+            for paper in [PAPER_TABLE2.get(result["model"])] if paper],
         metrics={
             "top-1 error": f"{100 * result['top1_error']:.2f}%",
             "top-5 error": f"{100 * result['top5_error']:.2f}%",
