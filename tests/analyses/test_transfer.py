@@ -72,7 +72,7 @@ def test_transfer_study_end_to_end(tmp_path, one_thread) -> None:
 
 def test_a_from_scratch_run_that_diverges_is_a_row_that_says_so(tmp_path, one_thread,
                                                                   monkeypatch) -> None:
-    """A NaN loss in a from-scratch run (a few images memorised at a high learning rate) is
+    """A NaN loss in a from-scratch run (seen with 1 image per class) is
     that row's result, "diverged", in the table and the command's output: not a traceback."""
     from click.testing import CliRunner
 

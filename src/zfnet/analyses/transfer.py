@@ -11,7 +11,7 @@ same architecture trained from scratch on those images (Caltech-101: 86.5% vs 46
 - **scratch**: the same architecture, freshly initialised, trained by `zfnet.train` on the same
   N images per class (random crops and flips) for `scratch_steps` SGD steps, then scored on the
   same test images (the last epoch's model: no choice by test accuracy). A run whose loss turns
-  NaN (a few images, memorised) is a result too: "diverged", no accuracy.
+  NaN (seen with 1 image per class) is a result too: "diverged", no accuracy.
 
 The target may be another dataset than the model was trained on — the paper's case (ImageNet →
 Caltech): `adapt_bundle` replicates a grey image to RGB (or averages RGB to grey) and resizes
@@ -225,7 +225,7 @@ def transfer_study(
             scratch: float | None = 1.0 - float(summary["final"]["val_top1_error"])
         except NonFiniteLossError:
             scratch = None
-        rows.append(TransferRow(n, n_train, len(test), fixed, scratch,  # type: ignore[arg-type]
+        rows.append(TransferRow(n, n_train, len(test), fixed, scratch,
                                 time.perf_counter() - t0, found))
     return rows
 
@@ -285,8 +285,8 @@ def transfer_section(run_dir: str | Path, rows: Sequence[TransferRow], source: s
             "ImageNet features against 46.5% from scratch — features learned on a large set "
             "carry over, and the gap is largest when N is small. Target images of another "
             "shape are adapted: grey to RGB by replication, resized to the model's input."
-            + (" A from-scratch run marked diverged stopped on a NaN loss (its few images "
-               "memorised at the recipe's learning rate): it has no model to score."
+            + (" A from-scratch run marked diverged stopped on a NaN loss: it has no model "
+               "to score."
                if any(r.scratch is None for r in rows) else "")
         ),
         tables=[table, paper],
