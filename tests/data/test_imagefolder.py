@@ -307,3 +307,32 @@ def test_a_link_to_a_missing_file_is_named_not_silently_left_out(tmp_path):
                                                 r"does not exist"):
         data = load_dataset(f"imagefolder:{tmp_path}?size={SIZE}")
     assert len(data.train) == 5  # the 4 files and the link that resolves
+
+
+def test_a_zips_macosx_folder_is_no_class_and_its_files_no_images(tmp_path):
+    arrays = _folder(tmp_path)
+    for split in ("train", "val"):  # a zip of the class folders made on a Mac, unpacked here
+        junk = tmp_path / split / "__MACOSX" / "cat"
+        junk.mkdir(parents=True)
+        (junk / "._0.png").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X")
+    (tmp_path / "train" / "cat" / "__MACOSX").mkdir()
+    (tmp_path / "train" / "cat" / "__MACOSX" / "0.png").write_bytes(b"\x00\x05\x16\x07")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing counted as a broken image either
+        data = load_dataset(f"imagefolder:{tmp_path}?size={SIZE}")
+    assert data.class_names == ["ant", "cat"]
+    assert len(data.train) == sum(k.startswith("train/") for k in arrays) == 4
+
+
+def test_links_to_folders_are_followed_as_torchvision_does_and_loops_once(tmp_path):
+    _folder(tmp_path)
+    elsewhere = tmp_path / "more_ants"
+    _save(elsewhere / "x.png", np.zeros((18, 18, 3), np.uint8))
+    (tmp_path / "train" / "ant" / "more").symlink_to(elsewhere)
+    (tmp_path / "train" / "ant" / "up").symlink_to(tmp_path / "train")  # holds ant: a loop
+    (elsewhere / "back").symlink_to(tmp_path / "train" / "ant")  # a loop through two links
+    files = imagefolder.image_files(tmp_path / "train" / "ant")
+    rel = [p.relative_to(tmp_path / "train" / "ant").as_posix() for p in files]
+    assert rel == ["0.png", "1.png", "more/x.png"]
+    data = load_dataset(f"imagefolder:{tmp_path}?size={SIZE}")
+    assert len(data.train) == 5 and data.class_names == ["ant", "cat"]

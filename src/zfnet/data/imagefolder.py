@@ -1,8 +1,9 @@
 """ImageNet-layout folders with the paper's preprocessing (Sec. 3).
 
 Layout: `DIR/train/<class>/*.jpg` and `DIR/val/<class>/*.jpg` (sub-folders inside a class
-folder are searched too; files without an image extension are ignored). Class names are the
-train folder names, sorted; label k is the k-th name.
+folder and links to folders are searched too; files without an image extension, hidden files
+and a zip's `__MACOSX/` are ignored). Class names are the train folder names, sorted; label k
+is the k-th name.
 
 Each image: shorter side -> 256, centre 256x256 crop (`full_size`), minus the per-pixel mean
 image of the training set; training takes random 224 crops with horizontal flips,
@@ -63,16 +64,44 @@ PAPER_INPUT, PAPER_FULL = 224, 256
 CACHE_VERSION = "zfnet-mean-v1"  # bump when the preprocessing changes
 
 
+# Folders that never hold a dataset's images: a zip made on a Mac carries `__MACOSX/`, its
+# AppleDouble `._name` copies of each file's metadata (hidden files and folders are skipped too).
+JUNK_FOLDERS = frozenset({"__MACOSX"})
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """Every file (and link to a missing file) under `folder`, hidden ones and junk folders
+    left out; links to folders are followed, as torchvision's ImageFolder does, except one to
+    a folder that holds the walk's place (a loop, whose files are listed already or are not
+    the folder's)."""
+    def skip(name: str) -> bool:
+        return name.startswith(".") or name in JUNK_FOLDERS
+
+    def loop(real: str, above: set[str]) -> bool:
+        return any(a == real or a.startswith(real.rstrip(os.sep) + os.sep) for a in above)
+
+    inside = {folder: {os.path.realpath(folder)}}  # each folder walked: the real paths above it
+    for top, dirs, names in os.walk(folder, followlinks=True):
+        above = inside.pop(Path(top))
+        kept = []
+        for d in dirs:
+            real = os.path.realpath(os.path.join(top, d))
+            if not skip(d) and not loop(real, above):
+                kept.append(d)
+                inside[Path(top, d)] = above | {real}
+        dirs[:] = kept
+        yield from (Path(top, n) for n in names if not skip(n))
+
+
 def image_files(folder: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:
-    """Image files under `folder` (recursive) of `extensions` (torchvision's types; a user's
-    photos: `PHOTO_EXTENSIONS`), sorted, hidden files and other extensions skipped; images of
-    other types counted in an `UnreadImagesWarning`; a link to an image file that does not exist
-    is skipped with a `BrokenImageWarning` naming it (never silently)."""
+    """Image files under `folder` (recursive, through links to folders) of `extensions`
+    (torchvision's types; a user's photos: `PHOTO_EXTENSIONS`), sorted, hidden files, `__MACOSX`
+    folders and other extensions skipped; images of other types counted in an
+    `UnreadImagesWarning`; a link to an image file that does not exist is skipped with a
+    `BrokenImageWarning` naming it (never silently)."""
     files, unread = [], Counter[str]()
-    for p in folder.rglob("*"):
+    for p in _walk(folder):
         suffix = p.suffix.lower()
-        if any(part.startswith(".") for part in p.relative_to(folder).parts):
-            continue
         if suffix not in extensions:
             unread.update([suffix] if suffix in UNREAD_IMAGE_EXTENSIONS + PHOTO_EXTENSIONS
                           else [])
@@ -101,7 +130,8 @@ def scan_split(
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a directory; expected {LAYOUT}")
     names = sorted(
-        d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
+        d.name for d in folder.iterdir()
+        if d.is_dir() and not d.name.startswith(".") and d.name not in JUNK_FOLDERS
     )
     if not names:
         flat = "; for a flat val folder (ImageNet's), give its labels file: " \
