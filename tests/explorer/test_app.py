@@ -222,6 +222,21 @@ def test_uploads(client, explorer) -> None:
     assert client.get("/api/model").status_code == 200  # still serving
 
 
+def test_an_uploaded_phone_photo_is_upright_and_sized_so(client) -> None:
+    """A JPEG stored on its side with an EXIF rotation (as phones write them): its width and
+    height are those of the photo upright, as it is shown."""
+    from skimage import data
+
+    upright = Image.fromarray(data.astronaut()).resize((136, 96))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise
+    buf = io.BytesIO()
+    stored.save(buf, "JPEG", exif=exif.tobytes())
+    up = client.post("/api/images", content=buf.getvalue()).json()
+    assert (up["width"], up["height"]) == (136, 96)
+
+
 def _huge_png(w: int, h: int) -> bytes:
     """A PNG whose header says w x h (a few bytes: its pixels are never decoded)."""
     def chunk(kind: bytes, body: bytes) -> bytes:

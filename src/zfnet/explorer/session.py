@@ -481,7 +481,8 @@ class Explorer:
         pixels = self.pre.fit(rgb)
         x = self.pre.normalize(pixels)
         digest = hashlib.sha256(data).hexdigest()[:16]
-        entry = ImageEntry(f"up:{digest}", pixels, x, None, name, (w, h))
+        size = (rgb.shape[-1], rgb.shape[-2])  # (W, H) upright: a phone's EXIF rotation applied
+        entry = ImageEntry(f"up:{digest}", pixels, x, None, name, size)
         self.uploads[entry.id] = entry
         self.uploads.move_to_end(entry.id)
         while len(self.uploads) > MAX_UPLOADS:
