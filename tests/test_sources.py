@@ -535,3 +535,9 @@ def test_a_model_whose_builder_reads_tensor_values_is_listed_too():
     """RegNet's builder calls .tolist() (no meta device): built for real for its layer list."""
     src = load_source("torchvision:regnet_x_400mf", device="meta")
     assert "trunk_output.block4" in dict(src.model.named_modules())
+
+
+def test_label_names_are_compared_composed_as_class_folders_are() -> None:
+    from zfnet.sources import _checked_labels
+
+    assert _checked_labels(["cafe\u0301", "tea"], 2, "net") == ["caf\u00e9", "tea"]

@@ -53,7 +53,7 @@ from torch import nn
 from zfnet import user_code
 from zfnet.data import DataBundle, load_dataset
 from zfnet.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, PAPER_RATIO, Preprocessing
-from zfnet.data.spec import parse_spec
+from zfnet.data.spec import nfc, parse_spec
 
 SOURCE_FORMS = ("a zfnet model name (`zfnet models`), torchvision:NAME (any torchvision "
                 "classification model), timm:NAME, your own code as FILE.py:NAME or "
@@ -250,7 +250,7 @@ def _checked_labels(labels: str | Path | Sequence[str], outputs: int | None, nam
     if isinstance(labels, (str, Path)):
         where = f" in {labels}"
         labels = read_labels(labels)
-    names = [str(v) for v in labels]
+    names = [nfc(str(v)) for v in labels]  # as class folders' names are compared
     if not names:
         raise ValueError(f"no class names{where}")
     if outputs is not None and len(names) != outputs:

@@ -336,3 +336,25 @@ def test_links_to_folders_are_followed_as_torchvision_does_and_loops_once(tmp_pa
     assert rel == ["0.png", "1.png", "more/x.png"]
     data = load_dataset(f"imagefolder:{tmp_path}?size={SIZE}")
     assert len(data.train) == 5 and data.class_names == ["ant", "cat"]
+
+
+def test_a_macs_decomposed_class_names_are_the_names_typed_elsewhere(tmp_path):
+    """A class folder `café` made on a Mac (stored decomposed: `cafe` + U+0301) is the class
+    `café` of val/ made elsewhere, of `classes=café` and of a labels file."""
+    decomposed, composed = "cafe\u0301", "caf\u00e9"
+    black = np.zeros((18, 18, 3), np.uint8)
+    for split, name in (("train", decomposed), ("val", composed)):
+        for k in range(2 if split == "train" else 1):
+            _save(tmp_path / split / name / f"{decomposed} {k}.png", black)
+            _save(tmp_path / split / "tea" / f"{k}.png", black)
+    data = load_dataset(f"imagefolder:{tmp_path}?size={SIZE}&classes={composed}")
+    assert data.class_names == [composed] and len(data.train) == 2 and len(data.val) == 1
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / f"{decomposed}.png").write_bytes(
+        (tmp_path / "val" / composed / f"{decomposed} 0.png").read_bytes())
+    (tmp_path / "labels.txt").write_text(f"{composed}.png {decomposed}\n")
+    from zfnet.data.labels_file import labelled_images
+
+    got = labelled_images(tmp_path / "flat", tmp_path / "labels.txt",
+                          imagefolder.image_files(tmp_path / "flat"), [composed, "tea"])
+    assert [label for _, label in got] == [0]

@@ -54,7 +54,13 @@ from zfnet.data.images import (
 )
 from zfnet.data.labels_file import labelled_images
 from zfnet.data.preprocess import Preprocessing
-from zfnet.data.spec import DatasetSpec, check_options, class_list_option, int_option
+from zfnet.data.spec import (
+    DatasetSpec,
+    check_options,
+    class_list_option,
+    int_option,
+    nfc,
+)
 from zfnet.data.subset import select
 from zfnet.data.transforms import CropDataset
 from zfnet.data.workers import Loader, usable_cores
@@ -129,10 +135,11 @@ def scan_split(
     folder = root / split
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a directory; expected {LAYOUT}")
-    names = sorted(
+    folders = sorted(  # in torchvision's order; their names composed (a Mac's `café`: `nfc`)
         d.name for d in folder.iterdir()
         if d.is_dir() and not d.name.startswith(".") and d.name not in JUNK_FOLDERS
     )
+    names = [nfc(n) for n in folders]
     if not names:
         flat = "; for a flat val folder (ImageNet's), give its labels file: " \
             "imagefolder:DIR?val_labels=FILE" if split == "val" and image_files(folder) else ""
@@ -147,10 +154,10 @@ def scan_split(
     label_of = {n: i for i, n in enumerate(classes if classes is not None else names)}
     samples: list[tuple[Path, int]] = []
     empty: list[str] = []
-    for name in names:
-        files = image_files(folder / name)
+    for name, dirname in zip(names, folders, strict=True):
+        files = image_files(folder / dirname)
         if not files:
-            empty.append(str(folder / name))
+            empty.append(str(folder / dirname))
         samples.extend((p, label_of[name]) for p in files)
     if empty:
         raise ValueError(

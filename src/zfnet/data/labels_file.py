@@ -33,6 +33,7 @@ import tarfile
 from pathlib import Path
 
 from zfnet.data.images import IMAGE_EXTENSIONS
+from zfnet.data.spec import nfc
 
 KAGGLE_HEADER = ("ImageId", "PredictionString")
 GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"  # in the devkit's data/
@@ -42,7 +43,7 @@ ARCHIVES = (".tar.gz", ".tgz", ".tar")
 
 def _key(name: str) -> str:
     """An image's name as a labels file may give it: its path without an image extension."""
-    name = name.strip().replace("\\", "/").removeprefix("./")
+    name = nfc(name.strip()).replace("\\", "/").removeprefix("./")
     stem, dot, ext = name.rpartition(".")
     return stem if dot and f".{ext.lower()}" in IMAGE_EXTENSIONS else name
 
@@ -154,8 +155,8 @@ def labelled_images(folder: Path, labels: Path, images: list[Path],
         if path is None:
             raise ValueError(f"val_labels: {labels} line {n}: {image!r} names more than one "
                              f"image of {folder}; give its path under {folder}")
-        if cls in label_of:
-            label = label_of[cls]
+        if nfc(cls) in label_of:
+            label = label_of[nfc(cls)]
         elif cls.isdigit() and int(cls) < len(classes):
             label = int(cls)
         else:

@@ -8,6 +8,7 @@ Examples: `synthetic`, `synthetic?n_train=4000&seed=1`, `fashion-mnist`,
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,13 +97,19 @@ def int_option(value: str, key: str, *, minimum: int = 0) -> int:
     return n
 
 
+def nfc(name: str) -> str:
+    """`name` in Unicode's composed form (NFC), in which names are compared: a folder `café`
+    made on a Mac is stored decomposed (`cafe` + an accent), the same name typed elsewhere not."""
+    return unicodedata.normalize("NFC", name)
+
+
 def class_list_option(value: str, class_names: list[str], key: str = "classes") -> list[int]:
     """Parse `classes=0,2,5` (indices) or `classes=face,house` (names) into sorted-unique indices.
 
     The order given is kept: new label k is the k-th class listed.
     """
     out: list[int] = []
-    for token in filter(None, (t.strip() for t in value.split(","))):
+    for token in filter(None, (nfc(t.strip()) for t in value.split(","))):
         if token.lstrip("-").isdigit():
             idx = int(token)
             if not 0 <= idx < len(class_names):
