@@ -224,3 +224,19 @@ def test_messages_call_a_folders_images_its_images(tmp_path) -> None:
     assert val_words(bundle) == f"the images of 'images:{tmp_path}'"
     labelled = SimpleNamespace(spec="synthetic", num_classes=10)
     assert val_words(labelled) == "the val split of 'synthetic'"
+
+
+def test_jpegs_saved_from_the_web_as_jfif_are_read_not_silently_left_out(tmp_path):
+    """A browser saves many JPEGs as `.jfif` (`.jpe`: an older name): images:DIR reads them; a
+    labelled folder (torchvision's types) counts them and says to rename them."""
+    _save(tmp_path / "web" / "a.jfif")
+    _save(tmp_path / "web" / "b.JPE")
+    data = load_dataset(f"images:{tmp_path / 'web'}", preprocessing=PREP)
+    assert [p.name for p in data.val.paths] == ["a.jfif", "b.JPE"]
+    assert data.val.raw(0).shape == data.val.raw(1).shape == (3, PREP.crop, PREP.crop)
+    for split in ("train", "val"):
+        _save(tmp_path / "set" / split / "cat" / "a.jpg")
+        _save(tmp_path / "set" / split / "cat" / "b.jfif")
+    with pytest.warns(UnreadImagesWarning, match=r"\(.jfif: 1\), left out; images:DIR and files "
+                      r"named one by one read them; they are JPEGs: rename them .jpg"):
+        load_dataset(f"imagefolder:{tmp_path / 'set'}?size=24")

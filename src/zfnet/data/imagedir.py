@@ -1,8 +1,8 @@
 """A user's own images: `images:DIR` (any folder of images) and image files given one by one.
 
 `images:DIR` takes every image file under DIR (sub-folders too; hidden files and files without
-an image extension are skipped; besides torchvision's types, GIF, AVIF and, with pillow-heif, a
-phone's HEIC are read; RAW files and others not read are counted in an
+an image extension are skipped; besides torchvision's types, `.jfif`, GIF, AVIF and, with
+pillow-heif, a phone's HEIC are read; RAW files and others not read are counted in an
 `UnreadImagesWarning`), in sorted path order. There are no labels (every target is -1,
 `class_names` is empty) and no train/val layout: `train` and `val` hold the same images. Loaded
 for a model (`preprocessing`), the images become that model's inputs; without one, the paper's

@@ -27,7 +27,9 @@ from zfnet.data.jpeg import JpegHeader, read_header
 # ImageFolder list, so that its samples are torchvision's. Other files (README, .DS_Store,
 # labels.txt) are ignored, not treated as broken images.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-JPEG_EXTENSIONS = (".jpg", ".jpeg")
+# JPEGs under other names: a web browser saves many as `.jfif`; `.jpe` is an old one.
+OTHER_JPEG_EXTENSIONS = (".jfif", ".jpe")
+JPEG_EXTENSIONS = (".jpg", ".jpeg") + OTHER_JPEG_EXTENSIONS
 
 
 def _heif_opener() -> bool:
@@ -42,8 +44,9 @@ def _heif_opener() -> bool:
 
 HEIF_READ = _heif_opener()
 # A user's own photos (`images:DIR`, files named one by one) are read for every type PIL reads
-# here too: GIF (its first frame), AVIF where this Pillow has it, a phone's HEIC with pillow-heif.
-PHOTO_EXTENSIONS = IMAGE_EXTENSIONS + (".gif",) + (
+# here too: JPEGs saved from the web as `.jfif`, GIF (its first frame), AVIF where this Pillow
+# has it, a phone's HEIC with pillow-heif.
+PHOTO_EXTENSIONS = IMAGE_EXTENSIONS + OTHER_JPEG_EXTENSIONS + (".gif",) + (
     (".avif",) if features.check("avif") else ()) + ((".heic", ".heif") if HEIF_READ else ())
 # Images of other types a photo folder often holds (camera RAW files, SVG, ...): left out like
 # any other file, but with a warning that counts them, never silently.
@@ -57,6 +60,9 @@ def unread_advice(kinds: set[str], extensions: tuple[str, ...]) -> str:
         heif = " (HEIC once `pip install 'zfnet[heif]'` is done)" if (
             kinds & {".heic", ".heif"} and not HEIF_READ) else ""
         return f"convert them to JPEG or PNG to use them{heif}"
+    if kinds <= set(OTHER_JPEG_EXTENSIONS):
+        return "images:DIR and files named one by one read them; they are JPEGs: rename " \
+            "them .jpg for a labelled folder (torchvision's types)"
     return "images:DIR and files named one by one read them; convert them to JPEG or PNG " \
         "for a labelled folder (torchvision's types)"
 
