@@ -582,3 +582,25 @@ def test_every_option_says_what_it_does() -> None:
                 if isinstance(p, click.Option) and not p.hidden and not p.help]
 
     assert bare(main, "zfnet") == []
+
+
+def test_a_warning_under_a_progress_bar_is_a_line_of_its_own(capsys) -> None:
+    """A broken file met while a bar is drawn (`zfnet shards`, top-k mining) is named on its
+    own line, not after the bar's text."""
+    import sys
+    import warnings
+
+    from tqdm import tqdm
+
+    from zfnet.cli import _one_line_warnings
+    from zfnet.data.images import BadImageError, warn_skipped
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        _one_line_warnings()
+        with tqdm(total=2, desc="writing train", file=sys.stderr) as bar:
+            bar.update(1)
+            warn_skipped(BadImageError("a/zero.jpg", "empty file (0 bytes)"))
+            bar.update(1)
+    lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert "warning: skipping broken image a/zero.jpg: empty file (0 bytes)" in lines

@@ -134,7 +134,7 @@ def _one_line_warnings() -> None:
     """zfnet's own warnings (a skipped broken image, a projection that is the plain gradient, a
     resume that is not exact: each class with `one_line = True`) as one line each, without the
     source line Python's default format adds, and each only once per command (a broken file
-    read again for each layer is named once)."""
+    read again for each layer is named once), on a line of its own under a progress bar."""
     import warnings
 
     default = warnings.showwarning
@@ -147,8 +147,10 @@ def _one_line_warnings() -> None:
         if getattr(category, "one_line", False):
             text = f"{getattr(category, 'prefix', 'warning')}: {message}"
             if text not in shown:
+                from tqdm import tqdm
+
                 shown.add(text)
-                click.echo(text, err=True)
+                tqdm.write(text, file=sys.stderr)  # a progress bar drawn: cleared first
         else:
             default(message, category, filename, lineno, file, line)
 
