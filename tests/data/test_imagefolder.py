@@ -358,3 +358,20 @@ def test_a_macs_decomposed_class_names_are_the_names_typed_elsewhere(tmp_path):
     got = labelled_images(tmp_path / "flat", tmp_path / "labels.txt",
                           imagefolder.image_files(tmp_path / "flat"), [composed, "tea"])
     assert [label for _, label in got] == [0]
+
+
+def test_one_class_folder_is_refused_for_training_naming_the_classes_a_level_down(tmp_path):
+    """A zip unpacked into train/ (train/my_photos/<class>/...) makes one class: training
+    would report 0% error and learn nothing. A model with its own preprocessing may still
+    score one class folder."""
+    for split in ("train", "val"):
+        for cls in ("ant", "cat"):
+            _save(tmp_path / split / "my_photos" / cls / "0.png", np.zeros((18, 18, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"train has one class folder, my_photos: a classifier "
+                       r"needs two or more; its folders ant, cat look like the classes: move "
+                       r"them up into .*train; expected"):
+        load_dataset(f"imagefolder:{tmp_path}?size={SIZE}")
+    from zfnet.data import Preprocessing
+
+    data = load_dataset(f"imagefolder:{tmp_path}", preprocessing=Preprocessing.imagenet(crop=16))
+    assert data.class_names == ["my_photos"] and len(data.val) == 2

@@ -133,12 +133,14 @@ def test_a_labelled_folder_reads_torchvisions_types_and_says_where_gifs_are_read
     """imagefolder:DIR keeps torchvision ImageFolder's samples: a GIF there is counted, with
     the advice that images:DIR reads it."""
     for split in ("train", "val"):
+        _save(tmp_path / split / "ant" / "a.jpg")
         _save(tmp_path / split / "cat" / "a.jpg")
         Image.new("RGB", (40, 30)).save(tmp_path / split / "cat" / "b.gif")
     with pytest.warns(UnreadImagesWarning, match=r"\(.gif: 1\), left out; images:DIR and files "
                       r"named one by one read them; convert them to JPEG or PNG for a labelled"):
         data = load_dataset(f"imagefolder:{tmp_path}?size=24")
-    assert [p.name for p in data.val.paths] == ["a.jpg"]
+    assert [p.as_posix().split("/")[-2:] for p in data.val.paths] == [["ant", "a.jpg"],
+                                                                        ["cat", "a.jpg"]]
 
 
 def test_heic_without_pillow_heif_says_how_to_read_it(monkeypatch) -> None:
@@ -235,6 +237,7 @@ def test_jpegs_saved_from_the_web_as_jfif_are_read_not_silently_left_out(tmp_pat
     assert [p.name for p in data.val.paths] == ["a.jfif", "b.JPE"]
     assert data.val.raw(0).shape == data.val.raw(1).shape == (3, PREP.crop, PREP.crop)
     for split in ("train", "val"):
+        _save(tmp_path / "set" / split / "ant" / "a.jpg")
         _save(tmp_path / "set" / split / "cat" / "a.jpg")
         _save(tmp_path / "set" / split / "cat" / "b.jfif")
     with pytest.warns(UnreadImagesWarning, match=r"\(.jfif: 1\), left out; images:DIR and files "

@@ -167,6 +167,19 @@ def scan_split(
     return names, samples
 
 
+def one_class(folder: Path) -> str:
+    """What is wrong with `folder` (a train/) of one class folder: a classifier trained on it
+    learns nothing (0% error); most often its classes are a level down (a zip unpacked there)."""
+    (only,) = (d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
+               and d.name not in JUNK_FOLDERS)
+    inner = sorted(d.name for d in only.iterdir() if d.is_dir() and not d.name.startswith(".")
+                   and d.name not in JUNK_FOLDERS)
+    below = f"; its folders {', '.join(inner[:5])}{', ...' if len(inner) > 5 else ''} look " \
+        f"like the classes: move them up into {folder}" if len(inner) > 1 else ""
+    return (f"{folder} has one class folder, {only.name}: a classifier needs two or more"
+            f"{below}; expected {LAYOUT}")
+
+
 def decode_file(path: Path, min_side: int | None) -> torch.Tensor:
     """`load_rgb(path, min_side=min_side)`'s pixels, (3, H, W) (possibly a view of (H, W, 3)):
     most files are plain JPEGs, which the fast decoder takes (`decode_plain_jpeg`)."""
@@ -431,6 +444,8 @@ def select_folder(spec: DatasetSpec, raw_spec: str = "", *, val_only: bool = Fal
         all_names, train_samples = scan_split(root, "val")[0], []
     else:
         all_names, train_samples = scan_split(root, "train")
+        if len(all_names) == 1 and not val_only:
+            raise ValueError(one_class(root / "train"))
     opts = check_options(spec, IMAGEFOLDER_OPTIONS | {
         "classes": lambda v, k: class_list_option(v, all_names, k),
         "val_labels": lambda v, k: Path(v).expanduser()})
