@@ -245,12 +245,20 @@ def test_broken_file_raises_naming_it(tmp_path, kind):
     assert e.value.path == path
 
 
-def test_bomb_under_the_hard_limit_is_caught(tmp_path, monkeypatch):
-    # Between MAX_IMAGE_PIXELS and twice it PIL only warns; that is a bomb too.
-    path = tmp_path / "big.png"
-    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(path)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    with pytest.raises(BadImageError, match="decompression bomb"):
+def test_a_phones_108_megapixel_photo_is_read_and_a_bomb_past_pils_limit_is_not(
+        tmp_path, monkeypatch):
+    """Between MAX_IMAGE_PIXELS and twice it PIL only warns (a 108-megapixel phone photo,
+    12000x9000, is there): read, as PIL and torchvision read it; beyond, a bomb."""
+    path = tmp_path / "big.jpg"
+    Image.fromarray(np.full((30, 40, 3), 200, np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1200 pixels: 1.2 times the limit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning printed either
+        assert load_rgb(path).shape == (3, 30, 40)
+        assert load_rgb(path, min_side=15).shape == (3, 15, 20)  # a JPEG's reduced decode
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    with pytest.raises(BadImageError, match=r"decompression bomb \(Image size \(1200 pixels\) "
+                       r"exceeds limit of 1000 .*\); a photo this large: make it smaller first"):
         load_rgb(path)
 
 

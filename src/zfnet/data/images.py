@@ -148,23 +148,26 @@ def load_rgb(path: str | Path | BinaryIO, *, min_side: int | None = None,
     `min_side`: a hint that the image will be downscaled to this shorter side, which lets
     large JPEGs decode at a reduced scale (never below `min_side`). Raises `BadImageError`
     naming the file when it is truncated, empty, not an image or a decompression bomb
-    (larger than `PIL.Image.MAX_IMAGE_PIXELS`).
+    (larger than twice `PIL.Image.MAX_IMAGE_PIXELS`, where PIL refuses it; a 108-megapixel
+    phone photo, past the limit but under twice it, is read, as PIL and torchvision read it).
     """
     if not hasattr(path, "read"):
         path = Path(path)
     label = name or (path if isinstance(path, Path) else "upload")
     try:
         with warnings.catch_warnings():
-            # PIL only warns between MAX_IMAGE_PIXELS and twice that; both are bombs here.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # PIL only warns between MAX_IMAGE_PIXELS and twice that: a phone's 108-megapixel
+            # photo (12000x9000) is there, and it is read; beyond, PIL raises.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 if min_side is not None:
                     img.draft(None, (min_side, min_side))
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 rgb = _to_rgb(img)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise BadImageError(label, f"decompression bomb ({e})") from e
+    except Image.DecompressionBombError as e:
+        raise BadImageError(label, f"decompression bomb ({e}); a photo this large: make it "
+                            "smaller first") from e
     except UnidentifiedImageError as e:
         reason = "empty file (0 bytes)" if _is_empty(path) else "not a recognised image format"
         raise BadImageError(label, reason) from e
