@@ -151,6 +151,7 @@ def _one_line_warnings() -> None:
 
                 shown.add(text)
                 tqdm.write(text, file=sys.stderr)  # a progress bar drawn: cleared first
+                sys.stderr.flush()  # in order with what is echoed (click flushes)
         else:
             default(message, category, filename, lineno, file, line)
 
