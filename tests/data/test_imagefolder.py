@@ -383,3 +383,29 @@ def test_one_class_folder_is_refused_for_training_naming_the_classes_a_level_dow
 
     data = load_dataset(f"imagefolder:{tmp_path}", preprocessing=Preprocessing.imagenet(crop=16))
     assert data.class_names == ["my_photos"] and len(data.val) == 2
+
+
+def test_a_web_banner_is_cut_to_a_sane_aspect_before_it_is_resized(monkeypatch):
+    """A 2000x1 spacer at 256 px was 512000x256 (1.6 GB at its peak): past 64:1 only the centre
+    64 x shorter side of the longer side is resized. A photo (a panorama included) is resized
+    whole, torchvision's pixels."""
+    from torchvision.transforms.v2 import functional as TF
+
+    import zfnet.data.images as images
+    from zfnet.data import Preprocessing
+
+    sizes = []
+    real = TF.resize
+    monkeypatch.setattr(images.TF, "resize", lambda img, *a, **k: sizes.append(
+        tuple(img.shape[-2:])) or real(img, *a, **k))
+    banner = torch.full((3, 1, 2000), 7, dtype=torch.uint8)
+    assert torch.equal(images.resize_center_crop(banner, 256), torch.full((3, 256, 256), 7,
+                                                                            dtype=torch.uint8))
+    tall = Preprocessing(resize=256, crop=224, mean=(0.5,) * 3, std=(0.25,) * 3).fit(
+        torch.full((3, 3000, 2), 9, dtype=torch.uint8))
+    assert tall.shape == (3, 224, 224) and bool((tall == 9).all())
+    assert sizes == [(1, 64), (128, 2)]
+    pano = torch.randint(0, 256, (3, 40, 600), dtype=torch.uint8, generator=torch.Generator(
+    ).manual_seed(0))  # 15:1
+    assert torch.equal(images.resize_center_crop(pano, 32),
+                       TF.center_crop(real(pano, [32], antialias=True), [32, 32]))

@@ -18,6 +18,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError, features
+from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from zfnet.data.codec import decode_jpeg
@@ -235,8 +236,30 @@ def _is_empty(path: Path | BinaryIO) -> bool:
         return False
 
 
+# An image whose longer side is more than this many times its shorter one (a web banner or
+# spacer, 2000x1: no photo; a phone's panorama is under 10) keeps only that much of its longer
+# side's centre before its shorter side is resized: at 256 px, 2000x1 took 1.6 GB.
+MAX_ASPECT = 64
+
+
+def resize_shorter(img: torch.Tensor, size: int,
+                   interpolation: InterpolationMode = InterpolationMode.BILINEAR
+                   ) -> torch.Tensor:
+    """`img` (…, H, W) with its shorter side resized to `size`, antialiased: torchvision's
+    `Resize([size])`. Past `MAX_ASPECT`, the centre `MAX_ASPECT` x shorter side of the longer
+    side is kept first (its pixels then differ from torchvision's by resampling)."""
+    h, w = img.shape[-2:]
+    keep = MAX_ASPECT * min(h, w)
+    if h > keep:
+        img = img[..., (h - keep) // 2:(h - keep) // 2 + keep, :]
+    if w > keep:
+        img = img[..., (w - keep) // 2:(w - keep) // 2 + keep]
+    return TF.resize(img, [size], interpolation=interpolation, antialias=True)
+
+
 def resize_center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
-    """Paper Sec. 3 preprocessing: shorter side -> `size`, then the centre `size` x `size`.
+    """Paper Sec. 3 preprocessing: shorter side -> `size` (`resize_shorter`), then the centre
+    `size` x `size`.
 
     uint8 (C, H, W) in, uint8 (C, size, size) out; downscaling is antialiased. An image whose
     shorter side is `size` already (shards at 256 px) is only cut: a view, as torchvision's
@@ -246,5 +269,5 @@ def resize_center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
     if min(h, w) == size:  # torchvision's calls cost more than their (no) work here
         top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
         return img[..., top:top + size, left:left + size]
-    img = TF.resize(img, [size], antialias=True)  # shorter side -> size
+    img = resize_shorter(img, size)  # shorter side -> size
     return TF.center_crop(img, [size, size])  # (C, size, size)

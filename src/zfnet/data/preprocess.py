@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
+from zfnet.data.images import resize_shorter
 from zfnet.data.transforms import centre_crop, centre_offset
 
 # ImageNet's per-channel statistics (torchvision's and timm's defaults), in 0..1 units.
@@ -214,7 +214,7 @@ class Preprocessing:
         """A bool mask (H, W) aligned with an image -> bool (crop, crop) aligned with `fit` of
         that image (resized like it, then > 0.5)."""
         m = mask.to(torch.float32)[None]  # (1, H, W)
-        m = TF.resize(m, [self.resize], interpolation=self._mode(), antialias=True)
+        m = resize_shorter(m, self.resize, self._mode())
         h, w = m.shape[-2:]
         top, left = centre_offset(h, self.crop), centre_offset(w, self.crop)
         return m[0, top:top + self.crop, left:left + self.crop] > 0.5
@@ -256,7 +256,7 @@ class Preprocessing:
     def _resize(self, img: torch.Tensor) -> torch.Tensor:
         if min(img.shape[-2:]) == self.resize:
             return img  # already there: no resampling
-        return TF.resize(img, [self.resize], interpolation=self._mode(), antialias=True)
+        return resize_shorter(img, self.resize, self._mode())
 
 
 def _fmt(values: Sequence[float]) -> str:

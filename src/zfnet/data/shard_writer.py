@@ -49,13 +49,18 @@ import torch
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from zfnet import __version__
 from zfnet.atomic import write_text_atomic
 from zfnet.data.imagefolder import LAYOUT, PAPER_FULL, select_folder
-from zfnet.data.images import BadImageError, BrokenImageWarning, load_rgb, resize_center_crop
+from zfnet.data.images import (
+    BadImageError,
+    BrokenImageWarning,
+    load_rgb,
+    resize_center_crop,
+    resize_shorter,
+)
 from zfnet.data.shards import FORMAT, MANIFEST, SPLITS, index_name, raw_bytes, shard_name
 from zfnet.data.spec import parse_spec
 from zfnet.data.workers import Loader, end_workers, usable_cores
@@ -167,7 +172,7 @@ class _Chunks(Dataset):
         if self.square or (self.resize and original is not None
                            and min(original) > self.resize):
             small = (resize_center_crop(img, self.resize) if self.square  # what a reader keeps
-                     else TF.resize(img, [self.resize], antialias=True))  # as resize_center_crop
+                     else resize_shorter(img, self.resize))  # as resize_center_crop
             buf = io.BytesIO()
             Image.fromarray(small.permute(1, 2, 0).numpy()).save(buf, "JPEG",
                                                                  quality=self.quality)
