@@ -409,3 +409,18 @@ def test_a_web_banner_is_cut_to_a_sane_aspect_before_it_is_resized(monkeypatch):
     ).manual_seed(0))  # 15:1
     assert torch.equal(images.resize_center_crop(pano, 32),
                        TF.center_crop(real(pano, [32], antialias=True), [32, 32]))
+
+
+def test_one_class_folder_named_on_a_mac_is_refused_naming_its_folders(tmp_path):
+    """The one class folder's name decomposed (made on a Mac): the error still looks inside it
+    (its name compared composed is not the name on disk)."""
+    import unicodedata
+
+    cls = unicodedata.normalize("NFD", "café")
+    for split in ("train", "val"):
+        for sub in ("a", "b"):
+            (tmp_path / split / cls / sub).mkdir(parents=True)
+            _save(tmp_path / split / cls / sub / "x.jpg", np.zeros((40, 40, 3), np.uint8))
+    with pytest.raises(ValueError, match="one class folder, café: a classifier needs two or "
+                       "more; its folders a, b look like the classes"):
+        load_dataset(f"imagefolder:{tmp_path}?size=32")

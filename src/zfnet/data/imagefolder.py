@@ -167,11 +167,11 @@ def scan_split(
     return names, samples
 
 
-def one_class(folder: Path) -> str:
-    """What is wrong with `folder` (a train/) of one class folder: a classifier trained on it
-    learns nothing (0% error); most often its classes are a level down (a zip unpacked there)."""
-    (only,) = (d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
-               and d.name not in JUNK_FOLDERS)
+def one_class(folder: Path, name: str) -> str:
+    """What is wrong with `folder` (a train/) of one class folder, `name`: a classifier trained
+    on it learns nothing (0% error); most often its classes are a level down (a zip unpacked
+    there)."""
+    only = next((d for d in folder.iterdir() if nfc(d.name) == name), folder / name)  # on disk
     inner = sorted(d.name for d in only.iterdir() if d.is_dir() and not d.name.startswith(".")
                    and d.name not in JUNK_FOLDERS)
     below = f"; its folders {', '.join(inner[:5])}{', ...' if len(inner) > 5 else ''} look " \
@@ -445,7 +445,7 @@ def select_folder(spec: DatasetSpec, raw_spec: str = "", *, val_only: bool = Fal
     else:
         all_names, train_samples = scan_split(root, "train")
         if len(all_names) == 1 and not val_only:
-            raise ValueError(one_class(root / "train"))
+            raise ValueError(one_class(root / "train", all_names[0]))
     opts = check_options(spec, IMAGEFOLDER_OPTIONS | {
         "classes": lambda v, k: class_list_option(v, all_names, k),
         "val_labels": lambda v, k: Path(v).expanduser()})
