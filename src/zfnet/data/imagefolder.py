@@ -176,7 +176,7 @@ def one_class(folder: Path, name: str) -> str:
                    and d.name not in JUNK_FOLDERS)
     below = f"; its folders {', '.join(inner[:5])}{', ...' if len(inner) > 5 else ''} look " \
         f"like the classes: move them up into {folder}" if len(inner) > 1 else ""
-    return (f"{folder} has one class folder, {only.name}: a classifier needs two or more"
+    return (f"{folder} has one class folder, {name}: a classifier needs two or more"
             f"{below}; expected {LAYOUT}")
 
 
