@@ -33,6 +33,17 @@ def test_parse_spec_errors(spec, match):
         parse_spec(spec)
 
 
+def test_a_folder_whose_name_holds_a_question_mark_is_told_so(tmp_path):
+    """'?' starts a spec's options: a folder named 'what?now' is told to be renamed, not only
+    that 'now' is not key=value."""
+    (tmp_path / "what?now").mkdir()
+    with pytest.raises(ValueError, match=r"is not key=value .*; '\?' starts the options: the "
+                       rf"folder {tmp_path}/what\?now needs a name without '\?'"):
+        parse_spec(f"imagefolder:{tmp_path}/what?now")
+    with pytest.raises(ValueError, match=r"key=value \(e.g. synthetic\?n_train=4000&seed=1\)$"):
+        parse_spec(f"imagefolder:{tmp_path}/nothing?now")  # no such folder: no hint
+
+
 def test_unknown_dataset_lists_valid_ones():
     with pytest.raises(ValueError, match="unknown dataset 'mnist'") as e:
         load_dataset("mnist")

@@ -44,9 +44,13 @@ def parse_spec(spec: str) -> DatasetSpec:
         key, eq, value = part.partition("=")
         key = unquote(key).strip()
         if not eq or not key:
+            whole = f"{path}?{query}" if path else ""
             raise ValueError(
                 f"option {part!r} in dataset spec {spec!r} is not key=value "
                 "(e.g. synthetic?n_train=4000&seed=1)"
+                + (f"; '?' starts the options: the folder {whole.strip()} needs a name "
+                   "without '?' (rename it, or link to it from one)"
+                   if whole and os.path.exists(os.path.expanduser(whole.strip())) else "")
             )
         if key in options:
             raise ValueError(f"option {key!r} is given twice in dataset spec {spec!r}")
