@@ -509,6 +509,9 @@ def test_a_rule_that_does_not_run_on_the_network_says_why_in_its_panel(browser,
         page.console = Console(page)
         _open(page, "/?image=val:0&layer=features.3&unit=2")
         page.wait_for_selector('#unit-section[data-unit="2"]')
+        # a dataset image's caption names its file, as an upload's does
+        page.wait_for_function("t => document.querySelector('#current-caption').textContent "
+                               "=== t", arg="astronaut.jpg (val:0)")
         for rule in ("deconvnet", "guided"):
             note = page.locator(f'img[data-rule="{rule}"] + p.unavailable')
             page.wait_for_function("n => n.textContent.includes('GELU')", arg=note.element_handle())

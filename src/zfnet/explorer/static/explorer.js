@@ -380,7 +380,15 @@
     markStrip();
   }
 
+  /** The current image's caption: its file's name where it has one (an upload's, a dataset
+   *  image's on the strip), then its id. */
+  function captionOf(id) {
+    const item = uploads.find((u) => u.id === id) || stripItems.find((i) => i.id === id);
+    return item && item.name ? `${item.name} (${id})` : id;
+  }
+
   function markStrip() {
+    if (state.image) $("#current-caption").textContent = captionOf(state.image);  // names known
     for (const b of $$("#strip button")) {
       const on = b.dataset.image === state.image;
       b.classList.toggle("selected", on);
@@ -424,14 +432,13 @@
       caption.textContent = model.data ? "" : "No image yet: upload one.";
       return;
     }
-    const upload = uploads.find((u) => u.id === state.image);
     loadImage(img, `/api/image/${encodeURIComponent(state.image)}.png`, `image ${state.image}`, () => {
       if (ticket !== tickets.image) return;
       img.hidden = true;  // a placeholder, not a broken picture
       $("#current-broken").hidden = false;
     });
     enlarge(img, 224);
-    caption.textContent = upload && upload.name ? `${upload.name} (${state.image})` : state.image;
+    caption.textContent = captionOf(state.image);
     if (!model.classes) return;
     try {
       const { body } = await api(`/api/predict?${query({ image: state.image })}`);
