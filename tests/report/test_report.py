@@ -278,4 +278,7 @@ def test_an_evaluation_of_the_papers_network_shows_its_table_2(tmp_path) -> None
     assert zf.tables[1].rows[1] == ["layers 3-5 at 512/1024/512 maps, 1 net", "37.5%", "16.0%"]
     alex = evaluation_section(tmp_path / "alex", {**result, "model": "alexnet_zf"})
     assert alex.tables[1].rows[0] == ["their replication of AlexNet, 1 net", "40.5%", "18.1%"]
-    assert len(evaluation_section(tmp_path / "s", {**result, "model": "zfnet_small"}).tables) == 1
+    small = evaluation_section(tmp_path / "s", {**result, "model": "zfnet_small"})
+    assert len(small.tables) == 1
+    # 2 classes: both always among the top 5, as the training section and `zfnet eval` say
+    assert small.metrics["top-5 error"] == "— (every one of the 2 classes is among the top 5)"

@@ -149,7 +149,7 @@ def evaluation_section(run_dir: str | Path, result: dict[str, Any], order: int =
             for paper in [PAPER_TABLE2.get(result["model"])] if paper],
         metrics={
             "top-1 error": f"{100 * result['top1_error']:.2f}%",
-            "top-5 error": f"{100 * result['top5_error']:.2f}%",
+            "top-5 error": _top5(result["top5_error"], len(names)),
         } | ({"checkpoint": checkpoint_label(result["epoch"], result.get("step_in_epoch", 0))}
              if result.get("epoch") is not None else {}),
         source=f"{result['model']}, data {result['data']}",
