@@ -1068,7 +1068,8 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
 
     Many processes: `torchrun --nproc-per-node N -m zfnet.cli visualize topk ...` mines a
     share of the images in each and merges them (the answer of one process); the first
-    process projects and writes the gallery."""
+    process projects and writes the gallery. A mining stopped (Ctrl-C) is kept in
+    OUT/gallery, and the same command continues it."""
     from zfnet import pipeline
     from zfnet.train.distributed import processes
 

@@ -87,20 +87,31 @@ def gallery(model: nn.Module, bundle: DataBundle, run_dir: str | Path, *, k: int
     mined across the processes of the process group, written by the first
     (`zfnet.analyses.gallery.run_topk_gallery`); `num_workers`: the mining's DataLoader
     workers; `class_names`: the model's, named with the units of its last layer (its class
-    scores) where it is shown; `progress`: a progress bar of the mining on stderr."""
+    scores) where it is shown; `progress`: a progress bar of the mining on stderr. The mining
+    is kept in `run_dir/gallery` where it stops, and the same call continues it."""
+    import hashlib
+
     from zfnet.analyses.gallery import run_topk_gallery
+    from zfnet.analyses.topk import mining_digest
     from zfnet.models import score_layer
 
     check_fits(model, bundle)
     val = _centre(bundle)
     n = min(n_images, len(val))
+    pre = bundle.preprocessing
+    journal_key = mining_digest(model, {
+        "data": bundle.spec, "images": n, "size": [bundle.input_size, bundle.full_size],
+        "pre": pre.to_dict() if pre is not None else None,
+        "mean": hashlib.sha256(bundle.mean.detach().cpu().contiguous().numpy().tobytes())
+        .hexdigest()},
+        list(getattr(bundle.val, "paths", None) or [])[:n])  # a file replaced: mined afresh
     return run_topk_gallery(
         model, Subset(val, range(n)), layers or None, k,
         Path(run_dir) / "gallery", n_maps=n_maps, map_rule=map_rule, rule=rule,
         display_image=bundle.raw_val, run_dir=run_dir, batch_size=batch_size, device=device,
         pixel_scale=_pixel_scale(bundle), distributed=distributed, num_workers=num_workers,
         unit_names={score_layer(model): class_names} if class_names else None,
-        progress=progress,
+        progress=progress, journal_key=journal_key,
     )
 
 

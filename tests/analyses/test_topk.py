@@ -326,3 +326,114 @@ def test_a_stream_is_numbered_by_position_and_mines_like_a_dataset() -> None:
         _same(got[name], part[name])
     with pytest.raises(ValueError, match="cannot pick items of a stream"):
         mine_topk(model, _Stream(), LAYERS, indices=[0, 1])
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after(batches: int):
+    """A progress callback that stops the mining before batch `batches` (0-based)."""
+    seen = [0]
+
+    def report(done: int, total: int | None) -> None:
+        seen[0] += 1
+        if seen[0] == batches + 1:
+            raise _Stop
+
+    return report
+
+
+def _identical(a: dict[str, TopK], b: dict[str, TopK]) -> None:
+    assert list(a) == list(b)
+    for name in a:
+        for f in ("values", "index", "row", "col"):
+            assert torch.equal(getattr(a[name], f), getattr(b[name], f)), (name, f)
+        assert a[name].mined == b[name].mined
+
+
+def test_a_stopped_mining_is_kept_and_continued_to_the_answer_of_one_never_stopped(
+        tmp_path) -> None:
+    """Stopped twice (after 2 batches, then 2 more), the same call goes on from where it was
+    kept: the same images, positions and values (the same batches) as a mining never stopped;
+    the journal is gone once it is done."""
+    from zfnet.analyses.topk import MiningNote
+
+    model, data, journal = _model(), _data(), tmp_path / "kept.pt"
+    whole = mine_topk(model, data, LAYERS, k=3, batch_size=4)
+    kw = dict(k=3, batch_size=4, journal=journal, journal_key="m", save_every=3600)
+    with pytest.warns(MiningNote, match=rf"kept the top-k mining in {journal} \(8 of 23 images "
+                      "mined\\): the same command continues it"), pytest.raises(_Stop):
+        mine_topk(model, data, LAYERS, progress=_stop_after(2), **kw)
+    with pytest.warns(MiningNote, match="kept the top-k mining .* \\(16 of 23 images mined\\)"), \
+            pytest.warns(MiningNote, match="continuing .*: 8 of 23"), pytest.raises(_Stop):
+        mine_topk(model, data, LAYERS, progress=_stop_after(2), **kw)
+    with pytest.warns(MiningNote, match=rf"continuing the top-k mining kept in {journal}: 16 of "
+                      "23 images are mined"):
+        resumed = mine_topk(model, data, LAYERS, **kw)
+    _identical(resumed, whole)
+    assert whole["conv1"].mined == 23 and not journal.exists()
+
+
+def test_a_kept_mining_of_other_settings_is_not_continued(tmp_path) -> None:
+    """Another key (model or data), k, batch size or items: mined from the start, as if
+    nothing were kept (no note), and the file replaced."""
+    import warnings
+
+    from zfnet.analyses.topk import MiningNote
+
+    model, data, journal = _model(), _data(), tmp_path / "kept.pt"
+    with pytest.warns(MiningNote), pytest.raises(_Stop):
+        mine_topk(model, data, LAYERS, k=3, batch_size=4, journal=journal, journal_key="a",
+                  progress=_stop_after(3))
+    kept = journal.read_bytes()
+    for other in ({"journal_key": "b"}, {"k": 2}, {"batch_size": 5}, {"indices": range(20)}):
+        kw = {"k": 3, "batch_size": 4, "journal_key": "a"} | other
+        journal.write_bytes(kept)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", MiningNote)  # not "continuing"
+            got = mine_topk(model, data, LAYERS, journal=journal, **kw)
+        fresh = mine_topk(model, data, LAYERS, **{k: v for k, v in kw.items()
+                                                  if k != "journal_key"})
+        _identical(got, fresh)
+        assert not journal.exists()
+
+
+def test_the_command_keeps_a_stopped_mining_and_continues_it(tmp_path, monkeypatch) -> None:
+    """`zfnet visualize topk` stopped by Ctrl-C while mining says where the mining is kept;
+    the same command continues it, and its top-k is that of a command never stopped."""
+    from click.testing import CliRunner
+
+    import zfnet.analyses.topk as topk
+    from zfnet.cli import main
+
+    def command(out: str) -> list[str]:
+        return ["visualize", "topk", "--model", "zfnet_small", "--data",
+                "synthetic?n_train=8&n_val=24&size=32", "--images", "24", "--batch-size", "4",
+                "--k", "3", "--maps-per-layer", "2", "--device", "cpu", "--out",
+                str(tmp_path / out)]
+
+    assert CliRunner().invoke(main, command("whole")).exit_code == 0
+    real, calls = topk._update, [0]
+
+    def ctrl_c_in_batch_4(*args, **kwargs):  # 5 layers a batch: the 4th batch's 3rd layer
+        calls[0] += 1
+        if calls[0] == 18:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(topk, "_update", ctrl_c_in_batch_4)
+    res = CliRunner().invoke(main, command("stopped"))
+    kept = tmp_path / "stopped" / "gallery" / ".topk-mining.pt"
+    assert res.exit_code == 130, res.output
+    assert res.output.splitlines()[-2:] == [
+        f"note: kept the top-k mining in {kept} (12 of 24 images mined): the same command "
+        "continues it", "interrupted (SIGINT)"]
+    monkeypatch.undo()
+    res = CliRunner().invoke(main, command("stopped"))
+    assert res.exit_code == 0, res.output
+    assert f"note: continuing the top-k mining kept in {kept}: 12 of 24 images are mined" \
+        in res.output
+    _identical(load_topk(tmp_path / "stopped/gallery/topk.pt"),
+               load_topk(tmp_path / "whole/gallery/topk.pt"))
+    assert not kept.exists()

@@ -330,6 +330,7 @@ def run_topk_gallery(
     distributed: bool = False,
     num_workers: int = 0,
     unit_names: Mapping[str, Sequence[str]] | None = None,
+    journal_key: str | None = None,
 ) -> GalleryResult:
     """The whole Fig. 2 job: mine the top-k of `layers` over `dataset`, project them, write
     `out_dir/topk.pt`, one `out_dir/topk_<layer>.png` per layer, and the report section
@@ -348,7 +349,10 @@ def run_topk_gallery(
     process alone projects and writes everything. The others write nothing and return the
     merged top-k only (no maps, projections or files). num_workers: the mining's DataLoader
     workers (decoding a large dataset for a GPU). unit_names: {layer: a name per map} shown with
-    the maps in the caption (the class scores' layer: its class names).
+    the maps in the caption (the class scores' layer: its class names). journal_key: what
+    identifies the model and the data (`zfnet.analyses.topk.mining_digest`): with it, the mining
+    is kept in `out_dir` where it stops and continued by the same call (`mine_topk`'s journal,
+    one per process).
     """
     check_rule(rule)  # before mining
     if map_rule not in MAP_RULES:
@@ -374,13 +378,16 @@ def run_topk_gallery(
             raise NotADirectoryError(f"{d} is a file, not a directory for the gallery")
     check_defined(model, first_x, layers, rule, lrn)  # and the rule through the network
     if topk is None or any(name not in topk for name in layers):
+        kept: dict[str, Any] = {} if journal_key is None else {
+            "journal": out_dir / (f".topk-mining-{current_rank()}.pt" if distributed
+                                  else ".topk-mining.pt"), "journal_key": journal_key}
         if distributed:
             topk = mine_topk_distributed(model, dataset, layers, k, batch_size=batch_size,
                                          device=device, progress=progress and current_rank() == 0,
-                                         num_workers=num_workers)
+                                         num_workers=num_workers, **kept)
         else:
             topk = mine_topk(model, dataset, layers, k, batch_size=batch_size, device=device,
-                             progress=progress, num_workers=num_workers)
+                             progress=progress, num_workers=num_workers, **kept)
     topk = {name: topk[name] for name in layers}
     if distributed and current_rank() != 0:
         return GalleryResult(topk=topk, maps={}, projections={})

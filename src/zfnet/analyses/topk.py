@@ -15,11 +15,21 @@ image the first maximum in row-major order. The same order makes shards mined by
 processes (`torchrun`) merge into the answer of one process (`merge_topk`,
 `mine_topk_distributed`): the same images and positions, values equal up to the float
 rounding by which a convolution's result depends on its batch size.
+
+A long mining is resumable (`mine_topk(journal=...)`): its state (the k best so far and how
+many items are done) is saved at most every `save_every` seconds and when it stops on an
+error or Ctrl-C; the same call then continues from the last batch saved, with the same batches,
+so that the answer is the one of a mining never stopped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import hashlib
+import json
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +52,34 @@ from zfnet.deconvnet import feature_chain
 from zfnet.models import chain_runs_as_forward, eval_mode, resolve_layer
 
 _NO_IMAGE = torch.iinfo(torch.int64).max  # sorts after every real index
+
+
+class MiningNote(UserWarning):
+    """A top-k mining kept where it stopped, or continued from there."""
+
+    one_line = True  # `zfnet` prints it as one line (zfnet.cli)
+    prefix = "note"
+
+
+def mining_digest(model: nn.Module, settings: Mapping[str, Any],
+                  paths: Iterable[str | Path] | None = None) -> str:
+    """A hex digest that changes when the model's weights, the JSON `settings` (the data's
+    spec, how many images, k, ...) or the files mined (`paths`: each one's size and time, so
+    that a file replaced under its name counts) do: what a mined top-k, or a mining kept to be
+    continued, is valid for."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        t = t.detach().cpu().contiguous()
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h.update(json.dumps(dict(settings), sort_keys=True).encode())
+    for path in paths or ():
+        try:
+            st = os.stat(path)
+            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{path}\0gone\n".encode())
+    return h.hexdigest()
 
 
 class NoImagesError(ValueError):
@@ -235,6 +273,9 @@ def mine_topk(
     num_workers: int = 0,
     device: str | torch.device | None = None,
     progress: bool | Callable[[int, int | None], None] = False,
+    journal: str | Path | None = None,
+    journal_key: str = "",
+    save_every: float = 60.0,
 ) -> dict[str, TopK]:
     """Stream `data` through `model` once; for every map of each of `layers`, the k strongest
     activations over the data (paper Fig. 2). Returns {layer: TopK}.
@@ -249,6 +290,10 @@ def mine_topk(
     progress: True for a progress bar on stderr, or a callable (done, total) called after each
     batch with the images done so far (total None for a stream); an exception it raises (a
     cancelled job) stops the mining.
+    journal: a file where the mining is kept (at most every `save_every` seconds, and when it
+    stops on an exception, with a `MiningNote`) and continued from by a call of the same
+    model, layers, k, batch size, items and `journal_key` (what else identifies the data:
+    `mining_digest`); removed when the mining is done. Not for a stream.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -271,51 +316,134 @@ def mine_topk(
         loader = _loader(data, indices, batch_size, num_workers, pin)
         batches, total = loader, len(loader.dataset)  # type: ignore[arg-type]
     best: dict[str, TopK] = {}
+    start = done = mined = 0
+    kept = None
+    if journal is not None and total is not None:
+        kept = _Journal(Path(journal), _journal_key(journal_key, layers, k, loader))
+        start, mined, best = kept.read()
+        if start:
+            warnings.warn(f"continuing the top-k mining kept in {kept.path}: {start} of "
+                          f"{total} images are mined", MiningNote, stacklevel=2)
+            loader = batches = _skipping(loader, start)
+            done = start
     it = batches
     report = progress if callable(progress) else None
-    done = mined = 0
     if progress is True:
         from tqdm import tqdm
 
         it = tqdm(batches, desc="top-k mining", unit="batch",
                   total=None if total is None else len(loader))
-    with eval_mode(model), torch.inference_mode(), ExitStack() as stack:
-        # off the chain: one pass of the whole model per batch, every layer read by a hook
-        store = stack.enter_context(capture(model, list(layers))) if chain is None else None
-        for idx, x in it:
-            if report is not None:
-                report(done, total)  # before the batch: a cancelled job stops here
-            done += len(idx)
-            if not idx.numel():  # only broken files
-                continue
-            mined += idx.numel()
-            if x.ndim != 4:
-                raise ValueError(f"items must be images (C, H, W); got a batch of {tuple(x.shape)}"
-                                 " (ten-crop data? mine the centre crops)")
-            x = cpu_layout(model, x.to(dev, dtype, non_blocking=True))
-            if chain is not None and store is None and not chain_runs_as_forward(model, x):
-                chain = None  # its forward does more than walk the chain: read it by hooks
-                store = stack.enter_context(capture(model, list(layers)))
-            if chain is None:
-                model(x)
-                for name in layers:
-                    if name not in store:
-                        raise ValueError(f"layer {name!r} did not run in the forward pass")
-                    _update(best, name, store[name], idx, k)
-                store.clear()
-                continue
-            steps, ends = chain
-            for path, m in steps:
-                x = m(x)
-                for name in ends.get(path, ()):
-                    _update(best, name, x, idx, k)
-    if report is not None:
-        report(done, total)
+    finished, mined_before = 0, mined  # batches whose every layer is in `best`, their images
+    try:
+        with eval_mode(model), torch.inference_mode(), ExitStack() as stack:
+            # off the chain: one pass of the whole model per batch, every layer read by a hook
+            store = stack.enter_context(capture(model, list(layers))) if chain is None else None
+            for finished, (idx, x) in enumerate(it):
+                mined_before = mined
+                if kept is not None:
+                    kept.save(best, start + finished * loader.batch_size, mined, save_every)
+                if report is not None:
+                    report(done, total)  # before the batch: a cancelled job stops here
+                done += len(idx)
+                if not idx.numel():  # only broken files
+                    continue
+                mined += idx.numel()
+                if x.ndim != 4:
+                    raise ValueError(f"items must be images (C, H, W); got a batch of "
+                                     f"{tuple(x.shape)} (ten-crop data? mine the centre crops)")
+                x = cpu_layout(model, x.to(dev, dtype, non_blocking=True))
+                if chain is not None and store is None and not chain_runs_as_forward(model, x):
+                    chain = None  # its forward does more than walk the chain: read it by hooks
+                    store = stack.enter_context(capture(model, list(layers)))
+                if chain is None:
+                    model(x)
+                    for name in layers:
+                        if name not in store:
+                            raise ValueError(f"layer {name!r} did not run in the forward pass")
+                        _update(best, name, store[name], idx, k)
+                    store.clear()
+                    continue
+                steps, ends = chain
+                for path, m in steps:
+                    x = m(x)
+                    for name in ends.get(path, ()):
+                        _update(best, name, x, idx, k)
+        if report is not None:
+            report(done, total)
+    except BaseException:
+        # at most the batch it stopped in is mined again: an image seen twice is kept once
+        if kept is not None:
+            kept.save(best, start + finished * loader.batch_size, mined_before)
+        if kept is not None and kept.position:
+            warnings.warn(f"kept the top-k mining in {kept.path} ({kept.position} of {total} "
+                          "images mined): the same command continues it", MiningNote,
+                          stacklevel=2)
+        raise
+    if kept is not None:
+        kept.path.unlink(missing_ok=True)
     if not best:
         raise NoImagesError("the data held no images to mine")
     for t in best.values():
         t.mined = mined
     return {name: best[name] for name in layers}
+
+
+def _journal_key(key: str, layers: Sequence[str], k: int, loader: DataLoader) -> str:
+    """What a kept mining is valid for: the caller's `key` (model and data), the layers, k, the
+    batches (a continued mining cuts the same ones) and the items, in their order."""
+    items = loader.dataset.indices  # type: ignore[attr-defined]
+    h = hashlib.sha256(json.dumps({"key": key, "layers": list(layers), "k": k,
+                                   "batch": loader.batch_size}).encode())
+    if isinstance(items, range):
+        h.update(f"range({items.start}, {items.stop}, {items.step})".encode())
+    else:
+        h.update(torch.as_tensor(list(items), dtype=torch.int64).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _skipping(loader: DataLoader, n: int) -> DataLoader:
+    """`loader` (over `_Indexed` items) without its first `n` items (whole batches)."""
+    items: _Indexed = loader.dataset  # type: ignore[assignment]
+    return Loader(_Indexed(items.dataset, items.indices[n:]), batch_size=loader.batch_size,
+                  shuffle=False, num_workers=loader.num_workers, collate_fn=_collate,
+                  pin_memory=loader.pin_memory)
+
+
+class _Journal:
+    """A mining kept in a file (`path`): the k best so far, how many items are done and mined,
+    valid for `key`. Saved atomically: a stop while it is written keeps the last one."""
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path, self.key = path, key
+        self.position = 0  # items done in the last save
+        self.saved_at = time.monotonic()
+
+    def read(self) -> tuple[int, int, dict[str, TopK]]:
+        """(items done, images mined, the best so far) kept for this key; (0, 0, {}) where
+        none is (a mining of other settings is left to be replaced)."""
+        try:
+            d = torch.load(self.path, weights_only=True)
+            if d["key"] == self.key:
+                self.position = int(d["position"])
+                return self.position, int(d["mined"]), {
+                    n: TopK.from_dict(t) for n, t in d["best"].items()}
+        except (OSError, KeyError, TypeError, ValueError, RuntimeError, EOFError):
+            pass
+        return 0, 0, {}
+
+    def save(self, best: dict[str, TopK], position: int, mined: int,
+             every: float = 0.0) -> bool:
+        """Keep the state if it has moved on and `every` seconds have passed since the last
+        save; whether it was saved."""
+        if position <= self.position or time.monotonic() - self.saved_at < every:
+            return False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        torch.save({"key": self.key, "position": position, "mined": mined,
+                    "best": {n: t.to_dict() for n, t in best.items()}}, tmp)
+        os.replace(tmp, self.path)
+        self.position, self.saved_at = position, time.monotonic()
+        return True
 
 
 def _chain(model: nn.Module, layers: Sequence[str]

@@ -45,7 +45,7 @@ from zfnet.analyses.gallery import (
     unit_windows,
     window,
 )
-from zfnet.analyses.topk import TopK, load_topk, mine_topk, save_topk
+from zfnet.analyses.topk import TopK, load_topk, mine_topk, mining_digest, save_topk
 from zfnet.atomic import write_text_atomic
 from zfnet.data.images import BadImageError, load_rgb
 from zfnet.data.picks import file_name
@@ -368,23 +368,13 @@ class Explorer:
 
     def _cache_key(self) -> str:
         """A directory name that changes when the model's weights or the images mined do."""
-        h = hashlib.sha256()
-        for name, t in self.model.state_dict().items():
-            h.update(name.encode())
-            t = t.detach().cpu().contiguous()
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        h.update(json.dumps({"data": getattr(self.bundle, "spec", None),
-                             "images": self.n_images, "k": self.k,
-                             "pre": self.pre.to_dict()}, sort_keys=True).encode())
         # a folder's files as they are now: one replaced under the same name is mined again
-        for path in list(getattr(self.val, "paths", None) or [])[: self.n_images]:
-            try:
-                st = os.stat(path)
-                h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-            except OSError:
-                h.update(f"{path}\0gone\n".encode())
+        digest = mining_digest(self.model, {"data": getattr(self.bundle, "spec", None),
+                                            "images": self.n_images, "k": self.k,
+                                            "pre": self.pre.to_dict()},
+                               list(getattr(self.val, "paths", None) or [])[: self.n_images])
         slug = "".join(c if c.isalnum() else "_" for c in self.source.name)[:40]
-        return f"{slug}-{h.hexdigest()[:16]}"
+        return f"{slug}-{digest[:16]}"
 
     # --- images ---
 
