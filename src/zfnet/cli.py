@@ -134,7 +134,8 @@ def _one_line_warnings() -> None:
     """zfnet's own warnings (a skipped broken image, a projection that is the plain gradient, a
     resume that is not exact: each class with `one_line = True`) as one line each, without the
     source line Python's default format adds, and each only once per command (a broken file
-    read again for each layer is named once), on a line of its own under a progress bar."""
+    read again for each layer, or for the mean image and then in training, is named once), on a
+    line of its own under a progress bar."""
     import warnings
 
     default = warnings.showwarning
@@ -146,10 +147,12 @@ def _one_line_warnings() -> None:
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
         if getattr(category, "one_line", False):
             text = f"{getattr(category, 'prefix', 'warning')}: {message}"
-            if text not in shown:
+            # a warning about a file (a broken image) once per file, else once per text
+            key = f"file\0{message.file}" if getattr(message, "file", None) else text
+            if key not in shown:
                 from tqdm import tqdm
 
-                shown.add(text)
+                shown.add(key)
                 tqdm.write(text, file=sys.stderr)  # a progress bar drawn: cleared first
                 sys.stderr.flush()  # in order with what is echoed (click flushes)
         else:

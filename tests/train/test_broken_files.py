@@ -264,3 +264,39 @@ def test_each_broken_file_is_named_once_not_every_epoch(tmp_path, capfd, workers
         for name in BROKEN:
             assert err.count(f"{split}/ant/{name}") == 1, (split, name, err)
     assert read_metrics_csv(tmp_path / "run" / "metrics.csv")["skipped"] == [2, 2, 2]
+
+
+def test_a_broken_file_is_named_once_by_a_command_that_computes_the_mean_first(
+        tmp_path) -> None:
+    """The mean image's pass names a broken training file; the first epoch, whose loader
+    worker is forked after it, does not name it again (it was named twice: '(while computing
+    the training images' mean image)', then by the epoch's worker)."""
+    import subprocess
+    import sys
+
+    from tests.processes import process_env
+
+    spec = _dataset(tmp_path / "data")
+    res = subprocess.run([
+        sys.executable, "-m", "zfnet.cli", "train", "--data", spec, "--model", "zfnet_small",
+        "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "2", "--workers", "1",
+        "--quiet", "--no-tensorboard", "--device", "cpu"], env=process_env(),
+        capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    for name in BROKEN:
+        assert res.stderr.count(f"train/ant/{name}") == 1, res.stderr
+        assert res.stderr.count(f"val/ant/{name}") == 1, res.stderr
+    assert "while computing the training images' mean image" in res.stderr
+
+
+@pytest.mark.filterwarnings("default::zfnet.data.BrokenImageWarning")
+def test_the_mean_images_broken_files_are_named_by_the_main_process(tmp_path) -> None:
+    """Its workers pass them on: named where the command can name each once."""
+    from zfnet.data import BrokenImageWarning
+
+    _dataset(tmp_path / "data")
+    paths = sorted(p for p in (tmp_path / "data" / "train").rglob("*") if p.is_file())
+    with pytest.warns(BrokenImageWarning) as caught:
+        imagefolder.compute_mean(paths, 16, num_workers=2)
+    named = sorted(str(w.message.file) for w in caught if w.category is BrokenImageWarning)
+    assert named == [str(tmp_path / "data" / "train" / "ant" / n) for n in BROKEN]

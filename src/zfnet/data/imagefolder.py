@@ -229,7 +229,8 @@ class FolderImages(CropDataset):
 
 
 class _FullImages(Dataset):
-    """Preprocessed full-size images for the mean; None for a skipped broken file."""
+    """Preprocessed full-size images for the mean; (path, reason) for a broken file (`mean_of`
+    warns about it)."""
 
     def __init__(self, paths: Sequence[Path], full_size: int, strict: bool) -> None:
         self.paths, self.full_size, self.strict = list(paths), full_size, strict
@@ -237,23 +238,25 @@ class _FullImages(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> torch.Tensor | None:
+    def __getitem__(self, i: int) -> torch.Tensor | tuple[str, str]:
         try:
             img = decode_file(self.paths[i], self.full_size)
         except BadImageError as err:
             if self.strict:
                 raise
-            # said: an eval or a look inside a model reads training files for this too
-            warn_skipped(err, "while computing the training images' mean image")
-            return None
+            return str(err.path), err.reason
         return resize_center_crop(img, self.full_size)  # (3, F, F) uint8
 
 
-def _sum_batch(batch: list[torch.Tensor | None]) -> tuple[torch.Tensor | None, int]:
-    kept = [b for b in batch if b is not None]
+def _sum_batch(batch: list[torch.Tensor | tuple[str, str]]
+               ) -> tuple[torch.Tensor | None, int, list[tuple[str, str]]]:
+    """(the sum of a batch's images or None, how many, the (path, reason) of its broken
+    files)."""
+    kept = [b for b in batch if isinstance(b, torch.Tensor)]
+    broken = [b for b in batch if not isinstance(b, torch.Tensor)]
     if not kept:
-        return None, 0
-    return torch.stack(kept).to(torch.float64).sum(0), len(kept)  # (3, F, F)
+        return None, 0, broken
+    return torch.stack(kept).to(torch.float64).sum(0), len(kept), broken  # (3, F, F)
 
 
 def compute_mean(
@@ -264,22 +267,28 @@ def compute_mean(
     Broken files are skipped with a warning (or raise with `strict`). Workers decode in
     parallel when there are many files.
     """
+    # said: an eval or a look inside a model reads training files for this too
     return mean_of(_FullImages(paths, full_size, strict), full_size, num_workers=num_workers,
-                   example=str(paths[0]) if paths else None)
+                   example=str(paths[0]) if paths else None,
+                   doing="while computing the training images' mean image")
 
 
 def mean_of(images: Dataset, full_size: int, *, num_workers: int | None = None,
-            example: str | None = None) -> torch.Tensor:
-    """Per-pixel mean of a dataset whose items are uint8 (3, F, F) images, or None for one
-    skipped as broken: float32 (3, F, F). `example` names an image in the error raised when
-    every one was skipped."""
+            example: str | None = None, doing: str = "") -> torch.Tensor:
+    """Per-pixel mean of a dataset whose items are uint8 (3, F, F) images, or (path, reason)
+    for one skipped as broken: float32 (3, F, F). The broken ones are warned about here, in
+    this process, `doing` saying what for: a command names each file once, also in the loader
+    workers it forks later (`zfnet.cli`), which the workers of this pass could not tell.
+    `example` names an image in the error raised when every one was skipped."""
     n = len(images)  # type: ignore[arg-type]
     if num_workers is None:  # a one-time pass: every core of this process's share
         num_workers = usable_cores() if n >= 2000 else 0
     loader = Loader(images, batch_size=64, num_workers=num_workers, collate_fn=_sum_batch)
     total = torch.zeros(3, full_size, full_size, dtype=torch.float64)
     count = 0
-    for batch_sum, k in loader:
+    for batch_sum, k, broken in loader:
+        for path, reason in broken:
+            warn_skipped(BadImageError(path, reason), doing)
         if batch_sum is not None:
             total += batch_sum
             count += k

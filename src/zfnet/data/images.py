@@ -98,9 +98,11 @@ def _from_worker(message: str) -> tuple[str, str]:
 
 
 class BrokenImageWarning(UserWarning):
-    """Emitted once per broken file that a dataset skips (`strict=False`)."""
+    """Emitted once per broken file that a dataset skips (`strict=False`); `file`: the file it
+    names (`warn_skipped`), which `zfnet` names once per command, whatever was being done."""
 
     one_line = True  # `zfnet` prints it as one line (zfnet.cli)
+    file: str | None = None
 
 
 class UnreadImagesWarning(UserWarning):
@@ -112,11 +114,10 @@ class UnreadImagesWarning(UserWarning):
 def warn_skipped(err: BadImageError, doing: str = "") -> None:
     """Warn that the file in `err` is skipped; the message names the file, the reason and what
     was `doing` where that is not the caller's own work (computing a mean image)."""
-    warnings.warn(
-        f"skipping broken image {err.path}: {err.reason}" + (f" ({doing})" if doing else ""),
-        BrokenImageWarning,
-        stacklevel=3,
-    )
+    warning = BrokenImageWarning(
+        f"skipping broken image {err.path}: {err.reason}" + (f" ({doing})" if doing else ""))
+    warning.file = str(err.path)  # named once: the mean image's pass, then the first epoch
+    warnings.warn(warning, stacklevel=3)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -396,7 +396,8 @@ class ShardImages(CropDataset):
 
 
 class _FullImages(Dataset):
-    """A shards split's full-size images for its mean; None for a skipped broken one."""
+    """A shards split's full-size images for its mean; (path, reason) for a broken one
+    (`mean_of` warns about it)."""
 
     def __init__(self, images: ShardImages) -> None:
         self.images = images
@@ -404,14 +405,13 @@ class _FullImages(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> torch.Tensor | None:
+    def __getitem__(self, i: int) -> torch.Tensor | tuple[str, str]:
         try:
             return self.images.full_image(i)
         except BadImageError as err:
             if self.images.strict:
                 raise
-            warn_skipped(err)
-            return None
+            return str(err.path), err.reason
 
 
 # --- the bundle ---
