@@ -616,15 +616,11 @@ def _training_report(run_dir: str) -> None:
     if current_rank() != 0:
         return
     try:
-        from zfnet.report import build_report
-        from zfnet.report.plots import read_metrics_csv
-        from zfnet.report.training import training_section
+        from zfnet.report.training import run_page
 
-        metrics = Path(run_dir) / "metrics.csv"
-        if not metrics.is_file() or not read_metrics_csv(metrics):
-            return  # stopped within its first epoch: nothing to plot yet
-        training_section(run_dir)
-        click.echo(f"report: {build_report(run_dir).resolve()}")
+        page = run_page(run_dir)  # None: stopped within its first epoch, nothing to plot yet
+        if page is not None:
+            click.echo(f"report: {page.resolve()}")
     except (Exception, KeyboardInterrupt) as e:  # the run is saved; only its page is missing
         why = "stopped by SIGINT" if isinstance(e, KeyboardInterrupt) else \
             f"{type(e).__name__}: {e}"

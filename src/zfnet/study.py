@@ -203,16 +203,10 @@ def _run_page(run: Path) -> None:
     first epoch ends); a failure is a warning: the run itself is saved."""
     import warnings
 
-    from zfnet.report import build_report
-    from zfnet.report.plots import read_metrics_csv
-    from zfnet.report.training import training_section
+    from zfnet.report.training import run_page
 
-    metrics = run / "metrics.csv"
-    if not metrics.is_file() or not read_metrics_csv(metrics):
-        return
     try:
-        training_section(run)
-        build_report(run)
+        run_page(run)
     except Exception as e:  # the page only: the run and the study go on
         warnings.warn(f"the page of {run} was not written ({type(e).__name__}: {e}); `zfnet "
                       f"report {run}` rebuilds it", stacklevel=2)

@@ -55,6 +55,19 @@ def training_section(run_dir: str | Path, order: int = 10) -> Section:
     return section
 
 
+def run_page(run_dir: str | Path) -> Path | None:
+    """A run's page: its Training section written and `run_dir/index.html` rebuilt, or None
+    before its first epoch ends (no curves yet). Errors are the caller's to report: the run
+    itself is saved already (`zfnet train`, `zfnet study`)."""
+    from zfnet.report.html import build_report
+
+    metrics = Path(run_dir) / "metrics.csv"
+    if not metrics.is_file() or not read_metrics_csv(metrics):
+        return None
+    training_section(run_dir)
+    return build_report(run_dir)
+
+
 def _top5(error: float, classes: int | None) -> str:
     """The top-5 error as a percentage; with 5 classes or fewer (every class among the top 5,
     the error 0 by definition) "—" and why, as `zfnet train` says it."""
@@ -126,6 +139,7 @@ def evaluation_section(run_dir: str | Path, result: dict[str, Any], order: int =
     from zfnet.train.checkpoint import checkpoint_label
 
     run_dir = Path(run_dir)
+    paper = PAPER_TABLE2.get(result["model"])
     names = list(result["class_names"])
     path = plot_confusion(np.asarray(result["confusion_matrix"]), names,
                           run_dir / "figures" / "confusion.png")
@@ -142,11 +156,11 @@ def evaluation_section(run_dir: str | Path, result: dict[str, Any], order: int =
             "coloured by the share of each row."
         ),
         figures=[Figure(str(path.relative_to(run_dir)), "confusion matrix")],
-        tables=[Table(["class", "accuracy"], rows, "per-class accuracy")] + [
+        tables=[Table(["class", "accuracy"], rows, "per-class accuracy")] + ([
             Table(["the paper's network", "top-1 error", "top-5 error"],
                   [[what, f"{top1:.1f}%", f"{top5:.1f}%"] for what, top1, top5 in paper],
-                  "the paper's Table 2: ImageNet 2012 validation images, 1000 classes")
-            for paper in [PAPER_TABLE2.get(result["model"])] if paper],
+                  "the paper's Table 2: ImageNet 2012 validation images, 1000 classes")]
+            if paper else []),
         metrics={
             "top-1 error": f"{100 * result['top1_error']:.2f}%",
             "top-5 error": _top5(result["top5_error"], len(names)),
