@@ -1114,7 +1114,8 @@ def atlas_cmd(model_options: ModelOptions, data: str | None, out: str,
               images: int | None, rule: str, evolution: bool, workers: int | str | None) -> None:
     """A static site of the model's units (open OUT/index.html from disk or any host): per
     layer a page of thumbnails, per unit its top-k projections beside their image patches
-    (Fig. 2) and, for a zfnet run with kept epochs, its evolution (Fig. 4)."""
+    (Fig. 2) and, for a zfnet run with kept epochs, its evolution (Fig. 4). A mining that
+    stops is kept beside OUT, and the same command continues it."""
     from tqdm import tqdm
 
     from zfnet.explorer.atlas import write_atlas

@@ -76,6 +76,25 @@ def _pixel_scale(bundle: DataBundle) -> torch.Tensor | None:
     return None if bundle.preprocessing is None else bundle.preprocessing.pixel_scale()
 
 
+def mining_key(model: nn.Module, bundle: DataBundle, n_images: int) -> str:
+    """What a top-k mining of `model` over the first `n_images` centre crops of `bundle`'s val
+    split is valid for (`zfnet.analyses.topk.mining_digest`): the weights, the spec, the sizes,
+    the preprocessing, the mean image and the files' sizes and times (a file replaced under its
+    name: mined afresh). The gallery and the atlas keep a stopped mining under it."""
+    import hashlib
+
+    from zfnet.analyses.topk import mining_digest
+
+    pre = bundle.preprocessing
+    return mining_digest(model, {
+        "data": bundle.spec, "images": n_images,
+        "size": [bundle.input_size, bundle.full_size],
+        "pre": pre.to_dict() if pre is not None else None,
+        "mean": hashlib.sha256(bundle.mean.detach().cpu().contiguous().numpy().tobytes())
+        .hexdigest()},
+        list(getattr(bundle.val, "paths", None) or [])[:n_images])
+
+
 def gallery(model: nn.Module, bundle: DataBundle, run_dir: str | Path, *, k: int = 9,
             n_images: int = 1000, n_maps: int = 16, layers: list[str] | None = None,
             rule: str = "deconvnet", map_rule: str = "strongest", batch_size: int = 64,
@@ -89,29 +108,19 @@ def gallery(model: nn.Module, bundle: DataBundle, run_dir: str | Path, *, k: int
     workers; `class_names`: the model's, named with the units of its last layer (its class
     scores) where it is shown; `progress`: a progress bar of the mining on stderr. The mining
     is kept in `run_dir/gallery` where it stops, and the same call continues it."""
-    import hashlib
-
     from zfnet.analyses.gallery import run_topk_gallery
-    from zfnet.analyses.topk import mining_digest
     from zfnet.models import score_layer
 
     check_fits(model, bundle)
     val = _centre(bundle)
     n = min(n_images, len(val))
-    pre = bundle.preprocessing
-    journal_key = mining_digest(model, {
-        "data": bundle.spec, "images": n, "size": [bundle.input_size, bundle.full_size],
-        "pre": pre.to_dict() if pre is not None else None,
-        "mean": hashlib.sha256(bundle.mean.detach().cpu().contiguous().numpy().tobytes())
-        .hexdigest()},
-        list(getattr(bundle.val, "paths", None) or [])[:n])  # a file replaced: mined afresh
     return run_topk_gallery(
         model, Subset(val, range(n)), layers or None, k,
         Path(run_dir) / "gallery", n_maps=n_maps, map_rule=map_rule, rule=rule,
         display_image=bundle.raw_val, run_dir=run_dir, batch_size=batch_size, device=device,
         pixel_scale=_pixel_scale(bundle), distributed=distributed, num_workers=num_workers,
         unit_names={score_layer(model): class_names} if class_names else None,
-        progress=progress, journal_key=journal_key,
+        progress=progress, journal_key=mining_key(model, bundle, n),
     )
 
 

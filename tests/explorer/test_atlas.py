@@ -353,3 +353,41 @@ def test_activations_have_four_significant_digits_with_their_zeros() -> None:
     num = _ENV.filters["num"]
     assert [num(v) for v in (3.935, 3.44, 1234.0, 0.00123, None)] == [
         "3.935", "3.440", "1234", "0.001230", "–"]
+
+
+def test_a_stopped_mining_is_kept_beside_the_site_and_continued(tmp_path, monkeypatch) -> None:
+    """`zfnet atlas` stopped by Ctrl-C while mining keeps the mining beside OUT (the site
+    itself is not there yet) and says so; the same command continues it, and the site is
+    that of a command never stopped."""
+    import zfnet.analyses.topk as topk
+
+    def command(out: str) -> list[str]:
+        return ["--model", "zfnet_small", "--data", "synthetic?n_train=8&n_val=24&size=32",
+                "--images", "24", "--batch-size", "4", "--k", "3", "--maps-per-layer", "2",
+                "--layer", "conv1,conv3", "--out", str(tmp_path / out)]
+
+    _atlas(command("whole"))
+    real, calls = topk._update, [0]
+
+    def ctrl_c_in_batch_4(*args, **kwargs):  # 2 layers a batch: the 4th batch's 2nd layer
+        calls[0] += 1
+        if calls[0] == 8:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(topk, "_update", ctrl_c_in_batch_4)
+    res = CliRunner().invoke(main, ["atlas", *command("stopped"), "--device", "cpu"])
+    kept = tmp_path / ".stopped.topk-mining.pt"
+    assert res.exit_code == 130, res.output
+    assert res.output.splitlines()[-2:] == [
+        f"note: kept the top-k mining in {kept} (12 of 24 images mined): the same command "
+        "continues it", "interrupted (SIGINT)"]
+    assert not (tmp_path / "stopped").exists()
+    monkeypatch.undo()
+    text = _atlas(command("stopped"))
+    assert f"note: continuing the top-k mining kept in {kept}: 12 of 24 images are mined" in text
+    assert not kept.exists()
+    whole, resumed = (json.loads((tmp_path / d / ATLAS_FILE).read_text())
+                      for d in ("whole", "stopped"))
+    assert resumed == whole
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

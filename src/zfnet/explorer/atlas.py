@@ -22,7 +22,8 @@ evolution`), so a unit's last column is its top-1 when the last kept epoch is th
 
 Every input is checked before anything is written; the site is built in a hidden directory
 beside `out_dir` and renamed into place at the end (an earlier atlas there is replaced, any
-other non-empty directory refused), so a failure or a cancelled job leaves no half of one.
+other non-empty directory refused), so a failure or a cancelled job leaves no half of one. A
+mining that stops is kept beside it (`.{out}.topk-mining.pt`) and continued by the same call.
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ def write_atlas(
     progress: Callable[[int, int], None] | None = None,
     num_workers: int = 0,
     unit_names: Mapping[str, Sequence[str]] | None = None,
+    journal_key: str | None = None,
 ) -> Path:
     """Write the atlas of `model` over `data` into `out_dir` (see the module doc); return the
     path of its index.html.
@@ -167,6 +169,11 @@ def write_atlas(
     DataLoader workers (decoding a large dataset for a GPU). unit_names: {layer: a name per
     unit} shown with its units (the class scores' layer, `zfnet.models.score_layer`: the
     model's class names).
+    journal_key: what identifies a Dataset's items beyond their order
+    (`zfnet.analyses.topk.mining_digest`); a DataBundle's is `zfnet.pipeline.mining_key`. With
+    one, a mining that stops (Ctrl-C, an error) is kept beside `out_dir`, in
+    `.{name}.topk-mining.pt`, and the same call continues it (`mine_topk`'s journal); the
+    evolution's minings are done again.
     """
     check_rule(rule)
     if k < 1:
@@ -178,7 +185,7 @@ def write_atlas(
     out_dir = Path(out_dir)
     _check_out(out_dir)
     if isinstance(data, DataBundle):
-        from zfnet.pipeline import check_fits
+        from zfnet.pipeline import check_fits, mining_key
 
         check_fits(model, data)
         val = data.val.with_mode("centre") if data.val.mode != "centre" else data.val
@@ -193,6 +200,8 @@ def write_atlas(
     n = total_images if n_images is None else min(n_images, total_images)
     if n == 0:
         raise ValueError(f"{data_name or 'the dataset'} holds no images to mine")
+    if isinstance(data, DataBundle) and journal_key is None:
+        journal_key = mining_key(model, data, n)
     dataset = Subset(dataset, range(n))
     show = display_image or default_display(dataset)
     first_x = first_image(dataset)
@@ -213,8 +222,12 @@ def write_atlas(
         if progress is not None:
             progress(offset + done, state["total"])
 
+    kept: dict[str, Any] = {} if journal_key is None else {
+        "journal": out_dir.parent / f".{out_dir.name}.topk-mining.pt",
+        "journal_key": journal_key}
     topk = mine_topk(model, dataset, names, k, batch_size=batch_size, device=device,
-                     progress=lambda done, _: report(done, 0), num_workers=num_workers)
+                     progress=lambda done, _: report(done, 0), num_workers=num_workers,
+                     **kept)
     for layer in table:
         t = topk[layer.name]
         layer.maps = int(t.values.shape[0])
