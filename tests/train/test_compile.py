@@ -116,6 +116,22 @@ def test_compile_without_a_compiler_is_a_one_line_error(tmp_path, monkeypatch) -
     assert not (tmp_path / "run").exists()
 
 
+def test_compiling_on_a_cpu_with_cudas_compiler_logs_no_cuda_home_note(tmp_path) -> None:
+    """Where CUDA's compiler is installed but no GPU is there (CUDA_HOME set), compiling for
+    the CPU does not log torch's "No CUDA runtime is found" into the progress bar."""
+    import subprocess
+    import sys
+
+    if torch.cuda.is_available():
+        pytest.skip("the note is logged only where no GPU is found")
+    code = ("import torch; from zfnet.train import compiled; "
+            "compiled.compile_model(torch.nn.Linear(2, 2)); import torch.utils.cpp_extension")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**process_env(), "CUDA_HOME": str(tmp_path)}, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "No CUDA runtime" not in p.stderr, p.stderr
+
+
 @pytest.mark.slow
 def test_compiled_ddp_matches_one_uncompiled_process(tmp_path) -> None:
     """torch.compile of the DDP wrapper (graph split at the gradient buckets) in two gloo

@@ -18,6 +18,7 @@ eager one, in bf16 and in float32 (docs/results.md has the figures).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 
@@ -52,4 +53,19 @@ def check_compile(device: torch.device) -> None:
 def compile_model(model: nn.Module) -> nn.Module:
     """`model` compiled (`torch.compile`): a wrapper sharing its parameters; call it as the
     model. Save and load `model` itself, not the wrapper."""
+    if BACKEND == "inductor":
+        _import_cpp_extension_quietly()
     return torch.compile(model, backend=BACKEND)
+
+
+def _import_cpp_extension_quietly() -> None:
+    """Import `torch.utils.cpp_extension` (Inductor does, at the first step) without its
+    warning "No CUDA runtime is found, using CUDA_HOME=…", which it logs on a machine with
+    CUDA's compiler but no GPU: true of every CPU run there, and cut into the progress bar."""
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        import torch.utils.cpp_extension  # noqa: F401
+    finally:
+        log.setLevel(level)
