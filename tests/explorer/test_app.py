@@ -779,3 +779,32 @@ def test_occlusion_of_a_network_that_is_not_a_chain_in_bf16(tmp_path) -> None:
         occ = _wait(c, "/api/occlusion?image=val:0")
         assert (occ["method"], occ["precision"]) == ("full", "bfloat16")
         assert _png(c.get(occ["figure"])).ndim == 3
+
+
+def test_one_client_cannot_cancel_a_job_another_follows(explorer) -> None:
+    """Two pages wait for the same job (a link passed around a class): one's cancel lets it
+    go on for the other, and says so; once no one else follows it, a cancel stops it. A
+    script without a page id is told apart by its address."""
+    with TestClient(create_app(explorer)) as c:
+        jobs = c.app.state.jobs
+        gate = threading.Event()
+        holder = jobs.submit("test", ("hold",), "a job holding the queue",
+                             lambda progress: gate.wait(30))
+        try:
+            a, b = {"X-Client-Id": "page-a"}, {"X-Client-Id": "page-b"}
+            job = c.get("/api/occlusion?image=val:5", headers=a).json()["job"]
+            assert c.get("/api/occlusion?image=val:5", headers=b).json()["job"]["id"] == job["id"]
+            r = c.delete(f"/api/jobs/{job['id']}", headers=a)
+            assert r.status_code == 200
+            assert (r.json()["state"], r.json()["others"]) == ("queued", 1)  # b still wants it
+            assert c.get(f"/api/jobs/{job['id']}", headers=b).json()["state"] == "queued"
+            r = c.delete(f"/api/jobs/{job['id']}", headers=b)  # b was the last to follow it
+            assert (r.json()["state"], r.json()["others"]) == ("cancelled", 0)
+            again = c.get("/api/occlusion?image=val:5", headers=b).json()["job"]
+            assert again["id"] != job["id"]
+            c.get(f"/api/jobs/{again['id']}")  # a script (the test client's address) follows it
+            assert c.delete(f"/api/jobs/{again['id']}", headers=b).json()["state"] == "queued"
+        finally:
+            gate.set()
+            holder.future.result(30)
+            jobs.shutdown()

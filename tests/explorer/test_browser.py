@@ -393,7 +393,9 @@ def test_back_to_a_url_without_a_view_restores_the_panels_text(page) -> None:
     assert page.console.errors == []
 
 
-def test_a_queued_job_counts_the_jobs_ahead_and_says_who_cancelled_it(page, server) -> None:
+def test_a_queued_job_counts_the_jobs_ahead_and_no_one_else_cancels_it(page, server) -> None:
+    """A job this page follows goes on when another client cancels it, and when this page
+    cancels a job another client follows, it goes on for that one: this page says so."""
     app, url = server
     gate = threading.Event()
     holder = app.state.jobs.submit("test", ("hold", "ahead"), "a job holding the queue",
@@ -405,9 +407,14 @@ def test_a_queued_job_counts_the_jobs_ahead_and_says_who_cancelled_it(page, serv
                                "'2 jobs ahead (running: a job holding the queue)')")
         mine = app.state.jobs.last(("occlusion", "val:7", None, None))  # no unit picked
         httpx.delete(f"{url}/api/jobs/{other['id']}")
-        httpx.delete(f"{url}/api/jobs/{mine.id}")  # not this page's Cancel button
+        kept = httpx.delete(f"{url}/api/jobs/{mine.id}").json()  # a student's script
+        assert (kept["state"], kept["others"]) == ("queued", 1)  # this page follows it
+        assert httpx.get(f"{url}/api/jobs/{mine.id}").json()["state"] == "queued"  # follows too
+        page.click("#job-cancel")
         page.wait_for_selector("#view-again")
-        assert "was cancelled (by another page or request)" in page.text_content("#view-hint")
+        assert "Cancelled for this page only: 1 other page follows" in page.text_content(
+            "#view-hint")
+        assert page.locator("#job").is_hidden() and mine.state == "queued"
     finally:
         gate.set()
     holder.future.result(timeout=30)

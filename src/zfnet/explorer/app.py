@@ -43,6 +43,16 @@ class TooLarge(ExplorerError):
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+CLIENT_HEADER = "x-client-id"  # the page sends a random id of its own: one client per page
+
+
+def client_of(request: Request) -> str:
+    """Who asks, for the jobs (a cancel stops a job only when no one else follows it): the
+    page's own id (header X-Client-Id), or for a script without one its address."""
+    given = request.headers.get(CLIENT_HEADER, "")[:64]
+    if given:
+        return f"page:{given}"
+    return f"address:{request.client.host if request.client else '?'}"
 
 
 def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
@@ -208,8 +218,8 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
 
     # --- long computations: 200 with the result, or 202 with the job computing it ---
 
-    def started(kind: str, key: tuple, what: str, fn: Callable[..., None], *args: Any,
-                abandonable: bool = True) -> JSONResponse:
+    def started(request: Request, kind: str, key: tuple, what: str, fn: Callable[..., None],
+                *args: Any, abandonable: bool = True) -> JSONResponse:
         """202 with the job computing `key` (joined if queued or running; a cancelled one is
         tried again; a failed one is told as a 400 once, then tried again). An abandonable
         job is dropped once no client asks about it (`zfnet.explorer.jobs`)."""
@@ -217,11 +227,12 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
         if failed is not None:
             raise ExplorerError(f"{failed.what} failed: {failed.error} (asking again tries "
                                 "again)")
-        job = jobs.submit(kind, key, what, lambda progress: fn(*args, progress), abandonable)
+        job = jobs.submit(kind, key, what, lambda progress: fn(*args, progress), abandonable,
+                          client_of(request))
         return JSONResponse({"job": jobs.describe(job)}, status_code=202)
 
     @app.get("/api/topk")
-    async def topk(layer: str, unit: int) -> Any:
+    async def topk(request: Request, layer: str, unit: int) -> Any:
         """The unit's top-k over the dataset (the index is mined once per layer)."""
         out = await call(explorer.topk, layer, unit)
         if out is not None:
@@ -229,7 +240,7 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
         name = explorer.layer(layer).name
         if not explorer.n_images:
             raise ExplorerError("no dataset to mine: start the server with --data SPEC")
-        return started("topk", ("topk", name),
+        return started(request, "topk", ("topk", name),
                        f"top-{explorer.k} index of {name} over {explorer.n_images} images",
                        explorer.topk_job, name, abandonable=False)  # shared, kept on disk
 
@@ -239,7 +250,8 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
         return _png(await call(explorer.topk_png, layer, unit, rule))
 
     @app.get("/api/occlusion")
-    async def occlusion(image: str, layer: str | None = None, unit: int | None = None) -> Any:
+    async def occlusion(request: Request, image: str, layer: str | None = None,
+                        unit: int | None = None) -> Any:
         """The four occlusion maps of Fig. 7 for the image: maps (b) and (c) of the picked
         unit (layer and unit), or of the image's strongest map of the default layer."""
         entry = await call(explorer.image, image)  # an unknown image: an error now
@@ -248,7 +260,7 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
         if done is not None:
             return {k: v for k, v in done.items() if k != "png"}
         what = f"{layer} map {unit}" if layer is not None else "its strongest map"
-        return started("occlusion", ("occlusion", entry.id, layer, unit),
+        return started(request, "occlusion", ("occlusion", entry.id, layer, unit),
                        f"occlusion maps of {entry.id} ({what})",
                        explorer.occlusion_job, entry.id, layer, unit)
 
@@ -264,7 +276,7 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
         return _png(done["png"])
 
     @app.get("/api/evolution")
-    async def evolution(layer: str, unit: int) -> Any:
+    async def evolution(request: Request, layer: str, unit: int) -> Any:
         """The unit across the run's kept epochs (Fig. 4)."""
         lr = explorer.layer(layer)
         explorer.unit_index(lr, unit)
@@ -275,7 +287,7 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
         if done is not None:
             return {k: v for k, v in done.items() if k != "png"}
         epochs = len(explorer.evolution_checkpoints)
-        return started("evolution", ("evolution", lr.name, unit),
+        return started(request, "evolution", ("evolution", lr.name, unit),
                        f"evolution of {lr.name} unit {unit} over {epochs} epochs",
                        explorer.evolution_job, lr.name, unit)
 
@@ -296,20 +308,23 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
         return {"jobs": [jobs.describe(j) for j in jobs.all()]}
 
     @app.get("/api/jobs/{job_id}")
-    async def job(job_id: str) -> dict[str, Any]:
+    async def job(request: Request, job_id: str) -> dict[str, Any]:
         """A job's state and progress."""
-        j = jobs.get(job_id)
+        j = jobs.get(job_id, client_of(request))
         if j is None:
             raise NotFoundError(f"no job {job_id!r}; GET /api/jobs lists them")
         return jobs.describe(j)
 
     @app.delete("/api/jobs/{job_id}")
-    async def cancel(job_id: str) -> dict[str, Any]:
-        """Cancel a job (a finished one stays as it is)."""
-        j = jobs.cancel(job_id)
+    async def cancel(request: Request, job_id: str) -> dict[str, Any]:
+        """Cancel a job (a finished one stays as it is). A job other clients follow goes on
+        for them: `others` counts them."""
+        client = client_of(request)
+        j = jobs.cancel(job_id, client)
         if j is None:
             raise NotFoundError(f"no job {job_id!r}; GET /api/jobs lists them")
-        return jobs.describe(j)
+        live = j.state in ("queued", "running")
+        return {**jobs.describe(j), "others": j.others(client, jobs.abandon_after) if live else 0}
 
     return app
 

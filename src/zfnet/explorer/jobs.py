@@ -11,6 +11,10 @@ only while someone follows it: one that no client has asked about (joined or rea
 for `abandon_after` seconds is cancelled as abandoned — queued, it never starts; running, it
 stops at its next progress report — so that the job a page wants now does not wait behind
 the ones it walked away from.
+
+A job is shared by every client that asks for the same thing (students on one server, a link
+passed around): a client's cancel withdraws its own interest, and stops the job only when no
+other client has asked about it within `abandon_after` seconds (`JobRunner.cancel`).
 """
 
 from __future__ import annotations
@@ -53,12 +57,23 @@ class Job:
     abandon_after: float | None = None
     seen: float = field(default_factory=time.monotonic)  # when a client last asked about it
     abandoned: bool = False  # cancelled because no client asked about it any more
+    # client -> when it last asked about the job (`touch(client)`): who a cancel would let down
+    followers: dict[str, float] = field(default_factory=dict, repr=False)
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     future: Future | None = field(default=None, repr=False)
 
-    def touch(self) -> None:
-        """A client asked about the job: it is still wanted."""
+    def touch(self, client: str | None = None) -> None:
+        """A client (named, where the caller knows it) asked about the job: it is still
+        wanted."""
         self.seen = time.monotonic()
+        if client is not None:
+            self.followers[client] = self.seen
+
+    def others(self, client: str | None, within: float) -> int:
+        """How many clients other than `client` asked about the job in the last `within`
+        seconds."""
+        now = time.monotonic()
+        return sum(c != client and now - t <= within for c, t in self.followers.items())
 
     def unwanted(self) -> bool:
         """Whether the job is abandonable and no client asked about it for too long."""
@@ -100,18 +115,19 @@ class JobRunner:
 
     def submit(self, kind: str, key: Hashable, what: str,
                work: Callable[[Callable[[int, int], None]], None],
-               abandonable: bool = False) -> Job:
+               abandonable: bool = False, client: str | None = None) -> Job:
         """The job computing `key`: the queued or running one (asked about again), or a new
         one running `work(progress)`. A finished job is not reused (its result is where
         `work` put it; a failed or cancelled one is tried again). `abandonable`: dropped once
-        no client asks about it (the module doc)."""
+        no client asks about it (the module doc). `client`: who asks (see `cancel`)."""
         with self._lock:
             job = self._by_key.get(key)
             if job is not None and job.state in ("queued", "running"):
-                job.touch()
+                job.touch(client)
                 return job
             job = Job(f"{kind}-{next(self._ids)}", kind, key, what,
                       abandon_after=self.abandon_after if abandonable else None)
+            job.touch(client)
             self._jobs[job.id] = job
             self._by_key[key] = job
             while len(self._jobs) > KEEP:
@@ -144,13 +160,13 @@ class JobRunner:
         else:
             job.state = "done"
 
-    def get(self, job_id: str) -> Job | None:
+    def get(self, job_id: str, client: str | None = None) -> Job | None:
         """The job, asked about by a client (a failed one is then marked as told: asking for
         its result tries again)."""
         with self._lock:
             job = self._jobs.get(job_id)
             if job is not None:
-                job.touch()
+                job.touch(client)
                 if job.state == "failed":
                     job.told = True
             return job
@@ -171,16 +187,25 @@ class JobRunner:
         with self._lock:
             return self._by_key.get(key)
 
-    def cancel(self, job_id: str) -> Job | None:
+    def cancel(self, job_id: str, client: str | None = None) -> Job | None:
         """Asks the job to stop: a queued one never starts, a running one stops at its next
-        progress report. A finished job is left as it is."""
+        progress report. A finished job is left as it is, and so is one that a client other
+        than `client` asked about in the last `abandon_after` seconds: `client` stops
+        following it, and it goes on for the others (`Job.others`)."""
         with self._lock:
             job = self._jobs.get(job_id)
             if job is not None and job.state in ("queued", "running"):
-                job.cancel.set()
-                if job.state == "queued":
-                    job.state = "cancelled"
+                if client is not None:
+                    job.followers.pop(client, None)
+                if not job.others(client, self.abandon_after):
+                    self._stop(job)
         return job
+
+    @staticmethod
+    def _stop(job: Job) -> None:
+        job.cancel.set()
+        if job.state == "queued":
+            job.state = "cancelled"
 
     def waiting_for(self, job: Job) -> tuple[str | None, int]:
         """What runs before a queued job: the running job's words, and how many jobs will run
@@ -207,8 +232,10 @@ class JobRunner:
 
     def shutdown(self) -> None:
         """Cancels every job and waits for the running one to stop."""
-        for job in self.all():
-            self.cancel(job.id)
+        with self._lock:
+            for job in self._jobs.values():
+                if job.state in ("queued", "running"):
+                    self._stop(job)
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 

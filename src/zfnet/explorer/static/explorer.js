@@ -31,6 +31,11 @@
   const tickets = { image: 0, maps: 0, unit: 0, view: 0, strip: 0 };
   let currentJob = null;
   const cancelledHere = new Set();  // the jobs this page cancelled (its Cancel button)
+  // This page's own id, sent with every request: a job that other pages follow too (a link
+  // passed around a class) goes on for them when this page cancels it. getRandomValues, not
+  // randomUUID: a server on the network (http://192.168.…) is not a secure context.
+  const CLIENT_ID = Array.from(crypto.getRandomValues(new Uint8Array(12)),
+    (b) => b.toString(16).padStart(2, "0")).join("");
   let keyRun = false;            // the last change came from the arrow keys on the maps
   let defaultHint = null;        // the view panel's text before any view is asked for
 
@@ -48,7 +53,8 @@
   async function api(path, options = {}) {
     let response;
     try {
-      response = await fetch(path, options);
+      const headers = { ...(options.headers || {}), "X-Client-Id": CLIENT_ID };
+      response = await fetch(path, { ...options, headers });
     } catch (err) {
       throw new ApiError("the server does not answer: is `zfnet serve` still running?", 0);
     }
@@ -882,7 +888,23 @@
     $("#job-cancel").disabled = true;
     cancelledHere.add(currentJob);
     try {
-      await api(`/api/jobs/${encodeURIComponent(currentJob)}`, { method: "DELETE" });
+      const { body: j } = await api(`/api/jobs/${encodeURIComponent(currentJob)}`, { method: "DELETE" });
+      if (j.others > 0 && (j.state === "queued" || j.state === "running")) {
+        // Other pages follow it: it goes on for them, and this page stops following it.
+        tickets.view += 1;
+        currentJob = null;
+        $("#job").hidden = true;
+        const hint = $("#view-hint");
+        const pages = j.others === 1 ? "1 other page follows" : `${j.others} other pages follow`;
+        hint.replaceChildren(`Cancelled for this page only: ${pages} ${j.what || "this job"}, so it goes on for them. `);
+        const again = document.createElement("button");
+        again.type = "button";
+        again.id = "view-again";
+        again.textContent = "Follow it again";
+        again.addEventListener("click", () => loadView());
+        hint.append(again);
+        hint.hidden = false;
+      }
     } catch (err) {
       showError(err.message);
     }
