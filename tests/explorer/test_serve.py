@@ -72,3 +72,16 @@ def test_the_address_is_checked_first(tmp_path) -> None:
             serve(from_module(_net(), crop=32), "images:/nonexistent", port=busy,
                   cache_dir=tmp_path, background=True)
     assert check_address("127.0.0.1", 0) > 0
+
+
+@pytest.mark.parametrize("xdg", ["", "relative/cache"])
+def test_the_default_cache_is_never_the_current_folder(xdg, monkeypatch, tmp_path) -> None:
+    """An empty or relative $XDG_CACHE_HOME is ignored, as the XDG spec says: the top-k index
+    went into ./zfnet/explorer of wherever the teacher started the server."""
+    from zfnet.explorer.serve import default_cache
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", xdg)
+    assert default_cache() == tmp_path / ".cache" / "zfnet" / "explorer"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache() == tmp_path / "xdg" / "zfnet" / "explorer"

@@ -38,8 +38,11 @@ def check_address(host: str, port: int) -> int:
 
 def default_cache() -> Path:
     """Where top-k indexes are kept unless told: $XDG_CACHE_HOME/zfnet/explorer, or
-    ~/.cache/zfnet/explorer."""
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "zfnet" / "explorer"
+    ~/.cache/zfnet/explorer where that is unset, empty or relative (the XDG spec: not the
+    current folder)."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / "zfnet" / "explorer"
 
 
 def serve(source: Any, data: str | None = None, *, host: str = "127.0.0.1", port: int = 8000,
