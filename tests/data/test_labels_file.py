@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import tarfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from PIL import Image
 from scipy.io import savemat
 
 from zfnet.data import load_dataset
-from zfnet.data.labels_file import labelled_images
+from zfnet.data.labels_file import MissingValImagesWarning, labelled_images
 from zfnet.data.shard_writer import write_shards
 from zfnet.data.shards import read_manifest
 
@@ -84,6 +85,24 @@ def test_a_flat_val_folder_with_labels_is_the_classed_one(classed, tmp_path, fmt
     sub = load_dataset(f"imagefolder:{tmp_path / 'flat'}?{SPEC}&val_labels={labels}"
                        "&classes=n01484850")
     assert sub.val.targets == [0, 0] and len(sub.val) == 2
+
+
+def test_labelled_images_the_val_folder_lacks_are_counted_and_named(classed, tmp_path
+                                                                    ) -> None:
+    """A val tar unpacked in part (or a copy of some images) is scored on fewer images than
+    its labels list: one warning says how many are left out and names one; a full folder, a
+    header line, says nothing."""
+    truth = _flat(classed, tmp_path / "flat")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("file,label\n" + FORMATS["names"](truth))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MissingValImagesWarning)
+        load_dataset(f"imagefolder:{tmp_path / 'flat'}?{SPEC}&val_labels={labels}")
+    (tmp_path / "flat" / "val" / truth[1][0]).unlink()
+    with pytest.warns(MissingValImagesWarning, match=rf"labels 5 images; 1 of them are not in "
+                      rf".*val \(e\.g\. {truth[1][0]}\): only the 4 there are used"):
+        d = load_dataset(f"imagefolder:{tmp_path / 'flat'}?{SPEC}&val_labels={labels}")
+    assert len(d.val) == 4
 
 
 def test_paths_under_val_and_nested_folders(classed, tmp_path) -> None:
@@ -178,6 +197,13 @@ def test_the_ilsvrc2012_devkit_folder_or_archive(classed, tmp_path) -> None:
     gt = devkit / "data" / "ILSVRC2012_validation_ground_truth.txt"
     with pytest.raises(ValueError, match=r"one column .* the devkit they come with"):
         load_dataset(f"imagefolder:{tmp_path / 'flat'}?val_labels={gt}")
+    # so is its meta.mat (it said: cannot read it as text, 'utf-8' codec can't decode ...)
+    with pytest.raises(ValueError, match=r"meta\.mat is a MATLAB file, not a labels file; .* "
+                                         r"give the devkit it comes with"):
+        load_dataset(f"imagefolder:{tmp_path / 'flat'}?val_labels={devkit / 'data/meta.mat'}")
+    # the devkit's data/ folder is the devkit too
+    d = load_dataset(f"imagefolder:{tmp_path / 'flat'}?{SPEC}&val_labels={devkit / 'data'}")
+    assert d.val.targets == a.val.targets
     # an ID that is no class (the synset with children), and a folder that is no devkit
     gt.write_text("4\n" * 11)
     with pytest.raises(ValueError, match=r"line 1: '4' is not an ILSVRC2012 ID of a class"):

@@ -22,7 +22,9 @@ devkit: only its `meta.mat` maps the IDs to classes.
 The samples come in the order class folders would give them (by class, then by path), so a
 flat folder and its labels make the same dataset as the folder rearranged into classes.
 Errors name the file, the line and what is wrong: an unknown class, an image of DIR/val that
-FILE does not label, a file that labels none of DIR/val's images.
+FILE does not label, a file that labels none of DIR/val's images. Images FILE labels that
+DIR/val lacks (a val tar unpacked in part, or a copy of some of the images) are left out with
+a `MissingValImagesWarning` that counts them and names one.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import csv
 import io
 import tarfile
+import warnings
 from pathlib import Path
 
 from zfnet.data.images import IMAGE_EXTENSIONS
@@ -39,6 +42,12 @@ KAGGLE_HEADER = ("ImageId", "PredictionString")
 GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"  # in the devkit's data/
 META = "meta.mat"
 ARCHIVES = (".tar.gz", ".tgz", ".tar")
+
+
+class MissingValImagesWarning(UserWarning):
+    """A labels file names images that the val folder lacks: they are left out."""
+
+    one_line = True  # `zfnet` prints it as one line (zfnet.cli)
 
 
 def _key(name: str) -> str:
@@ -105,6 +114,11 @@ def read_rows(path: Path) -> list[tuple[int, str, str]]:
         raise FileNotFoundError(f"val_labels: {path} does not exist")
     if path.is_dir() or path.name.lower().endswith(ARCHIVES):
         return devkit_rows(path)
+    if path.suffix.lower() == ".mat":
+        raise ValueError(f"val_labels: {path} is a MATLAB file, not a labels file; for the "
+                         f"devkit's {META}, give the devkit it comes with (its folder or "
+                         f"ILSVRC2012_devkit_t12.tar.gz): its {GROUND_TRUTH} gives the images' "
+                         "classes")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
@@ -147,10 +161,13 @@ def labelled_images(folder: Path, labels: Path, images: list[Path],
             by_key[key] = p if by_key.get(key, p) == p else None
     label_of = {name: k for k, name in enumerate(classes)}
     found: dict[Path, int] = {}
-    for n, image, cls in read_rows(labels):
+    absent: list[str] = []  # labelled images the folder lacks
+    for i, (n, image, cls) in enumerate(read_rows(labels)):
         key = _key(image)
-        if key not in by_key:
-            continue  # a header line, or an image not in the folder (a subset): not used
+        if key not in by_key:  # an image not in the folder (a subset), or a header line
+            if i > 0 or nfc(cls) in label_of or cls.isdigit():
+                absent.append(image)
+            continue
         path = by_key[key]
         if path is None:
             raise ValueError(f"val_labels: {labels} line {n}: {image!r} names more than one "
@@ -174,4 +191,9 @@ def labelled_images(folder: Path, labels: Path, images: list[Path],
     if missing:
         raise ValueError(f"val_labels: {labels} has no class for {len(missing)} of the "
                          f"{len(images)} images in {folder}, e.g. {missing[0].name}")
+    absent = list(dict.fromkeys(absent))
+    if absent:
+        warnings.warn(f"val_labels: {labels} labels {len(absent) + len(found)} images; "
+                      f"{len(absent)} of them are not in {folder} (e.g. {absent[0]}): only the "
+                      f"{len(found)} there are used", MissingValImagesWarning, stacklevel=2)
     return sorted(found.items(), key=lambda item: (item[1], item[0]))
