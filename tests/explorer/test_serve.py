@@ -85,3 +85,20 @@ def test_the_default_cache_is_never_the_current_folder(xdg, monkeypatch, tmp_pat
     assert default_cache() == tmp_path / ".cache" / "zfnet" / "explorer"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_cache() == tmp_path / "xdg" / "zfnet" / "explorer"
+
+
+def test_a_server_on_every_address_says_where_to_open_it(tmp_path) -> None:
+    """`--host 0.0.0.0` for a class: the address told is one a browser can open, here and on
+    a student's laptop (it said http://0.0.0.0:PORT/)."""
+    said: list[str] = []
+    server = serve(from_module(_net(), crop=32), host="0.0.0.0", port=0,
+                   cache_dir=tmp_path / "cache", background=True, echo=said.append)
+    try:
+        here = f"http://127.0.0.1:{server.port}/"
+        assert said[1] == (f"open {here} here; from other computers http://"
+                           f"{socket.gethostname()}:{server.port}/ (or this machine's "
+                           "address)  (server.stop() stops it)")
+        assert "0.0.0.0" not in said[1]
+        assert httpx.get(f"{here}api/model", timeout=30).status_code == 200
+    finally:
+        server.stop()

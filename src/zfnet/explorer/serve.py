@@ -45,6 +45,20 @@ def default_cache() -> Path:
     return base / "zfnet" / "explorer"
 
 
+ANY_ADDRESS = ("0.0.0.0", "::", "")
+
+
+def _where(server: Server) -> str:
+    """The address to open: the server's URL, or for one on every address (`--host 0.0.0.0`,
+    a class) the loopback here and this machine's name from others (http://0.0.0.0/ opens
+    nothing on a student's laptop)."""
+    if server.host not in ANY_ADDRESS:
+        return f"{server.url}/"
+    here = "[::1]" if server.host == "::" else "127.0.0.1"
+    return (f"http://{here}:{server.port}/ here; from other computers "
+            f"http://{socket.gethostname()}:{server.port}/ (or this machine's address)")
+
+
 def serve(source: Any, data: str | None = None, *, host: str = "127.0.0.1", port: int = 8000,
           cache_dir: str | Path | None = None, images: int | None = None, k: int = 9,
           max_upload: int = MAX_UPLOAD, occlusion_precision: str = "float32",
@@ -75,10 +89,11 @@ def serve(source: Any, data: str | None = None, *, host: str = "127.0.0.1", port
     echo(f"zfnet explorer: {source.name}"
          + (f", {explorer.n_images} image{'s' * (explorer.n_images != 1)} of {bundle.spec}"
             if bundle else ", uploads only"))
+    where = _where(server)
     if background:
         server.start()
-        echo(f"open {server.url}/  (server.stop() stops it)")
+        echo(f"open {where}  (server.stop() stops it)")
         return server
-    echo(f"open {server.url}/  (Ctrl-C stops it)")
+    echo(f"open {where}  (Ctrl-C stops it)")
     server.server.run()
     return None
