@@ -133,6 +133,15 @@ def test_layout_errors_name_the_path(tmp_path):
         load_dataset(f"imagefolder:{tmp_path}")
 
 
+def test_a_shards_folder_given_as_an_image_folder_says_to_give_shards(tmp_path):
+    """`zfnet shards`' OUT named as imagefolder:OUT (it said: OUT/train is not a directory)."""
+    (tmp_path / "manifest.json").write_text("{}")
+    (tmp_path / "train-000000.tar").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=rf"{tmp_path} holds shards \(its manifest.json\), "
+                                                rf"not an image folder: give shards:{tmp_path}$"):
+        load_dataset(f"imagefolder:{tmp_path}?size=64")
+
+
 def test_a_labelled_test_set_alone_for_a_model_with_its_own_preprocessing(tmp_path):
     """DIR/val/<class>/* without train/: read for a model's preprocessing (its classes val's,
     no training images); for the paper's convention (the training images' mean) or a folder

@@ -436,6 +436,9 @@ def select_folder(spec: DatasetSpec, raw_spec: str = "", *, val_only: bool = Fal
     if not root.is_dir():
         what = "is not a directory" if root.exists() else "does not exist"
         raise FileNotFoundError(f"image folder {root} {what}; expected {LAYOUT}")
+    if not (root / "train").exists() and (root / "manifest.json").is_file():
+        raise FileNotFoundError(f"{root} holds shards (its manifest.json), not an image folder: "
+                                f"give shards:{spec.path}")
     if not (root / "train").exists() and not (root / "val").exists() and any(
             d.is_dir() and image_files(d) for d in root.iterdir()):
         raise FileNotFoundError(
