@@ -127,6 +127,18 @@ def test_resolve_config_from_saved_run(reference) -> None:
         recipe_mod.resolve_config(out="/nonexistent/run")
 
 
+def test_resume_in_a_runs_checkpoints_folder_names_the_run(reference) -> None:
+    """--out RUN/checkpoints --resume 'continued' the run there, writing a second run's
+    config.json, metrics.csv and report among RUN's checkpoints."""
+    run = reference[0]
+    last = find_last(run)
+    for out, what in ((run / "checkpoints", "the checkpoints folder"), (last, "a checkpoint")):
+        with pytest.raises(ValueError, match=rf"^{out} is {what} of the run in {run}: give "
+                                             rf"--out {run}$"):
+            recipe_mod.resolve_config(out=str(out), resume=True)
+    assert recipe_mod.resolve_config(out=str(run), resume=True).model == "zfnet_small"
+
+
 def test_schedules_step_as_documented(tmp_path) -> None:
     out = tmp_path / "run"
     train(tiny_config(out, epochs=2, schedule="cosine", warmup_epochs=1), bundle=tiny_bundle())

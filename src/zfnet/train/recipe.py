@@ -666,6 +666,10 @@ def resolve_config(**given: Any) -> TrainConfig:
     out = given.get("out")
     if out is None:
         raise ValueError("out (the run directory) is required")
+    run = _run_above(Path(out))
+    if run is not None:  # a run written inside it would mix with the run's checkpoints
+        what = "the checkpoints folder" if run == Path(out).parent else "a checkpoint"
+        raise ValueError(f"{out} is {what} of the run in {run}: give --out {run}")
     base = saved_config(out) if given.get("resume") else {}
     if given.get("data") is not None:  # saved absolute: the run is read from anywhere later
         from zfnet.data.spec import absolute_spec
@@ -680,6 +684,15 @@ def resolve_config(**given: Any) -> TrainConfig:
             if given.get("resume") and not base else
             f"{' and '.join(missing)} required (no checkpoint to resume in {out})")
     return TrainConfig.from_dict(merged)
+
+
+def _run_above(out: Path) -> Path | None:
+    """The run whose checkpoints folder, or one of whose checkpoints, `out` is; else None."""
+    if (out / ckpt.POINTER).is_file() or (out.name == "checkpoints" and ckpt.has_checkpoint(out)):
+        return out.parent
+    if (out / ckpt.STATE).is_file() and (out / ckpt.WEIGHTS).is_file():
+        return out.parent.parent
+    return None
 
 
 def saved_config(run_dir: str | Path) -> dict[str, Any]:
