@@ -808,3 +808,24 @@ def test_one_client_cannot_cancel_a_job_another_follows(explorer) -> None:
             gate.set()
             holder.future.result(30)
             jobs.shutdown()
+
+
+def test_a_topk_asked_for_as_its_mining_ends_is_not_mined_again(client, explorer,
+                                                               monkeypatch) -> None:
+    """A request that found the index not mined yet, just before its job ended, starts a job
+    that finds it mined and ends at once: mining a large dataset again held every student's
+    occlusion behind it for minutes."""
+    import zfnet.explorer.session as session
+
+    _wait(client, "/api/topk?layer=conv2&unit=0")
+    real, mined, asked = explorer.topk, [], []
+
+    def topk(*args):  # the first request's view: not mined yet
+        asked.append(1)
+        return None if len(asked) == 1 else real(*args)
+    monkeypatch.setattr(explorer, "topk", topk)
+    monkeypatch.setattr(session, "mine_topk", lambda *a, **k: mined.append(1))
+    job = client.get("/api/topk?layer=conv2&unit=1").json()["job"]
+    client.app.state.jobs.get(job["id"]).future.result(30)
+    assert client.get(f"/api/jobs/{job['id']}").json()["state"] == "done" and not mined
+    assert client.get("/api/topk?layer=conv2&unit=1").status_code == 200

@@ -690,10 +690,13 @@ class Explorer:
     def topk_job(self, layer: str, progress: Callable[[int, int], None]) -> None:
         """Mine the layer's top-k over the dataset's first `n_images` images and keep it on
         disk (written whole or not at all), with the list of the files that could not be
-        read. Its progress counts those too: it ends at its total."""
+        read. Its progress counts those too: it ends at its total. An index mined already
+        (by a job that ended just before this one was asked for) is not mined again."""
         lr = self.layer(layer)
         if self.val is None or not self.n_images:
             raise ExplorerError("no dataset to mine: start the server with --data")
+        if lr.name in self._topk:
+            return
         data = _Readable(self)
         result = mine_topk(self.job_model(), data, [lr.name], self.k,
                            indices=range(self.n_images), batch_size=32,
