@@ -294,3 +294,21 @@ def test_a_run_that_fails_after_a_checkpoint_or_on_resume_is_kept(reference, tmp
     assert [p.name for p in (new / "checkpoints").iterdir() if not p.name.endswith(".json")] \
         == ["epoch_0001"]
     assert (new / "config.json").is_file() and (new / "metrics.csv").is_file()
+
+
+def test_a_resume_on_data_of_another_input_size_says_so(tmp_path) -> None:
+    """A run trained at `?size=64`, resumed with `--data shards:OUT` (224 px): the data's size
+    is named (it was: the checkpoint 'holds weights of a different model', a shape mismatch)."""
+    from types import SimpleNamespace
+
+    from zfnet.train.run import check_resumed_data
+
+    meta = {"class_names": ["a", "b"], "input_size": 64, "train_images": 2, "val_images": 2,
+            "train_config": {"data": "shards:/d?size=64"}}
+    bundle = SimpleNamespace(class_names=["a", "b"], input_size=224, train=[0, 1], val=[0, 1])
+    config = tiny_config(tmp_path / "run", data="shards:/d")
+    with pytest.raises(ValueError, match=r"cannot --resume the run in .*run on shards:/d: its "
+                                         r"inputs are 224 px, the run's 64 px .* give the run's "
+                                         r"size \(size=64\)"):
+        check_resumed_data(meta, config, bundle)
+    check_resumed_data(meta, config, SimpleNamespace(**{**vars(bundle), "input_size": 64}))

@@ -243,6 +243,12 @@ def check_resumed_data(meta: dict[str, Any], config: TrainConfig, bundle: Any) -
             f"; {w}: {', '.join(c[:5])}{', ...' if len(c) > 5 else ''}"
             for w, c in (("new", new), ("gone", gone)) if c))
     where = "the data of the run" if not moved else f"{config.data}"
+    size_then, size_now = meta.get("input_size"), getattr(bundle, "input_size", None)
+    if None not in (size_then, size_now) and size_then != size_now:  # the weights do not fit
+        raise ValueError(f"cannot --resume the run in {config.out} on {where}: its inputs are "
+                         f"{size_now} px, the run's {size_then} px (the run: {saved_spec}); give "
+                         f"the run's size (size={size_then}) or train a new run with another "
+                         "--out")
     if then != now or (moved and differ):
         raise ValueError(f"cannot --resume the run in {config.out} on {where}: "
                          + "; ".join(differ) + f" (the run: {saved_spec}); give the run's data "
