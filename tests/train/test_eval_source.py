@@ -192,3 +192,21 @@ def test_labels_score_each_class_by_the_output_of_its_name(setup, tmp_path) -> N
         f"Error: dataset 'imagefolder:{setup / 'data'}' has classes that the labels of "
         f"torchvision:resnet18 {tmp_path / 'shuffled.pth'} do not name: n03; its class "
         "folders must be named as the labels are (the labels begin: n01, n02, n07, n99)")
+
+
+def test_labels_may_be_kaggles_synset_mapping_a_wnid_and_its_words_a_line() -> None:
+    """--labels LOC_synset_mapping.txt (Kaggle's: `n01440764 tench, Tinca tinca`) scores a
+    copy of some of ImageNet's classes by the outputs of their WNIDs (it said: the labels do not
+    name n01440764); labels whose first words repeat (`tiger shark`, `tiger cat`) match whole."""
+    from types import SimpleNamespace
+
+    from zfnet.train.evaluation import _outputs_by_name
+
+    mapping = ["n01440764 tench, Tinca tinca", "n01443537 goldfish, Carassius auratus",
+               "n01484850 great white shark, white shark"]
+    bundle = SimpleNamespace(class_names=["n01443537", "n01484850"])
+    assert _outputs_by_name(SimpleNamespace(labels=mapping, name="m"), bundle, "d") == [1, 2]
+    words = SimpleNamespace(labels=["tiger shark", "tiger cat", "tiger"], name="m")
+    assert _outputs_by_name(words, SimpleNamespace(class_names=["tiger"]), "d") == [2]
+    with pytest.raises(ValueError, match="do not name: tiger cats"):
+        _outputs_by_name(words, SimpleNamespace(class_names=["tiger cats"]), "d")

@@ -186,9 +186,15 @@ class ClassesByName(torch.nn.Module):
 
 
 def _outputs_by_name(source: Source, bundle: DataBundle, spec: str | None) -> list[int]:
-    """For each of the dataset's classes, the model's output of that name (`source.labels`);
-    a class it does not name is an error listing them."""
-    names = {name: k for k, name in reversed(list(enumerate(source.labels or [])))}
+    """For each of the dataset's classes, the model's output of that name (`source.labels`),
+    or, where each label's first word is its own, of that first word (Kaggle's
+    LOC_synset_mapping.txt: `n01440764 tench, Tinca tinca`, a WNID and its words a line); a
+    class it does not name is an error listing them."""
+    labels = list(source.labels or [])
+    firsts = [name.split()[0] if name.split() else "" for name in labels]
+    names = dict(zip(firsts, range(len(labels)), strict=True)) \
+        if len(set(firsts)) == len(firsts) else {}
+    names.update({name: k for k, name in reversed(list(enumerate(labels)))})
     missing = [c for c in bundle.class_names if c not in names]
     if missing:
         shown = ", ".join(missing[:5]) + (f" ... ({len(missing)} in all)" if len(missing) > 5
