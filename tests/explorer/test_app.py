@@ -201,10 +201,12 @@ def test_uploads(client, explorer) -> None:
     x = explorer.pre.to_input(load_rgb(io.BytesIO(data), min_side=explorer.pre.resize))
     with torch.inference_mode():
         p = torch.softmax(explorer.model(x[None])[0], 0)
-    top = client.get(f"/api/predict?image={up['id']}").json()["top"]
-    assert top[0]["class"] == int(p.argmax())
+    predicted = client.get(f"/api/predict?image={up['id']}").json()
+    assert predicted["top"][0]["class"] == int(p.argmax())
+    assert predicted["name"] == "astronaut.jpg"  # a page opened by a link names it so
     assert client.get(f"/api/maps?image={up['id']}&layer=conv1").status_code == 200
-    assert client.post("/api/images", content=data).json()["id"] == up["id"]  # same bytes
+    again = client.post("/api/images", content=data).json()  # the same bytes, unnamed
+    assert (again["id"], again["name"]) == (up["id"], "astronaut.jpg")
     named = client.post("/api/images", content=data, headers={"X-Filename": "caf%C3%A9.jpg"})
     assert named.json()["name"] == "café.jpg"
     assert client.get("/api/model").json()["max_upload"] == 200_000

@@ -565,3 +565,36 @@ def test_an_inactive_unit_says_why_it_has_no_projection_and_a_flat_unit_is_a_uni
     page.wait_for_selector('#unit-section[data-unit="1"]')
     assert name and page.text_content("#unit-heading") == f"fc8 · unit 1 ({name})"
     assert page.console.errors == []
+
+
+def test_a_students_link_to_an_upload_opens_named_and_copies_anywhere(page, browser,
+                                                                      server) -> None:
+    """One student uploads a photo and passes the link on; the other's page names the photo
+    (it showed only its id) and its Copy button copies the link also where the page has no
+    clipboard API (a server opened at http://192.168.…, not a secure context: it said
+    'could not copy')."""
+    _, url = server
+    _open(page, "/?layer=conv2")
+    page.set_input_files("#upload-file", files=[{
+        "name": "my cat.png", "mimeType": "image/png", "buffer": _photo("PNG")}])
+    page.wait_for_function("new URLSearchParams(location.search).get('image').startsWith('up:')")
+    link = page.get_attribute("#permalink", "href")
+    other = browser.new_context(base_url=url)
+    try:
+        other.add_init_script("""
+            Object.defineProperty(Navigator.prototype, "clipboard", { get: () => undefined });
+            document.execCommand = (command) => {
+              window.copied = [command, document.activeElement.value];
+              return true;
+            };""")
+        friend = other.new_page()
+        friend.console = Console(friend)
+        _open(friend, link)
+        friend.wait_for_function("document.querySelector('#current-caption').textContent"
+                                 ".startsWith('my cat.png (up:')")
+        friend.click("#copy-link")
+        friend.wait_for_function("document.querySelector('#copy-link').textContent === 'Copied'")
+        assert friend.evaluate("window.copied") == ["copy", friend.url]
+        assert friend.locator("#error").is_hidden() and friend.console.errors == []
+    finally:
+        other.close()

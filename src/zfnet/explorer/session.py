@@ -419,7 +419,8 @@ class Explorer:
             raise ExplorerError(f"dataset image {image_id} is broken: {self._broken[i]}; "
                                 "pick another image")
         names = getattr(self.bundle, "class_names", None) or []
-        return ImageEntry(image_id, self.bundle.raw_val(i), item[0], self._label(i, names))
+        return ImageEntry(image_id, self.bundle.raw_val(i), item[0], self._label(i, names),
+                          file_name(self.val, i))
 
     def item(self, i: int) -> Any:
         """Dataset item i (its input and label), or None for a broken file: such a file is
@@ -472,6 +473,8 @@ class Explorer:
         x = self.pre.normalize(pixels)
         digest = hashlib.sha256(data).hexdigest()[:16]
         size = (rgb.shape[-1], rgb.shape[-2])  # (W, H) upright: a phone's EXIF rotation applied
+        kept = self.uploads.get(f"up:{digest}")  # the same bytes again: named as before if not
+        name = name or (kept.name if kept else None)
         entry = ImageEntry(f"up:{digest}", pixels, x, None, name, size)
         self.uploads[entry.id] = entry
         self.uploads.move_to_end(entry.id)
@@ -500,17 +503,18 @@ class Explorer:
         return self._forward.get_or(image_id, run)
 
     def predict(self, image_id: str, top: int = 5) -> dict[str, Any]:
-        """The top classes of the model on the image (`/api/predict`)."""
+        """The top classes of the model on the image (`/api/predict`), its label and file
+        name (an upload's or a dataset file's: a page opened by a link knows it by this)."""
         entry = self.image(image_id)
         logits = self.forward(image_id)["__logits__"]
         names = self._class_names()
         if logits.ndim != 1:
-            return {"top": [], "label": entry.label}
+            return {"top": [], "label": entry.label, "name": entry.name}
         p = torch.softmax(logits, 0)
         values, idx = p.topk(min(top, p.numel()))
         return {"top": [{"class": int(c), "name": names[int(c)] if names else None,
                          "p": round(float(v), 6)} for v, c in zip(values, idx, strict=True)],
-                "label": entry.label}
+                "label": entry.label, "name": entry.name}
 
     def maps(self, image_id: str, layer: str) -> dict[str, Any]:
         """The layout of the layer's maps in its sprite (`/api/maps`), each map's strongest

@@ -466,6 +466,12 @@
         return li;
       }));
       $("#predict-label").textContent = body.label ? `dataset label: ${body.label}` : "";
+      // An upload opened by a link (another student's) has its name only from the server.
+      const known = uploads.find((u) => u.id === state.image);
+      if (body.name && known && !known.name) {
+        known.name = body.name;
+        caption.textContent = captionOf(state.image);
+      }
       $("#predict").hidden = false;
     } catch (err) {
       failed(err, "image", ticket);
@@ -986,6 +992,28 @@
     else go({ view });
   }
 
+  /** Put `text` on the clipboard. A server opened by its network address
+   *  (http://192.168.…:8000, a class) is not a secure context, where the page has no
+   *  navigator.clipboard: a selected text area is copied the older way there. */
+  async function copyText(text) {
+    if (navigator.clipboard) {
+      await navigator.clipboard.writeText(text);
+      return;
+    }
+    const area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.style.position = "fixed";
+    area.style.opacity = "0";
+    document.body.append(area);
+    area.select();
+    try {
+      if (!document.execCommand("copy")) throw new Error("copy refused");
+    } finally {
+      area.remove();
+    }
+  }
+
   // ---------------------------------------------------------------- wiring
 
   function wire() {
@@ -1017,7 +1045,7 @@
     $("#copy-link").addEventListener("click", async () => {
       const link = $("#permalink").href;
       try {
-        await navigator.clipboard.writeText(link);
+        await copyText(link);
         $("#copy-link").textContent = "Copied";
         setTimeout(() => { $("#copy-link").textContent = "Copy"; }, 1500);
       } catch (err) {
