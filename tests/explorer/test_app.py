@@ -582,6 +582,16 @@ def test_results_are_kept_for_the_recent_only_and_a_damaged_index_is_mined_again
     for k in "abc":
         keep.put(k, k.upper())
     assert list(keep) == ["b", "c"] and keep.get("c") == "C"
+    # drawn figures: also at most so many bytes (a class browsing a ResNet's layer4 top-9,
+    # 1.4 MB each, kept 256 of them: 350 MB)
+    figures = _LRU(256, max_bytes=3000)
+    for i in range(10):
+        figures.put(i, b"x" * 1000)
+    figures.put("occlusion", {"png": b"y" * 1500})
+    assert list(figures) == [9, "occlusion"] and figures.nbytes == 2500
+    figures.put("big", b"z" * 5000)  # the newest is kept whatever its size
+    assert list(figures) == ["big"] and figures.nbytes == 5000
+    assert explorer._pngs.max_bytes == 64 * 2**20
     assert isinstance(explorer.occlusions, _LRU) and isinstance(explorer.evolutions, _LRU)
     explorer.topk_job("relu2", lambda d, t: None)
     path = explorer._topk_path("relu2")

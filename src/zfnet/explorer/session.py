@@ -63,6 +63,7 @@ from zfnet.models import (
 RULES = ("deconvnet", "guided", "gradient")
 MAX_UPLOADS = 64  # uploaded images kept (the oldest goes first)
 MAX_PIXELS = 40_000_000  # an upload larger than this is refused, not decoded
+MAX_PNG_BYTES = 64 * 2**20  # figures and maps kept drawn, at most
 TILE_MIN = 24  # a feature map's thumbnail is enlarged to at least this many pixels a side
 FLAT_TILE = 6  # a unit of a flat (fc) layer: a square of this side
 
@@ -106,11 +107,13 @@ class ImageEntry:
 
 
 class _LRU(OrderedDict):
-    """A dict that keeps its `size` most recently used entries."""
+    """A dict that keeps its `size` most recently used entries, and where `max_bytes` is given
+    at most that many bytes of them (a value's bytes: its length, or its "png"'s)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, max_bytes: int | None = None) -> None:
         super().__init__()
-        self.size = size
+        self.size, self.max_bytes = size, max_bytes
+        self.nbytes = 0
         self.lock = threading.Lock()
 
     def get_or(self, key: Any, make: Callable[[], Any]) -> Any:
@@ -123,12 +126,24 @@ class _LRU(OrderedDict):
         return value
 
     def put(self, key: Any, value: Any) -> None:
-        """Keep `value` as the most recent entry, the oldest going beyond `size`."""
+        """Keep `value` as the most recent entry, the oldest going beyond `size` entries or
+        `max_bytes` (the newest is kept whatever its size)."""
         with self.lock:
+            if key in self:
+                self.nbytes -= _nbytes(self[key])
             self[key] = value
+            self.nbytes += _nbytes(value)
             self.move_to_end(key)
-            while len(self) > self.size:
-                self.popitem(last=False)
+            while len(self) > self.size or (
+                    self.max_bytes is not None and self.nbytes > self.max_bytes
+                    and len(self) > 1):
+                self.nbytes -= _nbytes(self.popitem(last=False)[1])
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, dict):
+        value = value.get("png", b"")
+    return len(value) if isinstance(value, bytes) else 0
 
 
 class _Readable(Dataset):
@@ -214,7 +229,8 @@ class Explorer:
         self.default_layer = self._default_layer()
         self.uploads: OrderedDict[str, ImageEntry] = OrderedDict()
         self._forward = _LRU(8)  # image id -> {layer: activation (C, h, w) or (F,)}, logits
-        self._pngs = _LRU(256)  # (view, ...) -> PNG bytes
+        # (view, ...) -> PNG bytes: at most 64 MB (a ResNet's layer4 top-9 is 1.4 MB)
+        self._pngs = _LRU(256, max_bytes=MAX_PNG_BYTES)
         self._passes = _LRU(4)  # image id -> its kept forward pass (`forward_pass`) or None
         # the layers the windowed engine takes: on the chain, which the forward runs as it
         # is written (checked once on a random input: `chain_runs_as_forward`)
