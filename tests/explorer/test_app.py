@@ -278,6 +278,12 @@ def test_bad_requests_are_one_line_errors(client, url, status, words) -> None:
     assert client.get("/api/layers").status_code == 200
 
 
+def test_a_wrong_method_names_the_one_the_route_takes(client) -> None:
+    _error(client.post("/api/maps?image=val:0&layer=conv1"), 405, "/api/maps takes GET",
+           "not POST")  # it said only 'Method Not Allowed'
+    _error(client.get("/api/images/x"), 404, "not found")
+
+
 def test_nothing_but_the_assets_is_served(client) -> None:
     r = client.get("/static/../app.py")
     assert r.status_code == 404 and "create_app" not in r.text

@@ -115,11 +115,14 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
         return JSONResponse({"error": "; ".join(parts)}, status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:
         text = e.detail if isinstance(e.detail, str) else "error"
         if e.status_code == 404:
             text = "not found: see /api/openapi.json or docs/explorer.md for the routes"
-        return JSONResponse({"error": text}, status_code=e.status_code)
+        allow = (e.headers or {}).get("Allow")
+        if e.status_code == 405 and allow:
+            text = f"{request.url.path} takes {allow}, not {request.method}"
+        return JSONResponse({"error": text}, status_code=e.status_code, headers=e.headers)
 
     @app.exception_handler(Exception)
     async def _crash(_: Request, e: Exception) -> JSONResponse:
