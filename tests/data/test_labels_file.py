@@ -87,8 +87,8 @@ def test_a_flat_val_folder_with_labels_is_the_classed_one(classed, tmp_path, fmt
     assert sub.val.targets == [0, 0] and len(sub.val) == 2
 
 
-def test_labelled_images_the_val_folder_lacks_are_counted_and_named(classed, tmp_path
-                                                                    ) -> None:
+def test_labelled_images_the_val_folder_lacks_are_counted_and_named(classed, tmp_path,
+                                                                    monkeypatch) -> None:
     """A val tar unpacked in part (or a copy of some images) is scored on fewer images than
     its labels list: one warning says how many are left out and names one; a full folder, a
     header line, says nothing."""
@@ -103,6 +103,10 @@ def test_labelled_images_the_val_folder_lacks_are_counted_and_named(classed, tmp
                       rf".*val \(e\.g\. {truth[1][0]}\): only the 4 there are used"):
         d = load_dataset(f"imagefolder:{tmp_path / 'flat'}?{SPEC}&val_labels={labels}")
     assert len(d.val) == 4
+    monkeypatch.setenv("RANK", "1")  # torchrun's other processes: said once, by the first
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MissingValImagesWarning)
+        load_dataset(f"imagefolder:{tmp_path / 'flat'}?{SPEC}&val_labels={labels}")
 
 
 def test_paths_under_val_and_nested_folders(classed, tmp_path) -> None:

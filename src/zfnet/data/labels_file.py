@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import tarfile
 import warnings
 from pathlib import Path
@@ -192,7 +193,7 @@ def labelled_images(folder: Path, labels: Path, images: list[Path],
         raise ValueError(f"val_labels: {labels} has no class for {len(missing)} of the "
                          f"{len(images)} images in {folder}, e.g. {missing[0].name}")
     absent = list(dict.fromkeys(absent))
-    if absent:
+    if absent and os.environ.get("RANK", "0") == "0":  # under torchrun, said once, not by each
         warnings.warn(f"val_labels: {labels} labels {len(absent) + len(found)} images; "
                       f"{len(absent)} of them are not in {folder} (e.g. {absent[0]}): only the "
                       f"{len(found)} there are used", MissingValImagesWarning, stacklevel=2)
