@@ -205,7 +205,16 @@ def test_the_ilsvrc2012_devkit_folder_or_archive(classed, tmp_path) -> None:
     with pytest.raises(ValueError, match=r"meta\.mat is a MATLAB file, not a labels file; .* "
                                          r"give the devkit it comes with"):
         load_dataset(f"imagefolder:{tmp_path / 'flat'}?val_labels={devkit / 'data/meta.mat'}")
-    # the devkit's data/ folder is the devkit too
+    # a wrong folder is refused without a walk of its whole tree (ImageNet's 1.28M files)
+    deep = tmp_path / "data" / "imagenet" / "train" / "n01440764"
+    shutil.copytree(devkit, deep / "ILSVRC2012_devkit_t12")
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(Path, "rglob", lambda *a, **k: pytest.fail("walked the whole tree"))
+        with pytest.raises(ValueError, match=r"data is not the ILSVRC2012 devkit"):
+            load_dataset(f"imagefolder:{tmp_path / 'flat'}?val_labels={tmp_path / 'data'}")
+        # the folder the devkit was unpacked in is the devkit too, and so is its data/ folder
+        d = load_dataset(f"imagefolder:{tmp_path / 'flat'}?{SPEC}&val_labels={deep}")
+        assert d.val.targets == a.val.targets
     d = load_dataset(f"imagefolder:{tmp_path / 'flat'}?{SPEC}&val_labels={devkit / 'data'}")
     assert d.val.targets == a.val.targets
     # an ID that is no class (the synset with children), and a folder that is no devkit

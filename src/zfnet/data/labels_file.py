@@ -43,6 +43,7 @@ KAGGLE_HEADER = ("ImageId", "PredictionString")
 GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"  # in the devkit's data/
 META = "meta.mat"
 ARCHIVES = (".tar.gz", ".tgz", ".tar")
+DEVKIT_PLACES = ("", "data/", "*/data/", "*/*/data/")  # where a devkit folder's files may be
 
 
 class MissingValImagesWarning(UserWarning):
@@ -62,9 +63,9 @@ def _devkit_files(path: Path) -> tuple[bytes, bytes]:
     """The ground truth's and meta.mat's bytes of the devkit at `path` (a folder or an archive).
     """
     found: dict[str, bytes] = {}
-    if path.is_dir():
-        for name in (GROUND_TRUTH, META):
-            hits = sorted(path.rglob(name))
+    if path.is_dir():  # the devkit, its data/ or the folder it was unpacked in: not a walk of
+        for name in (GROUND_TRUTH, META):  # a whole tree (a wrong path: ImageNet's 1.28M files)
+            hits = [h for pattern in DEVKIT_PLACES for h in sorted(path.glob(pattern + name))]
             if hits:
                 found[name] = hits[0].read_bytes()
     else:
