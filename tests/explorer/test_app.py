@@ -847,3 +847,31 @@ def test_a_topk_asked_for_as_its_mining_ends_is_not_mined_again(client, explorer
     client.app.state.jobs.get(job["id"]).future.result(30)
     assert client.get(f"/api/jobs/{job['id']}").json()["state"] == "done" and not mined
     assert client.get("/api/topk?layer=conv2&unit=1").status_code == 200
+
+
+def test_an_upload_cut_off_is_neither_a_crash_nor_a_traceback(explorer, capfd) -> None:
+    """A student's laptop closes mid-upload: the server answers no one and logs nothing (it
+    printed 'zfnet serve: ClientDisconnect' and a traceback of 50 lines in the teacher's
+    terminal), and keeps serving."""
+    import asyncio
+
+    app = create_app(explorer)
+    sent: list[dict] = []
+    messages = iter([{"type": "http.request", "body": b"\xff\xd8" + b"x" * 1000,
+                      "more_body": True}, {"type": "http.disconnect"}])
+
+    async def receive() -> dict:
+        return next(messages)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/api/images", "raw_path": b"/api/images",
+             "root_path": "", "query_string": b"", "client": ("127.0.0.1", 5000),
+             "server": ("127.0.0.1", 8000),
+             "headers": [(b"host", b"127.0.0.1"), (b"content-length", b"5000000")]}
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 400
+    out, err = capfd.readouterr()
+    assert "Traceback" not in err + out and "ClientDisconnect" not in err + out

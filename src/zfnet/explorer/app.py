@@ -28,6 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from zfnet.explorer.jobs import JobRunner
 from zfnet.explorer.session import Explorer, ExplorerError, NotFoundError
@@ -166,17 +167,21 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
         return _png(await call(explorer.image_png, image_id))
 
     @app.post("/api/images", status_code=201)
-    async def upload(request: Request) -> dict[str, Any]:
+    async def upload(request: Request) -> Any:
         """Upload an image: the raw bytes of the file as the body (X-Filename: its name)."""
         size = request.headers.get("content-length")
         if size is not None and size.isdigit() and int(size) > max_upload:
             raise TooLarge(_too_large(int(size), max_upload))
         chunks, total = [], 0
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > max_upload:
-                raise TooLarge(_too_large(total, max_upload, at_least=True))
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > max_upload:
+                    raise TooLarge(_too_large(total, max_upload, at_least=True))
+                chunks.append(chunk)
+        except ClientDisconnect:  # a laptop closed mid-upload: no one to tell, nothing to log
+            return JSONResponse({"error": "the upload was cut off before its end"},
+                                status_code=400)
         name = unquote(request.headers.get("x-filename") or "") or None  # percent-encoded
         entry = await call(explorer.upload, b"".join(chunks), name)
         w, h = entry.original
