@@ -9,6 +9,17 @@ from zfnet.report import Figure, Section, Table, build_report, read_sections, wr
 from zfnet.report.plots import plot_confusion, plot_curves, read_metrics_csv
 
 
+def test_a_confusion_matrix_of_many_classes_is_drawn_at_a_bounded_size(tmp_path) -> None:
+    """Past 30 classes the cells are not named and the figure stops growing: ImageNet's 1000
+    classes made `zfnet eval --out RUN` draw a 50,000 px square (some 100 GB)."""
+    from PIL import Image
+
+    n = 60
+    m = np.eye(n, dtype=int) * 3
+    path = plot_confusion(m, [f"n{k:08d}" for k in range(n)], tmp_path / "m.png")
+    assert max(Image.open(path).size) <= 1400
+
+
 def test_sections_roundtrip_and_page(tmp_path) -> None:
     plot_curves([1, 2, 3], {"loss": {"train": [3, 2, 1]}}, tmp_path / "figs" / "c.png")
     plot_confusion(np.array([[5, 1], [0, 7]]), ["cat", "dog"], tmp_path / "figs" / "m.png")
