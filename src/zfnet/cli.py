@@ -737,8 +737,15 @@ def eval_cmd(checkpoint: str | None, model: str | None, weights: str | None,
              " (each class scored by the output --labels names it)" if matched else "")
     click.echo(f"{r['model']}{epoch} on {r['data']}{among}, {r['n']} images{skipped}, "
                f"{crops}: top-1 error {r['top1_error']:.2%}, {top5}")
-    click.echo("top-1 accuracy per class:")
-    for name, acc in r["per_class_accuracy"].items():
+    shown = list(r["per_class_accuracy"].items())
+    if classes > PER_CLASS_SHOWN:  # ImageNet's 1000 lines scrolled the errors off the screen
+        scored = sorted((a, k) for k, (_, a) in enumerate(shown) if a is not None)
+        click.echo(f"top-1 accuracy per class, the 5 lowest and the 5 highest of {classes} "
+                   "(every class's: --json FILE, --out DIR):")
+        shown = [shown[k] for k in dict.fromkeys(k for _, k in scored[:5] + scored[-5:])]
+    else:
+        click.echo("top-1 accuracy per class:")
+    for name, acc in shown:
         click.echo(f"  {name:<20} {'-' if acc is None else f'{acc:.2%}'}")
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
@@ -751,6 +758,9 @@ def eval_cmd(checkpoint: str | None, model: str | None, weights: str | None,
 
         evaluation_section(out, r)
         click.echo(f"report: {build_report(out).resolve()}")
+
+
+PER_CLASS_SHOWN = 30  # zfnet eval prints every class's accuracy up to this many classes
 
 
 def _byte_size(ctx: click.Context, param: click.Parameter, value: str) -> int:

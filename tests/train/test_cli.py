@@ -368,3 +368,25 @@ def test_a_batch_not_divisible_by_the_processes_says_what_is() -> None:
                                          r"give a multiple of 2 \(6, 8\)"):
         build_run(TrainConfig(data="synthetic", model="zfnet_small", out="x", batch_size=7),
                   two)
+
+
+def test_eval_of_many_classes_prints_the_lowest_and_highest_not_every_one(monkeypatch,
+                                                                          tmp_path) -> None:
+    """ImageNet's 1000 per-class lines scrolled the top-1 error off the screen: past 30
+    classes zfnet eval prints the 5 lowest and the 5 highest, every class staying in --json."""
+    import zfnet.train
+
+    n = 40
+    acc = {f"n{k:08d}": k / n for k in range(n)}
+    r = {"model": "zfnet", "epoch": 70, "step_in_epoch": 0, "data": "shards:x", "n": 80,
+         "skipped": 0, "top1_error": 0.5, "top5_error": 0.25, "per_class_accuracy": acc}
+    monkeypatch.setattr(zfnet.train, "evaluate_checkpoint", lambda *a, **k: r)
+    res = CliRunner().invoke(main, ["eval", "--checkpoint", str(tmp_path), "--device", "cpu",
+                                    "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    at = lines.index("top-1 accuracy per class, the 5 lowest and the 5 highest of 40 (every "
+                     "class's: --json FILE, --out DIR):")
+    assert [line.split()[0] for line in lines[at + 1:at + 11]] == \
+        [f"n{k:08d}" for k in (0, 1, 2, 3, 4, 35, 36, 37, 38, 39)]
+    assert len(json.loads((tmp_path / "r.json").read_text())["per_class_accuracy"]) == 40
