@@ -875,3 +875,30 @@ def test_an_upload_cut_off_is_neither_a_crash_nor_a_traceback(explorer, capfd) -
     assert sent[0]["status"] == 400
     out, err = capfd.readouterr()
     assert "Traceback" not in err + out and "ClientDisconnect" not in err + out
+
+
+def test_a_figure_kept_by_the_browser_is_checked_against_the_model_serving(
+        explorer, client, tmp_path) -> None:
+    """The teacher stops the ResNet's server and starts a run's on the same port: a student's
+    browser showed the ResNet's /api/image/val:0.png and conv1 sprite for an hour (kept as
+    'max-age=3600'). Figures are kept but checked (no-cache, an ETag of the model and data
+    and the URL): 304 from the same server, the new picture from another."""
+    from zfnet.sources import from_module
+
+    url = "/api/maps.png?image=val:0&layer=conv1"
+    first = client.get(url)
+    assert first.status_code == 200 and "no-cache" in first.headers["cache-control"]
+    assert "max-age" not in first.headers["cache-control"]
+    tag = first.headers["etag"]
+    again = client.get(url, headers={"If-None-Match": tag})
+    assert again.status_code == 304 and again.content == b""
+    assert client.get("/api/maps.png?image=val:1&layer=conv1",
+                      headers={"If-None-Match": tag}).status_code == 200  # another figure
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(4, 10))
+    image = client.get("/api/image/val:0.png").headers["etag"]
+    other = Explorer(from_module(net, crop=32), explorer.bundle, cache_dir=tmp_path)
+    with TestClient(create_app(other)) as c:  # the same URL on another model: not 304
+        r = c.get("/api/image/val:0.png", headers={"If-None-Match": image})
+        assert r.status_code == 200 and r.headers["etag"] != image

@@ -12,6 +12,7 @@ readable through it: images are addressed by id (`val:N`, `up:HEX`), never by pa
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import socket
 import sys
 import threading
@@ -36,7 +37,10 @@ from zfnet.graph import RuleUndefinedError, set_nonlinear
 
 MAX_UPLOAD = 20 * 1024 * 1024  # bytes
 STATIC = Path(str(files("zfnet.explorer") / "static"))
-PNG_HEADERS = {"Cache-Control": "private, max-age=3600"}
+# a figure's URL names the same picture only on the same model and data (a server restarted on
+# another model answers /api/image/val:0.png with another image): the browser keeps it, and
+# asks whether it is still good (ETag: the explorer's id and the URL) before each use
+PNG_HEADERS = {"Cache-Control": "private, no-cache"}
 
 
 class TooLarge(ExplorerError):
@@ -76,6 +80,23 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
     app = FastAPI(title="zfnet explorer", docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json", lifespan=lifespan)
     app.state.explorer, app.state.jobs = explorer, jobs
+
+    @app.middleware("http")
+    async def png_etag(request: Request, call_next: Callable[..., Any]) -> Any:
+        # the figures (/api/….png): 304 for one the browser has from this model and data
+        # (inside the check of the Host below: the middleware added last runs first)
+        path = request.url.path
+        if request.method != "GET" or not (path.startswith("/api/") and path.endswith(".png")):
+            return await call_next(request)
+        url = f"{path}?{request.url.query}".encode()
+        tag = f'"{explorer.id}-{hashlib.sha1(url).hexdigest()[:16]}"'
+        if tag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers={**PNG_HEADERS, "ETag": tag})
+        response = await call_next(request)
+        if response.status_code == 200:
+            response.headers["ETag"] = tag
+        return response
+
     if allowed_hosts is not None:
         allowed = list(allowed_hosts)
         names = ", ".join(h for h in allowed if not h.startswith("["))
