@@ -902,3 +902,8 @@ def test_a_figure_kept_by_the_browser_is_checked_against_the_model_serving(
     with TestClient(create_app(other)) as c:  # the same URL on another model: not 304
         r = c.get("/api/image/val:0.png", headers={"If-None-Match": image})
         assert r.status_code == 200 and r.headers["etag"] != image
+    explorer.occlusion_precision = "bfloat16"  # zfnet serve --occlusion-precision bfloat16
+    try:
+        assert client.get(url, headers={"If-None-Match": tag}).status_code == 200
+    finally:
+        explorer.occlusion_precision = "float32"

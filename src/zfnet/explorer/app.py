@@ -88,8 +88,9 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
         path = request.url.path
         if request.method != "GET" or not (path.startswith("/api/") and path.endswith(".png")):
             return await call_next(request)
-        url = f"{path}?{request.url.query}".encode()
-        tag = f'"{explorer.id}-{hashlib.sha1(url).hexdigest()[:16]}"'
+        drawn = (f"{explorer.occlusion_precision} {explorer.nonlinear} {path}?"
+                 f"{request.url.query}").encode()  # how, besides the model and data
+        tag = f'"{explorer.id}-{hashlib.sha1(drawn).hexdigest()[:16]}"'
         if tag in request.headers.get("if-none-match", ""):
             return Response(status_code=304, headers={**PNG_HEADERS, "ETag": tag})
         response = await call_next(request)
