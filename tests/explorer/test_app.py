@@ -907,3 +907,14 @@ def test_a_figure_kept_by_the_browser_is_checked_against_the_model_serving(
         assert client.get(url, headers={"If-None-Match": tag}).status_code == 200
     finally:
         explorer.occlusion_precision = "float32"
+
+
+def test_an_iphone_photo_says_how_to_read_it(client, monkeypatch) -> None:
+    """A HEIC photo dragged from a Mac, on a server without pillow-heif: the error says what
+    it is and what to do (it said only: not an image PIL can read (JPEG, PNG ...))."""
+    import zfnet.explorer.session as session
+
+    monkeypatch.setattr(session, "HEIF_READ", False)
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 200
+    _error(client.post("/api/images", content=heic, headers={"X-Filename": "IMG_0042.HEIC"}),
+           400, "'IMG_0042.HEIC' is a HEIC photo", "convert it to JPEG", "zfnet[heif]")

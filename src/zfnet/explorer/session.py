@@ -47,7 +47,7 @@ from zfnet.analyses.gallery import (
 )
 from zfnet.analyses.topk import TopK, load_topk, mine_topk, mining_digest, save_topk
 from zfnet.atomic import write_text_atomic
-from zfnet.data.images import BadImageError, load_rgb
+from zfnet.data.images import HEIF_READ, BadImageError, load_rgb
 from zfnet.data.picks import file_name
 from zfnet.deconvnet import Forward, Seeds, forward_pass, paste, project_layers, windowed
 from zfnet.display import projection_to_uint8
@@ -64,6 +64,8 @@ RULES = ("deconvnet", "guided", "gradient")
 MAX_UPLOADS = 64  # uploaded images kept (the oldest goes first)
 MAX_PIXELS = 40_000_000  # an upload larger than this is refused, not decoded
 MAX_PNG_BYTES = 64 * 2**20  # figures and maps kept drawn, at most
+# an ISO media file's brands of HEIC/HEIF photos (bytes 8..12, after "ftyp")
+HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
 TILE_MIN = 24  # a feature map's thumbnail is enlarged to at least this many pixels a side
 FLAT_TILE = 6  # a unit of a flat (fc) layer: a square of this side
 
@@ -468,6 +470,10 @@ class Explorer:
                                 f"megapixels; the explorer takes images up to "
                                 f"{self.max_pixels / 1e6:.0f} megapixels") from None
         except Exception:  # noqa: BLE001  # PIL raises many kinds for what is not an image
+            if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS and not HEIF_READ:
+                raise ExplorerError(f"{what} is a HEIC photo (an iPhone's), which this server "
+                                    "does not read: convert it to JPEG, or pip install "
+                                    "'zfnet[heif]' where the server runs") from None
             raise ExplorerError(f"{what} is not an image PIL can read (JPEG, PNG, WebP, "
                                 "BMP, TIFF, GIF ...)") from None
         if w * h > self.max_pixels:
