@@ -212,6 +212,11 @@ def test_the_ilsvrc2012_devkit_folder_or_archive(classed, tmp_path) -> None:
         m.setattr(Path, "rglob", lambda *a, **k: pytest.fail("walked the whole tree"))
         with pytest.raises(ValueError, match=r"data is not the ILSVRC2012 devkit"):
             load_dataset(f"imagefolder:{tmp_path / 'flat'}?val_labels={tmp_path / 'data'}")
+        # the folder the archive was downloaded to: the archive is named
+        shutil.copy(archive, tmp_path / "data")
+        with pytest.raises(ValueError, match=rf"data is not the ILSVRC2012 devkit: .*; it "
+                                             rf"holds {archive.name}: give {tmp_path / 'data'}/"):
+            load_dataset(f"imagefolder:{tmp_path / 'flat'}?val_labels={tmp_path / 'data'}")
         # the folder the devkit was unpacked in is the devkit too, and so is its data/ folder
         d = load_dataset(f"imagefolder:{tmp_path / 'flat'}?{SPEC}&val_labels={deep}")
         assert d.val.targets == a.val.targets

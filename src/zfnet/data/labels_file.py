@@ -80,8 +80,11 @@ def _devkit_files(path: Path) -> tuple[bytes, bytes]:
             raise ValueError(f"val_labels: cannot read the archive {path} ({e})") from None
     missing = [n for n in (GROUND_TRUTH, META) if n not in found]
     if missing:
+        kits = sorted(p.name for p in path.glob("*devkit*") if p.name.lower().endswith(ARCHIVES)
+                      ) if path.is_dir() else []  # the folder it was downloaded to
         raise ValueError(f"val_labels: {path} is not the ILSVRC2012 devkit: no "
-                         f"{' or '.join(missing)} in it")
+                         f"{' or '.join(missing)} in it"
+                         + (f"; it holds {kits[0]}: give {path / kits[0]}" if kits else ""))
     return found[GROUND_TRUTH], found[META]
 
 
