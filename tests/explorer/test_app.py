@@ -284,6 +284,14 @@ def test_a_wrong_method_names_the_one_the_route_takes(client) -> None:
     _error(client.get("/api/images/x"), 404, "not found")
 
 
+def test_the_pages_script_is_checked_before_each_use(client) -> None:
+    """After an upgrade, no browser runs the last version's explorer.js on the new page."""
+    js = client.get("/static/explorer.js")
+    assert js.status_code == 200 and js.headers["cache-control"] == "no-cache"
+    again = client.get("/static/explorer.js", headers={"If-None-Match": js.headers["etag"]})
+    assert again.status_code == 304
+
+
 def test_nothing_but_the_assets_is_served(client) -> None:
     r = client.get("/static/../app.py")
     assert r.status_code == 404 and "create_app" not in r.text

@@ -164,7 +164,7 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
         return FileResponse(page, headers={"Cache-Control": "no-cache"})
 
     if STATIC.is_dir():
-        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+        app.mount("/static", _Assets(directory=STATIC), name="static")
 
     # --- the model, its layers and images ---
 
@@ -357,6 +357,17 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
         return {**jobs.describe(j), "others": j.others(client, jobs.abandon_after) if live else 0}
 
     return app
+
+
+class _Assets(StaticFiles):
+    """The page's script and style, checked by the browser before each use (ETag): after an
+    upgrade of zfnet, a browser's kept explorer.js from the last version must not run the
+    new page (no Cache-Control let browsers keep it for days by their own guess)."""
+
+    async def get_response(self, path: str, scope: Any) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
 
 
 def _png(data: bytes) -> Response:
