@@ -125,7 +125,11 @@ def test_paths_under_val_and_nested_folders(classed, tmp_path) -> None:
                                              r"training classes .* nor an index 0\.\.2"),
     ("ILSVRC2012_val_00000007 3\n", r"class '3'"),
     ("65\n12\n", r"line 1 has one column .* meta\.mat"),
-    ("nothing_here n01440764\n", r"labels none of the 5 images"),
+    ("nothing_here n01440764\n", r"labels none of the 5 images in \S+ \(e\.g\. [^)]*\)$"),
+    ("n01440764 tench, Tinca tinca\nn01443537 goldfish\n",  # LOC_synset_mapping.txt
+     r"labels none of the 5 images .*; its line 1 begins with a class, 'n01440764': a labels "
+     r"file gives an image, then its class \(Kaggle's LOC_val_solution.csv, not "
+     r"LOC_synset_mapping.txt\)"),
     ("ILSVRC2012_val_00000007 n01440764\n", r"no class for 4 of the 5 images .* "
                                             r"ILSVRC2012_val_00000008\.JPEG"),
     ("ILSVRC2012_val_00000007 n01440764\nILSVRC2012_val_00000007.JPEG 1\n",

@@ -167,7 +167,8 @@ def labelled_images(folder: Path, labels: Path, images: list[Path],
     label_of = {name: k for k, name in enumerate(classes)}
     found: dict[Path, int] = {}
     absent: list[str] = []  # labelled images the folder lacks
-    for i, (n, image, cls) in enumerate(read_rows(labels)):
+    rows = read_rows(labels)
+    for i, (n, image, cls) in enumerate(rows):
         key = _key(image)
         if key not in by_key:  # an image not in the folder (a subset), or a header line
             if i > 0 or nfc(cls) in label_of or cls.isdigit():
@@ -190,8 +191,13 @@ def labelled_images(folder: Path, labels: Path, images: list[Path],
             raise ValueError(f"val_labels: {labels} line {n} labels {image!r} again, with "
                              "another class")
     if not found:
+        classes_first = next((r for r in rows if nfc(r[1]) in label_of), None)
         raise ValueError(f"val_labels: {labels} labels none of the {len(images)} images in "
-                         f"{folder} (e.g. {images[0].name if images else 'none there'})")
+                         f"{folder} (e.g. {images[0].name if images else 'none there'})" + (
+                             f"; its line {classes_first[0]} begins with a class, "
+                             f"{classes_first[1]!r}: a labels file gives an image, then its class "
+                             "(Kaggle's LOC_val_solution.csv, not LOC_synset_mapping.txt)"
+                             if classes_first else ""))
     missing = [p for p in images if p not in found]
     if missing:
         raise ValueError(f"val_labels: {labels} has no class for {len(missing)} of the "
