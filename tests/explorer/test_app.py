@@ -27,7 +27,7 @@ from zfnet.deconvnet import project
 from zfnet.display import projection_to_uint8
 from zfnet.explorer.app import LOOPBACK, create_app
 from zfnet.explorer.jobs import Cancelled, JobRunner
-from zfnet.explorer.session import Explorer
+from zfnet.explorer.session import Explorer, NotFoundError
 from zfnet.models import layer_geometry
 from zfnet.sources import load_data, load_source
 from zfnet.train import list_checkpoints
@@ -470,6 +470,26 @@ def test_a_job_never_runs_the_views_model(tmp_path) -> None:
     finally:
         handle.remove()
     assert (up.id, None, None) in e.occlusions and "job" not in threads
+
+
+def test_an_upload_dropped_while_a_job_takes_it_is_still_used(tmp_path) -> None:
+    """The uploads are kept on the views' thread and read by the jobs' thread: one dropped for
+    a newer upload between the job's check and its use (its `move_to_end`) is still the job's
+    image, not a failed job named by a bare KeyError 'up:…'."""
+    from collections import OrderedDict
+
+    e = Explorer(load_source("zfnet_small"), None, cache_dir=tmp_path)
+    up = e.upload(_jpeg())
+
+    class DroppedMeanwhile(OrderedDict):
+        def move_to_end(self, key, last=True):  # another thread's upload drops it first
+            self.pop(key)
+            super().move_to_end(key, last)
+
+    e.uploads = DroppedMeanwhile(e.uploads)
+    assert e.image(up.id) is up
+    with pytest.raises(NotFoundError, match="upload it again"):  # gone for the next request
+        e.image(up.id)
 
 
 def test_the_jobs_copy_of_the_model_has_none_of_the_views_hooks(tmp_path) -> None:

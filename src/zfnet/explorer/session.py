@@ -418,11 +418,15 @@ class Explorer:
     def image(self, image_id: str) -> ImageEntry:
         """The image `image_id` names: `val:N` (dataset image N) or `up:HEX` (an upload)."""
         if image_id.startswith("up:"):
-            if image_id not in self.uploads:
+            entry = self.uploads.get(image_id)
+            if entry is None:
                 raise NotFoundError(f"no uploaded image {image_id!r} (uploads are kept while "
                                     f"the server runs, the last {MAX_UPLOADS}); upload it again")
-            self.uploads.move_to_end(image_id)
-            return self.uploads[image_id]
+            try:
+                self.uploads.move_to_end(image_id)
+            except KeyError:  # dropped meanwhile for a newer upload (a job's thread): still used
+                pass
+            return entry
         kind, _, index = image_id.partition(":")
         if kind != "val" or not (index.isascii() and index.isdigit()):  # "²".isdigit()
             raise ExplorerError(f"image {image_id!r} is not an image id; valid: val:N (a dataset "
@@ -747,7 +751,8 @@ class Explorer:
             except (ValueError, AttributeError):  # damaged: what this server found is told
                 pass
         self._listed_read = True
-        return sorted(i for i in self._broken if i < self.n_images)
+        # a copy: a top-k job's thread may add to it meanwhile
+        return sorted(i for i in list(self._broken) if i < self.n_images)
 
     def topk(self, layer: str, unit: int) -> dict[str, Any] | None:
         """The unit's top-k over the dataset (`/api/topk`), None until it is mined."""
