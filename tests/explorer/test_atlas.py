@@ -69,7 +69,10 @@ class _Refs(HTMLParser):
 
 
 def _check_site(root: Path) -> dict[Path, _Refs]:
-    """Every page's links and images resolve to files inside `root`; images are PNGs."""
+    """Every page's links and images resolve to files inside `root`; images are PNGs (or
+    JPEGs, in a site of figures="jpeg")."""
+    kinds = {"png": {"PNG"}, "jpeg": {"PNG", "JPEG"}}[
+        json.loads((root / ATLAS_FILE).read_text())["figures"]]
     pages = {}
     for page in sorted(root.rglob("*.html")):
         refs = _Refs()
@@ -82,7 +85,7 @@ def _check_site(root: Path) -> dict[Path, _Refs]:
             assert target.is_relative_to(root.resolve()), f"{page}: {ref} leaves the site"
         for src in refs.images:
             with Image.open(page.parent / unquote(src)) as im:
-                assert im.format == "PNG"
+                assert im.format in kinds, (page, src)
                 im.verify()
         pages[page] = refs
     return pages
@@ -173,13 +176,13 @@ def test_no_evolution_for_other_models_or_when_asked(tiny_run, tmp_path) -> None
     _check_site(out)
     doc = json.loads((out / ATLAS_FILE).read_text())
     assert doc["evolution"] is None and doc["layers"][0]["kind"] == "block"
-    assert not list(out.rglob("*_evolution.png"))
+    assert not list(out.rglob("*_evolution.*"))
     assert all("Evolution" not in p.read_text() for p in out.rglob("*.html"))
     out = tmp_path / "run"
     _atlas(["--checkpoint", str(tiny_run), "--out", str(out), "--layer", "conv1", "--k", "2",
             "--images", "4", "--maps-per-layer", "2", "--no-evolution"])
     assert json.loads((out / ATLAS_FILE).read_text())["evolution"] is None
-    assert not list(out.rglob("*_evolution.png"))
+    assert not list(out.rglob("*_evolution.*"))
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -391,3 +394,44 @@ def test_a_stopped_mining_is_kept_beside_the_site_and_continued(tmp_path, monkey
                       for d in ("whole", "stopped"))
     assert resumed == whole
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_jpeg_figures_where_smaller_and_close_to_the_pngs(tiny_run, tmp_path) -> None:
+    """figures="jpeg": each picture (unit, evolution, sprite) a JPEG where that is smaller than
+    its PNG, else the PNG itself; a JPEG within a few levels of the PNG's pixels (full-
+    resolution colour); pages and atlas.json name the files written. Another value is refused
+    before anything is written."""
+    source = load_source(str(tiny_run))
+    bundle = load_data(source, None)
+    kw = dict(layers=["conv1", "conv3"], k=4, maps_per_layer=2, n_images=8,
+              evolution=CheckpointModels(run_checkpoints(source.meta["checkpoint"])))
+    write_atlas(source.model, bundle, tmp_path / "png", **kw)
+    write_atlas(source.model, bundle, tmp_path / "jpeg", figures="jpeg", **kw)
+    pngs = sorted(p.relative_to(tmp_path / "png") for p in (tmp_path / "png").rglob("*.png"))
+    assert len(pngs) == 2 * (2 * 2 + 1)  # per layer: per unit its picture and evolution; sprite
+    kinds = set()
+    for rel in pngs:
+        png, jpg = tmp_path / "png" / rel, (tmp_path / "jpeg" / rel).with_suffix(".jpg")
+        assert jpg.exists() != (tmp_path / "jpeg" / rel).exists(), rel  # one or the other
+        if not jpg.exists():
+            assert (tmp_path / "jpeg" / rel).read_bytes() == png.read_bytes()
+            kinds.add("png")
+            continue
+        kinds.add("jpeg")
+        assert Image.open(jpg).format == "JPEG" and jpg.stat().st_size < png.stat().st_size
+        a, b = (np.asarray(Image.open(f).convert("RGB"), dtype=np.float64) for f in (png, jpg))
+        d = np.abs(a - b)
+        assert d.mean() < 6 and np.percentile(d, 99) < 40, (rel, d.mean())  # levels of 255
+    assert kinds == {"png", "jpeg"}  # tiny flat pictures stay PNGs
+    doc = json.loads((tmp_path / "jpeg" / ATLAS_FILE).read_text())
+    assert doc["figures"] == "jpeg"
+    for layer in doc["layers"]:
+        for unit in layer["units"]:
+            assert (tmp_path / "jpeg" / unit["figure"]).is_file()
+            assert (tmp_path / "jpeg" / unit["evolution"]["figure"]).is_file()
+            page = (tmp_path / "jpeg" / unit["page"]).read_text()
+            assert f'src="{unit["figure"].split("/")[-1]}"' in page
+    _check_site(tmp_path / "jpeg")
+    with pytest.raises(ValueError, match="figures='webp': give one of png, jpeg"):
+        write_atlas(source.model, bundle, tmp_path / "webp", figures="webp", **kw)
+    assert not (tmp_path / "webp").exists()
