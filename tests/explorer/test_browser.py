@@ -355,6 +355,16 @@ def test_a_narrow_window_scrolls_past_the_layers_to_the_views(page) -> None:
     assert hit
     page.click("#tab-topk", timeout=5000)
     assert _query(page)["view"] == "topk" and "Pick a unit" in page.text_content("#view-hint")
+    # a phone (390 px): the header wraps, and nothing is wider than the screen (the page
+    # scrolled sideways, the Copy button cut off)
+    page.set_viewport_size({"width": 390, "height": 700})
+    page.evaluate("window.scrollTo(0, 0)")
+    copy = page.locator("#copy-link").bounding_box()
+    assert copy["x"] >= 0 and copy["x"] + copy["width"] <= 390
+    wide = page.evaluate("""() => Array.from(document.querySelectorAll('body *'))
+        .filter(e => e.getBoundingClientRect().right > 390.5 && e.offsetParent !== null)
+        .map(e => e.id || e.tagName)""")
+    assert wide == [] and page.evaluate("document.documentElement.scrollWidth") <= 390
 
 
 def test_a_broken_image_clears_the_last_ones_maps_and_is_marked_in_the_strip(page) -> None:
