@@ -64,6 +64,18 @@ def test_every_image_sorted_no_labels(folder):
     assert x.shape == (2, 3, 24, 24) and y.tolist() == [-1, -1]
 
 
+def test_a_link_to_a_folder_of_the_tree_lists_its_images_once(folder):
+    """photos/best -> photos/sub: c.png is one photo, not two (a top 9 showed it twice);
+    a link to a folder outside the tree is followed as before."""
+    (folder / "best").symlink_to(folder / "sub")
+    _save(folder.parent / "elsewhere" / "z.png", seed=6)
+    (folder / "more").symlink_to(folder.parent / "elsewhere")
+    data = load_dataset(f"images:{folder}", preprocessing=PREP)
+    assert [p.relative_to(folder).as_posix() for p in data.val.paths] == [
+        "a.jpg", "b.png", "more/z.png", "sub/c.png"]  # sub/c.png reached first as best/c.png
+    assert len(data.train) == 4
+
+
 def test_without_a_model_the_papers_pipeline(folder):
     """No preprocessing: 256/224-style crops (`size=`) minus the folder's mean image, cached."""
     data = load_dataset(f"images:{folder}?size=16")

@@ -1,9 +1,10 @@
 """A user's own images: `images:DIR` (any folder of images) and image files given one by one.
 
 `images:DIR` takes every image file under DIR (sub-folders too; hidden files and files without
-an image extension are skipped; besides torchvision's types, `.jfif`, GIF, AVIF and, with
-pillow-heif, a phone's HEIC are read; RAW files and others not read are counted in an
-`UnreadImagesWarning`), in sorted path order. There are no labels (every target is -1,
+an image extension are skipped; a file reached twice, through a link to a folder of the tree,
+is taken once; besides torchvision's types, `.jfif`, GIF, AVIF and, with pillow-heif, a phone's
+HEIC are read; RAW files and others not read are counted in an `UnreadImagesWarning`), in
+sorted path order. There are no labels (every target is -1,
 `class_names` is empty) and no train/val layout: `train` and `val` hold the same images. Loaded
 for a model (`preprocessing`), the images become that model's inputs; without one, the paper's
 pipeline as for `imagefolder` (256 -> 224 crops minus the folder's mean image, cached). Options:
@@ -16,6 +17,7 @@ warning naming them, or raise `BadImageError` with `strict=True`, as everywhere.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,7 +46,15 @@ def folder_images(folder: str | Path) -> list[Path]:
     if not root.is_dir():
         what = "is not a directory" if root.exists() else "does not exist"
         raise FileNotFoundError(f"image folder {root} {what}; expected {FORM}")
-    files = image_files(root, PHOTO_EXTENSIONS)
+    # each file once: a link to a folder of the same tree (photos/best -> photos/2024) would
+    # list its images twice, and a top 9 would show one photo twice
+    by_real: dict[str, Path] = {}  # the file's own path where the tree holds it, else the first
+    for f in image_files(root, PHOTO_EXTENSIONS):
+        real = os.path.realpath(f)
+        kept = by_real.get(real)
+        if kept is None or (os.path.abspath(f) == real != os.path.abspath(kept)):
+            by_real[real] = f
+    files = sorted(by_real.values())
     if not files:
         raise ValueError(f"image folder {root} holds no image files "
                          f"({', '.join(PHOTO_EXTENSIONS)}); expected {FORM}")
