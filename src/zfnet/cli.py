@@ -737,7 +737,8 @@ def eval_cmd(checkpoint: str | None, model: str | None, weights: str | None,
              " (each class scored by the output --labels names it)" if matched else "")
     click.echo(f"{r['model']}{epoch} on {r['data']}{among}, {r['n']} images{skipped}, "
                f"{crops}: top-1 error {r['top1_error']:.2%}, {top5}")
-    shown = list(r["per_class_accuracy"].items())
+    labels = r.get("class_labels") or list(r["per_class_accuracy"])  # with their words
+    shown = list(zip(labels, r["per_class_accuracy"].values(), strict=True))
     if classes > PER_CLASS_SHOWN:  # ImageNet's 1000 lines scrolled the errors off the screen
         scored = sorted((a, k) for k, (_, a) in enumerate(shown) if a is not None)
         click.echo(f"top-1 accuracy per class, the 5 lowest and the 5 highest of {classes} "
@@ -745,8 +746,9 @@ def eval_cmd(checkpoint: str | None, model: str | None, weights: str | None,
         shown = [shown[k] for k in dict.fromkeys(k for _, k in scored[:5] + scored[-5:])]
     else:
         click.echo("top-1 accuracy per class:")
+    width = max(20, *(len(name) + 1 for name, _ in shown)) if shown else 20
     for name, acc in shown:
-        click.echo(f"  {name:<20} {'-' if acc is None else f'{acc:.2%}'}")
+        click.echo(f"  {name:<{width}} {'-' if acc is None else f'{acc:.2%}'}")
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
     if json_out:

@@ -24,6 +24,7 @@ from zfnet.data.bundle import val_words
 from zfnet.data.photos import load_photos
 from zfnet.data.picks import file_name, first_item, pick_items
 from zfnet.data.spec import parse_spec, with_options
+from zfnet.data.words import labels_of
 
 CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
@@ -233,7 +234,7 @@ def _image_name(bundle: DataBundle, i: int) -> str:
     file's name (or its index)."""
     t = bundle.val.targets[i]
     if 0 <= t < len(bundle.class_names):
-        return bundle.class_names[t]
+        return labels_of(bundle)[t]  # with its words (words=FILE)
     return file_name(bundle.val, i) or str(i)
 
 

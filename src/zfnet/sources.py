@@ -720,7 +720,9 @@ def _run(path: Path) -> Source:
         return load_dataset(meta["data"]).input_preprocessing  # the run's mean image
 
     epoch = f" (epoch {meta['epoch']})" if meta.get("epoch") is not None else ""
-    return Source(model, preprocessing, list(meta.get("class_names") or []) or None,
+    # the classes as shown (with their words where the run's data gave them: words=FILE)
+    labels = list(meta.get("class_labels") or meta.get("class_names") or [])
+    return Source(model, preprocessing, labels or None,
                   f"{meta.get('model')} run {meta['checkpoint']}{epoch}", "run",
                   {**meta, "notes": []})
 

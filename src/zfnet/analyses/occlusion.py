@@ -49,6 +49,7 @@ from zfnet.activations import capture, cpu_layout
 from zfnet.analyses.classes import labels_are_classes
 from zfnet.data.bundle import val_words
 from zfnet.data.picks import file_name, pick_items
+from zfnet.data.words import labels_of
 from zfnet.deconvnet import PRECISIONS
 from zfnet.display import CAPTION as DISPLAY_CAPTION
 from zfnet.display import projection_to_uint8
@@ -617,7 +618,8 @@ def occlusion_report(
     if not picks:
         raise ValueError(f"{val_words(bundle)} has no readable image")
     own = labels_are_classes(model, bundle)
-    names = class_names or (bundle.class_names if own else None)
+    shown = labels_of(bundle)  # with their words (words=FILE)
+    names = class_names or (shown if own else None)
     pre = getattr(bundle, "preprocessing", None)
     if pixel_scale is None and pre is not None:
         pixel_scale = pre.pixel_scale()
@@ -635,8 +637,8 @@ def occlusion_report(
         panels.append((bundle.raw_val(i), r))
         predicted = (names[r.base_label] if names and r.base_label < len(names)
                      else f"class {r.base_label}")  # a model without class names
-        true = [bundle.class_names[y] if 0 <= y < len(bundle.class_names) else "-"] \
-            if bundle.class_names else []  # a folder of photos has none
+        true = [shown[y] if 0 <= y < len(shown) else "-"] \
+            if shown else []  # a folder of photos has none
         rows.append([file_name(val, i) or i, *true, predicted,
                      _p(r.base_probability), _p(float(r.probability.min())),
                      r.unit_words])

@@ -22,7 +22,9 @@ Datasets (`DATASETS`):
   (`zfnet.data.imagedir`; `load_images` takes files one by one).
 
 Every labelled dataset also takes `random_labels=SEED`: its training labels permuted
-(`zfnet.data.relabel`, for the data randomisation test), the val labels kept.
+(`zfnet.data.relabel`, for the data randomisation test), the val labels kept; and
+`words=FILE`: its classes' words, shown beside their IDs (`zfnet.data.words`: ImageNet's
+WNIDs, from the devkit or Kaggle's LOC_synset_mapping.txt).
 
 Broken image files are skipped with a `BrokenImageWarning` naming the file (the item is
 None and `collate` drops it), or raise `BadImageError` naming it with `strict=True`.
@@ -46,6 +48,8 @@ from zfnet.data.shards import load_shards
 from zfnet.data.spec import DatasetSpec, int_option, parse_spec
 from zfnet.data.synthetic import SyntheticDataset, SyntheticSample, load_synthetic
 from zfnet.data.transforms import CropDataset, collate, ten_crop
+from zfnet.data.words import OPTION as WORDS
+from zfnet.data.words import implied_words, with_words
 
 DATASETS: dict[str, str] = {
     "synthetic": "built-in shapes with part masks; options n_train, n_val, seed, size, "
@@ -96,15 +100,19 @@ def load_dataset(
     `preprocessing`: a model's (`zfnet.sources`): items are that model's inputs, whatever the
     dataset's own channels and size; None: the paper's convention with the dataset's mean image.
     `random_labels=SEED` (any labelled dataset): the training labels permuted
-    (`zfnet.data.relabel`).
+    (`zfnet.data.relabel`); `words=FILE`: the classes' words (`zfnet.data.words`).
     Unknown names and options raise ValueError listing the valid ones.
     """
     parsed: DatasetSpec = parse_spec(spec)
-    shuffle = None  # random_labels' seed: taken here, for every dataset alike
-    if RANDOM_LABELS in parsed.options:
-        options = dict(parsed.options)
-        shuffle = int_option(options.pop(RANDOM_LABELS), RANDOM_LABELS)
-        parsed = DatasetSpec(parsed.name, parsed.path, options)
+    # random_labels' seed and the words file: taken here, for every dataset alike
+    options = dict(parsed.options)
+    shuffle = int_option(options.pop(RANDOM_LABELS), RANDOM_LABELS) \
+        if RANDOM_LABELS in options else None
+    words = options.pop(WORDS, None)
+    if words is not None and not words.strip():
+        raise ValueError(f"{WORDS}= is empty in spec {spec!r}; give a file of a class and its "
+                         "words a line, or the ILSVRC2012 devkit")
+    parsed = DatasetSpec(parsed.name, parsed.path, options)
     loaders: dict[str, Callable[..., DataBundle]] = {
         "synthetic": load_synthetic,
         "fashion-mnist": load_fashion_mnist,
@@ -118,9 +126,17 @@ def load_dataset(
         meant = f"did you mean {near[0]}? " if near else ""
         raise ValueError(f"unknown dataset {parsed.name!r} in spec {spec!r}; {meant}"
                          f"{_folder_hint(spec)}valid: {valid}; and every labelled one "
-                         f"{RANDOM_LABELS}=SEED (its training labels permuted)")
+                         f"{RANDOM_LABELS}=SEED (its training labels permuted) and {WORDS}=FILE "
+                         "(its classes' words)")
     bundle = loaders[parsed.name](parsed, ten_crop=ten_crop, strict=strict, raw_spec=spec,
                                   preprocessing=preprocessing)
+    if words is not None:
+        bundle = with_words(bundle, words)
+    elif (implied := implied_words(options.get("val_labels"))) is not None:
+        try:  # ImageNet's devkit or Kaggle's mapping, read for the labels already
+            bundle = with_words(bundle, implied)
+        except (OSError, ValueError):  # not words after all: the classes keep their names
+            pass
     return bundle if shuffle is None else with_random_labels(bundle, shuffle, spec)
 
 

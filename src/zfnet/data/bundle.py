@@ -32,6 +32,19 @@ class DataBundle:
     full_size: int  # side before cropping
     mean: torch.Tensor  # (C, full_size, full_size) float32
     preprocessing: Preprocessing | None = None  # the model's, when loaded for one
+    # each class's words where the spec's `words=FILE` names it (`zfnet.data.words`), else None
+    class_words: list[str | None] | None = None
+
+    def class_label(self, k: int) -> str:
+        """Class k as a person reads it: "tench (n01440764)" with its words, else its name."""
+        from zfnet.data.words import shown
+
+        return shown(self.class_names[k], self.class_words[k] if self.class_words else None)
+
+    @property
+    def class_labels(self) -> list[str]:
+        """Every class as `class_label` gives it (the class names, where no words are known)."""
+        return [self.class_label(k) for k in range(len(self.class_names))]
 
     def raw_val(self, i: int) -> torch.Tensor:
         """Displayable uint8 (C, S, S) centre crop of val image i (no mean subtracted)."""

@@ -59,9 +59,9 @@ def _key(name: str) -> str:
     return stem if dot and f".{ext.lower()}" in IMAGE_EXTENSIONS else name
 
 
-def _devkit_files(path: Path) -> tuple[bytes, bytes]:
-    """The ground truth's and meta.mat's bytes of the devkit at `path` (a folder or an archive).
-    """
+def devkit_files(path: Path, option: str = "val_labels") -> tuple[bytes, bytes]:
+    """The ground truth's and meta.mat's bytes of the devkit at `path` (a folder or an archive);
+    errors begin with the spec `option` it was given as."""
     found: dict[str, bytes] = {}
     if path.is_dir():  # the devkit, its data/ or the folder it was unpacked in: not a walk of
         for name in (GROUND_TRUTH, META):  # a whole tree (a wrong path: ImageNet's 1.28M files)
@@ -77,12 +77,12 @@ def _devkit_files(path: Path) -> tuple[bytes, bytes]:
                         f = tar.extractfile(member)
                         found[name] = f.read() if f is not None else b""
         except (tarfile.TarError, OSError, EOFError) as e:
-            raise ValueError(f"val_labels: cannot read the archive {path} ({e})") from None
+            raise ValueError(f"{option}: cannot read the archive {path} ({e})") from None
     missing = [n for n in (GROUND_TRUTH, META) if n not in found]
     if missing:
         kits = sorted(p.name for p in path.glob("*devkit*") if p.name.lower().endswith(ARCHIVES)
                       ) if path.is_dir() else []  # the folder it was downloaded to
-        raise ValueError(f"val_labels: {path} is not the ILSVRC2012 devkit: no "
+        raise ValueError(f"{option}: {path} is not the ILSVRC2012 devkit: no "
                          f"{' or '.join(missing)} in it"
                          + (f"; it holds {kits[0]}: give {path / kits[0]}" if kits else ""))
     return found[GROUND_TRUTH], found[META]
@@ -92,7 +92,7 @@ def devkit_rows(path: Path) -> list[tuple[int, str, str]]:
     """(line number, image, WNID) of each line of the devkit's validation ground truth."""
     from scipy.io import loadmat
 
-    truth, meta = _devkit_files(path)
+    truth, meta = devkit_files(path)
     try:
         synsets = loadmat(io.BytesIO(meta), squeeze_me=True)["synsets"]
         wnid_of = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets

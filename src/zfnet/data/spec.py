@@ -59,11 +59,11 @@ def parse_spec(spec: str) -> DatasetSpec:
 
 
 # Options whose value is a file: made absolute with the path.
-PATH_OPTIONS = ("val_labels",)
+PATH_OPTIONS = ("val_labels", "words")
 
 
 def absolute_spec(spec: str) -> str:
-    """`spec` with its path (and a file option's, `val_labels`) absolute, from the working
+    """`spec` with its path (and a file option's, `val_labels`, `words`) absolute, from the working
     directory: what a run saves, so that it is read from anywhere later (`zfnet eval`,
     `--resume`), normalised ("DIR/" is "DIR"). A spec without a path is returned as it is."""
     head, q, query = spec.strip().partition("?")

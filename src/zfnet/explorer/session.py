@@ -49,6 +49,7 @@ from zfnet.analyses.topk import TopK, load_topk, mine_topk, mining_digest, save_
 from zfnet.atomic import write_text_atomic
 from zfnet.data.images import HEIF_READ, BadImageError, load_rgb
 from zfnet.data.picks import file_name
+from zfnet.data.words import labels_of
 from zfnet.deconvnet import Forward, Seeds, forward_pass, paste, project_layers, windowed
 from zfnet.display import projection_to_uint8
 from zfnet.models import (
@@ -379,7 +380,7 @@ class Explorer:
         n = self._num_classes()
         if self.source.labels and len(self.source.labels) == n:
             return list(self.source.labels)
-        names = getattr(self.bundle, "class_names", None)
+        names = labels_of(self.bundle)  # with their words (words=FILE)
         if names and len(names) == n and getattr(self.bundle, "num_classes", 0) == n:
             return list(names)
         return None
@@ -400,7 +401,7 @@ class Explorer:
         """A page of the dataset's images (`/api/images`)."""
         if offset < 0 or limit < 1:
             raise ExplorerError("offset must be >= 0 and limit >= 1")
-        names = getattr(self.bundle, "class_names", None) or []
+        names = labels_of(self.bundle)
         items = []
         for i in range(offset, min(offset + min(limit, 500), self.n_images)):
             items.append({"id": f"val:{i}", "label": self._label(i, names),
@@ -440,7 +441,7 @@ class Explorer:
         if item is None:
             raise ExplorerError(f"dataset image {image_id} is broken: {self._broken[i]}; "
                                 "pick another image")
-        names = getattr(self.bundle, "class_names", None) or []
+        names = labels_of(self.bundle)
         return ImageEntry(image_id, self.bundle.raw_val(i), item[0], self._label(i, names),
                           file_name(self.val, i))
 

@@ -141,11 +141,12 @@ def evaluation_section(run_dir: str | Path, result: dict[str, Any], order: int =
     run_dir = Path(run_dir)
     paper = PAPER_TABLE2.get(result["model"])
     names = list(result["class_names"])
-    path = plot_confusion(np.asarray(result["confusion_matrix"]), names,
+    shown = list(result.get("class_labels") or names)  # with their words (words=FILE)
+    path = plot_confusion(np.asarray(result["confusion_matrix"]), shown,
                           run_dir / "figures" / "confusion.png")
     acc = result["per_class_accuracy"]
-    rows = [[n, "" if acc.get(n) is None or math.isnan(acc[n]) else f"{100 * acc[n]:.1f}%"]
-            for n in names]
+    rows = [[label, "" if acc.get(n) is None or math.isnan(acc[n]) else f"{100 * acc[n]:.1f}%"]
+            for n, label in zip(names, shown, strict=True)]
     crops = "the paper's 10 crops (4 corners + centre, each flipped, softmax averaged)" \
         if result.get("ten_crop") else "the centre crop"
     section = Section(

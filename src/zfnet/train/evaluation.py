@@ -21,6 +21,7 @@ from zfnet.data.loaders import (
     resolve_workers,
 )
 from zfnet.data.mixed import measure_share
+from zfnet.data.words import labels_of
 from zfnet.data.workers import Loader
 from zfnet.train.checkpoint import load_model, read_train_state
 from zfnet.train.compiled import check_compile, compile_model
@@ -75,8 +76,9 @@ def evaluate_checkpoint(
 
     Returns a JSON-ready dict: checkpoint, model, epoch, data, ten_crop, amp, live_weights,
     n (images scored), skipped (broken files left out), loss, top1_error, top5_error,
-    class_names, per_class_accuracy ({name: accuracy}), confusion_matrix (rows: true class,
-    columns: predicted).
+    class_names, class_labels (the names as shown: with their words, `words=FILE`),
+    per_class_accuracy ({name: accuracy}), confusion_matrix (rows: true class, columns:
+    predicted).
     """
     info = info or DistInfo(0, 1, 0, resolve_device(device))
     dev = info.device
@@ -236,6 +238,7 @@ def _scores(model: nn.Module, bundle: DataBundle, spec: str, info: DistInfo, *,
     return {
         "n": r["n"], "skipped": r["skipped"], "loss": r["loss"],
         "top1_error": r["top1_error"], "top5_error": r["top5_error"], "class_names": names,
+        "class_labels": labels_of(bundle),  # as shown: with their words (words=FILE)
         "per_class_accuracy": dict(zip(names, per_class_accuracy(cm), strict=True)),
         "confusion_matrix": cm.tolist(),
     }

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from zfnet.data.images import BadImageError, BrokenImageWarning
+from zfnet.data.words import labels_of
 from zfnet.train import checkpoint as ckpt
 from zfnet.train import distributed as ddp
 from zfnet.train.config import TrainConfig
@@ -143,6 +144,7 @@ class Checkpoints:
             "model": config.model, "model_opts": config.to_dict()["model_opts"],
             "model_config": model_config(run.bare), "data": run.bundle.spec,
             "class_names": list(run.bundle.class_names), "num_classes": run.bundle.num_classes,
+            "class_labels": labels_of(run.bundle),  # as shown: with their words (words=FILE)
             "in_channels": run.bundle.in_channels, "input_size": run.bundle.input_size,
             "train_config": config.to_dict(), "world_size": run.info.world_size,
             "workers": run.loader_kw["num_workers"],  # what --workers auto came to

@@ -1,0 +1,110 @@
+"""`words=FILE`, an option of every labelled dataset's spec: classes named by IDs (ImageNet's
+WNIDs, `n01440764`) shown with their words, "tench (n01440764)", wherever a person reads them
+(`zfnet eval`'s per-class lines, the report, occlusion's figures, the gallery's and the atlas's
+class units, the explorer). The class names themselves (folders, checkpoints, `--labels`
+matching, `classes=`) stay the IDs.
+
+FILE is one of:
+- a text file of a class and its words a line, Kaggle's `LOC_synset_mapping.txt`:
+  `n01440764 tench, Tinca tinca`;
+- the ILSVRC2012 devkit (its folder, or `ILSVRC2012_devkit_t12.tar.gz`): its `meta.mat`.
+
+A class the file does not name is shown by its name alone; a file that names none of the
+dataset's classes is an error. Without `words=`, an `imagefolder` whose `val_labels` is the
+devkit takes the words from it, and one whose `val_labels` is Kaggle's CSV from the
+`LOC_synset_mapping.txt` beside it (`implied_words`).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from zfnet.data.bundle import DataBundle
+
+OPTION = "words"
+
+
+def short(words: str) -> str:
+    """The first of a class's words ("tench, Tinca tinca" -> "tench")."""
+    return words.split(",")[0].strip()
+
+
+def shown(name: str, words: str | None) -> str:
+    """How a person reads class `name`: "tench (n01440764)" with its words, else the name."""
+    word = short(words) if words else ""
+    return f"{word} ({name})" if word and word != name else name
+
+
+def labels_of(bundle: Any) -> list[str]:
+    """A bundle's classes as shown (`DataBundle.class_labels`); for any other object with
+    `class_names` (a user's own bundle), those names."""
+    shown_ = getattr(bundle, "class_labels", None)
+    return list(shown_) if shown_ is not None else list(getattr(bundle, "class_names", []) or [])
+
+
+def read_words(path: str | Path) -> dict[str, str]:
+    """{class: words} from a `words=FILE` file (see the module doc)."""
+    from zfnet.data.labels_file import ARCHIVES, META, devkit_files
+
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"words: {path} does not exist; give a file of a class and its "
+                                "words a line (Kaggle's LOC_synset_mapping.txt) or the "
+                                "ILSVRC2012 devkit")
+    if path.is_dir() or path.name.lower().endswith(ARCHIVES):
+        from scipy.io import loadmat
+
+        meta = devkit_files(path, "words")[1]
+        try:
+            synsets = loadmat(io.BytesIO(meta), squeeze_me=True)["synsets"]
+            return {str(s["WNID"]): str(s["words"]) for s in synsets}
+        except Exception as e:  # noqa: BLE001 (any malformed meta.mat: named)
+            raise ValueError(f"words: the {META} of {path} has no synsets with WNID and words "
+                             f"({type(e).__name__}: {e})") from None
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"words: cannot read {path} as text ({e}); give a file of a class and "
+                         "its words a line, or the ILSVRC2012 devkit") from None
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        name, _, words = line.strip().partition(" ")
+        if name and words.strip():
+            found.setdefault(name, words.strip())
+    return found
+
+
+def with_words(bundle: DataBundle, path: str | Path) -> DataBundle:
+    """`bundle` with its classes' words from `path` (`DataBundle.class_words`)."""
+    from zfnet.data.spec import nfc
+
+    if not bundle.class_names:
+        raise ValueError(f"words: {bundle.spec!r} has no classes to name (a folder of images)")
+    found = {nfc(k): v for k, v in read_words(path).items()}
+    words = [found.get(name) for name in bundle.class_names]
+    if not any(words):
+        ours = ", ".join(bundle.class_names[:3])
+        theirs = ", ".join(list(found)[:3]) or "none"
+        raise ValueError(f"words: {path} names none of the {len(words)} classes of "
+                         f"{bundle.spec!r} ({ours} ...); it names {theirs} ...")
+    return replace(bundle, class_words=words)
+
+
+KAGGLE_WORDS = "LOC_synset_mapping.txt"  # beside Kaggle's LOC_val_solution.csv
+
+
+def implied_words(val_labels: str | None) -> Path | None:
+    """The words file a spec's `val_labels` brings (see the module doc), or None."""
+    from zfnet.data.labels_file import ARCHIVES
+
+    if not val_labels:
+        return None
+    path = Path(val_labels).expanduser()
+    if path.is_dir() or path.name.lower().endswith(ARCHIVES):
+        return path
+    beside = path.parent / KAGGLE_WORDS
+    return beside if path.suffix.lower() == ".csv" and beside.is_file() else None

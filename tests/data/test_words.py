@@ -1,0 +1,131 @@
+"""words=FILE: classes named by IDs (ImageNet's WNIDs) shown with their words wherever a person
+reads them, from Kaggle's LOC_synset_mapping.txt or the ILSVRC2012 devkit, given or implied by
+val_labels; the class names themselves stay the IDs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from scipy.io import savemat
+
+from tests.data.test_labels_file import CLASSES, SPEC, _classed, _flat
+from zfnet.cli import main
+from zfnet.data import load_dataset
+from zfnet.data.spec import absolute_spec
+from zfnet.sources import load_source
+
+MAPPING = ("n01440764 tench, Tinca tinca\n"
+           "n01443537 goldfish, Carassius auratus\n"
+           "n01484850 great white shark, white shark, man-eater\n"
+           "n01491361 tiger shark, Galeocerdo cuvieri\n")  # Kaggle's: all 1000, ours 3
+SHOWN = ["tench (n01440764)", "goldfish (n01443537)", "great white shark (n01484850)"]
+
+
+@pytest.fixture(scope="module")
+def classed(tmp_path_factory) -> Path:
+    return _classed(tmp_path_factory.mktemp("words") / "classed")
+
+
+def test_a_mapping_file_names_the_classes_as_shown_not_as_kept(classed, tmp_path) -> None:
+    words = tmp_path / "LOC_synset_mapping.txt"
+    words.write_text(MAPPING)
+    plain = load_dataset(f"imagefolder:{classed}?{SPEC}")
+    data = load_dataset(f"imagefolder:{classed}?{SPEC}&words={words}")
+    assert data.class_names == plain.class_names == list(CLASSES)  # the IDs stay the names
+    assert data.class_labels == SHOWN and plain.class_labels == list(CLASSES)
+    assert data.val.targets == plain.val.targets
+    # random labels keep the words; a class the file lacks keeps its name alone
+    words.write_text(MAPPING.replace("n01443537 goldfish, Carassius auratus\n", ""))
+    data = load_dataset(f"imagefolder:{classed}?{SPEC}&random_labels=1&words={words}")
+    assert data.class_labels == [SHOWN[0], CLASSES[1], SHOWN[2]]
+    # a run saves the spec: the words file's path is made absolute like val_labels'
+    assert absolute_spec("imagefolder:d?words=w.txt").endswith(f"?words={Path.cwd()}/w.txt")
+
+
+@pytest.mark.filterwarnings("ignore::zfnet.data.labels_file.MissingValImagesWarning")
+def test_words_from_the_devkit_or_beside_kaggles_csv_without_asking(classed, tmp_path) -> None:
+    truth = dict(_flat(classed, tmp_path / "flat"))
+    devkit = tmp_path / "ILSVRC2012_devkit_t12"
+    (devkit / "data").mkdir(parents=True)
+    fields = ("ILSVRC2012_ID", "WNID", "words", "gloss", "num_children")
+    words = [line.partition(" ")[2] for line in MAPPING.splitlines()[:3]]
+    synsets = np.array([(k + 1, w, t, "gloss", 0) for k, (w, t) in
+                        enumerate(zip(CLASSES, words, strict=True))],
+                       dtype=[(f, object) for f in fields]).reshape(-1, 1)
+    savemat(devkit / "data" / "meta.mat", {"synsets": synsets})
+    (devkit / "data" / "ILSVRC2012_validation_ground_truth.txt").write_text("".join(
+        f"{truth.get(f'ILSVRC2012_val_{k:08d}.JPEG', 0) + 1}\n" for k in range(1, 12)))
+    archive = tmp_path / "ILSVRC2012_devkit_t12.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(devkit, arcname=devkit.name)
+    for kit in (devkit, archive):
+        data = load_dataset(f"imagefolder:{tmp_path / 'flat'}?{SPEC}&val_labels={kit}")
+        assert data.class_labels == SHOWN
+        given = load_dataset(f"imagefolder:{classed}?{SPEC}&words={kit}")  # given for a folder
+        assert given.class_labels == SHOWN
+    # Kaggle's layout: LOC_val_solution.csv with LOC_synset_mapping.txt beside it
+    csv = tmp_path / "LOC_val_solution.csv"
+    csv.write_text("ImageId,PredictionString\n" + "".join(
+        f"{n.removesuffix('.JPEG')},{CLASSES[y]} 1 2 3 4\n" for n, y in truth.items()))
+    assert load_dataset(f"imagefolder:{tmp_path / 'flat'}?{SPEC}&val_labels={csv}"
+                        ).class_labels == list(CLASSES)  # no mapping there yet
+    (tmp_path / "LOC_synset_mapping.txt").write_text(MAPPING)
+    assert load_dataset(f"imagefolder:{tmp_path / 'flat'}?{SPEC}&val_labels={csv}"
+                        ).class_labels == SHOWN
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("imagefolder:{classed}?words={tmp}/none.txt", "words: .*none.txt does not exist"),
+    ("imagefolder:{classed}?words={tmp}/other.txt", r"words: .*other.txt names none of the 3 "
+     r"classes of .* \(n01440764, n01443537, n01484850 \.\.\.\); it names n09999999"),
+    ("imagefolder:{classed}?words=", "words= is empty"),
+    ("imagefolder:{classed}?words={tmp}", "words: .* is not the ILSVRC2012 devkit"),
+    ("images:{classed}?words={tmp}/other.txt", "has no classes to name"),
+], ids=["missing", "names-none", "empty", "folder-not-a-devkit", "no-classes"])
+def test_bad_words_files_are_named(classed, tmp_path, spec, message) -> None:
+    (tmp_path / "other.txt").write_text("n09999999 something\n")
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        load_dataset(spec.format(classed=classed, tmp=tmp_path))
+
+
+def test_eval_the_report_and_a_runs_classes_show_the_words(tmp_path) -> None:
+    """A run trained with words=: `zfnet eval` prints and reports each class with its words
+    (the JSON keeps the names), and the run as a source names its outputs so (the gallery's,
+    occlusion's and the explorer's class names)."""
+    words = tmp_path / "words.txt"
+    words.write_text("face a human face\nhouse a house, home\n")
+    run = tmp_path / "run"
+    spec = f"synthetic?n_train=32&n_val=20&size=32&words={words}"
+    res = CliRunner().invoke(main, ["train", "--data", spec, "--model", "zfnet_small",
+                                    "--epochs", "1", "--batch-size", "16", "--out", str(run),
+                                    "--quiet", "--no-tensorboard", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    words.rename(tmp_path / "moved.txt")  # the run keeps its classes as shown
+    assert load_source(str(run)).labels[:3] == ["a human face (face)", "a house (house)", "car"]
+    shutil.copy(tmp_path / "moved.txt", words)
+    res = CliRunner().invoke(main, ["eval", "--checkpoint", str(run), "--out", str(run),
+                                    "--json", str(tmp_path / "e.json"), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert any(line.startswith("  a human face (face) ") for line in lines), res.output
+    assert any(line.startswith("  car ") for line in lines), res.output
+    r = json.loads((tmp_path / "e.json").read_text())
+    assert list(r["per_class_accuracy"])[:2] == ["face", "house"]
+    assert r["class_labels"][:2] == ["a human face (face)", "a house (house)"]
+    section = json.loads((run / "sections" / "evaluation.json").read_text())
+    rows = section["tables"][0]["rows"]
+    assert [row[0] for row in rows[:3]] == ["a human face (face)", "a house (house)", "car"]
+    res = CliRunner().invoke(main, ["analyze", "occlusion", "--checkpoint", str(run),
+                                    "--images", "2", "--size", "16", "--stride", "8",
+                                    "--pointing", "0", "--out", str(run), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    table = json.loads((run / "sections" / "occlusion.json").read_text())["tables"][0]
+    assert table["columns"][1] == "true class"
+    assert [row[1] for row in table["rows"]] == ["a human face (face)", "a house (house)"]
+    assert all(row[2] in load_source(str(run)).labels for row in table["rows"])  # predicted
