@@ -129,3 +129,14 @@ def test_eval_the_report_and_a_runs_classes_show_the_words(tmp_path) -> None:
     assert table["columns"][1] == "true class"
     assert [row[1] for row in table["rows"]] == ["a human face (face)", "a house (house)"]
     assert all(row[2] in load_source(str(run)).labels for row in table["rows"])  # predicted
+    # a run trained before words= names its outputs by the dataset's own names: shown too
+    from zfnet.analyses.occlusion import occlusion_report
+
+    every = tmp_path / "every.txt"  # every class worded: each prediction is shown with words
+    every.write_text("".join(f"{c} the {c}\n" for c in load_dataset(spec).class_names))
+    source, bundle = load_source(str(run)), load_dataset(spec.replace(str(words), str(every)))
+    occlusion_report(source.model, bundle, tmp_path / "old", n_images=2, n_pointing=0, size=16,
+                     stride=8, class_names=list(bundle.class_names))
+    table = json.loads((tmp_path / "old" / "sections" / "occlusion.json").read_text())["tables"][0]
+    assert [row[1] for row in table["rows"]] == ["the face (face)", "the house (house)"]
+    assert all(row[2] in bundle.class_labels for row in table["rows"]), table["rows"]

@@ -619,6 +619,8 @@ def occlusion_report(
         raise ValueError(f"{val_words(bundle)} has no readable image")
     own = labels_are_classes(model, bundle)
     shown = labels_of(bundle)  # with their words (words=FILE)
+    if class_names is not None and list(class_names) == list(bundle.class_names):
+        class_names = shown  # the dataset's own classes (a run of before words=): as shown
     names = class_names or (shown if own else None)
     pre = getattr(bundle, "preprocessing", None)
     if pixel_scale is None and pre is not None:
