@@ -1082,6 +1082,7 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
     process projects and writes the gallery. A mining stopped (Ctrl-C) is kept in
     OUT/gallery, and the same command continues it."""
     from zfnet import pipeline
+    from zfnet.data.words import as_shown
     from zfnet.train.distributed import processes
 
     names = (*(layers or ()), *(layers_alias or ())) or None
@@ -1094,7 +1095,7 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
                          rule=rule, map_rule=map_rule, batch_size=model_options.batch_size,
                          distributed=info.enabled,
                          num_workers=_mining_workers(workers, info.device),
-                         class_names=source.labels or None,
+                         class_names=as_shown(source.labels, bundle) or None,
                          progress=info.is_main and _terminal())  # mining a folder takes a while
     if info.is_main:
         _finish(out)
@@ -1136,6 +1137,7 @@ def atlas_cmd(model_options: ModelOptions, data: str | None, out: str,
     stops is kept beside OUT, and the same command continues it."""
     from tqdm import tqdm
 
+    from zfnet.data.words import as_shown
     from zfnet.explorer.atlas import write_atlas
     from zfnet.models import score_layer
     from zfnet.train import CheckpointModels, run_checkpoints
@@ -1161,7 +1163,8 @@ def atlas_cmd(model_options: ModelOptions, data: str | None, out: str,
             if len(kept) > 1 else None,
             batch_size=model_options.batch_size, progress=progress, figures=figures,
             num_workers=_mining_workers(workers, resolve_device(model_options.device)),
-            unit_names={score_layer(source.model): source.labels} if source.labels else None)
+            unit_names={score_layer(source.model): as_shown(source.labels, bundle)}
+            if source.labels else None)
     click.echo(f"atlas: {index.resolve()}")
     run_dir = Path(out).parent
     if Path(out).name == "atlas" and (run_dir / "sections").is_dir():  # RUN/atlas: the run's

@@ -140,3 +140,14 @@ def test_eval_the_report_and_a_runs_classes_show_the_words(tmp_path) -> None:
     table = json.loads((tmp_path / "old" / "sections" / "occlusion.json").read_text())["tables"][0]
     assert [row[1] for row in table["rows"]] == ["the face (face)", "the house (house)"]
     assert all(row[2] in bundle.class_labels for row in table["rows"]), table["rows"]
+    # the explorer's top classes and the gallery's class units, for such a run
+    from zfnet.data.words import as_shown
+    from zfnet.explorer.session import Explorer
+
+    source.labels = list(bundle.class_names)  # as a checkpoint of before words= names them
+    e = Explorer(source, bundle, cache_dir=tmp_path / "cache")
+    assert all(t["name"] in bundle.class_labels for t in e.predict("val:0")["top"])
+    assert e.predict("val:0")["label"] == "the face (face)"
+    assert as_shown(source.labels, bundle) == bundle.class_labels
+    assert as_shown(["tench", "goldfish"], bundle) == ["tench", "goldfish"]  # a model's own
+    assert as_shown(None, bundle) is None

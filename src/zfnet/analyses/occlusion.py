@@ -49,7 +49,7 @@ from zfnet.activations import capture, cpu_layout
 from zfnet.analyses.classes import labels_are_classes
 from zfnet.data.bundle import val_words
 from zfnet.data.picks import file_name, pick_items
-from zfnet.data.words import labels_of
+from zfnet.data.words import as_shown, labels_of
 from zfnet.deconvnet import PRECISIONS
 from zfnet.display import CAPTION as DISPLAY_CAPTION
 from zfnet.display import projection_to_uint8
@@ -619,9 +619,7 @@ def occlusion_report(
         raise ValueError(f"{val_words(bundle)} has no readable image")
     own = labels_are_classes(model, bundle)
     shown = labels_of(bundle)  # with their words (words=FILE)
-    if class_names is not None and list(class_names) == list(bundle.class_names):
-        class_names = shown  # the dataset's own classes (a run of before words=): as shown
-    names = class_names or (shown if own else None)
+    names = as_shown(class_names, bundle) or (shown if own else None)
     pre = getattr(bundle, "preprocessing", None)
     if pixel_scale is None and pre is not None:
         pixel_scale = pre.pixel_scale()

@@ -18,6 +18,7 @@ devkit takes the words from it, and one whose `val_labels` is Kaggle's CSV from 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,16 @@ def labels_of(bundle: Any) -> list[str]:
     `class_names` (a user's own bundle), those names."""
     shown_ = getattr(bundle, "class_labels", None)
     return list(shown_) if shown_ is not None else list(getattr(bundle, "class_names", []) or [])
+
+
+def as_shown(names: Sequence[str] | None, bundle: Any) -> list[str] | None:
+    """A model's class `names` as shown: the bundle's `class_labels` where they are the
+    bundle's own class names (a run trained before `words=`, whose checkpoint names its outputs
+    by the IDs), else `names` as they are."""
+    if names is not None and bundle is not None \
+            and list(names) == list(getattr(bundle, "class_names", None) or []):
+        return labels_of(bundle)
+    return list(names) if names is not None else None
 
 
 def read_words(path: str | Path) -> dict[str, str]:

@@ -49,7 +49,7 @@ from zfnet.analyses.topk import TopK, load_topk, mine_topk, mining_digest, save_
 from zfnet.atomic import write_text_atomic
 from zfnet.data.images import HEIF_READ, BadImageError, load_rgb
 from zfnet.data.picks import file_name
-from zfnet.data.words import labels_of
+from zfnet.data.words import as_shown, labels_of
 from zfnet.deconvnet import Forward, Seeds, forward_pass, paste, project_layers, windowed
 from zfnet.display import projection_to_uint8
 from zfnet.models import (
@@ -379,7 +379,7 @@ class Explorer:
     def _class_names(self) -> list[str] | None:
         n = self._num_classes()
         if self.source.labels and len(self.source.labels) == n:
-            return list(self.source.labels)
+            return as_shown(self.source.labels, self.bundle)  # with their words (words=FILE)
         names = labels_of(self.bundle)  # with their words (words=FILE)
         if names and len(names) == n and getattr(self.bundle, "num_classes", 0) == n:
             return list(names)
