@@ -850,22 +850,27 @@
       if (j.state === "cancelled" && j.abandoned) return "abandoned";
       if (j.state === "cancelled") {
         $("#job").hidden = true;
-        const hint = $("#view-hint");
         const by = cancelledHere.has(j.id) ? "" : " (by another page or request)";
-        hint.replaceChildren(`${j.what || "The job"} was cancelled${by}. `);
-        const again = document.createElement("button");
-        again.type = "button";
-        again.id = "view-again";
-        again.textContent = "Compute again";
-        again.addEventListener("click", () => loadView());
-        hint.append(again);
-        hint.hidden = false;
+        showAgain(`${j.what || "The job"} was cancelled${by}. `, "Compute again");
         return "cancelled";
       }
       await sleep(POLL_MS[Math.min(i, POLL_MS.length - 1)]);
       if (ticket !== tickets.view) return "stale";
       ({ body: j } = await api(`/api/jobs/${encodeURIComponent(j.id)}`));
     }
+  }
+
+  // The view panel's text after a job it waited for is gone, with a button that asks again.
+  function showAgain(text, label) {
+    const hint = $("#view-hint");
+    hint.replaceChildren(text);
+    const again = document.createElement("button");
+    again.type = "button";
+    again.id = "view-again";
+    again.textContent = label;
+    again.addEventListener("click", () => loadView());
+    hint.append(again);
+    hint.hidden = false;
   }
 
   function renderJob(j) {
@@ -900,16 +905,9 @@
         tickets.view += 1;
         currentJob = null;
         $("#job").hidden = true;
-        const hint = $("#view-hint");
         const pages = j.others === 1 ? "1 other page follows" : `${j.others} other pages follow`;
-        hint.replaceChildren(`Cancelled for this page only: ${pages} ${j.what || "this job"}, so it goes on for them. `);
-        const again = document.createElement("button");
-        again.type = "button";
-        again.id = "view-again";
-        again.textContent = "Follow it again";
-        again.addEventListener("click", () => loadView());
-        hint.append(again);
-        hint.hidden = false;
+        showAgain(`Cancelled for this page only: ${pages} ${j.what || "this job"}, so it goes on for them. `,
+                  "Follow it again");
       }
     } catch (err) {
       showError(err.message);
