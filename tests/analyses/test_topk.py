@@ -399,12 +399,26 @@ def test_a_kept_mining_of_other_settings_is_not_continued(tmp_path) -> None:
         assert not journal.exists()
 
 
+def ctrl_c_at_update(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
+    """A Ctrl-C in the mining: at its `call`-th update of a layer's top-k (`topk._update`)."""
+    import zfnet.analyses.topk as topk
+
+    real, calls = topk._update, [0]
+
+    def update(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(topk, "_update", update)
+
+
 def test_the_command_keeps_a_stopped_mining_and_continues_it(tmp_path, monkeypatch) -> None:
     """`zfnet visualize topk` stopped by Ctrl-C while mining says where the mining is kept;
     the same command continues it, and its top-k is that of a command never stopped."""
     from click.testing import CliRunner
 
-    import zfnet.analyses.topk as topk
     from zfnet.cli import main
 
     def command(out: str) -> list[str]:
@@ -414,15 +428,7 @@ def test_the_command_keeps_a_stopped_mining_and_continues_it(tmp_path, monkeypat
                 str(tmp_path / out)]
 
     assert CliRunner().invoke(main, command("whole")).exit_code == 0
-    real, calls = topk._update, [0]
-
-    def ctrl_c_in_batch_4(*args, **kwargs):  # 5 layers a batch: the 4th batch's 3rd layer
-        calls[0] += 1
-        if calls[0] == 18:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(topk, "_update", ctrl_c_in_batch_4)
+    ctrl_c_at_update(monkeypatch, 18)  # 5 layers a batch: the 4th batch's 3rd layer
     res = CliRunner().invoke(main, command("stopped"))
     kept = tmp_path / "stopped" / "gallery" / ".topk-mining.pt"
     assert res.exit_code == 130, res.output

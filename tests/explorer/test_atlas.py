@@ -362,7 +362,7 @@ def test_a_stopped_mining_is_kept_beside_the_site_and_continued(tmp_path, monkey
     """`zfnet atlas` stopped by Ctrl-C while mining keeps the mining beside OUT (the site
     itself is not there yet) and says so; the same command continues it, and the site is
     that of a command never stopped."""
-    import zfnet.analyses.topk as topk
+    from tests.analyses.test_topk import ctrl_c_at_update
 
     def command(out: str) -> list[str]:
         return ["--model", "zfnet_small", "--data", "synthetic?n_train=8&n_val=24&size=32",
@@ -370,15 +370,7 @@ def test_a_stopped_mining_is_kept_beside_the_site_and_continued(tmp_path, monkey
                 "--layer", "conv1,conv3", "--out", str(tmp_path / out)]
 
     _atlas(command("whole"))
-    real, calls = topk._update, [0]
-
-    def ctrl_c_in_batch_4(*args, **kwargs):  # 2 layers a batch: the 4th batch's 2nd layer
-        calls[0] += 1
-        if calls[0] == 8:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(topk, "_update", ctrl_c_in_batch_4)
+    ctrl_c_at_update(monkeypatch, 8)  # 2 layers a batch: the 4th batch's 2nd layer
     res = CliRunner().invoke(main, ["atlas", *command("stopped"), "--device", "cpu"])
     kept = tmp_path / ".stopped.topk-mining.pt"
     assert res.exit_code == 130, res.output
