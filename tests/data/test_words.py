@@ -69,6 +69,11 @@ def test_words_from_the_devkit_or_beside_kaggles_csv_without_asking(classed, tmp
         assert data.class_labels == SHOWN
         given = load_dataset(f"imagefolder:{classed}?{SPEC}&words={kit}")  # given for a folder
         assert given.class_labels == SHOWN
+    from zfnet.data.shard_writer import write_shards  # and the shards written from there
+
+    write_shards(f"imagefolder:{tmp_path / 'flat'}?val_labels={archive}", tmp_path / "sh",
+                 resize=24)
+    assert load_dataset(f"shards:{tmp_path / 'sh'}?{SPEC}").class_labels == SHOWN
     # Kaggle's layout: LOC_val_solution.csv with LOC_synset_mapping.txt beside it
     csv = tmp_path / "LOC_val_solution.csv"
     csv.write_text("ImageId,PredictionString\n" + "".join(
@@ -151,3 +156,31 @@ def test_eval_the_report_and_a_runs_classes_show_the_words(tmp_path) -> None:
     assert as_shown(source.labels, bundle) == bundle.class_labels
     assert as_shown(["tench", "goldfish"], bundle) == ["tench", "goldfish"]  # a model's own
     assert as_shown(None, bundle) is None
+
+
+def test_shards_keep_the_words_of_the_folder_they_are_written_from(classed, tmp_path) -> None:
+    """`zfnet shards` keeps the classes' words in the manifest (from words= or implied by
+    val_labels), so shards:OUT shows what imagefolder:DIR showed; a bad words file is refused
+    before anything is written."""
+    from zfnet.data.shard_writer import write_shards
+    from zfnet.data.shards import read_manifest
+
+    words = tmp_path / "LOC_synset_mapping.txt"
+    words.write_text(MAPPING)
+    write_shards(f"imagefolder:{classed}?words={words}", tmp_path / "sh", resize=24)
+    assert read_manifest(tmp_path / "sh")["class_words"][0] == "tench, Tinca tinca"
+    data = load_dataset(f"shards:{tmp_path / 'sh'}?{SPEC}")
+    assert data.class_names == list(CLASSES) and data.class_labels == SHOWN
+    assert load_dataset(f"shards:{tmp_path / 'sh'}?{SPEC}&classes=2,0").class_labels == [
+        SHOWN[2], SHOWN[0]]
+    (tmp_path / "mine.txt").write_text("n01440764 my tench\n")
+    assert load_dataset(f"shards:{tmp_path / 'sh'}?{SPEC}&words={tmp_path / 'mine.txt'}"
+                        ).class_labels[:2] == ["my tench (n01440764)", CLASSES[1]]
+    write_shards(f"imagefolder:{classed}", tmp_path / "plain", resize=24)  # none to keep
+    assert "class_words" not in read_manifest(tmp_path / "plain")
+    assert load_dataset(f"shards:{tmp_path / 'plain'}?{SPEC}").class_labels == list(CLASSES)
+    (tmp_path / "other.txt").write_text("n09999999 something\n")
+    with pytest.raises(ValueError, match="names none of the 3 classes"):
+        write_shards(f"imagefolder:{classed}?words={tmp_path / 'other.txt'}", tmp_path / "no",
+                     resize=24)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith((".no", "no"))]

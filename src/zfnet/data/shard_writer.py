@@ -62,7 +62,9 @@ from zfnet.data.images import (
     resize_shorter,
 )
 from zfnet.data.shards import FORMAT, MANIFEST, SPLITS, index_name, raw_bytes, shard_name
-from zfnet.data.spec import parse_spec
+from zfnet.data.spec import DatasetSpec, parse_spec
+from zfnet.data.words import OPTION as WORDS
+from zfnet.data.words import implied_words, words_for
 from zfnet.data.workers import Loader, end_workers, usable_cores
 
 DEFAULT_RESIZE = PAPER_FULL
@@ -306,7 +308,11 @@ def write_shards(source: str, out: str | Path, *, resize: int = DEFAULT_RESIZE,
     if OPTION in spec.options:
         raise ValueError(f"option {OPTION} in {source!r} does not apply to shards (they keep the "
                          f"true labels): give it when reading them, shards:OUT?{OPTION}=SEED")
-    root, opts, names, train, val = select_folder(spec, source)
+    options = dict(spec.options)
+    words_file = options.pop(WORDS, None)  # the classes' words, kept in the manifest
+    root, opts, names, train, val = select_folder(
+        DatasetSpec(spec.name, spec.path, options), source)
+    words = _words(names, words_file, opts.get("val_labels"), source)
     inside = [s for s in ("train", "val")
               if Path(out).expanduser().resolve().is_relative_to((root / s).resolve())]
     if inside:
@@ -352,6 +358,8 @@ def write_shards(source: str, out: str | Path, *, resize: int = DEFAULT_RESIZE,
             try:
                 manifest = _write(journal, root, names, splits, shard_size, quality, workers,
                                   progress, lock)
+                if words is not None:  # shards:OUT shows them as imagefolder:DIR did
+                    manifest["class_words"] = words
                 write_text_atomic(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
                 if out.exists():
                     out.rmdir()  # empty, checked above
@@ -648,6 +656,21 @@ def _take_over(out: Path, settings: dict[str, Any]) -> tuple[Path, int, _Journal
         os.close(ours[1])
         raise
     return ours[0], ours[1], ours[2]
+
+
+def _words(names: list[str], given: str | None, val_labels: Any, source: str
+           ) -> list[str | None] | None:
+    """The classes' words for the manifest: from the source spec's `words=FILE` (an error if
+    it names none of them), or those its `val_labels` brings (`zfnet.data.words`)."""
+    if given is not None:
+        return words_for(names, given, repr(source))
+    implied = implied_words(val_labels)
+    if implied is None:
+        return None
+    try:
+        return words_for(names, implied, repr(source))
+    except (OSError, ValueError):  # not words after all: the classes keep their names
+        return None
 
 
 def _write(journal: _Journal, root: Path, names: list[str],

@@ -473,7 +473,16 @@ def load_shards(
         class_names=names,
         **bundle_geometry(preprocessing, in_channels=3, input_size=input_size,
                           full_size=full_size, mean=mean),
+        class_words=_class_words(manifest, classes),
     )
+
+
+def _class_words(manifest: dict[str, Any], classes: list[int] | None) -> list | None:
+    """The words the manifest keeps for the classes picked (`zfnet.data.words`), or None."""
+    words = manifest.get("class_words")
+    if not isinstance(words, list) or len(words) != len(manifest["classes"]):
+        return None
+    return [words[c] for c in classes] if classes is not None else list(words)
 
 
 def _check_resolution(root: Path, manifest: dict[str, Any], side: int) -> None:

@@ -12,7 +12,8 @@ FILE is one of:
 A class the file does not name is shown by its name alone; a file that names none of the
 dataset's classes is an error. Without `words=`, an `imagefolder` whose `val_labels` is the
 devkit takes the words from it, and one whose `val_labels` is Kaggle's CSV from the
-`LOC_synset_mapping.txt` beside it (`implied_words`).
+`LOC_synset_mapping.txt` beside it (`implied_words`); `zfnet shards` keeps the words of the
+folder it writes in its manifest, and `shards:OUT` shows them.
 """
 
 from __future__ import annotations
@@ -89,20 +90,25 @@ def read_words(path: str | Path) -> dict[str, str]:
     return found
 
 
-def with_words(bundle: DataBundle, path: str | Path) -> DataBundle:
-    """`bundle` with its classes' words from `path` (`DataBundle.class_words`)."""
+def words_for(names: Sequence[str], path: str | Path, what: str) -> list[str | None]:
+    """Each of the class `names`' words from `path` (None for one it does not name); an error
+    when it names none of them (`what`: the dataset, for the message)."""
     from zfnet.data.spec import nfc
 
-    if not bundle.class_names:
-        raise ValueError(f"words: {bundle.spec!r} has no classes to name (a folder of images)")
+    if not names:
+        raise ValueError(f"words: {what} has no classes to name (a folder of images)")
     found = {nfc(k): v for k, v in read_words(path).items()}
-    words = [found.get(name) for name in bundle.class_names]
+    words = [found.get(name) for name in names]
     if not any(words):
-        ours = ", ".join(bundle.class_names[:3])
         theirs = ", ".join(list(found)[:3]) or "none"
-        raise ValueError(f"words: {path} names none of the {len(words)} classes of "
-                         f"{bundle.spec!r} ({ours} ...); it names {theirs} ...")
-    return replace(bundle, class_words=words)
+        raise ValueError(f"words: {path} names none of the {len(words)} classes of {what} "
+                         f"({', '.join(names[:3])} ...); it names {theirs} ...")
+    return words
+
+
+def with_words(bundle: DataBundle, path: str | Path) -> DataBundle:
+    """`bundle` with its classes' words from `path` (`DataBundle.class_words`)."""
+    return replace(bundle, class_words=words_for(bundle.class_names, path, repr(bundle.spec)))
 
 
 KAGGLE_WORDS = "LOC_synset_mapping.txt"  # beside Kaggle's LOC_val_solution.csv
