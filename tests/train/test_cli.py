@@ -390,3 +390,36 @@ def test_eval_of_many_classes_prints_the_lowest_and_highest_not_every_one(monkey
     assert [line.split()[0] for line in lines[at + 1:at + 11]] == \
         [f"n{k:08d}" for k in (0, 1, 2, 3, 4, 35, 36, 37, 38, 39)]
     assert len(json.loads((tmp_path / "r.json").read_text())["per_class_accuracy"]) == 40
+
+
+def test_eval_of_a_run_whose_data_moved_says_to_give_its_new_place(tmp_path) -> None:
+    """The path in the error is the run's, not one the user typed: `zfnet eval` says so and
+    what to do, as the analyses do (it said only that the folder does not exist)."""
+    import shutil
+
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for k, cls in enumerate(("a", "b")):
+            (tmp_path / "photos" / split / cls).mkdir(parents=True)
+            for j in range(2):
+                Image.new("RGB", (40, 40), (90 * k, 30 * j, 120)).save(
+                    tmp_path / "photos" / split / cls / f"{j}.png")
+    run = tmp_path / "run"
+    res = CliRunner().invoke(main, ["train", "--data", f"imagefolder:{tmp_path / 'photos'}?size=32",
+                                    "--model", "zfnet_small", "--epochs", "1", "--out", str(run),
+                                    "--batch-size", "4", "--quiet", "--no-tensorboard"])
+    assert res.exit_code == 0, res.output
+    shutil.move(tmp_path / "photos", tmp_path / "moved")
+    res = CliRunner().invoke(main, ["eval", "--checkpoint", str(run)])
+    assert res.exit_code == 1
+    last = res.output.strip().splitlines()[-1]
+    assert last.startswith("Error: ") and "does not exist" in last, res.output
+    assert last.endswith(f"trained on, 'imagefolder:{tmp_path / 'photos'}?size=32'; give its "
+                         "new place with --data)"), last
+    res = CliRunner().invoke(main, ["eval", "--checkpoint", str(run), "--data",
+                                    f"imagefolder:{tmp_path / 'typed'}?size=32"])
+    assert res.exit_code == 1 and "trained on" not in res.output  # a path the user gave
+    res = CliRunner().invoke(main, ["eval", "--checkpoint", str(run), "--data",
+                                    f"imagefolder:{tmp_path / 'moved'}?size=32"])
+    assert res.exit_code == 0, res.output

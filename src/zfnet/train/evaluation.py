@@ -90,11 +90,19 @@ def evaluate_checkpoint(
             raise ValueError(f"{meta['checkpoint']} is not from a run with --ema: its weights "
                              "are the live ones already (omit live_weights)")
         model.load_state_dict(read_train_state(meta["checkpoint"])["live_weights"])
-    spec = spec or meta["data"]
+    given, spec = spec, spec or meta["data"]
     if bundle is None:
         from zfnet.data import load_dataset
 
-        bundle = load_dataset(spec, ten_crop=ten_crop, strict=strict)
+        try:
+            bundle = load_dataset(spec, ten_crop=ten_crop, strict=strict)
+        except FileNotFoundError as e:
+            if given:
+                raise
+            # a path the user did not type: the run's own dataset, moved or on another machine
+            raise FileNotFoundError(f"{e} (the dataset the run in {meta['checkpoint']} was "
+                                    f"trained on, {spec!r}; give its new place with --data)"
+                                    ) from None
     require_labels(bundle)
     n_out = meta.get("num_classes") or bundle.num_classes
     if bundle.num_classes != n_out:
