@@ -184,3 +184,11 @@ def test_shards_keep_the_words_of_the_folder_they_are_written_from(classed, tmp_
         write_shards(f"imagefolder:{classed}?words={tmp_path / 'other.txt'}", tmp_path / "no",
                      resize=24)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".no", "no"))]
+
+
+def test_a_mapping_file_separated_by_tabs_is_read_as_by_spaces(tmp_path) -> None:
+    from zfnet.data.words import read_words
+
+    words = tmp_path / "words.txt"  # a spreadsheet's export: a tab between a class and its words
+    words.write_text("n01440764\ttench, Tinca tinca\r\n\r\nn01443537\t goldfish\n")
+    assert read_words(words) == {"n01440764": "tench, Tinca tinca", "n01443537": "goldfish"}

@@ -84,7 +84,7 @@ def read_words(path: str | Path) -> dict[str, str]:
                          "its words a line, or the ILSVRC2012 devkit") from None
     found: dict[str, str] = {}
     for line in text.splitlines():
-        name, _, words = line.strip().partition(" ")
+        name, words = (line.split(None, 1) + ["", ""])[:2]  # a space or a tab between them
         if name and words.strip():
             found.setdefault(name, words.strip())
     return found
