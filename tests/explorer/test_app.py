@@ -946,3 +946,48 @@ def test_an_iphone_photo_says_how_to_read_it(client, monkeypatch) -> None:
     heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 200
     _error(client.post("/api/images", content=heic, headers={"X-Filename": "IMG_0042.HEIC"}),
            400, "'IMG_0042.HEIC' is a HEIC photo", "convert it to JPEG", "zfnet[heif]")
+
+
+@pytest.mark.filterwarnings("ignore::zfnet.data.BrokenImageWarning")
+def test_a_stopped_index_mining_is_continued_by_the_next_ask(tmp_path) -> None:
+    """A top-k job stopped (a cancel, a server stopped) keeps its mining beside the index: the
+    next server on the same model and data continues it, to the index a mining never stopped
+    gives, and lists the broken file the continued mining never read again."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for k in range(70):
+        Image.fromarray(rng.integers(0, 256, (36, 40, 3), dtype=np.uint8)).save(
+            folder / f"{k:02d}.png")
+    (folder / "00b.png").write_bytes(b"not an image")  # item 1, in the first batch
+    source = load_source("zfnet_small")
+    bundle = load_data(source, f"images:{folder}")
+
+    class Stop(Exception):
+        pass
+
+    calls: list[int] = []
+
+    def stop_in_batch_3(done: int, total: int) -> None:
+        calls.append(done)
+        if len(calls) == 3:
+            raise Stop
+
+    from zfnet.analyses.topk import MiningNote
+
+    first = Explorer(source, bundle, cache_dir=tmp_path / "cache")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MiningNote)  # its notes are a command's, not a page's
+        with pytest.raises(Stop):
+            first.topk_job("conv1", stop_in_batch_3)
+        assert len(list((tmp_path / "cache").rglob(".topk_conv1.mining.pt"))) == 1
+        again = Explorer(source, bundle, cache_dir=tmp_path / "cache")  # a new server
+        seen: list[int] = []
+        again.topk_job("conv1", lambda done, total: seen.append(done))
+    assert seen[0] == 64 and seen[-1] == 71  # from the batch it stopped in, to the end
+    assert not list((tmp_path / "cache").rglob(".topk_conv1.mining.pt"))
+    fresh = Explorer(source, bundle, cache_dir=tmp_path / "fresh")
+    fresh.topk_job("conv1", lambda done, total: None)
+    got, want = again.topk("conv1", 3), fresh.topk("conv1", 3)
+    assert got == want and [u["name"] for u in got["unreadable"]] == ["00b.png"]
+    assert got["mined"] == 70

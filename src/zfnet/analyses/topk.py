@@ -276,6 +276,7 @@ def mine_topk(
     journal: str | Path | None = None,
     journal_key: str = "",
     save_every: float = 60.0,
+    notes: bool = True,
 ) -> dict[str, TopK]:
     """Stream `data` through `model` once; for every map of each of `layers`, the k strongest
     activations over the data (paper Fig. 2). Returns {layer: TopK}.
@@ -293,7 +294,8 @@ def mine_topk(
     journal: a file where the mining is kept (at most every `save_every` seconds, and when it
     stops on an exception, with a `MiningNote`) and continued from by a call of the same
     model, layers, k, batch size, items and `journal_key` (what else identifies the data:
-    `mining_digest`); removed when the mining is done. Not for a stream.
+    `mining_digest`); removed when the mining is done. Not for a stream. notes: False for no
+    `MiningNote` (a caller that tells its users itself: the explorer's job).
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -322,8 +324,9 @@ def mine_topk(
         kept = _Journal(Path(journal), _journal_key(journal_key, layers, k, loader))
         start, mined, best = kept.read()
         if start:
-            warnings.warn(f"continuing the top-k mining kept in {kept.path}: {start} of "
-                          f"{total} images are mined", MiningNote, stacklevel=2)
+            if notes:
+                warnings.warn(f"continuing the top-k mining kept in {kept.path}: {start} of "
+                              f"{total} images are mined", MiningNote, stacklevel=2)
             loader = batches = _skipping(loader, start)
             done = start
     it = batches
@@ -374,7 +377,7 @@ def mine_topk(
         # at most the batch it stopped in is mined again: an image seen twice is kept once
         if kept is not None:
             kept.save(best, start + finished * loader.batch_size, mined_before)
-        if kept is not None and kept.position:
+        if kept is not None and kept.position and notes:
             warnings.warn(f"kept the top-k mining in {kept.path} ({kept.position} of {total} "
                           "images mined): the same command continues it", MiningNote,
                           stacklevel=2)

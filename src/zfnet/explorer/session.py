@@ -729,17 +729,35 @@ class Explorer:
         if lr.name in self._topk:
             return
         data = _Readable(self)
-        result = mine_topk(self.job_model(), data, [lr.name], self.k,
-                           indices=range(self.n_images), batch_size=32,
-                           progress=lambda done, total: progress(done + data.skipped, total))
         path = self._topk_path(lr.name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        broken = {str(i): why for i, why in sorted(self._broken.items()) if i < self.n_images}
-        write_text_atomic(path.with_name("unreadable.json"), json.dumps(broken))
+        try:
+            result = mine_topk(
+                self.job_model(), data, [lr.name], self.k, indices=range(self.n_images),
+                batch_size=32, progress=lambda done, total: progress(done + data.skipped, total),
+                # a cancel or a stopped server keeps the mining: asking again continues it
+                journal=path.with_name(f".{path.stem}.mining.pt"),
+                journal_key=self.cache_dir.name, notes=False)
+        except BaseException:
+            self._keep_unreadable()  # a continued mining does not read them again
+            raise
+        self._keep_unreadable()
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         save_topk(result, tmp)
         os.replace(tmp, path)
         self._topk[lr.name] = result[lr.name]
+
+    def _keep_unreadable(self) -> None:
+        """Write the list of the files that could not be read beside the index: those this
+        server found and those listed there already (by a mining stopped before)."""
+        listed = self.cache_dir / "unreadable.json"
+        broken = {i: why for i, why in list(self._broken.items()) if i < self.n_images}
+        try:
+            for i, why in json.loads(listed.read_text()).items():
+                broken.setdefault(int(i), why)
+        except (OSError, ValueError, AttributeError):  # none yet, or damaged
+            pass
+        listed.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(listed, json.dumps({str(i): broken[i] for i in sorted(broken)}))
 
     def _unreadable(self) -> list[int]:
         """The dataset images (of the first `n_images`) that could not be read: those found
