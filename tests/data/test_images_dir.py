@@ -76,6 +76,16 @@ def test_a_link_to_a_folder_of_the_tree_lists_its_images_once(folder):
     assert len(data.train) == 4
 
 
+def test_a_folder_given_through_a_link_keeps_each_photo_by_its_own_path(folder, tmp_path):
+    """DIR reached through a link (a cluster's /home -> /gpfs/home, a Mac's /tmp): a photo
+    reached twice is still kept by its own path, not by the link's (a_best/c.png sorts first)."""
+    (folder / "a_best").symlink_to(folder / "sub")
+    (tmp_path / "home").symlink_to(folder)
+    data = load_dataset(f"images:{tmp_path / 'home'}", preprocessing=PREP)
+    assert [p.relative_to(tmp_path / "home").as_posix() for p in data.val.paths] == [
+        "a.jpg", "b.png", "sub/c.png"]
+
+
 def test_without_a_model_the_papers_pipeline(folder):
     """No preprocessing: 256/224-style crops (`size=`) minus the folder's mean image, cached."""
     data = load_dataset(f"images:{folder}?size=16")

@@ -49,10 +49,15 @@ def folder_images(folder: str | Path) -> list[Path]:
     # each file once: a link to a folder of the same tree (photos/best -> photos/2024) would
     # list its images twice, and a top 9 would show one photo twice
     by_real: dict[str, Path] = {}  # the file's own path where the tree holds it, else the first
+    real_root = os.path.realpath(root)  # (DIR itself may be reached through a link: /home)
+
+    def own(f: Path) -> bool:  # no link on the way from DIR to the file
+        return os.path.join(real_root, os.path.relpath(f, root)) == os.path.realpath(f)
+
     for f in image_files(root, PHOTO_EXTENSIONS):
         real = os.path.realpath(f)
         kept = by_real.get(real)
-        if kept is None or (os.path.abspath(f) == real != os.path.abspath(kept)):
+        if kept is None or (own(f) and not own(kept)):
             by_real[real] = f
     files = sorted(by_real.values())
     if not files:
