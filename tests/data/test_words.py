@@ -192,3 +192,14 @@ def test_a_mapping_file_separated_by_tabs_is_read_as_by_spaces(tmp_path) -> None
     words = tmp_path / "words.txt"  # a spreadsheet's export: a tab between a class and its words
     words.write_text("n01440764\ttench, Tinca tinca\r\n\r\nn01443537\t goldfish\n")
     assert read_words(words) == {"n01440764": "tench, Tinca tinca", "n01443537": "goldfish"}
+
+
+def test_a_mapping_file_not_in_utf8_names_its_line(tmp_path) -> None:
+    from zfnet.data.words import read_words
+
+    words = tmp_path / "words.txt"  # saved as Windows-1252 by an editor
+    words.write_bytes("n01440764 tench\r\nn01443537 poisson rouge, carassin doré\r\n"
+                      .encode("cp1252"))
+    with pytest.raises(ValueError, match=r"words\.txt is not UTF-8 text \(line 2: byte 0xe9\); "
+                                         "save it as UTF-8"):
+        read_words(words)

@@ -78,10 +78,16 @@ def read_words(path: str | Path) -> dict[str, str]:
             raise ValueError(f"words: the {META} of {path} has no synsets with WNID and words "
                              f"({type(e).__name__}: {e})") from None
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"words: cannot read {path} as text ({e}); give a file of a class and "
+        raw = path.read_bytes()
+        text = raw.decode("utf-8-sig")
+    except OSError as e:
+        raise ValueError(f"words: cannot read {path} ({e}); give a file of a class and "
                          "its words a line, or the ILSVRC2012 devkit") from None
+    except UnicodeDecodeError as e:  # saved as Latin-1 or Windows-1252 by an editor
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"words: {path} is not UTF-8 text (line {line}: byte "
+                         f"0x{raw[e.start]:02x}); save it as UTF-8, a class and its words a "
+                         "line") from None
     found: dict[str, str] = {}
     for line in text.splitlines():
         name, words = (line.split(None, 1) + ["", ""])[:2]  # a space or a tab between them
