@@ -203,3 +203,12 @@ def test_a_mapping_file_not_in_utf8_names_its_line(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"words\.txt is not UTF-8 text \(line 2: byte 0xe9\); "
                                          "save it as UTF-8"):
         read_words(words)
+
+
+def test_kaggles_labels_csv_given_as_words_names_the_mapping_beside_it(classed, tmp_path) -> None:
+    (tmp_path / "LOC_synset_mapping.txt").write_text(MAPPING)
+    solution = tmp_path / "LOC_val_solution.csv"
+    solution.write_text("ImageId,PredictionString\nILSVRC2012_val_00000001,n01440764 1 2 3 4\n")
+    with pytest.raises(ValueError, match=r"names none of the 3 classes .* the words are in "
+                                         rf"{tmp_path}/LOC_synset_mapping\.txt$"):
+        load_dataset(f"imagefolder:{classed}?{SPEC}&words={solution}")

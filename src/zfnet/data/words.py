@@ -107,8 +107,11 @@ def words_for(names: Sequence[str], path: str | Path, what: str) -> list[str | N
     words = [found.get(name) for name in names]
     if not any(words):
         theirs = ", ".join(list(found)[:3]) or "none"
+        beside = implied_words(str(path))  # Kaggle's labels CSV given: its words beside it
+        hint = f"; the words are in {beside}" if beside is not None \
+            and beside.name == KAGGLE_WORDS and beside != Path(path).expanduser() else ""
         raise ValueError(f"words: {path} names none of the {len(words)} classes of {what} "
-                         f"({', '.join(names[:3])} ...); it names {theirs} ...")
+                         f"({', '.join(names[:3])} ...); it names {theirs} ...{hint}")
     return words
 
 
