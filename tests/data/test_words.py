@@ -156,6 +156,9 @@ def test_eval_the_report_and_a_runs_classes_show_the_words(tmp_path) -> None:
     assert as_shown(source.labels, bundle) == bundle.class_labels
     assert as_shown(["tench", "goldfish"], bundle) == ["tench", "goldfish"]  # a model's own
     assert as_shown(None, bundle) is None
+    # a model's --labels of 1000 WNIDs on some of the classes (classes=): those with words
+    assert as_shown(["zzz", bundle.class_names[1], "yyy"], bundle) == \
+        ["zzz", bundle.class_labels[1], "yyy"]
 
 
 def test_shards_keep_the_words_of_the_folder_they_are_written_from(classed, tmp_path) -> None:

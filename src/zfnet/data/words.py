@@ -49,13 +49,15 @@ def labels_of(bundle: Any) -> list[str]:
 
 
 def as_shown(names: Sequence[str] | None, bundle: Any) -> list[str] | None:
-    """A model's class `names` as shown: the bundle's `class_labels` where they are the
-    bundle's own class names (a run trained before `words=`, whose checkpoint names its outputs
-    by the IDs), else `names` as they are."""
-    if names is not None and bundle is not None \
-            and list(names) == list(getattr(bundle, "class_names", None) or []):
-        return labels_of(bundle)
-    return list(names) if names is not None else None
+    """A model's class `names` as shown: each that is one of the bundle's own class names (a
+    run trained before `words=`, whose checkpoint names its outputs by the IDs; a model's
+    `--labels` of WNIDs on some of ImageNet's classes) as the bundle's `class_labels` show it,
+    the others as they are."""
+    if names is None:
+        return None
+    own = list(getattr(bundle, "class_names", None) or []) if bundle is not None else []
+    shown_ = dict(zip(own, labels_of(bundle), strict=True)) if own else {}
+    return [shown_.get(name, name) for name in names]
 
 
 def read_words(path: str | Path) -> dict[str, str]:
