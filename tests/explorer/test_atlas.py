@@ -281,6 +281,20 @@ def test_a_dataset_of_model_inputs(tmp_path) -> None:
         assert [u["image"] for u in unit["topk"]] == mined.index[unit["map"]].tolist()
 
 
+def test_out_as_the_working_directory_or_relative(tmp_path, monkeypatch) -> None:
+    """`cd site && zfnet atlas ... --out .` (or `--out ../site2/`): the site is written there;
+    it ended, after the whole mining, in "Error: PosixPath('.') has an empty name"."""
+    model = create_model("zfnet_small", input_size=32)
+    data = TensorDataset(torch.randn(4, 3, 32, 32), torch.zeros(4, dtype=torch.long))
+    (tmp_path / "site").mkdir()
+    monkeypatch.chdir(tmp_path / "site")
+    for out in (".", "../site2/"):
+        index = write_atlas(model, data, out, layers=["conv1"], k=2, maps_per_layer=1)
+        assert index.is_file() and index.parent.name == Path(out).resolve().name
+        _check_site(Path(out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site", "site2"]
+
+
 def test_a_browser_opens_a_unit_page_from_disk(site) -> None:
     if not CHROMIUM.exists():
         pytest.skip("no Debian chromium at /usr/bin/chromium (apt-get install chromium)")

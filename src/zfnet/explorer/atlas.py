@@ -197,7 +197,7 @@ def write_atlas(
         raise ValueError(f"maps_per_layer={maps_per_layer}: give at least 1, or None for all")
     if n_images is not None and n_images < 1:
         raise ValueError(f"n_images={n_images}: give at least 1, or None for all")
-    out_dir = Path(out_dir)
+    out_dir = Path(os.path.abspath(out_dir))  # "." and "../site/": built beside, by name
     _check_out(out_dir)
     if isinstance(data, DataBundle):
         from zfnet.pipeline import check_fits, mining_key
@@ -307,6 +307,8 @@ def _beside_report(out_dir: Path) -> bool:
 
 def _check_out(out_dir: Path) -> None:
     """`out_dir` may be new, an empty directory or an earlier atlas (which is replaced)."""
+    if not out_dir.name:  # the site is built beside it and renamed into place
+        raise ValueError(f"{out_dir} is the file system's root: give a folder for the atlas")
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"{out_dir} is a file: give a directory for the atlas")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / ATLAS_FILE).is_file():
@@ -315,13 +317,18 @@ def _check_out(out_dir: Path) -> None:
 
 
 def _replace(tmp: Path, out_dir: Path) -> None:
-    """Rename the finished site `tmp` to `out_dir`, the earlier one (if any) removed after."""
+    """Rename the finished site `tmp` to `out_dir`; into an existing `out_dir` (empty, or the
+    earlier atlas, removed after) its entries are renamed, the folder itself kept: a shell or a
+    `python -m http.server` working in it goes on seeing the site, not a deleted folder."""
     if not out_dir.exists():
         os.replace(tmp, out_dir)
         return
     old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex}")
-    os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
+    old.mkdir()
+    for entry in list(out_dir.iterdir()):
+        os.replace(entry, old / entry.name)
+    for entry in list(tmp.iterdir()):
+        os.replace(entry, out_dir / entry.name)
     shutil.rmtree(old, ignore_errors=True)
 
 
