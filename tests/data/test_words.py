@@ -69,6 +69,8 @@ def test_words_from_the_devkit_or_beside_kaggles_csv_without_asking(classed, tmp
         assert data.class_labels == SHOWN
         given = load_dataset(f"imagefolder:{classed}?{SPEC}&words={kit}")  # given for a folder
         assert given.class_labels == SHOWN
+    meta = devkit / "data" / "meta.mat"  # the devkit's meta.mat itself (it was read as text)
+    assert load_dataset(f"imagefolder:{classed}?{SPEC}&words={meta}").class_labels == SHOWN
     from zfnet.data.shard_writer import write_shards  # and the shards written from there
 
     write_shards(f"imagefolder:{tmp_path / 'flat'}?val_labels={archive}", tmp_path / "sh",

@@ -7,7 +7,8 @@ matching, `classes=`) stay the IDs.
 FILE is one of:
 - a text file of a class and its words a line, Kaggle's `LOC_synset_mapping.txt`:
   `n01440764 tench, Tinca tinca`;
-- the ILSVRC2012 devkit (its folder, or `ILSVRC2012_devkit_t12.tar.gz`): its `meta.mat`.
+- the ILSVRC2012 devkit (its folder, or `ILSVRC2012_devkit_t12.tar.gz`): its `meta.mat` (or
+  that `data/meta.mat` itself).
 
 A class the file does not name is shown by its name alone; a file that names none of the
 dataset's classes is an error. Without `words=`, an `imagefolder` whose `val_labels` is the
@@ -69,10 +70,12 @@ def read_words(path: str | Path) -> dict[str, str]:
         raise FileNotFoundError(f"words: {path} does not exist; give a file of a class and its "
                                 "words a line (Kaggle's LOC_synset_mapping.txt) or the "
                                 "ILSVRC2012 devkit")
-    if path.is_dir() or path.name.lower().endswith(ARCHIVES):
+    if path.is_dir() or path.name.lower().endswith(ARCHIVES) or path.suffix.lower() == ".mat":
         from scipy.io import loadmat
 
-        meta = devkit_files(path, "words")[1]
+        # the devkit, or its data/meta.mat itself
+        meta = path.read_bytes() if path.is_file() and path.suffix.lower() == ".mat" \
+            else devkit_files(path, "words")[1]
         try:
             synsets = loadmat(io.BytesIO(meta), squeeze_me=True)["synsets"]
             return {str(s["WNID"]): str(s["words"]) for s in synsets}
