@@ -256,6 +256,7 @@ def test_replaces_an_atlas_never_anything_else_and_a_stop_leaves_nothing(tiny_ru
         write_atlas(source.model, bundle, tmp_path / "new", layers=["conv1"], k=2,
                     n_images=4, progress=lambda d, t: (_ for _ in ()).throw(Stop())
                     if d > 4 else None)
+    (tmp_path / ".new.topk-mining.pt").unlink()  # its finished mining kept: continued
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
     other = tmp_path / "other"
     (other / "keep").mkdir(parents=True)
@@ -400,6 +401,41 @@ def test_a_stopped_mining_is_kept_beside_the_site_and_continued(tmp_path, monkey
                       for d in ("whole", "stopped"))
     assert resumed == whole
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_stop_while_drawing_keeps_the_finished_mining(tiny_run, tmp_path, monkeypatch
+                                                       ) -> None:
+    """Ctrl-C after the mining (the pictures of every map take a while): the mining stays
+    kept beside OUT and the same call draws from it, to the site of a call never stopped; it
+    was removed when the mining ended, and all of it was mined again."""
+    import zfnet.explorer.atlas as atlas
+
+    source = load_source(str(tiny_run))
+    bundle = load_data(source, None)
+
+    def write(out: str) -> dict:
+        write_atlas(source.model, bundle, tmp_path / out, layers=["conv1"], k=2,
+                    maps_per_layer=2, n_images=8, batch_size=4)
+        return json.loads((tmp_path / out / ATLAS_FILE).read_text())
+
+    whole = write("whole")
+    drawing = atlas._write_layers
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atlas, "_write_layers", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        write("site")
+    kept = tmp_path / ".site.topk-mining.pt"
+    assert kept.is_file() and not (tmp_path / "site").exists()
+    monkeypatch.setattr(atlas, "_write_layers", drawing)
+    mined = []
+    monkeypatch.setattr(atlas, "mine_topk", lambda *a, **kw: mined.append(
+        torch.load(kw["journal"], weights_only=True)["position"]) or mine_topk(*a, **kw))
+    with pytest.warns(UserWarning, match="8 of 8 images are mined"):
+        assert write("site") == whole
+    assert mined == [8] and not kept.exists()
 
 
 def test_jpeg_figures_where_smaller_and_close_to_the_pngs(tiny_run, tmp_path) -> None:

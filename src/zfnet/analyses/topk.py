@@ -277,6 +277,7 @@ def mine_topk(
     journal_key: str = "",
     save_every: float = 60.0,
     notes: bool = True,
+    keep_done: bool = False,
 ) -> dict[str, TopK]:
     """Stream `data` through `model` once; for every map of each of `layers`, the k strongest
     activations over the data (paper Fig. 2). Returns {layer: TopK}.
@@ -294,8 +295,9 @@ def mine_topk(
     journal: a file where the mining is kept (at most every `save_every` seconds, and when it
     stops on an exception, with a `MiningNote`) and continued from by a call of the same
     model, layers, k, batch size, items and `journal_key` (what else identifies the data:
-    `mining_digest`); removed when the mining is done. Not for a stream. notes: False for no
-    `MiningNote` (a caller that tells its users itself: the explorer's job).
+    `mining_digest`); removed when the mining is done (with `keep_done`, kept whole: the
+    caller removes it once it has written what it makes of it). Not for a stream. notes: False
+    for no `MiningNote` (a caller that tells its users itself: the explorer's job).
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -382,7 +384,9 @@ def mine_topk(
                           "images mined): the same command continues it", MiningNote,
                           stacklevel=2)
         raise
-    if kept is not None:
+    if kept is not None and keep_done and best:
+        kept.save(best, total, mined)  # (a continued mining already done: kept as it was)
+    elif kept is not None:
         kept.path.unlink(missing_ok=True)
     if not best:
         raise NoImagesError("the data held no images to mine")

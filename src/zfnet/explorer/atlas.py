@@ -182,9 +182,9 @@ def write_atlas(
     model's class names).
     journal_key: what identifies a Dataset's items beyond their order
     (`zfnet.analyses.topk.mining_digest`); a DataBundle's is `zfnet.pipeline.mining_key`. With
-    one, a mining that stops (Ctrl-C, an error) is kept beside `out_dir`, in
-    `.{name}.topk-mining.pt`, and the same call continues it (`mine_topk`'s journal); the
-    evolution's minings are done again.
+    one, a mining that stops (Ctrl-C, an error; or the drawing after it) is kept beside
+    `out_dir`, in `.{name}.topk-mining.pt`, and the same call continues it (`mine_topk`'s
+    journal); the evolution's minings are done again.
     figures: "png" (lossless, the gallery's pictures) or "jpeg" (each picture a JPEG where that
     is smaller: a ResNet's site in about a third of the bytes, for a static host).
     """
@@ -239,7 +239,7 @@ def write_atlas(
 
     kept: dict[str, Any] = {} if journal_key is None else {
         "journal": out_dir.parent / f".{out_dir.name}.topk-mining.pt",
-        "journal_key": journal_key}
+        "journal_key": journal_key, "keep_done": True}  # removed once the site is written
     topk = mine_topk(model, dataset, names, k, batch_size=batch_size, device=device,
                      progress=lambda done, _: report(done, 0), num_workers=num_workers,
                      **kept)
@@ -289,6 +289,8 @@ def write_atlas(
             for layer in table]}
         write_text_atomic(tmp / ATLAS_FILE, json.dumps(doc, indent=1, allow_nan=False))
         _replace(tmp, out_dir)
+        if "journal" in kept:  # the site is there: its mining is no longer needed
+            kept["journal"].unlink(missing_ok=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
