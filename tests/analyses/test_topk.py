@@ -443,3 +443,40 @@ def test_the_command_keeps_a_stopped_mining_and_continues_it(tmp_path, monkeypat
     _identical(load_topk(tmp_path / "stopped/gallery/topk.pt"),
                load_topk(tmp_path / "whole/gallery/topk.pt"))
     assert not kept.exists()
+
+
+def test_a_stop_while_the_gallery_draws_keeps_the_finished_mining(tmp_path, monkeypatch
+                                                                  ) -> None:
+    """`zfnet visualize topk` stopped after its mining, while it draws, keeps the mining: the
+    same command draws from it (no batch mined again) and removes it once the gallery is
+    there."""
+    from click.testing import CliRunner
+
+    import zfnet.analyses.gallery as gallery
+    import zfnet.analyses.topk as topk
+    from zfnet.cli import main
+
+    command = ["visualize", "topk", "--model", "zfnet_small", "--data",
+               "synthetic?n_train=8&n_val=24&size=32", "--images", "24", "--batch-size", "4",
+               "--k", "3", "--maps-per-layer", "2", "--device", "cpu", "--out", str(tmp_path)]
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(gallery, "project_topk", ctrl_c)  # the first step of the drawing
+        assert CliRunner().invoke(main, command).exit_code == 130
+    kept = tmp_path / "gallery" / ".topk-mining.pt"
+    assert kept.exists()
+    updates = [0]
+    real = topk._update
+
+    def counted(*args, **kwargs):
+        updates[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(topk, "_update", counted)
+    res = CliRunner().invoke(main, command)
+    assert res.exit_code == 0, res.output
+    assert updates[0] == 0 and not kept.exists()  # drawn from the kept mining
+    assert (tmp_path / "sections" / "topk_gallery.json").exists()

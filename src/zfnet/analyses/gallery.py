@@ -352,7 +352,7 @@ def run_topk_gallery(
     the maps in the caption (the class scores' layer: its class names). journal_key: what
     identifies the model and the data (`zfnet.analyses.topk.mining_digest`): with it, the mining
     is kept in `out_dir` where it stops and continued by the same call (`mine_topk`'s journal,
-    one per process).
+    one per process); in one process, kept until the gallery is drawn.
     """
     check_rule(rule)  # before mining
     if map_rule not in MAP_RULES:
@@ -381,6 +381,8 @@ def run_topk_gallery(
         kept: dict[str, Any] = {} if journal_key is None else {
             "journal": out_dir / (f".topk-mining-{current_rank()}.pt" if distributed
                                   else ".topk-mining.pt"), "journal_key": journal_key}
+        if kept and not distributed:  # kept until the gallery is drawn: a stop while it
+            kept["keep_done"] = True  # draws does not mine it again
         if distributed:
             topk = mine_topk_distributed(model, dataset, layers, k, batch_size=batch_size,
                                          device=device, progress=progress and current_rank() == 0,
@@ -455,6 +457,8 @@ def run_topk_gallery(
         metrics={"images": n_images, "k": k, "rule": rule},
         order=30,
     ))
+    if journal_key is not None and not distributed:  # the gallery is there: its mining done
+        (out_dir / ".topk-mining.pt").unlink(missing_ok=True)
     return result
 
 
