@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from zfnet.data.bundle import DataBundle
@@ -49,7 +50,7 @@ from zfnet.data.spec import DatasetSpec, int_option, parse_spec
 from zfnet.data.synthetic import SyntheticDataset, SyntheticSample, load_synthetic
 from zfnet.data.transforms import CropDataset, collate, ten_crop
 from zfnet.data.words import OPTION as WORDS
-from zfnet.data.words import implied_words, with_words
+from zfnet.data.words import class_words
 
 DATASETS: dict[str, str] = {
     "synthetic": "built-in shapes with part masks; options n_train, n_val, seed, size, "
@@ -130,13 +131,9 @@ def load_dataset(
                          "(its classes' words)")
     bundle = loaders[parsed.name](parsed, ten_crop=ten_crop, strict=strict, raw_spec=spec,
                                   preprocessing=preprocessing)
-    if words is not None:
-        bundle = with_words(bundle, words)
-    elif (implied := implied_words(options.get("val_labels"))) is not None:
-        try:  # ImageNet's devkit or Kaggle's mapping, read for the labels already
-            bundle = with_words(bundle, implied)
-        except (OSError, ValueError):  # not words after all: the classes keep their names
-            pass
+    found = class_words(bundle.class_names, words, options.get("val_labels"), repr(bundle.spec))
+    if found is not None:
+        bundle = replace(bundle, class_words=found)
     return bundle if shuffle is None else with_random_labels(bundle, shuffle, spec)
 
 

@@ -64,7 +64,7 @@ from zfnet.data.images import (
 from zfnet.data.shards import FORMAT, MANIFEST, SPLITS, index_name, raw_bytes, shard_name
 from zfnet.data.spec import DatasetSpec, parse_spec
 from zfnet.data.words import OPTION as WORDS
-from zfnet.data.words import implied_words, words_for
+from zfnet.data.words import class_words
 from zfnet.data.workers import Loader, end_workers, usable_cores
 
 DEFAULT_RESIZE = PAPER_FULL
@@ -312,7 +312,7 @@ def write_shards(source: str, out: str | Path, *, resize: int = DEFAULT_RESIZE,
     words_file = options.pop(WORDS, None)  # the classes' words, kept in the manifest
     root, opts, names, train, val = select_folder(
         DatasetSpec(spec.name, spec.path, options), source)
-    words = _words(names, words_file, opts.get("val_labels"), source)
+    words = class_words(names, words_file, opts.get("val_labels"), repr(source))
     inside = [s for s in ("train", "val")
               if Path(out).expanduser().resolve().is_relative_to((root / s).resolve())]
     if inside:
@@ -656,21 +656,6 @@ def _take_over(out: Path, settings: dict[str, Any]) -> tuple[Path, int, _Journal
         os.close(ours[1])
         raise
     return ours[0], ours[1], ours[2]
-
-
-def _words(names: list[str], given: str | None, val_labels: Any, source: str
-           ) -> list[str | None] | None:
-    """The classes' words for the manifest: from the source spec's `words=FILE` (an error if
-    it names none of them), or those its `val_labels` brings (`zfnet.data.words`)."""
-    if given is not None:
-        return words_for(names, given, repr(source))
-    implied = implied_words(val_labels)
-    if implied is None:
-        return None
-    try:
-        return words_for(names, implied, repr(source))
-    except (OSError, ValueError):  # not words after all: the classes keep their names
-        return None
 
 
 def _write(journal: _Journal, root: Path, names: list[str],

@@ -21,12 +21,8 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from zfnet.data.bundle import DataBundle
+from typing import Any
 
 OPTION = "words"
 
@@ -120,9 +116,21 @@ def words_for(names: Sequence[str], path: str | Path, what: str) -> list[str | N
     return words
 
 
-def with_words(bundle: DataBundle, path: str | Path) -> DataBundle:
-    """`bundle` with its classes' words from `path` (`DataBundle.class_words`)."""
-    return replace(bundle, class_words=words_for(bundle.class_names, path, repr(bundle.spec)))
+def class_words(names: Sequence[str], given: str | None, val_labels: str | None, what: str
+                ) -> list[str | None] | None:
+    """The words of the class `names` from a spec's `words=FILE` (`given`: an error if it names
+    none of them), else those its `val_labels` brings (`implied_words`; none where they are not
+    words after all), else None. `what`: the dataset, for the messages. `load_dataset` and
+    `zfnet shards` (its manifest) take them here."""
+    if given is not None:
+        return words_for(names, given, what)
+    implied = implied_words(val_labels)
+    if implied is None:
+        return None
+    try:  # ImageNet's devkit or Kaggle's mapping, read for the labels already
+        return words_for(names, implied, what)
+    except (OSError, ValueError):  # not words after all: the classes keep their names
+        return None
 
 
 KAGGLE_WORDS = "LOC_synset_mapping.txt"  # beside Kaggle's LOC_val_solution.csv
