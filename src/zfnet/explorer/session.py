@@ -749,15 +749,11 @@ class Explorer:
     def _keep_unreadable(self) -> None:
         """Write the list of the files that could not be read beside the index: those this
         server found and those listed there already (by a mining stopped before)."""
-        listed = self.cache_dir / "unreadable.json"
+        self._unreadable()  # those listed already, read into this server's
         broken = {i: why for i, why in list(self._broken.items()) if i < self.n_images}
-        try:
-            for i, why in json.loads(listed.read_text()).items():
-                broken.setdefault(int(i), why)
-        except (OSError, ValueError, AttributeError):  # none yet, or damaged
-            pass
-        listed.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(listed, json.dumps({str(i): broken[i] for i in sorted(broken)}))
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.cache_dir / "unreadable.json",
+                          json.dumps({str(i): broken[i] for i in sorted(broken)}))
 
     def _unreadable(self) -> list[int]:
         """The dataset images (of the first `n_images`) that could not be read: those found
