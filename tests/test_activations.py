@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from zfnet.activations import capture, get_activations
+from zfnet.activations import capture, get_activations, to_model
 
 
 class _Residual(nn.Module):
@@ -28,8 +28,8 @@ class _Residual(nn.Module):
 def test_an_in_place_op_after_the_layer_does_not_change_what_was_read() -> None:
     model = _Residual().eval()
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        want = model.bn(model.conv(x))
+    with torch.no_grad():  # on the layout get_activations runs it on (channels-last on a CPU)
+        want = model.bn(model.conv(to_model(model, x)))
     got = get_activations(model, x, ["bn"])["bn"]
     assert torch.equal(got, want)
     assert not model.bn._forward_hooks  # no hook left
@@ -73,9 +73,9 @@ def test_channels_last_outputs_are_read_as_maps() -> None:
     for size in ((7, 9), (5, 5)):
         x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
         got = get_activations(model, x, ["conv", "lin", "act"])
-        with torch.no_grad():
-            lin = model.lin(model.conv(x).permute(0, 2, 3, 1))
-            out = model(x)
+        with torch.no_grad():  # on the layout get_activations runs it on
+            lin = model.lin(model.conv(to_model(model, x)).permute(0, 2, 3, 1))
+            out = model(to_model(model, x))
         assert got["lin"].shape == (2, 6, *size)
         assert torch.equal(got["lin"], lin.permute(0, 3, 1, 2))
         assert torch.equal(got["act"], out)  # the model's output is its permuted GELU
