@@ -120,9 +120,10 @@ _TAKES_NHWC: weakref.WeakKeyDictionary[nn.Module, dict[tuple, bool]] = \
 def cpu_layout(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A CPU batch `x` (N, C, H, W) in channels-last memory where `model` runs on it, else `x`
     as it is. Convolutions on the CPU run 1.4-1.9x faster so (bench/bench_cpu_layout.py), the
-    same numbers up to float rounding (its order of summation differs: a deep layer's projection
-    moves by up to 3e-5 of its largest value on an AVX2 CPU, ~1e-6 with AVX-512). A model whose forward `.view()`s a map (an old
-    `x.view(x.size(0), -1)`) cannot: found once per model and input shape (`_takes_nhwc`)."""
+    same numbers up to float rounding: the order of summation differs, and a deep layer's
+    projection moves by up to 3e-5 of its largest value on an AVX2 CPU (under 1e-5 on AVX-512
+    ones). A model whose forward `.view()`s a map (an old `x.view(x.size(0), -1)`) cannot:
+    found once per model and input shape (`_takes_nhwc`)."""
     if x.ndim != 4 or x.device.type != "cpu" or x.is_contiguous(
             memory_format=torch.channels_last) or not _takes_nhwc(model, x):
         return x
