@@ -314,10 +314,19 @@ def test_class_names_from_a_file(code, tmp_path) -> None:
         assert read_labels(tmp_path / f) == ["cat", "dog", "fish"], f
         src = load_source(f"{code}/nets.py:small", labels=str(tmp_path / f), **SMALL)
         assert src.labels == ["cat", "dog", "fish"]
+    # Keras's imagenet_class_index.json (an index to a class and its words): as the lines of
+    # Kaggle's LOC_synset_mapping.txt, whose first words score a copy of some classes by WNID
+    (tmp_path / "imagenet_class_index.json").write_text(
+        '{"1": ["n01443537", "goldfish"], "0": ["n01440764", "tench"], "2": ["n01484850", '
+        '"great_white_shark"]}')
+    assert read_labels(tmp_path / "imagenet_class_index.json") == [
+        "n01440764 tench", "n01443537 goldfish", "n01484850 great_white_shark"]
     (tmp_path / "gaps.json").write_text('{"0": "cat", "2": "fish"}')
     (tmp_path / "bad.json").write_text('["cat", 3]')
+    (tmp_path / "triple.json").write_text('{"0": ["n01", "cat", "x"]}')
     (tmp_path / "broken.json").write_text('["cat"')
     for f, message in (("gaps.json", "outputs 0..N-1"), ("bad.json", "list of names"),
+                       ("triple.json", "or to a class and its words"),
                        ("broken.json", "not valid JSON"), ("none.txt", "does not exist")):
         with pytest.raises((ValueError, FileNotFoundError), match=message):
             load_source(f"{code}/nets.py:small", labels=str(tmp_path / f), **SMALL)

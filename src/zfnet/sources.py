@@ -208,8 +208,10 @@ def from_module(model: nn.Module, *, mean: float | Sequence[float] | None = None
 
 def read_labels(path: str | Path) -> list[str]:
     """Class names from a file: a JSON list of names, or a JSON object of output index to name
-    (`{"0": "cat", ...}`, as Hugging Face's id2label), or text with one name a line in output
-    order (timm's class map; blank lines are skipped)."""
+    (`{"0": "cat", ...}`, as Hugging Face's id2label) or to a class and its words
+    (`{"0": ["n01440764", "tench"], ...}`, Keras's imagenet_class_index.json: read as
+    "n01440764 tench", a line of Kaggle's LOC_synset_mapping.txt), or text with one name a line
+    in output order (timm's class map; blank lines are skipped)."""
     import json
 
     path = Path(path).expanduser()
@@ -236,10 +238,13 @@ def read_labels(path: str | Path) -> list[str]:
         if not index or sorted(index) != list(range(len(index))):
             raise ValueError(f"labels file {path}: its keys must be the outputs 0..N-1, each "
                              "once")
-        data = [index[i] for i in range(len(index))]
+        data = [" ".join(v) if isinstance(v, list) and len(v) == 2
+                and all(isinstance(x, str) for x in v) else v
+                for v in (index[i] for i in range(len(index)))]
     if not isinstance(data, list) or not all(isinstance(v, str) for v in data):
         raise ValueError(f"labels file {path} must hold a list of names, or an object of "
-                         "output index to name")
+                         "output index to name (or to a class and its words, as "
+                         "imagenet_class_index.json)")
     return data
 
 

@@ -191,6 +191,28 @@ def test_shards_keep_the_words_of_the_folder_they_are_written_from(classed, tmp_
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".no", "no"))]
 
 
+def test_json_words_keras_class_index_or_an_object_of_a_class_to_its_words(classed, tmp_path
+                                                                           ) -> None:
+    """Keras's (and PyTorch's tutorials') imagenet_class_index.json, or {class: words}; a JSON
+    file of any other shape, or not JSON, is named."""
+    keras = {str(k): [w, t.split(",")[0]] for k, (w, t) in
+             enumerate(line.split(" ", 1) for line in MAPPING.splitlines())}
+    (tmp_path / "imagenet_class_index.json").write_text(json.dumps(keras))
+    (tmp_path / "words.json").write_text(json.dumps(
+        {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in MAPPING.splitlines()}))
+    for f in ("imagenet_class_index.json", "words.json"):
+        data = load_dataset(f"imagefolder:{classed}?{SPEC}&words={tmp_path / f}")
+        assert data.class_labels == SHOWN and data.class_names == list(CLASSES), f
+    for text, message in (('["tench"]', "is not a JSON object of an index to a class and its "
+                                        "words"),
+                          ('{"0": ["n01440764", "tench", "x"]}', r"is not .*, "
+                                                                 "imagenet_class_index.json"),
+                          ('{"0": ["n01440764"', "is not valid JSON")):
+        (tmp_path / "bad.json").write_text(text)
+        with pytest.raises(ValueError, match=f"words: .*bad.json {message}"):
+            load_dataset(f"imagefolder:{classed}?{SPEC}&words={tmp_path / 'bad.json'}")
+
+
 def test_a_mapping_file_separated_by_tabs_is_read_as_by_spaces(tmp_path) -> None:
     from zfnet.data.words import read_words
 

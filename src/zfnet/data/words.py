@@ -8,7 +8,10 @@ FILE is one of:
 - a text file of a class and its words a line, Kaggle's `LOC_synset_mapping.txt`:
   `n01440764 tench, Tinca tinca`;
 - the ILSVRC2012 devkit (its folder, or `ILSVRC2012_devkit_t12.tar.gz`): its `meta.mat` (or
-  that `data/meta.mat` itself).
+  that `data/meta.mat` itself);
+- a JSON file: Keras's (and PyTorch's tutorials') `imagenet_class_index.json`, an output index
+  to a class and its words (`{"0": ["n01440764", "tench"], ...}`), or an object of a class to
+  its words (`{"n01440764": "tench, Tinca tinca", ...}`).
 
 A class the file does not name is shown by its name alone; a file that names none of the
 dataset's classes is an error. Without `words=`, an `imagefolder` whose `val_labels` is the
@@ -89,11 +92,35 @@ def read_words(path: str | Path) -> dict[str, str]:
         raise ValueError(f"words: {path} is not UTF-8 text (line {line}: byte "
                          f"0x{raw[e.start]:02x}); save it as UTF-8, a class and its words a "
                          "line") from None
+    if path.suffix.lower() == ".json":
+        return _json_words(path, text)
     found: dict[str, str] = {}
     for line in text.splitlines():
         name, words = (line.split(None, 1) + ["", ""])[:2]  # a space or a tab between them
         if name and words.strip():
             found.setdefault(name, words.strip())
+    return found
+
+
+def _json_words(path: Path, text: str) -> dict[str, str]:
+    """{class: words} from a JSON words file (see the module doc)."""
+    import json
+
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"words: {path} is not valid JSON ({e.msg}, line {e.lineno})"
+                         ) from None
+    pairs = [tuple(v) if isinstance(v, list) else (k, v)
+             for k, v in (data.items() if isinstance(data, dict) else [])]
+    if not pairs or not all(len(p) == 2 and all(isinstance(x, str) for x in p) for p in pairs):
+        raise ValueError(f"words: {path} is not a JSON object of an index to a class and its "
+                         'words ({"0": ["n01440764", "tench"], ...}, imagenet_class_index.json)'
+                         ' or of a class to its words ({"n01440764": "tench"})')
+    found: dict[str, str] = {}
+    for name, words in pairs:
+        if name.strip() and words.strip():
+            found.setdefault(name.strip(), words.strip())
     return found
 
 
