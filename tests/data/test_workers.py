@@ -85,6 +85,37 @@ def test_ctrl_c_while_a_loader_forks_its_workers_is_not_lost() -> None:
     assert (res.stdout, res.stderr) == ("interrupted 2 forks, 0 left\n", "")
 
 
+_A_WORKER_DIES_OF_IT = """
+import multiprocessing.process, os, signal
+from zfnet.data.workers import Loader
+real, started = multiprocessing.process.BaseProcess.start, []
+def start(self):  # the Ctrl-C comes as the 2nd worker is forked, which dies
+    real(self)
+    started.append(self)
+    if len(started) == 2:
+        os.kill(self.pid, signal.SIGKILL)
+        os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)  # dead, not yet reaped
+        signal.raise_signal(signal.SIGINT)
+multiprocessing.process.BaseProcess.start = start
+try:
+    iter(Loader(list(range(8)), batch_size=2, num_workers=2))
+    print("went on")
+except KeyboardInterrupt:
+    print("interrupted", len(multiprocessing.active_children()), "left")
+"""
+
+
+def test_a_worker_that_dies_of_the_ctrl_c_is_not_a_second_error() -> None:
+    """A worker forked as Ctrl-C comes gets it before it can ignore it, and dies (exit 1 of a
+    KeyboardInterrupt in its bootstrap; here SIGKILL, which always kills): the ending of the
+    workers is not then PyTorch's "DataLoader worker exited unexpectedly" over the
+    KeyboardInterrupt (seen on Python 3.13: `zfnet shards` ended with that traceback, exit 1)."""
+    res = subprocess.run([sys.executable, "-c", _A_WORKER_DIES_OF_IT], env=process_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert res.stdout == "interrupted 0 left\n", res.stderr[-3000:]
+    assert "exited unexpectedly" not in res.stderr, res.stderr[-3000:]
+
+
 class _Handlers:
     """A dataset whose items are the SIGINT and SIGTERM handlers of the process reading it."""
 

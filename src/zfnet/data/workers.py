@@ -95,13 +95,21 @@ def held_signals() -> Iterator[None]:
             signal.raise_signal(s)
 
 
-def end_workers(batches: Any) -> None:
+def end_workers(batches: Any, *, stopping: bool = False) -> None:
     """End the workers of `batches` (a DataLoader's iterator) now. A DataLoader ends them when
     its iterator is collected, which after an exception can be as late as the interpreter's
-    exit."""
+    exit. `stopping`: called as an exception (a Ctrl-C) propagates, which a worker just forked
+    may have got too and died of, before it could ignore it; PyTorch's check of its workers
+    then raises "DataLoader worker exited unexpectedly" over the exception: not a second error
+    here (the workers are ended all the same)."""
     end = getattr(batches, "_shutdown_workers", None)  # the iterator's own clean-up
-    if end is not None:
+    if end is None:
+        return
+    try:
         end()
+    except RuntimeError:
+        if not stopping:
+            raise
 
 
 class Loader(DataLoader):
@@ -125,6 +133,6 @@ class Loader(DataLoader):
             with held_signals():
                 batches = super().__iter__()
         except BaseException:
-            end_workers(batches)
+            end_workers(batches, stopping=True)
             raise
         return batches
