@@ -109,6 +109,17 @@ class ImageEntry:
     original: tuple[int, int] | None = None  # (W, H) of an upload before fitting
 
 
+@dataclass(frozen=True)
+class DecodedUpload:
+    """An upload decoded and fitted, not yet kept (`Explorer.decode_upload`)."""
+
+    id: str
+    pixels: Tensor
+    x: Tensor
+    name: str | None
+    size: tuple[int, int]  # (W, H) of the file, upright
+
+
 class _LRU(OrderedDict):
     """A dict that keeps its `size` most recently used entries, and where `max_bytes` is given
     at most that many bytes of them (a value's bytes: its length, or its "png"'s)."""
@@ -462,6 +473,12 @@ class Explorer:
     def upload(self, data: bytes, name: str | None = None) -> ImageEntry:
         """Decode an uploaded file and keep it as the model sees it; an ExplorerError for a
         file that is not an image, is truncated, or is larger than `max_pixels`."""
+        return self.keep_upload(self.decode_upload(data, name))
+
+    def decode_upload(self, data: bytes, name: str | None = None) -> DecodedUpload:
+        """An uploaded file decoded and fitted to the model's input (`upload`'s first half),
+        touching nothing the explorer keeps: the server runs it beside the view worker, so
+        that a click does not wait for a photo being decoded."""
         what = f"{name!r}" if name else "the upload"
         if not data:
             raise ExplorerError(f"{what} is empty (0 bytes)")
@@ -497,12 +514,16 @@ class Explorer:
         except BadImageError as e:
             raise ExplorerError(f"{what} cannot be read: {e.reason}") from None
         pixels = self.pre.fit(rgb)
-        x = self.pre.normalize(pixels)
-        digest = hashlib.sha256(data).hexdigest()[:16]
-        size = (rgb.shape[-1], rgb.shape[-2])  # (W, H) upright: a phone's EXIF rotation applied
-        kept = self.uploads.get(f"up:{digest}")  # the same bytes again: named as before if not
-        name = name or (kept.name if kept else None)
-        entry = ImageEntry(f"up:{digest}", pixels, x, None, name, size)
+        return DecodedUpload(f"up:{hashlib.sha256(data).hexdigest()[:16]}", pixels,
+                             self.pre.normalize(pixels), name,
+                             (rgb.shape[-1], rgb.shape[-2]))  # (W, H) upright: EXIF applied
+
+    def keep_upload(self, decoded: DecodedUpload) -> ImageEntry:
+        """Keep a decoded upload (`upload`'s second half, on the view worker), named by its
+        file; the same bytes again keep the name they had when this one has none."""
+        kept = self.uploads.get(decoded.id)
+        name = decoded.name or (kept.name if kept else None)
+        entry = ImageEntry(decoded.id, decoded.pixels, decoded.x, None, name, decoded.size)
         self.uploads[entry.id] = entry
         self.uploads.move_to_end(entry.id)
         while len(self.uploads) > MAX_UPLOADS:
