@@ -76,6 +76,20 @@ def test_a_link_to_a_folder_of_the_tree_lists_its_images_once(folder):
     assert len(data.train) == 4
 
 
+def test_a_photo_hard_linked_into_two_albums_is_listed_once(folder):
+    """album/c.png a hard link of sub/c.png (as some photo managers make): one photo, kept
+    under the first path; a copy of the same bytes is another file, and stays."""
+    import os
+    import shutil
+
+    (folder / "album").mkdir()
+    os.link(folder / "sub" / "c.png", folder / "album" / "c.png")
+    shutil.copy(folder / "b.png", folder / "album" / "b_copy.png")
+    data = load_dataset(f"images:{folder}", preprocessing=PREP)
+    assert [p.relative_to(folder).as_posix() for p in data.val.paths] == [
+        "a.jpg", "album/b_copy.png", "album/c.png", "b.png"]
+
+
 def test_a_folder_given_through_a_link_keeps_each_photo_by_its_own_path(folder, tmp_path):
     """DIR reached through a link (a cluster's /home -> /gpfs/home, a Mac's /tmp): a photo
     reached twice is still kept by its own path, not by the link's (a_best/c.png sorts first)."""

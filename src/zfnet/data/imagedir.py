@@ -46,20 +46,27 @@ def folder_images(folder: str | Path) -> list[Path]:
     if not root.is_dir():
         what = "is not a directory" if root.exists() else "does not exist"
         raise FileNotFoundError(f"image folder {root} {what}; expected {FORM}")
-    # each file once: a link to a folder of the same tree (photos/best -> photos/2024) would
-    # list its images twice, and a top 9 would show one photo twice
-    by_real: dict[str, Path] = {}  # the file's own path where the tree holds it, else the first
+    # each file once: a link to a folder of the same tree (photos/best -> photos/2024), or a
+    # photo hard-linked into two albums, would list it twice, and a top 9 show it twice
+    by_file: dict[object, Path] = {}  # the file's own path where the tree holds it, else the first
     real_root = os.path.realpath(root)  # (DIR itself may be reached through a link: /home)
 
     def own(f: Path) -> bool:  # no link on the way from DIR to the file
         return os.path.join(real_root, os.path.relpath(f, root)) == os.path.realpath(f)
 
+    def same_file(f: Path) -> object:  # the file itself: its device and inode, where known
+        try:
+            st = f.stat()
+        except OSError:  # listed, then gone or unreadable: named when it is read
+            return os.path.realpath(f)
+        return (st.st_dev, st.st_ino) if st.st_ino else os.path.realpath(f)
+
     for f in image_files(root, PHOTO_EXTENSIONS):
-        real = os.path.realpath(f)
-        kept = by_real.get(real)
+        key = same_file(f)
+        kept = by_file.get(key)
         if kept is None or (own(f) and not own(kept)):
-            by_real[real] = f
-    files = sorted(by_real.values())
+            by_file[key] = f
+    files = sorted(by_file.values())
     if not files:
         raise ValueError(f"image folder {root} holds no image files "
                          f"({', '.join(PHOTO_EXTENSIONS)}); expected {FORM}")
