@@ -266,6 +266,37 @@ def test_replaces_an_atlas_never_anything_else_and_a_stop_leaves_nothing(tiny_ru
     shutil.rmtree(other)
 
 
+def test_a_ctrl_c_while_the_site_is_swapped_in_waits_for_the_swap(tmp_path, monkeypatch
+                                                                    ) -> None:
+    """A Ctrl-C as the new site's entries are moved into an earlier atlas's OUT stops the
+    command once the swap is done: OUT is the whole new site, nothing is left beside it. It
+    left half of each site before (the new entries not yet moved were removed), and OUT, with
+    no atlas.json, was then refused as "not empty and holds no atlas"."""
+    import os
+    import signal
+
+    model = create_model("zfnet_small", input_size=32)
+    data = TensorDataset(torch.randn(4, 3, 32, 32), torch.zeros(4, dtype=torch.long))
+    out = tmp_path / "site"
+    write_atlas(model, data, out, layers=["conv1"], k=2, maps_per_layer=1)
+    real = os.replace
+
+    def replace(src, dst) -> None:  # noqa: ANN001
+        if Path(dst).parent == out and Path(src).parent.name.startswith(".site.tmp-"):
+            signal.raise_signal(signal.SIGINT)  # as the first new entry goes in
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        write_atlas(model, data, out, layers=["conv2"], k=2, maps_per_layer=1)
+    monkeypatch.undo()
+    assert [layer["name"] for layer in json.loads((out / ATLAS_FILE).read_text())["layers"]
+            ] == ["conv2"]
+    assert not (out / "conv1").exists()
+    _check_site(out)
+    assert [p.name for p in tmp_path.iterdir()] == ["site"]
+
+
 def test_a_dataset_of_model_inputs(tmp_path) -> None:
     """Not a bundle: any Dataset of inputs, the patches its inputs min-max scaled."""
     torch.manual_seed(0)

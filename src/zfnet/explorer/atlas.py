@@ -26,7 +26,8 @@ evolution`), so a unit's last column is its top-1 when the last kept epoch is th
 
 Every input is checked before anything is written; the site is built in a hidden directory
 beside `out_dir` and renamed into place at the end (an earlier atlas there is replaced, any
-other non-empty directory refused), so a failure or a cancelled job leaves no half of one. A
+other non-empty directory refused), so a failure or a cancelled job leaves no half of one; a
+Ctrl-C or SIGTERM waits for the renaming (`held_signals`). A
 mining that stops is kept beside it (`.{out}.topk-mining.pt`) and continued by the same call.
 """
 
@@ -73,6 +74,7 @@ from zfnet.analyses.topk import TopK, mine_topk
 from zfnet.atomic import write_text_atomic
 from zfnet.data import DataBundle
 from zfnet.data.picks import file_name
+from zfnet.data.workers import held_signals
 from zfnet.deconvnet import windowed
 from zfnet.display import CAPTION as DISPLAY_CAPTION
 from zfnet.display import projection_to_uint8
@@ -274,6 +276,7 @@ def write_atlas(
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex}")
+    old: Path | None = None
     try:
         tmp.mkdir()
         units = _write_layers(tmp, model, dataset, table, topk, evo, rule, shape, show,
@@ -288,12 +291,16 @@ def write_atlas(
              "page": f"{layer.slug}/index.html", "units": units[layer.name]}
             for layer in table]}
         write_text_atomic(tmp / ATLAS_FILE, json.dumps(doc, indent=1, allow_nan=False))
-        _replace(tmp, out_dir)
-        if "journal" in kept:  # the site is there: its mining is no longer needed
-            kept["journal"].unlink(missing_ok=True)
+        # a Ctrl-C or SIGTERM waits for the swap (milliseconds), then stops the command: never
+        # half of each site in OUT (the earlier atlas's entries moved out, the new ones not in)
+        with held_signals():
+            old = _replace(tmp, out_dir)
+            if "journal" in kept:  # the site is there: its mining is no longer needed
+                kept["journal"].unlink(missing_ok=True)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in (tmp, old):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
     return out_dir / "index.html"
 
 
@@ -318,20 +325,21 @@ def _check_out(out_dir: Path) -> None:
                               "a new or empty directory, or an earlier atlas to replace")
 
 
-def _replace(tmp: Path, out_dir: Path) -> None:
+def _replace(tmp: Path, out_dir: Path) -> Path | None:
     """Rename the finished site `tmp` to `out_dir`; into an existing `out_dir` (empty, or the
-    earlier atlas, removed after) its entries are renamed, the folder itself kept: a shell or a
-    `python -m http.server` working in it goes on seeing the site, not a deleted folder."""
+    earlier atlas) its entries are renamed, the folder itself kept: a shell or a
+    `python -m http.server` working in it goes on seeing the site, not a deleted folder. The
+    folder the earlier atlas's entries were moved to, for the caller to remove (None if none)."""
     if not out_dir.exists():
         os.replace(tmp, out_dir)
-        return
+        return None
     old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex}")
     old.mkdir()
     for entry in list(out_dir.iterdir()):
         os.replace(entry, old / entry.name)
     for entry in list(tmp.iterdir()):
         os.replace(entry, out_dir / entry.name)
-    shutil.rmtree(old, ignore_errors=True)
+    return old
 
 
 def _layer_table(model: nn.Module, names: list[str], size: tuple[int, int]) -> list[_Layer]:
