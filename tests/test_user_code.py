@@ -366,3 +366,49 @@ def test_from_module_takes_a_model_in_its_own_dtype_and_names_a_forward_of_more_
     with pytest.raises(ValueError, match=r"forward takes more than a batch of images \(.*mask"
                                          r".*\); zfnet calls model\(images\) alone: wrap"):
         from_module(TwoInputs(), crop=32)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated in torch 2.14
+def test_a_torchscript_model_is_refused_with_the_way_out(code, tmp_path) -> None:
+    """A TorchScript module takes no hooks: each entry point says so and how to get a model
+    zfnet can run (its weights into the Python model), where it failed with "get_submodule is
+    not supported on ScriptModules" or read as a wrong input size; its archive as --weights
+    likewise (torch.load(weights_only=True) cannot read it)."""
+    from zfnet.activations import get_activations
+    from zfnet.analyses.occlusion import occlusion
+    from zfnet.deconvnet import project
+    from zfnet.models import layer_info
+    from zfnet.models.modes import ScriptedModelError
+
+    net = load_source(f"{code}/nets.py:small", **SMALL).model
+    x = torch.rand(1, 3, 32, 32)
+    torch.jit.trace(net, x).save(str(tmp_path / "scripted.pt"))
+    for scripted in (torch.jit.trace(net, x), torch.jit.load(str(tmp_path / "scripted.pt"))):
+        for call in (lambda m=scripted: project(m, x, "stem", 0),
+                     lambda m=scripted: get_activations(m, x, ["block"]),
+                     lambda m=scripted: occlusion(m, x[0], size=16, stride=16),
+                     lambda m=scripted: layer_info(m),
+                     lambda m=scripted: from_module(m)):
+            with pytest.raises((ScriptedModelError, ValueError),
+                               match=r"is a TorchScript module \(\w+\), which takes none of the "
+                                     r"hooks .*load_state_dict\(torch.jit.load\(PATH\)"):
+                call()
+    # the way out works: the Python model with the scripted one's weights
+    fixed = load_source(f"{code}/nets.py:small", **SMALL).model
+    fixed.load_state_dict(torch.jit.load(str(tmp_path / "scripted.pt")).state_dict())
+    assert project(fixed, x, "stem", 0).shape == (1, 3, 32, 32) and _same(fixed, net)
+    # from the command line: a builder that returns one, and the archive as --weights
+    archive = str(tmp_path / "scripted.pt")
+    (code / "scripted_net.py").write_text(
+        f"import torch\n\ndef load():\n    return torch.jit.load({archive!r})\n")
+    r = CliRunner().invoke(main, ["models", f"{code}/scripted_net.py:load"])
+    assert r.exit_code == 1 and "scripted_net.py:load() returned a TorchScript module" in r.output
+    r = CliRunner().invoke(main, ["project", str(code / "photos" / "coffee.jpg"), "--model",
+                                  f"{code}/nets.py:small", "--weights",
+                                  str(tmp_path / "scripted.pt"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1, r.output
+    assert r.output.strip().splitlines()[-1] == (
+        f"Error: {tmp_path / 'scripted.pt'} is a TorchScript archive (torch.jit.save), not "
+        "weights; from a file you trust, save its weights and give that file: torch.save("
+        f"torch.jit.load('{tmp_path / 'scripted.pt'}').state_dict(), 'weights.pth')")
+    assert not (tmp_path / "o").exists()

@@ -54,6 +54,7 @@ from zfnet import user_code
 from zfnet.data import DataBundle, load_dataset
 from zfnet.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, PAPER_RATIO, Preprocessing
 from zfnet.data.spec import nfc, parse_spec
+from zfnet.models.modes import check_not_scripted
 
 SOURCE_FORMS = ("a zfnet model name (`zfnet models`), torchvision:NAME (any torchvision "
                 "classification model), timm:NAME, your own code as FILE.py:NAME or "
@@ -191,6 +192,7 @@ def from_module(model: nn.Module, *, mean: float | Sequence[float] | None = None
     of its size."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"from_module takes a torch.nn.Module, not a {type(model).__name__}")
+    check_not_scripted(model)
     overrides = _overrides(mean, std, resize, crop)
     label = name or type(model).__name__
     prep, notes = own_preprocessing(model, label)
@@ -786,6 +788,11 @@ def _read_torch(path: Path) -> Any:
     if path.is_file() and path.stat().st_size == 0:
         raise ValueError(f"{path} is empty (0 bytes); give a file of model.state_dict() (.pth, "
                          ".pt) or a .safetensors file")
+    if _torchscript(path):
+        raise ValueError(f"{path} is a TorchScript archive (torch.jit.save), not weights; from "
+                         "a file you trust, save its weights and give that file: "
+                         f"torch.save(torch.jit.load({str(path)!r}).state_dict(), "
+                         "'weights.pth')")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -807,6 +814,18 @@ def _read_torch(path: Path) -> Any:
         raise ValueError(f"{path} is not a readable torch file ({type(e).__name__}: "
                          f"{_first_line(e)}); give a file of model.state_dict() (.pth, .pt) or "
                          "a .safetensors file") from e
+
+
+def _torchscript(path: Path) -> bool:
+    """Whether `path` is a TorchScript archive: a zip whose record holds `code/` (the model's
+    TorchScript) beside its `data.pkl`, which torch.load(weights_only=True) refuses."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.split("/")[1:2] == ["code"] for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def _mismatch(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor]

@@ -28,6 +28,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import torch
 from torch import nn
 
 _NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
@@ -173,6 +174,11 @@ def builder(obj: Any, label: str, path: Path | None) -> Callable[..., nn.Module]
         if not isinstance(model, nn.Module):
             raise ValueError(f"{label}() returned a value of type {type(model).__name__}, "
                              "not a torch.nn.Module")
+        if isinstance(model, torch.jit.ScriptModule):
+            raise ValueError(f"{label}() returned a TorchScript module, which takes none of "
+                             "the hooks zfnet runs on; build the model in Python there and "
+                             "load the scripted one's weights into it: "
+                             "model.load_state_dict(torch.jit.load(PATH).state_dict())")
         return model
 
     return build

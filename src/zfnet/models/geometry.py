@@ -41,7 +41,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor, nn
 
-from zfnet.models.modes import eval_mode
+from zfnet.models.modes import check_not_scripted, eval_mode
 
 # Layers that read a window of their input per output unit.
 WINDOWED: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
@@ -501,6 +501,7 @@ def record_forward(model: nn.Module, input_size: int | tuple[int, int],
 def _record(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype
             ) -> tuple[Tensor, _Made]:
     """`record_forward` for an input of this shape: on a meta copy, else on the model itself."""
+    check_not_scripted(model)  # its hooks would fail, and read as a wrong input size
     try:
         # out of inference mode, also for the copy: a caller's `torch.inference_mode()` would
         # make tensors autograd cannot record

@@ -31,7 +31,7 @@ from zfnet.models.geometry import (
     sequential_geometry,
     sequential_leaves,
 )
-from zfnet.models.modes import eval_mode
+from zfnet.models.modes import check_not_scripted, eval_mode
 
 # the stages `feature_layers` shows at most, and the input side used when none is given
 MAX_STAGES = 8
@@ -92,6 +92,7 @@ def layer_info(model: nn.Module, input_size: int | tuple[int, int] | None = None
     A model that cannot run the default 224 gets no geometry; with an explicit `input_size`
     it is a `GeometryError`.
     """
+    check_not_scripted(model)
     from zfnet.models.convnet import ConvNet  # local: convnet imports geometry, not layers
 
     if input_size is not None and min(pair(input_size)) < 1:
@@ -145,6 +146,7 @@ def layer_names(model: nn.Module) -> dict[str, str]:
     torchvision's `layer3`, `layer3.0`, `features.10`). Cheap: no forward pass."""
     from zfnet.models.convnet import ConvNet
 
+    check_not_scripted(model)
     names: dict[str, str] = {}
     if isinstance(model, ConvNet):
         for seq_name in ("features", "classifier"):
@@ -159,6 +161,7 @@ def layer_names(model: nn.Module) -> dict[str, str]:
 def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module]:
     """The module path and module that `layer` addresses — a name (`conv3`, `features.10`,
     `layer3.1`) or the module object itself, as Captum takes it; a clear error otherwise."""
+    check_not_scripted(model)
     if isinstance(layer, nn.Module):
         for path, m in model.named_modules():
             if m is layer and path:

@@ -1,8 +1,24 @@
-"""Run a model in eval mode for a while and give it back exactly as it was."""
+"""Run a model in eval mode for a while and give it back exactly as it was; refuse a model that
+takes no hooks (TorchScript), before anything runs on it."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
+
+
+class ScriptedModelError(TypeError, ValueError):
+    """A TorchScript module (`torch.jit.script`, `torch.jit.trace`, `torch.jit.load`): it takes
+    no Python hooks and has no submodules to name, so no engine of zfnet's runs on it."""
+
+
+def check_not_scripted(model: nn.Module) -> None:
+    """Raise ScriptedModelError, with the way out, where `model` is a TorchScript module."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ScriptedModelError(
+            f"the model is a TorchScript module ({type(model).__name__}), which takes none of "
+            "the hooks zfnet runs on; build the model in Python and load the scripted one's "
+            "weights into it: model.load_state_dict(torch.jit.load(PATH).state_dict())")
 
 
 class eval_mode:  # noqa: N801  (used like a function: `with eval_mode(model):`)
@@ -14,6 +30,7 @@ class eval_mode:  # noqa: N801  (used like a function: `with eval_mode(model):`)
     """
 
     def __init__(self, model: nn.Module) -> None:
+        check_not_scripted(model)
         self.model = model
         self.saved: list[dict[nn.Module, bool]] = []  # one per entered block, innermost last
 
