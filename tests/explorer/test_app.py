@@ -591,6 +591,44 @@ def test_any_cnn_through_the_general_path(tmp_path) -> None:
     assert not any(m._forward_hooks or m._backward_hooks for m in e.model.modules())
 
 
+def test_an_untrained_networks_tiny_activations_are_given_as_they_are(tmp_path) -> None:
+    """Activations of 1e-8 (a random init's deep layers: inception_v3's reach 4e-8) keep 6
+    significant digits in the maps, unit and top-k answers, where 6 decimals gave 0 beside
+    `"active": true` and the page showed "activation 0.000"."""
+    from skimage import data
+
+    from zfnet.sources import from_module
+
+    for name in ("astronaut", "coffee"):
+        Image.fromarray(getattr(data, name)()).resize((48, 48)).save(tmp_path / f"{name}.png")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 5, stride=2), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(4, 2))
+    with torch.no_grad():
+        net[0].weight.mul_(1e-9)
+        net[0].bias.fill_(1e-10)
+    source = from_module(net, resize=48, crop=48)
+    e = Explorer(source, load_data(source, f"images:{tmp_path}"), cache_dir=tmp_path / "c", k=2)
+    with TestClient(create_app(e)) as c:
+        with torch.no_grad():
+            want = net[1](net[0](e.val[0][0][None]))[0]  # relu of conv: layer "1"
+        got = c.get("/api/maps?image=val:0&layer=1").json()
+        assert 0 < max(got["max"]) < 1e-6
+        np.testing.assert_allclose(got["max"], want.amax(dim=(1, 2)).numpy(), rtol=1e-5)
+        u = c.get("/api/unit?image=val:0&layer=1&unit=0").json()
+        assert u["active"] and u["activation"] == pytest.approx(float(want[0].max()), rel=1e-5)
+        top = _wait(c, "/api/topk?layer=1&unit=0")
+        assert all(0 < i["activation"] < 1e-6 for i in top["items"]), top["items"]
+    # the gallery's table likewise (its page shows 4 significant digits)
+    from zfnet.pipeline import gallery
+    from zfnet.report import build_report, read_sections
+
+    gallery(net, e.bundle, tmp_path / "report", layers=["1"], k=2, n_maps=2)
+    (row,) = next(t for sec in read_sections(tmp_path / "report") for t in sec.tables).rows
+    assert 0 < row[-1] < 1e-6, row
+    assert f"{row[-1]:.4g}" in build_report(tmp_path / "report").read_text()
+
 def test_a_loopback_server_answers_only_to_its_own_names(explorer) -> None:
     """DNS rebinding: another site's page cannot reach the server under a name of its own."""
     app = create_app(explorer, allowed_hosts=("127.0.0.1", "localhost"))

@@ -430,7 +430,7 @@ def run_topk_gallery(
                  else f"{word} {_ranges(chosen[name])}")
         figures.append(Figure(str(rel_dir / png.name), f"{name}: {shown}{gated}"))
         rows.append([name, len(chosen[name]), t.values.shape[0], _rf_text(geo),
-                     round(float(t.values[chosen[name], 0].mean()), 3)])
+                     float(t.values[chosen[name], 0].mean())])  # the page shows 4 digits
     n_images = _mined(topk[layers[0]], len(dataset))
     side = max(shape[-2:])
     fields = ", ".join(f"{r[0]} {r[3]}" + (" px" if isinstance(r[3], int) else "")

@@ -176,6 +176,12 @@ class _Readable(Dataset):
         return item
 
 
+def _sig(value: float) -> float:
+    """`value` to 6 significant digits for the JSON: an untrained network's activations (1e-8)
+    stay themselves, where 6 decimals made them 0 beside `"active": true`."""
+    return float(f"{value:.6g}")
+
+
 def png(array: np.ndarray | Tensor) -> bytes:
     """uint8 (H, W), (H, W, 3) array or (C, H, W) tensor -> PNG bytes (fast compression: these
     go to a browser on the same machine)."""
@@ -576,7 +582,7 @@ class Explorer:
         cols, tile = self._layout(row)
         return {"layer": row.name, "maps": m, "size": [h, w], "cols": cols,
                 "tile": list(tile), "gap": 1,
-                "max": [round(float(v), 5) for v in best],
+                "max": [_sig(float(v)) for v in best],
                 "argmax": [[int(i) // w, int(i) % w] for i in where],
                 "sprite": f"/api/maps.png?image={image_id}&layer={row.name}"}
 
@@ -634,7 +640,7 @@ class Explorer:
         q = f"image={image_id}&layer={lr.name}&unit={unit}&row={r}&col={c}"
         return {"layer": lr.name, "unit": unit, "name": self.unit_name(lr, unit),
                 "row": r, "col": c,
-                "activation": round(value, 6), "active": value > 0, "box": box,
+                "activation": _sig(value), "active": value > 0, "box": box,
                 "rules": {rule: f"/api/projection.png?{q}&rule={rule}" for rule in RULES},
                 "patch": f"/api/patch.png?{q}", "image": f"/api/image/{image_id}.png",
                 "link": "/?" + urlencode({"model": self.id, "image": image_id, "layer": lr.name,
@@ -798,7 +804,7 @@ class Explorer:
         if t is None:
             return None
         items = [{"image": f"val:{int(t.index[unit, j])}",
-                  "activation": round(float(t.values[unit, j]), 6),
+                  "activation": _sig(float(t.values[unit, j])),
                   "row": int(t.row[unit, j]), "col": int(t.col[unit, j])}
                  for j in range(t.k) if int(t.index[unit, j]) >= 0]
         figure = f"/api/topk.png?layer={lr.name}&unit={unit}"
