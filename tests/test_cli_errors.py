@@ -211,7 +211,7 @@ CASES = [
      "zfnet analyze evolution needs a zfnet run (--checkpoint RUN): Fig. 4 compares the "
      "checkpoints it kept while training; --model is for the commands that take any model"),
     ("transfer-weights", ["analyze", "transfer", *CK, "--weights", "{notes}", "--data",
-                          "synthetic", *OUT], "zfnet analyze transfer needs a zfnet run"),
+                          "synthetic", *OUT], "is a zfnet run: its checkpoint holds its weights"),
     ("filters-crop-without-model", ["analyze", "filters", *CK, *OUT, "--crop", "32"],
      "--crop go with --model SOURCE"),
     ("filters-weights-per-model", ["analyze", "filters", *OUT, "--model", "zfnet_small",

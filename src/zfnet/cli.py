@@ -1416,11 +1416,11 @@ def probes_cmd(model_options: ModelOptions, data: str | None, out: str, per_clas
 
 
 @analyze.command("transfer", short_help="Tables 4-5: fixed features vs training from scratch")
-@_runs_only("it retrains the run's own architecture from scratch beside its features")
-@_CKPT
+@_options(*(o for o in _SOURCE_OPTIONS if o is not _BATCH))
 @click.option("--data", "data", required=True, metavar="SPEC",
               help="Target dataset spec (another dataset, or other classes: `classes=...`); "
-                   "grey/RGB and size are adapted to the model's input.")
+                   "a run's grey/RGB and size are adapted to its input, any other model "
+                   "gets its own preprocessing.")
 @_OUT
 @click.option("--shots", default="1,5,20", show_default=True, metavar="N,N,...",
               callback=_counts, help="Training images per class of the target.")
@@ -1432,22 +1432,25 @@ def probes_cmd(model_options: ModelOptions, data: str | None, out: str, per_clas
               help="Layers up to this one are kept (default: relu7, layers 1-7 as the paper, "
                    "on zfnet's models; another architecture's classifier input, e.g. a "
                    "ResNet's avgpool).")
-@_DEVICE
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
               help="Batch of the from-scratch runs.")
-def transfer_cmd(checkpoint: str, data: str, out: str, shots: tuple[int, ...], n_test: int,
-                 scratch_steps: int, layer: str, device: str, batch_size: int) -> None:
-    """Tables 4-5: keep layers 1-7, train a new softmax on N images per class of the target,
-    against the same model trained from scratch on those images."""
+def transfer_cmd(data: str, out: str, shots: tuple[int, ...], n_test: int,
+                 scratch_steps: int, layer: str, batch_size: int, **model: Any) -> None:
+    """Tables 4-5: keep layers 1-7 (a pretrained model's features), train a new softmax on N
+    images per class of the target, against the same architecture trained from scratch on
+    those images."""
     from zfnet import pipeline
-    from zfnet.train import load_model
-    from zfnet.train.distributed import resolve_device
+    from zfnet.sources import data_preprocessing
 
-    model, meta = load_model(checkpoint, device=resolve_device(device))
+    options = ModelOptions(**model, batch_size=batch_size)
+    source, _ = _model_and_data(options, need_data=False)
     if layer is not None:
-        (layer,) = _layers(model, (layer,))
-    rows = pipeline.transfer(model, meta, data, out, shots, n_test, scratch_steps, layer,
-                             batch_size=batch_size, device=device)
+        (layer,) = _layers(source.model, (layer,))
+    # None for a run on a named dataset: the paper's inputs, adapted to the run's
+    prep = data_preprocessing(source, data)
+    rows = pipeline.transfer(source.model, source.meta, data, out, shots, n_test,
+                             scratch_steps, layer, batch_size=batch_size, device=options.device,
+                             preprocessing=prep, name=source.name)
     for r in rows:
         fewer = f" ({r.found} in the data)" if r.found else ""
         click.echo(f"{r.per_class:>4}/class{fewer}  fixed {r.fixed:.1%}  "

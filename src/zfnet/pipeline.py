@@ -332,24 +332,35 @@ def _images_per_class(train: Any, asked: int) -> str:
 def transfer(model: nn.Module, meta: dict[str, Any], target: str, run_dir: str | Path,
              shots: tuple[int, ...] = (1, 5, 20), n_test: int = 1000,
              scratch_steps: int = 300, layer: str | None = None, batch_size: int = 32,
-             device: str = "cpu") -> Any:
-    """Tables 4–5: layers 1–7 (up to `layer`) of the model in checkpoint `meta` fixed + a new
-    softmax on N images per class of `target`, against the same architecture from scratch.
+             device: str = "cpu", *, preprocessing: Any = None, name: str | None = None
+             ) -> Any:
+    """Tables 4–5: layers 1–7 (up to `layer`) of the model fixed + a new softmax on N images
+    per class of `target`, against the same architecture from scratch. `meta`: a run's
+    checkpoint meta (its model, options, input and data; the target as the paper's inputs,
+    adapted to the run's), or with `preprocessing` any source's (`zfnet.sources.Source.meta`:
+    its architecture from `source`; both arms on the target as that model's inputs).
     `layer` default: relu7 on zfnet's models, the input of another architecture's classifier
-    (`zfnet.models.vector_layer`: a ResNet's avgpool)."""
+    (`zfnet.models.vector_layer`: a ResNet's avgpool). `name`: the model in the report."""
     from zfnet.analyses.transfer import transfer_section, transfer_study
     from zfnet.models import is_zfnet_model, vector_layer
 
-    size = int(meta["input_size"])
+    if preprocessing is None:
+        size, channels = int(meta["input_size"]), int(meta["in_channels"])
+        architecture, options = meta["model"], meta.get("model_opts") or {}
+        trained = f"{meta['model']} trained on {meta['data']}"
+    else:
+        size, channels = preprocessing.crop, preprocessing.in_channels
+        architecture = meta.get("model") or meta["source"]
+        options = meta.get("model_opts") or {}
+        trained = name or architecture
     if layer is None:
         layer = "relu7" if is_zfnet_model(model) else vector_layer(model, size)
-    rows = transfer_study(model, target, shots, run_dir, model_name=meta["model"],
-                          model_opts=meta.get("model_opts") or {}, n_test=n_test,
+    rows = transfer_study(model, target, shots, run_dir, model_name=architecture,
+                          model_opts=options, n_test=n_test,
                           scratch_steps=scratch_steps, layer=layer, batch_size=batch_size,
-                          device=device, in_channels=int(meta["in_channels"]),
-                          input_size=size)
-    transfer_section(run_dir, rows, f"{meta['model']} trained on {meta['data']}", target,
-                     layer)
+                          device=device, in_channels=channels, input_size=size,
+                          preprocessing=preprocessing)
+    transfer_section(run_dir, rows, trained, target, layer)
     return rows
 
 

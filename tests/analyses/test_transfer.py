@@ -120,3 +120,47 @@ def test_shots_beyond_the_data_say_how_many_it_had_and_bad_shots_are_refused(
     with pytest.raises(ValueError, match="in spec 'nosuch';"):
         transfer_study(model, "nosuch", (1,), tmp_path / "b", model_name="zfnet_small")
     assert not (tmp_path / "b").exists()
+
+
+def test_a_pretrained_model_of_any_source_transfers_on_its_own_inputs(tmp_path, one_thread,
+                                                                     offline) -> None:
+    """`zfnet analyze transfer --model torchvision:resnet18 --weights FILE`: the fixed arm is
+    the model's classifier input (avgpool) on the target as that model's inputs (its mean and
+    std, resize and crop), the scratch arm the same architecture trained on those inputs; the
+    report names the model. It was refused: "needs a zfnet run"."""
+    import torchvision
+    from click.testing import CliRunner
+    from torch.utils.data import DataLoader, Subset
+
+    from zfnet.analyses.probes import extract_features, fit_linear
+    from zfnet.cli import main
+    from zfnet.data import collate
+    from zfnet.sources import load_source
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "w.pth")
+    model = ["--model", "torchvision:resnet18", "--weights", str(tmp_path / "w.pth"),
+             "--resize", "40", "--crop", "32"]
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["analyze", "transfer", *model, "--data", TINY, "--out",
+                                  str(out), "--shots", "1,3", "--test", "10",
+                                  "--scratch-steps", "3", "--batch-size", "4"])
+    assert r.exit_code == 0, r.output
+    lines = [ln for ln in r.output.splitlines() if "/class" in ln]
+    assert [ln.split()[0] for ln in lines] == ["1/class", "3/class"]
+    # the fixed arm, computed here from the model's own inputs
+    src = load_source("torchvision:resnet18", str(tmp_path / "w.pth"), resize=40, crop=32)
+    few = load_dataset(f"{TINY}&per_class=3", preprocessing=src.preprocessing)
+    kw = {"batch_size": 128, "collate_fn": collate}
+    ftr, ytr = extract_features(src.model, DataLoader(few.train.with_mode("centre"), **kw),
+                                ["avgpool"])
+    fte, yte = extract_features(src.model, DataLoader(Subset(few.val, range(10)), **kw),
+                                ["avgpool"])
+    fixed = fit_linear("softmax", ftr["avgpool"], ytr, fte["avgpool"], yte, seed=0)
+    assert f"fixed {fixed:.1%}" in lines[1], (fixed, lines)
+    # the scratch arm: torchvision's resnet18 built for the target's 2 classes at 32 px
+    meta = load_model(out / "transfer" / "scratch_3_per_class")[1]
+    assert meta["model"] == "torchvision:resnet18" and meta["num_classes"] == 2
+    (section,) = [s for s in read_sections(out) if s.key == "transfer"]
+    assert section.tables[0].caption.startswith(f"source: torchvision:resnet18 {tmp_path}")
+    assert "layers up to avgpool fixed" in section.tables[0].columns[3]

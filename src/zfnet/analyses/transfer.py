@@ -152,14 +152,17 @@ def transfer_study(
     device: str = "cpu",
     in_channels: int | None = None,
     input_size: int | None = None,
+    preprocessing: Any = None,
 ) -> list[TransferRow]:
     """Tables 4–5 for dataset spec `target`: for each N in `shots`, fixed layers 1–7 + a new
     softmax, against `model_name` (with `model_opts`) trained from scratch on the same N images
     per class for `scratch_steps` steps of `batch_size` (cosine schedule from `lr`), on
     `device` (the model's features are read where the model is).
 
-    `model` must take `layer` (see `zfnet.models.layer_info`); the target's images are adapted
-    to its input channels and size. Scratch runs are written under `run_dir`/transfer/.
+    `model` must take `layer` (see `zfnet.models.layer_info`). The target's images are the
+    paper's (its mean image subtracted) adapted to the model's input channels and size, or,
+    with `preprocessing` (`zfnet.data.preprocess.Preprocessing`: a pretrained model's own), that
+    model's inputs, for both arms. Scratch runs are written under `run_dir`/transfer/.
     """
     from zfnet.analyses.probes import extract_features, fit_linear
     from zfnet.models import is_zfnet_model, resolve_layer
@@ -171,6 +174,8 @@ def transfer_study(
     config = getattr(model, "config", None) if is_zfnet_model(model) else None
     channels = in_channels or (int(config.in_channels) if config else None)
     size = input_size or (int(config.input_size) if config else None)
+    if preprocessing is not None:  # the images become the model's own inputs
+        channels, size = preprocessing.in_channels, preprocessing.crop
     if channels is None or size is None:
         raise ValueError(f"in_channels and input_size are needed for {type(model).__name__}: "
                          "the run's (its checkpoint's meta)")
@@ -194,9 +199,12 @@ def transfer_study(
     for n in shots:
         if n < 1:
             raise ValueError(f"shots must be >= 1 image per class, got {n}")
-        loaded = load_dataset(with_options(target, per_class=n))
+        loaded = load_dataset(with_options(target, per_class=n), preprocessing=preprocessing)
+        if len(loaded.train) == 0:  # a labelled test set alone (imagefolder:DIR, val/ only)
+            raise ValueError(f"transfer trains on the training split, and {target} has none "
+                             "(val/ alone); give a folder with train/ as well")
         found = _fewer_per_class(loaded.train, n)
-        few = adapt_bundle(loaded, channels, size)
+        few = adapt_bundle(loaded, channels, size)  # with `preprocessing`: as it is
         test = Subset(few.val, range(min(n_test, len(few.val))))
         kw: dict[str, Any] = dict(batch_size=128, collate_fn=collate)
         ftr, ytr = extract_features(model, DataLoader(few.train.with_mode("centre"), **kw),
