@@ -1448,13 +1448,16 @@ def transfer_cmd(data: str, out: str, shots: tuple[int, ...], n_test: int,
         (layer,) = _layers(source.model, (layer,))
     # None for a run on a named dataset: the paper's inputs, adapted to the run's
     prep = data_preprocessing(source, data)
-    rows = pipeline.transfer(source.model, source.meta, data, out, shots, n_test,
-                             scratch_steps, layer, batch_size=batch_size, device=options.device,
-                             preprocessing=prep, name=source.name)
-    for r in rows:
+
+    def row(r: Any) -> None:
         fewer = f" ({r.found} in the data)" if r.found else ""
         click.echo(f"{r.per_class:>4}/class{fewer}  fixed {r.fixed:.1%}  "
-                   f"scratch {r.scratch_words()}")
+                   f"scratch {r.scratch_words()}  ({r.scratch_seconds:.0f} s from scratch)")
+
+    pipeline.transfer(source.model, source.meta, data, out, shots, n_test, scratch_steps,
+                      layer, batch_size=batch_size, device=options.device,
+                      preprocessing=prep, name=source.name, on_row=row,
+                      progress=_terminal())  # each run from scratch: minutes, a bar
     _finish(out)
 
 

@@ -332,15 +332,17 @@ def _images_per_class(train: Any, asked: int) -> str:
 def transfer(model: nn.Module, meta: dict[str, Any], target: str, run_dir: str | Path,
              shots: tuple[int, ...] = (1, 5, 20), n_test: int = 1000,
              scratch_steps: int = 300, layer: str | None = None, batch_size: int = 32,
-             device: str = "cpu", *, preprocessing: Any = None, name: str | None = None
-             ) -> Any:
+             device: str = "cpu", *, preprocessing: Any = None, name: str | None = None,
+             on_row: Any = None, progress: bool = False) -> Any:
     """Tables 4–5: layers 1–7 (up to `layer`) of the model fixed + a new softmax on N images
     per class of `target`, against the same architecture from scratch. `meta`: a run's
     checkpoint meta (its model, options, input and data; the target as the paper's inputs,
     adapted to the run's), or with `preprocessing` any source's (`zfnet.sources.Source.meta`:
     its architecture from `source`; both arms on the target as that model's inputs).
     `layer` default: relu7 on zfnet's models, the input of another architecture's classifier
-    (`zfnet.models.vector_layer`: a ResNet's avgpool). `name`: the model in the report."""
+    (`zfnet.models.vector_layer`: a ResNet's avgpool). `name`: the model in the report.
+    `on_row`: called with each N's row as it is done; `progress`: the from-scratch runs'
+    progress bars."""
     from zfnet.analyses.transfer import transfer_section, transfer_study
     from zfnet.models import is_zfnet_model, vector_layer
 
@@ -359,7 +361,8 @@ def transfer(model: nn.Module, meta: dict[str, Any], target: str, run_dir: str |
                           model_opts=options, n_test=n_test,
                           scratch_steps=scratch_steps, layer=layer, batch_size=batch_size,
                           device=device, in_channels=channels, input_size=size,
-                          preprocessing=preprocessing)
+                          preprocessing=preprocessing, on_row=on_row,
+                          progress=progress)
     transfer_section(run_dir, rows, trained, target, layer)
     return rows
 

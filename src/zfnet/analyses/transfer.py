@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -153,6 +153,8 @@ def transfer_study(
     in_channels: int | None = None,
     input_size: int | None = None,
     preprocessing: Any = None,
+    on_row: Callable[[TransferRow], None] | None = None,
+    progress: bool = False,
 ) -> list[TransferRow]:
     """Tables 4–5 for dataset spec `target`: for each N in `shots`, fixed layers 1–7 + a new
     softmax, against `model_name` (with `model_opts`) trained from scratch on the same N images
@@ -163,6 +165,8 @@ def transfer_study(
     paper's (its mean image subtracted) adapted to the model's input channels and size, or,
     with `preprocessing` (`zfnet.data.preprocess.Preprocessing`: a pretrained model's own), that
     model's inputs, for both arms. Scratch runs are written under `run_dir`/transfer/.
+    `on_row` is called with each row as it is done, and `progress` draws the from-scratch
+    runs' progress bars (each takes minutes).
     """
     from zfnet.analyses.probes import extract_features, fit_linear
     from zfnet.models import is_zfnet_model, resolve_layer
@@ -227,7 +231,7 @@ def transfer_study(
                 data=few.spec, model=model_name, out=str(out), model_opts=dict(model_opts or {}),
                 epochs=epochs, batch_size=bs, lr=lr, schedule="cosine", seed=seed,
                 # only the last model is scored: validating every epoch cost as much as training
-                val_every=epochs, keep_epochs=(), progress=False, tensorboard=False,
+                val_every=epochs, keep_epochs=(), progress=progress, tensorboard=False,
                 device=device,
             ), bundle=scratch_bundle)
             scratch: float | None = 1.0 - float(summary["final"]["val_top1_error"])
@@ -235,6 +239,8 @@ def transfer_study(
             scratch = None
         rows.append(TransferRow(n, n_train, len(test), fixed, scratch,
                                 time.perf_counter() - t0, found))
+        if on_row is not None:
+            on_row(rows[-1])
     return rows
 
 
