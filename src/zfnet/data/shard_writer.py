@@ -35,6 +35,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import tarfile
 import threading
 import time
@@ -700,7 +701,8 @@ def _write(journal: _Journal, root: Path, names: list[str],
                         collate_fn=lambda r: r,
                         worker_init_fn=functools.partial(_worker_start, lock, folder))
         bar = tqdm(total=len(paths), initial=first, desc=f"writing {split}", unit="img",
-                   disable=not progress, dynamic_ncols=True)
+                   disable=not progress, dynamic_ncols=True,
+                   mininterval=0.1 if sys.stderr.isatty() else 60)  # a log: once a minute
         try:
             with _batches(loader) as batches:
                 for c, result in enumerate(batches):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 import time
 import warnings
 from contextlib import nullcontext
@@ -256,8 +257,11 @@ def train_one_epoch(
     t0 = time.perf_counter()
     total = st.start_step + len(loader)
     end = total if st.end_step is None else min(total, st.end_step)
+    # into a log (stderr not a terminal) the bar's state once a minute, not at every step: ~70
+    # MB of it over the paper's 70 epochs of ImageNet otherwise
     bar = tqdm(total=end, initial=st.start_step, unit="batch",
                desc=f"epoch {st.epoch + 1}/{st.epochs}", leave=False, dynamic_ncols=True,
+               mininterval=0.1 if sys.stderr.isatty() else 60,
                disable=not (st.progress and info.is_main))
     batches = iter(loader)
 
@@ -436,8 +440,8 @@ def _show_progress(bar: tqdm, st: EpochState, optimizer: torch.optim.Optimizer,
     20th step's loss and lr in TensorBoard."""
     images = stats.seen * stats.info.world_size
     bar.set_postfix(loss=f"{stats.loss_sum / max(stats.seen, 1):.4f}",
-                    img_s=f"{images / max(elapsed, 1e-9):.0f}")
-    bar.update(1)
+                    img_s=f"{images / max(elapsed, 1e-9):.0f}", refresh=False)
+    bar.update(1)  # drawn as often as the bar's mininterval allows
     if st.tb is not None and stats.last is not None:
         (global_step, loss), stats.last = stats.last, None  # each step's once
         if global_step % 20 == 19:
