@@ -711,7 +711,8 @@ def eval_cmd(checkpoint: str | None, model: str | None, weights: str | None,
         raise click.BadParameter(f"the folder of {json_out} does not exist (it may be --out's)",
                                  param_hint="--json")
     common = dict(batch_size=batch_size, workers=workers if workers is not None else "auto",
-                  loader=loader or "auto", amp=amp, strict=strict, compile=compile)
+                  loader=loader or "auto", amp=amp, strict=strict, compile=compile,
+                  progress=_terminal())  # 10 crops of 50k images: hours on a CPU
     with processes(device) as info:
         if checkpoint is not None:
             r = evaluate_checkpoint(checkpoint, data, ten_crop, live_weights=live_weights,

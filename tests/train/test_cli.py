@@ -423,3 +423,23 @@ def test_eval_of_a_run_whose_data_moved_says_to_give_its_new_place(tmp_path) -> 
     res = CliRunner().invoke(main, ["eval", "--checkpoint", str(run), "--data",
                                     f"imagefolder:{tmp_path / 'moved'}?size=32"])
     assert res.exit_code == 0, res.output
+
+
+def test_eval_draws_a_bar_on_a_terminal_only(tmp_path, monkeypatch) -> None:
+    """`zfnet eval` of 10 crops of ImageNet takes hours on a CPU: a bar over the batches on a
+    terminal (none into a pipe or a log); the figures printed are the same."""
+    from zfnet import cli
+
+    run = tmp_path / "run"
+    res = CliRunner().invoke(main, [
+        "train", "--data", "synthetic?n_train=16&n_val=24&size=32", "--model", "zfnet_small",
+        "--out", str(run), "--epochs", "1", "--batch-size", "8", "--quiet", "--no-tensorboard"])
+    assert res.exit_code == 0, res.output
+    args = ["eval", "--checkpoint", str(run), "--batch-size", "8", "--ten-crop"]
+    piped = CliRunner().invoke(main, args)
+    assert piped.exit_code == 0 and "evaluating" not in piped.stderr, piped.output
+    monkeypatch.setattr(cli, "_terminal", lambda: True)
+    shown = CliRunner().invoke(main, args)
+    assert shown.exit_code == 0, shown.output
+    assert "evaluating" in shown.stderr and "/3 [" in shown.stderr, shown.stderr
+    assert shown.stdout == piped.stdout

@@ -52,12 +52,13 @@ def evaluate_checkpoint(
     compile: bool = False,
     bundle: Any = None,
     info: DistInfo | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate the checkpoint at `path` (run dir, checkpoint dir or weights file) on the
     validation split of dataset `spec` (None: the dataset the model was trained on).
 
     `workers` (a number or "auto") and `loader` (auto, cpu, gpu): the input pipeline, as in
-    training (`zfnet.data.loaders`).
+    training (`zfnet.data.loaders`). `progress`: a bar over the batches (the main process's).
 
     With `ten_crop`, each image is scored by the average softmax over its 4 corner and centre
     crops and their mirror images (paper Sec. 3). `amp` and `channels_last` as in training (the
@@ -124,7 +125,8 @@ def evaluate_checkpoint(
             f"{meta['checkpoint']} expects {meta['input_size']} px"
         )
     r = _scores(model, bundle, spec, info, batch_size=batch_size, workers=workers, loader=loader,
-                amp=amp, channels_last=channels_last, compile=compile)
+                amp=amp, channels_last=channels_last, compile=compile,
+                progress=progress)
     return {"checkpoint": meta["checkpoint"], "model": meta["model"], "epoch": meta.get("epoch"),
             "step_in_epoch": meta.get("step_in_epoch", 0), "data": spec, "ten_crop": ten_crop,
             "amp": amp, "live_weights": live_weights, **r}
@@ -144,6 +146,7 @@ def evaluate_source(
     compile: bool = False,
     info: DistInfo | None = None,
     by_name: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """`evaluate_checkpoint` for the model of `source` (`zfnet.sources.load_source`, on the
     device `info` names), on dataset `spec`'s validation split made into its inputs by its own
@@ -175,7 +178,8 @@ def evaluate_source(
     if compile:
         check_compile(info.device)
     r = _scores(model, bundle, spec, info, batch_size=batch_size, workers=workers,
-                loader=loader, amp=amp, channels_last=channels_last, compile=compile)
+                loader=loader, amp=amp, channels_last=channels_last, compile=compile,
+                progress=progress)
     return {"checkpoint": source.meta.get("checkpoint"), "model": source.name,
             "epoch": source.meta.get("epoch"), "step_in_epoch": source.meta.get("step_in_epoch", 0),
             "data": spec, "ten_crop": ten_crop, "amp": amp,
@@ -217,7 +221,7 @@ def _outputs_by_name(source: Source, bundle: DataBundle, spec: str | None) -> li
 
 def _scores(model: nn.Module, bundle: DataBundle, spec: str, info: DistInfo, *,
             batch_size: int, workers: int | str, loader: str, amp: str, channels_last: bool,
-            compile: bool) -> dict[str, Any]:
+            compile: bool, progress: bool = False) -> dict[str, Any]:
     """The figures of `model` on `bundle`'s validation split (see `evaluate_checkpoint`)."""
     dev = info.device
     kind = loader_kind(loader, bundle.val, dev, spec=spec)
@@ -240,7 +244,7 @@ def _scores(model: nn.Module, bundle: DataBundle, spec: str, info: DistInfo, *,
     if compile:
         model = compile_model(model)
     r = evaluate(model, batches, bundle.num_classes, info, amp_dtype_for(amp, dev),
-                 channels_last)
+                 channels_last, progress=progress and info.is_main)
     cm: torch.Tensor = r["confusion"]
     names = list(bundle.class_names)
     return {
