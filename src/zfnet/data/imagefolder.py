@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import sys
 import tempfile
 import warnings
 from collections import Counter
@@ -36,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from zfnet.data.bundle import DataBundle, bundle_geometry, fitted
 from zfnet.data.images import (
@@ -273,6 +275,9 @@ def compute_mean(
                    doing="while computing the training images' mean image")
 
 
+LONG_PASS = 2000  # images: a mean image pass over more runs in workers, with a bar
+
+
 def mean_of(images: Dataset, full_size: int, *, num_workers: int | None = None,
             example: str | None = None, doing: str = "") -> torch.Tensor:
     """Per-pixel mean of a dataset whose items are uint8 (3, F, F) images, or (path, reason)
@@ -281,17 +286,24 @@ def mean_of(images: Dataset, full_size: int, *, num_workers: int | None = None,
     workers it forks later (`zfnet.cli`), which the workers of this pass could not tell.
     `example` names an image in the error raised when every one was skipped."""
     n = len(images)  # type: ignore[arg-type]
+    long = n >= LONG_PASS
     if num_workers is None:  # a one-time pass: every core of this process's share
-        num_workers = usable_cores() if n >= 2000 else 0
+        num_workers = usable_cores() if long else 0
     loader = Loader(images, batch_size=64, num_workers=num_workers, collate_fn=_sum_batch)
     total = torch.zeros(3, full_size, full_size, dtype=torch.float64)
     count = 0
-    for batch_sum, k, broken in loader:
-        for path, reason in broken:
-            warn_skipped(BadImageError(path, reason), doing)
-        if batch_sum is not None:
-            total += batch_sum
-            count += k
+    # a long pass (ImageNet's 1.28M images: half an hour on 2 cores) is said, with a bar (into
+    # a log: once a minute), where it was silent before the first epoch
+    with tqdm(total=n, desc="the training images' mean image (once, then cached)", unit="img",
+              disable=not long, dynamic_ncols=True,
+              mininterval=0.1 if sys.stderr.isatty() else 60) as bar:
+        for batch_sum, k, broken in loader:
+            for path, reason in broken:
+                warn_skipped(BadImageError(path, reason), doing)
+            if batch_sum is not None:
+                total += batch_sum
+                count += k
+            bar.update(k + len(broken))
     if count == 0:
         raise ValueError(
             f"no training image could be decoded (all {n} skipped as broken"
