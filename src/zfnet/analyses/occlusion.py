@@ -594,6 +594,7 @@ def occlusion_report(
     precision: str = "float32",
     class_names: list[str] | None = None,
     pixel_scale: torch.Tensor | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """The whole occlusion job for the report (paper Fig. 7): maps for `n_images` val images of
     `bundle` (one per class while classes last), the figure `occlusion/fig7_occlusion.png` and,
@@ -606,7 +607,9 @@ def occlusion_report(
     (d) follows the model's own prediction; `class_names`: the model's class names (e.g. its
     weights' categories) for the labels drawn, default the dataset's when they are the model's,
     else class numbers. `pixel_scale`: (C,) model-input units -> pixel units for map (c)
-    (`Preprocessing.pixel_scale`; default: the bundle's model's, if it has one)."""
+    (`Preprocessing.pixel_scale`; default: the bundle's model's, if it has one).
+    `progress(done, total)`: called as the figure's occluded images are scored (all of its
+    images' together)."""
     from zfnet.report import Figure, Section, Table, write_section
 
     run_dir = Path(run_dir)
@@ -626,10 +629,13 @@ def occlusion_report(
     layer = layer or default_layer(model, tuple(picks[0][1][0].shape[-2:]))
     on_scores = layer_name(model, layer) == layer_name(model, score_layer(model))
     panels, rows = [], []
-    for i, (x, y) in picks:
+    for k, (i, (x, y)) in enumerate(picks):
+        # every image has the same occluder positions: k images' worth of them before this one
+        each = None if progress is None else (
+            lambda done, total, k=k: progress(k * total + done, len(picks) * total))
         r = occlusion(model, x, target=y if own else None, layer=layer, size=size,
                       stride=stride, fill=fill, batch_size=batch_size, method=method,
-                      precision=precision)
+                      precision=precision, progress=each)
         if pixel_scale is not None and r.projection is not None:
             r.projection = r.projection * pixel_scale.reshape(-1, 1, 1)
         if r.flat and names and on_scores and r.feature_map < len(names):
