@@ -1418,7 +1418,7 @@ def probes_cmd(model_options: ModelOptions, data: str | None, out: str, per_clas
                                "e.g. imagefolder:DIR, synthetic")
     rows = pipeline.probes(source.model, spec, out, per_class,
                            preprocessing=data_preprocessing(source, spec),
-                           batch_size=model_options.batch_size)
+                           batch_size=model_options.batch_size, progress=_terminal())
     for r in rows:
         click.echo(f"{r.layer:<6} " + "  ".join(f"{k} {v:.1%}" for k, v in r.accuracy.items()))
     _finish(out)

@@ -276,11 +276,14 @@ def correspondence(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
 
 def probes(model: nn.Module, data: str, run_dir: str | Path, per_class: int = 20,
            n_test: int = 1000, *,
-           preprocessing: Any = None, batch_size: int = 128) -> Any:
+           preprocessing: Any = None, batch_size: int = 128, progress: bool = False) -> Any:
     """Table 7: linear probes per layer (`zfnet.analyses.probes.probe_layers`), trained on
     `per_class` training images per class of `data` (centre crops), tested on the first
     `n_test` val images. `preprocessing`: the model's (`load_dataset(..., preprocessing=)`),
-    for a model that does not take the dataset's own inputs."""
+    for a model that does not take the dataset's own inputs. `progress`: a bar over each
+    split's batches (ImageNet's 20 a class: 20,000 images through the model)."""
+    from tqdm import tqdm
+
     from zfnet.analyses.probes import linear_probes, probe_layers, probes_section
 
     if parse_spec(data).name == "images":
@@ -307,9 +310,14 @@ def probes(model: nn.Module, data: str, run_dir: str | Path, per_class: int = 20
     test = _centre(few)
     test = Subset(test, range(min(n_test, len(test))))
     layers = probe_layers(model, _size(few))
-    rows = linear_probes(
-        model, DataLoader(_centre(few, "train"), batch_size=batch_size, collate_fn=collate),
-        DataLoader(test, batch_size=batch_size, collate_fn=collate), layers)
+
+    def batches(data: Any, split: str) -> Any:
+        return tqdm(DataLoader(data, batch_size=batch_size, collate_fn=collate), unit="batch",
+                    desc=f"{split} images' features", disable=not progress, leave=False,
+                    position=0, dynamic_ncols=True)
+
+    rows = linear_probes(model, batches(_centre(few, "train"), "training"),
+                         batches(test, "test"), layers)
     probes_section(run_dir, rows, per_class_words, named, len(test))
     return rows
 

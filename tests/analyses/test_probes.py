@@ -91,3 +91,20 @@ def test_probes_on_any_cnn() -> None:
     rows = linear_probes(model, _batches(*tr), _batches(*te), ("conv1", "avgpool"),
                          ("softmax",))
     assert rows[0].accuracy["softmax"] >= 0.9
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_the_command_draws_a_bar_over_each_splits_features(tmp_path, capsys, progress) -> None:
+    """`zfnet analyze probes` on a terminal: a bar over the training and the test images'
+    batches (ImageNet's 20 a class are 20,000 images through the model); none otherwise."""
+    from zfnet import pipeline
+
+    torch.manual_seed(0)
+    model = zfnet.create_model("zfnet_small", num_classes=10, input_size=32)
+    rows = pipeline.probes(model, "synthetic?n_train=40&n_val=20&size=32", tmp_path,
+                           per_class=2, batch_size=8, progress=progress)
+    assert len(rows) == 7
+    err = capsys.readouterr().err
+    for split, n in (("training", 3), ("test", 3)):  # 20 and 20 images, 8 a batch
+        assert (f"{split} images' features" in err) == progress, err
+        assert (f"0/{n} [" in err) == progress, err
