@@ -97,6 +97,19 @@ def places(tmp_path_factory) -> dict[str, Path]:
     (root / "user_net.py").write_text(USER_NET)
     (root / "user_syntax.py").write_text("def build(:\n")
     (root / "user_script.py").write_text("import sys\nsys.exit(2)\n")
+    # parts files for correspondence on images:{images} (40 px images, 0.png in four folders)
+    box = [4, 4, 12, 12]
+    for name, marks in {
+        "parts_absent": {"train/a/0.png": {"eye": box}, "y.png": {"eye": box}},
+        "parts_ambiguous": {"train/a/0.png": {"eye": box}, "0.png": {"eye": box}},
+        "parts_lacking": {"train/a/0.png": {"eye": box, "nose": box},
+                          "train/b/0.png": {"eye": box}},
+        "parts_outside": {"train/a/0.png": {"eye": [50, 50, 60, 60]},
+                          "train/b/0.png": {"eye": box}},
+        "parts_one": {"train/a/0.png": {"eye": box}},
+    }.items():
+        (root / f"{name}.json").write_text(json.dumps(marks))
+    (root / "parts_columns.csv").write_text("train/a/0.png,eye,1,2,3\n")
     torch.save(torch.nn.Linear(3, 3).state_dict(), root / "linear.pth")
     return {"run": run, "empty": empty, "notes": root / "notes.txt", "other": other,
             "squeezenet": squeezenet,
@@ -105,7 +118,8 @@ def places(tmp_path_factory) -> dict[str, Path]:
             "shards_missing": root / "shards_missing", "old_shards": root / "old_shards",
             "flat_val": flat_val, "val_labels": root / "val_labels.csv",
             "user_net": root / "user_net.py", "user_syntax": root / "user_syntax.py",
-            "user_script": root / "user_script.py", "linear": root / "linear.pth"}
+            "user_script": root / "user_script.py", "linear": root / "linear.pth",
+            **{p.stem: p for p in root.glob("parts_*")}}
 
 
 USER_NET = """
@@ -362,6 +376,32 @@ CASES = [
     ("correspondence-part", ["analyze", "correspondence", *CK, *OUT, "--parts", "nose"], "nose"),
     ("correspondence-class", ["analyze", "correspondence", *CK, *OUT, "--class", "dragon"],
      "dragon"),
+    ("correspondence-no-masks", ["analyze", "correspondence", *CK, *OUT, "--data",
+                                 "images:{images}"], "has no part masks; mark the parts"),
+    *[(f"correspondence-{name}", ["analyze", "correspondence", *CK, *OUT, "--data",
+                                  "images:{images}", "--parts-file", f"{{parts_{name}}}"], says)
+      for name, says in [
+          ("absent", "image 'y.png' is not in"),
+          ("ambiguous", "'0.png' names more than one image of"),
+          ("lacking", "part 'nose' is not marked on 'train/b/0.png' (it marks 'eye'); each part "
+                      "is masked on every image: mark it, or leave it out: --parts eye"),
+          ("outside", "'train/a/0.png', part 'eye': box [50, 50, 60, 60] lies outside the 40x40 "
+                      "image"),
+          ("one", "marks 1 image(s); correspondence compares at least 2"),
+          ("columns", "line 1: expected 6 columns")]],
+    ("correspondence-parts-missing", ["analyze", "correspondence", *CK, *OUT, "--data",
+                                      "images:{images}", "--parts-file", "{root}/nope.json"],
+     "nope.json does not exist"),
+    ("correspondence-parts-class", ["analyze", "correspondence", *CK, *OUT, "--data",
+                                    "images:{images}", "--parts-file", "{parts_one}", "--class",
+                                    "face"], "--class picks the images"),
+    ("correspondence-parts-no-data", ["analyze", "correspondence", *CK, *OUT, "--parts-file",
+                                      "{parts_one}"], "give it as --data images:DIR"),
+    ("correspondence-parts-synthetic", ["analyze", "correspondence", *CK, *OUT, "--data", TINY,
+                                        "--parts-file", "{parts_absent}"],
+     "give that folder as --data images:DIR"),
+    ("correspondence-layer", ["analyze", "correspondence", *CK, *OUT, "--layer", "conv9"],
+     "conv9"),
     ("probes-not-a-run", ["analyze", "probes", "--checkpoint", "{notes}", *OUT], "notes.txt"),
     # another dataset's images are adapted to the model (Table 7's case: tests/test_pipeline.py)
     ("probes-unlabelled", ["analyze", "probes", *CK, *OUT, "--data", "images:{flat}"],

@@ -1374,28 +1374,52 @@ def _say_occlusion_work(bundle, images: int, size: int | None, stride: int | Non
 
 
 @analyze.command("correspondence", short_help="Fig. 8 / Table 1: part correspondence across images")
-@_runs_only("it masks parts of the synthetic faces that the run was trained on")
-@_CKPT
+@_SOURCE
 @_DATA
 @_OUT
-@click.option("--class", "class_name", default="face", show_default=True,
-              help="The class whose images are masked (a class of the dataset with part masks).")
-@click.option("--parts", default="eye_left,eye_right,mouth", show_default=True,
-              callback=_names, help="Comma-separated parts masked in every image.")
-@click.option("--images", default=5, show_default=True, type=click.IntRange(2),
-              help="Images of the class compared pairwise (the paper's 5).")
+@click.option("--parts-file", type=click.Path(), metavar="FILE",
+              help="The parts marked on your images (--data images:DIR): a box per part per "
+                   'image, JSON {"dog1.jpg": {"left eye": [left, top, right, bottom], ...}, '
+                   "...} or CSV lines image,part,left,top,right,bottom, in the image's pixels. "
+                   "Default: the faces of the built-in 'synthetic' dataset.")
+@click.option("--class", "class_name", default=None,
+              help="Without --parts-file: the class whose images are masked, of a dataset with "
+                   "part masks (default: face).")
+@click.option("--parts", default=None, callback=_names, metavar="PART[,PART...]",
+              help="Comma-separated parts masked in every image (default: every part the parts "
+                   "file marks; synthetic's faces: eye_left,eye_right,mouth).")
+@click.option("--images", default=None, type=click.IntRange(2),
+              help="Images compared pairwise: the first N (default: every image the parts file "
+                   "marks; of synthetic's faces, the paper's 5).")
+@click.option("--layer", "layers", multiple=True, callback=_names, metavar="NAME[,NAME...]",
+              help="Layers compared (default: the paper's layers 5 and 7: pool5 and relu7 on "
+                   "zfnet's models, the last stage and the classifier's input on any other CNN).")
 @click.option("--draws", default=20, show_default=True, type=click.IntRange(1),
               help="Random-region draws for the control.")
-@_DEVICE
-def correspondence_cmd(checkpoint: str, data: str | None, out: str, class_name: str,
-                       parts: tuple[str, ...], images: int, draws: int, device: str) -> None:
-    """Fig. 8 / Table 1: sign consistency of feature changes when the same part is masked."""
+def correspondence_cmd(model_options: ModelOptions, data: str | None, out: str,
+                       parts_file: str | None, class_name: str | None,
+                       parts: tuple[str, ...] | None, images: int | None,
+                       layers: tuple[str, ...] | None, draws: int) -> None:
+    """Fig. 8 / Table 1: sign consistency of feature changes when the same part is masked,
+    on the parts you mark on your images (--parts-file) or on synthetic's faces."""
     from zfnet import pipeline
+    from zfnet.data.parts import read_parts
 
-    model, bundle = _load(checkpoint, data, device)
-    rows = pipeline.correspondence(model, bundle, out, class_name.strip(), images, parts, draws)
+    if parts_file is not None:
+        if class_name is not None:
+            raise click.UsageError("--class picks the images of a dataset with part masks; with "
+                                   "--parts-file, the file names the images")
+        if data is None:
+            raise click.UsageError("--parts-file marks images of a folder: give it as --data "
+                                   "images:DIR")
+        read_parts(parts_file)  # checked before the model is loaded
+    source, bundle = _model_and_data(model_options, data)
+    rows = pipeline.correspondence(
+        source.model, bundle, out, class_name.strip() if class_name else None, images, parts,
+        draws, parts_file=parts_file, layers=_layers(source.model, layers))
+    width = max(len(r.part) for r in rows)
     for r in rows:
-        click.echo(f"{r.part:<10} " + "  ".join(f"{k} {v:.4f}" for k, v in r.delta.items()))
+        click.echo(f"{r.part:<{width}} " + "  ".join(f"{k} {v:.4f}" for k, v in r.delta.items()))
     _finish(out)
 
 

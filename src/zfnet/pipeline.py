@@ -5,8 +5,9 @@ the analyses themselves live in `zfnet.analyses`, one module per idea.
 Any CNN: the gallery, filters, invariance, probes and the randomisation check take any model
 (zfnet's, torchvision's, a user's own) with a `DataBundle` of its inputs; the layers default to
 `zfnet.models.feature_layers` and its kin; where the dataset's labels are not the model's classes
-the class followed is the model's own prediction (`zfnet.analyses.classes`). Correspondence,
-evolution and transfer are for zfnet's models and runs (a ValueError says why for any other)."""
+the class followed is the model's own prediction (`zfnet.analyses.classes`); so do occlusion,
+correspondence (parts marked on the user's images) and transfer. Evolution follows a run's
+kept epochs."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader, Subset
 from zfnet.data import DataBundle, collate, load_dataset
 from zfnet.data.bundle import val_words
 from zfnet.data.photos import load_photos
-from zfnet.data.picks import file_name, first_item, pick_items
+from zfnet.data.picks import file_name, first_item, item_paths, pick_items
 from zfnet.data.spec import parse_spec, with_options
 from zfnet.data.words import labels_of
 
@@ -238,20 +239,59 @@ def _image_name(bundle: DataBundle, i: int) -> str:
     return file_name(bundle.val, i) or str(i)
 
 
-def correspondence(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
-                   class_name: str = "face", n_images: int = 5, parts: tuple[str, ...] = (
-                       "eye_left", "eye_right", "mouth"), random_draws: int = 20) -> Any:
-    """Fig. 8 / Table 1 on `n_images` val images of `class_name` with their part masks
-    (built-in `synthetic` dataset)."""
-    from zfnet.analyses.correspondence import correspondence as corr
-    from zfnet.analyses.correspondence import correspondence_section, require_zfnet_model
+SYNTHETIC_PARTS = ("eye_left", "eye_right", "mouth")  # the built-in faces' parts, Table 1's
 
-    require_zfnet_model(model)
+
+def correspondence(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
+                   class_name: str | None = None, n_images: int | None = None,
+                   parts: tuple[str, ...] | None = None, random_draws: int = 20, *,
+                   parts_file: str | Path | None = None,
+                   layers: tuple[str, ...] | None = None) -> Any:
+    """Fig. 8 / Table 1 on any model: the same part masked in each of several images, at
+    `layers` (default: the paper's layers 5 and 7, `analyses.correspondence.default_layers`).
+
+    The images and their parts: with `parts_file` (`zfnet.data.parts`), the images it names in
+    `bundle`'s folder (`images:DIR`), each part's box brought to the model's input as the
+    image is (`Preprocessing.fit_mask`); else the val images of `class_name` (default 'face')
+    of a dataset with part masks (the built-in `synthetic`). `n_images`: the first N of them
+    (default: every image the file names; 5 faces, the paper's number). `parts`: which
+    (default: every part the file names, each marked on every image; the faces' eyes and
+    mouth)."""
+    from zfnet.analyses.correspondence import correspondence as corr
+    from zfnet.analyses.correspondence import (
+        correspondence_section,
+        occluded_views,
+        plot_correspondence,
+    )
+
     check_fits(model, bundle)
+    if parts_file is not None:
+        if class_name is not None:
+            raise ValueError("a class picks the images of a dataset with part masks; with a "
+                             "parts file, the file names the images")
+        names, x, masks = _marked_parts(bundle, parts_file, n_images, parts)
+        what = f"{Path(parts_file).name} (parts marked by hand)"
+    else:
+        names, x, masks = _synthetic_parts(bundle, class_name or "face", n_images or 5,
+                                           parts or SYNTHETIC_PARTS)
+        what = f"the class '{class_name or 'face'}'"
+    rows = corr(model, x, masks, layers=layers, random_draws=random_draws)
+    pixels = bundle.input_preprocessing.to_pixels(occluded_views(x, rows))
+    figure = plot_correspondence(pixels, rows, names,
+                                 Path(run_dir) / "figures" / "correspondence.png")
+    correspondence_section(run_dir, rows, len(names), what, figure=figure)
+    return rows
+
+
+def _synthetic_parts(bundle: DataBundle, class_name: str, n_images: int,
+                     parts: tuple[str, ...]) -> tuple[list[str], torch.Tensor, dict]:
+    """(names, inputs (N, C, S, S), {part: bool (N, S, S)}) of the first `n_images` val images
+    of `class_name` in a dataset with part masks."""
     val = _centre(bundle)
     if not hasattr(val, "sample"):
-        raise ValueError(f"dataset {bundle.spec!r} has no part masks; correspondence needs the "
-                         "built-in 'synthetic' dataset (or masks given in Python)")
+        raise ValueError(f"dataset {bundle.spec!r} has no part masks; mark the parts on your "
+                         "images in a parts file (--parts-file), or use the built-in "
+                         "'synthetic' dataset's faces")
     if class_name not in bundle.class_names:
         raise ValueError(f"class {class_name!r} is not in {bundle.spec!r}; valid: "
                          f"{', '.join(bundle.class_names)}")
@@ -266,12 +306,62 @@ def correspondence(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
         raise ValueError(f"part(s) {', '.join(map(repr, unknown)) or '(none)'} not in class "
                          f"{class_name!r}; valid: {', '.join(samples[0].parts)}")
     x = torch.stack([val[i][0] for i in idx])  # (N, C, S, S) model inputs
-    masks = {p: torch.from_numpy(np.stack([s.parts[p] for s in samples]))
-             for p in parts}
-    layers = tuple(_present(model, ("pool5",)) + _present(model, ("relu7", "relu6", "fc8"))[:1])
-    rows = corr(model, x, masks, layers=layers, random_draws=random_draws)
-    correspondence_section(run_dir, rows, len(idx), f"the class '{class_name}'")
-    return rows
+    masks = {p: torch.from_numpy(np.stack([s.parts[p] for s in samples])) for p in parts}
+    return [f"{class_name} {i}" for i in idx], x, masks
+
+
+def _marked_parts(bundle: DataBundle, parts_file: str | Path, n_images: int | None,
+                  parts: tuple[str, ...] | None) -> tuple[list[str], torch.Tensor, dict]:
+    """(names, inputs (N, C, S, S), {part: bool (N, S, S)}) of the images a parts file marks
+    in `bundle`'s folder, each box fitted to the model's input as its image is."""
+    from zfnet.data.imagefolder import decode_file
+    from zfnet.data.parts import box_mask, find_images, read_parts
+
+    spec = parse_spec(bundle.spec) if bundle.spec else None
+    val = _centre(bundle)
+    files = item_paths(val)
+    if spec is None or spec.name != "images" or files is None:
+        raise ValueError(f"a parts file marks images of a folder; give that folder as "
+                         f"--data images:DIR (not {bundle.spec or 'this dataset'!r})")
+    boxes = read_parts(parts_file)
+    names = list(boxes)[:n_images] if n_images else list(boxes)
+    if len(names) < 2:
+        raise ValueError(f"parts file {parts_file} marks {len(boxes)} image(s)"
+                         f"{f', --images {n_images} taken' if n_images else ''}; correspondence "
+                         "compares at least 2")
+    folder = Path(spec.path).expanduser()
+    paths = find_images({n: boxes[n] for n in names}, folder, files, parts_file)
+    wanted = parts or tuple(dict.fromkeys(p for n in names for p in boxes[n]))
+    for n in names:
+        lacking = [p for p in wanted if p not in boxes[n]]
+        if lacking:
+            marked = [p for p in wanted if p in boxes[n]]
+            raise ValueError(
+                f"parts file {parts_file}: part {lacking[0]!r} is not marked on {n!r} (it marks "
+                f"{', '.join(map(repr, boxes[n]))}); each part is masked on every image: mark "
+                "it" + (f", or leave it out: --parts {','.join(marked)}" if marked else ""))
+    index = {p: i for i, p in enumerate(files)}
+    fit = bundle.input_preprocessing.fit_mask
+    xs, masks = [], {p: [] for p in wanted}
+    for n in names:
+        item = val[index[paths[n]]]
+        if item is None:  # broken: said by the dataset's warning; here it is needed
+            raise ValueError(f"parts file {parts_file}: image {n!r} cannot be read "
+                             f"({paths[n]})")
+        xs.append(item[0])
+        h, w = decode_file(paths[n], None).shape[-2:]
+        for p in wanted:
+            try:
+                m = fit(box_mask(boxes[n][p], int(h), int(w)))
+            except ValueError as e:
+                raise ValueError(f"parts file {parts_file}, {n!r}, part {p!r}: {e}") from None
+            if not m.any():
+                raise ValueError(
+                    f"parts file {parts_file}, {n!r}: the box of part {p!r} falls outside the "
+                    f"centre {m.shape[-1]} px crop the model sees (the shorter side resized to "
+                    f"{bundle.input_preprocessing.resize} first)")
+            masks[p].append(m)
+    return names, torch.stack(xs), {p: torch.stack(v) for p, v in masks.items()}
 
 
 def probes(model: nn.Module, data: str, run_dir: str | Path, per_class: int = 20,

@@ -55,3 +55,41 @@ def test_correspondence_section(tmp_path) -> None:
     correspondence_section(tmp_path, rows, 5, "faces")
     (s,) = read_sections(tmp_path)
     assert s.tables[0].rows[0][0] == "eye" and len(s.tables[1].rows) == 4
+
+
+def test_the_command_takes_any_model_and_the_parts_marked_on_your_photos(tmp_path) -> None:
+    """`zfnet analyze correspondence --model torchvision:resnet18 --data images:DIR
+    --parts-file FILE`: Table 1 and Fig. 8 of the user's photos, in the report. (It was
+    refused: "needs a zfnet run".)"""
+    import json
+
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from zfnet.cli import main
+    from zfnet.report import read_sections
+
+    photos = tmp_path / "dogs"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("rex.jpg", "fido.jpg", "lassie.jpg"):
+        Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(photos / name)
+    parts = {n: {"left eye": [30, 20, 38, 28], "right eye": [42, 20, 50, 28],
+                 "nose": [36, 32, 44, 40]} for n in ("rex.jpg", "fido", "lassie.jpg")}
+    (photos / "parts.json").write_text(json.dumps(parts))
+    out = tmp_path / "look"
+    res = CliRunner().invoke(main, [
+        "analyze", "correspondence", "--model", "torchvision:resnet18", "--mean", "0.5,0.5,0.5",
+        "--std", "0.25,0.25,0.25", "--resize", "40", "--crop", "32", "--data", f"images:{photos}",
+        "--parts-file", str(photos / "parts.json"), "--draws", "2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert [ln.split()[:2] for ln in lines[:4]] == [
+        ["left", "eye"], ["right", "eye"], ["nose", "layer4"], ["random", "layer4"]]
+    assert "avgpool" in lines[0] and lines[-1].startswith("report: ")
+    (s,) = [s for s in read_sections(out) if s.key == "correspondence"]
+    assert "3 images of parts.json (parts marked by hand)" in s.caption
+    assert s.source.startswith("torchvision:resnet18") and f"images:{photos}" in s.source
+    assert [r[0] for r in s.tables[0].rows] == ["left eye", "right eye", "nose", "random"]
+    assert (out / s.figures[0].path).is_file()

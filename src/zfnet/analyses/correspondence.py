@@ -12,18 +12,29 @@ with D the feature dimension: the paper's Σ_{i≠j} H(·,·) normalised per pai
 the part changes the representation in the same way in every image: a consistent
 correspondence. The paper: layer 5, eyes 0.067/0.069 and nose 0.079 vs random 0.107; at layer 7
 all about 0.07.
+
+Any CNN: the layers default to its last stage and the vector its classifier reads
+(`default_layers`). A part at about the same place in every image changes the same features
+even in an untrained network (the random boxes land anywhere): the same images through the
+same architecture at random init (no `--weights`) show what training adds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from zfnet.activations import capture, to_model
-from zfnet.models import eval_mode, is_zfnet_model
+from zfnet.models import (
+    eval_mode,
+    is_zfnet_model,
+    last_spatial_layer,
+    layer_info,
+    vector_layer,
+)
 
 PAPER_TABLE1 = {  # part -> (layer 5 Δ, layer 7 Δ), paper Table 1 means
     "right eye": (0.067, 0.069),
@@ -76,16 +87,18 @@ def sign_consistency(eps: torch.Tensor) -> tuple[float, float]:
     return off.mean().item(), off.std().item()
 
 
-def require_zfnet_model(model: torch.nn.Module) -> None:
-    """A ValueError naming why, unless `model` is one of zfnet's: Table 1 compares the paper's
-    layer 5 and layer 7 (pool5, relu7) against the paper's values, a comparison other
-    architectures have no layers for."""
-    if not is_zfnet_model(model):
-        raise ValueError(
-            f"correspondence (Table 1) compares the paper's layer 5 and layer 7 (pool5, relu7) "
-            f"with the paper's values; {type(model).__name__} is not one of zfnet's models "
-            "(zfnet_*, alexnet_*, a `zfnet train` run), so it has no such layers. In Python, "
-            "name the layers to compare: correspondence(model, images, masks, layers=[...])")
+def default_layers(model: torch.nn.Module, input_size: int | tuple[int, int] | None = None
+                   ) -> tuple[str, ...]:
+    """Where Table 1 compares features when no layer is named: the paper's layer 5, after
+    pooling, and layer 7, after its ReLU — `pool5` and `relu7` (or `relu6`, `fc8`) on zfnet's
+    models; on any other CNN its last stage (`last_spatial_layer`: `layer4` of a ResNet) and
+    the vector its classifier reads (`vector_layer`: `avgpool`, alexnet's `classifier.5`)."""
+    if is_zfnet_model(model):
+        infos = layer_info(model)
+        return tuple([n for n in ("pool5",) if n in infos]
+                     + [n for n in ("relu7", "relu6", "fc8") if n in infos][:1])
+    return tuple(dict.fromkeys((last_spatial_layer(model, input_size),
+                                vector_layer(model, input_size))))
 
 
 @dataclass
@@ -95,6 +108,8 @@ class CorrespondenceRow:
     part: str
     delta: dict[str, float]  # layer -> mean Δ
     spread: dict[str, float]  # layer -> std (over pairs; for 'random' over draws)
+    # per image (top, left, bottom, right); for 'random' its first draw's
+    boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
 
 
 @torch.inference_mode()
@@ -112,15 +127,15 @@ def correspondence(
     Each part is occluded by its bounding box in each image, filled with `fill` (0 = the mean
     image after mean subtraction, i.e. grey). The control 'random' occludes, in each of
     `random_draws` draws, a random box of the same size as the first part's box in each image.
-    `layers`: where features are compared (default, on zfnet's models, the paper's layer 5,
-    after pooling, and layer 7, after its ReLU: pool5, relu7; another model needs them named,
-    see `require_zfnet_model`).
+    `layers`: where features are compared (default: the paper's layers 5 and 7,
+    `default_layers`).
     """
     if layers is None:
-        require_zfnet_model(model)
-        layers = ("pool5", "relu7")
+        layers = default_layers(model, tuple(images.shape[-2:]))
     if not part_masks:
         raise ValueError("part_masks is empty: give at least one part")
+    if random_draws < 1:
+        raise ValueError(f"random_draws={random_draws} must be >= 1: the random control")
     images = to_model(model, images)
     with eval_mode(model):
         with capture(model, layers) as store:
@@ -138,12 +153,15 @@ def correspondence(
                 first_boxes = first_boxes or boxes
                 stats = {k: sign_consistency(e) for k, e in eps_for(boxes).items()}
                 rows.append(CorrespondenceRow(
-                    part, {k: v[0] for k, v in stats.items()}, {k: v[1] for k, v in stats.items()}
-                ))
+                    part, {k: v[0] for k, v in stats.items()}, {k: v[1] for k, v in stats.items()},
+                    boxes))
             g = torch.Generator().manual_seed(seed)
             draws: dict[str, list[float]] = {k: [] for k in layers}
+            shown = None
             for _ in range(random_draws):
-                eps = eps_for(random_boxes(first_boxes, images.shape[-1], g))
+                drawn = random_boxes(first_boxes, images.shape[-1], g)
+                shown = shown or drawn
+                eps = eps_for(drawn)
                 for k, e in eps.items():
                     draws[k].append(sign_consistency(e)[0])
             d = {k: torch.tensor(v) for k, v in draws.items()}
@@ -151,16 +169,61 @@ def correspondence(
                 "random",
                 {k: v.mean().item() for k, v in d.items()},
                 {k: (v.std().item() if len(v) > 1 else 0.0) for k, v in d.items()},
+                shown or [],
             ))
     return rows
 
 
+def plot_correspondence(
+    pixels: torch.Tensor, rows: Sequence[CorrespondenceRow], names: Sequence[str],
+    path: str | Path,
+) -> Path:
+    """Fig. 8: a row per image, as the model sees it (`pixels`, uint8 (N, C, S, S): the
+    occluded inputs made back into pixels), first whole, then with each part masked and with
+    the first random draw's box; every part's box outlined in the first column."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    n, cols = pixels.shape[0], len(rows) + 1
+    colours = ["tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:cyan"]
+    fig = Figure(figsize=(1.9 * cols, 1.9 * n + 0.4))
+    axes = fig.subplots(n, cols, squeeze=False)
+    for i in range(n):
+        for c in range(cols):
+            ax = axes[i][c]
+            img = pixels[i, c].permute(1, 2, 0).squeeze(-1).numpy()
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title("image" if c == 0 else f"{rows[c - 1].part} masked", fontsize=8)
+        axes[i][0].set_ylabel(str(names[i])[-24:], fontsize=7)
+        for k, r in enumerate(rows[:-1]):  # each part's box on the whole image (not random)
+            t, left, b, rt = r.boxes[i]
+            axes[i][0].add_patch(Rectangle((left - 0.5, t - 0.5), rt - left, b - t, fill=False,
+                                           lw=1.2, ec=colours[k % len(colours)]))
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def occluded_views(images: torch.Tensor, rows: Sequence[CorrespondenceRow], fill: float = 0.0
+                   ) -> torch.Tensor:
+    """Model inputs (N, C, S, S) -> (N, 1 + len(rows), C, S, S): each image, then each with
+    row k's box filled (the masked images the features of `correspondence` came from)."""
+    views = [images] + [occlude_boxes(images, r.boxes, fill) for r in rows]
+    return torch.stack(views, 1)
+
+
 def correspondence_section(
     run_dir: str | Path, rows: Sequence[CorrespondenceRow], n_images: int, what: str,
-    order: int = 75,
+    order: int = 75, figure: str | Path | None = None,
 ):
-    """Write the Table 1 section: Δ per part and layer beside the paper's values."""
-    from zfnet.report import Section, Table, write_section
+    """Write the Table 1 section: Δ per part and layer beside the paper's values (and the
+    `figure` of the masked images, a path under `run_dir`, where given)."""
+    from zfnet.report import Figure, Section, Table, write_section
 
     layers = list(rows[0].delta)
     table_rows = [
@@ -168,6 +231,10 @@ def correspondence_section(
     ]
     paper = [[p, f"{v5:.3f}", f"{v7:.3f}"] for p, v5, v7 in
              ((p, *v) for p, v in PAPER_TABLE1.items())]
+    figures = [] if figure is None else [Figure(
+        str(Path(figure).relative_to(run_dir)),
+        "Fig. 8: each image as the model sees it, the parts' boxes outlined; then the same "
+        "image with each part masked, and with a random box of the first part's size")]
     section = Section(
         key="correspondence", title="Correspondence (Fig. 8, Table 1)", order=order,
         caption=(
@@ -176,11 +243,15 @@ def correspondence_section(
             "mean over image pairs of the share of features whose change has a different sign "
             "(normalised Hamming distance): lower = the part changes every image's "
             "representation in the same way, i.e. the network ties that part together across "
-            "images. Spread: std over pairs (parts) or over random draws (random). The paper "
-            "finds parts clearly below random at layer 5 and all alike at layer 7."
+            f"images. Layers: {' and '.join(layers)} (the paper's layers 5 and 7). Spread: std "
+            "over pairs (parts) or over random draws (random). The paper "
+            "finds parts clearly below random at layer 5 and all alike at layer 7. A part at "
+            "about the same place in every image scores below random even in an untrained "
+            "network: the same architecture at random init shows what training adds."
         ),
+        figures=figures,
         tables=[
-            Table(["part"] + [f"Δ {k}" for k in layers], table_rows, "this run"),
+            Table(["part"] + [f"Δ {k}" for k in layers], table_rows, "this model"),
             Table(["part (paper, dog faces)", "Δ layer 5", "Δ layer 7"], paper, "paper Table 1"),
         ],
     )

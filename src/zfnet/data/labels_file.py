@@ -52,7 +52,7 @@ class MissingValImagesWarning(UserWarning):
     one_line = True  # `zfnet` prints it as one line (zfnet.cli)
 
 
-def _key(name: str) -> str:
+def image_name_key(name: str) -> str:
     """An image's name as a labels file may give it: its path without an image extension."""
     name = nfc(name.strip()).replace("\\", "/").removeprefix("./")
     stem, dot, ext = name.rpartition(".")
@@ -154,22 +154,30 @@ def read_rows(path: Path) -> list[tuple[int, str, str]]:
     return rows
 
 
+def image_keys(folder: Path, images: list[Path]) -> dict[str, Path | None]:
+    """Each name a file may give one of `images` (files under `folder`) by -> that image: its
+    path under `folder` and its file name, each without an image extension
+    (`image_name_key`); None for a name two images share."""
+    by_key: dict[str, Path | None] = {}
+    for p in images:
+        rel = p.relative_to(folder).as_posix()
+        for key in {image_name_key(rel), image_name_key(p.name)}:
+            by_key[key] = p if by_key.get(key, p) == p else None
+    return by_key
+
+
 def labelled_images(folder: Path, labels: Path, images: list[Path],
                     classes: list[str]) -> list[tuple[Path, int]]:
     """(path, label) of each of `images` (the image files under `folder`, sorted) with its class
     from the labels file `labels` (see the module), labels indexing `classes`; in the order
     class folders would give: by label, then by path."""
-    by_key: dict[str, Path | None] = {}  # None: a name two images share
-    for p in images:
-        rel = p.relative_to(folder).as_posix()
-        for key in {_key(rel), _key(p.name)}:
-            by_key[key] = p if by_key.get(key, p) == p else None
+    by_key = image_keys(folder, images)
     label_of = {name: k for k, name in enumerate(classes)}
     found: dict[Path, int] = {}
     absent: list[str] = []  # labelled images the folder lacks
     rows = read_rows(labels)
     for i, (n, image, cls) in enumerate(rows):
-        key = _key(image)
+        key = image_name_key(image)
         if key not in by_key:  # an image not in the folder (a subset), or a header line
             if i > 0 or nfc(cls) in label_of or cls.isdigit():
                 absent.append(image)

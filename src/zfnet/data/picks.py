@@ -70,3 +70,13 @@ def file_name(ds: Any, i: int) -> str | None:
     if own is None or own is CropDataset.item_name:
         return None
     return Path(str(base.item_name(j))).name
+
+
+def item_paths(ds: Any) -> list[Path] | None:
+    """The file of each item of `ds` (a dataset of files, or a `Subset` of one), in item
+    order; None where its items are not files."""
+    base, idx = (ds.dataset, ds.indices) if isinstance(ds, Subset) else (ds, None)
+    paths = getattr(base, "paths", None)
+    if paths is None:
+        return None
+    return list(paths) if idx is None else [paths[j] for j in idx]

@@ -1,0 +1,146 @@
+"""Object parts marked on a user's own images, for correspondence (paper Fig. 8, Table 1): the
+paper masks "the same part of the face in each image (e.g. all left eyes)" of 5 dog photos.
+
+A parts file gives, for each image, a box per part in the image's own pixels as a viewer shows
+it (x to the right, y down, the EXIF orientation applied): left, top, right, bottom, the right
+and bottom edges excluded (PIL's `crop` box; fractional values are rounded). Either form:
+
+- JSON, an object of images, each an object of parts:
+  `{"dog1.jpg": {"left eye": [120, 80, 150, 105], "nose": [140, 120, 180, 150]}, ...}`;
+- CSV, one box a line: `image,part,left,top,right,bottom` (a header line is allowed).
+
+An image is named by its path under the folder (`images:DIR`), or by its file name where no
+other image of the folder has it (with or without the extension, as `val_labels` names them).
+Errors name the file, the line or image, and what is wrong.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from zfnet.data.labels_file import image_keys, image_name_key
+
+Box = tuple[float, float, float, float]  # left, top, right, bottom (right, bottom excluded)
+PartBoxes = dict[str, dict[str, Box]]  # image as the file names it -> part -> box
+FORMS = ('JSON {"IMAGE": {"PART": [left, top, right, bottom], ...}, ...} or CSV lines '
+         "image,part,left,top,right,bottom")
+
+
+def _box(values: object, where: str) -> Box:
+    """Four finite numbers, left < right and top < bottom, as a box."""
+    ok = isinstance(values, (list, tuple)) and len(values) == 4 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        for v in values)
+    if not ok:
+        raise ValueError(f"{where}: a box is 4 numbers, left, top, right, bottom; got {values!r}")
+    left, top, right, bottom = (float(v) for v in values)  # type: ignore[union-attr]
+    if right <= left or bottom <= top:
+        raise ValueError(f"{where}: box [{left:g}, {top:g}, {right:g}, {bottom:g}] is empty: "
+                         "right must exceed left and bottom top (left, top, right, bottom)")
+    return left, top, right, bottom
+
+
+def _from_json(text: str, path: Path) -> PartBoxes:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"parts file {path} line {e.lineno}: not valid JSON ({e.msg}); "
+                         f"expected {FORMS}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"parts file {path} holds a JSON {type(data).__name__}; expected "
+                         f"{FORMS}")
+    out: PartBoxes = {}
+    for image, parts in data.items():
+        if not isinstance(parts, dict) or not parts:
+            raise ValueError(f"parts file {path}, image {image!r}: expected an object of parts "
+                             f'and their boxes, {{"PART": [left, top, right, bottom]}}; got '
+                             f"{parts!r}")
+        out[image] = {str(p).strip(): _box(b, f"parts file {path}, image {image!r}, part {p!r}")
+                      for p, b in parts.items()}
+    return out
+
+
+def _number(word: str) -> float | str:
+    try:
+        return float(word)
+    except ValueError:
+        return word
+
+
+def _from_csv(text: str, path: Path) -> PartBoxes:
+    out: PartBoxes = {}
+    for n, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+        row = [c.strip() for c in row]
+        if not any(row):
+            continue
+        if len(row) != 6:
+            raise ValueError(f"parts file {path} line {n}: expected 6 columns, image,part,"
+                             f"left,top,right,bottom; got {len(row)}: {','.join(row)!r}")
+        values = [_number(c) for c in row[2:]]
+        if n == 1 and all(isinstance(v, str) for v in values):
+            continue  # a header
+        image, part = row[0], row[1]
+        boxes = out.setdefault(image, {})
+        if part in boxes:
+            raise ValueError(f"parts file {path} line {n}: part {part!r} of {image!r} is "
+                             "marked again")
+        boxes[part] = _box(values, f"parts file {path} line {n}")
+    return out
+
+
+def read_parts(path: str | Path) -> PartBoxes:
+    """The boxes of each part of each image in the parts file at `path` (JSON or CSV, see the
+    module), in the file's order."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"parts file {path} {what}; expected a file of {FORMS}")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"parts file {path}: cannot read it as text ({e})") from None
+    first = text.lstrip()[:1]
+    boxes = _from_json(text, path) if first in ("{", "[") else _from_csv(text, path)
+    if not boxes:
+        raise ValueError(f"parts file {path} marks no part; expected {FORMS}")
+    return boxes
+
+
+def find_images(boxes: PartBoxes, folder: Path, images: Sequence[Path],
+                parts_file: str | Path) -> dict[str, Path]:
+    """Each image `boxes` names -> its file among `images` (the files of `folder`): by its path
+    under `folder` or its file name, with or without the extension."""
+    by_key = image_keys(folder, images)
+    found: dict[str, Path] = {}
+    for image in boxes:
+        path = by_key.get(image_name_key(image), False)
+        if path is None:
+            raise ValueError(f"parts file {parts_file}: {image!r} names more than one image of "
+                             f"{folder}; give its path under {folder}")
+        if path is False:
+            shown = ", ".join(p.relative_to(folder).as_posix() for p in images[:3])
+            raise ValueError(f"parts file {parts_file}: image {image!r} is not in {folder} "
+                             f"({len(images)} image(s): {shown}{', ...' * (len(images) > 3)})")
+        found[image] = path  # type: ignore[assignment]
+    return found
+
+
+def box_mask(box: Box, height: int, width: int) -> torch.Tensor:
+    """Bool (height, width): the pixels of `box` (rounded to whole pixels, cut to the image);
+    a ValueError when no pixel of the image is in it."""
+    left, top, right, bottom = (round(v) for v in box)
+    t, b = max(top, 0), min(bottom, height)
+    lft, r = max(left, 0), min(right, width)
+    if b <= t or r <= lft:
+        raise ValueError(f"box [{box[0]:g}, {box[1]:g}, {box[2]:g}, {box[3]:g}] lies outside the "
+                         f"{width}x{height} image (left, top, right, bottom in its pixels)")
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    mask[t:b, lft:r] = True
+    return mask
