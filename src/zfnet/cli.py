@@ -878,9 +878,6 @@ def demo_cmd(out: str, epochs: int, batch_size: int, lr: float, data: str, model
 # --- looking inside a trained model: each command writes figures + a report section into --out,
 # then rebuilds --out/index.html ---
 
-_CKPT = click.option("--checkpoint", required=True, type=click.Path(exists=True),
-                     help="Run directory (its last checkpoint), checkpoint directory or weights.")
-
 
 def _model_and_data(options: ModelOptions, data: str | None = None, *, need_data: bool = True,
                     ten_crop: bool = False, strict: bool = False, device=None,
