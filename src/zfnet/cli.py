@@ -425,11 +425,6 @@ _WORKERS = click.option(
          "one, shared by torchrun's processes; on a CPU 0).")
 
 
-def _terminal() -> bool:
-    """Whether stderr is a terminal: progress bars are drawn there only (not into logs)."""
-    return sys.stderr.isatty()
-
-
 def _mining_workers(workers: int | str | None, device: object) -> int:
     """The DataLoader workers a command that mines a dataset uses: `--workers` as given (0
     included), or "auto" when it was not."""
@@ -712,7 +707,7 @@ def eval_cmd(checkpoint: str | None, model: str | None, weights: str | None,
                                  param_hint="--json")
     common = dict(batch_size=batch_size, workers=workers if workers is not None else "auto",
                   loader=loader or "auto", amp=amp, strict=strict, compile=compile,
-                  progress=_terminal())  # 10 crops of 50k images: hours on a CPU
+                  progress=True)  # 10 crops of 50k images: hours on a CPU
     with processes(device) as info:
         if checkpoint is not None:
             r = evaluate_checkpoint(checkpoint, data, ten_crop, live_weights=live_weights,
@@ -1094,7 +1089,7 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
                          distributed=info.enabled,
                          num_workers=_mining_workers(workers, info.device),
                          class_names=as_shown(source.labels, bundle) or None,
-                         progress=info.is_main and _terminal())  # mining a folder takes a while
+                         progress=info.is_main)  # mining a folder takes a while
     if info.is_main:
         _finish(out)
 
@@ -1133,11 +1128,10 @@ def atlas_cmd(model_options: ModelOptions, data: str | None, out: str,
     layer a page of thumbnails, per unit its top-k projections beside their image patches
     (Fig. 2) and, for a zfnet run with kept epochs, its evolution (Fig. 4). A mining that
     stops is kept beside OUT, and the same command continues it."""
-    from tqdm import tqdm
-
     from zfnet.data.words import as_shown
     from zfnet.explorer.atlas import write_atlas
     from zfnet.models import score_layer
+    from zfnet.progress import progress_bar
     from zfnet.train import CheckpointModels, run_checkpoints
     from zfnet.train.distributed import resolve_device
 
@@ -1148,7 +1142,7 @@ def atlas_cmd(model_options: ModelOptions, data: str | None, out: str,
     if evolution and source.kind == "run" and len(kept) < 2:
         click.echo(f"no evolution: the run keeps {len(kept)} checkpoint(s) up to this epoch "
                    "(train with --keep-epochs)", err=True)
-    with tqdm(desc="atlas", disable=None) as bar:  # a bar on a terminal only
+    with progress_bar(desc="atlas") as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total, bar.n = total, done
@@ -1337,10 +1331,9 @@ def occlusion_cmd(model_options: ModelOptions, data: str | None, out: str, image
     check_fits(source.model, bundle)
     layer = _layers(source.model, (layer,))[0] if layer else None
     _say_occlusion_work(bundle, images, size, stride)
-    from tqdm import tqdm
+    from zfnet.progress import progress_bar
 
-    with tqdm(desc="occluded images", unit="img", disable=not _terminal(),
-              dynamic_ncols=True, leave=False) as bar:  # minutes for a ResNet-50 on a CPU
+    with progress_bar(desc="occluded images", unit="img") as bar:  # a ResNet-50: minutes
         def scored(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
@@ -1439,7 +1432,7 @@ def probes_cmd(model_options: ModelOptions, data: str | None, out: str, per_clas
                                "e.g. imagefolder:DIR, synthetic")
     rows = pipeline.probes(source.model, spec, out, per_class,
                            preprocessing=data_preprocessing(source, spec),
-                           batch_size=model_options.batch_size, progress=_terminal())
+                           batch_size=model_options.batch_size, progress=True)
     for r in rows:
         click.echo(f"{r.layer:<6} " + "  ".join(f"{k} {v:.1%}" for k, v in r.accuracy.items()))
     _finish(out)
@@ -1487,7 +1480,7 @@ def transfer_cmd(data: str, out: str, shots: tuple[int, ...], n_test: int,
     pipeline.transfer(source.model, source.meta, data, out, shots, n_test, scratch_steps,
                       layer, batch_size=batch_size, device=options.device,
                       preprocessing=prep, name=source.name, on_row=row,
-                      progress=_terminal())  # each run from scratch: minutes, a bar
+                      progress=True)  # each run from scratch: minutes, a bar
     _finish(out)
 
 

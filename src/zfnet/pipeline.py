@@ -372,9 +372,8 @@ def probes(model: nn.Module, data: str, run_dir: str | Path, per_class: int = 20
     `n_test` val images. `preprocessing`: the model's (`load_dataset(..., preprocessing=)`),
     for a model that does not take the dataset's own inputs. `progress`: a bar over each
     split's batches (ImageNet's 20 a class: 20,000 images through the model)."""
-    from tqdm import tqdm
-
     from zfnet.analyses.probes import linear_probes, probe_layers, probes_section
+    from zfnet.progress import progress_bar
 
     if parse_spec(data).name == "images":
         raise ValueError(f"linear probes are trained on labelled images, and {data} has no "
@@ -402,9 +401,9 @@ def probes(model: nn.Module, data: str, run_dir: str | Path, per_class: int = 20
     layers = probe_layers(model, _size(few))
 
     def batches(data: Any, split: str) -> Any:
-        return tqdm(DataLoader(data, batch_size=batch_size, collate_fn=collate), unit="batch",
-                    desc=f"{split} images' features", disable=not progress, leave=False,
-                    position=0, dynamic_ncols=True)
+        return progress_bar(DataLoader(data, batch_size=batch_size, collate_fn=collate),
+                            unit="batch", desc=f"{split} images' features", shown=progress,
+                            position=0)
 
     rows = linear_probes(model, batches(_centre(few, "train"), "training"),
                          batches(test, "test"), layers)

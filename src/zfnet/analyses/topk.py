@@ -334,10 +334,10 @@ def mine_topk(
     it = batches
     report = progress if callable(progress) else None
     if progress is True:
-        from tqdm import tqdm
+        from zfnet.progress import progress_bar
 
-        it = tqdm(batches, desc="top-k mining", unit="batch",
-                  total=None if total is None else len(loader))
+        it = progress_bar(batches, desc="top-k mining", unit="batch",
+                          total=None if total is None else len(loader))
     finished, mined_before = 0, mined  # batches whose every layer is in `best`, their images
     try:
         with eval_mode(model), torch.inference_mode(), ExitStack() as stack:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import sys
 import tempfile
 import warnings
 from collections import Counter
@@ -37,7 +36,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from zfnet.data.bundle import DataBundle, bundle_geometry, fitted
 from zfnet.data.images import (
@@ -66,6 +64,7 @@ from zfnet.data.spec import (
 from zfnet.data.subset import select
 from zfnet.data.transforms import CropDataset
 from zfnet.data.workers import Loader, usable_cores
+from zfnet.progress import progress_bar
 
 LAYOUT = "DIR/train/<class>/<image> and DIR/val/<class>/<image> (ImageNet layout)"
 PAPER_INPUT, PAPER_FULL = 224, 256
@@ -292,11 +291,10 @@ def mean_of(images: Dataset, full_size: int, *, num_workers: int | None = None,
     loader = Loader(images, batch_size=64, num_workers=num_workers, collate_fn=_sum_batch)
     total = torch.zeros(3, full_size, full_size, dtype=torch.float64)
     count = 0
-    # a long pass (ImageNet's 1.28M images: half an hour on 2 cores) is said, with a bar (into
-    # a log: once a minute), where it was silent before the first epoch
-    with tqdm(total=n, desc="the training images' mean image (once, then cached)", unit="img",
-              disable=not long, dynamic_ncols=True,
-              mininterval=0.1 if sys.stderr.isatty() else 60) as bar:
+    # a long pass (ImageNet's 1.28M images: half an hour on 2 cores) is said, with a bar, where
+    # it was silent before the first epoch
+    with progress_bar(total=n, desc="the training images' mean image (once, then cached)",
+                      unit="img", shown=long) as bar:
         for batch_sum, k, broken in loader:
             for path, reason in broken:
                 warn_skipped(BadImageError(path, reason), doing)

@@ -35,7 +35,6 @@ import os
 import re
 import shutil
 import signal
-import sys
 import tarfile
 import threading
 import time
@@ -50,7 +49,6 @@ import torch
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from zfnet import __version__
 from zfnet.atomic import write_text_atomic
@@ -67,6 +65,7 @@ from zfnet.data.spec import DatasetSpec, parse_spec
 from zfnet.data.words import OPTION as WORDS
 from zfnet.data.words import class_words
 from zfnet.data.workers import Loader, end_workers, usable_cores
+from zfnet.progress import progress_bar
 
 DEFAULT_RESIZE = PAPER_FULL
 DEFAULT_QUALITY = 90
@@ -700,9 +699,8 @@ def _write(journal: _Journal, root: Path, names: list[str],
         loader = Loader(chunks, batch_size=None, num_workers=workers if len(chunks) > 1 else 0,
                         collate_fn=lambda r: r,
                         worker_init_fn=functools.partial(_worker_start, lock, folder))
-        bar = tqdm(total=len(paths), initial=first, desc=f"writing {split}", unit="img",
-                   disable=not progress, dynamic_ncols=True,
-                   mininterval=0.1 if sys.stderr.isatty() else 60)  # a log: once a minute
+        bar = progress_bar(total=len(paths), initial=first, desc=f"writing {split}",
+                           unit="img", shown=progress)
         try:
             with _batches(loader) as batches:
                 for c, result in enumerate(batches):

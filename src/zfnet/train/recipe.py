@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import sys
 import time
 import warnings
 from collections.abc import Iterable
@@ -38,6 +37,7 @@ from tqdm import tqdm
 from zfnet.data.images import BadImageError
 from zfnet.data.transforms import CropDataset, random_crop_params
 from zfnet.models import eval_mode
+from zfnet.progress import progress_bar
 from zfnet.train import checkpoint as ckpt
 from zfnet.train import distributed as ddp
 from zfnet.train.budget import Plan, plan_steps
@@ -258,12 +258,9 @@ def train_one_epoch(
     t0 = time.perf_counter()
     total = st.start_step + len(loader)
     end = total if st.end_step is None else min(total, st.end_step)
-    # into a log (stderr not a terminal) the bar's state once a minute, not at every step: ~70
-    # MB of it over the paper's 70 epochs of ImageNet otherwise
-    bar = tqdm(total=end, initial=st.start_step, unit="batch",
-               desc=f"epoch {st.epoch + 1}/{st.epochs}", leave=False, dynamic_ncols=True,
-               mininterval=0.1 if sys.stderr.isatty() else 60,
-               disable=not (st.progress and info.is_main))
+    bar = progress_bar(total=end, initial=st.start_step, unit="batch",
+                       desc=f"epoch {st.epoch + 1}/{st.epochs}",
+                       shown=st.progress and info.is_main)
     batches = iter(loader)
 
     def fetch() -> Any:
@@ -480,9 +477,7 @@ def evaluate(
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64)
     failed: Exception | None = None
     try:
-        batches = tqdm(loader, desc="evaluating", unit="batch", leave=False,
-                       dynamic_ncols=True, disable=not progress,
-                       mininterval=0.1 if sys.stderr.isatty() else 60)
+        batches = progress_bar(loader, desc="evaluating", unit="batch", shown=progress)
         try:
             _score(model, batches, info, amp_dtype, channels_last, sums, confusion)
         finally:

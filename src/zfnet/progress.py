@@ -1,0 +1,37 @@
+"""Progress bars: one kind for every long stage (training, evaluation, mining, occlusion, probes,
+shards, the mean image, the atlas).
+
+On a terminal a bar is redrawn ten times a second. Into a log (stderr not a terminal: a redirect,
+torchrun's, a cluster's job file) its state is written once a minute and its last state is kept:
+the paper's 70 epochs of ImageNet (700k steps) would write ~70 MB of bars at every step, and a
+mining of 50k images that is silent for an hour looks hung.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from tqdm import tqdm
+
+ON_TERMINAL_S = 0.1  # seconds between two drawings of a bar on a terminal
+INTO_LOG_S = 60.0  # ... and into a log
+
+
+def terminal() -> bool:
+    """Whether stderr is a terminal (bars redrawn in place) rather than a log."""
+    return sys.stderr.isatty()
+
+
+def progress_bar(iterable: Iterable[Any] | None = None, *, desc: str, unit: str = "it",
+                 total: float | None = None, initial: float = 0, shown: bool = True,
+                 leave: bool = False, position: int | None = None) -> tqdm:
+    """A tqdm bar on stderr: drawn every `ON_TERMINAL_S` on a terminal, every `INTO_LOG_S` into a
+    log, where its last state stays (`leave` is for a terminal). `shown=False`: no bar (another
+    process than torchrun's first, or --quiet); the iterable is still iterated."""
+    on_terminal = terminal()
+    return tqdm(iterable, desc=desc, unit=unit, total=total, initial=initial,
+                disable=not shown, leave=leave or not on_terminal, position=position,
+                dynamic_ncols=True, file=sys.stderr,
+                mininterval=ON_TERMINAL_S if on_terminal else INTO_LOG_S)

@@ -1,0 +1,76 @@
+"""Progress bars (`zfnet.progress`): redrawn on a terminal, once a minute into a log, whose last
+state stays; every long command draws one into a log too."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from zfnet.cli import main
+from zfnet.progress import INTO_LOG_S, ON_TERMINAL_S, progress_bar
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _states(text: str) -> list[str]:
+    """The bar states drawn, in order (tqdm separates them by carriage returns)."""
+    return [s.strip() for s in text.replace("\n", "\r").split("\r") if s.strip()]
+
+
+def test_into_a_log_a_bar_is_drawn_at_its_start_and_its_end_and_the_end_stays(
+        monkeypatch) -> None:
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    with progress_bar(range(1000), desc="mining", unit="img") as bar:
+        assert bar.mininterval == INTO_LOG_S
+        for _ in bar:
+            pass
+    states = _states(log.getvalue())
+    assert len(states) == 2, states  # not one per item: 1000 here, 700k steps for ImageNet
+    assert states[0].startswith("mining:   0%") and "0/1000" in states[0]
+    assert states[1].startswith("mining: 100%") and "1000/1000" in states[1]
+    assert log.getvalue().endswith("\n")  # the last state kept, on a line of its own
+
+
+def test_on_a_terminal_a_bar_is_redrawn_and_cleared_at_its_end(monkeypatch) -> None:
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    with progress_bar(total=3, desc="evaluating") as bar:
+        assert bar.mininterval == ON_TERMINAL_S
+        bar.update(3)
+    assert _states(term.getvalue())[0].startswith("evaluating:   0%")
+    assert not term.getvalue().endswith("\n")  # leave=False: nothing left on the terminal
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    with progress_bar(total=3, desc="writing", leave=True) as bar:
+        bar.update(3)
+    assert term.getvalue().endswith("\n")
+
+
+def test_a_bar_not_shown_writes_nothing_and_still_iterates(monkeypatch) -> None:
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    assert list(progress_bar(range(5), desc="x", shown=False)) == [0, 1, 2, 3, 4]
+    assert log.getvalue() == ""
+
+
+@pytest.mark.parametrize("command, desc", [
+    (["eval"], "evaluating"),
+    (["visualize", "topk", "--layer", "conv1", "--maps-per-layer", "2"], "top-k mining"),
+])
+def test_a_command_run_into_a_log_leaves_its_bar_there(tmp_path, command, desc) -> None:
+    """A command run with its stderr in a file (a cluster's job) shows how far it got: the
+    bars of eval and topk were drawn on a terminal only."""
+    out = ["--out", str(tmp_path / "out")] if command[0] == "visualize" else []
+    res = CliRunner().invoke(main, [*command, "--model", "zfnet_small", "--data",
+                                    "synthetic?n_train=16&n_val=16", "--batch-size", "8",
+                                    *out])
+    assert res.exit_code == 0, res.output
+    states = [s for s in _states(res.stderr) if s.startswith(desc)]
+    assert states and "2/2" in states[-1] and "100%" in states[-1], res.stderr
