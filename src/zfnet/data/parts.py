@@ -7,10 +7,14 @@ and bottom edges excluded (PIL's `crop` box; fractional values are rounded). Eit
 
 - JSON, an object of images, each an object of parts:
   `{"dog1.jpg": {"left eye": [120, 80, 150, 105], "nose": [140, 120, 180, 150]}, ...}`;
-- CSV, one box a line: `image,part,left,top,right,bottom` (a header line is allowed).
+- CSV, one box a line: `image,part,left,top,right,bottom` (a header line is allowed);
+- COCO's object detection JSON (`images`, `annotations`, `categories`), as CVAT, Label Studio,
+  VIA and Roboflow export it: each box (`bbox`, x, y, width, height) is a part named by its
+  category; one box per category and image, since a part is masked as one region.
 
 An image is named by its path under the folder (`images:DIR`), or by its file name where no
-other image of the folder has it (with or without the extension, as `val_labels` names them).
+other image of the folder has it (with or without the extension, as `val_labels` names them;
+a path the folder does not have, as a tool may export it, by its file name).
 Errors name the file, the line or image, and what is wrong.
 """
 
@@ -29,8 +33,9 @@ from zfnet.data.labels_file import image_keys, image_name_key
 
 Box = tuple[float, float, float, float]  # left, top, right, bottom (right, bottom excluded)
 PartBoxes = dict[str, dict[str, Box]]  # image as the file names it -> part -> box
-FORMS = ('JSON {"IMAGE": {"PART": [left, top, right, bottom], ...}, ...} or CSV lines '
-         "image,part,left,top,right,bottom")
+FORMS = ('JSON {"IMAGE": {"PART": [left, top, right, bottom], ...}, ...}, CSV lines '
+         "image,part,left,top,right,bottom, or COCO's JSON (images, annotations, categories)")
+COCO_KEYS = ("images", "annotations", "categories")
 
 
 def _box(values: object, where: str) -> Box:
@@ -56,6 +61,8 @@ def _from_json(text: str, path: Path) -> PartBoxes:
     if not isinstance(data, dict):
         raise ValueError(f"parts file {path} holds a JSON {type(data).__name__}; expected "
                          f"{FORMS}")
+    if "annotations" in data and "images" in data:
+        return _from_coco(data, path)
     out: PartBoxes = {}
     for image, parts in data.items():
         if not isinstance(parts, dict) or not parts:
@@ -64,6 +71,57 @@ def _from_json(text: str, path: Path) -> PartBoxes:
                              f"{parts!r}")
         out[image] = {str(p).strip(): _box(b, f"parts file {path}, image {image!r}, part {p!r}")
                       for p, b in parts.items()}
+    return out
+
+
+def _coco_list(data: dict, key: str, path: Path) -> list[dict]:
+    items = data.get(key)
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise ValueError(f"parts file {path} is COCO's JSON (it has 'images' and "
+                         f"'annotations') but its {key!r} is not a list of objects; expected "
+                         + ", ".join(repr(k) for k in COCO_KEYS))
+    return items
+
+
+def _coco_ids(items: list[dict], field: str, key: str, path: Path) -> dict[object, str]:
+    """{id: the item's `field`} of COCO's `images` or `categories`."""
+    out: dict[object, str] = {}
+    for n, item in enumerate(items):
+        if not isinstance(item.get("id"), (int, str)) or not isinstance(item.get(field), str) \
+                or not item[field].strip():
+            raise ValueError(f"parts file {path}: {key}[{n}] has no 'id' and {field!r} "
+                             f"(got {item!r})")
+        out[item["id"]] = item[field].strip()
+    return out
+
+
+def _from_coco(data: dict, path: Path) -> PartBoxes:
+    """COCO's object detection JSON: each annotation's `bbox` (x, y, width, height) is the part
+    its category names, on the image its `image_id` names (by `file_name`)."""
+    images = _coco_ids(_coco_list(data, "images", path), "file_name", "images", path)
+    parts = _coco_ids(_coco_list(data, "categories", path), "name", "categories", path)
+    out: PartBoxes = {}
+    marked: dict[tuple[str, str], object] = {}
+    for n, a in enumerate(_coco_list(data, "annotations", path)):
+        where = f"parts file {path}, annotations[{n}] (id {a.get('id')!r})"
+        if not isinstance(a.get("image_id"), (int, str)) or a["image_id"] not in images:
+            raise ValueError(f"{where}: image_id {a.get('image_id')!r} is none of 'images' ids")
+        if not isinstance(a.get("category_id"), (int, str)) or a["category_id"] not in parts:
+            raise ValueError(f"{where}: category_id {a.get('category_id')!r} is none of "
+                             "'categories' ids")
+        image, part = images[a["image_id"]], parts[a["category_id"]]
+        bbox = a.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
+            raise ValueError(f"{where}: expected a 'bbox' [x, y, width, height]; got {bbox!r}")
+        if (image, part) in marked:
+            raise ValueError(f"{where}: {image!r} has a second {part!r} (annotation "
+                             f"{marked[(image, part)]!r} is the first); a part is one box an "
+                             f"image: give each its own category (e.g. 'left {part}', "
+                             f"'right {part}')")
+        marked[(image, part)] = a.get("id")
+        x, y, w, h = (float(v) for v in bbox)
+        out.setdefault(image, {})[part] = _box([x, y, x + w, y + h], where)
     return out
 
 
@@ -116,11 +174,15 @@ def read_parts(path: str | Path) -> PartBoxes:
 def find_images(boxes: PartBoxes, folder: Path, images: Sequence[Path],
                 parts_file: str | Path) -> dict[str, Path]:
     """Each image `boxes` names -> its file among `images` (the files of `folder`): by its path
-    under `folder` or its file name, with or without the extension."""
+    under `folder` or its file name, with or without the extension (a path that is not under
+    `folder`, as an annotation tool may export it, by its file name)."""
     by_key = image_keys(folder, images)
     found: dict[str, Path] = {}
     for image in boxes:
         path = by_key.get(image_name_key(image), False)
+        if path is False:  # a path from elsewhere (a tool's export: images/dog1.jpg, /data/..)
+            path = by_key.get(image_name_key(image.replace("\\", "/").rsplit("/", 1)[-1]),
+                              False)
         if path is None:
             raise ValueError(f"parts file {parts_file}: {image!r} names more than one image of "
                              f"{folder}; give its path under {folder}")
