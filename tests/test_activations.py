@@ -165,8 +165,9 @@ def test_layers_without_maps_are_refused_by_name_and_named_maps_are_shown(tmp_pa
     result = run_topk_gallery(model, data, ["embed.proj"], k=2, out_dir=out, n_maps=2)
     assert (out / "topk_embed_proj.png").is_file()
     assert len(result.maps["embed.proj"]) == 2
-    with pytest.raises(ValueError, match="no convolution with a spatial map to show; name the "
-                                         "layers"):
+    with pytest.raises(ValueError, match=r"no stage with a spatial map to show; give the "
+                                         r"layers \(--layer\): its convolutions with a map are "
+                                         "embed.proj, or any layer"):
         run_topk_gallery(model, data, None, k=2, out_dir=tmp_path / "none")
 
 

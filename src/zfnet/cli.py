@@ -367,7 +367,7 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
                    f"{', '.join(blocks[:shown])}{more}")
     try:
         defaults = feature_layers(model, size)
-    except ValueError:  # no convolution with a spatial map (a vision transformer)
+    except ValueError:  # no stage with a spatial map (a vision transformer)
         defaults = []
     if defaults:
         click.echo(f"without --layer, the analyses show: {', '.join(defaults)}")

@@ -130,7 +130,8 @@ def test_no_linear_layer_and_no_conv() -> None:
     squeeze = torchvision.models.squeezenet1_0(weights=None).eval()  # a 1x1 conv classifier
     assert vector_layer(squeeze, SIZE) == last_spatial_layer(squeeze, SIZE) == "features.12"
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
-    with pytest.raises(ValueError, match="no convolution"):
+    with pytest.raises(ValueError, match=r"no stage with a spatial map to show; give the layers "
+                                         r"\(--layer\); `zfnet models` lists them"):
         feature_layers(mlp, 8)
     with pytest.raises(ValueError, match="no Conv2d"):
         first_convs(mlp, 2, 8)

@@ -367,7 +367,8 @@ def feature_layers(model: nn.Module, input_size: int | tuple[int, int] | None = 
       last is shown, and the first stage always. At most 8, evenly spaced, always the first
       and the last.
 
-    A ValueError when the model has no convolution with a spatial map."""
+    A ValueError, naming the convolutions that output a map, when no stage does (a
+    transformer's blocks output tokens: a Swin's only map is its patch embedding's)."""
     if _is_convnet(model) or _plain_chain(model):
         convs = [n for n, i in layer_info(model).items()
                  if i.kind == "conv" and i.module.startswith("features.")]
@@ -406,9 +407,14 @@ def feature_layers(model: nn.Module, input_size: int | tuple[int, int] | None = 
         found = deeper
     order = list(geo)  # forward order: a stage's position is where its call ends
     found.sort(key=order.index)
-    if not found:
-        raise ValueError(f"{type(model).__name__} has no convolution with a spatial map to "
-                         "show; name the layers")
+    if not found:  # a transformer: its blocks' outputs are tokens, not maps
+        convs = [n for n, m in model.named_modules()
+                 if isinstance(m, nn.Conv2d) and geo.get(n) is not None]
+        some = ", ".join(convs[:8]) + (f", ... ({len(convs)} in all)" if len(convs) > 8 else "")
+        raise ValueError(f"{type(model).__name__} has no stage with a spatial map to show; give "
+                         "the layers (--layer)" + (f": its convolutions with a map are {some}, "
+                                                   "or any layer `zfnet models` lists"
+                                                   if convs else "; `zfnet models` lists them"))
     # of each run at one resolution, its last stage (the stage's output); the first always
     last = [p for p, q in zip(found, [*found[1:], None], strict=True)
             if q is None or geo[q].shape != geo[p].shape]
