@@ -77,14 +77,17 @@ def test_occlusion_in_bfloat16_and_a_bad_precision(setup, tmp_path) -> None:
     assert not (tmp_path / "not").exists()
 
 
-def test_topk_shows_its_progress_on_a_terminal_only(setup, tmp_path, monkeypatch) -> None:
-    """Mining a folder takes a while: on a terminal a bar says how far it is; in a log, none."""
-    from zfnet import cli
+def test_topk_shows_its_progress_on_a_terminal_and_in_a_log(setup, tmp_path,
+                                                           monkeypatch) -> None:
+    """Mining a folder takes a while: a bar says how far it is, redrawn on a terminal, its
+    last state kept in a log."""
+    from zfnet import progress
 
     args = ["visualize", "topk", *_model(setup), "--data", f"images:{setup / 'photos'}",
             "--layer", "layer1", "--k", "2", "--maps-per-layer", "1"]
-    assert "top-k mining" not in _ok([*args, "--out", str(tmp_path / "log")])
-    monkeypatch.setattr(cli, "_terminal", lambda: True)
+    logged = _ok([*args, "--out", str(tmp_path / "log")])
+    assert "top-k mining: 100%" in logged and logged.count("top-k mining") == 2, logged
+    monkeypatch.setattr(progress, "terminal", lambda: True)
     assert "top-k mining" in _ok([*args, "--out", str(tmp_path / "terminal")])
 
 

@@ -74,3 +74,26 @@ def test_a_command_run_into_a_log_leaves_its_bar_there(tmp_path, command, desc) 
     assert res.exit_code == 0, res.output
     states = [s for s in _states(res.stderr) if s.startswith(desc)]
     assert states and "2/2" in states[-1] and "100%" in states[-1], res.stderr
+
+
+def test_the_end_of_a_bar_is_flushed_before_the_next_line(monkeypatch) -> None:
+    """A log holding stdout and stderr both: the line printed after a bar comes after it."""
+    raw = io.BytesIO()
+    log = io.TextIOWrapper(raw, encoding="utf-8")  # buffered, as a file is
+    monkeypatch.setattr(sys, "stderr", log)
+    with progress_bar(total=2, desc="atlas") as bar:
+        bar.update(2)
+    assert raw.getvalue().decode().endswith("it/s]\n"), raw.getvalue()
+
+
+def test_the_atlas_into_a_log_draws_its_bar_at_its_start_and_end(tmp_path) -> None:
+    """Its progress comes at every image mined and every unit drawn: into a log, not a line
+    each (a refresh at each call wrote them all)."""
+    res = CliRunner().invoke(main, ["atlas", "--model", "zfnet_small", "--data",
+                                    "synthetic?n_train=16&n_val=16", "--out",
+                                    str(tmp_path / "atlas"), "--layer", "conv1",
+                                    "--maps-per-layer", "2", "--images", "8", "--batch-size", "2"])
+    assert res.exit_code == 0, res.output
+    states = [s for s in _states(res.stderr) if s.startswith("atlas:")]
+    assert len(states) == 2 and states[-1].startswith("atlas: 100%"), res.stderr
+    assert res.output.endswith(f"it/s]\natlas: {(tmp_path / 'atlas' / 'index.html').resolve()}\n")

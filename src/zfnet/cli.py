@@ -1145,8 +1145,8 @@ def atlas_cmd(model_options: ModelOptions, data: str | None, out: str,
     with progress_bar(desc="atlas") as bar:
 
         def progress(done: int, total: int) -> None:
-            bar.total, bar.n = total, done
-            bar.refresh()
+            bar.total = total
+            bar.update(done - bar.n)
 
         index = write_atlas(
             source.model, bundle, out, layers=names, k=k, maps_per_layer=maps_per_layer,

@@ -24,14 +24,26 @@ def terminal() -> bool:
     return sys.stderr.isatty()
 
 
+class _Bar(tqdm):
+    """A tqdm bar whose end is flushed: the line after it comes after it in a log that holds
+    stdout and stderr both."""
+
+    def close(self) -> None:
+        shown = not self.disable  # close() disables it
+        super().close()
+        if shown:
+            self.fp.flush()
+
+
 def progress_bar(iterable: Iterable[Any] | None = None, *, desc: str, unit: str = "it",
                  total: float | None = None, initial: float = 0, shown: bool = True,
                  leave: bool = False, position: int | None = None) -> tqdm:
     """A tqdm bar on stderr: drawn every `ON_TERMINAL_S` on a terminal, every `INTO_LOG_S` into a
     log, where its last state stays (`leave` is for a terminal). `shown=False`: no bar (another
-    process than torchrun's first, or --quiet); the iterable is still iterated."""
+    process than torchrun's first, or --quiet); the iterable is still iterated. Move it on with
+    `update` (`refresh` draws at every call, a log's once a minute included)."""
     on_terminal = terminal()
-    return tqdm(iterable, desc=desc, unit=unit, total=total, initial=initial,
+    return _Bar(iterable, desc=desc, unit=unit, total=total, initial=initial,
                 disable=not shown, leave=leave or not on_terminal, position=position,
                 dynamic_ncols=True, file=sys.stderr,
                 mininterval=ON_TERMINAL_S if on_terminal else INTO_LOG_S)

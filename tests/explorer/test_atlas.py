@@ -420,7 +420,10 @@ def test_a_stopped_mining_is_kept_beside_the_site_and_continued(tmp_path, monkey
     res = CliRunner().invoke(main, ["atlas", *command("stopped"), "--device", "cpu"])
     kept = tmp_path / ".stopped.topk-mining.pt"
     assert res.exit_code == 130, res.output
-    assert res.output.splitlines()[-2:] == [
+    said = [line for line in res.output.splitlines()
+            if line.strip() and not line.startswith("atlas:")]
+    assert "atlas:  50%" in res.output  # the bar's last state, in a log: where it stopped
+    assert said[-2:] == [
         f"note: kept the top-k mining in {kept} (12 of 24 images mined): the same command "
         "continues it", "interrupted (SIGINT)"]
     assert not (tmp_path / "stopped").exists()

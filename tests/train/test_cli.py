@@ -146,7 +146,7 @@ def test_train_writes_its_report_and_eval_out_adds_the_evaluation(tmp_path) -> N
     res = CliRunner().invoke(main, ["eval", "--checkpoint", str(run), "--out", str(run),
                                     "--json", str(tmp_path / "e.json")])
     assert res.exit_code == 0, res.output
-    assert res.output == plain.output.replace("plain.json", "e.json") + \
+    assert res.stdout == plain.stdout.replace("plain.json", "e.json") + \
         f"report: {(run / 'index.html').resolve()}\n"
     assert (tmp_path / "e.json").read_text() == (tmp_path / "plain.json").read_text()
     page = (run / "index.html").read_text()
@@ -425,10 +425,11 @@ def test_eval_of_a_run_whose_data_moved_says_to_give_its_new_place(tmp_path) -> 
     assert res.exit_code == 0, res.output
 
 
-def test_eval_draws_a_bar_on_a_terminal_only(tmp_path, monkeypatch) -> None:
-    """`zfnet eval` of 10 crops of ImageNet takes hours on a CPU: a bar over the batches on a
-    terminal (none into a pipe or a log); the figures printed are the same."""
-    from zfnet import cli
+def test_eval_draws_a_bar_on_a_terminal_and_into_a_log(tmp_path, monkeypatch) -> None:
+    """`zfnet eval` of 10 crops of ImageNet takes hours on a CPU: a bar over the batches,
+    redrawn on a terminal, into a pipe or a log at its start and end (and once a minute); the
+    figures printed are the same."""
+    from zfnet import progress
 
     run = tmp_path / "run"
     res = CliRunner().invoke(main, [
@@ -437,8 +438,9 @@ def test_eval_draws_a_bar_on_a_terminal_only(tmp_path, monkeypatch) -> None:
     assert res.exit_code == 0, res.output
     args = ["eval", "--checkpoint", str(run), "--batch-size", "8", "--ten-crop"]
     piped = CliRunner().invoke(main, args)
-    assert piped.exit_code == 0 and "evaluating" not in piped.stderr, piped.output
-    monkeypatch.setattr(cli, "_terminal", lambda: True)
+    assert piped.exit_code == 0, piped.output
+    assert piped.stderr.count("evaluating") == 2 and "3/3 [" in piped.stderr, piped.stderr
+    monkeypatch.setattr(progress, "terminal", lambda: True)
     shown = CliRunner().invoke(main, args)
     assert shown.exit_code == 0, shown.output
     assert "evaluating" in shown.stderr and "/3 [" in shown.stderr, shown.stderr
