@@ -13,7 +13,7 @@ $(BIN)/python:
 # (constraints.txt); pyproject.toml declares the ranges a user's environment may hold.
 $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,codec,heif,nvimgcodec]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,codec,heif,nvimgcodec,hf]'
 	touch $@
 
 setup: $(VENV)/.installed

@@ -223,8 +223,9 @@ _BATCH = click.option("--batch-size", type=click.IntRange(1), default=64, show_d
 _SOURCE_OPTIONS = (
     click.option("--model", "model", metavar="SOURCE",
                  help="The model: a zfnet model name (`zfnet models`), torchvision:NAME, "
-                      "timm:NAME, your own FILE.py:NAME (a function or class that builds "
-                      "it), or a zfnet run."),
+                      "timm:NAME, hf:ORG/NAME or hf:DIR (a Hugging Face image classifier), "
+                      "your own FILE.py:NAME (a function or class that builds it), or a zfnet "
+                      "run."),
     click.option("--checkpoint", "checkpoint", type=click.Path(exists=True), metavar="RUN",
                  help="A zfnet run directory, checkpoint directory or its model.safetensors "
                       "(the same as --model RUN)."),
@@ -267,8 +268,8 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
                labels: str | None, mean: tuple[float, ...] | None,
                std: tuple[float, ...] | None, resize: int | None, crop: int | None) -> None:
     """List zfnet's models, or the layers of model SOURCE (the names every command takes): a
-    zfnet model name, torchvision:NAME, timm:NAME, your own FILE.py:NAME or a zfnet run; with
-    --weights and the preprocessing options, what that source loads (its classes, its
+    zfnet model name, torchvision:NAME, timm:NAME, hf:ORG/NAME, your own FILE.py:NAME or a zfnet
+    run; with --weights and the preprocessing options, what that source loads (its classes, its
     preprocessing).
     `zfnet models torchvision:` lists torchvision's models, `zfnet models timm:` timm's."""
     import torch
@@ -279,6 +280,7 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
         layer_info,
         list_models,
         repeated_layers,
+        zfnet_config,
     )
     from zfnet.models.geometry import per_axis
     from zfnet.sources import load_source, timm_models, torchvision_models
@@ -288,8 +290,9 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
             click.echo(n)
         click.echo("\nand any torchvision classification model as torchvision:NAME (list them: "
                    "`zfnet models torchvision:`), timm:NAME with timm installed (`zfnet "
-                   "models timm:`), your own FILE.py:NAME (a function or class that builds "
-                   "it), or a zfnet run")
+                   "models timm:`), a Hugging Face image classifier as hf:ORG/NAME or hf:DIR "
+                   "with transformers installed, your own FILE.py:NAME (a function or class "
+                   "that builds it), or a zfnet run")
         return
     if name.strip().lower() in ("torchvision", "torchvision:"):
         for n in torchvision_models():
@@ -316,7 +319,7 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
             if not (any(overrides.values()) and note.startswith("preprocessing:")):
                 click.echo(note, err=True)
         model, title = src.model, src.name if src.kind == "run" or weights else name
-        fixed = getattr(getattr(model, "config", None), "input_size", None)
+        fixed = getattr(zfnet_config(model), "input_size", None)
         if fixed is not None and input_size not in (None, fixed):
             raise click.BadParameter(f"{input_size}: {src.name} takes {fixed} px inputs",
                                      param_hint="--input-size")
@@ -340,7 +343,7 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
     head = f"{'layer':<{w_name}} " + (f"{'module':<{w_module}} " if short else "")
     click.echo(f"{head}{'kind':<{w_kind}} {'maps':>6} {'size':>5} {'stride':>6} {'rf':>5}")
     # zfnet's models: no geometry means an fc layer (blank); others: not known here ("-")
-    unknown = "" if hasattr(model, "config") else "-"
+    unknown = "" if zfnet_config(model) is not None else "-"
     for info in infos:
         g = info.geometry
         size_, jump, rf = (per_axis(g, "size"), per_axis(g, "jump"), per_axis(g, "rf")) \
@@ -628,7 +631,7 @@ def _training_report(run_dir: str) -> None:
               help="Run directory (its last checkpoint), checkpoint directory or weights file.")
 @click.option("--model", "model", metavar="SOURCE",
               help="Or any model: a zfnet model name, torchvision:NAME, timm:NAME, "
-                   "FILE.py:NAME (with --weights), scored with its own preprocessing; "
+                   "hf:ORG/NAME, FILE.py:NAME (with --weights), scored with its own preprocessing; "
                    "output k is the dataset's class k (sorted folder names, as ImageNet's WNIDs; "
                    "with --labels, the output of the class's name).")
 @_options(_WEIGHTS, *_PREPROCESSING)
@@ -889,7 +892,8 @@ def _model_and_data(options: ModelOptions, data: str | None = None, *, need_data
         raise click.UsageError("--model and --checkpoint both name the model: give one of them")
     if options.model is None and options.checkpoint is None:
         raise click.UsageError("no model given: --model SOURCE (a zfnet model name, "
-                               "torchvision:NAME, timm:NAME, FILE.py:NAME, a zfnet run) or "
+                               "torchvision:NAME, timm:NAME, hf:ORG/NAME, FILE.py:NAME, a "
+                               "zfnet run) or "
                                "--checkpoint RUN")
     source = load_source(options.model or options.checkpoint, options.weights,
                          mean=options.mean, std=options.std,
@@ -1223,7 +1227,8 @@ def evolution_cmd(run_dir: str | None, run_alias: str | None, data: str | None,
               metavar="RUN", help="A zfnet run; repeat to compare runs side by side.")
 @click.option("--model", "sources", multiple=True, metavar="SOURCE",
               help="Or any model: a zfnet model name, torchvision:NAME, timm:NAME, "
-                   "FILE.py:NAME; repeat to compare, each with its own --weights in order.")
+                   "hf:ORG/NAME, FILE.py:NAME; repeat to compare, each with its own "
+                   "--weights in order.")
 @click.option("--weights", "weights", multiple=True, metavar="W",
               help="Each --model's weights, in order: a torchvision weights name (DEFAULT, "
                    "IMAGENET1K_V1, ...) or a file (.pth, .pt, .safetensors). Default: random "

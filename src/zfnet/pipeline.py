@@ -26,6 +26,7 @@ from zfnet.data.photos import load_photos
 from zfnet.data.picks import file_name, first_item, item_paths, pick_items
 from zfnet.data.spec import parse_spec, with_options
 from zfnet.data.words import labels_of
+from zfnet.models import zfnet_config
 
 CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
@@ -47,7 +48,7 @@ def check_fits(model: nn.Module, bundle: DataBundle, classes: bool = False) -> N
     """ValueError unless `bundle`'s images have the channels and size `model` was built for (and,
     with `classes`, its number of classes): analyses of a model run on the kind of data it was
     trained on (`analyze transfer` adapts other data)."""
-    cfg = getattr(model, "config", None)
+    cfg = zfnet_config(model)
     if cfg is None:  # not a zfnet model: its input shape is not recorded
         return
     if (bundle.in_channels, bundle.input_size) != (cfg.in_channels, cfg.input_size):
@@ -384,7 +385,7 @@ def probes(model: nn.Module, data: str, run_dir: str | Path, per_class: int = 20
         raise ValueError(f"linear probes are trained on the training split, and {data} has "
                          "none (val/ alone); give a folder with train/ as well")
     per_class_words = _images_per_class(few.train, per_class)
-    cfg = getattr(model, "config", None)
+    cfg = zfnet_config(model)
     named = data
     if cfg is not None and (few.in_channels, few.input_size) != (cfg.in_channels,
                                                                   cfg.input_size):

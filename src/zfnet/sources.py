@@ -18,6 +18,8 @@ Sources (`SOURCE_FORMS`):
   fetch and where to put it), or a local file as above (a fine-tuned copy with another number
   of classes is rebuilt with that number);
 - `timm:NAME` when timm is installed, weights from a local file only;
+- `hf:ORG/NAME` or `hf:DIR`, a Hugging Face transformers image classifier (`zfnet.hf`) with its
+  own weights, or `weights` = a state dict file of its architecture;
 - your own code: `FILE.py:NAME` or `package.module:NAME`, a function or class that builds the
   model (or a model object built at import; `zfnet.user_code`), random init (seed 0) or
   `weights` = a state dict file; `from_module` takes a model object from Python;
@@ -57,7 +59,8 @@ from zfnet.data.spec import nfc, parse_spec
 from zfnet.models.modes import check_not_scripted
 
 SOURCE_FORMS = ("a zfnet model name (`zfnet models`), torchvision:NAME (any torchvision "
-                "classification model), timm:NAME, your own code as FILE.py:NAME or "
+                "classification model), timm:NAME, hf:ORG/NAME or hf:DIR (a Hugging Face "
+                "image classifier), your own code as FILE.py:NAME or "
                 "package.module:NAME (a function or class that builds the model), or the path "
                 "of a zfnet run, checkpoint directory or model.safetensors")
 WEIGHTS_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
@@ -132,6 +135,8 @@ def load_source(
         src = _torchvision(rest.strip(), weights, meta_only)
     elif colon and prefix.lower() == "timm":
         src = _timm(rest.strip(), weights, meta_only)
+    elif colon and prefix.lower() in ("hf", "huggingface"):
+        src = _hf(rest.strip(), weights, meta_only)
     elif source in _zfnet_names():
         src = _zfnet(source, weights, meta_only)
     elif colon and (near := _misspelt_prefix(prefix)):
@@ -160,7 +165,8 @@ def load_source(
     if overrides:
         _override(src, overrides)
     src.model = src.model.to(device).eval()
-    if src.kind == "python" or ("crop" in overrides and src.kind in ("torchvision", "timm")):
+    if src.kind in ("python", "hf") or ("crop" in overrides
+                                         and src.kind in ("torchvision", "timm")):
         check_input(src)
     return src
 
@@ -304,6 +310,9 @@ def architecture_name(model: str) -> str:
             raise ValueError(f"unknown timm model {rest.strip()!r}; valid: any of "
                              "timm.list_models()")
         return f"timm:{rest.strip()}"
+    if colon and prefix.lower() in ("hf", "huggingface"):
+        raise ValueError(f"{model}: zfnet looks inside a Hugging Face model but does not train "
+                         f"one from scratch; train {TRAINABLE_FORMS}")
     form = user_code.python_form(model)
     if form is not None:
         target, name = form
@@ -707,6 +716,32 @@ def _timm(name: str, weights: str | None, meta_only: bool) -> Source:
                    "data_config": {k: v for k, v in cfg.items()}})
 
 
+def _hf(name: str, weights: str | None, meta_only: bool) -> Source:
+    """A Hugging Face transformers image classifier (`zfnet.hf`): its saved weights, those of
+    the state dict file `weights`, or none (meta_only: the architecture)."""
+    from zfnet import hf
+
+    if not name:
+        raise ValueError("hf: names a model: hf:ORG/NAME (a hub id) or hf:DIR (a folder "
+                         "save_pretrained wrote)")
+    label = f"hf:{name}"
+    config, where = hf.hf_config(name, _offline())
+    if meta_only:
+        with _initialising(True):
+            model = hf.hf_builder(config)()
+    elif weights is not None:
+        model = _with_weights(hf.hf_builder(config), _weights_file(weights, f"{label}'s"), label)
+    else:
+        model = hf.hf_pretrained(where, _offline())
+    channels = int(getattr(config, "num_channels", 3) or 3)
+    prep, how = hf.hf_preprocessing(where, _offline(), channels, label)
+    outputs = _outputs(model)
+    labels = hf.hf_labels(config) if weights is None else None
+    return Source(model, prep, labels if labels and len(labels) == outputs else None,
+                  f"{label} {weights}" if weights else label, "hf",
+                  {"weights": weights, "num_classes": outputs, "notes": how})
+
+
 def _interpolation(name: str | None) -> str:
     """timm's interpolation names ("bicubic", "bilinear", "random", ...) -> ours."""
     return name if name in ("bilinear", "bicubic", "nearest") else "bilinear"
@@ -964,8 +999,10 @@ def _overrides(mean: float | Sequence[float] | None, std: float | Sequence[float
 def _override(src: Source, overrides: dict[str, Any]) -> None:
     """Apply --mean/--std/--resize/--crop, checked against what the model takes; the note on
     the preprocessing says what it is now."""
+    from zfnet.models import zfnet_config
+
     crop = overrides.get("crop")
-    fixed = getattr(getattr(src.model, "config", None), "input_size", None)
+    fixed = getattr(zfnet_config(src.model), "input_size", None)
     if crop is not None and fixed is not None and crop != fixed:
         raise ValueError(f"--crop {crop}: {src.name} takes {fixed} px inputs (its fc layers "
                          "are sized for them)")

@@ -13,13 +13,13 @@ import torch
 from torch import nn
 
 from zfnet.activations import to_model
-from zfnet.models import eval_mode
+from zfnet.models import eval_mode, zfnet_config
 
 
 def model_outputs(model: nn.Module, x: torch.Tensor) -> int:
     """The number of classes `model` scores: the last dim of its output for one input x
     (C, H, W); zfnet's models say it without running."""
-    cfg = getattr(model, "config", None)
+    cfg = zfnet_config(model)
     if cfg is not None and hasattr(cfg, "num_classes"):
         return int(cfg.num_classes)
     with eval_mode(model), torch.inference_mode():

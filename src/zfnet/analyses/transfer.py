@@ -169,13 +169,13 @@ def transfer_study(
     runs' progress bars (each takes minutes).
     """
     from zfnet.analyses.probes import extract_features, fit_linear
-    from zfnet.models import is_zfnet_model, resolve_layer
+    from zfnet.models import resolve_layer, zfnet_config
     from zfnet.sources import architecture_name
     from zfnet.train import NonFiniteLossError, TrainConfig, train
 
     architecture_name(model_name)  # one zfnet can train from scratch, or a ValueError
     resolve_layer(model, layer)  # one the model has, or an UnknownLayerError naming them
-    config = getattr(model, "config", None) if is_zfnet_model(model) else None
+    config = zfnet_config(model)
     channels = in_channels or (int(config.in_channels) if config else None)
     size = input_size or (int(config.input_size) if config else None)
     if preprocessing is not None:  # the images become the model's own inputs

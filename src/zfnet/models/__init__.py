@@ -9,6 +9,7 @@ from zfnet.models.convnet import (
     apply_overrides,
     filter_rms,
     is_zfnet_model,
+    zfnet_config,
 )
 from zfnet.models.geometry import (
     GeometryError,
@@ -56,5 +57,5 @@ __all__ = [
     "GeometryError", "graph_geometry",
     "feature_layers", "first_convs", "is_zfnet_model", "last_spatial_layer", "layer_geometries",
     "vector_layer", "repeated_layers", "score_layer", "chain_checked", "chain_root",
-    "chain_runs_as_forward",
+    "chain_runs_as_forward", "zfnet_config",
 ]

@@ -167,6 +167,13 @@ class ConvNet(nn.Module):
         return self.classifier(x)  # (N, num_classes)
 
 
+def zfnet_config(model: nn.Module) -> NetConfig | None:
+    """The NetConfig of one of zfnet's models; None for any other (a Hugging Face model's
+    `config` is its own kind)."""
+    cfg = getattr(model, "config", None)
+    return cfg if isinstance(cfg, NetConfig) else None
+
+
 def is_zfnet_model(model: nn.Module) -> bool:
     """Whether `model` is one of zfnet's own models (`ConvNet`: zfnet_*, alexnet_*), whose
     layers have the paper's names (conv1…conv5, fc6…fc8)."""

@@ -375,10 +375,28 @@ def feature_layers(model: nn.Module, input_size: int | tuple[int, int] | None = 
         if convs:
             return convs
     geo = graph_geometry(model, input_size or DEFAULT_SIZE)
+    objects: set[str] | None = None  # the modules whose output is no tensor, when asked
 
-    def stages(parent: str, m: nn.Module) -> list[str]:
-        return [f"{parent}{n}" for n, c in m.named_children()
-                if _has_conv(c) and geo.get(f"{parent}{n}") is not None]
+    def stages(parent: str, m: nn.Module, depth: int = 0) -> list[str]:
+        """The children with a convolution and a map out; through one whose output is not a
+        tensor (a Hugging Face model's output object) or that is not called (a ModuleList),
+        its own."""
+        nonlocal objects
+        found = []
+        for n, c in m.named_children():
+            path = f"{parent}{n}"
+            if not _has_conv(c):
+                continue
+            if geo.get(path) is not None:
+                found.append(path)
+                continue
+            if objects is None:
+                made = record_forward(model, input_size or DEFAULT_SIZE)[1]
+                objects = {p for p, (_, shape, *_) in made.items() if shape == ()} | {
+                    p for p, _ in model.named_modules() if p and p not in made}
+            if path in objects and depth < 4:
+                found.extend(stages(f"{path}.", c, depth + 1))
+        return found
 
     def expand(path: str) -> list[str]:
         """A stage's own stages; through a lone one, that one's; the stage itself where that

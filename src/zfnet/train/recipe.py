@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from zfnet.data.images import BadImageError
 from zfnet.data.transforms import CropDataset, random_crop_params
-from zfnet.models import eval_mode
+from zfnet.models import eval_mode, zfnet_config
 from zfnet.progress import progress_bar
 from zfnet.train import checkpoint as ckpt
 from zfnet.train import distributed as ddp
@@ -577,7 +577,7 @@ def param_groups(
     first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     # zfnet's models say theirs; another architecture's first convolution was scaled for the
     # paper's pixels by `zfnet.sources.build_architecture`
-    std = float(getattr(getattr(model, "config", None), "input_std", INPUT_STD))
+    std = float(getattr(zfnet_config(model), "input_std", INPUT_STD))
     special = first.weight if config.precondition and first is not None and std != 1.0 else None
     seen = {id(special)} if special is not None else set()
     rest, norm, bias = [], [], []  # norm / bias: own decay when config says so

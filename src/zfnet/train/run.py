@@ -35,7 +35,7 @@ from zfnet.data.loaders import (
 from zfnet.data.mixed import measure_share, saved_share
 from zfnet.data.spec import absolute_spec
 from zfnet.data.workers import Loader
-from zfnet.models import eval_mode
+from zfnet.models import eval_mode, zfnet_config
 from zfnet.train import checkpoint as ckpt
 from zfnet.train import distributed as ddp
 from zfnet.train.budget import Plan
@@ -479,5 +479,5 @@ def _workers_before(run: Run) -> int | None:
 
 def model_config(model: nn.Module) -> dict[str, Any]:
     """The model's NetConfig as a dict (what a checkpoint rebuilds it from); {} for others."""
-    cfg = getattr(model, "config", None)
+    cfg = zfnet_config(model)
     return cfg.to_dict() if hasattr(cfg, "to_dict") else {}

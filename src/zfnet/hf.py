@@ -1,0 +1,185 @@
+"""Hugging Face transformers image classifiers as model sources: `hf:ORG/NAME` (a hub id, read
+from the Hugging Face cache and downloaded there once when missing, unless ZFNET_OFFLINE=1) or
+`hf:DIR` (a folder `save_pretrained` wrote: config.json, model.safetensors and, if the model has
+one, preprocessor_config.json).
+
+What comes with the model, as `zfnet.sources.Source` needs it:
+- the model, its forward made to return the logits (N, classes) that zfnet follows, its
+  modules named as transformers names them (`resnet.encoder.stages.0`, `convnext.encoder...`);
+- its preprocessing, from its image processor: mean, std, resize, crop and interpolation;
+- its class names, from the config's `id2label` (unless they are transformers' `LABEL_k`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from zfnet.data.preprocess import Preprocessing
+
+INSTALL = "pip install transformers (or pip install 'zfnet[hf]')"
+_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL's filters, as processors keep them
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise ValueError(f"hf: models need transformers, which is not installed: {INSTALL}"
+                         ) from None
+    return transformers
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """transformers' own loading bar and notes off while zfnet loads a model (it says what it
+    loaded); as they were after."""
+    from transformers.utils import logging
+
+    bars, level = logging.is_progress_bar_enabled(), logging.get_verbosity()
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def hf_config(name: str, offline: bool) -> tuple[Any, str]:
+    """The transformers config of `name` (a folder or a hub id) and where it was read."""
+    tf = _transformers()
+    path = Path(name).expanduser()
+    where = str(path) if path.is_dir() else name
+    if not path.is_dir() and name.startswith((".", "/", "~")):  # a path, not a hub id
+        raise FileNotFoundError(f"hf:{name}: no such folder; give a folder save_pretrained wrote "
+                                "(config.json, model.safetensors) or a hub id, ORG/NAME")
+    try:
+        config = tf.AutoConfig.from_pretrained(where, local_files_only=offline)
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = (" (ZFNET_OFFLINE=1: only the Hugging Face cache is read; `hf download "
+                f"{name}` fills it)" if offline and not path.is_dir() else "")
+        raise FileNotFoundError(f"hf:{name}: cannot read its config ({first}){hint}; give a "
+                                "folder save_pretrained wrote (config.json, model.safetensors) "
+                                "or a hub id, ORG/NAME") from None
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES as classifiers,
+    )
+    if config.model_type not in classifiers:
+        raise ValueError(f"hf:{name} is a {config.model_type!r} model, which transformers "
+                         "has no image classifier for (AutoModelForImageClassification); "
+                         "zfnet follows the class a model predicts")
+    saved = list(getattr(config, "architectures", None) or [])
+    if saved and not any(a.endswith("ForImageClassification") for a in saved):
+        head = classifiers[config.model_type]
+        raise ValueError(f"hf:{name} holds a {', '.join(saved)}, without a classification "
+                         "head (its weights would meet a random one); zfnet follows the class a "
+                         f"model predicts: give an image classifier ({head})")
+    return config, where
+
+
+def logits_model(model: nn.Module) -> nn.Module:
+    """`model` (a transformers image classifier) with a forward that takes the images alone and
+    returns their logits; its class keeps its name, its modules and state dict their names."""
+    cls = type(model)
+
+    def forward(self: nn.Module, x: Any) -> Any:
+        return cls.forward(self, pixel_values=x, return_dict=True).logits
+
+    model.__class__ = type(cls.__name__, (cls,), {"forward": forward,
+                                                   "__module__": cls.__module__,
+                                                   "__qualname__": cls.__qualname__})
+    return model
+
+
+def hf_builder(config: Any) -> Callable[..., nn.Module]:
+    """A builder of the architecture of `config` (random init), `num_classes=` another number
+    of classes (a fine-tuned copy's weights file), as `zfnet.sources` builders take it."""
+    tf = _transformers()
+
+    def build(num_classes: int | None = None) -> nn.Module:
+        cfg = config
+        if num_classes is not None and num_classes != config.num_labels:
+            cfg = type(config).from_dict({**config.to_dict(), "num_labels": num_classes,
+                                          "id2label": None, "label2id": None})
+        return logits_model(tf.AutoModelForImageClassification.from_config(cfg))
+    return build
+
+
+def hf_pretrained(where: str, offline: bool) -> nn.Module:
+    """The model with the weights saved beside its config."""
+    tf = _transformers()
+    try:
+        with _quiet():
+            model = tf.AutoModelForImageClassification.from_pretrained(
+                where, local_files_only=offline)
+    except (OSError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FileNotFoundError(f"hf:{where}: cannot load its weights ({first})") from None
+    return logits_model(model)
+
+
+def hf_labels(config: Any) -> list[str] | None:
+    """The class names of the config's id2label, in output order; None for transformers'
+    placeholders (LABEL_0, ...)."""
+    names = [str((config.id2label or {}).get(k, "")) for k in range(config.num_labels)]
+    if not all(names) or all(n == f"LABEL_{k}" for k, n in enumerate(names)):
+        return None
+    return names
+
+
+def _size(size: Any, key: str) -> int | None:
+    value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+    return int(value) if value else None
+
+
+def hf_preprocessing(where: str, offline: bool, channels: int, label: str
+                     ) -> tuple[Preprocessing, list[str]]:
+    """The model's preprocessing from its image processor (preprocessor_config.json) and a note
+    saying how; ImageNet's at 256/224 where it has none."""
+    tf = _transformers()
+    try:
+        proc = tf.AutoImageProcessor.from_pretrained(where, local_files_only=offline)
+    except (OSError, ValueError, KeyError):
+        prep = Preprocessing.imagenet()
+        return prep, [f"preprocessing: {label} has no image processor (preprocessor_config."
+                      "json): ImageNet's mean and std at 256/224 (--mean/--std/--resize/--crop "
+                      "change it)"]
+    mean = tuple(proc.image_mean) if getattr(proc, "do_normalize", True) else (0.0,) * channels
+    std = tuple(proc.image_std) if getattr(proc, "do_normalize", True) else (1.0,) * channels
+    size, crop_size = getattr(proc, "size", None) or {}, getattr(proc, "crop_size", None) or {}
+    short, height, width = (_size(size, k) for k in ("shortest_edge", "height", "width"))
+    crop = _size(crop_size, "height") if getattr(proc, "do_center_crop", False) else None
+    warped = ""
+    if short is not None:
+        crop_pct = getattr(proc, "crop_pct", None)
+        if crop_pct and short < 384:  # ConvNeXt's: resized to short / crop_pct, then cropped
+            resize, crop = int(short / crop_pct), short
+        elif crop_pct:  # ConvNeXt's from 384 px: resized to short x short
+            resize = crop = short
+            warped = (f"; its processor resizes each image to {short}x{short}, not keeping its "
+                      f"shape, here the shorter side goes to {short} and the centre is cut")
+        else:
+            resize, crop = short, crop or short
+            if crop == short and not getattr(proc, "do_center_crop", False):
+                warped = (f"; its processor keeps the whole image (the shorter side at {short}),"
+                          " here the centre square is cut")
+    elif height is not None and width is not None:
+        if height != width:
+            raise ValueError(f"{label} takes {height}x{width} inputs; only square ones are "
+                             "supported")
+        resize, crop = height, crop or height
+        warped = (f"; its processor resizes each image to {height}x{width}, not keeping its "
+                  f"shape, here the shorter side goes to {height} and the centre is cut")
+    else:
+        raise ValueError(f"{label}: its image processor gives no size ({size!r})")
+    interpolation = _RESAMPLE.get(int(getattr(proc, "resample", 2) or 2), "bilinear")
+    prep = Preprocessing.from_unit_stats(mean, std, crop, resize=max(resize, crop),
+                                         interpolation=interpolation)
+    return prep, [f"preprocessing: {label}'s image processor ({prep.describe()}){warped}"]

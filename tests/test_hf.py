@@ -1,0 +1,169 @@
+"""Hugging Face transformers image classifiers as sources (`zfnet.hf`, `hf:DIR`, `hf:ORG/NAME`):
+a folder save_pretrained wrote, loaded with its weights, class names and image processor, its
+modules named as transformers names them, its main stages found through its output objects,
+the engine equal to Captum on it, and every error one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tests.test_graph import _check_equal
+from zfnet.cli import main
+from zfnet.models import feature_layers
+from zfnet.sources import load_source, read_state_dict
+
+transformers = pytest.importorskip("transformers")
+
+LABELS = ["tench", "goldfish", "shark", "eagle", "owl"]
+
+
+def _small_resnet(num_labels: int = 5) -> object:
+    cfg = transformers.ResNetConfig(
+        embedding_size=16, hidden_sizes=[16, 24, 32, 48], depths=[1, 1, 1, 1],
+        num_labels=num_labels, id2label=dict(enumerate(LABELS[:num_labels])),
+        label2id={n: k for k, n in enumerate(LABELS[:num_labels])})
+    torch.manual_seed(0)
+    return transformers.ResNetForImageClassification(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> Path:
+    """A ResNet as `save_pretrained` writes it, with a processor as microsoft/resnet-50's:
+    shorter side to 224 / 0.875, centre 224, ImageNet's mean and std, bicubic."""
+    out = tmp_path_factory.mktemp("hf") / "resnet"
+    _small_resnet().save_pretrained(out)
+    transformers.ConvNextImageProcessor(
+        size={"shortest_edge": 224}, crop_pct=0.875, resample=3,
+        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(out)
+    return out
+
+
+def test_a_saved_classifier_comes_with_its_weights_names_and_preprocessing(saved) -> None:
+    src = load_source(f"hf:{saved}")
+    assert (src.kind, src.labels, src.meta["num_classes"]) == ("hf", LABELS, 5)
+    prep = src.preprocessing
+    assert (prep.resize, prep.crop, prep.interpolation) == (256, 224, "bicubic")
+    assert prep.mean == pytest.approx((123.675, 116.28, 103.53))
+    assert prep.std == pytest.approx((58.395, 57.12, 57.375))
+    assert "image processor" in src.meta["notes"][0]
+    # the logits of transformers' own model of the same weights, its modules' names kept
+    ref = transformers.ResNetForImageClassification.from_pretrained(saved).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(src.model(x), ref(pixel_values=x).logits)
+    assert type(src.model).__name__ == "ResNetForImageClassification"
+    assert src.model.state_dict().keys() == ref.state_dict().keys()
+    # its stages, as a torchvision ResNet's: the stem and the four stages, found through the
+    # output objects of `resnet` and `resnet.encoder`
+    assert feature_layers(src.model, 64) == ["resnet.embedder", *(
+        f"resnet.encoder.stages.{i}" for i in range(4))]
+
+
+def test_the_engine_equals_captum_on_it(saved) -> None:
+    model = load_source(f"hf:{saved}").model
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    for layer in ("resnet.encoder.stages.1", "resnet.encoder.stages.3.layers.0.layer.1"):
+        assert _check_equal(model, layer, x, [0, 5]) >= 3
+
+
+def test_a_weights_file_of_a_fine_tuned_copy(saved, tmp_path) -> None:
+    """--weights: a state dict of the architecture, another number of classes included."""
+    three = _small_resnet(num_labels=3)
+    torch.save(three.state_dict(), tmp_path / "three.pth")
+    src = load_source(f"hf:{saved}", str(tmp_path / "three.pth"))
+    assert src.meta["num_classes"] == 3 and src.labels is None  # the config names 5
+    sd = read_state_dict(tmp_path / "three.pth")
+    assert all(torch.equal(v, sd[k]) for k, v in src.model.state_dict().items())
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="holds weights of another architecture than hf:"):
+        load_source(f"hf:{saved}", str(tmp_path / "other.pth"))
+
+
+def test_commands_look_inside_it(saved, tmp_path) -> None:
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = torch.Generator().manual_seed(2)
+    for i in range(3):
+        pixels = torch.randint(0, 256, (80, 96, 3), generator=rng, dtype=torch.uint8)
+        Image.fromarray(pixels.numpy()).save(photos / f"p{i}.png")
+    model = ["--model", f"hf:{saved}", "--crop", "64", "--resize", "72"]
+    res = CliRunner().invoke(main, ["project", str(photos / "p0.png"), *model, "--top", "1",
+                                    "--out", str(tmp_path / "look")])
+    assert res.exit_code == 0, res.output
+    assert "resnet.encoder.stages.3 map" in res.output
+    res = CliRunner().invoke(main, ["visualize", "topk", *model, "--data", f"images:{photos}",
+                                    "--layer", "resnet.encoder.stages.2", "--maps-per-layer",
+                                    "2", "--out", str(tmp_path / "look")])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["analyze", "occlusion", *model, "--data", f"images:{photos}",
+                                    "--images", "1", "--size", "32", "--stride", "32",
+                                    "--out", str(tmp_path / "look")])
+    assert res.exit_code == 0, res.output
+    assert "layer: resnet.encoder.stages.3" in res.output
+    page = (tmp_path / "look" / "index.html").read_text()
+    assert 'id="topk_gallery"' in page and 'id="occlusion"' in page
+    res = CliRunner().invoke(main, ["models", f"hf:{saved}"])
+    assert res.exit_code == 0 and "classes: 5 (tench, goldfish, shark, ...)" in res.output
+    assert "without --layer, the analyses show: resnet.embedder, resnet.encoder.stages.0" \
+        in res.output
+
+
+def _error(args: list[str], env: dict[str, str] | None = None) -> str:
+    res = CliRunner(env=env).invoke(main, args)
+    assert res.exit_code != 0 and "Traceback" not in res.output, res.output
+    lines = res.output.strip().splitlines()
+    assert lines[-1].startswith("Error: "), res.output
+    return lines[-1]
+
+
+def test_what_is_not_an_image_classifier_is_one_line(tmp_path) -> None:
+    backbone = tmp_path / "backbone"
+    transformers.ResNetModel(_small_resnet().config).save_pretrained(backbone)
+    assert "holds a ResNetModel, without a classification head" in _error(
+        ["models", f"hf:{backbone}"])
+    bert = tmp_path / "bert"
+    transformers.BertConfig(num_hidden_layers=1).save_pretrained(bert)
+    assert "is a 'bert' model, which transformers has no image classifier for" in _error(
+        ["models", f"hf:{bert}"])
+    assert "hf:./nope: no such folder" in _error(["models", "hf:./nope"])
+    assert "hf: names a model" in _error(["models", "hf:"])
+    # offline, a hub id not in the cache: says how to fill it
+    said = _error(["models", "hf:nobody/no-model"],
+                  env={"ZFNET_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")})
+    assert "cannot read its config" in said and "hf download nobody/no-model" in said
+    assert "does not train one from scratch" in _error(
+        ["train", "--model", "hf:nobody/no-model", "--data", "synthetic", "--out",
+         str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
+
+
+def test_preprocessing_of_each_kind_of_image_processor(tmp_path) -> None:
+    """ViT's and EfficientNet's processors resize to a fixed height and width (said: here the
+    shorter side and the centre); BiT's and MobileNet's resize the shorter side, then crop."""
+    from zfnet.hf import hf_preprocessing
+
+    cases = [
+        (transformers.ViTImageProcessor(size={"height": 224, "width": 224}), (224, 224),
+         "not keeping its shape"),
+        (transformers.BitImageProcessor(size={"shortest_edge": 256},
+                                        crop_size={"height": 224, "width": 224}), (256, 224),
+         None),
+        (transformers.ConvNextImageProcessor(size={"shortest_edge": 384}), (384, 384),
+         "resizes each image to 384x384"),
+        (transformers.BitImageProcessor(size={"shortest_edge": 256}, do_center_crop=False),
+         (256, 256), "keeps the whole image"),
+    ]
+    for k, (proc, (resize, crop), said) in enumerate(cases):
+        folder = tmp_path / str(k)
+        proc.save_pretrained(folder)
+        prep, notes = hf_preprocessing(str(folder), True, 3, "m")
+        assert (prep.resize, prep.crop) == (resize, crop), proc
+        assert (said in notes[0]) if said else ("here" not in notes[0]), notes
+    prep, notes = hf_preprocessing(str(tmp_path / "none"), True, 3, "m")  # no processor saved
+    assert (prep.resize, prep.crop) == (256, 224) and "has no image processor" in notes[0]
