@@ -437,3 +437,31 @@ def test_channels_last_stages_of_timm_networks_equal_autograd(name: str, layer: 
         (g,) = torch.autograd.grad(v, xg, retain_graph=True)
         ref = g[0] * v.clamp(min=0).detach()
         assert (proj[k] - ref).abs().max() <= 1e-4 * ref.abs().max(), (name, c)
+
+
+class _ValidPadding(nn.Module):
+    """Convolutions with string padding, as Hugging Face's EfficientNet has them: autograd
+    saves padding="valid" as (0,), one value for both sides."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, stride=2, padding="valid")
+        self.conv2 = nn.Conv2d(8, 8, 3, padding="same")
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.conv2(self.relu(self.conv1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_strided_valid_padding_convolution_has_a_geometry_and_equals_captum() -> None:
+    from zfnet.models import graph_geometry
+
+    torch.manual_seed(0)
+    model = _ValidPadding().eval()
+    geo = graph_geometry(model, 32)
+    assert (geo["conv1"].rows.size, geo["conv1"].rows.rf) == (15, 3)
+    assert (geo["conv2"].rows.size, geo["conv2"].rows.rf, geo["conv2"].rows.first) == (15, 7, -2)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    assert _check_equal(model, "conv2", x, [0, 3]) >= 3

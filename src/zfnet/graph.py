@@ -175,6 +175,7 @@ def _conv(node: Any, g: Tensor, rounds: int) -> list[Tensor | None]:
         raise NotImplementedError
     x, w = node._saved_input, node._saved_weight.to(g.dtype)
     stride, pad = tuple(node._saved_stride), tuple(node._saved_padding)
+    pad = pad * 2 if len(pad) == 1 else pad  # padding="valid" saves (0,)
     if node._saved_groups == 1 and tuple(node._saved_dilation) == (1, 1) and \
             max(stride) > 1 and w.shape[1] <= 4 and g.device.type == "cpu":
         from zfnet.deconvnet import conv_transpose_phases, phase_weights

@@ -846,7 +846,8 @@ def _conv(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
     if n._saved_transposed or len(stride) < 2 or not _last_two(f, shape):
         return None
     k = tuple(int(v) for v in n._saved_weight.shape[-2:])
-    win = Window(k, stride[-2:], tuple(n._saved_padding)[-2:],  # type: ignore[arg-type]
+    pad = tuple(n._saved_padding)  # one value for both sides: padding="valid" saves (0,)
+    win = Window(k, stride[-2:], (pad * 2 if len(pad) == 1 else pad)[-2:],  # type: ignore[arg-type]
                  tuple(n._saved_dilation)[-2:])  # type: ignore[arg-type]
     return _windowed(f, win, out[-2:], ((len(out) - 2, 1), (len(out) - 1, 1)), w.size)
 
