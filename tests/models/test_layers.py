@@ -137,6 +137,26 @@ def test_no_linear_layer_and_no_conv() -> None:
         first_convs(mlp, 2, 8)
 
 
+class _Whole(nn.Module):
+    """A wrapper around a whole network, as people write one (and Hugging Face's timm
+    wrapper is): its one child's output is the logits, no map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torchvision.models.resnet18(weights=None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def test_the_stages_of_a_network_wrapped_whole_are_found() -> None:
+    torch.manual_seed(0)
+    wrapped = _Whole().eval()
+    assert feature_layers(wrapped, SIZE) == ["net.conv1", *(f"net.layer{i}" for i in range(1, 5))]
+    assert (last_spatial_layer(wrapped, SIZE), vector_layer(wrapped, SIZE)) == (
+        "net.layer4", "net.avgpool")
+
+
 def test_a_backbone_inside_a_wrapper_is_found() -> None:
     """Fewer than 3 stages at the top: each is replaced by its own stages."""
     torch.manual_seed(0)

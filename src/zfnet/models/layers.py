@@ -376,13 +376,15 @@ def feature_layers(model: nn.Module, input_size: int | tuple[int, int] | None = 
             return convs
     geo = graph_geometry(model, input_size or DEFAULT_SIZE)
     objects: set[str] | None = None  # the modules whose output is no tensor, when asked
+    vectors: set[str] = set()  # ... and those whose output is (N, C)
 
     def stages(parent: str, m: nn.Module, depth: int = 0) -> list[str]:
         """The children with a convolution and a map out; through one whose output is not a
         tensor (a Hugging Face model's output object) or that is not called (a ModuleList),
-        its own."""
-        nonlocal objects
-        found = []
+        its own; where no child is a stage, through those that output a vector (a wrapper
+        around a whole network, whose output is the logits)."""
+        nonlocal objects, vectors
+        found, opaque = [], []
         for n, c in m.named_children():
             path = f"{parent}{n}"
             if not _has_conv(c):
@@ -394,8 +396,15 @@ def feature_layers(model: nn.Module, input_size: int | tuple[int, int] | None = 
                 made = record_forward(model, input_size or DEFAULT_SIZE)[1]
                 objects = {p for p, (_, shape, *_) in made.items() if shape == ()} | {
                     p for p, _ in model.named_modules() if p and p not in made}
-            if path in objects and depth < 4:
+                vectors = {p for p, (_, shape, *_) in made.items() if len(shape) == 2}
+            if depth >= 4:
+                continue
+            if path in objects:
                 found.extend(stages(f"{path}.", c, depth + 1))
+            elif path in vectors:
+                opaque.append((path, c))
+        if not found:
+            found = [s for path, c in opaque for s in stages(f"{path}.", c, depth + 1)]
         return found
 
     def expand(path: str) -> list[str]:
