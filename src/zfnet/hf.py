@@ -60,7 +60,8 @@ def hf_config(name: str, offline: bool) -> tuple[Any, str]:
         raise FileNotFoundError(f"hf:{name}: no such folder; give a folder save_pretrained wrote "
                                 "(config.json, model.safetensors) or a hub id, ORG/NAME")
     try:
-        config = tf.AutoConfig.from_pretrained(where, local_files_only=offline)
+        with _quiet():
+            config = tf.AutoConfig.from_pretrained(where, local_files_only=offline)
     except (OSError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         hint = (" (ZFNET_OFFLINE=1: only the Hugging Face cache is read; `hf download "
@@ -90,7 +91,8 @@ def logits_model(model: nn.Module) -> nn.Module:
     cls = type(model)
 
     def forward(self: nn.Module, x: Any) -> Any:
-        return cls.forward(self, pixel_values=x, return_dict=True).logits
+        out = cls.forward(self, pixel_values=x, return_dict=True)
+        return getattr(out, "logits", out)  # none: the output, which the load check names
 
     model.__class__ = type(cls.__name__, (cls,), {"forward": forward,
                                                    "__module__": cls.__module__,
@@ -145,7 +147,8 @@ def hf_preprocessing(where: str, offline: bool, channels: int, label: str
     saying how; ImageNet's at 256/224 where it has none."""
     tf = _transformers()
     try:
-        proc = tf.AutoImageProcessor.from_pretrained(where, local_files_only=offline)
+        with _quiet():
+            proc = tf.AutoImageProcessor.from_pretrained(where, local_files_only=offline)
     except (OSError, ValueError, KeyError):
         prep = Preprocessing.imagenet()
         return prep, [f"preprocessing: {label} has no image processor (preprocessor_config."
