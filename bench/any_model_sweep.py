@@ -4,11 +4,15 @@ Each model goes through the command line (`zfnet project` on one photo by defaul
 `--commands`), one process per run, and each run is reported as passed, or failed with the
 last line it printed: `Error: …` is a clean refusal (a transformer has no convolution to
 show), anything else (a traceback) is a bug. The models: every torchvision classification model
-(`--torchvision all`, the largest ViTs and RegNets left out by default), and timm's (`--timm`
-names, or `families`: the shortest name of each family, transformers included).
+(`--torchvision all`, the largest ViTs and RegNets left out by default), timm's (`--timm`
+names, or `families`: the shortest name of each family, transformers included), and Hugging
+Face transformers' image classifiers (`--hf all`, or model types such as `resnet,convnext`):
+each type's default config at random init, saved with `save_pretrained` and given as `hf:DIR`
+(no image processor: ImageNet's at 256/224; above `--hf-max` parameters left out).
 
     PYTHONPATH=src python bench/any_model_sweep.py --torchvision all --out sweep.json
     PYTHONPATH=src python bench/any_model_sweep.py --timm families --out sweep-timm.json
+    PYTHONPATH=src python bench/any_model_sweep.py --hf all --out sweep-hf.json
     PYTHONPATH=src python bench/any_model_sweep.py --torchvision resnet18,convnext_tiny \
         --commands project,topk,occlusion,invariance,randomization,filters
 
@@ -76,10 +80,46 @@ def _timm(spec: str) -> list[str]:
     return [f"timm:{n}" for n in spec.split(",") if n]
 
 
+def _hf(spec: str, folder: Path, max_params: float) -> tuple[list[str], list[dict]]:
+    """`hf:DIR` of each transformers model type with an image classifier (`all`, or types),
+    built from its default config at random init into `folder`; the types that cannot be
+    built (a library missing, a config that needs more) as runs "not built"."""
+    if not spec:
+        return [], []
+    import torch
+    from transformers import AutoModelForImageClassification
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+    )
+
+    types = sorted(MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES) if spec == "all" else \
+        [t for t in spec.split(",") if t]
+    models, skipped = [], []
+    for t in types:
+        try:
+            cfg = CONFIG_MAPPING[t]()
+            cfg.num_labels = 10
+            torch.manual_seed(0)
+            model = AutoModelForImageClassification.from_config(cfg)
+        except Exception as e:  # a library missing (natten), a config that needs more
+            skipped.append({"model": f"hf:{t}", "command": "build", "status": "not built",
+                            "seconds": 0.0, "message": f"{type(e).__name__}: {e}"[:300]})
+            continue
+        if sum(p.numel() for p in model.parameters()) > max_params:
+            continue
+        model.save_pretrained(folder / t)
+        models.append(f"hf:{t}")  # a folder of that name where the runs start (`folder`)
+    return models, skipped
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--torchvision", default="", help="all, or names, comma-separated")
     ap.add_argument("--timm", default="", help="families, or names, comma-separated")
+    ap.add_argument("--hf", default="", help="all, or transformers model types, comma-separated")
+    ap.add_argument("--hf-max", type=float, default=150e6,
+                    help="--hf: leave out models of more parameters than this")
     ap.add_argument("--skip", default="", help="models to leave out, comma-separated")
     ap.add_argument("--commands", default="project", help=",".join(COMMANDS))
     ap.add_argument("--timeout", type=int, default=900, help="seconds per run")
@@ -92,11 +132,16 @@ def main() -> int:
     skip = set(args.skip.split(","))
     models = [m for m in _torchvision(args.torchvision) + _timm(args.timm)
               if m.split(":", 1)[1] not in skip]
-    if not models:
-        ap.error("no models: give --torchvision and/or --timm")
+    if not models and not args.hf:
+        ap.error("no models: give --torchvision, --timm and/or --hf")
     zfnet = [sys.executable, "-m", "zfnet.cli"]
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
+        hf, runs = _hf(args.hf, Path(tmp) / "hf", args.hf_max)
+        for run in runs:
+            print(f"{run['model']:40s} {run['command']:14s} {run['status']:8s} "
+                  f"{run['message']}", flush=True)
+        models += hf
         photos = _photos(Path(tmp) / "photos")
         fill = {"photo": str(photos / "chelsea.jpg"), "photos": str(photos)}
         for model in models:
@@ -106,7 +151,8 @@ def main() -> int:
                 t0 = time.perf_counter()
                 try:
                     p = subprocess.run([*zfnet, *argv, "--model", model, "--out", str(out)],
-                                       capture_output=True, text=True, timeout=args.timeout)
+                                       capture_output=True, text=True, timeout=args.timeout,
+                                       cwd=Path(tmp) / "hf" if model in hf else None)
                     rc, last = p.returncode, (p.stderr.strip().splitlines() or [""])[-1]
                 except subprocess.TimeoutExpired:
                     rc, last = -1, f"timed out after {args.timeout} s"

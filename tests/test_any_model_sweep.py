@@ -33,3 +33,19 @@ def test_a_failure_is_reported_and_sets_the_exit_status() -> None:
     assert p.returncode == 1 and "FAILED" in p.stdout and "timed out after 1 s" in p.stdout
     p = _sweep("--torchvision", "resnet18", "--commands", "project,dance")
     assert p.returncode == 2 and "unknown command(s) dance" in p.stderr
+
+
+def test_hugging_face_model_types_are_built_saved_and_swept(tmp_path) -> None:
+    """--hf: each type's default config at random init, given as hf:DIR; one that cannot be
+    built is said, not counted as a failure."""
+    import pytest
+
+    pytest.importorskip("transformers")
+    out = tmp_path / "sweep.json"
+    p = _sweep("--hf", "mobilenet_v2,dinat", "--out", str(out))
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    runs = {(r["model"], r["command"]): r for r in json.loads(out.read_text())["runs"]}
+    assert runs[("hf:mobilenet_v2", "project")]["status"] == "passed"
+    assert runs[("hf:dinat", "build")]["status"] == "not built"  # natten is not installed
+    assert "natten" in runs[("hf:dinat", "build")]["message"]
+    assert "2 runs of 1 models: 1 passed, 0 refused, 0 FAILED" in p.stdout
