@@ -83,7 +83,8 @@ def _timm(spec: str) -> list[str]:
 def _hf(spec: str, folder: Path, max_params: float) -> tuple[list[str], list[dict]]:
     """`hf:DIR` of each transformers model type with an image classifier (`all`, or types),
     built from its default config at random init into `folder`; the types that cannot be
-    built (a library missing, a config that needs more) as runs "not built"."""
+    built (a library missing, a config that needs more) as runs "not built", those larger than
+    `max_params` as "left out"."""
     if not spec:
         return [], []
     import torch
@@ -100,13 +101,19 @@ def _hf(spec: str, folder: Path, max_params: float) -> tuple[list[str], list[dic
         try:
             cfg = CONFIG_MAPPING[t]()
             cfg.num_labels = 10
+            head = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES[t]  # a name, or names (DeiT's)
+            cfg.architectures = [head if isinstance(head, str) else head[0]]
             torch.manual_seed(0)
             model = AutoModelForImageClassification.from_config(cfg)
         except Exception as e:  # a library missing (natten), a config that needs more
             skipped.append({"model": f"hf:{t}", "command": "build", "status": "not built",
-                            "seconds": 0.0, "message": f"{type(e).__name__}: {e}"[:300]})
+                            "seconds": 0.0,
+                            "message": f"{type(e).__name__}: {' '.join(str(e).split())}"[:300]})
             continue
-        if sum(p.numel() for p in model.parameters()) > max_params:
+        n = sum(p.numel() for p in model.parameters())
+        if n > max_params:
+            skipped.append({"model": f"hf:{t}", "command": "build", "status": "left out",
+                            "seconds": 0.0, "message": f"{n / 1e6:.0f} M parameters (--hf-max)"})
             continue
         model.save_pretrained(folder / t)
         models.append(f"hf:{t}")  # a folder of that name where the runs start (`folder`)
