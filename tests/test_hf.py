@@ -167,3 +167,24 @@ def test_preprocessing_of_each_kind_of_image_processor(tmp_path) -> None:
         assert (said in notes[0]) if said else ("here" not in notes[0]), notes
     prep, notes = hf_preprocessing(str(tmp_path / "none"), True, 3, "m")  # no processor saved
     assert (prep.resize, prep.crop) == (256, 224) and "has no image processor" in notes[0]
+
+
+def test_a_model_object_from_python_is_seen_through_a_view(saved) -> None:
+    """from_module(a transformers classifier): its logits and class names, the processor's
+    preprocessing; your object is left as it was (called with pixel_values=, an output
+    object back)."""
+    from zfnet.sources import from_module
+
+    model = transformers.ResNetForImageClassification.from_pretrained(saved).eval()
+    processor = transformers.AutoImageProcessor.from_pretrained(saved)
+    src = from_module(model, processor=processor)
+    assert src.labels == LABELS and (src.preprocessing.resize, src.preprocessing.crop) == (256, 224)
+    assert "image processor" in src.meta["notes"][0]
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ours, theirs = src.model(x), model(pixel_values=x)
+    assert type(model) is transformers.ResNetForImageClassification and src.model is not model
+    torch.testing.assert_close(ours, theirs.logits)
+    assert src.model.resnet is model.resnet  # shared, not copied
+    plain = from_module(model)  # no processor: ImageNet's, said
+    assert "ImageNet's mean and std" in plain.meta["notes"][0]

@@ -12,6 +12,7 @@ What comes with the model, as `zfnet.sources.Source` needs it:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -100,6 +101,19 @@ def logits_model(model: nn.Module) -> nn.Module:
     return model
 
 
+def is_transformers_model(model: nn.Module) -> bool:
+    """Whether `model` is a transformers model (without importing transformers for any other)."""
+    if not type(model).__module__.startswith("transformers."):
+        return False
+    return isinstance(model, _transformers().PreTrainedModel)
+
+
+def logits_view(model: nn.Module) -> nn.Module:
+    """A transformers image classifier object of your own as `logits_model` makes it, leaving it
+    as it was: a shallow copy (its modules, parameters and buffers shared, nothing copied)."""
+    return logits_model(copy.copy(model))
+
+
 def hf_builder(config: Any) -> Callable[..., nn.Module]:
     """A builder of the architecture of `config` (random init), `num_classes=` another number
     of classes (a fine-tuned copy's weights file), as `zfnet.sources` builders take it."""
@@ -154,6 +168,13 @@ def hf_preprocessing(where: str, offline: bool, channels: int, label: str
         return prep, [f"preprocessing: {label} has no image processor (preprocessor_config."
                       "json): ImageNet's mean and std at 256/224 (--mean/--std/--resize/--crop "
                       "change it)"]
+    return processor_preprocessing(proc, channels, label)
+
+
+def processor_preprocessing(proc: Any, channels: int, label: str
+                            ) -> tuple[Preprocessing, list[str]]:
+    """The preprocessing of a transformers image processor object, and the note that says how
+    it was read (and where zfnet's differs: a resize that does not keep the image's shape)."""
     mean = tuple(proc.image_mean) if getattr(proc, "do_normalize", True) else (0.0,) * channels
     std = tuple(proc.image_std) if getattr(proc, "do_normalize", True) else (1.0,) * channels
     size, crop_size = getattr(proc, "size", None) or {}, getattr(proc, "crop_size", None) or {}

@@ -188,20 +188,35 @@ def _misspelt_prefix(prefix: str) -> str | None:
 def from_module(model: nn.Module, *, mean: float | Sequence[float] | None = None,
                 std: float | Sequence[float] | None = None, resize: int | None = None,
                 crop: int | None = None, labels: Sequence[str] | None = None,
-                name: str | None = None) -> Source:
+                name: str | None = None, processor: Any = None) -> Source:
     """A `Source` of a model object you built in Python, for `load_data`, the analyses
     (`zfnet.pipeline`) and the explorer (`zfnet.explorer.serve`). The preprocessing is its
-    `pretrained_cfg` (timm's form) or ImageNet's at 256/224, as for `FILE.py:NAME`; `mean`
-    and `std` per channel in 0..1 units, as model cards and `transforms.Normalize` give them
-    (one value for all channels), `resize` and `crop` override it. `labels`: one class name
-    per output. The model is put in eval mode (not copied, not moved) and tried on one input
-    of its size."""
+    `pretrained_cfg` (timm's form), a transformers image `processor`'s, or ImageNet's at
+    256/224, as for `FILE.py:NAME`; `mean` and `std` per channel in 0..1 units, as model cards
+    and `transforms.Normalize` give them (one value for all channels), `resize` and `crop`
+    override it. `labels`: one class name per output (a transformers model's `id2label` by
+    default). The model is put in eval mode (not copied, not moved) and tried on one input of
+    its size; a transformers image classifier is seen through `zfnet.hf.logits_view`, which
+    returns its logits and leaves your object as it was."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"from_module takes a torch.nn.Module, not a {type(model).__name__}")
     check_not_scripted(model)
     overrides = _overrides(mean, std, resize, crop)
     label = name or type(model).__name__
-    prep, notes = own_preprocessing(model, label)
+    if type(model).__module__.startswith("transformers."):
+        from zfnet import hf
+
+        if hf.is_transformers_model(model):
+            model = hf.logits_view(model)
+            labels = labels if labels is not None else hf.hf_labels(model.config)
+    if processor is not None:
+        from zfnet import hf
+
+        prep, notes = hf.processor_preprocessing(
+            processor, int(getattr(getattr(model, "config", None), "num_channels", 3) or 3),
+            label)
+    else:
+        prep, notes = own_preprocessing(model, label)
     if labels is not None:
         labels = _checked_labels(labels, _outputs(model), label)
     src = Source(model.eval(), prep, labels, label, "python",
