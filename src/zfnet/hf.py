@@ -36,19 +36,20 @@ def _transformers() -> Any:
 
 
 @contextmanager
-def _quiet() -> Iterator[None]:
-    """transformers' own loading bar and notes off while zfnet loads a model (it says what it
-    loaded); as they were after."""
+def _quiet(bars: bool = False) -> Iterator[None]:
+    """transformers' notes off while zfnet loads a model (it says what it loaded), and its bars
+    unless `bars` (a hub id's: a first download takes a while); as they were after."""
     from transformers.utils import logging
 
-    bars, level = logging.is_progress_bar_enabled(), logging.get_verbosity()
-    logging.disable_progress_bar()
+    shown, level = logging.is_progress_bar_enabled(), logging.get_verbosity()
+    if not bars:
+        logging.disable_progress_bar()
     logging.set_verbosity_error()
     try:
         yield
     finally:
         logging.set_verbosity(level)
-        if bars:
+        if shown:
             logging.enable_progress_bar()
 
 
@@ -132,7 +133,7 @@ def hf_pretrained(where: str, offline: bool) -> nn.Module:
     """The model with the weights saved beside its config."""
     tf = _transformers()
     try:
-        with _quiet():
+        with _quiet(bars=not Path(where).is_dir()):  # a hub id: its download's bar shown
             model = tf.AutoModelForImageClassification.from_pretrained(
                 where, local_files_only=offline)
     except (OSError, ValueError, RuntimeError) as e:
