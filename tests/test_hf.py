@@ -188,3 +188,30 @@ def test_a_model_object_from_python_is_seen_through_a_view(saved) -> None:
     assert src.model.resnet is model.resnet  # shared, not copied
     plain = from_module(model)  # no processor: ImageNet's, said
     assert "ImageNet's mean and std" in plain.meta["notes"][0]
+
+
+def test_a_hub_id_is_read_from_the_hugging_face_cache(saved, tmp_path) -> None:
+    """hf:ORG/NAME as the hub leaves it in the cache (refs/main -> snapshots/REV/), offline."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    repo = tmp_path / "hf-home" / "hub" / "models--acme--tiny-resnet"
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(saved, repo / "snapshots" / rev)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(rev)
+    photo = tmp_path / "photo.png"
+    from PIL import Image
+
+    Image.new("RGB", (96, 80), (200, 120, 40)).save(photo)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home"), "ZFNET_OFFLINE": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    p = subprocess.run([sys.executable, "-m", "zfnet.cli", "project", str(photo), "--model",
+                        "hf:acme/tiny-resnet", "--layer", "resnet.encoder.stages.1", "--top",
+                        "1", "--out", str(tmp_path / "look")], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "hf:acme/tiny-resnet's image processor (resize 256, crop 224" in p.stderr
+    assert "resnet.encoder.stages.1 map" in p.stdout
