@@ -131,6 +131,13 @@ def test_what_is_not_an_image_classifier_is_one_line(tmp_path) -> None:
     transformers.BertConfig(num_hidden_layers=1).save_pretrained(bert)
     assert "is a 'bert' model, which transformers has no image classifier for" in _error(
         ["models", f"hf:{bert}"])
+    # a classifier whose output has no logits (transformers 5.25's PP-LCNet): named, not a
+    # traceback from the first analysis
+    lcnet = tmp_path / "lcnet"
+    cfg = transformers.AutoConfig.for_model("pp_lcnet", scale=0.25, num_labels=3)
+    transformers.AutoModelForImageClassification.from_config(cfg).save_pretrained(lcnet)
+    said = _error(["models", f"hf:{lcnet}"])
+    assert "returns a BaseModelOutputWithNoAttention, not class scores" in said
     assert "hf:./nope: no such folder" in _error(["models", "hf:./nope"])
     assert "hf: names a model" in _error(["models", "hf:"])
     # offline, a hub id not in the cache: says how to fill it
