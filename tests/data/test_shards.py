@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -1056,22 +1055,23 @@ def test_two_processes_stream_disjoint_parts_of_one_epoch(resized, tmp_path) -> 
     assert parts[0] | parts[1] == set(range(n)) and len(parts[0] & parts[1]) == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_nodes_meet_at_one_rendezvous_and_train(resized, tmp_path) -> None:
     """Two torchrun launches (--nnodes 2, one process each) on this machine, as on two: they
     meet at a c10d rendezvous and train one epoch on the shards, with --loader mixed (each
     measures the workers' share, and both take the mean: a collective, so a process that did
-    not take part would hang the other)."""
-    run, port = tmp_path / "run", _free_port()
+    not take part would hang the other).
+
+    The rendezvous store lives in this process, as on a cluster with a store of its own: were it
+    in one launch, that launch could exit first and the other fail to leave the rendezvous, and
+    a port chosen beforehand could be taken by another test in between."""
+    from torch.distributed import TCPStore
+
+    run = tmp_path / "run"
+    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     procs = [subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-         "--node-rank", str(node), "--rdzv-backend", "c10d",
-         "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "shards-test",
+         "--node-rank", str(node), "--rdzv-backend", "c10d", "--rdzv-conf", "is_host=false",
+         "--rdzv-endpoint", f"127.0.0.1:{store.port}", "--rdzv-id", "shards-test",
          "-m", "zfnet.cli", "train", "--data", f"shards:{resized}?{SPEC}", "--model",
          "zfnet_small", "--model-opt", "conv_widths=16,16,16", "--model-opt", "fc_width=32",
          "--out", str(run), "--epochs", "1", "--batch-size", "8", "--workers", "1",
