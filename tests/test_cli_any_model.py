@@ -206,3 +206,34 @@ def test_every_analysis_takes_device_and_batch_size(tmp_path) -> None:
     _ok(["analyze", "evolution", "--checkpoint", str(run), "--images", "32", "--maps", "2",
          "--device", "cpu", "--batch-size", "8"])
     assert any(s.key == "evolution" for s in read_sections(run))
+
+
+def test_every_projecting_command_offers_what_the_rule_error_names(tmp_path) -> None:
+    """The deconvnet's error at a Hardswish names --rule gradient and --nonlinear gradient: every
+    command that projects takes both, evolution (Fig. 4) of a MobileNetV3 run included."""
+    from zfnet.cli import analyze, visualize
+
+    for group in (main, visualize, analyze):
+        for name, cmd in group.commands.items():
+            opts = {o for p in cmd.params for o in p.opts}
+            if "--rule" in opts:
+                assert "--nonlinear" in opts, name
+    assert "--rule" in {o for p in analyze.commands["evolution"].params for o in p.opts}
+    run = tmp_path / "run"
+    _ok(["train", "--data", "synthetic?n_train=32&n_val=16&size=32", "--model",
+         "torchvision:mobilenet_v3_small", "--out", str(run), "--epochs", "2",
+         "--batch-size", "16", "--keep-epochs", "1,2", "--quiet", "--no-tensorboard"])
+    evolution = ["analyze", "evolution", "--checkpoint", str(run), "--images", "16",
+                 "--maps", "2"]
+    res = CliRunner().invoke(main, evolution)
+    last = res.output.strip().splitlines()[-1]
+    assert res.exit_code == 1 and last.startswith("Error: ") and "Hardswish" in last
+    assert "--rule gradient" in last and "--nonlinear gradient" in last, last
+    assert not (run / "sections" / "evolution.json").exists()
+    for options, said in ((["--nonlinear", "gradient"], "(deconvnet, paper Sec. 2.1;"),
+                          (["--rule", "guided", "--nonlinear", "gradient"],
+                           "(guided backpropagation;"),
+                          (["--rule", "gradient"], "(gradient;")):
+        _ok(evolution + options)
+        section = next(s for s in read_sections(run) if s.key == "evolution")
+        assert said in section.caption, (options, section.caption)

@@ -1189,10 +1189,13 @@ def analyze() -> None:
               help="Training images mined at each epoch (centre crops).")
 @click.option("--maps", default=6, show_default=True, type=click.IntRange(1),
               help="Feature maps shown per layer: the last epoch's strongest.")
+@click.option("--rule", type=click.Choice(["deconvnet", "guided", "gradient"]),
+              default="deconvnet", show_default=True, help=_RULE_HELP)
+@_NONLINEAR
 @_DEVICE
 @_BATCH
 def evolution_cmd(run_dir: str | None, run_alias: str | None, data: str | None,
-                  out: str | None, images: int, maps: int, device: str,
+                  out: str | None, images: int, maps: int, rule: str, device: str,
                   batch_size: int) -> None:
     """Fig. 4: strongest activations projected at every kept epoch, side by side."""
     from zfnet import pipeline
@@ -1218,7 +1221,7 @@ def evolution_cmd(run_dir: str | None, run_alias: str | None, data: str | None,
             "(train with --keep-epochs N,N,... naming the epochs to keep)",
             param_hint="--checkpoint")
     pipeline.evolution(run_dir, bundle, out, n_images=images, n_maps=maps,
-                       batch_size=batch_size, device=device)
+                       batch_size=batch_size, device=device, rule=rule)
     _finish(out or run_dir)
 
 

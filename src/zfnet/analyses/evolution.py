@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from zfnet.analyses.gallery import project_topk, select_maps
+from zfnet.analyses.gallery import RULE_NAMES, check_defined, first_image, project_topk, select_maps
 from zfnet.analyses.topk import TopK, mine_topk
 from zfnet.display import CAPTION as DISPLAY_CAPTION
 from zfnet.display import save_grid
@@ -41,6 +41,7 @@ class EvolutionResult:
     # the mean over the maps)
     unit_similarity: dict[str, Tensor] = field(default_factory=dict)
     images: int = 0  # the training images searched at each epoch
+    rule: str = "deconvnet"  # how the units were projected: deconvnet, guided or gradient
 
 
 def feature_evolution(
@@ -91,17 +92,20 @@ def feature_evolution(
     first: tuple[int, nn.Module, dict[str, TopK]] | None = None
     if maps is None:  # chosen on the last checkpoint: mine it first
         epoch, model = checkpoints[last]
+        check_defined(model, first_image(dataset), layers, rule)  # before mining
         first = (epoch, model, mine(epoch, model))
         chosen = {layer: select_maps(first[2][layer], n_maps) for layer in layers}
     else:
         chosen = {layer: [int(c) for c in maps[layer]] for layer in layers}
-    res = EvolutionResult([], chosen, images=per_pass)
+    res = EvolutionResult([], chosen, images=per_pass, rule=rule)
     per_ckpt = []  # one pass per checkpoint for all layers: {layer: (M, 1, C, rf, rf)}
     for i in range(len(checkpoints)):
         if i == last and first is not None:
             epoch, model, mined = first
         else:
             epoch, model = checkpoints[i]
+            if first is None and i == 0:
+                check_defined(model, first_image(dataset), layers, rule)  # before mining
             mined = mine(epoch, model)
         if i == 0:
             _check_maps(chosen, mined)
@@ -207,11 +211,11 @@ def evolution_section(run_dir: str | Path, result: EvolutionResult, order: int =
         caption=(
             "For a few feature maps of each layer, the strongest activation over "
             + (f"{result.images} " if result.images else "the ") + "training "
-            "images at each kept epoch, projected to pixels with the deconvnet (rows: maps; "
-            "columns: epochs). The table gives, per layer and epoch, the mean cosine similarity "
-            "of the projection to the last epoch's, and the first epoch from which it stays "
-            "≥ 0.8. The paper: lower layers settle within a few epochs, upper layers only "
-            "after 40–50 epochs. " + DISPLAY_CAPTION
+            f"images at each kept epoch, projected to pixels ({RULE_NAMES[result.rule]}; "
+            "rows: maps, columns: epochs). The table gives, per layer and epoch, the mean "
+            "cosine similarity of the projection to the last epoch's, and the first epoch from "
+            "which it stays ≥ 0.8. The paper: lower layers settle within a few epochs, upper "
+            "layers only after 40–50 epochs. " + DISPLAY_CAPTION
         ),
         figures=figures,
         tables=[Table(["layer"] + [f"epoch {e}" for e in result.epochs] + ["settled at"], rows)],

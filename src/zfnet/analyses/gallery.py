@@ -66,7 +66,7 @@ deconvnet depends on the image only through the max-pooling switches, so it show
 feature looks for; guided backpropagation also masks by where the image activated each ReLU,
 so it is sharper and more tied to the image; the plain gradient keeps negative signals too."""
 
-_RULE_NAMES = {"deconvnet": "deconvnet, paper Sec. 2.1", "guided": "guided backpropagation",
+RULE_NAMES = {"deconvnet": "deconvnet, paper Sec. 2.1", "guided": "guided backpropagation",
                "gradient": "gradient"}
 
 
@@ -438,7 +438,7 @@ def run_topk_gallery(
                           and r[3] > side else "") for r in rows)
     caption = " ".join(CAPTION.split()).format(k=k, n=images_text(n_images, len(dataset)),
                                                empty=blank_cells_text(n_images, k),
-                                               rule=_RULE_NAMES[rule],
+                                               rule=RULE_NAMES[rule],
                                                rf=fields, display=DISPLAY_CAPTION)
     result.section = write_section(run_dir, Section(
         key="topk_gallery",

@@ -56,8 +56,8 @@ from torch.utils.data import Dataset, Subset
 
 from zfnet.analyses.evolution import EvolutionResult, feature_evolution, render_unit_evolution
 from zfnet.analyses.gallery import (
-    _RULE_NAMES,
     CAPTION,
+    RULE_NAMES,
     blank_cells_text,
     check_defined,
     default_display,
@@ -511,7 +511,7 @@ def _caption(meta: dict[str, Any], layers: list[_Layer], unit: bool = False) -> 
     text = " ".join(CAPTION.split()).format(
         k=meta["k"], n=images_text(meta["images"], meta.get("files", meta["images"])),
         empty=blank_cells_text(meta["images"], meta["k"]),
-        rule=_RULE_NAMES[meta["rule"]], rf=rf, display="")
+        rule=RULE_NAMES[meta["rule"]], rf=rf, display="")
     text = text.replace("Each block is one feature map of the layer. ",
                         "" if unit else "Each map has a page of its own (the layers below link "
                         "to them). On it: ")
