@@ -36,6 +36,23 @@ def test_into_a_log_a_bar_is_drawn_at_its_start_and_its_end_and_the_end_stays(
     assert states[0].startswith("mining:   0%") and "0/1000" in states[0]
     assert states[1].startswith("mining: 100%") and "1000/1000" in states[1]
     assert log.getvalue().endswith("\n")  # the last state kept, on a line of its own
+    assert log.getvalue().splitlines() == states  # each a line: no carriage returns, no padding
+
+
+def test_into_a_log_a_line_printed_between_two_states_stays_whole(monkeypatch) -> None:
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    with progress_bar(total=20, desc="training", unit="step") as bar:
+        bar.update(15)
+        bar.refresh()
+        print("warning: 1 broken file skipped", file=sys.stderr)
+        bar.update(1)
+        bar.refresh()
+    lines = log.getvalue().splitlines()
+    assert lines[2] == "warning: 1 broken file skipped", lines
+    assert [x.split("|")[0] for x in lines if x.startswith("training")] == [
+        "training:   0%", "training:  75%", "training:  80%", "training:  80%"], lines
+    assert all(x == x.rstrip() and "\r" not in x for x in lines), lines
 
 
 def test_on_a_terminal_a_bar_is_redrawn_and_cleared_at_its_end(monkeypatch) -> None:

@@ -2,9 +2,9 @@
 shards, the mean image, the atlas).
 
 On a terminal a bar is redrawn ten times a second. Into a log (stderr not a terminal: a redirect,
-torchrun's, a cluster's job file) its state is written once a minute and its last state is kept:
-the paper's 70 epochs of ImageNet (700k steps) would write ~70 MB of bars at every step, and a
-mining of 50k images that is silent for an hour looks hung.
+torchrun's, a cluster's job file) its state is written once a minute, each state a line of its
+own, and its last state is kept: the paper's 70 epochs of ImageNet (700k steps) would write
+~70 MB of bars at every step, and a mining of 50k images that is silent for an hour looks hung.
 """
 
 from __future__ import annotations
@@ -24,6 +24,25 @@ def terminal() -> bool:
     return sys.stderr.isatty()
 
 
+class _LogLines:
+    """A log for a bar: each state a line of its own. tqdm redraws in place with a carriage
+    return (and spaces over a longer state), which a log keeps as one long line: `less` shows
+    an hour of states as one, `grep` finds none, and a warning printed meanwhile lands in the
+    middle of it."""
+
+    def __init__(self, fp: Any) -> None:
+        self.fp = fp
+        self.encoding = getattr(fp, "encoding", None)  # tqdm draws blocks where it is UTF-8
+
+    def write(self, s: str) -> None:
+        state = s.lstrip("\r").rstrip(" ")
+        if state.strip() and state != "\n":  # not tqdm's clearing, nor its line end at close
+            self.fp.write(state if state.endswith("\n") else state + "\n")
+
+    def flush(self) -> None:
+        self.fp.flush()
+
+
 class _Bar(tqdm):
     """A tqdm bar whose end is flushed: the line after it comes after it in a log that holds
     stdout and stderr both."""
@@ -39,11 +58,11 @@ def progress_bar(iterable: Iterable[Any] | None = None, *, desc: str, unit: str 
                  total: float | None = None, initial: float = 0, shown: bool = True,
                  leave: bool = False, position: int | None = None) -> tqdm:
     """A tqdm bar on stderr: drawn every `ON_TERMINAL_S` on a terminal, every `INTO_LOG_S` into a
-    log, where its last state stays (`leave` is for a terminal). `shown=False`: no bar (another
-    process than torchrun's first, or --quiet); the iterable is still iterated. Move it on with
-    `update` (`refresh` draws at every call, a log's once a minute included)."""
+    log, each state a line, the last one kept (`leave` is for a terminal). `shown=False`: no bar
+    (another process than torchrun's first, or --quiet); the iterable is still iterated. Move it
+    on with `update` (`refresh` draws at every call, a log's once a minute included)."""
     on_terminal = terminal()
     return _Bar(iterable, desc=desc, unit=unit, total=total, initial=initial,
                 disable=not shown, leave=leave or not on_terminal, position=position,
-                dynamic_ncols=True, file=sys.stderr,
+                dynamic_ncols=True, file=sys.stderr if on_terminal else _LogLines(sys.stderr),
                 mininterval=ON_TERMINAL_S if on_terminal else INTO_LOG_S)

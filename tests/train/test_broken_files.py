@@ -160,7 +160,7 @@ def test_evaluation_skips_a_batch_of_only_broken_files(tmp_path) -> None:
     r = CliRunner().invoke(main, ["eval", "--checkpoint", str(out), "--batch-size", "2",
                                   "--device", "cpu", "--strict"])
     assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
-    said = [line for line in r.output.split("\n") if line and not line.startswith("\revaluating")]
+    said = [line for line in r.output.split("\n") if line and not line.startswith("evaluating")]
     assert len(said) == 1 and said[0].startswith("Error: broken image "), r.output  # a bar before
     assert str(tmp_path / "data" / "val" / "ant" / BROKEN[0]) in r.output
 
