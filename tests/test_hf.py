@@ -144,9 +144,12 @@ def test_what_is_not_an_image_classifier_is_one_line(tmp_path) -> None:
     said = _error(["models", "hf:nobody/no-model"],
                   env={"ZFNET_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")})
     assert "cannot read its config" in said and "hf download nobody/no-model" in said
-    assert "does not train one from scratch" in _error(
-        ["train", "--model", "hf:nobody/no-model", "--data", "synthetic", "--out",
-         str(tmp_path / "run")])
+    said = _error(["train", "--model", "hf:nobody/no-model", "--data", "synthetic", "--out",
+                   str(tmp_path / "run")],
+                  env={"ZFNET_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")})
+    assert "hf:nobody/no-model: cannot read its config" in said
+    assert "is a 'bert' model" in _error(["train", "--model", f"hf:{bert}", "--data",
+                                          "synthetic", "--out", str(tmp_path / "run")])
     assert not (tmp_path / "run").exists()
 
 
@@ -222,3 +225,46 @@ def test_a_hub_id_is_read_from_the_hugging_face_cache(saved, tmp_path) -> None:
     assert p.returncode == 0, p.stdout + p.stderr
     assert "hf:acme/tiny-resnet's image processor (resize 256, crop 224" in p.stderr
     assert "resnet.encoder.stages.1 map" in p.stdout
+
+
+def test_an_architecture_trains_from_scratch_from_its_config(saved, tmp_path,
+                                                              monkeypatch) -> None:
+    """`zfnet train --model hf:DIR`: the config's architecture for the data's classes, its
+    weights not read; the run keeps the folder's absolute path, and eval, --resume and the
+    analyses rebuild the model from it; a folder gone is named. The builder fits a config to
+    the data's channels and, for a transformer, its size."""
+    from zfnet.hf import hf_builder
+    from zfnet.train import load_model
+
+    monkeypatch.chdir(saved.parent)
+    run = tmp_path / "run"
+    common = ["--data", "synthetic?n_train=32&n_val=16&size=32", "--out", str(run),
+              "--batch-size", "16", "--quiet", "--no-tensorboard"]
+    res = CliRunner().invoke(main, ["train", "--model", f"hf:{saved.name}", "--epochs", "1",
+                                    *common])
+    assert res.exit_code == 0, res.output
+    model, meta = load_model(run)
+    assert meta["model"] == f"hf:{saved}" and meta["num_classes"] == 10
+    assert type(model).__name__ == "ResNetForImageClassification"
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    pretrained = load_source(f"hf:{saved}").model.state_dict()
+    first = "resnet.embedder.embedder.convolution.weight"
+    assert not torch.equal(model.state_dict()[first], pretrained[first])  # not its weights
+    res = CliRunner().invoke(main, ["train", "--resume", "--epochs", "2", *common])
+    assert res.exit_code == 0, res.output
+    assert load_model(run)[1]["epoch"] == 2
+    res = CliRunner().invoke(main, ["eval", "--checkpoint", str(run)])
+    assert res.exit_code == 0 and "top-1" in res.output, res.output
+    moved = saved.parent / "elsewhere"
+    saved.rename(moved)
+    try:
+        said = _error(["eval", "--checkpoint", str(run)])
+        assert f"the run's model hf:{saved} cannot be built again" in said
+        assert "no such folder" in said or "cannot read its config" in said, said
+    finally:
+        moved.rename(saved)
+    grey = hf_builder(transformers.ViTConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        image_size=224, patch_size=8), in_channels=1, input_size=32)(num_classes=4)
+    assert grey(torch.zeros(2, 1, 32, 32)).shape == (2, 4)
+    assert (grey.config.num_channels, grey.config.image_size) == (1, 32)

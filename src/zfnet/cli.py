@@ -448,7 +448,8 @@ _LOADER = click.option(
 @click.option("--data", help="Dataset spec, e.g. synthetic, fashion-mnist, imagefolder:DIR, "
               "shards:OUT.")
 @click.option("--model", help="A zfnet model (`zfnet models`), or another architecture trained "
-              "from scratch by the recipe: torchvision:NAME, timm:NAME, your own FILE.py:NAME.")
+              "from scratch by the recipe: torchvision:NAME, timm:NAME, hf:ORG/NAME or hf:DIR "
+              "(its config's architecture), your own FILE.py:NAME.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Run directory (config.json, metrics.csv, tb/, checkpoints/).")
 @click.option("--epochs", type=click.IntRange(1), help="Epochs to train (default 70, the paper's).")

@@ -115,16 +115,25 @@ def logits_view(model: nn.Module) -> nn.Module:
     return logits_model(copy.copy(model))
 
 
-def hf_builder(config: Any) -> Callable[..., nn.Module]:
+def hf_builder(config: Any, in_channels: int | None = None,
+               input_size: int | None = None) -> Callable[..., nn.Module]:
     """A builder of the architecture of `config` (random init), `num_classes=` another number
-    of classes (a fine-tuned copy's weights file), as `zfnet.sources` builders take it."""
+    of classes (a fine-tuned copy's weights file, or the classes of the data it is trained on),
+    as `zfnet.sources` builders take it. `in_channels`, `input_size`: the images it is to be
+    trained on, where the config fixes them (`num_channels`; a transformer's `image_size`)."""
     tf = _transformers()
+    changed: dict[str, Any] = {}
+    if in_channels is not None and getattr(config, "num_channels", in_channels) != in_channels:
+        changed["num_channels"] = in_channels
+    if input_size is not None and isinstance(getattr(config, "image_size", None), int) \
+            and config.image_size != input_size:
+        changed["image_size"] = input_size
 
     def build(num_classes: int | None = None) -> nn.Module:
-        cfg = config
+        new = dict(changed)
         if num_classes is not None and num_classes != config.num_labels:
-            cfg = type(config).from_dict({**config.to_dict(), "num_labels": num_classes,
-                                          "id2label": None, "label2id": None})
+            new.update(num_labels=num_classes, id2label=None, label2id=None)
+        cfg = type(config).from_dict({**config.to_dict(), **new}) if new else config
         return logits_model(tf.AutoModelForImageClassification.from_config(cfg))
     return build
 

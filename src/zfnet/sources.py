@@ -292,16 +292,18 @@ def _checked_labels(labels: str | Path | Sequence[str], outputs: int | None, nam
 # The std of the paper's 0..255-minus-mean pixels (zfnet.models.convnet.NetConfig.input_std):
 # an architecture from elsewhere is trained on them as if they were divided by it.
 INPUT_STD = 60.0
-TRAINABLE_FORMS = ("a zfnet model name (`zfnet models`), torchvision:NAME, timm:NAME, or your "
+TRAINABLE_FORMS = ("a zfnet model name (`zfnet models`), torchvision:NAME, timm:NAME, "
+                   "hf:ORG/NAME or hf:DIR (the architecture its config describes), or your "
                    "own FILE.py:NAME or package.module:NAME (a function or class that builds "
                    "the model, given num_classes= when it takes it)")
 
 
 def architecture_name(model: str) -> str:
     """`model` checked as an architecture `zfnet train` can build, without building it: a
-    zfnet model name, `torchvision:NAME`, `timm:NAME`, or `FILE.py:NAME` (its path made
-    absolute, so that a run finds it from anywhere) or `package.module:NAME`. A ValueError
-    names what is wrong."""
+    zfnet model name, `torchvision:NAME`, `timm:NAME`, `hf:ORG/NAME` or `hf:DIR` (its config
+    read; a folder's path made absolute), or `FILE.py:NAME` (its path made absolute, so that a
+    run finds it from anywhere) or `package.module:NAME`. A ValueError (FileNotFoundError for
+    a missing file) names what is wrong."""
     from zfnet.models import list_models
 
     model = model.strip()
@@ -326,8 +328,15 @@ def architecture_name(model: str) -> str:
                              "timm.list_models()")
         return f"timm:{rest.strip()}"
     if colon and prefix.lower() in ("hf", "huggingface"):
-        raise ValueError(f"{model}: zfnet looks inside a Hugging Face model but does not train "
-                         f"one from scratch; train {TRAINABLE_FORMS}")
+        from zfnet import hf
+
+        name = rest.strip()
+        if not name:
+            raise ValueError("hf: names a model: hf:ORG/NAME (a hub id) or hf:DIR (a folder "
+                             "save_pretrained wrote)")
+        hf.hf_config(name, _offline())  # a config there, of an image classifier
+        path = Path(name).expanduser()
+        return f"hf:{path.resolve()}" if path.is_dir() else f"hf:{name}"
     form = user_code.python_form(model)
     if form is not None:
         target, name = form
@@ -343,9 +352,11 @@ def architecture_name(model: str) -> str:
                      + f"; valid: {TRAINABLE_FORMS}")
 
 
-def build_architecture(model: str, num_classes: int, in_channels: int = 3) -> nn.Module:
+def build_architecture(model: str, num_classes: int, in_channels: int = 3,
+                       input_size: int | None = None) -> nn.Module:
     """An untrained `model` (not one of zfnet's: `architecture_name`'s other forms) for
-    `num_classes` classes and `in_channels`-channel images, initialised by its own code from
+    `num_classes` classes and `in_channels`-channel images (`input_size` px, where the
+    architecture fixes it: a Hugging Face transformer's config), initialised by its own code from
     torch's global RNG (the caller seeds it); then its first convolution's weights are
     divided by `INPUT_STD`, as zfnet's models do, for the paper's 0..255-minus-mean pixels
     (`zfnet.train.recipe.param_groups` trains that layer as if they were divided by it).
@@ -362,6 +373,12 @@ def build_architecture(model: str, num_classes: int, in_channels: int = 3) -> nn
 
         net = timm.create_model(rest, pretrained=False, num_classes=num_classes,
                                 in_chans=in_channels)
+    elif prefix == "hf":
+        from zfnet import hf
+
+        config = hf.hf_config(rest, _offline())[0]
+        with hf._quiet():
+            net = hf.hf_builder(config, in_channels, input_size)(num_classes)
     else:
         target, name = user_code.python_form(model) or (model, "")
         with user_code.building(target, name, model) as build:

@@ -349,7 +349,8 @@ def build_model(meta: dict[str, Any]) -> nn.Module:
 
     try:
         return build_architecture(meta["model"], int(meta["num_classes"]),
-                                  int(meta.get("in_channels") or 3))
+                                  int(meta.get("in_channels") or 3),
+                                  int(meta["input_size"]) if meta.get("input_size") else None)
     except (ValueError, FileNotFoundError) as e:
         raise CheckpointError(f"the run's model {meta['model']} cannot be built again: {e}"
                               ) from e

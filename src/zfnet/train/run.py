@@ -321,7 +321,7 @@ def build_model(config: TrainConfig, bundle: Any) -> nn.Module:
             from zfnet.sources import build_architecture
 
             model = build_architecture(config.model, fixed["num_classes"],
-                                       fixed["in_channels"])
+                                       fixed["in_channels"], fixed["input_size"])
         _forward_blank(model, fixed["in_channels"], fixed["input_size"])
     except ValueError:
         raise  # the model's own checks: their messages name the option
