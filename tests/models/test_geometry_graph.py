@@ -371,6 +371,45 @@ def test_a_broadcast_gate_keeps_the_maps_field_flagged() -> None:
             assert whole[(r, c)] == (0, 0, geo["conv"].rows.reach, geo["conv"].cols.reach)
 
 
+def test_group_norm_keeps_the_maps_field_flagged() -> None:
+    """Group norm (BiT's, ResNetV2's): each map less its group's mean, over its std, both of the
+    whole map. As with a gate, the geometry is the map's field with `gated` set: the box is the
+    support once the statistics are held fixed, while they reach every pixel."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, stride=2)
+            self.gn = nn.GroupNorm(2, 4)
+            self.head = nn.Conv2d(4, 4, 3)
+            self.frozen = False
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            if self.frozen:  # group norm by hand, its statistics constants
+                g = y.reshape(y.shape[0], 2, -1)
+                mean = g.mean(-1, keepdim=True).detach()
+                std = (g.var(-1, unbiased=False, keepdim=True) + self.gn.eps).sqrt().detach()
+                y = ((g - mean) / std).reshape(y.shape) * self.gn.weight[:, None, None] \
+                    + self.gn.bias[:, None, None]
+            else:
+                y = self.gn(y)
+            return self.head(y)
+
+    size = (17, 23)
+    geo = graph_geometry(Net(), size)
+    assert not geo["conv"].gated and geo["gn"].gated and geo["head"].gated
+    plain = graph_geometry(nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.Conv2d(4, 4, 3)), size)
+    assert (geo["head"].rows, geo["head"].cols) == (plain["1"].rows, plain["1"].cols)
+    twin = _twin(Net())
+    whole = _support_boxes(twin, size, ["head"])["head"]
+    twin.frozen = True
+    local = _support_boxes(twin, size, ["head"])["head"]
+    for (r, c), got in local.items():
+        assert got == geo["head"].box(r, c, size)
+        assert whole[(r, c)] == (0, 0, geo["conv"].rows.reach, geo["conv"].cols.reach)
+
+
 def test_reshapes_permutes_slices_and_pads() -> None:
     """Rows and columns followed through a channel split, a channel shuffle (view, transpose,
     view), a channels-last linear layer (permute, view to (N*H*W, C), addmm, view back),

@@ -190,6 +190,13 @@ def test_stages_that_output_channels_last_maps() -> None:
         assert acts[name].shape == (1, width, *geo[name].shape), name
 
 
+def test_the_stages_of_a_group_norm_network() -> None:
+    """BiT, timm's ResNetV2: group norm's statistics span the whole map, yet each stage keeps
+    its units' boxes (`graph_geometry`), so the stages are found as a batch-norm ResNet's."""
+    model = torchvision.models.resnet18(norm_layer=lambda c: nn.GroupNorm(2, c))
+    assert feature_layers(model) == ["conv1", "layer1", "layer2", "layer3", "layer4"]
+
+
 def test_a_block_of_one_convolution_stays_the_block() -> None:
     """Two blocks at the top, each of one convolution (with its norm, rectifier and pooling,
     or a residual with functional ReLUs): the blocks' outputs are the stages, not their

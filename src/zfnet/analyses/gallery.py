@@ -25,8 +25,9 @@ come from the windowed engine at their receptive field's size, as the paper show
 layer comes from the general path as a whole-image projection, cut to the same box; a field
 larger than the image (a ResNet's layer4) is shown as the whole image along that axis, and a
 layer whose units see every position (global pooling, fc layers) shows the whole image. A
-`gated` layer (squeeze-and-excitation) also depends on the whole image through its gate, which
-its figure's caption says: its box is the field of the map the gate scales.
+`gated` layer (squeeze-and-excitation, group norm) also depends on the whole image through its
+gate or statistics, which its figure's caption says: its box is the field of the map they act
+on.
 """
 
 from __future__ import annotations
@@ -420,8 +421,9 @@ def run_topk_gallery(
         result.maps[name], result.projections[name], result.figures[name] = (
             chosen[name], proj, png)
         result.patches[name] = patches
-        gated = ("; gated: a squeeze-and-excitation gate computed from the whole image also "
-                 "scales these maps, the box is the field of the map it scales"
+        gated = ("; gated: a scale computed from the whole image (a squeeze-and-excitation "
+                 "gate, a group norm's statistics) also acts on these maps, the box is the "
+                 "field of the map it acts on"
                  if geo is not None and geo.gated else "")
         named = (unit_names or {}).get(name)
         word = "maps" if geo is not None else "units"  # each sees the whole image

@@ -186,8 +186,9 @@ class LayerGeometry:
     rows: AxisGeometry
     cols: AxisGeometry
     # True where the units also depend on the whole image through a gate broadcast over the
-    # map (squeeze-and-excitation: the map times a per-channel scale computed from all of it):
-    # the box is then the field of the map the gate scales (`graph_geometry`).
+    # map (squeeze-and-excitation: the map times a per-channel scale computed from all of it;
+    # group norm: less a mean, over a std, of all of it): the box is then the field of the map
+    # the gate acts on (`graph_geometry`).
     gated: bool = False
 
     @classmethod
@@ -347,7 +348,8 @@ def sequential_geometry(
 #   adaptive pooling H -> h > 1       the window of stride H/h when h divides H; None otherwise
 #   element-wise nodes                keep it (ReLU, batch norm in eval, dropout, clone, ...)
 #   add, mul, cat along channels ...  the union of the inputs' fields (jumps must agree)
-#   a gate broadcast over the map     keeps the map's field, `gated` set (squeeze-and-excitation)
+#   a gate broadcast over the map     keeps the map's field, `gated` set (squeeze-and-excitation;
+#                                     group norm's per-group statistics likewise)
 #   view, permute, squeeze, select,   keep it, following where the rows and columns go; a linear
 #   linear on (N*H*W, C) ...          layer acting per position (ConvNeXt) keeps it
 #   mean over H, W, flatten + linear  None: the unit mixes every position (it sees the image)
@@ -1093,6 +1095,17 @@ def _layer_norm(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
     return None if set(range(len(shape) - k, len(shape))) & _spatial(f) else f
 
 
+def _group_norm(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
+    """Group norm: each map less its group's mean over the whole map, over its std, then scaled
+    and shifted per channel. The statistics are one number per group and image, broadcast over
+    the map as a squeeze-and-excitation gate is: the map's field, `gated` set (a BiT's, a
+    ResNetV2's stages keep their boxes)."""
+    f = _sole(ins)
+    if not isinstance(f, _Field) or tuple(ins[0][1]) != tuple(out):
+        return None
+    return _union([f], w.size, True)
+
+
 def _matmul(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
     """A linear layer on a matrix (N*H*W, C) whose rows are positions acts per position; so
     does a batched one, (B, N, C) @ (B, C, K) with positions along B and N (how older torch
@@ -1156,6 +1169,7 @@ _HANDLERS = {
         "Mean", "Sum", "Amax", "Amin", "Max", "Min", "Std", "Var", "Logsumexp", "Prod", "Norm")
         for v in "01"), _reduce),
     "NativeLayerNormBackward0": _layer_norm,
+    "NativeGroupNormBackward0": _group_norm,
     **dict.fromkeys(("AddmmBackward0", "MmBackward0", "BmmBackward0"), _matmul),
     "CatBackward0": _cat,
     "StackBackward0": _stack,
