@@ -188,6 +188,23 @@ def test_correspondence_on_parts_marked_on_your_own_images(tmp_path) -> None:
     masks["nose"][:, 0:3, 0:10] = True
     want = correspondence(model, x, masks, layers=default_layers(model, 28), random_draws=3)
     assert [r.delta for r in rows] == [r.delta for r in want]
+    # the same parts outlined (a polygon's inside and edge): the eye's square by its corners,
+    # the nose's as COCO's polygon segmentation; the same masks, the same table
+    import json
+
+    square = [[40, 20], [55, 20], [55, 35], [40, 35]]
+    (folder / "outlines.json").write_text(json.dumps({
+        "images": [{"id": k, "file_name": n} for k, n in enumerate(names)],
+        "categories": [{"id": 1, "name": "eye"}, {"id": 2, "name": "nose"}],
+        "annotations": [a for k in range(3) for a in (
+            {"id": 2 * k, "image_id": k, "category_id": 1,
+             "segmentation": [[v for xy in square for v in xy]]},
+            {"id": 2 * k + 1, "image_id": k, "category_id": 2,
+             "segmentation": [[20, 0, 39, 0, 39, 9, 20, 9]]})]}))
+    outlined = pipeline.correspondence(model, bundle, tmp_path / "out", random_draws=3,
+                                       parts_file=folder / "outlines.json")
+    assert [r.boxes for r in outlined] == [r.boxes for r in rows]
+    assert [r.delta for r in outlined] == [r.delta for r in want]
     # --images 2: the first two the file names; --parts: some of them
     rows = pipeline.correspondence(model, bundle, tmp_path / "out", None, 2, ("nose",),
                                    random_draws=1, parts_file=folder / "parts.csv")
@@ -201,7 +218,7 @@ def test_correspondence_on_parts_marked_on_your_own_images(tmp_path) -> None:
                                 parts_file=folder / "parts.csv")
     (folder / "far.json").write_text(
         '{"a.png": {"eye": [0, 0, 8, 8]}, "b.png": {"eye": [0, 0, 8, 8]}}')
-    with pytest.raises(ValueError, match="'a.png': the box of part 'eye' falls outside the "
+    with pytest.raises(ValueError, match="'a.png': part 'eye' falls outside the "
                                          "centre 28 px crop"):
         pipeline.correspondence(model, bundle, tmp_path / "x", parts_file=folder / "far.json")
     assert not (tmp_path / "x").exists()

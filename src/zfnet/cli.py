@@ -1377,11 +1377,13 @@ def _say_occlusion_work(bundle, images: int, size: int | None, stride: int | Non
 @_DATA
 @_OUT
 @click.option("--parts-file", type=click.Path(), metavar="FILE",
-              help="The parts marked on your images (--data images:DIR): a box per part per "
-                   'image, JSON {"dog1.jpg": {"left eye": [left, top, right, bottom], ...}, '
-                   "...} or CSV lines image,part,left,top,right,bottom, in the image's pixels; "
-                   "or COCO's JSON as annotation tools export it (CVAT, Label Studio, VIA), a "
-                   "part a category. Default: the faces of the built-in 'synthetic' dataset.")
+              help="The parts marked on your images (--data images:DIR): a box or an outline "
+                   'per part per image, JSON {"dog1.jpg": {"left eye": [left, top, right, '
+                   'bottom], "nose": [[x, y], [x, y], [x, y], ...]}, ...} or CSV lines image,'
+                   "part,left,top,right,bottom, in the image's pixels; or COCO's JSON as "
+                   "annotation tools export it (CVAT, Label Studio, VIA), a part a category, "
+                   "outlined by its polygon segmentation or boxed by its bbox. Default: the "
+                   "faces of the built-in 'synthetic' dataset.")
 @click.option("--class", "class_name", default=None,
               help="Without --parts-file: the class whose images are masked, of a dataset with "
                    "part masks (default: face).")

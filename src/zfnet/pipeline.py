@@ -315,9 +315,10 @@ def _synthetic_parts(bundle: DataBundle, class_name: str, n_images: int,
 def _marked_parts(bundle: DataBundle, parts_file: str | Path, n_images: int | None,
                   parts: tuple[str, ...] | None) -> tuple[list[str], torch.Tensor, dict]:
     """(names, inputs (N, C, S, S), {part: bool (N, S, S)}) of the images a parts file marks
-    in `bundle`'s folder, each box fitted to the model's input as its image is."""
+    in `bundle`'s folder, each part's box or outline fitted to the model's input as its image
+    is."""
     from zfnet.data.imagefolder import decode_file
-    from zfnet.data.parts import box_mask, find_images, read_parts
+    from zfnet.data.parts import find_images, part_mask, read_parts
 
     spec = parse_spec(bundle.spec) if bundle.spec else None
     val = _centre(bundle)
@@ -354,12 +355,12 @@ def _marked_parts(bundle: DataBundle, parts_file: str | Path, n_images: int | No
         h, w = decode_file(paths[n], None).shape[-2:]
         for p in wanted:
             try:
-                m = fit(box_mask(boxes[n][p], int(h), int(w)))
+                m = fit(part_mask(boxes[n][p], int(h), int(w)))
             except ValueError as e:
                 raise ValueError(f"parts file {parts_file}, {n!r}, part {p!r}: {e}") from None
             if not m.any():
                 raise ValueError(
-                    f"parts file {parts_file}, {n!r}: the box of part {p!r} falls outside the "
+                    f"parts file {parts_file}, {n!r}: part {p!r} falls outside the "
                     f"centre {m.shape[-1]} px crop the model sees (the shorter side resized to "
                     f"{bundle.input_preprocessing.resize} first)")
             masks[p].append(m)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from zfnet.data.parts import box_mask, find_images, read_parts
+from zfnet.data.parts import find_images, part_mask, read_parts
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:
@@ -37,6 +37,9 @@ def test_json_and_csv_give_the_same_boxes_in_the_files_order(tmp_path) -> None:
     ("bad.json", '{"a.jpg": {"eye": [1, 2, 3]}}', "a box is 4 numbers"),
     ("bad.json", '{"a.jpg": {"eye": [1, 2, 3, true]}}', "a box is 4 numbers"),
     ("bad.json", '{"a.jpg": {"eye": [5, 2, 3, 4]}}', "right must exceed left"),
+    ("bad.json", '{"a.jpg": {"eye": [[1, 2], [3, 4]]}}', "an outline is a list of 3 [x, y] "
+                                                         "points or more"),
+    ("bad.json", '{"a.jpg": {"eye": [[1, 2], [3, 4], [5]]}}', "an outline is a list of 3"),
     ("bad.json", '{"a.jpg": [1, 2, 3, 4]}', "expected an object of parts"),
     ("bad.json", '{"a.jpg": {}}', "expected an object of parts"),
     ("bad.json", '[1, 2]', "holds a JSON list"),
@@ -85,13 +88,18 @@ def test_coco_json_as_annotation_tools_export_it_gives_a_box_per_category(tmp_pa
     ([{"id": 11, "image_id": 1, "category_id": 3, "bbox": [0, 0, 5, 5]},
       {"id": 12, "image_id": 1, "category_id": 3, "bbox": [9, 0, 5, 5]}],
      "annotations[1] (id 12): 'dogs/b.jpg' has a second 'left eye' (annotation 11 is the "
-     "first); a part is one box an image: give each its own category"),
+     "first); a part is one region an image: give each its own category"),
     ([{"id": 11, "image_id": 2, "category_id": 3, "bbox": [0, 0, 5, 5]}],
      "annotations[0] (id 11): image_id 2 is none of 'images' ids"),
     ([{"id": 11, "image_id": 1, "category_id": [3], "bbox": [0, 0, 5, 5]}],
      "category_id [3] is none of 'categories' ids"),
-    ([{"id": 11, "image_id": 1, "category_id": 3, "segmentation": [[0, 0, 5, 0, 5, 5]]}],
-     "expected a 'bbox' [x, y, width, height]; got None"),
+    ([{"id": 11, "image_id": 1, "category_id": 3, "segmentation": []}],
+     "expected a polygon 'segmentation' or a 'bbox' [x, y, width, height]; got bbox None"),
+    ([{"id": 11, "image_id": 1, "category_id": 3, "segmentation": [[0, 0, 5, 0]],
+       "bbox": [0, 0, 5, 5]}], "a polygon of 'segmentation' is a list of x, y numbers, 3 "
+                               "points or more"),
+    ([{"id": 11, "image_id": 1, "category_id": 3, "segmentation": [[0, 0, 5, 0, 5, "x"]]}],
+     "a polygon of 'segmentation' is a list of x, y numbers"),
     ([{"id": 11, "image_id": 1, "category_id": 3, "bbox": [0, 0, 0, 5]}], "is empty"),
     ({"id": 11}, "'annotations' is not a list of objects"),
 ])
@@ -105,6 +113,47 @@ def test_a_bad_coco_file_names_the_annotation_and_what_is_wrong(tmp_path, annota
     bad = _write(tmp_path, "images.json", _coco([], images=[{"id": 1, "name": "a.jpg"}]))
     with pytest.raises(ValueError, match=r"images\[0\] has no 'id' and 'file_name'"):
         read_parts(bad)
+
+
+def test_outlines_from_json_and_from_coco_polygons(tmp_path) -> None:
+    """A part outlined: a list of [x, y] points in zfnet's JSON, COCO's polygon
+    `segmentation` (one or more polygons, flat x, y lists; its bbox then not needed); a brush's
+    run-length code is read by its bbox."""
+    from zfnet.data.parts import Outline
+
+    j = _write(tmp_path, "parts.json", '{"a.jpg": {"nose": [[2, 1], [6, 1], [2, 5]], '
+                                       '"eye": [0, 0, 2, 2]}}')
+    assert read_parts(j) == {"a.jpg": {"nose": Outline((((2, 1), (6, 1), (2, 5)),)),
+                                       "eye": (0.0, 0.0, 2.0, 2.0)}}
+    path = _write(tmp_path, "instances.json", _coco([
+        {"id": 11, "image_id": 1, "category_id": 3, "bbox": [0, 0, 9, 9],
+         "segmentation": [[2, 1, 6, 1, 2, 5], [10, 10, 12, 10, 12, 12]]},
+        {"id": 12, "image_id": 7, "category_id": 3, "segmentation": [[0, 0, 4, 0, 0, 4]]},
+        {"id": 13, "image_id": 7, "category_id": 4, "bbox": [1, 2, 3, 4], "iscrowd": 1,
+         "segmentation": {"counts": "PPYo0", "size": [48, 64]}}]))
+    assert read_parts(path) == {
+        "dogs/b.jpg": {"left eye": Outline((((2, 1), (6, 1), (2, 5)),
+                                            ((10, 10), (12, 10), (12, 12))))},
+        "a.jpg": {"left eye": Outline((((0, 0), (4, 0), (0, 4)),)),
+                  "nose": (1.0, 2.0, 4.0, 6.0)}}
+
+
+def test_an_outline_is_a_mask_of_its_inside_and_edge_cut_to_its_image() -> None:
+    from zfnet.data.parts import Outline
+
+    triangle = Outline((((2, 1), (6, 1), (2, 5)),))
+    m = part_mask(triangle, 8, 10)
+    assert m.shape == (8, 10) and m.dtype == torch.bool
+    want = torch.zeros(8, 10, dtype=torch.bool)
+    for y in range(1, 6):  # rows 1..5: from x=2 to the hypotenuse x + y = 7
+        want[y, 2:8 - y] = True
+    assert torch.equal(m, want)
+    two = part_mask(Outline((((2, 1), (6, 1), (2, 5)), ((8, 6), (9, 6), (9, 7)))), 8, 10)
+    assert two.sum() == want.sum() + 3 and two[6, 9] and two[7, 9]
+    assert part_mask(Outline((((-4, -4), (6, -4), (-4, 6)),)), 8, 10).sum() == 6  # cut: x + y <= 2
+    with pytest.raises(ValueError, match=r"outline \(x 20 to 30, y 1 to 5\) lies outside the "
+                                         "10x8 image"):
+        part_mask(Outline((((20, 1), (30, 1), (20, 5)),)), 8, 10)
 
 
 def test_a_missing_parts_file_says_so(tmp_path) -> None:
@@ -131,10 +180,10 @@ def test_images_are_found_by_path_or_unique_name(tmp_path) -> None:
 
 
 def test_a_box_is_a_mask_of_whole_pixels_cut_to_its_image() -> None:
-    m = box_mask((2.4, 1, 5.6, 3), 4, 6)  # left, top, right, bottom
+    m = part_mask((2.4, 1, 5.6, 3), 4, 6)  # left, top, right, bottom
     want = torch.zeros(4, 6, dtype=torch.bool)
     want[1:3, 2:6] = True
     assert torch.equal(m, want)
-    assert box_mask((-5, -5, 2, 2), 4, 6).sum() == 4  # cut to the image
+    assert part_mask((-5, -5, 2, 2), 4, 6).sum() == 4  # cut to the image
     with pytest.raises(ValueError, match="lies outside the 6x4 image"):
-        box_mask((7, 0, 9, 2), 4, 6)
+        part_mask((7, 0, 9, 2), 4, 6)

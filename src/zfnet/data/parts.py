@@ -1,16 +1,20 @@
 """Object parts marked on a user's own images, for correspondence (paper Fig. 8, Table 1): the
 paper masks "the same part of the face in each image (e.g. all left eyes)" of 5 dog photos.
 
-A parts file gives, for each image, a box per part in the image's own pixels as a viewer shows
-it (x to the right, y down, the EXIF orientation applied): left, top, right, bottom, the right
-and bottom edges excluded (PIL's `crop` box; fractional values are rounded). Either form:
+A parts file gives, for each image, a box or an outline per part in the image's own pixels as
+a viewer shows it (x to the right, y down, the EXIF orientation applied). A box is left, top,
+right, bottom, the right and bottom edges excluded (PIL's `crop` box; fractional values are
+rounded); an outline is a polygon of 3 points or more, its inside and its edge masked (as PIL
+draws it). Either form:
 
-- JSON, an object of images, each an object of parts:
-  `{"dog1.jpg": {"left eye": [120, 80, 150, 105], "nose": [140, 120, 180, 150]}, ...}`;
+- JSON, an object of images, each an object of parts, a box or a list of [x, y] points:
+  `{"dog1.jpg": {"left eye": [120, 80, 150, 105], "nose": [[140, 120], [180, 125], [160, 150]]}}`;
 - CSV, one box a line: `image,part,left,top,right,bottom` (a header line is allowed);
-- COCO's object detection JSON (`images`, `annotations`, `categories`), as CVAT, Label Studio,
-  VIA and Roboflow export it: each box (`bbox`, x, y, width, height) is a part named by its
-  category; one box per category and image, since a part is masked as one region.
+- COCO's JSON (`images`, `annotations`, `categories`), as CVAT, Label Studio, VIA and Roboflow
+  export it: each annotation is a part named by its category, outlined by its polygon
+  `segmentation` (one or more polygons, [x1, y1, x2, y2, ...] each) where it has one, else
+  its box (`bbox`, x, y, width, height; a brush's mask, run-length encoded, by its box); one
+  per category and image, since a part is masked as one region.
 
 An image is named by its path under the folder (`images:DIR`), or by its file name where no
 other image of the folder has it (with or without the extension, as `val_labels` names them;
@@ -25,16 +29,30 @@ import io
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image, ImageDraw
 
 from zfnet.data.labels_file import image_keys, image_name_key
 
 Box = tuple[float, float, float, float]  # left, top, right, bottom (right, bottom excluded)
-PartBoxes = dict[str, dict[str, Box]]  # image as the file names it -> part -> box
-FORMS = ('JSON {"IMAGE": {"PART": [left, top, right, bottom], ...}, ...}, CSV lines '
-         "image,part,left,top,right,bottom, or COCO's JSON (images, annotations, categories)")
+
+
+@dataclass(frozen=True)
+class Outline:
+    """A part outlined by one or more polygons, each of 3 points (x, y) or more."""
+
+    polygons: tuple[tuple[tuple[float, float], ...], ...]
+
+
+Region = Box | Outline
+PartBoxes = dict[str, dict[str, Region]]  # image as the file names it -> part -> its region
+FORMS = ('JSON {"IMAGE": {"PART": [left, top, right, bottom] or [[x, y], [x, y], [x, y], ...], '
+         "...}, ...}, CSV lines image,part,left,top,right,bottom, or COCO's JSON (images, "
+         "annotations, categories)")
 COCO_KEYS = ("images", "annotations", "categories")
 
 
@@ -52,6 +70,30 @@ def _box(values: object, where: str) -> Box:
     return left, top, right, bottom
 
 
+def _finite(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _points(flat: object, where: str) -> tuple[tuple[float, float], ...]:
+    """A polygon from COCO's flat [x1, y1, x2, y2, ...]: 3 points or more."""
+    if not (isinstance(flat, list) and len(flat) >= 6 and len(flat) % 2 == 0
+            and all(_finite(v) for v in flat)):
+        raise ValueError(f"{where}: a polygon of 'segmentation' is a list of x, y numbers, 3 "
+                         f"points or more, [x1, y1, x2, y2, x3, y3, ...]; got {flat!r}")
+    return tuple((float(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2))
+
+
+def _region(values: object, where: str) -> Region:
+    """A box (4 numbers) or an outline (a list of 3 [x, y] points or more)."""
+    if isinstance(values, list) and values and all(isinstance(v, list) for v in values):
+        if not (len(values) >= 3 and all(len(v) == 2 and all(_finite(c) for c in v)
+                                         for v in values)):
+            raise ValueError(f"{where}: an outline is a list of 3 [x, y] points or more; got "
+                             f"{values!r}")
+        return Outline((tuple((float(x), float(y)) for x, y in values),))
+    return _box(values, where)
+
+
 def _from_json(text: str, path: Path) -> PartBoxes:
     try:
         data = json.loads(text)
@@ -67,9 +109,10 @@ def _from_json(text: str, path: Path) -> PartBoxes:
     for image, parts in data.items():
         if not isinstance(parts, dict) or not parts:
             raise ValueError(f"parts file {path}, image {image!r}: expected an object of parts "
-                             f'and their boxes, {{"PART": [left, top, right, bottom]}}; got '
-                             f"{parts!r}")
-        out[image] = {str(p).strip(): _box(b, f"parts file {path}, image {image!r}, part {p!r}")
+                             f'and their boxes or outlines, {{"PART": [left, top, right, '
+                             f'bottom]}}; got {parts!r}')
+        out[image] = {str(p).strip(): _region(b, f"parts file {path}, image {image!r}, part "
+                                                 f"{p!r}")
                       for p, b in parts.items()}
     return out
 
@@ -96,8 +139,9 @@ def _coco_ids(items: list[dict], field: str, key: str, path: Path) -> dict[objec
 
 
 def _from_coco(data: dict, path: Path) -> PartBoxes:
-    """COCO's object detection JSON: each annotation's `bbox` (x, y, width, height) is the part
-    its category names, on the image its `image_id` names (by `file_name`)."""
+    """COCO's JSON: each annotation's polygon `segmentation`, or where it has none its `bbox`
+    (x, y, width, height), is the part its category names, on the image its `image_id` names
+    (by `file_name`)."""
     images = _coco_ids(_coco_list(data, "images", path), "file_name", "images", path)
     parts = _coco_ids(_coco_list(data, "categories", path), "name", "categories", path)
     out: PartBoxes = {}
@@ -110,16 +154,20 @@ def _from_coco(data: dict, path: Path) -> PartBoxes:
             raise ValueError(f"{where}: category_id {a.get('category_id')!r} is none of "
                              "'categories' ids")
         image, part = images[a["image_id"]], parts[a["category_id"]]
-        bbox = a.get("bbox")
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
-            raise ValueError(f"{where}: expected a 'bbox' [x, y, width, height]; got {bbox!r}")
         if (image, part) in marked:
             raise ValueError(f"{where}: {image!r} has a second {part!r} (annotation "
-                             f"{marked[(image, part)]!r} is the first); a part is one box an "
-                             f"image: give each its own category (e.g. 'left {part}', "
+                             f"{marked[(image, part)]!r} is the first); a part is one region "
+                             f"an image: give each its own category (e.g. 'left {part}', "
                              f"'right {part}')")
         marked[(image, part)] = a.get("id")
+        polygons = a.get("segmentation")
+        if isinstance(polygons, list) and polygons:  # not a mask's run-length code (a dict)
+            out.setdefault(image, {})[part] = Outline(tuple(_points(f, where) for f in polygons))
+            continue
+        bbox = a.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite(v) for v in bbox)):
+            raise ValueError(f"{where}: expected a polygon 'segmentation' or a 'bbox' [x, y, "
+                             f"width, height]; got bbox {bbox!r}")
         x, y, w, h = (float(v) for v in bbox)
         out.setdefault(image, {})[part] = _box([x, y, x + w, y + h], where)
     return out
@@ -154,8 +202,8 @@ def _from_csv(text: str, path: Path) -> PartBoxes:
 
 
 def read_parts(path: str | Path) -> PartBoxes:
-    """The boxes of each part of each image in the parts file at `path` (JSON or CSV, see the
-    module), in the file's order."""
+    """The box or outline of each part of each image in the parts file at `path` (JSON, CSV or
+    COCO's JSON, see the module), in the file's order."""
     path = Path(path).expanduser()
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "does not exist"
@@ -194,9 +242,24 @@ def find_images(boxes: PartBoxes, folder: Path, images: Sequence[Path],
     return found
 
 
-def box_mask(box: Box, height: int, width: int) -> torch.Tensor:
-    """Bool (height, width): the pixels of `box` (rounded to whole pixels, cut to the image);
-    a ValueError when no pixel of the image is in it."""
+def part_mask(region: Region, height: int, width: int) -> torch.Tensor:
+    """Bool (height, width): the pixels of a box (rounded to whole pixels) or of an outline (its
+    polygons' insides and edges, as PIL fills them), cut to the image; a ValueError when no
+    pixel of the image is in it."""
+    if isinstance(region, Outline):
+        canvas = Image.new("1", (width, height))
+        draw = ImageDraw.Draw(canvas)
+        for polygon in region.polygons:
+            draw.polygon(list(polygon), fill=1, outline=1)
+        mask = torch.from_numpy(np.array(canvas, dtype=bool))
+        if not mask.any():
+            xs = [x for poly in region.polygons for x, _ in poly]
+            ys = [y for poly in region.polygons for _, y in poly]
+            raise ValueError(f"outline (x {min(xs):g} to {max(xs):g}, y {min(ys):g} to "
+                             f"{max(ys):g}) lies outside the {width}x{height} image (in its "
+                             "pixels)")
+        return mask
+    box = region
     left, top, right, bottom = (round(v) for v in box)
     t, b = max(top, 0), min(bottom, height)
     lft, r = max(left, 0), min(right, width)
