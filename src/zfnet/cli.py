@@ -1073,7 +1073,8 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
              maps_per_layer: int, map_rule: str, rule: str, images: int | None,
              workers: int | str | None) -> None:
     """Fig. 2: the k strongest activations of feature maps over a dataset (or a folder of your
-    images: --data images:DIR), projected to pixels beside their image patches.
+    images: --data images:DIR), projected to pixels beside their image patches; every map's
+    top k, each its image, activation and receptive field, in OUT/gallery/topk.json.
 
     Many processes: `torchrun --nproc-per-node N -m zfnet.cli visualize topk ...` mines a
     share of the images in each and merges them (the answer of one process); the first

@@ -307,3 +307,46 @@ def test_fewer_images_than_k_leave_cells_blank_and_the_caption_says_so(tmp_path)
     assert "over 3 images, one per image (its strongest position), each" in section.caption
     assert "receptive field (conv1 5 px). With 3 images, 6 of the 9 cells stay blank. Right:" \
         in section.caption
+
+
+def test_the_top_k_table_names_each_units_image_activation_and_box(tmp_path) -> None:
+    """gallery/topk.json: every map of every layer, its top k best first, each entry the image
+    (its file name for a folder; null without files), its index, the activation, the unit and
+    its receptive field in the input; a map a line; empty slots left out."""
+    import json
+
+    torch.manual_seed(0)
+    model = zfnet.create_model("zfnet_small")
+    res = run_topk_gallery(model, _data(3), ["conv1", "conv3"], k=4, out_dir=tmp_path,
+                           n_maps=1)
+    text = (tmp_path / "topk.json").read_text()
+    table = json.loads(text)
+    assert table["format"] == "zfnet-topk/1" and table["input"] == [64, 64]
+    assert list(table["layers"]) == ["conv1", "conv3"]
+    for name in ("conv1", "conv3"):
+        t, geo = res.topk[name], layer_info(model)[name].geometry
+        layer = table["layers"][name]
+        assert (layer["k"], layer["mined"], len(layer["maps"])) == (4, 3, t.values.shape[0])
+        for c, entries in enumerate(layer["maps"]):
+            assert len(entries) == 3  # 3 images: the 4th slot is empty
+            for j, e in enumerate(entries):
+                r, q = int(t.row[c, j]), int(t.col[c, j])
+                assert e == {"image": None, "item": int(t.index[c, j]),
+                             "activation": pytest.approx(float(t.values[c, j]), abs=1e-6),
+                             "row": r, "col": q, "box": list(geo.box(r, q, 64))}
+    assert len(text.splitlines()) == 1 + (1 + 48) + (1 + 192)  # a line a layer, a line a map
+    # a folder of images: each named by its file
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for k in range(3):
+        Image.fromarray((np.random.default_rng(k).random((40, 50, 3)) * 255).astype(np.uint8)
+                        ).save(folder / f"p{k}.png")
+    from zfnet.data import load_dataset
+    from zfnet.data.preprocess import Preprocessing
+
+    bundle = load_dataset(f"images:{folder}", preprocessing=Preprocessing.from_unit_stats(
+        (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), crop=64, resize=64))
+    run_topk_gallery(model, bundle.val, ["conv2"], k=2, out_dir=tmp_path / "f", n_maps=1)
+    entries = json.loads((tmp_path / "f" / "topk.json").read_text())["layers"]["conv2"]["maps"]
+    assert {e["image"] for m in entries for e in m} <= {"p0.png", "p1.png", "p2.png"}
+    assert all(e["image"] == f"p{e['item']}.png" for m in entries for e in m)

@@ -32,6 +32,7 @@ on.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -177,6 +178,42 @@ def check_defined(model: nn.Module, x: Tensor, layers: Sequence[str], rule: str,
     if rule == "gradient" or current_nonlinear() != "error" or not layers:
         return
     project_layers(model, x[None], {name: Seeds([0], [0]) for name in layers}, rule, lrn=lrn)
+
+
+def write_topk_table(topk: Mapping[str, TopK], dataset: Dataset,
+                     geometries: Mapping[str, LayerGeometry | None], size: tuple[int, int],
+                     path: str | Path) -> Path:
+    """`path`, a JSON file anyone can read: for every map of every layer, its top k, best first,
+    each the image (its file name where the dataset has files, else null; `item`: its index in
+    the dataset), the activation, the unit's row and column in the map, and its receptive
+    field in the input, [top, left, bottom, right] (bottom and right excluded; null for a
+    layer whose units see the whole input)."""
+    from zfnet.atomic import write_text_atomic
+    from zfnet.data.picks import file_name
+
+    names: dict[int, str | None] = {}
+    layers = []
+    for name, t in topk.items():
+        geo = geometries.get(name)
+        maps = []
+        for c in range(t.values.shape[0]):
+            entries = []
+            for j in range(t.k):
+                i = int(t.index[c, j])
+                if i < 0:  # an empty slot: fewer than k images seen
+                    break
+                if i not in names:
+                    names[i] = file_name(dataset, i)
+                r, q = int(t.row[c, j]), int(t.col[c, j])
+                entries.append({"image": names[i], "item": i,
+                                "activation": round(float(t.values[c, j]), 6), "row": r,
+                                "col": q, "box": list(geo.box(r, q, size)) if geo else None})
+            maps.append(json.dumps(entries, separators=(",", ":")))  # a map a line
+        head = json.dumps({"k": t.k, "mined": t.mined})[:-1]
+        layers.append(f'{json.dumps(name)}: {head}, "maps": [\n' + ",\n".join(maps) + "]}")
+    return write_text_atomic(path, '{"format": "zfnet-topk/1", "input": '
+                             f'{json.dumps(list(size))}, "layers": {{\n'
+                             + ",\n".join(layers) + "}}\n")
 
 
 def project_topk(
@@ -334,7 +371,8 @@ def run_topk_gallery(
     journal_key: str | None = None,
 ) -> GalleryResult:
     """The whole Fig. 2 job: mine the top-k of `layers` over `dataset`, project them, write
-    `out_dir/topk.pt`, one `out_dir/topk_<layer>.png` per layer, and the report section
+    `out_dir/topk.pt`, its table `out_dir/topk.json` (`write_topk_table`), one
+    `out_dir/topk_<layer>.png` per layer, and the report section
     `topk_gallery` into `run_dir` (default `out_dir`, which must lie inside it).
 
     dataset items are (x, y) or x with x a model input (C, H, W). display_image(i) gives item
@@ -395,8 +433,9 @@ def run_topk_gallery(
     if distributed and current_rank() != 0:
         return GalleryResult(topk=topk, maps={}, projections={})
     save_topk(topk, out_dir / "topk.pt")
-    show = display_image or default_display(dataset)
     geos = layer_geometries(model, layers, size)
+    write_topk_table(topk, dataset, geos, size, out_dir / "topk.json")
+    show = display_image or default_display(dataset)
     whole = not windowed(model, layers)
     first = defaults[0] if defaults else None  # shown whole, as the paper shows all of layer 1
     result = GalleryResult(topk=topk, maps={}, projections={})
