@@ -268,3 +268,32 @@ def test_an_architecture_trains_from_scratch_from_its_config(saved, tmp_path,
         image_size=224, patch_size=8), in_channels=1, input_size=32)(num_classes=4)
     assert grey(torch.zeros(2, 1, 32, 32)).shape == (2, 4)
     assert (grey.config.num_channels, grey.config.image_size) == (1, 32)
+
+
+def test_eval_scores_each_class_folder_by_the_models_own_class_names(saved, tmp_path) -> None:
+    """Folders named as the model's `id2label` names are scored by name without --labels:
+    sorted, owl and tench are outputs 4 and 0, not 0 and 1; folders it does not name are
+    scored by position, as before."""
+    import json
+
+    from PIL import Image
+
+    for k, name in enumerate(("owl", "tench", "owl", "tench")):
+        folder = tmp_path / "data" / "val" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (80, 72), (40 * k, 200 - 30 * k, 90)).save(folder / f"{k}.png")
+    model = ["eval", "--model", f"hf:{saved}", "--resize", "72", "--crop", "64", "--data",
+             f"imagefolder:{tmp_path / 'data'}", "--device", "cpu"]
+    (tmp_path / "labels.txt").write_text("\n".join(LABELS))
+    said = {}
+    for how, extra in (("own", []), ("labels", ["--labels", str(tmp_path / "labels.txt")])):
+        res = CliRunner().invoke(main, [*model, *extra, "--json", str(tmp_path / f"{how}.json")])
+        assert res.exit_code == 0, res.output
+        said[how] = res.output
+    own, given = (json.loads((tmp_path / f"{h}.json").read_text()) for h in ("own", "labels"))
+    assert own["matched"] == [2, 5] and own["confusion_matrix"] == given["confusion_matrix"]
+    assert "(each class scored by the output of its name among the model's class names; " \
+        "among 2 of the model's 5 classes)" in said["own"]
+    assert "(each class scored by the output --labels names it; among 2" in said["labels"]
+    (tmp_path / "data" / "val" / "owl").rename(tmp_path / "data" / "val" / "cat")
+    assert "has 5 outputs but dataset" in _error(model)  # cat: not a name of the model's

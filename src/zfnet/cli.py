@@ -721,8 +721,8 @@ def eval_cmd(checkpoint: str | None, model: str | None, weights: str | None,
                                  crop=crop, labels=labels, device=info.device)
             for note in source.meta.get("notes", []) if info.is_main else ():
                 click.echo(note, err=True)
-            r = evaluate_source(source, data, ten_crop, info=info, by_name=labels is not None,
-                                **common)
+            r = evaluate_source(source, data, ten_crop, info=info,
+                                by_name=True if labels is not None else None, **common)
     if not info.is_main:
         return
     crops = "10 crops" if ten_crop else "centre crop"
@@ -732,9 +732,11 @@ def eval_cmd(checkpoint: str | None, model: str | None, weights: str | None,
     classes = len(r["per_class_accuracy"])
     top5 = top5_words(r["top5_error"], classes, "top-5 error")
     matched = r.get("matched")
-    among = (f" (each class scored by the output --labels names it; among {matched[0]} of the "
+    named = "--labels names it" if model is not None and labels is not None else \
+        "of its name among the model's class names"
+    among = (f" (each class scored by the output {named}; among {matched[0]} of the "
              f"model's {matched[1]} classes)" if matched and matched[0] < matched[1] else
-             " (each class scored by the output --labels names it)" if matched else "")
+             f" (each class scored by the output {named})" if matched else "")
     click.echo(f"{r['model']}{epoch} on {r['data']}{among}, {r['n']} images{skipped}, "
                f"{crops}: top-1 error {r['top1_error']:.2%}, {top5}")
     labels = r.get("class_labels") or list(r["per_class_accuracy"])  # with their words

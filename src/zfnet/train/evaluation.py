@@ -145,7 +145,7 @@ def evaluate_source(
     strict: bool = False,
     compile: bool = False,
     info: DistInfo | None = None,
-    by_name: bool = False,
+    by_name: bool | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """`evaluate_checkpoint` for the model of `source` (`zfnet.sources.load_source`, on the
@@ -154,7 +154,10 @@ def evaluate_source(
     dataset's class k: its classes in sorted folder order, as ImageNet's WNIDs give torchvision's
     and timm's 1000 outputs — or, `by_name`, the output that `source.labels` names as the
     class (its order is then free, and a dataset of some of the model's classes is scored
-    among those: key "matched" says how many of how many). The same keys as
+    among those: key "matched" says how many of how many). `by_name` None: by name where the
+    model's class names name every class of the dataset (a Hugging Face model's `id2label`,
+    a weights' categories: sorted folders need not be its output order), else by position.
+    The same keys as
     `evaluate_checkpoint`; checkpoint and epoch None unless the source is a run, live_weights
     False."""
     from zfnet.sources import load_data
@@ -165,6 +168,9 @@ def evaluate_source(
     n_out = source.meta.get("num_classes")
     require_labels(bundle)
     model, matched = source.model, None
+    if by_name is None:
+        by_name = bool(source.labels) and source.kind != "run" and _names_every_class(
+            source.labels, bundle.class_names)
     if by_name and source.labels:
         model = ClassesByName(source.model, _outputs_by_name(source, bundle, spec))
         matched = [bundle.num_classes, len(source.labels)]
@@ -199,16 +205,27 @@ class ClassesByName(torch.nn.Module):
         return self.model(x)[:, self.index.to(x.device)]
 
 
+def _label_index(labels: list[str]) -> dict[str, int]:
+    """Each class name -> its output; also each first word, where every label's is its own."""
+    firsts = [name.split()[0] if name.split() else "" for name in labels]
+    names = dict(zip(firsts, range(len(labels)), strict=True)) \
+        if len(set(firsts)) == len(firsts) else {}
+    names.update({name: k for k, name in reversed(list(enumerate(labels)))})
+    return names
+
+
+def _names_every_class(labels: list[str], classes: list[str]) -> bool:
+    """Whether the model's class names (`_label_index`) name every class."""
+    names = _label_index(labels)
+    return bool(classes) and all(c in names for c in classes)
+
+
 def _outputs_by_name(source: Source, bundle: DataBundle, spec: str | None) -> list[int]:
     """For each of the dataset's classes, the model's output of that name (`source.labels`),
     or, where each label's first word is its own, of that first word (Kaggle's
     LOC_synset_mapping.txt: `n01440764 tench, Tinca tinca`, a WNID and its words a line); a
     class it does not name is an error listing them."""
-    labels = list(source.labels or [])
-    firsts = [name.split()[0] if name.split() else "" for name in labels]
-    names = dict(zip(firsts, range(len(labels)), strict=True)) \
-        if len(set(firsts)) == len(firsts) else {}
-    names.update({name: k for k, name in reversed(list(enumerate(labels)))})
+    names = _label_index(list(source.labels or []))
     missing = [c for c in bundle.class_names if c not in names]
     if missing:
         shown = ", ".join(missing[:5]) + (f" ... ({len(missing)} in all)" if len(missing) > 5
