@@ -297,3 +297,42 @@ def test_eval_scores_each_class_folder_by_the_models_own_class_names(saved, tmp_
     assert "(each class scored by the output --labels names it; among 2" in said["labels"]
     (tmp_path / "data" / "val" / "owl").rename(tmp_path / "data" / "val" / "cat")
     assert "has 5 outputs but dataset" in _error(model)  # cat: not a name of the model's
+
+
+def test_a_model_naming_its_outputs_otherwise_follows_its_predicted_class(saved,
+                                                                           tmp_path) -> None:
+    """As many outputs as class folders, but named in another order (id2label: tench,
+    goldfish, ...; folders sorted: eagle, goldfish, ...): label k is not output k, so occlusion
+    follows the class the model predicts, and says why; named alike, the true class."""
+    from PIL import Image
+
+    from zfnet.analyses.classes import labels_are_classes, other_classes
+
+    for k, name in enumerate(LABELS):
+        folder = tmp_path / "data" / "val" / name
+        folder.mkdir(parents=True)
+        Image.new("RGB", (80, 72), (50 * k, 200 - 30 * k, 90)).save(folder / f"{k}.png")
+    res = CliRunner().invoke(main, [
+        "analyze", "occlusion", "--model", f"hf:{saved}", "--resize", "72", "--crop", "64",
+        "--data", f"imagefolder:{tmp_path / 'data'}", "--images", "1", "--device", "cpu",
+        "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    assert (f"hf:{saved} names its 5 outputs otherwise than imagefolder:{tmp_path / 'data'} "
+            "names its classes (output 0 'tench', class 0 'eagle'): the analyses follow the "
+            "class it predicts") in res.output
+    assert "p(class) of: the predicted class" in res.output
+    (tmp_path / "sorted.txt").write_text("\n".join(sorted(LABELS)))  # names as the folders
+    res = CliRunner().invoke(main, [
+        "analyze", "occlusion", "--model", f"hf:{saved}", "--resize", "72", "--crop", "64",
+        "--labels", str(tmp_path / "sorted.txt"), "--data", f"imagefolder:{tmp_path / 'data'}",
+        "--images", "1", "--device", "cpu", "--out", str(tmp_path / "out2")])
+    assert res.exit_code == 0, res.output
+    assert "p(class) of: the true class" in res.output and "otherwise" not in res.output
+    model = torch.nn.Linear(2, 2)
+    assert not other_classes(model, ["n01 tench", "n02 goldfish"], ["n01", "n02"])
+    assert not other_classes(model, ["a", "b"], ["a", "b", "c"])  # other counts: not this
+    assert other_classes(model, ["b", "a"], ["a", "b"])
+
+    class Bundle:
+        num_classes, class_names = 2, ["a", "b"]
+    assert not labels_are_classes(model, Bundle())

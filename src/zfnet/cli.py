@@ -905,6 +905,15 @@ def _model_and_data(options: ModelOptions, data: str | None = None, *, need_data
     for note in source.meta.get("notes", []) if notes else ():
         click.echo(note, err=True)
     bundle = load_data(source, data, ten_crop=ten_crop, strict=strict) if need_data else None
+    if bundle is not None and source.kind != "run":
+        from zfnet.analyses.classes import other_classes
+
+        if other_classes(source.model, source.labels, getattr(bundle, "class_names", None)) \
+                and notes:
+            click.echo(f"{source.name} names its {len(source.labels)} outputs otherwise than "
+                       f"{bundle.spec or 'the dataset'} names its classes (output 0 "
+                       f"{source.labels[0]!r}, class 0 {bundle.class_names[0]!r}): the "
+                       "analyses follow the class it predicts", err=True)
     _computed_on(source, bundle)
     return source, bundle
 

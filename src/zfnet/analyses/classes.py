@@ -3,10 +3,14 @@ that dataset's classes. A torchvision ImageNet model shown `synthetic` images ha
 for the dataset's 10 classes: its output at the dataset's label 3 is ImageNet's class 3 ("tiger
 shark"), not the dataset's "car". Analyses that follow one class (occlusion's p(class) map, the
 pointing game, invariance's probability curve) then follow the model's own prediction on the
-unaltered image, and name classes by the model's own names where given (else by number)."""
+unaltered image, and name classes by the model's own names where given (else by number). So
+do they where the model has as many outputs as the dataset classes, but names them otherwise
+(`other_classes`): a fine-tuned model whose `id2label` orders them differently."""
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -26,12 +30,33 @@ def model_outputs(model: nn.Module, x: torch.Tensor) -> int:
         return int(model(to_model(model, x[None])).shape[-1])
 
 
+_OTHER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> class names
+
+
+def other_classes(model: nn.Module, labels: Sequence[str] | None,
+                  class_names: Sequence[str] | None) -> bool:
+    """Whether `model`, whose outputs `labels` names, scores other classes than a dataset of
+    `class_names` at the same outputs: as many, but output k named otherwise than class k (by
+    its name, or a label's first word: Kaggle's `n01440764 tench`). Where so, it is kept with
+    the model, and `labels_are_classes` is then False for a dataset of those classes."""
+    if not labels or not class_names or len(labels) != len(class_names):
+        return False
+    same = all(c == lab or (lab.split() or [""])[0] == c
+               for lab, c in zip(labels, class_names, strict=True))
+    if not same:
+        _OTHER[model] = tuple(class_names)
+    return not same
+
+
 def labels_are_classes(model: nn.Module, bundle: Any) -> bool:
     """Whether `bundle`'s labels index `model`'s outputs: the model has exactly as many outputs
-    as the dataset has classes (a model trained on it, the usual case for zfnet's runs). False
-    for unlabelled data and for a model of other classes (see the module doc)."""
+    as the dataset has classes (a model trained on it, the usual case for zfnet's runs), unless
+    its class names say otherwise (`other_classes`). False for unlabelled data and for a model
+    of other classes (see the module doc)."""
     n = int(getattr(bundle, "num_classes", 0) or 0)
     if n < 1:
+        return False
+    if _OTHER.get(model) == tuple(getattr(bundle, "class_names", None) or ()):
         return False
     val = bundle.val.with_mode("centre") if getattr(bundle.val, "mode", "centre") != "centre" \
         else bundle.val
