@@ -37,6 +37,8 @@ class _LogLines:
     def write(self, s: str) -> None:
         state = s.lstrip("\r").rstrip(" ")
         if state.strip() and state != "\n":  # not tqdm's clearing, nor its line end at close
+            if sys.stdout is not None and sys.stdout is not self.fp:
+                sys.stdout.flush()  # a log of both: what was printed before comes before
             self.fp.write(state if state.endswith("\n") else state + "\n")
 
     def flush(self) -> None:

@@ -12,7 +12,8 @@ def _config(**kw) -> TrainConfig:
 
 @pytest.mark.parametrize(("kw", "message"), [
     ({"model": "zfnett"}, r"unknown model 'zfnett' \(did you mean zfnet.*\); valid: .*"
-                          "torchvision:NAME, timm:NAME, or your own FILE.py:NAME"),
+                          "torchvision:NAME, timm:NAME, hf:ORG/NAME or hf:DIR .*, or your own "
+                          "FILE.py:NAME"),
     ({"model_opts": {"fc_width": "abc"}}, "model_opts: fc_width must be a positive integer"),
     ({"model_opts": {"batchnorm": "maybe"}}, "model_opts: batchnorm must be true or false"),
     ({"model_opts": {"colour": "red"}}, r"model_opts: unknown model option\(s\) \['colour'\]"),
