@@ -371,23 +371,25 @@ def test_a_broadcast_gate_keeps_the_maps_field_flagged() -> None:
             assert whole[(r, c)] == (0, 0, geo["conv"].rows.reach, geo["conv"].cols.reach)
 
 
-def test_group_norm_keeps_the_maps_field_flagged() -> None:
-    """Group norm (BiT's, ResNetV2's): each map less its group's mean, over its std, both of the
-    whole map. As with a gate, the geometry is the map's field with `gated` set: the box is the
-    support once the statistics are held fixed, while they reach every pixel."""
+@pytest.mark.parametrize("groups", [2, 4])
+def test_group_norm_keeps_the_maps_field_flagged(groups) -> None:
+    """Group norm (BiT's, ResNetV2's), and instance norm (a group a map): each map less its
+    group's mean, over its std, both of the whole map. As with a gate, the geometry is the
+    map's field with `gated` set: the box is the support once the statistics are held fixed,
+    while they reach every pixel."""
 
     class Net(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.conv = nn.Conv2d(3, 4, 3, stride=2)
-            self.gn = nn.GroupNorm(2, 4)
+            self.gn = nn.GroupNorm(2, 4) if groups == 2 else nn.InstanceNorm2d(4, affine=True)
             self.head = nn.Conv2d(4, 4, 3)
             self.frozen = False
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             y = self.conv(x)
-            if self.frozen:  # group norm by hand, its statistics constants
-                g = y.reshape(y.shape[0], 2, -1)
+            if self.frozen:  # the norm by hand, its statistics constants
+                g = y.reshape(y.shape[0], groups, -1)
                 mean = g.mean(-1, keepdim=True).detach()
                 std = (g.var(-1, unbiased=False, keepdim=True) + self.gn.eps).sqrt().detach()
                 y = ((g - mean) / std).reshape(y.shape) * self.gn.weight[:, None, None] \

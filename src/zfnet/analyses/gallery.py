@@ -461,8 +461,8 @@ def run_topk_gallery(
             chosen[name], proj, png)
         result.patches[name] = patches
         gated = ("; gated: a scale computed from the whole image (a squeeze-and-excitation "
-                 "gate, a group norm's statistics) also acts on these maps, the box is the "
-                 "field of the map it acts on"
+                 "gate, a group or instance norm's statistics) also acts on these maps, the "
+                 "box is the field of the map it acts on"
                  if geo is not None and geo.gated else "")
         named = (unit_names or {}).get(name)
         word = "maps" if geo is not None else "units"  # each sees the whole image

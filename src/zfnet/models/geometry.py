@@ -592,8 +592,8 @@ class _Walk:
             return _CONST
         out = _shape(n, 0)
         if name in _ELEMENTWISE or _pointwise_function(n):
-            if getattr(n, "_saved_training", False):
-                return None  # batch norm with batch statistics: mixes every position
+            if getattr(n, "_saved_training", False):  # a norm with the input's statistics
+                return _norm_of_maps(self, ins, out)  # (instance norm, in eval too)
             return self._merge([self._operand(s, sh, f) for s, sh, f in ins], out)
         handler = _HANDLERS.get(name)
         return None if handler is None else handler(self, n, ins, out)
@@ -1095,15 +1095,20 @@ def _layer_norm(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
     return None if set(range(len(shape) - k, len(shape))) & _spatial(f) else f
 
 
-def _group_norm(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
-    """Group norm: each map less its group's mean over the whole map, over its std, then scaled
-    and shifted per channel. The statistics are one number per group and image, broadcast over
-    the map as a squeeze-and-excitation gate is: the map's field, `gated` set (a BiT's, a
-    ResNetV2's stages keep their boxes)."""
+def _norm_of_maps(w: _Walk, ins: list, out: tuple[int, ...]) -> _State:
+    """Group norm, instance norm (batch norm on the maps of one image, viewed as a batch of
+    one): each map less a mean over the whole map, over its std, then scaled and shifted per
+    channel. The statistics are one number per map (group) and image, broadcast over the map as
+    a squeeze-and-excitation gate is: the map's field, `gated` set (a BiT's, a ResNetV2's
+    stages keep their boxes)."""
     f = _sole(ins)
     if not isinstance(f, _Field) or tuple(ins[0][1]) != tuple(out):
         return None
     return _union([f], w.size, True)
+
+
+def _group_norm(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
+    return _norm_of_maps(w, ins, out)
 
 
 def _matmul(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
