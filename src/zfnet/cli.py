@@ -109,6 +109,15 @@ def _counts_from_zero(ctx: click.Context, param: click.Parameter, value):
     return _ints(value, _names(ctx, param, value or None), 0, "3,17")
 
 
+def _position(ctx: click.Context, param: click.Parameter, value: str | None):
+    """ROW,COL: two integers >= 0, e.g. 3,5 -> (3, 5)."""
+    rc = _ints(value, _names(ctx, param, value), 0, "3,5")
+    if rc is not None and len(rc) != 2:
+        raise click.BadParameter(f"{value!r} is not a row and a column, ROW,COL (from 0), e.g. "
+                                 "3,5")
+    return rc
+
+
 def _device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     from zfnet.train.distributed import parse_device
 
@@ -1013,16 +1022,22 @@ def _finish(out: str) -> None:
               metavar="C[,C...]", help="These maps (repeat or comma list).")
 @click.option("--top", type=click.IntRange(1), default=None,
               help="Each image's K most active maps (default 4).")
+@click.option("--position", callback=_position, metavar="ROW,COL",
+              help="The unit at this row and column of each map (from 0; a layer's map size: "
+                   "`zfnet models SOURCE`), instead of each map's strongest; --top then ranks "
+                   "the maps by their activation there.")
 @click.option("--rule", type=click.Choice(["deconvnet", "guided", "gradient"]),
               default="deconvnet", show_default=True, help=_RULE_HELP)
 @_NONLINEAR
 @_OUT
 def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
                 layers: tuple[str, ...] | None, channels: tuple[int, ...] | None,
-                top: int | None, rule: str, out: str) -> None:
-    """Project the strongest unit of maps of each layer, in each IMAGE, down to pixels (paper
-    Sec. 2.1): one PNG per unit with the image and the unit's receptive field, the projection,
-    and the projection over the image, and OUT/project.json listing them.
+                top: int | None, position: tuple[int, int] | None, rule: str,
+                out: str) -> None:
+    """Project the strongest unit of maps of each layer (or the unit at --position), in each
+    IMAGE, down to pixels (paper Sec. 2.1): one PNG per unit with the image and the unit's
+    receptive field, the projection, and the projection over the image, and OUT/project.json
+    listing them.
 
     IMAGE: image files, a folder of images, or a dataset spec (images:DIR, synthetic, ...).
     """
@@ -1040,7 +1055,7 @@ def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
     # the last layer's units are the classes the weights name (source.labels)
     last = score_layer(source.model) if source.labels else None
     results = [r for layer in layers for r in project_units(
-        source.model, data, layer, channels=channels, top=top, rule=rule,
+        source.model, data, layer, channels=channels, top=top, rule=rule, position=position,
         pixel_scale=source.preprocessing.pixel_scale(), batch_size=model_options.batch_size,
         names=names, unit_names=source.labels if layer == last else None)]
     index = write_units(results, out, rule, source.name)

@@ -68,6 +68,30 @@ def test_units_equal_the_engine_in_pixel_units(photos) -> None:
     assert acts == sorted(acts, reverse=True)
 
 
+def test_the_unit_at_a_position_is_the_engines_projection_of_that_unit(photos) -> None:
+    """--position ROW,COL: each map's unit there, not its strongest; --top ranks the maps by
+    their activation there."""
+    from zfnet.activations import get_activations
+
+    src = load_source("torchvision:resnet18")
+    data = load_images([photos / "coffee.jpg", photos / "chelsea.jpg"], src.preprocessing)
+    x = torch.stack([data[i][0] for i in range(2)])
+    at = get_activations(src.model, x, ["layer3"])["layer3"][:, :, 3, 11]  # (2, 256)
+    results = project_units(src.model, data, "layer3", top=2, position=(3, 11))
+    assert [(u.image, u.channel) for u, _, _ in results] == [
+        (i, int(c)) for i in range(2) for c in at[i].argsort(descending=True)[:2]]
+    for unit, _, proj in results:
+        assert (unit.row, unit.col) == (3, 11)
+        assert unit.activation == pytest.approx(float(at[unit.image, unit.channel]), rel=1e-5)
+        want = project(src.model, x[unit.image: unit.image + 1], "layer3", unit.channel,
+                       positions=torch.tensor([[3, 11]]))[0]
+        torch.testing.assert_close(proj, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+        t, left, b, r = unit.box
+        outside = proj.clone()
+        outside[:, t:b, left:r] = 0
+        assert outside.abs().max() == 0 and b - t < 224  # the field of (3, 11), not the image
+
+
 def test_figure_has_three_panels(tmp_path) -> None:
     image = torch.full((3, 20, 30), 200, dtype=torch.uint8)
     proj = torch.zeros(3, 20, 30)
@@ -214,6 +238,12 @@ def test_project_command_nonlinear_option(photos, tmp_path) -> None:
     (["--layer", "layer4,conv1", "--channel", "100"], "100 outside the 64 maps of conv1"),
     (["--layer", "layer1", "--channel", "1", "--top", "2"], "--channel and --top"),
     (["--layer", "layer1", "--rule", "lrp"], "'lrp' is not one of"),
+    (["--layer", "layer3,layer4", "--position", "10,5"],
+     "position (row 10, col 5) is outside layer 'layer4''s 7x7 maps (rows 0 to 6, columns 0 "
+     "to 6)"),
+    (["--layer", "fc", "--position", "0,0"], "layer 'fc' has no maps (a vector of 1000 units)"),
+    (["--position", "3"], "'3' is not a row and a column, ROW,COL (from 0), e.g. 3,5"),
+    (["--position", "3,-1"], "'3,-1' is not a comma list of integers >= 0"),
 ])
 def test_project_command_errors(photos, tmp_path, args, message) -> None:
     out = tmp_path / "look"

@@ -91,8 +91,10 @@ def project_units(model: nn.Module, images: Dataset, layer: str | nn.Module, *,
                   rule: str = "deconvnet", pixel_scale: Tensor | None = None,
                   batch_size: int = 16, names: Sequence[str] | None = None,
                   unit_names: Sequence[str] | None = None,
+                  position: tuple[int, int] | None = None,
                   ) -> list[tuple[Unit, Tensor, Tensor]]:
-    """Project the strongest unit of the chosen maps (`choose_maps`) of every image.
+    """Project the strongest unit of the chosen maps (`choose_maps`) of every image, or the
+    unit at `position` (row, col) of each (the maps then ranked by their activation there).
 
     images: items (x, y) of model inputs (C, H, W) — `zfnet.data.load_images` — with `raw(i)`
     the uint8 pixels the model sees; broken files (None items) are skipped. pixel_scale: (C,)
@@ -115,10 +117,15 @@ def project_units(model: nn.Module, images: Dataset, layer: str | nn.Module, *,
         with eval_mode(model):
             # (B, C, h, w) or (B, F)
             act = shown_units(name, get_activations(model, x, [name])[name])
-        strength = act.flatten(2).amax(2) if act.ndim > 2 else act
+        if position is not None:
+            _check_position(position, act, name)
+            strength = act[:, :, position[0], position[1]]
+        else:
+            strength = act.flatten(2).amax(2) if act.ndim > 2 else act
         maps = choose_maps(strength.float().cpu(), channels, top, name)  # (B, K)
         b, k = maps.shape
-        seeds = Seeds(torch.arange(b).repeat_interleave(k), maps.reshape(-1))
+        seeds = Seeds(torch.arange(b).repeat_interleave(k), maps.reshape(-1),
+                      None if position is None else torch.tensor([position] * (b * k)))
         rf = project_layers(model, x, {name: seeds}, rule)[name]
         proj = paste(rf, (x.shape[-2], x.shape[-1])).float().cpu()  # (B*K, C, H, W)
         if pixel_scale is not None:
@@ -139,6 +146,17 @@ def project_units(model: nn.Module, images: Dataset, layer: str | nn.Module, *,
     if not out:
         raise ValueError("none of the images could be read (see the warnings above)")
     return out
+
+
+def _check_position(position: tuple[int, int], act: Tensor, layer: str) -> None:
+    """A ValueError unless (row, col) is a unit of the layer's maps."""
+    if act.ndim != 4:
+        raise ValueError(f"layer {layer!r} has no maps (a vector of {act.shape[-1]} units): a "
+                         "position (--position) is a row and a column of a map")
+    h, w = act.shape[-2:]
+    if not (0 <= position[0] < h and 0 <= position[1] < w):
+        raise ValueError(f"position (row {position[0]}, col {position[1]}) is outside layer "
+                         f"{layer!r}'s {h}x{w} maps (rows 0 to {h - 1}, columns 0 to {w - 1})")
 
 
 def unit_figure(image: Tensor, projection: Tensor, box: tuple[int, int, int, int] | None,
