@@ -358,17 +358,22 @@ def test_a_broadcast_gate_keeps_the_maps_field_flagged() -> None:
     for expand in (False, True):
         geo = graph_geometry(SE(expand), size)
         assert not geo["conv"].gated and geo["head"].gated
-        plain = graph_geometry(nn.Sequential(nn.Conv2d(3, 4, 3, stride=2),
-                                             nn.Conv2d(4, 4, 3)), size)
-        assert (geo["head"].rows, geo["head"].cols) == (plain["1"].rows, plain["1"].cols)
-        twin = _twin(SE(expand))
-        whole = _support_boxes(twin, size, ["head"])["head"]
-        twin.frozen = True
-        local = _support_boxes(twin, size, ["head"])["head"]
-        for (r, c), got in local.items():
-            assert got == geo["head"].box(r, c, size)
-            # the gate reads every pixel the first convolution does
-            assert whole[(r, c)] == (0, 0, geo["conv"].rows.reach, geo["conv"].cols.reach)
+        _check_gated_head(SE(expand), geo, size)
+
+
+def _check_gated_head(model: nn.Module, geo: dict, size: tuple[int, int]) -> None:
+    """`model` (conv 3x3/2, something gated, head conv 3x3): the head's field is the two
+    convolutions' alone; with the gate held fixed (`model.frozen`), each unit's support is its
+    box, and with it, every pixel the first convolution reads."""
+    plain = graph_geometry(nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.Conv2d(4, 4, 3)), size)
+    assert (geo["head"].rows, geo["head"].cols) == (plain["1"].rows, plain["1"].cols)
+    twin = _twin(model)
+    whole = _support_boxes(twin, size, ["head"])["head"]
+    twin.frozen = True
+    local = _support_boxes(twin, size, ["head"])["head"]
+    for (r, c), got in local.items():
+        assert got == geo["head"].box(r, c, size)
+        assert whole[(r, c)] == (0, 0, geo["conv"].rows.reach, geo["conv"].cols.reach)
 
 
 @pytest.mark.parametrize("groups", [2, 4])
@@ -401,15 +406,7 @@ def test_group_norm_keeps_the_maps_field_flagged(groups) -> None:
     size = (17, 23)
     geo = graph_geometry(Net(), size)
     assert not geo["conv"].gated and geo["gn"].gated and geo["head"].gated
-    plain = graph_geometry(nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.Conv2d(4, 4, 3)), size)
-    assert (geo["head"].rows, geo["head"].cols) == (plain["1"].rows, plain["1"].cols)
-    twin = _twin(Net())
-    whole = _support_boxes(twin, size, ["head"])["head"]
-    twin.frozen = True
-    local = _support_boxes(twin, size, ["head"])["head"]
-    for (r, c), got in local.items():
-        assert got == geo["head"].box(r, c, size)
-        assert whole[(r, c)] == (0, 0, geo["conv"].rows.reach, geo["conv"].cols.reach)
+    _check_gated_head(Net(), geo, size)
 
 
 def test_reshapes_permutes_slices_and_pads() -> None:
