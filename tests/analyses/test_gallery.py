@@ -335,6 +335,9 @@ def test_the_top_k_table_names_each_units_image_activation_and_box(tmp_path) -> 
                              "activation": pytest.approx(float(t.values[c, j]), abs=1e-6),
                              "row": r, "col": q, "box": list(geo.box(r, q, 64))}
     assert len(text.splitlines()) == 1 + (1 + 48) + (1 + 192)  # a line a layer, a line a map
+    (section,) = read_sections(tmp_path)
+    assert section.caption.endswith("Every map's top 4, each its image, activation, unit and "
+                                    "receptive field: topk.json.")
     # a folder of images: each named by its file
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -481,6 +481,8 @@ def run_topk_gallery(
                                                empty=blank_cells_text(n_images, k),
                                                rule=RULE_NAMES[rule],
                                                rf=fields, display=DISPLAY_CAPTION)
+    caption += (f" Every map's top {k}, each its image, activation, unit and receptive field: "
+                f"{(rel_dir / 'topk.json').as_posix()}.")
     result.section = write_section(run_dir, Section(
         key="topk_gallery",
         title=f"Top-{k} activations and their projections (Fig. 2)",
