@@ -197,6 +197,33 @@ def test_the_stages_of_a_group_norm_network() -> None:
     assert feature_layers(model) == ["conv1", "layer1", "layer2", "layer3", "layer4"]
 
 
+def test_the_convolutional_stages_of_a_hybrid_are_found() -> None:
+    """A hybrid (EfficientFormerV2, CoAtNet, MobileViT): its `stages` end with attention over
+    the whole map, so their output has no box, but its first, convolutional, stages do."""
+
+    class Attention(nn.Module):  # every position attends to every other
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            t = x.flatten(2).transpose(1, 2)  # (N, HW, C)
+            a = torch.softmax(t @ t.transpose(1, 2) / t.shape[-1] ** 0.5, -1)
+            return (a @ t).transpose(1, 2).reshape(x.shape)
+
+    def stage(cin: int, cout: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1), nn.BatchNorm2d(cout), nn.ReLU())
+
+    class Hybrid(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = stage(3, 8)
+            self.stages = nn.Sequential(stage(8, 16), stage(16, 24),
+                                        nn.Sequential(stage(24, 32), Attention()))
+            self.head = nn.Linear(32, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.stages(self.stem(x)).mean((2, 3)))
+
+    assert feature_layers(Hybrid(), 64) == ["stem", "stages.0", "stages.1", "stages.2.0"]
+
+
 def test_a_block_of_one_convolution_stays_the_block() -> None:
     """Two blocks at the top, each of one convolution (with its norm, rectifier and pooling,
     or a residual with functional ReLUs): the blocks' outputs are the stages, not their

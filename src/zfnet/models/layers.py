@@ -377,13 +377,17 @@ def feature_layers(model: nn.Module, input_size: int | tuple[int, int] | None = 
     geo = graph_geometry(model, input_size or DEFAULT_SIZE)
     objects: set[str] | None = None  # the modules whose output is no tensor, when asked
     vectors: set[str] = set()  # ... and those whose output is (N, C)
+    mixed: set[str] = set()  # ... and (N, C, H, W) (or channels-last): a map without geometry
 
-    def stages(parent: str, m: nn.Module, depth: int = 0) -> list[str]:
+    def stages(parent: str, m: nn.Module, depth: int = 0, within: bool = False) -> list[str]:
         """The children with a convolution and a map out; through one whose output is not a
         tensor (a Hugging Face model's output object) or that is not called (a ModuleList),
-        its own; where no child is a stage, through those that output a vector (a wrapper
-        around a whole network, whose output is the logits)."""
-        nonlocal objects, vectors
+        its own; through one whose map has no geometry (a hybrid's stages, whose last ones
+        attend over the whole map), its own where they are two or more (a transformer's patch
+        embedding alone is not), any `within` such a one; where no child is a stage, through
+        those that output a vector (a wrapper around a whole network, whose output is the
+        logits)."""
+        nonlocal objects, vectors, mixed
         found, opaque = [], []
         for n, c in m.named_children():
             path = f"{parent}{n}"
@@ -397,14 +401,18 @@ def feature_layers(model: nn.Module, input_size: int | tuple[int, int] | None = 
                 objects = {p for p, (_, shape, *_) in made.items() if shape == ()} | {
                     p for p, _ in model.named_modules() if p and p not in made}
                 vectors = {p for p, (_, shape, *_) in made.items() if len(shape) == 2}
+                mixed = {p for p, (_, shape, *_) in made.items() if len(shape) == 4}
             if depth >= 4:
                 continue
             if path in objects:
-                found.extend(stages(f"{path}.", c, depth + 1))
+                found.extend(stages(f"{path}.", c, depth + 1, within))
             elif path in vectors:
                 opaque.append((path, c))
+            elif path in mixed:
+                inner = stages(f"{path}.", c, depth + 1, True)
+                found.extend(inner if within or len(inner) >= 2 else [])
         if not found:
-            found = [s for path, c in opaque for s in stages(f"{path}.", c, depth + 1)]
+            found = [s for path, c in opaque for s in stages(f"{path}.", c, depth + 1, within)]
         return found
 
     def expand(path: str) -> list[str]:
