@@ -593,7 +593,7 @@ class _Walk:
         out = _shape(n, 0)
         if name in _ELEMENTWISE or _pointwise_function(n):
             if getattr(n, "_saved_training", False):  # a norm with the input's statistics
-                return _norm_of_maps(self, ins, out)  # (instance norm, in eval too)
+                return _norm_of_maps(self, n, ins, out)  # (instance norm, in eval too)
             return self._merge([self._operand(s, sh, f) for s, sh, f in ins], out)
         handler = _HANDLERS.get(name)
         return None if handler is None else handler(self, n, ins, out)
@@ -1095,7 +1095,7 @@ def _layer_norm(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
     return None if set(range(len(shape) - k, len(shape))) & _spatial(f) else f
 
 
-def _norm_of_maps(w: _Walk, ins: list, out: tuple[int, ...]) -> _State:
+def _norm_of_maps(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
     """Group norm, instance norm (batch norm on the maps of one image, viewed as a batch of
     one): each map less a mean over the whole map, over its std, then scaled and shifted per
     channel. The statistics are one number per map (group) and image, broadcast over the map as
@@ -1105,10 +1105,6 @@ def _norm_of_maps(w: _Walk, ins: list, out: tuple[int, ...]) -> _State:
     if not isinstance(f, _Field) or tuple(ins[0][1]) != tuple(out):
         return None
     return _union([f], w.size, True)
-
-
-def _group_norm(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
-    return _norm_of_maps(w, ins, out)
 
 
 def _matmul(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
@@ -1174,7 +1170,7 @@ _HANDLERS = {
         "Mean", "Sum", "Amax", "Amin", "Max", "Min", "Std", "Var", "Logsumexp", "Prod", "Norm")
         for v in "01"), _reduce),
     "NativeLayerNormBackward0": _layer_norm,
-    "NativeGroupNormBackward0": _group_norm,
+    "NativeGroupNormBackward0": _norm_of_maps,
     **dict.fromkeys(("AddmmBackward0", "MmBackward0", "BmmBackward0"), _matmul),
     "CatBackward0": _cat,
     "StackBackward0": _stack,
