@@ -124,6 +124,20 @@ def test_occlusion_invariance_randomization_filters(setup, tmp_path) -> None:
     assert re.search(r"^built-in photos, scale: mean relative distance conv1 [\d.]+, avgpool "
                      r"[\d.]+$", text, re.M), text
     assert "images of synthetic?n_train=32&n_val=16, rotate: mean relative distance " in text
+    # the layers and the number of the dataset's images chosen (module paths: one naming)
+    inv = tmp_path / "inv"
+    text = _ok(["analyze", "invariance", *_model(setup), "--data", f"images:{setup / 'photos'}",
+                "--layer", "layer1,layer3.1", "--layer", "fc", "--images", "2", "--out", str(inv)])
+    assert re.search(r"^built-in photos, rotate: mean relative distance layer1 [\d.]+, "
+                     r"layer3.1 [\d.]+, fc [\d.]+$", text, re.M), text
+    chosen = {s.key: s for s in read_sections(inv)}["invariance_dataset"]
+    assert chosen.caption.startswith("The images: 2 of images:")
+    assert chosen.tables[0].columns[1:4] == [
+        "mean distance layer1", "mean distance layer3.1", "mean distance fc"]
+    bad = CliRunner().invoke(main, ["analyze", "invariance", *_model(setup), *data,
+                                    "--layer", "layer9", "--out", str(tmp_path / "never")])
+    assert bad.exit_code != 0 and "layer 'layer9' does not exist" in bad.output
+    assert not (tmp_path / "never").exists()  # checked before anything is written
     sections = {s.key: s for s in read_sections(out)}
     assert "(5 val images, each seeded at its strongest map of layer4)" in sections[
         "randomization"].caption

@@ -1315,12 +1315,22 @@ def filters_cmd(checkpoints: tuple[str, ...], sources: tuple[str, ...],
 @_SOURCE
 @_DATA
 @_OUT
-def invariance_cmd(model_options: ModelOptions, data: str | None, out: str) -> None:
+@click.option("--layer", "layers", multiple=True, callback=_names, metavar="NAME[,NAME...]",
+              help="Layers whose features are compared, comma-separated and/or repeated: names "
+                   "from `zfnet models SOURCE`. Default: the paper's layers 1 and 7 (zfnet's "
+                   "norm1 and relu7; any other CNN's first stage and the vector its classifier "
+                   "reads).")
+@click.option("--images", default=5, show_default=True, type=click.IntRange(1),
+              help="Images of the dataset transformed (its val split, one per class while "
+                   "classes last), beside the 5 built-in photos.")
+def invariance_cmd(model_options: ModelOptions, data: str | None, out: str,
+                   layers: tuple[str, ...] | None, images: int) -> None:
     """Fig. 5: translation, scaling, rotation of 5 photos and 5 dataset images."""
     from zfnet import pipeline
 
     source, bundle = _model_and_data(model_options, data)
-    r = pipeline.invariance(source.model, bundle, out)
+    r = pipeline.invariance(source.model, bundle, out, n_dataset_images=images,
+                            layers=_layers(source.model, layers))
     images = {"invariance_photos": "built-in photos",
               "invariance_dataset": f"images of {bundle.spec or 'the dataset'}"}
     for key, kinds in r.items():

@@ -11,7 +11,7 @@ kept epochs."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -186,20 +186,21 @@ def evolution(run_dir: str | Path, bundle: DataBundle, out_dir: str | Path | Non
 
 def invariance(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
                n_dataset_images: int = 5,
-               normalize: Callable[[torch.Tensor], torch.Tensor] | None = None
-               ) -> dict[str, Any]:
-    """Fig. 5 on 5 real photos (class followed: the first prediction) and on dataset images
-    (true class followed where the dataset's labels are the model's classes, else the first
-    prediction). Layers: `zfnet.analyses.invariance.default_layers` (zfnet's norm1 and relu7;
-    any other model's first feature layer and the vector its classifier reads). `normalize`:
-    pixels -> model inputs (default: as the bundle's items were made). Returns the mean
-    distances per transformation and layer."""
+               normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+               layers: Sequence[str] | None = None) -> dict[str, Any]:
+    """Fig. 5 on 5 real photos (class followed: the first prediction) and on
+    `n_dataset_images` dataset images (true class followed where the dataset's labels are the
+    model's classes, else the first prediction). `layers`: whose feature vectors are compared
+    (default `zfnet.analyses.invariance.default_layers`: zfnet's norm1 and relu7, any other
+    model's first feature layer and the vector its classifier reads). `normalize`: pixels ->
+    model inputs (default: as the bundle's items were made). Returns the mean distances per
+    transformation and layer."""
     from zfnet.analyses.classes import labels_are_classes
     from zfnet.analyses.invariance import KINDS, default_layers, invariance, invariance_section
 
     check_fits(model, bundle, classes=True)
     norm = normalize or _normalizer(bundle)
-    low, high = default_layers(model, _size(bundle))
+    chosen = list(dict.fromkeys(layers or default_layers(model, _size(bundle))))
     own = labels_are_classes(model, bundle)
     photos, photo_names = load_photos(bundle.input_size, channels=bundle.in_channels)
     val = _centre(bundle)
@@ -223,12 +224,13 @@ def invariance(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
          + (" (its val split, one per class while classes last)" if bundle.class_names
             else "") + "."),
     ):
-        res = [invariance(model, imgs, norm, kind, layers=(low, high), labels=lab)
+        res = [invariance(model, imgs, norm, kind, layers=chosen, labels=lab)
                for kind in KINDS]
         invariance_section(run_dir, res, tnames, key=key, title=title, about=about,
-                           order=50 if key.endswith("photos") else 51)
-        out[key] = {r.kind: {low: r.distance[low].mean().item(),
-                             high: r.distance[high].mean().item()} for r in res}
+                           order=50 if key.endswith("photos") else 51,
+                           paper_layers=not layers)
+        out[key] = {r.kind: {name: r.distance[name].mean().item() for name in chosen}
+                    for r in res}
     return out
 
 

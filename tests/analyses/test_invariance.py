@@ -50,6 +50,15 @@ def test_invariance_section_writes_figures(tmp_path) -> None:
     assert "at a low layer (norm1, the paper's layer 1) and a high one (relu7, layer 7)" \
         in s.caption  # the layers compared, by name
     assert "lowest p(class)" in s.tables[0].caption
+    # any layers: a panel and a column each, named as chosen
+    res = [invariance(model, imgs, lambda x: x - 128, "rotate", values=[0, 45],
+                      layers=["conv1", "conv3", "fc6"])]
+    invariance_section(tmp_path, res, ["a", "b"], key="chosen", paper_layers=False)
+    s = {x.key: x for x in read_sections(tmp_path)}["chosen"]
+    assert s.tables[0].columns == ["transformation", "mean distance conv1",
+                                   "mean distance conv3", "mean distance fc6",
+                                   "mean min p(class)"]
+    assert "at the layers conv1, conv3, fc6 (the paper compares its layers 1 and 7)" in s.caption
 
 
 def test_any_cnn_default_layers_and_its_own_class() -> None:

@@ -143,10 +143,12 @@ def invariance_section(
     title: str = "Invariance (Fig. 5)",
     order: int = 50,
     about: str = "",
+    paper_layers: bool = True,
 ):
-    """Write one figure per transformation (distance at the two layers, class probability, one
+    """Write one figure per transformation (distance at each layer, class probability, one
     curve per image) and the report section; returns the Section. `about`: a sentence saying
-    which images these are, put first in the caption."""
+    which images these are, put first in the caption. `paper_layers`: the results' two layers
+    stand for the paper's layers 1 and 7 (the defaults), as the caption then says."""
     from zfnet.report import Figure, Section, Table, write_section
     from zfnet.report.plots import plot_curves
 
@@ -154,30 +156,31 @@ def invariance_section(
     xlabels = {"translate": "vertical shift (fraction of height)", "scale": "scale factor",
                "rotate": "rotation (degrees)"}
     figures, rows = [], []
+    layers = results[0].layers
     for r in results:
-        low, high = r.layers[0], r.layers[-1]
-        panels = {
-            f"{low}: relative distance": {
-                n: r.distance[low][i].tolist() for i, n in enumerate(image_names)},
-            f"{high}: relative distance": {
-                n: r.distance[high][i].tolist() for i, n in enumerate(image_names)},
-            "p(class)": {n: r.prob[i].tolist() for i, n in enumerate(image_names)},
-        }
+        panels = {f"{name}: relative distance": {
+            n: r.distance[name][i].tolist() for i, n in enumerate(image_names)}
+            for name in r.layers}
+        panels["p(class)"] = {n: r.prob[i].tolist() for i, n in enumerate(image_names)}
         path = plot_curves(r.values, panels, run_dir / "figures" / f"{key}_{r.kind}.png",
                            xlabel=xlabels[r.kind])
         figures.append(Figure(str(path.relative_to(run_dir)), f"{r.kind}"))
-        rows.append([r.kind, f"{r.distance[low].mean().item():.3f}",
-                     f"{r.distance[high].mean().item():.3f}",
+        rows.append([r.kind, *(f"{r.distance[name].mean().item():.3f}" for name in r.layers),
                      f"{r.prob.min(1).values.mean().item():.3f}"])
+    if paper_layers and len(layers) == 2:
+        where = (f"at a low layer ({layers[0]}, the paper's layer 1) and a high one "
+                 f"({layers[1]}, layer 7)")
+    else:
+        where = (f"at the layer{'s' * (len(layers) > 1)} {', '.join(layers)} (the paper "
+                 "compares its layers 1 and 7)")
     section = Section(
         key=key, title=title, order=order,
         caption=(
             (f"{about} " if about else "")
             + "Each image is shifted vertically, scaled and rotated; for every amount we compare "
-            f"its feature vectors with those of the untransformed image at a low layer "
-            f"({results[0].layers[0]}, the paper's layer 1) and a high one "
-            f"({results[0].layers[-1]}, layer 7). Distances are Euclidean, divided by the "
-            "norm of the untransformed image's feature vector so that both layers share a scale "
+            f"its feature vectors with those of the untransformed image {where}. Distances are "
+            "Euclidean, divided by the norm of the untransformed image's feature vector so "
+            "that all layers share a scale "
             "(0 = unchanged, 1 = a change as large as the features). The last panel is the "
             "probability of the true class (or, without a label, of the class first "
             "predicted). The paper (Fig. 5): small transformations change layer 1 a lot and "
@@ -185,8 +188,8 @@ def invariance_section(
             "rotation."
         ),
         figures=figures,
-        tables=[Table(["transformation", f"mean distance {results[0].layers[0]}",
-                       f"mean distance {results[0].layers[-1]}", "mean min p(class)"], rows,
+        tables=[Table(["transformation", *(f"mean distance {name}" for name in layers),
+                       "mean min p(class)"], rows,
                       "Means over the images: of the relative distance over every amount, and "
                       "of the lowest p(class) any amount gives.")],
     )
