@@ -163,6 +163,14 @@ def test_probes_on_a_labelled_dataset(setup, tmp_path) -> None:
     text = _ok(["analyze", "probes", *_model(setup), "--data", "synthetic?n_train=40&n_val=20",
                 "--per-class", "2", "--out", str(out)])
     assert "layer4" in text and "avgpool" in text  # the stages and the vector layer
+    # the layers named (a block's module, the classifier), one line each, aligned
+    text = _ok(["analyze", "probes", *_model(setup), "--data", "synthetic?n_train=40&n_val=20",
+                "--per-class", "2", "--layer", "layer2.1.conv2,fc", "--out", str(out)])
+    lines = [x for x in text.splitlines() if x.startswith(("layer2.1.conv2 ", "fc "))]
+    assert [x.split()[0] for x in lines] == ["layer2.1.conv2", "fc"], text
+    assert lines[0].index("softmax") == lines[1].index("softmax")
+    rows = {s.key: s for s in read_sections(out)}["probes"].tables[0].rows
+    assert [r[0] for r in rows] == ["layer2.1.conv2", "fc"]
 
 
 def test_topk_on_zfnet_runs_is_unchanged(tmp_path) -> None:
@@ -220,6 +228,12 @@ def test_every_analysis_takes_device_and_batch_size(tmp_path) -> None:
     _ok(["analyze", "evolution", "--checkpoint", str(run), "--images", "32", "--maps", "2",
          "--device", "cpu", "--batch-size", "8"])
     assert any(s.key == "evolution" for s in read_sections(run))
+    # the layers named: their maps followed, the others not
+    _ok(["analyze", "evolution", "--checkpoint", str(run), "--images", "16", "--maps", "2",
+         "--layer", "conv2,fc6", "--out", str(tmp_path / "chosen")])
+    (section,) = read_sections(tmp_path / "chosen")
+    shown = {r[0] for r in section.tables[0].rows}
+    assert shown == {"conv2", "fc6"}, section.tables[0].rows
 
 
 def test_every_projecting_command_offers_what_the_rule_error_names(tmp_path) -> None:

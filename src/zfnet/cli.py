@@ -1217,14 +1217,18 @@ def analyze() -> None:
               help="Training images mined at each epoch (centre crops).")
 @click.option("--maps", default=6, show_default=True, type=click.IntRange(1),
               help="Feature maps shown per layer: the last epoch's strongest.")
+@click.option("--layer", "layers", multiple=True, callback=_names, metavar="NAME[,NAME...]",
+              help="Layers whose maps are followed, comma-separated and/or repeated: names "
+                   "from `zfnet models RUN`. Default: conv1..conv5 on zfnet's models, the "
+                   "main stages of any other CNN.")
 @click.option("--rule", type=click.Choice(["deconvnet", "guided", "gradient"]),
               default="deconvnet", show_default=True, help=_RULE_HELP)
 @_NONLINEAR
 @_DEVICE
 @_BATCH
 def evolution_cmd(run_dir: str | None, run_alias: str | None, data: str | None,
-                  out: str | None, images: int, maps: int, rule: str, device: str,
-                  batch_size: int) -> None:
+                  out: str | None, images: int, maps: int, layers: tuple[str, ...] | None,
+                  rule: str, device: str, batch_size: int) -> None:
     """Fig. 4: strongest activations projected at every kept epoch, side by side."""
     from zfnet import pipeline
     from zfnet.train import list_checkpoints
@@ -1242,14 +1246,15 @@ def evolution_cmd(run_dir: str | None, run_alias: str | None, data: str | None,
             f"{run_dir} holds no kept checkpoints (checkpoints/epoch_NNNN/): give a run "
             "directory of `zfnet train` (--keep-epochs says which epochs it keeps)",
             param_hint="--checkpoint")
-    _, bundle = _load(str(kept[-1][1]), data)
+    last, bundle = _load(str(kept[-1][1]), data)
+    layers = _layers(last, layers)
     if len(kept) < 2:
         raise click.BadParameter(
             f"{run_dir} keeps 1 checkpoint (epoch {kept[0][0]}); evolution compares 2 or more "
             "(train with --keep-epochs N,N,... naming the epochs to keep)",
             param_hint="--checkpoint")
     pipeline.evolution(run_dir, bundle, out, n_images=images, n_maps=maps,
-                       batch_size=batch_size, device=device, rule=rule)
+                       batch_size=batch_size, device=device, rule=rule, layers=layers)
     _finish(out or run_dir)
 
 
@@ -1468,7 +1473,12 @@ def correspondence_cmd(model_options: ModelOptions, data: str | None, out: str,
 @_OUT
 @click.option("--per-class", default=20, show_default=True, type=click.IntRange(1),
               help="Training images per class for each layer's linear classifier.")
-def probes_cmd(model_options: ModelOptions, data: str | None, out: str, per_class: int) -> None:
+@click.option("--layer", "layers", multiple=True, callback=_names, metavar="NAME[,NAME...]",
+              help="Layers probed, comma-separated and/or repeated: names from `zfnet models "
+                   "SOURCE`. Default: the paper's layers 1-7 on zfnet's models; any other "
+                   "CNN's main stages and the vector its classifier reads.")
+def probes_cmd(model_options: ModelOptions, data: str | None, out: str, per_class: int,
+               layers: tuple[str, ...] | None) -> None:
     """Table 7: a linear classifier on each layer's features, N training images per class of a
     labelled dataset."""
     from zfnet import pipeline
@@ -1481,9 +1491,12 @@ def probes_cmd(model_options: ModelOptions, data: str | None, out: str, per_clas
                                "e.g. imagefolder:DIR, synthetic")
     rows = pipeline.probes(source.model, spec, out, per_class,
                            preprocessing=data_preprocessing(source, spec),
-                           batch_size=model_options.batch_size, progress=True)
+                           batch_size=model_options.batch_size, progress=True,
+                           layers=_layers(source.model, layers))
+    width = max(len(r.layer) for r in rows)
     for r in rows:
-        click.echo(f"{r.layer:<6} " + "  ".join(f"{k} {v:.1%}" for k, v in r.accuracy.items()))
+        click.echo(f"{r.layer:<{width}} "
+                   + "  ".join(f"{k} {v:.1%}" for k, v in r.accuracy.items()))
     _finish(out)
 
 

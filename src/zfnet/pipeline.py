@@ -156,10 +156,12 @@ def filters(models: dict[str, nn.Module], bundle: DataBundle | None, run_dir: st
 
 def evolution(run_dir: str | Path, bundle: DataBundle, out_dir: str | Path | None = None,
               n_images: int = 1000, n_maps: int = 6, batch_size: int = 64,
-              device: str = "cpu", rule: str = "deconvnet") -> Any:
+              device: str = "cpu", rule: str = "deconvnet",
+              layers: Sequence[str] | None = None) -> Any:
     """Fig. 4 from the checkpoints kept in `run_dir` (training images, centre crops), each
     model on `device` (auto: cuda if there), mined `batch_size` images at a time, the units
-    projected by `rule` (deconvnet, guided or gradient)."""
+    projected by `rule` (deconvnet, guided or gradient). `layers`: whose maps are followed
+    (default: zfnet's conv1…conv5, any other architecture's main stages)."""
     from zfnet.analyses.evolution import evolution_section, feature_evolution
     from zfnet.models import feature_layers, is_zfnet_model
     from zfnet.train import list_checkpoints, load_model
@@ -177,8 +179,9 @@ def evolution(run_dir: str | Path, bundle: DataBundle, out_dir: str | Path | Non
     check_fits(ckpts[-1][1], bundle)
     last = ckpts[-1][1]
     # zfnet's conv1…conv5; another architecture's stages (a ResNet's conv1, layer1…layer4)
-    layers = _present(last, CONV_LAYERS) if is_zfnet_model(last) else \
-        feature_layers(last, _size(bundle))
+    if not layers:
+        layers = _present(last, CONV_LAYERS) if is_zfnet_model(last) else \
+            feature_layers(last, _size(bundle))
     res = feature_evolution(ckpts, _centre(bundle, "train"), layers, n_maps, n_images,
                             batch_size=batch_size, rule=rule)
     return evolution_section(out_dir or run_dir, res), res
@@ -371,8 +374,10 @@ def _marked_parts(bundle: DataBundle, parts_file: str | Path, n_images: int | No
 
 def probes(model: nn.Module, data: str, run_dir: str | Path, per_class: int = 20,
            n_test: int = 1000, *,
-           preprocessing: Any = None, batch_size: int = 128, progress: bool = False) -> Any:
-    """Table 7: linear probes per layer (`zfnet.analyses.probes.probe_layers`), trained on
+           preprocessing: Any = None, batch_size: int = 128, progress: bool = False,
+           layers: Sequence[str] | None = None) -> Any:
+    """Table 7: linear probes per layer (`layers`, default
+    `zfnet.analyses.probes.probe_layers`), trained on
     `per_class` training images per class of `data` (centre crops), tested on the first
     `n_test` val images. `preprocessing`: the model's (`load_dataset(..., preprocessing=)`),
     for a model that does not take the dataset's own inputs. `progress`: a bar over each
@@ -403,7 +408,7 @@ def probes(model: nn.Module, data: str, run_dir: str | Path, per_class: int = 20
     check_fits(model, few)
     test = _centre(few)
     test = Subset(test, range(min(n_test, len(test))))
-    layers = probe_layers(model, _size(few))
+    layers = list(dict.fromkeys(layers)) if layers else probe_layers(model, _size(few))
 
     def batches(data: Any, split: str) -> Any:
         return progress_bar(DataLoader(data, batch_size=batch_size, collate_fn=collate),
