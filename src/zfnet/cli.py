@@ -1022,6 +1022,11 @@ def _finish(out: str) -> None:
               metavar="C[,C...]", help="These maps (repeat or comma list).")
 @click.option("--top", type=click.IntRange(1), default=None,
               help="Each image's K most active maps (default 4).")
+@click.option("--class", "classes", multiple=True, metavar="NAME",
+              help="Project this class's score (the model's last layer), by its name as the "
+                   "weights or --labels give it (tabby, \"tiger cat\") or its number; repeat "
+                   "for more. The classes the model predicts: --top K without --class and "
+                   "--layer set to its last layer.")
 @click.option("--position", callback=_position, metavar="ROW,COL",
               help="The unit at this row and column of each map (from 0; a layer's map size: "
                    "`zfnet models SOURCE`), instead of each map's strongest; --top then ranks "
@@ -1032,8 +1037,8 @@ def _finish(out: str) -> None:
 @_OUT
 def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
                 layers: tuple[str, ...] | None, channels: tuple[int, ...] | None,
-                top: int | None, position: tuple[int, int] | None, rule: str,
-                out: str) -> None:
+                top: int | None, classes: tuple[str, ...], position: tuple[int, int] | None,
+                rule: str, out: str) -> None:
     """Project the strongest unit of maps of each layer (or the unit at --position), in each
     IMAGE, down to pixels (paper Sec. 2.1): one PNG per unit with the image and the unit's
     receptive field, the projection, and the projection over the image, and OUT/project.json
@@ -1041,13 +1046,22 @@ def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
 
     IMAGE: image files, a folder of images, or a dataset spec (images:DIR, synthetic, ...).
     """
+    from zfnet.analyses.classes import class_indices
     from zfnet.analyses.units import project_units, write_units
     from zfnet.data import load_images
     from zfnet.models import feature_layers, score_layer
 
     if channels and top:
         raise click.UsageError("--channel and --top both choose the maps: give one of them")
+    for given, name in ((layers, "--layer"), (channels, "--channel"), (top, "--top"),
+                        (position, "--position")):
+        if classes and given:
+            raise click.UsageError(f"--class projects the score of a class (the last layer's "
+                                   f"unit); {name} chooses other units: give one of them")
     source, _ = _model_and_data(model_options, need_data=False)
+    if classes:
+        layers = (score_layer(source.model),)
+        channels = tuple(class_indices(classes, source.labels, source.name))
     layers = _layers(source.model, layers) or tuple(
         feature_layers(source.model, source.preprocessing.crop))
     data = load_images(images[0] if len(images) == 1 else list(images), source.preprocessing)

@@ -286,6 +286,40 @@ def test_a_class_score_layer_is_told_as_units_named_by_their_class(photos, tmp_p
     assert (silent[LABEL_HEIGHT + 2:, 64 * 4 + 4: 2 * 64 * 4 + 4] == 128).all()  # nothing
 
 
+def test_project_a_class_by_its_name(photos, tmp_path) -> None:
+    """--class NAME: the score of that class (the last layer's unit), found by its name, a
+    synonym of it, or its number; whatever else would choose the units is refused with it."""
+    torch.manual_seed(3)
+    net = torchvision.models.resnet18()
+    net.fc = torch.nn.Linear(512, 3)
+    with torch.no_grad():
+        net.fc.bias[:] = 1e3  # every class fires
+    torch.save(net.state_dict(), tmp_path / "r3.pth")
+    (tmp_path / "labels.txt").write_text("tabby, tabby cat\ncoffee mug\nrocket\n")
+    model = ["--model", "torchvision:resnet18", "--weights", str(tmp_path / "r3.pth"),
+             "--labels", str(tmp_path / "labels.txt"), "--resize", "72", "--crop", "64"]
+    out = tmp_path / "look"
+    res = CliRunner().invoke(main, ["project", str(photos / "chelsea.jpg"), *model, "--class",
+                                    "Tabby Cat", "--class", "2", "--rule", "gradient",
+                                    "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    units = json.loads((out / "project.json").read_text())["units"]
+    assert [(u["layer"], u["channel"], u["label"]) for u in units] == [
+        ("fc", 0, "tabby, tabby cat"), ("fc", 2, "rocket")]
+    for args, message in (
+            (["--class", "rockt"], "class 'rockt' is not one of torchvision:resnet18 "),
+            (["--class", "rockt"], "3 classes; did you mean 'rocket'?"),
+            (["--class", "3"], "class 3 is outside torchvision:resnet18"),
+            (["--class", "rocket", "--layer", "layer4"], "--layer chooses other units"),
+            (["--class", "rocket", "--top", "2"], "--top chooses other units")):
+        bad = tmp_path / "never"
+        res = CliRunner().invoke(main, ["project", str(photos / "chelsea.jpg"), *model, *args,
+                                        "--out", str(bad)])
+        assert res.exit_code != 0 and "Traceback" not in res.output
+        assert message in res.output, (args, res.output)
+        assert not bad.exists()
+
+
 def test_a_broken_file_is_named_once_over_several_layers(photos, tmp_path) -> None:
     """A folder with a broken file and a text file, projected at three layers (each reads the
     folder again): each file is named by one warning line, not one per layer."""

@@ -61,3 +61,57 @@ def labels_are_classes(model: nn.Module, bundle: Any) -> bool:
     val = bundle.val.with_mode("centre") if getattr(bundle.val, "mode", "centre") != "centre" \
         else bundle.val
     return model_outputs(model, val[0][0]) == n
+
+
+def class_indices(wanted: Sequence[str], labels: Sequence[str] | None,
+                  model_name: str = "the model") -> list[int]:
+    """The outputs of the classes `wanted` names: each a class's index, its name as `labels`
+    gives it (case aside), or one of the comma-separated synonyms of a name ("tabby" in
+    "tabby, tabby cat"); a value that names none but holds commas, a list of them. A name
+    that is no class, or more than one, raises a ValueError saying which are close."""
+    lowered = [str(n).strip().lower() for n in labels or ()]
+    synonyms: dict[str, list[int]] = {}
+    for k, n in enumerate(lowered):
+        for word in {n, *(w.strip() for w in n.split(","))}:
+            synonyms.setdefault(word, []).append(k)
+
+    def one(value: str) -> list[int] | None:
+        v = value.strip()
+        if v.isdigit():
+            k = int(v)
+            if labels and k >= len(labels):
+                raise ValueError(f"class {k} is outside {model_name}'s {len(labels)} classes "
+                                 f"(0 to {len(labels) - 1})")
+            return [k]
+        hits = [k for k, n in enumerate(lowered) if n == v.lower()] or \
+            synonyms.get(v.lower(), [])
+        if len(hits) > 1:
+            raise ValueError(f"class {v!r} names {len(hits)} of {model_name}'s classes: "
+                             + ", ".join(f"{labels[k]!r} ({k})" for k in hits)
+                             + "; give one by its whole name or its number")
+        return hits or None
+
+    out: list[int] = []
+    for value in wanted:
+        found = one(value)
+        if found is None and "," in value:
+            parts = [p for p in value.split(",") if p.strip()]
+            found = [k for p in parts for k in (one(p) or _unknown(p, labels, model_name))]
+        out += found if found is not None else _unknown(value, labels, model_name)
+    return list(dict.fromkeys(out))
+
+
+def _unknown(value: str, labels: Sequence[str] | None, model_name: str) -> list[int]:
+    """Raise the ValueError for a class name that names no class of `labels`."""
+    from difflib import get_close_matches
+
+    v = value.strip()
+    if not labels:
+        raise ValueError(f"{model_name}'s classes have no names (--labels FILE names them, one "
+                         f"a line); give class {v!r} by its number")
+    close = get_close_matches(v.lower(), [str(n).lower() for n in labels], n=3, cutoff=0.6)
+    named = [next(n for n in labels if str(n).lower() == c) for c in close]
+    raise ValueError(f"class {v!r} is not one of {model_name}'s {len(labels)} classes"
+                     + (f"; did you mean {' or '.join(map(repr, named))}?" if named else
+                        f" ({', '.join(map(str, labels[:3]))}, ...); give a name or a number "
+                        f"0 to {len(labels) - 1}"))
