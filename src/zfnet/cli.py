@@ -1080,6 +1080,56 @@ def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
     click.echo(f"wrote {len(results)} projection{'s' * (len(results) != 1)} and {index}")
 
 
+@main.command("predict", short_help="Each image's most probable classes")
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
+@_SOURCE
+@click.option("--top", default=5, show_default=True, type=click.IntRange(1),
+              help="Classes shown per image, the most probable first.")
+@click.option("--ten-crop", is_flag=True,
+              help="Average the probabilities over the paper's 10 crops (corners and centre, "
+                   "each also flipped) instead of the centre crop.")
+@click.option("--out", type=click.Path(), metavar="FILE",
+              help="Also write the predictions to FILE: .csv (image, rank, class, name, "
+                   "probability) or .json.")
+@_WORKERS
+def predict_cmd(images: tuple[str, ...], model_options: ModelOptions, top: int,
+                ten_crop: bool, out: str | None, workers: int | str | None) -> None:
+    """The TOP most probable classes of each IMAGE, by the model's softmax, named by its class
+    names (the weights' own or --labels).
+
+    IMAGE: image files, a folder of images, or a dataset spec (images:DIR, synthetic, ...).
+    """
+    from zfnet.data import load_images
+    from zfnet.predict import check_output, predict, write_predictions
+    from zfnet.progress import progress_bar
+
+    if out is not None:
+        check_output(out)  # before the model is loaded
+    source, _ = _model_and_data(model_options, need_data=False)
+    data = load_images(images[0] if len(images) == 1 else list(images), source.preprocessing,
+                       ten_crop=ten_crop)
+    names = [str(p) for p in getattr(data, "paths", [])] or None
+    from zfnet.train.distributed import resolve_device
+
+    with progress_bar(total=len(data), desc="images", unit="img") as bar:
+        found, unreadable = predict(
+            source.model, data, top=top, labels=source.labels, names=names,
+            batch_size=model_options.batch_size,
+            workers=_mining_workers(workers, resolve_device(model_options.device)),
+            progress=bar.update)
+    for p in found:
+        click.echo(f"{p.image}: {p.words()}")
+    if unreadable:
+        click.echo(f"not read ({len(unreadable)}): {', '.join(unreadable)}", err=True)
+    if not found:
+        raise click.ClickException("none of the images could be read (see the warnings above)")
+    if out is not None:
+        crops = "the 10 crops" if ten_crop else "the centre crop"
+        path = write_predictions(found, out, {"source": source.name, "crops": crops,
+                                              "not_read": unreadable})
+        click.echo(f"wrote {len(found)} image{'s' * (len(found) != 1)}' predictions to {path}")
+
+
 @main.group("visualize", short_help="Deconvnet visualisations (Sec. 2.1, Fig. 2)")
 def visualize() -> None:
     """Deconvnet visualisations (paper Sec. 2.1)."""

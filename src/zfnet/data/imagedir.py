@@ -115,11 +115,13 @@ def load_images(
     preprocessing: Preprocessing,
     *,
     strict: bool = False,
+    ten_crop: bool = False,
 ) -> CropDataset:
     """Images as one model's inputs: a file, several files, a folder (its images, recursive) or
     a dataset spec (`images:DIR`, `synthetic`, ...: its val split). Items are (x, -1) centre
-    crops, x float32 (C, crop, crop), and `raw(i)` the uint8 pixels the model sees; files in
-    the order given. A path that does not exist is a FileNotFoundError naming it."""
+    crops, x float32 (C, crop, crop), or with `ten_crop` the paper's 10 crops (10, C, crop,
+    crop), and `raw(i)` the uint8 pixels the model sees; files in the order given. A path that
+    does not exist is a FileNotFoundError naming it."""
     from zfnet.data import DATASETS, load_dataset
 
     items = [images] if isinstance(images, (str, Path)) else list(images)
@@ -128,7 +130,8 @@ def load_images(
     first = items[0]
     if len(items) == 1 and isinstance(first, str) and not Path(first).expanduser().exists():
         if first.partition("?")[0].partition(":")[0].strip().lower() in DATASETS:
-            return load_dataset(first, strict=strict, preprocessing=preprocessing).val
+            return load_dataset(first, strict=strict, preprocessing=preprocessing,
+                                ten_crop=ten_crop).val
     paths: list[Path] = []
     for item in items:
         if isinstance(item, str) and "://" in item:  # Path() would make https:// https:/
@@ -142,5 +145,6 @@ def load_images(
         else:
             raise FileNotFoundError(f"image {path} does not exist; give image files, a folder "
                                     f"of images or a dataset spec such as {FORM}")
-    return FolderImages(paths, [UNLABELLED] * len(paths), mode="centre", classes=[],
-                        strict=strict, **fitted(preprocessing))
+    return FolderImages(paths, [UNLABELLED] * len(paths),
+                        mode="ten_crop" if ten_crop else "centre", classes=[], strict=strict,
+                        **fitted(preprocessing))

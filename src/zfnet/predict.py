@@ -1,0 +1,146 @@
+"""What a model predicts on your images: each image's k most probable classes, by the softmax of
+its outputs over the centre crop (or averaged over the paper's 10 crops, Sec. 3), named by the
+model's class names where it has them. `zfnet predict` prints them and writes them as CSV or
+JSON; the first thing to look at before asking a model why (`zfnet project --class`)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from zfnet.activations import to_model
+from zfnet.atomic import write_text_atomic
+from zfnet.models import eval_mode
+
+FORMATS = (".csv", ".json")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's top classes: `classes` (output indices, most probable first), their
+    `names` (None where the model's classes have none) and `probabilities`."""
+
+    image: str
+    classes: list[int]
+    names: list[str | None]
+    probabilities: list[float]
+
+    def words(self) -> str:
+        """'tabby 45.2%, tiger cat 21.0%, ...' (a class without a name by its number)."""
+        return ", ".join(f"{n if n is not None else f'class {c}'} {p:.1%}" for c, n, p in zip(
+            self.classes, self.names, self.probabilities, strict=True))
+
+
+class _Indexed(Dataset):
+    """`images`' items with their index: (i, item), item None for a file that cannot be read."""
+
+    def __init__(self, images: Dataset) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[int, Any]:
+        return i, self.images[i]
+
+
+def _collate(batch: Sequence[tuple[int, Any]]) -> tuple[list[int], torch.Tensor | None]:
+    """(indices of the readable items, their inputs stacked); None where none was readable."""
+    kept = [(i, item[0]) for i, item in batch if item is not None]
+    if not kept:
+        return [], None
+    return [i for i, _ in kept], torch.stack([torch.as_tensor(x) for _, x in kept])
+
+
+def check_output(path: str | Path) -> Path:
+    """`path` as a predictions file: .csv or .json, where a folder can hold it (its folders
+    are made when it is written); checked before any work."""
+    path = Path(path).expanduser()
+    if path.suffix.lower() not in FORMATS:
+        raise ValueError(f"predictions file {path} ends in {path.suffix or 'nothing'}; give a "
+                         f"file ending in {' or '.join(FORMATS)}")
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; give a file ending in {' or '.join(FORMATS)}")
+    above = next(p for p in path.parents if p.exists())
+    if not above.is_dir():
+        raise ValueError(f"{above} is a file, so it cannot hold {path}; write the predictions "
+                         "elsewhere")
+    return path
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, images: Dataset, *, top: int = 5,
+            labels: Sequence[str] | None = None, names: Sequence[str] | None = None,
+            batch_size: int = 64, workers: int = 0,
+            progress: Callable[[int], None] | None = None,
+            ) -> tuple[list[Prediction], list[str]]:
+    """The `top` most probable classes of each image of `images` (items (x, y): x a centre
+    crop (C, S, S), or the 10 crops (10, C, S, S), whose probabilities are averaged; None for
+    a file that cannot be read). `labels`: the model's class names, one per output. `names`:
+    each image's name (default: its index). `progress(n)`: called with each batch's number of
+    images. Returns (predictions in the images' order, the names of those that could not be
+    read)."""
+    loader = DataLoader(_Indexed(images), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_collate)
+    found: list[Prediction] = []
+    unreadable: list[str] = []
+    total = len(images)  # type: ignore[arg-type]
+
+    def name(i: int) -> str:
+        return names[i] if names else f"image {i}"
+
+    with eval_mode(model):
+        for b, (idx, x) in enumerate(loader):  # in order: batch b holds images b*size...
+            lo, hi = b * batch_size, min((b + 1) * batch_size, total)
+            kept = set(idx)
+            unreadable += [name(i) for i in range(lo, hi) if i not in kept]
+            if x is not None:
+                n, crops = len(idx), x.shape[1] if x.ndim == 5 else 1
+                out = model(to_model(model, x.flatten(0, 1) if x.ndim == 5 else x))
+                if isinstance(out, (tuple, list)):  # (logits, aux...)
+                    out = out[0]
+                p = out.float().softmax(-1).reshape(n, crops, -1).mean(1).cpu()  # (N, classes)
+                if labels and len(labels) != p.shape[1]:
+                    raise ValueError(f"{len(labels)} class names for a model with {p.shape[1]} "
+                                     "outputs: give one name per output, in order")
+                values, classes = p.topk(min(top, p.shape[1]), dim=1)
+                found += [Prediction(name(i), c, [labels[k] if labels else None for k in c], v)
+                          for i, c, v in zip(idx, classes.tolist(), values.tolist(),
+                                             strict=True)]
+            if progress:
+                progress(hi - lo)
+    return found, unreadable
+
+
+def write_predictions(predictions: Sequence[Prediction], path: str | Path,
+                      about: dict[str, Any] | None = None) -> Path:
+    """Write `predictions` to `path`: CSV (image, rank, class, name, probability: a line per
+    class) or JSON ({"images": [{"image", "top": [{"class", "name", "probability"}]}]},
+    `about` beside it: the model, the crops), replacing the file atomically."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["image", "rank", "class", "name", "probability"])
+        for p in predictions:
+            for rank, (c, n, v) in enumerate(zip(p.classes, p.names, p.probabilities,
+                                                 strict=True), 1):
+                w.writerow([p.image, rank, c, "" if n is None else n, f"{v:.6f}"])
+        text = buf.getvalue()
+    else:
+        text = json.dumps({**(about or {}), "images": [
+            {"image": p.image, "top": [
+                {"class": c, "name": n, "probability": round(v, 6)}
+                for c, n, v in zip(p.classes, p.names, p.probabilities, strict=True)]}
+            for p in predictions]}, indent=1) + "\n"
+    return write_text_atomic(path, text)

@@ -1,0 +1,142 @@
+"""`zfnet predict`: each image's most probable classes, checked against the model run by hand
+and against `zfnet eval` on the same images."""
+
+import csv
+import json
+
+import pytest
+import torch
+import torchvision
+from click.testing import CliRunner
+from PIL import Image
+from torchvision.transforms import v2
+
+from zfnet.cli import main
+
+pytestmark = pytest.mark.usefixtures("offline")  # tests/conftest.py: no downloads
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Three photos of different sizes, a broken file, and a 3-class resnet18 with names."""
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("predict")
+    photos = root / "photos"
+    photos.mkdir()
+    for name in ("astronaut", "coffee", "chelsea"):
+        Image.fromarray(getattr(data, name)()).convert("RGB").save(photos / f"{name}.jpg")
+    (root / "broken.jpg").write_bytes((photos / "coffee.jpg").read_bytes()[:400])
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=3)
+    torch.save(net.state_dict(), root / "r3.pth")
+    (root / "labels.txt").write_text("tabby, tabby cat\ncoffee mug\nrocket\n")
+    return root
+
+
+def _model(setup) -> list[str]:
+    return ["--model", "torchvision:resnet18", "--weights", str(setup / "r3.pth"), "--labels",
+            str(setup / "labels.txt"), "--resize", "72", "--crop", "64"]
+
+
+def _by_hand(setup, ten_crop: bool = False) -> dict[str, torch.Tensor]:
+    """Each photo's class probabilities, by torchvision's own transforms and the model."""
+    net = torchvision.models.resnet18(num_classes=3)
+    net.load_state_dict(torch.load(setup / "r3.pth"))
+    net.eval()
+    norm = v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    out = {}
+    for name in ("astronaut", "chelsea", "coffee"):
+        img = v2.functional.pil_to_tensor(Image.open(setup / "photos" / f"{name}.jpg"))
+        img = v2.functional.resize(img, 72, antialias=True).float() / 255
+        with torch.no_grad():
+            if ten_crop:  # the 10 crops of the centre square the centre crop is cut from
+                square = v2.functional.center_crop(img, [72, 72])
+                crops = torch.stack(v2.functional.ten_crop(square, [64, 64]))
+                out[name] = net(norm(crops)).softmax(1).mean(0)
+            else:
+                out[name] = net(norm(v2.functional.center_crop(img, [64, 64]))[None]).softmax(1)[0]
+    return out
+
+
+def test_predictions_are_the_models_softmax_named_and_written(setup, tmp_path) -> None:
+    out = tmp_path / "new" / "pred.json"  # its folder made
+    res = CliRunner().invoke(main, ["predict", str(setup / "photos"), str(setup / "broken.jpg"),
+                                    *_model(setup), "--top", "2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    written = json.loads(out.read_text())
+    assert written["source"].startswith("torchvision:resnet18 ")
+    assert written["not_read"] == [str(setup / "broken.jpg")]
+    assert f"not read (1): {setup / 'broken.jpg'}" in res.output
+    hand = _by_hand(setup)
+    images = written["images"]
+    assert [e["image"].rsplit("/", 1)[-1] for e in images] == [
+        "astronaut.jpg", "chelsea.jpg", "coffee.jpg"]  # the folder's order, the broken left out
+    names = ["tabby, tabby cat", "coffee mug", "rocket"]
+    for e in images:
+        p = hand[e["image"].rsplit("/", 1)[-1][:-4]]
+        want = p.topk(2)
+        assert [t["class"] for t in e["top"]] == want.indices.tolist()
+        assert [t["name"] for t in e["top"]] == [names[k] for k in want.indices]
+        # resampling differs a little from torchvision's (zfnet decodes and resizes its own way)
+        assert [t["probability"] for t in e["top"]] == pytest.approx(want.values.tolist(),
+                                                                     abs=0.02)
+        first = e["top"][0]
+        assert f"{e['image']}: {first['name']} {first['probability']:.1%}, " in res.output
+    # CSV: a line per class; the 10 crops averaged
+    res = CliRunner().invoke(main, ["predict", str(setup / "photos"), *_model(setup),
+                                    "--ten-crop", "--out", str(tmp_path / "p.csv")])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert len(rows) == 9 and [r["rank"] for r in rows[:3]] == ["1", "2", "3"]  # 3 classes
+    ten = _by_hand(setup, ten_crop=True)
+    for r in rows:
+        p = ten[r["image"].rsplit("/", 1)[-1][:-4]]
+        assert float(r["probability"]) == pytest.approx(p[int(r["class"])].item(), abs=0.02)
+
+
+def test_a_runs_predictions_agree_with_its_evaluation(tmp_path) -> None:
+    """On a zfnet run's val images, the top-1 predictions score what `zfnet eval` scores in
+    float32."""
+    spec = "synthetic?n_train=96&n_val=48&size=32"
+    run = tmp_path / "run"
+    runner = CliRunner()
+    res = runner.invoke(main, ["train", "--data", spec, "--model", "zfnet_small", "--out",
+                               str(run), "--epochs", "2", "--batch-size", "32", "--quiet",
+                               "--no-tensorboard"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["eval", "--checkpoint", str(run), "--amp", "off", "--json",
+                               str(tmp_path / "e.json")])  # float32, as predict runs
+    assert res.exit_code == 0, res.output
+    top1 = json.loads((tmp_path / "e.json").read_text())["top1_error"]
+    res = runner.invoke(main, ["predict", spec, "--checkpoint", str(run), "--top", "1", "--out",
+                               str(tmp_path / "p.json")])
+    assert res.exit_code == 0, res.output
+    from zfnet.data import load_dataset
+
+    bundle = load_dataset(spec)
+    images = json.loads((tmp_path / "p.json").read_text())["images"]
+    assert len(images) == 48
+    right = [e["top"][0]["name"] == bundle.class_names[bundle.val.targets[i]]
+             for i, e in enumerate(images)]
+    assert 1 - sum(right) / len(right) == pytest.approx(top1, abs=1e-6)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--out", "{tmp}/p.txt"], "ends in .txt; give a file ending in .csv or .json"),
+    (["--out", "{tmp}/f.csv/p.csv"], "f.csv is a file, so it cannot hold"),
+    (["--top", "0"], "--top"),
+    (["--class", "1"], "No such option"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(setup, tmp_path, args, message) -> None:
+    argv = [a.format(tmp=tmp_path) for a in args]
+    (tmp_path / "f.csv").write_text("a file in the way\n")
+    res = CliRunner().invoke(main, ["predict", str(setup / "photos"), *_model(setup), *argv])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert message in res.output, res.output
+    assert [p.name for p in tmp_path.iterdir()] == ["f.csv"]  # nothing written
+
+
+def test_nothing_readable_is_an_error(setup, tmp_path) -> None:
+    res = CliRunner().invoke(main, ["predict", str(setup / "broken.jpg"), *_model(setup)])
+    assert res.exit_code != 0 and "none of the images could be read" in res.output
