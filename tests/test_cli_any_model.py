@@ -110,6 +110,16 @@ def test_occlusion_invariance_randomization_filters(setup, tmp_path) -> None:
     # said first: how much there is to score (64 px, 16 px squares every 8 px: 7 x 7)
     assert "occlusion: 2 images x 49 occluder positions (16 px, stride 8 px) = 98 occluded " \
         "images to score; a larger --stride or fewer --images make fewer" in text
+    (tmp_path / "labels.txt").write_text("".join(f"c{k}\n" for k in range(10)))
+    named = [*_model(setup), "--labels", str(tmp_path / "labels.txt"), *data, "--images", "1",
+             "--size", "32", "--stride", "32"]
+    text = _ok(["analyze", "occlusion", *named, "--class", "c4", "--out",
+                str(tmp_path / "chosen")])
+    assert "p(class) of: the class 'c4'" in text
+    bad = CliRunner().invoke(main, ["analyze", "occlusion", *named, "--class", "c44", "--out",
+                                    str(tmp_path / "never")])
+    assert bad.exit_code != 0 and "class 'c44' is not one of torchvision:resnet18" in bad.output
+    assert not (tmp_path / "never").exists()
     _ok(["analyze", "randomization", *_model(setup), *data, "--out", str(out)])  # all 5 photos
     _ok(["analyze", "randomization", *_model(setup), *data, "--images", "1", "--layer", "layer1",
          "--mode", "independent", "--steps", "module", "--out", str(out)])

@@ -1423,6 +1423,11 @@ def invariance_cmd(model_options: ModelOptions, data: str | None, out: str,
               help="Occluder step in px (default a quarter of --size: 8 at 224 px).")
 @click.option("--layer", default=None,
               help="Layer of maps (b)/(c) (default: the last spatial layer, conv5 on zfnet's).")
+@click.option("--class", "class_name", default=None, metavar="NAME",
+              help="The class whose probability (a) and (d) follow on every image, by its name "
+                   "as the weights or --labels give it, or its number (default: the image's "
+                   "label where the model's classes are the dataset's, else the class it "
+                   "predicts).")
 @click.option("--method", type=click.Choice(["auto", "incremental", "full"]), default="auto",
               show_default=True,
               help="incremental: recompute only what each occluder position changes (chain "
@@ -1437,14 +1442,17 @@ def invariance_cmd(model_options: ModelOptions, data: str | None, out: str,
 @_NONLINEAR
 def occlusion_cmd(model_options: ModelOptions, data: str | None, out: str, images: int,
                   pointing: int, size: int | None, stride: int | None, layer: str | None,
-                  method: str, precision: str) -> None:
+                  class_name: str | None, method: str, precision: str) -> None:
     """Fig. 7: a grey square slid over the image; activation, projection, p(class), label."""
+    from zfnet.analyses.classes import class_indices
     from zfnet.analyses.occlusion import metric_words, occlusion_report
     from zfnet.pipeline import check_fits
 
     source, bundle = _model_and_data(model_options, data)
     check_fits(source.model, bundle)
     layer = _layers(source.model, (layer,))[0] if layer else None
+    target = None if class_name is None else class_indices(
+        [class_name], source.labels, source.name)[0]
     _say_occlusion_work(bundle, images, size, stride)
     from zfnet.progress import progress_bar
 
@@ -1456,7 +1464,7 @@ def occlusion_cmd(model_options: ModelOptions, data: str | None, out: str, image
         r = occlusion_report(source.model, bundle, out, n_images=images, n_pointing=pointing,
                              size=size, stride=stride, layer=layer, method=method,
                              precision=precision, batch_size=model_options.batch_size,
-                             class_names=source.labels, progress=scored)
+                             class_names=source.labels, progress=scored, target_class=target)
     click.echo("; ".join(f"{k}: {v}" for k, v in metric_words(r).items()))
     _finish(out)
 

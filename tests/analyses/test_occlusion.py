@@ -369,6 +369,25 @@ def test_report_on_resnet18_follows_the_models_own_class(synthetic64, tmp_path,
                                            f"(chance {metrics['pointing_chance']:.0%})")
 
 
+def test_report_follows_the_class_asked_for(synthetic64, tmp_path) -> None:
+    """target_class: (a) and (d) follow that class on every image, whatever the label or the
+    prediction; the table, the caption and the metrics name it."""
+    net = _tv("resnet18", num_classes=1000)
+    names = [f"n{k}" for k in range(1000)]
+    metrics = occlusion_report(net, synthetic64, tmp_path, n_images=2, n_pointing=0, size=32,
+                               stride=32, target_class=7, class_names=names)
+    assert metrics["class_followed"] == "chosen: 'n7'"
+    section = json.loads((tmp_path / "sections" / "occlusion.json").read_text())
+    assert "lowers the probability of the chosen ('n7') class most" in section["caption"]
+    assert "(a) and (d) follow the class asked for, 'n7', on every image." in section["caption"]
+    assert section["tables"][0]["columns"][3:5] == ["p('n7')", "min p('n7') occluded"]
+    assert section["metrics"]["p(class) of"] == "the class 'n7'"
+    val = synthetic64.val.with_mode("centre")
+    for row, k in zip(section["tables"][0]["rows"], (0, 1), strict=True):
+        p = net(val[k][0][None]).detach().softmax(1)[0, 7]
+        assert float(row[3]) == pytest.approx(float(p), rel=1e-2)
+
+
 def test_the_caption_says_whose_mean_colour_the_occluder_is(synthetic64, tmp_path) -> None:
     """The paper's inputs (minus the dataset's mean image): the dataset's mean colour; a
     model's own preprocessing (a torchvision model on your photos): its mean."""

@@ -498,8 +498,9 @@ def plot_occlusion(
                                    ec="red", lw=1.5, ls="--"))
         if r.meta.get("target") == "predicted":  # the model's own class, not a label
             title(row[0], f"(a) predicted: {name(r.target)} (p={_p(r.base_probability)})")
-        else:
-            title(row[0], f"(a) true: {name(r.target)} (p={_p(r.base_probability)})\n"
+        else:  # the image's label, or the class asked for
+            how = "chosen" if r.meta.get("target") == "chosen" else "true"
+            title(row[0], f"(a) {how}: {name(r.target)} (p={_p(r.base_probability)})\n"
                           f"predicted: {name(r.base_label)}")
         im = row[1].imshow(r.activation.numpy(), cmap="jet", extent=extent)
         title(row[1], f"(b) {'activation' if r.flat else 'total activation'}, "
@@ -524,7 +525,8 @@ def plot_occlusion(
         colours = [f"C{k}" for k in range(len(order))] + ["lightgrey"]
         row[4].imshow(codes.numpy(), cmap=ListedColormap(colours), extent=extent,
                       vmin=-0.5, vmax=len(order) + 0.5, interpolation="nearest")
-        followed = " (predicted)" if r.meta.get("target") == "predicted" else " (true)"
+        followed = {"predicted": " (predicted)", "chosen": " (chosen)"}.get(
+            r.meta.get("target", ""), " (true)")
         handles = [Patch(color=f"C{k}", label=name(c) + (followed if c == r.target else ""))
                    for k, c in enumerate(order)]
         row[4].legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -570,6 +572,7 @@ OTHER_CLASSES = (
     "The model's classes are not the dataset's, so (a) and (d) follow the class the model "
     "predicts on the unoccluded image, not a label of the image. "
 )
+CHOSEN_CLASS = "(a) and (d) follow the class asked for, {name}, on every image. "
 
 
 def _p(v: float) -> str:
@@ -595,6 +598,7 @@ def occlusion_report(
     class_names: list[str] | None = None,
     pixel_scale: torch.Tensor | None = None,
     progress: Callable[[int, int], None] | None = None,
+    target_class: int | None = None,
 ) -> dict[str, Any]:
     """The whole occlusion job for the report (paper Fig. 7): maps for `n_images` val images of
     `bundle` (one per class while classes last), the figure `occlusion/fig7_occlusion.png` and,
@@ -609,7 +613,9 @@ def occlusion_report(
     else class numbers. `pixel_scale`: (C,) model-input units -> pixel units for map (c)
     (`Preprocessing.pixel_scale`; default: the bundle's model's, if it has one).
     `progress(done, total)`: called as the figure's occluded images are scored (all of its
-    images' together)."""
+    images' together). `target_class`: the model's output whose probability (a) and (d) follow
+    on every image (default: the label, else the prediction); the pointing game keeps the
+    labels."""
     from zfnet.report import Figure, Section, Table, write_section
 
     run_dir = Path(run_dir)
@@ -633,9 +639,12 @@ def occlusion_report(
         # every image has the same occluder positions: k images' worth of them before this one
         each = None if progress is None else (
             lambda done, total, k=k: progress(k * total + done, len(picks) * total))
-        r = occlusion(model, x, target=y if own else None, layer=layer, size=size,
+        target = target_class if target_class is not None else y if own else None
+        r = occlusion(model, x, target=target, layer=layer, size=size,
                       stride=stride, fill=fill, batch_size=batch_size, method=method,
                       precision=precision, progress=each)
+        if target_class is not None:
+            r.meta["target"] = "chosen"
         if pixel_scale is not None and r.projection is not None:
             r.projection = r.projection * pixel_scale.reshape(-1, 1, 1)
         if r.flat and names and on_scores and r.feature_map < len(names):
@@ -650,12 +659,17 @@ def occlusion_report(
                      r.unit_words])
     fig_path = plot_occlusion(panels, names, run_dir / "occlusion" / "fig7_occlusion.png")
     first = panels[0][1]
+    chosen = None if target_class is None else (
+        repr(names[target_class]) if names and target_class < len(names)
+        else f"class {target_class}")
     metrics: dict[str, Any] = {"occluder_px": first.size, "stride_px": first.stride,
                                "layer": first.layer, "method": first.method,
                                "precision": first.meta["precision"],
                                "class_followed": "label" if own else "predicted"}
+    if chosen is not None:
+        metrics["class_followed"] = f"chosen: {chosen}"
     pointing_text = ""
-    followed = "true" if own else "predicted"
+    followed = chosen or ("true" if own else "predicted")
     tables = [Table(["image", *(["true class"] if bundle.class_names else []), "predicted",
                      f"p({followed})", f"min p({followed}) occluded",
                      f"strongest {first.what}"], rows,
@@ -680,14 +694,17 @@ def occlusion_report(
     caption = CAPTION.format(size=first.size, stride=first.stride, fill=fill_words,
                              b=(UNIT_B if first.flat else MAP_B).format(layer=first.layer),
                              pointing=pointing_text, display=DISPLAY_CAPTION, rule=rule,
-                             classes="" if own else OTHER_CLASSES,
-                             target="true" if own else "predicted")
+                             classes=CHOSEN_CLASS.format(name=chosen) if chosen
+                             else "" if own else OTHER_CLASSES,
+                             target=f"chosen ({chosen})" if chosen
+                             else "true" if own else "predicted")
     write_section(run_dir, Section(
         key="occlusion", title="Occlusion sensitivity (Fig. 7)", caption=caption,
         figures=[Figure(str(fig_path.relative_to(run_dir)), "Rows: the images of the table. "
                         "Columns: (a) image, (b) layer activation, (c) "
                         + ("gradient" if rules == {"gradient"} else "deconv") + " projection, "
-                        f"(d) p({followed} class), (e) most probable label.")],
+                        f"(d) p({chosen or followed + ' class'}), (e) most probable "
+                        "label.")],
         tables=tables, metrics=metric_words(metrics), order=70,
     ))
     return metrics
@@ -701,7 +718,8 @@ def metric_words(metrics: dict[str, Any]) -> dict[str, str]:
         "layer": str(metrics["layer"]),
         "method": f"{metrics['method']}, {metrics['precision']}",
         "p(class) of": "the true class" if metrics["class_followed"] == "label"
-        else "the predicted class",
+        else "the predicted class" if metrics["class_followed"] == "predicted"
+        else "the class " + metrics["class_followed"].removeprefix("chosen: "),
     }
     if "pointing_hit_rate" in metrics:
         words["pointing game"] = (f"{metrics['pointing_hit_rate']:.0%} hits on "
