@@ -89,6 +89,7 @@ def test_model_layers_and_images(client, explorer) -> None:
     assert m["kind"] == "run" and m["input"] == {"channels": 3, "size": [32, 32]}
     assert m["classes"] == 10 and m["labels"] and m["data"]["images"] == 32
     assert m["evolution"] == {"epochs": [1, 2]} and m["default_layer"] == "conv5"
+    assert m["score_layer"] == "fc8"  # its units: the classes the top-5 names
     layers = client.get("/api/layers").json()["layers"]
     names = [lr["name"] for lr in layers]
     assert names[:4] == ["conv1", "relu1", "pool1", "norm1"] and "fc6" in names
@@ -354,6 +355,12 @@ def test_occlusion_and_evolution_jobs(client, explorer) -> None:
     assert (picked["layer"], picked["map"], picked["map_rule"]) == ("conv3", 5, "picked")
     assert picked["target"] == occ["target"] and picked["figure"] != occ["figure"]
     assert not np.array_equal(_png(client.get(picked["figure"])), _png(client.get(occ["figure"])))
+    assert occ["target"]["followed"] == picked["target"]["followed"] == "predicted"
+    # a class's score picked (a unit of the class-score layer): (d) follows that class
+    other = (occ["target"]["class"] + 1) % 10
+    chosen = _wait(client, f"/api/occlusion?image=val:2&layer=fc8&unit={other}")
+    assert chosen["target"] == {"class": other, "name": explorer.bundle.class_names[other],
+                                "followed": "picked"}
     for bad, words in (("&layer=conv3", "needs both layer and unit"),
                        ("&layer=conv3&unit=999", "unit 999 is not a map of conv3"),
                        ("&layer=conv9&unit=0", "conv9")):

@@ -207,6 +207,27 @@ def test_a_flat_layer_shows_one_square_per_unit(page, server) -> None:
     assert page.console.errors == []
 
 
+def test_a_top5_class_opens_its_score_and_occlusion_follows_it(page, server) -> None:
+    """Clicking a class of the top 5: the class-score layer's unit of that class is picked
+    (its projections, in the URL), the class is marked, and its occlusion follows it."""
+    _open(page, "/?image=val:1&layer=conv1")
+    page.wait_for_selector("#predict-list .class-pick")
+    second = page.locator("#predict-list .class-pick").nth(1)
+    k = second.get_attribute("data-class")
+    name = page.locator("#predict-list .class-name").nth(1).text_content()
+    second.click()
+    page.wait_for_selector(f'#unit-section[data-unit="{k}"]')
+    assert _query(page)["layer"] == "fc8" and _query(page)["unit"] == k
+    assert second.get_attribute("aria-pressed") == "true"
+    assert page.locator("#predict-list .class-pick").nth(0).get_attribute("aria-pressed") \
+        == "false"
+    page.click("#tab-occlusion")
+    page.wait_for_selector('#view-result[data-view="occlusion"]', timeout=60_000)
+    assert f"the probability of the picked class, {name} (class {k})" in page.text_content(
+        "#view-meta")
+    assert page.console.errors == []
+
+
 def test_uploads_become_the_current_image_and_bad_ones_are_told(page, server) -> None:
     _open(page, "/?layer=conv1")
     page.wait_for_selector('#maps[data-layer="conv1"][data-image="val:0"]')

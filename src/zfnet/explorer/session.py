@@ -284,7 +284,7 @@ class Explorer:
             "preprocessing": self.pre.describe(),
             "evolution": {"epochs": [e for e, _ in self.evolution_checkpoints]}
             if self.evolution_checkpoints else None,
-            "default_layer": self.default_layer,
+            "default_layer": self.default_layer, "score_layer": self.score_layer,
             "default_image": self._default_image(),
             "rules": list(RULES), "nonlinear": self.nonlinear, "k": self.k,
         }
@@ -372,15 +372,20 @@ class Explorer:
                                 f"0..{row.maps - 1}")
         return unit
 
+    @property
+    def score_layer(self) -> str:
+        """The layer whose units are the model's class scores (`zfnet.models.score_layer`)."""
+        if not hasattr(self, "_score_layer"):
+            self._score_layer = layer_name(self.model, score_layer(self.model))
+        return self._score_layer
+
     def unit_name(self, row: LayerRow, unit: int) -> str | None:
         """The class a unit of the class-score layer stands for (`score_layer`), where the
         model's classes have names; None for any other unit."""
         names = self._class_names()
         if names is None or row.maps != len(names):
             return None
-        if not hasattr(self, "_score_layer"):
-            self._score_layer = layer_name(self.model, score_layer(self.model))
-        return names[unit] if row.name == self._score_layer else None
+        return names[unit] if row.name == self.score_layer else None
 
     def _num_classes(self) -> int | None:
         out = self._forward_of_zero()
@@ -857,17 +862,21 @@ class Explorer:
                       progress: Callable[[int, int], None]) -> None:
         """The four maps of Fig. 7 for the image (zfnet.analyses.occlusion), computed
         incrementally where the model allows, and its figure: maps (b) and (c) of `unit` of
-        `layer` (both None: the default layer's strongest map)."""
+        `layer` (both None: the default layer's strongest map); (d) follows the predicted
+        class, or the class `unit` is where `layer` is the class-score layer."""
         from zfnet.analyses.occlusion import occlusion, plot_occlusion
 
         entry = self.image(image_id)
         layer, unit = self.occlusion_unit(layer, unit)
         model = self.job_model()
-        result = occlusion(model, entry.x, layer=layer, feature_map=unit, progress=progress,
-                           precision=self.occlusion_precision)
+        target = unit if layer is not None and layer == self.score_layer else None
+        result = occlusion(model, entry.x, layer=layer, feature_map=unit, target=target,
+                           progress=progress, precision=self.occlusion_precision)
         named = self.unit_name(self.layer(result.layer), result.feature_map)
         if named is not None:
             result.meta["unit_name"] = named  # a class's score
+        if target is not None:
+            result.meta["target"] = "chosen"  # the figure says so, not "true"
         if result.projection is not None:
             result.projection = result.projection * self.pre.pixel_scale().reshape(-1, 1, 1)
         buf = io.BytesIO()
@@ -877,7 +886,8 @@ class Explorer:
                                        else {})
         self.occlusions.put((image_id, layer, unit), {
             "target": {"class": result.target,
-                       "name": names[result.target] if names else None},
+                       "name": names[result.target] if names else None,
+                       "followed": "picked" if target is not None else "predicted"},
             "layer": result.layer, "map": result.feature_map,
             "map_rule": "picked" if layer is not None else "strongest",
             "method": result.method, "precision": result.meta["precision"],

@@ -311,6 +311,15 @@
       tr.classList.toggle("selected", on);
       $("button", tr).setAttribute("aria-pressed", on ? "true" : "false");
     }
+    markClasses();
+  }
+
+  /** The top-5 class whose score is the picked unit, pressed. */
+  function markClasses() {
+    for (const b of $$("#predict-list .class-pick")) {
+      const on = state.layer === model.score_layer && state.unit === Number(b.dataset.class);
+      b.setAttribute("aria-pressed", on ? "true" : "false");
+    }
   }
 
   // ---------------------------------------------------------------- images
@@ -452,6 +461,10 @@
       const list = $("#predict-list");
       list.replaceChildren(...body.top.map((t) => {
         const li = document.createElement("li");
+        const pick = document.createElement("button");  // the class's score, its unit
+        pick.type = "button";
+        pick.className = "class-pick";
+        pick.dataset.class = String(t.class);
         const name = document.createElement("span");
         name.className = "class-name";
         name.textContent = t.name || `class ${t.class}`;
@@ -461,10 +474,17 @@
         const p = document.createElement("span");
         p.className = "p meta";
         p.textContent = percent(t.p);
-        li.append(name, bar, p);
-        li.title = `class ${t.class}: p = ${t.p.toFixed(4)}`;
+        pick.append(name, bar, p);
+        pick.title = `class ${t.class}: p = ${t.p.toFixed(4)}; click: this class's score ` +
+          `(${model.score_layer} ${unitWord(model.score_layer)} ${t.class}) projected, its top 9, its occlusion`;
+        pick.addEventListener("click", () => {
+          clearError();
+          go({ layer: model.score_layer, unit: t.class, row: null, col: null });
+        });
+        li.append(pick);
         return li;
       }));
+      markClasses();
       $("#predict-label").textContent = body.label ? `dataset label: ${body.label}` : "";
       // An upload opened by a link (another student's) has its name only from the server.
       const known = uploads.find((u) => u.id === state.image);
@@ -958,8 +978,9 @@
       const target = body.target.name ? `${body.target.name} (class ${body.target.class})` : `class ${body.target.class}`;
       const which = body.map_rule === "picked" ? `${body.layer} ${unitWord(body.layer)} ${body.map}, the picked unit,`
         : `the strongest map of ${body.layer} (map ${body.map}; pick a unit to follow it instead)`;
+      const whose = body.target.followed === "picked" ? "the picked class" : "the predicted class";
       meta.textContent = `Occluding ${state.image} with a grey square (Fig. 7): ${which} ` +
-        `and the probability of ${target}, at every position of the square` +
+        `and the probability of ${whose}, ${target}, at every position of the square` +
         (body.precision === "float32" ? "." : ` (its passes in ${body.precision}).`);
       figure.alt = `Occlusion maps of ${state.image}`;
     } else {
