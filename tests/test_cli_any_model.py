@@ -62,6 +62,22 @@ def test_topk_over_a_folder_of_photos(setup, tmp_path) -> None:
     assert gallery.source.startswith(want) and gallery.source.endswith(
         f", data images:{setup / 'photos'}")
     assert f"Computed on {want}" in (out / "index.html").read_text()
+    # the maps asked for, in every layer named; the classes asked for, by name
+    _ok(["visualize", "topk", *_model(setup), "--data", f"images:{setup / 'photos'}",
+         "--layer", "layer1,layer4", "--map", "7", "--map", "3,60,7", "--k", "2", "--out",
+         str(tmp_path / "maps")])
+    gallery = {s.key: s for s in read_sections(tmp_path / "maps")}["topk_gallery"]
+    assert [f.caption for f in gallery.figures] == ["layer1: maps 7, 3, 60",
+                                                    "layer4: maps 7, 3, 60"]  # as given
+    assert gallery.tables[0].caption.startswith("Maps shown: those asked for")
+    (tmp_path / "labels.txt").write_text("".join(f"c{k}\n" for k in range(10)))
+    _ok(["visualize", "topk", *_model(setup), "--labels", str(tmp_path / "labels.txt"),
+         "--data", f"images:{setup / 'photos'}", "--class", "c7", "--class", "2", "--k", "2",
+         "--out", str(tmp_path / "classes")])
+    gallery = {s.key: s for s in read_sections(tmp_path / "classes")}["topk_gallery"]
+    assert [f.caption for f in gallery.figures] == ["fc: units 7 (c7), 2 (c2)"]
+    table = json.loads((tmp_path / "classes/gallery/topk.json").read_text())
+    assert list(table["layers"]) == ["fc"]
 
 
 def test_occlusion_in_bfloat16_and_a_bad_precision(setup, tmp_path) -> None:

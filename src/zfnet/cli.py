@@ -1157,10 +1157,18 @@ def visualize() -> None:
 @click.option("--images", default=None, type=click.IntRange(1),
               help="Mine only the first N images of the val split (of images:DIR, the first "
                    "N of its images; default: all).")
+@click.option("--map", "maps", multiple=True, callback=_counts_from_zero, metavar="M[,M...]",
+              help="These maps of each layer (repeat or comma list), instead of "
+                   "--maps-per-layer chosen by --map-rule.")
+@click.option("--class", "classes", multiple=True, metavar="NAME",
+              help="The images that score highest for this class (the model's last layer), by "
+                   "its name as the weights or --labels give it, or its number; repeat for "
+                   "more.")
 @_WORKERS
 def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
              layers: tuple[str, ...] | None, layers_alias: tuple[str, ...] | None, k: int,
              maps_per_layer: int, map_rule: str, rule: str, images: int | None,
+             maps: tuple[int, ...] | None, classes: tuple[str, ...],
              workers: int | str | None) -> None:
     """Fig. 2: the k strongest activations of feature maps over a dataset (or a folder of your
     images: --data images:DIR), projected to pixels beside their image patches; every map's
@@ -1171,16 +1179,26 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
     process projects and writes the gallery. A mining stopped (Ctrl-C) is kept in
     OUT/gallery, and the same command continues it."""
     from zfnet import pipeline
+    from zfnet.analyses.classes import class_indices
     from zfnet.data.words import as_shown
+    from zfnet.models import score_layer
     from zfnet.train.distributed import processes
 
     names = (*(layers or ()), *(layers_alias or ())) or None
+    for given, option in ((names, "--layer"), (maps, "--map")):
+        if classes and given:
+            raise click.UsageError(f"--class shows the units of the classes' scores (the last "
+                                   f"layer); {option} chooses others: give one of them")
     with processes(model_options.device) as info:
         source, bundle = _model_and_data(model_options, data, device=info.device,
                                          notes=info.is_main)
+        if classes:
+            names = (score_layer(source.model),)
+            maps = tuple(class_indices(classes, source.labels, source.name))
         names = _layers(source.model, names)
         pipeline.gallery(source.model, bundle, out, k=k, n_images=images or len(bundle.val),
                          n_maps=maps_per_layer, layers=list(names) if names else None,
+                         maps=maps,
                          rule=rule, map_rule=map_rule, batch_size=model_options.batch_size,
                          distributed=info.enabled,
                          num_workers=_mining_workers(workers, info.device),

@@ -103,9 +103,11 @@ def gallery(model: nn.Module, bundle: DataBundle, run_dir: str | Path, *, k: int
             rule: str = "deconvnet", map_rule: str = "strongest", batch_size: int = 64,
             device: str | torch.device | None = None, distributed: bool = False,
             num_workers: int = 0, class_names: list[str] | None = None,
-            progress: bool = False) -> Any:
+            progress: bool = False, maps: Sequence[int] | None = None) -> Any:
     """Fig. 2: the top-k gallery over the first `n_images` val images (centre crops). Layers
-    default to `zfnet.models.feature_layers` (conv1…conv5 on zfnet's models). `distributed`:
+    default to `zfnet.models.feature_layers` (conv1…conv5 on zfnet's models). `maps`: the
+    maps shown in every layer (checked before mining), instead of `n_maps` chosen by
+    `map_rule`. `distributed`:
     mined across the processes of the process group, written by the first
     (`zfnet.analyses.gallery.run_topk_gallery`); `num_workers`: the mining's DataLoader
     workers; `class_names`: the model's, named with the units of its last layer (its class
@@ -117,14 +119,39 @@ def gallery(model: nn.Module, bundle: DataBundle, run_dir: str | Path, *, k: int
     check_fits(model, bundle)
     val = _centre(bundle)
     n = min(n_images, len(val))
+    chosen = None
+    if maps:
+        from zfnet.analyses.gallery import default_layers
+
+        layers = layers or default_layers(model, _size(bundle))
+        chosen = {name: list(dict.fromkeys(maps)) for name in layers}  # in the order given
+        counts = map_counts(model, bundle, layers)
+        for name in layers:
+            bad = [m for m in maps if m >= counts[name]]
+            if bad:
+                raise ValueError(f"map{'s' * (len(bad) > 1)} {', '.join(map(str, bad))} "
+                                 f"outside the {counts[name]} maps of {name}; valid: "
+                                 f"0..{counts[name] - 1}")
     return run_topk_gallery(
         model, Subset(val, range(n)), layers or None, k,
-        Path(run_dir) / "gallery", n_maps=n_maps, map_rule=map_rule, rule=rule,
+        Path(run_dir) / "gallery", maps=chosen, n_maps=n_maps, map_rule=map_rule, rule=rule,
         display_image=bundle.raw_val, run_dir=run_dir, batch_size=batch_size, device=device,
         pixel_scale=_pixel_scale(bundle), distributed=distributed, num_workers=num_workers,
         unit_names={score_layer(model): class_names} if class_names else None,
         progress=progress, journal_key=mining_key(model, bundle, n),
     )
+
+
+def map_counts(model: nn.Module, bundle: DataBundle, layers: Sequence[str]) -> dict[str, int]:
+    """The number of maps (a flat layer's units) of each of `layers`, by one forward pass of
+    the first readable val image."""
+    from zfnet.activations import get_activations, shown_units
+    from zfnet.models import eval_mode
+
+    x = first_item(_centre(bundle))[1][0][None]
+    with eval_mode(model):
+        acts = get_activations(model, x, list(layers))
+    return {name: int(shown_units(name, a).shape[1]) for name, a in acts.items()}
 
 
 def filters(models: dict[str, nn.Module], bundle: DataBundle | None, run_dir: str | Path,

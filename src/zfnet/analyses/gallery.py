@@ -490,9 +490,10 @@ def run_topk_gallery(
         figures=figures,
         tables=[Table(["layer", "maps shown", "maps", "receptive field (px)",
                        "mean top-1 activation (shown maps)"], rows,
-                      ("Maps shown: those with the strongest top activation"
-                       if map_rule == "strongest" else "Maps shown: evenly spaced ones")
-                      + " (the first layer: all of them)"
+                      ("Maps shown: those asked for" if maps else
+                       ("Maps shown: those with the strongest top activation"
+                        if map_rule == "strongest" else "Maps shown: evenly spaced ones")
+                       + " (the first layer: all of them)")
                       + ("; the way down undoes contrast normalisation by "
                          + ("its gradient" if lrn == "gradient" else "nothing (the identity)")
                          if any(isinstance(m, nn.LocalResponseNorm) for m in model.modules())
