@@ -349,7 +349,7 @@ CASES = [
      "map 4000 outside the"),
     ("topk-class", [*TOPK, "--class", "dragon"], "class 'dragon' is not one of"),
     ("topk-class-and-layer", [*TOPK, "--class", "face", "--layer", "conv1"],
-     "--layer chooses others"),
+     "--layer picks others"),
     ("topk-not-a-run", ["visualize", "topk", "--checkpoint", "{empty}", *OUT], "empty"),
     ("topk-dataset", [*TOPK, "--data", "nope"], "nope"),
     ("topk-out-is-file", ["visualize", "topk", *CK, "--out", "{notes}"], "notes.txt"),

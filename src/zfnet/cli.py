@@ -1005,6 +1005,15 @@ def _layers(model, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
     return tuple(layer_name(model, name) for name in names)
 
 
+def _class_alone(classes: tuple[str, ...], others: dict[str, object]) -> None:
+    """A UsageError where --class (the class scores' units) is given with an option in
+    `others` ({option: its value}) that chooses other units."""
+    for option, given in others.items():
+        if classes and given:
+            raise click.UsageError(f"--class picks the units of the class scores (the last "
+                                   f"layer); {option} picks others: give one of them")
+
+
 def _finish(out: str) -> None:
     from zfnet.report import build_report
 
@@ -1053,11 +1062,8 @@ def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
 
     if channels and top:
         raise click.UsageError("--channel and --top both choose the maps: give one of them")
-    for given, name in ((layers, "--layer"), (channels, "--channel"), (top, "--top"),
-                        (position, "--position")):
-        if classes and given:
-            raise click.UsageError(f"--class projects the score of a class (the last layer's "
-                                   f"unit); {name} chooses other units: give one of them")
+    _class_alone(classes, {"--layer": layers, "--channel": channels, "--top": top,
+                           "--position": position})
     source, _ = _model_and_data(model_options, need_data=False)
     if classes:
         layers = (score_layer(source.model),)
@@ -1102,6 +1108,7 @@ def predict_cmd(images: tuple[str, ...], model_options: ModelOptions, top: int,
     from zfnet.data import load_images
     from zfnet.predict import check_output, predict, write_predictions
     from zfnet.progress import progress_bar
+    from zfnet.train.distributed import resolve_device
 
     if out is not None:
         check_output(out)  # before the model is loaded
@@ -1109,8 +1116,6 @@ def predict_cmd(images: tuple[str, ...], model_options: ModelOptions, top: int,
     data = load_images(images[0] if len(images) == 1 else list(images), source.preprocessing,
                        ten_crop=ten_crop)
     names = [str(p) for p in getattr(data, "paths", [])] or None
-    from zfnet.train.distributed import resolve_device
-
     with progress_bar(total=len(data), desc="images", unit="img") as bar:
         found, unreadable = predict(
             source.model, data, top=top, labels=source.labels, names=names,
@@ -1185,10 +1190,7 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
     from zfnet.train.distributed import processes
 
     names = (*(layers or ()), *(layers_alias or ())) or None
-    for given, option in ((names, "--layer"), (maps, "--map")):
-        if classes and given:
-            raise click.UsageError(f"--class shows the units of the classes' scores (the last "
-                                   f"layer); {option} chooses others: give one of them")
+    _class_alone(classes, {"--layer": names, "--map": maps})
     with processes(model_options.device) as info:
         source, bundle = _model_and_data(model_options, data, device=info.device,
                                          notes=info.is_main)

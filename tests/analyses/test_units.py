@@ -310,8 +310,8 @@ def test_project_a_class_by_its_name(photos, tmp_path) -> None:
             (["--class", "rockt"], "class 'rockt' is not one of torchvision:resnet18 "),
             (["--class", "rockt"], "3 classes; did you mean 'rocket'?"),
             (["--class", "3"], "class 3 is outside torchvision:resnet18"),
-            (["--class", "rocket", "--layer", "layer4"], "--layer chooses other units"),
-            (["--class", "rocket", "--top", "2"], "--top chooses other units")):
+            (["--class", "rocket", "--layer", "layer4"], "--layer picks others"),
+            (["--class", "rocket", "--top", "2"], "--top picks others")):
         bad = tmp_path / "never"
         res = CliRunner().invoke(main, ["project", str(photos / "chelsea.jpg"), *model, *args,
                                         "--out", str(bad)])
