@@ -3,6 +3,7 @@ and against `zfnet eval` on the same images."""
 
 import csv
 import json
+import re
 
 import pytest
 import torch
@@ -67,6 +68,7 @@ def test_predictions_are_the_models_softmax_named_and_written(setup, tmp_path) -
     written = json.loads(out.read_text())
     assert written["source"].startswith("torchvision:resnet18 ")
     assert written["not_read"] == [str(setup / "broken.jpg")]
+    assert all("label" not in e for e in written["images"])  # photos have no labels
     assert f"not read (1): {setup / 'broken.jpg'}" in res.output
     hand = _by_hand(setup)
     images = written["images"]
@@ -117,9 +119,10 @@ def test_a_runs_predictions_agree_with_its_evaluation(tmp_path) -> None:
     bundle = load_dataset(spec)
     images = json.loads((tmp_path / "p.json").read_text())["images"]
     assert len(images) == 48
-    right = [e["top"][0]["name"] == bundle.class_names[bundle.val.targets[i]]
-             for i, e in enumerate(images)]
+    assert [e["label"] for e in images] == [bundle.class_names[t] for t in bundle.val.targets]
+    right = [e["top"][0]["name"] == e["label"] for e in images]
     assert 1 - sum(right) / len(right) == pytest.approx(top1, abs=1e-6)
+    assert re.search(r"^image 0: \w+ [\d.]+% \(label: face\)$", res.output, re.M), res.output
 
 
 @pytest.mark.parametrize("args,message", [

@@ -27,17 +27,21 @@ FORMATS = (".csv", ".json")
 @dataclass(frozen=True)
 class Prediction:
     """One image's top classes: `classes` (output indices, most probable first), their
-    `names` (None where the model's classes have none) and `probabilities`."""
+    `names` (None where the model's classes have none) and `probabilities`; `label`: the
+    image's own class in its dataset, where it has one."""
 
     image: str
     classes: list[int]
     names: list[str | None]
     probabilities: list[float]
+    label: str | None = None
 
     def words(self) -> str:
-        """'tabby 45.2%, tiger cat 21.0%, ...' (a class without a name by its number)."""
+        """'tabby 45.2%, tiger cat 21.0%, ... (label: tabby)' (a class without a name by its
+        number)."""
         return ", ".join(f"{n if n is not None else f'class {c}'} {p:.1%}" for c, n, p in zip(
-            self.classes, self.names, self.probabilities, strict=True))
+            self.classes, self.names, self.probabilities, strict=True)) + (
+            f" (label: {self.label})" if self.label is not None else "")
 
 
 class _Indexed(Dataset):
@@ -98,6 +102,13 @@ def predict(model: nn.Module, images: Dataset, *, top: int = 5,
     def name(i: int) -> str:
         return names[i] if names else f"image {i}"
 
+    classes_of = list(getattr(images, "classes", None) or [])
+    targets = getattr(images, "targets", None)
+
+    def label(i: int) -> str | None:  # the image's class in a labelled dataset
+        t = int(targets[i]) if targets is not None else -1
+        return classes_of[t] if 0 <= t < len(classes_of) else None
+
     with eval_mode(model):
         for b, (idx, x) in enumerate(loader):  # in order: batch b holds images b*size...
             lo, hi = b * batch_size, min((b + 1) * batch_size, total)
@@ -113,7 +124,8 @@ def predict(model: nn.Module, images: Dataset, *, top: int = 5,
                     raise ValueError(f"{len(labels)} class names for a model with {p.shape[1]} "
                                      "outputs: give one name per output, in order")
                 values, classes = p.topk(min(top, p.shape[1]), dim=1)
-                found += [Prediction(name(i), c, [labels[k] if labels else None for k in c], v)
+                found += [Prediction(name(i), c, [labels[k] if labels else None for k in c], v,
+                                     label(i))
                           for i, c, v in zip(idx, classes.tolist(), values.tolist(),
                                              strict=True)]
             if progress:
@@ -123,23 +135,27 @@ def predict(model: nn.Module, images: Dataset, *, top: int = 5,
 
 def write_predictions(predictions: Sequence[Prediction], path: str | Path,
                       about: dict[str, Any] | None = None) -> Path:
-    """Write `predictions` to `path`: CSV (image, rank, class, name, probability: a line per
-    class) or JSON ({"images": [{"image", "top": [{"class", "name", "probability"}]}]},
-    `about` beside it: the model, the crops), replacing the file atomically."""
+    """Write `predictions` to `path`: CSV (image, rank, class, name, probability, and label
+    where the images have labels: a line per class) or JSON ({"images": [{"image", ["label",]
+    "top": [{"class", "name", "probability"}]}]}, `about` beside it: the model, the crops),
+    replacing the file atomically."""
+    labelled = any(p.label is not None for p in predictions)
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["image", "rank", "class", "name", "probability"])
+        w.writerow(["image", "rank", "class", "name", "probability"]
+                   + (["label"] if labelled else []))
         for p in predictions:
             for rank, (c, n, v) in enumerate(zip(p.classes, p.names, p.probabilities,
                                                  strict=True), 1):
-                w.writerow([p.image, rank, c, "" if n is None else n, f"{v:.6f}"])
+                w.writerow([p.image, rank, c, "" if n is None else n, f"{v:.6f}"]
+                           + ([p.label or ""] if labelled else []))
         text = buf.getvalue()
     else:
         text = json.dumps({**(about or {}), "images": [
-            {"image": p.image, "top": [
+            {"image": p.image, **({"label": p.label} if labelled else {}), "top": [
                 {"class": c, "name": n, "probability": round(v, 6)}
                 for c, n, v in zip(p.classes, p.names, p.probabilities, strict=True)]}
             for p in predictions]}, indent=1) + "\n"
