@@ -14,7 +14,7 @@ each type's default config at random init, saved with `save_pretrained` and give
     PYTHONPATH=src python bench/any_model_sweep.py --timm families --out sweep-timm.json
     PYTHONPATH=src python bench/any_model_sweep.py --hf all --out sweep-hf.json
     PYTHONPATH=src python bench/any_model_sweep.py --torchvision resnet18,convnext_tiny \
-        --commands project,topk,occlusion,invariance,randomization,filters
+        --commands project,topk,occlusion,invariance,randomization,filters,predict
 
 The photos are skimage's (`astronaut`, `coffee`, `chelsea`, …), 224 px as the weights' own
 preprocessing gives them; `--nonlinear gradient` where a command takes it, so that networks
@@ -46,6 +46,7 @@ COMMANDS = {
     "randomization": ["analyze", "randomization", "--data", "images:{photos}", "--images", "2",
                       "--nonlinear", "gradient"],
     "filters": ["analyze", "filters", "--data", "images:{photos}"],
+    "predict": ["predict", "{photos}", "--ten-crop", "--out", "{out}/predictions.csv"],
 }
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
@@ -154,10 +155,12 @@ def main() -> int:
         for model in models:
             out = Path(tmp) / model.replace(":", "_")
             for command in commands:
-                argv = [a.format(**fill) for a in COMMANDS[command]]
+                argv = [a.format(**fill, out=out) for a in COMMANDS[command]]
+                if "--out" not in argv:  # a report directory
+                    argv += ["--out", str(out)]
                 t0 = time.perf_counter()
                 try:
-                    p = subprocess.run([*zfnet, *argv, "--model", model, "--out", str(out)],
+                    p = subprocess.run([*zfnet, *argv, "--model", model],
                                        capture_output=True, text=True, timeout=args.timeout,
                                        cwd=Path(tmp) / "hf" if model in hf else None)
                     rc, last = p.returncode, (p.stderr.strip().splitlines() or [""])[-1]
