@@ -49,8 +49,9 @@ def test_gallery_end_to_end(tmp_path) -> None:
     assert "guided" in section.caption
     assert DISPLAY_CAPTION in section.caption  # says how projections became pixels
     assert section.tables[0].caption == (  # in words, for a reader (zfnet_small has LRN)
-        "Maps shown: those with the strongest top activation (the first layer: all of them); "
-        "the way down undoes contrast normalisation by its gradient.")
+        "Maps shown: those asked for in conv3; elsewhere those with the strongest top "
+        "activation (the first layer: all of them); the way down undoes contrast "
+        "normalisation by its gradient.")
     assert (run / "gallery" / "topk.pt").is_file()
     # A projection in the gallery is the engine's projection of that mined activation.
     t = res.topk["conv3"]

@@ -490,10 +490,7 @@ def run_topk_gallery(
         figures=figures,
         tables=[Table(["layer", "maps shown", "maps", "receptive field (px)",
                        "mean top-1 activation (shown maps)"], rows,
-                      ("Maps shown: those asked for" if maps else
-                       ("Maps shown: those with the strongest top activation"
-                        if map_rule == "strongest" else "Maps shown: evenly spaced ones")
-                       + " (the first layer: all of them)")
+                      _maps_shown(layers, maps or {}, map_rule)
                       + ("; the way down undoes contrast normalisation by "
                          + ("its gradient" if lrn == "gradient" else "nothing (the identity)")
                          if any(isinstance(m, nn.LocalResponseNorm) for m in model.modules())
@@ -504,6 +501,20 @@ def run_topk_gallery(
     if journal_key is not None and not distributed:  # the gallery is there: its mining done
         (out_dir / ".topk-mining.pt").unlink(missing_ok=True)
     return result
+
+
+def _maps_shown(layers: Sequence[str], asked: Mapping[str, Sequence[int]],
+                map_rule: str) -> str:
+    """The table's words for how its maps were chosen: asked for (in some layers or all),
+    else by `map_rule`."""
+    by_rule = ("those with the strongest top activation" if map_rule == "strongest"
+               else "evenly spaced ones") + " (the first layer: all of them)"
+    named = [name for name in layers if name in asked]
+    if not named:
+        return "Maps shown: " + by_rule
+    if len(named) == len(layers):
+        return "Maps shown: those asked for"
+    return f"Maps shown: those asked for in {', '.join(named)}; elsewhere {by_rule}"
 
 
 def _mined(topk: TopK, files: int) -> int:
