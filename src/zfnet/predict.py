@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from zfnet.activations import to_model
 from zfnet.atomic import write_text_atomic
 from zfnet.models import eval_mode
+from zfnet.train.recipe import crop_probabilities
 
 FORMATS = (".csv", ".json")
 
@@ -115,11 +116,7 @@ def predict(model: nn.Module, images: Dataset, *, top: int = 5,
             kept = set(idx)
             unreadable += [name(i) for i in range(lo, hi) if i not in kept]
             if x is not None:
-                n, crops = len(idx), x.shape[1] if x.ndim == 5 else 1
-                out = model(to_model(model, x.flatten(0, 1) if x.ndim == 5 else x))
-                if isinstance(out, (tuple, list)):  # (logits, aux...)
-                    out = out[0]
-                p = out.float().softmax(-1).reshape(n, crops, -1).mean(1).cpu()  # (N, classes)
+                p = crop_probabilities(model, x, lambda c: to_model(model, c)).cpu()  # (N, K)
                 if labels and len(labels) != p.shape[1]:
                     raise ValueError(f"{len(labels)} class names for a model with {p.shape[1]} "
                                      "outputs: give one name per output, in order")

@@ -21,7 +21,7 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -452,6 +452,18 @@ def _show_progress(bar: tqdm, st: EpochState, optimizer: torch.optim.Optimizer,
 EVAL_CHUNK = 256
 
 
+def crop_probabilities(model: nn.Module, x: torch.Tensor,
+                       prepare: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+                       ) -> torch.Tensor:
+    """Class probabilities (N, K) of a batch of centre crops x (N, C, S, S), or of the paper's
+    ten crops x (N, 10, C, S, S), whose softmax outputs are averaged (Sec. 3 / Table 2); the
+    model sees `EVAL_CHUNK` crops a pass, each through `prepare` (e.g. to its device)."""
+    crops = x.shape[1] if x.ndim == 5 else 1
+    flat = x.flatten(0, 1) if x.ndim == 5 else x  # (N*crops, C, S, S)
+    logits = torch.cat([model(prepare(p)).float() for p in flat.split(EVAL_CHUNK)])
+    return logits.softmax(1).view(-1, crops, logits.shape[1]).mean(1)
+
+
 @torch.inference_mode()
 def evaluate(
     model: nn.Module,
@@ -521,13 +533,11 @@ def _score(model: nn.Module, loader: Iterable[Any], info: ddp.DistInfo,
         for x, y in loader:
             if y.shape[0] == 0:  # only broken files: nothing to score
                 continue
-            crops = x.shape[1] if x.ndim == 5 else 1
-            x = x.flatten(0, 1) if x.ndim == 5 else x  # (N*crops, C, S, S)
-            x = x.to(info.device, non_blocking=True, memory_format=fmt)
+            x = x.to(info.device, non_blocking=True)
             y = y.to(info.device, non_blocking=True)
             with torch.autocast(info.device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-                logits = torch.cat([model(p).float() for p in x.split(EVAL_CHUNK)])  # (N*crops, K)
-            probs = logits.softmax(1).view(-1, crops, logits.shape[1]).mean(1)  # (N, K)
+                probs = crop_probabilities(  # (N, K)
+                    model, x, lambda p: p.contiguous(memory_format=fmt))
             dev_sums += torch.stack([
                 F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum"),
                 topk_correct(probs, y, 1).sum(),
