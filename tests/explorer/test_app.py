@@ -18,6 +18,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
+from torch import nn
 
 from zfnet.activations import get_activations
 from zfnet.analyses.gallery import project_topk, render_layer, topk_patches
@@ -29,7 +30,7 @@ from zfnet.explorer.app import LOOPBACK, create_app
 from zfnet.explorer.jobs import Cancelled, JobRunner
 from zfnet.explorer.session import Explorer, NotFoundError
 from zfnet.models import layer_geometry
-from zfnet.sources import load_data, load_source
+from zfnet.sources import from_module, load_data, load_source
 from zfnet.train import list_checkpoints
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -1036,3 +1037,38 @@ def test_a_stopped_index_mining_is_continued_by_the_next_ask(tmp_path) -> None:
     got, want = again.topk("conv1", 3), fresh.topk("conv1", 3)
     assert got == want and [u["name"] for u in got["unreadable"]] == ["00b.png"]
     assert got["mined"] == 70
+
+
+def test_a_class_is_found_by_name_synonym_or_number(client, explorer, tmp_path) -> None:
+    """`/api/classes` lists the model's classes and finds the one a name, a synonym or a
+    number gives, with its score's unit; a name that is no class, or several, is one line."""
+    every = client.get("/api/classes").json()
+    assert every["layer"] == "fc8" and len(every["classes"]) == 10
+    names = [c["name"] for c in every["classes"]]
+    assert names == explorer._class_names() and every["classes"][3]["class"] == 3
+    k = names.index("house")
+    for asked in ("house", " HOUSE ", str(k)):
+        got = client.get("/api/classes", params={"name": asked}).json()
+        assert got == {"class": k, "name": "house", "layer": "fc8", "unit": k}, asked
+    _error(client.get("/api/classes", params={"name": "hous"}), 400, "did you mean", "'house'")
+    _error(client.get("/api/classes", params={"name": "10"}), 400, "0 to 9")
+    _error(client.get("/api/classes", params={"name": " "}), 400, "name or its number")
+    _error(client.get("/api/classes", params={"name": "house,car"}), 400, "names 2 classes")
+
+    labels = ["tabby, tabby cat", "crane", "crane", "tiger cat"]
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 4))
+    e = Explorer(from_module(model, resize=32, crop=32, labels=labels), None,
+                 cache_dir=tmp_path / "other")
+    with TestClient(create_app(e)) as c:
+        got = c.get("/api/classes", params={"name": "Tabby"}).json()
+        assert got["class"] == 0 and got["name"] == "tabby, tabby cat" and got["unit"] == 0
+        assert got["layer"] == e.score_layer == "3"
+        _error(c.get("/api/classes", params={"name": "crane"}), 400, "names 2", "(1)", "(2)")
+    unnamed = Explorer(from_module(model, resize=32, crop=32), None,
+                       cache_dir=tmp_path / "unnamed")
+    with TestClient(create_app(unnamed)) as c:
+        assert c.get("/api/classes").json()["classes"][0] == {"class": 0, "name": None}
+        assert c.get("/api/classes", params={"name": "2"}).json()["unit"] == 2
+        _error(c.get("/api/classes", params={"name": "cat"}), 400, "no names",
+               "by its number")

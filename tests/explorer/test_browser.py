@@ -228,6 +228,34 @@ def test_a_top5_class_opens_its_score_and_occlusion_follows_it(page, server) -> 
     assert page.console.errors == []
 
 
+def test_any_class_named_in_the_box_opens_its_score(page, server) -> None:
+    """A class outside the top 5, typed by name (the box offers every class's name), is
+    picked as a click on the top 5 picks one; a misspelt name gets "did you mean"."""
+    _open(page, "/?image=val:1&layer=conv1")
+    page.wait_for_selector("#predict-list .class-pick")
+    page.wait_for_function("document.querySelectorAll('#class-names option').length === 10")
+    offered = page.eval_on_selector_all("#class-names option", "os => os.map(o => o.value)")
+    top5 = page.eval_on_selector_all("#predict-list .class-name",
+                                     "ns => ns.map(n => n.textContent)")
+    other = next(n for n in offered if n not in top5)
+    k = offered.index(other)
+    page.fill("#class-name", other.upper())
+    page.press("#class-name", "Enter")
+    page.wait_for_selector(f'#unit-section[data-unit="{k}"]')
+    assert _query(page)["layer"] == "fc8" and _query(page)["unit"] == str(k)
+    assert all(b.get_attribute("aria-pressed") == "false"
+               for b in page.locator("#predict-list .class-pick").all())
+    page.console.allowed.append("/api/classes")  # the server's 400 below
+    page.fill("#class-name", other[:-1])
+    page.click("#class-find button[type=submit]")
+    page.wait_for_selector("#error", state="visible")
+    assert f"did you mean '{other}'" in page.text_content("#error-text")
+    assert _query(page)["unit"] == str(k)  # nothing else changed
+    page.fill("#class-name", str(k))
+    page.press("#class-name", "Enter")
+    page.wait_for_selector("#error", state="hidden")
+
+
 def test_uploads_become_the_current_image_and_bad_ones_are_told(page, server) -> None:
     _open(page, "/?layer=conv1")
     page.wait_for_selector('#maps[data-layer="conv1"][data-image="val:0"]')

@@ -222,6 +222,12 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
         """The model's top-5 classes on the image."""
         return await call(explorer.predict, image)
 
+    @app.get("/api/classes")
+    async def classes(name: str | None = None) -> dict[str, Any]:
+        """The model's classes and the layer scoring them; with `name` (a class's name, a
+        synonym of it, or its number), that one class and its unit."""
+        return await call(explorer.classes, name)
+
     @app.get("/api/maps")
     async def maps(image: str, layer: str) -> dict[str, Any]:
         """The layout of the layer's maps for the image in the sprite, each map's maximum."""

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from zfnet.activations import capture, to_model
+from zfnet.analyses.classes import class_indices
 from zfnet.analyses.gallery import (
     project_topk,
     render_layer,
@@ -574,6 +575,35 @@ class Explorer:
         return {"top": [{"class": int(c), "name": names[int(c)] if names else None,
                          "p": round(float(v), 6)} for v, c in zip(values, idx, strict=True)],
                 "label": entry.label, "name": entry.name}
+
+    def classes(self, name: str | None = None) -> dict[str, Any]:
+        """The model's classes (`/api/classes`): every class's number and name, and the layer
+        whose units score them; with `name`, the one class it names — its whole name (case
+        aside), a comma synonym ("tabby") or its number — and that class's unit, or an
+        ExplorerError saying which names are close."""
+        n = self._num_classes()
+        if not n:
+            raise ExplorerError(f"{self.source.name} gives no class scores (its output is not "
+                                f"one score a class): it has no classes to pick")
+        names = self._class_names()
+        if name is None:
+            return {"layer": self.score_layer, "classes": [
+                {"class": k, "name": names[k] if names else None} for k in range(n)]}
+        wanted = name.strip()
+        if not wanted:
+            raise ExplorerError("name: give a class's name or its number")
+        try:
+            found = class_indices([wanted], names, self.source.name)
+        except ValueError as e:
+            raise ExplorerError(str(e)) from None
+        if len(found) != 1:
+            raise ExplorerError(f"{wanted!r} names {len(found)} classes: give one")
+        k = found[0]
+        if k >= n:
+            raise ExplorerError(f"class {k} is outside {self.source.name}'s {n} classes "
+                                f"(0 to {n - 1})")
+        return {"class": k, "name": names[k] if names else None, "layer": self.score_layer,
+                "unit": k}
 
     def maps(self, image_id: str, layer: str) -> dict[str, Any]:
         """The layout of the layer's maps in its sprite (`/api/maps`), each map's strongest

@@ -322,6 +322,36 @@
     }
   }
 
+  /** The names of the model's classes, offered as one types in "Any class" (once). */
+  async function loadClassNames() {
+    if (!model.classes || !model.labels) return;
+    try {
+      const { body } = await api("/api/classes");
+      $("#class-names").replaceChildren(...body.classes.map((c) => {
+        const option = document.createElement("option");
+        option.value = c.name;
+        option.label = `class ${c.class}`;
+        return option;
+      }));
+    } catch (err) {
+      showError(err.message);
+    }
+  }
+
+  /** "Any class": the class named in the box, its score's unit picked as a top-5 click does. */
+  async function findClass(e) {
+    e.preventDefault();
+    const name = $("#class-name").value.trim();
+    if (!name) return;
+    clearError();
+    try {
+      const { body } = await api(`/api/classes?${query({ name })}`);
+      go({ layer: body.layer, unit: body.unit, row: null, col: null });
+    } catch (err) {
+      showError(err.message);
+    }
+  }
+
   // ---------------------------------------------------------------- images
 
   async function loadStrip() {
@@ -1061,6 +1091,7 @@
       pickView(next.dataset.view);
     });
     $("#job-cancel").addEventListener("click", cancelJob);
+    $("#class-find").addEventListener("submit", findClass);
     $("#copy-link").addEventListener("click", async () => {
       const link = $("#permalink").href;
       try {
@@ -1135,6 +1166,7 @@
     defaultHint = $("#view-hint").textContent.replace(/\s+/g, " ").trim();
     renderHeader();
     renderLayers();
+    loadClassNames();
     const { next, problems } = readUrl();
     if (problems.length) showError(problems.join("; "));
     // Restoring uploaded images by link: they are not in the dataset's list.
