@@ -97,6 +97,25 @@ def test_predictions_are_the_models_softmax_named_and_written(setup, tmp_path) -
         assert float(r["probability"]) == pytest.approx(p[int(r["class"])].item(), abs=0.02)
 
 
+def test_mixed_precision_predicts_the_same_classes(setup, tmp_path) -> None:
+    """`--amp bf16`: the model under bf16 autocast, the same top classes as float32 and
+    probabilities close to them; the file says which precision made them."""
+    runner = CliRunner()
+    got = {}
+    for amp in ("off", "bf16"):
+        out = tmp_path / f"{amp}.json"
+        res = runner.invoke(main, ["predict", str(setup / "photos"), *_model(setup), "--amp",
+                                   amp, "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        got[amp] = json.loads(out.read_text())
+    assert got["off"]["precision"] == "float32" and got["bf16"]["precision"] == "bfloat16"
+    for f32, b16 in zip(got["off"]["images"], got["bf16"]["images"], strict=True):
+        assert b16["top"][0]["class"] == f32["top"][0]["class"]
+        assert [t["probability"] for t in b16["top"]] == pytest.approx(
+            [t["probability"] for t in f32["top"]], abs=0.03)
+        assert [t["probability"] for t in b16["top"]] != [t["probability"] for t in f32["top"]]
+
+
 def test_a_runs_predictions_agree_with_its_evaluation(tmp_path) -> None:
     """On a zfnet run's val images, the top-1 predictions score what `zfnet eval` scores in
     float32."""
@@ -130,6 +149,7 @@ def test_a_runs_predictions_agree_with_its_evaluation(tmp_path) -> None:
     (["--out", "{tmp}/f.csv/p.csv"], "f.csv is a file, so it cannot hold"),
     (["--top", "0"], "--top"),
     (["--class", "1"], "No such option"),
+    (["--amp", "fp16", "--out", "{tmp}/p.csv"], "needs a CUDA device"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(setup, tmp_path, args, message) -> None:
     argv = [a.format(tmp=tmp_path) for a in args]

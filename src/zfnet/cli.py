@@ -1097,9 +1097,13 @@ def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
 @click.option("--out", type=click.Path(), metavar="FILE",
               help="Also write the predictions to FILE: .csv (image, rank, class, name, "
                    "probability) or .json.")
+@click.option("--amp", type=click.Choice(["off", "auto", "bf16", "fp16"]), default="off",
+              show_default=True,
+              help="Mixed precision, as in eval (auto: bf16 on CUDA and on CPUs with native "
+                   "bf16; fp16: CUDA only); off: the probabilities in float32.")
 @_WORKERS
 def predict_cmd(images: tuple[str, ...], model_options: ModelOptions, top: int,
-                ten_crop: bool, out: str | None, workers: int | str | None) -> None:
+                ten_crop: bool, out: str | None, amp: str, workers: int | str | None) -> None:
     """The TOP most probable classes of each IMAGE, by the model's softmax, named by its class
     names (the weights' own or --labels).
 
@@ -1109,9 +1113,12 @@ def predict_cmd(images: tuple[str, ...], model_options: ModelOptions, top: int,
     from zfnet.predict import check_output, predict, write_predictions
     from zfnet.progress import progress_bar
     from zfnet.train.distributed import resolve_device
+    from zfnet.train.recipe import amp_dtype_for
 
+    device = resolve_device(model_options.device)
+    amp_dtype = amp_dtype_for(amp, device)  # before the model is loaded, as the file is
     if out is not None:
-        check_output(out)  # before the model is loaded
+        check_output(out)
     source, _ = _model_and_data(model_options, need_data=False)
     data = load_images(images[0] if len(images) == 1 else list(images), source.preprocessing,
                        ten_crop=ten_crop)
@@ -1119,9 +1126,8 @@ def predict_cmd(images: tuple[str, ...], model_options: ModelOptions, top: int,
     with progress_bar(total=len(data), desc="images", unit="img") as bar:
         found, unreadable = predict(
             source.model, data, top=top, labels=source.labels, names=names,
-            batch_size=model_options.batch_size,
-            workers=_mining_workers(workers, resolve_device(model_options.device)),
-            progress=bar.update)
+            batch_size=model_options.batch_size, workers=_mining_workers(workers, device),
+            progress=bar.update, amp_dtype=amp_dtype)
     for p in found:
         click.echo(f"{p.image}: {p.words()}")
     if unreadable:
@@ -1130,8 +1136,9 @@ def predict_cmd(images: tuple[str, ...], model_options: ModelOptions, top: int,
         raise click.ClickException("none of the images could be read (see the warnings above)")
     if out is not None:
         crops = "the 10 crops" if ten_crop else "the centre crop"
+        precision = str(amp_dtype or next(source.model.parameters()).dtype).split(".")[-1]
         path = write_predictions(found, out, {"source": source.name, "crops": crops,
-                                              "not_read": unreadable})
+                                              "precision": precision, "not_read": unreadable})
         click.echo(f"wrote {len(found)} image{'s' * (len(found) != 1)}' predictions to {path}")
 
 

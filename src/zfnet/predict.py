@@ -9,6 +9,7 @@ import csv
 import io
 import json
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,13 +88,15 @@ def predict(model: nn.Module, images: Dataset, *, top: int = 5,
             labels: Sequence[str] | None = None, names: Sequence[str] | None = None,
             batch_size: int = 64, workers: int = 0,
             progress: Callable[[int], None] | None = None,
+            amp_dtype: torch.dtype | None = None,
             ) -> tuple[list[Prediction], list[str]]:
     """The `top` most probable classes of each image of `images` (items (x, y): x a centre
     crop (C, S, S), or the 10 crops (10, C, S, S), whose probabilities are averaged; None for
     a file that cannot be read). `labels`: the model's class names, one per output. `names`:
     each image's name (default: its index). `progress(n)`: called with each batch's number of
-    images. Returns (predictions in the images' order, the names of those that could not be
-    read)."""
+    images. `amp_dtype`: the model runs under autocast in it (bf16, fp16 on CUDA; None:
+    its own dtype), the softmax in float32. Returns (predictions in the images' order, the
+    names of those that could not be read)."""
     loader = DataLoader(_Indexed(images), batch_size=batch_size, num_workers=workers,
                         collate_fn=_collate)
     found: list[Prediction] = []
@@ -110,13 +113,17 @@ def predict(model: nn.Module, images: Dataset, *, top: int = 5,
         t = int(targets[i]) if targets is not None else -1
         return classes_of[t] if 0 <= t < len(classes_of) else None
 
+    dev = next((t.device for t in model.parameters()), torch.device("cpu"))
+    autocast = (torch.autocast(dev.type, dtype=amp_dtype) if amp_dtype is not None
+                else nullcontext())
     with eval_mode(model):
         for b, (idx, x) in enumerate(loader):  # in order: batch b holds images b*size...
             lo, hi = b * batch_size, min((b + 1) * batch_size, total)
             kept = set(idx)
             unreadable += [name(i) for i in range(lo, hi) if i not in kept]
             if x is not None:
-                p = crop_probabilities(model, x, lambda c: to_model(model, c)).cpu()  # (N, K)
+                with autocast:
+                    p = crop_probabilities(model, x, lambda c: to_model(model, c)).cpu()
                 if labels and len(labels) != p.shape[1]:
                     raise ValueError(f"{len(labels)} class names for a model with {p.shape[1]} "
                                      "outputs: give one name per output, in order")
