@@ -587,3 +587,64 @@ def test_a_chain_its_forward_runs_as_written_keeps_the_windowed_engine() -> None
                                         nn.MaxPool2d(2)), "2")):
         x = torch.rand(2, 3, 64, 64)
         assert chain_runs_as_forward(model.eval(), x) and windowed(model, [layer], x)
+
+
+# --------------------------------------------------------------------------- seed="one"
+
+
+@pytest.mark.parametrize("name,size,layer", [
+    ("zfnet_small", 64, "conv3"),  # the windowed engine, a convolution before its ReLU
+    ("tv:alexnet", 96, "features.8"),
+    ("tv:resnet18", 64, "layer3.0.conv2"),  # the general path
+])
+def test_seed_one_is_captums_also_below_zero(name: str, size: int, layer: str) -> None:
+    """seed="one" is Captum's seed of 1, with no rescaling, also at units below zero (each
+    map's weakest unit), which the activation's seed projects to nothing."""
+    if name == "tv:resnet18":
+        torch.manual_seed(0)
+        model = torchvision.models.resnet18(num_classes=10).eval()
+    else:
+        model = _build(name)
+    ref = _captum_copy(model)
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, size, size) * 60
+    act = get_activations(model, x, [layer])[layer]  # (N, C, h, w)
+    ch = torch.tensor([1, 5])
+    w = act.shape[-1]
+    weakest = act[torch.arange(2), ch].flatten(1).argmin(1)
+    pos = torch.stack([weakest // w, weakest % w], 1)  # (N, 2)
+    assert (act[torch.arange(2), ch, pos[:, 0], pos[:, 1]] < 0).all()
+    for rule in RULES:
+        ours = project(model, x, layer, ch, pos, rule=rule, seed="one")
+        theirs, _ = _captum(ref, x, layer, ch, rule, pos)
+        assert theirs.abs().amax() > 0
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5 * theirs.abs().max().item())
+        assert project(model, x, layer, ch, pos, rule=rule).abs().max() == 0  # the paper's seed
+
+
+def test_seed_one_projects_a_class_score_below_zero() -> None:
+    """A class whose score is below zero: seeded with 1, its projection is Captum's (the
+    gradient of the score, by each rule); seeded with its value, nothing."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    torch.manual_seed(4)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        scores = model(x)[0]
+    k = int(scores.argmin())
+    assert scores[k] < 0
+    ref = _captum_copy(model)
+    for rule in RULES:
+        ours = project(model, x, "fc", k, rule=rule, seed="one")[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs = getattr(captum_attr, _CAPTUM[rule])(ref, ref.fc).attribute(
+                to_model(ref, x).clone(), neuron_selector=k)[0]
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5 * theirs.abs().max().item())
+        assert project(model, x, "fc", k, rule=rule).abs().max() == 0
+
+
+def test_an_unknown_seed_is_named() -> None:
+    model = _build("zfnet_small")
+    with pytest.raises(ValueError, match="seed='ones' is not known; valid: activation, one"):
+        project(model, torch.zeros(1, 3, 64, 64), "conv1", 0, seed="ones")

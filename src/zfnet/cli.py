@@ -1042,12 +1042,18 @@ def _finish(out: str) -> None:
                    "the maps by their activation there.")
 @click.option("--rule", type=click.Choice(["deconvnet", "guided", "gradient"]),
               default="deconvnet", show_default=True, help=_RULE_HELP)
+@click.option("--seed", type=click.Choice(["activation", "one"]), default="activation",
+              show_default=True,
+              help="What each unit goes down with: its activation's value (the paper's; a unit "
+                   "at or below zero projects to nothing), or 1 (Captum's: the same pictures "
+                   "for an active unit, and for one below zero, a class score among them, what "
+                   "would raise it).")
 @_NONLINEAR
 @_OUT
 def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
                 layers: tuple[str, ...] | None, channels: tuple[int, ...] | None,
                 top: int | None, classes: tuple[str, ...], position: tuple[int, int] | None,
-                rule: str, out: str) -> None:
+                rule: str, seed: str, out: str) -> None:
     """Project the strongest unit of maps of each layer (or the unit at --position), in each
     IMAGE, down to pixels (paper Sec. 2.1): one PNG per unit with the image and the unit's
     receptive field, the projection, and the projection over the image, and OUT/project.json
@@ -1077,10 +1083,12 @@ def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
     results = [r for layer in layers for r in project_units(
         source.model, data, layer, channels=channels, top=top, rule=rule, position=position,
         pixel_scale=source.preprocessing.pixel_scale(), batch_size=model_options.batch_size,
-        names=names, unit_names=source.labels if layer == last else None)]
-    index = write_units(results, out, rule, source.name)
+        names=names, unit_names=source.labels if layer == last else None, seed=seed)]
+    index = write_units(results, out, rule, source.name, seed)
     for unit, _, _ in results:
-        fires = "" if unit.active else " (not active: every rule projects it to nothing)"
+        fires = ("" if unit.active else " (seeded with 1)" if seed == "one" else
+                 " (not active: this seed projects it to nothing; --seed one shows what would "
+                 "raise it)")
         click.echo(f"{unit.name}: {unit.what}, activation {unit.activation:.3g}{fires} -> "
                    f"{Path(out) / unit.file}")
     click.echo(f"wrote {len(results)} projection{'s' * (len(results) != 1)} and {index}")

@@ -12,7 +12,8 @@ back down layer by layer:
 The same walk gives guided backpropagation (Springenberg et al. 2015: rectify *and* mask by the
 forward activation) and the plain gradient (Simonyan et al. 2014: mask only), picked by `rule` —
 one engine, one flag, as in Captum. The projection is seeded with the activation's own value, as
-in the paper (Captum seeds with 1: divide by `RFProjection.activation` to compare).
+in the paper (Captum seeds with 1: divide by `RFProjection.activation` to compare, or give
+`seed="one"`, which also projects units at or below zero).
 
 Contrast normalisation (`nn.LocalResponseNorm`) on the way down is not described by the paper.
 Default `lrn="gradient"`: the signal goes through the LRN's transposed Jacobian at the recorded
@@ -69,7 +70,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zfnet.activations import running, to_model
-from zfnet.graph import RULES, check_rule, indices, seeds_from  # noqa: F401  (RULES: also read here)
+from zfnet.graph import (  # noqa: F401  (RULES, SEEDS: also read here)
+    RULES,
+    SEEDS,
+    check_rule,
+    check_seed,
+    indices,
+    seed_values,
+    seeds_from,
+)
 from zfnet.models import (  # eval_mode also importable here
     chain_checked,
     chain_root,
@@ -474,6 +483,7 @@ def project_layers(
     batch_size: int | None = None,
     precision: str = "float32",
     forward: Forward | None = None,
+    seed: str = "activation",
 ) -> dict[str, RFProjection]:
     """Project seeds of several layers of the same images with one forward pass (Fig. 2).
 
@@ -488,13 +498,17 @@ def project_layers(
     other layer of any model (ResNet blocks, DenseNet, fully connected layers …) the general
     path, `zfnet.graph`, with the same rules and results (each projection covering the whole
     input). Every seed goes down with its activation's value clamped at 0: a unit that is not
-    active (a map whose strongest activation is <= 0) has nothing to show, its projection is 0.
+    active (a map whose strongest activation is <= 0) has nothing to show, its projection is 0;
+    `seed="one"` sends 1 instead, whatever the value, as Captum does (the same pictures for an
+    active unit, scaled by 1/activation; a unit below zero, a class score, shows what would
+    raise it).
     `precision="bfloat16"`: the general path's signals go down in bf16 (about 2x faster on a
     CPU with native bf16, cosine to float32 > 0.9999 on resnet18); the windowed engine always
     works in the model's dtype. forward: a `forward_pass` of these images, reused instead of
     a new one (layers of the plain chain only).
     """
     _check_rule(rule, lrn)
+    check_seed(seed)
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
     x = to_model(model, images)  # on the model's device, whatever the images' one
@@ -517,7 +531,7 @@ def project_layers(
             # stays in cache: 1.5x faster than 64 on resnet18), 256 on a GPU
             return _project_graph(model, x, seeds, rule, lrn,
                                   batch_size or (16 if x.device.type == "cpu" else 256),
-                                  precision)
+                                  precision, seed)
         forward = _forward_pass(model, x, maybe, rule, lrn)  # type: ignore[arg-type]
     if batch_size is None:
         batch_size = 32 if x.device.type == "cpu" else 256
@@ -528,7 +542,7 @@ def project_layers(
         out = {}
         for name in seeds:
             out[name] = _project_seeds(forward.chains[name], trace, name, seeds[name],
-                                       forward.images.shape[0], rule, lrn, batch_size)
+                                       forward.images.shape[0], rule, lrn, batch_size, seed)
             trace.offsets.clear()  # window sizes differ from layer to layer
             trace.buffers.clear()
         return out
@@ -603,7 +617,8 @@ def _chain_or_none(model: nn.Module, layer: str, x: Tensor | None = None
 
 
 def _project_graph(model: nn.Module, x: Tensor, seeds: dict[str, Seeds], rule: str, lrn: str,
-                   batch_size: int, precision: str = "float32") -> dict[str, RFProjection]:
+                   batch_size: int, precision: str = "float32",
+                   seed: str = "activation") -> dict[str, RFProjection]:
     """`project_layers` on the general path (`zfnet.graph`): whole-input projections."""
     from zfnet import graph
 
@@ -622,7 +637,8 @@ def _project_graph(model: nn.Module, x: Tensor, seeds: dict[str, Seeds], rule: s
         parsed[name] = (img, ch, pos)
     with eval_mode(model):
         res = graph.project_graph(model, x, modules, parsed, rule, seed_batch=batch_size,
-                                  dtype=None if precision == "float32" else torch.bfloat16)
+                                  dtype=None if precision == "float32" else torch.bfloat16,
+                                  seed=seed)
     out = {}
     for name, (proj, value, row, col) in res.items():
         top = torch.zeros(proj.shape[0], dtype=torch.long)  # whole-input projections
@@ -631,7 +647,8 @@ def _project_graph(model: nn.Module, x: Tensor, seeds: dict[str, Seeds], rule: s
 
 
 def _project_seeds(chain: list[tuple[str, nn.Module]], trace: _Trace, layer: str, seeds: Seeds,
-                   n_images: int, rule: str, lrn: str, batch_size: int) -> RFProjection:
+                   n_images: int, rule: str, lrn: str, batch_size: int,
+                   seed: str = "activation") -> RFProjection:
     act = trace.outputs[len(chain) - 1]  # (N, C, h, w)
     n, c, h, w = act.shape
     dev = act.device
@@ -655,7 +672,7 @@ def _project_seeds(chain: list[tuple[str, nn.Module]], trace: _Trace, layer: str
         sl = slice(lo, lo + batch_size)
         s = img[sl].numel()
         g = act.new_zeros(s, c, 1, 1)  # the chosen activation alone, everything else zero
-        g[torch.arange(s, device=dev), ch[sl], 0, 0] = value[sl].clamp(min=0)
+        g[torch.arange(s, device=dev), ch[sl], 0, 0] = seed_values(value[sl], seed)
         g, top, left = _down(chain, trace, img[sl], g, row[sl], col[sl], rule, lrn)
         parts.append(g.contiguous())
         tops.append(top)
@@ -679,6 +696,7 @@ def project_rf(
     lrn: str = "gradient",
     batch_size: int | None = None,
     precision: str = "float32",
+    seed: str = "activation",
 ) -> RFProjection:
     """Project S activations of `layer`, each cropped to its receptive field (paper Fig. 1, 2).
 
@@ -686,12 +704,13 @@ def project_rf(
     the activation of map `channels[s]` of image `images[image_index[s]]` at
     `positions[s]` = (row, col), or at that map's strongest activation when `positions` is
     None. `images` (N, C, H, W) go forward once; the S seeds go down `batch_size` at a time.
-    Returns an `RFProjection` whose values are (S, C, rf, rf).
+    Returns an `RFProjection` whose values are (S, C, rf, rf). `seed`: what each unit goes
+    down with, its activation's value ("activation") or 1 ("one"), as in `project_layers`.
     """
     name = layer if isinstance(layer, str) else resolve_layer(model, layer)[0]
     seeds = Seeds(image_index, channels, positions)
     return project_layers(model, images, {name: seeds}, rule, lrn=lrn,
-                          batch_size=batch_size, precision=precision)[name]
+                          batch_size=batch_size, precision=precision, seed=seed)[name]
 
 
 def paste(rf: RFProjection, size: int | tuple[int, int]) -> Tensor:
@@ -720,6 +739,7 @@ def project(
     lrn: str = "gradient",
     batch_size: int | None = None,
     precision: str = "float32",
+    seed: str = "activation",
 ) -> Tensor:
     """Project one activation per image and map of `layer` down to pixels (paper Sec. 2.1).
 
@@ -729,7 +749,7 @@ def project(
     layer's map. rule: "deconvnet" (the paper), "guided" or "gradient". lrn: how contrast
     normalisation is undone ("gradient", default, or "identity"; see the module docstring).
     One forward pass for all N images, however many maps; the result is in input units,
-    seeded with the activation's value.
+    seeded with the activation's value (`seed="one"`: with 1, as Captum seeds).
     """
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
@@ -755,7 +775,7 @@ def project(
         pos = pos.reshape(n * k, 2)
     img = torch.arange(n)[:, None].expand(n, k).reshape(-1)
     rf = project_rf(model, images, layer, img, ch.reshape(-1), pos, rule, lrn=lrn,
-                    batch_size=batch_size, precision=precision)
+                    batch_size=batch_size, precision=precision, seed=seed)
     out = paste(rf, (images.shape[-2], images.shape[-1]))  # (N*K, C, H, W)
     out = out.view(n, k, *out.shape[1:])
     return out[:, 0] if squeeze else out

@@ -110,6 +110,23 @@ def set_nonlinear(mode: str) -> Any:
     return _NONLINEAR_MODE.set(mode)
 
 
+SEEDS = ("activation", "one")
+
+
+def check_seed(seed: str) -> None:
+    """ValueError for a seed mode that is not one of `SEEDS`."""
+    if seed not in SEEDS:
+        raise ValueError(f"seed={seed!r} is not known; valid: {', '.join(SEEDS)}")
+
+
+def seed_values(value: Tensor, seed: str) -> Tensor:
+    """What each unit goes down with: `"activation"`, its own value clamped at 0 (the paper's:
+    a unit that is not active has nothing to show); `"one"`, 1 whatever its value (Captum's:
+    the gradient of the unit itself, so a unit below zero, a class score among them, shows
+    what would raise it)."""
+    return value.clamp(min=0) if seed == "activation" else torch.ones_like(value)
+
+
 def check_rule(rule: str) -> None:
     """A clear error for a rule that does not exist."""
     if rule not in RULES:
@@ -460,6 +477,7 @@ def project_graph(
     image_batch: int = 16,
     seed_batch: int = 16,
     dtype: torch.dtype | None = None,
+    seed: str = "activation",
 ) -> dict[str, tuple[Tensor, Tensor, Tensor, Tensor]]:
     """Project seeds of several layers to the input through the model's real graph.
 
@@ -468,7 +486,8 @@ def project_graph(
     strongest unit of each seeded map (or for a flat (N, F) layer, which has no positions).
     A flat layer's units all sit at (0, 0) (as top-k mining records them).
     Each seed goes down with the activation's own value, clamped at 0 (a unit that is not active
-    has nothing to show: its projection is zero), as in the windowed engine. `image_batch`
+    has nothing to show: its projection is zero), as in the windowed engine; `seed="one"`: with
+    1 (`seed_values`). `image_batch`
     images go forward together; their seeds go down `seed_batch` signals per pass.
 
     Returns {name: (projections (S, C, H, W), activation values (S,), rows (S,), cols (S,))},
@@ -476,16 +495,17 @@ def project_graph(
     wanted (eval) — `zfnet.deconvnet.project_layers` takes care of it.
     """
     check_rule(rule)
+    check_seed(seed)
     # out of inference mode (a notebook's `torch.inference_mode()`): the walk needs the graph
     with torch.inference_mode(False):
         return _project_graph(model, images, modules, seeds, rule, image_batch, seed_batch,
-                              dtype)
+                              dtype, seed)
 
 
 def _project_graph(model: nn.Module, images: Tensor, modules: dict[str, nn.Module],
                    seeds: dict[str, tuple[Tensor, Tensor, Tensor | None]], rule: str,
-                   image_batch: int, seed_batch: int, dtype: torch.dtype | None
-                   ) -> dict[str, tuple[Tensor, Tensor, Tensor, Tensor]]:
+                   image_batch: int, seed_batch: int, dtype: torch.dtype | None,
+                   seed: str = "activation") -> dict[str, tuple[Tensor, Tensor, Tensor, Tensor]]:
     out = {k: images.new_zeros(len(v[0]), *images.shape[1:]) for k, v in seeds.items()}
     values = {k: torch.zeros(len(v[0])) for k, v in seeds.items()}
     where = {k: torch.zeros(len(v[0]), dtype=torch.long) for k, v in seeds.items()}
@@ -499,7 +519,7 @@ def _project_graph(model: nn.Module, images: Tensor, modules: dict[str, nn.Modul
         for name, act in acts.items():
             width[name] = act.shape[3] if act.ndim == 4 else 1
             _down_layer(x, act, name, seeds[name], chunk, rule, seed_batch, out[name],
-                        values[name], where[name], dtype)
+                        values[name], where[name], dtype, seed)
         del acts
     return {k: (out[k], values[k], where[k] // width.get(k, 1), where[k] % width.get(k, 1))
             for k in seeds}
@@ -507,7 +527,8 @@ def _project_graph(model: nn.Module, images: Tensor, modules: dict[str, nn.Modul
 
 def _down_layer(x: Tensor, act: Tensor, name: str, seed: tuple[Tensor, Tensor, Tensor | None],
                 chunk: list[int], rule: str, seed_batch: int, out: Tensor,
-                values: Tensor, positions: Tensor, dtype: torch.dtype | None = None) -> None:
+                values: Tensor, positions: Tensor, dtype: torch.dtype | None = None,
+                seed_mode: str = "activation") -> None:
     """The seeds of one layer on the images `chunk` (the rows of `x`), down to `x` in rounds."""
     img, ch, pos = seed
     b, c = shown_units(name, act).shape[:2]
@@ -552,7 +573,7 @@ def _down_layer(x: Tensor, act: Tensor, name: str, seed: tuple[Tensor, Tensor, T
         r1 = min(n_rounds, r0 + per_pass)
         m = (rnd >= r0) & (rnd < r1)
         seeds = act.new_zeros(r1 - r0, b, c, flat.shape[2])
-        seeds[rnd[m] - r0, bi[m], chs[m], where[m]] = value[m].clamp(min=0).to(act.dtype)
+        seeds[rnd[m] - r0, bi[m], chs[m], where[m]] = seed_values(value[m], seed_mode).to(act.dtype)
         g = batched_backward(act, x, seeds.view(r1 - r0, *act.shape), rule,
                              dtype, name)  # (R, B, C, H, W)
         out[sel[m.cpu()]] = g[rnd[m] - r0, bi[m]].detach().to(out.dtype)
@@ -596,6 +617,7 @@ def caller_stacklevel() -> int:
     return level
 
 
-__all__ = ["NONLINEAR_MODES", "RULES", "PlainGradientWarning", "RuleUndefinedError",
-           "batched_backward", "caller_stacklevel", "check_rule", "current_nonlinear", "indices",
-           "layer_outputs", "nonlinear", "project_graph", "seeds_from", "set_nonlinear"]
+__all__ = ["NONLINEAR_MODES", "RULES", "SEEDS", "PlainGradientWarning", "RuleUndefinedError",
+           "batched_backward", "caller_stacklevel", "check_rule", "check_seed",
+           "current_nonlinear", "indices", "layer_outputs", "nonlinear", "project_graph",
+           "seed_values", "seeds_from", "set_nonlinear"]

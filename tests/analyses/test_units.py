@@ -272,8 +272,9 @@ def test_a_class_score_layer_is_told_as_units_named_by_their_class(photos, tmp_p
         "--out", str(out)])
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
-    assert any("fc unit 1 (coffee), activation -1e+03 (not active: every rule projects it to "
-               "nothing) -> " in line for line in lines), res.output
+    assert any("fc unit 1 (coffee), activation -1e+03 (not active: this seed projects it to "
+               "nothing; --seed one shows what would raise it) -> " in line for line in lines), \
+        res.output
     assert any("fc unit 2 (rocket), activation 1e+03 -> " in line for line in lines)
     assert any(re.search(r"layer4 map 1 at \(row \d, col \d\), activation", line) for line in lines)
     units = json.loads((out / "project.json").read_text())["units"]
@@ -318,6 +319,45 @@ def test_project_a_class_by_its_name(photos, tmp_path) -> None:
         assert res.exit_code != 0 and "Traceback" not in res.output
         assert message in res.output, (args, res.output)
         assert not bad.exists()
+
+
+def test_a_class_below_zero_is_projected_seeded_with_one(photos, tmp_path) -> None:
+    """A class whose score is below zero projects to nothing with the paper's seed, and the
+    output says --seed one shows it; with --seed one, its projection is the engine's gradient
+    of the score (seeded with 1), in its own file, and project.json says how it was seeded."""
+    torch.manual_seed(3)
+    net = torchvision.models.resnet18()
+    net.fc = torch.nn.Linear(512, 2)
+    with torch.no_grad():
+        net.fc.bias[:] = torch.tensor([-1e3, 1e3])  # "rocket" never scores above zero
+    torch.save(net.state_dict(), tmp_path / "r2.pth")
+    (tmp_path / "labels.txt").write_text("rocket\ncoffee mug\n")
+    model = ["--model", "torchvision:resnet18", "--weights", str(tmp_path / "r2.pth"),
+             "--labels", str(tmp_path / "labels.txt"), "--resize", "72", "--crop", "64"]
+    out = tmp_path / "look"
+    photo = str(photos / "coffee.jpg")
+    res = CliRunner().invoke(main, ["project", photo, *model, "--class", "rocket", "--rule",
+                                    "gradient", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "not active: this seed projects it to nothing; --seed one shows" in res.output
+    res = CliRunner().invoke(main, ["project", photo, *model, "--class", "rocket", "--rule",
+                                    "gradient", "--seed", "one", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "(seeded with 1)" in res.output
+    units = json.loads((out / "project.json").read_text())["units"]
+    assert [(u["file"].endswith("_gradient_seed1.png"), u["seed"]) for u in units] == [
+        (False, "activation"), (True, "one")]  # both kept, in files of their own
+    assert units[1]["activation"] < 0
+    src = load_source("torchvision:resnet18", str(tmp_path / "r2.pth"), resize=72, crop=64)
+    data = load_images([photos / "coffee.jpg"], src.preprocessing)
+    [(unit, _, proj)] = project_units(src.model, data, "fc", channels=[0], rule="gradient",
+                                      pixel_scale=src.preprocessing.pixel_scale(), seed="one")
+    want = project(src.model, data[0][0][None], "fc", 0, rule="gradient", seed="one")[0]
+    torch.testing.assert_close(proj, want * src.preprocessing.pixel_scale().reshape(-1, 1, 1))
+    assert proj.abs().max() > 0 and unit.activation < 0
+    x = data[0][0][None].requires_grad_(True)
+    src.model(x)[0, 0].backward()  # the gradient of the score: what seed one projects
+    torch.testing.assert_close(want, x.grad[0], rtol=1e-4, atol=1e-6 * x.grad.abs().max().item())
 
 
 def test_a_broken_file_is_named_once_over_several_layers(photos, tmp_path) -> None:

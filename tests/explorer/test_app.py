@@ -190,6 +190,34 @@ def test_unit_projection_and_patch_equal_the_engine(client, explorer) -> None:
                    for m in explorer.model.modules())
 
 
+def test_a_unit_below_zero_seeded_with_one(client, explorer) -> None:
+    """`seed=one`: the unit's projections go down seeded with 1 (Captum's seed), so a class
+    score below zero shows what would raise it; the URLs and the link carry the seed, and an
+    unknown seed is one line."""
+    x = explorer.val[3][0][None]
+    scores = get_activations(explorer.model, x, ["fc8"])["fc8"][0]
+    k = int(scores.argmin())
+    assert scores[k] < 0
+    u = client.get(f"/api/unit?image=val:3&layer=fc8&unit={k}").json()
+    assert u["active"] is False and u["seed"] == "activation"
+    assert "seed" not in u["rules"]["gradient"] and "seed" not in u["link"]
+    one = client.get(f"/api/unit?image=val:3&layer=fc8&unit={k}&seed=one").json()
+    assert one["seed"] == "one" and "seed=one" in one["link"]
+    for rule in ("deconvnet", "guided", "gradient"):
+        assert one["rules"][rule].endswith(f"rule={rule}&seed=one")
+        want = project(explorer.model, x, "fc8", [k], rule=rule, seed="one")[0]
+        assert want.abs().max() > 0
+        want = want * explorer.pre.pixel_scale().reshape(-1, 1, 1)
+        got = _png(client.get(one["rules"][rule]))
+        assert np.array_equal(got, projection_to_uint8(want).permute(1, 2, 0).numpy()), rule
+        blank = _png(client.get(u["rules"][rule]))  # the activation's seed: nothing
+        assert (blank == blank.flat[0]).all()
+    _error(client.get("/api/unit?image=val:3&layer=fc8&unit=0&seed=1"), 400,
+           "seed '1' is not known; valid: activation, one")
+    _error(client.get("/api/projection.png?image=val:3&layer=fc8&unit=0&seed=ones"), 400,
+           "valid: activation, one")
+
+
 def test_uploads(client, explorer) -> None:
     data = _jpeg()
     r = client.post("/api/images", content=data, headers={"X-Filename": "astronaut.jpg"})

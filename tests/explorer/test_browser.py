@@ -256,6 +256,34 @@ def test_any_class_named_in_the_box_opens_its_score(page, server) -> None:
     page.wait_for_selector("#error", state="hidden")
 
 
+def test_a_class_below_zero_is_seeded_with_one_on_a_click(page, server) -> None:
+    """A class score below zero: nothing to project with its activation, and a button that
+    seeds it with 1 instead (in the link: seed=one), whose pictures then show; another click
+    goes back to the activation's seed."""
+    app, _ = server
+    explorer = app.state.explorer
+    scores = explorer.forward("val:3")["__logits__"]
+    k = int(scores.argmin())
+    assert scores[k] < 0
+    _open(page, f"/?image=val:3&layer=fc8&unit={k}")
+    page.wait_for_selector(f'#unit-section[data-unit="{k}"]')
+    assert "not active on this image" in page.text_content("#unit-meta")
+    assert page.locator("#unit-figures .unavailable").first.is_visible()
+    page.click("#seed-switch")
+    page.wait_for_function("new URLSearchParams(location.search).get('seed') === 'one'")
+    page.wait_for_function(
+        "document.querySelector('#unit-meta').textContent.includes('seeded with 1')")
+    page.wait_for_function(LOADED, arg="#unit-figures img.projection")
+    assert page.locator("#unit-figures .unavailable").first.is_hidden()
+    assert all("seed=one" in (img.get_attribute("src") or "")
+               for img in page.locator("#unit-figures img.projection").all())
+    page.click("#seed-switch")
+    page.wait_for_function("!new URLSearchParams(location.search).has('seed')")
+    page.wait_for_function(
+        "document.querySelector('#unit-meta').textContent.includes('not active on this image')")
+    assert page.console.errors == []
+
+
 def test_uploads_become_the_current_image_and_bad_ones_are_told(page, server) -> None:
     _open(page, "/?layer=conv1")
     page.wait_for_selector('#maps[data-layer="conv1"][data-image="val:0"]')

@@ -91,7 +91,7 @@ def project_units(model: nn.Module, images: Dataset, layer: str | nn.Module, *,
                   rule: str = "deconvnet", pixel_scale: Tensor | None = None,
                   batch_size: int = 16, names: Sequence[str] | None = None,
                   unit_names: Sequence[str] | None = None,
-                  position: tuple[int, int] | None = None,
+                  position: tuple[int, int] | None = None, seed: str = "activation",
                   ) -> list[tuple[Unit, Tensor, Tensor]]:
     """Project the strongest unit of the chosen maps (`choose_maps`) of every image, or the
     unit at `position` (row, col) of each (the maps then ranked by their activation there).
@@ -99,7 +99,9 @@ def project_units(model: nn.Module, images: Dataset, layer: str | nn.Module, *,
     images: items (x, y) of model inputs (C, H, W) — `zfnet.data.load_images` — with `raw(i)`
     the uint8 pixels the model sees; broken files (None items) are skipped. pixel_scale: (C,)
     model-input units -> pixel units. unit_names: a name for each of the layer's units or maps
-    (the classes of a class-score layer), used where their number matches. Returns, per unit,
+    (the classes of a class-score layer), used where their number matches. seed: what each
+    unit goes down with (`zfnet.deconvnet.project_layers`): its activation, or 1 ("one": also
+    a unit at or below zero, a class score below zero among them). Returns, per unit,
     (Unit, uint8 image (C, H, W), projection (C, H, W) in pixel units).
     """
     name = layer_name(model, layer)  # an unknown layer: an error listing the valid ones
@@ -126,7 +128,7 @@ def project_units(model: nn.Module, images: Dataset, layer: str | nn.Module, *,
         b, k = maps.shape
         seeds = Seeds(torch.arange(b).repeat_interleave(k), maps.reshape(-1),
                       None if position is None else torch.tensor([position] * (b * k)))
-        rf = project_layers(model, x, {name: seeds}, rule)[name]
+        rf = project_layers(model, x, {name: seeds}, rule, seed=seed)[name]
         proj = paste(rf, (x.shape[-2], x.shape[-1])).float().cpu()  # (B*K, C, H, W)
         if pixel_scale is not None:
             proj = proj * pixel_scale.reshape(1, -1, 1, 1)
@@ -221,16 +223,17 @@ def _file_stems(names: list[str]) -> dict[str, str]:
 
 
 def write_units(results: list[tuple[Unit, Tensor, Tensor]], out: str | Path, rule: str,
-                source: str) -> Path:
+                source: str, seed: str = "activation") -> Path:
     """Each unit's PNG (`unit_figure`) into `out`, and `project.json` listing them all with
-    how they were made. Returns the JSON's path."""
+    how they were made (`seed`: as `project_units` was given it). Returns the JSON's path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stems = _file_stems([u.name for u, _, _ in results])
     used: set[str] = set()
     for unit, image, proj in results:
         kind = "unit" if unit.flat else "map"
-        base = f"{stems[unit.name]}_{_slug(unit.layer)}_{kind}{unit.channel}_{rule}"
+        base = (f"{stems[unit.name]}_{_slug(unit.layer)}_{kind}{unit.channel}_{rule}"
+                + ("_seed1" if seed == "one" else ""))
         unit.file, k = f"{base}.png", 1
         while unit.file in used:  # the same map of one image twice: numbered
             k += 1
@@ -238,10 +241,11 @@ def write_units(results: list[tuple[Unit, Tensor, Tensor]], out: str | Path, rul
         used.add(unit.file)
         unit_figure(image, proj, unit.box, out / unit.file, titles=(
             f"{unit.name}: {unit.what}",
-            f"{rule}, activation {unit.activation:.3g}" if unit.active
+            f"{rule}, seeded with 1 (activation {unit.activation:.3g})" if seed == "one"
+            else f"{rule}, activation {unit.activation:.3g}" if unit.active
             else f"{rule}: nothing, not active ({unit.activation:.3g} <= 0)",
             "where: |projection|"))
-    units = [asdict(u) | {"rule": rule} for u, _, _ in results]
+    units = [asdict(u) | {"rule": rule, "seed": seed} for u, _, _ in results]
     path = out / "project.json"
     written = {u["file"] for u in units}
     units = [u for u in _earlier_units(path, source)

@@ -242,16 +242,19 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
 
     @app.get("/api/unit")
     async def unit(image: str, layer: str, unit: int, row: int | None = None,
-                   col: int | None = None) -> dict[str, Any]:
+                   col: int | None = None, seed: str = "activation") -> dict[str, Any]:
         """A unit: its position (default: the map's strongest), activation, receptive field,
-        and the URLs of its projections and patch."""
-        return await call(explorer.unit, image, layer, unit, row, col)
+        and the URLs of its projections (seeded with its activation, or with 1) and patch."""
+        return await call(explorer.unit, image, layer, unit, row, col, seed)
 
     @app.get("/api/projection.png")
     async def projection(image: str, layer: str, unit: int, rule: str = "deconvnet",
-                         row: int | None = None, col: int | None = None) -> Response:
-        """The unit projected to pixels by `rule`, cut to its receptive field."""
-        return _png(await call(explorer.projection_png, image, layer, unit, rule, row, col))
+                         row: int | None = None, col: int | None = None,
+                         seed: str = "activation") -> Response:
+        """The unit projected to pixels by `rule`, cut to its receptive field; `seed`: what
+        it goes down with, its activation's value or 1."""
+        return _png(await call(explorer.projection_png, image, layer, unit, rule, row, col,
+                               seed))
 
     @app.get("/api/patch.png")
     async def patch(image: str, layer: str, unit: int, row: int | None = None,

@@ -63,6 +63,7 @@ from zfnet.models import (
 )
 
 RULES = ("deconvnet", "guided", "gradient")
+SEEDS = ("activation", "one")  # what a unit goes down with: `zfnet.deconvnet.project_layers`
 MAX_UPLOADS = 64  # uploaded images kept (the oldest goes first)
 MAX_PIXELS = 40_000_000  # an upload larger than this is refused, not decoded
 MAX_PNG_BYTES = 64 * 2**20  # figures and maps kept drawn, at most
@@ -78,6 +79,12 @@ class ExplorerError(ValueError):
 
 class NotFoundError(ExplorerError):
     """What the request names does not exist (an image id, a job)."""
+
+
+def _check_seed(seed: str) -> None:
+    if seed not in SEEDS:
+        raise ExplorerError(f"seed {seed!r} is not known; valid: {', '.join(SEEDS)} (what a "
+                            "unit goes down with: its activation's value, or 1)")
 
 
 @dataclass(frozen=True)
@@ -661,10 +668,12 @@ class Explorer:
     # --- one unit ---
 
     def unit(self, image_id: str, layer: str, unit: int, row: int | None = None,
-             col: int | None = None) -> dict[str, Any]:
+             col: int | None = None, seed: str = "activation") -> dict[str, Any]:
         """Where the unit is, its activation and receptive field (`/api/unit`); by default
-        the map's strongest unit. `active`: activation > 0 (every rule projects an inactive
-        unit to nothing)."""
+        the map's strongest unit. `active`: activation > 0 (seeded with its activation, every
+        rule projects an inactive unit to nothing; `seed="one"`: its projections' URLs seed
+        it with 1, which shows what would raise a unit below zero)."""
+        _check_seed(seed)
         lr = self.layer(layer)
         unit = self.unit_index(lr, unit)
         r, c = self._position(image_id, lr, unit, row, col)
@@ -673,13 +682,15 @@ class Explorer:
         geo = self._geometries.get(lr.name)
         box = list(geo.box(r, c, self.size)) if geo is not None and lr.size else None
         q = f"image={image_id}&layer={lr.name}&unit={unit}&row={r}&col={c}"
+        one = {"seed": "one"} if seed == "one" else {}
         return {"layer": lr.name, "unit": unit, "name": self.unit_name(lr, unit),
                 "row": r, "col": c,
-                "activation": _sig(value), "active": value > 0, "box": box,
-                "rules": {rule: f"/api/projection.png?{q}&rule={rule}" for rule in RULES},
+                "activation": _sig(value), "active": value > 0, "box": box, "seed": seed,
+                "rules": {rule: f"/api/projection.png?{q}&rule={rule}"
+                          + ("&seed=one" if one else "") for rule in RULES},
                 "patch": f"/api/patch.png?{q}", "image": f"/api/image/{image_id}.png",
                 "link": "/?" + urlencode({"model": self.id, "image": image_id, "layer": lr.name,
-                                          "unit": unit, "row": r, "col": c})}
+                                          "unit": unit, "row": r, "col": c, **one})}
 
     def _position(self, image_id: str, lr: LayerRow, unit: int, row: int | None,
                   col: int | None) -> tuple[int, int]:
@@ -719,10 +730,13 @@ class Explorer:
         return not windowed(self.model, [name])
 
     def projection(self, image_id: str, layer: str, unit: int, rule: str,
-                   row: int | None = None, col: int | None = None) -> Tensor:
-        """The unit projected to pixels by `rule`, in the image's pixel units: (C, H, W)."""
+                   row: int | None = None, col: int | None = None,
+                   seed: str = "activation") -> Tensor:
+        """The unit projected to pixels by `rule`, seeded with its activation or 1 (`seed`),
+        in the image's pixel units: (C, H, W)."""
         if rule not in RULES:
             raise ExplorerError(f"rule {rule!r} is not known; valid: {', '.join(RULES)}")
+        _check_seed(seed)
         lr = self.layer(layer)
         unit = self.unit_index(lr, unit)
         r, c = self._position(image_id, lr, unit, row, col)
@@ -730,23 +744,27 @@ class Explorer:
         seeds = {lr.name: Seeds([0], [unit], pos)}
         fwd = self._pass(image_id) if lr.name in self._chain_layers else None
         if fwd is not None:  # the image's kept pass: switches and masks, any rule
-            rf = project_layers(self.model, fwd.images, seeds, rule, forward=fwd)[lr.name]
+            rf = project_layers(self.model, fwd.images, seeds, rule, forward=fwd,
+                                seed=seed)[lr.name]
         else:  # the general path makes its own pass
-            rf = project_layers(self.model, self.image(image_id).x[None], seeds, rule)[lr.name]
+            rf = project_layers(self.model, self.image(image_id).x[None], seeds, rule,
+                                seed=seed)[lr.name]
         p = paste(rf, self.size)[0].float().cpu()
         return p * self.pre.pixel_scale().reshape(-1, 1, 1)
 
     def projection_png(self, image_id: str, layer: str, unit: int, rule: str,
-                       row: int | None = None, col: int | None = None) -> bytes:
+                       row: int | None = None, col: int | None = None,
+                       seed: str = "activation") -> bytes:
         """The projection cut to the unit's receptive-field window, drawn by `zfnet.display`'s
         rule (mid-grey 0, clipped at the 99th percentile)."""
+        _check_seed(seed)
         lr = self.layer(layer)
         r, c = self._position(image_id, lr, self.unit_index(lr, unit), row, col)
 
         def draw() -> bytes:
-            p = self.projection(image_id, layer, unit, rule, r, c)
+            p = self.projection(image_id, layer, unit, rule, r, c, seed)
             return png(projection_to_uint8(window(p, *self._window(lr, r, c))))
-        return self._pngs.get_or(("proj", image_id, lr.name, unit, r, c, rule), draw)
+        return self._pngs.get_or(("proj", image_id, lr.name, unit, r, c, rule, seed), draw)
 
     def patch_png(self, image_id: str, layer: str, unit: int, row: int | None = None,
                   col: int | None = None) -> bytes:

@@ -20,7 +20,7 @@
   let model = null;              // GET /api/model
   let layers = [];               // GET /api/layers .layers
   const layerByName = new Map();
-  let state = { image: null, layer: null, unit: null, row: null, col: null, view: null };
+  let state = { image: null, layer: null, unit: null, row: null, col: null, view: null, seed: null };
   let maps = null;               // GET /api/maps for (state.image, state.layer), once loaded
   let unitInfo = null;           // GET /api/unit for the current unit, once loaded
   let stripOffset = 0;
@@ -183,7 +183,12 @@
       row: int("row"),
       col: int("col"),
       view: q.get("view") || null,
+      seed: q.get("seed") || null,  // "one": units go down seeded with 1, not their activation
     };
+    if (next.seed !== null && next.seed !== "one") {
+      problems.push(`seed=${next.seed} is not known: one (seeded with 1), or none (the activation)`);
+      next.seed = null;
+    }
     if (q.has("model") && model && q.get("model") !== modelKey()) {
       problems.push(`this link was made for another model or dataset (${q.get("model")}); the server shows ${model.name}`);
     }
@@ -215,6 +220,7 @@
     return `/?${query({
       model: modelKey(),
       image: s.image, layer: s.layer, unit: s.unit, row: s.row, col: s.col, view: s.view,
+      seed: s.seed,
     }).replace(/%3A/g, ":")}`;
   }
 
@@ -243,7 +249,7 @@
     }
     if (changed("image", "layer")) loadMaps();
     else markSelectedMap();
-    if (changed("image", "layer", "unit", "row", "col")) loadUnit();
+    if (changed("image", "layer", "unit", "row", "col", "seed")) loadUnit();
     const viewDeps = s.view === "occlusion" ? ["view", "image", "layer", "unit"] : ["view", "layer", "unit"];
     if (changed(...viewDeps)) loadView();
     markTabs();
@@ -765,7 +771,7 @@
     section.classList.add("loading");
     $("#unit-heading").textContent = `${state.layer} · ${unitWord(state.layer)} ${state.unit}`;
     $("#unit-meta").textContent = "projecting…";
-    const params = { image: state.image, layer: state.layer, unit: state.unit, row: state.row, col: state.col };
+    const params = { image: state.image, layer: state.layer, unit: state.unit, row: state.row, col: state.col, seed: state.seed };
     try {
       const { body } = await api(`/api/unit?${query(params)}`);
       if (ticket !== tickets.unit) return;
@@ -774,14 +780,25 @@
       const layer = layerByName.get(body.layer);
       const at = layer && !layer.spatial ? "" : ` at (${body.row}, ${body.col})${state.row === null ? ", its strongest position" : ""}`;
       const box = body.box ? ` · receptive field rows ${body.box[0]}–${body.box[2]}, columns ${body.box[1]}–${body.box[3]}` : "";
-      const idle = body.active ? "" : " · not active on this image (activation ≤ 0): every rule " +
-        "projects it to nothing; its top 9 show where it fires";
+      const one = body.seed === "one";
+      const idle = one ? " · seeded with 1, as Captum seeds (what would raise it), not with its activation" :
+        body.active ? "" : " · not active on this image (activation ≤ 0): seeded with its activation, every " +
+        "rule projects it to nothing; its top 9 show where it fires";
       $("#unit-meta").textContent = `activation ${fmt(body.activation)}${at} · image ${state.image}${box}${idle}`;
+      if (one || !body.active) {  // the other seed, one click away
+        const other = document.createElement("button");
+        other.type = "button";
+        other.id = "seed-switch";
+        other.className = "quiet";
+        other.textContent = one ? "seed it with its activation (the paper's)" : "seed it with 1 instead";
+        other.addEventListener("click", () => go({ seed: one ? null : "one" }));
+        $("#unit-meta").append(" ", other);
+      }
       const flat = layer && !layer.spatial;  // a flat layer's unit sees the whole image
       $("#unit-image-caption").textContent = flat ? "image · all of it feeds the unit" : "image · receptive field";
       $("#unit-patch-caption").textContent = flat ? "input (the whole image)" : "input patch";
       for (const img of $$("#unit-figures img.projection")) {
-        if (body.active) {
+        if (body.active || one) {
           loadProjection(img, body.rules[img.dataset.rule]);
         } else {  // not a blank picture: say why there is none
           const note = img.parentElement.querySelector(".unavailable");
