@@ -51,7 +51,15 @@ from zfnet.atomic import write_text_atomic
 from zfnet.data.images import HEIF_READ, BadImageError, load_rgb
 from zfnet.data.picks import file_name
 from zfnet.data.words import as_shown, labels_of
-from zfnet.deconvnet import Forward, Seeds, forward_pass, paste, project_layers, windowed
+from zfnet.deconvnet import (
+    SEEDS,
+    Forward,
+    Seeds,
+    forward_pass,
+    paste,
+    project_layers,
+    windowed,
+)
 from zfnet.display import projection_to_uint8
 from zfnet.models import (
     eval_mode,
@@ -63,7 +71,6 @@ from zfnet.models import (
 )
 
 RULES = ("deconvnet", "guided", "gradient")
-SEEDS = ("activation", "one")  # what a unit goes down with: `zfnet.deconvnet.project_layers`
 MAX_UPLOADS = 64  # uploaded images kept (the oldest goes first)
 MAX_PIXELS = 40_000_000  # an upload larger than this is refused, not decoded
 MAX_PNG_BYTES = 64 * 2**20  # figures and maps kept drawn, at most
@@ -757,7 +764,6 @@ class Explorer:
                        seed: str = "activation") -> bytes:
         """The projection cut to the unit's receptive-field window, drawn by `zfnet.display`'s
         rule (mid-grey 0, clipped at the 99th percentile)."""
-        _check_seed(seed)
         lr = self.layer(layer)
         r, c = self._position(image_id, lr, self.unit_index(lr, unit), row, col)
 
