@@ -160,6 +160,13 @@ def test_occlusion_invariance_randomization_filters(setup, tmp_path) -> None:
     assert chosen.caption.startswith("The images: 2 of images:")
     assert chosen.tables[0].columns[1:4] == [
         "mean distance layer1", "mean distance layer3.1", "mean distance fc"]
+    # no dataset: a pretrained model on the built-in photos alone, said so
+    alone = tmp_path / "alone"
+    text = _ok(["analyze", "invariance", *_model(setup), "--out", str(alone)])
+    assert "no --data: the 5 built-in photos only" in text, text
+    assert re.search(r"^built-in photos, translate: mean relative distance conv1 [\d.]+, "
+                     r"avgpool [\d.]+$", text, re.M) and "images of" not in text, text
+    assert [s.key for s in read_sections(alone)] == ["invariance_photos"]
     bad = CliRunner().invoke(main, ["analyze", "invariance", *_model(setup), *data,
                                     "--layer", "layer9", "--out", str(tmp_path / "never")])
     assert bad.exit_code != 0 and "layer 'layer9' does not exist" in bad.output

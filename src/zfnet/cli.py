@@ -890,13 +890,14 @@ def demo_cmd(out: str, epochs: int, batch_size: int, lr: float, data: str, model
 
 
 def _model_and_data(options: ModelOptions, data: str | None = None, *, need_data: bool = True,
-                    ten_crop: bool = False, strict: bool = False, device=None,
-                    notes: bool = True):
+                    optional_data: bool = False, ten_crop: bool = False, strict: bool = False,
+                    device=None, notes: bool = True):
     """(Source, DataBundle or None) for a command: the model `options` name, loaded once, with
     its preprocessing (the notes on how — random init, default preprocessing — go to stderr),
-    and `data` (default: the run's dataset) as that model's inputs. `device`: where the model
-    goes instead of `options.device` (a torchrun process's own); `notes` False: not shown
-    (torchrun's other processes)."""
+    and `data` (default: the run's dataset) as that model's inputs. `optional_data`: None
+    instead of an error where neither `data` nor the model names a dataset. `device`: where
+    the model goes instead of `options.device` (a torchrun process's own); `notes` False: not
+    shown (torchrun's other processes)."""
     from zfnet.sources import load_data, load_source
     from zfnet.train.distributed import resolve_device
 
@@ -913,6 +914,8 @@ def _model_and_data(options: ModelOptions, data: str | None = None, *, need_data
                          device=device or resolve_device(options.device))
     for note in source.meta.get("notes", []) if notes else ():
         click.echo(note, err=True)
+    if optional_data and not data and not source.meta.get("data"):
+        need_data = False
     bundle = load_data(source, data, ten_crop=ten_crop, strict=strict) if need_data else None
     if bundle is not None and source.kind != "run":
         from zfnet.analyses.classes import other_classes
@@ -1429,14 +1432,19 @@ def filters_cmd(checkpoints: tuple[str, ...], sources: tuple[str, ...],
                    "classes last), beside the 5 built-in photos.")
 def invariance_cmd(model_options: ModelOptions, data: str | None, out: str,
                    layers: tuple[str, ...] | None, images: int) -> None:
-    """Fig. 5: translation, scaling, rotation of 5 photos and 5 dataset images."""
+    """Fig. 5: translation, scaling, rotation of 5 photos and 5 dataset images (a model
+    without a dataset of its own and no --data: the photos alone)."""
     from zfnet import pipeline
 
-    source, bundle = _model_and_data(model_options, data)
-    r = pipeline.invariance(source.model, bundle, out, n_dataset_images=images,
-                            layers=_layers(source.model, layers))
+    source, bundle = _model_and_data(model_options, data, optional_data=True)
+    chosen = _layers(source.model, layers)
+    if bundle is None:
+        click.echo("no --data: the 5 built-in photos only (--data SPEC adds "
+                   f"{images} of its images, e.g. images:DIR)", err=True)
+    r = pipeline.invariance(source.model, bundle, out, n_dataset_images=images, layers=chosen,
+                            preprocessing=source.preprocessing)
     images = {"invariance_photos": "built-in photos",
-              "invariance_dataset": f"images of {bundle.spec or 'the dataset'}"}
+              "invariance_dataset": f"images of {bundle and bundle.spec or 'the dataset'}"}
     for key, kinds in r.items():
         for kind, d in kinds.items():  # distances relative to the untransformed features
             click.echo(f"{images.get(key, key)}, {kind}: mean relative distance "

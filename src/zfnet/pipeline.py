@@ -24,6 +24,7 @@ from zfnet.data import DataBundle, collate, load_dataset
 from zfnet.data.bundle import val_words
 from zfnet.data.photos import load_photos
 from zfnet.data.picks import file_name, first_item, item_paths, pick_items
+from zfnet.data.preprocess import Preprocessing
 from zfnet.data.spec import parse_spec, with_options
 from zfnet.data.words import labels_of
 from zfnet.models import zfnet_config
@@ -214,46 +215,56 @@ def evolution(run_dir: str | Path, bundle: DataBundle, out_dir: str | Path | Non
     return evolution_section(out_dir or run_dir, res), res
 
 
-def invariance(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
+def invariance(model: nn.Module, bundle: DataBundle | None, run_dir: str | Path,
                n_dataset_images: int = 5,
                normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
-               layers: Sequence[str] | None = None) -> dict[str, Any]:
+               layers: Sequence[str] | None = None, *,
+               preprocessing: Preprocessing | None = None) -> dict[str, Any]:
     """Fig. 5 on 5 real photos (class followed: the first prediction) and on
     `n_dataset_images` dataset images (true class followed where the dataset's labels are the
     model's classes, else the first prediction). `layers`: whose feature vectors are compared
     (default `zfnet.analyses.invariance.default_layers`: zfnet's norm1 and relu7, any other
     model's first feature layer and the vector its classifier reads). `normalize`: pixels ->
-    model inputs (default: as the bundle's items were made). Returns the mean distances per
-    transformation and layer."""
+    model inputs (default: as the bundle's items were made). `bundle` None: the photos alone,
+    made into the inputs of `preprocessing` (a pretrained model's: its crop, channels, mean and
+    std). Returns the mean distances per transformation and layer, per set of images."""
     from zfnet.analyses.classes import labels_are_classes
     from zfnet.analyses.invariance import KINDS, default_layers, invariance, invariance_section
 
-    check_fits(model, bundle, classes=True)
-    norm = normalize or _normalizer(bundle)
-    chosen = list(dict.fromkeys(layers or default_layers(model, _size(bundle))))
-    own = labels_are_classes(model, bundle)
-    photos, photo_names = load_photos(bundle.input_size, channels=bundle.in_channels)
-    val = _centre(bundle)
-    # one image per class while classes last, then the next ones (readable files only)
-    picks = [i for i, _ in pick_items(val, n_dataset_images, one_per_class=True)]
-    data_imgs = torch.stack([bundle.raw_val(i) for i in picks]).float()
-    labels = [val.targets[i] for i in picks]
-    names = [_image_name(bundle, i) for i in picks]
+    if bundle is None:
+        if preprocessing is None:
+            raise ValueError("invariance without a dataset needs the model's preprocessing")
+        norm = normalize or preprocessing.normalize
+        size, channels = preprocessing.crop, preprocessing.in_channels
+    else:
+        check_fits(model, bundle, classes=True)
+        norm = normalize or _normalizer(bundle)
+        size, channels = bundle.input_size, bundle.in_channels
+    chosen = list(dict.fromkeys(layers or default_layers(model, size if bundle is None
+                                                         else _size(bundle))))
+    photos, photo_names = load_photos(size, channels=channels)
+    sets = [("invariance_photos", photos.float(), None, photo_names,
+             f"Invariance on {len(photo_names)} built-in photos (Fig. 5)",
+             f"The images: {len(photo_names)} sample photographs that ship with scikit-image "
+             f"and scikit-learn ({', '.join(photo_names)}), the same for every model and "
+             "dataset, so that models can be compared on them; the class followed is the one "
+             "each is first predicted as.")]
+    if bundle is not None:
+        own = labels_are_classes(model, bundle)
+        val = _centre(bundle)
+        # one image per class while classes last, then the next ones (readable files only)
+        picks = [i for i, _ in pick_items(val, n_dataset_images, one_per_class=True)]
+        names = [_image_name(bundle, i) for i in picks]
+        spec = bundle.spec or "the dataset"
+        sets.append((
+            "invariance_dataset", torch.stack([bundle.raw_val(i) for i in picks]).float(),
+            [val.targets[i] for i in picks] if own else None, names,
+            f"Invariance on {len(names)} image{'s' * (len(names) != 1)} of {spec} (Fig. 5)",
+            f"The images: {len(names)} of {spec}"
+            + (" (its val split, one per class while classes last)" if bundle.class_names
+               else "") + "."))
     out: dict[str, Any] = {}
-    spec = bundle.spec or "the dataset"
-    for key, imgs, lab, tnames, title, about in (
-        ("invariance_photos", photos.float(), None, photo_names,
-         f"Invariance on {len(photo_names)} built-in photos (Fig. 5)",
-         f"The images: {len(photo_names)} sample photographs that ship with scikit-image and "
-         f"scikit-learn ({', '.join(photo_names)}), the same for every model and dataset, so "
-         "that models can be compared on them; the class followed is the one each is first "
-         "predicted as."),
-        ("invariance_dataset", data_imgs, labels if own else None, names,
-         f"Invariance on {len(names)} image{'s' * (len(names) != 1)} of {spec} (Fig. 5)",
-         f"The images: {len(names)} of {spec}"
-         + (" (its val split, one per class while classes last)" if bundle.class_names
-            else "") + "."),
-    ):
+    for key, imgs, lab, tnames, title, about in sets:
         res = [invariance(model, imgs, norm, kind, layers=chosen, labels=lab)
                for kind in KINDS]
         invariance_section(run_dir, res, tnames, key=key, title=title, about=about,
