@@ -474,6 +474,13 @@ CASES = [
     ("serve-upload-limit", ["serve", *CK, "--max-upload-mb", "0"], "--max-upload-mb"),
     ("serve-occlusion-precision", ["serve", *CK, "--occlusion-precision", "half", "--port", "0"],
      "'half' is not one of"),
+    # an empty value (a shell variable not set) is not a default, nor "." for a path
+    ("empty-out", ["visualize", "topk", *CK, "--out", ""],
+     "'--out': the value is empty (a shell variable not set?); give DIRECTORY"),
+    ("empty-data", ["eval", *CK, "--data="], "'--data': the value is empty"),
+    ("empty-map", ["visualize", "topk", *CK, *OUT, "--map", ""], "give M[,M...]"),
+    ("empty-model", [*TRAIN[:4], "", *TRAIN[5:]], "'--model': the value is empty"),
+    ("empty-image", ["project", "", *CK, *OUT], "'IMAGE...': an empty argument"),
     ("report-no-sections", ["report", "{empty}"], "no report sections"),
     ("report-figure-outside", ["report", "{escape}"], "../secret.png"),
 ]
@@ -628,6 +635,24 @@ def test_every_option_says_what_it_does() -> None:
                     for m in bare(sub, f"{path} {name}")]
         return [f"{path} {p.opts[0]}" for p in command.params
                 if isinstance(p, click.Option) and not p.hidden and not p.help]
+
+    assert bare(main, "zfnet") == []
+
+
+def test_every_option_names_what_it_takes() -> None:
+    """Each option with a value shows what kind (SPEC, SOURCE, NAME, DIRECTORY ...) in --help
+    and in the error about an empty value, never click's bare TEXT or PATH."""
+    import click
+
+    ctx = click.Context(main)
+
+    def bare(command: click.Command, path: str) -> list[str]:
+        if isinstance(command, click.Group):
+            return [m for name, sub in command.commands.items()
+                    for m in bare(sub, f"{path} {name}")]
+        return [f"{path} {p.opts[0]}" for p in command.params
+                if isinstance(p, click.Option) and not p.hidden and not p.is_flag
+                and p.make_metavar(ctx) in ("TEXT", "PATH")]
 
     assert bare(main, "zfnet") == []
 

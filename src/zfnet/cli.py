@@ -35,8 +35,40 @@ class _OneLine(click.ClickException):
         self.exit_code = exit_code
 
 
+class _Command(click.Command):
+    """A zfnet command: an empty value (`--out ""`, `--data "$UNSET"`) is an error naming the
+    option, not a silent default, nor the current directory for a path."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        takes = {name: p for p in self.params if isinstance(p, click.Option) and not p.is_flag
+                 and not p.count for name in p.opts}
+        arguments = [p for p in self.params if isinstance(p, click.Argument)]
+        i = 0
+        while i < len(args) and args[i] != "--":
+            name, eq, value = args[i].partition("=")
+            if name in takes and (value == "" if eq else i + 1 < len(args)
+                                  and args[i + 1] == ""):
+                p = takes[name]
+                raise click.BadParameter(f"the value is empty (a shell variable not set?); "
+                                         f"give {p.make_metavar(ctx)}", ctx=ctx, param=p)
+            if args[i] == "" and arguments:
+                raise click.BadParameter("an empty argument (a shell variable not set?)",
+                                         ctx=ctx, param=arguments[0])
+            i += 2 if name in takes and not eq else 1
+        return super().parse_args(ctx, args)
+
+
+class _Group(click.Group):
+    """A group of zfnet commands (`visualize`, `analyze`): each one a `_Command`."""
+
+    command_class = _Command
+
+
 class _Commands(click.Group):
     """The `zfnet` group: a user error raised by any command becomes a one-line message."""
+
+    command_class = _Command
+    group_class = _Group
 
     def invoke(self, ctx: click.Context):
         try:
@@ -224,7 +256,7 @@ _PREPROCESSING = (
                  help="Side of the centre crop the model sees (default: the weights' own)."),
 )
 _DEVICE = click.option("--device", default="auto", show_default=True, callback=_device,
-                       help="auto (cuda if available), cpu, cuda, cuda:N.")
+                       metavar="DEVICE", help="auto (cuda if available), cpu, cuda, cuda:N.")
 _RULE_HELP = ("How a unit is projected to pixels: the deconvnet (paper Sec. 2.1), guided "
               "backpropagation, or the gradient.")
 _BATCH = click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True,
@@ -454,9 +486,10 @@ _LOADER = click.option(
 
 
 @main.command("train", short_help="Train a model with the paper's recipe (Sec. 3)")
-@click.option("--data", help="Dataset spec, e.g. synthetic, fashion-mnist, imagefolder:DIR, "
-              "shards:OUT.")
-@click.option("--model", help="A zfnet model (`zfnet models`), or another architecture trained "
+@click.option("--data", metavar="SPEC",
+              help="Dataset spec, e.g. synthetic, fashion-mnist, imagefolder:DIR, shards:OUT.")
+@click.option("--model", metavar="SOURCE",
+              help="A zfnet model (`zfnet models`), or another architecture trained "
               "from scratch by the recipe: torchvision:NAME, timm:NAME, hf:ORG/NAME or hf:DIR "
               "(its config's architecture), your own FILE.py:NAME.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
@@ -501,7 +534,7 @@ _LOADER = click.option(
                    "off = the literal recipe, see docs/design.md).")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1),
               help="Seed of init, data order and augmentation (default 0).")
-@click.option("--device", callback=_device,
+@click.option("--device", callback=_device, metavar="DEVICE",
               help="auto (default: cuda if available), cpu, cuda, cuda:N.")
 @click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]),
               help="Mixed precision (default auto: bf16 on CUDA and on CPUs with native "
@@ -637,7 +670,7 @@ def _training_report(run_dir: str) -> None:
 
 
 @main.command("eval", short_help="Top-1/top-5 error and confusion matrix of a model")
-@click.option("--checkpoint", type=click.Path(exists=True),
+@click.option("--checkpoint", type=click.Path(exists=True), metavar="RUN",
               help="Run directory (its last checkpoint), checkpoint directory or weights file.")
 @click.option("--model", "model", metavar="SOURCE",
               help="Or any model: a zfnet model name, torchvision:NAME, timm:NAME, "
@@ -650,7 +683,8 @@ def _training_report(run_dir: str) -> None:
                    "or a JSON list): each of the dataset's class folders is scored by the "
                    "output of its name, in any order, and a dataset of some of the classes "
                    "among those.")
-@click.option("--data", help="Dataset spec (default: the one the model was trained on).")
+@click.option("--data", metavar="SPEC",
+              help="Dataset spec (default: the one the model was trained on).")
 @click.option("--ten-crop", is_flag=True, help="Average the softmax of the paper's 10 crops.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False),
               help="Write every result (per-class accuracy, confusion matrix) to this file.")
@@ -661,7 +695,7 @@ def _training_report(run_dir: str) -> None:
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True,
               help="Images per batch in each process.")
 @click.option("--device", default="auto", show_default=True, callback=_device,
-              help="auto (cuda if available), cpu, cuda, cuda:N.")
+              metavar="DEVICE", help="auto (cuda if available), cpu, cuda, cuda:N.")
 @_WORKERS
 @_LOADER
 @click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto",
@@ -866,8 +900,10 @@ def shards_cmd(source: str, out: str, resize: int | None, original: bool, square
               help="Images per training step.")
 @click.option("--lr", default=0.05, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Peak learning rate (cosine schedule).")
-@click.option("--data", default="synthetic", show_default=True, help="Dataset spec.")
-@click.option("--model", default="zfnet_small", show_default=True, help="Registered model.")
+@click.option("--data", default="synthetic", show_default=True, metavar="SPEC",
+              help="Dataset spec.")
+@click.option("--model", default="zfnet_small", show_default=True, metavar="NAME",
+              help="Registered model.")
 @click.option("--no-analyses", is_flag=True, help="Only train, evaluate and report.")
 def demo_cmd(out: str, epochs: int, batch_size: int, lr: float, data: str, model: str,
              no_analyses: bool) -> None:
@@ -947,7 +983,7 @@ def _computed_on(source, bundle) -> None:  # noqa: ANN001
     if bundle is not None and bundle.spec:
         what += f", data {bundle.spec}"
     ctx.with_resource(computed_on(what))
-_DATA = click.option("--data", default=None,
+_DATA = click.option("--data", default=None, metavar="SPEC",
                      help="Dataset spec (default: the one the model was trained on).")
 _OUT = click.option("--out", required=True, type=click.Path(file_okay=False),
                     help="Directory for the figures, sections and index.html.")
@@ -1464,7 +1500,7 @@ def invariance_cmd(model_options: ModelOptions, data: str | None, out: str,
               help="Occluder side in px (default 1/7 of the image side: 32 at 224 px).")
 @click.option("--stride", default=None, type=click.IntRange(1),
               help="Occluder step in px (default a quarter of --size: 8 at 224 px).")
-@click.option("--layer", default=None,
+@click.option("--layer", default=None, metavar="NAME",
               help="Layer of maps (b)/(c) (default: the last spatial layer, conv5 on zfnet's).")
 @click.option("--class", "class_name", default=None, metavar="NAME",
               help="The class whose probability (a) and (d) follow on every image, by its name "
@@ -1541,7 +1577,7 @@ def _say_occlusion_work(bundle, images: int, size: int | None, stride: int | Non
                    "annotation tools export it (CVAT, Label Studio, VIA), a part a category, "
                    "outlined by its polygon segmentation or boxed by its bbox. Default: the "
                    "faces of the built-in 'synthetic' dataset.")
-@click.option("--class", "class_name", default=None,
+@click.option("--class", "class_name", default=None, metavar="NAME",
               help="Without --parts-file: the class whose images are masked, of a dataset with "
                    "part masks (default: face).")
 @click.option("--parts", default=None, callback=_names, metavar="PART[,PART...]",
@@ -1628,7 +1664,7 @@ def probes_cmd(model_options: ModelOptions, data: str | None, out: str, per_clas
               help="Target val images scored.")
 @click.option("--scratch-steps", default=300, show_default=True, type=click.IntRange(1),
               help="SGD steps of each from-scratch run.")
-@click.option("--layer", default=None,
+@click.option("--layer", default=None, metavar="NAME",
               help="Layers up to this one are kept (default: relu7, layers 1-7 as the paper, "
                    "on zfnet's models; another architecture's classifier input, e.g. a "
                    "ResNet's avgpool).")
@@ -1668,7 +1704,7 @@ def transfer_cmd(data: str, out: str, shots: tuple[int, ...], n_test: int,
 @click.option("--images", default=None, type=click.IntRange(1),
               help="Val images whose maps are compared; the scores are their mean "
                    "(default 16, or all where the split has fewer).")
-@click.option("--layer", default=None,
+@click.option("--layer", default=None, metavar="NAME",
               help="Layer of the seed units (default: the last spatial layer, conv5 on "
                    "zfnet's).")
 @click.option("--mode", type=click.Choice(["cascading", "independent", "labels"]),
@@ -1763,11 +1799,12 @@ def _data_randomization(model_options: ModelOptions, data: str | None, out: str,
 
 
 @main.command("study", short_help="Table 3: train model variants with one budget, compare")
-@click.option("--data", required=True, help="Dataset spec.")
+@click.option("--data", required=True, metavar="SPEC", help="Dataset spec.")
 @click.option("--models", default="zfnet_small", show_default=True, callback=_names,
+              metavar="NAME[,NAME...]",
               help="Comma-separated base models: zfnet's (every variant), or any architecture "
                    "`zfnet train` takes (its baseline).")
-@click.option("--variants", callback=_names,
+@click.option("--variants", callback=_names, metavar="NAME[,NAME...]",
               help="Comma-separated Table 3 variants, of every model (default: baseline, fc_half, "
                    "fc_double, wide345, no_conv34, no_fc7, no_fc67 of zfnet's models, the "
                    "baseline of any other).")
@@ -1814,10 +1851,10 @@ def study_cmd(data: str, models: tuple[str, ...], variants: tuple[str, ...] | No
 
 @main.command("serve", short_help="The explorer: a web page to look inside a network")
 @_SOURCE
-@click.option("--data", default=None,
+@click.option("--data", default=None, metavar="SPEC",
               help="Dataset spec whose images the page shows and mines (default: a zfnet run's "
                    "own; none for other models: uploads only).")
-@click.option("--host", default="127.0.0.1", show_default=True,
+@click.option("--host", default="127.0.0.1", show_default=True, metavar="ADDRESS",
               help="Address to listen on (0.0.0.0: every interface; the page has no login).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
               help="Port (0: any free one).")
