@@ -1,12 +1,19 @@
 """Fixtures shared by the whole suite."""
 
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
 
+_CACHE = tempfile.mkdtemp(prefix="zfnet-test-cache-")
+
 
 def pytest_configure(config):
+    # zfnet's cache (`zfnet.cache`: the built-in photos as files, top-k indexes) is the suite's
+    # own, never the user's ~/.cache; its subprocesses inherit it
+    os.environ["XDG_CACHE_HOME"] = _CACHE
     # `make test` runs the suite in two pytest-xdist workers: each on one thread, its own and its
     # subprocesses' (torchrun, the CLI), so that the two never compete for the cores with spinning
     # threads; two workers of one thread take two thirds of the time of one worker of two.
@@ -18,6 +25,10 @@ def pytest_configure(config):
     config.addinivalue_line(
         "filterwarnings",
         "ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 @pytest.fixture

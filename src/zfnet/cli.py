@@ -1853,7 +1853,7 @@ def study_cmd(data: str, models: tuple[str, ...], variants: tuple[str, ...] | No
 @_SOURCE
 @click.option("--data", default=None, metavar="SPEC",
               help="Dataset spec whose images the page shows and mines (default: a zfnet run's "
-                   "own; none for other models: uploads only).")
+                   "own; for other models `sample-photos`, the 6 built-in ones).")
 @click.option("--host", default="127.0.0.1", show_default=True, metavar="ADDRESS",
               help="Address to listen on (0.0.0.0: every interface; the page has no login).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),

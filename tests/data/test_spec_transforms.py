@@ -60,8 +60,9 @@ def test_a_bare_folder_is_told_the_spec_that_reads_it(tmp_path, monkeypatch):
     (tmp_path / "photos").mkdir()
     (tmp_path / "labelled" / "val" / "cat").mkdir(parents=True)
     with pytest.raises(ValueError, match="; photos is a folder: images:photos reads every "
-                       "image in it; valid: "):
+                       "image in it; valid: ") as e:
         load_dataset("photos")
+    assert "did you mean" not in str(e.value)  # not the built-in sample-photos: the folder
     with pytest.raises(ValueError, match="; labelled is a folder: imagefolder:labelled reads "
                        "its train/ and val/ classes; valid: "):
         load_dataset("labelled")

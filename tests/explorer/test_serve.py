@@ -63,6 +63,26 @@ def test_one_image_is_said_so(tmp_path) -> None:
     assert said[0] == f"zfnet explorer: mine, 1 image of images:{tmp_path / 'one'}"
 
 
+def test_a_model_without_data_shows_the_built_in_photos(tmp_path) -> None:
+    """A pretrained model served with no --data opens on the 6 built-in photos (it opened on an
+    empty page, uploads only), each named by its file; uploads still work beside them."""
+    said: list[str] = []
+    server = serve(from_module(_net(), resize=40, crop=32, name="mine"), port=0,
+                   cache_dir=tmp_path / "cache", background=True, echo=said.append)
+    try:
+        assert said[0] == ("zfnet explorer: mine, 6 images of sample-photos (the built-in photos; "
+                           "--data images:DIR shows yours)")
+        model = httpx.get(f"{server.url}/api/model", timeout=30).json()
+        assert model["data"] == {"spec": "sample-photos", "images": 6}
+        items = httpx.get(f"{server.url}/api/images", timeout=30).json()["items"]
+        assert [i["name"] for i in items][:2] == ["astronaut.png", "chelsea.png"]
+        maps = httpx.get(f"{server.url}/api/maps", params={"image": "val:1", "layer": "3"},
+                         timeout=30)
+        assert maps.status_code == 200 and maps.json()["maps"] == 8
+    finally:
+        server.stop()
+
+
 def test_the_address_is_checked_first(tmp_path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -20,6 +20,8 @@ Datasets (`DATASETS`):
   (`zfnet.data.shards`): the same items, training streamed shard by shard.
 - `images:DIR` — any folder of images, no labels (-1), train = val = all of them
   (`zfnet.data.imagedir`; `load_images` takes files one by one).
+- `sample-photos` — the 6 built-in photos (scikit-image's, scikit-learn's) as `images:DIR` of files
+  written once into zfnet's cache (`zfnet.data.photos`): a first look without photos of one's own.
 
 Every labelled dataset also takes `random_labels=SEED`: its training labels permuted
 (`zfnet.data.relabel`, for the data randomisation test), the val labels kept; and
@@ -42,6 +44,7 @@ from zfnet.data.fashion_mnist import load_fashion_mnist
 from zfnet.data.imagedir import load_images, load_images_dir
 from zfnet.data.imagefolder import load_imagefolder
 from zfnet.data.images import BadImageError, BrokenImageWarning, UnreadImagesWarning, load_rgb
+from zfnet.data.photos import load_photos_dataset
 from zfnet.data.preprocess import Preprocessing
 from zfnet.data.relabel import OPTION as RANDOM_LABELS
 from zfnet.data.relabel import with_random_labels
@@ -60,6 +63,8 @@ DATASETS: dict[str, str] = {
     "n_train, n_val, classes, per_class, val_labels (a file of the val images' classes, for a "
     "flat DIR/val)",
     "images": "images:DIR (any folder of images, recursive, no labels); options size, n",
+    "sample-photos": "the 6 built-in photos (scikit-image's and scikit-learn's), no labels; "
+    "options size, n",
     "shards": "shards:OUT (written by `zfnet shards imagefolder:DIR --out OUT`); options as "
     "imagefolder's but val_labels, and shuffle (each training worker's shuffle buffer, "
     "default 1000)",
@@ -119,14 +124,16 @@ def load_dataset(
         "fashion-mnist": load_fashion_mnist,
         "imagefolder": lambda s, **kw: load_imagefolder(s, cache_dir=cache_dir, **kw),
         "images": lambda s, **kw: load_images_dir(s, cache_dir=cache_dir, **kw),
+        "sample-photos": lambda s, **kw: load_photos_dataset(s, cache_dir=cache_dir, **kw),
         "shards": lambda s, **kw: load_shards(s, cache_dir=cache_dir, **kw),
     }
     if parsed.name not in loaders:
         valid = "; ".join(f"{k}: {v}" for k, v in DATASETS.items())
+        hint = _folder_hint(spec)  # a path of the user's: what reads it, not a near name
         near = difflib.get_close_matches(parsed.name.lower(), list(loaders), n=1, cutoff=0.6)
-        meant = f"did you mean {near[0]}? " if near else ""
+        meant = f"did you mean {near[0]}? " if near and not hint else ""
         raise ValueError(f"unknown dataset {parsed.name!r} in spec {spec!r}; {meant}"
-                         f"{_folder_hint(spec)}valid: {valid}; and every labelled one "
+                         f"{hint}valid: {valid}; and every labelled one "
                          f"{RANDOM_LABELS}=SEED (its training labels permuted) and {WORDS}=FILE "
                          "(its classes' words)")
     bundle = loaders[parsed.name](parsed, ten_crop=ten_crop, strict=strict, raw_spec=spec,

@@ -73,6 +73,10 @@ def folder_images(folder: str | Path) -> list[Path]:
     return files
 
 
+OPTIONS = {"size": lambda v, k: int_option(v, k, minimum=8),  # images:DIR's, photos'
+           "n": lambda v, k: int_option(v, k, minimum=1)}
+
+
 def load_images_dir(
     spec: DatasetSpec,
     *,
@@ -85,8 +89,7 @@ def load_images_dir(
     """Build the `DataBundle` for `images:DIR`: train = val = every image, no labels."""
     if spec.path is None:
         raise ValueError(f"images needs a directory: {FORM}")
-    opts = check_options(spec, {"size": lambda v, k: int_option(v, k, minimum=8),
-                                "n": lambda v, k: int_option(v, k, minimum=1)}, labelled=False)
+    opts = check_options(spec, OPTIONS, labelled=False)
     check_no_size(opts, preprocessing, raw_spec)
     root = Path(spec.path).expanduser()
     paths = folder_images(root)[:opts.get("n")]

@@ -12,12 +12,12 @@ the model's inputs, the top-k index's cache folder chosen, and the page served.
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from zfnet.cache import cache_root
 from zfnet.explorer.app import LOOPBACK, MAX_UPLOAD, Server, create_app, free_port
 from zfnet.explorer.session import Explorer
 
@@ -37,12 +37,8 @@ def check_address(host: str, port: int) -> int:
 
 
 def default_cache() -> Path:
-    """Where top-k indexes are kept unless told: $XDG_CACHE_HOME/zfnet/explorer, or
-    ~/.cache/zfnet/explorer where that is unset, empty or relative (the XDG spec: not the
-    current folder)."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
-    return base / "zfnet" / "explorer"
+    """Where top-k indexes are kept unless told: `zfnet.cache.cache_root()`/explorer."""
+    return cache_root() / "explorer"
 
 
 ANY_ADDRESS = ("0.0.0.0", "::", "")
@@ -65,7 +61,8 @@ def serve(source: Any, data: str | None = None, *, host: str = "127.0.0.1", port
           nonlinear: str | None = None, background: bool = False,
           echo: Callable[[str], Any] = print) -> Server | None:
     """Serve the explorer on `source` (a `zfnet.sources.Source`) with the images of the
-    dataset `data` (default: a zfnet run's own; none for other models: uploads only).
+    dataset `data` (default: a zfnet run's own; for other models `sample-photos`, the 6 built-in
+    ones), and the images dropped onto the page.
 
     `port` 0 takes a free one. `images`: mine the top-k over the first N images; `k`: how many
     (9, Fig. 2). `max_upload` in bytes. `occlusion_precision`, `nonlinear`: as `Explorer`
@@ -77,7 +74,7 @@ def serve(source: Any, data: str | None = None, *, host: str = "127.0.0.1", port
     from zfnet.train import run_checkpoints
 
     port = check_address(host, port)
-    bundle = load_data(source, data) if data is not None or source.kind == "run" else None
+    bundle = load_data(source, data or (None if source.kind == "run" else "sample-photos"))
     kept = run_checkpoints(source.meta["checkpoint"]) if source.kind == "run" else []
     explorer = Explorer(source, bundle, cache_dir=Path(cache_dir) if cache_dir else
                         default_cache(), n_images=images, k=k,
@@ -86,9 +83,10 @@ def serve(source: Any, data: str | None = None, *, host: str = "127.0.0.1", port
     app = create_app(explorer, max_upload=max_upload,
                      allowed_hosts=LOOPBACK if host in LOOPBACK else None)
     server = Server(app, host, port)
-    echo(f"zfnet explorer: {source.name}"
-         + (f", {explorer.n_images} image{'s' * (explorer.n_images != 1)} of {bundle.spec}"
-            if bundle else ", uploads only"))
+    echo(f"zfnet explorer: {source.name}, {explorer.n_images} "
+         f"image{'s' * (explorer.n_images != 1)} of {bundle.spec}"
+         + (" (the built-in photos; --data images:DIR shows yours)"
+            if bundle.spec == "sample-photos" and data is None else ""))
     where = _where(server)
     if background:
         server.start()
