@@ -97,6 +97,22 @@ def test_predictions_are_the_models_softmax_named_and_written(setup, tmp_path) -
         assert float(r["probability"]) == pytest.approx(p[int(r["class"])].item(), abs=0.02)
 
 
+def test_unnamed_classes_are_told_how_to_name_them(setup, tmp_path) -> None:
+    model = _model(setup)[:4] + ["--resize", "72", "--crop", "64"]  # no --labels
+    res = CliRunner().invoke(main, ["predict", str(setup / "photos" / "coffee.jpg"), *model])
+    assert res.exit_code == 0, res.output
+    assert "coffee.jpg: class " in res.output
+    assert "the classes have no names (--labels FILE names them, one a line)\n" in res.output
+    torch.save(torchvision.models.squeezenet1_1().state_dict(), tmp_path / "sq.pth")
+    sq = ["--model", "torchvision:squeezenet1_1", "--weights", str(tmp_path / "sq.pth"),
+          "--resize", "72", "--crop", "64", str(setup / "photos" / "coffee.jpg")]
+    res = CliRunner().invoke(main, ["predict", *sq])  # ImageNet's 1000 outputs: said so
+    assert "(--labels FILE names them, one a line; --labels imagenet: ImageNet's 1000)" \
+        in res.output, res.output
+    res = CliRunner().invoke(main, ["predict", *sq, "--labels", "imagenet", "--top", "1000"])
+    assert res.exit_code == 0 and "no names" not in res.output and "tabby 0." in res.output
+
+
 def test_mixed_precision_predicts_the_same_classes(setup, tmp_path) -> None:
     """`--amp bf16`: the model under bf16 autocast, the same top classes as float32 and
     probabilities close to them; the file says which precision made them."""

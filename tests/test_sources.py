@@ -541,3 +541,23 @@ def test_label_names_are_compared_composed_as_class_folders_are() -> None:
     from zfnet.sources import _checked_labels
 
     assert _checked_labels(["cafe\u0301", "tea"], 2, "net") == ["caf\u00e9", "tea"]
+
+
+def test_labels_imagenet_names_the_1000_classes(tmp_path, monkeypatch) -> None:
+    """`--labels imagenet`: a plain weights file of an ImageNet model named without a file
+    (torchvision's names, the ones its ImageNet weights come with); a file of that name wins;
+    a model with other outputs is told the count."""
+    import torchvision
+
+    monkeypatch.chdir(tmp_path)
+    torch.save(torchvision.models.squeezenet1_1().state_dict(), tmp_path / "sq.pth")
+    src = load_source("torchvision:squeezenet1_1", str(tmp_path / "sq.pth"), labels="imagenet")
+    assert len(src.labels) == 1000 and src.labels[281] == "tabby"
+    assert src.labels == torchvision.models.ResNet18_Weights.DEFAULT.meta["categories"]
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), tmp_path / "r3.pth")
+    with pytest.raises(ValueError, match=r"1000 class names \(ImageNet's\) for torchvision:"
+                                         r"resnet18 .*, whose last layer has 3 outputs"):
+        load_source("torchvision:resnet18", str(tmp_path / "r3.pth"), labels="imagenet")
+    (tmp_path / "imagenet").write_text("a\nb\nc\n")  # a file named so is that file
+    assert load_source("torchvision:resnet18", str(tmp_path / "r3.pth"),
+                       labels="imagenet").labels == ["a", "b", "c"]

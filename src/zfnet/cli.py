@@ -243,7 +243,8 @@ _WEIGHTS = click.option(
 _LABELS = click.option(
     "--labels", type=click.Path(), metavar="FILE",
     help="The model's class names, one per output: a text file of one name a line, or a JSON "
-         "list (default: the weights' own, if any).")
+         "list; imagenet: ImageNet's 1000, as torchvision names them (default: the weights' "
+         "own, if any).")
 # The preprocessing a model comes with, overridden (for a plain weights file, say).
 _PREPROCESSING = (
     click.option("--mean", callback=_floats, metavar="M,M,M",
@@ -324,7 +325,7 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
         zfnet_config,
     )
     from zfnet.models.geometry import per_axis
-    from zfnet.sources import load_source, timm_models, torchvision_models
+    from zfnet.sources import labels_hint, load_source, timm_models, torchvision_models
 
     if name is None:
         for n in list_models():
@@ -373,8 +374,8 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
     if src is not None and src.labels:
         click.echo(f"classes: {len(src.labels)} ({', '.join(src.labels[:3])}, ...)")
     elif src is not None and weights is not None and src.meta.get("num_classes"):
-        click.echo(f"classes: {src.meta['num_classes']} (not named: --labels FILE names them, "
-                   "one a line)")  # a weights file of a fine-tuned copy
+        click.echo(f"classes: {src.meta['num_classes']} (not named: "
+                   f"{labels_hint(src.meta['num_classes'])})")  # a plain weights file
     # Short names (zfnet's) get a column beside their module paths; other models' names are
     # their module paths.
     short = any(i.name != i.module for i in infos)
@@ -680,9 +681,9 @@ def _training_report(run_dir: str) -> None:
 @_options(_WEIGHTS, *_PREPROCESSING)
 @click.option("--labels", type=click.Path(), metavar="FILE",
               help="The model's class names, one per output (a text file of one name a line, "
-                   "or a JSON list): each of the dataset's class folders is scored by the "
-                   "output of its name, in any order, and a dataset of some of the classes "
-                   "among those.")
+                   "or a JSON list; imagenet: ImageNet's 1000): each of the dataset's class "
+                   "folders is scored by the output of its name, in any order, and a dataset "
+                   "of some of the classes among those.")
 @click.option("--data", metavar="SPEC",
               help="Dataset spec (default: the one the model was trained on).")
 @click.option("--ten-crop", is_flag=True, help="Average the softmax of the paper's 10 crops.")
@@ -1112,7 +1113,8 @@ def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
     source, _ = _model_and_data(model_options, need_data=False)
     if classes:
         layers = (score_layer(source.model),)
-        channels = tuple(class_indices(classes, source.labels, source.name))
+        channels = tuple(class_indices(classes, source.labels, source.name,
+                                         source.meta.get("num_classes")))
     layers = _layers(source.model, layers) or tuple(
         feature_layers(source.model, source.preprocessing.crop))
     data = load_images(images[0] if len(images) == 1 else list(images), source.preprocessing)
@@ -1159,6 +1161,7 @@ def predict_cmd(images: tuple[str, ...], model_options: ModelOptions, top: int,
     from zfnet.data import load_images
     from zfnet.predict import check_output, predict, write_predictions
     from zfnet.progress import progress_bar
+    from zfnet.sources import labels_hint
     from zfnet.train.distributed import resolve_device
     from zfnet.train.recipe import amp_dtype_for
 
@@ -1177,6 +1180,9 @@ def predict_cmd(images: tuple[str, ...], model_options: ModelOptions, top: int,
             progress=bar.update, amp_dtype=amp_dtype)
     for p in found:
         click.echo(f"{p.image}: {p.words()}")
+    if not source.labels:
+        click.echo(f"the classes have no names ({labels_hint(source.meta.get('num_classes'))})",
+                   err=True)
     if unreadable:
         click.echo(f"not read ({len(unreadable)}): {', '.join(unreadable)}", err=True)
     if not found:
@@ -1250,7 +1256,8 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
                                          notes=info.is_main)
         if classes:
             names = (score_layer(source.model),)
-            maps = tuple(class_indices(classes, source.labels, source.name))
+            maps = tuple(class_indices(classes, source.labels, source.name,
+                                         source.meta.get("num_classes")))
         names = _layers(source.model, names)
         pipeline.gallery(source.model, bundle, out, k=k, n_images=images or len(bundle.val),
                          n_maps=maps_per_layer, layers=list(names) if names else None,
@@ -1531,7 +1538,7 @@ def occlusion_cmd(model_options: ModelOptions, data: str | None, out: str, image
     check_fits(source.model, bundle)
     layer = _layers(source.model, (layer,))[0] if layer else None
     target = None if class_name is None else class_indices(
-        [class_name], source.labels, source.name)[0]
+        [class_name], source.labels, source.name, source.meta.get("num_classes"))[0]
     _say_occlusion_work(bundle, images, size, stride)
     from zfnet.progress import progress_bar
 

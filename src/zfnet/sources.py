@@ -241,7 +241,8 @@ def read_labels(path: str | Path) -> list[str]:
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "does not exist"
         raise FileNotFoundError(f"labels file {path} {what}; give a text file of one class "
-                                "name a line, or a JSON list")
+                                f"name a line, or a JSON list (or {IMAGENET_LABELS}: "
+                                "ImageNet's 1000 names)")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -271,13 +272,36 @@ def read_labels(path: str | Path) -> list[str]:
     return data
 
 
+IMAGENET_LABELS = "imagenet"  # --labels imagenet: ImageNet's 1000 classes, torchvision's names
+
+
+def imagenet_labels() -> list[str]:
+    """The names of ImageNet's 1000 classes in their usual output order (torchvision's, as its
+    ImageNet weights give them: 'tench', 'goldfish', ... 'tabby' at 281), no download."""
+    from torchvision.models import get_weight
+
+    return list(get_weight("AlexNet_Weights.IMAGENET1K_V1").meta["categories"])
+
+
+def labels_hint(outputs: int | None) -> str:
+    """How to name a model's unnamed classes: a labels file, or ImageNet's names where the
+    model has ImageNet's 1000 outputs."""
+    return "--labels FILE names them, one a line" + (
+        f"; --labels {IMAGENET_LABELS}: ImageNet's 1000" if outputs == 1000 else "")
+
+
 def _checked_labels(labels: str | Path | Sequence[str], outputs: int | None, name: str
                     ) -> list[str]:
-    """`labels` (a file or names) as a list of names, one per output of the model."""
+    """`labels` (a file, `IMAGENET_LABELS` where no file is named so, or names) as a list of
+    names, one per output of the model."""
     where = ""
     if isinstance(labels, (str, Path)):
         where = f" in {labels}"
-        labels = read_labels(labels)
+        if str(labels) == IMAGENET_LABELS and not Path(labels).exists():
+            where = " (ImageNet's)"
+            labels = imagenet_labels()
+        else:
+            labels = read_labels(labels)
     names = [nfc(str(v)) for v in labels]  # as class folders' names are compared
     if not names:
         raise ValueError(f"no class names{where}")

@@ -64,11 +64,12 @@ def labels_are_classes(model: nn.Module, bundle: Any) -> bool:
 
 
 def class_indices(wanted: Sequence[str], labels: Sequence[str] | None,
-                  model_name: str = "the model") -> list[int]:
+                  model_name: str = "the model", outputs: int | None = None) -> list[int]:
     """The outputs of the classes `wanted` names: each a class's index, its name as `labels`
     gives it (case aside), or one of the comma-separated synonyms of a name ("tabby" in
     "tabby, tabby cat"); a value that names none but holds commas, a list of them. A name
-    that is no class, or more than one, raises a ValueError saying which are close."""
+    that is no class, or more than one, raises a ValueError saying which are close (for a
+    model whose classes have no names, how to name its `outputs`)."""
     lowered = [str(n).strip().lower() for n in labels or ()]
     synonyms: dict[str, list[int]] = {}
     for k, n in enumerate(lowered):
@@ -96,19 +97,23 @@ def class_indices(wanted: Sequence[str], labels: Sequence[str] | None,
         found = one(value)
         if found is None and "," in value:
             parts = [p for p in value.split(",") if p.strip()]
-            found = [k for p in parts for k in (one(p) or _unknown(p, labels, model_name))]
-        out += found if found is not None else _unknown(value, labels, model_name)
+            found = [k for p in parts
+                     for k in (one(p) or _unknown(p, labels, model_name, outputs))]
+        out += found if found is not None else _unknown(value, labels, model_name, outputs)
     return list(dict.fromkeys(out))
 
 
-def _unknown(value: str, labels: Sequence[str] | None, model_name: str) -> list[int]:
+def _unknown(value: str, labels: Sequence[str] | None, model_name: str,
+             outputs: int | None) -> list[int]:
     """Raise the ValueError for a class name that names no class of `labels`."""
     from difflib import get_close_matches
 
+    from zfnet.sources import labels_hint
+
     v = value.strip()
     if not labels:
-        raise ValueError(f"{model_name}'s classes have no names (--labels FILE names them, one "
-                         f"a line); give class {v!r} by its number")
+        raise ValueError(f"{model_name}'s classes have no names ({labels_hint(outputs)}); "
+                         f"give class {v!r} by its number")
     close = get_close_matches(v.lower(), [str(n).lower() for n in labels], n=3, cutoff=0.6)
     named = [next(n for n in labels if str(n).lower() == c) for c in close]
     raise ValueError(f"class {v!r} is not one of {model_name}'s {len(labels)} classes"
