@@ -14,7 +14,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from zfnet.data.bundle import DataBundle
+from zfnet.data.imagedir import OPTIONS, load_images_dir
+from zfnet.data.imagefolder import check_no_size
 from zfnet.data.images import resize_center_crop
+from zfnet.data.spec import DatasetSpec, check_options
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "china", "flower")
 
@@ -51,13 +55,13 @@ def load_photos(
 FORM = "sample-photos (the 6 built-in photos, no labels; options size, n)"
 
 
-def photos_folder(root: str | Path | None = None) -> Path:
-    """The built-in photos as PNG files, one per name of `PHOTOS`, in `root` (default:
-    `zfnet.cache.cache_root()`/photos), written there the first time: into a hidden folder
+def photos_folder() -> Path:
+    """The built-in photos as PNG files, one per name of `PHOTOS`, in
+    `zfnet.cache.cache_root()`/photos, written there the first time: into a hidden folder
     beside it, renamed into place, so that a reader sees all of them or none."""
     from zfnet.cache import cache_root
 
-    folder = Path(root) if root is not None else cache_root() / "photos"
+    folder = cache_root() / "photos"
     if all((folder / f"{name}.png").is_file() for name in PHOTOS):
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -79,13 +83,10 @@ def photos_folder(root: str | Path | None = None) -> Path:
     return folder
 
 
-def load_photos_dataset(spec: Any, *, cache_dir: str | Path | None = None, **kwargs: Any) -> Any:
+def load_photos_dataset(spec: DatasetSpec, *, cache_dir: str | Path | None = None,
+                        **kwargs: Any) -> DataBundle:
     """The `DataBundle` of the dataset `sample-photos`: `images:DIR` of `photos_folder()` (its
     options, `size` and `n`; train = val = the 6 photos, no labels)."""
-    from zfnet.data.imagedir import OPTIONS, load_images_dir
-    from zfnet.data.imagefolder import check_no_size
-    from zfnet.data.spec import DatasetSpec, check_options
-
     if spec.path is not None:
         raise ValueError(f"sample-photos takes no path (got sample-photos:{spec.path}): "
                          f"{FORM}; a folder of your own is images:{spec.path}")
