@@ -359,7 +359,9 @@ CASES = [
     ("topk-images-a-file", [*TOPK, "--data", "images:{notes}"], "is not a directory"),
     # atlas
     ("atlas-layer", ["atlas", *CK, *OUT, "--layer", "conv9"], "conv9"),
-    ("atlas-no-data", ["atlas", "--model", "zfnet_small", *OUT], "no dataset given"),
+    ("atlas-no-data", ["atlas", "--model", "zfnet_small", *OUT],
+     "no dataset given for zfnet_small (random init): give one with --data, e.g. images:DIR (a "
+     "folder of images), sample-photos (6 built-in photos)"),
     ("atlas-out-not-an-atlas", ["atlas", *CK, "--out", "{run}"], "holds no atlas"),
     # analyze
     ("evolution-no-checkpoints", ["analyze", "evolution", "--run", "{empty}", *OUT], "empty"),

@@ -469,8 +469,9 @@ def load_data(source: Source, spec: str | None = None, *, ten_crop: bool = False
     given = spec
     spec = spec or source.meta.get("data")
     if not spec:
-        raise ValueError(f"no dataset given for {source.name}: give one, e.g. images:DIR (a "
-                         "folder of images), imagefolder:DIR, synthetic")
+        raise ValueError(f"no dataset given for {source.name}: give one with --data, e.g. "
+                         "images:DIR (a folder of images), sample-photos (6 built-in photos), "
+                         "imagefolder:DIR, synthetic")
     preprocessing = data_preprocessing(source, spec)
     try:
         bundle = load_dataset(spec, ten_crop=ten_crop, strict=strict, cache_dir=cache_dir,
