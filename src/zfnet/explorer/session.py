@@ -607,7 +607,7 @@ class Explorer:
         if not wanted:
             raise ExplorerError("name: give a class's name or its number")
         try:
-            found = class_indices([wanted], names, self.source.name)
+            found = class_indices([wanted], names, self.source.name, n)
         except ValueError as e:
             raise ExplorerError(str(e)) from None
         if len(found) != 1:
