@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from zfnet.cli import main
-from zfnet.progress import INTO_LOG_S, ON_TERMINAL_S, progress_bar
+from zfnet.progress import INTO_LOG_S, ON_TERMINAL_S, counted_progress, progress_bar
 
 
 class _Terminal(io.StringIO):
@@ -113,4 +113,30 @@ def test_the_atlas_into_a_log_draws_its_bar_at_its_start_and_end(tmp_path) -> No
     assert res.exit_code == 0, res.output
     states = [s for s in _states(res.stderr) if s.startswith("atlas:")]
     assert len(states) == 2 and states[-1].startswith("atlas: 100%"), res.stderr
-    assert res.output.endswith(f"it/s]\natlas: {(tmp_path / 'atlas' / 'index.html').resolve()}\n")
+    assert states[0].startswith("atlas:   0%") and " 0/" in states[0], res.stderr  # its total
+    assert res.output.endswith(f"step/s]\natlas: {(tmp_path / 'atlas' / 'index.html').resolve()}\n")
+
+
+def test_occlusion_into_a_log_draws_its_bar_with_its_total_from_the_first_line(tmp_path) -> None:
+    """The bar is drawn at the first report, when the number of occluded images is known: into
+    a log its first line said "0img [00:00, ?img/s]", with no total."""
+    res = CliRunner().invoke(main, ["analyze", "occlusion", "--model", "zfnet_small", "--data",
+                                    "synthetic?n_train=16&n_val=16", "--out",
+                                    str(tmp_path / "out"), "--images", "1", "--pointing", "0"])
+    assert res.exit_code == 0, res.output
+    states = [s for s in _states(res.stderr) if s.startswith("occluded images:")]
+    assert len(states) == 2, res.stderr
+    assert states[0].startswith("occluded images:   0%"), res.stderr
+    assert states[1].startswith("occluded images: 100%"), res.stderr
+
+
+def test_a_counted_bar_is_closed_after_an_error(monkeypatch) -> None:
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    with pytest.raises(KeyError), counted_progress(desc="atlas") as report:
+        report(1, 4)
+        raise KeyError("x")
+    assert _states(log.getvalue())[-1].startswith("atlas:  25%"), log.getvalue()
+    with counted_progress(desc="nothing") as report:
+        pass
+    assert "nothing" not in log.getvalue()  # no report: no bar

@@ -1308,7 +1308,7 @@ def atlas_cmd(model_options: ModelOptions, data: str | None, out: str,
     from zfnet.data.words import as_shown
     from zfnet.explorer.atlas import write_atlas
     from zfnet.models import score_layer
-    from zfnet.progress import progress_bar
+    from zfnet.progress import counted_progress
     from zfnet.train import CheckpointModels, run_checkpoints
     from zfnet.train.distributed import resolve_device
 
@@ -1319,12 +1319,7 @@ def atlas_cmd(model_options: ModelOptions, data: str | None, out: str,
     if evolution and source.kind == "run" and len(kept) < 2:
         click.echo(f"no evolution: the run keeps {len(kept)} checkpoint(s) up to this epoch "
                    "(train with --keep-epochs)", err=True)
-    with progress_bar(desc="atlas") as bar:
-
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
+    with counted_progress(desc="atlas", unit="step") as progress:
         index = write_atlas(
             source.model, bundle, out, layers=names, k=k, maps_per_layer=maps_per_layer,
             rule=rule, n_images=images, model_name=source.name,
@@ -1540,13 +1535,9 @@ def occlusion_cmd(model_options: ModelOptions, data: str | None, out: str, image
     target = None if class_name is None else class_indices(
         [class_name], source.labels, source.name, source.meta.get("num_classes"))[0]
     _say_occlusion_work(bundle, images, size, stride)
-    from zfnet.progress import progress_bar
+    from zfnet.progress import counted_progress
 
-    with progress_bar(desc="occluded images", unit="img") as bar:  # a ResNet-50: minutes
-        def scored(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
+    with counted_progress(desc="occluded images", unit="img") as scored:  # a ResNet-50: minutes
         r = occlusion_report(source.model, bundle, out, n_images=images, n_pointing=pointing,
                              size=size, stride=stride, layer=layer, method=method,
                              precision=precision, batch_size=model_options.batch_size,

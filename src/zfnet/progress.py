@@ -10,7 +10,8 @@ own, and its last state is kept: the paper's 70 epochs of ImageNet (700k steps) 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from tqdm import tqdm
@@ -68,3 +69,24 @@ def progress_bar(iterable: Iterable[Any] | None = None, *, desc: str, unit: str 
                 disable=not shown, leave=leave or not on_terminal, position=position,
                 dynamic_ncols=True, file=sys.stderr if on_terminal else _LogLines(sys.stderr),
                 mininterval=ON_TERMINAL_S if on_terminal else INTO_LOG_S)
+
+
+@contextmanager
+def counted_progress(*, desc: str, unit: str = "it") -> Iterator[Callable[[int, int], None]]:
+    """A bar for work that reports `(done, total)` as it goes (occlusion, the atlas): drawn at
+    the first report, when its total is known (drawn before, a log's first line said "0it"
+    with no total), closed at the end, also after an error."""
+    bar: tqdm | None = None
+
+    def report(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = progress_bar(desc=desc, unit=unit, total=total)
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        yield report
+    finally:
+        if bar is not None:
+            bar.close()
