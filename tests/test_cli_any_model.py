@@ -136,9 +136,17 @@ def test_occlusion_invariance_randomization_filters(setup, tmp_path) -> None:
                                     str(tmp_path / "never")])
     assert bad.exit_code != 0 and "class 'c44' is not one of torchvision:resnet18" in bad.output
     assert not (tmp_path / "never").exists()
-    _ok(["analyze", "randomization", *_model(setup), *data, "--out", str(out)])  # all 5 photos
-    _ok(["analyze", "randomization", *_model(setup), *data, "--images", "1", "--layer", "layer1",
-         "--mode", "independent", "--steps", "module", "--out", str(out)])
+    text = _ok(["analyze", "randomization", *_model(setup), *data, "--out", str(out)])  # 5 photos
+    # the outcome said, as every analysis says its numbers: one line a rule
+    assert "cascading randomisation from layer4 down to conv1 (6 steps); 5 images seeded at " \
+        "layer4; similarity to the trained model's maps after the first and the last step" in text
+    assert re.search(r"^guided     rank correlation -?[\d.]+ -> -?[\d.]+  SSIM -?[\d.]+ -> "
+                     r"-?[\d.]+$", text, re.M), text
+    text = _ok(["analyze", "randomization", *_model(setup), *data, "--images", "1", "--layer",
+                "layer1", "--mode", "independent", "--steps", "module", "--out", str(out)])
+    assert "independent randomisation of 10 layers, each alone; 1 image seeded at layer1" in text
+    assert re.search(r"^deconvnet  rank correlation -?[\d.]+ \([\w.]+\) to -?[\d.]+ "
+                     r"\([\w.]+\)  SSIM", text, re.M), text
     # two models side by side, each with its weights
     torch.save(torchvision.models.alexnet().state_dict(), tmp_path / "alexnet.pth")
     _ok(["analyze", "filters", "--model", "torchvision:resnet18", "--weights",

@@ -1743,7 +1743,11 @@ def randomization_cmd(model_options: ModelOptions, data: str | None, out: str,
         raise click.UsageError("--epochs, --random-run and --reference go with --mode labels")
     source, bundle = _model_and_data(model_options, data)
     layer = _layers(source.model, (layer,))[0] if layer else None
-    pipeline.randomization(source.model, bundle, out, images, layer, mode, steps)
+    result = pipeline.randomization(source.model, bundle, out, images, layer, mode, steps)
+    from zfnet.analyses.sanity import randomization_words
+
+    for line in randomization_words(result):
+        click.echo(line)
     _finish(out)
 
 

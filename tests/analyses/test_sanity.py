@@ -6,7 +6,12 @@ import torch
 from PIL import Image
 
 import zfnet
-from zfnet.analyses.sanity import model_randomization, randomization_section
+from zfnet.analyses.sanity import (
+    RandomizationResult,
+    model_randomization,
+    randomization_section,
+    randomization_words,
+)
 from zfnet.deconvnet import project
 from zfnet.display import CAPTION as DISPLAY_CAPTION
 from zfnet.display import projection_to_uint8
@@ -239,3 +244,22 @@ def test_data_randomization_compares_each_models_own_class(tmp_path) -> None:
     (s,) = read_sections(tmp_path)
     assert "(runs/again; on the val split 85.0%)" in s.caption
     assert [row[3] for row in s.tables[0].rows] == ["1.000"] * 3
+
+
+def test_the_outcome_in_words_names_the_steps_and_the_similarities() -> None:
+    scores = {"deconvnet": {"spearman": [0.9, 0.5, 0.2], "ssim": [0.8, 0.4, 0.1]},
+              "gradient": {"spearman": [0.3, 0.7, 0.6], "ssim": [0.2, 0.6, 0.5]}}
+    steps = ["features.conv3", "features.conv2", "features.conv1"]
+    res = RandomizationResult(steps, scores, mode="cascading", layer="features.conv3", images=4)
+    assert randomization_words(res) == [
+        "cascading randomisation from conv3 down to conv1 (3 steps); 4 images seeded at conv3; "
+        "similarity to the trained model's maps after the first and the last step "
+        "(1 = unchanged):",
+        "deconvnet  rank correlation 0.900 -> 0.200  SSIM 0.800 -> 0.100",
+        "gradient   rank correlation 0.300 -> 0.600  SSIM 0.200 -> 0.500"]
+    res = RandomizationResult(steps, scores, mode="independent", layer="layer1.0", images=1)
+    assert randomization_words(res)[0].startswith(
+        "independent randomisation of 3 layers, each alone; 1 image seeded at layer1.0; ")
+    assert randomization_words(res)[1:] == [  # the least and the most similar layer
+        "deconvnet  rank correlation 0.200 (conv1) to 0.900 (conv3)  SSIM 0.100 to 0.800",
+        "gradient   rank correlation 0.300 (conv3) to 0.700 (conv2)  SSIM 0.200 to 0.600"]

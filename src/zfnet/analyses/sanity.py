@@ -302,6 +302,35 @@ def _short(path: str) -> str:
     return path
 
 
+def randomization_words(result: RandomizationResult) -> list[str]:
+    """The check's outcome in a few lines for a terminal: what was re-initialised, then per
+    rule the rank correlation (and SSIM) with the trained model's maps: after the first and
+    the last step when cascading, at the least and the most similar layer when independent."""
+    names = [_short(s) for s in result.steps]
+    seeds = (f"; {result.images} image{'s' * (result.images != 1)} seeded at "
+             f"{_short(result.layer)}" if result.images else "")
+    if result.mode == "independent":
+        lines = [f"independent randomisation of {len(names)} layer{'s' * (len(names) != 1)}, "
+                 f"each alone{seeds}; similarity to the trained model's maps, least and most "
+                 "similar (1 = unchanged):"]
+    else:
+        lines = [f"cascading randomisation from {names[0]} down to {names[-1]} "
+                 f"({len(names)} step{'s' * (len(names) != 1)}){seeds}; similarity to the "
+                 "trained model's maps after the first and the last step (1 = unchanged):"]
+    width = max(map(len, result.scores), default=0)
+    for rule, score in result.scores.items():
+        rho, ssim = score["spearman"], score["ssim"]
+        if result.mode == "independent":
+            lo, hi = int(np.argmin(rho)), int(np.argmax(rho))
+            lines.append(f"{rule:<{width}}  rank correlation {rho[lo]:.3f} ({names[lo]}) "
+                         f"to {rho[hi]:.3f} ({names[hi]})  SSIM {ssim[lo]:.3f} to "
+                         f"{ssim[hi]:.3f}")
+        else:
+            lines.append(f"{rule:<{width}}  rank correlation {rho[0]:.3f} -> {rho[-1]:.3f}  "
+                         f"SSIM {ssim[0]:.3f} -> {ssim[-1]:.3f}")
+    return lines
+
+
 def randomization_section(
     run_dir: str | Path, result: RandomizationResult, order: int = 90
 ):
