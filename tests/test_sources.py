@@ -20,8 +20,10 @@ from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import save_file
 
-from zfnet import cli
-from zfnet.cli import _SOURCE, _Commands, _model_and_data, main
+from zfnet.cli import main
+from zfnet.cli.app import _Commands
+from zfnet.cli.loading import _model_and_data
+from zfnet.cli.options import _SOURCE, ModelOptions
 from zfnet.data import Preprocessing, load_dataset, load_images, load_rgb
 from zfnet.models import create_model
 from zfnet.sources import from_module, hub_file, load_data, load_source, read_state_dict
@@ -508,7 +510,7 @@ def test_models_command_for_any_source(tmp_path):
 def test_cli_names_the_source_forms():
     text = CliRunner().invoke(main, ["models", "-h"]).output
     assert "torchvision:NAME" in text and "FILE.py:NAME" in text and "--labels" in text
-    assert cli.ModelOptions.__dataclass_fields__.keys() == {
+    assert ModelOptions.__dataclass_fields__.keys() == {
         "model", "checkpoint", "weights", "labels", "mean", "std", "resize", "crop", "device",
         "batch_size"}
 

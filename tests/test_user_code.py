@@ -1,6 +1,6 @@
 """A model from the user's own code (`zfnet.user_code`, `zfnet.sources`): `FILE.py:NAME` and
 `package.module:NAME` through `load_source` and every command, `from_module` from Python, and the
-explorer on such a model. The one-line errors of its mistakes are in tests/test_cli_errors.py."""
+explorer on such a model. The one-line errors of its mistakes are in tests/cli/test_errors.py."""
 
 from __future__ import annotations
 

@@ -72,7 +72,7 @@ def test_two_processes_write_what_one_process_writes(tmp_path) -> None:
 def test_mining_workers_as_given_zero_included() -> None:
     """--workers N reaches the mining as N (0 too: it is not "not given"); without it, auto:
     the cores less one on CUDA, 0 on a CPU."""
-    from zfnet.cli import _mining_workers
+    from zfnet.cli.loading import _mining_workers
 
     cuda = torch.device("cuda")  # a device object only: nothing runs on it
     assert _mining_workers(0, cuda) == 0 and _mining_workers(3, torch.device("cpu")) == 3

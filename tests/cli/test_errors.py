@@ -667,7 +667,7 @@ def test_a_warning_under_a_progress_bar_is_a_line_of_its_own(capsys) -> None:
 
     from tqdm import tqdm
 
-    from zfnet.cli import _one_line_warnings
+    from zfnet.cli.app import _one_line_warnings
     from zfnet.data.images import BadImageError, warn_skipped
 
     with warnings.catch_warnings():

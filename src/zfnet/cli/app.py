@@ -1,0 +1,142 @@
+"""The `zfnet` group: every command a `_Command`, and every error a user can cause one line."""
+
+from __future__ import annotations
+
+import errno
+import sys
+
+import click
+
+from zfnet import __version__
+
+# Errors a user can cause. The library raises ValueError (CheckpointError, UnknownLayerError,
+# BadImageError are ValueErrors) with a message naming the bad value and what is valid, or an
+# OSError about a path; either becomes one `Error: ...` line and exit status 1. Anything else is
+# a bug and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+               IsADirectoryError, PermissionError)
+
+
+# errors of the machine a command writes on, told in one line: no space, no quota, read-only
+_MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+class _OneLine(click.ClickException):
+    """A usage error (a bad option value, a missing or unknown option) as one `Error: ...` line,
+    without click's usage lines before it; its exit status kept (2)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _Command(click.Command):
+    """A zfnet command: an empty value (`--out ""`, `--data "$UNSET"`) is an error naming the
+    option, not a silent default, nor the current directory for a path."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        takes = {name: p for p in self.params if isinstance(p, click.Option) and not p.is_flag
+                 and not p.count for name in p.opts}
+        arguments = [p for p in self.params if isinstance(p, click.Argument)]
+        i = 0
+        while i < len(args) and args[i] != "--":
+            name, eq, value = args[i].partition("=")
+            if name in takes and (value == "" if eq else i + 1 < len(args)
+                                  and args[i + 1] == ""):
+                p = takes[name]
+                raise click.BadParameter(f"the value is empty (a shell variable not set?); "
+                                         f"give {p.make_metavar(ctx)}", ctx=ctx, param=p)
+            if args[i] == "" and arguments:
+                raise click.BadParameter("an empty argument (a shell variable not set?)",
+                                         ctx=ctx, param=arguments[0])
+            i += 2 if name in takes and not eq else 1
+        return super().parse_args(ctx, args)
+
+
+class _Group(click.Group):
+    """A group of zfnet commands (`visualize`, `analyze`): each one a `_Command`."""
+
+    command_class = _Command
+
+
+class _Commands(click.Group):
+    """The `zfnet` group: a user error raised by any command becomes a one-line message."""
+
+    command_class = _Command
+    group_class = _Group
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:
+            if _other_rank():  # the same command line: the first process says it for all
+                ctx.exit(e.exit_code)
+            raise _OneLine(" ".join(e.format_message().split()), e.exit_code) from e
+        except USER_ERRORS as e:  # may be one process's own (its share of the data): named
+            rank = _other_rank()
+            raise click.ClickException((f"rank {rank}: " if rank else "")
+                                       + (" ".join(str(e).split()) or type(e).__name__)) from e
+        except OSError as e:  # the machine's, not the input's: a full disk, a read-only one
+            if e.errno not in _MACHINE_ERRNOS:
+                raise
+            where = f": {e.filename}" if e.filename else ""
+            raise click.ClickException(f"{e.strerror or type(e).__name__}{where} (free space "
+                                       "or choose another place to write)") from e
+        except KeyboardInterrupt:  # Ctrl-C outside a training step (which saves and exits 130
+            # itself): the shell's 130, as training's, not click's "Aborted!" 1
+            click.echo("interrupted (SIGINT)", err=True)
+            sys.exit(130)
+
+
+def _other_rank() -> int:
+    """Under torchrun, this process's rank where it is not the first; else 0."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    from zfnet.train.distributed import current_rank
+
+    return current_rank()
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="zfnet")
+def main() -> None:
+    """ZFNet (Zeiler & Fergus 2013): train it, evaluate it, look inside it with the deconvnet."""
+    from zfnet.memory import keep_freed_memory
+
+    keep_freed_memory()  # no page faults on every step's tensors (zfnet/memory.py)
+    _one_line_warnings()
+
+
+def _one_line_warnings() -> None:
+    """zfnet's own warnings (a skipped broken image, a projection that is the plain gradient, a
+    resume that is not exact: each class with `one_line = True`) as one line each, without the
+    source line Python's default format adds, and each only once per command (a broken file
+    read again for each layer, or for the mean image and then in training, is named once), on a
+    line of its own under a progress bar."""
+    import warnings
+
+    default = warnings.showwarning
+    if getattr(default, "zfnet", False):
+        default.shown.clear()  # installed by an earlier command in this process: a new one
+        return
+    shown: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        if getattr(category, "one_line", False):
+            text = f"{getattr(category, 'prefix', 'warning')}: {message}"
+            # a warning about a file (a broken image) once per file, else once per text
+            key = f"file\0{message.file}" if getattr(message, "file", None) else text
+            if key not in shown:
+                from tqdm import tqdm
+
+                shown.add(key)
+                tqdm.write(text, file=sys.stderr)  # a progress bar drawn: cleared first
+                sys.stderr.flush()  # in order with what is echoed (click flushes)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    show.zfnet = True  # type: ignore[attr-defined]
+    show.shown = shown  # type: ignore[attr-defined]
+    warnings.showwarning = show

@@ -1,0 +1,166 @@
+"""`zfnet visualize topk` (Fig. 2) and `zfnet atlas` (a static site of every unit)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from zfnet.cli.app import main
+from zfnet.cli.loading import _class_alone, _finish, _layers, _mining_workers, _model_and_data
+from zfnet.cli.options import (
+    _DATA,
+    _NONLINEAR,
+    _OUT,
+    _RULE_HELP,
+    _SOURCE,
+    _WORKERS,
+    ModelOptions,
+    _counts_from_zero,
+    _names,
+)
+
+
+@main.group("visualize", short_help="Deconvnet visualisations (Sec. 2.1, Fig. 2)")
+def visualize() -> None:
+    """Deconvnet visualisations (paper Sec. 2.1)."""
+
+
+@visualize.command("topk", short_help="Fig. 2: top-k activations projected beside image patches")
+@_SOURCE
+@_DATA
+@_OUT
+@click.option("--layer", "layers", multiple=True, callback=_names, metavar="NAME[,NAME...]",
+              help="Layers to show, comma-separated and/or repeated (default: conv1..conv5 "
+                   "on zfnet's models, the main stages of any other CNN).")
+@click.option("--layers", "layers_alias", multiple=True, callback=_names, hidden=True)
+@click.option("--k", default=9, show_default=True, type=click.IntRange(1),
+              help="Strongest activations kept per map (the paper's 9).")
+@click.option("--maps-per-layer", default=16, show_default=True, type=click.IntRange(1),
+              help="Maps shown per layer above conv1 (conv1: every map).")
+@click.option("--map-rule", type=click.Choice(["strongest", "spaced"]), default="strongest",
+              show_default=True,
+              help="Which maps above conv1 are shown: the strongest over the images, or "
+                   "maps spaced evenly through the layer.")
+@click.option("--rule", type=click.Choice(["deconvnet", "guided", "gradient"]),
+              default="deconvnet", show_default=True, help=_RULE_HELP)
+@_NONLINEAR
+@click.option("--images", default=None, type=click.IntRange(1),
+              help="Mine only the first N images of the val split (of images:DIR, the first "
+                   "N of its images; default: all).")
+@click.option("--map", "maps", multiple=True, callback=_counts_from_zero, metavar="M[,M...]",
+              help="These maps of each layer (repeat or comma list), instead of "
+                   "--maps-per-layer chosen by --map-rule.")
+@click.option("--class", "classes", multiple=True, metavar="NAME",
+              help="The images that score highest for this class (the model's last layer), by "
+                   "its name as the weights or --labels give it, or its number; repeat for "
+                   "more.")
+@_WORKERS
+def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
+             layers: tuple[str, ...] | None, layers_alias: tuple[str, ...] | None, k: int,
+             maps_per_layer: int, map_rule: str, rule: str, images: int | None,
+             maps: tuple[int, ...] | None, classes: tuple[str, ...],
+             workers: int | str | None) -> None:
+    """Fig. 2: the k strongest activations of feature maps over a dataset (or a folder of your
+    images: --data images:DIR), projected to pixels beside their image patches; every map's
+    top k, each its image, activation and receptive field, in OUT/gallery/topk.json.
+
+    Many processes: `torchrun --nproc-per-node N -m zfnet.cli visualize topk ...` mines a
+    share of the images in each and merges them (the answer of one process); the first
+    process projects and writes the gallery. A mining stopped (Ctrl-C) is kept in
+    OUT/gallery, and the same command continues it."""
+    from zfnet import pipeline
+    from zfnet.analyses.classes import class_indices
+    from zfnet.data.words import as_shown
+    from zfnet.models import score_layer
+    from zfnet.train.distributed import processes
+
+    names = (*(layers or ()), *(layers_alias or ())) or None
+    _class_alone(classes, {"--layer": names, "--map": maps})
+    with processes(model_options.device) as info:
+        source, bundle = _model_and_data(model_options, data, device=info.device,
+                                         notes=info.is_main)
+        if classes:
+            names = (score_layer(source.model),)
+            maps = tuple(class_indices(classes, source.labels, source.name,
+                                         source.meta.get("num_classes")))
+        names = _layers(source.model, names)
+        pipeline.gallery(source.model, bundle, out, k=k, n_images=images or len(bundle.val),
+                         n_maps=maps_per_layer, layers=list(names) if names else None,
+                         maps=maps,
+                         rule=rule, map_rule=map_rule, batch_size=model_options.batch_size,
+                         distributed=info.enabled,
+                         num_workers=_mining_workers(workers, info.device),
+                         class_names=as_shown(source.labels, bundle) or None,
+                         progress=info.is_main)  # mining a folder takes a while
+    if info.is_main:
+        _finish(out)
+
+
+@main.command("atlas", short_help="A static site: each unit's top-k projections and evolution")
+@_SOURCE
+@_DATA
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Directory for the site: new, empty, or an earlier atlas to replace.")
+@click.option("--layer", "layers", multiple=True, callback=_names, metavar="NAME[,NAME...]",
+              help="Layers, comma-separated and/or repeated (default: conv1..conv5 on zfnet's "
+                   "models, the main stages of any other CNN).")
+@click.option("--k", default=9, show_default=True, type=click.IntRange(1),
+              help="Strongest activations kept per map (the paper's 9).")
+@click.option("--maps-per-layer", default=None, type=click.IntRange(1),
+              help="The N strongest maps of each layer (default: every map).")
+@click.option("--images", default=None, type=click.IntRange(1),
+              help="Mine only the first N images of the val split (of images:DIR, the first "
+                   "N of its images; default: all).")
+@click.option("--rule", type=click.Choice(["deconvnet", "guided", "gradient"]),
+              default="deconvnet", show_default=True, help=_RULE_HELP)
+@_NONLINEAR
+@click.option("--evolution/--no-evolution", default=True, show_default=True,
+              help="For a zfnet run with kept epochs: each unit at every kept epoch (Fig. 4).")
+@click.option("--figures", type=click.Choice(["png", "jpeg"]), default="png",
+              show_default=True,
+              help="The pictures: the gallery's PNGs, or each a JPEG (quality 90, full colour) "
+                   "where that is smaller: a ResNet's site in about a third of the bytes, for "
+                   "a static host.")
+@_WORKERS
+def atlas_cmd(model_options: ModelOptions, data: str | None, out: str,
+              layers: tuple[str, ...] | None, k: int, maps_per_layer: int | None,
+              images: int | None, rule: str, evolution: bool, figures: str,
+              workers: int | str | None) -> None:
+    """A static site of the model's units (open OUT/index.html from disk or any host): per
+    layer a page of thumbnails, per unit its top-k projections beside their image patches
+    (Fig. 2) and, for a zfnet run with kept epochs, its evolution (Fig. 4). A mining that
+    stops is kept beside OUT, and the same command continues it."""
+    from zfnet.data.words import as_shown
+    from zfnet.explorer.atlas import write_atlas
+    from zfnet.models import score_layer
+    from zfnet.progress import counted_progress
+    from zfnet.train import CheckpointModels, run_checkpoints
+    from zfnet.train.distributed import resolve_device
+
+    source, bundle = _model_and_data(model_options, data)
+    names = _layers(source.model, layers)
+    kept = run_checkpoints(source.meta["checkpoint"]) \
+        if evolution and source.kind == "run" else []
+    if evolution and source.kind == "run" and len(kept) < 2:
+        click.echo(f"no evolution: the run keeps {len(kept)} checkpoint(s) up to this epoch "
+                   "(train with --keep-epochs)", err=True)
+    with counted_progress(desc="atlas", unit="step") as progress:
+        index = write_atlas(
+            source.model, bundle, out, layers=names, k=k, maps_per_layer=maps_per_layer,
+            rule=rule, n_images=images, model_name=source.name,
+            evolution=CheckpointModels(kept, resolve_device(model_options.device))
+            if len(kept) > 1 else None,
+            batch_size=model_options.batch_size, progress=progress, figures=figures,
+            num_workers=_mining_workers(workers, resolve_device(model_options.device)),
+            unit_names={score_layer(source.model): as_shown(source.labels, bundle)}
+            if source.labels else None)
+    click.echo(f"atlas: {index.resolve()}")
+    run_dir = Path(out).parent
+    if Path(out).name == "atlas" and (run_dir / "sections").is_dir():  # RUN/atlas: the run's
+        from zfnet.report import build_report  # report page links to it from now on
+
+        try:
+            click.echo(f"report: {build_report(run_dir).resolve()}")
+        except ValueError:  # no section there after all: no page to link
+            pass

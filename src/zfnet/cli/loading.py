@@ -1,0 +1,112 @@
+"""What the commands that look inside a model share: the model and data loaded once, the
+layers named, the report rebuilt."""
+
+from __future__ import annotations
+
+import click
+
+from zfnet.cli.options import ModelOptions
+
+
+def _mining_workers(workers: int | str | None, device: object) -> int:
+    """The DataLoader workers a command that mines a dataset uses: `--workers` as given (0
+    included), or "auto" when it was not."""
+    from zfnet.data.loaders import resolve_workers
+
+    return resolve_workers("auto" if workers is None else workers, device)
+
+
+def _model_and_data(options: ModelOptions, data: str | None = None, *, need_data: bool = True,
+                    optional_data: bool = False, ten_crop: bool = False, strict: bool = False,
+                    device=None, notes: bool = True):
+    """(Source, DataBundle or None) for a command: the model `options` name, loaded once, with
+    its preprocessing (the notes on how — random init, default preprocessing — go to stderr),
+    and `data` (default: the run's dataset) as that model's inputs. `optional_data`: None
+    instead of an error where neither `data` nor the model names a dataset. `device`: where
+    the model goes instead of `options.device` (a torchrun process's own); `notes` False: not
+    shown (torchrun's other processes)."""
+    from zfnet.sources import load_data, load_source
+    from zfnet.train.distributed import resolve_device
+
+    if options.model is not None and options.checkpoint is not None:
+        raise click.UsageError("--model and --checkpoint both name the model: give one of them")
+    if options.model is None and options.checkpoint is None:
+        raise click.UsageError("no model given: --model SOURCE (a zfnet model name, "
+                               "torchvision:NAME, timm:NAME, hf:ORG/NAME, FILE.py:NAME, a "
+                               "zfnet run) or "
+                               "--checkpoint RUN")
+    source = load_source(options.model or options.checkpoint, options.weights,
+                         mean=options.mean, std=options.std,
+                         resize=options.resize, crop=options.crop, labels=options.labels,
+                         device=device or resolve_device(options.device))
+    for note in source.meta.get("notes", []) if notes else ():
+        click.echo(note, err=True)
+    if optional_data and not data and not source.meta.get("data"):
+        need_data = False
+    bundle = load_data(source, data, ten_crop=ten_crop, strict=strict) if need_data else None
+    if bundle is not None and source.kind != "run":
+        from zfnet.analyses.classes import other_classes
+
+        if other_classes(source.model, source.labels, getattr(bundle, "class_names", None)) \
+                and notes:
+            click.echo(f"{source.name} names its {len(source.labels)} outputs otherwise than "
+                       f"{bundle.spec or 'the dataset'} names its classes (output 0 "
+                       f"{source.labels[0]!r}, class 0 {bundle.class_names[0]!r}): the "
+                       "analyses follow the class it predicts", err=True)
+    _computed_on(source, bundle)
+    return source, bundle
+
+
+def _broken_files(n: int) -> str:
+    """"1 broken file", "3 broken files"."""
+    return f"{n} broken file{'s' * (n != 1)}"
+
+
+def _computed_on(source, bundle) -> None:  # noqa: ANN001
+    """The report sections this command writes say the model, its preprocessing and the data
+    (`zfnet.report.computed_on`), for as long as the command runs."""
+    from zfnet.report.sections import computed_on
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return
+    what = f"{source.name} ({source.preprocessing.describe()})"
+    if bundle is not None and bundle.spec:
+        what += f", data {bundle.spec}"
+    ctx.with_resource(computed_on(what))
+
+
+def _load(checkpoint: str, data: str | None, device: str = "cpu"):
+    """(model, bundle) for an analysis command, the model on `device` (auto: cuda if there)."""
+    from zfnet.data import load_dataset
+    from zfnet.train import load_model
+    from zfnet.train.distributed import resolve_device
+
+    model, meta = load_model(checkpoint, device=resolve_device(device))
+    return model, load_dataset(data or meta["data"])
+
+
+def _layers(model, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """`names` as the names `zfnet models` lists (a module path such as features.conv1 -> conv1),
+    checked before anything is written: an unknown one raises UnknownLayerError, which lists
+    the valid names."""
+    from zfnet.models import layer_name
+
+    if not names:
+        return names
+    return tuple(layer_name(model, name) for name in names)
+
+
+def _class_alone(classes: tuple[str, ...], others: dict[str, object]) -> None:
+    """A UsageError where --class (the class scores' units) is given with an option in
+    `others` ({option: its value}) that chooses other units."""
+    for option, given in others.items():
+        if classes and given:
+            raise click.UsageError(f"--class picks the units of the class scores (the last "
+                                   f"layer); {option} picks others: give one of them")
+
+
+def _finish(out: str) -> None:
+    from zfnet.report import build_report
+
+    click.echo(f"report: {build_report(out).resolve()}")

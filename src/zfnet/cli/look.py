@@ -1,0 +1,156 @@
+"""`zfnet project` and `zfnet predict`: a model on your own images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from zfnet.cli.app import main
+from zfnet.cli.loading import _class_alone, _layers, _mining_workers, _model_and_data
+from zfnet.cli.options import (
+    _NONLINEAR,
+    _OUT,
+    _RULE_HELP,
+    _SOURCE,
+    _WORKERS,
+    ModelOptions,
+    _counts_from_zero,
+    _names,
+    _position,
+)
+
+
+@main.command("project", short_help="Project units of your own images down to pixels")
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
+@_SOURCE
+@click.option("--layer", "layers", multiple=True, callback=_names, metavar="NAME[,NAME...]",
+              help="Layers, comma-separated and/or repeated: names from `zfnet models SOURCE` "
+                   "(conv5, layer3, features.28). Default: conv1..conv5 on zfnet's models, the "
+                   "main stages of any other CNN.")
+@click.option("--channel", "channels", multiple=True, callback=_counts_from_zero,
+              metavar="C[,C...]", help="These maps (repeat or comma list).")
+@click.option("--top", type=click.IntRange(1), default=None,
+              help="Each image's K most active maps (default 4).")
+@click.option("--class", "classes", multiple=True, metavar="NAME",
+              help="Project this class's score (the model's last layer), by its name as the "
+                   "weights or --labels give it (tabby, \"tiger cat\") or its number; repeat "
+                   "for more. The classes the model predicts: --top K without --class and "
+                   "--layer set to its last layer.")
+@click.option("--position", callback=_position, metavar="ROW,COL",
+              help="The unit at this row and column of each map (from 0; a layer's map size: "
+                   "`zfnet models SOURCE`), instead of each map's strongest; --top then ranks "
+                   "the maps by their activation there.")
+@click.option("--rule", type=click.Choice(["deconvnet", "guided", "gradient"]),
+              default="deconvnet", show_default=True, help=_RULE_HELP)
+@click.option("--seed", type=click.Choice(["activation", "one"]), default="activation",
+              show_default=True,
+              help="What each unit goes down with: its activation's value (the paper's; a unit "
+                   "at or below zero projects to nothing), or 1 (Captum's: the same pictures "
+                   "for an active unit, and for one below zero, a class score among them, what "
+                   "would raise it).")
+@_NONLINEAR
+@_OUT
+def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
+                layers: tuple[str, ...] | None, channels: tuple[int, ...] | None,
+                top: int | None, classes: tuple[str, ...], position: tuple[int, int] | None,
+                rule: str, seed: str, out: str) -> None:
+    """Project the strongest unit of maps of each layer (or the unit at --position), in each
+    IMAGE, down to pixels (paper Sec. 2.1): one PNG per unit with the image and the unit's
+    receptive field, the projection, and the projection over the image, and OUT/project.json
+    listing them.
+
+    IMAGE: image files, a folder of images, or a dataset spec (images:DIR, synthetic, ...).
+    """
+    from zfnet.analyses.classes import class_indices
+    from zfnet.analyses.units import project_units, write_units
+    from zfnet.data import load_images
+    from zfnet.models import feature_layers, score_layer
+
+    if channels and top:
+        raise click.UsageError("--channel and --top both choose the maps: give one of them")
+    _class_alone(classes, {"--layer": layers, "--channel": channels, "--top": top,
+                           "--position": position})
+    source, _ = _model_and_data(model_options, need_data=False)
+    if classes:
+        layers = (score_layer(source.model),)
+        channels = tuple(class_indices(classes, source.labels, source.name,
+                                         source.meta.get("num_classes")))
+    layers = _layers(source.model, layers) or tuple(
+        feature_layers(source.model, source.preprocessing.crop))
+    data = load_images(images[0] if len(images) == 1 else list(images), source.preprocessing)
+    names = [str(p) for p in getattr(data, "paths", [])] or None
+    # the last layer's units are the classes the weights name (source.labels)
+    last = score_layer(source.model) if source.labels else None
+    results = [r for layer in layers for r in project_units(
+        source.model, data, layer, channels=channels, top=top, rule=rule, position=position,
+        pixel_scale=source.preprocessing.pixel_scale(), batch_size=model_options.batch_size,
+        names=names, unit_names=source.labels if layer == last else None, seed=seed)]
+    index = write_units(results, out, rule, source.name, seed)
+    for unit, _, _ in results:
+        fires = ("" if unit.active else " (seeded with 1)" if seed == "one" else
+                 " (not active: this seed projects it to nothing; --seed one shows what would "
+                 "raise it)")
+        click.echo(f"{unit.name}: {unit.what}, activation {unit.activation:.3g}{fires} -> "
+                   f"{Path(out) / unit.file}")
+    click.echo(f"wrote {len(results)} projection{'s' * (len(results) != 1)} and {index}")
+
+
+@main.command("predict", short_help="Each image's most probable classes")
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
+@_SOURCE
+@click.option("--top", default=5, show_default=True, type=click.IntRange(1),
+              help="Classes shown per image, the most probable first.")
+@click.option("--ten-crop", is_flag=True,
+              help="Average the probabilities over the paper's 10 crops (corners and centre, "
+                   "each also flipped) instead of the centre crop.")
+@click.option("--out", type=click.Path(), metavar="FILE",
+              help="Also write the predictions to FILE: .csv (image, rank, class, name, "
+                   "probability) or .json.")
+@click.option("--amp", type=click.Choice(["off", "auto", "bf16", "fp16"]), default="off",
+              show_default=True,
+              help="Mixed precision, as in eval (auto: bf16 on CUDA and on CPUs with native "
+                   "bf16; fp16: CUDA only); off: the probabilities in float32.")
+@_WORKERS
+def predict_cmd(images: tuple[str, ...], model_options: ModelOptions, top: int,
+                ten_crop: bool, out: str | None, amp: str, workers: int | str | None) -> None:
+    """The TOP most probable classes of each IMAGE, by the model's softmax, named by its class
+    names (the weights' own or --labels).
+
+    IMAGE: image files, a folder of images, or a dataset spec (images:DIR, synthetic, ...).
+    """
+    from zfnet.data import load_images
+    from zfnet.predict import check_output, predict, write_predictions
+    from zfnet.progress import progress_bar
+    from zfnet.sources import labels_hint
+    from zfnet.train.distributed import resolve_device
+    from zfnet.train.recipe import amp_dtype_for
+
+    device = resolve_device(model_options.device)
+    amp_dtype = amp_dtype_for(amp, device)  # before the model is loaded, as the file is
+    if out is not None:
+        check_output(out)
+    source, _ = _model_and_data(model_options, need_data=False)
+    data = load_images(images[0] if len(images) == 1 else list(images), source.preprocessing,
+                       ten_crop=ten_crop)
+    names = [str(p) for p in getattr(data, "paths", [])] or None
+    with progress_bar(total=len(data), desc="images", unit="img") as bar:
+        found, unreadable = predict(
+            source.model, data, top=top, labels=source.labels, names=names,
+            batch_size=model_options.batch_size, workers=_mining_workers(workers, device),
+            progress=bar.update, amp_dtype=amp_dtype)
+    for p in found:
+        click.echo(f"{p.image}: {p.words()}")
+    if not source.labels:
+        click.echo(f"the classes have no names ({labels_hint(source.meta.get('num_classes'))})",
+                   err=True)
+    if unreadable:
+        click.echo(f"not read ({len(unreadable)}): {', '.join(unreadable)}", err=True)
+    if not found:
+        raise click.ClickException("none of the images could be read (see the warnings above)")
+    if out is not None:
+        crops = "the 10 crops" if ten_crop else "the centre crop"
+        precision = str(amp_dtype or next(source.model.parameters()).dtype).split(".")[-1]
+        path = write_predictions(found, out, {"source": source.name, "crops": crops,
+                                              "precision": precision, "not_read": unreadable})
+        click.echo(f"wrote {len(found)} image{'s' * (len(found) != 1)}' predictions to {path}")

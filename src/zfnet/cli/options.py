@@ -1,0 +1,275 @@
+"""The options commands share, and the callbacks that check their values before any work."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+import click
+
+
+def _names(ctx: click.Context, param: click.Parameter, value):
+    """A comma list, or a repeated option of comma lists -> the names, spaces stripped."""
+    if value is None or value == ():
+        return None
+    values = value if isinstance(value, tuple) else (value,)
+    names = tuple(n.strip() for v in values for n in v.split(",") if n.strip())
+    if not names:
+        raise click.BadParameter(f"{', '.join(map(repr, values))} names nothing")
+    return names
+
+
+def _ints(value, names: tuple[str, ...] | None, minimum: int, example: str):
+    """`names` (a parsed comma list) as integers >= `minimum`, or a clear BadParameter."""
+    if names is None:
+        return None
+    try:
+        counts = tuple(int(n) for n in names)
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < minimum:
+        raise click.BadParameter(f"{value!r} is not a comma list of integers >= {minimum}, "
+                                 f"e.g. {example}")
+    return counts
+
+
+def _counts(ctx: click.Context, param: click.Parameter, value: str | None):
+    """A comma list of integers >= 1, e.g. 1,5,20 -> (1, 5, 20)."""
+    return _ints(value, _names(ctx, param, value), 1, "1,5,20")
+
+
+def _counts_from_zero(ctx: click.Context, param: click.Parameter, value):
+    """A comma list (or repeated option) of map indices >= 0, e.g. 3,17 -> (3, 17)."""
+    value = ",".join(value) if isinstance(value, tuple) else value
+    return _ints(value, _names(ctx, param, value or None), 0, "3,17")
+
+
+def _position(ctx: click.Context, param: click.Parameter, value: str | None):
+    """ROW,COL: two integers >= 0, e.g. 3,5 -> (3, 5)."""
+    rc = _ints(value, _names(ctx, param, value), 0, "3,5")
+    if rc is not None and len(rc) != 2:
+        raise click.BadParameter(f"{value!r} is not a row and a column, ROW,COL (from 0), e.g. "
+                                 "3,5")
+    return rc
+
+
+def _device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from zfnet.train.distributed import parse_device
+
+    if value is not None:
+        try:
+            parse_device(value)
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from e
+    return value
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """What `_SOURCE` parsed: the model (`model` or `checkpoint`), its weights, class names,
+    preprocessing overrides (mean/std as typed: 0..1 units), device and batch size."""
+
+    model: str | None
+    checkpoint: str | None
+    weights: str | None
+    labels: str | None
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    resize: int | None
+    crop: int | None
+    device: str
+    batch_size: int
+
+
+def _floats(ctx: click.Context, param: click.Parameter, value: str | None):
+    """A comma list of numbers: --mean in [0, 1], --std in (0, 1] (0..1 units, as torchvision
+    and timm publish them), checked by `zfnet.sources.unit_stats`."""
+    from zfnet.sources import unit_stats
+
+    if value is None:
+        return None
+    try:
+        return unit_stats(param.name or "", value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+_WEIGHTS = click.option(
+    "--weights", metavar="W",
+    help="The model's weights: a torchvision weights name (DEFAULT, IMAGENET1K_V1, ...) or a "
+         "file (.pth, .pt, .safetensors). Default: random init.")
+
+
+_LABELS = click.option(
+    "--labels", type=click.Path(), metavar="FILE",
+    help="The model's class names, one per output: a text file of one name a line, or a JSON "
+         "list; imagenet: ImageNet's 1000, as torchvision names them (default: the weights' "
+         "own, if any).")
+
+
+# The preprocessing a model comes with, overridden (for a plain weights file, say).
+_PREPROCESSING = (
+    click.option("--mean", callback=_floats, metavar="M,M,M",
+                 help="Input mean per channel in 0..1 units (default: the weights' own)."),
+    click.option("--std", callback=_floats, metavar="S,S,S",
+                 help="Input std per channel in 0..1 units (default: the weights' own)."),
+    click.option("--resize", type=click.IntRange(1),
+                 help="Shorter image side before the centre crop (default: the weights' own)."),
+    click.option("--crop", type=click.IntRange(1),
+                 help="Side of the centre crop the model sees (default: the weights' own)."),
+)
+
+
+_DEVICE = click.option("--device", default="auto", show_default=True, callback=_device,
+                       metavar="DEVICE", help="auto (cuda if available), cpu, cuda, cuda:N.")
+
+
+_RULE_HELP = ("How a unit is projected to pixels: the deconvnet (paper Sec. 2.1), guided "
+              "backpropagation, or the gradient.")
+
+
+_BATCH = click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True,
+                      help="Images per forward pass (lower it where memory is short).")
+
+
+_SOURCE_OPTIONS = (
+    click.option("--model", "model", metavar="SOURCE",
+                 help="The model: a zfnet model name (`zfnet models`), torchvision:NAME, "
+                      "timm:NAME, hf:ORG/NAME or hf:DIR (a Hugging Face image classifier), "
+                      "your own FILE.py:NAME (a function or class that builds it), or a zfnet "
+                      "run."),
+    click.option("--checkpoint", "checkpoint", type=click.Path(exists=True), metavar="RUN",
+                 help="A zfnet run directory, checkpoint directory or its model.safetensors "
+                      "(the same as --model RUN)."),
+    _WEIGHTS,
+    _LABELS,
+    *_PREPROCESSING,
+    _DEVICE,
+    _BATCH,
+)
+
+
+def _options(*options):
+    """One decorator applying several click options, listed in the order given."""
+    def apply(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return apply
+
+
+def _SOURCE(command):
+    """Adds the model options (`_SOURCE_OPTIONS`) to a command; it receives them as one
+    `ModelOptions` argument, `model_options`, to hand to `_model_and_data`."""
+    keys = [f.name for f in fields(ModelOptions)]
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        options = ModelOptions(**{k: kwargs.pop(k) for k in keys})
+        return command(*args, model_options=options, **kwargs)
+
+    return _options(*_SOURCE_OPTIONS)(run)
+
+
+def _model_opts(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]):
+    """Every --model-opt KEY=VALUE typed and range-checked (zfnet.models.options); a bad one is
+    `Error: --model-opt KEY=VALUE: what is valid`."""
+    from zfnet.train import parse_model_opt
+
+    opts, given = {}, {}
+    for text in value:
+        try:
+            key, typed = parse_model_opt(text)
+        except ValueError as e:
+            raise click.ClickException(f"--model-opt {text}: {e}") from e
+        if key in opts:  # the later wins, as for any option (a recipe's overrides), said
+            click.echo(f"note: --model-opt {key} is given twice ({given[key]}, then {text}): "
+                       f"the later is used; for both, give one list ({key}=A,B)", err=True)
+        opts[key], given[key] = typed, text
+    return opts or None
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    from zfnet.train.budget import parse_duration
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from e
+
+
+_POSITIVE = click.FloatRange(0, min_open=True)
+
+
+_FRACTION = click.FloatRange(0, 1, max_open=True)
+
+
+def _workers(ctx: click.Context, param: click.Parameter, value: str | None):
+    from zfnet.data.loaders import parse_workers
+
+    if value is None:
+        return None
+    try:
+        return parse_workers(value)
+    except ValueError as e:
+        raise click.BadParameter(f"{value!r} is not auto or a number >= 0") from e
+
+
+_WORKERS = click.option(
+    "--workers", callback=_workers, metavar="auto|N",
+    help="DataLoader worker processes per process (default auto: on CUDA the CPU cores less "
+         "one, shared by torchrun's processes; on a CPU 0).")
+
+
+_LOADER = click.option(
+    "--loader", type=click.Choice(["auto", "cpu", "gpu", "mixed"]),
+    help="Input pipeline (default auto: gpu on CUDA for imagefolder:/shards:, else cpu). cpu: "
+         "workers decode and cut uint8 crops, the mean is subtracted on the device; gpu: the "
+         "device decodes the JPEGs too (nvJPEG); mixed: the workers decode a share of them, the "
+         "device the rest (the share measured at the start; a resumed training run keeps it).")
+
+
+_DATA = click.option("--data", default=None, metavar="SPEC",
+                     help="Dataset spec (default: the one the model was trained on).")
+
+
+_OUT = click.option("--out", required=True, type=click.Path(file_okay=False),
+                    help="Directory for the figures, sections and index.html.")
+
+
+def _runs_only(why: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A command that needs a zfnet run: --model and --weights (hidden) are told so, and why,
+    instead of click's 'No such option'."""
+    def refuse(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value:
+            command = "zfnet " + ctx.command_path.partition(" ")[2]  # zfnet, or python -m
+            raise click.UsageError(f"{command} needs a zfnet run (--checkpoint RUN): "
+                                   f"{why}; --{param.name} is for the commands that take any "
+                                   "model")
+
+    def wrap(f: Callable[..., Any]) -> Callable[..., Any]:
+        for name in ("weights", "model"):
+            f = click.option(f"--{name}", name, hidden=True, expose_value=False,
+                             callback=refuse, is_eager=True)(f)
+        return f
+    return wrap
+
+
+def _nonlinear_mode(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """The command runs inside `zfnet.graph.nonlinear(value)`, undone when it ends."""
+    from zfnet.graph import nonlinear
+
+    ctx.with_resource(nonlinear(value))
+    return value
+
+
+_NONLINEAR = click.option(
+    "--nonlinear", type=click.Choice(["error", "gradient"]), default="error",
+    show_default=True, callback=_nonlinear_mode, expose_value=False,
+    help="Where the deconvnet or guided rule meets a non-linearity other than a rectifier "
+         "(GELU, SiLU, sigmoid gates, LayerNorm): stop with an error, or take its gradient "
+         "there and apply the rule at the rectifiers only, as Captum does.")
