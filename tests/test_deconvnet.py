@@ -648,3 +648,20 @@ def test_an_unknown_seed_is_named() -> None:
     model = _build("zfnet_small")
     with pytest.raises(ValueError, match="seed='ones' is not known; valid: activation, one"):
         project(model, torch.zeros(1, 3, 64, 64), "conv1", 0, seed="ones")
+
+
+def test_auto_precision_is_bfloat16_where_the_device_computes_it_natively(monkeypatch) -> None:
+    import zfnet.train.recipe
+    from zfnet.deconvnet import resolve_precision
+
+    for given in ("float32", "bfloat16"):
+        assert resolve_precision(given, "cpu") == resolve_precision(given, "cuda") == given
+    for native, want in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(zfnet.train.recipe, "cpu_has_native_bf16", lambda n=native: n)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda n=native: n)
+        assert resolve_precision("auto", "cpu") == want  # emulated bf16 is ~10x slower
+        assert resolve_precision("auto", torch.device("cuda", 0)) == want
+        assert resolve_precision("auto", "meta") == "float32"
+    with pytest.raises(ValueError, match="precision='fp8' is not known; valid: auto, float32, "
+                                         "bfloat16"):
+        resolve_precision("fp8", "cpu")

@@ -105,6 +105,25 @@ _NO_RULE_DOWN = (nn.AvgPool2d, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, 
 _SUPPORTED = tuple(t for t in LAYER_TYPES if t not in _NO_RULE_DOWN)
 
 
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """`precision` as `project_layers` takes it: "auto" is bfloat16 where `device` computes it
+    natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), else float32; float32 and
+    bfloat16 are kept. Anything else: a ValueError naming the valid values."""
+    if precision == "auto":
+        device = torch.device(device)
+        if device.type == "cuda":
+            native = torch.cuda.is_bf16_supported()
+        else:
+            from zfnet.train.recipe import cpu_has_native_bf16
+
+            native = device.type == "cpu" and cpu_has_native_bf16()
+        return "bfloat16" if native else "float32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not known; valid: auto, "
+                         f"{', '.join(PRECISIONS)}")
+    return precision
+
+
 @dataclass
 class RFProjection:
     """Projections cropped to each activation's receptive field (one row per seed).

@@ -354,3 +354,44 @@ def test_the_top_k_table_names_each_units_image_activation_and_box(tmp_path) -> 
     entries = json.loads((tmp_path / "f" / "topk.json").read_text())["layers"]["conv2"]["maps"]
     assert {e["image"] for m in entries for e in m} <= {"p0.png", "p1.png", "p2.png"}
     assert all(e["image"] == f"p{e['item']}.png" for m in entries for e in m)
+
+
+def test_bfloat16_projections_are_float32s_within_rounding_and_the_caption_says_so(
+        tmp_path) -> None:
+    """precision="bfloat16": the same mining, the same maps, every tile close to float32's
+    (the general path's signals in bf16); said in the caption. A chain (zfnet's models) is
+    projected by the windowed engine, in float32 whatever is asked, and says nothing."""
+    from zfnet.analyses.gallery import BF16_NOTE
+
+    _, data = _synthetic(4)
+    model = _tv("resnet18")
+    runs = {p: run_topk_gallery(model, data, ["layer2", "layer4"], k=2, n_maps=3,
+                                out_dir=tmp_path / p, precision=p)
+            for p in ("float32", "bfloat16")}
+    f32, b16 = runs["float32"], runs["bfloat16"]
+    assert f32.maps == b16.maps
+    for name in ("layer2", "layer4"):
+        assert torch.equal(f32.topk[name].index, b16.topk[name].index)
+        a, b = f32.projections[name].flatten(2), b16.projections[name].flatten(2)
+        assert a.dtype == b.dtype == torch.float32
+        assert not torch.equal(a, b)  # it did go down in bf16
+        assert float(torch.nn.functional.cosine_similarity(a, b, dim=2).min()) > 0.999
+    captions = {p: next(s for s in read_sections(tmp_path / p)
+                        if s.key == "topk_gallery").caption for p in runs}
+    assert captions["bfloat16"].endswith(BF16_NOTE) and BF16_NOTE not in captions["float32"]
+
+    chain = zfnet.create_model("zfnet_small")
+    kept = {p: run_topk_gallery(chain, _data(4), ["conv2"], k=2, n_maps=2,
+                                out_dir=tmp_path / f"chain_{p}", precision=p)
+            for p in ("float32", "bfloat16")}
+    assert torch.equal(kept["float32"].projections["conv2"], kept["bfloat16"].projections["conv2"])
+    (section,) = read_sections(tmp_path / "chain_bfloat16")
+    assert BF16_NOTE not in section.caption
+
+
+def test_an_unknown_precision_is_refused_before_mining(tmp_path) -> None:
+    with pytest.raises(ValueError, match="precision='half' is not known; valid: float32, "
+                                         "bfloat16"):
+        run_topk_gallery(zfnet.create_model("zfnet_small"), _data(2), ["conv1"],
+                         out_dir=tmp_path / "g", precision="half")
+    assert not (tmp_path / "g").exists()

@@ -93,6 +93,32 @@ def test_occlusion_in_bfloat16_and_a_bad_precision(setup, tmp_path) -> None:
     assert not (tmp_path / "not").exists()
 
 
+@pytest.mark.parametrize(("given", "native", "bf16"), [
+    ("auto", True, True), ("auto", False, False), ("bfloat16", False, True),
+    ("float32", True, False)])
+def test_topk_precision_auto_is_bfloat16_where_native_and_the_page_says_it(
+        setup, tmp_path, monkeypatch, given, native, bf16) -> None:
+    import zfnet.train.recipe
+    from zfnet.analyses.gallery import BF16_NOTE
+
+    monkeypatch.setattr(zfnet.train.recipe, "cpu_has_native_bf16", lambda: native)
+    out = tmp_path / "look"
+    _ok(["visualize", "topk", *_model(setup), "--data", f"images:{setup / 'photos'}",
+         "--layer", "layer2", "--k", "2", "--maps-per-layer", "2", "--device", "cpu",
+         "--precision", given, "--out", str(out)])
+    caption = {s.key: s for s in read_sections(out)}["topk_gallery"].caption
+    assert caption.endswith(BF16_NOTE) == bf16
+
+
+def test_a_bad_precision_for_topk_writes_nothing(setup, tmp_path) -> None:
+    res = CliRunner().invoke(main, ["visualize", "topk", *_model(setup), "--data",
+                                    f"images:{setup / 'photos'}", "--precision", "half",
+                                    "--out", str(tmp_path / "not")])
+    assert res.exit_code == 2 and "'half' is not one of 'auto', 'float32', 'bfloat16'" in \
+        res.output
+    assert not (tmp_path / "not").exists()
+
+
 def test_topk_shows_its_progress_on_a_terminal_and_in_a_log(setup, tmp_path,
                                                            monkeypatch) -> None:
     """Mining a folder takes a while: a bar says how far it is, redrawn on a terminal, its

@@ -4,6 +4,7 @@ kept epochs), that bad inputs leave unwritten, and that a real browser opens fro
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
 from html.parser import HTMLParser
@@ -183,6 +184,36 @@ def test_no_evolution_for_other_models_or_when_asked(tiny_run, tmp_path) -> None
             "--images", "4", "--maps-per-layer", "2", "--no-evolution"])
     assert json.loads((out / ATLAS_FILE).read_text())["evolution"] is None
     assert not list(out.rglob("*_evolution.*"))
+
+
+def test_precision_is_recorded_and_said_where_the_graph_projects(tiny_run, tmp_path) -> None:
+    """--precision bfloat16: a ResNet's (graph) projections in bf16, atlas.json and every page's
+    caption say so; float32 says nothing. A zfnet run (a chain) is projected in float32."""
+    from zfnet.analyses.gallery import BF16_NOTE
+
+    torch.manual_seed(0)
+    weights = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), weights)
+    for precision in ("bfloat16", "float32"):
+        out = tmp_path / precision
+        _atlas(["--model", "torchvision:resnet18", "--weights", str(weights), "--resize", "40",
+                "--crop", "32", "--data", "synthetic?n_train=8&n_val=8&size=32", "--layer",
+                "layer1", "--k", "2", "--maps-per-layer", "2", "--precision", precision,
+                "--out", str(out)])
+        assert json.loads((out / ATLAS_FILE).read_text())["precision"] == precision
+        units = [p for p in (out / "layer1").glob("*.html") if p.name != "index.html"]
+        assert len(units) == 2  # with the site's index, the pages with the Fig. 2 caption
+        said = [_says(p, BF16_NOTE) for p in [out / "index.html", *units]]
+        assert all(said) if precision == "bfloat16" else not any(said)
+    out = tmp_path / "chain"
+    _atlas(["--checkpoint", str(tiny_run), "--out", str(out), "--layer", "conv1", "--k", "2",
+            "--images", "4", "--maps-per-layer", "2", "--precision", "bfloat16"])
+    assert not any(_says(p, BF16_NOTE) for p in out.rglob("*.html"))
+
+
+def _says(page: Path, text: str) -> bool:
+    """Whether the page's text (entities undone, spaces folded) holds `text`."""
+    return " ".join(text.split()) in " ".join(html.unescape(page.read_text()).split())
 
 
 @pytest.mark.parametrize(("args", "message"), [

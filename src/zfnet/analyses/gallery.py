@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from zfnet.analyses.topk import TopK, mine_topk, mine_topk_distributed, save_topk
-from zfnet.deconvnet import Seeds, project_layers, windowed
+from zfnet.deconvnet import PRECISIONS, Seeds, project_layers, windowed
 from zfnet.display import CAPTION as DISPLAY_CAPTION
 from zfnet.display import projection_to_uint8, save_png
 from zfnet.graph import check_rule
@@ -54,6 +54,10 @@ from zfnet.report import Figure, Section, Table, write_section
 from zfnet.train.distributed import current_rank
 
 MAP_RULES = ("strongest", "spaced")
+# said where the projections went down a graph in bfloat16 (measured on a ResNet-50's gallery:
+# every pixel within 4 of 255 grey levels of float32's, docs/results.md)
+BF16_NOTE = (" The projections went down the network in bfloat16: the pictures are float32's "
+             "within a few grey levels.")
 
 CAPTION = """
 Paper Fig. 2. Each block is one feature map of the layer. Left: the {k} strongest activations
@@ -227,6 +231,7 @@ def project_topk(
     images_per_pass: int = 32,
     batch_size: int | None = None,
     geometries: Mapping[str, LayerGeometry | None] | None = None,
+    precision: str = "float32",
 ) -> dict[str, Tensor]:
     """Project every top-k activation of the chosen maps of each layer (paper Fig. 2).
 
@@ -237,6 +242,7 @@ def project_topk(
     down from there, `batch_size` seeds at a time (`zfnet.deconvnet.project_layers`). Any layer
     of any model: off a plain chain, the general path's whole-image projections are cut to the
     same windows (`geometries`: each layer's, default `zfnet.models.layer_geometries`).
+    precision: what the general path's signals go down in (`project_layers`).
     """
     # (layer, block a, slot j, image) for every seed
     seeds = [(name, a, j, int(topk[name].index[c, j]))
@@ -265,7 +271,8 @@ def project_topk(
             pos = torch.stack([t.row[ch, j_], t.col[ch, j_]], 1)  # (S, 2)
             asks[name] = Seeds(torch.tensor([local[m[2]] for m in mine]), ch, pos)
             todo[name] = (a_, j_)
-        rfs = project_layers(model, x, asks, rule, lrn=lrn, batch_size=batch_size)
+        rfs = project_layers(model, x, asks, rule, lrn=lrn, batch_size=batch_size,
+                             precision=precision)
         for name, rf in rfs.items():
             values = _to_host(rf.values)
             if whole:  # (S, C, H, W) -> each unit's window
@@ -369,6 +376,7 @@ def run_topk_gallery(
     num_workers: int = 0,
     unit_names: Mapping[str, Sequence[str]] | None = None,
     journal_key: str | None = None,
+    precision: str = "float32",
 ) -> GalleryResult:
     """The whole Fig. 2 job: mine the top-k of `layers` over `dataset`, project them, write
     `out_dir/topk.pt`, its table `out_dir/topk.json` (`write_topk_table`), one
@@ -391,9 +399,13 @@ def run_topk_gallery(
     the maps in the caption (the class scores' layer: its class names). journal_key: what
     identifies the model and the data (`zfnet.analyses.topk.mining_digest`): with it, the mining
     is kept in `out_dir` where it stops and continued by the same call (`mine_topk`'s journal,
-    one per process); in one process, kept until the gallery is drawn.
+    one per process); in one process, kept until the gallery is drawn. precision: what the
+    projections go down in off a plain chain (`zfnet.deconvnet.project_layers`: bfloat16 about
+    2x faster on a CPU with native bf16, `resolve_precision`); the caption says bfloat16.
     """
     check_rule(rule)  # before mining
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not known; valid: {', '.join(PRECISIONS)}")
     if map_rule not in MAP_RULES:
         raise ValueError(f"map_rule={map_rule!r} is not known; valid: {', '.join(MAP_RULES)}")
     first_x = first_image(dataset)
@@ -448,7 +460,8 @@ def run_topk_gallery(
         bad = [c for c in chosen[name] if not 0 <= c < t.values.shape[0]]
         if bad:
             raise ValueError(f"maps {bad} do not exist in {name} ({t.values.shape[0]} maps)")
-    projections = project_topk(model, dataset, topk, chosen, rule, lrn=lrn, geometries=geos)
+    projections = project_topk(model, dataset, topk, chosen, rule, lrn=lrn, geometries=geos,
+                               precision=precision)
     cache: dict[int, Tensor] = {}
     for name in layers:
         t, proj = topk[name], projections[name]  # (M, k, C, h, w)
@@ -482,7 +495,8 @@ def run_topk_gallery(
                                                rule=RULE_NAMES[rule],
                                                rf=fields, display=DISPLAY_CAPTION)
     caption += (f" Every map's top {k}, each its image, activation, unit and receptive field: "
-                f"{(rel_dir / 'topk.json').as_posix()}.")
+                f"{(rel_dir / 'topk.json').as_posix()}."
+                + (BF16_NOTE if whole and precision == "bfloat16" else ""))
     result.section = write_section(run_dir, Section(
         key="topk_gallery",
         title=f"Top-{k} activations and their projections (Fig. 2)",

@@ -12,6 +12,7 @@ from zfnet.cli.options import (
     _DATA,
     _NONLINEAR,
     _OUT,
+    _PRECISION,
     _RULE_HELP,
     _SOURCE,
     _WORKERS,
@@ -56,11 +57,12 @@ def visualize() -> None:
                    "its name as the weights or --labels give it, or its number; repeat for "
                    "more.")
 @_WORKERS
+@_PRECISION
 def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
              layers: tuple[str, ...] | None, layers_alias: tuple[str, ...] | None, k: int,
              maps_per_layer: int, map_rule: str, rule: str, images: int | None,
              maps: tuple[int, ...] | None, classes: tuple[str, ...],
-             workers: int | str | None) -> None:
+             workers: int | str | None, precision: str) -> None:
     """Fig. 2: the k strongest activations of feature maps over a dataset (or a folder of your
     images: --data images:DIR), projected to pixels beside their image patches; every map's
     top k, each its image, activation and receptive field, in OUT/gallery/topk.json.
@@ -72,6 +74,7 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
     from zfnet import pipeline
     from zfnet.analyses.classes import class_indices
     from zfnet.data.words import as_shown
+    from zfnet.deconvnet import resolve_precision
     from zfnet.models import score_layer
     from zfnet.train.distributed import processes
 
@@ -92,7 +95,8 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
                          distributed=info.enabled,
                          num_workers=_mining_workers(workers, info.device),
                          class_names=as_shown(source.labels, bundle) or None,
-                         progress=info.is_main)  # mining a folder takes a while
+                         progress=info.is_main,  # mining a folder takes a while
+                         precision=resolve_precision(precision, info.device))
     if info.is_main:
         _finish(out)
 
@@ -123,15 +127,17 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
                    "where that is smaller: a ResNet's site in about a third of the bytes, for "
                    "a static host.")
 @_WORKERS
+@_PRECISION
 def atlas_cmd(model_options: ModelOptions, data: str | None, out: str,
               layers: tuple[str, ...] | None, k: int, maps_per_layer: int | None,
               images: int | None, rule: str, evolution: bool, figures: str,
-              workers: int | str | None) -> None:
+              workers: int | str | None, precision: str) -> None:
     """A static site of the model's units (open OUT/index.html from disk or any host): per
     layer a page of thumbnails, per unit its top-k projections beside their image patches
     (Fig. 2) and, for a zfnet run with kept epochs, its evolution (Fig. 4). A mining that
     stops is kept beside OUT, and the same command continues it."""
     from zfnet.data.words import as_shown
+    from zfnet.deconvnet import resolve_precision
     from zfnet.explorer.atlas import write_atlas
     from zfnet.models import score_layer
     from zfnet.progress import counted_progress
@@ -154,7 +160,8 @@ def atlas_cmd(model_options: ModelOptions, data: str | None, out: str,
             batch_size=model_options.batch_size, progress=progress, figures=figures,
             num_workers=_mining_workers(workers, resolve_device(model_options.device)),
             unit_names={score_layer(source.model): as_shown(source.labels, bundle)}
-            if source.labels else None)
+            if source.labels else None,
+            precision=resolve_precision(precision, resolve_device(model_options.device)))
     click.echo(f"atlas: {index.resolve()}")
     run_dir = Path(out).parent
     if Path(out).name == "atlas" and (run_dir / "sections").is_dir():  # RUN/atlas: the run's

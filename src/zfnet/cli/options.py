@@ -267,6 +267,15 @@ def _nonlinear_mode(ctx: click.Context, param: click.Parameter, value: str) -> s
     return value
 
 
+_PRECISION = click.option(
+    "--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto",
+    show_default=True,
+    help="What the projections go down in where they go through the network's graph (a "
+         "ResNet, any network that is not a plain chain): bfloat16 (a ResNet-50's gallery "
+         "1.7x faster on a CPU with native bf16, its pictures within 4 of 255 grey levels of "
+         "float32's) or float32; auto: bfloat16 where the device computes it natively (a GPU "
+         "with bf16, a CPU with AVX512-BF16 or AMX). A chain (zfnet's models, AlexNet, VGG) "
+         "is projected in float32.")
 _NONLINEAR = click.option(
     "--nonlinear", type=click.Choice(["error", "gradient"]), default="error",
     show_default=True, callback=_nonlinear_mode, expose_value=False,

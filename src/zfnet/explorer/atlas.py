@@ -56,6 +56,7 @@ from torch.utils.data import Dataset, Subset
 
 from zfnet.analyses.evolution import EvolutionResult, feature_evolution, render_unit_evolution
 from zfnet.analyses.gallery import (
+    BF16_NOTE,
     CAPTION,
     RULE_NAMES,
     blank_cells_text,
@@ -75,7 +76,7 @@ from zfnet.atomic import write_text_atomic
 from zfnet.data import DataBundle
 from zfnet.data.picks import file_name
 from zfnet.data.workers import held_signals
-from zfnet.deconvnet import windowed
+from zfnet.deconvnet import PRECISIONS, windowed
 from zfnet.display import CAPTION as DISPLAY_CAPTION
 from zfnet.display import projection_to_uint8
 from zfnet.graph import check_rule
@@ -116,6 +117,7 @@ class _Layer:
     geometry: LayerGeometry | None
     shown: list[int] = field(default_factory=list)
     names: Sequence[str] | None = None  # a name per unit: the class scores' classes
+    graph: bool = False  # projected by the general path (off the plain chain): `precision` told
 
     @property
     def word(self) -> str:
@@ -162,6 +164,7 @@ def write_atlas(
     unit_names: Mapping[str, Sequence[str]] | None = None,
     journal_key: str | None = None,
     figures: str = "png",
+    precision: str = "float32",
 ) -> Path:
     """Write the atlas of `model` over `data` into `out_dir` (see the module doc); return the
     path of its index.html.
@@ -189,8 +192,12 @@ def write_atlas(
     journal); the evolution's minings are done again.
     figures: "png" (lossless, the gallery's pictures) or "jpeg" (each picture a JPEG where that
     is smaller: a ResNet's site in about a third of the bytes, for a static host).
+    precision: what the top-k projections go down in off a plain chain (float32, bfloat16:
+    `zfnet.deconvnet.project_layers`); the evolution's stay float32 (they are compared).
     """
     check_rule(rule)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not known; valid: {', '.join(PRECISIONS)}")
     if figures not in FIGURES:
         raise ValueError(f"figures={figures!r}: give one of {', '.join(FIGURES)}")
     if k < 1:
@@ -267,7 +274,7 @@ def write_atlas(
         "images": next(iter(topk.values())).mined or n, "files": n,
         "input": list(shape),
         "evolution": {"epochs": evo.epochs} if evo is not None else None,
-        "figures": figures,
+        "figures": figures, "precision": precision,
     }
 
     def drawn(units: int) -> None:
@@ -381,14 +388,15 @@ def _write_layers(root: Path, model: nn.Module, dataset: Dataset, table: list[_L
         folder = root / layer.slug
         folder.mkdir()
         t = topk[layer.name]
-        whole = not windowed(model, [layer.name])
+        whole = layer.graph = not windowed(model, [layer.name])
         geos = {layer.name: layer.geometry}
         h, w = _window(layer.geometry, size, whole)
         thumbs: list[Tensor] = []
         units: list[dict[str, Any]] = []
         for part in _chunks(layer.shown, t.k * shape[0] * h * w * 4):
             proj = project_topk(model, dataset, {layer.name: t}, {layer.name: part}, rule,
-                                geometries=geos)[layer.name]  # (M, k, C, h, w)
+                                geometries=geos, precision=meta["precision"]
+                                )[layer.name]  # (M, k, C, h, w)
             proj = _scaled(proj, pixel_scale)
             patches = topk_patches(t, part, layer.geometry, shape, whole, show, cache)
             for a, c in enumerate(part):
@@ -515,6 +523,8 @@ def _caption(meta: dict[str, Any], layers: list[_Layer], unit: bool = False) -> 
     text = text.replace("Each block is one feature map of the layer. ",
                         "" if unit else "Each map has a page of its own (the layers below link "
                         "to them). On it: ")
+    if meta.get("precision") == "bfloat16" and any(layer.graph for layer in layers):
+        text += BF16_NOTE
     return " ".join(text.split())
 
 
