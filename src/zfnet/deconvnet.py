@@ -109,14 +109,12 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     """`precision` as `project_layers` takes it: "auto" is bfloat16 where `device` computes it
     natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), else float32; float32 and
     bfloat16 are kept. Anything else: a ValueError naming the valid values."""
-    if precision == "auto":
-        device = torch.device(device)
-        if device.type == "cuda":
-            native = torch.cuda.is_bf16_supported()
-        else:
-            from zfnet.train.recipe import cpu_has_native_bf16
+    if precision == "auto":  # where `--amp auto` computes in bf16
+        from zfnet.train.recipe import amp_dtype_for
 
-            native = device.type == "cpu" and cpu_has_native_bf16()
+        device = torch.device(device)
+        native = device.type in ("cpu", "cuda") and \
+            amp_dtype_for("auto", device) is torch.bfloat16
         return "bfloat16" if native else "float32"
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} is not known; valid: auto, "
