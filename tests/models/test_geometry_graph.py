@@ -497,6 +497,32 @@ def test_layer_info_gives_every_torchvision_cnn_a_geometry() -> None:
     assert layer_info(model)["layer4.1.conv2"].geometry.shape == (7, 7)  # default: 224
 
 
+@pytest.mark.parametrize("name", ["densenet121", "efficientnet_b0", "alexnet", "convnext_tiny"])
+def test_layer_info_channels_are_the_outputs_own(name: str) -> None:
+    """channels is each layer's real output count, not the last convolution's carried forward:
+    a DenseNet's transition and final norm after a concatenation (256, 1024 — not 32), inside
+    an EfficientNet's squeeze-and-excitation gate (8 — not 32), alexnet's classifier dropout
+    after the flattening (9216), a ConvNeXt's channels-last layers."""
+    model = _tv(name).eval()
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = [m.register_forward_hook(
+        lambda _m, _i, o, p=p: shapes.__setitem__(p, tuple(o.shape)))
+        for p, m in model.named_modules() if p and not any(True for _ in m.children())]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 64, 64))
+    for h in handles:
+        h.remove()
+    infos = layer_info(model, 64)
+    for path, shape in shapes.items():
+        channels_last = len(shape) == 4 and shape[1] == shape[2] != shape[3]  # square input
+        assert infos[path].channels == shape[-1 if channels_last or len(shape) != 4 else 1], path
+    expect = {"densenet121": {"features.transition1.norm": 256, "features.norm5": 1024},
+              "efficientnet_b0": {"features.1.0.block.1.activation": 8},
+              "alexnet": {"classifier.0": 9216},
+              "convnext_tiny": {"features.1.0.block.3": 384}}[name]
+    assert {p: infos[p].channels for p in expect} == expect
+
+
 def test_layer_info_of_a_model_that_cannot_run_the_input() -> None:
     """A model that takes 32x32 only: layer_info without an input size (224 is a guess) lists
     its layers without geometry; given 32, with; given a size it cannot run, GeometryError."""

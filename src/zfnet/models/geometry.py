@@ -416,11 +416,25 @@ def graph_geometry(model: nn.Module, input_size: int | tuple[int, int],
     the model does not run on that: a stem that rearranges the pixels first).
     `GeometryError` if the forward pass fails (e.g. an input too small for the model).
     """
-    out: dict[str, LayerGeometry | None] = {}
+    return {path: geo for path, (geo, _) in graph_layers(model, input_size, in_channels).items()}
+
+
+def graph_layers(model: nn.Module, input_size: int | tuple[int, int],
+                 in_channels: int | None = None
+                 ) -> dict[str, tuple[LayerGeometry | None, int | None]]:
+    """`graph_geometry` and, from the same forward pass, each module's output channels: the
+    maps of an (N, C, H, W) or channels-last (N, H, W, C) output, the features of an (N, F)
+    one, the last dim of tokens (N, L, C); None for an output that is not a tensor. Read from
+    the output itself, so right after a concatenation (a DenseNet's transition) or inside a
+    squeeze-and-excitation gate, where the last convolution's count is not the output's."""
+    out: dict[str, tuple[LayerGeometry | None, int | None]] = {}
     for path, state, out_shape in _walked(model, input_size, in_channels):
         # maps (N, C, H, W), or (N, H, W, C), which every reader sees as (N, C, H, W)
-        maps = _last_two(state, out_shape) or _channels_last(state, out_shape)
-        out[path] = state.geo if maps and state.exact else None
+        last = _channels_last(state, out_shape)
+        maps = _last_two(state, out_shape) or last
+        channels = (None if len(out_shape) < 2  # not a tensor, or a scalar per image
+                    else out_shape[-1] if last or len(out_shape) == 3 else out_shape[1])
+        out[path] = (state.geo if maps and state.exact else None, channels)
     return out
 
 

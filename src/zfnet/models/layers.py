@@ -26,6 +26,7 @@ from zfnet.models.geometry import (
     GeometryError,
     LayerGeometry,
     graph_geometry,
+    graph_layers,
     pair,
     record_forward,
     sequential_geometry,
@@ -90,7 +91,9 @@ def layer_info(model: nn.Module, input_size: int | tuple[int, int] | None = None
     known layers (torchvision's alexnet, vgg), else for every module from one forward pass
     (`zfnet.models.geometry.graph_geometry`: ResNets, DenseNets, GoogLeNet, MobileNets, ...).
     A model that cannot run the default 224 gets no geometry; with an explicit `input_size`
-    it is a `GeometryError`.
+    it is a `GeometryError`. `channels` is the output's own count from that forward pass (a
+    DenseNet's transition after its concatenation, a squeeze-and-excitation gate); for a model
+    that does not run, the count a convolution, linear layer or batch norm states, else None.
     """
     check_not_scripted(model)
     from zfnet.models.convnet import ConvNet  # local: convnet imports geometry, not layers
@@ -109,8 +112,15 @@ def layer_info(model: nn.Module, input_size: int | tuple[int, int] | None = None
                     channels = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
                 infos[name] = LayerInfo(name, path, _kind(m), channels, geo.get(path))
         return infos
-    geo: dict[str, LayerGeometry | None] = {}
-    if _plain_chain(model):
+    chain = _plain_chain(model)
+    try:  # one forward pass: every module's output channels (and, off a chain, its geometry)
+        walked = graph_layers(model, input_size or DEFAULT_SIZE)
+    except GeometryError:
+        if input_size is not None and not chain:
+            raise
+        walked = {}
+    geo = {path: g for path, (g, _) in walked.items()}
+    if chain:  # along the chain of known layers, also for a model that fails to run
         geo = dict(sequential_geometry(model.features, input_size or DEFAULT_SIZE,
                                        prefix="features."))
         empty = next(((p, g) for p, g in geo.items() if min(g.rows.size, g.cols.size) < 1), None)
@@ -122,22 +132,23 @@ def layer_info(model: nn.Module, input_size: int | tuple[int, int] | None = None
                     f"output would be {empty[1].rows.size}x{empty[1].cols.size}); give an "
                     "input size the model takes")
             geo = {}
-    else:
-        try:
-            geo = graph_geometry(model, input_size or DEFAULT_SIZE)
-        except GeometryError:
-            if input_size is not None:
-                raise
-    channels = None
     for path, m in model.named_modules():
         if not path or any(True for _ in m.children()):
             continue  # containers are not layers
-        if isinstance(m, nn.Conv2d):
-            channels = m.out_channels
-        elif isinstance(m, nn.Linear):
-            channels = m.out_features
+        # the output's own count (after a concatenation, in a gate); else what the module says
+        channels = walked[path][1] if path in walked else _own(m)
         infos[path] = LayerInfo(path, path, _kind(m), channels, geo.get(path))
     return infos
+
+
+def _own(m: nn.Module) -> int | None:
+    """The output channels a module states itself (a convolution's, a linear layer's, a batch
+    norm's), for a model whose forward pass could not run; None for the others."""
+    for attr in ("out_channels", "out_features", "num_features"):
+        value = getattr(m, attr, None)
+        if isinstance(value, int):
+            return value
+    return None
 
 
 def layer_names(model: nn.Module) -> dict[str, str]:
