@@ -115,6 +115,32 @@ def test_randomization_at_the_last_stage_by_default(bundle, tmp_path) -> None:
     assert _section(tmp_path, "randomization").tables[0].rows[0][:2] == [1, "layer1.1.bn2"]
 
 
+def test_randomization_seeds_maps_the_first_step_computes(bundle, tmp_path) -> None:
+    """A DenseNet block's output passes its input's maps through (a concatenation): seeded at
+    one of those, re-initialising the block could not change any map (1.000 for every rule).
+    The seeds are the block's own maps, and the words say how many were left out."""
+    from zfnet.activations import get_activations
+    from zfnet.analyses.sanity import passed_through, randomization_words
+
+    torch.manual_seed(0)
+    model = torchvision.models.DenseNet(growth_rate=4, block_config=(2, 2),
+                                        num_init_features=64, num_classes=10).eval()
+    x = torch.stack([bundle.val[i][0] for i in range(2)])
+    through = passed_through(model, x, "features.denseblock2")
+    # transition1 halves 64 + 2*4 maps to 36; the block adds 2*4 of its own
+    assert through.tolist() == [True] * 36 + [False] * 8
+    act = get_activations(model, x, ["features.denseblock2"])["features.denseblock2"]
+    assert act.flatten(2).amax(2).argmax(1).lt(36).all()  # the strongest: passed through
+    res = pipeline.randomization(model, bundle, tmp_path, n_images=2,
+                                 layer="features.denseblock2")
+    assert res.steps[0] == "features.denseblock2" and res.passed == 36
+    assert all(score["spearman"][0] < 0.999 for score in res.scores.values())
+    assert ("2 images seeded at denseblock2 (the strongest of the maps denseblock2 computes; "
+            "the 36 it passes through unchanged from below are not seeded)"
+            in randomization_words(res)[0])
+    assert "the 36 it passes through unchanged" in _section(tmp_path, "randomization").caption
+
+
 def test_mobilenet_gallery_and_occlusion_defaults(bundle, tmp_path) -> None:
     from zfnet.analyses.occlusion import occlusion_report
 

@@ -526,7 +526,13 @@ def randomization(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
     strongest map in `layer`; scores: the mean over `n_images` val images (default 16, or the
     split's all where it has fewer)."""
     from zfnet.activations import get_activations
-    from zfnet.analyses.sanity import MODES, STEPS, model_randomization, randomization_section
+    from zfnet.analyses.sanity import (
+        MODES,
+        STEPS,
+        model_randomization,
+        passed_through,
+        randomization_section,
+    )
     from zfnet.models import (
         eval_mode,
         feature_layers,
@@ -561,8 +567,14 @@ def randomization(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
     x = torch.stack([item[0] for _, item in pick_items(val, n_images)])  # readable ones
     with eval_mode(model):
         act = get_activations(model, x, [layer])[layer]  # (N, C, H, W)
-    channels = act.flatten(2).amax(2).argmax(1)  # (N,)
+    strength = act.flatten(2).amax(2)  # (N, C)
+    # not a map the first step only passes through (a DenseNet block's concatenation)
+    through = passed_through(model, x, layer, steps)
+    if through.all():
+        through[:] = False
+    channels = strength.masked_fill(through, -torch.inf).argmax(1)  # (N,)
     res = model_randomization(model, x, layer, channels, mode=mode, steps=steps)
+    res.passed = int(through.sum())
     randomization_section(run_dir, res)
     return res
 

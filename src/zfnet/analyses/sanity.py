@@ -166,6 +166,7 @@ class RandomizationResult:
     mode: str = "cascading"
     layer: str = ""  # the seed units' layer
     images: int = 0  # how many images each score is the mean over
+    passed: int = 0  # maps of `layer` the first step passes through, not seeded (`passed_through`)
 
 
 def model_randomization(
@@ -225,6 +226,30 @@ def model_randomization(
                         v.copy_(kept[k])
     res.examples = {r: torch.stack(m) for r, m in shown.items()}
     return res
+
+
+def passed_through(model: nn.Module, images: torch.Tensor, layer: str, steps: str = "block",
+                   seed: int = 0) -> torch.Tensor:
+    """(C,) bool: the maps of `layer` that re-initialising the randomisation's first step (the
+    top block, or module, at or below `layer`) leaves unchanged on `images` though they are not
+    silent — a DenseNet block's output passes every map of its input through its concatenation.
+    Seeded at one of those, the first step could not change any method's map (similarity 1.000
+    whatever the rule): the check seeds the maps the step computes. On a copy of `model`."""
+    from zfnet.activations import get_activations
+
+    work = copy.deepcopy(model).eval()
+    size = (int(images.shape[-2]), int(images.shape[-1]))
+    _, paths = randomization_steps(work, resolve_layer(work, layer)[0], size, steps)[0]
+    with torch.no_grad():
+        before = get_activations(work, images, [layer])[layer]
+        g = torch.Generator().manual_seed(seed)
+        for path in paths:
+            reinitialise(work.get_submodule(path), g)
+        after = get_activations(work, images, [layer])[layer]
+    dims = [d for d in range(before.ndim) if d != 1]  # all but the maps
+    same = torch.isclose(after, before, rtol=1e-5, atol=1e-7).all(dim=dims) if dims else \
+        torch.isclose(after, before, rtol=1e-5, atol=1e-7)
+    return same & before.ne(0).any(dim=dims)
 
 
 @dataclass
@@ -302,13 +327,22 @@ def _short(path: str) -> str:
     return path
 
 
+def _skipped(result: RandomizationResult) -> str:
+    """Words for the seed maps left out (`passed_through`), or none."""
+    if not result.passed:
+        return ""
+    n = result.passed
+    return (f" (the strongest of the maps {_short(result.steps[0])} computes; the {n} it "
+            "passes through unchanged from below are not seeded)")
+
+
 def randomization_words(result: RandomizationResult) -> list[str]:
     """The check's outcome in a few lines for a terminal: what was re-initialised, then per
     rule the rank correlation (and SSIM) with the trained model's maps: after the first and
     the last step when cascading, at the least and the most similar layer when independent."""
     names = [_short(s) for s in result.steps]
     seeds = (f"; {result.images} image{'s' * (result.images != 1)} seeded at "
-             f"{_short(result.layer)}" if result.images else "")
+             f"{_short(result.layer)}{_skipped(result)}" if result.images else "")
     if result.mode == "independent":
         lines = [f"independent randomisation of {len(names)} layer{'s' * (len(names) != 1)}, "
                  f"each alone{seeds}; similarity to the trained model's maps, least and most "
@@ -383,7 +417,8 @@ def randomization_section(
         caption=(
             how + "and the maps of each method are recomputed for the same images and units"
             + (f" ({result.images} val image{'s' * (result.images != 1)}, each seeded at its "
-               f"strongest map of {_short(result.layer)})" if result.images else "") + ". "
+               f"strongest map of {_short(result.layer)}{_skipped(result)})"
+               if result.images else "") + ". "
             "Similarity to the trained model's maps: SSIM and Spearman rank correlation of the "
             "absolute maps (1 = unchanged), the mean over the images"
             + (" (few images make the curves noisy: --images sets how many)"
