@@ -75,7 +75,25 @@ _NONLINEAR_MODE: ContextVar[str] = ContextVar("zfnet_nonlinear", default="error"
 
 
 class RuleUndefinedError(ValueError):
-    """The deconvnet / guided rule was asked to go back through a non-rectifier."""
+    """The deconvnet / guided rule (`rule`) was asked to go back through a non-rectifier
+    (`what`: "SiLU", "sigmoid", ...). The message names both ways on: the plain gradient rule,
+    or the gradient at that non-linearity only; `message(rule_option=False)` the second alone,
+    for a command that computes every rule (`zfnet analyze randomization`)."""
+
+    def __init__(self, rule: str, what: str, rule_option: bool = True) -> None:
+        self.rule, self.what = rule, what
+        super().__init__(self.message(rule_option))
+
+    def message(self, rule_option: bool = True) -> str:
+        """The error's words; `rule_option`: whether to offer the gradient rule (--rule)."""
+        rule, what = self.rule, self.what
+        return (f"the {rule} rule is defined for rectifiers (ReLU, ReLU6) only, but the signal "
+                f"has to go back through {what}; use "
+                + ("rule 'gradient' (--rule gradient; defined for every layer), or "
+                   if rule_option else "")
+                + "nonlinear 'gradient' (--nonlinear gradient; in Python, "
+                f"`with zfnet.graph.nonlinear(\"gradient\"):`) to take {what}'s gradient and "
+                f"apply the {rule} rule at the rectifiers only, as Captum does")
 
 
 class PlainGradientWarning(UserWarning):
@@ -449,13 +467,7 @@ def _node_backward(node: Any, name: str, g_out: list[Tensor | None], rounds: int
         if rule != "gradient" and _NONLINEAR_MODE.get() == "error":
             what = _NONLINEAR.get(name) or \
                 f"hardtanh({node._saved_min_val}, {node._saved_max_val})"
-            raise RuleUndefinedError(
-                f"the {rule} rule is defined for rectifiers (ReLU, ReLU6) only, but the signal "
-                f"has to go back through {what}; use rule 'gradient' (--rule gradient; defined "
-                f"for every layer), "
-                f"or nonlinear 'gradient' (--nonlinear gradient; in Python, "
-                f"`with zfnet.graph.nonlinear(\"gradient\"):`) to take {what}'s gradient and "
-                f"apply the {rule} rule at the rectifiers only, as Captum does")
+            raise RuleUndefinedError(rule, what)
     fn = _BATCHED.get(name)
     if fn is not None and len(g_out) == 1 and g_out[0] is not None:
         try:

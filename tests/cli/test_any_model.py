@@ -303,6 +303,20 @@ def test_every_analysis_takes_device_and_batch_size(tmp_path) -> None:
     assert shown == {"conv2", "fc6"}, section.tables[0].rows
 
 
+def test_the_rule_error_of_a_command_without_rule_offers_only_nonlinear(tmp_path) -> None:
+    """analyze randomization computes every rule: its error at a Hardswish offers
+    --nonlinear gradient, not a --rule option it does not have; nothing written."""
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["analyze", "randomization", "--model",
+                                    "torchvision:mobilenet_v3_small", "--data",
+                                    "synthetic?n_train=8&n_val=8&size=64", "--images", "1",
+                                    "--out", str(out)])
+    last = res.output.strip().splitlines()[-1]
+    assert res.exit_code == 1 and last.startswith("Error: ") and "Hardswish" in last, last
+    assert "--nonlinear gradient" in last and "--rule" not in last, last
+    assert not out.exists()
+
+
 def test_every_projecting_command_offers_what_the_rule_error_names(tmp_path) -> None:
     """The deconvnet's error at a Hardswish names --rule gradient and --nonlinear gradient: every
     command that projects takes both, evolution (Fig. 4) of a MobileNetV3 run included."""

@@ -52,6 +52,18 @@ class _Command(click.Command):
             i += 2 if name in takes and not eq else 1
         return super().parse_args(ctx, args)
 
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ValueError as e:
+            from zfnet.graph import RuleUndefinedError
+
+            if isinstance(e, RuleUndefinedError) and not any(
+                    "--rule" in p.opts for p in self.params if isinstance(p, click.Option)):
+                # a command that computes every rule: --rule gradient is not its to offer
+                raise RuleUndefinedError(e.rule, e.what, rule_option=False) from e
+            raise
+
 
 class _Group(click.Group):
     """A group of zfnet commands (`visualize`, `analyze`): each one a `_Command`."""
