@@ -159,6 +159,20 @@ def test_similarity_of_a_silent_map_is_unrelated_and_quiet() -> None:
     assert similarity(a, a)["spearman"] == pytest.approx(1.0)
 
 
+def test_similarity_does_not_depend_on_the_maps_scale() -> None:
+    """Each map is scaled by its own peak however small: two unrelated maps of a random
+    network, whose values are ~1e-13, score as they do at scale 1 (an SSIM of 1.000 before)."""
+    from zfnet.analyses.sanity import similarity
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 2, 3, 16, 16, generator=g)
+    at_one = similarity(a, b)
+    assert at_one["ssim"] < 0.5
+    for scale in (1e-13, 1e-30):
+        tiny = similarity(a * scale, b * scale)
+        assert tiny == pytest.approx(at_one, abs=1e-5), scale
+
+
 def test_independent_randomization_one_layer_at_a_time(tmp_path) -> None:
     """Each step re-initialises one layer alone (the same weights as the cascading step that
     reaches it first), the others trained; the model is left as it was; each mode writes its

@@ -46,9 +46,12 @@ RULES = ("deconvnet", "guided", "gradient")
 
 
 def _map_images(maps: torch.Tensor) -> np.ndarray:
-    """(N, C, H, W) signed maps -> (N, H, W) absolute values summed over channels, in [0, 1]."""
-    a = maps.detach().abs().sum(1).float()  # (N, H, W)
-    a = a / a.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+    """(N, C, H, W) signed maps -> (N, H, W) absolute values summed over channels, in [0, 1]:
+    each scaled by its own peak however small (a random network's maps can be ~1e-13); a map
+    of zeros stays zeros."""
+    a = maps.detach().float().abs().sum(1)  # (N, H, W)
+    peak = a.flatten(1).amax(1)[:, None, None]
+    a = a / peak.where(peak > 0, 1.0)
     return a.cpu().numpy()
 
 
