@@ -36,3 +36,11 @@ def test_names_without_the_models_class_names() -> None:
     with pytest.raises(ValueError, match=r"m's classes have no names \(--labels FILE names "
                                          r"them, one a line\); give class 'tabby' by its number"):
         class_indices(["tabby"], None, "m")
+
+
+def test_a_number_past_an_unnamed_models_classes_is_a_class_error() -> None:
+    """A 5-class model without class names: --class 7 is refused as a class (not as 'map 7
+    outside the 5 maps of fc'); 4 is its last class."""
+    assert class_indices(["4"], None, "m", outputs=5) == [4]
+    with pytest.raises(ValueError, match=r"^class 7 is outside m's 5 classes \(0 to 4\)$"):
+        class_indices(["7"], None, "m", outputs=5)

@@ -69,7 +69,8 @@ def class_indices(wanted: Sequence[str], labels: Sequence[str] | None,
     gives it (case aside), or one of the comma-separated synonyms of a name ("tabby" in
     "tabby, tabby cat"); a value that names none but holds commas, a list of them. A name
     that is no class, or more than one, raises a ValueError saying which are close (for a
-    model whose classes have no names, how to name its `outputs`)."""
+    model whose classes have no names, how to name its `outputs`); so does a number past the
+    last class (of `labels`, else of `outputs` where given)."""
     lowered = [str(n).strip().lower() for n in labels or ()]
     synonyms: dict[str, list[int]] = {}
     for k, n in enumerate(lowered):
@@ -80,9 +81,10 @@ def class_indices(wanted: Sequence[str], labels: Sequence[str] | None,
         v = value.strip()
         if v.isdigit():
             k = int(v)
-            if labels and k >= len(labels):
-                raise ValueError(f"class {k} is outside {model_name}'s {len(labels)} classes "
-                                 f"(0 to {len(labels) - 1})")
+            count = len(labels) if labels else outputs
+            if count and k >= count:
+                raise ValueError(f"class {k} is outside {model_name}'s {count} classes "
+                                 f"(0 to {count - 1})")
             return [k]
         hits = [k for k, n in enumerate(lowered) if n == v.lower()] or \
             synonyms.get(v.lower(), [])
