@@ -70,6 +70,7 @@ def test_predictions_are_the_models_softmax_named_and_written(setup, tmp_path) -
     assert written["not_read"] == [str(setup / "broken.jpg")]
     assert all("label" not in e for e in written["images"])  # photos have no labels
     assert f"not read (1): {setup / 'broken.jpg'}" in res.output
+    assert f"wrote the predictions of {len(written['images'])} images to {out}" in res.output
     hand = _by_hand(setup)
     images = written["images"]
     assert [e["image"].rsplit("/", 1)[-1] for e in images] == [

@@ -239,8 +239,8 @@ def test_project_command_nonlinear_option(photos, tmp_path) -> None:
     (["--layer", "layer1", "--channel", "1", "--top", "2"], "--channel and --top"),
     (["--layer", "layer1", "--rule", "lrp"], "'lrp' is not one of"),
     (["--layer", "layer3,layer4", "--position", "10,5"],
-     "position (row 10, col 5) is outside layer 'layer4''s 7x7 maps (rows 0 to 6, columns 0 "
-     "to 6)"),
+     "position (row 10, col 5) is outside the 7x7 maps of layer 'layer4' (rows 0 to 6, "
+     "columns 0 to 6)"),
     (["--layer", "fc", "--position", "0,0"], "layer 'fc' has no maps (a vector of 1000 units)"),
     (["--position", "3"], "'3' is not a row and a column, ROW,COL (from 0), e.g. 3,5"),
     (["--position", "3,-1"], "'3,-1' is not a comma list of integers >= 0"),

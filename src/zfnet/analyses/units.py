@@ -157,8 +157,9 @@ def _check_position(position: tuple[int, int], act: Tensor, layer: str) -> None:
                          "position (--position) is a row and a column of a map")
     h, w = act.shape[-2:]
     if not (0 <= position[0] < h and 0 <= position[1] < w):
-        raise ValueError(f"position (row {position[0]}, col {position[1]}) is outside layer "
-                         f"{layer!r}'s {h}x{w} maps (rows 0 to {h - 1}, columns 0 to {w - 1})")
+        raise ValueError(f"position (row {position[0]}, col {position[1]}) is outside the "
+                         f"{h}x{w} maps of layer {layer!r} (rows 0 to {h - 1}, columns 0 to "
+                         f"{w - 1})")
 
 
 def unit_figure(image: Tensor, projection: Tensor, box: tuple[int, int, int, int] | None,

@@ -153,4 +153,5 @@ def predict_cmd(images: tuple[str, ...], model_options: ModelOptions, top: int,
         precision = str(amp_dtype or next(source.model.parameters()).dtype).split(".")[-1]
         path = write_predictions(found, out, {"source": source.name, "crops": crops,
                                               "precision": precision, "not_read": unreadable})
-        click.echo(f"wrote {len(found)} image{'s' * (len(found) != 1)}' predictions to {path}")
+        click.echo(f"wrote the predictions of {len(found)} image{'s' * (len(found) != 1)} "
+                   f"to {path}")
