@@ -169,8 +169,11 @@ def test_mean_and_std_in_one_unit_everywhere(build):
     p = build(mean=[0.485, 0.456, 0.406], std=0.25).preprocessing
     assert p.std == (63.75,) * 3
     assert p.mean == pytest.approx((123.675, 116.28, 103.53))
-    with pytest.raises(ValueError, match=r"mean \(124, 117, 104\) must be numbers in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"mean \(124, 117, 104\) must be numbers in \[0, 1\]"
+                       r".*; these look like 0..255 units: divided by 255, 0.4863,0.4588,0.4078$"):
         build(mean=(124, 117, 104))
+    with pytest.raises(ValueError, match=r"must be numbers in \(0, 1\].*0.225\)$"):
+        build(std=(58.4, 300))  # not all in 0..255: no such guess
     with pytest.raises(ValueError, match=r"std 'wide' must be numbers in \(0, 1\], in 0..1 units"):
         build(std="wide")
     for std in (0, (0.2, 0.0, 0.2), 58.395, float("nan")):  # no division by 0; no 0..255 units

@@ -1036,9 +1036,13 @@ def unit_stats(what: str, values: float | str | Sequence[float]) -> tuple[float,
     low_ok = (lambda v: v >= 0) if what == "mean" else (lambda v: v > 0)
     if not one or not all(low_ok(v) and v <= 1 for v in one):  # NaN fails both
         valid = "[0, 1]" if what == "mean" else "(0, 1]"
+        scaled = ",".join(f"{v / 255:.4g}" for v in one)
+        pixels = (f"; these look like 0..255 units: divided by 255, {scaled}"
+                  if one and all(low_ok(v) and v <= 255 for v in one) else "")
         raise ValueError(f"{what} {values!r} must be numbers in {valid}, in 0..1 units as model "
                          "cards give them, one per channel or one for all (e.g. "
-                         + ("0.485, 0.456, 0.406)" if what == "mean" else "0.229, 0.224, 0.225)"))
+                         + ("0.485, 0.456, 0.406)" if what == "mean" else "0.229, 0.224, 0.225)")
+                         + pixels)
     return one
 
 
