@@ -180,3 +180,7 @@ def test_bad_input_is_one_line_and_writes_nothing(setup, tmp_path, args, message
 def test_nothing_readable_is_an_error(setup, tmp_path) -> None:
     res = CliRunner().invoke(main, ["predict", str(setup / "broken.jpg"), *_model(setup)])
     assert res.exit_code != 0 and "none of the images could be read" in res.output
+    unnamed = _model(setup)[:4] + ["--resize", "72", "--crop", "64"]  # no --labels
+    res = CliRunner().invoke(main, ["predict", str(setup / "broken.jpg"), *unnamed])
+    assert res.output.strip().splitlines()[-1].startswith("Error: none of the images")
+    assert "no names" not in res.output  # no hint about predictions there are none of

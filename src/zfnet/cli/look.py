@@ -141,13 +141,13 @@ def predict_cmd(images: tuple[str, ...], model_options: ModelOptions, top: int,
             progress=bar.update, amp_dtype=amp_dtype)
     for p in found:
         click.echo(f"{p.image}: {p.words()}")
-    if not source.labels:
-        click.echo(f"the classes have no names ({labels_hint(source.meta.get('num_classes'))})",
-                   err=True)
     if unreadable:
         click.echo(f"not read ({len(unreadable)}): {', '.join(unreadable)}", err=True)
     if not found:
         raise click.ClickException("none of the images could be read (see the warnings above)")
+    if not source.labels:  # after the predictions it is about, not before an error
+        click.echo(f"the classes have no names ({labels_hint(source.meta.get('num_classes'))})",
+                   err=True)
     if out is not None:
         crops = "the 10 crops" if ten_crop else "the centre crop"
         precision = str(amp_dtype or next(source.model.parameters()).dtype).split(".")[-1]
