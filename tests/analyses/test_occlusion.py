@@ -467,3 +467,25 @@ def test_bfloat16_runs_the_full_passes_in_bf16_and_stays_close(model, image) -> 
     with pytest.raises(ValueError, match="precision='half' is not known; valid: float32, "
                                          "bfloat16"):
         occlusion(net, x, precision="half")
+
+
+def test_a_colour_bars_factor_is_its_label_not_over_the_title() -> None:
+    """Tiny activations (a random network's, ~1e-13): the colour bar's factor is its label at
+    its side, not matplotlib's text above its top, where it overlapped the panel's title."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from zfnet.analyses.occlusion import _colorbar
+
+    for scale, factor in ((1e-13, "1e\u221212"), (1.0, "")):  # 0 to 1.5e-12
+        fig = Figure()
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        im = ax.imshow(np.arange(16.0).reshape(4, 4) * scale)
+        ax.set_title("(b) total activation")
+        _colorbar(fig, im, ax)
+        fig.canvas.draw()
+        bar = fig.axes[-1]
+        offset = bar.yaxis.offsetText
+        assert not (offset.get_visible() and offset.get_text()), scale
+        assert factor in bar.get_ylabel() and bool(bar.get_ylabel()) == bool(factor), scale

@@ -463,6 +463,20 @@ def _projection_display(p: torch.Tensor) -> np.ndarray:
     return (u8.squeeze(-1) if u8.shape[-1] == 1 else u8).numpy()
 
 
+def _colorbar(fig: Any, im: Any, ax: Any) -> None:
+    """A colour bar beside panel `ax`, whose common factor or offset (1e-13 for a random
+    network's tiny activations) is its label, at its side: above its top, where matplotlib puts
+    it, it ran into the panel's title."""
+    bar = fig.colorbar(im, ax=ax, fraction=0.046)
+    axis = bar.ax.yaxis
+    formatter = axis.get_major_formatter()
+    formatter.set_locs(axis.get_majorticklocs())
+    offset = formatter.get_offset()
+    if offset:
+        axis.offsetText.set_visible(False)
+        bar.set_label(offset, fontsize=8)
+
+
 def plot_occlusion(
     panels: list[tuple[torch.Tensor | np.ndarray, OcclusionResult]],
     class_names: list[str] | None,
@@ -505,7 +519,7 @@ def plot_occlusion(
         im = row[1].imshow(r.activation.numpy(), cmap="jet", extent=extent)
         title(row[1], f"(b) {'activation' if r.flat else 'total activation'}, "
                       f"{r.unit_words}")
-        fig.colorbar(im, ax=row[1], fraction=0.046)
+        _colorbar(fig, im, row[1])
         if r.projection is not None:
             proj = _projection_display(r.projection)
             row[2].imshow(proj, cmap="gray" if proj.ndim == 2 else None, vmin=0, vmax=255)
@@ -516,7 +530,7 @@ def plot_occlusion(
         im = row[3].imshow(r.probability.numpy(), cmap="jet", extent=extent, vmin=0)
         row[3].plot([cx], [cy], marker="x", color="white", ms=9, mew=2)
         title(row[3], f"(d) p({name(r.target)}), min {float(r.probability.min()):.3g}")
-        fig.colorbar(im, ax=row[3], fraction=0.046)
+        _colorbar(fig, im, row[3])
         labels, counts = torch.unique(r.label, return_counts=True)
         order = labels[torch.argsort(counts, descending=True)].tolist()[:10]
         codes = torch.full_like(r.label, len(order))  # beyond the 10 commonest: "other"
