@@ -210,3 +210,17 @@ def test_labels_may_be_kaggles_synset_mapping_a_wnid_and_its_words_a_line() -> N
     assert _outputs_by_name(words, SimpleNamespace(class_names=["tiger"]), "d") == [2]
     with pytest.raises(ValueError, match="do not name: tiger cats"):
         _outputs_by_name(words, SimpleNamespace(class_names=["tiger cats"]), "d")
+
+
+def test_a_class_named_as_two_outputs_is_refused() -> None:
+    """Names that repeat (Keras's imagenet_class_index.json has two `crane`s, a bird and a
+    machine): a folder `crane` is not scored by whichever comes first, it is an error."""
+    from types import SimpleNamespace
+
+    from zfnet.train.evaluation import _outputs_by_name
+
+    source = SimpleNamespace(labels=["tench", "crane", "tabby", "crane"], name="m")
+    assert _outputs_by_name(source, SimpleNamespace(class_names=["tabby"]), "d") == [2]
+    with pytest.raises(ValueError, match=r"^dataset 'd' has class 'crane', which names 2 outputs "
+                                         r"of m \(1, 3\); give --labels a file"):
+        _outputs_by_name(source, SimpleNamespace(class_names=["tabby", "crane"]), "d")

@@ -233,6 +233,14 @@ def _outputs_by_name(source: Source, bundle: DataBundle, spec: str | None) -> li
         raise ValueError(f"dataset {spec!r} has classes that the labels of {source.name} do not "
                          f"name: {shown}; its class folders must be named as the labels are "
                          f"(the labels begin: {', '.join((source.labels or [])[:5])})")
+    labels = list(source.labels or [])
+    for c in bundle.class_names:
+        same = [k for k, name in enumerate(labels) if name == c]
+        if len(same) > 1:  # ImageNet's names hold two cranes (a bird, a machine)
+            raise ValueError(f"dataset {spec!r} has class {c!r}, which names {len(same)} "
+                             f"outputs of {source.name} ({', '.join(map(str, same))}); give "
+                             "--labels a file whose names are distinct, and name the class "
+                             "folder as one of them")
     return [names[c] for c in bundle.class_names]
 
 
