@@ -115,6 +115,46 @@ def test_read_only_data_caches_in_cache_dir(tmp_path, monkeypatch):
     assert not (data_dir / ".zfnet-cache").exists()
 
 
+def test_a_cache_dir_given_comes_first_and_the_mean_is_every_users(tmp_path):
+    """--data-cache is where the mean goes even where DIR is writable (it was used only where
+    DIR was read-only); the file has the umask's mode (0644), not mkstemp's 0600, so a shared
+    dataset's cached mean is readable by every user; a mean cached in DIR is still read."""
+    import os
+
+    data_dir, cache = tmp_path / "data", tmp_path / "cache"
+    _folder(data_dir)
+    old = os.umask(0o022)
+    try:
+        first = load_dataset(f"imagefolder:{data_dir}?size={SIZE}", cache_dir=cache).mean
+        (made,) = cache.glob("mean-18-*.npy")
+        assert not (data_dir / ".zfnet-cache").exists()
+        assert made.stat().st_mode & 0o777 == 0o644
+        load_dataset(f"imagefolder:{data_dir}?size={SIZE}")  # no cache dir: DIR's own
+        (own,) = (data_dir / ".zfnet-cache").glob("mean-18-*.npy")
+        assert own.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
+    made.unlink()
+    again = load_dataset(f"imagefolder:{data_dir}?size={SIZE}", cache_dir=cache).mean
+    assert torch.equal(again, first) and not list(cache.glob("mean-18-*.npy"))  # DIR's read
+
+
+def test_an_outline_lists_the_folder_without_its_mean(tmp_path, monkeypatch):
+    """load_dataset(outline=True): classes, sizes and files, no image decoded, nothing cached
+    (what zfnet train checks before the mean pass)."""
+    _folder(tmp_path)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("an outline computed the mean")
+
+    monkeypatch.setattr(imagefolder, "compute_mean", fail)
+    data = load_dataset(f"imagefolder:{tmp_path}?size={SIZE}", outline=True)
+    assert data.outline and data.class_names == ["ant", "cat"]
+    assert (data.input_size, len(data.train), len(data.val)) == (SIZE, 4, 2)
+    assert not (tmp_path / ".zfnet-cache").exists()
+    assert not load_dataset("synthetic?n_train=4&n_val=4&size=32", outline=True).outline
+
+
 def test_layout_errors_name_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'nope'}.*train/<class>"):
         load_dataset(f"imagefolder:{tmp_path / 'nope'}")

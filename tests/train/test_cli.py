@@ -285,6 +285,14 @@ def test_resume_on_moved_or_changed_data(tmp_path) -> None:
     res = train(tmp_path / "three", 5)
     assert res.exit_code == 1 and "3 classes now, 2 in the run; new: c" in res.output
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+    # refused before a pass over their training images for a mean image: none made, none cached
+    assert not (tmp_path / "other" / ".zfnet-cache").exists()
+    assert not (tmp_path / "three" / ".zfnet-cache").exists()
+    res = CliRunner().invoke(main, ["train", "--data", f"imagefolder:{tmp_path / 'three'}?size=8",
+                                    "--epochs", "1", *args[:-5], str(tmp_path / "small"),
+                                    "--quiet", "--no-tensorboard"])
+    assert res.exit_code == 1 and "input_size=8 is too small" in res.output, res.output
+    assert not (tmp_path / "three" / ".zfnet-cache").exists() and not (tmp_path / "small").exists()
 
 
 def test_a_resume_on_another_number_of_processes_says_it_is_not_exact() -> None:

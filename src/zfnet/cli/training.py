@@ -103,7 +103,9 @@ from zfnet.cli.options import (
                    "conv_widths=512,1024,512 (conv3-5; five values: conv1-5), dropout=0.5, "
                    "batchnorm=true (booleans: true or false).")
 @click.option("--data-cache", type=click.Path(file_okay=False),
-              help="Where the data layer may cache the mean image.")
+              help="Where to cache an imagefolder's mean image (default: DIR/.zfnet-cache, "
+                   "or ~/.cache/zfnet where DIR is read-only); a mean cached in any of them "
+                   "is read.")
 @click.option("--strict/--no-strict", default=None,
               help="Stop at the first broken image file with an error naming it (default: "
                    "skip it with a warning naming it once, counted per epoch in metrics.csv).")

@@ -97,6 +97,7 @@ def load_dataset(
     strict: bool = False,
     cache_dir: str | Path | None = None,
     preprocessing: Preprocessing | None = None,
+    outline: bool = False,
 ) -> DataBundle:
     """Load the dataset named by `spec` (`NAME[:PATH][?key=value&...]`) as a `DataBundle`.
 
@@ -105,6 +106,9 @@ def load_dataset(
     `cache_dir`: where imagefolder's mean image is cached when its DIR is read-only.
     `preprocessing`: a model's (`zfnet.sources`): items are that model's inputs, whatever the
     dataset's own channels and size; None: the paper's convention with the dataset's mean image.
+    `outline`: an imagefolder's classes, sizes and files without its mean image (zeros, and
+    `bundle.outline` True): what a command checks before that pass over every training image;
+    every other dataset loads as usual.
     `random_labels=SEED` (any labelled dataset): the training labels permuted
     (`zfnet.data.relabel`); `words=FILE`: the classes' words (`zfnet.data.words`).
     Unknown names and options raise ValueError listing the valid ones.
@@ -122,7 +126,8 @@ def load_dataset(
     loaders: dict[str, Callable[..., DataBundle]] = {
         "synthetic": load_synthetic,
         "fashion-mnist": load_fashion_mnist,
-        "imagefolder": lambda s, **kw: load_imagefolder(s, cache_dir=cache_dir, **kw),
+        "imagefolder": lambda s, **kw: load_imagefolder(s, cache_dir=cache_dir,
+                                                        outline=outline, **kw),
         "images": lambda s, **kw: load_images_dir(s, cache_dir=cache_dir, **kw),
         "sample-photos": lambda s, **kw: load_photos_dataset(s, cache_dir=cache_dir, **kw),
         "shards": lambda s, **kw: load_shards(s, cache_dir=cache_dir, **kw),

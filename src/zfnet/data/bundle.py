@@ -34,6 +34,9 @@ class DataBundle:
     preprocessing: Preprocessing | None = None  # the model's, when loaded for one
     # each class's words where the spec's `words=FILE` names it (`zfnet.data.words`), else None
     class_words: list[str | None] | None = None
+    # `load_dataset(outline=True)`: its classes, sizes and images listed, no image decoded (an
+    # imagefolder's mean image not made yet: zeros): for the checks before that pass
+    outline: bool = False
 
     def class_label(self, k: int) -> str:
         """Class k as a person reads it: "tench (n01440764)" with its words, else its name."""

@@ -14,8 +14,9 @@ relabelled 0..k-1), `per_class=N` (first N training images of each class),
 `val_labels=FILE` (DIR/val's images in any layout, e.g. ImageNet's flat one, their classes
 from FILE: `zfnet.data.labels_file`).
 
-The mean image is computed once and cached as `.npy` in `DIR/.zfnet-cache/`, or, where DIR
-is read-only, in `cache_dir` or `$XDG_CACHE_HOME/zfnet` (default `~/.cache/zfnet`). The cache
+The mean image is computed once and cached as `.npy` in `cache_dir` where one is given, else in
+`DIR/.zfnet-cache/`, or, where DIR is read-only, in `$XDG_CACHE_HOME/zfnet` (default
+`~/.cache/zfnet`); a mean cached in any of them is read. The cache
 is keyed by the training file list (relative paths and sizes) and the full size, so a
 changed dataset gets a new mean.
 """
@@ -25,7 +26,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import tempfile
+import uuid
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -319,11 +320,12 @@ def mean_cache_key(root: Path, paths: Sequence[Path], full_size: int) -> str:
 
 
 def _cache_dirs(root: Path, cache_dir: str | Path | None) -> list[tuple[Path, bool]]:
-    """Candidate cache folders, best first; the flag says whether the key must include root."""
+    """Candidate cache folders, best first (a `cache_dir` given first, then `root`'s own);
+    the flag says whether the key must include root."""
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     dirs = [(root / ".zfnet-cache", False)]
     if cache_dir is not None:
-        dirs.append((Path(cache_dir), True))
+        dirs.insert(0, (Path(cache_dir), True))
     dirs.append((Path(xdg) / "zfnet", True))
     return dirs
 
@@ -350,9 +352,9 @@ def load_or_compute_mean(
 
 def cached_mean(root: Path, key: str, full_size: int, compute: Callable[[], torch.Tensor], *,
                 cache_dir: str | Path | None = None) -> torch.Tensor:
-    """The mean image cached under `key` for the dataset at `root` (in `root/.zfnet-cache/`, or
-    where that is read-only in `cache_dir` or $XDG_CACHE_HOME/zfnet), else `compute()`d and
-    cached in the first of those places that is writable."""
+    """The mean image cached under `key` for the dataset at `root` (in `cache_dir` where given,
+    `root/.zfnet-cache/`, or $XDG_CACHE_HOME/zfnet), else `compute()`d and cached in the first
+    of those places that is writable."""
     candidates = [(d / _cache_name(key, root, full_size, out)) for d, out in
                   _cache_dirs(root, cache_dir)]
     mean = _read_cached(candidates, full_size)
@@ -419,14 +421,15 @@ def _one_at_a_time(candidates: Sequence[Path]) -> Iterator[None]:
 
 def save_npy_atomic(path: Path, array: np.ndarray) -> None:
     """`np.save` through a temporary file renamed into place: a reader never sees half a file,
-    a crash leaves no corrupt one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
+    a crash leaves no corrupt one. Made as any new file is (the umask's mode, 0644 usually,
+    not mkstemp's 0600): a mean cached in a shared dataset folder is every user's."""
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}.npy")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:  # "x": never another writer's file
             np.save(f, array)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -510,18 +513,20 @@ def load_imagefolder(
     cache_dir: str | Path | None = None,
     raw_spec: str = "",
     preprocessing: Preprocessing | None = None,
+    outline: bool = False,
 ) -> DataBundle:
     """Build the `DataBundle` for `imagefolder:DIR` (paper Sec. 3 preprocessing, or the
     model's `preprocessing`: then no mean image is computed, and DIR may hold val/ alone, a
-    labelled test set to score a model on or look inside it with)."""
+    labelled test set to score a model on or look inside it with). `outline`: no mean image
+    either (zeros; `bundle.outline`), for the checks made before that pass."""
     root, opts, names, (train_paths, train_y), (val_paths, val_y) = select_folder(
         spec, raw_spec, val_only=preprocessing is not None)
     check_no_size(opts, preprocessing, raw_spec)
     input_size = opts.get("size", PAPER_INPUT)
     full_size = round(input_size * PAPER_FULL / PAPER_INPUT)
     if preprocessing is None:
-        mean = load_or_compute_mean(root, train_paths, full_size, strict=strict,
-                                    cache_dir=cache_dir)
+        mean = torch.zeros(3, full_size, full_size) if outline else load_or_compute_mean(
+            root, train_paths, full_size, strict=strict, cache_dir=cache_dir)
         common = dict(mean=mean, input_size=input_size, classes=names, strict=strict)
     else:
         mean = preprocessing.full_mean()
@@ -534,6 +539,7 @@ def load_imagefolder(
         class_names=names,
         **bundle_geometry(preprocessing, in_channels=3, input_size=input_size,
                           full_size=full_size, mean=mean),
+        outline=outline and preprocessing is None,
     )
 
 

@@ -141,7 +141,10 @@ def build_run(config: TrainConfig, info: ddp.DistInfo, bundle: Any = None) -> Ru
         from zfnet.data.bundle import require_labelled_spec
 
         require_labelled_spec(config.data, "train on")  # before a mean image is made
-        bundle = load_dataset(config.data, strict=config.strict, cache_dir=config.data_cache)
+        # its classes and sizes first: every check below before a pass over the training
+        # images for their mean (an ImageNet's 1.28M decoded), nor a mean left in its cache
+        bundle = load_dataset(config.data, strict=config.strict, cache_dir=config.data_cache,
+                              outline=True)
     require_labels(bundle, "train on")
     if meta is not None:
         check_resumed_data(meta, config, bundle)
@@ -149,6 +152,10 @@ def build_run(config: TrainConfig, info: ddp.DistInfo, bundle: Any = None) -> Ru
     if config.compile:
         check_compile(info.device)
     bare = build_model(config, bundle)
+    if bundle.outline:  # checked: now the mean image
+        from zfnet.data import load_dataset
+
+        bundle = load_dataset(config.data, strict=config.strict, cache_dir=config.data_cache)
     torch.manual_seed(config.seed + info.rank)  # distinct dropout masks per process
     state = ckpt.read_train_state(resume_from, meta) if resume_from is not None else None
     model, bare, ema = _place(bare, config, info, resume_from, state)
