@@ -147,6 +147,21 @@ def test_schedules_step_as_documented(tmp_path) -> None:
     assert rows[1]["lr"] < 1e-3 * 0.2  # cosine near its end
 
 
+def test_more_epochs_for_a_finished_cosine_run_says_why_not(tmp_path) -> None:
+    """--resume --epochs 3 on a 2-epoch cosine run is refused, and the error says why: the
+    schedule's length is the run's epochs; a step schedule's run may be given more."""
+    out = tmp_path / "run"
+    train(tiny_config(out, epochs=1, schedule="cosine"), bundle=tiny_bundle())
+    with pytest.raises(ValueError, match=r"\(epochs: 1 in the run, 2 now\); use the run's "
+                                         r"values or another --out; a cosine schedule's length "
+                                         r"is the run's --epochs"):
+        train(tiny_config(out, epochs=2, schedule="cosine", resume=True), bundle=tiny_bundle())
+    step = tmp_path / "step"
+    train(tiny_config(step, epochs=1, schedule="step"), bundle=tiny_bundle())
+    train(tiny_config(step, epochs=2, schedule="step", resume=True), bundle=tiny_bundle())
+    assert len(load_model(step)[1]["history"]) == 2
+
+
 @pytest.mark.parametrize("schedule", ["cosine", "linear"])
 def test_decay_to_zero_schedules_per_step(tmp_path, schedule) -> None:
     """2 epochs of 10 steps, 0.5 of warm-up: lr rises to its peak over 5 steps, then falls to 0

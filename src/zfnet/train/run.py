@@ -152,7 +152,7 @@ def build_run(config: TrainConfig, info: ddp.DistInfo, bundle: Any = None) -> Ru
     if config.compile:
         check_compile(info.device)
     bare = build_model(config, bundle)
-    if bundle.outline:  # checked: now the mean image
+    if getattr(bundle, "outline", False):  # checked: now the mean image
         from zfnet.data import load_dataset
 
         bundle = load_dataset(config.data, strict=config.strict, cache_dir=config.data_cache)
@@ -292,9 +292,13 @@ def check_resumable(saved: dict[str, Any], config: TrainConfig, where: Path, *,
     diffs = [f"{k}: {saved.get(k)!r} in the run, {now[k]!r} now" for k in fields
              if json.dumps(saved.get(k), sort_keys=True) != json.dumps(now[k], sort_keys=True)]
     if diffs:
+        longer = (f"; a {config.schedule} schedule's length is the run's --epochs (its learning "
+                  "rate ends there), so only a run under --schedule plateau or step can be "
+                  "given more epochs" if any(d.startswith("epochs:") for d in diffs)
+                  and config.schedule in ("cosine", "linear", "onecycle") else "")
         raise ValueError(
             f"cannot {action} the run in {where} with a different configuration ("
-            + "; ".join(diffs) + f"); use the run's values or {instead}"
+            + "; ".join(diffs) + f"); use the run's values or {instead}{longer}"
         )
 
 
