@@ -342,7 +342,8 @@ def test_under_torchrun_only_the_first_process_prints_the_summary(monkeypatch, t
       "final": {"epoch": 15, "val_top1_error": 0.381, "val_top5_error": 0.12},
       "num_classes": 10, "checkpoint": "r/checkpoints/epoch_0015_step_000004"},
      "stopped 4 steps into epoch 16 (epoch 15: val top-1 error 38.10%, top-5 12.00%)\n"
-     "interrupted in 1 s on cpu; run: r; checkpoint: r/checkpoints/epoch_0015_step_000004\n"),
+     "interrupted in 1 s on cpu; run: r; checkpoint: r/checkpoints/epoch_0015_step_000004 "
+     "(epoch 15 + 4 steps of epoch 16)\n"),
     ({"status": "interrupted", "signal": "SIGINT", "epochs_completed": 0, "step_in_epoch": 1,
       "final": {}, "checkpoint": "c"}, "stopped 1 step into epoch 1\ninterrupted in 1 s on"),
     # 5 classes: top-5 as eval words it; 2 processes said

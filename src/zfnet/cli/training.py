@@ -154,6 +154,7 @@ def train_cmd(start_weights: str | None, **opts) -> None:
 
             sys.exit(EXIT_INTERRUPTED[signal.Signals[summary["signal"] or "SIGTERM"]])
         return
+    from zfnet.train.checkpoint import checkpoint_label
     from zfnet.train.logs import top5_words
 
     final = summary["final"]
@@ -170,8 +171,11 @@ def train_cmd(start_weights: str | None, **opts) -> None:
     processes = summary.get("world_size", 1)
     where = f"{processes} processes ({summary['device']})" if processes > 1 \
         else summary["device"]
+    # a mid-epoch checkpoint's name, epoch_0032_step_000004, in words: 4 steps into epoch 33
+    held = (f" ({checkpoint_label(summary.get('epochs_completed', 0), steps)})"
+            if steps and summary["checkpoint"] else "")
     click.echo(f"{summary['status']} in {summary['wall_time_s']:.0f} s on {where}; "
-               f"run: {summary['run_dir']}; checkpoint: {summary['checkpoint']}")
+               f"run: {summary['run_dir']}; checkpoint: {summary['checkpoint']}{held}")
     if summary["plan"]:
         from zfnet.train.budget import Plan
 
