@@ -44,3 +44,9 @@ def test_a_number_past_an_unnamed_models_classes_is_a_class_error() -> None:
     assert class_indices(["4"], None, "m", outputs=5) == [4]
     with pytest.raises(ValueError, match=r"^class 7 is outside m's 5 classes \(0 to 4\)$"):
         class_indices(["7"], None, "m", outputs=5)
+
+
+def test_a_short_class_list_is_shown_whole() -> None:
+    """Three classes are all shown, without a '...' that suggests more."""
+    with pytest.raises(ValueError, match=r"'s 3 classes \(cat, drink, space\); give a name"):
+        class_indices(["dog"], ["cat", "drink", "space"], "run")

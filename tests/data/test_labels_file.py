@@ -99,7 +99,7 @@ def test_labelled_images_the_val_folder_lacks_are_counted_and_named(classed, tmp
         warnings.simplefilter("error", MissingValImagesWarning)
         load_dataset(f"imagefolder:{tmp_path / 'flat'}?{SPEC}&val_labels={labels}")
     (tmp_path / "flat" / "val" / truth[1][0]).unlink()
-    with pytest.warns(MissingValImagesWarning, match=rf"labels 5 images; 1 of them are not in "
+    with pytest.warns(MissingValImagesWarning, match=rf"labels 5 images; 1 of them is not in "
                       rf".*val \(e\.g\. {truth[1][0]}\): only the 4 there are used"):
         d = load_dataset(f"imagefolder:{tmp_path / 'flat'}?{SPEC}&val_labels={labels}")
     assert len(d.val) == 4

@@ -176,7 +176,7 @@ def test_no_evolution_for_other_models_or_when_asked(tiny_run, tmp_path) -> None
             "--k", "2", "--maps-per-layer", "2", "--out", str(out)])
     _check_site(out)
     doc = json.loads((out / ATLAS_FILE).read_text())
-    assert doc["evolution"] is None and doc["layers"][0]["kind"] == "block"
+    assert doc["evolution"] is None and doc["layers"][0]["kind"] == "stage"  # as the explorer says
     assert not list(out.rglob("*_evolution.*"))
     assert all("Evolution" not in p.read_text() for p in out.rglob("*.html"))
     out = tmp_path / "run"

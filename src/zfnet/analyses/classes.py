@@ -120,5 +120,5 @@ def _unknown(value: str, labels: Sequence[str] | None, model_name: str,
     named = [next(n for n in labels if str(n).lower() == c) for c in close]
     raise ValueError(f"class {v!r} is not one of {model_name}'s {len(labels)} classes"
                      + (f"; did you mean {' or '.join(map(repr, named))}?" if named else
-                        f" ({', '.join(map(str, labels[:3]))}, ...); give a name or a number "
-                        f"0 to {len(labels) - 1}"))
+                        f" ({', '.join(map(str, labels[:3]))}{', ...' if len(labels) > 3 else ''}"
+                        f"); give a name or a number 0 to {len(labels) - 1}"))

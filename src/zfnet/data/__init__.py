@@ -137,8 +137,11 @@ def load_dataset(
         hint = _folder_hint(spec)  # a path of the user's: what reads it, not a near name
         near = difflib.get_close_matches(parsed.name.lower(), list(loaders), n=1, cutoff=0.6)
         meant = f"did you mean {near[0]}? " if near and not hint else ""
-        raise ValueError(f"unknown dataset {parsed.name!r} in spec {spec!r}; {meant}"
-                         f"{hint}valid: {valid}; and every labelled one "
+        if meant or hint:  # the way on is said: the names alone, not every one's options
+            raise ValueError(f"unknown dataset {parsed.name!r} in spec {spec!r}; {meant}{hint}"
+                             f"valid: {', '.join(loaders)}")
+        raise ValueError(f"unknown dataset {parsed.name!r} in spec {spec!r}; "
+                         f"valid: {valid}; and every labelled one "
                          f"{RANDOM_LABELS}=SEED (its training labels permuted) and {WORDS}=FILE "
                          "(its classes' words)")
     bundle = loaders[parsed.name](parsed, ten_crop=ten_crop, strict=strict, raw_spec=spec,

@@ -213,6 +213,7 @@ def labelled_images(folder: Path, labels: Path, images: list[Path],
     absent = list(dict.fromkeys(absent))
     if absent and os.environ.get("RANK", "0") == "0":  # under torchrun, said once, not by each
         warnings.warn(f"val_labels: {labels} labels {len(absent) + len(found)} images; "
-                      f"{len(absent)} of them are not in {folder} (e.g. {absent[0]}): only the "
+                      f"{len(absent)} of them {'is' if len(absent) == 1 else 'are'} not in "
+                      f"{folder} (e.g. {absent[0]}): only the "
                       f"{len(found)} there are used", MissingValImagesWarning, stacklevel=2)
     return sorted(found.items(), key=lambda item: (item[1], item[0]))

@@ -80,7 +80,14 @@ from zfnet.deconvnet import PRECISIONS, windowed
 from zfnet.display import CAPTION as DISPLAY_CAPTION
 from zfnet.display import projection_to_uint8
 from zfnet.graph import check_rule
-from zfnet.models import LayerGeometry, layer_geometries, layer_info, layer_name, resolve_layer
+from zfnet.models import (
+    LayerGeometry,
+    feature_layers,
+    layer_geometries,
+    layer_info,
+    layer_name,
+    resolve_layer,
+)
 from zfnet.models.geometry import per_axis
 
 FORMAT = "zfnet-atlas/1"
@@ -350,10 +357,15 @@ def _replace(tmp: Path, out_dir: Path) -> Path | None:
 
 
 def _layer_table(model: nn.Module, names: list[str], size: tuple[int, int]) -> list[_Layer]:
-    """Each layer's module, kind and geometry (a block such as a ResNet's layer3: 'block');
-    maps are filled in from the mining."""
+    """Each layer's module, kind and geometry (as the explorer names them: a network's stage,
+    a ResNet's layer3, 'stage'; any other module with modules inside, 'block'); maps are
+    filled in from the mining."""
     infos = layer_info(model, size)
     geos = layer_geometries(model, names, size)
+    try:
+        stages = set(feature_layers(model, size))
+    except ValueError:
+        stages = set()
     slugs: set[str] = set()
     table = []
     for name in names:
@@ -363,7 +375,8 @@ def _layer_table(model: nn.Module, names: list[str], size: tuple[int, int]) -> l
         while slug in slugs:  # distinct folders, whatever the names
             slug += "_"
         slugs.add(slug)
-        table.append(_Layer(name, slug, module, info.kind if info else "block", 0, geos[name]))
+        kind = info.kind if info else "stage" if name in stages else "block"
+        table.append(_Layer(name, slug, module, kind, 0, geos[name]))
     return table
 
 
