@@ -134,3 +134,18 @@ def test_the_layer_figure_names_its_epochs_and_maps(tmp_path) -> None:
     assert (named[LABEL_HEIGHT:, :margin] < 128).any()  # "map 3", "map 17"
     with pytest.raises(ValueError, match="2 labels for 3 columns"):
         render_evolution(proj, tmp_path / "x.png", epochs=[1, 2])
+
+
+def test_a_blank_projection_is_like_another_blank_one() -> None:
+    """A unit that never fires projects to nothing at every epoch: 1 to its last epoch (its
+    own last included, which was 0), where a blank beside a picture stays 0."""
+    from zfnet.analyses.evolution import similarity_to_last
+
+    g = torch.Generator().manual_seed(0)
+    flat = torch.randn(3, 4, 10, generator=g)
+    flat[0] = 0.0  # dead throughout
+    flat[1, :2] = 0.0  # blank at the first two epochs only
+    sim = similarity_to_last(flat)
+    assert sim[0].tolist() == [1.0] * 4
+    assert sim[1, :2].tolist() == [0.0, 0.0] and sim[1, -1] == pytest.approx(1.0)
+    assert sim[2, -1] == pytest.approx(1.0) and sim[2, :3].abs().max() < 1

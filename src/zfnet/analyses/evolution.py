@@ -28,6 +28,16 @@ from zfnet.display import CAPTION as DISPLAY_CAPTION
 from zfnet.display import save_grid
 
 
+def similarity_to_last(flat: Tensor) -> Tensor:
+    """(M, E, D) projections of M maps at E epochs -> (M, E): each one's cosine similarity to
+    its map's last. Two blank projections (a unit that never fires: nothing to project) are
+    the same picture, 1 — the last epoch's own 1 included —, one blank beside another, 0."""
+    last = flat[:, -1:].expand_as(flat)
+    sim = torch.nn.functional.cosine_similarity(flat, last, dim=2)
+    blank = flat.eq(0).all(2)
+    return sim.masked_fill(blank & last.eq(0).all(2), 1.0)
+
+
 @dataclass
 class EvolutionResult:
     """Projections per layer: (maps, epochs, C, rf, rf); similarity to the last epoch per layer."""
@@ -116,8 +126,7 @@ def feature_evolution(
         per_epoch = [p[layer][:, 0] for p in per_ckpt]  # each (M, C, rf, rf)
         proj = torch.stack(per_epoch, 1)  # (M, E, C, rf, rf)
         res.projections[layer] = proj
-        flat = proj.flatten(2)  # (M, E, D)
-        sim = torch.nn.functional.cosine_similarity(flat, flat[:, -1:].expand_as(flat), dim=2)
+        sim = similarity_to_last(proj.flatten(2))  # (M, E)
         res.unit_similarity[layer] = sim
         curve = sim.mean(0).tolist()  # (E,)
         res.similarity[layer] = curve
