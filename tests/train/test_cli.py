@@ -454,3 +454,17 @@ def test_eval_draws_a_bar_on_a_terminal_and_into_a_log(tmp_path, monkeypatch) ->
     assert shown.exit_code == 0, shown.output
     assert "evaluating" in shown.stderr and "/3 [" in shown.stderr, shown.stderr
     assert shown.stdout == piped.stdout
+
+
+def test_eval_of_a_run_given_as_model_on_other_data_is_one_line(reference, tmp_path) -> None:
+    """eval --model RUN (or a run's weights file with --model NAME) on data of another shape:
+    the one-line error --checkpoint gives, not PyTorch's traceback from the first layer."""
+    run = reference[0]
+    weights = next(run.glob("checkpoints/*/model.safetensors"))
+    for model in (["--model", str(run)], ["--model", "zfnet_small", "--weights", str(weights)],
+                  ["--checkpoint", str(run)]):
+        spec = "synthetic?n_train=8&n_val=8&size=32&classes=0,1,2,3"  # the run's 4 classes
+        res = CliRunner().invoke(main, ["eval", *model, "--data", spec])
+        last = res.output.strip().splitlines()[-1]
+        assert res.exit_code == 1 and "Traceback" not in res.output, (model, res.output)
+        assert last.startswith(f"Error: dataset {spec!r} gives "), (model, last)

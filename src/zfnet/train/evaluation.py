@@ -181,6 +181,9 @@ def evaluate_source(
             "ImageNet's WNIDs sorted are torchvision's and timm's order); give the model's "
             "class names with --labels FILE (one a line, in output order) to score each class "
             "folder by the output of its name")
+    from zfnet.pipeline import check_fits
+
+    check_fits(source.model, bundle)  # a zfnet run given as --model, on data of another shape
     if compile:
         check_compile(info.device)
     r = _scores(model, bundle, spec, info, batch_size=batch_size, workers=workers,
