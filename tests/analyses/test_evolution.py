@@ -23,6 +23,24 @@ from zfnet.display import LABEL_HEIGHT, projection_to_uint8
 from zfnet.report import read_sections
 
 
+def test_a_layer_only_its_last_epoch_resembles_has_not_settled(tmp_path) -> None:
+    """Three different sets of weights: every layer's curve is 1 at the last epoch only (beside
+    itself), which is no settling: 'not yet' (it was 'settled at 3' whatever the weights)."""
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        models.append(zfnet.create_model("zfnet_small", input_size=32))
+    data = TensorDataset(torch.randn(12, 3, 32, 32) * 50, torch.zeros(12, dtype=torch.long))
+    res = feature_evolution(list(enumerate(models, 1)), data, layers=("conv1", "conv3"),
+                            n_maps=3)
+    for layer in ("conv1", "conv3"):
+        assert res.similarity[layer][-1] == pytest.approx(1.0)
+        assert max(res.similarity[layer][:-1]) < 0.8 and res.settled[layer] is None
+    evolution_section(tmp_path, res)
+    (s,) = read_sections(tmp_path)
+    assert [r[-1] for r in s.tables[0].rows] == ["not yet", "not yet"]
+
+
 def test_evolution_settles_when_weights_stop_changing(tmp_path) -> None:
     torch.manual_seed(0)
     final = zfnet.create_model("zfnet_small", input_size=32)

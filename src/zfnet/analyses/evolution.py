@@ -8,7 +8,8 @@ epochs, upper layers only after 40–50.
 The number per layer that says when it settles: for each epoch, the mean over the chosen maps
 of the cosine similarity between that epoch's projection and the last epoch's (both cropped to
 the receptive field, so the comparison is of the pattern, wherever in the image it was found).
-A layer has settled at the first epoch from which this stays ≥ `settle_at` (default 0.8).
+A layer has settled at the first epoch before the last from which this stays ≥ `settle_at`
+(default 0.8); one that only the last epoch resembles has not settled yet.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class EvolutionResult:
     maps: dict[str, list[int]]
     projections: dict[str, Tensor] = field(default_factory=dict)
     similarity: dict[str, list[float]] = field(default_factory=dict)  # layer -> per epoch
-    settled: dict[str, int | None] = field(default_factory=dict)  # layer -> first settled epoch
+    # layer -> first settled epoch; None: not yet (only the last epoch is like the last)
+    settled: dict[str, int | None] = field(default_factory=dict)
     # layer -> (maps, epochs): each map's own similarity to its last epoch (`similarity` is
     # the mean over the maps)
     unit_similarity: dict[str, Tensor] = field(default_factory=dict)
@@ -131,7 +133,7 @@ def feature_evolution(
         curve = sim.mean(0).tolist()  # (E,)
         res.similarity[layer] = curve
         settled = None
-        for i in range(len(curve)):
+        for i in range(len(curve) - 1):  # the last epoch is 1 beside itself: not a settling
             if all(c >= settle_at for c in curve[i:]):
                 settled = res.epochs[i]
                 break
@@ -222,9 +224,10 @@ def evolution_section(run_dir: str | Path, result: EvolutionResult, order: int =
             + (f"{result.images} " if result.images else "the ") + "training "
             f"images at each kept epoch, projected to pixels ({RULE_NAMES[result.rule]}; "
             "rows: maps, columns: epochs). The table gives, per layer and epoch, the mean "
-            "cosine similarity of the projection to the last epoch's, and the first epoch from "
-            "which it stays ≥ 0.8. The paper: lower layers settle within a few epochs, upper "
-            "layers only after 40–50 epochs. " + DISPLAY_CAPTION
+            "cosine similarity of the projection to the last epoch's, and the first epoch "
+            "before the last from which it stays ≥ 0.8 ('not yet' where none). The paper: "
+            "lower layers settle within a few epochs, upper layers only after 40–50 epochs. "
+            + DISPLAY_CAPTION
         ),
         figures=figures,
         tables=[Table(["layer"] + [f"epoch {e}" for e in result.epochs] + ["settled at"], rows)],
