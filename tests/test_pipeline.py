@@ -467,3 +467,24 @@ def test_probes_of_a_zfnet_model_on_another_datasets_images(tmp_path) -> None:
     assert [r.layer for r in rows][-1] == "relu7"
     assert "its images adapted to the model's 3-channel 32 px input" in \
         _section(tmp_path, "probes").tables[0].caption
+
+
+def test_filters_measure_each_run_on_its_own_data(tmp_path) -> None:
+    """Two zfnet models trained on data of other sizes: each one's dead filters are measured
+    on its own val images (a dict of bundles by label); one bundle for both is refused by name
+    before anything is written, not measured on the wrong images."""
+    import zfnet
+
+    small, large = load_dataset("synthetic?n_train=4&n_val=6&size=32"), \
+        load_dataset("synthetic?n_train=4&n_val=6&size=48")
+    torch.manual_seed(0)
+    models = {"a": zfnet.create_model("zfnet_small", input_size=32, num_classes=10),
+              "b": zfnet.create_model("zfnet_small", input_size=48, num_classes=10)}
+    pipeline.filters(models, {"a": small, "b": large}, tmp_path / "own")
+    rows = _section(tmp_path / "own", "filters").tables[0].rows
+    assert [r[:2] for r in rows] == [["a", "conv1"], ["a", "conv2"], ["b", "conv1"],
+                                     ["b", "conv2"]]
+    with pytest.raises(ValueError, match="gives 3-channel 32 px images but the model takes "
+                                         "3-channel 48 px"):
+        pipeline.filters(models, small, tmp_path / "one")
+    assert not (tmp_path / "one").exists()

@@ -11,7 +11,7 @@ kept epochs."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,28 +157,31 @@ def map_counts(model: nn.Module, bundle: DataBundle, layers: Sequence[str]) -> d
     return {name: int(shown_units(name, a).shape[1]) for name, a in acts.items()}
 
 
-def filters(models: dict[str, nn.Module], bundle: DataBundle | None, run_dir: str | Path,
+def filters(models: dict[str, nn.Module],
+            bundle: DataBundle | Mapping[str, DataBundle] | None, run_dir: str | Path,
             n_images: int = 1000, input_size: int | tuple[int, int] | None = None) -> Any:
     """Fig. 6: filter mosaics and diagnostics of each model's first two convolutions
     (`zfnet.models.first_convs`); on zfnet's models, maps never active after their ReLU are
-    measured over `n_images` val images of `bundle` (other models, or no bundle: near-zero
+    measured over `n_images` val images of `bundle` — one for all, or each model's own, by
+    its label (runs trained on different data) — (other models, or no bundle: near-zero
     filters only). `input_size`: the models' input side when there is no bundle."""
     from zfnet.analyses.filters import filters_section
     from zfnet.analyses.topk import mine_topk
     from zfnet.models import is_zfnet_model
 
+    own = dict(bundle) if isinstance(bundle, Mapping) else \
+        dict.fromkeys(models, bundle) if bundle is not None else {}
+    for label, b in own.items():  # every model checked before any is measured
+        check_fits(models[label], b)
     acts = {}
-    if bundle is not None:
-        for m in models.values():
-            check_fits(m, bundle)
-        val = _centre(bundle)
-        idx = range(min(n_images, len(val)))
-        for label, m in models.items():
-            if is_zfnet_model(m):
-                tk = mine_topk(m, val, ["relu1", "relu2"], k=1, indices=idx)
-                acts[label] = {"conv1": tk["relu1"].values[:, 0],
-                               "conv2": tk["relu2"].values[:, 0]}
-        input_size = _size(bundle)
+    for label, b in own.items():
+        m = models[label]
+        if is_zfnet_model(m):
+            val = _centre(b)
+            tk = mine_topk(m, val, ["relu1", "relu2"], k=1, indices=range(min(n_images, len(val))))
+            acts[label] = {"conv1": tk["relu1"].values[:, 0], "conv2": tk["relu2"].values[:, 0]}
+    if own:
+        input_size = _size(next(iter(own.values())))
     if input_size is None:
         raise ValueError("filters needs a dataset or the models' input size")
     return filters_section(run_dir, models, acts, layers=None, input_size=input_size)

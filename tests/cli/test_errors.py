@@ -228,6 +228,7 @@ CASES = [
                           "synthetic", *OUT], "is a zfnet run: its checkpoint holds its weights"),
     ("filters-crop-without-model", ["analyze", "filters", *CK, *OUT, "--crop", "32"],
      "--crop go with --model SOURCE"),
+    ("filters-same-run-twice", ["analyze", "filters", *CK, *CK, *OUT], "is given twice"),
     ("filters-weights-per-model", ["analyze", "filters", *OUT, "--model", "zfnet_small",
                                    "--model", "alexnet_small", "--weights", "{notes}"],
      "1 --weights for 2 --model: give one --weights per --model"),

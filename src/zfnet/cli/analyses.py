@@ -122,12 +122,17 @@ def filters_cmd(checkpoints: tuple[str, ...], sources: tuple[str, ...],
         raise click.UsageError(f"{len(weights)} --weights for {len(sources)} --model: give "
                                "one --weights per --model, in the same order (or none: random "
                                "init)")
+    twice = sorted({c for c in checkpoints if checkpoints.count(c) > 1})
+    if twice:
+        raise click.UsageError(f"--checkpoint {twice[0]} is given twice")
     models, bundle, src = {}, None, None
+    own = {}  # each run measured on its own data, unless --data names one for all
     short = [Path(c).name for c in checkpoints]
     for c, name in zip(checkpoints, short, strict=True):
         model, b = _load(c, data)
         bundle = bundle or b
-        models[name if short.count(name) == 1 else c] = model  # runs/a/last, runs/b/last
+        label = name if short.count(name) == 1 else c  # runs/a/last, runs/b/last
+        models[label], own[label] = model, b
     for k, source in enumerate(sources):
         w = weights[k] if weights else None
         options = ModelOptions(source, None, w, None, mean, std, resize, crop, "cpu", 64)
@@ -138,10 +143,14 @@ def filters_cmd(checkpoints: tuple[str, ...], sources: tuple[str, ...],
             raise click.UsageError(f"--model {source} is given twice with the same weights")
         models[label] = src.model
     size = None if bundle is not None or src is None else src.preprocessing.crop
+    specs = list(dict.fromkeys(b.spec for b in own.values() if b.spec))
+    if bundle is not None and not own and bundle.spec:
+        specs = [bundle.spec]
     ctx = click.get_current_context()  # the section names every model, not the last loaded
     ctx.with_resource(computed_on(", ".join(models) + (
-        f", data {bundle.spec}" if bundle is not None and bundle.spec else "")))
-    pipeline.filters(models, bundle, out, input_size=size)
+        f", data {', '.join(specs)}" if specs else "")))
+    measured = own if own and data is None else bundle  # a --model's is --data's, or none
+    pipeline.filters(models, measured, out, input_size=size)
     _finish(out)
 
 
