@@ -274,7 +274,8 @@ def transfer_section(run_dir: str | Path, rows: Sequence[TransferRow], source: s
 
     table = Table(
         ["images per class", "train images", "test images",
-         f"layers up to {layer} fixed + new softmax", "same model trained from scratch"],
+         f"test accuracy: layers up to {layer} fixed + new softmax",
+         "test accuracy: same model trained from scratch"],
         [[r.per_class_words() if r.found else r.per_class, r.n_train, r.n_test,
           f"{100 * r.fixed:.1f}%", r.scratch_words()] for r in rows],
         f"source: {source}; target: {target}",
@@ -298,7 +299,8 @@ def transfer_section(run_dir: str | Path, rows: Sequence[TransferRow], source: s
             "scored). The paper (second table; Caltech-101, 30 images/class): 86.5% with "
             "ImageNet features against 46.5% from scratch — features learned on a large set "
             "carry over, and the gap is largest when N is small. Target images of another "
-            "shape are adapted: grey to RGB by replication, resized to the model's input."
+            "shape are adapted to the model's input: grey replicated to RGB or RGB averaged to "
+            "grey, and resized."
             + (" A from-scratch run marked diverged stopped on a NaN loss: it has no model "
                "to score."
                if any(r.scratch is None for r in rows) else "")

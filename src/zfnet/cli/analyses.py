@@ -383,7 +383,7 @@ def transfer_cmd(data: str, out: str, shots: tuple[int, ...], n_test: int,
 
     def row(r: Any) -> None:
         fewer = f" ({r.found} in the data)" if r.found else ""
-        click.echo(f"{r.per_class:>4}/class{fewer}  fixed {r.fixed:.1%}  "
+        click.echo(f"{r.per_class:>4}/class{fewer}  test accuracy: fixed {r.fixed:.1%}  "
                    f"scratch {r.scratch_words()}  ({r.scratch_seconds:.0f} s from scratch)")
 
     pipeline.transfer(source.model, source.meta, data, out, shots, n_test, scratch_steps,
@@ -398,8 +398,9 @@ def transfer_cmd(data: str, out: str, shots: tuple[int, ...], n_test: int,
 @_DATA
 @_OUT
 @click.option("--images", default=None, type=click.IntRange(1),
-              help="Val images whose maps are compared; the scores are their mean "
-                   "(default 16, or all where the split has fewer).")
+              help="Images whose maps are compared, the scores their mean: val images "
+                   "(--mode labels: training images, whose labels the copy fitted); default "
+                   "16, or all where the split has fewer.")
 @click.option("--layer", default=None, metavar="NAME",
               help="Layer of the seed units (default: the last spatial layer, conv5 on "
                    "zfnet's).")
