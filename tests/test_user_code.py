@@ -412,3 +412,19 @@ def test_a_torchscript_model_is_refused_with_the_way_out(code, tmp_path) -> None
         "weights; from a file you trust, save its weights and give that file: torch.save("
         f"torch.jit.load('{tmp_path / 'scripted.pt'}').state_dict(), 'weights.pth')")
     assert not (tmp_path / "o").exists()
+
+
+def test_from_module_leaves_a_refused_model_in_its_mode() -> None:
+    """from_module refusing a model (a crop it cannot run) leaves it in training mode, as it
+    came: only a model it takes is put in eval mode."""
+    from torch import nn
+
+    from zfnet.sources import from_module
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 30 * 30, 2))
+    model.train()
+    with pytest.raises(ValueError):
+        from_module(model, crop=40, resize=44)  # its Linear takes 32 px only
+    assert all(m.training for m in model.modules())
+    from_module(model, crop=32, resize=36)
+    assert not any(m.training for m in model.modules())

@@ -195,9 +195,9 @@ def from_module(model: nn.Module, *, mean: float | Sequence[float] | None = None
     256/224, as for `FILE.py:NAME`; `mean` and `std` per channel in 0..1 units, as model cards
     and `transforms.Normalize` give them (one value for all channels), `resize` and `crop`
     override it. `labels`: one class name per output (a transformers model's `id2label` by
-    default). The model is put in eval mode (not copied, not moved) and tried on one input of
-    its size; a transformers image classifier is seen through `zfnet.hf.logits_view`, which
-    returns its logits and leaves your object as it was."""
+    default). The model is put in eval mode (not copied, not moved; left as it was if refused)
+    and tried on one input of its size; a transformers image classifier is seen through
+    `zfnet.hf.logits_view`, which returns its logits and leaves your object as it was."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"from_module takes a torch.nn.Module, not a {type(model).__name__}")
     check_not_scripted(model)
@@ -219,13 +219,19 @@ def from_module(model: nn.Module, *, mean: float | Sequence[float] | None = None
         prep, notes = own_preprocessing(model, label)
     if labels is not None:
         labels = _checked_labels(labels, _outputs(model), label)
-    src = Source(model.eval(), prep, labels, label, "python",
-                 {"source": label, "weights": None, "num_classes": _outputs(model),
-                  "notes": notes})
-    src.meta["overrides"] = overrides
-    if overrides:
-        _override(src, overrides)
-    check_input(src)
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        src = Source(model.eval(), prep, labels, label, "python",
+                     {"source": label, "weights": None, "num_classes": _outputs(model),
+                      "notes": notes})
+        src.meta["overrides"] = overrides
+        if overrides:
+            _override(src, overrides)
+        check_input(src)
+    except BaseException:  # refused: your model left in the mode it was in
+        for m, training in modes:
+            m.training = training
+        raise
     return src
 
 
