@@ -488,3 +488,10 @@ def test_filters_measure_each_run_on_its_own_data(tmp_path) -> None:
                                          "3-channel 48 px"):
         pipeline.filters(models, small, tmp_path / "one")
     assert not (tmp_path / "one").exists()
+
+
+def test_gallery_refuses_no_maps_before_writing(bundle, tmp_path) -> None:
+    """n_maps=0 is refused as k=0 is, before the mining writes anything."""
+    with pytest.raises(ValueError, match="n_maps=0: give at least 1 map per layer"):
+        pipeline.gallery(_resnet(), bundle, tmp_path / "out", k=2, n_images=4, n_maps=0)
+    assert not (tmp_path / "out").exists()

@@ -408,6 +408,8 @@ def run_topk_gallery(
         raise ValueError(f"precision={precision!r} is not known; valid: {', '.join(PRECISIONS)}")
     if map_rule not in MAP_RULES:
         raise ValueError(f"map_rule={map_rule!r} is not known; valid: {', '.join(MAP_RULES)}")
+    if maps is None and n_maps < 1:  # before the mining writes its journal
+        raise ValueError(f"n_maps={n_maps}: give at least 1 map per layer")
     first_x = first_image(dataset)
     shape = tuple(first_x.shape)
     size = (int(shape[-2]), int(shape[-1]))
