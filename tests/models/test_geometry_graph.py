@@ -700,3 +700,13 @@ def test_channels_last_layers_past_units_that_mix_rows() -> None:
     acts = get_activations(model, x, ["fc", "down", "attn", "act"])
     assert acts["fc"].shape == (2, 5, 6, 10) and acts["act"].shape == (2, 4, 3, 5)
     assert acts["down"].shape == acts["attn"].shape == (2, 4, 3, 5)
+
+
+def test_layer_info_of_a_zfnet_model_at_another_size_is_refused() -> None:
+    """zfnet's models run their own input size only (fc6 is sized for it): layer_info at
+    another one is a GeometryError, not that size's geometry silently replaced by 64's."""
+    model = zfnet.create_model("zfnet_small", input_size=64)
+    assert layer_info(model, 64)["conv5"].geometry == layer_info(model)["conv5"].geometry
+    with pytest.raises(GeometryError, match="takes 64x64 inputs only .* not 8x8; give "
+                                            "input_size 64"):
+        layer_info(model, 8)

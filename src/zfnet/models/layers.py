@@ -102,6 +102,11 @@ def layer_info(model: nn.Module, input_size: int | tuple[int, int] | None = None
         raise ValueError(f"input_size {input_size} must be at least 1 px (or None: 224)")
     infos: dict[str, LayerInfo] = {}
     if isinstance(model, ConvNet):
+        side = model.config.input_size
+        if input_size is not None and pair(input_size) != (side, side):
+            h, w = pair(input_size)
+            raise GeometryError(f"this zfnet model takes {side}x{side} inputs only (its fc6 "
+                                f"is sized for them), not {h}x{w}; give input_size {side}")
         geo = model.geometry
         channels = model.config.in_channels
         for seq_name in ("features", "classifier"):
