@@ -99,7 +99,8 @@ def test_a_from_scratch_run_that_diverges_is_a_row_that_says_so(tmp_path, one_th
                                     TINY, "--shots", "1", "--scratch-steps", "4",
                                     "--batch-size", "2", "--out", str(tmp_path / "t")])
     assert res.exit_code == 0, res.output
-    assert "1/class  fixed" in res.output and "scratch diverged (NaN loss)" in res.output
+    assert "1/class  test accuracy: fixed" in res.output  # accuracy, said
+    assert "scratch diverged (NaN loss)" in res.output
 
 
 def test_shots_beyond_the_data_say_how_many_it_had_and_bad_shots_are_refused(
