@@ -390,6 +390,7 @@ def pointing_game(
     batch_size: int = 64,
     method: str = "auto",
     precision: str = "float32",
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Pointing game with occlusion (paper Sec. 4.2's question, measured): for the first
     `n_images` val images of `bundle` (a `zfnet.data.DataBundle` whose val split has object
@@ -401,6 +402,7 @@ def pointing_game(
 
     Returns {"n_images", "hits", "hit_rate", "chance", "per_image": [...]}, where `chance` is
     the mean share of occluder centres that lie on the object: the hit rate of a random pick.
+    `progress(done, total)`: called as the occluded images are scored (all images together).
     """
     val = _val_centre(bundle)
     if not hasattr(val, "sample"):
@@ -415,11 +417,13 @@ def pointing_game(
     own = labels_are_classes(model, bundle)
     layer = layer or default_layer(model, tuple(picks[0][1][0].shape[-2:]))  # once
     per_image = []
-    for i, (x, y) in picks:  # (C, S, S), int
+    for k, (i, (x, y)) in enumerate(picks):  # (C, S, S), int
         mask = torch.from_numpy(val.sample(i).mask)  # (S, S) bool
+        each = None if progress is None else (
+            lambda done, total, k=k: progress(k * total + done, n * total))
         r = occlusion(model, x, target=y if own else None, layer=layer, size=size,
                       stride=stride, fill=fill, batch_size=batch_size, method=method,
-                      project=False, precision=precision)
+                      project=False, precision=precision, progress=each)
         ci, cj = r.most_sensitive()
         cy, cx = _centre(r.box(ci, cj))
         centres = [_centre(r.box(a, b)) for a in range(len(r.tops)) for b in range(len(r.lefts))]
@@ -648,11 +652,14 @@ def occlusion_report(
         pixel_scale = pre.pixel_scale()
     layer = layer or default_layer(model, tuple(picks[0][1][0].shape[-2:]))
     on_scores = layer_name(model, layer) == layer_name(model, score_layer(model))
+    # the pointing game's images counted in the total too: it often takes most of the time
+    pointed = min(n_pointing, len(val)) if hasattr(val, "sample") and n_pointing > 0 else 0
+    whole = len(picks) + pointed
     panels, rows = [], []
     for k, (i, (x, y)) in enumerate(picks):
         # every image has the same occluder positions: k images' worth of them before this one
         each = None if progress is None else (
-            lambda done, total, k=k: progress(k * total + done, len(picks) * total))
+            lambda done, total, k=k: progress(k * total + done, whole * total))
         target = target_class if target_class is not None else y if own else None
         r = occlusion(model, x, target=target, layer=layer, size=size,
                       stride=stride, fill=fill, batch_size=batch_size, method=method,
@@ -689,9 +696,12 @@ def occlusion_report(
                      f"strongest {first.what}"], rows,
                     "The images of the figure, in its order.")]
     if hasattr(val, "sample") and n_pointing > 0:
-        pg = pointing_game(model, bundle, n_pointing, size=size, stride=stride, fill=fill,
-                           layer=layer, batch_size=batch_size, method=method,
-                           precision=precision)
+        per = len(first.tops) * len(first.lefts)  # occluder positions, the same for every image
+        pg = pointing_game(
+            model, bundle, n_pointing, size=size, stride=stride, fill=fill, layer=layer,
+            batch_size=batch_size, method=method, precision=precision,
+            progress=None if progress is None else (  # after the figure's images
+                lambda done, _total: progress(len(picks) * per + done, whole * per)))
         metrics.update(pointing_hit_rate=round(pg["hit_rate"], 3),
                        pointing_chance=round(pg["chance"], 3), pointing_images=pg["n_images"])
         pointing_text = (

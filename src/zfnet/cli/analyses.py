@@ -232,7 +232,7 @@ def occlusion_cmd(model_options: ModelOptions, data: str | None, out: str, image
     layer = _layers(source.model, (layer,))[0] if layer else None
     target = None if class_name is None else class_indices(
         [class_name], source.labels, source.name, source.meta.get("num_classes"))[0]
-    _say_occlusion_work(bundle, images, size, stride)
+    _say_occlusion_work(bundle, images, size, stride, pointing)
     from zfnet.progress import counted_progress
 
     with counted_progress(desc="occluded images", unit="img") as scored:  # a ResNet-50: minutes
@@ -244,9 +244,11 @@ def occlusion_cmd(model_options: ModelOptions, data: str | None, out: str, image
     _finish(out)
 
 
-def _say_occlusion_work(bundle, images: int, size: int | None, stride: int | None) -> None:  # noqa: ANN001
-    """How many occluded images the figure's images make (a stride of a quarter of the
-    occluder gives hundreds each), and what makes them fewer: said before they are scored."""
+def _say_occlusion_work(bundle, images: int, size: int | None, stride: int | None,  # noqa: ANN001
+                        pointing: int = 0) -> None:
+    """How many occluded images the figure's images and the pointing game's make (a stride of
+    a quarter of the occluder gives hundreds each), and what makes them fewer: said before
+    they are scored."""
     from zfnet.analyses.occlusion import occluder_plan
 
     side = bundle.input_size
@@ -255,10 +257,16 @@ def _say_occlusion_work(bundle, images: int, size: int | None, stride: int | Non
     except ValueError:
         return  # a bad geometry: the analysis says what is wrong
     n = min(images, len(bundle.val))
+    pointed = min(pointing, len(bundle.val)) if hasattr(bundle.val, "sample") else 0
     per = len(tops) * len(lefts)
-    click.echo(f"occlusion: {n} image{'s' * (n != 1)} x {per} occluder positions "
-               f"({size} px, stride {stride} px) = {n * per:,} occluded images to score; a "
-               "larger --stride or fewer --images make fewer", err=True)
+    images_ = f"{n} image{'s' * (n != 1)}"
+    if pointed:
+        images_ = f"({images_} + {pointed} for the pointing game)"
+    click.echo(f"occlusion: {images_} x {per} occluder positions "
+               f"({size} px, stride {stride} px) = {(n + pointed) * per:,} occluded images to "
+               "score; " + ("a larger --stride, fewer --images or a smaller --pointing"
+                            if pointed else "a larger --stride or fewer --images")
+               + " make fewer", err=True)
 
 
 @analyze.command("correspondence", short_help="Fig. 8 / Table 1: part correspondence across images")
