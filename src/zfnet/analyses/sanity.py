@@ -378,9 +378,9 @@ def randomization_section(
 
     run_dir = Path(run_dir)
     steps = list(range(1, len(result.steps) + 1))
-    panels = {
-        metric: {rule: result.scores[rule][metric] for rule in result.scores}
-        for metric in ("ssim", "spearman")
+    panels = {  # titled as the table and the caption name them
+        title: {rule: result.scores[rule][metric] for rule in result.scores}
+        for metric, title in (("ssim", "SSIM"), ("spearman", "rank correlation (Spearman)"))
     }
     names = [_short(s) for s in result.steps]
     independent = result.mode == "independent"
