@@ -157,6 +157,10 @@ def test_the_table_shows_no_top5_error_for_5_classes_or_fewer_and_the_papers_fin
     assert "with the same recipe (batch 16, lr 0.01, cosine schedule)" in section.caption
     assert "the width of fc6-7 makes little difference" in section.caption
     assert "wider fc layers overfit" not in section.caption
+    # the combinations the findings compare with: how to add their rows
+    assert ("(no_conv34_fc67, wide345_fc_double, the combinations these findings compare "
+            "with, were not trained here: --variants baseline,no_conv34_fc67,wide345_fc_double "
+            "adds them.)") in section.caption
 
 
 def test_a_variant_added_later_joins_the_table_of_the_same_study(tmp_path) -> None:

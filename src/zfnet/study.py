@@ -247,6 +247,19 @@ def _recipe_words(out: Path, rows: list[dict[str, Any]]) -> str:
         return ""
 
 
+def _missing_words(rows: list[dict[str, Any]]) -> str:
+    """Where the caption's two combined variants were not trained (they are not among the
+    defaults, to keep a study short): which `--variants` add their rows."""
+    ran = {r["variant"] for r in rows}
+    left = [v for v in ("no_conv34_fc67", "wide345_fc_double") if v not in ran]
+    if not left:
+        return ""
+    return (f" ({', '.join(left)}, the combinations these findings compare with, "
+            f"{'were' if len(left) > 1 else 'was'} not trained here: --variants "
+            f"{','.join(dict.fromkeys([*(r['variant'] for r in rows), *left]))} adds "
+            f"{'them' if len(left) > 1 else 'it'}.)")
+
+
 def study_section(run_dir: str | Path, rows: list[dict[str, Any]], data: str, epochs: int,
                   order: int = 78):
     """Write the Table 3 section: this run's errors beside the paper's."""
@@ -270,6 +283,7 @@ def study_section(run_dir: str | Path, rows: list[dict[str, Any]], data: str, ep
             "little alone, both together a lot (its removals are of AlexNet only: beside "
             "alexnet_small's rows); the width of fc6-7 makes little difference; wider middle "
             "conv layers help, and widening them and fc6-7 together overfits."
+            + _missing_words(rows)
         ),
         tables=[Table(["model", "variant", "parameters", "train top-1", "val top-1",
                        "val top-5", "paper train/val top-1/val top-5"], table)],
