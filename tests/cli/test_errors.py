@@ -680,3 +680,15 @@ def test_a_warning_under_a_progress_bar_is_a_line_of_its_own(capsys) -> None:
             bar.update(1)
     lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
     assert "warning: skipping broken image a/zero.jpg: empty file (0 bytes)" in lines
+
+
+def test_mode_labels_refuses_a_model_by_name_before_loading_it(tmp_path) -> None:
+    """--mode labels needs a zfnet run: a torchvision model is refused in one line, before it
+    is built (no 'random init' or preprocessing notes first)."""
+    res = CliRunner().invoke(main, ["analyze", "randomization", "--model",
+                                    "torchvision:resnet18", "--mode", "labels", "--out",
+                                    str(tmp_path / "out")])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().splitlines() == [
+        "Error: --mode labels trains the model again on permuted labels: it needs a zfnet run "
+        "(--checkpoint RUN), not torchvision:resnet18"], res.output

@@ -471,6 +471,12 @@ def _data_randomization(model_options: ModelOptions, data: str | None, out: str,
     from zfnet import pipeline
     from zfnet.train import EXIT_INTERRUPTED
 
+    given = model_options.model
+    if model_options.checkpoint is None and given is not None and not Path(given).exists():
+        # a model by name (torchvision:…, zfnet_small): no run, said before it is loaded
+        raise click.UsageError(
+            f"--mode labels trains the model again on permuted labels: it needs a zfnet run "
+            f"(--checkpoint RUN), not {given}")
     source, _ = _model_and_data(model_options, need_data=False)  # first: what it needs most
     if source.kind != "run":
         raise click.UsageError(
