@@ -824,7 +824,10 @@ def _run(path: Path) -> Source:
     def preprocessing() -> Preprocessing:
         return load_dataset(meta["data"]).input_preprocessing  # the run's mean image
 
-    epoch = f" (epoch {meta['epoch']})" if meta.get("epoch") is not None else ""
+    from zfnet.train.checkpoint import checkpoint_label
+
+    label = checkpoint_label(meta.get("epoch"), meta.get("step_in_epoch", 0))
+    epoch = f" ({label})" if label else ""  # "(epoch 3)", "(epoch 3 + 4 steps of epoch 4)"
     # the classes as shown (with their words where the run's data gave them: words=FILE)
     labels = list(meta.get("class_labels") or meta.get("class_names") or [])
     return Source(model, preprocessing, labels or None,

@@ -695,7 +695,7 @@ def occlusion_report(
                      f"p({followed})", f"min p({followed}) occluded",
                      f"strongest {first.what}"], rows,
                     "The images of the figure, in its order.")]
-    if hasattr(val, "sample") and n_pointing > 0:
+    if pointed:
         per = len(first.tops) * len(first.lefts)  # occluder positions, the same for every image
         pg = pointing_game(
             model, bundle, n_pointing, size=size, stride=stride, fill=fill, layer=layer,

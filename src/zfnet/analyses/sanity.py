@@ -249,9 +249,8 @@ def passed_through(model: nn.Module, images: torch.Tensor, layer: str, steps: st
         for path in paths:
             reinitialise(work.get_submodule(path), g)
         after = get_activations(work, images, [layer])[layer]
-    dims = [d for d in range(before.ndim) if d != 1]  # all but the maps
-    same = torch.isclose(after, before, rtol=1e-5, atol=1e-7).all(dim=dims) if dims else \
-        torch.isclose(after, before, rtol=1e-5, atol=1e-7)
+    dims = [d for d in range(before.ndim) if d != 1]  # all but the maps (the images at least)
+    same = torch.isclose(after, before, rtol=1e-5, atol=1e-7).all(dim=dims)
     return same & before.ne(0).any(dim=dims)
 
 

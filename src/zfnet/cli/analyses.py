@@ -143,9 +143,8 @@ def filters_cmd(checkpoints: tuple[str, ...], sources: tuple[str, ...],
             raise click.UsageError(f"--model {source} is given twice with the same weights")
         models[label] = src.model
     size = None if bundle is not None or src is None else src.preprocessing.crop
-    specs = list(dict.fromkeys(b.spec for b in own.values() if b.spec))
-    if bundle is not None and not own and bundle.spec:
-        specs = [bundle.spec]
+    used = own.values() if own else [bundle] if bundle is not None else []
+    specs = list(dict.fromkeys(b.spec for b in used if b.spec))
     ctx = click.get_current_context()  # the section names every model, not the last loaded
     ctx.with_resource(computed_on(", ".join(models) + (
         f", data {', '.join(specs)}" if specs else "")))
@@ -471,17 +470,16 @@ def _data_randomization(model_options: ModelOptions, data: str | None, out: str,
     from zfnet import pipeline
     from zfnet.train import EXIT_INTERRUPTED
 
+    def not_a_run(name: str) -> click.UsageError:
+        return click.UsageError(f"--mode labels trains the model again on permuted labels: it "
+                                f"needs a zfnet run (--checkpoint RUN), not {name}")
+
     given = model_options.model
     if model_options.checkpoint is None and given is not None and not Path(given).exists():
-        # a model by name (torchvision:…, zfnet_small): no run, said before it is loaded
-        raise click.UsageError(
-            f"--mode labels trains the model again on permuted labels: it needs a zfnet run "
-            f"(--checkpoint RUN), not {given}")
+        raise not_a_run(given)  # a model by name (torchvision:…): said before it is loaded
     source, _ = _model_and_data(model_options, need_data=False)  # first: what it needs most
     if source.kind != "run":
-        raise click.UsageError(
-            f"--mode labels trains the model again on permuted labels: it needs a zfnet run "
-            f"(--checkpoint RUN), not {source.name}")
+        raise not_a_run(source.name)
     refused = [name for name, given in (
         ("--data", data is not None), ("--layer", layer is not None),
         ("--steps module", steps != "block"),

@@ -316,7 +316,7 @@ def eval_cmd(checkpoint: str | None, model: str | None, weights: str | None,
     crops = "10 crops" if ten_crop else "centre crop"
     skipped = f" ({_broken_files(r['skipped'])} skipped)" if r["skipped"] else ""
     label = checkpoint_label(r["epoch"], r["step_in_epoch"])
-    epoch = f" ({label})" if label and f"({label})" not in r["model"] else ""  # a run's name has it
+    epoch = f" ({label})" if label and checkpoint is not None else ""  # --model RUN's name has it
     classes = len(r["per_class_accuracy"])
     top5 = top5_words(r["top5_error"], classes, "top-5 error")
     matched = r.get("matched")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import uuid
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from zfnet.atomic import write_atomic
 from zfnet.data.bundle import DataBundle, bundle_geometry, fitted
 from zfnet.data.images import (
     IMAGE_EXTENSIONS,
@@ -368,7 +368,10 @@ def cached_mean(root: Path, key: str, full_size: int, compute: Callable[[], torc
         for path in candidates:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                save_npy_atomic(path, mean.numpy())
+                # atomic (a reader never sees half a file), with the umask's mode: a mean
+                # cached in a shared dataset folder is every user's, not mkstemp's 0600
+                array = mean.numpy()
+                write_atomic(path, lambda f, a=array: np.save(f, a))
                 return mean
             except OSError:
                 continue  # read-only: try the next place
@@ -417,20 +420,6 @@ def _one_at_a_time(candidates: Sequence[Path]) -> Iterator[None]:
             f.close()
         return
     yield
-
-
-def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    """`np.save` through a temporary file renamed into place: a reader never sees half a file,
-    a crash leaves no corrupt one. Made as any new file is (the umask's mode, 0644 usually,
-    not mkstemp's 0600): a mean cached in a shared dataset folder is every user's."""
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}.npy")
-    try:
-        with open(tmp, "xb") as f:  # "x": never another writer's file
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 Selection = tuple[list[Path], list[int]]  # image files and their labels
