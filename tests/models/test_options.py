@@ -28,6 +28,7 @@ def test_bad_values_name_the_option(key: str) -> None:
         with pytest.raises(ValueError, match=named) as e:
             zfnet.create_model("zfnet_small", **{key: value})
         assert "\n" not in str(e.value) and repr(value).strip("'") in str(e.value)
+        assert type(e.value) is ValueError  # not a class private to zfnet.models.options
         with pytest.raises(ValueError, match=named):
             parse_model_option(f"{key}={value}")
 

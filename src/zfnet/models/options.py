@@ -154,8 +154,8 @@ def check_model_option(key: str, value: Any) -> Any:
     option = MODEL_OPTIONS[key]
     try:
         return option.parse(value)
-    except _Precise:
-        raise
+    except _Precise as e:  # a plain ValueError for the caller: the class is this module's own
+        raise ValueError(str(e)) from None
     except (TypeError, ValueError):
         verb = "needs" if key in _NEEDS else "must be"
         raise ValueError(f"{key} {verb} {option.accepts}, got {value!r}") from None
