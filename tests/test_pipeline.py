@@ -15,6 +15,7 @@ from zfnet.analyses.correspondence import correspondence
 from zfnet.analyses.evolution import feature_evolution
 from zfnet.analyses.transfer import transfer_study
 from zfnet.data import load_dataset
+from zfnet.display import LABEL_HEIGHT
 from zfnet.report import read_sections
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -335,7 +336,8 @@ def test_data_randomization_trains_the_copy_once_and_compares(tmp_path) -> None:
     assert str(out / "reference") in s.caption
     assert [len(row[4].split()) for row in s.tables[0].rows] == [16] * 3
     height = Image.open(out / "figures" / "randomization_labels.png").height
-    assert height == 8 * (64 + 2) + 2  # the first 8 of the 16 drawn, 32 px enlarged to 64
+    # the first 8 of the 16 drawn, 32 px enlarged to 64, under the column heads
+    assert height == LABEL_HEIGHT + 8 * (64 + 2) + 2
     # another length of a cosine schedule is another copy: named, nothing written
     res = CliRunner().invoke(main, [*check[:-1], "3"])
     assert res.exit_code != 0 and "epochs: 2 in the run, 3 now" in res.output

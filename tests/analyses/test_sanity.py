@@ -14,7 +14,7 @@ from zfnet.analyses.sanity import (
 )
 from zfnet.deconvnet import project
 from zfnet.display import CAPTION as DISPLAY_CAPTION
-from zfnet.display import projection_to_uint8
+from zfnet.display import LABEL_HEIGHT, projection_to_uint8
 from zfnet.report import read_sections
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -250,7 +250,9 @@ def test_data_randomization_compares_each_models_own_class(tmp_path) -> None:
     assert [row[0] for row in s.tables[0].rows] == ["deconvnet", "guided", "gradient"]
     canvas = np.asarray(Image.open(tmp_path / "figures" / "randomization_labels.png"))
     side, pad = 64, 2  # 32 px enlarged to 64; the image, then two maps per rule
-    assert canvas.shape == (3 * (side + pad) + pad, 7 * (side + pad) + pad, 3)
+    # under a row of column heads: "image", then each rule and "permuted"
+    assert canvas.shape == (LABEL_HEIGHT + 3 * (side + pad) + pad, 7 * (side + pad) + pad, 3)
+    assert (canvas[:LABEL_HEIGHT] < 200).any()
     assert "--reference trains one" in s.caption and len(s.tables[0].columns) == 4
     res.reference = data_randomization(model, model, x).scores  # the model against itself
     res.accuracy["reference_val"] = 0.85

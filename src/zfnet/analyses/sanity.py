@@ -462,7 +462,9 @@ def data_randomization_section(
     rules, accuracy = list(result.scores), result.accuracy
     shown = pixels[:SHOWN_IMAGES].float() - 127.5  # the images as they are, by the maps' rule
     tiles = torch.cat([shown[:, None], *(result.examples[r][:SHOWN_IMAGES] for r in rules)], 1)
-    grid = save_grid(tiles, run_dir / "figures" / "randomization_labels.png")
+    # each rule's pair of columns headed by the rule, then the copy's "permuted labels"
+    heads = ["image", *(h for r in rules for h in (r, "permuted"))]
+    grid = save_grid(tiles, run_dir / "figures" / "randomization_labels.png", col_labels=heads)
     columns = ", ".join(f"{r}: the model, then the copy" for r in rules)
     ref = result.reference
     rows = [[r, f"{result.scores[r]['ssim']:.3f}", f"{result.scores[r]['spearman']:.3f}",
@@ -499,7 +501,7 @@ def data_randomization_section(
         figures=[Figure(str(grid.relative_to(run_dir)),
                         "rows: the images" + (f" (the first {len(shown)} of {len(pixels)})"
                                               if len(shown) < len(pixels) else "") +
-                        f"; columns: the image, then {columns}")],
+                        f"; columns: the image, then {columns} (headed 'permuted')")],
         tables=[Table(["method", "SSIM", "rank corr.", *(["reference rank corr."] if ref else []),
                        "rank corr. per image"], rows)],
         metrics={"copy's training labels fitted": f"{accuracy['random_train']:.1%}",
