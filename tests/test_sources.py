@@ -502,7 +502,7 @@ def test_models_command_for_any_source(tmp_path):
     # the preprocessing said once, as it is with --crop (not the default's note)
     assert "preprocessing" not in res.stderr
     assert [ln for ln in res.stdout.splitlines() if ln.startswith("preprocessing")] == [
-        "preprocessing: resize 183, crop 160, mean 123.7,116.3,103.5, std 58.4,57.12,57.38 "
+        "preprocessing: resize 183, crop 160, mean 123.7,116.3,103.5, std 58.40,57.12,57.38 "
         "(0..255 units)"]
     assert "called" not in res.stdout  # squeezenet runs each module once
     zf = _runner().invoke(main, ["models", "zfnet"]).stdout.splitlines()
@@ -522,7 +522,7 @@ def test_the_note_on_the_preprocessing_says_what_the_overrides_made_it(tmp_path)
     src = load_source("torchvision:resnet18", resize=72, crop=64)
     prep = [n for n in src.meta["notes"] if n.startswith("preprocessing:")]
     assert prep == ["preprocessing: resize 72, crop 64, mean 123.7,116.3,103.5, std "
-                    "58.4,57.12,57.38 (0..255 units) (--resize, --crop given; the mean and "
+                    "58.40,57.12,57.38 (0..255 units) (--resize, --crop given; the mean and "
                     "std: ImageNet's, a default)"]
     src = load_source("torchvision:resnet18")  # the default, said to be one
     assert any("ImageNet's mean and std at 256/224, torchvision's usual (no weights given; "

@@ -127,7 +127,7 @@ def test_a_file_of_the_users_code(code) -> None:
     assert a.meta["num_classes"] == 3 and a.labels is None
     assert any("random init (seed 0)" in n for n in a.meta["notes"])
     # ImageNet's mean and std (a default), at the --resize/--crop given
-    assert "preprocessing: resize 36, crop 32, mean 123.7,116.3,103.5, std 58.4,57.12,57.38 " \
+    assert "preprocessing: resize 36, crop 32, mean 123.7,116.3,103.5, std 58.40,57.12,57.38 " \
         "(0..255 units) (--resize, --crop given; the mean and std: ImageNet's, a default)" \
         in a.meta["notes"]
     prep = a.preprocessing

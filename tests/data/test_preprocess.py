@@ -91,6 +91,11 @@ def test_round_trip_and_pixel_scale():
                                     "in_channels": 1, "mean_image": True,
                                     "interpolation": "bilinear"}
     assert mean_image.describe() == "resize 32, crop 28, mean the mean image, std 1 (0..255 units)"
+    # one number of decimals per list: 4 significant digits in its largest value
+    assert Preprocessing.imagenet().describe() == (
+        "resize 256, crop 224, mean 123.7,116.3,103.5, std 58.40,57.12,57.38 (0..255 units)")
+    assert Preprocessing(8, 8, (127.5,) * 3, (0.5, 63.75, 1.0)).describe().endswith(
+        "mean 127.5,127.5,127.5, std 0.50,63.75,1.00 (0..255 units)")
 
 
 def test_channels_adapted():

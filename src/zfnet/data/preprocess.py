@@ -260,4 +260,9 @@ class Preprocessing:
 
 
 def _fmt(values: Sequence[float]) -> str:
-    return ",".join(f"{v:.4g}" for v in values)
+    """Per-channel values with one number of decimals: none where all are whole, else what
+    gives the largest 4 significant digits ("58.40,57.12,57.38"; "123.7,116.3,103.5")."""
+    if all(float(v).is_integer() for v in values):
+        return ",".join(str(int(v)) for v in values)
+    digits = len(str(int(max(abs(v) for v in values))))
+    return ",".join(f"{v:.{max(0, 4 - digits)}f}" for v in values)
