@@ -153,6 +153,22 @@ def test_an_outline_lists_the_folder_without_its_mean(tmp_path, monkeypatch):
     assert (data.input_size, len(data.train), len(data.val)) == (SIZE, 4, 2)
     assert not (tmp_path / ".zfnet-cache").exists()
     assert not load_dataset("synthetic?n_train=4&n_val=4&size=32", outline=True).outline
+    monkeypatch.undo()
+    # made whole from the files it listed (the folder not listed again): the full load's mean
+    listed = imagefolder.select_folder
+    monkeypatch.setattr(imagefolder, "select_folder", lambda *a, **k: fail())
+    whole = data.with_mean_image()
+    assert not whole.outline and whole.with_mean_image() is whole
+    monkeypatch.setattr(imagefolder, "select_folder", listed)
+    full = load_dataset(f"imagefolder:{tmp_path}?size={SIZE}")
+    assert torch.equal(whole.mean, full.mean) and whole.mean.abs().sum() > 0
+    for a, b in ((whole.train, full.train), (whole.val, full.val)):
+        assert torch.equal(a.mean, whole.mean) and a.paths == b.paths
+    torch.manual_seed(0)
+    x = whole.train[1][0]
+    torch.manual_seed(0)
+    assert torch.equal(x, full.train[1][0])
+    assert data.train.mean.abs().sum() == 0  # the outline itself left as it was
 
 
 def test_layout_errors_name_the_path(tmp_path):

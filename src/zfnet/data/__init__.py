@@ -107,8 +107,8 @@ def load_dataset(
     `preprocessing`: a model's (`zfnet.sources`): items are that model's inputs, whatever the
     dataset's own channels and size; None: the paper's convention with the dataset's mean image.
     `outline`: an imagefolder's classes, sizes and files without its mean image (zeros, and
-    `bundle.outline` True): what a command checks before that pass over every training image;
-    every other dataset loads as usual.
+    `bundle.outline` True; `bundle.with_mean_image()` makes it): what a command checks before
+    that pass over every training image; every other dataset loads as usual.
     `random_labels=SEED` (any labelled dataset): the training labels permuted
     (`zfnet.data.relabel`); `words=FILE`: the classes' words (`zfnet.data.words`).
     Unknown names and options raise ValueError listing the valid ones.

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -35,8 +36,23 @@ class DataBundle:
     # each class's words where the spec's `words=FILE` names it (`zfnet.data.words`), else None
     class_words: list[str | None] | None = None
     # `load_dataset(outline=True)`: its classes, sizes and images listed, no image decoded (an
-    # imagefolder's mean image not made yet: zeros): for the checks before that pass
-    outline: bool = False
+    # imagefolder's mean image not made yet: zeros), for the checks before that pass; this
+    # makes the mean from the files listed (`with_mean_image`)
+    make_mean: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def outline(self) -> bool:
+        """True for an outline (`load_dataset(outline=True)`) whose mean image is not made."""
+        return self.make_mean is not None
+
+    def with_mean_image(self) -> DataBundle:
+        """An outline made whole: its mean image computed (or read from its cache) from the
+        training files it lists, not listed again; any other bundle as it is."""
+        if self.make_mean is None:
+            return self
+        mean = self.make_mean()
+        return replace(self, mean=mean, train=self.train.with_mean(mean),
+                       val=self.val.with_mean(mean), make_mean=None)
 
     def class_label(self, k: int) -> str:
         """Class k as a person reads it: "tench (n01440764)" with its words, else its name."""

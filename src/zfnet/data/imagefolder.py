@@ -507,15 +507,18 @@ def load_imagefolder(
     """Build the `DataBundle` for `imagefolder:DIR` (paper Sec. 3 preprocessing, or the
     model's `preprocessing`: then no mean image is computed, and DIR may hold val/ alone, a
     labelled test set to score a model on or look inside it with). `outline`: no mean image
-    either (zeros; `bundle.outline`), for the checks made before that pass."""
+    either (zeros; `bundle.outline`; `bundle.with_mean_image()` makes it from the files
+    listed), for the checks made before that pass."""
     root, opts, names, (train_paths, train_y), (val_paths, val_y) = select_folder(
         spec, raw_spec, val_only=preprocessing is not None)
     check_no_size(opts, preprocessing, raw_spec)
     input_size = opts.get("size", PAPER_INPUT)
     full_size = round(input_size * PAPER_FULL / PAPER_INPUT)
+    make_mean = None
     if preprocessing is None:
-        mean = torch.zeros(3, full_size, full_size) if outline else load_or_compute_mean(
-            root, train_paths, full_size, strict=strict, cache_dir=cache_dir)
+        make_mean = functools.partial(load_or_compute_mean, root, train_paths, full_size,
+                                      strict=strict, cache_dir=cache_dir)
+        mean = torch.zeros(3, full_size, full_size) if outline else make_mean()
         common = dict(mean=mean, input_size=input_size, classes=names, strict=strict)
     else:
         mean = preprocessing.full_mean()
@@ -528,7 +531,7 @@ def load_imagefolder(
         class_names=names,
         **bundle_geometry(preprocessing, in_channels=3, input_size=input_size,
                           full_size=full_size, mean=mean),
-        outline=outline and preprocessing is None,
+        make_mean=make_mean if outline else None,
     )
 
 

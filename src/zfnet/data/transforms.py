@@ -296,6 +296,17 @@ class CropDataset(Dataset):
         other.targets = [int(t) for t in targets]
         return other
 
+    def with_mean(self, mean: torch.Tensor) -> CropDataset:
+        """A shallow copy of this dataset minus `mean` (C, F, F) of the same shape (the images
+        are shared)."""
+        if mean.shape != self.mean.shape:
+            raise ValueError(f"a mean of shape {tuple(mean.shape)} for images of "
+                             f"{tuple(self.mean.shape)}")
+        other = object.__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        other.mean = mean.to(torch.float32)
+        return other
+
     def raw(self, i: int) -> torch.Tensor:
         """Displayable uint8 (C, S, S) centre crop of item i (raises `BadImageError` if broken)."""
         return centre_crop(self.full_image(i), self.input_size).contiguous()

@@ -152,10 +152,8 @@ def build_run(config: TrainConfig, info: ddp.DistInfo, bundle: Any = None) -> Ru
     if config.compile:
         check_compile(info.device)
     bare = build_model(config, bundle)
-    if getattr(bundle, "outline", False):  # checked: now the mean image
-        from zfnet.data import load_dataset
-
-        bundle = load_dataset(config.data, strict=config.strict, cache_dir=config.data_cache)
+    if getattr(bundle, "outline", False):  # checked: now its mean image, from its listing
+        bundle = bundle.with_mean_image()
     torch.manual_seed(config.seed + info.rank)  # distinct dropout masks per process
     state = ckpt.read_train_state(resume_from, meta) if resume_from is not None else None
     model, bare, ema = _place(bare, config, info, resume_from, state)
