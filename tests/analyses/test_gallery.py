@@ -50,7 +50,7 @@ def test_gallery_end_to_end(tmp_path) -> None:
     assert DISPLAY_CAPTION in section.caption  # says how projections became pixels
     assert section.tables[0].caption == (  # in words, for a reader (zfnet_small has LRN)
         "Maps shown: those asked for in conv3; elsewhere those with the strongest top "
-        "activation (the first layer: all of them); the way down undoes contrast "
+        "activation (conv1: all of them); the way down undoes contrast "
         "normalisation by its gradient.")
     assert (run / "gallery" / "topk.pt").is_file()
     # A projection in the gallery is the engine's projection of that mined activation.
@@ -65,6 +65,9 @@ def test_gallery_end_to_end(tmp_path) -> None:
     run_topk_gallery(model, data, ["conv2"], k=2, out_dir=run / "gallery", run_dir=run,
                      n_maps=2, display_image=lambda i: raw[i])
     assert sorted(p.name for p in (run / "gallery").glob("*.png")) == ["topk_conv2.png"]
+    (section,) = [s for s in read_sections(run) if s.key == "topk_gallery"]
+    assert section.tables[0].caption.startswith(  # conv1, shown whole, is not among them
+        "Maps shown: those with the strongest top activation; the way down")
 
 
 def test_gallery_errors(tmp_path) -> None:

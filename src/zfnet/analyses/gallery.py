@@ -506,7 +506,7 @@ def run_topk_gallery(
         figures=figures,
         tables=[Table(["layer", "maps shown", "maps", "receptive field (px)",
                        "mean top-1 activation (shown maps)"], rows,
-                      _maps_shown(layers, maps or {}, map_rule)
+                      _maps_shown(layers, maps or {}, map_rule, first)
                       + ("; the way down undoes contrast normalisation by "
                          + ("its gradient" if lrn == "gradient" else "nothing (the identity)")
                          if any(isinstance(m, nn.LocalResponseNorm) for m in model.modules())
@@ -520,11 +520,14 @@ def run_topk_gallery(
 
 
 def _maps_shown(layers: Sequence[str], asked: Mapping[str, Sequence[int]],
-                map_rule: str) -> str:
+                map_rule: str, whole: str | None = None) -> str:
     """The table's words for how its maps were chosen: asked for (in some layers or all),
-    else by `map_rule`."""
+    else by `map_rule`; `whole`: the layer shown with all its maps (the model's first, as the
+    paper shows layer 1), where it is among `layers` and not asked for."""
     by_rule = ("those with the strongest top activation" if map_rule == "strongest"
-               else "evenly spaced ones") + " (the first layer: all of them)"
+               else "evenly spaced ones")
+    if whole in layers and whole not in asked:
+        by_rule += f" ({whole}: all of them)"
     named = [name for name in layers if name in asked]
     if not named:
         return "Maps shown: " + by_rule
