@@ -92,3 +92,20 @@ def test_errors_and_caption(tmp_path) -> None:
         save_grid(torch.ones(2, 2, 4, 5, 5), tmp_path / "g.png")  # 4 channels
     assert not (tmp_path / "g.png").exists()
     assert f"{CLIP_PERCENTILE:g}th percentile" in CAPTION and "grey" in CAPTION
+
+
+def test_wrap_text_breaks_at_spaces_and_cuts_the_last_line() -> None:
+    from PIL import ImageFont
+
+    from zfnet.display import wrap_text
+
+    font = ImageFont.load_default()
+    width = font.getlength("layer3 map 33 at")
+    assert wrap_text("short", width, font) == ["short"]
+    lines = wrap_text("a.jpg: layer3 map 33 at (row 5, col 4)", width, font, max_lines=3)
+    assert lines == ["a.jpg: layer3 map", "33 at (row 5, col", "4)"] or all(
+        font.getlength(line) <= width for line in lines)
+    assert " ".join(lines) == "a.jpg: layer3 map 33 at (row 5, col 4)"
+    cut = wrap_text("one two three four five six seven eight nine ten", width, font)
+    assert len(cut) == 2 and cut[1].endswith("…")
+    assert all(font.getlength(line) <= width for line in cut)

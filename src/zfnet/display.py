@@ -125,6 +125,22 @@ def fit_text(text: str, width: float, font: ImageFont.FreeTypeFont | ImageFont.I
     return text + "…"
 
 
+def wrap_text(text: str, width: float, font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+              max_lines: int = 2) -> list[str]:
+    """`text` in lines that fit `width` pixels in `font`, broken at spaces, at most `max_lines`
+    (the last cut by `fit_text`); a word wider than a line is cut."""
+    lines: list[str] = []
+    words = text.split(" ")
+    while words and len(lines) < max_lines - 1:
+        line = words.pop(0)
+        while words and font.getlength(f"{line} {words[0]}") <= width:
+            line += " " + words.pop(0)
+        lines.append(fit_text(line, width, font))
+    if words:
+        lines.append(fit_text(" ".join(words), width, font))
+    return lines
+
+
 def save_png(canvas: np.ndarray, path: str | Path | BinaryIO) -> Path | BinaryIO:
     """Write uint8 (H, W[, 3]) as a PNG to a path (its folder made) or an open binary file
     (the explorer's PNG bytes); returns where it went."""
