@@ -279,6 +279,45 @@ def test_nonlinear_mode_is_scoped_checked_and_warns_without_rectifiers() -> None
     torch.testing.assert_close(guided, grad)
 
 
+@pytest.mark.filterwarnings("ignore:no rectifier")
+def test_the_walks_that_took_a_gradient_are_recorded_and_named() -> None:
+    """Under nonlinear("gradient"), each layer's walk through a non-rectifier is recorded:
+    "plain" with no rectifier on the way down (the projection is the gradient), "mixed" with
+    some; what figures then call the projection (rule_label) and the caption's sentence."""
+    from zfnet.graph import fallback_words, fallbacks_recorded, rule_label
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.SiLU(),
+                        nn.Conv2d(4, 4, 3)).eval()
+    x = torch.randn(1, 3, 12, 12)
+    layers = {n: net[int(n)] for n in ("0", "2", "4")}
+    seeds = {n: seeds_from([0], [1], None) for n in layers}
+    with fallbacks_recorded() as outer:
+        with nonlinear("gradient"), fallbacks_recorded() as found:
+            project_graph(net, x, layers, seeds, "deconvnet")
+        project_graph(net, x, layers, seeds, "gradient")  # the gradient rule: nothing to say
+    assert found == outer == {"4": "mixed"}  # conv2 and conv0: no non-rectifier below them
+    with nonlinear("gradient"), fallbacks_recorded() as found:
+        project_graph(net[3:], x[:, :1].expand(1, 4, 12, 12), {"4": net[4]},
+                      {"4": seeds_from([0], [1], None)}, "guided")
+    assert found == {"4": "plain"}
+    with fallbacks_recorded() as after:
+        project_graph(net, x, layers, seeds, "gradient")
+    assert after == {}  # a collection closed hears no more walks
+    assert rule_label("deconvnet", {}, ["4"]) == "deconvnet"
+    assert rule_label("guided", {"4": "plain"}, ["4"]) == "gradient"
+    mixed = "+ gradient at non-rectifiers"
+    assert rule_label("guided", {"4": "plain"}, ["2", "4"]) == f"guided {mixed}"
+    assert rule_label("deconvnet", {"4": "mixed"}, ["4"]) == f"deconvnet {mixed}"
+    assert rule_label("gradient", {"4": "plain"}, ["4"]) == "gradient"
+    assert fallback_words("deconvnet", {}, ["4"]) == ""
+    assert fallback_words("deconvnet", {"4": "plain"}, ["4"]).endswith(
+        "every projection here is the plain gradient (Simonyan et al. 2014), not a deconvnet "
+        "projection.")
+    assert "below 4, with no rectifier" in fallback_words("guided", {"4": "plain"}, ["2", "4"])
+    assert fallback_words("guided", {"4": "mixed"}, ["4"]).startswith(
+        "Under --nonlinear gradient the guided rule applies at rectifiers only")
+
+
 def test_no_hook_left_also_after_an_exception() -> None:
     model = _net("resnet18")
     x = torch.randn(1, 3, 32, 32)

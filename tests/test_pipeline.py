@@ -433,10 +433,20 @@ def test_a_rule_undefined_through_the_network_is_said_before_mining(bundle, tmp_
     with pytest.raises(RuleUndefinedError, match="Hardswish"):
         pipeline.gallery(model, bundle, tmp_path / "g", k=2, n_images=4, n_maps=2)
     assert not mined and not (tmp_path / "g").exists()
-    with nonlinear("gradient"):  # as asked: the gradient through Hardswish
+    with nonlinear("gradient"), pytest.warns(UserWarning, match="no rectifier"):
+        # as asked: the gradient through Hardswish; features.0 (conv, Hardswish) has no
+        # rectifier below it, features.1 its block's ReLU
         pipeline.gallery(model, bundle, tmp_path / "g", k=2, n_images=4, n_maps=2,
-                         layers=["features.1"])
+                         layers=["features.0", "features.1"])
     assert mined and (tmp_path / "g" / "gallery" / "topk.pt").is_file()
+    s = _section(tmp_path / "g", "topk_gallery")  # what the projections are, said
+    assert s.metrics["rule"] == "deconvnet + gradient at non-rectifiers"
+    assert [f.caption.split("; ")[-1] for f in s.figures] == [
+        "projected by the gradient", "projected by the deconvnet + gradient at non-rectifiers"]
+    assert ("Under --nonlinear gradient the deconvnet rule applies at rectifiers only, and the "
+            "other non-linearities (GELU, SiLU, LayerNorm …) are walked back by their gradient; "
+            "below features.0, with no rectifier on the way down, the projection is the plain "
+            "gradient (Simonyan et al. 2014).") in s.caption
     occlusion_report(model, bundle, tmp_path / "o", n_images=1, n_pointing=0, size=32,
                      stride=32)
     caption = _section(tmp_path / "o", "occlusion").caption

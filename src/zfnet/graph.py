@@ -46,7 +46,7 @@ from __future__ import annotations
 import sys
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -100,6 +100,52 @@ class PlainGradientWarning(UserWarning):
     """Under `nonlinear("gradient")`, a walk met no rectifier: its projection is the gradient."""
 
     one_line = True  # `zfnet` prints it as one line (zfnet.cli)
+
+
+# the collections `fallbacks_recorded` has open: every walk, in any thread, adds to each
+_FALLBACKS: list[dict[str, str]] = []
+
+
+@contextmanager
+def fallbacks_recorded() -> Iterator[dict[str, str]]:
+    """While inside: each layer (by the name its walk was given, "" where none) whose
+    deconvnet or guided walk went back through a non-rectifier by its gradient (under
+    `nonlinear("gradient")`): "plain" where it met no rectifier, so its projection is the plain
+    gradient, "mixed" where it met some (the rule at those). What `rule_label` words."""
+    found: dict[str, str] = {}
+    _FALLBACKS.append(found)
+    try:
+        yield found
+    finally:
+        _FALLBACKS[:] = [f for f in _FALLBACKS if f is not found]
+
+
+def rule_label(rule: str, found: Mapping[str, str], layers: Sequence[str]) -> str:
+    """What the projections by `rule` from `layers` are, in a figure's words, given what
+    `fallbacks_recorded` found: the rule where none took a non-rectifier's gradient;
+    "gradient" where all met no rectifier on the way down (the plain gradient throughout);
+    else "deconvnet + gradient at non-rectifiers"."""
+    kinds = {found.get(n) for n in layers}
+    if rule == "gradient" or kinds <= {None}:
+        return rule
+    return "gradient" if kinds == {"plain"} else f"{rule} + gradient at non-rectifiers"
+
+
+def fallback_words(rule: str, found: Mapping[str, str], layers: Sequence[str]) -> str:
+    """A caption's sentence on the layers of `layers` whose `rule` walks took a non-rectifier's
+    gradient (`fallbacks_recorded`); "" where none did."""
+    plain = [n for n in layers if found.get(n) == "plain"]
+    if rule == "gradient" or not any(n in found for n in layers):
+        return ""
+    text = (f"Under --nonlinear gradient the {rule} rule applies at rectifiers only, and the "
+            "other non-linearities (GELU, SiLU, LayerNorm …) are walked back by their gradient")
+    if len(plain) == len(layers):
+        return (text + ": with no rectifier on the way down, every projection here is the "
+                f"plain gradient (Simonyan et al. 2014), not a {rule} projection.")
+    if plain:
+        return (text + f"; below {', '.join(plain)}, with no rectifier on the way down, the "
+                "projection is the plain gradient (Simonyan et al. 2014).")
+    return text + "."
 
 
 @contextmanager
@@ -445,6 +491,10 @@ def batched_backward(act: Tensor, x: Tensor, seeds: Tensor, rule: str,
             deps[f] -= 1
             if deps[f] == 0:
                 ready.append(f)
+    if rule != "gradient" and met["other"]:
+        for found in list(_FALLBACKS):
+            if found.get(layer or "") != "plain":
+                found[layer or ""] = "mixed" if met["rectifier"] else "plain"
     if rule != "gradient" and met["other"] and not met["rectifier"]:
         where = f"layer {layer!r}" if layer else "this layer"
         warnings.warn(f"no rectifier on the way down from {where}: the {rule} rule applies at "
@@ -631,5 +681,6 @@ def caller_stacklevel() -> int:
 
 __all__ = ["NONLINEAR_MODES", "RULES", "SEEDS", "PlainGradientWarning", "RuleUndefinedError",
            "batched_backward", "caller_stacklevel", "check_rule", "check_seed",
-           "current_nonlinear", "indices", "layer_outputs", "nonlinear", "project_graph",
-           "seed_values", "seeds_from", "set_nonlinear"]
+           "current_nonlinear", "fallback_words", "fallbacks_recorded", "indices",
+           "layer_outputs", "nonlinear", "project_graph", "rule_label", "seed_values",
+           "seeds_from", "set_nonlinear"]

@@ -112,6 +112,13 @@ def test_figure_has_three_panels(tmp_path) -> None:
     for j in range(3):  # ink over every panel, cut to its width
         assert (titled[:top, j * 64:j * 64 + 60] < 128).any()
         assert (titled[:top, j * 64 + 60:j * 64 + 64] == 255).all()
+    # a long title wraps under itself (up to 3 lines): the unit's map and position kept
+    long = ("photos/chelsea.png: resnet.encoder.stages.2 map 21 at (row 5, col 4)",
+            "deconvnet, activation 3.2", "where: |projection|")
+    wrapped = np.asarray(Image.open(unit_figure(image, proj, (2, 3, 12, 15), tmp_path / "w.png",
+                                                zoom=4, titles=long)))
+    assert wrapped.shape[0] - 4 * 20 == 3 * LABEL_HEIGHT + 2
+    assert (wrapped[2 * LABEL_HEIGHT: 3 * LABEL_HEIGHT, :120] < 128).any()  # its third line
 
 
 def test_files_of_images_that_share_a_name_stay_apart(tmp_path) -> None:
@@ -147,7 +154,8 @@ def test_project_command_with_a_weights_file(photos, tmp_path) -> None:
         ("coffee.jpg", 3), ("coffee.jpg", 17), ("astronaut.jpg", 3), ("astronaut.jpg", 17)]
     for u in units:
         png = Image.open(out / u["file"])
-        assert png.size[1] == LABEL_HEIGHT + 2 + 64 * 4  # titles, the 64 px crop enlarged 4x
+        titles = png.size[1] - 2 - 64 * 4  # the 64 px crop enlarged 4x, under the titles
+        assert titles in (LABEL_HEIGHT, 2 * LABEL_HEIGHT, 3 * LABEL_HEIGHT)
     assert "coffee_features.8_map3_deconvnet.png" in res.output
     res = CliRunner().invoke(main, ["project", str(photos), "--model", "torchvision:vgg11",
                                     "--weights", str(tmp_path / "vgg.pth"), "--crop", "64",
@@ -171,7 +179,8 @@ def test_project_command_with_hub_weights_offline(photos, tmp_path) -> None:
     assert res.exit_code == 0, res.output
     units = json.loads((out / "project.json").read_text())["units"]
     assert len(units) == 2 and all(u["file"].endswith("_gradient.png") for u in units)
-    assert Image.open(out / units[0]["file"]).size == (3 * 224 + 8, LABEL_HEIGHT + 2 + 224)
+    width, height = Image.open(out / units[0]["file"]).size
+    assert width == 3 * 224 + 8 and height - 2 - 224 in (LABEL_HEIGHT, 2 * LABEL_HEIGHT)
     # the same again with another rule into the same folder: both listed, each by its rule
     res = CliRunner().invoke(main, ["project", str(photos / "chelsea.jpg"), "--model",
                                     "torchvision:resnet18", "--weights", "DEFAULT", "--layer",
@@ -220,7 +229,9 @@ def test_project_command_nonlinear_option(photos, tmp_path) -> None:
     res = CliRunner().invoke(main, [*argv, "--nonlinear", "gradient", "--out",
                                     str(tmp_path / "yes")])
     assert res.exit_code == 0, res.output
-    assert len(json.loads((tmp_path / "yes/project.json").read_text())["units"]) == 2
+    units = json.loads((tmp_path / "yes/project.json").read_text())["units"]
+    # no rectifier below features.3: the deconvnet rule there is the plain gradient, said so
+    assert [(u["rule"], u["projection"]) for u in units] == [("deconvnet", "gradient")] * 2
     assert current_nonlinear() == "error"
     # inside a block, the linear layer on (N, H, W, C): its 384 maps, not its rows
     res = CliRunner().invoke(main, [*argv[:-4], "--layer", "features.1.0.block.3", "--channel",
@@ -284,7 +295,7 @@ def test_a_class_score_layer_is_told_as_units_named_by_their_class(photos, tmp_p
         ("rocket", True, "chelsea_fc_unit2_deconvnet.png")]
     assert all(u["label"] is None and not u["flat"] for u in units if u["layer"] == "layer4")
     silent = np.asarray(Image.open(out / fc[0]["file"]))
-    assert (silent[LABEL_HEIGHT + 2:, 64 * 4 + 4: 2 * 64 * 4 + 4] == 128).all()  # nothing
+    assert (silent[-64 * 4:, 64 * 4 + 4: 2 * 64 * 4 + 4] == 128).all()  # nothing
 
 
 def test_project_a_class_by_its_name(photos, tmp_path) -> None:

@@ -259,6 +259,23 @@ def test_a_rule_undefined_through_the_network_is_said_before_mining(tmp_path) ->
     assert res.output.strip().splitlines()[-1].startswith("Error: the deconvnet rule is "
                                                           "defined for rectifiers")
     assert not out.exists()
+    # --nonlinear gradient: the pages say what each layer's projections are (features.0,
+    # conv and Hardswish, has no rectifier: the gradient; features.1 has its block's ReLU)
+    res = CliRunner().invoke(main, [
+        "atlas", "--model", "torchvision:mobilenet_v3_small", "--weights", str(weights),
+        "--resize", "40", "--crop", "32", "--data", "synthetic?n_train=8&n_val=8&size=32",
+        "--out", str(out), "--k", "2", "--maps-per-layer", "1", "--nonlinear", "gradient",
+        "--layer", "features.0,features.1"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / ATLAS_FILE).read_text())
+    mixed = "deconvnet + gradient at non-rectifiers"
+    assert [layer["projection"] for layer in doc["layers"]] == ["gradient", mixed]
+    index = html.unescape((out / "index.html").read_text())
+    assert f"<dt>projection</dt><dd>{mixed}</dd>" in index
+    assert "below features.0, with no rectifier on the way down" in index
+    unit = html.unescape((out / doc["layers"][0]["units"][0]["page"]).read_text())
+    assert "projected by the gradient." in " ".join(unit.split())
+    assert "not a deconvnet projection" in unit
 
 
 def test_replaces_an_atlas_never_anything_else_and_a_stop_leaves_nothing(tiny_run,

@@ -48,7 +48,7 @@ from zfnet.analyses.topk import TopK, mine_topk, mine_topk_distributed, save_top
 from zfnet.deconvnet import PRECISIONS, Seeds, project_layers, windowed
 from zfnet.display import CAPTION as DISPLAY_CAPTION
 from zfnet.display import projection_to_uint8, save_png
-from zfnet.graph import check_rule
+from zfnet.graph import check_rule, fallback_words, fallbacks_recorded, rule_label
 from zfnet.models import LayerGeometry, feature_layers, layer_geometries
 from zfnet.report import Figure, Section, Table, write_section
 from zfnet.train.distributed import current_rank
@@ -462,8 +462,9 @@ def run_topk_gallery(
         bad = [c for c in chosen[name] if not 0 <= c < t.values.shape[0]]
         if bad:
             raise ValueError(f"maps {bad} do not exist in {name} ({t.values.shape[0]} maps)")
-    projections = project_topk(model, dataset, topk, chosen, rule, lrn=lrn, geometries=geos,
-                               precision=precision)
+    with fallbacks_recorded() as found:  # what each layer's projection is (--nonlinear)
+        projections = project_topk(model, dataset, topk, chosen, rule, lrn=lrn,
+                                   geometries=geos, precision=precision)
     cache: dict[int, Tensor] = {}
     for name in layers:
         t, proj = topk[name], projections[name]  # (M, k, C, h, w)
@@ -484,7 +485,9 @@ def run_topk_gallery(
         shown = ("units " + ", ".join(f"{c} ({named[c]})" for c in chosen[name])
                  if named and len(named) == t.values.shape[0]
                  else f"{word} {_ranges(chosen[name])}")
-        figures.append(Figure(str(rel_dir / png.name), f"{name}: {shown}{gated}"))
+        own = rule_label(rule, found, [name])
+        by = "" if own == rule else f"; projected by the {own}"
+        figures.append(Figure(str(rel_dir / png.name), f"{name}: {shown}{gated}{by}"))
         rows.append([name, len(chosen[name]), t.values.shape[0], _rf_text(geo),
                      float(t.values[chosen[name], 0].mean())])  # the page shows 4 digits
     n_images = _mined(topk[layers[0]], len(dataset))
@@ -492,10 +495,13 @@ def run_topk_gallery(
     fields = ", ".join(f"{r[0]} {r[3]}" + (" px" if isinstance(r[3], int) else "")
                        + (f", cut to the {side} px input" if isinstance(r[3], int)
                           and r[3] > side else "") for r in rows)
+    label = rule_label(rule, found, layers)  # the gradient where no rectifier was met
     caption = " ".join(CAPTION.split()).format(k=k, n=images_text(n_images, len(dataset)),
                                                empty=blank_cells_text(n_images, k),
-                                               rule=RULE_NAMES[rule],
+                                               rule=RULE_NAMES.get(label, label),
                                                rf=fields, display=DISPLAY_CAPTION)
+    fallback = fallback_words(rule, found, layers)
+    caption += f" {fallback}" if fallback else ""
     caption += (f" Every map's top {k}, each its image, activation, unit and receptive field: "
                 f"{(rel_dir / 'topk.json').as_posix()}."
                 + (BF16_NOTE if whole and precision == "bfloat16" else ""))
@@ -511,7 +517,7 @@ def run_topk_gallery(
                          + ("its gradient" if lrn == "gradient" else "nothing (the identity)")
                          if any(isinstance(m, nn.LocalResponseNorm) for m in model.modules())
                          else "") + ".")],
-        metrics={"images": n_images, "k": k, "rule": rule},
+        metrics={"images": n_images, "k": k, "rule": label},
         order=30,
     ))
     if journal_key is not None and not distributed:  # the gallery is there: its mining done

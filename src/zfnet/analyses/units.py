@@ -33,10 +33,11 @@ from zfnet.display import (
     CAPTION,
     LABEL_COLOUR,
     LABEL_HEIGHT,
-    fit_text,
     projection_scale,
     projection_to_uint8,
+    wrap_text,
 )
+from zfnet.graph import fallbacks_recorded, rule_label
 from zfnet.models import eval_mode, layer_geometry, layer_name
 
 
@@ -55,6 +56,9 @@ class Unit:
     file: str = ""  # the PNG written, relative to the output directory
     flat: bool = False  # a unit of a flat layer (N, F): no map, no position
     label: str | None = None  # what the unit is named, where it has a name (a class score's class)
+    # what its projection is where that is not the rule asked for (`zfnet.graph.rule_label`:
+    # "gradient" where --nonlinear gradient met no rectifier on the way down)
+    projection: str | None = None
 
     @property
     def what(self) -> str:
@@ -128,7 +132,9 @@ def project_units(model: nn.Module, images: Dataset, layer: str | nn.Module, *,
         b, k = maps.shape
         seeds = Seeds(torch.arange(b).repeat_interleave(k), maps.reshape(-1),
                       None if position is None else torch.tensor([position] * (b * k)))
-        rf = project_layers(model, x, {name: seeds}, rule, seed=seed)[name]
+        with fallbacks_recorded() as found:
+            rf = project_layers(model, x, {name: seeds}, rule, seed=seed)[name]
+        shown_by = rule_label(rule, found, [name])
         proj = paste(rf, (x.shape[-2], x.shape[-1])).float().cpu()  # (B*K, C, H, W)
         if pixel_scale is not None:
             proj = proj * pixel_scale.reshape(1, -1, 1, 1)
@@ -143,7 +149,8 @@ def project_units(model: nn.Module, images: Dataset, layer: str | nn.Module, *,
             label = (unit_names[ch] if unit_names and len(unit_names) == act.shape[1]
                      else None)
             unit = Unit(i, names[i] if names else f"image {i}", name, ch,
-                        float(rf.activation[s]), r, c, box, flat=act.ndim == 2, label=label)
+                        float(rf.activation[s]), r, c, box, flat=act.ndim == 2, label=label,
+                        projection=None if shown_by == rule else shown_by)
             out.append((unit, pixels[i], proj[s]))
     if not out:
         raise ValueError("none of the images could be read (see the warnings above)")
@@ -167,7 +174,7 @@ def unit_figure(image: Tensor, projection: Tensor, box: tuple[int, int, int, int
                 titles: Sequence[str] | None = None) -> Path:
     """One PNG: the image with the unit's receptive field outlined | the projection
     (`zfnet.display`) | its magnitude over the darkened image. image uint8 (C, H, W).
-    `titles`: one line above each panel (cut to its width)."""
+    `titles`: one above each panel, in up to three lines (the last cut to its width)."""
     c, h, w = image.shape
     zoom = zoom or max(1, 256 // max(h, w))
     rgb = image.expand(3, h, w) if c == 1 else image
@@ -179,7 +186,10 @@ def unit_figure(image: Tensor, projection: Tensor, box: tuple[int, int, int, int
     overlay = rgb.float() * 0.35 * (1 - heat) + hot * heat
     panels = [rgb.float(), shown.float(), overlay]
     pad = 4
-    top = LABEL_HEIGHT + 2 if titles else 0
+    font = ImageFont.load_default()
+    # each title over its panel, in up to 3 lines (a long layer name and position kept)
+    lines = [wrap_text(text, w * zoom, font, max_lines=3) for text in titles or ()]
+    top = LABEL_HEIGHT * max(map(len, lines), default=0) + (2 if titles else 0)
     canvas = np.full((top + h * zoom, 3 * w * zoom + 2 * pad, 3), 255, np.uint8)
     for j, p in enumerate(panels):
         tile = p.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
@@ -192,10 +202,10 @@ def unit_figure(image: Tensor, projection: Tensor, box: tuple[int, int, int, int
         t, left, b, r = box
         draw.rectangle([left * zoom, top + t * zoom, r * zoom - 1, top + b * zoom - 1],
                        outline=(255, 220, 0), width=2)
-    font = ImageFont.load_default()
-    for j, text in enumerate(titles or ()):
-        draw.text((j * (w * zoom + pad), 1), fit_text(text, w * zoom, font),
-                  fill=LABEL_COLOUR, font=font)
+    for j, panel_lines in enumerate(lines):
+        for i, text in enumerate(panel_lines):
+            draw.text((j * (w * zoom + pad), 1 + i * LABEL_HEIGHT), text, fill=LABEL_COLOUR,
+                      font=font)
     path = Path(path)
     img.save(path)
     return path
@@ -240,11 +250,12 @@ def write_units(results: list[tuple[Unit, Tensor, Tensor]], out: str | Path, rul
             k += 1
             unit.file = f"{base}_{k}.png"
         used.add(unit.file)
+        by = unit.projection or rule  # the gradient where no rectifier was met
         unit_figure(image, proj, unit.box, out / unit.file, titles=(
             f"{unit.name}: {unit.what}",
-            f"{rule}, seeded with 1 (activation {unit.activation:.3g})" if seed == "one"
-            else f"{rule}, activation {unit.activation:.3g}" if unit.active
-            else f"{rule}: nothing, not active ({unit.activation:.3g} <= 0)",
+            f"{by}, seeded with 1 (activation {unit.activation:.3g})" if seed == "one"
+            else f"{by}, activation {unit.activation:.3g}" if unit.active
+            else f"{by}: nothing, not active ({unit.activation:.3g} <= 0)",
             "where: |projection|"))
     units = [asdict(u) | {"rule": rule, "seed": seed} for u, _, _ in results]
     path = out / "project.json"

@@ -79,7 +79,7 @@ from zfnet.data.workers import held_signals
 from zfnet.deconvnet import PRECISIONS, windowed
 from zfnet.display import CAPTION as DISPLAY_CAPTION
 from zfnet.display import projection_to_uint8
-from zfnet.graph import check_rule
+from zfnet.graph import check_rule, fallback_words, fallbacks_recorded, rule_label
 from zfnet.models import (
     LayerGeometry,
     feature_layers,
@@ -125,6 +125,9 @@ class _Layer:
     shown: list[int] = field(default_factory=list)
     names: Sequence[str] | None = None  # a name per unit: the class scores' classes
     graph: bool = False  # projected by the general path (off the plain chain): `precision` told
+    # where its walks took a non-rectifier's gradient (`zfnet.graph.fallbacks_recorded`):
+    # "plain" (no rectifier met: the projection is the gradient) or "mixed"; None: nowhere
+    fallback: str | None = None
 
     @property
     def word(self) -> str:
@@ -296,13 +299,15 @@ def write_atlas(
         units = _write_layers(tmp, model, dataset, table, topk, evo, rule, shape, show,
                               pixel_scale, meta, drawn)
         _render(tmp / "index.html", "atlas_index.html.j2", root="", meta=meta, layers=table,
+                projection=_projection(meta, table),
                 caption=_caption(meta, table), display_caption=DISPLAY_CAPTION,
                 report=_beside_report(out_dir))
         doc = {**meta, "layers": [
             {"name": layer.name, "folder": layer.slug, "module": layer.module,
              "kind": layer.kind, "maps": layer.maps, "size": layer.size,
              "stride": layer.stride, "receptive_field": layer.rf,
-             "page": f"{layer.slug}/index.html", "units": units[layer.name]}
+             "page": f"{layer.slug}/index.html", "projection": _projection(meta, [layer]),
+             "units": units[layer.name]}
             for layer in table]}
         write_text_atomic(tmp / ATLAS_FILE, json.dumps(doc, indent=1, allow_nan=False))
         # a Ctrl-C or SIGTERM waits for the swap (milliseconds), then stops the command: never
@@ -407,9 +412,11 @@ def _write_layers(root: Path, model: nn.Module, dataset: Dataset, table: list[_L
         thumbs: list[Tensor] = []
         units: list[dict[str, Any]] = []
         for part in _chunks(layer.shown, t.k * shape[0] * h * w * 4):
-            proj = project_topk(model, dataset, {layer.name: t}, {layer.name: part}, rule,
-                                geometries=geos, precision=meta["precision"]
-                                )[layer.name]  # (M, k, C, h, w)
+            with fallbacks_recorded() as found:  # what its pages say projected it
+                proj = project_topk(model, dataset, {layer.name: t}, {layer.name: part}, rule,
+                                    geometries=geos, precision=meta["precision"]
+                                    )[layer.name]  # (M, k, C, h, w)
+            layer.fallback = layer.fallback or found.get(layer.name)
             proj = _scaled(proj, pixel_scale)
             patches = topk_patches(t, part, layer.geometry, shape, whole, show, cache)
             for a, c in enumerate(part):
@@ -425,6 +432,7 @@ def _write_layers(root: Path, model: nn.Module, dataset: Dataset, table: list[_L
                   "top1": units[i]["topk"][0]["activation"] if units[i]["topk"] else None}
                  for i, c in enumerate(layer.shown)]
         _render(folder / "index.html", "atlas_layer.html.j2", root="../", meta=meta,
+                projection=_projection(meta, [layer]),
                 layer=layer, layers=table, index=li, tiles=tiles, thumb=THUMB,
                 sprite=sprite, display_caption=DISPLAY_CAPTION)
         out[layer.name] = units
@@ -480,6 +488,7 @@ def _unit_page(folder: Path, layer: _Layer, c: int, t: TopK, evo: EvolutionResul
     i = shown.index(c)
     side = math.ceil(math.sqrt(t.k))
     _render(folder / f"{c}.html", "atlas_unit.html.j2", root="../", meta=meta, layer=layer,
+            projection=_projection(meta, [layer]),
             layers=table, index=li, unit=c, name=layer.unit_name(c), items=items,
             figure=figure, evolution=evolution,
             prev=shown[i - 1] if i > 0 else None,
@@ -525,14 +534,28 @@ def _sprite(thumbs: list[Tensor], file: BinaryIO) -> None:
     Image.fromarray(canvas).save(file, format="PNG")
 
 
+def _fallbacks(layers: Sequence[_Layer]) -> dict[str, str]:
+    """The layers' `fallback`s as `zfnet.graph.fallbacks_recorded` gives them."""
+    return {layer.name: layer.fallback for layer in layers if layer.fallback}
+
+
+def _projection(meta: dict[str, Any], layers: Sequence[_Layer]) -> str:
+    """What the layers' projections are (`zfnet.graph.rule_label`): the rule, or the gradient
+    where --nonlinear gradient met no rectifier on the way down."""
+    return rule_label(meta["rule"], _fallbacks(layers), [layer.name for layer in layers])
+
+
 def _caption(meta: dict[str, Any], layers: list[_Layer], unit: bool = False) -> str:
     """The gallery's Fig. 2 caption for these layers, said of a unit's page (`unit`) or, on
     the index, of the pages its layers link to."""
     rf = ", ".join(f"{layer.name} {layer.rf}" for layer in layers)
+    by = _projection(meta, layers)  # the gradient where no rectifier was met
     text = " ".join(CAPTION.split()).format(
         k=meta["k"], n=images_text(meta["images"], meta.get("files", meta["images"])),
         empty=blank_cells_text(meta["images"], meta["k"]),
-        rule=RULE_NAMES[meta["rule"]], rf=rf, display="")
+        rule=RULE_NAMES.get(by, by), rf=rf, display="")
+    fallback = fallback_words(meta["rule"], _fallbacks(layers), [layer.name for layer in layers])
+    text += f" {fallback}" if fallback else ""
     text = text.replace("Each block is one feature map of the layer. ",
                         "" if unit else "Each map has a page of its own (the layers below link "
                         "to them). On it: ")
