@@ -5,6 +5,7 @@ gh-112275), and for a bounded time only; SIGINT and SIGTERM are held while they 
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -134,14 +135,19 @@ class _Handlers:
         return 1
 
     def __getitem__(self, i: int) -> list[str]:
-        return [repr(signal.getsignal(s)) for s in (signal.SIGINT, signal.SIGTERM)]
+        return [repr(signal.getsignal(s)) for s in (signal.SIGINT, signal.SIGTERM)] + (
+            [os.environ["ZFNET_TEST_INIT"]] if "ZFNET_TEST_INIT" in os.environ else [])
 
 
 def test_workers_start_with_the_handlers_they_would_have_had() -> None:
-    """Forked while the signals are held, a worker gets the process's own handlers back (a
-    worker left with the holding one would ignore Ctrl-C and SIGTERM)."""
+    """Forked while the signals are held, a worker gets the process's own SIGINT handler back
+    (a worker left with the holding one would ignore Ctrl-C), and ignores SIGTERM: the main
+    process stops (a scheduler sends it to every process of the job), and ends its workers.
+    The loader's own worker_init_fn is still called."""
     own = _Handlers()[0]
-    assert next(iter(Loader(_Handlers(), batch_size=None, num_workers=1))) == own
+    loader = Loader(_Handlers(), batch_size=None, num_workers=1,
+                    worker_init_fn=lambda w: os.environ.__setitem__("ZFNET_TEST_INIT", str(w)))
+    assert next(iter(loader)) == [own[0], repr(signal.SIG_IGN), "0"]
     assert _Handlers()[0] == own  # given back here too
 
 

@@ -51,6 +51,39 @@ def test_sigterm_saves_and_exits_143(tmp_path) -> None:
 
 
 @pytest.mark.slow
+def test_sigterm_to_the_process_group_with_workers_saves_and_exits_143(tmp_path) -> None:
+    """SIGTERM to every process of the job (a scheduler's scancel or time limit, `timeout`):
+    the DataLoader workers get it too. They let the main process stop the run: it saves
+    where it was and exits 143 (a worker killed by it was a traceback and exit 1, nothing
+    saved)."""
+    import os
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.train.run_tiny", str(out),
+         '{"epochs": 500, "workers": 2}', "256"],
+        cwd=ROOT, env=process_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not list_checkpoints(out):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no checkpoint within 180 s"
+            time.sleep(0.05)
+        time.sleep(0.5)  # into the next epoch: its workers running
+        os.killpg(proc.pid, signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM"
+    assert summary["checkpoint"] == str(find_last(out))
+
+
 def test_torchrun_two_cpu_processes_match_one(tmp_path) -> None:
     """Two gloo processes with 4 samples each per step == one process with batch 8 (dropout
     off, so that the only difference is where the gradient is summed). With weight averaging

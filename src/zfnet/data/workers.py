@@ -25,12 +25,13 @@ So the signals are held meanwhile and raised once the workers are started (`held
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch.utils.data import DataLoader
@@ -112,17 +113,31 @@ def end_workers(batches: Any, *, stopping: bool = False) -> None:
             raise
 
 
+def _worker_init(then: Callable[[int], Any] | None, worker: int) -> None:
+    """A worker ignores SIGTERM, which a scheduler (scancel, a time limit) or `timeout` sends to
+    every process of the job: the main process decides — `zfnet train` saves where it was — and
+    ends its workers itself. A worker killed by it made PyTorch raise "DataLoader worker ...
+    killed by signal" in the main process instead, before anything was saved. (Ctrl-C ends a
+    worker quietly, by PyTorch's own rule; a main process killed outright: its workers see it
+    gone, by PyTorch's watchdog, and end.) Then `then`, the loader's own `worker_init_fn`."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if then is not None:
+        then(worker)
+
+
 class Loader(DataLoader):
     """A `DataLoader` whose workers are forked on Linux (unless `multiprocessing_context` says
-    otherwise) and that, each time it starts iterating with workers, waits for ending
-    queue-feeder threads (`settle`) and holds SIGINT and SIGTERM while it starts them
-    (`held_signals`). A signal raised then ends the workers before it propagates."""
+    otherwise) and ignore SIGTERM (`_worker_init`), and that, each time it starts iterating
+    with workers, waits for ending queue-feeder threads (`settle`) and holds SIGINT and SIGTERM
+    while it starts them (`held_signals`). A signal raised then ends the workers before it
+    propagates."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if (self.num_workers and self.multiprocessing_context is None
                 and sys.platform.startswith("linux")):
             self.multiprocessing_context = "fork"
+        self.worker_init_fn = functools.partial(_worker_init, self.worker_init_fn)
 
     def __iter__(self) -> Iterator[Any]:
         if not self.num_workers:
