@@ -479,9 +479,14 @@ def load_data(source: Source, spec: str | None = None, *, ten_crop: bool = False
                          "images:DIR (a folder of images), sample-photos (6 built-in photos), "
                          "imagefolder:DIR, synthetic")
     preprocessing = data_preprocessing(source, spec)
+    mean_image = None
+    if preprocessing is None and source.kind == "run":  # a folder or shards: minus its own
+        from zfnet.train.checkpoint import read_mean_image
+
+        mean_image = read_mean_image(source.meta["checkpoint"])
     try:
         bundle = load_dataset(spec, ten_crop=ten_crop, strict=strict, cache_dir=cache_dir,
-                              preprocessing=preprocessing)
+                              preprocessing=preprocessing, mean_image=mean_image)
     except FileNotFoundError as e:
         if given:
             raise
@@ -822,7 +827,12 @@ def _run(path: Path) -> Source:
     model, meta = load_model(path)
 
     def preprocessing() -> Preprocessing:
-        return load_dataset(meta["data"]).input_preprocessing  # the run's mean image
+        from zfnet.train.checkpoint import read_mean_image
+
+        mean = read_mean_image(meta["checkpoint"])  # kept with it; else its dataset's
+        if mean is not None:
+            return Preprocessing.from_mean_image(mean, int(meta["input_size"]))
+        return load_dataset(meta["data"]).input_preprocessing
 
     from zfnet.train.checkpoint import checkpoint_label
 

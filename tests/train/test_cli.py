@@ -468,3 +468,63 @@ def test_eval_of_a_run_given_as_model_on_other_data_is_one_line(reference, tmp_p
         last = res.output.strip().splitlines()[-1]
         assert res.exit_code == 1 and "Traceback" not in res.output, (model, res.output)
         assert last.startswith(f"Error: dataset {spec!r} gives "), (model, last)
+
+
+def test_a_run_keeps_its_mean_image_and_subtracts_it_from_any_folder(tmp_path) -> None:
+    """A run's inputs are minus its own training images' mean (paper Sec. 3): kept in its
+    checkpoints, and subtracted from the images of any folder or shards it is later given
+    (not that folder's own mean); its input size comes with it; a folder of val/ alone is a
+    test set; a size= of other inputs is one line."""
+    import shutil
+
+    import torch
+    from PIL import Image
+
+    from zfnet.train import find_last
+    from zfnet.train.checkpoint import MEAN_IMAGE, read_mean_image
+
+    def photos(root, shade):
+        for split in ("train", "val"):
+            for k, cls in enumerate(("a", "b")):
+                (root / split / cls).mkdir(parents=True, exist_ok=True)
+                for j in range(4 if split == "train" else 2):
+                    level = shade if split == "train" else 60 * k + 10 * j
+                    Image.new("RGB", (40, 40), (level, 90, 120)).save(
+                        root / split / cls / f"{j}.png")
+
+    photos(tmp_path / "photos", 20)
+    run = tmp_path / "run"
+    res = CliRunner().invoke(main, [
+        "train", "--data", f"imagefolder:{tmp_path / 'photos'}?size=32", "--model",
+        "zfnet_small", "--out", str(run), "--batch-size", "4", "--epochs", "1", "--quiet",
+        "--no-tensorboard"])
+    assert res.exit_code == 0, res.output
+    last = find_last(run)
+    mean = read_mean_image(last)
+    assert (last / MEAN_IMAGE).is_file() and mean.shape == (3, 37, 37)
+    assert torch.allclose(mean[0], torch.full((37, 37), 20.0))  # its training images' mean
+    photos(tmp_path / "other", 200)  # the same val images, other training images
+    shutil.copytree(tmp_path / "photos" / "val", tmp_path / "test" / "val")  # val/ alone
+
+    def scores(data):
+        res = CliRunner().invoke(main, ["eval", "--checkpoint", str(run), "--data", data,
+                                        "--json", str(tmp_path / "e.json"), "--amp", "off"])
+        assert res.exit_code == 0, res.output
+        return json.loads((tmp_path / "e.json").read_text())
+
+    own = scores(f"imagefolder:{tmp_path / 'photos'}?size=32")
+    for other in ("other", "test"):  # no size=: the run's
+        got = scores(f"imagefolder:{tmp_path / other}")
+        assert (got["loss"], got["top1_error"]) == (own["loss"], own["top1_error"]), other
+    assert not (tmp_path / "other" / ".zfnet-cache").exists()  # no mean of its own made
+    from zfnet.cli.loading import _load
+    from zfnet.sources import load_data, load_source
+
+    for bundle in (load_data(load_source(str(run)), f"imagefolder:{tmp_path / 'other'}"),
+                   _load(str(run), f"imagefolder:{tmp_path / 'test'}")[1]):  # the analyses'
+        assert torch.equal(bundle.mean, mean) and bundle.input_size == 32
+    assert torch.equal(load_source(str(run)).preprocessing.mean_image, mean)
+    res = CliRunner().invoke(main, ["eval", "--checkpoint", str(run), "--data",
+                                    f"imagefolder:{tmp_path / 'other'}?size=64"])
+    assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
+    assert "size=64 in dataset spec" in res.output and "give size=32, or no size" in res.output

@@ -80,10 +80,13 @@ def _load(checkpoint: str, data: str | None, device: str = "cpu"):
     """(model, bundle) for an analysis command, the model on `device` (auto: cuda if there)."""
     from zfnet.data import load_dataset
     from zfnet.train import load_model
+    from zfnet.train.checkpoint import read_mean_image
     from zfnet.train.distributed import resolve_device
 
     model, meta = load_model(checkpoint, device=resolve_device(device))
-    return model, load_dataset(data or meta["data"])
+    # a folder or shards minus the run's own mean image, not theirs
+    return model, load_dataset(data or meta["data"],
+                               mean_image=read_mean_image(meta["checkpoint"]))
 
 
 def _layers(model, names: tuple[str, ...] | None) -> tuple[str, ...] | None:

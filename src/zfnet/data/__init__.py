@@ -39,6 +39,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from zfnet.data.bundle import DataBundle
 from zfnet.data.fashion_mnist import load_fashion_mnist
 from zfnet.data.imagedir import load_images, load_images_dir
@@ -98,6 +100,7 @@ def load_dataset(
     cache_dir: str | Path | None = None,
     preprocessing: Preprocessing | None = None,
     outline: bool = False,
+    mean_image: torch.Tensor | None = None,
 ) -> DataBundle:
     """Load the dataset named by `spec` (`NAME[:PATH][?key=value&...]`) as a `DataBundle`.
 
@@ -109,6 +112,10 @@ def load_dataset(
     `outline`: an imagefolder's classes, sizes and files without its mean image (zeros, and
     `bundle.outline` True; `bundle.with_mean_image()` makes it): what a command checks before
     that pass over every training image; every other dataset loads as usual.
+    `mean_image`: a zfnet run's (C, F, F), for its inputs: an imagefolder or shards dataset
+    subtracts it instead of its own training images' mean (none computed; its input size is
+    the run's where the spec gives no `size=`; a folder of val/ alone is then taken); the other
+    datasets keep their own (the paper's convention for them).
     `random_labels=SEED` (any labelled dataset): the training labels permuted
     (`zfnet.data.relabel`); `words=FILE`: the classes' words (`zfnet.data.words`).
     Unknown names and options raise ValueError listing the valid ones.
@@ -123,14 +130,18 @@ def load_dataset(
         raise ValueError(f"{WORDS}= is empty in spec {spec!r}; give a file of a class and its "
                          "words a line, or the ILSVRC2012 devkit")
     parsed = DatasetSpec(parsed.name, parsed.path, options)
+    if mean_image is not None and mean_image.shape[0] != 3:  # a run on grey images: not RGB's
+        mean_image = None
     loaders: dict[str, Callable[..., DataBundle]] = {
         "synthetic": load_synthetic,
         "fashion-mnist": load_fashion_mnist,
         "imagefolder": lambda s, **kw: load_imagefolder(s, cache_dir=cache_dir,
-                                                        outline=outline, **kw),
+                                                        outline=outline, mean_image=mean_image,
+                                                        **kw),
         "images": lambda s, **kw: load_images_dir(s, cache_dir=cache_dir, **kw),
         "sample-photos": lambda s, **kw: load_photos_dataset(s, cache_dir=cache_dir, **kw),
-        "shards": lambda s, **kw: load_shards(s, cache_dir=cache_dir, **kw),
+        "shards": lambda s, **kw: load_shards(s, cache_dir=cache_dir, mean_image=mean_image,
+                                              **kw),
     }
     if parsed.name not in loaders:
         valid = "; ".join(f"{k}: {v}" for k, v in DATASETS.items())

@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import Dataset
 
 from zfnet.atomic import write_atomic
-from zfnet.data.bundle import DataBundle, bundle_geometry, fitted
+from zfnet.data.bundle import DataBundle, bundle_geometry, fitted, given_mean_sizes
 from zfnet.data.images import (
     IMAGE_EXTENSIONS,
     JPEG_EXTENSIONS,
@@ -503,19 +503,27 @@ def load_imagefolder(
     raw_spec: str = "",
     preprocessing: Preprocessing | None = None,
     outline: bool = False,
+    mean_image: torch.Tensor | None = None,
 ) -> DataBundle:
     """Build the `DataBundle` for `imagefolder:DIR` (paper Sec. 3 preprocessing, or the
     model's `preprocessing`: then no mean image is computed, and DIR may hold val/ alone, a
     labelled test set to score a model on or look inside it with). `outline`: no mean image
     either (zeros; `bundle.outline`; `bundle.with_mean_image()` makes it from the files
-    listed), for the checks made before that pass."""
+    listed), for the checks made before that pass. `mean_image`: a zfnet run's (`load_dataset`),
+    subtracted instead of DIR's own (none computed; DIR may hold val/ alone)."""
+    mean_image = None if preprocessing is not None else mean_image
     root, opts, names, (train_paths, train_y), (val_paths, val_y) = select_folder(
-        spec, raw_spec, val_only=preprocessing is not None)
+        spec, raw_spec, val_only=preprocessing is not None or mean_image is not None)
     check_no_size(opts, preprocessing, raw_spec)
     input_size = opts.get("size", PAPER_INPUT)
     full_size = round(input_size * PAPER_FULL / PAPER_INPUT)
     make_mean = None
-    if preprocessing is None:
+    if mean_image is not None:
+        input_size, full_size = given_mean_sizes(mean_image, opts, raw_spec, PAPER_INPUT,
+                                                 PAPER_FULL)
+        common = dict(mean=mean_image, input_size=input_size, classes=names, strict=strict)
+        mean = mean_image
+    elif preprocessing is None:
         make_mean = functools.partial(load_or_compute_mean, root, train_paths, full_size,
                                       strict=strict, cache_dir=cache_dir)
         mean = torch.zeros(3, full_size, full_size) if outline else make_mean()

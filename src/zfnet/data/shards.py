@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from zfnet.data.bundle import DataBundle, bundle_geometry, fitted
+from zfnet.data.bundle import DataBundle, bundle_geometry, fitted, given_mean_sizes
 from zfnet.data.imagefolder import (
     CACHE_VERSION,
     IMAGEFOLDER_OPTIONS,
@@ -424,9 +424,11 @@ def load_shards(
     cache_dir: str | Path | None = None,
     raw_spec: str = "",
     preprocessing: Preprocessing | None = None,
+    mean_image: torch.Tensor | None = None,
 ) -> DataBundle:
     """Build the `DataBundle` for `shards:OUT`, as `imagefolder:DIR` builds it for the folder
-    the shards were written from."""
+    the shards were written from (`mean_image`: a zfnet run's, instead of OUT's own)."""
+    mean_image = None if preprocessing is not None else mean_image
     if spec.path is None:
         raise ValueError(f"shards needs a folder: {FORM}")
     # absolute, as a run saves its dataset's path: each file named alike from every command
@@ -441,6 +443,9 @@ def load_shards(
     raw_side = int(manifest["resize"]) if manifest.get("raw") else 0
     input_size = opts.get("size", PAPER_INPUT)
     full_size = round(input_size * PAPER_FULL / PAPER_INPUT)
+    if mean_image is not None:
+        input_size, full_size = given_mean_sizes(mean_image, opts, raw_spec, PAPER_INPUT,
+                                                 PAPER_FULL)
     _check_resolution(root, manifest, preprocessing.resize if preprocessing else full_size)
     classes = opts.get("classes")
     names = [all_names[c] for c in classes] if classes is not None else all_names
@@ -455,7 +460,10 @@ def load_shards(
     val_rows, val_y = pick(val, opts.get("n_val"), None)
     if not train_rows or not val_rows:
         raise ValueError(f"dataset spec {raw_spec!r} selects no training or no val images")
-    if preprocessing is None:
+    if mean_image is not None:
+        mean = mean_image
+        common = dict(mean=mean, input_size=input_size, classes=names, strict=strict)
+    elif preprocessing is None:
         mean = _mean(root, manifest, train, train_rows, full_size, strict, cache_dir,
                      raw_side)
         common = dict(mean=mean, input_size=input_size, classes=names, strict=strict)

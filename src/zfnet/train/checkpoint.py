@@ -9,9 +9,11 @@ Layout of a run directory::
     <run>/checkpoints/last.json          {"checkpoint": "epoch_0005"}: the newest good one
 
 A checkpoint directory holds `model.safetensors` (the weights), `train_state.safetensors`
-(optimizer buffers, RNG states) and `state.json` (everything else: model name and NetConfig, data
-spec, class names, epoch and step, TrainConfig, metrics history, and the JSON half of the
-optimizer, scheduler and RNG state). Nothing is pickled, so loading never runs code from the file.
+(optimizer buffers, RNG states), `mean_image.safetensors` (the mean image its inputs are minus,
+paper Sec. 3: the model's preprocessing, whatever data it is later given) and `state.json`
+(everything else: model name and NetConfig, data spec, class names, epoch and step,
+TrainConfig, metrics history, and the JSON half of the optimizer, scheduler and RNG state).
+Nothing is pickled, so loading never runs code from the file.
 
 Atomicity: a checkpoint is written into a hidden temporary directory, every file fsynced, then
 renamed into place; `last.json` is replaced atomically afterwards, and only then are checkpoints
@@ -41,6 +43,7 @@ WEIGHTS = "model.safetensors"
 TRAIN_STATE = "train_state.safetensors"
 STATE = "state.json"
 POINTER = "last.json"
+MEAN_IMAGE = "mean_image.safetensors"
 _NAME = re.compile(r"^epoch_(\d{4,})(?:_step_(\d{6,}))?$")
 
 
@@ -132,12 +135,14 @@ def save_checkpoint(
     meta: dict[str, Any],
     train_state: dict[str, Any] | None = None,
     keep: set[str] | None = None,
+    mean_image: torch.Tensor | None = None,
 ) -> Path:
     """Write checkpoint `root/name` atomically and point `root/last.json` at it.
 
     `meta` is JSON-ready (model, model_config, data, class_names, epoch, train_config, …);
     `train_state` may hold tensors/arrays (optimizer, scheduler, RNG) and is split into
-    JSON + safetensors. Afterwards every other checkpoint in `root` whose name is not in `keep` is
+    JSON + safetensors; `mean_image` (C, F, F), where the inputs are minus one, beside them.
+    Afterwards every other checkpoint in `root` whose name is not in `keep` is
     deleted (None: delete nothing). Returns the checkpoint directory.
     """
     root = Path(root)
@@ -153,6 +158,10 @@ def save_checkpoint(
     encoded = encode_state(train_state or {}, tensors)
     save_file(tensors, tmp / TRAIN_STATE, metadata={"format": FORMAT})
     _fsync(tmp / TRAIN_STATE)
+    if mean_image is not None:
+        save_file({"mean": mean_image.detach().cpu().to(torch.float32).contiguous()},
+                  tmp / MEAN_IMAGE, metadata={"format": FORMAT})
+        _fsync(tmp / MEAN_IMAGE)
     # state.json last: its presence marks a complete directory even before the rename.
     with open(tmp / STATE, "w") as f:
         json.dump({"format": FORMAT, **meta, "train_state": encoded}, f, indent=1)
@@ -173,6 +182,25 @@ def save_checkpoint(
             if other.name != name and other.name not in keep:
                 shutil.rmtree(other, ignore_errors=True)
     return final
+
+
+def read_mean_image(checkpoint: str | Path) -> torch.Tensor | None:
+    """The mean image (C, F, F) the inputs of the run's model in `checkpoint` (a checkpoint
+    directory) are minus, where it was saved with it (runs from before it was kept: None, and
+    their dataset gives it)."""
+    path = Path(checkpoint) / MEAN_IMAGE
+    if not path.is_file():
+        return None
+    try:
+        mean = load_file(path)["mean"]
+    except Exception as e:  # noqa: BLE001  # truncated, not safetensors, no "mean": all one
+        raise CheckpointError(f"{path} is damaged ({type(e).__name__}): copy the checkpoint "
+                              "again, or remove that file to take the mean of the run's "
+                              "dataset") from None
+    if mean.ndim != 3 or mean.shape[1] != mean.shape[2]:
+        raise CheckpointError(f"{path} holds a tensor of shape {tuple(mean.shape)}, not a "
+                              "mean image (C, F, F)")
+    return mean
 
 
 def remove_stale_temporaries(root: str | Path) -> None:

@@ -140,6 +140,13 @@ class Checkpoints:
         self.run = run
         config = run.config
         self.keep = {ckpt.checkpoint_name(e) for e in config.keep_epochs}
+        # the mean image the inputs are minus (the paper's convention; None: a model's own
+        # preprocessing), kept with the weights for every later command's data
+        import torch
+
+        mean = getattr(run.bundle, "mean", None)
+        self.mean_image = mean if getattr(run.bundle, "preprocessing", None) is None and \
+            isinstance(mean, torch.Tensor) and mean.ndim == 3 else None
         self.base_meta = {
             "model": config.model, "model_opts": config.to_dict()["model_opts"],
             "model_config": model_config(run.bare), "data": run.bundle.spec,
@@ -179,7 +186,8 @@ class Checkpoints:
                     "plan": plan.to_dict() if plan else None}
             name = ckpt.checkpoint_name(epoch, step_in_epoch)
             path = ckpt.save_checkpoint(run.run_dir / "checkpoints", name, run.shown, meta,
-                                        train_state, keep=self.keep | {name})
+                                        train_state, keep=self.keep | {name},
+                                        mean_image=self.mean_image)
             self.last = str(path)
         ddp.barrier(run.info)
 
