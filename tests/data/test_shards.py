@@ -547,6 +547,44 @@ def test_an_out_that_cannot_be_made_is_named_as_given(folder, tmp_path) -> None:
                                  "directory): choose a folder where you may write"), res.output
 
 
+def test_an_out_that_cannot_take_the_shards_is_refused_before_writing(folder, tmp_path,
+                                                                      monkeypatch) -> None:
+    """An empty --out is replaced by the finished write: a mount point, or a folder that cannot
+    be moved (immutable), is one line before any image is read — it was after the whole write,
+    a traceback; an --out under a file names the file."""
+    from zfnet.data import shard_writer
+
+    (tmp_path / "afile").write_text("x")
+    res = CliRunner().invoke(main, ["shards", f"imagefolder:{folder}", "--out",
+                                    str(tmp_path / "afile" / "out")])
+    assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
+    assert f"{tmp_path / 'afile'} is a file, not a folder" in res.output
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    read = []
+    monkeypatch.setattr(shard_writer, "_write", lambda *a, **k: read.append(1))
+    monkeypatch.setattr(shard_writer.os.path, "ismount", lambda p: Path(p) == mount)
+    res = CliRunner().invoke(main, ["shards", f"imagefolder:{folder}", "--out", str(mount)])
+    assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
+    assert f"--out {mount} is a mount point" in res.output and f"--out {mount / 'shards'}" in \
+        res.output
+    real = os.rename
+
+    def immutable(src, dst):
+        if Path(src) == mount:
+            raise OSError(1, "Operation not permitted")
+        return real(src, dst)
+
+    monkeypatch.setattr(shard_writer.os.path, "ismount", lambda p: False)
+    monkeypatch.setattr(shard_writer.os, "rename", immutable)
+    res = CliRunner().invoke(main, ["shards", f"imagefolder:{folder}", "--out", str(mount)])
+    assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
+    assert f"--out {mount} cannot be replaced by the finished shards (Operation not permitted)" \
+        in res.output
+    assert not read and sorted(p.name for p in tmp_path.iterdir()) == ["afile", "mnt"]
+    assert mount.is_dir() and not any(mount.iterdir())
+
+
 def test_shards_workers_take_what_train_takes(folder, tmp_path) -> None:
     res = CliRunner().invoke(main, ["shards", f"imagefolder:{folder}?n_train=4&n_val=2",
                                     "--out", str(tmp_path / "auto"), "--workers", "auto",

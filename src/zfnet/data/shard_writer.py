@@ -330,12 +330,18 @@ def write_shards(source: str, out: str | Path, *, resize: int = DEFAULT_RESIZE,
                               "--out or remove it")
     splits = {"train": train, "val": val}
     settings = _settings(root, names, splits, resize, square, raw, quality, shard_size)
+    file = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if file is not None:
+        raise NotADirectoryError(f"--out {out}: {file} is a file, not a folder; choose a "
+                                 "folder for the shards")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # named as given
         cls = type(e) if type(e) is not OSError else PermissionError
         raise cls(f"--out {out} cannot be created ({e.strerror or e}): choose a folder where "
                   "you may write") from None
+    if out.exists():
+        _check_replaceable(out)  # before the write, not after hours of it
     found = _take_over(out, settings)  # an interrupted write of the same, to continue
     if found:
         tmp, lock, journal = found
@@ -735,6 +741,25 @@ def _write(journal: _Journal, root: Path, names: list[str],
         journal.split_done(split, entry)
         manifest["splits"][split] = entry
     return manifest
+
+
+def _check_replaceable(out: Path) -> None:
+    """The empty folder `out` can be replaced by the finished write (made beside it, then
+    renamed into place): not a mount point, nor a folder that cannot be moved (immutable, a
+    parent without write access); tried by moving it and back. Else an error naming a way on."""
+    if os.path.ismount(out):
+        raise ValueError(f"--out {out} is a mount point: the shards are written beside --out "
+                         "and renamed into place, which a mount point cannot take; give a "
+                         f"folder inside it, e.g. --out {out / 'shards'}")
+    probe = out.parent / f".{out.name}.probe-{uuid.uuid4().hex}"
+    try:
+        os.rename(out, probe)
+    except OSError as e:
+        cls = type(e) if type(e) is not OSError else PermissionError
+        raise cls(f"--out {out} cannot be replaced by the finished shards ({e.strerror or e}): "
+                  "they are written beside it and renamed into place; give a folder that does "
+                  f"not exist yet, e.g. --out {out / 'shards'}") from None
+    os.rename(probe, out)
 
 
 @contextlib.contextmanager
