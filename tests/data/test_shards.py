@@ -962,6 +962,25 @@ def test_train_resume_eval_and_mine_from_shards(resized, tmp_path) -> None:
     assert (tmp_path / "topk" / "gallery" / "topk_conv1.png").is_file()
 
 
+def test_a_run_on_a_folder_with_a_broken_file_resumes_on_its_shards(folder, resized,
+                                                                    tmp_path) -> None:
+    """The run counted the folder's broken file (and skipped it); its shards hold the readable
+    images and list the broken one: a --resume on them is taken, saying why the counts differ
+    (it was refused: "21 training images now, 22 in the run")."""
+    run = tmp_path / "run"
+    common = ["--model-opt", "conv_widths=16,16,16", "--model-opt", "fc_width=32", "--quiet",
+              "--no-tensorboard", "--device", "cpu", "--batch-size", "8"]
+    _run_cli(["train", "--data", f"imagefolder:{folder}?{SPEC}", "--model", "zfnet_small",
+              "--out", str(run), "--epochs", "1", *common])
+    assert load_model(run)[1]["train_images"] == 22
+    out = _run_cli(["train", "--data", f"shards:{resized}?{SPEC}", "--out", str(run),
+                    "--resume", "--epochs", "2", "--model", "zfnet_small", *common])
+    assert f"the run's data is now shards:{resized}?{SPEC} (21 training images in them, 22 " \
+        "in the run: the 1 broken file(s) the run skipped were left out when they were " \
+        "written)" in " ".join(out.split())
+    assert load_model(run)[1]["epoch"] == 2
+
+
 def test_sigterm_mid_epoch_then_resume_is_exact(resized, tmp_path, monkeypatch) -> None:
     """Streamed with 2 workers, 3 batches an epoch: SIGTERM during step 5 (epoch 2), then
     --resume: the uninterrupted run's losses and weights."""

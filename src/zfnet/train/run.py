@@ -240,8 +240,15 @@ def check_resumed_data(meta: dict[str, Any], config: TrainConfig, bundle: Any) -
     moved = saved_spec != absolute_spec(config.data)
     counts = {"training": (meta.get("train_images"), len(bundle.train)),
               "validation": (meta.get("val_images"), len(bundle.val))}
+    # shards written from the run's folder hold its readable images: its broken files, which
+    # the run counted (and skipped), are listed in their manifest instead
+    left_out = _shards_left_out(config.data) if moved else {}
+    without = [f"{b} {what} images in them, {a} in the run: the {left_out[what]} broken "
+               "file(s) the run skipped were left out when they were written"
+               for what, (a, b) in counts.items()
+               if a is not None and a != b and b + left_out.get(what, 0) == a]
     differ = [f"{b} {what} images now, {a} in the run" for what, (a, b) in counts.items()
-              if a is not None and a != b]
+              if a is not None and a != b and b + left_out.get(what, 0) != a]
     if then != now:
         new, gone = sorted(set(now) - set(then)), sorted(set(then) - set(now))
         differ.insert(0, f"{len(now)} classes now, {len(then)} in the run" + "".join(
@@ -258,14 +265,34 @@ def check_resumed_data(meta: dict[str, Any], config: TrainConfig, bundle: Any) -
         raise ValueError(f"cannot --resume the run in {config.out} on {where}: "
                          + "; ".join(differ) + f" (the run: {saved_spec}); give the run's data "
                          "or train a new run with another --out")
-    if differ:
-        warnings.warn(f"the data of the run has changed since it was saved ({'; '.join(differ)}"
-                      "): it continues on the images as they are now, not exactly as it would "
-                      "have", ResumeWarning, stacklevel=2)
+    if differ or without:
+        what = (f"the data of the run has changed since it was saved ({'; '.join(differ)})"
+                if differ else f"the run's data is now {config.data} ({'; '.join(without)})")
+        warnings.warn(f"{what}: it continues on the images as they are now, not exactly as it "
+                      "would have", ResumeWarning, stacklevel=2)
     elif moved:
         warnings.warn(f"the run's data is now {config.data} (was {saved_spec}): the same "
                       f"{len(bundle.train)} training images of {len(now)} classes",
                       ResumeWarning, stacklevel=2)
+
+
+def _shards_left_out(spec: str) -> dict[str, int]:
+    """For `shards:OUT` of whole splits (no subset options): the broken files of the folder
+    they were written from, left out of each split ("training", "validation"); else none."""
+    from zfnet.data.spec import parse_spec
+
+    parsed = parse_spec(spec)
+    if parsed.name != "shards" or not parsed.path or \
+            set(parsed.options) & {"n_train", "n_val", "per_class", "classes"}:
+        return {}
+    from zfnet.data.shards import read_manifest
+
+    try:
+        splits = read_manifest(parsed.path)["splits"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {what: len(splits.get(split, {}).get("skipped") or [])
+            for what, split in (("training", "train"), ("validation", "val"))}
 
 
 def check_resumable(saved: dict[str, Any], config: TrainConfig, where: Path, *,
