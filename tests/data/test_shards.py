@@ -859,6 +859,17 @@ def test_val_is_read_once_in_stored_order(resized) -> None:
     assert reads == sorted(reads) and len(set(reads)) == len(reads) == 6
 
 
+def test_items_are_shown_by_their_class_folder_and_name(folder, resized) -> None:
+    """A figure or topk.json names a shards item as the folder's loader names its file: with its
+    class folder (two classes' files of one name told apart), not the bare file name."""
+    from zfnet.data.picks import file_name
+
+    shards = load_dataset(f"shards:{resized}?{SPEC}")
+    names = [file_name(shards.val, i) for i in range(len(shards.val))]
+    assert [n.split("/")[0] for n in names] == [CLASSES[y] for y in shards.val.targets]
+    assert len(set(names)) == len(names) and all(n.count("/") == 1 for n in names)
+
+
 # --- streaming training epochs ---
 
 def _epoch(train, workers: int, world: int = 1, rank: int = 0, **kw) -> list[list[int]]:

@@ -386,6 +386,11 @@ class ShardImages(CropDataset):
     def item_name(self, i: int) -> str:
         return self.name(i)
 
+    def short_name(self, i: int) -> str:
+        """Item i as a figure or a table shows it: its key in the shards, its class folder kept
+        (`n01440764/n01440764_10026.jpg`), as the folder's `short_name` shows its file."""
+        return self.member(i)
+
     def epoch_stream(self, samples: Dataset, **kwargs: Any) -> Dataset:
         """The training batches of one epoch read as a stream (`zfnet.data.shard_stream`):
         `samples` wraps this dataset (the trainer's `SeededSamples`), `kwargs` are
