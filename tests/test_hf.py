@@ -139,6 +139,8 @@ def test_what_is_not_an_image_classifier_is_one_line(tmp_path) -> None:
     said = _error(["models", f"hf:{lcnet}"])
     assert "returns a BaseModelOutputWithNoAttention, not class scores" in said
     assert "hf:./nope: no such folder" in _error(["models", "hf:./nope"])
+    # a name without ORG/ is a folder (a hub image classifier has an ORG): no network tried
+    assert "hf:nope: no such folder" in _error(["models", "hf:nope"])
     assert "hf: names a model" in _error(["models", "hf:"])
     # offline, a hub id not in the cache: says how to fill it
     said = _error(["models", "hf:nobody/no-model"],
@@ -151,6 +153,23 @@ def test_what_is_not_an_image_classifier_is_one_line(tmp_path) -> None:
     assert "is a 'bert' model" in _error(["train", "--model", f"hf:{bert}", "--data",
                                           "synthetic", "--out", str(tmp_path / "run")])
     assert not (tmp_path / "run").exists()
+
+
+def test_no_network_says_how_to_fill_the_cache(monkeypatch) -> None:
+    """Online mode without a network (transformers' "couldn't connect"): the error says how to
+    get the model and read it offline, and the hub's retry lines are not shown."""
+    import logging
+
+    def unreachable(*args, **kwargs):
+        logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 8s [Retry 5/5].")
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files, and "
+                      "couldn't find them in the cached files.")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", unreachable)
+    res = CliRunner().invoke(main, ["models", "hf:nobody/no-model"])
+    assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
+    assert "`hf download nobody/no-model` where there is one fills the Hugging Face cache; " \
+        "ZFNET_OFFLINE=1 then reads it" in res.output
 
 
 def test_preprocessing_of_each_kind_of_image_processor(tmp_path) -> None:

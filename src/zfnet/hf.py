@@ -39,15 +39,19 @@ def _transformers() -> Any:
 def _quiet(bars: bool = False) -> Iterator[None]:
     """transformers' notes off while zfnet loads a model (it says what it loaded), and its bars
     unless `bars` (a hub id's: a first download takes a while); as they were after."""
+    from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging
 
     shown, level = logging.is_progress_bar_enabled(), logging.get_verbosity()
+    hub_level = hub_logging.get_verbosity()  # the hub's "Retrying in 8s" lines, offline
     if not bars:
         logging.disable_progress_bar()
     logging.set_verbosity_error()
+    hub_logging.set_verbosity_error()
     try:
         yield
     finally:
+        hub_logging.set_verbosity(hub_level)
         logging.set_verbosity(level)
         if shown:
             logging.enable_progress_bar()
@@ -58,7 +62,8 @@ def hf_config(name: str, offline: bool) -> tuple[Any, str]:
     tf = _transformers()
     path = Path(name).expanduser()
     where = str(path) if path.is_dir() else name
-    if not path.is_dir() and name.startswith((".", "/", "~")):  # a path, not a hub id
+    # a path, not a hub id; or a name without ORG/ (a hub image classifier has one)
+    if not path.is_dir() and (name.startswith((".", "/", "~")) or "/" not in name):
         raise FileNotFoundError(f"hf:{name}: no such folder; give a folder save_pretrained wrote "
                                 "(config.json, model.safetensors) or a hub id, ORG/NAME")
     try:
@@ -67,7 +72,10 @@ def hf_config(name: str, offline: bool) -> tuple[Any, str]:
     except (OSError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         hint = (" (ZFNET_OFFLINE=1: only the Hugging Face cache is read; `hf download "
-                f"{name}` fills it)" if offline and not path.is_dir() else "")
+                f"{name}` fills it)" if offline and not path.is_dir() else
+                f" (no network here? `hf download {name}` where there is one fills the Hugging "
+                "Face cache; ZFNET_OFFLINE=1 then reads it without trying the network)"
+                if not path.is_dir() and "connect" in str(e) else "")
         raise FileNotFoundError(f"hf:{name}: cannot read its config ({first}){hint}; give a "
                                 "folder save_pretrained wrote (config.json, model.safetensors) "
                                 "or a hub id, ORG/NAME") from None
