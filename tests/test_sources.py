@@ -210,6 +210,25 @@ def test_torchvision_files(tmp_path):
         load_source("torchvision:resnet18", str(tmp_path / "w.pth"))
 
 
+def test_a_timm_train_checkpoint_is_read(tmp_path):
+    """timm's train.py writes model_best.pth.tar: its arguments as an argparse.Namespace (plain
+    data, read with weights_only=True), the weights under state_dict and their moving average
+    under state_dict_ema: state_dict is taken, as timm's loading does, and a note says so."""
+    import argparse
+
+    from zfnet.sources import WeightsNote
+
+    ref = torchvision.models.squeezenet1_1(num_classes=7)
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in ref.state_dict().items()}
+    torch.save({"epoch": 9, "arch": "squeezenet1_1", "state_dict": ref.state_dict(),
+                "args": argparse.Namespace(lr=0.1, model="squeezenet1_1"), "version": 2,
+                "state_dict_ema": ema, "metric": 71.2}, tmp_path / "model_best.pth.tar")
+    with pytest.warns(WeightsNote, match=r"model_best.pth.tar holds 'state_dict' and "
+                                         r"'state_dict_ema' .*'state_dict' is taken"):
+        src = load_source("torchvision:squeezenet1_1", str(tmp_path / "model_best.pth.tar"))
+    assert src.meta["num_classes"] == 7 and _same_weights(src.model, ref)
+
+
 def test_torchvision_aux_classifiers_dropped(tmp_path):
     """GoogLeNet's DEFAULT weights come without its auxiliary classifiers."""
     ref = torchvision.models.googlenet(aux_logits=False, init_weights=False)

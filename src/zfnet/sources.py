@@ -867,10 +867,17 @@ def _weights_file(weights: str, what: str) -> Path:
     return path
 
 
+class WeightsNote(UserWarning):
+    """Which of the weights a file holds were taken (a timm checkpoint's, beside its EMA's)."""
+
+    one_line = True  # `zfnet` prints it as one line (zfnet.cli)
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a file: `.safetensors`, or a torch pickle (`.pth`, `.pt`, ...) read with
-    `weights_only=True` (nothing in it can run code). A dict holding it under "state_dict" or
-    "model" is unwrapped, and DataParallel's "module." prefix removed."""
+    """A state dict from a file: `.safetensors`, or a torch pickle (`.pth`, `.pt`, timm's
+    `.pth.tar`, ...) read with `weights_only=True` (nothing in it can run code). A dict holding
+    it under "state_dict" or "model" is unwrapped (a `WeightsNote` says so where the file holds
+    timm's "state_dict_ema" too), and DataParallel's "module." prefix removed."""
     path = Path(path)
     if path.suffix.lower() == ".safetensors":
         from safetensors.torch import load_file
@@ -884,6 +891,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         sd = _read_torch(path)
     for key in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            if isinstance(sd.get("state_dict_ema"), dict):  # timm's train.py: both kept
+                import warnings
+
+                warnings.warn(
+                    f"{path.name} holds '{key}' and 'state_dict_ema' (timm's moving average of "
+                    f"the weights): '{key}' is taken, as timm's own loading does; for the "
+                    "average, save it alone: torch.save(torch.load(FILE, weights_only=False)"
+                    "['state_dict_ema'], 'ema.pth')", WeightsNote, stacklevel=2)
             sd = sd[key]
             break
     if not isinstance(sd, dict) or not sd or not all(
@@ -904,8 +919,12 @@ def _read_torch(path: Path) -> Any:
                          "a file you trust, save its weights and give that file: "
                          f"torch.save(torch.jit.load({str(path)!r}).state_dict(), "
                          "'weights.pth')")
+    import argparse
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # timm's train.py checkpoints keep its arguments as an argparse.Namespace: plain data
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         lines = _plain(e).splitlines()
         objects = [ln.strip() for ln in lines if "Unsupported global" in ln]
