@@ -112,6 +112,12 @@ def test_commands_look_inside_it(saved, tmp_path) -> None:
     assert res.exit_code == 0 and "classes: 5 (tench, goldfish, shark, ...)" in res.output
     assert "without --layer, the analyses show: resnet.embedder, resnet.encoder.stages.0" \
         in res.output
+    placeholder = tmp_path / "placeholder"  # transformers' LABEL_0 ...: no names
+    cfg = _small_resnet().config
+    cfg.id2label, cfg.label2id = {i: f"LABEL_{i}" for i in range(5)}, None
+    transformers.ResNetForImageClassification(cfg).save_pretrained(placeholder)
+    res = CliRunner().invoke(main, ["models", f"hf:{placeholder}"])
+    assert res.exit_code == 0 and "classes: 5 (not named: --labels FILE" in res.output
 
 
 def _error(args: list[str], env: dict[str, str] | None = None) -> str:

@@ -80,9 +80,10 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
         click.echo(f"preprocessing: {src.preprocessing.describe()}")
     if src is not None and src.labels:
         click.echo(f"classes: {len(src.labels)} ({', '.join(src.labels[:3])}, ...)")
-    elif src is not None and weights is not None and src.meta.get("num_classes"):
+    elif src is not None and src.meta.get("num_classes") and (
+            weights is not None or src.kind == "hf"):  # a plain weights file, a hf: folder's
         click.echo(f"classes: {src.meta['num_classes']} (not named: "
-                   f"{labels_hint(src.meta['num_classes'])})")  # a plain weights file
+                   f"{labels_hint(src.meta['num_classes'])})")
     # Short names (zfnet's) get a column beside their module paths; other models' names are
     # their module paths.
     short = any(i.name != i.module for i in infos)
