@@ -418,6 +418,8 @@ CASES = [
      "has no labels"),
     ("probes-per-class-0", ["analyze", "probes", *CK, *OUT, "--per-class", "0"], "--per-class"),
     ("probes-layer", ["analyze", "probes", *CK, *OUT, "--layer", "fc9"], "fc9"),
+    ("probes-layer-gap", ["analyze", "probes", *CK, *OUT, "--layer", "conv1,,conv2"],
+     "empty name between its commas"),
     ("transfer-shots-a", ["analyze", "transfer", *CK, *OUT, "--data", TINY, "--shots", "a"],
      "--shots"),
     ("transfer-shots-0", ["analyze", "transfer", *CK, *OUT, "--data", TINY, "--shots", "1,0"],

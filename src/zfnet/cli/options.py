@@ -18,6 +18,10 @@ def _names(ctx: click.Context, param: click.Parameter, value):
     names = tuple(n.strip() for v in values for n in v.split(",") if n.strip())
     if not names:
         raise click.BadParameter(f"{', '.join(map(repr, values))} names nothing")
+    gap = next((v for v in values if any(not n.strip() for n in v.split(","))), None)
+    if gap is not None:  # "layer3,,layer4": a name left out, perhaps by a typo
+        raise click.BadParameter(f"{gap!r} has an empty name between its commas; give the "
+                                 "names separated by single commas")
     return names
 
 
