@@ -173,10 +173,16 @@ def test_similarity_does_not_depend_on_the_maps_scale() -> None:
         assert tiny == pytest.approx(at_one, abs=1e-5), scale
 
 
-def test_independent_randomization_one_layer_at_a_time(tmp_path) -> None:
+def test_independent_randomization_one_layer_at_a_time(tmp_path, monkeypatch) -> None:
     """Each step re-initialises one layer alone (the same weights as the cascading step that
     reaches it first), the others trained; the model is left as it was; each mode writes its
-    own section and figures."""
+    own section and figures (the independent steps' points not joined: no trend between)."""
+    from zfnet.report import plots
+
+    joined: list[bool] = []
+    real_plot = plots.plot_curves
+    monkeypatch.setattr(plots, "plot_curves",
+                        lambda *a, **k: joined.append(k.get("joined", True)) or real_plot(*a, **k))
     torch.manual_seed(0)
     model = zfnet.create_model("zfnet_small", input_size=32).eval()
     x = torch.randn(2, 3, 32, 32) * 50
@@ -195,6 +201,7 @@ def test_independent_randomization_one_layer_at_a_time(tmp_path) -> None:
     assert not torch.allclose(a[3], a[0])
     randomization_section(tmp_path, cascade)
     randomization_section(tmp_path, one)
+    assert joined == [True, False]
     sections = {s.key: s for s in read_sections(tmp_path)}
     assert set(sections) == {"randomization", "randomization_independent"}
     s = sections["randomization_independent"]

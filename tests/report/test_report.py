@@ -293,3 +293,21 @@ def test_an_evaluation_of_the_papers_network_shows_its_table_2(tmp_path) -> None
     assert len(small.tables) == 1
     # 2 classes: both always among the top 5, as the training section and `zfnet eval` say
     assert small.metrics["top-5 error"] == "— (every one of the 2 classes is among the top 5)"
+
+
+def test_points_measured_apart_are_not_joined(tmp_path, monkeypatch) -> None:
+    """joined=False (the independent randomisation's steps): markers alone, no line implying a
+    trend between them."""
+    from matplotlib.axes import Axes
+
+    styles: list[str] = []
+    real = Axes.plot
+
+    def plot(self, *args, **kwargs):
+        styles.append(kwargs.get("linestyle", "-"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "plot", plot)
+    plot_curves([1, 2], {"s": {"a": [1, 2]}}, tmp_path / "j.png")
+    plot_curves([1, 2], {"s": {"a": [1, 2]}}, tmp_path / "n.png", joined=False)
+    assert styles == ["-", "none"]

@@ -390,7 +390,8 @@ def randomization_section(
     numbered = "step (the table names each)"  # what a step is: the caption's words
     path = plot_curves(steps, panels, run_dir / "figures" / f"{stem}.png",
                        xlabel=what if named else numbered,
-                       xticks=names if named else None)
+                       xticks=names if named else None,
+                       joined=not independent)  # independent steps: no trend between them
     rows = [[i + 1, n] + [f"{result.scores[r]['spearman'][i]:.3f}" for r in result.scores]
             for i, n in enumerate(names)]  # the step as the curves' x axis numbers it
     figures = [Figure(str(path.relative_to(run_dir)), "similarity per randomisation step")]

@@ -37,9 +37,11 @@ def plot_curves(
     path: str | Path,
     xlabel: str = "epoch",
     xticks: Sequence[str] | None = None,
+    joined: bool = True,
 ) -> Path:
     """One panel per entry of `panels` ({panel title: {series label: values}}), saved as PNG;
-    `xticks`: a label for each x (layer names), slanted so that long ones fit.
+    `xticks`: a label for each x (layer names), slanted so that long ones fit; `joined`: points
+    joined by lines (False: each x measured apart, no trend between them).
 
     NaN values (epochs without validation) are left out and the points around them joined.
     Panels of the same series share one legend, below them, where it hides no point.
@@ -50,7 +52,8 @@ def plot_curves(
         for label, ys in series.items():
             xs, vs = np.asarray(x, dtype=float), np.asarray(ys, dtype=float)
             seen = np.isfinite(vs)  # e.g. val every few epochs: join the measured points
-            ax.plot(xs[seen], vs[seen], marker="o", ms=3, label=label)
+            ax.plot(xs[seen], vs[seen], marker="o", ms=3 if joined else 5, label=label,
+                    linestyle="-" if joined else "none")
         ax.set_title(title)
         ax.set_xlabel(xlabel)
         if xticks is not None:
