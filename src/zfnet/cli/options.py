@@ -234,7 +234,9 @@ _LOADER = click.option(
     help="Input pipeline (default auto: gpu on CUDA for imagefolder:/shards:, else cpu). cpu: "
          "workers decode and cut uint8 crops, the mean is subtracted on the device; gpu: the "
          "device decodes the JPEGs too (nvJPEG); mixed: the workers decode a share of them, the "
-         "device the rest (the share measured at the start; a resumed training run keeps it).")
+         "device the rest (the share measured at the start; a resumed training run keeps it). "
+         "Their pixels differ by a level or so (and large images: cpu decodes them at reduced "
+         "DCT scale): compare scores made with the same loader.")
 
 
 _DATA = click.option("--data", default=None, metavar="SPEC",
