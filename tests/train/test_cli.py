@@ -508,8 +508,9 @@ def test_a_run_keeps_its_mean_image_and_subtracts_it_from_any_folder(tmp_path) -
 
     def scores(data):
         res = CliRunner().invoke(main, ["eval", "--checkpoint", str(run), "--data", data,
-                                        "--json", str(tmp_path / "e.json"), "--amp", "off"])
-        assert res.exit_code == 0, res.output
+                                        "--json", str(tmp_path / "e.json"), "--amp", "off",
+                                        "--quiet"])
+        assert res.exit_code == 0 and "%|" not in res.output, res.output  # no bar
         return json.loads((tmp_path / "e.json").read_text())
 
     own = scores(f"imagefolder:{tmp_path / 'photos'}?size=32")

@@ -256,13 +256,14 @@ def _training_report(run_dir: str) -> None:
 @click.option("--compile", "compile", is_flag=True,
               help="torch.compile the model (faster on a GPU over a large split, slower on a "
                    "small CPU; off by default).")
+@click.option("--progress/--quiet", default=True, help="A progress bar over the batches.")
 def eval_cmd(checkpoint: str | None, model: str | None, weights: str | None,
              mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
              resize: int | None, crop: int | None, labels: str | None, data: str | None,
              ten_crop: bool, json_out: str | None, out: str | None, batch_size: int, device: str,
              workers: int | str | None,
              loader: str | None, amp: str, live_weights: bool, strict: bool,
-             compile: bool) -> None:
+             compile: bool, progress: bool) -> None:
     """Top-1 / top-5 error, per-class accuracy and confusion matrix on the validation split:
     of a zfnet run (--checkpoint), or of any model (--model, e.g. torchvision:resnet50
     --weights DEFAULT --data imagefolder:DIR, to check a pretrained model's published error).
@@ -299,7 +300,7 @@ def eval_cmd(checkpoint: str | None, model: str | None, weights: str | None,
                                  param_hint="--json")
     common = dict(batch_size=batch_size, workers=workers if workers is not None else "auto",
                   loader=loader or "auto", amp=amp, strict=strict, compile=compile,
-                  progress=True)  # 10 crops of 50k images: hours on a CPU
+                  progress=progress)  # 10 crops of 50k images: hours on a CPU
     with processes(device) as info:
         if checkpoint is not None:
             r = evaluate_checkpoint(checkpoint, data, ten_crop, live_weights=live_weights,
