@@ -37,9 +37,9 @@ def test_maps_per_step_are_kept_and_drawn(tmp_path) -> None:
         assert not torch.allclose(ex[-1], ex[0])  # every layer below re-initialised
     drawn = {}
 
-    def plot_curves(x, panels, path, xlabel, xticks=None):  # what the plot is told
+    def plot_curves(x, panels, path, xlabel, xticks=None, joined=True):  # what it is told
         drawn.update(x=list(x), xlabel=xlabel, xticks=xticks)
-        return real_plot(x, panels, path, xlabel, xticks)
+        return real_plot(x, panels, path, xlabel, xticks, joined)
 
     from zfnet.report import plots
     real_plot = plots.plot_curves

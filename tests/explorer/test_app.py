@@ -855,11 +855,15 @@ def test_nonlinear_mode_reaches_the_views_and_the_jobs(tmp_path) -> None:
             m = c.get("/api/maps?image=val:0&layer=features.1.0.block.3").json()
             assert (m["maps"], m["size"]) == (384, [8, 8])
             u = c.get("/api/unit?image=val:0&layer=features.3&unit=2").json()
+            top = _wait(c, "/api/topk?layer=features.3&unit=2")
             if mode == "error":
                 _error(c.get(u["rules"]["deconvnet"]), 400, "GELU", "--nonlinear gradient")
+                # the top-k figure's link takes a rule that is defined here: the gradient
+                assert top["rule"] == "gradient" and top["figure"].endswith("&rule=gradient")
+                assert _png(c.get(top["figure"])).ndim == 3
                 continue
             assert _png(c.get(u["rules"]["deconvnet"])).ndim == 3
-            assert _png(c.get(_wait(c, "/api/topk?layer=features.3&unit=2")["figure"])).ndim == 3
+            assert top["rule"] == "deconvnet" and _png(c.get(top["figure"])).ndim == 3
             u = c.get("/api/unit?image=val:0&layer=features.1.0.block.3&unit=300").json()
             assert _png(c.get(u["rules"]["gradient"])).ndim == 3
 

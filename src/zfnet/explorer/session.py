@@ -40,6 +40,7 @@ from torch.utils.data import Dataset
 from zfnet.activations import capture, to_model
 from zfnet.analyses.classes import class_indices
 from zfnet.analyses.gallery import (
+    check_defined,
     project_topk,
     render_layer,
     topk_patches,
@@ -274,6 +275,7 @@ class Explorer:
         self._chain_layers = [r.name for r in self.layers
                               if windowed(self.model, [r.name], probe)]
         self._topk: dict[str, TopK] = {}
+        self._figure_rules: dict[str, str] = {}  # layer -> the rule its top-k figure link takes
         # dataset images found broken, index -> why: read once, warned about once per server
         self._broken: dict[int, str] = {}
         self._listed_read = False  # the list of broken files beside a mined index, read once
@@ -867,14 +869,33 @@ class Explorer:
                   "row": int(t.row[unit, j]), "col": int(t.col[unit, j])}
                  for j in range(t.k) if int(t.index[unit, j]) >= 0]
         figure = f"/api/topk.png?layer={lr.name}&unit={unit}"
+        rule = self._figure_rule(lr.name, t, unit)
         broken = self._unreadable()
         return {"layer": lr.name, "unit": unit, "name": self.unit_name(lr, unit), "k": t.k,
                 "images": self.n_images,
                 "mined": self.n_images - len(broken),
                 "unreadable": [{"image": f"val:{i}", "name": file_name(self.val, i)}
                                for i in broken],
-                "items": items, "figure": figure,
+                "items": items, "figure": f"{figure}&rule={rule}", "rule": rule,
                 "rules": {r: f"{figure}&rule={r}" for r in RULES}}
+
+    def _figure_rule(self, name: str, t: TopK, unit: int) -> str:
+        """The rule of a layer's top-k figure link: the deconvnet (the paper's), or the
+        gradient where the deconvnet is undefined through the model (a GELU, SiLU … on the way
+        down, `nonlinear` "error"), found once per layer by one seed of the unit's top image."""
+        if name not in self._figure_rules:
+            from zfnet.graph import RuleUndefinedError
+
+            rule = "deconvnet"
+            item = self.val[int(t.index[unit, 0])] if t.k and int(t.index[unit, 0]) >= 0 \
+                else None
+            if item is not None:
+                try:
+                    check_defined(self.model, to_model(self.model, item[0]), [name], rule)
+                except RuleUndefinedError:
+                    rule = "gradient"
+            self._figure_rules[name] = rule
+        return self._figure_rules[name]
 
     def topk_png(self, layer: str, unit: int, rule: str = "deconvnet") -> bytes:
         """The unit's k projections (a square grid) by `rule` beside their k image patches."""
