@@ -178,6 +178,12 @@ def test_occlusion_invariance_randomization_filters(setup, tmp_path) -> None:
     _ok(["analyze", "filters", "--model", "torchvision:resnet18", "--weights",
          str(setup / "r18.pth"), "--model", "torchvision:alexnet", "--weights",
          str(tmp_path / "alexnet.pth"), "--out", str(out)])
+    # one without a file beside one with (hf:DIR's own weights; here random init): none
+    _ok(["analyze", "filters", "--model", "torchvision:resnet18", "--weights",
+         str(setup / "r18.pth"), "--model", "torchvision:alexnet", "--weights", "none",
+         "--out", str(tmp_path / "mixed")])
+    (s,) = [s for s in read_sections(tmp_path / "mixed") if s.key == "filters"]
+    assert "torchvision:alexnet" in s.caption + str(s.tables), s.caption
     text = _ok(["analyze", "invariance", *_model(setup), "--data", "synthetic?n_train=32&n_val=16",
                 "--out", str(out)])
     # each line says which images, which transformation and what the numbers are

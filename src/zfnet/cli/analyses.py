@@ -96,8 +96,8 @@ def evolution_cmd(run_dir: str | None, run_alias: str | None, data: str | None,
                    "--weights in order.")
 @click.option("--weights", "weights", multiple=True, metavar="W",
               help="Each --model's weights, in order: a torchvision weights name (DEFAULT, "
-                   "IMAGENET1K_V1, ...) or a file (.pth, .pt, .safetensors). Default: random "
-                   "init.")
+                   "IMAGENET1K_V1, ...) or a file (.pth, .pt, .safetensors); none: no file "
+                   "(hf:DIR's own weights, or random init). Default: random init.")
 @_options(*_PREPROCESSING)
 @_DATA
 @_OUT
@@ -120,8 +120,8 @@ def filters_cmd(checkpoints: tuple[str, ...], sources: tuple[str, ...],
                                "holds its weights and preprocessing")
     if weights and len(weights) != len(sources):
         raise click.UsageError(f"{len(weights)} --weights for {len(sources)} --model: give "
-                               "one --weights per --model, in the same order (or none: random "
-                               "init)")
+                               "one --weights per --model, in the same order (--weights none "
+                               "for one without a file: hf:DIR's own, or random init)")
     twice = sorted({c for c in checkpoints if checkpoints.count(c) > 1})
     if twice:
         raise click.UsageError(f"--checkpoint {twice[0]} is given twice")
@@ -134,7 +134,7 @@ def filters_cmd(checkpoints: tuple[str, ...], sources: tuple[str, ...],
         label = name if short.count(name) == 1 else c  # runs/a/last, runs/b/last
         models[label], own[label] = model, b
     for k, source in enumerate(sources):
-        w = weights[k] if weights else None
+        w = weights[k] if weights and weights[k].strip().lower() != "none" else None
         options = ModelOptions(source, None, w, None, mean, std, resize, crop, "cpu", 64)
         src, b = _model_and_data(options, data, need_data=bundle is None and data is not None)
         bundle = bundle or b
