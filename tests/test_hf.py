@@ -110,6 +110,7 @@ def test_commands_look_inside_it(saved, tmp_path) -> None:
     assert 'id="topk_gallery"' in page and 'id="occlusion"' in page
     res = CliRunner().invoke(main, ["models", f"hf:{saved}"])
     assert res.exit_code == 0 and "classes: 5 (tench, goldfish, shark, ...)" in res.output
+    assert res.output.count("crop 224, mean") == 1, res.output  # the values said once
     assert "without --layer, the analyses show: resnet.embedder, resnet.encoder.stages.0" \
         in res.output
     placeholder = tmp_path / "placeholder"  # transformers' LABEL_0 ...: no names

@@ -66,6 +66,8 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
         own_line = src.kind != "run" or any(overrides.values())  # its preprocessing, below
         for note in src.meta.get("notes", []):  # (as overridden: said once, below)
             if not (any(overrides.values()) and note.startswith("preprocessing:")):
+                if own_line:  # its values are the line below: said once
+                    note = note.replace(f" ({src.preprocessing.describe()})", "")
                 click.echo(note, err=True)
         model, title = src.model, src.name if src.kind == "run" or weights else name
         fixed = getattr(zfnet_config(model), "input_size", None)
