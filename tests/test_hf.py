@@ -362,3 +362,16 @@ def test_a_model_naming_its_outputs_otherwise_follows_its_predicted_class(saved,
     class Bundle:
         num_classes, class_names = 2, ["a", "b"]
     assert not labels_are_classes(model, Bundle())
+
+
+def test_layers_of_a_convnext_are_its_modules_that_run() -> None:
+    """transformers' ConvNeXt: its first stage's empty downsampling ModuleList is no layer, and
+    its GELUActivation is an activation ("act"), as torch's and timm's are."""
+    from zfnet.models import layer_info
+
+    cfg = transformers.ConvNextConfig(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
+                                      num_labels=3)
+    infos = layer_info(transformers.ConvNextForImageClassification(cfg).eval(), 64)
+    assert "convnext.encoder.stages.0.downsampling_layer" not in infos
+    assert "convnext.encoder.stages.1.downsampling_layer.1" in infos  # a conv that runs
+    assert infos["convnext.encoder.stages.0.layers.0.act"].kind == "act"

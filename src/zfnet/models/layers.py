@@ -76,7 +76,17 @@ def _kind(m: nn.Module) -> str:
     for classes, kind in _KINDS:
         if isinstance(m, classes):
             return kind
-    return type(m).__name__.lower()
+    name = type(m).__name__.lower()
+    # other libraries' own activations: timm's GELU, transformers' GELUActivation ...
+    if name.endswith("activation") or name.removesuffix("me") in _ACTIVATION_NAMES:
+        return "act"
+    return name
+
+
+# activation classes by name (lower case) beyond torch's own
+_ACTIVATION_NAMES = {"gelu", "gelutanh", "quickgelu", "silu", "swish", "mish", "hardswish",
+                     "hardsigmoid", "hardmish", "sigmoid", "tanh", "hardtanh", "elu", "celu",
+                     "selu", "softplus", "prelu", "leakyrelu"}
 
 
 def layer_info(model: nn.Module, input_size: int | tuple[int, int] | None = None
@@ -138,8 +148,10 @@ def layer_info(model: nn.Module, input_size: int | tuple[int, int] | None = None
                     "input size the model takes")
             geo = {}
     for path, m in model.named_modules():
-        if not path or any(True for _ in m.children()):
-            continue  # containers are not layers
+        if not path or any(True for _ in m.children()) or \
+                isinstance(m, nn.ModuleList | nn.ModuleDict | nn.Sequential):
+            continue  # containers are not layers, nor an empty one (a stage's absent
+            # downsampling, transformers' ConvNeXt's): nothing runs in it
         # the output's own count (after a concatenation, in a gate); else what the module says
         channels = walked[path][1] if path in walked else _own(m)
         infos[path] = LayerInfo(path, path, _kind(m), channels, geo.get(path))
