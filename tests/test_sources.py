@@ -585,3 +585,33 @@ def test_labels_imagenet_names_the_1000_classes(tmp_path, monkeypatch) -> None:
     (tmp_path / "imagenet").write_text("a\nb\nc\n")  # a file named so is that file
     assert load_source("torchvision:resnet18", str(tmp_path / "r3.pth"),
                        labels="imagenet").labels == ["a", "b", "c"]
+
+
+def test_timm_pretrained_weights_from_the_hugging_face_cache(tmp_path, monkeypatch):
+    """--weights pretrained: timm's own weights for the model (its default tag, or the one
+    named), read from the Hugging Face cache (offline here: ZFNET_OFFLINE=1); not in the cache,
+    one error saying how to fill it; an unknown tag named."""
+    import huggingface_hub.constants
+    import timm
+    from safetensors.torch import save_file
+
+    snapshot = tmp_path / "hub" / "models--timm--resnet18.a1_in1k" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("abc123")
+    torch.manual_seed(1)
+    ref = timm.create_model("resnet18").eval()
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()},
+              snapshot / "model.safetensors")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("ZFNET_OFFLINE", "1")
+    src = load_source("timm:resnet18", "pretrained")
+    assert _same_weights(src.model, ref) and src.meta["num_classes"] == 1000
+    assert src.meta["notes"] == ["timm:resnet18: its pretrained weights, timm/resnet18.a1_in1k "
+                                 "(the Hugging Face cache)"]
+    with pytest.raises(FileNotFoundError, match=r"timm:resnet18.tv_in1k: its pretrained weights "
+                       r"\(timm/resnet18.tv_in1k\) could not be read .*`hf download "
+                       r"timm/resnet18.tv_in1k` where there is a network"):
+        load_source("timm:resnet18.tv_in1k", "DEFAULT")
+    with pytest.raises(ValueError, match=r"Invalid pretrained tag \(nope\) for resnet18"):
+        load_source("timm:resnet18.nope", "pretrained")

@@ -766,10 +766,13 @@ def _timm(name: str, weights: str | None, meta_only: bool) -> Source:
                          + "valid: any of the timm models that `zfnet models timm:` lists")
     build = lambda **kw: timm.create_model(name, pretrained=False, **kw)
     label = f"timm:{name}"
-    if weights is not None:
+    if weights is not None and weights.strip().lower() in TIMM_PRETRAINED:
+        model, hub_id = _timm_pretrained(timm, name)
+        notes = [f"{label}: its pretrained weights, {hub_id} (the Hugging Face cache)"]
+    elif weights is not None:
         if not (_looks_like_file(weights) or Path(weights).expanduser().is_file()):
-            raise ValueError(f"timm:{name} takes weights from a local file ("
-                             f"{', '.join(WEIGHTS_SUFFIXES)}), not {weights!r}")
+            raise ValueError(f"timm:{name} takes its pretrained weights (--weights pretrained) "
+                             f"or a local file ({', '.join(WEIGHTS_SUFFIXES)}), not {weights!r}")
         model = _with_weights(build, _weights_file(weights, f"{label}'s"), label)
         notes = []
     else:
@@ -782,6 +785,47 @@ def _timm(name: str, weights: str | None, meta_only: bool) -> Source:
     return Source(model, prep, None, label, "timm",
                   {"weights": weights, "num_classes": _outputs(model), "notes": notes,
                    "data_config": {k: v for k, v in cfg.items()}})
+
+
+TIMM_PRETRAINED = ("pretrained", "default")  # --weights for timm's own, from the hub
+
+
+def _timm_pretrained(timm: Any, name: str) -> tuple[nn.Module, str]:
+    """timm's model `name` ("resnet50", or "resnet50.a1_in1k" for one of its tags) with its
+    pretrained weights, read from the Hugging Face cache (downloaded there first where a network
+    is and ZFNET_OFFLINE is not set), and the hub id they came from."""
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError as e:  # "Invalid pretrained tag (x) for resnet18."
+        raise ValueError(f"timm:{name}: {str(e).rstrip('.')}; `timm.list_pretrained("
+                         f"'{name.partition('.')[0]}*')` lists its tags") from None
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not hub_id:
+        raise ValueError(f"timm:{name} has no pretrained weights on the Hugging Face hub; give "
+                         "a weights file (--weights FILE)")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import logging as hub_logging
+
+    level = hub_logging.get_verbosity()
+    hub_logging.set_verbosity_error()  # its retry lines: the error below says it all
+    try:
+        path, why = None, ""
+        for file in ("model.safetensors", "pytorch_model.bin"):
+            try:
+                path = hf_hub_download(hub_id, file, local_files_only=_offline())
+                break
+            except Exception as e:  # noqa: BLE001  # no network, not cached, no such file
+                why = why or _first_line(e)
+    finally:
+        hub_logging.set_verbosity(level)
+    if path is None:
+        raise FileNotFoundError(
+            f"timm:{name}: its pretrained weights ({hub_id}) could not be read ({why}); "
+            f"`hf download {hub_id}` where there is a network fills the Hugging Face cache "
+            f"(ZFNET_OFFLINE={'1 reads only it' if _offline() else '1 then reads it'}), or give "
+            "a weights file (--weights FILE)")
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": path})
+    return model.eval(), hub_id
 
 
 def _hf(name: str, weights: str | None, meta_only: bool) -> Source:
