@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.processes import process_env, torchrun
+from tests.processes import process_env, stop_group, torchrun
 from tests.train.tiny import tiny_bundle, tiny_config
 from zfnet.train import find_last, list_checkpoints, load_model, train
 from zfnet.train.checkpoint import read_train_state
@@ -21,23 +21,30 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 
-def test_sigterm_saves_and_exits_143(tmp_path) -> None:
-    out = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.train.run_tiny", str(out), '{"epochs": 500}'],
-        cwd=ROOT, env=process_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+def _stopped_once_saved(proc: subprocess.Popen, out: Path, stop) -> tuple[str, str]:
+    """`stop()` once the run in `out` has a checkpoint; `proc`'s output (its process group
+    killed if it outlives the test)."""
     try:
         deadline = time.monotonic() + 180
         while not list_checkpoints(out):
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "no checkpoint within 180 s"
             time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=60)
+        stop()
+        return proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            stop_group(proc)
+
+
+def test_sigterm_saves_and_exits_143(tmp_path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.train.run_tiny", str(out), '{"epochs": 500}'],
+        cwd=ROOT, env=process_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its own group: `stop_group` ends it and nothing else
+    )
+    stdout, stderr = _stopped_once_saved(proc, out, lambda: proc.send_signal(signal.SIGTERM))
     assert proc.returncode == 143, stderr
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM"
@@ -50,7 +57,6 @@ def test_sigterm_saves_and_exits_143(tmp_path) -> None:
     assert summary["status"] == "completed" and load_model(out)[1]["epoch"] == done
 
 
-@pytest.mark.slow
 def test_sigterm_to_the_process_group_with_workers_saves_and_exits_143(tmp_path) -> None:
     """SIGTERM to every process of the job (a scheduler's scancel or time limit, `timeout`):
     the DataLoader workers get it too. They let the main process stop the run: it saves
@@ -65,18 +71,8 @@ def test_sigterm_to_the_process_group_with_workers_saves_and_exits_143(tmp_path)
         cwd=ROOT, env=process_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
     )
-    try:
-        deadline = time.monotonic() + 180
-        while not list_checkpoints(out):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no checkpoint within 180 s"
-            time.sleep(0.05)
-        time.sleep(0.5)  # into the next epoch: its workers running
-        os.killpg(proc.pid, signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    stdout, stderr = _stopped_once_saved(  # into the next epoch: its workers running
+        proc, out, lambda: time.sleep(0.5) or os.killpg(proc.pid, signal.SIGTERM))
     assert proc.returncode == 143, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
     summary = json.loads(stdout.strip().splitlines()[-1])
@@ -84,6 +80,7 @@ def test_sigterm_to_the_process_group_with_workers_saves_and_exits_143(tmp_path)
     assert summary["checkpoint"] == str(find_last(out))
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes_match_one(tmp_path) -> None:
     """Two gloo processes with 4 samples each per step == one process with batch 8 (dropout
     off, so that the only difference is where the gradient is summed). With weight averaging
