@@ -529,3 +529,9 @@ def test_a_run_keeps_its_mean_image_and_subtracts_it_from_any_folder(tmp_path) -
                                     f"imagefolder:{tmp_path / 'other'}?size=64"])
     assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
     assert "size=64 in dataset spec" in res.output and "give size=32, or no size" in res.output
+    # resumed on another folder of its images' count: still minus its own mean
+    res = CliRunner().invoke(main, ["train", "--out", str(run), "--resume", "--epochs", "2",
+                                    "--data", f"imagefolder:{tmp_path / 'other'}", "--quiet",
+                                    "--no-tensorboard"])
+    assert res.exit_code == 0, res.output
+    assert torch.equal(read_mean_image(find_last(run)), mean)

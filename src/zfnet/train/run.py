@@ -144,7 +144,9 @@ def build_run(config: TrainConfig, info: ddp.DistInfo, bundle: Any = None) -> Ru
         # its classes and sizes first: every check below before a pass over the training
         # images for their mean (an ImageNet's 1.28M decoded), nor a mean left in its cache
         bundle = load_dataset(config.data, strict=config.strict, cache_dir=config.data_cache,
-                              outline=True)
+                              outline=True,  # a resumed run: minus its own mean image
+                              mean_image=None if resume_from is None else
+                              ckpt.read_mean_image(resume_from))
     require_labels(bundle, "train on")
     if meta is not None:
         check_resumed_data(meta, config, bundle)
