@@ -886,15 +886,15 @@ class Explorer:
         if name not in self._figure_rules:
             from zfnet.graph import RuleUndefinedError
 
-            rule = "deconvnet"
             item = self.val[int(t.index[unit, 0])] if t.k and int(t.index[unit, 0]) >= 0 \
                 else None
-            if item is not None:
-                try:
-                    check_defined(self.model, to_model(self.model, item[0]), [name], rule)
-                except RuleUndefinedError:
-                    rule = "gradient"
-            self._figure_rules[name] = rule
+            if item is None:  # no image to try it on (unreadable): the paper's, for now
+                return "deconvnet"
+            try:
+                check_defined(self.model, to_model(self.model, item[0]), [name], "deconvnet")
+                self._figure_rules[name] = "deconvnet"
+            except RuleUndefinedError:
+                self._figure_rules[name] = "gradient"
         return self._figure_rules[name]
 
     def topk_png(self, layer: str, unit: int, rule: str = "deconvnet") -> bytes:
