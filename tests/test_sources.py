@@ -615,3 +615,15 @@ def test_timm_pretrained_weights_from_the_hugging_face_cache(tmp_path, monkeypat
         load_source("timm:resnet18.tv_in1k", "DEFAULT")
     with pytest.raises(ValueError, match=r"Invalid pretrained tag \(nope\) for resnet18"):
         load_source("timm:resnet18.nope", "pretrained")
+
+
+def test_weights_of_another_number_of_input_channels_say_how_to_build_it(tmp_path):
+    """A timm model trained on grey images (in_chans=1): the one difference, conv1's input
+    channels, is named with the way to build it."""
+    import timm
+
+    torch.save(timm.create_model("resnet18", in_chans=1).state_dict(), tmp_path / "grey.pth")
+    with pytest.raises(ValueError, match=r"conv1.weight file \(64, 1, 7, 7\) vs model \(64, 3, "
+                       r"7, 7\) \(the file's model takes 1-channel images, timm:resnet18 "
+                       r"3-channel ones: .*timm.create_model\(NAME, in_chans=1\)"):
+        load_source("timm:resnet18", str(tmp_path / "grey.pth"))

@@ -1062,9 +1062,22 @@ def _with_weights(build: Callable[..., nn.Module], path: Path, what: str) -> nn.
             + ("; shape mismatch: " + ", ".join(f"{k} file {f} vs model {m}"
                                                 for k, f, m in shapes[:4]) if shapes else "")
             + (f" (the file fits {what}({refused}), which it does not take)" if refused
-               else ""))
+               else _channels_hint(shapes, missing, unexpected, what)))
     model.load_state_dict(sd)
     return model
+
+
+def _channels_hint(shapes: list, missing: list, unexpected: list, what: str) -> str:
+    """Where all that differs is the first convolution's input channels (a model trained on
+    grey images, say): how to build it so."""
+    if missing or unexpected or len(shapes) != 1:
+        return ""
+    _, f, m = shapes[0]
+    if len(f) != 4 or len(m) != 4 or f[0] != m[0] or f[2:] != m[2:] or f[1] == m[1]:
+        return ""
+    return (f" (the file's model takes {f[1]}-channel images, {what} {m[1]}-channel ones: "
+            f"build it with {f[1]} input channels in your own FILE.py:NAME — timm: "
+            f"timm.create_model(NAME, in_chans={f[1]}) — and give --mean/--std for them)")
 
 
 def _random(build: Callable[[], nn.Module], meta_only: bool) -> nn.Module:
