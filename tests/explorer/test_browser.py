@@ -617,6 +617,10 @@ def test_a_rule_that_does_not_run_on_the_network_says_why_in_its_panel(browser,
         page.wait_for_function(LOADED, arg='img[data-rule="gradient"]')
         assert page.locator('img[data-rule="gradient"] + p.unavailable').is_hidden()
         assert page.locator("#error").is_hidden()  # a fact of the network, not an error
+        # the unit's top-k figure: by the gradient, said, not a broken image
+        _open(page, "/?image=val:0&layer=features.3&unit=2&view=topk")
+        page.wait_for_function(LOADED, arg="#view-figure")
+        assert "by the gradient: the deconvnet is undefined" in page.text_content("#view-meta")
         assert all("400" in e for e in page.console.errors), page.console.errors
         context.close()
 

@@ -995,8 +995,9 @@
       const some = names.length > 5 ? `${names.slice(0, 5).join(", ")}, …` : names.join(", ");
       const over = body.unreadable.length ? `${body.mined} images (${body.unreadable.length} unreadable: ${some})` : `${body.images} images`;
       const named = body.name ? ` (${body.name})` : "";
+      const by = body.rule === "gradient" ? " (by the gradient: the deconvnet is undefined through this model's activations; --nonlinear gradient takes it at the rectifiers)" : "";
       meta.textContent = `The ${body.items.length} strongest activations of ${body.layer} ${unitWord(body.layer)} ${body.unit}${named} over ${over}: ` +
-        "projections (left) beside their image patches (right). Pick one to open it.";
+        `projections${by} (left) beside their image patches (right). Pick one to open it.`;
       figure.alt = `Top ${body.k} of ${body.layer} ${unitWord(body.layer)} ${body.unit}: projections and patches`;
       items.replaceChildren(...body.items.map((item, i) => {
         const li = document.createElement("li");
