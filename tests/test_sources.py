@@ -610,11 +610,16 @@ def test_timm_pretrained_weights_from_the_hugging_face_cache(tmp_path, monkeypat
     assert src.meta["notes"] == ["timm:resnet18: its pretrained weights, timm/resnet18.a1_in1k "
                                  "(the Hugging Face cache)"]
     with pytest.raises(FileNotFoundError, match=r"timm:resnet18.tv_in1k: its pretrained weights "
-                       r"\(timm/resnet18.tv_in1k\) could not be read .*`hf download "
+                       r"\(timm/resnet18.tv_in1k\) could not be read \(not in the Hugging "
+                       r"Face cache, .*hub, and ZFNET_OFFLINE=1 reads nothing else\); `hf download "
                        r"timm/resnet18.tv_in1k` where there is a network"):
         load_source("timm:resnet18.tv_in1k", "DEFAULT")
     with pytest.raises(ValueError, match=r"Invalid pretrained tag \(nope\) for resnet18"):
         load_source("timm:resnet18.nope", "pretrained")
+    (snapshot / "model.safetensors").write_bytes(b"not safetensors")  # damaged in the cache
+    with pytest.raises(ValueError, match=r"timm:resnet18: its pretrained weights in the Hugging "
+                       r"Face cache, .*model.safetensors, do not load \(.*\); remove that file"):
+        load_source("timm:resnet18", "pretrained")
 
 
 def test_weights_of_another_number_of_input_channels_say_how_to_build_it(tmp_path):

@@ -819,12 +819,22 @@ def _timm_pretrained(timm: Any, name: str) -> tuple[nn.Module, str]:
     finally:
         hub_logging.set_verbosity(level)
     if path is None:
+        from huggingface_hub import constants
+
+        why = (f"not in the Hugging Face cache, {constants.HF_HUB_CACHE}, and ZFNET_OFFLINE=1 "
+               "reads nothing else" if _offline() else why)
         raise FileNotFoundError(
             f"timm:{name}: its pretrained weights ({hub_id}) could not be read ({why}); "
             f"`hf download {hub_id}` where there is a network fills the Hugging Face cache "
             f"(ZFNET_OFFLINE={'1 reads only it' if _offline() else '1 then reads it'}), or give "
             "a weights file (--weights FILE)")
-    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": path})
+    try:
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": path})
+    except Exception as e:  # noqa: BLE001  # a damaged or foreign file in the cache
+        raise ValueError(f"timm:{name}: its pretrained weights in the Hugging Face cache, {path}, "
+                         f"do not load ({_first_line(e)}); remove that file (`hf download "
+                         f"{hub_id} --force-download` fetches it again), or give a weights file "
+                         "(--weights FILE)") from None
     return model.eval(), hub_id
 
 
