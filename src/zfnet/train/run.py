@@ -273,9 +273,9 @@ def check_resumed_data(meta: dict[str, Any], config: TrainConfig, bundle: Any) -
         warnings.warn(f"{what}: it continues on the images as they are now, not exactly as it "
                       "would have", ResumeWarning, stacklevel=2)
     elif moved:
-        warnings.warn(f"the run's data is now {config.data} (was {saved_spec}): the same "
-                      f"{len(bundle.train)} training images of {len(now)} classes",
-                      ResumeWarning, stacklevel=2)
+        warnings.warn(f"the run's data is now {config.data} (was {saved_spec}): "
+                      f"{len(bundle.train)} training images of {len(now)} classes, as many as "
+                      "the run's (their contents are not compared)", ResumeWarning, stacklevel=2)
 
 
 def _shards_left_out(spec: str) -> dict[str, int]:
