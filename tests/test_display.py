@@ -109,3 +109,20 @@ def test_wrap_text_breaks_at_spaces_and_cuts_the_last_line() -> None:
     cut = wrap_text("one two three four five six seven eight nine ten", width, font)
     assert len(cut) == 2 and cut[1].endswith("…")
     assert all(font.getlength(line) <= width for line in cut)
+
+
+def test_a_word_wider_than_a_line_is_broken_at_its_dots_and_underscores() -> None:
+    from PIL import ImageFont
+
+    from zfnet.display import wrap_text
+
+    font = ImageFont.load_default()
+    width = font.getlength("resnet.encoder.stages.2")
+    name = "convnext.encoder.stages.0.layers.0.pwconv1 map 3"
+    lines = wrap_text(name, width, font, max_lines=3)
+    assert all(font.getlength(line) <= width for line in lines)
+    assert "".join(lines).replace(" ", "") == name.replace(" ", "")  # nothing lost
+    assert lines[0].endswith(".")  # broken after a dot, not inside a part
+    long = "a.jpg: " + "x" * 200
+    cut = wrap_text(long, width, font, max_lines=2)
+    assert len(cut) == 2 and cut[1].endswith("…")

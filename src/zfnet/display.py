@@ -128,17 +128,37 @@ def fit_text(text: str, width: float, font: ImageFont.FreeTypeFont | ImageFont.I
 def wrap_text(text: str, width: float, font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
               max_lines: int = 2) -> list[str]:
     """`text` in lines that fit `width` pixels in `font`, broken at spaces, at most `max_lines`
-    (the last cut by `fit_text`); a word wider than a line is cut."""
+    (the last cut by `fit_text`); a word wider than a line (a long layer name) is broken after a
+    `.`, `_` or `/` where it has one, else where the line ends."""
+    pieces: list[tuple[str, str]] = []  # (piece, what joins it to the one before on a line)
+    for word in text.split(" "):
+        for k, piece in enumerate(_word_pieces(word, width, font)):
+            pieces.append((piece, "" if k else " "))
     lines: list[str] = []
-    words = text.split(" ")
-    while words and len(lines) < max_lines - 1:
-        line = words.pop(0)
-        while words and font.getlength(f"{line} {words[0]}") <= width:
-            line += " " + words.pop(0)
-        lines.append(fit_text(line, width, font))
-    if words:
-        lines.append(fit_text(" ".join(words), width, font))
+    for n, (piece, glue) in enumerate(pieces):
+        if lines and font.getlength(lines[-1] + glue + piece) <= width:
+            lines[-1] += glue + piece
+        elif len(lines) == max_lines - 1:  # the last line: the rest, cut to fit
+            rest = piece + "".join(g + p for p, g in pieces[n + 1:])
+            lines.append(fit_text(rest, width, font))
+            break
+        else:
+            lines.append(piece)
     return lines
+
+
+def _word_pieces(word: str, width: float,
+                 font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> list[str]:
+    """`word` cut into pieces that each fit `width`: after its last `.`, `_` or `/` that fits,
+    else after its last character that does."""
+    pieces = []
+    while font.getlength(word) > width and len(word) > 1:
+        fits = max(1, max(n for n in range(1, len(word) + 1)
+                          if font.getlength(word[:n]) <= width or n == 1))
+        cut = max((k + 1 for k, ch in enumerate(word[:fits]) if ch in "._/"), default=fits)
+        pieces.append(word[:cut])
+        word = word[cut:]
+    return [*pieces, word]
 
 
 def save_png(canvas: np.ndarray, path: str | Path | BinaryIO) -> Path | BinaryIO:
