@@ -180,7 +180,8 @@ def test_project_command_with_hub_weights_offline(photos, tmp_path) -> None:
     units = json.loads((out / "project.json").read_text())["units"]
     assert len(units) == 2 and all(u["file"].endswith("_gradient.png") for u in units)
     width, height = Image.open(out / units[0]["file"]).size
-    assert width == 3 * 224 + 8 and height - 2 - 224 in (LABEL_HEIGHT, 2 * LABEL_HEIGHT)
+    assert width == 3 * 224 + 8 and height - 2 - 224 in (LABEL_HEIGHT, 2 * LABEL_HEIGHT,
+                                                         3 * LABEL_HEIGHT)  # titles' lines
     # the same again with another rule into the same folder: both listed, each by its rule
     res = CliRunner().invoke(main, ["project", str(photos / "chelsea.jpg"), "--model",
                                     "torchvision:resnet18", "--weights", "DEFAULT", "--layer",

@@ -357,7 +357,7 @@ def test_topk_job_equals_mining_and_is_kept_on_disk(client, explorer, tiny_run) 
     buf = io.BytesIO()
     render_layer(proj, patches, buf)
     assert np.array_equal(fig, np.asarray(Image.open(buf)))
-    assert got["rules"]["deconvnet"] == got["figure"] + "&rule=deconvnet"
+    assert got["rules"]["deconvnet"] == got["figure"] and got["rule"] == "deconvnet"
     assert got["name"] is None  # conv4's maps are not classes
     guided = _png(client.get(got["rules"]["guided"]))  # by another rule: another figure
     proj = project_topk(explorer.model, explorer.val, {"conv4": want}, {"conv4": [3]},
