@@ -153,8 +153,8 @@ def _word_pieces(word: str, width: float,
     else after its last character that does."""
     pieces = []
     while font.getlength(word) > width and len(word) > 1:
-        fits = max(1, max(n for n in range(1, len(word) + 1)
-                          if font.getlength(word[:n]) <= width or n == 1))
+        fits = next((n for n in range(len(word) - 1, 0, -1)
+                     if font.getlength(word[:n]) <= width), 1)
         cut = max((k + 1 for k, ch in enumerate(word[:fits]) if ch in "._/"), default=fits)
         pieces.append(word[:cut])
         word = word[cut:]

@@ -36,22 +36,33 @@ def _transformers() -> Any:
 
 
 @contextmanager
-def _quiet(bars: bool = False) -> Iterator[None]:
-    """transformers' notes off while zfnet loads a model (it says what it loaded), and its bars
-    unless `bars` (a hub id's: a first download takes a while); as they were after."""
+def hub_quiet() -> Iterator[None]:
+    """huggingface_hub's warnings off (its "Retrying in 8s" lines without a network: the error
+    zfnet raises says what happened); its level as it was after."""
     from huggingface_hub.utils import logging as hub_logging
-    from transformers.utils import logging
 
-    shown, level = logging.is_progress_bar_enabled(), logging.get_verbosity()
-    hub_level = hub_logging.get_verbosity()  # the hub's "Retrying in 8s" lines, offline
-    if not bars:
-        logging.disable_progress_bar()
-    logging.set_verbosity_error()
+    level = hub_logging.get_verbosity()
     hub_logging.set_verbosity_error()
     try:
         yield
     finally:
-        hub_logging.set_verbosity(hub_level)
+        hub_logging.set_verbosity(level)
+
+
+@contextmanager
+def _quiet(bars: bool = False) -> Iterator[None]:
+    """transformers' notes off while zfnet loads a model (it says what it loaded), and its bars
+    unless `bars` (a hub id's: a first download takes a while); as they were after."""
+    from transformers.utils import logging
+
+    shown, level = logging.is_progress_bar_enabled(), logging.get_verbosity()
+    if not bars:
+        logging.disable_progress_bar()
+    logging.set_verbosity_error()
+    try:
+        with hub_quiet():
+            yield
+    finally:
         logging.set_verbosity(level)
         if shown:
             logging.enable_progress_bar()

@@ -804,20 +804,17 @@ def _timm_pretrained(timm: Any, name: str) -> tuple[nn.Module, str]:
         raise ValueError(f"timm:{name} has no pretrained weights on the Hugging Face hub; give "
                          "a weights file (--weights FILE)")
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.utils import logging as hub_logging
 
-    level = hub_logging.get_verbosity()
-    hub_logging.set_verbosity_error()  # its retry lines: the error below says it all
-    try:
-        path, why = None, ""
+    from zfnet.hf import hub_quiet
+
+    path, why = None, ""
+    with hub_quiet():  # its retry lines: the error below says it all
         for file in ("model.safetensors", "pytorch_model.bin"):
             try:
                 path = hf_hub_download(hub_id, file, local_files_only=_offline())
                 break
             except Exception as e:  # noqa: BLE001  # no network, not cached, no such file
                 why = why or _first_line(e)
-    finally:
-        hub_logging.set_verbosity(level)
     if path is None:
         from huggingface_hub import constants
 

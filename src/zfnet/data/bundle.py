@@ -97,21 +97,6 @@ def bundle_geometry(preprocessing: Preprocessing | None, **own) -> dict:
             "mean": p.full_mean(), "preprocessing": p}
 
 
-def given_mean_sizes(mean_image: torch.Tensor, opts: dict, raw_spec: str, paper_input: int,
-                     paper_full: int) -> tuple[int, int]:
-    """(input_size, full_size) for a dataset given a zfnet run's mean image (C, F, F) instead of
-    its own: the run's input size where the spec gives no `size=`; a `size=` of other inputs is
-    a ValueError naming the run's."""
-    full = int(mean_image.shape[-1])
-    run_input = round(full * paper_input / paper_full)
-    size = opts.get("size", run_input)
-    if round(size * paper_full / paper_input) != full:
-        raise ValueError(f"size={size} in dataset spec {raw_spec!r}: the run's inputs are "
-                         f"{run_input} px, minus its own mean image ({full}x{full}); give "
-                         f"size={run_input}, or no size")
-    return size, full
-
-
 def require_labels(bundle: DataBundle, purpose: str = "score against") -> None:
     """ValueError for a dataset without labels (`images:DIR`, 0 classes): nothing to `purpose`;
     says which datasets have them."""

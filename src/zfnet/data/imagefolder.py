@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import Dataset
 
 from zfnet.atomic import write_atomic
-from zfnet.data.bundle import DataBundle, bundle_geometry, fitted, given_mean_sizes
+from zfnet.data.bundle import DataBundle, bundle_geometry, fitted
 from zfnet.data.images import (
     IMAGE_EXTENSIONS,
     JPEG_EXTENSIONS,
@@ -519,8 +519,7 @@ def load_imagefolder(
     full_size = round(input_size * PAPER_FULL / PAPER_INPUT)
     make_mean = None
     if mean_image is not None:
-        input_size, full_size = given_mean_sizes(mean_image, opts, raw_spec, PAPER_INPUT,
-                                                 PAPER_FULL)
+        input_size, full_size = given_mean_sizes(mean_image, opts, raw_spec)
         common = dict(mean=mean_image, input_size=input_size, classes=names, strict=strict)
         mean = mean_image
     elif preprocessing is None:
@@ -541,6 +540,21 @@ def load_imagefolder(
                           full_size=full_size, mean=mean),
         make_mean=make_mean if outline else None,
     )
+
+
+def given_mean_sizes(mean_image: torch.Tensor, opts: dict[str, Any], raw_spec: str
+                     ) -> tuple[int, int]:
+    """(input_size, full_size) for a folder or shards given a zfnet run's mean image (C, F, F)
+    instead of their own: the run's input size where the spec gives no `size=`; a `size=` of
+    other inputs is a ValueError naming the run's."""
+    full = int(mean_image.shape[-1])
+    run_input = round(full * PAPER_INPUT / PAPER_FULL)
+    size = opts.get("size", run_input)
+    if round(size * PAPER_FULL / PAPER_INPUT) != full:
+        raise ValueError(f"size={size} in dataset spec {raw_spec!r}: the run's inputs are "
+                         f"{run_input} px, minus its own mean image ({full}x{full}); give "
+                         f"size={run_input}, or no size")
+    return size, full
 
 
 def check_no_size(opts: dict[str, Any], preprocessing: Preprocessing | None,

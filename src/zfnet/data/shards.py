@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from zfnet.data.bundle import DataBundle, bundle_geometry, fitted, given_mean_sizes
+from zfnet.data.bundle import DataBundle, bundle_geometry, fitted
 from zfnet.data.imagefolder import (
     CACHE_VERSION,
     IMAGEFOLDER_OPTIONS,
@@ -62,6 +62,7 @@ from zfnet.data.imagefolder import (
     PAPER_INPUT,
     cached_mean,
     check_no_size,
+    given_mean_sizes,
     mean_of,
 )
 from zfnet.data.images import BadImageError, decode_rgb_view, resize_center_crop, warn_skipped
@@ -449,8 +450,7 @@ def load_shards(
     input_size = opts.get("size", PAPER_INPUT)
     full_size = round(input_size * PAPER_FULL / PAPER_INPUT)
     if mean_image is not None:
-        input_size, full_size = given_mean_sizes(mean_image, opts, raw_spec, PAPER_INPUT,
-                                                 PAPER_FULL)
+        input_size, full_size = given_mean_sizes(mean_image, opts, raw_spec)
     _check_resolution(root, manifest, preprocessing.resize if preprocessing else full_size)
     classes = opts.get("classes")
     names = [all_names[c] for c in classes] if classes is not None else all_names

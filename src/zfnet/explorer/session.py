@@ -62,6 +62,7 @@ from zfnet.deconvnet import (
     windowed,
 )
 from zfnet.display import projection_to_uint8
+from zfnet.graph import RuleUndefinedError
 from zfnet.models import (
     eval_mode,
     feature_layers,
@@ -884,8 +885,6 @@ class Explorer:
         gradient where the deconvnet is undefined through the model (a GELU, SiLU … on the way
         down, `nonlinear` "error"), found once per layer by one seed of the unit's top image."""
         if name not in self._figure_rules:
-            from zfnet.graph import RuleUndefinedError
-
             item = self.val[int(t.index[unit, 0])] if t.k and int(t.index[unit, 0]) >= 0 \
                 else None
             if item is None:  # no image to try it on (unreadable): the paper's, for now

@@ -142,11 +142,9 @@ class Checkpoints:
         self.keep = {ckpt.checkpoint_name(e) for e in config.keep_epochs}
         # the mean image the inputs are minus (the paper's convention; None: a model's own
         # preprocessing), kept with the weights for every later command's data
-        import torch
-
         mean = getattr(run.bundle, "mean", None)
         self.mean_image = mean if getattr(run.bundle, "preprocessing", None) is None and \
-            isinstance(mean, torch.Tensor) and mean.ndim == 3 else None
+            getattr(mean, "ndim", 0) == 3 else None
         self.base_meta = {
             "model": config.model, "model_opts": config.to_dict()["model_opts"],
             "model_config": model_config(run.bare), "data": run.bundle.spec,
