@@ -1,9 +1,10 @@
-"""`zfnet.atomic`: whole-file replacement through a unique temporary name."""
+"""`zfnet.atomic`: whole-file replacement through a unique temporary name; whether a path
+can be written."""
 
 import os
 import threading
 
-from zfnet.atomic import write_text_atomic
+from zfnet.atomic import cannot_write, write_text_atomic
 
 
 def test_replaces_and_leaves_no_temporary(tmp_path) -> None:
@@ -35,3 +36,17 @@ def test_writers_never_share_a_temporary(tmp_path, monkeypatch) -> None:
         t.join()
     assert len(set(names)) == 2 and all(n.startswith(".sections.json.tmp-") for n in names)
     assert p.read_text() in texts and os.listdir(tmp_path) == ["sections.json"]
+
+
+def test_cannot_write_names_what_is_in_the_way(tmp_path) -> None:
+    (tmp_path / "f").write_text("a file\n")
+    assert cannot_write(tmp_path / "new" / "deeper", folder=True) is None
+    assert cannot_write(tmp_path / "new.csv", folder=False) is None
+    assert cannot_write(tmp_path, folder=True) is None
+    assert cannot_write(tmp_path / "f", folder=True) == f"{tmp_path / 'f'} is a file, not a folder"
+    assert cannot_write(tmp_path, folder=False) == f"{tmp_path} is a folder, not a file"
+    assert cannot_write(tmp_path / "f" / "x", folder=True) == (
+        f"{tmp_path / 'f'} is a file, so {tmp_path / 'f' / 'x'} cannot be made in it")
+    # a file system that takes nothing new, even from root: found by trying, not by access()
+    assert "zfnet cannot create anything in /proc" in cannot_write("/proc/zfnet/x", folder=True)
+    assert list(tmp_path.iterdir()) == [tmp_path / "f"]  # the probe left nothing behind

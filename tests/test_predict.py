@@ -163,7 +163,8 @@ def test_a_runs_predictions_agree_with_its_evaluation(tmp_path) -> None:
 
 @pytest.mark.parametrize("args,message", [
     (["--out", "{tmp}/p.txt"], "ends in .txt; give a file ending in .csv or .json"),
-    (["--out", "{tmp}/f.csv/p.csv"], "f.csv is a file, so it cannot hold"),
+    (["--out", "{tmp}/f.csv/p.csv"], "f.csv is a file, so {tmp}/f.csv/p.csv cannot be made"),
+    (["--out", "{tmp}/sub/"], "sub/ is a folder; give a file ending in .csv or .json"),
     (["--top", "0"], "--top"),
     (["--class", "1"], "No such option"),
     (["--amp", "fp16", "--out", "{tmp}/p.csv"], "needs a CUDA device"),
@@ -173,7 +174,7 @@ def test_bad_input_is_one_line_and_writes_nothing(setup, tmp_path, args, message
     (tmp_path / "f.csv").write_text("a file in the way\n")
     res = CliRunner().invoke(main, ["predict", str(setup / "photos"), *_model(setup), *argv])
     assert res.exit_code != 0 and "Traceback" not in res.output
-    assert message in res.output, res.output
+    assert message.format(tmp=tmp_path) in res.output, res.output
     assert [p.name for p in tmp_path.iterdir()] == ["f.csv"]  # nothing written
 
 

@@ -1,8 +1,10 @@
-"""Replacing a file atomically: readers see the old file or the new one, never half of one."""
+"""Writing files safely: replacing one atomically (readers see the old file or the new one,
+never half of one), and knowing before any work whether a path can be written at all."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -41,3 +43,24 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], object], *,
         finally:
             os.close(fd)
     return path
+
+
+def cannot_write(path: str | Path, *, folder: bool) -> str | None:
+    """Why `path` cannot be written, as a folder (`folder`) or as a file, or None where it can:
+    the nearest of it and its folders that exists must be a folder zfnet can create in (tried
+    with an empty folder it removes at once, so read-only mounts and /proc are caught, also
+    as root). Commands call it before any work, so a bad --out costs nothing."""
+    path = Path(path).expanduser()
+    if path.exists() and path.is_dir() != folder:
+        kinds = ("file", "folder") if folder else ("folder", "file")
+        return f"{path} is a {kinds[0]}, not a {kinds[1]}"
+    above = next(p for p in ((path,) if folder else ()) + tuple(path.parents) if p.exists())
+    if not above.is_dir():
+        return f"{above} is a file, so {path} cannot be made in it"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".zfnet-probe-", dir=above))
+    except OSError as e:
+        why = (e.strerror or str(e)).lower()
+        where = f"zfnet cannot create anything in {above} ({why})"
+        return where if above == path else f"{path} cannot be made: {where}"
+    return None

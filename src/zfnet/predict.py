@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from zfnet.activations import to_model
-from zfnet.atomic import write_text_atomic
+from zfnet.atomic import cannot_write, write_text_atomic
 from zfnet.models import eval_mode
 from zfnet.train.recipe import crop_probabilities
 
@@ -70,16 +71,17 @@ def _collate(batch: Sequence[tuple[int, Any]]) -> tuple[list[int], torch.Tensor 
 def check_output(path: str | Path) -> Path:
     """`path` as a predictions file: .csv or .json, where a folder can hold it (its folders
     are made when it is written); checked before any work."""
+    given = str(path)
     path = Path(path).expanduser()
+    formats = " or ".join(FORMATS)
+    if given.endswith(("/", os.sep)) or path.is_dir():
+        raise ValueError(f"{given} is a folder; give a file ending in {formats}, e.g. "
+                         f"{path / 'predictions.csv'}")
     if path.suffix.lower() not in FORMATS:
-        raise ValueError(f"predictions file {path} ends in {path.suffix or 'nothing'}; give a "
-                         f"file ending in {' or '.join(FORMATS)}")
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory; give a file ending in {' or '.join(FORMATS)}")
-    above = next(p for p in path.parents if p.exists())
-    if not above.is_dir():
-        raise ValueError(f"{above} is a file, so it cannot hold {path}; write the predictions "
-                         "elsewhere")
+        ends = f"ends in {path.suffix}" if path.suffix else "has no extension"
+        raise ValueError(f"predictions file {given} {ends}; give a file ending in {formats}")
+    if why := cannot_write(path, folder=False):
+        raise ValueError(f"{why}; write the predictions elsewhere")
     return path
 
 

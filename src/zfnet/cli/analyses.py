@@ -17,6 +17,7 @@ from zfnet.cli.options import (
     _DEVICE,
     _NONLINEAR,
     _OUT,
+    _OUT_DIR,
     _PREPROCESSING,
     _RULE_HELP,
     _SOURCE,
@@ -40,7 +41,7 @@ def analyze() -> None:
               help="Training run directory with kept checkpoints.  [required]")
 @click.option("--run", "run_alias", type=click.Path(exists=True), hidden=True)
 @_DATA
-@click.option("--out", default=None, type=click.Path(file_okay=False),
+@click.option("--out", default=None, type=_OUT_DIR,
               help="Report directory (default: the run directory).")
 @click.option("--images", default=1000, show_default=True, type=click.IntRange(1),
               help="Training images mined at each epoch (centre crops).")
@@ -425,7 +426,7 @@ def transfer_cmd(data: str, out: str, shots: tuple[int, ...], n_test: int,
 @click.option("--epochs", type=click.IntRange(1), default=None,
               help="--mode labels: epochs of the copy (default: the run's); memorising "
                    "random labels takes longer than learning true ones.")
-@click.option("--random-run", type=click.Path(file_okay=False), default=None,
+@click.option("--random-run", type=_OUT_DIR, default=None,
               help="--mode labels: the copy's run directory (default OUT/random-labels), "
                    "continued where it holds a checkpoint.")
 @click.option("--reference", is_flag=True,

@@ -12,6 +12,7 @@ from zfnet.cli.options import (
     _DATA,
     _NONLINEAR,
     _OUT,
+    _OUT_DIR,
     _PRECISION,
     _RULE_HELP,
     _SOURCE,
@@ -104,7 +105,7 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
 @main.command("atlas", short_help="A static site: each unit's top-k projections and evolution")
 @_SOURCE
 @_DATA
-@click.option("--out", required=True, type=click.Path(file_okay=False),
+@click.option("--out", required=True, type=_OUT_DIR,
               help="Directory for the site: new, empty, or an earlier atlas to replace.")
 @click.option("--layer", "layers", multiple=True, callback=_names, metavar="NAME[,NAME...]",
               help="Layers, comma-separated and/or repeated (default: conv1..conv5 on zfnet's "

@@ -64,13 +64,14 @@ def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
     """
     from zfnet.analyses.classes import class_indices
     from zfnet.analyses.units import project_units, write_units
-    from zfnet.data import load_images
+    from zfnet.data import image_sources, load_images
     from zfnet.models import feature_layers, score_layer
 
     if channels and top:
         raise click.UsageError("--channel and --top both choose the maps: give one of them")
     _class_alone(classes, {"--layer": layers, "--channel": channels, "--top": top,
                            "--position": position})
+    found = image_sources(images)  # before the model is loaded
     source, _ = _model_and_data(model_options, need_data=False)
     if classes:
         layers = (score_layer(source.model),)
@@ -78,7 +79,7 @@ def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
                                          source.meta.get("num_classes")))
     layers = _layers(source.model, layers) or tuple(
         feature_layers(source.model, source.preprocessing.crop))
-    data = load_images(images[0] if len(images) == 1 else list(images), source.preprocessing)
+    data = load_images(found, source.preprocessing)
     names = [str(p) for p in getattr(data, "paths", [])] or None
     # the last layer's units are the classes the weights name (source.labels)
     last = score_layer(source.model) if source.labels else None
@@ -119,7 +120,7 @@ def predict_cmd(images: tuple[str, ...], model_options: ModelOptions, top: int,
 
     IMAGE: image files, a folder of images, or a dataset spec (images:DIR, synthetic, ...).
     """
-    from zfnet.data import load_images
+    from zfnet.data import image_sources, load_images
     from zfnet.predict import check_output, predict, write_predictions
     from zfnet.progress import progress_bar
     from zfnet.sources import labels_hint
@@ -130,9 +131,9 @@ def predict_cmd(images: tuple[str, ...], model_options: ModelOptions, top: int,
     amp_dtype = amp_dtype_for(amp, device)  # before the model is loaded, as the file is
     if out is not None:
         check_output(out)
+    found = image_sources(images)
     source, _ = _model_and_data(model_options, need_data=False)
-    data = load_images(images[0] if len(images) == 1 else list(images), source.preprocessing,
-                       ten_crop=ten_crop)
+    data = load_images(found, source.preprocessing, ten_crop=ten_crop)
     names = [str(p) for p in getattr(data, "paths", [])] or None
     with progress_bar(total=len(data), desc="images", unit="img") as bar:
         found, unreadable = predict(

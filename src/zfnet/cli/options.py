@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
@@ -206,10 +207,45 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         raise click.BadParameter(str(e)) from e
 
 
-_POSITIVE = click.FloatRange(0, min_open=True)
+class _Finite(click.FloatRange):
+    """click.FloatRange that also refuses nan and inf (nan passes any bound, inf a lower one:
+    a learning rate of either trains nothing)."""
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
-_FRACTION = click.FloatRange(0, 1, max_open=True)
+_POSITIVE = _Finite(0, min_open=True)
+
+
+_FRACTION = _Finite(0, 1, max_open=True)
+
+
+class _OutPath(click.Path):
+    """--out and kin: a folder (or a file) that exists or can be made, checked before any work
+    (a path under a file, a read-only or virtual file system)."""
+
+    def __init__(self, *, folder: bool) -> None:
+        super().__init__(file_okay=not folder, dir_okay=folder)
+        self.folder = folder
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        from zfnet.atomic import cannot_write
+
+        path = super().convert(value, param, ctx)
+        if why := cannot_write(path, folder=self.folder):
+            self.fail(f"{why}; give a {'folder' if self.folder else 'file'} zfnet can write",
+                      param, ctx)
+        return path
+
+
+_OUT_DIR = _OutPath(folder=True)
+_OUT_FILE = _OutPath(folder=False)
 
 
 def _workers(ctx: click.Context, param: click.Parameter, value: str | None):
@@ -243,7 +279,7 @@ _DATA = click.option("--data", default=None, metavar="SPEC",
                      help="Dataset spec (default: the one the model was trained on).")
 
 
-_OUT = click.option("--out", required=True, type=click.Path(file_okay=False),
+_OUT = click.option("--out", required=True, type=_OUT_DIR,
                     help="Directory for the figures, sections and index.html.")
 
 

@@ -6,7 +6,7 @@ import click
 
 from zfnet.cli.app import main
 from zfnet.cli.loading import _model_and_data
-from zfnet.cli.options import _NONLINEAR, _SOURCE, ModelOptions
+from zfnet.cli.options import _NONLINEAR, _OUT_DIR, _SOURCE, ModelOptions
 
 
 @main.command("serve", short_help="The explorer: a web page to look inside a network")
@@ -22,7 +22,7 @@ from zfnet.cli.options import _NONLINEAR, _SOURCE, ModelOptions
               help="Mine the top-k over the first N dataset images (default: all).")
 @click.option("--k", default=9, show_default=True, type=click.IntRange(1),
               help="Strongest activations kept per map (the paper's 9).")
-@click.option("--cache", "cache_dir", default=None, type=click.Path(file_okay=False),
+@click.option("--cache", "cache_dir", default=None, type=_OUT_DIR,
               help="Where the top-k index is kept (default: ~/.cache/zfnet/explorer).")
 @click.option("--max-upload-mb", default=20, show_default=True, type=click.IntRange(1),
               help="Largest image the page accepts, in MB.")

@@ -8,7 +8,7 @@ import click
 
 from zfnet.cli.app import main
 from zfnet.cli.loading import _broken_files
-from zfnet.cli.options import _workers
+from zfnet.cli.options import _OUT_DIR, _workers
 
 
 def _byte_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
@@ -22,7 +22,7 @@ def _byte_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
 
 @main.command("shards", short_help="Write an image folder as webdataset tar shards")
 @click.argument("source", metavar="imagefolder:DIR")
-@click.option("--out", required=True, type=click.Path(file_okay=False),
+@click.option("--out", required=True, type=_OUT_DIR,
               help="Folder to create: train-*.tar, val-*.tar, their index, manifest.json.")
 @click.option("--resize", type=click.IntRange(0),
               help="Shorter side the images are re-encoded at, as JPEG (default 256, the "

@@ -13,6 +13,8 @@ from zfnet.cli.options import (
     _FRACTION,
     _LOADER,
     _OUT,
+    _OUT_DIR,
+    _OUT_FILE,
     _POSITIVE,
     _PREPROCESSING,
     _WEIGHTS,
@@ -20,6 +22,7 @@ from zfnet.cli.options import (
     _counts,
     _device,
     _duration,
+    _Finite,
     _model_opts,
     _names,
     _options,
@@ -33,24 +36,24 @@ from zfnet.cli.options import (
               help="A zfnet model (`zfnet models`), or another architecture trained "
               "from scratch by the recipe: torchvision:NAME, timm:NAME, hf:ORG/NAME or hf:DIR "
               "(its config's architecture), your own FILE.py:NAME.")
-@click.option("--out", required=True, type=click.Path(file_okay=False),
+@click.option("--out", required=True, type=_OUT_DIR,
               help="Run directory (config.json, metrics.csv, tb/, checkpoints/).")
 @click.option("--epochs", type=click.IntRange(1), help="Epochs to train (default 70, the paper's).")
 @click.option("--batch-size", type=click.IntRange(1),
               help="Global batch, split over processes (default 128).")
 @click.option("--lr", type=_POSITIVE, help="SGD learning rate (default 1e-2).")
 @click.option("--momentum", type=_FRACTION, help="SGD momentum (default 0.9).")
-@click.option("--weight-decay", type=click.FloatRange(0),
+@click.option("--weight-decay", type=_Finite(0),
               help="L2 weight decay (default 0; AlexNet used 5e-4).")
-@click.option("--norm-weight-decay", type=click.FloatRange(0),
+@click.option("--norm-weight-decay", type=_Finite(0),
               help="Weight decay of normalisation layers' parameters, e.g. 0 (default: "
                    "--weight-decay).")
-@click.option("--bias-weight-decay", type=click.FloatRange(0),
+@click.option("--bias-weight-decay", type=_Finite(0),
               help="Weight decay of the other layers' biases, e.g. 0 (default: --weight-decay).")
 @click.option("--nesterov/--no-nesterov", default=None, help="Nesterov momentum (default off).")
 @click.option("--label-smoothing", type=_FRACTION,
               help="Cross-entropy label smoothing, 0 <= e < 1 (default 0, the paper's).")
-@click.option("--random-erasing", type=click.FloatRange(0, 1),
+@click.option("--random-erasing", type=_Finite(0, 1),
               help="Probability of blanking a random rectangle of each training crop to the "
                    "mean (default 0).")
 @click.option("--ema", type=_FRACTION,
@@ -61,11 +64,11 @@ from zfnet.cli.options import (
               help="lr schedule (default plateau: x lr-factor when val error stops improving).")
 @click.option("--patience", type=click.IntRange(0),
               help="plateau: epochs without improvement (default 3).")
-@click.option("--lr-factor", type=click.FloatRange(0, 1, min_open=True),
+@click.option("--lr-factor", type=_Finite(0, 1, min_open=True),
               help="plateau/step: lr multiplier (default 0.1).")
 @click.option("--step-epochs", type=click.IntRange(1),
               help="step: epochs between lr drops (default 30).")
-@click.option("--warmup-epochs", type=click.FloatRange(0),
+@click.option("--warmup-epochs", type=_Finite(0),
               help="cosine, linear: linear warm-up epochs (default 0).")
 @click.option("--renorm/--no-renorm", default=None,
               help="Rescale conv filters with RMS > radius after each step (default on, Sec. 3).")
@@ -102,7 +105,7 @@ from zfnet.cli.options import (
               help="Model override, repeatable: fc_width=2048, remove=conv3,conv4, init=paper, "
                    "conv_widths=512,1024,512 (conv3-5; five values: conv1-5), dropout=0.5, "
                    "batchnorm=true (booleans: true or false).")
-@click.option("--data-cache", type=click.Path(file_okay=False),
+@click.option("--data-cache", type=_OUT_DIR,
               help="Where to cache an imagefolder's mean image (default: DIR/.zfnet-cache, "
                    "or ~/.cache/zfnet where DIR is read-only); a mean cached in any of them "
                    "is read.")
@@ -232,9 +235,9 @@ def _training_report(run_dir: str) -> None:
 @click.option("--data", metavar="SPEC",
               help="Dataset spec (default: the one the model was trained on).")
 @click.option("--ten-crop", is_flag=True, help="Average the softmax of the paper's 10 crops.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False),
+@click.option("--json", "json_out", type=_OUT_FILE,
               help="Write every result (per-class accuracy, confusion matrix) to this file.")
-@click.option("--out", type=click.Path(file_okay=False),
+@click.option("--out", type=_OUT_DIR,
               help="Add the report section \"Evaluation\" (per-class accuracy, confusion "
                    "matrix) to this directory, usually the run itself (--out RUN), and rebuild "
                    "its index.html.")

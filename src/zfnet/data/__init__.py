@@ -43,7 +43,7 @@ import torch
 
 from zfnet.data.bundle import DataBundle
 from zfnet.data.fashion_mnist import load_fashion_mnist
-from zfnet.data.imagedir import load_images, load_images_dir
+from zfnet.data.imagedir import image_sources, load_images, load_images_dir
 from zfnet.data.imagefolder import load_imagefolder
 from zfnet.data.images import BadImageError, BrokenImageWarning, UnreadImagesWarning, load_rgb
 from zfnet.data.photos import load_photos_dataset
@@ -176,6 +176,7 @@ __all__ = [
     "collate",
     "list_datasets",
     "load_dataset",
+    "image_sources",
     "load_images",
     "load_rgb",
     "parse_spec",

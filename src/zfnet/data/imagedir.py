@@ -113,28 +113,27 @@ def load_images_dir(
     )
 
 
-def load_images(
-    images: str | Path | Sequence[str | Path],
-    preprocessing: Preprocessing,
-    *,
-    strict: bool = False,
-    ten_crop: bool = False,
-) -> CropDataset:
-    """Images as one model's inputs: a file, several files, a folder (its images, recursive) or
-    a dataset spec (`images:DIR`, `synthetic`, ...: its val split). Items are (x, -1) centre
-    crops, x float32 (C, crop, crop), or with `ten_crop` the paper's 10 crops (10, C, crop,
-    crop), and `raw(i)` the uint8 pixels the model sees; files in the order given. A path that
-    does not exist is a FileNotFoundError naming it."""
-    from zfnet.data import DATASETS, load_dataset
+def image_sources(images: str | Path | Sequence[str | Path]) -> str | list[Path]:
+    """What `load_images` reads, found without opening an image (commands check it before
+    loading a model): a dataset spec, given alone, or the image files (folders listed,
+    recursively). A path that does not exist is a FileNotFoundError naming it; a spec among
+    other images, or nothing at all, a ValueError."""
+    from zfnet.data import DATASETS
 
     items = [images] if isinstance(images, (str, Path)) else list(images)
     if not items:
         raise ValueError("no image given: name image files, a folder or a dataset spec")
-    first = items[0]
-    if len(items) == 1 and isinstance(first, str) and not Path(first).expanduser().exists():
-        if first.partition("?")[0].partition(":")[0].strip().lower() in DATASETS:
-            return load_dataset(first, strict=strict, preprocessing=preprocessing,
-                                ten_crop=ten_crop).val
+
+    def spec_name(item: str | Path) -> str:
+        return str(item).partition("?")[0].partition(":")[0].strip().lower()
+
+    specs = [i for i in items if isinstance(i, str) and spec_name(i) in DATASETS
+             and not Path(i).expanduser().exists()]
+    if specs and len(items) == 1:
+        return specs[0]
+    if specs:
+        raise ValueError(f"{specs[0]} is a dataset spec, and a spec is read alone: give it as "
+                         "the only IMAGE, or image files and folders without it")
     paths: list[Path] = []
     for item in items:
         if isinstance(item, str) and "://" in item:  # Path() would make https:// https:/
@@ -145,9 +144,34 @@ def load_images(
             paths += folder_images(path)
         elif path.exists():
             paths.append(path)
+        elif ":" in str(item) and not Path(str(item).partition(":")[0]).exists():
+            raise FileNotFoundError(
+                f"{item} is neither an image file nor a dataset spec ({spec_name(item)} is "
+                f"not one of {', '.join(DATASETS)})")
         else:
             raise FileNotFoundError(f"image {path} does not exist; give image files, a folder "
                                     f"of images or a dataset spec such as {FORM}")
-    return FolderImages(paths, [UNLABELLED] * len(paths),
+    return paths
+
+
+def load_images(
+    images: str | Path | Sequence[str | Path],
+    preprocessing: Preprocessing,
+    *,
+    strict: bool = False,
+    ten_crop: bool = False,
+) -> CropDataset:
+    """Images as one model's inputs: a file, several files, a folder (its images, recursive) or
+    a dataset spec (`images:DIR`, `synthetic`, ...: its val split). Items are (x, -1) centre
+    crops, x float32 (C, crop, crop), or with `ten_crop` the paper's 10 crops (10, C, crop,
+    crop), and `raw(i)` the uint8 pixels the model sees; files in the order given. Errors as
+    `image_sources`'s."""
+    from zfnet.data import load_dataset
+
+    found = image_sources(images)
+    if isinstance(found, str):
+        return load_dataset(found, strict=strict, preprocessing=preprocessing,
+                            ten_crop=ten_crop).val
+    return FolderImages(found, [UNLABELLED] * len(found),
                         mode="ten_crop" if ten_crop else "centre", classes=[], strict=strict,
                         **fitted(preprocessing))
