@@ -59,6 +59,14 @@ def test_without_variants_named_each_model_gets_those_it_has(tmp_path) -> None:
                                     "32", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in out.glob("*-*")) == ["nets.py_net-baseline"]
+    # which run trains, and how it ended, as it goes; a long model name keeps the table aligned
+    lines = res.output.splitlines()
+    assert f"[1/1] {tmp_path}/nets.py:net, variant baseline: 1 epoch in {out}" in res.output
+    assert any(x.startswith("[1/1] ") and "val top-1 error" in x for x in lines), res.output
+    assert any(x.startswith("epoch 1/1 ") for x in lines), res.output  # train's epoch line
+    header = next(x for x in lines if x.startswith("model "))
+    row = next(x for x in lines if x.startswith(f"{tmp_path}/nets.py:net "))
+    assert row.index("baseline") == header.index("variant"), res.output
 
 
 def test_a_folder_of_photos_without_labels_is_refused_before_anything_is_written(
@@ -126,9 +134,10 @@ def test_a_variant_whose_loss_diverges_is_one_error_line_naming_it(tmp_path) -> 
                                     "16", "--variants", "baseline", "--lr", "50",
                                     "--out", str(tmp_path / "study")])
     assert res.exit_code == 1 and "Traceback" not in res.output, res.output
-    assert len(res.output.splitlines()) == 1, res.output
-    assert res.output.startswith("Error: zfnet_small-baseline diverged: loss is nan")
-    assert "a lower --lr, in another --out" in res.output
+    lines = res.output.splitlines()  # the progress lines of the run, then one error line
+    assert [x for x in lines if x.startswith("Error")] == lines[-1:], res.output
+    assert lines[-1].startswith("Error: zfnet_small-baseline diverged: loss is nan")
+    assert "a lower --lr, in another --out" in lines[-1]
 
 
 def test_the_table_shows_no_top5_error_for_5_classes_or_fewer_and_the_papers_findings(

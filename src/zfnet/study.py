@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -114,6 +114,7 @@ def study(
     out: str | Path,
     epochs: int,
     train_eval_images: int = 2000,
+    say: Callable[[str], None] | None = None,
     **train_options: Any,
 ) -> list[dict[str, Any]]:
     """Train every (model, variant) pair on `data` for `epochs` into `out/<model>-<variant>` and
@@ -122,7 +123,8 @@ def study(
     class is among the top 5), wall time. Train error is measured in eval mode on centre crops
     of the first `train_eval_images` training images (as the paper's train error: without
     dropout).
-    `train_options` go to `TrainConfig` (batch_size, lr, schedule, …).
+    `train_options` go to `TrainConfig` (batch_size, lr, schedule, progress, …); `say(line)`
+    is told which run starts and how it ended.
 
     A run that exists already is continued (finished: kept as it is), so the same call goes on
     where an interrupted one stopped. Each run gets its own page (`run/index.html`, its training
@@ -164,9 +166,12 @@ def study(
 
         train_eval = Subset(train_eval, range(train_eval_images))
     rows = []
-    for model, v in pairs:
+    say = say or (lambda _: None)
+    for i, (model, v) in enumerate(pairs, 1):
         run = Path(out) / run_name(model, v)
         cfg = config(model, v)
+        say(f"[{i}/{len(pairs)}] {model}, variant {v}: {epochs} epoch{'s' * (epochs != 1)} "
+            f"in {run}")
         t0 = time.perf_counter()
         try:
             summary = train(replace(cfg), bundle=bundle)
@@ -191,6 +196,9 @@ def study(
             "wall_time_s": time.perf_counter() - t0,
             "paper": PAPER_TABLE3.get(_PAPER_MODEL.get(model, ""), {}).get(v),
         })
+        say(f"[{i}/{len(pairs)}] {model}, variant {v}: val top-1 error "
+            f"{final['val_top1_error']:.1%}, train {tr['top1_error']:.1%} "
+            f"({rows[-1]['wall_time_s']:.0f} s)")
     rows = earlier + rows
     order = list(dict.fromkeys(r["model"] for r in rows))
     rows.sort(key=lambda r: (order.index(r["model"]), VARIANTS.index(r["variant"])))

@@ -382,6 +382,11 @@ CASES = [
     ("occlusion-size", ["analyze", "occlusion", *CK, *OUT, "--size", "1000"], "1000"),
     # occlusion on data with other classes follows the model's own prediction (tested in
     # tests/analyses/test_occlusion.py), so it is not an error
+    ("occlusion-stride", ["analyze", "occlusion", *CK, *OUT, "--stride", "500"],
+     "stride=500 does not fit the 32x32 image; valid: 1..32 pixels"),
+    ("occlusion-two-models", ["analyze", "occlusion", *CK, *CK, *OUT], "given 2 times"),
+    ("eval-two-models", ["eval", "--model", "zfnet_small", "--model", "alexnet", "--data", TINY],
+     "given 2 times (zfnet_small, alexnet); this command takes one model"),
     ("occlusion-images-0", ["analyze", "occlusion", *CK, *OUT, "--images", "0"], "--images"),
     ("correspondence-part", ["analyze", "correspondence", *CK, *OUT, "--parts", "nose"], "nose"),
     ("correspondence-class", ["analyze", "correspondence", *CK, *OUT, "--class", "dragon"],

@@ -152,8 +152,9 @@ def _check_geometry(height: int, width: int, size: int, stride: int) -> None:
             f"occluder size={size} does not fit the {height}x{width} image; "
             f"valid: 1..{min(height, width)} pixels"
         )
-    if not isinstance(stride, int) or stride < 1:
-        raise ValueError(f"occluder stride={stride} must be an integer >= 1 (pixels)")
+    if not isinstance(stride, int) or not 1 <= stride <= min(height, width):
+        raise ValueError(f"occluder stride={stride} does not fit the {height}x{width} image; "
+                         f"valid: 1..{min(height, width)} pixels")
 
 
 def default_layer(model: nn.Module, input_size: int | tuple[int, int] | None = None) -> str:

@@ -25,6 +25,7 @@ from zfnet.cli.options import (
     _Finite,
     _model_opts,
     _names,
+    _once,
     _options,
 )
 
@@ -32,7 +33,7 @@ from zfnet.cli.options import (
 @main.command("train", short_help="Train a model with the paper's recipe (Sec. 3)")
 @click.option("--data", metavar="SPEC",
               help="Dataset spec, e.g. synthetic, fashion-mnist, imagefolder:DIR, shards:OUT.")
-@click.option("--model", metavar="SOURCE",
+@click.option("--model", metavar="SOURCE", multiple=True, callback=_once,
               help="A zfnet model (`zfnet models`), or another architecture trained "
               "from scratch by the recipe: torchvision:NAME, timm:NAME, hf:ORG/NAME or hf:DIR "
               "(its config's architecture), your own FILE.py:NAME.")
@@ -220,8 +221,9 @@ def _training_report(run_dir: str) -> None:
 
 @main.command("eval", short_help="Top-1/top-5 error and confusion matrix of a model")
 @click.option("--checkpoint", type=click.Path(exists=True), metavar="RUN",
+              multiple=True, callback=_once,
               help="Run directory (its last checkpoint), checkpoint directory or weights file.")
-@click.option("--model", "model", metavar="SOURCE",
+@click.option("--model", "model", metavar="SOURCE", multiple=True, callback=_once,
               help="Or any model: a zfnet model name, torchvision:NAME, timm:NAME, "
                    "hf:ORG/NAME, FILE.py:NAME (with --weights), scored with its own preprocessing; "
                    "output k is the dataset's class k (sorted folder names, as ImageNet's WNIDs; "
@@ -390,7 +392,7 @@ def study_cmd(data: str, models: tuple[str, ...], variants: tuple[str, ...] | No
 
     try:
         rows = study(data, models, variants, out, epochs, batch_size=batch_size, lr=lr,
-                     schedule=schedule, progress=False)
+                     schedule=schedule, progress=True, say=click.echo)
     except StudyInterrupted as e:
         click.echo(f"{e}: the same command continues the study (finished runs are kept)",
                    err=True)
@@ -399,11 +401,13 @@ def study_cmd(data: str, models: tuple[str, ...], variants: tuple[str, ...] | No
         raise click.ClickException(f"{e}; a lower --lr, in another --out, trains every "
                                    "variant with it") from e
     study_section(out, rows, data, epochs)
-    click.echo(f"{'model':<14} {'variant':<18} error: train top-1  val top-1  val top-5")
+    wm = max(14, *(len(r["model"]) + 1 for r in rows))  # a long my_net.py:Net stays aligned
+    wv = max(18, *(len(r["variant"]) + 1 for r in rows))
+    click.echo(f"{'model':<{wm}} {'variant':<{wv}} error: train top-1  val top-1  val top-5")
     for r in rows:
         top5 = "—" if r["val_top5_error"] is None else f"{r['val_top5_error']:.1%}"
-        click.echo(f"{r['model']:<14} {r['variant']:<18}        {r['train_top1_error']:>11.1%}"
-                   f"  {r['val_top1_error']:>9.1%}  {top5:>9}")
+        click.echo(f"{r['model']:<{wm}} {r['variant']:<{wv}}        "
+                   f"{r['train_top1_error']:>11.1%}  {r['val_top1_error']:>9.1%}  {top5:>9}")
     if any(r["val_top5_error"] is None for r in rows):
         click.echo("val top-5: — with 5 classes or fewer (every class is among the top 5)")
     _finish(out)
