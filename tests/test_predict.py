@@ -112,6 +112,10 @@ def test_unnamed_classes_are_told_how_to_name_them(setup, tmp_path) -> None:
         in res.output, res.output
     res = CliRunner().invoke(main, ["predict", *sq, "--labels", "imagenet", "--top", "1000"])
     assert res.exit_code == 0 and "no names" not in res.output and "tabby 0." in res.output
+    assert "--top 1000" not in res.output  # all 1000: nothing left out, nothing to say
+    res = CliRunner().invoke(main, ["predict", *sq, "--top", "1001"])
+    assert res.exit_code == 0 and "--top 1001: torchvision:squeezenet1_1" in res.output
+    assert "has 1000 classes, all shown" in res.output, res.output
 
 
 def test_mixed_precision_predicts_the_same_classes(setup, tmp_path) -> None:

@@ -22,6 +22,7 @@ def test_a_class_by_its_name_a_synonym_or_its_number() -> None:
     (["zebra"], "class 'zebra' is not one of resnet's 6 classes (tench, Tinca tinca, tabby, "
                 "tabby cat, tiger cat, ...); give a name or a number 0 to 5"),
     (["6"], "class 6 is outside resnet's 6 classes (0 to 5)"),
+    (["-1"], "class -1 is outside resnet's 6 classes (0 to 5)"),
     (["crane"], "class 'crane' names 2 of resnet's classes: 'crane' (4), 'crane' (5); give one "
                 "by its whole name or its number"),
     (["tabby,zebra"], "class 'zebra' is not one of"),
@@ -44,6 +45,8 @@ def test_a_number_past_an_unnamed_models_classes_is_a_class_error() -> None:
     assert class_indices(["4"], None, "m", outputs=5) == [4]
     with pytest.raises(ValueError, match=r"^class 7 is outside m's 5 classes \(0 to 4\)$"):
         class_indices(["7"], None, "m", outputs=5)
+    with pytest.raises(ValueError, match=r"^class -2: classes are numbered from 0$"):
+        class_indices(["-2"], None, "m")
 
 
 def test_a_short_class_list_is_shown_whole() -> None:

@@ -13,7 +13,14 @@ import torchvision
 from click.testing import CliRunner
 from PIL import Image
 
-from zfnet.analyses.units import Unit, choose_maps, project_units, unit_figure, write_units
+from zfnet.analyses.units import (
+    TopCapped,
+    Unit,
+    choose_maps,
+    project_units,
+    unit_figure,
+    write_units,
+)
 from zfnet.cli import main
 from zfnet.data import load_images
 from zfnet.deconvnet import project
@@ -38,7 +45,8 @@ def test_choose_maps() -> None:
     strength = torch.tensor([[0.1, 3.0, 2.0], [5.0, 0.0, 1.0]])
     assert choose_maps(strength, None, 2).tolist() == [[1, 2], [0, 2]]
     assert choose_maps(strength, [2, 0], None).tolist() == [[2, 0], [2, 0]]
-    assert choose_maps(strength, None, 9).shape == (2, 3)  # at most every map
+    with pytest.warns(TopCapped, match="^top 9 is more than the 3 maps of conv1: all 3 are "):
+        assert choose_maps(strength, None, 9, "conv1").shape == (2, 3)  # at most every map
     with pytest.raises(ValueError, match="outside the layer's 3 maps; valid: 0..2"):
         choose_maps(strength, [3], None)
 

@@ -79,12 +79,13 @@ def class_indices(wanted: Sequence[str], labels: Sequence[str] | None,
 
     def one(value: str) -> list[int] | None:
         v = value.strip()
-        if v.isdigit():
+        if v.isdigit() or v[:1] == "-" and v[1:].isdigit():
             k = int(v)
             count = len(labels) if labels else outputs
-            if count and k >= count:
+            if k < 0 or count and k >= count:
                 raise ValueError(f"class {k} is outside {model_name}'s {count} classes "
-                                 f"(0 to {count - 1})")
+                                 f"(0 to {count - 1})" if count else
+                                 f"class {k}: classes are numbered from 0")
             return [k]
         hits = [k for k, n in enumerate(lowered) if n == v.lower()] or \
             synonyms.get(v.lower(), [])

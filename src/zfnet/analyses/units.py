@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -74,6 +75,12 @@ class Unit:
         return self.activation > 0
 
 
+
+class TopCapped(UserWarning):
+    """A top K larger than a layer's maps: all of them are projected."""
+
+    one_line = True  # `zfnet` prints it as one line (zfnet.cli)
+
 def choose_maps(strength: Tensor, channels: Sequence[int] | None, top: int | None,
                 layer: str | None = None) -> Tensor:
     """(N, C) strongest activation per map -> (N, K) maps to show: `channels` for every image,
@@ -86,6 +93,9 @@ def choose_maps(strength: Tensor, channels: Sequence[int] | None, top: int | Non
             raise ValueError(f"channel(s) {', '.join(map(str, bad))} outside {which}; "
                              f"valid: 0..{c - 1}")
         return torch.tensor(list(channels)).repeat(n, 1)
+    if top and top > c:
+        warnings.warn(f"top {top} is more than the {c} maps of {layer or 'the layer'}: all {c} "
+                      "are projected", TopCapped, stacklevel=2)
     k = min(top or 4, c)
     return strength.topk(k, dim=1).indices
 

@@ -10,7 +10,7 @@ from zfnet.cli.app import main
 from zfnet.cli.loading import _class_alone, _layers, _mining_workers, _model_and_data
 from zfnet.cli.options import (
     _NONLINEAR,
-    _OUT,
+    _OUT_DIR,
     _RULE_HELP,
     _SOURCE,
     _WORKERS,
@@ -50,7 +50,10 @@ from zfnet.cli.options import (
                    "for an active unit, and for one below zero, a class score among them, what "
                    "would raise it).")
 @_NONLINEAR
-@_OUT
+@click.option("--out", required=True, type=_OUT_DIR,
+              help="Folder for the projections: a PNG per unit and image (its receptive field, "
+                   "the projection, the projection over the image) and project.json listing "
+                   "them.")
 def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
                 layers: tuple[str, ...] | None, channels: tuple[int, ...] | None,
                 top: int | None, classes: tuple[str, ...], position: tuple[int, int] | None,
@@ -146,6 +149,9 @@ def predict_cmd(images: tuple[str, ...], model_options: ModelOptions, top: int,
         click.echo(f"not read ({len(unreadable)}): {', '.join(unreadable)}", err=True)
     if not found:
         raise click.ClickException("none of the images could be read (see the warnings above)")
+    if top > len(found[0].classes):
+        click.echo(f"--top {top}: {source.name} has {len(found[0].classes)} classes, all shown",
+                   err=True)
     if not source.labels:  # after the predictions it is about, not before an error
         click.echo(f"the classes have no names ({labels_hint(source.meta.get('num_classes'))})",
                    err=True)
