@@ -665,3 +665,36 @@ def test_auto_precision_is_bfloat16_where_the_device_computes_it_natively(monkey
     with pytest.raises(ValueError, match="precision='fp8' is not known; valid: auto, float32, "
                                          "bfloat16"):
         resolve_precision("fp8", "cpu")
+
+
+def test_api_misuse_is_named_plainly() -> None:
+    """A model's name for a model, a number for a layer, a string for channels: a TypeError
+    saying what is expected; a forward pass that raises on its own is not blamed on the input's
+    size."""
+    net = torchvision.models.vgg11().eval()
+    x = torch.randn(1, 3, 64, 64)
+    with pytest.raises(TypeError, match=r"^model must be a torch.nn.Module, got str \(to build "
+                       r"'resnet18': zfnet.create_model or torchvision.models.get_model\)$"):
+        layer_info("resnet18")
+    with pytest.raises(TypeError, match=r"^layer must be a name \(str\) or one of the model's "
+                       "modules, got int 5$"):
+        project(net, x, 5, 1)
+    with pytest.raises(TypeError, match=r"^channels must be whole numbers \(an int, a list or "
+                       "a tensor of them\\), got str '1'$"):
+        project(net, x, "features.3", "1")
+
+    class Strict(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            if y.mean() < 1e9:
+                raise RuntimeError("this model refuses dark images")
+            return y
+
+    with pytest.raises(ValueError, match=r"^Strict's forward pass failed on a 1x3x64x64 input: "
+                       r"RuntimeError: this model refuses dark images \(an error of the "
+                       r"model's own code\)$"):
+        project(Strict(), x, "conv", 0)

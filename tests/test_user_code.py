@@ -19,6 +19,7 @@ from torch import nn
 from zfnet.cli import main
 from zfnet.explorer.app import create_app
 from zfnet.explorer.session import Explorer
+from zfnet.models import create_model
 from zfnet.pipeline import gallery
 from zfnet.report import build_report, read_sections
 from zfnet.sources import from_module, load_data, load_source
@@ -220,8 +221,11 @@ def test_from_module_in_python(code, tmp_path) -> None:
         sys.modules.pop("nets", None)
     torch.manual_seed(0)
     net = Net(num_classes=3)
-    with pytest.raises(ValueError, match="does not take 3x224x224 inputs"):
-        from_module(net)
+    with pytest.raises(ValueError, match=r"does not take 3x224x224 inputs .*; give the size it "
+                       r"takes with crop= \(and resize=\), its channels with mean=/std=$"):
+        from_module(net)  # its arguments named, not the command's --crop
+    with pytest.raises(ValueError, match=r"^crop=8: ConvNet takes 32 px inputs"):
+        from_module(create_model("zfnet_small", input_size=32), crop=8)
     with pytest.raises(ValueError, match="2 class names for Net, whose last layer has 3 outputs"):
         from_module(net, labels=["cat", "dog"], crop=32)
     with pytest.raises(ValueError, match="takes a torch.nn.Module, not a dict"):

@@ -13,7 +13,7 @@ from torch import nn
 
 from zfnet.models.geometry import GeometryError, channels_last_layers
 from zfnet.models.layers import resolve_layer
-from zfnet.models.modes import eval_mode
+from zfnet.models.modes import eval_mode, forward_failure
 
 # layers whose output is (N, C, H, W) by what they compute: no walk needed to read it
 _NCHW = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.modules.pooling._MaxPoolNd,
@@ -163,10 +163,7 @@ def running(model: nn.Module, x: torch.Tensor) -> Iterator[None]:
     except torch.OutOfMemoryError:  # the input fits the model, not the device: as it is
         raise
     except RuntimeError as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{type(model).__name__} does not run on a "
-                         f"{'x'.join(map(str, x.shape))} input ({msg}); give inputs of the "
-                         "channels and size it takes") from e
+        raise ValueError(forward_failure(model, x.shape, e)) from e
 
 
 @torch.inference_mode()

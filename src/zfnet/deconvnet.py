@@ -771,8 +771,9 @@ def project(
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
     n = images.shape[0]
+    ch = indices(channels, "channels")  # a TypeError for what is no number, before shaping
     given = torch.as_tensor(channels)
-    ch = indices(given, "channels").view(given.shape)
+    ch = ch.view(given.shape)
     squeeze = ch.ndim <= 1
     if ch.ndim == 0:  # one map for every image (an int, numpy's or a 0-d tensor)
         ch = ch.expand(n)
@@ -784,8 +785,9 @@ def project(
     k = ch.shape[1]
     pos = None
     if positions is not None:
+        pos = indices(positions, "positions")
         given = torch.as_tensor(positions)
-        pos = indices(given, "positions").view(given.shape)
+        pos = pos.view(given.shape)
         if pos.shape not in ((n, k, 2), (n, 2)) or (pos.shape == (n, 2) and not squeeze):
             want = f"({n}, 2)" if squeeze else f"({n}, {k}, 2)"
             raise ValueError(f"positions must be {want}, got {tuple(pos.shape)}")

@@ -643,8 +643,13 @@ def _down_layer(x: Tensor, act: Tensor, name: str, seed: tuple[Tensor, Tensor, T
 
 def indices(values: Any, what: str) -> Tensor:
     """`values` (ints, a tensor or array of them) as a flat long tensor on the CPU; a value that
-    is not a whole number is a ValueError naming `what`, not silently truncated."""
-    t = torch.as_tensor(values).cpu()
+    is not a whole number is a ValueError naming `what`, not silently truncated; one that is
+    no number at all (a string) a TypeError."""
+    try:
+        t = torch.as_tensor(values).cpu()
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"{what} must be whole numbers (an int, a list or a tensor of them), "
+                        f"got {type(values).__name__} {values!r:.60}") from e
     if t.dtype == torch.bool or t.is_complex() or (
             t.is_floating_point() and bool((t != t.trunc()).any())):
         raise ValueError(f"{what} must be whole numbers, got {t.flatten()[:8].tolist()}")

@@ -225,9 +225,13 @@ def from_module(model: nn.Module, *, mean: float | Sequence[float] | None = None
                      {"source": label, "weights": None, "num_classes": _outputs(model),
                       "notes": notes})
         src.meta["overrides"] = overrides
-        if overrides:
-            _override(src, overrides)
-        check_input(src)
+        try:
+            if overrides:
+                _override(src, overrides)
+            check_input(src)
+        except ValueError as e:  # its words name the command's options: here, the arguments
+            words = re.sub(r"--(mean|std|resize|crop) ([\d.,]+)", r"\1=\2", str(e))
+            raise ValueError(re.sub(r"--(mean|std|resize|crop)\b", r"\1=", words)) from e
     except BaseException:  # refused: your model left in the mode it was in
         for m, training in modes:
             m.training = training

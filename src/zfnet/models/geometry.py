@@ -41,7 +41,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor, nn
 
-from zfnet.models.modes import check_not_scripted, eval_mode
+from zfnet.models.modes import check_not_scripted, eval_mode, forward_failure
 
 # Layers that read a window of their input per output unit.
 WINDOWED: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
@@ -531,10 +531,7 @@ def _record(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype
             with torch.inference_mode(False):
                 return _forward(model, torch.zeros(shape, dtype=dtype, device=device))
         except Exception as e:  # noqa: BLE001  (any failure of the user's forward pass)
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise GeometryError(
-                f"{type(model).__name__} does not run on a {'x'.join(map(str, shape))} input "
-                f"({msg}); give an input size (and channels) the model takes") from e
+            raise GeometryError(forward_failure(model, shape, e)) from e
 
 
 def _meta_copy(model: nn.Module) -> nn.Module:

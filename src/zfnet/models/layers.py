@@ -190,6 +190,9 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
     """The module path and module that `layer` addresses — a name (`conv3`, `features.10`,
     `layer3.1`) or the module object itself, as Captum takes it; a clear error otherwise."""
     check_not_scripted(model)
+    if not isinstance(layer, (str, nn.Module)):
+        raise TypeError(f"layer must be a name (str) or one of the model's modules, got "
+                        f"{type(layer).__name__} {layer!r}")
     if isinstance(layer, nn.Module):
         for path, m in model.named_modules():
             if m is layer and path:
