@@ -522,7 +522,7 @@ def test_models_command_for_any_source(tmp_path):
     assert "preprocessing" not in res.stderr
     assert [ln for ln in res.stdout.splitlines() if ln.startswith("preprocessing")] == [
         "preprocessing: resize 183, crop 160, mean 123.7,116.3,103.5, std 58.40,57.12,57.38 "
-        "(0..255 units)"]
+        "(0..255 units) = --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225"]  # as they are given
     assert "called" not in res.stdout  # squeezenet runs each module once
     zf = _runner().invoke(main, ["models", "zfnet"]).stdout.splitlines()
     assert zf[0] == "zfnet: 62,357,608 parameters, input 224 px"  # unchanged

@@ -565,8 +565,8 @@ def randomization(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
     if n_images is None:
         n_images = min(RANDOMIZATION_IMAGES, len(val))
     if not 1 <= n_images <= len(val):
-        raise ValueError(f"n_images={n_images}: {val_words(bundle)} has {len(val)} "
-                         f"image{'s' * (len(val) != 1)}; give 1 to {len(val)}")
+        raise ValueError(f"n_images={n_images}: {len(val)} image{'s' * (len(val) != 1)} to "
+                         f"take from ({val_words(bundle)}); give 1 to {len(val)}")
     x = torch.stack([item[0] for _, item in pick_items(val, n_images)])  # readable ones
     with eval_mode(model):
         act = get_activations(model, x, [layer])[layer]  # (N, C, H, W)

@@ -40,7 +40,7 @@ def test_one_per_class_first_then_the_next_ones() -> None:
 
 def test_first_item_says_when_every_file_is_broken() -> None:
     assert first_item(Items([0, 1], broken={0})) == (1, ("x1", 1))
-    with pytest.raises(ValueError, match="the val split has no readable image .2 file"):
+    with pytest.raises(ValueError, match="none of the val split can be read .2 file"):
         first_item(Items([0, 1], broken={0, 1}), "the val split")
 
 

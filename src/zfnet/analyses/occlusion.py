@@ -644,7 +644,7 @@ def occlusion_report(
     # one image per class first, then the next ones; broken files passed over
     picks = pick_items(val, n_images, one_per_class=True)
     if not picks:
-        raise ValueError(f"{val_words(bundle)} has no readable image")
+        raise ValueError(f"none of {val_words(bundle)} can be read (each file is broken)")
     own = labels_are_classes(model, bundle)
     shown = labels_of(bundle)  # with their words (words=FILE)
     names = as_shown(class_names, bundle) or (shown if own else None)

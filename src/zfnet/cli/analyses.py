@@ -28,6 +28,7 @@ from zfnet.cli.options import (
     _once,
     _options,
     _runs_only,
+    _Whole,
 )
 
 
@@ -45,9 +46,9 @@ def analyze() -> None:
 @_DATA
 @click.option("--out", default=None, type=_OUT_DIR,
               help="Report directory (default: the run directory).")
-@click.option("--images", default=1000, show_default=True, type=click.IntRange(1),
+@click.option("--images", default=1000, show_default=True, type=_Whole(1),
               help="Training images mined at each epoch (centre crops).")
-@click.option("--maps", default=6, show_default=True, type=click.IntRange(1),
+@click.option("--maps", default=6, show_default=True, type=_Whole(1),
               help="Feature maps shown per layer: the last epoch's strongest.")
 @click.option("--layer", "layers", multiple=True, callback=_names, metavar="NAME[,NAME...]",
               help="Layers whose maps are followed, comma-separated and/or repeated: names "
@@ -90,9 +91,9 @@ def evolution_cmd(run_dir: str | None, run_alias: str | None, data: str | None,
     _finish(out or run_dir)
 
 
-@analyze.command("filters", short_help="Fig. 6: filters and their diagnostics, models side by side")
+@analyze.command("filters", short_help="Fig. 6: filters and their diagnostics, one model or more")
 @click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(exists=True),
-              metavar="RUN", help="A zfnet run; repeat to compare runs side by side.")
+              metavar="RUN", help="A zfnet run; repeat to compare runs (one under another).")
 @click.option("--model", "sources", multiple=True, metavar="SOURCE",
               help="Or any model: a zfnet model name, torchvision:NAME, timm:NAME, "
                    "hf:ORG/NAME, FILE.py:NAME; repeat to compare, each with its own "
@@ -165,7 +166,7 @@ def filters_cmd(checkpoints: tuple[str, ...], sources: tuple[str, ...],
                    "from `zfnet models SOURCE`. Default: the paper's layers 1 and 7 (zfnet's "
                    "norm1 and relu7; any other CNN's first stage and the vector its classifier "
                    "reads).")
-@click.option("--images", default=5, show_default=True, type=click.IntRange(1),
+@click.option("--images", default=5, show_default=True, type=_Whole(1),
               help="Images of the dataset transformed (its val split, one per class while "
                    "classes last), beside the 5 built-in photos.")
 def invariance_cmd(model_options: ModelOptions, data: str | None, out: str,
@@ -194,13 +195,13 @@ def invariance_cmd(model_options: ModelOptions, data: str | None, out: str,
 @_SOURCE
 @_DATA
 @_OUT
-@click.option("--images", default=4, show_default=True, type=click.IntRange(1),
+@click.option("--images", default=4, show_default=True, type=_Whole(1),
               help="Val images in the figure, one per class while classes last.")
-@click.option("--pointing", default=100, show_default=True, type=click.IntRange(0),
+@click.option("--pointing", default=100, show_default=True, type=_Whole(0),
               help="Images for the pointing game (datasets with object masks).")
-@click.option("--size", default=None, type=click.IntRange(1),
+@click.option("--size", default=None, type=_Whole(1),
               help="Occluder side in px (default 1/7 of the image side: 32 at 224 px).")
-@click.option("--stride", default=None, type=click.IntRange(1),
+@click.option("--stride", default=None, type=_Whole(1),
               help="Occluder step in px (default a quarter of --size: 8 at 224 px).")
 @click.option("--layer", default=None, metavar="NAME",
               help="Layer of maps (b)/(c) (default: the last spatial layer, conv5 on zfnet's).")
@@ -289,13 +290,13 @@ def _say_occlusion_work(bundle, images: int, size: int | None, stride: int | Non
 @click.option("--parts", default=None, callback=_names, metavar="PART[,PART...]",
               help="Comma-separated parts masked in every image (default: every part the parts "
                    "file marks; synthetic's faces: eye_left,eye_right,mouth).")
-@click.option("--images", default=None, type=click.IntRange(2),
+@click.option("--images", default=None, type=_Whole(2),
               help="Images compared pairwise: the first N (default: every image the parts file "
                    "marks; of synthetic's faces, the paper's 5).")
 @click.option("--layer", "layers", multiple=True, callback=_names, metavar="NAME[,NAME...]",
               help="Layers compared (default: the paper's layers 5 and 7: pool5 and relu7 on "
                    "zfnet's models, the last stage and the classifier's input on any other CNN).")
-@click.option("--draws", default=20, show_default=True, type=click.IntRange(1),
+@click.option("--draws", default=20, show_default=True, type=_Whole(1),
               help="Random-region draws for the control.")
 def correspondence_cmd(model_options: ModelOptions, data: str | None, out: str,
                        parts_file: str | None, class_name: str | None,
@@ -328,7 +329,7 @@ def correspondence_cmd(model_options: ModelOptions, data: str | None, out: str,
 @_SOURCE
 @_DATA
 @_OUT
-@click.option("--per-class", default=20, show_default=True, type=click.IntRange(1),
+@click.option("--per-class", default=20, show_default=True, type=_Whole(1),
               help="Training images per class for each layer's linear classifier.")
 @click.option("--layer", "layers", multiple=True, callback=_names, metavar="NAME[,NAME...]",
               help="Layers probed, comma-separated and/or repeated: names from `zfnet models "
@@ -366,15 +367,15 @@ def probes_cmd(model_options: ModelOptions, data: str | None, out: str, per_clas
 @_OUT
 @click.option("--shots", default="1,5,20", show_default=True, metavar="N,N,...",
               callback=_counts, help="Training images per class of the target.")
-@click.option("--test", "n_test", default=1000, show_default=True, type=click.IntRange(1),
+@click.option("--test", "n_test", default=1000, show_default=True, type=_Whole(1),
               help="Target val images scored.")
-@click.option("--scratch-steps", default=300, show_default=True, type=click.IntRange(1),
+@click.option("--scratch-steps", default=300, show_default=True, type=_Whole(1),
               help="SGD steps of each from-scratch run.")
 @click.option("--layer", default=None, metavar="NAME",
               help="Layers up to this one are kept (default: relu7, layers 1-7 as the paper, "
                    "on zfnet's models; another architecture's classifier input, e.g. a "
                    "ResNet's avgpool).")
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
+@click.option("--batch-size", type=_Whole(1), default=32, show_default=True,
               help="Batch of the from-scratch runs.")
 def transfer_cmd(data: str, out: str, shots: tuple[int, ...], n_test: int,
                  scratch_steps: int, layer: str, batch_size: int, **model: Any) -> None:
@@ -407,7 +408,7 @@ def transfer_cmd(data: str, out: str, shots: tuple[int, ...], n_test: int,
 @_SOURCE
 @_DATA
 @_OUT
-@click.option("--images", default=None, type=click.IntRange(1),
+@click.option("--images", default=None, type=_Whole(1),
               help="Images whose maps are compared, the scores their mean: val images "
                    "(--mode labels: training images, whose labels the copy fitted); default "
                    "16, or all where the split has fewer.")
@@ -425,7 +426,7 @@ def transfer_cmd(data: str, out: str, shots: tuple[int, ...], n_test: int,
               help="What one step re-initialises: a block of the network (a ResNet's layer1 "
                    "... layer4, an Inception block; each layer of zfnet's models), or each "
                    "module with parameters (convolution, batch norm, ...) on its own.")
-@click.option("--epochs", type=click.IntRange(1), default=None,
+@click.option("--epochs", type=_Whole(1), default=None,
               help="--mode labels: epochs of the copy (default: the run's); memorising "
                    "random labels takes longer than learning true ones.")
 @click.option("--random-run", type=_OUT_DIR, default=None,

@@ -8,15 +8,15 @@ from pathlib import Path
 import click
 
 from zfnet.cli.app import main
-from zfnet.cli.options import _OUT_DIR, _Finite
+from zfnet.cli.options import _OUT_DIR, _Finite, _Whole
 
 
 @main.command("demo", short_help="Train ZFNet-small, run every analysis, write a report")
 @click.option("--out", default="runs/demo", show_default=True, type=_OUT_DIR,
               help="Run directory (re-running resumes or reuses it).")
-@click.option("--epochs", default=5, show_default=True, type=click.IntRange(1),
+@click.option("--epochs", default=5, show_default=True, type=_Whole(1),
               help="Training epochs before the analyses.")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1),
+@click.option("--batch-size", default=64, show_default=True, type=_Whole(1),
               help="Images per training step.")
 @click.option("--lr", default=0.05, show_default=True, type=_Finite(min=0, min_open=True),
               help="Peak learning rate (cosine schedule).")

@@ -20,6 +20,7 @@ from zfnet.cli.options import (
     ModelOptions,
     _counts_from_zero,
     _names,
+    _Whole,
 )
 
 
@@ -36,9 +37,9 @@ def visualize() -> None:
               help="Layers to show, comma-separated and/or repeated (default: conv1..conv5 "
                    "on zfnet's models, the main stages of any other CNN).")
 @click.option("--layers", "layers_alias", multiple=True, callback=_names, hidden=True)
-@click.option("--k", default=9, show_default=True, type=click.IntRange(1),
+@click.option("--k", default=9, show_default=True, type=_Whole(1),
               help="Strongest activations kept per map (the paper's 9).")
-@click.option("--maps-per-layer", default=16, show_default=True, type=click.IntRange(1),
+@click.option("--maps-per-layer", default=16, show_default=True, type=_Whole(1),
               help="Maps shown per layer above conv1 (conv1: every map).")
 @click.option("--map-rule", type=click.Choice(["strongest", "spaced"]), default="strongest",
               show_default=True,
@@ -47,7 +48,7 @@ def visualize() -> None:
 @click.option("--rule", type=click.Choice(["deconvnet", "guided", "gradient"]),
               default="deconvnet", show_default=True, help=_RULE_HELP)
 @_NONLINEAR
-@click.option("--images", default=None, type=click.IntRange(1),
+@click.option("--images", default=None, type=_Whole(1),
               help="Mine only the first N images of the val split (of images:DIR, the first "
                    "N of its images; default: all).")
 @click.option("--map", "maps", multiple=True, callback=_counts_from_zero, metavar="M[,M...]",
@@ -110,11 +111,11 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
 @click.option("--layer", "layers", multiple=True, callback=_names, metavar="NAME[,NAME...]",
               help="Layers, comma-separated and/or repeated (default: conv1..conv5 on zfnet's "
                    "models, the main stages of any other CNN).")
-@click.option("--k", default=9, show_default=True, type=click.IntRange(1),
+@click.option("--k", default=9, show_default=True, type=_Whole(1),
               help="Strongest activations kept per map (the paper's 9).")
-@click.option("--maps-per-layer", default=None, type=click.IntRange(1),
+@click.option("--maps-per-layer", default=None, type=_Whole(1),
               help="The N strongest maps of each layer (default: every map).")
-@click.option("--images", default=None, type=click.IntRange(1),
+@click.option("--images", default=None, type=_Whole(1),
               help="Mine only the first N images of the val split (of images:DIR, the first "
                    "N of its images; default: all).")
 @click.option("--rule", type=click.Choice(["deconvnet", "guided", "gradient"]),

@@ -18,6 +18,7 @@ from zfnet.cli.options import (
     _counts_from_zero,
     _names,
     _position,
+    _Whole,
 )
 
 
@@ -30,7 +31,7 @@ from zfnet.cli.options import (
                    "main stages of any other CNN.")
 @click.option("--channel", "channels", multiple=True, callback=_counts_from_zero,
               metavar="C[,C...]", help="These maps (repeat or comma list).")
-@click.option("--top", type=click.IntRange(1), default=None,
+@click.option("--top", type=_Whole(1), default=None,
               help="Each image's K most active maps (default 4).")
 @click.option("--class", "classes", multiple=True, metavar="NAME",
               help="Project this class's score (the model's last layer), by its name as the "
@@ -103,7 +104,7 @@ def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
 @main.command("predict", short_help="Each image's most probable classes")
 @click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
 @_SOURCE
-@click.option("--top", default=5, show_default=True, type=click.IntRange(1),
+@click.option("--top", default=5, show_default=True, type=_Whole(1),
               help="Classes shown per image, the most probable first.")
 @click.option("--ten-crop", is_flag=True,
               help="Average the probabilities over the paper's 10 crops (corners and centre, "

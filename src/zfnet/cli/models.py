@@ -5,12 +5,12 @@ from __future__ import annotations
 import click
 
 from zfnet.cli.app import main
-from zfnet.cli.options import _LABELS, _PREPROCESSING, _WEIGHTS, _options
+from zfnet.cli.options import _LABELS, _PREPROCESSING, _WEIGHTS, _options, _Whole
 
 
 @main.command("models", short_help="List the models, or the layers of one")
 @click.argument("name", required=False, metavar="[SOURCE]")
-@click.option("--input-size", type=click.IntRange(1), default=None,
+@click.option("--input-size", type=_Whole(1), default=None,
               help="Input side for the layer table (default: the model's crop).")
 @_options(_WEIGHTS, _LABELS, *_PREPROCESSING)
 def models_cmd(name: str | None, input_size: int | None, weights: str | None,
@@ -79,7 +79,11 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
     infos = list(layer_info(model, size).values())
     click.echo(f"{title}: {n_params:,} parameters, input {size} px")
     if src is not None and own_line:
-        click.echo(f"preprocessing: {src.preprocessing.describe()}")
+        prep = src.preprocessing
+        unit = ("" if prep.mean_image is not None else  # as --mean/--std take them: 0..1
+                f" = --mean {','.join(f'{v / 255:.4g}' for v in prep.mean)} --std "
+                f"{','.join(f'{v / 255:.4g}' for v in prep.std)}")
+        click.echo(f"preprocessing: {prep.describe()}{unit}")
     if src is not None and src.labels:
         click.echo(f"classes: {len(src.labels)} ({', '.join(src.labels[:3])}, ...)")
     elif src is not None and src.meta.get("num_classes") and (

@@ -11,8 +11,16 @@ from typing import Any
 import click
 
 
+class _Whole(click.IntRange):
+    """click.IntRange whose error says "'1.5' is not a valid integer", not "... integer
+    range"."""
+
+    name = "integer"
+
+
 def _names(ctx: click.Context, param: click.Parameter, value):
-    """A comma list, or a repeated option of comma lists -> the names, spaces stripped."""
+    """A comma list, or a repeated option of comma lists -> the names, spaces stripped; each
+    once."""
     if value is None or value == ():
         return None
     values = value if isinstance(value, tuple) else (value,)
@@ -23,6 +31,11 @@ def _names(ctx: click.Context, param: click.Parameter, value):
     if gap is not None:  # "layer3,,layer4": a name left out, perhaps by a typo
         raise click.BadParameter(f"{gap!r} has an empty name between its commas; give the "
                                  "names separated by single commas")
+    twice = [n for n in dict.fromkeys(names) if names.count(n) > 1]
+    if twice:  # "conv1,conv1": the same figure twice, or a typo for another name
+        verb = "is" if len(twice) == 1 else "are"
+        raise click.BadParameter(f"{', '.join(map(repr, twice))} {verb} given twice; give "
+                                 "each once")
     return names
 
 
@@ -32,7 +45,7 @@ def _once(ctx: click.Context, param: click.Parameter, value: tuple[Any, ...]) ->
     if len(value) > 1:
         raise click.BadParameter(
             f"given {len(value)} times ({', '.join(map(str, value))}); this command takes one "
-            "model (`zfnet analyze filters` compares several side by side)")
+            "model (`zfnet analyze filters` compares several)")
     return value[0] if value else None
 
 
@@ -114,14 +127,15 @@ def _floats(ctx: click.Context, param: click.Parameter, value: str | None):
 _WEIGHTS = click.option(
     "--weights", metavar="W",
     help="The model's weights: a torchvision weights name (DEFAULT, IMAGENET1K_V1, ...) or a "
-         "file (.pth, .pt, .safetensors). Default: random init.")
+         "file (.pth, .pt, .bin, .ckpt, .safetensors). Default: random init.")
 
 
 _LABELS = click.option(
     "--labels", type=click.Path(), metavar="FILE",
-    help="The model's class names, one per output: a text file of one name a line, or a JSON "
-         "list; imagenet: ImageNet's 1000, as torchvision names them (default: the weights' "
-         "own, if any).")
+    help="The model's class names, one per output: a text file of one name a line, a JSON "
+         "list, or a JSON object of output number to name ({\"0\": \"cat\", ...}, as "
+         "id2label); imagenet: ImageNet's 1000, as torchvision names them (default: the "
+         "weights' own, if any).")
 
 
 # The preprocessing a model comes with, overridden (for a plain weights file, say).
@@ -130,9 +144,9 @@ _PREPROCESSING = (
                  help="Input mean per channel in 0..1 units (default: the weights' own)."),
     click.option("--std", callback=_floats, metavar="S,S,S",
                  help="Input std per channel in 0..1 units (default: the weights' own)."),
-    click.option("--resize", type=click.IntRange(1),
+    click.option("--resize", type=_Whole(1),
                  help="Shorter image side before the centre crop (default: the weights' own)."),
-    click.option("--crop", type=click.IntRange(1),
+    click.option("--crop", type=_Whole(1),
                  help="Side of the centre crop the model sees (default: the weights' own)."),
 )
 
@@ -145,7 +159,7 @@ _RULE_HELP = ("How a unit is projected to pixels: the deconvnet (paper Sec. 2.1)
               "backpropagation, or the gradient.")
 
 
-_BATCH = click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True,
+_BATCH = click.option("--batch-size", type=_Whole(1), default=64, show_default=True,
                       help="Images per forward pass (lower it where memory is short).")
 
 

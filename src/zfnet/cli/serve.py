@@ -6,7 +6,7 @@ import click
 
 from zfnet.cli.app import main
 from zfnet.cli.loading import _model_and_data
-from zfnet.cli.options import _NONLINEAR, _OUT_DIR, _SOURCE, ModelOptions
+from zfnet.cli.options import _NONLINEAR, _OUT_DIR, _SOURCE, ModelOptions, _Whole
 
 
 @main.command("serve", short_help="The explorer: a web page to look inside a network")
@@ -16,15 +16,15 @@ from zfnet.cli.options import _NONLINEAR, _OUT_DIR, _SOURCE, ModelOptions
                    "own; for other models `sample-photos`, the 6 built-in ones).")
 @click.option("--host", default="127.0.0.1", show_default=True, metavar="ADDRESS",
               help="Address to listen on (0.0.0.0: every interface; the page has no login).")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+@click.option("--port", default=8000, show_default=True, type=_Whole(0, 65535),
               help="Port (0: any free one).")
-@click.option("--images", default=None, type=click.IntRange(1),
+@click.option("--images", default=None, type=_Whole(1),
               help="Mine the top-k over the first N dataset images (default: all).")
-@click.option("--k", default=9, show_default=True, type=click.IntRange(1),
+@click.option("--k", default=9, show_default=True, type=_Whole(1),
               help="Strongest activations kept per map (the paper's 9).")
 @click.option("--cache", "cache_dir", default=None, type=_OUT_DIR,
               help="Where the top-k index is kept (default: ~/.cache/zfnet/explorer).")
-@click.option("--max-upload-mb", default=20, show_default=True, type=click.IntRange(1),
+@click.option("--max-upload-mb", default=20, show_default=True, type=_Whole(1),
               help="Largest image the page accepts, in MB.")
 @click.option("--occlusion-precision", type=click.Choice(["float32", "bfloat16"]),
               default="float32", show_default=True,

@@ -8,7 +8,7 @@ import click
 
 from zfnet.cli.app import main
 from zfnet.cli.loading import _broken_files
-from zfnet.cli.options import _OUT_DIR, _workers
+from zfnet.cli.options import _OUT_DIR, _Whole, _workers
 
 
 def _byte_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
@@ -24,7 +24,7 @@ def _byte_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
 @click.argument("source", metavar="imagefolder:DIR")
 @click.option("--out", required=True, type=_OUT_DIR,
               help="Folder to create: train-*.tar, val-*.tar, their index, manifest.json.")
-@click.option("--resize", type=click.IntRange(0),
+@click.option("--resize", type=_Whole(0),
               help="Shorter side the images are re-encoded at, as JPEG (default 256, the "
                    "paper's; smaller images keep their bytes); 0 = --original.")
 @click.option("--original", is_flag=True, help="Store the original files' bytes.")
@@ -40,7 +40,7 @@ def _byte_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
 @click.option("--shard-size", default="1GB", show_default=True, callback=_byte_size,
               metavar="SIZE", help="Bytes per shard at most, e.g. 1GB, 500MB, 2GiB; a shard "
                                    "holds at least one image (a larger one gets its own).")
-@click.option("--quality", type=click.IntRange(1, 100),
+@click.option("--quality", type=_Whole(1, 100),
               help="JPEG quality of the re-encoded images (default 90).")
 @click.option("--workers", callback=_workers, metavar="auto|N",
               help="Decoding processes (default auto: one per core, up to 8; 0: this one).")

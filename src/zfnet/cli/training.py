@@ -27,6 +27,7 @@ from zfnet.cli.options import (
     _names,
     _once,
     _options,
+    _Whole,
 )
 
 
@@ -39,8 +40,8 @@ from zfnet.cli.options import (
               "(its config's architecture), your own FILE.py:NAME.")
 @click.option("--out", required=True, type=_OUT_DIR,
               help="Run directory (config.json, metrics.csv, tb/, checkpoints/).")
-@click.option("--epochs", type=click.IntRange(1), help="Epochs to train (default 70, the paper's).")
-@click.option("--batch-size", type=click.IntRange(1),
+@click.option("--epochs", type=_Whole(1), help="Epochs to train (default 70, the paper's).")
+@click.option("--batch-size", type=_Whole(1),
               help="Global batch, split over processes (default 128).")
 @click.option("--lr", type=_POSITIVE, help="SGD learning rate (default 1e-2).")
 @click.option("--momentum", type=_FRACTION, help="SGD momentum (default 0.9).")
@@ -63,11 +64,11 @@ from zfnet.cli.options import (
 @click.option("--schedule", type=click.Choice(["plateau", "step", "cosine", "linear",
                                                 "onecycle", "constant"]),
               help="lr schedule (default plateau: x lr-factor when val error stops improving).")
-@click.option("--patience", type=click.IntRange(0),
+@click.option("--patience", type=_Whole(0),
               help="plateau: epochs without improvement (default 3).")
 @click.option("--lr-factor", type=_Finite(0, 1, min_open=True),
               help="plateau/step: lr multiplier (default 0.1).")
-@click.option("--step-epochs", type=click.IntRange(1),
+@click.option("--step-epochs", type=_Whole(1),
               help="step: epochs between lr drops (default 30).")
 @click.option("--warmup-epochs", type=_Finite(0),
               help="cosine, linear: linear warm-up epochs (default 0).")
@@ -77,7 +78,7 @@ from zfnet.cli.options import (
 @click.option("--precondition/--no-precondition", default=None,
               help="Train conv1 as if the 0..255 inputs were divided by their std (default on; "
                    "off = the literal recipe, see docs/design.md).")
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1),
+@click.option("--seed", type=_Whole(0, 2**32 - 1),
               help="Seed of init, data order and augmentation (default 0).")
 @click.option("--device", callback=_device, metavar="DEVICE",
               help="auto (default: cuda if available), cpu, cuda, cuda:N.")
@@ -96,7 +97,7 @@ from zfnet.cli.options import (
                    "each epoch, the speed so far sets how many steps fit (at most --epochs), a "
                    "cosine or linear schedule reaches 0 there, and the last epoch may end "
                    "part-way.")
-@click.option("--val-every", type=click.IntRange(1), metavar="N",
+@click.option("--val-every", type=_Whole(1), metavar="N",
               help="Validate after every N-th epoch and after the last (default 1; plateau's "
                    "patience then counts validations).")
 @click.option("--keep-epochs", callback=_counts, metavar="N,N,...",
@@ -231,9 +232,9 @@ def _training_report(run_dir: str) -> None:
 @_options(_WEIGHTS, *_PREPROCESSING)
 @click.option("--labels", type=click.Path(), metavar="FILE",
               help="The model's class names, one per output (a text file of one name a line, "
-                   "or a JSON list; imagenet: ImageNet's 1000): each of the dataset's class "
-                   "folders is scored by the output of its name, in any order, and a dataset "
-                   "of some of the classes among those.")
+                   "a JSON list or object as id2label; imagenet: ImageNet's 1000): each of "
+                   "the dataset's class folders is scored by the output of its name, in any "
+                   "order, and a dataset of some of the classes among those.")
 @click.option("--data", metavar="SPEC",
               help="Dataset spec (default: the one the model was trained on).")
 @click.option("--ten-crop", is_flag=True, help="Average the softmax of the paper's 10 crops.")
@@ -243,7 +244,7 @@ def _training_report(run_dir: str) -> None:
               help="Add the report section \"Evaluation\" (per-class accuracy, confusion "
                    "matrix) to this directory, usually the run itself (--out RUN), and rebuild "
                    "its index.html.")
-@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True,
+@click.option("--batch-size", type=_Whole(1), default=128, show_default=True,
               help="Images per batch in each process.")
 @click.option("--device", default="auto", show_default=True, callback=_device,
               metavar="DEVICE", help="auto (cuda if available), cpu, cuda, cuda:N.")
@@ -371,9 +372,9 @@ PER_CLASS_SHOWN = 30  # zfnet eval prints every class's accuracy up to this many
               help="Comma-separated Table 3 variants, of every model (default: baseline, fc_half, "
                    "fc_double, wide345, no_conv34, no_fc7, no_fc67 of zfnet's models, the "
                    "baseline of any other).")
-@click.option("--epochs", required=True, type=click.IntRange(1),
+@click.option("--epochs", required=True, type=_Whole(1),
               help="Epochs each variant trains (the same for all).")
-@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(1),
+@click.option("--batch-size", default=128, show_default=True, type=_Whole(1),
               help="Images per step, every variant.")
 @click.option("--lr", default=0.01, show_default=True, type=_POSITIVE,
               help="Peak learning rate, every variant.")

@@ -55,7 +55,7 @@ def first_item(ds: Sequence[Any], what: str = "the dataset") -> tuple[int, Any]:
     file is broken (or there is none)."""
     got = pick_items(ds, 1)
     if not got:
-        raise ValueError(f"{what} has no readable image ({len(ds)} file(s), each broken)")
+        raise ValueError(f"none of {what} can be read ({len(ds)} file(s), each broken)")
     return got[0]
 
 
