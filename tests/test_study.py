@@ -162,6 +162,10 @@ def test_the_table_shows_no_top5_error_for_5_classes_or_fewer_and_the_papers_fin
     assert json.loads((out / "study.json").read_text())[0]["val_top5_error"] is None
     (section,) = [s for s in read_sections(out) if s.key == "study"]
     assert section.tables[0].rows[0][5] == "—"
+    # each row's model links to its run's own page
+    assert section.tables[0].links == ["zfnet_small-baseline/index.html"]
+    assert '<a href="zfnet_small-baseline/index.html">zfnet_small</a>' in \
+        (out / "index.html").read_text()
     assert "no val top-5 (—) with 5 classes or fewer" in section.caption
     assert "with the same recipe (batch 16, lr 0.01, cosine schedule)" in section.caption
     assert "the width of fc6-7 makes little difference" in section.caption

@@ -276,6 +276,7 @@ def study_section(run_dir: str | Path, rows: list[dict[str, Any]], data: str, ep
     def pct(v: float | None) -> str:
         return "—" if v is None else f"{100 * v:.1f}"
 
+    names = [run_name(r["model"], r["variant"]) for r in rows]  # each run's own page
     table = [[r["model"], r["variant"], f"{r['parameters']:,}", pct(r["train_top1_error"]),
               pct(r["val_top1_error"]), pct(r["val_top5_error"]),
               " / ".join(f"{v:.1f}" for v in r["paper"]) if r["paper"] else ""] for r in rows]
@@ -283,7 +284,8 @@ def study_section(run_dir: str | Path, rows: list[dict[str, Any]], data: str, ep
         key="study", title="Architecture variants (Table 3)", order=order,
         caption=(
             f"Each variant trained on {data} for {epochs} epoch{'s' * (epochs != 1)} with the same "
-            f"recipe{_recipe_words(Path(run_dir), rows)}. Errors in %, train error measured "
+            f"recipe{_recipe_words(Path(run_dir), rows)} (its model's name links to its run's "
+            "page, training curves and all). Errors in %, train error measured "
             "without dropout on centre crops"
             + ("; no val top-5 (—) with 5 classes or fewer, all of them in the top 5"
                if any(r["val_top5_error"] is None for r in rows) else "")
@@ -294,7 +296,9 @@ def study_section(run_dir: str | Path, rows: list[dict[str, Any]], data: str, ep
             + _missing_words(rows)
         ),
         tables=[Table(["model", "variant", "parameters", "train top-1", "val top-1",
-                       "val top-5", "paper train/val top-1/val top-5"], table)],
+                       "val top-5", "paper train/val top-1/val top-5"], table,
+                      links=[f"{name}/index.html" if (Path(run_dir) / name / "index.html")
+                             .is_file() else "" for name in names])],
     )
     write_section(run_dir, section)
     return section

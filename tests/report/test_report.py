@@ -79,6 +79,10 @@ def test_figures_must_stay_inside_the_run(tmp_path) -> None:
     (run / "sections" / "x.json").write_text("{broken")
     with pytest.raises(ValueError, match=r"x\.json is not a report section"):
         read_sections(run)
+    (run / "sections" / "x.json").write_text('{"key": "x", "colour": "red"}')  # what is wrong
+    with pytest.raises(ValueError, match=r"x\.json is not a report section \(corrupt or of "
+                       r"another version: it lacks title, caption; unknown fields colour\)"):
+        read_sections(run)
 
 
 def test_a_rewritten_section_deletes_the_figures_it_no_longer_shows(tmp_path) -> None:

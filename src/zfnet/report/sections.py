@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,13 @@ class Figure:
 
 @dataclass
 class Table:
-    """A small table: column names, rows of cells (numbers or text), a caption."""
+    """A small table: column names, rows of cells (numbers or text), a caption; `links`: per
+    row, a page its first cell links to (relative to the report; "" for none)."""
 
     columns: list[str]
     rows: list[list[Any]]
     caption: str = ""
+    links: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -126,6 +128,15 @@ def read_sections(run_dir: str | Path) -> list[Section]:
     for p in sorted((Path(run_dir) / "sections").glob("*.json")):
         try:
             d = json.loads(p.read_text())
+            if not isinstance(d, dict):
+                raise ValueError(f"it holds a JSON {type(d).__name__}, not an object")
+            known = {f.name for f in fields(Section)}
+            missing = [k for k in ("key", "title", "caption") if k not in d]
+            if missing or d.keys() - known:
+                raise ValueError("; ".join(
+                    ([f"it lacks {', '.join(missing)}"] if missing else [])
+                    + ([f"unknown fields {', '.join(sorted(d.keys() - known))}"]
+                       if d.keys() - known else [])))
             d["figures"] = [Figure(**f) for f in d.get("figures", [])]
             d["tables"] = [Table(**t) for t in d.get("tables", [])]
             section = Section(**d)
