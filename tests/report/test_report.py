@@ -315,3 +315,20 @@ def test_points_measured_apart_are_not_joined(tmp_path, monkeypatch) -> None:
     plot_curves([1, 2], {"s": {"a": [1, 2]}}, tmp_path / "j.png")
     plot_curves([1, 2], {"s": {"a": [1, 2]}}, tmp_path / "n.png", joined=False)
     assert styles == ["-", "none"]
+
+
+def test_epoch_curves_tick_whole_epochs(tmp_path, monkeypatch) -> None:
+    """Two epochs: ticks at 1 and 2, not at 1.2, 1.4, ... (no epoch 1.2 was measured)."""
+    import zfnet.report.plots as plots
+
+    ticks = []
+    save = plots._save
+
+    def keep(fig, path):  # noqa: ANN001, ANN202
+        lo, hi = fig.axes[0].get_xlim()
+        ticks.append([float(t) for t in fig.axes[0].get_xticks() if lo <= t <= hi])
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    plot_curves([1, 2], {"loss": {"train": [2, 1]}}, tmp_path / "c.png")
+    assert ticks == [[1.0, 2.0]]

@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def read_metrics_csv(path: str | Path) -> dict[str, list[float]]:
@@ -58,6 +59,8 @@ def plot_curves(
         ax.set_xlabel(xlabel)
         if xticks is not None:
             ax.set_xticks(list(x), list(xticks), rotation=30, ha="right", fontsize=7)
+        elif all(float(v).is_integer() for v in x):  # epochs: no tick at 1.5 of 2 epochs
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if not shared:
             ax.legend(fontsize=8)
