@@ -194,7 +194,13 @@ def test_a_variant_added_later_joins_the_table_of_the_same_study(tmp_path) -> No
     assert [r["variant"] for r in json.loads((out / "study.json").read_text())] == [
         "baseline", "no_fc7"]
     shutil.rmtree(out / "zfnet_small-baseline")
-    rows = study(TINY, ["zfnet_small"], ["fc_half"], out, 1, **opts)
+    said: list[str] = []
+    rows = study(TINY, ["zfnet_small"], ["fc_half"], out, 1, say=said.append, **opts)
     assert [r["variant"] for r in rows] == ["fc_half", "no_fc7"]
-    rows = study(TINY, ["zfnet_small"], ["fc_double"], out, 2, **opts)  # another budget
+    assert said[0] == (f"left out of the table: zfnet_small baseline, trained in {out} with "
+                       "another budget or options, or removed since (their folders are kept)")
+    said.clear()
+    rows = study(TINY, ["zfnet_small"], ["fc_double"], out, 2, say=said.append,
+                 **opts)  # another budget
     assert [r["variant"] for r in rows] == ["fc_double"]
+    assert said[0].startswith("left out of the table: zfnet_small fc_half, zfnet_small no_fc7,")

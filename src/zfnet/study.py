@@ -69,7 +69,8 @@ def variant_overrides(model: str, variant: str) -> dict[str, Any]:
         from zfnet.sources import architecture_name
 
         raise ValueError(f"variant {variant!r} is one of zfnet's model options; "
-                         f"{architecture_name(model)} takes none: study its baseline")
+                         f"{architecture_name(model)} takes none: study its baseline "
+                         "(without --variants, each model gets the variants it has)")
     cfg = create_model(model).config
     convs = {c.name: c.channels for c in cfg.convs}
     fc = cfg.fc[0] if cfg.fc else 0
@@ -157,7 +158,7 @@ def study(
     for model, v in pairs:  # fail before training anything: unknown models, variants, options,
         # runs of another configuration where the study's would go (its user gave no --resume)
         find_resume(config(model, v), action="continue")
-    earlier = _earlier_rows(Path(out), set(pairs), config, epochs)
+    earlier, left = _earlier_rows(Path(out), set(pairs), config, epochs)
     bundle = load_dataset(data)
     require_labels(bundle, "train on")
     train_eval = bundle.train.with_mode("centre")
@@ -167,6 +168,9 @@ def study(
         train_eval = Subset(train_eval, range(train_eval_images))
     rows = []
     say = say or (lambda _: None)
+    if left:  # an earlier call's rows that this table cannot share (their runs are kept)
+        say(f"left out of the table: {', '.join(left)}, trained in {out} with another budget "
+            "or options, or removed since (their folders are kept)")
     for i, (model, v) in enumerate(pairs, 1):
         run = Path(out) / run_name(model, v)
         cfg = config(model, v)
@@ -221,27 +225,29 @@ def _run_page(run: Path) -> None:
 
 
 def _earlier_rows(out: Path, named: set[tuple[str, str]], config: Any,
-                  epochs: int) -> list[dict[str, Any]]:
+                  epochs: int) -> tuple[list[dict[str, Any]], list[str]]:
     """The rows of `out/study.json` (an earlier call's) whose (model, variant) is not in
     `named` and whose run is still there, finished, of the configuration `config(model,
-    variant)` makes now."""
+    variant)` makes now; and "model variant" of the earlier rows left out for that."""
     from zfnet.train.run import find_resume
 
     try:
         saved = json.loads((out / "study.json").read_text())
     except (OSError, ValueError):
-        return []
-    kept = []
+        return [], []
+    kept, left = [], []
     for row in saved if isinstance(saved, list) else []:
         try:
             if (row["model"], row["variant"]) in named or row["variant"] not in VARIANTS:
                 continue
             _, meta = find_resume(config(row["model"], row["variant"]))
         except (KeyError, TypeError, ValueError, OSError):
-            continue  # another configuration's, or a run since removed
+            meta = None  # another configuration's, or a run since removed
         if meta is not None and meta.get("epoch") == epochs:
             kept.append(row)
-    return kept
+        elif isinstance(row, dict) and {"model", "variant"} <= row.keys():
+            left.append(f"{row['model']} {row['variant']}")
+    return kept, left
 
 
 def _recipe_words(out: Path, rows: list[dict[str, Any]]) -> str:

@@ -371,7 +371,8 @@ PER_CLASS_SHOWN = 30  # zfnet eval prints every class's accuracy up to this many
 @click.option("--variants", callback=_names, metavar="NAME[,NAME...]",
               help="Comma-separated Table 3 variants, of every model (default: baseline, fc_half, "
                    "fc_double, wide345, no_conv34, no_fc7, no_fc67 of zfnet's models, the "
-                   "baseline of any other).")
+                   "baseline of any other). Variants are of zfnet's models only: with another "
+                   "architecture among --models, leave --variants out.")
 @click.option("--epochs", required=True, type=_Whole(1),
               help="Epochs each variant trains (the same for all).")
 @click.option("--batch-size", default=128, show_default=True, type=_Whole(1),
