@@ -83,7 +83,7 @@ def save_grid(projections: Tensor, path: str | Path | BinaryIO, min_side: int = 
             raise ValueError(f"{len(labels)} labels for {n} {what}")
     zoom = max(1, math.ceil(min_side / min(h, w)))
     th, tw, pad = h * zoom, w * zoom, 2
-    font = ImageFont.load_default()
+    font = label_font()
     top = LABEL_HEIGHT if col_labels is not None or corner is not None else 0
     side = [*(row_labels or ()), *([corner] if corner else [])]
     left = 4 + max(math.ceil(font.getlength(t)) for t in side) if side else 0
@@ -105,14 +105,20 @@ def save_grid(projections: Tensor, path: str | Path | BinaryIO, min_side: int = 
         if corner:
             draw.text((2, 2), corner, fill=LABEL_COLOUR, font=font)
         for a, text in enumerate(row_labels or ()):
-            y = top + pad + a * (th + pad) + th / 2 - 5
+            y = top + pad + a * (th + pad) + (th - LABEL_FONT) / 2
             draw.text((2, y), text, fill=LABEL_COLOUR, font=font)
         canvas = np.asarray(img)
     return save_png(canvas, path)
 
 
-LABEL_HEIGHT = 14  # px above the tiles for `save_grid`'s column labels
+LABEL_FONT = 13  # px: the labels of `save_grid` and the projections' titles, readable at 1:1
+LABEL_HEIGHT = 17  # px a line of labels takes (above the tiles for `save_grid`'s columns)
 LABEL_COLOUR = (60, 60, 60)
+
+
+def label_font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """The font of the figures' drawn labels: Pillow's own, at `LABEL_FONT` px."""
+    return ImageFont.load_default(size=LABEL_FONT)
 
 
 def fit_text(text: str, width: float, font: ImageFont.FreeTypeFont | ImageFont.ImageFont

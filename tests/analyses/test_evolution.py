@@ -69,7 +69,7 @@ def test_render_evolution_draws_projections_by_the_display_rule(tmp_path) -> Non
     proj[0, 2, 0, 4, 4] = -1e3
     canvas = np.asarray(Image.open(render_evolution(proj, tmp_path / "e.png")))
     want = projection_to_uint8(proj)
-    zoom, side, pad = 4, 40, 2
+    zoom, side, pad = 7, 70, 2  # 10 px enlarged to at least 64
     for a in range(2):
         for j in range(3):
             y, x = pad + a * (side + pad), pad + j * (side + pad)
@@ -127,7 +127,7 @@ def test_render_unit_evolution_is_one_row(tmp_path) -> None:
     proj = torch.randn(3, 1, 10, 10)  # (epochs, C, s, s)
     one = np.asarray(Image.open(render_unit_evolution(proj, tmp_path / "u.png")))
     row = np.asarray(Image.open(render_evolution(proj[None], tmp_path / "r.png")))
-    assert np.array_equal(one, row) and one.shape[:2] == (2 + 40 + 2, 2 + 3 * (40 + 2))
+    assert np.array_equal(one, row) and one.shape[:2] == (2 + 70 + 2, 2 + 3 * (70 + 2))
     buf = io.BytesIO()  # an open file, from the whole UnitEvolution (the explorer's way)
     render_unit_evolution(UnitEvolution([1, 2, 30], proj, [0.0, 0.5, 1.0]), buf)
     labelled = np.asarray(Image.open(io.BytesIO(buf.getvalue())))
@@ -136,7 +136,7 @@ def test_render_unit_evolution_is_one_row(tmp_path) -> None:
     assert margin > 20 and np.array_equal(labelled[LABEL_HEIGHT:, margin:], row)
     header = labelled[:LABEL_HEIGHT]
     x0 = margin + 2
-    inked = [(header[:, x0 + j * 42:x0 + j * 42 + 40] < 128).sum() for j in range(3)]
+    inked = [(header[:, x0 + j * 72:x0 + j * 72 + 70] < 128).sum() for j in range(3)]
     assert (header[:, :margin] < 128).any()  # "epoch"
     assert min(inked) > 0 and inked[2] > inked[0]  # "30" has more ink than "1"
 

@@ -177,7 +177,7 @@ def unit_evolution(
                          res.unit_similarity[layer][0].tolist())
 
 
-def render_evolution(projections: Tensor, path: str | Path | BinaryIO, min_side: int = 40,
+def render_evolution(projections: Tensor, path: str | Path | BinaryIO, min_side: int = 64,
                      epochs: Sequence[int] | None = None, maps: Sequence[int] | None = None
                      ) -> Path | BinaryIO:
     """One PNG per layer: a row per map, a column per epoch (maps, epochs, C, s, s), labelled
@@ -190,7 +190,7 @@ def render_evolution(projections: Tensor, path: str | Path | BinaryIO, min_side:
 
 
 def render_unit_evolution(evolution: UnitEvolution | Tensor, path: str | Path | BinaryIO,
-                          min_side: int = 40, epochs: Sequence[int] | None = None
+                          min_side: int = 64, epochs: Sequence[int] | None = None
                           ) -> Path | BinaryIO:
     """One map's row, a column per epoch: a `UnitEvolution` (its epochs label the columns) or
     its projections (E, C, h, w) with `epochs`. path: a file path or an open binary file (the

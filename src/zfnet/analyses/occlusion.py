@@ -548,7 +548,7 @@ def plot_occlusion(
             r.meta.get("target", ""), " (true)")
         handles = [Patch(color=f"C{k}", label=name(c) + (followed if c == r.target else ""))
                    for k, c in enumerate(order)]
-        row[4].legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        row[4].legend(handles=handles, fontsize=9, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         row[4].set_title("(e) most probable label", fontsize=9)
         for ax in row:
             ax.set_xlim(-0.5, w - 0.5)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -34,6 +34,7 @@ from zfnet.display import (
     CAPTION,
     LABEL_COLOUR,
     LABEL_HEIGHT,
+    label_font,
     projection_scale,
     projection_to_uint8,
     wrap_text,
@@ -196,7 +197,7 @@ def unit_figure(image: Tensor, projection: Tensor, box: tuple[int, int, int, int
     overlay = rgb.float() * 0.35 * (1 - heat) + hot * heat
     panels = [rgb.float(), shown.float(), overlay]
     pad = 4
-    font = ImageFont.load_default()
+    font = label_font()
     # each title over its panel, in up to 3 lines (a long layer name and position kept)
     lines = [wrap_text(text, w * zoom, font, max_lines=3) for text in titles or ()]
     top = LABEL_HEIGHT * max(map(len, lines), default=0) + (2 if titles else 0)

@@ -18,9 +18,8 @@ class _Whole(click.IntRange):
     name = "integer"
 
 
-def _names(ctx: click.Context, param: click.Parameter, value):
-    """A comma list, or a repeated option of comma lists -> the names, spaces stripped; each
-    once."""
+def _split(value: str | tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """A comma list, or a repeated option of comma lists -> the items, spaces stripped."""
     if value is None or value == ():
         return None
     values = value if isinstance(value, tuple) else (value,)
@@ -31,7 +30,14 @@ def _names(ctx: click.Context, param: click.Parameter, value):
     if gap is not None:  # "layer3,,layer4": a name left out, perhaps by a typo
         raise click.BadParameter(f"{gap!r} has an empty name between its commas; give the "
                                  "names separated by single commas")
-    twice = [n for n in dict.fromkeys(names) if names.count(n) > 1]
+    return names
+
+
+def _names(ctx: click.Context, param: click.Parameter, value):
+    """A comma list, or a repeated option of comma lists -> the names, spaces stripped; each
+    once."""
+    names = _split(value)
+    twice = [n for n in dict.fromkeys(names or ()) if names.count(n) > 1]
     if twice:  # "conv1,conv1": the same figure twice, or a typo for another name
         verb = "is" if len(twice) == 1 else "are"
         raise click.BadParameter(f"{', '.join(map(repr, twice))} {verb} given twice; give "
@@ -65,18 +71,18 @@ def _ints(value, names: tuple[str, ...] | None, minimum: int, example: str):
 
 def _counts(ctx: click.Context, param: click.Parameter, value: str | None):
     """A comma list of integers >= 1, e.g. 1,5,20 -> (1, 5, 20)."""
-    return _ints(value, _names(ctx, param, value), 1, "1,5,20")
+    return _ints(value, _split(value), 1, "1,5,20")
 
 
 def _counts_from_zero(ctx: click.Context, param: click.Parameter, value):
     """A comma list (or repeated option) of map indices >= 0, e.g. 3,17 -> (3, 17)."""
     value = ",".join(value) if isinstance(value, tuple) else value
-    return _ints(value, _names(ctx, param, value or None), 0, "3,17")
+    return _ints(value, _split(value or None), 0, "3,17")
 
 
 def _position(ctx: click.Context, param: click.Parameter, value: str | None):
     """ROW,COL: two integers >= 0, e.g. 3,5 -> (3, 5)."""
-    rc = _ints(value, _names(ctx, param, value), 0, "3,5")
+    rc = _ints(value, _split(value), 0, "3,5")
     if rc is not None and len(rc) != 2:
         raise click.BadParameter(f"{value!r} is not a row and a column, ROW,COL (from 0), e.g. "
                                  "3,5")
