@@ -542,9 +542,10 @@ def test_an_out_that_cannot_be_made_is_named_as_given(folder, tmp_path) -> None:
     if not Path("/proc/self").is_dir():
         pytest.skip("needs /proc (Linux)")
     res = CliRunner().invoke(main, ["shards", f"imagefolder:{folder}", "--out", "/proc/nope"])
-    assert res.exit_code == 1 and ".nope.tmp" not in res.output, res.output
-    assert res.output.startswith("Error: --out /proc/nope cannot be created (No such file or "
-                                 "directory): choose a folder where you may write"), res.output
+    assert res.exit_code == 2 and ".nope.tmp" not in res.output, res.output  # a usage error
+    assert res.output == ("Error: Invalid value for '--out': /proc/nope cannot be made: zfnet "
+                          "cannot create anything in /proc (no such file or directory); give a "
+                          "folder zfnet can write\n"), res.output
 
 
 def test_an_out_that_cannot_take_the_shards_is_refused_before_writing(folder, tmp_path,
@@ -557,8 +558,9 @@ def test_an_out_that_cannot_take_the_shards_is_refused_before_writing(folder, tm
     (tmp_path / "afile").write_text("x")
     res = CliRunner().invoke(main, ["shards", f"imagefolder:{folder}", "--out",
                                     str(tmp_path / "afile" / "out")])
-    assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
-    assert f"{tmp_path / 'afile'} is a file, not a folder" in res.output
+    assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
+    assert f"{tmp_path / 'afile'} is a file, so {tmp_path / 'afile' / 'out'} cannot be made" \
+        in res.output
     mount = tmp_path / "mnt"
     mount.mkdir()
     read = []

@@ -266,9 +266,10 @@ def _say_occlusion_work(bundle, images: int, size: int | None, stride: int | Non
     if pointed:
         images_ = f"({images_} + {pointed} for the pointing game)"
     click.echo(f"occlusion: {images_} x {per} occluder positions "
-               f"({size} px, stride {stride} px) = {(n + pointed) * per:,} occluded images to "
-               "score; " + ("a larger --stride, fewer --images or a smaller --pointing"
-                            if pointed else "a larger --stride or fewer --images")
+               f"({size} px, stride {stride} px) = up to {(n + pointed) * per:,} occluded "
+               "images to score (a broken file is skipped); "
+               + ("a larger --stride, fewer --images or a smaller --pointing" if pointed
+                  else "a larger --stride or fewer --images")
                + " make fewer", err=True)
 
 
