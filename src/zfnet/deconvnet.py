@@ -721,8 +721,11 @@ def project_rf(
     the activation of map `channels[s]` of image `images[image_index[s]]` at
     `positions[s]` = (row, col), or at that map's strongest activation when `positions` is
     None. `images` (N, C, H, W) go forward once; the S seeds go down `batch_size` at a time.
-    Returns an `RFProjection` whose values are (S, C, rf, rf). `seed`: what each unit goes
-    down with, its activation's value ("activation") or 1 ("one"), as in `project_layers`.
+    Returns an `RFProjection` whose values are (S, C, rf, rf) along a plain chain of layers
+    (AlexNet, VGG, zfnet's); for a layer the general path projects (a ResNet's, any graph
+    with branches) each covers the whole input, (S, C, H, W) at top = left = 0 (see
+    `RFProjection`). `seed`: what each unit goes down with, its activation's value
+    ("activation") or 1 ("one"), as in `project_layers`.
     """
     name = layer if isinstance(layer, str) else resolve_layer(model, layer)[0]
     seeds = Seeds(image_index, channels, positions)
@@ -765,8 +768,9 @@ def project(
     positions: None (each map's strongest activation) or (N, 2) / (N, K, 2) (row, col) in the
     layer's map. rule: "deconvnet" (the paper), "guided" or "gradient". lrn: how contrast
     normalisation is undone ("gradient", default, or "identity"; see the module docstring).
-    One forward pass for all N images, however many maps; the result is in input units,
-    seeded with the activation's value (`seed="one"`: with 1, as Captum seeds).
+    One forward pass for all N images, however many maps; the result is in input units and
+    in the model's dtype (float64 images into a float32 model give float32: they are cast to
+    it), seeded with the activation's value (`seed="one"`: with 1, as Captum seeds).
     """
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")

@@ -150,8 +150,9 @@ def test_occlusion_invariance_randomization_filters(setup, tmp_path) -> None:
                 "--stride", "8", "--out", str(out)])
     assert "layer: layer4" in text and "method: full" in text  # not a chain: recomputed whole
     # said first: how much there is to score (64 px, 16 px squares every 8 px: 7 x 7)
-    assert "occlusion: 2 images x 49 occluder positions (16 px, stride 8 px) = 98 occluded " \
-        "images to score; a larger --stride or fewer --images make fewer" in text
+    assert "occlusion: 2 images x 49 occluder positions (16 px, stride 8 px) = up to 98 " \
+        "occluded images to score (a broken file is skipped); a larger --stride or fewer " \
+        "--images make fewer" in text
     (tmp_path / "labels.txt").write_text("".join(f"c{k}\n" for k in range(10)))
     named = [*_model(setup), "--labels", str(tmp_path / "labels.txt"), *data, "--images", "1",
              "--size", "32", "--stride", "32"]
