@@ -490,7 +490,8 @@ def load_data(source: Source, spec: str | None = None, *, ten_crop: bool = False
         mean_image = read_mean_image(source.meta["checkpoint"])
     try:
         bundle = load_dataset(spec, ten_crop=ten_crop, strict=strict, cache_dir=cache_dir,
-                              preprocessing=preprocessing, mean_image=mean_image)
+                              preprocessing=preprocessing, mean_image=mean_image,
+                              mean_input=source.meta.get("input_size"))
     except FileNotFoundError as e:
         if given:
             raise

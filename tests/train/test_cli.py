@@ -535,3 +535,27 @@ def test_a_run_keeps_its_mean_image_and_subtracts_it_from_any_folder(tmp_path) -
                                     "--no-tensorboard"])
     assert res.exit_code == 0, res.output
     assert torch.equal(read_mean_image(find_last(run)), mean)
+
+
+def test_a_run_on_synthetic_data_scores_a_folder_at_its_own_input_size(tmp_path) -> None:
+    """synthetic's mean image is 36 px for 32 px inputs (9/8, not the paper's 256/224): a
+    folder given to its run takes the run's input size, read from the run, not guessed from
+    the mean image's side (it was refused whatever size= was given)."""
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / "test" / "val" / cls).mkdir(parents=True)
+        Image.new("RGB", (50, 40), (30, 90, 120)).save(tmp_path / "test" / "val" / cls / "0.png")
+    run = tmp_path / "run"
+    res = CliRunner().invoke(main, [
+        "train", "--data", "synthetic?n_train=64&n_val=32&size=32&classes=face,house",
+        "--model", "zfnet_small", "--out", str(run), "--batch-size", "32", "--epochs", "1",
+        "--quiet", "--no-tensorboard"])
+    assert res.exit_code == 0, res.output
+    for data in ("", "?size=32"):
+        res = CliRunner().invoke(main, ["eval", "--checkpoint", str(run), "--data",
+                                        f"imagefolder:{tmp_path / 'test'}{data}", "--quiet"])
+        assert res.exit_code == 0 and "top-1 error" in res.output, res.output
+    res = CliRunner().invoke(main, ["eval", "--checkpoint", str(run), "--data",
+                                    f"imagefolder:{tmp_path / 'test'}?size=36"])
+    assert res.exit_code == 1 and "the run's inputs are 32 px" in res.output, res.output

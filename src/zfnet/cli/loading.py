@@ -86,7 +86,8 @@ def _load(checkpoint: str, data: str | None, device: str = "cpu"):
     model, meta = load_model(checkpoint, device=resolve_device(device))
     # a folder or shards minus the run's own mean image, not theirs
     return model, load_dataset(data or meta["data"],
-                               mean_image=read_mean_image(meta["checkpoint"]))
+                               mean_image=read_mean_image(meta["checkpoint"]),
+                               mean_input=meta.get("input_size"))
 
 
 def _layers(model, names: tuple[str, ...] | None) -> tuple[str, ...] | None:

@@ -101,6 +101,7 @@ def load_dataset(
     preprocessing: Preprocessing | None = None,
     outline: bool = False,
     mean_image: torch.Tensor | None = None,
+    mean_input: int | None = None,
 ) -> DataBundle:
     """Load the dataset named by `spec` (`NAME[:PATH][?key=value&...]`) as a `DataBundle`.
 
@@ -114,8 +115,8 @@ def load_dataset(
     that pass over every training image; every other dataset loads as usual.
     `mean_image`: a zfnet run's (C, F, F), for its inputs: an imagefolder or shards dataset
     subtracts it instead of its own training images' mean (none computed; its input size is
-    the run's where the spec gives no `size=`; a folder of val/ alone is then taken); the other
-    datasets keep their own (the paper's convention for them).
+    the run's, `mean_input`, where the spec gives no `size=`; a folder of val/ alone is then
+    taken); the other datasets keep their own (the paper's convention for them).
     `random_labels=SEED` (any labelled dataset): the training labels permuted
     (`zfnet.data.relabel`); `words=FILE`: the classes' words (`zfnet.data.words`).
     Unknown names and options raise ValueError listing the valid ones.
@@ -137,11 +138,11 @@ def load_dataset(
         "fashion-mnist": load_fashion_mnist,
         "imagefolder": lambda s, **kw: load_imagefolder(s, cache_dir=cache_dir,
                                                         outline=outline, mean_image=mean_image,
-                                                        **kw),
+                                                        mean_input=mean_input, **kw),
         "images": lambda s, **kw: load_images_dir(s, cache_dir=cache_dir, **kw),
         "sample-photos": lambda s, **kw: load_photos_dataset(s, cache_dir=cache_dir, **kw),
         "shards": lambda s, **kw: load_shards(s, cache_dir=cache_dir, mean_image=mean_image,
-                                              **kw),
+                                              mean_input=mean_input, **kw),
     }
     if parsed.name not in loaders:
         valid = "; ".join(f"{k}: {v}" for k, v in DATASETS.items())

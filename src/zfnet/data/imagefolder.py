@@ -504,13 +504,15 @@ def load_imagefolder(
     preprocessing: Preprocessing | None = None,
     outline: bool = False,
     mean_image: torch.Tensor | None = None,
+    mean_input: int | None = None,
 ) -> DataBundle:
     """Build the `DataBundle` for `imagefolder:DIR` (paper Sec. 3 preprocessing, or the
     model's `preprocessing`: then no mean image is computed, and DIR may hold val/ alone, a
     labelled test set to score a model on or look inside it with). `outline`: no mean image
     either (zeros; `bundle.outline`; `bundle.with_mean_image()` makes it from the files
     listed), for the checks made before that pass. `mean_image`: a zfnet run's (`load_dataset`),
-    subtracted instead of DIR's own (none computed; DIR may hold val/ alone)."""
+    subtracted instead of DIR's own (none computed; DIR may hold val/ alone), for inputs of
+    `mean_input` px (the run's)."""
     mean_image = None if preprocessing is not None else mean_image
     root, opts, names, (train_paths, train_y), (val_paths, val_y) = select_folder(
         spec, raw_spec, val_only=preprocessing is not None or mean_image is not None)
@@ -519,7 +521,7 @@ def load_imagefolder(
     full_size = round(input_size * PAPER_FULL / PAPER_INPUT)
     make_mean = None
     if mean_image is not None:
-        input_size, full_size = given_mean_sizes(mean_image, opts, raw_spec)
+        input_size, full_size = given_mean_sizes(mean_image, opts, raw_spec, mean_input)
         common = dict(mean=mean_image, input_size=input_size, classes=names, strict=strict)
         mean = mean_image
     elif preprocessing is None:
@@ -542,15 +544,18 @@ def load_imagefolder(
     )
 
 
-def given_mean_sizes(mean_image: torch.Tensor, opts: dict[str, Any], raw_spec: str
-                     ) -> tuple[int, int]:
+def given_mean_sizes(mean_image: torch.Tensor, opts: dict[str, Any], raw_spec: str,
+                     run_input: int | None = None) -> tuple[int, int]:
     """(input_size, full_size) for a folder or shards given a zfnet run's mean image (C, F, F)
-    instead of their own: the run's input size where the spec gives no `size=`; a `size=` of
-    other inputs is a ValueError naming the run's."""
+    instead of their own: the run's input size `run_input` (None: the paper's 224 of 256 of
+    F) where the spec gives no `size=`; a `size=` of other inputs is a ValueError naming the
+    run's. (A run on synthetic data has 36 px of mean for 32 px inputs, not the paper's
+    ratio: its input size is the run's own, not one read from F.)"""
     full = int(mean_image.shape[-1])
-    run_input = round(full * PAPER_INPUT / PAPER_FULL)
+    known = run_input is not None and 0 < run_input <= full
+    run_input = run_input if known else round(full * PAPER_INPUT / PAPER_FULL)
     size = opts.get("size", run_input)
-    if round(size * PAPER_FULL / PAPER_INPUT) != full:
+    if (size != run_input) if known else round(size * PAPER_FULL / PAPER_INPUT) != full:
         raise ValueError(f"size={size} in dataset spec {raw_spec!r}: the run's inputs are "
                          f"{run_input} px, minus its own mean image ({full}x{full}); give "
                          f"size={run_input}, or no size")

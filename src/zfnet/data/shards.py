@@ -431,9 +431,11 @@ def load_shards(
     raw_spec: str = "",
     preprocessing: Preprocessing | None = None,
     mean_image: torch.Tensor | None = None,
+    mean_input: int | None = None,
 ) -> DataBundle:
     """Build the `DataBundle` for `shards:OUT`, as `imagefolder:DIR` builds it for the folder
-    the shards were written from (`mean_image`: a zfnet run's, instead of OUT's own)."""
+    the shards were written from (`mean_image`: a zfnet run's, instead of OUT's own, for
+    inputs of `mean_input` px)."""
     mean_image = None if preprocessing is not None else mean_image
     if spec.path is None:
         raise ValueError(f"shards needs a folder: {FORM}")
@@ -450,7 +452,7 @@ def load_shards(
     input_size = opts.get("size", PAPER_INPUT)
     full_size = round(input_size * PAPER_FULL / PAPER_INPUT)
     if mean_image is not None:
-        input_size, full_size = given_mean_sizes(mean_image, opts, raw_spec)
+        input_size, full_size = given_mean_sizes(mean_image, opts, raw_spec, mean_input)
     _check_resolution(root, manifest, preprocessing.resize if preprocessing else full_size)
     classes = opts.get("classes")
     names = [all_names[c] for c in classes] if classes is not None else all_names

@@ -98,7 +98,8 @@ def evaluate_checkpoint(
         try:
             # a folder or shards minus the run's own mean image, not theirs
             bundle = load_dataset(spec, ten_crop=ten_crop, strict=strict,
-                                  mean_image=read_mean_image(meta["checkpoint"]))
+                                  mean_image=read_mean_image(meta["checkpoint"]),
+                                  mean_input=meta.get("input_size"))
         except FileNotFoundError as e:
             if given:
                 raise

@@ -146,7 +146,8 @@ def build_run(config: TrainConfig, info: ddp.DistInfo, bundle: Any = None) -> Ru
         bundle = load_dataset(config.data, strict=config.strict, cache_dir=config.data_cache,
                               outline=True,  # a resumed run: minus its own mean image
                               mean_image=None if resume_from is None else
-                              ckpt.read_mean_image(resume_from))
+                              ckpt.read_mean_image(resume_from),
+                              mean_input=None if meta is None else meta.get("input_size"))
     require_labels(bundle, "train on")
     if meta is not None:
         check_resumed_data(meta, config, bundle)
