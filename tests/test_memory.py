@@ -79,3 +79,17 @@ def test_cli_applies_it(monkeypatch):
     result = CliRunner().invoke(main, ["models"])
     assert result.exit_code == 0, result.output
     assert calls == [1]
+
+
+def test_out_of_memory_is_told_from_other_errors() -> None:
+    import torch
+
+    from zfnet.memory import out_of_memory
+
+    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                       "can't allocate memory: you tried to allocate 120000000000 bytes.")
+    assert out_of_memory(cpu) == "120 GB asked for"
+    assert out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate "
+                                                "2.00 GiB")) == "memory ran out"
+    assert out_of_memory(MemoryError()) == "memory ran out"
+    assert out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 
 # mallopt parameters from glibc's <malloc.h>
 M_TRIM_THRESHOLD = -1
@@ -63,3 +64,22 @@ def keep_freed_memory() -> bool:
     ok = libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and ok
     _done = ok
     return ok
+
+
+def out_of_memory(e: BaseException) -> str | None:
+    """Where `e` is memory running out — Python's MemoryError, torch's OutOfMemoryError (a
+    device's), the CPU allocator's RuntimeError ("DefaultCPUAllocator: can't allocate memory:
+    you tried to allocate 120000000000 bytes") — what was asked for, in words ("120 GB asked
+    for"); None for any other error. Commands turn it into one line: the input was too large
+    for the machine, not wrong."""
+    text = str(e)
+    if not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in text or "not enough memory" in text):
+        return None
+    asked = re.search(r"tried to allocate ([\d.]+) ?(bytes|[KMGT]i?B)", text)
+    if asked is None:
+        return "memory ran out"
+    size, unit = float(asked.group(1)), asked.group(2)
+    if unit == "bytes":
+        size, unit = size / 1e9, "GB"
+    return f"{size:.3g} {unit} asked for"

@@ -56,6 +56,7 @@ from zfnet import user_code
 from zfnet.data import DataBundle, load_dataset
 from zfnet.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, PAPER_RATIO, Preprocessing
 from zfnet.data.spec import nfc, parse_spec
+from zfnet.memory import out_of_memory
 from zfnet.models.modes import check_not_scripted
 
 SOURCE_FORMS = ("a zfnet model name (`zfnet models`), torchvision:NAME (any torchvision "
@@ -450,6 +451,8 @@ def check_input(src: Source) -> None:
             raise
         return
     except Exception as e:  # whatever the forward raises means the same here
+        if out_of_memory(e):  # an input too large for the machine: not one it cannot take
+            raise
         if isinstance(e, TypeError) and "required" in str(e) and "argument" in str(e):
             raise ValueError(
                 f"{src.name}'s forward takes more than a batch of images ({_first_line(e)}); "

@@ -160,8 +160,9 @@ SETTING = 3
 
 CK = ["--checkpoint", "{run}"]
 OUT = ["--out", "{out}"]
-TRAIN = ["train", "--data", TINY, "--model", "zfnet_small", *OUT, "--epochs", "1", "--quiet",
-         "--no-tensorboard"]
+TRAIN_ON = ["train", "--model", "zfnet_small", *OUT, "--epochs", "1", "--quiet",
+            "--no-tensorboard"]  # with its --data (an option given twice is an error)
+TRAIN = [*TRAIN_ON, "--data", TINY]
 TOPK = ["visualize", "topk", *CK, *OUT, "--k", "2", "--images", "8", "--maps-per-layer", "2"]
 
 # (id, arguments, what the message must name)
@@ -236,20 +237,23 @@ CASES = [
       if importlib.util.find_spec("timm") is None else []),
     # train: what to train, on what
     ("train-no-data-model", ["train", *OUT], "--data and --model"),
-    ("train-unknown-dataset", [*TRAIN, "--data", "nope"], "nope"),
-    ("train-dataset-option", [*TRAIN, "--data", "synthetic?bogus=1"], "bogus"),
-    ("train-dataset-value", [*TRAIN, "--data", "synthetic?n_train=abc"], "n_train"),
-    ("train-spec-syntax", [*TRAIN, "--data", "synthetic:"], "synthetic:"),
-    ("train-imagefolder-layout", [*TRAIN, "--data", "imagefolder:{flat}"], "train"),
-    ("train-unlabelled", [*TRAIN, "--data", "images:{flat}"], "has no labels to train on"),
+    ("train-unknown-dataset", [*TRAIN_ON, "--data", "nope"], "nope"),
+    ("train-dataset-option", [*TRAIN_ON, "--data", "synthetic?bogus=1"], "bogus"),
+    ("train-dataset-value", [*TRAIN_ON, "--data", "synthetic?n_train=abc"], "n_train"),
+    ("train-spec-syntax", [*TRAIN_ON, "--data", "synthetic:"], "synthetic:"),
+    ("train-imagefolder-layout", [*TRAIN_ON, "--data", "imagefolder:{flat}"], "train"),
+    ("train-unlabelled", [*TRAIN_ON, "--data", "images:{flat}"], "has no labels to train on"),
     ("study-unlabelled", ["study", "--data", "images:{flat}", "--epochs", "1", *OUT],
      "has no labels to train on"),
-    ("train-flat-val", [*TRAIN, "--data", "imagefolder:{flat_val}"], "val_labels=FILE"),
-    ("train-val-labels-class", [*TRAIN, "--data", "imagefolder:{flat_val}?val_labels={val_labels}"],
+    ("train-flat-val", [*TRAIN_ON, "--data", "imagefolder:{flat_val}"], "val_labels=FILE"),
+    ("train-val-labels-class", [*TRAIN_ON, "--data",
+                                "imagefolder:{flat_val}?val_labels={val_labels}"],
      "class 'c' is not one of the 2 training classes"),
-    ("train-val-labels-missing", [*TRAIN, "--data", "imagefolder:{flat_val}?val_labels={out}.csv"],
+    ("train-val-labels-missing", [*TRAIN_ON, "--data",
+                                  "imagefolder:{flat_val}?val_labels={out}.csv"],
      "does not exist"),
-    ("train-unknown-model", [*TRAIN, "--model", "zfnett"], "zfnett"),
+    ("train-unknown-model", ["train", "--data", TINY, "--model", "zfnett", *OUT],
+     "unknown model 'zfnett'"),
     ("train-existing-run", ["train", "--data", TINY, "--model", "zfnet_small", "--out", "{run}",
                             "--epochs", "1"], "--resume"),
     ("train-existing-run-no-model", ["train", "--data", TINY, "--out", "{run}"],
@@ -272,7 +276,8 @@ CASES = [
     ("opt-init", [*TRAIN, "--model-opt", "init=zeros"], "zeros"),
     # train: option values
     ("train-batch-0", [*TRAIN, "--batch-size", "0"], "--batch-size"),
-    ("train-epochs-0", [*TRAIN, "--epochs", "0"], "--epochs"),
+    ("train-epochs-0", ["train", "--data", TINY, *OUT, "--epochs", "0"],
+     "'--epochs': 0 is not in the range x>=1"),
     ("train-lr-negative", [*TRAIN, "--lr", "-1"], "--lr"),
     ("train-time-budget", [*TRAIN, "--time-budget", "abc"], "abc"),
     ("train-keep-epochs", [*TRAIN, "--keep-epochs", "x"], "--keep-epochs"),
@@ -282,7 +287,7 @@ CASES = [
     ("train-loader-unknown", [*TRAIN, "--loader", "fast"], "--loader"),
     ("train-workers", [*TRAIN, "--workers", "many"], "'many' is not auto or a number >= 0"),
     ("train-loader-gpu-in-memory", [*TRAIN, "--loader", "gpu"], "has none to decode"),
-    ("train-loader-gpu-erasing", [*TRAIN, "--data", "imagefolder:{images}?size=32",
+    ("train-loader-gpu-erasing", [*TRAIN_ON, "--data", "imagefolder:{images}?size=32",
                                   "--loader", "gpu", "--random-erasing", "0.5"], "--loader cpu"),
     ("train-onecycle-budget", [*TRAIN, "--schedule", "onecycle", "--time-budget", "1m"],
      "onecycle"),
@@ -337,7 +342,7 @@ CASES = [
     ("eval-shards-missing", ["eval", *CK, "--data", "shards:/nonexistent"],
      "/nonexistent does not exist"),
     ("eval-shards-not-shards", ["eval", *CK, "--data", "shards:{empty}"], "no manifest.json"),
-    ("train-shards-other-version", [*TRAIN, "--data", "shards:{old_shards}"],
+    ("train-shards-other-version", [*TRAIN_ON, "--data", "shards:{old_shards}"],
      "'zfnet-shards/0', this zfnet reads 'zfnet-shards/1'"),
     ("topk-shards-missing-shard", [*TOPK, "--data", "shards:{shards_missing}"],
      "train-000000.tar is missing"),
@@ -345,7 +350,7 @@ CASES = [
     ("topk-layer", [*TOPK, "--layer", "conv9"], "conv9"),
     ("topk-layers-alias", [*TOPK, "--layers", "conv1, conv9"], "conv9"),
     ("topk-layer-empty", [*TOPK, "--layer", " , "], "--layer"),
-    ("topk-k-0", [*TOPK, "--k", "0"], "--k"),
+    ("topk-k-0", [*TOPK[:TOPK.index("--k")], "--k", "0"], "'--k': 0 is not in the range x>=1"),
     ("topk-map", [*TOPK, "--layer", "conv1,conv5", "--map", "4000"],
      "map 4000 outside the"),
     ("topk-class", [*TOPK, "--class", "dragon"], "class 'dragon' is not one of"),
@@ -385,6 +390,9 @@ CASES = [
     ("occlusion-stride", ["analyze", "occlusion", *CK, *OUT, "--stride", "500"],
      "stride=500 does not fit the 32x32 image; valid: 1..32 pixels"),
     ("occlusion-two-models", ["analyze", "occlusion", *CK, *CK, *OUT], "given 2 times"),
+    ("predict-weights-twice", ["predict", "--model", "torchvision:resnet18", "--weights", "a.pth",
+                               "--weights", "b.pth", "{notes}"],
+     "--weights': given 2 times (a.pth, b.pth); give it once"),
     ("eval-two-models", ["eval", "--model", "zfnet_small", "--model", "alexnet", "--data", TINY],
      "given 2 times (zfnet_small, alexnet); this command takes one model"),
     ("occlusion-images-0", ["analyze", "occlusion", *CK, *OUT, "--images", "0"], "--images"),
@@ -487,7 +495,7 @@ CASES = [
     ("occlusion-out-under-a-file", ["analyze", "occlusion", *CK, "--out", "{notes}/x"],
      "notes.txt is a file, so {notes}/x cannot be made in it"),
     ("topk-out-under-a-file", [*TOPK[:-8], "--out", "{notes}/x"], "notes.txt is a file"),
-    ("train-out-proc", [*TRAIN[:TRAIN.index("--out")], "--out", "/proc/zfnet-nope"],
+    ("train-out-proc", ["train", "--data", TINY, "--out", "/proc/zfnet-nope"],
      "zfnet cannot create anything in /proc"),
     ("eval-json-under-a-file", ["eval", *CK, "--json", "{notes}/r.json"], "notes.txt is a file"),
     ("predict-spec-among-images", ["predict", *CK, "{notes}", "images:{images}"],
@@ -510,7 +518,8 @@ CASES = [
      "'--out': the value is empty (a shell variable not set?); give DIRECTORY"),
     ("empty-data", ["eval", *CK, "--data="], "'--data': the value is empty"),
     ("empty-map", ["visualize", "topk", *CK, *OUT, "--map", ""], "give M[,M...]"),
-    ("empty-model", [*TRAIN[:4], "", *TRAIN[5:]], "'--model': the value is empty"),
+    ("empty-model", ["train", "--model", "", "--data", TINY, *OUT],
+     "'--model': the value is empty"),
     ("empty-image", ["project", "", *CK, *OUT], "'IMAGE...': an empty argument"),
     ("report-no-sections", ["report", "{empty}"], "no report sections"),
     ("report-figure-outside", ["report", "{escape}"], "../secret.png"),
@@ -549,7 +558,7 @@ def test_a_bad_device_decoder_is_one_clear_line(places, tmp_path, monkeypatch) -
     # `loader_kind`, which every command's loader goes through)
     monkeypatch.setenv("ZFNET_DEVICE_DECODER", "dali")
     test_bad_input_is_one_clear_line(
-        places, tmp_path, [*TRAIN, "--data", "imagefolder:{images}?size=32", "--loader", "gpu"],
+        places, tmp_path, [*TRAIN_ON, "--data", "imagefolder:{images}?size=32", "--loader", "gpu"],
         "ZFNET_DEVICE_DECODER='dali'")
 
 
@@ -558,7 +567,7 @@ def test_a_bad_thread_count_is_one_clear_line(places, tmp_path, monkeypatch) -> 
     # windows are made by the same threads
     monkeypatch.setenv("ZFNET_DEVICE_THREADS", "many")
     test_bad_input_is_one_clear_line(
-        places, tmp_path, [*TRAIN, "--data", "imagefolder:{images}?size=32", "--loader", "cpu"],
+        places, tmp_path, [*TRAIN_ON, "--data", "imagefolder:{images}?size=32", "--loader", "cpu"],
         "ZFNET_DEVICE_THREADS='many' is not valid; valid: auto or a number >= 0")
 
 
@@ -720,3 +729,21 @@ def test_mode_labels_refuses_a_model_by_name_before_loading_it(tmp_path) -> None
     assert res.output.strip().splitlines() == [
         "Error: --mode labels trains the model again on permuted labels: it needs a zfnet run "
         "(--checkpoint RUN), not torchvision:resnet18"], res.output
+
+
+def test_memory_running_out_is_one_line_saying_what_to_ask_for(places, monkeypatch) -> None:
+    """--resize 200000 (or --k 100000) asks for more memory than the machine has: one line,
+    not the allocator's traceback."""
+    import zfnet.predict
+
+    def huge(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+                           "120000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(zfnet.predict, "predict", huge)
+    res = CliRunner().invoke(main, ["predict", "--checkpoint", str(places["run"]),
+                                    str(places["images"] / "val")])
+    assert isinstance(res.exception, SystemExit) and res.exit_code == 1, res.output
+    assert res.output.strip().splitlines()[-1] == (
+        "Error: out of memory (120 GB asked for): ask for less, a smaller --batch-size, --crop "
+        "or --resize, --k, or fewer --images")

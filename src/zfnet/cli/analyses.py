@@ -25,7 +25,6 @@ from zfnet.cli.options import (
     ModelOptions,
     _counts,
     _names,
-    _once,
     _options,
     _runs_only,
     _Whole,
@@ -40,7 +39,6 @@ def analyze() -> None:
 @analyze.command("evolution", short_help="Fig. 4: top activations projected at each kept epoch")
 @_runs_only("Fig. 4 compares the checkpoints it kept while training")
 @click.option("--checkpoint", "run_dir", type=click.Path(exists=True), metavar="RUN",
-              multiple=True, callback=_once,
               help="Training run directory with kept checkpoints.  [required]")
 @click.option("--run", "run_alias", type=click.Path(exists=True), hidden=True)
 @_DATA

@@ -32,12 +32,14 @@ class _OneLine(click.ClickException):
 
 class _Command(click.Command):
     """A zfnet command: an empty value (`--out ""`, `--data "$UNSET"`) is an error naming the
-    option, not a silent default, nor the current directory for a path."""
+    option, not a silent default, nor the current directory for a path; so is an option of
+    one value given twice (click keeps the last silently: `--weights A --weights B`)."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         takes = {name: p for p in self.params if isinstance(p, click.Option) and not p.is_flag
                  and not p.count for name in p.opts}
         arguments = [p for p in self.params if isinstance(p, click.Argument)]
+        given: dict[click.Option, list[str]] = {}
         i = 0
         while i < len(args) and args[i] != "--":
             name, eq, value = args[i].partition("=")
@@ -49,7 +51,16 @@ class _Command(click.Command):
             if args[i] == "" and arguments:
                 raise click.BadParameter("an empty argument (a shell variable not set?)",
                                          ctx=ctx, param=arguments[0])
+            if name in takes and not takes[name].multiple:
+                given.setdefault(takes[name], []).append(
+                    value if eq else args[i + 1] if i + 1 < len(args) else "")
             i += 2 if name in takes and not eq else 1
+        for p, values in given.items():
+            if len(values) > 1:
+                one = ("this command takes one model (`zfnet analyze filters` compares several)"
+                       if p.name in ("model", "checkpoint", "run_dir") else "give it once")
+                raise click.BadParameter(f"given {len(values)} times ({', '.join(values)}); "
+                                         f"{one}", ctx=ctx, param=p)
         return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context):
@@ -94,6 +105,14 @@ class _Commands(click.Group):
             where = f": {e.filename}" if e.filename else ""
             raise click.ClickException(f"{e.strerror or type(e).__name__}{where} (free space "
                                        "or choose another place to write)") from e
+        except (MemoryError, RuntimeError) as e:  # what was asked does not fit the machine
+            from zfnet.memory import out_of_memory
+
+            if (asked := out_of_memory(e)) is None:
+                raise
+            raise click.ClickException(
+                f"out of memory ({asked}): ask for less, a smaller --batch-size, --crop or "
+                "--resize, --k, or fewer --images") from e
         except KeyboardInterrupt:  # Ctrl-C outside a training step (which saves and exits 130
             # itself): the shell's 130, as training's, not click's "Aborted!" 1
             click.echo("interrupted (SIGINT)", err=True)

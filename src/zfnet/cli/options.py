@@ -45,16 +45,6 @@ def _names(ctx: click.Context, param: click.Parameter, value):
     return names
 
 
-def _once(ctx: click.Context, param: click.Parameter, value: tuple[Any, ...]) -> Any:
-    """An option naming one thing (the model, the run), taken as multiple=True so that a
-    repeat is an error, not the last one silently winning; its value, or None."""
-    if len(value) > 1:
-        raise click.BadParameter(
-            f"given {len(value)} times ({', '.join(map(str, value))}); this command takes one "
-            "model (`zfnet analyze filters` compares several)")
-    return value[0] if value else None
-
-
 def _ints(value, names: tuple[str, ...] | None, minimum: int, example: str):
     """`names` (a parsed comma list) as integers >= `minimum`, or a clear BadParameter."""
     if names is None:
@@ -170,13 +160,12 @@ _BATCH = click.option("--batch-size", type=_Whole(1), default=64, show_default=T
 
 
 _SOURCE_OPTIONS = (
-    click.option("--model", "model", multiple=True, callback=_once, metavar="SOURCE",
+    click.option("--model", "model", metavar="SOURCE",
                  help="The model: a zfnet model name (`zfnet models`), torchvision:NAME, "
                       "timm:NAME, hf:ORG/NAME or hf:DIR (a Hugging Face image classifier), "
                       "your own FILE.py:NAME (a function or class that builds it), or a zfnet "
                       "run."),
     click.option("--checkpoint", "checkpoint", type=click.Path(exists=True), metavar="RUN",
-                 multiple=True, callback=_once,
                  help="A zfnet run directory, checkpoint directory or its model.safetensors "
                       "(the same as --model RUN)."),
     _WEIGHTS,

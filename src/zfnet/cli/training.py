@@ -25,7 +25,6 @@ from zfnet.cli.options import (
     _Finite,
     _model_opts,
     _names,
-    _once,
     _options,
     _Whole,
 )
@@ -34,7 +33,7 @@ from zfnet.cli.options import (
 @main.command("train", short_help="Train a model with the paper's recipe (Sec. 3)")
 @click.option("--data", metavar="SPEC",
               help="Dataset spec, e.g. synthetic, fashion-mnist, imagefolder:DIR, shards:OUT.")
-@click.option("--model", metavar="SOURCE", multiple=True, callback=_once,
+@click.option("--model", metavar="SOURCE",
               help="A zfnet model (`zfnet models`), or another architecture trained "
               "from scratch by the recipe: torchvision:NAME, timm:NAME, hf:ORG/NAME or hf:DIR "
               "(its config's architecture), your own FILE.py:NAME.")
@@ -222,9 +221,8 @@ def _training_report(run_dir: str) -> None:
 
 @main.command("eval", short_help="Top-1/top-5 error and confusion matrix of a model")
 @click.option("--checkpoint", type=click.Path(exists=True), metavar="RUN",
-              multiple=True, callback=_once,
               help="Run directory (its last checkpoint), checkpoint directory or weights file.")
-@click.option("--model", "model", metavar="SOURCE", multiple=True, callback=_once,
+@click.option("--model", "model", metavar="SOURCE",
               help="Or any model: a zfnet model name, torchvision:NAME, timm:NAME, "
                    "hf:ORG/NAME, FILE.py:NAME (with --weights), scored with its own preprocessing; "
                    "output k is the dataset's class k (sorted folder names, as ImageNet's WNIDs; "
