@@ -632,3 +632,12 @@ def test_weights_of_another_number_of_input_channels_say_how_to_build_it(tmp_pat
                        r"7, 7\) \(the file's model takes 1-channel images, timm:resnet18 "
                        r"3-channel ones: .*timm.create_model\(NAME, in_chans=1\)"):
         load_source("timm:resnet18", str(tmp_path / "grey.pth"))
+
+
+def test_weights_named_by_a_folder_say_it_is_one(tmp_path, monkeypatch) -> None:
+    """`--weights my_photos` (a folder, named without a slash) was 'unknown weights'."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_photos").mkdir()
+    with pytest.raises(ValueError, match=r"^--weights my_photos is a folder; give the weights "
+                       r"file in it \(.pth, .*\) or a weights name: IMAGENET1K_V1"):
+        load_source("torchvision:resnet18", weights="my_photos")

@@ -643,6 +643,10 @@ def _torchvision_weights(name: str, weights: str) -> Any:
         return enum[key.upper()]
     if Path(weights).expanduser().is_file():  # a weights file with an unusual name
         return None
+    if Path(weights).expanduser().is_dir():
+        raise ValueError(f"--weights {weights} is a folder; give the weights file in it "
+                         f"({', '.join(WEIGHTS_SUFFIXES)}) or a weights name: "
+                         f"{', '.join(enum.__members__)}")
     raise ValueError(
         f"unknown weights {weights!r} for torchvision:{name}; valid: "
         f"{', '.join(enum.__members__)}, or a weights file ({', '.join(WEIGHTS_SUFFIXES)})")

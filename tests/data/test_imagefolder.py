@@ -224,6 +224,11 @@ def test_a_labelled_test_set_alone_for_a_model_with_its_own_preprocessing(tmp_pa
                preprocessing=pre)
     with pytest.raises(FileNotFoundError, match="holds class folders but no train/ or val/"):
         load_dataset(f"imagefolder:{tmp_path / 'test' / 'val'}", preprocessing=pre)
+    # a flat folder of photos: what reads it as it is (it asked for DIR/train)
+    flat = tmp_path / "test" / "val" / "ant"
+    with pytest.raises(FileNotFoundError, match=rf"^{flat} holds images but no class folders "
+                       rf"\(train/, val/\).*images:{flat} \(unlabelled\), or `zfnet predict "):
+        load_dataset(f"imagefolder:{flat}", preprocessing=pre)
 
 
 def test_classes_and_per_class_options(tmp_path):

@@ -32,8 +32,11 @@ class _OneLine(click.ClickException):
 
 class _Command(click.Command):
     """A zfnet command: an empty value (`--out ""`, `--data "$UNSET"`) is an error naming the
-    option, not a silent default, nor the current directory for a path; so is an option of
-    one value given twice (click keeps the last silently: `--weights A --weights B`)."""
+    option, not a silent default, nor the current directory for a path; so is an option given
+    twice where it takes one value but another command takes several (`--model`, `--weights`,
+    `--layer`, `--class`: click kept the last silently, where the user meant both), and
+    `--out` or `--data` twice. Other options may be repeated, the last winning, as in any
+    command line (`bench/fmnist_recipe.sh SEED OUT --lr 0.07` overrides its recipe's)."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         takes = {name: p for p in self.params if isinstance(p, click.Option) and not p.is_flag
@@ -51,7 +54,7 @@ class _Command(click.Command):
             if args[i] == "" and arguments:
                 raise click.BadParameter("an empty argument (a shell variable not set?)",
                                          ctx=ctx, param=arguments[0])
-            if name in takes and not takes[name].multiple:
+            if name in takes and not takes[name].multiple and name in _once_only(ctx):
                 given.setdefault(takes[name], []).append(
                     value if eq else args[i + 1] if i + 1 < len(args) else "")
             i += 2 if name in takes and not eq else 1
@@ -74,6 +77,21 @@ class _Command(click.Command):
                 # a command that computes every rule: --rule gradient is not its to offer
                 raise RuleUndefinedError(e.rule, e.what, rule_option=False) from e
             raise
+
+
+def _once_only(ctx: click.Context) -> set[str]:
+    """The options a repeat of is an error where they take one value: those some zfnet
+    command takes several of, and --out and --data."""
+    root = ctx.find_root().command
+    names = {"--out", "--data"}
+    stack = [root]
+    while stack:
+        command = stack.pop()
+        if isinstance(command, click.Group):
+            stack += command.commands.values()
+        names |= {o for p in command.params if isinstance(p, click.Option) and p.multiple
+                  for o in p.opts}
+    return names
 
 
 class _Group(click.Group):

@@ -257,11 +257,10 @@ class _OutPath(click.Path):
                 ctx: click.Context | None) -> Any:
         from zfnet.atomic import cannot_write
 
-        path = super().convert(value, param, ctx)
-        if why := cannot_write(path, folder=self.folder):
+        if why := cannot_write(value, folder=self.folder):  # before click's "... is a file."
             self.fail(f"{why}; give a {'folder' if self.folder else 'file'} zfnet can write",
                       param, ctx)
-        return path
+        return super().convert(value, param, ctx)
 
 
 _OUT_DIR = _OutPath(folder=True)

@@ -347,6 +347,7 @@ def eval_cmd(checkpoint: str | None, model: str | None, weights: str | None,
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
     if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)  # checked makeable up front
         Path(json_out).write_text(json.dumps(r, indent=1) + "\n")
         click.echo(f"wrote {json_out}")
     if out:

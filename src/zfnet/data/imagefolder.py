@@ -447,6 +447,12 @@ def select_folder(spec: DatasetSpec, raw_spec: str = "", *, val_only: bool = Fal
             f"{root} holds class folders but no train/ or val/; expected {LAYOUT}: give the "
             f"folder that holds train/ and val/, or, for a labelled test set alone, put the "
             f"class folders in DIR/val and give DIR")
+    if not (root / "train").exists() and not (root / "val").exists() and image_files(root):
+        raise FileNotFoundError(
+            f"{root} holds images but no class folders (train/, val/): imagefolder: is "
+            f"labelled, {LAYOUT}; a labelled test set alone is DIR/val/<class>/<image>. For "
+            f"the images as they are: images:{spec.path} (unlabelled), or `zfnet predict "
+            f"{spec.path}`")
     no_train = not (root / "train").exists() and (root / "val").is_dir()
     if no_train and not val_only:
         raise FileNotFoundError(
