@@ -480,3 +480,21 @@ def test_a_stop_while_the_gallery_draws_keeps_the_finished_mining(tmp_path, monk
     assert res.exit_code == 0, res.output
     assert updates[0] == 0 and not kept.exists()  # drawn from the kept mining
     assert (tmp_path / "sections" / "topk_gallery.json").exists()
+
+
+def test_a_k_past_the_images_is_cut_to_them_and_said(tmp_path) -> None:
+    """--k 1000 of 3 images drew a page of empty cells (14414 px wide for 3 photos): each map
+    has as many activations to show as there are images."""
+    import json
+
+    from click.testing import CliRunner
+
+    from zfnet.cli import main
+
+    res = CliRunner().invoke(main, [
+        "visualize", "topk", "--model", "zfnet_small", "--data", "synthetic?n_val=3&size=32",
+        "--k", "1000", "--layer", "conv1", "--maps-per-layer", "2", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "--k 1000: 3 images to mine, so the top 3 of each map" in res.output
+    index = json.loads((tmp_path / "gallery" / "topk.json").read_text())
+    assert index["layers"]["conv1"]["k"] == 3
