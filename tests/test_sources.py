@@ -263,7 +263,8 @@ def test_files_that_are_not_state_dicts(tmp_path, capfd):
         read_state_dict(tmp_path / "photo.pth")
     for text in ("hi\n", "hello world\n"):  # a text file's bytes read as pickle opcodes
         (tmp_path / "notes.pth").write_text(text)
-        with pytest.raises(ValueError, match=r"notes.pth is not a readable torch file \(KeyError"):
+        with pytest.raises(ValueError, match=r"notes.pth is not a readable torch file: "
+                           r"damaged, cut short or another kind of file \(KeyError"):
             read_state_dict(tmp_path / "notes.pth")
     (tmp_path / "empty.pth").write_bytes(b"")
     with pytest.raises(ValueError, match=r"empty.pth is empty \(0 bytes\); give a file of "):

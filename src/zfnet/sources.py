@@ -719,10 +719,18 @@ def _name_the_builder(source: str) -> Exception:
     if not path.is_file():
         return FileNotFoundError(f"{path} does not exist; --model {user_code.FORM}")
     with user_code.importable(source), _initialising(True):
-        found = user_code.candidates(user_code.import_target(source))
+        module = user_code.import_target(source)
+        found = user_code.candidates(module)
+    parts = [n for n in found if user_code.needs_arguments(getattr(module, n))]
+    ready = [n for n in found if n not in parts]
     return ValueError(f"{source}: name what builds the model, as {source}:NAME"
-                      + (f"; there: {', '.join(found)}" if found else
-                         "; it defines no nn.Module class, model object or function"))
+                      + (f"; there: {', '.join(ready)}" if ready else
+                         "; it defines no nn.Module class, model object or function"
+                         if not parts else "; none of its classes and functions builds one "
+                         "without arguments")
+                      + (f" ({', '.join(parts)} need{'s' * (len(parts) == 1)} arguments: "
+                         "parts of a model, or wrap them in a function that builds it)"
+                         if parts else ""))
 
 
 def own_preprocessing(model: nn.Module, label: str) -> tuple[Preprocessing, list[str]]:
@@ -1004,9 +1012,11 @@ def _read_torch(path: Path) -> Any:
         raise
     except Exception as e:  # text or junk: the unpickler fails any which way
         # (KeyError for a text file's bytes as opcodes, RuntimeError, EOFError, ...)
-        raise ValueError(f"{path} is not a readable torch file ({type(e).__name__}: "
-                         f"{_first_line(e)}); give a file of model.state_dict() (.pth, .pt) or "
-                         "a .safetensors file") from e
+        why = _first_line(e)
+        why = why if len(why) <= 80 else why[:77].rstrip() + "..."  # torch's run to 400
+        raise ValueError(f"{path} is not a readable torch file: damaged, cut short or another "
+                         f"kind of file ({type(e).__name__}: {why}); give a file of "
+                         "model.state_dict() (.pth, .pt) or a .safetensors file") from e
 
 
 def _torchscript(path: Path) -> bool:

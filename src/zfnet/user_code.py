@@ -144,6 +144,17 @@ def candidates(module: ModuleType) -> list[str]:
     return out
 
 
+def needs_arguments(obj: Any) -> bool:
+    """Whether calling `obj` needs arguments it has no default for (a block's `Block(c)`):
+    not what builds a model alone. `num_classes` does not count: zfnet gives it."""
+    try:
+        params = inspect.signature(obj).parameters.values()
+    except (TypeError, ValueError):  # a builtin, a module object: nothing to tell
+        return False
+    return any(p.default is p.empty and p.name != "num_classes" and p.kind in (
+        p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in params)
+
+
 def builder(obj: Any, label: str, path: Path | None) -> Callable[..., nn.Module]:
     """A `build(**options)` for `obj`: a module object is itself (it takes no options); a
     function or class is called. An option the builder does not take is a `TypeError` (the

@@ -197,7 +197,9 @@ CASES = [
     ("source-user-file-missing", ["models", "{root}/nope.py:build"], "nope.py does not exist"),
     ("source-user-module-missing", ["models", "no_such_pkg.nets:build"],
      "no module 'no_such_pkg.nets'"),
-    ("source-user-no-name", ["models", "{user_net}"], "user_net.py:NAME; there: Net, "),
+    ("source-user-no-name", ["models", "{user_net}"],
+     "user_net.py:NAME; there: Net, fails, not_a_model, Outputs (needs_depth needs arguments: "
+     "parts of a model, or wrap them in a function that builds it)"),
     ("source-user-unknown-name", ["models", "{user_net}:net"], "has no 'net' (did you mean Net?)"),
     ("source-user-syntax", ["models", "{user_syntax}:build"], "SyntaxError"),
     ("source-user-exits", ["models", "{user_script}:build"], 'if __name__ == "__main__"'),
