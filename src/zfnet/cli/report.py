@@ -14,7 +14,8 @@ from zfnet.cli.loading import _finish
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 def report_cmd(run_dir: str) -> None:
     """Rebuild RUN_DIR/index.html from the sections saved there (RUN_DIR/sections/*.json,
-    written by `zfnet demo`, `zfnet analyze ...` and `zfnet visualize ...`)."""
+    written by `zfnet train` (its curves), `zfnet eval --out`, `zfnet study`, `zfnet demo`,
+    `zfnet analyze ...` and `zfnet visualize ...`; an atlas in RUN_DIR/atlas is linked)."""
     from zfnet.report import read_sections
 
     page, folder = Path(run_dir) / "index.html", Path(run_dir) / "sections"
