@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import shlex
 import sys
 
 import click
@@ -79,6 +80,20 @@ class _Command(click.Command):
             raise
 
 
+def _named_source(message: str, argv: list[str]) -> str:
+    """`message` with the library's "`zfnet models SOURCE`" naming the model the command line
+    gave (--model or --checkpoint), so that the hint runs as written."""
+    if "zfnet models SOURCE`" not in message:
+        return message
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if name in ("--model", "--checkpoint") and (eq or i + 1 < len(argv)):
+            given = value if eq else argv[i + 1]
+            return message.replace("zfnet models SOURCE`",
+                                   f"zfnet models {shlex.quote(given)}`")
+    return message
+
+
 def _once_only(ctx: click.Context) -> set[str]:
     """The options a repeat of is an error where they take one value: those some zfnet
     command takes several of, and --out and --data."""
@@ -107,6 +122,7 @@ class _Commands(click.Group):
     group_class = _Group
 
     def invoke(self, ctx: click.Context):
+        argv = [*getattr(ctx, "_protected_args", ()), *ctx.args]  # before click consumes them
         try:
             return super().invoke(ctx)
         except click.UsageError as e:
@@ -116,7 +132,8 @@ class _Commands(click.Group):
         except USER_ERRORS as e:  # may be one process's own (its share of the data): named
             rank = _other_rank()
             raise click.ClickException((f"rank {rank}: " if rank else "")
-                                       + (" ".join(str(e).split()) or type(e).__name__)) from e
+                                       + (_named_source(" ".join(str(e).split()), argv)
+                                          or type(e).__name__)) from e
         except OSError as e:  # the machine's, not the input's: a full disk, a read-only one
             if e.errno not in _MACHINE_ERRNOS:
                 raise
