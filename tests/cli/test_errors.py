@@ -509,6 +509,12 @@ CASES = [
     ("project-layer-names-the-source", ["project", "--model", "torchvision:resnet18", "{notes}",
                                         "--layer", "nope", *OUT],
      "(67 in all: `zfnet models torchvision:resnet18` lists them)"),
+    # an --out among the images read: its figures would be read as photos the next time
+    ("topk-out-among-its-images", ["visualize", "topk", *CK, "--data", "images:{images}",
+                                   "--out", "{images}/figures"],
+     "{images}/figures is inside the folder {images}, whose images are read (recursively)"),
+    ("project-out-its-images", ["project", *CK, "{images}", "--out", "{images}"],
+     "{images} is the folder {images}, whose images are read"),
     ("predict-out-proc", ["predict", "--model", "zfnet_small", "{notes}", "--out",
                           "/proc/p.csv"], "zfnet cannot create anything in /proc"),
     ("demo-dataset", ["demo", "--data", "nope", *OUT], "nope"),

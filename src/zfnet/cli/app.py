@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import shlex
 import sys
+from pathlib import Path
 
 import click
 
@@ -68,6 +69,7 @@ class _Command(click.Command):
         return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context):
+        _out_apart_from_inputs(self, ctx)
         try:
             return super().invoke(ctx)
         except ValueError as e:
@@ -78,6 +80,27 @@ class _Command(click.Command):
                 # a command that computes every rule: --rule gradient is not its to offer
                 raise RuleUndefinedError(e.rule, e.what, rule_option=False) from e
             raise
+
+
+def _out_apart_from_inputs(command: click.Command, ctx: click.Context) -> None:
+    """A BadParameter where a command's --out folder is inside a folder it reads every image
+    of (IMAGE folders, `--data images:DIR`): its figures would be read as photos next time."""
+    out = ctx.params.get("out")
+    param = next((p for p in command.params if p.name == "out"), None)
+    if not out or not getattr(getattr(param, "type", None), "folder", False):
+        return
+    read = [Path(i) for i in ctx.params.get("images") or () if Path(i).is_dir()]
+    name, _, folder = str(ctx.params.get("data") or "").partition("?")[0].partition(":")
+    if name.strip().lower() == "images" and folder:
+        read.append(Path(folder))
+    target = Path(out).expanduser().resolve()
+    for f in read:
+        where = f.expanduser().resolve()
+        if target == where or where in target.parents:
+            raise click.BadParameter(
+                f"{out} is {'inside ' * (target != where)}the folder {f}, whose images are "
+                "read (recursively): the figures written there would be read as photos the "
+                "next time; give a folder outside it", ctx=ctx, param=param)
 
 
 def _named_source(message: str, argv: list[str]) -> str:
