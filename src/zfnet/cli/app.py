@@ -89,7 +89,9 @@ def _out_apart_from_inputs(command: click.Command, ctx: click.Context) -> None:
     param = next((p for p in command.params if p.name == "out"), None)
     if not out or not getattr(getattr(param, "type", None), "folder", False):
         return
-    read = [Path(i) for i in ctx.params.get("images") or () if Path(i).is_dir()]
+    given = [ctx.params.get(p.name) or () for p in command.params  # IMAGE... (not --images N)
+             if isinstance(p, click.Argument) and p.name == "images"]
+    read = [Path(i) for i in (given[0] if given else ()) if Path(i).is_dir()]
     name, _, folder = str(ctx.params.get("data") or "").partition("?")[0].partition(":")
     if name.strip().lower() == "images" and folder:
         read.append(Path(folder))
