@@ -56,12 +56,14 @@ class _Command(click.Command):
             if args[i] == "" and arguments:
                 raise click.BadParameter("an empty argument (a shell variable not set?)",
                                          ctx=ctx, param=arguments[0])
-            if name in takes and not takes[name].multiple and name in _once_only(ctx):
+            if name in takes and not takes[name].multiple:
                 given.setdefault(takes[name], []).append(
                     value if eq else args[i + 1] if i + 1 < len(args) else "")
             i += 2 if name in takes and not eq else 1
-        for p, values in given.items():
-            if len(values) > 1:
+        repeated = {p: v for p, v in given.items() if len(v) > 1}
+        once = _once_only(ctx) if repeated else set()  # the commands walked only then
+        for p, values in repeated.items():
+            if once.intersection(p.opts):
                 one = ("this command takes one model (`zfnet analyze filters` compares several)"
                        if p.name in ("model", "checkpoint", "run_dir") else "give it once")
                 raise click.BadParameter(f"given {len(values)} times ({', '.join(values)}); "

@@ -29,9 +29,11 @@ def visualize() -> None:
     """Deconvnet visualisations (paper Sec. 2.1)."""
 
 
-def _k_within(k: int, images: int, said: bool = True) -> int:
-    """--k, at most the images mined (a map has no more activations to show: --k 1000 of 3
-    photos drew a page of empty cells), said where it is cut."""
+def _k_within(k: int, images: int | None, val: int, said: bool = True) -> int:
+    """--k, at most the images mined (--images, at most the `val` images there are; a map has
+    no more activations to show: --k 1000 of 3 photos drew a page of empty cells), said where
+    it is cut."""
+    images = min(images or val, val)
     if k > images > 0:
         if said:
             click.echo(f"--k {k}: {images} image{'s' * (images != 1)} to mine, so the top "
@@ -101,7 +103,7 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
             maps = tuple(class_indices(classes, source.labels, source.name,
                                          source.meta.get("num_classes")))
         names = _layers(source.model, names)
-        k = _k_within(k, min(images or len(bundle.val), len(bundle.val)), said=info.is_main)
+        k = _k_within(k, images, len(bundle.val), said=info.is_main)
         pipeline.gallery(source.model, bundle, out, k=k, n_images=images or len(bundle.val),
                          n_maps=maps_per_layer, layers=list(names) if names else None,
                          maps=maps,
@@ -160,7 +162,7 @@ def atlas_cmd(model_options: ModelOptions, data: str | None, out: str,
 
     source, bundle = _model_and_data(model_options, data)
     names = _layers(source.model, layers)
-    k = _k_within(k, min(images or len(bundle.val), len(bundle.val)))
+    k = _k_within(k, images, len(bundle.val))
     kept = run_checkpoints(source.meta["checkpoint"]) \
         if evolution and source.kind == "run" else []
     if evolution and source.kind == "run" and len(kept) < 2:
