@@ -90,6 +90,7 @@ def test_out_of_memory_is_told_from_other_errors() -> None:
                        "can't allocate memory: you tried to allocate 120000000000 bytes.")
     assert out_of_memory(cpu) == "120 GB asked for"
     assert out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate "
-                                                "2.00 GiB")) == "memory ran out"
+                                                "2.00 GiB. GPU 0 has a total capacity of "
+                                                "139.81 GiB")) == "2 GiB asked for"
     assert out_of_memory(MemoryError()) == "memory ran out"
     assert out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
