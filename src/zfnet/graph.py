@@ -84,16 +84,22 @@ class RuleUndefinedError(ValueError):
         self.rule, self.what = rule, what
         super().__init__(self.message(rule_option))
 
-    def message(self, rule_option: bool = True) -> str:
-        """The error's words; `rule_option`: whether to offer the gradient rule (--rule)."""
+    def message(self, rule_option: bool = True, server: bool = False) -> str:
+        """The error's words; `rule_option`: whether to offer the gradient rule (--rule);
+        `server`: in the words of the explorer's server (`zfnet serve`) and its API."""
         rule, what = self.rule, self.what
-        return (f"the {rule} rule is defined for rectifiers (ReLU, ReLU6) only, but the signal "
-                f"has to go back through {what}; use "
+        start = (f"the {rule} rule is defined for rectifiers (ReLU, ReLU6) only, but the signal "
+                 f"has to go back through {what}; ")
+        end = f"to take {what}'s gradient and apply the {rule} rule at the rectifiers only, as " \
+            "Captum does"
+        if server:
+            return (start + "use rule=gradient (defined for every layer), or start the server "
+                    f"with `zfnet serve --nonlinear gradient` {end}")
+        return (start + "use "
                 + ("rule 'gradient' (--rule gradient; defined for every layer), or "
                    if rule_option else "")
                 + "nonlinear 'gradient' (--nonlinear gradient; in Python, "
-                f"`with zfnet.graph.nonlinear(\"gradient\"):`) to take {what}'s gradient and "
-                f"apply the {rule} rule at the rectifiers only, as Captum does")
+                f"`with zfnet.graph.nonlinear(\"gradient\"):`) {end}")
 
 
 class PlainGradientWarning(UserWarning):

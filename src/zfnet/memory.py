@@ -68,10 +68,10 @@ def keep_freed_memory() -> bool:
 
 def out_of_memory(e: BaseException) -> str | None:
     """Where `e` is memory running out — Python's MemoryError, torch's OutOfMemoryError (a
-    device's), the CPU allocator's RuntimeError ("DefaultCPUAllocator: can't allocate memory:
-    you tried to allocate 120000000000 bytes"; CUDA's "Tried to allocate 2.00 GiB") — what was asked for, in words ("120 GB asked
-    for"); None for any other error. Commands turn it into one line: the input was too large
-    for the machine, not wrong."""
+    device's: CUDA's "Tried to allocate 2.00 GiB"), the CPU allocator's RuntimeError
+    ("DefaultCPUAllocator: can't allocate memory: you tried to allocate 120000000000 bytes")
+    — what was asked for, in words ("120 GB asked for"); None for any other error. Commands
+    turn it into one line: the input was too large for the machine, not wrong."""
     text = str(e)
     if not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
             or "can't allocate memory" in text or "not enough memory" in text):

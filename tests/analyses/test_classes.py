@@ -26,6 +26,9 @@ def test_a_class_by_its_name_a_synonym_or_its_number() -> None:
     (["crane"], "class 'crane' names 2 of resnet's classes: 'crane' (4), 'crane' (5); give one "
                 "by its whole name or its number"),
     (["tabby,zebra"], "class 'zebra' is not one of"),
+    # a word of several names: those names first, not names spelled like it ('crane')
+    (["cat"], "did you mean 'tabby, tabby cat' or 'tiger cat' or 'Egyptian cat'?"),
+    (["tench fish"], "did you mean 'tench, Tinca tinca'?"),
 ])
 def test_what_names_no_class_or_several_is_refused(wanted, message) -> None:
     with pytest.raises(ValueError) as e:

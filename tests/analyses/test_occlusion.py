@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from zfnet import create_model
@@ -18,6 +19,7 @@ from zfnet.analyses.occlusion import (
     occlusion,
     occlusion_report,
     pixel_map,
+    plot_occlusion,
     pointing_game,
 )
 from zfnet.display import CAPTION as DISPLAY_CAPTION
@@ -423,6 +425,7 @@ def test_progress_reaches_every_position_and_can_stop(model, image, method) -> N
     r = occlusion(model, image, size=8, stride=4, batch_size=9, method=method, project=False,
                   progress=lambda d, t: seen.append((d, t)))
     n = r.probability.numel()
+    assert seen[0] == (0, n)  # the total before the first group (a page's bar and count)
     assert seen[-1] == (n, n) and all(t == n for _, t in seen)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen) and len(seen) > 1
 
@@ -491,3 +494,15 @@ def test_a_colour_bars_factor_is_its_label_not_over_the_title() -> None:
         offset = bar.yaxis.offsetText
         assert not (offset.get_visible() and offset.get_text()), scale
         assert factor in bar.get_ylabel() and bool(bar.get_ylabel()) == bool(factor), scale
+
+
+def test_a_long_class_name_stays_inside_the_figure(model, image, tmp_path) -> None:
+    """Panel (a)'s title with a long class name ("Greater Swiss Mountain dog") wraps within
+    its panel: no text touches the figure's left edge (it was cut off there)."""
+    r = occlusion(model, image, size=16, stride=16, project=False)
+    r.meta["target"] = "chosen"
+    names = [f"Greater Swiss Mountain dog number {k}" for k in range(10)]
+    pixels = (image - image.min()) / (image.max() - image.min()) * 255
+    plot_occlusion([(pixels.to(torch.uint8), r)], names, tmp_path / "o.png")
+    drawn = np.asarray(Image.open(tmp_path / "o.png").convert("L"))
+    assert drawn[:, :3].min() > 200, "text cut off at the left edge"

@@ -244,7 +244,10 @@ def test_uploads(client, explorer) -> None:
                        headers={"X-Filename": "paper.pdf"}), 400, "paper.pdf", "not an image")
     _error(client.post("/api/images", content=data[: len(data) // 2]), 400, "cannot be read")
     _error(client.post("/api/images", content=b""), 400, "empty")
-    _error(client.post("/api/images", content=b"\xff" * 300_000), 413, "limit", "MB")
+    _error(client.post("/api/images", content=b"\xff" * 300_000), 413, "limit", "MiB")
+    # a multipart form (curl -F, httpx files=): told how to send the file instead
+    _error(client.post("/api/images", files={"file": ("astronaut.jpg", data, "image/jpeg")}),
+           400, "multipart form", "--data-binary")
     _error(client.post("/api/images", content=_huge_png(12_000, 9_000)), 400,
            "12000x9000", "108 megapixels", "up to 40")
     # a strip of few pixels whose shorter side the model's resize would blow up
@@ -591,6 +594,8 @@ def test_any_cnn_through_the_general_path(tmp_path) -> None:
     names = [r.name for r in e.layers]
     assert {"layer1", "layer3", "layer3.0.conv1", "fc"} <= set(names)
     assert e.default_layer == "layer4"
+    with pytest.raises(ValueError, match="layer 'layer9' does not exist.*GET /api/layers"):
+        e.layer("layer9")  # the API's list named, not the command line's
     # its blocks too: a BasicBlock's output (after the residual addition and its ReLU), not
     # the Sequential inside it (the same as its last module's)
     kinds = {r.name: r.kind for r in e.layers}
@@ -857,7 +862,9 @@ def test_nonlinear_mode_reaches_the_views_and_the_jobs(tmp_path) -> None:
             u = c.get("/api/unit?image=val:0&layer=features.3&unit=2").json()
             top = _wait(c, "/api/topk?layer=features.3&unit=2")
             if mode == "error":
-                _error(c.get(u["rules"]["deconvnet"]), 400, "GELU", "--nonlinear gradient")
+                text = _error(c.get(u["rules"]["deconvnet"]), 400, "GELU", "rule=gradient",
+                              "zfnet serve --nonlinear gradient")  # the server's words
+                assert "--rule" not in text and "in Python" not in text
                 # the top-k figure's link takes a rule that is defined here: the gradient
                 assert top["rule"] == "gradient" and top["figure"].endswith("&rule=gradient")
                 assert _png(c.get(top["figure"])).ndim == 3
@@ -1104,3 +1111,36 @@ def test_a_class_is_found_by_name_synonym_or_number(client, explorer, tmp_path) 
         assert c.get("/api/classes", params={"name": "2"}).json()["unit"] == 2
         _error(c.get("/api/classes", params={"name": "cat"}), 400, "no names",
                "by its number")
+
+
+def test_images_n_limits_the_mining_not_the_images_shown(tiny_run, tmp_path) -> None:
+    """`zfnet serve --images 5`: the top-k are mined over the first 5 images; all 32 are
+    browsed, counted and opened."""
+    source = load_source(str(tiny_run))
+    e = Explorer(source, load_data(source, None), cache_dir=tmp_path, n_images=5)
+    with TestClient(create_app(e)) as c:
+        assert c.get("/api/model").json()["data"]["images"] == 32
+        assert c.get("/api/model").json()["data"]["mined"] == 5
+        assert c.get("/api/images?offset=24").json()["total"] == 32
+        assert len(c.get("/api/images?offset=24").json()["items"]) == 8
+        assert c.get("/api/maps?image=val:31&layer=conv1").status_code == 200
+        _error(c.get("/api/maps?image=val:32&layer=conv1"), 404, "val:0..val:31")
+        top = _wait(c, "/api/topk?layer=conv1&unit=0")
+        assert top["images"] == 5 and all(int(i["image"][4:]) < 5 for i in top["items"])
+
+
+def test_another_sites_page_cannot_post_or_cancel(client) -> None:
+    """A page of another site open in the same browser may not upload or cancel (a simple
+    cross-origin request needs no preflight): refused by its Origin; the server's own page
+    and scripts (no Origin) may."""
+    base = str(client.base_url).rstrip("/")
+    host = base.split("://", 1)[1]
+    foreign = {"Origin": "http://evil.example"}
+    _error(client.post("/api/images", content=_jpeg(), headers=foreign), 403,
+           "http://evil.example", "own page")
+    _error(client.delete("/api/jobs/1", headers=foreign), 403, "DELETE")
+    own = {"Origin": f"http://{host}"}
+    assert client.post("/api/images", content=_jpeg(), headers=own).status_code == 201
+    assert client.post("/api/images", content=_jpeg()).status_code == 201
+    assert client.get("/api/model", headers=foreign).status_code == 200  # reading: the CORS
+    # rules of the browser keep the answer from the other page

@@ -10,6 +10,7 @@ import base64
 import io
 import re
 import threading
+import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -328,6 +329,33 @@ def test_uploads_become_the_current_image_and_bad_ones_are_told(page, server) ->
     page.wait_for_selector(f'#maps[data-layer="pool1"][data-image="{_query(page)["image"]}"]')
     assert page.locator("#drop-overlay").is_hidden()
     assert page.locator("#strip li.uploaded").count() == 2
+    assert page.text_content("#strip-info").startswith("2 uploaded images (first on the strip)")
+
+    # several files dropped together: each uploaded, the last one shown; a link dropped
+    # (a picture dragged from another page) is told, not ignored
+    page.evaluate("""(b64) => {
+        const dt = new DataTransfer();
+        for (const [name, w] of [['small.png', 40], ['wide.png', 90]]) {
+          const c = document.createElement('canvas');
+          c.width = w; c.height = 30;
+          const bytes = Uint8Array.from(atob(c.toDataURL('image/png').split(',')[1]),
+                                        ch => ch.charCodeAt(0));
+          dt.items.add(new File([bytes], name, {type: 'image/png'}));
+        }
+        document.body.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true,
+                                                           cancelable: true}));
+    }""", "")
+    page.wait_for_function("document.querySelectorAll('#strip li.uploaded').length === 4")
+    page.wait_for_function("document.querySelector('#current-caption').textContent"
+                           ".startsWith('wide.png')")
+    page.evaluate("""() => {
+        const dt = new DataTransfer();
+        dt.setData('text/uri-list', 'https://example.org/cat.jpg');
+        document.body.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true,
+                                                           cancelable: true}));
+    }""")
+    page.wait_for_selector("#error", state="visible")
+    assert "a link was dropped, not a file" in page.text_content("#error-text")
     assert page.console.errors == []
 
 
@@ -511,6 +539,48 @@ def test_a_queued_job_counts_the_jobs_ahead_and_no_one_else_cancels_it(page, ser
     assert page.console.errors == []
 
 
+def test_a_view_left_behind_is_cancelled_not_left_queued(page, server) -> None:
+    """Arrow keys or strip clicks with the occlusion tab open: the job of the image left
+    behind is cancelled, not left queued ahead of the one the page waits for now."""
+    app, _ = server
+    gate = threading.Event()
+    holder = app.state.jobs.submit("test", ("hold", "left"), "a job holding the queue",
+                                   lambda progress: gate.wait(30))
+    try:
+        _open(page, "/?image=val:4&view=occlusion")
+        page.wait_for_function("document.querySelector('#job-what').textContent"
+                               ".includes('1 job ahead')")
+        left = app.state.jobs.last(("occlusion", "val:4", None, None))
+        page.click('#strip button[data-image="val:5"]')
+        page.wait_for_function("document.querySelector('#job-what').textContent"
+                               ".includes('occlusion maps of val:5')")
+        deadline = time.monotonic() + 10
+        while left.state != "cancelled" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert left.state == "cancelled" and not left.abandoned  # by the page, at once
+        now = app.state.jobs.last(("occlusion", "val:5", None, None))
+        assert now.state == "queued"
+        assert "1 job ahead" in page.text_content("#job-what")  # not 2
+    finally:
+        gate.set()
+    holder.future.result(timeout=30)
+    assert page.console.errors == []
+
+
+def test_the_page_says_the_k_the_server_mines(page) -> None:
+    """`zfnet serve --k 4`: the tab, the hints and the class box say top 4, not 9."""
+    def k4(route):
+        route.fulfill(json={**route.fetch().json(), "k": 4})
+
+    page.route("**/api/model", k4)
+    _open(page, "/?image=val:0&layer=conv5")
+    assert page.text_content("#tab-topk") == "Top 4 over the dataset"
+    assert "top 4" in page.get_attribute("#class-name", "title")
+    page.click("#tab-topk")
+    page.wait_for_function("document.querySelector('#view-hint').textContent"
+                           ".includes('see its top 4 over the dataset')")
+
+
 def test_a_link_to_an_image_out_of_range_shows_the_first_page(page) -> None:
     page.console.allowed.append("val:99999.png")
     _open(page, "/?image=val:99999&layer=conv5")
@@ -617,6 +687,19 @@ def test_a_rule_that_does_not_run_on_the_network_says_why_in_its_panel(browser,
         page.wait_for_function(LOADED, arg='img[data-rule="gradient"]')
         assert page.locator('img[data-rule="gradient"] + p.unavailable').is_hidden()
         assert page.locator("#error").is_hidden()  # a fact of the network, not an error
+        # asked once: back on the unit, its reason is shown again without asking again
+        asked: list[str] = []
+        page.on("request", lambda r: asked.append(r.url) if "rule=deconvnet" in r.url
+                and "projection.png" in r.url else None)
+        page.wait_for_selector('#maps[data-layer="features.3"]')
+        page.focus("#maps")
+        page.keyboard.press("ArrowRight")
+        page.wait_for_selector('#unit-section[data-unit="3"]')
+        page.keyboard.press("ArrowLeft")
+        page.wait_for_selector('#unit-section[data-unit="2"]')
+        note = page.locator('img[data-rule="deconvnet"] + p.unavailable')
+        page.wait_for_function("n => n.textContent.includes('GELU')", arg=note.element_handle())
+        assert not [u for u in asked if "unit=2" in u], asked
         # the unit's top-k figure: by the gradient, said, not a broken image
         _open(page, "/?image=val:0&layer=features.3&unit=2&view=topk")
         page.wait_for_function(LOADED, arg="#view-figure")

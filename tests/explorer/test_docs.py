@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from zfnet.explorer.app import Server, create_app
@@ -16,14 +17,27 @@ from zfnet.sources import load_data, load_source
 DOC = Path(__file__).parents[2] / "docs" / "explorer.md"
 
 
-def test_scripting_example_runs(tiny_run, tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("model", ["run", "torchvision:resnet18"])
+def test_scripting_example_runs(model, tiny_run, tmp_path, monkeypatch) -> None:
+    """On a zfnet run and on a torchvision ResNet (whose layers are not conv5: the script
+    asks the server for its default layer)."""
+    import torch
     from skimage import data
 
     text = DOC.read_text()
     code = re.findall(r"```python\n(.*?)```", text, re.S)[0]
     Image.fromarray(data.coffee()).save(tmp_path / "my_photo.jpg")
-    source = load_source(str(tiny_run))
-    explorer = Explorer(source, load_data(source, None), cache_dir=tmp_path / "cache")
+    if model == "run":
+        source = load_source(str(tiny_run))
+        bundle = load_data(source, None)
+    else:
+        (tmp_path / "photos").mkdir()
+        for name in ("astronaut", "chelsea"):
+            Image.fromarray(getattr(data, name)()).save(tmp_path / "photos" / f"{name}.jpg")
+        torch.manual_seed(0)
+        source = load_source(model, resize=64, crop=64)
+        bundle = load_data(source, f"images:{tmp_path / 'photos'}")
+    explorer = Explorer(source, bundle, cache_dir=tmp_path / "cache")
     monkeypatch.chdir(tmp_path)
     with Server(create_app(explorer)) as url:
         exec(compile(code.replace("http://127.0.0.1:8000", url), str(DOC), "exec"), {})

@@ -106,19 +106,39 @@ def class_indices(wanted: Sequence[str], labels: Sequence[str] | None,
     return list(dict.fromkeys(out))
 
 
+def close_classes(value: str, labels: Sequence[str], n: int = 5) -> list[str]:
+    """The class names `value` may have meant, at most `n`: first those (or a synonym of
+    which) it is all the words of, or some of the words of ("tabby" for "tabby cat"; "tiger
+    cat", "Persian cat" … for "cat"), then those spelled like it (difflib)."""
+    import re
+    from difflib import get_close_matches
+
+    def words(text: str) -> set[str]:
+        return set(re.findall(r"\w+", text.lower()))
+
+    typed = words(value)
+
+    def holds(name: str) -> bool:  # the name, or one of its comma-separated synonyms
+        return any(typed <= w or w <= typed for w in map(words, [name, *name.split(",")])
+                   if w)
+
+    held = [str(c) for c in labels if typed and holds(str(c))]
+    lowered = {str(c).lower(): str(c) for c in reversed(labels)}
+    spelled = [lowered[c] for c in get_close_matches(value.lower(), list(lowered), n=n,
+                                                     cutoff=0.8 if held else 0.6)]
+    return list(dict.fromkeys([*held, *spelled]))[:n]
+
+
 def _unknown(value: str, labels: Sequence[str] | None, model_name: str,
              outputs: int | None) -> list[int]:
     """Raise the ValueError for a class name that names no class of `labels`."""
-    from difflib import get_close_matches
-
     from zfnet.sources import labels_hint
 
     v = value.strip()
     if not labels:
         raise ValueError(f"{model_name}'s classes have no names ({labels_hint(outputs)}); "
                          f"give class {v!r} by its number")
-    close = get_close_matches(v.lower(), [str(n).lower() for n in labels], n=3, cutoff=0.6)
-    named = [next(n for n in labels if str(n).lower() == c) for c in close]
+    named = close_classes(v, labels)
     raise ValueError(f"class {v!r} is not one of {model_name}'s {len(labels)} classes"
                      + (f"; did you mean {' or '.join(map(repr, named))}?" if named else
                         f" ({', '.join(map(str, labels[:3]))}{', ...' if len(labels) > 3 else ''}"

@@ -294,6 +294,8 @@ def occlusion(
             if not 0 <= target < k:
                 raise ValueError(f"target={target} is not a class of this model; valid: 0..{k - 1}")
             boxes = occluder_boxes(tops, lefts, size, h, w)
+            if progress is not None:  # the total, before the first group is scored
+                progress(0, len(boxes))
             watch = (layer, channel)
             if method == "incremental":
                 try:
@@ -498,7 +500,7 @@ def plot_occlusion(
         return class_names[c] if class_names and 0 <= c < len(class_names) else f"class {c}"
 
     def title(ax: Any, text: str) -> None:  # a long class name wraps inside its panel
-        ax.set_title("\n".join(textwrap.fill(line, 40) for line in text.split("\n")),
+        ax.set_title("\n".join(textwrap.fill(line, 30) for line in text.split("\n")),
                      fontsize=9)
 
     fig = Figure(figsize=(16, 3.3 * len(panels)))

@@ -19,7 +19,8 @@ from zfnet.cli.options import _NONLINEAR, _OUT_DIR, _SOURCE, ModelOptions, _Whol
 @click.option("--port", default=8000, show_default=True, type=_Whole(0, 65535),
               help="Port (0: any free one).")
 @click.option("--images", default=None, type=_Whole(1),
-              help="Mine the top-k over the first N dataset images (default: all).")
+              help="Mine the top-k over the first N dataset images (default: all); every "
+                   "image is shown.")
 @click.option("--k", default=9, show_default=True, type=_Whole(1),
               help="Strongest activations kept per map (the paper's 9).")
 @click.option("--cache", "cache_dir", default=None, type=_OUT_DIR,

@@ -119,6 +119,20 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
                                               f"answers to {names} only"}, status_code=400)
             return await call_next(request)
 
+    @app.middleware("http")
+    async def same_origin_changes(request: Request, call_next: Callable[..., Any]) -> Any:
+        # an upload or a cancel comes from the server's own page (or a script, which sends no
+        # Origin): another site's page open in the same browser may not post to it
+        origin = request.headers.get("origin")
+        if request.method not in ("GET", "HEAD", "OPTIONS") and origin is not None:
+            host = request.headers.get("host", "")
+            if origin.lower() not in (f"http://{host}".lower(), f"https://{host}".lower()):
+                return JSONResponse({"error": f"a {request.method} from the page of {origin} "
+                                              "is refused: only this server's own page (or a "
+                                              "script) may change what it holds"},
+                                    status_code=403)
+        return await call_next(request)
+
     async def call(fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.wrap_future(work.submit(fn, *args))
 
@@ -132,7 +146,8 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
 
     @app.exception_handler(RuleUndefinedError)
     async def _undefined(_: Request, e: RuleUndefinedError) -> JSONResponse:
-        return JSONResponse({"error": str(e)}, status_code=400)  # the rule, not the server
+        # the rule, not the server; in the server's words (rule=, zfnet serve --nonlinear)
+        return JSONResponse({"error": e.message(server=True)}, status_code=400)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
@@ -196,6 +211,10 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
     @app.post("/api/images", status_code=201)
     async def upload(request: Request) -> Any:
         """Upload an image: the raw bytes of the file as the body (X-Filename: its name)."""
+        if request.headers.get("content-type", "").lower().startswith("multipart/"):
+            raise ExplorerError("the upload is a multipart form (curl -F, httpx files=): send "
+                                "the file's bytes as the body instead (curl --data-binary "
+                                "@FILE, httpx content=...), its name in the X-Filename header")
         size = request.headers.get("content-length")
         if size is not None and size.isdigit() and int(size) > max_upload:
             raise TooLarge(_too_large(int(size), max_upload))
@@ -392,7 +411,7 @@ def _png(data: bytes) -> Response:
 
 def _too_large(size: int, limit: int, at_least: bool = False) -> str:
     more = "more than " if at_least else ""
-    return (f"the upload is {more}{size / 2**20:.1f} MB; the limit is {limit / 2**20:.0f} MB "
+    return (f"the upload is {more}{size / 2**20:.1f} MiB; the limit is {limit / 2**20:.0f} MiB "
             "(zfnet serve --max-upload-mb)")
 
 

@@ -83,8 +83,9 @@ def serve(source: Any, data: str | None = None, *, host: str = "127.0.0.1", port
     app = create_app(explorer, max_upload=max_upload,
                      allowed_hosts=LOOPBACK if host in LOOPBACK else None)
     server = Server(app, host, port)
-    echo(f"zfnet explorer: {source.name}, {explorer.n_images} "
-         f"image{'s' * (explorer.n_images != 1)} of {bundle.spec}"
+    n, mined = explorer.n_shown, explorer.n_images
+    echo(f"zfnet explorer: {source.name}, {n} image{'s' * (n != 1)} of {bundle.spec}"
+         + (f" (the top-{k} mined over the first {mined})" if mined < n else "")
          + (" (the built-in photos; --data images:DIR shows yours)"
             if bundle.spec == "sample-photos" and data is None else ""))
     where = _where(server)

@@ -178,14 +178,15 @@ def _nbytes(value: Any) -> int:
 
 
 class _Readable(Dataset):
-    """The explorer's first `n_images` dataset items through `Explorer.item` (a broken file
-    is read once per server), counting the broken ones this reader met."""
+    """The explorer's first `n_images` dataset items (those mined; `shown`: every image shown)
+    through `Explorer.item` (a broken file is read once per server), counting the broken ones
+    this reader met."""
 
-    def __init__(self, explorer: Explorer) -> None:
-        self.explorer, self.skipped = explorer, 0
+    def __init__(self, explorer: Explorer, shown: bool = False) -> None:
+        self.explorer, self.shown, self.skipped = explorer, shown, 0
 
     def __len__(self) -> int:
-        return self.explorer.n_images
+        return self.explorer.n_shown if self.shown else self.explorer.n_images
 
     def __getitem__(self, i: int) -> Any:
         item = self.explorer.item(i)
@@ -218,7 +219,8 @@ class Explorer:
     source: a `zfnet.sources.Source`. bundle: a `DataBundle` of the model's inputs (centre
     crops of its val split are the images shown), or None. cache_dir: where the top-k index is
     kept (one file per model, dataset and layer). n_images: mine the first N dataset images
-    (default all). evolution: [(epoch, checkpoint path)] of a zfnet run's kept epochs, or None.
+    (default all; every image is shown). evolution: [(epoch, checkpoint path)] of a zfnet
+    run's kept epochs, or None.
     Methods are not thread-safe: the web layer calls them from one thread; long computations
     (`topk_job`, `occlusion_job`, `evolution_job`) work on their own copy of the model.
     """
@@ -256,7 +258,8 @@ class Explorer:
             val = bundle.val
             self.val = val.with_mode("centre") if getattr(val, "mode", "centre") != "centre" \
                 else val
-        self.n_images = len(self.val) if self.val is not None else 0
+        self.n_shown = len(self.val) if self.val is not None else 0  # browsed
+        self.n_images = self.n_shown  # mined (top-k, evolution): the first n_images
         if n_images is not None:
             self.n_images = min(self.n_images, n_images)
         self.size = (self.pre.crop, self.pre.crop)
@@ -298,7 +301,8 @@ class Explorer:
             "input": {"channels": self.channels, "size": list(self.size)},
             "classes": classes, "labels": self._class_names() is not None,
             "data": None if self.bundle is None else {"spec": self.bundle.spec,
-                                                      "images": self.n_images},
+                                                      "images": self.n_shown,
+                                                      "mined": self.n_images},
             "preprocessing": self.pre.describe(),
             "evolution": {"epochs": [e for e, _ in self.evolution_checkpoints]}
             if self.evolution_checkpoints else None,
@@ -312,7 +316,7 @@ class Explorer:
         if not hasattr(self, "_first_image"):
             from zfnet.data.picks import pick_items
 
-            got = pick_items(_Readable(self), 1) if self.n_images else []
+            got = pick_items(_Readable(self, shown=True), 1) if self.n_shown else []
             self._first_image = f"val:{got[0][0]}" if got else None
         return self._first_image
 
@@ -377,8 +381,10 @@ class Explorer:
             return rows[name]
         try:
             canonical = layer_name(self.model, name)
-        except ValueError as e:
-            raise ExplorerError(str(e)) from None
+        except ValueError as e:  # the API lists the layers, not the command line
+            raise ExplorerError(str(e).replace("`zfnet models SOURCE` lists them",
+                                               "GET /api/layers lists those with maps")
+                                ) from None
         if canonical in rows:
             return rows[canonical]
         raise ExplorerError(f"layer {name!r} has no maps to show; valid: "
@@ -443,11 +449,11 @@ class Explorer:
             raise ExplorerError("offset must be >= 0 and limit >= 1")
         names = labels_of(self.bundle)
         items = []
-        for i in range(offset, min(offset + min(limit, 500), self.n_images)):
+        for i in range(offset, min(offset + min(limit, 500), self.n_shown)):
             items.append({"id": f"val:{i}", "label": self._label(i, names),
                           "name": file_name(self.val, i), "broken": i in self._broken,
                           "src": f"/api/image/val:{i}.png"})
-        return {"total": self.n_images, "items": items}
+        return {"total": self.n_shown, "items": items}
 
     def _label(self, i: int, names: Sequence[str]) -> str | None:
         targets = getattr(self.val, "targets", None)
@@ -473,9 +479,9 @@ class Explorer:
             raise ExplorerError(f"image {image_id!r} is not an image id; valid: val:N (a dataset "
                                 "image) or up:ID (an upload)")
         i = int(index)
-        if not 0 <= i < self.n_images:
+        if not 0 <= i < self.n_shown:
             raise NotFoundError(f"image {image_id!r} does not exist; the dataset shown has "
-                                + (f"images val:0..val:{self.n_images - 1}" if self.n_images
+                                + (f"images val:0..val:{self.n_shown - 1}" if self.n_shown
                                    else "no images (start the server with --data)"))
         item = self.item(i)
         if item is None:

@@ -30,6 +30,8 @@
   // Every loader takes a ticket; an answer that comes back after a newer request is dropped.
   const tickets = { image: 0, maps: 0, unit: 0, view: 0, strip: 0 };
   let currentJob = null;
+  let currentJobKind = null;     // its kind (topk, occlusion, evolution)
+  let currentJobUrl = null;      // the view request it computes
   const cancelledHere = new Set();  // the jobs this page cancelled (its Cancel button)
   // This page's own id, sent with every request: a job that other pages follow too (a link
   // passed around a class) goes on for them when this page cancels it. getRandomValues, not
@@ -140,25 +142,42 @@
     img.src = src;
   }
 
+  // projections the server refused (their rule undefined through the network), by URL: the
+  // reason is shown again without asking again
+  const refused = new Map();
+
   /** A projection's panel: its image, or, where its rule does not run on this network (the
    *  deconvnet through a GELU gate), the server's reason in the panel, not a broken image. */
   function loadProjection(img, src) {
     const note = img.parentElement.querySelector(".unavailable");
+    const explain = (message) => {  // its first clause; the whole message on hover
+      const [why] = message.split("; ");
+      note.textContent = message.includes("--nonlinear gradient")
+        ? `${why}. \`zfnet serve --nonlinear gradient\` takes its gradient.` : why;
+      note.title = message;
+    };
     note.hidden = true;
     img.hidden = false;
+    if (refused.has(src)) {
+      img.onerror = null;
+      img.removeAttribute("src");  // not the last unit's picture, nor asked for again
+      img.hidden = true;
+      explain(refused.get(src));
+      note.hidden = false;
+      return;
+    }
     img.onerror = async () => {
       if (img.getAttribute("src") !== src) return;
       img.hidden = true;
       note.textContent = "not available";
+      note.title = "";
       note.hidden = false;
       try {
         await api(src);
-      } catch (err) {  // its first clause; the whole message on hover
+      } catch (err) {
+        if (err.status === 400) refused.set(src, err.message);
         if (img.getAttribute("src") !== src) return;
-        const [why] = err.message.split("; ");
-        note.textContent = err.message.includes("--nonlinear gradient")
-          ? `${why}. \`zfnet serve --nonlinear gradient\` takes its gradient.` : why;
-        note.title = err.message;
+        explain(err.message);
       }
     };
     img.src = src;
@@ -261,13 +280,16 @@
     $("#model-name").textContent = model.name;
     const [h, w] = model.input.size;
     const parts = [model.kind];
-    parts.push(model.data ? `dataset ${model.data.spec} (${model.data.images} images)` : "no dataset: upload an image");
+    const mined = model.data && model.data.mined < model.data.images ? `, the top ${model.k} mined over the first ${model.data.mined}` : "";
+    parts.push(model.data ? `dataset ${model.data.spec} (${model.data.images} images${mined})` : "no dataset: upload an image");
     parts.push(`input ${h}×${w}×${model.input.channels}`);
     if (model.classes) parts.push(`${model.classes} classes${model.labels ? "" : " (unnamed)"}`);
     if (model.preprocessing) parts.push(model.preprocessing);
     if (model.evolution) parts.push(`epochs ${model.evolution.epochs.join(", ")} kept`);
     $("#model-meta").textContent = parts.join(" · ");
     $("#tab-evolution").hidden = !model.evolution;
+    $("#tab-topk").textContent = `Top ${model.k} over the dataset`;
+    $("#class-name").title = $("#class-name").title.replace("top 9", `top ${model.k}`);
   }
 
   function renderLayers() {
@@ -426,6 +448,11 @@
     if (!model.data) info.textContent = "No dataset given (`zfnet serve --data SPEC`): upload an image.";
     else if (!stripTotal) info.textContent = "The dataset has no images.";
     else info.textContent = `dataset images ${stripOffset + 1}–${Math.min(stripOffset + STRIP_LIMIT, stripTotal)} of ${stripTotal}`;
+    if (uploads.length) {
+      const added = `${uploads.length} uploaded image${uploads.length === 1 ? "" : "s"} (first on the strip)`;
+      info.textContent = model.data ? `${added} · ${info.textContent}`
+        : `${added}; no dataset (\`zfnet serve --data SPEC\` adds one).`;
+    }
     $("#strip-prev").disabled = stripOffset <= 0;
     $("#strip-next").disabled = stripOffset + STRIP_LIMIT >= stripTotal;
     markStrip();
@@ -511,8 +538,8 @@
         p.className = "p meta";
         p.textContent = percent(t.p);
         pick.append(name, bar, p);
-        pick.title = `class ${t.class}: p = ${t.p.toFixed(4)}; click: this class's score ` +
-          `(${model.score_layer} ${unitWord(model.score_layer)} ${t.class}) projected, its top 9, its occlusion`;
+        pick.title = `${t.name ? `${t.name} (class ${t.class})` : `class ${t.class}`}: p = ${t.p.toFixed(4)}; click: this class's score ` +
+          `(${model.score_layer} ${unitWord(model.score_layer)} ${t.class}) projected, its top ${model.k}, its occlusion`;
         pick.addEventListener("click", () => {
           clearError();
           go({ layer: model.score_layer, unit: t.class, row: null, col: null });
@@ -534,10 +561,28 @@
     }
   }
 
-  /** Post a file's bytes to /api/images; the uploaded image becomes the current one. */
-  async function upload(file) {
-    if (!file) return;
+  /** Upload each of several files in turn (dropped together, or picked together), the last
+   *  one shown; the files refused are told together at the end. */
+  async function uploadAll(files) {
+    const list = Array.from(files || []).filter(Boolean);
+    if (list.length <= 1) {
+      await upload(list[0]);
+      return;
+    }
     clearError();
+    const refusals = [];
+    for (const file of list) {
+      const why = await upload(file, { quiet: true });
+      if (why) refusals.push(why);
+    }
+    if (refusals.length) showError(refusals.join("; "));
+  }
+
+  /** Post a file's bytes to /api/images; the uploaded image becomes the current one. Returns
+   *  why it was refused (shown, unless `quiet`), or null. */
+  async function upload(file, { quiet = false } = {}) {
+    if (!file) return null;
+    if (!quiet) clearError();
     const zone = $("#dropzone");
     zone.classList.add("busy");
     // A header holds Latin-1 only: a name with other characters travels percent-encoded.
@@ -554,10 +599,13 @@
       uploads.unshift({ id: body.id, src: body.src, name: file.name || body.name });
       renderStrip();
       go({ image: body.id, row: null, col: null });
+      return null;
     } catch (err) {
       // The server's message names the file already, except when it refuses the bytes unread.
       const named = file.name && err.message.includes(file.name);
-      showError(named ? err.message : `${file.name || "the file"}: ${err.message}`);
+      const why = named ? err.message : `${file.name || "the file"}: ${err.message}`;
+      if (!quiet) showError(why);
+      return why;
     } finally {
       zone.classList.remove("busy");
       $("#upload-file").value = "";
@@ -783,7 +831,7 @@
       const one = body.seed === "one";
       const idle = one ? " · seeded with 1, as Captum seeds (what would raise it), not with its activation" :
         body.active ? "" : " · not active on this image (activation ≤ 0): seeded with its activation, every " +
-        "rule projects it to nothing; its top 9 show where it fires";
+        `rule projects it to nothing; its top ${model.k} show where it fires`;
       $("#unit-meta").textContent = `activation ${fmt(body.activation)}${at} · image ${state.image}${box}${idle}`;
       if (one || !body.active) {  // the other seed, one click away
         const other = document.createElement("button");
@@ -848,8 +896,8 @@
   function viewRequest(s) {
     const unit = { layer: s.layer, unit: s.unit };
     if (s.view === "topk") {
-      if (!model.data) return { hint: "The top 9 need a dataset: start the server with --data SPEC." };
-      if (s.unit === null) return { hint: "Pick a unit (click a feature map) to see its top 9 over the dataset." };
+      if (!model.data) return { hint: `The top ${model.k} need a dataset: start the server with --data SPEC.` };
+      if (s.unit === null) return { hint: `Pick a unit (click a feature map) to see its top ${model.k} over the dataset.` };
       return { url: `/api/topk?${query(unit)}` };
     }
     if (s.view === "occlusion") {
@@ -866,15 +914,24 @@
     return { hint: null };
   }
 
+  /** A view of one image or unit that the page moves away from is not left queued ahead of
+   *  the next one (a run of arrow keys with the occlusion tab open): its job is cancelled for
+   *  this page (it goes on where other pages follow it). A top-k index is mined on. */
+  function leaveJob(url) {
+    if (!currentJob || currentJobKind === "topk" || currentJobUrl === url) return;
+    api(`/api/jobs/${encodeURIComponent(currentJob)}`, { method: "DELETE" }).catch(() => {});
+  }
+
   async function loadView() {
     const ticket = ++tickets.view;
-    currentJob = null;
+    const request = viewRequest(state);
+    leaveJob(request.url);
+    currentJob = currentJobKind = currentJobUrl = null;
     const result = $("#view-result");
     const hint = $("#view-hint");
     $("#job").hidden = true;
     result.hidden = true;
     delete result.dataset.view;
-    const request = viewRequest(state);
     if (!request.url) {
       hint.textContent = request.hint || defaultHint;  // no view: the panel's first words
       hint.hidden = false;
@@ -892,7 +949,7 @@
           return;
         }
         if (done >= 3) throw new ApiError("the job finished but the result is still not ready", 0);
-        const outcome = await followJob(body.job, ticket);
+        const outcome = await followJob(body.job, ticket, request.url);
         if (outcome === "done") done += 1;
         else if (outcome !== "abandoned") return;
       }
@@ -906,9 +963,11 @@
   }
 
   /** Poll a job until it ends, showing its progress; returns its final state (or "stale"). */
-  async function followJob(job, ticket) {
+  async function followJob(job, ticket, url) {
     let j = typeof job === "string" ? { id: job, state: "queued", done: 0, total: 0 } : job;
     currentJob = j.id;
+    currentJobKind = j.kind || null;
+    currentJobUrl = url;
     for (let i = 0; ; i += 1) {
       if (ticket !== tickets.view) return "stale";
       renderJob(j);
@@ -948,7 +1007,9 @@
     if (j.state === "queued" && j.ahead) {
       queue = `, ${j.ahead} job${j.ahead === 1 ? "" : "s"} ahead` + (j.waiting_for ? ` (running: ${j.waiting_for})` : "");
     }
-    $("#job-what").textContent = `${j.what || "computing"}: ${j.state}${queue}`;
+    const stopping = cancelledHere.has(j.id) && (j.state === "queued" || j.state === "running")
+      ? " · cancelling…" : "";  // a running job stops at its next group of positions or images
+    $("#job-what").textContent = `${j.what || "computing"}: ${j.state}${queue}${stopping}`;
     const bar = $("#job-progress");
     if (j.total > 0) {
       bar.max = j.total;
@@ -958,13 +1019,14 @@
       bar.removeAttribute("value");  // indeterminate
       $("#job-count").textContent = "";
     }
-    $("#job-cancel").disabled = j.state === "done";
+    $("#job-cancel").disabled = j.state === "done" || cancelledHere.has(j.id);
   }
 
   async function cancelJob() {
     if (!currentJob) return;
     $("#job-cancel").disabled = true;
     cancelledHere.add(currentJob);
+    $("#job-what").textContent += " · cancelling…";
     try {
       const { body: j } = await api(`/api/jobs/${encodeURIComponent(currentJob)}`, { method: "DELETE" });
       if (j.others > 0 && (j.state === "queued" || j.state === "running")) {
@@ -1087,7 +1149,7 @@
     $("#error-close").addEventListener("click", clearError);
     $("#strip-prev").addEventListener("click", () => pageStrip(-1));
     $("#strip-next").addEventListener("click", () => pageStrip(1));
-    $("#upload-file").addEventListener("change", (e) => upload(e.target.files[0]));
+    $("#upload-file").addEventListener("change", (e) => uploadAll(e.target.files));
     const box = $("#maps");
     box.addEventListener("mousemove", hoverMaps);
     box.addEventListener("mouseleave", () => {
@@ -1131,19 +1193,30 @@
       $("#drop-overlay").hidden = false;
     });
     document.addEventListener("dragover", (e) => {
-      if (hasFiles(e)) e.preventDefault();
+      const link = e.dataTransfer && Array.from(e.dataTransfer.types).includes("text/uri-list");
+      if (hasFiles(e) || (link && !e.target.closest("input, textarea"))) e.preventDefault();
     });
     document.addEventListener("dragleave", (e) => {
       if (!hasFiles(e)) return;
       depth = Math.max(0, depth - 1);
       if (!depth) $("#drop-overlay").hidden = true;
     });
-    document.addEventListener("drop", (e) => {
-      if (!hasFiles(e)) return;
+    document.addEventListener("drop", async (e) => {
+      if (!hasFiles(e)) {
+        // a link or a picture dragged from another page: the page cannot fetch its bytes
+        const types = e.dataTransfer ? Array.from(e.dataTransfer.types) : [];
+        if (types.includes("text/uri-list") && !e.target.closest("input, textarea")) {
+          e.preventDefault();
+          showError("a link was dropped, not a file: save the image first, then drop the file " +
+                    "(or paste the image, or use the file picker)");
+        }
+        return;
+      }
       e.preventDefault();
       depth = 0;
       $("#drop-overlay").hidden = true;
-      upload(e.dataTransfer.files[0]);
+      // several files: each uploaded in turn, the last one shown
+      await uploadAll(e.dataTransfer.files);
     });
     // An image pasted from the clipboard is uploaded too.
     document.addEventListener("paste", (e) => {
