@@ -432,3 +432,44 @@ def test_from_module_leaves_a_refused_model_in_its_mode() -> None:
     assert all(m.training for m in model.modules())
     from_module(model, crop=32, resize=36)
     assert not any(m.training for m in model.modules())
+
+
+FUNCTIONAL = """
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Functional(nn.Module):  # F.conv2d on parameters of its own: no module inside
+    def __init__(self):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(8, 3, 3, 3) * 0.1)
+        self.w2 = nn.Parameter(torch.randn(10, 8 * 8 * 8) * 0.01)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(F.conv2d(x, self.w1, padding=1)), 4)
+        return F.linear(x.flatten(1), self.w2)
+"""
+
+
+def test_a_network_of_functional_calls_only_is_told_it_has_no_layer(code, tmp_path) -> None:
+    """A network with no module inside it has no layer to name: every command that looks at
+    layers says so and how to build one (an empty table, "`zfnet models` lists them" and
+    "valid: " with nothing after it before); predict still runs it."""
+    (code / "fnet.py").write_text(FUNCTIONAL)
+    model = ["--model", f"{code}/fnet.py:Functional", "--crop", "32"]
+    photo = str(code / "photos" / "coffee.jpg")
+    for argv in (["models", *model[1:]], ["project", photo, *model, "--out", str(tmp_path / "o")],
+                 ["analyze", "occlusion", *model, "--data", f"images:{code / 'photos'}",
+                  "--layer", "fc", "--out", str(tmp_path / "o")],
+                 ["visualize", "topk", *model, "--data", f"images:{code / 'photos'}",
+                  "--out", str(tmp_path / "o")]):
+        r = CliRunner().invoke(main, argv)
+        assert r.exit_code == 1, (argv, r.output)
+        assert r.output.strip().splitlines()[-1] == (
+            "Error: Functional has no modules inside it, and zfnet names (and watches) a "
+            "network's layers by its modules: build the layers to look at as modules "
+            "(nn.Conv2d, nn.Linear, a block of your own; ReLUs may stay F.relu calls)"), argv
+    assert not (tmp_path / "o").exists()
+    r = CliRunner().invoke(main, ["predict", photo, *model])
+    assert r.exit_code == 0, r.output

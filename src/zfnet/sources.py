@@ -461,7 +461,8 @@ def check_input(src: Source) -> None:
         raise ValueError(
             f"{src.name} does not take {prep.in_channels}x{prep.crop}x{prep.crop} inputs "
             f"({type(e).__name__}: {_first_line(e)}); give the size it takes with --crop "
-            "(and --resize), its channels with --mean/--std") from e
+            "(and --resize), its channels with --mean/--std (zfnet's commands feed it square "
+            "crops; from Python, zfnet.deconvnet.project takes inputs of any HxW)") from e
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         what = (f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor)
                 else f"a {type(out).__name__}")

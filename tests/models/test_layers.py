@@ -43,8 +43,9 @@ def _tv(name: str) -> nn.Module:
 
 STAGES = {
     "alexnet": ["features.0", "features.3", "features.6", "features.8", "features.10"],
-    "vgg11_bn": ["features.0", "features.4", "features.8", "features.11", "features.15",
-                 "features.18", "features.22", "features.25"],
+    # the last convolution at each resolution (before each pooling): 5 of its 8
+    "vgg11_bn": ["features.0", "features.4", "features.11", "features.18", "features.25"],
+    "vgg16": ["features.2", "features.7", "features.14", "features.21", "features.28"],
     "resnet18": ["conv1", "layer1", "layer2", "layer3", "layer4"],
     # the last stage at each resolution, and the first: not a transition before its block
     "densenet121": ["features.conv0", "features.denseblock1", "features.denseblock2",
@@ -53,7 +54,8 @@ STAGES = {
     "mobilenet_v2": [f"features.{i}" for i in (0, 1, 3, 6, 13, 18)],
     "mobilenet_v3_small": [f"features.{i}" for i in (0, 1, 3, 8, 12)],
 }
-VECTOR = {"alexnet": "classifier.5", "vgg11_bn": "classifier.4", "resnet18": "avgpool",
+VECTOR = {"alexnet": "classifier.5", "vgg11_bn": "classifier.4", "vgg16": "classifier.4",
+          "resnet18": "avgpool",
           "densenet121": "features.norm5", "googlenet": "avgpool",
           "mobilenet_v2": "classifier.0", "mobilenet_v3_small": "classifier.1"}
 

@@ -160,11 +160,9 @@ def _check_geometry(height: int, width: int, size: int, stride: int) -> None:
 def default_layer(model: nn.Module, input_size: int | tuple[int, int] | None = None) -> str:
     """The layer of maps (b) and (c) when none is named: `zfnet.models.last_spatial_layer` —
     `conv5` on zfnet's models (the paper's layer 5), the last convolution of a chain, the last
-    stage of any other CNN (`layer4` of a ResNet); for an input of `input_size`."""
-    try:
-        return last_spatial_layer(model, input_size)
-    except ValueError as e:
-        raise ValueError(f"{e}; pass layer=...") from None
+    stage of any other CNN (`layer4` of a ResNet); for an input of `input_size`. Its
+    ValueError where there is none says which layers to give."""
+    return last_spatial_layer(model, input_size)
 
 
 def default_size(height: int, width: int) -> int:

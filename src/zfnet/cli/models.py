@@ -24,6 +24,7 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
     import torch
 
     from zfnet.models import (
+        check_has_modules,
         create_model,
         feature_layers,
         layer_info,
@@ -75,6 +76,7 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
             raise click.BadParameter(f"{input_size}: {src.name} takes {fixed} px inputs",
                                      param_hint="--input-size")
         size = fixed or input_size or src.preprocessing.crop
+    check_has_modules(model)  # no layer to list: said, not an empty table
     n_params = sum(p.numel() for p in model.parameters())
     infos = list(layer_info(model, size).values())
     click.echo(f"{title}: {n_params:,} parameters, input {size} px")

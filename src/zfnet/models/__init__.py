@@ -24,6 +24,7 @@ from zfnet.models.layers import (
     chain_checked,
     chain_root,
     chain_runs_as_forward,
+    check_has_modules,
     feature_layers,
     first_convs,
     last_spatial_layer,
@@ -50,7 +51,8 @@ from zfnet.models.registry import create_model, list_models, register_model
 __all__ = [
     "MODEL_OPTIONS", "ConvNet", "ConvSpec", "LayerGeometry", "LayerInfo", "LocalResponseNorm",
     "NetConfig", "UnknownLayerError",
-    "apply_overrides", "check_model_option", "check_model_options", "create_model",
+    "apply_overrides", "check_has_modules", "check_model_option", "check_model_options",
+    "create_model",
     "eval_mode", "feature_size", "filter_rms", "layer_geometry", "layer_info", "layer_name",
     "layer_names", "list_models", "parse_model_option",
     "register_model", "resolve_layer", "sequential_geometry",

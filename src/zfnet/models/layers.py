@@ -186,6 +186,16 @@ def layer_names(model: nn.Module) -> dict[str, str]:
     return names
 
 
+def check_has_modules(model: nn.Module) -> None:
+    """An UnknownLayerError where `model` has no modules inside it (a network written with
+    `F.conv2d` on parameters of its own): layers are named and watched by their modules."""
+    if next(model.children(), None) is None:
+        raise UnknownLayerError(
+            f"{type(model).__name__} has no modules inside it, and zfnet names (and watches) "
+            "a network's layers by its modules: build the layers to look at as modules "
+            "(nn.Conv2d, nn.Linear, a block of your own; ReLUs may stay F.relu calls)")
+
+
 def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module]:
     """The module path and module that `layer` addresses — a name (`conv3`, `features.10`,
     `layer3.1`) or the module object itself, as Captum takes it; a clear error otherwise."""
@@ -201,6 +211,8 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
         raise UnknownLayerError(f"layer {type(layer).__name__} {what}; give one of its modules "
                                 "or a name from `zfnet models`")
     names = layer_names(model)
+    if not names:
+        check_has_modules(model)
     key = layer.strip() if isinstance(layer, str) else layer
     if key in names:
         return names[key], model.get_submodule(names[key])
@@ -384,7 +396,9 @@ def feature_layers(model: nn.Module, input_size: int | tuple[int, int] | None = 
     for any CNN — in forward order, as names `resolve_layer` takes:
 
     - zfnet's models: `conv1`…`conv5` (those present);
-    - a plain `features` chain (torchvision's alexnet, vgg, vgg_bn): its convolutions;
+    - a plain `features` chain (torchvision's alexnet, vgg, vgg_bn): its convolutions, or
+      where they are more than 5 (a VGG's 8 to 16), the last one at each resolution (the
+      one before each pooling: a VGG-16's conv1_2, conv2_2, conv3_3, conv4_3, conv5_3);
     - any other network: the outputs of its main stages, the last one at each resolution
       (torchvision resnet: `conv1`, `layer1`…`layer4`; densenet: `features.conv0` and the
       dense blocks; googlenet: `conv1`, `conv3` and the last inception block of each size;
@@ -400,11 +414,20 @@ def feature_layers(model: nn.Module, input_size: int | tuple[int, int] | None = 
 
     A ValueError, naming the convolutions that output a map, when no stage does (a
     transformer's blocks output tokens: a Swin's only map is its patch embedding's)."""
+    check_has_modules(model)
     if _is_convnet(model) or _plain_chain(model):
-        convs = [n for n, i in layer_info(model).items()
+        infos = [(n, i) for n, i in layer_info(model).items()
                  if i.kind == "conv" and i.module.startswith("features.")]
-        if convs:
-            return convs
+        if len(infos) > 5 and not _is_convnet(model):  # a deep chain (a VGG): by resolution
+
+            def jump(k: int) -> int | None:
+                g = infos[k][1].geometry
+                return None if g is None else g.rows.jump
+
+            infos = [c for k, c in enumerate(infos)
+                     if k + 1 == len(infos) or jump(k) != jump(k + 1)]
+        if infos:
+            return [n for n, _ in infos]
     geo = graph_geometry(model, input_size or DEFAULT_SIZE)
     objects: set[str] | None = None  # the modules whose output is no tensor, when asked
     vectors: set[str] = set()  # ... and those whose output is (N, C)
