@@ -9,7 +9,9 @@ With TINY_SIGNAL=RANK:STEP, process RANK sends itself SIGTERM after its STEP-th 
 TINY_SIGNAL_EVAL=RANK:N, during its N-th validation); with TINY_EMPTY=RANK:N, process RANK's
 N-th batch of the session (1-based) has no item, as a batch of only broken files. With
 TINY_OWN_GROUP set, the script joins the process group itself (gloo) and says in the summary
-whether training left it joined ("group_kept").
+whether training left it joined ("group_kept"). With TINY_RANK_CONFIG=RANK:JSON, process RANK
+takes those options on top (a torchrun whose processes were given different options); a
+ValueError exits 2 with its message.
 """
 
 import json
@@ -96,6 +98,10 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     compiled.BACKEND = os.environ.get("TINY_COMPILE_BACKEND", compiled.BACKEND)
     out, overrides = sys.argv[1], json.loads(sys.argv[2])
+    if os.environ.get("TINY_RANK_CONFIG"):
+        rank, _, more = os.environ["TINY_RANK_CONFIG"].partition(":")
+        if os.environ.get("RANK", "0") == rank:
+            overrides.update(json.loads(more))
     n_train = int(sys.argv[3]) if len(sys.argv) > 3 else 32
     if os.environ.get("TINY_POISON"):
         after_update(*map(int, os.environ["TINY_POISON"].split(":")), poison)
@@ -116,6 +122,9 @@ if __name__ == "__main__":
     except NonFiniteLossError as e:
         print(f"NonFiniteLossError: {e}", file=sys.stderr, flush=True)
         sys.exit(3)
+    except ValueError as e:
+        print(f"ValueError: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
     print(json.dumps(summary), flush=True)
     # several processes share stdout (torchrun): their lines may interleave, so each also writes
     # its own file

@@ -122,6 +122,9 @@ def test_torchrun_a_nan_on_one_process_stops_both(tmp_path) -> None:
     assert len(errors) == 2, r.stderr[-3000:]
     assert any("loss is nan at epoch 2, step 3" in e for e in errors), errors
     assert any("not finite elsewhere at epoch 2" in e for e in errors), errors
+    # each names the last good checkpoint (rank 1's said "none written yet")
+    assert all(e.split("\n")[0].endswith(f"kept: {out / 'checkpoints' / 'epoch_0001'}")
+               for e in errors), errors
     assert [e for e, _ in list_checkpoints(out)] == [1]
     model, _ = load_model(out)
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -173,3 +176,19 @@ def test_torchrun_agrees_on_an_empty_batch_and_a_signal_of_one_process(tmp_path,
     assert meta2["epoch"] == 3
     for k, v in m1.state_dict().items():
         torch.testing.assert_close(m2.state_dict()[k], v, rtol=1e-4, atol=1e-5)
+
+
+def test_torchrun_processes_given_different_options_say_so_and_write_nothing(tmp_path) -> None:
+    """Two processes launched with different batch sizes (two torchrun commands of one job,
+    edited apart): each says which option differs, before anything is written (a gloo
+    "Received data size doesn't match" abort and a traceback, and a run folder left, before)."""
+    out = tmp_path / "mixed"
+    env = {**process_env(), "TINY_RANK_CONFIG": '1:{"batch_size": 4}'}
+    r = torchrun("-m", "tests.train.run_tiny", str(out), json.dumps({"epochs": 1}), env=env)
+    assert r.returncode != 0, r.stdout[-2000:]
+    errors = [e.split("\n")[0] for e in r.stderr.split("ValueError: ")[1:]]
+    assert len(errors) == 2, r.stderr[-3000:]
+    assert all(e.startswith("the processes were given different options: batch_size is 8 "
+                            "on rank 0 but 4 on rank 1") for e in errors), errors
+    assert sum("(this process)" in e for e in errors) == 1, errors
+    assert not out.exists()

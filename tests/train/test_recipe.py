@@ -451,3 +451,26 @@ def test_the_progress_bar_into_a_log_is_drawn_once_a_minute(tmp_path, capsys) ->
     bars = said.err.replace("\r", "\n").count("batch/s")
     assert 1 <= bars <= 2, said.err  # its start (and its end)
     assert "epoch 1/1  loss " in said.out
+
+
+def test_an_epoch_whose_validation_loss_is_nan_is_not_kept_as_good(tmp_path, monkeypatch) -> None:
+    """Weights blown up by an epoch whose every step's loss stayed finite (1e15 under torchrun
+    with a high lr): its validation loss is NaN. The epoch is not saved; the run stops and the
+    last good checkpoint is the one before (it was kept as "good", and last.json named it)."""
+    from zfnet.train import loop
+
+    out = tmp_path / "run"
+    real, calls = loop.evaluate, [0]
+
+    def nan_at_the_second(*args, **kw):
+        got = real(*args, **kw)
+        calls[0] += 1
+        return {**got, "loss": float("nan")} if calls[0] == 2 else got
+
+    monkeypatch.setattr(loop, "evaluate", nan_at_the_second)
+    with pytest.raises(NonFiniteLossError, match=r"^epoch 2 diverged: its validation loss is "
+                                                 r"nan; training stopped, the last good "
+                                                 r"checkpoint is kept: .*epoch_0001$"):
+        train(tiny_config(out, epochs=3), bundle=tiny_bundle())
+    assert [e for e, _ in list_checkpoints(out)] == [1]
+    assert find_last(out).name == "epoch_0001"

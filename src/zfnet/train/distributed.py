@@ -203,6 +203,23 @@ class LateFlags:
         return [v > 0 for v in values]
 
 
+def first_difference(values: dict[str, Any], info: DistInfo
+                     ) -> tuple[str, Any, int, Any] | None:
+    """Where the processes were given different `values` (JSON-able, e.g. options): the first
+    key whose value on some rank differs from rank 0's, as (key, rank 0's value, that rank,
+    its value); None where all agree, or in one process. Collective: every process calls it."""
+    if not info.enabled:
+        return None
+    gathered: list[Any] = [None] * info.world_size
+    dist.all_gather_object(gathered, values)
+    first = gathered[0]
+    for rank, other in enumerate(gathered[1:], 1):
+        for key in sorted(set(first) | set(other)):
+            if first.get(key) != other.get(key):
+                return key, first.get(key), rank, other.get(key)
+    return None
+
+
 def gather_tensors(t: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
     """Every process's copy of a same-shaped tensor (e.g. RNG states), on the CPU."""
     if not info.enabled:

@@ -10,6 +10,7 @@ broken file stops the run with an error naming it.
 from __future__ import annotations
 
 import gc
+import math
 import os
 import shutil
 import signal
@@ -183,10 +184,11 @@ class Checkpoints:
                     "partial_epoch": partial or {}, "saved_at": time.time(),
                     "plan": plan.to_dict() if plan else None}
             name = ckpt.checkpoint_name(epoch, step_in_epoch)
-            path = ckpt.save_checkpoint(run.run_dir / "checkpoints", name, run.shown, meta,
-                                        train_state, keep=self.keep | {name},
-                                        mean_image=self.mean_image)
-            self.last = str(path)
+            ckpt.save_checkpoint(run.run_dir / "checkpoints", name, run.shown, meta,
+                                 train_state, keep=self.keep | {name},
+                                 mean_image=self.mean_image)
+        # known to every process: its messages name it too
+        self.last = str(run.run_dir / "checkpoints" / ckpt.checkpoint_name(epoch, step_in_epoch))
         ddp.barrier(run.info)
 
 
@@ -264,6 +266,13 @@ class Session:
             return False
         self._trained = (epoch, int(r["steps"]), sums)  # saved if its validation fails
         val, validated = self._validate_and_plan(epoch, r)
+        diverged = next((f"{what} is {v}" for what, v in (
+            ("its training loss", sums["loss_sum"] / max(sums["seen"], 1)),
+            ("its validation loss", val["loss"])) if v is not None and not math.isfinite(v)),
+            None)  # (the same figures in every process: all stop here)
+        if diverged:  # every step's loss finite, the weights blown up all the same
+            raise NonFiniteLossError(f"epoch {epoch + 1} diverged: {diverged}; training "
+                                     "stopped, the last good checkpoint is kept")
         self._close_epoch(epoch, sums, val, validated)
         # arrived during evaluation, on any process: all stop here (once an epoch, so the host
         # may wait for the device)

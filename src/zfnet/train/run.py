@@ -123,12 +123,35 @@ class Run:
         return Path(self.config.out)
 
 
+# options whose value may differ between the processes of a torchrun: where each machine keeps
+# its data and writes, its loader workers, what it prints, its device
+LOCAL_OPTIONS = ("data", "out", "data_cache", "workers", "progress", "tensorboard", "device")
+
+
+def check_same_options(config: TrainConfig, info: ddp.DistInfo) -> None:
+    """A ValueError in every process where the processes of a torchrun were given different
+    training options (the batch size, the model, the lr …): they would fail later in a
+    collective that does not match, with no word of why. Where each keeps its data and what it
+    prints may differ (`LOCAL_OPTIONS`)."""
+    mine = {k: v for k, v in config.to_dict().items() if k not in LOCAL_OPTIONS}
+    found = ddp.first_difference(mine, info)
+    if found is None:
+        return
+    key, first, rank, other = found
+    this = " (this process)" if rank == info.rank else ""
+    raise ValueError(
+        f"the processes were given different options: {key} is {first!r} on rank 0 but "
+        f"{other!r} on rank {rank}{this}; give every process the same command line (only "
+        "where each machine keeps the data, --out, --workers and --device may differ)")
+
+
 def build_run(config: TrainConfig, info: ddp.DistInfo, bundle: Any = None) -> Run:
     """Check `config` and build its run on this process, resumed from the run directory's
     last checkpoint with `config.resume`. Writes nothing; user errors raise ValueError,
     FileNotFoundError or FileExistsError (an existing run without `resume`) naming the cause.
     `bundle` may be given instead of loading `config.data`."""
     say = tqdm.write if (config.progress and info.is_main) else (lambda *_: None)
+    check_same_options(config, info)  # first: a check below may differ between them
     if config.batch_size % info.world_size:
         lo = config.batch_size // info.world_size * info.world_size
         raise ValueError(f"batch_size={config.batch_size} is not divisible by the "
