@@ -328,6 +328,8 @@ CASES = [
      "not an empty folder"),
     ("shards-size", ["shards", "imagefolder:{images}", *OUT, "--shard-size", "big"],
      "--shard-size"),
+    ("shards-size-below-a-tar", ["shards", "imagefolder:{images}", *OUT, "--shard-size", "10KB"],
+     "10000 bytes is less than the smallest tar file, 10240 bytes"),
     ("shards-original-and-resize", ["shards", "imagefolder:{images}", *OUT, "--original",
                                     "--resize", "128"], "--original and --resize 128"),
     ("shards-square-original", ["shards", "imagefolder:{images}", *OUT, "--square",
@@ -730,6 +732,27 @@ def test_a_warning_under_a_progress_bar_is_a_line_of_its_own(capsys) -> None:
             bar.update(1)
     lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
     assert "warning: skipping broken image a/zero.jpg: empty file (0 bytes)" in lines
+
+
+def test_too_many_loader_workers_is_one_line_once(capsys) -> None:
+    """torch's warning of more DataLoader workers than cores (`--workers 64`) is zfnet's one
+    line, once (torch's came with its file and source line, once for each loader)."""
+    import warnings
+
+    import torch
+
+    from zfnet.cli.app import _one_line_warnings
+
+    data = torch.utils.data.TensorDataset(torch.zeros(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        _one_line_warnings()
+        for _ in range(2):
+            torch.utils.data.DataLoader(data, num_workers=512).check_worker_number_rationality()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: 512 loader worker processes, more "
+                                               "than the "), err
+    assert err[0].endswith("give fewer --workers")
 
 
 def test_mode_labels_refuses_a_model_by_name_before_loading_it(tmp_path) -> None:

@@ -68,7 +68,8 @@ def test_folders_and_shards_take_it_too(tmp_path) -> None:
 @pytest.mark.parametrize(("spec", "message"), [
     (f"{SPEC}&random_labels=yes", "option random_labels='yes' must be an integer"),
     (f"{SPEC}&random_labels=-1", "option random_labels=-1 must be >= 0"),
-    (f"{SPEC}&shuffled=1", "valid: classes, n_train, n_val, per_class, random_labels, seed"),
+    (f"{SPEC}&shuffled=1",
+     "valid: classes, n_train, n_val, per_class, random_labels, seed, size, words"),
 ])
 def test_bad_values_are_named(spec, message) -> None:
     with pytest.raises(ValueError, match=message):

@@ -451,6 +451,29 @@ def test_ctrl_c_with_workers_keeps_the_write_and_ends_at_once(folder, resized, t
     _same_shards(out, resized)
 
 
+def test_a_background_write_started_ignoring_sigint_stops_on_it(folder, tmp_path) -> None:
+    """A write started with `&` by a script inherits SIGINT ignored (the shell's doing):
+    `kill -INT` stops it all the same, keeping the write, as it stops `zfnet train` (it ran to
+    its end with exit status 0)."""
+    out = tmp_path / "out"
+    command = ["shards", f"imagefolder:{folder}", "--out", str(out), "--resize", "37",
+               "--shard-size", "16kB", "--workers", "0", "--quiet"]
+    p = subprocess.Popen([sys.executable, "-c", _SLOW_CHUNKS, *command], env=process_env(),
+                         start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        for _ in range(600):  # until the first shard is saved
+            if list(tmp_path.glob(".out.tmp-*/journal.json")) or p.poll() is not None:
+                break
+            time.sleep(0.05)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        stop_group(p)
+    assert p.returncode == 130, err
+    assert "note: kept what this write" in err and not out.exists()
+
+
 _CTRL_C_AT_FORK = """
 import multiprocessing.process, os, signal, sys
 from zfnet.cli import main

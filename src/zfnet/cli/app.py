@@ -202,6 +202,19 @@ def main() -> None:
     _one_line_warnings()
 
 
+def _many_workers(message: str) -> str | None:
+    """torch's DataLoader warning that it starts more workers than the machine's cores (its
+    file and source line, once for each loader), as zfnet's one line; None for another."""
+    import re
+
+    m = re.search(r"will create (\d+) worker processes in total\. Our suggested max number "
+                  r"of worker in current system is (\d+)", message)
+    if m is None:
+        return None
+    return (f"warning: {m[1]} loader worker processes, more than the {m[2]} this machine "
+            "runs well: they may run slowly or stall; give fewer --workers")
+
+
 def _one_line_warnings() -> None:
     """zfnet's own warnings (a skipped broken image, a projection that is the plain gradient, a
     resume that is not exact: each class with `one_line = True`) as one line each, without the
@@ -217,8 +230,9 @@ def _one_line_warnings() -> None:
     shown: set[str] = set()
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
-        if getattr(category, "one_line", False):
-            text = f"{getattr(category, 'prefix', 'warning')}: {message}"
+        many = _many_workers(str(message))  # torch's, about --workers: in zfnet's words
+        if getattr(category, "one_line", False) or many:
+            text = many or f"{getattr(category, 'prefix', 'warning')}: {message}"
             # a warning about a file (a broken image) once per file, else once per text
             key = f"file\0{message.file}" if getattr(message, "file", None) else text
             if key not in shown:

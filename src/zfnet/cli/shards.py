@@ -12,12 +12,17 @@ from zfnet.cli.options import _OUT_DIR, _Whole, _workers
 
 
 def _byte_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
-    from zfnet.data.shard_writer import parse_size
+    import tarfile
+
+    from zfnet.data.shard_writer import parse_size, small_shards
 
     try:
-        return parse_size(value)
+        size = parse_size(value)
     except ValueError as e:
         raise click.BadParameter(str(e)) from e
+    if size < tarfile.RECORDSIZE:  # before the folder is read
+        raise click.BadParameter(f"{value}: {small_shards(size)}")
+    return size
 
 
 @main.command("shards", short_help="Write an image folder as webdataset tar shards")

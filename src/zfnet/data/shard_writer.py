@@ -118,6 +118,12 @@ def parse_size(text: str) -> int:
     return int(size)
 
 
+def small_shards(size: int) -> str:
+    """The refusal of a shard size below a tar file's smallest (tar's record: 10 KiB)."""
+    return (f"{size} bytes is less than the smallest tar file, {tarfile.RECORDSIZE} bytes "
+            "(tar's record, 10KiB): give 10KiB or more (every shard would exceed it)")
+
+
 def mean_side(resize: int) -> int:
     """The side of the mean image written with shards of `resize` px: the paper's 256, or the
     stored side where images are smaller."""
@@ -298,6 +304,8 @@ def write_shards(source: str, out: str | Path, *, resize: int = DEFAULT_RESIZE,
                          "the original bytes")
     if not 1 <= quality <= 100:
         raise ValueError(f"quality={quality}: JPEG quality is 1 to 100")
+    if shard_size < tarfile.RECORDSIZE:
+        raise ValueError(small_shards(shard_size))
     if (square or raw) and not resize:
         raise ValueError(f"{'raw' if raw else 'square'}=True stores centre squares at a side of "
                          "`resize` px: give resize > 0 (the original bytes, resize=0, are not "
@@ -393,7 +401,9 @@ def write_shards(source: str, out: str | Path, *, resize: int = DEFAULT_RESIZE,
 @contextlib.contextmanager
 def _sigterm_raises(state: dict[str, bool]) -> Iterator[None]:
     """SIGTERM raises `Terminated` (once, until `state["done"]`), recorded as
-    `state["terminated"]`; in the main thread only (elsewhere signals cannot be handled)."""
+    `state["terminated"]`, and SIGINT KeyboardInterrupt, also where the process was started
+    ignoring it (a job started with `&` by a script: `kill -INT` stops it, as it stops `zfnet
+    train`); in the main thread only (elsewhere signals cannot be handled)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -405,10 +415,12 @@ def _sigterm_raises(state: dict[str, bool]) -> Iterator[None]:
             raise Terminated
 
     previous = signal.signal(signal.SIGTERM, handler)
+    interrupt = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, interrupt)
 
 
 def _settings(root: Path, names: list[str], splits: dict[str, tuple[list[Path], list[int]]],

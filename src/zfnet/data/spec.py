@@ -139,13 +139,14 @@ def check_options(
     spec: DatasetSpec, parsers: Mapping[str, Callable[[str, str], Any]], labelled: bool = True
 ) -> dict[str, Any]:
     """Parse `spec.options` with one parser per known key; unknown keys list the valid ones
-    (with `random_labels`, which `zfnet.data.load_dataset` takes for every `labelled`
-    dataset)."""
+    (with `random_labels` and `words`, which `zfnet.data.load_dataset` takes for every
+    `labelled` dataset)."""
     from zfnet.data.relabel import OPTION
+    from zfnet.data.words import OPTION as WORDS
 
     unknown = sorted(set(spec.options) - set(parsers))
     if unknown:
-        valid = ", ".join(sorted({*parsers, *([OPTION] if labelled else [])})) or "(none)"
+        valid = ", ".join(sorted({*parsers, *([OPTION, WORDS] if labelled else [])})) or "(none)"
         raise ValueError(
             f"unknown option(s) {', '.join(unknown)} for dataset {spec.name!r}; valid: {valid}"
         )
