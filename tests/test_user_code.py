@@ -222,7 +222,9 @@ def test_from_module_in_python(code, tmp_path) -> None:
     torch.manual_seed(0)
     net = Net(num_classes=3)
     with pytest.raises(ValueError, match=r"does not take 3x224x224 inputs .*; give the size it "
-                       r"takes with crop= \(and resize=\), its channels with mean=/std=$"):
+                       r"takes with crop= \(and resize=\), its channels with mean=/std= "
+                       r"\(zfnet's commands feed it square crops; from Python, "
+                       r"zfnet.deconvnet.project takes inputs of any HxW\)$"):
         from_module(net)  # its arguments named, not the command's --crop
     with pytest.raises(ValueError, match=r"^crop=8: ConvNet takes 32 px inputs"):
         from_module(create_model("zfnet_small", input_size=32), crop=8)

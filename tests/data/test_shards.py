@@ -630,15 +630,16 @@ def test_shards_workers_take_what_train_takes(folder, tmp_path) -> None:
 def test_shards_smaller_than_an_image_are_told(folder, tmp_path) -> None:
     res = CliRunner().invoke(main, ["shards", "--help"])
     assert "a shard holds at least one image" in " ".join(res.output.split())
+    # raw 64 px squares: 12 KiB an image, over the 10 KiB shards (tar's smallest file)
     res = CliRunner().invoke(main, ["shards", f"imagefolder:{folder}?n_train=4&n_val=2",
-                                    "--out", str(tmp_path / "small"), "--shard-size", "1kB",
-                                    "--resize", "37", "--quiet"])
+                                    "--out", str(tmp_path / "small"), "--shard-size", "10KiB",
+                                    "--resize", "64", "--raw", "--quiet"])
     assert res.exit_code == 0, res.output
     m = read_manifest(tmp_path / "small")
     assert [len(s["shards"]) for s in m["splits"].values()] == [4, 2]  # one image each
     assert res.output.strip().splitlines()[-1] == (
-        "note: 6 shard(s) hold one image larger than --shard-size 1000 bytes (a shard holds at "
-        "least one image)")
+        "note: 6 shard(s) hold one image larger than --shard-size 10240 bytes (a shard holds "
+        "at least one image)")
 
 
 def test_workers_write_the_same_bytes(folder, resized, tmp_path) -> None:

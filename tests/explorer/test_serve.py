@@ -38,7 +38,7 @@ def test_serve_a_model_object_in_the_background(tmp_path) -> None:
         assert said[1] == f"open {server.url}/  (server.stop() stops it)"
         model = httpx.get(f"{server.url}/api/model", timeout=30).json()
         assert model["name"] == "mine" and model["kind"] == "python" and model["labels"]
-        assert model["data"] == {"spec": f"images:{photos}", "images": 2}
+        assert model["data"] == {"spec": f"images:{photos}", "images": 2, "mined": 2}
         top = httpx.get(f"{server.url}/api/predict", params={"image": "val:1"},
                         timeout=30).json()["top"]
         assert {t["name"] for t in top} == {"a", "b", "c"}
@@ -73,7 +73,7 @@ def test_a_model_without_data_shows_the_built_in_photos(tmp_path) -> None:
         assert said[0] == ("zfnet explorer: mine, 6 images of sample-photos (the built-in photos; "
                            "--data images:DIR shows yours)")
         model = httpx.get(f"{server.url}/api/model", timeout=30).json()
-        assert model["data"] == {"spec": "sample-photos", "images": 6}
+        assert model["data"] == {"spec": "sample-photos", "images": 6, "mined": 6}
         items = httpx.get(f"{server.url}/api/images", timeout=30).json()["items"]
         assert [i["name"] for i in items][:2] == ["astronaut.png", "chelsea.png"]
         maps = httpx.get(f"{server.url}/api/maps", params={"image": "val:1", "layer": "3"},
