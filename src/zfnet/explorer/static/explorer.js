@@ -1185,6 +1185,9 @@
 
     // Drag and drop anywhere on the page; the overlay says what a drop does.
     let depth = 0;
+    // a link dragged over the page, not onto a text field (where it is typed)
+    const droppedLink = (e) => e.dataTransfer && Array.from(e.dataTransfer.types).includes("text/uri-list")
+      && !(e.target instanceof Element && e.target.closest("input, textarea"));
     const hasFiles = (e) => e.dataTransfer && Array.from(e.dataTransfer.types).includes("Files");
     document.addEventListener("dragenter", (e) => {
       if (!hasFiles(e)) return;
@@ -1193,8 +1196,7 @@
       $("#drop-overlay").hidden = false;
     });
     document.addEventListener("dragover", (e) => {
-      const link = e.dataTransfer && Array.from(e.dataTransfer.types).includes("text/uri-list");
-      if (hasFiles(e) || (link && !e.target.closest("input, textarea"))) e.preventDefault();
+      if (hasFiles(e) || droppedLink(e)) e.preventDefault();
     });
     document.addEventListener("dragleave", (e) => {
       if (!hasFiles(e)) return;
@@ -1204,9 +1206,10 @@
     document.addEventListener("drop", async (e) => {
       if (!hasFiles(e)) {
         // a link or a picture dragged from another page: the page cannot fetch its bytes
-        const types = e.dataTransfer ? Array.from(e.dataTransfer.types) : [];
-        if (types.includes("text/uri-list") && !e.target.closest("input, textarea")) {
-          e.preventDefault();
+        if (!droppedLink(e)) return;
+        e.preventDefault();  // not opened in place of the page
+        const own = (e.dataTransfer.getData("text/uri-list") || "").startsWith(window.location.origin);
+        if (!own) {  // (one of this page's own pictures, moved by mistake: nothing)
           showError("a link was dropped, not a file: save the image first, then drop the file " +
                     "(or paste the image, or use the file picker)");
         }
