@@ -165,3 +165,16 @@ def test_a_pretrained_model_of_any_source_transfers_on_its_own_inputs(tmp_path, 
     (section,) = [s for s in read_sections(out) if s.key == "transfer"]
     assert section.tables[0].caption.startswith(f"source: torchvision:resnet18 {tmp_path}")
     assert "layers up to avgpool fixed" in section.tables[0].columns[3]
+
+
+def test_the_caption_says_where_this_run_differs_from_the_papers_finding(tmp_path) -> None:
+    """The paper found fixed features far ahead at small N; a run whose fixed features score
+    below the model trained from scratch says so, at which N, beside the paper's words."""
+    from zfnet.analyses.transfer import TransferRow
+
+    rows = [TransferRow(5, 20, 40, 0.494, 0.582, 1.0), TransferRow(20, 80, 40, 0.8, 0.7, 1.0)]
+    section = transfer_section(tmp_path, rows, "zfnet_small on x", TINY)
+    assert ("Here the fixed features score below the model trained from scratch at N = 5 "
+            "(49.4% against 58.2%)") in section.caption
+    rows = [TransferRow(5, 20, 40, 0.7, 0.5, 1.0)]
+    assert "Here the fixed" not in transfer_section(tmp_path, rows, "m", TINY).caption

@@ -332,3 +332,30 @@ def test_epoch_curves_tick_whole_epochs(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(plots, "_save", keep)
     plot_curves([1, 2], {"loss": {"train": [2, 1]}}, tmp_path / "c.png")
     assert ticks == [[1.0, 2.0]]
+
+
+def test_a_phone_scrolls_a_wide_table_not_the_page(tmp_path) -> None:
+    """At 420 px a wide table scrolls in its own box and a long unbroken caption word (a study's
+    list of variants) wraps: the page itself is no wider than the window (it was 529 and 755
+    px, the table's last columns cut off)."""
+    from pathlib import Path
+
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip("Debian's chromium is not installed (make test installs it)")
+    from playwright.sync_api import sync_playwright
+
+    write_section(tmp_path, Section(
+        key="wide", title="Wide", order=1,
+        caption="--variants " + ",".join(f"variant_number_{k}" for k in range(12)),
+        tables=[Table([f"column {k} with a long name" for k in range(9)],
+                      [[f"value {k}" for k in range(9)]], "nine columns")]))
+    page = build_report(tmp_path)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium))
+        tab = browser.new_page(viewport={"width": 420, "height": 800})
+        tab.goto(page.as_uri())
+        width = tab.evaluate("document.documentElement.scrollWidth")
+        box = tab.evaluate("document.querySelector('.table-wrap').scrollWidth")
+        browser.close()
+    assert width <= 420 and box > 420, (width, box)

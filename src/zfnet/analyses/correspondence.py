@@ -245,9 +245,12 @@ def correspondence_section(
             "representation in the same way, i.e. the network ties that part together across "
             f"images. Layers: {' and '.join(layers)} (the paper's layers 5 and 7). Spread: std "
             "over pairs (parts) or over random draws (random). The paper "
-            "finds parts clearly below random at layer 5 and all alike at layer 7. A part at "
-            "about the same place in every image scores below random even in an untrained "
-            "network: the same architecture at random init shows what training adds."
+            "finds parts clearly below random at layer 5 and all alike at layer 7. Δ's scale "
+            "depends on the network and the images (the paper's: ZFNet on 5 dog faces): "
+            "compare a part with this table's random row, not with the paper's numbers. A part "
+            "at about the same place in every image scores below random even in an untrained "
+            "network: this analysis run on the same architecture at random init (zfnet analyze "
+            "correspondence --model NAME, no --weights) shows what training adds."
         ),
         figures=figures,
         tables=[

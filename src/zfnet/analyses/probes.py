@@ -174,9 +174,11 @@ def probes_section(
         order=order,
         caption=(
             "A linear classifier (softmax = logistic regression, and a linear SVM) trained on "
-            "the features of one layer at a time (conv maps average-pooled to 2x2, standardised), "
-            f"tested on {n_test if n_test is not None else 'the'} held-out images. The paper "
-            "(Table 7, its numbers in the second table): accuracy grows with depth — the upper "
+            "the features of one layer at a time (conv maps average-pooled to 2x2, standardised) "
+            f"of {per_class} images per class of {data}, tested on "
+            f"{n_test if n_test is not None else 'the'} held-out images. The paper "
+            "(Table 7, its numbers in the second table) trained them on Caltech-101 and -256, "
+            "other data than its network learned from: accuracy grows with depth — the upper "
             "layers' features are the most discriminative."
         ),
         tables=tables,

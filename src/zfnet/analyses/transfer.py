@@ -267,6 +267,19 @@ PAPER_TABLES45 = {
 }
 
 
+def _here(rows: Sequence[TransferRow]) -> str:
+    """What this run's table shows against the paper's finding, where it differs: the Ns at
+    which the fixed features score below the model trained from scratch."""
+    below = [r for r in rows if r.scratch is not None and r.fixed < r.scratch]
+    if not below:
+        return ""
+    at = ", ".join(f"N = {r.per_class} ({100 * r.fixed:.1f}% against {100 * r.scratch:.1f}%)"
+                   for r in below)
+    return (f" Here the fixed features score below the model trained from scratch at {at}: "
+            "this source data's features carry over to this target less than ImageNet's did "
+            "to Caltech.")
+
+
 def transfer_section(run_dir: str | Path, rows: Sequence[TransferRow], source: str,
                      target: str, layer: str = "relu7", order: int = 80):
     """Write the Tables 4–5 section: accuracy per N, fixed features vs from scratch."""
@@ -298,9 +311,9 @@ def transfer_section(run_dir: str | Path, rows: Sequence[TransferRow], source: s
             "N images per class (random crops and flips, fixed number of SGD steps, last model "
             "scored). The paper (second table; Caltech-101, 30 images/class): 86.5% with "
             "ImageNet features against 46.5% from scratch — features learned on a large set "
-            "carry over, and the gap is largest when N is small. Target images of another "
-            "shape are adapted to the model's input: grey replicated to RGB or RGB averaged to "
-            "grey, and resized."
+            "carry over, and the gap is largest when N is small." + _here(rows) + " Target "
+            "images of another shape are adapted to the model's input: grey replicated to RGB "
+            "or RGB averaged to grey, and resized."
             + (" A from-scratch run marked diverged stopped on a NaN loss: it has no model "
                "to score."
                if any(r.scratch is None for r in rows) else "")

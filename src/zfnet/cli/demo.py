@@ -19,7 +19,7 @@ from zfnet.cli.options import _OUT_DIR, _Finite, _Whole
 @click.option("--batch-size", default=64, show_default=True, type=_Whole(1),
               help="Images per training step.")
 @click.option("--lr", default=0.05, show_default=True, type=_Finite(min=0, min_open=True),
-              help="Peak learning rate (cosine schedule).")
+              help="Peak learning rate (after a short warm-up, down to 0 in a straight line).")
 @click.option("--data", default="synthetic", show_default=True, metavar="SPEC",
               help="Dataset spec.")
 @click.option("--model", default="zfnet_small", show_default=True, metavar="NAME",
