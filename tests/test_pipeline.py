@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -45,6 +46,15 @@ def test_gallery_filters_probes(bundle, tmp_path) -> None:
     pipeline.filters({"resnet18": model}, bundle, tmp_path, n_images=6)
     assert [r[1] for r in _section(tmp_path, "filters").tables[0].rows] == [
         "conv1", "layer1.0.conv1"]
+    # layer 2 as the paper's Fig. 6 (d, e) shows it: its strongest maps' features, projected
+    figs = _section(tmp_path, "filters").figures
+    assert figs[1].path.endswith("layer1_0_conv1_features.png")
+    assert "36 strongest maps, each its strongest activation over 6 val images, projected by "\
+           "the deconvnet" in figs[1].caption
+    from PIL import Image
+
+    grid = np.asarray(Image.open(tmp_path / figs[1].path).convert("L"), dtype=float)
+    assert grid.std() > 5  # projections, not a blank page
     rows = pipeline.probes(model, SPEC, tmp_path, per_class=2, n_test=10)
     assert [r.layer for r in rows] == ["conv1", "layer1", "layer2", "layer3", "layer4",
                                        "avgpool"]

@@ -167,24 +167,32 @@ def filters(models: dict[str, nn.Module],
     filters only). `input_size`: the models' input side when there is no bundle."""
     from zfnet.analyses.filters import filters_section
     from zfnet.analyses.topk import mine_topk
-    from zfnet.models import is_zfnet_model
+    from zfnet.models import first_convs, is_zfnet_model
 
     own = dict(bundle) if isinstance(bundle, Mapping) else \
         dict.fromkeys(models, bundle) if bundle is not None else {}
     for label, b in own.items():  # every model checked before any is measured
         check_fits(models[label], b)
-    acts = {}
+    acts, second = {}, {}  # never-active maps; layer 2's strongest, projected (Fig. 6 d, e)
     for label, b in own.items():
         m = models[label]
+        val = _centre(b)
+        seen = range(min(n_images, len(val)))
         if is_zfnet_model(m):
-            val = _centre(b)
-            tk = mine_topk(m, val, ["relu1", "relu2"], k=1, indices=range(min(n_images, len(val))))
+            tk = mine_topk(m, val, ["relu1", "relu2"], k=1, indices=seen)
             acts[label] = {"conv1": tk["relu1"].values[:, 0], "conv2": tk["relu2"].values[:, 0]}
+            second[label] = ("relu2", tk["relu2"], Subset(val, list(seen)))
+        else:
+            convs = first_convs(m, 2, _size(b))
+            if len(convs) == 2:
+                tk = mine_topk(m, val, [convs[1]], k=1, indices=seen)
+                second[label] = (convs[1], tk[convs[1]], Subset(val, list(seen)))
     if own:
         input_size = _size(next(iter(own.values())))
     if input_size is None:
         raise ValueError("filters needs a dataset or the models' input size")
-    return filters_section(run_dir, models, acts, layers=None, input_size=input_size)
+    return filters_section(run_dir, models, acts, layers=None, input_size=input_size,
+                           second_layer=second)
 
 
 def evolution(run_dir: str | Path, bundle: DataBundle, out_dir: str | Path | None = None,

@@ -13,6 +13,11 @@ Measured per conv layer:
 Any CNN: the layers are the first two convolutions in forward order (`zfnet.models.first_convs`:
 conv1, conv2 on zfnet's models; a ResNet's conv1 and layer1.0.conv1), of any kernel size
 (rows x columns) and groups (a depthwise filter has one input map).
+
+Layer 2 as the paper shows it (Fig. 6 d, e): not its weights (a strip of kernels per filter, over
+dozens of input maps, says little) but its features — each of its strongest maps' strongest
+activation over the validation images, projected to pixels by the deconvnet and cut to its
+receptive field (`second_layer_figure`), where AlexNet's stride-4 layer 1 shows as aliasing.
 """
 
 from __future__ import annotations
@@ -121,6 +126,38 @@ def save_filter_mosaic(weight: torch.Tensor, path: str | Path, scale: int = 6) -
     return path
 
 
+SECOND_LAYER_MAPS = 36  # layer-2 maps projected (Fig. 6 d, e): the strongest
+
+
+def second_layer_figure(model: torch.nn.Module, dataset: torch.utils.data.Dataset, layer: str,
+                        topk: object, path: str | Path, n_maps: int = SECOND_LAYER_MAPS
+                        ) -> tuple[Path, str, int]:
+    """Fig. 6 (d, e): the `n_maps` maps of `layer` strongest over `dataset`, each its strongest
+    activation (`topk`, a `zfnet.analyses.topk.TopK` of k >= 1 mined there) projected by the
+    deconvnet — by the gradient where the deconvnet is undefined through the model (a SiLU) —
+    and cut to its receptive field, in a square grid. Returns (the PNG, the rule, the maps)."""
+    from zfnet.analyses.gallery import project_topk, select_maps
+    from zfnet.display import save_grid
+    from zfnet.graph import RuleUndefinedError
+
+    maps = select_maps(topk, n_maps, "strongest")
+    rule = "deconvnet"
+    try:
+        proj = project_topk(model, dataset, {layer: topk}, {layer: maps}, rule)[layer]
+    except RuleUndefinedError:
+        rule = "gradient"
+        proj = project_topk(model, dataset, {layer: topk}, {layer: maps}, rule)[layer]
+    tiles = proj[:, 0]  # (maps, C, h, w): each map's strongest
+    cols = math.ceil(math.sqrt(len(maps)))
+    rows = math.ceil(len(maps) / cols)
+    grid = torch.zeros(rows * cols, *tiles.shape[1:], dtype=tiles.dtype)
+    grid[: len(maps)] = tiles
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_grid(grid.reshape(rows, cols, *tiles.shape[1:]), path, min_side=48)
+    return path, rule, len(maps)
+
+
 def filters_section(
     run_dir: str | Path,
     models: dict[str, torch.nn.Module],
@@ -128,19 +165,24 @@ def filters_section(
     layers: tuple[str, ...] | None = ("conv1", "conv2"),
     order: int = 60,
     input_size: int | tuple[int, int] | None = None,
+    second_layer: dict[str, tuple[str, object, torch.utils.data.Dataset]] | None = None,
 ):
     """Fig. 6: filter mosaics of `layers` for each labelled model and a table of the diagnostics.
 
     `models`: {label: model} (e.g. "zfnet_small", "alexnet_small", "zfnet_small, no renorm").
     `layers`: convolutions by name (None: each model's `first_convs`, found by one forward pass
     at `input_size`, default 224). `max_activation`: optional {label: {layer: (O,) max
-    activation over a validation set}}, which adds the share of never-active maps. Writes PNGs
-    under `run_dir/figures/filters/` and the report section "filters"; returns the Section.
+    activation over a validation set}}, which adds the share of never-active maps.
+    `second_layer`: optional {label: (layer, its top-k mined over the validation images, those
+    images)}: that model's second layer shown by its features projected (the paper's Fig. 6
+    d, e: `second_layer_figure`) instead of its weights. Writes PNGs under
+    `run_dir/figures/filters/` and the report section "filters"; returns the Section.
     """
     from zfnet.report import Figure, Section, Table, write_section
 
     run_dir = Path(run_dir)
     figures, rows = [], []
+    projected = False  # some model's layer 2 shown by its features
     for label, model in models.items():
         names = list(layers) if layers is not None else first_convs(model, 2, input_size)
         for n_layer, layer in enumerate(names):
@@ -150,9 +192,24 @@ def filters_section(
                                  "Conv2d: filters are shown for convolutions")
             w = conv.weight
             slug = "".join(ch if ch.isalnum() else "_" for ch in f"{label}_{layer}")
-            path = save_filter_mosaic(w, run_dir / "figures" / "filters" / f"{slug}.png",
-                                      scale=8 if n_layer == 0 else 4)
-            figures.append(Figure(str(path.relative_to(run_dir)), f"{label}: {layer} filters"))
+            shown = (second_layer or {}).get(label) if n_layer == 1 else None
+            if shown is not None:  # its features, as the paper shows layer 2
+                mined, topk, dataset = shown
+                path, rule, n = second_layer_figure(
+                    model, dataset, mined, topk,
+                    run_dir / "figures" / "filters" / f"{slug}_features.png")
+                by = "the deconvnet" if rule == "deconvnet" else \
+                    "the gradient (the deconvnet is undefined through this model)"
+                figures.append(Figure(str(path.relative_to(run_dir)), (
+                    f"{label}: {layer}'s features (Fig. 6 d, e): its {n} strongest maps, each "
+                    f"its strongest activation over {len(dataset)} val images, projected by "
+                    f"{by}, cut to its receptive field")))
+                projected = True
+            else:
+                path = save_filter_mosaic(w, run_dir / "figures" / "filters" / f"{slug}.png",
+                                          scale=8 if n_layer == 0 else 4)
+                figures.append(Figure(str(path.relative_to(run_dir)),
+                                      f"{label}: {layer} filters"))
             acts = (max_activation or {}).get(label, {}).get(layer)
             s = filter_stats(w, acts)
             rows.append([
@@ -162,12 +219,20 @@ def filters_section(
     section = Section(
         key="filters", title="Filters (Fig. 6)", order=order,
         caption=(
-            "The learned filters of the first two convolutions, each scaled on its own (grey = "
-            "0) — layer 1 in colour, layer 2 as one strip per filter over its first input maps "
-            "(the strips in columns, read down each column). The paper's Fig. 6 shows "
-            "AlexNet's 11x11/4 layer 1 with dead filters and a mix of very "
-            "high and very low frequencies, and without renormalisation one filter dominating "
-            "(6a); ZFNet's 7x7/2 layer 1 is cleaner.\n\n"
+            "The learned filters of the first convolution, each scaled on its own (grey = 0), "
+            "in colour; "
+            + ("the second layer as the paper shows it, by its features: each of its "
+               "strongest maps' strongest activation over the validation images projected to "
+               "pixels, cut to its receptive field. "
+               if projected else
+               "the second as one strip per filter over its first input maps (the strips in "
+               "columns, read down each column; with a dataset, --data, its features are "
+               "shown instead, as in the paper). ")
+            + "The paper's Fig. 6 shows AlexNet's 11x11/4 layer 1 with dead filters and a mix "
+            "of very high and very low frequencies, and without renormalisation one filter "
+            "dominating (6a); ZFNet's 7x7/2 layer 1 is cleaner (6b, c); and AlexNet's layer-2 "
+            "features with aliasing — regular grid-like artefacts from its first layer's "
+            "stride of 4 — where ZFNet's, after a stride of 2, have none (6d, e).\n\n"
             "Table: dominance = largest / median filter RMS (large: one filter dominates); dead "
             "= near-zero filters or maps never active on the validation images (measured after "
             "the layer's ReLU, on zfnet's models; near-zero filters alone elsewhere); high-freq = "
