@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from zfnet.data import load_dataset
+from zfnet.report import read_sections
 from zfnet.study import run_name, study
 
 TINY = "synthetic?n_train=64&n_val=32&size=32"
@@ -67,6 +69,12 @@ def test_without_variants_named_each_model_gets_those_it_has(tmp_path) -> None:
     header = next(x for x in lines if x.startswith("model "))
     row = next(x for x in lines if x.startswith(f"{tmp_path}/nets.py:net "))
     assert row.index("baseline") == header.index("variant"), res.output
+    # what a guess scores, beside the errors (a 90% error is chance on 10 classes)
+    classes = load_dataset(TINY).num_classes
+    chance = f"chance: {100 * (1 - 1 / classes):.1f}% top-1 error ({classes} classes)"
+    assert chance.capitalize() in lines, res.output
+    (section,) = [s for s in read_sections(out) if s.key == "study"]
+    assert chance in section.caption
 
 
 def test_a_folder_of_photos_without_labels_is_refused_before_anything_is_written(

@@ -197,7 +197,7 @@ def study(
             "val_top1_error": final["val_top1_error"],
             "val_top5_error": (final.get("val_top5_error") if bundle.num_classes > 5
                                else None),  # every class in the top 5: no error to show
-            "wall_time_s": time.perf_counter() - t0,
+            "wall_time_s": time.perf_counter() - t0, "classes": bundle.num_classes,
             "paper": PAPER_TABLE3.get(_PAPER_MODEL.get(model, ""), {}).get(v),
         })
         say(f"[{i}/{len(pairs)}] {model}, variant {v}: val top-1 error "
@@ -274,6 +274,13 @@ def _missing_words(rows: list[dict[str, Any]]) -> str:
             f"{'them' if len(left) > 1 else 'it'}.)")
 
 
+def chance_words(rows: list[dict[str, Any]]) -> str:
+    """"; chance: 90.0% top-1 error (10 classes)" where the rows know their classes (a
+    guess among N classes errs (N - 1) / N of the time), else ""."""
+    n = next((r["classes"] for r in rows if r.get("classes")), None)
+    return f"; chance: {100 * (1 - 1 / n):.1f}% top-1 error ({n} classes)" if n else ""
+
+
 def study_section(run_dir: str | Path, rows: list[dict[str, Any]], data: str, epochs: int,
                   order: int = 78):
     """Write the Table 3 section: this run's errors beside the paper's."""
@@ -295,10 +302,11 @@ def study_section(run_dir: str | Path, rows: list[dict[str, Any]], data: str, ep
             "without dropout on centre crops"
             + ("; no val top-5 (—) with 5 classes or fewer, all of them in the top 5"
                if any(r["val_top5_error"] is None for r in rows) else "")
-            + ". The paper (ImageNet, 70 epochs): removing conv3-4 or fc6-7 of AlexNet costs "
-            "little alone, both together a lot (its removals are of AlexNet only: beside "
-            "alexnet_small's rows); the width of fc6-7 makes little difference; wider middle "
-            "conv layers help, and widening them and fc6-7 together overfits."
+            + chance_words(rows) + ". The paper (ImageNet, 70 epochs): removing conv3-4 or "
+            "fc6-7 of AlexNet costs little alone, both together a lot (its removals are of "
+            "AlexNet only: beside alexnet_small's rows); the width of fc6-7 makes little "
+            "difference; wider middle conv layers help, and widening them and fc6-7 together "
+            "overfits."
             + _missing_words(rows)
         ),
         tables=[Table(["model", "variant", "parameters", "train top-1", "val top-1",

@@ -388,7 +388,7 @@ def study_cmd(data: str, models: tuple[str, ...], variants: tuple[str, ...] | No
     top-1 and val top-5 error side by side, with the paper's numbers where it has them."""
     import signal
 
-    from zfnet.study import StudyInterrupted, study, study_section
+    from zfnet.study import StudyInterrupted, chance_words, study, study_section
     from zfnet.train import EXIT_INTERRUPTED, NonFiniteLossError
 
     try:
@@ -411,4 +411,6 @@ def study_cmd(data: str, models: tuple[str, ...], variants: tuple[str, ...] | No
                    f"{r['train_top1_error']:>11.1%}  {r['val_top1_error']:>9.1%}  {top5:>9}")
     if any(r["val_top5_error"] is None for r in rows):
         click.echo("val top-5: — with 5 classes or fewer (every class is among the top 5)")
+    if chance_words(rows):
+        click.echo(chance_words(rows).removeprefix("; ").capitalize())
     _finish(out)
