@@ -156,9 +156,14 @@ def load_source(
     else:
         raise _unknown(source)
     if labels is not None:
-        if src.kind == "run":
-            raise ValueError(f"{source} is a zfnet run: it holds its class names; labels go "
-                             "with a model name (torchvision:NAME, FILE.py:NAME, ...)")
+        if src.kind == "run":  # a run, or --weights a checkpoint of one (it was found so)
+            what = (f"{source} is a zfnet run" if weights is None else
+                    f"--weights {weights} is a checkpoint of a zfnet run")
+            names = list(src.labels or ())
+            shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+            raise ValueError(f"{what}: it holds its class names{f' ({shown})' if shown else ''}"
+                             "; --labels names the classes of weights without them (a "
+                             "torchvision:NAME file, FILE.py:NAME's, a state dict)")
         src.labels = _checked_labels(labels, src.meta.get("num_classes"), src.name)
     src.meta["source"] = source
     overrides = _overrides(mean, std, resize, crop)
@@ -934,8 +939,11 @@ def _weights_file(weights: str, what: str) -> Path:
     path = Path(weights).expanduser()
     if not path.is_file():
         what_is = "is a directory" if path.is_dir() else "does not exist"
+        run = (path / "model.safetensors").is_file() and (path / "state.json").is_file()
         raise FileNotFoundError(f"weights file {path} {what_is}; give a file of {what} weights "
-                                f"({', '.join(WEIGHTS_SUFFIXES)})")
+                                f"({', '.join(WEIGHTS_SUFFIXES)})"
+                                + (f", or the checkpoint itself: --checkpoint {path}"
+                                   if run else ""))
     return path
 
 

@@ -224,6 +224,16 @@ CASES = [
      "1 class names in {notes} for torchvision:resnet18 (random init), whose last layer has "
      "1000 outputs"),
     ("labels-run", [*TOPK, "--labels", "{notes}"], "it holds its class names"),
+    # a model name with a run's checkpoint file: the file is the run's (it said "zfnet_small
+    # is a zfnet run"); a checkpoint folder as --weights: --checkpoint is named
+    ("labels-run-weights", ["predict", "{images}/train/a/0.png", "--model", "zfnet_small",
+                            "--weights", "{run}/checkpoints/epoch_0001/model.safetensors",
+                            "--labels", "{notes}"],
+     "/checkpoints/epoch_0001/model.safetensors is a checkpoint of a zfnet run: it holds its "
+     "class names ("),
+    ("weights-checkpoint-folder", ["predict", "{images}/train/a/0.png", "--model",
+                                   "zfnet_small", "--weights", "{run}/checkpoints/epoch_0001"],
+     "or the checkpoint itself: --checkpoint "),
     ("evolution-of-a-model", ["analyze", "evolution", "--model", "torchvision:resnet18", *OUT],
      "zfnet analyze evolution needs a zfnet run (--checkpoint RUN): Fig. 4 compares the "
      "checkpoints it kept while training; --model is for the commands that take any model"),

@@ -60,3 +60,11 @@ def test_photos_bad_specs(cache, spec, message) -> None:
         load_dataset("sample-photos?size=40", preprocessing=Preprocessing.imagenet(crop=32))
     assert not cache.exists()  # checked before anything is written
 
+
+
+def test_a_size_that_is_the_models_own_crop_is_taken(cache) -> None:
+    """`--model zfnet_small --weights FILE --data "DIR?size=64"`: the size it says is the model's
+    crop, so nothing is overruled (it was refused as if it differed)."""
+    b = load_dataset("sample-photos?size=32", preprocessing=Preprocessing.imagenet(crop=32))
+    assert b.val[0][0].shape[-1] == 32
+

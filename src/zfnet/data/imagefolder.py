@@ -445,8 +445,9 @@ def select_folder(spec: DatasetSpec, raw_spec: str = "", *, val_only: bool = Fal
             d.is_dir() and image_files(d) for d in root.iterdir()):
         raise FileNotFoundError(
             f"{root} holds class folders but no train/ or val/; expected {LAYOUT}: give the "
-            f"folder that holds train/ and val/, or, for a labelled test set alone, put the "
-            f"class folders in DIR/val and give DIR")
+            f"folder that holds train/ and val/; to make them, move each class folder into "
+            f"DIR/train/ and a share of its images (one in five, say) into DIR/val/<class>/; "
+            f"for a labelled test set alone, put the class folders in DIR/val and give DIR")
     if not (root / "train").exists() and not (root / "val").exists() and image_files(root):
         raise FileNotFoundError(
             f"{root} holds images but no class folders (train/, val/): imagefolder: is "
@@ -570,8 +571,9 @@ def given_mean_sizes(mean_image: torch.Tensor, opts: dict[str, Any], raw_spec: s
 
 def check_no_size(opts: dict[str, Any], preprocessing: Preprocessing | None,
                   raw_spec: str) -> None:
-    """A model's preprocessing sets the crop: `size=` would be silently overruled."""
-    if preprocessing is not None and "size" in opts:
+    """A model's preprocessing sets the crop: `size=` would be silently overruled (the same
+    size as its crop is taken: it says what the model does)."""
+    if preprocessing is not None and "size" in opts and opts["size"] != preprocessing.crop:
         raise ValueError(
             f"option size={opts['size']} in dataset spec {raw_spec!r} does not apply: the "
             f"model's preprocessing sets the input ({preprocessing.crop} px crops of "
