@@ -607,6 +607,13 @@ def test_names_and_aliases(places, tmp_path) -> None:
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in (out / "gallery").glob("*.png")) == [
         "topk_conv1.png", "topk_conv2.png", "topk_conv3.png", "topk_pool5.png"]
+    # a second call of other layers makes the section its own: said, not done silently
+    res = CliRunner().invoke(main, ["visualize", "topk", "--checkpoint", run, "--out", str(out),
+                                    "--layer", "conv2", "--k", "2", "--images", "8",
+                                    "--maps-per-layer", "2"])
+    assert res.exit_code == 0, res.output
+    assert ("note: the gallery section now shows 1 figure, this command's; conv1, pool5, conv3 "
+            "it showed before are left out") in " ".join(res.output.split()), res.output
     for flag in ("--checkpoint", "--run"):  # the run keeps one epoch: refused, but by name
         res = CliRunner().invoke(main, ["analyze", "evolution", flag, run, "--out", str(out),
                                         "--images", "8", "--maps", "2"])

@@ -29,6 +29,16 @@ def visualize() -> None:
     """Deconvnet visualisations (paper Sec. 2.1)."""
 
 
+def _gallery_figures(out: str) -> list[str]:
+    """The figures the gallery section of `out` shows now (none: no section, or unreadable)."""
+    from zfnet.report import read_sections
+
+    try:
+        return [f.path for s in read_sections(out) if s.key == "topk_gallery" for f in s.figures]
+    except (OSError, ValueError):
+        return []
+
+
 def _k_within(k: int, images: int | None, val: int, said: bool = True) -> int:
     """--k, at most the images mined (--images, at most the `val` images there are; a map has
     no more activations to show: --k 1000 of 3 photos drew a page of empty cells), said where
@@ -104,6 +114,7 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
                                          source.meta.get("num_classes")))
         names = _layers(source.model, names)
         k = _k_within(k, images, len(bundle.val), said=info.is_main)
+        before = _gallery_figures(out) if info.is_main else []
         pipeline.gallery(source.model, bundle, out, k=k, n_images=images or len(bundle.val),
                          n_maps=maps_per_layer, layers=list(names) if names else None,
                          maps=maps,
@@ -114,6 +125,13 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
                          progress=info.is_main,  # mining a folder takes a while
                          precision=resolve_precision(precision, info.device))
     if info.is_main:
+        now = _gallery_figures(out)
+        gone = [Path(f).stem.removeprefix("topk_") for f in before if f not in now]
+        if gone:  # the section is this call's: said, not done silently
+            click.echo(f"note: the gallery section now shows {len(now)} figure"
+                       f"{'s' * (len(now) != 1)}, this command's; {', '.join(gone)} it showed "
+                       "before are left out (the same command without --layer/--map/--class "
+                       "shows every layer again)", err=True)
         _finish(out)
 
 
