@@ -563,3 +563,16 @@ def test_a_run_on_synthetic_data_scores_a_folder_at_its_own_input_size(tmp_path)
     res = CliRunner().invoke(main, ["eval", "--checkpoint", str(run), "--data",
                                     f"imagefolder:{tmp_path / 'test'}?size=36"])
     assert res.exit_code == 1 and "the run's inputs are 32 px" in res.output, res.output
+
+
+def test_a_one_step_epochs_bar_shows_its_figures_not_zeros(tmp_path) -> None:
+    """An epoch of one batch (a small folder at the README's --batch-size 64): its loss is read
+    a step late, at the pass's end; the bar showed `img_s=0, loss=0.0000` before."""
+    res = CliRunner().invoke(main, ["train", "--data", "synthetic?n_train=32&n_val=16&size=32",
+                                    "--model", "zfnet_small", "--out", str(tmp_path / "r"),
+                                    "--epochs", "1", "--batch-size", "32", "--no-tensorboard",
+                                    "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    bar = [line for line in res.output.splitlines() if "1/1 [" in line]
+    assert bar and "loss=0.0000" not in bar[-1] and "img_s=0," not in bar[-1], res.output
+    assert "loss=" in bar[-1], res.output

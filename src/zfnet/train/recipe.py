@@ -299,6 +299,8 @@ def train_one_epoch(
                 _show_progress(bar, st, optimizer, stats, time.perf_counter() - t0)
         # the last step's loss read (and checked), the device's work done
         interrupted = stats.flush(st, agree) or interrupted or st.broken is not None
+        if info.is_main:  # the last step's figures too (a one-step epoch showed zeros)
+            _figures(bar, stats, time.perf_counter() - t0)
     finally:
         bar.close()
     return {"loss_sum": stats.loss_sum, "correct": stats.correct, "seen": stats.seen,
@@ -432,13 +434,20 @@ def _advance_schedule(scheduler: Any, updated: bool) -> None:
         scheduler.step()
 
 
+def _figures(bar: tqdm, stats: _Stats, elapsed: float) -> None:
+    """The bar's loss and images a second so far; none before a step is read (the first, read
+    a step late: not zeros)."""
+    if stats.seen:
+        images = stats.seen * stats.info.world_size
+        bar.set_postfix(loss=f"{stats.loss_sum / stats.seen:.4f}",
+                        img_s=f"{images / max(elapsed, 1e-9):.0f}", refresh=False)
+
+
 def _show_progress(bar: tqdm, st: EpochState, optimizer: torch.optim.Optimizer,
                    stats: _Stats, elapsed: float) -> None:
     """The progress bar's line (the figures read so far: one step behind on a GPU), and every
     20th step's loss and lr in TensorBoard."""
-    images = stats.seen * stats.info.world_size
-    bar.set_postfix(loss=f"{stats.loss_sum / max(stats.seen, 1):.4f}",
-                    img_s=f"{images / max(elapsed, 1e-9):.0f}", refresh=False)
+    _figures(bar, stats, elapsed)
     bar.update(1)  # drawn as often as the bar's mininterval allows
     if st.tb is not None and stats.last is not None:
         (global_step, loss), stats.last = stats.last, None  # each step's once
