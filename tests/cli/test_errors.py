@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from zfnet.cli import main
 from zfnet.data.shard_writer import write_shards
 from zfnet.models import create_model
+from zfnet.report import read_sections
 
 # eval-broken-images warns about each file it skips before it fails: expected here
 pytestmark = pytest.mark.filterwarnings("ignore::zfnet.data.images.BrokenImageWarning")
@@ -607,6 +608,14 @@ def test_names_and_aliases(places, tmp_path) -> None:
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in (out / "gallery").glob("*.png")) == [
         "topk_conv1.png", "topk_conv2.png", "topk_conv3.png", "topk_pool5.png"]
+    # a class's score: its blocks are units of the class layer, not feature maps
+    res = CliRunner().invoke(main, ["visualize", "topk", "--checkpoint", run, "--out",
+                                    str(tmp_path / "classes"), "--class", "face", "--k", "2",
+                                    "--images", "8"])
+    assert res.exit_code == 0, res.output
+    (section,) = read_sections(tmp_path / "classes")
+    assert section.caption.startswith("Paper Fig. 2. Each block is one unit of the layer (one "
+                                      "number an image: of the class layer, a class's score)")
     # a second call of other layers makes the section its own: said, not done silently
     res = CliRunner().invoke(main, ["visualize", "topk", "--checkpoint", run, "--out", str(out),
                                     "--layer", "conv2", "--k", "2", "--images", "8",

@@ -60,8 +60,8 @@ BF16_NOTE = (" The projections went down the network in bfloat16: the pictures a
              "within a few grey levels.")
 
 CAPTION = """
-Paper Fig. 2. Each block is one feature map of the layer. Left: the {k} strongest activations
-of that map over {n}, one per image (its strongest position), each projected
+Paper Fig. 2. Each block is one {block}. Left: the {k} strongest activations
+of that {one} over {n}, one per image (its strongest position), each projected
 separately down to pixels ({rule}) and cropped to
 the activation's receptive field ({rf}).{empty} Right: the matching image patches. {display}
 Reading the sign: the projection is in the units of the mean-subtracted
@@ -496,7 +496,13 @@ def run_topk_gallery(
                        + (f", cut to the {side} px input" if isinstance(r[3], int)
                           and r[3] > side else "") for r in rows)
     label = rule_label(rule, found, layers)  # the gradient where no rectifier was met
-    caption = " ".join(CAPTION.split()).format(k=k, n=images_text(n_images, len(dataset)),
+    flat = [name for name in layers if geos[name] is None]  # units that see the whole image
+    block, one = (("feature map of the layer", "map") if not flat else
+                  ("unit of the layer (one number an image: of the class layer, a class's "
+                   "score)", "unit") if len(flat) == len(layers) else
+                  ("feature map of the layer (of a fully connected layer, one unit)", "map"))
+    caption = " ".join(CAPTION.split()).format(block=block, one=one,
+                                               k=k, n=images_text(n_images, len(dataset)),
                                                empty=blank_cells_text(n_images, k),
                                                rule=RULE_NAMES.get(label, label),
                                                rf=fields, display=DISPLAY_CAPTION)

@@ -551,7 +551,8 @@ def _caption(meta: dict[str, Any], layers: list[_Layer], unit: bool = False) -> 
     rf = ", ".join(f"{layer.name} {layer.rf}" for layer in layers)
     by = _projection(meta, layers)  # the gradient where no rectifier was met
     text = " ".join(CAPTION.split()).format(
-        k=meta["k"], n=images_text(meta["images"], meta.get("files", meta["images"])),
+        block="feature map of the layer", one="map", k=meta["k"],
+        n=images_text(meta["images"], meta.get("files", meta["images"])),
         empty=blank_cells_text(meta["images"], meta["k"]),
         rule=RULE_NAMES.get(by, by), rf=rf, display="")
     fallback = fallback_words(meta["rule"], _fallbacks(layers), [layer.name for layer in layers])
