@@ -232,7 +232,8 @@ def invariance(model: nn.Module, bundle: DataBundle | None, run_dir: str | Path,
                n_dataset_images: int = 5,
                normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
                layers: Sequence[str] | None = None, *,
-               preprocessing: Preprocessing | None = None) -> dict[str, Any]:
+               preprocessing: Preprocessing | None = None,
+               class_names: Sequence[str] | None = None) -> dict[str, Any]:
     """Fig. 5 on 5 real photos (class followed: the first prediction) and on
     `n_dataset_images` dataset images (true class followed where the dataset's labels are the
     model's classes, else the first prediction). `layers`: whose feature vectors are compared
@@ -240,7 +241,9 @@ def invariance(model: nn.Module, bundle: DataBundle | None, run_dir: str | Path,
     model's first feature layer and the vector its classifier reads). `normalize`: pixels ->
     model inputs (default: as the bundle's items were made). `bundle` None: the photos alone,
     made into the inputs of `preprocessing` (a pretrained model's: its crop, channels, mean and
-    std). Returns the mean distances per transformation and layer, per set of images."""
+    std). `class_names`: the model's (default: the dataset's, where they are the model's
+    classes), naming in the legends the class each image's p(class) follows. Returns the mean
+    distances per transformation and layer, per set of images."""
     from zfnet.analyses.classes import labels_are_classes
     from zfnet.analyses.invariance import KINDS, default_layers, invariance, invariance_section
 
@@ -276,13 +279,15 @@ def invariance(model: nn.Module, bundle: DataBundle | None, run_dir: str | Path,
             f"The images: {len(names)} of {spec}"
             + (" (its val split, one per class while classes last)" if bundle.class_names
                else "") + "."))
+    if class_names is None and bundle is not None and labels_are_classes(model, bundle):
+        class_names = labels_of(bundle)
     out: dict[str, Any] = {}
     for key, imgs, lab, tnames, title, about in sets:
         res = [invariance(model, imgs, norm, kind, layers=chosen, labels=lab)
                for kind in KINDS]
         invariance_section(run_dir, res, tnames, key=key, title=title, about=about,
                            order=50 if key.endswith("photos") else 51,
-                           paper_layers=not layers)
+                           paper_layers=not layers, class_names=class_names)
         out[key] = {r.kind: {name: r.distance[name].mean().item() for name in chosen}
                     for r in res}
     return out

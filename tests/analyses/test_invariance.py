@@ -61,6 +61,27 @@ def test_invariance_section_writes_figures(tmp_path) -> None:
     assert "at the layers conv1, conv3, fc6 (the paper compares its layers 1 and 7)" in s.caption
 
 
+
+def test_the_legend_names_the_class_each_image_is_followed_as(tmp_path, monkeypatch) -> None:
+    """p(class) of which class: each image's curve is named with it (the model's class name,
+    else its number), where the legend named the image alone."""
+    from zfnet.analyses import invariance as module
+    from zfnet.report import plots
+
+    model = zfnet.create_model("zfnet_small", input_size=32, num_classes=3)
+    imgs = torch.rand(2, 3, 32, 32) * 255
+    res = [invariance(model, imgs, lambda x: x - 128, "rotate", values=[0, 45], labels=[2, 0])]
+    drawn = []
+    real = plots.plot_curves
+    monkeypatch.setattr(plots, "plot_curves",
+                        lambda x, panels, *a, **k: drawn.append(panels) or real(x, panels, *a,
+                                                                                 **k))
+    module.invariance_section(tmp_path, res, ["a", "b"], class_names=["cat", "dog", "owl"])
+    module.invariance_section(tmp_path, res, ["a", "b"], key="unnamed")
+    assert list(drawn[0]["p(class)"]) == ["a: p(owl)", "b: p(cat)"]
+    assert list(drawn[1]["p(class)"]) == ["a: p(class 2)", "b: p(class 0)"]
+
+
 def test_any_cnn_default_layers_and_its_own_class() -> None:
     """A ResNet's "layer 1" and "layer 7": its stem conv and the pooled vector its classifier
     reads; without labels the class followed is its prediction; a label that is not one of

@@ -144,11 +144,14 @@ def invariance_section(
     order: int = 50,
     about: str = "",
     paper_layers: bool = True,
+    class_names: Sequence[str] | None = None,
 ):
     """Write one figure per transformation (distance at each layer, class probability, one
     curve per image) and the report section; returns the Section. `about`: a sentence saying
     which images these are, put first in the caption. `paper_layers`: the results' two layers
-    stand for the paper's layers 1 and 7 (the defaults), as the caption then says."""
+    stand for the paper's layers 1 and 7 (the defaults), as the caption then says.
+    `class_names`: the model's, naming in the legend the class each image's p(class) follows
+    (else its number)."""
     from zfnet.report import Figure, Section, Table, write_section
     from zfnet.report.plots import plot_curves
 
@@ -157,6 +160,12 @@ def invariance_section(
                "rotate": "rotation (degrees)"}
     figures, rows = [], []
     layers = results[0].layers
+    followed = results[0].labels  # the same class for every transformation of an image
+    if len(followed) == len(image_names):  # the legend names it: "astronaut: p(tabby)"
+        def named(c: int) -> str:
+            return class_names[c] if class_names and 0 <= c < len(class_names) else f"class {c}"
+
+        image_names = [f"{n}: p({named(c)})" for n, c in zip(image_names, followed, strict=True)]
     for r in results:
         panels = {f"{name}: relative distance": {
             n: r.distance[name][i].tolist() for i, n in enumerate(image_names)}

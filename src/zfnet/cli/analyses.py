@@ -179,7 +179,7 @@ def invariance_cmd(model_options: ModelOptions, data: str | None, out: str,
         click.echo("no --data: the 5 built-in photos only (--data SPEC adds "
                    f"{images} of its images, e.g. images:DIR)", err=True)
     r = pipeline.invariance(source.model, bundle, out, n_dataset_images=images, layers=chosen,
-                            preprocessing=source.preprocessing)
+                            preprocessing=source.preprocessing, class_names=source.labels)
     images = {"invariance_photos": "built-in photos",
               "invariance_dataset": f"images of {bundle and bundle.spec or 'the dataset'}"}
     for key, kinds in r.items():
