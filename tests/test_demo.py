@@ -111,7 +111,9 @@ def test_study_command(tmp_path) -> None:
     assert rows[0]["paper"] == [33.1, 38.4, 16.5]
     page = (tmp_path / "index.html").read_text()
     assert 'id="study"' in page and "for 1 epoch with" in page
-    head, *lines = res.output.strip().splitlines()[-4:-1]  # its table says "error"; report
+    *table, chance, _ = res.output.strip().splitlines()[-5:]  # then the chance; report
+    head, *lines = table  # its table says "error"
     assert "error: train top-1  val top-1  val top-5" in head
+    assert chance.startswith("Chance: ") and "% top-1 error (" in chance
     assert [line.split()[:2] for line in lines] == [["zfnet_small", "baseline"],
                                                     ["zfnet_small", "no_fc7"]]
