@@ -98,7 +98,8 @@ def evolution_cmd(run_dir: str | None, run_alias: str | None, data: str | None,
                    "--weights in order.")
 @click.option("--weights", "weights", multiple=True, metavar="W",
               help="Each --model's weights, in order: a torchvision weights name (DEFAULT, "
-                   "IMAGENET1K_V1, ...) or a file (.pth, .pt, .safetensors); none: no file "
+                   "IMAGENET1K_V1, ...) or a file (.pth, .pt, .bin, .ckpt, .safetensors); "
+                   "none: no file "
                    "(hf:DIR's own weights, or random init). Default: random init.")
 @_options(*_PREPROCESSING)
 @_DATA

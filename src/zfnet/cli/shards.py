@@ -53,8 +53,8 @@ def _byte_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
 def shards_cmd(source: str, out: str, resize: int | None, original: bool, square: bool,
                raw: bool, shard_size: int, quality: int | None, workers: int | str | None,
                progress: bool) -> None:
-    """Write the image folder SOURCE (imagefolder:DIR, both splits; a flat val folder, as
-    ImageNet's, with imagefolder:DIR?val_labels=FILE) as webdataset tar shards in OUT, with a
+    """Write the image folder imagefolder:DIR (both splits; a flat val folder, as ImageNet's,
+    with imagefolder:DIR?val_labels=FILE) as webdataset tar shards in OUT, with a
     manifest and an index; then `--data shards:OUT` reads them in every command,
     as it reads imagefolder:DIR. Broken images are skipped and named. OUT appears complete or
     not at all: a write stopped (Ctrl-C, SIGTERM, an error, a kill) keeps its finished shards in

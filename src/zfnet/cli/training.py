@@ -105,7 +105,7 @@ from zfnet.cli.options import (
               callback=_model_opts,
               help="Model override, repeatable: fc_width=2048, remove=conv3,conv4, init=paper, "
                    "conv_widths=512,1024,512 (conv3-5; five values: conv1-5), dropout=0.5, "
-                   "batchnorm=true (booleans: true or false).")
+                   "strides=1,1,1,1,1 (conv1-5), batchnorm=true (booleans: true or false).")
 @click.option("--data-cache", type=_OUT_DIR,
               help="Where to cache an imagefolder's mean image (default: DIR/.zfnet-cache, "
                    "or ~/.cache/zfnet where DIR is read-only); a mean cached in any of them "
@@ -122,8 +122,9 @@ def train_cmd(start_weights: str | None, **opts) -> None:
     """Train a model with the paper's recipe (Sec. 3) and write a run directory.
 
     Exit status: 0 finished; 130 (SIGINT) / 143 (SIGTERM) interrupted after saving a
-    checkpoint (continue with --resume); 1 on errors, a NaN/inf loss included (the last good
-    checkpoint is kept). Many processes: `torchrun --nproc-per-node N -m zfnet.cli train ...`.
+    checkpoint (continue with --resume); 2 on a bad option value; 1 on other errors, a NaN/inf
+    loss included (the last good checkpoint is kept). Many processes: `torchrun
+    --nproc-per-node N -m zfnet.cli train ...`.
     """
 
     from zfnet.train import EXIT_INTERRUPTED, NonFiniteLossError, resolve_config
