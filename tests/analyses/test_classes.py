@@ -29,6 +29,7 @@ def test_a_class_by_its_name_a_synonym_or_its_number() -> None:
     # a word of several names: those names first, not names spelled like it ('crane')
     (["cat"], "did you mean 'tabby, tabby cat' or 'tiger cat' or 'Egyptian cat'?"),
     (["tench fish"], "did you mean 'tench, Tinca tinca'?"),
+    (["tig"], "did you mean 'tiger cat'?"),  # the start of a word
 ])
 def test_what_names_no_class_or_several_is_refused(wanted, message) -> None:
     with pytest.raises(ValueError) as e:

@@ -1144,3 +1144,14 @@ def test_another_sites_page_cannot_post_or_cancel(client) -> None:
     assert client.post("/api/images", content=_jpeg()).status_code == 201
     assert client.get("/api/model", headers=foreign).status_code == 200  # reading: the CORS
     # rules of the browser keep the answer from the other page
+
+
+def test_a_jobs_words_call_a_map_a_map_and_a_unit_a_unit(client) -> None:
+    """As the page does: "conv5 map 11" for a spatial layer, "fc8 unit 7" for a flat one (the
+    evolution job said "unit" of a map, the occlusion job "map" of a unit)."""
+    for url, words in (("/api/evolution?layer=conv5&unit=11", "evolution of conv5 map 11"),
+                       ("/api/occlusion?image=val:9&layer=fc8&unit=7", "(fc8 unit 7)")):
+        r = client.get(url)
+        assert r.status_code == 202, r.text  # asked first here: a job
+        assert words in r.json()["job"]["what"], r.json()
+        _wait(client, url)

@@ -333,6 +333,7 @@ def test_uploads_become_the_current_image_and_bad_ones_are_told(page, server) ->
 
     # several files dropped together: each uploaded, the last one shown; a link dropped
     # (a picture dragged from another page) is told, not ignored
+    length = page.evaluate("history.length")
     page.evaluate("""(b64) => {
         const dt = new DataTransfer();
         for (const [name, w] of [['small.png', 40], ['wide.png', 90]]) {
@@ -348,6 +349,7 @@ def test_uploads_become_the_current_image_and_bad_ones_are_told(page, server) ->
     page.wait_for_function("document.querySelectorAll('#strip li.uploaded').length === 4")
     page.wait_for_function("document.querySelector('#current-caption').textContent"
                            ".startsWith('wide.png')")
+    assert page.evaluate("history.length") == length + 1  # the last shown, one entry
     page.evaluate("""() => {
         const dt = new DataTransfer();
         dt.setData('text/uri-list', 'https://example.org/cat.jpg');
@@ -356,6 +358,10 @@ def test_uploads_become_the_current_image_and_bad_ones_are_told(page, server) ->
     }""")
     page.wait_for_selector("#error", state="visible")
     assert "a link was dropped, not a file" in page.text_content("#error-text")
+    page.focus("#error-close")
+    page.keyboard.press("Escape")  # Esc closes the bar too, the keyboard put back
+    assert page.locator("#error").is_hidden()
+    assert page.evaluate("document.activeElement.id") != ""
     assert page.console.errors == []
 
 
@@ -389,9 +395,12 @@ def test_occlusion_waits_its_turn_can_be_cancelled_and_computed_again(page, serv
         _open(page, "/?image=val:1&view=occlusion")
         page.wait_for_selector("#job", state="visible")
         assert "1 job ahead (running: a job holding the queue)" in page.text_content("#job-what")
-        page.click("#job-cancel")
+        page.focus("#job-cancel")
+        page.keyboard.press("Enter")
         page.wait_for_selector("#view-again")
         assert "was cancelled. " in page.text_content("#view-hint")  # by this page
+        # the keyboard stays in the panel: on the button that computes it again
+        assert page.evaluate("document.activeElement.id") == "view-again"
     finally:
         gate.set()
     holder.future.result(timeout=30)
@@ -652,6 +661,9 @@ def test_arrow_keys_browse_the_maps_in_one_history_entry(page, server) -> None:
         page.keyboard.press("ArrowRight")
     page.wait_for_selector('#unit-section[data-unit="6"]')
     assert page.evaluate("history.length") == length + 1 and _query(page)["unit"] == "6"
+    # the map picked by the keys is said in the live region (a hover's place), not the last
+    # hover's map
+    assert page.text_content("#map-info").startswith("map 6 · max ")
     page.go_back()
     page.wait_for_selector('#unit-section[data-unit="2"]')
     assert page.console.errors == []

@@ -109,7 +109,8 @@ def class_indices(wanted: Sequence[str], labels: Sequence[str] | None,
 def close_classes(value: str, labels: Sequence[str], n: int = 5) -> list[str]:
     """The class names `value` may have meant, at most `n`: first those (or a synonym of
     which) it is all the words of, or some of the words of ("tabby" for "tabby cat"; "tiger
-    cat", "Persian cat" … for "cat"), then those spelled like it (difflib)."""
+    cat", "Persian cat" … for "cat"), else whose words it starts ("flower" for "fl"); then
+    those spelled like it (difflib)."""
     import re
     from difflib import get_close_matches
 
@@ -123,6 +124,9 @@ def close_classes(value: str, labels: Sequence[str], n: int = 5) -> list[str]:
                    if w)
 
     held = [str(c) for c in labels if typed and holds(str(c))]
+    if len(typed) == 1 and not held:  # the start of a word: "fl" for "flower"
+        (start,) = typed
+        held = [str(c) for c in labels if any(w.startswith(start) for w in words(str(c)))]
     lowered = {str(c).lower(): str(c) for c in reversed(labels)}
     spelled = [lowered[c] for c in get_close_matches(value.lower(), list(lowered), n=n,
                                                      cutoff=0.8 if held else 0.6)]

@@ -324,7 +324,8 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
         done = explorer.occlusions.get((entry.id, layer, unit))
         if done is not None:
             return {k: v for k, v in done.items() if k != "png"}
-        what = f"{layer} map {unit}" if layer is not None else "its strongest map"
+        word = "map" if layer is None or explorer.layer(layer).size else "unit"  # as the page
+        what = f"{layer} {word} {unit}" if layer is not None else "its strongest map"
         return started(request, "occlusion", ("occlusion", entry.id, layer, unit),
                        f"occlusion maps of {entry.id} ({what})",
                        explorer.occlusion_job, entry.id, layer, unit)
@@ -353,7 +354,8 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
             return {k: v for k, v in done.items() if k != "png"}
         epochs = len(explorer.evolution_checkpoints)
         return started(request, "evolution", ("evolution", lr.name, unit),
-                       f"evolution of {lr.name} unit {unit} over {epochs} epochs",
+                       f"evolution of {lr.name} {'map' if lr.size else 'unit'} {unit} over "
+                       f"{epochs} epochs",
                        explorer.evolution_job, lr.name, unit)
 
     @app.get("/api/evolution.png")

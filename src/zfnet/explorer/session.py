@@ -616,7 +616,7 @@ class Explorer:
         if not wanted:
             raise ExplorerError("name: give a class's name or its number")
         try:
-            found = class_indices([wanted], names, self.source.name, n)
+            found = class_indices([wanted], names, "the model", n)  # not a checkpoint path
         except ValueError as e:
             raise ExplorerError(str(e)) from None
         if len(found) != 1:

@@ -86,9 +86,23 @@
 
   // ---------------------------------------------------------------- messages
 
+  let focusBeforeError = null;   // where the keyboard was when the error bar appeared
+
   function showError(message) {
     $("#error-text").textContent = message;
+    if ($("#error").hidden && document.activeElement !== document.body) {
+      focusBeforeError = document.activeElement;
+    }
     $("#error").hidden = false;
+  }
+
+  /** The error bar closed by its button or Esc: the keyboard goes back where it was. */
+  function dismissError() {
+    clearError();
+    const back = focusBeforeError;
+    focusBeforeError = null;
+    if (back && back.isConnected && !back.hidden && !back.disabled) back.focus();
+    else $("#maps").focus();
   }
 
   function clearError() {
@@ -214,7 +228,7 @@
     if (next.layer && !layerByName.has(next.layer)) {
       const names = layers.map((l) => l.name);
       const some = names.length > 12 ? `${names.slice(0, 12).join(", ")}, … (${names.length} in all)` : names.join(", ");
-      problems.push(`layer ${next.layer} is not in ${model.name}; the layers are ${some}`);
+      problems.push(`layer ${next.layer} is not a layer of this model; the layers are ${some}`);
       next.layer = model.default_layer;
       next.unit = next.row = next.col = null;
     }
@@ -571,17 +585,20 @@
     }
     clearError();
     const refusals = [];
-    for (const file of list) {
-      const why = await upload(file, { quiet: true });
-      if (why) refusals.push(why);
+    let shown = null;  // the last one kept: the only one opened (one history entry, no views
+    for (const file of list) {  // computed for the images passed through)
+      const got = await upload(file, { quiet: true, open: false });
+      if (got.why) refusals.push(got.why);
+      else shown = got.id;
     }
+    if (shown) go({ image: shown, row: null, col: null });
     if (refusals.length) showError(refusals.join("; "));
   }
 
-  /** Post a file's bytes to /api/images; the uploaded image becomes the current one. Returns
-   *  why it was refused (shown, unless `quiet`), or null. */
-  async function upload(file, { quiet = false } = {}) {
-    if (!file) return null;
+  /** Post a file's bytes to /api/images; the uploaded image becomes the current one (unless
+   *  not `open`). Returns {id} or {why} it was refused (shown, unless `quiet`). */
+  async function upload(file, { quiet = false, open = true } = {}) {
+    if (!file) return {};
     if (!quiet) clearError();
     const zone = $("#dropzone");
     zone.classList.add("busy");
@@ -598,14 +615,14 @@
       // The file's own name: the header's copy may be percent-encoded.
       uploads.unshift({ id: body.id, src: body.src, name: file.name || body.name });
       renderStrip();
-      go({ image: body.id, row: null, col: null });
-      return null;
+      if (open) go({ image: body.id, row: null, col: null });
+      return { id: body.id };
     } catch (err) {
       // The server's message names the file already, except when it refuses the bytes unread.
       const named = file.name && err.message.includes(file.name);
       const why = named ? err.message : `${file.name || "the file"}: ${err.message}`;
       if (!quiet) showError(why);
-      return why;
+      return { why };
     } finally {
       zone.classList.remove("busy");
       $("#upload-file").value = "";
@@ -780,6 +797,11 @@
     // One history entry for a run of key presses: Back returns to the view before it.
     go({ unit, row: null, col: null }, { replace: keyRun });
     keyRun = true;
+    // said in the live region, as a hover says it (a screen reader's user hears the pick)
+    const [h, w] = maps.size;
+    const [ar, ac] = maps.argmax[unit];
+    $("#map-info").textContent = h * w === 1 ? `unit ${unit} · value ${fmt(maps.max[unit])}`
+      : `map ${unit} · max ${fmt(maps.max[unit])} at (${ar}, ${ac})`;
   }
 
   // ---------------------------------------------------------------- the unit
@@ -975,9 +997,11 @@
       if (j.state === "failed") throw new ApiError(`${j.what || "the job"} failed: ${j.error || "no reason given"}`, 0);
       if (j.state === "cancelled" && j.abandoned) return "abandoned";
       if (j.state === "cancelled") {
+        const focused = $("#job").contains(document.activeElement);
         $("#job").hidden = true;
         const by = cancelledHere.has(j.id) ? "" : " (by another page or request)";
         showAgain(`${j.what || "The job"} was cancelled${by}. `, "Compute again");
+        if (focused || document.activeElement === document.body) $("#view-again").focus();
         return "cancelled";
       }
       await sleep(POLL_MS[Math.min(i, POLL_MS.length - 1)]);
@@ -1037,6 +1061,7 @@
         const pages = j.others === 1 ? "1 other page follows" : `${j.others} other pages follow`;
         showAgain(`Cancelled for this page only: ${pages} ${j.what || "this job"}, so it goes on for them. `,
                   "Follow it again");
+        $("#view-again").focus();  // not lost to the page with the Cancel button hidden
       }
     } catch (err) {
       showError(err.message);
@@ -1146,7 +1171,10 @@
   // ---------------------------------------------------------------- wiring
 
   function wire() {
-    $("#error-close").addEventListener("click", clearError);
+    $("#error-close").addEventListener("click", dismissError);
+    document.addEventListener("keydown", (e) => {
+      if (e.key === "Escape" && !$("#error").hidden) dismissError();
+    });
     $("#strip-prev").addEventListener("click", () => pageStrip(-1));
     $("#strip-next").addEventListener("click", () => pageStrip(1));
     $("#upload-file").addEventListener("change", (e) => uploadAll(e.target.files));
