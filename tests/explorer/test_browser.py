@@ -421,7 +421,8 @@ def test_occlusion_waits_its_turn_can_be_cancelled_and_computed_again(page, serv
 def test_a_bad_link_is_told_and_the_page_falls_back(page) -> None:
     _open(page, "/?layer=conv9&unit=2&view=sideways")
     text = page.text_content("#error-text")
-    assert "layer conv9 is not in" in text and "the layers are conv1, relu1" in text
+    assert "layer conv9 is not a layer of this model" in text
+    assert "the layers are conv1, relu1" in text
     assert "view=sideways is not one of topk, occlusion, evolution" in text
     page.wait_for_selector('#maps[data-layer="conv5"]')
     assert page.locator("#unit-section").is_hidden()
