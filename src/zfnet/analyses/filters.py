@@ -24,12 +24,18 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from zfnet.models import first_convs, resolve_layer
 from zfnet.models.convnet import filter_rms
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
+    from zfnet.analyses.topk import TopK
 
 _PAD = 32  # DFT size: fine enough frequency sampling for 3x3 … 11x11 kernels
 
@@ -129,8 +135,8 @@ def save_filter_mosaic(weight: torch.Tensor, path: str | Path, scale: int = 6) -
 SECOND_LAYER_MAPS = 36  # layer-2 maps projected (Fig. 6 d, e): the strongest
 
 
-def second_layer_figure(model: torch.nn.Module, dataset: torch.utils.data.Dataset, layer: str,
-                        topk: object, path: str | Path, n_maps: int = SECOND_LAYER_MAPS
+def second_layer_figure(model: torch.nn.Module, dataset: Dataset, layer: str, topk: TopK,
+                        path: str | Path, n_maps: int = SECOND_LAYER_MAPS
                         ) -> tuple[Path, str, int]:
     """Fig. 6 (d, e): the `n_maps` maps of `layer` strongest over `dataset`, each its strongest
     activation (`topk`, a `zfnet.analyses.topk.TopK` of k >= 1 mined there) projected by the
@@ -165,7 +171,7 @@ def filters_section(
     layers: tuple[str, ...] | None = ("conv1", "conv2"),
     order: int = 60,
     input_size: int | tuple[int, int] | None = None,
-    second_layer: dict[str, tuple[str, object, torch.utils.data.Dataset]] | None = None,
+    second_layer: dict[str, tuple[str, TopK, Dataset]] | None = None,
 ):
     """Fig. 6: filter mosaics of `layers` for each labelled model and a table of the diagnostics.
 
