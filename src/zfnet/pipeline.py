@@ -287,7 +287,7 @@ def invariance(model: nn.Module, bundle: DataBundle | None, run_dir: str | Path,
                for kind in KINDS]
         invariance_section(run_dir, res, tnames, key=key, title=title, about=about,
                            order=50 if key.endswith("photos") else 51,
-                           paper_layers=not layers, class_names=class_names)
+                           paper_layers=not layers, class_names=class_names, images=imgs)
         out[key] = {r.kind: {name: r.distance[name].mean().item() for name in chosen}
                     for r in res}
     return out

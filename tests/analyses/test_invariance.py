@@ -1,5 +1,6 @@
 """Invariance sweeps (Fig. 5)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -104,3 +105,37 @@ def test_any_cnn_default_layers_and_its_own_class() -> None:
     assert res.labels == logits.argmax(1).tolist()
     with pytest.raises(ValueError, match=r"label\(s\) \[7\] are not classes of this model"):
         invariance(model, imgs, lambda x: x, "rotate", values=[0], layers=None, labels=[1, 7])
+
+
+def test_the_images_are_shown_at_some_amounts_before_their_curves(tmp_path) -> None:
+    """Fig. 5's first column: with the images, each transformation's curves follow a figure of
+    the images at a few of its amounts (the untransformed one among them), one row an image."""
+    from PIL import Image
+
+    from zfnet.analyses.invariance import example_values, invariance_section
+    from zfnet.report import read_sections
+
+    assert example_values("scale", [0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6]) \
+        == [0.6, 0.8, 1.0, 1.4, 1.6]
+    assert example_values("rotate", [float(a) for a in range(0, 361, 30)]) \
+        == [0, 90, 180, 270, 360]
+    assert example_values("translate", [0.0, 0.1]) == [0.0, 0.1]
+    model = zfnet.create_model("zfnet_small", input_size=32)
+    imgs = torch.zeros(2, 3, 32, 32)
+    imgs[1] = 255.0  # one black image, one white: rows told apart by their pixels
+    res = [invariance(model, imgs, lambda x: x - 128, k, values=v)
+           for k, v in (("translate", [0, 0.1]), ("scale", [1, 1.2]), ("rotate", [0, 45]))]
+    invariance_section(tmp_path, res, ["dark", "light"], images=imgs)
+    (s,) = read_sections(tmp_path)
+    assert [f.path for f in s.figures] == [
+        f"figures/invariance_{k}{part}.png" for k in ("translate", "scale", "rotate")
+        for part in ("_examples", "")]
+    assert "the paper's first column" in s.caption
+    grid = np.asarray(Image.open(tmp_path / "figures" / "invariance_rotate_examples.png")
+                      .convert("L"))
+    h = grid.shape[0]
+    # the black image's row above the white one's, shown as it is (no contrast stretch)
+    assert grid[: h // 2].mean() < 128 < grid[h // 2:].mean()
+    invariance_section(tmp_path, res, ["dark", "light"], key="curves")  # without: curves only
+    s = {x.key: x for x in read_sections(tmp_path)}["curves"]
+    assert len(s.figures) == 3 and "first column" not in s.caption

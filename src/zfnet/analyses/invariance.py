@@ -135,6 +135,30 @@ def invariance(
     return InvarianceResult(kind, values, list(layers), dist, prob, target.tolist())
 
 
+EXAMPLES = 5  # amounts of each transformation shown as images
+
+
+def example_values(kind: str, values: Sequence[float], n: int = EXAMPLES) -> list[float]:
+    """`n` of a sweep's `values` to show as images: spread evenly from the first to the last,
+    the untransformed amount (0, or scale 1) among them where the sweep has it."""
+    if len(values) <= n:
+        return list(values)
+    picks = [round(k * (len(values) - 1) / (n - 1)) for k in range(n)]
+    identity = 1.0 if kind == "scale" else 0.0
+    if identity in values and identity not in [values[i] for i in picks]:
+        at = list(values).index(identity)
+        nearest = min(range(1, n - 1), key=lambda k: abs(picks[k] - at))
+        picks[nearest] = at
+    return [values[i] for i in sorted(set(picks))]
+
+
+def _amount(kind: str, value: float) -> str:
+    """An amount as the examples' column title: "shift -0.15", "scale 0.8", "90°"."""
+    if kind == "translate":
+        return f"shift {value:+g}" if value else "shift 0"
+    return f"scale {value:g}" if kind == "scale" else f"{value:g}°"
+
+
 def invariance_section(
     run_dir: str | Path,
     results: Sequence[InvarianceResult],
@@ -145,21 +169,25 @@ def invariance_section(
     about: str = "",
     paper_layers: bool = True,
     class_names: Sequence[str] | None = None,
+    images: torch.Tensor | None = None,
 ):
     """Write one figure per transformation (distance at each layer, class probability, one
     curve per image) and the report section; returns the Section. `about`: a sentence saying
     which images these are, put first in the caption. `paper_layers`: the results' two layers
     stand for the paper's layers 1 and 7 (the defaults), as the caption then says.
     `class_names`: the model's, naming in the legend the class each image's p(class) follows
-    (else its number)."""
+    (else its number). `images`: the images swept (N, C, H, W) in pixels (0..255); with them
+    each transformation's figure is preceded by the images at `EXAMPLES` of its amounts, as the
+    paper's first column shows them."""
     from zfnet.report import Figure, Section, Table, write_section
-    from zfnet.report.plots import plot_curves
+    from zfnet.report.plots import plot_curves, plot_images
 
     run_dir = Path(run_dir)
     xlabels = {"translate": "vertical shift (fraction of height)", "scale": "scale factor",
                "rotate": "rotation (degrees)"}
     figures, rows = [], []
     layers = results[0].layers
+    shown_names = list(image_names)  # the examples' rows: the images' names alone
     followed = results[0].labels  # the same class for every transformation of an image
     if len(followed) == len(image_names):  # the legend names it: "astronaut: p(tabby)"
         def named(c: int) -> str:
@@ -167,13 +195,24 @@ def invariance_section(
 
         image_names = [f"{n}: p({named(c)})" for n, c in zip(image_names, followed, strict=True)]
     for r in results:
+        if images is not None:
+            amounts = example_values(r.kind, r.values)
+            pixels = torch.stack([transform_images(images.float(), r.kind, v) for v in amounts],
+                                 dim=1)  # (N, amounts, C, H, W)
+            path = plot_images(
+                pixels.round().clamp(0, 255).to(torch.uint8).permute(0, 1, 3, 4, 2).numpy(),
+                run_dir / "figures" / f"{key}_{r.kind}_examples.png",
+                [_amount(r.kind, v) for v in amounts], shown_names)
+            figures.append(Figure(str(path.relative_to(run_dir)),
+                                  f"{r.kind}: the images at {len(amounts)} of the amounts"))
         panels = {f"{name}: relative distance": {
             n: r.distance[name][i].tolist() for i, n in enumerate(image_names)}
             for name in r.layers}
         panels["p(class)"] = {n: r.prob[i].tolist() for i, n in enumerate(image_names)}
         path = plot_curves(r.values, panels, run_dir / "figures" / f"{key}_{r.kind}.png",
                            xlabel=xlabels[r.kind])
-        figures.append(Figure(str(path.relative_to(run_dir)), f"{r.kind}"))
+        figures.append(Figure(str(path.relative_to(run_dir)), f"{r.kind}"
+                              + (": distances and p(class)" if images is not None else "")))
         rows.append([r.kind, *(f"{r.distance[name].mean().item():.3f}" for name in r.layers),
                      f"{r.prob.min(1).values.mean().item():.3f}"])
     if paper_layers and len(layers) == 2:
@@ -187,7 +226,10 @@ def invariance_section(
         caption=(
             (f"{about} " if about else "")
             + "Each image is shifted vertically, scaled and rotated; for every amount we compare "
-            f"its feature vectors with those of the untransformed image {where}. Distances are "
+            f"its feature vectors with those of the untransformed image {where}. "
+            + ("Each transformation's curves follow its images at a few of the amounts (the "
+               "paper's first column). " if images is not None else "")
+            + "Distances are "
             "Euclidean, divided by the norm of the untransformed image's feature vector so "
             "that all layers share a scale "
             "(0 = unchanged, 1 = a change as large as the features). The last panel is the "

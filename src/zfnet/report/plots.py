@@ -75,6 +75,27 @@ def plot_curves(
     return _save(fig, path)
 
 
+def plot_images(pixels: np.ndarray, path: str | Path, col_titles: Sequence[str],
+                row_titles: Sequence[str]) -> Path:
+    """A grid of images, uint8 (rows, columns, H, W, C) with C 1 or 3, shown as they are (no
+    rescaling), a title over each column and a name left of each row; saved as PNG."""
+    rows, cols = pixels.shape[:2]
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols + 0.6, 1.6 * rows + 0.3),
+                             squeeze=False)
+    for i in range(rows):
+        for j in range(cols):
+            ax, img = axes[i][j], pixels[i, j]
+            img = img[..., 0] if img.shape[-1] == 1 else img
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(col_titles[j], fontsize=8)
+        axes[i][0].set_ylabel(str(row_titles[i])[-24:], fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str | Path) -> Path:
     """Confusion matrix (rows: true class, columns: predicted), row-normalised, saved as PNG."""
     m = np.asarray(matrix, dtype=float)
