@@ -12,7 +12,7 @@ import re
 import threading
 import time
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, quote, urlparse
 
 import httpx
 import pytest
@@ -788,3 +788,31 @@ def test_a_students_link_to_an_upload_opens_named_and_copies_anywhere(page, brow
         assert friend.locator("#error").is_hidden() and friend.console.errors == []
     finally:
         other.close()
+
+
+def test_a_reload_and_another_tab_list_this_browsers_uploads(page) -> None:
+    """The strip listed only the uploads made in this page: a reload lost them (the link kept
+    the one shown). The browser remembers them, names included; one the server no longer has
+    (restarted, or past the last it keeps) leaves the strip and the browser's list."""
+    gone = "up:00000000deadbeef"
+    page.console.allowed.append(f"/api/image/{quote(gone)}.png")  # its 404, expected
+    _open(page, "/?layer=conv1")
+    page.evaluate("id => localStorage.setItem('zfnet-explorer-uploads', "
+                  "JSON.stringify([{id, name: 'old.png'}]))", gone)
+    page.set_input_files("#upload-file", files=[{
+        "name": "my dog.png", "mimeType": "image/png", "buffer": _photo("PNG")}])
+    page.wait_for_function("new URLSearchParams(location.search).get('image').startsWith('up:')")
+    up = _query(page)["image"]
+    page.goto("/?layer=conv1")  # a reload without the upload in its link
+    page.wait_for_selector("body[data-ready]")
+    page.wait_for_selector(f'#strip button[data-image="{up}"]')
+    assert "my dog.png" in page.get_attribute(f'#strip button[data-image="{up}"]', "title")
+    page.wait_for_function(f"!document.querySelector('#strip button[data-image=\"{gone}\"]')")
+    kept = page.evaluate("JSON.parse(localStorage.getItem('zfnet-explorer-uploads'))")
+    assert kept == [{"id": up, "name": "my dog.png"}]
+    assert "1 uploaded image" in page.text_content("#strip-info")
+    tab = page.context.new_page()  # another tab of the same browser
+    tab.console = Console(tab)
+    _open(tab, "/?layer=conv1")
+    tab.wait_for_selector(f'#strip button[data-image="{up}"]')
+    assert page.console.errors == [] and tab.console.errors == []

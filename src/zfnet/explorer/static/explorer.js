@@ -26,7 +26,9 @@
   let stripOffset = 0;
   let stripTotal = 0;
   let stripItems = [];           // the dataset images on the strip's current page
-  const uploads = [];            // images uploaded in this page: {id, src, name}
+  const uploads = [];            // images uploaded from this browser: {id, src, name}
+  const UPLOADS_KEY = "zfnet-explorer-uploads";  // ... kept in its localStorage over reloads
+  const UPLOADS_KEPT = 64;       // as many as the server keeps
   // Every loader takes a ticket; an answer that comes back after a newer request is dropped.
   const tickets = { image: 0, maps: 0, unit: 0, view: 0, strip: 0 };
   let currentJob = null;
@@ -439,7 +441,10 @@
       const img = document.createElement("img");
       img.alt = "";
       img.loading = "lazy";
-      img.addEventListener("error", broken, { once: true });
+      img.addEventListener("error", () => {
+        broken();
+        if (isUpload) forgetIfGone(item);
+      }, { once: true });
       img.src = item.src;
       button.append(img);
     }
@@ -450,6 +455,51 @@
     });
     li.append(button);
     return li;
+  }
+
+  /** The uploads this browser remembers (ids and names only), newest first. */
+  function savedUploads() {
+    try {
+      const saved = JSON.parse(localStorage.getItem(UPLOADS_KEY) || "[]");
+      return Array.isArray(saved) ? saved : [];
+    } catch {
+      return [];  // storage off (private mode) or not ours: nothing remembered
+    }
+  }
+
+  /** Remember this page's uploads before the others this browser remembers (another tab's),
+   *  less the one `gone`, so that a reload or another tab of the server lists them again. */
+  function saveUploads(gone = null) {
+    const here = new Set(uploads.map((u) => u.id));
+    const others = savedUploads().filter((u) => u && !here.has(u.id) && u.id !== gone);
+    const kept = [...uploads.map(({ id, name }) => ({ id, name })), ...others];
+    try {
+      localStorage.setItem(UPLOADS_KEY, JSON.stringify(kept.slice(0, UPLOADS_KEPT)));
+    } catch {}  // storage off or full: the strip lists this page's alone
+  }
+
+  function restoreUploads() {
+    for (const u of savedUploads()) {
+      if (u && typeof u.id === "string" && u.id.startsWith("up:") && !uploads.some((k) => k.id === u.id)) {
+        uploads.push({ id: u.id, src: `/api/image/${encodeURIComponent(u.id)}.png`, name: typeof u.name === "string" ? u.name : null });
+      }
+    }
+  }
+
+  /** An upload the server no longer has (restarted, or past the last it keeps) leaves the
+   *  strip and the browser's list, unless it is the image shown (its view says why). */
+  async function forgetIfGone(item) {
+    try {
+      const response = await fetch(item.src);
+      if (response.status !== 404 || state.image === item.id) return;
+    } catch {
+      return;  // the server unreachable: keep it
+    }
+    const at = uploads.findIndex((u) => u.id === item.id);
+    if (at < 0) return;
+    uploads.splice(at, 1);
+    saveUploads(item.id);
+    renderStrip();
   }
 
   function renderStrip() {
@@ -614,6 +664,7 @@
       if (known >= 0) uploads.splice(known, 1);
       // The file's own name: the header's copy may be percent-encoded.
       uploads.unshift({ id: body.id, src: body.src, name: file.name || body.name });
+      saveUploads();
       renderStrip();
       if (open) go({ image: body.id, row: null, col: null });
       return { id: body.id };
@@ -1291,8 +1342,9 @@
     loadClassNames();
     const { next, problems } = readUrl();
     if (problems.length) showError(problems.join("; "));
+    restoreUploads();
     // Restoring uploaded images by link: they are not in the dataset's list.
-    if (next.image && next.image.startsWith("up:")) {
+    if (next.image && next.image.startsWith("up:") && !uploads.some((u) => u.id === next.image)) {
       uploads.push({ id: next.image, src: `/api/image/${encodeURIComponent(next.image)}.png`, name: null });
     }
     stripOffset = stripPageOf(next.image) || 0;
