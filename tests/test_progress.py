@@ -140,3 +140,36 @@ def test_a_counted_bar_is_closed_after_an_error(monkeypatch) -> None:
     with counted_progress(desc="nothing") as report:
         pass
     assert "nothing" not in log.getvalue()  # no report: no bar
+
+
+@pytest.mark.parametrize("command", [
+    ["visualize", "topk", "--layer", "conv1", "--maps-per-layer", "2"],
+    ["analyze", "occlusion", "--images", "1", "--pointing", "0"],
+    ["eval"],
+])
+def test_quiet_silences_every_bar_of_a_command_down_to_its_stages(tmp_path, command) -> None:
+    """--quiet existed on train, eval and shards only: an analysis in a cluster's log wrote its
+    bars. Now every command that draws bars takes it, and it reaches the bars of the stages
+    deep inside (the mining, the dataset's mean image), which are not told; the results
+    still print, and the next command draws its bars again."""
+    out = ["--out", str(tmp_path / "out")] if command[0] != "eval" else []
+    args = [*command, "--model", "zfnet_small", "--data", "synthetic?n_train=16&n_val=16",
+            "--batch-size", "8", *out]
+    quiet = CliRunner().invoke(main, [*args, "--quiet"])
+    assert quiet.exit_code == 0, quiet.output
+    assert "%|" not in quiet.stderr and quiet.stdout.strip(), quiet.stderr
+    loud = CliRunner().invoke(main, args)
+    assert loud.exit_code == 0 and "%|" in loud.stderr, loud.stderr
+
+
+def test_every_command_that_draws_bars_takes_quiet() -> None:
+    import click
+
+    def leaves(group: click.Group, prefix: str = ""):
+        for name, c in group.commands.items():
+            yield from (leaves(c, f"{prefix}{name} ") if isinstance(c, click.Group)
+                        else [(f"{prefix}{name}", c)])
+
+    without = sorted(name for name, c in leaves(main)
+                     if not any("--quiet" in p.secondary_opts for p in c.params))
+    assert without == ["models", "project", "report", "serve"]  # no bar of their own

@@ -12,12 +12,26 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from tqdm import tqdm
 
 ON_TERMINAL_S = 0.1  # seconds between two drawings of a bar on a terminal
 INTO_LOG_S = 60.0  # ... and into a log
+
+_SHOWN: ContextVar[bool] = ContextVar("zfnet_bars_shown", default=True)
+
+
+@contextmanager
+def bars(shown: bool) -> Iterator[None]:
+    """Within it, every bar drawn in this thread is shown or not (a command's --quiet): the
+    stages deep inside an analysis need not be told."""
+    token = _SHOWN.set(shown)
+    try:
+        yield
+    finally:
+        _SHOWN.reset(token)
 
 
 def terminal() -> bool:
@@ -62,11 +76,13 @@ def progress_bar(iterable: Iterable[Any] | None = None, *, desc: str, unit: str 
                  leave: bool = False, position: int | None = None) -> tqdm:
     """A tqdm bar on stderr: drawn every `ON_TERMINAL_S` on a terminal, every `INTO_LOG_S` into a
     log, each state a line, the last one kept (`leave` is for a terminal). `shown=False`: no bar
-    (another process than torchrun's first, or --quiet); the iterable is still iterated. Move it
-    on with `update` (`refresh` draws at every call, a log's once a minute included)."""
+    (another process than torchrun's first), nor within `bars(False)` (--quiet); the iterable is
+    still iterated. Move it on with `update` (`refresh` draws at every call, a log's once a
+    minute included)."""
     on_terminal = terminal()
     return _Bar(iterable, desc=desc, unit=unit, total=total, initial=initial,
-                disable=not shown, leave=leave or not on_terminal, position=position,
+                disable=not (shown and _SHOWN.get()), leave=leave or not on_terminal,
+                position=position,
                 dynamic_ncols=True, file=sys.stderr if on_terminal else _LogLines(sys.stderr),
                 mininterval=ON_TERMINAL_S if on_terminal else INTO_LOG_S)
 

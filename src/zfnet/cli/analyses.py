@@ -19,6 +19,7 @@ from zfnet.cli.options import (
     _OUT,
     _OUT_DIR,
     _PREPROCESSING,
+    _PROGRESS,
     _RULE_HELP,
     _SOURCE,
     _SOURCE_OPTIONS,
@@ -57,6 +58,7 @@ def analyze() -> None:
 @_NONLINEAR
 @_DEVICE
 @_BATCH
+@_PROGRESS
 def evolution_cmd(run_dir: str | None, run_alias: str | None, data: str | None,
                   out: str | None, images: int, maps: int, layers: tuple[str, ...] | None,
                   rule: str, device: str, batch_size: int) -> None:
@@ -104,6 +106,7 @@ def evolution_cmd(run_dir: str | None, run_alias: str | None, data: str | None,
 @_options(*_PREPROCESSING)
 @_DATA
 @_OUT
+@_PROGRESS
 def filters_cmd(checkpoints: tuple[str, ...], sources: tuple[str, ...],
                 weights: tuple[str, ...], mean: tuple[float, ...] | None,
                 std: tuple[float, ...] | None, resize: int | None, crop: int | None,
@@ -168,6 +171,7 @@ def filters_cmd(checkpoints: tuple[str, ...], sources: tuple[str, ...],
 @click.option("--images", default=5, show_default=True, type=_Whole(1),
               help="Images of the dataset transformed (its val split, one per class while "
                    "classes last), beside the 5 built-in photos.")
+@_PROGRESS
 def invariance_cmd(model_options: ModelOptions, data: str | None, out: str,
                    layers: tuple[str, ...] | None, images: int) -> None:
     """Fig. 5: translation, scaling, rotation of 5 photos and 5 dataset images (a model
@@ -221,6 +225,7 @@ def invariance_cmd(model_options: ModelOptions, data: str | None, out: str,
                    "trained resnet18's maps within ~2% of float32's range; incremental "
                    "inference (chains) stays float32.")
 @_NONLINEAR
+@_PROGRESS
 def occlusion_cmd(model_options: ModelOptions, data: str | None, out: str, images: int,
                   pointing: int, size: int | None, stride: int | None, layer: str | None,
                   class_name: str | None, method: str, precision: str) -> None:
@@ -298,6 +303,7 @@ def _say_occlusion_work(bundle, images: int, size: int | None, stride: int | Non
                    "zfnet's models, the last stage and the classifier's input on any other CNN).")
 @click.option("--draws", default=20, show_default=True, type=_Whole(1),
               help="Random-region draws for the control.")
+@_PROGRESS
 def correspondence_cmd(model_options: ModelOptions, data: str | None, out: str,
                        parts_file: str | None, class_name: str | None,
                        parts: tuple[str, ...] | None, images: int | None,
@@ -335,6 +341,7 @@ def correspondence_cmd(model_options: ModelOptions, data: str | None, out: str,
               help="Layers probed, comma-separated and/or repeated: names from `zfnet models "
                    "SOURCE`. Default: the paper's layers 1-7 on zfnet's models; any other "
                    "CNN's main stages and the vector its classifier reads.")
+@_PROGRESS
 def probes_cmd(model_options: ModelOptions, data: str | None, out: str, per_class: int,
                layers: tuple[str, ...] | None) -> None:
     """Table 7: a linear classifier on each layer's features, N training images per class of a
@@ -377,6 +384,7 @@ def probes_cmd(model_options: ModelOptions, data: str | None, out: str, per_clas
                    "ResNet's avgpool).")
 @click.option("--batch-size", type=_Whole(1), default=32, show_default=True,
               help="Batch of the from-scratch runs.")
+@_PROGRESS
 def transfer_cmd(data: str, out: str, shots: tuple[int, ...], n_test: int,
                  scratch_steps: int, layer: str, batch_size: int, **model: Any) -> None:
     """Tables 4-5: keep layers 1-7 (a pretrained model's features), train a new softmax on N
@@ -437,6 +445,7 @@ def transfer_cmd(data: str, out: str, shots: tuple[int, ...], n_test: int,
                    "seed (OUT/reference) and compare it the same way: how alike two runs' "
                    "maps are anyway.")
 @_NONLINEAR
+@_PROGRESS
 def randomization_cmd(model_options: ModelOptions, data: str | None, out: str,
                       images: int | None,
                       layer: str | None, mode: str, steps: str, epochs: int | None,

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from zfnet.cli.app import main
-from zfnet.cli.options import _OUT_DIR, _Finite, _Whole
+from zfnet.cli.options import _OUT_DIR, _PROGRESS, _Finite, _Whole
 
 
 @main.command("demo", short_help="Train ZFNet-small, run every analysis, write a report")
@@ -25,6 +25,7 @@ from zfnet.cli.options import _OUT_DIR, _Finite, _Whole
 @click.option("--model", default="zfnet_small", show_default=True, metavar="NAME",
               help="Registered model.")
 @click.option("--no-analyses", is_flag=True, help="Only train, evaluate and report.")
+@_PROGRESS
 def demo_cmd(out: str, epochs: int, batch_size: int, lr: float, data: str, model: str,
              no_analyses: bool) -> None:
     """Train ZFNet-small on the built-in data, evaluate it, run the paper's analyses and write

@@ -14,6 +14,7 @@ from zfnet.cli.options import (
     _OUT,
     _OUT_DIR,
     _PRECISION,
+    _PROGRESS,
     _RULE_HELP,
     _SOURCE,
     _WORKERS,
@@ -83,6 +84,7 @@ def _k_within(k: int, images: int | None, val: int, said: bool = True) -> int:
                    "more.")
 @_WORKERS
 @_PRECISION
+@_PROGRESS
 def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
              layers: tuple[str, ...] | None, layers_alias: tuple[str, ...] | None, k: int,
              maps_per_layer: int, map_rule: str, rule: str, images: int | None,
@@ -162,6 +164,7 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
                    "a static host.")
 @_WORKERS
 @_PRECISION
+@_PROGRESS
 def atlas_cmd(model_options: ModelOptions, data: str | None, out: str,
               layers: tuple[str, ...] | None, k: int, maps_per_layer: int | None,
               images: int | None, rule: str, evolution: bool, figures: str,

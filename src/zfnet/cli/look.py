@@ -11,6 +11,7 @@ from zfnet.cli.loading import _class_alone, _layers, _mining_workers, _model_and
 from zfnet.cli.options import (
     _NONLINEAR,
     _OUT_DIR,
+    _PROGRESS,
     _RULE_HELP,
     _SOURCE,
     _WORKERS,
@@ -117,6 +118,7 @@ def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
               help="Mixed precision, as in eval (auto: bf16 on CUDA and on CPUs with native "
                    "bf16; fp16: CUDA only); off: the probabilities in float32.")
 @_WORKERS
+@_PROGRESS
 def predict_cmd(images: tuple[str, ...], model_options: ModelOptions, top: int,
                 ten_crop: bool, out: str | None, amp: str, workers: int | str | None) -> None:
     """The TOP most probable classes of each IMAGE, by the model's softmax, named by its class

@@ -328,6 +328,25 @@ def _nonlinear_mode(ctx: click.Context, param: click.Parameter, value: str) -> s
     return value
 
 
+def _bars(ctx: click.Context, param: click.Parameter, value: bool | None) -> bool | None:
+    """--progress/--quiet: every bar the command draws, down to its stages', shown or not
+    (`zfnet.progress.bars`; None, train's default: its own choice, bars allowed)."""
+    from zfnet.progress import bars
+
+    ctx.with_resource(bars(value is not False))
+    return value
+
+
+def _progress_option(default: bool | None = True, help: str = "Progress bars on stderr "
+                    "(--quiet: none; what the command finds still prints).",
+                    expose_value: bool = False):
+    """The --progress/--quiet option of a command that draws bars."""
+    return click.option("--progress/--quiet", default=default, callback=_bars,
+                        expose_value=expose_value, help=help)
+
+
+_PROGRESS = _progress_option()
+
 _PRECISION = click.option(
     "--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto",
     show_default=True,

@@ -8,7 +8,7 @@ import click
 
 from zfnet.cli.app import main
 from zfnet.cli.loading import _broken_files
-from zfnet.cli.options import _OUT_DIR, _Whole, _workers
+from zfnet.cli.options import _OUT_DIR, _progress_option, _Whole, _workers
 
 
 def _byte_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
@@ -49,7 +49,7 @@ def _byte_size(ctx: click.Context, param: click.Parameter, value: str) -> int:
               help="JPEG quality of the re-encoded images (default 90).")
 @click.option("--workers", callback=_workers, metavar="auto|N",
               help="Decoding processes (default auto: one per core, up to 8; 0: this one).")
-@click.option("--progress/--quiet", default=True, help="Progress bars.")
+@_progress_option(help="Progress bars.", expose_value=True)
 def shards_cmd(source: str, out: str, resize: int | None, original: bool, square: bool,
                raw: bool, shard_size: int, quality: int | None, workers: int | str | None,
                progress: bool) -> None:

@@ -17,6 +17,7 @@ from zfnet.cli.options import (
     _OUT_FILE,
     _POSITIVE,
     _PREPROCESSING,
+    _PROGRESS,
     _WEIGHTS,
     _WORKERS,
     _counts,
@@ -26,6 +27,7 @@ from zfnet.cli.options import (
     _model_opts,
     _names,
     _options,
+    _progress_option,
     _Whole,
 )
 
@@ -115,7 +117,7 @@ from zfnet.cli.options import (
                    "skip it with a warning naming it once, counted per epoch in metrics.csv).")
 @click.option("--resume", is_flag=True, default=None,
               help="Continue the run in --out exactly where its last checkpoint left it.")
-@click.option("--progress/--quiet", default=None, help="Progress bar and epoch lines.")
+@_progress_option(default=None, help="Progress bar and epoch lines.", expose_value=True)
 @click.option("--tensorboard/--no-tensorboard", default=None, help="TensorBoard logs in tb/.")
 @click.option("--weights", "start_weights", hidden=True, expose_value=True, default=None)
 def train_cmd(start_weights: str | None, **opts) -> None:
@@ -261,7 +263,7 @@ def _training_report(run_dir: str) -> None:
 @click.option("--compile", "compile", is_flag=True,
               help="torch.compile the model (faster on a GPU over a large split, slower on a "
                    "small CPU; off by default).")
-@click.option("--progress/--quiet", default=True, help="A progress bar over the batches.")
+@_progress_option(help="A progress bar over the batches.", expose_value=True)
 def eval_cmd(checkpoint: str | None, model: str | None, weights: str | None,
              mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
              resize: int | None, crop: int | None, labels: str | None, data: str | None,
@@ -383,6 +385,7 @@ PER_CLASS_SHOWN = 30  # zfnet eval prints every class's accuracy up to this many
               type=click.Choice(["plateau", "step", "cosine", "linear", "onecycle", "constant"]),
               help="Learning-rate schedule, every variant (as `zfnet train --schedule`).")
 @_OUT
+@_PROGRESS
 def study_cmd(data: str, models: tuple[str, ...], variants: tuple[str, ...] | None, epochs: int,
               batch_size: int, lr: float, schedule: str, out: str) -> None:
     """Table 3: train each (model, variant) on DATA for the same epochs and report train/val
