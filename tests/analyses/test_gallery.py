@@ -398,3 +398,36 @@ def test_an_unknown_precision_is_refused_before_mining(tmp_path) -> None:
         run_topk_gallery(zfnet.create_model("zfnet_small"), _data(2), ["conv1"],
                          out_dir=tmp_path / "g", precision="half")
     assert not (tmp_path / "g").exists()
+
+
+def test_each_block_is_labelled_with_its_map_above_it(tmp_path, monkeypatch) -> None:
+    """The gallery's PNGs named no map (the caption listed them): a student could not tell
+    which block was map 12. Each block now has its label above it, the tiles unmoved below."""
+    from zfnet.analyses import gallery
+    from zfnet.display import LABEL_HEIGHT
+
+    proj = torch.randn(2, 4, 3, 8, 8)
+    patches = torch.zeros(2, 4, 3, 8, 8, dtype=torch.uint8)
+    plain = np.asarray(Image.open(render_layer(proj, patches, tmp_path / "a.png", columns=1)))
+    named = np.asarray(Image.open(render_layer(proj, patches, tmp_path / "b.png", columns=1,
+                                               labels=["map 3", "map 17"])))
+    half = plain.shape[0] // 2  # one block and its gap
+    assert named.shape[0] == plain.shape[0] + 2 * LABEL_HEIGHT
+    for a in range(2):  # each block below its label, as drawn without one
+        y = a * (half + LABEL_HEIGHT)
+        band = named[y: y + LABEL_HEIGHT]
+        assert (band < 128).any() and (band == 255).mean() > 0.5  # dark text on white
+        assert np.array_equal(named[y + LABEL_HEIGHT: y + LABEL_HEIGHT + half],
+                              plain[a * half: (a + 1) * half])
+    with pytest.raises(ValueError, match="1 labels for 2 maps"):
+        render_layer(proj, patches, tmp_path / "c.png", labels=["map 3"])
+    drawn = []
+    real = gallery.render_layer
+    monkeypatch.setattr(gallery, "render_layer",
+                        lambda *a, **k: drawn.append(k["labels"]) or real(*a, **k))
+    model = zfnet.create_model("zfnet_small", input_size=32, num_classes=3)
+    data = [(torch.randn(3, 32, 32), 0) for _ in range(4)]
+    gallery.run_topk_gallery(model, data, ["conv2", "fc8"], k=2, out_dir=tmp_path / "g",
+                             maps={"conv2": [5, 1], "fc8": [2, 0]},
+                             unit_names={"fc8": ["cat", "dog", "owl"]})
+    assert drawn == [["map 5", "map 1"], ["2 owl", "0 cat"]]

@@ -41,13 +41,21 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from zfnet.analyses.topk import TopK, mine_topk, mine_topk_distributed, save_topk
 from zfnet.deconvnet import PRECISIONS, Seeds, project_layers, windowed
 from zfnet.display import CAPTION as DISPLAY_CAPTION
-from zfnet.display import projection_to_uint8, save_png
+from zfnet.display import (
+    LABEL_COLOUR,
+    LABEL_HEIGHT,
+    fit_text,
+    label_font,
+    projection_to_uint8,
+    save_png,
+)
 from zfnet.graph import check_rule, fallback_words, fallbacks_recorded, rule_label
 from zfnet.models import LayerGeometry, feature_layers, layer_geometries
 from zfnet.report import Figure, Section, Table, write_section
@@ -322,13 +330,14 @@ def default_display(dataset: Dataset) -> Callable[[int], Tensor]:
 
 def render_layer(
     projections: Tensor, patches: Tensor, path: str | Path | BinaryIO, *,
-    columns: int | None = None, min_side: int = 40,
+    columns: int | None = None, min_side: int = 40, labels: Sequence[str] | None = None,
 ) -> Path | BinaryIO:
     """Draw a Fig. 2 grid: per map a block of k projections beside its k image patches.
 
     projections (M, k, C, h, w) float; patches (M, k, C, h, w) uint8. Small windows are
     enlarged (nearest neighbour, integer factor) until their longer side has at least
-    `min_side` pixels. path: a file path, or an open binary file the PNG is written to.
+    `min_side` pixels. labels: one per block, drawn above it ("map 12"; cut to its width).
+    path: a file path, or an open binary file the PNG is written to.
     """
     m, k, _, sh, sw = projections.shape
     zoom = max(1, math.ceil(min_side / max(sh, sw)))
@@ -340,16 +349,27 @@ def render_layer(
     cols = columns or min(m, max(1, round(math.sqrt(m * block_h / block_w * 1.6))))
     rows = math.ceil(m / cols)
     sep = 8
-    canvas = np.full((rows * (block_h + sep), cols * (block_w + sep), 3), 255, np.uint8)
+    if labels is not None and len(labels) != m:
+        raise ValueError(f"{len(labels)} labels for {m} maps")
+    top = LABEL_HEIGHT if labels is not None else 0  # each block's label above it
+    canvas = np.full((rows * (top + block_h + sep), cols * (block_w + sep), 3), 255, np.uint8)
     shown = projection_to_uint8(projections)  # (M, k, C, s, s)
     for a in range(m):
-        by, bx = (a // cols) * (block_h + sep), (a % cols) * (block_w + sep)
+        by, bx = (a // cols) * (top + block_h + sep) + top, (a % cols) * (block_w + sep)
         canvas[by: by + block_h, bx: bx + block_w] = 0
         for j in range(k):
             y = by + pad + (j // g) * (th + pad)
             for half_i, img in enumerate((to_rgb(shown[a, j]), to_rgb(patches[a, j]))):
                 x = bx + half_i * (half + gap) + pad + (j % g) * (tw + pad)
                 canvas[y: y + th, x: x + tw] = img.repeat(zoom, 0).repeat(zoom, 1)
+    if labels is not None:
+        img = Image.fromarray(canvas)
+        draw, font = ImageDraw.Draw(img), label_font()
+        for a, text in enumerate(labels):
+            by, bx = (a // cols) * (top + block_h + sep), (a % cols) * (block_w + sep)
+            draw.text((bx + 1, by + 1), fit_text(text, block_w - 2, font), fill=LABEL_COLOUR,
+                      font=font)
+        canvas = np.asarray(img)
     return save_png(canvas, path)
 
 
@@ -472,7 +492,12 @@ def run_topk_gallery(
             proj = proj * pixel_scale.to(proj.dtype).reshape(1, 1, -1, 1, 1)
         geo = geos[name]
         patches = topk_patches(t, chosen[name], geo, shape, whole, show, cache)
-        png = render_layer(proj, patches, out_dir / f"topk_{name.replace('.', '_')}.png")
+        named = (unit_names or {}).get(name)
+        word = "maps" if geo is not None else "units"  # each sees the whole image
+        named = named if named and len(named) == t.values.shape[0] else None
+        png = render_layer(proj, patches, out_dir / f"topk_{name.replace('.', '_')}.png",
+                           labels=[f"{c} {named[c]}" if named else f"{word[:-1]} {c}"
+                                   for c in chosen[name]])
         result.maps[name], result.projections[name], result.figures[name] = (
             chosen[name], proj, png)
         result.patches[name] = patches
@@ -480,11 +505,8 @@ def run_topk_gallery(
                  "gate, a group or instance norm's statistics) also acts on these maps, the "
                  "box is the field of the map it acts on"
                  if geo is not None and geo.gated else "")
-        named = (unit_names or {}).get(name)
-        word = "maps" if geo is not None else "units"  # each sees the whole image
         shown = ("units " + ", ".join(f"{c} ({named[c]})" for c in chosen[name])
-                 if named and len(named) == t.values.shape[0]
-                 else f"{word} {_ranges(chosen[name])}")
+                 if named else f"{word} {_ranges(chosen[name])}")
         own = rule_label(rule, found, [name])
         by = "" if own == rule else f"; projected by the {own}"
         figures.append(Figure(str(rel_dir / png.name), f"{name}: {shown}{gated}{by}"))
@@ -506,6 +528,8 @@ def run_topk_gallery(
                                                empty=blank_cells_text(n_images, k),
                                                rule=RULE_NAMES.get(label, label),
                                                rf=fields, display=DISPLAY_CAPTION)
+    caption += f" Above each block, its {one}'s number" + (
+        " and class." if unit_names and any(n in unit_names for n in layers) else ".")
     fallback = fallback_words(rule, found, layers)
     caption += f" {fallback}" if fallback else ""
     caption += (f" Every map's top {k}, each its image, activation, unit and receptive field: "
