@@ -642,3 +642,29 @@ def test_weights_named_by_a_folder_say_it_is_one(tmp_path, monkeypatch) -> None:
     with pytest.raises(ValueError, match=r"^--weights my_photos is a folder; give the weights "
                        r"file in it \(.pth, .*\) or a weights name: IMAGENET1K_V1"):
         load_source("torchvision:resnet18", weights="my_photos")
+
+
+def test_a_googlenet_file_is_built_as_its_weights_were_and_inception_fed_at_299(tmp_path):
+    """A GoogLeNet fine-tuned from torchvision's weights (saved with `state_dict()`) was built
+    with transform_input off, its inputs not turned into its own normalisation as in training
+    (its conv1 saw inputs up to 2.5 apart), silently; an Inception v3 file or random model was
+    fed 224 px crops, not the 299 its architecture is made for."""
+    trained = torchvision.models.googlenet(transform_input=True, init_weights=False,
+                                           aux_logits=False, num_classes=4).eval()
+    torch.save(trained.state_dict(), tmp_path / "g.pth")
+    src = load_source("torchvision:googlenet", str(tmp_path / "g.pth"))
+    assert src.model.transform_input
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(src.model(x), trained(x), atol=1e-5)
+    assert any("built with transform_input=True" in n and "from_module" in n
+               for n in src.meta["notes"])
+    assert not load_source("torchvision:googlenet").model.transform_input  # random: as asked
+    src = load_source("torchvision:inception_v3", device="meta")
+    assert (src.preprocessing.resize, src.preprocessing.crop) == (342, 299)
+    assert src.meta["notes"] == [
+        "preprocessing: ImageNet's mean and std at 342/299 (bilinear), the size of "
+        "torchvision's own Inception_V3_Weights.IMAGENET1K_V1 (no weights given; "
+        "--mean/--std/--resize/--crop change it)"]
+    src = load_source("torchvision:resnet18", device="meta")  # 224 px: ImageNet's usual
+    assert (src.preprocessing.resize, src.preprocessing.crop) == (256, 224)

@@ -29,8 +29,10 @@ Sources (`SOURCE_FORMS`):
 Preprocessing: the weights enum's transforms (torchvision), the model's `pretrained_cfg`
 (timm, and your own model when it has one, in timm's form), the run's mean image (zfnet runs,
 paper Sec. 3); otherwise a default that `notes` says: ImageNet's mean and std at 256/224
-(torchvision, timm, your own; one channel: their mean), 0..255 minus ImageNet's mean pixel
-(zfnet's registry models). `mean`, `std` (0..1 units, as model cards give them), `resize` and
+(torchvision, timm, your own; one channel: their mean; a torchvision architecture whose own
+weights are made at another size, Inception v3's 342/299, at theirs), 0..255 minus ImageNet's
+mean pixel (zfnet's registry models). A GoogLeNet or Inception v3 weights file is built with
+`transform_input=True`, as torchvision builds them for their weights. `mean`, `std` (0..1 units, as model cards give them), `resize` and
 `crop` override it. A model of your own, or one given another size, is tried on one input of
 that size when loaded: one that cannot take it is an error naming the size, not a traceback
 from the first analysis.
@@ -611,19 +613,47 @@ def _torchvision(name: str, weights: str | None, meta_only: bool) -> Source:
                       {"weights": enum.name, "num_classes": len(enum.meta["categories"]),
                        "notes": []})
     if weights is not None:
+        if name in TRANSFORM_INPUT:  # as torchvision builds it for its own weights
+            plain = build
+            build = lambda **kw: plain(**{"transform_input": True, **kw})  # noqa: E731
         model = _with_weights(build, _weights_file(weights, f"{label}'s"), label)
-        notes = []
+        notes = [f"{label}: built with transform_input=True, as torchvision builds it for its "
+                 "ImageNet weights, which a copy fine-tuned from them needs; one trained "
+                 "without it: give your model from Python, `zfnet.sources.from_module(model)`"
+                 ] if name in TRANSFORM_INPUT else []
     else:
         model = _random(build, meta_only)
         notes = [] if meta_only else [f"{label}: random init (seed {SEED}); no weights given"]
-    notes.append("preprocessing: ImageNet's mean and std at 256/224, torchvision's usual ("
+    prep, at = _architecture_preprocessing(name)
+    notes.append(f"preprocessing: ImageNet's mean and std at {at} ("
                  + ("a weights file does not say how its model was trained: if yours was "
                     "trained on other inputs, give them with --mean/--std/--resize/--crop)"
                     if weights is not None else
                     "no weights given; --mean/--std/--resize/--crop change it)"))
-    return Source(model, Preprocessing.imagenet(), None,
+    return Source(model, prep, None,
                   f"{label} {weights}" if weights else f"{label} (random init)", "torchvision",
                   {"weights": weights, "num_classes": _outputs(model), "notes": notes})
+
+
+TRANSFORM_INPUT = ("googlenet", "inception_v3")  # torchvision sets it for its weights
+
+
+def _architecture_preprocessing(name: str) -> tuple[Preprocessing, str]:
+    """What a torchvision architecture without its weights (a file, random init) is fed, and
+    how the note says it: ImageNet's mean and std at 256/224, torchvision's usual, or where
+    torchvision's own weights for it are made at another size (Inception v3's 342/299, an
+    EfficientNet-B4's 384/380), at theirs."""
+    import torchvision
+
+    try:
+        own = torchvision.models.get_model_weights(name).DEFAULT
+        prep = torchvision_preprocessing(own)
+    except (ValueError, KeyError, AttributeError):  # an architecture without weights
+        return Preprocessing.imagenet(), "256/224, torchvision's usual"
+    if prep.crop == Preprocessing.imagenet().crop:
+        return Preprocessing.imagenet(), "256/224, torchvision's usual"
+    return prep, (f"{prep.resize}/{prep.crop} ({prep.interpolation}), the size of "
+                  f"torchvision's own {type(own).__name__}.{own.name}")
 
 
 def _quiet_init(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
