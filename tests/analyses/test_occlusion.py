@@ -506,3 +506,22 @@ def test_a_long_class_name_stays_inside_the_figure(model, image, tmp_path) -> No
     plot_occlusion([(pixels.to(torch.uint8), r)], names, tmp_path / "o.png")
     drawn = np.asarray(Image.open(tmp_path / "o.png").convert("L"))
     assert drawn[:, :3].min() > 200, "text cut off at the left edge"
+
+
+def test_the_predicted_class_is_one_class_everywhere() -> None:
+    """Logits a hair apart (a random EfficientNet's) tie once made probabilities: the class
+    followed was the logits' argmax, the one the table and panel (e) named the probabilities'
+    (the first of the tie), so the figure said class 65 and the table class 0."""
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = self.conv(x).mean((2, 3))  # (N, 2)
+            return torch.stack([torch.zeros(len(x)), 1e-9 + 0 * a[:, 0]], 1)
+
+    r = occlusion(Tied(), torch.randn(3, 16, 16), layer="conv", size=8, stride=8,
+                  project=False)
+    assert torch.softmax(torch.tensor([0.0, 1e-9]), 0).argmax() == 0  # the tie
+    assert r.target == r.base_label == 1

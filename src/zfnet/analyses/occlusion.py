@@ -288,7 +288,7 @@ def occlusion(
             k = base_logits.shape[0]
             predicted = target is None
             if target is None:
-                target = int(torch.argmax(base_logits))
+                target = int(torch.argmax(base_logits.float()))
             if not 0 <= target < k:
                 raise ValueError(f"target={target} is not a class of this model; valid: 0..{k - 1}")
             boxes = occluder_boxes(tops, lefts, size, h, w)
@@ -306,6 +306,8 @@ def occlusion(
                     method = "full"  # forward differs from the chain: fall back, still exact
                     if precision != "float32":  # the same precision as the occluded passes
                         base_logits, totals, _ = _unoccluded(model, image, layer, passes())
+                        if predicted:  # the class those passes predict, the one followed
+                            target = int(torch.argmax(base_logits.float()))
             if method == "full":
                 with passes():
                     logits, watched = _full_logits(model, image, boxes, fill_t, batch_size,
@@ -326,7 +328,7 @@ def occlusion(
         label_probability=best_p.view(grid).cpu(),
         base_activation=float(totals[channel]),
         base_probability=float(base_probs[target]),
-        base_label=int(torch.argmax(base_probs)),
+        base_label=int(torch.argmax(base_logits.float())),  # the class `target` follows
         method=method,
         projection=None if projection is None else projection.cpu(),
         meta={"fill": "tensor" if isinstance(fill, torch.Tensor) else float(fill), "tau": tau,
