@@ -5,6 +5,7 @@ the engine equal to Captum on it, and every error one line."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -325,43 +326,54 @@ def test_eval_scores_each_class_folder_by_the_models_own_class_names(saved, tmp_
     assert "has 5 outputs but dataset" in _error(model)  # cat: not a name of the model's
 
 
-def test_a_model_naming_its_outputs_otherwise_follows_its_predicted_class(saved,
-                                                                           tmp_path) -> None:
-    """As many outputs as class folders, but named in another order (id2label: tench,
-    goldfish, ...; folders sorted: eagle, goldfish, ...): label k is not output k, so occlusion
-    follows the class the model predicts, and says why; named alike, the true class."""
+def test_a_model_naming_the_classes_in_another_order_follows_each_by_its_name(saved,
+                                                                             tmp_path) -> None:
+    """As many outputs as class folders, named in another order (id2label: tench, goldfish,
+    ...; folders sorted: eagle, goldfish, ...): label k is not output k, so each image's class
+    is followed at the output of its name, as `zfnet eval` scores it (it followed the
+    prediction, and said the classes were not the dataset's); folders named otherwise than
+    the outputs: the class the model predicts, and why."""
     from PIL import Image
 
-    from zfnet.analyses.classes import labels_are_classes, other_classes
+    from zfnet.analyses.classes import class_outputs, labels_are_classes, match_classes
 
     for k, name in enumerate(LABELS):
-        folder = tmp_path / "data" / "val" / name
-        folder.mkdir(parents=True)
-        Image.new("RGB", (80, 72), (50 * k, 200 - 30 * k, 90)).save(folder / f"{k}.png")
+        for root, folder_name in (("data", name), ("other", f"kind{k}")):
+            folder = tmp_path / root / "val" / folder_name
+            folder.mkdir(parents=True)
+            Image.new("RGB", (80, 72), (50 * k, 200 - 30 * k, 90)).save(folder / f"{k}.png")
     res = CliRunner().invoke(main, [
         "analyze", "occlusion", "--model", f"hf:{saved}", "--resize", "72", "--crop", "64",
         "--data", f"imagefolder:{tmp_path / 'data'}", "--images", "1", "--device", "cpu",
         "--out", str(tmp_path / "out")])
     assert res.exit_code == 0, res.output
-    assert (f"hf:{saved} names its 5 outputs otherwise than imagefolder:{tmp_path / 'data'} "
-            "names its classes (output 0 'tench', class 0 'eagle'): the analyses follow the "
-            "class it predicts") in res.output
-    assert "p(class) of: the predicted class" in res.output
-    (tmp_path / "sorted.txt").write_text("\n".join(sorted(LABELS)))  # names as the folders
+    assert (f"hf:{saved} names each of the 5 classes of imagefolder:{tmp_path / 'data'} among "
+            "its 5 outputs: the analyses follow each image's class at the output of its name"
+            ) in res.output
+    assert "p(class) of: the true class" in res.output
+    section = json.loads((tmp_path / "out" / "sections" / "occlusion.json").read_text())
+    assert section["tables"][0]["rows"][0][1] == "eagle"  # the true class, named
     res = CliRunner().invoke(main, [
         "analyze", "occlusion", "--model", f"hf:{saved}", "--resize", "72", "--crop", "64",
-        "--labels", str(tmp_path / "sorted.txt"), "--data", f"imagefolder:{tmp_path / 'data'}",
-        "--images", "1", "--device", "cpu", "--out", str(tmp_path / "out2")])
+        "--data", f"imagefolder:{tmp_path / 'other'}", "--images", "1", "--device", "cpu",
+        "--out", str(tmp_path / "out2")])
     assert res.exit_code == 0, res.output
-    assert "p(class) of: the true class" in res.output and "otherwise" not in res.output
+    assert (f"hf:{saved} names its 5 outputs otherwise than imagefolder:{tmp_path / 'other'} "
+            "names its classes (output 0 'tench', class 0 'kind0'): the analyses follow the "
+            "class it predicts") in res.output
+    assert "p(class) of: the predicted class" in res.output
     model = torch.nn.Linear(2, 2)
-    assert not other_classes(model, ["n01 tench", "n02 goldfish"], ["n01", "n02"])
-    assert not other_classes(model, ["a", "b"], ["a", "b", "c"])  # other counts: not this
-    assert other_classes(model, ["b", "a"], ["a", "b"])
+    assert match_classes(model, ["n01 tench", "n02 goldfish"], ["n01", "n02"]) == ""
+    assert match_classes(model, ["a", "b"], ["a", "b", "c"]) == ""  # c unnamed, counts differ
+    assert match_classes(model, ["b", "c"], ["a", "b"]) == "other"
+    assert match_classes(model, ["b", "a"], ["a", "b"]) == "by name"
 
     class Bundle:
         num_classes, class_names = 2, ["a", "b"]
-    assert not labels_are_classes(model, Bundle())
+    assert class_outputs(model, Bundle()) == [1, 0] and not labels_are_classes(model, Bundle())
+    assert match_classes(model, ["x", "cat", "y", "dog"], ["cat", "dog"]) == "by name"
+    Bundle.class_names = ["cat", "dog"]
+    assert class_outputs(model, Bundle()) == [1, 3]  # some of the model's classes
 
 
 def test_layers_of_a_convnext_are_its_modules_that_run() -> None:

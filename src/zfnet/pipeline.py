@@ -244,7 +244,7 @@ def invariance(model: nn.Module, bundle: DataBundle | None, run_dir: str | Path,
     std). `class_names`: the model's (default: the dataset's, where they are the model's
     classes), naming in the legends the class each image's p(class) follows. Returns the mean
     distances per transformation and layer, per set of images."""
-    from zfnet.analyses.classes import labels_are_classes
+    from zfnet.analyses.classes import class_outputs
     from zfnet.analyses.invariance import KINDS, default_layers, invariance, invariance_section
 
     if bundle is None:
@@ -266,7 +266,7 @@ def invariance(model: nn.Module, bundle: DataBundle | None, run_dir: str | Path,
              "dataset, so that models can be compared on them; the class followed is the one "
              "each is first predicted as.")]
     if bundle is not None:
-        own = labels_are_classes(model, bundle)
+        outputs = class_outputs(model, bundle)  # each class's output, where the model has them
         val = _centre(bundle)
         # one image per class while classes last, then the next ones (readable files only)
         picks = [i for i, _ in pick_items(val, n_dataset_images, one_per_class=True)]
@@ -274,12 +274,13 @@ def invariance(model: nn.Module, bundle: DataBundle | None, run_dir: str | Path,
         spec = bundle.spec or "the dataset"
         sets.append((
             "invariance_dataset", torch.stack([bundle.raw_val(i) for i in picks]).float(),
-            [val.targets[i] for i in picks] if own else None, names,
+            [outputs[val.targets[i]] for i in picks] if outputs is not None else None, names,
             f"Invariance on {len(names)} image{'s' * (len(names) != 1)} of {spec} (Fig. 5)",
             f"The images: {len(names)} of {spec}"
             + (" (its val split, one per class while classes last)" if bundle.class_names
                else "") + "."))
-    if class_names is None and bundle is not None and labels_are_classes(model, bundle):
+    if class_names is None and bundle is not None and \
+            class_outputs(model, bundle) == list(range(bundle.num_classes)):
         class_names = labels_of(bundle)
     out: dict[str, Any] = {}
     for key, imgs, lab, tnames, title, about in sets:

@@ -26,16 +26,16 @@ Sources (`SOURCE_FORMS`):
 - the path of a zfnet run directory, checkpoint directory or its `model.safetensors` (a
   registry name wins over a folder of that name: write `./zfnet_small` for the folder).
 
-Preprocessing: the weights enum's transforms (torchvision), the model's `pretrained_cfg`
-(timm, and your own model when it has one, in timm's form), the run's mean image (zfnet runs,
-paper Sec. 3); otherwise a default that `notes` says: ImageNet's mean and std at 256/224
-(torchvision, timm, your own; one channel: their mean; a torchvision architecture whose own
-weights are made at another size, Inception v3's 342/299, at theirs), 0..255 minus ImageNet's
-mean pixel (zfnet's registry models). A GoogLeNet or Inception v3 weights file is built with
-`transform_input=True`, as torchvision builds them for their weights. `mean`, `std` (0..1 units, as model cards give them), `resize` and
-`crop` override it. A model of your own, or one given another size, is tried on one input of
-that size when loaded: one that cannot take it is an error naming the size, not a traceback
-from the first analysis.
+Preprocessing: the weights enum's transforms (torchvision), the model's `pretrained_cfg` (timm, and
+your own model when it has one, in timm's form), the run's mean image (zfnet runs, paper Sec. 3);
+otherwise a default that `notes` says: ImageNet's mean and std at 256/224 (torchvision, timm, your
+own; one channel: their mean; a torchvision architecture whose own weights are made at another size,
+Inception v3's 342/299, at theirs), 0..255 minus ImageNet's mean pixel (zfnet's registry models). A
+GoogLeNet or Inception v3 weights file is built with `transform_input=True`, as torchvision builds
+them for their weights. `mean`, `std` (0..1 units, as model cards give them), `resize` and `crop`
+override it. A model of your own, or one given another size, is tried on one input of that size when
+loaded: one that cannot take it is an error naming the size, not a traceback from the first
+analysis.
 """
 
 from __future__ import annotations

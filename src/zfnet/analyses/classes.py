@@ -5,7 +5,10 @@ shark"), not the dataset's "car". Analyses that follow one class (occlusion's p(
 pointing game, invariance's probability curve) then follow the model's own prediction on the
 unaltered image, and name classes by the model's own names where given (else by number). So
 do they where the model has as many outputs as the dataset classes, but names them otherwise
-(`other_classes`): a fine-tuned model whose `id2label` orders them differently."""
+(`match_classes`). Where the model's names name every class of the dataset — a fine-tuned model
+whose `id2label` or `--labels` orders them otherwise, ImageNet's names on a folder of some of
+ImageNet's classes — each class is followed at the output of its name, as `zfnet eval` scores
+it (`class_outputs`)."""
 
 from __future__ import annotations
 
@@ -30,37 +33,71 @@ def model_outputs(model: nn.Module, x: torch.Tensor) -> int:
         return int(model(to_model(model, x[None])).shape[-1])
 
 
-_OTHER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> class names
+_MATCHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# model -> (a dataset's class names, the output of each by name, or None: other classes)
 
 
-def other_classes(model: nn.Module, labels: Sequence[str] | None,
-                  class_names: Sequence[str] | None) -> bool:
-    """Whether `model`, whose outputs `labels` names, scores other classes than a dataset of
-    `class_names` at the same outputs: as many, but output k named otherwise than class k (by
-    its name, or a label's first word: Kaggle's `n01440764 tench`). Where so, it is kept with
-    the model, and `labels_are_classes` is then False for a dataset of those classes."""
-    if not labels or not class_names or len(labels) != len(class_names):
-        return False
-    same = all(c == lab or (lab.split() or [""])[0] == c
-               for lab, c in zip(labels, class_names, strict=True))
-    if not same:
-        _OTHER[model] = tuple(class_names)
-    return not same
+def label_index(labels: Sequence[str]) -> dict[str, int]:
+    """Each class name -> its output (the first, where two share a name); also each first
+    word, where every label's is its own (Kaggle's `n01440764 tench, Tinca tinca`)."""
+    firsts = [name.split()[0] if name.split() else "" for name in labels]
+    names = dict(zip(firsts, range(len(labels)), strict=True)) \
+        if len(set(firsts)) == len(firsts) else {}
+    names.update({name: k for k, name in reversed(list(enumerate(labels)))})
+    return names
+
+
+def match_classes(model: nn.Module, labels: Sequence[str] | None,
+                  class_names: Sequence[str] | None) -> str:
+    """How `model`, whose outputs `labels` names, scores a dataset of `class_names`, kept with
+    the model for `labels_are_classes` and `class_outputs`: "" (nothing said: no names, or
+    the same at every output), "by name" (its names name every class, at other outputs: a
+    fine-tuned model's other order, ImageNet's names on some of its classes), or "other"
+    (as many outputs as classes, named otherwise)."""
+    _MATCHED.pop(model, None)
+    if not labels or not class_names:
+        return ""
+    classes = tuple(class_names)
+    index = label_index(labels)
+    if all(c in index for c in classes):
+        outputs = [index[c] for c in classes]
+        if outputs == list(range(len(classes))) and len(labels) == len(classes):
+            return ""
+        if len(set(outputs)) == len(outputs):  # no two classes at one output
+            _MATCHED[model] = (classes, outputs)
+            return "by name"
+    if len(labels) != len(classes):
+        return ""
+    _MATCHED[model] = (classes, None)
+    return "other"
 
 
 def labels_are_classes(model: nn.Module, bundle: Any) -> bool:
     """Whether `bundle`'s labels index `model`'s outputs: the model has exactly as many outputs
     as the dataset has classes (a model trained on it, the usual case for zfnet's runs), unless
-    its class names say otherwise (`other_classes`). False for unlabelled data and for a model
+    its class names say otherwise (`match_classes`). False for unlabelled data and for a model
     of other classes (see the module doc)."""
     n = int(getattr(bundle, "num_classes", 0) or 0)
     if n < 1:
         return False
-    if _OTHER.get(model) == tuple(getattr(bundle, "class_names", None) or ()):
+    kept = _MATCHED.get(model)
+    if kept is not None and kept[0] == tuple(getattr(bundle, "class_names", None) or ()):
         return False
     val = bundle.val.with_mode("centre") if getattr(bundle.val, "mode", "centre") != "centre" \
         else bundle.val
     return model_outputs(model, val[0][0]) == n
+
+
+def class_outputs(model: nn.Module, bundle: Any) -> list[int] | None:
+    """For each of `bundle`'s classes, the output of `model` that scores it: the class's own
+    index where `labels_are_classes`, the output of its name where `match_classes` found it
+    so; None where the model's classes are others (the analyses follow its prediction)."""
+    kept = _MATCHED.get(model)
+    if kept is not None and kept[0] == tuple(getattr(bundle, "class_names", None) or ()):
+        return None if kept[1] is None else list(kept[1])
+    if labels_are_classes(model, bundle):
+        return list(range(int(bundle.num_classes)))
+    return None
 
 
 def class_indices(wanted: Sequence[str], labels: Sequence[str] | None,

@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from zfnet.activations import capture, cpu_layout
-from zfnet.analyses.classes import labels_are_classes
+from zfnet.analyses.classes import class_outputs
 from zfnet.data.bundle import val_words
 from zfnet.data.picks import file_name, pick_items
 from zfnet.data.words import as_shown, labels_of
@@ -417,14 +417,14 @@ def pointing_game(
         raise ValueError(f"n_images={n_images} must be >= 1")
     picks = pick_items(val, n_images)  # the first readable ones
     n = len(picks)
-    own = labels_are_classes(model, bundle)
+    outputs = class_outputs(model, bundle)  # each class's output, where the model has them
     layer = layer or default_layer(model, tuple(picks[0][1][0].shape[-2:]))  # once
     per_image = []
     for k, (i, (x, y)) in enumerate(picks):  # (C, S, S), int
         mask = torch.from_numpy(val.sample(i).mask)  # (S, S) bool
         each = None if progress is None else (
             lambda done, total, k=k: progress(k * total + done, n * total))
-        r = occlusion(model, x, target=y if own else None, layer=layer, size=size,
+        r = occlusion(model, x, target=_output(outputs, y), layer=layer, size=size,
                       stride=stride, fill=fill, batch_size=batch_size, method=method,
                       project=False, precision=precision, progress=each)
         ci, cj = r.most_sensitive()
@@ -596,6 +596,12 @@ OTHER_CLASSES = (
 CHOSEN_CLASS = "(a) and (d) follow the class asked for, {name}, on every image. "
 
 
+def _output(outputs: list[int] | None, label: int) -> int | None:
+    """The model's output of dataset class `label` (`class_outputs`), None to follow the
+    prediction (the model's classes are others, or the image has no label)."""
+    return outputs[label] if outputs is not None and 0 <= label < len(outputs) else None
+
+
 def _p(v: float) -> str:
     """A probability for the table: 3 decimals, or 3 significant digits below 0.001 (the
     figure's colour bar reads 2e-06 there, not 0)."""
@@ -629,9 +635,10 @@ def occlusion_report(
 
     Any model: `layer` defaults to `default_layer`. Where the dataset's labels are not the
     model's classes (`zfnet.analyses.classes`: a torchvision ImageNet model on `synthetic`), map
-    (d) follows the model's own prediction; `class_names`: the model's class names (e.g. its
-    weights' categories) for the labels drawn, default the dataset's when they are the model's,
-    else class numbers. `pixel_scale`: (C,) model-input units -> pixel units for map (c)
+    (d) follows the model's own prediction (where its class names name the dataset's classes,
+    each at the output of its name: `class_outputs`); `class_names`: the model's class names
+    (e.g. its weights' categories) for the labels drawn, default the dataset's when they are the
+    model's, else class numbers. `pixel_scale`: (C,) model-input units -> pixel units for map (c)
     (`Preprocessing.pixel_scale`; default: the bundle's model's, if it has one).
     `progress(done, total)`: called as the figure's occluded images are scored (all of its
     images' together). `target_class`: the model's output whose probability (a) and (d) follow
@@ -647,9 +654,11 @@ def occlusion_report(
     picks = pick_items(val, n_images, one_per_class=True)
     if not picks:
         raise ValueError(f"none of {val_words(bundle)} can be read (each file is broken)")
-    own = labels_are_classes(model, bundle)
+    outputs = class_outputs(model, bundle)  # each class's output, where the model has them
+    own = outputs is not None
     shown = labels_of(bundle)  # with their words (words=FILE)
-    names = as_shown(class_names, bundle) or (shown if own else None)
+    names = as_shown(class_names, bundle) or (
+        shown if outputs == list(range(len(shown))) else None)
     pre = getattr(bundle, "preprocessing", None)
     if pixel_scale is None and pre is not None:
         pixel_scale = pre.pixel_scale()
@@ -663,7 +672,7 @@ def occlusion_report(
         # every image has the same occluder positions: k images' worth of them before this one
         each = None if progress is None else (
             lambda done, total, k=k: progress(k * total + done, whole * total))
-        target = target_class if target_class is not None else y if own else None
+        target = target_class if target_class is not None else _output(outputs, y)
         r = occlusion(model, x, target=target, layer=layer, size=size,
                       stride=stride, fill=fill, batch_size=batch_size, method=method,
                       precision=precision, progress=each)

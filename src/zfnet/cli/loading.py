@@ -45,14 +45,20 @@ def _model_and_data(options: ModelOptions, data: str | None = None, *, need_data
         need_data = False
     bundle = load_data(source, data, ten_crop=ten_crop, strict=strict) if need_data else None
     if bundle is not None and source.kind != "run":
-        from zfnet.analyses.classes import other_classes
+        from zfnet.analyses.classes import match_classes
 
-        if other_classes(source.model, source.labels, getattr(bundle, "class_names", None)) \
-                and notes:
+        matched = match_classes(source.model, source.labels,
+                                getattr(bundle, "class_names", None))
+        if matched == "other" and notes:
             click.echo(f"{source.name} names its {len(source.labels)} outputs otherwise than "
                        f"{bundle.spec or 'the dataset'} names its classes (output 0 "
                        f"{source.labels[0]!r}, class 0 {bundle.class_names[0]!r}): the "
                        "analyses follow the class it predicts", err=True)
+        elif matched == "by name" and notes:
+            click.echo(f"{source.name} names each of the {bundle.num_classes} classes of "
+                       f"{bundle.spec or 'the dataset'} among its {len(source.labels)} "
+                       "outputs: the analyses follow each image's class at the output of its "
+                       "name", err=True)
     _computed_on(source, bundle)
     return source, bundle
 

@@ -211,18 +211,11 @@ class ClassesByName(torch.nn.Module):
         return self.model(x)[:, self.index.to(x.device)]
 
 
-def _label_index(labels: list[str]) -> dict[str, int]:
-    """Each class name -> its output; also each first word, where every label's is its own."""
-    firsts = [name.split()[0] if name.split() else "" for name in labels]
-    names = dict(zip(firsts, range(len(labels)), strict=True)) \
-        if len(set(firsts)) == len(firsts) else {}
-    names.update({name: k for k, name in reversed(list(enumerate(labels)))})
-    return names
-
-
 def _names_every_class(labels: list[str], classes: list[str]) -> bool:
-    """Whether the model's class names (`_label_index`) name every class."""
-    names = _label_index(labels)
+    """Whether the model's class names (`label_index`) name every class."""
+    from zfnet.analyses.classes import label_index
+
+    names = label_index(labels)
     return bool(classes) and all(c in names for c in classes)
 
 
@@ -231,7 +224,9 @@ def _outputs_by_name(source: Source, bundle: DataBundle, spec: str | None) -> li
     or, where each label's first word is its own, of that first word (Kaggle's
     LOC_synset_mapping.txt: `n01440764 tench, Tinca tinca`, a WNID and its words a line); a
     class it does not name is an error listing them."""
-    names = _label_index(list(source.labels or []))
+    from zfnet.analyses.classes import label_index
+
+    names = label_index(list(source.labels or []))
     missing = [c for c in bundle.class_names if c not in names]
     if missing:
         shown = ", ".join(missing[:5]) + (f" ... ({len(missing)} in all)" if len(missing) > 5
