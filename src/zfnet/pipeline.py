@@ -105,7 +105,7 @@ def gallery(model: nn.Module, bundle: DataBundle, run_dir: str | Path, *, k: int
             device: str | torch.device | None = None, distributed: bool = False,
             num_workers: int = 0, class_names: list[str] | None = None,
             progress: bool = False, maps: Sequence[int] | None = None,
-            precision: str = "float32") -> Any:
+            precision: str = "float32", seed: str = "activation") -> Any:
     """Fig. 2: the top-k gallery over the first `n_images` val images (centre crops). Layers
     default to `zfnet.models.feature_layers` (conv1…conv5 on zfnet's models). `maps`: the
     maps shown in every layer (checked before mining), instead of `n_maps` chosen by
@@ -115,7 +115,8 @@ def gallery(model: nn.Module, bundle: DataBundle, run_dir: str | Path, *, k: int
     workers; `class_names`: the model's, named with the units of its last layer (its class
     scores) where it is shown; `progress`: a progress bar of the mining on stderr. The mining
     is kept in `run_dir/gallery` where it stops, and the same call continues it. `precision`:
-    what the projections go down in off a plain chain (float32, bfloat16)."""
+    what the projections go down in off a plain chain (float32, bfloat16); `seed`: what each
+    unit goes down with, its activation or 1 (`zfnet.deconvnet.project_layers`)."""
     from zfnet.analyses.gallery import run_topk_gallery
     from zfnet.models import score_layer
 
@@ -142,6 +143,7 @@ def gallery(model: nn.Module, bundle: DataBundle, run_dir: str | Path, *, k: int
         pixel_scale=_pixel_scale(bundle), distributed=distributed, num_workers=num_workers,
         unit_names={score_layer(model): class_names} if class_names else None,
         progress=progress, journal_key=mining_key(model, bundle, n), precision=precision,
+        seed=seed,
     )
 
 

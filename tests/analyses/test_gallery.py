@@ -431,3 +431,29 @@ def test_each_block_is_labelled_with_its_map_above_it(tmp_path, monkeypatch) -> 
                              maps={"conv2": [5, 1], "fc8": [2, 0]},
                              unit_names={"fc8": ["cat", "dog", "owl"]})
     assert drawn == [["map 5", "map 1"], ["2 owl", "0 cat"]]
+
+
+def test_a_map_never_above_zero_is_said_blank_and_seed_one_shows_it(tmp_path) -> None:
+    """A class score below zero on every image (a fine-tuned model's class absent from the
+    photos) was drawn as flat grey tiles, silently; the gallery now says which maps are blank,
+    and `seed="one"` (Captum's, as `zfnet project --seed one`) shows what would raise them."""
+    from zfnet.report import read_sections
+
+    torch.manual_seed(0)
+    model = zfnet.create_model("zfnet_small", input_size=32).eval()
+    with torch.no_grad():
+        model.features.conv2.bias[5] = -1e4  # map 5 below zero everywhere
+    data = [torch.randn(3, 32, 32) * 50 for _ in range(4)]
+    res = run_topk_gallery(model, data, ["conv2"], k=2, out_dir=tmp_path / "a",
+                           maps={"conv2": [5, 1]})
+    assert res.inactive == {"conv2": [5]}
+    assert res.projections["conv2"][0].abs().max() == 0 < res.projections["conv2"][1].abs().max()
+    (s,) = read_sections(tmp_path / "a")
+    assert "map 5 never above zero over these images, so blank" in s.figures[0].caption
+    one = run_topk_gallery(model, data, ["conv2"], k=2, out_dir=tmp_path / "b",
+                           maps={"conv2": [5, 1]}, seed="one")
+    assert one.inactive == {} and one.projections["conv2"][0].abs().max() > 0
+    (s,) = read_sections(tmp_path / "b")
+    assert "seeded with 1" in s.caption and s.metrics["seed"] == "one"
+    with pytest.raises(ValueError, match="seed='zero' is not known; valid: activation, one"):
+        run_topk_gallery(model, data, ["conv2"], out_dir=tmp_path / "c", seed="zero")

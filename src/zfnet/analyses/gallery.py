@@ -56,7 +56,7 @@ from zfnet.display import (
     projection_to_uint8,
     save_png,
 )
-from zfnet.graph import check_rule, fallback_words, fallbacks_recorded, rule_label
+from zfnet.graph import SEEDS, check_rule, fallback_words, fallbacks_recorded, rule_label
 from zfnet.models import LayerGeometry, feature_layers, layer_geometries
 from zfnet.report import Figure, Section, Table, write_section
 from zfnet.train.distributed import current_rank
@@ -94,6 +94,7 @@ class GalleryResult:
     figures: dict[str, Path] = field(default_factory=dict)  # layer -> PNG
     patches: dict[str, Tensor] = field(default_factory=dict)  # layer -> (maps, k, C, h, w) uint8
     section: Path | None = None
+    inactive: dict[str, list[int]] = field(default_factory=dict)  # layer -> maps shown blank
 
 
 def default_layers(model: nn.Module, input_size: int | tuple[int, int] | None = None
@@ -240,6 +241,7 @@ def project_topk(
     batch_size: int | None = None,
     geometries: Mapping[str, LayerGeometry | None] | None = None,
     precision: str = "float32",
+    seed: str = "activation",
 ) -> dict[str, Tensor]:
     """Project every top-k activation of the chosen maps of each layer (paper Fig. 2).
 
@@ -250,7 +252,9 @@ def project_topk(
     down from there, `batch_size` seeds at a time (`zfnet.deconvnet.project_layers`). Any layer
     of any model: off a plain chain, the general path's whole-image projections are cut to the
     same windows (`geometries`: each layer's, default `zfnet.models.layer_geometries`).
-    precision: what the general path's signals go down in (`project_layers`).
+    precision: what the general path's signals go down in (`project_layers`). seed: what each
+    unit goes down with, its activation or 1 (`project_layers`: "one" shows what would raise a
+    unit at or below zero, which its activation projects to nothing).
     """
     # (layer, block a, slot j, image) for every seed
     seeds = [(name, a, j, int(topk[name].index[c, j]))
@@ -280,7 +284,7 @@ def project_topk(
             asks[name] = Seeds(torch.tensor([local[m[2]] for m in mine]), ch, pos)
             todo[name] = (a_, j_)
         rfs = project_layers(model, x, asks, rule, lrn=lrn, batch_size=batch_size,
-                             precision=precision)
+                             precision=precision, seed=seed)
         for name, rf in rfs.items():
             values = _to_host(rf.values)
             if whole:  # (S, C, H, W) -> each unit's window
@@ -397,6 +401,7 @@ def run_topk_gallery(
     unit_names: Mapping[str, Sequence[str]] | None = None,
     journal_key: str | None = None,
     precision: str = "float32",
+    seed: str = "activation",
 ) -> GalleryResult:
     """The whole Fig. 2 job: mine the top-k of `layers` over `dataset`, project them, write
     `out_dir/topk.pt`, its table `out_dir/topk.json` (`write_topk_table`), one
@@ -422,8 +427,13 @@ def run_topk_gallery(
     one per process); in one process, kept until the gallery is drawn. precision: what the
     projections go down in off a plain chain (`zfnet.deconvnet.project_layers`: bfloat16 about
     2x faster on a CPU with native bf16, `resolve_precision`); the caption says bfloat16.
+    seed: what each unit goes down with (`project_topk`): its activation, the paper's (a map
+    never above zero over the images is drawn blank, and said so: `GalleryResult.inactive`),
+    or 1, Captum's.
     """
     check_rule(rule)  # before mining
+    if seed not in SEEDS:
+        raise ValueError(f"seed={seed!r} is not known; valid: {', '.join(SEEDS)}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} is not known; valid: {', '.join(PRECISIONS)}")
     if map_rule not in MAP_RULES:
@@ -484,7 +494,7 @@ def run_topk_gallery(
             raise ValueError(f"maps {bad} do not exist in {name} ({t.values.shape[0]} maps)")
     with fallbacks_recorded() as found:  # what each layer's projection is (--nonlinear)
         projections = project_topk(model, dataset, topk, chosen, rule, lrn=lrn,
-                                   geometries=geos, precision=precision)
+                                   geometries=geos, precision=precision, seed=seed)
     cache: dict[int, Tensor] = {}
     for name in layers:
         t, proj = topk[name], projections[name]  # (M, k, C, h, w)
@@ -509,6 +519,15 @@ def run_topk_gallery(
                  if named else f"{word} {_ranges(chosen[name])}")
         own = rule_label(rule, found, [name])
         by = "" if own == rule else f"; projected by the {own}"
+        blank = [c for c in chosen[name] if seed == "activation" and t.index[c, 0] >= 0
+                 and float(t.values[c, 0]) <= 0]
+        if blank:
+            result.inactive[name] = blank
+            one = len(blank) == 1
+            by += (f"; {word[:-1] if one else word} {_ranges(blank)} never above zero over "
+                   "these images, so blank (seeded with 1, `--seed one`, "
+                   f"{'it shows' if one else 'they show'} what would raise "
+                   f"{'it' if one else 'them'})")
         figures.append(Figure(str(rel_dir / png.name), f"{name}: {shown}{gated}{by}"))
         rows.append([name, len(chosen[name]), t.values.shape[0], _rf_text(geo),
                      float(t.values[chosen[name], 0].mean())])  # the page shows 4 digits
@@ -532,6 +551,10 @@ def run_topk_gallery(
         " and class." if unit_names and any(n in unit_names for n in layers) else ".")
     fallback = fallback_words(rule, found, layers)
     caption += f" {fallback}" if fallback else ""
+    if seed == "one":
+        caption += (" Each unit went down seeded with 1, not with its activation (Captum's "
+                    "seed): the same pictures for an active unit, and for one at or below zero "
+                    "what would raise it.")
     caption += (f" Every map's top {k}, each its image, activation, unit and receptive field: "
                 f"{(rel_dir / 'topk.json').as_posix()}."
                 + (BF16_NOTE if whole and precision == "bfloat16" else ""))
@@ -547,7 +570,7 @@ def run_topk_gallery(
                          + ("its gradient" if lrn == "gradient" else "nothing (the identity)")
                          if any(isinstance(m, nn.LocalResponseNorm) for m in model.modules())
                          else "") + ".")],
-        metrics={"images": n_images, "k": k, "rule": label},
+        metrics={"images": n_images, "k": k, "rule": label, "seed": seed},
         order=30,
     ))
     if journal_key is not None and not distributed:  # the gallery is there: its mining done

@@ -16,6 +16,7 @@ from zfnet.cli.options import (
     _PRECISION,
     _PROGRESS,
     _RULE_HELP,
+    _SEED,
     _SOURCE,
     _WORKERS,
     ModelOptions,
@@ -82,6 +83,7 @@ def _k_within(k: int, images: int | None, val: int, said: bool = True) -> int:
               help="The images that score highest for this class (the model's last layer), by "
                    "its name as the weights or --labels give it, or its number; repeat for "
                    "more.")
+@_SEED
 @_WORKERS
 @_PRECISION
 @_PROGRESS
@@ -89,7 +91,7 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
              layers: tuple[str, ...] | None, layers_alias: tuple[str, ...] | None, k: int,
              maps_per_layer: int, map_rule: str, rule: str, images: int | None,
              maps: tuple[int, ...] | None, classes: tuple[str, ...],
-             workers: int | str | None, precision: str) -> None:
+             workers: int | str | None, precision: str, seed: str) -> None:
     """Fig. 2: the k strongest activations of feature maps over a dataset (or a folder of your
     images: --data images:DIR), projected to pixels beside their image patches; every map's
     top k, each its image, activation and receptive field, in OUT/gallery/topk.json.
@@ -117,16 +119,25 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
         names = _layers(source.model, names)
         k = _k_within(k, images, len(bundle.val), said=info.is_main)
         before = _gallery_figures(out) if info.is_main else []
-        pipeline.gallery(source.model, bundle, out, k=k, n_images=images or len(bundle.val),
-                         n_maps=maps_per_layer, layers=list(names) if names else None,
-                         maps=maps,
-                         rule=rule, map_rule=map_rule, batch_size=model_options.batch_size,
-                         distributed=info.enabled,
-                         num_workers=_mining_workers(workers, info.device),
-                         class_names=as_shown(source.labels, bundle) or None,
-                         progress=info.is_main,  # mining a folder takes a while
-                         precision=resolve_precision(precision, info.device))
+        result = pipeline.gallery(
+            source.model, bundle, out, k=k, n_images=images or len(bundle.val),
+            n_maps=maps_per_layer, layers=list(names) if names else None, maps=maps,
+            rule=rule, map_rule=map_rule, batch_size=model_options.batch_size,
+            distributed=info.enabled, num_workers=_mining_workers(workers, info.device),
+            class_names=as_shown(source.labels, bundle) or None,
+            progress=info.is_main,  # mining a folder takes a while
+            precision=resolve_precision(precision, info.device), seed=seed)
     if info.is_main:
+        for name, blank in result.inactive.items():  # drawn blank: said, and what shows them
+            labels = source.labels or []
+            which = ", ".join(f"{c} ({labels[c]})" if classes and c < len(labels) else str(c)
+                              for c in blank)
+            what = ("class scores" if classes else "maps") if len(blank) > 1 else \
+                ("class score" if classes else "map")
+            many = len(blank) > 1
+            click.echo(f"note: {name} {what} {which} never above zero over the images: "
+                       f"{'their' if many else 'its'} projections are blank (--seed one shows "
+                       f"what would raise {'them' if many else 'it'})", err=True)
         now = _gallery_figures(out)
         gone = [Path(f).stem.removeprefix("topk_") for f in before if f not in now]
         if gone:  # the section is this call's: said, not done silently

@@ -13,6 +13,7 @@ from zfnet.cli.options import (
     _OUT_DIR,
     _PROGRESS,
     _RULE_HELP,
+    _SEED,
     _SOURCE,
     _WORKERS,
     ModelOptions,
@@ -45,12 +46,7 @@ from zfnet.cli.options import (
                    "the maps by their activation there.")
 @click.option("--rule", type=click.Choice(["deconvnet", "guided", "gradient"]),
               default="deconvnet", show_default=True, help=_RULE_HELP)
-@click.option("--seed", type=click.Choice(["activation", "one"]), default="activation",
-              show_default=True,
-              help="What each unit goes down with: its activation's value (the paper's; a unit "
-                   "at or below zero projects to nothing), or 1 (Captum's: the same pictures "
-                   "for an active unit, and for one below zero, a class score among them, what "
-                   "would raise it).")
+@_SEED
 @_NONLINEAR
 @click.option("--out", required=True, type=_OUT_DIR,
               help="Folder for the projections: a PNG per unit and image (its receptive field, "

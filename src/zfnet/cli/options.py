@@ -347,6 +347,12 @@ def _progress_option(default: bool | None = True, help: str = "Progress bars on 
 
 _PROGRESS = _progress_option()
 
+_SEED = click.option(
+    "--seed", type=click.Choice(["activation", "one"]), default="activation", show_default=True,
+    help="What each unit goes down with: its activation's value (the paper's; a unit at or "
+         "below zero projects to nothing), or 1 (Captum's: the same pictures for an active "
+         "unit, and for one below zero, a class score among them, what would raise it).")
+
 _PRECISION = click.option(
     "--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto",
     show_default=True,
