@@ -41,6 +41,10 @@ def test_high_frequency_share_orders_smooth_and_checkerboard() -> None:
     checker = (torch.arange(7)[:, None] + torch.arange(7)[None, :]) % 2 * 2.0 - 1
     assert high_frequency_share(smooth) < 0.1
     assert high_frequency_share(checker.view(1, 1, 7, 7)) > 0.9
+    # white noise: 80%, the caption's reference; a 1x1 kernel has no frequency to tell
+    torch.manual_seed(0)
+    assert abs(high_frequency_share(torch.randn(256, 16, 5, 5)) - 0.804) < 0.01
+    assert math.isnan(high_frequency_share(torch.randn(8, 4, 1, 1)))
 
 
 def test_mosaic_shapes(tmp_path) -> None:

@@ -40,9 +40,16 @@ if TYPE_CHECKING:
 _PAD = 32  # DFT size: fine enough frequency sampling for 3x3 … 11x11 kernels
 
 
+WHITE_NOISE_HIGH_FREQ = 1 - math.pi / 16  # `high_frequency_share` of white noise: 80.4%
+
+
 def high_frequency_share(weight: torch.Tensor, cutoff: float = 0.25) -> float:
-    """Share of spectral energy of all filters at radial frequency > `cutoff` cycles/pixel."""
+    """Share of spectral energy of all filters at radial frequency > `cutoff` cycles/pixel;
+    NaN for 1x1 kernels (a point's spectrum is flat: nothing to tell). White noise, a random
+    init's filters, gives `WHITE_NOISE_HIGH_FREQ` at the default cutoff."""
     w = weight.detach().float().cpu()  # (O, I, k, k)
+    if tuple(w.shape[-2:]) == (1, 1):
+        return math.nan
     spec = torch.fft.fft2(w, s=(_PAD, _PAD)).abs().pow(2).sum(dim=(0, 1))  # (P, P)
     f = torch.fft.fftfreq(_PAD)
     radius = (f[:, None] ** 2 + f[None, :] ** 2).sqrt()
@@ -220,7 +227,9 @@ def filters_section(
             s = filter_stats(w, acts)
             rows.append([
                 label, layer, s["filters"], f"{s['rms_max']:.3g}", f"{s['dominance']:.2f}",
-                f"{100 * s['dead_share']:.1f}%", f"{100 * s['high_freq_share']:.1f}%",
+                f"{100 * s['dead_share']:.1f}%",
+                "n/a (1x1)" if math.isnan(s["high_freq_share"])
+                else f"{100 * s['high_freq_share']:.1f}%",
             ])
     section = Section(
         key="filters", title="Filters (Fig. 6)", order=order,
@@ -242,10 +251,13 @@ def filters_section(
             "Table: dominance = largest / median filter RMS (large: one filter dominates); dead "
             "= near-zero filters or maps never active on the validation images (measured after "
             "the layer's ReLU, on zfnet's models; near-zero filters alone elsewhere); high-freq = "
-            "share of filter energy above half the Nyquist frequency. Max RMS is in the layer's "
-            "own units: a first layer that reads the paper's 0..255 pixels (std ~60) has "
-            "weights ~60x smaller than one reading unit-scale inputs (zfnet caps its RMS at "
-            "0.1 / 60, the others' at 0.1)."
+            "share of filter energy above half the Nyquist frequency (white noise, a random "
+            f"init's filters, gives {100 * WHITE_NOISE_HIGH_FREQ:.0f}%; smooth filters much "
+            "less). Max RMS is in the layer's own units: a first layer that reads the paper's "
+            "0..255 pixels (std ~60) has weights ~60x smaller than one reading unit-scale inputs "
+            "(zfnet's recipe renormalises the filters of the models it trains to an RMS of at "
+            "most 0.1 / 60 on 0..255 pixels, 0.1 on unit-scale inputs; weights trained "
+            "elsewhere have no such cap)."
         ),
         figures=figures,
         tables=[Table(["model", "layer", "filters", "max RMS", "dominance", "dead",

@@ -514,8 +514,10 @@ def first_convs(model: nn.Module, n: int = 2, input_size: int | tuple[int, int] 
                 ) -> list[str]:
     """The first `n` convolutions in forward order (paper Fig. 6's layers 1 and 2): `conv1`,
     `conv2` for zfnet's models, module paths otherwise (torchvision resnet: `conv1`,
-    `layer1.0.conv1`). Order from one forward pass at `input_size` (default 224) where the
-    model is not a chain; a ValueError if it has none."""
+    `layer1.0.conv1`). Those with a kernel larger than 1x1 come first, as a 1x1 only mixes
+    channels and has no filter to see (GoogLeNet's `conv1`, `conv3`, not its 1x1 `conv2`); 1x1
+    ones only where too few others. Order from one forward pass at `input_size` (default 224)
+    where the model is not a chain; a ValueError if it has none."""
     if _is_convnet(model) or _plain_chain(model):
         convs = [name for name, i in layer_info(model).items() if i.kind == "conv"]
     else:
@@ -523,7 +525,8 @@ def first_convs(model: nn.Module, n: int = 2, input_size: int | tuple[int, int] 
         convs = [p for p in made if isinstance(model.get_submodule(p), nn.Conv2d)]
     if not convs:
         raise ValueError(f"{type(model).__name__} has no Conv2d to show filters of")
-    return convs[:n]
+    spatial = [c for c in convs if tuple(resolve_layer(model, c)[1].kernel_size) != (1, 1)]
+    return spatial[:n] if len(spatial) >= n else convs[:n]
 
 
 def last_spatial_layer(model: nn.Module, input_size: int | tuple[int, int] | None = None
