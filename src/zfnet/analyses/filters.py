@@ -10,9 +10,10 @@ Measured per conv layer:
   (radial frequency > 0.25 cycles/pixel of the kernel's 2-D DFT, zero-padded to 32x32, DC excluded
   from neither sum). AlexNet's 11x11/4 layer 1 has more of it than ZFNet's 7x7/2 (Fig. 6b vs 6c).
 
-Any CNN: the layers are the first two convolutions in forward order (`zfnet.models.first_convs`:
-conv1, conv2 on zfnet's models; a ResNet's conv1 and layer1.0.conv1), of any kernel size
-(rows x columns) and groups (a depthwise filter has one input map).
+Any CNN: the layers are the first two convolutions in forward order with a kernel larger than
+1x1 (`zfnet.models.first_convs`: conv1, conv2 on zfnet's models; a ResNet's conv1 and
+layer1.0.conv1; GoogLeNet's conv1 and conv3), of any kernel size (rows x columns) and groups (a
+depthwise filter has one input map).
 
 Layer 2 as the paper shows it (Fig. 6 d, e): not its weights (a strip of kernels per filter, over
 dozens of input maps, says little) but its features — each of its strongest maps' strongest
