@@ -221,7 +221,7 @@ def evolution(run_dir: str | Path, bundle: DataBundle, out_dir: str | Path | Non
                          "compares 2 or more (train with --keep-epochs)")
     check_fits(ckpts[-1][1], bundle)
     last = ckpts[-1][1]
-    # zfnet's conv1…conv5; another architecture's stages (a ResNet's conv1, layer1…layer4)
+    # zfnet's conv1…conv5; another architecture's stages (a ResNet's relu, layer1…layer4)
     if not layers:
         layers = _present(last, CONV_LAYERS) if is_zfnet_model(last) else \
             feature_layers(last, _size(bundle))

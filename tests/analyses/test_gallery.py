@@ -177,17 +177,17 @@ def _raw_of(data, i: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("num_classes", [10, 1000])
 def test_gallery_on_resnet18(tmp_path, num_classes) -> None:
-    """Default layers: the stem conv and the four stages; tiles cut from the general path's
-    whole-image projections to the receptive field (the whole image where the field is larger),
-    patches cut alike."""
+    """Default layers: the stem (its conv after bn1 and relu) and the four stages; tiles cut
+    from the general path's whole-image projections to the receptive field (the whole image
+    where the field is larger), patches cut alike."""
     bundle, data = _synthetic()
     model = _tv("resnet18", num_classes=num_classes)
     raw = [_raw_of(data, i) for i in range(len(data))]
     res = run_topk_gallery(model, data, None, k=3, out_dir=tmp_path, n_maps=3,
                            display_image=lambda i: raw[i])
-    assert list(res.projections) == ["conv1", "layer1", "layer2", "layer3", "layer4"]
-    assert res.maps["conv1"] == list(range(64))  # all of the first layer
-    assert res.projections["conv1"].shape[-2:] == (7, 7)
+    assert list(res.projections) == ["relu", "layer1", "layer2", "layer3", "layer4"]
+    assert res.maps["relu"] == list(range(64))  # all of the first layer
+    assert res.projections["relu"].shape[-2:] == (7, 7)
     assert res.projections["layer1"].shape[-2:] == (43, 43)
     assert res.projections["layer4"].shape[-2:] == (64, 64)  # its field is wider than 64 px
     for name in ("layer1", "layer3"):

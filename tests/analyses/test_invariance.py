@@ -93,14 +93,14 @@ def test_any_cnn_default_layers_and_its_own_class() -> None:
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None, num_classes=5)
-    assert default_layers(model, 32) == ("conv1", "avgpool")
+    assert default_layers(model, 32) == ("relu", "avgpool")
     assert default_layers(zfnet.create_model("zfnet_small")) == ("norm1", "relu7")
     imgs = torch.rand(2, 3, 32, 32) * 255
     res = invariance(model, imgs, lambda x: (x - 128) / 64, "translate", values=[0, 0.2],
                      layers=None)
-    assert res.layers == ["conv1", "avgpool"]
+    assert res.layers == ["relu", "avgpool"]
     assert torch.allclose(res.distance["avgpool"][:, 0], torch.zeros(2), atol=1e-6)
-    assert (res.distance["conv1"][:, 1] > 0.01).all()
+    assert (res.distance["relu"][:, 1] > 0.01).all()
     logits = model.eval()((imgs - 128) / 64)
     assert res.labels == logits.argmax(1).tolist()
     with pytest.raises(ValueError, match=r"label\(s\) \[7\] are not classes of this model"):

@@ -81,7 +81,7 @@ def test_probes_on_any_cnn() -> None:
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None)  # 1000 classes, 2 in the data
     layers = probe_layers(model, 32)
-    assert layers == ["conv1", "layer1", "layer2", "layer3", "layer4", "avgpool"]
+    assert layers == ["relu", "layer1", "layer2", "layer3", "layer4", "avgpool"]
     assert probe_layers(zfnet.create_model("zfnet_small")) == [
         "pool1", "pool2", "relu3", "relu4", "pool5", "relu6", "relu7"]
     x, y = _separable(12, 3)

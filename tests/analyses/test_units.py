@@ -208,7 +208,7 @@ def test_project_command_layers_default_to_the_main_stages(photos, tmp_path) -> 
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
     model = ["--model", "torchvision:resnet18", "--weights", str(tmp_path / "r18.pth"),
              "--resize", "72", "--crop", "64", "--top", "1"]
-    for how, want in (([], ["conv1", "layer1", "layer2", "layer3", "layer4"]),
+    for how, want in (([], ["relu", "layer1", "layer2", "layer3", "layer4"]),
                       (["--layer", "layer4,layer1"], ["layer4", "layer1"])):
         out = tmp_path / f"look{len(how)}"
         res = CliRunner().invoke(main, ["project", str(photos / "coffee.jpg"), *model, *how,

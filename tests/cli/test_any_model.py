@@ -189,7 +189,7 @@ def test_occlusion_invariance_randomization_filters(setup, tmp_path) -> None:
     text = _ok(["analyze", "invariance", *_model(setup), "--data", "synthetic?n_train=32&n_val=16",
                 "--out", str(out)])
     # each line says which images, which transformation and what the numbers are
-    assert re.search(r"^built-in photos, scale: mean relative distance conv1 [\d.]+, avgpool "
+    assert re.search(r"^built-in photos, scale: mean relative distance relu [\d.]+, avgpool "
                      r"[\d.]+$", text, re.M), text
     assert "images of synthetic?n_train=32&n_val=16, rotate: mean relative distance " in text
     # the layers and the number of the dataset's images chosen (module paths: one naming)
@@ -206,7 +206,7 @@ def test_occlusion_invariance_randomization_filters(setup, tmp_path) -> None:
     alone = tmp_path / "alone"
     text = _ok(["analyze", "invariance", *_model(setup), "--out", str(alone)])
     assert "no --data: the 5 built-in photos only" in text, text
-    assert re.search(r"^built-in photos, translate: mean relative distance conv1 [\d.]+, "
+    assert re.search(r"^built-in photos, translate: mean relative distance relu [\d.]+, "
                      r"avgpool [\d.]+$", text, re.M) and "images of" not in text, text
     assert [s.key for s in read_sections(alone)] == ["invariance_photos"]
     bad = CliRunner().invoke(main, ["analyze", "invariance", *_model(setup), *data,

@@ -43,12 +43,13 @@ def _tv(name: str) -> nn.Module:
 
 STAGES = {
     "alexnet": ["features.0", "features.3", "features.6", "features.8", "features.10"],
-    # the last convolution at each resolution (before each pooling): 5 of its 8
-    "vgg11_bn": ["features.0", "features.4", "features.11", "features.18", "features.25"],
+    # the last convolution at each resolution (before each pooling): 5 of its 8; each after
+    # its batch norm and ReLU, the map the next layer reads (a negative scale inverts it)
+    "vgg11_bn": ["features.2", "features.6", "features.13", "features.20", "features.27"],
     "vgg16": ["features.2", "features.7", "features.14", "features.21", "features.28"],
-    "resnet18": ["conv1", "layer1", "layer2", "layer3", "layer4"],
+    "resnet18": ["relu", "layer1", "layer2", "layer3", "layer4"],  # the stem after bn1, relu
     # the last stage at each resolution, and the first: not a transition before its block
-    "densenet121": ["features.conv0", "features.denseblock1", "features.denseblock2",
+    "densenet121": ["features.relu0", "features.denseblock1", "features.denseblock2",
                     "features.denseblock3", "features.denseblock4"],
     "googlenet": ["conv1", "conv3", "inception3b", "inception4e", "inception5b"],
     "mobilenet_v2": [f"features.{i}" for i in (0, 1, 3, 6, 13, 18)],
@@ -158,7 +159,7 @@ class _Whole(nn.Module):
 def test_the_stages_of_a_network_wrapped_whole_are_found() -> None:
     torch.manual_seed(0)
     wrapped = _Whole().eval()
-    assert feature_layers(wrapped, SIZE) == ["net.conv1", *(f"net.layer{i}" for i in range(1, 5))]
+    assert feature_layers(wrapped, SIZE) == ["net.relu", *(f"net.layer{i}" for i in range(1, 5))]
     assert (last_spatial_layer(wrapped, SIZE), vector_layer(wrapped, SIZE)) == (
         "net.layer4", "net.avgpool")
 
@@ -171,7 +172,7 @@ def test_a_backbone_inside_a_wrapper_is_found() -> None:
                                           inner.layer1, inner.layer2, inner.layer3,
                                           inner.layer4),
                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 10)).eval()
-    assert feature_layers(wrapped, SIZE) == ["0.0", "0.4", "0.5", "0.6", "0.7"]
+    assert feature_layers(wrapped, SIZE) == ["0.2", "0.4", "0.5", "0.6", "0.7"]
     assert vector_layer(wrapped, SIZE) == "1"
     assert resolve_layer(wrapped, "0.4")[1] is inner.layer1
 
@@ -200,7 +201,7 @@ def test_the_stages_of_a_group_norm_network() -> None:
     """BiT, timm's ResNetV2: group norm's statistics span the whole map, yet each stage keeps
     its units' boxes (`graph_geometry`), so the stages are found as a batch-norm ResNet's."""
     model = torchvision.models.resnet18(norm_layer=lambda c: nn.GroupNorm(2, c))
-    assert feature_layers(model) == ["conv1", "layer1", "layer2", "layer3", "layer4"]
+    assert feature_layers(model) == ["conv1", "layer1", "layer2", "layer3", "layer4"]  # GN
 
 
 def test_the_convolutional_stages_of_a_hybrid_are_found() -> None:

@@ -12,7 +12,7 @@ The paper's finding: small transformations move layer 1 a lot and layer 7 much l
 is fairly stable to translation and scaling, less to rotation (except for symmetric objects).
 
 Any CNN: "layer 1" and "layer 7" are `default_layers` — zfnet's norm1 and relu7, else the first
-of `zfnet.models.feature_layers` and the `vector_layer` the classifier reads (a ResNet's conv1 and
+of `zfnet.models.feature_layers` and the `vector_layer` the classifier reads (a ResNet's relu and
 avgpool). Without labels (or where the dataset's labels are not the model's classes, see
 `zfnet.analyses.classes`) the class followed is the one predicted on the untransformed image.
 """

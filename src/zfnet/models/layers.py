@@ -398,11 +398,16 @@ def feature_layers(model: nn.Module, input_size: int | tuple[int, int] | None = 
     - zfnet's models: `conv1`…`conv5` (those present);
     - a plain `features` chain (torchvision's alexnet, vgg, vgg_bn): its convolutions, or
       where they are more than 5 (a VGG's 8 to 16), the last one at each resolution (the
-      one before each pooling: a VGG-16's conv1_2, conv2_2, conv3_3, conv4_3, conv5_3);
+      one before each pooling: a VGG-16's conv1_2, conv2_2, conv3_3, conv4_3, conv5_3); a
+      convolution a batch norm follows, after that norm and its activation (a VGG-BN's
+      `features.2` for `features.0`: the map the next layer reads, where a negative scale
+      makes the convolution's strongest units the ones the network suppresses);
     - any other network: the outputs of its main stages, the last one at each resolution
-      (torchvision resnet: `conv1`, `layer1`…`layer4`; densenet: `features.conv0` and the
-      dense blocks; googlenet: `conv1`, `conv3` and the last inception block of each size;
-      mobilenet / efficientnet: `features.N`, timm's `blocks.N`). Stages are found
+      (torchvision resnet: `relu`, its stem convolution after `bn1` and `relu`, then
+      `layer1`…`layer4`; densenet: `features.relu0` and the dense blocks; googlenet: `conv1`,
+      `conv3` and the last inception block of each size; mobilenet / efficientnet:
+      `features.N`, timm's `blocks.N`; a stem convolution a batch norm reads, after them, as
+      a chain's). Stages are found
       generically: the top-level children that contain a convolution and output a map with a
       spatial geometry (`graph_geometry` at `input_size`, default 224); a stage whose own
       stages come out at three resolutions or more (a `features` Sequential, timm's
@@ -427,7 +432,7 @@ def feature_layers(model: nn.Module, input_size: int | tuple[int, int] | None = 
             infos = [c for k, c in enumerate(infos)
                      if k + 1 == len(infos) or jump(k) != jump(k + 1)]
         if infos:
-            return [n for n, _ in infos]
+            return [_chain_rectified(model, n) for n, _ in infos]
     geo = graph_geometry(model, input_size or DEFAULT_SIZE)
     objects: set[str] | None = None  # the modules whose output is no tensor, when asked
     vectors: set[str] = set()  # ... and those whose output is (N, C)
@@ -507,7 +512,57 @@ def feature_layers(model: nn.Module, input_size: int | tuple[int, int] | None = 
     # of each run at one resolution, its last stage (the stage's output); the first always
     last = [p for p, q in zip(found, [*found[1:], None], strict=True)
             if q is None or geo[q].shape != geo[p].shape]
-    return _spaced(list(dict.fromkeys([found[0], *last])), MAX_STAGES)
+    shown = _spaced(list(dict.fromkeys([found[0], *last])), MAX_STAGES)
+    if any(isinstance(model.get_submodule(p), nn.Conv2d) for p in shown):  # a bare stem conv
+        made = record_forward(model, input_size or DEFAULT_SIZE)[1]
+        shown = [_graph_rectified(model, p, made) for p in shown]
+    return shown
+
+
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Hardswish,
+                nn.Mish)
+
+
+def _chain_rectified(model: nn.Module, name: str) -> str:
+    """A chain's convolution `name`, or where a batch norm follows it, the last of the batch
+    norm and activation modules that follow (a VGG-BN's `features.2` for `features.0`): the map
+    the next layer reads, where a negative scale would make the convolution's strongest units
+    the ones the network suppresses."""
+    infos = list(layer_info(model).items())
+    k = next(i for i, (n, _) in enumerate(infos) if n == name)
+    last, normed = name, False
+    for n, info in infos[k + 1:]:
+        module = model.get_submodule(info.module)
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            normed = True
+        elif not isinstance(module, _ACTIVATIONS):
+            break
+        last = n
+    return last if normed else name
+
+
+def _graph_rectified(model: nn.Module, path: str, made: dict) -> str:
+    """`path`, or where it is a convolution whose output goes straight into a batch norm (a
+    ResNet's stem `conv1`, a DenseNet's `features.conv0`), the last of that batch norm and the
+    activations after it, each called once (`relu`, `features.relu0`): the map the network
+    passes on (see `_chain_rectified`)."""
+    if not isinstance(model.get_submodule(path), nn.Conv2d) or path not in made:
+        return path
+    order = list(made)
+    out = made[path][0]
+    last, normed = path, False
+    for q in order[order.index(path) + 1:]:
+        node, _, feeds, calls = made[q][:4]
+        module = model.get_submodule(q)
+        reads = feeds is out or (  # an in-place activation: its input is now its output
+            feeds is node and any(f is out for f, _ in getattr(node, "next_functions", ())))
+        if not reads or calls != 1 or not (
+                isinstance(module, nn.modules.batchnorm._BatchNorm)
+                or (normed and isinstance(module, _ACTIVATIONS))):
+            break
+        normed = True
+        last, out = q, node
+    return last
 
 
 def first_convs(model: nn.Module, n: int = 2, input_size: int | tuple[int, int] | None = None
