@@ -42,7 +42,7 @@ def _section(run_dir, key: str):
 def test_gallery_filters_probes(bundle, tmp_path) -> None:
     model = _resnet()
     res = pipeline.gallery(model, bundle, tmp_path, k=2, n_images=6, n_maps=2)
-    assert list(res.projections) == ["conv1", "layer1", "layer2", "layer3", "layer4"]
+    assert list(res.projections) == ["relu", "layer1", "layer2", "layer3", "layer4"]
     pipeline.filters({"resnet18": model}, bundle, tmp_path, n_images=6)
     assert [r[1] for r in _section(tmp_path, "filters").tables[0].rows] == [
         "conv1", "layer1.0.conv1"]
@@ -56,7 +56,7 @@ def test_gallery_filters_probes(bundle, tmp_path) -> None:
     grid = np.asarray(Image.open(tmp_path / figs[1].path).convert("L"), dtype=float)
     assert grid.std() > 5  # projections, not a blank page
     rows = pipeline.probes(model, SPEC, tmp_path, per_class=2, n_test=10)
-    assert [r.layer for r in rows] == ["conv1", "layer1", "layer2", "layer3", "layer4",
+    assert [r.layer for r in rows] == ["relu", "layer1", "layer2", "layer3", "layer4",
                                        "avgpool"]
     assert [r[0] for r in _section(tmp_path, "probes").tables[0].rows][-1] == "avgpool"
     assert _section(tmp_path, "probes").tables[0].caption.startswith(
@@ -83,7 +83,7 @@ def test_invariance_follows_the_label_only_for_the_datasets_classes(bundle, tmp_
     monkeypatch.setattr(inv, "invariance", spy)
     n = 2 if num_classes == 10 else 1  # one image of a folder too: "1 image", not "1 images"
     out = pipeline.invariance(model, bundle, tmp_path, n_dataset_images=n)
-    assert set(out["invariance_dataset"]["rotate"]) == {"conv1", "avgpool"}
+    assert set(out["invariance_dataset"]["rotate"]) == {"relu", "avgpool"}
     photos, dataset = labels_asked[:3], labels_asked[3:]
     assert photos == [None] * 3
     if num_classes == 10:  # the dataset's labels are its classes
@@ -108,7 +108,7 @@ def test_randomization_at_the_last_stage_by_default(bundle, tmp_path) -> None:
     model = _resnet(10)
     res = pipeline.randomization(model, bundle, tmp_path, n_images=2, layer="layer1")
     assert res.steps == ["layer1", "bn1", "conv1"]  # by blocks
-    with pytest.raises(ValueError, match="no feature maps.*e.g. conv1, layer1"):
+    with pytest.raises(ValueError, match="no feature maps.*e.g. relu, layer1"):
         pipeline.randomization(model, bundle, tmp_path, n_images=2, layer="fc")
     with pytest.raises(ValueError, match="steps 'stages' is not known; valid: block, module"):
         pipeline.randomization(model, bundle, tmp_path / "new", n_images=2, steps="stages")

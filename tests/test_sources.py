@@ -511,7 +511,7 @@ def test_models_command_for_any_source(tmp_path):
         "blocks, layers too (each module that holds others): layer1, layer1.0, layer1.1, "
         "layer2, layer2.0, layer2.0.downsample, layer2.1, layer3, layer3.0, "
         "layer3.0.downsample, layer3.1, layer4, layer4.0, layer4.0.downsample, layer4.1",
-        "without --layer, the analyses show: conv1, layer1, layer2, layer3, layer4"]
+        "without --layer, the analyses show: relu, layer1, layer2, layer3, layer4"]
     seven = torchvision.models.squeezenet1_1(num_classes=7)
     torch.save(seven.state_dict(), tmp_path / "s7.pth")
     res = _runner().invoke(main, ["models", "torchvision:squeezenet1_1", "--weights",
