@@ -173,3 +173,16 @@ def test_every_command_that_draws_bars_takes_quiet() -> None:
     without = sorted(name for name, c in leaves(main)
                      if not any("--quiet" in p.secondary_opts for p in c.params))
     assert without == ["models", "project", "report", "serve"]  # no bar of their own
+
+
+def test_a_command_refused_after_quiet_leaves_no_bar_off_behind() -> None:
+    """--quiet (and --nonlinear) entered their context as their option was read; a later bad
+    option stops click before the command, which then closed nothing: every bar of the
+    process after it was off (the next tests' bars, in one test process)."""
+    from zfnet.graph import current_nonlinear
+    from zfnet.progress import _SHOWN
+
+    res = CliRunner().invoke(main, ["visualize", "topk", "--model", "zfnet_small", "--quiet",
+                                    "--nonlinear", "gradient", "--k", "0", "--out", "x"])
+    assert res.exit_code == 2 and "--k" in res.output
+    assert _SHOWN.get() is True and current_nonlinear() == "error"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import shlex
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import click
@@ -30,6 +31,9 @@ class _OneLine(click.ClickException):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+WITHIN = "zfnet.within"  # ctx.meta's key: the contexts a command's options ask it to run in
 
 
 class _Command(click.Command):
@@ -73,7 +77,10 @@ class _Command(click.Command):
     def invoke(self, ctx: click.Context):
         _out_apart_from_inputs(self, ctx)
         try:
-            return super().invoke(ctx)
+            with ExitStack() as within:  # what its options ask it to run inside (--quiet ...)
+                for context in ctx.meta.get(WITHIN, ()):
+                    within.enter_context(context())
+                return super().invoke(ctx)
         except ValueError as e:
             from zfnet.graph import RuleUndefinedError
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from zfnet.cli.app import WITHIN
+
 
 class _Whole(click.IntRange):
     """click.IntRange whose error says "'1.5' is not a valid integer", not "... integer
@@ -320,11 +322,18 @@ def _runs_only(why: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return wrap
 
 
+def _within(ctx: click.Context, context: Callable[[], Any]) -> None:
+    """The command runs inside `context()`, entered once every option is read and exited when
+    it ends (`zfnet.cli.app`'s commands): not entered by an option's callback, which a later
+    bad option would leave entered (click closes no context whose parsing failed)."""
+    ctx.meta.setdefault(WITHIN, []).append(context)
+
+
 def _nonlinear_mode(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """The command runs inside `zfnet.graph.nonlinear(value)`, undone when it ends."""
     from zfnet.graph import nonlinear
 
-    ctx.with_resource(nonlinear(value))
+    _within(ctx, lambda: nonlinear(value))
     return value
 
 
@@ -333,7 +342,7 @@ def _bars(ctx: click.Context, param: click.Parameter, value: bool | None) -> boo
     (`zfnet.progress.bars`; None, train's default: its own choice, bars allowed)."""
     from zfnet.progress import bars
 
-    ctx.with_resource(bars(value is not False))
+    _within(ctx, lambda: bars(value is not False))
     return value
 
 
