@@ -255,7 +255,7 @@ def invariance(model: nn.Module, bundle: DataBundle | None, run_dir: str | Path,
         norm = normalize or preprocessing.normalize
         size, channels = preprocessing.crop, preprocessing.in_channels
     else:
-        check_fits(model, bundle, classes=True)
+        check_fits(model, bundle)  # other classes, or none: the prediction is followed
         norm = normalize or _normalizer(bundle)
         size, channels = bundle.input_size, bundle.in_channels
     chosen = list(dict.fromkeys(layers or default_layers(model, size if bundle is None
@@ -272,6 +272,8 @@ def invariance(model: nn.Module, bundle: DataBundle | None, run_dir: str | Path,
         val = _centre(bundle)
         # one image per class while classes last, then the next ones (readable files only)
         picks = [i for i, _ in pick_items(val, n_dataset_images, one_per_class=True)]
+        if not picks:
+            raise ValueError(f"none of {val_words(bundle)} can be read (each file is broken)")
         names = [_image_name(bundle, i) for i in picks]
         spec = bundle.spec or "the dataset"
         sets.append((

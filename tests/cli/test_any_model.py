@@ -378,3 +378,21 @@ def test_topk_of_a_class_never_scored_above_zero_says_so_and_seed_one_shows_it(
     assert "never above zero" not in out
     (gallery,) = read_sections(tmp_path / "b")
     assert gallery.metrics["seed"] == "one" and "seeded with 1" in gallery.caption
+
+
+def test_a_run_looks_at_a_folder_of_photos_in_every_analysis(setup, tmp_path) -> None:
+    """`--data images:DIR` with a zfnet run: topk and occlusion fitted the photos to the run's
+    size, evolution refused them as 224 px images and invariance as having 0 classes; now
+    each fits them, and invariance follows the class the run predicts."""
+    run = tmp_path / "run"
+    _ok(["train", "--data", "synthetic?n_train=64&n_val=32&size=32", "--model", "zfnet_small",
+         "--out", str(run), "--epochs", "2", "--keep-epochs", "1,2", "--batch-size", "32",
+         "--quiet", "--no-tensorboard"])
+    photos = f"images:{setup / 'photos'}"
+    _ok(["analyze", "evolution", "--checkpoint", str(run), "--data", photos, "--images", "3",
+         "--maps", "2", "--layer", "conv1", "--out", str(tmp_path / "ev"), "--quiet"])
+    out = _ok(["analyze", "invariance", "--checkpoint", str(run), "--data", photos,
+               "--images", "2", "--out", str(tmp_path / "inv"), "--quiet"])
+    assert "images of images:" in out
+    sections = {s.key: s for s in read_sections(tmp_path / "inv")}
+    assert "invariance_dataset" in sections and (tmp_path / "ev" / "index.html").is_file()

@@ -83,17 +83,15 @@ def _computed_on(source, bundle) -> None:  # noqa: ANN001
 
 
 def _load(checkpoint: str, data: str | None, device: str = "cpu"):
-    """(model, bundle) for an analysis command, the model on `device` (auto: cuda if there)."""
-    from zfnet.data import load_dataset
-    from zfnet.train import load_model
-    from zfnet.train.checkpoint import read_mean_image
+    """(model, bundle) of a zfnet run's checkpoint for an analysis command, the model on
+    `device` (auto: cuda if there); the data (default the run's) made into its inputs as every
+    command makes them (`zfnet.sources.load_data`: a folder or shards minus the run's own mean
+    image, `images:DIR` fitted to its size)."""
+    from zfnet.sources import load_data, load_source
     from zfnet.train.distributed import resolve_device
 
-    model, meta = load_model(checkpoint, device=resolve_device(device))
-    # a folder or shards minus the run's own mean image, not theirs
-    return model, load_dataset(data or meta["data"],
-                               mean_image=read_mean_image(meta["checkpoint"]),
-                               mean_input=meta.get("input_size"))
+    source = load_source(checkpoint, device=resolve_device(device))
+    return source.model, load_data(source, data)
 
 
 def _layers(model, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
