@@ -117,3 +117,23 @@ def test_study_command(tmp_path) -> None:
     assert chance.startswith("Chance: ") and "% top-1 error (" in chance
     assert [line.split()[:2] for line in lines] == [["zfnet_small", "baseline"],
                                                     ["zfnet_small", "no_fc7"]]
+
+
+def test_a_one_epoch_demo_leaves_evolution_out_and_finishes(tmp_path, monkeypatch) -> None:
+    """`--epochs 1` was taken, then the demo stopped at Fig. 4 (one kept checkpoint; its hint,
+    --keep-epochs, no option of the demo) with no report; now Fig. 4 is left out, said so, and
+    the rest runs."""
+    from zfnet import demo, pipeline
+
+    ran = []
+    for name in ("gallery", "filters", "evolution", "invariance", "correspondence", "probes",
+                 "randomization"):
+        monkeypatch.setattr(pipeline, name, lambda *a, _n=name, **k: ran.append(_n) or {})
+    monkeypatch.setattr(demo, "_occlusion", lambda *a, **k: ran.append("occlusion") or {})
+    log: list[str] = []
+    result = run_demo(tmp_path / "run", epochs=1, batch_size=32, data=TINY, log=log.append,
+                      transfer=None)
+    assert "evolution" not in ran and {"gallery", "occlusion", "probes"} <= set(ran)
+    assert any("feature evolution (Fig. 4) left out: it compares the checkpoints of 2 epochs "
+               "or more (--epochs 2)" in line for line in log), log
+    assert (tmp_path / "run" / "index.html").is_file() and result["report"]

@@ -108,8 +108,9 @@ def run_demo(
         steps: list[tuple[str, Callable[[], Any]]] = [
             ("top-9 gallery (Fig. 2)", lambda: pipeline.gallery(net, bundle, out)),
             ("filters (Fig. 6)", lambda: pipeline.filters({model: net}, bundle, out)),
-            ("feature evolution (Fig. 4)",
-             lambda: pipeline.evolution(out, bundle, n_images=EVOLUTION_IMAGES)),
+            *([("feature evolution (Fig. 4)",
+                lambda: pipeline.evolution(out, bundle, n_images=EVOLUTION_IMAGES))]
+              if epochs >= 2 else []),  # it compares 2 kept epochs or more
             ("occlusion (Fig. 7)", lambda: _occlusion(net, bundle, out)),
             ("invariance (Fig. 5)", lambda: pipeline.invariance(net, bundle, out)),
             ("correspondence (Fig. 8)", lambda: pipeline.correspondence(net, bundle, out)),
@@ -118,6 +119,9 @@ def run_demo(
             ("randomisation check, each layer alone",
              lambda: pipeline.randomization(net, bundle, out, mode="independent")),
         ]
+        if epochs < 2:
+            log("  feature evolution (Fig. 4) left out: it compares the checkpoints of 2 "
+                "epochs or more (--epochs 2)")
         if transfer:
             steps.append(("transfer (Tables 4-5)", lambda: _transfer(
                 net, meta, out, transfer, transfer_shots, transfer_steps, log)))
