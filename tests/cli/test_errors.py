@@ -811,3 +811,16 @@ def test_memory_running_out_is_one_line_saying_what_to_ask_for(places, monkeypat
     assert res.output.strip().splitlines()[-1] == (
         "Error: out of memory (120 GB asked for): ask for less, a smaller --batch-size, --crop "
         "or --resize, --k, or fewer --images")
+
+
+def test_a_corrupt_section_in_out_is_told_before_the_work(places, tmp_path) -> None:
+    """A section file in --out that cannot be read stopped the page only after the whole
+    analysis had run (its figure written, the page stale); now before any work."""
+    out = tmp_path / "out"
+    (out / "sections").mkdir(parents=True)
+    (out / "sections" / "zzz.json").write_text("{bad json")
+    res = CliRunner().invoke(main, ["analyze", "occlusion", "--checkpoint", str(places["run"]),
+                                    "--out", str(out), "--images", "1", "--pointing", "0"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.output.count("\n") == 1 and "zzz.json is not a report section" in res.output
+    assert sorted(p.name for p in out.rglob("*")) == ["sections", "zzz.json"]  # nothing done
