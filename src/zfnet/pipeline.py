@@ -11,6 +11,7 @@ kept epochs."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -384,7 +385,14 @@ def _marked_parts(bundle: DataBundle, parts_file: str | Path, n_images: int | No
     in `bundle`'s folder, each part's box or outline fitted to the model's input as its image
     is."""
     from zfnet.data.imagefolder import decode_file
-    from zfnet.data.parts import find_images, part_mask, read_parts
+    from zfnet.data.parts import (
+        PartCutWarning,
+        find_images,
+        part_mask,
+        past_image,
+        read_parts,
+        region_bounds,
+    )
 
     spec = parse_spec(bundle.spec) if bundle.spec else None
     val = _centre(bundle)
@@ -424,6 +432,12 @@ def _marked_parts(bundle: DataBundle, parts_file: str | Path, n_images: int | No
                 m = fit(part_mask(boxes[n][p], int(h), int(w)))
             except ValueError as e:
                 raise ValueError(f"parts file {parts_file}, {n!r}, part {p!r}: {e}") from None
+            if past_image(boxes[n][p], int(h), int(w)):
+                bounds = ", ".join(f"{v:g}" for v in region_bounds(boxes[n][p]))
+                warnings.warn(PartCutWarning(
+                    f"parts file {parts_file}, {n!r}, part {p!r}: it reaches past the image "
+                    f"({bounds} on a {w}x{h} image, left, top, right, bottom): cut to it "
+                    "(marked on another size of the image?)"), stacklevel=2)
             if not m.any():
                 raise ValueError(
                     f"parts file {parts_file}, {n!r}: part {p!r} falls outside the "

@@ -93,3 +93,32 @@ def test_the_command_takes_any_model_and_the_parts_marked_on_your_photos(tmp_pat
     assert s.source.startswith("torchvision:resnet18") and f"images:{photos}" in s.source
     assert [r[0] for r in s.tables[0].rows] == ["left eye", "right eye", "nose", "random"]
     assert (out / s.figures[0].path).is_file()
+
+
+def test_a_part_marked_past_its_image_is_cut_and_said(tmp_path) -> None:
+    """A box far past its image (marked on a larger copy of the photo) was cut to the image
+    without a word; the analysis still runs, and says so once."""
+    import json
+
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from zfnet.cli import main
+
+    photos = tmp_path / "dogs"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("rex.jpg", "fido.jpg"):
+        Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(photos / name)
+    parts = {"rex.jpg": {"nose": [36, 32, 44, 40]}, "fido.jpg": {"nose": [30, 20, 5000, 5000]}}
+    (photos / "parts.json").write_text(json.dumps(parts))
+    res = CliRunner().invoke(main, [
+        "analyze", "correspondence", "--model", "torchvision:resnet18", "--resize", "40",
+        "--crop", "32", "--data", f"images:{photos}", "--parts-file",
+        str(photos / "parts.json"), "--draws", "2", "--out", str(tmp_path / "look")])
+    assert res.exit_code == 0, res.output
+    said = [ln for ln in res.stderr.splitlines() if "reaches past the image" in ln]
+    assert said == [f"warning: parts file {photos / 'parts.json'}, 'fido.jpg', part 'nose': it "
+                    "reaches past the image (30, 20, 5000, 5000 on a 80x60 image, left, top, "
+                    "right, bottom): cut to it (marked on another size of the image?)"]

@@ -230,6 +230,10 @@ def occlusion_cmd(model_options: ModelOptions, data: str | None, out: str, image
                   pointing: int, size: int | None, stride: int | None, layer: str | None,
                   class_name: str | None, method: str, precision: str) -> None:
     """Fig. 7: a grey square slid over the image; activation, projection, p(class), label."""
+    if method == "incremental" and precision == "bfloat16":
+        raise click.UsageError("--precision bfloat16 is for the full method's passes; "
+                               "--method incremental recomputes exactly, in float32: give one "
+                               "of them")
     from zfnet.analyses.classes import class_indices
     from zfnet.analyses.occlusion import metric_words, occlusion_report
     from zfnet.pipeline import check_fits

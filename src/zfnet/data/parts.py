@@ -242,6 +242,29 @@ def find_images(boxes: PartBoxes, folder: Path, images: Sequence[Path],
     return found
 
 
+class PartCutWarning(UserWarning):
+    """A part's box or outline reaches past its image: cut to it (marked on another size of the
+    image?)."""
+
+    one_line = True  # `zfnet` prints it as one line (zfnet.cli)
+
+
+def region_bounds(region: Region) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of a box or of an outline's points, in the image's pixels."""
+    if isinstance(region, Outline):
+        xs = [x for poly in region.polygons for x, _ in poly]
+        ys = [y for poly in region.polygons for _, y in poly]
+        return min(xs), min(ys), max(xs), max(ys)
+    return tuple(float(v) for v in region)  # type: ignore[return-value]
+
+
+def past_image(region: Region, height: int, width: int, slack: float = 1.0) -> bool:
+    """Whether `region` reaches more than `slack` pixels past a width x height image (a box
+    drawn a pixel over the edge is usual; one twice the image's size was marked on another)."""
+    left, top, right, bottom = region_bounds(region)
+    return left < -slack or top < -slack or right > width + slack or bottom > height + slack
+
+
 def part_mask(region: Region, height: int, width: int) -> torch.Tensor:
     """Bool (height, width): the pixels of a box (rounded to whole pixels) or of an outline (its
     polygons' insides and edges, as PIL fills them), cut to the image; a ValueError when no
