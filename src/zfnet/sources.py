@@ -927,6 +927,11 @@ def _run(path: Path) -> Source:
     from zfnet.train import load_model
 
     if path.is_file() and not (path.parent / "state.json").is_file():
+        if path.suffix.lower() not in WEIGHTS_SUFFIXES:
+            raise ValueError(
+                f"{path} is a file, not a model: give a zfnet run directory (`zfnet train "
+                "--out`), a model name (`zfnet models` lists them), or a weights file "
+                f"({', '.join(WEIGHTS_SUFFIXES)}) with --weights beside its architecture")
         raise ValueError(
             f"{path} is a weights file without a zfnet checkpoint around it; give it with "
             "--weights beside its architecture: --model torchvision:NAME (or a zfnet model "

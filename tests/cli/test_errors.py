@@ -170,6 +170,9 @@ TOPK = ["visualize", "topk", *CK, *OUT, "--k", "2", "--images", "8", "--maps-per
 CASES = [
     # models
     ("models-unknown", ["models", "zfnett"], "zfnett"),
+    ("models-a-text-file", ["models", "{notes}"], "notes.txt is a file, not a model"),
+    ("models-a-weights-file", ["models", "{squeezenet}"],
+     "squeezenet1_1.pth is a weights file without a zfnet checkpoint around it"),
     ("models-input-too-small", ["models", "zfnet_small", "--input-size", "5"], "input_size=5"),
     ("models-input-zero", ["models", "zfnet_small", "--input-size", "0"], "--input-size"),
     # model sources (zfnet.sources), as every command given --model/--weights takes them
