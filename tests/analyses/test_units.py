@@ -241,6 +241,7 @@ def test_project_command_nonlinear_option(photos, tmp_path) -> None:
     units = json.loads((tmp_path / "yes/project.json").read_text())["units"]
     # no rectifier below features.3: the deconvnet rule there is the plain gradient, said so
     assert [(u["rule"], u["projection"]) for u in units] == [("deconvnet", "gradient")] * 2
+    assert res.stdout.count(", projected by the gradient -> ") == 2  # on the command line too
     assert current_nonlinear() == "error"
     # inside a block, the linear layer on (N, H, W, C): its 384 maps, not its rows
     res = CliRunner().invoke(main, [*argv[:-4], "--layer", "features.1.0.block.3", "--channel",

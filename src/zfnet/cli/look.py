@@ -93,7 +93,8 @@ def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
         fires = ("" if unit.active else " (seeded with 1)" if seed == "one" else
                  " (not active: this seed projects it to nothing; --seed one shows what would "
                  "raise it)")
-        click.echo(f"{unit.name}: {unit.what}, activation {unit.activation:.3g}{fires} -> "
+        by = f", projected by the {unit.projection}" if unit.projection else ""  # not --rule's
+        click.echo(f"{unit.name}: {unit.what}, activation {unit.activation:.3g}{fires}{by} -> "
                    f"{Path(out) / unit.file}")
     click.echo(f"wrote {len(results)} projection{'s' * (len(results) != 1)} and {index}")
 
