@@ -4,6 +4,8 @@ can be written."""
 import os
 import threading
 
+import pytest
+
 from zfnet.atomic import cannot_write, write_text_atomic
 
 
@@ -50,3 +52,19 @@ def test_cannot_write_names_what_is_in_the_way(tmp_path) -> None:
     # a file system that takes nothing new, even from root: found by trying, not by access()
     assert "zfnet cannot create anything in /proc" in cannot_write("/proc/zfnet/x", folder=True)
     assert list(tmp_path.iterdir()) == [tmp_path / "f"]  # the probe left nothing behind
+
+
+def test_a_file_that_cannot_be_replaced_is_named_not_its_temporary(tmp_path, monkeypatch) -> None:
+    """An index.html made immutable (or another user's): the error named the hidden
+    `.index.html.tmp-…` beside it, which the user never made; now the file itself, and no
+    temporary is left."""
+    from zfnet import atomic
+
+    def refuse(src, dst):  # noqa: ANN001
+        raise PermissionError(1, "Operation not permitted", str(src), str(dst))
+
+    monkeypatch.setattr(atomic.os, "replace", refuse)
+    with pytest.raises(PermissionError) as e:
+        atomic.write_text_atomic(tmp_path / "index.html", "<p>")
+    assert e.value.filename == str(tmp_path / "index.html") and ".tmp-" not in str(e.value)
+    assert os.listdir(tmp_path) == []

@@ -33,6 +33,11 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], object], *,
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.filename in (str(tmp), tmp) and e.errno is not None:  # said of the file meant,
+            raise type(e)(e.errno, e.strerror, str(path)) from None  # not of its temporary
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
