@@ -312,3 +312,18 @@ def test_a_resume_on_data_of_another_input_size_says_so(tmp_path) -> None:
                                          r"size \(size=64\)"):
         check_resumed_data(meta, config, bundle)
     check_resumed_data(meta, config, SimpleNamespace(**{**vars(bundle), "input_size": 64}))
+
+
+def test_a_loss_stuck_at_ln_classes_is_said() -> None:
+    """A SqueezeNet trained from scratch stayed at ln 7 = 1.94591 for every step (its outputs
+    the same for every image: a ReLU before the logits that never fires) and nothing said so;
+    an epoch whose mean loss is ln C to 4 decimals now says it has not started to learn."""
+    val = dict.fromkeys(("loss", "top1_error", "top5_error"))
+    stuck = epoch_row(0, 4, 0.01, {"loss_sum": 24 * math.log(7), "correct": 3.0, "seen": 24.0,
+                                   "expected": 24.0, "time": 1.0}, val)
+    lines = epoch_lines(stuck, 3, validated=False, classes=7)
+    assert lines[-1].startswith("epoch 1: the training loss is ln 7 = 1.9459, the loss of "
+                                "outputs that are the same for every image")
+    moving = dict(stuck, train_loss=math.log(7) - 0.01)
+    assert len(epoch_lines(moving, 3, validated=False, classes=7)) == 1
+    assert len(epoch_lines(stuck, 3, validated=False)) == 1  # classes unknown: no claim

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,9 @@ def top5_words(error: float, classes: int | None, label: str = "top-5") -> str:
     return f"{label} {error:.2%}"
 
 
+STUCK = 5e-4  # a mean training loss this close to ln(classes): outputs that do not move
+
+
 def epoch_lines(row: dict[str, Any], epochs: int, validated: bool,
                 classes: int | None = None) -> list[str]:
     """The log lines of an epoch's `epoch_row`: its figures, and the samples skipped if any.
@@ -65,6 +69,11 @@ def epoch_lines(row: dict[str, Any], epochs: int, validated: bool,
     if row["skipped"]:
         lines.append(f"epoch {row['epoch']}: {row['skipped']} training sample(s) skipped "
                      f"(unreadable files, named in the warnings above)")
+    if classes and classes > 1 and abs(row["train_loss"] - math.log(classes)) < STUCK:
+        lines.append(f"epoch {row['epoch']}: the training loss is ln {classes} = "
+                     f"{math.log(classes):.4f}, the loss of outputs that are the same for every "
+                     "image: the network has not started to learn (a ReLU before the logits "
+                     "that never fires? a --lr too high or too low?)")
     return lines
 
 
