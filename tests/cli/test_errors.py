@@ -819,14 +819,35 @@ def test_memory_running_out_is_one_line_saying_what_to_ask_for(places, monkeypat
         "or --resize, --k, or fewer --images")
 
 
-def test_a_corrupt_section_in_out_is_told_before_the_work(places, tmp_path) -> None:
-    """A section file in --out that cannot be read stopped the page only after the whole
-    analysis had run (its figure written, the page stale); now before any work."""
+def test_a_corrupt_section_in_out_says_the_results_are_kept(places, tmp_path) -> None:
+    """Another section file in --out that cannot be read stops the page, after the work: the
+    message says the command's results are saved and how to build the page once mended (it
+    named the file alone). A command's own corrupt section it writes again."""
     out = tmp_path / "out"
     (out / "sections").mkdir(parents=True)
     (out / "sections" / "zzz.json").write_text("{bad json")
-    res = CliRunner().invoke(main, ["analyze", "occlusion", "--checkpoint", str(places["run"]),
-                                    "--out", str(out), "--images", "1", "--pointing", "0"])
+    (out / "sections" / "filters.json").write_text("{bad json")
+    res = CliRunner().invoke(main, ["analyze", "filters", "--checkpoint", str(places["run"]),
+                                    "--out", str(out)])
     assert res.exit_code == 1 and "Traceback" not in res.output
-    assert res.output.count("\n") == 1 and "zzz.json is not a report section" in res.output
-    assert sorted(p.name for p in out.rglob("*")) == ["sections", "zzz.json"]  # nothing done
+    assert "zzz.json is not a report section" in res.output
+    assert (f"this command's results are saved in {out}: `zfnet report {out}` then builds the "
+            "page") in res.output
+    (out / "sections" / "zzz.json").unlink()
+    res = CliRunner().invoke(main, ["report", str(out)])
+    assert res.exit_code == 0, res.output  # filters.json written again by the command
+
+
+def test_a_run_folder_named_as_a_model_is_the_run(places, tmp_path, monkeypatch) -> None:
+    """`--checkpoint zfnet_small`, a run folder of that name: the registry's name won, so the
+    analyses looked at a randomly initialised zfnet_small, silently."""
+    from zfnet.cli.loading import _load
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(places["run"], tmp_path / "zfnet_small")
+    model, _ = _load("zfnet_small", None)
+    run_model, _ = _load(str(tmp_path / "zfnet_small"), None)
+    for a, b in zip(model.state_dict().values(), run_model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    res = CliRunner().invoke(main, ["eval", "--checkpoint", "zfnet_small"])
+    assert res.exit_code == 0 and "random init" not in res.output, res.output

@@ -76,7 +76,6 @@ class _Command(click.Command):
 
     def invoke(self, ctx: click.Context):
         _out_apart_from_inputs(self, ctx)
-        _sections_readable(ctx)
         try:
             with ExitStack() as within:  # what its options ask it to run inside (--quiet ...)
                 for context in ctx.meta.get(WITHIN, ()):
@@ -90,17 +89,6 @@ class _Command(click.Command):
                 # a command that computes every rule: --rule gradient is not its to offer
                 raise RuleUndefinedError(e.rule, e.what, rule_option=False) from e
             raise
-
-
-def _sections_readable(ctx: click.Context) -> None:
-    """The report sections already in --out read, before the work: one that cannot be (corrupt,
-    of another version) stopped the page only after the command's whole work was done."""
-    out = ctx.params.get("out")
-    if not out or not isinstance(out, (str, Path)) or not (Path(out) / "sections").is_dir():
-        return
-    from zfnet.report.sections import read_sections
-
-    read_sections(out)  # a ValueError naming the file and what to do: one line
 
 
 def _out_apart_from_inputs(command: click.Command, ctx: click.Context) -> None:

@@ -3,6 +3,8 @@ layers named, the report rebuilt."""
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from zfnet.cli.options import ModelOptions
@@ -35,7 +37,7 @@ def _model_and_data(options: ModelOptions, data: str | None = None, *, need_data
                                "torchvision:NAME, timm:NAME, hf:ORG/NAME, FILE.py:NAME, a "
                                "zfnet run) or "
                                "--checkpoint RUN")
-    source = load_source(options.model or options.checkpoint, options.weights,
+    source = load_source(options.model or _run_path(options.checkpoint), options.weights,
                          mean=options.mean, std=options.std,
                          resize=options.resize, crop=options.crop, labels=options.labels,
                          device=device or resolve_device(options.device))
@@ -90,8 +92,16 @@ def _load(checkpoint: str, data: str | None, device: str = "cpu"):
     from zfnet.sources import load_data, load_source
     from zfnet.train.distributed import resolve_device
 
-    source = load_source(checkpoint, device=resolve_device(device))
+    source = load_source(_run_path(checkpoint), device=resolve_device(device))
     return source.model, load_data(source, data)
+
+
+def _run_path(checkpoint: str | None) -> str | None:
+    """--checkpoint RUN as a path, never a model name: a run folder named `zfnet_small` is
+    the run (`load_source` takes a registry name as that model, randomly initialised)."""
+    from zfnet.models import list_models
+
+    return os.path.join(".", checkpoint) if checkpoint in list_models() else checkpoint
 
 
 def _layers(model, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -115,6 +125,15 @@ def _class_alone(classes: tuple[str, ...], others: dict[str, object]) -> None:
 
 
 def _finish(out: str) -> None:
+    """Build the report page of `out`; a section there that cannot be read (another's,
+    corrupt) is said with what this command kept and how to build the page once it is mended."""
     from zfnet.report import build_report
 
-    click.echo(f"report: {build_report(out).resolve()}")
+    try:
+        page = build_report(out)
+    except ValueError as e:
+        if "is not a report section" not in str(e):
+            raise
+        raise click.ClickException(f"{e}; this command's results are saved in {out}: "
+                                   f"`zfnet report {out}` then builds the page") from None
+    click.echo(f"report: {page.resolve()}")
