@@ -796,6 +796,8 @@ def test_a_reload_and_another_tab_list_this_browsers_uploads(page) -> None:
     (restarted, or past the last it keeps) leaves the strip and the browser's list."""
     gone = "up:00000000deadbeef"
     page.console.allowed.append(f"/api/image/{quote(gone)}.png")  # its 404, expected
+    asked = []  # each request for the gone upload's picture: a few, not one per redrawing
+    page.on("request", lambda r: asked.append(r.url) if quote(gone) in r.url else None)
     _open(page, "/?layer=conv1")
     page.evaluate("id => localStorage.setItem('zfnet-explorer-uploads', "
                   "JSON.stringify([{id, name: 'old.png'}]))", gone)
@@ -811,6 +813,7 @@ def test_a_reload_and_another_tab_list_this_browsers_uploads(page) -> None:
     kept = page.evaluate("JSON.parse(localStorage.getItem('zfnet-explorer-uploads'))")
     assert kept == [{"id": up, "name": "my dog.png"}]
     assert "1 uploaded image" in page.text_content("#strip-info")
+    assert 1 <= len(asked) <= 2, asked  # its picture, then the one question whether it is gone
     tab = page.context.new_page()  # another tab of the same browser
     tab.console = Console(tab)
     _open(tab, "/?layer=conv1")

@@ -436,7 +436,7 @@
       mark.textContent = "unreadable";
       button.replaceChildren(mark);
     };
-    if (item.broken) broken();
+    if (item.broken || (isUpload && uploadChecks.has(item.id))) broken();
     else {
       const img = document.createElement("img");
       img.alt = "";
@@ -486,9 +486,21 @@
     }
   }
 
+  const uploadChecks = new Set();  // uploads whose picture failed: asked once if still there
+  let stripSoon = 0;
+
+  /** One drawing of the strip for several changes made together (uploads found gone). */
+  function renderStripSoon() {
+    clearTimeout(stripSoon);
+    stripSoon = setTimeout(renderStrip, 50);
+  }
+
   /** An upload the server no longer has (restarted, or past the last it keeps) leaves the
-   *  strip and the browser's list, unless it is the image shown (its view says why). */
+   *  strip and the browser's list, unless it is the image shown (its view says why). Asked
+   *  once per upload: the strip drawn again meanwhile shows it unreadable, not fetched anew. */
   async function forgetIfGone(item) {
+    if (uploadChecks.has(item.id)) return;
+    uploadChecks.add(item.id);
     try {
       const response = await fetch(item.src);
       if (response.status !== 404 || state.image === item.id) return;
@@ -499,7 +511,7 @@
     if (at < 0) return;
     uploads.splice(at, 1);
     saveUploads(item.id);
-    renderStrip();
+    renderStripSoon();
   }
 
   function renderStrip() {
