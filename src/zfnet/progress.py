@@ -71,6 +71,12 @@ class _Bar(tqdm):
             self.fp.flush()
 
 
+def bars_shown() -> bool:
+    """Whether bars are shown here (not within `bars(False)`, a command's --quiet): for the bars
+    of other libraries (torch hub's download)."""
+    return _SHOWN.get()
+
+
 def progress_bar(iterable: Iterable[Any] | None = None, *, desc: str, unit: str = "it",
                  total: float | None = None, initial: float = 0, shown: bool = True,
                  leave: bool = False, position: int | None = None) -> tqdm:

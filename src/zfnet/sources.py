@@ -715,8 +715,11 @@ def _from_hub(name: str, weights: Any) -> nn.Module:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             found = torch.hub.HASH_REGEX.search(path.name)
+            from zfnet.progress import bars_shown
+
             torch.hub.download_url_to_file(weights.url, str(path),
-                                           found.group(1) if found else None, progress=True)
+                                           found.group(1) if found else None,
+                                           progress=bars_shown())  # --quiet: none
         except Exception as e:  # no network, HTTP errors, a bad hash: all mean the same here
             raise FileNotFoundError(
                 f"torchvision:{name} {weights.name}: downloading {path.name} failed "

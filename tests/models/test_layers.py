@@ -142,6 +142,10 @@ def test_no_linear_layer_and_no_conv() -> None:
         feature_layers(mlp, 8)
     with pytest.raises(ValueError, match="no Conv2d"):
         first_convs(mlp, 2, 8)
+    # 1x1 convolutions fill in only where too few have a kernel, the 3x3 kept, in order
+    pointwise = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 1), nn.ReLU(),
+                              nn.Conv2d(4, 4, 3), nn.ReLU())
+    assert first_convs(pointwise, 2, 8) == ["0", "4"]
 
 
 class _Whole(nn.Module):
@@ -201,7 +205,8 @@ def test_the_stages_of_a_group_norm_network() -> None:
     """BiT, timm's ResNetV2: group norm's statistics span the whole map, yet each stage keeps
     its units' boxes (`graph_geometry`), so the stages are found as a batch-norm ResNet's."""
     model = torchvision.models.resnet18(norm_layer=lambda c: nn.GroupNorm(2, c))
-    assert feature_layers(model) == ["conv1", "layer1", "layer2", "layer3", "layer4"]  # GN
+    # the stem after its norm and ReLU, as a batch-norm ResNet's
+    assert feature_layers(model) == ["relu", "layer1", "layer2", "layer3", "layer4"]
 
 
 def test_the_convolutional_stages_of_a_hybrid_are_found() -> None:

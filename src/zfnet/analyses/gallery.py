@@ -525,7 +525,7 @@ def run_topk_gallery(
             result.inactive[name] = blank
             one = len(blank) == 1
             by += (f"; {word[:-1] if one else word} {_ranges(blank)} never above zero over "
-                   "these images, so blank (seeded with 1, `--seed one`, "
+                   "these images, so blank (seeded with 1, Captum's seed, "
                    f"{'it shows' if one else 'they show'} what would raise "
                    f"{'it' if one else 'them'})")
         figures.append(Figure(str(rel_dir / png.name), f"{name}: {shown}{gated}{by}"))

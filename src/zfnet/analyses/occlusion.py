@@ -308,6 +308,9 @@ def occlusion(
                         base_logits, totals, _ = _unoccluded(model, image, layer, passes())
                         if predicted:  # the class those passes predict, the one followed
                             target = int(torch.argmax(base_logits.float()))
+                        if feature_map is None:  # ... and their strongest map, watched
+                            channel = int(torch.argmax(totals))
+                            watch = (layer, channel)
             if method == "full":
                 with passes():
                     logits, watched = _full_logits(model, image, boxes, fill_t, batch_size,

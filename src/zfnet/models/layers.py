@@ -399,14 +399,14 @@ def feature_layers(model: nn.Module, input_size: int | tuple[int, int] | None = 
     - a plain `features` chain (torchvision's alexnet, vgg, vgg_bn): its convolutions, or
       where they are more than 5 (a VGG's 8 to 16), the last one at each resolution (the
       one before each pooling: a VGG-16's conv1_2, conv2_2, conv3_3, conv4_3, conv5_3); a
-      convolution a batch norm follows, after that norm and its activation (a VGG-BN's
+      convolution a norm (batch, group) reads, after that norm and its activation (a VGG-BN's
       `features.2` for `features.0`: the map the next layer reads, where a negative scale
       makes the convolution's strongest units the ones the network suppresses);
     - any other network: the outputs of its main stages, the last one at each resolution
       (torchvision resnet: `relu`, its stem convolution after `bn1` and `relu`, then
       `layer1`…`layer4`; densenet: `features.relu0` and the dense blocks; googlenet: `conv1`,
       `conv3` and the last inception block of each size; mobilenet / efficientnet:
-      `features.N`, timm's `blocks.N`; a stem convolution a batch norm reads, after them, as
+      `features.N`, timm's `blocks.N`; a stem convolution a norm reads, after them, as
       a chain's). Stages are found
       generically: the top-level children that contain a convolution and output a map with a
       spatial geometry (`graph_geometry` at `input_size`, default 224); a stage whose own
@@ -521,29 +521,31 @@ def feature_layers(model: nn.Module, input_size: int | tuple[int, int] | None = 
 
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Hardswish,
                 nn.Mish)
+# what may follow a convolution before the map the network passes on: a negative scale in any
+# of them makes the convolution's strongest units the ones it suppresses
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
 
 
 def _chain_rectified(model: nn.Module, name: str) -> str:
-    """A chain's convolution `name`, or where a batch norm follows it, the last of the batch
-    norm and activation modules that follow (a VGG-BN's `features.2` for `features.0`): the map
-    the next layer reads, where a negative scale would make the convolution's strongest units
-    the ones the network suppresses."""
+    """A chain's convolution `name`, or where a norm (`_NORMS`: batch, group, instance) reads
+    it, the last of that norm and the activations after it (a VGG-BN's `features.2` for
+    `features.0`): the map the next layer reads, where a negative scale would make the
+    convolution's strongest units the ones the network suppresses."""
     infos = list(layer_info(model).items())
     k = next(i for i, (n, _) in enumerate(infos) if n == name)
     last, normed = name, False
     for n, info in infos[k + 1:]:
         module = model.get_submodule(info.module)
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            normed = True
-        elif not isinstance(module, _ACTIVATIONS):
+        if not (isinstance(module, _NORMS) if not normed  # the norm first, as `_graph_rectified`
+                else isinstance(module, _ACTIVATIONS)):
             break
-        last = n
-    return last if normed else name
+        last, normed = n, True
+    return last
 
 
 def _graph_rectified(model: nn.Module, path: str, made: dict) -> str:
-    """`path`, or where it is a convolution whose output goes straight into a batch norm (a
-    ResNet's stem `conv1`, a DenseNet's `features.conv0`), the last of that batch norm and the
+    """`path`, or where it is a convolution whose output goes straight into a norm (a
+    ResNet's stem `conv1`, a DenseNet's `features.conv0`), the last of that norm and the
     activations after it, each called once (`relu`, `features.relu0`): the map the network
     passes on (see `_chain_rectified`)."""
     if not isinstance(model.get_submodule(path), nn.Conv2d) or path not in made:
@@ -556,9 +558,8 @@ def _graph_rectified(model: nn.Module, path: str, made: dict) -> str:
         module = model.get_submodule(q)
         reads = feeds is out or (  # an in-place activation: its input is now its output
             feeds is node and any(f is out for f, _ in getattr(node, "next_functions", ())))
-        if not reads or calls != 1 or not (
-                isinstance(module, nn.modules.batchnorm._BatchNorm)
-                or (normed and isinstance(module, _ACTIVATIONS))):
+        if not reads or calls != 1 or not (isinstance(module, _NORMS) if not normed
+                                           else isinstance(module, _ACTIVATIONS)):
             break
         normed = True
         last, out = q, node
@@ -581,7 +582,9 @@ def first_convs(model: nn.Module, n: int = 2, input_size: int | tuple[int, int] 
     if not convs:
         raise ValueError(f"{type(model).__name__} has no Conv2d to show filters of")
     spatial = [c for c in convs if tuple(resolve_layer(model, c)[1].kernel_size) != (1, 1)]
-    return spatial[:n] if len(spatial) >= n else convs[:n]
+    pointwise = [c for c in convs if c not in spatial]
+    picked = set(spatial[:n] + pointwise[:max(0, n - len(spatial))])
+    return [c for c in convs if c in picked]  # in forward order
 
 
 def last_spatial_layer(model: nn.Module, input_size: int | tuple[int, int] | None = None
