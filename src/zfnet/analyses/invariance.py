@@ -140,7 +140,8 @@ EXAMPLES = 5  # amounts of each transformation shown as images
 
 def example_values(kind: str, values: Sequence[float], n: int = EXAMPLES) -> list[float]:
     """`n` of a sweep's `values` to show as images: spread evenly from the first to the last,
-    the untransformed amount (0, or scale 1) among them where the sweep has it."""
+    the untransformed amount (0, or scale 1) among them where the sweep has it, and a rotation
+    a whole turn from another (360° after 0°: the same image) left out."""
     if len(values) <= n:
         return list(values)
     picks = [round(k * (len(values) - 1) / (n - 1)) for k in range(n)]
@@ -149,7 +150,10 @@ def example_values(kind: str, values: Sequence[float], n: int = EXAMPLES) -> lis
         at = list(values).index(identity)
         nearest = min(range(1, n - 1), key=lambda k: abs(picks[k] - at))
         picks[nearest] = at
-    return [values[i] for i in sorted(set(picks))]
+    shown = [values[i] for i in sorted(set(picks))]
+    if kind == "rotate":
+        shown = [v for k, v in enumerate(shown) if all((v - u) % 360 for u in shown[:k])]
+    return shown
 
 
 def _amount(kind: str, value: float) -> str:
