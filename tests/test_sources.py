@@ -660,6 +660,9 @@ def test_a_googlenet_file_is_built_as_its_weights_were_and_inception_fed_at_299(
     assert any("built with transform_input=True" in n and "from_module" in n
                for n in src.meta["notes"])
     assert not load_source("torchvision:googlenet").model.transform_input  # random: as asked
+    own = load_source("torchvision:googlenet", str(tmp_path / "g.pth"), mean=0.5, std=0.25)
+    assert own.meta["notes"][-1].startswith("transform_input=True turns inputs normalised by "
+                                            "ImageNet's mean and std")  # not yours: said
     src = load_source("torchvision:inception_v3", device="meta")
     assert (src.preprocessing.resize, src.preprocessing.crop) == (342, 299)
     assert src.meta["notes"] == [

@@ -172,6 +172,11 @@ def load_source(
     src.meta["overrides"] = overrides
     if overrides:
         _override(src, overrides)
+        if getattr(src.model, "transform_input", False) and overrides.keys() & {"mean", "std"}:
+            src.meta["notes"].append(  # torchvision's GoogLeNet, Inception v3: see _torchvision
+                "transform_input=True turns inputs normalised by ImageNet's mean and std into "
+                "the model's own: with --mean/--std of your own it turns them as if they were "
+                "ImageNet's")
     src.model = src.model.to(device).eval()
     if src.kind in ("python", "hf") or ("crop" in overrides
                                          and src.kind in ("torchvision", "timm")):
