@@ -178,3 +178,20 @@ def test_the_caption_says_where_this_run_differs_from_the_papers_finding(tmp_pat
             "(49.4% against 58.2%)") in section.caption
     rows = [TransferRow(5, 20, 40, 0.7, 0.5, 1.0)]
     assert "Here the fixed" not in transfer_section(tmp_path, rows, "m", TINY).caption
+
+
+def test_a_from_scratch_run_that_did_not_learn_is_marked(tmp_path, monkeypatch) -> None:
+    """A SqueezeNet from scratch kept its loss at ln 7 for every step (its outputs the same for
+    every image) and the table showed its chance score as what it learned; now marked."""
+    import math
+
+    import zfnet.train
+
+    monkeypatch.setattr(zfnet.train, "train", lambda *a, **k: {
+        "final": {"val_top1_error": 0.5, "train_loss": math.log(2) + 1e-5}})
+    model = zfnet.create_model("zfnet_small", num_classes=4, input_size=32, in_channels=1)
+    (row,) = transfer_study(model, TINY, (1,), tmp_path, model_name="zfnet_small", n_test=10,
+                            scratch_steps=2, batch_size=2)
+    assert row.stuck and row.scratch_words() == "50.0% (did not learn)"
+    section = transfer_section(tmp_path, [row], "zfnet_small on x", TINY)
+    assert "marked 'did not learn' ended with its training loss at ln" in section.caption

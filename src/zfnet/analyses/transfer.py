@@ -124,6 +124,7 @@ class TransferRow:
     scratch: float | None
     scratch_seconds: float
     found: str = ""  # the images per class the data had where fewer than `per_class`: "20", "9-20"
+    stuck: bool = False  # the from-scratch run's training loss stayed at ln(classes)
 
     def per_class_words(self) -> str:
         """`per_class`, or where the data had fewer: "100 (of which 20 in the data)"."""
@@ -131,8 +132,11 @@ class TransferRow:
             else str(self.per_class)
 
     def scratch_words(self) -> str:
-        """The from-scratch accuracy as a percentage, or "diverged (NaN loss)"."""
-        return "diverged (NaN loss)" if self.scratch is None else f"{100 * self.scratch:.1f}%"
+        """The from-scratch accuracy as a percentage, or "diverged (NaN loss)"; "did not
+        learn" where its loss stayed at ln(classes)."""
+        if self.scratch is None:
+            return "diverged (NaN loss)"
+        return f"{100 * self.scratch:.1f}%" + (" (did not learn)" if self.stuck else "")
 
 
 def transfer_study(
@@ -172,6 +176,7 @@ def transfer_study(
     from zfnet.models import resolve_layer, zfnet_config
     from zfnet.sources import architecture_name
     from zfnet.train import NonFiniteLossError, TrainConfig, train
+    from zfnet.train.logs import STUCK
 
     architecture_name(model_name)  # one zfnet can train from scratch, or a ValueError
     resolve_layer(model, layer)  # one the model has, or an UnknownLayerError naming them
@@ -235,10 +240,12 @@ def transfer_study(
                 device=device,
             ), bundle=scratch_bundle)
             scratch: float | None = 1.0 - float(summary["final"]["val_top1_error"])
+            stuck = abs(float(summary["final"]["train_loss"])
+                        - math.log(max(few.num_classes, 2))) < STUCK
         except NonFiniteLossError:
-            scratch = None
+            scratch, stuck = None, False
         rows.append(TransferRow(n, n_train, len(test), fixed, scratch,
-                                time.perf_counter() - t0, found))
+                                time.perf_counter() - t0, found, stuck))
         if on_row is not None:
             on_row(rows[-1])
     return rows
@@ -317,6 +324,11 @@ def transfer_section(run_dir: str | Path, rows: Sequence[TransferRow], source: s
             + (" A from-scratch run marked diverged stopped on a NaN loss: it has no model "
                "to score."
                if any(r.scratch is None for r in rows) else "")
+            + (" A from-scratch run marked 'did not learn' ended with its training loss at ln "
+               "of the number of classes, the loss of outputs that are the same for every "
+               "image: its score is chance, not what the architecture can learn (a ReLU "
+               "before its logits that never fires?)."
+               if any(r.stuck for r in rows) else "")
         ),
         tables=[table, paper],
     )
