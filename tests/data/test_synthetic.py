@@ -92,3 +92,11 @@ def test_options():
     assert d.val.sample(1).class_name == "car"
     x10, _ = load_dataset("synthetic?n_train=2&n_val=2", ten_crop=True).val[0]
     assert x10.shape == (10, 3, 64, 64)
+
+
+def test_a_synthetic_set_too_large_to_hold_is_refused_before_it_is_drawn() -> None:
+    """`analyze transfer --shots 100000` asked synthetic for a million images (15 GiB) and
+    drew them for minutes, saying nothing, until memory ran out."""
+    with pytest.raises(ValueError, match=r"asks for 1001000 images of 72 px, 14\.5 GiB held in "
+                                         r"memory \(at most 8 GiB\): ask for fewer"):
+        load_dataset("synthetic?per_class=100000")

@@ -357,6 +357,9 @@ class SyntheticDataset(TensorImages):
         )
 
 
+MAX_BYTES = 8 * 2**30  # the images a synthetic dataset may hold: 0.8M of 64 px (72 stored)
+
+
 def generate(
     seed: int, split: str, n: int, class_ids: list[int], size: int
 ) -> tuple[torch.Tensor, list[int]]:
@@ -397,6 +400,13 @@ def load_synthetic(spec: DatasetSpec, *, ten_crop: bool = False, strict: bool = 
     if n_train == 0 or n_val == 0:
         raise ValueError(f"dataset spec {raw_spec!r} selects no training or no val images")
     seed, size = opts.get("seed", 0), opts.get("size", 64)
+    held = (n_train + n_val) * 3 * full_size_for(size) ** 2  # bytes: every image in memory
+    if held > MAX_BYTES:
+        raise ValueError(
+            f"dataset spec {raw_spec!r} asks for {n_train + n_val} images of "
+            f"{full_size_for(size)} px, {held / 2**30:.1f} GiB held in memory (at most "
+            f"{MAX_BYTES // 2**30} GiB): ask for fewer (n_train=, n_val=, per_class=; --shots "
+            "of `analyze transfer` is per_class) or a smaller size=")
     train_x, train_y = generate(seed, "train", n_train, class_ids, size)
     val_x, val_y = generate(seed, "val", n_val, class_ids, size)
     mean = train_x.to(torch.float64).mean(0).to(torch.float32)  # (3, F, F)
