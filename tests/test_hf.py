@@ -353,6 +353,11 @@ def test_a_model_naming_the_classes_in_another_order_follows_each_by_its_name(sa
     assert "p(class) of: the true class" in res.output
     section = json.loads((tmp_path / "out" / "sections" / "occlusion.json").read_text())
     assert section["tables"][0]["rows"][0][1] == "eagle"  # the true class, named
+    res = CliRunner().invoke(main, [  # a command that follows no class does not say it
+        "visualize", "topk", "--model", f"hf:{saved}", "--resize", "72", "--crop", "64",
+        "--data", f"imagefolder:{tmp_path / 'data'}", "--maps-per-layer", "1", "--k", "1",
+        "--device", "cpu", "--quiet", "--out", str(tmp_path / "topk")])
+    assert res.exit_code == 0 and "names each of" not in res.output, res.output
     res = CliRunner().invoke(main, [
         "analyze", "occlusion", "--model", f"hf:{saved}", "--resize", "72", "--crop", "64",
         "--data", f"imagefolder:{tmp_path / 'other'}", "--images", "1", "--device", "cpu",

@@ -178,7 +178,8 @@ def invariance_cmd(model_options: ModelOptions, data: str | None, out: str,
     without a dataset of its own and no --data: the photos alone)."""
     from zfnet import pipeline
 
-    source, bundle = _model_and_data(model_options, data, optional_data=True)
+    source, bundle = _model_and_data(model_options, data, optional_data=True,
+                                     follows_class=True)
     chosen = _layers(source.model, layers)
     if bundle is None:
         click.echo("no --data: the 5 built-in photos only (--data SPEC adds "
@@ -238,7 +239,7 @@ def occlusion_cmd(model_options: ModelOptions, data: str | None, out: str, image
     from zfnet.analyses.occlusion import metric_words, occlusion_report
     from zfnet.pipeline import check_fits
 
-    source, bundle = _model_and_data(model_options, data)
+    source, bundle = _model_and_data(model_options, data, follows_class=True)
     check_fits(source.model, bundle)
     layer = _layers(source.model, (layer,))[0] if layer else None
     target = None if class_name is None else class_indices(

@@ -20,13 +20,15 @@ def _mining_workers(workers: int | str | None, device: object) -> int:
 
 def _model_and_data(options: ModelOptions, data: str | None = None, *, need_data: bool = True,
                     optional_data: bool = False, ten_crop: bool = False, strict: bool = False,
-                    device=None, notes: bool = True):
+                    device=None, notes: bool = True, follows_class: bool = False):
     """(Source, DataBundle or None) for a command: the model `options` name, loaded once, with
     its preprocessing (the notes on how — random init, default preprocessing — go to stderr),
     and `data` (default: the run's dataset) as that model's inputs. `optional_data`: None
     instead of an error where neither `data` nor the model names a dataset. `device`: where
     the model goes instead of `options.device` (a torchrun process's own); `notes` False: not
-    shown (torchrun's other processes)."""
+    shown (torchrun's other processes). `follows_class`: the command follows each image's class
+    (occlusion, invariance), and says how it finds it where the model names its classes
+    otherwise than the dataset (`zfnet.analyses.classes.match_classes`)."""
     from zfnet.sources import load_data, load_source
     from zfnet.train.distributed import resolve_device
 
@@ -51,12 +53,12 @@ def _model_and_data(options: ModelOptions, data: str | None = None, *, need_data
 
         matched = match_classes(source.model, source.labels,
                                 getattr(bundle, "class_names", None))
-        if matched == "other" and notes:
+        if matched == "other" and notes and follows_class:
             click.echo(f"{source.name} names its {len(source.labels)} outputs otherwise than "
                        f"{bundle.spec or 'the dataset'} names its classes (output 0 "
                        f"{source.labels[0]!r}, class 0 {bundle.class_names[0]!r}): the "
                        "analyses follow the class it predicts", err=True)
-        elif matched == "by name" and notes:
+        elif matched == "by name" and notes and follows_class:
             click.echo(f"{source.name} names each of the {bundle.num_classes} classes of "
                        f"{bundle.spec or 'the dataset'} among its {len(source.labels)} "
                        "outputs: the analyses follow each image's class at the output of its "
