@@ -87,7 +87,7 @@ def progress_bar(iterable: Iterable[Any] | None = None, *, desc: str, unit: str 
     minute included)."""
     on_terminal = terminal()
     return _Bar(iterable, desc=desc, unit=unit, total=total, initial=initial,
-                disable=not (shown and _SHOWN.get()), leave=leave or not on_terminal,
+                disable=not (shown and bars_shown()), leave=leave or not on_terminal,
                 position=position,
                 dynamic_ncols=True, file=sys.stderr if on_terminal else _LogLines(sys.stderr),
                 mininterval=ON_TERMINAL_S if on_terminal else INTO_LOG_S)

@@ -72,6 +72,13 @@ def match_classes(model: nn.Module, labels: Sequence[str] | None,
     return "other"
 
 
+def _kept(model: nn.Module, bundle: Any) -> tuple[tuple[str, ...], list[int] | None] | None:
+    """What `match_classes` kept of `model` for the classes of `bundle`, or None."""
+    kept = _MATCHED.get(model)
+    ok = kept is not None and kept[0] == tuple(getattr(bundle, "class_names", None) or ())
+    return kept if ok else None
+
+
 def labels_are_classes(model: nn.Module, bundle: Any) -> bool:
     """Whether `bundle`'s labels index `model`'s outputs: the model has exactly as many outputs
     as the dataset has classes (a model trained on it, the usual case for zfnet's runs), unless
@@ -80,8 +87,7 @@ def labels_are_classes(model: nn.Module, bundle: Any) -> bool:
     n = int(getattr(bundle, "num_classes", 0) or 0)
     if n < 1:
         return False
-    kept = _MATCHED.get(model)
-    if kept is not None and kept[0] == tuple(getattr(bundle, "class_names", None) or ()):
+    if _kept(model, bundle) is not None:  # named otherwise, or at other outputs
         return False
     val = bundle.val.with_mode("centre") if getattr(bundle.val, "mode", "centre") != "centre" \
         else bundle.val
@@ -92,8 +98,8 @@ def class_outputs(model: nn.Module, bundle: Any) -> list[int] | None:
     """For each of `bundle`'s classes, the output of `model` that scores it: the class's own
     index where `labels_are_classes`, the output of its name where `match_classes` found it
     so; None where the model's classes are others (the analyses follow its prediction)."""
-    kept = _MATCHED.get(model)
-    if kept is not None and kept[0] == tuple(getattr(bundle, "class_names", None) or ()):
+    kept = _kept(model, bundle)
+    if kept is not None:
         return None if kept[1] is None else list(kept[1])
     if labels_are_classes(model, bundle):
         return list(range(int(bundle.num_classes)))

@@ -176,7 +176,7 @@ def transfer_study(
     from zfnet.models import resolve_layer, zfnet_config
     from zfnet.sources import architecture_name
     from zfnet.train import NonFiniteLossError, TrainConfig, train
-    from zfnet.train.logs import STUCK
+    from zfnet.train.logs import stuck_at_chance
 
     architecture_name(model_name)  # one zfnet can train from scratch, or a ValueError
     resolve_layer(model, layer)  # one the model has, or an UnknownLayerError naming them
@@ -240,8 +240,7 @@ def transfer_study(
                 device=device,
             ), bundle=scratch_bundle)
             scratch: float | None = 1.0 - float(summary["final"]["val_top1_error"])
-            stuck = abs(float(summary["final"]["train_loss"])
-                        - math.log(max(few.num_classes, 2))) < STUCK
+            stuck = stuck_at_chance(float(summary["final"]["train_loss"]), few.num_classes)
         except NonFiniteLossError:
             scratch, stuck = None, False
         rows.append(TransferRow(n, n_train, len(test), fixed, scratch,

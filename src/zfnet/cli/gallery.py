@@ -132,9 +132,8 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
             labels = source.labels or []
             which = ", ".join(f"{c} ({labels[c]})" if classes and c < len(labels) else str(c)
                               for c in blank)
-            what = ("class scores" if classes else "maps") if len(blank) > 1 else \
-                ("class score" if classes else "map")
             many = len(blank) > 1
+            what = ("class score" if classes else "map") + "s" * many
             click.echo(f"note: {name} {what} {which} never above zero over the images: "
                        f"{'their' if many else 'its'} projections are blank (--seed one shows "
                        f"what would raise {'them' if many else 'it'})", err=True)

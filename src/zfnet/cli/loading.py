@@ -130,12 +130,11 @@ def _finish(out: str) -> None:
     """Build the report page of `out`; a section there that cannot be read (another's,
     corrupt) is said with what this command kept and how to build the page once it is mended."""
     from zfnet.report import build_report
+    from zfnet.report.sections import SectionFileError
 
     try:
         page = build_report(out)
-    except ValueError as e:
-        if "is not a report section" not in str(e):
-            raise
+    except SectionFileError as e:
         raise click.ClickException(f"{e}; this command's results are saved in {out}: "
                                    f"`zfnet report {out}` then builds the page") from None
     click.echo(f"report: {page.resolve()}")

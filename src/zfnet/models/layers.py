@@ -432,7 +432,8 @@ def feature_layers(model: nn.Module, input_size: int | tuple[int, int] | None = 
             infos = [c for k, c in enumerate(infos)
                      if k + 1 == len(infos) or jump(k) != jump(k + 1)]
         if infos:
-            return [_chain_rectified(model, n) for n, _ in infos]
+            chain = list(layer_info(model).items())  # every layer, the norms after each conv
+            return [_chain_rectified(model, chain, n) for n, _ in infos]
     geo = graph_geometry(model, input_size or DEFAULT_SIZE)
     objects: set[str] | None = None  # the modules whose output is no tensor, when asked
     vectors: set[str] = set()  # ... and those whose output is (N, C)
@@ -526,18 +527,22 @@ _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Ha
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
 
 
-def _chain_rectified(model: nn.Module, name: str) -> str:
-    """A chain's convolution `name`, or where a norm (`_NORMS`: batch, group, instance) reads
-    it, the last of that norm and the activations after it (a VGG-BN's `features.2` for
-    `features.0`): the map the next layer reads, where a negative scale would make the
-    convolution's strongest units the ones the network suppresses."""
-    infos = list(layer_info(model).items())
-    k = next(i for i, (n, _) in enumerate(infos) if n == name)
+def _passes_on(module: nn.Module, normed: bool) -> bool:
+    """Whether `module`, next after a convolution (and its norm, `normed`), is part of the map
+    the network passes on: a norm first (`_NORMS`), then activations."""
+    return isinstance(module, _ACTIVATIONS if normed else _NORMS)
+
+
+def _chain_rectified(model: nn.Module, chain: list[tuple[str, LayerInfo]], name: str) -> str:
+    """A chain's convolution `name` (`chain`: its `layer_info` items, in order), or where a norm
+    (`_NORMS`: batch, group, instance) reads it, the last of that norm and the activations
+    after it (a VGG-BN's `features.2` for `features.0`): the map the next layer reads, where a
+    negative scale would make the convolution's strongest units the ones the network
+    suppresses."""
+    k = next(i for i, (n, _) in enumerate(chain) if n == name)
     last, normed = name, False
-    for n, info in infos[k + 1:]:
-        module = model.get_submodule(info.module)
-        if not (isinstance(module, _NORMS) if not normed  # the norm first, as `_graph_rectified`
-                else isinstance(module, _ACTIVATIONS)):
+    for n, info in chain[k + 1:]:
+        if not _passes_on(model.get_submodule(info.module), normed):
             break
         last, normed = n, True
     return last
@@ -555,11 +560,9 @@ def _graph_rectified(model: nn.Module, path: str, made: dict) -> str:
     last, normed = path, False
     for q in order[order.index(path) + 1:]:
         node, _, feeds, calls = made[q][:4]
-        module = model.get_submodule(q)
         reads = feeds is out or (  # an in-place activation: its input is now its output
             feeds is node and any(f is out for f, _ in getattr(node, "next_functions", ())))
-        if not reads or calls != 1 or not (isinstance(module, _NORMS) if not normed
-                                           else isinstance(module, _ACTIVATIONS)):
+        if not reads or calls != 1 or not _passes_on(model.get_submodule(q), normed):
             break
         normed = True
         last, out = q, node

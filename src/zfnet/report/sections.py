@@ -118,6 +118,11 @@ def _figure_paths(section_file: Path) -> set[str]:
         return set()
 
 
+class SectionFileError(ValueError):
+    """A file in a run's `sections/` that is not a report section (corrupt, of another
+    version): the page cannot be built until it is deleted or written again."""
+
+
 def read_sections(run_dir: str | Path) -> list[Section]:
     """Every section saved in `run_dir`, sorted by (order, key).
 
@@ -141,8 +146,8 @@ def read_sections(run_dir: str | Path) -> list[Section]:
             d["tables"] = [Table(**t) for t in d.get("tables", [])]
             section = Section(**d)
         except (ValueError, TypeError, AttributeError) as e:
-            raise ValueError(f"{p} is not a report section (corrupt or of another version: "
-                             f"{e}); delete it or write it again") from None
+            raise SectionFileError(f"{p} is not a report section (corrupt or of another "
+                                   f"version: {e}); delete it or write it again") from None
         for f in section.figures:
             if not inside(run_dir, f.path):
                 raise ValueError(f"{p}: figure {f.path!r} is outside {run_dir}; refusing to "

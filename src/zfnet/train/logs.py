@@ -57,6 +57,12 @@ def top5_words(error: float, classes: int | None, label: str = "top-5") -> str:
 STUCK = 5e-4  # a mean training loss this close to ln(classes): outputs that do not move
 
 
+def stuck_at_chance(loss: float, classes: int | None) -> bool:
+    """Whether a mean training loss is ln(classes) to `STUCK`: the loss of outputs that are the
+    same for every image, a network that has not started to learn."""
+    return bool(classes) and classes > 1 and abs(loss - math.log(classes)) < STUCK
+
+
 def epoch_lines(row: dict[str, Any], epochs: int, validated: bool,
                 classes: int | None = None) -> list[str]:
     """The log lines of an epoch's `epoch_row`: its figures, and the samples skipped if any.
@@ -69,7 +75,7 @@ def epoch_lines(row: dict[str, Any], epochs: int, validated: bool,
     if row["skipped"]:
         lines.append(f"epoch {row['epoch']}: {row['skipped']} training sample(s) skipped "
                      f"(unreadable files, named in the warnings above)")
-    if classes and classes > 1 and abs(row["train_loss"] - math.log(classes)) < STUCK:
+    if stuck_at_chance(row["train_loss"], classes):
         lines.append(f"epoch {row['epoch']}: the training loss is ln {classes} = "
                      f"{math.log(classes):.4f}, the loss of outputs that are the same for every "
                      "image: the network has not started to learn (a ReLU before the logits "
