@@ -268,8 +268,8 @@ def invariance(model: nn.Module, bundle: DataBundle | None, run_dir: str | Path,
              f"and scikit-learn ({', '.join(photo_names)}), the same for every model and "
              "dataset, so that models can be compared on them; the class followed is the one "
              "each is first predicted as.")]
+    outputs = None if bundle is None else class_outputs(model, bundle)  # each class's output
     if bundle is not None:
-        outputs = class_outputs(model, bundle)  # each class's output, where the model has them
         val = _centre(bundle)
         # one image per class while classes last, then the next ones (readable files only)
         picks = [i for i, _ in pick_items(val, n_dataset_images, one_per_class=True)]
@@ -285,7 +285,7 @@ def invariance(model: nn.Module, bundle: DataBundle | None, run_dir: str | Path,
             + (" (its val split, one per class while classes last)" if bundle.class_names
                else "") + "."))
     if class_names is None and bundle is not None and \
-            class_outputs(model, bundle) == list(range(bundle.num_classes)):
+            outputs == list(range(bundle.num_classes)):  # the dataset's classes: its names
         class_names = labels_of(bundle)
     out: dict[str, Any] = {}
     for key, imgs, lab, tnames, title, about in sets:

@@ -276,11 +276,9 @@ def part_mask(region: Region, height: int, width: int) -> torch.Tensor:
             draw.polygon(list(polygon), fill=1, outline=1)
         mask = torch.from_numpy(np.array(canvas, dtype=bool))
         if not mask.any():
-            xs = [x for poly in region.polygons for x, _ in poly]
-            ys = [y for poly in region.polygons for _, y in poly]
-            raise ValueError(f"outline (x {min(xs):g} to {max(xs):g}, y {min(ys):g} to "
-                             f"{max(ys):g}) lies outside the {width}x{height} image (in its "
-                             "pixels)")
+            left, top, right, bottom = region_bounds(region)
+            raise ValueError(f"outline (x {left:g} to {right:g}, y {top:g} to {bottom:g}) "
+                             f"lies outside the {width}x{height} image (in its pixels)")
         return mask
     box = region
     left, top, right, bottom = (round(v) for v in box)
