@@ -154,7 +154,7 @@ def test_project_command_with_a_weights_file(photos, tmp_path) -> None:
         "project", str(photos / "coffee.jpg"), str(photos / "astronaut.jpg"),
         "--model", "torchvision:vgg11", "--weights", str(tmp_path / "vgg.pth"),
         "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--resize", "80", "--crop", "64",
-        "--layer", "features.8", "--channel", "3,17", "--out", str(out)])
+        "--layer", "features.8", "--map", "3,17", "--out", str(out)])
     assert res.exit_code == 0, res.output
     index = json.loads((out / "project.json").read_text())
     units = index["units"]
@@ -254,10 +254,10 @@ def test_project_command_nonlinear_option(photos, tmp_path) -> None:
 
 @pytest.mark.parametrize("args,message", [
     (["--layer", "layer9"], "layer 'layer9' does not exist"),
-    (["--layer", "layer1", "--channel", "64"], "outside the 64 maps of layer1; valid: 0..63"),
+    (["--layer", "layer1", "--map", "64"], "outside the 64 maps of layer1; valid: 0..63"),
     # of several layers, the one the map is not in is named
     (["--layer", "layer4,conv1", "--channel", "100"], "100 outside the 64 maps of conv1"),
-    (["--layer", "layer1", "--channel", "1", "--top", "2"], "--channel and --top"),
+    (["--layer", "layer1", "--channel", "1", "--top", "2"], "--map and --top"),
     (["--layer", "layer1", "--rule", "lrp"], "'lrp' is not one of"),
     (["--layer", "layer3,layer4", "--position", "10,5"],
      "position (row 10, col 5) is outside the 7x7 maps of layer 'layer4' (rows 0 to 6, "

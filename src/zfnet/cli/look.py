@@ -31,8 +31,9 @@ from zfnet.cli.options import (
               help="Layers, comma-separated and/or repeated: names from `zfnet models SOURCE` "
                    "(conv5, layer3, features.28). Default: conv1..conv5 on zfnet's models, the "
                    "main stages of any other CNN.")
-@click.option("--channel", "channels", multiple=True, callback=_counts_from_zero,
-              metavar="C[,C...]", help="These maps (repeat or comma list).")
+@click.option("--map", "--channel", "channels", multiple=True, callback=_counts_from_zero,
+              metavar="M[,M...]", help="These maps (repeat or comma list; numbers from 0), "
+                                       "as `visualize topk --map` takes them.")
 @click.option("--top", type=_Whole(1), default=None,
               help="Each image's K most active maps (default 4).")
 @click.option("--class", "classes", multiple=True, metavar="NAME",
@@ -69,8 +70,8 @@ def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
     from zfnet.models import feature_layers, score_layer
 
     if channels and top:
-        raise click.UsageError("--channel and --top both choose the maps: give one of them")
-    _class_alone(classes, {"--layer": layers, "--channel": channels, "--top": top,
+        raise click.UsageError("--map and --top both choose the maps: give one of them")
+    _class_alone(classes, {"--layer": layers, "--map": channels, "--top": top,
                            "--position": position})
     found = image_sources(images)  # before the model is loaded
     source, _ = _model_and_data(model_options, need_data=False)
