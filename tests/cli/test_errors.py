@@ -328,7 +328,6 @@ CASES = [
     ("eval-batch-0", ["eval", *CK, "--batch-size", "0"], "--batch-size"),
     ("eval-workers", ["eval", *CK, "--workers", "-2"], "'-2' is not auto or a number >= 0"),
     ("eval-loader-gpu-in-memory", ["eval", *CK, "--loader", "gpu"], "has none to decode"),
-    ("eval-json-no-folder", ["eval", *CK, "--json", "{out}/r.json"], "r.json"),
     ("eval-json-a-folder", ["eval", *CK, "--json", "{empty}"], "empty is a folder, not a file"),
     ("eval-other-classes", ["eval", *CK, "--data", TINY + "&classes=0,1"], "2 classes"),
     ("eval-other-size", ["eval", *CK, "--data", OTHER_SIZE], "48 px"),

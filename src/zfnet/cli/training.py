@@ -301,10 +301,6 @@ def eval_cmd(checkpoint: str | None, model: str | None, weights: str | None,
                                "holds its weights, preprocessing and class names")
     if model is not None and live_weights:
         raise click.UsageError("--live-weights is for a --checkpoint run trained with --ema")
-    if json_out and not Path(json_out).resolve().parent.is_dir() and not (
-            out and Path(json_out).resolve().parent == Path(out).resolve()):
-        raise click.BadParameter(f"the folder of {json_out} does not exist (it may be --out's)",
-                                 param_hint="--json")
     common = dict(batch_size=batch_size, workers=workers if workers is not None else "auto",
                   loader=loader or "auto", amp=amp, strict=strict, compile=compile,
                   progress=progress)  # 10 crops of 50k images: hours on a CPU
