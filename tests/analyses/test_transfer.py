@@ -120,6 +120,9 @@ def test_shots_beyond_the_data_say_how_many_it_had_and_bad_shots_are_refused(
         transfer_study(model, TINY, (5, 1, 5), tmp_path / "b", model_name="zfnet_small")
     with pytest.raises(ValueError, match="in spec 'nosuch';"):
         transfer_study(model, "nosuch", (1,), tmp_path / "b", model_name="zfnet_small")
+    # a last N too large to hold is refused before the first N's runs, not after them
+    with pytest.raises(ValueError, match="at most 8 GiB"):
+        transfer_study(model, "synthetic", (1, 100000), tmp_path / "b", model_name="zfnet_small")
     assert not (tmp_path / "b").exists()
 
 

@@ -204,14 +204,20 @@ def transfer_study(
     twice = sorted({n for n in shots if list(shots).count(n) > 1})
     if twice:
         raise ValueError(f"shots {', '.join(map(str, twice))} given twice; give each once")
+    if small := [n for n in shots if n < 1]:
+        raise ValueError(f"shots must be >= 1 image per class, got {small[0]}")
+    # The largest N's data first: what it cannot be (too large to hold, no training split) is
+    # said before the smaller ones' runs, not after them.
+    largest = max(shots, default=1)
+    ahead = {largest: load_dataset(with_options(target, per_class=largest),
+                                   preprocessing=preprocessing)}
+    if len(ahead[largest].train) == 0:  # a labelled test set alone (imagefolder:DIR, val/ only)
+        raise ValueError(f"transfer trains on the training split, and {target} has none "
+                         "(val/ alone); give a folder with train/ as well")
     rows: list[TransferRow] = []
     for n in shots:
-        if n < 1:
-            raise ValueError(f"shots must be >= 1 image per class, got {n}")
-        loaded = load_dataset(with_options(target, per_class=n), preprocessing=preprocessing)
-        if len(loaded.train) == 0:  # a labelled test set alone (imagefolder:DIR, val/ only)
-            raise ValueError(f"transfer trains on the training split, and {target} has none "
-                             "(val/ alone); give a folder with train/ as well")
+        loaded = ahead.pop(n, None) or load_dataset(with_options(target, per_class=n),
+                                                    preprocessing=preprocessing)
         found = _fewer_per_class(loaded.train, n)
         few = adapt_bundle(loaded, channels, size)  # with `preprocessing`: as it is
         test = Subset(few.val, range(min(n_test, len(few.val))))
