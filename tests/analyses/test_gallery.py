@@ -302,21 +302,25 @@ def test_the_images_are_counted_in_words() -> None:
     assert images_text(1, 2) == "1 image (of 2 files, 1 unreadable)"
 
 
-def test_fewer_images_than_k_leave_cells_blank_and_the_caption_says_so(tmp_path) -> None:
+def test_fewer_images_than_k_cut_k_to_them(tmp_path) -> None:
+    """A map has one activation an image: k past the images read is cut to them (the title,
+    caption, table and figure), not drawn as empty cells."""
     torch.manual_seed(0)
     model = zfnet.create_model("zfnet_small")
-    res = run_topk_gallery(model, _data(3), ["conv1"], k=9, out_dir=tmp_path, maps=[0])
-    assert (res.topk["conv1"].index[0, 3:] == -1).all()  # one entry per image: 3 of 9 filled
+    res = run_topk_gallery(model, _WithBroken(5, {1, 3}), ["conv1"], k=9, out_dir=tmp_path,
+                           maps=[0])
+    assert res.topk["conv1"].k == 3 and (res.topk["conv1"].index[0] >= 0).all()
+    assert res.projections["conv1"].shape[1] == 3
     (section,) = read_sections(tmp_path)
-    assert "over 3 images, one per image (its strongest position), each" in section.caption
-    assert "receptive field (conv1 5 px). With 3 images, 6 of the 9 cells stay blank. Right:" \
-        in section.caption
+    assert section.title.startswith("Top-3 activations") and section.metrics["k"] == 3
+    assert "the 3 strongest activations of that map over 3 images (of 5 files, 2 unreadable)" \
+        in section.caption and "blank" not in section.caption
 
 
 def test_the_top_k_table_names_each_units_image_activation_and_box(tmp_path) -> None:
     """gallery/topk.json: every map of every layer, its top k best first, each entry the image
     (its file name for a folder; null without files), its index, the activation, the unit and
-    its receptive field in the input; a map a line; empty slots left out."""
+    its receptive field in the input; a map a line; k cut to the images there are."""
     import json
 
     torch.manual_seed(0)
@@ -330,9 +334,9 @@ def test_the_top_k_table_names_each_units_image_activation_and_box(tmp_path) -> 
     for name in ("conv1", "conv3"):
         t, geo = res.topk[name], layer_info(model)[name].geometry
         layer = table["layers"][name]
-        assert (layer["k"], layer["mined"], len(layer["maps"])) == (4, 3, t.values.shape[0])
+        assert (layer["k"], layer["mined"], len(layer["maps"])) == (3, 3, t.values.shape[0])
         for c, entries in enumerate(layer["maps"]):
-            assert len(entries) == 3  # 3 images: the 4th slot is empty
+            assert len(entries) == 3  # 3 images: k=4 cut to them
             for j, e in enumerate(entries):
                 r, q = int(t.row[c, j]), int(t.col[c, j])
                 assert e == {"image": None, "item": int(t.index[c, j]),
@@ -340,7 +344,7 @@ def test_the_top_k_table_names_each_units_image_activation_and_box(tmp_path) -> 
                              "row": r, "col": q, "box": list(geo.box(r, q, 64))}
     assert len(text.splitlines()) == 1 + (1 + 48) + (1 + 192)  # a line a layer, a line a map
     (section,) = read_sections(tmp_path)
-    assert section.caption.endswith("Every map's top 4, each its image, activation, unit and "
+    assert section.caption.endswith("Every map's top 3, each its image, activation, unit and "
                                     "receptive field: topk.json.")
     # a folder of images: each named by its file
     folder = tmp_path / "photos"

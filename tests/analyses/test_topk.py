@@ -495,6 +495,53 @@ def test_a_k_past_the_images_is_cut_to_them_and_said(tmp_path) -> None:
         "visualize", "topk", "--model", "zfnet_small", "--data", "synthetic?n_val=3&size=32",
         "--k", "1000", "--layer", "conv1", "--maps-per-layer", "2", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
-    assert "--k 1000: 3 images to mine, so the top 3 of each map" in res.output
+    assert "--k 1000: 3 images read, so the top 3 of each map" in res.output
     index = json.loads((tmp_path / "gallery" / "topk.json").read_text())
     assert index["layers"]["conv1"]["k"] == 3
+
+
+def test_k_is_cut_to_the_images_read_not_the_files(tmp_path) -> None:
+    """5 files of which 3 unreadable: said "5 images to mine, so the top 5", titled Top-5, k 5 in
+    topk.json and laid out for 5 with blank cells; now k is the 2 images read everywhere."""
+    import json
+
+    import torchvision
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from zfnet.cli import main
+    from zfnet.report import read_sections
+
+    torch.manual_seed(0)
+    weights = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    said = {}
+    for name in ("messy", "clean"):
+        folder = tmp_path / name
+        folder.mkdir()
+        for i in range(2):
+            Image.new("RGB", (40, 48), (60 * i, 90, 200)).save(folder / f"p{i}.png")
+        if name == "messy":
+            (folder / "empty.jpg").write_bytes(b"")
+            (folder / "text.png").write_text("not an image\n")
+            (folder / "cut.jpg").write_bytes((folder / "p0.png").read_bytes()[:40])
+        res = CliRunner().invoke(main, [
+            "visualize", "topk", "--model", "torchvision:resnet18", "--weights", str(weights),
+            "--resize", "40", "--crop", "32", "--data", f"images:{folder}", "--layer",
+            "layer1", "--maps-per-layer", "2", "--out", str(tmp_path / f"out_{name}")])
+        assert res.exit_code == 0, res.output
+        said[name] = res.output
+    assert "--k 9: 2 images read (of 5 files, 3 unreadable), so the top 2 of each map" \
+        in said["messy"] and "5 images" not in said["messy"]
+    assert "--k 9: 2 images read, so the top 2 of each map" in said["clean"]
+    out = tmp_path / "out_messy"
+    table = json.loads((out / "gallery" / "topk.json").read_text())
+    assert table["layers"]["layer1"]["k"] == 2
+    (section,) = read_sections(out)
+    assert section.title.startswith("Top-2 activations") and section.metrics["k"] == 2
+    assert "the 2 strongest activations of that map over 2 images (of 5 files, 3 unreadable)" \
+        in section.caption and "cells stay blank" not in section.caption
+    # laid out as for the 2 images alone: no blank cells
+    sizes = {Image.open(tmp_path / f"out_{name}" / "gallery" / "topk_layer1.png").size
+             for name in said}
+    assert len(sizes) == 1

@@ -583,3 +583,30 @@ def test_jpeg_figures_where_smaller_and_close_to_the_pngs(tiny_run, tmp_path) ->
     with pytest.raises(ValueError, match="figures='webp': give one of png, jpeg"):
         write_atlas(source.model, bundle, tmp_path / "webp", figures="webp", **kw)
     assert not (tmp_path / "webp").exists()
+
+
+class _Broken(torch.utils.data.Dataset):
+    """4 images, of which items 1 and 2 are unreadable files (None, as datasets give them)."""
+
+    def __init__(self) -> None:
+        self.data = TensorDataset(torch.randn(4, 3, 32, 32), torch.zeros(4, dtype=torch.long))
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int):
+        return None if i in (1, 2) else self.data[i]
+
+
+def test_k_is_cut_to_the_images_read(tmp_path) -> None:
+    """--k 3 of 4 files of which 2 unreadable: each map has 2 activations to show, not 3 cells
+    of which one blank."""
+    torch.manual_seed(0)
+    model = create_model("zfnet_small", input_size=32)
+    out = tmp_path / "site"
+    write_atlas(model, _Broken(), out, layers=["conv1"], k=3, maps_per_layer=1)
+    doc = json.loads((out / ATLAS_FILE).read_text())
+    assert (doc["k"], doc["images"], doc["files"]) == (2, 2, 4)
+    assert [len(u["topk"]) for u in doc["layers"][0]["units"]] == [2]
+    page = (out / "index.html").read_text()
+    assert "the 2 strongest activations" in page and "cells stay blank" not in page

@@ -71,7 +71,7 @@ CAPTION = """
 Paper Fig. 2. Each block is one {block}. Left: the {k} strongest activations
 of that {one} over {n}, one per image (its strongest position), each projected
 separately down to pixels ({rule}) and cropped to
-the activation's receptive field ({rf}).{empty} Right: the matching image patches. {display}
+the activation's receptive field ({rf}). Right: the matching image patches. {display}
 Reading the sign: the projection is in the units of the mean-subtracted
 input, so bright / coloured pixels push the activation up and dark ones are the opposite
 pattern; the deconvnet rectifies the signal at every ReLU on the way down, but the transposed
@@ -473,7 +473,9 @@ def run_topk_gallery(
         else:
             topk = mine_topk(model, dataset, layers, k, batch_size=batch_size, device=device,
                              progress=progress, num_workers=num_workers, **kept)
-    topk = {name: topk[name] for name in layers}
+    # k cut to the images read (a map has one activation an image): the title, caption, table
+    # and layout all show the k there are, not empty cells for the broken files
+    k, topk = within_mined({name: topk[name] for name in layers}, k, len(dataset))
     if distributed and current_rank() != 0:
         return GalleryResult(topk=topk, maps={}, projections={})
     save_topk(topk, out_dir / "topk.pt")
@@ -544,7 +546,6 @@ def run_topk_gallery(
                   ("feature map of the layer (of a fully connected layer, one unit)", "map"))
     caption = " ".join(CAPTION.split()).format(block=block, one=one,
                                                k=k, n=images_text(n_images, len(dataset)),
-                                               empty=blank_cells_text(n_images, k),
                                                rule=RULE_NAMES.get(label, label),
                                                rf=fields, display=DISPLAY_CAPTION)
     caption += f" Above each block, its {one}'s number" + (
@@ -600,12 +601,14 @@ def _mined(topk: TopK, files: int) -> int:
     return files if topk.mined is None else topk.mined
 
 
-def blank_cells_text(mined: int, k: int) -> str:
-    """Why some cells are blank: fewer images than k ("" where there are enough)."""
-    if mined >= k:
-        return ""
-    blank = k - mined
-    return f" With {mined} image{'s' * (mined != 1)}, {blank} of the {k} cells stay blank."
+def within_mined(topk: Mapping[str, TopK], k: int, files: int) -> tuple[int, dict[str, TopK]]:
+    """k and `topk`, each map's top k cut to the images mined where there were fewer (a map
+    has one activation an image: the rest were empty cells); `files`: the items mined, where a
+    top-k does not say how many were read."""
+    mined = _mined(next(iter(topk.values())), files)
+    if 0 < mined < k:
+        return mined, {name: t.first(mined) if t.k > mined else t for name, t in topk.items()}
+    return k, dict(topk)
 
 
 def images_text(mined: int, files: int) -> str:

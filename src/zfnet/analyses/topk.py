@@ -119,6 +119,12 @@ class TopK:
             torch.zeros(channels, k, dtype=torch.long),
         )
 
+    def first(self, k: int) -> TopK:
+        """The k strongest of each map (copies: the rest is not kept, nor saved)."""
+        return TopK(self.layer, *(t[:, :k].contiguous()
+                                  for t in (self.values, self.index, self.row, self.col)),
+                    self.mined)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain tensors and strings, for `torch.save` or `all_gather_object`."""
         return {"layer": self.layer, "values": self.values, "index": self.index,

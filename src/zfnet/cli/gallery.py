@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -41,17 +42,24 @@ def _gallery_figures(out: str) -> list[str]:
         return []
 
 
-def _k_within(k: int, images: int | None, val: int, said: bool = True) -> int:
-    """--k, at most the images mined (--images, at most the `val` images there are; a map has
-    no more activations to show: --k 1000 of 3 photos drew a page of empty cells), said where
-    it is cut."""
-    images = min(images or val, val)
-    if k > images > 0:
-        if said:
-            click.echo(f"--k {k}: {images} image{'s' * (images != 1)} to mine, so the top "
-                       f"{images} of each map", err=True)
-        return images
-    return k
+def _files(images: int | None, val: int) -> int:
+    """The items mined: --images, at most the `val` images there are."""
+    return min(images or val, val)
+
+
+def _k_within(k: int, files: int) -> int:
+    """--k, at most the `files` to mine (a map has no more activations to show: --k 1000 of 3
+    photos drew a page of empty cells); the mining cuts it again to the images it could read,
+    and `_say_k` says so."""
+    return min(k, files) if files > 0 else k
+
+
+def _say_k(asked: int, k: int, mined: int, files: int) -> None:
+    """Where --k `asked` was cut to the `k` shown: by the `mined` images read of `files`."""
+    if k < asked:
+        unread = f" (of {files} files, {files - mined} unreadable)" if mined < files else ""
+        click.echo(f"--k {asked}: {mined} image{'s' * (mined != 1)} read{unread}, so the top "
+                   f"{k} of each map", err=True)
 
 
 @visualize.command("topk", short_help="Fig. 2: top-k activations projected beside image patches")
@@ -117,10 +125,10 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
             maps = tuple(class_indices(classes, source.labels, source.name,
                                          source.meta.get("num_classes")))
         names = _layers(source.model, names)
-        k = _k_within(k, images, len(bundle.val), said=info.is_main)
+        files = _files(images, len(bundle.val))
         before = _gallery_figures(out) if info.is_main else []
         result = pipeline.gallery(
-            source.model, bundle, out, k=k, n_images=images or len(bundle.val),
+            source.model, bundle, out, k=_k_within(k, files), n_images=files,
             n_maps=maps_per_layer, layers=list(names) if names else None, maps=maps,
             rule=rule, map_rule=map_rule, batch_size=model_options.batch_size,
             distributed=info.enabled, num_workers=_mining_workers(workers, info.device),
@@ -128,6 +136,8 @@ def topk_cmd(model_options: ModelOptions, data: str | None, out: str,
             progress=info.is_main,  # mining a folder takes a while
             precision=resolve_precision(precision, info.device), seed=seed)
     if info.is_main:
+        shown = next(iter(result.topk.values()))
+        _say_k(k, shown.k, files if shown.mined is None else shown.mined, files)
         for name, blank in result.inactive.items():  # drawn blank: said, and what shows them
             labels = source.labels or []
             which = ", ".join(f"{c} ({labels[c]})" if classes and c < len(labels) else str(c)
@@ -185,7 +195,7 @@ def atlas_cmd(model_options: ModelOptions, data: str | None, out: str,
     stops is kept beside OUT, and the same command continues it."""
     from zfnet.data.words import as_shown
     from zfnet.deconvnet import resolve_precision
-    from zfnet.explorer.atlas import write_atlas
+    from zfnet.explorer.atlas import ATLAS_FILE, write_atlas
     from zfnet.models import score_layer
     from zfnet.progress import counted_progress
     from zfnet.train import CheckpointModels, run_checkpoints
@@ -193,7 +203,7 @@ def atlas_cmd(model_options: ModelOptions, data: str | None, out: str,
 
     source, bundle = _model_and_data(model_options, data)
     names = _layers(source.model, layers)
-    k = _k_within(k, images, len(bundle.val))
+    files = _files(images, len(bundle.val))
     kept = run_checkpoints(source.meta["checkpoint"]) \
         if evolution and source.kind == "run" else []
     if evolution and source.kind == "run" and len(kept) < 2:
@@ -201,7 +211,8 @@ def atlas_cmd(model_options: ModelOptions, data: str | None, out: str,
                    "(train with --keep-epochs)", err=True)
     with counted_progress(desc="atlas", unit="step") as progress:
         index = write_atlas(
-            source.model, bundle, out, layers=names, k=k, maps_per_layer=maps_per_layer,
+            source.model, bundle, out, layers=names, k=_k_within(k, files),
+            maps_per_layer=maps_per_layer,
             rule=rule, n_images=images, model_name=source.name,
             evolution=CheckpointModels(kept, resolve_device(model_options.device))
             if len(kept) > 1 else None,
@@ -210,6 +221,8 @@ def atlas_cmd(model_options: ModelOptions, data: str | None, out: str,
             unit_names={score_layer(source.model): as_shown(source.labels, bundle)}
             if source.labels else None,
             precision=resolve_precision(precision, resolve_device(model_options.device)))
+    meta = json.loads((index.parent / ATLAS_FILE).read_text())
+    _say_k(k, meta["k"], meta["images"], meta["files"])
     click.echo(f"atlas: {index.resolve()}")
     run_dir = Path(out).parent
     if Path(out).name == "atlas" and (run_dir / "sections").is_dir():  # RUN/atlas: the run's

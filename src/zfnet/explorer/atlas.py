@@ -59,7 +59,6 @@ from zfnet.analyses.gallery import (
     BF16_NOTE,
     CAPTION,
     RULE_NAMES,
-    blank_cells_text,
     check_defined,
     default_display,
     default_layers,
@@ -70,6 +69,7 @@ from zfnet.analyses.gallery import (
     select_maps,
     to_rgb,
     topk_patches,
+    within_mined,
 )
 from zfnet.analyses.topk import TopK, mine_topk
 from zfnet.atomic import write_text_atomic
@@ -262,6 +262,7 @@ def write_atlas(
     topk = mine_topk(model, dataset, names, k, batch_size=batch_size, device=device,
                      progress=lambda done, _: report(done, 0), num_workers=num_workers,
                      **kept)
+    k, topk = within_mined(topk, k, n)  # cut to the images read: no empty cells, k said true
     for layer in table:
         t = topk[layer.name]
         layer.maps = int(t.values.shape[0])
@@ -553,7 +554,6 @@ def _caption(meta: dict[str, Any], layers: list[_Layer], unit: bool = False) -> 
     text = " ".join(CAPTION.split()).format(
         block="feature map of the layer", one="map", k=meta["k"],
         n=images_text(meta["images"], meta.get("files", meta["images"])),
-        empty=blank_cells_text(meta["images"], meta["k"]),
         rule=RULE_NAMES.get(by, by), rf=rf, display="")
     fallback = fallback_words(meta["rule"], _fallbacks(layers), [layer.name for layer in layers])
     text += f" {fallback}" if fallback else ""
