@@ -589,6 +589,78 @@ def test_a_chain_its_forward_runs_as_written_keeps_the_windowed_engine() -> None
         assert chain_runs_as_forward(model.eval(), x) and windowed(model, [layer], x)
 
 
+def _autograd(model: nn.Module, x: torch.Tensor, module: nn.Module, ch: int) -> torch.Tensor:
+    """The gradient of each image's strongest unit of map `ch` of `module` (its last call),
+    by autograd through the model's own forward, hooks and all."""
+    x = x.clone().requires_grad_()
+    out: dict[str, torch.Tensor] = {}
+    handle = module.register_forward_hook(lambda m, i, o: out.__setitem__("a", o))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    a = out["a"][:, ch].flatten(1)
+    a.gather(1, a.argmax(1, keepdim=True)).sum().backward()
+    return x.grad
+
+
+def test_forward_hooks_on_the_model_are_in_the_projection() -> None:
+    """A notebook adds a hook after a first projection: a pre-hook normalising the input, a
+    hook halving a convolution. The walk along the chain applied them on the way up only (the
+    gradient 2x autograd's) or not at all (the first answer, kept per model); a hooked model
+    takes the general path, and the chain again once the hooks are gone."""
+    from zfnet.deconvnet import windowed
+
+    torch.manual_seed(0)
+    model = torchvision.models.alexnet(num_classes=10).eval()
+    x = torch.randn(2, 3, 96, 96)
+    conv = model.features[3]
+    first = project(model, x, "features.3", 0, rule="gradient", seed="one")
+    torch.testing.assert_close(first, _autograd(model, x, conv, 0))
+    for hooked in (lambda: model.register_forward_pre_hook(lambda m, a: (a[0] * 2 - 1,)),
+                   lambda: model.features[0].register_forward_hook(lambda m, i, o: o * 0.5)):
+        handle = hooked()
+        try:
+            p = project(model, x, "features.3", 0, rule="gradient", seed="one")
+            want = _autograd(model, x, conv, 0)
+            assert not windowed(model, ["features.3"], x)
+        finally:
+            handle.remove()
+        assert not torch.allclose(want, first, atol=1e-4)  # the hook matters here
+        torch.testing.assert_close(p, want)
+    assert windowed(model, ["features.3"], x)
+
+
+def test_a_module_held_twice_is_read_at_its_last_call_and_named_by_its_first_path() -> None:
+    """One ReLU at two places of a `features` chain: the walk's geometry put it at its first
+    place (8 maps' size beside the second call's 16 maps), `repeated_layers` said nothing, and
+    its second path, which `print(model)` shows, did not exist."""
+    from zfnet.models import repeated_layers
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            relu = nn.ReLU()
+            self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), relu, nn.MaxPool2d(2),
+                                          nn.Conv2d(8, 16, 3, padding=1), relu, nn.MaxPool2d(2))
+            self.fc = nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.features(x).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    x = torch.randn(2, 3, 64, 64)
+    assert repeated_layers(model, 64) == {"features.1": 2}
+    info = layer_info(model, 64)["features.1"]
+    assert info.channels == 16 and info.geometry.rows.size == 32
+    p = project(model, x, "features.1", 12, rule="gradient", seed="one")
+    torch.testing.assert_close(p, _autograd(model, x, model.features[1], 12))
+    with pytest.raises(UnknownLayerError, match="'features.4' is the module at 'features.1', "
+                                                "one module held at both places"):
+        project(model, x, "features.4", 0)
+
+
 # --------------------------------------------------------------------------- seed="one"
 
 

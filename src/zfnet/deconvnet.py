@@ -55,9 +55,12 @@ chain — `model.features` (or the model itself) as an `nn.Sequential` of Conv2d
 MaxPool2d, LocalResponseNorm, BatchNorm2d, Dropout(2d) and Identity modules (the layer types of
 `zfnet.models.geometry` that have a rule for the way down; kernels, strides, padding and
 dilation per axis, windows as that module computes them); that chain's input is the model's
-input. Any other layer takes the general path (`zfnet.graph`), with the same rules. The model is
-walked in eval mode without hooks and is left exactly as it was (in-place ReLUs are evaluated
-out of place; training flags are restored, also after an exception).
+input. Any other layer takes the general path (`zfnet.graph`), with the same rules, and so does
+a model with forward hooks on it (`zfnet.models.hooked`: a hook that changes a module's output
+is in the forward pass the general path differentiates; a walk would apply it on the way up
+only). The model is walked in eval mode, zfnet puts no hook on it for the walk, and it is left
+exactly as it was (in-place ReLUs are evaluated out of place; training flags are restored, also
+after an exception).
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ from zfnet.models import (  # eval_mode also importable here
     chain_root,
     chain_runs_as_forward,
     eval_mode,
+    hooked,
     layer_names,
     resolve_layer,
 )
@@ -630,7 +634,7 @@ def _chain_or_none(model: nn.Module, layer: str, x: Tensor | None = None
         return None
     if x is not None:
         return chain if chain_runs_as_forward(model, x) else None
-    return None if chain_checked(model) is False else chain
+    return None if chain_checked(model) is False or hooked(model) else chain
 
 
 def _project_graph(model: nn.Module, x: Tensor, seeds: dict[str, Seeds], rule: str, lrn: str,

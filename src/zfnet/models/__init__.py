@@ -27,6 +27,7 @@ from zfnet.models.layers import (
     check_has_modules,
     feature_layers,
     first_convs,
+    hooked,
     last_spatial_layer,
     layer_geometries,
     layer_geometry,
@@ -59,5 +60,5 @@ __all__ = [
     "GeometryError", "graph_geometry",
     "feature_layers", "first_convs", "is_zfnet_model", "last_spatial_layer", "layer_geometries",
     "vector_layer", "repeated_layers", "score_layer", "chain_checked", "chain_root",
-    "chain_runs_as_forward", "zfnet_config",
+    "chain_runs_as_forward", "hooked", "zfnet_config",
 ]

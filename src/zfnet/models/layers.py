@@ -220,6 +220,12 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
             part.strip() in names for part in key.split(",")):
         raise UnknownLayerError(f"layer {layer!r} names {len(key.split(','))} layers; this "
                                 "takes one")
+    held = _held_elsewhere(model, key) if isinstance(key, str) else None
+    if held is not None:  # named_modules names a module once: at its first path
+        raise UnknownLayerError(
+            f"layer {layer!r} is the module at {held!r}, one module held at both places: a "
+            f"module is named by its first path and read at its last call in a forward pass; "
+            f"give {held!r}, or give each place a module of its own")
     short = [n for n, p in names.items() if n != p]  # zfnet's models: their short names
     valid = short or list(names)
     close = ([n for n in valid if n.lower() == key.lower()]
@@ -235,6 +241,17 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
         listed = ", ".join(valid)
     raise UnknownLayerError(f"layer {layer!r} does not exist in {type(model).__name__}; "
                             f"{hint}valid: {listed}")
+
+
+def _held_elsewhere(model: nn.Module, path: str) -> str | None:
+    """The path `named_modules` gives the module at `path` where that is another one (the
+    second place of a module held twice); None otherwise."""
+    try:
+        module = model.get_submodule(path)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    first = next((p for p, m in model.named_modules() if m is module), None)
+    return first if first and first != path else None
 
 
 def layer_name(model: nn.Module, layer: str | nn.Module) -> str:
@@ -296,12 +313,47 @@ def _plain_chain(model: nn.Module) -> bool:
     """A `features` nn.Sequential of layers of known geometry (torchvision's alexnet, vgg),
     which the model's forward runs as it is (not found otherwise by `chain_runs_as_forward`)."""
     features = getattr(model, "features", None)
-    return isinstance(features, nn.Sequential) and _CHAIN_RUNS.get(model) is not False and all(
-        isinstance(m, LAYER_TYPES) for _, m in sequential_leaves(features))
+    return isinstance(features, nn.Sequential) and chain_checked(model) is not False and all(
+        isinstance(m, LAYER_TYPES) for _, m in sequential_leaves(features)) and \
+        _once(features)
 
 
-# model -> whether its forward runs its chain as the chain is written (`chain_runs_as_forward`)
-_CHAIN_RUNS: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+def _once(root: nn.Sequential) -> bool:
+    """No module twice in the chain (one ReLU at two places): its leaves, which name each
+    module once, are then every step the forward takes."""
+    ids = [id(m) for s in root.modules() if isinstance(s, nn.Sequential)
+           for m in s._modules.values()]
+    return len(ids) == len(set(ids))
+
+
+# model -> (its modules, as `_structure` gives them; whether its forward runs its chain as the
+# chain is written: `chain_runs_as_forward`). A model changed since (a module replaced, a
+# forward of its own set on an instance) is asked again.
+_CHAIN_RUNS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, bool]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _structure(model: nn.Module) -> tuple:
+    """What the answer of `chain_runs_as_forward` rests on: each module and its type, and a
+    forward set on an instance (a notebook's `model.forward = ...`)."""
+    return tuple((id(m), type(m), id(m.__dict__.get("forward"))) for m in model.modules())
+
+
+def hooked(model: nn.Module) -> bool:
+    """Whether forward hooks or pre-hooks (a module's, or global ones) may change what the
+    model's modules give: a walk along its chain would apply them on the way up and not on
+    the way down (a hook halving a convolution's output gave twice the gradient), so such a
+    model is taken by the general path, which differentiates what the forward computed."""
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def _known(model: nn.Module) -> bool | None:
+    entry = _CHAIN_RUNS.get(model)
+    return entry[1] if entry is not None and entry[0] == _structure(model) else None
 
 
 def _plainly_runs(model: nn.Module, root: nn.Sequential) -> bool:
@@ -311,14 +363,14 @@ def _plainly_runs(model: nn.Module, root: nn.Sequential) -> bool:
     from zfnet.models.convnet import ConvNet
 
     seqs = [m for m in root.modules() if isinstance(m, nn.Sequential)]
-    ids = [id(m) for s in seqs for m in s._modules.values()]
-    return all(type(m) is nn.Sequential for m in seqs) and len(ids) == len(set(ids)) and (
+    return all(type(m) is nn.Sequential for m in seqs) and _once(root) and (
         model is root or (type(model) is ConvNet))
 
 
 def chain_checked(model: nn.Module) -> bool | None:
-    """What `chain_runs_as_forward` found for this model; None where it was not asked yet."""
-    return _CHAIN_RUNS.get(model)
+    """What `chain_runs_as_forward` found for this model; None where it was not asked yet (or
+    the model changed since)."""
+    return _known(model)
 
 
 def chain_root(model: nn.Module) -> tuple[nn.Sequential, str] | None:
@@ -339,15 +391,18 @@ def chain_runs_as_forward(model: nn.Module, x: torch.Tensor) -> bool:
     the next one's input (not a Sequential subclass with its own forward, nor one module in it
     twice). Walking the chain instead of calling the model is only right then; the answer is
     kept per model (one forward pass of one image, the first time it is asked). False also
-    for a model without a chain; a forward that fails on `x` raises as it is."""
-    known = _CHAIN_RUNS.get(model)
+    for a model without a chain, and while forward hooks are on it (`hooked`); a forward that
+    fails on `x` raises as it is."""
+    if hooked(model):  # not kept: the chain is walked again once they are removed
+        return False
+    known = _known(model)
     if known is not None:
         return known
     root = chain_root(model)
     if root is None:
         return False
     if _plainly_runs(model, root[0]):  # known without running it
-        _CHAIN_RUNS[model] = True
+        _CHAIN_RUNS[model] = (_structure(model), True)
         return True
     leaves = sequential_leaves(*root)
     seen: list[tuple[str, torch.Tensor | None, object]] = []
@@ -374,7 +429,7 @@ def chain_runs_as_forward(model: nn.Module, x: torch.Tensor) -> bool:
     ok = bool(seen) and [p for p, _, _ in seen] == paths[: len(seen)] and \
         same(seen[0][1], first) and all(same(seen[i][1], seen[i - 1][2])
                                         for i in range(1, len(seen)))
-    _CHAIN_RUNS[model] = ok
+    _CHAIN_RUNS[model] = (_structure(model), ok)
     return ok
 
 
