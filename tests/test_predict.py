@@ -189,3 +189,15 @@ def test_nothing_readable_is_an_error(setup, tmp_path) -> None:
     res = CliRunner().invoke(main, ["predict", str(setup / "broken.jpg"), *unnamed])
     assert res.output.strip().splitlines()[-1].startswith("Error: none of the images")
     assert "no names" not in res.output  # no hint about predictions there are none of
+
+
+def test_a_link_to_a_missing_file_is_counted_as_not_read(setup, tmp_path) -> None:
+    """A dangling link in a folder was warned about when listed and left out of "not read"."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "coffee.jpg").write_bytes((setup / "photos" / "coffee.jpg").read_bytes())
+    (folder / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    res = CliRunner().invoke(main, ["predict", str(folder), *_model(setup), "--top", "1"])
+    assert res.exit_code == 0, res.output
+    assert f"not read (1): {folder / 'gone.jpg'}" in res.output
+    assert re.search(r"gone.jpg: a link to .*nowhere.jpg, which does not exist", res.output)

@@ -377,14 +377,32 @@ def test_strict_error_from_a_worker_process_names_the_file_on_one_line(tmp_path)
     assert str(e.value) == f"broken image {bad}: {e.value.reason}" and "\n" not in str(e.value)
 
 
-def test_a_link_to_a_missing_file_is_named_not_silently_left_out(tmp_path):
+def test_a_link_to_a_missing_file_is_a_broken_file_like_any_other(tmp_path):
+    """Listed and counted with the files, named when it is read, and stopped at with strict:
+    it was skipped when the folder was scanned, with --strict too, and left out of every
+    count (predict's "not read", eval's broken files, the gallery's "of N files")."""
     _folder(tmp_path)
-    (tmp_path / "train" / "ant" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (tmp_path / "train" / "ant" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
     (tmp_path / "train" / "ant" / "here.png").symlink_to(tmp_path / "train" / "ant" / "0.png")
+    gone = tmp_path / "val" / "ant" / "gone.png"
+    gone.symlink_to(tmp_path / "nowhere.png")
+    with pytest.warns(BrokenImageWarning, match=r"gone.jpg: a link to .*nowhere.jpg, which "
+                                                r"does not exist"):  # the mean image's pass
+        data = load_dataset(f"imagefolder:{tmp_path}?size={SIZE}")
+    assert len(data.train) == 6 and len(data.val) == 3  # the links counted with the files
+    i = data.val.paths.index(gone)
     with pytest.warns(BrokenImageWarning, match=r"gone.png: a link to .*nowhere.png, which "
                                                 r"does not exist"):
-        data = load_dataset(f"imagefolder:{tmp_path}?size={SIZE}")
-    assert len(data.train) == 5  # the 4 files and the link that resolves
+        assert data.val[i] is None
+    strict = load_dataset(f"imagefolder:{tmp_path}?size={SIZE}", strict=True)  # mean cached
+    loader = torch.utils.data.DataLoader(strict.val, batch_size=8, num_workers=1,
+                                         collate_fn=collate)
+    with pytest.raises(BadImageError) as e:  # from a worker: named on one line
+        next(iter(loader))
+    assert e.value.path == gone and e.value.reason.startswith("a link to ")
+    (tmp_path / ".zfnet-cache").rename(tmp_path / "old-cache")
+    with pytest.raises(BadImageError, match="gone.jpg: a link to "):  # the mean's pass
+        load_dataset(f"imagefolder:{tmp_path}?size={SIZE}", strict=True)
 
 
 def test_a_zips_macosx_folder_is_no_class_and_its_files_no_images(tmp_path):

@@ -142,8 +142,8 @@ def image_sources(images: str | Path | Sequence[str | Path]) -> str | list[Path]
         path = Path(item).expanduser()
         if path.is_dir():
             paths += folder_images(path)
-        elif path.exists():
-            paths.append(path)
+        elif path.exists() or path.is_symlink():  # a link to nothing: a broken file, named
+            paths.append(path)                     # when read, as a folder's are
         elif ":" in str(item) and not Path(str(item).partition(":")[0]).exists():
             raise FileNotFoundError(
                 f"{item} is neither an image file nor a dataset spec ({spec_name(item)} is "

@@ -105,8 +105,9 @@ def image_files(folder: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) ->
     """Image files under `folder` (recursive, through links to folders) of `extensions`
     (torchvision's types; a user's photos: `PHOTO_EXTENSIONS`), sorted, hidden files, `__MACOSX`
     folders and other extensions skipped; images of other types counted in an
-    `UnreadImagesWarning`; a link to an image file that does not exist is skipped with a
-    `BrokenImageWarning` naming it (never silently)."""
+    `UnreadImagesWarning`. A link to an image file that does not exist is listed: a broken
+    file like any other, named when it is read (`check_link`), skipped or stopped at with
+    strict, and counted with the others."""
     files, unread = [], Counter[str]()
     for p in _walk(folder):
         suffix = p.suffix.lower()
@@ -114,10 +115,8 @@ def image_files(folder: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) ->
             unread.update([suffix] if suffix in UNREAD_IMAGE_EXTENSIONS + PHOTO_EXTENSIONS
                           else [])
             continue
-        if p.is_file():
+        if p.is_file() or (p.is_symlink() and not p.exists()):
             files.append(p)
-        elif p.is_symlink() and not p.exists():
-            warn_skipped(BadImageError(p, f"a link to {os.readlink(p)}, which does not exist"))
     if unread:
         n = sum(unread.values())
         kinds = ", ".join(f"{k}: {c}" for k, c in sorted(unread.items()))
@@ -312,10 +311,12 @@ def mean_of(images: Dataset, full_size: int, *, num_workers: int | None = None,
 
 
 def mean_cache_key(root: Path, paths: Sequence[Path], full_size: int) -> str:
-    """Hash of the training file list (relative paths and sizes) and the preprocessing."""
+    """Hash of the training file list (relative paths and sizes; a link to nothing, -1) and
+    the preprocessing."""
     h = hashlib.sha256(f"{CACHE_VERSION}|{full_size}".encode())
     for p in paths:
-        h.update(f"|{p.relative_to(root).as_posix()}|{p.stat().st_size}".encode())
+        size = p.stat().st_size if p.exists() else -1  # the link's file made: computed again
+        h.update(f"|{p.relative_to(root).as_posix()}|{size}".encode())
     return h.hexdigest()[:20]
 
 

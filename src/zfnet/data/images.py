@@ -74,7 +74,8 @@ ALPHA_BACKGROUND = (255, 255, 255)
 
 
 # How `load_rgb`'s reasons begin (to read them back from a DataLoader worker's message).
-_REASONS = ("decompression bomb", "empty file", "not a recognised image format", "cannot decode")
+_REASONS = ("decompression bomb", "empty file", "not a recognised image format", "cannot decode",
+            "a link to")
 
 
 class BadImageError(ValueError):
@@ -87,6 +88,14 @@ class BadImageError(ValueError):
         self.reason = reason
         # One-argument form: DataLoader workers re-raise an exception as type(e)(message).
         super().__init__(f"broken image {self.path}: {reason}" if reason else str(path))
+
+
+def check_link(path: str | Path) -> None:
+    """`BadImageError` where `path` is a link to a file that does not exist: a broken file like
+    any other (named and skipped, or stopped at with strict, and counted), not a path given
+    wrong; nothing otherwise."""
+    if os.path.islink(path) and not os.path.exists(path):
+        raise BadImageError(path, f"a link to {os.readlink(path)}, which does not exist")
 
 
 def _from_worker(message: str) -> tuple[str, str]:
@@ -174,6 +183,8 @@ def load_rgb(path: str | Path | BinaryIO, *, min_side: int | None = None,
         reason = "empty file (0 bytes)" if _is_empty(path) else "not a recognised image format"
         raise BadImageError(label, reason) from e
     except FileNotFoundError:
+        if isinstance(path, Path):
+            check_link(path)
         raise
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         # PIL reports truncation and corrupt data as OSError/SyntaxError/ValueError.
@@ -221,8 +232,13 @@ def decode_plain_jpeg(data: bytes | bytearray, *, min_side: int | None = None,
 
 def read_file(path: str | Path) -> bytearray:
     """A file's bytes, read in one call into a writable buffer (which `torch.frombuffer` takes
-    without a copy or a warning)."""
-    with open(path, "rb") as f:
+    without a copy or a warning); `BadImageError` for a link to a file that does not exist."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        check_link(path)
+        raise
+    with f:
         data = bytearray(os.fstat(f.fileno()).st_size)
         n = f.readinto(data)
     return data if n == len(data) else data[:n]

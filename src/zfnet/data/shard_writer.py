@@ -56,6 +56,7 @@ from zfnet.data.imagefolder import LAYOUT, PAPER_FULL, select_folder
 from zfnet.data.images import (
     BadImageError,
     BrokenImageWarning,
+    check_link,
     load_rgb,
     resize_center_crop,
     resize_shorter,
@@ -170,7 +171,11 @@ class _Chunks(Dataset):
 
     def _one(self, path: Path) -> tuple[str, bytes, torch.Tensor | None]:
         """(extension, bytes stored, the image a reader decodes at the mean's side or None)."""
-        blob = path.read_bytes()
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError:
+            check_link(path)  # a link to nothing: a broken file, as any other
+            raise
         side = self.mean_size or self.resize or PAPER_FULL
         img = load_rgb(io.BytesIO(blob), min_side=self.resize or side, name=str(path))
         if self.raw:  # what a reader keeps, as it is

@@ -254,7 +254,10 @@ class CropDataset(Dataset):
         (top, left, flipped), side = self.window(params)
         where = (top, left, int(flipped))
         if self.form == "encoded" and not decoded_on_host(i, self.host_share):
-            data = self.read_encoded(i)
+            try:
+                data = self.read_encoded(i)
+            except BadImageError:  # a link to nothing: said (or raised) by _full_or_none
+                data = b""
             header = read_header(data)
             if header is not None and header.device_decodable:
                 return torch.frombuffer(data, dtype=torch.uint8), self.targets[i], where, i
