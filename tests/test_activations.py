@@ -207,3 +207,40 @@ def test_cpu_inputs_go_channels_last_where_the_model_takes_them() -> None:
     assert not any(m._forward_hooks for m in net.modules())
     flat = torch.randn(3, 8)  # not maps: as it is
     assert cpu_layout(net, flat) is flat
+
+
+def test_what_is_not_model_inputs_is_named_with_how_to_make_them() -> None:
+    """A notebook passes a numpy array, a PIL image or uint8 pixels: a TypeError or ValueError
+    saying what was given and how to make model inputs, not torch's `'Image' object has no
+    attribute 'ndim'` (uint8 pixels were projected as they were, 0-255 into a model of
+    normalised inputs, silently)."""
+    from zfnet.activations import check_images
+    from zfnet.deconvnet import project
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    x = torch.rand(2, 3, 16, 16)
+    with pytest.raises(TypeError, match=r"got numpy\.ndarray; torch\.from_numpy\(a\)\.float\(\)"):
+        project(model, x.numpy(), "1", 0)
+    with pytest.raises(TypeError, match=r"got PIL\.Image; a transform makes them"):
+        project(model, Image.new("RGB", (16, 16)), "1", 0)
+    with pytest.raises(ValueError, match="images are uint8 \\(pixels\\?\\): model inputs are "
+                                         "float"):
+        project(model, (x * 255).to(torch.uint8), "1", 0)
+    with pytest.raises(TypeError, match="got numpy"):
+        get_activations(model, x.numpy(), ["1"])
+    with pytest.raises(ValueError, match=r"image must be \(C, H, W\), got shape \(2, 3, 16, 16\)"):
+        check_images(x, 3, "image")
+    assert check_images(x) is x
+
+
+def test_get_activations_runs_the_model_in_eval_mode_and_takes_one_name() -> None:
+    """A model in train mode: its batch-norm statistics were updated and its dropout drawn
+    by reading its activations; and one layer's name was read letter by letter."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.ReLU())
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(2, 3, 16, 16)
+    a, b = get_activations(model, x, "3"), get_activations(model, x, ["3"])
+    assert list(a) == ["3"] and torch.equal(a["3"], b["3"]) and model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -504,3 +504,43 @@ def test_a_strided_valid_padding_convolution_has_a_geometry_and_equals_captum() 
     assert (geo["conv2"].rows.size, geo["conv2"].rows.rf, geo["conv2"].rows.first) == (15, 7, -2)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     assert _check_equal(model, "conv2", x, [0, 3]) >= 3
+
+
+def test_a_forward_that_changes_its_input_in_place_and_a_float64_default() -> None:
+    """A wrapper normalising with `x.sub_(mean)` failed ("a leaf Variable that requires grad
+    is being used in an in-place operation", blamed on the model's code); and under
+    `torch.set_default_dtype(torch.float64)` a float32 model's projection failed ("Index put
+    requires the source and destination dtypes match")."""
+
+    class Normalised(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torchvision.models.resnet18(num_classes=10)
+            self.register_buffer("mean", torch.full((1, 3, 1, 1), 0.4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x.sub_(self.mean))
+
+    from zfnet.deconvnet import project
+
+    torch.manual_seed(0)
+    model = Normalised().eval()
+    x = torch.randn(2, 3, 32, 32)
+    kept = x.clone()
+    p = project(model, x, "net.layer2", 0, rule="gradient", seed="one")
+    leaf = x.clone().requires_grad_()
+    out = {}
+    handle = model.net.layer2.register_forward_hook(lambda m, i, o: out.__setitem__("a", o))
+    model(leaf.clone())
+    handle.remove()
+    a = out["a"][:, 0].flatten(1)
+    a.gather(1, a.argmax(1, keepdim=True)).sum().backward()
+    torch.testing.assert_close(p, leaf.grad)
+    assert torch.equal(x, kept)  # the caller's images as they were
+    torch.set_default_dtype(torch.float64)
+    try:
+        again = project(model, x, "net.layer2", 0, rule="gradient", seed="one")
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert again.dtype == torch.float32
+    torch.testing.assert_close(again, p)

@@ -20,3 +20,8 @@ def __getattr__(name: str) -> Any:
 
         return getattr(models, name)
     raise AttributeError(f"module 'zfnet' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The lazily imported names too, for tab completion and `dir(zfnet)`."""
+    return sorted({*globals(), *__all__})

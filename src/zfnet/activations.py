@@ -101,9 +101,32 @@ def capture(model: nn.Module, layers: Sequence[str] | Mapping[str, nn.Module]
             h.remove()
 
 
+def check_images(x: object, ndim: int = 4, what: str = "images") -> torch.Tensor:
+    """`x` where it is model inputs: a float tensor of `ndim` dims ((N, C, H, W), or (C, H, W)
+    for one image). Otherwise a TypeError (not a tensor: a PIL image, a numpy array) or a
+    ValueError (pixels as integers, another number of dims) naming what was given and how to
+    make inputs of it — not torch's error from deep inside a pass."""
+    shape = "(N, C, H, W)" if ndim == 4 else "(C, H, W)"
+    make = ("a transform makes them (torchvision's weights.transforms()), or "
+            "zfnet.data.load_images(files, source.preprocessing) of the image files")
+    if not isinstance(x, torch.Tensor):
+        how = ("torch.from_numpy(a).float(), normalised as the model was trained"
+               if type(x).__name__ == "ndarray" else make)
+        raise TypeError(f"{what} must be a float torch.Tensor {shape} of model inputs, got "
+                        f"{type(x).__module__.split('.')[0]}.{type(x).__name__}; {how}")
+    if not x.is_floating_point():
+        raise ValueError(f"{what} are {str(x.dtype).removeprefix('torch.')} (pixels?): model "
+                         f"inputs are float, normalised as the model was trained; {make}")
+    if x.ndim != ndim:
+        raise ValueError(f"{what} must be {shape}, got shape {tuple(x.shape)}")
+    return x
+
+
 def to_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """`x` on the device and in the dtype of `model`'s parameters (as it is for a model
-    without any): every analysis feeds the model through this, wherever the model lives."""
+    without any): every analysis feeds the model through this, wherever the model lives.
+    Not a float tensor: the error of `check_images`."""
+    check_images(x, x.ndim if isinstance(x, torch.Tensor) else 4)
     p = next(model.parameters(), None)
     if p is not None and p.device.type == "meta" and x.device.type != "meta":
         raise ValueError(f"{type(model).__name__} is on the meta device: it has the shapes but "
@@ -168,10 +191,13 @@ def running(model: nn.Module, x: torch.Tensor) -> Iterator[None]:
 
 @torch.inference_mode()
 def get_activations(
-    model: nn.Module, x: torch.Tensor, layers: Sequence[str]
+    model: nn.Module, x: torch.Tensor, layers: str | Sequence[str]
 ) -> dict[str, torch.Tensor]:
-    """Outputs of `layers` for input `x` (N, C, H, W), each (N, …) — maps (N, C, H, W), as
-    `capture` stores them —, computed without gradients."""
-    with capture(model, layers) as store:
+    """Outputs of `layers` (names, or one name) for input `x` (N, C, H, W), each (N, …) —
+    maps (N, C, H, W), as `capture` stores them —, computed without gradients in eval mode,
+    as every analysis runs a model (a model in train mode: its mode and batch-norm statistics
+    are left as they were; dropout does not change the answer)."""
+    with eval_mode(model), capture(model, [layers] if isinstance(layers, str) else layers
+                                   ) as store:
         model(to_model(model, x))
     return dict(store)

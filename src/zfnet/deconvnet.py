@@ -72,7 +72,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zfnet.activations import running, to_model
+from zfnet.activations import check_images, running, to_model
 from zfnet.graph import (  # noqa: F401  (RULES, SEEDS: also read here)
     RULES,
     SEEDS,
@@ -530,8 +530,7 @@ def project_layers(
     """
     _check_rule(rule, lrn)
     check_seed(seed)
-    if images.ndim != 4:
-        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    check_images(images)
     x = to_model(model, images)  # on the model's device, whatever the images' one
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
@@ -776,8 +775,7 @@ def project(
     in the model's dtype (float64 images into a float32 model give float32: they are cast to
     it), seeded with the activation's value (`seed="one"`: with 1, as Captum seeds).
     """
-    if images.ndim != 4:
-        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    check_images(images)
     n = images.shape[0]
     ch = indices(channels, "channels")  # a TypeError for what is no number, before shaping
     given = torch.as_tensor(channels)

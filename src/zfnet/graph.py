@@ -208,7 +208,7 @@ def layer_outputs(model: nn.Module, x: Tensor, modules: dict[str, nn.Module]) ->
     autograd graph, maps as (N, C, H, W) (`zfnet.activations.capture`: a channels-last output
     as its permuted view). No hook is left behind."""
     with capture(model, modules) as store, running(model, x):
-        model(x)
+        model(x.clone())  # not the leaf itself: a forward may change its input in place
     for name, out in store.items():
         if not isinstance(out, Tensor):
             raise ValueError(f"layer {name!r} returns {type(out).__name__}, not a "
@@ -575,7 +575,7 @@ def _project_graph(model: nn.Module, images: Tensor, modules: dict[str, nn.Modul
                    image_batch: int, seed_batch: int, dtype: torch.dtype | None,
                    seed: str = "activation") -> dict[str, tuple[Tensor, Tensor, Tensor, Tensor]]:
     out = {k: images.new_zeros(len(v[0]), *images.shape[1:]) for k, v in seeds.items()}
-    values = {k: torch.zeros(len(v[0])) for k, v in seeds.items()}
+    values = {k: torch.zeros(len(v[0]), dtype=torch.float32) for k, v in seeds.items()}
     where = {k: torch.zeros(len(v[0]), dtype=torch.long) for k, v in seeds.items()}
     width = {}
     wanted = sorted({int(i) for v in seeds.values() for i in v[0].tolist()})

@@ -139,3 +139,18 @@ def test_the_images_are_shown_at_some_amounts_before_their_curves(tmp_path) -> N
     invariance_section(tmp_path, res, ["dark", "light"], key="curves")  # without: curves only
     s = {x.key: x for x in read_sections(tmp_path)}["curves"]
     assert len(s.figures) == 3 and "first column" not in s.caption
+
+
+def test_any_model_by_default_and_one_layer_by_its_name() -> None:
+    """The default layers were zfnet's names ("layer 'norm1' does not exist in ResNet"): now
+    the paper's layers 1 and 7 of any model; a single name is one layer, not its letters."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    imgs = torch.rand(2, 3, 64, 64) * 255
+    r = invariance(model, imgs, lambda p: (p - 128) / 64, "rotate", values=[0, 90])
+    assert list(r.layers) == ["relu", "avgpool"]
+    one = invariance(model, imgs, lambda p: (p - 128) / 64, "rotate", values=[0, 90],
+                     layers="layer2")
+    assert list(one.layers) == ["layer2"]

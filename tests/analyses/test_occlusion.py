@@ -525,3 +525,20 @@ def test_the_predicted_class_is_one_class_everywhere() -> None:
                   project=False)
     assert torch.softmax(torch.tensor([0.0, 1e-9]), 0).argmax() == 0  # the tie
     assert r.target == r.base_label == 1
+
+
+def test_a_notebook_s_image_module_and_dtype() -> None:
+    """A float64 image raised torch's "Input type (double) and bias type (float)", where
+    `project` casts; a layer given as its module put the module's repr in the result and the
+    figure's titles; a first in-place ReLU changed the caller's image."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(3, 4, 3), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    image = torch.randn(3, 24, 24)
+    kept = image.clone()
+    r = occlusion(model, image, layer=model[2], size=8, stride=8)
+    assert r.layer == "2" and torch.equal(image, kept)
+    r64 = occlusion(model, image.double(), layer="2", size=8, stride=8)
+    torch.testing.assert_close(r64.probability, r.probability)
+    with pytest.raises(ValueError, match=r"image must be \(C, H, W\)"):
+        occlusion(model, image[None])

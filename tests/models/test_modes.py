@@ -61,3 +61,18 @@ def test_nested_blocks_restore_what_each_saw() -> None:
 
 def test_one_implementation_also_importable_from_the_engine() -> None:
     assert zfnet.deconvnet.eval_mode is eval_mode
+
+
+def test_a_compiled_model_is_refused_naming_the_module_inside() -> None:
+    """torch.compile(model): the engines failed deep in AOTAutograd ("expected 2 grad_outs")
+    after minutes of compiling; now one line, before any pass, naming `model._orig_mod`."""
+    from zfnet.deconvnet import project
+    from zfnet.models.modes import ScriptedModelError
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    compiled = torch.compile(model)
+    for layer in ("1", "_orig_mod.1"):
+        with pytest.raises(ScriptedModelError, match=r"torch\.compile'd \(Sequential inside an "
+                                                     r"OptimizedModule\).*model\._orig_mod"):
+            project(compiled, torch.rand(1, 3, 8, 8), layer, 0)
+    assert project(compiled._orig_mod, torch.rand(1, 3, 8, 8), "1", 0).shape == (1, 3, 8, 8)

@@ -95,20 +95,22 @@ def invariance(
     normalize: Callable[[torch.Tensor], torch.Tensor],
     kind: str,
     values: Sequence[float] | None = None,
-    layers: Sequence[str] | None = ("norm1", "relu7"),
+    layers: Sequence[str] | None = None,
     labels: Sequence[int] | None = None,
 ) -> InvarianceResult:
     """Fig. 5 for `images` (N, C, H, W) float in 0..255 at the model's input size.
 
     `normalize` turns pixel images into model inputs (e.g. subtracting the mean image, or a
-    model's `(x - mean) / std`). `layers`: the low and high layer whose feature vectors are
-    compared (default: layer 1 after pooling and contrast normalisation, and layer 7 after its
-    ReLU — the paper's "layer 1" and "layer 7"; None: `default_layers`, for any model).
+    model's `(x - mean) / std`). `layers`: the layers whose feature vectors are compared
+    (default: `default_layers`, the paper's "layer 1" and "layer 7" — on zfnet's models layer
+    1 after pooling and contrast normalisation and layer 7 after its ReLU — for any model).
     `labels`: true classes (N,) as indices of the model's outputs; without them the class
     predicted on the original image is followed. Returns distances relative to the original's
     feature norm (see module doc).
     """
     values = list(DEFAULT_VALUES[kind] if values is None else values)
+    if isinstance(layers, str):  # one layer, not its letters
+        layers = [layers]
     if layers is None:
         layers = default_layers(model, tuple(images.shape[-2:]))
     with eval_mode(model), torch.inference_mode():

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from zfnet.activations import capture, cpu_layout
+from zfnet.activations import capture, check_images, cpu_layout, to_model
 from zfnet.analyses.classes import class_outputs
 from zfnet.data.bundle import val_words
 from zfnet.data.picks import file_name, pick_items
@@ -54,7 +54,7 @@ from zfnet.deconvnet import PRECISIONS
 from zfnet.display import CAPTION as DISPLAY_CAPTION
 from zfnet.display import projection_to_uint8
 from zfnet.incremental import UnsupportedModelError, as_chain, occlusion_logits
-from zfnet.models import eval_mode, last_spatial_layer, layer_name, resolve_layer, score_layer
+from zfnet.models import eval_mode, last_spatial_layer, layer_name, score_layer
 
 METHODS = ("auto", "incremental", "full")
 
@@ -208,7 +208,7 @@ def occlusion(
     model: nn.Module,
     image: torch.Tensor,
     target: int | None = None,
-    layer: str | None = None,
+    layer: str | nn.Module | None = None,
     size: int | None = None,
     stride: int | None = None,
     fill: float | torch.Tensor = 0.0,
@@ -244,8 +244,9 @@ def occlusion(
     progress(done, total): called as occluder positions are done; an exception it raises (a
     cancelled job) stops the computation.
     """
-    if image.ndim != 3:
-        raise ValueError(f"image must be one (C, H, W) tensor, got shape {tuple(image.shape)}")
+    # the model's dtype and device (float64 images: cast, as `project` does), and a copy: a
+    # first layer in place (an nn.ReLU(inplace=True)) changed the caller's image
+    image = to_model(model, check_images(image, 3, "image")[None])[0].clone()
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not known; valid: {', '.join(METHODS)}")
     if batch_size < 1:
@@ -255,7 +256,9 @@ def occlusion(
     _, h, w = image.shape
     size, stride, tops, lefts = occluder_plan(h, w, size, stride)
     layer = default_layer(model, (h, w)) if layer is None else layer
-    resolve_layer(model, layer)  # an unknown layer fails here, listing the valid names
+    # its name (a module given: the name the result and figures show); an unknown layer fails
+    # here, listing the valid names
+    layer = layer_name(model, layer)
     try:
         fill_t = torch.as_tensor(fill, dtype=image.dtype, device=image.device).expand_as(image)
     except RuntimeError as err:

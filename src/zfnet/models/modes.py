@@ -9,7 +9,9 @@ from torch import nn
 
 class ScriptedModelError(TypeError, ValueError):
     """A TorchScript module (`torch.jit.script`, `torch.jit.trace`, `torch.jit.load`): it takes
-    no Python hooks and has no submodules to name, so no engine of zfnet's runs on it."""
+    no Python hooks and has no submodules to name, so no engine of zfnet's runs on it; or a
+    `torch.compile`d one, whose compiled code the engines do not read (its `_orig_mod` they
+    do)."""
 
 
 def check_not_scripted(model: nn.Module) -> None:
@@ -24,6 +26,12 @@ def check_not_scripted(model: nn.Module) -> None:
             f"the model is a TorchScript module ({type(model).__name__}), which takes none of "
             "the hooks zfnet runs on; build the model in Python and load the scripted one's "
             "weights into it: model.load_state_dict(torch.jit.load(PATH).state_dict())")
+    if type(model).__name__ == "OptimizedModule" and isinstance(
+            getattr(model, "_orig_mod", None), nn.Module):  # torch.compile(model)
+        raise ScriptedModelError(
+            f"the model is torch.compile'd ({type(model._orig_mod).__name__} inside an "
+            "OptimizedModule): zfnet reads and differentiates the forward pass as PyTorch runs "
+            "it eagerly; give the module it compiled, model._orig_mod (the same weights)")
 
 
 # Words of PyTorch's errors for an input the model cannot take (its channels, its size):
