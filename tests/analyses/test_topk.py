@@ -256,6 +256,9 @@ def test_any_layer_of_a_resnet_by_hooks(num_classes) -> None:
                        batch_size=3) for lo in range(0, 11, 4)]
     for name in layers:
         _same(merge_topk(*(p[name] for p in parts)), got[name])
+    one = mine_topk(model, data, "layer4", k=3, batch_size=4)  # one name: not its letters
+    assert list(one) == ["layer4"]
+    _same(one["layer4"], got["layer4"])
 
 
 def test_chain_and_classifier_layers_together() -> None:

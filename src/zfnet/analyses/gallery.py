@@ -380,7 +380,7 @@ def render_layer(
 def run_topk_gallery(
     model: nn.Module,
     dataset: Dataset,
-    layers: Sequence[str] | None = None,
+    layers: str | Sequence[str] | None = None,
     k: int = 9,
     out_dir: str | Path = "gallery",
     *,
@@ -449,7 +449,7 @@ def run_topk_gallery(
         if not layers:
             raise
         defaults = []
-    layers = list(layers) if layers else defaults
+    layers = [layers] if isinstance(layers, str) else list(layers) if layers else defaults
     out_dir = Path(out_dir)
     run_dir = Path(run_dir) if run_dir is not None else out_dir
     try:

@@ -271,7 +271,7 @@ def _numbered(loader: DataLoader) -> Iterator[tuple[Tensor, Tensor]]:
 def mine_topk(
     model: nn.Module,
     data: Dataset | DataLoader,
-    layers: Sequence[str],
+    layers: str | Sequence[str],
     k: int = 9,
     *,
     indices: Iterable[int] | None = None,
@@ -307,6 +307,8 @@ def mine_topk(
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
+    if isinstance(layers, str):  # one layer, not its letters
+        layers = [layers]
     if not layers:
         raise ValueError("layers is empty; name at least one, e.g. conv1")
     chain = _chain(model, layers)
