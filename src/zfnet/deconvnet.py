@@ -766,11 +766,15 @@ def project(
 ) -> Tensor:
     """Project one activation per image and map of `layer` down to pixels (paper Sec. 2.1).
 
-    images: (N, C, H, W) model inputs. channels: an int (the same map for every image) or N
+    images: (N, C, H, W) model inputs (float, normalised as the model takes them). layer: a
+    name as `zfnet.models.resolve_layer` takes it (`conv5`, `layer3`, `features.10`) or the
+    module itself. channels: an int (the same map for every image) or N
     ints -> result (N, C, H, W); an (N, K) tensor (K maps per image) -> (N, K, C, H, W).
     positions: None (each map's strongest activation) or (N, 2) / (N, K, 2) (row, col) in the
     layer's map. rule: "deconvnet" (the paper), "guided" or "gradient". lrn: how contrast
     normalisation is undone ("gradient", default, or "identity"; see the module docstring).
+    batch_size: seeds sent down at a time (default: all; fewer bounds memory). precision:
+    "float32", or "bfloat16" for the general path's walk (`project_layers`).
     One forward pass for all N images, however many maps; the result is in input units and
     in the model's dtype (float64 images into a float32 model give float32: they are cast to
     it), seeded with the activation's value (`seed="one"`: with 1, as Captum seeds).
