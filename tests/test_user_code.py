@@ -301,7 +301,7 @@ def test_the_guide_runs_as_written(tmp_path, monkeypatch) -> None:
         res = CliRunner().invoke(main, argv[1:])
         assert res.exit_code == 0, f"{line}\n{res.output}"
     assert (tmp_path / "look" / "project.json").is_file()
-    assert "evolution" in {s.key for s in read_sections(tmp_path / "runs" / "mine")}
+    assert "evolution" in {s.key for s in read_sections(tmp_path / "runs" / "my_net")}
     exec(compile(python[1], str(doc), "exec"), {})
     sections = {s.key for s in read_sections(tmp_path / "look")}
     assert "topk_gallery" in sections and (tmp_path / "look" / "index.html").is_file()
