@@ -542,3 +542,31 @@ def test_a_notebook_s_image_module_and_dtype() -> None:
     torch.testing.assert_close(r64.probability, r.probability)
     with pytest.raises(ValueError, match=r"image must be \(C, H, W\)"):
         occlusion(model, image[None])
+
+
+def test_no_square_is_marked_where_none_lowers_the_probability(tmp_path, monkeypatch) -> None:
+    """A model sure of its class everywhere (p 1.000 at every position): the red square and
+    the white cross marked the first position of the tie, the image's corner, as "the
+    occluder that lowers the probability most"; now neither is drawn and (d) says so."""
+    from matplotlib.figure import Figure
+
+    class Sure(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x).mean((2, 3)) * 0 + torch.tensor([50.0, 0.0])
+
+    image = torch.rand(3, 24, 24)
+    r = occlusion(Sure().eval(), image, layer="conv", size=8, stride=8, project=False)
+    assert not r.lowered() and r.most_sensitive() == (0, 0)
+    figures = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: figures.append(self))
+    plot_occlusion([((image * 255).to(torch.uint8), r)], None, tmp_path / "o.png")
+    a, _, _, d, _ = figures[0].axes[:5]
+    assert not a.patches and not d.lines and "no square lowers it" in d.get_title()
+    r.probability[1, 1] = 0.5  # one square that does
+    plot_occlusion([((image * 255).to(torch.uint8), r)], None, tmp_path / "o.png")
+    a, _, _, d, _ = figures[1].axes[:5]
+    assert r.lowered() and len(a.patches) == 1 and len(d.lines) == 1

@@ -106,6 +106,11 @@ class OcclusionResult:
         flat = int(torch.argmin(self.probability))
         return divmod(flat, self.probability.shape[1])
 
+    def lowered(self) -> bool:
+        """Whether some occluder lowers p(target) by more than a thousandth of it: where none
+        does (a saturated 1.000 everywhere), `most_sensitive` is only the first of a tie."""
+        return float(self.probability.min()) < self.base_probability * (1 - 1e-3)
+
     def to_pixels(self, values: torch.Tensor) -> torch.Tensor:
         """A map over positions (R, Q) as pixels (H, W): each pixel the mean over the occluders
         covering it (Captum's `Occlusion` form); NaN where none does (stride > size)."""
@@ -521,8 +526,10 @@ def plot_occlusion(
         cy, cx = _centre((t, left, b, rr))
         shown = _display(img)
         row[0].imshow(shown, cmap="gray" if shown.ndim == 2 else None)
-        row[0].add_patch(Rectangle((left - 0.5, t - 0.5), rr - left, b - t, fill=False,
-                                   ec="red", lw=1.5, ls="--"))
+        lowered = r.lowered()  # else no square is the one that hurts: none is marked
+        if lowered:
+            row[0].add_patch(Rectangle((left - 0.5, t - 0.5), rr - left, b - t, fill=False,
+                                       ec="red", lw=1.5, ls="--"))
         if r.meta.get("target") == "predicted":  # the model's own class, not a label
             title(row[0], f"(a) predicted: {name(r.target)} (p={_p(r.base_probability)})")
         else:  # the image's label, or the class asked for
@@ -541,8 +548,10 @@ def plot_occlusion(
         else:
             row[2].text(0.5, 0.5, "(c) not computed", ha="center", va="center")
         im = row[3].imshow(r.probability.numpy(), cmap="jet", extent=extent, vmin=0)
-        row[3].plot([cx], [cy], marker="x", color="white", ms=9, mew=2)
-        title(row[3], f"(d) p({name(r.target)}), min {float(r.probability.min()):.3g}")
+        if lowered:
+            row[3].plot([cx], [cy], marker="x", color="white", ms=9, mew=2)
+        title(row[3], f"(d) p({name(r.target)}), min {float(r.probability.min()):.3g}"
+                      + ("" if lowered else "\n(no square lowers it)"))
         _colorbar(fig, im, row[3])
         labels, counts = torch.unique(r.label, return_counts=True)
         order = labels[torch.argsort(counts, descending=True)].tolist()[:10]
@@ -577,7 +586,8 @@ CAPTION = (
     "Occlusion sensitivity (paper Fig. 7). A square of {fill} of {size} px slides over each "
     "image in steps of {stride} px; each map "
     "has one value per occluder position, drawn at the square's centre. (a) The image; the "
-    "dashed red square is the occluder that lowers the probability of the {target} class most. "
+    "dashed red square is the occluder that lowers the probability of the {target} class most "
+    "(none where no square lowers it). "
     "{b} projected to pixels with {rule}: the structure it responds to. {display} "
     "(d) Probability of the {target} class: blue where covering the "
     "image hurts the classification — if the model relies on the object, the blue region lies "
