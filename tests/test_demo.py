@@ -137,3 +137,26 @@ def test_a_one_epoch_demo_leaves_evolution_out_and_finishes(tmp_path, monkeypatc
     assert any("feature evolution (Fig. 4) left out: it compares the checkpoints of 2 epochs "
                "or more (--epochs 2)" in line for line in log), log
     assert (tmp_path / "run" / "index.html").is_file() and result["report"]
+
+
+def test_an_interrupted_demo_writes_the_report_so_far_and_exits_as_train_does(
+        tmp_path, monkeypatch) -> None:
+    """Stopped during training (a timeout's SIGINT), the demo said how to resume and left no
+    page, and ended with status 0; `zfnet train` writes the epochs so far and ends 130."""
+    import dataclasses
+
+    from zfnet import demo
+
+    real = demo.train
+
+    def stopped(cfg, bundle):  # one epoch done, then the signal
+        summary = real(dataclasses.replace(cfg, epochs=1), bundle=bundle)
+        return {**summary, "status": "interrupted", "signal": "SIGINT"}
+
+    monkeypatch.setattr(demo, "train", stopped)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["demo", "--out", str(out), "--epochs", "2", "--data", TINY,
+                                    "--batch-size", "32", "--quiet"])
+    assert res.exit_code == 130, res.output
+    assert "run the same command again to resume; the report so far: " in res.output
+    assert 'id="training"' in (out / "index.html").read_text()

@@ -5,7 +5,6 @@ evaluate it, run every analysis of the paper, and write the report — sized to 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 from zfnet import pipeline
 from zfnet.data import load_dataset
 from zfnet.report import build_report
-from zfnet.report.training import evaluation_section, training_section
+from zfnet.report.training import evaluation_section, run_page, training_section
 from zfnet.train import TrainConfig, evaluate_checkpoint, load_model, train
 
 DEMO_DATA = "synthetic"
@@ -75,7 +74,8 @@ def run_demo(
         f"{bundle.num_classes} classes, {bundle.input_size} px")
     cfg = TrainConfig(
         data=data, model=model, out=str(out), epochs=epochs, batch_size=batch_size, lr=lr,
-        schedule="linear", warmup_epochs=min(0.5, epochs / 4), progress=sys.stderr.isatty(),
+        # bars on a terminal, a line a minute into a log (none with --quiet), as `zfnet train`'s
+        schedule="linear", warmup_epochs=min(0.5, epochs / 4), progress=True,
         keep_epochs=tuple(e for e in (1, 2, 3, 5, 8, 13, 20) if e <= epochs),
         resume=(out / "config.json").is_file(),
     )
@@ -88,8 +88,10 @@ def run_demo(
 
     summary = timed(f"training ({epochs} epochs)", training, indent="")
     if summary["status"] != "completed":
+        page = run_page(out)  # the epochs so far, as an interrupted `zfnet train` writes it
         log(f"training interrupted at epoch {summary['epochs_completed']}; run the same "
-            "command again to resume")
+            "command again to resume" + (f"; the report so far: {page.resolve()}" if page
+                                         else ""))
         return summary
     net, meta = load_model(out)
 

@@ -34,6 +34,12 @@ def demo_cmd(out: str, epochs: int, batch_size: int, lr: float, data: str, model
 
     r = run_demo(out, epochs, batch_size, lr, data, model, analyses=not no_analyses,
                  log=click.echo)
+    if r.get("status") == "interrupted":  # as `zfnet train` ends: 130 (SIGINT) or 143
+        import signal
+
+        from zfnet.train import EXIT_INTERRUPTED
+
+        sys.exit(EXIT_INTERRUPTED[signal.Signals[r.get("signal") or "SIGTERM"]])
     if "report" in r:
         click.echo(f"total {r['wall_time_s']:.0f} s; val top-1 error {r['val_top1_error']:.2%}")
         click.echo(f"report: {Path(r['report']).resolve()}")
