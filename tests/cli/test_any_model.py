@@ -244,6 +244,7 @@ def test_probes_on_a_labelled_dataset(setup, tmp_path) -> None:
     lines = [x for x in text.splitlines() if x.startswith(("layer2.1.conv2 ", "fc "))]
     assert [x.split()[0] for x in lines] == ["layer2.1.conv2", "fc"], text
     assert lines[0].index("softmax") == lines[1].index("softmax")
+    assert "  test accuracy: softmax " in lines[0]  # what the figures are, said
     rows = {s.key: s for s in read_sections(out)}["probes"].tables[0].rows
     assert [r[0] for r in rows] == ["layer2.1.conv2", "fc"]
 

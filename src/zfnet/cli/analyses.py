@@ -365,7 +365,7 @@ def probes_cmd(model_options: ModelOptions, data: str | None, out: str, per_clas
                            layers=_layers(source.model, layers))
     width = max(len(r.layer) for r in rows)
     for r in rows:
-        click.echo(f"{r.layer:<{width}} "
+        click.echo(f"{r.layer:<{width}}  test accuracy: "  # as transfer's rows say it
                    + "  ".join(f"{k} {v:.1%}" for k, v in r.accuracy.items()))
     _finish(out)
 
