@@ -167,3 +167,15 @@ def test_a_blank_projection_is_like_another_blank_one() -> None:
     assert sim[0].tolist() == [1.0] * 4
     assert sim[1, :2].tolist() == [0.0, 0.0] and sim[1, -1] == pytest.approx(1.0)
     assert sim[2, -1] == pytest.approx(1.0) and sim[2, :3].abs().max() < 1
+
+
+def test_similarity_stays_within_one() -> None:
+    """A projection's similarity to itself read 1.000000238418579 in the explorer's JSON."""
+    from zfnet.analyses.evolution import similarity_to_last
+
+    g = torch.Generator().manual_seed(0)
+    flat = torch.randn(64, 3, 1000, generator=g) * 1e3
+    raw = torch.nn.functional.cosine_similarity(flat, flat[:, -1:].expand_as(flat), dim=2)
+    assert raw.max() > 1  # float rounding does go past it here
+    sim = similarity_to_last(flat)
+    assert sim.max() <= 1 and sim.min() >= -1

@@ -34,7 +34,8 @@ def similarity_to_last(flat: Tensor) -> Tensor:
     its map's last. Two blank projections (a unit that never fires: nothing to project) are
     the same picture, 1 — the last epoch's own 1 included —, one blank beside another, 0."""
     last = flat[:, -1:].expand_as(flat)
-    sim = torch.nn.functional.cosine_similarity(flat, last, dim=2)
+    # within [-1, 1]: float rounding gave the last epoch's own 1.0000002
+    sim = torch.nn.functional.cosine_similarity(flat, last, dim=2).clamp(-1.0, 1.0)
     blank = flat.eq(0).all(2)
     return sim.masked_fill(blank & last.eq(0).all(2), 1.0)
 
