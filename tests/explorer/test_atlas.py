@@ -283,7 +283,10 @@ def test_replaces_an_atlas_never_anything_else_and_a_stop_leaves_nothing(tiny_ru
     source = load_source(str(tiny_run))
     bundle = load_data(source, None)
     out = tmp_path / "site"
-    write_atlas(source.model, bundle, out, layers=["conv1"], k=2, maps_per_layer=2, n_images=4)
+    totals: list[int] = []  # the bar's total is the work's from the start (it grew at the end)
+    write_atlas(source.model, bundle, out, layers=["conv1"], k=2, maps_per_layer=2, n_images=4,
+                progress=lambda done, total: totals.append(total))
+    assert set(totals) == {4 + 2}  # the images mined, the units drawn
     first = sorted(p.name for p in (out / "conv1").iterdir())
     write_atlas(source.model, bundle, out, layers=["conv3"], k=2, maps_per_layer=1, n_images=4)
     assert not (out / "conv1").exists() and len(list((out / "conv3").glob("*.html"))) == 2

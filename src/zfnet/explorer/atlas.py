@@ -250,7 +250,11 @@ def write_atlas(
 
     # the work: mining (n images), evolution's mining (n per checkpoint), every unit drawn
     epochs = len(evolution) if evolution is not None else 0
-    state = {"done": 0, "total": n * (1 + epochs)}
+    # ... the units drawn counted before the mining as well, where the layers' maps are known:
+    # a bar's total that grew at the end (0/5000 ... 5080/5080) looked like more work found
+    state = {"done": 0, "total": n * (1 + epochs) + sum(
+        layer.maps if maps_per_layer is None else min(maps_per_layer, layer.maps)
+        for layer in table)}
 
     def report(done: int, offset: int) -> None:
         if progress is not None:
@@ -270,7 +274,7 @@ def write_atlas(
         layer.names = list(named) if named is not None and len(named) == layer.maps else None
         layer.shown = list(range(layer.maps)) if maps_per_layer is None else \
             select_maps(t, maps_per_layer)
-    state["total"] += sum(len(layer.shown) for layer in table)
+    state["total"] = n * (1 + epochs) + sum(len(layer.shown) for layer in table)
     evo = None
     if evolution is not None:
         evo = feature_evolution(evolution, dataset, n_images=None, rule=rule,
@@ -364,8 +368,8 @@ def _replace(tmp: Path, out_dir: Path) -> Path | None:
 
 def _layer_table(model: nn.Module, names: list[str], size: tuple[int, int]) -> list[_Layer]:
     """Each layer's module, kind and geometry (as the explorer names them: a network's stage,
-    a ResNet's layer3, 'stage'; any other module with modules inside, 'block'); maps are
-    filled in from the mining."""
+    a ResNet's layer3, 'stage'; any other module with modules inside, 'block'); maps as
+    `layer_info` counts them (0 where it has none), set from the mining."""
     infos = layer_info(model, size)
     geos = layer_geometries(model, names, size)
     try:
@@ -382,7 +386,8 @@ def _layer_table(model: nn.Module, names: list[str], size: tuple[int, int]) -> l
             slug += "_"
         slugs.add(slug)
         kind = info.kind if info else "stage" if name in stages else "block"
-        table.append(_Layer(name, slug, module, kind, 0, geos[name]))
+        table.append(_Layer(name, slug, module, kind, info.channels or 0 if info else 0,
+                            geos[name]))
     return table
 
 
