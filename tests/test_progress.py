@@ -114,7 +114,7 @@ def test_the_atlas_into_a_log_draws_its_bar_at_its_start_and_end(tmp_path) -> No
     states = [s for s in _states(res.stderr) if s.startswith("atlas:")]
     assert len(states) == 2 and states[-1].startswith("atlas: 100%"), res.stderr
     assert states[0].startswith("atlas:   0%") and " 0/" in states[0], res.stderr  # its total
-    assert res.output.endswith(f"step/s]\natlas: {(tmp_path / 'atlas' / 'index.html').resolve()}\n")
+    assert res.output.endswith(f"\natlas: {(tmp_path / 'atlas' / 'index.html').resolve()}\n")
 
 
 def test_occlusion_into_a_log_draws_its_bar_with_its_total_from_the_first_line(tmp_path) -> None:
