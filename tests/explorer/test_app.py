@@ -941,6 +941,34 @@ def test_one_client_cannot_cancel_a_job_another_follows(explorer) -> None:
             jobs.shutdown()
 
 
+def test_asking_again_after_a_cancel_gets_a_live_job_not_the_dying_one(
+        explorer, monkeypatch) -> None:
+    """A cancelled job runs on until its next progress report: a request for its result in
+    that time gets a new job (queued behind it), not the dying one, and then the result."""
+    reported, gate = threading.Event(), threading.Event()
+
+    def slow(image_id, layer, unit, progress):
+        progress(1, 3)
+        reported.set()
+        gate.wait(30)
+        progress(2, 3)  # where a cancelled job stops
+        explorer.occlusions.put((image_id, layer, unit), {"png": b"", "method": "fake"})
+    monkeypatch.setattr(explorer, "occlusion_job", slow)
+    with TestClient(create_app(explorer)) as c:
+        try:
+            page = {"X-Client-Id": "page-a"}
+            first = c.get("/api/occlusion?image=val:16", headers=page).json()["job"]
+            assert reported.wait(30)
+            r = c.delete(f"/api/jobs/{first['id']}", headers=page)
+            assert (r.json()["state"], r.json()["others"]) == ("running", 0)  # stops at its next
+            again = c.get("/api/occlusion?image=val:16", headers=page)
+            assert again.status_code == 202 and again.json()["job"]["id"] != first["id"]
+        finally:
+            gate.set()
+        assert _wait(c, "/api/occlusion?image=val:16")["method"] == "fake"
+        assert c.get(f"/api/jobs/{first['id']}").json()["state"] == "cancelled"
+
+
 def test_a_topk_asked_for_as_its_mining_ends_is_not_mined_again(client, explorer,
                                                                monkeypatch) -> None:
     """A request that found the index not mined yet, just before its job ended, starts a job

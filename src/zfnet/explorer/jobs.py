@@ -118,13 +118,18 @@ class JobRunner:
                abandonable: bool = False, client: str | None = None) -> Job:
         """The job computing `key`: the queued or running one (asked about again), or a new
         one running `work(progress)`. A finished job is not reused (its result is where
-        `work` put it; a failed or cancelled one is tried again). `abandonable`: dropped once
-        no client asks about it (the module doc). `client`: who asks (see `cancel`)."""
+        `work` put it; a failed or cancelled one is tried again), nor is one asked to stop
+        that has not reached its next progress report yet (a new one is queued behind it).
+        `abandonable`: dropped once no client asks about it (the module doc). `client`: who
+        asks (see `cancel`)."""
         with self._lock:
             job = self._by_key.get(key)
-            if job is not None and job.state in ("queued", "running"):
+            if job is not None and job.state in ("queued", "running") \
+                    and not job.cancel.is_set():
                 job.touch(client)
                 return job
+            # a job cancelled (or abandoned) but still running until its next progress report
+            # is not joined: it is dying, and would end "cancelled" for the one asking again
             job = Job(f"{kind}-{next(self._ids)}", kind, key, what,
                       abandon_after=self.abandon_after if abandonable else None)
             job.touch(client)
