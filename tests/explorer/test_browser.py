@@ -549,6 +549,29 @@ def test_a_queued_job_counts_the_jobs_ahead_and_no_one_else_cancels_it(page, ser
     assert page.console.errors == []
 
 
+def test_a_reloaded_page_is_the_same_client_so_its_cancel_stops_the_job(page, server) -> None:
+    """The tab keeps its client id over a reload (F5): the page before it is not "1 other
+    page" following the job, and Cancel stops it."""
+    app, _ = server
+    gate = threading.Event()
+    holder = app.state.jobs.submit("test", ("hold", "reload"), "a job holding the queue",
+                                   lambda progress: gate.wait(30))
+    try:
+        _open(page, "/?image=val:12&view=occlusion")
+        page.wait_for_selector("#job", state="visible")
+        page.reload()
+        page.wait_for_selector("body[data-ready]")
+        page.wait_for_selector("#job", state="visible")
+        page.click("#job-cancel")
+        page.wait_for_selector("#view-again")
+        assert "was cancelled. " in page.text_content("#view-hint")
+        assert app.state.jobs.last(("occlusion", "val:12", None, None)).state == "cancelled"
+    finally:
+        gate.set()
+    holder.future.result(timeout=30)
+    assert page.console.errors == []
+
+
 def test_a_view_left_behind_is_cancelled_not_left_queued(page, server) -> None:
     """Arrow keys or strip clicks with the occlusion tab open: the job of the image left
     behind is cancelled, not left queued ahead of the one the page waits for now."""

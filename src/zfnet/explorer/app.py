@@ -49,7 +49,7 @@ class TooLarge(ExplorerError):
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
-CLIENT_HEADER = "x-client-id"  # the page sends a random id of its own: one client per page
+CLIENT_HEADER = "x-client-id"  # the page sends a random id of its tab's, kept over reloads
 
 
 def client_of(request: Request) -> str:

@@ -35,11 +35,10 @@
   let currentJobKind = null;     // its kind (topk, occlusion, evolution)
   let currentJobUrl = null;      // the view request it computes
   const cancelledHere = new Set();  // the jobs this page cancelled (its Cancel button)
-  // This page's own id, sent with every request: a job that other pages follow too (a link
-  // passed around a class) goes on for them when this page cancels it. getRandomValues, not
+  // This tab's own id, sent with every request: a job that other tabs follow too (a link
+  // passed around a class) goes on for them when this one cancels it. getRandomValues, not
   // randomUUID: a server on the network (http://192.168.…) is not a secure context.
-  const CLIENT_ID = Array.from(crypto.getRandomValues(new Uint8Array(12)),
-    (b) => b.toString(16).padStart(2, "0")).join("");
+  const CLIENT_ID = tabId();
   let keyRun = false;            // the last change came from the arrow keys on the maps
   let defaultHint = null;        // the view panel's text before any view is asked for
 
@@ -85,6 +84,34 @@
   };
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  /** The tab's id, the same after a reload (F5): kept in its sessionStorage, so the page before
+   *  the reload is not counted as another page following its jobs. The live page takes it out
+   *  and puts it back as it goes (pagehide): a tab duplicated from it (which copies the
+   *  sessionStorage) gets an id of its own. */
+  function tabId() {
+    const key = "zfnet-explorer-client";
+    let id = null;
+    try {
+      id = sessionStorage.getItem(key);
+      sessionStorage.removeItem(key);
+    } catch (err) {
+      id = null;  // storage refused (a private mode): a new id on each load
+    }
+    if (!id || !/^[0-9a-f]{24}$/.test(id)) {
+      id = Array.from(crypto.getRandomValues(new Uint8Array(12)),
+        (b) => b.toString(16).padStart(2, "0")).join("");
+    }
+    const keep = (put) => () => {
+      try {
+        if (put) sessionStorage.setItem(key, id);
+        else sessionStorage.removeItem(key);
+      } catch (err) { /* not kept: the next load has a new id */ }
+    };
+    window.addEventListener("pagehide", keep(true));
+    window.addEventListener("pageshow", (e) => { if (e.persisted) keep(false)(); });
+    return id;
+  }
 
   // ---------------------------------------------------------------- messages
 
