@@ -969,6 +969,17 @@ def test_asking_again_after_a_cancel_gets_a_live_job_not_the_dying_one(
         assert c.get(f"/api/jobs/{first['id']}").json()["state"] == "cancelled"
 
 
+def test_every_api_answer_names_the_model_and_data_it_comes_from(client) -> None:
+    """X-Explorer-Id (/api/model's id) on every /api/ answer, errors too: a page left open
+    while the server is started again on another model sees the change."""
+    own = client.get("/api/model").json()["id"]
+    for url in ("/api/layers", "/api/maps?image=val:0&layer=conv1", "/api/image/val:0.png",
+                "/api/maps?image=val:0&layer=nope", "/api/jobs/none", "/api/nothing"):
+        r = client.get(url)
+        assert r.headers.get("X-Explorer-Id") == own, (url, r.status_code, r.headers)
+    assert "X-Explorer-Id" not in client.get("/").headers  # the page itself: not an answer
+
+
 def test_a_topk_asked_for_as_its_mining_ends_is_not_mined_again(client, explorer,
                                                                monkeypatch) -> None:
     """A request that found the index not mined yet, just before its job ended, starts a job

@@ -572,6 +572,30 @@ def test_a_reloaded_page_is_the_same_client_so_its_cancel_stops_the_job(page, se
     assert page.console.errors == []
 
 
+def test_a_page_open_when_the_server_serves_another_model_asks_for_a_reload(
+        page, server) -> None:
+    """The server started again on another model at the same address: the open page's next
+    request sees another id; it hides the last model's layers and pictures and says to
+    reload, rather than mixing the two."""
+    app, _ = server
+    explorer = app.state.explorer
+    _open(page, "/?image=val:2&layer=conv1")
+    page.wait_for_selector("#maps[data-layer]")
+    own = explorer.id
+    try:
+        explorer.id = "another-model"
+        page.click('#strip button[data-image="val:3"]')
+        page.wait_for_selector("#stale", state="visible")
+        assert "another model or dataset" in page.text_content("#stale-text")
+        assert page.locator("#layout").is_hidden() and page.locator("#error").is_hidden()
+        page.click("#stale-reload")
+        page.wait_for_selector("body[data-ready]")
+        assert page.locator("#stale").is_hidden() and page.locator("#layout").is_visible()
+    finally:
+        explorer.id = own
+    assert page.console.errors == []
+
+
 def test_a_view_left_behind_is_cancelled_not_left_queued(page, server) -> None:
     """Arrow keys or strip clicks with the occlusion tab open: the job of the image left
     behind is cancelled, not left queued ahead of the one the page waits for now."""

@@ -48,6 +48,11 @@ class TooLarge(ExplorerError):
     """An upload over the size limit."""
 
 
+# every /api/ answer names the model and data it comes from (`Explorer.id`, /api/model's id):
+# a page left open while the server was started again on another model sees the change at its
+# next request, and asks for a reload instead of mixing the two models' layers and pictures
+SERVER_ID_HEADER = "X-Explorer-Id"
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 CLIENT_HEADER = "x-client-id"  # the page sends a random id of its tab's, kept over reloads
 
@@ -101,6 +106,13 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
         response = await call_next(request)
         if response.status_code == 200:
             response.headers["ETag"] = tag
+        return response
+
+    @app.middleware("http")
+    async def name_the_model(request: Request, call_next: Callable[..., Any]) -> Any:
+        response = await call_next(request)
+        if request.url.path.startswith("/api/"):
+            response.headers[SERVER_ID_HEADER] = explorer.id
         return response
 
     if allowed_hosts is not None:

@@ -39,6 +39,8 @@
   // passed around a class) goes on for them when this one cancels it. getRandomValues, not
   // randomUUID: a server on the network (http://192.168.…) is not a secure context.
   const CLIENT_ID = tabId();
+  let serverId = null;           // the model and data the server served this page (its id)
+  let staleServer = null;        // why the page stopped: the server now serves another model
   let keyRun = false;            // the last change came from the arrow keys on the maps
   let defaultHint = null;        // the view panel's text before any view is asked for
 
@@ -54,6 +56,7 @@
   /** fetch `path`; resolve {status, body} for 2xx, throw ApiError with the server's one-line
    *  message otherwise. */
   async function api(path, options = {}) {
+    if (staleServer) throw new ApiError(staleServer, 0);
     let response;
     try {
       const headers = { ...(options.headers || {}), "X-Client-Id": CLIENT_ID };
@@ -61,6 +64,7 @@
     } catch (err) {
       throw new ApiError("the server does not answer: is `zfnet serve` still running?", 0);
     }
+    checkServer(response.headers.get("X-Explorer-Id"));
     const text = await response.text();
     let body = null;
     try {
@@ -73,6 +77,27 @@
       throw new ApiError(message, response.status);
     }
     return { status: response.status, body };
+  }
+
+  /** Every answer names the model and data it comes from (the server's id): a server started
+   *  again on another model at the same address would mix its maps and pictures with this
+   *  page's layers and strip. The page stops there, hides what it shows, and asks for a
+   *  reload. */
+  function checkServer(id) {
+    if (!id || staleServer) return;
+    if (serverId === null) {
+      serverId = id;
+      return;
+    }
+    if (id === serverId) return;
+    staleServer = "the server at this address now serves another model or dataset than the "
+      + "one this page shows: reload the page to look at it";
+    $("#stale-text").textContent = `This page is out of date: ${staleServer}.`;
+    $("#stale").hidden = false;
+    $("#error").hidden = true;
+    $("#layout").hidden = true;  // the last model's layers and pictures, no longer served
+    $("#stale-reload").focus();
+    throw new ApiError(staleServer, 0);
   }
 
   const query = (params) => {
@@ -118,6 +143,7 @@
   let focusBeforeError = null;   // where the keyboard was when the error bar appeared
 
   function showError(message) {
+    if (staleServer) return;  // the banner says it: reload
     $("#error-text").textContent = message;
     if ($("#error").hidden && document.activeElement !== document.body) {
       focusBeforeError = document.activeElement;
@@ -1261,6 +1287,13 @@
   // ---------------------------------------------------------------- wiring
 
   function wire() {
+    // the page opened afresh, on what the server serves now (the old view's link would name
+    // the last model's layers and images)
+    $("#stale-reload").addEventListener("click", () => window.location.assign("/"));
+    // back to the tab (after restarting the server in a terminal): is it still the same model?
+    document.addEventListener("visibilitychange", () => {
+      if (document.visibilityState === "visible" && model) api("/api/model").catch(() => {});
+    });
     $("#error-close").addEventListener("click", dismissError);
     document.addEventListener("keydown", (e) => {
       if (e.key === "Escape" && !$("#error").hidden) dismissError();
