@@ -670,6 +670,29 @@ def test_an_untrained_networks_tiny_activations_are_given_as_they_are(tmp_path) 
     assert 0 < row[-1] < 1e-6, row
     assert f"{row[-1]:.4g}" in build_report(tmp_path / "report").read_text()
 
+def test_maps_of_1x1_are_drawn_as_a_flat_layers_units(tmp_path) -> None:
+    """A global pool's maps (ResNet's avgpool) are 1×1: each scaled to its own maximum, every
+    active one was pure white; they are scaled to the layer's maximum, as a flat layer's."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(6, 2))
+    e = Explorer(from_module(net, resize=32, crop=32), None, cache_dir=tmp_path)
+    with TestClient(create_app(e)) as c:
+        up = c.post("/api/images", content=_jpeg()).json()["id"]
+        assert next(lr for lr in c.get("/api/layers").json()["layers"]
+                    if lr["name"] == "2")["size"] == [1, 1]
+        m = c.get(f"/api/maps?image={up}&layer=2").json()
+        assert (m["size"], m["scale"]) == ([1, 1], "layer")
+        assert c.get(f"/api/maps?image={up}&layer=1").json()["scale"] == "map"
+        sprite = _png(c.get(m["sprite"]))
+        (th, tw), gap, cols = m["tile"], m["gap"], m["cols"]
+        got = [int(sprite[(i // cols) * (th + gap), (i % cols) * (tw + gap)])
+               for i in range(m["maps"])]
+        top = max(m["max"])
+        np.testing.assert_allclose(got, [max(v, 0) / top * 255 for v in m["max"]], atol=1)
+        assert sum(v > 0 for v in m["max"]) > 1 and sorted(got)[-2] < 255  # not all white
+
+
 def test_a_loopback_server_answers_only_to_its_own_names(explorer) -> None:
     """DNS rebinding: another site's page cannot reach the server under a name of its own."""
     app = create_app(explorer, allowed_hosts=("127.0.0.1", "localhost"))

@@ -194,6 +194,12 @@ class _Readable(Dataset):
         return item
 
 
+def _one_value(row: LayerRow) -> bool:
+    """Whether each of the layer's maps is one value: a flat layer's units, or maps of 1×1 (a
+    ResNet's `avgpool`): drawn alike, as squares scaled to the layer's maximum."""
+    return row.size is None or tuple(row.size) == (1, 1)
+
+
 def _sig(value: float) -> float:
     """`value` to 6 significant digits for the JSON: an untrained network's activations (1e-8)
     stay themselves, where 6 decimals made them 0 beside `"active": true`."""
@@ -639,7 +645,7 @@ class Explorer:
         h, w = row.size or (1, 1)
         cols, tile = self._layout(row)
         return {"layer": row.name, "maps": m, "size": [h, w], "cols": cols,
-                "tile": list(tile), "gap": 1,
+                "tile": list(tile), "gap": 1, "scale": "layer" if _one_value(row) else "map",
                 "max": [_sig(float(v)) for v in best],
                 "argmax": [[int(i) // w, int(i) % w] for i in where],
                 "sprite": f"/api/maps.png?image={image_id}&layer={row.name}"}
@@ -647,7 +653,7 @@ class Explorer:
     def _layout(self, row: LayerRow) -> tuple[int, tuple[int, int]]:
         """(columns, (tile h, tile w)) of the sprite: maps enlarged by an integer factor to at
         least TILE_MIN px, in about a 4:3 page."""
-        if row.size is None:
+        if _one_value(row):
             return max(1, min(64, math.ceil(math.sqrt(row.maps * 4 / 3)))), (FLAT_TILE,) * 2
         h, w = row.size
         zoom = max(1, math.ceil(TILE_MIN / max(h, w)))
@@ -657,8 +663,9 @@ class Explorer:
 
     def maps_png(self, image_id: str, layer: str) -> bytes:
         """The sprite: every map of the layer for the image, each scaled from 0 to its own
-        maximum (rectified: grey levels of max(a, 0)) — a flat layer's units to the layer's
-        maximum —, on a dark grid."""
+        maximum (rectified: grey levels of max(a, 0)) — a flat layer's units, and maps of
+        1×1 (a global pool's), to the layer's maximum: scaled to its own, each active one
+        would be white —, on a dark grid."""
         row = self.layer(layer)
 
         def draw() -> bytes:
@@ -666,7 +673,7 @@ class Explorer:
             cols, (th, tw) = self._layout(row)
             h, w = row.size or (1, 1)
             a = act.reshape(row.maps, h, w)
-            if row.size is None:  # a flat layer's "map" is one value: scaled by the layer's max
+            if _one_value(row):  # a "map" of one value: scaled by the layer's max
                 top = a.max().clamp_min(1e-12).expand(row.maps)
             else:
                 top = a.reshape(row.maps, -1).amax(1).clamp_min(1e-12)

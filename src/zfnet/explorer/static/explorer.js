@@ -770,9 +770,15 @@
       const { body } = await api(`/api/maps?${query({ image: state.image, layer: state.layer })}`);
       if (ticket !== tickets.maps) return;
       const layer = layerByName.get(body.layer);
+      // a flat layer's units, and maps of 1×1 (a global pool's: each its own maximum, every
+      // active one would be white): squares scaled to the layer's maximum
       $("#maps-meta").textContent = layer && !layer.spatial
-        ? `${body.maps} units of a flat layer, one value each, for ${state.image}; ` +
-          "hover a square for its value, click it for the unit."
+        ? `${body.maps} units of a flat layer, one value each, for ${state.image}, drawn from 0 ` +
+          "(black) to the layer's maximum (white); hover a square for its value, click it for the unit."
+        : body.scale === "layer"
+        ? `${body.maps} maps of 1×1, one value each as a flat layer's units, for ${state.image}, ` +
+          "drawn from 0 (black) to the layer's maximum (white); hover a square for its value, " +
+          "click it for the unit."
         : `${body.maps} maps of ${grid2(body.size)} for ${state.image}, each drawn from 0 (black) to ` +
           "its own maximum (white). Click a map for its strongest unit; click inside the picked " +
           "map for a position.";
@@ -964,7 +970,7 @@
       unitInfo = body;
       if (body.name) $("#unit-heading").textContent += ` (${body.name})`;  // a class's score
       const layer = layerByName.get(body.layer);
-      const at = layer && !layer.spatial ? "" : ` at (${body.row}, ${body.col})${state.row === null ? ", its strongest position" : ""}`;
+      const at = layer && (!layer.spatial || layer.size[0] * layer.size[1] === 1) ? "" : ` at (${body.row}, ${body.col})${state.row === null ? ", its strongest position" : ""}`;
       const box = body.box ? ` · receptive field rows ${body.box[0]}–${body.box[2]}, columns ${body.box[1]}–${body.box[3]}` : "";
       const one = body.seed === "one";
       const idle = one ? " · seeded with 1, as Captum seeds (what would raise it), not with its activation" :
