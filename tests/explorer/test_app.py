@@ -693,6 +693,30 @@ def test_maps_of_1x1_are_drawn_as_a_flat_layers_units(tmp_path) -> None:
         assert sum(v > 0 for v in m["max"]) > 1 and sorted(got)[-2] < 255  # not all white
 
 
+class _ReluTwice(nn.Module):
+    """A residual block as ResNet's: one ReLU module called after the conv and after the
+    sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+
+    def forward(self, x):
+        y = self.relu(self.conv1(x))
+        return self.head(self.relu(self.conv2(y) + y))
+
+
+def test_a_module_called_twice_says_so_in_the_layer_table(tmp_path) -> None:
+    """A module run twice in one forward pass is listed where it first runs but shows its
+    last call: /api/layers says how many times it runs."""
+    e = Explorer(from_module(_ReluTwice(), resize=32, crop=32), None, cache_dir=tmp_path)
+    with TestClient(create_app(e)) as c:
+        calls = {lr["name"]: lr["calls"] for lr in c.get("/api/layers").json()["layers"]}
+    assert calls["relu"] == 2 and calls["conv1"] == calls["conv2"] == 1, calls
+
+
 def test_a_loopback_server_answers_only_to_its_own_names(explorer) -> None:
     """DNS rebinding: another site's page cannot reach the server under a name of its own."""
     app = create_app(explorer, allowed_hosts=("127.0.0.1", "localhost"))

@@ -69,6 +69,7 @@ from zfnet.models import (
     layer_geometries,
     layer_info,
     layer_name,
+    repeated_layers,
     score_layer,
 )
 
@@ -107,11 +108,14 @@ class LayerRow:
     size: tuple[int, int] | None  # (h, w) of a map; None for a flat layer
     rf: tuple[int, int] | None
     stride: tuple[int, int] | None
+    # times its module runs in one forward pass (a ResNet block's one ReLU: after bn1, then
+    # after the residual sum); every view shows its last call
+    calls: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "module": self.module, "kind": self.kind, "maps": self.maps,
                 "size": self.size, "rf": self.rf, "stride": self.stride,
-                "spatial": self.size is not None}
+                "spatial": self.size is not None, "calls": self.calls}
 
 
 @dataclass
@@ -354,6 +358,10 @@ class Explorer:
             self.model(to_model(self.model, x))
         geos = layer_geometries(self.model, [n for n in names if n in store], self.size)
         self._geometries = geos  # one geometry pass at start-up, for every view
+        try:
+            repeated = repeated_layers(self.model, self.size)
+        except Exception:  # noqa: BLE001  # a model it cannot trace: every layer runs once
+            repeated = {}
         rows = []
         for n in names:
             out = store.get(n)
@@ -365,7 +373,8 @@ class Explorer:
             rows.append(LayerRow(
                 n, module_of[n], kind, int(out.shape[1]), size,  # type: ignore[arg-type]
                 (g.rows.rf, g.cols.rf) if g is not None and size else None,
-                (g.rows.jump, g.cols.jump) if g is not None and size else None))
+                (g.rows.jump, g.cols.jump) if g is not None and size else None,
+                repeated.get(module_of[n], 1)))
         return rows
 
     def _default_layer(self) -> str:

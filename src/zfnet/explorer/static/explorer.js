@@ -377,11 +377,12 @@
         button.append(part + (i < parts.length - 1 ? "." : ""));
         if (i < parts.length - 1) button.append(document.createElement("wbr"));
       });
-      button.title = `${layer.name} · ${layer.module}${layer.stride ? ` · stride ${grid2(layer.stride)}` : ""}`;
+      button.title = `${layer.name} · ${layer.module}${layer.stride ? ` · stride ${grid2(layer.stride)}` : ""}` +
+        (layer.calls > 1 ? ` · ${calledText(layer)}` : "");
       name.append(button);
       tr.append(name);
       for (const [text, cls] of [
-        [layer.kind, ""],
+        [layer.calls > 1 ? `${layer.kind} ×${layer.calls}` : layer.kind, ""],
         [String(layer.maps), "num"],
         [layer.spatial ? grid2(layer.size) : "flat", "num"],
         [size2(layer.rf), "num"],
@@ -391,9 +392,18 @@
         if (cls) td.className = cls;
         tr.append(td);
       }
+      if (layer.calls > 1) tr.cells[1].title = calledText(layer);
       tr.addEventListener("click", () => pickLayer(layer.name));
       body.append(tr);
     }
+  }
+
+  /** A module called more than once in one forward pass (a ResNet block's one ReLU: after
+   *  bn1, then after the residual sum) is listed where it first runs, but every view shows
+   *  its last call. */
+  function calledText(layer) {
+    return `${layer.module} runs ${layer.calls} times in one forward pass; ` +
+      "shown: its last call's output";
   }
 
   function pickLayer(name) {
@@ -782,6 +792,7 @@
         : `${body.maps} maps of ${grid2(body.size)} for ${state.image}, each drawn from 0 (black) to ` +
           "its own maximum (white). Click a map for its strongest unit; click inside the picked " +
           "map for a position.";
+      if (layer && layer.calls > 1) $("#maps-meta").textContent += ` ${calledText(layer)}.`;
       sprite.onload = () => {
         if (ticket !== tickets.maps) return;
         maps = body;
@@ -976,7 +987,8 @@
       const idle = one ? " · seeded with 1, as Captum seeds (what would raise it), not with its activation" :
         body.active ? "" : " · not active on this image (activation ≤ 0): seeded with its activation, every " +
         `rule projects it to nothing; its top ${model.k} show where it fires`;
-      $("#unit-meta").textContent = `activation ${fmt(body.activation)}${at} · image ${state.image}${box}${idle}`;
+      const last = layer && layer.calls > 1 ? ` · in the last of its module's ${layer.calls} calls` : "";
+      $("#unit-meta").textContent = `activation ${fmt(body.activation)}${at}${last} · image ${state.image}${box}${idle}`;
       if (one || !body.active) {  // the other seed, one click away
         const other = document.createElement("button");
         other.type = "button";
