@@ -157,6 +157,10 @@ def test_pick_a_layer_and_a_map_see_the_unit_and_reopen_it_by_its_link(page, ser
     shown = re.match(r"activation (\S+) at", page.text_content("#unit-meta")).group(1)
     assert float(shown) == pytest.approx(maps["max"][m], abs=1e-3)
     assert not page.locator("#unit-box").is_hidden()
+    box = httpx.get(f"{url}/api/unit", params={"image": "val:0", "layer": "conv2",
+                                               "unit": m}).json()["box"]  # half-open
+    assert (f"receptive field rows {box[0]}–{box[2] - 1}, columns {box[1]}–{box[3] - 1} "
+            "(inclusive)") in page.text_content("#unit-meta")
 
     # a click inside the picked map picks that position
     row, col = (strongest[0] + 1) % maps["size"][0], strongest[1]

@@ -982,7 +982,8 @@
       if (body.name) $("#unit-heading").textContent += ` (${body.name})`;  // a class's score
       const layer = layerByName.get(body.layer);
       const at = layer && (!layer.spatial || layer.size[0] * layer.size[1] === 1) ? "" : ` at (${body.row}, ${body.col})${state.row === null ? ", its strongest position" : ""}`;
-      const box = body.box ? ` · receptive field rows ${body.box[0]}–${body.box[2]}, columns ${body.box[1]}–${body.box[3]}` : "";
+      // the API's box is half-open [top, bottom): the text gives the last row and column in it
+      const box = body.box ? ` · receptive field rows ${body.box[0]}–${body.box[2] - 1}, columns ${body.box[1]}–${body.box[3] - 1} (inclusive)` : "";
       const one = body.seed === "one";
       const idle = one ? " · seeded with 1, as Captum seeds (what would raise it), not with its activation" :
         body.active ? "" : " · not active on this image (activation ≤ 0): seeded with its activation, every " +
