@@ -554,6 +554,9 @@ def test_server_without_a_dataset_takes_uploads_only(tmp_path) -> None:
         assert c.get(f"/api/maps?image={up['id']}&layer=conv1").status_code == 200
         _error(c.get("/api/topk?layer=conv1&unit=0"), 400, "--data")
         _error(c.get("/api/evolution?layer=conv1&unit=0"), 404, "kept epochs")
+        # its figure gives the same reason, not "not computed yet: GET /api/evolution ..."
+        text = _error(c.get("/api/evolution.png?layer=conv1&unit=0"), 404, "kept epochs")
+        assert "yet" not in text
 
 
 def test_a_broken_file_in_the_folder_is_named_and_not_shown_first(tmp_path) -> None:

@@ -353,14 +353,17 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
                                 f"/api/occlusion?image={image}{picked} computes them")
         return _png(done["png"])
 
+    def _evolution_possible() -> None:
+        if not explorer.evolution_checkpoints:
+            raise NotFoundError("evolution needs a zfnet run with kept epochs: zfnet serve "
+                                "--checkpoint RUN (zfnet train --keep-epochs)")
+
     @app.get("/api/evolution")
     async def evolution(request: Request, layer: str, unit: int) -> Any:
         """The unit across the run's kept epochs (Fig. 4)."""
         lr = explorer.layer(layer)
         explorer.unit_index(lr, unit)
-        if not explorer.evolution_checkpoints:
-            raise NotFoundError("evolution needs a zfnet run with kept epochs: zfnet serve "
-                                "--checkpoint RUN (zfnet train --keep-epochs)")
+        _evolution_possible()
         done = explorer.evolutions.get((lr.name, unit))
         if done is not None:
             return {k: v for k, v in done.items() if k != "png"}
@@ -373,6 +376,7 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
     @app.get("/api/evolution.png")
     async def evolution_png(layer: str, unit: int) -> Response:
         name = explorer.layer(layer).name
+        _evolution_possible()  # the true reason, not "not computed yet"
         done = explorer.evolutions.get((name, unit))
         if done is None:
             raise NotFoundError(f"no evolution of {name} unit {unit} yet: GET "
