@@ -430,6 +430,12 @@ def test_a_bad_link_is_told_and_the_page_falls_back(page) -> None:
     assert "view=sideways is not one of topk, occlusion, evolution" in text
     page.wait_for_selector('#maps[data-layer="conv5"]')
     assert page.locator("#unit-section").is_hidden()
+    # a row without its col is told (as the API tells it), and the map's strongest unit shown
+    _open(page, "/?image=val:0&layer=conv2&unit=5&row=3")
+    assert "give both row and col, or neither (the map's strongest unit): row=3 without col " \
+        "is left out" in page.text_content("#error-text")
+    page.wait_for_selector('#unit-section[data-unit="5"]')
+    assert "row" not in _query(page)
     assert page.console.errors == []
 
 

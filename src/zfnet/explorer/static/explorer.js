@@ -292,6 +292,12 @@
       problems.push(`unit ${next.unit} is not in ${layer.name}, which has maps 0..${layer.maps - 1}`);
       next.unit = next.row = next.col = null;
     }
+    if ((next.row === null) !== (next.col === null)) {  // as the API says it
+      const one = next.row !== null ? `row=${next.row} without col` : `col=${next.col} without row`;
+      problems.push(`give both row and col, or neither (the map's strongest unit): ${one} is left out`);
+    } else if (next.row !== null && !q.has("unit")) {
+      problems.push("row and col place a unit: without unit= they are left out");
+    }
     if (next.row === null || next.col === null || next.unit === null) next.row = next.col = null;
     if (next.view && !VIEWS.includes(next.view)) {
       problems.push(`view=${next.view} is not one of ${VIEWS.join(", ")}`);
