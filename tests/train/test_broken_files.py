@@ -301,3 +301,27 @@ def test_the_mean_images_broken_files_are_named_by_the_main_process(tmp_path) ->
         imagefolder.compute_mean(paths, 16, num_workers=2)
     named = sorted(str(w.message.file) for w in caught if w.category is BrokenImageWarning)
     assert named == [str(tmp_path / "data" / "train" / "ant" / n) for n in BROKEN]
+
+
+def test_a_class_whose_training_files_are_all_broken_is_an_error_at_once(tmp_path) -> None:
+    """It trained, silently, a class it never saw (the per-file warnings aside), where an empty
+    class folder is an error: now the same error, before any training, naming the class."""
+    spec = _dataset(tmp_path, splits=())
+    for name in ("0.png", "1.png"):  # cat/'s training files broken too: cat has none left
+        (tmp_path / "train" / "cat" / name).write_bytes(b"not an image")
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["train", "--data", spec, "--out", str(out), "--epochs", "1",
+                                    *CLI])
+    assert res.exit_code == 1 and not out.exists(), res.output
+    last = res.output.strip().splitlines()[-1]
+    assert last == (f"Error: no readable training image in class cat (its 2 files all broken, "
+                    f"e.g. {tmp_path / 'train' / 'cat' / '0.png'}: not a recognised image "
+                    "format): a model trained here would never see it; fix or remove the "
+                    "files, or leave the class out (classes=... in the dataset spec)")
+    # a class with one readable file left trains, its broken ones skipped as before
+    (tmp_path / "train" / "cat" / "0.png").unlink()
+    _folder(tmp_path / "again")
+    (tmp_path / "again" / "train" / "cat" / "0.png").rename(tmp_path / "train" / "cat" / "0.png")
+    res = CliRunner().invoke(main, ["train", "--data", spec, "--out", str(out), "--epochs", "1",
+                                    *CLI])
+    assert res.exit_code == 0, res.output

@@ -191,6 +191,48 @@ def decode_file(path: Path, min_side: int | None) -> torch.Tensor:
     return load_rgb(path, min_side=min_side)
 
 
+def unread_classes(paths: Sequence[Path], targets: Sequence[int], min_side: int = 32
+                   ) -> dict[int, tuple[int, BadImageError]]:
+    """The labels of which no file of `paths` decodes: {label: (its files, the first one's
+    error)}. Each label's files are tried in order up to the first that decodes (at a small
+    draft scale where a JPEG allows it): one decode a class for a sound folder."""
+    by_label: dict[int, list[Path]] = {}
+    for path, y in zip(paths, targets, strict=True):
+        by_label.setdefault(int(y), []).append(path)
+    unread = {}
+    for y, files in by_label.items():
+        first: BadImageError | None = None
+        for path in files:
+            try:
+                decode_file(path, min_side)
+                break
+            except BadImageError as e:
+                first = first or e
+        else:
+            unread[y] = (len(files), first)  # type: ignore[assignment]
+    return unread
+
+
+def check_classes_read(train: Dataset, class_names: Sequence[str]) -> None:
+    """ValueError naming each class of which no training file of `train` (a `FolderImages`;
+    any other dataset passes) can be read: a model trained on it would never see that class,
+    as with an empty class folder (an error at once, where broken files are otherwise skipped
+    when they are met)."""
+    if not isinstance(train, FolderImages):
+        return
+    unread = unread_classes(train.paths, train.targets)
+    if not unread:
+        return
+    named = ", ".join(
+        f"{class_names[y] if 0 <= y < len(class_names) else y} ("
+        + (f"its {n} files all broken" if n > 1 else "its one file broken")
+        + f", e.g. {e.path}: {e.reason})" for y, (n, e) in sorted(unread.items()))
+    many = len(unread) > 1
+    raise ValueError(f"no readable training image in class{'es' * many} {named}: a model "
+                     f"trained here would never see {'them' if many else 'it'}; fix or remove "
+                     "the files, or leave the class out (classes=... in the dataset spec)")
+
+
 class FolderImages(CropDataset):
     """Image files decoded on demand, preprocessed to uint8 (3, F, F) (or fitted to a model's
     `preprocessing`), cropped per `mode`."""

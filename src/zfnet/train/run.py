@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 import zfnet
 from zfnet.data.bundle import require_labels
+from zfnet.data.imagefolder import check_classes_read
 from zfnet.data.loaders import (
     as_inputs,
     collate_for,
@@ -172,6 +173,7 @@ def build_run(config: TrainConfig, info: ddp.DistInfo, bundle: Any = None) -> Ru
                               ckpt.read_mean_image(resume_from),
                               mean_input=None if meta is None else meta.get("input_size"))
     require_labels(bundle, "train on")
+    check_classes_read(bundle.train, bundle.class_names)  # as an empty class folder: at once
     if meta is not None:
         check_resumed_data(meta, config, bundle)
     amp_dtype = amp_dtype_for(config.amp, info.device)
