@@ -485,8 +485,10 @@ def check_input(src: Source) -> None:
 
 
 def load_data(source: Source, spec: str | None = None, *, ten_crop: bool = False,
-              strict: bool = False, cache_dir: str | Path | None = None) -> DataBundle:
-    """The dataset `spec` (default: the one a zfnet run was trained on) as `source`'s inputs.
+              strict: bool = False, cache_dir: str | Path | None = None,
+              read_train: bool = True) -> DataBundle:
+    """The dataset `spec` (default: the one a zfnet run was trained on) as `source`'s inputs;
+    `read_train` False for a command that reads its val split alone (`load_dataset`).
 
     A zfnet run on a named dataset keeps the paper's convention with that dataset's own mean
     image, as before sources existed; everything else (`images:DIR`, any other model) is fitted
@@ -507,7 +509,8 @@ def load_data(source: Source, spec: str | None = None, *, ten_crop: bool = False
     try:
         bundle = load_dataset(spec, ten_crop=ten_crop, strict=strict, cache_dir=cache_dir,
                               preprocessing=preprocessing, mean_image=mean_image,
-                              mean_input=source.meta.get("input_size"))
+                              mean_input=source.meta.get("input_size"),
+                              read_train=read_train)
     except FileNotFoundError as e:
         if given:
             raise

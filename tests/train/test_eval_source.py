@@ -18,6 +18,7 @@ from PIL import Image
 
 from tests.processes import torchrun
 from zfnet.cli import main
+from zfnet.data import load_dataset
 from zfnet.sources import load_data, load_source
 
 CLASSES = ("n01", "n02", "n03")
@@ -224,3 +225,29 @@ def test_a_class_named_as_two_outputs_is_refused() -> None:
     with pytest.raises(ValueError, match=r"^dataset 'd' has class 'crane', which names 2 outputs "
                                          r"of m \(1, 3\); give --labels a file"):
         _outputs_by_name(source, SimpleNamespace(class_names=["tabby", "crane"]), "d")
+
+
+def test_train_folders_problems_do_not_stop_or_warn_a_command_that_reads_val(setup,
+                                                                              tmp_path) -> None:
+    """eval and predict read val/ alone: an empty class folder or files of types not read
+    under train/ stopped them ("Error: empty class folder(s) ...: DIR/train/n03") or were warned
+    about; the classes are still numbered by train/'s class folders, as training numbers them."""
+    data = tmp_path / "data"
+    shutil.copytree(setup / "data", data)
+    for f in (data / "train" / "n03").iterdir():
+        f.unlink()  # an empty class folder
+    (data / "train" / "n01" / "anim.gif").write_bytes(b"GIF89a")  # a type not read
+    out = tmp_path / "r.json"
+    model = ["--model", "torchvision:resnet18", "--weights", str(setup / "r18.pth")]
+    code, text = _run([*model, "--data", f"imagefolder:{data}", "--device", "cpu", "--amp",
+                       "off", "--json", str(out)])
+    assert code == 0, text
+    assert str(data / "train") not in text, text  # nothing said of train/
+    r = json.loads(out.read_text())
+    assert r["class_names"] == list(CLASSES) and r["top1_error"] == pytest.approx(4 / 6)
+    res = CliRunner().invoke(main, ["predict", f"imagefolder:{data}", *model, "--top", "1"])
+    assert res.exit_code == 0 and str(data / "train") not in res.output, res.output
+    assert len([line for line in res.output.splitlines() if "/val/" in line]) == 6
+    # what reads train/ (training, its mean image) is still stopped by its empty class folder
+    with pytest.raises(ValueError, match=r"empty class folder\(s\) .*train/n03"):
+        load_dataset(f"imagefolder:{data}?size=32")

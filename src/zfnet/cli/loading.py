@@ -47,7 +47,9 @@ def _model_and_data(options: ModelOptions, data: str | None = None, *, need_data
         click.echo(note, err=True)
     if optional_data and not data and not source.meta.get("data"):
         need_data = False
-    bundle = load_data(source, data, ten_crop=ten_crop, strict=strict) if need_data else None
+    # the analyses read the val split alone: train/'s problems are not theirs
+    bundle = load_data(source, data, ten_crop=ten_crop, strict=strict,
+                       read_train=False) if need_data else None
     if bundle is not None and source.kind != "run":
         from zfnet.analyses.classes import match_classes
 

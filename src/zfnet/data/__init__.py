@@ -102,6 +102,7 @@ def load_dataset(
     outline: bool = False,
     mean_image: torch.Tensor | None = None,
     mean_input: int | None = None,
+    read_train: bool = True,
 ) -> DataBundle:
     """Load the dataset named by `spec` (`NAME[:PATH][?key=value&...]`) as a `DataBundle`.
 
@@ -117,6 +118,9 @@ def load_dataset(
     subtracts it instead of its own training images' mean (none computed; its input size is
     the run's, `mean_input`, where the spec gives no `size=`; a folder of val/ alone is then
     taken); the other datasets keep their own (the paper's convention for them).
+    `read_train` False: for a command that reads the val split alone, an imagefolder given a
+    `preprocessing` or `mean_image` lists no training images (train/ gives its classes only:
+    its empty folders and unread files are not that command's concern).
     `random_labels=SEED` (any labelled dataset): the training labels permuted
     (`zfnet.data.relabel`); `words=FILE`: the classes' words (`zfnet.data.words`).
     Unknown names and options raise ValueError listing the valid ones.
@@ -138,7 +142,8 @@ def load_dataset(
         "fashion-mnist": load_fashion_mnist,
         "imagefolder": lambda s, **kw: load_imagefolder(s, cache_dir=cache_dir,
                                                         outline=outline, mean_image=mean_image,
-                                                        mean_input=mean_input, **kw),
+                                                        mean_input=mean_input,
+                                                        read_train=read_train, **kw),
         "images": lambda s, **kw: load_images_dir(s, cache_dir=cache_dir, **kw),
         "sample-photos": lambda s, **kw: load_photos_dataset(s, cache_dir=cache_dir, **kw),
         "shards": lambda s, **kw: load_shards(s, cache_dir=cache_dir, mean_image=mean_image,

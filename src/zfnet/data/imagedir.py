@@ -171,7 +171,7 @@ def load_images(
     found = image_sources(images)
     if isinstance(found, str):
         return load_dataset(found, strict=strict, preprocessing=preprocessing,
-                            ten_crop=ten_crop).val
+                            ten_crop=ten_crop, read_train=False).val
     return FolderImages(found, [UNLABELLED] * len(found),
                         mode="ten_crop" if ten_crop else "centre", classes=[], strict=strict,
                         **fitted(preprocessing))

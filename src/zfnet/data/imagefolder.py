@@ -126,6 +126,17 @@ def image_files(folder: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) ->
     return sorted(files)
 
 
+def class_folders(folder: Path) -> tuple[list[str], list[str]]:
+    """The class names of `folder` (a split) and their folders' names, in torchvision's order
+    (sorted), the names composed (a Mac's `café`: `nfc`); hidden and junk folders left out.
+    Nothing under them is read: the classes as training numbers them."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a directory; expected {LAYOUT}")
+    folders = sorted(d.name for d in folder.iterdir()
+                     if d.is_dir() and not d.name.startswith(".") and d.name not in JUNK_FOLDERS)
+    return [nfc(n) for n in folders], folders
+
+
 def scan_split(
     root: Path, split: str, classes: list[str] | None = None
 ) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -134,13 +145,7 @@ def scan_split(
     With `classes` (the train classes) given, a class folder not among them is an error.
     """
     folder = root / split
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a directory; expected {LAYOUT}")
-    folders = sorted(  # in torchvision's order; their names composed (a Mac's `café`: `nfc`)
-        d.name for d in folder.iterdir()
-        if d.is_dir() and not d.name.startswith(".") and d.name not in JUNK_FOLDERS
-    )
-    names = [nfc(n) for n in folders]
+    names, folders = class_folders(folder)
     if not names:
         flat = "; for a flat val folder (ImageNet's), give its labels file: " \
             "imagefolder:DIR?val_labels=FILE" if split == "val" and image_files(folder) else ""
@@ -468,13 +473,17 @@ def _one_at_a_time(candidates: Sequence[Path]) -> Iterator[None]:
 Selection = tuple[list[Path], list[int]]  # image files and their labels
 
 
-def select_folder(spec: DatasetSpec, raw_spec: str = "", *, val_only: bool = False
+def select_folder(spec: DatasetSpec, raw_spec: str = "", *, val_only: bool = False,
+                  read_train: bool = True
                   ) -> tuple[Path, dict[str, Any], list[str], Selection, Selection]:
     """The images `imagefolder:DIR?options` names: (DIR, its parsed options, the class names
     kept, (train files, labels), (val files, labels)), the options' subsets taken (`classes=`,
     `per_class=`, `n_train=`, `n_val=`) in the loader's order; errors name what is wrong.
     `val_only`: a DIR without train/ is a labelled test set alone (its classes those of val/,
-    no training images)."""
+    no training images). `read_train` False (with `val_only`: a command that reads the val
+    split alone): train/ gives the class names only, its files not listed (no training
+    images), so that its problems (an empty class folder, files of types not read) are not
+    this command's."""
     if spec.path is None:
         raise ValueError(f"imagefolder needs a directory: imagefolder:DIR with {LAYOUT}")
     root = Path(spec.path).expanduser()
@@ -504,8 +513,11 @@ def select_folder(spec: DatasetSpec, raw_spec: str = "", *, val_only: bool = Fal
             "(DIR/val/<class>/*) is read for a model with its own preprocessing (--model "
             "SOURCE), not for training or for a zfnet run, whose inputs are minus the mean "
             "image of its training images")
+    skip_train = no_train or (val_only and not read_train)
     if no_train:
         all_names, train_samples = scan_split(root, "val")[0], []
+    elif skip_train:  # numbered as training numbers them: every class folder of train/
+        all_names, train_samples = class_folders(root / "train")[0], []
     else:
         all_names, train_samples = scan_split(root, "train")
         if len(all_names) == 1 and not val_only:
@@ -530,7 +542,7 @@ def select_folder(spec: DatasetSpec, raw_spec: str = "", *, val_only: bool = Fal
 
     train = pick(train_samples, opts.get("n_train"), opts.get("per_class"))
     val = pick(val_samples, opts.get("n_val"), None)
-    if (not train[0] and not no_train) or not val[0]:
+    if (not train[0] and not skip_train) or not val[0]:
         raise ValueError(f"dataset spec {raw_spec!r} selects no training or no val images")
     return root, opts, names, train, val
 
@@ -555,6 +567,7 @@ def load_imagefolder(
     outline: bool = False,
     mean_image: torch.Tensor | None = None,
     mean_input: int | None = None,
+    read_train: bool = True,
 ) -> DataBundle:
     """Build the `DataBundle` for `imagefolder:DIR` (paper Sec. 3 preprocessing, or the
     model's `preprocessing`: then no mean image is computed, and DIR may hold val/ alone, a
@@ -562,10 +575,12 @@ def load_imagefolder(
     either (zeros; `bundle.outline`; `bundle.with_mean_image()` makes it from the files
     listed), for the checks made before that pass. `mean_image`: a zfnet run's (`load_dataset`),
     subtracted instead of DIR's own (none computed; DIR may hold val/ alone), for inputs of
-    `mean_input` px (the run's)."""
+    `mean_input` px (the run's). `read_train` False: no training images where none are needed
+    for a mean image (`select_folder`)."""
     mean_image = None if preprocessing is not None else mean_image
     root, opts, names, (train_paths, train_y), (val_paths, val_y) = select_folder(
-        spec, raw_spec, val_only=preprocessing is not None or mean_image is not None)
+        spec, raw_spec, val_only=preprocessing is not None or mean_image is not None,
+        read_train=read_train)
     check_no_size(opts, preprocessing, raw_spec)
     input_size = opts.get("size", PAPER_INPUT)
     full_size = round(input_size * PAPER_FULL / PAPER_INPUT)

@@ -74,7 +74,8 @@ def serve(source: Any, data: str | None = None, *, host: str = "127.0.0.1", port
     from zfnet.train import run_checkpoints
 
     port = check_address(host, port)
-    bundle = load_data(source, data or (None if source.kind == "run" else "sample-photos"))
+    bundle = load_data(source, data or (None if source.kind == "run" else "sample-photos"),
+                       read_train=False)  # the explorer shows the val split alone
     kept = run_checkpoints(source.meta["checkpoint"]) if source.kind == "run" else []
     explorer = Explorer(source, bundle, cache_dir=Path(cache_dir) if cache_dir else
                         default_cache(), n_images=images, k=k,

@@ -99,7 +99,8 @@ def evaluate_checkpoint(
             # a folder or shards minus the run's own mean image, not theirs
             bundle = load_dataset(spec, ten_crop=ten_crop, strict=strict,
                                   mean_image=read_mean_image(meta["checkpoint"]),
-                                  mean_input=meta.get("input_size"))
+                                  mean_input=meta.get("input_size"),
+                                  read_train=False)  # the val split alone
         except FileNotFoundError as e:
             if given:
                 raise
@@ -166,7 +167,7 @@ def evaluate_source(
     from zfnet.sources import load_data
 
     info = info or DistInfo(0, 1, 0, next(source.model.parameters()).device)
-    bundle = load_data(source, spec, ten_crop=ten_crop, strict=strict)
+    bundle = load_data(source, spec, ten_crop=ten_crop, strict=strict, read_train=False)
     spec = spec or source.meta.get("data")
     n_out = source.meta.get("num_classes")
     require_labels(bundle)
