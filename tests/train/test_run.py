@@ -327,3 +327,16 @@ def test_a_loss_stuck_at_ln_classes_is_said() -> None:
     moving = dict(stuck, train_loss=math.log(7) - 0.01)
     assert len(epoch_lines(moving, 3, validated=False, classes=7)) == 1
     assert len(epoch_lines(stuck, 3, validated=False)) == 1  # classes unknown: no claim
+
+
+def test_a_new_run_asked_to_resume_is_said_as_new_not_as_a_failure(tmp_path) -> None:
+    """`study` and the randomisation runs resume what they find: on a first run the line read
+    "no checkpoint in …: starting from scratch", like something missing."""
+    from zfnet.train import TrainConfig
+    from zfnet.train.run import find_resume
+
+    said: list[str] = []
+    config = TrainConfig(data="synthetic", model="zfnet_small", out=str(tmp_path / "r"),
+                         resume=True)
+    assert find_resume(config, said.append) == (None, None)
+    assert said == [f"{tmp_path / 'r'}: a new run (no checkpoint in it to continue)"]

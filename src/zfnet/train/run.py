@@ -233,7 +233,7 @@ def find_resume(config: TrainConfig, say: Callable[[str], None] | None = None, *
     run_dir = Path(config.out)
     if not ckpt.has_checkpoint(run_dir):
         if config.resume and say is not None:
-            say(f"no checkpoint in {run_dir / 'checkpoints'}: starting from scratch")
+            say(f"{run_dir}: a new run (no checkpoint in it to continue)")
         return None, None
     if not config.resume:
         raise FileExistsError(
