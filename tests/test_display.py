@@ -126,3 +126,23 @@ def test_a_word_wider_than_a_line_is_broken_at_its_dots_and_underscores() -> Non
     long = "a.jpg: " + "x" * 200
     cut = wrap_text(long, width, font, max_lines=2)
     assert len(cut) == 2 and cut[1].endswith("…")
+
+
+def test_the_label_font_draws_latin_letters_past_ascii() -> None:
+    """`zfnet project "my photo é.jpg"`: the panel titles drew "é" as a box (Pillow's default
+    font has ASCII alone); DejaVu Sans draws it."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from zfnet.display import label_font
+
+    font = label_font()
+
+    def drawn(text: str) -> np.ndarray:
+        img = Image.new("L", (40, 20))
+        ImageDraw.Draw(img).text((2, 0), text, fill=255, font=font)
+        return np.asarray(img)
+
+    box = drawn("\U0010fff0")  # a character no font has: its box
+    for letter in "éÅßøç":
+        assert not np.array_equal(drawn(letter), box), letter

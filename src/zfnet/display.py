@@ -16,6 +16,8 @@ It depends on nothing else in zfnet: analyses, the report and the CLI can all im
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -117,8 +119,25 @@ LABEL_COLOUR = (60, 60, 60)
 
 
 def label_font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """The font of the figures' drawn labels: Pillow's own, at `LABEL_FONT` px."""
+    """The font of the figures' drawn labels, at `LABEL_FONT` px: DejaVu Sans, the TrueType
+    font matplotlib ships (Latin, Greek, Cyrillic: a photo's "é" drawn, where Pillow's own
+    default has ASCII alone and drew it as a box), or Pillow's own where it is not found.
+    A new font object each call: one FreeType face is not to be drawn with from two threads
+    (the explorer's)."""
+    path = _label_font_file()
+    if path is not None:
+        return ImageFont.truetype(path, LABEL_FONT)
     return ImageFont.load_default(size=LABEL_FONT)
+
+
+@functools.cache
+def _label_font_file() -> str | None:
+    """DejaVu Sans in matplotlib's package data (found without importing matplotlib)."""
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
+    return str(path) if path.is_file() else None
 
 
 def fit_text(text: str, width: float, font: ImageFont.FreeTypeFont | ImageFont.ImageFont

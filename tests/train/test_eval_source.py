@@ -251,3 +251,20 @@ def test_train_folders_problems_do_not_stop_or_warn_a_command_that_reads_val(set
     # what reads train/ (training, its mean image) is still stopped by its empty class folder
     with pytest.raises(ValueError, match=r"empty class folder\(s\) .*train/n03"):
         load_dataset(f"imagefolder:{data}?size=32")
+
+
+def test_a_class_name_the_figure_font_lacks_is_one_note_not_warning_blocks(setup,
+                                                                           tmp_path) -> None:
+    """A class `café_日本`: matplotlib's confusion.png warned in 4 raw blocks (a glyph each,
+    at each draw) with their source lines; now one note."""
+    data = tmp_path / "data"
+    shutil.copytree(setup / "data" / "val", data / "val")
+    (data / "val" / "n02").rename(data / "val" / "café_日本")
+    code, text = _run(["--model", "torchvision:resnet18", "--weights", str(setup / "r18.pth"),
+                       "--data", f"imagefolder:{data}", "--device", "cpu", "--amp", "off",
+                       "--out", str(tmp_path / "out")])
+    assert code == 0, text
+    assert "UserWarning" not in text and "Glyph" not in text, text
+    notes = [line for line in text.splitlines() if "no glyph" in line]
+    assert notes == ["note: the figures' font (DejaVu Sans) has no glyph for '日' (and maybe "
+                     "other characters of their names): those characters are drawn as boxes"]

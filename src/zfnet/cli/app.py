@@ -222,6 +222,19 @@ def _many_workers(message: str) -> str | None:
             "runs well: they may run slowly or stall; give fewer --workers")
 
 
+def _missing_glyph(message: str) -> str | None:
+    """matplotlib's warning that a figure's font has no glyph for a character of its text (a
+    class named `café_日本`: a block with its source line for each character, at each draw),
+    as one note; None for another warning."""
+    import re
+
+    m = re.fullmatch(r"Glyph (\d+) .*missing from font\(s\) (.+?)\.?", message.strip())
+    if m is None:
+        return None
+    return (f"note: the figures' font ({m[2]}) has no glyph for {chr(int(m[1]))!r} (and maybe "
+            "other characters of their names): those characters are drawn as boxes")
+
+
 def _one_line_warnings() -> None:
     """zfnet's own warnings (a skipped broken image, a projection that is the plain gradient, a
     resume that is not exact: each class with `one_line = True`) as one line each, without the
@@ -238,10 +251,12 @@ def _one_line_warnings() -> None:
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
         many = _many_workers(str(message))  # torch's, about --workers: in zfnet's words
-        if getattr(category, "one_line", False) or many:
-            text = many or f"{getattr(category, 'prefix', 'warning')}: {message}"
+        glyph = _missing_glyph(str(message))  # matplotlib's: once a command, not once a glyph
+        if getattr(category, "one_line", False) or many or glyph:
+            text = many or glyph or f"{getattr(category, 'prefix', 'warning')}: {message}"
             # a warning about a file (a broken image) once per file, else once per text
-            key = f"file\0{message.file}" if getattr(message, "file", None) else text
+            key = "glyph" if glyph else \
+                f"file\0{message.file}" if getattr(message, "file", None) else text
             if key not in shown:
                 from tqdm import tqdm
 
