@@ -250,11 +250,30 @@ def test_uploads(client, explorer) -> None:
            400, "multipart form", "--data-binary")
     _error(client.post("/api/images", content=_huge_png(12_000, 9_000)), 400,
            "12000x9000", "108 megapixels", "up to 40")
-    # a strip of few pixels whose shorter side the model's resize would blow up
-    resize = client.get("/api/model").json()["preprocessing"].split(",")[0].split()[-1]
-    _error(client.post("/api/images", content=_huge_png(20_000_000, 1)), 400,
-           "20000000x1", f"at the model's {resize} px", "crop it closer to a square")
+    # a strip of few pixels: its centre kept at 64 times its shorter side (as every command),
+    # so it is no larger than a 64:1 image once resized, and taken
+    strip = io.BytesIO()
+    Image.fromarray(np.arange(2000 * 3, dtype=np.uint8).reshape(1, 2000, 3)).save(strip, "PNG")
+    up = client.post("/api/images", content=strip.getvalue()).json()
+    assert (up["width"], up["height"]) == (2000, 1) and _png(client.get(up["src"])).shape == \
+        (32, 32, 3)
     assert client.get("/api/model").status_code == 200  # still serving
+
+
+def test_an_upload_a_large_resize_would_make_too_large_says_how_to_crop_it(tmp_path) -> None:
+    """A 2000x1 strip was said to "be 131 megapixels" at a resize of 256, where the centre kept
+    (64 times its shorter side) makes it 4; a model's large resize can pass the limit, and the
+    message says what it would be and how far to crop."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+    net(torch.zeros(1, 3, 32, 32))
+    e = Explorer(from_module(net, resize=1024, crop=32), None, cache_dir=tmp_path)
+    with TestClient(create_app(e)) as c:
+        _error(c.post("/api/images", content=_huge_png(2000, 1)), 400, "2000x1",
+               "with its shorter side at the model's 1024 px and its longer side 64 times that, "
+               "it would be 67 megapixels, over the explorer's 40; crop it to at most 38:1 "
+               "first")
+        # 20:1 makes 21 megapixels: past the size check (to its pixels, which are not there)
+        _error(c.post("/api/images", content=_huge_png(2000, 100)), 400, "cannot be read")
 
 
 def test_an_uploaded_phone_photo_is_upright_and_sized_so(client) -> None:

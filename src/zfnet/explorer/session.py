@@ -49,7 +49,7 @@ from zfnet.analyses.gallery import (
 )
 from zfnet.analyses.topk import TopK, load_topk, mine_topk, mining_digest, save_topk
 from zfnet.atomic import write_text_atomic
-from zfnet.data.images import HEIF_READ, BadImageError, load_rgb
+from zfnet.data.images import HEIF_READ, MAX_ASPECT, BadImageError, load_rgb
 from zfnet.data.picks import file_name
 from zfnet.data.words import as_shown, labels_of
 from zfnet.deconvnet import (
@@ -552,13 +552,18 @@ class Explorer:
             raise ExplorerError(f"{what} is {w}x{h} ({w * h / 1e6:.0f} megapixels); the "
                                 f"explorer takes images up to {self.max_pixels / 1e6:.0f} "
                                 "megapixels: make it smaller first")
-        # its shorter side goes to the model's resize: a thin strip would become a huge image
-        fitted = self.pre.resize ** 2 * max(w, h) / max(min(w, h), 1)
+        # its shorter side goes to the model's resize, its longer side's centre kept up to
+        # MAX_ASPECT times that (`resize_shorter`, as every command): a 2000x1 strip becomes
+        # 16384x256, not 131 megapixels; only a model's large resize can pass the limit
+        aspect = min(max(w, h) / max(min(w, h), 1), MAX_ASPECT)
+        fitted = self.pre.resize ** 2 * aspect
         if fitted > self.max_pixels:
+            most = self.max_pixels / self.pre.resize ** 2  # the longest side : shortest fitted
             raise ExplorerError(f"{what} is {w}x{h}: with its shorter side at the model's "
-                                f"{self.pre.resize} px it would be {fitted / 1e6:.0f} "
-                                f"megapixels, over the explorer's "
-                                f"{self.max_pixels / 1e6:.0f}; crop it closer to a square first")
+                                f"{self.pre.resize} px and its longer side {aspect:.0f} times "
+                                f"that, it would be {fitted / 1e6:.0f} megapixels, over the "
+                                f"explorer's {self.max_pixels / 1e6:.0f}; crop it to at most "
+                                f"{math.floor(most)}:1 first")
         try:
             rgb = load_rgb(io.BytesIO(data), name=name or "upload")  # full scale, as the CLI
         except BadImageError as e:
