@@ -260,6 +260,19 @@ def test_uploads(client, explorer) -> None:
     assert client.get("/api/model").status_code == 200  # still serving
 
 
+def test_an_uploads_name_sent_as_utf8_bytes_is_read_as_utf8(client) -> None:
+    """curl -H "X-Filename: my photo é 日本.jpg" sends the name's UTF-8 bytes, which HTTP reads
+    as latin-1: it was kept as "my photo Ã© æ¥æ¬.jpg". Percent-encoded names (the page's)
+    are read as before, and bytes that are not UTF-8 as latin-1 reads them."""
+    from urllib.parse import quote
+
+    name = "my photo é 日本.jpg"
+    for header, want in ((name.encode(), name), (quote(name).encode(), name),
+                         ("café.jpg".encode("latin-1"), "café.jpg")):
+        up = client.post("/api/images", content=_jpeg(), headers={"X-Filename": header})
+        assert up.status_code == 201 and up.json()["name"] == want, up.text
+
+
 def test_an_upload_a_large_resize_would_make_too_large_says_how_to_crop_it(tmp_path) -> None:
     """A 2000x1 strip was said to "be 131 megapixels" at a resize of 256, where the centre kept
     (64 times its shorter side) makes it 4; a model's large resize can pass the limit, and the

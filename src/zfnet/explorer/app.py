@@ -240,7 +240,7 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
         except ClientDisconnect:  # a laptop closed mid-upload: no one to tell, nothing to log
             return JSONResponse({"error": "the upload was cut off before its end"},
                                 status_code=400)
-        name = unquote(request.headers.get("x-filename") or "") or None  # percent-encoded
+        name = _file_name(request.headers.get("x-filename") or "") or None
         decoded = await asyncio.wrap_future(
             decoding.submit(explorer.decode_upload, b"".join(chunks), name))
         entry = await call(explorer.keep_upload, decoded)
@@ -425,6 +425,18 @@ class _Assets(StaticFiles):
 
 def _png(data: bytes) -> Response:
     return Response(data, media_type="image/png", headers=PNG_HEADERS)
+
+
+def _file_name(header: str) -> str:
+    """The X-Filename header's name: percent-encoded (the page's), or its raw bytes as UTF-8
+    (curl -H sends a name's own bytes, which arrive decoded as latin-1: "é" as "Ã©"; bytes
+    that are not UTF-8 are kept as latin-1 read them)."""
+    raw = header.encode("latin-1")  # the bytes sent: HTTP headers are read as latin-1
+    try:
+        header = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    return unquote(header)
 
 
 def _too_large(size: int, limit: int, at_least: bool = False) -> str:
