@@ -201,3 +201,21 @@ def test_a_link_to_a_missing_file_is_counted_as_not_read(setup, tmp_path) -> Non
     assert res.exit_code == 0, res.output
     assert f"not read (1): {folder / 'gone.jpg'}" in res.output
     assert re.search(r"gone.jpg: a link to .*nowhere.jpg, which does not exist", res.output)
+
+
+def test_project_says_and_lists_the_images_it_could_not_read(setup, tmp_path) -> None:
+    """`zfnet project` on a folder with unreadable files said only "wrote 2 projections": now
+    which were not read, as predict says it, and project.json lists them."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "coffee.jpg").write_bytes((setup / "photos" / "coffee.jpg").read_bytes())
+    (folder / "broken.jpg").write_bytes((setup / "broken.jpg").read_bytes())
+    (folder / "empty.png").write_bytes(b"")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["project", str(folder), *_model(setup), "--layer",
+                                    "layer1", "--top", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert f"not read (2): {folder / 'broken.jpg'}, {folder / 'empty.png'}" in res.output
+    index = json.loads((out / "project.json").read_text())
+    assert index["not_read"] == [str(folder / "broken.jpg"), str(folder / "empty.png")]
+    assert [u["name"] for u in index["units"]] == [str(folder / "coffee.jpg")]

@@ -299,6 +299,23 @@ def test_an_evaluation_of_the_papers_network_shows_its_table_2(tmp_path) -> None
     assert small.metrics["top-5 error"] == "— (every one of the 2 classes is among the top 5)"
 
 
+def test_an_evaluation_says_the_broken_files_it_skipped(tmp_path) -> None:
+    """`zfnet eval --out` on a split with unreadable files: the section said "on 8 validation
+    images" alone; now how many files it skipped too (none said where none was)."""
+    from zfnet.report.training import evaluation_section
+
+    result = {"class_names": ["a", "b"], "confusion_matrix": [[3, 1], [0, 4]],
+              "per_class_accuracy": {"a": 0.75, "b": 1.0}, "n": 8, "top1_error": 0.125,
+              "top5_error": 0.0, "data": "imagefolder:x", "model": "zfnet_small"}
+    some = evaluation_section(tmp_path / "a", {**result, "skipped": 3})
+    assert some.caption.startswith("Top-1 / top-5 error on 8 validation images (3 broken files "
+                                   "of the split skipped, not scored), each scored on the ")
+    one = evaluation_section(tmp_path / "b", {**result, "skipped": 1})
+    assert "(1 broken file of the split skipped, not scored)" in one.caption
+    none = evaluation_section(tmp_path / "c", {**result, "skipped": 0})
+    assert none.caption.startswith("Top-1 / top-5 error on 8 validation images, each scored")
+
+
 def test_points_measured_apart_are_not_joined(tmp_path, monkeypatch) -> None:
     """joined=False (the independent randomisation's steps): markers alone, no line implying a
     trend between them."""

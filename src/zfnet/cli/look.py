@@ -90,6 +90,10 @@ def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
         pixel_scale=source.preprocessing.pixel_scale(), batch_size=model_options.batch_size,
         names=names, unit_names=source.labels if layer == last else None, seed=seed)]
     index = write_units(results, out, rule, source.name, seed)
+    # each image read gives units: the others were broken files (named in the warnings)
+    seen = {unit.image for unit, _, _ in results}
+    unreadable = [names[i] if names else f"image {i}" for i in range(len(data)) if i not in seen]
+    _note_not_read(index, unreadable)
     for unit, _, _ in results:
         fires = ("" if unit.active else " (seeded with 1)" if seed == "one" else
                  " (not active: this seed projects it to nothing; --seed one shows what would "
@@ -97,7 +101,21 @@ def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
         by = f", projected by the {unit.projection}" if unit.projection else ""  # not --rule's
         click.echo(f"{unit.name}: {unit.what}, activation {unit.activation:.3g}{fires}{by} -> "
                    f"{Path(out) / unit.file}")
+    if unreadable:
+        click.echo(f"not read ({len(unreadable)}): {', '.join(unreadable)}", err=True)
     click.echo(f"wrote {len(results)} projection{'s' * (len(results) != 1)} and {index}")
+
+
+def _note_not_read(index: Path, unreadable: list[str]) -> None:
+    """project.json with this command's images that could not be read ("not_read", as
+    `predict --out` lists them): a reader of the folder sees what is missing and why."""
+    import json
+
+    from zfnet.atomic import write_text_atomic
+
+    doc = json.loads(index.read_text())
+    doc["not_read"] = unreadable
+    write_text_atomic(index, json.dumps(doc, indent=1) + "\n")
 
 
 @main.command("predict", short_help="Each image's most probable classes")

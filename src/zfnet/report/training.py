@@ -149,10 +149,14 @@ def evaluation_section(run_dir: str | Path, result: dict[str, Any], order: int =
             for n, label in zip(names, shown, strict=True)]
     crops = "the paper's 10 crops (4 corners + centre, each flipped, softmax averaged)" \
         if result.get("ten_crop") else "the centre crop"
+    skipped = result.get("skipped") or 0  # broken files: not among the images scored
+    unread = (f" ({skipped} broken file{'s' * (skipped != 1)} of the split skipped, not "
+              "scored)" if skipped else "")
     section = Section(
         key="evaluation", title="Evaluation", order=order,
         caption=(
-            f"Top-1 / top-5 error on {result['n']} validation images, each scored on {crops}. "
+            f"Top-1 / top-5 error on {result['n']} validation images{unread}, each scored on "
+            f"{crops}. "
             "The confusion matrix counts true classes (rows) against predictions (columns), "
             "coloured by the share of each row."
         ),
