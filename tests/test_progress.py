@@ -172,7 +172,20 @@ def test_every_command_that_draws_bars_takes_quiet() -> None:
 
     without = sorted(name for name, c in leaves(main)
                      if not any("--quiet" in p.secondary_opts for p in c.params))
-    assert without == ["models", "project", "report", "serve"]  # no bar of their own
+    assert without == ["models", "report", "serve"]  # no bar of their own
+
+
+def test_project_draws_a_bar_over_the_images_and_quiet_silences_it(tmp_path) -> None:
+    """README: --quiet is taken by every command that draws bars; `zfnet project --quiet` was
+    "No such option" (it drew none: now a bar over the images read, a folder's taking a
+    while)."""
+    args = ["project", "synthetic?n_val=4", "--model", "zfnet_small", "--layer", "conv1",
+            "--out", str(tmp_path / "out")]
+    quiet = CliRunner().invoke(main, [*args, "--quiet"])
+    assert quiet.exit_code == 0, quiet.output
+    assert "%|" not in quiet.stderr and "wrote 16 projections" in quiet.stdout, quiet.stderr
+    loud = CliRunner().invoke(main, args)
+    assert loud.exit_code == 0 and "images: 100%|" in loud.stderr, loud.stderr
 
 
 def test_a_command_refused_after_quiet_leaves_no_bar_off_behind() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -53,6 +54,7 @@ from zfnet.cli.options import (
               help="Folder for the projections: a PNG per unit and image (its receptive field, "
                    "the projection, the projection over the image) and project.json listing "
                    "them.")
+@_PROGRESS
 def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
                 layers: tuple[str, ...] | None, channels: tuple[int, ...] | None,
                 top: int | None, classes: tuple[str, ...], position: tuple[int, int] | None,
@@ -68,6 +70,7 @@ def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
     from zfnet.analyses.units import project_units, write_units
     from zfnet.data import image_sources, load_images
     from zfnet.models import feature_layers, score_layer
+    from zfnet.progress import progress_bar
 
     if channels and top:
         raise click.UsageError("--map and --top both choose the maps: give one of them")
@@ -85,10 +88,14 @@ def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
     names = [str(p) for p in getattr(data, "paths", [])] or None
     # the last layer's units are the classes the weights name (source.labels)
     last = score_layer(source.model) if source.labels else None
-    results = [r for layer in layers for r in project_units(
-        source.model, data, layer, channels=channels, top=top, rule=rule, position=position,
-        pixel_scale=source.preprocessing.pixel_scale(), batch_size=model_options.batch_size,
-        names=names, unit_names=source.labels if layer == last else None, seed=seed)]
+    # a bar over the images read, once a layer (a folder of photos takes a while)
+    with progress_bar(total=len(data) * len(layers), desc="images", unit="img") as bar:
+        counted = _Counted(data, bar)
+        results = [r for layer in layers for r in project_units(
+            source.model, counted, layer, channels=channels, top=top, rule=rule,
+            position=position, pixel_scale=source.preprocessing.pixel_scale(),
+            batch_size=model_options.batch_size, names=names,
+            unit_names=source.labels if layer == last else None, seed=seed)]
     index = write_units(results, out, rule, source.name, seed)
     # each image read gives units: the others were broken files (named in the warnings)
     seen = {unit.image for unit, _, _ in results}
@@ -104,6 +111,26 @@ def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
     if unreadable:
         click.echo(f"not read ({len(unreadable)}): {', '.join(unreadable)}", err=True)
     click.echo(f"wrote {len(results)} projection{'s' * (len(results) != 1)} and {index}")
+
+
+class _Counted:
+    """`images` (a dataset with `raw`), each item read moving `bar` on by one."""
+
+    def __init__(self, images: Any, bar: Any) -> None:
+        self.images, self.bar = images, bar
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> Any:
+        item = self.images[i]
+        self.bar.update(1)
+        return item
+
+    def __getattr__(self, name: str) -> Any:  # raw(i) and the rest: the dataset's own
+        if name == "images":  # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
+        return getattr(self.images, name)
 
 
 def _note_not_read(index: Path, unreadable: list[str]) -> None:
