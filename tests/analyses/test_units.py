@@ -144,6 +144,20 @@ def test_files_of_images_that_share_a_name_stay_apart(tmp_path) -> None:
     assert all((tmp_path / f).is_file() for f in files)
 
 
+def test_file_names_keep_letters_of_any_script(tmp_path) -> None:
+    """"my photo é 日本.jpg" was written as my_photo_...png and "日本.jpg" as image_...png: the
+    letters are kept, spaces and separators are not; the images not read are listed."""
+    names = ["my photo é 日本.jpg", "日本.jpg", "a/b\\c.jpg"]
+    image, proj = torch.zeros(3, 8, 8, dtype=torch.uint8), torch.zeros(3, 8, 8)
+    units = [Unit(i, n, "conv1", 5, 1.0, 0, 0, None) for i, n in enumerate(names)]
+    index = json.loads(write_units([(u, image, proj) for u in units], tmp_path, "deconvnet",
+                                   "test", not_read=["broken.jpg"]).read_text())
+    assert [u["file"] for u in index["units"]] == [
+        "my_photo_é_日本_conv1_map5_deconvnet.png", "日本_conv1_map5_deconvnet.png",
+        "b_c_conv1_map5_deconvnet.png"]
+    assert index["not_read"] == ["broken.jpg"]
+
+
 def test_project_command_with_a_weights_file(photos, tmp_path) -> None:
     """torchvision's vgg11 with weights saved from a randomly initialised copy, the
     preprocessing given on the command line, two files and a folder."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import unicodedata
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -223,7 +224,10 @@ def unit_figure(image: Tensor, projection: Tensor, box: tuple[int, int, int, int
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "image"
+    """`text` as part of a file name: letters and digits of any script kept (`é`, `日本`:
+    they were dropped, "日本.jpg" became "image"), anything else a "_" (separators, spaces,
+    control characters)."""
+    return re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", text)).strip("_") or "image"
 
 
 def _file_stems(names: list[str]) -> dict[str, str]:
@@ -245,9 +249,10 @@ def _file_stems(names: list[str]) -> dict[str, str]:
 
 
 def write_units(results: list[tuple[Unit, Tensor, Tensor]], out: str | Path, rule: str,
-                source: str, seed: str = "activation") -> Path:
+                source: str, seed: str = "activation", not_read: Sequence[str] = ()) -> Path:
     """Each unit's PNG (`unit_figure`) into `out`, and `project.json` listing them all with
-    how they were made (`seed`: as `project_units` was given it). Returns the JSON's path."""
+    how they were made (`seed`: as `project_units` was given it) and the images that could not
+    be read (`not_read`, as `predict --out` lists them). Returns the JSON's path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stems = _file_stems([u.name for u, _, _ in results])
@@ -276,7 +281,7 @@ def write_units(results: list[tuple[Unit, Tensor, Tensor]], out: str | Path, rul
     index = {"source": source, "rule": rule, "display": CAPTION,
              "panels": "the image as the model sees it (the unit's receptive field outlined), "
                        "the projection, its magnitude over the darkened image",
-             "units": units}
+             "units": units, "not_read": list(not_read)}
     write_text_atomic(path, json.dumps(index, indent=1) + "\n")
     return path
 

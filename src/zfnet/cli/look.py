@@ -96,11 +96,10 @@ def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
             position=position, pixel_scale=source.preprocessing.pixel_scale(),
             batch_size=model_options.batch_size, names=names,
             unit_names=source.labels if layer == last else None, seed=seed)]
-    index = write_units(results, out, rule, source.name, seed)
     # each image read gives units: the others were broken files (named in the warnings)
     seen = {unit.image for unit, _, _ in results}
     unreadable = [names[i] if names else f"image {i}" for i in range(len(data)) if i not in seen]
-    _note_not_read(index, unreadable)
+    index = write_units(results, out, rule, source.name, seed, not_read=unreadable)
     for unit, _, _ in results:
         fires = ("" if unit.active else " (seeded with 1)" if seed == "one" else
                  " (not active: this seed projects it to nothing; --seed one shows what would "
@@ -131,18 +130,6 @@ class _Counted:
         if name == "images":  # not set yet (a copy being made): no recursion
             raise AttributeError(name)
         return getattr(self.images, name)
-
-
-def _note_not_read(index: Path, unreadable: list[str]) -> None:
-    """project.json with this command's images that could not be read ("not_read", as
-    `predict --out` lists them): a reader of the folder sees what is missing and why."""
-    import json
-
-    from zfnet.atomic import write_text_atomic
-
-    doc = json.loads(index.read_text())
-    doc["not_read"] = unreadable
-    write_text_atomic(index, json.dumps(doc, indent=1) + "\n")
 
 
 @main.command("predict", short_help="Each image's most probable classes")
