@@ -409,5 +409,6 @@ def test_a_broken_file_is_named_once_over_several_layers(photos, tmp_path) -> No
         "--out", str(out)])
     assert res.exit_code == 0, res.output
     named = [line for line in res.output.splitlines() if "broken.jpg" in line]
-    assert len(named) == 1 and named[0].startswith("warning: skipping broken image "), named
+    assert len(named) == 2 and named[0].startswith("warning: skipping broken image "), named
+    assert named[1] == f"not read (1): {folder / 'broken.jpg'}", named  # the summary, once
     assert len(json.loads((out / "project.json").read_text())["units"]) == 3

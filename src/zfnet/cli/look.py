@@ -98,7 +98,8 @@ def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
             unit_names=source.labels if layer == last else None, seed=seed)]
     # each image read gives units: the others were broken files (named in the warnings)
     seen = {unit.image for unit, _, _ in results}
-    unreadable = [names[i] if names else f"image {i}" for i in range(len(data)) if i not in seen]
+    unreadable = list(dict.fromkeys(  # a file given twice (its folder, and by name): once
+        names[i] if names else f"image {i}" for i in range(len(data)) if i not in seen))
     index = write_units(results, out, rule, source.name, seed, not_read=unreadable)
     for unit, _, _ in results:
         fires = ("" if unit.active else " (seeded with 1)" if seed == "one" else

@@ -14,9 +14,11 @@ class ScriptedModelError(TypeError, ValueError):
     do)."""
 
 
-def check_not_scripted(model: nn.Module) -> None:
-    """Raise ScriptedModelError, with the way out, where `model` is a TorchScript module; a
-    TypeError where it is no module at all (a model's name, say)."""
+def check_not_scripted(model: nn.Module, *, compiled: bool = False) -> None:
+    """Raise ScriptedModelError, with the way out, where `model` is a TorchScript module, or a
+    `torch.compile`d one unless `compiled` (it runs, as `eval_mode` and scoring take it; its
+    layers are not named and walked); a TypeError where it is no module at all (a model's
+    name, say)."""
     if not isinstance(model, nn.Module):
         hint = (f" (to build {model!r}: zfnet.create_model or torchvision.models.get_model)"
                 if isinstance(model, str) else "")
@@ -26,7 +28,7 @@ def check_not_scripted(model: nn.Module) -> None:
             f"the model is a TorchScript module ({type(model).__name__}), which takes none of "
             "the hooks zfnet runs on; build the model in Python and load the scripted one's "
             "weights into it: model.load_state_dict(torch.jit.load(PATH).state_dict())")
-    if type(model).__name__ == "OptimizedModule" and isinstance(
+    if not compiled and type(model).__name__ == "OptimizedModule" and isinstance(
             getattr(model, "_orig_mod", None), nn.Module):  # torch.compile(model)
         raise ScriptedModelError(
             f"the model is torch.compile'd ({type(model._orig_mod).__name__} inside an "
@@ -63,7 +65,7 @@ class eval_mode:  # noqa: N801  (used like a function: `with eval_mode(model):`)
     """
 
     def __init__(self, model: nn.Module) -> None:
-        check_not_scripted(model)
+        check_not_scripted(model, compiled=True)  # `zfnet eval --compile` scores one
         self.model = model
         self.saved: list[dict[nn.Module, bool]] = []  # one per entered block, innermost last
 
