@@ -11,6 +11,8 @@ import io
 import re
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlparse
 
@@ -124,6 +126,20 @@ def _photo(fmt: str) -> bytes:
     Image.fromarray(data.astronaut()).save(buf, fmt)
     return buf.getvalue()
 
+
+
+@contextmanager
+def _queue_held(app, name: str | None) -> Iterator[None]:
+    """A job holding the explorer's worker for the block (released at its end, also after a
+    failure): the page's jobs wait their turn behind it."""
+    gate = threading.Event()
+    holder = app.state.jobs.submit("test", ("hold",) + ((name,) if name else ()),
+                                   "a job holding the queue", lambda progress: gate.wait(30))
+    try:
+        yield
+    finally:
+        gate.set()
+    holder.future.result(timeout=30)
 
 def test_pick_a_layer_and_a_map_see_the_unit_and_reopen_it_by_its_link(page, server) -> None:
     app, url = server
@@ -392,10 +408,7 @@ def test_top9_and_evolution_jobs_show_their_figures(page, server) -> None:
 
 def test_occlusion_waits_its_turn_can_be_cancelled_and_computed_again(page, server) -> None:
     app, _ = server
-    gate = threading.Event()
-    holder = app.state.jobs.submit("test", ("hold",), "a job holding the queue",
-                                   lambda progress: gate.wait(30))
-    try:
+    with _queue_held(app, None):
         _open(page, "/?image=val:1&view=occlusion")
         page.wait_for_selector("#job", state="visible")
         assert "1 job ahead (running: a job holding the queue)" in page.text_content("#job-what")
@@ -405,9 +418,6 @@ def test_occlusion_waits_its_turn_can_be_cancelled_and_computed_again(page, serv
         assert "was cancelled. " in page.text_content("#view-hint")  # by this page
         # the keyboard stays in the panel: on the button that computes it again
         assert page.evaluate("document.activeElement.id") == "view-again"
-    finally:
-        gate.set()
-    holder.future.result(timeout=30)
     page.click("#view-again")
     page.wait_for_selector('#view-result[data-view="occlusion"]', timeout=60_000)
     page.wait_for_function(LOADED, arg="#view-figure")
@@ -535,10 +545,7 @@ def test_a_queued_job_counts_the_jobs_ahead_and_no_one_else_cancels_it(page, ser
     """A job this page follows goes on when another client cancels it, and when this page
     cancels a job another client follows, it goes on for that one: this page says so."""
     app, url = server
-    gate = threading.Event()
-    holder = app.state.jobs.submit("test", ("hold", "ahead"), "a job holding the queue",
-                                   lambda progress: gate.wait(30))
-    try:
+    with _queue_held(app, "ahead"):
         other = httpx.get(f"{url}/api/occlusion", params={"image": "val:6"}).json()["job"]
         _open(page, "/?image=val:7&view=occlusion")
         page.wait_for_function("document.querySelector('#job-what').textContent.includes("
@@ -553,9 +560,6 @@ def test_a_queued_job_counts_the_jobs_ahead_and_no_one_else_cancels_it(page, ser
         assert "Cancelled for this page only: 1 other page follows" in page.text_content(
             "#view-hint")
         assert page.locator("#job").is_hidden() and mine.state == "queued"
-    finally:
-        gate.set()
-    holder.future.result(timeout=30)
     assert page.console.errors == []
 
 
@@ -563,10 +567,7 @@ def test_a_reloaded_page_is_the_same_client_so_its_cancel_stops_the_job(page, se
     """The tab keeps its client id over a reload (F5): the page before it is not "1 other
     page" following the job, and Cancel stops it."""
     app, _ = server
-    gate = threading.Event()
-    holder = app.state.jobs.submit("test", ("hold", "reload"), "a job holding the queue",
-                                   lambda progress: gate.wait(30))
-    try:
+    with _queue_held(app, "reload"):
         _open(page, "/?image=val:12&view=occlusion")
         page.wait_for_selector("#job", state="visible")
         page.reload()
@@ -576,9 +577,6 @@ def test_a_reloaded_page_is_the_same_client_so_its_cancel_stops_the_job(page, se
         page.wait_for_selector("#view-again")
         assert "was cancelled. " in page.text_content("#view-hint")
         assert app.state.jobs.last(("occlusion", "val:12", None, None)).state == "cancelled"
-    finally:
-        gate.set()
-    holder.future.result(timeout=30)
     assert page.console.errors == []
 
 
@@ -610,10 +608,7 @@ def test_a_view_left_behind_is_cancelled_not_left_queued(page, server) -> None:
     """Arrow keys or strip clicks with the occlusion tab open: the job of the image left
     behind is cancelled, not left queued ahead of the one the page waits for now."""
     app, _ = server
-    gate = threading.Event()
-    holder = app.state.jobs.submit("test", ("hold", "left"), "a job holding the queue",
-                                   lambda progress: gate.wait(30))
-    try:
+    with _queue_held(app, "left"):
         _open(page, "/?image=val:4&view=occlusion")
         page.wait_for_function("document.querySelector('#job-what').textContent"
                                ".includes('1 job ahead')")
@@ -628,9 +623,6 @@ def test_a_view_left_behind_is_cancelled_not_left_queued(page, server) -> None:
         now = app.state.jobs.last(("occlusion", "val:5", None, None))
         assert now.state == "queued"
         assert "1 job ahead" in page.text_content("#job-what")  # not 2
-    finally:
-        gate.set()
-    holder.future.result(timeout=30)
     assert page.console.errors == []
 
 
