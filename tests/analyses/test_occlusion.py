@@ -570,3 +570,27 @@ def test_no_square_is_marked_where_none_lowers_the_probability(tmp_path, monkeyp
     plot_occlusion([((image * 255).to(torch.uint8), r)], None, tmp_path / "o.png")
     a, _, _, d, _ = figures[1].axes[:5]
     assert r.lowered() and len(a.patches) == 1 and len(d.lines) == 1
+
+
+def test_the_section_names_the_broken_files_it_passed_over(tmp_path) -> None:
+    """A folder with a broken file: the figure took the next image, and nothing in the
+    section said one was passed over."""
+    from click.testing import CliRunner
+    from skimage import data
+
+    from zfnet.cli import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    for name in ("coffee", "chelsea"):
+        Image.fromarray(getattr(data, name)()).save(photos / f"{name}.jpg")
+    out = tmp_path / "look"
+    res = CliRunner().invoke(main, ["analyze", "occlusion", "--model", "zfnet_small",
+                                    "--data", f"images:{photos}", "--images", "2",
+                                    "--size", "16", "--stride", "16", "--quiet",
+                                    "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    section = json.loads((out / "sections" / "occlusion.json").read_text())
+    caption = section["tables"][0]["caption"]
+    assert caption.endswith(" 1 broken file passed over: a_broken.jpg"), caption

@@ -666,8 +666,9 @@ def occlusion_report(
     val = _val_centre(bundle)
     if n_images < 1:
         raise ValueError(f"n_images={n_images} must be >= 1")
-    # one image per class first, then the next ones; broken files passed over
-    picks = pick_items(val, n_images, one_per_class=True)
+    # one image per class first, then the next ones; broken files passed over (and said)
+    broken: list[int] = []
+    picks = pick_items(val, n_images, one_per_class=True, passed=broken)
     if not picks:
         raise ValueError(f"none of {val_words(bundle)} can be read (each file is broken)")
     outputs = class_outputs(model, bundle)  # each class's output, where the model has them
@@ -722,7 +723,10 @@ def occlusion_report(
     tables = [Table(["image", *(["true class"] if bundle.class_names else []), "predicted",
                      f"p({followed})", f"min p({followed}) occluded",
                      f"strongest {first.what}"], rows,
-                    "The images of the figure, in its order.")]
+                    "The images of the figure, in its order." + (
+                        f" {len(broken)} broken file{'s' * (len(broken) > 1)} passed over: "
+                        + ", ".join(str(file_name(val, i) or i) for i in sorted(broken))
+                        if broken else ""))]
     if pointed:
         per = len(first.tops) * len(first.lefts)  # occluder positions, the same for every image
         pg = pointing_game(

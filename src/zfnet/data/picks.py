@@ -14,11 +14,13 @@ from zfnet.data.transforms import CropDataset
 
 
 def pick_items(ds: Sequence[Any], n: int, *, one_per_class: bool = False,
-               among: Iterable[int] | None = None) -> list[tuple[int, Any]]:
+               among: Iterable[int] | None = None,
+               passed: list[int] | None = None) -> list[tuple[int, Any]]:
     """Up to `n` readable items of `ds` as (index, item), in index order (or `among`'s); with
     `one_per_class`, the first readable item of each class first (while classes last), then
     the next readable ones in order. Items are read once each, and only as far as needed: a
-    broken file (an item of None) is passed over for the next one."""
+    broken file (an item of None) is passed over for the next one (its index appended to
+    `passed`, where given)."""
     order = range(len(ds)) if among is None else list(among)  # (a range: no list of all)
     read: dict[int, Any] = {}
 
@@ -47,6 +49,8 @@ def pick_items(ds: Sequence[Any], n: int, *, one_per_class: bool = False,
             break
         if i not in taken and item(i) is not None:
             picked.append(i)
+    if passed is not None:
+        passed.extend(i for i, got in read.items() if got is None)
     return [(i, read[i]) for i in picked]
 
 
