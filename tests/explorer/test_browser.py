@@ -249,6 +249,24 @@ def test_a_top5_class_opens_its_score_and_occlusion_follows_it(page, server) -> 
     assert page.console.errors == []
 
 
+def test_the_arrow_keys_move_across_the_tabs_and_enter_opens_one(page, server) -> None:
+    """ArrowRight on the "Top 9" tab opened the occlusion tab at once, starting its job (35 s
+    on a ResNet) just by passing over it; the keys move the focus, Enter opens the tab."""
+    _open(page, "/?image=val:3&layer=conv2&unit=1")
+    page.wait_for_selector('#unit-section[data-unit="1"]')
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if "/api/occlusion" in r.url else None)
+    page.focus("#tab-topk")
+    page.keyboard.press("ArrowRight")
+    assert page.evaluate("document.activeElement.id") == "tab-occlusion"
+    page.wait_for_timeout(300)
+    assert page.get_attribute("#tab-occlusion", "aria-selected") == "false" and asked == []
+    page.keyboard.press("Enter")
+    page.wait_for_selector('#view-result[data-view="occlusion"]', timeout=60_000)
+    assert page.get_attribute("#tab-occlusion", "aria-selected") == "true"
+    assert page.console.errors == []
+
+
 def test_any_class_named_in_the_box_opens_its_score(page, server) -> None:
     """A class outside the top 5, typed by name (the box offers every class's name), is
     picked as a click on the top 5 picks one; a misspelt name gets "did you mean"."""
@@ -306,18 +324,21 @@ def test_a_class_below_zero_is_seeded_with_one_on_a_click(page, server) -> None:
 
 
 def test_uploads_become_the_current_image_and_bad_ones_are_told(page, server) -> None:
+    _, url = server
     _open(page, "/?layer=conv1")
     page.wait_for_selector('#maps[data-layer="conv1"][data-image="val:0"]')
     page.console.allowed.append("/api/images")  # the server's 400 and 413 below
 
-    page.set_input_files("#upload-file", files=[{
-        "name": "astronaut.png", "mimeType": "image/png", "buffer": _photo("PNG")}])
+    page.set_input_files("#upload-file", files=[{  # "%2F" in it: the server decodes names
+        "name": "astronaut%2F1.png", "mimeType": "image/png", "buffer": _photo("PNG")}])
     page.wait_for_function("new URLSearchParams(location.search).get('image').startsWith('up:')")
     up = _query(page)["image"]
     page.wait_for_selector(f'#maps[data-layer="conv1"][data-image="{up}"]')
     page.wait_for_function(LOADED, arg="#current-image")
     assert page.get_attribute(f'#strip button[data-image="{up}"]', "aria-pressed") == "true"
-    assert "astronaut.png" in page.text_content("#current-caption")
+    assert "astronaut%2F1.png" in page.text_content("#current-caption")
+    assert httpx.get(f"{url}/api/predict", params={"image": up}).json()["name"] == \
+        "astronaut%2F1.png"  # as other tabs and links show it (it was "astronaut/1.png")
     assert page.locator("#predict-list li").count() == 5
 
     page.set_input_files("#upload-file", files=[{

@@ -733,8 +733,9 @@
     if (!quiet) clearError();
     const zone = $("#dropzone");
     zone.classList.add("busy");
-    // A header holds Latin-1 only: a name with other characters travels percent-encoded.
-    const name = /^[\x20-\x7e]*$/.test(file.name) ? file.name : encodeURIComponent(file.name);
+    // A header holds Latin-1 only, and the server percent-decodes the name: it travels
+    // percent-encoded (a name with "%2F" in it stays as it is)
+    const name = encodeURIComponent(file.name);
     try {
       const { body } = await api("/api/images", {
         method: "POST",
@@ -1342,9 +1343,9 @@
       const i = tabs.indexOf(document.activeElement);
       const step = { ArrowLeft: -1, ArrowRight: 1 }[e.key];
       if (i < 0 || step === undefined) return;
-      const next = tabs[(i + step + tabs.length) % tabs.length];
-      next.focus();
-      pickView(next.dataset.view);
+      // the keys move the focus only; Enter or Space opens the tab (manual activation: a
+      // tab may start a job, an occlusion of 35 s, which passing over it must not)
+      tabs[(i + step + tabs.length) % tabs.length].focus();
     });
     $("#job-cancel").addEventListener("click", cancelJob);
     $("#class-find").addEventListener("submit", findClass);
