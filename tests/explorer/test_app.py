@@ -911,6 +911,9 @@ def test_a_folder_with_broken_files_names_them_and_warns_once(tmp_path) -> None:
             assert (done["state"], done["done"], done["total"]) == ("done", 3, 3)
             assert (got["images"], got["mined"]) == (3, 2)
             assert got["unreadable"] == [{"image": "val:0", "name": "aaa.jpg"}]
+            # each of the top k named by its file, as the page lists them (it said "val:2")
+            assert {(i["image"], i["name"]) for i in got["items"]} == {
+                ("val:1", "b.jpg"), ("val:2", "sub/c.png")}
     broken = [w for w in caught if issubclass(w.category, BrokenImageWarning)]
     assert len(broken) == 1 and "aaa.jpg" in str(broken[0].message)
     # a new server on the same index knows which files it left out without reading them

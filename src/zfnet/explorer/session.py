@@ -893,6 +893,7 @@ class Explorer:
         if t is None:
             return None
         items = [{"image": f"val:{int(t.index[unit, j])}",
+                  "name": file_name(self.val, int(t.index[unit, j])),  # its file's, or None
                   "activation": _sig(float(t.values[unit, j])),
                   "row": int(t.row[unit, j]), "col": int(t.col[unit, j])}
                  for j in range(t.k) if int(t.index[unit, j]) >= 0]

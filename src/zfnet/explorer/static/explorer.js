@@ -1237,7 +1237,7 @@
         img.src = `/api/image/${encodeURIComponent(item.image)}.png`;
         img.alt = "";
         const name = document.createElement("span");
-        name.textContent = `${i + 1}. ${item.image}`;
+        name.textContent = `${i + 1}. ${item.name || item.image}`;  // the file, where named
         const value = document.createElement("span");
         value.className = "meta";
         value.textContent = fmt(item.activation);
