@@ -156,7 +156,7 @@ def wrap_text(text: str, width: float, font: ImageFont.FreeTypeFont | ImageFont.
     (the last cut by `fit_text`); a word wider than a line (a long layer name) is broken after a
     `.`, `_` or `/` where it has one, else where the line ends."""
     pieces: list[tuple[str, str]] = []  # (piece, what joins it to the one before on a line)
-    for word in text.split(" "):
+    for word in _kept_together(text.split(" "), width, font):
         for k, piece in enumerate(_word_pieces(word, width, font)):
             pieces.append((piece, "" if k else " "))
     lines: list[str] = []
@@ -170,6 +170,25 @@ def wrap_text(text: str, width: float, font: ImageFont.FreeTypeFont | ImageFont.
         else:
             lines.append(piece)
     return lines
+
+
+def _kept_together(words: list[str], width: float,
+                   font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> list[str]:
+    """`words` with each parenthesised group that fits a line made one word: "(row 5, col 4)"
+    is not broken after "(row"."""
+    out: list[str] = []
+    k = 0
+    while k < len(words):
+        end = next((j for j in range(k, len(words)) if words[j].endswith(")")), None) \
+            if words[k].startswith("(") else None
+        group = " ".join(words[k:end + 1]) if end is not None else ""
+        if end is not None and end > k and font.getlength(group) <= width:
+            out.append(group)
+            k = end + 1
+        else:
+            out.append(words[k])
+            k += 1
+    return out
 
 
 def _word_pieces(word: str, width: float,
