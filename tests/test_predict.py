@@ -116,6 +116,18 @@ def test_unnamed_classes_are_told_how_to_name_them(setup, tmp_path) -> None:
     res = CliRunner().invoke(main, ["predict", *sq, "--top", "1001"])
     assert res.exit_code == 0 and "--top 1001: torchvision:squeezenet1_1" in res.output
     assert "has 1000 classes, all shown" in res.output, res.output
+    # labelled folders of as many classes as the model: named as eval scores them (they were
+    # "class 2 (label: coffee)")
+    folder = tmp_path / "folder"
+    for k, name in enumerate(("astronaut", "chelsea", "coffee")):
+        (folder / "val" / f"c{k}_{name}").mkdir(parents=True)
+        (folder / "val" / f"c{k}_{name}" / f"{name}.jpg").write_bytes(
+            (setup / "photos" / f"{name}.jpg").read_bytes())
+    res = CliRunner().invoke(main, ["predict", f"imagefolder:{folder}", *model, "--top", "1"])
+    assert res.exit_code == 0, res.output
+    assert re.search(r"astronaut\.jpg: c\d_\w+ [\d.]+% \(label: c0_astronaut\)$", res.output,
+                     re.M), res.output
+    assert "output k is named by the data's k-th class folder (sorted)" in res.output
 
 
 def test_mixed_precision_predicts_the_same_classes(setup, tmp_path) -> None:

@@ -172,9 +172,15 @@ def predict_cmd(images: tuple[str, ...], model_options: ModelOptions, top: int,
     source, _ = _model_and_data(model_options, need_data=False)
     data = load_images(found, source.preprocessing, ten_crop=ten_crop)
     names = [str(p) for p in getattr(data, "paths", [])] or None
+    # a model without class names on labelled folders of as many classes: output k is the
+    # k-th sorted class folder, as `zfnet eval` scores it (it said "class 2 (label: cat)")
+    folders = list(getattr(data, "classes", None) or [])
+    by_folders = not source.labels and bool(folders) and \
+        len(folders) == source.meta.get("num_classes")
+    labels = folders if by_folders else source.labels
     with progress_bar(total=len(data), desc="images", unit="img") as bar:
         found, unreadable = predict(
-            source.model, data, top=top, labels=source.labels, names=names,
+            source.model, data, top=top, labels=labels, names=names,
             batch_size=model_options.batch_size, workers=_mining_workers(workers, device),
             progress=bar.update, amp_dtype=amp_dtype)
     for p in found:
@@ -186,7 +192,10 @@ def predict_cmd(images: tuple[str, ...], model_options: ModelOptions, top: int,
     if top > len(found[0].classes):
         click.echo(f"--top {top}: {source.name} has {len(found[0].classes)} classes, all shown",
                    err=True)
-    if not source.labels:  # after the predictions it is about, not before an error
+    if by_folders:
+        click.echo("the model's classes have no names: output k is named by the data's k-th "
+                   "class folder (sorted), as zfnet eval scores it", err=True)
+    elif not source.labels:  # after the predictions it is about, not before an error
         click.echo(f"the classes have no names ({labels_hint(source.meta.get('num_classes'))})",
                    err=True)
     if out is not None:
