@@ -412,6 +412,12 @@ def test_top9_and_evolution_jobs_show_their_figures(page, server) -> None:
     page.wait_for_function(LOADED, arg="#view-figure, #topk-items img")
     assert page.locator("#topk-items li").count() == 9
     assert "over 32 images" in page.text_content("#view-meta")
+    # the figure by another rule, as the API draws it (the page offered the deconvnet only)
+    assert page.get_attribute('#view-rules [data-rule="deconvnet"]', "aria-pressed") == "true"
+    page.click('#view-rules [data-rule="guided"]')
+    page.wait_for_function("document.querySelector('#view-figure').src.includes('rule=guided')")
+    page.wait_for_function(LOADED, arg="#view-figure")
+    assert page.get_attribute('#view-rules [data-rule="guided"]', "aria-pressed") == "true"
     first = page.locator("#topk-items button").first
     target = first.get_attribute("data-image")
     first.click()  # opens that image at the unit's strongest position in it
@@ -787,6 +793,7 @@ def test_a_rule_that_does_not_run_on_the_network_says_why_in_its_panel(browser,
         _open(page, "/?image=val:0&layer=features.3&unit=2&view=topk")
         page.wait_for_function(LOADED, arg="#view-figure")
         assert "by the gradient: the deconvnet is undefined" in page.text_content("#view-meta")
+        assert page.locator("#view-rules").is_hidden()  # no rule to offer but the gradient
         assert all("400" in e for e in page.console.errors), page.console.errors
         context.close()
 

@@ -1219,6 +1219,21 @@
     items.hidden = true;
     items.replaceChildren();
     const figure = $("#view-figure");
+    // the top k's figure by another rule (the API draws each); only where every rule runs:
+    // a figure drawn by the gradient is so because the deconvnet is undefined here
+    const rules = $("#view-rules");
+    rules.hidden = !(view === "topk" && body.rule === "deconvnet" && body.rules);
+    if (!rules.hidden) {
+      for (const b of rules.querySelectorAll("button")) {
+        b.setAttribute("aria-pressed", String(b.dataset.rule === body.rule));
+        b.onclick = () => {
+          for (const o of rules.querySelectorAll("button")) {
+            o.setAttribute("aria-pressed", String(o === b));
+          }
+          loadImage(figure, body.rules[b.dataset.rule], "the figure");
+        };
+      }
+    }
     if (view === "topk") {
       const names = body.unreadable.map((u) => u.name || u.image);
       const some = names.length > 5 ? `${names.slice(0, 5).join(", ")}, …` : names.join(", ");
