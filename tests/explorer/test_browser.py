@@ -267,6 +267,22 @@ def test_the_arrow_keys_move_across_the_tabs_and_enter_opens_one(page, server) -
     assert page.console.errors == []
 
 
+def test_the_first_tab_stop_skips_to_the_maps(page, server) -> None:
+    """Reaching the maps by keyboard took 93 Tab presses on a ResNet (its 66 layer rows,
+    the strip): the first stop is a link past them."""
+    _open(page, "/?image=val:3&layer=conv2")
+    page.wait_for_selector('#maps[data-layer="conv2"]')
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to the feature maps"
+    length = page.evaluate("history.length")
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.activeElement.id === 'maps'")
+    assert page.evaluate("history.length") == length and "#" not in page.url
+    page.keyboard.press("ArrowRight")  # the keys then pick maps
+    page.wait_for_selector('#unit-section[data-unit="0"]')
+    assert page.console.errors == []
+
+
 def test_any_class_named_in_the_box_opens_its_score(page, server) -> None:
     """A class outside the top 5, typed by name (the box offers every class's name), is
     picked as a click on the top 5 picks one; a misspelt name gets "did you mean"."""

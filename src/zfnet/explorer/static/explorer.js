@@ -1362,6 +1362,10 @@
       // tab may start a job, an occlusion of 35 s, which passing over it must not)
       tabs[(i + step + tabs.length) % tabs.length].focus();
     });
+    $(".skip").addEventListener("click", (e) => {  // the focus moved, no history entry made
+      e.preventDefault();
+      $("#maps").focus();
+    });
     $("#job-cancel").addEventListener("click", cancelJob);
     $("#class-find").addEventListener("submit", findClass);
     $("#copy-link").addEventListener("click", async () => {
