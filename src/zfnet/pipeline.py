@@ -14,7 +14,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +29,11 @@ from zfnet.data.preprocess import Preprocessing
 from zfnet.data.spec import parse_spec, with_options
 from zfnet.data.words import labels_of
 from zfnet.models import zfnet_config
+
+if TYPE_CHECKING:
+    from zfnet.analyses.gallery import GalleryResult
+    from zfnet.analyses.probes import ProbeRow
+    from zfnet.analyses.transfer import TransferRow
 
 CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
@@ -106,7 +111,7 @@ def gallery(model: nn.Module, bundle: DataBundle, run_dir: str | Path, *, k: int
             device: str | torch.device | None = None, distributed: bool = False,
             num_workers: int = 0, class_names: list[str] | None = None,
             progress: bool = False, maps: Sequence[int] | None = None,
-            precision: str = "float32", seed: str = "activation") -> Any:
+            precision: str = "float32", seed: str = "activation") -> GalleryResult:
     """Fig. 2: the top-k gallery over the first `n_images` val images (centre crops). Layers
     default to `zfnet.models.feature_layers` (conv1…conv5 on zfnet's models). `maps`: the
     maps shown in every layer (checked before mining), instead of `n_maps` chosen by
@@ -450,7 +455,7 @@ def _marked_parts(bundle: DataBundle, parts_file: str | Path, n_images: int | No
 def probes(model: nn.Module, data: str, run_dir: str | Path, per_class: int = 20,
            n_test: int = 1000, *,
            preprocessing: Any = None, batch_size: int = 128, progress: bool = False,
-           layers: Sequence[str] | None = None) -> Any:
+           layers: Sequence[str] | None = None) -> list[ProbeRow]:
     """Table 7: linear probes per layer (`layers`, default
     `zfnet.analyses.probes.probe_layers`), trained on
     `per_class` training images per class of `data` (centre crops), tested on the first
@@ -515,7 +520,7 @@ def transfer(model: nn.Module, meta: dict[str, Any], target: str, run_dir: str |
              shots: tuple[int, ...] = (1, 5, 20), n_test: int = 1000,
              scratch_steps: int = 300, layer: str | None = None, batch_size: int = 32,
              device: str = "cpu", *, preprocessing: Any = None, name: str | None = None,
-             on_row: Any = None, progress: bool = False) -> Any:
+             on_row: Any = None, progress: bool = False) -> list[TransferRow]:
     """Tables 4–5: layers 1–7 (up to `layer`) of the model fixed + a new softmax on N images
     per class of `target`, against the same architecture from scratch. `meta`: a run's
     checkpoint meta (its model, options, input and data; the target as the paper's inputs,
