@@ -365,6 +365,10 @@ CASES = [
      "train-000000.tar is missing"),
     # visualize topk
     ("topk-layer", [*TOPK, "--layer", "conv9"], "conv9"),
+    # train's --seed is a random seed; this one is what each unit goes down with
+    ("topk-seed-a-number", [*TOPK, "--seed", "0"],
+     "'0' is a random seed (as `zfnet train --seed` takes one); this --seed is what each unit "
+     "goes down with: activation or one"),
     ("topk-layers-alias", [*TOPK, "--layers", "conv1, conv9"], "conv9"),
     ("topk-layer-empty", [*TOPK, "--layer", " , "], "--layer"),
     ("topk-k-0", [*TOPK[:TOPK.index("--k")], "--k", "0"], "'--k': 0 is not in the range x>=1"),

@@ -356,8 +356,22 @@ def _progress_option(default: bool | None = True, help: str = "Progress bars on 
 
 _PROGRESS = _progress_option()
 
+class _ProjectionSeed(click.Choice):
+    """--seed of the projections: activation or one. A number (`zfnet train --seed 0`'s
+    meaning) is told as such: nothing here is drawn at random."""
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            self.fail(f"{value!r} is a random seed (as `zfnet train --seed` takes one); this "
+                      "--seed is what each unit goes down with: activation or one (nothing "
+                      "here is drawn at random)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 _SEED = click.option(
-    "--seed", type=click.Choice(["activation", "one"]), default="activation", show_default=True,
+    "--seed", type=_ProjectionSeed(["activation", "one"]), default="activation",
+    show_default=True,
     help="What each unit goes down with: its activation's value (the paper's; a unit at or "
          "below zero projects to nothing), or 1 (Captum's: the same pictures for an active "
          "unit, and for one below zero, a class score among them, what would raise it).")
