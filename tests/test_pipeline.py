@@ -39,11 +39,20 @@ def _section(run_dir, key: str):
     return s
 
 
-def test_gallery_filters_probes(bundle, tmp_path) -> None:
+def test_gallery_filters_probes(bundle, tmp_path, monkeypatch) -> None:
+    import zfnet.analyses.filters
+    import zfnet.models
+
     model = _resnet()
     res = pipeline.gallery(model, bundle, tmp_path, k=2, n_images=6, n_maps=2)
     assert list(res.projections) == ["relu", "layer1", "layer2", "layer3", "layer4"]
+    found = []  # a model's first convolutions found once (a forward pass; it was twice)
+    real = zfnet.models.first_convs
+    for module in (zfnet.models, zfnet.analyses.filters):
+        monkeypatch.setattr(module, "first_convs",
+                            lambda *a, **k: found.append(1) or real(*a, **k))
     pipeline.filters({"resnet18": model}, bundle, tmp_path, n_images=6)
+    assert len(found) == 1
     assert [r[1] for r in _section(tmp_path, "filters").tables[0].rows] == [
         "conv1", "layer1.0.conv1"]
     # layer 2 as the paper's Fig. 6 (d, e) shows it: its strongest maps' features, projected

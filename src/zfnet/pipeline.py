@@ -181,6 +181,13 @@ def filters(models: dict[str, nn.Module],
         dict.fromkeys(models, bundle) if bundle is not None else {}
     for label, b in own.items():  # every model checked before any is measured
         check_fits(models[label], b)
+    if own:
+        input_size = _size(next(iter(own.values())))
+    if input_size is None:
+        raise ValueError("filters needs a dataset or the models' input size")
+    # each model's first two convolutions, found once (a forward pass each)
+    convs = {label: first_convs(m, 2, _size(own[label]) if label in own else input_size)
+             for label, m in models.items()}
     acts, second = {}, {}  # never-active maps; layer 2's strongest, projected (Fig. 6 d, e)
     for label, b in own.items():
         m = models[label]
@@ -190,16 +197,11 @@ def filters(models: dict[str, nn.Module],
             tk = mine_topk(m, val, ["relu1", "relu2"], k=1, indices=seen)
             acts[label] = {"conv1": tk["relu1"].values[:, 0], "conv2": tk["relu2"].values[:, 0]}
             second[label] = ("relu2", tk["relu2"], Subset(val, list(seen)))
-        else:
-            convs = first_convs(m, 2, _size(b))
-            if len(convs) == 2:
-                tk = mine_topk(m, val, [convs[1]], k=1, indices=seen)
-                second[label] = (convs[1], tk[convs[1]], Subset(val, list(seen)))
-    if own:
-        input_size = _size(next(iter(own.values())))
-    if input_size is None:
-        raise ValueError("filters needs a dataset or the models' input size")
-    return filters_section(run_dir, models, acts, layers=None, input_size=input_size,
+        elif len(convs[label]) == 2:
+            layer = convs[label][1]
+            tk = mine_topk(m, val, [layer], k=1, indices=seen)
+            second[label] = (layer, tk[layer], Subset(val, list(seen)))
+    return filters_section(run_dir, models, acts, layers=convs, input_size=input_size,
                            second_layer=second)
 
 

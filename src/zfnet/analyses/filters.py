@@ -24,6 +24,7 @@ receptive field (`second_layer_figure`), where AlexNet's stride-4 layer 1 shows 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -176,7 +177,7 @@ def filters_section(
     run_dir: str | Path,
     models: dict[str, torch.nn.Module],
     max_activation: dict[str, dict[str, torch.Tensor]] | None = None,
-    layers: tuple[str, ...] | None = ("conv1", "conv2"),
+    layers: Sequence[str] | Mapping[str, Sequence[str]] | None = ("conv1", "conv2"),
     order: int = 60,
     input_size: int | tuple[int, int] | None = None,
     second_layer: dict[str, tuple[str, TopK, Dataset]] | None = None,
@@ -184,9 +185,10 @@ def filters_section(
     """Fig. 6: filter mosaics of `layers` for each labelled model and a table of the diagnostics.
 
     `models`: {label: model} (e.g. "zfnet_small", "alexnet_small", "zfnet_small, no renorm").
-    `layers`: convolutions by name (None: each model's `first_convs`, found by one forward pass
-    at `input_size`, default 224). `max_activation`: optional {label: {layer: (O,) max
-    activation over a validation set}}, which adds the share of never-active maps.
+    `layers`: convolutions by name, for every model or {label: names} (None: each model's
+    `first_convs`, found by one forward pass at `input_size`, default 224). `max_activation`:
+    optional {label: {layer: (O,) max activation over a validation set}}, which adds the share
+    of never-active maps.
     `second_layer`: optional {label: (layer, its top-k mined over the validation images, those
     images)}: that model's second layer shown by its features projected (the paper's Fig. 6
     d, e: `second_layer_figure`) instead of its weights. Writes PNGs under
@@ -198,7 +200,8 @@ def filters_section(
     figures, rows = [], []
     projected = False  # some model's layer 2 shown by its features
     for label, model in models.items():
-        names = list(layers) if layers is not None else first_convs(model, 2, input_size)
+        names = list(layers[label]) if isinstance(layers, Mapping) else list(layers) \
+            if layers is not None else first_convs(model, 2, input_size)
         for n_layer, layer in enumerate(names):
             conv = resolve_layer(model, layer)[1]
             if not isinstance(conv, torch.nn.Conv2d):
