@@ -629,8 +629,10 @@ def test_any_cnn_through_the_general_path(tmp_path) -> None:
     names = [r.name for r in e.layers]
     assert {"layer1", "layer3", "layer3.0.conv1", "fc"} <= set(names)
     assert e.default_layer == "layer4"
-    with pytest.raises(ValueError, match="layer 'layer9' does not exist.*GET /api/layers"):
-        e.layer("layer9")  # the API's list named, not the command line's
+    with pytest.raises(ValueError, match="layer 'layer9' does not exist.*GET /api/layers") \
+            as refused:
+        e.layer("layer9")  # the API's list named, not the command line's, nor Python's
+    assert "zfnet models" not in str(refused.value) and "Python" not in str(refused.value)
     # its blocks too: a BasicBlock's output (after the residual addition and its ReLU), not
     # the Sequential inside it (the same as its last module's)
     kinds = {r.name: r.kind for r in e.layers}

@@ -328,7 +328,7 @@ def test_an_unknown_layer_names_the_closest_and_a_deep_networks_top_modules() ->
         assert str(e.value) == (
             f"layer '{name}' does not exist in ResNet; {hint}valid: conv1, bn1, relu, maxpool, "
             "layer1, layer2, layer3, layer4, avgpool, fc and the modules inside them (67 in "
-            "all: `zfnet models SOURCE` lists them)")
+            "all: `zfnet models SOURCE` lists them; from Python, zfnet.layer_info(model))")
     with pytest.raises(UnknownLayerError, match=r"^layer 'layer3,layer4' names 2 layers; this "
                        "takes one$"):
         resolve_layer(net, "layer3,layer4")

@@ -116,7 +116,11 @@ def _out_apart_from_inputs(command: click.Command, ctx: click.Context) -> None:
 
 def _named_source(message: str, argv: list[str]) -> str:
     """`message` with the library's "`zfnet models SOURCE`" naming the model the command line
-    gave (--model or --checkpoint), so that the hint runs as written."""
+    gave (--model or --checkpoint), so that the hint runs as written, and without its pointer
+    for Python users."""
+    from zfnet.models.layers import FROM_PYTHON
+
+    message = message.replace(FROM_PYTHON, "")
     if "zfnet models SOURCE`" not in message:
         return message
     for i, arg in enumerate(argv):

@@ -72,6 +72,7 @@ from zfnet.models import (
     repeated_layers,
     score_layer,
 )
+from zfnet.models.layers import FROM_PYTHON
 
 RULES = ("deconvnet", "guided", "gradient")
 MAX_UPLOADS = 64  # uploaded images kept (the oldest goes first)
@@ -397,7 +398,7 @@ class Explorer:
         try:
             canonical = layer_name(self.model, name)
         except ValueError as e:  # the API lists the layers, not the command line
-            raise ExplorerError(str(e).replace("`zfnet models SOURCE` lists them",
+            raise ExplorerError(str(e).replace(f"`zfnet models SOURCE` lists them{FROM_PYTHON}",
                                                "GET /api/layers lists those with maps")
                                 ) from None
         if canonical in rows:

@@ -196,6 +196,11 @@ def check_has_modules(model: nn.Module) -> None:
             "(nn.Conv2d, nn.Linear, a block of your own; ReLUs may stay F.relu calls)")
 
 
+# where an error read from Python finds every layer; the command line leaves it out (and names
+# its SOURCE: `zfnet.cli.app`), the explorer names its route
+FROM_PYTHON = "; from Python, zfnet.layer_info(model)"
+
+
 def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module]:
     """The module path and module that `layer` addresses — a name (`conv3`, `features.10`,
     `layer3.1`) or the module object itself, as Captum takes it; a clear error otherwise."""
@@ -236,7 +241,7 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
     if len(valid) > 30:  # a deep network: its top-level modules, and how to see the rest
         top = [n for n in valid if "." not in n]
         listed = (f"{', '.join(top)} and the modules inside them ({len(valid)} in all: "
-                  "`zfnet models SOURCE` lists them)")
+                  f"`zfnet models SOURCE` lists them{FROM_PYTHON})")
     else:
         listed = ", ".join(valid)
     raise UnknownLayerError(f"layer {layer!r} does not exist in {type(model).__name__}; "
