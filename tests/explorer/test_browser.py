@@ -283,6 +283,27 @@ def test_the_first_tab_stop_skips_to_the_maps(page, server) -> None:
     assert page.console.errors == []
 
 
+def test_shift_and_the_arrow_keys_move_the_position_inside_the_picked_map(page, server) -> None:
+    """The keyboard reached each map's strongest unit only; a click inside the picked map
+    picks any position: Shift with the arrows does too, from the strongest one."""
+    _, url = server
+    _open(page, "/?image=val:5&layer=conv2&unit=2")
+    page.wait_for_selector('#unit-section[data-unit="2"]')
+    maps = httpx.get(f"{url}/api/maps", params={"image": "val:5", "layer": "conv2"}).json()
+    h, w = maps["size"]
+    r, c = maps["argmax"][2]
+    page.focus("#maps")
+    page.keyboard.press("Shift+ArrowDown")
+    page.keyboard.press("Shift+ArrowLeft")
+    want = (min(h - 1, r + 1), max(0, c - 1))
+    page.wait_for_function("([r, c]) => { const q = new URLSearchParams(location.search); "
+                           "return q.get('row') === String(r) && q.get('col') === String(c); }",
+                           arg=list(want))
+    assert _query(page)["unit"] == "2"
+    assert page.text_content("#map-info") == f"map 2 at ({want[0]}, {want[1]})"
+    assert page.console.errors == []
+
+
 def test_any_class_named_in_the_box_opens_its_score(page, server) -> None:
     """A class outside the top 5, typed by name (the box offers every class's name), is
     picked as a click on the top 5 picks one; a misspelt name gets "did you mean"."""

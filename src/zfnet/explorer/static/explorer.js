@@ -928,6 +928,21 @@
 
   function keyMaps(event) {
     if (!maps) return;
+    const [mh, mw] = maps.size;
+    // Shift with the arrows moves the position inside the picked map, as a click there does
+    // (the keyboard had no way to a unit other than each map's strongest)
+    const move = { ArrowLeft: [0, -1], ArrowRight: [0, 1], ArrowUp: [-1, 0], ArrowDown: [1, 0] }[event.key];
+    if (event.shiftKey && move && state.unit !== null && mh * mw > 1) {
+      event.preventDefault();
+      const [r0, c0] = state.row !== null ? [state.row, state.col] : maps.argmax[state.unit];
+      const row = Math.min(mh - 1, Math.max(0, r0 + move[0]));
+      const col = Math.min(mw - 1, Math.max(0, c0 + move[1]));
+      if (row === state.row && col === state.col) return;
+      go({ row, col }, { replace: keyRun });
+      keyRun = true;
+      $("#map-info").textContent = `map ${state.unit} at (${row}, ${col})`;
+      return;
+    }
     const step = { ArrowLeft: -1, ArrowRight: 1, ArrowUp: -maps.cols, ArrowDown: maps.cols }[event.key];
     if (step === undefined) return;
     event.preventDefault();
