@@ -17,7 +17,7 @@ import re
 import unicodedata
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +108,7 @@ def project_units(model: nn.Module, images: Dataset, layer: str | nn.Module, *,
                   batch_size: int = 16, names: Sequence[str] | None = None,
                   unit_names: Sequence[str] | None = None,
                   position: tuple[int, int] | None = None, seed: str = "activation",
+                  progress: Callable[[int], None] | None = None,
                   ) -> list[tuple[Unit, Tensor, Tensor]]:
     """Project the strongest unit of the chosen maps (`choose_maps`) of every image, or the
     unit at `position` (row, col) of each (the maps then ranked by their activation there).
@@ -117,7 +118,8 @@ def project_units(model: nn.Module, images: Dataset, layer: str | nn.Module, *,
     model-input units -> pixel units. unit_names: a name for each of the layer's units or maps
     (the classes of a class-score layer), used where their number matches. seed: what each
     unit goes down with (`zfnet.deconvnet.project_layers`): its activation, or 1 ("one": also
-    a unit at or below zero, a class score below zero among them). Returns, per unit,
+    a unit at or below zero, a class score below zero among them). progress: called with the
+    number of images read, after each batch is read (a bar's `update`). Returns, per unit,
     (Unit, uint8 image (C, H, W), projection (C, H, W) in pixel units).
     """
     name = layer_name(model, layer)  # an unknown layer: an error listing the valid ones
@@ -126,6 +128,8 @@ def project_units(model: nn.Module, images: Dataset, layer: str | nn.Module, *,
     for lo in range(0, len(images), batch_size):
         # each file read once here (and its pixels once below): decoding is the slow part
         items = {i: images[i] for i in range(lo, min(lo + batch_size, len(images)))}
+        if progress is not None:
+            progress(len(items))
         idx = [i for i, item in items.items() if item is not None]
         if not idx:
             continue

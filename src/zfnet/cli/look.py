@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -90,12 +89,12 @@ def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
     last = score_layer(source.model) if source.labels else None
     # a bar over the images read, once a layer (a folder of photos takes a while)
     with progress_bar(total=len(data) * len(layers), desc="images", unit="img") as bar:
-        counted = _Counted(data, bar)
         results = [r for layer in layers for r in project_units(
-            source.model, counted, layer, channels=channels, top=top, rule=rule,
+            source.model, data, layer, channels=channels, top=top, rule=rule,
             position=position, pixel_scale=source.preprocessing.pixel_scale(),
             batch_size=model_options.batch_size, names=names,
-            unit_names=source.labels if layer == last else None, seed=seed)]
+            unit_names=source.labels if layer == last else None, seed=seed,
+            progress=bar.update)]
     # each image read gives units: the others were broken files (named in the warnings)
     seen = {unit.image for unit, _, _ in results}
     unreadable = list(dict.fromkeys(  # a file given twice (its folder, and by name): once
@@ -111,26 +110,6 @@ def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
     if unreadable:
         click.echo(f"not read ({len(unreadable)}): {', '.join(unreadable)}", err=True)
     click.echo(f"wrote {len(results)} projection{'s' * (len(results) != 1)} and {index}")
-
-
-class _Counted:
-    """`images` (a dataset with `raw`), each item read moving `bar` on by one."""
-
-    def __init__(self, images: Any, bar: Any) -> None:
-        self.images, self.bar = images, bar
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> Any:
-        item = self.images[i]
-        self.bar.update(1)
-        return item
-
-    def __getattr__(self, name: str) -> Any:  # raw(i) and the rest: the dataset's own
-        if name == "images":  # not set yet (a copy being made): no recursion
-            raise AttributeError(name)
-        return getattr(self.images, name)
 
 
 @main.command("predict", short_help="Each image's most probable classes")
