@@ -31,9 +31,13 @@ from zfnet.data.words import labels_of
 from zfnet.models import zfnet_config
 
 if TYPE_CHECKING:
+    from zfnet.analyses.correspondence import CorrespondenceRow
+    from zfnet.analyses.evolution import EvolutionResult
     from zfnet.analyses.gallery import GalleryResult
     from zfnet.analyses.probes import ProbeRow
+    from zfnet.analyses.sanity import DataRandomizationResult, RandomizationResult
     from zfnet.analyses.transfer import TransferRow
+    from zfnet.report import Section
 
 CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
@@ -167,7 +171,7 @@ def map_counts(model: nn.Module, bundle: DataBundle, layers: Sequence[str]) -> d
 
 def filters(models: dict[str, nn.Module],
             bundle: DataBundle | Mapping[str, DataBundle] | None, run_dir: str | Path,
-            n_images: int = 1000, input_size: int | tuple[int, int] | None = None) -> Any:
+            n_images: int = 1000, input_size: int | tuple[int, int] | None = None) -> Section:
     """Fig. 6: filter mosaics and diagnostics of each model's first two convolutions
     (`zfnet.models.first_convs`); on zfnet's models, maps never active after their ReLU are
     measured over `n_images` val images of `bundle` — one for all, or each model's own, by
@@ -208,7 +212,7 @@ def filters(models: dict[str, nn.Module],
 def evolution(run_dir: str | Path, bundle: DataBundle, out_dir: str | Path | None = None,
               n_images: int = 1000, n_maps: int = 6, batch_size: int = 64,
               device: str = "cpu", rule: str = "deconvnet",
-              layers: Sequence[str] | None = None) -> Any:
+              layers: Sequence[str] | None = None) -> tuple[Section, EvolutionResult]:
     """Fig. 4 from the checkpoints kept in `run_dir` (training images, centre crops), each
     model on `device` (auto: cuda if there), mined `batch_size` images at a time, the units
     projected by `rule` (deconvnet, guided or gradient). `layers`: whose maps are followed
@@ -322,7 +326,7 @@ def correspondence(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
                    class_name: str | None = None, n_images: int | None = None,
                    parts: tuple[str, ...] | None = None, random_draws: int = 20, *,
                    parts_file: str | Path | None = None,
-                   layers: tuple[str, ...] | None = None) -> Any:
+                   layers: tuple[str, ...] | None = None) -> list[CorrespondenceRow]:
     """Fig. 8 / Table 1 on any model: the same part masked in each of several images, at
     `layers` (default: the paper's layers 5 and 7, `analyses.correspondence.default_layers`).
 
@@ -561,7 +565,7 @@ RANDOMIZATION_IMAGES = 16  # `randomization`'s default: fewer make each step's m
 
 def randomization(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
                   n_images: int | None = None, layer: str | None = None,
-                  mode: str = "cascading", steps: str = "block") -> Any:
+                  mode: str = "cascading", steps: str = "block") -> RandomizationResult:
     """Sanity check (Adebayo et al.): cascading (or, `mode="independent"`, one at a time)
     randomisation of the blocks (`steps="module"`: the modules) below `layer` (None:
     `zfnet.models.last_spatial_layer`, conv5 on zfnet's models); seed units: each image's
@@ -629,7 +633,8 @@ SCORED = 2000  # images of each split the two models' accuracies are measured on
 def data_randomization(model: nn.Module, meta: dict[str, Any], run_dir: str | Path,
                        n_images: int = 4, epochs: int | None = None,
                        random_run: str | Path | None = None, reference: bool = False,
-                       label_seed: int = 0, device: str = "auto") -> tuple[Any, dict[str, Any]]:
+                       label_seed: int = 0, device: str = "auto"
+                       ) -> tuple[DataRandomizationResult | None, dict[str, Any]]:
     """Adebayo et al.'s data randomisation test on a zfnet run (`model`, its checkpoint's
     `meta`): a copy trained with the run's configuration (`epochs`: instead of the run's, and
     of its time budget) on its data with the training labels permuted (`random_labels=`

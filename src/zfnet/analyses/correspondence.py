@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -35,6 +36,9 @@ from zfnet.models import (
     layer_info,
     vector_layer,
 )
+
+if TYPE_CHECKING:
+    from zfnet.report import Section
 
 PAPER_TABLE1 = {  # part -> (layer 5 Δ, layer 7 Δ), paper Table 1 means
     "right eye": (0.067, 0.069),
@@ -220,7 +224,7 @@ def occluded_views(images: torch.Tensor, rows: Sequence[CorrespondenceRow], fill
 def correspondence_section(
     run_dir: str | Path, rows: Sequence[CorrespondenceRow], n_images: int, what: str,
     order: int = 75, figure: str | Path | None = None,
-):
+) -> Section:
     """Write the Table 1 section: Δ per part and layer beside the paper's values (and the
     `figure` of the masked images, a path under `run_dir`, where given)."""
     from zfnet.report import Figure, Section, Table, write_section

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +27,9 @@ from zfnet.analyses.gallery import RULE_NAMES, check_defined, first_image, proje
 from zfnet.analyses.topk import TopK, mine_topk
 from zfnet.display import CAPTION as DISPLAY_CAPTION
 from zfnet.display import save_grid
+
+if TYPE_CHECKING:
+    from zfnet.report import Section
 
 
 def similarity_to_last(flat: Tensor) -> Tensor:
@@ -203,7 +206,7 @@ def render_unit_evolution(evolution: UnitEvolution | Tensor, path: str | Path | 
     return render_evolution(proj[None], path, min_side, epochs=epochs)
 
 
-def evolution_section(run_dir: str | Path, result: EvolutionResult, order: int = 40):
+def evolution_section(run_dir: str | Path, result: EvolutionResult, order: int = 40) -> Section:
     """Write the Fig. 4 figures (one per layer) and the report section."""
     from zfnet.report import Figure, Section, Table, write_section
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
     from zfnet.analyses.topk import TopK
+    from zfnet.report import Section
 
 _PAD = 32  # DFT size: fine enough frequency sampling for 3x3 … 11x11 kernels
 
@@ -181,7 +182,7 @@ def filters_section(
     order: int = 60,
     input_size: int | tuple[int, int] | None = None,
     second_layer: dict[str, tuple[str, TopK, Dataset]] | None = None,
-):
+) -> Section:
     """Fig. 6: filter mosaics of `layers` for each labelled model and a table of the diagnostics.
 
     `models`: {label: model} (e.g. "zfnet_small", "alexnet_small", "zfnet_small, no renorm").

@@ -22,12 +22,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torchvision.transforms.v2.functional as TF
 
 from zfnet.activations import capture, to_model
 from zfnet.models import eval_mode, feature_layers, is_zfnet_model, layer_names, vector_layer
+
+if TYPE_CHECKING:
+    from zfnet.report import Section
 
 KINDS = ("translate", "scale", "rotate")
 
@@ -176,7 +180,7 @@ def invariance_section(
     paper_layers: bool = True,
     class_names: Sequence[str] | None = None,
     images: torch.Tensor | None = None,
-):
+) -> Section:
     """Write one figure per transformation (distance at each layer, class probability, one
     curve per image) and the report section; returns the Section. `about`: a sentence saying
     which images these are, put first in the caption. `paper_layers`: the results' two layers

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,6 +36,9 @@ from sklearn.svm import LinearSVC
 
 from zfnet.activations import capture, to_model
 from zfnet.models import eval_mode, feature_layers, is_zfnet_model, layer_names, vector_layer
+
+if TYPE_CHECKING:
+    from zfnet.report import Section
 
 CLASSIFIERS = ("softmax", "svm")
 # the paper's Table 7: (classifier, layer) -> accuracy % on Caltech-101 (30 training images per
@@ -150,7 +154,7 @@ def transfer(
 def probes_section(
     run_dir: str | Path, rows: Sequence[ProbeRow], per_class: int | str, data: str,
     n_test: int | None = None, order: int = 84,
-):
+) -> Section:
     """Write the Table 7 section: accuracy per layer and classifier; `per_class`: the training
     images per class (a number or a text), `n_test` the held-out images they are tested on."""
     from zfnet.report import Section, Table, write_section

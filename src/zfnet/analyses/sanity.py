@@ -30,6 +30,7 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -42,6 +43,9 @@ from zfnet.display import save_grid
 from zfnet.models.geometry import record_forward
 from zfnet.models.layers import resolve_layer
 from zfnet.models.modes import eval_mode
+
+if TYPE_CHECKING:
+    from zfnet.report import Section
 
 RULES = ("deconvnet", "guided", "gradient")
 
@@ -370,7 +374,7 @@ def randomization_words(result: RandomizationResult) -> list[str]:
 
 def randomization_section(
     run_dir: str | Path, result: RandomizationResult, order: int = 90
-):
+) -> Section:
     """Write the randomisation plot (SSIM and rank correlation per step and rule), the maps'
     figure and the report section, of either mode (each its own section and files)."""
     from zfnet.report import Figure, Section, Table, write_section
@@ -453,7 +457,7 @@ SHOWN_IMAGES = 8  # rows of the data randomisation test's figure
 def data_randomization_section(
     run_dir: str | Path, result: DataRandomizationResult, pixels: torch.Tensor,
     random_run: str, reference_run: str | None = None, order: int = 92,
-):
+) -> Section:
     """Write the data randomisation test's figure (each image beside each rule's map from the
     model and from its copy trained on permuted labels), table and report section.
     `pixels`: the images as uint8 (N, C, H, W); `result.accuracy` must be measured;

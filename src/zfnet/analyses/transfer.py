@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from zfnet.data import DataBundle, collate, load_dataset
 from zfnet.data.spec import with_options
+
+if TYPE_CHECKING:
+    from zfnet.report import Section
 
 
 class AdaptedImages(Dataset):
@@ -293,7 +296,7 @@ def _here(rows: Sequence[TransferRow]) -> str:
 
 
 def transfer_section(run_dir: str | Path, rows: Sequence[TransferRow], source: str,
-                     target: str, layer: str = "relu7", order: int = 80):
+                     target: str, layer: str = "relu7", order: int = 80) -> Section:
     """Write the Tables 4–5 section: accuracy per N, fixed features vs from scratch."""
     from zfnet.report import Section, Table, write_section
 
