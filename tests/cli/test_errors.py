@@ -854,3 +854,17 @@ def test_a_run_folder_named_as_a_model_is_the_run(places, tmp_path, monkeypatch)
         assert torch.equal(a, b)
     res = CliRunner().invoke(main, ["eval", "--checkpoint", "zfnet_small"])
     assert res.exit_code == 0 and "random init" not in res.output, res.output
+
+
+def test_a_device_this_machine_lacks_is_a_bad_option_value(places, monkeypatch) -> None:
+    """`--device cuda` without a GPU exited 1, as a failed run does, where `--device tpu` exits
+    2, as `--help` says a bad option value does."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:1"):
+        res = CliRunner().invoke(main, ["eval", "--checkpoint", str(places["run"]),
+                                        "--device", device])
+        assert res.exit_code == 2, res.output
+        assert res.output == (f"Error: Invalid value for '--device': device '{device}': CUDA "
+                              "is not available on this machine; valid: cpu, auto\n")

@@ -57,3 +57,35 @@ def test_current_rank_is_torchruns_rank_without_a_group_and_0_without_torchrun(m
     monkeypatch.setenv("WORLD_SIZE", "1")
     info = ddp.setup("cpu")
     assert (info.rank, info.is_main) == (3, False)
+
+
+def test_an_error_of_every_process_is_said_by_the_first_alone(monkeypatch) -> None:
+    """Under torchrun each process met the same bad input and printed it (3 processes: 3
+    lines, rank 1's sometimes first): the first says it, posting it in the launch's store; the
+    others say theirs only where it differs or the first has none (its own share of the data)."""
+    import socket
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = dist.TCPStore("127.0.0.1", port, is_master=True, timeout=timedelta(seconds=10),
+                           wait_for_workers=False)  # torchrun's agent holds it
+    for k, v in {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                 "TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_RESTART_COUNT": "0"
+                 }.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("RANK", "1")
+    assert ddp.says_error("rank 1's own", wait=0.5)  # the first has said nothing
+    monkeypatch.setenv("RANK", "0")
+    assert ddp.says_error("bad --k")
+    monkeypatch.setenv("RANK", "1")
+    assert not ddp.says_error("bad --k")  # the first said it
+    assert ddp.says_error("its share of the data is broken")  # not what the first said
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # a restarted launch: said again
+    assert ddp.says_error("bad --k", wait=0.5)
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")  # no store: each says its own
+    assert ddp.says_error("bad --k")
+    del server

@@ -192,3 +192,15 @@ def test_torchrun_processes_given_different_options_say_so_and_write_nothing(tmp
                             "on rank 0 but 4 on rank 1") for e in errors), errors
     assert sum("(this process)" in e for e in errors) == 1, errors
     assert not out.exists()
+
+
+def test_torchrun_a_bad_input_every_process_meets_is_said_once(tmp_path) -> None:
+    """Three processes given a batch size they cannot share: one `Error:` line, the first
+    process's (each printed it, rank 1's and 2's named by rank, sometimes before rank 0's)."""
+    r = torchrun("-m", "zfnet.cli", "train", "--data", "synthetic?n_train=30&n_val=9&size=32",
+                 "--model", "zfnet_small", "--out", str(tmp_path / "run"), "--epochs", "1",
+                 "--batch-size", "16", nproc=3)
+    said = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
+    assert said == ["Error: batch_size=16 is not divisible by the 3 processes; give a multiple "
+                    "of 3 (15, 18)"], r.stderr[-3000:]
+    assert r.returncode != 0 and not (tmp_path / "run").exists()

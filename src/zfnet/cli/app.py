@@ -168,10 +168,13 @@ class _Commands(click.Group):
                 ctx.exit(e.exit_code)
             raise _OneLine(" ".join(e.format_message().split()), e.exit_code) from e
         except USER_ERRORS as e:  # may be one process's own (its share of the data): named
+            from zfnet.train.distributed import says_error
+
+            message = _named_source(" ".join(str(e).split()), argv) or type(e).__name__
+            if not says_error(message):  # under torchrun: the first process said it for all
+                ctx.exit(1)
             rank = _other_rank()
-            raise click.ClickException((f"rank {rank}: " if rank else "")
-                                       + (_named_source(" ".join(str(e).split()), argv)
-                                          or type(e).__name__)) from e
+            raise click.ClickException((f"rank {rank}: " if rank else "") + message) from e
         except OSError as e:  # the machine's, not the input's: a full disk, a read-only one
             if e.errno not in _MACHINE_ERRNOS:
                 raise

@@ -82,11 +82,14 @@ def _position(ctx: click.Context, param: click.Parameter, value: str | None):
 
 
 def _device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    from zfnet.train.distributed import parse_device
+    """A device this machine has (cuda without a GPU is a bad value, exit 2, as tpu is)."""
+    import os
+
+    from zfnet.train.distributed import resolve_device
 
     if value is not None:
         try:
-            parse_device(value)
+            resolve_device(value, int(os.environ.get("LOCAL_RANK", "0")))
         except ValueError as e:
             raise click.BadParameter(str(e)) from e
     return value

@@ -64,11 +64,12 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     if dev is None:
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} asked for, but CUDA is not available; use cpu or auto")
+        raise ValueError(f"device {device!r}: CUDA is not available on this machine; valid: "
+                         "cpu, auto")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank)
     if dev.type == "cuda" and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device={device!r}: this machine has {torch.cuda.device_count()} "
+        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} "
                          f"GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return dev
 
@@ -79,6 +80,50 @@ def current_rank() -> int:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank()
     return int(os.environ.get("RANK", "0"))
+
+
+ERROR_KEY = "zfnet/error"  # where the first process posts its error, in the launch's store
+
+
+def _launch_store(wait: float) -> Any:
+    """The key-value store torchrun's agent holds for the processes of this launch (every node
+    reaches it at MASTER_ADDR:MASTER_PORT, before and after they join a process group); None
+    without one (no torchrun, or an agent without a store)."""
+    from datetime import timedelta
+
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or not dist.is_available():
+        return None
+    try:
+        return dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                             is_master=False, timeout=timedelta(seconds=wait),
+                             wait_for_workers=False)
+    except (KeyError, ValueError, RuntimeError, OSError):
+        return None
+
+
+def says_error(message: str, wait: float = 5.0) -> bool:
+    """Under torchrun, whether this process prints its error `message` (the rest of the
+    processes of a launch most often meet the same bad input, and would print it each): the
+    first does, and posts it in the launch's store; another one prints its own only where the
+    first's differs, or has not come within `wait` s (an error of its own share of the data).
+    True without torchrun, or where the store cannot be reached."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return True
+    store = _launch_store(wait)
+    if store is None:
+        return True
+    key = f"{ERROR_KEY}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    from datetime import timedelta
+
+    try:
+        if current_rank() == 0:
+            store.set(key, message)
+            return True
+        store.wait([key], timedelta(seconds=wait))
+        return store.get(key).decode("utf-8", "replace") != message
+    except (RuntimeError, OSError):  # not posted in time (the first has no such error)
+        return True
 
 
 def setup(device: str = "auto") -> DistInfo:
