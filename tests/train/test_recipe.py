@@ -474,3 +474,21 @@ def test_an_epoch_whose_validation_loss_is_nan_is_not_kept_as_good(tmp_path, mon
         train(tiny_config(out, epochs=3), bundle=tiny_bundle())
     assert [e for e, _ in list_checkpoints(out)] == [1]
     assert find_last(out).name == "epoch_0001"
+
+
+def test_the_bar_names_its_loss_the_first_processes_under_torchrun() -> None:
+    """The bar's loss is the first process's batches' (only it draws the bar); the epoch's line
+    averages every process's: under torchrun the bar's figure is named so (the two disagreed,
+    1.5935 against 1.5705, each called "loss")."""
+    from types import SimpleNamespace
+
+    from tqdm import tqdm
+
+    from zfnet.train.distributed import DistInfo
+
+    for world, key in ((1, "loss="), (2, "rank0_loss=")):
+        stats = SimpleNamespace(seen=8, loss_sum=12.0,
+                                info=DistInfo(0, world, 0, torch.device("cpu")))
+        with tqdm(total=3, disable=False, file=open(os.devnull, "w")) as bar:
+            recipe_mod._figures(bar, stats, elapsed=2.0)
+            assert bar.postfix == f"{key}1.5000, img_s={4 * world}"

@@ -436,11 +436,13 @@ def _advance_schedule(scheduler: Any, updated: bool) -> None:
 
 def _figures(bar: tqdm, stats: _Stats, elapsed: float) -> None:
     """The bar's loss and images a second so far; none before a step is read (the first, read
-    a step late: not zeros)."""
+    a step late: not zeros). Under torchrun the loss is the first process's batches' (named
+    rank0_loss: the epoch's line gives every process's), the images every process's."""
     if stats.seen:
         images = stats.seen * stats.info.world_size
-        bar.set_postfix(loss=f"{stats.loss_sum / stats.seen:.4f}",
-                        img_s=f"{images / max(elapsed, 1e-9):.0f}", refresh=False)
+        loss = "rank0_loss" if stats.info.world_size > 1 else "loss"
+        bar.set_postfix({loss: f"{stats.loss_sum / stats.seen:.4f}",
+                         "img_s": f"{images / max(elapsed, 1e-9):.0f}"}, refresh=False)
 
 
 def _show_progress(bar: tqdm, st: EpochState, optimizer: torch.optim.Optimizer,
