@@ -868,3 +868,31 @@ def test_a_device_this_machine_lacks_is_a_bad_option_value(places, monkeypatch) 
         assert res.exit_code == 2, res.output
         assert res.output == (f"Error: Invalid value for '--device': device '{device}': CUDA "
                               "is not available on this machine; valid: cpu, auto\n")
+
+
+def test_a_ctrl_c_that_lands_in_a_callback_ends_the_command(tmp_path) -> None:
+    """A Ctrl-C that lands in a finalizer or weakref callback (matplotlib's, while the report's
+    figures are drawn) printed "Exception ignored in: <function ...>" with a traceback, and the
+    command went on; it now ends the command, which says so in one line and exits 130."""
+    import subprocess
+    import sys
+
+    from tests.processes import process_env
+
+    script = tmp_path / "interrupted.py"
+    script.write_text(
+        "import sys, time, weakref\n"
+        "import click\n"
+        "from zfnet.cli import main\n"
+        "@main.command('slow-figure')\n"
+        "def slow_figure():\n"
+        "    class Figure: pass\n"
+        "    def callback(_): raise KeyboardInterrupt  # Ctrl-C, landing here\n"
+        "    figure = Figure(); kept = weakref.ref(figure, callback)\n"
+        "    del figure\n"
+        "    time.sleep(5)\n"
+        "    click.echo('went on')\n"
+        "sys.exit(main(['slow-figure']))\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       env=process_env(), timeout=60)
+    assert (r.returncode, r.stdout, r.stderr) == (130, "", "interrupted (SIGINT)\n")

@@ -214,6 +214,33 @@ def main() -> None:
 
     keep_freed_memory()  # no page faults on every step's tensors (zfnet/memory.py)
     _one_line_warnings()
+    _interrupt_outside_callbacks()
+
+
+def _interrupt_outside_callbacks() -> None:
+    """A Ctrl-C that lands in a callback Python calls on its own (a finalizer, a weakref's:
+    matplotlib's, while a figure is drawn) cannot end the command there: Python printed
+    "Exception ignored in: <function ...>" and its traceback, and went on as if no Ctrl-C had
+    come. It is raised again in the command's own code instead (the next line it runs), which
+    ends as any interrupted command does."""
+    import _thread
+    import threading
+
+    default = sys.unraisablehook
+    if getattr(default, "zfnet", False):  # installed by an earlier command in this process
+        return
+
+    def hook(unraisable) -> None:  # noqa: ANN001
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):  # a moment later, from
+            # another thread: raised at once, it would land in this hook, ignored again
+            later = threading.Timer(0.05, _thread.interrupt_main)
+            later.daemon = True  # not waited for where the command ends before
+            later.start()
+        else:
+            default(unraisable)
+
+    hook.zfnet = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 def _many_workers(message: str) -> str | None:
