@@ -94,6 +94,7 @@ def test_a_batch_of_only_broken_files_takes_no_step_and_keeps_the_position(
     assert len(updates) == 6 - empty  # but makes no update
     rows = read_metrics_csv(tmp_path / "ref" / "metrics.csv")
     assert rows["skipped"] == [2, 2]  # the two broken files, every epoch
+    assert rows["val_skipped"] == [2, 2]  # and the validation's two (its column was missing)
     assert all(np.isfinite(rows["train_loss"])) and all(np.isfinite(rows["val_loss"]))
     # validation met a batch of only broken files too; the warnings name each file
     assert all(name in " ".join(str(w.message) for w in caught) for name in BROKEN)

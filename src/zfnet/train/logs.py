@@ -12,7 +12,7 @@ from zfnet.train.checkpoint import write_text_atomic
 
 CSV_COLUMNS = (
     "epoch", "global_step", "lr", "train_loss", "train_top1_error", "val_loss",
-    "val_top1_error", "val_top5_error", "epoch_time_s", "img_per_s", "skipped",
+    "val_top1_error", "val_top5_error", "epoch_time_s", "img_per_s", "skipped", "val_skipped",
 )
 
 
@@ -34,7 +34,9 @@ def epoch_row(epoch: int, global_step: int, lr: float, sums: dict[str, float],
               val: dict[str, Any]) -> dict[str, Any]:
     """metrics.csv's row (`CSV_COLUMNS`) of 0-based `epoch`, from the training sums over all
     processes (loss_sum, correct, seen; expected: the samples the epoch held, broken files
-    included; time) and the validation's loss / top1_error / top5_error (None: not validated)."""
+    included; time) and the validation's loss / top1_error / top5_error / skipped (None: not
+    validated). `skipped`: the training samples left out (broken files), `val_skipped` the
+    validation's."""
     seen = sums["seen"]
     return {
         "epoch": epoch + 1, "global_step": global_step, "lr": lr,
@@ -43,6 +45,7 @@ def epoch_row(epoch: int, global_step: int, lr: float, sums: dict[str, float],
         "val_loss": val["loss"], "val_top1_error": val["top1_error"],
         "val_top5_error": val["top5_error"], "epoch_time_s": sums["time"],
         "img_per_s": seen / max(sums["time"], 1e-9), "skipped": int(sums["expected"] - seen),
+        "val_skipped": val.get("skipped"),
     }
 
 
@@ -75,6 +78,9 @@ def epoch_lines(row: dict[str, Any], epochs: int, validated: bool,
     if row["skipped"]:
         lines.append(f"epoch {row['epoch']}: {row['skipped']} training sample(s) skipped "
                      f"(unreadable files, named in the warnings above)")
+    if row.get("val_skipped"):
+        lines.append(f"epoch {row['epoch']}: {row['val_skipped']} validation image(s) left out "
+                     "of its figures (unreadable files, named in the warnings above)")
     if stuck_at_chance(row["train_loss"], classes):
         lines.append(f"epoch {row['epoch']}: the training loss is ln {classes} = "
                      f"{math.log(classes):.4f}, the loss of outputs that are the same for every "
