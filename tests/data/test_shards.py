@@ -896,6 +896,25 @@ def test_items_are_shown_by_their_class_folder_and_name(folder, resized) -> None
     assert len(set(names)) == len(names) and all(n.count("/") == 1 for n in names)
 
 
+@pytest.mark.parametrize("shards", ["original", "resized", "raw"])
+def test_items_are_named_as_the_folder_names_their_files(folder, shards, request) -> None:
+    """topk.json and the figures name an item of shards as the folder does: the same file
+    (`ant/x.v2.jpg`, `bee/1.png`), not its member (`ant/x_v2.jpg`, re-encoded `bee/1.jpg`,
+    raw `bee/1.npy`), whatever each split's files were (a JPEG folder's ImageNet `.JPEG`)."""
+    from zfnet.data.picks import file_name
+
+    stored = request.getfixturevalue(shards)
+    for split in ("train", "val"):
+        want = [f"{p.parent.name}/{p.name}" for p in getattr(
+            load_dataset(f"imagefolder:{folder}?{SPEC}"), split).paths
+            if p.name != "broken.jpg"]
+        got = getattr(load_dataset(f"shards:{stored}?{SPEC}"), split)
+        assert [file_name(got, i) for i in range(len(got))] == want, split
+    manifest = json.loads((stored / "manifest.json").read_text())
+    assert manifest["splits"]["val"]["suffix"] == ".jpg"
+    assert set(manifest["splits"]["train"]["renamed"].values()) == {"bee/1.png"}
+
+
 # --- streaming training epochs ---
 
 def _epoch(train, workers: int, world: int = 1, rank: int = 0, **kw) -> list[list[int]]:

@@ -40,6 +40,7 @@ import threading
 import time
 import uuid
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -715,10 +716,11 @@ def _write(journal: _Journal, root: Path, names: list[str],
             journal.shard_closed, at=at, skipped=skipped, total=total))
         writer.shards, writer.rows = [dict(s) for s in closed], [tuple(r) for r in rows.tolist()]
         used: set[str] = set()
+        stored: list[tuple[str, Path]] = []  # each sample's key and file, in stored order
         dropped = set(skipped)
         for path in paths[:start]:  # the keys taken before: the same ones again
             if path.relative_to(root).as_posix() not in dropped:
-                _unique(_key(path.relative_to(root / split)), used)
+                stored.append((_unique(_key(path.relative_to(root / split)), used), path))
         loader = Loader(chunks, batch_size=None, num_workers=workers if len(chunks) > 1 else 0,
                         collate_fn=lambda r: r,
                         worker_init_fn=functools.partial(_worker_start, lock, folder))
@@ -737,6 +739,7 @@ def _write(journal: _Journal, root: Path, names: list[str],
                             continue
                         n = start + c * CHUNK + j
                         key = _unique(_key(paths[n].relative_to(root / split)), used)
+                        stored.append((key, paths[n]))
                         if n >= first:  # not in a shard closed before an interrupt
                             at["next"] = n
                             writer.add(key, labels[n], *sample)
@@ -752,6 +755,8 @@ def _write(journal: _Journal, root: Path, names: list[str],
         np.save(folder / index_name(split), index)
         entry = {"count": len(index), "index": index_name(split), "shards": writer.shards,
                  "skipped": skipped}
+        entry.update(_original_names(stored, root / split))
+        assert len(stored) == len(index), (len(stored), len(index))
         if total is not None:
             np.save(folder / f"mean-{side}.npy", (total / len(index)).to(torch.float32).numpy())
             manifest["mean"] = {"file": f"mean-{side}.npy", "full_size": side}
@@ -810,6 +815,20 @@ def _worker_start(lock: int | None, folder: Path, worker: int) -> None:
     with contextlib.suppress(OSError):
         if lock is not None and os.path.samestat(os.fstat(lock), os.stat(folder)):
             os.close(lock)
+
+
+def _original_names(stored: Sequence[tuple[str, Path]], split_root: Path) -> dict[str, Any]:
+    """A split's manifest entries that name its samples as the folder named their files (a
+    figure, topk.json): "suffix", the originals' most common extension (.JPEG; the stored one
+    is .jpg or .npy), and "renamed", {row: the file's path in its split} for each sample its
+    key and that suffix do not name (a dot in its name, a key made unique, another extension):
+    none on ImageNet."""
+    names = [(key, path.relative_to(split_root).as_posix()) for key, path in stored]
+    if not names:
+        return {}
+    suffix = Counter(Path(name).suffix for _, name in names).most_common(1)[0][0]
+    renamed = {str(row): name for row, (key, name) in enumerate(names) if key + suffix != name}
+    return {"suffix": suffix, **({"renamed": renamed} if renamed else {})}
 
 
 def _unique(key: str, used: set[str]) -> str:

@@ -46,7 +46,7 @@ import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +191,9 @@ def raw_image(data: bytearray, side: int) -> torch.Tensor:
     return pixels.view(side, side, 3).permute(2, 0, 1)
 
 
+UNREAD_MEMBER = "the member at byte "  # a member whose tar header cannot be read, by place
+
+
 @dataclass(frozen=True)
 class ShardSplit:
     """One split of a shards folder: its shard files and its index (rows: shard, offset, size,
@@ -200,6 +203,8 @@ class ShardSplit:
     name: str
     files: list[Path]
     index: np.ndarray  # (N, 4) int64
+    suffix: str | None = None  # the originals' most common extension (.JPEG); None: unknown
+    renamed: dict[int, str] = field(default_factory=dict)  # row: file, where key+suffix is not
 
     def __len__(self) -> int:
         return len(self.index)
@@ -250,7 +255,11 @@ def read_split(root: Path, manifest: dict[str, Any], split: str) -> ShardSplit:
         if counts[k] != s["count"]:
             raise ShardsError(f"{index_file} has {counts[k]} samples in {f.name}, the manifest "
                               f"says {s['count']}; {AGAIN}")
-    return ShardSplit(root, split, files, np.asarray(index))
+    suffix, renamed = entry.get("suffix"), entry.get("renamed") or {}
+    if not isinstance(suffix, str) or not isinstance(renamed, dict):  # older shards: by member
+        suffix, renamed = None, {}
+    return ShardSplit(root, split, files, np.asarray(index), suffix,
+                      {int(k): str(v) for k, v in renamed.items() if str(k).isdigit()})
 
 
 class _OpenFiles:
@@ -329,15 +338,18 @@ class ShardImages(CropDataset):
         try:
             return tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape").name
         except tarfile.TarError:
-            return f"the member at byte {offset}"
+            return f"{UNREAD_MEMBER}{offset}"
 
     def key(self, i: int) -> str:
         """Item i's webdataset key: its file's path in its split, without the extension."""
         return self.member(i).rsplit(".", 1)[0]
 
     def name(self, i: int) -> str:
-        """Item i in messages: `OUT/train-000003.tar:n01440764/n01440764_10026.jpg`."""
-        return f"{self.split.files[self.location(i)[0]]}:{self.member(i)}"
+        """Item i in messages: `OUT/train-000003.tar:n01440764/n01440764_10026.jpg` (a member
+        whose header cannot be read: `OUT/train-000003.tar, the member at byte 512`)."""
+        member = self.member(i)
+        return f"{self.split.files[self.location(i)[0]]}" + \
+            (f", {member}" if member.startswith(UNREAD_MEMBER) else f":{member}")
 
     def full_image(self, i: int) -> torch.Tensor:
         data = self.pending.get(i)
@@ -388,9 +400,17 @@ class ShardImages(CropDataset):
         return self.name(i)
 
     def short_name(self, i: int) -> str:
-        """Item i as a figure or a table shows it: its key in the shards, its class folder kept
-        (`n01440764/n01440764_10026.jpg`), as the folder's `short_name` shows its file."""
-        return self.member(i)
+        """Item i as a figure or a table shows it: the file's path in its split, as the folder's
+        `short_name` shows it (`n01440764/n01440764_10026.JPEG`, stored re-encoded as .jpg or
+        as .npy), from its key and the manifest's "suffix" and "renamed"; shards written
+        before those: its member's name."""
+        renamed = self.split.renamed.get(int(self.rows[i]))
+        if renamed is not None:
+            return renamed
+        member = self.member(i)
+        if self.split.suffix is None or member.startswith(UNREAD_MEMBER):
+            return member
+        return member.rsplit(".", 1)[0] + self.split.suffix
 
     def epoch_stream(self, samples: Dataset, **kwargs: Any) -> Dataset:
         """The training batches of one epoch read as a stream (`zfnet.data.shard_stream`):
