@@ -12,11 +12,17 @@ from PIL import Image
 from torch.utils.data import TensorDataset
 
 import zfnet
-from zfnet.analyses.gallery import default_layers, render_layer, run_topk_gallery, select_maps
+from zfnet.analyses.gallery import (
+    block_grid,
+    default_layers,
+    render_layer,
+    run_topk_gallery,
+    select_maps,
+)
 from zfnet.analyses.topk import TopK
 from zfnet.deconvnet import project_rf
 from zfnet.display import CAPTION as DISPLAY_CAPTION
-from zfnet.display import projection_to_uint8
+from zfnet.display import LABEL_HEIGHT, projection_to_uint8
 from zfnet.models import layer_info
 from zfnet.report import read_sections
 
@@ -99,6 +105,27 @@ def test_render_layer_grid(tmp_path) -> None:
     w, h = Image.open(png).size
     side = 7 * 6  # enlarged to at least 40 px
     assert h == 3 * (side + 1) + 1 + 8 and w == 5 * (2 * (3 * (side + 1) + 1) + 4 + 8)
+
+
+def test_a_block_of_fewer_than_k_has_no_empty_row(tmp_path) -> None:
+    """k cut to 6 images: each block is 2 rows of 3 (`block_grid`), not 3 x 3 with a black
+    row; the gallery's figure of 6 images with k 9 is drawn so."""
+    assert [block_grid(k) for k in (9, 6, 5, 4, 3, 2, 1)] == [
+        (3, 3), (2, 3), (2, 3), (2, 2), (2, 2), (1, 2), (1, 1)]
+    proj = torch.randn(1, 6, 3, 8, 8)
+    patches = torch.full((1, 6, 3, 8, 8), 200, dtype=torch.uint8)
+    canvas = np.asarray(Image.open(render_layer(proj, patches, tmp_path / "g.png")))
+    side, pad, sep = 40, 1, 8
+    assert canvas.shape[:2] == (2 * (side + pad) + pad + sep, 2 * (3 * (side + pad) + pad) + 4
+                                + sep)
+    assert (canvas[-sep - side - pad: -sep - pad, -sep - side - pad: -sep - pad] == 200).all()
+    torch.manual_seed(0)
+    res = run_topk_gallery(zfnet.create_model("zfnet_small"), _data(6), ["conv1"], k=9,
+                           out_dir=tmp_path / "run", maps={"conv1": [0]})
+    side = res.projections["conv1"].shape[-1] * max(1, -(-40 // res.projections["conv1"]
+                                                         .shape[-1]))
+    height = Image.open(res.figures["conv1"]).size[1]
+    assert height == LABEL_HEIGHT + 2 * (side + pad) + pad + sep  # 2 rows of 3, no third
 
 
 def test_render_layer_draws_projections_by_the_display_rule(tmp_path) -> None:

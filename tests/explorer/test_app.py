@@ -1253,6 +1253,15 @@ def test_images_n_limits_the_mining_not_the_images_shown(tiny_run, tmp_path) -> 
         _error(c.get("/api/maps?image=val:32&layer=conv1"), 404, "val:0..val:31")
         top = _wait(c, "/api/topk?layer=conv1&unit=0")
         assert top["images"] == 5 and all(int(i["image"][4:]) < 5 for i in top["items"])
+        # its figure: the 5 there are, 2 rows of 3 as the gallery draws them, not 3 x 3 with
+        # empty cells
+        five = mine_topk(e.model, torch.utils.data.Subset(e.val, range(5)), ["conv1"], 5)
+        proj = project_topk(e.model, e.val, five, {"conv1": [0]})["conv1"]
+        geo = layer_geometry(e.model, "conv1", 32)
+        patches = topk_patches(five["conv1"], [0], geo, (3, 32, 32), False, e.bundle.raw_val)
+        buf = io.BytesIO()
+        render_layer(proj, patches, buf)
+        assert np.array_equal(_png(c.get(top["figure"])), np.asarray(Image.open(buf)))
 
 
 def test_another_sites_page_cannot_post_or_cancel(client) -> None:

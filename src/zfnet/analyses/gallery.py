@@ -332,11 +332,20 @@ def default_display(dataset: Dataset) -> Callable[[int], Tensor]:
     return show
 
 
+def block_grid(k: int) -> tuple[int, int]:
+    """(rows, columns) of a block of k tiles in a top-k figure: ceil(sqrt(k)) to a row, as
+    many rows as they fill — 3 x 3 for 9, 2 rows of 3 for 6 (k cut to the images mined), no
+    empty row."""
+    cols = max(1, math.ceil(math.sqrt(k)))
+    return math.ceil(k / cols), cols
+
+
 def render_layer(
     projections: Tensor, patches: Tensor, path: str | Path | BinaryIO, *,
     columns: int | None = None, min_side: int = 40, labels: Sequence[str] | None = None,
 ) -> Path | BinaryIO:
-    """Draw a Fig. 2 grid: per map a block of k projections beside its k image patches.
+    """Draw a Fig. 2 grid: per map a block of k projections beside its k image patches, each
+    `block_grid(k)` (3 x 3 for 9; 2 rows of 3 for 6).
 
     projections (M, k, C, h, w) float; patches (M, k, C, h, w) uint8. Small windows are
     enlarged (nearest neighbour, integer factor) until their longer side has at least
@@ -346,10 +355,10 @@ def render_layer(
     m, k, _, sh, sw = projections.shape
     zoom = max(1, math.ceil(min_side / max(sh, sw)))
     th, tw = sh * zoom, sw * zoom  # a tile
-    g = math.ceil(math.sqrt(k))  # each block of k is g x g
+    g_rows, g = block_grid(k)  # each block of k: g to a row
     pad, gap = 1, 4
     half = g * (tw + pad) + pad  # a half block's width
-    block_w, block_h = 2 * half + gap, g * (th + pad) + pad
+    block_w, block_h = 2 * half + gap, g_rows * (th + pad) + pad
     cols = columns or min(m, max(1, round(math.sqrt(m * block_h / block_w * 1.6))))
     rows = math.ceil(m / cols)
     sep = 8

@@ -59,6 +59,7 @@ from zfnet.analyses.gallery import (
     BF16_NOTE,
     CAPTION,
     RULE_NAMES,
+    block_grid,
     check_defined,
     default_display,
     default_layers,
@@ -492,7 +493,7 @@ def _unit_page(folder: Path, layer: _Layer, c: int, t: TopK, evo: EvolutionResul
                               "figure": f"{layer.slug}/{drawn}"}
     shown = layer.shown
     i = shown.index(c)
-    side = math.ceil(math.sqrt(t.k))
+    side = block_grid(t.k)[1]  # the figure's tiles to a row
     _render(folder / f"{c}.html", "atlas_unit.html.j2", root="../", meta=meta, layer=layer,
             projection=_projection(meta, [layer]),
             layers=table, index=li, unit=c, name=layer.unit_name(c), items=items,

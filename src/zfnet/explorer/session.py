@@ -46,6 +46,7 @@ from zfnet.analyses.gallery import (
     topk_patches,
     unit_windows,
     window,
+    within_mined,
 )
 from zfnet.analyses.topk import TopK, load_topk, mine_topk, mining_digest, save_topk
 from zfnet.atomic import write_text_atomic
@@ -926,7 +927,8 @@ class Explorer:
         return self._figure_rules[name]
 
     def topk_png(self, layer: str, unit: int, rule: str = "deconvnet") -> bytes:
-        """The unit's k projections (a square grid) by `rule` beside their k image patches."""
+        """The unit's k projections by `rule` beside their k image patches (`render_layer`;
+        k cut to the images mined where fewer)."""
         if rule not in RULES:
             raise ExplorerError(f"rule {rule!r} is not known; valid: {', '.join(RULES)}")
         lr = self.layer(layer)
@@ -938,11 +940,13 @@ class Explorer:
 
         def draw() -> bytes:
             geos = {lr.name: self._geometries.get(lr.name)}
-            proj = project_topk(self.model, self.val, {lr.name: t}, {lr.name: [unit]}, rule,
+            # cut to the images mined where fewer than k: no empty cells (as the gallery's)
+            cut = within_mined({lr.name: t}, t.k, self.n_images)[1][lr.name]
+            proj = project_topk(self.model, self.val, {lr.name: cut}, {lr.name: [unit]}, rule,
                                 geometries=geos)[lr.name]
             proj = proj * self.pre.pixel_scale().reshape(1, 1, -1, 1, 1)
             whole = self._whole(lr.name)
-            patches = topk_patches(t, [unit], geos[lr.name], (self.channels, *self.size),
+            patches = topk_patches(cut, [unit], geos[lr.name], (self.channels, *self.size),
                                    whole, self.bundle.raw_val)
             buf = io.BytesIO()
             render_layer(proj, patches, buf)
