@@ -229,6 +229,19 @@ def test_units_that_mix_every_position_have_none() -> None:
     assert graph_geometry(vgg, (97, 130))["avgpool"] is None
 
 
+@pytest.mark.parametrize("device", ["meta", "cpu"])  # meta: a mean; cpu: adaptive pooling
+def test_a_global_pooling_has_none_at_any_input_size(device: str) -> None:
+    """A global pooling mixes every position also where its input is already 1x1 (resnet18's
+    layer4 at 16 px): None there too, as at 64 and 224 (it was layer4's box at 16 px)."""
+    with torch.device(device):
+        resnet = _tv("resnet18")
+    for size in (16, 64, 224):
+        geo = graph_geometry(resnet, size)
+        assert geo["avgpool"] is None and geo["layer4"] is not None, size
+    assert graph_geometry(resnet, 16)["layer4"].shape == (1, 1)
+    assert layer_info(resnet, 16)["avgpool"].geometry is None
+
+
 def test_adaptive_pooling_to_a_divisor_is_a_window() -> None:
     """6x8 -> 3x4 by adaptive average / max pooling: windows of 2 at stride 2, exact."""
 

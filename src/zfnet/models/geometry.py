@@ -883,9 +883,10 @@ def _pool(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
 
 def _adaptive(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
     """Adaptive pooling H -> h: the window of kernel = stride = H / h where h divides H and
-    h > 1 (h = H: the identity); to one unit (h = 1 < H) or uneven: None."""
+    h > 1 (h = H > 1: the identity); to one unit (a global pooling, also of a 1x1 map: the same
+    at any input size) or uneven: None."""
     f, shape = _sole(ins), ins[0][1]
-    if not _last_two(f, shape):
+    if not _last_two(f, shape) or tuple(out[-2:]) == (1, 1):
         return None
     ks = []
     for n_in, n_out in zip(shape[-2:], out[-2:], strict=True):
@@ -1083,7 +1084,9 @@ def _expand(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
 
 def _reduce(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
     """A reduction (mean, sum, max, ...) over dims that are not rows or columns keeps the
-    field; over them, a unit mixes every position: None."""
+    field; over them, a unit mixes every position: None. So does one over the last two dims
+    of maps (N, C, H, W) that are 1x1 (a global pooling on the meta device: None at any input
+    size, as at one whose map is bigger)."""
     f, shape = _sole(ins), ins[0][1]
     if not isinstance(f, _Field):
         return None
@@ -1093,7 +1096,7 @@ def _reduce(w: _Walk, n: object, ins: list, out: tuple[int, ...]) -> _State:
         dims = set(range(nd))
     else:
         dims = {dim_index(d, nd) for d in ([saved] if isinstance(saved, int) else saved)}
-    if dims & _spatial(f):
+    if dims & _spatial(f) or (_last_two(f, shape) and {nd - 2, nd - 1} <= dims):
         return None
     return f if getattr(n, "_saved_keepdim", False) else _dropped(f, dims, nd)
 
