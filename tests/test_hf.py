@@ -173,11 +173,57 @@ def test_no_network_says_how_to_fill_the_cache(monkeypatch) -> None:
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files, and "
                       "couldn't find them in the cached files.")
 
+    import zfnet.hf
+
+    monkeypatch.delenv("ZFNET_OFFLINE", raising=False)
+    monkeypatch.setattr(zfnet.hf, "hub_unreachable", lambda: None)  # the host answers
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", unreachable)
     res = CliRunner().invoke(main, ["models", "hf:nobody/no-model"])
     assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
     assert "`hf download nobody/no-model` where there is one fills the Hugging Face cache; " \
         "ZFNET_OFFLINE=1 then reads it" in res.output
+
+
+def test_a_hub_that_cannot_be_reached_is_told_at_once(monkeypatch) -> None:
+    """Without a network (the hub's name unknown here) the hub's client retried for 28 s (a
+    timm model's weights: 50 s) before failing: the host is tried first, in at most 3 s, and the
+    cache alone read where it does not answer, which the error says."""
+    import socket
+
+    import timm  # noqa: F401  # imported before the clock starts
+
+    import zfnet.hf
+    from zfnet.sources import load_source
+
+    def no_such_host(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.delenv("ZFNET_OFFLINE", raising=False)
+    for proxy in zfnet.hf.PROXIES:
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setattr(socket, "create_connection", no_such_host)
+    monkeypatch.setattr(zfnet.hf, "hub_unreachable",
+                        zfnet.hf.hub_unreachable.__wrapped__)  # not the answer kept before
+    asked = []
+    config = transformers.AutoConfig.from_pretrained
+
+    def cache_only(*args, **kwargs):
+        asked.append(kwargs.get("local_files_only"))
+        return config(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", cache_only)
+    res = CliRunner().invoke(main, ["models", "hf:nobody/no-model"])
+    assert res.exit_code == 1 and asked == [True], (asked, res.output)
+    assert "; huggingface.co cannot be reached (Name or service not known), so only the " \
+        "Hugging Face cache is read, which `hf download nobody/no-model` fills where there " \
+        "is a network; give a folder" in res.output
+    with pytest.raises(FileNotFoundError, match=r"timm:resnet18: its pretrained weights "
+                       r"\(timm/resnet18.a1_in1k\) could not be read \(not in the Hugging Face "
+                       r"cache, .*, and huggingface.co cannot be reached \(Name or service not "
+                       r"known\)\); `hf download timm/resnet18.a1_in1k`"):
+        load_source("timm:resnet18", "pretrained")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")  # behind a proxy: not probed
+    assert zfnet.hf.hub_unreachable() is None
 
 
 def test_preprocessing_of_each_kind_of_image_processor(tmp_path) -> None:

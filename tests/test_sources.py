@@ -612,8 +612,8 @@ def test_timm_pretrained_weights_from_the_hugging_face_cache(tmp_path, monkeypat
                                  "(the Hugging Face cache)"]
     with pytest.raises(FileNotFoundError, match=r"timm:resnet18.tv_in1k: its pretrained weights "
                        r"\(timm/resnet18.tv_in1k\) could not be read \(not in the Hugging "
-                       r"Face cache, .*hub, and ZFNET_OFFLINE=1 reads nothing else\); `hf download "
-                       r"timm/resnet18.tv_in1k` where there is a network"):
+                       r"Face cache, .*hub, and ZFNET_OFFLINE=1 is set: nothing else is read\); "
+                       r"`hf download timm/resnet18.tv_in1k` where there is a network"):
         load_source("timm:resnet18.tv_in1k", "DEFAULT")
     with pytest.raises(ValueError, match=r"Invalid pretrained tag \(nope\) for resnet18"):
         load_source("timm:resnet18.nope", "pretrained")

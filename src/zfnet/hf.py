@@ -13,6 +13,9 @@ What comes with the model, as `zfnet.sources.Source` needs it:
 from __future__ import annotations
 
 import copy
+import functools
+import os
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,8 +71,42 @@ def _quiet(bars: bool = False) -> Iterator[None]:
             logging.enable_progress_bar()
 
 
-def hf_config(name: str, offline: bool) -> tuple[Any, str]:
-    """The transformers config of `name` (a folder or a hub id) and where it was read."""
+PROXIES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+@functools.cache
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached from this machine (its name not known here,
+    no route to it), found in at most `timeout` s, where the hub's client retries for up to a
+    minute before it gives up; None where it answers, or behind a proxy (not probed). Asked
+    once a process."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(v) for v in PROXIES):
+        return None
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (
+        443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        why = e.strerror or (f"no answer in {timeout:g} s" if isinstance(e, TimeoutError)
+                             else type(e).__name__)
+        return f"{host} cannot be reached ({why})"
+    return None
+
+
+def offline_words(offline: bool | str | None) -> str:
+    """Why only the Hugging Face cache is read, from an `offline` argument: its reason where
+    one is given (`hub_unreachable`'s), else that ZFNET_OFFLINE=1 is set."""
+    return offline if isinstance(offline, str) else "ZFNET_OFFLINE=1 is set"
+
+
+def hf_config(name: str, offline: bool | str | None) -> tuple[Any, str]:
+    """The transformers config of `name` (a folder or a hub id) and where it was read.
+    `offline`: read the Hugging Face cache only (why: ZFNET_OFFLINE=1, or a reason in words)."""
     tf = _transformers()
     path = Path(name).expanduser()
     where = str(path) if path.is_dir() else name
@@ -79,11 +116,12 @@ def hf_config(name: str, offline: bool) -> tuple[Any, str]:
                                 "(config.json, model.safetensors) or a hub id, ORG/NAME")
     try:
         with _quiet():
-            config = tf.AutoConfig.from_pretrained(where, local_files_only=offline)
+            config = tf.AutoConfig.from_pretrained(where, local_files_only=bool(offline))
     except (OSError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        hint = (" (ZFNET_OFFLINE=1: only the Hugging Face cache is read; `hf download "
-                f"{name}` fills it)" if offline and not path.is_dir() else
+        hint = (f"; {offline_words(offline)}, so only the Hugging Face cache is read, which "
+                f"`hf download {name}` fills where there is a network"
+                if offline and not path.is_dir() else
                 f" (no network here? `hf download {name}` where there is one fills the Hugging "
                 "Face cache; ZFNET_OFFLINE=1 then reads it without trying the network)"
                 if not path.is_dir() and "connect" in str(e) else "")
@@ -157,13 +195,13 @@ def hf_builder(config: Any, in_channels: int | None = None,
     return build
 
 
-def hf_pretrained(where: str, offline: bool) -> nn.Module:
+def hf_pretrained(where: str, offline: bool | str | None) -> nn.Module:
     """The model with the weights saved beside its config."""
     tf = _transformers()
     try:
         with _quiet(bars=not Path(where).is_dir()):  # a hub id: its download's bar shown
             model = tf.AutoModelForImageClassification.from_pretrained(
-                where, local_files_only=offline)
+                where, local_files_only=bool(offline))
     except (OSError, ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FileNotFoundError(f"hf:{where}: cannot load its weights ({first})") from None
@@ -184,14 +222,15 @@ def _size(size: Any, key: str) -> int | None:
     return int(value) if value else None
 
 
-def hf_preprocessing(where: str, offline: bool, channels: int, label: str
+def hf_preprocessing(where: str, offline: bool | str | None, channels: int, label: str
                      ) -> tuple[Preprocessing, list[str]]:
     """The model's preprocessing from its image processor (preprocessor_config.json) and a note
     saying how; ImageNet's at 256/224 where it has none."""
     tf = _transformers()
     try:
         with _quiet():
-            proc = tf.AutoImageProcessor.from_pretrained(where, local_files_only=offline)
+            proc = tf.AutoImageProcessor.from_pretrained(where,
+                                                         local_files_only=bool(offline))
     except (OSError, ValueError, KeyError):
         prep = Preprocessing.imagenet()
         return prep, [f"preprocessing: {label} has no image processor (preprocessor_config."

@@ -381,7 +381,7 @@ def architecture_name(model: str) -> str:
         if not name:
             raise ValueError("hf: names a model: hf:ORG/NAME (a hub id) or hf:DIR (a folder "
                              "save_pretrained wrote)")
-        hf.hf_config(name, _offline())  # a config there, of an image classifier
+        hf.hf_config(name, _hub_offline(name))  # a config there, of an image classifier
         path = Path(name).expanduser()
         return f"hf:{path.resolve()}" if path.is_dir() else f"hf:{name}"
     form = user_code.python_form(model)
@@ -423,7 +423,7 @@ def build_architecture(model: str, num_classes: int, in_channels: int = 3,
     elif prefix == "hf":
         from zfnet import hf
 
-        config = hf.hf_config(rest, _offline())[0]
+        config = hf.hf_config(rest, _hub_offline(rest))[0]
         with hf._quiet():
             net = hf.hf_builder(config, in_channels, input_size)(num_classes)
     else:
@@ -707,6 +707,19 @@ def _offline() -> bool:
     return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
+def _hub_offline(name: str | None = None) -> str | None:
+    """Why a Hugging Face model is read from the cache alone: ZFNET_OFFLINE=1, or the hub
+    cannot be reached (`zfnet.hf.hub_unreachable`: a few seconds, not the client's minute of
+    retries); None where the network is tried, or `name` is a folder (nothing to download)."""
+    if _offline():
+        return f"{OFFLINE_ENV}=1 is set"
+    if name is not None and Path(name).expanduser().is_dir():
+        return None
+    from zfnet.hf import hub_unreachable
+
+    return hub_unreachable()
+
+
 def _from_hub(name: str, weights: Any) -> nn.Module:
     """torchvision's model `name` with `weights` from the torch hub cache, downloaded there first
     when missing and allowed; a clear error otherwise."""
@@ -767,17 +780,8 @@ def _name_the_builder(source: str) -> Exception:
         return FileNotFoundError(f"{path} does not exist; --model {user_code.FORM}")
     with user_code.importable(source), _initialising(True):
         module = user_code.import_target(source)
-        found = user_code.candidates(module)
-    parts = [n for n in found if user_code.needs_arguments(getattr(module, n))]
-    ready = [n for n in found if n not in parts]
-    return ValueError(f"{source}: name what builds the model, as {source}:NAME"
-                      + (f"; there: {', '.join(ready)}" if ready else
-                         "; it defines no nn.Module class, model object or function"
-                         if not parts else "; none of its classes and functions builds one "
-                         "without arguments")
-                      + (f" ({', '.join(parts)} need{'s' * (len(parts) == 1)} arguments: "
-                         "parts of a model, or wrap them in a function that builds it)"
-                         if parts else ""))
+        there = user_code.what_builds(module)
+    return ValueError(f"{source}: name what builds the model, as {source}:NAME; {there}")
 
 
 def own_preprocessing(model: nn.Module, label: str) -> tuple[Preprocessing, list[str]]:
@@ -875,18 +879,19 @@ def _timm_pretrained(timm: Any, name: str) -> tuple[nn.Module, str]:
     from zfnet.hf import hub_quiet
 
     path, why = None, ""
+    offline = _hub_offline()
     with hub_quiet():  # its retry lines: the error below says it all
         for file in ("model.safetensors", "pytorch_model.bin"):
             try:
-                path = hf_hub_download(hub_id, file, local_files_only=_offline())
+                path = hf_hub_download(hub_id, file, local_files_only=bool(offline))
                 break
             except Exception as e:  # noqa: BLE001  # no network, not cached, no such file
                 why = why or _first_line(e)
     if path is None:
         from huggingface_hub import constants
 
-        why = (f"not in the Hugging Face cache, {constants.HF_HUB_CACHE}, and ZFNET_OFFLINE=1 "
-               "reads nothing else" if _offline() else why)
+        why = (f"not in the Hugging Face cache, {constants.HF_HUB_CACHE}, and {offline}"
+               + (": nothing else is read" if _offline() else "") if offline else why)
         raise FileNotFoundError(
             f"timm:{name}: its pretrained weights ({hub_id}) could not be read ({why}); "
             f"`hf download {hub_id}` where there is a network fills the Hugging Face cache "
@@ -911,16 +916,17 @@ def _hf(name: str, weights: str | None, meta_only: bool) -> Source:
         raise ValueError("hf: names a model: hf:ORG/NAME (a hub id) or hf:DIR (a folder "
                          "save_pretrained wrote)")
     label = f"hf:{name}"
-    config, where = hf.hf_config(name, _offline())
+    offline = _hub_offline(name)
+    config, where = hf.hf_config(name, offline)
     if meta_only:
         with _initialising(True):
             model = hf.hf_builder(config)()
     elif weights is not None:
         model = _with_weights(hf.hf_builder(config), _weights_file(weights, f"{label}'s"), label)
     else:
-        model = hf.hf_pretrained(where, _offline())
+        model = hf.hf_pretrained(where, offline)
     channels = int(getattr(config, "num_channels", 3) or 3)
-    prep, how = hf.hf_preprocessing(where, _offline(), channels, label)
+    prep, how = hf.hf_preprocessing(where, offline, channels, label)
     outputs = _outputs(model)
     labels = hf.hf_labels(config) if weights is None else None
     return Source(model, prep, labels if labels and len(labels) == outputs else None,
