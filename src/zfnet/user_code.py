@@ -118,15 +118,28 @@ def attribute(module: ModuleType, name: str, target: str) -> Any:
     obj: Any = module
     for part in name.split("."):
         if not hasattr(obj, part):
-            found = candidates(module)
-            close = difflib.get_close_matches(name, found, n=3, cutoff=0.6)
+            close = difflib.get_close_matches(name, candidates(module), n=3, cutoff=0.6)
             raise ValueError(
                 f"{target} has no {name!r}"
                 + (f" (did you mean {' or '.join(close)}?)" if close else "")
-                + (f"; what builds a model there: {', '.join(found)}" if found else
-                   "; it defines no nn.Module class, model object or function"))
+                + f"; {what_builds(module)}")
         obj = getattr(obj, part)
     return obj
+
+
+def what_builds(module: ModuleType) -> str:
+    """What builds a model in `module`, for a message: the `candidates` called without
+    arguments, and apart those that need some (a block's `Block(c)`) — the same words where a
+    name is missing and where none is given."""
+    found = candidates(module)
+    parts = [n for n in found if needs_arguments(getattr(module, n))]
+    ready = [n for n in found if n not in parts]
+    if not found:
+        return "it defines no nn.Module class, model object or function"
+    return ((f"what builds a model there: {', '.join(ready)}" if ready else
+             "none of its classes and functions builds one without arguments")
+            + (f" ({', '.join(parts)} need{'s' * (len(parts) == 1)} arguments: parts of a "
+               "model, or wrap them in a function that builds it)" if parts else ""))
 
 
 def candidates(module: ModuleType) -> list[str]:

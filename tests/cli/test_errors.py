@@ -202,9 +202,15 @@ CASES = [
     ("source-user-module-missing", ["models", "no_such_pkg.nets:build"],
      "no module 'no_such_pkg.nets'"),
     ("source-user-no-name", ["models", "{user_net}"],
-     "user_net.py:NAME; there: Net, fails, not_a_model, Outputs (needs_depth needs arguments: "
-     "parts of a model, or wrap them in a function that builds it)"),
+     "user_net.py:NAME; what builds a model there: Net, fails, not_a_model, Outputs "
+     "(needs_depth needs arguments: parts of a model, or wrap them in a function that builds "
+     "it)"),
     ("source-user-unknown-name", ["models", "{user_net}:net"], "has no 'net' (did you mean Net?)"),
+    # the same list of what builds a model as without :NAME (it listed needs_depth with them)
+    ("source-user-missing-name", ["models", "{user_net}:Nope"],
+     "user_net.py has no 'Nope'; what builds a model there: Net, fails, not_a_model, Outputs "
+     "(needs_depth needs arguments: parts of a model, or wrap them in a function that builds "
+     "it)"),
     ("source-user-syntax", ["models", "{user_syntax}:build"], "SyntaxError"),
     ("source-user-exits", ["models", "{user_script}:build"], 'if __name__ == "__main__"'),
     ("source-user-build-fails", ["models", "{user_net}:fails"],
