@@ -122,3 +122,15 @@ def test_a_part_marked_past_its_image_is_cut_and_said(tmp_path) -> None:
     assert said == [f"warning: parts file {photos / 'parts.json'}, 'fido.jpg', part 'nose': it "
                     "reaches past the image (30, 20, 5000, 5000 on a 80x60 image, left, top, "
                     "right, bottom): cut to it (marked on another size of the image?)"]
+
+
+def test_a_vision_transformer_is_compared_at_the_vector_its_classifier_reads() -> None:
+    """Table 1 on a ViT (no stage with a spatial map): the vector its classifier reads, where
+    the default layers stopped with "has no stage with a spatial map to show"."""
+    import timm
+
+    from zfnet.analyses.correspondence import default_layers
+
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2,
+                            num_classes=3).eval()
+    assert default_layers(vit, 32) == ("fc_norm",)

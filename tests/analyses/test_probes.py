@@ -108,3 +108,17 @@ def test_the_command_draws_a_bar_over_each_splits_features(tmp_path, capsys, pro
     for split, n in (("training", 3), ("test", 3)):  # 20 and 20 images, 8 a batch
         assert (f"{split} images' features" in err) == progress, err
         assert (f"0/{n} [" in err) == progress, err
+
+
+def test_a_vision_transformer_is_probed_at_the_vector_its_classifier_reads() -> None:
+    """A ViT has no stage with a spatial map: `analyze probes` stopped with "has no stage with
+    a spatial map to show", where the probes need the classifier's input alone."""
+    import timm
+
+    from zfnet.analyses.probes import probe_layers
+
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2,
+                            num_classes=3).eval()
+    assert probe_layers(vit, 32) == ["fc_norm"]
+    feats, _ = extract_features(vit, [(torch.randn(4, 3, 32, 32), torch.arange(4))], ["fc_norm"])
+    assert feats["fc_norm"].shape == (4, 192)

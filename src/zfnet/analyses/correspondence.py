@@ -30,6 +30,7 @@ import torch
 
 from zfnet.activations import capture, to_model
 from zfnet.models import (
+    NoSpatialStageError,
     eval_mode,
     is_zfnet_model,
     last_spatial_layer,
@@ -96,13 +97,17 @@ def default_layers(model: torch.nn.Module, input_size: int | tuple[int, int] | N
     """Where Table 1 compares features when no layer is named: the paper's layer 5, after
     pooling, and layer 7, after its ReLU — `pool5` and `relu7` (or `relu6`, `fc8`) on zfnet's
     models; on any other CNN its last stage (`last_spatial_layer`: `layer4` of a ResNet) and
-    the vector its classifier reads (`vector_layer`: `avgpool`, alexnet's `classifier.5`)."""
+    the vector its classifier reads (`vector_layer`: `avgpool`, alexnet's `classifier.5`); a
+    model without spatial stages (a vision transformer) that vector alone."""
     if is_zfnet_model(model):
         infos = layer_info(model)
         return tuple([n for n in ("pool5",) if n in infos]
                      + [n for n in ("relu7", "relu6", "fc8") if n in infos][:1])
-    return tuple(dict.fromkeys((last_spatial_layer(model, input_size),
-                                vector_layer(model, input_size))))
+    try:
+        last = (last_spatial_layer(model, input_size),)
+    except NoSpatialStageError:  # its blocks give tokens
+        last = ()
+    return tuple(dict.fromkeys((*last, vector_layer(model, input_size))))
 
 
 @dataclass

@@ -35,7 +35,14 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
 from zfnet.activations import capture, to_model
-from zfnet.models import eval_mode, feature_layers, is_zfnet_model, layer_names, vector_layer
+from zfnet.models import (
+    NoSpatialStageError,
+    eval_mode,
+    feature_layers,
+    is_zfnet_model,
+    layer_names,
+    vector_layer,
+)
 
 if TYPE_CHECKING:
     from zfnet.report import Section
@@ -55,11 +62,15 @@ def probe_layers(model: torch.nn.Module, input_size: int | tuple[int, int] | Non
                  ) -> list[str]:
     """The layers Table 7 probes: on zfnet's models those of `ZFNET_LAYERS` present (each
     layer after its ReLU / pooling); on any other model its `feature_layers` then its
-    `vector_layer` (for an input of `input_size`)."""
+    `vector_layer` (for an input of `input_size`); a model without spatial stages (a vision
+    transformer) its vector alone."""
     if is_zfnet_model(model):
         names = layer_names(model)
         return [n for n in ZFNET_LAYERS if n in names]
-    layers = feature_layers(model, input_size)
+    try:
+        layers = feature_layers(model, input_size)
+    except NoSpatialStageError:  # its blocks give tokens: the vector its classifier reads
+        layers = []
     vec = vector_layer(model, input_size)
     return layers + ([vec] if vec not in layers else [])
 

@@ -24,6 +24,7 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
     import torch
 
     from zfnet.models import (
+        NoSpatialStageError,
         check_has_modules,
         create_model,
         feature_layers,
@@ -128,7 +129,7 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
                    f"{', '.join(blocks[:shown])}{more}")
     try:
         defaults = feature_layers(model, size)
-    except ValueError:  # no stage with a spatial map (a vision transformer)
+    except NoSpatialStageError:  # a vision transformer
         defaults = []
     if defaults:
         click.echo(f"without --layer, the analyses show: {', '.join(defaults)}")

@@ -20,6 +20,7 @@ from zfnet.models.geometry import (
 )
 from zfnet.models.layers import (
     LayerInfo,
+    NoSpatialStageError,
     UnknownLayerError,
     chain_checked,
     chain_root,
@@ -51,7 +52,7 @@ from zfnet.models.registry import create_model, list_models, register_model
 
 __all__ = [
     "MODEL_OPTIONS", "ConvNet", "ConvSpec", "LayerGeometry", "LayerInfo", "LocalResponseNorm",
-    "NetConfig", "UnknownLayerError",
+    "NetConfig", "NoSpatialStageError", "UnknownLayerError",
     "apply_overrides", "check_has_modules", "check_model_option", "check_model_options",
     "create_model",
     "eval_mode", "feature_size", "filter_rms", "layer_geometry", "layer_info", "layer_name",

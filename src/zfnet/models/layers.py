@@ -46,6 +46,11 @@ class UnknownLayerError(KeyError, ValueError):
         return str(self.args[0])
 
 
+class NoSpatialStageError(ValueError):
+    """A model with no stage whose output is a spatial map (a vision transformer: its blocks
+    give tokens): `feature_layers` has nothing to show without the layers named."""
+
+
 @dataclass(frozen=True)
 class LayerInfo:
     """Metadata of one addressable layer (timm's `feature_info`, per layer)."""
@@ -566,10 +571,10 @@ def feature_layers(model: nn.Module, input_size: int | tuple[int, int] | None = 
         convs = [n for n, m in model.named_modules()
                  if isinstance(m, nn.Conv2d) and geo.get(n) is not None]
         some = ", ".join(convs[:8]) + (f", ... ({len(convs)} in all)" if len(convs) > 8 else "")
-        raise ValueError(f"{type(model).__name__} has no stage with a spatial map to show; give "
-                         "the layers (--layer)" + (f": its convolutions with a map are {some}, "
-                                                   "or any layer `zfnet models` lists"
-                                                   if convs else "; `zfnet models` lists them"))
+        raise NoSpatialStageError(
+            f"{type(model).__name__} has no stage with a spatial map to show; give the layers "
+            "(--layer)" + (f": its convolutions with a map are {some}, or any layer `zfnet "
+                           "models` lists" if convs else "; `zfnet models` lists them"))
     # of each run at one resolution, its last stage (the stage's output); the first always
     last = [p for p, q in zip(found, [*found[1:], None], strict=True)
             if q is None or geo[q].shape != geo[p].shape]
