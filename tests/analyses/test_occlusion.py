@@ -594,3 +594,18 @@ def test_the_section_names_the_broken_files_it_passed_over(tmp_path) -> None:
     section = json.loads((out / "sections" / "occlusion.json").read_text())
     caption = section["tables"][0]["caption"]
     assert caption.endswith(" 1 broken file passed over: a_broken.jpg"), caption
+
+
+def test_a_stride_longer_than_the_occluder_says_what_it_leaves_uncovered(synthetic,
+                                                                          tmp_path) -> None:
+    """`--stride 16` with a 9 px occluder leaves 7 px bands no square covers: the caption says
+    so (nothing did), and nothing where every pixel is covered."""
+    torch.manual_seed(0)
+    net = create_model("zfnet_small", num_classes=synthetic.num_classes).eval()
+    occlusion_report(net, synthetic, tmp_path, n_images=1, n_pointing=0, size=9, stride=16)
+    caption = json.loads((tmp_path / "sections" / "occlusion.json").read_text())["caption"]
+    assert "in steps of 16 px (longer than its side: the 7 px between one position and the " \
+        "next are never covered, so what lies only there cannot show in the maps); " in caption
+    occlusion_report(net, synthetic, tmp_path, n_images=1, n_pointing=0, size=16, stride=16)
+    caption = json.loads((tmp_path / "sections" / "occlusion.json").read_text())["caption"]
+    assert "in steps of 16 px; " in caption and "never covered" not in caption

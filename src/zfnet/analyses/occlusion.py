@@ -175,6 +175,15 @@ def default_size(height: int, width: int) -> int:
     return max(1, min(height, width) // 7)
 
 
+def gap_words(size: int, stride: int) -> str:
+    """What a stride longer than the occluder leaves out, in words ("" where every pixel is
+    covered): the bands between the squares' positions, which no square covers."""
+    if stride <= size:
+        return ""
+    return (f" (longer than its side: the {stride - size} px between one position and the next "
+            "are never covered, so what lies only there cannot show in the maps)")
+
+
 def occluder_plan(height: int, width: int, size: int | None = None,
                   stride: int | None = None) -> tuple[int, int, list[int], list[int]]:
     """(size, stride, tops, lefts) of the occluder over an image of (height, width): the
@@ -584,7 +593,7 @@ def plot_occlusion(
 
 CAPTION = (
     "Occlusion sensitivity (paper Fig. 7). A square of {fill} of {size} px slides over each "
-    "image in steps of {stride} px; each map "
+    "image in steps of {stride} px{gaps}; each map "
     "has one value per occluder position, drawn at the square's centre. (a) The image; the "
     "dashed red square is the occluder that lowers the probability of the {target} class most "
     "(none where no square lowers it). "
@@ -748,6 +757,7 @@ def occlusion_report(
     # what fill 0 is: the mean the inputs had subtracted (a model's normalisation: its mean)
     fill_words = FILL_DATASET if pre is None or pre.mean_image is not None else FILL_MODEL
     caption = CAPTION.format(size=first.size, stride=first.stride, fill=fill_words,
+                             gaps=gap_words(first.size, first.stride),
                              b=(UNIT_B if first.flat else MAP_B).format(layer=first.layer),
                              pointing=pointing_text, display=DISPLAY_CAPTION, rule=rule,
                              classes=CHOSEN_CLASS.format(name=chosen) if chosen

@@ -261,7 +261,7 @@ def _say_occlusion_work(bundle, images: int, size: int | None, stride: int | Non
     """How many occluded images the figure's images and the pointing game's make (a stride of
     a quarter of the occluder gives hundreds each), and what makes them fewer: said before
     they are scored."""
-    from zfnet.analyses.occlusion import occluder_plan
+    from zfnet.analyses.occlusion import gap_words, occluder_plan
 
     side = bundle.input_size
     try:
@@ -275,7 +275,8 @@ def _say_occlusion_work(bundle, images: int, size: int | None, stride: int | Non
     if pointed:
         images_ = f"({images_} + {pointed} for the pointing game)"
     click.echo(f"occlusion: {images_} x {per} occluder positions "
-               f"({size} px, stride {stride} px) = up to {(n + pointed) * per:,} occluded "
+               f"({size} px, stride {stride} px{gap_words(size, stride)}) = up to "
+               f"{(n + pointed) * per:,} occluded "
                "images to score (a broken file is skipped); "
                + ("a larger --stride, fewer --images or a smaller --pointing" if pointed
                   else "a larger --stride or fewer --images")
