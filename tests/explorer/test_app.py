@@ -145,6 +145,7 @@ def test_unit_projection_and_patch_equal_the_engine(client, explorer) -> None:
     assert f"model={explorer.id}" in u["link"] and "unit=7" in u["link"]
     top, left = g.rows.first + r * g.rows.jump, g.cols.first + c * g.cols.jump
     side = g.rows.rf
+    assert list(u["rules"]) == ["deconvnet", "guided", "gradient"] and u["undefined"] == {}
     for rule in ("deconvnet", "guided", "gradient"):
         full = project(explorer.model, x, "conv3", [7], torch.tensor([[r, c]]), rule)[0]
         win = torch.zeros(3, side, side)  # the receptive field's window, zero outside
@@ -949,15 +950,30 @@ def test_nonlinear_mode_reaches_the_views_and_the_jobs(tmp_path) -> None:
             u = c.get("/api/unit?image=val:0&layer=features.3&unit=2").json()
             top = _wait(c, "/api/topk?layer=features.3&unit=2")
             if mode == "error":
-                text = _error(c.get(u["rules"]["deconvnet"]), 400, "GELU", "rule=gradient",
-                              "zfnet serve --nonlinear gradient")  # the server's words
-                assert "--rule" not in text and "in Python" not in text
-                # the top-k figure's link takes a rule that is defined here: the gradient
+                # only the rules defined here are offered (no URL bound to fail), the others
+                # each with the reason the server gives for them, as the CLI decides
+                assert list(u["rules"]) == ["gradient"]
+                assert _png(c.get(u["rules"]["gradient"])).ndim == 3
+                assert list(u["undefined"]) == ["deconvnet", "guided"]
+                for rule in ("deconvnet", "guided"):
+                    text = _error(c.get(u["rules"]["gradient"].replace("rule=gradient",
+                                                                        f"rule={rule}")),
+                                  400, "GELU", f"the {rule} rule", "rule=gradient",
+                                  "zfnet serve --nonlinear gradient")  # the server's words
+                    assert "--rule" not in text and "in Python" not in text
+                    assert u["undefined"][rule] == text
+                # the top-k figure's link takes a rule that is defined here: the gradient,
+                # the only one offered
                 assert top["rule"] == "gradient" and top["figure"].endswith("&rule=gradient")
+                assert top["rules"] == {"gradient": top["figure"]}
+                assert top["undefined"] == u["undefined"]
                 assert _png(c.get(top["figure"])).ndim == 3
                 continue
+            assert list(u["rules"]) == ["deconvnet", "guided", "gradient"]
+            assert u["undefined"] == {} and top["undefined"] == {}
             assert _png(c.get(u["rules"]["deconvnet"])).ndim == 3
             assert top["rule"] == "deconvnet" and _png(c.get(top["figure"])).ndim == 3
+            assert list(top["rules"]) == ["deconvnet", "guided", "gradient"]
             u = c.get("/api/unit?image=val:0&layer=features.1.0.block.3&unit=300").json()
             assert _png(c.get(u["rules"]["gradient"])).ndim == 3
 

@@ -786,7 +786,9 @@ def test_arrow_keys_browse_the_maps_in_one_history_entry(page, server) -> None:
 def test_a_rule_that_does_not_run_on_the_network_says_why_in_its_panel(browser,
                                                                        tmp_path) -> None:
     """ConvNeXt's GELU gates: the deconvnet and guided panels hold the server's reason (and
-    how to get past it) instead of a broken image; the gradient's panel its projection."""
+    how to get past it) instead of a broken image, from the unit's `undefined`: nothing bound
+    to fail is asked for; the gradient's panel its projection. The top-k figure, by the
+    gradient, offers no rule button and says why."""
     import torch
     from skimage import data
 
@@ -800,6 +802,9 @@ def test_a_rule_that_does_not_run_on_the_network_says_why_in_its_panel(browser,
         page = context.new_page()
         page.set_default_timeout(30_000)
         page.console = Console(page)
+        asked: list[str] = []  # the projections and top-k figures asked by a rule not offered
+        page.on("request", lambda r: asked.append(r.url) if ".png?" in r.url and (
+            "rule=deconvnet" in r.url or "rule=guided" in r.url) else None)
         _open(page, "/?image=val:0&layer=features.3&unit=2")
         page.wait_for_selector('#unit-section[data-unit="2"]')
         # a dataset image's caption names its file, as an upload's does
@@ -813,10 +818,7 @@ def test_a_rule_that_does_not_run_on_the_network_says_why_in_its_panel(browser,
         page.wait_for_function(LOADED, arg='img[data-rule="gradient"]')
         assert page.locator('img[data-rule="gradient"] + p.unavailable').is_hidden()
         assert page.locator("#error").is_hidden()  # a fact of the network, not an error
-        # asked once: back on the unit, its reason is shown again without asking again
-        asked: list[str] = []
-        page.on("request", lambda r: asked.append(r.url) if "rule=deconvnet" in r.url
-                and "projection.png" in r.url else None)
+        # on another unit and back: its reason is shown again, never asked for
         page.wait_for_selector('#maps[data-layer="features.3"]')
         page.focus("#maps")
         page.keyboard.press("ArrowRight")
@@ -825,13 +827,15 @@ def test_a_rule_that_does_not_run_on_the_network_says_why_in_its_panel(browser,
         page.wait_for_selector('#unit-section[data-unit="2"]')
         note = page.locator('img[data-rule="deconvnet"] + p.unavailable')
         page.wait_for_function("n => n.textContent.includes('GELU')", arg=note.element_handle())
-        assert not [u for u in asked if "unit=2" in u], asked
-        # the unit's top-k figure: by the gradient, said, not a broken image
+        # the unit's top-k figure: by the gradient, said (and why), not a broken image
         _open(page, "/?image=val:0&layer=features.3&unit=2&view=topk")
         page.wait_for_function(LOADED, arg="#view-figure")
-        assert "by the gradient: the deconvnet is undefined" in page.text_content("#view-meta")
+        meta = page.text_content("#view-meta")
+        assert "by the gradient, as the deconvnet and guided backpropagation are not " \
+            "offered here: the deconvnet rule is defined for rectifiers" in meta
+        assert "through GELU" in meta and "zfnet serve --nonlinear gradient" in meta
         assert page.locator("#view-rules").is_hidden()  # no rule to offer but the gradient
-        assert all("400" in e for e in page.console.errors), page.console.errors
+        assert asked == [] and page.console.errors == [], (asked, page.console.errors)
         context.close()
 
 

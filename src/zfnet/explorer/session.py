@@ -290,8 +290,11 @@ class Explorer:
                                                 generator=torch.Generator().manual_seed(0)))
         self._chain_layers = [r.name for r in self.layers
                               if windowed(self.model, [r.name], probe)]
+        self._probe = probe[0]  # and the way down from each layer (`undefined_rules`)
         self._topk: dict[str, TopK] = {}
-        self._figure_rules: dict[str, str] = {}  # layer -> the rule its top-k figure link takes
+        # layer -> the non-rectifier the deconvnet and guided rules cannot go back through
+        # from it (GELU, LayerNorm …), None where they can (`undefined_rules`)
+        self._undefined: dict[str, str | None] = {}
         # dataset images found broken, index -> why: read once, warned about once per server
         self._broken: dict[int, str] = {}
         self._listed_read = False  # the list of broken files beside a mined index, read once
@@ -711,7 +714,9 @@ class Explorer:
         """Where the unit is, its activation and receptive field (`/api/unit`); by default
         the map's strongest unit. `active`: activation > 0 (seeded with its activation, every
         rule projects an inactive unit to nothing; `seed="one"`: its projections' URLs seed
-        it with 1, which shows what would raise a unit below zero)."""
+        it with 1, which shows what would raise a unit below zero). `rules`: the projections'
+        URLs by the rules defined for the layer; `undefined`: the others, each with why
+        (`undefined_rules`)."""
         _check_seed(seed)
         lr = self.layer(layer)
         unit = self.unit_index(lr, unit)
@@ -722,11 +727,14 @@ class Explorer:
         box = list(geo.box(r, c, self.size)) if geo is not None and lr.size else None
         q = f"image={image_id}&layer={lr.name}&unit={unit}&row={r}&col={c}"
         one = {"seed": "one"} if seed == "one" else {}
+        undefined = self.undefined_rules(lr.name)
         return {"layer": lr.name, "unit": unit, "name": self.unit_name(lr, unit),
                 "row": r, "col": c,
                 "activation": _sig(value), "active": value > 0, "box": box, "seed": seed,
                 "rules": {rule: f"/api/projection.png?{q}&rule={rule}"
-                          + ("&seed=one" if one else "") for rule in RULES},
+                          + ("&seed=one" if one else "") for rule in RULES
+                          if rule not in undefined},
+                "undefined": undefined,
                 "patch": f"/api/patch.png?{q}", "image": f"/api/image/{image_id}.png",
                 "link": "/?" + urlencode({"model": self.id, "image": image_id, "layer": lr.name,
                                           "unit": unit, "row": r, "col": c, **one})}
@@ -888,7 +896,9 @@ class Explorer:
         return sorted(i for i in list(self._broken) if i < self.n_images)
 
     def topk(self, layer: str, unit: int) -> dict[str, Any] | None:
-        """The unit's top-k over the dataset (`/api/topk`), None until it is mined."""
+        """The unit's top-k over the dataset (`/api/topk`), None until it is mined; its
+        figure's URL by each rule defined for the layer (`rules`; `undefined`, the others and
+        why), `figure` by the deconvnet where it is defined, else by the gradient."""
         lr = self.layer(layer)
         unit = self.unit_index(lr, unit)
         t = self.topk_ready(lr.name)
@@ -900,7 +910,9 @@ class Explorer:
                   "row": int(t.row[unit, j]), "col": int(t.col[unit, j])}
                  for j in range(t.k) if int(t.index[unit, j]) >= 0]
         figure = f"/api/topk.png?layer={lr.name}&unit={unit}"
-        rule = self._figure_rule(lr.name, t, unit)
+        undefined = self.undefined_rules(lr.name)
+        # the paper's rule, or the gradient where the deconvnet is undefined here
+        rule = "gradient" if "deconvnet" in undefined else "deconvnet"
         broken = self._unreadable()
         return {"layer": lr.name, "unit": unit, "name": self.unit_name(lr, unit), "k": t.k,
                 "images": self.n_images,
@@ -908,23 +920,30 @@ class Explorer:
                 "unreadable": [{"image": f"val:{i}", "name": file_name(self.val, i)}
                                for i in broken],
                 "items": items, "figure": f"{figure}&rule={rule}", "rule": rule,
-                "rules": {r: f"{figure}&rule={r}" for r in RULES}}
+                "rules": {r: f"{figure}&rule={r}" for r in RULES if r not in undefined},
+                "undefined": undefined}
 
-    def _figure_rule(self, name: str, t: TopK, unit: int) -> str:
-        """The rule of a layer's top-k figure link: the deconvnet (the paper's), or the
-        gradient where the deconvnet is undefined through the model (a GELU, SiLU … on the way
-        down, `nonlinear` "error"), found once per layer by one seed of the unit's top image."""
-        if name not in self._figure_rules:
-            item = self.val[int(t.index[unit, 0])] if t.k and int(t.index[unit, 0]) >= 0 \
-                else None
-            if item is None:  # no image to try it on (unreadable): the paper's, for now
-                return "deconvnet"
+    def undefined_rules(self, name: str) -> dict[str, str]:
+        """The rules undefined for the units of layer `name`, each with why (one line, in the
+        server's words): the deconvnet and guided rules where the way down from the layer goes
+        through a non-rectifier (GELU, SiLU, LayerNorm …) and the server's `nonlinear` is
+        "error"; none under "gradient". Decided as the CLI's commands decide
+        (`check_defined`: one seed projected), once per layer."""
+        from zfnet.graph import nonlinear
+
+        if name not in self._undefined:
             try:
-                check_defined(self.model, to_model(self.model, item[0]), [name], "deconvnet")
-                self._figure_rules[name] = "deconvnet"
-            except RuleUndefinedError:
-                self._figure_rules[name] = "gradient"
-        return self._figure_rules[name]
+                with nonlinear(self.nonlinear):  # the server's, whatever this thread's
+                    check_defined(self.model, self._probe, [name], "deconvnet")
+                self._undefined[name] = None
+            except RuleUndefinedError as e:
+                self._undefined[name] = e.what
+            except Exception:  # noqa: BLE001  # not this check's to say: the projections say it
+                return {}
+        what = self._undefined[name]
+        return {} if what is None else {
+            rule: RuleUndefinedError(rule, what).message(server=True)
+            for rule in RULES if rule != "gradient"}
 
     def topk_png(self, layer: str, unit: int, rule: str = "deconvnet") -> bytes:
         """The unit's k projections by `rule` beside their k image patches (`render_layer`;

@@ -211,28 +211,38 @@
     img.src = src;
   }
 
-  // projections the server refused (their rule undefined through the network), by URL: the
-  // reason is shown again without asking again
+  // projections the server refused all the same (400), by URL: the reason is shown again
+  // without asking again (a rule undefined through the network is not asked for: `undefined`)
   const refused = new Map();
 
-  /** A projection's panel: its image, or, where its rule does not run on this network (the
-   *  deconvnet through a GELU gate), the server's reason in the panel, not a broken image. */
+  /** Why a rule does not run here (the server's one line), in a projection's panel: its
+   *  first clause, and the server's option that runs it; the whole message on hover. */
+  function explainRule(note, message) {
+    const [why] = message.split("; ");
+    note.textContent = message.includes("--nonlinear gradient")
+      ? `${why}. \`zfnet serve --nonlinear gradient\` takes its gradient.` : why;
+    note.title = message;
+  }
+
+  /** A projection's panel whose rule is not offered for the unit (`undefined` of /api/unit:
+   *  the deconvnet through a GELU gate): the reason in its place, nothing asked for. */
+  function ruleUndefined(img, message) {
+    const note = img.parentElement.querySelector(".unavailable");
+    img.onerror = null;
+    img.removeAttribute("src");  // not the last unit's picture
+    img.hidden = true;
+    explainRule(note, message);
+    note.hidden = false;
+  }
+
+  /** A projection's panel: its image, or, where the server refuses it all the same, its
+   *  reason in the panel, not a broken image. */
   function loadProjection(img, src) {
     const note = img.parentElement.querySelector(".unavailable");
-    const explain = (message) => {  // its first clause; the whole message on hover
-      const [why] = message.split("; ");
-      note.textContent = message.includes("--nonlinear gradient")
-        ? `${why}. \`zfnet serve --nonlinear gradient\` takes its gradient.` : why;
-      note.title = message;
-    };
     note.hidden = true;
     img.hidden = false;
-    if (refused.has(src)) {
-      img.onerror = null;
-      img.removeAttribute("src");  // not the last unit's picture, nor asked for again
-      img.hidden = true;
-      explain(refused.get(src));
-      note.hidden = false;
+    if (refused.has(src)) {  // said again without asking again
+      ruleUndefined(img, refused.get(src));
       return;
     }
     img.onerror = async () => {
@@ -246,7 +256,7 @@
       } catch (err) {
         if (err.status === 400) refused.set(src, err.message);
         if (img.getAttribute("src") !== src) return;
-        explain(err.message);
+        explainRule(note, err.message);
       }
     };
     img.src = src;
@@ -1025,7 +1035,10 @@
       $("#unit-image-caption").textContent = flat ? "image · all of it feeds the unit" : "image · receptive field";
       $("#unit-patch-caption").textContent = flat ? "input (the whole image)" : "input patch";
       for (const img of $$("#unit-figures img.projection")) {
-        if (body.active || one) {
+        const refusal = (body.undefined || {})[img.dataset.rule];
+        if (refusal) {  // a fact of the network whatever the unit: said, not asked for
+          ruleUndefined(img, refusal);
+        } else if (body.active || one) {
           loadProjection(img, body.rules[img.dataset.rule]);
         } else {  // not a blank picture: say why there is none
           const note = img.parentElement.querySelector(".unavailable");
@@ -1234,12 +1247,15 @@
     items.hidden = true;
     items.replaceChildren();
     const figure = $("#view-figure");
-    // the top k's figure by another rule (the API draws each); only where every rule runs:
-    // a figure drawn by the gradient is so because the deconvnet is undefined here
+    // the top k's figure by another rule (the API draws each): a button for each rule the
+    // API offers here (`rules`), none where it offers but one — the gradient, where the
+    // deconvnet is undefined here (said in the meta, from `undefined`)
     const rules = $("#view-rules");
-    rules.hidden = !(view === "topk" && body.rule === "deconvnet" && body.rules);
+    const offered = view === "topk" && body.rules ? Object.keys(body.rules) : [];
+    rules.hidden = offered.length < 2;
     if (!rules.hidden) {
       for (const b of rules.querySelectorAll("button")) {
+        b.hidden = !offered.includes(b.dataset.rule);
         b.setAttribute("aria-pressed", String(b.dataset.rule === body.rule));
         b.onclick = () => {
           for (const o of rules.querySelectorAll("button")) {
@@ -1254,7 +1270,8 @@
       const some = names.length > 5 ? `${names.slice(0, 5).join(", ")}, …` : names.join(", ");
       const over = body.unreadable.length ? `${body.mined} images (${body.unreadable.length} unreadable: ${some})` : `${body.images} images`;
       const named = body.name ? ` (${body.name})` : "";
-      const by = body.rule === "gradient" ? " (by the gradient: the deconvnet is undefined through this model's activations; --nonlinear gradient takes it at the rectifiers)" : "";
+      const refusal = (body.undefined || {}).deconvnet;  // the server's one line: its first clause
+      const by = body.rule === "gradient" ? ` (by the gradient, as the deconvnet and guided backpropagation are not offered here: ${refusal ? refusal.split("; ")[0] : "the deconvnet is undefined through this model"}; \`zfnet serve --nonlinear gradient\` takes its gradient)` : "";
       meta.textContent = `The ${body.items.length} strongest activations of ${body.layer} ${unitWord(body.layer)} ${body.unit}${named} over ${over}: ` +
         `projections${by} (left) beside their image patches (right). Pick one to open it.`;
       figure.alt = `Top ${body.k} of ${body.layer} ${unitWord(body.layer)} ${body.unit}: projections and patches`;
