@@ -335,3 +335,37 @@ def test_an_unknown_layer_names_the_closest_and_a_deep_networks_top_modules() ->
     with pytest.raises(UnknownLayerError, match="'conv9' does not exist in ConvNet; did you "
                        r"mean conv5, conv4 or conv3\? valid: conv1, relu1"):
         resolve_layer(zfnet.create_model("zfnet_small"), "conv9")
+
+
+def test_layer_info_channels_of_any_output_and_modules_not_called() -> None:
+    """A module the forward pass never calls has `runs` False and no channels (they read as
+    blank maps); attention's (N, heads, L, D) has D, tokens' last dim, not the heads; a
+    squeeze-and-excitation gate's (N, C, 1, 1) and a channels-first norm that permutes to
+    (N, H, W, C) and back keep C; a Swin's (N, H, W, C) after attention has C, not H."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.squeeze = nn.Conv2d(3, 8, 3, stride=2), nn.Conv2d(8, 2, 1)
+            self.skip = nn.Dropout()  # not called
+            self.norm = nn.LayerNorm(8)
+            self.qkv, self.q_norm = nn.Linear(8, 24), nn.Identity()
+            self.after = nn.Identity()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.stem(x)
+            gate = self.squeeze(x.mean((2, 3), keepdim=True))
+            x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) * gate.sum(1, True)
+            n, c, h, w = x.shape
+            q, k, v = self.qkv(x.flatten(2).transpose(1, 2)).reshape(
+                n, h * w, 3, 2, 4).permute(2, 0, 3, 1, 4)
+            q = self.q_norm(q)
+            att = torch.softmax(q @ k.transpose(-2, -1), -1) @ v  # (N, 2, L, 4)
+            return self.after(att.transpose(1, 2).reshape(n, h, w, c))  # (N, H, W, C)
+
+    info = layer_info(Net(), 21)  # 10x10 maps
+    assert not info["skip"].runs and info["skip"].channels is None
+    assert info["stem"].runs and info["stem"].channels == 8
+    assert info["squeeze"].channels == 2 and info["norm"].channels == 8
+    assert info["qkv"].channels == 24 and info["q_norm"].channels == 4
+    assert info["after"].channels == 8

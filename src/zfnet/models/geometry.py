@@ -424,16 +424,21 @@ def graph_layers(model: nn.Module, input_size: int | tuple[int, int],
                  ) -> dict[str, tuple[LayerGeometry | None, int | None]]:
     """`graph_geometry` and, from the same forward pass, each module's output channels: the
     maps of an (N, C, H, W) or channels-last (N, H, W, C) output, the features of an (N, F)
-    one, the last dim of tokens (N, L, C); None for an output that is not a tensor. Read from
-    the output itself, so right after a concatenation (a DenseNet's transition) or inside a
-    squeeze-and-excitation gate, where the last convolution's count is not the output's."""
+    one, the last dim of tokens (N, L, C) and of any other tensor (attention's (N, heads, L,
+    D): D); None for an output that is not a tensor. Read from the output itself, so right
+    after a concatenation (a DenseNet's transition) or inside a squeeze-and-excitation gate,
+    where the last convolution's count is not the output's. A 4-dim output is maps where
+    its rows and columns are followed (`graph_geometry`) or where it is made as maps
+    (`_maps_channels`: a squeeze-and-excitation gate's (N, C, 1, 1))."""
     out: dict[str, tuple[LayerGeometry | None, int | None]] = {}
-    for path, state, out_shape in _walked(model, input_size, in_channels):
+    for path, state, out_shape, made in _walked(model, input_size, in_channels):
         # maps (N, C, H, W), or (N, H, W, C), which every reader sees as (N, C, H, W)
         last = _channels_last(state, out_shape)
         maps = _last_two(state, out_shape) or last
         channels = (None if len(out_shape) < 2  # not a tensor, or a scalar per image
-                    else out_shape[-1] if last or len(out_shape) == 3 else out_shape[1])
+                    else out_shape[-1] if last
+                    else out_shape[1] if len(out_shape) == 2 or maps
+                    else out_shape[made] if made is not None else out_shape[-1])
         out[path] = (state.geo if maps and state.exact else None, channels)
     return out
 
@@ -471,14 +476,69 @@ def channels_last_layers(model: nn.Module, input_size: int | tuple[int, int],
 
 
 def _walked(model: nn.Module, input_size: int | tuple[int, int], in_channels: int | None
-            ) -> list[tuple[str, _State, tuple[int, ...]]]:
-    """Per module path, in forward order: the walk's state of its output and the output's
-    shape."""
+            ) -> list[tuple[str, _State, tuple[int, ...], int | None]]:
+    """Per module path, in forward order: the walk's state of its output, the output's shape
+    and, for 4-dim maps, the dim of their channels (`_maps_channels`)."""
     size = pair(input_size)
     x0, made = record_forward(model, size, in_channels)
     walk = _Walk(x0, size)
-    return [(path, _CONST if node is None or node is _CONST else walk.state(node), shape)
-            for path, (node, shape, *_) in made.items()]
+    out, memo = [], {}
+    for path, (node, shape, *_) in made.items():
+        const = node is None or node is _CONST
+        state = _CONST if const else walk.state(node)
+        out.append((path, state, shape, None if const or len(shape) != 4 else
+                    _maps_channels(walk, node, memo)))
+    return out
+
+
+def _maps_channels(walk: _Walk, node: object, memo: dict[object, int | None]) -> int | None:
+    """Where a 4-dim output of `node` has its channels when it is maps also where the walk has
+    no field for it (a squeeze-and-excitation gate's (N, C, 1, 1), maps after an upsampling, a
+    channels-first norm that permutes to (N, H, W, C) and back): up its graph, through nodes
+    that keep the layout (element-wise ones, norms, a reduction kept 4-dim, an expand, a
+    concatenation, a view to the same shape) or permute it, one of its inputs comes from a
+    convolution, a pooling, an upsampling or the input image; then the dim of their channels.
+    None for another 4-dim tensor (attention's (N, heads, L, D), made by a reshape; a Swin's
+    (N, H, W, C) after attention: its last dim). `memo`: per node, its answer."""
+    stack = [node]
+    while stack:  # iterative post-order, as `_Walk.state`
+        n = stack[-1]
+        if n in memo:
+            stack.pop()
+            continue
+        name = type(n).__name__
+        handler = _HANDLERS.get(name)
+        keeps = name in _ELEMENTWISE or _pointwise_function(n) or handler in (
+            _reduce, _expand, _norm_of_maps, _layer_norm, _cat, _permute) or (
+            # a view to the same shape (a meta device's global pooling's as_strided)
+            (handler is _view or name.startswith("AsStrided")) and all(
+                _shape(f, i) == _shape(n, 0) for f, i in n.next_functions  # type: ignore[attr-defined]
+                if f is not None and walk.memo.get(f) is not _CONST))
+        ups = [f for f, i in n.next_functions  # type: ignore[attr-defined]
+               if f is not None and walk.memo.get(f) is not _CONST
+               and len(_shape(f, i)) == 4] if keeps else []
+        todo = [f for f in ups if f not in memo]
+        if todo:
+            stack.extend(todo)
+            continue
+        stack.pop()
+        if name == "AccumulateGrad":
+            memo[n] = 1 if n.variable is walk.leaf else None  # type: ignore[attr-defined]
+        elif handler in (_conv, _pool, _adaptive) or name.startswith("Upsample"):
+            memo[n] = 1
+        else:
+            c = next((memo[f] for f in ups if memo[f] is not None), None)
+            if c is not None and handler is _permute:  # output dim j is input dim order[j]
+                if name == "PermuteBackward0":
+                    order = [dim_index(d, 4) for d in n._saved_dims]  # type: ignore[attr-defined]
+                else:
+                    j, k = (dim_index(n._saved_dim0, 4),  # type: ignore[attr-defined]
+                            dim_index(n._saved_dim1, 4))  # type: ignore[attr-defined]
+                    order = list(range(4))
+                    order[j], order[k] = k, j
+                c = order.index(c)
+            memo[n] = c
+    return memo[node]
 
 
 # per module path: (the autograd node that made its output, the output's shape, the node that

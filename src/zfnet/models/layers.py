@@ -60,6 +60,9 @@ class LayerInfo:
     kind: str  # conv, relu, act, pool, norm, fc, dropout, else the class name (flatten, ...)
     channels: int | None  # feature maps (or units) of the output, when known
     geometry: LayerGeometry | None  # spatial size, stride, receptive field (None for fc layers)
+    # False where the forward pass never calls the module (a block's drop_path where it has no
+    # skip, timm's attn_drop beside a fused attention): no output, channels and geometry None
+    runs: bool = True
 
 
 _KINDS: tuple[tuple[tuple[type[nn.Module], ...], str], ...] = (
@@ -107,8 +110,10 @@ def layer_info(model: nn.Module, input_size: int | tuple[int, int] | None = None
     (`zfnet.models.geometry.graph_geometry`: ResNets, DenseNets, GoogLeNet, MobileNets, ...).
     A model that cannot run the default 224 gets no geometry; with an explicit `input_size`
     it is a `GeometryError`. `channels` is the output's own count from that forward pass (a
-    DenseNet's transition after its concatenation, a squeeze-and-excitation gate); for a model
-    that does not run, the count a convolution, linear layer or batch norm states, else None.
+    DenseNet's transition after its concatenation, a squeeze-and-excitation gate; the last
+    dim of tokens, and of attention's (N, heads, L, D)); for a model that does not run, the
+    count a convolution, linear layer or batch norm states, else None. A module the forward
+    pass does not call has `runs` False, no channels and no geometry.
     """
     check_not_scripted(model)
     from zfnet.models.convnet import ConvNet  # local: convnet imports geometry, not layers
@@ -158,8 +163,9 @@ def layer_info(model: nn.Module, input_size: int | tuple[int, int] | None = None
             continue  # containers are not layers, nor an empty one (a stage's absent
             # downsampling, transformers' ConvNeXt's): nothing runs in it
         # the output's own count (after a concatenation, in a gate); else what the module says
-        channels = walked[path][1] if path in walked else _own(m)
-        infos[path] = LayerInfo(path, path, _kind(m), channels, geo.get(path))
+        runs = not walked or path in walked  # (a model that fails to run: not known)
+        channels = walked[path][1] if path in walked else _own(m) if runs else None
+        infos[path] = LayerInfo(path, path, _kind(m), channels, geo.get(path), runs)
     return infos
 
 
