@@ -101,15 +101,25 @@ def models_cmd(name: str | None, input_size: int | None, weights: str | None,
     w_kind = max([8, *(len(i.kind) for i in infos)])
     head = f"{'layer':<{w_name}} " + (f"{'module':<{w_module}} " if short else "")
     click.echo(f"{head}{'kind':<{w_kind}} {'maps':>6} {'size':>5} {'stride':>6} {'rf':>5}")
-    # zfnet's models: no geometry means an fc layer (blank); others: not known here ("-")
+    # zfnet's models: no geometry means an fc layer (blank); others: no place in the image, or
+    # not known here ("-")
     unknown = "" if zfnet_config(model) is not None else "-"
     for info in infos:
         g = info.geometry
-        size_, jump, rf = (per_axis(g, "size"), per_axis(g, "jump"), per_axis(g, "rf")) \
-            if g else (unknown,) * 3
+        size_, jump, rf = (per_axis(g, "size"), per_axis(g, "jump"),
+                           per_axis(g, "rf") + ("*" if g.gated else "")) if g else (unknown,) * 3
         head = f"{info.name:<{w_name}} " + (f"{info.module:<{w_module}} " if short else "")
-        click.echo(f"{head}{info.kind:<{w_kind}} {info.channels or '':>6} {size_:>5} {jump:>6} "
-                   f"{rf:>5}")
+        click.echo(f"{head}{info.kind:<{w_kind}} " + (
+            f"{info.channels or '':>6} {size_:>5} {jump:>6} {rf:>5}" if info.runs else
+            "  not called in the forward pass"))
+    if any(i.geometry is None and i.runs for i in infos) and unknown:
+        click.echo("size, stride, rf -: no place in the image: each unit sees all of it (a "
+                   "global pooling, what follows it), or where is not known (tokens, maps after "
+                   "an operation zfnet does not follow)")
+    if any(i.geometry is not None and i.geometry.gated for i in infos):
+        click.echo("rf *: gated: a scale computed from the whole image (a squeeze-and-excitation "
+                   "gate, a group or instance norm's statistics) also acts on these maps; rf is "
+                   "the field of the map it acts on")
     # a module run more than once (a ResNet block's one ReLU): which call its row is
     repeated: dict[int, list[str]] = {}
     if not short:
