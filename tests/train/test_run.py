@@ -220,11 +220,18 @@ def test_epoch_row_and_lines() -> None:
     row = epoch_row(1, 8, 0.01, sums, val)
     assert row == {"epoch": 2, "global_step": 8, "lr": 0.01, "train_loss": 0.5,
                    "train_top1_error": 0.25, "val_loss": 0.4, "val_top1_error": 0.25,
-                   "val_top5_error": 0.0, "epoch_time_s": 2.0, "img_per_s": 12.0, "skipped": 8}
+                   "val_top5_error": 0.0, "epoch_time_s": 2.0, "img_per_s": 12.0, "skipped": 8,
+                   "val_skipped": None}
     lines = epoch_lines(row, 3, validated=True)
+    assert len(lines) == 2  # no validation line: nothing was left out of it
     assert lines[0] == ("epoch 2/3  loss 0.5000  train err 25.00%  val top-1 err 25.00%  "
                         "top-5 0.00%  lr 0.01  12 img/s")
     assert lines[1].startswith("epoch 2: 8 training sample(s) skipped")
+    # a validation that left unreadable images out says how many, on a line of its own
+    left_out = epoch_row(1, 8, 0.01, sums, {**val, "skipped": 3})
+    assert left_out["val_skipped"] == 3
+    assert epoch_lines(left_out, 3, validated=True)[2].startswith(
+        "epoch 2: 3 validation image(s) left out of its figures")
     # with 5 classes or fewer, top-5 is worded as `zfnet eval` does, not "0.00%"
     assert epoch_lines(row, 3, validated=True, classes=5)[0] == (
         "epoch 2/3  loss 0.5000  train err 25.00%  val top-1 err 25.00%  "

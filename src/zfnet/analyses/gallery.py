@@ -76,9 +76,10 @@ Reading the sign: the projection is in the units of the mean-subtracted
 input, so bright / coloured pixels push the activation up and dark ones are the opposite
 pattern; the deconvnet rectifies the signal at every ReLU on the way down, but the transposed
 filters below that ReLU still mix signs. Deconvnet (the paper) vs guided backpropagation: the
-deconvnet depends on the image only through the max-pooling switches, so it shows what the
-feature looks for; guided backpropagation also masks by where the image activated each ReLU,
-so it is sharper and more tied to the image; the plain gradient keeps negative signals too."""
+deconvnet depends on the image only through the max-pooling switches (and the contrast
+normalisation's rescaling, where the model has one), so it shows what the feature looks for;
+guided backpropagation also masks by where the image activated each ReLU, so it is sharper
+and more tied to the image; the plain gradient keeps negative signals too."""
 
 RULE_NAMES = {"deconvnet": "deconvnet, paper Sec. 2.1", "guided": "guided backpropagation",
                "gradient": "gradient"}

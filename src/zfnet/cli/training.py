@@ -75,7 +75,8 @@ from zfnet.cli.options import (
               help="cosine, linear: linear warm-up epochs (default 0).")
 @click.option("--renorm/--no-renorm", default=None,
               help="Rescale conv filters with RMS > radius after each step (default on, Sec. 3).")
-@click.option("--renorm-radius", type=_POSITIVE, help="Filter RMS radius (default 0.1).")
+@click.option("--renorm-radius", type=_POSITIVE,
+              help="Filter RMS radius (default 0.1; conv1's ÷60 under --precondition).")
 @click.option("--precondition/--no-precondition", default=None,
               help="Train conv1 as if the 0..255 inputs were divided by their std (default on; "
                    "off = the literal recipe, see docs/design.md).")
