@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from scipy.io import savemat
 
+from tests.data.ilsvrc import write_devkit
 from zfnet.data import load_dataset
 from zfnet.data.labels_file import MissingValImagesWarning, labelled_images
 from zfnet.data.shard_writer import write_shards
@@ -175,19 +175,9 @@ def test_shards_of_a_flat_val_folder(classed, tmp_path) -> None:
 def _devkit(root: Path, truth: dict[str, int]) -> Path:
     """An ILSVRC2012 devkit's two files: meta.mat's synsets (IDs not in WNID order, and a
     synset with children, which is no class) and the ground truth of images 1..11."""
-    data = root / "ILSVRC2012_devkit_t12" / "data"
-    data.mkdir(parents=True)
-    ids = {CLASSES[2]: 1, CLASSES[0]: 2, CLASSES[1]: 3}
-    fields = ("ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "wordnet_height",
-              "num_train_images")
-    synsets = np.array([(i, w, "words", "gloss", 0, 0, 2) for w, i in ids.items()]
-                       + [(4, "n00000001", "parent", "gloss", 2, 1, 0)],
-                       dtype=[(f, object) for f in fields]).reshape(-1, 1)
-    savemat(data / "meta.mat", {"synsets": synsets})
-    lines = [str(ids[CLASSES[truth.get(f"ILSVRC2012_val_{k:08d}.JPEG", 0)]])
-             for k in range(1, 12)]
-    (data / "ILSVRC2012_validation_ground_truth.txt").write_text("\n".join(lines) + "\n")
-    return root / "ILSVRC2012_devkit_t12"
+    return write_devkit(root, {CLASSES[2]: 1, CLASSES[0]: 2, CLASSES[1]: 3},
+                        [CLASSES[truth.get(f"ILSVRC2012_val_{k:08d}.JPEG", 0)]
+                         for k in range(1, 12)])
 
 
 def test_the_ilsvrc2012_devkit_folder_or_archive(classed, tmp_path) -> None:

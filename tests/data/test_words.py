@@ -9,11 +9,10 @@ import shutil
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
-from scipy.io import savemat
 
+from tests.data.ilsvrc import write_devkit
 from tests.data.test_labels_file import CLASSES, SPEC, _classed, _flat
 from zfnet.cli import main
 from zfnet.data import load_dataset
@@ -51,16 +50,10 @@ def test_a_mapping_file_names_the_classes_as_shown_not_as_kept(classed, tmp_path
 @pytest.mark.filterwarnings("ignore::zfnet.data.labels_file.MissingValImagesWarning")
 def test_words_from_the_devkit_or_beside_kaggles_csv_without_asking(classed, tmp_path) -> None:
     truth = dict(_flat(classed, tmp_path / "flat"))
-    devkit = tmp_path / "ILSVRC2012_devkit_t12"
-    (devkit / "data").mkdir(parents=True)
-    fields = ("ILSVRC2012_ID", "WNID", "words", "gloss", "num_children")
-    words = [line.partition(" ")[2] for line in MAPPING.splitlines()[:3]]
-    synsets = np.array([(k + 1, w, t, "gloss", 0) for k, (w, t) in
-                        enumerate(zip(CLASSES, words, strict=True))],
-                       dtype=[(f, object) for f in fields]).reshape(-1, 1)
-    savemat(devkit / "data" / "meta.mat", {"synsets": synsets})
-    (devkit / "data" / "ILSVRC2012_validation_ground_truth.txt").write_text("".join(
-        f"{truth.get(f'ILSVRC2012_val_{k:08d}.JPEG', 0) + 1}\n" for k in range(1, 12)))
+    words = dict(line.split(" ", 1) for line in MAPPING.splitlines()[:3])
+    devkit = write_devkit(tmp_path, {w: k + 1 for k, w in enumerate(CLASSES)},
+                          [CLASSES[truth.get(f"ILSVRC2012_val_{k:08d}.JPEG", 0)]
+                           for k in range(1, 12)], words)
     archive = tmp_path / "ILSVRC2012_devkit_t12.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(devkit, arcname=devkit.name)
