@@ -289,6 +289,7 @@ def test_shift_and_the_arrow_keys_move_the_position_inside_the_picked_map(page, 
     _, url = server
     _open(page, "/?image=val:5&layer=conv2&unit=2")
     page.wait_for_selector('#unit-section[data-unit="2"]')
+    page.wait_for_selector('#maps[data-layer="conv2"]')  # the keys act once the maps are in
     maps = httpx.get(f"{url}/api/maps", params={"image": "val:5", "layer": "conv2"}).json()
     h, w = maps["size"]
     r, c = maps["argmax"][2]

@@ -1110,14 +1110,14 @@
    *  the next one (a run of arrow keys with the occlusion tab open): its job is cancelled for
    *  this page (it goes on where other pages follow it). A top-k index is mined on. */
   function leaveJob(url) {
-    if (!currentJob || currentJobKind === "topk" || currentJobUrl === url) return;
-    api(`/api/jobs/${encodeURIComponent(currentJob)}`, { method: "DELETE" }).catch(() => {});
+    if (!currentJob || currentJobKind === "topk" || currentJobUrl === url) return Promise.resolve();
+    return api(`/api/jobs/${encodeURIComponent(currentJob)}`, { method: "DELETE" }).catch(() => {});
   }
 
   async function loadView() {
     const ticket = ++tickets.view;
     const request = viewRequest(state);
-    leaveJob(request.url);
+    const leaving = leaveJob(request.url);
     currentJob = currentJobKind = currentJobUrl = null;
     const result = $("#view-result");
     const hint = $("#view-hint");
@@ -1131,6 +1131,10 @@
     }
     hint.hidden = true;
     try {
+      // the job left behind is cancelled before the next one is asked for, so that the
+      // next one's place in the queue does not count it
+      await leaving;
+      if (ticket !== tickets.view) return;
       // 202 means a job computes it: follow the job, then ask again for the result (again
       // too when the server dropped the job, unasked about while this page was asleep).
       for (let done = 0; ;) {
