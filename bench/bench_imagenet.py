@@ -563,6 +563,7 @@ def main() -> None:
     size = int(spec.split("=")[1]) if spec else 224
     keep_freed_memory()  # as `zfnet` does at start-up
     cores = os.cpu_count() or 1
+    threads = torch.get_num_threads()  # OMP_NUM_THREADS's where set, as the user asked
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         work = Path(tmp)
@@ -607,7 +608,7 @@ def main() -> None:
             torch.set_num_threads(1)
             pw = per_worker(few, work / "few-shards", work / "few-squares", work / "few-raw",
                             spec, 1 if args.dry_run else args.repeats)
-            torch.set_num_threads(cores)
+            torch.set_num_threads(threads)
             base = pw["torchvision ImageFolder + PIL, originals"]
             print(f"\n1. per worker: one process, one thread, {n_few} images, batches of "
                   f"{PER_WORKER_BATCH} (x: against torchvision; the ImageNet epoch: one worker)")
@@ -626,7 +627,7 @@ def main() -> None:
             torch.set_num_threads(1)
             wp = worker_process(work / "few-squares", spec, args.batch_size,
                                 1 if args.dry_run else args.repeats)
-            torch.set_num_threads(cores)
+            torch.set_num_threads(threads)
             print(f"  one worker process on the squares (x 8), batches of {args.batch_size}, the "
                   "main process copying each batch once:")
             for name, (r, ms) in wp.items():
