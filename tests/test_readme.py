@@ -17,18 +17,14 @@ Conventions (they are README.md's, stated here once):
 - `zfnet ARGS` commands with nothing else of the shell in them run in this process through
   click's test runner (one interpreter start-up instead of one per command keeps this test
   well under a minute); any other shell line runs in bash with `zfnet` on PATH.
-A failing snippet fails the test with its README line number.
+A failing snippet fails the test with its README line number. tests/doc_blocks.py runs the
+blocks (tests/test_imagenet_doc.py runs docs/imagenet.md's with it).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shlex
-import subprocess
 import sys
-import traceback
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -38,14 +34,12 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from tests.doc_blocks import RUN, SHOWN, Session, blocks, check_replacements, commands
 from zfnet.cli import main as zfnet_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
-RUN = ("python", "sh", "bash")
-SHOWN = ("console", "text")
-NOT_RUN = re.compile(r"<!--\s*not run:\s*(\S.*?)\s*-->")
 
 # Every change made to a README snippet before it runs (snippet text -> what runs instead).
 REPLACE = {
@@ -62,57 +56,6 @@ REPLACE = {
 # from the CLI until those are merged (delete an entry once it is).
 PENDING_OPTIONS: set[tuple[str, str]] = set()  # documented before merged
 SMALL_DEMO = "synthetic?n_train=64&n_val=32"
-
-
-@dataclass
-class Block:
-    lang: str
-    line: int  # README line of the block's first line of code (1-based)
-    text: str
-    not_run: str | None  # the reason, when the block is marked not run
-
-
-def blocks(path: Path) -> list[Block]:
-    """The fenced code blocks of a Markdown file, with their first code line."""
-    lines = path.read_text().splitlines()
-    out, i = [], 0
-    while i < len(lines):
-        m = re.match(r"^```(\S*)\s*$", lines[i])
-        if not m:
-            i += 1
-            continue
-        start = i
-        i += 1
-        while i < len(lines) and lines[i].rstrip() != "```":
-            i += 1
-        assert i < len(lines), f"{path.name}:{start + 1}: the code block is never closed"
-        before = lines[start - 1] if start else ""
-        note = NOT_RUN.search(before)
-        out.append(Block(m.group(1), start + 2, "\n".join(lines[start + 1:i]) + "\n",
-                         note.group(1) if note else None))
-        i += 1
-    return out
-
-
-def commands(block: Block) -> list[tuple[int, str]]:
-    """(README line, command) for each shell command of a block, continuation lines joined."""
-    out, current, first = [], "", 0
-    for n, line in enumerate(block.text.splitlines(), start=block.line):
-        if not current:
-            first = n
-        stripped = line.rstrip()
-        current += stripped[:-1] + " " if stripped.endswith("\\") else stripped
-        if not stripped.endswith("\\"):
-            if current.strip() and not current.strip().startswith("#"):
-                out.append((first, current.strip()))
-            current = ""
-    return out
-
-
-def replaced(text: str) -> str:
-    for old, new in REPLACE.items():
-        text = text.replace(old, new)
-    return text
 
 
 # --- the user's files -----------------------------------------------------------------------
@@ -168,51 +111,11 @@ def workdir(tmp_path_factory) -> Path:
 
 # --- running ---------------------------------------------------------------------------------
 
-def _in_process(args: list[str]) -> bool:
-    return args[:1] == ["zfnet"] and not any(
-        a in ("&&", "||", "|", ";", "&") or a[:1] in "<>$" for a in args)
-
-
-def run_python(block: Block, text: str) -> None:
-    # Blank lines in front make tracebacks show README.md's own line numbers.
-    code = compile("\n" * (block.line - 1) + text, str(README), "exec")
-    try:
-        exec(code, {"__name__": "__readme__"})
-    except Exception:
-        pytest.fail(f"README.md:{block.line}: the Python block fails:\n{traceback.format_exc()}")
-
-
-def run_shell(line: int, command: str, workdir: Path) -> None:
-    args = shlex.split(command, comments=True)
-    if _in_process(args):
-        r = CliRunner().invoke(zfnet_cli, args[1:], prog_name="zfnet")
-        if r.exit_code != 0:
-            tb = "".join(traceback.format_exception(*r.exc_info)) if r.exc_info else ""
-            pytest.fail(f"README.md:{line}: `{command}` exited {r.exit_code}:\n{r.output}\n{tb}")
-        return
-    env = dict(os.environ, PATH=f"{workdir / 'bin'}{os.pathsep}{os.environ['PATH']}",
-               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
-    r = subprocess.run(["bash", "-ec", command], cwd=workdir, env=env, capture_output=True,
-                       text=True, timeout=120)
-    if r.returncode != 0:
-        pytest.fail(f"README.md:{line}: `{command}` exited {r.returncode}:\n{r.stdout}{r.stderr}")
-
-
 def test_snippets_run(workdir: Path, monkeypatch: pytest.MonkeyPatch, one_thread) -> None:
     monkeypatch.chdir(workdir)
     monkeypatch.setenv("TORCH_HOME", str(workdir / "torch"))
     monkeypatch.setenv("ZFNET_OFFLINE", "1")
-    ran = 0
-    for block in blocks(README):
-        if block.lang not in RUN or block.not_run:
-            continue
-        text = replaced(block.text)
-        if block.lang == "python":
-            run_python(block, text)
-        else:
-            for line, command in commands(Block(block.lang, block.line, text, None)):
-                run_shell(line, command, workdir)
-        ran += 1
+    ran = Session(README, workdir, workdir / "bin").run_blocks(REPLACE)
     assert ran >= 5, f"only {ran} README blocks ran"
 
 
@@ -226,9 +129,7 @@ def test_blocks_are_labelled_and_replacements_used() -> None:
             f"{', '.join(RUN + SHOWN)} (console/text are never run)")
         if b.not_run is not None:
             assert b.lang in RUN, f"README.md:{b.line - 2}: 'not run' before a block never run"
-    for old, new in REPLACE.items():
-        assert old in text, f"REPLACE entry {old!r} no longer occurs in README.md: delete it"
-        assert "\n" not in old + new  # line numbers must stay README's
+    check_replacements(README, REPLACE)
     # the first lines a reader sees: what to type
     head = text.splitlines()[:8]
     assert any(ln.startswith("make demo") for ln in head), head
