@@ -138,7 +138,9 @@ def test_the_guide_runs_on_a_miniature_imagenet(data, tmp_path, monkeypatch, one
     assert f"{N_VAL * len(PHOTOS)} images" in summary[0], one
     assert two.count(summary[0]) == 1, two  # printed once, by the first process
     assert all(s in one for s in WITH_WORDS), one  # the per-class lines, with their words
-    run = runs / "zfnet"
+    run = runs / "zfnet"  # --out: the errors in its report beside Table 2's, a confusion matrix
+    assert "Table 2" in (run / "sections" / "evaluation.json").read_text()
+    assert (run / "figures" / "confusion.png").is_file()
     # the gallery: a figure a layer; its images named as the val folder's files
     gallery = run / "gallery"
     assert {p.name for p in gallery.glob("topk_conv*.png")} == {
