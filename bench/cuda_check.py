@@ -116,9 +116,12 @@ def check(name: str, fn: Callable[[], str]) -> None:
 
 
 def train_args(out: Path, *extra: str, epochs: int = EPOCHS) -> list[str]:
+    # 4 workers feed a GPU; the CPU's dry run reads in-process (2 cores: forking 4 workers
+    # each epoch took longer than the epoch)
+    workers = "4" if ARGS.device == "cuda" else "0"
     return ["train", "--data", ARGS.data, "--model", "zfnet_small", "--out", str(out),
             "--epochs", str(epochs), "--batch-size", "64", "--lr", "0.02", "--schedule",
-            "cosine", "--device", ARGS.device, "--workers", "4", "--quiet", *extra]
+            "cosine", "--device", ARGS.device, "--workers", workers, "--quiet", *extra]
 
 
 def main() -> int:
@@ -302,13 +305,15 @@ def main() -> int:
         return f"incremental occlusion, 16 px / 4 px: p(target) max diff {dp:.1e}"
 
     def jpegs() -> Path:
-        """A folder of 96 + 24 ImageNet-shaped JPEGs in 3 classes and one broken file (made
-        once, shared by the checks that read it)."""
+        """A folder of 96 + 24 ImageNet-shaped JPEGs in 3 classes (the CPU's dry run: 48 + 12,
+        3 batches of 16 an epoch) and one broken file (made once, shared by the checks that
+        read it)."""
         from common import make_folder
 
         folder = out / "jpegs"
         if not folder.is_dir():
-            make_folder(folder, 96, 3, val=24, workers=os.cpu_count() or 1)
+            n, val = (96, 24) if dev == "cuda" else (48, 12)
+            make_folder(folder, n, 3, val=val, workers=os.cpu_count() or 1)
             (folder / "train" / "class000" / "broken.JPEG").write_bytes(b"\xff\xd8 not a jpeg")
         return folder
 
