@@ -100,3 +100,19 @@ def test_a_synthetic_set_too_large_to_hold_is_refused_before_it_is_drawn() -> No
     with pytest.raises(ValueError, match=r"asks for 1001000 images of 72 px, 14\.5 GiB held in "
                                          r"memory \(at most 8 GiB\): ask for fewer"):
         load_dataset("synthetic?per_class=100000")
+
+
+def test_a_command_reading_the_val_split_alone_draws_no_training_image() -> None:
+    """read_train=False with a model's preprocessing (its mean, not the training images'):
+    `zfnet project synthetic?n_val=4` drew the default 6000 training images first (4 s)."""
+    from zfnet.data.preprocess import Preprocessing
+
+    p = Preprocessing.imagenet(resize=72, crop=64)
+    alone = load_dataset("synthetic?n_train=20&n_val=4", preprocessing=p, read_train=False)
+    both = load_dataset("synthetic?n_train=20&n_val=4", preprocessing=p)
+    assert len(alone.train) == 0 and len(both.train) == 20 and len(alone.val) == 4
+    assert torch.equal(alone.mean, both.mean)
+    for i in range(4):
+        assert torch.equal(alone.val[i][0], both.val[i][0])
+    # without a model's preprocessing the mean is the training images': they are drawn
+    assert len(load_dataset("synthetic?n_train=20&n_val=4", read_train=False).train) == 20

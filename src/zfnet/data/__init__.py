@@ -120,7 +120,8 @@ def load_dataset(
     taken); the other datasets keep their own (the paper's convention for them).
     `read_train` False: for a command that reads the val split alone, an imagefolder given a
     `preprocessing` or `mean_image` lists no training images (train/ gives its classes only:
-    its empty folders and unread files are not that command's concern).
+    its empty folders and unread files are not that command's concern); synthetic given a
+    `preprocessing` draws none.
     `random_labels=SEED` (any labelled dataset): the training labels permuted
     (`zfnet.data.relabel`); `words=FILE`: the classes' words (`zfnet.data.words`).
     Unknown names and options raise ValueError listing the valid ones.
@@ -138,7 +139,7 @@ def load_dataset(
     if mean_image is not None and mean_image.shape[0] != 3:  # a run on grey images: not RGB's
         mean_image = None
     loaders: dict[str, Callable[..., DataBundle]] = {
-        "synthetic": load_synthetic,
+        "synthetic": lambda s, **kw: load_synthetic(s, read_train=read_train, **kw),
         "fashion-mnist": load_fashion_mnist,
         "imagefolder": lambda s, **kw: load_imagefolder(s, cache_dir=cache_dir,
                                                         outline=outline, mean_image=mean_image,

@@ -373,10 +373,13 @@ def generate(
 
 
 def load_synthetic(spec: DatasetSpec, *, ten_crop: bool = False, strict: bool = False,
-                   raw_spec: str = "synthetic",
-                   preprocessing: Preprocessing | None = None) -> DataBundle:
+                   raw_spec: str = "synthetic", preprocessing: Preprocessing | None = None,
+                   read_train: bool = True) -> DataBundle:
     """Build the synthetic `DataBundle` (defaults: 6000 train, 1000 val, seed 0, 64 px); with
-    a model's `preprocessing`, drawn at `size` and fitted to its inputs (masks too)."""
+    a model's `preprocessing`, drawn at `size` and fitted to its inputs (masks too).
+    `read_train` False with a `preprocessing` (a command that reads the val split alone, the
+    model's mean subtracted): no training image drawn (an empty train split), not the 6000
+    of the default spec for nothing."""
     if spec.path is not None:
         raise ValueError(f"synthetic takes no path (got {spec.path!r}); options go after '?'")
     opts = check_options(
@@ -407,9 +410,10 @@ def load_synthetic(spec: DatasetSpec, *, ten_crop: bool = False, strict: bool = 
             f"{full_size_for(size)} px, {held / 2**30:.1f} GiB held in memory (at most "
             f"{MAX_BYTES // 2**30} GiB): ask for fewer (n_train=, n_val=, per_class=; --shots "
             "of `analyze transfer` is per_class) or a smaller size=")
-    train_x, train_y = generate(seed, "train", n_train, class_ids, size)
+    skip_train = preprocessing is not None and not read_train  # its mean is the model's
+    train_x, train_y = generate(seed, "train", 0 if skip_train else n_train, class_ids, size)
     val_x, val_y = generate(seed, "val", n_val, class_ids, size)
-    mean = train_x.to(torch.float64).mean(0).to(torch.float32)  # (3, F, F)
+    mean = None if skip_train else train_x.to(torch.float64).mean(0).to(torch.float32)
     common = dict(mean=mean, input_size=size, classes=names, strict=strict, seed=seed,
                   class_ids=class_ids, size=size)
     if preprocessing is not None:
