@@ -77,10 +77,12 @@ step() {  # step NAME CAP COMMAND...: COMMAND with min(CAP, what is left) second
 }
 rc=0  # the last step's exit status
 
+# the versions, then which library decodes the device's batches (auto: nvImageCodec where it
+# can) and why not; in one interpreter (torch imported once: 3 s of the dry run's CPU)
 { nvidia-smi -L 2>/dev/null; "$py" -c 'import torch, torchvision; print("torch",
-  torch.__version__, "torchvision", torchvision.__version__, "cuda", torch.cuda.is_available())'
-  # which library decodes the device's batches (auto: nvImageCodec where it can), and why not
-  "$py" -c 'import torch; from zfnet.data import codec
+  torch.__version__, "torchvision", torchvision.__version__, "cuda", torch.cuda.is_available(),
+  flush=True)
+from zfnet.data import codec
 d = torch.device("cuda" if torch.cuda.is_available() else "cpu"); nv = codec._nvimgcodec()
 print("device decoder:", codec.device_decoder(d), "in", codec.device_threads(d),
       "thread(s) | nvImageCodec:", "not installed" if nv is None else nv.failure(d) or "decodes")
