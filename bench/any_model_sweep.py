@@ -62,10 +62,10 @@ def _photos(folder: Path) -> Path:
 
 
 def _torchvision(spec: str) -> list[str]:
-    import torchvision
+    if spec == "all":  # (torchvision imported for its list alone: 3 s of the sweep's own)
+        import torchvision
 
-    names = torchvision.models.list_models(module=torchvision.models)
-    if spec == "all":
+        names = torchvision.models.list_models(module=torchvision.models)
         return [f"torchvision:{n}" for n in names if n not in HUGE]
     return [f"torchvision:{n}" for n in spec.split(",") if n]
 
