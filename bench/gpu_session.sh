@@ -54,7 +54,9 @@ if [ "$mode" = gpu ] && compgen -G ".whl/nvimgcodec/*.whl" >/dev/null; then
         && export PYTHONPATH=/tmp/site-nv:$PYTHONPATH \
         || echo "nvImageCodec's wheels did not install: torchvision's decoder then" >&2
 fi
-if ! "$py" -c 'import webdataset' 2>/dev/null; then
+# found, not imported (importing webdataset imports torch: 1.3 s): it and its braceexpand
+if ! "$py" -c 'import importlib.util as u, sys
+sys.exit(any(u.find_spec(m) is None for m in ("webdataset", "braceexpand")))' 2>/dev/null; then
     echo "webdataset is missing: run 'bash bench/gpu_session.sh wheels' here and carry .whl" >&2
     exit 1
 fi
