@@ -20,6 +20,12 @@ joined has left the lock.
 Ctrl-C while the workers are forked was lost: Python drops ("Exception ignored") a
 KeyboardInterrupt raised in its at-fork callbacks (logging's, for one), and the command went on.
 So the signals are held meanwhile and raised once the workers are started (`held_signals`).
+
+A worker ignores SIGTERM (the main process decides), but PyTorch's worker start-up first sets
+a SIGTERM handler that dies of a signal the main process did not send: a scheduler's SIGTERM
+to the whole job landing then killed the worker. So a worker blocks SIGTERM from its fork to
+the moment it ignores it. An iterator that fails as it starts (a worker dead already) has its
+workers ended with the error: they outlived it, and the interpreter's exit waited for them.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch.utils.data import DataLoader
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 FEEDER = "QueueFeederThread"  # multiprocessing.Queue's thread (torch.multiprocessing's too)
 
@@ -71,7 +78,22 @@ def _unhold_in_child() -> None:
     _holding.clear()
 
 
-os.register_at_fork(after_in_child=_unhold_in_child)
+_starting_workers = False  # a `Loader` forking its workers (signals held meanwhile)
+
+
+def _after_fork_in_child() -> None:
+    """In any forked process: the handlers held at the fork put back (`_unhold_in_child`); in a
+    `Loader`'s worker, SIGTERM also blocked until `_worker_init` ignores it. Between the fork
+    and then, PyTorch's worker start-up installs a SIGTERM handler of its own that dies of the
+    signal unless it comes from the main process: a scheduler's SIGTERM to the whole job,
+    landing there, killed the worker, and the main process raised "DataLoader worker ...
+    killed by signal" instead of saving."""
+    if _starting_workers:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    _unhold_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @contextlib.contextmanager
@@ -121,6 +143,8 @@ def _worker_init(then: Callable[[int], Any] | None, worker: int) -> None:
     worker quietly, by PyTorch's own rule; a main process killed outright: its workers see it
     gone, by PyTorch's watchdog, and end.) Then `then`, the loader's own `worker_init_fn`."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # blocked since the fork (`_after_fork_in_child`): one that came meanwhile is dropped now
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     if then is not None:
         then(worker)
 
@@ -143,11 +167,40 @@ class Loader(DataLoader):
         if not self.num_workers:
             return super().__iter__()
         settle(self)
+        global _starting_workers
         batches = None
         try:
             with held_signals():
-                batches = super().__iter__()
-        except BaseException:
-            end_workers(batches, stopping=True)
+                _starting_workers = True
+                try:
+                    batches = super().__iter__()
+                finally:
+                    _starting_workers = False
+        except BaseException as err:
+            if batches is None:  # the iterator failed half-built: its workers are still ours
+                _end_half_started(err)
+            else:
+                end_workers(batches, stopping=True)
             raise
         return batches
+
+
+def _end_half_started(err: BaseException) -> None:
+    """End the workers of a DataLoader iterator whose start raised `err` (a worker that died
+    as it started, a signal): the iterator, never returned, is found in the traceback. Left
+    alone, its workers (which ignore SIGTERM) outlived it, and the interpreter's exit waited
+    for them forever."""
+    tb = err.__traceback__
+    while tb is not None:
+        half = tb.tb_frame.f_locals.get("self")
+        if isinstance(half, _MultiProcessingDataLoaderIter):
+            break
+        tb = tb.tb_next
+    else:
+        return
+    with contextlib.suppress(Exception):  # its own clean-up, as far as it got
+        half._shutdown_workers()
+    for w in getattr(half, "_workers", ()):
+        if w.is_alive():  # not ended by it: its pid no longer watched (above), so SIGKILL
+            w.kill()
+            w.join(5)
