@@ -393,10 +393,8 @@ def architecture_name(model: str) -> str:
                 raise FileNotFoundError(f"{path} does not exist; --model {user_code.FORM}")
             target = str(path.resolve())
         return f"{target}:{name}"
-    close = difflib.get_close_matches(model, list_models(), n=3, cutoff=0.6)
-    raise ValueError(f"unknown model {model!r}" + (f" (did you mean {' or '.join(close)}?)"
-                                                  if close else "")
-                     + f"; valid: {TRAINABLE_FORMS}")
+    raise ValueError(f"unknown model {model!r}{_meant(model, list_models())}; "
+                     f"valid: {TRAINABLE_FORMS}")
 
 
 def build_architecture(model: str, num_classes: int, in_channels: int = 3,
@@ -1278,16 +1276,21 @@ def _unknown(source: str) -> Exception:
     if "/" in source or os.sep in source or path.suffix.lower() in WEIGHTS_SUFFIXES:
         return FileNotFoundError(f"{source} does not exist; a path names a zfnet run "
                                  "directory, checkpoint directory or model.safetensors")
-    hint = ""
+    return ValueError(f"unknown model source {source!r}{_meant(source, _zfnet_names())}; "
+                      f"valid: {SOURCE_FORMS}")
+
+
+def _meant(name: str, zfnet_names: Sequence[str]) -> str:
+    """What a bare model name that zfnet does not know may have meant: torchvision's model of
+    that name (`resnet18`: torchvision:resnet18), else the closest of `zfnet_names`; "" if
+    nothing is close."""
     try:
-        if source in torchvision_models():
-            hint = f" (did you mean torchvision:{source}?)"
+        if name in torchvision_models():
+            return f" (did you mean torchvision:{name}?)"
     except ImportError:
         pass
-    close = difflib.get_close_matches(source, _zfnet_names(), n=3, cutoff=0.6)
-    if close and not hint:
-        hint = f" (did you mean {' or '.join(close)}?)"
-    return ValueError(f"unknown model source {source!r}{hint}; valid: {SOURCE_FORMS}")
+    close = difflib.get_close_matches(name, list(zfnet_names), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
 def _plain(e: BaseException) -> str:

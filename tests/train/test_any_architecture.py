@@ -72,6 +72,10 @@ def test_names_of_architectures_to_train(nets, tmp_path, monkeypatch) -> None:
         architecture_name("nope.py:Net")
     with pytest.raises(ValueError, match="unknown model 'zfnet_smal'.*zfnet_small.*FILE.py"):
         architecture_name("zfnet_smal")
+    # a torchvision model named bare: the form that trains it
+    with pytest.raises(ValueError, match=r"unknown model 'resnet18' \(did you mean "
+                                         r"torchvision:resnet18\?\); valid: a zfnet model"):
+        architecture_name("resnet18")
     # zfnet's typed model options are zfnet's models' only
     with pytest.raises(ValueError, match="takes none: write a function in a FILE.py"):
         TrainConfig(data=DATA, model="torchvision:resnet18", out=str(tmp_path),
