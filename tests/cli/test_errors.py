@@ -902,3 +902,19 @@ def test_a_ctrl_c_that_lands_in_a_callback_ends_the_command(tmp_path) -> None:
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                        env=process_env(), timeout=60)
     assert (r.returncode, r.stdout, r.stderr) == (130, "", "interrupted (SIGINT)\n")
+
+
+@pytest.mark.parametrize("argv, meant", [
+    (["analyze", "sanity"], "Did you mean 'zfnet analyze randomization'?"),  # "Sanity checks: …"
+    (["explorer"], "Did you mean 'zfnet serve'?"),  # "The explorer: a web page …"
+    (["deconvnet"], "Did you mean 'zfnet visualize'?"),  # "Deconvnet visualisations …"
+    (["analyze", "table"], None),  # a word of several commands' help: no guess
+])
+def test_a_command_named_by_a_word_of_its_help_is_suggested(argv, meant) -> None:
+    """A name the user took from the paper or the docs, which is no command and not close to
+    one: the command whose help says it is named (click suggests only close spellings)."""
+    r = CliRunner().invoke(main, argv, prog_name="zfnet")
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    line = r.output.strip().splitlines()[-1]
+    assert line.startswith(f"Error: No such command '{argv[-1]}'.")
+    assert line.endswith(meant or f"'{argv[-1]}'.")

@@ -147,13 +147,38 @@ def _once_only(ctx: click.Context) -> set[str]:
     return names
 
 
-class _Group(click.Group):
+def _named_in_help(group: click.Group, ctx: click.Context, word: str) -> str | None:
+    """The one command of `group` whose short help holds `word` as a word (`sanity`: the
+    randomization checks' "Sanity checks: …"; `explorer`: serve's), or None."""
+    word = word.lower().rstrip("s")
+    found = [name for name in group.list_commands(ctx)
+             if (command := group.get_command(ctx, name)) is not None and word in {
+                 w.strip(".,:;()'\"").lower().rstrip("s")
+                 for w in command.get_short_help_str(limit=200).split()}]
+    return found[0] if len(found) == 1 else None
+
+
+class _Resolving(click.Group):
+    """A group whose unknown command, when it is a word of one command's help and not close to
+    a name (click's own "Did you mean"), is said with that command."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as e:
+            if args and not getattr(e, "possibilities", None) and len(args[0]) >= 4 \
+                    and (meant := _named_in_help(self, ctx, args[0])) is not None:
+                e.message += f" Did you mean '{ctx.command_path} {meant}'?"
+            raise
+
+
+class _Group(_Resolving):
     """A group of zfnet commands (`visualize`, `analyze`): each one a `_Command`."""
 
     command_class = _Command
 
 
-class _Commands(click.Group):
+class _Commands(_Resolving):
     """The `zfnet` group: a user error raised by any command becomes a one-line message."""
 
     command_class = _Command
