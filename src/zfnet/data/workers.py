@@ -119,20 +119,27 @@ def held_signals() -> Iterator[None]:
 
 
 def end_workers(batches: Any, *, stopping: bool = False) -> None:
-    """End the workers of `batches` (a DataLoader's iterator) now. A DataLoader ends them when
-    its iterator is collected, which after an exception can be as late as the interpreter's
-    exit. `stopping`: called as an exception (a Ctrl-C) propagates, which a worker just forked
-    may have got too and died of, before it could ignore it; PyTorch's check of its workers
-    then raises "DataLoader worker exited unexpectedly" over the exception: not a second error
-    here (the workers are ended all the same)."""
+    """End the workers of `batches` (a DataLoader's iterator, also one whose start failed) now.
+    A DataLoader ends them when its iterator is collected, which after an exception can be as
+    late as the interpreter's exit. `stopping`: called as an exception (a Ctrl-C) propagates,
+    which a worker just forked may have got too and died of, before it could ignore it;
+    PyTorch's check of its workers then raises "DataLoader worker exited unexpectedly" over the
+    exception (and a half-started iterator's clean-up misses what it never set): not a second
+    error here. A worker still alive after the iterator's own clean-up (which sends SIGTERM,
+    ignored by them) is killed: its pid is no longer watched by then."""
     end = getattr(batches, "_shutdown_workers", None)  # the iterator's own clean-up
     if end is None:
         return
     try:
         end()
-    except RuntimeError:
+    except Exception:
         if not stopping:
             raise
+    finally:
+        for w in getattr(batches, "_workers", ()):
+            if w.is_alive():
+                w.kill()
+                w.join(5)
 
 
 def _worker_init(then: Callable[[int], Any] | None, worker: int) -> None:
@@ -177,30 +184,18 @@ class Loader(DataLoader):
                 finally:
                     _starting_workers = False
         except BaseException as err:
-            if batches is None:  # the iterator failed half-built: its workers are still ours
-                _end_half_started(err)
-            else:
-                end_workers(batches, stopping=True)
+            end_workers(batches if batches is not None else _half_started(err), stopping=True)
             raise
         return batches
 
 
-def _end_half_started(err: BaseException) -> None:
-    """End the workers of a DataLoader iterator whose start raised `err` (a worker that died
-    as it started, a signal): the iterator, never returned, is found in the traceback. Left
-    alone, its workers (which ignore SIGTERM) outlived it, and the interpreter's exit waited
-    for them forever."""
+def _half_started(err: BaseException) -> Any:
+    """The DataLoader iterator whose start raised `err` (a worker that died as it started, a
+    signal), never returned but found in the traceback; None if there is none. Left alone, its
+    workers (which ignore SIGTERM) outlived it, and the interpreter's exit waited for them."""
     tb = err.__traceback__
     while tb is not None:
-        half = tb.tb_frame.f_locals.get("self")
-        if isinstance(half, _MultiProcessingDataLoaderIter):
-            break
+        if isinstance(half := tb.tb_frame.f_locals.get("self"), _MultiProcessingDataLoaderIter):
+            return half
         tb = tb.tb_next
-    else:
-        return
-    with contextlib.suppress(Exception):  # its own clean-up, as far as it got
-        half._shutdown_workers()
-    for w in getattr(half, "_workers", ()):
-        if w.is_alive():  # not ended by it: its pid no longer watched (above), so SIGKILL
-            w.kill()
-            w.join(5)
+    return None
