@@ -44,11 +44,17 @@ def _heif_opener() -> bool:
 
 
 HEIF_READ = _heif_opener()
+
+
+def _has_avif() -> bool:
+    """Whether this Pillow reads AVIF (11.2 and later may; earlier ones warn when asked)."""
+    return "avif" in features.modules and bool(features.check_module("avif"))
+
 # A user's own photos (`images:DIR`, files named one by one) are read for every type PIL reads
 # here too: JPEGs saved from the web as `.jfif`, GIF (its first frame), AVIF where this Pillow
 # has it, a phone's HEIC with pillow-heif.
 PHOTO_EXTENSIONS = IMAGE_EXTENSIONS + OTHER_JPEG_EXTENSIONS + (".gif",) + (
-    (".avif",) if features.check("avif") else ()) + ((".heic", ".heif") if HEIF_READ else ())
+    (".avif",) if _has_avif() else ()) + ((".heic", ".heif") if HEIF_READ else ())
 # Images of other types a photo folder often holds (camera RAW files, SVG, ...): left out like
 # any other file, but with a warning that counts them, never silently.
 UNREAD_IMAGE_EXTENSIONS = (".gif", ".heic", ".heif", ".avif", ".jxl", ".svg", ".dng", ".cr2",
