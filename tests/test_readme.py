@@ -50,6 +50,7 @@ REPLACE = {
     # minutes of training cut to one epoch; the data of the training example cut to 64 images
     "--epochs 30": "--epochs 1",
     "--epochs 8": "--epochs 1",
+    "--epochs 5 --batch-size 16": "--epochs 1 --batch-size 16",
     "--data synthetic ": '--data "synthetic?n_train=64&n_val=32" ',
 }
 # Options the README documents that other branches of issue 24 are adding; they may be absent

@@ -654,7 +654,12 @@ def data_randomization(model: nn.Module, meta: dict[str, Any], run_dir: str | Pa
     from zfnet.analyses.sanity import data_randomization_section
     from zfnet.data.relabel import OPTION, with_random_labels
     from zfnet.train import TrainConfig, evaluate, load_model, train
-    from zfnet.train.checkpoint import has_checkpoint, read_meta, resolve_checkpoint
+    from zfnet.train.checkpoint import (
+        has_checkpoint,
+        read_meta,
+        resolve_checkpoint,
+        saved_preprocessing,
+    )
     from zfnet.train.run import check_resumable
 
     if "train_config" not in meta:
@@ -679,7 +684,7 @@ def data_randomization(model: nn.Module, meta: dict[str, Any], run_dir: str | Pa
         if has_checkpoint(config.out):
             check_resumable(read_meta(resolve_checkpoint(config.out))["train_config"], config,
                             Path(config.out), action="continue", instead=instead)
-    bundle = load_dataset(saved.data)
+    bundle = load_dataset(saved.data, preprocessing=saved_preprocessing(meta))
     check_fits(model, bundle, classes=True)
     train_split = _centre(bundle, "train")
     if not 1 <= n_images <= len(train_split):

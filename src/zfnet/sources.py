@@ -526,7 +526,7 @@ def data_preprocessing(source: Source, spec: str) -> Preprocessing | None:
     for a zfnet run on a named dataset (the paper's convention with that dataset's own mean
     image), else the source's."""
     if source.kind == "run" and not source.meta["overrides"] and \
-            parse_spec(spec).name != "images":
+            not source.meta.get("preprocessing") and parse_spec(spec).name != "images":
         return None
     return source.preprocessing
 
@@ -954,8 +954,11 @@ def _run(path: Path) -> Source:
     model, meta = load_model(path)
 
     def preprocessing() -> Preprocessing:
-        from zfnet.train.checkpoint import read_mean_image
+        from zfnet.train.checkpoint import read_mean_image, saved_preprocessing
 
+        own = saved_preprocessing(meta)  # a model fine-tuned from weights takes their inputs
+        if own is not None:
+            return own
         mean = read_mean_image(meta["checkpoint"])  # kept with it; else its dataset's
         if mean is not None:
             return Preprocessing.from_mean_image(mean, int(meta["input_size"]))

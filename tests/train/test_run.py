@@ -31,20 +31,6 @@ def _files(root: Path) -> dict[str, bytes]:
             if p.is_file()}
 
 
-def test_weights_to_start_from_are_refused_with_the_commands_that_take_them(tmp_path) -> None:
-    """A user with a trained model may try `train --weights`: one line saying that training is
-    from scratch and which commands take --weights (not click's 'did you mean
-    --weight-decay?')."""
-    out = tmp_path / "run"
-    r = CliRunner().invoke(main, ["train", "--out", str(out), *TINY, "--data", SYNTHETIC,
-                                  "--weights", str(tmp_path / "mine.pth")])
-    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
-    assert r.output.startswith("Error: zfnet train trains a model from scratch by the paper's "
-                               "recipe and takes no --weights; to look inside your trained "
-                               "model, give --model and --weights to zfnet project, ")
-    assert not out.exists()
-
-
 def test_a_folder_of_photos_without_labels_is_refused_before_anything_is_written(
         tmp_path) -> None:
     """images:DIR has no labels: said at once, not after its mean image was computed and

@@ -37,8 +37,19 @@ from zfnet.cli.options import (
               help="Dataset spec, e.g. synthetic, fashion-mnist, imagefolder:DIR, shards:OUT.")
 @click.option("--model", metavar="SOURCE",
               help="A zfnet model (`zfnet models`), or another architecture trained "
-              "from scratch by the recipe: torchvision:NAME, timm:NAME, hf:ORG/NAME or hf:DIR "
+              "by the recipe: torchvision:NAME, timm:NAME, hf:ORG/NAME or hf:DIR "
               "(its config's architecture), your own FILE.py:NAME.")
+@click.option("--weights", metavar="W",
+              help="Fine-tune: start from these weights (a torchvision weights name: DEFAULT, "
+                   "IMAGENET1K_V1; pretrained: timm's or a Hugging Face model's own; a weights "
+                   "file; for zfnet's models also a run) instead of training from scratch. The "
+                   "classifier is built again for the data's classes, the images are the "
+                   "weights' own inputs, --renorm is off by default.")
+@_options(*_PREPROCESSING)
+@click.option("--freeze-to", metavar="LAYER",
+              help="With --weights: keep LAYER and every layer before it as they are (not "
+                   "trained, batch norm statistics fixed), e.g. relu7 (the paper's Sec. 5.2), "
+                   "a ResNet's avgpool (a linear probe) or layer3.")
 @click.option("--out", required=True, type=_OUT_DIR,
               help="Run directory (config.json, metrics.csv, tb/, checkpoints/).")
 @click.option("--epochs", type=_Whole(1), help="Epochs to train (default 70, the paper's).")
@@ -120,8 +131,7 @@ from zfnet.cli.options import (
               help="Continue the run in --out exactly where its last checkpoint left it.")
 @_progress_option(default=None, help="Progress bar and epoch lines.", expose_value=True)
 @click.option("--tensorboard/--no-tensorboard", default=None, help="TensorBoard logs in tb/.")
-@click.option("--weights", "start_weights", hidden=True, expose_value=True, default=None)
-def train_cmd(start_weights: str | None, **opts) -> None:
+def train_cmd(**opts) -> None:
     """Train a model with the paper's recipe (Sec. 3) and write a run directory.
 
     Exit status: 0 finished; 130 (SIGINT) / 143 (SIGTERM) interrupted after saving a
@@ -133,11 +143,6 @@ def train_cmd(start_weights: str | None, **opts) -> None:
     from zfnet.train import EXIT_INTERRUPTED, NonFiniteLossError, resolve_config
     from zfnet.train import train as run_training
 
-    if start_weights is not None:  # a user with a trained model, hoping to fine-tune it
-        raise click.UsageError(
-            "zfnet train trains a model from scratch by the paper's recipe and takes no "
-            "--weights; to look inside your trained model, give --model and --weights to zfnet "
-            "project, visualize topk, atlas, serve, eval or analyze")
     given = {k: v for k, v in opts.items() if v is not None}
     missing = [f"--{k}" for k in ("data", "model") if k not in given]
     if missing and not given.get("resume"):

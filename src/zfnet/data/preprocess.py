@@ -250,6 +250,13 @@ class Preprocessing:
                 "std": list(self.std), "in_channels": self.in_channels,
                 "mean_image": self.mean_image is not None, "interpolation": self.interpolation}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        """Inverse of `to_dict` for a preprocessing without a mean image (a fine-tuned run's)."""
+        return cls(int(d["resize"]), int(d["crop"]), tuple(d["mean"]), tuple(d["std"]),
+                   int(d.get("in_channels", len(d["mean"]))),
+                   interpolation=d.get("interpolation", "bilinear"))
+
     def _mode(self) -> InterpolationMode:
         return InterpolationMode(self.interpolation)
 

@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from zfnet import atomic
+from zfnet.data.preprocess import Preprocessing
 
 FORMAT = "zfnet-checkpoint/1"
 WEIGHTS = "model.safetensors"
@@ -182,6 +183,14 @@ def save_checkpoint(
             if other.name != name and other.name not in keep:
                 shutil.rmtree(other, ignore_errors=True)
     return final
+
+
+def saved_preprocessing(meta: dict[str, Any] | None) -> Preprocessing | None:
+    """The inputs of a run's model where they are its own (a model of another architecture
+    fine-tuned from its weights: their resize, crop, mean and std), from a checkpoint's meta;
+    None for the paper's pixels (minus the run's mean image) or no meta."""
+    saved = (meta or {}).get("preprocessing")
+    return Preprocessing.from_dict(saved) if saved else None
 
 
 def read_mean_image(checkpoint: str | Path) -> torch.Tensor | None:

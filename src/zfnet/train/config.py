@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from zfnet.models.options import check_model_options, parse_model_option
@@ -20,7 +21,8 @@ PAPER_KEEP_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)
 IDENTITY_FIELDS = (
     "data", "model", "model_opts", "batch_size", "seed", "lr", "momentum", "weight_decay",
     "norm_weight_decay", "bias_weight_decay", "nesterov", "schedule", "renorm", "renorm_radius",
-    "precondition", "label_smoothing", "random_erasing", "ema",
+    "precondition", "label_smoothing", "random_erasing", "ema", "weights", "mean", "std",
+    "resize", "crop", "freeze_to",
 )
 
 
@@ -34,6 +36,19 @@ class TrainConfig:
     model: str
     out: str  # run directory: config.json, metrics.csv, tb/, checkpoints/
     model_opts: dict[str, Any] = field(default_factory=dict)  # create_model overrides
+    # the weights training starts from (fine-tuning, zfnet.train.finetune): a torchvision
+    # weights name (DEFAULT), timm's or a Hugging Face model's own ("pretrained"), a weights
+    # file (its absolute path), for zfnet's models also a run; None: the model's own init
+    weights: str | None = None
+    # with weights, on an architecture not zfnet's: its inputs' mean and std per channel (0..1
+    # units), resize and crop, where they differ from the weights' own (None: theirs)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    resize: int | None = None
+    crop: int | None = None
+    # keep this layer and every one before it as the weights have them (not trained, in eval
+    # mode); None: every layer trains
+    freeze_to: str | None = None
     epochs: int = 70  # the paper trained for 70 epochs
     batch_size: int = 128  # global batch: split evenly over DDP processes
     lr: float = 1e-2
@@ -59,11 +74,14 @@ class TrainConfig:
     patience: int = 3
     step_epochs: int = 30
     warmup_epochs: float = 0.0
-    renorm: bool = True  # rescale every conv filter with RMS > renorm_radius after each step
+    # rescale every conv filter with RMS > renorm_radius after each step; None: on, but off for
+    # weights of an architecture not zfnet's (its trained filters are not kept under a radius)
+    renorm: bool | None = None
     renorm_radius: float = 0.1
     # layer-1 preconditioning: train conv1 as if the 0..255 inputs were divided by the model's
-    # input_std (lr / std^2, radius / std); see zfnet.train.recipe.param_groups. Off = literal
-    precondition: bool = True
+    # input_std (lr / std^2, radius / std); see zfnet.train.recipe.param_groups. Off = literal.
+    # None: on, but off for weights of an architecture not zfnet's (it takes its own inputs)
+    precondition: bool | None = None
     seed: int = 0
     device: str = "auto"  # "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1"
     # "auto": bf16 on CUDA (fp16 without bf16) and on CPUs with native bf16, else off;
@@ -104,6 +122,7 @@ class TrainConfig:
 
         self.model = architecture_name(self.model)  # FILE.py:NAME with its absolute path
         self.model_opts = check_train_model(self.model, dict(self.model_opts))
+        self._check_start()
         if self.schedule not in SCHEDULES:
             raise ValueError(
                 f"schedule={self.schedule!r} is not known; valid: {', '.join(SCHEDULES)}"
@@ -155,9 +174,51 @@ class TrainConfig:
         if self.loader not in LOADERS:
             raise ValueError(f"loader={self.loader!r} is not known; valid: {', '.join(LOADERS)}")
 
+    def _check_start(self) -> None:
+        """The fine-tuning fields: checked, weights files absolute, renorm and precondition's
+        defaults resolved (zfnet.train.finetune)."""
+        from zfnet.models import list_models
+
+        own = self.model in list_models()
+        inputs = [k for k in ("mean", "std", "resize", "crop") if getattr(self, k) is not None]
+        if inputs and (self.weights is None or own):
+            why = ("zfnet's models take the paper's pixels, 0..255 minus the data's mean image"
+                   if own else "a model trained from scratch takes the paper's pixels")
+            verb = "sets" if len(inputs) == 1 else "set"
+            raise ValueError(f"{', '.join(inputs)} {verb} the inputs of pretrained weights: give "
+                             f"weights with them ({why})")
+        if self.weights is not None:
+            if not str(self.weights).strip():
+                raise ValueError("weights is empty: give a weights name (DEFAULT) or a file")
+            from zfnet.sources import _looks_like_file, unit_stats
+
+            path = Path(self.weights).expanduser()
+            if _looks_like_file(self.weights) or path.exists():
+                self.weights = str(path.resolve())  # the run is read from anywhere later
+            for name in ("mean", "std"):
+                if getattr(self, name) is not None:
+                    setattr(self, name, unit_stats(name, getattr(self, name)))
+            for name in ("resize", "crop"):
+                value = getattr(self, name)
+                if value is not None and int(value) < 1:
+                    raise ValueError(f"{name} must be >= 1, got {value}")
+            if self.precondition and not own:
+                raise ValueError("precondition trains the first convolution for the paper's "
+                                 "0..255 pixels; pretrained weights of another architecture "
+                                 "take their own inputs: leave precondition off")
+        if self.freeze_to is not None and not str(self.freeze_to).strip():
+            raise ValueError("freeze_to is empty: give a layer name (`zfnet models SOURCE`)")
+        mine = self.weights is not None and not own  # another architecture's weights
+        if self.renorm is None:
+            self.renorm = not mine
+        if self.precondition is None:
+            self.precondition = not mine
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (config.json, checkpoints)."""
         d = asdict(self)
+        for name in ("mean", "std"):
+            d[name] = None if d[name] is None else list(d[name])
         d["keep_epochs"] = list(self.keep_epochs)
         d["model_opts"] = {k: list(v) if isinstance(v, tuple) else v
                            for k, v in self.model_opts.items()}

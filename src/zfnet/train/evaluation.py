@@ -23,7 +23,12 @@ from zfnet.data.loaders import (
 from zfnet.data.mixed import measure_share
 from zfnet.data.words import labels_of
 from zfnet.data.workers import Loader
-from zfnet.train.checkpoint import load_model, read_mean_image, read_train_state
+from zfnet.train.checkpoint import (
+    load_model,
+    read_mean_image,
+    read_train_state,
+    saved_preprocessing,
+)
 from zfnet.train.compiled import check_compile, compile_model
 from zfnet.train.distributed import DistInfo, all_reduce_mean, resolve_device
 from zfnet.train.metrics import per_class_accuracy
@@ -96,10 +101,12 @@ def evaluate_checkpoint(
         from zfnet.data import load_dataset
 
         try:
-            # a folder or shards minus the run's own mean image, not theirs
+            # a folder or shards minus the run's own mean image, not theirs; a model
+            # fine-tuned from weights: their inputs
+            prep = saved_preprocessing(meta)
             bundle = load_dataset(spec, ten_crop=ten_crop, strict=strict,
-                                  mean_image=read_mean_image(meta["checkpoint"]),
-                                  mean_input=meta.get("input_size"),
+                                  mean_image=None if prep else read_mean_image(meta["checkpoint"]),
+                                  mean_input=meta.get("input_size"), preprocessing=prep,
                                   read_train=False)  # the val split alone
         except FileNotFoundError as e:
             if given:

@@ -157,6 +157,9 @@ class Checkpoints:
             # what a resume checks its data against (the folder moved, or changed under it)
             "train_images": len(run.bundle.train), "val_images": len(run.bundle.val),
         }
+        prep = getattr(run.bundle, "preprocessing", None)
+        if prep is not None and prep.mean_image is None:  # a model's own inputs: theirs
+            self.base_meta["preprocessing"] = prep.to_dict()
         if run.host_share is not None:  # --loader mixed: a resume decodes the same images
             self.base_meta["host_share"] = run.host_share
         self.last = str(run.resume_from) if run.resume_from else None  # the newest one
@@ -214,7 +217,7 @@ class Session:
             first_radius=run.first_radius, label_smoothing=config.label_smoothing,
             step_scheduler=run.scheduler if run.sched_when == "step" else None,
             channels_last=config.channels_last, ema=run.ema, ema_source=run.bare,
-            progress=config.progress, tb=self.tb)
+            progress=config.progress, tb=self.tb, frozen=run.frozen)
         self.status = "completed"
         self.stopped_step = 0  # steps into the next epoch of the checkpoint saved on a signal
         # the broken files of the training / validation set are named (warned about) in the

@@ -220,6 +220,8 @@ class EpochState:
     broken: BadImageError | None = None
     progress: bool = False
     tb: TensorBoard | None = None
+    # modules kept as pretrained weights have them (`--freeze-to`): in eval mode while training
+    frozen: tuple[nn.Module, ...] = ()
 
 
 def train_one_epoch(
@@ -251,6 +253,8 @@ def train_one_epoch(
     interrupted (1.0 / 0.0), time.
     """
     model.train()
+    for m in st.frozen:  # batch norm statistics kept, dropout off
+        m.eval()
     stats = _Stats(info)
     agree = ddp.LateFlags(info, 3)  # the next batch is empty, stop, a non-finite loss
     step = st.start_step
@@ -599,12 +603,13 @@ def param_groups(
     # zfnet's models say theirs; another architecture's first convolution was scaled for the
     # paper's pixels by `zfnet.sources.build_architecture`
     std = float(getattr(zfnet_config(model), "input_std", INPUT_STD))
-    special = first.weight if config.precondition and first is not None and std != 1.0 else None
+    special = first.weight if config.precondition and first is not None and std != 1.0 \
+        and first.weight.requires_grad else None
     seen = {id(special)} if special is not None else set()
     rest, norm, bias = [], [], []  # norm / bias: own decay when config says so
     for module in model.modules():  # the order of model.parameters(), shared ones once
         for name, p in module.named_parameters(recurse=False):
-            if id(p) in seen:
+            if id(p) in seen or not p.requires_grad:  # frozen (`--freeze-to`): not trained
                 continue
             seen.add(id(p))
             if config.norm_weight_decay is not None and isinstance(module, NORM_LAYERS):

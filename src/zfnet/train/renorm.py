@@ -21,13 +21,16 @@ def renormalize_filters(
     (the first conv layer's: `first_radius`, when given — see layer-1 preconditioning in
     `zfnet.train.recipe.param_groups`).
 
-    Filters at or below the radius are left bit-for-bit untouched. Biases are not filters and are
+    Filters at or below the radius are left bit-for-bit untouched, and so are the filters of
+    a layer that is not trained (`requires_grad` off: frozen). Biases are not filters and are
     not changed. Call after every optimizer step.
     """
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     for i, m in enumerate(convs):
         r = first_radius if i == 0 and first_radius is not None else radius
         w = m.weight  # (out, in, kh, kw)
+        if not w.requires_grad:
+            continue
         rms = filter_rms(w)  # (out,)
         # Multiplying by exactly 1.0 leaves a filter unchanged, so no branch (and no
         # host-device sync on CUDA) is needed to skip the filters inside the radius.

@@ -43,6 +43,7 @@ from zfnet.train.budget import Plan
 from zfnet.train.compiled import check_compile, compile_model
 from zfnet.train.config import IDENTITY_FIELDS, TrainConfig
 from zfnet.train.ema import make_ema
+from zfnet.train.finetune import describe, freeze_to, load_start, transplant
 from zfnet.train.recipe import (
     SeededSamples,
     amp_dtype_for,
@@ -113,6 +114,7 @@ class Run:
     steps_per_epoch: int
     resume_from: Path | None
     progress: Progress
+    frozen: tuple[nn.Module, ...] = ()  # kept as the weights have them (`--freeze-to`)
 
     @property
     def shown(self) -> nn.Module:
@@ -160,6 +162,13 @@ def build_run(config: TrainConfig, info: ddp.DistInfo, bundle: Any = None) -> Ru
                          f" ({', '.join(str(b) for b in (lo, lo + info.world_size) if b)})")
     per_rank_batch = config.batch_size // info.world_size
     resume_from, meta = find_resume(config, say)
+    start = None  # a fine-tuning run's weights, read where it begins (a resume has its own)
+    if config.weights is not None and resume_from is None:
+        start = load_start(config.model, config.weights, mean=config.mean, std=config.std,
+                           resize=config.resize, crop=config.crop)
+    # the inputs of a model of another architecture started from weights: theirs, kept with
+    # the run; None: the paper's pixels
+    prep = start.preprocessing if start is not None else ckpt.saved_preprocessing(meta)
     if bundle is None:
         from zfnet.data import load_dataset
         from zfnet.data.bundle import require_labelled_spec
@@ -168,10 +177,11 @@ def build_run(config: TrainConfig, info: ddp.DistInfo, bundle: Any = None) -> Ru
         # its classes and sizes first: every check below before a pass over the training
         # images for their mean (an ImageNet's 1.28M decoded), nor a mean left in its cache
         bundle = load_dataset(config.data, strict=config.strict, cache_dir=config.data_cache,
-                              outline=True,  # a resumed run: minus its own mean image
-                              mean_image=None if resume_from is None else
+                              outline=prep is None,  # a resumed run: minus its own mean image
+                              mean_image=None if resume_from is None or prep is not None else
                               ckpt.read_mean_image(resume_from),
-                              mean_input=None if meta is None else meta.get("input_size"))
+                              mean_input=None if meta is None else meta.get("input_size"),
+                              preprocessing=prep)
     require_labels(bundle, "train on")
     check_classes_read(bundle.train, bundle.class_names)  # as an empty class folder: at once
     if meta is not None:
@@ -180,6 +190,14 @@ def build_run(config: TrainConfig, info: ddp.DistInfo, bundle: Any = None) -> Ru
     if config.compile:
         check_compile(info.device)
     bare = build_model(config, bundle)
+    head = transplant(start.model, bare, start.label) if start is not None else []
+    frozen = (freeze_to(bare, config.freeze_to, bundle.in_channels, bundle.input_size)
+              if config.freeze_to else [])
+    if start is not None:
+        say(describe(start, head, bundle.num_classes, frozen, bare, config.freeze_to))
+        for note in start.notes:
+            say(note)
+        del start  # its weights are the model's now
     if getattr(bundle, "outline", False):  # checked: now its mean image, from its listing
         bundle = bundle.with_mean_image()
     torch.manual_seed(config.seed + info.rank)  # distinct dropout masks per process
@@ -207,7 +225,7 @@ def build_run(config: TrainConfig, info: ddp.DistInfo, bundle: Any = None) -> Ru
                sched_when=sched_when, first_radius=first_radius, amp_dtype=amp_dtype,
                train_set=train_set, sampler=sampler, val_loader=val_loader, loader_kw=loader_kw,
                host_share=share, per_rank_batch=per_rank_batch, steps_per_epoch=steps_per_epoch,
-               resume_from=resume_from, progress=progress)
+               resume_from=resume_from, progress=progress, frozen=tuple(frozen))
 
 
 def resume_line(resume_from: Path, progress: Progress, epochs: int, steps_per_epoch: int
