@@ -47,9 +47,9 @@ from zfnet.cli.options import (
                    "weights' own inputs, --renorm is off by default.")
 @_options(*_PREPROCESSING)
 @click.option("--freeze-to", metavar="LAYER",
-              help="With --weights: keep LAYER and every layer before it as they are (not "
-                   "trained, batch norm statistics fixed), e.g. relu7 (the paper's Sec. 5.2), "
-                   "a ResNet's avgpool (a linear probe) or layer3.")
+              help="Keep LAYER and every layer before it as they start, with --weights as the "
+                   "weights have them (not trained, batch norm statistics fixed), e.g. relu7 "
+                   "(the paper's Sec. 5.2), a ResNet's avgpool (a linear probe) or layer3.")
 @click.option("--out", required=True, type=_OUT_DIR,
               help="Run directory (config.json, metrics.csv, tb/, checkpoints/).")
 @click.option("--epochs", type=_Whole(1), help="Epochs to train (default 70, the paper's).")
