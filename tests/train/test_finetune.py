@@ -69,6 +69,17 @@ def test_a_pretrained_resnet_fine_tuned_keeps_what_is_frozen_and_is_read_with_it
     model, meta = load_model(out)
     assert meta["epoch"] == 2
     check(model.state_dict())
+    # a second stage started from the run: every layer trains, on the inputs the run had
+    second = tmp_path / "second"
+    r = CliRunner().invoke(main, ["train", "--model", "torchvision:resnet18", "--weights",
+                                  str(out), "--data", DATA, "--lr", "0.001", "--out",
+                                  str(second), *FAST[:-1]])
+    assert r.exit_code == 0, r.output
+    assert "its classifier kept (10 outputs, as many as the data's classes); inputs: resize " \
+        "36, crop 32" in r.output
+    assert load_source(str(second)).preprocessing.crop == 32
+    assert not torch.equal(load_model(second)[0].state_dict()["conv1.weight"],
+                           resnet_weights["conv1.weight"])
 
 
 def test_zfnet_from_a_run_keeps_layers_1_to_7_and_trains_a_new_softmax(tmp_path) -> None:
@@ -93,6 +104,11 @@ def test_zfnet_from_a_run_keeps_layers_1_to_7_and_trains_a_new_softmax(tmp_path)
     config = json.loads((out / "config.json").read_text())
     assert config["renorm"] is True and config["precondition"] is True
     assert load_source(str(out)).preprocessing.mean_image is not None  # the paper's pixels
+    r = CliRunner().invoke(main, ["train", "--model", "torchvision:resnet18", "--weights",
+                                  str(base), "--data", data, "--out", str(tmp_path / "no")])
+    assert r.exit_code != 0 and f"{base} is a run of zfnet_small, not of " \
+        "torchvision:resnet18: give --model zfnet_small" in r.output, r.output
+    assert not (tmp_path / "no").exists()
 
 
 @pytest.mark.parametrize("args, says", [
@@ -148,3 +164,19 @@ def test_freeze_to_leaves_no_hook_and_freezes_what_runs_before_the_layer() -> No
     with pytest.raises(ValueError, match="does not exist"):
         freeze_to(model, "layer7", 3, 32)
     assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_another_architecture_trained_on_the_papers_pixels_is_continued_not_fine_tuned(
+        tmp_path) -> None:
+    """Its weights were trained on 0..255 minus a mean image, not on an input preprocessing a
+    fine-tuned run could keep: the error says how to continue it."""
+    run = tmp_path / "scratch"
+    data = "synthetic?n_train=16&n_val=8&size=32"
+    r = CliRunner().invoke(main, ["train", "--model", "torchvision:resnet18", "--data", data,
+                                  "--out", str(run), *FAST])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["train", "--model", "torchvision:resnet18", "--weights",
+                                  str(run), "--data", data, "--out", str(tmp_path / "no")])
+    assert r.exit_code != 0 and f"{run} trained torchvision:resnet18 from scratch on the " \
+        f"paper's pixels: continue it with zfnet train --out {run} --resume" in r.output
+    assert r.output.count("\n") == 1 and not (tmp_path / "no").exists()

@@ -42,7 +42,8 @@ from zfnet.cli.options import (
 @click.option("--weights", metavar="W",
               help="Fine-tune: start from these weights (a torchvision weights name: DEFAULT, "
                    "IMAGENET1K_V1; pretrained: timm's or a Hugging Face model's own; a weights "
-                   "file; for zfnet's models also a run) instead of training from scratch. The "
+                   "file; a run fine-tuned before; for zfnet's models any run) instead of "
+                   "training from scratch. The "
                    "classifier is built again for the data's classes, the images are the "
                    "weights' own inputs, --renorm is off by default.")
 @_options(*_PREPROCESSING)

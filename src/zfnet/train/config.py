@@ -38,7 +38,8 @@ class TrainConfig:
     model_opts: dict[str, Any] = field(default_factory=dict)  # create_model overrides
     # the weights training starts from (fine-tuning, zfnet.train.finetune): a torchvision
     # weights name (DEFAULT), timm's or a Hugging Face model's own ("pretrained"), a weights
-    # file (its absolute path), for zfnet's models also a run; None: the model's own init
+    # file or a run fine-tuned before (absolute paths), for zfnet's models any run; None: the
+    # model's own init
     weights: str | None = None
     # with weights, on an architecture not zfnet's: its inputs' mean and std per channel (0..1
     # units), resize and crop, where they differ from the weights' own (None: theirs)

@@ -47,15 +47,17 @@ def load_start(model: str, weights: str, *, mean: tuple[float, ...] | None = Non
                std: tuple[float, ...] | None = None, resize: int | None = None,
                crop: int | None = None) -> Start:
     """`model` with `weights` (`zfnet.sources.load_source`'s forms: a torchvision weights name,
-    timm's `pretrained`, a Hugging Face model's own as `pretrained`, a weights file; for zfnet's
-    models also a run or checkpoint directory), and the inputs it takes, overridden by `mean`,
-    `std` (0..1 units), `resize`, `crop`. User errors are ValueError / FileNotFoundError."""
+    timm's `pretrained`, a Hugging Face model's own as `pretrained`, a weights file, or a zfnet
+    run of `model`: one fine-tuned before, or one of zfnet's models), and the inputs it takes,
+    overridden by `mean`, `std` (0..1 units), `resize`, `crop`. User errors are ValueError /
+    FileNotFoundError."""
     from zfnet.sources import load_source
 
     own = is_zfnet(model)
-    if own:
-        weights = _zfnet_weights(weights)
-    elif model.startswith("hf:") and weights == "pretrained":
+    if Path(weights).expanduser().is_dir():
+        return _from_run(model, Path(weights).expanduser(), mean=mean, std=std, resize=resize,
+                         crop=crop)
+    if model.startswith("hf:") and weights == "pretrained":
         weights = None  # a Hugging Face model's own weights come with it
     src = load_source(model, weights, mean=mean, std=std, resize=resize, crop=crop)
     if getattr(src.model, "transform_input", False):
@@ -67,14 +69,24 @@ def load_start(model: str, weights: str, *, mean: tuple[float, ...] | None = Non
     return Start(src.model, None if own else src.preprocessing, src.name, notes)
 
 
-def _zfnet_weights(weights: str) -> str:
-    """A zfnet run or checkpoint directory given as weights: its model.safetensors."""
-    path = Path(weights).expanduser()
-    if path.is_dir():
-        from zfnet.train.checkpoint import WEIGHTS, resolve_checkpoint
+def _from_run(model: str, path: Path, **overrides: object) -> Start:
+    """A zfnet run (or one of its checkpoints) as the weights of `model`: its last weights and,
+    where it was fine-tuned from weights, its inputs (a second stage: a new classifier trained
+    on frozen layers first, then every layer)."""
+    from zfnet.sources import load_source
 
-        return str(resolve_checkpoint(path) / WEIGHTS)
-    return weights
+    src = load_source(str(path), **overrides)  # a folder that holds no run: said there
+    if src.meta.get("model") != model:
+        raise ValueError(f"{path} is a run of {src.meta.get('model')}, not of {model}: give "
+                         f"--model {src.meta.get('model')}")
+    if is_zfnet(model):
+        return Start(src.model, None, src.name, [])
+    if not src.meta.get("preprocessing"):
+        raise ValueError(f"{path} trained {model} from scratch on the paper's pixels: continue "
+                         f"it with zfnet train --out {path} --resume (more epochs: under "
+                         "--schedule plateau or step), or start from weights trained on the "
+                         "model's own inputs")
+    return Start(src.model, src.preprocessing, src.name, [])
 
 
 def transplant(start: nn.Module, model: nn.Module, what: str) -> list[str]:
