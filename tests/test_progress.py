@@ -146,6 +146,7 @@ def test_a_counted_bar_is_closed_after_an_error(monkeypatch) -> None:
     ["visualize", "topk", "--layer", "conv1", "--maps-per-layer", "2"],
     ["analyze", "occlusion", "--images", "1", "--pointing", "0"],
     ["eval"],
+    ["analyze", "transfer", "--shots", "1", "--scratch-steps", "2", "--test", "8"],
 ])
 def test_quiet_silences_every_bar_of_a_command_down_to_its_stages(tmp_path, command) -> None:
     """--quiet existed on train, eval and shards only: an analysis in a cluster's log wrote its
@@ -158,6 +159,7 @@ def test_quiet_silences_every_bar_of_a_command_down_to_its_stages(tmp_path, comm
     quiet = CliRunner().invoke(main, [*args, "--quiet"])
     assert quiet.exit_code == 0, quiet.output
     assert "%|" not in quiet.stderr and quiet.stdout.strip(), quiet.stderr
+    assert "epoch 1/" not in quiet.output, quiet.output  # transfer's runs from scratch: silent
     loud = CliRunner().invoke(main, args)
     assert loud.exit_code == 0 and "%|" in loud.stderr, loud.stderr
 

@@ -397,6 +397,7 @@ def transfer_cmd(data: str, out: str, shots: tuple[int, ...], n_test: int,
     images per class of the target, against the same architecture trained from scratch on
     those images."""
     from zfnet import pipeline
+    from zfnet.progress import bars_shown
     from zfnet.sources import data_preprocessing
 
     options = ModelOptions(**model, batch_size=batch_size)
@@ -414,7 +415,7 @@ def transfer_cmd(data: str, out: str, shots: tuple[int, ...], n_test: int,
     pipeline.transfer(source.model, source.meta, data, out, shots, n_test, scratch_steps,
                       layer, batch_size=batch_size, device=options.device,
                       preprocessing=prep, name=source.name, on_row=row,
-                      progress=True)  # each run from scratch: minutes, a bar
+                      progress=bars_shown())  # each run from scratch: minutes, a bar
     _finish(out)
 
 
