@@ -103,10 +103,10 @@ def evaluate_checkpoint(
         try:
             # a folder or shards minus the run's own mean image, not theirs; a model
             # fine-tuned from weights: their inputs
-            prep = saved_preprocessing(meta)
             bundle = load_dataset(spec, ten_crop=ten_crop, strict=strict,
-                                  mean_image=None if prep else read_mean_image(meta["checkpoint"]),
-                                  mean_input=meta.get("input_size"), preprocessing=prep,
+                                  mean_image=read_mean_image(meta["checkpoint"]),
+                                  mean_input=meta.get("input_size"),
+                                  preprocessing=saved_preprocessing(meta),
                                   read_train=False)  # the val split alone
         except FileNotFoundError as e:
             if given:

@@ -53,7 +53,6 @@ def load_start(model: str, weights: str, *, mean: tuple[float, ...] | None = Non
     FileNotFoundError."""
     from zfnet.sources import load_source
 
-    own = is_zfnet(model)
     if Path(weights).expanduser().is_dir():
         return _from_run(model, Path(weights).expanduser(), mean=mean, std=std, resize=resize,
                          crop=crop)
@@ -66,7 +65,7 @@ def load_start(model: str, weights: str, *, mean: tuple[float, ...] | None = Non
                          "does not: fine-tune another architecture, or build it in your own "
                          "FILE.py:NAME")
     notes = [n for n in src.meta.get("notes", []) if not n.startswith("preprocessing:")]
-    return Start(src.model, None if own else src.preprocessing, src.name, notes)
+    return Start(src.model, None if is_zfnet(model) else src.preprocessing, src.name, notes)
 
 
 def _from_run(model: str, path: Path, **overrides: object) -> Start:

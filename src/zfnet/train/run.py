@@ -178,7 +178,7 @@ def build_run(config: TrainConfig, info: ddp.DistInfo, bundle: Any = None) -> Ru
         # images for their mean (an ImageNet's 1.28M decoded), nor a mean left in its cache
         bundle = load_dataset(config.data, strict=config.strict, cache_dir=config.data_cache,
                               outline=prep is None,  # a resumed run: minus its own mean image
-                              mean_image=None if resume_from is None or prep is not None else
+                              mean_image=None if resume_from is None else
                               ckpt.read_mean_image(resume_from),
                               mean_input=None if meta is None else meta.get("input_size"),
                               preprocessing=prep)
