@@ -69,10 +69,14 @@ def test_a_compiled_model_is_refused_naming_the_module_inside() -> None:
     from zfnet.deconvnet import project
     from zfnet.models.modes import ScriptedModelError
 
+    from torch._dynamo.utils import counters
+
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
     compiled = torch.compile(model)
+    frames = counters["frames"]["total"]
     for layer in ("1", "_orig_mod.1"):
         with pytest.raises(ScriptedModelError, match=r"torch\.compile'd \(Sequential inside an "
                                                      r"OptimizedModule\).*model\._orig_mod"):
             project(compiled, torch.rand(1, 3, 8, 8), layer, 0)
+    assert counters["frames"]["total"] == frames  # refused before anything was compiled
     assert project(compiled._orig_mod, torch.rand(1, 3, 8, 8), "1", 0).shape == (1, 3, 8, 8)
