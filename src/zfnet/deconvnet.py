@@ -98,8 +98,8 @@ from zfnet.models.geometry import (
     sequential_leaves,
     window_of,
 )
-from zfnet.models.modes import check_not_scripted
 from zfnet.models.lrn import lrn_factors, lrn_vjp
+from zfnet.models.modes import check_not_scripted
 
 PRECISIONS = ("float32", "bfloat16")
 LRN_MODES = ("gradient", "identity")

@@ -17,10 +17,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from zfnet.activations import to_model
 from zfnet.atomic import cannot_write, write_text_atomic
+from zfnet.data.workers import Loader
 from zfnet.models import eval_mode
 from zfnet.train.recipe import crop_probabilities
 
@@ -99,7 +100,7 @@ def predict(model: nn.Module, images: Dataset, *, top: int = 5,
     images. `amp_dtype`: the model runs under autocast in it (bf16, fp16 on CUDA; None:
     its own dtype), the softmax in float32. Returns (predictions in the images' order, the
     names of those that could not be read)."""
-    loader = DataLoader(_Indexed(images), batch_size=batch_size, num_workers=workers,
+    loader = Loader(_Indexed(images), batch_size=batch_size, num_workers=workers,
                         collate_fn=_collate)
     found: list[Prediction] = []
     unreadable: list[str] = []

@@ -15,6 +15,7 @@ from PIL import Image
 import zfnet.data.imagefolder as imagefolder
 from zfnet.data import BadImageError, BrokenImageWarning, collate, load_dataset, load_rgb
 from zfnet.data.transforms import centre_crop
+from zfnet.data.workers import Loader
 
 SIZE = 16  # crop side used in these tests: full size round(16 * 256 / 224) = 18
 
@@ -369,8 +370,7 @@ def test_strict_error_from_a_worker_process_names_the_file_on_one_line(tmp_path)
     bad = tmp_path / "val" / "ant" / "truncated.jpg"
     _broken(tmp_path / "scratch")["truncated"].rename(bad)
     data = load_dataset(f"imagefolder:{tmp_path}?size={SIZE}", strict=True)
-    loader = torch.utils.data.DataLoader(data.val, batch_size=8, num_workers=1,
-                                         collate_fn=collate)
+    loader = Loader(data.val, batch_size=8, num_workers=1, collate_fn=collate)  # zfnet's
     with pytest.raises(BadImageError) as e:
         next(iter(loader))
     assert e.value.path == bad and e.value.reason.startswith("cannot decode (")
@@ -395,8 +395,7 @@ def test_a_link_to_a_missing_file_is_a_broken_file_like_any_other(tmp_path):
                                                 r"does not exist"):
         assert data.val[i] is None
     strict = load_dataset(f"imagefolder:{tmp_path}?size={SIZE}", strict=True)  # mean cached
-    loader = torch.utils.data.DataLoader(strict.val, batch_size=8, num_workers=1,
-                                         collate_fn=collate)
+    loader = Loader(strict.val, batch_size=8, num_workers=1, collate_fn=collate)
     with pytest.raises(BadImageError) as e:  # from a worker: named on one line
         next(iter(loader))
     assert e.value.path == gone and e.value.reason.startswith("a link to ")

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.processes import process_env
+from tests.processes import ROOT, process_env
 from zfnet.data.workers import FEEDER, Loader, held_signals, settle
 
 before_312 = pytest.mark.skipif(sys.version_info >= (3, 12),
@@ -177,6 +177,58 @@ def test_the_workers_of_an_iterator_that_failed_half_started_are_ended() -> None
     res = subprocess.run([sys.executable, "-c", _HALF_STARTED], env=process_env(),
                          capture_output=True, text=True, timeout=60)
     assert (res.stdout, res.returncode) == ("raised, 0 left\n", 0), res.stderr[-3000:]
+
+
+class _RaisesAt:
+    """A dataset of 8 items whose item `bad` raises (a broken file under --strict)."""
+
+    def __init__(self, bad: int) -> None:
+        self.bad = bad
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> int:
+        if i == self.bad:
+            raise ValueError(f"item {i} is broken")
+        return i
+
+
+def test_an_iterator_that_raises_ends_its_workers_as_it_raises() -> None:
+    """A worker's error: the workers were left running while the error's traceback held the
+    iterator, and ended when it was collected (5 s a worker, a suite's random test paying
+    for them) or never (the exit, below)."""
+    batches = iter(Loader(_RaisesAt(5), batch_size=2, num_workers=2))
+    assert next(batches).tolist() == [0, 1]
+    with pytest.raises(ValueError, match="item 5 is broken"):
+        list(batches)
+    assert [w.is_alive() for w in batches._workers] == [False, False]
+    ok = iter(Loader(_RaisesAt(-1), batch_size=2, num_workers=2))  # to its end: as before
+    assert [b.tolist() for b in ok] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+
+
+_HELD_AT_THE_EXIT = """
+import sys
+from zfnet.data.workers import Loader
+from tests.data.test_workers import _RaisesAt
+def main():  # its frame, in the traceback, holds the iterator
+    batches = iter(Loader(_RaisesAt(int(sys.argv[1])), batch_size=2, num_workers=2))
+    for batch in batches:
+        if batch[0] == 2:
+            raise RuntimeError("the loop's own error")
+main()
+"""
+
+
+@pytest.mark.parametrize("bad", [-1, 3])
+def test_the_exit_ends_the_workers_of_an_iterator_still_held(bad: int) -> None:
+    """An error raised by the loop (-1) or by the loader (3), uncaught: the traceback holds the
+    iterator at the exit, and multiprocessing joined its workers forever after a SIGTERM they
+    ignore: `zfnet train --strict --workers 2` printed its error and never ended."""
+    res = subprocess.run([sys.executable, "-c", _HELD_AT_THE_EXIT, str(bad)], cwd=ROOT,
+                         env=process_env(), capture_output=True, text=True, timeout=60)
+    error = "the loop's own error" if bad < 0 else "item 3 is broken"
+    assert res.returncode == 1 and error in res.stderr, res.stderr[-3000:]
 
 
 class _Handlers:

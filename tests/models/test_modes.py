@@ -66,10 +66,10 @@ def test_one_implementation_also_importable_from_the_engine() -> None:
 def test_a_compiled_model_is_refused_naming_the_module_inside() -> None:
     """torch.compile(model): the engines failed deep in AOTAutograd ("expected 2 grad_outs")
     after minutes of compiling; now one line, before any pass, naming `model._orig_mod`."""
+    from torch._dynamo.utils import counters
+
     from zfnet.deconvnet import project
     from zfnet.models.modes import ScriptedModelError
-
-    from torch._dynamo.utils import counters
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
     compiled = torch.compile(model)
