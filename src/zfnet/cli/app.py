@@ -247,18 +247,26 @@ def _interrupt_outside_callbacks() -> None:
     matplotlib's, while a figure is drawn) cannot end the command there: Python printed
     "Exception ignored in: <function ...>" and its traceback, and went on as if no Ctrl-C had
     come. It is raised again in the command's own code instead (the next line it runs), which
-    ends as any interrupted command does."""
+    ends as any interrupted command does; sent as a signal to the main thread, it also ends a
+    wait (a sleep, a join) the command is in, as the Ctrl-C would have."""
     import _thread
+    import signal
     import threading
 
     default = sys.unraisablehook
     if getattr(default, "zfnet", False):  # installed by an earlier command in this process
         return
 
+    def interrupt() -> None:
+        if callable(signal.getsignal(signal.SIGINT)):  # Python's handler (or zfnet's holder)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        else:  # the default action or ignored: as Python's simulated signal does (nothing)
+            _thread.interrupt_main()
+
     def hook(unraisable) -> None:  # noqa: ANN001
         if isinstance(unraisable.exc_value, KeyboardInterrupt):  # a moment later, from
             # another thread: raised at once, it would land in this hook, ignored again
-            later = threading.Timer(0.05, _thread.interrupt_main)
+            later = threading.Timer(0.05, interrupt)
             later.daemon = True  # not waited for where the command ends before
             later.start()
         else:
