@@ -225,6 +225,29 @@ def test_strict_in_a_worker_mid_run_then_resume_without_it(tmp_path) -> None:
     assert json.loads((out / "config.json").read_text())["strict"] is False
 
 
+def test_under_torchrun_the_file_one_process_meets_is_said_by_every_process(tmp_path) -> None:
+    """--strict, two processes, one broken training file, met by one of them: the run is saved
+    where they stopped and the file is said once, both ending with exit 1. The other process
+    said "interrupted by a signal to another process" and ended with 143, and torchrun ended
+    the one that met the file before it could say it: the file was named nowhere."""
+    from tests.processes import process_env, torchrun
+    from zfnet.data import load_dataset
+
+    spec = _dataset(tmp_path / "data", splits=("train",))
+    (tmp_path / "data" / "train" / "ant" / BROKEN[1]).unlink()  # one broken file: one process
+    load_dataset(spec)  # the mean image cached (skipping it): a strict run gets to train
+    out = tmp_path / "run"
+    r = torchrun("-m", "zfnet.cli", "train", "--data", spec, "--out", str(out), "--epochs", "1",
+                 "--strict", "--workers", "0", *CLI, env=process_env())
+    said = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
+    assert len(said) == 1, r.stderr[-3000:]
+    assert said[0].startswith(f"Error: broken image {tmp_path / 'data' / 'train' / 'ant'}"
+                              f"/{BROKEN[0]}: ") and "training stopped (--strict)" in said[0]
+    # (the other process ends with exit 1 too, or is ended by torchrun as the first ends)
+    assert "interrupted" not in r.stderr + r.stdout, r.stderr[-3000:]
+    assert find_last(out) is not None
+
+
 def test_strict_mid_epoch_keeps_the_steps_before_the_broken_file(tmp_path) -> None:
     """A strict run meets the broken files in the epoch's second batch: the first step is kept
     in a checkpoint at the file (not lost back to the epoch's start), and the error names it;

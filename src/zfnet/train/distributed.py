@@ -265,6 +265,17 @@ def first_difference(values: dict[str, Any], info: DistInfo
     return None
 
 
+def first_given(value: Any, info: DistInfo) -> Any:
+    """The `value` of the first process (by rank) that has one (not None), on every process:
+    what one process met, for all to say (the broken file that stopped a strict run). In one
+    process, `value`. Collective: every process calls it."""
+    if not info.enabled:
+        return value
+    gathered: list[Any] = [None] * info.world_size
+    dist.all_gather_object(gathered, value)
+    return next((v for v in gathered if v is not None), None)
+
+
 def gather_tensors(t: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
     """Every process's copy of a same-shaped tensor (e.g. RNG states), on the CPU."""
     if not info.enabled:
