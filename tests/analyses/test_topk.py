@@ -193,8 +193,7 @@ def test_empty_shards_and_errors_across_two_processes() -> None:
         for name in LAYERS:
             _same(TopK.from_dict(results[(rank, "one image")][name]), whole[name])
     assert results[(1, "error")].startswith("items must be images")
-    assert results[(0, "error")] == ("top-k mining stopped: another process failed (its error "
-                                     "is printed above)")
+    assert results[(0, "error")] == results[(1, "error")]  # said alike: torchrun prints one
 
 
 def test_two_processes_merge_to_the_one_process_answer() -> None:

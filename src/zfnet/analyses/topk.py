@@ -509,8 +509,8 @@ def mine_topk_distributed(
     shards are gathered and merged; every process returns the answer of one process.
 
     A shard without images (more processes than images, or only broken files) adds nothing.
-    An error in one process is raised there and, as a ValueError (RuntimeError when it was
-    not a user's error) saying so, in every other one: none is left waiting for the others.
+    An error in one process is raised there and in every other one (`raise_any_error`: the
+    same error where it is a user's, else a RuntimeError saying so): none is left waiting.
     Needs an initialised process group (any backend). Keyword arguments go to `mine_topk`.
     """
     if not dist.is_available() or not dist.is_initialized():
@@ -520,7 +520,7 @@ def mine_topk_distributed(
                          "(an IterableDataset) must be split per process by itself")
     rank, world = dist.get_rank(), dist.get_world_size()
     failed: Exception | None = None
-    part: dict[str, Any] | str | None = None  # the shard's top-k, None (empty), or an error
+    part: dict[str, Any] | None = None  # the shard's top-k, or None (empty, or an error)
     try:
         mine = mine_topk(model, dataset, layers, k,
                          indices=shard_range(len(dataset), rank, world), **kwargs)
@@ -529,15 +529,11 @@ def mine_topk_distributed(
         part = None
     except Exception as e:
         failed = e
-        part = "user" if isinstance(e, (ValueError, OSError)) else "bug"
+    from zfnet.train.distributed import DistInfo, raise_any_error
+
+    raise_any_error(failed, DistInfo(rank, world, 0, torch.device("cpu")), "top-k mining")
     gathered: list[Any] = [None] * world
     dist.all_gather_object(gathered, part)
-    if failed is not None:
-        raise failed
-    errors = [g for g in gathered if isinstance(g, str)]
-    if errors:
-        error = RuntimeError if "bug" in errors else ValueError
-        raise error("top-k mining stopped: another process failed (its error is printed above)")
     parts = [g for g in gathered if g is not None]
     if not parts:
         raise NoImagesError("the data held no images to mine")

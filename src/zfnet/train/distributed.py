@@ -276,6 +276,38 @@ def first_given(value: Any, info: DistInfo) -> Any:
     return next((v for v in gathered if v is not None), None)
 
 
+def raise_any_error(failed: Exception | None, info: DistInfo, what: str) -> None:
+    """Where any process of a stage failed, every process raises, none left waiting for the
+    others: the one that failed its own error; the others the first failed process's again
+    where it was a broken file (`BadImageError`) or a user's error (ValueError, OSError), so
+    that torchrun's processes say one line (`says_error`), else a RuntimeError that `what`
+    stopped. In one process, `failed` raised as it is. Collective: every process calls it."""
+    from zfnet.data.images import BadImageError
+
+    if failed is None and not info.enabled:
+        return
+    if not info.enabled:
+        raise failed  # type: ignore[misc]
+    mine: tuple[str, Any] | None = None
+    if isinstance(failed, BadImageError):
+        mine = ("image", (str(failed.path), failed.reason))
+    elif isinstance(failed, (ValueError, OSError)):
+        mine = ("user", str(failed))
+    elif failed is not None:
+        mine = ("bug", None)
+    first = first_given(mine, info)
+    if failed is not None:
+        raise failed
+    if first is None:
+        return
+    kind, said = first
+    if kind == "image":
+        raise BadImageError(*said)
+    if kind == "user":
+        raise ValueError(said)
+    raise RuntimeError(f"{what} stopped: another process failed (its error is printed too)")
+
+
 def gather_tensors(t: torch.Tensor, info: DistInfo) -> list[torch.Tensor]:
     """Every process's copy of a same-shaped tensor (e.g. RNG states), on the CPU."""
     if not info.enabled:

@@ -512,19 +512,13 @@ def evaluate(
     except Exception as e:
         if not info.enabled:
             raise
-        failed = e  # reported to the others through the sums below, then raised
+        failed = e  # raised here, and said by the others too
+    ddp.raise_any_error(failed, info, "evaluation")
     sampled = _length(getattr(loader, "sampler", None))
-    user_error = isinstance(failed, (ValueError, OSError))
-    totals = ddp.all_reduce_sum([float(user_error), float(failed is not None and not user_error)]
-                                + sums.tolist() + [float(sampled or 0)]
+    totals = ddp.all_reduce_sum(sums.tolist() + [float(sampled or 0)]
                                 + confusion.flatten().tolist(), info)
-    if failed is not None:
-        raise failed
-    if totals[0] or totals[1]:
-        error = ValueError if not totals[1] else RuntimeError
-        raise error("evaluation stopped: another process failed (its error is printed above)")
-    loss, c1, c5, n, expected = totals[2:7]
-    cm = torch.tensor(totals[7:], dtype=torch.float64).view(num_classes, num_classes).long()
+    loss, c1, c5, n, expected = totals[:5]
+    cm = torch.tensor(totals[5:], dtype=torch.float64).view(num_classes, num_classes).long()
     if n == 0:
         raise ValueError("the evaluation set is empty" if not expected else
                          f"every one of the {int(expected)} evaluation images is a broken file")
