@@ -101,7 +101,7 @@ def predict(model: nn.Module, images: Dataset, *, top: int = 5,
     its own dtype), the softmax in float32. Returns (predictions in the images' order, the
     names of those that could not be read)."""
     loader = Loader(_Indexed(images), batch_size=batch_size, num_workers=workers,
-                        collate_fn=_collate)
+                    collate_fn=_collate)
     found: list[Prediction] = []
     unreadable: list[str] = []
     total = len(images)  # type: ignore[arg-type]

@@ -284,10 +284,10 @@ def raise_any_error(failed: Exception | None, info: DistInfo, what: str) -> None
     stopped. In one process, `failed` raised as it is. Collective: every process calls it."""
     from zfnet.data.images import BadImageError
 
-    if failed is None and not info.enabled:
-        return
     if not info.enabled:
-        raise failed  # type: ignore[misc]
+        if failed is not None:
+            raise failed
+        return
     mine: tuple[str, Any] | None = None
     if isinstance(failed, BadImageError):
         mine = ("image", (str(failed.path), failed.reason))

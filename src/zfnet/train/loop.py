@@ -267,11 +267,7 @@ class Session:
             # strict: saved up to the file, which stops it; under torchrun every process says
             # the file one of them met (the others said "interrupted by a signal to another
             # process", exit 143, and the one that met it was ended before it could say it)
-            mine = self.st.broken
-            met = ddp.first_given(None if mine is None else (str(mine.path), mine.reason),
-                                  self.run.info)
-            if met is not None:
-                raise mine if mine is not None else BadImageError(*met)
+            ddp.raise_any_error(self.st.broken, self.run.info, "training")
             return False
         self._trained = (epoch, int(r["steps"]), sums)  # saved if its validation fails
         val, validated = self._validate_and_plan(epoch, r)
