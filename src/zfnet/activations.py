@@ -157,8 +157,8 @@ def _takes_nhwc(model: nn.Module, x: torch.Tensor) -> bool:
     """Does `model` run on `x` laid out channels-last? One forward pass of one image on a twin
     of the model (its own weights, shared, and no hooks), remembered per model and shape."""
     key = (*x.shape[1:], x.dtype)
-    if type(model).__name__ == "OptimizedModule":  # torch.compile(model): its module, eagerly
-        model = model._orig_mod  # (its twin would be compiled again, for one image)
+    # torch.compile(model): its module, eagerly (a twin of it would be compiled, for one image)
+    model = getattr(model, "_orig_mod", model)
     try:
         known = _TAKES_NHWC.setdefault(model, {})
     except TypeError:  # a model that cannot be weakly referenced: asked every time

@@ -99,7 +99,6 @@ from zfnet.models.geometry import (
     window_of,
 )
 from zfnet.models.lrn import lrn_factors, lrn_vjp
-from zfnet.models.modes import check_not_scripted
 
 PRECISIONS = ("float32", "bfloat16")
 LRN_MODES = ("gradient", "identity")
@@ -532,7 +531,6 @@ def project_layers(
     _check_rule(rule, lrn)
     check_seed(seed)
     check_images(images)
-    check_not_scripted(model)  # before any pass: a compiled model would compile first
     x = to_model(model, images)  # on the model's device, whatever the images' one
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")

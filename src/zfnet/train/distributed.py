@@ -265,17 +265,6 @@ def first_difference(values: dict[str, Any], info: DistInfo
     return None
 
 
-def first_given(value: Any, info: DistInfo) -> Any:
-    """The `value` of the first process (by rank) that has one (not None), on every process:
-    what one process met, for all to say (the broken file that stopped a strict run). In one
-    process, `value`. Collective: every process calls it."""
-    if not info.enabled:
-        return value
-    gathered: list[Any] = [None] * info.world_size
-    dist.all_gather_object(gathered, value)
-    return next((v for v in gathered if v is not None), None)
-
-
 def raise_any_error(failed: Exception | None, info: DistInfo, what: str) -> None:
     """Where any process of a stage failed, every process raises, none left waiting for the
     others: the one that failed its own error; the others the first failed process's again
@@ -295,7 +284,9 @@ def raise_any_error(failed: Exception | None, info: DistInfo, what: str) -> None
         mine = ("user", str(failed))
     elif failed is not None:
         mine = ("bug", None)
-    first = first_given(mine, info)
+    gathered: list[Any] = [None] * info.world_size
+    dist.all_gather_object(gathered, mine)
+    first = next((g for g in gathered if g is not None), None)  # the first process's, by rank
     if failed is not None:
         raise failed
     if first is None:
