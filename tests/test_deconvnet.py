@@ -770,3 +770,28 @@ def test_api_misuse_is_named_plainly() -> None:
                        r"RuntimeError: this model refuses dark images \(an error of the "
                        r"model's own code\)$"):
         project(Strict(), x, "conv", 0)
+
+
+# --------------------------------------------------------------------------- progress
+
+
+@pytest.mark.parametrize("name,size,layers", [
+    ("zfnet_small", 64, ("conv2", "conv3")),  # the windowed engine
+    ("tv:resnet18", 64, ("layer1", "layer2.0.conv1")),  # the general path
+])
+def test_project_layers_reports_each_batch_of_seeds_as_it_goes_down(name: str, size: int,
+                                                                   layers: tuple) -> None:
+    """A long projection (a gallery's hundreds of units) says how far it is: each batch of
+    seeds reported as it goes down, every seed once, the same projections as without."""
+    from zfnet.deconvnet import Seeds, project_layers
+
+    torch.manual_seed(0)
+    model = (torchvision.models.resnet18() if name == "tv:resnet18" else _build(name)).eval()
+    x = torch.randn(3, 3, size, size)
+    seeds = {layer: Seeds([0, 1, 2, 0, 1, 2, 0], [0, 1, 2, 3, 4, 5, 6]) for layer in layers}
+    reports: list[int] = []
+    got = project_layers(model, x, seeds, batch_size=3, progress=reports.append)
+    assert sum(reports) == 14 and len(reports) > 2 and all(r > 0 for r in reports), reports
+    want = project_layers(model, x, seeds, batch_size=3)
+    for layer in layers:
+        assert torch.equal(got[layer].values, want[layer].values)

@@ -91,6 +91,9 @@ def test_a_command_run_into_a_log_leaves_its_bar_there(tmp_path, command, desc) 
     assert res.exit_code == 0, res.output
     states = [s for s in _states(res.stderr) if s.startswith(desc)]
     assert states and "2/2" in states[-1] and "100%" in states[-1], res.stderr
+    if command[0] == "visualize":  # then the projection, minutes of a large model on a CPU
+        states = [s for s in _states(res.stderr) if s.startswith("projecting")]
+        assert states and states[-1].startswith("projecting: 100%"), res.stderr
 
 
 def test_the_end_of_a_bar_is_flushed_before_the_next_line(monkeypatch) -> None:

@@ -65,7 +65,7 @@ after an exception).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -505,6 +505,7 @@ def project_layers(
     precision: str = "float32",
     forward: Forward | None = None,
     seed: str = "activation",
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, RFProjection]:
     """Project seeds of several layers of the same images with one forward pass (Fig. 2).
 
@@ -526,7 +527,8 @@ def project_layers(
     `precision="bfloat16"`: the general path's signals go down in bf16 (about 2x faster on a
     CPU with native bf16, cosine to float32 > 0.9999 on resnet18); the windowed engine always
     works in the model's dtype. forward: a `forward_pass` of these images, reused instead of
-    a new one (layers of the plain chain only).
+    a new one (layers of the plain chain only). progress: called with the number of seeds
+    that went down, after each batch of them (a bar over a long projection).
     """
     _check_rule(rule, lrn)
     check_seed(seed)
@@ -551,7 +553,7 @@ def project_layers(
             # stays in cache: 1.5x faster than 64 on resnet18), 256 on a GPU
             return _project_graph(model, x, seeds, rule, lrn,
                                   batch_size or (16 if x.device.type == "cpu" else 256),
-                                  precision, seed)
+                                  precision, seed, progress)
         forward = _forward_pass(model, x, maybe, rule, lrn)  # type: ignore[arg-type]
     if batch_size is None:
         batch_size = 32 if x.device.type == "cpu" else 256
@@ -562,7 +564,8 @@ def project_layers(
         out = {}
         for name in seeds:
             out[name] = _project_seeds(forward.chains[name], trace, name, seeds[name],
-                                       forward.images.shape[0], rule, lrn, batch_size, seed)
+                                       forward.images.shape[0], rule, lrn, batch_size, seed,
+                                       progress)
             trace.offsets.clear()  # window sizes differ from layer to layer
             trace.buffers.clear()
         return out
@@ -637,8 +640,8 @@ def _chain_or_none(model: nn.Module, layer: str, x: Tensor | None = None
 
 
 def _project_graph(model: nn.Module, x: Tensor, seeds: dict[str, Seeds], rule: str, lrn: str,
-                   batch_size: int, precision: str = "float32",
-                   seed: str = "activation") -> dict[str, RFProjection]:
+                   batch_size: int, precision: str = "float32", seed: str = "activation",
+                   progress: Callable[[int], None] | None = None) -> dict[str, RFProjection]:
     """`project_layers` on the general path (`zfnet.graph`): whole-input projections."""
     from zfnet import graph
 
@@ -658,7 +661,7 @@ def _project_graph(model: nn.Module, x: Tensor, seeds: dict[str, Seeds], rule: s
     with eval_mode(model):
         res = graph.project_graph(model, x, modules, parsed, rule, seed_batch=batch_size,
                                   dtype=None if precision == "float32" else torch.bfloat16,
-                                  seed=seed)
+                                  seed=seed, progress=progress)
     out = {}
     for name, (proj, value, row, col) in res.items():
         top = torch.zeros(proj.shape[0], dtype=torch.long)  # whole-input projections
@@ -668,7 +671,8 @@ def _project_graph(model: nn.Module, x: Tensor, seeds: dict[str, Seeds], rule: s
 
 def _project_seeds(chain: list[tuple[str, nn.Module]], trace: _Trace, layer: str, seeds: Seeds,
                    n_images: int, rule: str, lrn: str, batch_size: int,
-                   seed: str = "activation") -> RFProjection:
+                   seed: str = "activation",
+                   progress: Callable[[int], None] | None = None) -> RFProjection:
     act = trace.outputs[len(chain) - 1]  # (N, C, h, w)
     n, c, h, w = act.shape
     dev = act.device
@@ -697,6 +701,8 @@ def _project_seeds(chain: list[tuple[str, nn.Module]], trace: _Trace, layer: str
         parts.append(g.contiguous())
         tops.append(top)
         lefts.append(left)
+        if progress is not None:
+            progress(s)
     if not parts:  # no seeds: keep the shapes a caller expects
         geo = chain_geometry((m for _, m in chain), trace.sizes[0])[-1]
         empty = act.new_zeros(0, trace.channels_in, geo.rows.rf, geo.cols.rf)

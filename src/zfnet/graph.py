@@ -546,6 +546,7 @@ def project_graph(
     seed_batch: int = 16,
     dtype: torch.dtype | None = None,
     seed: str = "activation",
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, tuple[Tensor, Tensor, Tensor, Tensor]]:
     """Project seeds of several layers to the input through the model's real graph.
 
@@ -560,20 +561,22 @@ def project_graph(
 
     Returns {name: (projections (S, C, H, W), activation values (S,), rows (S,), cols (S,))},
     rows/cols the units' positions (0 for a flat layer). The model must already be in the mode
-    wanted (eval) — `zfnet.deconvnet.project_layers` takes care of it.
+    wanted (eval) — `zfnet.deconvnet.project_layers` takes care of it. progress: called with
+    the number of seeds that went down, after each pass.
     """
     check_rule(rule)
     check_seed(seed)
     # out of inference mode (a notebook's `torch.inference_mode()`): the walk needs the graph
     with torch.inference_mode(False):
         return _project_graph(model, images, modules, seeds, rule, image_batch, seed_batch,
-                              dtype, seed)
+                              dtype, seed, progress)
 
 
 def _project_graph(model: nn.Module, images: Tensor, modules: dict[str, nn.Module],
                    seeds: dict[str, tuple[Tensor, Tensor, Tensor | None]], rule: str,
                    image_batch: int, seed_batch: int, dtype: torch.dtype | None,
-                   seed: str = "activation") -> dict[str, tuple[Tensor, Tensor, Tensor, Tensor]]:
+                   seed: str = "activation", progress: Callable[[int], None] | None = None
+                   ) -> dict[str, tuple[Tensor, Tensor, Tensor, Tensor]]:
     out = {k: images.new_zeros(len(v[0]), *images.shape[1:]) for k, v in seeds.items()}
     values = {k: torch.zeros(len(v[0]), dtype=torch.float32) for k, v in seeds.items()}
     where = {k: torch.zeros(len(v[0]), dtype=torch.long) for k, v in seeds.items()}
@@ -587,7 +590,7 @@ def _project_graph(model: nn.Module, images: Tensor, modules: dict[str, nn.Modul
         for name, act in acts.items():
             width[name] = act.shape[3] if act.ndim == 4 else 1
             _down_layer(x, act, name, seeds[name], chunk, rule, seed_batch, out[name],
-                        values[name], where[name], dtype, seed)
+                        values[name], where[name], dtype, seed, progress)
         del acts
     return {k: (out[k], values[k], where[k] // width.get(k, 1), where[k] % width.get(k, 1))
             for k in seeds}
@@ -596,7 +599,8 @@ def _project_graph(model: nn.Module, images: Tensor, modules: dict[str, nn.Modul
 def _down_layer(x: Tensor, act: Tensor, name: str, seed: tuple[Tensor, Tensor, Tensor | None],
                 chunk: list[int], rule: str, seed_batch: int, out: Tensor,
                 values: Tensor, positions: Tensor, dtype: torch.dtype | None = None,
-                seed_mode: str = "activation") -> None:
+                seed_mode: str = "activation",
+                progress: Callable[[int], None] | None = None) -> None:
     """The seeds of one layer on the images `chunk` (the rows of `x`), down to `x` in rounds."""
     img, ch, pos = seed
     b, c = shown_units(name, act).shape[:2]
@@ -645,6 +649,8 @@ def _down_layer(x: Tensor, act: Tensor, name: str, seed: tuple[Tensor, Tensor, T
         g = batched_backward(act, x, seeds.view(r1 - r0, *act.shape), rule,
                              dtype, name)  # (R, B, C, H, W)
         out[sel[m.cpu()]] = g[rnd[m] - r0, bi[m]].detach().to(out.dtype)
+        if progress is not None:
+            progress(int(m.sum()))
 
 
 def indices(values: Any, what: str) -> Tensor:

@@ -488,3 +488,25 @@ def test_a_map_never_above_zero_is_said_blank_and_seed_one_shows_it(tmp_path) ->
     assert "seeded with 1" in s.caption and s.metrics["seed"] == "one"
     with pytest.raises(ValueError, match="seed='zero' is not known; valid: activation, one"):
         run_topk_gallery(model, data, ["conv2"], out_dir=tmp_path / "c", seed="zero")
+
+
+def test_project_topk_reports_the_units_projected_of_all_across_its_passes() -> None:
+    """The gallery's projection (minutes on a CPU after the mining) says how far it is:
+    (units projected, units in all) after each batch, across the passes over the images."""
+    from zfnet.analyses.gallery import project_topk
+    from zfnet.analyses.topk import mine_topk
+
+    torch.manual_seed(0)
+    model = zfnet.create_model("zfnet_small").eval()
+    data = _data(6)
+    topk = mine_topk(model, data, ["conv2", "conv3"], 3)
+    maps = {"conv2": [0, 1], "conv3": [2, 3, 4]}
+    reports: list[tuple[int, int]] = []
+    got = project_topk(model, data, topk, maps, images_per_pass=2, batch_size=2,
+                       progress=lambda done, total: reports.append((done, total)))
+    assert reports[-1] == (15, 15) and len(reports) > 3, reports  # 5 maps x k = 3
+    assert [d for d, _ in reports] == sorted(d for d, _ in reports)
+    assert {t for _, t in reports} == {15}
+    want = project_topk(model, data, topk, maps, images_per_pass=2, batch_size=2)
+    for name in maps:
+        assert torch.equal(got[name], want[name])

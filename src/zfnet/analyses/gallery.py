@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -58,6 +59,7 @@ from zfnet.display import (
 )
 from zfnet.graph import SEEDS, check_rule, fallback_words, fallbacks_recorded, rule_label
 from zfnet.models import LayerGeometry, feature_layers, layer_geometries
+from zfnet.progress import counted_progress
 from zfnet.report import Figure, Section, Table, write_section
 from zfnet.train.distributed import current_rank
 
@@ -243,6 +245,7 @@ def project_topk(
     geometries: Mapping[str, LayerGeometry | None] | None = None,
     precision: str = "float32",
     seed: str = "activation",
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Tensor]:
     """Project every top-k activation of the chosen maps of each layer (paper Fig. 2).
 
@@ -255,12 +258,20 @@ def project_topk(
     same windows (`geometries`: each layer's, default `zfnet.models.layer_geometries`).
     precision: what the general path's signals go down in (`project_layers`). seed: what each
     unit goes down with, its activation or 1 (`project_layers`: "one" shows what would raise a
-    unit at or below zero, which its activation projects to nothing).
+    unit at or below zero, which its activation projects to nothing). progress: called with
+    (units projected, units in all) as they go down (`zfnet.progress.counted_progress`).
     """
     # (layer, block a, slot j, image) for every seed
     seeds = [(name, a, j, int(topk[name].index[c, j]))
              for name in maps for a, c in enumerate(maps[name]) for j in range(topk[name].k)
              if topk[name].index[c, j] >= 0]
+    done = 0
+
+    def went(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, len(seeds))
     images = sorted({s[3] for s in seeds})
     whole = not windowed(model, list(maps))  # the general path: whole-image projections
     if whole and images and geometries is None:
@@ -285,7 +296,7 @@ def project_topk(
             asks[name] = Seeds(torch.tensor([local[m[2]] for m in mine]), ch, pos)
             todo[name] = (a_, j_)
         rfs = project_layers(model, x, asks, rule, lrn=lrn, batch_size=batch_size,
-                             precision=precision, seed=seed)
+                             precision=precision, seed=seed, progress=went)
         for name, rf in rfs.items():
             values = _to_host(rf.values)
             if whole:  # (S, C, H, W) -> each unit's window
@@ -504,9 +515,12 @@ def run_topk_gallery(
         bad = [c for c in chosen[name] if not 0 <= c < t.values.shape[0]]
         if bad:
             raise ValueError(f"maps {bad} do not exist in {name} ({t.values.shape[0]} maps)")
-    with fallbacks_recorded() as found:  # what each layer's projection is (--nonlinear)
+    with fallbacks_recorded() as found, (  # what each layer's projection is (--nonlinear)
+            counted_progress(desc="projecting", unit="unit") if progress else nullcontext()
+    ) as bar:  # minutes on a CPU, after the mining's bar
         projections = project_topk(model, dataset, topk, chosen, rule, lrn=lrn,
-                                   geometries=geos, precision=precision, seed=seed)
+                                   geometries=geos, precision=precision, seed=seed,
+                                   progress=bar)
     cache: dict[int, Tensor] = {}
     for name in layers:
         t, proj = topk[name], projections[name]  # (M, k, C, h, w)
