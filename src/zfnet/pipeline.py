@@ -247,7 +247,8 @@ def invariance(model: nn.Module, bundle: DataBundle | None, run_dir: str | Path,
                normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
                layers: Sequence[str] | None = None, *,
                preprocessing: Preprocessing | None = None,
-               class_names: Sequence[str] | None = None) -> dict[str, Any]:
+               class_names: Sequence[str] | None = None,
+               progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Fig. 5 on 5 real photos (class followed: the first prediction) and on
     `n_dataset_images` dataset images (true class followed where the dataset's labels are the
     model's classes, else the first prediction). `layers`: whose feature vectors are compared
@@ -257,9 +258,16 @@ def invariance(model: nn.Module, bundle: DataBundle | None, run_dir: str | Path,
     made into the inputs of `preprocessing` (a pretrained model's: its crop, channels, mean and
     std). `class_names`: the model's (default: the dataset's, where they are the model's
     classes), naming in the legends the class each image's p(class) follows. Returns the mean
-    distances per transformation and layer, per set of images."""
+    distances per transformation and layer, per set of images. progress: called with (passes
+    made, passes in all), one a set of images at each amount of each transformation."""
     from zfnet.analyses.classes import class_outputs
-    from zfnet.analyses.invariance import KINDS, default_layers, invariance, invariance_section
+    from zfnet.analyses.invariance import (
+        DEFAULT_VALUES,
+        KINDS,
+        default_layers,
+        invariance,
+        invariance_section,
+    )
 
     if bundle is None:
         if preprocessing is None:
@@ -299,8 +307,16 @@ def invariance(model: nn.Module, bundle: DataBundle | None, run_dir: str | Path,
             outputs == list(range(bundle.num_classes)):  # the dataset's classes: its names
         class_names = labels_of(bundle)
     out: dict[str, Any] = {}
+    total, done = len(sets) * sum(len(DEFAULT_VALUES[kind]) for kind in KINDS), 0
+
+    def went(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, total)
+
     for key, imgs, lab, tnames, title, about in sets:
-        res = [invariance(model, imgs, norm, kind, layers=chosen, labels=lab)
+        res = [invariance(model, imgs, norm, kind, layers=chosen, labels=lab, progress=went)
                for kind in KINDS]
         invariance_section(run_dir, res, tnames, key=key, title=title, about=about,
                            order=50 if key.endswith("photos") else 51,
@@ -565,12 +581,13 @@ RANDOMIZATION_IMAGES = 16  # `randomization`'s default: fewer make each step's m
 
 def randomization(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
                   n_images: int | None = None, layer: str | None = None,
-                  mode: str = "cascading", steps: str = "block") -> RandomizationResult:
+                  mode: str = "cascading", steps: str = "block",
+                  progress: Callable[[int, int], None] | None = None) -> RandomizationResult:
     """Sanity check (Adebayo et al.): cascading (or, `mode="independent"`, one at a time)
     randomisation of the blocks (`steps="module"`: the modules) below `layer` (None:
     `zfnet.models.last_spatial_layer`, conv5 on zfnet's models); seed units: each image's
     strongest map in `layer`; scores: the mean over `n_images` val images (default 16, or the
-    split's all where it has fewer)."""
+    split's all where it has fewer). progress: `model_randomization`'s."""
     from zfnet.activations import get_activations
     from zfnet.analyses.sanity import (
         MODES,
@@ -619,7 +636,8 @@ def randomization(model: nn.Module, bundle: DataBundle, run_dir: str | Path,
     if through.all():
         through[:] = False
     channels = strength.masked_fill(through, -torch.inf).argmax(1)  # (N,)
-    res = model_randomization(model, x, layer, channels, mode=mode, steps=steps)
+    res = model_randomization(model, x, layer, channels, mode=mode, steps=steps,
+                              progress=progress)
     res.passed = int(through.sum())
     randomization_section(run_dir, res)
     return res

@@ -26,8 +26,11 @@ def test_maps_per_step_are_kept_and_drawn(tmp_path) -> None:
     x = torch.randn(2, 3, 32, 32) * 50
     channels = torch.tensor([3, 5])
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    res = model_randomization(model, x, "conv3", channels, rules=("deconvnet", "gradient"))
+    reports: list[tuple[int, int]] = []  # a bar: --steps module on a ResNet takes minutes
+    res = model_randomization(model, x, "conv3", channels, rules=("deconvnet", "gradient"),
+                              progress=lambda done, total: reports.append((done, total)))
     assert res.steps == ["features.conv3", "features.conv2", "features.conv1"]
+    assert reports == [(i, 8) for i in range(1, 9)]  # 2 rules, trained and after each step
     for k, v in model.state_dict().items():  # randomised a copy, not the model
         assert torch.equal(v, before[k]), k
     for rule in ("deconvnet", "gradient"):

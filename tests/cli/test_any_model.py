@@ -14,6 +14,7 @@ import torchvision
 from click.testing import CliRunner
 from PIL import Image
 
+from zfnet.analyses.invariance import DEFAULT_VALUES
 from zfnet.cli import main
 from zfnet.report import read_sections
 
@@ -175,6 +176,7 @@ def test_occlusion_invariance_randomization_filters(setup, tmp_path) -> None:
     text = _ok(["analyze", "randomization", *_model(setup), *data, "--images", "1", "--layer",
                 "layer1", "--mode", "independent", "--steps", "module", "--out", str(out)])
     assert "independent randomisation of 10 layers, each alone; 1 image seeded at layer1" in text
+    assert "randomising: 100%|" in text and "33/33 [" in text, text  # a bar: (10 + 1) x 3 rules
     assert re.search(r"^deconvnet  rank correlation -?[\d.]+ \([\w.]+\) to -?[\d.]+ "
                      r"\([\w.]+\)  SSIM", text, re.M), text
     # two models side by side, each with its weights
@@ -202,12 +204,15 @@ def test_occlusion_invariance_randomization_filters(setup, tmp_path) -> None:
                      r"layer3.1 [\d.]+, fc [\d.]+$", text, re.M), text
     chosen = {s.key: s for s in read_sections(inv)}["invariance_dataset"]
     assert chosen.caption.startswith("The images: 2 of images:")
+    passes = sum(len(v) for v in DEFAULT_VALUES.values())  # a bar: each amount of each kind
+    assert f"transformed: 100%|██████████| {2 * passes}/{2 * passes} [" in text, text
     assert chosen.tables[0].columns[1:4] == [
         "mean distance layer1", "mean distance layer3.1", "mean distance fc"]
     # no dataset: a pretrained model on the built-in photos alone, said so
     alone = tmp_path / "alone"
     text = _ok(["analyze", "invariance", *_model(setup), "--out", str(alone)])
     assert "no --data: the 5 built-in photos only" in text, text
+    assert f"transformed: 100%|██████████| {passes}/{passes} [" in text, text  # one set
     assert re.search(r"^built-in photos, translate: mean relative distance relu [\d.]+, "
                      r"avgpool [\d.]+$", text, re.M) and "images of" not in text, text
     assert [s.key for s in read_sections(alone)] == ["invariance_photos"]

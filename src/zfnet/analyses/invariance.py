@@ -101,6 +101,7 @@ def invariance(
     values: Sequence[float] | None = None,
     layers: Sequence[str] | None = None,
     labels: Sequence[int] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> InvarianceResult:
     """Fig. 5 for `images` (N, C, H, W) float in 0..255 at the model's input size.
 
@@ -110,7 +111,7 @@ def invariance(
     1 after pooling and contrast normalisation and layer 7 after its ReLU — for any model).
     `labels`: true classes (N,) as indices of the model's outputs; without them the class
     predicted on the original image is followed. Returns distances relative to the original's
-    feature norm (see module doc).
+    feature norm (see module doc). progress: called with 1 after each amount's pass.
     """
     values = list(DEFAULT_VALUES[kind] if values is None else values)
     if isinstance(layers, str):  # one layer, not its letters
@@ -138,6 +139,8 @@ def invariance(
                 for k in layers:
                     f = store[k].flatten(1)
                     dist[k][:, j] = (f - ref[k]).norm(dim=1) / ref[k].norm(dim=1).clamp_min(1e-12)
+                if progress is not None:
+                    progress(1)
     return InvarianceResult(kind, values, list(layers), dist, prob, target.tolist())
 
 

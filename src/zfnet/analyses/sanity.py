@@ -27,7 +27,7 @@ al.'s findings on an ImageNet Inception v3; the section's table gives a model's 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -186,6 +186,7 @@ def model_randomization(
     seed: int = 0,
     mode: str = "cascading",
     steps: str = "block",
+    progress: Callable[[int, int], None] | None = None,
 ) -> RandomizationResult:
     """Re-initialise `model`'s layers (on a copy) and score the maps: from the top down, one
     more at each step ("cascading"), or each alone, every other layer keeping its trained
@@ -198,7 +199,8 @@ def model_randomization(
     the same images (N, C, H, W) and seed units (the strongest activation of map `channels[i]` in
     `layer`) at every step, so only the weights change. Any model: every module with
     parameters of its own at or below `layer`, top first (`randomization_steps`,
-    `reinitialise`).
+    `reinitialise`). progress: called with (projections made, projections in all), one a
+    rule at each step and before the first (`zfnet.progress.counted_progress`).
     """
     from zfnet.deconvnet import project  # the one projection engine
 
@@ -210,20 +212,31 @@ def model_randomization(
     if steps not in STEPS:
         raise ValueError(f"unknown steps {steps!r}; valid: {', '.join(STEPS)}")
     work = copy.deepcopy(model).eval()
-    base = {r: project(work, images, layer, channels, rule=r) for r in rules}
+    size = (int(images.shape[-2]), int(images.shape[-1]))
+    plan = randomization_steps(work, resolve_layer(work, layer)[0], size, steps)
+    total, done = (len(plan) + 1) * len(rules), 0
+
+    def maps_by(rule: str) -> torch.Tensor:
+        nonlocal done
+        maps = project(work, images, layer, channels, rule=rule)
+        done += 1
+        if progress is not None:
+            progress(done, total)
+        return maps
+
+    base = {r: maps_by(r) for r in rules}
     res = RandomizationResult([], {r: {"ssim": [], "spearman": []} for r in rules}, mode=mode,
                               layer=layer, images=len(images))
     shown = {r: [base[r][0].detach().cpu()] for r in rules}
     g = torch.Generator().manual_seed(seed)
-    size = (int(images.shape[-2]), int(images.shape[-1]))
-    for name, paths in randomization_steps(work, resolve_layer(work, layer)[0], size, steps):
+    for name, paths in plan:
         modules = [work.get_submodule(p) for p in paths]
         trained = [{k: v.clone() for k, v in _own_state(m).items()} for m in modules]
         for m in modules:
             reinitialise(m, g)
         res.steps.append(name)
         for r in rules:
-            maps = project(work, images, layer, channels, rule=r)
+            maps = maps_by(r)
             shown[r].append(maps[0].detach().cpu())
             for k, v in similarity(base[r], maps).items():
                 res.scores[r][k].append(v)

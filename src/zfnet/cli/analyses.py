@@ -177,6 +177,7 @@ def invariance_cmd(model_options: ModelOptions, data: str | None, out: str,
     """Fig. 5: translation, scaling, rotation of 5 photos and 5 dataset images (a model
     without a dataset of its own and no --data: the photos alone)."""
     from zfnet import pipeline
+    from zfnet.progress import counted_progress
 
     source, bundle = _model_and_data(model_options, data, optional_data=True,
                                      follows_class=True)
@@ -184,8 +185,10 @@ def invariance_cmd(model_options: ModelOptions, data: str | None, out: str,
     if bundle is None:
         click.echo("no --data: the 5 built-in photos only (--data SPEC adds "
                    f"{images} of its images, e.g. images:DIR)", err=True)
-    r = pipeline.invariance(source.model, bundle, out, n_dataset_images=images, layers=chosen,
-                            preprocessing=source.preprocessing, class_names=source.labels)
+    with counted_progress(desc="transformed", unit="pass") as passed:  # a ResNet-50: minutes
+        r = pipeline.invariance(source.model, bundle, out, n_dataset_images=images,
+                                layers=chosen, preprocessing=source.preprocessing,
+                                class_names=source.labels, progress=passed)
     images = {"invariance_photos": "built-in photos",
               "invariance_dataset": f"images of {bundle and bundle.spec or 'the dataset'}"}
     for key, kinds in r.items():
@@ -460,6 +463,8 @@ def randomization_cmd(model_options: ModelOptions, data: str | None, out: str,
     """Sanity checks (Adebayo et al. 2018): do the maps change when the model is randomised
     (--mode cascading, independent), or when it learned random labels (--mode labels)?"""
     from zfnet import pipeline
+    from zfnet.analyses.sanity import randomization_words
+    from zfnet.progress import counted_progress
 
     if mode == "labels":
         _data_randomization(model_options, data, out, images or LABELS_IMAGES, layer, steps,
@@ -469,8 +474,9 @@ def randomization_cmd(model_options: ModelOptions, data: str | None, out: str,
         raise click.UsageError("--epochs, --random-run and --reference go with --mode labels")
     source, bundle = _model_and_data(model_options, data)
     layer = _layers(source.model, (layer,))[0] if layer else None
-    result = pipeline.randomization(source.model, bundle, out, images, layer, mode, steps)
-    from zfnet.analyses.sanity import randomization_words
+    with counted_progress(desc="randomising", unit="projection") as projected:  # --steps
+        result = pipeline.randomization(source.model, bundle, out, images, layer, mode, steps,
+                                        progress=projected)  # module on a ResNet: minutes
 
     for line in randomization_words(result):
         click.echo(line)
