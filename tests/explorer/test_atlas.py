@@ -171,10 +171,13 @@ def test_no_evolution_for_other_models_or_when_asked(tiny_run, tmp_path) -> None
     weights = tmp_path / "r18.pth"
     torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), weights)
     out = tmp_path / "r18"
-    _atlas(["--model", "torchvision:resnet18", "--weights", str(weights), "--resize", "40",
-            "--crop", "32", "--data", "synthetic?n_train=8&n_val=8&size=32", "--layer", "layer1",
-            "--k", "2", "--maps-per-layer", "2", "--out", str(out)])
+    text = _atlas(["--model", "torchvision:resnet18", "--weights", str(weights), "--resize",
+                   "40", "--crop", "32", "--data", "synthetic?n_train=8&n_val=8&size=32",
+                   "--layer", "layer1", "--k", "2", "--maps-per-layer", "2", "--out", str(out)])
     _check_site(out)
+    # the bar's total known from the start: 8 images mined, 2 units drawn (a stage's maps,
+    # which layer_info does not count, were taken as none: 0/8 ... 10/10)
+    assert "atlas:   0%|          | 0/10 [" in text and "| 10/10 [" in text, text
     doc = json.loads((out / ATLAS_FILE).read_text())
     assert doc["evolution"] is None and doc["layers"][0]["kind"] == "stage"  # as the explorer says
     assert not list(out.rglob("*_evolution.*"))

@@ -54,6 +54,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
+from zfnet.activations import get_activations, shown_units
 from zfnet.analyses.evolution import EvolutionResult, feature_evolution, render_unit_evolution
 from zfnet.analyses.gallery import (
     BF16_NOTE,
@@ -246,6 +247,11 @@ def write_atlas(
         else default_layers(model, size)
     table = _layer_table(model, names, size)
     check_defined(model, first_x, names, rule)  # before the mining
+    unknown = [layer for layer in table if not layer.maps]
+    if unknown:  # a container's maps (a ResNet's layer3), which layer_info does not list
+        acts = get_activations(model, first_x[None], [layer.name for layer in unknown])
+        for layer in unknown:
+            layer.maps = int(shown_units(layer.name, acts[layer.name]).shape[1])
     if evolution is not None and len(evolution) == 0:
         evolution = None
 
