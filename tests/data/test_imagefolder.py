@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 import warnings
 import zlib
@@ -540,3 +541,77 @@ def test_a_long_mean_image_pass_is_said_with_a_bar(capsys) -> None:
         else:
             assert "the training images' mean image (once, then cached)" in err
             assert f"{n}/{n}" in err and err.count("img/s") <= 2, err
+
+
+# --------------------------------------------------------------------------- val_split
+
+
+def _classes(root: Path, sizes: dict[str, int]) -> None:
+    """Class folders of `sizes[c]` 18x18 PNGs each, at `root`."""
+    rng = np.random.default_rng(1)
+    for cls, n in sizes.items():
+        for k in range(n):
+            _save(root / cls / f"{k:02d}.png", rng.integers(0, 256, (18, 18, 3), dtype=np.uint8))
+
+
+def _split(bundle) -> tuple[list[str], list[str]]:
+    return ([f"{p.parent.name}/{p.name}" for p in bundle.train.paths],
+            [f"{p.parent.name}/{p.name}" for p in bundle.val.paths])
+
+
+def test_val_split_holds_out_a_share_of_each_class_the_same_at_every_run(tmp_path):
+    """A folder of class folders (torchvision's ImageFolder, Keras's, fast.ai's layout): a share
+    of each class held out, at least one of a class of two or more, never all of it; chosen by
+    the files' paths under the folder, so the same wherever the folder lies."""
+    import shutil
+
+    _classes(tmp_path / "mine", {"ant": 10, "bee": 3, "cat": 2, "dog": 1})
+    data = load_dataset(f"imagefolder:{tmp_path / 'mine'}?size={SIZE}&val_split=0.2")
+    assert data.class_names == ["ant", "bee", "cat", "dog"]
+    train, val = _split(data)
+    held = {c: sum(v.startswith(c) for v in val) for c in data.class_names}
+    assert held == {"ant": 2, "bee": 1, "cat": 1, "dog": 0}  # 0.2 x 10; at least one; none of 1
+    assert sorted(train + val) == sorted(f"{c}/{k:02d}.png" for c, n in
+                                         {"ant": 10, "bee": 3, "cat": 2, "dog": 1}.items()
+                                         for k in range(n))
+    assert sorted(data.val.targets) == [0, 0, 1, 2]
+    assert {v for v in val if v.startswith("ant")} != {"ant/00.png", "ant/01.png"}  # not the first
+    # the training images' mean alone (a held-out image is not in it)
+    arrays = [np.asarray(Image.open(p)) for p in data.train.paths]
+    want = torch.from_numpy(np.mean(np.stack(arrays).astype(np.float64), 0).transpose(2, 0, 1))
+    assert torch.allclose(data.mean, want.float(), atol=1e-4)
+    shutil.copytree(tmp_path / "mine", tmp_path / "elsewhere" / "copy")
+    again = load_dataset(f"imagefolder:{tmp_path / 'elsewhere' / 'copy'}?size={SIZE}&val_split=0.2")
+    assert _split(again) == (train, val)
+    half = _split(load_dataset(f"imagefolder:{tmp_path / 'mine'}?size={SIZE}&val_split=0.5"))[1]
+    assert set(val) < set(half)  # a larger share holds out the same images and more
+    # a train/ without val/: its class folders split alike, the other options after it
+    shutil.copytree(tmp_path / "mine", tmp_path / "dir" / "train")
+    sub = load_dataset(f"imagefolder:{tmp_path / 'dir'}?size={SIZE}&val_split=0.2&classes=bee,ant")
+    assert sub.class_names == ["bee", "ant"] and len(sub.val) == 3 and len(sub.train) == 10
+
+
+def test_val_split_errors_and_the_layout_errors_offer_it(tmp_path):
+    _classes(tmp_path / "mine", {"ant": 3, "bee": 3})
+    spec = f"imagefolder:{tmp_path / 'mine'}?size={SIZE}"
+    with pytest.raises(FileNotFoundError, match=rf"holds class folders but no train/ or val/.*"
+                       rf"give {re.escape(spec)}&val_split=0\.2 \(a fifth, the same images "
+                       r"at every run\)"):
+        load_dataset(spec)
+    _classes(tmp_path / "dir" / "train", {"ant": 3, "bee": 3})
+    with pytest.raises(FileNotFoundError, match=rf"{tmp_path / 'dir' / 'val'} is not a "
+                       r"directory.*share of each class's training images.*val_split=0\.2"):
+        load_dataset(f"imagefolder:{tmp_path / 'dir'}")
+    for value in ("0", "1", "1.5", "-0.1", "a fifth", "nan"):
+        with pytest.raises(ValueError, match=rf"^option val_split={value}|'{value}' must"):
+            load_dataset(f"{spec}&val_split={value}")
+    _folder(tmp_path / "both")  # train/ and val/: nothing to hold out
+    with pytest.raises(ValueError, match=r"has val/ already: val_split holds out images of a "
+                       r"folder without one"):
+        load_dataset(f"imagefolder:{tmp_path / 'both'}?val_split=0.2")
+    _classes(tmp_path / "one", {"ant": 5})
+    with pytest.raises(ValueError, match="has one class folder, ant: a classifier needs two"):
+        load_dataset(f"imagefolder:{tmp_path / 'one'}?val_split=0.2")
+    (tmp_path / "labels.txt").write_text("x ant\n")
+    with pytest.raises(ValueError, match="val_labels and val_split"):
+        load_dataset(f"{spec}&val_split=0.2&val_labels={tmp_path / 'labels.txt'}")

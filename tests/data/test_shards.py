@@ -170,6 +170,34 @@ def test_writing_is_atomic_and_refuses_a_used_out(folder, tmp_path, monkeypatch)
         write_shards(f"imagefolder:{folder}", out, workers=0)
 
 
+def test_a_folder_of_class_folders_split_by_val_split_is_written_as_it_is_read(folder,
+                                                                            tmp_path) -> None:
+    """imagefolder:DIR?val_split=F: the shards hold its two splits, each sample keyed and named
+    by its path under DIR (as under DIR/train and DIR/val otherwise); --out inside DIR, where it
+    would be a class folder, is refused before anything is written."""
+    flat = tmp_path / "flat"
+    shutil.copytree(folder / "train", flat)  # ant/, bee/, cat/ at the top
+    spec = f"imagefolder:{flat}?val_split=0.25"
+    with pytest.raises(ValueError, match=rf"--out {flat / 'shards'} lies inside {flat}, where "
+                       "it would become a class folder"):
+        write_shards(spec, flat / "shards", resize=37, workers=0)
+    assert not (flat / "shards").exists()
+    with pytest.warns(BrokenImageWarning, match=r"bee/broken\.jpg"):
+        write_shards(spec, tmp_path / "out", resize=37, workers=0)
+    read = load_dataset(f"{spec}&{SPEC}")
+    m = read_manifest(tmp_path / "out")
+    shards = load_dataset(f"shards:{tmp_path / 'out'}?{SPEC}")
+    for split in ("train", "val"):
+        files = getattr(read, split)
+        kept = [i for i, p in enumerate(files.paths) if p.name != "broken.jpg"]
+        assert m["splits"][split]["count"] == len(kept) > 0
+        urls = [str(tmp_path / "out" / x["file"]) for x in m["splits"][split]["shards"]]
+        samples = list(wds.WebDataset(urls, shardshuffle=False))
+        assert [x["__key__"] for x in samples] == _keys(files.paths, flat)
+        assert [int(x["cls"]) for x in samples] == [files.targets[i] for i in kept]
+        assert len(getattr(shards, split)) == len(kept)
+
+
 class _KilledBySigterm(Exception):
     """What SIGTERM raises in a test while no handler of zfnet's is installed (its default
     would end the test process)."""

@@ -1,6 +1,7 @@
 """`zfnet train` / `zfnet eval` command lines, and evaluate_checkpoint's report."""
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -125,6 +126,33 @@ def test_a_relative_data_path_is_saved_absolute(tmp_path, monkeypatch) -> None:
         "&size=32"
     assert absolute_spec("synthetic?n_train=8") == "synthetic?n_train=8"
     assert absolute_spec("imagefolder:/data/x") == "imagefolder:/data/x"
+
+
+def test_a_folder_of_class_folders_trains_and_scores_on_its_held_out_share(tmp_path) -> None:
+    """`my_photos/<class>/*` with val_split: trained on the rest, validated, resumed and scored
+    later on the same held-out images (the run's spec holds the share)."""
+    from PIL import Image
+
+    for k, cls in enumerate(("a", "b")):
+        (tmp_path / "photos" / cls).mkdir(parents=True)
+        for j in range(5):
+            Image.new("RGB", (40, 40), (60 * k + 10 * j, 90, 120)).save(
+                tmp_path / "photos" / cls / f"{j}.png")
+    run = tmp_path / "run"
+    data = f"imagefolder:{tmp_path / 'photos'}?size=32&val_split=0.2"
+    args = ["--model", "zfnet_small", "--out", str(run), "--batch-size", "4", "--quiet",
+            "--no-tensorboard", "--data", data]
+    res = CliRunner().invoke(main, ["train", "--epochs", "1", *args])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["train", "--epochs", "2", "--resume", *args])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["eval", "--checkpoint", str(run)])
+    assert res.exit_code == 0, res.output
+    assert re.search(r"^  a +\d+\.\d+%$", res.output, re.M), res.output  # per class, of 2
+    from zfnet.data import load_dataset
+
+    bundle = load_dataset(data)
+    assert (len(bundle.train), len(bundle.val)) == (8, 2)
 
 
 def test_train_writes_its_report_and_eval_out_adds_the_evaluation(tmp_path) -> None:

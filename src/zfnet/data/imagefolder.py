@@ -12,7 +12,8 @@ full size keeps the paper's ratio, round(S * 256 / 224)), `classes=a,b` (names o
 relabelled 0..k-1), `per_class=N` (first N training images of each class),
 `n_train=N` / `n_val=N` (first N images, taken round-robin over the classes),
 `val_labels=FILE` (DIR/val's images in any layout, e.g. ImageNet's flat one, their classes
-from FILE: `zfnet.data.labels_file`).
+from FILE: `zfnet.data.labels_file`), `val_split=F` (DIR/<class>/* or DIR/train/<class>/*
+with no val/: a share F of each class held out as the val split, `hold_out`).
 
 The mean image is computed once and cached as `.npy` in `cache_dir` where one is given, else in
 `DIR/.zfnet-cache/`, or, where DIR is read-only, in `$XDG_CACHE_HOME/zfnet` (default
@@ -59,8 +60,10 @@ from zfnet.data.spec import (
     DatasetSpec,
     check_options,
     class_list_option,
+    fraction_option,
     int_option,
     nfc,
+    with_options,
 )
 from zfnet.data.subset import select
 from zfnet.data.transforms import CropDataset
@@ -493,12 +496,17 @@ def select_folder(spec: DatasetSpec, raw_spec: str = "", *, val_only: bool = Fal
     if not (root / "train").exists() and (root / "manifest.json").is_file():
         raise FileNotFoundError(f"{root} holds shards (its manifest.json), not an image folder: "
                                 f"give shards:{spec.path}")
-    if not (root / "train").exists() and not (root / "val").exists() and any(
-            d.is_dir() and image_files(d) for d in root.iterdir()):
+    share = fraction_option(spec.options["val_split"], "val_split") \
+        if "val_split" in spec.options else None
+    classes_here = not (root / "train").exists() and not (root / "val").exists() and any(
+        d.is_dir() and image_files(d) for d in root.iterdir())
+    if share is not None:
+        return _held_out(spec, raw_spec, root, share, classes_here)
+    if classes_here:
         raise FileNotFoundError(
-            f"{root} holds class folders but no train/ or val/; expected {LAYOUT}: give the "
-            f"folder that holds train/ and val/; to make them, move each class folder into "
-            f"DIR/train/ and a share of its images (one in five, say) into DIR/val/<class>/; "
+            f"{root} holds class folders but no train/ or val/; expected {LAYOUT}: to hold "
+            f"out a share of each class's images as the val split, give {_split(spec, raw_spec)} "
+            f"(a fifth, the same images at every run); "
             f"for a labelled test set alone, put the class folders in DIR/val and give DIR")
     if not (root / "train").exists() and not (root / "val").exists() and image_files(root):
         raise FileNotFoundError(
@@ -522,16 +530,39 @@ def select_folder(spec: DatasetSpec, raw_spec: str = "", *, val_only: bool = Fal
         all_names, train_samples = scan_split(root, "train")
         if len(all_names) == 1 and not val_only:
             raise ValueError(one_class(root / "train", all_names[0]))
-    opts = check_options(spec, IMAGEFOLDER_OPTIONS | {
-        "classes": lambda v, k: class_list_option(v, all_names, k),
-        "val_labels": lambda v, k: Path(v).expanduser()})
+    opts = _options(spec, all_names)
     if "val_labels" in opts:  # a flat val folder, its classes in a file (ImageNet's)
         if not (root / "val").is_dir():
             raise FileNotFoundError(f"{root / 'val'} is not a directory; expected {LAYOUT}")
         val_samples = labelled_images(root / "val", opts["val_labels"],
                                       image_files(root / "val"), all_names)
     else:
+        if not (root / "val").exists() and not no_train:
+            raise FileNotFoundError(
+                f"{root / 'val'} is not a directory; expected {LAYOUT}: to hold out a share "
+                f"of each class's training images as the val split, give "
+                f"{_split(spec, raw_spec)} (a fifth, the same images at every run)")
         _, val_samples = scan_split(root, "val", all_names)
+    return _picked(raw_spec, root, opts, all_names, train_samples, val_samples, skip_train)
+
+
+def _split(spec: DatasetSpec, raw_spec: str) -> str:
+    """The spec given with `val_split=0.2`, as an error offers it."""
+    return with_options(raw_spec or f"imagefolder:{spec.path}", val_split=0.2)
+
+
+def _options(spec: DatasetSpec, all_names: list[str]) -> dict[str, Any]:
+    """imagefolder's options parsed (`classes` against the class names)."""
+    return check_options(spec, IMAGEFOLDER_OPTIONS | {
+        "classes": lambda v, k: class_list_option(v, all_names, k),
+        "val_labels": lambda v, k: Path(v).expanduser(),
+        "val_split": fraction_option})
+
+
+def _picked(raw_spec: str, root: Path, opts: dict[str, Any], all_names: list[str],
+            train_samples: list[tuple[Path, int]], val_samples: list[tuple[Path, int]],
+            skip_train: bool) -> tuple[Path, dict[str, Any], list[str], Selection, Selection]:
+    """`select_folder`'s answer: the options' subsets of the samples taken."""
     classes = opts.get("classes")
     names = [all_names[c] for c in classes] if classes is not None else all_names
 
@@ -545,6 +576,63 @@ def select_folder(spec: DatasetSpec, raw_spec: str = "", *, val_only: bool = Fal
     if (not train[0] and not skip_train) or not val[0]:
         raise ValueError(f"dataset spec {raw_spec!r} selects no training or no val images")
     return root, opts, names, train, val
+
+
+def _held_out(spec: DatasetSpec, raw_spec: str, root: Path, share: float, classes_here: bool
+              ) -> tuple[Path, dict[str, Any], list[str], Selection, Selection]:
+    """`select_folder` for `val_split=share`: DIR's class folders (or DIR/train's), a share of
+    each class's images held out as the val split (`hold_out`)."""
+    if (root / "val").exists():
+        raise ValueError(f"{root} has val/ already: val_split holds out images of a folder "
+                         f"without one (DIR/<class>/<image>, or DIR/train/<class>/<image>); "
+                         f"drop val_split from {raw_spec!r} to score on {root / 'val'}")
+    if not classes_here and not (root / "train").is_dir():
+        raise FileNotFoundError(f"{root} holds no class folders to split; val_split takes "
+                                "DIR/<class>/<image> or DIR/train/<class>/<image>")
+    folder = root if classes_here else root / "train"
+    all_names, samples = scan_split(folder.parent, folder.name)
+    if len(all_names) == 1:
+        raise ValueError(one_class(folder, all_names[0]))
+    opts = _options(spec, all_names)
+    if "val_labels" in opts:
+        raise ValueError(f"val_labels and val_split in {raw_spec!r}: val_labels names the "
+                         "classes of DIR/val's images, val_split holds out images of a folder "
+                         "without val/; give one")
+    train_samples, val_samples = hold_out(samples, share, folder)
+    return _picked(raw_spec, root, opts, all_names, train_samples, val_samples, False)
+
+
+def split_folders(root: Path, opts: dict[str, Any]) -> dict[str, Path]:
+    """The folder each split's files lie under (what names them: a shard's key, a figure's
+    file name): DIR/train and DIR/val; with `val_split`, the one folder split (DIR/train, or
+    DIR of class folders) for both."""
+    if "val_split" not in opts:
+        return {"train": root / "train", "val": root / "val"}
+    folder = root / "train" if (root / "train").is_dir() else root
+    return {"train": folder, "val": folder}
+
+
+def hold_out(samples: Sequence[tuple[Path, int]], share: float, folder: Path
+             ) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
+    """(train, val) of `samples` ((path, label), the files under `folder`): of each class, a
+    `share` of its images held out as val (rounded; at least one of a class of two or more,
+    never all of them), chosen by a hash of each file's path under `folder` — the same split at
+    every run, on every machine, wherever DIR is; a file added moves no other one but the
+    boundary's. Both keep `samples`' order."""
+    by_class: dict[int, list[int]] = {}
+    for i, (_, y) in enumerate(samples):
+        by_class.setdefault(y, []).append(i)
+
+    def rank(i: int) -> str:
+        return hashlib.sha256(samples[i][0].relative_to(folder).as_posix().encode()).hexdigest()
+
+    held: set[int] = set()
+    for idx in by_class.values():
+        n = len(idx)
+        k = min(n - 1, max(1 if n >= 2 else 0, round(share * n)))
+        held.update(sorted(idx, key=rank)[:k])
+    return ([s for i, s in enumerate(samples) if i not in held],
+            [s for i, s in enumerate(samples) if i in held])
 
 
 # imagefolder's spec options (and `classes`, parsed against the class names).

@@ -53,7 +53,7 @@ from torch.utils.data import Dataset
 
 from zfnet import __version__
 from zfnet.atomic import write_text_atomic
-from zfnet.data.imagefolder import LAYOUT, PAPER_FULL, select_folder
+from zfnet.data.imagefolder import LAYOUT, PAPER_FULL, select_folder, split_folders
 from zfnet.data.images import (
     BadImageError,
     BrokenImageWarning,
@@ -327,12 +327,13 @@ def write_shards(source: str, out: str | Path, *, resize: int = DEFAULT_RESIZE,
     root, opts, names, train, val = select_folder(
         DatasetSpec(spec.name, spec.path, options), source)
     words = class_words(names, words_file, opts.get("val_labels"), repr(source))
-    inside = [s for s in ("train", "val")
-              if Path(out).expanduser().resolve().is_relative_to((root / s).resolve())]
+    bases = split_folders(root, opts)
+    inside = [f for f in dict.fromkeys(bases.values())
+              if Path(out).expanduser().resolve().is_relative_to(f.resolve())]
     if inside:
-        raise ValueError(f"--out {out} lies inside {root / inside[0]}, where it would become a "
+        raise ValueError(f"--out {out} lies inside {inside[0]}, where it would become a "
                          "class folder of the images it is made from; choose a folder outside "
-                         f"{root / 'train'} and {root / 'val'}")
+                         + " and ".join(str(f) for f in dict.fromkeys(bases.values())))
     if "size" in opts:
         raise ValueError(f"option size={opts['size']} in {source!r} does not apply to shards "
                          "(they keep the images at --resize px): give it when reading them, "
@@ -377,7 +378,7 @@ def write_shards(source: str, out: str | Path, *, resize: int = DEFAULT_RESIZE,
         with _sigterm_raises(state):
             try:
                 manifest = _write(journal, root, names, splits, shard_size, quality, workers,
-                                  progress, lock)
+                                  progress, lock, bases)
                 if words is not None:  # shards:OUT shows them as imagefolder:DIR did
                     manifest["class_words"] = words
                 write_text_atomic(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
@@ -684,7 +685,9 @@ def _take_over(out: Path, settings: dict[str, Any]) -> tuple[Path, int, _Journal
 
 def _write(journal: _Journal, root: Path, names: list[str],
            splits: dict[str, tuple[list[Path], list[int]]], shard_size: int, quality: int,
-           workers: int | None, progress: bool, lock: int | None = None) -> dict[str, Any]:
+           workers: int | None, progress: bool, lock: int | None = None,
+           bases: dict[str, Path] | None = None) -> dict[str, Any]:
+    bases = bases or {split: root / split for split in SPLITS}  # what names each split's files
     folder, settings = journal.folder, journal.state["settings"]
     resize, square, raw = settings["resize"], settings["square"], settings["raw"]
     if workers is None:
@@ -720,7 +723,7 @@ def _write(journal: _Journal, root: Path, names: list[str],
         dropped = set(skipped)
         for path in paths[:start]:  # the keys taken before: the same ones again
             if path.relative_to(root).as_posix() not in dropped:
-                stored.append((_unique(_key(path.relative_to(root / split)), used), path))
+                stored.append((_unique(_key(path.relative_to(bases[split])), used), path))
         loader = Loader(chunks, batch_size=None, num_workers=workers if len(chunks) > 1 else 0,
                         collate_fn=lambda r: r,
                         worker_init_fn=functools.partial(_worker_start, lock, folder))
@@ -738,7 +741,7 @@ def _write(journal: _Journal, root: Path, names: list[str],
                         if sample is None:
                             continue
                         n = start + c * CHUNK + j
-                        key = _unique(_key(paths[n].relative_to(root / split)), used)
+                        key = _unique(_key(paths[n].relative_to(bases[split])), used)
                         stored.append((key, paths[n]))
                         if n >= first:  # not in a shard closed before an interrupt
                             at["next"] = n
@@ -755,7 +758,7 @@ def _write(journal: _Journal, root: Path, names: list[str],
         np.save(folder / index_name(split), index)
         entry = {"count": len(index), "index": index_name(split), "shards": writer.shards,
                  "skipped": skipped}
-        entry.update(_original_names(stored, root / split))
+        entry.update(_original_names(stored, bases[split]))
         assert len(stored) == len(index), (len(stored), len(index))
         if total is not None:
             np.save(folder / f"mean-{side}.npy", (total / len(index)).to(torch.float32).numpy())

@@ -101,6 +101,20 @@ def int_option(value: str, key: str, *, minimum: int = 0) -> int:
     return n
 
 
+def fraction_option(value: str, key: str) -> float:
+    """Parse a share strictly between 0 and 1 (`val_split=0.2`), with an error naming the
+    option."""
+    try:
+        f = float(value)
+    except ValueError:
+        raise ValueError(f"option {key}={value!r} must be a number between 0 and 1, e.g. "
+                         f"{key}=0.2") from None
+    if not 0 < f < 1:
+        raise ValueError(f"option {key}={value} must lie between 0 and 1 (not either), e.g. "
+                         f"{key}=0.2: the share of each class's images held out")
+    return f
+
+
 def nfc(name: str) -> str:
     """`name` in Unicode's composed form (NFC), in which names are compared: a folder `café`
     made on a Mac is stored decomposed (`cafe` + an accent), the same name typed elsewhere not."""
