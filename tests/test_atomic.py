@@ -68,3 +68,17 @@ def test_a_file_that_cannot_be_replaced_is_named_not_its_temporary(tmp_path, mon
         atomic.write_text_atomic(tmp_path / "index.html", "<p>")
     assert e.value.filename == str(tmp_path / "index.html") and ".tmp-" not in str(e.value)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_file_name_that_is_no_utf8_is_written_with_its_odd_bytes_escaped(tmp_path) -> None:
+    """A report or CSV naming a file from an old archive (a name Python holds with surrogate
+    escapes, which UTF-8 cannot write) is written, its odd bytes as bash's $'...' shows them."""
+    from zfnet.atomic import printable
+
+    odd = os.fsdecode(b"caf\xe9 \xff.jpg")  # Latin-1 bytes: no UTF-8
+    p = tmp_path / "pred.csv"
+    write_text_atomic(p, f"path,class\n{odd},cat\ncafé.jpg,dog\n")
+    assert p.read_bytes() == b"path,class\ncaf\\xe9 \\xff.jpg,cat\ncaf\xc3\xa9.jpg,dog\n"
+    assert printable(odd) == "caf\\xe9 \\xff.jpg"
+    assert printable("café.jpg") == "café.jpg"  # any other text as it is
+    assert printable("\ud800 lone") == "\\ud800 lone"  # no escaped byte: its code written

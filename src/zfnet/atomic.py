@@ -16,7 +16,31 @@ def write_text_atomic(path: str | Path, text: str, *, durable: bool = False) -> 
     into place. The temporary's name is unique (`.NAME.tmp-<random>`), so two processes or
     threads writing one run directory at once never share one; `durable` also fsyncs the file
     and the directory (checkpoints: the rename survives a crash). Returns `path`."""
-    return write_atomic(path, lambda f: f.write(text.encode("utf-8")), durable=durable)
+    return write_atomic(path, lambda f: f.write(utf8(text)), durable=durable)
+
+
+def utf8(text: str) -> bytes:
+    """`text` in UTF-8, a file name's odd bytes as `printable` writes them."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return printable(text).encode("utf-8")
+
+
+def printable(text: str) -> str:
+    """`text` as UTF-8 can hold it. A file name that is no UTF-8 (from an old archive; Python
+    holds its odd bytes as surrogate escapes, which UTF-8 cannot write) with each odd byte as
+    `\\xNN`, as bash's `$'...'` quotes it: a report, a table, a CSV or a web page that names
+    such a file is written, not lost to a UnicodeEncodeError after the work it shows."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            raw = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a surrogate that is no escaped byte
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+        return raw.decode("utf-8", "backslashreplace")
 
 
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], object], *,

@@ -615,3 +615,25 @@ def test_val_split_errors_and_the_layout_errors_offer_it(tmp_path):
     (tmp_path / "labels.txt").write_text("x ant\n")
     with pytest.raises(ValueError, match="val_labels and val_split"):
         load_dataset(f"{spec}&val_split=0.2&val_labels={tmp_path / 'labels.txt'}")
+
+
+def test_val_split_takes_any_file_name_and_a_macs_decomposed_one_alike(tmp_path):
+    """A name that is no UTF-8 (a file from an old archive) is split, not a UnicodeError; a
+    name a Mac stored decomposed is held out as its composed twin is elsewhere."""
+    import os
+    import unicodedata
+
+    rng = np.random.default_rng(2)
+    for root, form in ((tmp_path / "mac", "NFD"), (tmp_path / "linux", "NFC")):
+        for cls in ("ant", "bee"):
+            for k in range(6):
+                _save(root / cls / unicodedata.normalize(form, f"café{k}.png"),
+                      rng.integers(0, 256, (18, 18, 3), dtype=np.uint8))
+        _save(root / "ant" / os.fsdecode(b"odd\xff.png"),
+              rng.integers(0, 256, (18, 18, 3), dtype=np.uint8))
+    mac, linux = (load_dataset(f"imagefolder:{tmp_path / r}?size={SIZE}&val_split=0.3")
+                  for r in ("mac", "linux"))
+    assert len(mac.val) == len(linux.val) == 4  # round(0.3 x 7) + round(0.3 x 6)
+    assert [unicodedata.normalize("NFC", str(p.relative_to(tmp_path / "mac")))
+            for p in mac.val.paths] == [str(p.relative_to(tmp_path / "linux"))
+                                        for p in linux.val.paths]

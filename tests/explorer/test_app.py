@@ -1308,3 +1308,22 @@ def test_a_jobs_words_call_a_map_a_map_and_a_unit_a_unit(client) -> None:
         assert r.status_code == 202, r.text  # asked first here: a job
         assert words in r.json()["job"]["what"], r.json()
         _wait(client, url)
+
+
+def test_a_file_name_that_is_no_utf8_is_listed_and_mined(tmp_path) -> None:
+    """A file from an old archive, its name no UTF-8: the image list and its top-k say it (its
+    odd bytes escaped in the JSON), not an internal error that hid every image."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    odd = os.fsdecode(b"old\xe9.jpg")
+    (folder / odd).write_bytes(_jpeg())
+    (folder / "b.jpg").write_bytes(_jpeg(64))
+    source = load_source("zfnet_small")
+    e = Explorer(source, load_data(source, f"images:{folder}"), cache_dir=tmp_path / "c")
+    with TestClient(create_app(e)) as c:
+        r = c.get("/api/images")
+        assert r.status_code == 200 and b'"name":"b.jpg"' in r.content
+        assert [i["name"] for i in r.json()["items"]] == ["b.jpg", odd]
+        assert c.get("/api/maps?image=val:1&layer=conv1").status_code == 200
+        done = _wait(c, "/api/topk?layer=conv1&unit=0")
+        assert odd in [i["name"] for i in done["items"]], done

@@ -155,6 +155,36 @@ def test_a_folder_of_class_folders_trains_and_scores_on_its_held_out_share(tmp_p
     assert (len(bundle.train), len(bundle.val)) == (8, 2)
 
 
+def test_a_file_whose_name_is_no_utf8_is_trained_on_scored_mined_and_named(tmp_path) -> None:
+    """A file from an old archive (its name Latin-1 bytes, no UTF-8) in a folder: the mean
+    image's cache key, the mining's digest and every page, table and CSV that names it took it
+    (each was a UnicodeEncodeError, after the work); written with its odd byte as \\xe9."""
+    import os
+
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for k, cls in enumerate(("a", "b")):
+            (tmp_path / "photos" / split / cls).mkdir(parents=True)
+            for j in range(3 if split == "train" else 2):
+                name = os.fsdecode(b"caf\xe9%d.png" % j) if cls == "b" else f"{j}.png"
+                Image.new("RGB", (40, 40), (60 * k + 10 * j, 90, 120)).save(
+                    tmp_path / "photos" / split / cls / name)
+    run, data = tmp_path / "run", f"imagefolder:{tmp_path / 'photos'}?size=32"
+    for args in (["train", "--data", data, "--model", "zfnet_small", "--out", str(run),
+                  "--epochs", "1", "--batch-size", "4", "--quiet", "--no-tensorboard"],
+                 ["eval", "--checkpoint", str(run), "--out", str(run)],
+                 ["visualize", "topk", "--checkpoint", str(run), "--out", str(run), "--layer",
+                  "conv1", "--k", "2"],
+                 ["predict", str(tmp_path / "photos" / "val" / "b"), "--checkpoint", str(run),
+                  "--out", str(tmp_path / "pred.csv")]):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 0, (args[0], res.output)
+    assert "caf\\xe90.png" in (tmp_path / "pred.csv").read_text()
+    table = json.loads((run / "gallery" / "topk.json").read_text())  # exact in JSON
+    assert os.fsdecode(b"b/caf\xe90.png") in json.dumps(table, ensure_ascii=False)
+
+
 def test_train_writes_its_report_and_eval_out_adds_the_evaluation(tmp_path) -> None:
     """`zfnet train` ends with the Training section and RUN/index.html; `zfnet eval --out RUN`
     adds the Evaluation section, printing and writing --json exactly as without --out."""

@@ -76,9 +76,9 @@ def mining_digest(model: nn.Module, settings: Mapping[str, Any],
     for path in paths or ():
         try:
             st = os.stat(path)
-            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        except OSError:
-            h.update(f"{path}\0gone\n".encode())
+            h.update(os.fsencode(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n"))
+        except OSError:  # os.fsencode: any bytes a name holds (no UTF-8, an old archive's)
+            h.update(os.fsencode(f"{path}\0gone\n"))
     return h.hexdigest()
 
 

@@ -240,6 +240,18 @@ def main() -> None:
     keep_freed_memory()  # no page faults on every step's tensors (zfnet/memory.py)
     _one_line_warnings()
     _interrupt_outside_callbacks()
+    _names_printed_as_they_are()
+
+
+def _names_printed_as_they_are() -> None:
+    """A file name that is no UTF-8 (an old archive's; Python holds its odd bytes as surrogate
+    escapes) printed on stdout as its own bytes, as ls and find print it: a UTF-8 stdout refused
+    it with a UnicodeEncodeError, after the work (`zfnet predict`'s line for it). stderr
+    escapes it already (Python's backslashreplace); the files zfnet writes escape it too
+    (`zfnet.atomic.printable`)."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="surrogateescape")
 
 
 def _interrupt_outside_callbacks() -> None:

@@ -366,7 +366,8 @@ def mean_cache_key(root: Path, paths: Sequence[Path], full_size: int) -> str:
     h = hashlib.sha256(f"{CACHE_VERSION}|{full_size}".encode())
     for p in paths:
         size = p.stat().st_size if p.exists() else -1  # the link's file made: computed again
-        h.update(f"|{p.relative_to(root).as_posix()}|{size}".encode())
+        # any bytes a name holds (a name that is no UTF-8, from an old archive)
+        h.update(os.fsencode(f"|{p.relative_to(root).as_posix()}|{size}"))
     return h.hexdigest()[:20]
 
 
@@ -383,7 +384,7 @@ def _cache_dirs(root: Path, cache_dir: str | Path | None) -> list[tuple[Path, bo
 
 def _cache_name(key: str, root: Path, full_size: int, outside: bool) -> str:
     if outside:  # a cache shared by several datasets: tell them apart by their location
-        key = hashlib.sha256(f"{key}|{root.resolve()}".encode()).hexdigest()[:20]
+        key = hashlib.sha256(os.fsencode(f"{key}|{root.resolve()}")).hexdigest()[:20]
     return f"mean-{full_size}-{key}.npy"
 
 
@@ -617,14 +618,15 @@ def hold_out(samples: Sequence[tuple[Path, int]], share: float, folder: Path
     """(train, val) of `samples` ((path, label), the files under `folder`): of each class, a
     `share` of its images held out as val (rounded; at least one of a class of two or more,
     never all of them), chosen by a hash of each file's path under `folder` — the same split at
-    every run, on every machine, wherever DIR is; a file added moves no other one but the
-    boundary's. Both keep `samples`' order."""
+    every run, on every machine, wherever DIR is; a file added to a class moves at most one
+    other of it (at the share's boundary). Both keep `samples`' order."""
     by_class: dict[int, list[int]] = {}
     for i, (_, y) in enumerate(samples):
         by_class.setdefault(y, []).append(i)
 
-    def rank(i: int) -> str:
-        return hashlib.sha256(samples[i][0].relative_to(folder).as_posix().encode()).hexdigest()
+    def rank(i: int) -> str:  # the name composed (a Mac's café), any bytes a name holds
+        name = nfc(samples[i][0].relative_to(folder).as_posix())
+        return hashlib.sha256(os.fsencode(name)).hexdigest()
 
     held: set[int] = set()
     for idx in by_class.values():

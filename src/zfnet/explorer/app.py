@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import socket
 import sys
 import threading
@@ -57,6 +58,18 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 CLIENT_HEADER = "x-client-id"  # the page sends a random id of its tab's, kept over reloads
 
 
+
+class AsciiJSON(JSONResponse):
+    """JSON with every character past ASCII escaped (`\\u00e9`): a file name that is no UTF-8
+    (an old archive's; Python holds its odd bytes as surrogates, which UTF-8 cannot write) is
+    sent as its escapes, as any other name, not lost to a UnicodeEncodeError, with every list
+    it is in (the page shows its odd bytes as U+FFFD)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, indent=None,
+                          separators=(",", ":")).encode("ascii")
+
+
 def client_of(request: Request) -> str:
     """Who asks, for the jobs (a cancel stops a job only when no one else follows it): the
     page's own id (header X-Client-Id), or for a script without one its address."""
@@ -88,7 +101,8 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
         decoding.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="zfnet explorer", docs_url=None, redoc_url=None,
-                  openapi_url="/api/openapi.json", lifespan=lifespan)
+                  openapi_url="/api/openapi.json", lifespan=lifespan,
+                  default_response_class=AsciiJSON)
     app.state.explorer, app.state.jobs = explorer, jobs
 
     @app.middleware("http")
@@ -127,7 +141,7 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
             host = request.headers.get("host", "")
             name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
             if name not in allowed:
-                return JSONResponse({"error": f"host {host!r} is not served here: this server "
+                return AsciiJSON({"error": f"host {host!r} is not served here: this server "
                                               f"answers to {names} only"}, status_code=400)
             return await call_next(request)
 
@@ -139,7 +153,7 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
         if request.method not in ("GET", "HEAD", "OPTIONS") and origin is not None:
             host = request.headers.get("host", "")
             if origin.lower() not in (f"http://{host}".lower(), f"https://{host}".lower()):
-                return JSONResponse({"error": f"a {request.method} from the page of {origin} "
+                return AsciiJSON({"error": f"a {request.method} from the page of {origin} "
                                               "is refused: only this server's own page (or a "
                                               "script) may change what it holds"},
                                     status_code=403)
@@ -154,12 +168,12 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
     async def _bad(_: Request, e: ExplorerError) -> JSONResponse:
         status = 413 if isinstance(e, TooLarge) else 404 if isinstance(e, NotFoundError) \
             else 400
-        return JSONResponse({"error": str(e)}, status_code=status)
+        return AsciiJSON({"error": str(e)}, status_code=status)
 
     @app.exception_handler(RuleUndefinedError)
     async def _undefined(_: Request, e: RuleUndefinedError) -> JSONResponse:
         # the rule, not the server; in the server's words (rule=, zfnet serve --nonlinear)
-        return JSONResponse({"error": e.message(server=True)}, status_code=400)
+        return AsciiJSON({"error": e.message(server=True)}, status_code=400)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
@@ -167,7 +181,7 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
         for err in e.errors():
             where = ".".join(str(x) for x in err.get("loc", ())[1:]) or "request"
             parts.append(f"{where}: {err.get('msg', 'invalid')}")
-        return JSONResponse({"error": "; ".join(parts)}, status_code=400)
+        return AsciiJSON({"error": "; ".join(parts)}, status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:
@@ -177,13 +191,13 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
         allow = (e.headers or {}).get("Allow")
         if e.status_code == 405 and allow:
             text = f"{request.url.path} takes {allow}, not {request.method}"
-        return JSONResponse({"error": text}, status_code=e.status_code, headers=e.headers)
+        return AsciiJSON({"error": text}, status_code=e.status_code, headers=e.headers)
 
     @app.exception_handler(Exception)
     async def _crash(_: Request, e: Exception) -> JSONResponse:
         print(f"zfnet serve: {type(e).__name__}: {e}", file=sys.stderr)
         line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        return JSONResponse({"error": f"internal error: {line}"}, status_code=500)
+        return AsciiJSON({"error": f"internal error: {line}"}, status_code=500)
 
     # --- the page ---
 
@@ -191,7 +205,7 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
     async def index() -> Response:
         page = STATIC / "index.html"
         if not page.is_file():
-            return JSONResponse({"error": "the page's files are missing from this install"},
+            return AsciiJSON({"error": "the page's files are missing from this install"},
                                 status_code=500)
         return FileResponse(page, headers={"Cache-Control": "no-cache"})
 
@@ -238,7 +252,7 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
                     raise TooLarge(_too_large(total, max_upload, at_least=True))
                 chunks.append(chunk)
         except ClientDisconnect:  # a laptop closed mid-upload: no one to tell, nothing to log
-            return JSONResponse({"error": "the upload was cut off before its end"},
+            return AsciiJSON({"error": "the upload was cut off before its end"},
                                 status_code=400)
         name = _file_name(request.headers.get("x-filename") or "") or None
         decoded = await asyncio.wrap_future(
@@ -306,7 +320,7 @@ def create_app(explorer: Explorer, *, max_upload: int = MAX_UPLOAD,
                                 "again)")
         job = jobs.submit(kind, key, what, lambda progress: fn(*args, progress), abandonable,
                           client_of(request))
-        return JSONResponse({"job": jobs.describe(job)}, status_code=202)
+        return AsciiJSON({"job": jobs.describe(job)}, status_code=202)
 
     @app.get("/api/topk")
     async def topk(request: Request, layer: str, unit: int) -> Any:
