@@ -525,8 +525,10 @@ def data_preprocessing(source: Source, spec: str) -> Preprocessing | None:
     """The preprocessing `load_dataset(spec, preprocessing=)` takes for `source`'s inputs: None
     for a zfnet run on a named dataset (the paper's convention with that dataset's own mean
     image), else the source's."""
+    from zfnet.train.checkpoint import saved_preprocessing
+
     if source.kind == "run" and not source.meta["overrides"] and \
-            not source.meta.get("preprocessing") and parse_spec(spec).name != "images":
+            saved_preprocessing(source.meta) is None and parse_spec(spec).name != "images":
         return None
     return source.preprocessing
 

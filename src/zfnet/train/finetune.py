@@ -38,11 +38,6 @@ class Start:
     notes: list[str]
 
 
-def is_zfnet(model: str) -> bool:
-    """Whether `model` (an architecture name) is one of zfnet's registered models."""
-    return model in list_models()
-
-
 def load_start(model: str, weights: str, *, mean: tuple[float, ...] | None = None,
                std: tuple[float, ...] | None = None, resize: int | None = None,
                crop: int | None = None) -> Start:
@@ -65,7 +60,7 @@ def load_start(model: str, weights: str, *, mean: tuple[float, ...] | None = Non
                          "does not: fine-tune another architecture, or build it in your own "
                          "FILE.py:NAME")
     notes = [n for n in src.meta.get("notes", []) if not n.startswith("preprocessing:")]
-    return Start(src.model, None if is_zfnet(model) else src.preprocessing, src.name, notes)
+    return Start(src.model, None if model in list_models() else src.preprocessing, src.name, notes)
 
 
 def _from_run(model: str, path: Path, **overrides: object) -> Start:
@@ -73,14 +68,15 @@ def _from_run(model: str, path: Path, **overrides: object) -> Start:
     where it was fine-tuned from weights, its inputs (a second stage: a new classifier trained
     on frozen layers first, then every layer)."""
     from zfnet.sources import load_source
+    from zfnet.train.checkpoint import saved_preprocessing
 
     src = load_source(str(path), **overrides)  # a folder that holds no run: said there
     if src.meta.get("model") != model:
         raise ValueError(f"{path} is a run of {src.meta.get('model')}, not of {model}: give "
                          f"--model {src.meta.get('model')}")
-    if is_zfnet(model):
+    if model in list_models():
         return Start(src.model, None, src.name, [])
-    if not src.meta.get("preprocessing"):
+    if saved_preprocessing(src.meta) is None:
         raise ValueError(f"{path} trained {model} from scratch on the paper's pixels: continue "
                          f"it with zfnet train --out {path} --resume (more epochs: under "
                          "--schedule plateau or step), or start from weights trained on the "
