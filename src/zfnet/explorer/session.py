@@ -49,7 +49,7 @@ from zfnet.analyses.gallery import (
     within_mined,
 )
 from zfnet.analyses.topk import TopK, load_topk, mine_topk, mining_digest, save_topk
-from zfnet.atomic import write_text_atomic
+from zfnet.atomic import printable, write_text_atomic
 from zfnet.data.images import HEIF_READ, MAX_ASPECT, BadImageError, load_rgb
 from zfnet.data.picks import file_name
 from zfnet.data.words import as_shown, labels_of
@@ -471,9 +471,15 @@ class Explorer:
         items = []
         for i in range(offset, min(offset + min(limit, 500), self.n_shown)):
             items.append({"id": f"val:{i}", "label": self._label(i, names),
-                          "name": file_name(self.val, i), "broken": i in self._broken,
+                          "name": self._name(i), "broken": i in self._broken,
                           "src": f"/api/image/val:{i}.png"})
         return {"total": self.n_shown, "items": items}
+
+    def _name(self, i: int) -> str | None:
+        """Dataset image i's file name as the page shows it (a name's odd bytes, no UTF-8, as
+        `\\xNN`, as the reports show them: `printable`), or None where its items are no files."""
+        name = file_name(self.val, i)
+        return None if name is None else printable(name)
 
     def _label(self, i: int, names: Sequence[str]) -> str | None:
         targets = getattr(self.val, "targets", None)
@@ -509,7 +515,7 @@ class Explorer:
                                 "pick another image")
         names = labels_of(self.bundle)
         return ImageEntry(image_id, self.bundle.raw_val(i), item[0], self._label(i, names),
-                          file_name(self.val, i))
+                          self._name(i))
 
     def item(self, i: int) -> Any:
         """Dataset item i (its input and label), or None for a broken file: such a file is
@@ -905,7 +911,7 @@ class Explorer:
         if t is None:
             return None
         items = [{"image": f"val:{int(t.index[unit, j])}",
-                  "name": file_name(self.val, int(t.index[unit, j])),  # its file's, or None
+                  "name": self._name(int(t.index[unit, j])),  # its file's, or None
                   "activation": _sig(float(t.values[unit, j])),
                   "row": int(t.row[unit, j]), "col": int(t.col[unit, j])}
                  for j in range(t.k) if int(t.index[unit, j]) >= 0]
@@ -917,7 +923,7 @@ class Explorer:
         return {"layer": lr.name, "unit": unit, "name": self.unit_name(lr, unit), "k": t.k,
                 "images": self.n_images,
                 "mined": self.n_images - len(broken),
-                "unreadable": [{"image": f"val:{i}", "name": file_name(self.val, i)}
+                "unreadable": [{"image": f"val:{i}", "name": self._name(i)}
                                for i in broken],
                 "items": items, "figure": f"{figure}&rule={rule}", "rule": rule,
                 "rules": {r: f"{figure}&rule={r}" for r in RULES if r not in undefined},
