@@ -204,3 +204,14 @@ def test_a_command_refused_after_quiet_leaves_no_bar_off_behind() -> None:
                                     "--nonlinear", "gradient", "--k", "0", "--out", "x"])
     assert res.exit_code == 2 and "--k" in res.output
     assert _SHOWN.get() is True and current_nonlinear() == "error"
+
+
+def test_tally_adds_each_count_and_reports_the_sum_of_the_total() -> None:
+    from zfnet.progress import tally
+
+    seen: list[tuple[int, int]] = []
+    add = tally(lambda done, total: seen.append((done, total)), 7)
+    add(3)
+    add(4)
+    assert seen == [(3, 7), (7, 7)]
+    tally(None, 5)(2)  # no report: counts for nothing, raises nothing

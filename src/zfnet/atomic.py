@@ -16,15 +16,7 @@ def write_text_atomic(path: str | Path, text: str, *, durable: bool = False) -> 
     into place. The temporary's name is unique (`.NAME.tmp-<random>`), so two processes or
     threads writing one run directory at once never share one; `durable` also fsyncs the file
     and the directory (checkpoints: the rename survives a crash). Returns `path`."""
-    return write_atomic(path, lambda f: f.write(utf8(text)), durable=durable)
-
-
-def utf8(text: str) -> bytes:
-    """`text` in UTF-8, a file name's odd bytes as `printable` writes them."""
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        return printable(text).encode("utf-8")
+    return write_atomic(path, lambda f: f.write(printable(text).encode("utf-8")), durable=durable)
 
 
 def printable(text: str) -> str:

@@ -268,6 +268,7 @@ def invariance(model: nn.Module, bundle: DataBundle | None, run_dir: str | Path,
         invariance,
         invariance_section,
     )
+    from zfnet.progress import tally
 
     if bundle is None:
         if preprocessing is None:
@@ -307,14 +308,7 @@ def invariance(model: nn.Module, bundle: DataBundle | None, run_dir: str | Path,
             outputs == list(range(bundle.num_classes)):  # the dataset's classes: its names
         class_names = labels_of(bundle)
     out: dict[str, Any] = {}
-    total, done = len(sets) * sum(len(DEFAULT_VALUES[kind]) for kind in KINDS), 0
-
-    def went(n: int) -> None:
-        nonlocal done
-        done += n
-        if progress is not None:
-            progress(done, total)
-
+    went = tally(progress, len(sets) * sum(len(DEFAULT_VALUES[kind]) for kind in KINDS))
     for key, imgs, lab, tnames, title, about in sets:
         res = [invariance(model, imgs, norm, kind, layers=chosen, labels=lab, progress=went)
                for kind in KINDS]

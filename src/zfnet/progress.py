@@ -112,3 +112,17 @@ def counted_progress(*, desc: str, unit: str = "it") -> Iterator[Callable[[int, 
     finally:
         if bar is not None:
             bar.close()
+
+
+def tally(report: Callable[[int, int], None] | None, total: int) -> Callable[[int], None]:
+    """A counter for `report` (`counted_progress`'s): each call adds its n to the work done and
+    reports (done, `total`); with no report it only counts."""
+    done = 0
+
+    def add(n: int) -> None:
+        nonlocal done
+        done += n
+        if report is not None:
+            report(done, total)
+
+    return add

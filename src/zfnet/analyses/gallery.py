@@ -59,7 +59,7 @@ from zfnet.display import (
 )
 from zfnet.graph import SEEDS, check_rule, fallback_words, fallbacks_recorded, rule_label
 from zfnet.models import LayerGeometry, feature_layers, layer_geometries
-from zfnet.progress import counted_progress
+from zfnet.progress import counted_progress, tally
 from zfnet.report import Figure, Section, Table, write_section
 from zfnet.train.distributed import current_rank
 
@@ -265,13 +265,7 @@ def project_topk(
     seeds = [(name, a, j, int(topk[name].index[c, j]))
              for name in maps for a, c in enumerate(maps[name]) for j in range(topk[name].k)
              if topk[name].index[c, j] >= 0]
-    done = 0
-
-    def went(n: int) -> None:
-        nonlocal done
-        done += n
-        if progress is not None:
-            progress(done, len(seeds))
+    went = tally(progress, len(seeds))
     images = sorted({s[3] for s in seeds})
     whole = not windowed(model, list(maps))  # the general path: whole-image projections
     if whole and images and geometries is None:

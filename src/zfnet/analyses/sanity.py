@@ -43,6 +43,7 @@ from zfnet.display import save_grid
 from zfnet.models.geometry import record_forward
 from zfnet.models.layers import resolve_layer
 from zfnet.models.modes import eval_mode
+from zfnet.progress import tally
 
 if TYPE_CHECKING:
     from zfnet.report import Section
@@ -214,14 +215,11 @@ def model_randomization(
     work = copy.deepcopy(model).eval()
     size = (int(images.shape[-2]), int(images.shape[-1]))
     plan = randomization_steps(work, resolve_layer(work, layer)[0], size, steps)
-    total, done = (len(plan) + 1) * len(rules), 0
+    made = tally(progress, (len(plan) + 1) * len(rules))
 
     def maps_by(rule: str) -> torch.Tensor:
-        nonlocal done
         maps = project(work, images, layer, channels, rule=rule)
-        done += 1
-        if progress is not None:
-            progress(done, total)
+        made(1)
         return maps
 
     base = {r: maps_by(r) for r in rules}

@@ -29,7 +29,7 @@ import hashlib
 import os
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -590,7 +590,7 @@ def _held_out(spec: DatasetSpec, raw_spec: str, root: Path, share: float, classe
     if not classes_here and not (root / "train").is_dir():
         raise FileNotFoundError(f"{root} holds no class folders to split; val_split takes "
                                 "DIR/<class>/<image> or DIR/train/<class>/<image>")
-    folder = root if classes_here else root / "train"
+    folder = split_folders(root, spec.options)["train"]
     all_names, samples = scan_split(folder.parent, folder.name)
     if len(all_names) == 1:
         raise ValueError(one_class(folder, all_names[0]))
@@ -603,10 +603,10 @@ def _held_out(spec: DatasetSpec, raw_spec: str, root: Path, share: float, classe
     return _picked(raw_spec, root, opts, all_names, train_samples, val_samples, False)
 
 
-def split_folders(root: Path, opts: dict[str, Any]) -> dict[str, Path]:
+def split_folders(root: Path, opts: Mapping[str, Any]) -> dict[str, Path]:
     """The folder each split's files lie under (what names them: a shard's key, a figure's
-    file name): DIR/train and DIR/val; with `val_split`, the one folder split (DIR/train, or
-    DIR of class folders) for both."""
+    file name): DIR/train and DIR/val; with `val_split` (in the spec's options, parsed or not),
+    the one folder split (DIR/train, or DIR of class folders) for both."""
     if "val_split" not in opts:
         return {"train": root / "train", "val": root / "val"}
     folder = root / "train" if (root / "train").is_dir() else root

@@ -685,9 +685,10 @@ def _take_over(out: Path, settings: dict[str, Any]) -> tuple[Path, int, _Journal
 
 def _write(journal: _Journal, root: Path, names: list[str],
            splits: dict[str, tuple[list[Path], list[int]]], shard_size: int, quality: int,
-           workers: int | None, progress: bool, lock: int | None = None,
-           bases: dict[str, Path] | None = None) -> dict[str, Any]:
-    bases = bases or {split: root / split for split in SPLITS}  # what names each split's files
+           workers: int | None, progress: bool, lock: int | None,
+           bases: dict[str, Path]) -> dict[str, Any]:
+    """Both splits into the journal's folder; `bases`: the folder under which each split's
+    files are named (`imagefolder.split_folders`)."""
     folder, settings = journal.folder, journal.state["settings"]
     resize, square, raw = settings["resize"], settings["square"], settings["raw"]
     if workers is None:

@@ -60,10 +60,11 @@ CLIENT_HEADER = "x-client-id"  # the page sends a random id of its tab's, kept o
 
 
 class AsciiJSON(JSONResponse):
-    """JSON with every character past ASCII escaped (`\\u00e9`): a file name that is no UTF-8
-    (an old archive's; Python holds its odd bytes as surrogates, which UTF-8 cannot write) is
-    sent as its escapes, as any other name, not lost to a UnicodeEncodeError, with every list
-    it is in (the page shows its odd bytes as U+FFFD)."""
+    """JSON with every character past ASCII escaped (`\\u00e9`): text that holds a file name
+    that is no UTF-8 (an old archive's; Python holds its odd bytes as surrogates, which UTF-8
+    cannot write), an error message naming it, is sent as its escapes, not lost to a
+    UnicodeEncodeError with every list it is in. The names the session lists are `printable`
+    already, as the reports show them."""
 
     def render(self, content: Any) -> bytes:
         return json.dumps(content, ensure_ascii=True, allow_nan=False, indent=None,
