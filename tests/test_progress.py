@@ -50,9 +50,26 @@ def test_into_a_log_a_line_printed_between_two_states_stays_whole(monkeypatch) -
         bar.refresh()
     lines = log.getvalue().splitlines()
     assert lines[2] == "warning: 1 broken file skipped", lines
+    # the state at 80% once: drawn by the refresh, the same again as the bar closes
     assert [x.split("|")[0] for x in lines if x.startswith("training")] == [
-        "training:   0%", "training:  75%", "training:  80%", "training:  80%"], lines
+        "training:   0%", "training:  75%", "training:  80%"], lines
     assert all(x == x.rstrip() and "\r" not in x for x in lines), lines
+
+
+def test_into_a_log_the_end_drawn_by_the_last_tick_is_not_drawn_again_at_close(
+        monkeypatch) -> None:
+    """The minute's tick that lands on the last step draws the 100% state; closing the bar
+    then draws the same state: one line, not two."""
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    with progress_bar(total=4, desc="projecting", unit="unit") as bar:
+        bar.mininterval = bar.miniters = 0  # every update a tick
+        for _ in range(4):
+            bar.update(1)
+    lines = log.getvalue().splitlines()
+    assert [x.split("|")[0] for x in lines] == [
+        "projecting:   0%", "projecting:  25%", "projecting:  50%", "projecting:  75%",
+        "projecting: 100%"], lines
 
 
 def test_on_a_terminal_a_bar_is_redrawn_and_cleared_at_its_end(monkeypatch) -> None:

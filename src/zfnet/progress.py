@@ -9,6 +9,7 @@ own, and its last state is kept: the paper's 70 epochs of ImageNet (700k steps) 
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -43,21 +44,34 @@ class _LogLines:
     """A log for a bar: each state a line of its own. tqdm redraws in place with a carriage
     return (and spaces over a longer state), which a log keeps as one long line: `less` shows
     an hour of states as one, `grep` finds none, and a warning printed meanwhile lands in the
-    middle of it."""
+    middle of it. A state that says what the last one written said — the same count at the same
+    elapsed second, only its rate measured again — is not written: the end of a bar drawn by its
+    last update (the minute's tick) and again as it closes."""
 
     def __init__(self, fp: Any) -> None:
         self.fp = fp
         self.encoding = getattr(fp, "encoding", None)  # tqdm draws blocks where it is UTF-8
+        self.last: str | None = None
 
     def write(self, s: str) -> None:
-        state = s.lstrip("\r").rstrip(" ")
-        if state.strip() and state != "\n":  # not tqdm's clearing, nor its line end at close
-            if sys.stdout is not None and sys.stdout is not self.fp:
-                sys.stdout.flush()  # a log of both: what was printed before comes before
-            self.fp.write(state if state.endswith("\n") else state + "\n")
+        state = s.lstrip("\r").rstrip(" \n")
+        if not state.strip():  # tqdm's clearing, or its line end at close
+            return
+        said = _SAID.match(state)
+        said_now = said.group(0) if said else state
+        if said_now == self.last:
+            return
+        if sys.stdout is not None and sys.stdout is not self.fp:
+            sys.stdout.flush()  # a log of both: what was printed before comes before
+        self.fp.write(state + "\n")
+        self.last = said_now
 
     def flush(self) -> None:
         self.fp.flush()
+
+
+# a state up to its elapsed time: "desc: 80%|bar| 16/20 [00:12" of "... [00:12<00:03, 1.3it/s]"
+_SAID = re.compile(r"^.* \[[^<,\]]*")
 
 
 class _Bar(tqdm):
