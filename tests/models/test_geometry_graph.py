@@ -618,6 +618,45 @@ def test_a_model_that_cannot_run_on_meta_runs_on_a_zero_input() -> None:
     _assert_same(model, before)
 
 
+def test_the_pass_is_remembered_per_model_until_its_modules_change(monkeypatch) -> None:
+    """Listing a network's layers, their geometry and the layer its classifier reads each ask
+    for the forward pass: one pass per model, input size and channels, done again where a
+    module is replaced, resized or set otherwise; a pass on the model itself (no meta kernel)
+    is not kept (it holds the model's activations)."""
+    from zfnet.models import geometry, vector_layer
+
+    passes: list[bool] = []
+    forward = geometry._forward
+    monkeypatch.setattr(geometry, "_forward",
+                        lambda m, x: passes.append(x.is_meta) or forward(m, x))
+    model = _tv("resnet18")
+    geo = graph_geometry(model, 64)
+    assert passes == [True]
+    layer_info(model, 64), vector_layer(model, 64), channels_last_layers(model, 64, 3)
+    assert graph_geometry(model, 64) == geo and passes == [True]  # in_channels None or 3: one
+    assert graph_geometry(copy.deepcopy(model), 64) == geo and len(passes) == 2  # another model
+    graph_geometry(model, 96)
+    assert len(passes) == 3 and graph_geometry(model, 64) == geo and len(passes) == 3
+    model.fc = nn.Linear(512, 10)  # a new head, the same type at the same path
+    assert layer_info(model, 64)["fc"].channels == 10 and len(passes) == 4
+    model.layer4[0].conv1.stride = (1, 1)
+    model.layer4[0].downsample[0].stride = (1, 1)  # set otherwise: its maps twice as large
+    assert graph_geometry(model, 64)["layer4"].shape == (4, 4) and len(passes) == 5
+    assert geo["layer4"].shape == (2, 2)
+
+    class Reads(nn.Module):  # no meta kernel: the pass runs on the model, every time
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x) if x.abs().sum().item() >= 0 else x
+
+    reads, passes[:] = Reads(), []
+    graph_geometry(reads, 15), graph_geometry(reads, 15)
+    assert passes == [True, False, True, False]
+
+
 def test_geometry_is_a_layer_geometry_and_in_channels_is_read() -> None:
     """A one-channel model (the first convolution's in_channels) and an explicit one."""
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 6 * 6, 3))

@@ -443,7 +443,7 @@ def graph_layers(model: nn.Module, input_size: int | tuple[int, int],
     return out
 
 
-# per model: (input shape, its modules' paths and types) -> its `channels_last_layers`, kept
+# per model: (input shape, its structure: `_structure`) -> its `channels_last_layers`, kept
 # while the model lives; one walk costs about a third of projecting one unit of a ResNet-18 at
 # 224 px, and every forward pass that reads a layer's output asks
 _LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -462,7 +462,7 @@ def channels_last_layers(model: nn.Module, input_size: int | tuple[int, int],
     `graph_geometry`, remembered per model and input until the model's modules change;
     `GeometryError` if it fails."""
     size = pair(input_size)
-    key = (size, in_channels, tuple((p, type(m)) for p, m in model.named_modules()))
+    key = (size, in_channels, _structure(model))
     known = _LAYOUTS.setdefault(model, {})
     if key not in known:
         known.clear()
@@ -554,42 +554,76 @@ def record_forward(model: nn.Module, input_size: int | tuple[int, int],
     made its output (its last call), the output's shape, the node that made its first tensor
     input and how many times the module was called. What `graph_geometry` reads, and
     `zfnet.models.layers` to tell which module feeds the classifier. Eval mode; the model left
-    as it was. `GeometryError` if the pass fails."""
+    as it was. `GeometryError` if the pass fails.
+
+    The pass on the meta copy is remembered per model, input and dtype until the model's modules
+    change (`_structure`): what it returns is shared, to read, not to change."""
     size = pair(input_size)
     if min(size) < 1:
         raise ValueError(f"input_size must be positive, got {input_size}")
+    check_not_scripted(model)  # its hooks would fail, and read as a wrong input size
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     if in_channels is not None:
-        return _record(model, (1, in_channels, *size), dtype)
-    # the first convolution's input channels, then RGB: a stem that rearranges the image before
-    # any convolution (TResNet's space-to-depth: 3 channels in, 48 at its first convolution)
-    first = next((int(m.in_channels) for m in model.modules()
-                  if isinstance(m, nn.modules.conv._ConvNd)), 3)
+        channels = [in_channels]
+    else:  # the first convolution's input channels, then RGB: a stem that rearranges the image
+        # before any convolution (TResNet's space-to-depth: 3 channels in, 48 at its first)
+        channels = list(dict.fromkeys((next((int(m.in_channels) for m in model.modules()
+                                              if isinstance(m, nn.modules.conv._ConvNd)), 3), 3)))
+    structure = _structure(model)
+    known = _RECORDED.setdefault(model, {})
+    if (size, channels[0], dtype, structure) in known:
+        return known[(size, channels[0], dtype, structure)]
     failed: list[GeometryError] = []
-    for c in dict.fromkeys((first, 3)):
+    for c in channels:
         try:
-            return _record(model, (1, c, *size), dtype)
+            recorded, on_meta = _record(model, (1, c, *size), dtype)
         except GeometryError as e:
             failed.append(e)
+            continue
+        if on_meta:  # a pass on the model itself keeps its activations: not kept
+            if any(k[3] != structure for k in known):
+                known.clear()
+            while len(known) >= _RECORDS_KEPT:  # the oldest first
+                del known[next(iter(known))]
+            known[(size, c, dtype, structure)] = recorded
+        return recorded
     raise failed[0]
 
 
+# per model: (input shape, input channels, dtype, its structure: `_structure`) -> its
+# `record_forward` on the meta device, kept while the model lives (for each input its analyses
+# use: the geometry's 224 px, the images' size): one pass costs ~0.2 s on a ResNet-18 (autograd
+# on meta tensors runs torch's Python reference kernels), and listing a network's layers, their
+# geometry, the stages to show and the layer its classifier reads each ask for it
+_RECORDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_RECORDS_KEPT = 4  # per model: the explorer's images come in any size
+
+
+def _structure(model: nn.Module) -> tuple:
+    """What a forward pass's graph is made of, to know when a remembered one no longer holds:
+    every module (its path, type, identity and settings: stride, padding, sizes), every
+    parameter's and buffer's shape. A module replaced, resized or set otherwise changes it."""
+    return (tuple((p, type(m), id(m), m.extra_repr()) for p, m in model.named_modules()),
+            tuple((n, tuple(t.shape)) for n, t in model.named_parameters()),
+            tuple((n, tuple(t.shape)) for n, t in model.named_buffers()))
+
+
 def _record(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype
-            ) -> tuple[Tensor, _Made]:
-    """`record_forward` for an input of this shape: on a meta copy, else on the model itself."""
-    check_not_scripted(model)  # its hooks would fail, and read as a wrong input size
+            ) -> tuple[tuple[Tensor, _Made], bool]:
+    """`record_forward` for an input of this shape: on a meta copy, else on the model itself;
+    and whether it ran on the meta copy."""
     try:
         # out of inference mode, also for the copy: a caller's `torch.inference_mode()` would
         # make tensors autograd cannot record
         with torch.inference_mode(False):
             meta = _meta_copy(model)
-            return _forward(meta, torch.zeros(shape, dtype=dtype, device="meta"))
+            return _forward(meta, torch.zeros(shape, dtype=dtype, device="meta")), True
     except Exception:  # noqa: BLE001  (an op with no meta kernel, .item(), ...: run it for real)
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
         try:
             with torch.inference_mode(False):
-                return _forward(model, torch.zeros(shape, dtype=dtype, device=device))
+                return _forward(model, torch.zeros(shape, dtype=dtype, device=device)), False
         except Exception as e:  # noqa: BLE001  (any failure of the user's forward pass)
             raise GeometryError(forward_failure(model, shape, e)) from e
 
