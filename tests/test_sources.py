@@ -210,6 +210,33 @@ def test_torchvision_files(tmp_path):
         load_source("torchvision:resnet18", str(tmp_path / "w.pth"))
 
 
+@pytest.mark.parametrize("name", ["resnet18", "regnet_x_400mf", "swin_t"])
+def test_a_torchvision_file_is_put_in_place_not_over_a_random_init(tmp_path, name, monkeypatch):
+    """A weights file's tensors are put into a model built on the meta device (no random init
+    to overwrite: a VGG-16's 138M numbers): the outputs are the ones of the model built and
+    loaded as torchvision does, in its parameters' dtype (a half-precision file), with every
+    tensor real (swin_t's relative position index, which the file does not hold), and the
+    global RNG untouched. RegNet reads tensor values as it builds: built for real, as before."""
+    ref = torchvision.models.get_model(name, num_classes=7).eval()
+    sd = {k: v.half() if v.is_floating_point() else v for k, v in ref.state_dict().items()}
+    torch.save(sd, tmp_path / "w.pth")
+    ref.load_state_dict(sd)  # the file's values, in float32
+    drawn = []  # an init of a real tensor: random numbers drawn
+    for f in ("normal_", "uniform_", "trunc_normal_", "kaiming_normal_", "kaiming_uniform_"):
+        monkeypatch.setattr(torch.nn.init, f, lambda t, *a, **k: drawn.append(not t.is_meta) or t)
+    rng = torch.get_rng_state()
+    model = load_source(f"torchvision:{name}", str(tmp_path / "w.pth")).model.eval()
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert any(drawn) == (name == "regnet_x_400mf"), drawn
+    held = [*model.parameters(), *model.buffers()]
+    assert not any(t.is_meta for t in held) and all(p.dtype == torch.float32 for p in
+                                                    model.parameters())
+    assert all(p.requires_grad and isinstance(p, torch.nn.Parameter) for p in model.parameters())
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), ref(x))
+
+
 def test_a_timm_train_checkpoint_is_read(tmp_path):
     """timm's train.py writes model_best.pth.tar: its arguments as an argparse.Namespace (plain
     data, read with weights_only=True), the weights under state_dict and their moving average

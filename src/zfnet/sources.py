@@ -624,7 +624,7 @@ def _torchvision(name: str, weights: str | None, meta_only: bool) -> Source:
         if name in TRANSFORM_INPUT:  # as torchvision builds it for its own weights
             plain = build
             build = lambda **kw: plain(**{"transform_input": True, **kw})  # noqa: E731
-        model = _with_weights(build, _weights_file(weights, f"{label}'s"), label)
+        model = _with_weights(build, _weights_file(weights, f"{label}'s"), label, on_meta=True)
         notes = [f"{label}: built with transform_input=True, as torchvision builds it for its "
                  "ImageNet weights, which a copy fine-tuned from them needs; one trained "
                  "without it: give your model from Python, `zfnet.sources.from_module(model)`"
@@ -1117,13 +1117,21 @@ def _unwrapped(sd: dict[str, torch.Tensor], own: Iterable[str]) -> dict[str, tor
     return inner if any(k in own for k in inner) else sd
 
 
-def _with_weights(build: Callable[..., nn.Module], path: Path, what: str) -> nn.Module:
+def _with_weights(build: Callable[..., nn.Module], path: Path, what: str,
+                  on_meta: bool = False) -> nn.Module:
     """`build()` with the state dict in `path` loaded (less a wrapper's prefix: `_unwrapped`);
     rebuilt with the file's number of classes
     (a fine-tuned copy) or without auxiliary classifiers when that is all that differs. Another
-    architecture's file is one ValueError naming the first keys and shapes that differ."""
+    architecture's file is one ValueError naming the first keys and shapes that differ.
+
+    `on_meta` (torchvision's builders): built on the meta device and the file's tensors put in
+    place (`_assigned`), not initialised at random first: a VGG-16's 138M random numbers took
+    longer than reading its file. Built for real where the builder or the model needs it."""
     sd = read_state_dict(path)
     kwargs: dict[str, Any] = {}
+    if on_meta:
+        plain = build
+        build = lambda **kw: _random(lambda: plain(**kw), meta_only=True)  # noqa: E731
     model = build()
     sd = _unwrapped(sd, model.state_dict().keys())
     first = _mismatch(model.state_dict(), sd)
@@ -1156,7 +1164,23 @@ def _with_weights(build: Callable[..., nn.Module], path: Path, what: str) -> nn.
                                                 for k, f, m in shapes[:4]) if shapes else "")
             + (f" (the file fits {what}({refused}), which it does not take)" if refused
                else _channels_hint(shapes, missing, unexpected, what)))
+    if on_meta and all(t.is_meta for t in model.state_dict().values()):
+        return _assigned(model, sd) or _with_weights(plain, path, what)
     model.load_state_dict(sd)
+    return model
+
+
+def _assigned(model: nn.Module, sd: dict[str, torch.Tensor]) -> nn.Module | None:
+    """`model`, built on the meta device, holding `sd`'s tensors (each in its parameter's dtype,
+    contiguous); None where a tensor of it is left on the meta device: one the state dict does
+    not hold (a non-persistent buffer), or a plain attribute."""
+    own = model.state_dict()
+    model.load_state_dict({k: v.to(dtype=own[k].dtype).contiguous() for k, v in sd.items()},
+                          assign=True)
+    for m in model.modules():
+        held = [*m._parameters.values(), *m._buffers.values(), *vars(m).values()]
+        if any(isinstance(t, torch.Tensor) and t.is_meta for t in held):
+            return None
     return model
 
 
