@@ -212,11 +212,14 @@ def filters(models: dict[str, nn.Module],
 def evolution(run_dir: str | Path, bundle: DataBundle, out_dir: str | Path | None = None,
               n_images: int = 1000, n_maps: int = 6, batch_size: int = 64,
               device: str = "cpu", rule: str = "deconvnet",
-              layers: Sequence[str] | None = None) -> tuple[Section, EvolutionResult]:
+              layers: Sequence[str] | None = None,
+              progress: Callable[[int, int], None] | None = None
+              ) -> tuple[Section, EvolutionResult]:
     """Fig. 4 from the checkpoints kept in `run_dir` (training images, centre crops), each
     model on `device` (auto: cuda if there), mined `batch_size` images at a time, the units
     projected by `rule` (deconvnet, guided or gradient). `layers`: whose maps are followed
-    (default: zfnet's conv1…conv5, any other architecture's main stages)."""
+    (default: zfnet's conv1…conv5, any other architecture's main stages). progress:
+    `feature_evolution`'s (images mined and units projected)."""
     from zfnet.analyses.evolution import evolution_section, feature_evolution
     from zfnet.models import feature_layers, is_zfnet_model
     from zfnet.train import list_checkpoints, load_model
@@ -238,7 +241,7 @@ def evolution(run_dir: str | Path, bundle: DataBundle, out_dir: str | Path | Non
         layers = _present(last, CONV_LAYERS) if is_zfnet_model(last) else \
             feature_layers(last, _size(bundle))
     res = feature_evolution(ckpts, _centre(bundle, "train"), layers, n_maps, n_images,
-                            batch_size=batch_size, rule=rule)
+                            batch_size=batch_size, rule=rule, progress=progress)
     return evolution_section(out_dir or run_dir, res), res
 
 

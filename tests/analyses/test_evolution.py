@@ -112,7 +112,9 @@ def test_evolution_of_given_maps_and_of_one_unit() -> None:
         assert given.similarity[layer] == chosen.similarity[layer]
         assert torch.allclose(given.unit_similarity[layer].mean(0),
                               torch.tensor(chosen.similarity[layer]))
-    assert calls[-1] == (24, 24) and [d for d, _ in calls] == sorted(d for d, _ in calls)
+    # the work at each of 3 epochs: 8 images mined, 6 maps projected
+    assert calls[-1] == (42, 42) and {t for _, t in calls} == {42}
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
     unit = chosen.maps["conv3"][1]
     one = unit_evolution(ckpts, data, "conv3", unit, n_images=8)
     assert one.epochs == [1, 2, 3] and one.projections.shape == chosen.projections["conv3"][1].shape

@@ -308,9 +308,11 @@ def test_every_analysis_takes_device_and_batch_size(tmp_path) -> None:
     _ok(["train", "--data", "synthetic?n_train=64&n_val=32&size=32", "--model", "zfnet_small",
          "--out", str(run), "--epochs", "2", "--batch-size", "32", "--keep-epochs", "1,2",
          "--quiet", "--no-tensorboard"])
-    _ok(["analyze", "evolution", "--checkpoint", str(run), "--images", "32", "--maps", "2",
-         "--device", "cpu", "--batch-size", "8"])
+    text = _ok(["analyze", "evolution", "--checkpoint", str(run), "--images", "32", "--maps",
+                "2", "--device", "cpu", "--batch-size", "8"])
     assert any(s.key == "evolution" for s in read_sections(run))
+    # a bar over the work: at each of the 2 kept epochs, 32 images mined, 5 x 2 maps projected
+    assert "evolution: 100%|" in text and "84/84 [" in text, text
     # the layers named: their maps followed, the others not
     _ok(["analyze", "evolution", "--checkpoint", str(run), "--images", "16", "--maps", "2",
          "--layer", "conv2,fc6", "--out", str(tmp_path / "chosen")])

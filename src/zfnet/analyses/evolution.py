@@ -81,8 +81,9 @@ def feature_evolution(
     `maps` {layer: [map, …]} (its keys are then the layers, `layers` and `n_maps` unused).
     Each checkpoint is read once (by index) and mined once for all layers, so `checkpoints` may
     be a sequence that loads each model when indexed.
-    progress(done, total): images mined so far over all the checkpoints' passes; an exception
-    it raises (a cancelled job) stops the work.
+    progress(done, total): the work done over all the checkpoints, images mined and units
+    projected, (images + maps) per checkpoint in all; an exception it raises (a cancelled job)
+    stops the work.
     """
     if not checkpoints:
         raise ValueError("no checkpoints: train with kept epochs (TrainConfig.keep_epochs)")
@@ -93,16 +94,24 @@ def feature_evolution(
     layers = list(layers)
     indices = range(min(len(dataset), n_images)) if n_images else None
     per_pass = len(indices) if indices is not None else len(dataset)  # type: ignore[arg-type]
-    total = per_pass * len(checkpoints)
-    passes = 0
+    # the work: per checkpoint, its images mined and its maps projected (n_maps a layer until
+    # they are chosen)
+    work = {"done": 0, "units": sum(len(v) for v in maps.values()) if maps is not None
+            else n_maps * len(layers)}
+
+    def reporter() -> Callable[[int, int], None] | None:
+        """A report of the work done from here on, `done` counted from this point."""
+        if progress is None:
+            return None
+        offset = work["done"]
+        return lambda done, _: progress(offset + done,
+                                        (per_pass + work["units"]) * len(checkpoints))
 
     def mine(epoch: int, model: nn.Module) -> dict[str, TopK]:
-        nonlocal passes
-        offset = passes * per_pass
-        report = (lambda done, _: progress(offset + done, total)) if progress else False
-        passes += 1
-        return mine_topk(model, dataset, layers, k=1, indices=indices, batch_size=batch_size,
-                         progress=report)
+        mined = mine_topk(model, dataset, layers, k=1, indices=indices, batch_size=batch_size,
+                          progress=reporter() or False)
+        work["done"] += per_pass
+        return mined
 
     last = len(checkpoints) - 1
     first: tuple[int, nn.Module, dict[str, TopK]] | None = None
@@ -111,6 +120,7 @@ def feature_evolution(
         check_defined(model, first_image(dataset), layers, rule)  # before mining
         first = (epoch, model, mine(epoch, model))
         chosen = {layer: select_maps(first[2][layer], n_maps) for layer in layers}
+        work["units"] = sum(len(c) for c in chosen.values())
     else:
         chosen = {layer: [int(c) for c in maps[layer]] for layer in layers}
     res = EvolutionResult([], chosen, images=per_pass, rule=rule)
@@ -127,7 +137,8 @@ def feature_evolution(
             _check_maps(chosen, mined)
         res.epochs.append(epoch)
         per_ckpt.append(project_topk(model, dataset, {k: mined[k] for k in layers}, chosen,
-                                     rule))
+                                     rule, progress=reporter()))
+        work["done"] += work["units"]
     for layer in layers:
         per_epoch = [p[layer][:, 0] for p in per_ckpt]  # each (M, C, rf, rf)
         proj = torch.stack(per_epoch, 1)  # (M, E, C, rf, rf)

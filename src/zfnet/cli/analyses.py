@@ -64,6 +64,7 @@ def evolution_cmd(run_dir: str | None, run_alias: str | None, data: str | None,
                   rule: str, device: str, batch_size: int) -> None:
     """Fig. 4: strongest activations projected at every kept epoch, side by side."""
     from zfnet import pipeline
+    from zfnet.progress import counted_progress
     from zfnet.train import list_checkpoints
 
     run_dir = run_dir or run_alias
@@ -86,8 +87,11 @@ def evolution_cmd(run_dir: str | None, run_alias: str | None, data: str | None,
             f"{run_dir} keeps 1 checkpoint (epoch {kept[0][0]}); evolution compares 2 or more "
             "(train with --keep-epochs N,N,... naming the epochs to keep)",
             param_hint="--checkpoint")
-    pipeline.evolution(run_dir, bundle, out, n_images=images, n_maps=maps,
-                       batch_size=batch_size, device=device, rule=rule, layers=layers)
+    # one step an image mined or a unit projected, at each kept epoch
+    with counted_progress(desc="evolution", unit="step") as went:
+        pipeline.evolution(run_dir, bundle, out, n_images=images, n_maps=maps,
+                           batch_size=batch_size, device=device, rule=rule, layers=layers,
+                           progress=went)
     _finish(out or run_dir)
 
 

@@ -255,13 +255,14 @@ def write_atlas(
     if evolution is not None and len(evolution) == 0:
         evolution = None
 
-    # the work: mining (n images), evolution's mining (n per checkpoint), every unit drawn
+    # the work: mining (n images), evolution's mining and projecting (n images and the units
+    # shown, per checkpoint), every unit drawn
     epochs = len(evolution) if evolution is not None else 0
-    # ... the units drawn counted before the mining as well, where the layers' maps are known:
-    # a bar's total that grew at the end (0/5000 ... 5080/5080) looked like more work found
-    state = {"done": 0, "total": n * (1 + epochs) + sum(
+    # ... the units counted before the mining as well, where the layers' maps are known: a
+    # bar's total that grew at the end (0/5000 ... 5080/5080) looked like more work found
+    state = {"done": 0, "total": (n + sum(
         layer.maps if maps_per_layer is None else min(maps_per_layer, layer.maps)
-        for layer in table)}
+        for layer in table)) * (1 + epochs)}
 
     def report(done: int, offset: int) -> None:
         if progress is not None:
@@ -281,14 +282,15 @@ def write_atlas(
         layer.names = list(named) if named is not None and len(named) == layer.maps else None
         layer.shown = list(range(layer.maps)) if maps_per_layer is None else \
             select_maps(t, maps_per_layer)
-    state["total"] = n * (1 + epochs) + sum(len(layer.shown) for layer in table)
+    shown = sum(len(layer.shown) for layer in table)
+    state["total"] = (n + shown) * (1 + epochs)
     evo = None
     if evolution is not None:
         evo = feature_evolution(evolution, dataset, n_images=None, rule=rule,
                                 batch_size=batch_size,
                                 maps={layer.name: layer.shown for layer in table},
                                 progress=lambda done, _: report(done, n))
-    state["done"] = n * (1 + epochs)
+    state["done"] = n + (n + shown) * epochs
     meta = {
         "format": FORMAT, "model": model_name or type(model).__name__,
         "data": data_name or type(data).__name__, "k": k, "rule": rule,
