@@ -76,6 +76,44 @@ def test_units_equal_the_engine_in_pixel_units(photos) -> None:
     assert acts == sorted(acts, reverse=True)
 
 
+def test_several_layers_at_once_read_and_run_each_image_once(photos) -> None:
+    """`zfnet project`'s layers (5 by default): each batch of images is read, run and projected
+    once for all of them (each layer read every image again and ran its own forward pass); the
+    units are the ones each layer alone gives, layer by layer, the class names at the layer
+    they name."""
+    src = load_source("torchvision:resnet18")
+    data = load_images([photos / "coffee.jpg", photos / "chelsea.jpg", photos / "astronaut.jpg"],
+                       src.preprocessing)
+    read, forwards = [], []
+    get = type(data).__getitem__
+
+    class Counted(type(data)):  # the same dataset, its reads counted
+        def __getitem__(self, i):
+            read.append(i)
+            return get(self, i)
+
+    data.__class__ = Counted
+    handle = src.model.register_forward_hook(  # (the geometry's pass on the meta device aside)
+        lambda _m, inp, _o: forwards.append(1) if not inp[0].is_meta else None)
+    names = [f"class {k}" for k in range(1000)]
+    done = []
+    both = project_units(src.model, data, ["layer1", "fc", "layer3"], top=2, batch_size=2,
+                         unit_names={"fc": names}, progress=done.append)
+    handle.remove()
+    # 2 batches of images, each run to choose its units, then by the engine that projects them
+    assert sorted(read) == [0, 1, 2] and len(forwards) == 2 * 2
+    assert done == [2, 1]
+    alone = [r for layer in ("layer1", "fc", "layer3")
+             for r in project_units(src.model, data, layer, top=2,
+                                    unit_names=names if layer == "fc" else None)]
+    assert len(both) == len(alone) == 3 * 3 * 2
+    for (u, image, proj), (v, image2, proj2) in zip(both, alone, strict=True):
+        assert u == v and torch.equal(image, image2)
+        torch.testing.assert_close(proj, proj2, rtol=1e-4, atol=1e-5 * float(proj2.abs().max()))
+    assert {u.label is not None for u, _, _ in both if u.layer == "fc"} == {True}
+    assert {u.label for u, _, _ in both if u.layer != "fc"} == {None}
+
+
 def test_the_unit_at_a_position_is_the_engines_projection_of_that_unit(photos) -> None:
     """--position ROW,COL: each map's unit there, not its strongest; --top ranks the maps by
     their activation there."""

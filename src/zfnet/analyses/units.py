@@ -17,7 +17,7 @@ import re
 import unicodedata
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,10 +38,11 @@ from zfnet.display import (
     label_font,
     projection_scale,
     projection_to_uint8,
+    save_png,
     wrap_text,
 )
 from zfnet.graph import fallbacks_recorded, rule_label
-from zfnet.models import eval_mode, layer_geometry, layer_name
+from zfnet.models import LayerGeometry, eval_mode, layer_geometries, layer_name
 
 
 @dataclass
@@ -102,74 +103,104 @@ def choose_maps(strength: Tensor, channels: Sequence[int] | None, top: int | Non
     return strength.topk(k, dim=1).indices
 
 
-def project_units(model: nn.Module, images: Dataset, layer: str | nn.Module, *,
+def project_units(model: nn.Module, images: Dataset,
+                  layer: str | nn.Module | Sequence[str | nn.Module], *,
                   channels: Sequence[int] | None = None, top: int | None = None,
                   rule: str = "deconvnet", pixel_scale: Tensor | None = None,
                   batch_size: int = 16, names: Sequence[str] | None = None,
-                  unit_names: Sequence[str] | None = None,
+                  unit_names: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
                   position: tuple[int, int] | None = None, seed: str = "activation",
                   progress: Callable[[int], None] | None = None,
                   ) -> list[tuple[Unit, Tensor, Tensor]]:
     """Project the strongest unit of the chosen maps (`choose_maps`) of every image, or the
-    unit at `position` (row, col) of each (the maps then ranked by their activation there).
+    unit at `position` (row, col) of each (the maps then ranked by their activation there), at
+    `layer` or at each of several layers: each batch of images is read, run and projected once
+    for all of them, and the units come layer by layer (every image's units at the first, then
+    at the next).
 
     images: items (x, y) of model inputs (C, H, W) — `zfnet.data.load_images` — with `raw(i)`
     the uint8 pixels the model sees; broken files (None items) are skipped. pixel_scale: (C,)
-    model-input units -> pixel units. unit_names: a name for each of the layer's units or maps
-    (the classes of a class-score layer), used where their number matches. seed: what each
-    unit goes down with (`zfnet.deconvnet.project_layers`): its activation, or 1 ("one": also
-    a unit at or below zero, a class score below zero among them). progress: called with the
-    number of images read, after each batch is read (a bar's `update`). Returns, per unit,
-    (Unit, uint8 image (C, H, W), projection (C, H, W) in pixel units).
+    model-input units -> pixel units. unit_names: a name for each of a layer's units or maps
+    (the classes of a class-score layer), used where their number matches; {layer: names} for
+    some of several layers. seed: what each unit goes down with
+    (`zfnet.deconvnet.project_layers`): its activation, or 1 ("one": also a unit at or below
+    zero, a class score below zero among them). progress: called with the number of images
+    done, after each batch is projected (a bar's `update`). Returns, per unit, (Unit, uint8
+    image (C, H, W), projection (C, H, W) in pixel units).
     """
-    name = layer_name(model, layer)  # an unknown layer: an error listing the valid ones
-    out: list[tuple[Unit, Tensor, Tensor]] = []
-    geometry = None
+    given = [layer] if isinstance(layer, (str, nn.Module)) else list(layer)
+    # unknown layers: an error listing the valid ones, before any image is read
+    layers = list(dict.fromkeys(layer_name(model, g) for g in given))
+    named = (unit_names if isinstance(unit_names, Mapping)
+             else dict.fromkeys(layers, unit_names))
+    out: dict[str, list[tuple[Unit, Tensor, Tensor]]] = {n: [] for n in layers}
+    geometry: dict[str, LayerGeometry | None] = {}
     for lo in range(0, len(images), batch_size):
         # each file read once here (and its pixels once below): decoding is the slow part
         items = {i: images[i] for i in range(lo, min(lo + batch_size, len(images)))}
+        idx = [i for i, item in items.items() if item is not None]
+        if idx:
+            x = to_model(model, torch.stack([items[i][0] for i in idx]))  # (B, C, H, W)
+            if not geometry:
+                geometry = layer_geometries(model, layers, tuple(x.shape[-2:]))
+            pixels = {i: images.raw(i) for i in idx}
+            for name, units in _project_batch(model, x, layers, channels, top, rule, position,
+                                              seed).items():
+                for row, ch, r, c, activation, proj, act_shape, shown_by in units:
+                    i = idx[row]
+                    geo = geometry[name]
+                    box = (geo.box(r, c, (x.shape[-2], x.shape[-1]))
+                           if geo is not None and len(act_shape) == 4 else None)
+                    labels = named.get(name)
+                    label = labels[ch] if labels and len(labels) == act_shape[1] else None
+                    unit = Unit(i, names[i] if names else f"image {i}", name, ch, activation, r,
+                                c, box, flat=len(act_shape) == 2, label=label,
+                                projection=None if shown_by == rule else shown_by)
+                    if pixel_scale is not None:
+                        proj = proj * pixel_scale.reshape(-1, 1, 1)
+                    out[name].append((unit, pixels[i], proj))
         if progress is not None:
             progress(len(items))
-        idx = [i for i, item in items.items() if item is not None]
-        if not idx:
-            continue
-        x = to_model(model, torch.stack([items[i][0] for i in idx]))  # (B, C, H, W)
-        if geometry is None:
-            geometry = layer_geometry(model, name, tuple(x.shape[-2:]))
-        with eval_mode(model):
-            # (B, C, h, w) or (B, F)
-            act = shown_units(name, get_activations(model, x, [name])[name])
+    if not any(out.values()):
+        raise ValueError("none of the images could be read (see the warnings above)")
+    return [r for name in layers for r in out[name]]
+
+
+def _project_batch(model: nn.Module, x: Tensor, layers: list[str],
+                   channels: Sequence[int] | None, top: int | None, rule: str,
+                   position: tuple[int, int] | None, seed: str
+                   ) -> dict[str, list[tuple[int, int, int, int, float, Tensor, tuple[int, ...],
+                                             str]]]:
+    """`project_units` of one batch `x` (B, C, H, W), one forward pass for every layer: per
+    layer, the B x K units image by image, each (its image's row in `x`, map, row, col,
+    activation, projection pasted at the input's size, the layer's output shape, what
+    projected it)."""
+    with eval_mode(model):
+        acts = get_activations(model, x, layers)
+    seeds, maps, shapes = {}, {}, {}
+    for name in layers:
+        act = shown_units(name, acts[name])  # (B, C, h, w) or (B, F)
         if position is not None:
             _check_position(position, act, name)
             strength = act[:, :, position[0], position[1]]
         else:
             strength = act.flatten(2).amax(2) if act.ndim > 2 else act
-        maps = choose_maps(strength.float().cpu(), channels, top, name)  # (B, K)
-        b, k = maps.shape
-        seeds = Seeds(torch.arange(b).repeat_interleave(k), maps.reshape(-1),
-                      None if position is None else torch.tensor([position] * (b * k)))
-        with fallbacks_recorded() as found:
-            rf = project_layers(model, x, {name: seeds}, rule, seed=seed)[name]
-        shown_by = rule_label(rule, found, [name])
+        maps[name] = choose_maps(strength.float().cpu(), channels, top, name)  # (B, K)
+        b, k = maps[name].shape
+        seeds[name] = Seeds(torch.arange(b).repeat_interleave(k), maps[name].reshape(-1),
+                            None if position is None else torch.tensor([position] * (b * k)))
+        shapes[name] = tuple(act.shape)
+    with fallbacks_recorded() as found:
+        rfs = project_layers(model, x, seeds, rule, seed=seed)
+    out = {}
+    for name in layers:
+        rf = rfs[name]
         proj = paste(rf, (x.shape[-2], x.shape[-1])).float().cpu()  # (B*K, C, H, W)
-        if pixel_scale is not None:
-            proj = proj * pixel_scale.reshape(1, -1, 1, 1)
-        pixels = {i: images.raw(i) for i in idx}
-        for s in range(b * k):
-            i = idx[s // k]
-            r, c = int(rf.row[s]), int(rf.col[s])
-            box = None
-            if geometry is not None and act.ndim == 4:
-                box = geometry.box(r, c, (x.shape[-2], x.shape[-1]))
-            ch = int(maps.reshape(-1)[s])
-            label = (unit_names[ch] if unit_names and len(unit_names) == act.shape[1]
-                     else None)
-            unit = Unit(i, names[i] if names else f"image {i}", name, ch,
-                        float(rf.activation[s]), r, c, box, flat=act.ndim == 2, label=label,
-                        projection=None if shown_by == rule else shown_by)
-            out.append((unit, pixels[i], proj[s]))
-    if not out:
-        raise ValueError("none of the images could be read (see the warnings above)")
+        shown_by = rule_label(rule, found, [name])
+        k = maps[name].shape[1]
+        out[name] = [(s // k, int(ch), int(rf.row[s]), int(rf.col[s]), float(rf.activation[s]),
+                      proj[s], shapes[name], shown_by)
+                     for s, ch in enumerate(maps[name].reshape(-1))]
     return out
 
 
@@ -222,9 +253,7 @@ def unit_figure(image: Tensor, projection: Tensor, box: tuple[int, int, int, int
         for i, text in enumerate(panel_lines):
             draw.text((j * (w * zoom + pad), 1 + i * LABEL_HEIGHT), text, fill=LABEL_COLOUR,
                       font=font)
-    path = Path(path)
-    img.save(path)
-    return path
+    return Path(save_png(np.asarray(img), path))
 
 
 def _slug(text: str) -> str:

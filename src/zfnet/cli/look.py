@@ -87,14 +87,15 @@ def project_cmd(images: tuple[str, ...], model_options: ModelOptions,
     names = [str(p) for p in getattr(data, "paths", [])] or None
     # the last layer's units are the classes the weights name (source.labels)
     last = score_layer(source.model) if source.labels else None
-    # a bar over the images read, once a layer (a folder of photos takes a while)
-    with progress_bar(total=len(data) * len(layers), desc="images", unit="img") as bar:
-        results = [r for layer in layers for r in project_units(
-            source.model, data, layer, channels=channels, top=top, rule=rule,
+    # a bar over the images, each read, run and projected once for every layer (a folder of
+    # photos takes a while)
+    with progress_bar(total=len(data), desc="images", unit="img") as bar:
+        results = project_units(
+            source.model, data, layers, channels=channels, top=top, rule=rule,
             position=position, pixel_scale=source.preprocessing.pixel_scale(),
             batch_size=model_options.batch_size, names=names,
-            unit_names=source.labels if layer == last else None, seed=seed,
-            progress=bar.update)]
+            unit_names={last: source.labels} if last and source.labels else None, seed=seed,
+            progress=bar.update)
     # each image read gives units: the others were broken files (named in the warnings)
     seen = {unit.image for unit, _, _ in results}
     unreadable = list(dict.fromkeys(  # a file given twice (its folder, and by name): once
