@@ -205,13 +205,18 @@ def _word_pieces(word: str, width: float,
     return [*pieces, word]
 
 
+# zlib's level for every PNG zfnet draws: 3 writes a projection's figure in 60% of the time of
+# PIL's default 6 (20 ms, not 33 here), ~10% larger; `zfnet project` of 20 photos writes 360
+PNG_LEVEL = 3
+
+
 def save_png(canvas: np.ndarray, path: str | Path | BinaryIO) -> Path | BinaryIO:
     """Write uint8 (H, W[, 3]) as a PNG to a path (its folder made) or an open binary file
     (the explorer's PNG bytes); returns where it went."""
     if hasattr(path, "write"):
-        Image.fromarray(canvas).save(path, format="PNG")
+        Image.fromarray(canvas).save(path, format="PNG", compress_level=PNG_LEVEL)
         return path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas).save(path)
+    Image.fromarray(canvas).save(path, format="PNG", compress_level=PNG_LEVEL)
     return path

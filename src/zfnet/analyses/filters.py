@@ -132,14 +132,10 @@ def filter_mosaic(weight: torch.Tensor, max_filters: int = 96, max_inputs: int =
 
 def save_filter_mosaic(weight: torch.Tensor, path: str | Path, scale: int = 6) -> Path:
     """Save `filter_mosaic(weight)` as a PNG, each weight shown as `scale`×`scale` pixels."""
-    from PIL import Image
+    from zfnet.display import save_png
 
     img = (filter_mosaic(weight) * 255).round().astype(np.uint8)
-    img = img.repeat(scale, 0).repeat(scale, 1)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(img).save(path)
-    return path
+    return Path(save_png(img.repeat(scale, 0).repeat(scale, 1), path))
 
 
 SECOND_LAYER_MAPS = 36  # layer-2 maps projected (Fig. 6 d, e): the strongest
