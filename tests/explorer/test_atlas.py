@@ -560,7 +560,13 @@ def test_jpeg_figures_where_smaller_and_close_to_the_pngs(tiny_run, tmp_path) ->
     bundle = load_data(source, None)
     kw = dict(layers=["conv1", "conv3"], k=4, maps_per_layer=2, n_images=8,
               evolution=CheckpointModels(run_checkpoints(source.meta["checkpoint"])))
-    write_atlas(source.model, bundle, tmp_path / "png", **kw)
+    reports: list[tuple[int, int]] = []
+    write_atlas(source.model, bundle, tmp_path / "png", progress=lambda *r: reports.append(r),
+                **kw)
+    # the bar's total from the start: 8 images and 4 units, mined and drawn, then at each of
+    # the 2 kept epochs mined and projected again
+    assert {t for _, t in reports} == {(8 + 4) * 3} and reports[-1] == (36, 36), reports
+    assert [d for d, _ in reports] == sorted(d for d, _ in reports)
     write_atlas(source.model, bundle, tmp_path / "jpeg", figures="jpeg", **kw)
     pngs = sorted(p.relative_to(tmp_path / "png") for p in (tmp_path / "png").rglob("*.png"))
     assert len(pngs) == 2 * (2 * 2 + 1)  # per layer: per unit its picture and evolution; sprite
