@@ -80,7 +80,7 @@ from zfnet.data.picks import file_name
 from zfnet.data.workers import held_signals
 from zfnet.deconvnet import PRECISIONS, windowed
 from zfnet.display import CAPTION as DISPLAY_CAPTION
-from zfnet.display import projection_to_uint8
+from zfnet.display import projection_to_uint8, smaller_jpeg
 from zfnet.graph import check_rule, fallback_words, fallbacks_recorded, rule_label
 from zfnet.models import (
     LayerGeometry,
@@ -94,10 +94,6 @@ from zfnet.models.geometry import per_axis
 
 FORMAT = "zfnet-atlas/1"
 FIGURES = ("png", "jpeg")  # the pictures' file type (`write_atlas(figures=)`)
-# JPEG's quality for figures="jpeg", without chroma subsampling (4:4:4): WebP and JPEG's usual
-# 4:2:0 smear the projections' saturated colours (99th percentile error ~70 levels of 255 on a
-# ResNet-18 layer4 picture, against 18 here, mean 3)
-JPEG_QUALITY = 90
 ATLAS_FILE = "atlas.json"  # also marks a directory as an atlas that a new one may replace
 THUMB = 64  # side of a unit's thumbnail on its layer's page
 THUMB_COLUMNS = 16  # thumbnails per row of a layer's sprite
@@ -522,11 +518,10 @@ def _picture(draw: Callable[[BinaryIO], object], folder: Path, stem: str, figure
     draw(buf)
     data, name = buf.getvalue(), f"{stem}.png"
     if figures == "jpeg":
-        jpg = io.BytesIO()
         with Image.open(io.BytesIO(data)) as im:
-            im.convert("RGB").save(jpg, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
-        if jpg.tell() < len(data):
-            data, name = jpg.getvalue(), f"{stem}.jpg"
+            jpg = smaller_jpeg(im, len(data))
+        if jpg is not None:
+            data, name = jpg, f"{stem}.jpg"
     (folder / name).write_bytes(data)
     return name
 

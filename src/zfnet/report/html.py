@@ -16,6 +16,7 @@ import jinja2
 from PIL import Image
 
 from zfnet.atomic import write_text_atomic
+from zfnet.display import smaller_jpeg
 from zfnet.report.sections import read_sections
 
 
@@ -41,32 +42,43 @@ MAX_EMBED_WIDTH = 2200
 @dataclass
 class _Embedded:
     src: str  # data URI
-    href: str | None = None  # the full-size file (relative to the page) when `src` is reduced
-    full: tuple[int, int] | None = None  # its size (width, height)
+    href: str | None = None  # the file itself (relative to the page) when `src` is not it
+    full: tuple[int, int] | None = None  # its size (width, height) when `src` is reduced
 
 
 def _embed(run_dir: Path, rel: str, max_width: int = MAX_EMBED_WIDTH) -> _Embedded:
-    """The figure `run_dir/rel` as a data URI, downscaled (Lanczos) to `max_width` px if wider;
-    the file itself is left as it is."""
+    """The figure `run_dir/rel` as a data URI: downscaled (Lanczos) to `max_width` px if wider,
+    and as a JPEG where that is smaller than its PNG (`zfnet.display.smaller_jpeg`: a gallery
+    of projections and patches, ~4x smaller; a plot stays a PNG); linked to the file itself,
+    which is left as it is, wherever what is shown is not it."""
     data = (run_dir / rel).read_bytes()
     try:
         with Image.open(io.BytesIO(data)) as im:
-            if im.width <= max_width:
-                return _Embedded(_png_uri(data))
             full = im.size
-            if im.mode not in ("RGB", "RGBA", "L", "LA"):
-                im = im.convert("RGBA" if "transparency" in im.info or "A" in im.mode else "RGB")
-            height = max(1, round(im.height * max_width / im.width))
-            small = im.resize((max_width, height), Image.Resampling.LANCZOS)
+            if im.width > max_width:
+                if im.mode not in ("RGB", "RGBA", "L", "LA"):
+                    im = im.convert("RGBA" if "transparency" in im.info or "A" in im.mode
+                                    else "RGB")
+                height = max(1, round(im.height * max_width / im.width))
+                im = im.resize((max_width, height), Image.Resampling.LANCZOS)
+                buf = io.BytesIO()
+                im.save(buf, format="PNG")
+                png = buf.getvalue()
+            else:
+                im.load()
+                png = data
+            jpeg = smaller_jpeg(im, len(png))
     except OSError:  # not an image PIL reads: embedded as it is, as before
-        return _Embedded(_png_uri(data))
-    buf = io.BytesIO()
-    small.save(buf, format="PNG")
-    return _Embedded(_png_uri(buf.getvalue()), href=quote(rel), full=full)
+        return _Embedded(_uri(data))
+    reduced = full[0] > max_width
+    if jpeg is None and not reduced:
+        return _Embedded(_uri(data))
+    return _Embedded(_uri(png) if jpeg is None else _uri(jpeg, "jpeg"), href=quote(rel),
+                     full=full if reduced else None)
 
 
-def _png_uri(data: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+def _uri(data: bytes, kind: str = "png") -> str:
+    return f"data:image/{kind};base64," + base64.b64encode(data).decode("ascii")
 
 
 def _fmt(v: Any) -> str:
