@@ -68,7 +68,7 @@ def _embed(run_dir: Path, rel: str, max_width: int = MAX_EMBED_WIDTH) -> _Embedd
                 im.load()
                 png = data
             jpeg = smaller_jpeg(im, len(png))
-    except OSError:  # not an image PIL reads: embedded as it is, as before
+    except (OSError, ValueError):  # not an image PIL reads or converts: embedded as it is
         return _Embedded(_uri(data))
     reduced = full[0] > max_width
     if jpeg is None and not reduced:
