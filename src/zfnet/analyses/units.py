@@ -131,8 +131,8 @@ def project_units(model: nn.Module, images: Dataset,
     given = [layer] if isinstance(layer, (str, nn.Module)) else list(layer)
     # unknown layers: an error listing the valid ones, before any image is read
     layers = list(dict.fromkeys(layer_name(model, g) for g in given))
-    named = (unit_names if isinstance(unit_names, Mapping)
-             else dict.fromkeys(layers, unit_names))
+    named = ({layer_name(model, k): v for k, v in unit_names.items()}
+             if isinstance(unit_names, Mapping) else dict.fromkeys(layers, unit_names))
     out: dict[str, list[tuple[Unit, Tensor, Tensor]]] = {n: [] for n in layers}
     geometry: dict[str, LayerGeometry | None] = {}
     for lo in range(0, len(images), batch_size):
