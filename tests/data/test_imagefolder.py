@@ -484,7 +484,7 @@ def test_a_web_banner_is_cut_to_a_sane_aspect_before_it_is_resized(monkeypatch):
 
     sizes = []
     real = TF.resize
-    monkeypatch.setattr(images.TF, "resize", lambda img, *a, **k: sizes.append(
+    monkeypatch.setattr(TF, "resize", lambda img, *a, **k: sizes.append(
         tuple(img.shape[-2:])) or real(img, *a, **k))
     banner = torch.full((3, 1, 2000), 7, dtype=torch.uint8)
     assert torch.equal(images.resize_center_crop(banner, 256), torch.full((3, 256, 256), 7,

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-import torchvision.transforms.v2.functional as TF
 
 from zfnet.activations import capture, to_model
 from zfnet.models import eval_mode, feature_layers, is_zfnet_model, layer_names, vector_layer
@@ -52,6 +51,8 @@ def transform_images(images: torch.Tensor, kind: str, value: float) -> torch.Ten
     """
     if kind not in KINDS:
         raise ValueError(f"unknown transformation {kind!r}; valid: {', '.join(KINDS)}")
+    import torchvision.transforms.v2.functional as TF
+
     n, c, h, w = images.shape
     out = torch.empty_like(images)
     for i in range(n):  # per image: each has its own fill colour

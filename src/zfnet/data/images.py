@@ -13,16 +13,17 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError, features
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from zfnet.data.codec import decode_jpeg
 from zfnet.data.jpeg import JpegHeader, read_header
+
+if TYPE_CHECKING:  # torchvision is imported where an image is resized: its import takes 2 s
+    from torchvision.transforms import InterpolationMode  # (torch._dynamo) on a small CPU
 
 # Extensions a labelled image folder (`imagefolder:DIR`) is scanned for: torchvision's
 # ImageFolder list, so that its samples are torchvision's. Other files (README, .DS_Store,
@@ -267,18 +268,22 @@ MAX_ASPECT = 64
 
 
 def resize_shorter(img: torch.Tensor, size: int,
-                   interpolation: InterpolationMode = InterpolationMode.BILINEAR
-                   ) -> torch.Tensor:
+                   interpolation: InterpolationMode | None = None) -> torch.Tensor:
     """`img` (…, H, W) with its shorter side resized to `size`, antialiased: torchvision's
-    `Resize([size])`. Past `MAX_ASPECT`, the centre `MAX_ASPECT` x shorter side of the longer
-    side is kept first (its pixels then differ from torchvision's by resampling)."""
+    `Resize([size])` (bilinear unless `interpolation` says). Past `MAX_ASPECT`, the centre
+    `MAX_ASPECT` x shorter side of the longer side is kept first (its pixels then differ from
+    torchvision's by resampling)."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
     h, w = img.shape[-2:]
     keep = MAX_ASPECT * min(h, w)
     if h > keep:
         img = img[..., (h - keep) // 2:(h - keep) // 2 + keep, :]
     if w > keep:
         img = img[..., (w - keep) // 2:(w - keep) // 2 + keep]
-    return TF.resize(img, [size], interpolation=interpolation, antialias=True)
+    return TF.resize(img, [size], interpolation=interpolation or InterpolationMode.BILINEAR,
+                     antialias=True)
 
 
 def resize_center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
@@ -293,5 +298,7 @@ def resize_center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
     if min(h, w) == size:  # torchvision's calls cost more than their (no) work here
         top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
         return img[..., top:top + size, left:left + size]
+    from torchvision.transforms.v2 import functional as TF
+
     img = resize_shorter(img, size)  # shorter side -> size
     return TF.center_crop(img, [size, size])  # (C, size, size)

@@ -22,13 +22,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torchvision.transforms import InterpolationMode
 
 from zfnet.data.images import resize_shorter
 from zfnet.data.transforms import centre_crop, centre_offset
+
+if TYPE_CHECKING:  # torchvision imported where it resizes: 1.9 s of torch._dynamo on import
+    from torchvision.transforms import InterpolationMode
 
 # ImageNet's per-channel statistics (torchvision's and timm's defaults), in 0..1 units.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -258,6 +260,8 @@ class Preprocessing:
                    interpolation=d.get("interpolation", "bilinear"))
 
     def _mode(self) -> InterpolationMode:
+        from torchvision.transforms import InterpolationMode
+
         return InterpolationMode(self.interpolation)
 
     def _resize(self, img: torch.Tensor) -> torch.Tensor:
