@@ -215,8 +215,8 @@ def test_a_torchvision_file_is_put_in_place_not_over_a_random_init(tmp_path, nam
     """A weights file's tensors are put into a model built on the meta device (no random init
     to overwrite: a VGG-16's 138M numbers): the outputs are the ones of the model built and
     loaded as torchvision does, in its parameters' dtype (a half-precision file), with every
-    tensor real (swin_t's relative position index, which the file does not hold), and the
-    global RNG untouched. RegNet reads tensor values as it builds: built for real, as before."""
+    tensor real (swin_t's relative position indexes, buffers), and the global RNG untouched.
+    RegNet reads tensor values as it builds: built for real, as before."""
     ref = torchvision.models.get_model(name, num_classes=7).eval()
     sd = {k: v.half() if v.is_floating_point() else v for k, v in ref.state_dict().items()}
     torch.save(sd, tmp_path / "w.pth")
@@ -235,6 +235,28 @@ def test_a_torchvision_file_is_put_in_place_not_over_a_random_init(tmp_path, nam
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(model(x), ref(x))
+
+
+def test_a_meta_built_model_that_would_keep_a_meta_tensor_is_built_for_real(tmp_path):
+    """A buffer the state dict does not hold (non-persistent) would stay on the meta device:
+    the model is built for real, with the file's number of classes, and loaded."""
+    from zfnet.sources import _with_weights
+
+    class Net(torch.nn.Module):
+        def __init__(self, num_classes: int = 4) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(3, num_classes)
+            self.register_buffer("scale", torch.full((3,), 2.0), persistent=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x * self.scale)
+
+    ref = Net(num_classes=5)
+    torch.save(ref.state_dict(), tmp_path / "w.pth")
+    model = _with_weights(Net, tmp_path / "w.pth", "net", on_meta=True)
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    x = torch.rand(2, 3)
+    assert model.fc.out_features == 5 and torch.equal(model(x), ref(x))
 
 
 def test_a_timm_train_checkpoint_is_read(tmp_path):

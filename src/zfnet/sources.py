@@ -1165,7 +1165,10 @@ def _with_weights(build: Callable[..., nn.Module], path: Path, what: str,
             + (f" (the file fits {what}({refused}), which it does not take)" if refused
                else _channels_hint(shapes, missing, unexpected, what)))
     if on_meta and all(t.is_meta for t in model.state_dict().values()):
-        return _assigned(model, sd) or _with_weights(plain, path, what)
+        assigned = _assigned(model, sd)
+        if assigned is not None:
+            return assigned
+        model = plain(**kwargs)  # a tensor left on the meta device: built for real
     model.load_state_dict(sd)
     return model
 
